@@ -1,0 +1,1 @@
+"""Simulated plant physics and Modbus servers."""

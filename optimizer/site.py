@@ -1,0 +1,139 @@
+"""The planning-relevant part of a site description (validated with pydantic).
+
+One YAML site file describes a site; this module validates the sections the planner needs
+(``site``, ``pv``, ``battery``, ``grid``, ``tariff``, ``planner``). The controller's config
+(``controller/config.py``) composes these models with devices, control and telemetry sections;
+offline scenarios (``simulations/scenario.py``) reuse them too. Units follow docs/conventions.md.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for config models: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(StrictModel):
+    latitude: float = Field(ge=-90, le=90, description="[deg] north positive")
+    longitude: float = Field(ge=-180, le=180, description="[deg] east positive")
+    altitude_m: float = Field(default=0.0, ge=-500, le=9000, description="[m]")
+
+
+class SiteInfo(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Short identifier, used in MQTT topics and InfluxDB tags")
+    timezone: str = Field(description="IANA time zone for tariffs and people, e.g. Asia/Ho_Chi_Minh")
+    location: Location
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class PVSpec(StrictModel):
+    kwp: float = Field(ge=0, description="DC nameplate [kWp]")
+    ac_kw: float | None = Field(default=None, gt=0, description="Inverter AC limit [kW]; default = kwp")
+    tilt_deg: float = Field(default=10.0, ge=0, le=90, description="[deg] from horizontal")
+    azimuth_deg: float = Field(default=180.0, ge=0, lt=360, description="[deg] 180 = south")
+    losses_pct: float = Field(default=14.0, ge=0, lt=100, description="System losses [%]")
+    degradation_pct_per_year: float = Field(default=0.5, ge=0, lt=10, description="[%/yr]")
+
+    @property
+    def ac_limit_kw(self) -> float:
+        """AC output limit of the PV inverters. [kW]"""
+        return self.ac_kw if self.ac_kw is not None else self.kwp
+
+
+class BatterySpec(StrictModel):
+    capacity_kwh: float = Field(ge=0, description="Usable nameplate energy [kWh]")
+    max_charge_kw: float = Field(ge=0, description="PCS charge limit [kW]")
+    max_discharge_kw: float = Field(ge=0, description="PCS discharge limit [kW]")
+    charge_efficiency: float = Field(default=0.95, gt=0, le=1, description="AC→stored [-]")
+    discharge_efficiency: float = Field(default=0.95, gt=0, le=1, description="stored→AC [-]")
+    soc_min_pct: float = Field(default=10.0, ge=0, le=100, description="[%]")
+    soc_max_pct: float = Field(default=95.0, ge=0, le=100, description="[%]")
+    wear_cost_per_kwh: float = Field(
+        default=0.0, ge=0,
+        description="Cost per kWh of AC throughput, charged on charge + discharge [currency/kWh]")
+    standby_loss_kw: float = Field(default=0.0, ge=0, description="Self-consumption of the system [kW]")
+
+    @model_validator(mode="after")
+    def _window(self) -> BatterySpec:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError(f"soc_min_pct ({self.soc_min_pct}) must be below soc_max_pct ({self.soc_max_pct})")
+        return self
+
+    @property
+    def soc_min_kwh(self) -> float:
+        return self.capacity_kwh * self.soc_min_pct / 100.0
+
+    @property
+    def soc_max_kwh(self) -> float:
+        return self.capacity_kwh * self.soc_max_pct / 100.0
+
+
+class GridSpec(StrictModel):
+    import_cap_kw: float | None = Field(default=None, gt=0, description="Contracted import capacity [kW]; None = none")
+    export_cap_kw: float = Field(default=0.0, ge=0, description="Export cap [kW]; 0 = zero-export site")
+
+
+class TariffRef(StrictModel):
+    """Which tariff applies: a shipped preset name or a YAML file (relative to the site file)."""
+
+    preset: str | None = None
+    file: Path | None = None
+    extra_holidays: list[date] = Field(default_factory=list,
+                                       description="Days billed as public holidays, e.g. a Tết shutdown")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TariffRef:
+        if (self.preset is None) == (self.file is None):
+            raise ValueError("give exactly one of tariff.preset or tariff.file")
+        return self
+
+
+class PlannerSettings(StrictModel):
+    step_minutes: int = Field(default=15, ge=1, le=60)
+    horizon_hours: float = Field(default=24.0, gt=0, le=24 * 7)
+    time_limit_s: float = Field(default=5.0, gt=0, le=600, description="Solver wall-clock limit [s]")
+    plan_valid_hours: float = Field(default=2.0, gt=0,
+                                    description="A plan older than this is expired and not followed [h]")
+    terminal_value: Literal["auto", "none"] = Field(
+        default="auto", description="Value energy left at the horizon end (auto: cheapest import price × η)")
+    soc_slack_penalty_per_kwh: float = Field(
+        default=1e6, gt=0, description="Penalty on SOC-window slack [currency/kWh]")
+
+    @property
+    def horizon_steps(self) -> int:
+        return round(self.horizon_hours * 60 / self.step_minutes)
+
+
+class PlanningSite(StrictModel):
+    """Everything the planner needs to know about a site."""
+
+    site: SiteInfo
+    pv: PVSpec
+    battery: BatterySpec
+    grid: GridSpec = GridSpec()
+    tariff: TariffRef
+    planner: PlannerSettings = PlannerSettings()
+
+
+class PlanningSiteView(PlanningSite):
+    """The planning sections of a full site file; other sections are ignored here (checked by their owners)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
