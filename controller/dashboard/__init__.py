@@ -1,0 +1,1 @@
+"""The live operator dashboard (Starlette app + static page), served by the controller."""

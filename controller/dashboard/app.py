@@ -1,0 +1,292 @@
+"""The live dashboard: a Starlette app served by uvicorn inside the controller's event loop.
+
+Read-only by default and bound to 127.0.0.1 (``telemetry.dashboard``). The page (``static/``) gets
+its data from:
+
+* ``GET /api/config``: site name, time zone, language and locale, currency, whether control is on;
+* ``GET /api/snapshot``: latest state and plan, today's measured history, recent alarm transitions;
+* ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
+* ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
+  ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
+  cross-site without a CORS preflight the app never grants, which also rules out CSRF.
+
+History: states are averaged into one sample per ``history_step_s`` of site time and kept for the
+current local day (site time zone), so the page can draw the plan against what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Generator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from controller.telemetry.config import DashboardSettings
+from controller.telemetry.remote import CommandIntake
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+FLOW_POINTS = ("pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct")
+"""Power-flow values kept in the history, in this order after the timestamp."""
+KEEPALIVE_S = 15.0
+
+
+def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
+    """PV, load, grid, battery power [kW] and SOC [%] of a state message (``None`` when missing)."""
+    measurements: Mapping[str, Any] = state.get("measurements") or {}
+    out: dict[str, float | None] = {}
+    for name in FLOW_POINTS:
+        value = state.get(name)
+        if value is None and isinstance(measurements.get(name), Mapping):
+            reading = measurements[name]
+            value = reading.get("value") if reading.get("quality", "ok") == "ok" else None
+        out[name] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return out
+
+
+class DashboardHub:
+    """The dashboard's view of the bus: latest messages, today's history, fan-out to SSE clients.
+
+    Parameters
+    ----------
+    timezone : str
+        Site IANA time zone (the history restarts at local midnight).
+    history_step_s : float
+        Averaging interval of the history. [s of site time]
+    """
+
+    def __init__(self, timezone: str, history_step_s: float = 60.0, max_clients: int = 32,
+                 client_queue: int = 100):
+        self.tz = ZoneInfo(timezone)
+        self.history_step_s = history_step_s
+        self.max_clients = max_clients
+        self.client_queue = client_queue
+        self.state: dict[str, Any] | None = None
+        self.plan: dict[str, Any] | None = None
+        self.alarms: deque[dict[str, Any]] = deque(maxlen=50)
+        self.history: list[list[float | None]] = []
+        self._bucket: tuple[int, list[float], list[int]] | None = None
+        self._day: Any = None
+        self._clients: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
+
+    def offer(self, kind: str, payload: Mapping[str, Any]) -> None:
+        """Take one bus message."""
+        data = dict(payload)
+        if kind == "state":
+            self.state = data
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self._record(data)
+        elif kind == "plan":
+            self.plan = data
+        elif kind == "alarm":
+            self.alarms.append(data)
+        else:
+            return
+        for queue in self._clients:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((kind, data))
+
+    def _record(self, state: dict[str, Any]) -> None:
+        when = datetime.fromisoformat(state["ts"])
+        day = when.astimezone(self.tz).date()
+        if day != self._day:
+            self._day, self.history, self._bucket = day, [], None
+        key = int(when.timestamp() // self.history_step_s)
+        flows = power_flows(state)
+        if self._bucket is None or self._bucket[0] != key:
+            self._close_bucket()
+            self._bucket = (key, [0.0] * len(FLOW_POINTS), [0] * len(FLOW_POINTS))
+        _, sums, counts = self._bucket
+        for i, name in enumerate(FLOW_POINTS):
+            if flows[name] is not None:
+                sums[i] += flows[name]
+                counts[i] += 1
+
+    def _close_bucket(self) -> None:
+        if self._bucket is not None:
+            self.history.append(self._bucket_row(self._bucket))
+
+    def _bucket_row(self, bucket: tuple[int, list[float], list[int]]) -> list[float | None]:
+        key, sums, counts = bucket
+        ts_ms = key * self.history_step_s * 1000
+        return [ts_ms] + [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a page needs when it (re)connects."""
+        history = self.history + ([self._bucket_row(self._bucket)] if self._bucket else [])
+        return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
+                "history": {"columns": ["ts_ms", *FLOW_POINTS], "rows": history}}
+
+    def subscribe(self) -> asyncio.Queue[tuple[str, dict[str, Any]] | None]:
+        if len(self._clients) >= self.max_clients:
+            raise OverflowError("too many dashboard clients")
+        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(self.client_queue)
+        self._clients.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]) -> None:
+        self._clients.discard(queue)
+
+    def close(self) -> None:
+        """End every event stream (shutdown)."""
+        for queue in self._clients:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+
+
+def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, timezone: str,
+               currency: str | None = None, intake: CommandIntake | None = None,
+               token: str | None = None) -> Starlette:
+    """The dashboard application.
+
+    Parameters
+    ----------
+    intake : CommandIntake, optional
+        Where control actions go; with ``token`` unset or no intake the dashboard is read-only.
+    token : str, optional
+        Bearer token for control actions (from the environment variable ``settings.token_env``).
+    """
+    control = bool(token) and intake is not None
+    config = {"site": site, "timezone": timezone, "currency": currency, "language": settings.language,
+              "locale": settings.locale, "control": control}
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def get_config(request: Request) -> Response:
+        return JSONResponse(config)
+
+    async def get_snapshot(request: Request) -> Response:
+        return JSONResponse(hub.snapshot())
+
+    async def events(request: Request) -> Response:
+        try:
+            queue = hub.subscribe()
+        except OverflowError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield _sse("snapshot", hub.snapshot())
+                while True:
+                    try:
+                        async with asyncio.timeout(KEEPALIVE_S):
+                            item = await queue.get()
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if item is None:
+                        return
+                    yield _sse(*item)
+            finally:
+                hub.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def command(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not control or intake is None or token is None:
+            return JSONResponse({"command": name, "accepted": False,
+                                 "reason": "read-only dashboard: control actions are off (no token configured)"},
+                                status_code=403)
+        given = request.headers.get("authorization", "")
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+            return JSONResponse({"command": name, "accepted": False, "reason": "missing or wrong bearer token"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        body = await request.body()
+        result = intake.handle(name, body, by="dashboard")
+        return JSONResponse(result, status_code=200 if result["accepted"] else 422)
+
+    routes = [
+        Route("/", index),
+        Route("/api/config", get_config),
+        Route("/api/snapshot", get_snapshot),
+        Route("/api/events", events),
+        Route("/api/cmd/{name}", command, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the controller owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class DashboardServer:
+    """Runs the app on the current event loop.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Bind address; port 0 picks a free port (see :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(self, app: Starlette, hub: DashboardHub, host: str, port: int):
+        self.hub = hub
+        self._server = _EmbeddedServer(uvicorn.Config(
+            app, host=host, port=port, lifespan="off", log_level="warning", access_log=False, ws="none",
+            timeout_graceful_shutdown=2, timeout_keep_alive=5))
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit as exc:  # uvicorn exits the process when it cannot bind: contain it
+            raise RuntimeError(f"dashboard could not start (exit {exc.code}); is the port in use?") from None
+
+    async def start(self) -> None:
+        """Start serving; returns once the socket listens (raises if it cannot)."""
+        self._task = asyncio.create_task(self._serve(), name="dashboard")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.02)
+        sockets = self._server.servers[0].sockets
+        self.port = sockets[0].getsockname()[1]
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Stop within ``timeout_s``: end the event streams, then the server."""
+        if self._task is None:
+            return
+        self.hub.close()
+        self._server.should_exit = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            await self._task

@@ -1,0 +1,397 @@
+// pv-battery-ems live dashboard: no framework, no CDN. Data: /api/config, /api/events (SSE).
+// Numbers and times use Intl with the site's locale and IANA time zone (never the browser's zone).
+"use strict";
+
+const LANGS = ["vi", "en", "ja"];
+const HISTORY_STEP_MS = 60_000;
+const dict = {};
+const ui = { cfg: null, lang: "en", locale: "en-GB", state: null, plan: null, history: [], alarmLog: [] };
+const $ = (id) => document.getElementById(id);
+
+// ---------------------------------------------------------------- language and formatting
+
+function pickLanguage(pref) {
+  if (pref && pref !== "auto") return pref;
+  for (const tag of navigator.languages || [navigator.language || "en"]) {
+    const base = tag.slice(0, 2).toLowerCase();
+    if (LANGS.includes(base)) return base;
+  }
+  return "en";
+}
+
+async function loadDict(lang) {
+  if (!dict[lang]) dict[lang] = await (await fetch(`/static/i18n/${lang}.json`)).json();
+}
+
+function t(key, fallback) {
+  return (dict[ui.lang] || {})[key] ?? (dict.en || {})[key] ?? fallback ?? key;
+}
+
+async function setLanguage(pref) {
+  const lang = pickLanguage(pref);
+  await Promise.all([loadDict("en"), loadDict(lang)]);
+  ui.lang = lang;
+  ui.locale = ui.cfg.locale || t("_locale", "en-GB");
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n, el.textContent);
+  $("lang").value = pref || "auto";
+  render();
+}
+
+function num(value, digits = 1) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  return new Intl.NumberFormat(ui.locale, { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(value);
+}
+
+function kw(value) { return value === null || value === undefined ? "–" : `${num(value)} kW`; }
+
+function money(value) {
+  if (value === null || value === undefined) return "–";
+  const c = ui.cfg.currency;
+  if (!c) return num(value, 0);
+  try {
+    return new Intl.NumberFormat(ui.locale, { style: "currency", currency: c, maximumFractionDigits: 0 }).format(value);
+  } catch (err) {
+    return `${num(value, 0)} ${c}`;
+  }
+}
+
+function fmtTime(ms, withSeconds = true) {
+  const opts = { timeZone: ui.cfg.timezone, hour: "2-digit", minute: "2-digit" };
+  if (withSeconds) opts.second = "2-digit";
+  return new Intl.DateTimeFormat(ui.locale, opts).format(new Date(ms));
+}
+
+// Offset of the site zone from UTC at `ms` [ms], from Intl parts (works for any IANA zone, DST included).
+function zoneOffsetMs(ms) {
+  const parts = {};
+  const fmt = new Intl.DateTimeFormat("en-US", { timeZone: ui.cfg.timezone, hourCycle: "h23", year: "numeric",
+    month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  for (const p of fmt.formatToParts(new Date(ms))) parts[p.type] = Number(p.value);
+  const asUtc = Date.UTC(parts.year, parts.month - 1, parts.day, parts.hour, parts.minute, parts.second);
+  return asUtc - Math.floor(ms / 1000) * 1000;
+}
+
+// [start, end) of the site-local day containing `ms` [ms UTC].
+function localDay(ms) {
+  const local = ms + zoneOffsetMs(ms);
+  const midnightLocal = local - (((local % 86_400_000) + 86_400_000) % 86_400_000);
+  const start = midnightLocal - zoneOffsetMs(midnightLocal - zoneOffsetMs(ms));
+  const nextLocal = midnightLocal + 86_400_000;
+  return [start, nextLocal - zoneOffsetMs(nextLocal - zoneOffsetMs(ms))];
+}
+
+// ---------------------------------------------------------------- reading messages
+
+function get(obj, path) {
+  return path.split(".").reduce((o, k) => (o === null || o === undefined ? undefined : o[k]), obj);
+}
+
+function pick(obj, paths) {
+  for (const p of paths) {
+    const v = get(obj, p);
+    if (v !== undefined && v !== null) return v;
+  }
+  return null;
+}
+
+// Power flows of a state: top-level value, else the measurement when its quality is ok.
+function flow(state, name) {
+  if (!state) return null;
+  if (typeof state[name] === "number") return state[name];
+  const m = (state.measurements || {})[name];
+  return m && (m.quality || "ok") === "ok" && typeof m.value === "number" ? m.value : null;
+}
+
+const FLOWS = ["pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct"];
+
+function recordHistory(state) {
+  const ts = Date.parse(state.ts);
+  const key = Math.floor(ts / HISTORY_STEP_MS) * HISTORY_STEP_MS;
+  let last = ui.history[ui.history.length - 1];
+  if (!last || last.ts !== key) {
+    last = { ts: key, sums: FLOWS.map(() => 0), counts: FLOWS.map(() => 0) };
+    ui.history.push(last);
+    const [dayStart] = localDay(ts);
+    ui.history = ui.history.filter((r) => r.ts >= dayStart);
+  }
+  FLOWS.forEach((name, i) => {
+    const v = flow(state, name);
+    if (v !== null) { last.sums[i] += v; last.counts[i] += 1; }
+  });
+}
+
+function historyValue(row, name) {
+  const i = FLOWS.indexOf(name);
+  return row.counts[i] ? row.sums[i] / row.counts[i] : null;
+}
+
+function loadSnapshot(snap) {
+  ui.state = snap.state;
+  ui.plan = snap.plan;
+  ui.alarmLog = (snap.alarms || []).slice(-20);
+  const cols = snap.history.columns;
+  ui.history = snap.history.rows.map((row) => ({
+    ts: row[0],
+    sums: FLOWS.map((n) => row[cols.indexOf(n)] ?? 0),
+    counts: FLOWS.map((n) => (row[cols.indexOf(n)] === null ? 0 : 1)),
+  }));
+  render();
+}
+
+// ---------------------------------------------------------------- rendering
+
+function setFlow(id, value, forwardWhenPositive) {
+  const line = $(`line-${id}`);
+  line.classList.remove("forward", "backward");
+  if (value !== null && Math.abs(value) >= 0.5) {
+    line.classList.add((value > 0) === forwardWhenPositive ? "forward" : "backward");
+  }
+}
+
+function render() {
+  if (!ui.cfg) return;
+  $("site").textContent = ui.cfg.site;
+  const s = ui.state;
+  const pv = flow(s, "pv_kw"), load = flow(s, "load_kw"), grid = flow(s, "grid_kw"), bat = flow(s, "battery_kw");
+  const soc = flow(s, "soc_pct");
+  $("pv-kw").textContent = kw(pv);
+  $("load-kw").textContent = kw(load);
+  $("grid-kw").textContent = kw(grid);
+  $("battery-kw").textContent = kw(bat);
+  // lines are drawn towards the bus for PV and grid, away from it for load and battery
+  setFlow("pv", pv, true);
+  setFlow("grid", grid, true);
+  setFlow("load", load, true);
+  setFlow("battery", bat, false);
+  $("soc-pct").textContent = soc === null ? "–" : `${num(soc)} %`;
+  $("soc-bar").style.height = `${Math.max(0, Math.min(100, soc ?? 0))}%`;
+  $("soc-meter").setAttribute("aria-valuenow", soc ?? "");
+  const mode = s ? s.mode : null;
+  $("mode").textContent = mode ? t(`mode.${mode}`, mode) : "–";
+  $("mode").className = `badge ${mode || ""}`;
+  const reason = s ? pick(s, ["reason", "mode_reason"]) : null;
+  $("reason").textContent = reason ? t(`reason.${reason}`, reason) : "–";
+  $("setpoint").textContent = kw(pick(s, ["setpoints.battery_kw", "decision.battery_setpoint_kw", "battery_setpoint_kw"]));
+  const period = pick(s, ["tariff.period", "tariff_period"]);
+  const price = pick(s, ["tariff.price_per_kwh", "tariff.import_price", "price_per_kwh"]);
+  $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${price === null ? "–" : money(price)}/kWh` : "–";
+  $("updated").textContent = s && s.ts ? fmtTime(Date.parse(s.ts)) : "–";
+  $("saved-today").textContent = money(pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]));
+  const energies = $("energies");
+  energies.replaceChildren();
+  for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
+    const v = pick(s, [`today.${key}`, `energies_today.${key}`]);
+    if (v === null) continue;
+    const dt = document.createElement("dt");
+    dt.textContent = t(key);
+    const dd = document.createElement("dd");
+    dd.textContent = `${num(v, 0)} kWh`;
+    energies.append(dt, dd);
+  }
+  renderAlarms();
+  renderCharts();
+}
+
+function alarmText(a) {
+  if (typeof a === "string") return a;
+  return [a.code || a.name, a.message].filter(Boolean).join(": ");
+}
+
+function renderAlarms() {
+  const list = $("alarms");
+  const active = (ui.state && ui.state.alarms) || [];
+  list.replaceChildren();
+  if (!active.length) {
+    const li = document.createElement("li");
+    li.textContent = t("no_alarms");
+    li.className = "none";
+    list.append(li);
+  }
+  for (const a of active) {
+    const li = document.createElement("li");
+    li.textContent = alarmText(a);
+    list.append(li);
+  }
+  const log = $("alarm-log");
+  log.replaceChildren();
+  for (const a of ui.alarmLog.slice().reverse()) {
+    const li = document.createElement("li");
+    const when = a.ts ? fmtTime(Date.parse(a.ts)) : "";
+    li.textContent = `${when} ${alarmText(a)} (${t(a.active === false ? "cleared" : "raised")})`;
+    log.append(li);
+  }
+}
+
+// ---------------------------------------------------------------- charts (inline SVG)
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs, parent) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (parent) parent.append(node);
+  return node;
+}
+
+function pathOf(points, x, y) {
+  let d = "";
+  let pen = false;
+  for (const [tx, v] of points) {
+    if (v === null || v === undefined) { pen = false; continue; }
+    d += `${pen ? "L" : "M"}${x(tx).toFixed(1)},${y(v).toFixed(1)}`;
+    pen = true;
+  }
+  return d;
+}
+
+// Plan steps as a step function: [[t, v], [t_end, v], ...] for one per-step series.
+function planSteps(series) {
+  const p = ui.plan;
+  if (!p || !p.starts || !p[series]) return [];
+  const out = [];
+  p.starts.forEach((s, i) => {
+    const t0 = Date.parse(s);
+    const t1 = t0 + p.duration_h[i] * 3_600_000;
+    out.push([t0, p[series][i]], [t1, p[series][i]]);
+  });
+  return out;
+}
+
+function planSoc() {
+  const p = ui.plan;
+  if (!p || !p.starts || !p.soc_kwh || !p.capacity_kwh) return [];
+  const pct = (kwh) => (100 * kwh) / p.capacity_kwh;
+  const out = [[Date.parse(p.starts[0]), pct(p.soc0_kwh)]];
+  p.starts.forEach((s, i) => out.push([Date.parse(s) + p.duration_h[i] * 3_600_000, pct(p.soc_kwh[i])]));
+  return out;
+}
+
+function drawChart(svg, height, series, yFixed) {
+  svg.replaceChildren();
+  const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
+  const [t0, t1] = localDay(now);
+  const W = 900, pad = { l: 48, r: 8, t: 8, b: 20 };
+  const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
+  const inDay = (pts) => pts.filter(([ts]) => ts >= t0 && ts <= t1);
+  const all = series.flatMap((s) => inDay(s.points).map(([, v]) => v)).filter((v) => v !== null);
+  let [lo, hi] = yFixed || [Math.min(0, ...all), Math.max(1, ...all)];
+  if (!yFixed) { const m = (hi - lo) * 0.08; lo -= m; hi += m; }
+  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
+  shadeTariff(svg, x, t0, t1, pad, height);
+  el("line", { x1: pad.l, x2: W - pad.r, y1: y(0), y2: y(0), class: "axis" }, svg);
+  for (let h = 0; h <= 24; h += 3) {
+    const tx = t0 + h * 3_600_000;
+    el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
+    if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick" }, svg).textContent = fmtTime(tx, false);
+  }
+  for (const v of [lo, (lo + hi) / 2, hi]) {
+    el("text", { x: 2, y: y(v) + 4, class: "tick" }, svg).textContent = num(v, 0);
+  }
+  for (const s of series) el("path", { d: pathOf(inDay(s.points), x, y), class: s.cls }, svg);
+  el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
+}
+
+// Shade plan steps by import price: the top third of the day's price range "high", the bottom third "low".
+function shadeTariff(svg, x, t0, t1, pad, height) {
+  const p = ui.plan;
+  if (!p || !p.starts || !p.import_price) return;
+  const prices = p.import_price;
+  const lo = Math.min(...prices), hi = Math.max(...prices);
+  if (!(hi > lo)) return;
+  p.starts.forEach((s, i) => {
+    const a = Date.parse(s), b = a + p.duration_h[i] * 3_600_000;
+    if (b <= t0 || a >= t1) return;
+    const level = (prices[i] - lo) / (hi - lo);
+    const cls = level > 2 / 3 ? "shade-high" : level < 1 / 3 ? "shade-low" : null;
+    if (!cls) return;
+    const rect = el("rect", { x: x(Math.max(a, t0)), y: pad.t, width: Math.max(0, x(Math.min(b, t1)) - x(Math.max(a, t0))),
+      height: height - pad.t - pad.b, class: cls }, svg);
+    const period = p.period ? p.period[i] : null;
+    el("title", {}, rect).textContent = `${period ? t(`period.${period}`, period) : ""} ${money(prices[i])}/kWh`;
+  });
+}
+
+function renderCharts() {
+  const actual = (name) => ui.history.map((r) => [r.ts + HISTORY_STEP_MS / 2, historyValue(r, name)]);
+  drawChart($("chart-power"), 240, [
+    { points: planSteps("battery_kw"), cls: "battery-plan" },
+    { points: planSteps("grid_kw"), cls: "grid-plan" },
+    { points: actual("battery_kw"), cls: "battery-actual" },
+    { points: actual("grid_kw"), cls: "grid-actual" },
+  ]);
+  drawChart($("chart-soc"), 140, [
+    { points: planSoc(), cls: "soc-plan" },
+    { points: actual("soc_pct"), cls: "soc-actual" },
+  ], [0, 100]);
+}
+
+// ---------------------------------------------------------------- live data
+
+function connect() {
+  const events = new EventSource("/api/events");
+  const conn = $("conn");
+  events.onopen = () => { conn.className = "conn"; conn.dataset.i18n = "live"; conn.textContent = t("live"); };
+  events.onerror = () => { conn.className = "conn off"; conn.dataset.i18n = "offline"; conn.textContent = t("offline"); };
+  events.addEventListener("snapshot", (e) => loadSnapshot(JSON.parse(e.data)));
+  events.addEventListener("state", (e) => {
+    ui.state = JSON.parse(e.data);
+    recordHistory(ui.state);
+    render();
+  });
+  events.addEventListener("plan", (e) => { ui.plan = JSON.parse(e.data); render(); });
+  events.addEventListener("alarm", (e) => {
+    ui.alarmLog.push(JSON.parse(e.data));
+    ui.alarmLog = ui.alarmLog.slice(-20);
+    renderAlarms();
+  });
+}
+
+// ---------------------------------------------------------------- control (bearer token)
+
+function setupControl() {
+  if (!ui.cfg.control) return;
+  $("control").hidden = false;
+  const token = $("token");
+  token.value = sessionStorage.getItem("ems.token") || "";
+  token.addEventListener("change", () => sessionStorage.setItem("ems.token", token.value));
+  for (const form of document.querySelectorAll("#control form")) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = {};
+      for (const [k, v] of new FormData(form)) {
+        if (k === "ttl_min") body.ttl_s = Number(v) * 60;
+        else body[k] = form.elements[k].type === "number" ? Number(v) : v;
+      }
+      const out = $("cmd-result");
+      try {
+        const resp = await fetch(`/api/cmd/${form.dataset.command}`, {
+          method: "POST", headers: { "Content-Type": "application/json", Authorization: `Bearer ${token.value}` },
+          body: JSON.stringify(body) });
+        const result = await resp.json();
+        out.className = result.accepted ? "ok" : "err";
+        out.textContent = `${t(result.accepted ? "accepted" : "rejected")}: ${result.reason}`;
+      } catch (err) {
+        out.className = "err";
+        out.textContent = String(err);
+      }
+    });
+  }
+}
+
+async function main() {
+  ui.cfg = await (await fetch("/api/config")).json();
+  const stored = localStorage.getItem("ems.lang");
+  await setLanguage(stored || ui.cfg.language || "auto");
+  $("lang").addEventListener("change", (e) => {
+    localStorage.setItem("ems.lang", e.target.value);
+    setLanguage(e.target.value);
+  });
+  setupControl();
+  connect();
+  const tick = () => { $("clock").textContent = fmtTime(Date.now()); };
+  tick();
+  setInterval(tick, 1000);
+}
+
+main();

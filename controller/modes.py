@@ -1,0 +1,149 @@
+"""Operating modes: what the controller is trying to do, why, and since when.
+
+The operator (or a remote command) *requests* a mode for a while; the machine decides the
+*effective* mode each cycle from that request, the data (safe state) and the plan:
+
+==================  ==========================================================================
+mode                the target it gives the limits chain
+==================  ==========================================================================
+``auto``            follow the current plan step (MPC), by the follow rule
+``self_consumption``  grid target 0: charge from surplus, discharge to cover load
+``tou_rule``        the TOU rule policy's step (charge off-peak, discharge at peak)
+``manual``          an operator battery setpoint (with expiry)
+``standby``         battery 0 kW (the safety steps still act)
+``safe``            entered automatically on missing data: battery 0 kW, PV at the safe limit
+==================  ==========================================================================
+
+Precedence: ``safe`` > an unexpired operator request > ``auto`` (or its fallback when there is no
+valid plan). Every request expires; at expiry the machine returns to ``auto``. Each transition
+(mode or reason changes) is logged once, not every cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class Mode(StrEnum):
+    AUTO = "auto"
+    SELF_CONSUMPTION = "self_consumption"
+    TOU_RULE = "tou_rule"
+    MANUAL = "manual"
+    STANDBY = "standby"
+    SAFE = "safe"
+
+
+REQUESTABLE = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.MANUAL, Mode.STANDBY)
+FALLBACKS = (Mode.SELF_CONSUMPTION, Mode.TOU_RULE)
+
+
+class Reason(StrEnum):
+    """Reason codes for the effective mode."""
+
+    PLAN = "plan"                        # auto, following a valid plan
+    NO_PLAN = "no_plan"                  # auto requested, no plan yet → fallback
+    PLAN_EXPIRED = "plan_expired"        # the last valid plan is too old → fallback
+    PLANNER_FAILED = "planner_failed"    # the planner raised and no valid plan is left → fallback
+    SOLVER_TIMEOUT = "solver_timeout"    # the solver ran out of time and no valid plan is left → fallback
+    OPERATOR = "operator"                # an operator or remote command asked for this mode
+    DATA_MISSING = "data_missing"        # safe state: a required measurement is missing or stale
+
+
+@dataclass(frozen=True)
+class Request:
+    """An operator's mode request, valid until ``until`` (UTC)."""
+
+    mode: Mode
+    until: datetime
+    setpoint_kw: float | None = None
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class ModeState:
+    """The effective mode this cycle.
+
+    Attributes
+    ----------
+    mode : Mode
+    reason : Reason
+    since : datetime
+        When this (mode, reason) began. UTC.
+    request : Request | None
+        The operator request in force, if any.
+    """
+
+    mode: Mode
+    reason: Reason
+    since: datetime
+    request: Request | None = None
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode.value, "reason": self.reason.value, "since": self.since.isoformat(),
+                "request_until": self.request.until.isoformat() if self.request else None,
+                "manual_setpoint_kw": self.request.setpoint_kw if self.request else None}
+
+
+class ModeMachine:
+    """Decide the effective mode each cycle.
+
+    Parameters
+    ----------
+    fallback : Mode
+        What ``auto`` falls back to without a valid plan (``self_consumption`` or ``tou_rule``).
+    start : datetime
+        Site time at start-up (UTC).
+    """
+
+    def __init__(self, fallback: Mode, start: datetime):
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {[m.value for m in FALLBACKS]}, not {fallback}")
+        self.fallback = fallback
+        self.request: Request | None = None
+        self.state = ModeState(fallback, Reason.NO_PLAN, start)
+        self.transitions = 0
+
+    def request_mode(self, request: Request) -> None:
+        """An operator request (replaces any earlier one). ``auto`` clears the request."""
+        if request.mode not in REQUESTABLE:
+            raise ValueError(f"mode {request.mode} cannot be requested")
+        if request.mode is Mode.MANUAL and request.setpoint_kw is None:
+            raise ValueError("manual mode needs a setpoint")
+        self.request = None if request.mode is Mode.AUTO else request
+
+    def evaluate(self, now: datetime, *, safe: bool, plan_reason: Reason | None) -> ModeState:
+        """The effective mode at ``now``.
+
+        Parameters
+        ----------
+        safe : bool
+            The limits chain is in the safe state this cycle.
+        plan_reason : Reason | None
+            ``None`` when a valid plan covers ``now``; otherwise why not (NO_PLAN, PLAN_EXPIRED,
+            PLANNER_FAILED, SOLVER_TIMEOUT).
+        """
+        if self.request is not None and now >= self.request.until:
+            log.info("operator request %s expired at %s", self.request.mode.value, self.request.until.isoformat())
+            self.request = None
+        if safe:
+            mode, reason = Mode.SAFE, Reason.DATA_MISSING
+        elif self.request is not None:
+            mode, reason = self.request.mode, Reason.OPERATOR
+        elif plan_reason is None:
+            mode, reason = Mode.AUTO, Reason.PLAN
+        else:
+            mode, reason = self.fallback, plan_reason
+        if (mode, reason) != (self.state.mode, self.state.reason) or self.request is not self.state.request:
+            if (mode, reason) != (self.state.mode, self.state.reason):
+                self.transitions += 1
+                log.warning("mode %s (%s) → %s (%s)", self.state.mode.value, self.state.reason.value,
+                            mode.value, reason.value)
+                self.state = ModeState(mode, reason, now, self.request)
+            else:
+                self.state = ModeState(mode, reason, self.state.since, self.request)
+        return self.state

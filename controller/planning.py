@@ -1,0 +1,310 @@
+"""The planning side of the controller: measured history, forecasts, solving off the loop, plan keeping.
+
+- :class:`History` bins the cycle's measured PV and load into planning steps (the forecasters' input).
+- :class:`MeasuredForecasts` feeds that history to ``optimizer.forecast``; :class:`PerfectForecasts`
+  samples known series (the simulated site's own PV and load) for tests and demos.
+- :class:`PlanKeeper` owns the current plan: builds :class:`~optimizer.planner.PlanInputs` (tariff
+  prices, month-to-date peak, BMS limits now, the current step's battery power fixed), solves in a
+  worker thread with a time limit, keeps the last valid plan until it expires, and says why not
+  when there is none (a :class:`~controller.modes.Reason` for the mode machine).
+
+Re-planning happens at every planning interval (aligned to the clock), on request (command), and
+when the measured net load drifts away from the plan's for a while (:meth:`PlanKeeper.due`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from controller.dispatch import Follow, Source, Target, plan_target
+from controller.modes import Reason
+from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.plan import Plan
+from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
+from optimizer.policies import OFFPEAK_PERIODS, PEAK_PERIODS
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.tariff import SiteTariff
+from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
+
+log = logging.getLogger(__name__)
+
+
+def tou_rule_target(period: str, load_kw: float | None, pv_kw: float | None, battery: BatterySpec,
+                    reason: str) -> Target | None:
+    """The TOU rule (``optimizer.policies.tou``) for the current moment, as a dispatch target.
+
+    PV surplus → grid target 0 (charge from the surplus); off-peak → charge at the PCS limit (the chain's
+    import cap narrows it); peak → grid target 0 (discharge to cover the load); otherwise hold.
+    None when load or PV is missing (the chain is in its safe state then anyway).
+    """
+    if load_kw is None or pv_kw is None:
+        return None
+    if pv_kw > load_kw or period in PEAK_PERIODS:
+        return Target(Source.TOU_RULE, Follow.GRID, 0.0, reason=reason)
+    if period in OFFPEAK_PERIODS:
+        return Target(Source.TOU_RULE, Follow.BATTERY, -battery.max_charge_kw, reason=reason)
+    return Target(Source.TOU_RULE, Follow.BATTERY, 0.0, reason=reason)
+
+
+class History:
+    """Step averages of measured PV and load (NaN where a step was not covered well enough).
+
+    Parameters
+    ----------
+    step_minutes : int
+        Planning step. [min]
+    keep_days : float
+        How much history to keep. [d]
+    min_coverage : float
+        Fraction of a step that must be measured for its average to count. [-]
+    """
+
+    def __init__(self, step_minutes: int, keep_days: float, min_coverage: float = 0.5):
+        self.step_minutes = step_minutes
+        self.keep = timedelta(days=keep_days)
+        self.min_coverage = min_coverage
+        self._step: datetime | None = None
+        self._sums = np.zeros(2)
+        self._covered_h = 0.0
+        self._index: list[pd.Timestamp] = []
+        self._values: list[tuple[float, float]] = []
+        self._series: tuple[pd.Series, pd.Series] | None = None
+        self.last_load_kw: float | None = None
+        """The latest measured load (the load forecast's fallback before any step is complete). [kW]"""
+
+    def add(self, t: datetime, pv_kw: float | None, load_kw: float | None, dt_h: float) -> None:
+        """Add one cycle's measurement (missing values only advance time). ``t`` is the cycle time (UTC)."""
+        step = floor_to_step(t, self.step_minutes)
+        if self._step is not None and step != self._step:
+            self._close()
+        self._step = step
+        if pv_kw is not None and load_kw is not None:
+            self.last_load_kw = load_kw
+            self._sums += (pv_kw * dt_h, load_kw * dt_h)
+            self._covered_h += dt_h
+
+    def _close(self) -> None:
+        assert self._step is not None
+        if self._covered_h >= self.min_coverage * self.step_minutes / 60:
+            pv, load = self._sums / self._covered_h
+        else:
+            pv = load = float("nan")
+        self._index.append(pd.Timestamp(self._step))
+        self._values.append((pv, load))
+        cutoff = pd.Timestamp(self._step - self.keep)
+        while self._index and self._index[0] < cutoff:
+            self._index.pop(0)
+            self._values.pop(0)
+        self._sums[:] = 0.0
+        self._covered_h = 0.0
+        self._series = None
+
+    def series(self) -> tuple[pd.Series, pd.Series]:
+        """(PV, load) step averages as Series indexed by UTC step starts. [kW]"""
+        if self._series is None:
+            index = pd.DatetimeIndex(self._index, tz="UTC") if self._index else pd.DatetimeIndex([], tz="UTC")
+            values = np.array(self._values, dtype=float).reshape(-1, 2)
+            self._series = (pd.Series(values[:, 0], index=index), pd.Series(values[:, 1], index=index))
+        return self._series
+
+
+class ForecastSource(Protocol):
+    """PV and load on a grid. [kW]"""
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class MeasuredForecasts:
+    """``optimizer.forecast`` fed the measured :class:`History`; until a step of history is complete the
+    load forecast is the latest measured load (persistence)."""
+
+    def __init__(self, pv: PVForecaster, load: LoadForecaster, history: History):
+        self.pv, self.load, self.history = pv, load, history
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        pv_hist, load_hist = self.history.series()
+        self.load.fallback_kw = self.history.last_load_kw
+        return self.pv.forecast(grid, pv_hist), self.load.forecast(grid, load_hist)
+
+
+class PerfectForecasts:
+    """Known PV and load (callables UTC time → kW, e.g. the simulated plant's sources), averaged per step.
+
+    Parameters
+    ----------
+    pv_kw, load_kw : Callable[[datetime], float]
+    samples_per_step : int
+        Points averaged per step (evenly spaced, mid-point rule).
+    """
+
+    def __init__(self, pv_kw: Callable[[datetime], float], load_kw: Callable[[datetime], float],
+                 samples_per_step: int = 15):
+        self.pv_kw, self.load_kw, self.samples = pv_kw, load_kw, samples_per_step
+
+    def _mean(self, fn: Callable[[datetime], float], start: datetime, hours: float) -> float:
+        dt = timedelta(hours=hours / self.samples)
+        return float(np.mean([fn(start + dt * (k + 0.5)) for k in range(self.samples)]))
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        starts = [s.to_pydatetime() for s in grid.starts]
+        pv = np.array([self._mean(self.pv_kw, s, h) for s, h in zip(starts, grid.duration_h, strict=True)])
+        load = np.array([self._mean(self.load_kw, s, h) for s, h in zip(starts, grid.duration_h, strict=True)])
+        return np.maximum(pv, 0.0), np.maximum(load, 0.0)
+
+
+@dataclass(frozen=True)
+class SiteNow:
+    """What the planner needs to know about the site at planning time.
+
+    soc_kwh [kWh]; bms_max_charge_kw, bms_max_discharge_kw [kW] (None = PCS limits); month_peak_kw [kW].
+    """
+
+    soc_kwh: float
+    bms_max_charge_kw: float | None
+    bms_max_discharge_kw: float | None
+    month_peak_kw: float
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """One planning attempt: the plan, or why there is none; solve time in real milliseconds."""
+
+    plan: Plan | None
+    error: Reason | None
+    detail: str
+    elapsed_ms: float
+
+
+class PlanKeeper:
+    """Makes plans and keeps the last valid one.
+
+    Parameters
+    ----------
+    planner : Planner
+    settings : PlannerSettings
+    grid_spec : GridSpec
+    tariff : SiteTariff
+    forecasts : ForecastSource
+    follow_tol_kw : float
+        Tolerance of the follow rule (``controller.dispatch.plan_target``). [kW]
+    """
+
+    def __init__(self, planner: Planner, settings: PlannerSettings, grid_spec: GridSpec, tariff: SiteTariff,
+                 forecasts: ForecastSource, follow_tol_kw: float = 1.0):
+        self.planner = planner
+        self.settings = settings
+        self.grid_spec = grid_spec
+        self.tariff = tariff
+        self.forecasts = forecasts
+        self.follow_tol_kw = follow_tol_kw
+        self.plan: Plan | None = None
+        self.last_error: Reason | None = Reason.NO_PLAN
+        self.last_detail = "no plan yet"
+        self.last_outcome: PlanOutcome | None = None
+        self.plans_made = 0
+        self.failures = 0
+        self._solving: asyncio.Future | None = None
+
+    # ---------------------------------------------------------------------------------- the current plan
+
+    def status(self, now: datetime) -> Reason | None:
+        """None when a valid plan covers ``now``; otherwise the reason there is none."""
+        if self.plan is not None and not self.plan.is_expired(now, self.settings.plan_valid_hours) \
+                and self.plan.step_at(now) is not None:
+            return None
+        if self.plan is not None:
+            return self.last_error if self.last_error in (Reason.PLANNER_FAILED, Reason.SOLVER_TIMEOUT) \
+                else Reason.PLAN_EXPIRED
+        return self.last_error or Reason.NO_PLAN
+
+    def planned_peak_kw(self, now: datetime, month_peak_kw: float) -> float | None:
+        """The import level the plan holds for the month (demand charge), None without a demand charge. [kW]"""
+        if self.plan is None or self.tariff.demand_charge(now) is None:
+            return None
+        months = self.tariff.billing_months(self.plan.starts)
+        mine = months == self.tariff.billing_month(now)
+        return max(month_peak_kw, float(np.max(self.plan.import_kw[mine], initial=0.0)))
+
+    def target(self, now: datetime, month_peak_kw: float) -> Target | None:
+        """The plan step at ``now`` as a dispatch target (follow rule), or None without a valid plan."""
+        if self.status(now) is not None:
+            return None
+        assert self.plan is not None
+        step = self.plan.step_at(now)
+        assert step is not None
+        expires = min(self.plan.expires_at(self.settings.plan_valid_hours),
+                      (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime())
+        return plan_target(step.battery_kw, step.grid_kw, self.grid_spec, source=Source.PLAN,
+                           peak_kw=self.planned_peak_kw(now, month_peak_kw), expires_at=expires,
+                           tol_kw=self.follow_tol_kw)
+
+    def planned_net_load_kw(self, now: datetime) -> float | None:
+        """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
+        if self.plan is None:
+            return None
+        step = self.plan.step_at(now)
+        return None if step is None else float(self.plan.load_kw[step.index] - self.plan.pv_kw[step.index])
+
+    # ---------------------------------------------------------------------------------- making plans
+
+    def inputs(self, now: datetime, site: SiteNow) -> PlanInputs:
+        """PlanInputs for a plan starting at the step containing ``now`` (runs in the worker thread)."""
+        s = self.settings
+        grid = regular_grid(floor_to_step(now, s.step_minutes), s.horizon_steps, s.step_minutes)
+        pv_kw, load_kw = self.forecasts.forecast(grid)
+        prices = self.tariff.prices(grid.starts)
+        months = self.tariff.billing_months(grid.starts)
+        month_index = np.concatenate([[0], np.cumsum(months[1:] != months[:-1])])
+        demand = self.tariff.demand_charge(now)
+        fixed = None
+        if self.plan is not None and self.status(now) is None:
+            step = self.plan.step_at(grid.starts[0].to_pydatetime())
+            fixed = None if step is None else step.battery_kw
+        return PlanInputs(
+            grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=prices.import_price_gross,
+            export_price=prices.export_price, soc0_kwh=site.soc_kwh, month_peak_kw=site.month_peak_kw,
+            demand_charge_per_kw=demand.rate_per_kw_month * (1.0 + self.tariff.vat_rate(now)) if demand else 0.0,
+            billing_month=month_index, max_charge_kw=site.bms_max_charge_kw,
+            max_discharge_kw=site.bms_max_discharge_kw, fixed_battery_kw=fixed, period=list(prices.period))
+
+    def _solve(self, now: datetime, site: SiteNow) -> Plan:
+        return self.planner.plan(self.inputs(now, site), created_at=now)
+
+    async def replan(self, now: datetime, site: SiteNow, timeout_s: float) -> PlanOutcome:
+        """Plan in a worker thread; keep the last valid plan on any failure.
+
+        ``timeout_s`` is real time. A solve still running from an earlier time-out is not started again.
+        """
+        t0 = time.perf_counter()
+        if self._solving is not None and not self._solving.done():
+            return self._failed(Reason.SOLVER_TIMEOUT, "previous solve still running", t0)
+        self._solving = asyncio.ensure_future(asyncio.to_thread(self._solve, now, site))
+        try:
+            plan = await asyncio.wait_for(asyncio.shield(self._solving), timeout_s)
+        except TimeoutError:
+            return self._failed(Reason.SOLVER_TIMEOUT, f"no answer within {timeout_s:g} s", t0)
+        except SolverTimeout as exc:
+            return self._failed(Reason.SOLVER_TIMEOUT, str(exc), t0)
+        except (PlannerError, ValueError) as exc:
+            return self._failed(Reason.PLANNER_FAILED, f"{type(exc).__name__}: {exc}", t0)
+        self.plan, self.last_error, self.last_detail = plan, None, ""
+        self.plans_made += 1
+        self.last_outcome = PlanOutcome(plan, None, "", (time.perf_counter() - t0) * 1e3)
+        return self.last_outcome
+
+    def _failed(self, reason: Reason, detail: str, t0: float) -> PlanOutcome:
+        self.failures += 1
+        if (reason, detail) != (self.last_error, self.last_detail):
+            log.error("planning failed (%s): %s; keeping the last valid plan until it expires", reason.value, detail)
+        self.last_error, self.last_detail = reason, detail
+        self.last_outcome = PlanOutcome(None, reason, detail, (time.perf_counter() - t0) * 1e3)
+        return self.last_outcome

@@ -1,0 +1,539 @@
+"""The controller service: the cycle, the planning task, modes, persistence and shutdown (docs/controller.md).
+
+Every cycle (``control.cycle_s`` of site time, aligned to the clock):
+
+1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`;
+2. account energy, money and the demand peak; feed the forecasters' history;
+3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
+   rule, a fallback rule, or the operator's);
+4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
+5. write setpoints (only on a change beyond the deadband, or at the heartbeat) and keep the devices'
+   watchdogs alive;
+6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
+
+The planning task re-plans at every planning interval, on a ``replan`` command and when the site
+drifts from the plan, in a worker thread with a time limit; the last valid plan is followed until it
+expires, then the mode machine falls back (self-consumption or TOU rule) with a reason code.
+On stop: battery 0 kW, remote control released, state saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+from controller.bus import ALARM, PLAN, STATE, Bus
+from controller.commands import CommandResult, Commands, Reserve
+from controller.config import SiteConfig, state_dir
+from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
+from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
+from controller.planning import (
+    ForecastSource,
+    History,
+    MeasuredForecasts,
+    PlanKeeper,
+    SiteNow,
+    tou_rule_target,
+)
+from controller.sdnotify import SdNotify
+from controller.snapshot import Snapshot, read_snapshot
+from controller.state_store import DemandTracker, EnergyCounters, StateStore
+from drivers.device import ModbusDevice
+from drivers.profile import load_profile, profile_path
+from drivers.roles import Role
+from drivers.transport import ConnectionPool
+from ems.clock import Clock
+from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.plan import Plan
+from optimizer.planner import Planner
+from optimizer.tariff import SiteTariff, load_tariff
+from optimizer.timegrid import floor_to_step
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.sqlite"
+MAX_ACCOUNTED_GAP_CYCLES = 5
+"""A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
+
+
+def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
+                  pool: ConnectionPool) -> dict[Role, ModbusDevice]:
+    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file."""
+    devices = {}
+    for cfg in config.devices:
+        path = profile_path(cfg.profile)
+        if not path.is_absolute() and path.parent != Path(".") and not path.exists():
+            path = config_path.resolve().parent / path
+        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock)
+    return devices
+
+
+class Controller:
+    """The live controller for one site.
+
+    Parameters
+    ----------
+    config : SiteConfig
+    devices : Mapping[Role, ModbusDevice]
+        One device per role.
+    clock : Clock
+        Site time (shared with the simulated site when there is one).
+    tariff : SiteTariff
+    state_path : Path
+        The SQLite state file.
+    forecasts : ForecastSource | None
+        Default: ``optimizer.forecast`` fed the measured history.
+    notify : SdNotify | None
+        systemd notification; default from ``$NOTIFY_SOCKET``.
+    """
+
+    def __init__(self, config: SiteConfig, devices: Mapping[Role, ModbusDevice], clock: Clock, tariff: SiteTariff,
+                 state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None):
+        self.config = config
+        self.devices = dict(devices)
+        self.clock = clock
+        self.tariff = tariff
+        ctl, bat = config.control, config.battery
+        now = clock.now()
+        self.bus = Bus()
+        self.notify = notify or SdNotify()
+        self.store = StateStore(state_path, now)
+        self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw)
+        self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
+        self.history = History(config.planner.step_minutes, ctl.history_days)
+        self.forecasts = forecasts or MeasuredForecasts(
+            PVForecaster(config.site, config.pv),
+            LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
+        self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
+                                config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
+        self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
+                                 (bat.soc_min_pct, bat.soc_max_pct), self.request_replan)
+        demand = tariff.demand_charge(now)
+        self.demand = DemandTracker(tariff.billing_month, config.site.timezone,
+                                    demand.window_minutes if demand else ctl.demand_interval_minutes)
+        self.energy = EnergyCounters()
+        self.alarms: dict[str, str] = {}
+        self.snapshot: Snapshot | None = None
+        self.decision: Decision | None = None
+        self.cycles = 0
+        self.cycle_ms: list[float] = []
+        self._last_ts: datetime | None = None
+        self._last_persist = -float("inf")
+        self._written: dict[str, tuple[float, float]] = {}  # point → (value, site monotonic of the write)
+        self._online: dict[Role, bool | None] = {role: None for role in self.devices}
+        self._replan_until: datetime | None = None
+        self._last_plan_try: float | None = None
+        self._deviation_since: float | None = None
+        self._price_cache: tuple[datetime, dict[str, Any]] | None = None
+        self._stop = asyncio.Event()
+        self._zone = ZoneInfo(config.site.timezone)
+        self._restore(now)
+
+    @classmethod
+    def from_config(cls, config: SiteConfig, config_path: str | Path, clock: Clock, *,
+                    state_directory: Path | None = None, forecasts: ForecastSource | None = None,
+                    pool: ConnectionPool | None = None) -> Controller:
+        """Build devices, tariff and state file from a validated site file."""
+        path = Path(config_path)
+        tariff = load_tariff(config.tariff, path.resolve().parent).bind(config.site.timezone,
+                                                                        config.tariff.extra_holidays)
+        devices = build_devices(config, path, clock, pool or ConnectionPool())
+        directory = state_directory or state_dir(config, path)
+        return cls(config, devices, clock, tariff, directory / STATE_FILE, forecasts=forecasts)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _restore(self, now: datetime) -> None:
+        s = self.store
+        if s.alarm:
+            self._raise("state_store_corrupt", s.alarm, now)
+        self.demand.restore(s.get(DemandTracker.KEY))
+        self.energy = EnergyCounters.from_dict(s.get(EnergyCounters.KEY))
+        plan = s.get("plan")
+        if plan:
+            try:
+                restored = Plan.from_dict(plan)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("stored plan unreadable (%s); ignored", exc)
+            else:
+                if not restored.is_expired(now, self.config.planner.plan_valid_hours):
+                    self.plans.plan, self.plans.last_error = restored, None
+        mode = s.get("mode")
+        if mode:
+            until = datetime.fromisoformat(mode["until"])
+            if until > now:
+                self.modes.request_mode(Request(Mode(mode["mode"]), until, mode.get("setpoint_kw"), "restored"))
+        reserve = s.get("reserve")
+        if reserve and datetime.fromisoformat(reserve["until"]) > now:
+            self.commands.reserve = Reserve(reserve["soc_pct"], datetime.fromisoformat(reserve["until"]))
+
+    def persist(self, now: datetime) -> None:
+        """Save counters, demand peak and operator requests."""
+        s = self.store
+        s.put(DemandTracker.KEY, self.demand.to_dict(), now)
+        s.put(EnergyCounters.KEY, self.energy.to_dict(), now)
+        r = self.modes.request
+        if r is None:
+            s.delete("mode")
+        else:
+            s.put("mode", {"mode": r.mode.value, "until": r.until.isoformat(), "setpoint_kw": r.setpoint_kw}, now)
+        res = self.commands.reserve
+        if res is None:
+            s.delete("reserve")
+        else:
+            s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
+        self._last_persist = self.clock.monotonic()
+
+    # ------------------------------------------------------------------------------------------ alarms
+
+    def _raise(self, code: str, message: str, now: datetime) -> None:
+        if code not in self.alarms:
+            self.alarms[code] = message
+            log.error("alarm raised: %s: %s", code, message)
+            self.bus.publish(ALARM, {"ts": now.isoformat(), "site": self.config.site.name, "code": code,
+                                     "active": True, "message": message})
+
+    def _clear(self, code: str, now: datetime) -> None:
+        if code in self.alarms:
+            del self.alarms[code]
+            log.warning("alarm cleared: %s", code)
+            self.bus.publish(ALARM, {"ts": now.isoformat(), "site": self.config.site.name, "code": code,
+                                     "active": False, "message": ""})
+
+    def _set_alarms(self, prefix_codes: dict[str, str], managed: tuple[str, ...], now: datetime) -> None:
+        """Make the alarms whose code starts with one of ``managed`` exactly ``prefix_codes``."""
+        for code in [c for c in self.alarms if c.startswith(managed) and c not in prefix_codes]:
+            self._clear(code, now)
+        for code, message in prefix_codes.items():
+            self._raise(code, message, now)
+
+    # ------------------------------------------------------------------------------------------ commands
+
+    def apply(self, command: dict | Any) -> CommandResult:
+        """Apply an operator/remote command (see :mod:`controller.commands`)."""
+        result = self.commands.apply(command)
+        if result.accepted:
+            self.persist(self.clock.now())
+        return result
+
+    def request_replan(self, until: datetime) -> None:
+        self._replan_until = until
+
+    # ------------------------------------------------------------------------------------------ the cycle
+
+    def _prices(self, now: datetime) -> dict[str, Any]:
+        minute = now.replace(second=0, microsecond=0)
+        if self._price_cache is None or self._price_cache[0] != minute:
+            p = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(minute)]))
+            self._price_cache = (minute, {"period": str(p.period[0]), "import_price": float(p.import_price_gross[0]),
+                                          "export_price": float(p.export_price[0]),
+                                          "currency": self.tariff.currency})
+        return self._price_cache[1]
+
+    def _account(self, snap: Snapshot, now: datetime) -> None:
+        dt_h = 0.0
+        if self._last_ts is not None:
+            dt_s = (now - self._last_ts).total_seconds()
+            if 0 < dt_s <= MAX_ACCOUNTED_GAP_CYCLES * self.config.control.cycle_s:
+                dt_h = dt_s / 3600.0
+        self._last_ts = now
+        grid_kw, pv_kw, battery_kw = snap.value("grid_kw"), snap.value("pv_kw"), snap.value("battery_kw")
+        self.history.add(now, pv_kw, snap.load_kw, dt_h)
+        if dt_h == 0 or grid_kw is None:
+            return
+        self.demand.add(now, grid_kw, dt_h)
+        if pv_kw is None or battery_kw is None:
+            return
+        prices = self._prices(now)
+        day = now.astimezone(self._zone).date().isoformat()
+        self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"], prices["export_price"],
+                        self.config.grid.export_cap_kw)
+
+    def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
+        mode = state.mode
+        if mode is Mode.AUTO:
+            target = self.plans.target(now, self.demand.month_peak_kw(now))
+        elif mode is Mode.SELF_CONSUMPTION:
+            target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
+        elif mode is Mode.TOU_RULE:
+            target = tou_rule_target(self._prices(now)["period"], snap.load_kw, snap.value("pv_kw"),
+                                     self.config.battery, state.reason.value)
+        elif mode is Mode.MANUAL:
+            assert state.request is not None and state.request.setpoint_kw is not None
+            target = Target(Source.MANUAL, Follow.BATTERY, state.request.setpoint_kw,
+                            expires_at=state.request.until, reason="operator")
+        elif mode is Mode.STANDBY:
+            target = Target(Source.STANDBY, Follow.BATTERY, 0.0, reason="operator")
+        else:
+            target = None
+        if target is not None and reserve is not None:
+            target = Target(target.source, target.follow, target.value_kw, target.grid_ceiling_kw, reserve,
+                            target.expires_at, target.reason)
+        return target
+
+    async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
+        """Write ``value`` unless within ``deadband`` of the last write (re-sent at the heartbeat); error or None."""
+        device = self.devices[role]
+        mono = self.clock.monotonic()
+        last = self._written.get(point)
+        heartbeat = last is not None and mono - last[1] >= self.config.control.heartbeat_s
+        if last is not None and abs(value - last[0]) < deadband and not heartbeat and not (value == 0 != last[0]):
+            value = last[0]
+        result = await device.write(point, value, force=heartbeat)
+        if not result.ok:
+            self._written.pop(point, None)
+            return f"{device.name}: {point}={value:g}: {result.detail}"
+        if result.sent or last is None:
+            self._written[point] = (result.value, mono)
+        return None
+
+    async def _write(self, decision: Decision, now: datetime) -> None:
+        ctl = self.config.control
+        results = await asyncio.gather(
+            self._write_point(Role.BATTERY, "battery_setpoint_kw", round(decision.battery_setpoint_kw, 1),
+                              ctl.write_deadband_kw),
+            self._write_point(Role.PV_INVERTER, "pv_limit_pct", round(decision.pv_limit_pct, 1),
+                              ctl.pv_write_deadband_pct),
+            *(d.heartbeat() for d in self.devices.values()))
+        errors = {f"write_failed:{role.value}": msg for role, msg in zip((Role.BATTERY, Role.PV_INVERTER),
+                                                                          results[:2], strict=True) if msg}
+        self._set_alarms(errors, ("write_failed:",), now)
+
+    async def _remote_control(self) -> None:
+        """Enter remote control on devices that just came online (at start, and after an outage)."""
+        for role, device in self.devices.items():
+            online = device.online
+            if online and not self._online[role]:
+                for result in await device.enter_remote_control():
+                    if not result.ok:
+                        log.error("device %s: remote control not entered: %s", device.name, result.detail)
+                self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
+            self._online[role] = online
+
+    async def cycle(self) -> dict[str, Any]:
+        """One control cycle; returns the published state."""
+        t0 = time.perf_counter()
+        snap = await read_snapshot(list(self.devices.values()), self.clock)
+        t_read = time.perf_counter()
+        now = snap.ts
+        await self._remote_control()
+        self.snapshot = snap
+        self._account(snap, now)
+        inputs = snap.dispatch_inputs()
+        reserve = self.commands.reserve_pct(now)
+        state = self.modes.evaluate(now, safe=bool(inputs.missing()), plan_reason=self.plans.status(now))
+        target = self._target(state, now, snap, reserve)
+        decision = self.dispatcher.step(inputs, target, now)
+        self.decision = decision
+        t_decide = time.perf_counter()
+        await self._write(decision, now)
+        t_write = time.perf_counter()
+        self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
+                          for a in decision.alarms}, tuple(_ALARM_TEXT), now)
+        self._check_deviation(snap, now)
+        self.cycles += 1
+        timing = {"read_ms": (t_read - t0) * 1e3, "decide_ms": (t_decide - t_read) * 1e3,
+                  "write_ms": (t_write - t_decide) * 1e3, "cycle_ms": (t_write - t0) * 1e3}
+        self.cycle_ms.append(timing["cycle_ms"])
+        payload = self._state_payload(snap, state, decision, target, timing)
+        self.bus.publish(STATE, payload)
+        self.notify.watchdog()
+        if self.clock.monotonic() - self._last_persist >= self.config.control.persist_interval_s:
+            self.persist(now)
+        return payload
+
+    def _check_deviation(self, snap: Snapshot, now: datetime) -> None:
+        planned = self.plans.planned_net_load_kw(now)
+        load, pv = snap.load_kw, snap.value("pv_kw")
+        mono = self.clock.monotonic()
+        if planned is None or load is None or pv is None \
+                or abs(load - pv - planned) <= self.config.control.replan_deviation_kw:
+            self._deviation_since = None
+        elif self._deviation_since is None:
+            self._deviation_since = mono
+
+    def _state_payload(self, snap: Snapshot, state: ModeState, decision: Decision, target: Target | None,
+                       timing: dict[str, float]) -> dict[str, Any]:
+        now = snap.ts
+        plan = self.plans.plan
+        step = plan.step_at(now) if plan is not None else None
+        plan_info = None
+        if plan is not None and step is not None:
+            plan_info = {"created_at": plan.created_at.isoformat(), "source": plan.source,
+                         "step_start": step.start.isoformat(), "battery_kw": step.battery_kw,
+                         "grid_kw": step.grid_kw, "soc_pct": 100.0 * step.soc_kwh / plan.capacity_kwh,
+                         "expires_at": plan.expires_at(self.config.planner.plan_valid_hours).isoformat(),
+                         "follow": target.follow.value if target is not None and target.source is Source.PLAN
+                         else None,
+                         "follow_reason": target.reason if target is not None and target.source is Source.PLAN
+                         else None}
+        outcome = self.plans.last_outcome
+        solver = {"plans_made": self.plans.plans_made, "failures": self.plans.failures,
+                  "last_error": self.plans.last_error.value if self.plans.last_error else None,
+                  "detail": self.plans.last_detail or None,
+                  "elapsed_ms": outcome.elapsed_ms if outcome else None,
+                  "status": plan.solver.status if plan is not None else None,
+                  "solve_ms": plan.solver.solve_ms if plan is not None else None}
+        return {
+            "ts": now.isoformat(), "site": self.config.site.name,
+            "mode": state.mode.value, "reason": state.reason.value, "mode_since": state.since.isoformat(),
+            "measurements": snap.measurements(), "load_kw": snap.load_kw,
+            "devices": {name: {"ok": ok, "error": snap.device_errors.get(name)} for name, ok in snap.device_ok.items()},
+            "setpoints": {"battery_kw": decision.battery_setpoint_kw, "pv_limit_pct": decision.pv_limit_pct,
+                          "pv_limit_kw": decision.pv_limit_kw, "safe": decision.safe, "source": decision.source,
+                          "follow": decision.follow, "reason": decision.reason,
+                          "expected_grid_kw": decision.expected_grid_kw,
+                          "bounds": [{"step": b.step, "lo_kw": b.lo_kw, "hi_kw": b.hi_kw, "note": b.note}
+                                     for b in decision.bounds]},
+            "operator": {"request": state.request.mode.value if state.request else None,
+                         "until": state.request.until.isoformat() if state.request else None,
+                         "manual_setpoint_kw": state.request.setpoint_kw if state.request else None,
+                         "soc_reserve_pct": self.commands.reserve.soc_pct if self.commands.reserve else None},
+            "plan": plan_info,
+            "tariff": self._prices(now),
+            "today": self.energy.to_dict(),
+            "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
+                       "interval_avg_kw": self.demand.current_average_kw()},
+            "alarms": sorted(self.alarms),
+            "solver": solver,
+            "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
+        }
+
+    # ------------------------------------------------------------------------------------------ planning
+
+    def _site_now(self) -> SiteNow | None:
+        snap = self.snapshot
+        soc = snap.value("soc_pct") if snap is not None else None
+        if snap is None or soc is None:
+            return None
+        return SiteNow(soc_kwh=soc / 100.0 * self.config.battery.capacity_kwh,
+                       bms_max_charge_kw=snap.value("max_charge_kw"),
+                       bms_max_discharge_kw=snap.value("max_discharge_kw"),
+                       month_peak_kw=self.demand.month_peak_kw(snap.ts))
+
+    def _plan_due(self, now: datetime) -> str | None:
+        ctl = self.config.control
+        mono = self.clock.monotonic()
+        if self._last_plan_try is None:
+            return "start"
+        since = mono - self._last_plan_try
+        if self._replan_until is not None:
+            if now <= self._replan_until:
+                return "requested"
+            self._replan_until = None
+        step = timedelta(minutes=self.config.replan_minutes)
+        last_wall = now - timedelta(seconds=since)
+        if floor_to_step(now, self.config.replan_minutes) > floor_to_step(last_wall, self.config.replan_minutes) \
+                and since >= min(ctl.min_replan_gap_s, step.total_seconds() / 2):
+            return "interval"
+        if since < ctl.min_replan_gap_s:
+            return None
+        if self.plans.status(now) is not None:
+            return "no_valid_plan"
+        if self._deviation_since is not None and mono - self._deviation_since >= ctl.replan_deviation_s:
+            return "deviation"
+        return None
+
+    async def plan_once(self, why: str) -> None:
+        """One planning attempt now (the planning task calls this; tests may too)."""
+        now = self.clock.now()
+        site = self._site_now()
+        if site is None:
+            if self.snapshot is not None:
+                self._last_plan_try = self.clock.monotonic()
+                log.warning("planning skipped (%s): no valid SOC measurement", why)
+            return
+        self._last_plan_try = self.clock.monotonic()
+        self._replan_until = None
+        self._deviation_since = None
+        timeout_s = self.config.planner.time_limit_s * 2 + 5.0
+        outcome = await self.plans.replan(now, site, timeout_s)
+        if outcome.plan is None:
+            self._raise("planner_failed", f"{outcome.error.value if outcome.error else ''}: {outcome.detail}", now)
+            return
+        self._clear("planner_failed", now)
+        log.info("new plan (%s) in %.0f ms: objective %.0f", why, outcome.elapsed_ms, outcome.plan.objective.total)
+        data = outcome.plan.to_dict()
+        self.store.put("plan", data, now)
+        self.bus.publish(PLAN, {**data, "reason": why})
+
+    async def _planning_task(self) -> None:
+        while not self._stop.is_set():
+            why = self._plan_due(self.clock.now())
+            if why is not None:
+                try:
+                    await self.plan_once(why)
+                except Exception:  # planning must never take the controller down
+                    log.exception("planning task error")
+                    self.plans.last_error, self.plans.last_detail = Reason.PLANNER_FAILED, "internal error"
+            await self.clock.sleep(self.config.control.cycle_s)
+
+    # ------------------------------------------------------------------------------------------ life cycle
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (signal handlers call this)."""
+        self._stop.set()
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Run cycles until :meth:`stop` (or for ``duration_s`` site seconds), then shut down safely."""
+        ctl = self.config.control
+        planning = asyncio.create_task(self._planning_task(), name="planning")
+        started = self.clock.monotonic()
+        try:
+            first = True
+            while not self._stop.is_set():
+                await self.cycle()
+                if first:
+                    self.notify.ready(f"controlling {self.config.site.name}")
+                    first = False
+                mono = self.clock.monotonic()
+                if duration_s is not None and mono - started >= duration_s:
+                    break
+                next_tick = (mono // ctl.cycle_s + 1) * ctl.cycle_s
+                sleeper = asyncio.ensure_future(self.clock.sleep(next_tick - mono))
+                stopper = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for f in (sleeper, stopper):
+                    f.cancel()
+        finally:
+            self._stop.set()
+            planning.cancel()
+            await asyncio.gather(planning, return_exceptions=True)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Battery to 0 kW, remote control released, state saved."""
+        self.notify.stopping()
+        now = self.clock.now()
+        battery = self.devices.get(Role.BATTERY)
+        if battery is not None:
+            result = await battery.write("battery_setpoint_kw", 0.0, force=True)
+            if not result.ok:
+                log.error("shutdown: battery setpoint 0 kW not confirmed: %s", result.detail)
+        for device in self.devices.values():
+            for result in await device.leave_remote_control():
+                if not result.ok:
+                    log.error("shutdown: %s did not leave remote control: %s", device.name, result.detail)
+        self.persist(now)
+        self.store.close()
+        for device in self.devices.values():
+            device.connection.close()
+        self.notify.close()
+        log.warning("controller stopped: battery 0 kW, remote control released")
+
+
+_ALARM_TEXT = {"data_missing": "required measurement missing or stale; safe state",
+               "import_cap_unheld": "import above the contracted capacity and the battery cannot hold it"}
+
+
+def _belongs(point: str, role: Role) -> bool:
+    return (point == "battery_setpoint_kw" and role is Role.BATTERY) or (
+        point == "pv_limit_pct" and role is Role.PV_INVERTER)

@@ -1,0 +1,111 @@
+"""One frozen view of the site per cycle: every device read concurrently, every point with its quality.
+
+The cycle reads all devices at once into a :class:`Snapshot` and works only from it, so no value
+changes while the limits chain runs (OpenEMS's process image). A device whose poll fails or raises
+contributes its role's points as *missing*; a reading older than the device's ``max_age_s`` is
+*stale*. Missing is ``None``, never 0.
+
+The site load is derived, not measured: ``load_kw = grid_kw + pv_kw + battery_kw`` (grid + import,
+battery + discharge; docs/conventions.md), ``None`` if any of the three is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Protocol
+
+from controller.dispatch import DispatchInputs
+from drivers.config import DeviceConfig
+from drivers.readings import Reading, missing
+from drivers.roles import role_points
+from ems.clock import Clock
+
+
+class Pollable(Protocol):
+    """What the snapshot needs of a device (``drivers.device.ModbusDevice`` is one)."""
+
+    config: DeviceConfig
+
+    async def poll(self) -> dict[str, Reading]: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The site at ``ts``.
+
+    Attributes
+    ----------
+    ts : datetime
+        Site time the reads started (UTC).
+    readings : Mapping[str, Reading]
+        Canonical point name → reading, for every point of every configured device's role.
+    device_ok : Mapping[str, bool]
+        Device name → whether its poll returned (individual points may still be missing).
+    device_errors : Mapping[str, str]
+        Device name → why the poll failed (only failed devices).
+    """
+
+    ts: datetime
+    readings: Mapping[str, Reading]
+    device_ok: Mapping[str, bool]
+    device_errors: Mapping[str, str]
+
+    def value(self, name: str) -> float | None:
+        """The numeric value of point ``name``, or ``None`` if missing, stale, implausible, absent or not a number."""
+        r = self.readings.get(name)
+        if r is None or not r.ok or isinstance(r.value, str):
+            return None
+        return float(r.value)
+
+    @property
+    def load_kw(self) -> float | None:
+        """Site load = grid + PV + battery, ``None`` if any is missing. [kW]"""
+        parts = (self.value("grid_kw"), self.value("pv_kw"), self.value("battery_kw"))
+        return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+
+    def dispatch_inputs(self) -> DispatchInputs:
+        """The limits chain's inputs."""
+        return DispatchInputs(
+            grid_kw=self.value("grid_kw"), pv_kw=self.value("pv_kw"), battery_kw=self.value("battery_kw"),
+            soc_pct=self.value("soc_pct"), bms_max_charge_kw=self.value("max_charge_kw"),
+            bms_max_discharge_kw=self.value("max_discharge_kw"), pv_limit_pct=self.value("pv_limit_pct"))
+
+    def measurements(self) -> dict[str, dict]:
+        """JSON-ready ``{name: {value, unit, quality}}`` (``value`` is None unless the quality is ok)."""
+        out = {}
+        for name, r in self.readings.items():
+            entry = {"value": r.value, "unit": r.unit, "quality": r.quality.value}
+            if r.detail:
+                entry["detail"] = r.detail
+            out[name] = entry
+        return out
+
+
+def _all_missing(config: DeviceConfig, ts: datetime, detail: str) -> dict[str, Reading]:
+    return {p.name: missing(p.unit, ts, detail) for p in role_points(config.role) if not p.writable}
+
+
+async def read_snapshot(devices: Sequence[Pollable], clock: Clock) -> Snapshot:
+    """Poll every device concurrently and freeze the result."""
+    ts = clock.now()
+    results = await asyncio.gather(*(d.poll() for d in devices), return_exceptions=True)
+    readings: dict[str, Reading] = {}
+    ok: dict[str, bool] = {}
+    errors: dict[str, str] = {}
+    now = clock.now()
+    for device, result in zip(devices, results, strict=True):
+        cfg = device.config
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result
+            ok[cfg.name] = False
+            errors[cfg.name] = f"{type(result).__name__}: {result}"
+            readings.update(_all_missing(cfg, ts, errors[cfg.name]))
+            continue
+        ok[cfg.name] = True
+        readings.update({name: r.aged(now, cfg.max_age_s) for name, r in result.items()})
+    return Snapshot(ts, MappingProxyType(readings), MappingProxyType(ok), MappingProxyType(errors))

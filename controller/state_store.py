@@ -1,0 +1,227 @@
+"""What the controller must remember across restarts, in one SQLite file under the state directory.
+
+- the month-to-date peak import (30-minute average, the demand-charge basis) — :class:`DemandTracker`;
+- today's energy counters and money saved against no battery — :class:`EnergyCounters`;
+- the last valid plan (JSON) and the operator's mode request.
+
+The store is a small key/value table of JSON documents. A file that SQLite cannot read is moved
+aside (``<name>.corrupt-<UTC time>``), :attr:`StateStore.alarm` says so, and the controller starts
+clean: a broken state file must never keep the controller from starting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated TEXT NOT NULL)"
+
+
+class StateStore:
+    """A JSON key/value store in SQLite.
+
+    Parameters
+    ----------
+    path : Path
+        The SQLite file; its directory is created if needed.
+    now : datetime
+        Site time (UTC), to name a corrupt file moved aside.
+    """
+
+    def __init__(self, path: Path, now: datetime):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.alarm: str | None = None
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{now:%Y%m%dT%H%M%SZ}")
+            self.path.replace(aside)
+            self.alarm = f"state file unreadable ({exc}); moved to {aside.name}, starting clean"
+            log.error("%s", self.alarm)
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            db.execute("SELECT key, value FROM kv").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def get(self, key: str) -> Any | None:
+        """The JSON document stored under ``key``, or ``None``; an unparsable value counts as absent."""
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except json.JSONDecodeError:
+            log.error("state %s is not JSON; ignored", key)
+            return None
+
+    def put(self, key: str, value: Any, now: datetime) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``."""
+        self._db.execute("INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)",
+                         (key, json.dumps(value), now.isoformat()))
+
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class DemandTracker:
+    """Month-to-date peak of the average import over fixed demand intervals.
+
+    Parameters
+    ----------
+    billing_month : Callable[[datetime], str]
+        The billing month (e.g. ``"2026-05"``) of an instant, in the tariff's local time.
+    timezone : str
+        IANA zone; intervals are aligned to the local clock (:00, :30 for 30 min).
+    interval_minutes : int
+        Demand interval. [min]
+    """
+
+    KEY = "demand"
+
+    def __init__(self, billing_month: Callable[[datetime], str], timezone: str, interval_minutes: int = 30):
+        self.billing_month = billing_month
+        self.zone = ZoneInfo(timezone)
+        self.interval = timedelta(minutes=interval_minutes)
+        self.month: str | None = None
+        self.peak_kw = 0.0
+        self.peak_at: str | None = None
+        self._start: datetime | None = None
+        self._kwh = 0.0
+
+    def _interval_start(self, t: datetime) -> datetime:
+        local = t.astimezone(self.zone)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (midnight + ((local - midnight) // self.interval) * self.interval).astimezone(UTC)
+
+    def add(self, t: datetime, import_kw: float, dt_h: float) -> bool:
+        """Add ``import_kw`` over ``dt_h`` ending at ``t``; True when the month peak rose (an interval closed).
+
+        Parameters
+        ----------
+        import_kw : float
+            Grid import (export counts as 0). [kW]
+        dt_h : float
+            Duration. [h]
+        """
+        start = self._interval_start(t - timedelta(microseconds=1))
+        rose = False
+        if self._start is not None and start != self._start:
+            rose = self._close()
+        if self._start != start:
+            self._start, self._kwh = start, 0.0
+        self._kwh += max(0.0, import_kw) * dt_h
+        return rose
+
+    def _close(self) -> bool:
+        assert self._start is not None
+        month = self.billing_month(self._start)
+        if month != self.month:
+            self.month, self.peak_kw, self.peak_at = month, 0.0, None
+        avg_kw = self._kwh / (self.interval.total_seconds() / 3600.0)
+        if avg_kw > self.peak_kw:
+            self.peak_kw, self.peak_at = avg_kw, self._start.isoformat()
+            return True
+        return False
+
+    def month_peak_kw(self, now: datetime) -> float:
+        """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
+        return self.peak_kw if self.month == self.billing_month(now) else 0.0
+
+    def current_average_kw(self) -> float:
+        """Average import in the running interval so far, over the whole interval length. [kW]"""
+        return self._kwh / (self.interval.total_seconds() / 3600.0)
+
+    def to_dict(self) -> dict:
+        return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
+                "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh}
+
+    def restore(self, data: dict | None) -> None:
+        """Resume from :meth:`to_dict` output (the running interval too, if it is still running)."""
+        if not data:
+            return
+        self.month, self.peak_kw, self.peak_at = data.get("month"), float(data.get("peak_kw") or 0.0), \
+            data.get("peak_at")
+        if data.get("interval_start"):
+            self._start = datetime.fromisoformat(data["interval_start"])
+            self._kwh = float(data.get("interval_kwh") or 0.0)
+
+
+@dataclass
+class EnergyCounters:
+    """Energies [kWh] and money [currency] of one local day, and the same day without the battery.
+
+    ``cost`` is what the measured import and export cost at the tariff's energy prices; ``cost_no_battery``
+    is what the same load and PV would have cost with no battery (grid = load − PV, export beyond the cap
+    curtailed). ``saved = cost_no_battery − cost`` (energy charges only; demand charges are in the bill).
+    """
+
+    day: str = ""
+    import_kwh: float = 0.0
+    export_kwh: float = 0.0
+    pv_kwh: float = 0.0
+    load_kwh: float = 0.0
+    charge_kwh: float = 0.0
+    discharge_kwh: float = 0.0
+    cost: float = 0.0
+    cost_no_battery: float = 0.0
+
+    KEY = "energy"
+
+    def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
+            import_price: float, export_price: float, export_cap_kw: float) -> None:
+        """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]."""
+        if day != self.day:
+            for f in fields(self):
+                setattr(self, f.name, f.default)
+            self.day = day
+        load_kw = grid_kw + pv_kw + battery_kw
+        self.import_kwh += max(0.0, grid_kw) * dt_h
+        self.export_kwh += max(0.0, -grid_kw) * dt_h
+        self.pv_kwh += pv_kw * dt_h
+        self.load_kwh += load_kw * dt_h
+        self.discharge_kwh += max(0.0, battery_kw) * dt_h
+        self.charge_kwh += max(0.0, -battery_kw) * dt_h
+        self.cost += (max(0.0, grid_kw) * import_price - max(0.0, -grid_kw) * export_price) * dt_h
+        grid_nb = max(load_kw - pv_kw, -export_cap_kw)
+        self.cost_no_battery += (max(0.0, grid_nb) * import_price - max(0.0, -grid_nb) * export_price) * dt_h
+
+    @property
+    def saved(self) -> float:
+        return self.cost_no_battery - self.cost
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["saved"] = self.saved
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> EnergyCounters:
+        if not data:
+            return cls()
+        names = ("day", "import_kwh", "export_kwh", "pv_kwh", "load_kwh", "charge_kwh", "discharge_kwh", "cost",
+                 "cost_no_battery")
+        return cls(**{n: data[n] for n in names if n in data})

@@ -1,0 +1,104 @@
+"""The ``telemetry:`` section of a site file: MQTT, InfluxDB (with its disk outbox) and the dashboard.
+
+Secrets never live in the file: it names the environment variables that hold them
+(``password_env``, ``token_env``). Every sink is off unless enabled, except the dashboard, which
+is on and bound to 127.0.0.1 (read-only unless a control token is set).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_CYCLE_S = 1.0
+"""The controller's default cycle. [s]"""
+
+POINTS_PER_CYCLE = 3
+"""Line-protocol points the InfluxDB sink writes per cycle on average: ``ems_state``,
+``ems_measurement`` and, amortised, plan steps, alarms, quality and self-monitoring lines
+(docs/telemetry.md). Used only to size the default outbox bound."""
+
+DEFAULT_MAX_OUTBOX_POINTS = int(7 * 86_400 / DEFAULT_CYCLE_S * POINTS_PER_CYCLE)
+"""Seven days of telemetry at the default cycle (1,814,400 points, roughly 400 MB of SQLite)."""
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def secret_from_env(name: str | None) -> str | None:
+    """The value of environment variable ``name`` (``None`` if no name is configured or it is unset/empty)."""
+    if not name:
+        return None
+    return os.environ.get(name) or None
+
+
+class MqttTls(_Strict):
+    """TLS towards the broker; file paths are PEM files readable by the controller's user."""
+
+    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate")
+    cert: Path | None = Field(default=None, description="Client certificate (mutual TLS)")
+    key: Path | None = Field(default=None, description="Client private key (mutual TLS)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together")
+        return self
+
+
+class MqttSettings(_Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password_env: str | None = Field(default=None, description="Environment variable holding the password")
+    tls: MqttTls | None = None
+    client_id: str | None = Field(default=None, description="MQTT client identifier; default ems-<site>")
+    topic_prefix: str = Field(default="ems", pattern=r"^[A-Za-z0-9_-]+$",
+                              description="Topics are <topic_prefix>/<site>/...")
+    min_state_interval_s: float = Field(default=5.0, ge=0,
+                                        description="Minimum time between two state publications [s, real time]")
+    keepalive_s: int = Field(default=30, ge=5, le=600, description="[s]")
+    max_backoff_s: float = Field(default=30.0, gt=0, description="Longest wait between reconnect attempts [s]")
+
+
+class InfluxSettings(_Strict):
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8086"
+    org: str = "ems"
+    bucket: str = "ems"
+    token_env: str | None = Field(default="EMS_INFLUX_TOKEN", description="Environment variable holding the token")
+    outbox_path: Path = Field(default=Path("telemetry-outbox.sqlite"),
+                              description="SQLite outbox; a relative path is resolved against the state directory")
+    max_outbox_points: int = Field(default=DEFAULT_MAX_OUTBOX_POINTS, ge=1000,
+                                   description="Bound of the outbox; beyond it the oldest points are dropped")
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="Points per HTTP write")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Bound on one HTTP write [s]")
+    max_backoff_s: float = Field(default=60.0, gt=0, description="Longest wait between retries while down [s]")
+
+
+class DashboardSettings(_Strict):
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the dashboard on the LAN")
+    port: int = Field(default=8080, ge=1, le=65535)
+    token_env: str | None = Field(default="EMS_DASHBOARD_TOKEN",
+                                  description="Environment variable holding the bearer token for control actions; "
+                                              "unset = read-only dashboard")
+    language: Literal["auto", "en", "vi", "ja"] = Field(
+        default="auto", description="auto = the browser's language")
+    locale: str | None = Field(default=None, description="BCP 47 locale for numbers and times, e.g. vi-VN; "
+                                                        "default follows the language")
+
+
+class TelemetrySettings(_Strict):
+    """The ``telemetry:`` section."""
+
+    mqtt: MqttSettings = MqttSettings()
+    influxdb: InfluxSettings = InfluxSettings()
+    dashboard: DashboardSettings = DashboardSettings()

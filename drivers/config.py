@@ -1,0 +1,98 @@
+"""``DeviceConfig``: one entry of a site file's ``devices:`` list (name, role, profile, endpoint, unit id, timings).
+
+The controller composes :class:`DeviceConfig` into its site model; ``ems devices read`` reads only the
+``devices:`` list (:class:`DevicesFile`, other top-level sections are ignored). Devices whose endpoints are
+equal share one connection (:attr:`TcpEndpoint.key`), whatever their unit ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.roles import Role
+from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class TcpEndpoint(BaseModel):
+    """Modbus TCP server (a device or a TCP-to-RS485 gateway)."""
+
+    model_config = _STRICT
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=1, le=65535)
+
+    @property
+    def key(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+class RtuEndpoint(BaseModel):
+    """Modbus RTU over a serial line (RS485 adapter)."""
+
+    model_config = _STRICT
+    serial_port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0")
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @property
+    def key(self) -> str:
+        return f"rtu://{self.serial_port}"
+
+
+class DeviceConfig(BaseModel):
+    """One Modbus device and how to poll it.
+
+    Devices behind one endpoint share its connection; that connection uses the largest ``timeout_s``
+    and ``min_request_gap_s`` of its devices. Back-off (``backoff_initial_s`` doubling up to
+    ``backoff_max_s``) is per device, so one dead unit id does not hold up its neighbours for long.
+    """
+
+    model_config = _STRICT
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Role
+    profile: str = Field(min_length=1, description="shipped profile name (e.g. sunspec-meter) or a YAML path")
+    endpoint: TcpEndpoint | RtuEndpoint
+    unit_id: int = Field(1, ge=0, le=247)
+    timeout_s: float = Field(1.0, gt=0, description="per request attempt and per connect attempt [s]")
+    retries: int = Field(1, ge=0, le=5, description="re-sends after a timeout")
+    min_request_gap_s: float = Field(0.0, ge=0, description="pause between requests on the connection [s]")
+    backoff_initial_s: float = Field(1.0, gt=0, description="first wait after a failed poll [s]")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap of the doubling wait for a dead device [s]")
+    max_age_s: float = Field(5.0, gt=0, description="readings older than this are stale [s]")
+    max_registers_per_read: int | None = Field(None, ge=1, le=125,
+                                               description="lower the profile's limit for this device")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> DeviceConfig:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s is above backoff_max_s")
+        return self
+
+
+class DevicesFile(BaseModel):
+    """The part of a site file that the device layer reads: its ``devices:`` list."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DevicesFile:
+        names = [d.name for d in self.devices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+def load_devices(path: str | Path) -> list[DeviceConfig]:
+    """The ``devices:`` list of a site file; :class:`ConfigError` names the file and field on errors."""
+    data = read_yaml(path)
+    if isinstance(data, dict) and "devices" not in data:
+        raise ConfigError(str(path), [FieldError("devices", "Field required")])
+    return list(validate(DevicesFile, data, str(path)).devices)

@@ -1,0 +1,150 @@
+"""The ``simulation:`` section of a site file, and the view of a site file the simulated site needs.
+
+Example (deploy/examples/simulated-site.yaml)::
+
+    simulation:
+      start: "2026-05-04T06:00:00+07:00"   # site time at which the simulated clock starts (default: now)
+      speed: 1                             # site seconds per real second (the CLI's --speed overrides it)
+      step_s: 0.5                          # plant step [site s]
+      initial_soc_pct: 50
+      weather: {model: clear_sky, cloudiness: 0.3, seed: 7}      # or {model: series, file: pv.csv, column: pv_kw}
+      load: {day_kw: 800, night_kw: 300, day_start: "07:00", day_end: "19:00", sunday_factor: 0.3,
+             noise_pct: 5, seed: 7}                              # or {model: series, file: load.csv, column: load_kw}
+
+Series files are CSV with a ``timestamp`` column (ISO 8601 with offset) at a regular step and one
+power column in kW; a relative ``file`` is taken relative to the site file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from drivers.roles import Role
+from ems.yamlfile import load_model
+from optimizer.site import BatterySpec, PVSpec, SiteInfo, StrictModel
+
+
+class ClearSkyWeather(StrictModel):
+    """PV available = pvlib clear-sky power × (1 − cloudiness × a seeded, smooth random process in [0, 1])."""
+
+    model: Literal["clear_sky"] = "clear_sky"
+    cloudiness: float = Field(default=0.0, ge=0, le=1,
+                              description="Largest fraction of clear-sky power clouds take [-]")
+    cloud_period_s: float = Field(default=300.0, gt=0, description="Time between independent cloud states [s]")
+    seed: int = 0
+
+
+class SeriesSource(StrictModel):
+    """A power series from a CSV file (``timestamp`` column + ``column`` in kW, regular step)."""
+
+    model: Literal["series"]
+    file: Path
+    column: str = Field(min_length=1)
+
+
+class ShiftLoadConfig(StrictModel):
+    """Factory load with a day shift (``drivers.simulated.plant.ShiftLoad``)."""
+
+    model: Literal["shift"] = "shift"
+    day_kw: float = Field(ge=0, description="[kW]")
+    night_kw: float = Field(ge=0, description="[kW]")
+    day_start: time = time(7)
+    day_end: time = time(19)
+    sunday_factor: float = Field(default=1.0, ge=0)
+    noise_pct: float = Field(default=0.0, ge=0, le=100, description="[%]")
+    seed: int = 0
+
+
+Weather = Annotated[ClearSkyWeather | SeriesSource, Field(discriminator="model")]
+Load = Annotated[ShiftLoadConfig | SeriesSource, Field(discriminator="model")]
+
+
+class SimulationConfig(StrictModel):
+    """How the simulated site runs: clock, plant step, initial state, BMS behaviour, weather and load."""
+
+    start: datetime | None = Field(default=None, description="Site time at start (aware); default: now")
+    speed: float = Field(default=1.0, gt=0, le=10_000, description="Site seconds per real second [-]")
+    step_s: float = Field(default=0.5, gt=0, le=60, description="Plant step [site s]")
+    initial_soc_pct: float = Field(default=50.0, ge=0, le=100, description="[%]")
+    soh_pct: float = Field(default=100.0, gt=0, le=100, description="[%]")
+    taper_high_pct: float = Field(default=90.0, ge=0, le=100, description="BMS charge taper starts [%]")
+    taper_low_pct: float = Field(default=10.0, ge=0, le=100, description="BMS discharge taper starts [%]")
+    ramp_kw_per_s: float | None = Field(default=None, gt=0, description="PCS ramp [kW/s]; default none")
+    weather: Weather = ClearSkyWeather()
+    load: Load = ShiftLoadConfig(day_kw=0.0, night_kw=0.0)
+
+    @field_validator("weather", "load", mode="before")
+    @classmethod
+    def _default_model(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, dict) and "model" not in value:
+            return {"model": "clear_sky" if info.field_name == "weather" else "shift", **value}
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("start needs a UTC offset, e.g. 2026-05-04T06:00:00+07:00")
+        return value
+
+    @model_validator(mode="after")
+    def _taper(self) -> SimulationConfig:
+        if self.taper_low_pct >= self.taper_high_pct:
+            raise ValueError("taper_low_pct must be below taper_high_pct")
+        return self
+
+
+class Endpoint(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class SimulatedDevice(BaseModel):
+    """What the simulated site needs of a ``devices:`` entry (the controller validates the rest)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: str = Field(min_length=1)
+    role: Role
+    profile: str = Field(min_length=1, description="shipped profile name or path")
+    endpoint: Endpoint
+    unit_id: int = Field(default=1, ge=1, le=247)
+
+
+class SimulatedSiteFile(BaseModel):
+    """The sections of a site file the simulated site reads; other sections are ignored here."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    site: SiteInfo
+    pv: PVSpec
+    battery: BatterySpec
+    devices: list[SimulatedDevice] = Field(min_length=1)
+    simulation: SimulationConfig = SimulationConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> SimulatedSiteFile:
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError("device names must be unique")
+        seats = [(d.endpoint.host, d.endpoint.port, d.unit_id) for d in self.devices]
+        if len(set(seats)) != len(seats):
+            raise ValueError("two devices share host, port and unit_id")
+        return self
+
+
+def load_site_file(path: str | Path) -> SimulatedSiteFile:
+    """Read a site file for the simulated site; relative series files are made relative to it."""
+    cfg = load_model(SimulatedSiteFile, path)
+    base = Path(path).parent
+    sim = cfg.simulation
+    update = {}
+    for key in ("weather", "load"):
+        source = getattr(sim, key)
+        if isinstance(source, SeriesSource) and not source.file.is_absolute():
+            update[key] = source.model_copy(update={"file": base / source.file})
+    if update:
+        cfg = cfg.model_copy(update={"simulation": sim.model_copy(update=update)})
+    return cfg

@@ -1,0 +1,401 @@
+"""Plant physics of a PV + battery factory site: battery (PCS + BMS), PV inverter, load, meter as the balance.
+
+Pure and synchronous, no Modbus: the simulated Modbus site steps it every ~0.1–1 s of site time and the
+offline year simulator steps it every 900 s. Plain floats only, so one :meth:`Plant.step` costs microseconds.
+
+Signs and units follow docs/conventions.md: ``grid_kw`` + import, ``battery_kw`` + discharge, kW and kWh.
+
+Time discretisation: within one step every power is constant (the step average). The PCS ramp limits the
+change of battery power from one step to the next to ``ramp_kw_per_s × dt_s`` (the BMS allowance, a hard
+limit, may cut faster); the BMS allowance (taper
+near full and empty) is evaluated at the start of the step; and a step that would carry the SOC past 0 or
+the capacity is shortened in power so that the SOC lands exactly on the limit. So the model is exact,
+and energy is conserved exactly, for any ``dt_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
+
+from optimizer.site import BatterySpec
+
+Source = Callable[[datetime], float]
+"""A time-varying input of the plant (site load or available PV): UTC time → power. [kW]"""
+
+
+class BatteryModel:
+    """A battery system: PCS (AC power limits, ramp) and BMS (SOC, taper near full and empty).
+
+    Parameters
+    ----------
+    nameplate_kwh : float
+        Usable nameplate energy when new. [kWh]
+    max_charge_kw, max_discharge_kw : float
+        PCS limits (≥ 0). [kW]
+    charge_efficiency, discharge_efficiency : float
+        AC→stored and stored→AC efficiencies, in (0, 1]. [-]
+    standby_loss_kw : float
+        Self-consumption drawn from the stored energy at all times. [kW]
+    soh_pct : float
+        State of health: the usable capacity is ``nameplate_kwh × soh_pct / 100``. [%]
+    initial_soc_pct : float
+        SOC at start, in % of the usable capacity. [%]
+    taper_high_pct : float
+        Above this SOC the allowed charge power falls linearly to 0 at 100 %. [%]
+    taper_low_pct : float
+        Below this SOC the allowed discharge power falls linearly to 0 at 0 %. [%]
+    ramp_kw_per_s : float
+        Largest change of PCS power per second; ``math.inf`` = no ramp. [kW/s]
+    """
+
+    def __init__(
+        self,
+        nameplate_kwh: float,
+        max_charge_kw: float,
+        max_discharge_kw: float,
+        charge_efficiency: float = 0.95,
+        discharge_efficiency: float = 0.95,
+        standby_loss_kw: float = 0.0,
+        soh_pct: float = 100.0,
+        initial_soc_pct: float = 50.0,
+        taper_high_pct: float = 90.0,
+        taper_low_pct: float = 10.0,
+        ramp_kw_per_s: float = math.inf,
+    ):
+        if nameplate_kwh <= 0:
+            raise ValueError(f"nameplate_kwh must be positive, got {nameplate_kwh}")
+        if max_charge_kw < 0 or max_discharge_kw < 0:
+            raise ValueError("PCS limits max_charge_kw and max_discharge_kw must be ≥ 0")
+        if not (0 < charge_efficiency <= 1 and 0 < discharge_efficiency <= 1):
+            raise ValueError("efficiencies must be in (0, 1]")
+        if standby_loss_kw < 0:
+            raise ValueError("standby_loss_kw must be ≥ 0")
+        if not 0 < soh_pct <= 100:
+            raise ValueError(f"soh_pct must be in (0, 100], got {soh_pct}")
+        if not 0 <= initial_soc_pct <= 100:
+            raise ValueError(f"initial_soc_pct must be in [0, 100], got {initial_soc_pct}")
+        if not (0 <= taper_low_pct < taper_high_pct <= 100):
+            raise ValueError("need 0 ≤ taper_low_pct < taper_high_pct ≤ 100")
+        if not ramp_kw_per_s > 0:
+            raise ValueError("ramp_kw_per_s must be positive (math.inf = no ramp)")
+        self.nameplate_kwh = float(nameplate_kwh)
+        self.max_charge_kw = float(max_charge_kw)
+        self.max_discharge_kw = float(max_discharge_kw)
+        self.charge_efficiency = float(charge_efficiency)
+        self.discharge_efficiency = float(discharge_efficiency)
+        self.standby_loss_kw = float(standby_loss_kw)
+        self.taper_high_pct = float(taper_high_pct)
+        self.taper_low_pct = float(taper_low_pct)
+        self.ramp_kw_per_s = float(ramp_kw_per_s)
+        self._soh_pct = float(soh_pct)
+        self._capacity_kwh = self.nameplate_kwh * self._soh_pct / 100.0
+        self._soc_kwh = self._capacity_kwh * initial_soc_pct / 100.0
+        self._power_kw = 0.0
+        self.charged_kwh = 0.0
+        """AC energy taken in while charging. [kWh]"""
+        self.discharged_kwh = 0.0
+        """AC energy delivered while discharging. [kWh]"""
+        self.losses_kwh = 0.0
+        """Conversion losses plus standby consumption. [kWh]"""
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: BatterySpec,
+        initial_soc_pct: float = 50.0,
+        soh_pct: float = 100.0,
+        taper_high_pct: float = 90.0,
+        taper_low_pct: float = 10.0,
+        ramp_kw_per_s: float = math.inf,
+    ) -> BatteryModel:
+        """The battery a site file describes, plus the simulation-only parameters."""
+        return cls(
+            nameplate_kwh=spec.capacity_kwh,
+            max_charge_kw=spec.max_charge_kw,
+            max_discharge_kw=spec.max_discharge_kw,
+            charge_efficiency=spec.charge_efficiency,
+            discharge_efficiency=spec.discharge_efficiency,
+            standby_loss_kw=spec.standby_loss_kw,
+            soh_pct=soh_pct,
+            initial_soc_pct=initial_soc_pct,
+            taper_high_pct=taper_high_pct,
+            taper_low_pct=taper_low_pct,
+            ramp_kw_per_s=ramp_kw_per_s,
+        )
+
+    @property
+    def capacity_kwh(self) -> float:
+        """Usable capacity now (nameplate × SOH). [kWh]"""
+        return self._capacity_kwh
+
+    @property
+    def soh_pct(self) -> float:
+        """State of health. [%]"""
+        return self._soh_pct
+
+    @property
+    def soc_kwh(self) -> float:
+        """Stored energy. [kWh]"""
+        return self._soc_kwh
+
+    @property
+    def soc_pct(self) -> float:
+        """Stored energy in % of the usable capacity. [%]"""
+        return 100.0 * self._soc_kwh / self._capacity_kwh
+
+    @property
+    def power_kw(self) -> float:
+        """AC power of the last step, + discharge. [kW]"""
+        return self._power_kw
+
+    def allowed_charge_kw(self) -> float:
+        """Charge power the BMS allows now (≥ 0): the PCS limit, tapered to 0 between taper_high_pct and 100 %. [kW]"""
+        soc_pct = 100.0 * self._soc_kwh / self._capacity_kwh
+        if soc_pct <= self.taper_high_pct:
+            return self.max_charge_kw
+        return self.max_charge_kw * max(0.0, (100.0 - soc_pct) / (100.0 - self.taper_high_pct))
+
+    def allowed_discharge_kw(self) -> float:
+        """Discharge power the BMS allows now (≥ 0): the PCS limit, tapered to 0 between taper_low_pct and 0 %. [kW]"""
+        soc_pct = 100.0 * self._soc_kwh / self._capacity_kwh
+        if soc_pct >= self.taper_low_pct:
+            return self.max_discharge_kw
+        return self.max_discharge_kw * max(0.0, soc_pct / self.taper_low_pct)
+
+    def step(self, setpoint_kw: float, dt_s: float) -> float:
+        """Run the battery for ``dt_s`` seconds towards ``setpoint_kw`` (+ discharge).
+
+        The setpoint is limited by the ramp from the previous step's power, then clamped to the BMS allowance
+        (a hard limit, which may cut faster than the ramp), then reduced if needed so the SOC lands exactly on
+        0 or the capacity.
+
+        Returns
+        -------
+        float
+            Actual AC power over the step, + discharge. [kW]
+        """
+        if not math.isfinite(setpoint_kw):
+            raise ValueError(f"battery setpoint must be a finite number, got {setpoint_kw}")
+        if dt_s < 0:
+            raise ValueError(f"dt_s must be ≥ 0, got {dt_s}")
+        if dt_s == 0:
+            return self._power_kw
+        dt_h = dt_s / 3600.0
+        ramp = self.ramp_kw_per_s * dt_s
+        power = min(max(setpoint_kw, self._power_kw - ramp), self._power_kw + ramp)
+        power = min(max(power, -self.allowed_charge_kw()), self.allowed_discharge_kw())
+        soc = self._soc_kwh
+        standby = self.standby_loss_kw * dt_h
+        if power < 0.0:
+            eta = self.charge_efficiency
+            room = self._capacity_kwh - soc + standby
+            if -power * eta * dt_h > room:
+                power = -max(0.0, room) / (eta * dt_h)
+            charged = -power * dt_h
+            standby = min(standby, soc + charged * eta)
+            self._soc_kwh = min(self._capacity_kwh, soc + charged * eta - standby)
+            self.charged_kwh += charged
+            self.losses_kwh += charged * (1.0 - eta) + standby
+        else:
+            eta = self.discharge_efficiency
+            standby = min(standby, soc)
+            if power * dt_h / eta > soc - standby:
+                power = (soc - standby) * eta / dt_h
+            discharged = power * dt_h
+            self._soc_kwh = max(0.0, soc - discharged / eta - standby)
+            self.discharged_kwh += discharged
+            self.losses_kwh += discharged * (1.0 / eta - 1.0) + standby
+        self._power_kw = power
+        return power
+
+
+class PVModel:
+    """PV inverter(s): follows the available power, capped by the active power limit and the AC rating.
+
+    Parameters
+    ----------
+    rated_kw : float
+        AC rating; ``limit_pct`` is a percentage of it. [kW]
+    """
+
+    def __init__(self, rated_kw: float):
+        if rated_kw <= 0:
+            raise ValueError(f"rated_kw must be positive, got {rated_kw}")
+        self.rated_kw = float(rated_kw)
+        self.energy_kwh = 0.0
+        """AC energy produced. [kWh]"""
+        self._power_kw = 0.0
+
+    @property
+    def power_kw(self) -> float:
+        """AC power of the last step. [kW]"""
+        return self._power_kw
+
+    def step(self, available_kw: float, limit_pct: float | None, dt_s: float) -> float:
+        """Produce for ``dt_s`` seconds.
+
+        Parameters
+        ----------
+        available_kw : float
+            What the array could deliver now (≥ 0). [kW]
+        limit_pct : float | None
+            Active power limit in % of ``rated_kw``, clamped to [0, 100]; ``None`` = no limit. [%]
+        dt_s : float
+            Step length. [s]
+
+        Returns
+        -------
+        float
+            Actual AC power. [kW]
+        """
+        if not available_kw >= 0.0:
+            raise ValueError(f"available PV power must be ≥ 0, got {available_kw}")
+        cap = self.rated_kw
+        if limit_pct is not None:
+            if not math.isfinite(limit_pct):
+                raise ValueError(f"PV limit must be a finite number, got {limit_pct}")
+            cap = self.rated_kw * min(max(limit_pct, 0.0), 100.0) / 100.0
+        power = min(available_kw, cap)
+        self.energy_kwh += power * dt_s / 3600.0
+        self._power_kw = power
+        return power
+
+
+class ArraySource:
+    """A :data:`Source` backed by an array of interval values: ``values_kw[i]`` covers [start + i·step, …).
+
+    Times before the first or after the last interval are errors (a simulation must not run off its data).
+    """
+
+    def __init__(self, values_kw: Sequence[float], start: datetime, step_s: float):
+        if start.tzinfo is None:
+            raise ValueError("ArraySource start must be timezone-aware")
+        if step_s <= 0:
+            raise ValueError("step_s must be positive")
+        self._values = [float(v) for v in values_kw]
+        self._start = start
+        self._step_s = float(step_s)
+
+    def __call__(self, now: datetime) -> float:
+        i = math.floor((now - self._start).total_seconds() / self._step_s)
+        if not 0 <= i < len(self._values):
+            raise IndexError(f"{now.isoformat()} is outside the data ({len(self._values)} steps from "
+                             f"{self._start.isoformat()})")
+        return self._values[i]
+
+
+class ShiftLoad:
+    """A factory load with a day shift, for the simulated site: ``day_kw`` from ``day_start`` to ``day_end``
+    local time, ``night_kw`` otherwise, × ``sunday_factor`` on Sundays, with Gaussian noise of ``noise_pct`` %.
+
+    The noise is a seeded sequence (one draw per call), so a run is reproducible for a given call sequence.
+    """
+
+    def __init__(self, timezone: str, day_kw: float, night_kw: float, day_start: time = time(7),
+                 day_end: time = time(19), sunday_factor: float = 1.0, noise_pct: float = 0.0, seed: int = 0):
+        self._zone = ZoneInfo(timezone)
+        self.day_kw = float(day_kw)
+        self.night_kw = float(night_kw)
+        self.day_start = day_start
+        self.day_end = day_end
+        self.sunday_factor = float(sunday_factor)
+        self.noise_pct = float(noise_pct)
+        self._rng = random.Random(seed)
+
+    def __call__(self, now: datetime) -> float:
+        local = now.astimezone(self._zone)
+        kw = self.day_kw if self.day_start <= local.time() < self.day_end else self.night_kw
+        if local.weekday() == 6:
+            kw *= self.sunday_factor
+        if self.noise_pct:
+            kw *= 1.0 + self._rng.gauss(0.0, self.noise_pct / 100.0)
+        return max(0.0, kw)
+
+
+@dataclass(frozen=True, slots=True)
+class PlantState:
+    """The plant over one step: powers are step averages over [timestamp, timestamp + dt), SOC and counters at
+    the end of the step. Signs per docs/conventions.md.
+
+    Attributes
+    ----------
+    timestamp : datetime
+        Start of the step (UTC).
+    grid_kw : float
+        Meter power, + import: ``load_kw − pv_kw − battery_kw``. [kW]
+    pv_kw, pv_available_kw, load_kw, battery_kw : float
+        [kW]
+    soc_pct : float
+        [%]
+    soc_kwh : float
+        [kWh]
+    max_charge_kw, max_discharge_kw : float
+        What the BMS allows at the end of the step (≥ 0). [kW]
+    import_kwh, export_kwh, pv_energy_kwh : float
+        Cumulative meter and PV counters. [kWh]
+    """
+
+    timestamp: datetime
+    grid_kw: float
+    pv_kw: float
+    pv_available_kw: float
+    load_kw: float
+    battery_kw: float
+    soc_pct: float
+    soc_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    import_kwh: float
+    export_kwh: float
+    pv_energy_kwh: float
+
+
+class Plant:
+    """Battery + PV + load behind one grid meter; the meter reads the balance."""
+
+    def __init__(self, battery: BatteryModel, pv: PVModel):
+        self.battery = battery
+        self.pv = pv
+        self.import_kwh = 0.0
+        """Cumulative energy imported from the grid. [kWh]"""
+        self.export_kwh = 0.0
+        """Cumulative energy exported to the grid. [kWh]"""
+
+    def step(self, now: datetime, dt_s: float, battery_setpoint_kw: float, pv_limit_pct: float | None,
+             pv_available_kw: float, load_kw: float) -> PlantState:
+        """Advance the plant by ``dt_s`` seconds from ``now``.
+
+        Parameters
+        ----------
+        now : datetime
+            Start of the step (UTC, aware).
+        dt_s : float
+            Step length. [s]
+        battery_setpoint_kw : float
+            PCS setpoint, + discharge. [kW]
+        pv_limit_pct : float | None
+            PV active power limit, % of the PV AC rating; ``None`` = no limit. [%]
+        pv_available_kw : float
+            PV power available from the array. [kW]
+        load_kw : float
+            Site load (≥ 0). [kW]
+        """
+        if not load_kw >= 0.0:
+            raise ValueError(f"load must be ≥ 0, got {load_kw}")
+        battery = self.battery
+        pv_kw = self.pv.step(pv_available_kw, pv_limit_pct, dt_s)
+        battery_kw = battery.step(battery_setpoint_kw, dt_s)
+        grid_kw = load_kw - pv_kw - battery_kw
+        if grid_kw > 0.0:
+            self.import_kwh += grid_kw * dt_s / 3600.0
+        else:
+            self.export_kwh -= grid_kw * dt_s / 3600.0
+        soc_kwh = battery._soc_kwh
+        return PlantState(now, grid_kw, pv_kw, pv_available_kw, load_kw, battery_kw,
+                          100.0 * soc_kwh / battery._capacity_kwh, soc_kwh, battery.allowed_charge_kw(),
+                          battery.allowed_discharge_kw(), self.import_kwh, self.export_kwh, self.pv.energy_kwh)

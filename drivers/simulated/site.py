@@ -1,0 +1,257 @@
+"""The simulated site: plant physics on a shared clock, served on real Modbus TCP servers.
+
+    site = SimulatedSite.from_file("deploy/examples/simulated-site.yaml", speed=60)
+    endpoints = await site.start()       # {device name: Endpoint(host, port, unit_id)}
+    ... any Modbus/SunSpec client, or the controller with the same site file and ``site.clock`` ...
+    site.faults.offline("battery")       # fault injection (drivers.simulated.faults)
+    site.state                           # the plant's true state (PlantState) of the last step
+    await site.stop()
+
+A background task steps the plant every ``simulation.step_s`` site seconds (or more at high speed,
+so that steps stay ≥ 20 ms apart in real time) with the site time elapsed since the previous step. Each
+step reads the setpoints clients wrote (``battery_setpoint_kw``, ``pv_limit_pct``) from the devices'
+registers, runs the PCS watchdogs, steps the plant, and writes the measurements back through each
+device's profile (unless that device is frozen; sentinel and out-of-range faults are applied here).
+Commands the BMS would not allow are clamped by the plant, as a real PCS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drivers.profile import load_profile
+from drivers.roles import Role
+from drivers.simulated.config import (
+    ClearSkyWeather,
+    SeriesSource,
+    ShiftLoadConfig,
+    SimulatedSiteFile,
+    load_site_file,
+)
+from drivers.simulated.faults import Faults
+from drivers.simulated.plant import ArraySource, BatteryModel, Plant, PlantState, PVModel, ShiftLoad, Source
+from drivers.simulated.server import DeviceImage, DeviceServer, full_scale
+from ems.clock import AcceleratedClock, Clock
+from optimizer.site import PVSpec, SiteInfo
+from optimizer.solar import ClearSkyCache
+
+log = logging.getLogger(__name__)
+
+MIN_REAL_STEP_S = 0.02
+"""Steps are at least this far apart in real time, whatever the speed. [s]"""
+BATTERY_CELLS = 240
+"""Series LFP cells of the simulated battery: 2.8–3.6 V per cell → 672–864 V DC. [-]"""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a simulated device answers."""
+
+    host: str
+    port: int
+    unit_id: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port} unit {self.unit_id}"
+
+
+class CloudyClearSky:
+    """Available PV: pvlib clear-sky power × (1 − cloudiness × c(t)), c a seeded smooth random process in [0, 1].
+
+    ``c`` takes an independent uniform value every ``period_s`` seconds (a function of the seed and
+    the period's index only, so it does not depend on how often it is asked) and is linear in between.
+    Clear-sky power comes from ``optimizer.solar.ClearSkyCache`` on a 1-minute lattice.
+    """
+
+    def __init__(self, site: SiteInfo, pv: PVSpec, cloudiness: float, period_s: float, seed: int):
+        self._cache = ClearSkyCache(site, pv, step_minutes=1)
+        self._cloudiness = cloudiness
+        self._period_s = period_s
+        self._seed = seed
+
+    def _cloud(self, k: int) -> float:
+        return random.Random(self._seed * 1_000_003 + k).random()
+
+    def __call__(self, now: datetime) -> float:
+        t = now.timestamp()
+        clear = float(self._cache.lattice(np.array([int(t // 60)]))[0])
+        if not self._cloudiness:
+            return clear
+        k, frac = divmod(t / self._period_s, 1.0)
+        c = (1 - frac) * self._cloud(int(k)) + frac * self._cloud(int(k) + 1)
+        return clear * (1.0 - self._cloudiness * c)
+
+
+def series_source(source: SeriesSource) -> ArraySource:
+    """A CSV power series (``timestamp`` + ``source.column`` in kW, regular step) as a plant source."""
+    frame = pd.read_csv(source.file)
+    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    if len(stamps) < 2:
+        raise ValueError(f"{source.file}: a series needs at least two rows")
+    step_s = (stamps.iloc[1] - stamps.iloc[0]).total_seconds()
+    return ArraySource(frame[source.column].astype(float).tolist(), stamps.iloc[0].to_pydatetime(), step_s)
+
+
+class SimulatedSite:
+    """Plant + one :class:`DeviceImage` per ``devices:`` entry + one :class:`DeviceServer` per host:port."""
+
+    def __init__(self, config: SimulatedSiteFile, clock: Clock | None = None, speed: float | None = None):
+        sim = config.simulation
+        self.config = config
+        self.clock: Clock = clock or AcceleratedClock(speed or sim.speed, sim.start)
+        battery = BatteryModel.from_spec(
+            config.battery, initial_soc_pct=sim.initial_soc_pct, soh_pct=sim.soh_pct,
+            taper_high_pct=sim.taper_high_pct, taper_low_pct=sim.taper_low_pct,
+            ramp_kw_per_s=sim.ramp_kw_per_s or math.inf)
+        self.plant = Plant(battery, PVModel(config.pv.ac_limit_kw))
+        self.pv_source: Source = self._weather()
+        self.load_source: Source = self._load()
+        self.faults = Faults([d.name for d in config.devices], on_change=self._faults_changed)
+        self.state: PlantState | None = None
+        self.steps = 0
+        power_kw = max(config.pv.ac_limit_kw, config.battery.max_charge_kw, config.battery.max_discharge_kw,
+                       getattr(sim.load, "day_kw", 0.0), getattr(sim.load, "night_kw", 0.0), 1.0)
+        magnitudes = full_scale(power_kw)
+        self.images: dict[str, DeviceImage] = {}
+        by_port: dict[tuple[str, int], list[DeviceImage]] = {}
+        for d in config.devices:
+            image = DeviceImage.build(
+                d.name, d.role, d.unit_id, load_profile(d.profile), self.clock, magnitudes,
+                identity={"Mn": "pv-battery-ems", "Md": f"simulated {d.role}", "SN": d.name, "Vr": "sim"})
+            self.images[d.name] = image
+            by_port.setdefault((d.endpoint.host, d.endpoint.port), []).append(image)
+        self.servers = [DeviceServer(host, port, images, self.faults) for (host, port), images in by_port.items()]
+        self._task: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
+        self._last_mono = 0.0
+
+    @classmethod
+    def from_file(cls, path: str | Path, clock: Clock | None = None, speed: float | None = None) -> SimulatedSite:
+        return cls(load_site_file(path), clock=clock, speed=speed)
+
+    def _weather(self) -> Source:
+        w = self.config.simulation.weather
+        if isinstance(w, ClearSkyWeather):
+            return CloudyClearSky(self.config.site, self.config.pv, w.cloudiness, w.cloud_period_s, w.seed)
+        return series_source(w)
+
+    def _load(self) -> Source:
+        ld = self.config.simulation.load
+        if isinstance(ld, ShiftLoadConfig):
+            return ShiftLoad(self.config.site.timezone, ld.day_kw, ld.night_kw, ld.day_start, ld.day_end,
+                             ld.sunday_factor, ld.noise_pct, ld.seed)
+        return series_source(ld)
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """Where each device answers, by device name."""
+        return {d.name: Endpoint(d.endpoint.host, d.endpoint.port, d.unit_id) for d in self.config.devices}
+
+    def _role_image(self, role: Role) -> DeviceImage | None:
+        return next((i for i in self.images.values() if i.role is role), None)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, Endpoint]:
+        """Take a first plant step, start every server and the stepping task; returns the endpoints."""
+        self._last_mono = self.clock.monotonic()
+        self.step(0.0)
+        for server in self.servers:
+            await server.start()
+        self._task = asyncio.create_task(self._run(), name="simulated-site")
+        return self.endpoints
+
+    async def stop(self) -> None:
+        """Stop stepping and close every server."""
+        for task in (self._task, self._reconciling):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reconciling = None
+        for server in self.servers:
+            await server.stop()
+
+    async def _run(self) -> None:
+        period = max(self.config.simulation.step_s, MIN_REAL_STEP_S * self.clock.speed)
+        while True:
+            await self.clock.sleep(period)
+            now = self.clock.monotonic()
+            dt_s, self._last_mono = now - self._last_mono, now
+            try:
+                self.step(dt_s)
+            except Exception:  # a broken step must not silently kill the site: log, keep serving
+                log.exception("simulated site step failed")
+
+    def _faults_changed(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop: servers are reconciled at start
+            loop = asyncio.get_running_loop()
+            self._reconciling = loop.create_task(self.reconcile())
+
+    async def reconcile(self) -> None:
+        """Bring the servers in line with the offline faults (stop a port whose devices are all offline)."""
+        if self._task is None:
+            return
+        for server in self.servers:
+            await server.reconcile()
+
+    # --- one step --------------------------------------------------------------------------------------------
+
+    def step(self, dt_s: float) -> PlantState:
+        """Advance the plant by ``dt_s`` site seconds ending now and publish the result to the registers."""
+        battery = self._role_image(Role.BATTERY)
+        inverter = self._role_image(Role.PV_INVERTER)
+        setpoint_kw = 0.0
+        if battery is not None:
+            battery.watchdog()
+            setpoint_kw = battery.setpoint("battery_setpoint_kw") or 0.0
+        limit_pct = inverter.setpoint("pv_limit_pct") if inverter is not None else None
+        end = self.clock.now()
+        start = end - timedelta(seconds=dt_s)
+        state = self.plant.step(start.astimezone(UTC), dt_s, setpoint_kw, limit_pct,
+                                max(0.0, self.pv_source(start)), max(0.0, self.load_source(start)))
+        self.state = state
+        self.steps += 1
+        for image in self.images.values():
+            self._publish(image, state, limit_pct)
+        return state
+
+    def _values(self, image: DeviceImage, s: PlantState, limit_pct: float | None) -> dict[str, float]:
+        if image.role is Role.METER:
+            phase = s.grid_kw / 3.0
+            return {"grid_kw": s.grid_kw, "grid_l1_kw": phase, "grid_l2_kw": phase, "grid_l3_kw": phase,
+                    "voltage_l1_v": 230.0, "voltage_l2_v": 230.0, "voltage_l3_v": 230.0, "frequency_hz": 50.0,
+                    "import_kwh": s.import_kwh, "export_kwh": s.export_kwh}
+        if image.role is Role.PV_INVERTER:
+            limited = limit_pct is not None and s.pv_kw < s.pv_available_kw - 1e-6
+            state = 2 if s.pv_kw <= 0.0 else 5 if limited else 4  # SunSpec St: sleeping, throttled, MPPT
+            return {"pv_kw": s.pv_kw, "pv_energy_kwh": s.pv_energy_kwh, "pv_state": state,
+                    "pv_rated_kw": self.plant.pv.rated_kw}
+        voltage_v = BATTERY_CELLS * (2.8 + 0.8 * s.soc_pct / 100.0)
+        load_pct = abs(s.battery_kw) / max(1.0, self.plant.battery.max_discharge_kw)
+        return {"soc_pct": s.soc_pct, "soh_pct": self.plant.battery.soh_pct, "battery_kw": s.battery_kw,
+                "battery_voltage_v": voltage_v, "battery_current_a": 1000.0 * s.battery_kw / voltage_v,
+                "battery_temperature_c": 25.0 + 10.0 * load_pct,
+                "max_charge_kw": s.max_charge_kw, "max_discharge_kw": s.max_discharge_kw, "battery_alarm": 0}
+
+    def _publish(self, image: DeviceImage, state: PlantState, limit_pct: float | None) -> None:
+        f = self.faults.of(image.name)
+        if f.frozen:
+            return
+        values = self._values(image, state, limit_pct)
+        for name in image.measured_points():
+            value = values.get(name)
+            if f.sentinel_points is not None and (not f.sentinel_points or name in f.sentinel_points):
+                value = None
+            image.put(name, f.overrides.get(name, value))
+

@@ -1,0 +1,281 @@
+"""Itemised bills and peak demand per local billing month, for a series of steps under a bound tariff.
+
+Per billing month (local calendar month of each step start):
+
+- energy: kWh and amount per period (each step at its own price, excluding VAT);
+- demand: the highest window-average import of the month (``peak_kw``); the billed demand is that peak
+  (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
+  rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
+  (earlier months, or the month-to-date peak before the series starts); each month uses the larger of its
+  series peak and its prior peak. A partly covered month pays a full month's demand charge;
+- export: kWh and credit at the export price (no VAT on the credit);
+- VAT on energy (rate of each step's day) and demand (rate on the 1st); total = energy + demand + VAT − export.
+
+Amounts are in the tariff's currency, unrounded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from optimizer.tariff_calendar import LocalSteps, month_label, utc_index, window_starts
+
+if TYPE_CHECKING:
+    from optimizer.tariff import SiteTariff
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True)
+class EnergyLine:
+    """Energy bought in one period of a billing month."""
+
+    period: str
+    kwh: float
+    """[kWh]"""
+    amount: float
+    """[currency] excluding VAT"""
+
+
+@dataclass(frozen=True)
+class MonthBill:
+    """One local billing month of a bill. Amounts in the tariff currency."""
+
+    month: str
+    """``"YYYY-MM"``"""
+    hours: float
+    """[h] covered by the series"""
+    energy: tuple[EnergyLine, ...]
+    """one line per tariff period, in tariff order"""
+    peak_kw: float | None
+    """[kW] highest window-average import of the month in the series; None without data"""
+    demand_kw: float | None
+    """[kW] billed demand; None if no demand charge applies"""
+    demand_rate_per_kw_month: float | None
+    """[currency/(kW·month)]"""
+    demand_amount: float
+    export_kwh: float
+    """[kWh]"""
+    export_credit: float
+    vat: float
+
+    @property
+    def energy_kwh(self) -> float:
+        """[kWh] imported"""
+        return sum((line.kwh for line in self.energy), 0.0)
+
+    @property
+    def energy_amount(self) -> float:
+        return sum((line.amount for line in self.energy), 0.0)
+
+    @property
+    def subtotal(self) -> float:
+        """Energy + demand, before VAT and export credit."""
+        return self.energy_amount + self.demand_amount
+
+    @property
+    def total(self) -> float:
+        """Subtotal + VAT − export credit."""
+        return self.subtotal + self.vat - self.export_credit
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "month": self.month, "hours": self.hours,
+            "energy": [{"period": e.period, "kwh": e.kwh, "amount": e.amount} for e in self.energy],
+            "energy_kwh": self.energy_kwh, "energy_amount": self.energy_amount,
+            "peak_kw": self.peak_kw, "demand_kw": self.demand_kw,
+            "demand_rate_per_kw_month": self.demand_rate_per_kw_month, "demand_amount": self.demand_amount,
+            "export_kwh": self.export_kwh, "export_credit": self.export_credit,
+            "subtotal": self.subtotal, "vat": self.vat, "total": self.total,
+        }
+
+
+@dataclass(frozen=True)
+class Bill:
+    """An itemised bill: one :class:`MonthBill` per local billing month touched by the series."""
+
+    tariff: str
+    currency: str
+    timezone: str
+    months: tuple[MonthBill, ...]
+
+    @property
+    def total(self) -> float:
+        """[currency] including VAT, net of export credit"""
+        return sum((m.total for m in self.months), 0.0)
+
+    @property
+    def vat(self) -> float:
+        return sum((m.vat for m in self.months), 0.0)
+
+    @property
+    def energy_kwh(self) -> float:
+        return sum((m.energy_kwh for m in self.months), 0.0)
+
+    @property
+    def export_credit(self) -> float:
+        return sum((m.export_credit for m in self.months), 0.0)
+
+    def month(self, label: str) -> MonthBill:
+        """The month ``"YYYY-MM"`` (KeyError if the series does not touch it)."""
+        for m in self.months:
+            if m.month == label:
+                return m
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: tariff, currency, timezone, total, months."""
+        return {"tariff": self.tariff, "currency": self.currency, "timezone": self.timezone,
+                "total": self.total, "months": [m.to_dict() for m in self.months]}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per month (index ``month``); energy per period as ``<period>_kwh`` / ``<period>_amount``."""
+        rows = []
+        for m in self.months:
+            row: dict[str, Any] = {"month": m.month, "hours": m.hours}
+            for line in m.energy:
+                row[f"{line.period}_kwh"] = line.kwh
+                row[f"{line.period}_amount"] = line.amount
+            row.update({k: v for k, v in m.to_dict().items() if k not in ("month", "hours", "energy")})
+            rows.append(row)
+        if not rows:
+            return pd.DataFrame(index=pd.Index([], name="month"))
+        return pd.DataFrame(rows).set_index("month")
+
+
+def _array(values: Any, n: int, name: str, starts: pd.DatetimeIndex, allow_nan: bool) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.shape != (n,):
+        raise ValueError(f"{name} has shape {array.shape}; expected ({n},) like the step starts")
+    bad = ~np.isfinite(array) if not allow_nan else np.isinf(array)
+    bad |= array < 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] = {array[i]} at {starts[i]} is not a finite value >= 0")
+    return array
+
+
+def _durations(duration_h: np.ndarray | float, n: int, starts: pd.DatetimeIndex) -> np.ndarray:
+    dur = np.broadcast_to(np.asarray(duration_h, dtype=float), (n,))
+    bad = ~(np.isfinite(dur) & (dur > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"duration_h[{i}] = {dur[i]} at {starts[i]} must be a positive number of hours")
+    return dur
+
+
+def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> dict[str, float]:
+    if window_minutes <= 0 or 1440 % window_minutes:
+        raise ValueError(f"window_minutes = {window_minutes} must divide a day")
+    ok = np.isfinite(kw)
+    if not ok.any():
+        return {}
+    buckets, inverse = np.unique(window_starts(loc, window_minutes)[ok], return_inverse=True)
+    average_kw = (np.bincount(inverse, weights=kw[ok] * dur[ok], minlength=len(buckets))
+                  / np.bincount(inverse, weights=dur[ok], minlength=len(buckets)))
+    bucket_month = np.empty(len(buckets), dtype="datetime64[M]")
+    bucket_month[inverse] = loc.month[ok]  # a window never crosses local midnight, so never a month end
+    months, month_of_bucket = np.unique(bucket_month, return_inverse=True)
+    peaks = np.full(len(months), -np.inf)
+    np.maximum.at(peaks, month_of_bucket, average_kw)
+    return {month_label(m): float(p) for m, p in zip(months, peaks, strict=True)}
+
+
+def peak_demand_kw(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float,
+                   import_kw: np.ndarray, window_minutes: int = 30) -> dict[str, float]:
+    """Highest locally aligned window-average import per billing month (NaN steps skipped). [kW]"""
+    starts = utc_index(starts)
+    n = len(starts)
+    dur = _durations(duration_h, n, starts)
+    kw = _array(import_kw, n, "import_kw", starts, allow_nan=True)
+    return _month_peaks(site.local(starts), dur, kw, window_minutes)
+
+
+def _previous_months(month: str, count: int) -> list[str]:
+    m = np.datetime64(month, "M")
+    return [month_label(m - k) for k in range(count)]
+
+
+def _known_peak(month: str, series: Mapping[str, float], prior: Mapping[str, float]) -> float | None:
+    values = [v for v in (series.get(month), prior.get(month)) if v is not None]
+    return max(values) if values else None
+
+
+def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
+              export_kw: np.ndarray | None = None, prior_peaks_kw: Mapping[str, float] | None = None) -> Bill:
+    """Itemised bill of a series of steps.
+
+    Parameters
+    ----------
+    starts : pandas.DatetimeIndex
+        Step starts, timezone-aware (UTC).
+    duration_h : numpy.ndarray or float
+        Step durations. [h]
+    import_kw, export_kw : numpy.ndarray
+        Average import and export power of each step, both >= 0, no NaN. [kW]
+    prior_peaks_kw : mapping, optional
+        ``{"YYYY-MM": kW}`` peaks known from outside the series (earlier months for the 12-month basis,
+        or the month-to-date peak). [kW]
+    """
+    starts = utc_index(starts)
+    n = len(starts)
+    dur = _durations(duration_h, n, starts)
+    imp = _array(import_kw, n, "import_kw", starts, allow_nan=False)
+    exp = np.zeros(n) if export_kw is None else _array(export_kw, n, "export_kw", starts, allow_nan=False)
+    prior = dict(prior_peaks_kw or {})
+    for key in prior:
+        if not _MONTH.match(key):
+            raise ValueError(f"prior_peaks_kw key {key!r} is not a month 'YYYY-MM'")
+    loc = site.local(starts)
+    prices = site.prices_local(loc, dur)
+    month_values, month_idx = np.unique(loc.month, return_inverse=True)
+    labels = [month_label(m) for m in month_values]
+    k = len(labels)
+
+    def per_month(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(month_idx, weights=weights, minlength=k)
+
+    energy_kwh = imp * dur
+    hours = per_month(dur)
+    energy_vat = per_month(energy_kwh * (prices.import_price_gross - prices.import_price))
+    export_kwh = per_month(exp * dur)
+    export_credit = per_month(exp * dur * prices.export_price)
+    lines = {p: (per_month(energy_kwh * prices.period_share[:, j]),
+                 per_month(energy_kwh * prices.import_price_by_period[:, j]))
+             for j, p in enumerate(site.tariff.periods)}
+    peaks_by_window: dict[int, dict[str, float]] = {}
+
+    def peaks(window: int) -> dict[str, float]:
+        if window not in peaks_by_window:
+            peaks_by_window[window] = _month_peaks(loc, dur, imp, window)
+        return peaks_by_window[window]
+
+    months = []
+    for i, label in enumerate(labels):
+        first = site.month_start(label)
+        charge = site.demand_charge(first)
+        series_peaks = peaks(charge.window_minutes if charge else 30)
+        demand_kw = rate = None
+        demand_amount = 0.0
+        if charge is not None:
+            span = 12 if charge.basis == "rolling_12_month_max" else 1
+            known = [p for p in (_known_peak(m, series_peaks, prior) for m in _previous_months(label, span))
+                     if p is not None]
+            rate = charge.rate_per_kw_month
+            if known:
+                demand_kw = max(known)
+                demand_amount = demand_kw * rate
+        months.append(MonthBill(
+            month=label, hours=float(hours[i]),
+            energy=tuple(EnergyLine(p, float(kwh[i]), float(amount[i])) for p, (kwh, amount) in lines.items()),
+            peak_kw=series_peaks.get(label), demand_kw=demand_kw, demand_rate_per_kw_month=rate,
+            demand_amount=demand_amount, export_kwh=float(export_kwh[i]), export_credit=float(export_credit[i]),
+            vat=float(energy_vat[i] + demand_amount * site.vat_rate(first))))
+    return Bill(tariff=site.tariff.name, currency=site.currency, timezone=site.timezone, months=tuple(months))

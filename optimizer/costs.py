@@ -1,0 +1,174 @@
+"""Cost terms of any schedule on the planner's objective, and the limits every schedule shares.
+
+The LP plan and every fallback policy are priced by :func:`evaluate` with the same formulas, so
+their totals compare like for like (energy cost, export revenue, wear, demand charge, terminal
+value and slack penalties). :func:`make_plan` turns a schedule into a :class:`~optimizer.plan.Plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from optimizer.plan import Objective, Plan, SlackUse, SolverInfo
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+
+if TYPE_CHECKING:
+    from optimizer.planner import PlanInputs
+
+#: Violations at or below this are numerical noise, not slack use. [kW or kWh]
+SLACK_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A battery schedule with its consequences, per step (all ≥ 0).
+
+    charge_kw, discharge_kw, import_kw, export_kw, curtail_kw [kW]; soc_kwh at the end of each step [kWh].
+    """
+
+    charge_kw: np.ndarray
+    discharge_kw: np.ndarray
+    import_kw: np.ndarray
+    export_kw: np.ndarray
+    curtail_kw: np.ndarray
+    soc_kwh: np.ndarray
+
+
+def per_step(value: float | np.ndarray | None, steps: int, default: float, first_only: bool = False) -> np.ndarray:
+    """A per-step array from a scalar, an array or None (→ ``default``).
+
+    With ``first_only`` a scalar applies to the first step and the others take ``default``.
+    """
+    if value is None:
+        return np.full(steps, default)
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        out = np.full(steps, default)
+        if first_only:
+            out[0] = float(arr)
+        else:
+            out[:] = float(arr)
+        return out
+    if arr.shape != (steps,):
+        raise ValueError(f"expected a scalar or {steps} values, got shape {arr.shape}")
+    return arr.copy()
+
+
+def charge_limit_kw(inputs: PlanInputs, battery: BatterySpec) -> np.ndarray:
+    """Charge limit per step: PCS limit, lowered by the BMS limit (scalar = first step only). [kW]"""
+    bms = per_step(inputs.max_charge_kw, len(inputs.grid), np.inf, first_only=True)
+    return np.minimum(battery.max_charge_kw, bms)
+
+
+def discharge_limit_kw(inputs: PlanInputs, battery: BatterySpec) -> np.ndarray:
+    """Discharge limit per step: PCS limit, lowered by the BMS limit (scalar = first step only). [kW]"""
+    bms = per_step(inputs.max_discharge_kw, len(inputs.grid), np.inf, first_only=True)
+    return np.minimum(battery.max_discharge_kw, bms)
+
+
+def import_cap_kw(inputs: PlanInputs, grid: GridSpec) -> np.ndarray:
+    """Import cap per step (inf = none): the input override, else the contracted capacity. [kW]"""
+    default = grid.import_cap_kw if grid.import_cap_kw is not None else np.inf
+    return per_step(inputs.import_cap_kw, len(inputs.grid), default)
+
+
+def export_cap_kw(inputs: PlanInputs, grid: GridSpec) -> np.ndarray:
+    """Export cap per step (0 = zero export): the input override, else the site's. [kW]"""
+    return per_step(inputs.export_cap_kw, len(inputs.grid), grid.export_cap_kw)
+
+
+def terminal_value_per_kwh(inputs: PlanInputs, battery: BatterySpec, settings: PlannerSettings) -> float:
+    """Value of 1 kWh stored at the horizon end. [currency/kWh]
+
+    ``auto``: the cheapest gross import price in the horizon (floored at 0) × discharge efficiency —
+    what the stored kWh will at least save later by displacing an import. ``none``: 0.
+    """
+    if settings.terminal_value == "none":
+        return 0.0
+    return battery.discharge_efficiency * max(0.0, float(np.min(inputs.import_price)))
+
+
+def month_floors_kw(inputs: PlanInputs) -> np.ndarray:
+    """Peak already reached per billing month in the horizon (0 for months that start inside it). [kW]"""
+    months = int(inputs.billing_month[-1]) + 1 if inputs.billing_month is not None else 1
+    peak = np.asarray(inputs.month_peak_kw, dtype=float)
+    if peak.ndim == 0:
+        floors = np.zeros(months)
+        floors[0] = float(peak)
+        return floors
+    if peak.shape != (months,):
+        raise ValueError(f"month_peak_kw has {peak.size} values for {months} billing months in the horizon")
+    return peak.copy()
+
+
+def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
+             settings: PlannerSettings) -> tuple[Objective, tuple[SlackUse, ...]]:
+    """Price ``schedule`` on the planner's objective and list the soft constraints it breaks.
+
+    Penalties (``settings.soc_slack_penalty_per_kwh`` = P): P·dt per kWh of SOC outside the window
+    per step, P·dt per kW above an import or export cap, P·dt₀ per kW of first-step battery power
+    away from ``inputs.fixed_battery_kw``. The demand term is ``rate × max(0, peak import − peak so
+    far)`` per billing month, with per-step average import as the demand measure.
+    """
+    dt = np.asarray(inputs.grid.duration_h, dtype=float)
+    s = schedule
+    pen = settings.soc_slack_penalty_per_kwh
+    energy_cost = float(np.sum(dt * inputs.import_price * s.import_kw))
+    export_revenue = float(np.sum(dt * inputs.export_price * s.export_kw))
+    wear = float(battery.wear_cost_per_kwh * np.sum(dt * (s.charge_kw + s.discharge_kw)))
+    demand = 0.0
+    if inputs.demand_charge_per_kw > 0:
+        months = inputs.billing_month if inputs.billing_month is not None else np.zeros(len(dt), dtype=int)
+        for m, floor in enumerate(month_floors_kw(inputs)):
+            imp = s.import_kw[months == m]
+            if imp.size:
+                demand += inputs.demand_charge_per_kw * max(0.0, float(imp.max()) - float(floor))
+    terminal = terminal_value_per_kwh(inputs, battery, settings) * float(s.soc_kwh[-1])
+
+    battery_kw = s.discharge_kw - s.charge_kw
+    fixed = np.zeros(len(dt))
+    if inputs.fixed_battery_kw is not None:
+        fixed[0] = abs(battery_kw[0] - inputs.fixed_battery_kw)
+    violations = {
+        "soc_min": ("kWh", np.maximum(battery.soc_min_kwh - s.soc_kwh, 0.0)),
+        "soc_max": ("kWh", np.maximum(s.soc_kwh - battery.soc_max_kwh, 0.0)),
+        "import_cap": ("kW", np.maximum(s.import_kw - import_cap_kw(inputs, grid), 0.0)),
+        "export_cap": ("kW", np.maximum(s.export_kw - export_cap_kw(inputs, grid), 0.0)),
+        "fixed_battery": ("kW", fixed),
+    }
+    penalty = 0.0
+    slack = []
+    for name, (unit, amount) in violations.items():
+        amount = np.where(amount > SLACK_TOL, amount, 0.0)
+        penalty += pen * float(np.sum(dt * amount))
+        if amount.any():
+            steps = tuple(int(i) for i in np.flatnonzero(amount))
+            slack.append(SlackUse(name, unit, float(amount.max()), steps))
+    objective = Objective(energy_cost=energy_cost, export_revenue=export_revenue, wear=wear, demand=demand,
+                          terminal_value=terminal, slack_penalty=penalty)
+    return objective, tuple(slack)
+
+
+def make_plan(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
+              settings: PlannerSettings, source: str, solver: SolverInfo,
+              created_at: datetime | None = None) -> Plan:
+    """Assemble a :class:`Plan` from a schedule, priced by :func:`evaluate`.
+
+    ``created_at`` defaults to the first step start (nothing here reads the system clock).
+    """
+    objective, slack = evaluate(schedule, inputs, battery, grid, settings)
+    s = schedule
+    created = created_at if created_at is not None else inputs.grid.starts[0].to_pydatetime()
+    return Plan(
+        created_at=created.astimezone(UTC), source=source, starts=inputs.grid.starts,
+        duration_h=np.asarray(inputs.grid.duration_h, dtype=float),
+        battery_kw=s.discharge_kw - s.charge_kw, charge_kw=s.charge_kw, discharge_kw=s.discharge_kw,
+        grid_kw=s.import_kw - s.export_kw, import_kw=s.import_kw, export_kw=s.export_kw,
+        soc0_kwh=float(inputs.soc0_kwh), soc_kwh=s.soc_kwh, pv_kw=inputs.pv_kw.copy(), curtail_kw=s.curtail_kw,
+        load_kw=inputs.load_kw.copy(), import_price=inputs.import_price.copy(),
+        export_price=inputs.export_price.copy(), capacity_kwh=battery.capacity_kwh, objective=objective,
+        solver=solver, slack=slack, period=tuple(inputs.period) if inputs.period is not None else None)

@@ -1,0 +1,306 @@
+"""PV and load forecasts on the planner's time grid, from measured history that holds only the past.
+
+Both forecasters are called once per planning step (≈35,040 times per simulated year), so the heavy,
+time-only work — clear-sky power, local slot of day and day type — is computed once per block of a
+regular UTC lattice and cached; a call is a few numpy lookups and bincounts (≈0.1 ms).
+
+History convention: a ``pandas.Series`` of kW values indexed by timezone-aware interval starts, at the
+grid's step (other steps still work, but slower and coarser). NaN marks a missing value. Only entries
+that start before the first grid step are used, so changing history at or after that moment never
+changes the forecast (no look-ahead). Methods and degradation without history: docs/data.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+import holidays as holidays_lib
+import numpy as np
+import pandas as pd
+
+from optimizer.site import PVSpec, SiteInfo
+from optimizer.solar import ClearSkyCache, clear_sky_pv_kw
+from optimizer.timegrid import TimeGrid
+
+NS_PER_H = 3_600_000_000_000
+NS_PER_DAY = 24 * NS_PER_H
+
+DEFAULT_CLEARNESS = 0.62
+"""Climatological clearness used without history and without a monthly yield table: Hai Phong's
+1,100 kWh/kWp per year over its ≈1,780 kWh/kWp clear-sky yield (docs/data.md). [-]"""
+
+WEEKDAY, SATURDAY, SUNDAY_HOLIDAY = 0, 1, 2
+
+
+class ForecastError(ValueError):
+    """A forecast cannot be made (e.g. no load history and no fallback)."""
+
+
+def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """UTC epoch nanoseconds of an aware index."""
+    if index.tz is None:
+        raise ValueError("forecast history and grids need timezone-aware timestamps")
+    return index.as_unit("ns").asi8
+
+
+class _HistoryReader:
+    """Turns a history Series into sorted numpy arrays, remembering the last index's conversion.
+
+    Pandas indexes are immutable, so a caller that passes the same (growing or whole-period) Series on every
+    call pays the timestamp conversion once; the values are re-read on every call.
+    """
+
+    def __init__(self) -> None:
+        self._index: pd.Index | None = None
+        self._ns = np.zeros(0, dtype=np.int64)
+        self._order: np.ndarray | None = None
+
+    def read(self, history: pd.Series | None, before_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps [ns] and values [kW] of the non-missing entries starting before ``before_ns``."""
+        if history is None or len(history) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        index = history.index
+        if index is not self._index:
+            if not isinstance(index, pd.DatetimeIndex):
+                raise ValueError("forecast history needs a DatetimeIndex")
+            ns = _ns(index)
+            self._order = None if index.is_monotonic_increasing else np.argsort(ns, kind="stable")
+            self._ns = ns if self._order is None else ns[self._order]
+            self._index = index
+        values = np.asarray(history.to_numpy(dtype=float, na_value=np.nan))
+        if self._order is not None:
+            values = values[self._order]
+        cut = int(np.searchsorted(self._ns, before_ns, side="left"))
+        ns, values = self._ns[:cut], values[:cut]
+        keep = ~np.isnan(values)
+        if not keep.all():
+            ns, values = ns[keep], values[keep]
+        return ns, values
+
+
+def _grid_step_minutes(grid: TimeGrid) -> int:
+    """The lattice step for a grid: its first step's length, in whole minutes (at least 1)."""
+    return max(1, round(float(grid.duration_h[0]) * 60))
+
+
+class PVForecaster:
+    """Clear-sky PV power scaled by the clearness seen in recent measurements.
+
+    Clearness ``k`` = measured energy / clear-sky energy over daylight intervals (clear sky > 5 % of the AC
+    limit) of a window. Two windows: the last ``recent_hours`` (the current weather) and the last ``days``
+    days (the weather regime). At lead time ``L`` after the forecast start the clearness is
+    ``k_days + (k_recent − k_days) · exp(−L / decay_hours)``, bounded to [0, ``max_clearness``]. A window with
+    less than 15 minutes' worth of clear-sky energy at the AC limit counts as empty: without ``k_recent`` the
+    forecast uses ``k_days``; without ``k_days`` the climatological clearness (of the month, from
+    ``monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`).
+    """
+
+    def __init__(self, site: SiteInfo, pv: PVSpec, recent_hours: float = 3.0, days: float = 3.0,
+                 half_life_days: float = 1.0, decay_hours: float = 3.0, max_clearness: float = 1.2,
+                 monthly_yield_kwh_per_kwp: Sequence[float] | None = None):
+        if monthly_yield_kwh_per_kwp is not None and len(monthly_yield_kwh_per_kwp) != 12:
+            raise ValueError("monthly_yield_kwh_per_kwp needs 12 values (Jan..Dec)")
+        self.site = site
+        self.pv = pv
+        self.recent_ns = int(recent_hours * NS_PER_H)
+        self.days_ns = int(days * NS_PER_DAY)
+        self.half_life_ns = half_life_days * NS_PER_DAY
+        self.decay_hours = decay_hours
+        self.max_clearness = max_clearness
+        self._monthly_yield = None if monthly_yield_kwh_per_kwp is None else list(monthly_yield_kwh_per_kwp)
+        self._monthly_clearness: np.ndarray | None = None
+        self._caches: dict[int, ClearSkyCache] = {}
+        self._reader = _HistoryReader()
+
+    def _cache(self, step_minutes: int) -> ClearSkyCache:
+        cache = self._caches.get(step_minutes)
+        if cache is None:
+            cache = self._caches[step_minutes] = ClearSkyCache(self.site, self.pv, step_minutes)
+        return cache
+
+    def climatological_clearness(self, month: int) -> float:
+        """Clearness assumed without history for a month (1..12). [-]"""
+        if self._monthly_yield is None:
+            return DEFAULT_CLEARNESS
+        if self._monthly_clearness is None:
+            starts = pd.date_range("2025-01-01", "2026-01-01", freq="1h", inclusive="left", tz=self.site.timezone)
+            kwh = pd.Series(clear_sky_pv_kw(starts.tz_convert("UTC"), 1.0, self.site, self.pv), index=starts)
+            per_kwp = kwh.groupby(starts.month).sum().to_numpy() / max(self.pv.kwp, 1e-9)
+            self._monthly_clearness = np.clip(np.asarray(self._monthly_yield) / per_kwp, 0.0, self.max_clearness)
+        return float(self._monthly_clearness[month - 1])
+
+    def _clearness(self, cache: ClearSkyCache, ns: np.ndarray, values: np.ndarray, since_ns: int, step_h: float,
+                   t0: int, half_life_ns: float | None) -> float | None:
+        """Measured over clear-sky energy in daylight since ``since_ns``, each entry weighted by
+        ``0.5 ** (age / half_life)`` (unweighted without a half-life); None when the window is too dark."""
+        lo = int(np.searchsorted(ns, since_ns, side="left"))
+        if lo == len(ns):
+            return None
+        clear = cache.at(ns[lo:], step_h)
+        daylight = clear > 0.05 * self.pv.ac_limit_kw
+        if float(clear[daylight].sum()) * step_h < 0.25 * self.pv.ac_limit_kw:
+            return None
+        clear, measured = clear[daylight], values[lo:][daylight]
+        if half_life_ns is not None:
+            weight = np.exp2((ns[lo:][daylight] - t0) / half_life_ns)
+            clear, measured = clear * weight, measured * weight
+        return min(max(float(measured.sum()) / float(clear.sum()), 0.0), self.max_clearness)
+
+    def forecast(self, grid: TimeGrid, history: pd.Series | None) -> np.ndarray:
+        """Forecast PV AC power per grid step.
+
+        Parameters
+        ----------
+        grid : TimeGrid
+            The planning steps.
+        history : pandas.Series | None
+            Measured PV AC power at interval starts (UTC), NaN = missing; entries at or after the first grid
+            step are ignored. [kW]
+
+        Returns
+        -------
+        numpy.ndarray
+            Forecast PV AC power per step, in [0, AC limit]. [kW]
+        """
+        step_minutes = _grid_step_minutes(grid)
+        cache = self._cache(step_minutes)
+        starts = _ns(grid.starts)
+        clear = cache.at(starts, grid.duration_h)
+        t0 = int(starts[0])
+        ns, values = self._reader.read(history, t0)
+        step_h = step_minutes / 60.0
+        k_days = self._clearness(cache, ns, values, t0 - self.days_ns, step_h, t0, self.half_life_ns)
+        if k_days is None:
+            k_days = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
+        k_recent = self._clearness(cache, ns, values, t0 - self.recent_ns, step_h, t0, None)
+        if k_recent is None:
+            k = k_days
+        else:
+            lead_h = (starts - t0) / NS_PER_H
+            k = k_days + (k_recent - k_days) * np.exp(-lead_h / self.decay_hours)
+        return np.minimum(clear * k, self.pv.ac_limit_kw)
+
+
+class _Calendar:
+    """Local slot of day and day type (weekday, Saturday, Sunday/holiday) on a UTC lattice, cached in blocks."""
+
+    BLOCK_STEPS = 8192
+
+    def __init__(self, timezone: str, step_minutes: int, holiday_country: str | None, extra: Iterable[date]):
+        self.timezone = timezone
+        self.step_minutes = step_minutes
+        self.step_ns = step_minutes * 60 * 1_000_000_000
+        self.slots = -(-1440 // step_minutes)
+        self.holiday_country = holiday_country
+        self.extra_days = {np.datetime64(d, "D").astype(np.int64) for d in extra}
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def keys_direct(self, ns: np.ndarray) -> np.ndarray:
+        """Profile key ``day_type · slots + slot`` for arbitrary UTC nanosecond times."""
+        local = pd.DatetimeIndex(pd.to_datetime(ns, unit="ns", utc=True)).tz_convert(self.timezone)
+        wall = local.tz_localize(None).as_unit("ns").asi8
+        day = wall // NS_PER_DAY
+        slot = (wall - day * NS_PER_DAY) // self.step_ns
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
+        holiday_days = set(self.extra_days)
+        if self.holiday_country is not None and len(day):
+            years = range(int(local.year.min()), int(local.year.max()) + 1)
+            for d in holidays_lib.country_holidays(self.holiday_country, years=years):
+                holiday_days.add(np.datetime64(d, "D").astype(np.int64))
+        is_holiday = np.isin(day, np.fromiter(holiday_days, dtype=np.int64, count=len(holiday_days)))
+        day_type = np.where(is_holiday | (weekday == 6), SUNDAY_HOLIDAY, np.where(weekday == 5, SATURDAY, WEEKDAY))
+        return day_type * self.slots + slot
+
+    def keys(self, ns: np.ndarray) -> np.ndarray:
+        """Profile keys for UTC nanosecond times: a lattice lookup when aligned, else computed."""
+        index, rest = np.divmod(ns, self.step_ns)
+        if len(ns) == 0 or rest.any():
+            return self.keys_direct(ns)
+        lo, hi = int(index.min()) // self.BLOCK_STEPS, int(index.max()) // self.BLOCK_STEPS
+        if lo == hi:
+            return self._block(lo)[index - lo * self.BLOCK_STEPS]
+        joined = np.concatenate([self._block(b) for b in range(lo, hi + 1)])
+        return joined[index - lo * self.BLOCK_STEPS]
+
+    def _block(self, b: int) -> np.ndarray:
+        block = self._blocks.get(b)
+        if block is None:
+            first = b * self.BLOCK_STEPS * self.step_ns
+            block = self._blocks[b] = self.keys_direct(
+                first + np.arange(self.BLOCK_STEPS, dtype=np.int64) * self.step_ns)
+        return block
+
+
+class LoadForecaster:
+    """Same-day-type load profile from recent history, corrected by the latest error.
+
+    Profile: the mean load per (day type, local slot of day) over the last ``weeks`` weeks of available
+    history; day types are weekday (Mon–Fri), Saturday, Sunday or public holiday (``holiday_country`` via the
+    holidays package, plus ``extra_holidays``, e.g. a Tết shutdown). Correction: the mean of (measured −
+    profile) over the last ``correction_hours`` of history, added with weight ``exp(−L / decay_hours)`` at lead
+    time ``L`` after the last measurement. Degradation with little history: a (day type, slot) never seen uses
+    the all-days mean of the slot; a slot never seen uses the mean of all history; no history at all uses
+    ``fallback_kw`` or raises :class:`ForecastError`. The result is never negative.
+    """
+
+    def __init__(self, timezone: str, holiday_country: str | None = "VN", extra_holidays: Iterable[date] = (),
+                 weeks: float = 3.0, correction_hours: float = 1.0, decay_hours: float = 2.0,
+                 fallback_kw: float | None = None):
+        self.timezone = timezone
+        self.holiday_country = holiday_country
+        self.extra_holidays = tuple(extra_holidays)
+        self.window_ns = int(weeks * 7 * NS_PER_DAY)
+        self.correction_ns = int(correction_hours * NS_PER_H)
+        self.decay_hours = decay_hours
+        self.fallback_kw = fallback_kw
+        self._calendars: dict[int, _Calendar] = {}
+        self._reader = _HistoryReader()
+
+    def _calendar(self, step_minutes: int) -> _Calendar:
+        calendar = self._calendars.get(step_minutes)
+        if calendar is None:
+            calendar = self._calendars[step_minutes] = _Calendar(
+                self.timezone, step_minutes, self.holiday_country, self.extra_holidays)
+        return calendar
+
+    def forecast(self, grid: TimeGrid, history: pd.Series | None) -> np.ndarray:
+        """Forecast site load per grid step.
+
+        Parameters
+        ----------
+        grid : TimeGrid
+            The planning steps.
+        history : pandas.Series | None
+            Measured site load at interval starts (UTC), NaN = missing; entries at or after the first grid
+            step are ignored. [kW]
+
+        Returns
+        -------
+        numpy.ndarray
+            Forecast load per step, ≥ 0. [kW]
+        """
+        calendar = self._calendar(_grid_step_minutes(grid))
+        starts = _ns(grid.starts)
+        ns, values = self._reader.read(history, int(starts[0]))
+        if len(ns) == 0:
+            if self.fallback_kw is None:
+                raise ForecastError("no load history before the forecast start and no fallback_kw")
+            return np.full(len(starts), float(self.fallback_kw))
+        last_ns = int(ns[-1])
+        lo = int(np.searchsorted(ns, last_ns - self.window_ns, side="right"))
+        ns, values = ns[lo:], values[lo:]
+        size = 3 * calendar.slots
+        keys = calendar.keys(ns)
+        sums = np.bincount(keys, weights=values, minlength=size)
+        counts = np.bincount(keys, minlength=size)
+        slot_sums = sums.reshape(3, -1).sum(axis=0)
+        slot_counts = counts.reshape(3, -1).sum(axis=0)
+        overall = float(values.mean())
+        slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), overall)
+        profile = np.where(counts > 0, sums / np.maximum(counts, 1), np.tile(slot_mean, 3))
+        recent = int(np.searchsorted(ns, last_ns - self.correction_ns, side="right"))
+        error = float((values[recent:] - profile[keys[recent:]]).mean())
+        lead_h = (starts - last_ns) / NS_PER_H
+        out = profile[calendar.keys(starts)] + error * np.exp(-lead_h / self.decay_hours)
+        return np.maximum(out, 0.0)

@@ -1,0 +1,318 @@
+"""Tariffs as data: load a tariff file or a shipped preset, bind it to a site, price steps.
+
+A :class:`Tariff` is one validated YAML file (format: docs/tariffs.md). :meth:`Tariff.bind` adds the
+site's time zone and extra holidays and gives a :class:`SiteTariff`, which prices UTC steps
+(vectorised: a year of 15-minute steps takes milliseconds), tells the demand charge and VAT in force,
+finds billing months, and computes month peaks and itemised bills (:mod:`optimizer.billing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from ems.yamlfile import ConfigError, FieldError, load_model
+from optimizer import billing
+from optimizer.site import TariffRef
+from optimizer.tariff_calendar import (
+    HolidayCalendar,
+    LocalSteps,
+    check_timezone,
+    local_steps,
+    month_label,
+)
+from optimizer.tariff_schema import DAY_TYPES, MINUTES_PER_DAY, Dated, TariffSpec, check_tariff
+
+PRESET_DIR = Path(__file__).with_name("tariffs")
+_BEGINNING = np.datetime64("0001-01-01", "D")
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped tariff presets (files in optimizer/tariffs/)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_tariff(ref: TariffRef, base_dir: Path) -> Tariff:
+    """The tariff a site file refers to: a preset, or a file relative to the site file's folder."""
+    if ref.preset is not None:
+        return Tariff.preset(ref.preset)
+    assert ref.file is not None  # TariffRef guarantees exactly one of preset / file
+    return Tariff.from_file(ref.file if ref.file.is_absolute() else base_dir / ref.file)
+
+
+@dataclass(frozen=True)
+class DemandCharge:
+    """The demand charge in force for a billing month."""
+
+    rate_per_kw_month: float
+    """[currency/(kW·month)] excluding VAT"""
+    basis: Literal["month_max", "rolling_12_month_max"]
+    window_minutes: int
+    """[min] averaging window of the demand measurement"""
+
+
+@dataclass(frozen=True)
+class ExportRule:
+    """What export earns on a date; the cap is informational (billing credits all export)."""
+
+    price_per_kwh: float
+    """[currency/kWh]"""
+    cap_pct_of_pv: float | None
+    """[%] of PV output that may be exported; None = not stated"""
+
+
+@dataclass(frozen=True)
+class TariffPrices:
+    """Prices per step (arrays aligned with the step starts that were priced).
+
+    Without step durations each step is priced at its start; with them, prices are time-weighted averages
+    over the step, so an hourly step from 09:00 under a 09:30 peak edge is half normal, half peak.
+
+    Attributes
+    ----------
+    import_price : numpy.ndarray
+        Energy price excluding VAT. [currency/kWh]
+    import_price_gross : numpy.ndarray
+        Energy price including VAT (what the planner optimises on). [currency/kWh]
+    export_price : numpy.ndarray
+        Credit per exported kWh (no VAT). [currency/kWh]
+    period : numpy.ndarray
+        Period name in force at each step start (str).
+    vat_rate : numpy.ndarray
+        VAT rate in force (time-weighted over the step). [-]
+    period_share : numpy.ndarray
+        Shape (steps, periods): fraction of each step's time in each period of ``Tariff.periods``. [-]
+    import_price_by_period : numpy.ndarray
+        Shape (steps, periods): each period's part of ``import_price``; rows sum to it. [currency/kWh]
+    """
+
+    import_price: np.ndarray
+    import_price_gross: np.ndarray
+    export_price: np.ndarray
+    period: np.ndarray
+    vat_rate: np.ndarray
+    period_share: np.ndarray
+    import_price_by_period: np.ndarray
+
+
+def _effective_dates(entries: list[Dated]) -> np.ndarray:
+    return np.array([_BEGINNING if e.effective_from is None else np.datetime64(e.effective_from, "D")
+                     for e in entries], dtype="datetime64[D]")
+
+
+class Tariff:
+    """A validated tariff file, compiled into lookup tables."""
+
+    def __init__(self, spec: TariffSpec, source: str):
+        errors = check_tariff(spec)
+        if errors:
+            raise ConfigError(source, errors)
+        self.spec = spec
+        self.source = source
+        self.periods: tuple[str, ...] = tuple(spec.periods)
+        index = {name: i for i, name in enumerate(self.periods)}
+        self._schedule_dates = _effective_dates(spec.schedules)
+        self._windows = np.zeros((len(spec.schedules), len(DAY_TYPES), MINUTES_PER_DAY), dtype=np.int16)
+        for s, schedule in enumerate(spec.schedules):
+            for d, day_type in enumerate(DAY_TYPES):
+                for w in getattr(schedule, day_type):
+                    self._windows[s, d, w.start:w.end] = index[w.period]
+        self._price_dates = _effective_dates(spec.energy_prices)
+        self._prices = np.array([[e.prices[p] for p in self.periods] for e in spec.energy_prices], dtype=float)
+        self._vat_dates = _effective_dates(spec.vat)
+        self._vat = np.array([v.rate for v in spec.vat], dtype=float)
+        self._export_dates = _effective_dates(spec.export)
+        self._export_price = np.array([x.price_per_kwh for x in spec.export], dtype=float)
+        self._demand_dates = _effective_dates(spec.demand_charges)
+        self._edges = np.array(sorted({w.start for schedule in spec.schedules for d in DAY_TYPES
+                                       for w in getattr(schedule, d)} | {MINUTES_PER_DAY}), dtype=np.int64)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def currency(self) -> str:
+        return self.spec.currency
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tariff:
+        """Load and check a tariff YAML file; problems raise :class:`ConfigError` naming file and field."""
+        return cls(load_model(TariffSpec, path), str(path))
+
+    @classmethod
+    def preset(cls, name: str) -> Tariff:
+        """A shipped preset by name (see :func:`list_presets`)."""
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"tariff preset {name!r}",
+                              [FieldError("tariff.preset", f"unknown preset; shipped: {', '.join(list_presets())}")])
+        return cls.from_file(path)
+
+    def bind(self, timezone: str, extra_holidays: Iterable[date] = ()) -> SiteTariff:
+        """This tariff at a site: local time zone (IANA) and extra days billed as public holidays."""
+        return SiteTariff(self, timezone, extra_holidays)
+
+    def lookup(self, dates: np.ndarray, days: np.ndarray, what: str) -> np.ndarray:
+        """Index of the effective-dated entry in force on each local day; days before the first raise."""
+        idx = np.searchsorted(dates, days, side="right") - 1
+        if len(idx) and idx.min() < 0:
+            first = days[idx < 0].min()
+            raise ValueError(f"tariff {self.name} ({self.source}) has no {what} before {dates[0]} "
+                             f"(asked for {first})")
+        return idx
+
+    def __repr__(self) -> str:
+        return f"Tariff({self.name!r}, {self.currency})"
+
+
+class SiteTariff:
+    """A tariff bound to a site's time zone and holidays; prices steps and makes bills."""
+
+    def __init__(self, tariff: Tariff, timezone: str, extra_holidays: Iterable[date] = ()):
+        self.tariff = tariff
+        self.timezone = check_timezone(timezone)
+        source = tariff.spec.holidays
+        self.calendar = HolidayCalendar(source.country if source else None,
+                                        source.subdivision if source else None, extra_holidays)
+
+    @property
+    def currency(self) -> str:
+        return self.tariff.currency
+
+    def local(self, starts: pd.DatetimeIndex) -> LocalSteps:
+        """Local day, minute, day type and billing month of each step start."""
+        return local_steps(starts, self.timezone, self.calendar)
+
+    def _local_day(self, at: datetime) -> np.ndarray:
+        stamp = pd.Timestamp(at)
+        if stamp.tzinfo is None:
+            raise ValueError("times must be timezone-aware (UTC)")
+        return np.array([stamp.tz_convert(self.timezone).date()], dtype="datetime64[D]")
+
+    def prices(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float | None = None) -> TariffPrices:
+        """Prices of the steps starting at ``starts`` (UTC).
+
+        Without ``duration_h`` [h] each step is priced at the period in force at its start; with it, prices
+        are averaged over each step (durations must be whole minutes).
+        """
+        return self.prices_local(self.local(starts), duration_h)
+
+    def _points(self, loc: LocalSteps) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Period index, import price, VAT rate and export price in force at each instant of ``loc``."""
+        t = self.tariff
+        schedule = t.lookup(t._schedule_dates, loc.day, "time-of-use schedule")
+        period_idx = t._windows[schedule, loc.day_type, loc.minute]
+        import_price = t._prices[t.lookup(t._price_dates, loc.day, "energy prices"), period_idx]
+        vat_rate = t._vat[t.lookup(t._vat_dates, loc.day, "VAT rate")]
+        if len(t._export_dates):
+            export_price = t._export_price[t.lookup(t._export_dates, loc.day, "export terms")]
+        else:
+            export_price = np.zeros(len(loc.day))
+        return period_idx, import_price, vat_rate, export_price
+
+    def prices_local(self, loc: LocalSteps, duration_h: np.ndarray | float | None = None) -> TariffPrices:
+        """:meth:`prices` for steps already classified by :meth:`local`."""
+        t = self.tariff
+        n, n_periods = len(loc.day), len(t.periods)
+        if duration_h is None:
+            group, weight, first = np.arange(n), np.ones(n), np.arange(n)
+            period_idx, price, vat, export = self._points(loc)
+        else:
+            minutes = np.broadcast_to(np.asarray(duration_h, dtype=float) * 60.0, (n,))
+            whole = np.round(minutes).astype(np.int64)
+            if n and (np.abs(minutes - whole).max() > 1e-6 or whole.min() <= 0):
+                raise ValueError("duration_h must be positive whole minutes to price steps by duration")
+            # Sub-steps of g minutes never straddle a window edge, a local midnight or a DST shift.
+            g = int(np.gcd.reduce(np.concatenate([t._edges, [30], loc.wall_minute % MINUTES_PER_DAY, whole])))
+            count = whole // g
+            group = np.repeat(np.arange(n), count)
+            first = np.cumsum(count) - count
+            offset = np.arange(len(group)) - np.repeat(first, count)
+            sub_minute = np.repeat(loc.utc_minute, count) + offset * g
+            sub = self.local(pd.DatetimeIndex(sub_minute.astype("datetime64[m]")).tz_localize("UTC"))
+            period_idx, price, vat, export = self._points(sub)
+            weight = 1.0 / count[group]
+
+        def per_step(values: np.ndarray) -> np.ndarray:
+            return np.bincount(group, weights=weight * values, minlength=n)
+
+        cell = group * n_periods + period_idx
+        share = np.bincount(cell, weights=weight, minlength=n * n_periods).reshape(n, n_periods)
+        by_period = np.bincount(cell, weights=weight * price, minlength=n * n_periods).reshape(n, n_periods)
+        return TariffPrices(import_price=by_period.sum(axis=1), import_price_gross=per_step(price * (1.0 + vat)),
+                            export_price=per_step(export),
+                            period=np.asarray(t.periods, dtype=object)[period_idx[first]],
+                            vat_rate=per_step(vat), period_share=share, import_price_by_period=by_period)
+
+    def day_type(self, at: datetime) -> str:
+        """``mon_sat``, ``sunday`` or ``holiday`` for the local day of ``at``."""
+        return DAY_TYPES[int(self.local(pd.DatetimeIndex([pd.Timestamp(at)])).day_type[0])]
+
+    def vat_rate(self, at: datetime) -> float:
+        """VAT rate in force on the local day of ``at``. [-]"""
+        t = self.tariff
+        return float(t._vat[t.lookup(t._vat_dates, self._local_day(at), "VAT rate")[0]])
+
+    def demand_charge(self, at: datetime) -> DemandCharge | None:
+        """The demand charge in force on the local day of ``at``; None if the tariff has none then."""
+        t = self.tariff
+        if not len(t._demand_dates):
+            return None
+        idx = np.searchsorted(t._demand_dates, self._local_day(at), side="right")[0] - 1
+        if idx < 0:
+            return None
+        spec = t.spec.demand_charges[idx]
+        return DemandCharge(spec.rate_per_kw_month, spec.basis, spec.window_minutes)
+
+    def export_rule(self, at: datetime) -> ExportRule:
+        """Export price and (informational) cap on the local day of ``at``; none stated = price 0, no cap."""
+        t = self.tariff
+        if not len(t._export_dates):
+            return ExportRule(0.0, None)
+        idx = np.searchsorted(t._export_dates, self._local_day(at), side="right")[0] - 1
+        if idx < 0:
+            return ExportRule(0.0, None)
+        spec = t.spec.export[idx]
+        return ExportRule(spec.price_per_kwh, spec.cap_pct_of_pv)
+
+    def billing_month(self, ts: datetime) -> str:
+        """Local billing month of an instant, e.g. ``"2026-05"``."""
+        return month_label(self._local_day(ts)[0])
+
+    def billing_months(self, starts: pd.DatetimeIndex) -> np.ndarray:
+        """Local billing month label of each step start (array of str)."""
+        return np.datetime_as_string(self.local(starts).month, unit="M").astype(object)
+
+    def month_start(self, month: str) -> pd.Timestamp:
+        """UTC instant of local midnight starting billing month ``"YYYY-MM"``."""
+        local = pd.Timestamp(f"{month}-01").tz_localize(self.timezone, ambiguous=True, nonexistent="shift_forward")
+        return local.tz_convert("UTC")
+
+    def peak_demand_kw(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
+                       window_minutes: int = 30) -> dict[str, float]:
+        """Highest window-average import per local billing month. [kW]
+
+        Windows are aligned to the local clock (:00, :30 for 30 min). Steps shorter than the window are
+        averaged over the time they cover (NaN steps are missing and skipped); a step as long as the
+        window or longer counts as its own average.
+        """
+        return billing.peak_demand_kw(self, starts, duration_h, import_kw, window_minutes)
+
+    def bill(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
+             export_kw: np.ndarray | None = None,
+             prior_peaks_kw: Mapping[str, float] | None = None) -> billing.Bill:
+        """Itemised bill per local billing month for a series of steps (see :func:`optimizer.billing.make_bill`)."""
+        return billing.make_bill(self, starts, duration_h, import_kw, export_kw, prior_peaks_kw)
+
+    def __repr__(self) -> str:
+        return f"SiteTariff({self.tariff.name!r}, {self.timezone!r})"
+
+
+__all__ = ["DemandCharge", "ExportRule", "SiteTariff", "Tariff", "TariffPrices", "list_presets", "load_tariff"]

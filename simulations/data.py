@@ -1,0 +1,319 @@
+"""Import measured load and PV series from CSV, validated, converted to kW on a UTC grid of ``step_minutes``.
+
+Format and every validation rule with its message: docs/data.md. In short: one timestamp column (interval
+starts, ISO 8601, with a UTC offset or in a declared time zone), one column per series named with its unit
+(``load_kw`` or ``load_kwh``, ``pv_kw`` or ``pv_kwh``). Every problem found is collected (up to
+``max_errors``) and raised together as :class:`DataError`, each naming the row (the file's line number,
+header = row 1) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from ems.yamlfile import ConfigError, FieldError
+
+TIMESTAMP_COLUMNS = ("timestamp", "time", "datetime", "start", "date")
+"""Accepted names of the timestamp column (case-insensitive); the first one present is used."""
+RATED_BOUND_FACTOR = 1.5
+"""A value above this × the declared rating is absurd. [-]"""
+MEDIAN_BOUND_FACTOR = 10.0
+"""Without a rating, a value above this × the median of the positive values is absurd. [-]"""
+_OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
+
+
+class DataError(ConfigError):
+    """A data file is invalid; ``errors`` lists every problem found (up to the cap)."""
+
+
+class _Errors:
+    """Collects FieldErrors up to a cap."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.items: list[FieldError] = []
+        self.dropped = 0
+
+    def add(self, field: str, message: str) -> None:
+        if len(self.items) < self.cap:
+            self.items.append(FieldError(field, message))
+        else:
+            self.dropped += 1
+
+    def _listed(self) -> list[FieldError]:
+        more = [FieldError("(file)", f"{self.dropped} more error(s) not shown")] if self.dropped else []
+        return self.items + more
+
+    def fatal(self, source: str, field: str, message: str) -> DataError:
+        """The error that stops the checks, listed after those already found."""
+        return DataError(source, [*self._listed(), FieldError(field, message)])
+
+    def raise_if_any(self, source: str) -> None:
+        if self.items:
+            raise DataError(source, self._listed())
+
+
+def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, data rows and their line numbers; blank lines are skipped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            rows: list[list[str]] = []
+            lines: list[int] = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                else:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except OSError as exc:
+        raise DataError(source, [FieldError("(file)", exc.strerror or str(exc))]) from exc
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(source, [FieldError("(file)", f"not a readable CSV file: {exc}")]) from exc
+    if header is None:
+        raise DataError(source, [FieldError("(file)", "the file is empty")])
+    if not rows:
+        raise DataError(source, [FieldError("(file)", "the file has a header but no data rows")])
+    return header, rows, lines
+
+
+def _find_columns(header: list[str], columns: Sequence[str], unit: Literal["kW", "kWh"] | None,
+                  source: str) -> tuple[int, dict[str, tuple[int, str]]]:
+    """Index of the timestamp column and, per series, (column index, unit)."""
+    lower = [h.lower() for h in header]
+    errors: list[FieldError] = []
+    ts = next((lower.index(n) for n in TIMESTAMP_COLUMNS if n in lower), None)
+    if ts is None:
+        errors.append(FieldError("(header)", f"no timestamp column: name one of {', '.join(TIMESTAMP_COLUMNS)} "
+                                             f"(found {', '.join(header)})"))
+    found: dict[str, tuple[int, str]] = {}
+    for name in columns:
+        candidates = [(lower.index(f"{name}_kw"), "kW")] if f"{name}_kw" in lower else []
+        if f"{name}_kwh" in lower:
+            candidates.append((lower.index(f"{name}_kwh"), "kWh"))
+        if unit is not None:
+            if name in lower:
+                candidates.append((lower.index(name), unit))
+            candidates = [c for c in candidates if c[1] == unit or lower[c[0]] == name]
+        if len(candidates) == 1:
+            found[name] = candidates[0]
+        elif not candidates:
+            wanted = f"{name}_kw or {name}_kwh" + (f" (or {name} with unit={unit})" if unit else "")
+            errors.append(FieldError("(header)", f"no column {wanted} (found {', '.join(header)})"))
+        else:
+            names = ", ".join(header[i] for i, _ in candidates)
+            errors.append(FieldError("(header)", f"more than one column for {name}: {names}; keep one"))
+    if errors:
+        raise DataError(source, errors)
+    assert ts is not None
+    return ts, found
+
+
+def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone: str | None,
+                      errors: _Errors, source: str) -> np.ndarray:
+    """UTC epoch nanoseconds per row; invalid rows are reported and get the int64 minimum."""
+    n = len(cells)
+    stripped = [c.strip() for c in cells]
+    has_offset = np.fromiter((bool(_OFFSET.search(c)) and len(c) > 10 for c in stripped), dtype=bool, count=n)
+    out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    if has_offset.any():
+        aware = pd.to_datetime([c for c, o in zip(stripped, has_offset, strict=True) if o], format="ISO8601",
+                               utc=True, errors="coerce")
+        out[has_offset] = np.where(aware.isna(), out[has_offset], aware.as_unit("ns").asi8)
+    naive_rows = np.flatnonzero(~has_offset)
+    if len(naive_rows) and timezone is None:
+        if has_offset.any():
+            parsed = pd.to_datetime([stripped[i] for i in naive_rows], format="ISO8601", errors="coerce")
+            for j, i in enumerate(naive_rows):
+                if not pd.isna(parsed[j]):
+                    errors.add(f"row {lines[i]}, column {column}",
+                               f"{stripped[i]!r} has no UTC offset while other rows have one")
+        else:
+            raise DataError(source, [FieldError(
+                f"column {column}", "timestamps carry no UTC offset: give the file's time zone (timezone=...) "
+                                    "or write offsets such as 2026-01-01T00:00+07:00")])
+    elif len(naive_rows):
+        naive = pd.DatetimeIndex(pd.to_datetime([stripped[i] for i in naive_rows], format="ISO8601",
+                                                errors="coerce"))
+        early = naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="NaT")
+        late = naive.tz_localize(timezone, ambiguous=np.zeros(len(naive), dtype=bool), nonexistent="NaT")
+        for j, i in enumerate(naive_rows):
+            if naive.isna()[j]:
+                continue
+            if early.isna()[j]:
+                errors.add(f"row {lines[i]}, column {column}",
+                           f"{stripped[i]} does not exist in {timezone} (skipped by a daylight-saving change)")
+            elif early[j] != late[j]:
+                errors.add(f"row {lines[i]}, column {column}",
+                           f"{stripped[i]} is ambiguous in {timezone} (repeated by a daylight-saving change); "
+                           "write timestamps with UTC offsets")
+            else:
+                out[i] = early[j].value
+    bad = np.flatnonzero(out == np.iinfo(np.int64).min)
+    for i in bad:
+        value = stripped[i]
+        if value == "" or pd.isna(pd.to_datetime(value, format="ISO8601", errors="coerce", utc=bool(has_offset[i]))):
+            errors.add(f"row {lines[i]}, column {column}",
+                       f"{value!r} is not an ISO 8601 timestamp" if value else "empty timestamp")
+    return out
+
+
+def _parse_numbers(cells: list[str], lines: list[int], column: str, allow_missing: bool,
+                   errors: _Errors) -> np.ndarray:
+    """Floats per row; empty cells are NaN (an error unless ``allow_missing``); text is an error."""
+    stripped = [c.strip() for c in cells]
+    values = pd.to_numeric(pd.Series(stripped, dtype=object).replace("", np.nan), errors="coerce")
+    values = values.to_numpy(dtype=float, copy=True)
+    for i in np.flatnonzero(~np.isfinite(values)):
+        if stripped[i] == "":
+            if not allow_missing:
+                errors.add(f"row {lines[i]}, column {column}", "empty cell")
+        else:
+            errors.add(f"row {lines[i]}, column {column}", f"{stripped[i]!r} is not a number")
+            values[i] = np.nan
+    return values
+
+
+def _file_step_ns(ns: np.ndarray, valid: np.ndarray, errors: _Errors, source: str) -> int:
+    """The file's step: the most common positive difference between consecutive valid timestamps."""
+    diffs = np.diff(ns[valid])
+    diffs = diffs[diffs > 0]
+    if len(diffs) == 0:
+        raise errors.fatal(source, "(file)", "need at least two distinct valid timestamps to tell the step")
+    values, counts = np.unique(diffs, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes: int = 15,
+                    columns: Sequence[str] = ("pv", "load"), unit: Literal["kW", "kWh"] | None = None,
+                    rated_kw: Mapping[str, float] | None = None, allow_gaps: bool = False,
+                    max_errors: int = 50) -> pd.DataFrame:
+    """Read measured series from a CSV file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    timezone : str, optional
+        IANA zone of timestamps written without a UTC offset (offsets, where present, win).
+    step_minutes : int
+        Target step; the file's step must be a whole multiple of it (15-minute or hourly files). [min]
+    columns : sequence of str
+        Series to read, e.g. ``("pv", "load")``; each becomes a ``<name>_kw`` output column.
+    unit : "kW" or "kWh", optional
+        Unit of columns named without one (``load``); columns named with a unit must agree.
+    rated_kw : mapping, optional
+        Rating per series (e.g. ``{"pv": 900, "load": 1500}``) for the plausibility bound. [kW]
+    allow_gaps : bool
+        If true, missing intervals and empty cells become NaN instead of errors.
+    max_errors : int
+        Stop listing errors after this many.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: UTC interval starts every ``step_minutes``; columns ``<name>_kw``. [kW]
+        An hourly kW value is held over its four quarter hours; an hourly kWh value is split evenly.
+
+    Raises
+    ------
+    DataError
+        Naming every problem by row (file line, header = row 1) and column.
+    """
+    p = Path(path)
+    source = str(p)
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise DataError(source, [FieldError("timezone", f"unknown IANA time zone {timezone!r}")]) from exc
+    if step_minutes <= 0:
+        raise ValueError("step_minutes must be positive")
+    header, rows, lines = _read_rows(p, source)
+    ts_col, found = _find_columns(header, columns, unit, source)
+    errors = _Errors(max_errors)
+    width = len(header)
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) != width:
+            errors.add(f"row {line}", f"{len(row)} cells where the header has {width}")
+    errors.raise_if_any(source)
+
+    ts_name = header[ts_col]
+    ns = _parse_timestamps([r[ts_col] for r in rows], lines, ts_name, timezone, errors, source)
+    valid = ns != np.iinfo(np.int64).min
+    raw = {name: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors)
+           for name, (i, _) in found.items()}
+    step_ns = _file_step_ns(ns, valid, errors, source)
+    target_ns = step_minutes * 60 * 1_000_000_000
+    if step_ns % target_ns:
+        raise errors.fatal(source, f"column {ts_name}", f"the file's step of {step_ns / 6e10:g} min is not a whole "
+                                                        f"multiple of {step_minutes} min")
+    first_row = {}
+    previous = None
+    for i in np.flatnonzero(valid):
+        t = int(ns[i])
+        field = f"row {lines[i]}, column {ts_name}"
+        if t in first_row:
+            errors.add(field, f"duplicate timestamp (same instant as row {first_row[t]})")
+            continue
+        first_row[t] = lines[i]
+        if previous is not None:
+            delta = t - int(ns[previous])
+            if delta < 0:
+                errors.add(field, f"timestamps go backwards (row {lines[previous]} is later)")
+            elif delta % step_ns:
+                errors.add(field, f"{delta / 6e10:g} min after row {lines[previous]}: not on the file's "
+                                  f"{step_ns / 6e10:g}-minute step")
+            elif delta > step_ns and not allow_gaps:
+                errors.add(field, f"gap: {delta // step_ns - 1} missing interval(s) after row {lines[previous]}")
+        previous = i
+    step_h = step_ns / 3.6e12
+    kw = {}
+    for name, (i, col_unit) in found.items():
+        column = header[i]
+        values = raw[name] / step_h if col_unit == "kWh" else raw[name]
+        for j in np.flatnonzero(values < 0):
+            errors.add(f"row {lines[j]}, column {column}", f"negative value {raw[name][j]:g}")
+        rating = None if rated_kw is None else rated_kw.get(name)
+        positive = values[np.isfinite(values) & (values > 0)]
+        if rating is not None:
+            bound, why = RATED_BOUND_FACTOR * rating, f"{RATED_BOUND_FACTOR:g} × rated {rating:g} kW"
+        elif len(positive):
+            median = float(np.median(positive))
+            bound, why = MEDIAN_BOUND_FACTOR * median, f"{MEDIAN_BOUND_FACTOR:g} × the median {median:.4g} kW"
+        else:
+            bound, why = np.inf, ""
+        above = np.flatnonzero(values > bound)
+        as_kw_fits = len(above) > 0 and col_unit == "kWh" and rating is not None and np.nanmax(raw[name]) <= bound
+        for j in above:
+            hint = f"; these look like kW: name the column {name}_kw" if as_kw_fits else ""
+            errors.add(f"row {lines[j]}, column {column}",
+                       f"{values[j]:.4g} kW is above the plausible bound {bound:.4g} kW ({why}){hint}")
+        kw[name] = values
+    errors.raise_if_any(source)
+
+    order = np.argsort(ns, kind="stable")
+    ns = ns[order]
+    repeat = step_ns // target_ns
+    span = np.arange(ns[0], ns[-1] + step_ns, step_ns, dtype=np.int64)
+    position = (ns - ns[0]) // step_ns
+    out_index = pd.DatetimeIndex(pd.to_datetime(
+        np.repeat(span, repeat) + np.tile(np.arange(repeat, dtype=np.int64) * target_ns, len(span)),
+        unit="ns", utc=True), name="start")
+    data = {}
+    for name, values in kw.items():
+        full = np.full(len(span), np.nan)
+        full[position] = values[order]
+        data[f"{name}_kw"] = np.repeat(full, repeat)
+    return pd.DataFrame(data, index=out_index)

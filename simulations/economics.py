@@ -1,0 +1,346 @@
+"""Money, ageing and CO2 for offline studies: pure functions over yearly figures.
+
+Conventions: cash flows are nominal, one value per year, year 0 is the investment (negative),
+years 1..N are operating years; rates are fractions per year (0.08 = 8 %/yr). Amounts are in the
+tariff's currency. Formulas are written out in docs/simulation.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+HOURS_PER_YEAR = 8766.0  # mean year incl. leap years [h]
+
+
+def npv(rate: float, cashflows: Sequence[float]) -> float:
+    """Net present value ``Σ cf_y / (1 + rate)^y`` with ``cashflows[0]`` at year 0. [currency]"""
+    cf = np.asarray(cashflows, dtype=float)
+    return float(np.sum(cf / (1.0 + rate) ** np.arange(len(cf))))
+
+
+def irr(cashflows: Sequence[float]) -> float | None:
+    """Internal rate of return [fraction/yr]: the rate in (−99 %, 10⁸ %) at which the NPV is zero.
+
+    Returns None when the NPV does not change sign on that interval (e.g. the investment never pays
+    back even undiscounted). For a conventional flow (one outlay, then inflows) the root is unique.
+    """
+    lo, hi = -0.99, 1e6
+    f_lo, f_hi = npv(lo, cashflows), npv(hi, cashflows)
+    if f_lo == 0.0:
+        return lo
+    if f_lo * f_hi > 0:
+        return None
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        f_mid = npv(mid, cashflows)
+        if f_mid == 0.0 or hi - lo < 1e-12:
+            return mid
+        if (f_mid > 0) == (f_lo > 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def payback_years(cashflows: Sequence[float], rate: float = 0.0) -> float | None:
+    """Years until the cumulative (discounted at ``rate``) cash flow first reaches zero. [yr]
+
+    Linear interpolation inside the crossing year (cash assumed to arrive evenly through it);
+    ``rate = 0`` gives the simple payback. None if the flow never recovers within its years.
+    """
+    cf = np.asarray(cashflows, dtype=float) / (1.0 + rate) ** np.arange(len(cashflows))
+    cumulative = np.cumsum(cf)
+    if cumulative[0] >= 0:
+        return 0.0
+    for year in range(1, len(cf)):
+        if cumulative[year] >= 0:
+            before = cumulative[year - 1]
+            return year - 1 + (-before / cf[year] if cf[year] > 0 else 1.0)
+    return None
+
+
+def equivalent_full_cycles(discharge_kwh: float, capacity_kwh: float) -> float:
+    """Equivalent full cycles: AC energy discharged / usable nameplate capacity. [-]"""
+    return discharge_kwh / capacity_kwh if capacity_kwh > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BatteryAgeing:
+    """Linear capacity fade to an end-of-life state of health, cycle and calendar ageing added.
+
+    Attributes
+    ----------
+    cycle_life : float
+        Equivalent full cycles from new to end of life. [-]
+    calendar_life_years : float
+        Years from new to end of life with no cycling. [yr]
+    end_of_life_soh_pct : float
+        State of health at which the battery is replaced. [%]
+    """
+
+    cycle_life: float
+    calendar_life_years: float
+    end_of_life_soh_pct: float
+
+    def fade_pct_per_year(self, cycles_per_year: float) -> tuple[float, float]:
+        """(cycle fade, calendar fade) per year of operation. [%/yr]"""
+        span = 100.0 - self.end_of_life_soh_pct
+        return span * cycles_per_year / self.cycle_life, span / self.calendar_life_years
+
+    def life_years(self, cycles_per_year: float) -> float:
+        """Years from new to end of life at this cycling rate. [yr]"""
+        cycle, calendar = self.fade_pct_per_year(cycles_per_year)
+        return (100.0 - self.end_of_life_soh_pct) / (cycle + calendar)
+
+
+@dataclass(frozen=True)
+class CashFlowInputs:
+    """What a multi-year cash flow needs (one investment compared with its reference).
+
+    Savings are the first-year bill reductions split by cause, at first-year prices; each grows with
+    the tariff escalation, the PV part shrinks with PV degradation and the battery part with the
+    battery's state of health (restored to 100 % at each replacement).
+
+    Attributes
+    ----------
+    lifetime_years : int  Operating years. [yr]
+    discount_rate : float  Nominal discount rate. [1/yr]
+    capex : float  Investment in year 0. [currency]
+    pv_savings : float  First-year savings due to PV. [currency/yr]
+    battery_savings : float  First-year savings due to the battery. [currency/yr]
+    om_per_year : float  Operation and maintenance, nominal, from year 1. [currency/yr]
+    tariff_escalation : float  Yearly rise of electricity prices. [1/yr]
+    pv_degradation : float  Yearly loss of PV output. [1/yr]
+    battery_cycles_per_year : float  Equivalent full cycles in year 1 (0 when there is no battery). [1/yr]
+    battery_discharge_kwh : float  AC energy discharged in year 1. [kWh/yr]
+    ageing : BatteryAgeing | None  None: no battery in this investment.
+    replacement_cost : float  Cost of one battery replacement (nominal). [currency]
+    battery_capex : float  Battery part of ``capex`` (for LCOS). [currency]
+    battery_om_per_year : float  Battery part of ``om_per_year`` (for LCOS). [currency/yr]
+    """
+
+    lifetime_years: int
+    discount_rate: float
+    capex: float
+    pv_savings: float
+    battery_savings: float
+    om_per_year: float
+    tariff_escalation: float = 0.0
+    pv_degradation: float = 0.0
+    battery_cycles_per_year: float = 0.0
+    battery_discharge_kwh: float = 0.0
+    ageing: BatteryAgeing | None = None
+    replacement_cost: float = 0.0
+    battery_capex: float = 0.0
+    battery_om_per_year: float = 0.0
+
+
+def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
+    """Yearly cash flow, rows year 0..N. [currency]
+
+    Columns: ``pv_savings``, ``battery_savings``, ``om``, ``replacement``, ``capex``, ``net``,
+    ``cumulative``, ``discounted``, ``cumulative_discounted``, ``pv_output_factor`` (relative to
+    year 1), ``battery_soh_pct`` (mean over the year), ``battery_discharge_kwh``.
+
+    Battery state of health falls linearly (``BatteryAgeing``); when it reaches end of life during
+    year y the battery is replaced at the end of year y (cost in year y) unless y is the last year.
+    """
+    n = inp.lifetime_years
+    years = np.arange(n + 1)
+    escalation = (1.0 + inp.tariff_escalation) ** np.maximum(years - 1, 0)
+    pv_factor = (1.0 - inp.pv_degradation) ** np.maximum(years - 1, 0)
+    soh = np.zeros(n + 1)
+    replacement = np.zeros(n + 1)
+    if inp.ageing is not None:
+        cycle, calendar = inp.ageing.fade_pct_per_year(inp.battery_cycles_per_year)
+        fade = cycle + calendar
+        age = 0.0
+        for y in range(1, n + 1):
+            soh[y] = 100.0 - fade * (age + 0.5)
+            age += 1.0
+            if 100.0 - fade * age <= inp.ageing.end_of_life_soh_pct + 1e-9 and y < n:
+                replacement[y] = inp.replacement_cost
+                age = 0.0
+    soh_factor = soh / 100.0
+    operating = years >= 1
+    pv_sav = np.where(operating, inp.pv_savings * escalation * pv_factor, 0.0)
+    bat_sav = np.where(operating, inp.battery_savings * escalation * soh_factor, 0.0)
+    om = np.where(operating, -inp.om_per_year, 0.0)
+    capex = np.where(years == 0, -inp.capex, 0.0)
+    net = pv_sav + bat_sav + om - replacement + capex
+    discounted = net / (1.0 + inp.discount_rate) ** years
+    return pd.DataFrame({
+        "year": years, "pv_savings": pv_sav, "battery_savings": bat_sav, "om": om,
+        "replacement": -replacement, "capex": capex, "net": net, "cumulative": np.cumsum(net),
+        "discounted": discounted, "cumulative_discounted": np.cumsum(discounted),
+        "pv_output_factor": np.where(operating, pv_factor, 0.0), "battery_soh_pct": soh,
+        "battery_discharge_kwh": np.where(operating, inp.battery_discharge_kwh * soh_factor, 0.0),
+    })
+
+
+def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
+    """Levelised cost of storage [currency/kWh discharged]:
+
+    (battery capex + Σ_y battery O&M_y/(1+r)^y + Σ_y replacement_y/(1+r)^y) / Σ_y discharge_y/(1+r)^y.
+
+    The cost of the charging energy is not included (it is in the bills). None without discharge.
+    """
+    disc = (1.0 + inp.discount_rate) ** flow["year"].to_numpy()
+    energy = float(np.sum(flow["battery_discharge_kwh"].to_numpy() / disc))
+    if energy <= 0:
+        return None
+    om = np.where(flow["year"].to_numpy() >= 1, inp.battery_om_per_year, 0.0)
+    costs = inp.battery_capex + float(np.sum((om - flow["replacement"].to_numpy()) / disc))
+    return costs / energy
+
+
+def finance_summary(inp: CashFlowInputs) -> dict[str, float | None]:
+    """Headline figures of one investment: simple and discounted payback [yr], NPV [currency],
+    IRR [fraction/yr], LCOS [currency/kWh], first-year net saving [currency/yr], replacements [-]."""
+    flow = cash_flow(inp)
+    net = flow["net"].to_numpy()
+    return {
+        "capex": inp.capex,
+        "first_year_savings": float(flow["pv_savings"][1] + flow["battery_savings"][1]) if len(flow) > 1 else 0.0,
+        "simple_payback_years": payback_years(net),
+        "discounted_payback_years": payback_years(net, inp.discount_rate),
+        "npv": npv(inp.discount_rate, net),
+        "irr": irr(net),
+        "lcos_per_kwh": lcos(inp, flow) if inp.ageing is not None else None,
+        "replacements": int(np.count_nonzero(flow["replacement"].to_numpy())),
+    }
+
+
+def co2_avoided_t(reference_net_import_kwh: float, net_import_kwh: float, factor_t_per_mwh: float) -> float:
+    """CO2 avoided by lowering net grid import (import − export) [tCO2]:
+    (reference − strategy) [kWh] / 1000 × factor [tCO2/MWh]. Battery losses count against it."""
+    return (reference_net_import_kwh - net_import_kwh) / 1000.0 * factor_t_per_mwh
+
+
+def jcm_reduction_t(pv_ac_kwh: float, conservative_factor_t_per_mwh: float) -> float:
+    """JCM-style reference emissions of PV (VN_AM007 form) [tCO2]: PV AC output [kWh] / 1000 × a
+    conservative grid factor [tCO2/MWh]. Project emissions are zero in that methodology."""
+    return pv_ac_kwh / 1000.0 * conservative_factor_t_per_mwh
+
+
+def annualise(value: float, period_h: float) -> float:
+    """Scale a figure measured over ``period_h`` hours to a mean year (8766 h). [per yr]"""
+    if period_h <= 0 or math.isnan(period_h):
+        raise ValueError("period_h must be positive")
+    return value * HOURS_PER_YEAR / period_h
+
+
+@dataclass(frozen=True)
+class StrategyTotals:
+    """What one strategy did over the simulated period (energies [kWh], bills [currency]).
+
+    ``bill`` is what the economics count: the bill excluding VAT when VAT is recoverable, else the
+    total including VAT.
+    """
+
+    bill: float
+    import_kwh: float
+    export_kwh: float
+    pv_kwh: float
+    discharge_kwh: float
+    capacity_kwh: float
+
+
+@dataclass(frozen=True)
+class StudyParameters:
+    """The scenario figures the economics need, flattened (so this module needs no scenario import)."""
+
+    pv_kwp: float
+    battery_kwh: float
+    battery_kw: float
+    pv_per_kwp: float
+    battery_per_kwh: float
+    battery_per_kw: float
+    pv_om_per_kwp_year: float
+    battery_om_per_kwh_year: float
+    battery_replacement_pct: float
+    discount_rate: float
+    lifetime_years: int
+    tariff_escalation: float
+    pv_degradation: float
+    ageing: BatteryAgeing
+    grid_factor_t_per_mwh: float
+    jcm_factor_t_per_mwh: float | None
+
+    @property
+    def pv_capex(self) -> float:
+        return self.pv_kwp * self.pv_per_kwp
+
+    @property
+    def battery_capex(self) -> float:
+        return self.battery_kwh * self.battery_per_kwh + self.battery_kw * self.battery_per_kw
+
+
+def evaluate(params: StudyParameters, period_h: float, reference: StrategyTotals, pv_only: StrategyTotals,
+             strategies: dict[str, StrategyTotals]) -> dict[str, dict]:
+    """Yearly economics of each strategy against no system (``reference``) and against PV only.
+
+    Period figures are annualised (:func:`annualise`). For a strategy with a battery, three
+    investments are assessed: PV + battery against no system (``system``), the battery alone
+    against PV only (``battery``); PV only is assessed against no system (``system``).
+
+    Returns
+    -------
+    dict
+        Per strategy: annual bill and savings [currency/yr], cycles and ageing, CO2 [t/yr], and
+        ``finance`` (``system`` / ``battery``: :func:`finance_summary` figures) plus ``cash_flow``
+        (the ``system`` cash flow as a list of yearly rows).
+    """
+    p = params
+    per_year = HOURS_PER_YEAR / period_h
+    ref_bill = reference.bill * per_year
+    pv_bill = pv_only.bill * per_year
+    ref_net = (reference.import_kwh - reference.export_kwh) * per_year
+    out: dict[str, dict] = {}
+    for name, s in strategies.items():
+        bill = s.bill * per_year
+        has_battery = name != "pv_only" and s.capacity_kwh > 0
+        cycles = equivalent_full_cycles(s.discharge_kwh * per_year, s.capacity_kwh) if has_battery else 0.0
+        pv_savings = ref_bill - pv_bill
+        battery_savings = pv_bill - bill if has_battery else 0.0
+        pv_om = p.pv_kwp * p.pv_om_per_kwp_year
+        bat_om = p.battery_kwh * p.battery_om_per_kwh_year if has_battery else 0.0
+        common = dict(lifetime_years=p.lifetime_years, discount_rate=p.discount_rate,
+                      tariff_escalation=p.tariff_escalation, pv_degradation=p.pv_degradation)
+        battery_part = dict(battery_cycles_per_year=cycles, battery_discharge_kwh=s.discharge_kwh * per_year,
+                            ageing=p.ageing, replacement_cost=p.battery_capex * p.battery_replacement_pct / 100.0,
+                            battery_capex=p.battery_capex, battery_om_per_year=bat_om)
+        system = CashFlowInputs(capex=p.pv_capex + (p.battery_capex if has_battery else 0.0),
+                                pv_savings=pv_savings, battery_savings=battery_savings,
+                                om_per_year=pv_om + bat_om, **common, **(battery_part if has_battery else {}))
+        finance = {"system": finance_summary(system)}
+        if has_battery:
+            battery = CashFlowInputs(capex=p.battery_capex, pv_savings=0.0, battery_savings=battery_savings,
+                                     om_per_year=bat_om, **common, **battery_part)
+            finance["battery"] = finance_summary(battery)
+        net = (s.import_kwh - s.export_kwh) * per_year
+        fade_cycle, fade_calendar = p.ageing.fade_pct_per_year(cycles) if has_battery else (0.0, 0.0)
+        out[name] = {
+            "annual_bill": bill,
+            "savings_vs_no_system": ref_bill - bill,
+            "savings_vs_pv_only": pv_bill - bill,
+            "import_kwh": s.import_kwh * per_year,
+            "export_kwh": s.export_kwh * per_year,
+            "pv_kwh": s.pv_kwh * per_year,
+            "battery_discharge_kwh": s.discharge_kwh * per_year if has_battery else 0.0,
+            "equivalent_full_cycles": cycles,
+            "fade_cycle_pct_per_year": fade_cycle,
+            "fade_calendar_pct_per_year": fade_calendar,
+            "battery_life_years": p.ageing.life_years(cycles) if has_battery else None,
+            "co2_avoided_t": co2_avoided_t(ref_net, net, p.grid_factor_t_per_mwh),
+            "jcm_pv_reduction_t": (jcm_reduction_t(s.pv_kwh * per_year, p.jcm_factor_t_per_mwh)
+                                   if p.jcm_factor_t_per_mwh is not None else None),
+            "finance": finance,
+            "cash_flow": cash_flow(system).to_dict(orient="records"),
+        }
+    return out

@@ -1,0 +1,371 @@
+"""The offline runner: the plant physics stepped with the live dispatcher, one strategy at a time.
+
+For every step the runner does what the live controller does once per measurement, at the
+scenario's resolution and without Modbus: the strategy picks a target from what is known at the
+start of the step (:class:`~simulations.strategies.StepContext`), the live
+:class:`~controller.dispatch.Dispatcher` turns it into a battery setpoint and a PV limit with its
+limits chain, and the plant (:class:`~drivers.simulated.plant.Plant`, the physics of the simulated
+devices) runs the step. The dispatcher sees the step's load and the PV the array offers (what its
+1-second loop converges to within a step), the battery power of the previous step and the BMS
+allowance at the start of the step. Nothing a strategy sees comes from after the step's start.
+
+Bills come from the tariff (:mod:`optimizer.billing`), economics from :mod:`simulations.economics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from controller.dispatch import Dispatcher, DispatchInputs, DispatchSettings
+from drivers.simulated.plant import BatteryModel, Plant, PVModel
+from optimizer.billing import Bill
+from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
+from optimizer.tariff import SiteTariff, load_tariff
+from optimizer.tariff_calendar import window_starts
+from simulations import economics
+from simulations.data import read_series_csv
+from simulations.scenario import Scenario
+from simulations.strategies import (
+    Inputs,
+    Mpc,
+    NoBattery,
+    PerfectForesight,
+    SelfConsumption,
+    StepContext,
+    Strategy,
+    TouRule,
+)
+from simulations.synthetic import synthetic_year
+
+REFERENCE = "no_system"
+"""The reference every saving is measured against: the same load, no PV, no battery."""
+
+COLUMNS = ("pv_available_kw", "pv_kw", "curtail_kw", "load_kw", "battery_kw", "grid_kw", "import_kw",
+           "export_kw", "soc_kwh", "soc_pct")
+
+
+@dataclass(frozen=True)
+class SeriesData:
+    """PV and load of the simulated period (UTC step starts, durations [h], powers [kW])."""
+
+    starts: pd.DatetimeIndex
+    duration_h: np.ndarray
+    pv_kw: np.ndarray
+    load_kw: np.ndarray
+
+    @property
+    def hours(self) -> float:
+        """Length of the period. [h]"""
+        return float(np.sum(self.duration_h))
+
+
+def load_data(scenario: Scenario) -> SeriesData:
+    """The scenario's PV and load (synthetic year or CSV), cut to ``data.start`` / ``data.days``."""
+    d = scenario.data
+    step = scenario.planner.step_minutes
+    if d.synthetic is not None:
+        s = d.synthetic
+        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp)
+        pv, load = frame["pv_kw"], frame["load_kw"]
+    else:
+        assert d.csv is not None
+        frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step,
+                                rated_kw={"pv": d.csv.pv_kwp} if d.csv.pv_kwp else None)
+        if d.csv.pv_kwp:
+            frame["pv_kw"] = frame["pv_kw"] * scenario.pv.kwp / d.csv.pv_kwp
+        frame["pv_kw"] = frame["pv_kw"].clip(upper=scenario.pv.ac_limit_kw)
+        pv, load = frame["pv_kw"], frame["load_kw"]
+    local = frame.index.tz_convert(scenario.site.timezone)
+    keep = np.ones(len(frame), dtype=bool)
+    if d.start is not None:
+        keep &= np.asarray(local.date) >= d.start
+    first_day = d.start if d.start is not None else (local[0].date() if len(local) else None)
+    if d.days is not None and first_day is not None:
+        keep &= np.asarray(local.date) < first_day + pd.Timedelta(days=d.days).to_pytimedelta()
+    if not keep.any():
+        raise ValueError(f"scenario {scenario.name}: data.start/data.days select no data")
+    starts = frame.index[keep]
+    return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
+                      pv_kw=pv.to_numpy(dtype=float)[keep], load_kw=load.to_numpy(dtype=float)[keep])
+
+
+def price_inputs(data: SeriesData, tariff: SiteTariff, horizon: int) -> Inputs:
+    """Prices, periods, billing months and demand rates for the period plus one horizon beyond it.
+
+    Past the end of the data the actual PV and load repeat the first steps of the period (only
+    ``mpc_perfect`` looks there, in its last horizon).
+    """
+    n = len(data.starts)
+    step_h = float(data.duration_h[-1])
+    extra = pd.date_range(data.starts[-1] + pd.Timedelta(hours=step_h), periods=horizon,
+                          freq=pd.Timedelta(hours=step_h))
+    starts = data.starts.append(extra)
+    duration = np.concatenate([data.duration_h, np.full(horizon, step_h)])
+    wrap = np.arange(horizon) % n
+    prices = tariff.prices(starts)
+    loc = tariff.local(starts)
+    months, month_idx = np.unique(loc.month, return_inverse=True)
+    rates = np.zeros(len(months))
+    for i, m in enumerate(months):
+        first = tariff.month_start(str(m))
+        charge = tariff.demand_charge(first)
+        rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(first)) if charge is not None else 0.0
+    return Inputs(starts=starts, duration_h=duration, steps=n,
+                  pv_kw=np.concatenate([data.pv_kw, data.pv_kw[wrap]]),
+                  load_kw=np.concatenate([data.load_kw, data.load_kw[wrap]]),
+                  import_price=prices.import_price_gross, export_price=prices.export_price,
+                  period=prices.period, month=month_idx.astype(int), demand_rate=rates[month_idx])
+
+
+@dataclass
+class StrategyResult:
+    """One strategy over the period.
+
+    ``frame``: per-step series (:data:`COLUMNS` plus ``period``), powers [kW] averaged over the step,
+    SOC at the end of the step; counters [kWh] from the plant; ``wall_s`` [s] for the whole run,
+    ``solve_s`` [s] inside HiGHS, ``replans`` planner calls.
+    """
+
+    name: str
+    frame: pd.DataFrame
+    bill: Bill
+    soc0_kwh: float
+    charged_kwh: float
+    discharged_kwh: float
+    losses_kwh: float
+    capacity_kwh: float
+    wall_s: float
+    solve_s: float
+    replans: int
+
+    def energy(self) -> dict[str, float]:
+        """Energy over the period [kWh]: the terms of PV + import = load + export + curtailment + losses + ΔSOC."""
+        f = self.frame
+        dt = np.full(len(f), 1.0) if "duration_h" not in f else f["duration_h"].to_numpy()
+        return {
+            "pv_available": float(np.sum(f["pv_available_kw"] * dt)), "pv": float(np.sum(f["pv_kw"] * dt)),
+            "import": float(np.sum(f["import_kw"] * dt)), "load": float(np.sum(f["load_kw"] * dt)),
+            "export": float(np.sum(f["export_kw"] * dt)), "curtailment": float(np.sum(f["curtail_kw"] * dt)),
+            "battery_losses": self.losses_kwh, "battery_charge": self.charged_kwh,
+            "battery_discharge": self.discharged_kwh,
+            "delta_soc": float(f["soc_kwh"].iloc[-1] - self.soc0_kwh) if len(f) else 0.0,
+        }
+
+
+def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteTariff, *, battery: bool,
+             pv: bool = True, progress: Callable[[int], None] | None = None) -> StrategyResult:
+    """Step the plant with the live dispatcher under one strategy over the period (see module docstring)."""
+    t_start = time.perf_counter()
+    spec = scenario.battery.spec()
+    if not battery or spec.capacity_kwh <= 0:
+        spec = spec.model_copy(update={"max_charge_kw": 0.0, "max_discharge_kw": 0.0, "standby_loss_kw": 0.0})
+    capacity = max(spec.capacity_kwh, 1e-3)
+    model = BatteryModel(capacity, spec.max_charge_kw, spec.max_discharge_kw, spec.charge_efficiency,
+                         spec.discharge_efficiency, spec.standby_loss_kw,
+                         initial_soc_pct=scenario.battery.initial_soc_pct,
+                         taper_high_pct=spec.soc_max_pct, taper_low_pct=spec.soc_min_pct)
+    rated = max(scenario.pv.ac_limit_kw, 1e-3)
+    plant = Plant(model, PVModel(rated))
+    settings = DispatchSettings()
+    dispatcher = Dispatcher(spec, scenario.grid, settings, pv_rated_kw=rated)
+    n = data.steps
+    starts = data.starts[:n]
+    now_list = starts.to_pydatetime().tolist()
+    dt_h = data.duration_h[:n]
+    pv_avail = data.pv_kw[:n] if pv else np.zeros(n)
+    load = data.load_kw[:n]
+    pv_hist = np.full(n, np.nan)
+    load_hist = np.full(n, np.nan)
+    ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=model.allowed_charge_kw(),
+                      max_discharge_kw=model.allowed_discharge_kw(), month_peak_kw=0.0,
+                      pv_history=pd.Series(pv_hist, index=starts, copy=False),
+                      load_history=pd.Series(load_hist, index=starts, copy=False))
+    windows = window_starts(tariff.local(starts), 30)
+    window_end = np.append(windows[1:] != windows[:-1], True)
+    month_end = np.append(data.month[1:n] != data.month[:n - 1], True)
+    out = np.zeros((len(COLUMNS), n))
+    soc0 = model.soc_kwh
+    prev_battery = 0.0
+    window_kwh = window_h = 0.0
+    for t in range(n):
+        now = now_list[t]
+        target = strategy.target(t, now, ctx)
+        p_av, l_kw = float(pv_avail[t]), float(load[t])
+        measured = DispatchInputs(grid_kw=l_kw - p_av - prev_battery, pv_kw=p_av, battery_kw=prev_battery,
+                                  soc_pct=100.0 * ctx.soc_kwh / capacity, bms_max_charge_kw=ctx.max_charge_kw,
+                                  bms_max_discharge_kw=ctx.max_discharge_kw, pv_limit_pct=100.0)
+        decision = dispatcher.step(measured, target, now)
+        limit = None if decision.pv_limit_kw is None else decision.pv_limit_pct
+        state = plant.step(now, dt_h[t] * 3600.0, decision.battery_setpoint_kw, limit, p_av, l_kw)
+        grid_kw = state.grid_kw
+        out[:, t] = (p_av, state.pv_kw, p_av - state.pv_kw, l_kw, state.battery_kw, grid_kw, max(grid_kw, 0.0),
+                     max(-grid_kw, 0.0), state.soc_kwh, state.soc_pct)
+        prev_battery = state.battery_kw
+        ctx.soc_kwh, ctx.max_charge_kw, ctx.max_discharge_kw = state.soc_kwh, state.max_charge_kw, \
+            state.max_discharge_kw
+        pv_hist[t] = state.pv_kw if p_av - state.pv_kw < 1e-6 else np.nan
+        load_hist[t] = l_kw
+        window_kwh += max(grid_kw, 0.0) * dt_h[t]
+        window_h += dt_h[t]
+        if window_end[t]:
+            ctx.month_peak_kw = max(ctx.month_peak_kw, window_kwh / window_h)
+            window_kwh = window_h = 0.0
+        if month_end[t]:
+            ctx.month_peak_kw = 0.0
+        if progress is not None:
+            progress(t)
+    frame = pd.DataFrame(out.T, index=starts, columns=list(COLUMNS))
+    frame["duration_h"] = dt_h
+    frame["period"] = data.period[:n]
+    bill = tariff.bill(starts, dt_h, frame["import_kw"].to_numpy(), frame["export_kw"].to_numpy())
+    return StrategyResult(
+        name=strategy.name, frame=frame, bill=bill, soc0_kwh=soc0, charged_kwh=model.charged_kwh,
+        discharged_kwh=model.discharged_kwh, losses_kwh=model.losses_kwh,
+        capacity_kwh=spec.capacity_kwh if battery else 0.0, wall_s=time.perf_counter() - t_start,
+        solve_s=strategy.solve_s, replans=strategy.replans)
+
+
+def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
+    """The strategy object for a name of :data:`simulations.scenario.StrategyName` (or ``no_system``)."""
+    spec = scenario.battery.spec()
+    tol = DispatchSettings().follow_tol_kw
+    if name in (REFERENCE, "pv_only") or spec.capacity_kwh <= 0:
+        return NoBattery(name)
+    if name == "self_consumption":
+        return SelfConsumption()
+    if name == "tou_rule":
+        return TouRule(data, spec, scenario.grid, scenario.planner, tol)
+    if name in ("mpc", "mpc_perfect"):
+        syn = scenario.data.synthetic
+        monthly = None
+        if syn is not None:
+            shape = np.asarray(HAI_PHONG_MONTHLY_KWH_PER_KWP, dtype=float)
+            monthly = list(shape / shape.sum() * syn.annual_yield_kwh_per_kwp)
+        country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
+        return Mpc(data, scenario.site, scenario.pv, spec, scenario.grid, scenario.planner, tol,
+                   perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly)
+    if name == "perfect_foresight":
+        soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
+        return PerfectForesight(data, spec, scenario.grid, scenario.planner, tol, soc0)
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+@dataclass
+class RunResult:
+    """All strategies of one scenario, with the reference, bills and economics."""
+
+    scenario: Scenario
+    data: SeriesData
+    inputs: Inputs
+    tariff: SiteTariff
+    results: dict[str, StrategyResult]
+    economics: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def currency(self) -> str:
+        return self.tariff.currency
+
+    def counted_bill(self, name: str) -> float:
+        """The bill the economics count: excluding VAT when it is recoverable. [currency]"""
+        bill = self.results[name].bill
+        return bill.total - bill.vat if self.scenario.finance.vat_recoverable else bill.total
+
+    def summary(self, command: str = "") -> dict[str, Any]:
+        """JSON-ready summary: period, per-strategy energy, bills and timing, economics."""
+        sc, per_year = self.scenario, economics.HOURS_PER_YEAR / self.data.hours
+        end = self.data.starts[-1] + pd.Timedelta(hours=float(self.data.duration_h[-1]))
+        strategies = {}
+        for name, r in self.results.items():
+            strategies[name] = {
+                "annual_bill": self.counted_bill(name) * per_year,
+                "bill_total_incl_vat": r.bill.total, "bill_vat": r.bill.vat,
+                "energy_kwh": r.energy(), "monthly_bills": r.bill.to_dict()["months"],
+                "wall_s": r.wall_s, "solve_s": r.solve_s, "replans": r.replans,
+            }
+        return {
+            "scenario": sc.name, "description": sc.description, "command": command,
+            "tariff": self.tariff.tariff.name, "currency": self.currency,
+            "vat_recoverable": sc.finance.vat_recoverable,
+            "period": {"start": self.data.starts[0].isoformat(), "end": end.isoformat(),
+                       "days": self.data.hours / 24.0, "step_minutes": sc.planner.step_minutes,
+                       "annualisation_factor": per_year},
+            "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
+                      "battery_kw": sc.battery.max_discharge_kw},
+            "strategies": strategies,
+            "economics": self.economics,
+        }
+
+
+def study_parameters(scenario: Scenario) -> economics.StudyParameters:
+    """The scenario's figures for :func:`simulations.economics.evaluate`."""
+    sc, c = scenario, scenario.costs
+    return economics.StudyParameters(
+        pv_kwp=sc.pv.kwp, battery_kwh=sc.battery.capacity_kwh, battery_kw=sc.battery.max_discharge_kw,
+        pv_per_kwp=c.pv_per_kwp, battery_per_kwh=c.battery_per_kwh, battery_per_kw=c.battery_per_kw,
+        pv_om_per_kwp_year=c.pv_om_per_kwp_year, battery_om_per_kwh_year=c.battery_om_per_kwh_year,
+        battery_replacement_pct=c.battery_replacement_pct, discount_rate=sc.finance.discount_rate_pct / 100.0,
+        lifetime_years=sc.finance.lifetime_years, tariff_escalation=sc.tariff.escalation_pct_per_year / 100.0,
+        pv_degradation=sc.pv.degradation_pct_per_year / 100.0, ageing=sc.battery.ageing(),
+        grid_factor_t_per_mwh=sc.co2.grid_factor_t_per_mwh, jcm_factor_t_per_mwh=sc.co2.jcm_factor_t_per_mwh)
+
+
+def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool = False,
+        data: SeriesData | None = None) -> RunResult:
+    """Run the reference, PV only and every strategy of the scenario; bills and economics included.
+
+    Parameters
+    ----------
+    strategies : list of str, optional
+        Override the scenario's list (``pv_only`` and the reference always run).
+    progress : bool
+        Show a tqdm progress bar over all steps of all strategies.
+    data : SeriesData, optional
+        Use these series instead of loading the scenario's (tests, sweeps).
+    """
+    names = list(strategies if strategies is not None else scenario.strategies)
+    order = [REFERENCE, "pv_only"] + [n for n in names if n not in (REFERENCE, "pv_only")]
+    series = data if data is not None else load_data(scenario)
+    tariff = load_tariff(scenario.tariff.ref(), scenario.base_dir).bind(scenario.site.timezone,
+                                                                         scenario.tariff.extra_holidays)
+    inputs = price_inputs(series, tariff, scenario.planner.horizon_steps)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(order) * inputs.steps, unit="step", desc=scenario.name, mininterval=0.5)
+    results: dict[str, StrategyResult] = {}
+    for name in order:
+        if bar is not None:
+            bar.set_postfix_str(name)
+        strategy = make_strategy(name, scenario, inputs, tariff)
+        tick = None
+        if bar is not None:
+            def tick(t: int, _bar=bar) -> None:
+                if t % 96 == 95:
+                    _bar.update(96)
+        results[name] = simulate(strategy, scenario, inputs, tariff, battery=name not in (REFERENCE, "pv_only"),
+                                 pv=name != REFERENCE, progress=tick)
+        if bar is not None:
+            bar.update(inputs.steps % 96)
+    if bar is not None:
+        bar.close()
+    result = RunResult(scenario, series, inputs, tariff, results)
+    result.economics = evaluate(result)
+    return result
+
+
+def evaluate(result: RunResult) -> dict[str, dict]:
+    """Economics of every strategy but the reference (:func:`simulations.economics.evaluate`)."""
+    def totals(name: str) -> economics.StrategyTotals:
+        r = result.results[name]
+        e = r.energy()
+        return economics.StrategyTotals(bill=result.counted_bill(name), import_kwh=e["import"], export_kwh=e["export"],
+                                        pv_kwh=e["pv"], discharge_kwh=r.discharged_kwh, capacity_kwh=r.capacity_kwh)
+    names = [n for n in result.results if n != REFERENCE]
+    return economics.evaluate(study_parameters(result.scenario), result.data.hours, totals(REFERENCE),
+                              totals("pv_only"), {n: totals(n) for n in names})

@@ -1,0 +1,222 @@
+"""Offline study scenarios: one YAML file per case, validated with pydantic.
+
+A scenario reuses the site models of ``optimizer.site`` (site, PV, battery, grid, tariff, planner) and
+adds what a study needs: battery life, tariff escalation, the data (CSV or a synthetic year), costs,
+finance, CO2 factors and the strategies to compare. A variant names its base with ``extends:`` and
+overrides sections key by key (mappings merge, everything else replaces). Relative paths (CSV,
+tariff file) resolve against the directory of the file being loaded. Format: docs/simulation.md.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
+from optimizer.site import (
+    BatterySpec,
+    GridSpec,
+    PlannerSettings,
+    PVSpec,
+    SiteInfo,
+    StrictModel,
+    TariffRef,
+)
+from simulations.economics import BatteryAgeing
+from simulations.synthetic import LoadShape
+
+StrategyName = Literal["pv_only", "self_consumption", "tou_rule", "mpc", "mpc_perfect", "perfect_foresight"]
+"""Strategies a study can compare (the no-system reference is always computed):
+
+- ``pv_only``: PV, no battery;  ``self_consumption`` / ``tou_rule``: rule policies;
+- ``mpc``: the live planner re-planned every step on forecasts fed only the past;
+- ``mpc_perfect``: the same planner fed the actual future as its forecast;
+- ``perfect_foresight``: one LP over the whole period with the actual data."""
+
+ALL_STRATEGIES: tuple[str, ...] = ("pv_only", "self_consumption", "tou_rule", "mpc", "mpc_perfect",
+                                   "perfect_foresight")
+
+
+class ScenarioBattery(BatterySpec):
+    """The battery of a site file plus its life and starting state."""
+
+    cycle_life: float = Field(default=6000.0, gt=0, description="Equivalent full cycles to end of life [-]")
+    calendar_life_years: float = Field(default=15.0, gt=0, description="Years to end of life without cycling [yr]")
+    end_of_life_soh_pct: float = Field(default=80.0, gt=0, lt=100, description="Replace at this SOH [%]")
+    initial_soc_pct: float = Field(default=50.0, ge=0, le=100, description="SOC at the start of the run [%]")
+
+    def spec(self) -> BatterySpec:
+        """The plain :class:`BatterySpec` the planner, dispatcher and plant take."""
+        return BatterySpec.model_validate(self.model_dump(include=set(BatterySpec.model_fields)))
+
+    def ageing(self) -> BatteryAgeing:
+        """The linear cycle + calendar fade model of this battery."""
+        return BatteryAgeing(self.cycle_life, self.calendar_life_years, self.end_of_life_soh_pct)
+
+
+class ScenarioTariff(TariffRef):
+    """A tariff reference plus the yearly escalation applied in the multi-year cash flow."""
+
+    escalation_pct_per_year: float = Field(default=3.0, ge=-20, le=50, description="[%/yr] nominal price rise")
+
+    def ref(self) -> TariffRef:
+        """The plain :class:`TariffRef`."""
+        return TariffRef.model_validate(self.model_dump(include=set(TariffRef.model_fields)))
+
+
+class SyntheticData(StrictModel):
+    """A synthetic local calendar year (:func:`simulations.synthetic.synthetic_year`): clear-sky PV with seeded
+    cloudiness scaled to the Hai Phong monthly yields, and a shift load with day types, holidays and Tết."""
+
+    year: int = Field(ge=2000, le=2100)
+    seed: int = 7
+    annual_yield_kwh_per_kwp: float = Field(default=1100.0, gt=0, le=3000, description="[kWh/kWp/yr]")
+    load: LoadShape = LoadShape()
+
+
+class CsvData(StrictModel):
+    """Measured series: one CSV with a timestamp column and ``pv_kw``/``pv_kwh`` and ``load_kw``/``load_kwh``
+    columns (format: docs/data.md)."""
+
+    path: Path = Field(description="The CSV file, relative to the scenario file")
+    pv_kwp: float | None = Field(default=None, gt=0,
+                                 description="kWp of the plant the PV column was measured on; PV is scaled by "
+                                             "pv.kwp / pv_kwp (None: used as is)")
+
+
+class DataSection(StrictModel):
+    """Where PV and load come from, and which part of it is simulated."""
+
+    synthetic: SyntheticData | None = None
+    csv: CsvData | None = None
+    start: date | None = Field(default=None, description="First local day simulated (default: the first of the data)")
+    days: int | None = Field(default=None, ge=1, le=366, description="Days simulated (default: all the data)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.synthetic is None) == (self.csv is None):
+            raise ValueError("give exactly one of data.synthetic or data.csv")
+        return self
+
+
+class Costs(StrictModel):
+    """Investment and running costs, in the tariff's currency."""
+
+    currency: str = Field(default="VND", min_length=1)
+    pv_per_kwp: float = Field(ge=0, description="PV installed [currency/kWp]")
+    battery_per_kwh: float = Field(ge=0, description="Battery installed, energy part [currency/kWh]")
+    battery_per_kw: float = Field(default=0.0, ge=0, description="Battery PCS, power part [currency/kW]")
+    pv_om_per_kwp_year: float = Field(default=0.0, ge=0, description="[currency/kWp/yr]")
+    battery_om_per_kwh_year: float = Field(default=0.0, ge=0, description="[currency/kWh/yr]")
+    battery_replacement_pct: float = Field(default=60.0, ge=0, le=200,
+                                           description="Replacement cost in % of the initial battery capex [%]")
+
+
+class Finance(StrictModel):
+    discount_rate_pct: float = Field(default=8.0, ge=0, le=50, description="Nominal discount rate [%/yr]")
+    lifetime_years: int = Field(default=20, ge=1, le=50, description="Study life [yr]")
+    vat_recoverable: bool = Field(default=True,
+                                  description="Savings exclude VAT (a VAT-registered factory recovers input VAT)")
+
+
+class Co2(StrictModel):
+    grid_factor_t_per_mwh: float = Field(default=0.681, ge=0, le=2,
+                                         description="Grid emission factor [tCO2/MWh] (Viet Nam 2024: 0.681)")
+    jcm_factor_t_per_mwh: float | None = Field(
+        default=None, ge=0, le=2, description="Conservative factor for the JCM-style PV figure [tCO2/MWh]; "
+                                              "None = not reported")
+
+
+class Scenario(StrictModel):
+    """One offline study case."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    site: SiteInfo
+    pv: PVSpec
+    battery: ScenarioBattery
+    grid: GridSpec = GridSpec()
+    tariff: ScenarioTariff
+    planner: PlannerSettings = PlannerSettings()
+    data: DataSection
+    costs: Costs
+    finance: Finance = Finance()
+    co2: Co2 = Co2()
+    strategies: list[StrategyName] = Field(default_factory=lambda: list(ALL_STRATEGIES), min_length=1)
+
+    _base_dir: Path = PrivateAttr(default=Path("."))
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("strategies must not repeat")
+        return value
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory against which relative paths in the scenario resolve."""
+        return self._base_dir
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` if absolute, else relative to the scenario file's directory."""
+        return path if path.is_absolute() else self._base_dir / path
+
+    def resized(self, pv_kwp: float, battery_kwh: float) -> Scenario:
+        """The same case with another PV size and battery energy (sweeps).
+
+        The PV inverter AC limit keeps its ratio to kWp; the battery power keeps its C-rate (0.5 C when
+        the base case has no battery), so one sweep axis sizes the whole battery.
+        """
+        ac_ratio = self.pv.ac_limit_kw / self.pv.kwp if self.pv.kwp > 0 else 1.0
+        base_kwh = self.battery.capacity_kwh
+        c_charge = self.battery.max_charge_kw / base_kwh if base_kwh > 0 else 0.5
+        c_discharge = self.battery.max_discharge_kw / base_kwh if base_kwh > 0 else 0.5
+        data = self.model_dump()
+        data["pv"].update(kwp=pv_kwp, ac_kw=pv_kwp * ac_ratio if pv_kwp > 0 else None)
+        data["battery"].update(capacity_kwh=battery_kwh, max_charge_kw=battery_kwh * c_charge,
+                               max_discharge_kw=battery_kwh * c_discharge)
+        data["name"] = f"{self.name}-pv{pv_kwp:g}-bat{battery_kwh:g}"
+        out = Scenario.model_validate(data)
+        out._base_dir = self._base_dir
+        return out
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Deep merge for ``extends``: mappings merge key by key, anything else in ``override`` replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(str(path), [FieldError("(top level)", "the file is empty")])
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [FieldError("(top level)", "a scenario must be a mapping")])
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(str(path), [FieldError("extends", "must be a file name")])
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen:
+        raise ConfigError(str(path), [FieldError("extends", f"circular: {parent} extends this file again")])
+    if not parent_path.is_file():
+        raise ConfigError(str(path), [FieldError("extends", f"no such file {parent_path}")])
+    return merge(_raw(parent_path, (*seen, parent_path)), data)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, merge (``extends``) and validate a scenario file; errors name the file and the field."""
+    p = Path(path)
+    scenario = validate(Scenario, _raw(p, (p.resolve(),)), str(p))
+    scenario._base_dir = p.parent
+    return scenario

@@ -1,0 +1,231 @@
+"""Strategies of an offline study: what target each one hands the live :class:`~controller.dispatch.Dispatcher`.
+
+Every strategy answers one question per step, :meth:`Strategy.target`, from what a live controller
+would know at that moment (:class:`StepContext`: measured SOC, BMS limits, month-to-date peak, and the
+measured history strictly before the step). The runner then runs the same dispatcher and the same plant
+for all of them, so strategies differ only in their targets:
+
+- ``no_system`` / ``pv_only``: no target (the battery is absent).
+- ``self_consumption``: the live self-consumption mode, a grid target of 0 kW.
+- ``tou_rule``: the live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measurements.
+- ``mpc``: the live :class:`~optimizer.planner.Planner` re-planned every step over its horizon on the
+  live forecasters (:class:`~optimizer.forecast.PVForecaster`, :class:`~optimizer.forecast.LoadForecaster`),
+  fed only the measured past; the first step is followed by the live follow rule.
+- ``mpc_perfect``: the same planner fed the actual future as its forecast.
+- ``perfect_foresight``: one LP over the whole period with the actual data, then followed step by step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from controller.dispatch import Follow, Source, Target, plan_target
+from optimizer import policies
+from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.plan import Plan
+from optimizer.planner import PlanInputs, Planner
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
+from optimizer.timegrid import TimeGrid
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The data a study runs on, extended past the period by one planning horizon.
+
+    The first ``steps`` entries are the simulated period; the rest only feed look-ahead (perfect
+    forecasts, prices). All arrays are aligned with ``starts`` (UTC) / ``duration_h`` [h].
+
+    Attributes
+    ----------
+    pv_kw, load_kw : numpy.ndarray  Actual available PV AC power and site load. [kW]
+    import_price : numpy.ndarray  Gross import price (incl. VAT), what the planner optimises. [currency/kWh]
+    export_price : numpy.ndarray  [currency/kWh]
+    period : numpy.ndarray  Tariff period name per step.
+    month : numpy.ndarray  Billing month per step as consecutive integers. [-]
+    demand_rate : numpy.ndarray  Gross demand charge of the step's billing month. [currency/kW/month]
+    """
+
+    starts: pd.DatetimeIndex
+    duration_h: np.ndarray
+    steps: int
+    pv_kw: np.ndarray
+    load_kw: np.ndarray
+    import_price: np.ndarray
+    export_price: np.ndarray
+    period: np.ndarray
+    month: np.ndarray
+    demand_rate: np.ndarray
+
+    def grid(self, first: int, count: int) -> TimeGrid:
+        """The planning grid of ``count`` steps from step ``first``."""
+        return TimeGrid(self.starts[first:first + count], self.duration_h[first:first + count])
+
+
+@dataclass
+class StepContext:
+    """What the controller knows at the start of step ``t`` (updated by the runner, read by strategies).
+
+    Attributes
+    ----------
+    soc_kwh : float  Measured stored energy. [kWh]
+    max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
+    month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
+    pv_history, load_history : pandas.Series
+        Measured PV output (NaN while PV was limited: not a measure of what was available) and
+        load, indexed by step start; entries at and after step ``t`` are NaN and are never handed on.
+    """
+
+    soc_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    month_peak_kw: float
+    pv_history: pd.Series
+    load_history: pd.Series
+
+    def past(self, series: pd.Series, t: int, steps: int) -> pd.Series:
+        """The last ``steps`` entries strictly before step ``t`` (the only history a strategy sees)."""
+        return series.iloc[max(0, t - steps):t]
+
+
+class Strategy(Protocol):
+    """One way of choosing the dispatcher's target."""
+
+    name: str
+    solve_s: float
+    replans: int
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        """The target for step ``t`` starting at ``now`` (UTC); None = no target (battery idle)."""
+
+
+class NoBattery:
+    """No battery: no target."""
+
+    def __init__(self, name: str):
+        self.name, self.solve_s, self.replans = name, 0.0, 0
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        return None
+
+
+class SelfConsumption:
+    """The live self-consumption mode: hold the grid at 0 kW with the battery."""
+
+    name = "self_consumption"
+
+    def __init__(self) -> None:
+        self.solve_s, self.replans = 0.0, 0
+        self._target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason="self_consumption")
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        return self._target
+
+
+def _follow(plan: Plan, i: int, inputs_month0: bool, month_peak_kw: float, demand: bool, grid: GridSpec,
+            tol_kw: float) -> Target:
+    """The live follow rule on step ``i`` of a plan, with the planned monthly peak when a demand charge applies."""
+    peak = None
+    if demand:
+        peak = max(month_peak_kw, float(np.max(plan.import_kw[inputs_month0]))) if inputs_month0.any() else None
+    return plan_target(float(plan.battery_kw[i]), float(plan.grid_kw[i]), grid, peak_kw=peak, tol_kw=tol_kw)
+
+
+class TouRule:
+    """The live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measured PV and load."""
+
+    name = "tou_rule"
+
+    def __init__(self, data: Inputs, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings,
+                 tol_kw: float):
+        self.data, self.battery, self.grid, self.settings, self.tol_kw = data, battery, grid, settings, tol_kw
+        self.solve_s, self.replans = 0.0, 0
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        d = self.data
+        inputs = PlanInputs(
+            grid=d.grid(t, 1), pv_kw=d.pv_kw[t:t + 1], load_kw=d.load_kw[t:t + 1],
+            import_price=d.import_price[t:t + 1], export_price=d.export_price[t:t + 1], soc0_kwh=ctx.soc_kwh,
+            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw, period=[str(d.period[t])])
+        plan = policies.tou(inputs, self.battery, self.grid, self.settings)
+        return plan_target(float(plan.battery_kw[0]), float(plan.grid_kw[0]), self.grid, tol_kw=self.tol_kw)
+
+
+class Mpc:
+    """The live planner re-planned every step; forecasts from the past only, or the actual future.
+
+    Parameters
+    ----------
+    perfect : bool
+        Feed the actual PV and load of the horizon instead of the forecasts.
+    """
+
+    def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
+                 settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
+                 monthly_yield_kwh_per_kwp: list[float] | None):
+        self.name = "mpc_perfect" if perfect else "mpc"
+        self.data, self.grid_spec, self.tol_kw, self.perfect = data, grid, tol_kw, perfect
+        self.horizon = settings.horizon_steps
+        self.planner = Planner(battery, grid, settings, self.horizon)
+        self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
+        self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country)
+        self.history_steps = round(21 * 24 / float(data.duration_h[0]))  # the load forecaster's 3 weeks
+        self.solve_s, self.replans = 0.0, 0
+
+    def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
+        """PV and load over the horizon starting at step ``t``. [kW]"""
+        d = self.data
+        if self.perfect:
+            return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
+        pv = self.pv_forecaster.forecast(grid, ctx.past(ctx.pv_history, t, self.history_steps))
+        self.load_forecaster.fallback_kw = float(d.load_kw[t])  # only without history: the load measured now
+        load = self.load_forecaster.forecast(grid, ctx.past(ctx.load_history, t, self.history_steps))
+        return pv, load
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        d, h = self.data, self.horizon
+        grid = d.grid(t, h)
+        pv, load = self.forecasts(t, grid, ctx)
+        months = d.month[t:t + h] - d.month[t]
+        inputs = PlanInputs(
+            grid=grid, pv_kw=pv, load_kw=load, import_price=d.import_price[t:t + h],
+            export_price=d.export_price[t:t + h], soc0_kwh=ctx.soc_kwh, month_peak_kw=ctx.month_peak_kw,
+            demand_charge_per_kw=float(d.demand_rate[t]), billing_month=months,
+            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw)
+        plan = self.planner.plan(inputs, created_at=now)
+        self.solve_s += plan.solver.solve_ms / 1e3
+        self.replans += 1
+        return _follow(plan, 0, months == 0, ctx.month_peak_kw, d.demand_rate[t] > 0, self.grid_spec, self.tol_kw)
+
+
+class PerfectForesight:
+    """One LP over the whole period on the actual data (a year in one LP), followed step by step."""
+
+    name = "perfect_foresight"
+
+    def __init__(self, data: Inputs, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings,
+                 tol_kw: float, soc0_kwh: float):
+        self.data, self.grid_spec, self.tol_kw = data, grid, tol_kw
+        n = data.steps
+        months = data.month[:n] - data.month[0]
+        self.demand = data.demand_rate[:n] > 0
+        inputs = PlanInputs(
+            grid=data.grid(0, n), pv_kw=data.pv_kw[:n], load_kw=data.load_kw[:n],
+            import_price=data.import_price[:n], export_price=data.export_price[:n], soc0_kwh=soc0_kwh,
+            demand_charge_per_kw=float(data.demand_rate[0]), billing_month=months)
+        if np.any(data.demand_rate[:n] != data.demand_rate[0]):
+            raise ValueError("perfect foresight needs one demand-charge rate over the period")
+        self.plan = Planner(battery, grid, settings, n).plan(inputs)
+        self.solve_s, self.replans = self.plan.solver.solve_ms / 1e3, 1
+        self.month = months
+        self.peaks = np.zeros(int(months[-1]) + 1)
+        np.maximum.at(self.peaks, months, self.plan.import_kw)
+
+    def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
+        peak = max(ctx.month_peak_kw, float(self.peaks[self.month[t]])) if self.demand[t] else None
+        return plan_target(float(self.plan.battery_kw[t]), float(self.plan.grid_kw[t]), self.grid_spec,
+                           peak_kw=peak, tol_kw=self.tol_kw)

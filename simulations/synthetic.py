@@ -1,0 +1,195 @@
+"""A seeded, reproducible synthetic year of PV and factory load for a site (Hai Phong by default).
+
+PV: clear-sky power (optimizer.solar) × a persistent daily clearness (AR(1) in logit space) × intra-day
+cloud noise, then rescaled month by month so each local calendar month's energy matches the reference
+monthly yields (shape Jan..Dec, scaled to ``annual_yield_kwh_per_kwp`` × kWp), never above the AC limit.
+
+Load: a day shift and a night level in local time, × factors for Saturdays, Sundays and public holidays,
+a Tết shutdown, and correlated multiplicative noise. Method and parameters: docs/data.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, time, timedelta
+
+import holidays
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from optimizer.site import PVSpec, SiteInfo, StrictModel
+from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP, clear_sky_pv_kw
+
+DAILY_CLEARNESS_AR = 0.6
+"""Lag-one autocorrelation of the daily clearness (in logit space). [-]"""
+DAILY_CLEARNESS_SPREAD = 1.0
+"""Standard deviation of the daily clearness in logit space. [-]"""
+INTRADAY_AR_PER_HOUR = 0.5
+"""Autocorrelation of the intra-day cloud noise one hour apart. [-]"""
+INTRADAY_SPREAD = 0.5
+"""Standard deviation of the intra-day noise on a fully overcast day, × (1 − daily clearness). [-]"""
+LOAD_NOISE_AR_PER_HOUR = 0.5
+"""Autocorrelation of the load noise one hour apart. [-]"""
+
+
+class LoadShape(StrictModel):
+    """A factory's load pattern (scenario files hold it in YAML)."""
+
+    day_kw: float = Field(default=800.0, ge=0, description="Load during the day shift [kW]")
+    night_kw: float = Field(default=300.0, ge=0, description="Load outside the day shift [kW]")
+    day_start: time = Field(default=time(7), description="Day shift start, local time")
+    day_end: time = Field(default=time(19), description="Day shift end, local time (exclusive)")
+    saturday_factor: float = Field(default=0.7, ge=0, description="Multiplier on Saturdays [-]")
+    sunday_factor: float = Field(default=0.3, ge=0, description="Multiplier on Sundays [-]")
+    holiday_factor: float = Field(default=0.3, ge=0, description="Multiplier on public holidays [-]")
+    holiday_country: str | None = Field(default="VN", description="holidays package country code; None = none")
+    tet_shutdown_days: int = Field(default=9, ge=0, description="Length of the Tết shutdown [days]; 0 = none")
+    tet_days_before: int = Field(default=2, ge=0,
+                                 description="Shutdown starts this many days before Lunar New Year's Day [days]")
+    tet_shutdown_dates: list[date] = Field(default_factory=list,
+                                           description="Explicit shutdown days; replaces the derived Tết window")
+    shutdown_factor: float = Field(default=0.15, ge=0, description="Load in a shutdown, × night_kw [-]")
+    noise_pct: float = Field(default=5.0, ge=0, lt=100, description="Standard deviation of the load noise [%]")
+
+
+def lunar_new_year(year: int) -> date:
+    """Lunar New Year's Day (Tết) of ``year``, from the Vietnamese holiday calendar."""
+    days = [d for d, name in holidays.VN(years=year, language="en_US").items() if name == "Lunar New Year"]
+    if not days:
+        raise ValueError(f"no Lunar New Year's Day found for {year}")
+    return min(days)
+
+
+def shutdown_days(load: LoadShape, year: int) -> set[date]:
+    """The Tết shutdown days of ``year``: the explicit dates if given, else the derived window."""
+    if load.tet_shutdown_dates:
+        return set(load.tet_shutdown_dates)
+    first = lunar_new_year(year) - timedelta(days=load.tet_days_before)
+    return {first + timedelta(days=i) for i in range(load.tet_shutdown_days)}
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    """A stationary AR(1) series with unit variance."""
+    innovations = rng.standard_normal(n) * np.sqrt(1.0 - phi * phi)
+    out = np.empty(n)
+    prev = rng.standard_normal()
+    for i in range(n):
+        prev = phi * prev + innovations[i]
+        out[i] = prev
+    return out
+
+
+def year_starts(timezone: str, year: int, step_minutes: int) -> pd.DatetimeIndex:
+    """UTC interval starts covering the local calendar year ``year``."""
+    if step_minutes <= 0 or 1440 % step_minutes:
+        raise ValueError(f"step_minutes must divide a day, got {step_minutes}")
+    first = pd.Timestamp(year=year, month=1, day=1, tz=timezone).tz_convert("UTC")
+    last = pd.Timestamp(year=year + 1, month=1, day=1, tz=timezone).tz_convert("UTC")
+    return pd.date_range(first, last, freq=f"{step_minutes}min", inclusive="left")
+
+
+def _month_targets_kwh(pv: PVSpec, annual_yield_kwh_per_kwp: float, monthly_shape: Sequence[float]) -> np.ndarray:
+    shape = np.asarray(monthly_shape, dtype=float)
+    if shape.shape != (12,) or np.any(shape < 0) or shape.sum() <= 0:
+        raise ValueError("monthly_shape needs 12 non-negative values (Jan..Dec) with a positive sum")
+    return shape / shape.sum() * annual_yield_kwh_per_kwp * pv.kwp
+
+
+def synthetic_pv_kw(site: SiteInfo, pv: PVSpec, starts: pd.DatetimeIndex, step_minutes: int,
+                    rng: np.random.Generator, annual_yield_kwh_per_kwp: float,
+                    monthly_shape: Sequence[float] = HAI_PHONG_MONTHLY_KWH_PER_KWP) -> np.ndarray:
+    """PV power per interval whose local-month energies match the scaled monthly yields. [kW]"""
+    step_h = step_minutes / 60.0
+    clear = clear_sky_pv_kw(starts, step_h, site, pv)
+    local = starts.tz_convert(site.timezone)
+    month = np.asarray(local.month) - 1
+    day_number = np.unique(np.asarray(local.tz_localize(None).normalize().as_unit("s").asi8), return_inverse=True)[1]
+    targets = _month_targets_kwh(pv, annual_yield_kwh_per_kwp, monthly_shape)
+    clear_month = np.bincount(month, weights=clear, minlength=12) * step_h
+    mean_k = np.clip(targets / np.maximum(clear_month, 1e-9), 0.01, 0.99)
+    z_day = _ar1(rng, int(day_number.max()) + 1, DAILY_CLEARNESS_AR)
+    logit = np.log(mean_k[month] / (1.0 - mean_k[month])) + DAILY_CLEARNESS_SPREAD * z_day[day_number]
+    k_step = 1.0 / (1.0 + np.exp(-logit))
+    noise = _ar1(rng, len(starts), INTRADAY_AR_PER_HOUR ** step_h)
+    pv_kw = np.minimum(clear * k_step * np.clip(1.0 + INTRADAY_SPREAD * (1.0 - k_step) * noise, 0.0, None),
+                       pv.ac_limit_kw)
+    for m in range(12):
+        in_month = month == m
+        if not in_month.any():
+            continue
+        raw = pv_kw[in_month]
+        scale = 1.0
+        for _ in range(50):
+            scaled = np.minimum(raw * scale, pv.ac_limit_kw)
+            energy = scaled.sum() * step_h
+            if abs(energy - targets[m]) <= 1e-9 * max(targets[m], 1.0):
+                break
+            free = raw[raw * scale < pv.ac_limit_kw].sum() * step_h * scale
+            if energy <= 0 or free <= 0:
+                raise ValueError(f"month {m + 1}: {targets[m]:.0f} kWh is more than the PV system can produce")
+            scale *= 1.0 + (targets[m] - energy) / free
+        else:
+            raise ValueError(f"month {m + 1}: {targets[m]:.0f} kWh is more than the PV system can produce")
+        pv_kw[in_month] = scaled
+    return pv_kw
+
+
+def synthetic_load_kw(timezone: str, starts: pd.DatetimeIndex, step_minutes: int, load: LoadShape,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Factory load per interval: shifts, day types, holidays, Tết shutdown and noise. [kW]"""
+    local = starts.tz_convert(timezone)
+    minutes = np.asarray(local.hour * 60 + local.minute)
+    start_min = load.day_start.hour * 60 + load.day_start.minute
+    end_min = load.day_end.hour * 60 + load.day_end.minute
+    if start_min <= end_min:
+        is_day = (minutes >= start_min) & (minutes < end_min)
+    else:  # a day shift that runs past midnight
+        is_day = (minutes >= start_min) | (minutes < end_min)
+    base = np.where(is_day, load.day_kw, load.night_kw)
+    dates = np.asarray(local.tz_localize(None).normalize().date)
+    years = range(int(local.year.min()), int(local.year.max()) + 1)
+    public = holidays.country_holidays(load.holiday_country, years=years) if load.holiday_country else {}
+    shutdown = set().union(*(shutdown_days(load, y) for y in years))
+    weekday = np.asarray(local.day_of_week)
+    factor = np.where(weekday == 5, load.saturday_factor, np.where(weekday == 6, load.sunday_factor, 1.0))
+    is_holiday = np.fromiter((d in public for d in dates), dtype=bool, count=len(dates))
+    factor = np.where(is_holiday, load.holiday_factor, factor)
+    is_shutdown = np.fromiter((d in shutdown for d in dates), dtype=bool, count=len(dates))
+    kw = np.where(is_shutdown, load.night_kw * load.shutdown_factor, base * factor)
+    noise = _ar1(rng, len(starts), LOAD_NOISE_AR_PER_HOUR ** (step_minutes / 60.0))
+    return np.maximum(kw * (1.0 + load.noise_pct / 100.0 * noise), 0.0)
+
+
+def synthetic_year(site: SiteInfo, pv: PVSpec, year: int, load: LoadShape, seed: int, step_minutes: int = 15,
+                   annual_yield_kwh_per_kwp: float = 1100.0,
+                   monthly_shape: Sequence[float] = HAI_PHONG_MONTHLY_KWH_PER_KWP) -> pd.DataFrame:
+    """A synthetic local calendar year of PV and load.
+
+    Parameters
+    ----------
+    site, pv : SiteInfo, PVSpec
+        Where and what: location and time zone; kWp, AC limit, orientation, losses.
+    year : int
+        Local calendar year.
+    load : LoadShape
+        The factory's load pattern.
+    seed : int
+        Seed: the same arguments and seed give identical data. PV and load draw from separate streams.
+    step_minutes : int
+        Interval length; must divide a day. [min]
+    annual_yield_kwh_per_kwp : float
+        Specific yield of the year (1,100 central, 950 pessimistic for Hai Phong). [kWh/kWp]
+    monthly_shape : sequence of 12 floats
+        Relative monthly yields Jan..Dec (default: Hai Phong, shared/reference/vietnam-energy.md §4).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: UTC interval starts; columns ``pv_kw`` and ``load_kw``. [kW]
+    """
+    starts = year_starts(site.timezone, year, step_minutes)
+    pv_rng, load_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    pv_kw = synthetic_pv_kw(site, pv, starts, step_minutes, pv_rng, annual_yield_kwh_per_kwp, monthly_shape)
+    load_kw = synthetic_load_kw(site.timezone, starts, step_minutes, load, load_rng)
+    return pd.DataFrame({"pv_kw": pv_kw, "load_kw": load_kw}, index=starts.rename("start"))

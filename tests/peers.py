@@ -1,0 +1,295 @@
+"""Real peers on loopback for the telemetry tests: mosquitto, VictoriaMetrics (as the InfluxDB v2
+write endpoint), a stub InfluxDB that refuses malformed lines with HTTP 400, and headless Chromium.
+
+Import the fixtures you use explicitly, e.g. ``from tests.peers import mosquitto  # noqa: F401``.
+Every peer listens on 127.0.0.1 on a free port and keeps its files in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+READY_TIMEOUT_S = 15.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Block until 127.0.0.1:``port`` accepts connections (fail if ``proc`` exits first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------
+# mosquitto
+
+
+class Mosquitto:
+    """A mosquitto 2 broker on 127.0.0.1:``port``; ``users`` switches on passwords and ``acl`` an ACL file;
+    ``persistence`` keeps retained messages and persistent sessions across a restart."""
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, acl: str | None = None,
+                 persistence: bool = False):
+        self.workdir = workdir
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        conf = [f"listener {self.port} 127.0.0.1", "user root",
+                f"persistence {'true' if persistence else 'false'}", f"persistence_location {workdir}/",
+                f"log_dest file {workdir / 'mosquitto.log'}", "log_type error", "log_type warning"]
+        if users:
+            passwd = workdir / "passwd"
+            passwd.touch()
+            for name, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), name, password], check=True)
+            conf += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            conf.append("allow_anonymous true")
+        if acl is not None:
+            (workdir / "acl").write_text(acl)
+            conf.append(f"acl_file {workdir / 'acl'}")
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """An anonymous broker."""
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+BROKER_USERS = {"ems-controller": "ctl-secret", "operator": "op-secret", "grafana": "viewer-secret"}
+"""Users of :func:`mosquitto_auth` (same roles as deploy/mosquitto/acl)."""
+
+
+@pytest.fixture
+def mosquitto_auth(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker with the shipped ACL (deploy/mosquitto/acl) and a password per user of ``BROKER_USERS``."""
+    acl = (Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "acl").read_text()
+    broker = Mosquitto(tmp_path, users=BROKER_USERS, acl=acl)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# VictoriaMetrics
+
+
+class VictoriaMetrics:
+    """VictoriaMetrics single-node; accepts InfluxDB line protocol on ``/api/v2/write``."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{self.port}",
+             f"-storageDataPath={self.workdir / 'data'}", "-retentionPeriod=100y", "-loggerLevel=ERROR"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            return resp.read()
+
+    def export(self, metric: str) -> list[tuple[int, float]]:
+        """Every stored ``(timestamp_ms, value)`` of ``metric`` (all series), duplicates included, sorted."""
+        self._get("/internal/force_flush")
+        query = urllib.parse.urlencode({"match[]": f'{{__name__="{metric}"}}', "start": "0"})
+        samples = []
+        for line in self._get(f"/api/v1/export?{query}").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                samples += zip(row["timestamps"], row["values"], strict=True)
+        return sorted(samples)
+
+    def wait_for(self, metric: str, count: int, timeout_s: float = 20.0) -> list[tuple[int, float]]:
+        """Export ``metric`` until at least ``count`` samples are visible (VM makes new data searchable
+        after about a second) or the timeout passes; returns the last export."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            samples = self.export(metric)
+            if len(samples) >= count or time.monotonic() > deadline:
+                return samples
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    vm = VictoriaMetrics(tmp_path / "vm")
+    vm.start()
+    yield vm
+    vm.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# stub InfluxDB
+
+
+class StubInflux:
+    """An ``/api/v2/write`` endpoint that answers 400 (like InfluxDB) to any body containing a line
+    with ``marker`` and 204 otherwise; keeps every accepted line."""
+
+    def __init__(self, marker: str = "malformed"):
+        self.marker = marker
+        self.accepted: list[str] = []
+        self.requests = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                stub.requests += 1
+                lines = body.splitlines()
+                bad = [i for i, line in enumerate(lines) if stub.marker in line]
+                if bad:
+                    msg = json.dumps({"code": "invalid", "message": f"unable to parse line {bad[0] + 1}"}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                stub.accepted += lines
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub_influx() -> Iterator[StubInflux]:
+    stub = StubInflux()
+    stub.start()
+    yield stub
+    stub.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# headless Chromium
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[object]:
+    """Debian's Chromium driven by Playwright (no browser download)."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip("chromium is not installed (make test installs it)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# recorded controller messages
+
+
+def sample_state(ts: datetime, i: int = 0, site: str = "demo-factory", mode: str = "auto") -> dict[str, Any]:
+    """A ``state`` message as the controller publishes it each cycle (JSON-ready), varying with ``i``."""
+    pv_kw = 400.0 + i % 50
+    load_kw = 800.0 + (i * 7) % 40
+    battery_kw = 100.0 - i % 20
+    return {
+        "ts": ts.astimezone(UTC).isoformat(), "site": site, "mode": mode, "reason": "following the plan",
+        "measurements": {
+            "grid_kw": {"value": load_kw - pv_kw - battery_kw, "unit": "kW", "quality": "ok"},
+            "pv_kw": {"value": pv_kw, "unit": "kW", "quality": "ok"},
+            "battery_kw": {"value": battery_kw, "unit": "kW", "quality": "ok"},
+            "soc_pct": {"value": 50.0 + (i % 100) / 10, "unit": "%", "quality": "ok"},
+            "frequency_hz": {"value": None, "unit": "Hz", "quality": "stale"},
+        },
+        "load_kw": load_kw,
+        "setpoints": {"battery_kw": battery_kw, "pv_limit_pct": 100.0},
+        "plan_step": {"start": ts.astimezone(UTC).isoformat(), "battery_kw": 100.0, "grid_kw": 300.0,
+                      "soc_pct": 55.0},
+        "follow_rule": "battery_setpoint",
+        "tariff": {"period": "normal", "price_per_kwh": 1833.0},
+        "today": {"pv_kwh": 1200.0 + i, "load_kwh": 3000.0 + i, "import_kwh": 1500.0, "export_kwh": 0.0,
+                  "saved": 1_250_000.0 + 100 * i},
+        "alarms": [],
+        "solver": {"status": "optimal", "solve_s": 0.4},
+    }
+
+
+def sample_plan(t0: datetime, steps: int = 4) -> dict[str, Any]:
+    """A plan as ``Plan.to_dict()`` gives it (columnar)."""
+    return {"schema_version": "1.0", "created_at": t0.isoformat(), "source": "optimizer",
+            "starts": [(t0 + timedelta(minutes=15 * k)).isoformat() for k in range(steps)],
+            "soc0_kwh": 500.0, "capacity_kwh": 1000.0, "duration_h": [0.25] * steps,
+            "battery_kw": [10.0 * k for k in range(steps)], "grid_kw": [300.0] * steps,
+            "soc_kwh": [500.0 - 2.5 * k for k in range(1, steps + 1)], "period": ["normal"] * steps,
+            "objective": {"energy_cost": 1e6, "total": 9e5}, "solver": {"status": "optimal", "solve_ms": 40.0}}

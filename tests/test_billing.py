@@ -1,0 +1,254 @@
+"""Itemised bills and peak demand: bills worked out by hand, 30-minute averaging, the Japanese 12-month basis,
+DST, and a hypothesis property against an independent per-step sum."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optimizer.tariff import Tariff
+
+VN = "Asia/Ho_Chi_Minh"
+TOKYO = "Asia/Tokyo"
+
+
+def local_steps(start: str, count: int, minutes: int, tz: str = VN) -> pd.DatetimeIndex:
+    return pd.date_range(pd.Timestamp(start, tz=tz), periods=count, freq=f"{minutes}min").tz_convert("UTC")
+
+
+@pytest.fixture(scope="module")
+def two_part():
+    return Tariff.preset("evn-two-part-22kv").bind(VN)
+
+
+@pytest.fixture(scope="module")
+def japan():
+    return Tariff.preset("jp-high-voltage-illustrative").bind(TOKYO)
+
+
+# --- bills worked out by hand -----------------------------------------------------------------------------------------
+
+def test_two_part_bill_by_hand(two_part):
+    # Tue 2026-07-14, 17:00–18:00 local, 15-minute steps; Decision 963 windows: 17:00, 17:15 normal; 17:30, 17:45 peak.
+    starts = local_steps("2026-07-14 17:00", 4, 15)
+    bill = two_part.bill(starts, 0.25, np.array([100.0, 200.0, 300.0, 100.0]))
+    m = bill.month("2026-07")
+    lines = {e.period: (e.kwh, e.amount) for e in m.energy}
+    assert lines == {"off_peak": (0.0, 0.0), "normal": (75.0, 75 * 1275.0), "peak": (100.0, 100 * 2182.0)}
+    assert m.energy_amount == 313_825.0  # 95,625 + 218,200
+    assert m.peak_kw == 200.0  # 30-min averages: (100+200)/2 = 150 at 17:00, (300+100)/2 = 200 at 17:30
+    assert m.demand_kw == 200.0 and m.demand_rate_per_kw_month == 235_414
+    assert m.demand_amount == 47_082_800.0
+    assert m.subtotal == 47_396_625.0
+    assert m.vat == pytest.approx(3_791_730.0)  # 8 %
+    assert m.total == pytest.approx(51_188_355.0)
+    assert bill.total == pytest.approx(51_188_355.0)
+    assert m.hours == 1.0 and m.export_kwh == 0.0
+
+
+def test_month_to_date_peak_from_before_the_series_sets_the_demand(two_part):
+    starts = local_steps("2026-07-14 17:00", 4, 15)
+    bill = two_part.bill(starts, 0.25, np.array([100.0, 200.0, 300.0, 100.0]), prior_peaks_kw={"2026-07": 250.0})
+    assert bill.month("2026-07").peak_kw == 200.0
+    assert bill.month("2026-07").demand_kw == 250.0
+    assert bill.month("2026-07").demand_amount == 250 * 235_414
+
+
+def test_export_credit_is_not_vated():
+    # Surplus sale from 2026-06-26 at 1,382.7 VND/kWh. Tue 2026-07-14 12:00–12:30, normal period (1,833).
+    site = Tariff.preset("evn-manufacturing-22kv-surplus-sale").bind(VN)
+    starts = local_steps("2026-07-14 12:00", 2, 15)
+    bill = site.bill(starts, 0.25, import_kw=np.array([0.0, 40.0]), export_kw=np.array([100.0, 100.0]))
+    m = bill.months[0]
+    assert m.energy_kwh == 10.0 and m.energy_amount == 18_330.0
+    assert m.export_kwh == 50.0 and m.export_credit == pytest.approx(69_135.0)
+    assert m.vat == pytest.approx(1_466.4)  # 8 % of 18,330 only
+    assert m.total == pytest.approx(18_330.0 + 1_466.4 - 69_135.0)
+    assert m.demand_kw is None and m.demand_amount == 0.0
+
+
+def test_bill_splits_at_local_month_end_and_vat_changes_with_the_year():
+    # 2026-12-31 23:00 and 23:30, 2027-01-01 00:00 and 00:30 local (holiday): 30-minute steps, 100 kW each.
+    site = Tariff.preset("evn-manufacturing-22kv").bind(VN)
+    bill = site.bill(local_steps("2026-12-31 23:00", 4, 30), 0.5, np.full(4, 100.0))
+    assert [m.month for m in bill.months] == ["2026-12", "2027-01"]
+    december, january = bill.months
+    assert december.energy[1].period == "normal" and december.energy[1].kwh == 100.0  # 963: 22:30–24:00 normal
+    assert december.vat == pytest.approx(100 * 1833 * 0.08)
+    assert january.energy[0].period == "off_peak" and january.energy[0].kwh == 100.0
+    assert january.vat == pytest.approx(100 * 1190 * 0.10)
+    assert bill.total == pytest.approx(100 * 1833 * 1.08 + 100 * 1190 * 1.10)
+
+
+# --- peak demand ------------------------------------------------------------------------------------------------------
+
+def test_peak_uses_locally_aligned_half_hours(two_part):
+    # 300 kW during 10:15–10:45 straddles two half hours: each averages 150 kW, so the peak is 150, not 300.
+    starts = local_steps("2026-07-14 10:00", 4, 15)
+    assert two_part.peak_demand_kw(starts, 0.25, np.array([0.0, 300.0, 300.0, 0.0])) == {"2026-07": 150.0}
+    # One 15-minute spike of 400 kW next to 0 averages to 200 kW.
+    assert two_part.peak_demand_kw(starts, 0.25, np.array([400.0, 0.0, 0.0, 0.0])) == {"2026-07": 200.0}
+
+
+def test_peak_averages_five_minute_steps_and_keeps_hourly_steps(two_part):
+    five = local_steps("2026-07-14 10:00", 12, 5)
+    kw = np.array([60.0, 0, 0, 0, 0, 0, 30, 30, 30, 30, 30, 30])
+    assert two_part.peak_demand_kw(five, 5 / 60, kw) == {"2026-07": pytest.approx(30.0)}  # 10:00 averages 10 kW
+    hourly = local_steps("2026-07-14 10:00", 3, 60)
+    assert two_part.peak_demand_kw(hourly, 1.0, np.array([100.0, 300.0, 200.0])) == {"2026-07": 300.0}
+
+
+def test_peak_skips_missing_steps_and_is_per_local_month(two_part):
+    starts = local_steps("2026-07-31 23:00", 4, 30)  # two half hours in July, two in August (local)
+    peaks = two_part.peak_demand_kw(starts, 0.5, np.array([np.nan, 80.0, 120.0, np.nan]))
+    assert peaks == {"2026-07": 80.0, "2026-08": 120.0}
+
+
+def test_peak_keeps_the_two_local_01_30_half_hours_of_a_dst_fall_back_night_apart():
+    site = Tariff.preset("evn-two-part-22kv").bind("Europe/Berlin")
+    # 2026-10-25: 02:00–03:00 local happens twice (00:00–01:00 UTC in CEST, 01:00–02:00 UTC in CET).
+    starts = pd.date_range("2026-10-25T00:00Z", periods=8, freq="15min")
+    kw = np.array([100.0, 100.0, 0, 0, 0, 0, 0, 0])
+    assert site.peak_demand_kw(starts, 0.25, kw) == {"2026-10": 100.0}
+    bill = site.bill(starts, 0.25, kw)
+    assert bill.months[0].hours == 2.0
+
+
+# --- Japanese 12-month basis ------------------------------------------------------------------------------------------
+
+def japan_day(peak_kw: float) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    starts = local_steps("2026-06-10 00:00", 48, 30, TOKYO)
+    kw = np.full(48, 100.0)
+    kw[20] = peak_kw
+    return starts, kw
+
+
+@pytest.mark.parametrize(("prior", "demand_kw"), [
+    ({}, 300.0),
+    ({"2025-08": 500.0, "2026-01": 400.0}, 500.0),
+    ({"2025-06": 900.0}, 300.0),  # 12 months before June 2026: outside the window
+    ({"2025-07": 900.0}, 900.0),  # 11 months before: inside
+    ({"2026-07": 900.0}, 300.0),  # a later month does not count
+])
+def test_japanese_contract_demand_is_the_12_month_maximum(japan, prior, demand_kw):
+    starts, kw = japan_day(300.0)
+    m = japan.bill(starts, 0.5, kw, prior_peaks_kw=prior).month("2026-06")
+    assert m.peak_kw == 300.0
+    assert m.demand_kw == demand_kw
+    assert m.demand_amount == demand_kw * 1738
+    energy_kwh = 47 * 50 + 150  # 47 half hours at 100 kW, one at 300 kW
+    assert m.energy_kwh == energy_kwh
+    assert m.vat == pytest.approx(0.10 * (energy_kwh * 16.58 + demand_kw * 1738))
+
+
+def test_japanese_peak_carries_into_the_next_month_of_the_series(japan):
+    starts = local_steps("2026-06-30 00:00", 96, 30, TOKYO)  # 30 June and 1 July
+    kw = np.where(np.arange(96) == 10, 600.0, 100.0)
+    bill = japan.bill(starts, 0.5, kw)
+    assert bill.month("2026-06").demand_kw == 600.0
+    assert bill.month("2026-07").peak_kw == 100.0
+    assert bill.month("2026-07").demand_kw == 600.0
+
+
+# --- output forms and input errors ------------------------------------------------------------------------------------
+
+def test_to_dict_is_json_ready_and_to_frame_matches(two_part):
+    bill = two_part.bill(local_steps("2026-07-31 22:00", 8, 30), 0.5, np.arange(8) * 10.0)
+    data = json.loads(json.dumps(bill.to_dict()))
+    assert data["currency"] == "VND" and data["tariff"] == "evn-two-part-22kv"
+    assert [m["month"] for m in data["months"]] == ["2026-07", "2026-08"]
+    assert data["total"] == pytest.approx(bill.total)
+    frame = bill.to_frame()
+    assert list(frame.index) == ["2026-07", "2026-08"]
+    assert frame["total"].sum() == pytest.approx(bill.total)
+    assert frame.loc["2026-08", "peak_kw"] == 70.0
+    # Fri 31 July 22:00 (peak, 0 kW), 22:30–24:00 (normal: 10, 20, 30 kW for half an hour each)
+    assert frame.loc["2026-07", ["off_peak_kwh", "normal_kwh", "peak_kwh"]].tolist() == [0.0, 30.0, 0.0]
+    assert frame.loc["2026-07", "energy_kwh"] == bill.month("2026-07").energy_kwh == 30.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"import_kw": np.array([1.0, np.nan])}, r"import_kw\[1\] = nan"),
+    ({"import_kw": np.array([1.0, -2.0])}, r"import_kw\[1\] = -2.0"),
+    ({"import_kw": np.array([1.0])}, "shape"),
+    ({"export_kw": np.array([np.inf, 0.0])}, r"export_kw\[0\]"),
+    ({"duration_h": np.array([0.25, 0.0])}, r"duration_h\[1\]"),
+    ({"prior_peaks_kw": {"2026-7": 5.0}}, "YYYY-MM"),
+])
+def test_bad_series_raise_clear_errors(two_part, kwargs, message):
+    args = {"starts": local_steps("2026-07-14 10:00", 2, 15), "duration_h": 0.25,
+            "import_kw": np.array([1.0, 2.0])} | kwargs
+    with pytest.raises(ValueError, match=message):
+        two_part.bill(**args)
+
+
+# --- property: the bill equals an independent per-step sum ------------------------------------------------------------
+
+PRESETS = {name: Tariff.preset(name) for name in
+           ("evn-two-part-22kv", "evn-manufacturing-22kv-surplus-sale", "jp-high-voltage-illustrative")}
+RATE = {"evn-two-part-22kv": 235_414, "jp-high-voltage-illustrative": 1738}
+
+
+@st.composite
+def series(draw):
+    name = draw(st.sampled_from(sorted(PRESETS)))
+    tz = TOKYO if name.startswith("jp") else VN
+    minutes = draw(st.sampled_from([15, 30, 60]))
+    count = draw(st.integers(1, 400))
+    day = draw(st.dates(date(2026, 6, 1), date(2027, 2, 28)))
+    offset = draw(st.integers(0, 24 * 60 // minutes - 1)) * minutes
+    start = pd.Timestamp(day, tz=tz) + pd.Timedelta(minutes=offset)
+    values = st.floats(0, 1000, allow_nan=False)
+    import_kw = np.array(draw(st.lists(values, min_size=count, max_size=count)))
+    export_kw = np.array(draw(st.lists(values, min_size=count, max_size=count)))
+    return name, tz, minutes, start, import_kw, export_kw
+
+
+@settings(max_examples=60, deadline=None)
+@given(series())
+def test_bill_total_equals_an_independent_sum_over_steps(case):
+    name, tz, minutes, start, import_kw, export_kw = case
+    site = PRESETS[name].bind(tz)
+    starts = pd.date_range(start, periods=len(import_kw), freq=f"{minutes}min").tz_convert("UTC")
+    dt = minutes / 60
+    bill = site.bill(starts, dt, import_kw, export_kw)
+
+    prices = site.prices(starts)
+    expected = float(np.sum(prices.import_price_gross * import_kw * dt) - np.sum(prices.export_price * export_kw * dt))
+    if name in RATE:  # demand: 30-minute means (UTC bins = local bins at UTC+7/+9), max per local month
+        kw = pd.Series(import_kw, index=starts)
+        half_hours = kw.resample("30min").mean().dropna() if minutes < 60 else kw
+        month_peaks = half_hours.groupby(half_hours.index.tz_convert(tz).strftime("%Y-%m")).max()
+        if name.startswith("jp"):
+            month_peaks = month_peaks.cummax()  # the series spans < 12 months
+        for month, demand_kw in month_peaks.items():
+            vat = 0.10 if name.startswith("jp") or month >= "2027-01" else 0.08
+            expected += demand_kw * RATE[name] * (1 + vat)
+            assert bill.month(month).demand_kw == pytest.approx(demand_kw)
+    assert bill.total == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert bill.energy_kwh == pytest.approx(float(np.sum(import_kw) * dt), rel=1e-9, abs=1e-9)
+    assert sum(m.hours for m in bill.months) == pytest.approx(len(starts) * dt)
+
+
+def test_the_example_in_docs_tariffs_md_runs_and_prints_what_it_says(capsys):
+    doc = (Path(__file__).parents[1] / "docs" / "tariffs.md").read_text(encoding="utf-8")
+    code = doc.split("```python\n")[-1].split("```")[0]
+    exec(compile(code, "docs/tariffs.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "['normal', 'normal', 'peak', 'peak']"
+    assert out[2] == "200.0 47082800.0"
+    assert out[3] == "51188355"
+
+
+def test_an_empty_series_gives_an_empty_bill(two_part):
+    empty = pd.DatetimeIndex([], tz="UTC")
+    bill = two_part.bill(empty, 0.25, np.array([]))
+    assert bill.months == () and bill.total == 0.0 and bill.to_frame().empty
+    assert two_part.peak_demand_kw(empty, 0.25, np.array([])) == {}

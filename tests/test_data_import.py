@@ -1,0 +1,237 @@
+"""CSV import: good paths with known answers, and every kind of bad input named by row and column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ems.yamlfile import ConfigError
+from optimizer.site import Location, PVSpec, SiteInfo
+from simulations.data import DataError, read_series_csv
+from simulations.synthetic import LoadShape, synthetic_year
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+    return path
+
+
+def errors_of(path: Path, **kw) -> dict[str, str]:
+    with pytest.raises(DataError) as info:
+        read_series_csv(path, **kw)
+    assert isinstance(info.value, ConfigError)
+    assert info.value.source == str(path)
+    found: dict[str, str] = {}
+    for e in info.value.errors:
+        found[e.field] = f"{found[e.field]} | {e.message}" if e.field in found else e.message
+    return found
+
+
+def quarter_hour_csv(n: int = 8, start: str = "2026-05-04T00:00+07:00") -> str:
+    idx = pd.date_range(pd.Timestamp(start), periods=n, freq="15min")
+    lines = ["timestamp,pv_kw,load_kw"]
+    lines += [f"{t.isoformat()},{10 * i},{500 + i}" for i, t in enumerate(idx)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- good paths
+
+
+def test_quarter_hour_kw_with_offsets(tmp_path):
+    df = read_series_csv(write(tmp_path, quarter_hour_csv()))
+    assert list(df.columns) == ["pv_kw", "load_kw"]
+    assert str(df.index.tz) == "UTC"
+    assert df.index[0] == pd.Timestamp("2026-05-03T17:00Z")
+    assert df["pv_kw"].tolist() == [10.0 * i for i in range(8)]
+    assert df["load_kw"].iloc[3] == 503
+
+
+def test_hourly_kwh_to_quarter_hour_kw_known_answer(tmp_path):
+    text = """
+time,load_kwh,pv_kwh
+2026-01-05 08:00,600,120
+2026-01-05 09:00,640,200
+"""
+    df = read_series_csv(write(tmp_path, text), timezone="Asia/Ho_Chi_Minh")
+    # 600 kWh in one hour is 600 kW, held over the hour's four quarter hours (150 kWh each)
+    assert df["load_kw"].tolist() == [600.0] * 4 + [640.0] * 4
+    assert df["pv_kw"].tolist() == [120.0] * 4 + [200.0] * 4
+    assert df.index[0] == pd.Timestamp("2026-01-05T01:00Z")
+    assert (df.index[1:] - df.index[:-1] == pd.Timedelta(minutes=15)).all()
+    assert (df["load_kw"] * 0.25).sum() == pytest.approx(1240)  # energy preserved
+
+
+def test_quarter_hour_kwh_and_hourly_kw(tmp_path):
+    df = read_series_csv(write(tmp_path, "timestamp,load_kwh\n2026-01-05T08:00Z,25\n2026-01-05T08:15Z,30"),
+                         columns=("load",))
+    assert df["load_kw"].tolist() == [100.0, 120.0]
+    df = read_series_csv(write(tmp_path, "timestamp,load_kw\n2026-01-05T08:00Z,25\n2026-01-05T09:00Z,30", "h.csv"),
+                         columns=("load",))
+    assert df["load_kw"].tolist() == [25.0] * 4 + [30.0] * 4
+    df = read_series_csv(write(tmp_path, "timestamp,load_kw\n2026-01-05T08:00Z,25\n2026-01-05T09:00Z,30", "h2.csv"),
+                         columns=("load",), step_minutes=60)
+    assert df["load_kw"].tolist() == [25.0, 30.0]
+
+
+def test_unit_argument_for_bare_column_names(tmp_path):
+    path = write(tmp_path, "Timestamp,Load\n2026-01-05T08:00Z,25\n2026-01-05T08:15Z,30")
+    assert read_series_csv(path, columns=("load",), unit="kWh")["load_kw"].tolist() == [100.0, 120.0]
+    assert read_series_csv(path, columns=("load",), unit="kW")["load_kw"].tolist() == [25.0, 30.0]
+
+
+def test_dst_zone_file_spring_forward(tmp_path):
+    # Europe/Berlin skips 02:00–03:00 on 2026-03-29: local 01:45 is followed by 03:00, 15 minutes later
+    text = "timestamp,load_kw\n2026-03-29 01:30,10\n2026-03-29 01:45,11\n2026-03-29 03:00,12\n2026-03-29 03:15,13"
+    df = read_series_csv(write(tmp_path, text), timezone="Europe/Berlin", columns=("load",))
+    assert df["load_kw"].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert df.index[0] == pd.Timestamp("2026-03-29T00:30Z")
+    assert df.index[-1] == pd.Timestamp("2026-03-29T01:15Z")
+
+
+def test_dst_fall_back_with_offsets(tmp_path):
+    text = """
+timestamp,load_kw
+2026-10-25T02:00+02:00,1
+2026-10-25T02:00+01:00,2
+2026-10-25T03:00+01:00,3
+"""
+    df = read_series_csv(write(tmp_path, text), columns=("load",), step_minutes=60)
+    assert df["load_kw"].tolist() == [1.0, 2.0, 3.0]
+    assert df.index[0] == pd.Timestamp("2026-10-25T00:00Z")
+
+
+def test_allow_gaps_gives_nan_not_zero(tmp_path):
+    text = "timestamp,load_kw\n2026-01-05T08:00Z,25\n2026-01-05T08:15Z,\n2026-01-05T08:45Z,30\n2026-01-05T09:00Z,31"
+    df = read_series_csv(write(tmp_path, text), columns=("load",), allow_gaps=True)
+    assert len(df) == 5
+    assert np.isnan(df["load_kw"].iloc[1]) and np.isnan(df["load_kw"].iloc[2])
+    assert df["load_kw"].iloc[3] == 30
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_header_problems(tmp_path):
+    errors = errors_of(write(tmp_path, "when,pv_kw\n2026-01-01T00:00Z,1"))
+    assert "no timestamp column" in errors["(header)"]
+    errors = errors_of(write(tmp_path, "timestamp,pv_kw\n2026-01-01T00:00Z,1", "b.csv"))
+    assert "no column load_kw or load_kwh" in errors["(header)"]
+    errors = errors_of(write(tmp_path, "timestamp,load_kw,load_kwh\n2026-01-01T00:00Z,1,2", "c.csv"),
+                       columns=("load",))
+    assert "more than one column for load" in errors["(header)"]
+
+
+def test_empty_and_missing_file(tmp_path):
+    assert "empty" in errors_of(write(tmp_path, ""))["(file)"]
+    assert "no data rows" in errors_of(write(tmp_path, "timestamp,load_kw", "h.csv"), columns=("load",))["(file)"]
+    assert "(file)" in errors_of(tmp_path / "absent.csv")
+
+
+def test_naive_timestamps_need_a_zone(tmp_path):
+    errors = errors_of(write(tmp_path, "timestamp,load_kw\n2026-01-01 00:00,1\n2026-01-01 00:15,2"),
+                       columns=("load",))
+    assert "timezone" in errors["column timestamp"]
+
+
+def test_every_row_error_collected_with_row_and_column(tmp_path):
+    text = """
+timestamp,pv_kw,load_kw
+2026-05-04T00:00+07:00,0,500
+2026-05-04T00:15+07:00,abc,510
+2026-05-04T00:30+07:00,0,-5
+2026-05-04T00:30+07:00,0,520
+2026-05-04T01:15+07:00,0,530
+not a time,0,540
+2026-05-04T01:30+07:00,0,
+2026-05-04T01:45+07:00,0,99999
+2026-05-04T02:00+07:00,0,500
+2026-05-04T02:15+07:00,0,500
+2026-05-04T02:30+07:00,0,500
+"""
+    errors = errors_of(write(tmp_path, text))
+    assert errors["row 3, column pv_kw"] == "'abc' is not a number"
+    assert errors["row 4, column load_kw"] == "negative value -5"
+    assert errors["row 5, column timestamp"] == "duplicate timestamp (same instant as row 4)"
+    assert errors["row 6, column timestamp"] == "gap: 2 missing interval(s) after row 4"
+    assert errors["row 7, column timestamp"] == "'not a time' is not an ISO 8601 timestamp"
+    assert errors["row 8, column load_kw"] == "empty cell"
+    assert "above the plausible bound" in errors["row 9, column load_kw"]
+    assert "10 × the median" in errors["row 9, column load_kw"]
+    assert len(errors) == 7
+
+
+def test_ragged_rows(tmp_path):
+    errors = errors_of(write(tmp_path, "timestamp,load_kw\n2026-01-01T00:00Z,1\n2026-01-01T00:15Z,2,3"),
+                       columns=("load",))
+    assert errors["row 3"] == "3 cells where the header has 2"
+
+
+def test_dst_gap_and_ambiguous_local_times(tmp_path):
+    text = """
+timestamp,load_kw
+2026-03-29 01:30,1
+2026-03-29 01:45,1
+2026-03-29 02:30,2
+2026-10-25 02:30,3
+"""
+    errors = errors_of(write(tmp_path, text), timezone="Europe/Berlin", columns=("load",))
+    assert "does not exist in Europe/Berlin" in errors["row 4, column timestamp"]
+    assert "ambiguous in Europe/Berlin" in errors["row 5, column timestamp"]
+
+
+def test_mixed_offsets_and_backwards(tmp_path):
+    text = """
+timestamp,load_kw
+2026-01-01T00:15Z,1
+2026-01-01 00:30,2
+2026-01-01T00:00Z,3
+2026-01-01T00:15Z,4
+"""
+    errors = errors_of(write(tmp_path, text), columns=("load",))
+    assert "no UTC offset while other rows have one" in errors["row 3, column timestamp"]
+    assert "go backwards" in errors["row 4, column timestamp"]
+
+
+def test_off_step_timestamp(tmp_path):
+    text = "\n".join(["timestamp,load_kw"] + [f"2026-01-01T00:{m:02d}Z,1" for m in (0, 15, 30, 40, 55)])
+    errors = errors_of(write(tmp_path, text), columns=("load",))
+    assert "not on the file's 15-minute step" in errors["row 5, column timestamp"]
+
+
+def test_file_step_not_multiple_of_target(tmp_path):
+    text = "\n".join(["timestamp,load_kw"] + [f"2026-01-01T00:{m:02d}Z,1" for m in (0, 10, 20, 30)])
+    assert "not a whole multiple of 15 min" in errors_of(write(tmp_path, text), columns=("load",))["column timestamp"]
+
+
+def test_rated_bound_and_wrong_unit_hint(tmp_path):
+    # a load_kwh column holding kW: 800 "kWh" per quarter hour would be 3,200 kW on a 1,000 kW site
+    text = "timestamp,load_kwh\n2026-01-01T00:00Z,800\n2026-01-01T00:15Z,810"
+    errors = errors_of(write(tmp_path, text), columns=("load",), rated_kw={"load": 1000})
+    message = errors["row 2, column load_kwh"]
+    assert "3200 kW is above the plausible bound 1500 kW (1.5 × rated 1000 kW)" in message
+    assert "look like kW: name the column load_kw" in message
+
+
+def test_error_cap(tmp_path):
+    text = "\n".join(["timestamp,load_kw"] + [f"2026-01-01T{h:02d}:00Z,x" for h in range(20)])
+    with pytest.raises(DataError) as info:
+        read_series_csv(write(tmp_path, text), columns=("load",), max_errors=5)
+    assert len(info.value.errors) == 6
+    assert info.value.errors[-1].message == "15 more error(s) not shown"
+
+
+def test_synthetic_year_round_trip(tmp_path):
+    site = SiteInfo(name="hp", timezone="Asia/Ho_Chi_Minh", location=Location(latitude=20.86, longitude=106.68))
+    year = synthetic_year(site, PVSpec(kwp=500, tilt_deg=12), 2026, LoadShape(), seed=5, step_minutes=60)
+    local = year.tz_convert(site.timezone)
+    local.index = local.index.strftime("%Y-%m-%dT%H:%M%z").rename("timestamp")
+    path = tmp_path / "year.csv"
+    local.rename(columns={"pv_kw": "pv_kwh", "load_kw": "load_kwh"}).to_csv(path)  # hourly kWh = kW
+    back = read_series_csv(path, rated_kw={"pv": 500, "load": 1200})
+    assert len(back) == 4 * len(year)
+    assert np.allclose(back["load_kw"].to_numpy()[::4], year["load_kw"].to_numpy())
+    assert (back["pv_kw"] * 0.25).sum() == pytest.approx((year["pv_kw"]).sum())

@@ -1,0 +1,291 @@
+"""The limits chain: known answers per step, the follow rule, and properties that hold whatever the target."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.dispatch import (
+    Alarm,
+    Dispatcher,
+    DispatchInputs,
+    DispatchSettings,
+    Follow,
+    Source,
+    Target,
+    plan_target,
+)
+from optimizer.site import BatterySpec, GridSpec
+
+NOW = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+BATTERY = BatterySpec(capacity_kwh=1000, max_charge_kw=500, max_discharge_kw=400, soc_min_pct=10, soc_max_pct=95)
+ZERO_EXPORT = GridSpec(import_cap_kw=1000, export_cap_kw=0)
+PV_RATED = 900.0
+
+
+def inputs(grid=0.0, pv=0.0, battery=0.0, soc=50.0, bms_ch=500.0, bms_dis=500.0, limit=None) -> DispatchInputs:
+    return DispatchInputs(grid_kw=grid, pv_kw=pv, battery_kw=battery, soc_pct=soc,
+                          bms_max_charge_kw=bms_ch, bms_max_discharge_kw=bms_dis, pv_limit_pct=limit)
+
+
+def dispatcher(grid: GridSpec = ZERO_EXPORT, **kw) -> Dispatcher:
+    return Dispatcher(BATTERY, grid, DispatchSettings(**kw), pv_rated_kw=PV_RATED)
+
+
+def battery_target(kw: float, source: Source = Source.MANUAL, **kw_) -> Target:
+    return Target(source, Follow.BATTERY, kw, **kw_)
+
+
+# --- step 1: missing data -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["grid_kw", "pv_kw", "battery_kw", "soc_pct", "bms_max_charge_kw",
+                                  "bms_max_discharge_kw"])
+def test_any_missing_input_is_the_safe_state(name):
+    values = dict(grid_kw=100.0, pv_kw=0.0, battery_kw=0.0, soc_pct=50.0, bms_max_charge_kw=500.0,
+                  bms_max_discharge_kw=500.0)
+    values[name] = None
+    d = dispatcher(safe_pv_limit_pct=30).step(DispatchInputs(**values), battery_target(300), NOW)
+    assert d.safe and d.battery_setpoint_kw == 0.0
+    assert d.pv_limit_kw == pytest.approx(270.0) and d.pv_limit_pct == pytest.approx(30.0)
+    assert Alarm.DATA_MISSING.value in d.alarms
+    assert name in d.bounds[0].note
+    assert d.load_kw is None
+
+
+def test_safe_state_clears_when_data_returns():
+    disp = dispatcher()
+    assert disp.step(inputs(grid=None), battery_target(100), NOW).safe
+    d = disp.step(inputs(grid=500, pv=0, battery=0), battery_target(100), NOW)
+    assert not d.safe and d.battery_setpoint_kw == 100 and d.alarms == ()
+
+
+# --- step 2: PCS, BMS, SOC with hysteresis -------------------------------------------------------
+
+def test_pcs_and_bms_clamp_the_target():
+    disp = dispatcher()
+    assert disp.step(inputs(grid=800), battery_target(1000), NOW).battery_setpoint_kw == 400  # PCS
+    d = disp.step(inputs(grid=800, bms_dis=120), battery_target(1000), NOW)
+    assert d.battery_setpoint_kw == 120 and d.reason == "bms"
+    d = disp.step(inputs(grid=800, bms_ch=0), battery_target(-300), NOW)
+    assert d.battery_setpoint_kw == 0 and d.reason == "bms"
+
+
+def test_soc_min_blocks_discharge_until_recovered_by_the_hysteresis():
+    disp = dispatcher(soc_hysteresis_pct=2)
+    assert disp.step(inputs(grid=500, soc=10.0), battery_target(200), NOW).battery_setpoint_kw == 0
+    # recovered a little, still inside the hysteresis band: still blocked
+    d = disp.step(inputs(grid=500, soc=11.5), battery_target(200), NOW)
+    assert d.battery_setpoint_kw == 0 and d.reason == "soc"
+    assert disp.step(inputs(grid=500, soc=12.0), battery_target(200), NOW).battery_setpoint_kw == 200
+    # and from above, soc 11 is fine without a prior block
+    assert dispatcher().step(inputs(grid=500, soc=11.0), battery_target(200), NOW).battery_setpoint_kw == 200
+
+
+def test_soc_max_blocks_charge_until_recovered():
+    disp = dispatcher(soc_hysteresis_pct=2)
+    assert disp.step(inputs(grid=100, soc=95.0), battery_target(-200), NOW).battery_setpoint_kw == 0
+    assert disp.step(inputs(grid=100, soc=93.5), battery_target(-200), NOW).battery_setpoint_kw == 0
+    assert disp.step(inputs(grid=100, soc=92.9), battery_target(-200), NOW).battery_setpoint_kw == -200
+
+
+# --- step 3: import cap --------------------------------------------------------------------------
+
+def test_import_cap_forces_discharge_whatever_the_target():
+    disp = dispatcher()
+    # load 1300 kW, no PV, battery idle: 300 kW must come from the battery even if the target says charge
+    d = disp.step(inputs(grid=1300), battery_target(-200), NOW)
+    assert d.battery_setpoint_kw == 300 and d.reason == "import_cap"
+    assert d.expected_grid_kw == pytest.approx(1000)
+
+
+def test_import_cap_unheld_alarm_when_the_battery_cannot():
+    d = dispatcher().step(inputs(grid=1300, bms_dis=100), battery_target(0), NOW)
+    assert d.battery_setpoint_kw == 100
+    assert Alarm.IMPORT_CAP_UNHELD.value in d.alarms
+
+
+def test_import_cap_discharges_even_below_soc_reserve_but_not_below_soc_min():
+    disp = dispatcher()
+    reserve = battery_target(0, reserve_soc_pct=60)
+    assert disp.step(inputs(grid=1200, soc=40), reserve, NOW).battery_setpoint_kw == 200
+    assert disp.step(inputs(grid=1200, soc=9), reserve, NOW).battery_setpoint_kw == 0
+
+
+# --- step 4: export cap, curtailment -------------------------------------------------------------
+
+def test_zero_export_reduces_discharge_first():
+    # load 300, PV 200, target discharge 250 → at most 100 kW discharge, no curtailment
+    d = dispatcher().step(inputs(grid=100, pv=200), battery_target(250), NOW)
+    assert d.battery_setpoint_kw == pytest.approx(100) and d.reason == "export_cap"
+    assert d.pv_limit_kw is None and d.expected_grid_kw == pytest.approx(0)
+
+
+def test_zero_export_charges_from_surplus_then_curtails():
+    disp = dispatcher()
+    # load 300, PV 600, battery idle, exporting 300: charge 300 from the surplus, no curtailment
+    d = disp.step(inputs(grid=-300, pv=600), battery_target(0), NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-300) and d.pv_limit_kw is None
+    # BMS allows only 100 kW of charge: the remaining 200 kW is curtailed (PV limit = load + charge)
+    d = disp.step(inputs(grid=-300, pv=600, bms_ch=100), battery_target(0), NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-100)
+    assert d.pv_limit_kw == pytest.approx(400) and d.expected_grid_kw == pytest.approx(0)
+    assert d.pv_limit_pct == pytest.approx(400 / 9)
+
+
+def test_export_cap_allows_export_up_to_the_cap():
+    grid = GridSpec(import_cap_kw=None, export_cap_kw=150)
+    d = dispatcher(grid).step(inputs(grid=-300, pv=600), battery_target(0), NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-150) and d.expected_grid_kw == pytest.approx(-150)
+
+
+def test_curtailment_releases_step_by_step_when_the_battery_can_take_more():
+    disp = dispatcher(curtail_probe_pct=5)
+    # battery full: curtail to the load
+    d = disp.step(inputs(grid=-100, pv=500, soc=95), battery_target(0), NOW)
+    assert d.pv_limit_kw == pytest.approx(400)
+    # SOC falls below the band: PV sits at its 400 kW limit, so the battery probes 45 kW more charge
+    d = disp.step(inputs(grid=0, pv=400, soc=92, limit=d.pv_limit_pct), battery_target(0), NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-45)
+    assert d.pv_limit_kw == pytest.approx(445)
+
+
+# --- step 5: targets ----------------------------------------------------------------------------
+
+def test_grid_target_moves_the_battery_to_hold_the_grid():
+    t = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0)
+    d = dispatcher().step(inputs(grid=250, pv=100, battery=50), t, NOW)  # load 400
+    assert d.battery_setpoint_kw == pytest.approx(300) and d.follow == "grid"
+
+
+def test_grid_ceiling_discharges_more_when_load_exceeds_forecast():
+    t = battery_target(100, Source.PLAN, grid_ceiling_kw=600)
+    d = dispatcher().step(inputs(grid=750, pv=0, battery=0), t, NOW)
+    assert d.battery_setpoint_kw == pytest.approx(150)
+    assert dispatcher().step(inputs(grid=300), t, NOW).battery_setpoint_kw == pytest.approx(100)
+
+
+def test_expired_target_idles_the_battery():
+    t = battery_target(200, expires_at=NOW - timedelta(seconds=1))
+    d = dispatcher().step(inputs(grid=500), t, NOW)
+    assert d.battery_setpoint_kw == 0 and d.reason == "target_expired" and d.source == "none"
+    assert dispatcher().step(inputs(grid=500), None, NOW).reason == "no_target"
+
+
+def test_operator_reserve_blocks_discharge_with_hysteresis():
+    disp = dispatcher(soc_hysteresis_pct=2)
+    t = battery_target(200, reserve_soc_pct=40)
+    assert disp.step(inputs(grid=500, soc=40), t, NOW).battery_setpoint_kw == 0
+    assert disp.step(inputs(grid=500, soc=41), t, NOW).battery_setpoint_kw == 0
+    assert disp.step(inputs(grid=500, soc=42), t, NOW).battery_setpoint_kw == 200
+
+
+# --- the follow rule ----------------------------------------------------------------------------
+
+def test_plan_on_the_export_bound_is_followed_as_a_grid_target():
+    t = plan_target(-200.0, 0.0, ZERO_EXPORT)
+    assert t.follow is Follow.GRID and t.value_kw == 0 and t.reason == "plan_on_export_bound"
+    # PV surplus the forecast missed goes into the battery instead of being curtailed
+    d = dispatcher().step(inputs(grid=-100, pv=600, battery=-200), t, NOW)  # load 300, surplus 300
+    assert d.battery_setpoint_kw == pytest.approx(-300) and d.pv_limit_kw is None
+
+
+def test_plan_inside_the_bounds_is_followed_as_battery_power():
+    t = plan_target(-200.0, 150.0, ZERO_EXPORT)
+    assert t.follow is Follow.BATTERY and t.value_kw == -200 and t.grid_ceiling_kw is None
+
+
+def test_plan_on_an_import_bound_gets_a_grid_ceiling():
+    t = plan_target(150.0, 600.0, ZERO_EXPORT, peak_kw=600.0)
+    assert t.follow is Follow.BATTERY and t.grid_ceiling_kw == 600.0
+    t = plan_target(50.0, 1000.0, ZERO_EXPORT)
+    assert t.grid_ceiling_kw == 1000.0
+
+
+def test_export_site_plan_at_the_export_cap_follows_the_cap():
+    grid = GridSpec(export_cap_kw=100)
+    t = plan_target(-50.0, -100.0, grid)
+    assert t.follow is Follow.GRID and t.value_kw == -100
+
+
+# --- properties --------------------------------------------------------------------------------
+
+power = st.floats(min_value=-2000, max_value=2000, allow_nan=False)
+nonneg = st.floats(min_value=0, max_value=2000, allow_nan=False)
+maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
+
+
+@st.composite
+def dispatch_inputs(draw):
+    return DispatchInputs(
+        grid_kw=draw(maybe(power)), pv_kw=draw(maybe(st.floats(0, 900))), battery_kw=draw(maybe(power)),
+        soc_pct=draw(maybe(st.floats(0, 100))), bms_max_charge_kw=draw(maybe(nonneg)),
+        bms_max_discharge_kw=draw(maybe(nonneg)), pv_limit_pct=draw(maybe(st.floats(0, 100))))
+
+
+targets = st.one_of(
+    st.none(),
+    st.builds(Target, st.sampled_from(Source), st.sampled_from(Follow), power,
+              grid_ceiling_kw=maybe(power), reserve_soc_pct=maybe(st.floats(0, 100))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(seq=st.lists(st.tuples(dispatch_inputs(), targets), min_size=1, max_size=6),
+       import_cap=maybe(st.floats(1, 2000)), export_cap=st.floats(0, 500))
+def test_setpoint_never_leaves_the_pcs_bms_soc_limits(seq, import_cap, export_cap):
+    disp = dispatcher(GridSpec(import_cap_kw=import_cap, export_cap_kw=export_cap))
+    for inp, target in seq:
+        d = disp.step(inp, target, NOW)
+        if inp.missing():
+            assert d.safe and d.battery_setpoint_kw == 0
+            continue
+        assert -min(BATTERY.max_charge_kw, inp.bms_max_charge_kw) - 1e-9 <= d.battery_setpoint_kw
+        assert d.battery_setpoint_kw <= min(BATTERY.max_discharge_kw, inp.bms_max_discharge_kw) + 1e-9
+        if inp.soc_pct <= BATTERY.soc_min_pct:
+            assert d.battery_setpoint_kw <= 0
+        if inp.soc_pct >= BATTERY.soc_max_pct:
+            assert d.battery_setpoint_kw >= 0
+        assert 0 <= d.pv_limit_pct <= 100
+
+
+@settings(max_examples=400, deadline=None)
+@given(load=st.floats(0, 1500), pv_avail=st.floats(0, 900), soc=st.floats(0, 100), bms_ch=nonneg,
+       bms_dis=nonneg, target=targets, export_cap=st.floats(0, 300))
+def test_export_cap_respected_when_physically_possible(load, pv_avail, soc, bms_ch, bms_dis, target, export_cap):
+    """Applied to a plant that follows the decision, the grid never exports past the cap (PV can always be
+    curtailed), whatever the target, SOC or BMS allowance."""
+    disp = dispatcher(GridSpec(import_cap_kw=1000, export_cap_kw=export_cap))
+    battery_kw = 0.0
+    grid_kw = load - pv_avail
+    d = disp.step(inputs(grid=grid_kw, pv=pv_avail, battery=battery_kw, soc=soc, bms_ch=bms_ch, bms_dis=bms_dis),
+                  target, NOW)
+    pv_out = pv_avail if d.pv_limit_kw is None else min(pv_avail, d.pv_limit_kw)
+    grid_after = load - pv_out - d.battery_setpoint_kw
+    assert grid_after >= -export_cap - 1e-6
+
+
+def settle(disp: Dispatcher, load: float, pv_avail: float, target: Target | None, soc: float, cycles: int,
+           bms_ch: float = 500.0) -> list[float]:
+    """Close the loop with an ideal plant (battery follows its setpoint, PV follows its limit); grid per cycle."""
+    battery_kw, limit_pct, grids = 0.0, None, []
+    for _ in range(cycles):
+        limit_kw = None if limit_pct is None or limit_pct >= 100 else PV_RATED * limit_pct / 100
+        pv = pv_avail if limit_kw is None else min(pv_avail, limit_kw)
+        grid = load - pv - battery_kw
+        grids.append(grid)
+        d = disp.step(inputs(grid=grid, pv=pv, battery=battery_kw, soc=soc, bms_ch=bms_ch, limit=limit_pct),
+                      target, NOW)
+        battery_kw, limit_pct = d.battery_setpoint_kw, d.pv_limit_pct
+    return grids
+
+
+@settings(max_examples=100, deadline=None)
+@given(load=st.floats(50, 800), pv_avail=st.floats(0, 900), soc=st.floats(11, 99), bms_ch=st.floats(0, 500))
+def test_closed_loop_zero_export_settles_within_two_cycles(load, pv_avail, soc, bms_ch):
+    grids = settle(dispatcher(), load, pv_avail, Target(Source.PLAN, Follow.GRID, 0.0), soc, 40, bms_ch)
+    assert min(grids[2:]) >= -1e-6
+    # and the battery takes what it may before PV is curtailed: the grid sits near zero once settled
+    if soc < BATTERY.soc_max_pct - 2 and pv_avail > load:
+        assert abs(grids[-1]) <= 0.01 * PV_RATED + 1e-6 or bms_ch < pv_avail - load

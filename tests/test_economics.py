@@ -1,0 +1,145 @@
+"""Finance known answers (by hand and against numpy-financial), ageing, cash flow and CO2."""
+
+from __future__ import annotations
+
+import numpy_financial as npf
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulations.economics import (
+    BatteryAgeing,
+    CashFlowInputs,
+    annualise,
+    cash_flow,
+    co2_avoided_t,
+    equivalent_full_cycles,
+    finance_summary,
+    irr,
+    jcm_reduction_t,
+    lcos,
+    npv,
+    payback_years,
+)
+
+
+def test_npv_and_irr_known_answers() -> None:
+    assert npv(0.10, [-100.0, 110.0]) == pytest.approx(0.0, abs=1e-12)
+    assert npv(0.0, [-100.0, 30.0, 30.0]) == pytest.approx(-40.0)
+    assert irr([-100.0, 110.0]) == pytest.approx(0.10, abs=1e-9)
+    assert irr([-100.0, 50.0, 50.0]) == pytest.approx(0.0, abs=1e-9)
+    assert irr([-100.0, 10.0, 10.0]) == pytest.approx(npf.irr([-100.0, 10.0, 10.0]), abs=1e-9)
+    assert irr([-100.0, -10.0]) is None
+
+
+def test_payback_known_answers() -> None:
+    assert payback_years([-100.0, 30.0, 30.0, 30.0, 30.0]) == pytest.approx(100 / 30)
+    assert payback_years([-100.0, 30.0, 30.0]) is None
+    # discounted at 10 %: cumulative -100, -72.73, -47.93, -25.39, -4.90, +13.73 -> 4 + 4.90/18.63
+    flows = [-100.0] + [30.0] * 5
+    d = [f / 1.1**y for y, f in enumerate(flows)]
+    expected = 4 + -(sum(d[:5])) / d[5]
+    assert payback_years(flows, 0.10) == pytest.approx(expected)
+    assert payback_years([0.0, 5.0]) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.floats(min_value=0.0, max_value=0.3),
+    capex=st.floats(min_value=100.0, max_value=1e6),
+    flows=st.lists(st.one_of(st.just(0.0), st.floats(min_value=1.0, max_value=2e5)), min_size=1, max_size=25),
+)
+def test_npv_irr_match_numpy_financial(rate: float, capex: float, flows: list[float]) -> None:
+    values = [-capex, *flows]
+    assert npv(rate, values) == pytest.approx(npf.npv(rate, values), rel=1e-9, abs=1e-6)
+    ours = irr(values)
+    theirs = npf.irr(values)
+    if ours is None:
+        assert sum(values) < 0 or theirs != theirs  # no root in range: never pays back (or npf finds none)
+    else:
+        assert npv(ours, values) == pytest.approx(0.0, abs=1e-6 * capex)
+        if theirs == theirs:  # npf returns nan when it fails
+            assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+def test_cash_flow_by_hand() -> None:
+    inp = CashFlowInputs(lifetime_years=3, discount_rate=0.08, capex=1000.0, pv_savings=200.0,
+                         battery_savings=0.0, om_per_year=10.0, tariff_escalation=0.10, pv_degradation=0.05)
+    flow = cash_flow(inp)
+    assert list(flow["net"].round(6)) == [-1000.0, 190.0, 199.0, 208.405]
+    assert flow["cumulative"].iloc[-1] == pytest.approx(-1000 + 190 + 199 + 208.405)
+    summary = finance_summary(inp)
+    assert summary["npv"] == pytest.approx(npf.npv(0.08, [-1000.0, 190.0, 199.0, 208.405]))
+    assert summary["irr"] == pytest.approx(npf.irr([-1000.0, 190.0, 199.0, 208.405]), abs=1e-9)
+    assert summary["simple_payback_years"] is None
+    assert summary["first_year_savings"] == pytest.approx(200.0)
+
+
+def test_battery_ageing_and_replacement() -> None:
+    ageing = BatteryAgeing(cycle_life=1000, calendar_life_years=10, end_of_life_soh_pct=80)
+    # 100 cycles/yr: 20 % × 100/1000 = 2 %/yr cycle fade, 20 %/10 yr = 2 %/yr calendar fade
+    assert ageing.fade_pct_per_year(100) == pytest.approx((2.0, 2.0))
+    assert ageing.life_years(100) == pytest.approx(5.0)
+    inp = CashFlowInputs(lifetime_years=12, discount_rate=0.0, capex=500.0, pv_savings=0.0, battery_savings=100.0,
+                         om_per_year=0.0, battery_cycles_per_year=100, battery_discharge_kwh=1000.0,
+                         ageing=ageing, replacement_cost=300.0, battery_capex=500.0)
+    flow = cash_flow(inp)
+    soh = flow["battery_soh_pct"].to_numpy()
+    assert soh[1] == pytest.approx(98.0) and soh[5] == pytest.approx(82.0) and soh[6] == pytest.approx(98.0)
+    assert list(flow.index[flow["replacement"] < 0]) == [5, 10]
+    assert flow["battery_savings"][1] == pytest.approx(98.0)
+    assert finance_summary(inp)["replacements"] == 2
+    # LCOS by hand (r = 0): (500 + 2 × 300) / Σ 1000 × SOH_y/100
+    expected = (500 + 600) / sum(1000 * s / 100 for s in soh[1:])
+    assert lcos(inp, flow) == pytest.approx(expected)
+
+
+def test_lcos_discounted_by_hand() -> None:
+    ageing = BatteryAgeing(cycle_life=1e15, calendar_life_years=1e15, end_of_life_soh_pct=80)
+    inp = CashFlowInputs(lifetime_years=2, discount_rate=0.10, capex=1000.0, pv_savings=0.0, battery_savings=0.0,
+                         om_per_year=20.0, battery_discharge_kwh=100.0, ageing=ageing, battery_capex=1000.0,
+                         battery_om_per_year=20.0)
+    expected = (1000 + 20 / 1.1 + 20 / 1.21) / (100 / 1.1 + 100 / 1.21)
+    assert lcos(inp, cash_flow(inp)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_cycles_co2_and_annualise() -> None:
+    assert equivalent_full_cycles(3000.0, 1000.0) == 3.0
+    assert equivalent_full_cycles(10.0, 0.0) == 0.0
+    assert co2_avoided_t(1_000_000.0, 400_000.0, 0.681) == pytest.approx(408.6)
+    assert jcm_reduction_t(1_100_000.0, 0.5) == pytest.approx(550.0)
+    assert annualise(10.0, 8766.0 / 2) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        annualise(1.0, 0.0)
+
+
+def test_evaluate_splits_savings_and_investments() -> None:
+    from simulations.economics import HOURS_PER_YEAR, StrategyTotals, StudyParameters, evaluate
+
+    params = StudyParameters(
+        pv_kwp=100, battery_kwh=200, battery_kw=100, pv_per_kwp=10.0, battery_per_kwh=5.0, battery_per_kw=1.0,
+        pv_om_per_kwp_year=0.1, battery_om_per_kwh_year=0.05, battery_replacement_pct=50, discount_rate=0.0,
+        lifetime_years=10, tariff_escalation=0.0, pv_degradation=0.0,
+        ageing=BatteryAgeing(cycle_life=1e12, calendar_life_years=1e12, end_of_life_soh_pct=80),
+        grid_factor_t_per_mwh=0.5, jcm_factor_t_per_mwh=0.4)
+    half = HOURS_PER_YEAR / 2  # half a year simulated: every figure doubles
+    ref = StrategyTotals(bill=1000.0, import_kwh=5000.0, export_kwh=0.0, pv_kwh=0.0, discharge_kwh=0.0, capacity_kwh=0)
+    pv = StrategyTotals(bill=800.0, import_kwh=4000.0, export_kwh=0.0, pv_kwh=1000.0, discharge_kwh=0.0,
+                        capacity_kwh=200)
+    bat = StrategyTotals(bill=700.0, import_kwh=4100.0, export_kwh=100.0, pv_kwh=1000.0, discharge_kwh=2000.0,
+                         capacity_kwh=200)
+    out = evaluate(params, half, ref, pv, {"pv_only": pv, "mpc": bat})
+    assert out["pv_only"]["savings_vs_no_system"] == pytest.approx(400.0)
+    assert out["mpc"]["savings_vs_no_system"] == pytest.approx(600.0)
+    assert out["mpc"]["savings_vs_pv_only"] == pytest.approx(200.0)
+    assert out["mpc"]["equivalent_full_cycles"] == pytest.approx(20.0)
+    assert out["mpc"]["co2_avoided_t"] == pytest.approx((10000 - 8000) / 1000 * 0.5)
+    assert out["mpc"]["jcm_pv_reduction_t"] == pytest.approx(2000 / 1000 * 0.4)
+    system = out["mpc"]["finance"]["system"]
+    assert system["capex"] == pytest.approx(100 * 10 + 200 * 5 + 100 * 1)
+    # yearly net: 400 (PV) + 200 (battery) - (10 + 10) O&M = 580 -> payback 2100 / 580
+    assert system["simple_payback_years"] == pytest.approx(2100 / 580)
+    battery = out["mpc"]["finance"]["battery"]
+    assert battery["capex"] == pytest.approx(1100) and battery["simple_payback_years"] == pytest.approx(1100 / 190)
+    assert "battery" not in out["pv_only"]["finance"]
+    assert out["pv_only"]["finance"]["system"]["simple_payback_years"] == pytest.approx(1000 / 390)

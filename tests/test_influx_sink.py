@@ -1,0 +1,199 @@
+"""InfluxDB sink: line protocol, outage + restart against VictoriaMetrics (every point exactly once),
+quarantine of points a server refuses (stub answering 400), the outbox bound and bounded shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.telemetry.influx import (
+    InfluxSink,
+    InfluxWriter,
+    alarm_lines,
+    encode_line,
+    plan_lines,
+    state_lines,
+    to_ms,
+)
+from controller.telemetry.outbox import Outbox
+from ems.clock import ManualClock
+from tests.peers import (  # noqa: F401 (fixtures)
+    StubInflux,
+    VictoriaMetrics,
+    free_port,
+    sample_plan,
+    sample_state,
+    stub_influx,
+    victoria_metrics,
+)
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def make_sink(path: Path, url: str, clock: ManualClock, max_points: int = 100_000, alarms: list | None = None,
+              timeout_s: float = 5.0) -> InfluxSink:
+    sink = InfluxSink("demo-factory", Outbox(path, max_points), InfluxWriter(url, "ems", "ems", None, timeout_s),
+                      clock, batch_size=500, max_backoff_s=0.5, spool_interval_s=0.05,
+                      on_alarm=(lambda *a: alarms.append(a)) if alarms is not None else None)
+    sink.start()
+    return sink
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+# -- line protocol ------------------------------------------------------------------------------
+
+
+def test_encode_line_escapes_and_types() -> None:
+    line = encode_line("ems state", {"site": "a b,c=d", "empty": ""}, {"x=1": 2, "s": 'say "hi"', "n": float("nan")},
+                       1000)
+    assert line == 'ems\\ state,site=a\\ b\\,c\\=d x\\=1=2.0,s="say \\"hi\\"" 1000'
+    assert encode_line("m", {}, {"n": float("inf")}, 1) is None
+
+
+def test_state_lines_schema() -> None:
+    state = sample_state(T0, 3)
+    lines = state_lines("demo-factory", state)
+    assert [line.split(",", 1)[0] for line in lines] == ["ems_state", "ems_measurement", "ems_quality"]
+    ems_state = lines[0]
+    for field in ("pv_kw=403.0", "load_kw=821.0", "soc_pct=50.3", "setpoints_battery_kw=97.0",
+                  'mode="auto"', "tariff_price_per_kwh=1833.0", "today_saved=1250300.0", "alarms_active=0.0",
+                  'tariff_period="normal"', "solver_solve_s=0.4"):
+        assert field in ems_state, field
+    assert "solver_status" not in ems_state and "plan_step_start" not in ems_state
+    assert "frequency_hz" not in lines[1]             # missing is absent, never 0
+    assert 'frequency_hz="stale"' in lines[2]
+    assert all(line.endswith(f" {to_ms(T0)}") for line in lines)
+
+
+def test_plan_and_alarm_lines() -> None:
+    lines = plan_lines("s", sample_plan(T0))
+    t = to_ms(T0)
+    assert lines[2] == f'ems_plan,site=s duration_h=0.25,battery_kw=20.0,grid_kw=300.0,period="normal" {t + 1_800_000}'
+    soc = [line for line in lines if "soc_kwh" in line]
+    assert soc[0] == f"ems_plan,site=s soc_kwh=500.0,soc_pct=50.0 {t}"          # soc0 at the first start
+    assert soc[1] == f"ems_plan,site=s soc_kwh=497.5,soc_pct=49.75 {t + 900_000}"  # end of step 0
+    assert lines[-1] == (f"ems_plan_info,site=s objective_energy_cost=1000000.0,objective_total=900000.0,"
+                         f"solver_solve_ms=40.0,soc0_kwh=500.0,capacity_kwh=1000.0 {t}")
+    alarm = {"ts": T0.isoformat(), "code": "bms_fault", "severity": "critical", "active": True, "message": "BMS"}
+    assert alarm_lines("s", alarm) == [
+        f'ems_alarm,code=bms_fault,severity=critical,site=s active=1.0,message="BMS" {t}']
+
+
+def test_naive_timestamp_is_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        to_ms("2026-05-04T10:00:00")
+
+
+# -- against servers ----------------------------------------------------------------------------
+
+
+async def test_outage_and_restart_deliver_every_point_exactly_once(victoria_metrics: VictoriaMetrics,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    """VictoriaMetrics is stopped mid-run (a few seconds here; a longer outage only makes the outbox
+    deeper), the controller restarts during the outage (outbox closed and reopened), the server
+    comes back: every state reaches it once, in order, with its own timestamp."""
+    clock = ManualClock(T0)
+    path = tmp_path / "outbox.sqlite"
+    sent_ms: list[int] = []
+
+    async def produce(sink: InfluxSink, n: int) -> None:
+        for _ in range(n):
+            clock.advance(1.0)
+            sink.offer("state", sample_state(clock.now(), len(sent_ms)))
+            sent_ms.append(to_ms(clock.now()))
+            await asyncio.sleep(0.01)
+
+    alarms: list[tuple] = []
+    sink = make_sink(path, victoria_metrics.url, clock, alarms=alarms)
+    await produce(sink, 60)
+    await until(lambda: sink.backlog == 0)
+    victoria_metrics.stop()
+    await produce(sink, 60)
+    await until(lambda: sink.last_error is not None)
+    await sink.aclose()                                   # controller restart while the TSDB is down
+    sink = make_sink(path, victoria_metrics.url, clock, alarms=alarms)
+    assert sink.backlog >= 60
+    await produce(sink, 60)
+    victoria_metrics.start()
+    await produce(sink, 60)
+    await until(lambda: sink.backlog == 0)
+    await sink.aclose()
+
+    samples = victoria_metrics.wait_for("ems_state_load_kw", len(sent_ms))
+    assert [ts for ts, _ in samples] == sent_ms           # all 240, none twice, none lost
+    assert ("telemetry.influx_unreachable", True) in [a[:2] for a in alarms]
+    assert alarms[-1][:2] == ("telemetry.influx_unreachable", False)
+
+
+async def test_malformed_point_is_quarantined_and_the_rest_delivered(stub_influx: StubInflux,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    alarms: list[tuple] = []
+    sink = make_sink(tmp_path / "o.sqlite", stub_influx.url, clock, alarms=alarms)
+    for i in range(40):
+        clock.advance(1.0)
+        sink.offer("state", sample_state(clock.now(), i, mode="malformed" if i == 17 else "auto"))
+    await until(lambda: sink.backlog == 0)
+    quarantined = sink.outbox.quarantined()
+    assert len(quarantined) == 1
+    line, reason = quarantined[0]
+    assert line.startswith("ems_state,") and 'mode="malformed"' in line and "HTTP 400" in reason
+    assert len([x for x in stub_influx.accepted if x.startswith("ems_state,")]) == 39
+    assert ("telemetry.influx_quarantine", True) in [a[:2] for a in alarms]
+    clock.advance(1.0)
+    sink.offer("state", sample_state(clock.now(), 99))   # still running
+    await until(lambda: sink.backlog == 0)
+    assert sink.outbox.stats().quarantined_total == 1
+    await sink.aclose()
+
+
+async def test_bound_drops_oldest_with_alarm_while_down(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    alarms: list[tuple] = []
+    sink = make_sink(tmp_path / "o.sqlite", f"http://127.0.0.1:{free_port()}", clock, max_points=50, alarms=alarms)
+    for i in range(40):
+        clock.advance(1.0)
+        sink.offer("state", sample_state(clock.now(), i))
+    await until(lambda: sink.outbox.stats().dropped_total > 0)
+    assert sink.outbox.stats().depth == 50
+    assert ("telemetry.outbox_overflow", True) in [a[:2] for a in alarms]
+    newest = sink.outbox.oldest(50).lines[-1]
+    await sink.aclose()
+    assert str(to_ms(clock.now())) in newest               # the newest points are the ones kept
+
+
+async def test_bad_message_is_counted_not_raised(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path / "o.sqlite", f"http://127.0.0.1:{free_port()}", ManualClock(T0))
+    sink.offer("state", {"ts": "yesterday"})
+    sink.offer("state", {"no": "ts"})
+    assert sink.rejected_messages == 2
+    await sink.aclose()
+
+
+async def test_shutdown_is_bounded_when_the_server_hangs(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: closing waits at most the HTTP timeout."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    clock = ManualClock(T0)
+    sink = make_sink(tmp_path / "o.sqlite", f"http://127.0.0.1:{silent.getsockname()[1]}", clock, timeout_s=1.0)
+    for i in range(5):
+        clock.advance(1.0)
+        sink.offer("state", sample_state(clock.now(), i))
+    await asyncio.sleep(0.3)                                # a write is now hanging on the sender thread
+    async with asyncio.timeout(10):
+        await sink.aclose(timeout_s=2.0)
+    silent.close()
+    reopened = Outbox(tmp_path / "o.sqlite", 1000)
+    assert reopened.stats().depth >= 10                     # nothing lost: still on disk for the next start
+    reopened.close()

@@ -1,0 +1,232 @@
+"""Clear-sky PV and the PV / load forecasters: known answers, no look-ahead, beating persistence."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import holidays
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer.forecast import DEFAULT_CLEARNESS, ForecastError, LoadForecaster, PVForecaster
+from optimizer.site import Location, PVSpec, SiteInfo
+from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP, ClearSkyCache, clear_sky_pv_kw
+from optimizer.timegrid import TimeGrid, regular_grid
+
+TZ = "Asia/Ho_Chi_Minh"
+SITE = SiteInfo(name="hp", timezone=TZ, location=Location(latitude=20.86, longitude=106.68, altitude_m=5))
+PV = PVSpec(kwp=1000, ac_kw=900, tilt_deg=12)
+STEP = pd.Timedelta(minutes=15)
+
+
+def quarter_hours(start: str, days: int, tz: str = TZ) -> pd.DatetimeIndex:
+    first = pd.Timestamp(start, tz=tz).tz_convert("UTC")
+    return pd.date_range(first, periods=days * 96, freq="15min")
+
+
+# ---------------------------------------------------------------- clear sky
+
+
+def test_clear_sky_physical_bounds_and_day_night():
+    starts = quarter_hours("2026-06-21", 1)
+    p = clear_sky_pv_kw(starts, 0.25, SITE, PV)
+    local_hour = starts.tz_convert(TZ).hour
+    assert np.all(p >= 0) and np.all(p <= PV.ac_limit_kw)
+    assert np.all(p[(local_hour < 4) | (local_hour >= 20)] == 0)
+    assert p[(local_hour >= 11) & (local_hour < 13)].min() > 0.5 * PV.kwp
+    assert starts[np.argmax(p)].tz_convert(TZ).hour in (11, 12)  # solar noon ≈ 11:50 local at 106.7 °E
+
+
+def test_clear_sky_is_interval_average_and_scales():
+    starts = quarter_hours("2026-03-10", 1)
+    quarter = clear_sky_pv_kw(starts, 0.25, SITE, PV)
+    hourly = clear_sky_pv_kw(starts[::4], 1.0, SITE, PV)
+    # the hourly value at mid-hour is close to the mean of the four quarter hours
+    daylight = hourly > 100
+    assert np.allclose(hourly[daylight], quarter.reshape(-1, 4).mean(axis=1)[daylight], rtol=0.03)
+    lossy = clear_sky_pv_kw(starts, 0.25, SITE, PV.model_copy(update={"losses_pct": 28.0}))
+    assert lossy.sum() < quarter.sum()
+    big = clear_sky_pv_kw(starts, 0.25, SITE, PVSpec(kwp=2000, tilt_deg=12))
+    assert big.max() > PV.ac_limit_kw
+
+
+def test_clear_sky_year_exceeds_measured_yield():
+    starts = pd.date_range("2026-01-01", "2027-01-01", freq="1h", inclusive="left", tz="UTC")
+    annual = clear_sky_pv_kw(starts, 1.0, SITE, PVSpec(kwp=1, tilt_deg=12)).sum()
+    assert sum(HAI_PHONG_MONTHLY_KWH_PER_KWP) < annual < 2200  # kWh/kWp: clear sky is an upper envelope
+
+
+def test_cache_matches_direct_computation():
+    cache = ClearSkyCache(SITE, PV, 15)
+    starts = quarter_hours("2026-12-30", 4)  # crosses a cache block
+    ns = starts.as_unit("ns").asi8
+    assert np.allclose(cache.at(ns, 0.25), clear_sky_pv_kw(starts, 0.25, SITE, PV))
+    shifted = ns + 5 * 60 * 10**9  # not lattice aligned: computed directly
+    assert np.allclose(cache.at(shifted, 0.25), clear_sky_pv_kw(starts + pd.Timedelta(minutes=5), 0.25, SITE, PV))
+
+
+# ---------------------------------------------------------------- truth data
+
+
+def pv_truth(starts: pd.DatetimeIndex, seed: int) -> pd.Series:
+    """Clear sky × persistent daily clearness (AR(1)) × intra-day noise."""
+    rng = np.random.default_rng(seed)
+    days = len(starts) // 96
+    z = np.zeros(days)
+    for d in range(1, days):
+        z[d] = 0.6 * z[d - 1] + 0.8 * rng.standard_normal()
+    k_day = np.clip(0.6 + 0.25 * z, 0.05, 1.0)
+    k = np.repeat(k_day, 96) * np.clip(1 + 0.1 * rng.standard_normal(len(starts)), 0, None)
+    return pd.Series(np.minimum(clear_sky_pv_kw(starts, 0.25, SITE, PV) * k, PV.ac_limit_kw), index=starts)
+
+
+def load_pattern(starts: pd.DatetimeIndex, tz: str = TZ, country: str | None = "VN") -> np.ndarray:
+    local = starts.tz_convert(tz)
+    hours = np.asarray(local.hour + local.minute / 60)
+    base = np.where((hours >= 7) & (hours < 19), 800.0, 300.0) + 50 * np.sin(2 * np.pi * hours / 24)
+    days = local.tz_localize(None).normalize()
+    hol = holidays.country_holidays(country, years=range(local.year.min(), local.year.max() + 1)) if country else {}
+    is_off = np.array([d.date() in hol for d in days]) | (local.day_of_week == 6)
+    factor = np.where(is_off, 0.3, np.where(local.day_of_week == 5, 0.7, 1.0))
+    return base * factor
+
+
+def load_truth(starts: pd.DatetimeIndex, seed: int) -> pd.Series:
+    rng = np.random.default_rng(seed)
+    noise = np.zeros(len(starts))
+    for i in range(1, len(starts)):
+        noise[i] = 0.9 * noise[i - 1] + 20 * rng.standard_normal()
+    return pd.Series(load_pattern(starts) + noise, index=starts)
+
+
+# ---------------------------------------------------------------- PV forecaster
+
+
+def test_pv_forecast_scales_clear_sky_by_measured_clearness():
+    hist_idx = quarter_hours("2026-05-01", 4)
+    clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)
+    history = pd.Series(0.5 * clear, index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    expected = 0.5 * clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
+    assert np.allclose(PVForecaster(SITE, PV).forecast(grid, history), expected)
+
+
+def test_pv_forecast_without_history_uses_climatology():
+    grid = regular_grid(pd.Timestamp("2026-03-01", tz=TZ), 96, 15)
+    clear = clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
+    assert np.allclose(PVForecaster(SITE, PV).forecast(grid, None), DEFAULT_CLEARNESS * clear)
+    fc = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    k_march = fc.climatological_clearness(3)
+    assert 0.15 < k_march < 0.35  # March: 36 kWh/kWp measured against ≈160 clear sky
+    assert fc.climatological_clearness(7) > 0.8
+    assert np.allclose(fc.forecast(grid, None), k_march * clear)
+
+
+def test_pv_recent_clearness_dominates_short_leads():
+    hist_idx = quarter_hours("2026-05-01", 3)[:-96 + 52]  # up to 13:00 local on day 3
+    clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)
+    k = np.full(len(hist_idx), 0.3)
+    k[-12:] = 1.0  # the last 3 hours were clear
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    out = PVForecaster(SITE, PV).forecast(grid, pd.Series(clear * k, index=hist_idx))
+    with np.errstate(invalid="ignore"):
+        ratio = out / clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
+    assert ratio[0] > 0.9
+    assert ratio[80] < 0.5  # 09:15 next day: back towards the multi-day clearness
+
+
+# ---------------------------------------------------------------- load forecaster
+
+
+def test_load_forecast_reproduces_a_clean_weekly_pattern_with_holidays():
+    hist_idx = quarter_hours("2026-04-01", 28)
+    history = pd.Series(load_pattern(hist_idx), index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96 * 3, 15)  # Apr 29 (Wed), Apr 30 (holiday), May 1 (holiday)
+    out = LoadForecaster(TZ).forecast(grid, history)
+    assert np.allclose(out, load_pattern(grid.starts))
+    on_holiday = grid.local_starts(TZ).day == 30
+    assert out[on_holiday].max() < 0.5 * out[~on_holiday].max()
+
+
+def test_load_forecast_follows_local_time_across_dst():
+    tz = "Europe/Berlin"
+    hist_idx = quarter_hours("2026-03-01", 28, tz)  # DST starts 2026-03-29
+    history = pd.Series(load_pattern(hist_idx, tz, None), index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    out = LoadForecaster(tz, holiday_country=None).forecast(grid, history)
+    assert np.allclose(out, load_pattern(grid.starts, tz, None))
+
+
+def test_load_forecast_error_correction_decays():
+    hist_idx = quarter_hours("2026-06-01", 21)  # 21 days from Monday
+    pattern = load_pattern(hist_idx)
+    values = pattern.copy()
+    values[-4:] += 100.0  # the last hour ran 100 kW high
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    out = LoadForecaster(TZ).forecast(grid, pd.Series(values, index=hist_idx))
+    # same-day-type (Sunday) profile saw the +100 once out of 3 Sundays in those four slots
+    error = 100 - 100 / 3
+    expected = load_pattern(grid.starts) + error * np.exp(-(np.arange(96) + 1) * 0.25 / 2.0)
+    assert np.allclose(out, expected)
+
+
+def test_load_forecast_degrades_with_little_history():
+    fc = LoadForecaster(TZ)
+    grid = regular_grid(pd.Timestamp("2026-06-06", tz=TZ), 96, 15)  # a Saturday
+    with pytest.raises(ForecastError):
+        fc.forecast(grid, None)
+    assert np.all(LoadForecaster(TZ, fallback_kw=450).forecast(grid, None) == 450)
+    hist_idx = quarter_hours("2026-06-04", 2)  # Thursday and Friday only: no Saturday seen
+    weekday = pd.Series(load_pattern(hist_idx), index=hist_idx)
+    assert np.allclose(fc.forecast(grid, weekday), load_pattern(hist_idx[:96]))
+    few = weekday.iloc[-6:]  # 1.5 h of history: unseen slots take the mean of what exists
+    out = fc.forecast(grid, few)
+    assert np.all(out > 0) and np.isfinite(out).all()
+    seen = np.isin(grid.local_starts(TZ).time, few.index.tz_convert(TZ).time)
+    assert np.allclose(out[~seen][-10:], few.mean(), rtol=0.01)
+
+
+# ---------------------------------------------------------------- no look-ahead, beating persistence
+
+
+def test_no_look_ahead():
+    idx = quarter_hours("2026-05-01", 30)
+    pv, load = pv_truth(idx, 1), load_truth(idx, 2)
+    t = 96 * 25 + 37
+    grid = regular_grid(idx[t], 96, 15)
+    rng = np.random.default_rng(3)
+    for fc, series in ((PVForecaster(SITE, PV), pv), (LoadForecaster(TZ), load)):
+        before = fc.forecast(grid, series)
+        changed = series.copy()
+        changed.iloc[t:] = rng.uniform(0, 2000, len(series) - t)
+        assert np.array_equal(fc.forecast(grid, changed), before)
+        assert np.array_equal(fc.forecast(grid, series.iloc[:t]), before)
+
+
+def test_forecasters_beat_persistence_over_three_weeks():
+    idx = quarter_hours("2026-05-04", 42)
+    truth = {"pv": pv_truth(idx, 11), "load": load_truth(idx, 12)}
+    forecasters = {"pv": PVForecaster(SITE, PV), "load": LoadForecaster(TZ)}
+    horizon = 96
+    origins = range(96 * 21, len(idx) - horizon, 2)  # every half hour over three weeks
+    for name, series in truth.items():
+        values = series.to_numpy()
+        err_model = err_yesterday = err_last = 0.0
+        for t in origins:
+            grid = TimeGrid(idx[t:t + horizon], np.full(horizon, 0.25))
+            actual = values[t:t + horizon]
+            err_model += np.abs(forecasters[name].forecast(grid, series) - actual).mean()
+            err_yesterday += np.abs(values[t - 96:t - 96 + horizon] - actual).mean()
+            err_last += np.abs(values[t - 1] - actual).mean()
+        assert err_model < 0.9 * err_yesterday, name
+        assert err_model < 0.9 * err_last, name
+
+
+def test_extra_holidays_use_the_holiday_profile():
+    hist_idx = quarter_hours("2026-06-01", 21)
+    history = pd.Series(load_pattern(hist_idx), index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)  # Monday 2026-06-22
+    plain = LoadForecaster(TZ).forecast(grid, history)
+    shut = LoadForecaster(TZ, extra_holidays=[date(2026, 6, 22)]).forecast(grid, history)
+    assert shut.max() < 0.5 * plain.max()
