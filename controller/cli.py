@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, config, path: Path) -> int:
     from controller.planning import PerfectForecasts
     from controller.service import Controller
+    from drivers.roles import Role
     from ems.clock import WallClock
 
     site = None
@@ -91,5 +92,7 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         await controller.run(duration_s=args.duration)
     finally:
         if site is not None:
+            battery = next(i for i in site.images.values() if i.role is Role.BATTERY)
+            print(f"simulated battery setpoint at exit: {battery.setpoint('battery_setpoint_kw')} kW", flush=True)
             await site.stop()
     return 0

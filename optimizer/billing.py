@@ -2,14 +2,16 @@
 
 Per billing month (local calendar month of each step start):
 
-- energy: kWh and amount per period (each step at its own price, excluding VAT);
+- energy: kWh and amount per period, excluding VAT; a step's energy is split by the time it spends in each
+  period (:meth:`optimizer.tariff.SiteTariff.prices` with durations);
 - demand: the highest window-average import of the month (``peak_kw``); the billed demand is that peak
   (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
   rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
   (earlier months, or the month-to-date peak before the series starts); each month uses the larger of its
   series peak and its prior peak. A partly covered month pays a full month's demand charge;
 - export: kWh and credit at the export price (no VAT on the credit);
-- VAT on energy (rate of each step's day) and demand (rate on the 1st); total = energy + demand + VAT − export.
+- VAT on energy (rate of the day each part of a step falls on) and demand (rate on the 1st);
+  total = energy + demand + VAT − export.
 
 Amounts are in the tariff's currency, unrounded.
 """

@@ -139,7 +139,7 @@ class PVForecaster:
             return None
         clear = cache.at(ns[lo:], step_h)
         daylight = clear > 0.05 * self.pv.ac_limit_kw
-        if float(clear[daylight].sum()) * step_h < 0.25 * self.pv.ac_limit_kw:
+        if float(clear[daylight].sum()) * step_h <= 0.25 * self.pv.ac_limit_kw:
             return None
         clear, measured = clear[daylight], values[lo:][daylight]
         if half_life_ns is not None:
@@ -163,6 +163,8 @@ class PVForecaster:
         numpy.ndarray
             Forecast PV AC power per step, in [0, AC limit]. [kW]
         """
+        if self.pv.ac_limit_kw <= 0:
+            return np.zeros(len(grid))
         step_minutes = _grid_step_minutes(grid)
         cache = self._cache(step_minutes)
         starts = _ns(grid.starts)

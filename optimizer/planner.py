@@ -161,7 +161,7 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
         "imp_cap": power(costs.import_cap_kw(inputs, grid)), "exp_cap": power(costs.export_cap_kw(inputs, grid)),
         "peak_floor": np.round(floors[months], ROUND_DECIMALS), "peak_cost": peak_cost, "peak_reset": peak_reset,
         "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
-        "c_wear": 0.5 * battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
+        "c_wear": battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
         "fix_on": 0.0 if fixed is None else 1.0, "fix_kw": 0.0 if fixed is None else float(fixed),
     }
 
@@ -292,7 +292,7 @@ class Planner:
         both = np.minimum(x[col["ch"]], x[col["dis"]]) > SIMULTANEOUS_TOL
         if both.any():
             x, self.last_objective = self._one_direction(solver, x, both)
-            note = "simultaneous charge and discharge removed by fixing the direction of some steps (negative prices)"
+            note = "simultaneous charge and discharge removed by fixing the direction of some steps"
         t3 = time.perf_counter()
         schedule = Schedule(
             charge_kw=x[col["ch"]], discharge_kw=x[col["dis"]], import_kw=x[col["imp"]] + x[col["over"]],
@@ -305,8 +305,8 @@ class Planner:
     def _one_direction(self, solver: _Solver, x: np.ndarray, both: np.ndarray) -> tuple[np.ndarray, float]:
         """Re-solve with the smaller of charge/discharge forced to 0 where both were used.
 
-        The LP burns energy through battery losses only when that earns money (negative import
-        prices); a battery cannot do it, so the direction of each such step is fixed to its net
+        The LP burns energy through battery losses only when that pays: negative import prices,
+        or a SOC above the window with nowhere to send the energy; a battery cannot do it, so the direction of each such step is fixed to its net
         direction and the LP solved again, until no step uses both (at most once per step). The
         next :meth:`plan` resets these bounds.
         """

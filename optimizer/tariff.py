@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from optimizer.tariff_schema import DAY_TYPES, MINUTES_PER_DAY, Dated, TariffSpe
 
 PRESET_DIR = Path(__file__).with_name("tariffs")
 _BEGINNING = np.datetime64("0001-01-01", "D")
+_DATED = {"schedules": "time-of-use schedule", "energy_prices": "energy prices", "demand_charges": "demand charge",
+          "export": "export terms", "vat": "VAT rate"}
+"""Effective-dated lists of a tariff file and how error messages name them."""
 
 
 def list_presets() -> list[str]:
@@ -117,21 +120,18 @@ class Tariff:
         self.source = source
         self.periods: tuple[str, ...] = tuple(spec.periods)
         index = {name: i for i, name in enumerate(self.periods)}
-        self._schedule_dates = _effective_dates(spec.schedules)
+        self._dates = {field: _effective_dates(getattr(spec, field)) for field in _DATED}
         self._windows = np.zeros((len(spec.schedules), len(DAY_TYPES), MINUTES_PER_DAY), dtype=np.int16)
         for s, schedule in enumerate(spec.schedules):
             for d, day_type in enumerate(DAY_TYPES):
                 for w in getattr(schedule, day_type):
                     self._windows[s, d, w.start:w.end] = index[w.period]
-        self._price_dates = _effective_dates(spec.energy_prices)
         self._prices = np.array([[e.prices[p] for p in self.periods] for e in spec.energy_prices], dtype=float)
-        self._vat_dates = _effective_dates(spec.vat)
         self._vat = np.array([v.rate for v in spec.vat], dtype=float)
-        self._export_dates = _effective_dates(spec.export)
         self._export_price = np.array([x.price_per_kwh for x in spec.export], dtype=float)
-        self._demand_dates = _effective_dates(spec.demand_charges)
-        self._edges = np.array(sorted({w.start for schedule in spec.schedules for d in DAY_TYPES
-                                       for w in getattr(schedule, d)} | {MINUTES_PER_DAY}), dtype=np.int64)
+        # Window start minutes of every schedule and day type, plus 1440 [min]: steps cut there never straddle.
+        self.edges_min = np.array(sorted({w.start for schedule in spec.schedules for d in DAY_TYPES
+                                          for w in getattr(schedule, d)} | {MINUTES_PER_DAY}), dtype=np.int64)
 
     @property
     def name(self) -> str:
@@ -159,14 +159,33 @@ class Tariff:
         """This tariff at a site: local time zone (IANA) and extra days billed as public holidays."""
         return SiteTariff(self, timezone, extra_holidays)
 
-    def lookup(self, dates: np.ndarray, days: np.ndarray, what: str) -> np.ndarray:
-        """Index of the effective-dated entry in force on each local day; days before the first raise."""
+    def _lookup(self, field: str, days: np.ndarray) -> np.ndarray:
+        """Index of the entry of ``field`` in force on each local day; days before the first entry raise."""
+        dates = self._dates[field]
         idx = np.searchsorted(dates, days, side="right") - 1
         if len(idx) and idx.min() < 0:
-            first = days[idx < 0].min()
-            raise ValueError(f"tariff {self.name} ({self.source}) has no {what} before {dates[0]} "
-                             f"(asked for {first})")
+            raise ValueError(f"tariff {self.name} ({self.source}) has no {_DATED[field]} before {dates[0]} "
+                             f"(asked for {days[idx < 0].min()})")
         return idx
+
+    def evaluate(self, loc: LocalSteps) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Period index, import price [currency/kWh], VAT rate [-] and export price [currency/kWh] in force at
+        each local instant of ``loc``."""
+        schedule = self._lookup("schedules", loc.day)
+        period_idx = self._windows[schedule, loc.day_type, loc.minute]
+        import_price = self._prices[self._lookup("energy_prices", loc.day), period_idx]
+        vat_rate = self._vat[self._lookup("vat", loc.day)]
+        if len(self._export_price):
+            export_price = self._export_price[self._lookup("export", loc.day)]
+        else:
+            export_price = np.zeros(len(loc.day))
+        return period_idx, import_price, vat_rate, export_price
+
+    def in_force(self, field: str, day: date) -> Any | None:
+        """The entry of an effective-dated list (``vat``, ``demand_charges``, ``export``, ...) in force on a
+        local day; None if the list is empty or starts later."""
+        idx = int(np.searchsorted(self._dates[field], np.datetime64(day, "D"), side="right")) - 1
+        return getattr(self.spec, field)[idx] if idx >= 0 else None
 
     def __repr__(self) -> str:
         return f"Tariff({self.name!r}, {self.currency})"
@@ -190,11 +209,11 @@ class SiteTariff:
         """Local day, minute, day type and billing month of each step start."""
         return local_steps(starts, self.timezone, self.calendar)
 
-    def _local_day(self, at: datetime) -> np.ndarray:
+    def _local_day(self, at: datetime) -> date:
         stamp = pd.Timestamp(at)
         if stamp.tzinfo is None:
             raise ValueError("times must be timezone-aware (UTC)")
-        return np.array([stamp.tz_convert(self.timezone).date()], dtype="datetime64[D]")
+        return stamp.tz_convert(self.timezone).date()
 
     def prices(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float | None = None) -> TariffPrices:
         """Prices of the steps starting at ``starts`` (UTC).
@@ -204,40 +223,27 @@ class SiteTariff:
         """
         return self.prices_local(self.local(starts), duration_h)
 
-    def _points(self, loc: LocalSteps) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Period index, import price, VAT rate and export price in force at each instant of ``loc``."""
-        t = self.tariff
-        schedule = t.lookup(t._schedule_dates, loc.day, "time-of-use schedule")
-        period_idx = t._windows[schedule, loc.day_type, loc.minute]
-        import_price = t._prices[t.lookup(t._price_dates, loc.day, "energy prices"), period_idx]
-        vat_rate = t._vat[t.lookup(t._vat_dates, loc.day, "VAT rate")]
-        if len(t._export_dates):
-            export_price = t._export_price[t.lookup(t._export_dates, loc.day, "export terms")]
-        else:
-            export_price = np.zeros(len(loc.day))
-        return period_idx, import_price, vat_rate, export_price
-
     def prices_local(self, loc: LocalSteps, duration_h: np.ndarray | float | None = None) -> TariffPrices:
         """:meth:`prices` for steps already classified by :meth:`local`."""
         t = self.tariff
         n, n_periods = len(loc.day), len(t.periods)
         if duration_h is None:
             group, weight, first = np.arange(n), np.ones(n), np.arange(n)
-            period_idx, price, vat, export = self._points(loc)
+            period_idx, price, vat, export = t.evaluate(loc)
         else:
             minutes = np.broadcast_to(np.asarray(duration_h, dtype=float) * 60.0, (n,))
             whole = np.round(minutes).astype(np.int64)
             if n and (np.abs(minutes - whole).max() > 1e-6 or whole.min() <= 0):
                 raise ValueError("duration_h must be positive whole minutes to price steps by duration")
             # Sub-steps of g minutes never straddle a window edge, a local midnight or a DST shift.
-            g = int(np.gcd.reduce(np.concatenate([t._edges, [30], loc.wall_minute % MINUTES_PER_DAY, whole])))
+            g = int(np.gcd.reduce(np.concatenate([t.edges_min, [30], loc.wall_minute % MINUTES_PER_DAY, whole])))
             count = whole // g
             group = np.repeat(np.arange(n), count)
             first = np.cumsum(count) - count
             offset = np.arange(len(group)) - np.repeat(first, count)
             sub_minute = np.repeat(loc.utc_minute, count) + offset * g
             sub = self.local(pd.DatetimeIndex(sub_minute.astype("datetime64[m]")).tz_localize("UTC"))
-            period_idx, price, vat, export = self._points(sub)
+            period_idx, price, vat, export = t.evaluate(sub)
             weight = 1.0 / count[group]
 
         def per_step(values: np.ndarray) -> np.ndarray:
@@ -257,34 +263,25 @@ class SiteTariff:
 
     def vat_rate(self, at: datetime) -> float:
         """VAT rate in force on the local day of ``at``. [-]"""
-        t = self.tariff
-        return float(t._vat[t.lookup(t._vat_dates, self._local_day(at), "VAT rate")[0]])
+        day = self._local_day(at)
+        entry = self.tariff.in_force("vat", day)
+        if entry is None:
+            raise ValueError(f"tariff {self.tariff.name} has no VAT rate for {day}")
+        return entry.rate
 
     def demand_charge(self, at: datetime) -> DemandCharge | None:
         """The demand charge in force on the local day of ``at``; None if the tariff has none then."""
-        t = self.tariff
-        if not len(t._demand_dates):
-            return None
-        idx = np.searchsorted(t._demand_dates, self._local_day(at), side="right")[0] - 1
-        if idx < 0:
-            return None
-        spec = t.spec.demand_charges[idx]
-        return DemandCharge(spec.rate_per_kw_month, spec.basis, spec.window_minutes)
+        spec = self.tariff.in_force("demand_charges", self._local_day(at))
+        return None if spec is None else DemandCharge(spec.rate_per_kw_month, spec.basis, spec.window_minutes)
 
     def export_rule(self, at: datetime) -> ExportRule:
         """Export price and (informational) cap on the local day of ``at``; none stated = price 0, no cap."""
-        t = self.tariff
-        if not len(t._export_dates):
-            return ExportRule(0.0, None)
-        idx = np.searchsorted(t._export_dates, self._local_day(at), side="right")[0] - 1
-        if idx < 0:
-            return ExportRule(0.0, None)
-        spec = t.spec.export[idx]
-        return ExportRule(spec.price_per_kwh, spec.cap_pct_of_pv)
+        spec = self.tariff.in_force("export", self._local_day(at))
+        return ExportRule(0.0, None) if spec is None else ExportRule(spec.price_per_kwh, spec.cap_pct_of_pv)
 
     def billing_month(self, ts: datetime) -> str:
         """Local billing month of an instant, e.g. ``"2026-05"``."""
-        return month_label(self._local_day(ts)[0])
+        return month_label(np.datetime64(self._local_day(ts), "M"))
 
     def billing_months(self, starts: pd.DatetimeIndex) -> np.ndarray:
         """Local billing month label of each step start (array of str)."""

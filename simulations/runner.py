@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from controller.dispatch import Dispatcher, DispatchInputs, DispatchSettings
+from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
 from optimizer.billing import Bill
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
@@ -172,8 +172,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
                          taper_high_pct=spec.soc_max_pct, taper_low_pct=spec.soc_min_pct)
     rated = max(scenario.pv.ac_limit_kw, 1e-3)
     plant = Plant(model, PVModel(rated))
-    settings = DispatchSettings()
-    dispatcher = Dispatcher(spec, scenario.grid, settings, pv_rated_kw=rated)
+    dispatcher = Dispatcher(spec, scenario.grid, scenario.dispatch, pv_rated_kw=rated)
     n = data.steps
     starts = data.starts[:n]
     now_list = starts.to_pydatetime().tolist()
@@ -234,7 +233,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
     """The strategy object for a name of :data:`simulations.scenario.StrategyName` (or ``no_system``)."""
     spec = scenario.battery.spec()
-    tol = DispatchSettings().follow_tol_kw
+    tol = scenario.dispatch.follow_tol_kw
     if name in (REFERENCE, "pv_only") or spec.capacity_kwh <= 0:
         return NoBattery(name)
     if name == "self_consumption":

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from controller.dispatch import DispatchSettings
 from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
 from optimizer.site import (
     BatterySpec,
@@ -141,6 +142,7 @@ class Scenario(StrictModel):
     grid: GridSpec = GridSpec()
     tariff: ScenarioTariff
     planner: PlannerSettings = PlannerSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     data: DataSection
     costs: Costs
     finance: Finance = Finance()

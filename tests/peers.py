@@ -259,29 +259,38 @@ async def browser() -> AsyncIterator[object]:
 
 
 def sample_state(ts: datetime, i: int = 0, site: str = "demo-factory", mode: str = "auto") -> dict[str, Any]:
-    """A ``state`` message as the controller publishes it each cycle (JSON-ready), varying with ``i``."""
+    """A ``state`` message shaped like ``controller.service.Controller._state_payload`` (JSON-ready),
+    varying with ``i``."""
     pv_kw = 400.0 + i % 50
     load_kw = 800.0 + (i * 7) % 40
     battery_kw = 100.0 - i % 20
+    iso = ts.astimezone(UTC).isoformat()
     return {
-        "ts": ts.astimezone(UTC).isoformat(), "site": site, "mode": mode, "reason": "following the plan",
+        "ts": iso, "site": site, "mode": mode, "reason": "plan", "mode_since": iso,
         "measurements": {
             "grid_kw": {"value": load_kw - pv_kw - battery_kw, "unit": "kW", "quality": "ok"},
             "pv_kw": {"value": pv_kw, "unit": "kW", "quality": "ok"},
             "battery_kw": {"value": battery_kw, "unit": "kW", "quality": "ok"},
             "soc_pct": {"value": 50.0 + (i % 100) / 10, "unit": "%", "quality": "ok"},
-            "frequency_hz": {"value": None, "unit": "Hz", "quality": "stale"},
+            "frequency_hz": {"value": None, "unit": "Hz", "quality": "stale", "detail": "older than 5 s"},
         },
         "load_kw": load_kw,
-        "setpoints": {"battery_kw": battery_kw, "pv_limit_pct": 100.0},
-        "plan_step": {"start": ts.astimezone(UTC).isoformat(), "battery_kw": 100.0, "grid_kw": 300.0,
-                      "soc_pct": 55.0},
-        "follow_rule": "battery_setpoint",
-        "tariff": {"period": "normal", "price_per_kwh": 1833.0},
-        "today": {"pv_kwh": 1200.0 + i, "load_kwh": 3000.0 + i, "import_kwh": 1500.0, "export_kwh": 0.0,
-                  "saved": 1_250_000.0 + 100 * i},
+        "devices": {"grid-meter": {"ok": True, "error": None}, "battery": {"ok": True, "error": None}},
+        "setpoints": {"battery_kw": battery_kw, "pv_limit_pct": 100.0, "pv_limit_kw": None, "safe": False,
+                      "source": "plan", "follow": "battery", "reason": "target", "expected_grid_kw": 300.0,
+                      "bounds": [{"step": "bms", "lo_kw": -500.0, "hi_kw": 500.0, "note": ""}]},
+        "operator": {"request": None, "until": None, "manual_setpoint_kw": None, "soc_reserve_pct": None},
+        "plan": {"created_at": iso, "source": "optimizer", "step_start": iso, "battery_kw": 100.0, "grid_kw": 300.0,
+                 "soc_pct": 55.0, "expires_at": iso, "follow": "battery", "follow_reason": "flat"},
+        "tariff": {"period": "normal", "import_price": 1833.0, "export_price": 0.0, "currency": "VND"},
+        "today": {"day": "2026-05-04", "import_kwh": 1500.0, "export_kwh": 0.0, "pv_kwh": 1200.0 + i,
+                  "load_kwh": 3000.0 + i, "charge_kwh": 200.0, "discharge_kwh": 150.0, "cost": 2.7e6,
+                  "cost_no_battery": 3.95e6, "saved": 1_250_000.0 + 100 * i},
+        "demand": {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0},
         "alarms": [],
-        "solver": {"status": "optimal", "solve_s": 0.4},
+        "solver": {"plans_made": 3, "failures": 0, "last_error": None, "detail": None, "elapsed_ms": 420.0,
+                   "status": "optimal", "solve_ms": 380.0},
+        "cycle": {"read_ms": 12.0, "decide_ms": 0.4, "write_ms": 3.0, "cycle_ms": 15.4, "n": i, "bus_dropped": 0},
     }
 
 

@@ -220,8 +220,12 @@ def test_bill_total_equals_an_independent_sum_over_steps(case):
     dt = minutes / 60
     bill = site.bill(starts, dt, import_kw, export_kw)
 
-    prices = site.prices(starts)
-    expected = float(np.sum(prices.import_price_gross * import_kw * dt) - np.sum(prices.export_price * export_kw * dt))
+    # Energy: price 15-minute sub-steps at their starts (all window edges are on local half hours).
+    parts = minutes // 15
+    quarters = (starts.repeat(parts) + pd.to_timedelta(np.tile(np.arange(parts) * 15, len(starts)), unit="min"))
+    prices = site.prices(quarters)
+    expected = float(np.sum(prices.import_price_gross * np.repeat(import_kw, parts) * 0.25)
+                     - np.sum(prices.export_price * np.repeat(export_kw, parts) * 0.25))
     if name in RATE:  # demand: 30-minute means (UTC bins = local bins at UTC+7/+9), max per local month
         kw = pd.Series(import_kw, index=starts)
         half_hours = kw.resample("30min").mean().dropna() if minutes < 60 else kw
@@ -252,3 +256,11 @@ def test_an_empty_series_gives_an_empty_bill(two_part):
     bill = two_part.bill(empty, 0.25, np.array([]))
     assert bill.months == () and bill.total == 0.0 and bill.to_frame().empty
     assert two_part.peak_demand_kw(empty, 0.25, np.array([])) == {}
+
+
+def test_an_hourly_step_is_billed_in_the_periods_it_covers():
+    site = Tariff.preset("evn-manufacturing-22kv").bind(VN)
+    bill = site.bill(local_steps("2026-03-10 09:00", 1, 60), 1.0, np.array([100.0]))  # legacy peak from 09:30
+    lines = {e.period: (e.kwh, e.amount) for e in bill.months[0].energy}
+    assert lines == {"off_peak": (0.0, 0.0), "normal": (50.0, 50 * 1833.0), "peak": (50.0, 50 * 3398.0)}
+    assert bill.total == pytest.approx(50 * (1833 + 3398) * 1.08)

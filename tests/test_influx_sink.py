@@ -66,10 +66,12 @@ def test_state_lines_schema() -> None:
     assert [line.split(",", 1)[0] for line in lines] == ["ems_state", "ems_measurement", "ems_quality"]
     ems_state = lines[0]
     for field in ("pv_kw=403.0", "load_kw=821.0", "soc_pct=50.3", "setpoints_battery_kw=97.0",
-                  'mode="auto"', "tariff_price_per_kwh=1833.0", "today_saved=1250300.0", "alarms_active=0.0",
-                  'tariff_period="normal"', "solver_solve_s=0.4"):
+                  'mode="auto"', "tariff_import_price=1833.0", "today_saved=1250300.0", "alarms_active=0.0",
+                  'tariff_period="normal"', "solver_solve_ms=380.0", "plan_soc_pct=55.0", "setpoints_safe=0.0",
+                  'setpoints_follow="battery"', "devices_grid-meter_ok=1.0", "cycle_cycle_ms=15.4"):
         assert field in ems_state, field
-    assert "solver_status" not in ems_state and "plan_step_start" not in ems_state
+    for absent in ("solver_status", "plan_step_start", "tariff_currency", "today_day", "bounds", "pv_limit_kw"):
+        assert absent not in ems_state, absent
     assert "frequency_hz" not in lines[1]             # missing is absent, never 0
     assert 'frequency_hz="stale"' in lines[2]
     assert all(line.endswith(f" {to_ms(T0)}") for line in lines)

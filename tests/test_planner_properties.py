@@ -17,7 +17,7 @@ import highspy
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pyomo.contrib.solver.common.factory import SolverFactory
 from pyomo.contrib.solver.common.results import SolutionStatus
@@ -94,6 +94,9 @@ def test_physics_and_never_worse_than_any_policy(case):
     b, g, s, inputs = case
     plan = planner(b, g, s, len(inputs.grid)).plan(inputs)
     _check_physics(plan, inputs, BATTERIES[b])
+    # after the planner fixes charge/discharge directions (energy burning) the LP is no longer a
+    # relaxation of every policy, so the bound is only claimed for plans solved in one go
+    assume(plan.solver.note is None)
     scale = 1e-6 * (1 + abs(plan.objective.total)) + 1e-4
     for name, policy in policies.POLICIES.items():
         other = policy(inputs, BATTERIES[b], GRIDS[g], SETTINGS[s])
@@ -131,7 +134,7 @@ def _pyomo_objective(inputs: PlanInputs, b: int, g: int, s: int) -> float:
 def test_fast_path_equals_pyomo_persistent_solve(case):
     b, g, s, inputs = case
     p = planner(b, g, s, len(inputs.grid))
-    p.plan(inputs)
+    assume(p.plan(inputs).solver.note is None)  # a direction-fixing re-solve changes the LP on purpose
     expected = _pyomo_objective(inputs, b, g, s)
     assert p.last_objective == pytest.approx(expected, rel=1e-7, abs=1e-6)
 

@@ -329,24 +329,68 @@ def profile_roles() -> list[tuple[str, str]]:
     return [(name, str(role)) for name in shipped_profiles() for role in load_profile(name).roles]
 
 
-@pytest.mark.parametrize(("profile", "role"), profile_roles())
-async def test_every_shipped_profile_is_served_and_read_with_ok_quality(profile: str, role: str) -> None:
-    base = site_config(simulation={**STILL, "load": {"day_kw": 4, "night_kw": 2, "noise_pct": 0}})
+def small_site(profile: str, role: str, **simulation: object) -> tuple[SimulatedSiteFile, str]:
+    """A small site (vendor profiles carry residential ranges) whose ``role`` device serves ``profile`` alone."""
+    base = site_config(simulation={**STILL, "load": {"day_kw": 4, "night_kw": 2, "noise_pct": 0}, **simulation})
     device = next(d for d in base.devices if d.role == role)
-    config = SimulatedSiteFile.model_validate({   # a small site: vendor profiles carry residential ranges
+    config = SimulatedSiteFile.model_validate({
         **base.model_dump(), "pv": {"kwp": 10, "ac_kw": 8},
         "battery": {"capacity_kwh": 10, "max_charge_kw": 5, "max_discharge_kw": 5},
         "devices": [{**device.model_dump(), "profile": profile}]})
+    return config, device.name
+
+
+@pytest.mark.parametrize(("profile", "role"), profile_roles())
+async def test_every_shipped_profile_is_served_and_read_with_ok_quality(profile: str, role: str) -> None:
+    config, name = small_site(profile, role)
     async with simulated_site(config) as site:
         devices = Devices(site)
         try:
-            readings = await devices[device.name].poll()
+            readings = await devices[name].poll()
         finally:
             devices.close()
     canonical = {n: r for n, r in readings.items() if n in CANONICAL_POINTS}
     assert canonical, f"{profile} has no canonical {role} points"
     bad = {n: f"{r.quality}: {r.detail}" for n, r in canonical.items() if not r.ok}
     assert not bad, bad
+
+
+def writable(role: str, point: str) -> list[str]:
+    return [name for name in shipped_profiles() if role in load_profile(name).roles
+            and (p := load_profile(name).points.get(point)) is not None and p.write is not None]
+
+
+@pytest.mark.parametrize("profile", writable("battery", "battery_setpoint_kw"))
+async def test_every_shipped_battery_profile_takes_a_signed_setpoint(profile: str) -> None:
+    config, name = small_site(profile, "battery", step_s=0.2)
+    async with simulated_site(config, speed=5) as site:
+        devices = Devices(site)
+        try:
+            battery = devices[name]
+            await battery.poll()
+            assert all(r.ok for r in await battery.enter_remote_control())
+            for kw in (-2.0, 3.0):
+                assert (await battery.write("battery_setpoint_kw", kw)).ok
+                await until(lambda kw=kw: site.state.battery_kw == pytest.approx(kw))
+                await steps(site)
+                assert (await battery.poll())["battery_kw"].value == pytest.approx(kw, abs=0.01)
+        finally:
+            devices.close()
+
+
+@pytest.mark.parametrize("profile", writable("pv_inverter", "pv_limit_pct"))
+async def test_every_shipped_pv_profile_takes_a_limit(profile: str) -> None:
+    config, name = small_site(profile, "pv_inverter", step_s=0.2)
+    async with simulated_site(config, speed=5) as site:
+        devices = Devices(site)
+        try:
+            inverter = devices[name]
+            await inverter.poll()
+            assert all(r.ok for r in await inverter.enter_remote_control())
+            assert (await inverter.write("pv_limit_pct", 25.0)).ok
+            await until(lambda: site.state.pv_kw == pytest.approx(2.0))   # 25 % of 8 kW
+        finally:
+            devices.close()
 
 
 async def test_scan_lists_models_and_identity() -> None:

@@ -123,6 +123,12 @@ def test_pv_forecast_without_history_uses_climatology():
     assert np.allclose(fc.forecast(grid, None), k_march * clear)
 
 
+def test_pv_forecast_without_pv_is_zero():
+    grid = regular_grid(pd.Timestamp("2026-06-01", tz=TZ), 96, 15)
+    history = pd.Series(0.0, index=quarter_hours("2026-05-30", 2))
+    assert np.array_equal(PVForecaster(SITE, PVSpec(kwp=0)).forecast(grid, history), np.zeros(96))
+
+
 def test_pv_recent_clearness_dominates_short_leads():
     hist_idx = quarter_hours("2026-05-01", 3)[:-96 + 52]  # up to 13:00 local on day 3
     clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)

@@ -326,3 +326,36 @@ def test_unquoted_sexagesimal_time_in_a_real_yaml_file(tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="quoted strings"):
         Tariff.from_file(path)
+
+
+# --- pricing by step duration -----------------------------------------------------------------------------------------
+
+def test_an_hourly_step_across_the_legacy_09_30_edge_is_half_normal_half_peak(evn22):
+    start = utc("2026-03-10 09:00")
+    assert evn22.prices(start).import_price[0] == 1833  # at its start only
+    p = evn22.prices(start, duration_h=1.0)
+    assert p.period[0] == "normal"  # the period at the start
+    np.testing.assert_allclose(p.period_share, [[0.0, 0.5, 0.5]])
+    np.testing.assert_allclose(p.import_price_by_period, [[0.0, 1833 / 2, 3398 / 2]])
+    np.testing.assert_allclose(p.import_price, [2615.5])
+    np.testing.assert_allclose(p.import_price_gross, [2615.5 * 1.08])
+
+
+def test_a_step_across_new_year_averages_prices_and_vat(evn22):
+    # 2026-12-31 23:00–24:00 normal at 8 % VAT, 2027-01-01 00:00–01:00 (holiday) off-peak at 10 %.
+    p = evn22.prices(utc("2026-12-31 23:00"), duration_h=2.0)
+    np.testing.assert_allclose(p.import_price, [(1833 + 1190) / 2])
+    np.testing.assert_allclose(p.import_price_gross, [(1833 * 1.08 + 1190 * 1.10) / 2])
+    np.testing.assert_allclose(p.vat_rate, [0.09])
+
+
+def test_quarter_hour_steps_price_the_same_with_or_without_durations(evn22):
+    starts = pd.date_range("2026-04-20", "2026-04-24", freq="15min", tz=VN, inclusive="left").tz_convert("UTC")
+    at_start, averaged = evn22.prices(starts), evn22.prices(starts, duration_h=0.25)
+    np.testing.assert_array_equal(at_start.import_price, averaged.import_price)
+    np.testing.assert_array_equal(at_start.period, averaged.period)
+
+
+def test_durations_must_be_whole_minutes(evn22):
+    with pytest.raises(ValueError, match="whole minutes"):
+        evn22.prices(utc("2026-03-10 09:00"), duration_h=0.1234)

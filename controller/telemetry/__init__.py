@@ -1,1 +1,158 @@
-"""Telemetry sinks: InfluxDB (through a disk outbox), MQTT, and the wiring that starts them from config."""
+"""Telemetry sinks (InfluxDB through a disk outbox, MQTT, the live dashboard) and their wiring.
+
+The controller's service calls :func:`start_telemetry` once with the ``telemetry:`` settings and
+its bus; each enabled sink gets its own bus subscription (bounded, drop-oldest, so a slow sink
+never slows the cycle) and a pump task that hands messages to it. :meth:`Telemetry.aclose` stops
+everything within a bounded time. Schema of every topic, measurement and endpoint:
+docs/telemetry.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: imported when started, so that
+    # reading a site file (controller.config imports controller.telemetry.config) stays light
+    from controller.bus import Bus, Subscription
+    from controller.dashboard.app import DashboardHub, DashboardServer
+    from controller.telemetry.config import TelemetrySettings
+    from controller.telemetry.influx import AlarmCallback, InfluxSink
+    from controller.telemetry.mqtt import MqttSink
+    from controller.telemetry.remote import ApplyFn, CommandIntake
+    from ems.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TelemetryContext:
+    """What the sinks need from the controller.
+
+    Attributes
+    ----------
+    site : str
+        Site name (MQTT topic level, InfluxDB ``site`` tag, dashboard title).
+    timezone : str
+        Site IANA time zone (dashboard).
+    clock : Clock
+        Site clock (command TTLs, timestamps of self-monitoring points).
+    apply : ApplyFn
+        ``Commands.apply``: remote commands from MQTT and the dashboard go through it.
+    state_dir : Path
+        Where a relative ``influxdb.outbox_path`` lives.
+    currency : str, optional
+        ISO 4217 code of the tariff currency, for the dashboard (e.g. VND, JPY).
+    on_alarm : AlarmCallback, optional
+        ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
+        outbox overflow, quarantined points, dashboard not serving).
+    """
+
+    site: str
+    timezone: str
+    clock: Clock
+    apply: ApplyFn
+    state_dir: Path
+    currency: str | None = None
+    on_alarm: AlarmCallback | None = None
+
+
+class Telemetry:
+    """The running sinks (each ``None`` when disabled)."""
+
+    def __init__(self, intake: CommandIntake):
+        self.intake = intake
+        self.influx: InfluxSink | None = None
+        self.mqtt: MqttSink | None = None
+        self.dashboard: DashboardServer | None = None
+        self.hub: DashboardHub | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+
+    def pump(self, subscription: Subscription, offer: Callable[[str, Mapping[str, Any]], None], name: str) -> None:
+        """Feed ``subscription`` to ``offer`` on a task of its own."""
+        self._pumps.append(asyncio.create_task(_pump(subscription, offer, name), name=f"telemetry-pump-{name}"))
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Stop every sink; each is bounded by ``timeout_s`` and they stop concurrently."""
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        closers = [sink.aclose(timeout_s) for sink in (self.dashboard, self.mqtt, self.influx) if sink is not None]
+        for result in await asyncio.gather(*closers, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("telemetry shutdown: %s", result)
+
+
+async def _pump(subscription: Subscription, offer: Callable[[str, Mapping[str, Any]], None], name: str) -> None:
+    try:
+        while True:
+            message = await subscription.get()
+            try:
+                offer(message.kind, message.payload)
+            except Exception:  # a sink's bug must not stop the others (or the controller)
+                log.exception("telemetry sink %s failed on a %s message", name, message.kind)
+    finally:
+        subscription.close()
+
+
+async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryContext) -> Telemetry:
+    """Start the enabled sinks on the running loop.
+
+    Raises ``OSError``/``sqlite3.Error`` when the outbox file cannot be opened (a deployment error
+    to fix before running). A dashboard that cannot bind its port is logged and raised as the
+    ``telemetry.dashboard_unavailable`` alarm; control goes on without it.
+    """
+    from controller.bus import KINDS
+    from controller.dashboard.app import DashboardHub, DashboardServer, create_app
+    from controller.telemetry.config import secret_from_env
+    from controller.telemetry.influx import InfluxSink, InfluxWriter
+    from controller.telemetry.mqtt import MqttSink
+    from controller.telemetry.outbox import Outbox
+    from controller.telemetry.remote import CommandIntake
+
+    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock))
+    influx = settings.influxdb
+    if influx.enabled:
+        path = influx.outbox_path if influx.outbox_path.is_absolute() else ctx.state_dir / influx.outbox_path
+        outbox = await asyncio.to_thread(Outbox, path, influx.max_outbox_points)
+        writer = InfluxWriter(influx.url, influx.org, influx.bucket, secret_from_env(influx.token_env),
+                              influx.timeout_s)
+        telemetry.influx = InfluxSink(ctx.site, outbox, writer, ctx.clock, batch_size=influx.batch_size,
+                                      max_backoff_s=influx.max_backoff_s, on_alarm=ctx.on_alarm)
+        telemetry.influx.start()
+        telemetry.pump(bus.subscribe(KINDS), telemetry.influx.offer, "influxdb")
+    if settings.mqtt.enabled:
+        telemetry.mqtt = MqttSink(settings.mqtt, ctx.site, telemetry.intake)
+        _seed(bus, telemetry.mqtt.offer)
+        telemetry.mqtt.start()
+        telemetry.pump(bus.subscribe(KINDS), telemetry.mqtt.offer, "mqtt")
+    dash = settings.dashboard
+    if dash.enabled:
+        hub = DashboardHub(ctx.timezone)
+        _seed(bus, hub.offer)
+        app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
+                         intake=telemetry.intake, token=secret_from_env(dash.token_env))
+        server = DashboardServer(app, hub, dash.host, dash.port)
+        try:
+            await server.start()
+        except (OSError, RuntimeError) as exc:
+            log.error("dashboard on %s:%d not available: %s", dash.host, dash.port, exc)
+            if ctx.on_alarm is not None:
+                ctx.on_alarm("telemetry.dashboard_unavailable", True, f"dashboard not serving: {exc}")
+        else:
+            telemetry.hub, telemetry.dashboard = hub, server
+            telemetry.pump(bus.subscribe(KINDS), hub.offer, "dashboard")
+            log.info("dashboard on http://%s:%d/", dash.host, server.port)
+    return telemetry
+
+
+def _seed(bus: Bus, offer: Callable[[str, Mapping[str, Any]], None]) -> None:
+    """Hand a late sink the latest plan and state already published."""
+    for kind in ("plan", "state"):
+        message = bus.latest(kind)
+        if message is not None:
+            offer(message.kind, message.payload)

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 MALFORMED_STATUSES = frozenset({400, 413, 422})
 """HTTP answers that mean "these points will never be accepted": bisect, then quarantine."""
 
-STRING_FIELDS = frozenset({"mode", "reason", "tariff_period", "period", "rule", "follow_rule"})
+STRING_FIELDS = frozenset({"mode", "reason", "period", "source", "follow", "follow_reason", "request"})
 """Flattened state keys written as string fields; every other string is left out (type stability)."""
 
 POWER_FLOW_POINTS = ("pv_kw", "grid_kw", "battery_kw", "soc_pct")
@@ -109,7 +109,8 @@ def _number(value: Any) -> float | None:
 
 
 def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, float | str]) -> None:
-    """Numeric leaves of nested dicts as ``a_b_c`` fields; whitelisted strings as string fields."""
+    """Numeric and boolean leaves of nested dicts as ``a_b_c`` float fields; strings only for the keys of
+    ``STRING_FIELDS``; lists (bounds, alarms) and ``None`` are left out."""
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):

@@ -28,7 +28,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers import sunspec
 from drivers.profile import DataType as PointType
-from drivers.profile import Function, Point, Profile, decode, encode, encode_sentinel
+from drivers.profile import Decoded, Function, Point, Profile, combine, decode, encode, encode_sentinel, split
 from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.faults import Faults
 from ems.clock import Clock
@@ -167,24 +167,34 @@ class DeviceImage:
     def put(self, name: str, value: float | str | None) -> None:
         """Store ``value`` (point unit) for point ``name``; ``None`` stores its not-implemented pattern.
 
-        A value the register cannot hold is stored as not implemented (and logged): the device saturates.
+        A point combined from others (``sign_from``, ``subtract``, ``add``) is stored as its parts
+        (``drivers.profile.split``). A value the register cannot hold is stored as not implemented (and
+        logged): the device saturates.
         """
-        p = self.profile.points[name]
-        if value is None:
-            regs = encode_sentinel(p)
-        else:
-            try:
-                regs = encode(p, value, self._sf(p))
-            except ValueError as exc:
-                log.warning("%s: %s = %r does not fit its register (%s); served as not implemented",
-                            self.name, name, value, exc)
+        parts = {name: None} if value is None else split(self.profile, name, value)
+        for part, part_value in parts.items():
+            p = self.profile.points[part]
+            if part_value is None:
                 regs = encode_sentinel(p)
-        self.tables[p.function].put(p.address, regs)
+            else:
+                try:
+                    regs = encode(p, part_value, self._sf(p))
+                except ValueError as exc:
+                    log.warning("%s: %s = %r does not fit its register (%s); served as not implemented",
+                                self.name, part, part_value, exc)
+                    regs = encode_sentinel(p)
+            self.tables[p.function].put(p.address, regs)
+
+    def _decoded(self, name: str, final: bool = True) -> Decoded:
+        p = self.profile.points[name]
+        return decode(p, self.tables[p.function].get(p.address, p.count), self._sf(p), final=final)
 
     def value(self, name: str) -> float | int | str | None:
         """The value of point ``name`` as the profile decodes it, ``None`` when not implemented or implausible."""
-        p = self.profile.points[name]
-        return decode(p, self.tables[p.function].get(p.address, p.count), self._sf(p)).value
+        other = self.profile.points[name].depends_on
+        if other is None:
+            return self._decoded(name).value
+        return combine(self.profile.points[name], self._decoded(name, False), self._decoded(other, False)).value
 
     def _sunspec_raw(self, model: int, point: str) -> int | float | str | None:
         """The unscaled value of a SunSpec point of this image (None: not implemented or model absent)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -65,6 +66,12 @@ class Endpoint:
         return f"{self.host}:{self.port} unit {self.unit_id}"
 
 
+@functools.lru_cache(maxsize=8)
+def _clear_sky_cache(site: SiteInfo, pv: PVSpec) -> ClearSkyCache:
+    """One 1-minute clear-sky cache per location and array, shared by every site in the process."""
+    return ClearSkyCache(site, pv, step_minutes=1)
+
+
 class CloudyClearSky:
     """Available PV: pvlib clear-sky power × (1 − cloudiness × c(t)), c a seeded smooth random process in [0, 1].
 
@@ -74,7 +81,7 @@ class CloudyClearSky:
     """
 
     def __init__(self, site: SiteInfo, pv: PVSpec, cloudiness: float, period_s: float, seed: int):
-        self._cache = ClearSkyCache(site, pv, step_minutes=1)
+        self._cache = _clear_sky_cache(site, pv)
         self._cloudiness = cloudiness
         self._period_s = period_s
         self._seed = seed

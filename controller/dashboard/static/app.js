@@ -47,7 +47,7 @@ function kw(value) { return value === null || value === undefined ? "–" : `${n
 
 function money(value) {
   if (value === null || value === undefined) return "–";
-  const c = ui.cfg.currency;
+  const c = ui.cfg.currency || get(ui.state, "tariff.currency");
   if (!c) return num(value, 0);
   try {
     return new Intl.NumberFormat(ui.locale, { style: "currency", currency: c, maximumFractionDigits: 0 }).format(value);

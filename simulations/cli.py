@@ -1,0 +1,125 @@
+"""``ems simulate`` and ``ems sweep``: offline dispatch studies from a scenario file (docs/simulation.md)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import date
+from pathlib import Path
+
+from simulations.scenario import ALL_STRATEGIES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate`` and ``sweep`` to the ``ems`` command."""
+    sim = subparsers.add_parser("simulate", help="run an offline dispatch study of a scenario",
+                                description="Run every strategy of a scenario over its data; write summary.json, "
+                                            "the per-step series and report.html.")
+    sim.add_argument("scenario", type=Path, help="scenario YAML file")
+    sim.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    sim.add_argument("--csv", action="store_true", help="write the series as CSV instead of Parquet")
+    _period_options(sim)
+    sim.add_argument("--strategies", help=f"comma-separated subset of {', '.join(ALL_STRATEGIES)}")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim.set_defaults(func=_simulate)
+
+    sw = subparsers.add_parser("sweep", help="sweep PV and battery sizes of a scenario",
+                               description="Run a scenario over a grid of PV [kWp] and battery [kWh] sizes; write "
+                                           "sweep.csv, payback and NPV heatmaps and sweep.html.")
+    sw.add_argument("scenario", type=Path, help="scenario YAML file")
+    sw.add_argument("--pv", required=True, help="PV sizes [kWp]: START:STOP:STEP, a list a,b,c or one value")
+    sw.add_argument("--battery", required=True, help="battery sizes [kWh]: START:STOP:STEP, a list or one value")
+    sw.add_argument("--strategy", default="perfect_foresight", choices=[s for s in ALL_STRATEGIES if s != "pv_only"],
+                    help="battery dispatch in every cell (default: perfect_foresight, the upper bound)")
+    sw.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    where.add_argument("--dask", metavar="ADDRESS", help="dask.distributed scheduler address, e.g. tcp://host:8786")
+    _period_options(sw)
+    sw.set_defaults(func=_sweep)
+
+
+def _period_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=date.fromisoformat, help="override data.start (local date YYYY-MM-DD)")
+    parser.add_argument("--days", type=int, help="override data.days")
+
+
+def _load(args: argparse.Namespace):
+    from ems.yamlfile import validate
+    from simulations.scenario import Scenario, load_scenario
+
+    scenario = load_scenario(args.scenario)
+    if args.start is None and args.days is None:
+        return scenario
+    data = scenario.model_dump()
+    if args.start is not None:
+        data["data"]["start"] = args.start
+    if args.days is not None:
+        data["data"]["days"] = args.days
+    out = validate(Scenario, data, f"{args.scenario} (with --start/--days)")
+    out._base_dir = scenario.base_dir
+    return out
+
+
+def _command() -> str:
+    return "ems " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "ems"
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.report import write_outputs
+    from simulations.runner import run
+
+    scenario = _load(args)
+    strategies = None
+    if args.strategies:
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        unknown = [s for s in strategies if s not in ALL_STRATEGIES]
+        if unknown:
+            print(f"error: unknown strategies {', '.join(unknown)}; choose from {', '.join(ALL_STRATEGIES)}",
+                  file=sys.stderr)
+            return 2
+    result = run(scenario, strategies=strategies, progress=not args.no_progress)
+    paths = write_outputs(result, args.out, _command(), csv=args.csv)
+    summary = result.summary()
+    cur = result.currency
+    print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
+    print(f"{'strategy':20s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback sys':>12s} {'payback bat':>12s}")
+    for name, s in summary["strategies"].items():
+        e = result.economics.get(name)
+        saving = f"{e['savings_vs_no_system']:16,.0f}" if e else f"{'':16s}"
+        pb = e["finance"]["system"]["simple_payback_years"] if e else None
+        pbb = e["finance"].get("battery", {}).get("simple_payback_years") if e else None
+        print(f"{name:20s} {s['annual_bill']:16,.0f} {saving} {_yr(pb):>12s} {_yr(pbb):>12s}")
+    print(f"({cur} per year; paybacks in years)")
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _yr(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from simulations.sweep import parse_range, sweep, write_sweep
+
+    scenario = _load(args)
+    try:
+        pv, battery = parse_range(args.pv), parse_range(args.battery)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=len(pv) * len(battery), unit="cell", desc=f"sweep {scenario.name}")
+    table = sweep(scenario, pv, battery, args.strategy, workers=args.workers, dask_address=args.dask,
+                  progress=lambda done, total: bar.update(1))
+    bar.close()
+    from optimizer.tariff import load_tariff
+
+    currency = load_tariff(scenario.tariff.ref(), scenario.base_dir).currency
+    paths = write_sweep(table, args.out, scenario, _command(), currency)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0

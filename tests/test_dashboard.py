@@ -1,0 +1,158 @@
+"""The live dashboard: HTTP API (read-only by default, bearer token for control) and the page in
+headless Chromium (loads, switches language, follows published states and plans)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.bus import Bus
+from controller.commands import Commands
+from controller.modes import Mode, ModeMachine
+from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
+from controller.telemetry.config import DashboardSettings, TelemetrySettings
+from ems.clock import ManualClock
+from tests.peers import browser, free_port, sample_plan, sample_state  # noqa: F401
+
+SITE, TZ = "demo-factory", "Asia/Ho_Chi_Minh"
+T0 = datetime(2026, 5, 4, 1, 0, tzinfo=UTC)            # 08:00 in Hai Phong
+TOKEN = "s3cret-token"
+
+
+class Site:
+    def __init__(self, bus: Bus, telemetry: Telemetry, commands: Commands):
+        self.bus, self.telemetry, self.commands = bus, telemetry, commands
+        self.url = f"http://127.0.0.1:{telemetry.dashboard.port}"
+
+    def request(self, path: str, body: dict | bytes | None = None, token: str | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+
+async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, language: str = "auto",
+                     ) -> Site:
+    if token:
+        monkeypatch.setenv("EMS_DASHBOARD_TOKEN", token)
+    else:
+        monkeypatch.delenv("EMS_DASHBOARD_TOKEN", raising=False)
+    clock = ManualClock(T0)
+    commands = Commands(ModeMachine(Mode.SELF_CONSUMPTION, T0), clock, (500.0, 500.0), (10.0, 95.0), lambda _: None)
+    bus = Bus()
+    settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), language=language))
+    ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=commands.apply, state_dir=tmp_path,
+                           currency="VND")
+    return Site(bus, await start_telemetry(settings, bus, ctx), commands)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Site]:
+    s = await start_site(tmp_path, monkeypatch, TOKEN)
+    yield s
+    await s.telemetry.aclose()
+
+
+async def call(site: Site, *args: Any, **kw: Any) -> tuple[int, Any]:
+    return await asyncio.to_thread(site.request, *args, **kw)
+
+
+async def test_api_and_bearer_token(site: Site) -> None:
+    status, config = await call(site, "/api/config")
+    assert status == 200 and config == {"site": SITE, "timezone": TZ, "currency": "VND", "language": "auto",
+                                        "locale": None, "control": True}
+    site.bus.publish("state", sample_state(T0, 1))
+    site.bus.publish("plan", sample_plan(T0))
+    await asyncio.sleep(0.05)
+    status, snap = await call(site, "/api/snapshot")
+    assert snap["state"]["ts"] == T0.isoformat() and snap["plan"]["starts"][0] == T0.isoformat()
+    assert snap["history"]["rows"][0][1:] == [401.0, 807.0, 307.0, 99.0, 50.1]
+    body = {"mode": "standby", "ttl_s": 600}
+    assert (await call(site, "/api/cmd/set_mode", body))[0] == 401
+    status, result = await call(site, "/api/cmd/set_mode", body, token="wrong")
+    assert status == 401 and not result["accepted"] and site.commands.modes.request is None
+    status, result = await call(site, "/api/cmd/set_mode", body, token=TOKEN)
+    assert status == 200 and result["accepted"], result
+    assert site.commands.modes.request.mode is Mode.STANDBY and site.commands.modes.request.by == "dashboard"
+    status, result = await call(site, "/api/cmd/manual_setpoint", {"battery_kw": 9000, "ttl_s": 60}, token=TOKEN)
+    assert status == 422 and "outside the PCS range" in result["reason"]
+    status, result = await call(site, "/api/cmd/set_mode", b"{oops", token=TOKEN)
+    assert status == 422 and "malformed JSON" in result["reason"]
+
+
+async def test_read_only_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = await start_site(tmp_path, monkeypatch, token=None)
+    status, config = await call(site, "/api/config")
+    assert config["control"] is False
+    status, result = await call(site, "/api/cmd/replan", {}, token="anything")
+    assert status == 403 and "read-only" in result["reason"]
+    await site.telemetry.aclose()
+
+
+async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:  # noqa: F811
+    context = await browser.new_context(locale="en-US")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(site.url + "/")
+    await page.wait_for_function("document.getElementById('site').textContent === 'demo-factory'")
+    await page.wait_for_function("document.getElementById('conn').className === 'conn'")   # SSE connected
+    assert await page.text_content("[data-i18n=power_flows]") == "Power flows"
+
+    site.bus.publish("plan", sample_plan(T0, steps=96))
+    site.bus.publish("state", sample_state(T0, 1))
+    await page.wait_for_function("document.getElementById('soc-pct').textContent === '50.1 %'")
+    assert await page.text_content("#pv-kw") == "401.0 kW"
+    site.bus.publish("state", sample_state(T0 + timedelta(seconds=61), 7))
+    await page.wait_for_function("document.getElementById('soc-pct').textContent === '50.7 %'")
+    assert await page.text_content("#battery-kw") == "93.0 kW"
+    assert await page.text_content("#mode") == "automatic (plan)"
+    saved = await page.text_content("#saved-today")
+    assert "1,250,700" in saved and "₫" in saved
+    assert "08:01:01" in await page.text_content("#updated")           # site time zone, not the browser's
+    plan_path = await page.get_attribute("#chart-power path.battery-plan", "d")
+    actual_path = await page.get_attribute("#chart-power path.battery-actual", "d")
+    assert plan_path.count("L") > 50 and actual_path.startswith("M")
+    assert await page.locator("#chart-power rect").count() == 0          # flat price: nothing shaded
+
+    await page.select_option("#lang", "vi")
+    await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === 'Dòng công suất'")
+    assert await page.text_content("#soc-pct") == "50,7 %"                 # Vietnamese number format
+    assert await page.text_content("[data-i18n=saved_today]") == "tiết kiệm hôm nay"
+    site.bus.publish("state", {**sample_state(T0 + timedelta(seconds=62), 9), "mode": "safe",
+                               "reason": "data_missing", "alarms": ["data_missing"]})
+    await page.wait_for_function("document.getElementById('mode').textContent === 'trạng thái an toàn'")
+    assert await page.text_content("#reason") == "thiếu số liệu đo"
+    assert await page.text_content("#alarms li") == "data_missing"
+    await page.select_option("#lang", "ja")
+    await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === '電力の流れ'")
+    assert errors == []
+    await context.close()
+
+
+async def test_page_language_from_browser_and_control(site: Site, browser: Any) -> None:  # noqa: F811
+    context = await browser.new_context(locale="vi-VN")
+    page = await context.new_page()
+    await page.goto(site.url + "/")
+    await page.wait_for_function("document.querySelector('[data-i18n=title]').textContent === 'Quản lý năng lượng'")
+    assert await page.is_visible("#control")
+    await page.fill("#token", TOKEN)
+    await page.dispatch_event("#token", "change")
+    await page.fill("form[data-command=manual_setpoint] input[name=battery_kw]", "-150")
+    await page.click("form[data-command=manual_setpoint] button")
+    await page.wait_for_function("document.getElementById('cmd-result').className === 'ok'")
+    assert site.commands.modes.request.setpoint_kw == -150
+    await context.close()

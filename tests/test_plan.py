@@ -1,0 +1,64 @@
+"""The versioned Plan: JSON round trip, step lookup, expiry, schema checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer.plan import SCHEMA_VERSION, SERIES, Plan
+from optimizer.planner import Planner, PlanInputs
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.timegrid import regular_grid
+
+START = datetime(2026, 5, 4, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    n = 8
+    inputs = PlanInputs(grid=regular_grid(START, n, 15), pv_kw=np.linspace(0, 7, n), load_kw=np.full(n, 3.0),
+                        import_price=np.array([0.1] * 4 + [0.3] * 4), export_price=np.zeros(n), soc0_kwh=0.5,
+                        period=["off_peak"] * 4 + ["peak"] * 4)
+    battery = BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=5, wear_cost_per_kwh=0.01)
+    return Planner(battery, GridSpec(), PlannerSettings(), n).plan(inputs, created_at=START)
+
+
+def test_json_round_trip_is_exact(plan):
+    again = Plan.from_json(plan.to_json())
+    assert again.to_dict() == plan.to_dict()
+    for name in SERIES:
+        np.testing.assert_array_equal(getattr(again, name), getattr(plan, name))
+    assert again.starts.equals(plan.starts) and again.slack == plan.slack and again.objective == plan.objective
+
+
+def test_json_carries_units_signs_and_totals(plan):
+    data = json.loads(plan.to_json())
+    assert data["schema_version"] == SCHEMA_VERSION and data["source"] == "optimizer"
+    assert data["starts"][0] == "2026-05-04T00:00:00+00:00"
+    np.testing.assert_allclose(data["grid_kw"], np.array(data["import_kw"]) - np.array(data["export_kw"]))
+    np.testing.assert_allclose(data["battery_kw"], np.array(data["discharge_kw"]) - np.array(data["charge_kw"]))
+    assert data["objective"]["total"] == pytest.approx(plan.objective.total)
+    assert data["slack"][0]["constraint"] == "soc_min"  # soc0 0.5 kWh is below the 1 kWh floor
+
+
+def test_a_future_major_version_is_refused(plan):
+    data = plan.to_dict()
+    data["schema_version"] = "2.0"
+    with pytest.raises(ValueError, match="schema_version"):
+        Plan.from_dict(data)
+
+
+def test_step_at_and_expiry(plan):
+    step = plan.step_at(START + timedelta(minutes=20))
+    assert step is not None and step.index == 1 and step.start == pd.Timestamp(START + timedelta(minutes=15))
+    assert plan.step_at(START - timedelta(seconds=1)) is None
+    assert plan.step_at(START + timedelta(hours=2)) is None
+    assert plan.expires_at(valid_hours=1.0) == START + timedelta(hours=1)
+    assert plan.expires_at(valid_hours=5.0) == START + timedelta(hours=2)  # the plan ends first
+    assert not plan.is_expired(START + timedelta(minutes=59), 1.0) and plan.is_expired(START + timedelta(hours=1), 1.0)
+    with pytest.raises(ValueError):
+        plan.step_at(datetime(2026, 5, 4))
