@@ -150,14 +150,13 @@ class PerfectForecasts:
                  samples_per_step: int = 15):
         self.pv_kw, self.load_kw, self.samples = pv_kw, load_kw, samples_per_step
 
-    def _mean(self, fn: Callable[[datetime], float], start: datetime, hours: float) -> float:
-        dt = timedelta(hours=hours / self.samples)
-        return float(np.mean([fn(start + dt * (k + 0.5)) for k in range(self.samples)]))
-
     def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
-        starts = [s.to_pydatetime() for s in grid.starts]
-        pv = np.array([self._mean(self.pv_kw, s, h) for s, h in zip(starts, grid.duration_h, strict=True)])
-        load = np.array([self._mean(self.load_kw, s, h) for s, h in zip(starts, grid.duration_h, strict=True)])
+        k = self.samples
+        offsets = [timedelta(hours=float(h) * (j + 0.5) / k) for h in grid.duration_h for j in range(k)]
+        times = [s for s in grid.starts.to_pydatetime() for _ in range(k)]
+        times = [t + o for t, o in zip(times, offsets, strict=True)]
+        pv = np.array([self.pv_kw(t) for t in times]).reshape(-1, k).mean(axis=1)
+        load = np.array([self.load_kw(t) for t in times]).reshape(-1, k).mean(axis=1)
         return np.maximum(pv, 0.0), np.maximum(load, 0.0)
 
 

@@ -34,6 +34,7 @@ import math
 import struct
 from collections.abc import Sequence
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
@@ -207,7 +208,10 @@ class Point(BaseModel):
     @property
     def count(self) -> int:
         """Registers the point occupies."""
-        return self.length if self.type is DataType.STRING else _LAYOUT[self.type][0]  # type: ignore[return-value]
+        if self.type is DataType.STRING:
+            assert self.length is not None  # checked by the validator
+            return self.length
+        return _LAYOUT[self.type][0]
 
 
 class Heartbeat(BaseModel):
@@ -344,53 +348,46 @@ class Decoded(NamedTuple):
 
 
 def _to_bytes(registers: Sequence[int], order: WordOrder) -> bytes:
-    words = list(registers) if order is WordOrder.BIG else list(reversed(registers))
-    return b"".join(int(w).to_bytes(2, "big") for w in words)
+    words = registers if order is WordOrder.BIG else registers[::-1]
+    return struct.pack(f">{len(words)}H", *words)
 
 
 def _from_bytes(data: bytes, order: WordOrder) -> list[int]:
-    words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
-    return words if order is WordOrder.BIG else list(reversed(words))
+    words = list(struct.unpack(f">{len(data) // 2}H", data))
+    return words if order is WordOrder.BIG else words[::-1]
 
 
-def _raw(point: Point, registers: Sequence[int]) -> int | float | str:
-    """The raw value held in ``registers`` (no scaling)."""
+def _is_sentinel(point: Point, raw: int | float | str, data: bytes) -> bool:
+    """``data``: the point's bytes in big word order (the bit pattern sentinels are compared with)."""
     if point.type is DataType.STRING:
-        return bytes(_to_bytes(registers, WordOrder.BIG)).split(b"\0", 1)[0].decode("latin-1").rstrip()
-    return struct.unpack(_LAYOUT[point.type][1], _to_bytes(registers, point.word_order or WordOrder.BIG))[0]
-
-
-def _pattern(registers: Sequence[int], order: WordOrder) -> int:
-    """The registers as one unsigned integer (the bit pattern sentinels are compared with)."""
-    return int.from_bytes(_to_bytes(registers, order), "big")
-
-
-def _is_sentinel(point: Point, raw: int | float | str, registers: Sequence[int]) -> bool:
-    if point.type is DataType.STRING:
-        return point.default_sentinels and all(r == 0 for r in registers)
+        return point.default_sentinels and not any(data)
     if isinstance(raw, float):
         return (point.default_sentinels and math.isnan(raw)) or any(raw == s for s in point.sentinels)
-    pattern = _pattern(registers, point.word_order or WordOrder.BIG)
+    pattern = int.from_bytes(data, "big")
     return ((point.default_sentinels and pattern == DEFAULT_SENTINELS[point.type])
             or raw in point.sentinels or pattern in point.sentinels)
 
 
-def _ratio(point: Point, sf: int | None) -> tuple[float | int, float | int]:
+@cache
+def _scaling(scale: float, sf: int) -> tuple[float | int, float | int]:
     """Scaling as ``(multiplier, divisor)``: 3 / 10 gives 0.3 where 3 * 0.1 gives 0.30000000000000004."""
     mul: float | int = 1
     div: float | int = 1
-    if point.scale != 1:
-        inverse = 1 / point.scale
-        if abs(point.scale) < 1 and abs(inverse - round(inverse)) < 1e-9:
+    if scale != 1:
+        inverse = 1 / scale
+        if abs(scale) < 1 and abs(inverse - round(inverse)) < 1e-9:
             div = round(inverse)
         else:
-            mul = point.scale
-    if point.scale_factor_register is not None and sf:
-        if sf > 0:
-            mul = mul * 10 ** sf
-        else:
-            div = div * 10 ** -sf
+            mul = scale
+    if sf > 0:
+        mul = mul * 10 ** sf
+    elif sf < 0:
+        div = div * 10 ** -sf
     return mul, div
+
+
+def _ratio(point: Point, sf: int | None) -> tuple[float | int, float | int]:
+    return _scaling(point.scale, sf if point.scale_factor_register is not None and sf else 0)
 
 
 def decode(point: Point, registers: Sequence[int], sf: int | None = None, *, final: bool = True) -> Decoded:
@@ -402,9 +399,14 @@ def decode(point: Point, registers: Sequence[int], sf: int | None = None, *, fin
     """
     if len(registers) != point.count:
         raise ValueError(f"expected {point.count} registers, got {len(registers)}")
-    raw = _raw(point, registers)
-    if _is_sentinel(point, raw, registers):
-        shown = "NaN" if isinstance(raw, float) else f"0x{_pattern(registers, point.word_order or WordOrder.BIG):X}"
+    data = _to_bytes(registers, point.word_order or WordOrder.BIG)
+    raw: int | float | str
+    if point.type is DataType.STRING:
+        raw = data.split(b"\0", 1)[0].decode("latin-1").rstrip()
+    else:
+        raw = struct.unpack(_LAYOUT[point.type][1], data)[0]
+    if _is_sentinel(point, raw, data):
+        shown = "NaN" if isinstance(raw, float) else f"0x{int.from_bytes(data, 'big'):X}"
         return Decoded(None, Quality.MISSING, f"not implemented ({shown})")
     if isinstance(raw, str):
         return Decoded(raw, Quality.OK)
@@ -437,17 +439,20 @@ def _in_range(point: Point, value: float | int) -> Decoded:
 
 
 def combine(point: Point, own: Decoded, other: Decoded) -> Decoded:
-    """Finish a point that has ``subtract`` or ``sign_from``: ``own`` and ``other`` decoded with ``final=False``."""
-    for part in (own, other):
-        if part.value is None:
-            return Decoded(None, part.quality, f"{point.depends_on}: {part.detail}" if part is other else part.detail)
-    value = float(own.value)  # type: ignore[arg-type]
+    """Finish a point that has ``add``, ``subtract`` or ``sign_from``; both parts decoded with ``final=False``."""
+    if own.value is None:
+        return own
+    if other.value is None:
+        return Decoded(None, other.quality, f"{point.depends_on}: {other.detail}")
+    if isinstance(own.value, str) or isinstance(other.value, str):
+        return Decoded(None, Quality.MISSING, "text cannot be combined")
+    value = float(own.value)
     if point.add is not None:
-        value += float(other.value)  # type: ignore[arg-type]
+        value += other.value
     elif point.subtract is not None:
-        value -= float(other.value)  # type: ignore[arg-type]
+        value -= other.value
     elif point.sign_from is not None:
-        bits = int(other.value)  # type: ignore[arg-type]
+        bits = int(other.value)
         if bits & point.sign_from.negative_mask:
             value = -value
         elif not bits & point.sign_from.positive_mask:

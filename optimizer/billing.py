@@ -2,8 +2,9 @@
 
 Per billing month (local calendar month of each step start):
 
-- energy: kWh and amount per period, excluding VAT; a step's energy is split by the time it spends in each
-  period (:meth:`optimizer.tariff.SiteTariff.prices` with durations);
+- energy: kWh and amount per period, excluding VAT; each step is priced at its start, like
+  ``SiteTariff.prices(starts)``, or with ``by_duration=True`` split by the time it spends in each period, like
+  ``SiteTariff.prices(starts, duration_h)`` (bill the way the planner priced);
 - demand: the highest window-average import of the month (``peak_kw``); the billed demand is that peak
   (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
   rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
@@ -211,7 +212,8 @@ def _known_peak(month: str, series: Mapping[str, float], prior: Mapping[str, flo
 
 
 def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
-              export_kw: np.ndarray | None = None, prior_peaks_kw: Mapping[str, float] | None = None) -> Bill:
+              export_kw: np.ndarray | None = None, prior_peaks_kw: Mapping[str, float] | None = None,
+              by_duration: bool = False) -> Bill:
     """Itemised bill of a series of steps.
 
     Parameters
@@ -225,6 +227,9 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
     prior_peaks_kw : mapping, optional
         ``{"YYYY-MM": kW}`` peaks known from outside the series (earlier months for the 12-month basis,
         or the month-to-date peak). [kW]
+    by_duration : bool
+        Price each step over its whole duration (steps must be whole minutes) instead of at its start;
+        only matters for steps that straddle a window edge, e.g. hourly steps with a 17:30 edge.
     """
     starts = utc_index(starts)
     n = len(starts)
@@ -236,7 +241,7 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
         if not _MONTH.match(key):
             raise ValueError(f"prior_peaks_kw key {key!r} is not a month 'YYYY-MM'")
     loc = site.local(starts)
-    prices = site.prices_local(loc, dur)
+    prices = site.prices_local(loc, dur if by_duration else None)
     month_values, month_idx = np.unique(loc.month, return_inverse=True)
     labels = [month_label(m) for m in month_values]
     k = len(labels)

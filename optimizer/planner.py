@@ -306,9 +306,9 @@ class Planner:
         """Re-solve with the smaller of charge/discharge forced to 0 where both were used.
 
         The LP burns energy through battery losses only when that pays: negative import prices,
-        or a SOC above the window with nowhere to send the energy; a battery cannot do it, so the direction of each such step is fixed to its net
-        direction and the LP solved again, until no step uses both (at most once per step). The
-        next :meth:`plan` resets these bounds.
+        or a SOC above the window with nowhere to send the energy. A battery cannot do it, so the
+        direction of each such step is fixed to its net direction and the LP solved again, until
+        no step uses both (at most once per step). The next :meth:`plan` resets these bounds.
         """
         col = solver.lp.col_of
         objective = 0.0

@@ -149,11 +149,11 @@ class Tariff:
     @classmethod
     def preset(cls, name: str) -> Tariff:
         """A shipped preset by name (see :func:`list_presets`)."""
-        path = PRESET_DIR / f"{name}.yaml"
-        if not path.is_file():
+        shipped = list_presets()
+        if name not in shipped:
             raise ConfigError(f"tariff preset {name!r}",
-                              [FieldError("tariff.preset", f"unknown preset; shipped: {', '.join(list_presets())}")])
-        return cls.from_file(path)
+                              [FieldError("tariff.preset", f"unknown preset; shipped: {', '.join(shipped)}")])
+        return cls.from_file(PRESET_DIR / f"{name}.yaml")
 
     def bind(self, timezone: str, extra_holidays: Iterable[date] = ()) -> SiteTariff:
         """This tariff at a site: local time zone (IANA) and extra days billed as public holidays."""
@@ -303,10 +303,10 @@ class SiteTariff:
         return billing.peak_demand_kw(self, starts, duration_h, import_kw, window_minutes)
 
     def bill(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
-             export_kw: np.ndarray | None = None,
-             prior_peaks_kw: Mapping[str, float] | None = None) -> billing.Bill:
+             export_kw: np.ndarray | None = None, prior_peaks_kw: Mapping[str, float] | None = None,
+             by_duration: bool = False) -> billing.Bill:
         """Itemised bill per local billing month for a series of steps (see :func:`optimizer.billing.make_bill`)."""
-        return billing.make_bill(self, starts, duration_h, import_kw, export_kw, prior_peaks_kw)
+        return billing.make_bill(self, starts, duration_h, import_kw, export_kw, prior_peaks_kw, by_duration)
 
     def __repr__(self) -> str:
         return f"SiteTariff({self.tariff.name!r}, {self.timezone!r})"

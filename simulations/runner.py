@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
-from drivers.simulated.plant import BatteryModel, Plant, PVModel
+from drivers.simulated.plant import BatteryModel, Plant, PlantState, PVModel
 from optimizer.billing import Bill
+from optimizer.site import BatterySpec
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from optimizer.tariff_calendar import window_starts
@@ -158,6 +159,28 @@ class StrategyResult:
         }
 
 
+class _StepWindow:
+    """The BMS allowance the dispatcher sees at the start of a step, narrowed to what keeps the SOC inside the
+    window over the whole step: live, the 1-second limits chain stops at ``soc_min``/``soc_max`` within the
+    step; at the study's resolution the same energy is expressed as the step's average power."""
+
+    def __init__(self, spec: BatterySpec):
+        self.spec = spec
+
+    def limits_at(self, soc_kwh: float, bms_charge_kw: float, bms_discharge_kw: float,
+                  dt_h: float) -> tuple[float, float]:
+        """(charge, discharge) limits for a step of ``dt_h`` hours from ``soc_kwh``. [kW]"""
+        s = self.spec
+        standby = s.standby_loss_kw * dt_h
+        room_charge = max(0.0, s.soc_max_kwh - soc_kwh + standby) / (s.charge_efficiency * dt_h)
+        room_discharge = max(0.0, soc_kwh - standby - s.soc_min_kwh) * s.discharge_efficiency / dt_h
+        return min(bms_charge_kw, room_charge), min(bms_discharge_kw, room_discharge)
+
+    def limits(self, state: PlantState, dt_h: float) -> tuple[float, float]:
+        """:meth:`limits_at` after a plant step."""
+        return self.limits_at(state.soc_kwh, state.max_charge_kw, state.max_discharge_kw, dt_h)
+
+
 def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteTariff, *, battery: bool,
              pv: bool = True, progress: Callable[[int], None] | None = None) -> StrategyResult:
     """Step the plant with the live dispatcher under one strategy over the period (see module docstring)."""
@@ -181,8 +204,10 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
     load = data.load_kw[:n]
     pv_hist = np.full(n, np.nan)
     load_hist = np.full(n, np.nan)
-    ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=model.allowed_charge_kw(),
-                      max_discharge_kw=model.allowed_discharge_kw(), month_peak_kw=0.0,
+    window = _StepWindow(spec)
+    charge0, discharge0 = window.limits_at(model.soc_kwh, model.allowed_charge_kw(), model.allowed_discharge_kw(),
+                                           dt_h[0])
+    ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=charge0, max_discharge_kw=discharge0, month_peak_kw=0.0,
                       pv_history=pd.Series(pv_hist, index=starts, copy=False),
                       load_history=pd.Series(load_hist, index=starts, copy=False))
     windows = window_starts(tariff.local(starts), 30)
@@ -206,8 +231,9 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         out[:, t] = (p_av, state.pv_kw, p_av - state.pv_kw, l_kw, state.battery_kw, grid_kw, max(grid_kw, 0.0),
                      max(-grid_kw, 0.0), state.soc_kwh, state.soc_pct)
         prev_battery = state.battery_kw
-        ctx.soc_kwh, ctx.max_charge_kw, ctx.max_discharge_kw = state.soc_kwh, state.max_charge_kw, \
-            state.max_discharge_kw
+        ctx.soc_kwh = state.soc_kwh
+        if t + 1 < n:
+            ctx.max_charge_kw, ctx.max_discharge_kw = window.limits(state, dt_h[t + 1])
         pv_hist[t] = state.pv_kw if p_av - state.pv_kw < 1e-6 else np.nan
         load_hist[t] = l_kw
         window_kwh += max(grid_kw, 0.0) * dt_h[t]

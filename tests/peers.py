@@ -152,10 +152,12 @@ class VictoriaMetrics:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
             return resp.read()
 
-    def export(self, metric: str) -> list[tuple[int, float]]:
-        """Every stored ``(timestamp_ms, value)`` of ``metric`` (all series), duplicates included, sorted."""
+    def export(self, metric: str, **labels: str) -> list[tuple[int, float]]:
+        """Every stored ``(timestamp_ms, value)`` of ``metric`` (all series matching ``labels``),
+        duplicates included, sorted."""
         self._get("/internal/force_flush")
-        query = urllib.parse.urlencode({"match[]": f'{{__name__="{metric}"}}', "start": "0"})
+        selector = ",".join([f'__name__="{metric}"', *(f'{k}="{v}"' for k, v in labels.items())])
+        query = urllib.parse.urlencode({"match[]": f"{{{selector}}}", "start": "0"})
         samples = []
         for line in self._get(f"/api/v1/export?{query}").splitlines():
             if line.strip():
@@ -163,12 +165,12 @@ class VictoriaMetrics:
                 samples += zip(row["timestamps"], row["values"], strict=True)
         return sorted(samples)
 
-    def wait_for(self, metric: str, count: int, timeout_s: float = 20.0) -> list[tuple[int, float]]:
+    def wait_for(self, metric: str, count: int, timeout_s: float = 20.0, **labels: str) -> list[tuple[int, float]]:
         """Export ``metric`` until at least ``count`` samples are visible (VM makes new data searchable
         after about a second) or the timeout passes; returns the last export."""
         deadline = time.monotonic() + timeout_s
         while True:
-            samples = self.export(metric)
+            samples = self.export(metric, **labels)
             if len(samples) >= count or time.monotonic() > deadline:
                 return samples
             time.sleep(0.3)

@@ -208,24 +208,25 @@ def series(draw):
     values = st.floats(0, 1000, allow_nan=False)
     import_kw = np.array(draw(st.lists(values, min_size=count, max_size=count)))
     export_kw = np.array(draw(st.lists(values, min_size=count, max_size=count)))
-    return name, tz, minutes, start, import_kw, export_kw
+    return name, tz, minutes, start, import_kw, export_kw, draw(st.booleans())
 
 
 @settings(max_examples=60, deadline=None)
 @given(series())
 def test_bill_total_equals_an_independent_sum_over_steps(case):
-    name, tz, minutes, start, import_kw, export_kw = case
+    name, tz, minutes, start, import_kw, export_kw, by_duration = case
     site = PRESETS[name].bind(tz)
     starts = pd.date_range(start, periods=len(import_kw), freq=f"{minutes}min").tz_convert("UTC")
     dt = minutes / 60
-    bill = site.bill(starts, dt, import_kw, export_kw)
+    bill = site.bill(starts, dt, import_kw, export_kw, by_duration=by_duration)
 
-    # Energy: price 15-minute sub-steps at their starts (all window edges are on local half hours).
-    parts = minutes // 15
-    quarters = (starts.repeat(parts) + pd.to_timedelta(np.tile(np.arange(parts) * 15, len(starts)), unit="min"))
-    prices = site.prices(quarters)
-    expected = float(np.sum(prices.import_price_gross * np.repeat(import_kw, parts) * 0.25)
-                     - np.sum(prices.export_price * np.repeat(export_kw, parts) * 0.25))
+    # Energy: price each step at its start, or (by duration) 15-minute sub-steps at their starts
+    # (all window edges are on local half hours).
+    parts = minutes // 15 if by_duration else 1
+    sub_starts = (starts.repeat(parts) + pd.to_timedelta(np.tile(np.arange(parts) * 15, len(starts)), unit="min"))
+    prices = site.prices(sub_starts)
+    expected = float(np.sum(prices.import_price_gross * np.repeat(import_kw, parts) * dt / parts)
+                     - np.sum(prices.export_price * np.repeat(export_kw, parts) * dt / parts))
     if name in RATE:  # demand: 30-minute means (UTC bins = local bins at UTC+7/+9), max per local month
         kw = pd.Series(import_kw, index=starts)
         half_hours = kw.resample("30min").mean().dropna() if minutes < 60 else kw
@@ -258,9 +259,13 @@ def test_an_empty_series_gives_an_empty_bill(two_part):
     assert two_part.peak_demand_kw(empty, 0.25, np.array([])) == {}
 
 
-def test_an_hourly_step_is_billed_in_the_periods_it_covers():
+def test_an_hourly_step_is_billed_at_its_start_or_in_the_periods_it_covers():
     site = Tariff.preset("evn-manufacturing-22kv").bind(VN)
-    bill = site.bill(local_steps("2026-03-10 09:00", 1, 60), 1.0, np.array([100.0]))  # legacy peak from 09:30
-    lines = {e.period: (e.kwh, e.amount) for e in bill.months[0].energy}
+    starts = local_steps("2026-03-10 09:00", 1, 60)  # legacy peak from 09:30
+    at_start = site.bill(starts, 1.0, np.array([100.0]))
+    assert {e.period: e.kwh for e in at_start.months[0].energy} == {"off_peak": 0.0, "normal": 100.0, "peak": 0.0}
+    assert at_start.total == pytest.approx(100 * 1833 * 1.08)
+    split = site.bill(starts, 1.0, np.array([100.0]), by_duration=True)
+    lines = {e.period: (e.kwh, e.amount) for e in split.months[0].energy}
     assert lines == {"off_peak": (0.0, 0.0), "normal": (50.0, 50 * 1833.0), "peak": (50.0, 50 * 3398.0)}
-    assert bill.total == pytest.approx(50 * (1833 + 3398) * 1.08)
+    assert split.total == pytest.approx(50 * (1833 + 3398) * 1.08)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from pymodbus.simulator import SimAction, SimDevice
 
 from drivers.config import DeviceConfig
 from drivers.device import ModbusDevice, plan_blocks
@@ -57,7 +61,7 @@ def config(port: int, name: str = "dev", unit_id: int = 1, role: str = "meter", 
         "unit_id": unit_id, "timeout_s": 0.3, "retries": 0, **kw})
 
 
-def hybrid_device(unit_id: int = 1, values: dict | None = None, action=None):  # type: ignore[no-untyped-def]
+def hybrid_device(unit_id: int = 1, values: dict | None = None, action: SimAction | None = None) -> SimDevice:
     holding, inputs = profile_image(HYBRID, {**VALUES, **(values or {})}, sf={106: -1})
     return sim_device(unit_id, holding, inputs, action)
 
@@ -248,9 +252,10 @@ async def test_write_clamps_verifies_and_skips_unchanged() -> None:
 
 
 async def test_write_that_does_not_apply_is_reported_and_counted() -> None:
-    async def ignore_writes(fc, _start, _address, _count, registers, set_values):  # type: ignore[no-untyped-def]
+    async def ignore_writes(_fc: int, start: int, address: int, _count: int, registers: list[int],
+                            set_values: list[int] | None) -> None:
         if set_values is not None:  # the device acknowledges but keeps its old value
-            set_values[:] = [registers[_address - _start + i] for i in range(len(set_values))]
+            set_values[:] = [registers[address - start + i] for i in range(len(set_values))]
 
     clock = ManualClock(T0)
     async with modbus_peer([hybrid_device(action=ignore_writes)]) as peer:
@@ -296,3 +301,52 @@ async def test_remote_control_sequences_and_heartbeat_counter() -> None:
 def test_role_must_be_served_by_the_profile() -> None:
     with pytest.raises(ValueError, match="does not serve role pv_inverter"):
         make(ConnectionPool(), config(1, role="pv_inverter"), ManualClock(T0))
+
+
+def test_devices_file_errors_name_file_and_field(tmp_path: Path) -> None:
+    from drivers.config import load_devices
+    from ems.yamlfile import ConfigError
+
+    path = tmp_path / "site.yaml"
+    path.write_text("devices:\n  - {name: a, role: meter, profile: p, endpoint: {host: h}, unit_id: 300}\n"
+                    "  - {name: a, role: battery, profile: p, endpoint: {serial_port: /dev/x, parity: X}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_devices(path)
+    fields = {e.field for e in info.value.errors}
+    assert info.value.source == str(path)
+    assert "devices[0].unit_id" in fields and any(f.startswith("devices[1].endpoint") for f in fields)
+    path.write_text("devices:\n  - {name: a, role: meter, profile: p, endpoint: {host: h}}\n"
+                    "  - {name: a, role: battery, profile: p, endpoint: {host: h}}\n")
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_devices(path)
+
+
+async def test_cli_read_prints_every_point_and_flags_unreachable(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from drivers.cli import _poll_and_print
+    from drivers.config import load_devices
+
+    profile_file = tmp_path / "hybrid.yaml"
+    profile_file.write_text(json.dumps(HYBRID.model_dump(mode="json", exclude_none=True)))
+    async with modbus_peer([hybrid_device()]) as peer:
+        site = tmp_path / "site.yaml"
+        live, dead = f"{{host: 127.0.0.1, port: {peer.port}}}", f"{{host: 127.0.0.1, port: {free_port()}}}"
+        site.write_text("devices:\n"
+                        f"  - {{name: meter, role: meter, profile: hybrid.yaml, endpoint: {live}}}\n"
+                        f"  - {{name: gone, role: battery, profile: hybrid.yaml, endpoint: {dead}, timeout_s: 0.3}}\n")
+        status = await _poll_and_print(load_devices(site), tmp_path)
+    out = capsys.readouterr().out
+    assert status == 1
+    assert re.search(r"meter\s+grid_kw\s+-12\.345\s+kW\s+ok", out)
+    assert re.search(r"gone\s+soc_pct\s+%\s+missing", out) and "unreachable: gone" in out
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    from ems.cli import main
+
+    assert main(["devices", "read", "--config", str(tmp_path / "missing.yaml")]) == 2
+    site = tmp_path / "site.yaml"
+    site.write_text(f"devices:\n  - {{name: m, role: meter, profile: sunspec-meter, timeout_s: 0.3,"
+                    f" endpoint: {{host: 127.0.0.1, port: {free_port()}}}}}\n")
+    assert main(["devices", "read", "--config", str(site)]) == 1
+    assert main(["devices", "read", "--config", str(site), "--device", "nope"]) == 2

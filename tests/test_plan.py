@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from optimizer.plan import SCHEMA_VERSION, SERIES, Plan
-from optimizer.planner import Planner, PlanInputs
+from optimizer.planner import PlanInputs, Planner
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -21,7 +21,8 @@ START = datetime(2026, 5, 4, 0, 0, tzinfo=UTC)
 def plan() -> Plan:
     n = 8
     inputs = PlanInputs(grid=regular_grid(START, n, 15), pv_kw=np.linspace(0, 7, n), load_kw=np.full(n, 3.0),
-                        import_price=np.array([0.1] * 4 + [0.3] * 4), export_price=np.zeros(n), soc0_kwh=0.5,
+                        import_price=np.array([0.1] * 4 + [0.3] * 4), export_price=np.zeros(n), soc0_kwh=0.0,
+                        max_charge_kw=2.0,
                         period=["off_peak"] * 4 + ["peak"] * 4)
     battery = BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=5, wear_cost_per_kwh=0.01)
     return Planner(battery, GridSpec(), PlannerSettings(), n).plan(inputs, created_at=START)
@@ -42,7 +43,7 @@ def test_json_carries_units_signs_and_totals(plan):
     np.testing.assert_allclose(data["grid_kw"], np.array(data["import_kw"]) - np.array(data["export_kw"]))
     np.testing.assert_allclose(data["battery_kw"], np.array(data["discharge_kw"]) - np.array(data["charge_kw"]))
     assert data["objective"]["total"] == pytest.approx(plan.objective.total)
-    assert data["slack"][0]["constraint"] == "soc_min"  # soc0 0.5 kWh is below the 1 kWh floor
+    assert data["slack"][0]["constraint"] == "soc_min"  # 0 + 2 kW × 0.25 h × 0.95 < the 1 kWh floor
 
 
 def test_a_future_major_version_is_refused(plan):

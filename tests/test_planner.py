@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimizer.planner import Planner, PlanInputs, PlannerError
+from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import TimeGrid, regular_grid
 

@@ -24,7 +24,7 @@ from pyomo.contrib.solver.common.results import SolutionStatus
 
 from optimizer import costs, policies
 from optimizer.lp_model import build_model
-from optimizer.planner import Planner, PlanInputs, lp_parameters
+from optimizer.planner import PlanInputs, Planner, lp_parameters
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -205,7 +205,8 @@ def test_independent_check_covers_a_demand_charge_month_boundary():
     n = 8
     inputs = PlanInputs(
         grid=regular_grid(pd.Timestamp("2026-05-31T15:00Z"), n, 60), pv_kw=np.array([0, 0, 5, 9, 9, 5, 0, 0.0]),
-        load_kw=np.array([9, 12, 8, 4, 12, 14, 9, 6.0]), import_price=np.array([0.1, 0.3, 0.3, 0.1, 0.1, 0.3, 0.3, 0.1]),
+        load_kw=np.array([9, 12, 8, 4, 12, 14, 9, 6.0]),
+        import_price=np.array([0.1, 0.3, 0.3, 0.1, 0.1, 0.3, 0.3, 0.1]),
         export_price=np.full(n, 0.02), soc0_kwh=5.0, demand_charge_per_kw=3.0, month_peak_kw=8.0,
         billing_month=np.array([0, 0, 0, 0, 1, 1, 1, 1]))
     plan = planner(0, 1, 0, n).plan(inputs)

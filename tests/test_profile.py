@@ -13,14 +13,17 @@ from hypothesis import strategies as st
 
 from drivers.profile import (
     DataType,
+    Decoded,
     Point,
     WordOrder,
+    combine,
     decode,
     encode,
     encode_sentinel,
     load_profile,
     parse_profile,
     shipped_profiles,
+    split,
 )
 from drivers.readings import Quality
 from ems.yamlfile import ConfigError
@@ -174,6 +177,42 @@ def test_encode_rejects_values_that_do_not_fit() -> None:
         encode(pt(type="string", length=1), "abc")
 
 
+COMBINED = parse_profile({"roles": ["battery"], "points": {
+    "battery_kw": {"address": 0, "unit": "kW", "scale": 0.001, "sign_from": {"point": "state", "negative_mask": 2,
+                                                                            "positive_mask": 4}},
+    "state": {"address": 1},
+    "discharge_kw": {"address": 2, "unit": "kW", "scale": 0.001, "subtract": "charge_kw",
+                     "plausible": {"min": -5, "max": 5}},
+    "charge_kw": {"address": 3, "unit": "kW", "scale": 0.001},
+}}, "combined.yaml")
+
+
+@pytest.mark.parametrize(("name", "value"), [("battery_kw", -2.5), ("battery_kw", 2.5), ("battery_kw", 0.0),
+                                             ("discharge_kw", -1.25), ("discharge_kw", 3.0)])
+def test_combined_points_split_and_combine_back(name: str, value: float) -> None:
+    point = COMBINED.points[name]
+    parts = split(COMBINED, name, value)
+    assert set(parts) == {name, point.depends_on}
+    decoded = {n: decode(COMBINED.points[n], encode(COMBINED.points[n], v), final=False) for n, v in parts.items()}
+    assert combine(point, decoded[name], decoded[point.depends_on]).value == pytest.approx(value)
+
+
+def test_combined_point_is_missing_with_its_part_and_range_checked_after_combining() -> None:
+    point = COMBINED.points["discharge_kw"]
+    own = decode(point, [1000], final=False)
+    assert combine(point, own, decode(COMBINED.points["charge_kw"], [0xFFFF], final=False)).quality is Quality.MISSING
+    assert combine(point, decode(point, [9000], final=False), own).quality is Quality.IMPLAUSIBLE  # 9 − 1 = 8 kW
+    bits_neither = combine(COMBINED.points["battery_kw"], own, Decoded(0, Quality.OK))
+    assert bits_neither.value == 0  # neither charging nor discharging bit: idle
+
+
+def test_combined_point_must_name_a_plain_point() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_profile({"roles": ["battery"], "points": {"battery_kw": {"address": 0, "unit": "kW", "subtract": "x"}}},
+                      "c.yaml")
+    assert info.value.errors[0].field == "points.battery_kw.subtract"
+
+
 # ------------------------------------------------------------------------------------ round trips
 
 INT_RANGES = {
@@ -266,8 +305,8 @@ async def test_vendor_profile_polls_and_controls_a_server_built_from_it(name: st
     async with modbus_peer([sim_device(3, holding, inputs)]) as peer:
         pool = ConnectionPool()
         for role in profile.roles:
-            cfg = DeviceConfig(name=f"{name}-{role}", role=role, profile=name, unit_id=3, timeout_s=0.5,
-                               endpoint={"host": "127.0.0.1", "port": peer.port})  # type: ignore[arg-type]
+            cfg = DeviceConfig.model_validate({"name": f"{name}-{role}", "role": role, "profile": name, "unit_id": 3,
+                                               "timeout_s": 0.5, "endpoint": {"host": "127.0.0.1", "port": peer.port}})
             device = ModbusDevice(cfg, profile, pool.connection(cfg), clock)
             readings = await device.poll()
             for point_name, expected in values.items():

@@ -60,7 +60,7 @@ def _local_period_qd963(starts: pd.DatetimeIndex) -> np.ndarray:
     """Decision 963 windows written out by hand: Mon–Sat peak 17:30–22:30, every day off-peak 00–06."""
     local = starts.tz_convert("Asia/Ho_Chi_Minh")
     minute = np.asarray(local.hour * 60 + local.minute)
-    sunday = np.asarray(local.dayofweek) == 6
+    sunday = np.asarray(local.day_of_week) == 6
     period = np.where(minute < 360, "off_peak", "normal").astype(object)
     period[(~sunday) & (minute >= 1050) & (minute < 1350)] = "peak"
     return period

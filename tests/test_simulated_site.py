@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -26,6 +28,7 @@ from drivers.simulated.cli import scan
 from drivers.simulated.config import SimulatedSiteFile
 from drivers.simulated.site import SimulatedSite
 from drivers.transport import ConnectionPool
+from ems.clock import ManualClock
 from tests.sim_peers import simulated_site, site_config
 
 CALM = {"weather": {"model": "clear_sky", "cloudiness": 0.0},
@@ -128,7 +131,7 @@ async def test_driver_with_generic_profiles_reads_ok_values_matching_the_state()
 
 
 async def test_battery_setpoint_and_pv_limit_written_over_modbus_drive_the_plant() -> None:
-    async with simulated_site(site_config(simulation={**CALM, "start": NOON, "step_s": 0.2})) as site:
+    async with simulated_site(site_config(simulation={**CALM, "start": NOON, "step_s": 0.2}), speed=5) as site:
         devices = Devices(site)
         try:
             battery, inverter = devices["battery"], devices["pv-inverter"]
@@ -399,3 +402,15 @@ async def test_scan_lists_models_and_identity() -> None:
         text = await scan(ep.host, ep.port, ep.unit_id)
     assert "pv-battery-ems" in text and "pv-inverter" in text
     assert "inverter_three_phase" in text and "40070" in text
+
+
+def test_weather_and_load_from_series_files(tmp_path: Path) -> None:
+    stamps = pd.date_range("2026-05-04T05:00:00Z", periods=4, freq="15min")
+    pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%S%z"), "pv_kw": [100.0, 200.0, 300.0, 400.0],
+                  "load_kw": [500.0, 510.0, 520.0, 530.0]}).to_csv(tmp_path / "series.csv", index=False)
+    series = {"model": "series", "file": str(tmp_path / "series.csv")}
+    config = site_config(simulation={"weather": {**series, "column": "pv_kw"}, "load": {**series, "column": "load_kw"}})
+    site = SimulatedSite(config, clock=ManualClock(datetime(2026, 5, 4, 5, 20, tzinfo=UTC)))
+    state = site.step(60.0)     # the minute from 05:19 to 05:20: second interval of the series
+    assert (state.pv_available_kw, state.load_kw) == (200.0, 510.0)
+    assert state.grid_kw == pytest.approx(310.0)

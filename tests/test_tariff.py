@@ -244,6 +244,8 @@ def test_load_tariff_by_preset_and_by_file_relative_to_the_site(tmp_path):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match="evn-manufacturing-22kv") as info:
         Tariff.preset("evn-manufacturing-23kv")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Tariff.preset("../tariffs/evn-manufacturing-22kv")
     assert info.value.errors[0].field == "tariff.preset"
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from drivers.profile import PROFILE_DIR, profile_path
 from drivers.roles import Role
 from ems.yamlfile import load_model
 from optimizer.site import BatterySpec, PVSpec, SiteInfo, StrictModel
@@ -109,7 +110,7 @@ class SimulatedDevice(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     name: str = Field(min_length=1)
     role: Role
-    profile: str = Field(min_length=1, description="shipped profile name or path")
+    profile: str = Field(min_length=1, description="shipped profile name, or a path relative to the site file")
     endpoint: Endpoint
     unit_id: int = Field(default=1, ge=1, le=247)
 
@@ -136,7 +137,7 @@ class SimulatedSiteFile(BaseModel):
 
 
 def load_site_file(path: str | Path) -> SimulatedSiteFile:
-    """Read a site file for the simulated site; relative series files are made relative to it."""
+    """Read a site file for the simulated site; relative profile paths and series files are made relative to it."""
     cfg = load_model(SimulatedSiteFile, path)
     base = Path(path).parent
     sim = cfg.simulation
@@ -145,6 +146,10 @@ def load_site_file(path: str | Path) -> SimulatedSiteFile:
         source = getattr(sim, key)
         if isinstance(source, SeriesSource) and not source.file.is_absolute():
             update[key] = source.model_copy(update={"file": base / source.file})
-    if update:
-        cfg = cfg.model_copy(update={"simulation": sim.model_copy(update=update)})
-    return cfg
+    devices = []
+    for d in cfg.devices:
+        is_path = profile_path(d.profile).parent != PROFILE_DIR
+        if is_path and not Path(d.profile).is_absolute():
+            d = d.model_copy(update={"profile": str(base / d.profile)})
+        devices.append(d)
+    return cfg.model_copy(update={"simulation": sim.model_copy(update=update), "devices": devices})

@@ -45,6 +45,9 @@ SUNSPEC_ENABLES: dict[str, tuple[tuple[int, str, int], ...]] = {
 }
 HEARTBEAT_TIMEOUT_PERIODS = 3.0
 """A PCS reverts to 0 kW when the heartbeat register has not been written for this many periods. [-]"""
+WATCHDOG_MIN_REAL_S = 1.0
+"""A watchdog also waits this long in real time: at 900× a 30 s timeout is 33 ms, shorter than the jitter of a
+client whose event loop runs in real time. [s]"""
 
 
 def full_scale(power_kw: float) -> dict[str, float]:
@@ -244,19 +247,17 @@ class DeviceImage:
         Two watchdogs, whichever the device has: the profile's heartbeat register (armed by the first
         heartbeat; expires after ``HEARTBEAT_TIMEOUT_PERIODS`` periods without one) and, on SunSpec
         images, model 704's reversion timer ``WSetRvrtTms`` (expires that many seconds after the last
-        write of ``WSet``; the setpoint becomes ``WSetRvrt``).
+        write of ``WSet``; the setpoint becomes ``WSetRvrt``). Either also waits WATCHDOG_MIN_REAL_S real seconds.
         """
         name = "battery_setpoint_kw"
         if name not in self.profile.points:
             return False
-        now = self.clock.monotonic()
         hb = self.profile.heartbeat
-        if hb is not None and "heartbeat" in self.last_write \
-                and now - self.last_write["heartbeat"] > HEARTBEAT_TIMEOUT_PERIODS * hb.period_s:
+        if hb is not None and self._expired("heartbeat", HEARTBEAT_TIMEOUT_PERIODS * hb.period_s):
             del self.last_write["heartbeat"]
             return self._revert(name, 0.0, "heartbeat lost")
         timeout = self._sunspec_raw(704, "WSetRvrtTms")
-        if timeout and name in self.last_write and now - self.last_write[name] > float(timeout):
+        if timeout and self._expired(name, float(timeout)):
             del self.last_write[name]
             image = self.sunspec_image
             assert image is not None
@@ -266,6 +267,14 @@ class DeviceImage:
             log.warning("%s: no setpoint for %s s: reverted to WSetRvrt", self.name, timeout)
             return True
         return False
+
+    def _expired(self, written: str, timeout_s: float) -> bool:
+        """Whether ``written`` was last written more than ``timeout_s`` site seconds (and WATCHDOG_MIN_REAL_S
+        real seconds) ago; never written: not armed."""
+        if written not in self.last_write:
+            return False
+        elapsed = self.clock.monotonic() - self.last_write[written]
+        return elapsed > timeout_s and elapsed / self.clock.speed >= WATCHDOG_MIN_REAL_S
 
     def _revert(self, name: str, value: float, why: str) -> bool:
         log.warning("%s: %s: %s reverted to %g", self.name, why, name, value)

@@ -1,0 +1,211 @@
+"""Planner benchmark: receding-horizon re-plan time and the full-year perfect-foresight LP.
+
+Reproduce with::
+
+    .venv/bin/python benchmarks/bench_planner.py            # everything (~1 min)
+    .venv/bin/python benchmarks/bench_planner.py --quick    # skip the year LP
+
+Re-plans: a factory-sized site (1 MWh / 500 kW battery, 900 kW PV, EVN-like TOU prices in VND,
+demand charge) planned every 15 min over a rolling window of N = 96, 192, 288 steps, the SOC
+carried from the previous plan. Timed per re-plan: ``Planner.plan`` all-in (parameter vector,
+HiGHS update, solve, Plan assembly and pricing) and its update+solve part. Baseline, in the same
+run: the identical LP sequence passed straight to a persistent ``highspy.Highs`` (vectors
+precomputed; only the highspy change calls and ``run`` timed). Ratio = planner / raw highspy.
+
+Year: 35,040 quarter hours with one demand-charge peak per billing month (12 months, local time),
+planned in one LP in a subprocess (time and peak RSS); baseline: the identical LP handed from
+scratch to highspy in another subprocess. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import highspy
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optimizer.planner import Planner, PlanInputs, _inf  # noqa: E402
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings  # noqa: E402
+from optimizer.timegrid import regular_grid  # noqa: E402
+
+BATTERY = BatterySpec(capacity_kwh=1000, max_charge_kw=500, max_discharge_kw=500, wear_cost_per_kwh=150)
+GRID = GridSpec(import_cap_kw=1000, export_cap_kw=0)
+SETTINGS = PlannerSettings()
+DEMAND_VND_PER_KW = 235_414.0
+START = pd.Timestamp("2026-01-01T00:00+07:00").tz_convert("UTC")
+
+
+def synthetic(steps: int, seed: int = 1) -> dict[str, np.ndarray | pd.DatetimeIndex]:
+    """PV, load, prices and billing months for ``steps`` quarter hours from START."""
+    rng = np.random.default_rng(seed)
+    starts = pd.date_range(START, periods=steps, freq="15min")
+    local = starts.tz_convert("Asia/Ho_Chi_Minh")
+    hour = local.hour + local.minute / 60
+    cloud = np.repeat(rng.uniform(0.4, 1.0, steps // 96 + 1), 96)[:steps]
+    pv = np.clip(900 * np.sin((hour - 6) / 12 * np.pi), 0, None) * cloud
+    day = (hour >= 7) & (hour < 19) & (local.day_of_week < 6)
+    load = np.where(day, 800, 300) * (1 + 0.05 * rng.standard_normal(steps))
+    price = np.where((hour < 4) | (hour >= 22), 1190, np.where(((hour >= 9.5) & (hour < 11.5)) | ((hour >= 17) & (hour < 20)),
+                                                                 3398, 1833)) * 1.08
+    month = local.year * 12 + local.month
+    return {"starts": starts, "pv": pv, "load": np.clip(load, 0, None), "price": price.astype(float),
+            "month": np.asarray(month - month[0])}
+
+
+def inputs_at(data: dict, first: int, steps: int, soc0: float, demand: bool) -> PlanInputs:
+    sl = slice(first, first + steps)
+    months = data["month"][sl] - data["month"][first]
+    return PlanInputs(grid=regular_grid(data["starts"][first], steps, 15), pv_kw=data["pv"][sl],
+                      load_kw=data["load"][sl], import_price=data["price"][sl], export_price=np.zeros(steps),
+                      soc0_kwh=soc0, demand_charge_per_kw=DEMAND_VND_PER_KW if demand else 0.0,
+                      month_peak_kw=600.0, billing_month=months)
+
+
+def bench_replan(steps: int, replans: int) -> dict[str, float]:
+    """Median / p95 re-plan times [ms] for the planner and for raw highspy on the identical LPs."""
+    data = synthetic(steps + replans + 1)
+    planner = Planner(BATTERY, GRID, SETTINGS, steps)
+    soc = 500.0
+    planner.plan(inputs_at(data, 0, steps, soc, True))  # build
+    all_in, upd_solve, param_vectors, objectives = [], [], [], []
+    for k in range(1, replans + 1):
+        inputs = inputs_at(data, k, steps, soc, True)
+        t0 = time.perf_counter()
+        plan = planner.plan(inputs)
+        all_in.append(time.perf_counter() - t0)
+        upd_solve.append((plan.solver.update_ms + plan.solver.solve_ms) / 1e3)
+        objectives.append(planner.last_objective)
+        solver = next(iter(planner._solvers.values()))
+        param_vectors.append(planner.parameter_vector(solver.lp, inputs))
+        soc = float(plan.soc_kwh[0])
+    lp = solver.lp
+
+    # raw highspy on the identical LP sequence: vectors precomputed, only highspy calls timed
+    vecs = [(lp.cost.evaluate(p), _inf(lp.col_lower.evaluate(p)), _inf(lp.col_upper.evaluate(p)),
+             _inf(lp.row_lower.evaluate(p)), _inf(lp.row_upper.evaluate(p))) for p in param_vectors]
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
+    p0 = planner.parameter_vector(lp, inputs_at(data, 0, steps, 500.0, True))
+    model.col_cost_ = lp.cost.evaluate(p0)
+    model.col_lower_, model.col_upper_ = _inf(lp.col_lower.evaluate(p0)), _inf(lp.col_upper.evaluate(p0))
+    model.row_lower_, model.row_upper_ = _inf(lp.row_lower.evaluate(p0)), _inf(lp.row_upper.evaluate(p0))
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
+    h.passModel(model)
+    h.run()
+    cols = np.arange(lp.num_col, dtype=np.int32)
+    rows = np.arange(lp.num_row, dtype=np.int32)
+    raw = []
+    for (c, cl, cu, rl, ru), expected in zip(vecs, objectives, strict=True):
+        t0 = time.perf_counter()
+        h.changeColsCost(len(cols), cols, c)
+        h.changeColsBounds(len(cols), cols, cl, cu)
+        h.changeRowsBounds(len(rows), rows, rl, ru)
+        h.run()
+        raw.append(time.perf_counter() - t0)
+        got = h.getInfo().objective_function_value
+        assert abs(got - expected) <= 1e-6 * (1 + abs(expected)), (got, expected)
+    ms = lambda xs, q: float(np.percentile(np.asarray(xs) * 1e3, q))  # noqa: E731
+    return {"median": ms(all_in, 50), "p95": ms(all_in, 95), "update_solve_median": ms(upd_solve, 50),
+            "raw_median": ms(raw, 50), "raw_p95": ms(raw, 95), "ratio": ms(all_in, 50) / ms(raw, 50),
+            "cols": lp.num_col, "rows": lp.num_row}
+
+
+def year_child(out_dir: Path) -> None:
+    """Subprocess: plan the year in one LP; save the LP it solved for the raw baseline; print JSON."""
+    steps = 35_040
+    data = synthetic(steps)
+    inputs = inputs_at(data, 0, steps, 500.0, True)
+    inputs.month_peak_kw = 0.0
+    planner = Planner(BATTERY, GRID, PlannerSettings(time_limit_s=300), steps)
+    t0 = time.perf_counter()
+    plan = planner.plan(inputs)
+    seconds = time.perf_counter() - t0
+    solver = next(iter(planner._solvers.values()))
+    lp, p = solver.lp, planner.parameter_vector(solver.lp, inputs)
+    np.savez(out_dir / "year.npz", a_start=lp.a_start, a_index=lp.a_index, a_value=lp.a_value,
+             cost=lp.cost.evaluate(p), cl=_inf(lp.col_lower.evaluate(p)), cu=_inf(lp.col_upper.evaluate(p)),
+             rl=_inf(lp.row_lower.evaluate(p)), ru=_inf(lp.row_upper.evaluate(p)))
+    print(json.dumps({"seconds": seconds, "build_ms": plan.solver.build_ms, "solve_ms": plan.solver.solve_ms,
+                      "objective": planner.last_objective, "cols": lp.num_col, "rows": lp.num_row,
+                      "months": int(inputs.billing_month[-1]) + 1, "slack": [s.constraint for s in plan.slack],
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def raw_child(out_dir: Path) -> None:
+    """Subprocess: the saved year LP passed from scratch to highspy (simplex); print JSON."""
+    d = np.load(out_dir / "year.npz")
+    t0 = time.perf_counter()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = len(d["cost"]), len(d["rl"])
+    model.col_cost_, model.col_lower_, model.col_upper_ = d["cost"], d["cl"], d["cu"]
+    model.row_lower_, model.row_upper_ = d["rl"], d["ru"]
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = d["a_start"], d["a_index"], d["a_value"]
+    h.passModel(model)
+    h.run()
+    seconds = time.perf_counter() - t0
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    print(json.dumps({"seconds": seconds, "objective": h.getInfo().objective_function_value,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(kind: str, out_dir: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, f"--{kind}-child", str(out_dir)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the year LP")
+    parser.add_argument("--replans", type=int, default=300)
+    parser.add_argument("--year-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.year_child:
+        return year_child(args.year_child)
+    if args.raw_child:
+        return raw_child(args.raw_child)
+
+    print(f"command: {sys.executable} {' '.join(sys.argv)}")
+    result: dict[str, float] = {}
+    for steps in (96, 192, 288):
+        r = bench_replan(steps, args.replans)
+        print(f"re-plan N={steps:3d} ({r['cols']} cols, {r['rows']} rows): planner median {r['median']:.2f} ms, "
+              f"p95 {r['p95']:.2f} ms (update+solve {r['update_solve_median']:.2f}); raw highspy median "
+              f"{r['raw_median']:.2f} ms, p95 {r['raw_p95']:.2f} ms; ratio {r['ratio']:.2f}")
+        for key in ("median", "p95", "raw_median", "ratio"):
+            name = {"median": "replan_ms_median", "p95": "replan_ms_p95", "raw_median": "raw_ms_median",
+                    "ratio": "replan_ratio"}[key]
+            result[f"{name}_{steps}"] = round(r[key], 3)
+    if not args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            year = run_child("year", Path(tmp))
+            raw = run_child("raw", Path(tmp))
+        assert abs(year["objective"] - raw["objective"]) <= 1e-6 * abs(raw["objective"]), (year, raw)
+        print(f"year LP ({year['cols']} cols, {year['rows']} rows, {year['months']} billing months): "
+              f"planner {year['seconds']:.2f} s (build {year['build_ms'] / 1e3:.2f} s, solve "
+              f"{year['solve_ms'] / 1e3:.2f} s), peak RSS {year['peak_mb']:.0f} MB; raw highspy "
+              f"{raw['seconds']:.2f} s, peak RSS {raw['peak_mb']:.0f} MB; ratio {year['seconds'] / raw['seconds']:.2f}")
+        result.update(year_lp_s=round(year["seconds"], 3), year_lp_peak_mb=round(year["peak_mb"], 1),
+                      year_lp_raw_s=round(raw["seconds"], 3), year_lp_ratio=round(year["seconds"] / raw["seconds"], 3))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""``ems plan``: plan a horizon for a site file and print it as a table (or the Plan JSON).
+
+PV: ``--series`` if given, else the clear-sky forecast scaled by the month's climatological
+clearness (no history here). Load: ``--series``, else the site file's ``simulation.load`` shift
+shape (``day_kw`` between ``day_start`` and ``day_end`` local time, ``night_kw`` otherwise,
+× ``sunday_factor`` on Sundays; noise ignored), else an error asking for ``--series``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ems.clock import WallClock
+from ems.yamlfile import load_model, read_yaml
+
+SERIES_COLUMNS = ("timestamp", "pv_kw", "load_kw")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``ems plan`` to the ``ems`` command."""
+    p = subparsers.add_parser("plan", help="plan a horizon for a site and print it",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="site YAML file")
+    p.add_argument("--start", help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
+    p.add_argument("--soc", type=float, help="SOC at the start [%% of usable capacity] (default: "
+                                             "simulation.initial_soc_pct)")
+    p.add_argument("--month-peak", type=float, default=0.0, help="peak import already reached this month [kW]")
+    p.add_argument("--series", type=Path, help="CSV timestamp,pv_kw,load_kw[,import_price,export_price]")
+    p.add_argument("--json", action="store_true", help="print the Plan JSON instead of the table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from optimizer.forecast import ForecastError
+    from optimizer.planner import PlannerError
+
+    try:
+        plan, currency, timezone = _make_plan(args)
+    except (ForecastError, PlannerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.to_json(indent=2) if args.json else render(plan, currency, timezone))
+    return 0
+
+
+def _make_plan(args: argparse.Namespace):
+    from optimizer.service import plan_for_site, site_grid
+    from optimizer.site import PlanningSiteView
+    from optimizer.tariff import load_tariff
+
+    site = load_model(PlanningSiteView, args.config)
+    simulation = (read_yaml(args.config) or {}).get("simulation") or {}
+    start = _parse_time(args.start) if args.start else (
+        _parse_time(str(simulation["start"])) if "start" in simulation else WallClock().now())
+    soc_pct = args.soc if args.soc is not None else simulation.get("initial_soc_pct")
+    if soc_pct is None:
+        raise ValueError("the start SOC is unknown: pass --soc PCT")
+    if not 0 <= soc_pct <= 100:
+        raise ValueError(f"--soc must be within 0..100 %, got {soc_pct}")
+    tariff = load_tariff(site.tariff, args.config.parent)
+    grid = site_grid(site, start)
+    overrides: dict[str, np.ndarray] = {}
+    if args.series:
+        overrides = read_series(args.series, grid.starts)
+    elif simulation.get("load"):
+        overrides["load_kw"] = shift_load(simulation["load"], grid.starts, site.site.timezone)
+    else:
+        raise ValueError("no load forecast without history: pass --series FILE.csv (timestamp,pv_kw,load_kw) "
+                         "or add a simulation.load shape to the site file")
+    plan = plan_for_site(site, tariff, start, site.battery.capacity_kwh * soc_pct / 100.0,
+                         month_peak_kw=args.month_peak, **overrides)
+    return plan, tariff.currency, site.site.timezone
+
+
+def _parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} needs a UTC offset, e.g. 2026-05-04T06:00:00+07:00")
+    return moment
+
+
+def read_series(path: Path, starts: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    """PV, load and optional prices of a CSV, one row per grid step start (other rows ignored).
+
+    Timestamps need an offset (or ``Z``); a grid step without a row, or an empty value, is an error.
+    """
+    frame = pd.read_csv(path)
+    missing = [c for c in SERIES_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(SERIES_COLUMNS)})")
+    try:
+        index = pd.DatetimeIndex(pd.to_datetime(frame["timestamp"], utc=False, format="ISO8601"))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: bad timestamp ({exc})") from exc
+    if index.tz is None:
+        raise ValueError(f"{path}: timestamps need a UTC offset")
+    frame.index = index.tz_convert("UTC")
+    columns = [c for c in ("pv_kw", "load_kw", "import_price", "export_price") if c in frame.columns]
+    aligned = frame[columns].reindex(starts)
+    bad = aligned.isna().any(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: no value for {int(bad.sum())} planning step(s), first at {starts[bad.argmax()]}")
+    return {c: aligned[c].to_numpy(dtype=float) for c in columns}
+
+
+def shift_load(shape: dict[str, Any], starts: pd.DatetimeIndex, timezone: str) -> np.ndarray:
+    """The simulated site's day/night load shape (``simulation.load``) at ``starts``. [kW]"""
+    local = starts.tz_convert(timezone)
+    day_start = time.fromisoformat(str(shape.get("day_start", "07:00")))
+    day_end = time.fromisoformat(str(shape.get("day_end", "19:00")))
+    minutes = local.hour * 60 + local.minute
+    on = (minutes >= day_start.hour * 60 + day_start.minute) & (minutes < day_end.hour * 60 + day_end.minute)
+    load = np.where(on, float(shape.get("day_kw", 0.0)), float(shape.get("night_kw", 0.0)))
+    return load * np.where(local.day_of_week == 6, float(shape.get("sunday_factor", 1.0)), 1.0)
+
+
+def render(plan, currency: str, timezone: str) -> str:
+    """A readable table of ``plan`` in local time, with totals."""
+    local = plan.starts.tz_convert(timezone)
+    cap = plan.capacity_kwh
+    head = (f"{'local time':<16} {'period':<8} {'imp/kWh':>8} {'exp/kWh':>8} {'PV kW':>8} {'load kW':>8} "
+            f"{'batt kW':>8} {'grid kW':>8} {'SOC %':>6} {'curt kW':>8}")
+    lines = [f"plan from {local[0]:%Y-%m-%d %H:%M} to {plan.end.tz_convert(timezone):%Y-%m-%d %H:%M} ({timezone}), "
+             f"source {plan.source}; battery + discharge, grid + import", head, "-" * len(head)]
+    period = plan.period or ("",) * len(plan)
+    for i in range(len(plan)):
+        soc = 100 * plan.soc_kwh[i] / cap if cap > 0 else float("nan")
+        lines.append(f"{local[i]:%m-%d %H:%M}      {period[i]:<8} {plan.import_price[i]:8.1f} "
+                     f"{plan.export_price[i]:8.1f} {plan.pv_kw[i]:8.1f} {plan.load_kw[i]:8.1f} "
+                     f"{plan.battery_kw[i]:8.1f} {plan.grid_kw[i]:8.1f} {soc:6.1f} {plan.curtail_kw[i]:8.1f}")
+    dt = plan.duration_h
+    o = plan.objective
+    lines += ["-" * len(head),
+              f"energy [kWh]: import {np.sum(dt * plan.import_kw):.1f}, export {np.sum(dt * plan.export_kw):.1f}, "
+              f"charge {np.sum(dt * plan.charge_kw):.1f}, discharge {np.sum(dt * plan.discharge_kw):.1f}, "
+              f"PV {np.sum(dt * plan.pv_kw):.1f} (curtailed {np.sum(dt * plan.curtail_kw):.1f}), "
+              f"load {np.sum(dt * plan.load_kw):.1f}; peak import {plan.import_kw.max():.1f} kW",
+              f"cost [{currency}]: energy {o.energy_cost:,.0f} − export {o.export_revenue:,.0f} + wear {o.wear:,.0f} "
+              f"+ demand {o.demand:,.0f} − terminal value {o.terminal_value:,.0f} + slack {o.slack_penalty:,.0f} "
+              f"= {o.total:,.0f}",
+              f"SOC {100 * plan.soc0_kwh / cap if cap > 0 else float('nan'):.1f} % → "
+              f"{100 * plan.soc_kwh[-1] / cap if cap > 0 else float('nan'):.1f} %; solver {plan.solver.status} "
+              f"(build {plan.solver.build_ms:.0f} ms, update {plan.solver.update_ms:.1f} ms, "
+              f"solve {plan.solver.solve_ms:.1f} ms)"]
+    lines += [f"SLACK {s.constraint}: up to {s.max_violation:.3f} {s.unit} at {len(s.steps)} step(s)" for s in plan.slack]
+    return "\n".join(lines)
