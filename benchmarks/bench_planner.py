@@ -34,9 +34,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizer.planner import Planner, PlanInputs, _inf  # noqa: E402
-from optimizer.site import BatterySpec, GridSpec, PlannerSettings  # noqa: E402
-from optimizer.timegrid import regular_grid  # noqa: E402
+from optimizer.planner import PlanInputs, Planner, _inf
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.timegrid import regular_grid
 
 BATTERY = BatterySpec(capacity_kwh=1000, max_charge_kw=500, max_discharge_kw=500, wear_cost_per_kwh=150)
 GRID = GridSpec(import_cap_kw=1000, export_cap_kw=0)
@@ -55,8 +55,8 @@ def synthetic(steps: int, seed: int = 1) -> dict[str, np.ndarray | pd.DatetimeIn
     pv = np.clip(900 * np.sin((hour - 6) / 12 * np.pi), 0, None) * cloud
     day = (hour >= 7) & (hour < 19) & (local.day_of_week < 6)
     load = np.where(day, 800, 300) * (1 + 0.05 * rng.standard_normal(steps))
-    price = np.where((hour < 4) | (hour >= 22), 1190, np.where(((hour >= 9.5) & (hour < 11.5)) | ((hour >= 17) & (hour < 20)),
-                                                                 3398, 1833)) * 1.08
+    peak = ((hour >= 9.5) & (hour < 11.5)) | ((hour >= 17) & (hour < 20))
+    price = np.where((hour < 4) | (hour >= 22), 1190, np.where(peak, 3398, 1833)) * 1.08  # VND/kWh incl. 8 % VAT
     month = local.year * 12 + local.month
     return {"starts": starts, "pv": pv, "load": np.clip(load, 0, None), "price": price.astype(float),
             "month": np.asarray(month - month[0])}

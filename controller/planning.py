@@ -37,6 +37,9 @@ from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
 
 log = logging.getLogger(__name__)
 
+ALIGNED_FRACTION = 0.02
+"""A plan made within this fraction of a step after its start plans that step whole. [-]"""
+
 
 def tou_rule_target(period: str, load_kw: float | None, pv_kw: float | None, battery: BatterySpec,
                     reason: str) -> Target | None:
@@ -255,10 +258,22 @@ class PlanKeeper:
 
     # ---------------------------------------------------------------------------------- making plans
 
+    def grid_from(self, now: datetime) -> TimeGrid:
+        """The planning grid from ``now``: a first step shortened to the rest of the running step (unless that
+        step has only just begun), then whole steps; always ``horizon_steps`` steps."""
+        s = self.settings
+        step = timedelta(minutes=s.step_minutes)
+        start = floor_to_step(now, s.step_minutes)
+        if now - start <= ALIGNED_FRACTION * step:
+            return regular_grid(start, s.horizon_steps, s.step_minutes)
+        starts = pd.DatetimeIndex([now] + [start + k * step for k in range(1, s.horizon_steps)]).tz_convert("UTC")
+        duration_h = np.full(s.horizon_steps, s.step_minutes / 60.0)
+        duration_h[0] = (start + step - now).total_seconds() / 3600.0
+        return TimeGrid(starts, duration_h)
+
     def inputs(self, now: datetime, site: SiteNow) -> PlanInputs:
         """PlanInputs for a plan starting at the step containing ``now`` (runs in the worker thread)."""
-        s = self.settings
-        grid = regular_grid(floor_to_step(now, s.step_minutes), s.horizon_steps, s.step_minutes)
+        grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         prices = self.tariff.prices(grid.starts)
         months = self.tariff.billing_months(grid.starts)

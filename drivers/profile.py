@@ -9,7 +9,7 @@ with :func:`encode`)::
 
     load_profile(name_or_path) -> Profile        # shipped name ("sunspec-meter") or a path; ConfigError on errors
     parse_profile(data, source) -> Profile       # same, from already-parsed YAML
-    decode(point, registers, sf=None) -> Decoded # Decoded(value, quality, detail); value None unless quality OK
+    decode(point, registers, sf=None, *, final=True) -> Decoded  # (value, quality, detail); value None unless OK
     encode(point, value, sf=None) -> list[int]   # exact inverse of decode, for server images and writes
     encode_sentinel(point) -> list[int]          # the "not implemented" image of a point
     combine(point, own, other) -> Decoded        # points with add / subtract / sign_from (decoded final=False)
@@ -399,11 +399,12 @@ def decode(point: Point, registers: Sequence[int], sf: int | None = None, *, fin
     """
     if len(registers) != point.count:
         raise ValueError(f"expected {point.count} registers, got {len(registers)}")
-    data = _to_bytes(registers, point.word_order or WordOrder.BIG)
     raw: int | float | str
-    if point.type is DataType.STRING:
+    if point.type is DataType.STRING:  # text is in register order whatever the word order of numbers
+        data = _to_bytes(registers, WordOrder.BIG)
         raw = data.split(b"\0", 1)[0].decode("latin-1").rstrip()
     else:
+        data = _to_bytes(registers, point.word_order or WordOrder.BIG)
         raw = struct.unpack(_LAYOUT[point.type][1], data)[0]
     if _is_sentinel(point, raw, data):
         shown = "NaN" if isinstance(raw, float) else f"0x{int.from_bytes(data, 'big'):X}"

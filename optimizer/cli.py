@@ -149,5 +149,6 @@ def render(plan, currency: str, timezone: str) -> str:
               f"{100 * plan.soc_kwh[-1] / cap if cap > 0 else float('nan'):.1f} %; solver {plan.solver.status} "
               f"(build {plan.solver.build_ms:.0f} ms, update {plan.solver.update_ms:.1f} ms, "
               f"solve {plan.solver.solve_ms:.1f} ms)"]
-    lines += [f"SLACK {s.constraint}: up to {s.max_violation:.3f} {s.unit} at {len(s.steps)} step(s)" for s in plan.slack]
+    lines += [f"SLACK {s.constraint}: up to {s.max_violation:.3f} {s.unit} at {len(s.steps)} step(s)"
+              for s in plan.slack]
     return "\n".join(lines)

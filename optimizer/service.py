@@ -13,7 +13,7 @@ import pandas as pd
 
 from optimizer.forecast import LoadForecaster, PVForecaster
 from optimizer.plan import Plan
-from optimizer.planner import Planner, PlanInputs
+from optimizer.planner import PlanInputs, Planner
 from optimizer.site import PlanningSite
 from optimizer.tariff import SiteTariff, Tariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid

@@ -45,7 +45,7 @@ def typical_week_start(frame: pd.DataFrame, timezone: str) -> int:
     Falls back to the first step when the period holds no whole week.
     """
     local = frame.index.tz_convert(timezone)
-    monday = (local.normalize() - pd.to_timedelta(local.weekday, unit="D")).tz_localize(None)
+    monday = (local.normalize() - pd.to_timedelta(local.day_of_week, unit="D")).tz_localize(None)
     energy = frame["pv_available_kw"].groupby(monday).sum()
     counts = frame["pv_available_kw"].groupby(monday).size()
     whole = energy[counts >= counts.max()] if len(counts) else energy

@@ -144,6 +144,7 @@ class StrategyResult:
     wall_s: float
     solve_s: float
     replans: int
+    planner_failures: list[tuple[str, str]] = field(default_factory=list)
 
     def energy(self) -> dict[str, float]:
         """Energy over the period [kWh]: the terms of PV + import = load + export + curtailment + losses + ΔSOC."""
@@ -253,7 +254,8 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         name=strategy.name, frame=frame, bill=bill, soc0_kwh=soc0, charged_kwh=model.charged_kwh,
         discharged_kwh=model.discharged_kwh, losses_kwh=model.losses_kwh,
         capacity_kwh=spec.capacity_kwh if battery else 0.0, wall_s=time.perf_counter() - t_start,
-        solve_s=strategy.solve_s, replans=strategy.replans)
+        solve_s=strategy.solve_s, replans=strategy.replans,
+        planner_failures=list(getattr(strategy, "failures", [])))
 
 
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
@@ -312,6 +314,8 @@ class RunResult:
                 "bill_total_incl_vat": r.bill.total, "bill_vat": r.bill.vat,
                 "energy_kwh": r.energy(), "monthly_bills": r.bill.to_dict()["months"],
                 "wall_s": r.wall_s, "solve_s": r.solve_s, "replans": r.replans,
+                "planner_failures": len(r.planner_failures),
+                "planner_failure_examples": r.planner_failures[:5],
             }
         return {
             "scenario": sc.name, "description": sc.description, "command": command,

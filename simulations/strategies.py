@@ -28,9 +28,12 @@ from controller.dispatch import Follow, Source, Target, plan_target
 from optimizer import policies
 from optimizer.forecast import LoadForecaster, PVForecaster
 from optimizer.plan import Plan
-from optimizer.planner import PlanInputs, Planner
+from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
+
+OFFLINE_TIME_LIMIT_S = 600.0
+"""Solver time limit for the whole-period LP of perfect foresight (the live limit is for one horizon). [s]"""
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,10 @@ class Mpc:
         self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
         self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country)
         self.history_steps = round(21 * 24 / float(data.duration_h[0]))  # the load forecaster's 3 weeks
+        self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
+        self.failures: list[tuple[str, str]] = []
+        self._last: tuple[int, Plan] | None = None
 
     def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
         """PV and load over the horizon starting at step ``t``. [kW]"""
@@ -196,10 +202,26 @@ class Mpc:
             export_price=d.export_price[t:t + h], soc0_kwh=ctx.soc_kwh, month_peak_kw=ctx.month_peak_kw,
             demand_charge_per_kw=float(d.demand_rate[t]), billing_month=months,
             max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw)
-        plan = self.planner.plan(inputs, created_at=now)
+        try:
+            plan = self.planner.plan(inputs, created_at=now)
+        except PlannerError as exc:
+            return self._fallback(t, now, ctx, exc)
         self.solve_s += plan.solver.solve_ms / 1e3
         self.replans += 1
+        self._last = (t, plan)
         return _follow(plan, 0, months == 0, ctx.month_peak_kw, d.demand_rate[t] > 0, self.grid_spec, self.tol_kw)
+
+    def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
+        """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
+        self.failures.append((now.isoformat(), f"{type(exc).__name__}: {exc}"))
+        if self._last is not None:
+            first, plan = self._last
+            i = t - first
+            if i < len(plan) and not plan.is_expired(now, self.valid_hours):
+                months = self.data.month[first:first + len(plan)] == self.data.month[t]
+                return _follow(plan, i, months, ctx.month_peak_kw, self.data.demand_rate[t] > 0, self.grid_spec,
+                               self.tol_kw)
+        return SelfConsumption().target(t, now, ctx)
 
 
 class PerfectForesight:
@@ -219,7 +241,8 @@ class PerfectForesight:
             demand_charge_per_kw=float(data.demand_rate[0]), billing_month=months)
         if np.any(data.demand_rate[:n] != data.demand_rate[0]):
             raise ValueError("perfect foresight needs one demand-charge rate over the period")
-        self.plan = Planner(battery, grid, settings, n).plan(inputs)
+        offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
+        self.plan = Planner(battery, grid, offline, n).plan(inputs)
         self.solve_s, self.replans = self.plan.solver.solve_ms / 1e3, 1
         self.month = months
         self.peaks = np.zeros(int(months[-1]) + 1)

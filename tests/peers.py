@@ -297,10 +297,15 @@ def sample_state(ts: datetime, i: int = 0, site: str = "demo-factory", mode: str
 
 
 def sample_plan(t0: datetime, steps: int = 4) -> dict[str, Any]:
-    """A plan as ``Plan.to_dict()`` gives it (columnar)."""
+    """A plan as ``Plan.to_dict()`` gives it (columnar, every series of ``optimizer.plan.SERIES``)."""
+    battery = [10.0 * k for k in range(steps)]
     return {"schema_version": "1.0", "created_at": t0.isoformat(), "source": "optimizer",
             "starts": [(t0 + timedelta(minutes=15 * k)).isoformat() for k in range(steps)],
             "soc0_kwh": 500.0, "capacity_kwh": 1000.0, "duration_h": [0.25] * steps,
-            "battery_kw": [10.0 * k for k in range(steps)], "grid_kw": [300.0] * steps,
-            "soc_kwh": [500.0 - 2.5 * k for k in range(1, steps + 1)], "period": ["normal"] * steps,
-            "objective": {"energy_cost": 1e6, "total": 9e5}, "solver": {"status": "optimal", "solve_ms": 40.0}}
+            "battery_kw": battery, "charge_kw": [0.0] * steps, "discharge_kw": battery,
+            "grid_kw": [300.0] * steps, "import_kw": [300.0] * steps, "export_kw": [0.0] * steps,
+            "soc_kwh": [500.0 - 2.5 * k for k in range(1, steps + 1)], "pv_kw": [400.0] * steps,
+            "curtail_kw": [0.0] * steps, "load_kw": [700.0] * steps, "import_price": [1833.0] * steps,
+            "export_price": [0.0] * steps, "period": ["normal"] * steps,
+            "objective": {"energy_cost": 1e6, "total": 9e5}, "solver": {"status": "optimal", "solve_ms": 40.0},
+            "slack": []}

@@ -102,6 +102,7 @@ def pt(**kw: object) -> Point:
     (pt(type="s16", scale=0.1, offset=-273.1), [2981], 25.0),
     (pt(type="string", length=3), [0x5348, 0x3130, 0x5254], "SH10RT"),
     (pt(type="string", length=4), [0x534D, 0x4100, 0x0000, 0x0000], "SMA"),
+    (pt(type="string", length=2, word_order="little"), [0x5348, 0x3130], "SH10"),  # text ignores word order
 ])
 def test_decode_known_answers(point: Point, registers: list[int], value: float | str) -> None:
     got = decode(point, registers)

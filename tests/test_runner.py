@@ -138,7 +138,7 @@ def test_no_look_ahead() -> None:
 def test_price_inputs_cover_one_horizon_past_the_period(result, scenario: Scenario) -> None:
     inputs = price_inputs(result.data, result.tariff, scenario.planner.horizon_steps)
     assert len(inputs.starts) == inputs.steps + 24
-    assert np.all(np.diff(inputs.starts.asi8) == 3_600_000_000_000)
+    assert np.all(np.diff(inputs.starts.as_unit("ns").asi8) == 3_600_000_000_000)
     assert inputs.month[0] == 0 and inputs.demand_rate.max() == 0.0
 
 

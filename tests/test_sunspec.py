@@ -72,8 +72,8 @@ def test_model_lengths_match_the_json_definitions() -> None:
 def test_decoding_applies_scale_factors_and_reads_unimplemented_as_none() -> None:
     image = sunspec.build_image([1, 103, 113], {
         1: {"Mn": "Acme", "SN": "A-1"},
-        103: {"W": 12345, "W_SF": -1, "A": 100, "Hz": 5002, "Hz_SF": -2, "WH": 7, "WH_SF": 3, "St": 4,
-              "PhVphA": 2301},     # V_SF left unimplemented: PhVphA is missing, not 2301
+        103: {"W": sunspec.scaled(1234.5, -1), "W_SF": -1, "A": 100, "Hz": 5002, "Hz_SF": -2, "WH": 7,
+              "WH_SF": 3, "St": 4, "PhVphA": 2301},     # V_SF left unimplemented: PhVphA is missing, not 2301
         113: {"W": 1500.5},       # float model: unset floats are NaN
     })
     regs = image.registers

@@ -34,10 +34,6 @@ class DeviceFaults:
     sentinel_points: set[str] | None = None  # None: off; empty set: every measured point
     overrides: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def any(self) -> bool:
-        return self != DeviceFaults()
-
 
 class Faults:
     """Faults by device name; ``on_change`` runs after every change (the site reconciles its servers)."""
@@ -79,9 +75,9 @@ class Faults:
         self.of(device).delay_s = delay_s
         self._changed()
 
-    def sentinel(self, device: str, points: Iterable[str] | None = None, on: bool = True) -> None:
+    def sentinel(self, device: str, points: Iterable[str] | None = None) -> None:
         """Serve ``points`` (default: every measured point) as not implemented."""
-        self.of(device).sentinel_points = (set(points or ())) if on else None
+        self.of(device).sentinel_points = set(points or ())
         self._changed()
 
     def out_of_range(self, device: str, point: str, value: float | None) -> None:

@@ -139,7 +139,8 @@ class SimulatedSite:
             by_port.setdefault((d.endpoint.host, d.endpoint.port), []).append(image)
         self.servers = [DeviceServer(host, port, images, self.faults) for (host, port), images in by_port.items()]
         self._task: asyncio.Task[None] | None = None
-        self._reconciling: asyncio.Task[None] | None = None
+        self._reconciles: set[asyncio.Task[None]] = set()
+        self._reconcile_lock = asyncio.Lock()
         self._last_mono = 0.0
 
     @classmethod
@@ -170,22 +171,21 @@ class SimulatedSite:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> dict[str, Endpoint]:
-        """Take a first plant step, start every server and the stepping task; returns the endpoints."""
+        """Take a first plant step, start the stepping task and every server not offline; returns the endpoints."""
         self._last_mono = self.clock.monotonic()
         self.step(0.0)
-        for server in self.servers:
-            await server.start()
         self._task = asyncio.create_task(self._run(), name="simulated-site")
+        await self.reconcile()
         return self.endpoints
 
     async def stop(self) -> None:
         """Stop stepping and close every server."""
-        for task in (self._task, self._reconciling):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._reconciling = None
+        tasks = [t for t in (self._task, *self._reconciles) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for server in self.servers:
             await server.stop()
 
@@ -201,16 +201,18 @@ class SimulatedSite:
                 log.exception("simulated site step failed")
 
     def _faults_changed(self) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop: servers are reconciled at start
-            loop = asyncio.get_running_loop()
-            self._reconciling = loop.create_task(self.reconcile())
+        with contextlib.suppress(RuntimeError):  # no running loop yet: start() reconciles
+            task = asyncio.get_running_loop().create_task(self.reconcile())
+            self._reconciles.add(task)
+            task.add_done_callback(self._reconciles.discard)
 
     async def reconcile(self) -> None:
         """Bring the servers in line with the offline faults (stop a port whose devices are all offline)."""
-        if self._task is None:
-            return
-        for server in self.servers:
-            await server.reconcile()
+        async with self._reconcile_lock:
+            if self._task is None:
+                return
+            for server in self.servers:
+                await server.reconcile()
 
     # --- one step --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,66 @@
+"""plan_for_site and ``ems plan`` on the example site file (real tariff preset, real forecasts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ems.cli import main
+from ems.yamlfile import load_model
+from optimizer.forecast import ForecastError
+from optimizer.service import plan_for_site
+from optimizer.site import PlanningSiteView
+from optimizer.tariff import load_tariff
+
+SITE_FILE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "simulated-site.yaml"
+START = datetime(2026, 5, 4, 0, 7, tzinfo=UTC)  # 07:07 local; the horizon starts at 07:00
+
+
+@pytest.fixture(scope="module")
+def site() -> PlanningSiteView:
+    return load_model(PlanningSiteView, SITE_FILE)
+
+
+def test_plan_for_site_uses_tariff_prices_and_periods(site):
+    tariff = load_tariff(site.tariff, SITE_FILE.parent)
+    plan = plan_for_site(site, tariff, START, 500.0, load_kw=np.full(96, 600.0))
+    assert plan.starts[0] == pd.Timestamp("2026-05-04T00:00Z") and len(plan) == 96
+    assert set(plan.period) == {"off_peak", "normal", "peak"}
+    peak = np.array(plan.period) == "peak"
+    assert plan.import_price[peak].min() > plan.import_price[~peak].max()  # gross prices from the preset
+    assert plan.pv_kw.max() > 100  # clear-sky forecast at midday in May
+    np.testing.assert_allclose(plan.export_kw, 0, atol=1e-6)  # zero-export site
+    with pytest.raises(ForecastError):
+        plan_for_site(site, tariff, START, 500.0)  # no load history, no load given
+
+
+def test_cli_json_with_a_series_overriding_prices(tmp_path, capsys):
+    starts = pd.date_range("2026-05-04T07:00+07:00", periods=96, freq="15min")
+    price = np.where(np.arange(96) < 48, 1000.0, 3000.0)
+    pd.DataFrame({"timestamp": [s.isoformat() for s in starts], "pv_kw": 0.0, "load_kw": 400.0,
+                  "import_price": price, "export_price": 0.0}).to_csv(tmp_path / "s.csv", index=False)
+    code = main(["plan", "--config", str(SITE_FILE), "--start", "2026-05-04T07:00+07:00", "--soc", "10",
+                 "--series", str(tmp_path / "s.csv"), "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["import_price"] == price.tolist() and data["soc0_kwh"] == pytest.approx(100.0)
+    charge, discharge = np.array(data["charge_kw"]), np.array(data["discharge_kw"])
+    assert charge[:48].sum() > 0 and discharge[48:].sum() > 0 and charge[48:].sum() < 1e-6  # cheap first half
+
+
+def test_cli_table_and_clear_errors(tmp_path, capsys):
+    assert main(["plan", "--config", str(SITE_FILE)]) == 0
+    out = capsys.readouterr().out
+    assert "local time" in out and "cost [VND]" in out and "05-04 06:00" in out
+    bare = yaml.safe_load(SITE_FILE.read_text())
+    del bare["simulation"]
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(bare))
+    args = ["plan", "--config", str(tmp_path / "site.yaml"), "--soc", "50", "--start", "2026-05-04T07:00+07:00"]
+    assert main(args) == 2
+    assert "--series" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Sizing sweeps: ranges, one process, two processes and a local Dask cluster give the same table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulations.scenario import Scenario, load_scenario
+from simulations.sweep import parse_range, sweep, write_sweep
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "simulations" / "scenarios"
+
+
+def test_parse_range() -> None:
+    assert parse_range("0:2000:250") == [0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000]
+    assert parse_range("500") == [500.0]
+    assert parse_range("0,500,1500") == [0.0, 500.0, 1500.0]
+    for bad in ("0:10", "10:0:5", "0:10:0", "-5"):
+        with pytest.raises(ValueError):
+            parse_range(bad)
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    base = load_scenario(SCENARIOS / "nam-cau-kien-qd963.yaml")
+    data = base.model_dump()
+    data["planner"].update(step_minutes=60)
+    data["data"].update(start="2026-06-01", days=2)
+    out = Scenario.model_validate(data)
+    out._base_dir = base.base_dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial(scenario: Scenario) -> pd.DataFrame:
+    return sweep(scenario, [0, 1000], [0, 1000], "perfect_foresight", workers=1)
+
+
+def test_sweep_table(serial: pd.DataFrame, scenario: Scenario, tmp_path: Path) -> None:
+    assert list(zip(serial["pv_kwp"], serial["battery_kwh"], strict=True)) == [(0, 0), (0, 1000), (1000, 0),
+                                                                               (1000, 1000)]
+    none = serial.iloc[0]
+    assert none["savings_vs_no_system"] == pytest.approx(0.0, abs=1e-6) and none["capex"] == 0
+    both = serial.iloc[3]
+    assert both["savings_vs_no_system"] > serial.iloc[2]["savings_vs_no_system"] > 0
+    assert both["battery_kw"] == pytest.approx(500)
+    paths = write_sweep(serial, tmp_path, scenario, "ems sweep x", "VND")
+    assert pd.read_csv(paths["table"]).shape[0] == 4
+    assert paths["payback"].stat().st_size > 0 and (tmp_path / "npv.svg").is_file()
+    assert "<svg" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_two_processes_give_the_same_table(serial: pd.DataFrame, scenario: Scenario) -> None:
+    parallel = sweep(scenario, [0, 1000], [0, 1000], "perfect_foresight", workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+
+
+def test_local_dask_cluster_gives_the_same_table(serial: pd.DataFrame, scenario: Scenario) -> None:
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster:
+        table = sweep(scenario, [0, 1000], [0, 1000], "perfect_foresight", dask_address=cluster.scheduler_address)
+    pd.testing.assert_frame_equal(serial, table)
