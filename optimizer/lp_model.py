@@ -130,8 +130,8 @@ class AffineVector:
 
     @property
     def varying(self) -> np.ndarray:
-        """Indices of entries that depend on at least one parameter (sorted, int32)."""
-        return np.unique(self.target).astype(np.int32)
+        """Mask of entries that depend on at least one parameter."""
+        return np.bincount(self.target, minlength=len(self.base)) > 0
 
     def evaluate(self, p: np.ndarray) -> np.ndarray:
         """The vector at parameter values ``p``."""

@@ -182,9 +182,9 @@ class _Solver:
         model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
         if self.highs.passModel(model) == highspy.HighsStatus.kError:
             raise SolverFailed("HiGHS rejected the model")
-        self._cols_cost = lp.cost.varying
-        self._cols_bound = np.union1d(lp.col_lower.varying, lp.col_upper.varying).astype(np.int32)
-        self._rows = np.union1d(lp.row_lower.varying, lp.row_upper.varying).astype(np.int32)
+        self._cols_cost = np.flatnonzero(lp.cost.varying).astype(np.int32)
+        self._cols_bound = np.flatnonzero(lp.col_lower.varying | lp.col_upper.varying).astype(np.int32)
+        self._rows = np.flatnonzero(lp.row_lower.varying | lp.row_upper.varying).astype(np.int32)
         self._fresh = True
 
     def update(self, params: np.ndarray) -> None:

@@ -80,7 +80,9 @@ def test_state_lines_schema() -> None:
 def test_plan_and_alarm_lines() -> None:
     lines = plan_lines("s", sample_plan(T0))
     t = to_ms(T0)
-    assert lines[2] == f'ems_plan,site=s duration_h=0.25,battery_kw=20.0,grid_kw=300.0,period="normal" {t + 1_800_000}'
+    assert lines[2] == (f"ems_plan,site=s duration_h=0.25,battery_kw=20.0,charge_kw=0.0,discharge_kw=20.0,"
+                        f"grid_kw=300.0,import_kw=300.0,export_kw=0.0,pv_kw=400.0,curtail_kw=0.0,load_kw=700.0,"
+                        f'import_price=1833.0,export_price=0.0,period="normal" {t + 1_800_000}')
     soc = [line for line in lines if "soc_kwh" in line]
     assert soc[0] == f"ems_plan,site=s soc_kwh=500.0,soc_pct=50.0 {t}"          # soc0 at the first start
     assert soc[1] == f"ems_plan,site=s soc_kwh=497.5,soc_pct=49.75 {t + 900_000}"  # end of step 0

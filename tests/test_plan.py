@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,3 +64,22 @@ def test_step_at_and_expiry(plan):
     assert not plan.is_expired(START + timedelta(minutes=59), 1.0) and plan.is_expired(START + timedelta(hours=1), 1.0)
     with pytest.raises(ValueError):
         plan.step_at(datetime(2026, 5, 4))
+
+
+def test_json_matches_the_documented_schema(plan):
+    """The JSON Schema in docs/plan.md accepts real plans (LP and policy) and rejects a broken one."""
+    import jsonschema
+
+    from optimizer import policies
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plan.md").read_text(encoding="utf-8")
+    schema = json.loads(doc.split("```json", 1)[1].split("```", 1)[0])
+    jsonschema.validate(json.loads(plan.to_json()), schema)
+    inputs = PlanInputs(grid=regular_grid(START, 2, 60), pv_kw=np.zeros(2), load_kw=np.ones(2),
+                        import_price=np.ones(2), export_price=np.zeros(2), soc0_kwh=5.0)
+    battery = BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=5)
+    jsonschema.validate(policies.no_battery(inputs, battery, GridSpec(), PlannerSettings()).to_dict(), schema)
+    broken = plan.to_dict()
+    broken["charge_kw"][0] = -1.0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)

@@ -1,0 +1,179 @@
+"""Benchmark of the offline studies (docs/simulation.md § Benchmark).
+
+Measures, in one run:
+
+1. baseline: a bare loop handing each re-plan's new costs and bounds to one persistent ``highspy.Highs``
+   holding the planner's own LP (a year of 15-minute steps, 24 h horizon, perfect forecasts);
+2. the runner's year of 15-minute MPC with forecasts fed only the past (planner + forecasters +
+   dispatcher + plant) under the legacy windows, with the share of its time spent inside HiGHS;
+3. the perfect-foresight year (one LP over 35,040 steps, built and solved);
+4. a sizing sweep with 1 and with 2 worker processes;
+5. on the Nam Cau Kien scenario, the share of the perfect-foresight battery value (PV-only bill − bill
+   with the battery) that MPC with forecasts captures, under the legacy and the Decision 963 windows.
+
+Run:  .venv/bin/python benchmarks/bench_simulation.py [--days N] [--sweep-days N]
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import highspy
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from optimizer.planner import PlanInputs, Planner  # noqa: E402
+from simulations.runner import load_data, make_strategy, price_inputs, run  # noqa: E402
+from simulations.scenario import Scenario, load_scenario  # noqa: E402
+from simulations.sweep import sweep  # noqa: E402
+
+SCENARIOS = ROOT / "simulations" / "scenarios"
+
+
+def scenario_for(name: str, days: int | None) -> Scenario:
+    """A shipped scenario, optionally cut to its first ``days`` days."""
+    base = load_scenario(SCENARIOS / f"{name}.yaml")
+    if days is None:
+        return base
+    data = base.model_dump()
+    data["data"]["days"] = days
+    out = Scenario.model_validate(data)
+    out._base_dir = base.base_dir
+    return out
+
+
+def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
+    """Baseline: the planner's LP in one persistent Highs; per step only numpy updates + changeCols/Rows + run."""
+    from optimizer.tariff import load_tariff
+
+    series = load_data(scenario)
+    tariff = load_tariff(scenario.tariff.ref(), scenario.base_dir).bind(scenario.site.timezone)
+    data = price_inputs(series, tariff, scenario.planner.horizon_steps)
+    h_steps = scenario.planner.horizon_steps
+    battery = scenario.battery.spec()
+    planner = Planner(battery, scenario.grid, scenario.planner, h_steps)
+    lp = planner.affine_lp(data.duration_h[:h_steps], demand=False)
+
+    def inputs(t: int, soc: float) -> PlanInputs:
+        return PlanInputs(grid=data.grid(t, h_steps), pv_kw=data.pv_kw[t:t + h_steps],
+                          load_kw=data.load_kw[t:t + h_steps], import_price=data.import_price[t:t + h_steps],
+                          export_price=data.export_price[t:t + h_steps], soc0_kwh=soc)
+
+    p = planner.parameter_vector(lp, inputs(0, battery.capacity_kwh / 2))
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
+    def finite(v: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(v) >= 1e20, np.sign(v) * highspy.kHighsInf, v)
+
+    model.col_cost_ = lp.cost.evaluate(p)
+    model.col_lower_, model.col_upper_ = finite(lp.col_lower.evaluate(p)), finite(lp.col_upper.evaluate(p))
+    model.row_lower_, model.row_upper_ = finite(lp.row_lower.evaluate(p)), finite(lp.row_upper.evaluate(p))
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
+    highs.passModel(model)
+    cols_cost = lp.cost.varying
+    cols_bound = np.union1d(lp.col_lower.varying, lp.col_upper.varying).astype(np.int32)
+    rows = np.union1d(lp.row_lower.varying, lp.row_upper.varying).astype(np.int32)
+    sl = lp.param_slices
+    soc_col = lp.col_of["soc"][0]
+    soc = battery.capacity_kwh / 2
+    run_s = 0.0
+    t0 = time.perf_counter()
+    for t in range(data.steps):
+        p[sl["pv"]] = np.round(data.pv_kw[t:t + h_steps], 6)
+        p[sl["load_kw"]] = np.round(data.load_kw[t:t + h_steps], 6)
+        p[sl["c_imp"]] = data.import_price[t:t + h_steps]
+        p[sl["soc0"]] = soc
+        c = lp.cost.evaluate(p)
+        highs.changeColsCost(len(cols_cost), cols_cost, c[cols_cost])
+        lo, hi = finite(lp.col_lower.evaluate(p)), finite(lp.col_upper.evaluate(p))
+        highs.changeColsBounds(len(cols_bound), cols_bound, lo[cols_bound], hi[cols_bound])
+        rl, ru = finite(lp.row_lower.evaluate(p)), finite(lp.row_upper.evaluate(p))
+        highs.changeRowsBounds(len(rows), rows, rl[rows], ru[rows])
+        r0 = time.perf_counter()
+        highs.run()
+        run_s += time.perf_counter() - r0
+        soc = float(highs.getSolution().col_value[soc_col])
+    total = time.perf_counter() - t0
+    return {"steps": data.steps, "total_s": total, "highs_s": run_s}
+
+
+def strategy_year(name: str, days: int | None) -> dict[str, float]:
+    """MPC (forecasts) and perfect foresight on one scenario: timings and the battery value ratio."""
+    scenario = scenario_for(name, days)
+    t0 = time.perf_counter()
+    result = run(scenario, strategies=["pv_only", "mpc", "perfect_foresight"])
+    wall = time.perf_counter() - t0
+    bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
+    mpc = result.results["mpc"]
+    value_pf = bill["pv_only"] - bill["perfect_foresight"]
+    value_mpc = bill["pv_only"] - bill["mpc"]
+    tariff = result.tariff
+    t1 = time.perf_counter()
+    make_strategy("perfect_foresight", scenario, result.inputs, tariff)
+    pf_s = time.perf_counter() - t1
+    return {"steps": result.inputs.steps, "run_all_s": wall, "mpc_s": mpc.wall_s, "mpc_highs_s": mpc.solve_s,
+            "mpc_replans": mpc.replans, "mpc_failures": len(mpc.planner_failures), "perfect_s": pf_s,
+            "value_pf": value_pf, "value_mpc": value_mpc, "value_ratio": value_mpc / value_pf if value_pf else None}
+
+
+def sweep_speedup(days: int) -> dict[str, float]:
+    """A 2 × 2 sizing sweep (perfect foresight per cell) with 1 and with 2 worker processes."""
+    scenario = scenario_for("nam-cau-kien-qd963", days)
+    pv, battery = [500.0, 1000.0], [500.0, 1000.0]
+    t0 = time.perf_counter()
+    one = sweep(scenario, pv, battery, "perfect_foresight", workers=1)
+    t1 = time.perf_counter()
+    two = sweep(scenario, pv, battery, "perfect_foresight", workers=2)
+    t2 = time.perf_counter()
+    assert one.equals(two)
+    return {"cells": len(one), "one_worker_s": t1 - t0, "two_workers_s": t2 - t1, "speedup": (t1 - t0) / (t2 - t1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=None, help="simulate only the first N days (default: the year)")
+    parser.add_argument("--sweep-days", type=int, default=28, help="period of each sweep cell [days]")
+    args = parser.parse_args()
+    command = "python benchmarks/bench_simulation.py" + (f" --days {args.days}" if args.days else "") + (
+        f" --sweep-days {args.sweep_days}" if args.sweep_days != 28 else "")
+    print(f"reproduce: {command}")
+    base = bare_highspy_loop(scenario_for("nam-cau-kien-legacy", args.days))
+    print(f"baseline bare persistent-highspy loop: {base['steps']} re-plans in {base['total_s']:.1f} s "
+          f"({base['highs_s'] / base['total_s']:.0%} inside HiGHS.run)")
+    legacy = strategy_year("nam-cau-kien-legacy", args.days)
+    print(f"MPC with forecasts, legacy windows: {legacy['mpc_replans']} re-plans in {legacy['mpc_s']:.1f} s "
+          f"(target ≤ 30 s), {legacy['mpc_highs_s'] / legacy['mpc_s']:.0%} inside HiGHS; "
+          f"{legacy['mpc_s'] / base['total_s']:.2f}× the baseline; {legacy['mpc_failures']} planner failures")
+    print(f"perfect-foresight LP over {legacy['steps']} steps: {legacy['perfect_s']:.1f} s (target ≤ 15 s)")
+    print(f"battery value (PV-only bill − bill), legacy: MPC {legacy['value_mpc']:,.0f}, perfect foresight "
+          f"{legacy['value_pf']:,.0f} → ratio {legacy['value_ratio']:.3f} (target ≥ 0.95)")
+    qd963 = strategy_year("nam-cau-kien-qd963", args.days)
+    print(f"battery value, Decision 963: MPC {qd963['value_mpc']:,.0f}, perfect foresight {qd963['value_pf']:,.0f} "
+          f"→ ratio {qd963['value_ratio']:.3f} (target ≥ 0.95); MPC {qd963['mpc_s']:.1f} s")
+    sw = sweep_speedup(args.sweep_days)
+    print(f"sweep of {sw['cells']} cells × {args.sweep_days} days: 1 worker {sw['one_worker_s']:.1f} s, "
+          f"2 workers {sw['two_workers_s']:.1f} s → {sw['speedup']:.2f}× (target ≥ 1.7×)")
+    print(json.dumps({
+        "command": command, "steps": legacy["steps"],
+        "baseline_bare_highspy_s": base["total_s"], "baseline_highs_share": base["highs_s"] / base["total_s"],
+        "mpc_year_s": legacy["mpc_s"], "mpc_year_highs_share": legacy["mpc_highs_s"] / legacy["mpc_s"],
+        "mpc_vs_baseline": legacy["mpc_s"] / base["total_s"], "mpc_planner_failures": legacy["mpc_failures"],
+        "perfect_year_s": legacy["perfect_s"], "sweep_1w_s": sw["one_worker_s"], "sweep_2w_s": sw["two_workers_s"],
+        "sweep_speedup_2w": sw["speedup"], "mpc_value_ratio_legacy": legacy["value_ratio"],
+        "mpc_value_ratio_963": qd963["value_ratio"], "mpc_963_s": qd963["mpc_s"],
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
