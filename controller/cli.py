@@ -85,6 +85,10 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         clock = WallClock()
     controller = Controller.from_config(config, path, clock, state_directory=state_directory, forecasts=forecasts)
     print(f"controller for {config.site.name}: state in {controller.store.path}", flush=True)
+    telemetry = await controller.start_telemetry()
+    if telemetry.dashboard is not None:
+        dash = config.telemetry.dashboard
+        print(f"dashboard: http://{dash.host}:{telemetry.dashboard.port}/", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stop)
@@ -93,6 +97,7 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
     finally:
         if site is not None:
             battery = next(i for i in site.images.values() if i.role is Role.BATTERY)
-            print(f"simulated battery setpoint at exit: {battery.setpoint('battery_setpoint_kw')} kW", flush=True)
+            print(f"simulated battery setpoint at exit: {battery.value('battery_setpoint_kw')} kW "
+                  f"(acting: {battery.setpoint('battery_setpoint_kw')})", flush=True)
             await site.stop()
     return 0

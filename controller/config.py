@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
@@ -76,20 +76,21 @@ class SiteConfig(PlanningSite):
     telemetry: TelemetrySettings = TelemetrySettings()
     simulation: SimulationConfig | None = None
 
-    @model_validator(mode="after")
-    def _devices(self) -> SiteConfig:
-        names = [d.name for d in self.devices]
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
+        names = [d.name for d in devices]
         problems = []
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             problems.append(f"device names must be unique; repeated: {', '.join(repeated)}")
         for role in Role:
-            count = sum(d.role is role for d in self.devices)
+            count = sum(d.role is role for d in devices)
             if count != 1:
                 problems.append(f"exactly one device with role {role.value} is needed, found {count}")
         if problems:
             raise ValueError("; ".join(problems))
-        return self
+        return devices
 
     def device(self, role: Role) -> DeviceConfig:
         """The device serving ``role``."""

@@ -46,6 +46,7 @@ from controller.planning import (
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import DemandTracker, EnergyCounters, StateStore
+from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from drivers.device import ModbusDevice
 from drivers.profile import load_profile, profile_path
 from drivers.roles import Role
@@ -60,6 +61,8 @@ from optimizer.timegrid import floor_to_step
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.sqlite"
+PLAN_TIMEOUT_MARGIN_S = 1.0
+"""Real seconds beyond twice the solver's time limit a planning attempt (forecasts, build, solve) may take."""
 MAX_ACCOUNTED_GAP_CYCLES = 5
 """A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
 
@@ -135,6 +138,7 @@ class Controller:
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None
         self._stop = asyncio.Event()
         self._zone = ZoneInfo(config.site.timezone)
+        self.telemetry: Telemetry | None = None
         self._restore(now)
 
     @classmethod
@@ -287,7 +291,10 @@ class Controller:
         heartbeat = last is not None and mono - last[1] >= self.config.control.heartbeat_s
         if last is not None and abs(value - last[0]) < deadband and not heartbeat and not (value == 0 != last[0]):
             value = last[0]
-        result = await device.write(point, value, force=heartbeat)
+        try:
+            result = await device.write(point, value, force=heartbeat)
+        except KeyError as exc:  # SunSpec points have no address until the device has been discovered
+            return f"{device.name}: {point}: {exc}"
         if not result.ok:
             self._written.pop(point, None)
             return f"{device.name}: {point}={value:g}: {result.detail}"
@@ -454,7 +461,7 @@ class Controller:
         self._last_plan_try = self.clock.monotonic()
         self._replan_until = None
         self._deviation_since = None
-        timeout_s = self.config.planner.time_limit_s * 2 + 5.0
+        timeout_s = self.config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S
         outcome = await self.plans.replan(now, site, timeout_s)
         if outcome.plan is None:
             self._raise("planner_failed", f"{outcome.error.value if outcome.error else ''}: {outcome.detail}", now)
@@ -482,9 +489,25 @@ class Controller:
         """Ask :meth:`run` to finish (signal handlers call this)."""
         self._stop.set()
 
+    def _telemetry_alarm(self, code: str, active: bool, message: str) -> None:
+        if active:
+            self._raise(code, message, self.clock.now())
+        else:
+            self._clear(code, self.clock.now())
+
+    async def start_telemetry(self) -> Telemetry:
+        """Start the enabled telemetry sinks (InfluxDB, MQTT, dashboard) on this controller's bus; idempotent."""
+        if self.telemetry is None:
+            ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
+                                   apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
+                                   on_alarm=self._telemetry_alarm)
+            self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
+        return self.telemetry
+
     async def run(self, duration_s: float | None = None) -> None:
         """Run cycles until :meth:`stop` (or for ``duration_s`` site seconds), then shut down safely."""
         ctl = self.config.control
+        await self.start_telemetry()
         planning = asyncio.create_task(self._planning_task(), name="planning")
         started = self.clock.monotonic()
         try:
@@ -508,6 +531,21 @@ class Controller:
             planning.cancel()
             await asyncio.gather(planning, return_exceptions=True)
             await self.shutdown()
+            if self.telemetry is not None:
+                await self.telemetry.aclose()
+
+    @staticmethod
+    async def _zero_battery(battery: ModbusDevice) -> None:
+        """Write 0 kW (discovering the device first if it never answered)."""
+        try:
+            if battery.online is not True:
+                await battery.poll()
+            result = await battery.write("battery_setpoint_kw", 0.0, force=True)
+        except KeyError as exc:
+            log.error("shutdown: battery unreachable, setpoint 0 kW not written: %s", exc)
+            return
+        if not result.ok:
+            log.error("shutdown: battery setpoint 0 kW not confirmed: %s", result.detail)
 
     async def shutdown(self) -> None:
         """Battery to 0 kW, remote control released, state saved."""
@@ -515,10 +553,11 @@ class Controller:
         now = self.clock.now()
         battery = self.devices.get(Role.BATTERY)
         if battery is not None:
-            result = await battery.write("battery_setpoint_kw", 0.0, force=True)
-            if not result.ok:
-                log.error("shutdown: battery setpoint 0 kW not confirmed: %s", result.detail)
+            await self._zero_battery(battery)
         for device in self.devices.values():
+            if device.online is not True:
+                log.error("shutdown: %s unreachable, remote control not released", device.name)
+                continue
             for result in await device.leave_remote_control():
                 if not result.ok:
                     log.error("shutdown: %s did not leave remote control: %s", device.name, result.detail)

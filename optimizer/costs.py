@@ -105,18 +105,31 @@ def month_floors_kw(inputs: PlanInputs) -> np.ndarray:
     return peak.copy()
 
 
+def slack_penalty_per_kwh(inputs: PlanInputs, settings: PlannerSettings) -> float:
+    """Penalty P on every slack: the setting, raised so that breaking a soft constraint never pays. [currency/kWh]
+
+    One kWh of SOC violation for one step (cost P·dt) can at best buy one kWh at the highest |price|
+    (/η < 2) or cut a month peak by 1/dt kW (rate/dt). P is raised to at least
+    10 × (max |price| / dt_min + demand rate / dt_min²), which covers both with margin.
+    """
+    dt_min = float(np.min(inputs.grid.duration_h))
+    price = max(float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
+    floor = 10.0 * (price / dt_min + inputs.demand_charge_per_kw / dt_min**2)
+    return max(settings.soc_slack_penalty_per_kwh, floor)
+
+
 def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
              settings: PlannerSettings) -> tuple[Objective, tuple[SlackUse, ...]]:
     """Price ``schedule`` on the planner's objective and list the soft constraints it breaks.
 
-    Penalties (``settings.soc_slack_penalty_per_kwh`` = P): P·dt per kWh of SOC outside the window
+    Penalties (P = :func:`slack_penalty_per_kwh`): P·dt per kWh of SOC outside the window
     per step, P·dt per kW above an import or export cap, P·dt₀ per kW of first-step battery power
     away from ``inputs.fixed_battery_kw``. The demand term is ``rate × max(0, peak import − peak so
     far)`` per billing month, with per-step average import as the demand measure.
     """
     dt = np.asarray(inputs.grid.duration_h, dtype=float)
     s = schedule
-    pen = settings.soc_slack_penalty_per_kwh
+    pen = slack_penalty_per_kwh(inputs, settings)
     energy_cost = float(np.sum(dt * inputs.import_price * s.import_kw))
     export_revenue = float(np.sum(dt * inputs.export_price * s.export_kw))
     wear = float(battery.wear_cost_per_kwh * np.sum(dt * (s.charge_kw + s.discharge_kw)))

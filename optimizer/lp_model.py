@@ -31,11 +31,10 @@ INF = 1e20
 #: entry per step, the others one entry.
 STEP_PARAMS = ("pv", "load_kw", "c_imp", "c_exp", "ch_max", "dis_max", "imp_cap", "exp_cap",
                "peak_floor", "peak_cost", "peak_reset")
-SCALAR_PARAMS = ("soc0", "tv", "c_wear", "fix_on", "fix_kw")
+SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 
-def build_model(duration_h: np.ndarray, battery: BatterySpec, penalty_per_kwh: float,
-                demand: bool = True) -> pyo.ConcreteModel:
+def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = True) -> pyo.ConcreteModel:
     """Write the dispatch LP for a fixed grid of steps.
 
     Parameters
@@ -44,8 +43,6 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, penalty_per_kwh: f
         Duration of each step. [h]
     battery : BatterySpec
         Efficiencies, SOC window and standby loss (fixed for the model's life).
-    penalty_per_kwh : float
-        Cost of every slack variable per kWh of violation. [currency/kWh]
     demand : bool
         Include the running-peak variables of the demand charge.
 
@@ -62,7 +59,6 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, penalty_per_kwh: f
         raise ValueError("the model needs at least one step")
     eta_c, eta_d = battery.charge_efficiency, battery.discharge_efficiency
     standby = battery.standby_loss_kw
-    pen = float(penalty_per_kwh)
 
     m = pyo.ConcreteModel(name="ems_dispatch")
     m.T = pyo.RangeSet(0, n - 1)
@@ -103,18 +99,18 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, penalty_per_kwh: f
 
     def step_cost(t):
         yield dt[t] * m.c_imp[t] * m.imp[t]
-        yield (dt[t] * m.c_imp[t] + dt[t] * pen) * m.over[t]
+        yield (dt[t] * m.c_imp[t] + dt[t] * m.pen) * m.over[t]
         yield -dt[t] * m.c_exp[t] * m.exp[t]
-        yield (dt[t] * pen - dt[t] * m.c_exp[t]) * m.dump[t]
+        yield (dt[t] * m.pen - dt[t] * m.c_exp[t]) * m.dump[t]
         yield dt[t] * m.c_wear * m.ch[t]
         yield dt[t] * m.c_wear * m.dis[t]
-        yield dt[t] * pen * m.s_lo[t]
-        yield dt[t] * pen * m.s_hi[t]
+        yield dt[t] * m.pen * m.s_lo[t]
+        yield dt[t] * m.pen * m.s_hi[t]
         if demand:
             yield m.peak_cost[t] * m.pk[t]
 
     terms = [term for t in m.T for term in step_cost(t)]
-    terms += [pen * dt[0] * m.fix_on * m.fix_up, pen * dt[0] * m.fix_on * m.fix_dn, -m.tv * m.soc[n - 1]]
+    terms += [dt[0] * m.fix_pen * m.fix_up, dt[0] * m.fix_pen * m.fix_dn, -m.tv * m.soc[n - 1]]
     m.obj = pyo.Objective(expr=pyo.quicksum(terms), sense=pyo.minimize)
     return m
 
@@ -329,8 +325,8 @@ TEMPLATE_STEPS = 5
 TEMPLATE_MID = 2
 
 
-def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, penalty_per_kwh: float,
-                    demand: bool = True, check_steps: int = 7) -> AffineLP:
+def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, demand: bool = True,
+                    check_steps: int = 7) -> AffineLP:
     """The affine LP of ``build_model`` for ``steps`` equal steps, without building it at that size.
 
     The model couples a step only to its neighbour, so every middle step has the same rows, columns
@@ -347,8 +343,8 @@ def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, penalty_per
     steps : int
         Number of steps (≥ ``TEMPLATE_STEPS``).
     """
-    template = extract_affine_lp(build_model(np.full(TEMPLATE_STEPS, step_h), battery, penalty_per_kwh, demand))
-    check = extract_affine_lp(build_model(np.full(check_steps, step_h), battery, penalty_per_kwh, demand))
+    template = extract_affine_lp(build_model(np.full(TEMPLATE_STEPS, step_h), battery, demand))
+    check = extract_affine_lp(build_model(np.full(check_steps, step_h), battery, demand))
     _assert_same_lp(_tile(template, check_steps), check)
     return _tile(template, steps)
 

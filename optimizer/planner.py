@@ -139,9 +139,7 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
     """Values of the LP's mutable Params for ``inputs`` (names as in :mod:`optimizer.lp_model`)."""
     n = len(inputs.grid)
     max_price = max(1.0, float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
-    if settings.soc_slack_penalty_per_kwh < 100 * max_price:
-        raise PlannerError(f"the slack penalty ({settings.soc_slack_penalty_per_kwh}) must be at least 100× the "
-                           f"largest |price| ({max_price}); raise planner.soc_slack_penalty_per_kwh")
+    pen = costs.slack_penalty_per_kwh(inputs, settings)
     months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
     floors = costs.month_floors_kw(inputs)
     peak_reset = np.zeros(n)
@@ -162,7 +160,7 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
         "peak_floor": np.round(floors[months], ROUND_DECIMALS), "peak_cost": peak_cost, "peak_reset": peak_reset,
         "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
         "c_wear": battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
-        "fix_on": 0.0 if fixed is None else 1.0, "fix_kw": 0.0 if fixed is None else float(fixed),
+        "pen": pen, "fix_pen": 0.0 if fixed is None else pen, "fix_kw": 0.0 if fixed is None else float(fixed),
     }
 
 
@@ -172,7 +170,7 @@ class _Solver:
     def __init__(self, lp: AffineLP, params: np.ndarray, time_limit_s: float):
         self.lp = lp
         self.highs = _quiet_highs()
-        self.highs.setOptionValue("time_limit", float(time_limit_s))
+        self.time_limit_s = float(time_limit_s)
         model = highspy.HighsLp()
         model.num_col_, model.num_row_ = lp.num_col, lp.num_row
         model.col_cost_ = lp.cost.evaluate(params)
@@ -203,6 +201,8 @@ class _Solver:
     def run(self) -> tuple[np.ndarray, float]:
         """Solve; return (column values, objective incl. constant). Raises on any non-optimal outcome."""
         h = self.highs
+        # HiGHS compares time_limit with the run time accumulated over all runs of this instance
+        h.setOptionValue("time_limit", h.getRunTime() + self.time_limit_s)
         status = h.run()
         model_status = h.getModelStatus()
         if status == highspy.HighsStatus.kError:
@@ -256,10 +256,9 @@ class Planner:
 
     def affine_lp(self, duration_h: np.ndarray, demand: bool) -> AffineLP:
         """The affine LP for this planner's battery at the given step durations."""
-        pen = self.settings.soc_slack_penalty_per_kwh
         if len(duration_h) >= TEMPLATE_STEPS and np.all(duration_h == duration_h[0]):
-            return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, pen, demand)
-        return extract_affine_lp(build_model(duration_h, self.battery, pen, demand))
+            return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, demand)
+        return extract_affine_lp(build_model(duration_h, self.battery, demand))
 
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""

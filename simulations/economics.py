@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -200,20 +200,36 @@ def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
 
 
 def finance_summary(inp: CashFlowInputs) -> dict[str, float | None]:
-    """Headline figures of one investment: simple and discounted payback [yr], NPV [currency],
-    IRR [fraction/yr], LCOS [currency/kWh], first-year net saving [currency/yr], replacements [-]."""
+    """Headline figures of one investment: simple and discounted payback [yr] (None when it never pays back
+    or nothing is invested), NPV [currency], IRR [fraction/yr], LCOS [currency/kWh], first-year savings
+    [currency/yr], replacements [-]."""
     flow = cash_flow(inp)
     net = flow["net"].to_numpy()
+    invested = inp.capex > 0
     return {
         "capex": inp.capex,
         "first_year_savings": float(flow["pv_savings"][1] + flow["battery_savings"][1]) if len(flow) > 1 else 0.0,
-        "simple_payback_years": payback_years(net),
-        "discounted_payback_years": payback_years(net, inp.discount_rate),
+        "simple_payback_years": payback_years(net) if invested else None,
+        "discounted_payback_years": payback_years(net, inp.discount_rate) if invested else None,
         "npv": npv(inp.discount_rate, net),
         "irr": irr(net),
         "lcos_per_kwh": lcos(inp, flow) if inp.ageing is not None else None,
         "replacements": int(np.count_nonzero(flow["replacement"].to_numpy())),
     }
+
+
+def break_even_capex(inp: CashFlowInputs) -> float | None:
+    """The investment at which the NPV is zero, with replacements scaling with it and O&M fixed. [currency]
+
+    The NPV is affine in a common factor k on ``capex`` and ``replacement_cost``; k* = NPV(0) / (NPV(0) − NPV(1)).
+    None when even a free investment has a negative NPV (the O&M exceeds the savings).
+    """
+    free = replace(inp, capex=0.0, replacement_cost=0.0, battery_capex=0.0)
+    npv0 = npv(inp.discount_rate, cash_flow(free)["net"].to_numpy())
+    npv1 = npv(inp.discount_rate, cash_flow(inp)["net"].to_numpy())
+    if npv0 <= 0 or npv0 == npv1:
+        return None
+    return inp.capex * npv0 / (npv0 - npv1)
 
 
 def co2_avoided_t(reference_net_import_kwh: float, net_import_kwh: float, factor_t_per_mwh: float) -> float:
@@ -323,6 +339,10 @@ def evaluate(params: StudyParameters, period_h: float, reference: StrategyTotals
             battery = CashFlowInputs(capex=p.battery_capex, pv_savings=0.0, battery_savings=battery_savings,
                                      om_per_year=bat_om, **common, **battery_part)
             finance["battery"] = finance_summary(battery)
+            finance["battery"]["break_even_capex"] = break_even_capex(battery)
+            finance["battery"]["break_even_per_kwh"] = (
+                finance["battery"]["break_even_capex"] / p.battery_kwh
+                if finance["battery"]["break_even_capex"] is not None else None)
         net = (s.import_kwh - s.export_kwh) * per_year
         fade_cycle, fade_calendar = p.ageing.fade_pct_per_year(cycles) if has_battery else (0.0, 0.0)
         out[name] = {

@@ -115,9 +115,9 @@ def sweep(scenario: Scenario, pv_kwp: Iterable[float], battery_kwh: Iterable[flo
     return pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
 
 
-def heatmap(table: pd.DataFrame, column: str, title: str, unit: str) -> plt.Figure:
-    """A PV × battery heatmap of ``column`` with the values written in the cells (blank = never)."""
-    grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float)
+def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: float = 1.0) -> plt.Figure:
+    """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells ("never" = NaN)."""
+    grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float) / scale
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * grid.shape[1], 1.0 + 0.6 * grid.shape[0]))
     image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis_r" if "payback" in column
                       else "viridis")
@@ -127,8 +127,8 @@ def heatmap(table: pd.DataFrame, column: str, title: str, unit: str) -> plt.Figu
     ax.set_ylabel("battery [kWh]")
     ax.set_title(title, fontsize=10)
     for (i, j), value in np.ndenumerate(grid.to_numpy()):
-        text = "never" if np.isnan(value) else (f"{value:.1f}" if abs(value) < 100 else f"{value / 1e9:.2f}")
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+        text = "never" if np.isnan(value) else f"{value:.1f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if np.isnan(value) else "white")
     fig.colorbar(image, ax=ax, label=unit)
     return fig
 
@@ -139,10 +139,10 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
     paths = {"table": out_dir / "sweep.csv", "html": out_dir / "sweep.html"}
     table.to_csv(paths["table"], index=False)
     svgs = []
-    for column, title, unit in (
-            ("simple_payback_years", "Simple payback of PV + battery against no system [years]", "years"),
-            ("npv", f"NPV of PV + battery against no system [billion {currency}]", currency)):
-        fig = heatmap(table, column, title, unit)
+    for column, title, unit, scale in (
+            ("simple_payback_years", "Simple payback of PV + battery against no system [years]", "years", 1.0),
+            ("npv", f"NPV of PV + battery against no system [billion {currency}]", f"billion {currency}", 1e9)):
+        fig = heatmap(table, column, title, unit, scale)
         stem = "payback" if "payback" in column else "npv"
         fig.savefig(out_dir / f"{stem}.png", dpi=110, bbox_inches="tight")
         buf = io.StringIO()

@@ -68,10 +68,11 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 class Mosquitto:
     """A mosquitto 2 broker on 127.0.0.1:``port``; ``users`` switches on passwords and ``acl`` an ACL file;
-    ``persistence`` keeps retained messages and persistent sessions across a restart."""
+    ``persistence`` keeps retained messages and persistent sessions across a restart; ``tls`` = (CA
+    certificate, broker certificate, broker key) makes the listener TLS-only."""
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, acl: str | None = None,
-                 persistence: bool = False):
+                 persistence: bool = False, tls: tuple[Path, Path, Path] | None = None):
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -79,6 +80,8 @@ class Mosquitto:
         conf = [f"listener {self.port} 127.0.0.1", "user root",
                 f"persistence {'true' if persistence else 'false'}", f"persistence_location {workdir}/",
                 f"log_dest file {workdir / 'mosquitto.log'}", "log_type error", "log_type warning"]
+        if tls is not None:
+            conf += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if users:
             passwd = workdir / "passwd"
             passwd.touch()
@@ -123,6 +126,21 @@ def mosquitto_auth(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+def make_tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a broker certificate for 127.0.0.1 (openssl CLI): (ca.crt, broker.crt, broker.key)."""
+    ca_key, ca, key, csr, crt = (workdir / n for n in ("ca.key", "ca.crt", "broker.key", "broker.csr", "broker.crt"))
+    ext = workdir / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+                    "-keyout", str(ca_key), "-out", str(ca)], **quiet)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
+                    "-out", str(csr)], **quiet)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt)], **quiet)
+    return ca, crt, key
 
 
 # ----------------------------------------------------------------------------------------------

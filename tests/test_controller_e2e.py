@@ -250,13 +250,13 @@ class SwitchableForecasts(PerfectForecasts):
             raise ValueError("forecast service down")
         if self.fault == "hang":
             import time
-            time.sleep(2.0)
+            time.sleep(4.0)
         return super().forecast(grid_)
 
 
 @pytest.mark.parametrize(("fault", "reason"), [("raise", Reason.PLANNER_FAILED), ("hang", Reason.SOLVER_TIMEOUT)])
 async def test_planner_failure_falls_back_and_recovers(tmp_path, fault, reason):
-    path = site_file(tmp_path, planner={"plan_valid_hours": 0.5, "time_limit_s": 0.2},
+    path = site_file(tmp_path, max_age_s=120, reversion_s=900, planner={"plan_valid_hours": 0.5, "time_limit_s": 0.5},
                      control={"cycle_s": 5.0, "min_replan_gap_s": 60})
     made: list[SwitchableForecasts] = []
 
@@ -268,8 +268,10 @@ async def test_planner_failure_falls_back_and_recovers(tmp_path, fault, reason):
         forecasts = made[0]
         assert await until(site, lambda: states and states[-1]["mode"] == "auto", 600, 5)
         forecasts.fault = fault
-        assert await until(site, lambda: states[-1]["mode"] == "self_consumption", 3 * 3600, 10)
-        assert states[-1]["reason"] == reason.value
+        # the plan may expire while the failing attempt is still running (reason plan_expired), then the
+        # attempt's own reason shows
+        assert await until(site, lambda: (states[-1]["mode"], states[-1]["reason"]) == ("self_consumption",
+                                                                                      reason.value), 3 * 3600, 10)
         assert "planner_failed" in states[-1]["alarms"]
         forecasts.fault = None
         assert await until(site, lambda: states[-1]["mode"] == "auto", 1800, 10)
@@ -319,7 +321,7 @@ def test_sigterm_leaves_the_battery_at_zero(tmp_path):
     lines += out.splitlines()
     assert proc.returncode == 0, err
     final = [ln for ln in lines if ln.startswith("simulated battery setpoint at exit")]
-    assert final and final[0].split(":")[1].split()[0] == "0", (final, err[-2000:])
+    assert final and float(final[0].split(":")[1].split()[0]) == 0.0, (final, err[-2000:])
     assert "battery 0 kW, remote control released" in err
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -12,15 +14,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+import jsonschema
 import pytest
+import yaml
 
 from controller.bus import Bus
 from controller.commands import Commands
 from controller.modes import Mode, ModeMachine
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.telemetry.config import DashboardSettings, TelemetrySettings
+from controller.telemetry.remote import schema
 from ems.clock import ManualClock
-from tests.peers import browser, free_port, sample_plan, sample_state  # noqa: F401
+from tests.peers import (  # noqa: F401 (fixtures)
+    Mosquitto,
+    VictoriaMetrics,
+    browser,
+    free_port,
+    mosquitto,
+    sample_plan,
+    sample_state,
+    victoria_metrics,
+    wait_for_port,
+)
 
 SITE, TZ = "demo-factory", "Asia/Ho_Chi_Minh"
 T0 = datetime(2026, 5, 4, 1, 0, tzinfo=UTC)            # 08:00 in Hai Phong
@@ -156,3 +172,105 @@ async def test_page_language_from_browser_and_control(site: Site, browser: Any) 
     await page.wait_for_function("document.getElementById('cmd-result').className === 'ok'")
     assert site.commands.modes.request.setpoint_kw == -150
     await context.close()
+
+
+@pytest.mark.slow
+async def test_ems_run_simulate_end_to_end(tmp_path: Path, browser: Any, mosquitto: Mosquitto,  # noqa: F811
+                                           victoria_metrics: VictoriaMetrics) -> None:  # noqa: F811
+    """``ems run --simulate`` at 60× with all three sinks on: the page follows the live states and
+    draws the first plan, the state arrives on MQTT, an MQTT command is answered by the real
+    controller, and the states reach the TSDB through the outbox."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "simulated-site.yaml"
+    config = yaml.safe_load(example.read_text())
+    config["planner"]["horizon_hours"] = 4      # a short first plan: its model build shares the CPU
+    port = free_port()
+    config["telemetry"] = {
+        "dashboard": {"enabled": True, "port": port, "token_env": None},
+        "mqtt": {"enabled": True, "host": mosquitto.host, "port": mosquitto.port, "min_state_interval_s": 0.2},
+        "influxdb": {"enabled": True, "url": victoria_metrics.url, "token_env": None}}
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ems.cli", "run", "--simulate", "--speed", "60", "--config", str(site_file),
+        "--state-dir", str(tmp_path / "state"), cwd=Path(__file__).resolve().parents[1],
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="e2e") as client:
+            await client.subscribe("ems/demo-factory/#", qos=1)
+            await asyncio.to_thread(wait_for_port, port, None, 120)
+            page = await browser.new_page(locale="vi-VN")
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await page.wait_for_function("document.getElementById('updated').textContent !== '–'", timeout=120_000)
+            first = await page.text_content("#updated")
+            await page.wait_for_function(f"document.getElementById('updated').textContent !== '{first}'",
+                                         timeout=120_000)
+            for selector in ("#pv-kw", "#load-kw", "#grid-kw", "#battery-kw"):
+                assert (await page.text_content(selector)).endswith(" kW"), selector
+            assert (await page.text_content("#soc-pct")).endswith(" %")
+            await page.wait_for_function(
+                "(document.querySelector('#chart-power path.battery-plan')?.getAttribute('d') || '').length > 20",
+                timeout=180_000)
+            assert "₫" in await page.text_content("#saved-today")
+
+            await client.publish("ems/demo-factory/cmd/set_mode", json.dumps({"mode": "standby", "id": "e2e"}), qos=1)
+            seen: dict[str, Any] = {}
+            async with asyncio.timeout(120):
+                async for msg in client.messages:
+                    topic = str(msg.topic).removeprefix("ems/demo-factory/")
+                    seen[topic] = msg.payload
+                    if "cmd/set_mode/result" in seen and "state" in seen and "plan" in seen:
+                        break
+            result = json.loads(seen["cmd/set_mode/result"])
+            assert result["accepted"] and result["id"] == "e2e", result
+            jsonschema.validate(json.loads(seen["state"]), schema("state"))
+            jsonschema.validate(json.loads(seen["plan"]), schema("plan"))
+            await page.wait_for_function("document.getElementById('mode').textContent === 'chờ'", timeout=120_000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert len(await asyncio.to_thread(victoria_metrics.wait_for, "ems_state_load_kw", 5)) >= 5
+
+
+@pytest.mark.slow
+async def test_page_follows_the_simulated_site(tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    """The real controller (simulated devices over Modbus, 60× time) publishes; the page follows.
+    About 4 s on an idle machine; the waits are generous because the first plan's model build
+    competes for the CPU."""
+    from controller.config import load_config
+    from controller.service import Controller
+    from drivers.simulated.site import SimulatedSite
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "simulated-site.yaml"
+    config = load_config(path)
+    # a 4-hour horizon keeps the first plan's model build short (it shares the CPU with the page)
+    config = config.model_copy(update={"planner": config.planner.model_copy(update={"horizon_hours": 4})})
+    sim = SimulatedSite.from_file(path, speed=60)
+    await sim.start()
+    controller = Controller.from_config(config, path, sim.clock, state_directory=tmp_path)
+    settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), token_env=None))
+    telemetry = await start_telemetry(settings, controller.bus, TelemetryContext(
+        site=config.site.name, timezone=config.site.timezone, clock=sim.clock, apply=controller.apply,
+        state_dir=tmp_path, currency=controller.tariff.currency))
+    run = asyncio.create_task(controller.run())
+    try:
+        page = await browser.new_page(locale="vi-VN")
+        await page.goto(f"http://127.0.0.1:{telemetry.dashboard.port}/")
+        await page.wait_for_function("document.getElementById('updated').textContent !== '–'", timeout=120_000)
+        first = await page.text_content("#updated")
+        await page.wait_for_function(f"document.getElementById('updated').textContent !== '{first}'",
+                                     timeout=120_000)
+        for selector in ("#pv-kw", "#load-kw", "#grid-kw", "#battery-kw"):
+            assert (await page.text_content(selector)).endswith(" kW"), selector
+        assert (await page.text_content("#soc-pct")).endswith(" %")
+        # the first plan arrives (solved in a worker thread) and is drawn against the day
+        await page.wait_for_function(
+            "(document.querySelector('#chart-power path.battery-plan')?.getAttribute('d') || '').length > 20",
+            timeout=180_000)
+        assert "₫" in await page.text_content("#saved-today")
+    finally:
+        controller.stop()
+        await asyncio.gather(run, return_exceptions=True)
+        await telemetry.aclose()
+        await sim.stop()

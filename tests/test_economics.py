@@ -142,4 +142,9 @@ def test_evaluate_splits_savings_and_investments() -> None:
     battery = out["mpc"]["finance"]["battery"]
     assert battery["capex"] == pytest.approx(1100) and battery["simple_payback_years"] == pytest.approx(1100 / 190)
     assert "battery" not in out["pv_only"]["finance"]
+    # break-even battery cost: at that capex (replacements scaled alike) the battery's NPV is zero
+    k = battery["break_even_capex"] / battery["capex"]
+    assert battery["break_even_per_kwh"] == pytest.approx(battery["break_even_capex"] / 200)
+    flows = [-1100 * k] + [200 - 10] * 10  # no replacement within 10 years at this ageing
+    assert npf.npv(0.0, flows) == pytest.approx(0.0, abs=1e-6)
     assert out["pv_only"]["finance"]["system"]["simple_payback_years"] == pytest.approx(1000 / 390)

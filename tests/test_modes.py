@@ -102,3 +102,45 @@ def test_reserve_and_replan():
 def test_parse_command_round_trips_json():
     cmd = parse_command({"command": "soc_reserve", "soc_pct": 30, "ttl_s": 5})
     assert parse_command(cmd.model_dump()) == cmd
+
+
+# --- the bus and systemd notification (the controller's plumbing) ---------------------------------
+
+async def test_bus_fans_out_by_kind_and_drops_oldest_when_full():
+    from controller.bus import ALARM, PLAN, STATE, Bus
+
+    bus = Bus(maxsize=3)
+    states, everything = bus.subscribe([STATE]), bus.subscribe()
+    for i in range(5):
+        bus.publish(STATE, {"n": i})
+    bus.publish(ALARM, {"code": "x"})
+    assert [states.get_nowait().payload["n"] for _ in range(3)] == [2, 3, 4]
+    assert states.get_nowait() is None and states.dropped == 2
+    assert [m.kind for m in (everything.get_nowait() for _ in range(3))] == [STATE, STATE, ALARM]
+    assert everything.dropped == 3 and bus.dropped == 5
+    assert bus.latest(STATE).payload == {"n": 4} and bus.latest(PLAN) is None
+    everything.close()
+    bus.publish(PLAN, {})
+    assert everything.pending() == 0
+    assert states.pending() == 0  # not a subscriber of plans
+    bus.publish(STATE, {"n": 5})
+    assert (await states.get()).payload == {"n": 5}
+
+
+def test_sdnotify_sends_ready_and_watchdog(tmp_path):
+    import socket
+
+    from controller.sdnotify import SdNotify
+
+    path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    try:
+        notify = SdNotify(path)
+        assert notify.ready("up") and notify.watchdog() and notify.stopping()
+        received = [server.recv(256).decode() for _ in range(3)]
+        notify.close()
+    finally:
+        server.close()
+    assert received == ["READY=1\nSTATUS=up", "WATCHDOG=1", "STOPPING=1"]
+    assert not SdNotify("").enabled and not SdNotify("").watchdog()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,7 +23,15 @@ from controller.telemetry.config import MqttSettings
 from controller.telemetry.mqtt import MqttSink
 from controller.telemetry.remote import CommandIntake, schema
 from ems.clock import ManualClock
-from tests.peers import BROKER_USERS, Mosquitto, mosquitto, mosquitto_auth, sample_plan, sample_state  # noqa: F401
+from tests.peers import (  # noqa: F401 (fixtures)
+    BROKER_USERS,
+    Mosquitto,
+    make_tls_files,
+    mosquitto,
+    mosquitto_auth,
+    sample_plan,
+    sample_state,
+)
 
 SITE = "demo-factory"
 T0 = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
@@ -190,9 +197,9 @@ async def test_retained_command_is_never_acted_on(setup: tuple[Controller, MqttS
     await listener.client.publish(f"ems/{SITE}/cmd/set_mode", b"", retain=True)   # clear it
 
 
-async def test_acl_and_passwords(mosquitto_auth: Mosquitto) -> None:  # noqa: F811
+async def test_acl_and_passwords(mosquitto_auth: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     controller = Controller()
-    os.environ["TEST_EMS_MQTT_PASSWORD"] = BROKER_USERS["ems-controller"]
+    monkeypatch.setenv("TEST_EMS_MQTT_PASSWORD", BROKER_USERS["ems-controller"])
     sink = MqttSink(settings_for(mosquitto_auth, username="ems-controller", password_env="TEST_EMS_MQTT_PASSWORD"),
                     SITE, controller.intake)
     sink.start()
@@ -273,6 +280,30 @@ async def test_broker_restart_reconnects_and_resubscribes(tmp_path: Path) -> Non
     assert r["accepted"] and controller.replans
     listener._task.cancel()
     await client.__aexit__(None, None, None)
+    await sink.aclose()
+    broker.stop()
+
+
+async def test_tls_with_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS-only listener with a private CA, plus a password: the sink verifies the broker and logs in."""
+    ca, crt, key = make_tls_files(tmp_path)
+    broker = Mosquitto(tmp_path, users={"ems-controller": "ctl-secret"}, tls=(ca, crt, key))
+    broker.start()
+    monkeypatch.setenv("TEST_EMS_MQTT_PASSWORD", "ctl-secret")
+    controller = Controller()
+    sink = MqttSink(settings_for(broker, username="ems-controller", password_env="TEST_EMS_MQTT_PASSWORD",
+                                 tls={"ca_file": ca}), SITE, controller.intake)
+    sink.start()
+    async with asyncio.timeout(WAIT_S):
+        await sink.connected.wait()
+    tls = aiomqtt.TLSParameters(ca_certs=str(ca))
+    async with aiomqtt.Client(broker.host, broker.port, username="ems-controller", password="ctl-secret",
+                              tls_params=tls, identifier="test-tls") as client:
+        await client.subscribe(f"ems/{SITE}/state", qos=1)
+        sink.offer("state", sample_state(T0, 4))
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(client.messages)
+        assert json.loads(message.payload)["ts"] == T0.isoformat()
     await sink.aclose()
     broker.stop()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimizer.planner import PlanInputs, Planner, PlannerError
+from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import TimeGrid, regular_grid
 
@@ -172,6 +172,37 @@ def test_bad_inputs_give_clear_errors():
         inputs(hourly(2), [10, 10], [0.1, 0.1], soc0_kwh=None)
     with pytest.raises(ValueError, match="billing_month"):
         inputs(hourly(2), [10, 10], [0.1, 0.1], soc0_kwh=0.0, billing_month=np.array([1, 0]))
-    with pytest.raises(PlannerError, match="slack penalty"):
-        Planner(battery(), GridSpec(), PlannerSettings(soc_slack_penalty_per_kwh=10), 2).plan(
-            inputs(hourly(2), [10, 10], [1.0, 1.0], soc0_kwh=0.0))
+
+
+def test_a_large_demand_charge_never_buys_a_soc_window_violation():
+    """VND-sized demand charge (235,414 per kW-month) vs the default 10⁶ penalty: the planner raises the
+    penalty, so the battery shaves only with the 2 kWh above its floor: 2 × 0.9 = 1.8 kWh AC over two
+    quarter hours = 3.6 kW each, peak 96.4 kW, no slack."""
+    b = battery(capacity_kwh=100, max_discharge_kw=50, soc_min_pct=10)
+    plan = Planner(b, GridSpec(), PlannerSettings(), 4).plan(
+        inputs(regular_grid(START, 4, 15), [100, 100, 50, 50], [3000.0] * 4, soc0_kwh=12.0,
+               demand_charge_per_kw=235_414.0))
+    assert plan.slack == ()
+    assert plan.grid_kw.max() == pytest.approx(96.4, abs=1e-6)
+
+
+def _day_inputs(rng: np.random.Generator, n: int = 96) -> PlanInputs:
+    return inputs(regular_grid(START, n, 15), rng.uniform(0, 10, n), rng.uniform(0.1, 0.3, n),
+                  pv=rng.uniform(0, 10, n), soc0_kwh=float(rng.uniform(0, 10)))
+
+
+def test_time_limit_applies_per_plan_not_per_planner_life():
+    """HiGHS accumulates run time over an instance's life; a long-lived planner must not time out
+    once its total solve time passes the limit (the simulator re-plans 35,040 times)."""
+    planner = Planner(battery(wear_cost_per_kwh=0.01), GridSpec(), PlannerSettings(time_limit_s=0.1), 96)
+    rng = np.random.default_rng(3)
+    planner.plan(_day_inputs(rng))
+    highs = next(iter(planner._solvers.values())).highs
+    while highs.getRunTime() < 0.25:
+        planner.plan(_day_inputs(rng))
+
+
+def test_time_out_raises_solver_timeout():
+    planner = Planner(battery(wear_cost_per_kwh=0.01), GridSpec(), PlannerSettings(time_limit_s=1e-7), 96)
+    with pytest.raises(SolverTimeout):
+        planner.plan(_day_inputs(np.random.default_rng(4)))

@@ -115,8 +115,7 @@ def test_negative_prices_still_one_direction_per_step(case):
 def _pyomo_objective(inputs: PlanInputs, b: int, g: int, s: int) -> float:
     """Solve the same Pyomo model through Pyomo's persistent v2 ``highs`` interface."""
     battery, settings_ = BATTERIES[b], SETTINGS[s]
-    m = build_model(inputs.grid.duration_h, battery, settings_.soc_slack_penalty_per_kwh,
-                    demand=inputs.demand_charge_per_kw > 0)
+    m = build_model(inputs.grid.duration_h, battery, demand=inputs.demand_charge_per_kw > 0)
     for name, value in lp_parameters(inputs, battery, GRIDS[g], settings_).items():
         comp = getattr(m, name)
         if comp.is_indexed():

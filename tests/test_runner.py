@@ -54,6 +54,8 @@ def test_energy_is_conserved_for_every_strategy(result) -> None:
             assert soc.min() >= 10.0 - 1e-6 and soc.max() <= 95.0 + 1e-6, name
             assert r.discharged_kwh > 0, name
     assert result.results[REFERENCE].frame["pv_kw"].eq(0).all()
+    assert result.results["mpc"].replans == result.inputs.steps
+    assert result.results["mpc"].planner_failures == [] and result.results["mpc_perfect"].planner_failures == []
 
 
 def _local_period_qd963(starts: pd.DatetimeIndex) -> np.ndarray:

@@ -124,7 +124,7 @@ class DashboardHub:
 
     def _bucket_row(self, bucket: tuple[int, list[float], list[int]]) -> list[float | None]:
         key, sums, counts = bucket
-        ts_ms = key * self.history_step_s * 1000
+        ts_ms = round(key * self.history_step_s * 1000)
         return [ts_ms] + [s / c if c else None for s, c in zip(sums, counts, strict=True)]
 
     def snapshot(self) -> dict[str, Any]:

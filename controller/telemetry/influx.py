@@ -371,12 +371,20 @@ class InfluxSink:
 
     def _add(self, lines: Iterable[str]) -> None:
         self._pending.extend(lines)
+        self._trim()
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    def _add_front(self, lines: list[str]) -> None:
+        """Put back points the outbox could not take, ahead of newer ones."""
+        self._pending[:0] = lines
+        self._trim()
+
+    def _trim(self) -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:  # the disk is not keeping up (or failing): keep the newest
             del self._pending[:excess]
             self.dropped_in_memory += excess
-        if len(self._pending) >= self.batch_size:
-            self._wake.set()
 
     @property
     def backlog(self) -> int:
@@ -393,15 +401,21 @@ class InfluxSink:
     async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
-    async def _spool(self) -> None:
+    async def _spool(self) -> int:
+        """Move the points in memory to the outbox; returns how many."""
         if not self._pending:
-            return
+            return 0
         lines, self._pending = self._pending, []
-        dropped = await asyncio.to_thread(self.outbox.append, lines)
+        try:
+            dropped = await asyncio.to_thread(self.outbox.append, lines)
+        except Exception:
+            self._add_front(lines)
+            raise
         if dropped:
             log.warning("InfluxDB outbox full (%d points): dropped the %d oldest", self.outbox.max_points, dropped)
         self._alarm("telemetry.outbox_overflow", self.outbox.stats().depth >= self.outbox.max_points,
                     f"telemetry outbox full ({self.outbox.max_points} points): dropping the oldest points")
+        return len(lines)
 
     async def _spool_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -415,10 +429,10 @@ class InfluxSink:
                 next_stats = loop.time() + self.stats_interval_s
                 self._pending.append(stats_line(self.site, self.outbox.stats(), len(self._pending), self.clock.now()))
             try:
-                await self._spool()
+                if await self._spool():
+                    self._send_wake.set()
             except Exception as exc:  # disk full, file deleted: keep the points in memory, try again
                 log.error("InfluxDB outbox: cannot store points: %s", exc)
-            self._send_wake.set()
 
     async def _send_loop(self) -> None:
         backoff = 1.0
@@ -426,8 +440,8 @@ class InfluxSink:
             result: DrainResult = await self._in_thread(
                 drain, self.outbox, self.writer, self.batch_size, self.clock.now, self._stop)
             if result.quarantined:
-                self._notify("telemetry.influx_quarantine", True,
-                             f"InfluxDB rejected {result.quarantined} point(s) as malformed: quarantined")
+                self._alarm("telemetry.influx_quarantine", True,
+                            f"InfluxDB rejected {result.quarantined} point(s) as malformed: quarantined")
             if result.error:
                 if self.last_error is None:
                     log.warning("InfluxDB unreachable, buffering in the outbox: %s", result.error)
@@ -441,18 +455,16 @@ class InfluxSink:
             self.last_error = None
             backoff = 1.0
             self._alarm("telemetry.influx_unreachable", False, "InfluxDB writes succeed")
-            if result.sent == 0:
+            if result.sent == 0 and result.quarantined == 0:
                 await self._send_wake.wait()
                 self._send_wake.clear()
 
     def _alarm(self, code: str, active: bool, message: str) -> None:
+        """Report a transition of a telemetry alarm (nothing when it is already in that state)."""
         if self._alarms.get(code, False) != active:
             self._alarms[code] = active
-            self._notify(code, active, message)
-
-    def _notify(self, code: str, active: bool, message: str) -> None:
-        if self.on_alarm is not None:
-            self.on_alarm(code, active, message)
+            if self.on_alarm is not None:
+                self.on_alarm(code, active, message)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Stop within about ``timeout_s``: store what is in memory, give the sender a bounded chance to

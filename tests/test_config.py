@@ -1,0 +1,113 @@
+"""The site file: the example validates, every problem is named with its field path, secrets stay in the environment."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.cli import EXAMPLE_SITE
+from controller.config import ControlSettings, load_config, state_dir, validate_config
+from controller.dispatch import DispatchSettings
+from drivers.roles import Role
+from ems.cli import main
+from ems.yamlfile import ConfigError
+
+EXAMPLE = yaml.safe_load(EXAMPLE_SITE.read_text())
+
+
+def errors_of(data: dict, base: Path = EXAMPLE_SITE.parent) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        validate_config(data, "test.yaml", base)
+    return {e.field: e.message for e in info.value.errors}
+
+
+def test_the_example_site_file_is_valid():
+    config = load_config(EXAMPLE_SITE)
+    assert config.site.name == "demo-factory"
+    assert config.device(Role.BATTERY).name == "battery"
+    assert config.control.dispatch.safe_pv_limit_pct == 30
+    assert config.simulation is not None and config.simulation.initial_soc_pct == 50
+    assert config.replan_minutes == config.planner.step_minutes == 15
+
+
+def test_every_bad_field_is_named_at_once():
+    data = copy.deepcopy(EXAMPLE)
+    data["battery"]["capacity_kwh"] = -1
+    data["battery"]["soc_min_pct"] = 120
+    data["grid"]["export_cap_kw"] = "none"
+    data["control"]["cycle_s"] = 0
+    data["control"]["dispatch"]["soc_hysteresis_pct"] = -2
+    data["control"]["fallback_mode"] = "panic"
+    data["devices"][1]["endpoint"]["port"] = 70000
+    data["telemetry"]["mqtt"]["port"] = 0
+    data["simulation"]["initial_soc_pct"] = 200
+    data["colour"] = "blue"
+    errors = errors_of(data)
+    for field in ("battery.capacity_kwh", "battery.soc_min_pct", "grid.export_cap_kw", "control.cycle_s",
+                  "control.dispatch.soc_hysteresis_pct", "control.fallback_mode", "telemetry.mqtt.port",
+                  "simulation.initial_soc_pct", "colour"):
+        assert field in errors, (field, errors)
+    assert any(f.startswith("devices[1].endpoint") for f in errors), errors
+
+
+def test_referenced_tariff_and_profiles_are_checked_with_the_schema(tmp_path):
+    data = copy.deepcopy(EXAMPLE)
+    data["tariff"] = {"preset": "no-such-tariff"}
+    data["devices"][0]["profile"] = "no-such-profile"
+    data["devices"][2]["profile"] = "sunspec-meter"  # exists, but does not serve the battery role
+    data["planner"]["step_minutes"] = 0
+    errors = errors_of(data)
+    assert "unknown preset" in errors["tariff.preset"]
+    assert "devices[0].profile" in errors and "does not serve role battery" in errors["devices[2].profile"]
+    assert "planner.step_minutes" in errors
+    data = copy.deepcopy(EXAMPLE)
+    data["tariff"] = {"file": "tariffs/mine.yaml"}
+    assert "tariff.file" in errors_of(data, tmp_path)
+
+
+def test_exactly_one_device_per_role():
+    data = copy.deepcopy(EXAMPLE)
+    data["devices"].append({**data["devices"][0], "name": "meter-2"})
+    data["devices"] = [d for d in data["devices"] if d["role"] != "pv_inverter"]
+    message = errors_of(data)["devices"]
+    assert "role meter" in message and "found 2" in message and "role pv_inverter" in message
+
+
+def test_secrets_are_named_not_stored():
+    config = load_config(EXAMPLE_SITE)
+    assert config.telemetry.influxdb.token_env == "EMS_INFLUX_TOKEN"
+    assert "token" not in ControlSettings.model_fields
+
+
+def test_state_dir_resolution(tmp_path, monkeypatch):
+    config = load_config(EXAMPLE_SITE)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert state_dir(config, tmp_path / "site.yaml") == tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/ems")
+    assert state_dir(config, tmp_path / "site.yaml") == Path("/var/lib/ems")
+    relative = config.model_copy(update={"control": config.control.model_copy(update={"state_dir": Path("st")})})
+    assert state_dir(relative, tmp_path / "site.yaml") == tmp_path / "st"
+
+
+def test_dispatch_settings_defaults_are_conservative():
+    s = DispatchSettings()
+    assert s.safe_pv_limit_pct == 0 and s.soc_hysteresis_pct > 0
+
+
+def test_config_check_command(tmp_path, capsys):
+    assert main(["config", "check", str(EXAMPLE_SITE)]) == 0
+    assert "OK" in capsys.readouterr().out
+    data = copy.deepcopy(EXAMPLE)
+    data["battery"]["max_charge_kw"] = -5
+    data["control"]["heartbeat_s"] = "often"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "battery.max_charge_kw" in err and "control.heartbeat_s" in err
+    bad.write_text("site: [unclosed\n")
+    assert main(["config", "check", str(bad)]) == 2
+    assert "line" in capsys.readouterr().err
