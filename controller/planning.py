@@ -28,7 +28,7 @@ import pandas as pd
 from controller.dispatch import Follow, Source, Target, plan_target
 from controller.modes import Reason
 from optimizer.forecast import LoadForecaster, PVForecaster
-from optimizer.plan import Plan
+from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
 from optimizer.policies import OFFPEAK_PERIODS, PEAK_PERIODS
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
@@ -218,10 +218,20 @@ class PlanKeeper:
 
     # ---------------------------------------------------------------------------------- the current plan
 
+    def step(self, now: datetime) -> PlanStep | None:
+        """The current plan's step at ``now``. A plan made mid-step starts at its planning time; a cycle
+        that read the site a moment before that, in the same step, gets the plan's first step."""
+        if self.plan is None:
+            return None
+        first = self.plan.starts[0].to_pydatetime()
+        if floor_to_step(first, self.settings.step_minutes) <= now < first:
+            now = first
+        return self.plan.step_at(now)
+
     def status(self, now: datetime) -> Reason | None:
         """None when a valid plan covers ``now``; otherwise the reason there is none."""
         if self.plan is not None and not self.plan.is_expired(now, self.settings.plan_valid_hours) \
-                and self.plan.step_at(now) is not None:
+                and self.step(now) is not None:
             return None
         if self.plan is not None:
             return self.last_error if self.last_error in (Reason.PLANNER_FAILED, Reason.SOLVER_TIMEOUT) \
@@ -241,7 +251,7 @@ class PlanKeeper:
         if self.status(now) is not None:
             return None
         assert self.plan is not None
-        step = self.plan.step_at(now)
+        step = self.step(now)
         assert step is not None
         expires = min(self.plan.expires_at(self.settings.plan_valid_hours),
                       (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime())
@@ -253,7 +263,7 @@ class PlanKeeper:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
         if self.plan is None:
             return None
-        step = self.plan.step_at(now)
+        step = self.step(now)
         return None if step is None else float(self.plan.load_kw[step.index] - self.plan.pv_kw[step.index])
 
     # ---------------------------------------------------------------------------------- making plans

@@ -286,6 +286,9 @@ class Controller:
     async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
         """Write ``value`` unless within ``deadband`` of the last write (re-sent at the heartbeat); error or None."""
         device = self.devices[role]
+        if device.online is not True:  # never block the cycle on connect attempts to a dead device
+            self._written.pop(point, None)
+            return f"{device.name} unreachable: {device.last_error or 'not polled yet'}"
         mono = self.clock.monotonic()
         last = self._written.get(point)
         heartbeat = last is not None and mono - last[1] >= self.config.control.heartbeat_s
@@ -371,7 +374,7 @@ class Controller:
                        timing: dict[str, float]) -> dict[str, Any]:
         now = snap.ts
         plan = self.plans.plan
-        step = plan.step_at(now) if plan is not None else None
+        step = self.plans.step(now)
         plan_info = None
         if plan is not None and step is not None:
             plan_info = {"created_at": plan.created_at.isoformat(), "source": plan.source,
@@ -535,38 +538,46 @@ class Controller:
                 await self.telemetry.aclose()
 
     @staticmethod
-    async def _zero_battery(battery: ModbusDevice) -> None:
-        """Write 0 kW (discovering the device first if it never answered)."""
+    async def _zero_battery(battery: ModbusDevice) -> bool:
+        """Write 0 kW (polling the device first if it is not known to be online); True if confirmed."""
         try:
             if battery.online is not True:
                 await battery.poll()
             result = await battery.write("battery_setpoint_kw", 0.0, force=True)
         except KeyError as exc:
             log.error("shutdown: battery unreachable, setpoint 0 kW not written: %s", exc)
-            return
+            return False
         if not result.ok:
             log.error("shutdown: battery setpoint 0 kW not confirmed: %s", result.detail)
+        return result.ok
 
     async def shutdown(self) -> None:
         """Battery to 0 kW, remote control released, state saved."""
         self.notify.stopping()
         now = self.clock.now()
         battery = self.devices.get(Role.BATTERY)
-        if battery is not None:
-            await self._zero_battery(battery)
+        zeroed = battery is not None and await self._zero_battery(battery)
+        released = True
         for device in self.devices.values():
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
+                released = False
                 continue
             for result in await device.leave_remote_control():
                 if not result.ok:
+                    released = False
                     log.error("shutdown: %s did not leave remote control: %s", device.name, result.detail)
         self.persist(now)
         self.store.close()
         for device in self.devices.values():
             device.connection.close()
         self.notify.close()
-        log.warning("controller stopped: battery 0 kW, remote control released")
+        if zeroed and released:
+            log.warning("controller stopped: battery 0 kW, remote control released")
+        else:
+            log.error("controller stopped: battery 0 kW %s, remote control %s (the devices' own reversion "
+                      "timers apply)", "confirmed" if zeroed else "NOT confirmed",
+                      "released" if released else "NOT released everywhere")
 
 
 _ALARM_TEXT = {"data_missing": "required measurement missing or stale; safe state",

@@ -49,7 +49,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
     Returns
     -------
     pyomo.environ.ConcreteModel
-        Variables ``ch, dis, imp, over, exp, dump, curt, soc, s_lo, s_hi`` per step, ``fix_up,
+        Variables ``ch, dis, imp, over, exp, dump, curt, soc_w, s_lo, s_hi`` per step (SOC =
+        ``soc_w − s_lo + s_hi``, also the Expression ``soc``), ``fix_up,
         fix_dn`` for step 0 and ``pk`` per step when ``demand``; all inputs are mutable Params
         (``STEP_PARAMS`` per step, ``SCALAR_PARAMS`` scalar) initialised to 0.
     """
@@ -74,9 +75,12 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
     m.exp = pyo.Var(m.T, bounds=lambda m, t: (0, m.exp_cap[t]))
     m.dump = pyo.Var(m.T, bounds=(0, None))  # export above the cap (slack)
     m.curt = pyo.Var(m.T, bounds=lambda m, t: (0, m.pv[t]))
-    m.soc = pyo.Var(m.T)  # end of step [kWh]; the window is a soft row
+    # SOC at the end of step t [kWh] = soc_w − s_lo + s_hi: soc_w stays in the window, the slacks
+    # s_lo / s_hi measure how far below / above it the SOC is (a substitution, so no window rows)
+    m.soc_w = pyo.Var(m.T, bounds=(battery.soc_min_kwh, battery.soc_max_kwh))
     m.s_lo = pyo.Var(m.T, bounds=(0, None))
     m.s_hi = pyo.Var(m.T, bounds=(0, None))
+    m.soc = pyo.Expression(m.T, rule=lambda m, t: m.soc_w[t] - m.s_lo[t] + m.s_hi[t])
     m.fix_up = pyo.Var(bounds=(0, None))  # deviation from a fixed first-step battery power
     m.fix_dn = pyo.Var(bounds=(0, None))
 
@@ -87,8 +91,6 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         before = m.soc0 if t == 0 else m.soc[t - 1]
         return m.soc[t] == before + dt[t] * (eta_c * m.ch[t] - m.dis[t] / eta_d) - standby * dt[t]
     m.soc_dyn = pyo.Constraint(m.T, rule=soc_rule)
-    m.soc_window = pyo.Constraint(m.T, rule=lambda m, t: pyo.inequality(
-        battery.soc_min_kwh, m.soc[t] + m.s_lo[t] - m.s_hi[t], battery.soc_max_kwh))
     m.fix = pyo.Constraint(expr=m.dis[0] - m.ch[0] + m.fix_up - m.fix_dn == m.fix_kw)
 
     if demand:
@@ -110,7 +112,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
             yield m.peak_cost[t] * m.pk[t]
 
     terms = [term for t in m.T for term in step_cost(t)]
-    terms += [dt[0] * m.fix_pen * m.fix_up, dt[0] * m.fix_pen * m.fix_dn, -m.tv * m.soc[n - 1]]
+    terms += [dt[0] * m.fix_pen * m.fix_up, dt[0] * m.fix_pen * m.fix_dn,
+              -m.tv * m.soc_w[n - 1], m.tv * m.s_lo[n - 1], -m.tv * m.s_hi[n - 1]]
     m.obj = pyo.Objective(expr=pyo.quicksum(terms), sense=pyo.minimize)
     return m
 

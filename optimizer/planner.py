@@ -176,6 +176,7 @@ class _Solver:
         model.col_cost_ = lp.cost.evaluate(params)
         model.col_lower_, model.col_upper_ = _inf(lp.col_lower.evaluate(params)), _inf(lp.col_upper.evaluate(params))
         model.row_lower_, model.row_upper_ = _inf(lp.row_lower.evaluate(params)), _inf(lp.row_upper.evaluate(params))
+        model.offset_ = float(lp.offset.evaluate(params)[0])
         model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
         model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
         if self.highs.passModel(model) == highspy.HighsStatus.kError:
@@ -197,6 +198,8 @@ class _Solver:
         h.changeColsBounds(len(self._cols_bound), self._cols_bound, cl[self._cols_bound], cu[self._cols_bound])
         rl, ru = _inf(lp.row_lower.evaluate(params)), _inf(lp.row_upper.evaluate(params))
         h.changeRowsBounds(len(self._rows), self._rows, rl[self._rows], ru[self._rows])
+        if len(lp.offset.target):
+            h.changeObjectiveOffset(float(lp.offset.evaluate(params)[0]))
 
     def run(self) -> tuple[np.ndarray, float]:
         """Solve; return (column values, objective incl. constant). Raises on any non-optimal outcome."""
@@ -295,7 +298,8 @@ class Planner:
         t3 = time.perf_counter()
         schedule = Schedule(
             charge_kw=x[col["ch"]], discharge_kw=x[col["dis"]], import_kw=x[col["imp"]] + x[col["over"]],
-            export_kw=x[col["exp"]] + x[col["dump"]], curtail_kw=x[col["curt"]], soc_kwh=x[col["soc"]])
+            export_kw=x[col["exp"]] + x[col["dump"]], curtail_kw=x[col["curt"]],
+            soc_kwh=x[col["soc_w"]] - x[col["s_lo"]] + x[col["s_hi"]])
         info = SolverInfo(status="optimal", build_ms=build_ms, update_ms=(t2 - t1) * 1e3,
                           solve_ms=(t3 - t2) * 1e3, note=note)
         return costs.make_plan(_clean(schedule), inputs, self.battery, self.grid, self.settings,

@@ -33,20 +33,23 @@ def site_inputs(site: PlanningSite, tariff: Tariff | SiteTariff, grid: TimeGrid,
 
     ``import_price``/``export_price`` override the tariff's (gross) prices; ``limits`` pass through
     to :class:`PlanInputs` (``max_charge_kw``, ``max_discharge_kw``, ``import_cap_kw``,
-    ``export_cap_kw``, ``fixed_battery_kw``). The demand charge in force at the first step applies to
-    every billing month in the horizon, on per-step average import (conservative against the
-    tariff's 30-minute window: a 30-min average never exceeds the larger of its two quarter hours).
+    ``export_cap_kw``, ``fixed_battery_kw``). The demand charge in force at the first step, with VAT
+    like the gross import price, applies to every billing month in the horizon, on per-step average
+    import (conservative against the tariff's 30-minute window: a 30-min average never exceeds the
+    larger of its two quarter hours). ``month_peak_kw`` is the peak already billed for the first
+    month (for a ``rolling_12_month_max`` basis: the rolling maximum).
     """
     bound = tariff if isinstance(tariff, SiteTariff) else tariff.bind(site.site.timezone, site.tariff.extra_holidays)
     prices = bound.prices(grid.starts)
-    charge = bound.demand_charge(grid.starts[0].to_pydatetime())
+    first = grid.starts[0].to_pydatetime()
+    charge = bound.demand_charge(first)
     months = pd.factorize(bound.billing_months(grid.starts))[0]
     return PlanInputs(
         grid=grid, pv_kw=np.asarray(pv_kw, dtype=float), load_kw=np.asarray(load_kw, dtype=float),
         import_price=prices.import_price_gross if import_price is None else np.asarray(import_price, dtype=float),
         export_price=prices.export_price if export_price is None else np.asarray(export_price, dtype=float),
         soc0_kwh=soc0_kwh, month_peak_kw=month_peak_kw,
-        demand_charge_per_kw=0.0 if charge is None else charge.rate_per_kw_month,
+        demand_charge_per_kw=0.0 if charge is None else charge.rate_per_kw_month * (1.0 + bound.vat_rate(first)),
         billing_month=months, period=[str(p) for p in prices.period], **limits)
 
 

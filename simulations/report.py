@@ -171,6 +171,11 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
             + (f", IRR {100 * fin['irr']:.1f} %" if fin["irr"] is not None else "")
             + (f", storage cost (LCOS) {fin['lcos_per_kwh']:,.0f} {cur}/kWh delivered"
                if fin["lcos_per_kwh"] is not None else "") + ".")
+        if fin.get("break_even_per_kwh") is not None:
+            lines.append(
+                f"The battery's NPV would be zero at an installed cost of about {fin['break_even_per_kwh']:,.0f} {cur} "
+                f"per kWh (with replacements scaled alike), against "
+                f"{fin['capex'] / max(summary['sizes']['battery_kwh'], 1e-9):,.0f} {cur}/kWh assumed.")
         value_per_cycle = b["savings_vs_pv_only"] / max(b["battery_discharge_kwh"], 1e-9)
         lines.append(
             f"Why: each kWh the battery delivers saves about {value_per_cycle:,.0f} {cur} (the spread between the "
@@ -225,6 +230,7 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "battery NPV": fin_bat["npv"] if fin_bat else None,
             "battery IRR %": 100 * fin_bat["irr"] if fin_bat and fin_bat["irr"] is not None else None,
             "LCOS/kWh": fin_bat["lcos_per_kwh"] if fin_bat else None,
+            "break-even battery cost/kWh": fin_bat.get("break_even_per_kwh") if fin_bat else None,
             "CO2 avoided t/yr": e["co2_avoided_t"] if e else None,
         })
     return rows

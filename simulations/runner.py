@@ -24,6 +24,7 @@ import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PlantState, PVModel
+from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
 from optimizer.site import BatterySpec
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
@@ -90,7 +91,8 @@ def load_data(scenario: Scenario) -> SeriesData:
     if d.days is not None and first_day is not None:
         keep &= np.asarray(local.date) < first_day + pd.Timedelta(days=d.days).to_pytimedelta()
     if not keep.any():
-        raise ValueError(f"scenario {scenario.name}: data.start/data.days select no data")
+        raise ConfigError(f"scenario {scenario.name}", [FieldError("data.start", "data.start and data.days select "
+                                                                                 "no step of the data")])
     starts = frame.index[keep]
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
                       pv_kw=pv.to_numpy(dtype=float)[keep], load_kw=load.to_numpy(dtype=float)[keep])
@@ -149,7 +151,7 @@ class StrategyResult:
     def energy(self) -> dict[str, float]:
         """Energy over the period [kWh]: the terms of PV + import = load + export + curtailment + losses + ΔSOC."""
         f = self.frame
-        dt = np.full(len(f), 1.0) if "duration_h" not in f else f["duration_h"].to_numpy()
+        dt = f["duration_h"].to_numpy()
         return {
             "pv_available": float(np.sum(f["pv_available_kw"] * dt)), "pv": float(np.sum(f["pv_kw"] * dt)),
             "import": float(np.sum(f["import_kw"] * dt)), "load": float(np.sum(f["load_kw"] * dt)),

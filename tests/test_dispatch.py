@@ -289,3 +289,30 @@ def test_closed_loop_zero_export_settles_within_two_cycles(load, pv_avail, soc, 
     # and the battery takes what it may before PV is curtailed: the grid sits near zero once settled
     if soc < BATTERY.soc_max_pct - 2 and pv_avail > load:
         assert abs(grids[-1]) <= 0.01 * PV_RATED + 1e-6 or bms_ch < pv_avail - load
+
+
+# --- the snapshot feeding the chain -----------------------------------------------------------------
+
+def test_snapshot_derives_load_and_missing_stays_missing():
+    from types import MappingProxyType
+
+    from controller.snapshot import Snapshot
+    from drivers.readings import Quality, Reading, missing
+
+    def ok(v, unit="kW"):
+        return Reading(v, unit, NOW)
+
+    readings = {"grid_kw": ok(-50.0), "pv_kw": ok(400.0), "battery_kw": ok(-150.0), "soc_pct": ok(60.0, "%"),
+                "max_charge_kw": ok(500.0), "max_discharge_kw": missing("kW", NOW, "timeout"),
+                "pv_state": ok("MPPT", "")}
+    snap = Snapshot(NOW, MappingProxyType(readings), MappingProxyType({"m": True}), MappingProxyType({}))
+    assert snap.load_kw == pytest.approx(200.0)  # grid + PV + battery (charging is negative)
+    inp = snap.dispatch_inputs()
+    assert inp.bms_max_discharge_kw is None and inp.missing() == ("bms_max_discharge_kw",)
+    assert snap.value("pv_state") is None and snap.value("nothing") is None
+    m = snap.measurements()
+    assert m["max_discharge_kw"] == {"value": None, "unit": "kW", "quality": "missing", "detail": "timeout"}
+    stale = Snapshot(NOW, MappingProxyType({**readings, "pv_kw": ok(400.0).aged(NOW + timedelta(seconds=9), 5)}),
+                     MappingProxyType({}), MappingProxyType({}))
+    assert stale.readings["pv_kw"].quality is Quality.STALE and stale.load_kw is None
+    assert dispatcher().step(stale.dispatch_inputs(), None, NOW).safe

@@ -111,8 +111,8 @@ async def test_state_plan_alarm_status(setup: tuple[Controller, MqttSink, Listen
     got = await listener.next("state")
     assert json.loads(got.payload) == s1
     jsonschema.validate(json.loads(got.payload), schema("state"))
-    # unchanged content (only ts moved) is not republished; the next change is
-    sink.offer("state", {**s1, "ts": (T0 + timedelta(seconds=1)).isoformat()})
+    # unchanged content (only the time and the cycle timing moved) is not republished; the next change is
+    sink.offer("state", {**s1, "ts": (T0 + timedelta(seconds=1)).isoformat(), "cycle": {"cycle_ms": 99.0}})
     s2 = sample_state(T0 + timedelta(seconds=2), 2)
     sink.offer("state", s2)
     assert json.loads((await listener.next("state")).payload) == s2
@@ -333,3 +333,28 @@ async def test_will_marks_a_vanished_controller_offline(mosquitto: Mosquitto) ->
     assert (await listener.next("status")).payload == b"offline"
     listener._task.cancel()
     await client.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize(("name", "payload"), [
+    ("set_mode", {"mode": "auto"}), ("set_mode", {"mode": "manual"}), ("set_mode", {"mode": "safe"}),
+    ("set_mode", {"mode": "standby", "ttl_s": 604800}), ("set_mode", {"mode": "standby", "ttl_s": 604801}),
+    ("set_mode", {"mode": "standby", "ttl_s": 0}), ("manual_setpoint", {"battery_kw": -100000, "ttl_s": 1}),
+    ("manual_setpoint", {"battery_kw": 100000.5, "ttl_s": 1}), ("manual_setpoint", {"battery_kw": True, "ttl_s": 1}),
+    ("soc_reserve", {"soc_pct": 0}), ("soc_reserve", {"soc_pct": 100}), ("soc_reserve", {"soc_pct": -0.1}),
+    ("soc_reserve", {"soc_pct": 100.1}), ("replan", {}), ("replan", {"ttl_s": 30}), ("replan", {"by": "x"}),
+])
+def test_schemas_agree_with_the_controller_models(name: str, payload: dict[str, Any]) -> None:
+    """What the shipped JSON Schema accepts, the controller's pydantic model accepts, and vice versa
+    (``by`` is set by the intake, not by senders)."""
+    from controller.commands import parse_command
+    from controller.telemetry.remote import schema_errors
+
+    schema_ok = not schema_errors(name, payload)
+    try:
+        parse_command({**payload, "command": name})
+        model_ok = "by" not in payload
+    except ValueError:
+        model_ok = False
+    if name == "manual_setpoint" and payload["battery_kw"] is True:
+        model_ok = False          # pydantic coerces a JSON boolean to 1.0; the schema refuses it first
+    assert schema_ok == model_ok, (name, payload)

@@ -38,7 +38,8 @@ def test_affine_maps_evaluate_like_pyomo():
     np.testing.assert_allclose(lp.row_lower.evaluate(p)[rows], [pyo.value(m.load_kw[t] - m.pv[t]) for t in range(3)])
     cost = lp.cost.evaluate(p)
     assert cost[lp.col_of["imp"][2]] == pytest.approx(1.0 * pyo.value(m.c_imp[2]))
-    assert cost[lp.col_of["soc"][2]] == pytest.approx(-pyo.value(m.tv))
+    assert cost[lp.col_of["soc_w"][2]] == pytest.approx(-pyo.value(m.tv))
+    assert cost[lp.col_of["s_lo"][2]] == pytest.approx(1.0 * pyo.value(m.pen) + pyo.value(m.tv))
 
 
 def test_a_param_in_a_matrix_coefficient_is_refused():

@@ -26,7 +26,7 @@ from optimizer import costs, policies
 from optimizer.lp_model import build_model
 from optimizer.planner import PlanInputs, Planner, lp_parameters
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
-from optimizer.timegrid import regular_grid
+from optimizer.timegrid import TimeGrid, regular_grid
 
 BATTERIES = (
     BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=4, wear_cost_per_kwh=0.02),
@@ -213,3 +213,18 @@ def test_independent_check_covers_a_demand_charge_month_boundary():
     assert plan.objective.demand > 0
     expected = _direct_highspy_cost(inputs, BATTERIES[0], GRIDS[1], SETTINGS[0])
     assert plan.objective.total == pytest.approx(expected, abs=1e-4)
+
+
+def test_uneven_step_durations_match_the_independent_formulation():
+    """Steps of 15, 30, 60 and 15 minutes (direct Pyomo extraction, not tiling): physics and cost agree."""
+    starts = pd.DatetimeIndex(["2026-05-04T00:00Z", "2026-05-04T00:15Z", "2026-05-04T00:45Z", "2026-05-04T01:45Z",
+                               "2026-05-04T02:00Z", "2026-05-04T02:30Z"])
+    grid = TimeGrid(starts=starts, duration_h=np.array([0.25, 0.5, 1.0, 0.25, 0.5, 0.5]))
+    inputs = PlanInputs(grid=grid, pv_kw=np.array([0, 2, 9, 9, 3, 0.0]), load_kw=np.array([5, 4, 3, 6, 8, 7.0]),
+                        import_price=np.array([0.1, 0.1, 0.2, 0.3, 0.3, 0.2]), export_price=np.full(6, 0.03),
+                        soc0_kwh=4.0, demand_charge_per_kw=0.5)
+    plan = Planner(BATTERIES[0], GRIDS[1], SETTINGS[0], 6).plan(inputs)
+    _check_physics(plan, inputs, BATTERIES[0])
+    assert not plan.slack
+    expected = _direct_highspy_cost(inputs, BATTERIES[0], GRIDS[1], SETTINGS[0])
+    assert plan.objective.total == pytest.approx(expected, abs=1e-6)

@@ -64,3 +64,16 @@ def test_cli_table_and_clear_errors(tmp_path, capsys):
     args = ["plan", "--config", str(tmp_path / "site.yaml"), "--soc", "50", "--start", "2026-05-04T07:00+07:00"]
     assert main(args) == 2
     assert "--series" in capsys.readouterr().err
+
+
+def test_two_part_tariff_demand_charge_is_gross_and_shaves(site):
+    """evn-two-part-22kv: Cp 235,414 VND/kW-month + 8 % VAT; the plan pays only for a new peak."""
+    from optimizer.tariff import Tariff
+
+    tariff = Tariff.preset("evn-two-part-22kv")
+    load = np.full(96, 600.0)
+    load[40:44] = 1200.0  # a one-hour spike
+    plan = plan_for_site(site.model_copy(update={"grid": site.grid.model_copy(update={"import_cap_kw": None})}),
+                         tariff, START, 900.0, load_kw=load, month_peak_kw=0.0)
+    assert plan.import_kw.max() < 1200.0 - 100.0  # the spike is shaved with the stored energy
+    assert plan.objective.demand == pytest.approx(235_414.0 * 1.08 * plan.import_kw.max(), rel=1e-9)

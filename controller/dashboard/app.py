@@ -82,7 +82,7 @@ class DashboardHub:
         self.history: list[list[float | None]] = []
         self._bucket: tuple[int, list[float], list[int]] | None = None
         self._day: Any = None
-        self._clients: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
+        self._clients: set[asyncio.Queue[str | None]] = set()
 
     def offer(self, kind: str, payload: Mapping[str, Any]) -> None:
         """Take one bus message."""
@@ -97,10 +97,11 @@ class DashboardHub:
             self.alarms.append(data)
         else:
             return
+        event = _sse(kind, data)  # serialised once for every client
         for queue in self._clients:
             if queue.full():
                 queue.get_nowait()
-            queue.put_nowait((kind, data))
+            queue.put_nowait(event)
 
     def _record(self, state: dict[str, Any]) -> None:
         when = datetime.fromisoformat(state["ts"])
@@ -133,14 +134,15 @@ class DashboardHub:
         return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
                 "history": {"columns": ["ts_ms", *FLOW_POINTS], "rows": history}}
 
-    def subscribe(self) -> asyncio.Queue[tuple[str, dict[str, Any]] | None]:
+    def subscribe(self) -> asyncio.Queue[str | None]:
+        """A queue of ready-to-send SSE events for one client (``None`` = end of stream)."""
         if len(self._clients) >= self.max_clients:
             raise OverflowError("too many dashboard clients")
-        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(self.client_queue)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(self.client_queue)
         self._clients.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
         self._clients.discard(queue)
 
     def close(self) -> None:
@@ -202,7 +204,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
                         continue
                     if item is None:
                         return
-                    yield _sse(*item)
+                    yield item
             finally:
                 hub.unsubscribe(queue)
 

@@ -86,7 +86,7 @@ class InfluxSettings(_Strict):
 class DashboardSettings(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the dashboard on the LAN")
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests); see the log")
     token_env: str | None = Field(default="EMS_DASHBOARD_TOKEN",
                                   description="Environment variable holding the bearer token for control actions; "
                                               "unset = read-only dashboard")

@@ -2,16 +2,13 @@
 
 Topics under ``<prefix>/<site>/`` (docs/telemetry.md, payload schemas in ``schemas/``):
 
-===================  ========  ======  =======================================================
-topic                retained  QoS     payload
-===================  ========  ======  =======================================================
-``state``            yes       1       latest cycle state, on change, at most every ``min_state_interval_s``
-``plan``             yes       1       each new plan
-``alarms``           no        1       each alarm transition (queued while disconnected, bounded)
-``status``           yes       1       ``online``; ``offline`` on shutdown or as the broker-sent will
-``cmd/<name>``       —         —       commands (subscribed with retain-as-published)
-``cmd/<name>/result``  no      1       ``{command, id, accepted, reason, ts}`` per command
-===================  ========  ======  =======================================================
+* ``state`` (retained, QoS 1): the latest cycle state, on change (ignoring ``ts`` and ``cycle``), at
+  most every ``min_state_interval_s``;
+* ``plan`` (retained, QoS 1): each new plan;
+* ``alarms`` (QoS 1): each alarm transition, queued while disconnected (bounded);
+* ``status`` (retained, QoS 1): ``online``; ``offline`` on shutdown or as the broker-sent will;
+* ``cmd/<name>`` (in): commands, subscribed with retain-as-published so a retained one is recognised;
+* ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts}`` per command.
 
 aiomqtt neither reconnects nor queues: the connection loop reconnects with exponential back-off
 and resubscribes, the latest state and plan are republished on every connect, and alarms wait in
@@ -43,8 +40,13 @@ def _json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
 
 
-def _without_ts(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != "ts"}
+VOLATILE_STATE_KEYS = frozenset({"ts", "cycle"})
+"""State keys that change every cycle without news (time, cycle timing): ignored when deciding
+whether the state changed."""
+
+
+def _content(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in VOLATILE_STATE_KEYS}
 
 
 class MqttSink:
@@ -87,7 +89,7 @@ class MqttSink:
         """Take one bus message; publishing happens on the sink's own task."""
         if kind == "state":
             self._state = dict(payload)
-            if self._state_published is None or _without_ts(payload) != _without_ts(self._state_published):
+            if self._state_published is None or _content(payload) != _content(self._state_published):
                 self._state_dirty = True
         elif kind == "plan":
             self._plan, self._plan_dirty = dict(payload), True

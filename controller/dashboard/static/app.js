@@ -328,6 +328,13 @@ function renderCharts() {
 
 // ---------------------------------------------------------------- live data
 
+// States can arrive many times a second (accelerated simulation): draw at most every RENDER_MS.
+const RENDER_MS = 250;
+let renderTimer = null;
+function scheduleRender() {
+  if (renderTimer === null) renderTimer = setTimeout(() => { renderTimer = null; render(); }, RENDER_MS);
+}
+
 function connect() {
   const events = new EventSource("/api/events");
   const conn = $("conn");
@@ -337,13 +344,13 @@ function connect() {
   events.addEventListener("state", (e) => {
     ui.state = JSON.parse(e.data);
     recordHistory(ui.state);
-    render();
+    scheduleRender();
   });
-  events.addEventListener("plan", (e) => { ui.plan = JSON.parse(e.data); render(); });
+  events.addEventListener("plan", (e) => { ui.plan = JSON.parse(e.data); scheduleRender(); });
   events.addEventListener("alarm", (e) => {
     ui.alarmLog.push(JSON.parse(e.data));
     ui.alarmLog = ui.alarmLog.slice(-20);
-    renderAlarms();
+    scheduleRender();
   });
 }
 
