@@ -98,7 +98,7 @@ async def controller_run(path: Path, state_dir: Path, cycles: int) -> tuple[list
     await controller.run(duration_s=float(cycles))
     cpu = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     last = controller.bus.latest("state")
-    return controller.cycle_ms[2:], cpu, last.payload if last else {}
+    return list(controller.cycle_ms)[2:], cpu, last.payload if last else {}
 
 
 def main() -> None:

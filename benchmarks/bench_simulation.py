@@ -72,7 +72,7 @@ def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
     model = highspy.HighsLp()
     model.num_col_, model.num_row_ = lp.num_col, lp.num_row
     def finite(v: np.ndarray) -> np.ndarray:
-        return np.where(np.abs(v) >= 1e20, np.sign(v) * highspy.kHighsInf, v)
+        return np.where(v >= 1e20, highspy.kHighsInf, np.where(v <= -1e20, -highspy.kHighsInf, v))
 
     model.col_cost_ = lp.cost.evaluate(p)
     model.col_lower_, model.col_upper_ = finite(lp.col_lower.evaluate(p)), finite(lp.col_upper.evaluate(p))
@@ -84,7 +84,8 @@ def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
     cols_bound = np.union1d(lp.col_lower.varying, lp.col_upper.varying).astype(np.int32)
     rows = np.union1d(lp.row_lower.varying, lp.row_upper.varying).astype(np.int32)
     sl = lp.param_slices
-    soc_col = lp.col_of["soc"][0]
+    ch_col, dis_col = lp.col_of["ch"][0], lp.col_of["dis"][0]
+    dt = float(data.duration_h[0])
     soc = battery.capacity_kwh / 2
     run_s = 0.0
     t0 = time.perf_counter()
@@ -102,7 +103,8 @@ def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
         r0 = time.perf_counter()
         highs.run()
         run_s += time.perf_counter() - r0
-        soc = float(highs.getSolution().col_value[soc_col])
+        x = highs.getSolution().col_value
+        soc += dt * (battery.charge_efficiency * x[ch_col] - x[dis_col] / battery.discharge_efficiency)
     total = time.perf_counter() - t0
     return {"steps": data.steps, "total_s": total, "highs_s": run_s}
 

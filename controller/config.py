@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
 from drivers.config import DeviceConfig
-from drivers.profile import load_profile, profile_path
+from drivers.profile import PROFILE_DIR, load_profile, profile_path
 from drivers.roles import Role
 from drivers.simulated.config import SimulationConfig
 from ems.yamlfile import ConfigError, FieldError, field_path, read_yaml
@@ -101,6 +101,15 @@ class SiteConfig(PlanningSite):
         return self.control.replan_minutes or self.planner.step_minutes
 
 
+def resolve_profile(profile: str, base_dir: Path) -> Path:
+    """A device's profile file: a shipped name, an absolute path, or a path relative to the site file's folder
+    (or, failing that, to the working directory)."""
+    path = profile_path(profile)
+    if path.is_absolute() or path.is_relative_to(PROFILE_DIR) or not (base_dir / path).exists():
+        return path
+    return base_dir / path
+
+
 def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
     """Problems with what the file refers to (tariff, profiles), checked on the raw data section by section."""
     errors: list[FieldError] = []
@@ -121,9 +130,7 @@ def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
         for i, dev in enumerate(raw_devices):
             if not isinstance(dev, dict) or not isinstance(dev.get("profile"), str):
                 continue
-            path = profile_path(dev["profile"])
-            if not path.is_absolute() and path.parent != Path(".") and not path.exists():
-                path = base_dir / path
+            path = resolve_profile(dev["profile"], base_dir)
             try:
                 profile = load_profile(path)
             except ConfigError as exc:

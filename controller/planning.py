@@ -8,8 +8,7 @@
   worker thread with a time limit, keeps the last valid plan until it expires, and says why not
   when there is none (a :class:`~controller.modes.Reason` for the mode machine).
 
-Re-planning happens at every planning interval (aligned to the clock), on request (command), and
-when the measured net load drifts away from the plan's for a while (:meth:`PlanKeeper.due`).
+When to re-plan (interval, command, deviation) is the service's decision (``controller.service``).
 """
 
 from __future__ import annotations
@@ -78,9 +77,7 @@ class History:
         self._step: datetime | None = None
         self._sums = np.zeros(2)
         self._covered_h = 0.0
-        self._index: list[pd.Timestamp] = []
-        self._values: list[tuple[float, float]] = []
-        self._series: tuple[pd.Series, pd.Series] | None = None
+        self._rows: list[tuple[pd.Timestamp, float, float]] = []  # (step start, PV, load), one list: a copy is atomic
         self.last_load_kw: float | None = None
         """The latest measured load (the load forecast's fallback before any step is complete). [kW]"""
 
@@ -101,23 +98,17 @@ class History:
             pv, load = self._sums / self._covered_h
         else:
             pv = load = float("nan")
-        self._index.append(pd.Timestamp(self._step))
-        self._values.append((pv, load))
         cutoff = pd.Timestamp(self._step - self.keep)
-        while self._index and self._index[0] < cutoff:
-            self._index.pop(0)
-            self._values.pop(0)
+        self._rows = [r for r in self._rows if r[0] >= cutoff] + [(pd.Timestamp(self._step), float(pv), float(load))]
         self._sums[:] = 0.0
         self._covered_h = 0.0
-        self._series = None
 
     def series(self) -> tuple[pd.Series, pd.Series]:
-        """(PV, load) step averages as Series indexed by UTC step starts. [kW]"""
-        if self._series is None:
-            index = pd.DatetimeIndex(self._index, tz="UTC") if self._index else pd.DatetimeIndex([], tz="UTC")
-            values = np.array(self._values, dtype=float).reshape(-1, 2)
-            self._series = (pd.Series(values[:, 0], index=index), pd.Series(values[:, 1], index=index))
-        return self._series
+        """(PV, load) step averages as Series indexed by UTC step starts (safe to call from a worker thread). [kW]"""
+        rows = self._rows
+        index = pd.DatetimeIndex([r[0] for r in rows]).tz_convert("UTC") if rows else pd.DatetimeIndex([], tz="UTC")
+        values = np.array([r[1:] for r in rows], dtype=float).reshape(-1, 2)
+        return pd.Series(values[:, 0], index=index), pd.Series(values[:, 1], index=index)
 
 
 class ForecastSource(Protocol):
@@ -209,6 +200,7 @@ class PlanKeeper:
         self.forecasts = forecasts
         self.follow_tol_kw = follow_tol_kw
         self.plan: Plan | None = None
+        self._previous: Plan | None = None
         self.last_error: Reason | None = Reason.NO_PLAN
         self.last_detail = "no plan yet"
         self.last_outcome: PlanOutcome | None = None
@@ -218,53 +210,59 @@ class PlanKeeper:
 
     # ---------------------------------------------------------------------------------- the current plan
 
-    def step(self, now: datetime) -> PlanStep | None:
-        """The current plan's step at ``now``. A plan made mid-step starts at its planning time; a cycle
-        that read the site a moment before that, in the same step, gets the plan's first step."""
-        if self.plan is None:
-            return None
-        first = self.plan.starts[0].to_pydatetime()
-        if floor_to_step(first, self.settings.step_minutes) <= now < first:
-            now = first
-        return self.plan.step_at(now)
+    def current(self, now: datetime) -> tuple[Plan, PlanStep] | None:
+        """The valid plan covering ``now`` and its step, or None.
+
+        A plan made mid-step starts at its planning time: a cycle that read the site a moment before that,
+        in the same step, gets the plan's first step. A cycle that read the site before the new plan's start
+        otherwise (just before a step boundary) still gets the plan before it.
+        """
+        for plan in (self.plan, self._previous):
+            if plan is None or plan.is_expired(now, self.settings.plan_valid_hours):
+                continue
+            first = plan.starts[0].to_pydatetime()
+            moment = first if floor_to_step(first, self.settings.step_minutes) <= now < first else now
+            step = plan.step_at(moment)
+            if step is not None:
+                return plan, step
+        return None
 
     def status(self, now: datetime) -> Reason | None:
         """None when a valid plan covers ``now``; otherwise the reason there is none."""
-        if self.plan is not None and not self.plan.is_expired(now, self.settings.plan_valid_hours) \
-                and self.step(now) is not None:
+        if self.current(now) is not None:
             return None
         if self.plan is not None:
             return self.last_error if self.last_error in (Reason.PLANNER_FAILED, Reason.SOLVER_TIMEOUT) \
                 else Reason.PLAN_EXPIRED
         return self.last_error or Reason.NO_PLAN
 
-    def planned_peak_kw(self, now: datetime, month_peak_kw: float) -> float | None:
-        """The import level the plan holds for the month (demand charge), None without a demand charge. [kW]"""
-        if self.plan is None or self.tariff.demand_charge(now) is None:
+    def planned_peak_kw(self, plan: Plan, now: datetime, month_peak_kw: float) -> float | None:
+        """The import level ``plan`` holds for the month (demand charge), None without a demand charge. [kW]"""
+        if self.tariff.demand_charge(now) is None:
             return None
-        months = self.tariff.billing_months(self.plan.starts)
+        months = self.tariff.billing_months(plan.starts)
         mine = months == self.tariff.billing_month(now)
-        return max(month_peak_kw, float(np.max(self.plan.import_kw[mine], initial=0.0)))
+        return max(month_peak_kw, float(np.max(plan.import_kw[mine], initial=0.0)))
 
     def target(self, now: datetime, month_peak_kw: float) -> Target | None:
         """The plan step at ``now`` as a dispatch target (follow rule), or None without a valid plan."""
-        if self.status(now) is not None:
+        found = self.current(now)
+        if found is None:
             return None
-        assert self.plan is not None
-        step = self.step(now)
-        assert step is not None
-        expires = min(self.plan.expires_at(self.settings.plan_valid_hours),
-                      (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime())
+        plan, step = found
+        expires = min(plan.expires_at(self.settings.plan_valid_hours),
+                      (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime(warn=False))
         return plan_target(step.battery_kw, step.grid_kw, self.grid_spec, source=Source.PLAN,
-                           peak_kw=self.planned_peak_kw(now, month_peak_kw), expires_at=expires,
+                           peak_kw=self.planned_peak_kw(plan, now, month_peak_kw), expires_at=expires,
                            tol_kw=self.follow_tol_kw)
 
     def planned_net_load_kw(self, now: datetime) -> float | None:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
-        if self.plan is None:
+        found = self.current(now)
+        if found is None:
             return None
-        step = self.step(now)
-        return None if step is None else float(self.plan.load_kw[step.index] - self.plan.pv_kw[step.index])
+        plan, step = found
+        return float(plan.load_kw[step.index] - plan.pv_kw[step.index])
 
     # ---------------------------------------------------------------------------------- making plans
 
@@ -282,17 +280,15 @@ class PlanKeeper:
         return TimeGrid(starts, duration_h)
 
     def inputs(self, now: datetime, site: SiteNow) -> PlanInputs:
-        """PlanInputs for a plan starting at the step containing ``now`` (runs in the worker thread)."""
+        """PlanInputs for a plan starting at ``now`` (runs in the worker thread)."""
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         prices = self.tariff.prices(grid.starts)
         months = self.tariff.billing_months(grid.starts)
         month_index = np.concatenate([[0], np.cumsum(months[1:] != months[:-1])])
         demand = self.tariff.demand_charge(now)
-        fixed = None
-        if self.plan is not None and self.status(now) is None:
-            step = self.plan.step_at(grid.starts[0].to_pydatetime())
-            fixed = None if step is None else step.battery_kw
+        found = self.current(grid.starts[0].to_pydatetime())
+        fixed = None if found is None else found[1].battery_kw
         return PlanInputs(
             grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=prices.import_price_gross,
             export_price=prices.export_price, soc0_kwh=site.soc_kwh, month_peak_kw=site.month_peak_kw,
@@ -320,7 +316,8 @@ class PlanKeeper:
             return self._failed(Reason.SOLVER_TIMEOUT, str(exc), t0)
         except (PlannerError, ValueError) as exc:
             return self._failed(Reason.PLANNER_FAILED, f"{type(exc).__name__}: {exc}", t0)
-        self.plan, self.last_error, self.last_detail = plan, None, ""
+        self._previous, self.plan = self.plan, plan
+        self.last_error, self.last_detail = None, ""
         self.plans_made += 1
         self.last_outcome = PlanOutcome(plan, None, "", (time.perf_counter() - t0) * 1e3)
         return self.last_outcome

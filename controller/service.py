@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +33,7 @@ import pandas as pd
 
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
-from controller.config import SiteConfig, state_dir
+from controller.config import SiteConfig, resolve_profile, state_dir
 from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
 from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
 from controller.planning import (
@@ -48,7 +49,7 @@ from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import DemandTracker, EnergyCounters, StateStore
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from drivers.device import ModbusDevice
-from drivers.profile import load_profile, profile_path
+from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.sqlite"
 PLAN_TIMEOUT_MARGIN_S = 1.0
 """Real seconds beyond twice the solver's time limit a planning attempt (forecasts, build, solve) may take."""
+CYCLE_TIMES_KEPT = 3600
+"""Cycle times kept for statistics (an hour at the default cycle)."""
 MAX_ACCOUNTED_GAP_CYCLES = 5
 """A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
 
@@ -72,9 +75,7 @@ def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
     """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file."""
     devices = {}
     for cfg in config.devices:
-        path = profile_path(cfg.profile)
-        if not path.is_absolute() and path.parent != Path(".") and not path.exists():
-            path = config_path.resolve().parent / path
+        path = resolve_profile(cfg.profile, config_path.resolve().parent)
         devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock)
     return devices
 
@@ -127,7 +128,8 @@ class Controller:
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
         self.cycles = 0
-        self.cycle_ms: list[float] = []
+        self.cycle_ms: deque[float] = deque(maxlen=CYCLE_TIMES_KEPT)
+        """Read→write time of the latest cycles [ms, real time]."""
         self._last_ts: datetime | None = None
         self._last_persist = -float("inf")
         self._written: dict[str, tuple[float, float]] = {}  # point → (value, site monotonic of the write)
@@ -373,10 +375,10 @@ class Controller:
     def _state_payload(self, snap: Snapshot, state: ModeState, decision: Decision, target: Target | None,
                        timing: dict[str, float]) -> dict[str, Any]:
         now = snap.ts
-        plan = self.plans.plan
-        step = self.plans.step(now)
+        found = self.plans.current(now)
         plan_info = None
-        if plan is not None and step is not None:
+        if found is not None:
+            plan, step = found
             plan_info = {"created_at": plan.created_at.isoformat(), "source": plan.source,
                          "step_start": step.start.isoformat(), "battery_kw": step.battery_kw,
                          "grid_kw": step.grid_kw, "soc_pct": 100.0 * step.soc_kwh / plan.capacity_kwh,
@@ -385,7 +387,7 @@ class Controller:
                          else None,
                          "follow_reason": target.reason if target is not None and target.source is Source.PLAN
                          else None}
-        outcome = self.plans.last_outcome
+        outcome, plan = self.plans.last_outcome, self.plans.plan
         solver = {"plans_made": self.plans.plans_made, "failures": self.plans.failures,
                   "last_error": self.plans.last_error.value if self.plans.last_error else None,
                   "detail": self.plans.last_detail or None,

@@ -143,12 +143,14 @@ class CashFlowInputs:
 def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
     """Yearly cash flow, rows year 0..N. [currency]
 
-    Columns: ``pv_savings``, ``battery_savings``, ``om``, ``replacement``, ``capex``, ``net``,
+    Columns: ``pv_savings``, ``battery_savings``, ``om``, ``replacement``, ``residual``, ``capex``, ``net``,
     ``cumulative``, ``discounted``, ``cumulative_discounted``, ``pv_output_factor`` (relative to
     year 1), ``battery_soh_pct`` (mean over the year), ``battery_discharge_kwh``.
 
     Battery state of health falls linearly (``BatteryAgeing``); when it reaches end of life during
     year y the battery is replaced at the end of year y (cost in year y) unless y is the last year.
+    The battery in service at the end of year N is credited a residual value (column ``residual``):
+    its remaining life to end of life as a share of a new battery's, × ``replacement_cost``.
     """
     n = inp.lifetime_years
     years = np.arange(n + 1)
@@ -156,27 +158,32 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
     pv_factor = (1.0 - inp.pv_degradation) ** np.maximum(years - 1, 0)
     soh = np.zeros(n + 1)
     replacement = np.zeros(n + 1)
+    residual = np.zeros(n + 1)
     if inp.ageing is not None:
         cycle, calendar = inp.ageing.fade_pct_per_year(inp.battery_cycles_per_year)
         fade = cycle + calendar
+        eol = inp.ageing.end_of_life_soh_pct
         age = 0.0
         for y in range(1, n + 1):
             soh[y] = 100.0 - fade * (age + 0.5)
             age += 1.0
-            if 100.0 - fade * age <= inp.ageing.end_of_life_soh_pct + 1e-9 and y < n:
+            if 100.0 - fade * age <= eol + 1e-9 and y < n:
                 replacement[y] = inp.replacement_cost
                 age = 0.0
+        remaining = min(max((100.0 - fade * age - eol) / (100.0 - eol), 0.0), 1.0)
+        residual[n] = remaining * inp.replacement_cost
     soh_factor = soh / 100.0
     operating = years >= 1
     pv_sav = np.where(operating, inp.pv_savings * escalation * pv_factor, 0.0)
     bat_sav = np.where(operating, inp.battery_savings * escalation * soh_factor, 0.0)
     om = np.where(operating, -inp.om_per_year, 0.0)
     capex = np.where(years == 0, -inp.capex, 0.0)
-    net = pv_sav + bat_sav + om - replacement + capex
+    net = pv_sav + bat_sav + om - replacement + residual + capex
     discounted = net / (1.0 + inp.discount_rate) ** years
     return pd.DataFrame({
         "year": years, "pv_savings": pv_sav, "battery_savings": bat_sav, "om": om,
-        "replacement": -replacement, "capex": capex, "net": net, "cumulative": np.cumsum(net),
+        "replacement": -replacement, "residual": residual, "capex": capex, "net": net,
+        "cumulative": np.cumsum(net),
         "discounted": discounted, "cumulative_discounted": np.cumsum(discounted),
         "pv_output_factor": np.where(operating, pv_factor, 0.0), "battery_soh_pct": soh,
         "battery_discharge_kwh": np.where(operating, inp.battery_discharge_kwh * soh_factor, 0.0),
@@ -186,7 +193,7 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
 def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
     """Levelised cost of storage [currency/kWh discharged]:
 
-    (battery capex + Σ_y battery O&M_y/(1+r)^y + Σ_y replacement_y/(1+r)^y) / Σ_y discharge_y/(1+r)^y.
+    (battery capex + Σ_y (battery O&M_y + replacement_y − residual_y)/(1+r)^y) / Σ_y discharge_y/(1+r)^y.
 
     The cost of the charging energy is not included (it is in the bills). None without discharge.
     """
@@ -195,7 +202,8 @@ def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
     if energy <= 0:
         return None
     om = np.where(flow["year"].to_numpy() >= 1, inp.battery_om_per_year, 0.0)
-    costs = inp.battery_capex + float(np.sum((om - flow["replacement"].to_numpy()) / disc))
+    yearly = om - flow["replacement"].to_numpy() - flow["residual"].to_numpy()
+    costs = inp.battery_capex + float(np.sum(yearly / disc))
     return costs / energy
 
 

@@ -111,3 +111,15 @@ def test_config_check_command(tmp_path, capsys):
     bad.write_text("site: [unclosed\n")
     assert main(["config", "check", str(bad)]) == 2
     assert "line" in capsys.readouterr().err
+
+
+def test_a_profile_file_is_found_beside_the_site_file(tmp_path):
+    from drivers.profile import PROFILE_DIR
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "my-meter.yaml").write_text((PROFILE_DIR / "sunspec-meter.yaml").read_text())
+    data = copy.deepcopy(EXAMPLE)
+    data["devices"][0]["profile"] = "profiles/my-meter.yaml"
+    assert validate_config(data, "site.yaml", tmp_path).devices[0].profile == "profiles/my-meter.yaml"
+    data["devices"][0]["profile"] = "profiles/missing.yaml"
+    assert "devices[0].profile" in errors_of(data, tmp_path)

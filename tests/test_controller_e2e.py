@@ -176,9 +176,9 @@ async def test_cost_over_a_window_matches_the_plan(tmp_path):
 # ------------------------------------------------------------------------------------------------ safety
 
 async def test_zero_export_with_pv_above_load_and_a_full_battery(tmp_path):
-    path = site_file(tmp_path, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 96,
-                                           "weather": {"cloudiness": 0.0},
-                                           "load": {"day_kw": 300, "night_kw": 300}})
+    path = site_file(tmp_path, control={"dispatch": {"export_margin_kw": 0}},
+                     simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 96,
+                                 "weather": {"cloudiness": 0.0}, "load": {"day_kw": 300, "night_kw": 300}})
     async with running(path, 20, tmp_path / "state") as (site, _controller, states):
         assert await until(site, lambda: len(states) >= 30, 120)
         site.load_source = lambda now: 150.0  # a step change of the load
@@ -281,6 +281,23 @@ async def test_planner_failure_falls_back_and_recovers(tmp_path, fault, reason):
         forecasts.fault = None
         assert await until(site, lambda: states[-1]["mode"] == "auto", 1800, 10)
         assert states[-1]["reason"] == "plan"
+
+
+async def test_a_strong_deviation_from_the_plan_triggers_a_replan(tmp_path):
+    path = site_file(tmp_path, max_age_s=60, control={"replan_deviation_kw": 150, "replan_deviation_s": 30,
+                                                      "min_replan_gap_s": 30, "cycle_s": 2.0},
+                     simulation={"start": "2026-05-04T08:01:00+07:00"})
+    async with running(path, 60, tmp_path / "state") as (site, controller, _states):
+        reasons: list[str] = []
+        sub = controller.bus.subscribe([PLAN])
+        collector = asyncio.create_task(collect(sub, lambda m: reasons.append(m.payload["reason"])))
+        assert await until(site, lambda: controller.plans.plans_made > 0, 300, 2)
+        load = site.load_source
+        site.load_source = lambda now: load(now) + 400.0  # the factory starts a line the forecast did not know
+        assert await until(site, lambda: "deviation" in reasons, 600, 2)
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+    assert reasons[0] == "start"
 
 
 # ------------------------------------------------------------------------------------------------ state

@@ -89,8 +89,10 @@ def test_battery_ageing_and_replacement() -> None:
     assert list(flow.index[flow["replacement"] < 0]) == [5, 10]
     assert flow["battery_savings"][1] == pytest.approx(98.0)
     assert finance_summary(inp)["replacements"] == 2
-    # LCOS by hand (r = 0): (500 + 2 × 300) / Σ 1000 × SOH_y/100
-    expected = (500 + 600) / sum(1000 * s / 100 for s in soh[1:])
+    # residual value: 2 years into the third battery SOH is 92 %, 60 % of its life left -> 0.6 × 300 in year 12
+    assert flow["residual"].iloc[-1] == pytest.approx(180.0) and flow["residual"].iloc[:-1].eq(0).all()
+    # LCOS by hand (r = 0): (500 + 2 × 300 - 180) / Σ 1000 × SOH_y/100
+    expected = (500 + 600 - 180) / sum(1000 * s / 100 for s in soh[1:])
     assert lcos(inp, flow) == pytest.approx(expected)
 
 
@@ -145,6 +147,7 @@ def test_evaluate_splits_savings_and_investments() -> None:
     # break-even battery cost: at that capex (replacements scaled alike) the battery's NPV is zero
     k = battery["break_even_capex"] / battery["capex"]
     assert battery["break_even_per_kwh"] == pytest.approx(battery["break_even_capex"] / 200)
-    flows = [-1100 * k] + [200 - 10] * 10  # no replacement within 10 years at this ageing
+    # no replacement within 10 years at this ageing; a residual of the whole replacement cost (50 %) in year 10
+    flows = [-1100 * k] + [200 - 10] * 9 + [200 - 10 + 0.5 * 1100 * k]
     assert npf.npv(0.0, flows) == pytest.approx(0.0, abs=1e-6)
     assert out["pv_only"]["finance"]["system"]["simple_payback_years"] == pytest.approx(1000 / 390)
