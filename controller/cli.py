@@ -54,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     path = args.config or (EXAMPLE_SITE if args.simulate else None)
     if path is None:
         raise SystemExit("ems run: --config FILE is required (or --simulate)")
+    if not args.simulate and (args.speed is not None or args.perfect_forecast):
+        raise SystemExit("ems run: --speed and --perfect-forecast need --simulate")
     config = load_config(path)  # every problem reported before anything starts
     if args.simulate and config.simulation is None:
         raise SystemExit(f"ems run --simulate: {path} has no simulation: section")
