@@ -2,7 +2,7 @@
 
 Reproduce with::
 
-    .venv/bin/python benchmarks/bench_planner.py            # everything (~1 min)
+    .venv/bin/python benchmarks/bench_planner.py            # everything (~2 min)
     .venv/bin/python benchmarks/bench_planner.py --quick    # skip the year LP
 
 Re-plans: a factory-sized site (1 MWh / 500 kW battery, 900 kW PV, EVN-like TOU prices in VND,
@@ -11,6 +11,15 @@ carried from the previous plan. Timed per re-plan: ``Planner.plan`` all-in (para
 HiGHS update, solve, Plan assembly and pricing) and its update+solve part. Baseline, in the same
 run: the identical LP sequence passed straight to a persistent ``highspy.Highs`` (vectors
 precomputed; only the highspy change calls and ``run`` timed). Ratio = planner / raw highspy.
+
+Year of MPC re-plans: what the offline simulator does, 35,040 re-plans of a moving 96-step window with the SOC
+carried forward, on synthetic prices/PV/load. ``--mpc-replans`` of them (default 5,000; the whole year takes about
+two minutes for the three variants, too long for a routine run) are timed and the totals extrapolated to 35,040
+(keys ending ``_est``; ``--mpc-replans 35040`` times the whole year). Three variants, interleaved step by step
+(rotating which goes first) so that they share the machine's load: ``Planner.plan`` (all-in, Plan assembled and
+priced), ``Planner.schedule`` (the arrays the simulator needs) and bare highspy (the identical LP handed in full to
+a persistent ``highspy.Highs`` with default options, vectors precomputed, only the highspy calls timed). Input
+construction is not timed.
 
 Year: 35,040 quarter hours with one demand-charge peak per billing month (12 months, local time),
 planned in one LP in a subprocess (time and peak RSS); baseline: the identical LP handed from
@@ -127,6 +136,70 @@ def bench_replan(steps: int, replans: int) -> dict[str, float]:
             "cols": lp.num_col, "rows": lp.num_row}
 
 
+#: The variants of :func:`bench_mpc_year`, timed in rotating order.
+ORDER = ("plan", "schedule", "raw")
+
+
+def bench_mpc_year(replans: int, steps: int = 96) -> dict[str, float]:
+    """A simulated year of MPC re-plans, ``replans`` of them timed and extrapolated to 35,040 (see module doc)."""
+    year = 35_040
+    data = synthetic(steps + replans + 1, seed=2)
+    full, arrays = Planner(BATTERY, GRID, SETTINGS, steps), Planner(BATTERY, GRID, SETTINGS, steps)
+    first = inputs_at(data, 0, steps, 500.0, True)
+    full.plan(first)
+    arrays.schedule(first)
+    lp = next(iter(arrays._solvers.values())).lp
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
+    p0 = arrays.parameter_vector(lp, first)
+    model.col_cost_ = lp.cost.evaluate(p0)
+    model.col_lower_, model.col_upper_ = _inf(lp.col_lower.evaluate(p0)), _inf(lp.col_upper.evaluate(p0))
+    model.row_lower_, model.row_upper_ = _inf(lp.row_lower.evaluate(p0)), _inf(lp.row_upper.evaluate(p0))
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
+    h.passModel(model)
+    h.run()
+    cols, rows = np.arange(lp.num_col, dtype=np.int32), np.arange(lp.num_row, dtype=np.int32)
+    wall: dict[str, list[float]] = {name: [] for name in ORDER}
+    cpu: dict[str, list[float]] = {name: [] for name in ORDER}
+    soc = 500.0
+    for k in range(1, replans + 1):
+        inputs = inputs_at(data, k, steps, soc, True)
+        p = arrays.parameter_vector(lp, inputs)
+        c, cl, cu = lp.cost.evaluate(p), _inf(lp.col_lower.evaluate(p)), _inf(lp.col_upper.evaluate(p))
+        rl, ru = _inf(lp.row_lower.evaluate(p)), _inf(lp.row_upper.evaluate(p))
+        out: dict[str, object] = {}
+        for name in ORDER[k % 3:] + ORDER[:k % 3]:  # rotate the order: no variant always runs first
+            t0, c0 = time.perf_counter(), time.thread_time()
+            if name == "plan":
+                out[name] = full.plan(inputs)
+            elif name == "schedule":
+                out[name] = arrays.schedule(inputs)[0]
+            else:
+                h.changeColsCost(len(cols), cols, c)
+                h.changeColsBounds(len(cols), cols, cl, cu)
+                h.changeRowsBounds(len(rows), rows, rl, ru)
+                h.run()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+        expected = arrays.last_objective
+        got = h.getInfo().objective_function_value
+        assert abs(got - expected) <= 1e-6 * (1 + abs(expected)), (k, got, expected)
+        assert abs(full.last_objective - expected) <= 1e-6 * (1 + abs(expected)), (k, full.last_objective, expected)
+        plan, schedule = out["plan"], out["schedule"]
+        assert abs(schedule.soc_kwh[0] - plan.soc_kwh[0]) <= 1e-6
+        soc = float(plan.soc_kwh[0])
+    result: dict[str, float] = {"replans": replans}
+    for name in wall:
+        result[f"{name}_s_est"] = float(np.sum(wall[name])) * year / replans
+        result[f"{name}_cpu_s_est"] = float(np.sum(cpu[name])) * year / replans
+        result[f"{name}_ms_median"] = float(np.median(wall[name])) * 1e3
+        result[f"{name}_cpu_ms_median"] = float(np.median(cpu[name])) * 1e3
+    return result
+
+
 def year_child(out_dir: Path) -> None:
     """Subprocess: plan the year in one LP; save the LP it solved for the raw baseline; print JSON."""
     steps = 35_040
@@ -179,6 +252,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the year LP")
     parser.add_argument("--replans", type=int, default=300)
+    parser.add_argument("--mpc-replans", type=int, default=5000,
+                        help="re-plans timed for the year-of-MPC figure (extrapolated to 35,040; 0 = skip)")
     parser.add_argument("--year-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,6 +274,20 @@ def main() -> None:
                  "ratio": "replan_ratio", "cpu_median": "replan_cpu_ms_median", "cpu_ratio": "replan_cpu_ratio"}
         for key, name in names.items():
             result[f"{name}_{steps}"] = round(r[key], 3)
+    if args.mpc_replans:
+        m = bench_mpc_year(args.mpc_replans)
+        label = "measured" if args.mpc_replans >= 35_040 else f"{args.mpc_replans} timed, extrapolated"
+        print(f"year of MPC re-plans (35,040 × 96 steps, {label}): Planner.plan {m['plan_s_est']:.1f} s wall / "
+              f"{m['plan_cpu_s_est']:.1f} s CPU (median {m['plan_ms_median']:.2f} ms); Planner.schedule "
+              f"{m['schedule_s_est']:.1f} s / {m['schedule_cpu_s_est']:.1f} s CPU (median "
+              f"{m['schedule_ms_median']:.2f} ms); bare highspy {m['raw_s_est']:.1f} s / {m['raw_cpu_s_est']:.1f} s "
+              f"CPU (median {m['raw_ms_median']:.2f} ms)")
+        result.update(mpc_year_replans_s_est=round(m["plan_s_est"], 2),
+                      mpc_year_replans_cpu_s_est=round(m["plan_cpu_s_est"], 2),
+                      mpc_year_schedule_s_est=round(m["schedule_s_est"], 2),
+                      mpc_year_schedule_cpu_s_est=round(m["schedule_cpu_s_est"], 2),
+                      mpc_year_raw_s_est=round(m["raw_s_est"], 2), mpc_year_raw_cpu_s_est=round(m["raw_cpu_s_est"], 2),
+                      mpc_replans_timed=args.mpc_replans)
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             year = run_child("year", Path(tmp))

@@ -33,8 +33,7 @@ from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteI
 from optimizer.timegrid import TimeGrid
 
 OFFLINE_TIME_LIMIT_S = 600.0
-"""Solver time limit offline: for the whole-period LP of perfect foresight, and for a year of MPC re-plans,
-which HiGHS counts against one limit (its run clock accumulates over the persistent instance). [s]"""
+"""Solver time limit of the whole-period LP of perfect foresight (the live limit is meant for one horizon). [s]"""
 
 
 @dataclass(frozen=True)
@@ -174,10 +173,7 @@ class Mpc:
         self.name = "mpc_perfect" if perfect else "mpc"
         self.data, self.grid_spec, self.tol_kw, self.perfect = data, grid, tol_kw, perfect
         self.horizon = settings.horizon_steps
-        # HiGHS counts its time limit over the life of the persistent instance, not per solve; a year of
-        # re-plans needs the offline limit (the live planner has the same problem: see docs/simulation.md)
-        offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
-        self.planner = Planner(battery, grid, offline, self.horizon)
+        self.planner = Planner(battery, grid, settings, self.horizon)
         self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
         self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country)
         self.history_steps = round(21 * 24 / float(data.duration_h[0]))  # the load forecaster's 3 weeks

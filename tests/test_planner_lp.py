@@ -54,3 +54,82 @@ def test_a_product_of_params_is_refused():
     m.bad = pyo.Constraint(expr=m.ch[0] <= m.pv[0] * m.load_kw[0])
     with pytest.raises(ValueError, match="not affine"):
         extract_affine_lp(m)
+
+
+def _receding_inputs(n: int, replans: int, seed: int):
+    """Inputs of a receding-horizon run: the window moves one quarter hour per plan, prices include negatives."""
+    import pandas as pd
+
+    from optimizer.planner import PlanInputs
+    from optimizer.timegrid import regular_grid
+
+    rng = np.random.default_rng(seed)
+    total = n + replans
+    hour = (np.arange(total) % 96) / 4
+    pv = np.clip(8 * np.sin((hour - 6) / 12 * np.pi), 0, None) * rng.uniform(0.5, 1, total)
+    load = rng.uniform(1, 6, total)
+    price = np.where((hour >= 17) & (hour < 20), 0.3, 0.12) + rng.choice([0, 0, 0, -0.2], total)
+    start = pd.Timestamp("2026-05-04T00:00Z")
+    for k in range(replans):
+        sl = slice(k, k + n)
+        yield PlanInputs(grid=regular_grid(start + pd.Timedelta(minutes=15 * k), n, 15), pv_kw=pv[sl],
+                         load_kw=load[sl], import_price=price[sl], export_price=np.full(n, 0.05),
+                         soc0_kwh=float(rng.uniform(0, 10)), demand_charge_per_kw=2.0, month_peak_kw=3.0,
+                         export_cap_kw=2.0)
+
+
+def test_hot_re_plans_equal_cold_plans():
+    """A long-lived planner (hot starts, only changed costs/bounds handed to HiGHS, no cost perturbation)
+    gives the objective and schedule of a fresh planner on every plan of a receding-horizon run."""
+    from optimizer.planner import Planner
+    from optimizer.site import GridSpec, PlannerSettings
+
+    hot = Planner(BATTERY, GridSpec(), PlannerSettings(), 24)
+    for inputs in _receding_inputs(24, 40, seed=5):
+        plan = hot.plan(inputs)
+        cold_planner = Planner(BATTERY, GridSpec(), PlannerSettings(), 24)
+        cold = cold_planner.plan(inputs)
+        assert hot.last_objective == pytest.approx(cold_planner.last_objective, rel=1e-9, abs=1e-7)
+        assert plan.objective.total == pytest.approx(cold.objective.total, rel=1e-7, abs=1e-6)
+
+
+def test_a_stalled_hot_re_solve_is_repeated_cold():
+    """A hot re-solve that hits its iteration limit is solved again from scratch with the default options."""
+    from optimizer.planner import COLD_OPTIONS, Planner
+    from optimizer.site import GridSpec, PlannerSettings
+
+    planner = Planner(BATTERY, GridSpec(), PlannerSettings(), 24)
+    runs = iter(_receding_inputs(24, 6, seed=7))
+    planner.plan(next(runs))
+    solver = next(iter(planner._solvers.values()))
+    restarts = []
+    set_cold = solver._set_cold
+
+    def counting_set_cold() -> None:
+        restarts.append(solver.highs.getOptionValue("dual_simplex_cost_perturbation_multiplier")[1])
+        set_cold()
+        assert all(solver.highs.getOptionValue(k)[1] == v for k, v in COLD_OPTIONS.items())
+
+    solver._set_cold = counting_set_cold
+    for inputs in runs:
+        solver.highs.setOptionValue("simplex_iteration_limit", 0)  # every hot re-solve "stalls"
+        planner.plan(inputs)
+        fresh = Planner(BATTERY, GridSpec(), PlannerSettings(), 24)
+        fresh.plan(inputs)
+        assert planner.last_objective == pytest.approx(fresh.last_objective, rel=1e-9, abs=1e-7)
+    assert restarts == [0.0] * 5  # each re-plan went hot → stalled → cold
+
+
+def test_schedule_is_the_plan_without_pricing():
+    from optimizer import costs
+    from optimizer.planner import Planner
+    from optimizer.site import GridSpec, PlannerSettings
+
+    inputs = next(_receding_inputs(24, 1, seed=9))
+    a, b = (Planner(BATTERY, GridSpec(), PlannerSettings(), 24) for _ in range(2))
+    plan = a.plan(inputs)
+    schedule, info = b.schedule(inputs)
+    again = costs.make_plan(schedule, inputs, BATTERY, GridSpec(), PlannerSettings(), "optimizer", info)
+    for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "curtail_kw", "soc_kwh"):
+        np.testing.assert_allclose(getattr(schedule, name), getattr(plan, name), atol=1e-9)
+    assert again.objective.total == pytest.approx(plan.objective.total, rel=1e-12)

@@ -63,3 +63,15 @@ def test_local_dask_cluster_gives_the_same_table(serial: pd.DataFrame, scenario:
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster:
         table = sweep(scenario, [0, 1000], [0, 1000], "perfect_foresight", dask_address=cluster.scheduler_address)
     pd.testing.assert_frame_equal(serial, table)
+
+
+def test_ems_sweep_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ems.cli import main
+
+    scenario = str(SCENARIOS / "nam-cau-kien-qd963.yaml")
+    assert main(["sweep", scenario, "--pv", "1000", "--battery", "0,1000", "--start", "2026-06-01", "--days", "1",
+                 "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(table["battery_kwh"]) == [0, 1000] and (tmp_path / "payback.png").is_file()
+    assert main(["sweep", scenario, "--pv", "10:0:5", "--battery", "0", "--out", str(tmp_path)]) == 2
+    assert "STOP" in capsys.readouterr().err
