@@ -142,10 +142,11 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
     pen = costs.slack_penalty_per_kwh(inputs, settings)
     months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
     floors = costs.month_floors_kw(inputs)
+    new_month = months[1:] != months[:-1]  # a billing month starts at step t + 1
     peak_reset = np.zeros(n)
-    peak_reset[1:] = months[1:] != months[:-1]
+    peak_reset[1:] = new_month
     peak_cost = np.zeros(n)
-    peak_cost[np.flatnonzero(np.append(months[1:] != months[:-1], True))] = inputs.demand_charge_per_kw
+    peak_cost[np.flatnonzero(np.append(new_month, True))] = inputs.demand_charge_per_kw
 
     # the power inputs, rounded and capped at INF in one pass (one numpy call per operation, not per input)
     pv, load, ch_max, dis_max, imp_cap, exp_cap = np.minimum(np.round(np.stack([
@@ -269,7 +270,7 @@ class _Solver:
             self._set_options(HOT_OPTIONS)
             h.setOptionValue("simplex_iteration_limit", self._hot_iteration_limit)
             self._hot = True
-        return np.array(h.getSolution().col_value), h.getObjectiveValue()
+        return np.fromiter(h.getSolution().col_value, np.float64, self.lp.num_col), h.getObjectiveValue()
 
     def _run_once(self) -> highspy.HighsModelStatus:
         """One ``run()`` within the time limit; its model status (raises ``SolverFailed`` on a HiGHS error)."""
