@@ -30,7 +30,7 @@ INF = 1e20
 #: Mutable Params of the model, in the order of the flat parameter vector. Per-step ones have one
 #: entry per step, the others one entry.
 STEP_PARAMS = ("pv", "load_kw", "c_imp", "c_exp", "ch_max", "dis_max", "imp_cap", "exp_cap",
-               "peak_floor", "peak_cost", "peak_reset")
+               "peak_floor", "peak_cost", "peak_reset", "c_tie")
 SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 
@@ -104,8 +104,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         yield (dt[t] * m.c_imp[t] + dt[t] * m.pen) * m.over[t]
         yield -dt[t] * m.c_exp[t] * m.exp[t]
         yield (dt[t] * m.pen - dt[t] * m.c_exp[t]) * m.dump[t]
-        yield dt[t] * m.c_wear * m.ch[t]
-        yield dt[t] * m.c_wear * m.dis[t]
+        yield dt[t] * (m.c_wear + m.c_tie[t]) * m.ch[t]
+        yield dt[t] * (m.c_wear + m.c_tie[t]) * m.dis[t]
         yield dt[t] * m.pen * m.s_lo[t]
         yield dt[t] * m.pen * m.s_hi[t]
         if demand:

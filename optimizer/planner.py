@@ -42,6 +42,13 @@ ROUND_DECIMALS = 6
 SIMULTANEOUS_TOL = 1e-6
 #: Minimum throughput cost, relative to the largest |price| (breaks ties against needless cycling).
 MIN_THROUGHPUT_COST = 1e-6
+#: Tie-break on throughput, relative to the largest |price|, rising linearly from 0 at the first step to this
+#: at the last [currency/kWh per currency/kWh]. Where prices are equal over several steps (a whole peak or
+#: off-peak window) many schedules cost the same and the LP would pick any, e.g. 500 kW, idle, 500 kW; the
+#: tilt makes it charge and discharge as early as the economics allow, in contiguous blocks, and the choice
+#: survives a receding-horizon shift. It is left out of the reported cost, so it can make a plan dearer by at
+#: most TIE_BREAK_COST × max |price| per kWh of throughput (1e-4 of the price).
+TIE_BREAK_COST = 1e-4
 
 
 class PlannerError(Exception):
@@ -159,6 +166,7 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
         "peak_floor": np.round(floors[months], ROUND_DECIMALS), "peak_cost": peak_cost, "peak_reset": peak_reset,
         "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
         "c_wear": battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
+        "c_tie": TIE_BREAK_COST * max_price * np.arange(n) / max(n - 1, 1),
         "pen": pen, "fix_pen": 0.0 if fixed is None else pen, "fix_kw": 0.0 if fixed is None else float(fixed),
     }
 

@@ -49,6 +49,17 @@ def test_two_price_day_exact_profit():
     assert plan.slack == ()
 
 
+def test_equal_prices_give_contiguous_blocks_not_pulses():
+    """Six cheap hours then six dear ones; filling 10 kWh at η_c 0.9 takes 10/0.9 = 11.1 kWh AC and
+    delivers 10 × 0.9 = 9 kWh AC. Many schedules cost the same; the tie-break makes each happen in one
+    block, as early as possible: charge 5, 5, 10/9 kW in hours 0–2, discharge 5, 4 kW in hours 6–7."""
+    b = battery(wear_cost_per_kwh=0.01)
+    price = [0.1] * 6 + [0.3] * 6
+    plan = Planner(b, GridSpec(), NO_TV, 12).plan(inputs(hourly(12), [10] * 12, price, soc0_kwh=0.0))
+    np.testing.assert_allclose(plan.charge_kw, [5, 5, 10 / 9] + [0] * 9, atol=1e-6)
+    np.testing.assert_allclose(plan.discharge_kw, [0] * 6 + [5, 4] + [0] * 4, atol=1e-6)
+
+
 def test_spread_too_small_for_losses_and_wear_no_cycling():
     """η = 0.95² = 0.9025: buying at 0.1 and selling at 0.125 gains 0.9025 × 0.125 − 0.1 = 0.0128 per kWh
     charged, but wear costs 0.01 × (1 + 0.9025) = 0.019: the battery must stay idle."""
