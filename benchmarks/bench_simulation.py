@@ -144,10 +144,10 @@ def sweep_speedup(days: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=None, help="simulate only the first N days (default: the year)")
-    parser.add_argument("--sweep-days", type=int, default=28, help="period of each sweep cell [days]")
+    parser.add_argument("--sweep-days", type=int, default=91, help="period of each sweep cell [days]")
     args = parser.parse_args()
     command = "python benchmarks/bench_simulation.py" + (f" --days {args.days}" if args.days else "") + (
-        f" --sweep-days {args.sweep_days}" if args.sweep_days != 28 else "")
+        f" --sweep-days {args.sweep_days}" if args.sweep_days != 91 else "")
     print(f"reproduce: {command}")
     base = bare_highspy_loop(scenario_for("nam-cau-kien-legacy", args.days))
     print(f"baseline bare persistent-highspy loop: {base['steps']} re-plans in {base['total_s']:.1f} s "
