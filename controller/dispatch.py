@@ -23,9 +23,11 @@ an operator or a remote command can never override safety:
 The follow rule (:func:`plan_target`): a plan step is followed as a *grid* target when the plan
 sits on the export bound (zero export, self-consumption, export at the cap): the battery then
 absorbs whatever PV surplus or load the forecast missed instead of the grid. Otherwise it is
-followed as a *battery power*, with the step's import bound (contracted capacity or the planned
-monthly peak) as a grid ceiling, so a forecast miss moves the grid, not the battery's schedule,
-except where the demand charge or the contract would be breached.
+followed as a *battery power*, so a forecast miss moves the grid, not the battery's schedule —
+except that the grid may not rise above a ceiling: under a demand charge, always the highest import
+the plan allows in the billing month (so a load above the forecast makes the battery charge less or
+discharge rather than set a new monthly peak); without one, the contracted capacity on steps that
+sit on it.
 
 Sign conventions: docs/conventions.md (grid + import, battery + discharge, PV ≥ 0).
 """
@@ -138,7 +140,8 @@ class Target:
     value_kw : float
         Battery power (+discharge) when ``follow`` is BATTERY, grid power (+import) when GRID. [kW]
     grid_ceiling_kw : float | None
-        Discharge more if needed to keep import at or under this (planned peak). [kW]
+        Discharge more (charge less) if needed to keep import at or under this: the contracted capacity
+        or, under a demand charge, the highest import the plan allows this billing month. [kW]
     reserve_soc_pct : float | None
         Operator reserve: no discharge for the target at or below this SOC (safety steps may still
         discharge, e.g. to hold the import cap). [%]
@@ -240,25 +243,46 @@ def plan_target(battery_kw: float, grid_kw: float, grid: GridSpec, *, source: So
     grid : GridSpec
         The site's grid bounds (export cap, contracted import capacity).
     peak_kw : float | None
-        The plan's monthly peak import (demand-charge level), if it plans one. [kW]
+        Only when the tariff has a demand charge: the highest import the plan allows in the step's
+        billing month, ``max(month-to-date peak already reached, max of the plan's import_kw over its
+        steps in that billing month)``; ``None`` = no demand charge. [kW]
     expires_at : datetime | None
         When the step (or its plan) stops being valid. UTC.
     tol_kw : float
         How close to a bound counts as on it. [kW]
 
-    On the export bound (``grid_kw ≤ −export_cap + tol``) the step is followed as a grid target of
-    ``−export_cap``: surplus PV the forecast missed goes into the battery, and a load the forecast
-    missed is met from the battery as the plan meant. Elsewhere the battery power is followed, with
-    a grid ceiling at whichever import bound the step touches (contracted capacity, planned peak).
+    Returns
+    -------
+    Target
+        On the export bound (``grid_kw ≤ −export_cap + tol``): a grid target of ``−export_cap``
+        (reason ``plan_on_export_bound``): surplus PV the forecast missed goes into the battery, and a
+        load the forecast missed is met from the battery as the plan meant.
+
+        Otherwise: the battery power, with a grid ceiling (the dispatcher discharges more — charges
+        less, or discharges instead — when the measured load would push import above it; it never
+        charges more because the load came in lower):
+
+        - with a demand charge, on *every* such step: ``max(peak_kw, grid_kw)`` (the step's own import
+          is allowed by definition), and no more than the contracted capacity when the step sits on
+          it. A load above the forecast while the plan charges or idles would otherwise set a new
+          monthly peak, billed for the whole month at the demand rate — far more than the energy the
+          battery stores less now is worth;
+        - without one, only on a step on the contracted capacity (``grid_kw ≥ import_cap − tol``):
+          that capacity. Elsewhere the grid absorbs forecast errors; the chain's ``import_cap`` step
+          still holds the contract.
+
+        The reason is ``plan_on_import_bound`` when the step sits on the capacity or the peak,
+        ``plan_battery_power`` otherwise.
     """
     export_bound = -grid.export_cap_kw
     if grid_kw <= export_bound + tol_kw:
         return Target(source, Follow.GRID, export_bound, expires_at=expires_at, reason="plan_on_export_bound")
-    ceilings = [c for c in (grid.import_cap_kw, peak_kw) if c is not None and grid_kw >= c - tol_kw]
-    if ceilings:
-        return Target(source, Follow.BATTERY, battery_kw, grid_ceiling_kw=min(ceilings), expires_at=expires_at,
-                      reason="plan_on_import_bound")
-    return Target(source, Follow.BATTERY, battery_kw, expires_at=expires_at, reason="plan_battery_power")
+    on_cap = grid.import_cap_kw is not None and grid_kw >= grid.import_cap_kw - tol_kw
+    on_peak = peak_kw is not None and grid_kw >= peak_kw - tol_kw
+    reason = "plan_on_import_bound" if on_cap or on_peak else "plan_battery_power"
+    ceilings = ([max(peak_kw, grid_kw)] if peak_kw is not None else []) + ([grid.import_cap_kw] if on_cap else [])
+    return Target(source, Follow.BATTERY, battery_kw, grid_ceiling_kw=min(ceilings) if ceilings else None,
+                  expires_at=expires_at, reason=reason)
 
 
 class Dispatcher:

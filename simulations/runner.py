@@ -260,6 +260,21 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         planner_failures=list(getattr(strategy, "failures", [])))
 
 
+def nominal_load_kw(scenario: Scenario) -> float | None:
+    """The load assumed before any is measured: the synthetic load shape's weekday mean, ``day_kw`` over the day
+    shift and ``night_kw`` outside it (None for measured CSV data, which the scenario gives no nominal for). [kW]
+
+    A scenario parameter, not a statistic of the data: the MPC's first re-plan must not see the load it plans.
+    """
+    syn = scenario.data.synthetic
+    if syn is None:
+        return None
+    shape = syn.load
+    day_h = ((shape.day_end.hour * 60 + shape.day_end.minute) - (shape.day_start.hour * 60 + shape.day_start.minute)
+             ) / 60.0 % 24.0
+    return (shape.day_kw * day_h + shape.night_kw * (24.0 - day_h)) / 24.0
+
+
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
     """The strategy object for a name of :data:`simulations.scenario.StrategyName` (or ``no_system``)."""
     spec = scenario.battery.spec()
@@ -278,7 +293,8 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
             monthly = list(shape / shape.sum() * syn.annual_yield_kwh_per_kwp)
         country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
         return Mpc(data, scenario.site, scenario.pv, spec, scenario.grid, scenario.planner, tol,
-                   perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly)
+                   perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly,
+                   nominal_load_kw=nominal_load_kw(scenario))
     if name == "perfect_foresight":
         soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
         return PerfectForesight(data, spec, scenario.grid, scenario.planner, tol, soc0)

@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from controller.dispatch import Follow, Source, Target, plan_target
-from optimizer import policies
+from optimizer import costs, policies
+from optimizer.costs import Schedule
 from optimizer.forecast import LoadForecaster, PVForecaster
-from optimizer.plan import Plan
+from optimizer.plan import Plan, SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
@@ -80,7 +81,10 @@ class StepContext:
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
     pv_history, load_history : pandas.Series
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
-        load, indexed by step start; entries at and after step ``t`` are NaN and are never handed on.
+        load, one entry per step of the period, indexed by step start; entries at and after step
+        ``t`` are NaN. Handed whole to the forecasters, which ignore every entry at or after the
+        first step they forecast (so nothing from step ``t`` on can reach them), and which convert
+        the index once per Series object instead of once per call. [kW]
     """
 
     soc_kwh: float
@@ -89,10 +93,6 @@ class StepContext:
     month_peak_kw: float
     pv_history: pd.Series
     load_history: pd.Series
-
-    def past(self, series: pd.Series, t: int, steps: int) -> pd.Series:
-        """The last ``steps`` entries strictly before step ``t`` (the only history a strategy sees)."""
-        return series.iloc[max(0, t - steps):t]
 
 
 class Strategy(Protocol):
@@ -129,13 +129,22 @@ class SelfConsumption:
         return self._target
 
 
-def _follow(plan: Plan, i: int, inputs_month0: bool, month_peak_kw: float, demand: bool, grid: GridSpec,
-            tol_kw: float) -> Target:
-    """The live follow rule on step ``i`` of a plan, with the planned monthly peak when a demand charge applies."""
+def _follow(schedule: Schedule | Plan, i: int, same_month: np.ndarray, month_peak_kw: float, demand: bool,
+            grid: GridSpec, tol_kw: float) -> Target:
+    """The live follow rule on step ``i`` of a schedule or plan, with the planned monthly peak when a demand charge
+    applies.
+
+    Only step ``i``'s battery power (discharge − charge) and grid power (import − export) [kW] and, with a demand
+    charge, the highest planned import over the steps in ``same_month`` (bool per step: in the billing month of
+    step ``i``) [kW] are read: the arithmetic of :func:`optimizer.costs.make_plan`, so a Schedule and the Plan built
+    from it give the same target.
+    """
     peak = None
     if demand:
-        peak = max(month_peak_kw, float(np.max(plan.import_kw[inputs_month0]))) if inputs_month0.any() else None
-    return plan_target(float(plan.battery_kw[i]), float(plan.grid_kw[i]), grid, peak_kw=peak, tol_kw=tol_kw)
+        peak = max(month_peak_kw, float(np.max(schedule.import_kw[same_month]))) if same_month.any() else None
+    battery_kw = float(schedule.discharge_kw[i] - schedule.charge_kw[i])
+    grid_kw = float(schedule.import_kw[i] - schedule.export_kw[i])
+    return plan_target(battery_kw, grid_kw, grid, peak_kw=peak, tol_kw=tol_kw)
 
 
 class TouRule:
@@ -161,36 +170,44 @@ class TouRule:
 class Mpc:
     """The live planner re-planned every step; forecasts from the past only, or the actual future.
 
+    Each re-plan asks the planner for the schedule only (:meth:`~optimizer.planner.Planner.schedule`): the follow
+    rule reads the first step's battery and grid power from it, so the priced :class:`~optimizer.plan.Plan` is
+    built (:func:`optimizer.costs.make_plan`, identical to what :meth:`~optimizer.planner.Planner.plan` returns)
+    only when a solver failure makes the last plan the one followed.
+
     Parameters
     ----------
     perfect : bool
         Feed the actual PV and load of the horizon instead of the forecasts.
+    nominal_load_kw : float | None
+        The load forecast before any load has been measured (the first step of the period), e.g. from the
+        scenario's load shape; None = 0 kW. Never taken from the data, which would look ahead. [kW]
     """
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
                  settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
-                 monthly_yield_kwh_per_kwp: list[float] | None):
+                 monthly_yield_kwh_per_kwp: list[float] | None, nominal_load_kw: float | None = None):
         self.name = "mpc_perfect" if perfect else "mpc"
-        self.data, self.grid_spec, self.tol_kw, self.perfect = data, grid, tol_kw, perfect
+        self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
+        self.tol_kw, self.perfect = tol_kw, perfect
         self.horizon = settings.horizon_steps
         self.planner = Planner(battery, grid, settings, self.horizon)
         self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
-        self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country)
-        self.history_steps = round(21 * 24 / float(data.duration_h[0]))  # the load forecaster's 3 weeks
+        self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country,
+                                              fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
-        self._last: tuple[int, Plan] | None = None
+        #: The last successful re-plan: (its step, its start (UTC), schedule, inputs, solver info).
+        self._last: tuple[int, datetime, Schedule, PlanInputs, SolverInfo] | None = None
 
     def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
         """PV and load over the horizon starting at step ``t``. [kW]"""
         d = self.data
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
-        pv = self.pv_forecaster.forecast(grid, ctx.past(ctx.pv_history, t, self.history_steps))
-        self.load_forecaster.fallback_kw = float(d.load_kw[t])  # only without history: the load measured now
-        load = self.load_forecaster.forecast(grid, ctx.past(ctx.load_history, t, self.history_steps))
-        return pv, load
+        return (self.pv_forecaster.forecast(grid, ctx.pv_history),
+                self.load_forecaster.forecast(grid, ctx.load_history))
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         d, h = self.data, self.horizon
@@ -203,19 +220,22 @@ class Mpc:
             demand_charge_per_kw=float(d.demand_rate[t]), billing_month=months,
             max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw)
         try:
-            plan = self.planner.plan(inputs, created_at=now)
+            schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:
             return self._fallback(t, now, ctx, exc)
-        self.solve_s += plan.solver.solve_ms / 1e3
+        self.solve_s += info.solve_ms / 1e3
         self.replans += 1
-        self._last = (t, plan)
-        return _follow(plan, 0, months == 0, ctx.month_peak_kw, d.demand_rate[t] > 0, self.grid_spec, self.tol_kw)
+        self._last = (t, now, schedule, inputs, info)
+        return _follow(schedule, 0, months == 0, ctx.month_peak_kw, d.demand_rate[t] > 0, self.grid_spec,
+                       self.tol_kw)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
         """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
         self.failures.append((now.isoformat(), f"{type(exc).__name__}: {exc}"))
         if self._last is not None:
-            first, plan = self._last
+            first, created, schedule, inputs, info = self._last
+            plan = costs.make_plan(schedule, inputs, self.battery, self.grid_spec, self.settings, "optimizer", info,
+                                   created)
             i = t - first
             if i < len(plan) and not plan.is_expired(now, self.valid_hours):
                 months = self.data.month[first:first + len(plan)] == self.data.month[t]

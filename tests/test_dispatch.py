@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from controller.dispatch import (
@@ -204,6 +204,42 @@ def test_plan_on_an_import_bound_gets_a_grid_ceiling():
     assert t.grid_ceiling_kw == 1000.0
 
 
+def test_demand_charge_caps_a_night_charge_at_the_planned_peak():
+    """Plan: charge 500 kW at night on a 200 kW load forecast (grid 700 kW); the month's planned peak is
+    900 kW. The load comes in at 500 kW: charging 500 kW would import 1000 kW, a new monthly peak."""
+    t = plan_target(-500.0, 700.0, ZERO_EXPORT, peak_kw=900.0)
+    assert t.follow is Follow.BATTERY and t.value_kw == -500
+    assert t.grid_ceiling_kw == 900.0 and t.reason == "plan_battery_power"
+    d = dispatcher().step(inputs(grid=1000, battery=-500), t, NOW)  # load 500 kW, no PV
+    assert d.battery_setpoint_kw == pytest.approx(-400) and d.expected_grid_kw == pytest.approx(900)
+    # a load 1000 kW above the forecast: the battery discharges instead of charging
+    d = dispatcher().step(inputs(grid=1200), t, NOW)  # load 1200 kW
+    assert d.battery_setpoint_kw == pytest.approx(300) and d.expected_grid_kw == pytest.approx(900)
+    # a load below the forecast: the planned charge, no more
+    d = dispatcher().step(inputs(grid=600, battery=-500), t, NOW)  # load 100 kW
+    assert d.battery_setpoint_kw == pytest.approx(-500) and d.expected_grid_kw == pytest.approx(600)
+
+
+def test_without_a_demand_charge_a_battery_power_step_has_no_ceiling():
+    t = plan_target(-500.0, 700.0, ZERO_EXPORT)
+    assert t.grid_ceiling_kw is None and t.reason == "plan_battery_power"
+    d = dispatcher().step(inputs(grid=1000, battery=-500), t, NOW)  # load 500 kW: the grid takes the miss
+    assert d.battery_setpoint_kw == pytest.approx(-500) and d.expected_grid_kw == pytest.approx(1000)
+
+
+def test_demand_ceiling_allows_the_steps_own_import_and_stays_under_the_contract():
+    # a peak that does not cover the step itself: the step's planned import is allowed
+    assert plan_target(-100.0, 800.0, ZERO_EXPORT, peak_kw=600.0).grid_ceiling_kw == 800.0
+    # a step on the contracted capacity: the lower of the capacity and the peak
+    t = plan_target(100.0, 1000.0, ZERO_EXPORT, peak_kw=1200.0)
+    assert t.grid_ceiling_kw == 1000.0 and t.reason == "plan_on_import_bound"
+    # no month-to-date peak yet and a plan that imports nothing this month: hold import at 0
+    t = plan_target(0.0, 50.0, GridSpec(export_cap_kw=100), peak_kw=0.0)
+    assert t.grid_ceiling_kw == 50.0
+    t = plan_target(0.0, -20.0, GridSpec(export_cap_kw=100), peak_kw=0.0)
+    assert t.grid_ceiling_kw == 0.0 and t.reason == "plan_battery_power"
+
+
 def test_export_site_plan_at_the_export_cap_follows_the_cap():
     grid = GridSpec(export_cap_kw=100)
     t = plan_target(-50.0, -100.0, grid)
@@ -264,6 +300,35 @@ def test_export_cap_respected_when_physically_possible(load, pv_avail, soc, bms_
     pv_out = pv_avail if d.pv_limit_kw is None else min(pv_avail, d.pv_limit_kw)
     grid_after = load - pv_out - d.battery_setpoint_kw
     assert grid_after >= -export_cap - 1e-6
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_battery=st.floats(-500, 400), plan_grid=st.floats(-300, 1500), peak=st.floats(0, 1500),
+       miss=st.floats(-200, 500), pv=st.floats(0, 900), battery_now=st.floats(-500, 400), soc=st.floats(0, 100),
+       bms_ch=nonneg, bms_dis=nonneg, import_cap=maybe(st.floats(1, 2000)), export_cap=st.floats(0, 300))
+def test_demand_ceiling_held_whenever_the_battery_can_discharge_enough(plan_battery, plan_grid, peak, miss, pv,
+                                                                      battery_now, soc, bms_ch, bms_dis,
+                                                                      import_cap, export_cap):
+    """With a demand charge every battery-power step carries a ceiling; on a plant that follows the decision the
+    grid stays at or under it whenever the discharge headroom (PCS, BMS, SOC) allows, and otherwise the battery
+    discharges as far as it may.
+
+    ``miss`` [kW] is how far the load overshoots the ceiling if the battery held the planned power (negative: a
+    load the ceiling does not touch), so most examples need the ceiling."""
+    grid = GridSpec(import_cap_kw=import_cap, export_cap_kw=export_cap)
+    t = plan_target(plan_battery, plan_grid, grid, peak_kw=peak)
+    assume(t.follow is Follow.BATTERY)
+    assert t.grid_ceiling_kw is not None and t.grid_ceiling_kw <= max(peak, plan_grid)
+    load = max(0.0, pv + t.grid_ceiling_kw - plan_battery + miss)
+    d = dispatcher(grid).step(inputs(grid=load - pv - battery_now, pv=pv, battery=battery_now, soc=soc,
+                                     bms_ch=bms_ch, bms_dis=bms_dis), t, NOW)
+    room_kw = 0.0 if soc <= BATTERY.soc_min_pct else min(BATTERY.max_discharge_kw, bms_dis)
+    pv_out = pv if d.pv_limit_kw is None else min(pv, d.pv_limit_kw)
+    grid_after = load - pv_out - d.battery_setpoint_kw
+    if load - pv - t.grid_ceiling_kw <= room_kw:
+        assert grid_after <= t.grid_ceiling_kw + 1e-6
+    else:
+        assert d.battery_setpoint_kw == pytest.approx(room_kw)
 
 
 def settle(disp: Dispatcher, load: float, pv_avail: float, target: Target | None, soc: float, cycles: int,
