@@ -114,7 +114,7 @@ class Controller:
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
         self.forecasts = forecasts or MeasuredForecasts(
-            PVForecaster(config.site, config.pv),
+            PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)

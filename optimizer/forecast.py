@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from optimizer.site import PVSpec, SiteInfo
-from optimizer.solar import ClearSkyCache, clear_sky_pv_kw
+from optimizer.solar import ClearSkyCache, clear_sky_pv_kw, clear_sky_pv_kw_isolated
 from optimizer.timegrid import TimeGrid
 
 NS_PER_H = 3_600_000_000_000
@@ -80,8 +80,9 @@ class _HistoryReader:
 
 
 def _grid_step_minutes(grid: TimeGrid) -> int:
-    """The lattice step for a grid: its first step's length, in whole minutes (at least 1)."""
-    return max(1, round(float(grid.duration_h[0]) * 60))
+    """The lattice step for a grid: its last step's length, in whole minutes (at least 1). The last, because the
+    controller's grids may start with a shortened step (a plan made part-way through a step)."""
+    return max(1, round(float(grid.duration_h[-1]) * 60))
 
 
 class PVForecaster:
@@ -94,11 +95,15 @@ class PVForecaster:
     less than 15 minutes' worth of clear-sky energy at the AC limit counts as empty: without ``k_recent`` the
     forecast uses ``k_days``; without ``k_days`` the climatological clearness (of the month, from
     ``monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`).
+
+    ``isolated=True`` computes the clear-sky tables in short-lived worker processes
+    (``ClearSkyCache(isolated=True)``) so that pvlib is never imported into this process: the live controller's
+    choice, for memory. Offline use (simulations, tests) keeps the default, in-process computation.
     """
 
     def __init__(self, site: SiteInfo, pv: PVSpec, recent_hours: float = 3.0, days: float = 3.0,
                  half_life_days: float = 1.0, decay_hours: float = 3.0, max_clearness: float = 1.2,
-                 monthly_yield_kwh_per_kwp: Sequence[float] | None = None):
+                 monthly_yield_kwh_per_kwp: Sequence[float] | None = None, isolated: bool = False):
         if monthly_yield_kwh_per_kwp is not None and len(monthly_yield_kwh_per_kwp) != 12:
             raise ValueError("monthly_yield_kwh_per_kwp needs 12 values (Jan..Dec)")
         self.site = site
@@ -108,6 +113,7 @@ class PVForecaster:
         self.half_life_ns = half_life_days * NS_PER_DAY
         self.decay_hours = decay_hours
         self.max_clearness = max_clearness
+        self.isolated = isolated
         self._monthly_yield = None if monthly_yield_kwh_per_kwp is None else list(monthly_yield_kwh_per_kwp)
         self._monthly_clearness: np.ndarray | None = None
         self._caches: dict[int, ClearSkyCache] = {}
@@ -116,7 +122,8 @@ class PVForecaster:
     def _cache(self, step_minutes: int) -> ClearSkyCache:
         cache = self._caches.get(step_minutes)
         if cache is None:
-            cache = self._caches[step_minutes] = ClearSkyCache(self.site, self.pv, step_minutes)
+            cache = ClearSkyCache(self.site, self.pv, step_minutes, isolated=self.isolated)
+            self._caches[step_minutes] = cache
         return cache
 
     def climatological_clearness(self, month: int) -> float:
@@ -125,7 +132,8 @@ class PVForecaster:
             return DEFAULT_CLEARNESS
         if self._monthly_clearness is None:
             starts = pd.date_range("2025-01-01", "2026-01-01", freq="1h", inclusive="left", tz=self.site.timezone)
-            kwh = pd.Series(clear_sky_pv_kw(starts.tz_convert("UTC"), 1.0, self.site, self.pv), index=starts)
+            compute = clear_sky_pv_kw_isolated if self.isolated else clear_sky_pv_kw
+            kwh = pd.Series(compute(starts.tz_convert("UTC"), 1.0, self.site, self.pv), index=starts)
             per_kwp = kwh.groupby(starts.month).sum().to_numpy() / max(self.pv.kwp, 1e-9)
             self._monthly_clearness = np.clip(np.asarray(self._monthly_yield) / per_kwp, 0.0, self.max_clearness)
         return float(self._monthly_clearness[month - 1])

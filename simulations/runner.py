@@ -131,8 +131,8 @@ class StrategyResult:
     """One strategy over the period.
 
     ``frame``: per-step series (:data:`COLUMNS` plus ``period``), powers [kW] averaged over the step,
-    SOC at the end of the step; counters [kWh] from the plant; ``wall_s`` [s] for the whole run,
-    ``solve_s`` [s] inside HiGHS, ``replans`` planner calls.
+    SOC at the end of the step; counters [kWh] from the plant; ``wall_s`` [s] for the whole run and
+    ``cpu_s`` [s] the CPU time of this process over it, ``solve_s`` [s] inside HiGHS, ``replans`` planner calls.
     """
 
     name: str
@@ -144,6 +144,7 @@ class StrategyResult:
     losses_kwh: float
     capacity_kwh: float
     wall_s: float
+    cpu_s: float
     solve_s: float
     replans: int
     planner_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -187,7 +188,7 @@ class _StepWindow:
 def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteTariff, *, battery: bool,
              pv: bool = True, progress: Callable[[int], None] | None = None) -> StrategyResult:
     """Step the plant with the live dispatcher under one strategy over the period (see module docstring)."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     spec = scenario.battery.spec()
     if not battery or spec.capacity_kwh <= 0:
         spec = spec.model_copy(update={"max_charge_kw": 0.0, "max_discharge_kw": 0.0, "standby_loss_kw": 0.0})
@@ -256,7 +257,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         name=strategy.name, frame=frame, bill=bill, soc0_kwh=soc0, charged_kwh=model.charged_kwh,
         discharged_kwh=model.discharged_kwh, losses_kwh=model.losses_kwh,
         capacity_kwh=spec.capacity_kwh if battery else 0.0, wall_s=time.perf_counter() - t_start,
-        solve_s=strategy.solve_s, replans=strategy.replans,
+        cpu_s=time.process_time() - cpu_start, solve_s=strategy.solve_s, replans=strategy.replans,
         planner_failures=list(getattr(strategy, "failures", [])))
 
 
@@ -331,7 +332,7 @@ class RunResult:
                 "annual_bill": self.counted_bill(name) * per_year,
                 "bill_total_incl_vat": r.bill.total, "bill_vat": r.bill.vat,
                 "energy_kwh": r.energy(), "monthly_bills": r.bill.to_dict()["months"],
-                "wall_s": r.wall_s, "solve_s": r.solve_s, "replans": r.replans,
+                "wall_s": r.wall_s, "cpu_s": r.cpu_s, "solve_s": r.solve_s, "replans": r.replans,
                 "planner_failures": len(r.planner_failures),
                 "planner_failure_examples": r.planner_failures[:5],
             }

@@ -33,6 +33,9 @@ from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
 
+HISTORY_BLOCK_STEPS = 672
+"""Steps per block of the history views the MPC strategy hands its forecasters (a week of 15-minute steps)."""
+
 OFFLINE_TIME_LIMIT_S = 600.0
 """Solver time limit of the whole-period LP of perfect foresight (the live limit is meant for one horizon). [s]"""
 
@@ -82,9 +85,8 @@ class StepContext:
     pv_history, load_history : pandas.Series
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
         load, one entry per step of the period, indexed by step start; entries at and after step
-        ``t`` are NaN. Handed whole to the forecasters, which ignore every entry at or after the
-        first step they forecast (so nothing from step ``t`` on can reach them), and which convert
-        the index once per Series object instead of once per call. [kW]
+        ``t`` are NaN. Forecasters get views of them (see ``Mpc._history_views``) and ignore every
+        entry at or after the first step they forecast, so nothing from step ``t`` on reaches them. [kW]
     """
 
     soc_kwh: float
@@ -195,6 +197,12 @@ class Mpc:
         self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
         self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country,
                                               fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
+        step_ns = round(float(data.duration_h[0]) * 3.6e12)
+        look_back_ns = max(self.load_forecaster.window_ns + step_ns, self.pv_forecaster.days_ns,
+                           self.pv_forecaster.recent_ns)
+        #: Steps of history every forecast may read (the load forecaster's weeks before its last measurement).
+        self.look_back_steps = -(-look_back_ns // step_ns)
+        self._history: tuple[int, pd.Series, pd.Series] | None = None  # (block, PV view, load view)
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -206,8 +214,25 @@ class Mpc:
         d = self.data
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
-        return (self.pv_forecaster.forecast(grid, ctx.pv_history),
-                self.load_forecaster.forecast(grid, ctx.load_history))
+        pv_history, load_history = self._history_views(t, ctx)
+        return self.pv_forecaster.forecast(grid, pv_history), self.load_forecaster.forecast(grid, load_history)
+
+    def _history_views(self, t: int, ctx: StepContext) -> tuple[pd.Series, pd.Series]:
+        """PV and load history for step ``t``: views (no copy) of the context's Series over the block of
+        :data:`HISTORY_BLOCK_STEPS` steps holding ``t`` plus :attr:`look_back_steps` before it.
+
+        The forecasters ignore entries at or after the grid start and re-read the values on every call, so a view
+        made at the block's first step still shows every later measurement and never a future one. A view is
+        rebuilt once per block: the forecasters convert a Series' timestamps once per index object, and the
+        values they scan stay bounded (the whole-period Series would make every read scan the period so far).
+        """
+        block = t // HISTORY_BLOCK_STEPS
+        if self._history is None or self._history[0] != block:
+            lo = max(0, block * HISTORY_BLOCK_STEPS - self.look_back_steps)
+            hi = (block + 1) * HISTORY_BLOCK_STEPS
+            self._history = (block, *(pd.Series(series.to_numpy()[lo:hi], index=series.index[lo:hi], copy=False)
+                                      for series in (ctx.pv_history, ctx.load_history)))
+        return self._history[1], self._history[2]
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         d, h = self.data, self.horizon

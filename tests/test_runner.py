@@ -174,3 +174,48 @@ def test_scenario_errors_surface_through_ems_simulate(tmp_path: Path, capsys: py
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     assert main(["simulate", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "pv.kwp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k", [0, 1, 30])
+def test_mpc_target_sees_nothing_from_its_own_step_on(k: int) -> None:
+    """The MPC target for step k (its forecasts included, even the first one without any history) is the same
+    whatever PV and load do from step k on."""
+    from simulations.strategies import StepContext
+
+    sc = _scenario(days=3)
+    series = load_data(sc)
+    base = run(sc, strategies=["pv_only"], data=series)
+    inputs, tariff = base.inputs, base.tariff
+    changed = replace(inputs, pv_kw=inputs.pv_kw.copy(), load_kw=inputs.load_kw.copy())
+    changed.pv_kw[k:] *= 0.3
+    changed.load_kw[k:] *= 1.7
+    starts = inputs.starts[:inputs.steps]
+    targets = []
+    for data in (inputs, changed):
+        pv_hist, load_hist = np.full(inputs.steps, np.nan), np.full(inputs.steps, np.nan)
+        pv_hist[:k], load_hist[:k] = inputs.pv_kw[:k], inputs.load_kw[:k]
+        ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=0.0,
+                          pv_history=pd.Series(pv_hist, index=starts), load_history=pd.Series(load_hist, index=starts))
+        targets.append(make_strategy("mpc", sc, data, tariff).target(k, starts[k].to_pydatetime(), ctx))
+    assert targets[0] == targets[1]
+
+
+def test_mpc_forecasts_read_history_written_after_the_view_was_made() -> None:
+    """The forecasters get views of the runner's history: measurements written after a view was made reach later
+    re-plans of the same block, entries at and after the step do not."""
+    from simulations.strategies import StepContext
+
+    sc = _scenario(days=3)
+    base = run(sc, strategies=["pv_only"], data=load_data(sc))
+    inputs = base.inputs
+    starts = inputs.starts[:inputs.steps]
+    pv_hist, load_hist = np.full(inputs.steps, np.nan), np.full(inputs.steps, np.nan)
+    ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=0.0,
+                      pv_history=pd.Series(pv_hist, index=starts, copy=False),
+                      load_history=pd.Series(load_hist, index=starts, copy=False))
+    mpc = make_strategy("mpc", sc, inputs, base.tariff)
+    mpc.forecasts(0, inputs.grid(0, mpc.horizon), ctx)  # makes the views of the first block
+    load_hist[:10] = 321.0
+    load_hist[10:] = 9999.0  # not yet measured at step 10: must not be read
+    _, load = mpc.forecasts(10, inputs.grid(10, mpc.horizon), ctx)
+    assert np.allclose(load, 321.0)
