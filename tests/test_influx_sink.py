@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,31 +104,33 @@ def test_naive_timestamp_is_refused() -> None:
 
 async def test_outage_and_restart_deliver_every_point_exactly_once(victoria_metrics: VictoriaMetrics,  # noqa: F811
                                                                    tmp_path: Path) -> None:
-    """VictoriaMetrics is stopped mid-run (a few seconds here; a longer outage only makes the outbox
-    deeper), the controller restarts during the outage (outbox closed and reopened), the server
-    comes back: every state reaches it once, in order, with its own timestamp."""
+    """VictoriaMetrics is stopped for a minute mid-run (states keep coming every 0.5 s meanwhile), the
+    controller restarts during the outage (outbox closed and reopened), the server comes back: every
+    state reaches it once, in order, with its own timestamp."""
     clock = ManualClock(T0)
     path = tmp_path / "outbox.sqlite"
     sent_ms: list[int] = []
 
-    async def produce(sink: InfluxSink, n: int) -> None:
+    async def produce(sink: InfluxSink, n: int, interval_s: float = 0.01) -> None:
         for _ in range(n):
             clock.advance(1.0)
             sink.offer("state", sample_state(clock.now(), len(sent_ms)))
             sent_ms.append(to_ms(clock.now()))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(interval_s)
 
     alarms: list[tuple] = []
     sink = make_sink(path, victoria_metrics.url, clock, alarms=alarms)
     await produce(sink, 60)
     await until(lambda: sink.backlog == 0)
     victoria_metrics.stop()
-    await produce(sink, 60)
+    down_at = time.monotonic()
+    await produce(sink, 60, interval_s=0.5)
     await until(lambda: sink.last_error is not None)
     await sink.aclose()                                   # controller restart while the TSDB is down
     sink = make_sink(path, victoria_metrics.url, clock, alarms=alarms)
     assert sink.backlog >= 60
-    await produce(sink, 60)
+    await produce(sink, 60, interval_s=0.5)
+    assert time.monotonic() - down_at >= 60.0             # the TSDB was down for a minute
     victoria_metrics.start()
     await produce(sink, 60)
     await until(lambda: sink.backlog == 0)

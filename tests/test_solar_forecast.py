@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
+import textwrap
 from datetime import date
+from pathlib import Path
 
 import holidays
 import numpy as np
@@ -11,9 +17,17 @@ import pytest
 
 from optimizer.forecast import DEFAULT_CLEARNESS, ForecastError, LoadForecaster, PVForecaster
 from optimizer.site import Location, PVSpec, SiteInfo
-from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP, ClearSkyCache, clear_sky_pv_kw
+from optimizer.solar import (
+    HAI_PHONG_MONTHLY_KWH_PER_KWP,
+    ClearSkyCache,
+    ClearSkyWorkerError,
+    clear_sky_pv_kw,
+    clear_sky_pv_kw_in_worker,
+    clear_sky_pv_kw_isolated,
+)
 from optimizer.timegrid import TimeGrid, regular_grid
 
+REPO = Path(__file__).resolve().parents[1]
 TZ = "Asia/Ho_Chi_Minh"
 SITE = SiteInfo(name="hp", timezone=TZ, location=Location(latitude=20.86, longitude=106.68, altitude_m=5))
 PV = PVSpec(kwp=1000, ac_kw=900, tilt_deg=12)
@@ -64,6 +78,81 @@ def test_cache_matches_direct_computation():
     assert np.allclose(cache.at(ns, 0.25), clear_sky_pv_kw(starts, 0.25, SITE, PV))
     shifted = ns + 5 * 60 * 10**9  # not lattice aligned: computed directly
     assert np.allclose(cache.at(shifted, 0.25), clear_sky_pv_kw(starts + pd.Timedelta(minutes=5), 0.25, SITE, PV))
+
+
+# ---------------------------------------------------------------- clear sky in a worker process (the controller)
+
+
+def test_isolated_cache_equals_the_in_process_cache(caplog):
+    starts = quarter_hours("2026-12-30", 4)  # crosses a cache block
+    ns = starts.as_unit("ns").asi8
+    isolated = ClearSkyCache(SITE, PV, 15, isolated=True)
+    with caplog.at_level(logging.INFO, logger="optimizer.solar"):
+        got = isolated.at(ns, 0.25)
+    assert np.allclose(got, ClearSkyCache(SITE, PV, 15).at(ns, 0.25), rtol=1e-12, atol=1e-9)
+    assert "clear-sky worker process:" in caplog.text and "failed" not in caplog.text  # really the worker
+    # the blocks reach 48 h past the last step asked for, so a caller moving forward finds them computed
+    assert (ns[-1] // isolated.step_ns + isolated.ahead_steps) // isolated.BLOCK_STEPS in isolated._blocks
+    # off the lattice (a plan made part-way through a step): interpolated, within 1 % of the AC limit
+    shifted = ns + 7 * 60 * 10**9
+    direct = clear_sky_pv_kw(starts + pd.Timedelta(minutes=7), 0.2, SITE, PV)
+    assert np.abs(isolated.at(shifted, 0.2) - direct).max() < 0.01 * PV.ac_limit_kw
+
+
+def test_isolated_pv_forecaster_equals_the_in_process_one():
+    grid = regular_grid(pd.Timestamp("2026-03-01", tz=TZ), 96, 15)
+    hist_idx = quarter_hours("2026-02-26", 3)
+    history = pd.Series(0.4 * clear_sky_pv_kw(hist_idx, 0.25, SITE, PV), index=hist_idx)
+    isolated = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP, isolated=True)
+    in_process = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    for hist in (None, history):  # climatology (a year's table) and measured clearness
+        assert np.allclose(isolated.forecast(grid, hist), in_process.forecast(grid, hist), rtol=1e-12, atol=1e-9)
+
+
+def test_isolated_falls_back_to_in_process_when_the_worker_fails(monkeypatch, caplog):
+    starts = quarter_hours("2026-06-21", 1)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(ClearSkyWorkerError):
+        clear_sky_pv_kw_in_worker(starts, 0.25, SITE, PV)
+    with caplog.at_level(logging.WARNING, logger="optimizer.solar"):
+        got = clear_sky_pv_kw_isolated(starts, 0.25, SITE, PV)
+    assert np.array_equal(got, clear_sky_pv_kw(starts, 0.25, SITE, PV))
+    assert "clear-sky worker process failed" in caplog.text
+
+
+CONTROLLER_IMPORTS = textwrap.dedent("""
+    import asyncio, json, sys, tempfile
+    from pathlib import Path
+    HEAVY = ("pvlib", "scipy", "h5py", "requests")
+    import controller.service
+    after_import = [m for m in HEAVY if m in sys.modules]
+    from controller.cli import EXAMPLE_SITE
+    from controller.config import load_config
+    from controller.planning import SiteNow
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    config = load_config(EXAMPLE_SITE)
+    clock = ManualClock(config.simulation.start)
+    with tempfile.TemporaryDirectory() as tmp:
+        controller = Controller.from_config(config, EXAMPLE_SITE, clock, state_directory=Path(tmp))
+        after_build = [m for m in HEAVY if m in sys.modules]
+        controller.history.add(clock.now(), 0.0, 400.0, 1 / 3600)  # a load reading for the load forecast
+        outcome = asyncio.run(controller.plans.replan(clock.now(), SiteNow(500.0, None, None, 0.0), 120.0))
+    print(json.dumps({"after_import": after_import, "after_build": after_build,
+                      "after_plan": [m for m in HEAVY if m in sys.modules], "detail": outcome.detail,
+                      "pv_max_kw": None if outcome.plan is None else float(outcome.plan.pv_kw.max())}))
+""")
+
+
+def test_the_controller_never_imports_pvlib():
+    """In a fresh process: importing the controller, building it and planning once leave pvlib, SciPy, h5py and
+    requests out of the process (the PV forecast's clear sky comes from a worker process)."""
+    done = subprocess.run([sys.executable, "-c", CONTROLLER_IMPORTS], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["after_import"] == result["after_build"] == result["after_plan"] == [], result
+    assert result["pv_max_kw"] is not None and result["pv_max_kw"] > 100, result  # planned with clear-sky PV
 
 
 # ---------------------------------------------------------------- truth data
@@ -140,6 +229,22 @@ def test_pv_recent_clearness_dominates_short_leads():
         ratio = out / clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
     assert ratio[0] > 0.9
     assert ratio[80] < 0.5  # 09:15 next day: back towards the multi-day clearness
+
+
+def test_a_shortened_first_step_keeps_the_grid_step():
+    """A plan made part-way through a step (a shortened first step, then whole steps, as the controller plans)
+    forecasts the whole steps exactly as the aligned grid does, for PV and load."""
+    t0 = pd.Timestamp("2026-05-04 10:00", tz=TZ).tz_convert("UTC")
+    hist_idx = pd.date_range(t0 - pd.Timedelta(days=21), t0, freq="15min", inclusive="left")
+    pv_hist = pd.Series(0.6 * clear_sky_pv_kw(hist_idx, 0.25, SITE, PV), index=hist_idx)
+    load_hist = load_truth(hist_idx, seed=3)
+    aligned = regular_grid(t0, 96, 15)
+    late = TimeGrid(pd.DatetimeIndex([t0 + pd.Timedelta(minutes=7), *aligned.starts[1:]]),
+                    np.r_[8 / 60, aligned.duration_h[1:]])
+    pv = PVForecaster(SITE, PV)
+    assert np.allclose(pv.forecast(late, pv_hist)[1:], pv.forecast(aligned, pv_hist)[1:], rtol=1e-12)
+    load = LoadForecaster(TZ)
+    assert np.allclose(load.forecast(late, load_hist)[1:], load.forecast(aligned, load_hist)[1:], rtol=1e-12)
 
 
 # ---------------------------------------------------------------- load forecaster
