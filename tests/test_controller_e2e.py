@@ -147,7 +147,7 @@ async def test_cost_over_a_day_matches_the_plan(tmp_path):
     about 2.5 minutes of wall time."""
     path = site_file(tmp_path, max_age_s=120, reversion_s=900,
                      control={"cycle_s": 10.0, "replan_deviation_kw": 10_000},
-                     simulation={"start": "2026-05-03T23:35:00+07:00", "weather": {"cloudiness": 0.0},
+                     simulation={"start": "2026-05-03T23:00:00+07:00", "weather": {"cloudiness": 0.0},
                                  "step_s": 2})
 
     def forecasts(site: SimulatedSite) -> PerfectForecasts:
@@ -157,10 +157,12 @@ async def test_cost_over_a_day_matches_the_plan(tmp_path):
         plans: list[Plan] = []
         sub = controller.bus.subscribe([PLAN])
         collector = asyncio.create_task(collect(sub, lambda m: plans.append(Plan.from_dict(m.payload))))
-        assert await until(site, lambda: controller.plans.plans_made > 0, 900, 5)
+        # an hour of site time (6 s of wall time) for start-up and the first plan before the day begins
+        assert await until(site, lambda: controller.plans.plans_made > 0, 3000, 5)
         first = pd.Timestamp("2026-05-04T00:00:00+07:00").tz_convert("UTC").to_pydatetime()
         end = first + timedelta(hours=24)
-        assert await until(site, lambda: site.clock.now() >= first, 1800, 2)
+        assert site.clock.now() < first, "the first plan came after the day began"
+        assert await until(site, lambda: site.clock.now() >= first, 3600, 2)
         cost0 = controller.energy.cost
         assert await until(site, lambda: site.clock.now() >= end, 26 * 3600, 2)
         actual = controller.energy.cost - cost0
