@@ -43,7 +43,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizer.planner import PlanInputs, Planner, _inf
+from optimizer.lp_model import make_highs_lp
+from optimizer.planner import PlanInputs, Planner
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -101,19 +102,10 @@ def bench_replan(steps: int, replans: int) -> dict[str, float]:
     lp = solver.lp
 
     # raw highspy on the identical LP sequence: vectors precomputed, only highspy calls timed
-    vecs = [(lp.cost.evaluate(p), _inf(lp.col_lower.evaluate(p)), _inf(lp.col_upper.evaluate(p)),
-             _inf(lp.row_lower.evaluate(p)), _inf(lp.row_upper.evaluate(p))) for p in param_vectors]
+    vecs = [lp.vectors(p) for p in param_vectors]
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    model = highspy.HighsLp()
-    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
-    p0 = planner.parameter_vector(lp, inputs_at(data, 0, steps, 500.0, True))
-    model.col_cost_ = lp.cost.evaluate(p0)
-    model.col_lower_, model.col_upper_ = _inf(lp.col_lower.evaluate(p0)), _inf(lp.col_upper.evaluate(p0))
-    model.row_lower_, model.row_upper_ = _inf(lp.row_lower.evaluate(p0)), _inf(lp.row_upper.evaluate(p0))
-    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
-    h.passModel(model)
+    h.passModel(lp.highs_lp(planner.parameter_vector(lp, inputs_at(data, 0, steps, 500.0, True))))
     h.run()
     cols = np.arange(lp.num_col, dtype=np.int32)
     rows = np.arange(lp.num_row, dtype=np.int32)
@@ -151,15 +143,7 @@ def bench_mpc_year(replans: int, steps: int = 96) -> dict[str, float]:
     lp = next(iter(arrays._solvers.values())).lp
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    model = highspy.HighsLp()
-    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
-    p0 = arrays.parameter_vector(lp, first)
-    model.col_cost_ = lp.cost.evaluate(p0)
-    model.col_lower_, model.col_upper_ = _inf(lp.col_lower.evaluate(p0)), _inf(lp.col_upper.evaluate(p0))
-    model.row_lower_, model.row_upper_ = _inf(lp.row_lower.evaluate(p0)), _inf(lp.row_upper.evaluate(p0))
-    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
-    h.passModel(model)
+    h.passModel(lp.highs_lp(arrays.parameter_vector(lp, first)))
     h.run()
     cols, rows = np.arange(lp.num_col, dtype=np.int32), np.arange(lp.num_row, dtype=np.int32)
     wall: dict[str, list[float]] = {name: [] for name in ORDER}
@@ -168,8 +152,7 @@ def bench_mpc_year(replans: int, steps: int = 96) -> dict[str, float]:
     for k in range(1, replans + 1):
         inputs = inputs_at(data, k, steps, soc, True)
         p = arrays.parameter_vector(lp, inputs)
-        c, cl, cu = lp.cost.evaluate(p), _inf(lp.col_lower.evaluate(p)), _inf(lp.col_upper.evaluate(p))
-        rl, ru = _inf(lp.row_lower.evaluate(p)), _inf(lp.row_upper.evaluate(p))
+        c, cl, cu, rl, ru = lp.vectors(p)
         out: dict[str, object] = {}
         for name in ORDER[k % 3:] + ORDER[:k % 3]:  # rotate the order: no variant always runs first
             t0, c0 = time.perf_counter(), time.thread_time()
@@ -213,8 +196,7 @@ def year_child(out_dir: Path) -> None:
     solver = next(iter(planner._solvers.values()))
     lp, p = solver.lp, planner.parameter_vector(solver.lp, inputs)
     np.savez(out_dir / "year.npz", a_start=lp.a_start, a_index=lp.a_index, a_value=lp.a_value,
-             cost=lp.cost.evaluate(p), cl=_inf(lp.col_lower.evaluate(p)), cu=_inf(lp.col_upper.evaluate(p)),
-             rl=_inf(lp.row_lower.evaluate(p)), ru=_inf(lp.row_upper.evaluate(p)))
+             **dict(zip(("cost", "cl", "cu", "rl", "ru"), lp.vectors(p), strict=True)))
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, "build_ms": plan.solver.build_ms,
                       "solve_ms": plan.solver.solve_ms, "objective": planner.last_objective, "cols": lp.num_col,
                       "rows": lp.num_row, "months": int(inputs.billing_month[-1]) + 1,
@@ -228,13 +210,7 @@ def raw_child(out_dir: Path) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    model = highspy.HighsLp()
-    model.num_col_, model.num_row_ = len(d["cost"]), len(d["rl"])
-    model.col_cost_, model.col_lower_, model.col_upper_ = d["cost"], d["cl"], d["cu"]
-    model.row_lower_, model.row_upper_ = d["rl"], d["ru"]
-    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = d["a_start"], d["a_index"], d["a_value"]
-    h.passModel(model)
+    h.passModel(make_highs_lp(d["a_start"], d["a_index"], d["a_value"], d["cost"], d["cl"], d["cu"], d["rl"], d["ru"]))
     h.run()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal

@@ -69,17 +69,7 @@ def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
     p = planner.parameter_vector(lp, inputs(0, battery.capacity_kwh / 2))
     highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
-    model = highspy.HighsLp()
-    model.num_col_, model.num_row_ = lp.num_col, lp.num_row
-    def finite(v: np.ndarray) -> np.ndarray:
-        return np.where(v >= 1e20, highspy.kHighsInf, np.where(v <= -1e20, -highspy.kHighsInf, v))
-
-    model.col_cost_ = lp.cost.evaluate(p)
-    model.col_lower_, model.col_upper_ = finite(lp.col_lower.evaluate(p)), finite(lp.col_upper.evaluate(p))
-    model.row_lower_, model.row_upper_ = finite(lp.row_lower.evaluate(p)), finite(lp.row_upper.evaluate(p))
-    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
-    highs.passModel(model)
+    highs.passModel(lp.highs_lp(p))
     cols_cost = lp.cost.varying
     cols_bound = np.union1d(lp.col_lower.varying, lp.col_upper.varying).astype(np.int32)
     rows = np.union1d(lp.row_lower.varying, lp.row_upper.varying).astype(np.int32)
@@ -94,11 +84,9 @@ def bare_highspy_loop(scenario: Scenario) -> dict[str, float]:
         p[sl["load_kw"]] = np.round(data.load_kw[t:t + h_steps], 6)
         p[sl["c_imp"]] = data.import_price[t:t + h_steps]
         p[sl["soc0"]] = soc
-        c = lp.cost.evaluate(p)
+        c, lo, hi, rl, ru = lp.vectors(p)
         highs.changeColsCost(len(cols_cost), cols_cost, c[cols_cost])
-        lo, hi = finite(lp.col_lower.evaluate(p)), finite(lp.col_upper.evaluate(p))
         highs.changeColsBounds(len(cols_bound), cols_bound, lo[cols_bound], hi[cols_bound])
-        rl, ru = finite(lp.row_lower.evaluate(p)), finite(lp.row_upper.evaluate(p))
         highs.changeRowsBounds(len(rows), rows, rl[rows], ru[rows])
         r0 = time.perf_counter()
         highs.run()

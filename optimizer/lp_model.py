@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import highspy
 import numpy as np
 import pyomo.environ as pyo
 from pyomo.core.base.param import ParamData
@@ -165,6 +166,36 @@ class AffineLP:
     @property
     def num_param(self) -> int:
         return max(s.stop for s in self.param_slices.values())
+
+    def vectors(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cost, column lower/upper and row lower/upper bounds at ``params`` (bounds at ±INF as ±inf)."""
+        return (self.cost.evaluate(params), infinite(self.col_lower.evaluate(params)),
+                infinite(self.col_upper.evaluate(params)), infinite(self.row_lower.evaluate(params)),
+                infinite(self.row_upper.evaluate(params)))
+
+    def highs_lp(self, params: np.ndarray) -> highspy.HighsLp:
+        """The LP at ``params`` as a highspy model, ready for ``Highs.passModel``."""
+        return make_highs_lp(self.a_start, self.a_index, self.a_value, *self.vectors(params),
+                             offset=float(self.offset.evaluate(params)[0]))
+
+
+def infinite(v: np.ndarray) -> np.ndarray:
+    """``v`` with entries at or beyond ±INF replaced by ±inf."""
+    return np.where(v >= INF, np.inf, np.where(v <= -INF, -np.inf, v))
+
+
+def make_highs_lp(a_start: np.ndarray, a_index: np.ndarray, a_value: np.ndarray, cost: np.ndarray,
+                  col_lower: np.ndarray, col_upper: np.ndarray, row_lower: np.ndarray, row_upper: np.ndarray,
+                  offset: float = 0.0) -> highspy.HighsLp:
+    """A highspy model from a row-wise (CSR) matrix and its cost and bound vectors."""
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = len(cost), len(row_lower)
+    model.col_cost_, model.col_lower_, model.col_upper_ = cost, col_lower, col_upper
+    model.row_lower_, model.row_upper_ = row_lower, row_upper
+    model.offset_ = offset
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = a_start, a_index, a_value
+    return model
 
 
 class _AffineBuilder:

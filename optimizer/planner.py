@@ -30,6 +30,8 @@ from optimizer.lp_model import (
     AffineLP,
     build_model,
     extract_affine_lp,
+    infinite,
+    make_highs_lp,
     tiled_affine_lp,
 )
 from optimizer.plan import Plan, SolverInfo
@@ -208,13 +210,8 @@ class _Solver:
         self._coef = np.concatenate([v.coef for v in parts])
         self._size = len(self._base)
         self._pushed = self.evaluate(params)
-        c, cl, cu, rl, ru = self._split(self._pushed)
-        model = highspy.HighsLp()
-        model.num_col_, model.num_row_ = nc, nr
-        model.col_cost_, model.col_lower_, model.col_upper_, model.row_lower_, model.row_upper_ = c, cl, cu, rl, ru
-        model.offset_ = float(lp.offset.evaluate(params)[0])
-        model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = lp.a_start, lp.a_index, lp.a_value
+        model = make_highs_lp(lp.a_start, lp.a_index, lp.a_value, *self._split(self._pushed),
+                              offset=float(lp.offset.evaluate(params)[0]))
         if self.highs.passModel(model) == highspy.HighsStatus.kError:
             raise SolverFailed("HiGHS rejected the model")
         self._hot_iteration_limit = nc + nr
@@ -225,7 +222,7 @@ class _Solver:
     def evaluate(self, params: np.ndarray) -> np.ndarray:
         """The stacked cost and bound vector at ``params`` (infinite bounds as ±inf)."""
         v = self._base + np.bincount(self._target, weights=self._coef * params[self._param], minlength=self._size)
-        return _inf(v)
+        return infinite(v)
 
     def _split(self, v: np.ndarray) -> tuple[np.ndarray, ...]:
         """Cost, column lower, column upper, row lower, row upper parts of a stacked vector (views)."""
@@ -320,10 +317,6 @@ def _quiet_highs() -> highspy.Highs:
         os.dup2(saved, 1)
         os.close(saved)
     return highs
-
-
-def _inf(v: np.ndarray) -> np.ndarray:
-    return np.where(v >= INF, np.inf, np.where(v <= -INF, -np.inf, v))
 
 
 class Planner:
