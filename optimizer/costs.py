@@ -105,15 +105,18 @@ def month_floors_kw(inputs: PlanInputs) -> np.ndarray:
     return peak.copy()
 
 
-def slack_penalty_per_kwh(inputs: PlanInputs, settings: PlannerSettings) -> float:
+def slack_penalty_per_kwh(inputs: PlanInputs, settings: PlannerSettings, *,
+                          max_abs_price: float | None = None) -> float:
     """Penalty P on every slack: the setting, raised so that breaking a soft constraint never pays. [currency/kWh]
 
     One kWh of SOC violation for one step (cost P·dt) can at best buy one kWh at the highest |price|
     (/η < 2) or cut a month peak by 1/dt kW (rate/dt). P is raised to at least
-    10 × (max |price| / dt_min + demand rate / dt_min²), which covers both with margin.
+    10 × (max |price| / dt_min + demand rate / dt_min²), which covers both with margin. ``max_abs_price``:
+    the largest |import or export price| when the caller has it already. [currency/kWh]
     """
     dt_min = float(np.min(inputs.grid.duration_h))
-    price = max(float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
+    price = max_abs_price if max_abs_price is not None else max(
+        float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
     floor = 10.0 * (price / dt_min + inputs.demand_charge_per_kw / dt_min**2)
     return max(settings.soc_slack_penalty_per_kwh, floor)
 

@@ -4,15 +4,17 @@ Both forecasters are called once per planning step (≈35,040 times per simulate
 time-only work — clear-sky power, local slot of day and day type — is computed once per block of a
 regular UTC lattice and cached; a call is a few numpy lookups and bincounts (≈0.1 ms).
 
-History convention: a ``pandas.Series`` of kW values indexed by timezone-aware interval starts, at the
-grid's step (other steps still work, but slower and coarser). NaN marks a missing value. Only entries
-that start before the first grid step are used, so changing history at or after that moment never
-changes the forecast (no look-ahead). Methods and degradation without history: docs/data.md.
+History convention: a ``pandas.Series`` of kW values indexed by timezone-aware interval starts, or the
+same as plain arrays (:class:`History`, no timestamp conversion per call), at the grid's step (other
+steps still work, but slower and coarser). NaN marks a missing value. Only entries that start before
+the first grid step are used, so changing history at or after that moment never changes the forecast
+(no look-ahead). Methods and degradation without history: docs/data.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date
 
 import holidays as holidays_lib
@@ -44,22 +46,56 @@ def _ns(index: pd.DatetimeIndex) -> np.ndarray:
     return index.as_unit("ns").asi8
 
 
+@dataclass(frozen=True)
+class History:
+    """Measured values as arrays: interval starts ``ns`` [UTC epoch ns, int64, strictly increasing] and
+    ``values`` [kW], NaN = missing.
+
+    The forecasters read it without any conversion, so it suits callers that forecast very often (the offline
+    runner: 35,040 times a simulated year). Views of arrays the caller keeps filling show the new
+    measurements on the next call; entries at or after a forecast's first step are ignored as for a Series.
+    """
+
+    ns: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.ns.shape != self.values.shape or self.ns.ndim != 1:
+            raise ValueError(f"History.ns {self.ns.shape} and values {self.values.shape} must be equal 1-D shapes")
+        if self.ns.dtype != np.int64:
+            raise ValueError("History.ns must be int64 epoch nanoseconds")
+        if len(self.ns) > 1 and not np.all(self.ns[1:] > self.ns[:-1]):
+            raise ValueError("History.ns must be strictly increasing")
+
+    @classmethod
+    def from_series(cls, series: pd.Series) -> History:
+        """The arrays of a Series indexed by aware interval starts (sorted; a copy)."""
+        if not isinstance(series.index, pd.DatetimeIndex):
+            raise ValueError("forecast history needs a DatetimeIndex")
+        series = series.sort_index()
+        return cls(_ns(series.index).copy(), series.to_numpy(dtype=float, na_value=np.nan).copy())
+
+
 class _HistoryReader:
-    """Turns a history Series into sorted numpy arrays, remembering the last index's conversion.
+    """Turns a history into sorted numpy arrays, remembering the last index's conversion.
 
     Pandas indexes are immutable, so a caller that passes the same (growing or whole-period) Series on every
-    call pays the timestamp conversion once; the values are re-read on every call.
+    call pays the timestamp conversion once; the values are re-read on every call. The timestamps come back as
+    the same array object for as long as the history's timestamps stay the same (:class:`_PerTimestamps`
+    relies on it).
     """
 
     def __init__(self) -> None:
         self._index: pd.Index | None = None
-        self._ns = np.zeros(0, dtype=np.int64)
+        self._ns = _NO_NS
         self._order: np.ndarray | None = None
 
-    def read(self, history: pd.Series | None, before_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """Timestamps [ns] and values [kW] of the non-missing entries starting before ``before_ns``."""
-        if history is None or len(history) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
+    def read(self, history: pd.Series | History | None) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps [ns], increasing, and values [kW] (NaN = missing) of every entry."""
+        if history is None or len(history.values) == 0:
+            return _NO_NS, _NO_VALUES
+        if isinstance(history, History):
+            return history.ns, history.values
         index = history.index
         if index is not self._index:
             if not isinstance(index, pd.DatetimeIndex):
@@ -71,12 +107,39 @@ class _HistoryReader:
         values = np.asarray(history.to_numpy(dtype=float, na_value=np.nan))
         if self._order is not None:
             values = values[self._order]
-        cut = int(np.searchsorted(self._ns, before_ns, side="left"))
-        ns, values = self._ns[:cut], values[:cut]
-        keep = ~np.isnan(values)
-        if not keep.all():
-            ns, values = ns[keep], values[keep]
-        return ns, values
+        return self._ns, values
+
+
+_NO_NS = np.zeros(0, dtype=np.int64)
+_NO_VALUES = np.zeros(0)
+
+
+class _PerTimestamps:
+    """A function of the history's timestamps alone (clear-sky power, calendar keys), computed once per
+    timestamp array and reused while the same array comes back (a History's, or the reader's for one index)."""
+
+    def __init__(self) -> None:
+        self._ns: np.ndarray | None = None  # kept alive, so its identity cannot be reused by another array
+        self._value = _NO_VALUES
+
+    def get(self, ns: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        if ns is not self._ns:
+            self._value = compute(ns)
+            self._ns = ns
+        return self._value
+
+
+def _past(ns: np.ndarray, values: np.ndarray, derived: np.ndarray, before_ns: int,
+          since_ns: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries starting in [``since_ns``, ``before_ns``) (from the first without ``since_ns``) whose value is
+    not missing: timestamps, values and the matching entries of ``derived``."""
+    cut = int(np.searchsorted(ns, before_ns, side="left"))
+    lo = 0 if since_ns is None else int(np.searchsorted(ns[:cut], since_ns, side="left"))
+    ns, values, derived = ns[lo:cut], values[lo:cut], derived[lo:cut]
+    keep = ~np.isnan(values)
+    if keep.all():
+        return ns, values, derived
+    return ns[keep], values[keep], derived[keep]
 
 
 def _grid_step_minutes(grid: TimeGrid) -> int:
@@ -118,6 +181,8 @@ class PVForecaster:
         self._monthly_clearness: np.ndarray | None = None
         self._caches: dict[int, ClearSkyCache] = {}
         self._reader = _HistoryReader()
+        self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
+        self._history_step_minutes = 0  # the lattice step that clear-sky power is on
 
     def _cache(self, step_minutes: int) -> ClearSkyCache:
         cache = self._caches.get(step_minutes)
@@ -138,31 +203,29 @@ class PVForecaster:
             self._monthly_clearness = np.clip(np.asarray(self._monthly_yield) / per_kwp, 0.0, self.max_clearness)
         return float(self._monthly_clearness[month - 1])
 
-    def _clearness(self, cache: ClearSkyCache, ns: np.ndarray, values: np.ndarray, since_ns: int, step_h: float,
-                   t0: int, half_life_ns: float | None) -> float | None:
-        """Measured over clear-sky energy in daylight since ``since_ns``, each entry weighted by
+    def _clearness(self, clear: np.ndarray, ns: np.ndarray, values: np.ndarray, step_h: float, t0: int,
+                   half_life_ns: float | None) -> float | None:
+        """Measured ``values`` over ``clear`` (clear-sky power at ``ns``) in daylight, each entry weighted by
         ``0.5 ** (age / half_life)`` (unweighted without a half-life); None when the window is too dark."""
-        lo = int(np.searchsorted(ns, since_ns, side="left"))
-        if lo == len(ns):
+        if len(ns) == 0:
             return None
-        clear = cache.at(ns[lo:], step_h)
         daylight = clear > 0.05 * self.pv.ac_limit_kw
-        if float(clear[daylight].sum()) * step_h <= 0.25 * self.pv.ac_limit_kw:
+        clear, measured = clear[daylight], values[daylight]
+        if float(clear.sum()) * step_h <= 0.25 * self.pv.ac_limit_kw:
             return None
-        clear, measured = clear[daylight], values[lo:][daylight]
         if half_life_ns is not None:
-            weight = np.exp2((ns[lo:][daylight] - t0) / half_life_ns)
+            weight = np.exp2((ns[daylight] - t0) / half_life_ns)
             clear, measured = clear * weight, measured * weight
         return min(max(float(measured.sum()) / float(clear.sum()), 0.0), self.max_clearness)
 
-    def forecast(self, grid: TimeGrid, history: pd.Series | None) -> np.ndarray:
+    def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:
         """Forecast PV AC power per grid step.
 
         Parameters
         ----------
         grid : TimeGrid
             The planning steps.
-        history : pandas.Series | None
+        history : pandas.Series | History | None
             Measured PV AC power at interval starts (UTC), NaN = missing; entries at or after the first grid
             step are ignored. [kW]
 
@@ -175,15 +238,22 @@ class PVForecaster:
             return np.zeros(len(grid))
         step_minutes = _grid_step_minutes(grid)
         cache = self._cache(step_minutes)
-        starts = _ns(grid.starts)
+        starts = grid.starts_ns
         clear = cache.at(starts, grid.duration_h)
         t0 = int(starts[0])
-        ns, values = self._reader.read(history, t0)
         step_h = step_minutes / 60.0
-        k_days = self._clearness(cache, ns, values, t0 - self.days_ns, step_h, t0, self.half_life_ns)
+        ns, values = self._reader.read(history)
+        if step_minutes != self._history_step_minutes:
+            self._history_clear, self._history_step_minutes = _PerTimestamps(), step_minutes
+        clear_all = self._history_clear.get(ns, lambda ns_: cache.at(ns_, step_h))
+        # both windows are tails of the longer one
+        ns, values, clear_hist = _past(ns, values, clear_all, t0, t0 - max(self.days_ns, self.recent_ns))
+        d = int(np.searchsorted(ns, t0 - self.days_ns, side="left"))
+        k_days = self._clearness(clear_hist[d:], ns[d:], values[d:], step_h, t0, self.half_life_ns)
         if k_days is None:
             k_days = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
-        k_recent = self._clearness(cache, ns, values, t0 - self.recent_ns, step_h, t0, None)
+        r = int(np.searchsorted(ns, t0 - self.recent_ns, side="left"))
+        k_recent = self._clearness(clear_hist[r:], ns[r:], values[r:], step_h, t0, None)
         if k_recent is None:
             k = k_days
         else:
@@ -266,6 +336,8 @@ class LoadForecaster:
         self.fallback_kw = fallback_kw
         self._calendars: dict[int, _Calendar] = {}
         self._reader = _HistoryReader()
+        self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
+        self._history_step_minutes = 0  # the calendar those keys are on
 
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)
@@ -274,14 +346,14 @@ class LoadForecaster:
                 self.timezone, step_minutes, self.holiday_country, self.extra_holidays)
         return calendar
 
-    def forecast(self, grid: TimeGrid, history: pd.Series | None) -> np.ndarray:
+    def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:
         """Forecast site load per grid step.
 
         Parameters
         ----------
         grid : TimeGrid
             The planning steps.
-        history : pandas.Series | None
+        history : pandas.Series | History | None
             Measured site load at interval starts (UTC), NaN = missing; entries at or after the first grid
             step are ignored. [kW]
 
@@ -290,18 +362,22 @@ class LoadForecaster:
         numpy.ndarray
             Forecast load per step, ≥ 0. [kW]
         """
-        calendar = self._calendar(_grid_step_minutes(grid))
-        starts = _ns(grid.starts)
-        ns, values = self._reader.read(history, int(starts[0]))
+        step_minutes = _grid_step_minutes(grid)
+        calendar = self._calendar(step_minutes)
+        starts = grid.starts_ns
+        ns, values = self._reader.read(history)
+        if step_minutes != self._history_step_minutes:
+            self._history_keys, self._history_step_minutes = _PerTimestamps(), step_minutes
+        keys = self._history_keys.get(ns, calendar.keys)
+        ns, values, keys = _past(ns, values, keys, int(starts[0]))
         if len(ns) == 0:
             if self.fallback_kw is None:
                 raise ForecastError("no load history before the forecast start and no fallback_kw")
             return np.full(len(starts), float(self.fallback_kw))
         last_ns = int(ns[-1])
         lo = int(np.searchsorted(ns, last_ns - self.window_ns, side="right"))
-        ns, values = ns[lo:], values[lo:]
+        ns, values, keys = ns[lo:], values[lo:], keys[lo:]
         size = 3 * calendar.slots
-        keys = calendar.keys(ns)
         sums = np.bincount(keys, weights=values, minlength=size)
         counts = np.bincount(keys, minlength=size)
         slot_sums = sums.reshape(3, -1).sum(axis=0)

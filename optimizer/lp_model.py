@@ -15,6 +15,7 @@ an error. A re-plan then needs only numpy (``AffineVector.evaluate``) and three 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import highspy
 import numpy as np
@@ -130,8 +131,8 @@ class AffineVector:
 
     @property
     def varying(self) -> np.ndarray:
-        """Mask of entries that depend on at least one parameter."""
-        return np.bincount(self.target, minlength=len(self.base)) > 0
+        """Indices of the entries that depend on at least one parameter (int32, ascending)."""
+        return np.flatnonzero(np.bincount(self.target, minlength=len(self.base))).astype(np.int32)
 
     def evaluate(self, p: np.ndarray) -> np.ndarray:
         """The vector at parameter values ``p``."""
@@ -163,7 +164,7 @@ class AffineLP:
     def num_row(self) -> int:
         return len(self.row_lower.base)
 
-    @property
+    @cached_property
     def num_param(self) -> int:
         return max(s.stop for s in self.param_slices.values())
 

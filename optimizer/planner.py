@@ -12,6 +12,7 @@ policy (:mod:`optimizer.policies`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,7 +31,6 @@ from optimizer.lp_model import (
     AffineLP,
     build_model,
     extract_affine_lp,
-    infinite,
     make_highs_lp,
     tiled_affine_lp,
 )
@@ -114,48 +114,62 @@ class PlanInputs:
     period: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
+        # checked on every re-plan (35,040 times a simulated year): the passing path is a few whole-array reductions
         n = len(self.grid)
-        for name in ("pv_kw", "load_kw", "import_price", "export_price"):
+        series = []
+        for name in _SERIES:
             arr = np.asarray(getattr(self, name), dtype=float)
             if arr.shape != (n,):
                 raise ValueError(f"PlanInputs.{name} has shape {arr.shape}, the grid has {n} steps")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"PlanInputs.{name} has missing (NaN) or infinite values at steps "
-                                 f"{np.flatnonzero(~np.isfinite(arr))[:10].tolist()}")
-            setattr(self, name, arr)
-        for name in ("pv_kw", "load_kw"):
-            if np.any(getattr(self, name) < 0):
+            series.append(arr)
+        self.pv_kw, self.load_kw, self.import_price, self.export_price = series
+        if not math.isfinite(sum(float(arr.sum()) for arr in series)):  # NaN/inf propagate; an overflow only
+            for name, arr in zip(_SERIES, series, strict=True):      # sends a valid input down this search
+                bad = np.flatnonzero(~np.isfinite(arr))
+                if len(bad):
+                    raise ValueError(f"PlanInputs.{name} has missing (NaN) or infinite values at steps "
+                                     f"{bad[:10].tolist()}")
+        for name, arr in (("pv_kw", self.pv_kw), ("load_kw", self.load_kw)):
+            if n and arr.min() < 0:
                 raise ValueError(f"PlanInputs.{name} must not be negative")
-        if self.soc0_kwh is None or not np.isfinite(self.soc0_kwh):
+        if self.soc0_kwh is None or not math.isfinite(self.soc0_kwh):
             raise ValueError("PlanInputs.soc0_kwh is missing: the planner needs a measured SOC")
         if self.demand_charge_per_kw < 0:
             raise ValueError("PlanInputs.demand_charge_per_kw must not be negative")
         if self.billing_month is not None:
             bm = np.asarray(self.billing_month)
-            if bm.shape != (n,) or bm[0] != 0 or np.any(np.diff(bm) < 0) or np.any(np.diff(bm) > 1):
+            step = np.diff(bm)
+            if bm.shape != (n,) or bm[0] != 0 or (len(step) and (step.min() < 0 or step.max() > 1)):
                 raise ValueError("PlanInputs.billing_month must be 0, 0, …, 1, 1, … (one per step, steps of 1)")
             self.billing_month = bm.astype(int)
         for name in ("max_charge_kw", "max_discharge_kw", "import_cap_kw", "export_cap_kw"):
             value = getattr(self, name)
-            if value is not None and np.any(np.asarray(value, dtype=float) < 0):
+            if value is not None and (value < 0 if isinstance(value, float | int)
+                                      else (np.asarray(value, dtype=float) < 0).any()):
                 raise ValueError(f"PlanInputs.{name} must not be negative")
         if self.period is not None and len(self.period) != n:
             raise ValueError(f"PlanInputs.period has {len(self.period)} names for {n} steps")
+
+
+#: The per-step input series of PlanInputs, checked for shape and finiteness.
+_SERIES = ("pv_kw", "load_kw", "import_price", "export_price")
 
 
 def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
                   settings: PlannerSettings) -> dict[str, np.ndarray | float]:
     """Values of the LP's mutable Params for ``inputs`` (names as in :mod:`optimizer.lp_model`)."""
     n = len(inputs.grid)
-    max_price = max(1.0, float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
-    pen = costs.slack_penalty_per_kwh(inputs, settings)
+    imp, exp = inputs.import_price, inputs.export_price
+    price = max(float(np.abs(imp).max()), float(np.abs(exp).max())) if n else 0.0
+    max_price = max(1.0, price)
+    pen = costs.slack_penalty_per_kwh(inputs, settings, max_abs_price=price)
     months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
     floors = costs.month_floors_kw(inputs)
-    new_month = months[1:] != months[:-1]  # a billing month starts at step t + 1
     peak_reset = np.zeros(n)
-    peak_reset[1:] = new_month
+    peak_reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
     peak_cost = np.zeros(n)
-    peak_cost[np.flatnonzero(np.append(new_month, True))] = inputs.demand_charge_per_kw
+    peak_cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
+    peak_cost[:-1][peak_reset[1:] > 0] = inputs.demand_charge_per_kw
 
     # the power inputs, rounded and capped at INF in one pass (one numpy call per operation, not per input)
     pv, load, ch_max, dis_max, imp_cap, exp_cap = np.minimum(np.round(np.stack([
@@ -163,7 +177,7 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
         costs.import_cap_kw(inputs, grid), costs.export_cap_kw(inputs, grid)]), ROUND_DECIMALS), INF)
     fixed = inputs.fixed_battery_kw
     return {
-        "pv": pv, "load_kw": load, "c_imp": inputs.import_price, "c_exp": inputs.export_price,
+        "pv": pv, "load_kw": load, "c_imp": imp, "c_exp": exp,
         "ch_max": ch_max, "dis_max": dis_max, "imp_cap": imp_cap, "exp_cap": exp_cap,
         "peak_floor": np.round(floors[months], ROUND_DECIMALS), "peak_cost": peak_cost, "peak_reset": peak_reset,
         "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
@@ -220,9 +234,12 @@ class _Solver:
         self.schedule_index = np.stack([lp.col_of[name] for name in SCHEDULE_COLUMNS])
 
     def evaluate(self, params: np.ndarray) -> np.ndarray:
-        """The stacked cost and bound vector at ``params`` (infinite bounds as ±inf)."""
-        v = self._base + np.bincount(self._target, weights=self._coef * params[self._param], minlength=self._size)
-        return infinite(v)
+        """The stacked cost and bound vector at ``params``.
+
+        Bounds at or beyond ±INF are left as they are: HiGHS treats them as infinite (its ``infinite_bound``
+        option is INF), which saves mapping them to ±inf on every re-plan.
+        """
+        return self._base + np.bincount(self._target, weights=self._coef * params[self._param], minlength=self._size)
 
     def _split(self, v: np.ndarray) -> tuple[np.ndarray, ...]:
         """Cost, column lower, column upper, row lower, row upper parts of a stacked vector (views)."""
@@ -284,6 +301,12 @@ class _Solver:
         h.setOptionValue("time_limit", h.getRunTime() + self.time_limit_s)
         status = h.run()
         model_status = h.getModelStatus()
+        if status == highspy.HighsStatus.kError and model_status == highspy.HighsModelStatus.kNotset:
+            # refused before solving: another Highs in this process set up the shared thread scheduler for more
+            # threads than this instance's one (see _quiet_highs); take the scheduler back and run again
+            highspy.Highs.resetGlobalScheduler(True)
+            status = h.run()
+            model_status = h.getModelStatus()
         if status == highspy.HighsStatus.kError:
             self._set_cold()
             raise SolverFailed(f"HiGHS run failed (model status {h.modelStatusToString(model_status)})")
@@ -305,7 +328,16 @@ class _Solver:
 
 
 def _quiet_highs() -> highspy.Highs:
-    """A ``Highs`` with output off; the banner the first instance prints on C-level stdout is swallowed."""
+    """A single-threaded ``Highs`` with output off; the banner the first instance prints on C-level stdout is
+    swallowed.
+
+    One thread: the planner's LPs are solved by the serial dual simplex anyway, and HiGHS's task scheduler costs
+    ~0.12 ms per ``run()`` when it has worker threads to manage (measured: a 96-step hot re-solve with nothing
+    to do takes 0.18 ms with the default threads, 0.07 ms with one; docs/performance.md). The scheduler is
+    shared by every Highs in the process and set up by the first ``run()``: an instance whose ``threads``
+    differ from it is refused (``kError``, model status ``kNotset``), which ``_Solver._run_once`` answers by
+    resetting it; Highs instances left at the default (``threads`` = 0) accept a one-thread scheduler.
+    """
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -313,6 +345,7 @@ def _quiet_highs() -> highspy.Highs:
             os.dup2(null.fileno(), 1)
             highs = highspy.Highs()
             highs.setOptionValue("output_flag", False)
+            highs.setOptionValue("threads", 1)
     finally:
         os.dup2(saved, 1)
         os.close(saved)

@@ -215,8 +215,9 @@ class ClearSkyCache:
         index = np.asarray(index, dtype=np.int64)
         if len(index) == 0:
             return np.zeros(0)
-        lo, hi = int(index.min()) // self.BLOCK_STEPS, int(index.max()) // self.BLOCK_STEPS
-        self._fill(lo, (int(index.max()) + self.ahead_steps) // self.BLOCK_STEPS)
+        first, last = int(index.min()), int(index.max())
+        lo, hi = first // self.BLOCK_STEPS, last // self.BLOCK_STEPS
+        self._fill(lo, (last + self.ahead_steps) // self.BLOCK_STEPS)
         if lo == hi:
             return self._blocks[lo][index - lo * self.BLOCK_STEPS]
         joined = np.concatenate([self._blocks[b] for b in range(lo, hi + 1)])
@@ -234,8 +235,10 @@ class ClearSkyCache:
         """Clear-sky power for intervals starting at ``starts_ns`` (UTC epoch nanoseconds) lasting ``duration_h``
         [h]. [kW]"""
         starts_ns = np.asarray(starts_ns, dtype=np.int64)
-        duration = np.broadcast_to(np.asarray(duration_h, dtype=float), starts_ns.shape)
         index, rest = np.divmod(starts_ns, self.step_ns)
+        if isinstance(duration_h, float) and duration_h == self.step_minutes / 60.0 and not rest.any():
+            return self.lattice(index)  # the common case, without per-entry work on the durations
+        duration = np.broadcast_to(np.asarray(duration_h, dtype=float), starts_ns.shape)
         aligned = (rest == 0) & (duration == self.step_minutes / 60.0)
         if aligned.all():
             return self.lattice(index)

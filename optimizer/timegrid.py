@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
+
+NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+"""Nanoseconds per unit of a pandas datetime resolution."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,19 @@ class TimeGrid:
             raise ValueError("TimeGrid.starts must be timezone-aware UTC")
         if len(self.starts) != len(self.duration_h):
             raise ValueError("TimeGrid.starts and duration_h differ in length")
-        if len(self.starts) > 1 and not self.starts.is_monotonic_increasing:
+        ns = self.starts_ns
+        if len(ns) > 1 and not (ns[1:] > ns[:-1]).all():
             raise ValueError("TimeGrid.starts must increase")
-        if np.any(np.asarray(self.duration_h) <= 0):
+        if not (np.asarray(self.duration_h) > 0).all():
             raise ValueError("TimeGrid.duration_h must be positive")
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    @cached_property
+    def starts_ns(self) -> np.ndarray:
+        """Step starts as UTC epoch nanoseconds (int64), converted once per grid."""
+        return self.starts.asi8 * NS_PER_UNIT[self.starts.unit]
 
     @property
     def end(self) -> pd.Timestamp:

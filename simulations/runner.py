@@ -26,6 +26,7 @@ from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PlantState, PVModel
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
+from optimizer.forecast import History
 from optimizer.site import BatterySpec
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
@@ -206,14 +207,14 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
     dt_h = data.duration_h[:n]
     pv_avail = data.pv_kw[:n] if pv else np.zeros(n)
     load = data.load_kw[:n]
+    starts_ns = starts.as_unit("ns").asi8
     pv_hist = np.full(n, np.nan)
     load_hist = np.full(n, np.nan)
     window = _StepWindow(spec)
     charge0, discharge0 = window.limits_at(model.soc_kwh, model.allowed_charge_kw(), model.allowed_discharge_kw(),
                                            dt_h[0])
     ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=charge0, max_discharge_kw=discharge0, month_peak_kw=0.0,
-                      pv_history=pd.Series(pv_hist, index=starts, copy=False),
-                      load_history=pd.Series(load_hist, index=starts, copy=False))
+                      pv_history=History(starts_ns, pv_hist), load_history=History(starts_ns, load_hist))
     windows = window_starts(tariff.local(starts), 30)
     window_end = np.append(windows[1:] != windows[:-1], True)
     month_end = np.append(data.month[1:n] != data.month[:n - 1], True)

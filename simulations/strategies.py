@@ -27,7 +27,7 @@ import pandas as pd
 from controller.dispatch import Follow, Source, Target, plan_target
 from optimizer import costs, policies
 from optimizer.costs import Schedule
-from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import Plan, SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
@@ -82,9 +82,9 @@ class StepContext:
     soc_kwh : float  Measured stored energy. [kWh]
     max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
-    pv_history, load_history : pandas.Series
+    pv_history, load_history : History
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
-        load, one entry per step of the period, indexed by step start; entries at and after step
+        load, one entry per step of the period at the step's start; entries at and after step
         ``t`` are NaN. Forecasters get views of them (see ``Mpc._history_views``) and ignore every
         entry at or after the first step they forecast, so nothing from step ``t`` on reaches them. [kW]
     """
@@ -93,8 +93,8 @@ class StepContext:
     max_charge_kw: float
     max_discharge_kw: float
     month_peak_kw: float
-    pv_history: pd.Series
-    load_history: pd.Series
+    pv_history: History
+    load_history: History
 
 
 class Strategy(Protocol):
@@ -202,7 +202,7 @@ class Mpc:
                            self.pv_forecaster.recent_ns)
         #: Steps of history every forecast may read (the load forecaster's weeks before its last measurement).
         self.look_back_steps = -(-look_back_ns // step_ns)
-        self._history: tuple[int, pd.Series, pd.Series] | None = None  # (block, PV view, load view)
+        self._history: tuple[int, History, History] | None = None  # (block, PV view, load view)
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -217,21 +217,20 @@ class Mpc:
         pv_history, load_history = self._history_views(t, ctx)
         return self.pv_forecaster.forecast(grid, pv_history), self.load_forecaster.forecast(grid, load_history)
 
-    def _history_views(self, t: int, ctx: StepContext) -> tuple[pd.Series, pd.Series]:
-        """PV and load history for step ``t``: views (no copy) of the context's Series over the block of
+    def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
+        """PV and load history for step ``t``: views (no copy) of the context's arrays over the block of
         :data:`HISTORY_BLOCK_STEPS` steps holding ``t`` plus :attr:`look_back_steps` before it.
 
         The forecasters ignore entries at or after the grid start and re-read the values on every call, so a view
-        made at the block's first step still shows every later measurement and never a future one. A view is
-        rebuilt once per block: the forecasters convert a Series' timestamps once per index object, and the
-        values they scan stay bounded (the whole-period Series would make every read scan the period so far).
+        made at the block's first step still shows every later measurement and never a future one. The views
+        keep what the forecasters scan bounded (the whole period would make every read scan the period so far).
         """
         block = t // HISTORY_BLOCK_STEPS
         if self._history is None or self._history[0] != block:
             lo = max(0, block * HISTORY_BLOCK_STEPS - self.look_back_steps)
             hi = (block + 1) * HISTORY_BLOCK_STEPS
-            self._history = (block, *(pd.Series(series.to_numpy()[lo:hi], index=series.index[lo:hi], copy=False)
-                                      for series in (ctx.pv_history, ctx.load_history)))
+            self._history = (block, *(History(h.ns[lo:hi], h.values[lo:hi])
+                                      for h in (ctx.pv_history, ctx.load_history)))
         return self._history[1], self._history[2]
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from ems.cli import main
+from optimizer.forecast import History
 from simulations.runner import REFERENCE, load_data, make_strategy, price_inputs, run, simulate
 from simulations.scenario import Scenario, load_scenario
 
@@ -195,7 +196,8 @@ def test_mpc_target_sees_nothing_from_its_own_step_on(k: int) -> None:
         pv_hist, load_hist = np.full(inputs.steps, np.nan), np.full(inputs.steps, np.nan)
         pv_hist[:k], load_hist[:k] = inputs.pv_kw[:k], inputs.load_kw[:k]
         ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=0.0,
-                          pv_history=pd.Series(pv_hist, index=starts), load_history=pd.Series(load_hist, index=starts))
+                          pv_history=History(starts.as_unit("ns").asi8, pv_hist),
+                          load_history=History(starts.as_unit("ns").asi8, load_hist))
         targets.append(make_strategy("mpc", sc, data, tariff).target(k, starts[k].to_pydatetime(), ctx))
     assert targets[0] == targets[1]
 
@@ -211,8 +213,8 @@ def test_mpc_forecasts_read_history_written_after_the_view_was_made() -> None:
     starts = inputs.starts[:inputs.steps]
     pv_hist, load_hist = np.full(inputs.steps, np.nan), np.full(inputs.steps, np.nan)
     ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=0.0,
-                      pv_history=pd.Series(pv_hist, index=starts, copy=False),
-                      load_history=pd.Series(load_hist, index=starts, copy=False))
+                      pv_history=History(starts.as_unit("ns").asi8, pv_hist),
+                          load_history=History(starts.as_unit("ns").asi8, load_hist))
     mpc = make_strategy("mpc", sc, inputs, base.tariff)
     mpc.forecasts(0, inputs.grid(0, mpc.horizon), ctx)  # makes the views of the first block
     load_hist[:10] = 321.0
