@@ -18,8 +18,8 @@ two minutes for the three variants, too long for a routine run) are timed and th
 (keys ending ``_est``; ``--mpc-replans 35040`` times the whole year). Three variants, interleaved step by step
 (rotating which goes first) so that they share the machine's load: ``Planner.plan`` (all-in, Plan assembled and
 priced), ``Planner.schedule`` (the arrays the simulator needs) and bare highspy (the identical LP handed in full to
-a persistent ``highspy.Highs`` with default options, vectors precomputed, only the highspy calls timed). Input
-construction is not timed.
+a persistent ``highspy.Highs`` configured as the planner's (one thread, hot options), vectors precomputed, only the
+highspy calls timed). Input construction is not timed.
 
 Year: 35,040 quarter hours with one demand-charge peak per billing month (12 months, local time),
 planned in one LP in a subprocess (time and peak RSS); baseline: the identical LP handed from
@@ -44,7 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optimizer.lp_model import make_highs_lp
-from optimizer.planner import PlanInputs, Planner
+from optimizer.planner import HOT_OPTIONS, PlanInputs, Planner, quiet_highs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -103,10 +103,11 @@ def bench_replan(steps: int, replans: int) -> dict[str, float]:
 
     # raw highspy on the identical LP sequence: vectors precomputed, only highspy calls timed
     vecs = [lp.vectors(p) for p in param_vectors]
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()  # configured as the planner's: one thread, output off, hot options after the first solve
     h.passModel(lp.highs_lp(planner.parameter_vector(lp, inputs_at(data, 0, steps, 500.0, True))))
     h.run()
+    for name, value in HOT_OPTIONS.items():
+        h.setOptionValue(name, value)
     cols = np.arange(lp.num_col, dtype=np.int32)
     rows = np.arange(lp.num_row, dtype=np.int32)
     raw, raw_cpu = [], []
@@ -141,10 +142,11 @@ def bench_mpc_year(replans: int, steps: int = 96) -> dict[str, float]:
     full.plan(first)
     arrays.schedule(first)
     lp = next(iter(arrays._solvers.values())).lp
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()
     h.passModel(lp.highs_lp(arrays.parameter_vector(lp, first)))
     h.run()
+    for name, value in HOT_OPTIONS.items():
+        h.setOptionValue(name, value)
     cols, rows = np.arange(lp.num_col, dtype=np.int32), np.arange(lp.num_row, dtype=np.int32)
     wall: dict[str, list[float]] = {name: [] for name in ORDER}
     cpu: dict[str, list[float]] = {name: [] for name in ORDER}
@@ -208,8 +210,7 @@ def raw_child(out_dir: Path) -> None:
     """Subprocess: the saved year LP passed from scratch to highspy (simplex); print JSON."""
     d = np.load(out_dir / "year.npz")
     t0, c0 = time.perf_counter(), time.process_time()
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()
     h.passModel(make_highs_lp(d["a_start"], d["a_index"], d["a_value"], d["cost"], d["cl"], d["cu"], d["rl"], d["ru"]))
     h.run()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

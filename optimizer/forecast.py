@@ -239,8 +239,11 @@ class PVForecaster:
         step_minutes = _grid_step_minutes(grid)
         cache = self._cache(step_minutes)
         starts = grid.starts_ns
-        clear = cache.at(starts, grid.duration_h)
         t0 = int(starts[0])
+        if grid.uniform_step_ns == cache.step_ns and t0 % cache.step_ns == 0:  # on the lattice: one slice
+            clear = cache.span(t0 // cache.step_ns, len(starts))
+        else:
+            clear = cache.at(starts, grid.duration_h)
         step_h = step_minutes / 60.0
         ns, values = self._reader.read(history)
         if step_minutes != self._history_step_minutes:
@@ -303,6 +306,14 @@ class _Calendar:
         joined = np.concatenate([self._block(b) for b in range(lo, hi + 1)])
         return joined[index - lo * self.BLOCK_STEPS]
 
+    def span(self, first: int, count: int) -> np.ndarray:
+        """Profile keys of the ``count`` consecutive lattice steps from step number ``first``."""
+        b = first // self.BLOCK_STEPS
+        offset = first - b * self.BLOCK_STEPS
+        if offset + count > self.BLOCK_STEPS:
+            return self.keys(np.arange(first, first + count, dtype=np.int64) * self.step_ns)
+        return self._block(b)[offset:offset + count]
+
     def _block(self, b: int) -> np.ndarray:
         block = self._blocks.get(b)
         if block is None:
@@ -315,13 +326,16 @@ class _Calendar:
 class LoadForecaster:
     """Same-day-type load profile from recent history, corrected by the latest error.
 
-    Profile: the mean load per (day type, local slot of day) over the last ``weeks`` weeks of available
-    history; day types are weekday (Mon–Fri), Saturday, Sunday or public holiday (``holiday_country`` via the
-    holidays package, plus ``extra_holidays``, e.g. a Tết shutdown). Correction: the mean of (measured −
-    profile) over the last ``correction_hours`` of history, added with weight ``exp(−L / decay_hours)`` at lead
-    time ``L`` after the last measurement. Degradation with little history: a (day type, slot) never seen uses
-    the all-days mean of the slot; a slot never seen uses the mean of all history; no history at all uses
-    ``fallback_kw`` or raises :class:`ForecastError`. The result is never negative.
+    Profile: the mean load per (day type, local slot of day) over the ``weeks`` weeks of history before the
+    local day of the forecast start (complete days; day types are weekday (Mon–Fri), Saturday, Sunday or public
+    holiday (``holiday_country`` via the holidays package, plus ``extra_holidays``, e.g. a Tết shutdown). It is
+    rebuilt when the day changes or the history in its window does, so within a day a forecast costs a few
+    lookups. Correction: the mean of (measured − profile) over the last ``correction_hours`` of history, added
+    with weight ``exp(−L / decay_hours)`` at lead time ``L`` after the last measurement; it carries what today
+    has shown so far. Degradation with little history: before any complete day the profile is built from all
+    history so far; a (day type, slot) never seen uses the all-days mean of the slot; a slot never seen uses the
+    mean of the window; no history at all uses ``fallback_kw`` or raises :class:`ForecastError`. The result is
+    never negative.
     """
 
     def __init__(self, timezone: str, holiday_country: str | None = "VN", extra_holidays: Iterable[date] = (),
@@ -338,6 +352,8 @@ class LoadForecaster:
         self._reader = _HistoryReader()
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
         self._history_step_minutes = 0  # the calendar those keys are on
+        #: The last profile and what it was built from: (step minutes, timestamps, values, profile).
+        self._profile: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)
@@ -375,8 +391,31 @@ class LoadForecaster:
                 raise ForecastError("no load history before the forecast start and no fallback_kw")
             return np.full(len(starts), float(self.fallback_kw))
         last_ns = int(ns[-1])
-        lo = int(np.searchsorted(ns, last_ns - self.window_ns, side="right"))
-        ns, values, keys = ns[lo:], values[lo:], keys[lo:]
+        t0, step_ns = int(starts[0]), calendar.step_ns
+        uniform = grid.uniform_step_ns == step_ns and t0 % step_ns == 0  # the grid's keys are one slice
+        grid_keys = calendar.span(t0 // step_ns, len(starts)) if uniform else calendar.keys(starts)
+        # the local day of the forecast start begins slot-of-day lattice steps before the start's step
+        day_start = t0 - t0 % step_ns - int(grid_keys[0] % calendar.slots) * step_ns
+        hi = int(np.searchsorted(ns, day_start, side="left"))
+        if hi == 0:  # no complete day yet: everything so far
+            lo, hi = 0, len(ns)
+        else:
+            lo = int(np.searchsorted(ns, day_start - self.window_ns, side="left"))
+        profile = self._profile_of(calendar, step_minutes, ns[lo:hi], values[lo:hi], keys[lo:hi])
+        recent = int(np.searchsorted(ns, last_ns - self.correction_ns, side="right"))
+        error = float((values[recent:] - profile[keys[recent:]]).mean())
+        lead_h = (starts - last_ns) / NS_PER_H
+        out = profile[grid_keys] + error * np.exp(-lead_h / self.decay_hours)
+        return np.maximum(out, 0.0)
+
+    def _profile_of(self, calendar: _Calendar, step_minutes: int, ns: np.ndarray, values: np.ndarray,
+                    keys: np.ndarray) -> np.ndarray:
+        """Mean load per profile key (day type · slots + slot) of the entries given, with the fallbacks of the
+        class docstring; the last one is reused while the same entries come again. [kW]"""
+        cached = self._profile
+        if (cached is not None and cached[0] == step_minutes and np.array_equal(cached[1], ns)
+                and np.array_equal(cached[2], values)):
+            return cached[3]
         size = 3 * calendar.slots
         sums = np.bincount(keys, weights=values, minlength=size)
         counts = np.bincount(keys, minlength=size)
@@ -385,8 +424,5 @@ class LoadForecaster:
         overall = float(values.mean())
         slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), overall)
         profile = np.where(counts > 0, sums / np.maximum(counts, 1), np.tile(slot_mean, 3))
-        recent = int(np.searchsorted(ns, last_ns - self.correction_ns, side="right"))
-        error = float((values[recent:] - profile[keys[recent:]]).mean())
-        lead_h = (starts - last_ns) / NS_PER_H
-        out = profile[calendar.keys(starts)] + error * np.exp(-lead_h / self.decay_hours)
-        return np.maximum(out, 0.0)
+        self._profile = (step_minutes, ns.copy(), values.copy(), profile)
+        return profile

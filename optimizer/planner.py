@@ -12,6 +12,7 @@ policy (:mod:`optimizer.policies`).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -156,20 +157,24 @@ _SERIES = ("pv_kw", "load_kw", "import_price", "export_price")
 
 
 def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
-                  settings: PlannerSettings) -> dict[str, np.ndarray | float]:
-    """Values of the LP's mutable Params for ``inputs`` (names as in :mod:`optimizer.lp_model`)."""
+                  settings: PlannerSettings, demand: bool = True) -> dict[str, np.ndarray | float]:
+    """Values of the LP's mutable Params for ``inputs`` (names as in :mod:`optimizer.lp_model`).
+
+    ``demand=False``: for an LP built without the demand-charge variables, where ``peak_floor``,
+    ``peak_cost`` and ``peak_reset`` appear nowhere; they are left at 0.
+    """
     n = len(inputs.grid)
     imp, exp = inputs.import_price, inputs.export_price
     price = max(float(np.abs(imp).max()), float(np.abs(exp).max())) if n else 0.0
     max_price = max(1.0, price)
     pen = costs.slack_penalty_per_kwh(inputs, settings, max_abs_price=price)
-    months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
-    floors = costs.month_floors_kw(inputs)
-    peak_reset = np.zeros(n)
-    peak_reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
-    peak_cost = np.zeros(n)
-    peak_cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
-    peak_cost[:-1][peak_reset[1:] > 0] = inputs.demand_charge_per_kw
+    peak_floor, peak_reset, peak_cost = np.zeros(n), np.zeros(n), np.zeros(n)
+    if demand:
+        months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
+        peak_floor = np.round(costs.month_floors_kw(inputs)[months], ROUND_DECIMALS)
+        peak_reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
+        peak_cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
+        peak_cost[:-1][peak_reset[1:] > 0] = inputs.demand_charge_per_kw
 
     # the power inputs, rounded and capped at INF in one pass (one numpy call per operation, not per input)
     pv, load, ch_max, dis_max, imp_cap, exp_cap = np.minimum(np.round(np.stack([
@@ -179,12 +184,20 @@ def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
     return {
         "pv": pv, "load_kw": load, "c_imp": imp, "c_exp": exp,
         "ch_max": ch_max, "dis_max": dis_max, "imp_cap": imp_cap, "exp_cap": exp_cap,
-        "peak_floor": np.round(floors[months], ROUND_DECIMALS), "peak_cost": peak_cost, "peak_reset": peak_reset,
+        "peak_floor": peak_floor, "peak_cost": peak_cost, "peak_reset": peak_reset,
         "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
         "c_wear": battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
-        "c_tie": TIE_BREAK_COST * max_price * np.arange(n) / max(n - 1, 1),
+        "c_tie": TIE_BREAK_COST * max_price * _step_numbers(n) / max(n - 1, 1),
         "pen": pen, "fix_pen": 0.0 if fixed is None else pen, "fix_kw": 0.0 if fixed is None else float(fixed),
     }
+
+
+@functools.cache
+def _step_numbers(n: int) -> np.ndarray:
+    """0, 1, …, n − 1 (read-only, made once per horizon length)."""
+    numbers = np.arange(n)
+    numbers.flags.writeable = False
+    return numbers
 
 
 #: HiGHS options for hot re-solves (a basis from the previous solve exists), and the defaults restored for cold
@@ -212,7 +225,7 @@ class _Solver:
 
     def __init__(self, lp: AffineLP, params: np.ndarray, time_limit_s: float):
         self.lp = lp
-        self.highs = _quiet_highs()
+        self.highs = quiet_highs()
         self.time_limit_s = float(time_limit_s)
         # all five affine vectors stacked into one: [cost | col lower | col upper | row lower | row upper]
         nc, nr = lp.num_col, lp.num_row
@@ -250,14 +263,15 @@ class _Solver:
         """Hand HiGHS the costs and bounds at ``params`` that differ from those it has (one call per kind)."""
         h, v = self.highs, self.evaluate(params)
         c, cl, cu, rl, ru = self._split(v)
-        pc, pcl, pcu, prl, pru = self._split(self._pushed)
-        idx = np.flatnonzero(c != pc).astype(np.int32)
+        changed = v != self._pushed
+        nc, nr = self.lp.num_col, self.lp.num_row
+        idx = np.flatnonzero(changed[:nc]).astype(np.int32)
         if len(idx):
             h.changeColsCost(len(idx), idx, c[idx])
-        idx = np.flatnonzero((cl != pcl) | (cu != pcu)).astype(np.int32)
+        idx = np.flatnonzero(changed[nc:2 * nc] | changed[2 * nc:3 * nc]).astype(np.int32)
         if len(idx):
             h.changeColsBounds(len(idx), idx, cl[idx], cu[idx])
-        idx = np.flatnonzero((rl != prl) | (ru != pru)).astype(np.int32)
+        idx = np.flatnonzero(changed[3 * nc:3 * nc + nr] | changed[3 * nc + nr:]).astype(np.int32)
         if len(idx):
             h.changeRowsBounds(len(idx), idx, rl[idx], ru[idx])
         self._pushed = v
@@ -301,9 +315,10 @@ class _Solver:
         h.setOptionValue("time_limit", h.getRunTime() + self.time_limit_s)
         status = h.run()
         model_status = h.getModelStatus()
-        if status == highspy.HighsStatus.kError and model_status == highspy.HighsModelStatus.kNotset:
-            # refused before solving: another Highs in this process set up the shared thread scheduler for more
-            # threads than this instance's one (see _quiet_highs); take the scheduler back and run again
+        if status == highspy.HighsStatus.kError:
+            # most likely refused before solving because another Highs in this process set up the shared thread
+            # scheduler for another thread count (see quiet_highs; the model status may still read the previous
+            # solve's): take the scheduler back and run once more
             highspy.Highs.resetGlobalScheduler(True)
             status = h.run()
             model_status = h.getModelStatus()
@@ -327,7 +342,7 @@ class _Solver:
             self.highs.setOptionValue(name, value)
 
 
-def _quiet_highs() -> highspy.Highs:
+def quiet_highs() -> highspy.Highs:
     """A single-threaded ``Highs`` with output off; the banner the first instance prints on C-level stdout is
     swallowed.
 
@@ -335,8 +350,9 @@ def _quiet_highs() -> highspy.Highs:
     ~0.12 ms per ``run()`` when it has worker threads to manage (measured: a 96-step hot re-solve with nothing
     to do takes 0.18 ms with the default threads, 0.07 ms with one; docs/performance.md). The scheduler is
     shared by every Highs in the process and set up by the first ``run()``: an instance whose ``threads``
-    differ from it is refused (``kError``, model status ``kNotset``), which ``_Solver._run_once`` answers by
-    resetting it; Highs instances left at the default (``threads`` = 0) accept a one-thread scheduler.
+    differ from it is refused with ``kError`` (libraries.md §2.4), which ``_Solver._run_once`` answers by
+    resetting the scheduler and running once more; Highs instances left at the default (``threads`` = 0, e.g.
+    Pyomo's) accept a one-thread scheduler.
     """
     sys.stdout.flush()
     saved = os.dup(1)
@@ -379,8 +395,9 @@ class Planner:
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""
         p = np.zeros(lp.num_param)
-        for name, value in lp_parameters(inputs, self.battery, self.grid, self.settings).items():
-            p[lp.param_slices[name]] = value
+        slices = lp.param_slices
+        for name, value in lp_parameters(inputs, self.battery, self.grid, self.settings, "pk" in lp.col_of).items():
+            p[slices[name]] = value
         return p
 
     def plan(self, inputs: PlanInputs, created_at: datetime | None = None) -> Plan:

@@ -223,6 +223,15 @@ class ClearSkyCache:
         joined = np.concatenate([self._blocks[b] for b in range(lo, hi + 1)])
         return joined[index - lo * self.BLOCK_STEPS]
 
+    def span(self, first: int, count: int) -> np.ndarray:
+        """Clear-sky power at the ``count`` consecutive lattice steps from step number ``first``. [kW]"""
+        b = first // self.BLOCK_STEPS
+        offset = first - b * self.BLOCK_STEPS
+        if offset + count > self.BLOCK_STEPS:
+            return self.lattice(np.arange(first, first + count, dtype=np.int64))
+        self._fill(b, (first + count - 1 + self.ahead_steps) // self.BLOCK_STEPS)
+        return self._blocks[b][offset:offset + count]
+
     def _interpolated(self, starts_ns: np.ndarray, duration_h: np.ndarray) -> np.ndarray:
         """Lattice values (each belongs to its step's middle) linearly interpolated at the intervals' middles."""
         middle = starts_ns + np.rint(duration_h * 1800e9).astype(np.int64)

@@ -37,14 +37,26 @@ class TimeGrid:
             raise ValueError("TimeGrid.starts must be timezone-aware UTC")
         if len(self.starts) != len(self.duration_h):
             raise ValueError("TimeGrid.starts and duration_h differ in length")
-        ns = self.starts_ns
-        if len(ns) > 1 and not (ns[1:] > ns[:-1]).all():
+        ns, duration = self.starts_ns, np.asarray(self.duration_h)
+        gaps = ns[1:] - ns[:-1]
+        if len(ns) > 1 and gaps.min() <= 0:
             raise ValueError("TimeGrid.starts must increase")
-        if not (np.asarray(self.duration_h) > 0).all():
+        if len(duration) and duration.min() <= 0:
             raise ValueError("TimeGrid.duration_h must be positive")
+        # the common step, found here where the gaps are at hand (every re-plan makes a grid)
+        step = round(float(duration[0]) * 3.6e12) if len(duration) else 0
+        uniform = step > 0 and duration.max() == duration.min() and (len(gaps) == 0 or (
+            gaps.min() == step and gaps.max() == step))
+        self.__dict__["_uniform_step_ns"] = step if uniform else None  # frozen: set past __setattr__
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    @property
+    def uniform_step_ns(self) -> int | None:
+        """The common step length when every step lasts the same and each starts where the previous ends, else
+        None (set by the checks on construction). [ns]"""
+        return self.__dict__["_uniform_step_ns"]
 
     @cached_property
     def starts_ns(self) -> np.ndarray:

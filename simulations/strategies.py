@@ -237,7 +237,8 @@ class Mpc:
         d, h = self.data, self.horizon
         grid = d.grid(t, h)
         pv, load = self.forecasts(t, grid, ctx)
-        months = d.month[t:t + h] - d.month[t]
+        demand = d.demand_rate[t] > 0
+        months = d.month[t:t + h] - d.month[t] if demand else None  # billing months matter only to a demand charge
         inputs = PlanInputs(
             grid=grid, pv_kw=pv, load_kw=load, import_price=d.import_price[t:t + h],
             export_price=d.export_price[t:t + h], soc0_kwh=ctx.soc_kwh, month_peak_kw=ctx.month_peak_kw,
@@ -250,7 +251,7 @@ class Mpc:
         self.solve_s += info.solve_ms / 1e3
         self.replans += 1
         self._last = (t, now, schedule, inputs, info)
-        return _follow(schedule, 0, months == 0, ctx.month_peak_kw, d.demand_rate[t] > 0, self.grid_spec,
+        return _follow(schedule, 0, months == 0 if demand else _NO_STEPS, ctx.month_peak_kw, demand, self.grid_spec,
                        self.tol_kw)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
@@ -266,6 +267,10 @@ class Mpc:
                 return _follow(plan, i, months, ctx.month_peak_kw, self.data.demand_rate[t] > 0, self.grid_spec,
                                self.tol_kw)
         return SelfConsumption().target(t, now, ctx)
+
+
+_NO_STEPS = np.zeros(0, dtype=bool)
+"""The billing-month mask handed to the follow rule when no demand charge applies (it is not read then)."""
 
 
 class PerfectForesight:
