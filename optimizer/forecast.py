@@ -54,6 +54,8 @@ class History:
     The forecasters read it without any conversion, so it suits callers that forecast very often (the offline
     runner: 35,040 times a simulated year). Views of arrays the caller keeps filling show the new
     measurements on the next call; entries at or after a forecast's first step are ignored as for a Series.
+    Contract: the arrays are append-only, i.e. an entry before a forecast's first step is never rewritten
+    afterwards (a measurement is a measurement), so the forecasters may reuse what they derived from it.
     """
 
     ns: np.ndarray
@@ -353,7 +355,7 @@ class LoadForecaster:
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
         self._history_step_minutes = 0  # the calendar those keys are on
         #: The last profile and what it was built from: (step minutes, timestamps, values, profile).
-        self._profile: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._profile: tuple | None = None  # (step minutes, timestamps, lo, hi, values or None, profile)
 
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)
@@ -381,48 +383,60 @@ class LoadForecaster:
         step_minutes = _grid_step_minutes(grid)
         calendar = self._calendar(step_minutes)
         starts = grid.starts_ns
+        t0, step_ns = int(starts[0]), calendar.step_ns
         ns, values = self._reader.read(history)
         if step_minutes != self._history_step_minutes:
             self._history_keys, self._history_step_minutes = _PerTimestamps(), step_minutes
         keys = self._history_keys.get(ns, calendar.keys)
-        ns, values, keys = _past(ns, values, keys, int(starts[0]))
-        if len(ns) == 0:
+        cut = int(np.searchsorted(ns, t0, side="left"))
+        last = cut - 1  # the last measurement before the forecast start
+        while last >= 0 and np.isnan(values[last]):
+            last -= 1
+        if last < 0:
             if self.fallback_kw is None:
                 raise ForecastError("no load history before the forecast start and no fallback_kw")
             return np.full(len(starts), float(self.fallback_kw))
-        last_ns = int(ns[-1])
-        t0, step_ns = int(starts[0]), calendar.step_ns
+        last_ns = int(ns[last])
         uniform = grid.uniform_step_ns == step_ns and t0 % step_ns == 0  # the grid's keys are one slice
         grid_keys = calendar.span(t0 // step_ns, len(starts)) if uniform else calendar.keys(starts)
         # the local day of the forecast start begins slot-of-day lattice steps before the start's step
         day_start = t0 - t0 % step_ns - int(grid_keys[0] % calendar.slots) * step_ns
-        hi = int(np.searchsorted(ns, day_start, side="left"))
+        hi = int(np.searchsorted(ns[:cut], day_start, side="left"))
         if hi == 0:  # no complete day yet: everything so far
-            lo, hi = 0, len(ns)
+            lo, hi = 0, cut
         else:
-            lo = int(np.searchsorted(ns, day_start - self.window_ns, side="left"))
-        profile = self._profile_of(calendar, step_minutes, ns[lo:hi], values[lo:hi], keys[lo:hi])
-        recent = int(np.searchsorted(ns, last_ns - self.correction_ns, side="right"))
-        error = float((values[recent:] - profile[keys[recent:]]).mean())
+            lo = int(np.searchsorted(ns[:hi], day_start - self.window_ns, side="left"))
+        profile = self._profile_of(calendar, step_minutes, ns, values, keys, lo, hi,
+                                   append_only=isinstance(history, History))
+        recent = int(np.searchsorted(ns[:last + 1], last_ns - self.correction_ns, side="right"))
+        _, recent_values, recent_keys = _past(ns[recent:last + 1], values[recent:last + 1], keys[recent:last + 1],
+                                              last_ns + 1)
+        error = float((recent_values - profile[recent_keys]).mean())
         lead_h = (starts - last_ns) / NS_PER_H
         out = profile[grid_keys] + error * np.exp(-lead_h / self.decay_hours)
         return np.maximum(out, 0.0)
 
     def _profile_of(self, calendar: _Calendar, step_minutes: int, ns: np.ndarray, values: np.ndarray,
-                    keys: np.ndarray) -> np.ndarray:
-        """Mean load per profile key (day type · slots + slot) of the entries given, with the fallbacks of the
-        class docstring; the last one is reused while the same entries come again. [kW]"""
+                    keys: np.ndarray, lo: int, hi: int, append_only: bool) -> np.ndarray:
+        """Mean load per profile key (day type · slots + slot) of the measured entries ``lo:hi`` of the history,
+        with the fallbacks of the class docstring. [kW]
+
+        The last profile is reused while the same entries come again: the same timestamp array and window, and,
+        unless the history is a :class:`History` (whose past entries are never rewritten), the same values.
+        """
         cached = self._profile
-        if (cached is not None and cached[0] == step_minutes and np.array_equal(cached[1], ns)
-                and np.array_equal(cached[2], values)):
-            return cached[3]
+        window = values[lo:hi]
+        if (cached is not None and cached[1] is ns and cached[0] == step_minutes and cached[2:4] == (lo, hi)
+                and (append_only or np.array_equal(cached[4], window, equal_nan=True))):
+            return cached[5]
+        _, measured, measured_keys = _past(ns[lo:hi], window, keys[lo:hi], np.iinfo(np.int64).max)
         size = 3 * calendar.slots
-        sums = np.bincount(keys, weights=values, minlength=size)
-        counts = np.bincount(keys, minlength=size)
+        sums = np.bincount(measured_keys, weights=measured, minlength=size)
+        counts = np.bincount(measured_keys, minlength=size)
         slot_sums = sums.reshape(3, -1).sum(axis=0)
         slot_counts = counts.reshape(3, -1).sum(axis=0)
-        overall = float(values.mean())
+        overall = float(measured.mean())
         slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), overall)
         profile = np.where(counts > 0, sums / np.maximum(counts, 1), np.tile(slot_mean, 3))
-        self._profile = (step_minutes, ns.copy(), values.copy(), profile)
+        self._profile = (step_minutes, ns, lo, hi, None if append_only else window.copy(), profile)
         return profile

@@ -316,13 +316,6 @@ class _Solver:
         status = h.run()
         model_status = h.getModelStatus()
         if status == highspy.HighsStatus.kError:
-            # most likely refused before solving because another Highs in this process set up the shared thread
-            # scheduler for another thread count (see quiet_highs; the model status may still read the previous
-            # solve's): take the scheduler back and run once more
-            highspy.Highs.resetGlobalScheduler(True)
-            status = h.run()
-            model_status = h.getModelStatus()
-        if status == highspy.HighsStatus.kError:
             self._set_cold()
             raise SolverFailed(f"HiGHS run failed (model status {h.modelStatusToString(model_status)})")
         return model_status
@@ -343,16 +336,12 @@ class _Solver:
 
 
 def quiet_highs() -> highspy.Highs:
-    """A single-threaded ``Highs`` with output off; the banner the first instance prints on C-level stdout is
-    swallowed.
+    """A ``Highs`` with output off, as the planner uses it; the banner the first instance prints on C-level
+    stdout is swallowed.
 
-    One thread: the planner's LPs are solved by the serial dual simplex anyway, and HiGHS's task scheduler costs
-    ~0.12 ms per ``run()`` when it has worker threads to manage (measured: a 96-step hot re-solve with nothing
-    to do takes 0.18 ms with the default threads, 0.07 ms with one; docs/performance.md). The scheduler is
-    shared by every Highs in the process and set up by the first ``run()``: an instance whose ``threads``
-    differ from it is refused with ``kError`` (libraries.md §2.4), which ``_Solver._run_once`` answers by
-    resetting the scheduler and running once more; Highs instances left at the default (``threads`` = 0, e.g.
-    Pyomo's) accept a one-thread scheduler.
+    Threads stay at HiGHS's default: HiGHS fixes the thread count per process at the first solve and any later,
+    different value makes ``run()`` fail (libraries.md §2.4). One thread was measured too: a 96-step hot re-solve
+    with nothing to do takes ~0.19 ms either way.
     """
     sys.stdout.flush()
     saved = os.dup(1)
@@ -361,7 +350,6 @@ def quiet_highs() -> highspy.Highs:
             os.dup2(null.fileno(), 1)
             highs = highspy.Highs()
             highs.setOptionValue("output_flag", False)
-            highs.setOptionValue("threads", 1)
     finally:
         os.dup2(saved, 1)
         os.close(saved)

@@ -218,25 +218,3 @@ def test_time_out_raises_solver_timeout():
     with pytest.raises(SolverTimeout):
         planner.plan(_day_inputs(np.random.default_rng(4)))
 
-
-def test_planner_solves_after_another_highs_took_the_thread_scheduler():
-    """HiGHS shares one task scheduler per process, set up by the first run; the planner's single-threaded
-    instance is refused by a scheduler another instance set up for two threads, and must take it back (the
-    two-price day of the first test, same answer) — and the other instance must still solve afterwards."""
-    import highspy
-
-    other = highspy.Highs()
-    other.setOptionValue("output_flag", False)
-    other.setOptionValue("threads", 2)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = 1, 0
-    lp.col_cost_, lp.col_lower_, lp.col_upper_ = np.array([-1.0]), np.array([0.0]), np.array([5.0])
-    other.passModel(lp)
-    highspy.Highs.resetGlobalScheduler(True)
-    assert other.run() == highspy.HighsStatus.kOk  # the scheduler now has two threads
-
-    b = battery(wear_cost_per_kwh=0.01)
-    plan = Planner(b, GridSpec(), NO_TV, 4).plan(inputs(hourly(4), [10] * 4, [0.1, 0.1, 0.3, 0.3], soc0_kwh=0.0))
-    assert plan.objective.total == pytest.approx(6.751, abs=1e-6)
-    other.setOptionValue("threads", 0)  # the default accepts whatever scheduler exists
-    assert other.run() == highspy.HighsStatus.kOk and other.getObjectiveValue() == pytest.approx(-5.0)
