@@ -217,4 +217,3 @@ def test_time_out_raises_solver_timeout():
     planner = Planner(battery(wear_cost_per_kwh=0.01), GridSpec(), PlannerSettings(time_limit_s=1e-7), 96)
     with pytest.raises(SolverTimeout):
         planner.plan(_day_inputs(np.random.default_rng(4)))
-

@@ -341,3 +341,93 @@ def test_extra_holidays_use_the_holiday_profile():
     plain = LoadForecaster(TZ).forecast(grid, history)
     shut = LoadForecaster(TZ, extra_holidays=[date(2026, 6, 22)]).forecast(grid, history)
     assert shut.max() < 0.5 * plain.max()
+
+
+# ---------------------------------------------------------------- History arrays, reuse of derived data
+
+
+def _with_gaps(series: pd.Series, every: int) -> pd.Series:
+    """``series`` with every ``every``-th value missing (NaN)."""
+    out = series.copy()
+    out.iloc[::every] = np.nan
+    return out
+
+
+def test_history_arrays_give_the_same_forecasts_as_series():
+    """The offline runner's plain arrays (History) and a Series of the same measurements forecast alike, also
+    with missing values and grids off the lattice (a shortened first step)."""
+    from optimizer.forecast import History
+
+    idx = quarter_hours("2026-05-01", 30)
+    for fc_series, fc_arrays, series in ((PVForecaster(SITE, PV), PVForecaster(SITE, PV), pv_truth(idx, 1)),
+                                         (LoadForecaster(TZ), LoadForecaster(TZ), load_truth(idx, 2))):
+        gappy = _with_gaps(series, 7)
+        arrays = History.from_series(gappy)
+        for t in (96 * 25 + 37, 96 * 26, 96 * 29 + 80):
+            grid = regular_grid(idx[t], 96, 15)
+            assert np.array_equal(fc_series.forecast(grid, gappy), fc_arrays.forecast(grid, arrays))
+        t = 96 * 25 + 37
+        late = TimeGrid(pd.DatetimeIndex([idx[t] + pd.Timedelta(minutes=5)]).append(idx[t + 1:t + 96]),
+                        np.r_[10 / 60, np.full(95, 0.25)])
+        np.testing.assert_allclose(fc_series.forecast(late, gappy), fc_arrays.forecast(late, arrays), rtol=1e-12)
+
+
+def test_history_rejects_bad_arrays():
+    from optimizer.forecast import History
+
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        History(np.arange(3, dtype=np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match="int64"):
+        History(np.arange(3, dtype=np.float64), np.zeros(3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        History(np.array([0, 2, 1], dtype=np.int64), np.zeros(3))
+
+
+def test_load_profile_is_rebuilt_when_the_series_history_changes():
+    """The day's profile is reused only while its window holds the same values: a corrected measurement in a
+    Series (same index object) must change the next forecast, exactly as a fresh forecaster sees it."""
+    idx = quarter_hours("2026-06-01", 21)
+    history = pd.Series(load_pattern(idx), index=idx)
+    grid = regular_grid(idx[-1] + STEP, 96, 15)
+    fc = LoadForecaster(TZ)
+    before = fc.forecast(grid, history)
+    values = history.to_numpy().copy()
+    values[96 * 14 + 40] += 700.0  # a Monday two weeks back, 10:00 local: a weekday slot
+    corrected = pd.Series(values, index=history.index)
+    assert corrected.index is history.index  # (pandas' copy-on-write makes a new index on any in-place set)
+    after = fc.forecast(grid, corrected)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, LoadForecaster(TZ).forecast(grid, corrected))
+
+
+def test_load_profile_leaves_out_the_forecast_day():
+    """The profile covers complete days before the local day of the forecast start; today's measurements reach
+    the forecast only through the correction term: a jump this morning moves the forecast by the decaying
+    correction alone, not through the profile of today's slots."""
+    idx = quarter_hours("2026-06-01", 22)  # 21 whole days, then Monday 22 June
+    values = load_pattern(idx)
+    t = 96 * 21 + 40  # Monday 10:00 local
+    jumped = values.copy()
+    jumped[96 * 21:t] += 200.0  # Monday from midnight until now ran 200 kW high
+    grid = regular_grid(idx[t], 96, 15)
+    fc = LoadForecaster(TZ)
+    base = fc.forecast(grid, pd.Series(values[:t], index=idx[:t]))
+    high = LoadForecaster(TZ).forecast(grid, pd.Series(jumped[:t], index=idx[:t]))
+    lead_h = (np.arange(96) + 1) * 0.25
+    np.testing.assert_allclose(high - base, 200.0 * np.exp(-lead_h / 2.0), atol=1e-9)
+
+
+def test_clear_sky_span_equals_lattice_lookup():
+    cache = ClearSkyCache(SITE, PV, 15)
+    first = int(quarter_hours("2026-03-01", 1)[0].value // cache.step_ns)
+    for start in (first, first - first % cache.BLOCK_STEPS + cache.BLOCK_STEPS - 40):  # inside, across blocks
+        np.testing.assert_array_equal(cache.span(start, 96), cache.lattice(np.arange(start, start + 96)))
+
+
+def test_time_grid_uniform_step():
+    starts = quarter_hours("2026-03-01", 1)[:4]
+    assert regular_grid(starts[0], 4, 15).uniform_step_ns == 15 * 60 * 10**9
+    assert TimeGrid(starts, np.array([0.25, 0.25, 0.5, 0.25])).uniform_step_ns is None
+    gap = starts[[0, 1, 3]]
+    assert TimeGrid(gap, np.full(3, 0.25)).uniform_step_ns is None
+    assert TimeGrid(starts[:1], np.array([0.25])).uniform_step_ns == 15 * 60 * 10**9
