@@ -117,31 +117,44 @@ _NO_VALUES = np.zeros(0)
 
 
 class _PerTimestamps:
-    """A function of the history's timestamps alone (clear-sky power, calendar keys), computed once per
-    timestamp array and reused while the same array comes back (a History's, or the reader's for one index)."""
+    """A function of the history's timestamps alone (clear-sky power, calendar keys) on one lattice step,
+    computed once per timestamp array and step and reused while the same array comes back (a History's, or
+    the reader's for one index)."""
 
     def __init__(self) -> None:
         self._ns: np.ndarray | None = None  # kept alive, so its identity cannot be reused by another array
+        self._step_minutes = 0
         self._value = _NO_VALUES
 
-    def get(self, ns: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        if ns is not self._ns:
+    def get(self, ns: np.ndarray, step_minutes: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        if ns is not self._ns or step_minutes != self._step_minutes:
             self._value = compute(ns)
-            self._ns = ns
+            self._ns, self._step_minutes = ns, step_minutes
         return self._value
 
 
 def _past(ns: np.ndarray, values: np.ndarray, derived: np.ndarray, before_ns: int,
-          since_ns: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The entries starting in [``since_ns``, ``before_ns``) (from the first without ``since_ns``) whose value is
-    not missing: timestamps, values and the matching entries of ``derived``."""
+          since_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The measured entries starting in [``since_ns``, ``before_ns``): timestamps, values and the matching
+    entries of ``derived``."""
     cut = int(np.searchsorted(ns, before_ns, side="left"))
-    lo = 0 if since_ns is None else int(np.searchsorted(ns[:cut], since_ns, side="left"))
-    ns, values, derived = ns[lo:cut], values[lo:cut], derived[lo:cut]
+    lo = int(np.searchsorted(ns[:cut], since_ns, side="left"))
+    return _measured(ns[lo:cut], values[lo:cut], derived[lo:cut])
+
+
+def _measured(ns: np.ndarray, values: np.ndarray, derived: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ns``, ``values`` and ``derived`` without the entries whose value is missing (NaN)."""
     keep = ~np.isnan(values)
     if keep.all():
         return ns, values, derived
     return ns[keep], values[keep], derived[keep]
+
+
+def _lattice_start(grid: TimeGrid, step_ns: int) -> int | None:
+    """The lattice step number of the grid's first step when the grid is consecutive steps of a lattice of
+    ``step_ns`` (its values are then one slice of a cached lattice), else None."""
+    t0 = int(grid.starts_ns[0])
+    return t0 // step_ns if grid.uniform_step_ns == step_ns and t0 % step_ns == 0 else None
 
 
 def _grid_step_minutes(grid: TimeGrid) -> int:
@@ -184,7 +197,6 @@ class PVForecaster:
         self._caches: dict[int, ClearSkyCache] = {}
         self._reader = _HistoryReader()
         self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
-        self._history_step_minutes = 0  # the lattice step that clear-sky power is on
 
     def _cache(self, step_minutes: int) -> ClearSkyCache:
         cache = self._caches.get(step_minutes)
@@ -242,15 +254,11 @@ class PVForecaster:
         cache = self._cache(step_minutes)
         starts = grid.starts_ns
         t0 = int(starts[0])
-        if grid.uniform_step_ns == cache.step_ns and t0 % cache.step_ns == 0:  # on the lattice: one slice
-            clear = cache.span(t0 // cache.step_ns, len(starts))
-        else:
-            clear = cache.at(starts, grid.duration_h)
+        first = _lattice_start(grid, cache.step_ns)
+        clear = cache.at(starts, grid.duration_h) if first is None else cache.span(first, len(starts))
         step_h = step_minutes / 60.0
         ns, values = self._reader.read(history)
-        if step_minutes != self._history_step_minutes:
-            self._history_clear, self._history_step_minutes = _PerTimestamps(), step_minutes
-        clear_all = self._history_clear.get(ns, lambda ns_: cache.at(ns_, step_h))
+        clear_all = self._history_clear.get(ns, step_minutes, lambda ns_: cache.at(ns_, step_h))
         # both windows are tails of the longer one
         ns, values, clear_hist = _past(ns, values, clear_all, t0, t0 - max(self.days_ns, self.recent_ns))
         d = int(np.searchsorted(ns, t0 - self.days_ns, side="left"))
@@ -353,7 +361,6 @@ class LoadForecaster:
         self._calendars: dict[int, _Calendar] = {}
         self._reader = _HistoryReader()
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
-        self._history_step_minutes = 0  # the calendar those keys are on
         #: The last profile and what it was built from: (step minutes, timestamps, values, profile).
         self._profile: tuple | None = None  # (step minutes, timestamps, lo, hi, values or None, profile)
 
@@ -385,9 +392,7 @@ class LoadForecaster:
         starts = grid.starts_ns
         t0, step_ns = int(starts[0]), calendar.step_ns
         ns, values = self._reader.read(history)
-        if step_minutes != self._history_step_minutes:
-            self._history_keys, self._history_step_minutes = _PerTimestamps(), step_minutes
-        keys = self._history_keys.get(ns, calendar.keys)
+        keys = self._history_keys.get(ns, step_minutes, calendar.keys)
         cut = int(np.searchsorted(ns, t0, side="left"))
         last = cut - 1  # the last measurement before the forecast start
         while last >= 0 and np.isnan(values[last]):
@@ -397,8 +402,8 @@ class LoadForecaster:
                 raise ForecastError("no load history before the forecast start and no fallback_kw")
             return np.full(len(starts), float(self.fallback_kw))
         last_ns = int(ns[last])
-        uniform = grid.uniform_step_ns == step_ns and t0 % step_ns == 0  # the grid's keys are one slice
-        grid_keys = calendar.span(t0 // step_ns, len(starts)) if uniform else calendar.keys(starts)
+        first = _lattice_start(grid, step_ns)
+        grid_keys = calendar.keys(starts) if first is None else calendar.span(first, len(starts))
         # the local day of the forecast start begins slot-of-day lattice steps before the start's step
         day_start = t0 - t0 % step_ns - int(grid_keys[0] % calendar.slots) * step_ns
         hi = int(np.searchsorted(ns[:cut], day_start, side="left"))
@@ -409,8 +414,7 @@ class LoadForecaster:
         profile = self._profile_of(calendar, step_minutes, ns, values, keys, lo, hi,
                                    append_only=isinstance(history, History))
         recent = int(np.searchsorted(ns[:last + 1], last_ns - self.correction_ns, side="right"))
-        _, recent_values, recent_keys = _past(ns[recent:last + 1], values[recent:last + 1], keys[recent:last + 1],
-                                              last_ns + 1)
+        _, recent_values, recent_keys = _measured(ns[recent:last + 1], values[recent:last + 1], keys[recent:last + 1])
         error = float((recent_values - profile[recent_keys]).mean())
         lead_h = (starts - last_ns) / NS_PER_H
         out = profile[grid_keys] + error * np.exp(-lead_h / self.decay_hours)
@@ -429,7 +433,7 @@ class LoadForecaster:
         if (cached is not None and cached[1] is ns and cached[0] == step_minutes and cached[2:4] == (lo, hi)
                 and (append_only or np.array_equal(cached[4], window, equal_nan=True))):
             return cached[5]
-        _, measured, measured_keys = _past(ns[lo:hi], window, keys[lo:hi], np.iinfo(np.int64).max)
+        _, measured, measured_keys = _measured(ns[lo:hi], window, keys[lo:hi])
         size = 3 * calendar.slots
         sums = np.bincount(measured_keys, weights=measured, minlength=size)
         counts = np.bincount(measured_keys, minlength=size)
