@@ -38,47 +38,51 @@ class Schedule:
     soc_kwh: np.ndarray
 
 
-def per_step(value: float | np.ndarray | None, steps: int, default: float, first_only: bool = False) -> np.ndarray:
-    """A per-step array from a scalar, an array or None (→ ``default``).
+def per_step(value: float | np.ndarray | None, steps: int, default: float, first_only: bool = False,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """A per-step array from a scalar, an array or None (→ ``default``), written into ``out`` if given.
 
     With ``first_only`` a scalar applies to the first step and the others take ``default``.
     """
+    out = np.empty(steps) if out is None else out
     if value is None:
-        return np.full(steps, default)
+        out[:] = default
+        return out
     arr = np.asarray(value, dtype=float)
     if arr.ndim == 0:
-        out = np.full(steps, default)
         if first_only:
-            out[0] = float(arr)
+            out[:] = default
+            out[:1] = float(arr)
         else:
             out[:] = float(arr)
         return out
     if arr.shape != (steps,):
         raise ValueError(f"expected a scalar or {steps} values, got shape {arr.shape}")
-    return arr.copy()
+    out[:] = arr
+    return out
 
 
-def charge_limit_kw(inputs: PlanInputs, battery: BatterySpec) -> np.ndarray:
+def charge_limit_kw(inputs: PlanInputs, battery: BatterySpec, out: np.ndarray | None = None) -> np.ndarray:
     """Charge limit per step: PCS limit, lowered by the BMS limit (scalar = first step only). [kW]"""
-    bms = per_step(inputs.max_charge_kw, len(inputs.grid), np.inf, first_only=True)
-    return np.minimum(battery.max_charge_kw, bms)
+    bms = per_step(inputs.max_charge_kw, len(inputs.grid), np.inf, first_only=True, out=out)
+    return np.minimum(battery.max_charge_kw, bms, out=bms)
 
 
-def discharge_limit_kw(inputs: PlanInputs, battery: BatterySpec) -> np.ndarray:
+def discharge_limit_kw(inputs: PlanInputs, battery: BatterySpec, out: np.ndarray | None = None) -> np.ndarray:
     """Discharge limit per step: PCS limit, lowered by the BMS limit (scalar = first step only). [kW]"""
-    bms = per_step(inputs.max_discharge_kw, len(inputs.grid), np.inf, first_only=True)
-    return np.minimum(battery.max_discharge_kw, bms)
+    bms = per_step(inputs.max_discharge_kw, len(inputs.grid), np.inf, first_only=True, out=out)
+    return np.minimum(battery.max_discharge_kw, bms, out=bms)
 
 
-def import_cap_kw(inputs: PlanInputs, grid: GridSpec) -> np.ndarray:
+def import_cap_kw(inputs: PlanInputs, grid: GridSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Import cap per step (inf = none): the input override, else the contracted capacity. [kW]"""
     default = grid.import_cap_kw if grid.import_cap_kw is not None else np.inf
-    return per_step(inputs.import_cap_kw, len(inputs.grid), default)
+    return per_step(inputs.import_cap_kw, len(inputs.grid), default, out=out)
 
 
-def export_cap_kw(inputs: PlanInputs, grid: GridSpec) -> np.ndarray:
+def export_cap_kw(inputs: PlanInputs, grid: GridSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Export cap per step (0 = zero export): the input override, else the site's. [kW]"""
-    return per_step(inputs.export_cap_kw, len(inputs.grid), grid.export_cap_kw)
+    return per_step(inputs.export_cap_kw, len(inputs.grid), grid.export_cap_kw, out=out)
 
 
 def terminal_value_per_kwh(inputs: PlanInputs, battery: BatterySpec, settings: PlannerSettings) -> float:

@@ -30,9 +30,10 @@ from optimizer.site import BatterySpec
 INF = 1e20
 
 #: Mutable Params of the model, in the order of the flat parameter vector. Per-step ones have one
-#: entry per step, the others one entry.
-STEP_PARAMS = ("pv", "load_kw", "c_imp", "c_exp", "ch_max", "dis_max", "imp_cap", "exp_cap",
-               "peak_floor", "peak_cost", "peak_reset", "c_tie")
+#: entry per step, the others one entry. The powers come first, next to each other, so that the planner rounds
+#: them in one pass.
+POWER_PARAMS = ("pv", "load_kw", "ch_max", "dis_max", "imp_cap", "exp_cap")
+STEP_PARAMS = (*POWER_PARAMS, "c_imp", "c_exp", "peak_floor", "peak_cost", "peak_reset", "c_tie")
 SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 

@@ -28,6 +28,9 @@ from optimizer import costs
 from optimizer.costs import Schedule
 from optimizer.lp_model import (
     INF,
+    POWER_PARAMS,
+    SCALAR_PARAMS,
+    STEP_PARAMS,
     TEMPLATE_STEPS,
     AffineLP,
     build_model,
@@ -158,38 +161,62 @@ _SERIES = ("pv_kw", "load_kw", "import_price", "export_price")
 
 def lp_parameters(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec,
                   settings: PlannerSettings, demand: bool = True) -> dict[str, np.ndarray | float]:
-    """Values of the LP's mutable Params for ``inputs`` (names as in :mod:`optimizer.lp_model`).
+    """Values of the LP's mutable Params for ``inputs``, by name (as in :mod:`optimizer.lp_model`).
 
     ``demand=False``: for an LP built without the demand-charge variables, where ``peak_floor``,
     ``peak_cost`` and ``peak_reset`` appear nowhere; they are left at 0.
+    """
+    n = len(inputs.grid)
+    p = parameter_values(inputs, battery, grid, settings, demand)
+    values: dict[str, np.ndarray | float] = {name: p[i * n:(i + 1) * n] for i, name in enumerate(STEP_PARAMS)}
+    values.update({name: float(p[len(STEP_PARAMS) * n + i]) for i, name in enumerate(SCALAR_PARAMS)})
+    return values
+
+
+#: Row of each per-step Param in the parameter vector viewed as a (len(STEP_PARAMS), steps) block.
+_ROW = {name: i for i, name in enumerate(STEP_PARAMS)}
+
+
+def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings,
+                     demand: bool = True) -> np.ndarray:
+    """The LP's parameter vector for ``inputs``: each of ``STEP_PARAMS`` for every step, then ``SCALAR_PARAMS``
+    (the layout of :func:`~optimizer.lp_model.extract_affine_lp`; :func:`lp_parameters` names the parts).
+
+    Written straight into one array, because it is made on every re-plan (35,040 times a simulated year).
     """
     n = len(inputs.grid)
     imp, exp = inputs.import_price, inputs.export_price
     price = max(float(np.abs(imp).max()), float(np.abs(exp).max())) if n else 0.0
     max_price = max(1.0, price)
     pen = costs.slack_penalty_per_kwh(inputs, settings, max_abs_price=price)
-    peak_floor, peak_reset, peak_cost = np.zeros(n), np.zeros(n), np.zeros(n)
+    p = np.zeros(len(STEP_PARAMS) * n + len(SCALAR_PARAMS))
+    rows = p[:len(STEP_PARAMS) * n].reshape(len(STEP_PARAMS), n)
     if demand:
         months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
-        peak_floor = np.round(costs.month_floors_kw(inputs)[months], ROUND_DECIMALS)
-        peak_reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
-        peak_cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
-        peak_cost[:-1][peak_reset[1:] > 0] = inputs.demand_charge_per_kw
-
-    # the power inputs, rounded and capped at INF in one pass (one numpy call per operation, not per input)
-    pv, load, ch_max, dis_max, imp_cap, exp_cap = np.minimum(np.round(np.stack([
-        inputs.pv_kw, inputs.load_kw, costs.charge_limit_kw(inputs, battery), costs.discharge_limit_kw(inputs, battery),
-        costs.import_cap_kw(inputs, grid), costs.export_cap_kw(inputs, grid)]), ROUND_DECIMALS), INF)
+        rows[_ROW["peak_floor"]] = np.round(costs.month_floors_kw(inputs)[months], ROUND_DECIMALS)
+        reset = rows[_ROW["peak_reset"]]
+        reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
+        cost = rows[_ROW["peak_cost"]]
+        cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
+        cost[:-1][reset[1:] > 0] = inputs.demand_charge_per_kw
+    rows[_ROW["pv"]], rows[_ROW["load_kw"]] = inputs.pv_kw, inputs.load_kw
+    rows[_ROW["c_imp"]], rows[_ROW["c_exp"]] = imp, exp
+    costs.charge_limit_kw(inputs, battery, out=rows[_ROW["ch_max"]])
+    costs.discharge_limit_kw(inputs, battery, out=rows[_ROW["dis_max"]])
+    costs.import_cap_kw(inputs, grid, out=rows[_ROW["imp_cap"]])
+    costs.export_cap_kw(inputs, grid, out=rows[_ROW["exp_cap"]])
+    tie = rows[_ROW["c_tie"]]
+    np.multiply(TIE_BREAK_COST * max_price, _step_numbers(n), out=tie)
+    tie /= max(n - 1, 1)
+    powers = rows[:len(POWER_PARAMS)]  # the first rows: rounded and capped at INF in place
+    np.round(powers, ROUND_DECIMALS, out=powers)
+    np.minimum(powers, INF, out=powers)
     fixed = inputs.fixed_battery_kw
-    return {
-        "pv": pv, "load_kw": load, "c_imp": imp, "c_exp": exp,
-        "ch_max": ch_max, "dis_max": dis_max, "imp_cap": imp_cap, "exp_cap": exp_cap,
-        "peak_floor": peak_floor, "peak_cost": peak_cost, "peak_reset": peak_reset,
-        "soc0": float(inputs.soc0_kwh), "tv": costs.terminal_value_per_kwh(inputs, battery, settings),
-        "c_wear": battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price,
-        "c_tie": TIE_BREAK_COST * max_price * _step_numbers(n) / max(n - 1, 1),
-        "pen": pen, "fix_pen": 0.0 if fixed is None else pen, "fix_kw": 0.0 if fixed is None else float(fixed),
-    }
+    p[len(STEP_PARAMS) * n:] = (
+        float(inputs.soc0_kwh), costs.terminal_value_per_kwh(inputs, battery, settings),
+        battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price, pen,
+        0.0 if fixed is None else pen, 0.0 if fixed is None else float(fixed))
+    return p
 
 
 @functools.cache
@@ -198,6 +225,15 @@ def _step_numbers(n: int) -> np.ndarray:
     numbers = np.arange(n)
     numbers.flags.writeable = False
     return numbers
+
+
+@functools.cache
+def _canonical_slices(n: int) -> dict[str, slice]:
+    """The parameter layout of an LP of ``n`` steps as :func:`~optimizer.lp_model.extract_affine_lp` writes it."""
+    layout = {name: slice(i * n, (i + 1) * n) for i, name in enumerate(STEP_PARAMS)}
+    base = len(STEP_PARAMS) * n
+    layout.update({name: slice(base + i, base + i + 1) for i, name in enumerate(SCALAR_PARAMS)})
+    return layout
 
 
 #: HiGHS options for hot re-solves (a basis from the previous solve exists), and the defaults restored for cold
@@ -314,6 +350,10 @@ class _Solver:
         # HiGHS compares time_limit with the run time accumulated over all runs of this instance
         h.setOptionValue("time_limit", h.getRunTime() + self.time_limit_s)
         status = h.run()
+        if status == highspy.HighsStatus.kError and h.getOptionValue("threads")[1] != 0:
+            # this thread's HiGHS scheduler was started with another size (see HIGHS_THREADS): use its size
+            h.setOptionValue("threads", 0)
+            status = h.run()
         model_status = h.getModelStatus()
         if status == highspy.HighsStatus.kError:
             self._set_cold()
@@ -335,14 +375,17 @@ class _Solver:
             self.highs.setOptionValue(name, value)
 
 
-def quiet_highs() -> highspy.Highs:
-    """A ``Highs`` with output off, as the planner uses it; the banner the first instance prints on C-level
-    stdout is swallowed.
+#: HiGHS threads of every planner instance. HiGHS starts one task scheduler per OS thread at its first solve, sized
+#: by the first instance that solves there, and counts the machine's cores (reading /sys) twice per ``run()`` when
+#: ``threads`` is 0 but once when it is set: ~0.03 ms of a ~0.4 ms hot re-solve. The planner's dual simplex is
+#: serial either way. A run that meets a scheduler another library started with a different size returns an error;
+#: :class:`_Solver` then falls back to HiGHS's default (0) for that instance.
+HIGHS_THREADS = 1
 
-    Threads stay at HiGHS's default: HiGHS fixes the thread count per process at the first solve and any later,
-    different value makes ``run()`` fail (libraries.md §2.4). One thread was measured too: a 96-step hot re-solve
-    with nothing to do takes ~0.19 ms either way.
-    """
+
+def quiet_highs() -> highspy.Highs:
+    """A ``Highs`` with output off and :data:`HIGHS_THREADS` threads, as the planner uses it; the banner the first
+    instance prints on C-level stdout is swallowed."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -350,6 +393,7 @@ def quiet_highs() -> highspy.Highs:
             os.dup2(null.fileno(), 1)
             highs = highspy.Highs()
             highs.setOptionValue("output_flag", False)
+            highs.setOptionValue("threads", HIGHS_THREADS)
     finally:
         os.dup2(saved, 1)
         os.close(saved)
@@ -382,11 +426,9 @@ class Planner:
 
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""
-        p = np.zeros(lp.num_param)
-        slices = lp.param_slices
-        for name, value in lp_parameters(inputs, self.battery, self.grid, self.settings, "pk" in lp.col_of).items():
-            p[slices[name]] = value
-        return p
+        if lp.param_slices != _canonical_slices(len(inputs.grid)):
+            raise PlannerError("the LP's parameter layout is not the planner's (STEP_PARAMS, then SCALAR_PARAMS)")
+        return parameter_values(inputs, self.battery, self.grid, self.settings, "pk" in lp.col_of)
 
     def plan(self, inputs: PlanInputs, created_at: datetime | None = None) -> Plan:
         """The optimal plan for ``inputs`` (see module docstring for errors)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -69,8 +70,13 @@ class Inputs:
     demand_rate: np.ndarray
 
     def grid(self, first: int, count: int) -> TimeGrid:
-        """The planning grid of ``count`` steps from step ``first``."""
-        return TimeGrid(self.starts[first:first + count], self.duration_h[first:first + count])
+        """The planning grid of ``count`` steps from step ``first`` (a window of :attr:`full_grid`)."""
+        return self.full_grid.window(first, count)
+
+    @cached_property
+    def full_grid(self) -> TimeGrid:
+        """All steps as one grid, validated once."""
+        return TimeGrid(self.starts, self.duration_h)
 
 
 @dataclass

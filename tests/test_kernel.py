@@ -94,6 +94,29 @@ def test_time_grid_rejects_naive_and_mismatched():
         TimeGrid(pd.date_range("2026-01-01", periods=2, freq="15min", tz="UTC"), np.array([0.25]))
 
 
+def test_time_grid_window_is_the_grid_of_the_sliced_starts():
+    """A window (no re-validation, no pandas index until asked) equals a grid built from the sliced starts, keeps
+    the uniform step, pickles, and cannot be changed."""
+    import pickle
+
+    whole = regular_grid(datetime(2026, 3, 28, 22, 0, tzinfo=UTC), steps=200, step_minutes=15)
+    irregular = TimeGrid(whole.starts[[0, 1, 3, 4]], np.array([0.25, 0.5, 0.25, 0.25]))
+    for grid, first, count in ((whole, 37, 96), (whole, 150, 96), (irregular, 2, 2)):
+        window = grid.window(first, count)
+        built = TimeGrid(grid.starts[first:first + count], grid.duration_h[first:first + count])
+        assert len(window) == len(built) == min(count, len(grid) - first)
+        np.testing.assert_array_equal(window.starts_ns, built.starts_ns)
+        np.testing.assert_array_equal(window.duration_h, built.duration_h)
+        assert window.starts.equals(built.starts) and str(window.starts.tz) == "UTC"
+        assert window.end == built.end
+        assert window.uniform_step_ns == (15 * 60 * 10**9 if grid is whole else None)
+        again = pickle.loads(pickle.dumps(window))
+        np.testing.assert_array_equal(again.starts_ns, window.starts_ns)
+        assert again.uniform_step_ns == window.uniform_step_ns
+    with pytest.raises(AttributeError, match="immutable"):
+        whole.duration_h = np.ones(200)
+
+
 def test_floor_to_step():
     moment = datetime(2026, 5, 4, 10, 37, 12, tzinfo=UTC)
     assert floor_to_step(moment, 15) == datetime(2026, 5, 4, 10, 30, tzinfo=UTC)

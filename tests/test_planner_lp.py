@@ -133,3 +133,56 @@ def test_schedule_is_the_plan_without_pricing():
     for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "curtail_kw", "soc_kwh"):
         np.testing.assert_allclose(getattr(schedule, name), getattr(plan, name), atol=1e-9)
     assert again.objective.total == pytest.approx(plan.objective.total, rel=1e-12)
+
+
+@pytest.mark.parametrize("demand", [False, True])
+def test_parameter_vector_layout_is_the_extracted_lps(demand):
+    """The planner writes its parameter vector in one fixed layout; extracted and tiled LPs both use it, and the
+    named view (lp_parameters) reads the same numbers."""
+    from optimizer.planner import Planner, _canonical_slices, lp_parameters
+    from optimizer.site import GridSpec, PlannerSettings
+
+    inputs = next(_receding_inputs(24, 1, seed=3))
+    planner = Planner(BATTERY, GridSpec(import_cap_kw=7.0), PlannerSettings(), 24)
+    for lp in (extract_affine_lp(build_model(np.full(24, 0.25), BATTERY, demand)),
+               tiled_affine_lp(0.25, 24, BATTERY, demand)):
+        assert lp.param_slices == _canonical_slices(24)
+        p = planner.parameter_vector(lp, inputs)
+        for name, value in lp_parameters(inputs, BATTERY, planner.grid, planner.settings, demand).items():
+            np.testing.assert_array_equal(p[lp.param_slices[name]], value)
+    named = lp_parameters(inputs, BATTERY, planner.grid, planner.settings, demand)
+    np.testing.assert_array_equal(named["imp_cap"], 7.0)
+    np.testing.assert_array_equal(named["pv"], np.round(inputs.pv_kw, 6))
+    assert named["soc0"] == inputs.soc0_kwh
+
+
+def test_a_highs_scheduler_of_another_size_in_the_thread_does_not_stop_the_planner():
+    """HiGHS sizes one task scheduler per OS thread at the first solve there. When another library solved first in
+    this thread with another thread count, the planner's pinned instance falls back to HiGHS's default and plans."""
+    import threading
+
+    import highspy
+
+    from optimizer.planner import HIGHS_THREADS, Planner
+    from optimizer.site import GridSpec, PlannerSettings
+
+    inputs = next(_receding_inputs(24, 1, seed=11))
+    expected = Planner(BATTERY, GridSpec(), PlannerSettings(), 24).plan(inputs).objective.total
+    seen: dict[str, object] = {}
+
+    def in_fresh_thread() -> None:
+        other = highspy.Highs()
+        other.setOptionValue("output_flag", False)
+        other.setOptionValue("threads", HIGHS_THREADS + 1)
+        other.addVars(1, np.zeros(1), np.ones(1))
+        seen["other"] = other.run()
+        planner = Planner(BATTERY, GridSpec(), PlannerSettings(), 24)
+        seen["total"] = planner.plan(inputs).objective.total
+        seen["threads"] = next(iter(planner._solvers.values())).highs.getOptionValue("threads")[1]
+
+    worker = threading.Thread(target=in_fresh_thread)
+    worker.start()
+    worker.join()
+    assert seen["other"] == highspy.HighsStatus.kOk
+    assert seen["threads"] == 0  # fell back to the scheduler's size
+    assert seen["total"] == pytest.approx(expected, rel=1e-9)
