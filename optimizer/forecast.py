@@ -13,6 +13,8 @@ the first grid step are used, so changing history at or after that moment never 
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -133,6 +135,48 @@ class _PerTimestamps:
         return self._value
 
 
+_MAX_WEIGHT_DOUBLINGS = 500
+"""Longest History (in half-lives) summed with running weights ``2 ** (age / half_life)`` (2^500 ≈ 3e150 stays
+well inside float64); a longer one is read window by window."""
+
+
+class _DaylightSums:
+    """Running sums over an append-only :class:`History` for the PV clearness windows: per entry that is measured
+    (not NaN) and in daylight, the measured power and the clear-sky power, each plain and weighted by
+    ``2 ** ((ns − ns[0]) / half_life)``. A window's sums are differences of two running sums, so a forecast costs
+    a few lookups instead of a pass over the window; the entries before a forecast's start are final (the History
+    contract), so the sums are extended, never recomputed, while the same arrays come back. Plain Python floats:
+    a re-plan adds one entry, where numpy's per-call overhead would dominate."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None  # (timestamps, values, step minutes); kept alive, see _PerTimestamps
+        #: measured·w, clear·w, measured, clear; entry i = the sum over the entries before i
+        self._sums: tuple[list[float], ...] = ([0.0], [0.0], [0.0], [0.0])
+        self._weight = _NO_VALUES
+
+    def windows(self, ns: np.ndarray, values: np.ndarray, clear: np.ndarray, daylight_kw: float,
+                half_life_ns: float, step_minutes: int, starts: tuple[int, ...], end: int) -> list[list[float]]:
+        """Sums over the entries ``start:end`` for each of ``starts`` (``end`` ≤ the first entry at or after the
+        forecast start): per start, weighted measured, weighted clear sky, measured, clear sky. [kW]"""
+        if self._key is None or self._key[0] is not ns or self._key[1] is not values or self._key[2] != step_minutes:
+            self._key = (ns, values, step_minutes)
+            self._sums = ([0.0], [0.0], [0.0], [0.0])
+            self._weight = np.exp2((ns - ns[0]) / half_life_ns) if len(ns) else _NO_VALUES
+        measured_w, clear_w, measured, clear_sky = self._sums
+        done = len(measured) - 1
+        if end > done:
+            a, b, x, y = measured_w[-1], clear_w[-1], measured[-1], clear_sky[-1]
+            for v, c, w in zip(values[done:end].tolist(), clear[done:end].tolist(), self._weight[done:end].tolist(),
+                               strict=True):
+                if c > daylight_kw and not math.isnan(v):
+                    a, b, x, y = a + v * w, b + c * w, x + v, y + c
+                measured_w.append(a)
+                clear_w.append(b)
+                measured.append(x)
+                clear_sky.append(y)
+        return [[column[end] - column[start] for column in self._sums] for start in starts]
+
+
 def _past(ns: np.ndarray, values: np.ndarray, derived: np.ndarray, before_ns: int,
           since_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The measured entries starting in [``since_ns``, ``before_ns``): timestamps, values and the matching
@@ -155,6 +199,24 @@ def _lattice_start(grid: TimeGrid, step_ns: int) -> int | None:
     ``step_ns`` (its values are then one slice of a cached lattice), else None."""
     t0 = int(grid.starts_ns[0])
     return t0 // step_ns if grid.uniform_step_ns == step_ns and t0 % step_ns == 0 else None
+
+
+def _decay(grid: TimeGrid, since_ns: int, decay_hours: float) -> np.ndarray:
+    """``exp(−L / decay_hours)`` at each grid step's lead time ``L`` after ``since_ns``; the same array for every
+    uniform grid with the same step count, step and lead of its first step (read-only, do not modify). [-]"""
+    step = grid.uniform_step_ns
+    if step is None:
+        return np.exp(-((grid.starts_ns - since_ns) / NS_PER_H) / decay_hours)
+    return _uniform_decay(int(grid.starts_ns[0]) - since_ns, step, len(grid), decay_hours)
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_decay(first_lead_ns: int, step_ns: int, steps: int, decay_hours: float) -> np.ndarray:
+    """:func:`_decay` of a uniform grid (read-only)."""
+    lead_h = (first_lead_ns + np.arange(steps, dtype=np.int64) * step_ns) / NS_PER_H
+    decay = np.exp(-lead_h / decay_hours)
+    decay.flags.writeable = False
+    return decay
 
 
 def _grid_step_minutes(grid: TimeGrid) -> int:
@@ -197,6 +259,7 @@ class PVForecaster:
         self._caches: dict[int, ClearSkyCache] = {}
         self._reader = _HistoryReader()
         self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
+        self._sums = _DaylightSums()
 
     def _cache(self, step_minutes: int) -> ClearSkyCache:
         cache = self._caches.get(step_minutes)
@@ -259,20 +322,41 @@ class PVForecaster:
         step_h = step_minutes / 60.0
         ns, values = self._reader.read(history)
         clear_all = self._history_clear.get(ns, step_minutes, lambda ns_: cache.at(ns_, step_h))
+        if isinstance(history, History) and len(ns) and (ns[-1] - ns[0]) < _MAX_WEIGHT_DOUBLINGS * self.half_life_ns:
+            k_days, k_recent = self._clearness_appending(ns, values, clear_all, step_minutes, t0)
+        else:
+            k_days, k_recent = self._clearness_direct(ns, values, clear_all, step_h, t0)
+        if k_days is None:
+            k_days = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
+        k = k_days if k_recent is None else k_days + (k_recent - k_days) * _decay(grid, t0, self.decay_hours)
+        return np.minimum(clear * k, self.pv.ac_limit_kw)
+
+    def _clearness_direct(self, ns: np.ndarray, values: np.ndarray, clear_all: np.ndarray, step_h: float,
+                          t0: int) -> tuple[float | None, float | None]:
+        """(k_days, k_recent) from a pass over each window."""
         # both windows are tails of the longer one
         ns, values, clear_hist = _past(ns, values, clear_all, t0, t0 - max(self.days_ns, self.recent_ns))
         d = int(np.searchsorted(ns, t0 - self.days_ns, side="left"))
         k_days = self._clearness(clear_hist[d:], ns[d:], values[d:], step_h, t0, self.half_life_ns)
-        if k_days is None:
-            k_days = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
         r = int(np.searchsorted(ns, t0 - self.recent_ns, side="left"))
-        k_recent = self._clearness(clear_hist[r:], ns[r:], values[r:], step_h, t0, None)
-        if k_recent is None:
-            k = k_days
-        else:
-            lead_h = (starts - t0) / NS_PER_H
-            k = k_days + (k_recent - k_days) * np.exp(-lead_h / self.decay_hours)
-        return np.minimum(clear * k, self.pv.ac_limit_kw)
+        return k_days, self._clearness(clear_hist[r:], ns[r:], values[r:], step_h, t0, None)
+
+    def _clearness_appending(self, ns: np.ndarray, values: np.ndarray, clear_all: np.ndarray, step_minutes: int,
+                             t0: int) -> tuple[float | None, float | None]:
+        """(k_days, k_recent) as :meth:`_clearness_direct`, from the running sums of an append-only History."""
+        cut = int(np.searchsorted(ns, t0, side="left"))
+        d = int(np.searchsorted(ns[:cut], t0 - self.days_ns, side="left"))
+        r = int(np.searchsorted(ns[d:cut], t0 - self.recent_ns, side="left")) + d  # the recent window is inside
+        sums = self._sums.windows(ns, values, clear_all, 0.05 * self.pv.ac_limit_kw, self.half_life_ns,
+                                  step_minutes, (d, r), cut)
+        found: list[float | None] = []
+        for (measured_w, clear_w, measured, clear), weighted in zip(sums, (True, False), strict=True):
+            if clear * step_minutes / 60.0 <= 0.25 * self.pv.ac_limit_kw:
+                found.append(None)
+            else:
+                ratio = measured_w / clear_w if weighted else measured / clear
+                found.append(min(max(ratio, 0.0), self.max_clearness))
+        return found[0], found[1]
 
 
 class _Calendar:
@@ -415,9 +499,9 @@ class LoadForecaster:
                                    append_only=isinstance(history, History))
         recent = int(np.searchsorted(ns[:last + 1], last_ns - self.correction_ns, side="right"))
         _, recent_values, recent_keys = _measured(ns[recent:last + 1], values[recent:last + 1], keys[recent:last + 1])
-        error = float((recent_values - profile[recent_keys]).mean())
-        lead_h = (starts - last_ns) / NS_PER_H
-        out = profile[grid_keys] + error * np.exp(-lead_h / self.decay_hours)
+        misses = recent_values - profile[recent_keys]
+        error = float(misses.sum()) / len(misses)  # their mean
+        out = profile[grid_keys] + error * _decay(grid, last_ns, self.decay_hours)
         return np.maximum(out, 0.0)
 
     def _profile_of(self, calendar: _Calendar, step_minutes: int, ns: np.ndarray, values: np.ndarray,

@@ -355,7 +355,7 @@ def _with_gaps(series: pd.Series, every: int) -> pd.Series:
 
 def test_history_arrays_give_the_same_forecasts_as_series():
     """The offline runner's plain arrays (History) and a Series of the same measurements forecast alike, also
-    with missing values and grids off the lattice (a shortened first step)."""
+    with missing values, grids off the lattice (a shortened first step) and forecasts back in time."""
     from optimizer.forecast import History
 
     idx = quarter_hours("2026-05-01", 30)
@@ -363,13 +363,34 @@ def test_history_arrays_give_the_same_forecasts_as_series():
                                          (LoadForecaster(TZ), LoadForecaster(TZ), load_truth(idx, 2))):
         gappy = _with_gaps(series, 7)
         arrays = History.from_series(gappy)
-        for t in (96 * 25 + 37, 96 * 26, 96 * 29 + 80):
+        for t in (96 * 25 + 37, 96 * 26, 96 * 29 + 80, 96 * 27 + 50, 96 * 3 + 40):
             grid = regular_grid(idx[t], 96, 15)
-            assert np.array_equal(fc_series.forecast(grid, gappy), fc_arrays.forecast(grid, arrays))
+            # PV from History uses running sums (differences of sums: equal up to rounding)
+            np.testing.assert_allclose(fc_series.forecast(grid, gappy), fc_arrays.forecast(grid, arrays),
+                                       rtol=1e-12, atol=1e-9)
         t = 96 * 25 + 37
         late = TimeGrid(pd.DatetimeIndex([idx[t] + pd.Timedelta(minutes=5)]).append(idx[t + 1:t + 96]),
                         np.r_[10 / 60, np.full(95, 0.25)])
         np.testing.assert_allclose(fc_series.forecast(late, gappy), fc_arrays.forecast(late, arrays), rtol=1e-12)
+
+
+def test_a_history_filled_as_time_passes_forecasts_like_the_series_so_far():
+    """The runner's use: one History whose values are NaN until measured, filled step by step (the running sums
+    are extended, never recomputed), forecasts as the Series of what was measured so far."""
+    from optimizer.forecast import History
+
+    idx = quarter_hours("2026-05-01", 12)
+    truth = _with_gaps(pv_truth(idx, 4), 11)
+    live = History(idx.as_unit("ns").asi8.copy(), np.full(len(idx), np.nan))
+    fc_series, fc_arrays = PVForecaster(SITE, PV), PVForecaster(SITE, PV)
+    checked = 0
+    for t in range(96 * 4, 96 * 11, 5):
+        live.values[:t] = truth.to_numpy()[:t]
+        grid = regular_grid(idx[t], 96, 15)
+        np.testing.assert_allclose(fc_arrays.forecast(grid, live), fc_series.forecast(grid, truth.iloc[:t]),
+                                   rtol=1e-12, atol=1e-9)
+        checked += 1
+    assert checked > 100
 
 
 def test_history_rejects_bad_arrays():
