@@ -34,6 +34,11 @@ DEFAULT_CLEARNESS = 0.62
 """Climatological clearness used without history and without a monthly yield table: Hai Phong's
 1,100 kWh/kWp per year over its ≈1,780 kWh/kWp clear-sky yield (docs/data.md). [-]"""
 
+DAYLIGHT_SHARE = 0.05
+"""PV clearness counts the intervals whose clear-sky power exceeds this share of the AC limit (daylight). [-]"""
+MIN_WINDOW_H = 0.25
+"""A clearness window needs at least this much daylight clear-sky energy, in hours at the AC limit. [h]"""
+
 WEEKDAY, SATURDAY, SUNDAY_HOLIDAY = 0, 1, 2
 
 
@@ -284,16 +289,20 @@ class PVForecaster:
                    half_life_ns: float | None) -> float | None:
         """Measured ``values`` over ``clear`` (clear-sky power at ``ns``) in daylight, each entry weighted by
         ``0.5 ** (age / half_life)`` (unweighted without a half-life); None when the window is too dark."""
-        if len(ns) == 0:
-            return None
-        daylight = clear > 0.05 * self.pv.ac_limit_kw
+        daylight = clear > DAYLIGHT_SHARE * self.pv.ac_limit_kw
         clear, measured = clear[daylight], values[daylight]
-        if float(clear.sum()) * step_h <= 0.25 * self.pv.ac_limit_kw:
-            return None
+        clear_kwh = float(clear.sum()) * step_h
         if half_life_ns is not None:
             weight = np.exp2((ns[daylight] - t0) / half_life_ns)
             clear, measured = clear * weight, measured * weight
-        return min(max(float(measured.sum()) / float(clear.sum()), 0.0), self.max_clearness)
+        return self._ratio(float(measured.sum()), float(clear.sum()), clear_kwh)
+
+    def _ratio(self, measured: float, clear: float, clear_kwh: float) -> float | None:
+        """Clearness ``measured / clear`` bounded to [0, ``max_clearness``]; None when the window's daylight clear-sky
+        energy ``clear_kwh`` is less than :data:`MIN_WINDOW_H` at the AC limit (the window is too dark)."""
+        if clear_kwh <= MIN_WINDOW_H * self.pv.ac_limit_kw:
+            return None
+        return min(max(measured / clear, 0.0), self.max_clearness)
 
     def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:
         """Forecast PV AC power per grid step.
@@ -347,16 +356,11 @@ class PVForecaster:
         cut = int(np.searchsorted(ns, t0, side="left"))
         d = int(np.searchsorted(ns[:cut], t0 - self.days_ns, side="left"))
         r = int(np.searchsorted(ns[d:cut], t0 - self.recent_ns, side="left")) + d  # the recent window is inside
-        sums = self._sums.windows(ns, values, clear_all, 0.05 * self.pv.ac_limit_kw, self.half_life_ns,
-                                  step_minutes, (d, r), cut)
-        found: list[float | None] = []
-        for (measured_w, clear_w, measured, clear), weighted in zip(sums, (True, False), strict=True):
-            if clear * step_minutes / 60.0 <= 0.25 * self.pv.ac_limit_kw:
-                found.append(None)
-            else:
-                ratio = measured_w / clear_w if weighted else measured / clear
-                found.append(min(max(ratio, 0.0), self.max_clearness))
-        return found[0], found[1]
+        (measured_w, clear_w, _, clear_days), (_, _, measured, clear_recent) = self._sums.windows(
+            ns, values, clear_all, DAYLIGHT_SHARE * self.pv.ac_limit_kw, self.half_life_ns, step_minutes, (d, r), cut)
+        step_h = step_minutes / 60.0
+        return (self._ratio(measured_w, clear_w, clear_days * step_h),
+                self._ratio(measured, clear_recent, clear_recent * step_h))
 
 
 class _Calendar:
@@ -445,8 +449,8 @@ class LoadForecaster:
         self._calendars: dict[int, _Calendar] = {}
         self._reader = _HistoryReader()
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
-        #: The last profile and what it was built from: (step minutes, timestamps, values, profile).
-        self._profile: tuple | None = None  # (step minutes, timestamps, lo, hi, values or None, profile)
+        #: The last profile and what it was built from: (step minutes, timestamps, lo, hi, values or None, profile).
+        self._profile: tuple | None = None
 
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)

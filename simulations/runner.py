@@ -269,12 +269,7 @@ def nominal_load_kw(scenario: Scenario) -> float | None:
     A scenario parameter, not a statistic of the data: the MPC's first re-plan must not see the load it plans.
     """
     syn = scenario.data.synthetic
-    if syn is None:
-        return None
-    shape = syn.load
-    day_h = ((shape.day_end.hour * 60 + shape.day_end.minute) - (shape.day_start.hour * 60 + shape.day_start.minute)
-             ) / 60.0 % 24.0
-    return (shape.day_kw * day_h + shape.night_kw * (24.0 - day_h)) / 24.0
+    return None if syn is None else syn.load.weekday_mean_kw
 
 
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:

@@ -52,6 +52,18 @@ class LoadShape(StrictModel):
     shutdown_factor: float = Field(default=0.15, ge=0, description="Load in a shutdown, × night_kw [-]")
     noise_pct: float = Field(default=5.0, ge=0, lt=100, description="Standard deviation of the load noise [%]")
 
+    @property
+    def day_shift_hours(self) -> float:
+        """Length of the day shift (one past midnight included; 0 when it starts where it ends). [h]"""
+        return ((self.day_end.hour * 60 + self.day_end.minute) - (self.day_start.hour * 60 + self.day_start.minute)
+                ) / 60.0 % 24.0
+
+    @property
+    def weekday_mean_kw(self) -> float:
+        """Mean load of a working weekday without noise: ``day_kw`` over the day shift, ``night_kw`` outside it. [kW]"""
+        day_h = self.day_shift_hours
+        return (self.day_kw * day_h + self.night_kw * (24.0 - day_h)) / 24.0
+
 
 def lunar_new_year(year: int) -> date:
     """Lunar New Year's Day (Tết) of ``year``, from the Vietnamese holiday calendar."""
