@@ -266,6 +266,11 @@ class PVForecaster:
         self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
         self._sums = _DaylightSums()
 
+    @property
+    def look_back_ns(self) -> int:
+        """How far before a forecast's start the history it reads reaches. [ns]"""
+        return max(self.days_ns, self.recent_ns)
+
     def _cache(self, step_minutes: int) -> ClearSkyCache:
         cache = self._caches.get(step_minutes)
         if cache is None:
@@ -451,6 +456,12 @@ class LoadForecaster:
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
         #: The last profile and what it was built from: (step minutes, timestamps, lo, hi, values or None, profile).
         self._profile: tuple | None = None
+
+    @property
+    def look_back_ns(self) -> int:
+        """How far before a forecast's start the history it reads reaches: the profile's weeks end where the
+        forecast's local day starts, at most one (25-hour, on a DST change) day earlier. [ns]"""
+        return self.window_ns + 25 * NS_PER_H
 
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)

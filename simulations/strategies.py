@@ -204,9 +204,8 @@ class Mpc:
         self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country,
                                               fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
         step_ns = round(float(data.duration_h[0]) * 3.6e12)
-        look_back_ns = max(self.load_forecaster.window_ns + step_ns, self.pv_forecaster.days_ns,
-                           self.pv_forecaster.recent_ns)
-        #: Steps of history every forecast may read (the load forecaster's weeks before its last measurement).
+        look_back_ns = max(self.load_forecaster.look_back_ns, self.pv_forecaster.look_back_ns)
+        #: Steps of history every forecast may read, counted back from the step it starts at.
         self.look_back_steps = -(-look_back_ns // step_ns)
         self._history: tuple[int, History, History] | None = None  # (block, PV view, load view)
         self.valid_hours = settings.plan_valid_hours

@@ -221,3 +221,33 @@ def test_mpc_forecasts_read_history_written_after_the_view_was_made() -> None:
     load_hist[10:] = 9999.0  # not yet measured at step 10: must not be read
     _, load = mpc.forecasts(10, inputs.grid(10, mpc.horizon), ctx)
     assert np.allclose(load, 321.0)
+
+
+def test_mpc_history_views_forecast_as_the_whole_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MPC's bounded history views reach back as far as either forecaster reads: the load profile's weeks end
+    at the start of the forecast's local day, so a view made at a block start that is not local midnight must
+    reach a day further. Forecasts through the views equal those from the whole history."""
+    import simulations.strategies as strategies
+    from optimizer.forecast import LoadForecaster, PVForecaster
+    from simulations.strategies import StepContext
+
+    monkeypatch.setattr(strategies, "HISTORY_BLOCK_STEPS", 562)  # block 1 starts on Wednesday 24 June, 10:00 local
+    sc = _scenario(days=40)
+    base = run(sc, strategies=["pv_only"], data=load_data(sc))
+    inputs = base.inputs
+    mpc = make_strategy("mpc", sc, inputs, base.tariff)
+    ns = inputs.starts[:inputs.steps].as_unit("ns").asi8
+    pv_hist, load_hist = np.full(inputs.steps, np.nan), np.full(inputs.steps, np.nan)
+    ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=0.0,
+                      pv_history=History(ns, pv_hist), load_history=History(ns, load_hist))
+    for t in (566, 570, 585):  # Wednesday 14:00 and 18:00, Thursday 09:00; filled as the runner does
+        pv_hist[:t], load_hist[:t] = inputs.pv_kw[:t], inputs.load_kw[:t]
+        grid = inputs.grid(t, mpc.horizon)
+        pv, load = mpc.forecasts(t, grid, ctx)
+        whole_pv = PVForecaster(mpc.pv_forecaster.site, mpc.pv_forecaster.pv,
+                                monthly_yield_kwh_per_kwp=mpc.pv_forecaster._monthly_yield).forecast(
+                                    grid, History(ns, pv_hist))
+        whole_load = LoadForecaster(sc.site.timezone, holiday_country=mpc.load_forecaster.holiday_country,
+                                    fallback_kw=0.0).forecast(grid, History(ns, load_hist))
+        np.testing.assert_allclose(pv, whole_pv, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(load, whole_load, rtol=1e-12, atol=1e-9)
