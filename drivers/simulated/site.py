@@ -139,6 +139,7 @@ class SimulatedSite:
             by_port.setdefault((d.endpoint.host, d.endpoint.port), []).append(image)
         self.servers = [DeviceServer(host, port, images, self.faults) for (host, port), images in by_port.items()]
         self._task: asyncio.Task[None] | None = None
+        self._serving = False
         self._reconciles: set[asyncio.Task[None]] = set()
         self._reconcile_lock = asyncio.Lock()
         self._last_mono = 0.0
@@ -170,11 +171,17 @@ class SimulatedSite:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, Endpoint]:
-        """Take a first plant step, start the stepping task and every server not offline; returns the endpoints."""
+    async def start(self, stepping: bool = True) -> dict[str, Endpoint]:
+        """Take a first plant step, start the stepping task and every server not offline; returns the endpoints.
+
+        ``stepping=False`` starts no stepping task: the caller advances the plant with :meth:`step` (a lock-step
+        run such as the fault soak, ``tests/soak.py``).
+        """
         self._last_mono = self.clock.monotonic()
         self.step(0.0)
-        self._task = asyncio.create_task(self._run(), name="simulated-site")
+        self._serving = True
+        if stepping:
+            self._task = asyncio.create_task(self._run(), name="simulated-site")
         await self.reconcile()
         return self.endpoints
 
@@ -182,6 +189,7 @@ class SimulatedSite:
         """Stop stepping and close every server."""
         tasks = [t for t in (self._task, *self._reconciles) if t is not None]
         self._task = None
+        self._serving = False
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,7 +217,7 @@ class SimulatedSite:
     async def reconcile(self) -> None:
         """Bring the servers in line with the offline faults (stop a port whose devices are all offline)."""
         async with self._reconcile_lock:
-            if self._task is None:
+            if not self._serving:
                 return
             for server in self.servers:
                 await server.reconcile()
@@ -252,6 +260,13 @@ class SimulatedSite:
                 "battery_voltage_v": voltage_v, "battery_current_a": 1000.0 * s.battery_kw / voltage_v,
                 "battery_temperature_c": 25.0 + 10.0 * load_pct,
                 "max_charge_kw": s.max_charge_kw, "max_discharge_kw": s.max_discharge_kw, "battery_alarm": 0}
+
+    def truth(self, device: str) -> dict[str, float]:
+        """What ``device`` would serve now without faults (point → value in the point's unit), from the last step."""
+        image = self.images[device]
+        inverter = self._role_image(Role.PV_INVERTER)
+        assert self.state is not None, "not started"
+        return self._values(image, self.state, inverter.setpoint("pv_limit_pct") if inverter is not None else None)
 
     def _publish(self, image: DeviceImage, state: PlantState, limit_pct: float | None) -> None:
         f = self.faults.of(image.name)
