@@ -28,6 +28,7 @@ import contextlib
 import heapq
 import json
 import logging
+import math
 import random
 import tempfile
 import time
@@ -59,8 +60,6 @@ CYCLE_S = 10.0
 
 The plant is stepped once per cycle (setpoints change only at a cycle, and stepping the plant and
 publishing every register costs about as much as a cycle): every step is judged."""
-MIN_PLANT_STEP_S = 1.0
-"""Time moves without a plant step by less than this (the planning task wakes just after a cycle). [site s]"""
 REACTION_CYCLES = 3
 """Breaches within this many cycles after a fault starts, ends or flaps, after the start and after a restart
 are allowed: one cycle to read the fault, one to act, one for the plant to follow."""
@@ -260,6 +259,7 @@ class SoakReport:
     reaction_s: float = 0.0
     cycles_per_real_s: float = 0.0
     stall_site_s: float = 0.0
+    plan_real_s: float = 0.0
     reacting_breach_steps: int = 0
     max_export_kw: float = 0.0
     max_import_kw: float = 0.0
@@ -274,19 +274,21 @@ class SoakReport:
 
     KEYS = ("soak_sim_days", "export_breach_steps", "import_breach_steps", "soc_breach_steps",
             "setpoint_out_of_limits", "faults_injected", "faults_alarmed", "faults_cleared", "faults_unobservable",
-            "crashes", "cycles", "cycles_per_real_s", "real_s", "stall_site_s", "max_export_kw", "max_import_kw")
+            "crashes", "cycles", "cycles_per_real_s", "real_s", "stall_site_s", "plan_real_s", "max_export_kw",
+            "max_import_kw")
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in self.KEYS}
-        for k in ("soak_sim_days", "cycles_per_real_s", "real_s", "stall_site_s", "max_export_kw", "max_import_kw"):
+        for k in ("soak_sim_days", "cycles_per_real_s", "real_s", "stall_site_s", "plan_real_s", "max_export_kw",
+                  "max_import_kw"):
             out[k] = round(out[k], 3)
         out["breaches_by_fault"] = dict(self.breaches_by_fault)
         return out
 
     def summary(self) -> str:
         lines = [f"{self.soak_sim_days:.2f} simulated days, {self.cycles} cycles, {self.plant_steps} plant steps in "
-                 f"{self.real_s:.0f} s real ({self.cycles_per_real_s:.0f} cycles per real second; "
-                 f"{self.stall_site_s:.0f} site s of stalls at 1x)",
+                 f"{self.real_s:.0f} s real ({self.cycles_per_real_s:.0f} cycles per real second; planning "
+                 f"{self.plan_real_s:.0f} s of it; {self.stall_site_s:.0f} site s of stalls at 1x)",
                  f"breach steps beyond the {self.reaction_s:g} s reaction time: export {self.export_breach_steps}, "
                  f"import {self.import_breach_steps}, SOC {self.soc_breach_steps}, setpoint out of limits "
                  f"{self.setpoint_out_of_limits} (within reaction time: {self.reacting_breach_steps})",
@@ -347,12 +349,16 @@ class ObservedController(Controller):
             self.busy -= 1
             self.clock.changed.set()  # type: ignore[attr-defined]
 
+    plan_real_s = 0.0
+
     async def plan_once(self, why: str) -> None:
         self.busy += 1
+        t0 = time.perf_counter()
         try:
             await super().plan_once(why)
         finally:
             self.busy -= 1
+            self.plan_real_s += time.perf_counter() - t0
             self.clock.changed.set()  # type: ignore[attr-defined]
 
 
@@ -401,6 +407,12 @@ class Soak:
         self.controller.busy = 0
         self._task = asyncio.create_task(self.controller.run(), name="controller")
 
+    def _count_cycles(self) -> None:
+        c = self.controller
+        if c is not None:
+            self.report.cycles += c.cycles
+            self.report.plan_real_s += c.plan_real_s
+
     def _check_crash(self) -> bool:
         task = self._task
         if task is None or not task.done():
@@ -411,21 +423,21 @@ class Soak:
         self.report.crash_texts.append(f"at site second {self.clock.monotonic():.0f}: {text.strip()[-600:]}")
         log.error("soak: controller crashed (%s); restarting it", text.strip().splitlines()[-1])
         bisect.insort(self.event_times, self.clock.monotonic())  # a restart gets the reaction time of a start
+        self._count_cycles()
         self._start_controller()
         return True
 
     # --- time ---------------------------------------------------------------------------------------------
 
-    async def _advance_to(self, mono: float) -> None:
+    async def _advance_to(self, mono: float, partial: bool = False) -> None:
         """Step the plant (and the fault schedule) up to ``mono``, judging every step, then wake the sleepers.
 
-        Less than ``MIN_PLANT_STEP_S`` is left for the next call (a planning wake-up just after a cycle)."""
-        if mono - self._plant_mono < MIN_PLANT_STEP_S:
-            self.clock.set(mono)
-            return
-        while self._plant_mono < mono - 1e-9:
+        The plant steps to the last whole cycle (the controller's ticks) unless ``partial`` (a stall): a
+        wake-up of the planning task between two ticks does not cost a plant step."""
+        target = mono if partial else math.floor(mono / self.cycle_s + 1e-9) * self.cycle_s
+        while self._plant_mono < target - 1e-9:
             await self._apply_events(self._plant_mono)
-            step = min(self.cycle_s, mono - self._plant_mono)
+            step = min(self.cycle_s, target - self._plant_mono)
             self._plant_mono += step
             self.clock.set(self._plant_mono)
             state = self.site.step(step)
@@ -473,7 +485,7 @@ class Soak:
             if elapsed >= STALL_REAL_S and not (c.busy == 0 and clock.sleeping >= woken):
                 mark += elapsed
                 self.report.stall_site_s += elapsed
-                await self._advance_to(clock.monotonic() + elapsed)
+                await self._advance_to(clock.monotonic() + elapsed, partial=True)
 
     # --- judging ------------------------------------------------------------------------------------------
 
@@ -588,7 +600,7 @@ class Soak:
         finally:
             c = self.controller
             if c is not None and self._task is not None:
-                cycles = c.cycles
+                self._count_cycles()
                 c.stop()
                 stopper = asyncio.ensure_future(self._task)
                 while not stopper.done():  # shutdown may sleep on the clock: let time move
@@ -596,7 +608,6 @@ class Soak:
                     self.clock.set(self.clock.monotonic() + self.cycle_s)
                 with contextlib.suppress(Exception):
                     await stopper
-                self.report.cycles += cycles
             await self.site.stop()
         self._finish(time.perf_counter() - real0)
         return self.report

@@ -61,7 +61,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_stopped(site: SimulatedSite) -> int:
-    endpoints = await site.start()
+    try:
+        endpoints = await site.start()
+    except OSError as exc:  # a port in use or not ours: one line, not a traceback
+        await site.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"simulated site {site.config.site.name}: speed {site.clock.speed:g}x, "
           f"site time {site.clock.now():%Y-%m-%d %H:%M:%S} UTC")
     for name, ep in endpoints.items():

@@ -11,12 +11,15 @@ Clients may write only the profile's writable points, its heartbeat register and
 the points the model marks RW; any other write is refused with exception 2 (illegal address), as real
 devices do. :class:`DeviceServer` serves one or more images (unit ids) on one TCP port with pymodbus
 ``SimDevice``; its ``action`` hook refreshes the served registers from the image on every request and
-applies the device's faults (delay, exception responses, gateway "no response").
+applies the device's faults (delay, exception responses, gateway "no response"). A unit id that no
+device has is answered with exception 0x0B (gateway target failed to respond), as a TCP-to-RS485
+gateway answers for a unit that is not on its bus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -322,13 +325,47 @@ class DeviceServer:
         return SimDevice(id=image.unit_id, simdata=(dummy_bits, list(dummy_bits), blocks[0], blocks[1]),
                          action=action)
 
+    @staticmethod
+    def _absent_units() -> SimDevice:
+        """Unit id 0, which pymodbus asks for every unit id it has no device for: every address, every request
+        answered with exception 0x0B (without it pymodbus answers exception 4, device failure, and logs a
+        traceback)."""
+        async def no_response(*_args: object) -> ExcCodes:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+
+        return SimDevice(id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)],
+                         action=no_response)
+
     async def start(self) -> None:
-        """Start listening (returns once the port accepts connections)."""
+        """Start listening (returns once the port accepts connections); OSError naming the devices, host and port
+        if the port cannot be had (in use, not an address of this machine)."""
         if self._server is not None:
             return
-        server = ModbusTcpServer([self._sim_device(i) for i in self.images], address=(self.host, self.port))
-        await server.serve_forever(background=True)
+        await self._check_port()
+        devices = [self._sim_device(i) for i in self.images]
+        if all(i.unit_id != 0 for i in self.images):
+            devices.append(self._absent_units())
+        server = ModbusTcpServer(devices, address=(self.host, self.port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus: "Could not start listen" (the port was taken since the check)
+            raise OSError(f"{self._names()}: cannot listen on {self.host}:{self.port}: {exc}") from None
         self._server = server
+
+    def _names(self) -> str:
+        return ", ".join(i.name for i in self.images)
+
+    async def _check_port(self) -> None:
+        """Bind the port once as the server will (pymodbus only logs why it could not)."""
+        try:
+            probe = await asyncio.get_running_loop().create_server(asyncio.Protocol, self.host, self.port)
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).rsplit(": ", 1)[-1]  # asyncio's text repeats the address
+            if exc.errno == errno.EADDRINUSE:
+                why += " (another program listens on that port)"
+            raise OSError(f"{self._names()}: cannot listen on {self.host}:{self.port}: {why}") from None
+        probe.close()
+        await probe.wait_closed()
 
     async def stop(self) -> None:
         """Stop listening and drop every connection."""
