@@ -1,0 +1,69 @@
+"""How the simulated site serves its ports: an absent unit id, a port that is already taken."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+
+from drivers.simulated.site import SimulatedSite
+from tests.sim_peers import EXAMPLE_SITE, simulated_site, site_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def test_an_absent_unit_id_is_answered_gateway_target_failed_to_respond():
+    """Modbus over TCP: a gateway answers for a unit that is not behind it with 0x0B, not with 4 (device failure)."""
+    async with simulated_site() as site:
+        ep = site.endpoints["battery"]
+        client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            absent = ep.unit_id + 7
+            answers = [await client.read_holding_registers(40000, count=2, device_id=absent),
+                       await client.read_input_registers(0, count=1, device_id=absent),
+                       await client.write_register(40000, 1, device_id=absent),
+                       await client.read_holding_registers(65535, count=1, device_id=absent)]
+            present = await client.read_holding_registers(40000, count=2, device_id=ep.unit_id)
+        finally:
+            client.close()
+    assert [(a.isError(), a.exception_code) for a in answers] == [(True, ExcCodes.GATEWAY_NO_RESPONSE)] * 4
+    assert not present.isError() and present.registers == [0x5375, 0x6E53]  # "SunS"
+
+
+def test_sim_serve_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_path):
+    config = site_config()
+    data = yaml.safe_load(EXAMPLE_SITE.read_text())
+    for dev, free in zip(data["devices"], config.devices, strict=True):
+        dev["endpoint"]["port"] = free.endpoint.port
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    busy = data["devices"][1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", busy["endpoint"]["port"]))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {busy['name']}: cannot listen on 127.0.0.1:{busy['endpoint']['port']}: address already in use "
+        "(another program listens on that port)"], proc.stderr
+    assert "Ctrl-C" not in proc.stdout
+
+
+async def test_a_port_on_an_address_not_of_this_machine_is_an_os_error_naming_it():
+    host = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never an address of this machine
+    config = site_config()
+    devices = [d.model_copy(update={"endpoint": d.endpoint.model_copy(update={"host": host})}) if i == 0 else d
+               for i, d in enumerate(config.devices)]
+    site = SimulatedSite(config.model_copy(update={"devices": devices}), speed=1)
+    with pytest.raises(OSError, match=rf"{devices[0].name}: cannot listen on {host}:{devices[0].endpoint.port}: "):
+        await site.start()
+    await site.stop()
