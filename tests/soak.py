@@ -270,6 +270,7 @@ class SoakReport:
     alarm_codes: Counter[str] = field(default_factory=Counter)
     missed: list[str] = field(default_factory=list)
     not_cleared: list[str] = field(default_factory=list)
+    unfaulted: list[str] = field(default_factory=list)
     crash_texts: list[str] = field(default_factory=list)
 
     KEYS = ("soak_sim_days", "export_breach_steps", "import_breach_steps", "soc_breach_steps",
@@ -307,6 +308,7 @@ class SoakReport:
                 f"{k} {n}" for k, n in self.alarm_codes.most_common(12)))
         lines += [f"  not alarmed: {m}" for m in self.missed[:10]]
         lines += [f"  not cleared: {m}" for m in self.not_cleared[:10]]
+        lines += [f"  breach with no fault active: {m}" for m in self.unfaulted]
         lines += [f"  crash: {c}" for c in self.crash_texts[:3]]
         return "\n".join(lines)
 
@@ -523,6 +525,11 @@ class Soak:
             if hit:
                 for f in active or [None]:
                     r.breaches_by_fault[f"{what}@{f.device}:{f.kind}" if f else f"{what}@no fault"] += 1
+        if not active and len(r.unfaulted) < 10:
+            since = now - self.event_times[bisect.bisect_right(self.event_times, now) - 1]
+            r.unfaulted.append(f"{self.clock.now():%Y-%m-%d %H:%M:%S} UTC ({since:.0f} s after the last event): "
+                               f"grid {s.grid_kw:.0f} kW, PV {s.pv_kw:.0f}/{s.pv_available_kw:.0f} kW, load "
+                               f"{s.load_kw:.0f} kW, battery {s.battery_kw:.0f} kW, SOC {s.soc_pct:.1f} %")
 
     def _setpoints_within_limits(self) -> bool:
         bat = self.config.battery
