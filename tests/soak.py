@@ -389,7 +389,7 @@ class Soak:
         self.roles = {d.name: d.role for d in self.site.config.devices}
         self.faults = schedule(self.roles, self.duration_s, seed, mean_gap_s)
         self.events = fault_events(self.faults)
-        self.event_times = sorted({0.0} | {t for t, _, _ in self.events})
+        self.event_times = [0.0]  # when the run started, a fault event was applied, the controller restarted
         self.report = SoakReport(reaction_s=self.reaction_s)
         self.progress = progress
         self._next_event = 0
@@ -463,7 +463,8 @@ class Soak:
                 self.ended.append(f)
                 self._frozen.pop(f.device, None)
             changed = True
-        if changed:
+        if changed:  # applied at the plant step boundary at or after the scheduled time
+            bisect.insort(self.event_times, now)
             await self.site.reconcile()
 
     async def _settle(self, woken: int) -> None:
@@ -588,6 +589,7 @@ class Soak:
         self._start_controller()
         try:
             await self._settle(woken=0)
+            days_done = 0
             while self.clock.monotonic() < self.duration_s:
                 if self.budget_real_s is not None and time.perf_counter() - real0 > self.budget_real_s:
                     break
@@ -602,8 +604,10 @@ class Soak:
                 await self._advance_to(wake)
                 await self._settle(before)
                 self._watch_alarms()
-                if self.progress is not None and self.clock.monotonic() % 86400 < self.cycle_s:
-                    self.progress(f"day {self.clock.monotonic() / 86400:.0f}: {time.perf_counter() - real0:.0f} s real")
+                day = int(self.clock.monotonic() // 86400)
+                if self.progress is not None and day > days_done:
+                    days_done = day
+                    self.progress(f"day {day}: {time.perf_counter() - real0:.0f} s real")
         finally:
             c = self.controller
             if c is not None and self._task is not None:
