@@ -63,6 +63,9 @@ publishing every register costs about as much as a cycle): every step is judged.
 REACTION_CYCLES = 3
 """Breaches within this many cycles after a fault starts, ends or flaps, after the start and after a restart
 are allowed: one cycle to read the fault, one to act, one for the plant to follow."""
+LOAD_STEP_KW = 50.0
+"""A load change larger than this between two plant steps (the shift starting or ending) also starts a reaction
+time: no controller follows it before its next cycle, and at a 20 s cycle one step of it is 20 s long. [kW]"""
 CLEAR_S = 120.0
 """An alarm naming a device must be gone this long after the device's fault ended (device back-off is at most
 20 s in the soak's site file). [site s]"""
@@ -389,11 +392,12 @@ class Soak:
         self.roles = {d.name: d.role for d in self.site.config.devices}
         self.faults = schedule(self.roles, self.duration_s, seed, mean_gap_s)
         self.events = fault_events(self.faults)
-        self.event_times = [0.0]  # when the run started, a fault event was applied, the controller restarted
+        self.event_times = [0.0]  # start, fault events applied, controller restarts, load steps
         self.report = SoakReport(reaction_s=self.reaction_s)
         self.progress = progress
         self._next_event = 0
         self._plant_mono = 0.0
+        self._last_load_kw: float | None = None
         self._frozen: dict[str, dict[str, float]] = {}  # device → its true values when it froze
         self.active: dict[str, Fault] = {}  # device → its fault now
         self.ended: list[Fault] = []  # faults that ended less than CLEAR_S ago
@@ -422,7 +426,9 @@ class Soak:
         exc = None if task.cancelled() else task.exception()
         text = "".join(traceback.format_exception(exc)) if exc else "run() returned without being stopped"
         self.report.crashes += 1
-        self.report.crash_texts.append(f"at site second {self.clock.monotonic():.0f}: {text.strip()[-600:]}")
+        during = ", ".join(f.describe() for f in self.active.values()) or "no fault"
+        self.report.crash_texts.append(f"at site second {self.clock.monotonic():.0f} ({during}): "
+                                       f"{text.strip()[-600:]}")
         log.error("soak: controller crashed (%s); restarting it", text.strip().splitlines()[-1])
         bisect.insort(self.event_times, self.clock.monotonic())  # a restart gets the reaction time of a start
         self._count_cycles()
@@ -501,6 +507,9 @@ class Soak:
         r, cfg = self.report, self.config
         now = self._plant_mono
         r.plant_steps += 1
+        if self._last_load_kw is not None and abs(s.load_kw - self._last_load_kw) > LOAD_STEP_KW:
+            bisect.insort(self.event_times, now - self.cycle_s)  # the step began within the last cycle
+        self._last_load_kw = s.load_kw
         r.max_export_kw = max(r.max_export_kw, -s.grid_kw)
         r.max_import_kw = max(r.max_import_kw, s.grid_kw)
         r.soc_range_pct = (min(r.soc_range_pct[0], s.soc_pct), max(r.soc_range_pct[1], s.soc_pct))
