@@ -5,15 +5,16 @@
 
 The controller (``controller.service.Controller.run``, unchanged) and the simulated site
 (``drivers.simulated.site.SimulatedSite``, real Modbus TCP on loopback) share one :class:`LockstepClock`.
-Site time stands still while anything computes and jumps to the next timer when every task sleeps on
-the clock, so a simulated week takes minutes, not a week. Time that a cycle (or a planning attempt)
-really spends beyond ``STALL_REAL_S`` flows as site time at 1×, with the plant stepped through it: a
-slow device costs the plant exactly the time it costs the controller.
+Site time stands still while the controller computes and jumps to the next timer once its loop and its
+planning task sleep on the clock, so a simulated week takes minutes, not a week. A cycle (or a planning
+attempt) that takes longer than ``STALL_REAL_S`` of real time makes all its real time flow as site time
+at 1×, with the plant stepped through it: a slow device costs the plant the time it costs the controller.
 
 Faults (``drivers.simulated.faults``), seeded, per device one at a time with a quiet gap between them:
 offline, frozen (mid-run), slow, implausible (out_of_range), sentinel, exception, flapping (offline
 toggled every ``FLAP_S``). The judge reads the plant's state after every plant step (``site.state``,
-the registers the devices act on) and counts breaches outside ``REACTION_CYCLES`` after any fault event;
+the registers the devices act on) and counts breaches outside ``REACTION_CYCLES`` after any fault event
+(and after the start, a restart, a load step);
 a fault is *alarmed* when the controller held an alarm naming its device while it lasted, *cleared*
 when no alarm names the device within ``CLEAR_S`` of its end. A frozen fault whose device's true
 values never moved away from the frozen ones (e.g. PV at night) cannot be told from a healthy device:
