@@ -119,6 +119,8 @@ class Costs(StrictModel):
 class Finance(StrictModel):
     discount_rate_pct: float = Field(default=8.0, ge=0, le=50, description="Nominal discount rate [%/yr]")
     lifetime_years: int = Field(default=20, ge=1, le=50, description="Study life [yr]")
+    om_escalation_pct_per_year: float | None = Field(
+        default=None, ge=-20, le=50, description="[%/yr] nominal rise of O&M costs; None = the tariff escalation")
     vat_recoverable: bool = Field(default=True,
                                   description="Savings exclude VAT (a VAT-registered factory recovers input VAT)")
 
