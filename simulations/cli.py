@@ -98,7 +98,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _yr(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+    """A payback for the console: "—" when it is never reached (the reason is in summary.json and the report)."""
+    return "—" if value is None else f"{value:.1f}"
 
 
 def _sweep(args: argparse.Namespace) -> int:
