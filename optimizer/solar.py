@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 HAI_PHONG_MONTHLY_KWH_PER_KWP: tuple[float, ...] = (53, 45, 36, 62, 115, 131, 150, 119, 109, 111, 105, 80)
 """Hai Phong fixed-tilt specific yield per month Jan..Dec, Global-Solar-Atlas derived (1,116 per year);
-shared/reference/vietnam-energy.md §4. Use only the shape and scale the total (1,100 central, 950 pessimistic).
+docs/sources.md §4. Use only the shape and scale the total (1,100 central, 950 pessimistic).
 [kWh/kWp]"""
 
 AMBIENT_TEMPERATURE_C = 28.0

@@ -193,7 +193,7 @@ def synthetic_year(site: SiteInfo, pv: PVSpec, year: int, load: LoadShape, seed:
     annual_yield_kwh_per_kwp : float
         Specific yield of the year (1,100 central, 950 pessimistic for Hai Phong). [kWh/kWp]
     monthly_shape : sequence of 12 floats
-        Relative monthly yields Jan..Dec (default: Hai Phong, shared/reference/vietnam-energy.md §4).
+        Relative monthly yields Jan..Dec (default: Hai Phong, docs/sources.md §4).
 
     Returns
     -------
