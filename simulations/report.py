@@ -87,7 +87,8 @@ def week_figure(result: RunResult, names: list[str]) -> str:
     start = typical_week_start(first, tz)
     steps = round(7 * 24 / float(result.data.duration_h[0]))
     sl = slice(start, start + steps)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.3 * len(names)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.3 * len(names)), sharex=True, squeeze=False,
+                             layout="constrained")
     for ax, name in zip(axes[:, 0], names, strict=True):
         f = result.results[name].frame.iloc[sl]
         x = f.index.tz_convert(tz).tz_localize(None)
@@ -112,7 +113,7 @@ def week_figure(result: RunResult, names: list[str]) -> str:
     handles += [Line2D([], [], color="#008060", lw=0.7, ls=":"), Patch(color=PERIOD_COLOURS["peak"], alpha=0.5),
                 Patch(color=PERIOD_COLOURS["off_peak"], alpha=0.5)]
     labels += ["battery SOC [%] (right axis)", "peak hours", "off-peak hours"]
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     axes[-1, 0].set_xlabel(f"local time ({tz})")
     fig.suptitle("A typical week (median PV), local time; unshaded hours are normal-price hours", fontsize=10)
     return _svg(fig)
@@ -137,13 +138,13 @@ def monthly_bills_figure(result: RunResult, names: list[str]) -> str:
 
 def soc_figure(result: RunResult, names: list[str]) -> str:
     """Share of time at each SOC per battery strategy: one small panel each, so no series hides another."""
-    fig, axes = plt.subplots(1, len(names), figsize=(11, 2.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(11, 2.8), sharey=True, squeeze=False, layout="constrained")
     bins = np.linspace(0, 100, 41)
     for ax, name in zip(axes[0], names, strict=True):
         soc = result.results[name].frame["soc_pct"].to_numpy()
         weights = np.full(len(soc), 100.0 / max(len(soc), 1))
         ax.hist(soc, bins=bins, weights=weights, color="#008060")
-        ax.set_title(_label(name), fontsize=8)
+        ax.set_title(_label(name).replace(" (", "\n("), fontsize=8)
         ax.set_xlabel("SOC at step end [%]")
         ax.set_xlim(0, 100)
     axes[0, 0].set_ylabel("share of time [%]")
@@ -158,7 +159,7 @@ def cash_flow_figure(result: RunResult, names: list[str]) -> str:
         flow = pd.DataFrame(result.economics[name]["cash_flow"])
         ax.plot(flow["year"], flow["cumulative"] / 1e9, marker=".", label=_label(name))
     ax.axhline(0, color="black", lw=0.6)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_xlabel("year of operation")
     ax.set_ylabel(f"cumulative cash [billion {result.currency}]")
     ax.set_title("Cumulative cash flow against no system (nominal: escalation, degradation, replacements)",
@@ -207,8 +208,9 @@ def verdict(summary: dict[str, Any]) -> str:
             parts.append(f"{who} pays back in {fin['discounted_payback_years']:.1f} years at {rate:g} %")
         else:
             even = fin.get("break_even_per_kwh")
-            tail = (f"break-even at {even:,.0f} {cur}/kWh installed against {a['battery_capex_per_kwh']:,.0f} "
-                    "assumed" if even is not None else "it would not pay back even if it were free")
+            tail = (f"break-even at {even / 1e6:,.2f} million {cur}/kWh installed against "
+                    f"{a['battery_capex_per_kwh'] / 1e6:,.2f} million assumed" if even is not None
+                    else "it would not pay back even if it were free")
             parts.append(f"{who} does not pay back at {rate:g} % within its {life}-year life — {tail}")
     text = "; ".join(parts) + "." if parts else "No investment to assess."
     return text[0].upper() + text[1:]
@@ -227,10 +229,11 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
         pv = econ["pv_only"]
         fin = pv["finance"]["system"]
         lines.append(
-            f"PV alone saves {_money(pv['savings_vs_no_system'], cur)} in the first year; it costs "
-            f"{_money(fin['capex'], cur)}, pays back in {_years(fin['simple_payback_years'], fin['payback_note'])} "
-            f"undiscounted and {_years(fin['discounted_payback_years'], fin['discounted_payback_note'])} at "
-            f"{a['discount_rate_pct']:g} %; NPV {_money(fin['npv'], cur)}.")
+            f"PV alone saves {_money(pv['savings_vs_no_system'], cur)} in the first year and costs "
+            f"{_money(fin['capex'], cur)}: simple payback {_years(fin['simple_payback_years'], fin['payback_note'])}, "
+            f"discounted at {a['discount_rate_pct']:g} % "
+            f"{_years(fin['discounted_payback_years'], fin['discounted_payback_note'])}; "
+            f"NPV {_money(fin['npv'], cur)}.")
     lead = lead_strategy(summary)
     if lead is not None:
         b = econ[lead]
@@ -239,9 +242,9 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
             f"Run by {_label(lead)}, the battery saves {_money(b['savings_vs_pv_only'], cur)} in the first year on "
             f"top of PV, from {b['equivalent_full_cycles']:.0f} full cycles of its usable window "
             f"({b['equivalent_full_cycles_nameplate']:.0f} of its nameplate). Against its cost of "
-            f"{_money(fin['capex'], cur)} (plus O&M and {fin['replacements']} replacement(s)) it pays back in "
-            f"{_years(fin['discounted_payback_years'], fin['discounted_payback_note'])} at "
-            f"{a['discount_rate_pct']:g} %; NPV {_money(fin['npv'], cur)}; IRR "
+            f"{_money(fin['capex'], cur)} (plus O&M and {fin['replacements']} replacement(s)): discounted payback at "
+            f"{a['discount_rate_pct']:g} % {_years(fin['discounted_payback_years'], fin['discounted_payback_note'])}; "
+            f"NPV {_money(fin['npv'], cur)}; IRR "
             + (f"{100 * fin['irr']:.1f} %" if fin["irr"] is not None else f"{DASH} ({fin['irr_note']})") + ".")
         if b.get("soc_change_kwh"):
             lines.append(
@@ -256,10 +259,10 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
                 f"each kWh the battery delivers saves on average {value:,.0f} {cur} — the spread between the hours it "
                 f"charges and the hours it discharges, less losses — against {cost:,.0f} {cur} that a kWh of storage "
                 f"costs (LCOS), so it {'earns' if value >= cost else 'loses'} {abs(value - cost):,.0f} {cur} per kWh.")
-        for bound in BOUNDS:
-            if bound in econ and bound != lead and "battery" in econ[bound]["finance"]:
-                lines.append(f"Bound, not achievable by a plant: with {_label(bound)} the battery's NPV would be "
-                             f"{_money(econ[bound]['finance']['battery']['npv'], cur)}.")
+        bounds = [f"{_money(econ[b]['finance']['battery']['npv'], cur)} with {_label(b).split(' (')[0]}"
+                  for b in BOUNDS if b in econ and b != lead and "battery" in econ[b]["finance"]]
+        if bounds:
+            lines.append(f"Bounds no plant reaches: the battery's NPV would be {' and '.join(bounds)}.")
     if "mpc" in econ and "perfect_foresight" in econ:
         pf = econ["perfect_foresight"]["savings_vs_pv_only"]
         mpc = econ["mpc"]["savings_vs_pv_only"]
@@ -306,7 +309,7 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             f"yearly bill [{cur}]": s["annual_bill"],
             f"saving vs no PV, no battery [{cur}/yr]": e["savings_vs_no_system"] if e else None,
             f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e else None,
-            "full cycles/yr (usable window)": e["equivalent_full_cycles"] if e else None,
+            "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
             "PV + battery payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
             f"PV + battery NPV [{cur}]": fin_sys["npv"] if fin_sys else None,
             "battery payback, discounted [yr]": fin_bat["discounted_payback_years"] if fin_bat else None,

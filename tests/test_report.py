@@ -60,7 +60,7 @@ def test_outputs_are_written_and_consistent(result, tmp_path: Path) -> None:
 
 def test_plain_summary_says_what_pays_back(result) -> None:
     text = " ".join(plain_summary(result.summary()))
-    assert "PV alone saves" in text and "pays back in" in text
+    assert "PV alone saves" in text and "simple payback" in text
     assert "the battery saves" in text and "full cycles of its usable window" in text
 
 
@@ -105,8 +105,8 @@ def test_verdict_for_hand_made_figures() -> None:
     assert verdict(summary).endswith("— it would not pay back even if it were free.")
     assert text == (
         "PV pays back in 9.2 years at 8 % (6.0 years undiscounted); the battery (run by MPC on forecasts) does not "
-        "pay back at 8 % within its 20-year life — break-even at 2,500,000 VND/kWh installed against 6,575,000 "
-        "assumed.")
+        "pay back at 8 % within its 20-year life — break-even at 2.50 million VND/kWh installed against 6.58 "
+        "million assumed.")
 
 
 def test_period_is_printed_in_local_dates(result, tmp_path: Path) -> None:
@@ -141,7 +141,8 @@ def test_never_pays_back_is_a_dash_with_its_reason_everywhere(result, tmp_path: 
     html = paths["report"].read_text(encoding="utf-8")
     assert f"<td>{DASH}</td>" in html and f"{DASH}: does not pay back at 8 % within the 20-year life" in html
     assert "None" not in html and "nan" not in html.replace("nanum", "")
-    assert f"{DASH} (does not pay back at 8 % within the 20-year life)" in " ".join(plain_summary(summary))
+    assert f"discounted payback at 8 % {DASH} (does not pay back at 8 % within the 20-year life)" in " ".join(
+        plain_summary(summary))
 
 
 def test_assumptions_table_lists_every_cost_and_finance_input(result) -> None:
