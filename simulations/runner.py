@@ -422,11 +422,10 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
 def degraded_bills(result: RunResult, name: str) -> tuple[float, ...] | None:
     """The period re-billed with the PV of each operating year 1..N (counted bills, first-year prices).
 
-    In year y the array offers ``(1 − degradation)^(y−1)`` of its first-year power; PV delivered is the
-    smaller of that and what was delivered in the run (the curtailment limit, zero export, stays), the
-    battery's schedule is kept and the grid takes the difference. Exact for PV only; for a battery strategy
-    it is the bill of the same dispatch under the weaker PV (the dispatch itself is not re-optimised).
-    None when PV does not degrade or the strategy has no PV.
+    In year y the array offers ``(1 − degradation)^(y−1)`` of its first-year power (after the inverter
+    limit); PV delivered is the smaller of that and what was delivered in the run (the curtailment limit of
+    zero export stays) and the grid takes the difference. For ``pv_only`` this is exact: the same bill as
+    simulating the weaker PV again. None when PV does not degrade or the strategy has no PV.
     """
     sc = result.scenario
     d = sc.pv.degradation_pct_per_year / 100.0
@@ -483,9 +482,18 @@ def assumptions(scenario: Scenario) -> dict[str, Any]:
 
 
 def evaluate(result: RunResult) -> dict[str, dict]:
-    """Economics of every strategy but the reference (:func:`simulations.economics.evaluate`)."""
+    """Economics of every strategy but the reference (:func:`simulations.economics.evaluate`).
+
+    PV degradation: PV only is re-billed for every year (:func:`degraded_bills`); a battery strategy's bill
+    in year y is its simulated bill plus what degradation adds to the PV-only bill that year, i.e. the
+    battery keeps the value it has in the simulated year. (Re-billing the battery's schedule as it was, under
+    weaker PV, would not let it respond: under a demand charge the lost PV would raise the month's peak, which
+    the dispatcher holds live.)
+    """
     spec = result.scenario.battery
     price = terminal_price_per_kwh(result)
+    pv_bills = degraded_bills(result, "pv_only")
+    pv_loss = None if pv_bills is None else np.asarray(pv_bills) - pv_bills[0]
 
     def totals(name: str) -> economics.StrategyTotals:
         r = result.results[name]
@@ -495,7 +503,9 @@ def evaluate(result: RunResult) -> dict[str, dict]:
             bill=result.counted_bill(name), import_kwh=e["import"], export_kwh=e["export"], pv_kwh=e["pv"],
             discharge_kwh=r.discharged_kwh, capacity_kwh=r.capacity_kwh,
             usable_kwh=r.capacity_kwh * (spec.soc_max_pct - spec.soc_min_pct) / 100.0,
-            bills_by_year=degraded_bills(result, name), soc_change_kwh=soc_change,
+            bills_by_year=(pv_bills if name == "pv_only" else None if pv_loss is None or name == REFERENCE
+                           else tuple(result.counted_bill(name) + pv_loss)),
+            soc_change_kwh=soc_change,
             soc_change_value=soc_change * price)
     names = [n for n in result.results if n != REFERENCE]
     return economics.evaluate(study_parameters(result.scenario), result.year, totals(REFERENCE),

@@ -284,3 +284,13 @@ def test_annual_bill_is_the_sum_of_the_monthly_bills_for_a_whole_year() -> None:
         assert s["annual_bill"] == pytest.approx(counted, rel=1e-12)
     assert summary["period"]["whole_years"] and summary["period"]["warning"] is None
     assert summary["period"]["start"] == "2026-01-01T00:00:00+07:00"
+
+
+def test_degradation_lowers_pv_savings_and_leaves_the_battery_value_of_the_simulated_year(result,
+                                                                                         scenario: Scenario) -> None:
+    flow = pd.DataFrame(result.economics["mpc"]["cash_flow"]).iloc[1:]
+    escalation = (1 + scenario.tariff.escalation_pct_per_year / 100) ** (flow["year"] - 1)
+    battery = flow["battery_savings"] / (escalation * flow["battery_soh_pct"] / 100)
+    assert np.allclose(battery, battery.iloc[0], rtol=1e-12)
+    pv = (flow["pv_savings"] / escalation).to_numpy()
+    assert (np.diff(pv) <= 1e-6).all() and pv[-1] < pv[0]
