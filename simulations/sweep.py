@@ -168,7 +168,8 @@ def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: floa
         r, g, b, _ = cmap(image.norm(value))
         colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
         ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=colour)
-    fig.colorbar(image, ax=ax, label=unit)
+    if not np.isnan(grid.to_numpy()).all():
+        fig.colorbar(image, ax=ax, label=unit)
     return fig
 
 
@@ -217,7 +218,9 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
         plt.close(fig)
     head = "".join(f"<th>{html.escape(COLUMN_LABELS.get(c, c).format(cur=currency))}</th>" for c in table.columns)
     shown = table.astype(object).assign(strategy=table["strategy"].map(lambda n: STRATEGY_LABELS.get(n, n)))
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+    sizes = {"pv_kwp", "battery_kwh", "battery_kw"}
+    body = "".join("<tr>" + "".join(f"<td>{f'{v:,.0f}' if c in sizes else _cell(v)}</td>"
+                                    for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
                    for row in shown.itertuples(index=False))
     warning = period_warning(table)
     strategy = str(shown["strategy"].iloc[-1]) if len(table) else ""
@@ -234,8 +237,8 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
 <p>Battery dispatch in every cell: {html.escape(strategy)}; battery power at the base case's C-rate; yearly figures
 in {html.escape(currency)}; discount rate {scenario.finance.discount_rate_pct:g} %, study life
 {scenario.finance.lifetime_years} years. {DASH} or "never": the cell does not pay back within the study life.</p>
-{''.join(f'<h2>{html.escape(title)}</h2>{svg}' for title, svg in figures)}
-<h2>Table</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Maps</h2>{''.join(f'<div>{svg}</div>' for _, svg in figures)}
+<h2>Table</h2><div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <p class="small">Reproduce: <code>{html.escape(command)}</code></p>
 </body></html>
 """, encoding="utf-8")
