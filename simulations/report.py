@@ -310,6 +310,7 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             f"saving vs no PV, no battery [{cur}/yr]": e["savings_vs_no_system"] if e else None,
             f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e else None,
             "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
+            "full cycles/yr (nameplate)": e["equivalent_full_cycles_nameplate"] if fin_bat else None,
             "PV + battery payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
             f"PV + battery NPV [{cur}]": fin_sys["npv"] if fin_sys else None,
             "battery payback, discounted [yr]": fin_bat["discounted_payback_years"] if fin_bat else None,

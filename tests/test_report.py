@@ -171,3 +171,7 @@ def test_report_uses_plain_names(result, tmp_path: Path) -> None:
     for code in ("pv_available", "delta_soc", "battery_losses", ">perfect_foresight<", ">pv_only<"):
         assert code not in html
     assert "battery energy at the end minus at the start [kWh]" in html
+    summary = result.summary()
+    row = next(r for r in strategy_rows(summary) if r["strategy"] == "perfect foresight (upper bound)")
+    usable, nameplate = row["full cycles/yr (usable window)"], row["full cycles/yr (nameplate)"]
+    assert usable == pytest.approx(nameplate / 0.85)  # the 10-95 % window is 85 % of the nameplate
