@@ -54,6 +54,8 @@ UNIT_ID = 7
     ("sma-sunny-island", "battery_kw", [0xFFFF, 0xF830], -2.0),             # −2000 W: charging
     ("sma-sunny-island", "battery_kw", [0x0000, 0x0BB8], 3.0),
     ("sma-sunny-island", "soc_pct", [0x0000, 0x0037], 55),
+    ("sma-sunny-island", "max_charge_kw", [0x0000, 0x1770], 6.0),           # 6000 W allowed
+    ("sma-sunny-island", "battery_temperature_c", [0x0000, 0x0113], 27.5),  # 275 / 10
     ("sma-sunny-island", "battery_setpoint_kw", [0xFFFF, 0xF448], -3.0),    # −3000 W: charge
 ])
 def test_decode_known_answers(profile: str, point: str, registers: list[int], value: float) -> None:
@@ -120,6 +122,7 @@ SAMPLE: dict[str, float] = {
     "import_kwh": 1234567.891, "export_kwh": 23456.789,
     "pv_kw": 87.25, "pv_energy_kwh": 345678.0, "pv_state": 0x0200, "pv_rated_kw": 110.0,
     "soc_pct": 64, "battery_kw": -4.5, "battery_voltage_v": 52.31, "battery_temperature_c": 27.5,
+    "max_charge_kw": 5.0, "max_discharge_kw": 4.6,
 }
 SETPOINTS = {"pv_limit_pct": 40.0, "battery_setpoint_kw": -3.0}
 # what the vendor documents say the registers must hold under EMS control and after handing it back
