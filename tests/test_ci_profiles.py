@@ -190,3 +190,34 @@ def test_meter_and_pv_profiles_need_no_remote_control_to_read() -> None:
     for name in ("huawei-sun2000", "huawei-smartlogger3000", "sungrow-sg-cx"):
         leave = load_profile(name).remote_control.leave  # type: ignore[union-attr]
         assert {"point": "pv_limit_pct", "value": 100.0} in [s.model_dump() for s in leave]
+
+
+async def test_smartlogger_on_unit_0_and_its_inverters_share_one_endpoint() -> None:
+    """A SmartLogger answers for the plant on unit id 0 and forwards requests to its inverters by their
+    RS485 addresses: one TCP connection serves all three, and the plant limit is written at the logger."""
+    logger, inverter = load_profile("huawei-smartlogger3000"), load_profile("huawei-sun2000")
+    images = [profile_image(logger, {"pv_kw": 170.5, "pv_energy_kwh": 98765.43, "input_power_kw": 174.0,
+                                     "pv_limit_pct": 100.0})]
+    images += [profile_image(inverter, {"pv_kw": kw, "pv_rated_kw": 100.0, "pv_limit_pct": 100.0})
+               for kw in (85.25, 85.25)]
+    clock = ManualClock(datetime(2026, 5, 4, 5, 0, tzinfo=UTC))
+    async with modbus_peer([sim_device(unit, *image) for unit, image in enumerate(images)]) as peer:
+        pool = ConnectionPool()
+        try:
+            devices = []
+            for unit, profile in enumerate((logger, inverter, inverter)):
+                config = DeviceConfig.model_validate({
+                    "name": f"pv-{unit}", "role": "pv_inverter", "profile": profile.name, "unit_id": unit,
+                    "timeout_s": 0.5, "endpoint": {"host": "127.0.0.1", "port": peer.port}})
+                devices.append(ModbusDevice(config, profile, pool.connection(config), clock))
+            readings = [await d.poll() for d in devices]
+            assert len(pool) == 1
+            assert readings[0]["pv_kw"].value == pytest.approx(170.5)
+            assert readings[0]["pv_energy_kwh"].value == pytest.approx(98765.43)
+            assert [r["pv_kw"].value for r in readings[1:]] == [pytest.approx(85.25)] * 2
+            assert (await devices[0].write("pv_limit_pct", 60.0)).ok
+            plant = await peer.get_registers(0, logger.points["pv_limit_pct"].function, 40428, 1)
+            own = await peer.get_registers(1, inverter.points["pv_limit_pct"].function, 40125, 1)
+            assert (plant, own) == ([600], [1000])   # 60.0 % at the logger; the inverter's own derating untouched
+        finally:
+            pool.close()
