@@ -157,7 +157,8 @@ async def test_every_command_kind_accepted(setup: tuple[Controller, MqttSink, Li
 @pytest.mark.parametrize(("name", "payload", "reason"), [
     ("set_mode", {"mode": "turbo"}, "mode: 'turbo' is not one of"),
     ("set_mode", b"{not json", "malformed JSON"),
-    ("set_mode", b"\xff\xfe", "malformed JSON"),
+    ("set_mode", b"\xff\xfe", "UTF-16 byte-order mark"),
+    ("set_mode", b'{"mode": "auto", "ttl_s": 60\x80}', "not UTF-8: byte 0x80 at offset 28"),
     ("set_mode", b"[1, 2]", "is not of type 'object'"),
     ("manual_setpoint", {"battery_kw": "lots", "ttl_s": 60}, "battery_kw: 'lots' is not of type 'number'"),
     ("manual_setpoint", {"battery_kw": 900, "ttl_s": 60}, "outside the PCS range"),
