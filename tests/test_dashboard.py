@@ -313,7 +313,7 @@ async def test_host_header_is_checked(tmp_path: Path, monkeypatch: pytest.Monkey
     try:
         got, _ = await call(site, "/api/config", host=host.format(port=site.telemetry.dashboard.port))
         assert got == status
-        got, result = await call(site, "/api/cmd/set_mode", {"mode": "standby", "ttl_s": 60}, token=TOKEN,
+        got, _ = await call(site, "/api/cmd/set_mode", {"mode": "standby", "ttl_s": 60}, token=TOKEN,
                                  host=host.format(port=site.telemetry.dashboard.port))
         assert got == (200 if status == 200 else 400)
         assert (site.commands.modes.request is not None) == (status == 200)
