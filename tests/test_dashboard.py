@@ -285,6 +285,13 @@ async def test_bad_command_bodies_get_4xx_with_a_reason(site: Site, body: bytes,
     assert got_status == 200 and result["id"] == "x"
 
 
+@pytest.mark.parametrize("name", ["%ED%A0%80", "%FF", "x" * 3000, "set_mode%00"])
+async def test_odd_command_names_get_422(site: Site, name: str) -> None:
+    status, result = await call(site, f"/api/cmd/{name}", {"mode": "standby", "ttl_s": 60}, token=TOKEN)
+    assert status == 422 and "unknown command" in result["reason"] and len(result["command"]) <= 64
+    assert len(result["reason"]) < 200 and site.commands.modes.request is None
+
+
 async def test_schema_rejection_echoes_the_id_and_counters_reach_the_state(site: Site) -> None:
     status, result = await call(site, "/api/cmd/set_mode", {"mode": "turbo", "id": "op-7"}, token=TOKEN)
     assert status == 422 and result["id"] == "op-7"                     # null before the fix

@@ -94,11 +94,12 @@ class CommandIntake:
                retained: bool = False) -> dict[str, Any]:
         """Process one command; returns its result message (``cmd_result.json``). Never raises."""
         command_id: str | None = None
+        shown = _printable(name)[:MAX_NAME_CHARS]
         try:
             if retained:
                 raise _Rejected("retained command ignored: publish commands with retain=false")
             if name not in COMMAND_NAMES:
-                raise _Rejected(f"unknown command {_printable(name)!r}; known: {', '.join(COMMAND_NAMES)}")
+                raise _Rejected(f"unknown command {shown!r}; known: {', '.join(COMMAND_NAMES)}")
             data = _decode(payload)
             command_id = read_id(data)
             errors = schema_errors(name, data)
@@ -108,14 +109,14 @@ class CommandIntake:
         except _Rejected as exc:
             result = CommandResult(False, str(exc))
         except Exception as exc:  # a bug here must cost one command, never the message path
-            log.exception("command %s from %s: intake failed", _printable(name), by)
+            log.exception("command %s from %s: intake failed", shown, by)
             self.errors += 1
             result = CommandResult(False, f"internal error: {type(exc).__name__}")
         if result.accepted:
             self.accepted += 1
         else:
             self.rejected += 1
-            log.warning("command %s from %s rejected: %s", _printable(name), by, _printable(result.reason))
+            log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
         return self._result(name, command_id, result)
 
     def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int) -> dict[str, Any]:
