@@ -33,7 +33,7 @@ import functools
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -127,7 +127,6 @@ class MqttSink:
         self._queue_alarm = False
         self._wake = asyncio.Event()
         self._next_state_at = 0.0
-        self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
     def topic(self, leaf: str) -> str:
@@ -177,7 +176,6 @@ class MqttSink:
             try:
                 client = self._client_for_connect()
                 async with client:
-                    self._client = client
                     connected_at = loop.time()
                     try:
                         await self._on_connect(client)
@@ -199,7 +197,6 @@ class MqttSink:
                 self.last_error = error
                 self.restarts += 1
             finally:
-                self._client = None
                 self.connected.clear()
             if connected_at is not None and loop.time() - connected_at >= self.settings.max_backoff_s:
                 backoff = 1.0  # a connection that lasted: start the back-off again from the beginning
@@ -244,32 +241,44 @@ class MqttSink:
 
     async def _command_reader(self, client: aiomqtt.Client) -> None:
         """Move each command onto the bounded queue, or answer ``busy`` when it is full."""
-        prefix = self.topic("cmd/")
         async for message in client.messages:
-            topic = str(message.topic)
-            if not topic.startswith(prefix):
-                continue
-            name = topic[len(prefix):]
-            if not self._commands.full():
-                self._commands.put_nowait(message)
-                continue
-            self._set_queue_alarm(True)
-            try:
-                result = self.intake.busy(name, _payload(message), waiting=self._commands.qsize())
-            except Exception:  # busy() never raises; this keeps a future bug to one message
-                log.exception("command %s: busy answer failed", name)
-                continue
-            await self._publish_result(client, name, result)
+            await self._per_message(self._take, client, message)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic, prefix = str(message.topic), self.topic("cmd/")
+        if not topic.startswith(prefix):
+            return
+        name = topic[len(prefix):]
+        if not self._commands.full():
+            self._commands.put_nowait(message)
+            return
+        self._set_queue_alarm(True)
+        await self._publish_result(client, name, self.intake.busy(name, _payload(message),
+                                                                  waiting=self._commands.qsize()))
 
     async def _command_worker(self, client: aiomqtt.Client) -> None:
         """Handle queued commands one by one; each gets its result, whatever it holds."""
         while True:
             message = await self._commands.get()
-            name = str(message.topic).removeprefix(self.topic("cmd/"))
-            result = self.intake.handle(name, _payload(message), by="mqtt", retained=bool(message.retain))
-            await self._publish_result(client, name, result)
+            await self._per_message(self._handle, client, message)
             if self._commands.empty():
                 self._set_queue_alarm(False)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        name = str(message.topic).removeprefix(self.topic("cmd/"))
+        result = self.intake.handle(name, _payload(message), by="mqtt", retained=bool(message.retain))
+        await self._publish_result(client, name, result)
+
+    async def _per_message(self, step: Callable[[aiomqtt.Client, aiomqtt.Message], Awaitable[None]],
+                           client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Run ``step`` for one message: a broker error ends the connection, anything else only this message."""
+        try:
+            await step(client, message)
+        except aiomqtt.MqttError:
+            raise
+        except Exception:
+            self.intake.errors += 1
+            log.exception("MQTT message on %s not handled", message.topic)
 
     async def _publish_result(self, client: aiomqtt.Client, name: str, result: Mapping[str, Any]) -> None:
         """Publish a command's result; kept for the next connection if this one is cut meanwhile."""
@@ -297,13 +306,16 @@ class MqttSink:
             self.on_alarm(QUEUE_ALARM, active, message)
 
     def _inbox_overflow(self) -> None:
-        """aiomqtt discards a message: counted and alarmed (called on the loop, from paho's callback)."""
+        """aiomqtt discards a message: counted and alarmed (called on the loop, from paho's callback,
+        which must not raise)."""
         self.intake.dropped += 1
+        if self.intake.dropped == 1 or self.intake.dropped % INBOX_LIMIT == 0:
+            log.error("MQTT inbox full (%d messages): %d commands discarded so far", INBOX_LIMIT,
+                      self.intake.dropped)
         if self.on_alarm is not None and not self._queue_alarm:
             self._queue_alarm = True
-            self.on_alarm(QUEUE_ALARM, True, f"MQTT inbox full ({INBOX_LIMIT} messages): commands discarded")
-        if self.intake.dropped == 1 or self.intake.dropped % INBOX_LIMIT == 0:
-            log.error("MQTT inbox full: %d commands discarded so far", self.intake.dropped)
+            with contextlib.suppress(Exception):
+                self.on_alarm(QUEUE_ALARM, True, f"MQTT inbox full ({INBOX_LIMIT} messages): commands discarded")
 
     # -- publishing ----------------------------------------------------------------------------
 
