@@ -373,3 +373,24 @@ async def test_shutdown_with_a_live_event_client_logs_no_traceback(site: Site, c
         await client
     assert opened and site.telemetry.hub.clients == 0
     assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+async def test_shutdown_with_a_stalled_event_client_logs_no_traceback(site: Site,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A client that stopped reading (its socket buffers full) cannot take the end of the stream;
+    before the fix uvicorn cancelled it at its graceful-shutdown timeout, with a traceback."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", site.telemetry.dashboard.port))
+    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    async with asyncio.timeout(10):
+        while site.telemetry.hub.clients == 0:
+            await asyncio.sleep(0.01)
+    big_state = {**sample_state(T0, 1), "padding": "x" * 100_000}
+    for _ in range(100):                      # ~10 MB the client never reads: the server's send blocks
+        site.bus.publish("state", big_state)
+        await asyncio.sleep(0.002)
+    await site.telemetry.aclose()
+    stalled.close()
+    assert site.telemetry.hub.clients == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

@@ -53,6 +53,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 FLOW_POINTS = ("pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct")
 """Power-flow values kept in the history, in this order after the timestamp."""
 KEEPALIVE_S = 15.0
+STREAM_GRACE_S = 1.0
+"""How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_BIND = ("0.0.0.0", "::", "")
 
@@ -331,6 +333,12 @@ class DashboardServer:
             return
         self.hub.close()
         self._server.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STREAM_GRACE_S):
+                while self.hub.clients:
+                    await asyncio.sleep(0.02)
+        if self.hub.clients:
+            self._abort_stalled_responses()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self._task)
@@ -339,3 +347,14 @@ class DashboardServer:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, RuntimeError):
             await self._task
+
+    def _abort_stalled_responses(self) -> None:
+        """Cut the connections whose response is still going out: an event stream whose client stopped
+        reading cannot even take its last chunk, and uvicorn would cancel it at its graceful-shutdown
+        timeout with a traceback. ``abort`` (not ``close``: a full send buffer never flushes) makes
+        uvicorn see a disconnect, so the stream ends as if the browser had gone."""
+        for connection in list(self._server.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            if cycle is not None and not cycle.response_complete and transport is not None:
+                transport.abort()
