@@ -101,6 +101,17 @@ def test_schema_rejection_echoes_the_id() -> None:
     assert rec.applied == []
 
 
+def test_retained_and_unknown_commands_echo_the_id_too() -> None:
+    rec = Recorder()
+    result = publishable(rec.intake.handle("set_mode", b'{"mode": "standby", "id": "r1"}', by="test", retained=True))
+    assert result["id"] == "r1" and result["reason"].startswith("retained command ignored")
+    result = publishable(rec.intake.handle("self_destruct", b'{"id": "u1"}', by="test"))
+    assert result["id"] == "u1" and result["reason"].startswith("unknown command 'self_destruct'")
+    result = publishable(rec.intake.handle("nope", b"[[[[[[", by="test", retained=True))
+    assert result["id"] is None and result["reason"].startswith("retained command ignored")
+    assert rec.applied == []
+
+
 def test_busy_answer_echoes_the_id_and_counts() -> None:
     rec = Recorder()
     result = publishable(rec.intake.busy("set_mode", b'{"mode": "auto", "id": "b1"}', waiting=32))

@@ -282,11 +282,11 @@ class MqttSink:
 
     async def _publish_result(self, client: aiomqtt.Client, name: str, result: Mapping[str, Any]) -> None:
         """Publish a command's result; kept for the next connection if this one is cut meanwhile."""
+        payload = _json(result)
         try:
-            payload = _json(result)
             await client.publish(self.topic(f"cmd/{name}/result"), payload, qos=1)
         except (aiomqtt.MqttError, asyncio.CancelledError):
-            self._unsent_results.append((name, _json(result)))
+            self._unsent_results.append((name, payload))
             raise
         except Exception:  # e.g. a topic paho refuses: lose this result, not the loop
             log.exception("command %s: result could not be published", name)

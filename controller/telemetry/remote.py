@@ -96,12 +96,17 @@ class CommandIntake:
         command_id: str | None = None
         shown = _printable(name)[:MAX_NAME_CHARS]
         try:
+            try:
+                data, undecodable = _decode(payload), None
+                command_id = read_id(data)
+            except _Rejected as exc:  # the reasons below come first: say what the sender can act on
+                data, undecodable = None, exc
             if retained:
                 raise _Rejected("retained command ignored: publish commands with retain=false")
             if name not in COMMAND_NAMES:
                 raise _Rejected(f"unknown command {shown!r}; known: {', '.join(COMMAND_NAMES)}")
-            data = _decode(payload)
-            command_id = read_id(data)
+            if undecodable is not None:
+                raise undecodable
             errors = schema_errors(name, data)
             if errors:
                 raise _Rejected("invalid: " + "; ".join(errors))
