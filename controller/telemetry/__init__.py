@@ -49,7 +49,7 @@ class TelemetryContext:
         ISO 4217 code of the tariff currency, for the dashboard (e.g. VND, JPY).
     on_alarm : AlarmCallback, optional
         ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
-        outbox overflow, quarantined points, dashboard not serving).
+        outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
     """
 
     site: str
