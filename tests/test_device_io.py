@@ -206,13 +206,13 @@ async def test_remote_control_on_a_slow_battery_never_reports_a_wrong_read_back(
 
 @pytest.mark.slow
 async def test_slow_battery_does_not_stall_the_cycle(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
-    """Failure 3 of issue 11, in real time (speed 1, 1 s cycle): the battery answers in 3 s for 20 s. Meter and
+    """Failure 3 of issue 11, in real time (speed 1, 1 s cycle): the battery answers in 3 s for 15 s. Meter and
     PV are read every cycle, cycles keep their pace (the campaign measured gaps of 7, 19 and 11 s), the true
     import stays within the cap and export at zero, the battery is missing "no answer within" (never
     "recovered" while slow, never a wrong read-back), and it is back under control when fast again."""
     path = site_file(tmp_path, simulation={"start": "2026-05-04T11:00:00+07:00", "weather": {"cloudiness": 0.0},
                                            "load": {"day_kw": 600, "night_kw": 600}})
-    slow_s = 20.0
+    slow_s = 15.0
     true_grid: list[float] = []
     caplog.set_level(logging.INFO)
     async with running(path, 1, tmp_path / "state") as (site, _controller, states):
@@ -237,7 +237,10 @@ async def test_slow_battery_does_not_stall_the_cycle(tmp_path, caplog: pytest.Lo
         site.faults.slow("battery", 0.0)
         n_fast = len(states)
         log_fast = len(caplog.records)
-        await asyncio.sleep(10)
+        deadline = time.monotonic() + 15
+        while not (states[-1]["devices"]["battery"]["ok"] and states[-1]["mode"] != "safe") \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         last = states[-1]
@@ -246,7 +249,7 @@ async def test_slow_battery_does_not_stall_the_cycle(tmp_path, caplog: pytest.Lo
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
     print(f"slow spell: {len(spell)} cycles in {slow_s:g} s, largest gap {max(gaps):.1f} s, "
           f"true grid {min(true_grid):.0f}..{max(true_grid):.0f} kW")
-    assert len(spell) >= slow_s / 2, len(spell)  # about one per second; the campaign saw 3 in 25 s
+    assert len(spell) >= slow_s / 2, len(spell)  # about one per second (before: 3 in 20 s)
     assert max(gaps) <= 3.0, gaps
     for s in spell:
         assert s["measurements"]["grid_kw"]["quality"] == "ok", s["measurements"]["grid_kw"]
