@@ -87,12 +87,12 @@ def test_a_reply_must_match_its_request() -> None:
 
 
 async def test_a_late_reply_is_never_taken_for_a_newer_request() -> None:
-    """The server answers request N (register 0, after 0.6 s) while request N+1 (register 5) is in flight;
-    pymodbus's server labels that reply with N+1's transaction id. The client gave up on N after 0.4 s, so
-    N+1 must go out on a fresh connection and get its own answer, 105 — not 100."""
-    delays = Delays(by_address={0: 0.6, 5: 0.3})
+    """The server answers request N (register 0, after 0.75 s) while request N+1 (register 5, 0.35 s) is in
+    flight; pymodbus's server labels that reply with N+1's transaction id. The client gave up on N after 0.6 s,
+    so N+1 must go out on a fresh connection and get its own answer, 105 — not 100."""
+    delays = Delays(by_address={0: 0.75, 5: 0.35})
     async with modbus_peer([sim_device(1, REGS, action=delays.action)]) as peer:
-        conn = ConnectionPool().connection(tcp_config(peer.port, timeout_s=0.4, retries=0))
+        conn = ConnectionPool().connection(tcp_config(peer.port, timeout_s=0.6, retries=0))
         with pytest.raises(TransportError):
             await conn.read(Function.HOLDING, 0, 1, 1)
         assert await conn.read(Function.HOLDING, 5, 1, 1) == [105]
