@@ -14,7 +14,8 @@ Loss and recovery are logged once, on the transition.
 Every poll, write (with its read-back), remote-control step and heartbeat must finish within the
 device's deadline (``deadline_s``, physical seconds; ``DeviceConfig.deadline``). One that does not is
 cancelled where it stands (the transport drops the connection, so a late reply cannot reach a later
-request), the device counts as unreachable and backs off, and a poll returns every point MISSING with
+request; time the event loop itself stood still is not counted, ``drivers.deadline``), the device
+counts as unreachable and backs off, and a poll returns every point MISSING with
 the detail "no answer within … s". Nothing of a late operation runs on into the next cycle, so
 requests never pile up on a slow device. A device counts as recovered (and "recovered" is logged) only
 after a whole poll answered within the deadline.
@@ -22,7 +23,6 @@ after a whole poll answered within the deadline.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from drivers.config import DeviceConfig
+from drivers.deadline import within
 from drivers.profile import (
     PROFILE_DIR,
     Decoded,
@@ -217,8 +218,7 @@ class ModbusDevice:
                       f"next attempt in {self._health.retry_at - now_mono:.1f} s")
             return self._remember({n: missing(p.unit, self.clock.now(), detail) for n, p in points.items()})
         try:
-            async with asyncio.timeout(self.deadline_s):
-                return await self._poll(points)
+            return await within(self._poll(points), self.deadline_s)
         except TimeoutError:
             self._lost(self._late)
             now = self.clock.now()
@@ -374,18 +374,7 @@ class ModbusDevice:
             return WriteResult(point_name, float(value), target, clamped, False, None, True,
                                (detail + "; " if detail else "") + "unchanged, not re-sent")
         try:
-            async with asyncio.timeout(self.deadline_s):
-                if spec.direction is not None:
-                    d = spec.direction
-                    command = d.positive if target > 0 else d.negative if target < 0 else d.zero
-                    cmd_point = self.profile.points[d.point]
-                    verified_cmd, why = await self._write_raw(d.point, cmd_point, command)
-                    verified, why2 = await self._write_raw(point_name, p, abs(target))
-                    verified = None if verified is None and verified_cmd is None else bool(
-                        verified_cmd is not False and verified is not False)
-                    why = "; ".join(x for x in (why, why2) if x)
-                else:
-                    verified, why = await self._write_raw(point_name, p, target)
+            verified, why = await within(self._write_point(point_name, p, target), self.deadline_s)
         except (TransportError, TimeoutError, DeviceException, ValueError) as exc:
             error = self._late if isinstance(exc, TimeoutError) else str(exc)
             if isinstance(exc, TransportError | TimeoutError):  # no answer: unreachable until a poll answers in time
@@ -403,6 +392,19 @@ class ModbusDevice:
             log.warning("device %s: write %s=%g did not apply: %s", self.name, point_name, target, why)
         return WriteResult(point_name, float(value), target, clamped, True, verified, ok,
                            "; ".join(x for x in (detail, why) if x))
+
+    async def _write_point(self, name: str, p: Point, target: float) -> tuple[bool | None, str]:
+        """Write ``target`` to point ``name`` (as direction command + magnitude if it has one); (verified, detail)."""
+        assert p.write is not None
+        if p.write.direction is None:
+            return await self._write_raw(name, p, target)
+        d = p.write.direction
+        command = d.positive if target > 0 else d.negative if target < 0 else d.zero
+        verified_cmd, why = await self._write_raw(d.point, self.profile.points[d.point], command)
+        verified, why2 = await self._write_raw(name, p, abs(target))
+        verified = None if verified is None and verified_cmd is None else bool(
+            verified_cmd is not False and verified is not False)
+        return verified, "; ".join(x for x in (why, why2) if x)
 
     async def enter_remote_control(self) -> list[WriteResult]:
         """Write the profile's ``remote_control.enter`` sequence (always sent, in order; stops at a failure).
@@ -435,8 +437,7 @@ class ModbusDevice:
             return False
         value = hb.value if hb.value is not None else self._heartbeat_count % 0x10000
         try:
-            async with asyncio.timeout(self.deadline_s):
-                await self.connection.write(hb.address, [value], self.config.unit_id)
+            await within(self.connection.write(hb.address, [value], self.config.unit_id), self.deadline_s)
         except (TransportError, TimeoutError, DeviceException) as exc:
             error = self._late if isinstance(exc, TimeoutError) else str(exc)
             if isinstance(exc, TransportError | TimeoutError):

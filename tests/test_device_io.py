@@ -25,6 +25,7 @@ from pymodbus.pdu.register_message import (
 from controller.config import load_config
 from controller.snapshot import read_snapshot
 from drivers.config import DeviceConfig
+from drivers.deadline import within
 from drivers.device import ModbusDevice, open_devices
 from drivers.profile import Function
 from drivers.readings import Quality
@@ -59,6 +60,43 @@ def tcp_config(port: int, **kw: object) -> DeviceConfig:
 
 
 # ------------------------------------------------------------------------------------------------ deadlines
+
+async def test_a_stalled_event_loop_is_not_charged_to_the_device() -> None:
+    """The answer (0.1 s) is due while the loop is blocked for 0.5 s (a solve holding the GIL): within a 0.2 s
+    budget it still counts, where ``asyncio.timeout(0.2)`` would cancel it as the loop resumes."""
+
+    async def stall() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.5)  # blocks the event loop
+
+    async def answer() -> str:
+        await asyncio.sleep(0.1)
+        return "answer"
+
+    staller = asyncio.create_task(stall())
+    assert await within(answer(), 0.2) == "answer"
+    await staller
+    staller = asyncio.create_task(stall())
+    with pytest.raises(TimeoutError):  # what a wall-clock timeout does
+        async with asyncio.timeout(0.2):
+            await answer()
+    await staller
+
+
+async def test_a_slow_operation_is_cancelled_at_its_deadline() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await within(slow(), 0.1)
+    assert cancelled.is_set()  # cancelled and awaited before within() returned: nothing runs on
+
 
 def test_deadline_defaults_from_the_cycle_and_the_timeout() -> None:
     cfg = tcp_config(1502, timeout_s=1.0, retries=1)
