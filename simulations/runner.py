@@ -74,7 +74,9 @@ def load_data(scenario: Scenario) -> SeriesData:
     step = scenario.planner.step_minutes
     if d.synthetic is not None:
         s = d.synthetic
-        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp)
+        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
+                               daily_energy_lag1_target=s.daily_energy_lag1,
+                               daily_clearness_spread=s.daily_clearness_spread)
         pv, load = frame["pv_kw"], frame["load_kw"]
     else:
         assert d.csv is not None
