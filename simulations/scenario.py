@@ -111,11 +111,23 @@ class CsvData(StrictModel):
                                              "pv.kwp / pv_kwp (None: used as is)")
 
 
+class IrradianceData(StrictModel):
+    """PV from measured irradiance: a CSV of GHI or plane-of-array irradiance converted through pvlib to the AC
+    power of ``pv`` (:mod:`simulations.irradiance`, format: docs/data.md). It replaces the PV of the synthetic year
+    or of the CSV (which then needs only a load column)."""
+
+    path: Path = Field(description="The irradiance CSV, relative to the scenario file")
+    timezone: str | None = Field(default=None, description="Zone of timestamps without offset (default: the site's)")
+    year: int | None = Field(default=None, ge=2000, le=2100,
+                             description="Relabel the file's timestamps to this local year (TMY files); None = as is")
+
+
 class DataSection(StrictModel):
     """Where PV and load come from, and which part of it is simulated."""
 
     synthetic: SyntheticData | None = None
     csv: CsvData | None = None
+    irradiance: IrradianceData | None = None
     start: date | None = Field(default=None, description="First local day simulated (default: the first of the data)")
     days: int | None = Field(default=None, ge=1, le=366, description="Days simulated (default: all the data)")
 
