@@ -7,8 +7,9 @@ bucket over the last ``days`` days, and quantile *q* of the forecast at lead *L*
     point(L) + Q_q(errors in the bucket of L) · scale(L)
 
 bounded to ``[0, upper]``. Nothing here runs unless quantiles are asked for; the hindcasts and the quantile table
-are kept, so a forecaster moving forward in time adds one hindcast per ``issue_every_hours``. The point forecast
-itself is never changed. Method and measured calibration: docs/data.md ("Quantile forecasts").
+are kept, so a forecaster moving forward in time adds one hindcast per ``issue_every_hours``. As for
+:class:`optimizer.forecast.History`, a measurement is final: history before a forecast's start is never rewritten.
+The point forecast itself is never changed. Method and measured calibration: docs/data.md ("Quantile forecasts").
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class ErrorQuantiles:
         key = (last, first, tuple(levels))  # changes once per issue period
         if self._table is not None and self._table[0] == key:
             return self._table[1]
-        issues = range(last, first - 1, -self.every_ns) if last >= first else range(0)
+        issues = range(last, first - 1, -self.every_ns) if last >= first and len(ns) else range(0)
         for old in [s for s in self._errors if s < first or s > last]:
             del self._errors[old]
         for s in issues:
@@ -159,8 +160,8 @@ class ErrorQuantiles:
         missing or the scale is below ``min_scale``."""
         grid = regular_grid(pd.Timestamp(issue_ns, unit="ns", tz="UTC"), steps, step_minutes)
         starts = grid.starts_ns
-        at = np.minimum(np.searchsorted(ns, starts), max(len(ns) - 1, 0))
-        measured = np.where((len(ns) > 0) & (ns[at] == starts), values[at] if len(ns) else np.nan, np.nan)
+        at = np.minimum(np.searchsorted(ns, starts), len(ns) - 1)  # ns is not empty: see _quantile_table
+        measured = np.where(ns[at] == starts, values[at], np.nan)
         if np.isnan(measured).all():
             return measured
         errors = measured - self.point(grid, history)

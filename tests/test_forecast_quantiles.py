@@ -71,6 +71,13 @@ def test_too_little_history_gives_the_point_forecast():
     assert np.array_equal(out, np.repeat(load.forecast(grid, history)[None, :], 3, axis=0))
 
 
+def test_without_history_pv_quantiles_are_the_climatological_point_forecast():
+    grid = regular_grid(pd.Timestamp("2026-06-21", tz=TZ), 96, 15)
+    pv = PVForecaster(SITE, PV)
+    out = pv.quantiles(grid, None)
+    assert np.array_equal(out, np.repeat(pv.forecast(grid, None)[None, :], 3, axis=0)) and out.max() > 0
+
+
 def test_bad_levels_are_an_error():
     starts = quarter_hours("2026-03-01", 3)
     history = history_of(starts, np.full(len(starts), 400.0))
