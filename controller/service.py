@@ -72,11 +72,16 @@ MAX_ACCOUNTED_GAP_CYCLES = 5
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
                   pool: ConnectionPool) -> dict[Role, ModbusDevice]:
-    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file."""
+    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file.
+
+    Each device's deadline comes from its own settings and the control cycle in physical seconds
+    (``DeviceConfig.deadline``)."""
     devices = {}
+    cycle_s = config.control.cycle_s / clock.speed
     for cfg in config.devices:
         path = resolve_profile(cfg.profile, config_path.resolve().parent)
-        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock)
+        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
+                                         deadline_s=cfg.deadline(cycle_s))
     return devices
 
 
@@ -308,27 +313,35 @@ class Controller:
         return None
 
     async def _write(self, decision: Decision, now: datetime) -> None:
+        """Setpoints and heartbeats, all devices at once, each write within its device's deadline: a slow
+        battery never delays the PV limit."""
         ctl = self.config.control
         results = await asyncio.gather(
             self._write_point(Role.BATTERY, "battery_setpoint_kw", round(decision.battery_setpoint_kw, 1),
                               ctl.write_deadband_kw),
             self._write_point(Role.PV_INVERTER, "pv_limit_pct", round(decision.pv_limit_pct, 1),
                               ctl.pv_write_deadband_pct),
-            *(d.heartbeat() for d in self.devices.values()))
+            *(d.heartbeat() for d in self.devices.values() if d.online is True))
         errors = {f"write_failed:{role.value}": msg for role, msg in zip((Role.BATTERY, Role.PV_INVERTER),
                                                                           results[:2], strict=True) if msg}
         self._set_alarms(errors, ("write_failed:",), now)
 
     async def _remote_control(self) -> None:
-        """Enter remote control on devices that just came online (at start, and after an outage)."""
+        """Enter remote control on devices that just came online (at start, and after an outage), all at once.
+
+        A sequence cut short because the device stopped answering in time leaves it offline, so the
+        sequence runs again when the device is back."""
+
+        async def enter(role: Role, device: ModbusDevice) -> None:
+            for result in await device.enter_remote_control():
+                if not result.ok:
+                    log.error("device %s: remote control not entered: %s", device.name, result.detail)
+            self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
+
+        await asyncio.gather(*(enter(role, d) for role, d in self.devices.items()
+                               if d.online and not self._online[role]))
         for role, device in self.devices.items():
-            online = device.online
-            if online and not self._online[role]:
-                for result in await device.enter_remote_control():
-                    if not result.ok:
-                        log.error("device %s: remote control not entered: %s", device.name, result.detail)
-                self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
-            self._online[role] = online
+            self._online[role] = device.online
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""

@@ -33,6 +33,7 @@ from optimizer.tariff import SiteTariff, load_tariff
 from optimizer.tariff_calendar import window_starts
 from simulations import economics
 from simulations.data import read_series_csv
+from simulations.irradiance import pv_from_irradiance
 from simulations.scenario import Scenario
 from simulations.strategies import (
     Inputs,
@@ -69,13 +70,19 @@ class SeriesData:
 
 
 def load_data(scenario: Scenario) -> SeriesData:
-    """The scenario's PV and load (synthetic year or CSV), cut to ``data.start`` / ``data.days``."""
+    """The scenario's PV and load (synthetic year or CSV; PV from ``data.irradiance`` when given), cut to
+    ``data.start`` / ``data.days``."""
     d = scenario.data
     step = scenario.planner.step_minutes
     if d.synthetic is not None:
         s = d.synthetic
-        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp)
+        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
+                               daily_energy_lag1_target=s.daily_energy_lag1,
+                               daily_clearness_spread=s.daily_clearness_spread)
         pv, load = frame["pv_kw"], frame["load_kw"]
+    elif d.irradiance is not None and d.csv is not None:  # load from the CSV, PV from the irradiance (below)
+        frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step, columns=("load",))
+        pv, load = None, frame["load_kw"]
     else:
         assert d.csv is not None
         frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step,
@@ -95,8 +102,28 @@ def load_data(scenario: Scenario) -> SeriesData:
         raise ConfigError(f"scenario {scenario.name}", [FieldError("data.start", "data.start and data.days select "
                                                                                  "no step of the data")])
     starts = frame.index[keep]
+    if d.irradiance is not None:
+        pv_kw = irradiance_pv(scenario, pd.DatetimeIndex(starts)).to_numpy(dtype=float)
+    else:
+        assert pv is not None
+        pv_kw = pv.to_numpy(dtype=float)[keep]
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
-                      pv_kw=pv.to_numpy(dtype=float)[keep], load_kw=load.to_numpy(dtype=float)[keep])
+                      pv_kw=pv_kw, load_kw=load.to_numpy(dtype=float)[keep])
+
+
+def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex) -> pd.Series:
+    """PV AC power [kW] from the scenario's irradiance file on ``index``; every interval must be covered."""
+    irr = scenario.data.irradiance
+    assert irr is not None
+    path = scenario.resolve(irr.path)
+    pv = pv_from_irradiance(path, scenario.site, scenario.pv, scenario.planner.step_minutes,
+                            irr.timezone, irr.year).reindex(index)
+    missing = index[pv.isna().to_numpy()]
+    if len(missing):
+        raise ConfigError(str(path), [FieldError("data.irradiance", f"no irradiance for {len(missing)} interval(s) of "
+                                                                    f"the data, the first starting {missing[0]} "
+                                                                    "(UTC)")])
+    return pv
 
 
 def price_inputs(data: SeriesData, tariff: SiteTariff, horizon: int) -> Inputs:
