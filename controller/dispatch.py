@@ -7,8 +7,17 @@ The chain runs in a fixed order. Each step can only narrow the allowed battery p
 ``[lo, hi]`` (kW, +discharge) or lower the PV limit; nothing after a step can undo it, so a plan,
 an operator or a remote command can never override safety:
 
-1. ``data``       missing or stale meter, PV or battery data → safe state: battery 0 kW, PV at the
-                  configured safe limit, alarm ``data_missing``.
+1. ``data``       missing or stale data → a safe state chosen per missing device (alarm ``data_missing``,
+                  the rest of the chain does not run; docs/controller.md has the table):
+
+                  - meter (or PV and battery together) → site-wide: battery 0 kW, PV at the configured
+                    safe limit;
+                  - battery (power, SOC or a BMS allowance) → battery 0 kW; PV alone holds the export cap
+                    and the import cap from the meter, assuming the unreachable battery may still move
+                    anywhere along its path (last measured → last commanded → 0 kW) until its own
+                    reversion timer has certainly expired (:func:`battery_path_kw`);
+                  - PV → the battery holds the grid inside the caps from the meter (steps 2–4 below
+                    with an idle target), PV at the safe limit.
 2. ``pcs``, ``bms``, ``soc``  the PCS nameplate, what the BMS allows now, and the SOC window with
                   hysteresis (no discharge at or below ``soc_min`` until SOC recovers by
                   ``soc_hysteresis_pct``; no charge at or above ``soc_max`` likewise).
@@ -35,7 +44,7 @@ Sign conventions: docs/conventions.md (grid + import, battery + discharge, PV �
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +76,38 @@ class Alarm(StrEnum):
     IMPORT_CAP_UNHELD = "import_cap_unheld"
 
 
+def battery_path_kw(measured_kw: float | None, commanded_kw: float, reverted: bool) -> tuple[float, ...]:
+    """Where an unreachable battery may go from now on, in order: its waypoints. [kW, +discharge]
+
+    Until its reversion timer has certainly expired (``reverted`` False) the battery moves from its last
+    measured power towards the setpoint last commanded, and it may drop to 0 kW at any moment (the
+    timer, or a 0 kW write that got through); afterwards it is at 0 kW (or at the power it is measured
+    at now, which may still fall to 0). Between waypoints it moves monotonically, so the extremes of
+    any change lie on them.
+
+    Parameters
+    ----------
+    measured_kw : float | None
+        Battery power last measured; once reverted, only one measured now counts (``None``: none). [kW]
+    commanded_kw : float
+        Setpoint last commanded while the battery was seen (0 if none). [kW]
+    reverted : bool
+        Whether the battery's reversion timer has certainly expired.
+    """
+    seen = () if measured_kw is None else (measured_kw,)
+    return (*seen, 0.0) if reverted else (*seen, commanded_kw, 0.0)
+
+
+def path_moves_kw(path: tuple[float, ...]) -> tuple[float, float]:
+    """Largest fall and largest rise of battery power along ``path`` from any point to a later one. [kW, ≥ 0]
+
+    A fall (more charging) raises grid import; a rise (more discharging) raises export.
+    """
+    drop = max((a - b for i, a in enumerate(path) for b in path[i + 1:]), default=0.0)
+    rise = max((b - a for i, a in enumerate(path) for b in path[i + 1:]), default=0.0)
+    return max(0.0, drop), max(0.0, rise)
+
+
 class DispatchSettings(BaseModel):
     """Tuning of the limits chain (the ``control.dispatch`` section of a site file)."""
 
@@ -92,6 +133,15 @@ class DispatchSettings(BaseModel):
         description="PV within this of its limit counts as held back by the limit [% of PV AC rating]")
     follow_tol_kw: float = Field(
         default=1.0, ge=0, description="A plan grid value this close to a bound counts as on the bound [kW]")
+    battery_reversion_s: float | None = Field(
+        default=None, gt=0,
+        description="The battery's own fallback to 0 kW after this long without a setpoint [s], for profiles "
+                    "whose remote_control.enter does not set setpoint_reversion_s; null = no known timer (an "
+                    "unreachable battery is assumed to hold its last command until it is seen again)")
+    reversion_margin_s: float = Field(
+        default=10.0, ge=0,
+        description="Beyond the reversion period, before an unreachable battery is taken to be at 0 kW: the last "
+                    "write's latency and the PCS ramp [s]")
 
 
 @dataclass(frozen=True)
@@ -123,10 +173,17 @@ class DispatchInputs:
     bms_max_discharge_kw: float | None
     pv_limit_pct: float | None = None
 
+    BATTERY = ("battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw")
+    """The battery's inputs: any one missing counts as the battery missing."""
+
     def missing(self) -> tuple[str, ...]:
         """Names of the required inputs that are missing."""
-        names = ("grid_kw", "pv_kw", "battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw")
+        names = ("grid_kw", "pv_kw", *self.BATTERY)
         return tuple(n for n in names if getattr(self, n) is None)
+
+    @property
+    def battery_missing(self) -> bool:
+        return any(getattr(self, n) is None for n in self.BATTERY)
 
 
 @dataclass(frozen=True)
@@ -297,33 +354,107 @@ class Dispatcher:
     settings : DispatchSettings
     pv_rated_kw : float
         PV AC rating, the base of ``pv_limit_pct``. [kW]
+    battery_reversion_s : float | None
+        The battery's own reversion timer as its remote-control sequence sets it (the live controller
+        reads it from the battery profile); ``None``: ``settings.battery_reversion_s``. [s]
     """
 
     def __init__(self, battery: BatterySpec, grid: GridSpec, settings: DispatchSettings | None = None,
-                 pv_rated_kw: float = 0.0):
+                 pv_rated_kw: float = 0.0, battery_reversion_s: float | None = None):
         self.battery = battery
         self.grid = grid
         self.settings = settings or DispatchSettings()
         self.pv_rated_kw = float(pv_rated_kw)
+        self.battery_reversion_s = battery_reversion_s or self.settings.battery_reversion_s
         self._discharge_blocked = False
         self._charge_blocked = False
         self._reserve_blocked = False
         self._pv_limit_kw: float | None = None
+        self._battery_seen_at: datetime | None = None  # last cycle with every battery input present
+        self._battery_measured_kw: float | None = None  # last measured battery power [kW]
+        self._battery_commanded_kw = 0.0                # setpoint decided when the battery was last seen [kW]
 
     def _pct(self, kw: float | None) -> float:
         if kw is None or self.pv_rated_kw <= 0:
             return 100.0 if kw is None else 0.0
         return min(100.0, max(0.0, 100.0 * kw / self.pv_rated_kw))
 
-    def _safe(self, missing: tuple[str, ...]) -> Decision:
+    def _safe_pv_limit_kw(self) -> float | None:
         s = self.settings
-        limit_kw = self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
-        self._pv_limit_kw = None if s.safe_pv_limit_pct >= 100 else limit_kw
+        return None if s.safe_pv_limit_pct >= 100 else self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
+
+    def _remember_battery(self, inputs: DispatchInputs, setpoint_kw: float, now: datetime) -> None:
+        """Note what the battery was doing and was told while seen (for when it goes missing)."""
+        if inputs.battery_kw is not None:
+            self._battery_measured_kw = float(inputs.battery_kw)
+        if not inputs.battery_missing:
+            self._battery_seen_at = now
+            self._battery_commanded_kw = setpoint_kw
+
+    def _safe(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """Site-wide safe state: battery 0 kW, PV at the safe limit."""
+        self._pv_limit_kw = self._safe_pv_limit_kw()
+        self._remember_battery(inputs, 0.0, now)
         note = "missing: " + ", ".join(missing)
         return Decision(
             battery_setpoint_kw=0.0, pv_limit_kw=self._pv_limit_kw, pv_limit_pct=self._pct(self._pv_limit_kw),
             safe=True, source="safe", follow=None, load_kw=None, expected_grid_kw=None,
             bounds=(BoundNote("data", 0.0, 0.0, note),), alarms=(Alarm.DATA_MISSING.value,), reason="data_missing")
+
+    def _reverted(self, now: datetime) -> bool:
+        """Whether the missing battery's reversion timer has certainly expired (never seen: nothing commanded)."""
+        if self._battery_seen_at is None:
+            return True
+        if self.battery_reversion_s is None:
+            return False
+        elapsed_s = (now - self._battery_seen_at).total_seconds()
+        return elapsed_s >= self.battery_reversion_s + self.settings.reversion_margin_s
+
+    def _battery_missing(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """Battery missing, meter and PV fine: battery 0 kW, PV alone holds the caps (see the module docstring)."""
+        s, cap = self.settings, self.grid.import_cap_kw
+        grid_kw, pv_kw = float(inputs.grid_kw), float(inputs.pv_kw)  # type: ignore[arg-type]
+        self._remember_battery(inputs, 0.0, now)
+        reverted = self._reverted(now)
+        measured_kw = inputs.battery_kw if reverted else self._battery_measured_kw  # an old reading is void then
+        path = battery_path_kw(measured_kw, self._battery_commanded_kw, reverted)
+        drop_kw, rise_kw = path_moves_kw(path)
+        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
+        # PV output that keeps export under the cap if the battery rises by rise_kw, and that keeps import
+        # under the contract if it falls by drop_kw (grid changes 1:1 against PV and battery).
+        ceiling_kw = grid_kw + pv_kw - rise_kw + self.grid.export_cap_kw - s.export_margin_kw
+        floor_kw = None if cap is None else grid_kw + pv_kw + drop_kw - (cap - s.import_margin_kw)
+        if reverted:
+            when = "reversion timer expired"
+        elif self.battery_reversion_s is None:
+            when = "no reversion timer known"
+        else:
+            assert self._battery_seen_at is not None  # _reverted: never seen counts as reverted
+            end = self._battery_seen_at + timedelta(seconds=self.battery_reversion_s + s.reversion_margin_s)
+            when = f"until {end:%H:%M:%S} UTC"
+        notes = [BoundNote("data", 0.0, 0.0, "missing: " + ", ".join(missing) + "; battery path "
+                           + " → ".join(f"{p:g}" for p in path) + f" kW ({when}); PV holds the caps")]
+        alarms = [Alarm.DATA_MISSING.value]
+        new_limit: float | None = None
+        if limit_active or pv_est > ceiling_kw:
+            new_limit = max(0.0, ceiling_kw)
+            notes.append(BoundNote("export_cap", 0.0, 0.0, f"PV at most {new_limit:.1f} kW for export under "
+                                                           f"{self.grid.export_cap_kw:g} kW"))
+        if floor_kw is not None:
+            if new_limit is not None and floor_kw > new_limit:
+                new_limit = floor_kw
+                notes.append(BoundNote("import_cap", 0.0, 0.0, f"PV at least {floor_kw:.1f} kW for import under "
+                                                               f"{cap:g} kW (export cap may not hold)"))
+            if floor_kw > pv_est + 1e-9:
+                alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
+        if new_limit is not None and new_limit >= self.pv_rated_kw:
+            new_limit = None
+        self._pv_limit_kw = new_limit
+        pv_after = pv_est if new_limit is None else min(pv_est, new_limit)
+        return Decision(
+            battery_setpoint_kw=0.0, pv_limit_kw=new_limit, pv_limit_pct=self._pct(new_limit), safe=True,
+            source="safe", follow=None, load_kw=None, expected_grid_kw=grid_kw + pv_kw - pv_after,
+            bounds=tuple(notes), alarms=tuple(alarms), reason="battery_missing")
 
     def _update_hysteresis(self, soc: float, target: Target | None) -> None:
         b, h = self.battery, self.settings.soc_hysteresis_pct
@@ -358,38 +489,23 @@ class Dispatcher:
             return pv_kw + self.pv_rated_kw * s.curtail_probe_pct / 100.0, True
         return pv_kw, True
 
-    def step(self, inputs: DispatchInputs, target: Target | None, now: datetime) -> Decision:
-        """Run the chain for one cycle.
+    def _battery_bounds(self, inputs: DispatchInputs, net_kw: float, probe_kw: float
+                        ) -> tuple[float, float, list[BoundNote], list[str]]:
+        """Steps 2–4: the allowed battery interval [kW, +discharge], its notes and alarms.
 
-        Parameters
-        ----------
-        inputs : DispatchInputs
-            This cycle's measurements.
-        target : Target | None
-            What the plan or mode wants; ``None`` (or expired at ``now``) idles the battery.
-        now : datetime
-            Site time of the snapshot (UTC), for target expiry.
+        ``net_kw`` is grid + battery (= load − PV) as measured; ``probe_kw`` is the PV the estimate adds
+        on top of the measurement (the probe while PV sits at its limit). [kW]
         """
-        missing = inputs.missing()
-        if missing:
-            return self._safe(missing)
         s, bat, grid = self.settings, self.battery, self.grid
-        grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
-        soc = float(inputs.soc_pct)
-        load_kw = grid_kw + pv_kw + battery_kw
-        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
-        expired = target is not None and target.expires_at is not None and now >= target.expires_at
-        if expired:
-            target = None
-        self._update_hysteresis(soc, target)
+        soc = float(inputs.soc_pct)  # type: ignore[arg-type]
         notes: list[BoundNote] = []
         alarms: list[str] = []
 
         # 2. PCS nameplate, BMS allowance, SOC window with hysteresis.
         lo, hi = -bat.max_charge_kw, bat.max_discharge_kw
         notes.append(BoundNote("pcs", lo, hi, "PCS nameplate"))
-        bms_lo = -max(0.0, float(inputs.bms_max_charge_kw))
-        bms_hi = max(0.0, float(inputs.bms_max_discharge_kw))
+        bms_lo = -max(0.0, float(inputs.bms_max_charge_kw))  # type: ignore[arg-type]
+        bms_hi = max(0.0, float(inputs.bms_max_discharge_kw))  # type: ignore[arg-type]
         if bms_lo > lo or bms_hi < hi:
             lo, hi = max(lo, bms_lo), min(hi, bms_hi)
             notes.append(BoundNote("bms", lo, hi, "BMS allowance"))
@@ -402,7 +518,7 @@ class Dispatcher:
 
         # 3. Contracted import capacity: discharge at least this much.
         if grid.import_cap_kw is not None:
-            need = load_kw - pv_kw - (grid.import_cap_kw - s.import_margin_kw)
+            need = net_kw - (grid.import_cap_kw - s.import_margin_kw)
             if need > lo:
                 lo = min(need, hi)
                 notes.append(BoundNote("import_cap", lo, hi, f"hold import under {grid.import_cap_kw:g} kW"))
@@ -410,10 +526,66 @@ class Dispatcher:
                     alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
 
         # 4. Export cap: discharge at most this much (negative: charge at least this much).
-        allow = load_kw - pv_est + grid.export_cap_kw - s.export_margin_kw
+        allow = net_kw - probe_kw + grid.export_cap_kw - s.export_margin_kw
         if allow < hi:
             hi = max(allow, lo)
             notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW"))
+        return lo, hi, notes, alarms
+
+    @staticmethod
+    def _setter(notes: list[BoundNote], want: float, lo: float, hi: float, reason: str) -> str:
+        """The reason code: the step that set the bound ``want`` was clamped to (bounds only narrow: first = setter)."""
+        if want < lo:
+            return next(n.step for n in notes if n.lo_kw == lo)
+        if want > hi:
+            return next(n.step for n in notes if n.hi_kw == hi)
+        return reason
+
+    def _pv_missing(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """PV missing, meter and battery fine: the battery holds the caps (idle target), PV at the safe limit."""
+        grid_kw, battery_kw = float(inputs.grid_kw), float(inputs.battery_kw)  # type: ignore[arg-type]
+        self._update_hysteresis(float(inputs.soc_pct), None)  # type: ignore[arg-type]
+        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0)
+        setpoint = min(max(0.0, lo), hi)
+        reason = self._setter(notes, 0.0, lo, hi, "pv_missing")
+        self._pv_limit_kw = self._safe_pv_limit_kw()
+        self._remember_battery(inputs, setpoint, now)
+        data = BoundNote("data", lo, hi, "missing: " + ", ".join(missing) + "; the battery holds the caps")
+        return Decision(
+            battery_setpoint_kw=setpoint, pv_limit_kw=self._pv_limit_kw, pv_limit_pct=self._pct(self._pv_limit_kw),
+            safe=True, source="safe", follow=None, load_kw=None,
+            expected_grid_kw=grid_kw + battery_kw - setpoint, bounds=(data, *notes),
+            alarms=(Alarm.DATA_MISSING.value, *alarms), reason=reason)
+
+    def step(self, inputs: DispatchInputs, target: Target | None, now: datetime) -> Decision:
+        """Run the chain for one cycle.
+
+        Parameters
+        ----------
+        inputs : DispatchInputs
+            This cycle's measurements.
+        target : Target | None
+            What the plan or mode wants; ``None`` (or expired at ``now``) idles the battery.
+        now : datetime
+            Site time of the snapshot (UTC), for target expiry and the battery's reversion timer.
+        """
+        missing = inputs.missing()
+        if missing:
+            if inputs.grid_kw is None or (inputs.pv_kw is None and inputs.battery_missing):
+                return self._safe(inputs, missing, now)
+            if inputs.battery_missing:
+                return self._battery_missing(inputs, missing, now)
+            return self._pv_missing(inputs, missing, now)
+        s, grid = self.settings, self.grid
+        grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
+        soc = float(inputs.soc_pct)
+        load_kw = grid_kw + pv_kw + battery_kw
+        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
+        expired = target is not None and target.expires_at is not None and now >= target.expires_at
+        if expired:
+            target = None
+        self._update_hysteresis(soc, target)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw - pv_kw, pv_est - pv_kw)
 
         # 5. The plan's or the mode's target.
         follow: str | None = None
@@ -428,10 +600,7 @@ class Dispatcher:
                 want = 0.0
                 notes.append(BoundNote("reserve", lo, hi, f"operator reserve {target.reserve_soc_pct:g} %"))
         setpoint = min(max(want, lo), hi)
-        if want < lo:
-            reason = next(n.step for n in notes if n.lo_kw == lo)  # bounds only narrow: first = setter
-        elif want > hi:
-            reason = next(n.step for n in notes if n.hi_kw == hi)
+        reason = self._setter(notes, want, lo, hi, reason)
 
         # PV limit: curtail what neither the load, the battery nor the export cap can take.
         limit_kw = load_kw - setpoint + grid.export_cap_kw - s.export_margin_kw
@@ -444,6 +613,7 @@ class Dispatcher:
         if new_limit is not None:
             notes.append(BoundNote("pv_limit", lo, hi, f"PV limited to {new_limit:.1f} kW"))
         self._pv_limit_kw = new_limit
+        self._remember_battery(inputs, setpoint, now)
         pv_after = pv_est if new_limit is None else min(pv_est, new_limit)
         return Decision(
             battery_setpoint_kw=setpoint, pv_limit_kw=new_limit, pv_limit_pct=self._pct(new_limit), safe=False,

@@ -16,6 +16,8 @@ from controller.dispatch import (
     Follow,
     Source,
     Target,
+    battery_path_kw,
+    path_moves_kw,
     plan_target,
 )
 from optimizer.site import BatterySpec, GridSpec
@@ -39,20 +41,28 @@ def battery_target(kw: float, source: Source = Source.MANUAL, **kw_) -> Target:
     return Target(source, Follow.BATTERY, kw, **kw_)
 
 
-# --- step 1: missing data -------------------------------------------------------------------------
+# --- step 1: missing data, a safe state per missing device ------------------------------------------
 
-@pytest.mark.parametrize("name", ["grid_kw", "pv_kw", "battery_kw", "soc_pct", "bms_max_charge_kw",
-                                  "bms_max_discharge_kw"])
-def test_any_missing_input_is_the_safe_state(name):
-    values = dict(grid_kw=100.0, pv_kw=0.0, battery_kw=0.0, soc_pct=50.0, bms_max_charge_kw=500.0,
-                  bms_max_discharge_kw=500.0)
-    values[name] = None
-    d = dispatcher(safe_pv_limit_pct=30).step(DispatchInputs(**values), battery_target(300), NOW)
-    assert d.safe and d.battery_setpoint_kw == 0.0
+BATTERY_INPUTS = ["battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw"]
+SEEN = NOW - timedelta(seconds=1)
+
+
+def values(**missing_none) -> dict:
+    v = dict(grid_kw=100.0, pv_kw=0.0, battery_kw=0.0, soc_pct=50.0, bms_max_charge_kw=500.0,
+             bms_max_discharge_kw=500.0)
+    return {**v, **missing_none}
+
+
+@pytest.mark.parametrize("names", [["grid_kw"], ["grid_kw", "battery_kw"], ["grid_kw", "pv_kw"],
+                                   ["pv_kw", "battery_kw"], ["pv_kw", "soc_pct"]])
+def test_meter_missing_or_pv_and_battery_missing_is_the_site_wide_safe_state(names):
+    d = dispatcher(safe_pv_limit_pct=30).step(DispatchInputs(**values(**dict.fromkeys(names))),
+                                              battery_target(300), NOW)
+    assert d.safe and d.battery_setpoint_kw == 0.0 and d.reason == "data_missing"
     assert d.pv_limit_kw == pytest.approx(270.0) and d.pv_limit_pct == pytest.approx(30.0)
-    assert Alarm.DATA_MISSING.value in d.alarms
-    assert name in d.bounds[0].note
-    assert d.load_kw is None
+    assert d.alarms == (Alarm.DATA_MISSING.value,)
+    assert all(n in d.bounds[0].note for n in names)
+    assert d.load_kw is None and d.expected_grid_kw is None
 
 
 def test_safe_state_clears_when_data_returns():
@@ -60,6 +70,136 @@ def test_safe_state_clears_when_data_returns():
     assert disp.step(inputs(grid=None), battery_target(100), NOW).safe
     d = disp.step(inputs(grid=500, pv=0, battery=0), battery_target(100), NOW)
     assert not d.safe and d.battery_setpoint_kw == 100 and d.alarms == ()
+
+
+def seen_then_missing(grid_kw: float, pv_kw: float, measured_kw: float, commanded_kw: float, after_s: float,
+                      missing: str = "battery_kw", seen_pv_kw: float = 0.0, **settings_
+                      ) -> tuple[Dispatcher, object]:
+    """A dispatcher (30 s reversion, 10 s margin) that last saw the battery at ``measured_kw`` and commanded
+    ``commanded_kw`` at SEEN, then this cycle's decision ``after_s`` later with ``missing`` gone (meter and PV
+    fine: ``grid_kw``, ``pv_kw``). ``seen_pv_kw`` lowers the net load when a margin would bind the command."""
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(**{"safe_pv_limit_pct": 30, **settings_}),
+                      pv_rated_kw=PV_RATED, battery_reversion_s=30)
+    # load 450 kW, no PV: neither cap binds any setpoint in [−500, +400], so the chain commands the target
+    seen = disp.step(inputs(grid=450 - measured_kw - seen_pv_kw, pv=seen_pv_kw, battery=measured_kw),
+                     battery_target(commanded_kw), SEEN)
+    assert seen.battery_setpoint_kw == commanded_kw
+    now = SEEN + timedelta(seconds=after_s)
+    inp = DispatchInputs(**{**values(grid_kw=grid_kw, pv_kw=pv_kw, battery_kw=measured_kw), missing: None})
+    return disp, disp.step(inp, battery_target(300), now)
+
+
+# Known answers. Zero export (cap 0), import cap 1000 kW, PV rated 900 kW, no margins, safe PV limit 30 %,
+# reversion 30 s + 10 s margin. path = battery_path_kw; ceiling = grid + pv − rise; floor = grid + pv + drop − 1000.
+@pytest.mark.parametrize(
+    ("case", "grid_kw", "pv_kw", "measured_kw", "commanded_kw", "after_s", "pv_limit_kw", "alarms"), [
+        # failure 4: charging hard at −500 when it vanished; load 800, PV 800, grid +500. The old safe state cut PV
+        # to 270 kW → import 1030 kW. path −500 → −500 → 0: drop 0, rise 500 → ceiling 800 = PV: no limit needed
+        ("charging, before reversion", 500, 800, -500, -500, 5, None, ()),
+        # the load falls to 600: grid +300. ceiling 300 + 800 − 500 = 600 kW (export 0 when the battery reverts)
+        ("charging, load falls", 300, 800, -500, -500, 5, 600.0, ()),
+        # still ramping to −500 from −200: drop 300, rise 500; floor 300 + 800 + 300 − 1000 = 400 ≤ ceiling 600
+        ("charging, ramping", 300, 800, -200, -500, 5, 600.0, ()),
+        # 41 s after last seen (≥ 30 + 10): at 0 kW for sure; load 700, PV 800 → grid −100: ceiling 700 kW
+        ("charging, after reversion", -100, 800, -500, -500, 41, 700.0, ()),
+        # the same grid 39 s after: it may still be charging, then revert: ceiling −100 + 800 − 500 = 200 kW
+        ("charging, just before reversion", -100, 800, -500, -500, 39, 200.0, ()),
+        # discharging 300 kW at night, load 800: drop 300 → floor 500 + 300 − 1000 < 0: import held; PV 0 kW
+        ("discharging, before reversion", 500, 0, 300, 300, 5, None, ()),
+        # load 1100: floor 800 + 300 − 1000 = 100 kW of PV needed, none available → alarm
+        ("discharging, import unheld", 800, 0, 300, 300, 5, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+        # after reversion it is at 0 already (grid shows it): floor 1100 − 1000 = 100 > 0 kW PV → still unheld
+        ("discharging, after reversion", 1100, 0, 300, 300, 41, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+        # discharging 300 kW at noon, load 900, PV 800: grid −200 (export!). rise 0 → ceiling 600; floor
+        # −200 + 800 + 300 − 1000 = −100
+        ("discharging, exporting", -200, 800, 300, 300, 5, 600.0, ()),
+        # discharging at 300 kW with the import cap at risk: load 1500, PV 300, grid 900: drop 300 →
+        # floor 900 + 300 + 300 − 1000 = 500 kW > the 300 kW there is: alarm, and PV is not limited
+        ("discharging, cap at risk", 900, 300, 300, 300, 5, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+    ])
+def test_battery_missing_pv_alone_holds_the_caps(case, grid_kw, pv_kw, measured_kw, commanded_kw, after_s,
+                                                  pv_limit_kw, alarms):
+    _disp, d = seen_then_missing(grid_kw, pv_kw, measured_kw, commanded_kw, after_s)
+    assert d.safe and d.battery_setpoint_kw == 0.0 and d.reason == "battery_missing", case
+    assert d.pv_limit_kw == (None if pv_limit_kw is None else pytest.approx(pv_limit_kw)), (case, d.bounds)
+    assert d.alarms == (Alarm.DATA_MISSING.value, *alarms), case
+    assert "battery_kw" in d.bounds[0].note and d.load_kw is None
+
+
+@pytest.mark.parametrize("name", BATTERY_INPUTS)
+def test_soc_or_bms_missing_counts_as_battery_missing(name):
+    _disp, d = seen_then_missing(300, 800, -500, -500, 5, missing=name)
+    assert d.reason == "battery_missing" and d.pv_limit_kw == pytest.approx(600.0)
+    assert name in d.bounds[0].note
+
+
+def test_battery_missing_when_export_and_import_cannot_both_be_held_import_wins():
+    # charging −500 when it vanished: drop 0, rise 500. Load 600, PV 800, grid +300; an import margin of 600 kW
+    # (import held under 400 kW): ceiling 300 + 800 − 500 = 600, floor 300 + 800 + 0 − 400 = 700 > 600 → 700 kW
+    _disp, d = seen_then_missing(300, 800, -500, -500, 5, seen_pv_kw=550, import_margin_kw=600)
+    assert d.pv_limit_kw == pytest.approx(700.0)
+    assert [b.step for b in d.bounds] == ["data", "export_cap", "import_cap"]
+    assert "export cap may not hold" in d.bounds[-1].note
+    assert Alarm.IMPORT_CAP_UNHELD.value not in d.alarms  # 800 kW of PV are there to hold it
+
+
+def test_battery_missing_without_a_known_reversion_timer_keeps_its_last_command():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    assert disp.step(inputs(grid=500, pv=800, battery=-500), battery_target(-500), SEEN).battery_setpoint_kw == -500
+    d = disp.step(DispatchInputs(**values(grid_kw=-100, pv_kw=800, battery_kw=None)), None,
+                  SEEN + timedelta(hours=1))
+    assert d.pv_limit_kw == pytest.approx(200.0) and "no reversion timer known" in d.bounds[0].note
+    timed = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(battery_reversion_s=60), pv_rated_kw=PV_RATED)
+    assert timed.battery_reversion_s == 60
+
+
+def test_battery_never_seen_is_taken_as_idle():
+    d = dispatcher().step(DispatchInputs(**values(grid_kw=-100, pv_kw=800, battery_kw=None)), None, NOW)
+    assert d.pv_limit_kw == pytest.approx(700.0) and "path 0 kW" in d.bounds[0].note
+
+
+def test_battery_path_and_its_moves():
+    assert battery_path_kw(-200, -500, reverted=False) == (-200, -500, 0.0)
+    assert battery_path_kw(-200, -500, reverted=True) == (-200, 0.0)
+    assert battery_path_kw(None, -500, reverted=True) == (0.0,)
+    assert path_moves_kw((-200, -500, 0.0)) == (300, 500)
+    assert path_moves_kw((300, 300, 0.0)) == (300, 0)
+    assert path_moves_kw((0.0,)) == (0, 0)
+
+
+# PV missing (meter and battery fine): the battery holds the grid inside the caps from the meter, idle otherwise.
+@pytest.mark.parametrize(("case", "grid_kw", "battery_kw", "soc", "setpoint_kw", "reason", "alarms"), [
+    ("inside the caps: idle", 400, 100, 50, 0.0, "pv_missing", ()),
+    # grid 1100 with the battery at 0: discharge 100 kW
+    ("import cap", 1100, 0, 50, 100.0, "import_cap", ()),
+    # grid 900 while discharging 300: 900 + 300 − 1000 = 200 kW still needed
+    ("import cap, discharging", 900, 300, 50, 200.0, "import_cap", ()),
+    # grid 1600 with the battery at 0: 600 kW needed, 400 kW PCS: alarm
+    ("import cap unheld", 1600, 0, 50, 400.0, "import_cap", (Alarm.IMPORT_CAP_UNHELD.value,)),
+    # grid −200 (export) while charging 100: charge 300
+    ("export cap", -200, -100, 50, -300.0, "export_cap", ()),
+    # full battery: it may not charge; the safe PV limit is all that is left
+    ("export cap, full battery", -200, 0, 96, 0.0, "pv_missing", ()),
+])
+def test_pv_missing_battery_holds_the_caps(case, grid_kw, battery_kw, soc, setpoint_kw, reason, alarms):
+    d = dispatcher(safe_pv_limit_pct=30).step(
+        DispatchInputs(**values(grid_kw=grid_kw, pv_kw=None, battery_kw=battery_kw, soc_pct=soc)),
+        battery_target(-500), NOW)
+    assert d.safe and d.battery_setpoint_kw == pytest.approx(setpoint_kw), (case, d.bounds)
+    assert d.reason == reason, case
+    assert d.pv_limit_kw == pytest.approx(270.0)
+    assert d.alarms == (Alarm.DATA_MISSING.value, *alarms), case
+    assert d.expected_grid_kw == pytest.approx(grid_kw + battery_kw - setpoint_kw)
+    assert "pv_kw" in d.bounds[0].note
+
+
+def test_export_margin_and_import_margin_apply_with_pv_missing():
+    d = dispatcher(export_margin_kw=10, import_margin_kw=50).step(
+        DispatchInputs(**values(grid_kw=-200, pv_kw=None, battery_kw=0)), None, NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-210)
+    d = dispatcher(export_margin_kw=10, import_margin_kw=50).step(
+        DispatchInputs(**values(grid_kw=1000, pv_kw=None, battery_kw=0)), None, NOW)
+    assert d.battery_setpoint_kw == pytest.approx(50)
 
 
 # --- step 2: PCS, BMS, SOC with hysteresis -------------------------------------------------------
@@ -274,8 +414,11 @@ def test_setpoint_never_leaves_the_pcs_bms_soc_limits(seq, import_cap, export_ca
     disp = dispatcher(GridSpec(import_cap_kw=import_cap, export_cap_kw=export_cap))
     for inp, target in seq:
         d = disp.step(inp, target, NOW)
+        assert 0 <= d.pv_limit_pct <= 100
         if inp.missing():
-            assert d.safe and d.battery_setpoint_kw == 0
+            assert d.safe
+        if inp.grid_kw is None or inp.battery_missing:
+            assert d.battery_setpoint_kw == 0
             continue
         assert -min(BATTERY.max_charge_kw, inp.bms_max_charge_kw) - 1e-9 <= d.battery_setpoint_kw
         assert d.battery_setpoint_kw <= min(BATTERY.max_discharge_kw, inp.bms_max_discharge_kw) + 1e-9
