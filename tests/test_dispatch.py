@@ -167,6 +167,43 @@ def test_battery_path_and_its_moves():
     assert path_moves_kw((0.0,)) == (0, 0)
 
 
+def test_the_reversion_period_comes_from_the_battery_profile():
+    from controller.service import reversion_s
+    from drivers.profile import load_profile
+
+    assert reversion_s(load_profile("sunspec-battery")) == 30  # remote_control.enter: setpoint_reversion_s 30
+    assert reversion_s(load_profile("sungrow-sh")) is None      # no watchdog: holds its last command
+
+
+@settings(max_examples=300, deadline=None)
+@given(load=st.floats(0, 1500), pv_avail=st.floats(0, 900), measured=st.floats(-500, 400),
+       commanded=st.floats(-500, 400), after_s=st.floats(0.5, 120), export_cap=st.floats(0, 300),
+       import_margin=st.floats(0, 100), export_margin=st.floats(0, 50))
+def test_battery_missing_pv_holds_import_whenever_pv_can(load, pv_avail, measured, commanded, after_s, export_cap,
+                                                         import_margin, export_margin):
+    """The battery vanished at ``measured`` kW, told ``commanded`` (30 s reversion + 10 s margin). It is still at
+    ``measured`` (at 0 kW once reverted) and may yet go to any waypoint of its path. Whatever it does, PV output
+    under the decision keeps import under the cap whenever full PV could, and keeps export under its cap too
+    whenever some PV output could hold both."""
+    grid = GridSpec(import_cap_kw=1000, export_cap_kw=export_cap)
+    disp = Dispatcher(BATTERY, grid, DispatchSettings(import_margin_kw=import_margin, export_margin_kw=export_margin),
+                      pv_rated_kw=PV_RATED, battery_reversion_s=30)
+    seen = disp.step(inputs(grid=450 - measured, pv=0.0, battery=measured), battery_target(commanded), SEEN)
+    assert seen.battery_setpoint_kw == pytest.approx(commanded)
+    reverted = after_s >= 40
+    now_kw = 0.0 if reverted else measured
+    futures = (0.0,) if reverted else (measured, commanded, 0.0)
+    d = disp.step(DispatchInputs(**values(grid_kw=load - pv_avail - now_kw, pv_kw=pv_avail, battery_kw=None)),
+                  None, SEEN + timedelta(seconds=after_s))
+    assert d.battery_setpoint_kw == 0 and 0 <= d.pv_limit_pct <= 100
+    pv_out = pv_avail if d.pv_limit_kw is None else min(pv_avail, d.pv_limit_kw)
+    cap, floor_b, top_b = 1000 - import_margin, min(futures), max(futures)
+    if load - pv_avail - floor_b <= cap:
+        assert all(load - pv_out - b <= cap + 1e-6 for b in futures)
+    if max(0.0, load - floor_b - cap) <= min(pv_avail, load - top_b + export_cap - export_margin):
+        assert all(-export_cap + export_margin - 1e-6 <= load - pv_out - b <= cap + 1e-6 for b in futures)
+
+
 # PV missing (meter and battery fine): the battery holds the grid inside the caps from the meter, idle otherwise.
 @pytest.mark.parametrize(("case", "grid_kw", "battery_kw", "soc", "setpoint_kw", "reason", "alarms"), [
     ("inside the caps: idle", 400, 100, 50, 0.0, "pv_missing", ()),
