@@ -489,12 +489,12 @@ class Dispatcher:
             return pv_kw + self.pv_rated_kw * s.curtail_probe_pct / 100.0, True
         return pv_kw, True
 
-    def _battery_bounds(self, inputs: DispatchInputs, net_kw: float, probe_kw: float
+    def _battery_bounds(self, inputs: DispatchInputs, load_kw: float, pv_kw: float, pv_est_kw: float
                         ) -> tuple[float, float, list[BoundNote], list[str]]:
         """Steps 2–4: the allowed battery interval [kW, +discharge], its notes and alarms.
 
-        ``net_kw`` is grid + battery (= load − PV) as measured; ``probe_kw`` is the PV the estimate adds
-        on top of the measurement (the probe while PV sits at its limit). [kW]
+        ``load_kw − pv_kw`` is the measured net load (grid + battery); ``pv_est_kw`` the PV estimate (the
+        measurement plus the probe while PV sits at its limit). With PV missing: grid + battery, 0, 0. [kW]
         """
         s, bat, grid = self.settings, self.battery, self.grid
         soc = float(inputs.soc_pct)  # type: ignore[arg-type]
@@ -518,7 +518,7 @@ class Dispatcher:
 
         # 3. Contracted import capacity: discharge at least this much.
         if grid.import_cap_kw is not None:
-            need = net_kw - (grid.import_cap_kw - s.import_margin_kw)
+            need = load_kw - pv_kw - (grid.import_cap_kw - s.import_margin_kw)
             if need > lo:
                 lo = min(need, hi)
                 notes.append(BoundNote("import_cap", lo, hi, f"hold import under {grid.import_cap_kw:g} kW"))
@@ -526,7 +526,7 @@ class Dispatcher:
                     alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
 
         # 4. Export cap: discharge at most this much (negative: charge at least this much).
-        allow = net_kw - probe_kw + grid.export_cap_kw - s.export_margin_kw
+        allow = load_kw - pv_est_kw + grid.export_cap_kw - s.export_margin_kw
         if allow < hi:
             hi = max(allow, lo)
             notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW"))
@@ -545,7 +545,7 @@ class Dispatcher:
         """PV missing, meter and battery fine: the battery holds the caps (idle target), PV at the safe limit."""
         grid_kw, battery_kw = float(inputs.grid_kw), float(inputs.battery_kw)  # type: ignore[arg-type]
         self._update_hysteresis(float(inputs.soc_pct), None)  # type: ignore[arg-type]
-        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0, 0.0)
         setpoint = min(max(0.0, lo), hi)
         reason = self._setter(notes, 0.0, lo, hi, "pv_missing")
         self._pv_limit_kw = self._safe_pv_limit_kw()
@@ -585,7 +585,7 @@ class Dispatcher:
         if expired:
             target = None
         self._update_hysteresis(soc, target)
-        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw - pv_kw, pv_est - pv_kw)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw, pv_kw, pv_est)
 
         # 5. The plan's or the mode's target.
         follow: str | None = None
