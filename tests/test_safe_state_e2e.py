@@ -63,3 +63,27 @@ async def test_battery_offline_while_charging_hard_pv_alone_holds_both_caps(tmp_
     assert not exports, exports[:10]
     assert all(s["setpoints"]["reason"] == "battery_missing" for s in states[n_fault + 3:])
     assert "data_missing" in states[-1]["alarms"] and "import_cap_unheld" not in states[-1]["alarms"]
+
+
+async def test_pv_inverter_offline_the_battery_holds_zero_export(tmp_path):
+    """PV missing, meter and battery fine: the inverter keeps producing what it did (its limit cannot be written),
+    and the battery, not the one-size safe state's 0 kW, holds the grid at the export bound from the meter (the
+    one-size safe state exported up to 277 kW for 37 s here)."""
+    path = site_file(tmp_path, max_age_s=30, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 40,
+                                                         "weather": {"cloudiness": 0.0},
+                                                         "load": {"day_kw": 400, "night_kw": 400}})
+    async with running(path, 10, tmp_path / "state") as (site, _controller, states):
+        assert await until(site, lambda: len(states) >= 10 and site.state.battery_kw < -200, 60)
+        trace: list[tuple[float, float, float, float]] = []
+        sampler = asyncio.create_task(sample(site, trace))
+        site.faults.offline("pv-inverter")
+        n_fault = len(states)
+        await site.clock.sleep(40)
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    assert min(p for _t, _g, _b, p in trace) > 600  # PV kept producing well above the 400 kW load
+    exports = [(t, -g) for t, g, _b, _p in trace if -g > 0.01 * KWP]
+    assert not exports, f"exported up to {max(e for _t, e in exports):.0f} kW for {len(exports) / 2:g} s"
+    missing = [s for s in states[n_fault:] if s["measurements"]["pv_kw"]["value"] is None]
+    assert missing and all(s["setpoints"]["battery_kw"] < -200 for s in missing)
+    assert "data_missing" in states[-1]["alarms"]
