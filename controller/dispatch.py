@@ -1,7 +1,8 @@
 """The limits chain: from measurements and a target to a battery setpoint and a PV limit.
 
-Pure and synchronous (no I/O, no clock reads); stateful only for hysteresis and for knowing the
-PV limit it last commanded. The live controller and the offline simulator use the same object.
+Pure and synchronous (no I/O, no clock reads); stateful only for hysteresis, the PV limit it last
+commanded, the load's recent one-cycle falls and what it last saw of the battery. The live controller
+and the offline simulator use the same object.
 
 The chain runs in a fixed order. Each step can only narrow the allowed battery power interval
 ``[lo, hi]`` (kW, +discharge) or lower the PV limit; nothing after a step can undo it, so a plan,
@@ -25,6 +26,12 @@ an operator or a remote command can never override safety:
                   as step 2 allows (alarm ``import_cap_unheld`` when it cannot).
 4. ``export_cap`` discharge at most what keeps export under the cap (reduce discharge, then charge
                   from surplus); what the battery cannot absorb is curtailed through the PV limit.
+                  The margin kept above the cap is ``export_margin_kw`` or, if larger, the largest
+                  fall of the load from one cycle to the next in the last ``load_swing_window_s``:
+                  a load that falls faster than the cycle can follow would otherwise export until
+                  the next cycle. Until the load has been watched for one window (at start-up, after
+                  a gap in the data longer than the window) its swing is unknown, and the battery does
+                  not discharge to cover load (only as far as the import cap needs).
 5. ``target``     the plan step or the operating mode's target (manual setpoint, self-consumption,
                   TOU rule, standby) picks a point inside what is left. Operator and remote
                   commands arrive here, below the safety steps, and every target expires.
@@ -43,6 +50,7 @@ Sign conventions: docs/conventions.md (grid + import, battery + discharge, PV �
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -124,6 +132,10 @@ class DispatchSettings(BaseModel):
         default=0.0, ge=0, description="Keep the grid this far above the export cap (import bias) [kW]")
     import_margin_kw: float = Field(
         default=0.0, ge=0, description="Keep import this far under the contracted capacity [kW]")
+    load_swing_window_s: float = Field(
+        default=30.0, ge=0,
+        description="The export margin is at least the largest fall of the load between two cycles seen in this "
+                    "window [s of site time]; 0 = off. Cycles further apart than the window are not compared")
     curtail_probe_pct: float = Field(
         default=5.0, gt=0, le=100,
         description="While PV sits at its limit, assume this much more is available per cycle, so the "
@@ -370,6 +382,9 @@ class Dispatcher:
         self._charge_blocked = False
         self._reserve_blocked = False
         self._pv_limit_kw: float | None = None
+        self._last_load: tuple[datetime, float] | None = None   # previous full-data cycle's load [kW]
+        self._load_watched_since: datetime | None = None       # start of the unbroken run of load readings
+        self._load_falls: deque[tuple[datetime, float]] = deque()  # one-cycle load falls in the window [kW]
         self._battery_seen_at: datetime | None = None  # last cycle with every battery input present
         self._battery_measured_kw: float | None = None  # last measured battery power [kW]
         self._battery_commanded_kw = 0.0                # setpoint decided when the battery was last seen [kW]
@@ -489,12 +504,36 @@ class Dispatcher:
             return pv_kw + self.pv_rated_kw * s.curtail_probe_pct / 100.0, True
         return pv_kw, True
 
-    def _battery_bounds(self, inputs: DispatchInputs, load_kw: float, pv_kw: float, pv_est_kw: float
+    def _export_margin_kw(self, load_kw: float, now: datetime) -> tuple[float, bool]:
+        """The margin above the export cap this cycle [kW], and whether the load's swing is known yet.
+
+        The margin is ``export_margin_kw`` or, if larger, the largest fall of the load from one cycle to
+        the next within the last ``load_swing_window_s`` (the chain decides on this cycle's load; until
+        the next cycle a falling load turns discharge or PV into export). The swing is known once the
+        load has been read without a gap longer than the window for a whole window.
+        """
+        window_s = self.settings.load_swing_window_s
+        gap_s = None if self._last_load is None else (now - self._last_load[0]).total_seconds()
+        if gap_s is not None and 0 < gap_s <= window_s:
+            self._load_falls.append((now, self._last_load[1] - load_kw))  # type: ignore[index]
+        if gap_s is None or gap_s > window_s:
+            self._load_watched_since = now
+        self._last_load = (now, load_kw)
+        while self._load_falls and (now - self._load_falls[0][0]).total_seconds() > window_s:
+            self._load_falls.popleft()
+        watched_s = (now - self._load_watched_since).total_seconds()  # type: ignore[operator]
+        margin_kw = max([self.settings.export_margin_kw, *(fall for _t, fall in self._load_falls)])
+        return margin_kw, window_s == 0 or watched_s >= window_s
+
+    def _battery_bounds(self, inputs: DispatchInputs, load_kw: float, pv_kw: float, pv_est_kw: float,
+                        export_margin_kw: float, swing_known: bool = True
                         ) -> tuple[float, float, list[BoundNote], list[str]]:
         """Steps 2–4: the allowed battery interval [kW, +discharge], its notes and alarms.
 
         ``load_kw − pv_kw`` is the measured net load (grid + battery); ``pv_est_kw`` the PV estimate (the
         measurement plus the probe while PV sits at its limit). With PV missing: grid + battery, 0, 0. [kW]
+        ``export_margin_kw`` is kept above the export cap [kW]; without ``swing_known`` the battery does
+        not discharge beyond what the import cap needs.
         """
         s, bat, grid = self.settings, self.battery, self.grid
         soc = float(inputs.soc_pct)  # type: ignore[arg-type]
@@ -526,10 +565,15 @@ class Dispatcher:
                     alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
 
         # 4. Export cap: discharge at most this much (negative: charge at least this much).
-        allow = load_kw - pv_est_kw + grid.export_cap_kw - s.export_margin_kw
+        allow = load_kw - pv_est_kw + grid.export_cap_kw - export_margin_kw
         if allow < hi:
             hi = max(allow, lo)
-            notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW"))
+            swing = f" (margin {export_margin_kw:.0f} kW: load swing)" if export_margin_kw > s.export_margin_kw else ""
+            notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW{swing}"))
+        if not swing_known and hi > max(lo, 0.0):
+            hi = max(lo, 0.0)
+            notes.append(BoundNote("export_cap", lo, hi, f"load swing not known yet (watched < "
+                                                         f"{s.load_swing_window_s:g} s): no discharge for the load"))
         return lo, hi, notes, alarms
 
     @staticmethod
@@ -545,7 +589,8 @@ class Dispatcher:
         """PV missing, meter and battery fine: the battery holds the caps (idle target), PV at the safe limit."""
         grid_kw, battery_kw = float(inputs.grid_kw), float(inputs.battery_kw)  # type: ignore[arg-type]
         self._update_hysteresis(float(inputs.soc_pct), None)  # type: ignore[arg-type]
-        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0, 0.0)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0, 0.0,
+                                                     self.settings.export_margin_kw)
         setpoint = min(max(0.0, lo), hi)
         reason = self._setter(notes, 0.0, lo, hi, "pv_missing")
         self._pv_limit_kw = self._safe_pv_limit_kw()
@@ -576,7 +621,7 @@ class Dispatcher:
             if inputs.battery_missing:
                 return self._battery_missing(inputs, missing, now)
             return self._pv_missing(inputs, missing, now)
-        s, grid = self.settings, self.grid
+        grid = self.grid
         grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
         soc = float(inputs.soc_pct)
         load_kw = grid_kw + pv_kw + battery_kw
@@ -585,7 +630,8 @@ class Dispatcher:
         if expired:
             target = None
         self._update_hysteresis(soc, target)
-        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw, pv_kw, pv_est)
+        margin_kw, swing_known = self._export_margin_kw(load_kw, now)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw, pv_kw, pv_est, margin_kw, swing_known)
 
         # 5. The plan's or the mode's target.
         follow: str | None = None
@@ -603,7 +649,7 @@ class Dispatcher:
         reason = self._setter(notes, want, lo, hi, reason)
 
         # PV limit: curtail what neither the load, the battery nor the export cap can take.
-        limit_kw = load_kw - setpoint + grid.export_cap_kw - s.export_margin_kw
+        limit_kw = load_kw - setpoint + grid.export_cap_kw - margin_kw
         if limit_active or pv_est > limit_kw:
             new_limit: float | None = max(0.0, limit_kw)
             if new_limit >= self.pv_rated_kw:

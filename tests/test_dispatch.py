@@ -33,8 +33,13 @@ def inputs(grid=0.0, pv=0.0, battery=0.0, soc=50.0, bms_ch=500.0, bms_dis=500.0,
                           bms_max_charge_kw=bms_ch, bms_max_discharge_kw=bms_dis, pv_limit_pct=limit)
 
 
+def settings_(**kw) -> DispatchSettings:
+    """Chain settings; the load-swing watch off unless asked for (most tests step at one instant)."""
+    return DispatchSettings(**{"load_swing_window_s": 0.0, **kw})
+
+
 def dispatcher(grid: GridSpec = ZERO_EXPORT, **kw) -> Dispatcher:
-    return Dispatcher(BATTERY, grid, DispatchSettings(**kw), pv_rated_kw=PV_RATED)
+    return Dispatcher(BATTERY, grid, settings_(**kw), pv_rated_kw=PV_RATED)
 
 
 def battery_target(kw: float, source: Source = Source.MANUAL, **kw_) -> Target:
@@ -73,12 +78,12 @@ def test_safe_state_clears_when_data_returns():
 
 
 def seen_then_missing(grid_kw: float, pv_kw: float, measured_kw: float, commanded_kw: float, after_s: float,
-                      missing: str = "battery_kw", seen_pv_kw: float = 0.0, **settings_
+                      missing: str = "battery_kw", seen_pv_kw: float = 0.0, **settings
                       ) -> tuple[Dispatcher, object]:
     """A dispatcher (30 s reversion, 10 s margin) that last saw the battery at ``measured_kw`` and commanded
     ``commanded_kw`` at SEEN, then this cycle's decision ``after_s`` later with ``missing`` gone (meter and PV
     fine: ``grid_kw``, ``pv_kw``). ``seen_pv_kw`` lowers the net load when a margin would bind the command."""
-    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(**{"safe_pv_limit_pct": 30, **settings_}),
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, settings_(**{"safe_pv_limit_pct": 30, **settings}),
                       pv_rated_kw=PV_RATED, battery_reversion_s=30)
     # load 450 kW, no PV: neither cap binds any setpoint in [−500, +400], so the chain commands the target
     seen = disp.step(inputs(grid=450 - measured_kw - seen_pv_kw, pv=seen_pv_kw, battery=measured_kw),
@@ -144,7 +149,7 @@ def test_battery_missing_when_export_and_import_cannot_both_be_held_import_wins(
 
 
 def test_battery_missing_without_a_known_reversion_timer_keeps_its_last_command():
-    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, settings_(), pv_rated_kw=PV_RATED)
     assert disp.step(inputs(grid=500, pv=800, battery=-500), battery_target(-500), SEEN).battery_setpoint_kw == -500
     d = disp.step(DispatchInputs(**values(grid_kw=-100, pv_kw=800, battery_kw=None)), None,
                   SEEN + timedelta(hours=1))
@@ -183,10 +188,10 @@ def test_battery_missing_pv_holds_import_whenever_pv_can(load, pv_avail, measure
                                                          import_margin, export_margin):
     """The battery vanished at ``measured`` kW, told ``commanded`` (30 s reversion + 10 s margin). It is still at
     ``measured`` (at 0 kW once reverted) and may yet go to any waypoint of its path. Whatever it does, PV output
-    under the decision keeps import under the cap whenever full PV could, and keeps export under its cap too
-    whenever some PV output could hold both."""
+    under the decision keeps import under the cap whenever full PV could against the path's largest fall, and
+    keeps export under its cap too whenever some PV output could hold both against its largest fall and rise."""
     grid = GridSpec(import_cap_kw=1000, export_cap_kw=export_cap)
-    disp = Dispatcher(BATTERY, grid, DispatchSettings(import_margin_kw=import_margin, export_margin_kw=export_margin),
+    disp = Dispatcher(BATTERY, grid, settings_(import_margin_kw=import_margin, export_margin_kw=export_margin),
                       pv_rated_kw=PV_RATED, battery_reversion_s=30)
     seen = disp.step(inputs(grid=450 - measured, pv=0.0, battery=measured), battery_target(commanded), SEEN)
     commanded = seen.battery_setpoint_kw  # a margin may clamp the target a little
@@ -197,10 +202,13 @@ def test_battery_missing_pv_holds_import_whenever_pv_can(load, pv_avail, measure
                   None, SEEN + timedelta(seconds=after_s))
     assert d.battery_setpoint_kw == 0 and 0 <= d.pv_limit_pct <= 100
     pv_out = pv_avail if d.pv_limit_kw is None else min(pv_avail, d.pv_limit_kw)
-    cap, floor_b, top_b = 1000 - import_margin, min(futures), max(futures)
-    if load - pv_avail - floor_b <= cap:
+    # the dispatcher cannot tell where on its path the battery is now, so it allows for the largest fall and
+    # rise between any two waypoints; the battery's real moves from now are within those
+    drop, rise = path_moves_kw(battery_path_kw(None if reverted else measured, commanded, reverted))
+    cap, net = 1000 - import_margin, load - now_kw  # net = grid + PV as measured
+    if net - pv_avail + drop <= cap:
         assert all(load - pv_out - b <= cap + 1e-6 for b in futures)
-    if max(0.0, load - floor_b - cap) <= min(pv_avail, load - top_b + export_cap - export_margin):
+    if max(0.0, net + drop - cap) <= min(pv_avail, net - rise + export_cap - export_margin):
         assert all(-export_cap + export_margin - 1e-6 <= load - pv_out - b <= cap + 1e-6 for b in futures)
 
 
@@ -237,6 +245,69 @@ def test_export_margin_and_import_margin_apply_with_pv_missing():
     d = dispatcher(export_margin_kw=10, import_margin_kw=50).step(
         DispatchInputs(**values(grid_kw=1000, pv_kw=None, battery_kw=0)), None, NOW)
     assert d.battery_setpoint_kw == pytest.approx(50)
+
+
+# --- step 4's margin: the load's one-cycle swing, and start-up ---------------------------------------
+
+SELF_CONSUMPTION = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0)
+
+
+def run_cycles(disp: Dispatcher, loads: list[float], pv: float = 518.0, start=NOW, every_s: float = 1.0):
+    """One decision per load value, ``every_s`` apart, battery at 0 kW (grid = load − PV)."""
+    return [disp.step(inputs(grid=load - pv, pv=pv, battery=0.0), SELF_CONSUMPTION,
+                      start + timedelta(seconds=i * every_s)) for i, load in enumerate(loads)]
+
+
+def test_at_start_up_the_battery_does_not_discharge_for_the_load_until_its_swing_is_known():
+    # the example site at 14:00: load 800, PV 518; self-consumption would discharge 282 − 10 kW at once
+    d = run_cycles(Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED),
+                   [800.0] * 31)
+    assert [x.battery_setpoint_kw for x in d[:30]] == [0.0] * 30
+    assert "load swing not known yet" in d[0].bounds[-1].note and d[0].reason == "export_cap"
+    assert d[30].battery_setpoint_kw == pytest.approx(800 - 518 - 10)  # watched for 30 s: steady, margin 10
+
+
+def test_start_up_hold_still_discharges_for_the_import_cap():
+    d = run_cycles(Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED), [1618.0])
+    assert d[0].battery_setpoint_kw == pytest.approx(100.0) and "import_cap" in [b.step for b in d[0].bounds]
+
+
+def test_export_margin_is_the_largest_one_cycle_load_fall_in_the_window():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED)
+    # 30 s steady, then the load falls 60 kW in one cycle (at 31 s) and stays there
+    d = run_cycles(disp, [800.0] * 31 + [740.0] * 32)
+    assert d[31].battery_setpoint_kw == pytest.approx(740 - 518 - 60)  # margin 60: the fall just seen
+    assert "load swing" in d[31].bounds[-1].note
+    assert d[61].battery_setpoint_kw == pytest.approx(740 - 518 - 60)  # 30 s after it: still in the window
+    assert d[62].battery_setpoint_kw == pytest.approx(740 - 518 - 10)  # aged out: the configured margin
+    # the PV limit keeps the same margin: full battery, PV 900 above a 740 kW load → PV ≤ 740 − 60
+    full = disp.step(inputs(grid=740 - 900, pv=900, battery=0.0, soc=96), SELF_CONSUMPTION,
+                     NOW + timedelta(seconds=63))
+    assert full.pv_limit_kw == pytest.approx(740 - 10)  # the fall aged out; the rise to 900 PV is no fall
+    disp2 = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED)
+    run_cycles(disp2, [800.0] * 31 + [740.0])
+    full = disp2.step(inputs(grid=740 - 900, pv=900, battery=0.0, soc=96), SELF_CONSUMPTION,
+                      NOW + timedelta(seconds=32))
+    assert full.pv_limit_kw == pytest.approx(740 - 60)
+
+
+def test_a_data_gap_longer_than_the_window_means_the_swing_must_be_watched_again():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    run_cycles(disp, [800.0] * 31)
+    assert disp.step(inputs(grid=None), SELF_CONSUMPTION, NOW + timedelta(seconds=40)).safe
+    d = disp.step(inputs(grid=282.0, pv=518.0), SELF_CONSUMPTION, NOW + timedelta(seconds=70))
+    assert d.battery_setpoint_kw == 0.0 and any("load swing not known yet" in b.note for b in d.bounds)
+
+
+def test_steps_further_apart_than_the_window_learn_no_swing():
+    # the offline simulator's steps are minutes apart (it turns the watch off): a fall between them is no
+    # one-cycle swing, so the surplus after the 500 kW fall is charged with the configured margin (0) only
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(load_swing_window_s=0), pv_rated_kw=PV_RATED)
+    d = run_cycles(disp, [800.0, 300.0], every_s=900)
+    assert d[0].battery_setpoint_kw == pytest.approx(282) and d[1].battery_setpoint_kw == pytest.approx(-218)
+    watched = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    d = run_cycles(watched, [800.0, 300.0], every_s=900)  # 900 s apart: beyond the window, nothing learnt
+    assert d[1].battery_setpoint_kw == pytest.approx(-218)
 
 
 # --- step 2: PCS, BMS, SOC with hysteresis -------------------------------------------------------
