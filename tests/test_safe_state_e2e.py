@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tests.test_controller_e2e import battery_register, running, site_file, until
+from tests.test_controller_e2e import SwitchableForecasts, battery_register, running, site_file, until
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +87,30 @@ async def test_pv_inverter_offline_the_battery_holds_zero_export(tmp_path):
     missing = [s for s in states[n_fault:] if s["measurements"]["pv_kw"]["value"] is None]
     assert missing and all(s["setpoints"]["battery_kw"] < -200 for s in missing)
     assert "data_missing" in states[-1]["alarms"]
+
+
+async def test_no_export_in_the_first_cycles_after_start_up(tmp_path):
+    """Issue 11: "~78 kW exported in the first ~20 s after start-up". Until the first plan, auto mode runs the
+    self-consumption fallback: the battery covers the load down to the 10 kW export margin, and the example site's
+    load (5 % Gaussian noise per plant step, σ ≈ 40 kW at 800 kW) falls by more than that within a cycle every few
+    cycles, exporting battery energy (78 kW on the unmodified code). The planner fails here, so the fallback runs
+    all along, as it does before a slow first plan."""
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T14:00:00+07:00",
+                                           "load": {"noise_pct": 5, "day_kw": 800}})
+
+    def no_plan(site):
+        forecasts = SwitchableForecasts(site.pv_source, site.load_source)
+        forecasts.fault = "raise"
+        return forecasts
+
+    async with running(path, 2, tmp_path / "state", forecasts=no_plan) as (site, _controller, states):
+        assert await until(site, lambda: len(states) >= 1, 30, 0.5)
+        trace: list[tuple[float, float, float, float]] = []
+        sampler = asyncio.create_task(sample(site, trace))
+        await site.clock.sleep(30)
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    assert all(s["mode"] == "self_consumption" for s in states)
+    assert min(p for _t, _g, _b, p in trace) > 450 and max(g for _t, g, _b, _p in trace) < 500  # PV < load
+    exports = [(round(t, 1), round(-g)) for t, g, _b, _p in trace if -g > 0.01 * KWP]
+    assert not exports, f"exported up to {max(e for _t, e in exports)} kW in the first 30 s: {exports}"
