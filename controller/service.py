@@ -49,7 +49,7 @@ from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import DemandTracker, EnergyCounters, StateStore
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from drivers.device import ModbusDevice
-from drivers.profile import load_profile
+from drivers.profile import Profile, load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
@@ -85,6 +85,13 @@ def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
     return devices
 
 
+def reversion_s(profile: Profile) -> float | None:
+    """The battery's own fallback timer as the profile's ``remote_control.enter`` sets it (``setpoint_reversion_s``,
+    SunSpec 704 ``WSetRvrtTms``; 0 disables it there) [s]; ``None`` if it sets none."""
+    steps = profile.remote_control.enter if profile.remote_control is not None else []
+    return next((step.value or None for step in steps if step.point == "setpoint_reversion_s"), None)
+
+
 class Controller:
     """The live controller for one site.
 
@@ -115,7 +122,8 @@ class Controller:
         self.bus = Bus()
         self.notify = notify or SdNotify()
         self.store = StateStore(state_path, now)
-        self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw)
+        self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
+                                     battery_reversion_s=reversion_s(self.devices[Role.BATTERY].profile))
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
         self.forecasts = forecasts or MeasuredForecasts(

@@ -227,7 +227,9 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
                          taper_high_pct=spec.soc_max_pct, taper_low_pct=spec.soc_min_pct)
     rated = max(scenario.pv.ac_limit_kw, 1e-3)
     plant = Plant(model, PVModel(rated))
-    dispatcher = Dispatcher(spec, scenario.grid, scenario.dispatch, pv_rated_kw=rated)
+    # steps are minutes apart: no one-cycle load swing to learn, no start-up to watch it through
+    dispatcher = Dispatcher(spec, scenario.grid, scenario.dispatch.model_copy(update={"load_swing_window_s": 0.0}),
+                            pv_rated_kw=rated)
     n = data.steps
     starts = data.starts[:n]
     now_list = starts.to_pydatetime().tolist()
