@@ -33,10 +33,7 @@ async def test_battery_offline_while_charging_hard_pv_alone_holds_both_caps(tmp_
     state cut PV to 30 % (270 kW) while the PCS kept charging until its 30 s reversion timer: true import
     900 − 270 + 500 = 1,130 kW against the 1,000 kW cap. Now PV stays up while the battery may still charge, and
     is curtailed only as far as zero export needs once the battery is certainly back at 0 kW."""
-    # max_age_s 30: until device I/O has per-device deadlines (issue 11, item 3) a poll of the vanished battery
-    # holds the whole cycle for its timeouts (2 real s = 20 site s at 10x); the meter and PV readings must not
-    # go stale meanwhile, or the site-wide safe state would hide the per-device one
-    path = site_file(tmp_path, max_age_s=30, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 40,
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 40,
                                            "weather": {"cloudiness": 0.0},
                                            "load": {"day_kw": 900, "night_kw": 900}})
     async with running(path, 10, tmp_path / "state") as (site, controller, states):
@@ -69,7 +66,7 @@ async def test_pv_inverter_offline_the_battery_holds_zero_export(tmp_path):
     """PV missing, meter and battery fine: the inverter keeps producing what it did (its limit cannot be written),
     and the battery, not the one-size safe state's 0 kW, holds the grid at the export bound from the meter (the
     one-size safe state exported up to 277 kW for 37 s here)."""
-    path = site_file(tmp_path, max_age_s=30, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 40,
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 40,
                                                          "weather": {"cloudiness": 0.0},
                                                          "load": {"day_kw": 400, "night_kw": 400}})
     async with running(path, 10, tmp_path / "state") as (site, _controller, states):
