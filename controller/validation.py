@@ -386,7 +386,7 @@ class Validator:
             if v is None:
                 continue
             t = self._track(point, v, now)
-            if power is not None:
+            if power is not None and t.since != now:  # what flowed until a change went into that change
                 t.moved += power * dt_h
             if point == "soc_pct":
                 needed = 2.0 * cfg.soc_step_pct / 100.0 * self.site.capacity_kwh
