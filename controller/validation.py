@@ -106,6 +106,10 @@ class ValidationSettings(BaseModel):
         default=60.0, gt=0,
         description="A SOC jump or a counter going backwards that then holds this long is accepted as the "
                     "new level [s]")
+    min_cycles: int = Field(
+        default=3, ge=1,
+        description="Every stuck window is at least this many cycles, and a gap between two cycles longer than "
+                    "this restarts the stuck windows (devices updating slower than a long cycle, a stalled loop)")
     clear_after_s: float = Field(
         default=10.0, ge=0,
         description="A condition must be gone this long before its alarm clears and its reading is used again [s]")
@@ -127,6 +131,8 @@ class SiteRatings:
         Battery (PCS) ratings, ≥ 0. [kW]
     import_cap_kw : float | None
         Contracted import capacity; ``None`` = none. [kW]
+    cycle_s : float
+        Control cycle. [s]
     """
 
     devices: Mapping[Role, str]
@@ -135,12 +141,14 @@ class SiteRatings:
     max_charge_kw: float
     max_discharge_kw: float
     import_cap_kw: float | None
+    cycle_s: float = 1.0
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteRatings:
         bat = config.battery
         return cls(MappingProxyType({d.role: d.name for d in config.devices}), config.pv.ac_limit_kw,
-                   bat.capacity_kwh, bat.max_charge_kw, bat.max_discharge_kw, config.grid.import_cap_kw)
+                   bat.capacity_kwh, bat.max_charge_kw, bat.max_discharge_kw, config.grid.import_cap_kw,
+                   config.control.cycle_s)
 
 
 @dataclass(frozen=True)
@@ -270,8 +278,12 @@ class Validator:
             alarms that are active (code → message), and the trace.
         """
         now = snap.ts
-        dt_h = 0.0 if self._last_ts is None else max(0.0, (now - self._last_ts).total_seconds()) / 3600.0
+        dt_s = 0.0 if self._last_ts is None else max(0.0, (now - self._last_ts).total_seconds())
         self._last_ts = now
+        if dt_s > self._window(0.0):  # a gap: nobody saw whether values moved in it
+            self._stuck.clear()
+            dt_s = 0.0
+        dt_h = dt_s / 3600.0
         raw = {n: float(r.value) for n, r in snap.readings.items()
                if r.ok and n in CANONICAL_POINTS and not isinstance(r.value, str)}
         found: dict[str, Finding] = {}
@@ -335,6 +347,10 @@ class Validator:
                 continue
             mark(point, Quality.IMPLAUSIBLE, "soc_jump" if point == "soc_pct" else "counter_backwards", why)
 
+    def _window(self, seconds: float) -> float:
+        """A stuck window of ``seconds``, at least ``min_cycles`` cycles. [s]"""
+        return max(seconds, self.settings.min_cycles * self.site.cycle_s)
+
     def _track(self, key: str, value: float | str | tuple, now: datetime) -> _Since:
         """The change record of ``key`` after seeing ``value`` (reset when it changed)."""
         t = self._stuck.get(key)
@@ -355,7 +371,7 @@ class Validator:
                     t.ref = pv + bat
                 t.moved = max(t.moved, abs(pv + bat - t.ref))
             held = (now - t.since).total_seconds()  # type: ignore[operator]
-            if held >= cfg.grid_stuck_s and t.moved > move:
+            if held >= self._window(cfg.grid_stuck_s) and t.moved > move:
                 mark("grid_kw", Quality.STALE, "stuck",
                      f"unchanged at {grid:g} kW for {held:.0f} s while PV + battery power changed by "
                      f"{t.moved:.0f} kW")
@@ -373,7 +389,7 @@ class Validator:
                     t.ref = commanded
                 t.moved = max(t.moved, abs(commanded - t.ref))
                 held = (now - t.since).total_seconds()  # type: ignore[operator]
-                if held >= cfg.battery_stuck_s and t.moved > move and abs(expected - bat) > move:
+                if held >= self._window(cfg.battery_stuck_s) and t.moved > move and abs(expected - bat) > move:
                     mark("battery_kw", Quality.STALE, "stuck",
                          f"unchanged at {bat:g} kW for {held:.0f} s while commanded {commanded:g} kW")
         # SOC and counters frozen while energy flowed through them (two resolution steps' worth)
@@ -407,9 +423,9 @@ class Validator:
             held = (now - t.since).total_seconds()  # type: ignore[operator]
             if role is Role.METER:
                 live = any(p in _LIVE_METER for p, _ in image) or (power is not None and abs(power) > move)
-                stuck = live and held >= cfg.meter_stuck_s
+                stuck = live and held >= self._window(cfg.meter_stuck_s)
             else:
-                stuck = power is not None and abs(power) > 2 * move and held >= cfg.device_stuck_s
+                stuck = power is not None and abs(power) > 2 * move and held >= self._window(cfg.device_stuck_s)
             if stuck:
                 for p, _ in image:
                     mark(p, Quality.STALE, "device_stuck",

@@ -296,3 +296,15 @@ def test_settings_are_a_field_of_the_control_section():
 
     assert ControlSettings().validation == ValidationSettings()
     assert ControlSettings.model_validate({"validation": {"grid_stuck_s": 5}}).validation.grid_stuck_s == 5
+
+
+def test_windows_are_at_least_three_cycles_and_a_gap_restarts_them():
+    """With a 10 s cycle the 10 s grid window becomes 30 s (a meter may update slower than a long cycle); a
+    gap of more than three cycles restarts it."""
+    site = SiteRatings(SITE.devices, 900.0, 1000.0, 500.0, 500.0, 1000.0, cycle_s=10.0)
+    times = [0, 10, 20, 30, 40]
+    results = run(Validator(site), [snapshot(t, pv_kw=2.0 * t, pv_energy_kwh=5000.0 + t) for t in times])
+    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 3 + [Quality.STALE] * 2
+    times = [0, 10, 20, 60, 70, 80, 90]
+    results = run(Validator(site), [snapshot(t, pv_kw=2.0 * t, pv_energy_kwh=5000.0 + t) for t in times])
+    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 6 + [Quality.STALE]
