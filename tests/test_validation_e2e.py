@@ -96,3 +96,22 @@ async def test_impossible_grid_power_is_implausible_and_holds_the_caps(tmp_path,
     assert min(settled) >= -EXPORT_TOL_KW, min(settled)
     assert any("point_implausible:grid-meter:grid_kw" in s["alarms"] for s in after)
     assert after[-1]["measurements"]["grid_kw"]["quality"] == "implausible"
+
+
+async def test_a_device_frozen_from_the_start_serves_its_first_values(tmp_path):
+    """``--fault grid-meter:frozen`` from the start used to serve "not implemented" (the image was never
+    written); frozen now means the first step's values, old but plausible, and never updated."""
+    site = SimulatedSite.from_file(site_file(tmp_path), speed=50)
+    site.faults.freeze("grid-meter")
+    await site.start()
+    try:
+        image = site.images["grid-meter"]
+        first = {p: image.value(p) for p in image.measured_points()}
+        assert all(v is not None for v in first.values()), first
+        steps = site.steps
+        while site.steps < steps + 5:
+            await site.clock.sleep(1.0)
+        assert {p: image.value(p) for p in image.measured_points()} == first
+        assert site.images["battery"].value("soc_pct") is not None
+    finally:
+        await site.stop()
