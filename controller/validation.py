@@ -41,7 +41,7 @@ with defaults and reaction times in docs/controller.md, "Validation stage".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -61,6 +61,8 @@ ALARM_PREFIXES = ("device_unreachable:", "point_missing:", "point_stale:", "poin
 
 _UNREACHABLE_DETAILS = ("unreachable", "no answer within")
 _COUNTERS = {"import_kwh": "grid import", "export_kwh": "grid export", "pv_energy_kwh": "PV power"}
+_HOLD = "hold:"
+"""Internal code of a re-qualification held without an alarm of its own."""
 _LIVE_METER = {"voltage_l1_v", "voltage_l2_v", "voltage_l3_v", "frequency_hz"}
 """Meter points that move on a live grid whatever the site does."""
 _POWER = {Role.METER: "grid_kw", Role.PV_INVERTER: "pv_kw", Role.BATTERY: "battery_kw"}
@@ -172,6 +174,10 @@ class ValidationTrace:
         """Small JSON-ready form for the state message."""
         return {"findings": [{"point": f.point, "device": f.device, "quality": f.quality.value, "rule": f.rule,
                               "detail": f.detail} for f in self.findings]}
+
+
+Mark = Callable[[str, Quality, str, str], None]
+"""Re-qualify (point, quality, rule, detail) for this cycle; the first rule to mark a point wins."""
 
 
 @dataclass
@@ -293,7 +299,7 @@ class Validator:
                 found[point] = Finding(point, self.device_of(point), quality, rule, detail)
 
         self._range_rules(raw, mark)
-        self._level_rules(raw, now, dt_h, mark)
+        self._level_rules(raw, now, mark)
         self._stuck_rules(snap, raw, now, dt_h, commanded_battery_kw, mark)
         self._balance_rule(raw, found, now, mark)
         conditions = self._conditions(snap, found)
@@ -301,7 +307,7 @@ class Validator:
 
     # ------------------------------------------------------------------------------------------ rules
 
-    def _range_rules(self, raw: Mapping[str, float], mark) -> None:
+    def _range_rules(self, raw: Mapping[str, float], mark: Mark) -> None:
         for point, (lo, hi) in self.ranges().items():
             v = raw.get(point)
             if v is None:
@@ -311,7 +317,7 @@ class Validator:
             elif hi is not None and v > hi:
                 mark(point, Quality.IMPLAUSIBLE, "site_range", f"{v:g} kW above the site's plausible {hi:g} kW")
 
-    def _level_rules(self, raw: Mapping[str, float], now: datetime, dt_h: float, mark) -> None:
+    def _level_rules(self, raw: Mapping[str, float], now: datetime, mark: Mark) -> None:
         """SOC moving faster than the battery's power allows; counters going backwards."""
         s = self.site
         for point in ("soc_pct", *_COUNTERS):
@@ -360,7 +366,7 @@ class Validator:
         return t
 
     def _stuck_rules(self, snap: Snapshot, raw: Mapping[str, float], now: datetime, dt_h: float,
-                     commanded: float | None, mark) -> None:
+                     commanded: float | None, mark: Mark) -> None:
         cfg, move = self.settings, self.move_kw
         grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
         # grid power frozen while PV + battery moved (the load would have had to move by exactly as much)
@@ -431,7 +437,8 @@ class Validator:
                     mark(p, Quality.STALE, "device_stuck",
                          f"every point of {name} unchanged for {held:.0f} s while it reports {power:g} kW")
 
-    def _balance_rule(self, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime, mark) -> None:
+    def _balance_rule(self, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime,
+                      mark: Mark) -> None:
         parts = [raw.get(p) if p not in found else None for p in ("grid_kw", "pv_kw", "battery_kw")]
         lo, hi = self.load_range()
         if any(p is None for p in parts):
@@ -472,7 +479,10 @@ class Validator:
                     out[f"point_implausible:{device}:{name}"] = (f"{device} {name} implausible: {r.detail}", None)
         for f in found.values():
             kind = "stale" if f.quality is Quality.STALE else "implausible"
-            out[f"point_{kind}:{f.device}:{f.point}"] = (f"{f.device} {f.point} {kind}: {f.detail}", f)
+            # a frozen device image is one alarm, on its power point; its other points are held silently
+            quiet = f.rule == "device_stuck" and f.point not in _POWER.values()
+            code = f"{_HOLD}{f.device}:{f.point}" if quiet else f"point_{kind}:{f.device}:{f.point}"
+            out[code] = (f"{f.device} {f.point} {kind}: {f.detail}", f)
         return out
 
     def _settle(self, snap: Snapshot, conditions: Mapping[str, tuple[str, Finding | None]], now: datetime
@@ -500,7 +510,7 @@ class Validator:
                 readings[f.point] = replace(r, value=None, quality=f.quality, detail=detail)
             held.append(f)
         out = Snapshot(snap.ts, MappingProxyType(readings), snap.device_ok, snap.device_errors)
-        alarms = {code: a.message for code, a in self._active.items()}
+        alarms = {code: a.message for code, a in self._active.items() if not code.startswith(_HOLD)}
         return out, alarms, ValidationTrace(tuple(sorted(held, key=lambda f: f.point)))
 
     @staticmethod

@@ -149,6 +149,7 @@ def test_a_whole_meter_image_frozen_is_stale_even_when_nothing_else_moves():
     assert [quality(r, "voltage_l1_v") for r in results] == [Quality.OK] * 10 + [Quality.STALE] * 2
     assert quality(results[10], "grid_kw") is Quality.STALE
     assert "every point of meter unchanged for 10 s" in results[10][0].readings["grid_kw"].detail
+    assert set(results[10][1]) == {"point_stale:meter:grid_kw"}  # one alarm for the frozen image
 
 
 def test_a_battery_idle_at_zero_with_a_still_soc_is_fine_for_hours():
