@@ -90,6 +90,10 @@ class ValidationSettings(BaseModel):
         default=120.0, gt=0,
         description="every point of the PV inverter or battery bit-identical this long while its power is above "
                     "twice the moving threshold → stale [s]")
+    level_stuck_s: float = Field(
+        default=60.0, gt=0,
+        description="SOC or an energy counter must also be unchanged this long before it is stuck (counters may "
+                    "update less often than powers) [s]")
     soc_step_pct: float = Field(
         default=1.0, gt=0, le=10, description="Resolution of the SOC reading [%]")
     counter_step_kwh: float = Field(
@@ -416,7 +420,8 @@ class Validator:
             else:
                 needed = 2.0 * cfg.counter_step_kwh
                 what = f"unchanged at {v:g} kWh while {t.moved:.1f} kWh of {_COUNTERS[point]} flowed"
-            if needed > 0 and t.moved > needed:
+            held = (now - t.since).total_seconds()  # type: ignore[operator]
+            if needed > 0 and t.moved > needed and held >= self._window(cfg.level_stuck_s):
                 mark(point, Quality.STALE, "stuck", what)
         # a device's whole image identical while its own power says it should show movement
         for role, name in self.site.devices.items():

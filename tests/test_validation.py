@@ -137,10 +137,14 @@ def test_soc_frozen_while_the_battery_discharges_is_stale():
 
 
 def test_counter_frozen_while_importing_is_stale():
-    """import_kwh bit-identical at 300 kW import: two 1 kWh steps (2 kWh) flow in 24 s, passed at t = 25."""
-    snaps = [snapshot(t, import_kwh=1000.0) for t in range(27)]
-    results = run(Validator(SITE), snaps)
-    assert [quality(r, "import_kwh") for r in results] == [Quality.OK] * 25 + [Quality.STALE] * 2
+    """import_kwh bit-identical at 300 kW import: two 1 kWh steps (2 kWh) flow in 24 s, but a counter must also
+    hold for 60 s: stale at t = 60. At just under 60 kW the 2 kWh take just over 120 s: stale at t = 121."""
+    results = run(Validator(SITE), [snapshot(t, import_kwh=1000.0) for t in range(62)])
+    assert [quality(r, "import_kwh") for r in results] == [Quality.OK] * 60 + [Quality.STALE] * 2
+    results = run(Validator(SITE), [snapshot(t, import_kwh=1000.0, grid_kw=60.0 - 0.1 * (t % 2))
+                                    for t in range(123)])
+    first = next(i for i, r in enumerate(results) if quality(r, "import_kwh") is Quality.STALE)
+    assert first == 121
 
 
 def test_a_whole_meter_image_frozen_is_stale_even_when_nothing_else_moves():
