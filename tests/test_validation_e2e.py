@@ -115,3 +115,33 @@ async def test_a_device_frozen_from_the_start_serves_its_first_values(tmp_path):
         assert site.images["battery"].value("soc_pct") is not None
     finally:
         await site.stop()
+
+
+async def test_frozen_battery_mid_run_is_found_before_the_soc_leaves_its_window(tmp_path):
+    """Issue 11 failure 1, battery: the battery freezes (answers, old values; it still obeys setpoints) while it
+    charges from PV surplus at 93 % SOC against a 95 % limit. Believed, its frozen power and SOC let the
+    controller keep charging past the limit; with validation the frozen readings are alarmed (point_stale
+    naming the battery) and the true SOC stays within its window."""
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T11:00:00+07:00", "initial_soc_pct": 93,
+                                           "weather": {"cloudiness": 0.0},
+                                           "load": {"day_kw": 300, "night_kw": 300}})
+    async with running(path, 20, tmp_path / "state") as (site, _controller, states):
+        assert await until(site, lambda: len(states) >= 20, 120)
+        assert site.state.battery_kw < -100  # charging from the surplus
+        n_fault = len(states)
+        socs: list[float] = []
+
+        async def watch() -> None:
+            while True:
+                socs.append(site.state.soc_pct)
+                await site.clock.sleep(1.0)
+
+        watcher = asyncio.create_task(watch())
+        site.faults.freeze("battery")
+        await site.clock.sleep(420.0)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        after = states[n_fault:]
+    print(f"frozen battery: true SOC {socs[0]:.2f} → max {max(socs):.2f} %")
+    assert any(code.startswith("point_stale:battery:") for s in after for code in s["alarms"])
+    assert max(socs) <= 95.0, max(socs)
