@@ -371,9 +371,15 @@ class Validator:
 
     def _stuck_rules(self, snap: Snapshot, raw: Mapping[str, float], now: datetime, dt_h: float,
                      commanded: float | None, mark: Mark) -> None:
+        self._grid_stuck(raw, now, mark)
+        self._battery_stuck(raw, now, commanded, mark)
+        self._level_stuck(raw, now, dt_h, mark)
+        self._image_stuck(snap, raw, now, mark)
+
+    def _grid_stuck(self, raw: Mapping[str, float], now: datetime, mark: Mark) -> None:
+        """Grid power frozen while PV + battery moved (the load would have had to move by exactly as much)."""
         cfg, move = self.settings, self.move_kw
         grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
-        # grid power frozen while PV + battery moved (the load would have had to move by exactly as much)
         if grid is not None:
             t = self._track("grid_kw", grid, now)
             if pv is not None and bat is not None:
@@ -385,7 +391,11 @@ class Validator:
                 mark("grid_kw", Quality.STALE, "stuck",
                      f"unchanged at {grid:g} kW for {held:.0f} s while PV + battery power changed by "
                      f"{t.moved:.0f} kW")
-        # battery power frozen while the command changed and the battery does not follow it
+
+    def _battery_stuck(self, raw: Mapping[str, float], now: datetime, commanded: float | None, mark: Mark) -> None:
+        """Battery power frozen while the command changed and the battery does not follow it."""
+        cfg, move = self.settings, self.move_kw
+        bat = raw.get("battery_kw")
         if bat is not None:
             t = self._track("battery_kw", bat, now)
             if commanded is not None:
@@ -402,7 +412,11 @@ class Validator:
                 if held >= self._window(cfg.battery_stuck_s) and t.moved > move and abs(expected - bat) > move:
                     mark("battery_kw", Quality.STALE, "stuck",
                          f"unchanged at {bat:g} kW for {held:.0f} s while commanded {commanded:g} kW")
-        # SOC and counters frozen while energy flowed through them (two resolution steps' worth)
+
+    def _level_stuck(self, raw: Mapping[str, float], now: datetime, dt_h: float, mark: Mark) -> None:
+        """SOC and counters frozen while energy flowed through them (two resolution steps' worth)."""
+        cfg = self.settings
+        grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
         flows = {"soc_pct": None if bat is None else abs(bat),
                  "import_kwh": None if grid is None else max(grid, 0.0),
                  "export_kwh": None if grid is None else max(-grid, 0.0),
@@ -423,7 +437,10 @@ class Validator:
             held = (now - t.since).total_seconds()  # type: ignore[operator]
             if needed > 0 and t.moved > needed and held >= self._window(cfg.level_stuck_s):
                 mark(point, Quality.STALE, "stuck", what)
-        # a device's whole image identical while its own power says it should show movement
+
+    def _image_stuck(self, snap: Snapshot, raw: Mapping[str, float], now: datetime, mark: Mark) -> None:
+        """A device's whole image identical: a meter on a live grid, or a device whose power should show."""
+        cfg, move = self.settings, self.move_kw
         for role, name in self.site.devices.items():
             points = [p.name for p in role_points(role) if not p.writable]
             image = tuple((p, snap.readings[p].value) for p in points if p in snap.readings and snap.readings[p].ok)
@@ -438,9 +455,10 @@ class Validator:
             else:
                 stuck = power is not None and abs(power) > 2 * move and held >= self._window(cfg.device_stuck_s)
             if stuck:
+                why = f"every point of {name} unchanged for {held:.0f} s" + (
+                    "" if power is None else f" while it reports {power:g} kW")
                 for p, _ in image:
-                    mark(p, Quality.STALE, "device_stuck",
-                         f"every point of {name} unchanged for {held:.0f} s while it reports {power:g} kW")
+                    mark(p, Quality.STALE, "device_stuck", why)
 
     def _balance_rule(self, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime,
                       mark: Mark) -> None:
@@ -482,10 +500,14 @@ class Validator:
                     out[f"point_stale:{device}:{name}"] = (f"{device} {name} stale: {r.detail}", None)
                 elif r.quality is Quality.IMPLAUSIBLE:
                     out[f"point_implausible:{device}:{name}"] = (f"{device} {name} implausible: {r.detail}", None)
+        # a frozen device image is one alarm, on its power point (else its first point); the rest are held silently
+        loud: dict[str, str] = {}
+        for f in found.values():
+            if f.rule == "device_stuck" and (f.device not in loud or f.point in _POWER.values()):
+                loud[f.device] = f.point
         for f in found.values():
             kind = "stale" if f.quality is Quality.STALE else "implausible"
-            # a frozen device image is one alarm, on its power point; its other points are held silently
-            quiet = f.rule == "device_stuck" and f.point not in _POWER.values()
+            quiet = f.rule == "device_stuck" and loud[f.device] != f.point
             code = f"{_HOLD}{f.device}:{f.point}" if quiet else f"point_{kind}:{f.device}:{f.point}"
             out[code] = (f"{f.device} {f.point} {kind}: {f.detail}", f)
         return out

@@ -313,3 +313,11 @@ def test_windows_are_at_least_three_cycles_and_a_gap_restarts_them():
     times = [0, 10, 20, 60, 70, 80, 90]
     results = run(Validator(site), [snapshot(t, pv_kw=2.0 * t, pv_energy_kwh=5000.0 + t) for t in times])
     assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 6 + [Quality.STALE]
+
+
+def test_a_frozen_meter_image_without_its_power_point_is_still_found():
+    results = run(Validator(SITE), [snapshot(t, grid_kw=None, voltage_l1_v=231.0, import_kwh=1000.0)
+                                    for t in range(11)])
+    assert quality(results[10], "voltage_l1_v") is Quality.STALE
+    assert results[10][0].readings["voltage_l1_v"].detail == "every point of meter unchanged for 10 s"
+    assert set(results[10][1]) == {"point_missing:meter:grid_kw", "point_stale:meter:voltage_l1_v"}
