@@ -192,6 +192,14 @@ class _Since:
     since: datetime | None = None
     ref: float | None = None      # a driver's value when ``value`` last changed (grid: PV + battery)
     moved: float = 0.0            # largest |driver − ref| since then [kW] or energy through the driver [kWh]
+    moved_at: datetime | None = None  # when the driver first moved by more than the threshold
+
+    def note_move(self, moved: float, threshold: float, now: datetime) -> float:
+        """Record the driver's movement; seconds since it first exceeded ``threshold`` (0 if it has not)."""
+        self.moved = max(self.moved, moved)
+        if self.moved > threshold and self.moved_at is None:
+            self.moved_at = now
+        return 0.0 if self.moved_at is None else (now - self.moved_at).total_seconds()
 
 
 @dataclass
@@ -382,14 +390,14 @@ class Validator:
         grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
         if grid is not None:
             t = self._track("grid_kw", grid, now)
+            since_move = 0.0
             if pv is not None and bat is not None:
                 if t.ref is None:
                     t.ref = pv + bat
-                t.moved = max(t.moved, abs(pv + bat - t.ref))
-            held = (now - t.since).total_seconds()  # type: ignore[operator]
-            if held >= self._window(cfg.grid_stuck_s) and t.moved > move:
+                since_move = t.note_move(abs(pv + bat - t.ref), move, now)
+            if since_move >= self._window(cfg.grid_stuck_s):
                 mark("grid_kw", Quality.STALE, "stuck",
-                     f"unchanged at {grid:g} kW for {held:.0f} s while PV + battery power changed by "
+                     f"unchanged at {grid:g} kW for {since_move:.0f} s after PV + battery power changed by "
                      f"{t.moved:.0f} kW")
 
     def _battery_stuck(self, raw: Mapping[str, float], now: datetime, commanded: float | None, mark: Mark) -> None:
@@ -407,11 +415,11 @@ class Validator:
                 expected = min(max(commanded, lo), hi) if lo <= hi else 0.0
                 if t.ref is None:
                     t.ref = commanded
-                t.moved = max(t.moved, abs(commanded - t.ref))
-                held = (now - t.since).total_seconds()  # type: ignore[operator]
-                if held >= self._window(cfg.battery_stuck_s) and t.moved > move and abs(expected - bat) > move:
+                since_move = t.note_move(abs(commanded - t.ref), move, now)
+                if since_move >= self._window(cfg.battery_stuck_s) and abs(expected - bat) > move:
                     mark("battery_kw", Quality.STALE, "stuck",
-                         f"unchanged at {bat:g} kW for {held:.0f} s while commanded {commanded:g} kW")
+                         f"unchanged at {bat:g} kW for {since_move:.0f} s after the command changed to "
+                         f"{commanded:g} kW")
 
     def _level_stuck(self, raw: Mapping[str, float], now: datetime, dt_h: float, mark: Mark) -> None:
         """SOC and counters frozen while energy flowed through them (two resolution steps' worth)."""

@@ -94,13 +94,14 @@ def test_no_import_cap_means_no_import_bound():
 # ------------------------------------------------------------------------------------------------ stuck values
 
 def test_grid_frozen_while_pv_moves_is_stale_after_the_window():
-    """Grid 300 kW bit-identical, PV rising 20 kW per second: PV + battery has moved 20 kW > 9 kW after 1 s,
-    and the grid has held for 10 s at t = 10: stale from then on."""
-    snaps = [snapshot(t, pv_kw=20.0 * t) for t in range(13)]
+    """Grid 300 kW bit-identical, PV rising 20 kW per second: PV + battery has moved 20 kW > 9 kW at t = 1, and
+    the grid has not followed for 10 s at t = 11: stale from then on."""
+    snaps = [snapshot(t, pv_kw=20.0 * t, pv_energy_kwh=5000.0 + t) for t in range(14)]
     results = run(Validator(SITE), snaps)
-    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 10 + [Quality.STALE] * 3
-    assert "unchanged at 300 kW for 10 s" in results[10][0].readings["grid_kw"].detail
-    assert "point_stale:meter:grid_kw" in results[10][1]
+    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 11 + [Quality.STALE] * 3
+    assert "unchanged at 300 kW for 10 s after PV + battery power changed by 220 kW" \
+        in results[11][0].readings["grid_kw"].detail
+    assert "point_stale:meter:grid_kw" in results[11][1]
 
 
 def test_grid_constant_while_pv_and_battery_cancel_out_is_fine():
@@ -111,12 +112,21 @@ def test_grid_constant_while_pv_and_battery_cancel_out_is_fine():
 
 
 def test_battery_not_following_a_changed_command_is_stale():
-    """Battery −100 kW bit-identical; the command goes from −100 to +200 kW at t = 1. The battery last changed
-    at t = 0, so at t = 10 it has held 10 s while the command moved 300 kW: stale."""
-    snaps = [snapshot(t, battery_kw=-100.0, grid_kw=400.0 + t, soc_pct=50.0 + 0.01 * t) for t in range(12)]
+    """Battery −100 kW bit-identical; the command goes from −100 to +200 kW at t = 1: at t = 11 the battery has
+    not followed for 10 s: stale."""
+    snaps = [snapshot(t, battery_kw=-100.0, grid_kw=400.0 + t, soc_pct=50.0 + 0.01 * t) for t in range(13)]
     results = run(Validator(SITE), snaps, commanded=lambda i: -100.0 if i == 0 else 200.0)
-    assert [quality(r, "battery_kw") for r in results] == [Quality.OK] * 10 + [Quality.STALE] * 2
-    assert "commanded 200 kW" in results[10][0].readings["battery_kw"].detail
+    assert [quality(r, "battery_kw") for r in results] == [Quality.OK] * 11 + [Quality.STALE] * 2
+    assert "for 10 s after the command changed to 200 kW" in results[11][0].readings["battery_kw"].detail
+
+
+def test_the_stuck_window_starts_when_the_command_changes_not_when_the_value_did():
+    """Battery at 80 kW as commanded for 1,000 s, then commanded −500 kW; it follows 5 s later. A window counted
+    from the battery's last change would have flagged it on the cycle of the new command (seen at 600x)."""
+    snaps = [snapshot(t, battery_kw=80.0 if t < 1005 else -500.0, grid_kw=(220.0 if t < 1005 else 800.0) + t % 2,
+                      soc_pct=50.0 + 0.001 * t) for t in range(0, 1020)]
+    results = run(Validator(SITE), snaps, commanded=lambda i: 80.0 if i < 1000 else -500.0)
+    assert all(r[0].readings["battery_kw"].ok and not r[1] for r in results)
 
 
 def test_battery_held_by_its_bms_is_not_stuck():
@@ -307,12 +317,12 @@ def test_windows_are_at_least_three_cycles_and_a_gap_restarts_them():
     """With a 10 s cycle the 10 s grid window becomes 30 s (a meter may update slower than a long cycle); a
     gap of more than three cycles restarts it."""
     site = SiteRatings(SITE.devices, 900.0, 1000.0, 500.0, 500.0, 1000.0, cycle_s=10.0)
-    times = [0, 10, 20, 30, 40]
+    times = [0, 10, 20, 30, 40]  # PV has moved 20 kW at t = 10; 30 s later the grid is stale
     results = run(Validator(site), [snapshot(t, pv_kw=2.0 * t, pv_energy_kwh=5000.0 + t) for t in times])
-    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 3 + [Quality.STALE] * 2
-    times = [0, 10, 20, 60, 70, 80, 90]
+    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 4 + [Quality.STALE]
+    times = [0, 10, 20, 60, 70, 80, 90, 100]  # the gap 20 → 60 restarts: moved at t = 70, stale at t = 100
     results = run(Validator(site), [snapshot(t, pv_kw=2.0 * t, pv_energy_kwh=5000.0 + t) for t in times])
-    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 6 + [Quality.STALE]
+    assert [quality(r, "grid_kw") for r in results] == [Quality.OK] * 7 + [Quality.STALE]
 
 
 def test_a_frozen_meter_image_without_its_power_point_is_still_found():
