@@ -6,8 +6,8 @@ accepted SOC and counter values) and for the alarms' hysteresis. The device laye
 what it can see on its own (MISSING for a failed read or a sentinel, IMPLAUSIBLE outside a profile's
 range, STALE when older than ``max_age_s``); this stage adds what only the site as a whole can tell:
 
-- **stuck values** — a value bit-identical for longer than a window while what should move it moved:
-  ``grid_kw`` while PV + battery power changed (``grid_stuck_s``), ``battery_kw`` while the command
+- **stuck values** — a value still bit-identical a window after what should move it moved:
+  ``grid_kw`` after PV + battery power changed (``grid_stuck_s``), ``battery_kw`` after the command
   changed and the battery does not follow it (``battery_stuck_s``), ``soc_pct`` while enough energy
   went through the battery to move it by two resolution steps, an energy counter while enough energy
   flowed through its power point, and a device's whole image (every point, voltages and counters
@@ -78,10 +78,11 @@ class ValidationSettings(BaseModel):
         description="A power change smaller than this is not 'moving' for the stuck rules "
                     "[% of the site's largest rating: PV AC, battery charge or discharge]")
     grid_stuck_s: float = Field(
-        default=10.0, gt=0, description="grid_kw bit-identical this long while PV + battery power moved → stale [s]")
+        default=10.0, gt=0,
+        description="grid_kw still bit-identical this long after PV + battery power moved → stale [s]")
     battery_stuck_s: float = Field(
         default=10.0, gt=0,
-        description="battery_kw bit-identical this long while the command changed and it does not follow → stale [s]")
+        description="battery_kw still bit-identical this long after the command changed, not following it → stale [s]")
     meter_stuck_s: float = Field(
         default=10.0, gt=0,
         description="every point of the meter bit-identical this long → stale (a live meter's voltages never hold "
