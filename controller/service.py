@@ -2,7 +2,9 @@
 
 Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 
-1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`;
+1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
+   (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
+   device-health alarms raised and cleared);
 2. account energy, money and the demand peak; feed the forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
@@ -48,6 +50,7 @@ from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import DemandTracker, EnergyCounters, StateStore
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
+from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
 from drivers.profile import Profile, load_profile
 from drivers.roles import Role
@@ -124,6 +127,8 @@ class Controller:
         self.store = StateStore(state_path, now)
         self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
                                      battery_reversion_s=reversion_s(self.devices[Role.BATTERY].profile))
+        self.validator = Validator.from_config(config)
+        self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
         self.forecasts = forecasts or MeasuredForecasts(
@@ -357,6 +362,9 @@ class Controller:
         snap = await read_snapshot(list(self.devices.values()), self.clock)
         t_read = time.perf_counter()
         now = snap.ts
+        written = self._written.get("battery_setpoint_kw")
+        snap, health, self.validation = self.validator.check(snap, written[0] if written else None)
+        self._set_alarms(health, ALARM_PREFIXES, now)
         await self._remote_control()
         self.snapshot = snap
         self._account(snap, now)
@@ -436,6 +444,7 @@ class Controller:
             "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
                        "interval_avg_kw": self.demand.current_average_kw()},
             "alarms": sorted(self.alarms),
+            "validation": self.validation.to_dict(),
             "solver": solver,
             "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
         }
