@@ -4,7 +4,7 @@
    outbox is filled, then drained with :func:`controller.telemetry.influx.drain` (batches of 5000).
    The baseline, in the same run, writes the same pre-serialised lines with influxdb-client's
    SYNCHRONOUS API in the same batch size, without the outbox. Two point shapes: 2-field points
-   (the shape of the reference figures in shared/reference/libraries.md §5; the headline figure)
+   (the shape of influxdb-client's documented write example, one ``Point`` with its fields; the headline figure)
    and the sink's real lines for recorded controller states (``ems_state``, ``ems_measurement``,
    ``ems_quality``: ~17 fields per point, so the server ingests ~8× more samples per point).
    Every sample is checked to be stored exactly once.

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
+from controller.validation import ValidationSettings
 from drivers.config import DeviceConfig
 from drivers.profile import PROFILE_DIR, load_profile, profile_path
 from drivers.roles import Role
@@ -66,6 +67,7 @@ class ControlSettings(StrictModel):
         description="Where the state file lives; default $STATE_DIRECTORY (systemd) or ./state beside the site "
                     "file; a relative path is relative to the site file")
     dispatch: DispatchSettings = DispatchSettings()
+    validation: ValidationSettings = ValidationSettings()
 
 
 class SiteConfig(PlanningSite):

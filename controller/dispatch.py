@@ -1,14 +1,24 @@
 """The limits chain: from measurements and a target to a battery setpoint and a PV limit.
 
-Pure and synchronous (no I/O, no clock reads); stateful only for hysteresis and for knowing the
-PV limit it last commanded. The live controller and the offline simulator use the same object.
+Pure and synchronous (no I/O, no clock reads); stateful only for hysteresis, the PV limit it last
+commanded, the load's recent one-cycle falls and what it last saw of the battery. The live controller
+and the offline simulator use the same object.
 
 The chain runs in a fixed order. Each step can only narrow the allowed battery power interval
 ``[lo, hi]`` (kW, +discharge) or lower the PV limit; nothing after a step can undo it, so a plan,
 an operator or a remote command can never override safety:
 
-1. ``data``       missing or stale meter, PV or battery data → safe state: battery 0 kW, PV at the
-                  configured safe limit, alarm ``data_missing``.
+1. ``data``       missing or stale data → a safe state chosen per missing device (alarm ``data_missing``,
+                  the rest of the chain does not run; docs/controller.md has the table):
+
+                  - meter (or PV and battery together) → site-wide: battery 0 kW, PV at the configured
+                    safe limit;
+                  - battery (power, SOC or a BMS allowance) → battery 0 kW; PV alone holds the export cap
+                    and the import cap from the meter, assuming the unreachable battery may still move
+                    anywhere along its path (last measured → last commanded → 0 kW) until its own
+                    reversion timer has certainly expired (:func:`battery_path_kw`);
+                  - PV → the battery holds the grid inside the caps from the meter (steps 2–4 below
+                    with an idle target), PV at the safe limit.
 2. ``pcs``, ``bms``, ``soc``  the PCS nameplate, what the BMS allows now, and the SOC window with
                   hysteresis (no discharge at or below ``soc_min`` until SOC recovers by
                   ``soc_hysteresis_pct``; no charge at or above ``soc_max`` likewise).
@@ -16,6 +26,12 @@ an operator or a remote command can never override safety:
                   as step 2 allows (alarm ``import_cap_unheld`` when it cannot).
 4. ``export_cap`` discharge at most what keeps export under the cap (reduce discharge, then charge
                   from surplus); what the battery cannot absorb is curtailed through the PV limit.
+                  The margin kept above the cap is ``export_margin_kw`` or, if larger, the largest
+                  fall of the load from one cycle to the next in the last ``load_swing_window_s``:
+                  a load that falls faster than the cycle can follow would otherwise export until
+                  the next cycle. Until the load has been watched for one window (at start-up, after
+                  a gap in the data longer than the window) its swing is unknown, and the battery does
+                  not discharge to cover load (only as far as the import cap needs).
 5. ``target``     the plan step or the operating mode's target (manual setpoint, self-consumption,
                   TOU rule, standby) picks a point inside what is left. Operator and remote
                   commands arrive here, below the safety steps, and every target expires.
@@ -34,8 +50,9 @@ Sign conventions: docs/conventions.md (grid + import, battery + discharge, PV �
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +84,38 @@ class Alarm(StrEnum):
     IMPORT_CAP_UNHELD = "import_cap_unheld"
 
 
+def battery_path_kw(measured_kw: float | None, commanded_kw: float, reverted: bool) -> tuple[float, ...]:
+    """Where an unreachable battery may go from now on, in order: its waypoints. [kW, +discharge]
+
+    Until its reversion timer has certainly expired (``reverted`` False) the battery moves from its last
+    measured power towards the setpoint last commanded, and it may drop to 0 kW at any moment (the
+    timer, or a 0 kW write that got through); afterwards it is at 0 kW (or at the power it is measured
+    at now, which may still fall to 0). Between waypoints it moves monotonically, so the extremes of
+    any change lie on them.
+
+    Parameters
+    ----------
+    measured_kw : float | None
+        Battery power last measured; once reverted, only one measured now counts (``None``: none). [kW]
+    commanded_kw : float
+        Setpoint last commanded while the battery was seen (0 if none). [kW]
+    reverted : bool
+        Whether the battery's reversion timer has certainly expired.
+    """
+    seen = () if measured_kw is None else (measured_kw,)
+    return (*seen, 0.0) if reverted else (*seen, commanded_kw, 0.0)
+
+
+def path_moves_kw(path: tuple[float, ...]) -> tuple[float, float]:
+    """Largest fall and largest rise of battery power along ``path`` from any point to a later one. [kW, ≥ 0]
+
+    A fall (more charging) raises grid import; a rise (more discharging) raises export.
+    """
+    drop = max((a - b for i, a in enumerate(path) for b in path[i + 1:]), default=0.0)
+    rise = max((b - a for i, a in enumerate(path) for b in path[i + 1:]), default=0.0)
+    return max(0.0, drop), max(0.0, rise)
+
+
 class DispatchSettings(BaseModel):
     """Tuning of the limits chain (the ``control.dispatch`` section of a site file)."""
 
@@ -83,6 +132,10 @@ class DispatchSettings(BaseModel):
         default=0.0, ge=0, description="Keep the grid this far above the export cap (import bias) [kW]")
     import_margin_kw: float = Field(
         default=0.0, ge=0, description="Keep import this far under the contracted capacity [kW]")
+    load_swing_window_s: float = Field(
+        default=30.0, ge=0,
+        description="The export margin is at least the largest fall of the load between two cycles seen in this "
+                    "window [s of site time]; 0 = off. Cycles further apart than the window are not compared")
     curtail_probe_pct: float = Field(
         default=5.0, gt=0, le=100,
         description="While PV sits at its limit, assume this much more is available per cycle, so the "
@@ -92,6 +145,15 @@ class DispatchSettings(BaseModel):
         description="PV within this of its limit counts as held back by the limit [% of PV AC rating]")
     follow_tol_kw: float = Field(
         default=1.0, ge=0, description="A plan grid value this close to a bound counts as on the bound [kW]")
+    battery_reversion_s: float | None = Field(
+        default=None, gt=0,
+        description="The battery's own fallback to 0 kW after this long without a setpoint [s], for profiles "
+                    "whose remote_control.enter does not set setpoint_reversion_s; null = no known timer (an "
+                    "unreachable battery is assumed to hold its last command until it is seen again)")
+    reversion_margin_s: float = Field(
+        default=10.0, ge=0,
+        description="Beyond the reversion period, before an unreachable battery is taken to be at 0 kW: the last "
+                    "write's latency and the PCS ramp [s]")
 
 
 @dataclass(frozen=True)
@@ -123,10 +185,17 @@ class DispatchInputs:
     bms_max_discharge_kw: float | None
     pv_limit_pct: float | None = None
 
+    BATTERY = ("battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw")
+    """The battery's inputs: any one missing counts as the battery missing."""
+
     def missing(self) -> tuple[str, ...]:
         """Names of the required inputs that are missing."""
-        names = ("grid_kw", "pv_kw", "battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw")
+        names = ("grid_kw", "pv_kw", *self.BATTERY)
         return tuple(n for n in names if getattr(self, n) is None)
+
+    @property
+    def battery_missing(self) -> bool:
+        return any(getattr(self, n) is None for n in self.BATTERY)
 
 
 @dataclass(frozen=True)
@@ -297,33 +366,110 @@ class Dispatcher:
     settings : DispatchSettings
     pv_rated_kw : float
         PV AC rating, the base of ``pv_limit_pct``. [kW]
+    battery_reversion_s : float | None
+        The battery's own reversion timer as its remote-control sequence sets it (the live controller
+        reads it from the battery profile); ``None``: ``settings.battery_reversion_s``. [s]
     """
 
     def __init__(self, battery: BatterySpec, grid: GridSpec, settings: DispatchSettings | None = None,
-                 pv_rated_kw: float = 0.0):
+                 pv_rated_kw: float = 0.0, battery_reversion_s: float | None = None):
         self.battery = battery
         self.grid = grid
         self.settings = settings or DispatchSettings()
         self.pv_rated_kw = float(pv_rated_kw)
+        self.battery_reversion_s = battery_reversion_s or self.settings.battery_reversion_s
         self._discharge_blocked = False
         self._charge_blocked = False
         self._reserve_blocked = False
         self._pv_limit_kw: float | None = None
+        self._last_load: tuple[datetime, float] | None = None   # previous full-data cycle's load [kW]
+        self._load_watched_since: datetime | None = None       # start of the unbroken run of load readings
+        self._load_falls: deque[tuple[datetime, float]] = deque()  # one-cycle load falls in the window [kW]
+        self._battery_seen_at: datetime | None = None  # last cycle with every battery input present
+        self._battery_measured_kw: float | None = None  # last measured battery power [kW]
+        self._battery_commanded_kw = 0.0                # setpoint decided when the battery was last seen [kW]
 
     def _pct(self, kw: float | None) -> float:
         if kw is None or self.pv_rated_kw <= 0:
             return 100.0 if kw is None else 0.0
         return min(100.0, max(0.0, 100.0 * kw / self.pv_rated_kw))
 
-    def _safe(self, missing: tuple[str, ...]) -> Decision:
+    def _safe_pv_limit_kw(self) -> float | None:
         s = self.settings
-        limit_kw = self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
-        self._pv_limit_kw = None if s.safe_pv_limit_pct >= 100 else limit_kw
+        return None if s.safe_pv_limit_pct >= 100 else self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
+
+    def _remember_battery(self, inputs: DispatchInputs, setpoint_kw: float, now: datetime) -> None:
+        """Note what the battery was doing and was told while seen (for when it goes missing)."""
+        if inputs.battery_kw is not None:
+            self._battery_measured_kw = float(inputs.battery_kw)
+        if not inputs.battery_missing:
+            self._battery_seen_at = now
+            self._battery_commanded_kw = setpoint_kw
+
+    def _safe(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """Site-wide safe state: battery 0 kW, PV at the safe limit."""
+        self._pv_limit_kw = self._safe_pv_limit_kw()
+        self._remember_battery(inputs, 0.0, now)
         note = "missing: " + ", ".join(missing)
         return Decision(
             battery_setpoint_kw=0.0, pv_limit_kw=self._pv_limit_kw, pv_limit_pct=self._pct(self._pv_limit_kw),
             safe=True, source="safe", follow=None, load_kw=None, expected_grid_kw=None,
             bounds=(BoundNote("data", 0.0, 0.0, note),), alarms=(Alarm.DATA_MISSING.value,), reason="data_missing")
+
+    def _reverted(self, now: datetime) -> bool:
+        """Whether the missing battery's reversion timer has certainly expired (never seen: nothing commanded)."""
+        if self._battery_seen_at is None:
+            return True
+        if self.battery_reversion_s is None:
+            return False
+        elapsed_s = (now - self._battery_seen_at).total_seconds()
+        return elapsed_s >= self.battery_reversion_s + self.settings.reversion_margin_s
+
+    def _battery_missing(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """Battery missing, meter and PV fine: battery 0 kW, PV alone holds the caps (see the module docstring)."""
+        s, cap = self.settings, self.grid.import_cap_kw
+        grid_kw, pv_kw = float(inputs.grid_kw), float(inputs.pv_kw)  # type: ignore[arg-type]
+        self._remember_battery(inputs, 0.0, now)
+        reverted = self._reverted(now)
+        measured_kw = inputs.battery_kw if reverted else self._battery_measured_kw  # an old reading is void then
+        path = battery_path_kw(measured_kw, self._battery_commanded_kw, reverted)
+        drop_kw, rise_kw = path_moves_kw(path)
+        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
+        # PV output that keeps export under the cap if the battery rises by rise_kw, and that keeps import
+        # under the contract if it falls by drop_kw (grid changes 1:1 against PV and battery).
+        ceiling_kw = grid_kw + pv_kw - rise_kw + self.grid.export_cap_kw - s.export_margin_kw
+        floor_kw = None if cap is None else grid_kw + pv_kw + drop_kw - (cap - s.import_margin_kw)
+        if reverted:
+            when = "reversion timer expired"
+        elif self.battery_reversion_s is None:
+            when = "no reversion timer known"
+        else:
+            assert self._battery_seen_at is not None  # _reverted: never seen counts as reverted
+            end = self._battery_seen_at + timedelta(seconds=self.battery_reversion_s + s.reversion_margin_s)
+            when = f"until {end:%H:%M:%S} UTC"
+        notes = [BoundNote("data", 0.0, 0.0, "missing: " + ", ".join(missing) + "; battery path "
+                           + " → ".join(f"{p:g}" for p in path) + f" kW ({when}); PV holds the caps")]
+        alarms = [Alarm.DATA_MISSING.value]
+        new_limit: float | None = None
+        if limit_active or pv_est > ceiling_kw:
+            new_limit = max(0.0, ceiling_kw)
+            notes.append(BoundNote("export_cap", 0.0, 0.0, f"PV at most {new_limit:.1f} kW for export under "
+                                                           f"{self.grid.export_cap_kw:g} kW"))
+        if floor_kw is not None:
+            if new_limit is not None and floor_kw > new_limit:
+                new_limit = floor_kw
+                notes.append(BoundNote("import_cap", 0.0, 0.0, f"PV at least {floor_kw:.1f} kW for import under "
+                                                               f"{cap:g} kW (export cap may not hold)"))
+            if floor_kw > pv_est + 1e-9:
+                alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
+        if new_limit is not None and new_limit >= self.pv_rated_kw:
+            new_limit = None
+        self._pv_limit_kw = new_limit
+        pv_after = pv_est if new_limit is None else min(pv_est, new_limit)
+        return Decision(
+            battery_setpoint_kw=0.0, pv_limit_kw=new_limit, pv_limit_pct=self._pct(new_limit), safe=True,
+            source="safe", follow=None, load_kw=None, expected_grid_kw=grid_kw + pv_kw - pv_after,
+            bounds=tuple(notes), alarms=tuple(alarms), reason="battery_missing")
 
     def _update_hysteresis(self, soc: float, target: Target | None) -> None:
         b, h = self.battery, self.settings.soc_hysteresis_pct
@@ -358,38 +504,47 @@ class Dispatcher:
             return pv_kw + self.pv_rated_kw * s.curtail_probe_pct / 100.0, True
         return pv_kw, True
 
-    def step(self, inputs: DispatchInputs, target: Target | None, now: datetime) -> Decision:
-        """Run the chain for one cycle.
+    def _export_margin_kw(self, load_kw: float, now: datetime) -> tuple[float, bool]:
+        """The margin above the export cap this cycle [kW], and whether the load's swing is known yet.
 
-        Parameters
-        ----------
-        inputs : DispatchInputs
-            This cycle's measurements.
-        target : Target | None
-            What the plan or mode wants; ``None`` (or expired at ``now``) idles the battery.
-        now : datetime
-            Site time of the snapshot (UTC), for target expiry.
+        The margin is ``export_margin_kw`` or, if larger, the largest fall of the load from one cycle to
+        the next within the last ``load_swing_window_s`` (the chain decides on this cycle's load; until
+        the next cycle a falling load turns discharge or PV into export). The swing is known once the
+        load has been read without a gap longer than the window for a whole window.
         """
-        missing = inputs.missing()
-        if missing:
-            return self._safe(missing)
+        window_s = self.settings.load_swing_window_s
+        gap_s = None if self._last_load is None else (now - self._last_load[0]).total_seconds()
+        if gap_s is not None and 0 < gap_s <= window_s:
+            self._load_falls.append((now, self._last_load[1] - load_kw))  # type: ignore[index]
+        if gap_s is None or gap_s > window_s:
+            self._load_watched_since = now
+        self._last_load = (now, load_kw)
+        while self._load_falls and (now - self._load_falls[0][0]).total_seconds() > window_s:
+            self._load_falls.popleft()
+        watched_s = (now - self._load_watched_since).total_seconds()  # type: ignore[operator]
+        margin_kw = max([self.settings.export_margin_kw, *(fall for _t, fall in self._load_falls)])
+        return margin_kw, window_s == 0 or watched_s >= window_s
+
+    def _battery_bounds(self, inputs: DispatchInputs, load_kw: float, pv_kw: float, pv_est_kw: float,
+                        export_margin_kw: float, swing_known: bool = True
+                        ) -> tuple[float, float, list[BoundNote], list[str]]:
+        """Steps 2–4: the allowed battery interval [kW, +discharge], its notes and alarms.
+
+        ``load_kw − pv_kw`` is the measured net load (grid + battery); ``pv_est_kw`` the PV estimate (the
+        measurement plus the probe while PV sits at its limit). With PV missing: grid + battery, 0, 0. [kW]
+        ``export_margin_kw`` is kept above the export cap [kW]; without ``swing_known`` the battery does
+        not discharge beyond what the import cap needs.
+        """
         s, bat, grid = self.settings, self.battery, self.grid
-        grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
-        soc = float(inputs.soc_pct)
-        load_kw = grid_kw + pv_kw + battery_kw
-        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
-        expired = target is not None and target.expires_at is not None and now >= target.expires_at
-        if expired:
-            target = None
-        self._update_hysteresis(soc, target)
+        soc = float(inputs.soc_pct)  # type: ignore[arg-type]
         notes: list[BoundNote] = []
         alarms: list[str] = []
 
         # 2. PCS nameplate, BMS allowance, SOC window with hysteresis.
         lo, hi = -bat.max_charge_kw, bat.max_discharge_kw
         notes.append(BoundNote("pcs", lo, hi, "PCS nameplate"))
-        bms_lo = -max(0.0, float(inputs.bms_max_charge_kw))
-        bms_hi = max(0.0, float(inputs.bms_max_discharge_kw))
+        bms_lo = -max(0.0, float(inputs.bms_max_charge_kw))  # type: ignore[arg-type]
+        bms_hi = max(0.0, float(inputs.bms_max_discharge_kw))  # type: ignore[arg-type]
         if bms_lo > lo or bms_hi < hi:
             lo, hi = max(lo, bms_lo), min(hi, bms_hi)
             notes.append(BoundNote("bms", lo, hi, "BMS allowance"))
@@ -410,10 +565,73 @@ class Dispatcher:
                     alarms.append(Alarm.IMPORT_CAP_UNHELD.value)
 
         # 4. Export cap: discharge at most this much (negative: charge at least this much).
-        allow = load_kw - pv_est + grid.export_cap_kw - s.export_margin_kw
+        allow = load_kw - pv_est_kw + grid.export_cap_kw - export_margin_kw
         if allow < hi:
             hi = max(allow, lo)
-            notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW"))
+            swing = f" (margin {export_margin_kw:.0f} kW: load swing)" if export_margin_kw > s.export_margin_kw else ""
+            notes.append(BoundNote("export_cap", lo, hi, f"hold export under {grid.export_cap_kw:g} kW{swing}"))
+        if not swing_known and hi > max(lo, 0.0):
+            hi = max(lo, 0.0)
+            notes.append(BoundNote("export_cap", lo, hi, f"load swing not known yet (watched < "
+                                                         f"{s.load_swing_window_s:g} s): no discharge for the load"))
+        return lo, hi, notes, alarms
+
+    @staticmethod
+    def _setter(notes: list[BoundNote], want: float, lo: float, hi: float, reason: str) -> str:
+        """The reason code: the step that set the bound ``want`` was clamped to (bounds only narrow: first = setter)."""
+        if want < lo:
+            return next(n.step for n in notes if n.lo_kw == lo)
+        if want > hi:
+            return next(n.step for n in notes if n.hi_kw == hi)
+        return reason
+
+    def _pv_missing(self, inputs: DispatchInputs, missing: tuple[str, ...], now: datetime) -> Decision:
+        """PV missing, meter and battery fine: the battery holds the caps (idle target), PV at the safe limit."""
+        grid_kw, battery_kw = float(inputs.grid_kw), float(inputs.battery_kw)  # type: ignore[arg-type]
+        self._update_hysteresis(float(inputs.soc_pct), None)  # type: ignore[arg-type]
+        lo, hi, notes, alarms = self._battery_bounds(inputs, grid_kw + battery_kw, 0.0, 0.0,
+                                                     self.settings.export_margin_kw)
+        setpoint = min(max(0.0, lo), hi)
+        reason = self._setter(notes, 0.0, lo, hi, "pv_missing")
+        self._pv_limit_kw = self._safe_pv_limit_kw()
+        self._remember_battery(inputs, setpoint, now)
+        data = BoundNote("data", lo, hi, "missing: " + ", ".join(missing) + "; the battery holds the caps")
+        return Decision(
+            battery_setpoint_kw=setpoint, pv_limit_kw=self._pv_limit_kw, pv_limit_pct=self._pct(self._pv_limit_kw),
+            safe=True, source="safe", follow=None, load_kw=None,
+            expected_grid_kw=grid_kw + battery_kw - setpoint, bounds=(data, *notes),
+            alarms=(Alarm.DATA_MISSING.value, *alarms), reason=reason)
+
+    def step(self, inputs: DispatchInputs, target: Target | None, now: datetime) -> Decision:
+        """Run the chain for one cycle.
+
+        Parameters
+        ----------
+        inputs : DispatchInputs
+            This cycle's measurements.
+        target : Target | None
+            What the plan or mode wants; ``None`` (or expired at ``now``) idles the battery.
+        now : datetime
+            Site time of the snapshot (UTC), for target expiry and the battery's reversion timer.
+        """
+        missing = inputs.missing()
+        if missing:
+            if inputs.grid_kw is None or (inputs.pv_kw is None and inputs.battery_missing):
+                return self._safe(inputs, missing, now)
+            if inputs.battery_missing:
+                return self._battery_missing(inputs, missing, now)
+            return self._pv_missing(inputs, missing, now)
+        grid = self.grid
+        grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
+        soc = float(inputs.soc_pct)
+        load_kw = grid_kw + pv_kw + battery_kw
+        pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
+        expired = target is not None and target.expires_at is not None and now >= target.expires_at
+        if expired:
+            target = None
+        self._update_hysteresis(soc, target)
+        margin_kw, swing_known = self._export_margin_kw(load_kw, now)
+        lo, hi, notes, alarms = self._battery_bounds(inputs, load_kw, pv_kw, pv_est, margin_kw, swing_known)
 
         # 5. The plan's or the mode's target.
         follow: str | None = None
@@ -428,13 +646,10 @@ class Dispatcher:
                 want = 0.0
                 notes.append(BoundNote("reserve", lo, hi, f"operator reserve {target.reserve_soc_pct:g} %"))
         setpoint = min(max(want, lo), hi)
-        if want < lo:
-            reason = next(n.step for n in notes if n.lo_kw == lo)  # bounds only narrow: first = setter
-        elif want > hi:
-            reason = next(n.step for n in notes if n.hi_kw == hi)
+        reason = self._setter(notes, want, lo, hi, reason)
 
         # PV limit: curtail what neither the load, the battery nor the export cap can take.
-        limit_kw = load_kw - setpoint + grid.export_cap_kw - s.export_margin_kw
+        limit_kw = load_kw - setpoint + grid.export_cap_kw - margin_kw
         if limit_active or pv_est > limit_kw:
             new_limit: float | None = max(0.0, limit_kw)
             if new_limit >= self.pv_rated_kw:
@@ -444,6 +659,7 @@ class Dispatcher:
         if new_limit is not None:
             notes.append(BoundNote("pv_limit", lo, hi, f"PV limited to {new_limit:.1f} kW"))
         self._pv_limit_kw = new_limit
+        self._remember_battery(inputs, setpoint, now)
         pv_after = pv_est if new_limit is None else min(pv_est, new_limit)
         return Decision(
             battery_setpoint_kw=setpoint, pv_limit_kw=new_limit, pv_limit_pct=self._pct(new_limit), safe=False,

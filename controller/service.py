@@ -2,7 +2,9 @@
 
 Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 
-1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`;
+1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
+   (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
+   device-health alarms raised and cleared);
 2. account energy, money and the demand peak; feed the forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
@@ -48,8 +50,9 @@ from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import DemandTracker, EnergyCounters, StateStore
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
+from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
-from drivers.profile import load_profile
+from drivers.profile import Profile, load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
@@ -72,12 +75,24 @@ MAX_ACCOUNTED_GAP_CYCLES = 5
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
                   pool: ConnectionPool) -> dict[Role, ModbusDevice]:
-    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file."""
+    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file.
+
+    Each device's deadline comes from its own settings and the control cycle in physical seconds
+    (``DeviceConfig.deadline``)."""
     devices = {}
+    cycle_s = config.control.cycle_s / clock.speed
     for cfg in config.devices:
         path = resolve_profile(cfg.profile, config_path.resolve().parent)
-        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock)
+        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
+                                         deadline_s=cfg.deadline(cycle_s))
     return devices
+
+
+def reversion_s(profile: Profile) -> float | None:
+    """The battery's own fallback timer as the profile's ``remote_control.enter`` sets it (``setpoint_reversion_s``,
+    SunSpec 704 ``WSetRvrtTms``; 0 disables it there) [s]; ``None`` if it sets none."""
+    steps = profile.remote_control.enter if profile.remote_control is not None else []
+    return next((step.value or None for step in steps if step.point == "setpoint_reversion_s"), None)
 
 
 class Controller:
@@ -110,7 +125,10 @@ class Controller:
         self.bus = Bus()
         self.notify = notify or SdNotify()
         self.store = StateStore(state_path, now)
-        self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw)
+        self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
+                                     battery_reversion_s=reversion_s(self.devices[Role.BATTERY].profile))
+        self.validator = Validator.from_config(config)
+        self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
         self.forecasts = forecasts or MeasuredForecasts(
@@ -308,27 +326,35 @@ class Controller:
         return None
 
     async def _write(self, decision: Decision, now: datetime) -> None:
+        """Setpoints and heartbeats, all devices at once, each write within its device's deadline: a slow
+        battery never delays the PV limit."""
         ctl = self.config.control
         results = await asyncio.gather(
             self._write_point(Role.BATTERY, "battery_setpoint_kw", round(decision.battery_setpoint_kw, 1),
                               ctl.write_deadband_kw),
             self._write_point(Role.PV_INVERTER, "pv_limit_pct", round(decision.pv_limit_pct, 1),
                               ctl.pv_write_deadband_pct),
-            *(d.heartbeat() for d in self.devices.values()))
+            *(d.heartbeat() for d in self.devices.values() if d.online is True))
         errors = {f"write_failed:{role.value}": msg for role, msg in zip((Role.BATTERY, Role.PV_INVERTER),
                                                                           results[:2], strict=True) if msg}
         self._set_alarms(errors, ("write_failed:",), now)
 
     async def _remote_control(self) -> None:
-        """Enter remote control on devices that just came online (at start, and after an outage)."""
+        """Enter remote control on devices that just came online (at start, and after an outage), all at once.
+
+        A sequence cut short because the device stopped answering in time leaves it offline, so the
+        sequence runs again when the device is back."""
+
+        async def enter(role: Role, device: ModbusDevice) -> None:
+            for result in await device.enter_remote_control():
+                if not result.ok:
+                    log.error("device %s: remote control not entered: %s", device.name, result.detail)
+            self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
+
+        await asyncio.gather(*(enter(role, d) for role, d in self.devices.items()
+                               if d.online and not self._online[role]))
         for role, device in self.devices.items():
-            online = device.online
-            if online and not self._online[role]:
-                for result in await device.enter_remote_control():
-                    if not result.ok:
-                        log.error("device %s: remote control not entered: %s", device.name, result.detail)
-                self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
-            self._online[role] = online
+            self._online[role] = device.online
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""
@@ -336,6 +362,9 @@ class Controller:
         snap = await read_snapshot(list(self.devices.values()), self.clock)
         t_read = time.perf_counter()
         now = snap.ts
+        written = self._written.get("battery_setpoint_kw")
+        snap, health, self.validation = self.validator.check(snap, written[0] if written else None)
+        self._set_alarms(health, ALARM_PREFIXES, now)
         await self._remote_control()
         self.snapshot = snap
         self._account(snap, now)
@@ -415,6 +444,7 @@ class Controller:
             "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
                        "interval_avg_kw": self.demand.current_average_kw()},
             "alarms": sorted(self.alarms),
+            "validation": self.validation.to_dict(),
             "solver": solver,
             "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
         }

@@ -1,9 +1,12 @@
 """One frozen view of the site per cycle: every device read concurrently, every point with its quality.
 
 The cycle reads all devices at once into a :class:`Snapshot` and works only from it, so no value
-changes while the limits chain runs (OpenEMS's process image). A device whose poll fails or raises
-contributes its role's points as *missing*; a reading older than the device's ``max_age_s`` is
-*stale*. Missing is ``None``, never 0.
+changes while the limits chain runs (OpenEMS's process image). Each device's poll has its own
+deadline (``drivers.device``: a poll that misses it returns every point *missing*, "no answer within
+… s"), so the snapshot is ready when the slowest deadline expires at the latest and one slow device
+never holds up the others' readings. A device whose poll fails, raises or misses its deadline counts
+as not ok (``device_ok``, ``device_errors``) and contributes its points as *missing*; a reading older
+than the device's ``max_age_s`` is *stale*. Missing is ``None``, never 0.
 
 The site load is derived, not measured: ``load_kw = grid_kw + pv_kw + battery_kw`` (grid + import,
 battery + discharge; docs/conventions.md), ``None`` if any of the three is missing.
@@ -30,7 +33,19 @@ class Pollable(Protocol):
 
     config: DeviceConfig
 
-    async def poll(self) -> dict[str, Reading]: ...
+    async def poll(self) -> dict[str, Reading]:
+        """The device's readings, within its own deadline."""
+        ...
+
+    @property
+    def online(self) -> bool | None:
+        """False when the last poll got no answer (in time)."""
+        ...
+
+    @property
+    def last_error(self) -> str:
+        """Why it is not online."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,9 +59,10 @@ class Snapshot:
     readings : Mapping[str, Reading]
         Canonical point name → reading, for every point of every configured device's role.
     device_ok : Mapping[str, bool]
-        Device name → whether its poll returned (individual points may still be missing).
+        Device name → whether it answered this poll within its deadline (individual points may still be
+        missing).
     device_errors : Mapping[str, str]
-        Device name → why the poll failed (only failed devices).
+        Device name → why the poll failed (only failed devices), e.g. "no answer within 0.4 s".
     """
 
     ts: datetime
@@ -90,7 +106,7 @@ def _all_missing(config: DeviceConfig, ts: datetime, detail: str) -> dict[str, R
 
 
 async def read_snapshot(devices: Sequence[Pollable], clock: Clock) -> Snapshot:
-    """Poll every device concurrently and freeze the result."""
+    """Poll every device concurrently (each within its own deadline) and freeze the result."""
     ts = clock.now()
     results = await asyncio.gather(*(d.poll() for d in devices), return_exceptions=True)
     readings: dict[str, Reading] = {}
@@ -106,6 +122,8 @@ async def read_snapshot(devices: Sequence[Pollable], clock: Clock) -> Snapshot:
             errors[cfg.name] = f"{type(result).__name__}: {result}"
             readings.update(_all_missing(cfg, ts, errors[cfg.name]))
             continue
-        ok[cfg.name] = True
+        ok[cfg.name] = device.online is not False
+        if not ok[cfg.name]:
+            errors[cfg.name] = device.last_error
         readings.update({name: r.aged(now, cfg.max_age_s) for name, r in result.items()})
     return Snapshot(ts, MappingProxyType(readings), MappingProxyType(ok), MappingProxyType(errors))

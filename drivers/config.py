@@ -17,6 +17,12 @@ from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
+DEADLINE_SHARE_OF_CYCLE = 0.4
+"""Default share of the control cycle one device operation may take: a read and a write per cycle. [-]"""
+MIN_DEFAULT_DEADLINE_S = 0.25
+"""Floor of the default deadline: a loopback or LAN Modbus exchange on a busy host fits in it (an accelerated
+simulation's cycle can be far shorter in physical time). [s]"""
+
 
 class TcpEndpoint(BaseModel):
     """Modbus TCP server (a device or a TCP-to-RS485 gateway)."""
@@ -51,6 +57,8 @@ class DeviceConfig(BaseModel):
     Devices behind one endpoint share its connection; that connection uses the largest ``timeout_s``
     and ``min_request_gap_s`` of its devices. Back-off (``backoff_initial_s`` doubling up to
     ``backoff_max_s``) is per device, so one dead unit id does not hold up its neighbours for long.
+    Every poll, write and heartbeat of the device must finish within its deadline (:meth:`deadline`),
+    or the cycle goes on without it.
     """
 
     model_config = _STRICT
@@ -67,12 +75,29 @@ class DeviceConfig(BaseModel):
     max_age_s: float = Field(5.0, gt=0, description="readings older than this are stale [s]")
     max_registers_per_read: int | None = Field(None, ge=1, le=125,
                                                description="lower the profile's limit for this device")
+    deadline_s: float | None = Field(None, gt=0, description="time one poll or one write of this device may "
+                                     "take before the cycle goes on without it [s]; default: see deadline()")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> DeviceConfig:
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError("backoff_initial_s is above backoff_max_s")
         return self
+
+
+    def deadline(self, cycle_s: float | None = None) -> float:
+        """Time one poll or one write of this device may take. [s, physical time]
+
+        ``deadline_s`` if set. Otherwise the transport's own bound, ``timeout_s × (retries + 1)``, and
+        with a control cycle of ``cycle_s`` physical seconds at most :data:`DEADLINE_SHARE_OF_CYCLE` of
+        it (so a read and a write fit in one cycle), but never below :data:`MIN_DEFAULT_DEADLINE_S`.
+        """
+        if self.deadline_s is not None:
+            return self.deadline_s
+        bound = self.timeout_s * (self.retries + 1)
+        if cycle_s is None:
+            return bound
+        return min(bound, max(DEADLINE_SHARE_OF_CYCLE * cycle_s, MIN_DEFAULT_DEADLINE_S))
 
 
 class DevicesFile(BaseModel):

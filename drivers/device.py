@@ -10,6 +10,15 @@ Reads are grouped into blocks (same function table and ``block`` label, at most
 not answer is skipped (all readings MISSING "backing off") until its back-off expires: the wait
 starts at ``backoff_initial_s`` and doubles up to ``backoff_max_s``, in site time (the injected clock).
 Loss and recovery are logged once, on the transition.
+
+Every poll, write (with its read-back), remote-control step and heartbeat must finish within the
+device's deadline (``deadline_s``, physical seconds; ``DeviceConfig.deadline``). One that does not is
+cancelled where it stands (the transport drops the connection, so a late reply cannot reach a later
+request; time the event loop itself stood still is not counted, ``drivers.deadline``), the device
+counts as unreachable and backs off, and a poll returns every point MISSING with
+the detail "no answer within … s". Nothing of a late operation runs on into the next cycle, so
+requests never pile up on a slow device. A device counts as recovered (and "recovered" is logged) only
+after a whole poll answered within the deadline.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from drivers.config import DeviceConfig
+from drivers.deadline import within
 from drivers.profile import (
     PROFILE_DIR,
     Decoded,
@@ -115,10 +125,13 @@ class _Health:
 class ModbusDevice:
     """A device described by a profile, reached over a shared :class:`Connection`."""
 
-    def __init__(self, config: DeviceConfig, profile: Profile, connection: Connection, clock: Clock):
+    def __init__(self, config: DeviceConfig, profile: Profile, connection: Connection, clock: Clock,
+                 deadline_s: float | None = None):
         if config.role not in profile.roles:
             raise ValueError(f"{config.name}: profile {profile.name} does not serve role {config.role}")
         self.config = config
+        self.deadline_s = deadline_s if deadline_s is not None else config.deadline()
+        """Time one poll or one write may take (default: ``config.deadline()`` without a cycle). [s, physical]"""
         self.profile = profile
         self.connection = connection
         self.clock = clock
@@ -191,14 +204,27 @@ class ModbusDevice:
             log.warning("device %s recovered after %d failed attempt(s)", self.name, h.failures)
         h.failures, h.online, h.retry_at, h.last_error = 0, True, -math.inf, ""
 
+    @property
+    def _late(self) -> str:
+        return f"no answer within {self.deadline_s:g} s"
+
     async def poll(self) -> dict[str, Reading]:
-        """Read every polled point once; failures are MISSING, out-of-range values IMPLAUSIBLE, never 0."""
+        """Read every polled point once, within the deadline; failures are MISSING, out-of-range values
+        IMPLAUSIBLE, never 0."""
         points = self.polled_points()
         now_mono = self.clock.monotonic()
         if now_mono < self._health.retry_at:
             detail = (f"unreachable ({self._health.last_error}); "
                       f"next attempt in {self._health.retry_at - now_mono:.1f} s")
             return self._remember({n: missing(p.unit, self.clock.now(), detail) for n, p in points.items()})
+        try:
+            return await within(self._poll(points), self.deadline_s)
+        except TimeoutError:
+            self._lost(self._late)
+            now = self.clock.now()
+            return self._remember({n: missing(p.unit, now, self._late) for n, p in self.polled_points().items()})
+
+    async def _poll(self, points: dict[str, Point]) -> dict[str, Reading]:
         if self._unresolved():
             try:
                 await self._resolve()
@@ -210,7 +236,7 @@ class ModbusDevice:
         raw: dict[str, list[int]] = {}
         refused: dict[str, str] = {}
         stamps: dict[str, datetime] = {}
-        answered = False
+        answered = lost = False
         pending = list(self._blocks)
         while pending:
             block = pending.pop(0)
@@ -227,13 +253,14 @@ class ModbusDevice:
                 continue
             except TransportError as exc:
                 self._lost(str(exc))
+                lost = True
                 break
             answered = True
             stamp = self.clock.now()
             for name, address, count in block.members:
                 raw[name] = regs[address - block.address:address - block.address + count]
                 stamps[name] = stamp
-        if answered:
+        if answered and not lost:
             self._answered()
         for name, regs in raw.items():
             if name.startswith(_SF):
@@ -347,22 +374,15 @@ class ModbusDevice:
             return WriteResult(point_name, float(value), target, clamped, False, None, True,
                                (detail + "; " if detail else "") + "unchanged, not re-sent")
         try:
-            if spec.direction is not None:
-                d = spec.direction
-                command = d.positive if target > 0 else d.negative if target < 0 else d.zero
-                cmd_point = self.profile.points[d.point]
-                verified_cmd, why = await self._write_raw(d.point, cmd_point, command)
-                verified, why2 = await self._write_raw(point_name, p, abs(target))
-                verified = None if verified is None and verified_cmd is None else bool(
-                    verified_cmd is not False and verified is not False)
-                why = "; ".join(x for x in (why, why2) if x)
-            else:
-                verified, why = await self._write_raw(point_name, p, target)
-        except (TransportError, DeviceException, ValueError) as exc:
+            verified, why = await within(self._write_point(point_name, p, target), self.deadline_s)
+        except (TransportError, TimeoutError, DeviceException, ValueError) as exc:
+            error = self._late if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, TransportError | TimeoutError):  # no answer: unreachable until a poll answers in time
+                self._lost(error)
             self._health.write_failures += 1
             self._health.written.pop(point_name, None)
             return WriteResult(point_name, float(value), target, clamped, True, None, False,
-                               "; ".join(x for x in (detail, str(exc)) if x))
+                               "; ".join(x for x in (detail, error) if x))
         ok = verified is not False
         if ok:
             self._health.written[point_name] = _Written(target, now)
@@ -373,8 +393,25 @@ class ModbusDevice:
         return WriteResult(point_name, float(value), target, clamped, True, verified, ok,
                            "; ".join(x for x in (detail, why) if x))
 
+    async def _write_point(self, name: str, p: Point, target: float) -> tuple[bool | None, str]:
+        """Write ``target`` to point ``name`` (as direction command + magnitude if it has one); (verified, detail)."""
+        assert p.write is not None
+        if p.write.direction is None:
+            return await self._write_raw(name, p, target)
+        d = p.write.direction
+        command = d.positive if target > 0 else d.negative if target < 0 else d.zero
+        verified_cmd, why = await self._write_raw(d.point, self.profile.points[d.point], command)
+        verified, why2 = await self._write_raw(name, p, abs(target))
+        verified = None if verified is None and verified_cmd is None else bool(
+            verified_cmd is not False and verified is not False)
+        return verified, "; ".join(x for x in (why, why2) if x)
+
     async def enter_remote_control(self) -> list[WriteResult]:
-        """Write the profile's ``remote_control.enter`` sequence (always sent, in order; stops at a failure)."""
+        """Write the profile's ``remote_control.enter`` sequence (always sent, in order; stops at a failure).
+
+        Each step is one write with its own deadline, so the sequence stops at the first step a slow device
+        does not answer in time (the device then counts as unreachable and the sequence is due again when
+        it is back)."""
         return await self._sequence("enter")
 
     async def leave_remote_control(self) -> list[WriteResult]:
@@ -400,10 +437,13 @@ class ModbusDevice:
             return False
         value = hb.value if hb.value is not None else self._heartbeat_count % 0x10000
         try:
-            await self.connection.write(hb.address, [value], self.config.unit_id)
-        except (TransportError, DeviceException) as exc:
+            await within(self.connection.write(hb.address, [value], self.config.unit_id), self.deadline_s)
+        except (TransportError, TimeoutError, DeviceException) as exc:
+            error = self._late if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, TransportError | TimeoutError):
+                self._lost(error)
             self._health.write_failures += 1
-            log.debug("device %s: heartbeat failed: %s", self.name, exc)
+            log.debug("device %s: heartbeat failed: %s", self.name, error)
             return False
         self._heartbeat_count += 1
         self._heartbeat_at = now

@@ -10,6 +10,16 @@ background on a schedule of its own; here its reconnect is switched off and the 
 connects again, under the lock, when the next request finds it down. Waiting between attempts on a
 dead device is the *device's* back-off (``drivers.device``), never a sleep under this lock.
 
+A late reply is never taken for a newer request. pymodbus 3.16 matches a TCP reply to the one request
+in flight by transaction id (``FramerBase.handleFrame`` skips other ids), but that only helps if the
+peer labels its replies honestly: pymodbus's own server (``ServerRequestHandler.handle_request``) stamps
+a reply with the id of the *latest* request received on the connection, so a reply to a request the
+client gave up on arrives carrying the id of the next one; RTU has no transaction id at all. So an
+attempt that gets no answer in time (or is cancelled by the caller's deadline while on the wire) drops
+the connection, and the next attempt or request goes out on a fresh one where no late reply can
+arrive; and every reply is checked against its request (function code, register count, echoed
+address) before it is used: a reply that does not match drops the connection too.
+
 Bus pacing and timeouts are physical time (the event loop's clock), not site time.
 """
 
@@ -18,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pymodbus import ModbusException
@@ -40,6 +51,36 @@ class DeviceException(Exception):
     def __init__(self, code: int, what: str):
         self.code = code
         super().__init__(f"{what}: Modbus exception code {code}")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the reply to a request must look like: its function code, and what a read returns or a write echoes.
+
+    ``count`` is the number of registers a read returns (function 3/4) or a multiple write echoes (16);
+    ``address`` is echoed by writes (6, 16). The value a single write echoes is not compared: devices that
+    clamp a value echo the clamped one, and the write's read-back judges the value.
+    """
+
+    function_code: int
+    count: int | None = None
+    address: int | None = None
+
+    def mismatch(self, response: ModbusPDU) -> str:
+        """Why ``response`` cannot be the reply to this request ('' if it can)."""
+        code = response.function_code & 0x7F
+        if code != self.function_code:
+            return f"function {code}, expected {self.function_code}"
+        if response.isError():
+            return ""
+        if self.function_code in (3, 4):
+            got = len(response.registers)
+            return "" if got == self.count else f"{got} registers, expected {self.count}"
+        if response.address != self.address:
+            return f"address {response.address}, expected {self.address}"
+        if self.function_code == 16 and response.count != self.count:
+            return f"count {response.count}, expected {self.count}"
+        return ""
 
 
 class Connection:
@@ -80,17 +121,25 @@ class Connection:
     async def _ensure_connected(self) -> None:
         if self.connected:
             return
-        if self._client is not None:
-            self._client.close()
+        self._drop()
         self._client = self._new_client()
         try:
             ok = await asyncio.wait_for(self._client.connect(), timeout=self.timeout_s * 2)
         except (TimeoutError, OSError, ModbusException) as exc:
             ok = False
             log.debug("connect to %s failed: %r", self.key, exc)
+        except BaseException:  # cancelled by the caller's deadline: leave no half-open client behind
+            self._drop()
+            raise
         if not ok:
-            self._client.close()
+            self._drop()
             raise TransportError(f"cannot connect to {self.key}")
+
+    def _drop(self) -> None:
+        """Close the link (if any); the next request connects afresh, so no late reply can reach it."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,10 +147,11 @@ class Connection:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _call(self, what: str, send: Callable[[Any], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Send one request with retries under the lock; TransportError if no answer, DeviceException if refused."""
+    async def _call(self, what: str, expected: Expected, send: Callable[[Any], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Send one request with retries under the lock; TransportError if no (matching) answer, DeviceException
+        if refused. An attempt without an answer, or with one that is not the reply to it, drops the connection."""
         async with self._lock:
-            last: Exception | None = None
+            last = ""
             for _ in range(self.retries + 1):
                 await self._ensure_connected()
                 await self._pace()
@@ -109,10 +159,20 @@ class Connection:
                 try:
                     response = await send(self._client)
                 except ModbusException as exc:
-                    last = exc
+                    last = str(exc)
+                    self._drop()
                     continue
+                except BaseException:  # cancelled by the caller's deadline while the request is on the wire
+                    self._drop()
+                    raise
                 finally:
                     self._last_done = asyncio.get_running_loop().time()
+                mismatch = expected.mismatch(response)
+                if mismatch:
+                    last = f"reply does not match the request ({mismatch}); connection dropped"
+                    log.warning("%s on %s: %s", what, self.key, last)
+                    self._drop()
+                    continue
                 if response.isError():
                     raise DeviceException(getattr(response, "exception_code", 0), what)
                 return response
@@ -122,20 +182,17 @@ class Connection:
         """Read ``count`` registers from ``address`` of table ``function`` of device ``unit_id``."""
         what = f"read {function} {address}+{count} unit {unit_id}"
         if function is Function.HOLDING:
-            response = await self._call(what, lambda c: c.read_holding_registers(address, count=count,
-                                                                                   device_id=unit_id))
+            response = await self._call(what, Expected(3, count=count),
+                                        lambda c: c.read_holding_registers(address, count=count, device_id=unit_id))
         else:
-            response = await self._call(what, lambda c: c.read_input_registers(address, count=count,
-                                                                                 device_id=unit_id))
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise DeviceException(0, f"{what}: got {len(registers)} registers")
-        return registers
+            response = await self._call(what, Expected(4, count=count),
+                                        lambda c: c.read_input_registers(address, count=count, device_id=unit_id))
+        return list(response.registers)
 
     async def read_holding_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> ModbusPDU:
         """pymodbus-style read (an exception response is returned, not raised), for ``drivers.sunspec.discover``."""
         try:
-            return await self._call(f"read holding {address}+{count} unit {device_id}",
+            return await self._call(f"read holding {address}+{count} unit {device_id}", Expected(3, count=count),
                                     lambda c: c.read_holding_registers(address, count=count, device_id=device_id))
         except DeviceException as exc:
             return ExceptionResponse(3, exc.code, device_id=device_id)
@@ -144,14 +201,14 @@ class Connection:
         """Write holding registers: one register with function 6, several with function 16."""
         what = f"write {address}+{len(registers)} unit {unit_id}"
         if len(registers) == 1:
-            await self._call(what, lambda c: c.write_register(address, registers[0], device_id=unit_id))
+            await self._call(what, Expected(6, address=address),
+                             lambda c: c.write_register(address, registers[0], device_id=unit_id))
         else:
-            await self._call(what, lambda c: c.write_registers(address, registers, device_id=unit_id))
+            await self._call(what, Expected(16, address=address, count=len(registers)),
+                             lambda c: c.write_registers(address, registers, device_id=unit_id))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._drop()
 
 
 class ConnectionPool:

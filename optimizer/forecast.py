@@ -23,6 +23,7 @@ import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
+from optimizer.forecast_quantiles import DEFAULT_LEVELS, ErrorQuantiles
 from optimizer.site import PVSpec, SiteInfo
 from optimizer.solar import ClearSkyCache, clear_sky_pv_kw, clear_sky_pv_kw_isolated
 from optimizer.timegrid import TimeGrid
@@ -38,6 +39,10 @@ DAYLIGHT_SHARE = 0.05
 """PV clearness counts the intervals whose clear-sky power exceeds this share of the AC limit (daylight). [-]"""
 MIN_WINDOW_H = 0.25
 """A clearness window needs at least this much daylight clear-sky energy, in hours at the AC limit. [h]"""
+
+PV_QUANTILE_WIDEN = 1.2
+"""Widening of the PV error quantiles about their median (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`),
+calibrated for P10..P90 coverage of 80 % on days 30–150 of the Nam Cau Kien synthetic year (docs/data.md). [-]"""
 
 WEEKDAY, SATURDAY, SUNDAY_HOLIDAY = 0, 1, 2
 
@@ -265,6 +270,7 @@ class PVForecaster:
         self._reader = _HistoryReader()
         self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
         self._sums = _DaylightSums()
+        self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
 
     @property
     def look_back_ns(self) -> int:
@@ -344,6 +350,32 @@ class PVForecaster:
             k_days = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
         k = k_days if k_recent is None else k_days + (k_recent - k_days) * _decay(grid, t0, self.decay_hours)
         return np.minimum(clear * k, self.pv.ac_limit_kw)
+
+    def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
+                  levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
+        """Quantile forecasts of PV AC power per grid step (P10/P50/P90 by default).
+
+        The point forecast plus the empirical quantiles of this forecaster's own errors over the last 14 days,
+        measured in clear-sky units (error / clear-sky power, daylight only), pooled by lead time and widened by
+        :data:`PV_QUANTILE_WIDEN` (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`); so at night every
+        quantile is 0 and around a clear noon the band is widest. The point forecast (:meth:`forecast`) is
+        unchanged; nothing of this runs unless called. Shape ``(len(levels), len(grid))``, each in [0, AC limit],
+        non-decreasing along the levels. [kW]
+        """
+        if self._quantiles is None:
+            self._quantiles = ErrorQuantiles(self.forecast, scale=self.clear_sky_kw, upper=self.pv.ac_limit_kw,
+                                             min_scale=DAYLIGHT_SHARE * self.pv.ac_limit_kw, widen=PV_QUANTILE_WIDEN)
+        point = self.forecast(grid, history)
+        if self.pv.ac_limit_kw <= 0:
+            return np.zeros((len(levels), len(grid)))
+        ns, values = self._reader.read(history)
+        return self._quantiles.quantiles(grid, history, ns, values, point, levels)
+
+    def clear_sky_kw(self, grid: TimeGrid) -> np.ndarray:
+        """Clear-sky AC power per grid step, from the lattice cache the forecasts use. [kW]"""
+        cache = self._cache(_grid_step_minutes(grid))
+        first = _lattice_start(grid, cache.step_ns)
+        return cache.at(grid.starts_ns, grid.duration_h) if first is None else cache.span(first, len(grid))
 
     def _clearness_direct(self, ns: np.ndarray, values: np.ndarray, clear_all: np.ndarray, step_h: float,
                           t0: int) -> tuple[float | None, float | None]:
@@ -456,6 +488,7 @@ class LoadForecaster:
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
         #: The last profile and what it was built from: (step minutes, timestamps, lo, hi, values or None, profile).
         self._profile: tuple | None = None
+        self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
 
     @property
     def look_back_ns(self) -> int:
@@ -518,6 +551,21 @@ class LoadForecaster:
         error = float(misses.sum()) / len(misses)  # their mean
         out = profile[grid_keys] + error * _decay(grid, last_ns, self.decay_hours)
         return np.maximum(out, 0.0)
+
+    def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
+                  levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
+        """Quantile forecasts of site load per grid step (P10/P50/P90 by default).
+
+        The point forecast plus the empirical quantiles of this forecaster's own errors [kW] over the last 14
+        days, pooled by lead time (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`). The point forecast
+        (:meth:`forecast`) is unchanged; nothing of this runs unless called. Shape ``(len(levels), len(grid))``,
+        each ≥ 0, non-decreasing along the levels. [kW]
+        """
+        if self._quantiles is None:
+            self._quantiles = ErrorQuantiles(self.forecast)
+        point = self.forecast(grid, history)
+        ns, values = self._reader.read(history)
+        return self._quantiles.quantiles(grid, history, ns, values, point, levels)
 
     def _profile_of(self, calendar: _Calendar, step_minutes: int, ns: np.ndarray, values: np.ndarray,
                     keys: np.ndarray, lo: int, hi: int, append_only: bool) -> np.ndarray:

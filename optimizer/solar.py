@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from optimizer.site import PVSpec, SiteInfo
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 HAI_PHONG_MONTHLY_KWH_PER_KWP: tuple[float, ...] = (53, 45, 36, 62, 115, 131, 150, 119, 109, 111, 105, 80)
 """Hai Phong fixed-tilt specific yield per month Jan..Dec, Global-Solar-Atlas derived (1,116 per year);
-shared/reference/vietnam-energy.md §4. Use only the shape and scale the total (1,100 central, 950 pessimistic).
+docs/sources.md §4. Use only the shape and scale the total (1,100 central, 950 pessimistic).
 [kWh/kWp]"""
 
 AMBIENT_TEMPERATURE_C = 28.0
@@ -83,12 +84,47 @@ def clear_sky_pv_kw(starts: pd.DatetimeIndex, duration_h: float | np.ndarray, si
         solpos = location.get_solarposition(times)
         clearsky = location.get_clearsky(times, model="ineichen", solar_position=solpos)
         dni_extra = pvlib.irradiance.get_extra_radiation(times)
+    poa_global = plane_of_array_w_m2(pv, solpos, clearsky["dni"], clearsky["ghi"], clearsky["dhi"], dni_extra)
+    return ac_power_kw(poa_global, pv)
+
+
+def plane_of_array_w_m2(pv: PVSpec, solpos: pd.DataFrame, dni: ArrayLike, ghi: ArrayLike, dhi: ArrayLike,
+                        dni_extra: ArrayLike) -> np.ndarray:
+    """Global irradiance on the plane of the array (Hay–Davies transposition), NaN → 0, never negative. [W/m²]
+
+    ``solpos`` is pvlib's solar position (``apparent_zenith``, ``azimuth`` [deg]); ``dni``, ``ghi``, ``dhi`` and
+    the extraterrestrial ``dni_extra`` per interval [W/m²]."""
+    import pvlib  # see the module docstring
+
     poa = pvlib.irradiance.get_total_irradiance(
         pv.tilt_deg, pv.azimuth_deg, solpos["apparent_zenith"], solpos["azimuth"],
-        clearsky["dni"], clearsky["ghi"], clearsky["dhi"], dni_extra=dni_extra, model="haydavies")
-    poa_global = np.nan_to_num(np.asarray(poa["poa_global"], dtype=float), nan=0.0).clip(min=0.0)
-    temp_cell = pvlib.temperature.faiman(poa_global, AMBIENT_TEMPERATURE_C, WIND_SPEED_M_S)
-    pdc = pvlib.pvsystem.pvwatts_dc(poa_global, temp_cell, pv.kwp, GAMMA_PDC_PER_C)
+        dni, ghi, dhi, dni_extra=dni_extra, model="haydavies")
+    return np.nan_to_num(np.asarray(poa["poa_global"], dtype=float), nan=0.0).clip(min=0.0)
+
+
+def ac_power_kw(poa_global_w_m2: np.ndarray, pv: PVSpec, temp_air_c: ArrayLike = AMBIENT_TEMPERATURE_C,
+                wind_speed_m_s: ArrayLike = WIND_SPEED_M_S) -> np.ndarray:
+    """AC power of the PV system from plane-of-array irradiance: Faiman cell temperature → PVWatts DC
+    (:data:`GAMMA_PDC_PER_C`) × (1 − ``losses_pct``) → PVWatts inverter (:data:`INVERTER_EFFICIENCY` nominal)
+    clipped at the AC limit.
+
+    Parameters
+    ----------
+    poa_global_w_m2 : numpy.ndarray
+        Global plane-of-array irradiance per interval. [W/m²]
+    pv : PVSpec
+    temp_air_c, wind_speed_m_s : float or numpy.ndarray
+        Ambient temperature [°C] and wind speed [m/s] (default: the constants of this module).
+
+    Returns
+    -------
+    numpy.ndarray
+        AC power per interval in [0, ``pv.ac_limit_kw``]. [kW]
+    """
+    import pvlib  # see the module docstring
+
+    temp_cell = pvlib.temperature.faiman(poa_global_w_m2, temp_air_c, wind_speed_m_s)
+    pdc = pvlib.pvsystem.pvwatts_dc(poa_global_w_m2, temp_cell, pv.kwp, GAMMA_PDC_PER_C)
     pdc = np.asarray(pdc, dtype=float) * (1.0 - pv.losses_pct / 100.0)
     pac = pvlib.inverter.pvwatts(pdc, pv.ac_limit_kw / INVERTER_EFFICIENCY, INVERTER_EFFICIENCY)
     return np.clip(np.nan_to_num(np.asarray(pac, dtype=float), nan=0.0), 0.0, pv.ac_limit_kw)

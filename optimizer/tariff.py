@@ -124,14 +124,15 @@ class Tariff:
         self._windows = np.zeros((len(spec.schedules), len(DAY_TYPES), MINUTES_PER_DAY), dtype=np.int16)
         for s, schedule in enumerate(spec.schedules):
             for d, day_type in enumerate(DAY_TYPES):
-                for w in getattr(schedule, day_type):
+                # Without holiday windows no day is classed a holiday (holidays priced as their weekday).
+                for w in getattr(schedule, day_type) or schedule.mon_sat:
                     self._windows[s, d, w.start:w.end] = index[w.period]
         self._prices = np.array([[e.prices[p] for p in self.periods] for e in spec.energy_prices], dtype=float)
         self._vat = np.array([v.rate for v in spec.vat], dtype=float)
         self._export_price = np.array([x.price_per_kwh for x in spec.export], dtype=float)
         # Window start minutes of every schedule and day type, plus 1440 [min]: steps cut there never straddle.
         self.edges_min = np.array(sorted({w.start for schedule in spec.schedules for d in DAY_TYPES
-                                          for w in getattr(schedule, d)} | {MINUTES_PER_DAY}), dtype=np.int64)
+                                          for w in getattr(schedule, d) or ()} | {MINUTES_PER_DAY}), dtype=np.int64)
 
     @property
     def name(self) -> str:
@@ -200,14 +201,20 @@ class SiteTariff:
         source = tariff.spec.holidays
         self.calendar = HolidayCalendar(source.country if source else None,
                                         source.subdivision if source else None, extra_holidays)
+        """The site's public holidays (country and extra days), whatever their pricing."""
+        self._pricing_calendar = (self.calendar if tariff.spec.holiday_pricing == "holiday_windows"
+                                  else HolidayCalendar(None))
 
     @property
     def currency(self) -> str:
         return self.tariff.currency
 
     def local(self, starts: pd.DatetimeIndex) -> LocalSteps:
-        """Local day, minute, day type and billing month of each step start."""
-        return local_steps(starts, self.timezone, self.calendar)
+        """Local day, minute, day type and billing month of each step start.
+
+        The day type is the one the tariff prices by: with ``holidays.pricing: day_of_week`` a public holiday
+        is its weekday (``mon_sat`` or ``sunday``)."""
+        return local_steps(starts, self.timezone, self._pricing_calendar)
 
     def _local_day(self, at: datetime) -> date:
         stamp = pd.Timestamp(at)
@@ -258,7 +265,7 @@ class SiteTariff:
                             vat_rate=per_step(vat), period_share=share, import_price_by_period=by_period)
 
     def day_type(self, at: datetime) -> str:
-        """``mon_sat``, ``sunday`` or ``holiday`` for the local day of ``at``."""
+        """``mon_sat``, ``sunday`` or ``holiday`` as the tariff prices the local day of ``at``."""
         return DAY_TYPES[int(self.local(pd.DatetimeIndex([pd.Timestamp(at)])).day_type[0])]
 
     def vat_rate(self, at: datetime) -> float:

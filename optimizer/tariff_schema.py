@@ -66,12 +66,16 @@ class Window(StrictModel):
 
 
 class Schedule(Dated):
-    """The windows of each day type, in force from ``from``."""
+    """The windows of each day type, in force from ``from``.
+
+    ``holiday`` is required when public holidays have windows of their own (``holidays.pricing:
+    holiday_windows``, the default) and must be left out when they are priced as their day of the week.
+    """
 
     label: str | None = None
     mon_sat: list[Window]
     sunday: list[Window]
-    holiday: list[Window]
+    holiday: list[Window] | None = None
 
 
 class EnergyPrices(Dated):
@@ -104,11 +108,20 @@ class VatRate(Dated):
     rate: float = Field(ge=0, le=1, description="[-] e.g. 0.08 for 8 %")
 
 
+HolidayPricing = Literal["holiday_windows", "day_of_week"]
+"""How a public holiday is priced: ``holiday_windows`` by the schedules' ``holiday`` windows;
+``day_of_week`` like any other day of its weekday (a Monday–Saturday holiday keeps the peak, a Sunday
+holiday is a Sunday), as EVN's text prices it."""
+
+
 class HolidaySource(StrictModel):
-    """Which country's public holidays (python-holidays codes, e.g. VN, JP)."""
+    """Which country's public holidays (python-holidays codes, e.g. VN, JP) and how they are priced."""
 
     country: str
     subdivision: str | None = None
+    pricing: HolidayPricing = Field(default="holiday_windows",
+                                    description="holiday_windows: the schedules' holiday windows; day_of_week: "
+                                                "priced like the same weekday (the site's extra holidays too)")
 
 
 class TariffSpec(StrictModel):
@@ -120,6 +133,11 @@ class TariffSpec(StrictModel):
     sources: list[str] = Field(min_length=1, description="Where the numbers come from")
     notes: str | None = None
     holidays: HolidaySource | None = Field(description="Public-holiday country; null = no public holidays")
+
+    @property
+    def holiday_pricing(self) -> HolidayPricing:
+        """How public holidays (country and site extra days) are priced; no country = by holiday windows."""
+        return self.holidays.pricing if self.holidays is not None else "holiday_windows"
     periods: list[str] = Field(min_length=1, description="Period names used by the windows and prices")
     schedules: list[Schedule] = Field(min_length=1)
     energy_prices: list[EnergyPrices] = Field(min_length=1)
@@ -180,7 +198,15 @@ def check_tariff(spec: TariffSpec) -> list[FieldError]:
         errors += _check_dates(getattr(spec, field), field)
     for i, schedule in enumerate(spec.schedules):
         for day_type in DAY_TYPES:
-            errors += _check_day(getattr(schedule, day_type), f"schedules[{i}].{day_type}", periods)
+            windows = getattr(schedule, day_type)
+            if windows is not None:
+                errors += _check_day(windows, f"schedules[{i}].{day_type}", periods)
+        if schedule.holiday is None and spec.holiday_pricing == "holiday_windows":
+            errors.append(FieldError(f"schedules[{i}].holiday", "required: public holidays are priced by their own "
+                                                                "windows (or set holidays.pricing: day_of_week)"))
+        if schedule.holiday is not None and spec.holiday_pricing == "day_of_week":
+            errors.append(FieldError(f"schedules[{i}].holiday", "not used: holidays.pricing is day_of_week (holidays "
+                                                                "are priced like their weekday); remove these windows"))
     for i, entry in enumerate(spec.energy_prices):
         for name in entry.prices:
             if name not in periods:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -17,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 description="Run every strategy of a scenario over its data; write summary.json, "
                                             "the per-step series and report.html.")
     sim.add_argument("scenario", type=Path, help="scenario YAML file")
-    sim.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    sim.add_argument("--out", type=Path, required=True,
+                     help="output directory (created; must not hold a study already unless --force)")
+    sim.add_argument("--force", action="store_true", help="overwrite a study already in --out")
     sim.add_argument("--csv", action="store_true", help="write the series as CSV instead of Parquet")
     _period_options(sim)
     sim.add_argument("--strategies", help=f"comma-separated subset of {', '.join(ALL_STRATEGIES)}")
@@ -32,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sw.add_argument("--battery", required=True, help="battery sizes [kWh]: START:STOP:STEP, a list or one value")
     sw.add_argument("--strategy", default="perfect_foresight", choices=[s for s in ALL_STRATEGIES if s != "pv_only"],
                     help="battery dispatch in every cell (default: perfect_foresight, the upper bound)")
-    sw.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    sw.add_argument("--out", type=Path, required=True,
+                    help="output directory (created; must not hold a sweep already unless --force)")
+    sw.add_argument("--force", action="store_true", help="overwrite a sweep already in --out")
     where = sw.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     where.add_argument("--dask", metavar="ADDRESS", help="dask.distributed scheduler address, e.g. tcp://host:8786")
@@ -62,6 +68,36 @@ def _load(args: argparse.Namespace):
     return out
 
 
+STUDY_FILES = ("summary.json", "report.html", "timeseries.parquet", "timeseries.csv")
+SWEEP_FILES = ("sweep.csv", "sweep.html")
+
+
+def out_problem(out: Path, force: bool, outputs: Sequence[str]) -> str | None:
+    """What is wrong with ``--out`` before a run starts, as one line; None when the run may write there.
+
+    The folder must be (or become) a writable directory, and must not already hold ``outputs`` unless
+    ``force``. The directory is created here, so a run never ends in a write error after minutes of work.
+    """
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    present = [name for name in outputs if (out / name).exists()]
+    if present and not force:
+        return (f"--out {out} already holds a study ({', '.join(present)}); choose another folder or add --force "
+                "to overwrite it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"--out {out} is not writable: {exc.strerror or exc}"
+    return None
+
+
+def _refuse(problem: str) -> int:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+
+
 def _command() -> str:
     return "ems " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "ems"
 
@@ -71,6 +107,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulations.runner import run
 
     scenario = _load(args)
+    problem = out_problem(args.out, args.force, STUDY_FILES)
+    if problem is not None:
+        return _refuse(problem)
     strategies = None
     if args.strategies:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -84,6 +123,8 @@ def _simulate(args: argparse.Namespace) -> int:
     summary = result.summary()
     cur = result.currency
     print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
+    if summary["period"]["warning"]:
+        print(f"warning: {summary['period']['warning']}", file=sys.stderr)
     print(f"{'strategy':20s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback sys':>12s} {'payback bat':>12s}")
     for name, s in summary["strategies"].items():
         e = result.economics.get(name)
@@ -91,20 +132,21 @@ def _simulate(args: argparse.Namespace) -> int:
         pb = e["finance"]["system"]["simple_payback_years"] if e else None
         pbb = e["finance"].get("battery", {}).get("simple_payback_years") if e else None
         print(f"{name:20s} {s['annual_bill']:16,.0f} {saving} {_yr(pb):>12s} {_yr(pbb):>12s}")
-    print(f"({cur} per year; paybacks in years)")
+    print(f"({cur} per year; paybacks in years, — = does not pay back within the study life)")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
 
 
 def _yr(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+    """A payback for the console: "—" when it is never reached (the reason is in summary.json and the report)."""
+    return "—" if value is None else f"{value:.1f}"
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from simulations.sweep import parse_range, sweep, write_sweep
+    from simulations.sweep import parse_range, period_warning, sweep, write_sweep
 
     scenario = _load(args)
     try:
@@ -112,6 +154,9 @@ def _sweep(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    problem = out_problem(args.out, args.force, SWEEP_FILES)
+    if problem is not None:
+        return _refuse(problem)
     bar = tqdm(total=len(pv) * len(battery), unit="cell", desc=f"sweep {scenario.name}")
     table = sweep(scenario, pv, battery, args.strategy, workers=args.workers, dask_address=args.dask,
                   progress=lambda done, total: bar.update(1))
@@ -120,6 +165,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
     currency = load_tariff(scenario.tariff.ref(), scenario.base_dir).currency
     paths = write_sweep(table, args.out, scenario, _command(), currency)
+    warning = period_warning(table)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

@@ -7,14 +7,14 @@ tariff's currency. Formulas are written out in docs/simulation.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-HOURS_PER_YEAR = 8766.0  # mean year incl. leap years [h]
+DAYS_PER_MEAN_YEAR = 365.25
+"""Days of a mean year (leap years included); used only to scale a period that is not whole years. [d]"""
 
 
 def npv(rate: float, cashflows: Sequence[float]) -> float:
@@ -24,12 +24,15 @@ def npv(rate: float, cashflows: Sequence[float]) -> float:
 
 
 def irr(cashflows: Sequence[float]) -> float | None:
-    """Internal rate of return [fraction/yr]: the rate in (−99 %, 10⁸ %) at which the NPV is zero.
+    """Internal rate of return [fraction/yr]: the rate in [0, 10⁸ %) at which the NPV is zero.
 
-    Returns None when the NPV does not change sign on that interval (e.g. the investment never pays
-    back even undiscounted). For a conventional flow (one outlay, then inflows) the root is unique.
+    Returns None when the investment never pays back, i.e. even undiscounted its flows sum to less than
+    zero (the root would be a negative rate, which is not shown as an IRR), or when the NPV does not change
+    sign on the interval. For a conventional flow (one outlay, then inflows) the root is unique.
     """
-    lo, hi = -0.99, 1e6
+    if float(np.sum(cashflows)) < 0.0:
+        return None
+    lo, hi = 0.0, 1e6
     f_lo, f_hi = npv(lo, cashflows), npv(hi, cashflows)
     if f_lo == 0.0:
         return lo
@@ -48,25 +51,75 @@ def irr(cashflows: Sequence[float]) -> float | None:
 
 
 def payback_years(cashflows: Sequence[float], rate: float = 0.0) -> float | None:
-    """Years until the cumulative (discounted at ``rate``) cash flow first reaches zero. [yr]
+    """Years until the cumulative (discounted at ``rate``) cash flow reaches zero for good. [yr]
 
-    Linear interpolation inside the crossing year (cash assumed to arrive evenly through it);
-    ``rate = 0`` gives the simple payback. None if the flow never recovers within its years.
+    The crossing after which the cumulative flow stays ≥ 0 to the end (a replacement that pushes it back
+    below zero moves the payback later); linear interpolation inside the crossing year (cash assumed to
+    arrive evenly through it); ``rate = 0`` gives the simple payback. None when the flow ends below zero
+    (it never pays back within its years): the payback exists exactly when the NPV at ``rate`` is ≥ 0.
     """
     cf = np.asarray(cashflows, dtype=float) / (1.0 + rate) ** np.arange(len(cashflows))
     cumulative = np.cumsum(cf)
-    if cumulative[0] >= 0:
+    if cumulative[-1] < 0:
+        return None
+    below = np.flatnonzero(cumulative < 0)
+    if len(below) == 0:
         return 0.0
-    for year in range(1, len(cf)):
-        if cumulative[year] >= 0:
-            before = cumulative[year - 1]
-            return year - 1 + (-before / cf[year] if cf[year] > 0 else 1.0)
-    return None
+    year = int(below[-1]) + 1
+    return year - 1 + (-cumulative[year - 1] / cf[year] if cf[year] > 0 else 1.0)
+
+
+def not_paid_back_reason(lifetime_years: int, rate: float | None = None) -> str:
+    """Why a payback or IRR is shown as "—": the investment does not pay back within its life
+    (undiscounted, or discounted at ``rate`` [1/yr])."""
+    at = "" if rate is None else f" at {100 * rate:g} %"
+    return f"does not pay back{at} within the {lifetime_years}-year life"
 
 
 def equivalent_full_cycles(discharge_kwh: float, capacity_kwh: float) -> float:
-    """Equivalent full cycles: AC energy discharged / usable nameplate capacity. [-]"""
+    """Equivalent full cycles: AC energy discharged / capacity (the usable SOC window, or nameplate when the
+    nameplate figure is wanted). [-]"""
     return discharge_kwh / capacity_kwh if capacity_kwh > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class StudyYear:
+    """How many years the simulated period counts as, for the yearly figures.
+
+    A period of whole local calendar years (365 or 366 days each) counts as exactly that many years, so a
+    year's annual bill is the sum of its monthly bills. Any other period is scaled to a mean year
+    (365.25 days) and flagged (:attr:`warning`): its seasons stand for the whole year.
+
+    Attributes
+    ----------
+    days : float  Length of the period. [d]
+    years : float  Years the period counts as; yearly figure = period figure / years. [yr]
+    whole : bool  The period is a whole number of years (no scaling beyond dividing by that number).
+    """
+
+    days: float
+    years: float
+    whole: bool
+
+    @property
+    def warning(self) -> str | None:
+        """Plain-language warning for a period that is not whole years; None otherwise."""
+        if self.whole:
+            return None
+        short = "shorter than a year" if self.days < 365 else "not a whole number of years"
+        return (f"The simulated period is {self.days:.1f} days, {short}: every yearly figure is the period scaled "
+                f"by {DAYS_PER_MEAN_YEAR / self.days:.3f} (365.25 / {self.days:.1f} days), so the seasons it leaves "
+                "out are assumed to be like the ones it holds. Simulate whole years for paybacks to rely on.")
+
+
+def study_year(period_days: float) -> StudyYear:
+    """:class:`StudyYear` of a period of ``period_days`` days (positive). [d]"""
+    if not period_days > 0:
+        raise ValueError("period_days must be positive")
+    whole_years = round(period_days / DAYS_PER_MEAN_YEAR)
+    if whole_years >= 1 and 365 * whole_years - 1e-9 <= period_days <= 366 * whole_years + 1e-9:
+        return StudyYear(period_days, float(whole_years), True)
+    return StudyYear(period_days, period_days / DAYS_PER_MEAN_YEAR, False)
 
 
 @dataclass(frozen=True)
@@ -104,7 +157,10 @@ class CashFlowInputs:
 
     Savings are the first-year bill reductions split by cause, at first-year prices; each grows with
     the tariff escalation, the PV part shrinks with PV degradation and the battery part with the
-    battery's state of health (restored to 100 % at each replacement).
+    battery's state of health (restored to 100 % at each replacement). Given ``pv_savings_by_year`` /
+    ``battery_savings_by_year`` (from re-billing each year with the degraded PV, at first-year prices),
+    those replace ``pv_savings × (1 − degradation)^(y−1)`` and ``battery_savings``. O&M grows with
+    ``om_escalation`` from year 2.
 
     Attributes
     ----------
@@ -115,7 +171,11 @@ class CashFlowInputs:
     battery_savings : float  First-year savings due to the battery. [currency/yr]
     om_per_year : float  Operation and maintenance, nominal, from year 1. [currency/yr]
     tariff_escalation : float  Yearly rise of electricity prices. [1/yr]
+    om_escalation : float  Yearly rise of O&M costs. [1/yr]
     pv_degradation : float  Yearly loss of PV output. [1/yr]
+    pv_savings_by_year : tuple of float | None  Savings due to PV in years 1..N at first-year prices. [currency/yr]
+    battery_savings_by_year : tuple of float | None  Savings due to the battery in years 1..N at first-year prices
+        and full health. [currency/yr]
     battery_cycles_per_year : float  Equivalent full cycles in year 1 (0 when there is no battery). [1/yr]
     battery_discharge_kwh : float  AC energy discharged in year 1. [kWh/yr]
     ageing : BatteryAgeing | None  None: no battery in this investment.
@@ -131,7 +191,10 @@ class CashFlowInputs:
     battery_savings: float
     om_per_year: float
     tariff_escalation: float = 0.0
+    om_escalation: float = 0.0
     pv_degradation: float = 0.0
+    pv_savings_by_year: tuple[float, ...] | None = None
+    battery_savings_by_year: tuple[float, ...] | None = None
     battery_cycles_per_year: float = 0.0
     battery_discharge_kwh: float = 0.0
     ageing: BatteryAgeing | None = None
@@ -174,9 +237,13 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
         residual[n] = remaining * inp.replacement_cost
     soh_factor = soh / 100.0
     operating = years >= 1
-    pv_sav = np.where(operating, inp.pv_savings * escalation * pv_factor, 0.0)
-    bat_sav = np.where(operating, inp.battery_savings * escalation * soh_factor, 0.0)
-    om = np.where(operating, -inp.om_per_year, 0.0)
+    pv_base = (np.concatenate([[0.0], _per_year(inp.pv_savings_by_year, n, "pv_savings_by_year")])
+               if inp.pv_savings_by_year is not None else inp.pv_savings * pv_factor)
+    bat_base = (np.concatenate([[0.0], _per_year(inp.battery_savings_by_year, n, "battery_savings_by_year")])
+                if inp.battery_savings_by_year is not None else np.full(n + 1, inp.battery_savings))
+    pv_sav = np.where(operating, pv_base * escalation, 0.0)
+    bat_sav = np.where(operating, bat_base * escalation * soh_factor, 0.0)
+    om = np.where(operating, -inp.om_per_year * (1.0 + inp.om_escalation) ** np.maximum(years - 1, 0), 0.0)
     capex = np.where(years == 0, -inp.capex, 0.0)
     net = pv_sav + bat_sav + om - replacement + residual + capex
     discounted = net / (1.0 + inp.discount_rate) ** years
@@ -190,6 +257,12 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
     })
 
 
+def _per_year(values: Sequence[float], n: int, name: str) -> np.ndarray:
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} values for a {n}-year life")
+    return np.asarray(values, dtype=float)
+
+
 def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
     """Levelised cost of storage [currency/kWh discharged]:
 
@@ -201,27 +274,51 @@ def lcos(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
     energy = float(np.sum(flow["battery_discharge_kwh"].to_numpy() / disc))
     if energy <= 0:
         return None
-    om = np.where(flow["year"].to_numpy() >= 1, inp.battery_om_per_year, 0.0)
+    year = flow["year"].to_numpy()
+    om = np.where(year >= 1, inp.battery_om_per_year * (1.0 + inp.om_escalation) ** np.maximum(year - 1, 0), 0.0)
     yearly = om - flow["replacement"].to_numpy() - flow["residual"].to_numpy()
     costs = inp.battery_capex + float(np.sum(yearly / disc))
     return costs / energy
 
 
-def finance_summary(inp: CashFlowInputs) -> dict[str, float | None]:
-    """Headline figures of one investment: simple and discounted payback [yr] (None when it never pays back
-    or nothing is invested), NPV [currency], IRR [fraction/yr], LCOS [currency/kWh], first-year savings
-    [currency/yr], replacements [-]."""
+def levelised_saving(inp: CashFlowInputs, flow: pd.DataFrame) -> float | None:
+    """Battery savings per kWh discharged over the life [currency/kWh]: Σ_y savings_y/(1+r)^y ÷ Σ_y
+    discharge_y/(1+r)^y, escalation and ageing included, so that NPV = discounted kWh × (this − LCOS)
+    for a battery-only investment. None without discharge."""
+    disc = (1.0 + inp.discount_rate) ** flow["year"].to_numpy()
+    energy = float(np.sum(flow["battery_discharge_kwh"].to_numpy() / disc))
+    if energy <= 0:
+        return None
+    return float(np.sum(flow["battery_savings"].to_numpy() / disc)) / energy
+
+
+def finance_summary(inp: CashFlowInputs) -> dict[str, float | str | None]:
+    """Headline figures of one investment: simple and discounted payback [yr], NPV [currency], IRR
+    [fraction/yr], LCOS and levelised saving [currency/kWh], first-year savings [currency/yr], replacements [-].
+
+    A payback or IRR the investment never reaches is None, with the reason in ``payback_note`` /
+    ``discounted_payback_note`` / ``irr_note`` (rendered "—" and the reason everywhere)."""
     flow = cash_flow(inp)
     net = flow["net"].to_numpy()
     invested = inp.capex > 0
+    simple = payback_years(net) if invested else None
+    discounted = payback_years(net, inp.discount_rate) if invested else None
+    rate = irr(net) if invested else None
+    never = not_paid_back_reason(inp.lifetime_years)
+    nothing = "nothing invested"
     return {
         "capex": inp.capex,
         "first_year_savings": float(flow["pv_savings"][1] + flow["battery_savings"][1]) if len(flow) > 1 else 0.0,
-        "simple_payback_years": payback_years(net) if invested else None,
-        "discounted_payback_years": payback_years(net, inp.discount_rate) if invested else None,
+        "simple_payback_years": simple,
+        "payback_note": None if simple is not None else (never if invested else nothing),
+        "discounted_payback_years": discounted,
+        "discounted_payback_note": None if discounted is not None else (
+            not_paid_back_reason(inp.lifetime_years, inp.discount_rate) if invested else nothing),
         "npv": npv(inp.discount_rate, net),
-        "irr": irr(net),
+        "irr": rate,
+        "irr_note": None if rate is not None else (never if invested else nothing),
         "lcos_per_kwh": lcos(inp, flow) if inp.ageing is not None else None,
+        "levelised_saving_per_kwh": levelised_saving(inp, flow) if inp.ageing is not None else None,
         "replacements": int(np.count_nonzero(flow["replacement"].to_numpy())),
     }
 
@@ -252,19 +349,16 @@ def jcm_reduction_t(pv_ac_kwh: float, conservative_factor_t_per_mwh: float) -> f
     return pv_ac_kwh / 1000.0 * conservative_factor_t_per_mwh
 
 
-def annualise(value: float, period_h: float) -> float:
-    """Scale a figure measured over ``period_h`` hours to a mean year (8766 h). [per yr]"""
-    if period_h <= 0 or math.isnan(period_h):
-        raise ValueError("period_h must be positive")
-    return value * HOURS_PER_YEAR / period_h
-
-
 @dataclass(frozen=True)
 class StrategyTotals:
     """What one strategy did over the simulated period (energies [kWh], bills [currency]).
 
     ``bill`` is what the economics count: the bill excluding VAT when VAT is recoverable, else the
-    total including VAT.
+    total including VAT. ``bills_by_year``: the same period re-billed with the PV of operating years 1..N
+    (degraded; year 1 = ``bill``); None = no degradation to apply. ``soc_change_kwh``: SOC at the end of the
+    period minus at its start; ``soc_change_value``: that energy valued at the terminal price (credited to
+    the strategy: a battery left fuller than it started holds energy the bill paid for). ``usable_kwh``:
+    capacity inside the SOC window, over which equivalent full cycles are counted.
     """
 
     bill: float
@@ -273,6 +367,16 @@ class StrategyTotals:
     pv_kwh: float
     discharge_kwh: float
     capacity_kwh: float
+    usable_kwh: float = 0.0
+    bills_by_year: tuple[float, ...] | None = None
+    soc_change_kwh: float = 0.0
+    soc_change_value: float = 0.0
+
+    def yearly_bills(self, n: int) -> np.ndarray:
+        """Counted bills of the period for operating years 1..n, net of the SOC change value. [currency]"""
+        bills = np.full(n, self.bill) if self.bills_by_year is None else _per_year(self.bills_by_year, n,
+                                                                                    "bills_by_year")
+        return bills - self.soc_change_value
 
 
 @dataclass(frozen=True)
@@ -291,6 +395,7 @@ class StudyParameters:
     discount_rate: float
     lifetime_years: int
     tariff_escalation: float
+    om_escalation: float
     pv_degradation: float
     ageing: BatteryAgeing
     grid_factor_t_per_mwh: float
@@ -305,47 +410,55 @@ class StudyParameters:
         return self.battery_kwh * self.battery_per_kwh + self.battery_kw * self.battery_per_kw
 
 
-def evaluate(params: StudyParameters, period_h: float, reference: StrategyTotals, pv_only: StrategyTotals,
+def evaluate(params: StudyParameters, year: StudyYear, reference: StrategyTotals, pv_only: StrategyTotals,
              strategies: dict[str, StrategyTotals]) -> dict[str, dict]:
     """Yearly economics of each strategy against no system (``reference``) and against PV only.
 
-    Period figures are annualised (:func:`annualise`). For a strategy with a battery, three
-    investments are assessed: PV + battery against no system (``system``), the battery alone
-    against PV only (``battery``); PV only is assessed against no system (``system``).
+    Yearly figures are the period's divided by ``year.years`` (exactly the period's for one whole year).
+    Savings in year y are the bill differences of the period re-billed with year y's degraded PV
+    (``bills_by_year``), net of the SOC change value. For a strategy with a battery, two investments are
+    assessed: PV + battery against no system (``system``) and the battery alone against PV only
+    (``battery``); PV only is assessed against no system (``system``).
 
     Returns
     -------
     dict
-        Per strategy: annual bill and savings [currency/yr], cycles and ageing, CO2 [t/yr], and
-        ``finance`` (``system`` / ``battery``: :func:`finance_summary` figures) plus ``cash_flow``
-        (the ``system`` cash flow as a list of yearly rows).
+        Per strategy: annual bill and savings [currency/yr], SOC change and its value, cycles (over the
+        usable window and nameplate) and ageing, CO2 [t/yr], and ``finance`` (``system`` / ``battery``:
+        :func:`finance_summary` figures) plus ``cash_flow`` (the ``system`` cash flow as yearly rows).
     """
-    p = params
-    per_year = HOURS_PER_YEAR / period_h
+    p, n = params, params.lifetime_years
+    per_year = 1.0 / year.years
     ref_bill = reference.bill * per_year
     pv_bill = pv_only.bill * per_year
+    ref_bills = reference.yearly_bills(n) * per_year
+    pv_bills = pv_only.yearly_bills(n) * per_year
     ref_net = (reference.import_kwh - reference.export_kwh) * per_year
     out: dict[str, dict] = {}
     for name, s in strategies.items():
         bill = s.bill * per_year
+        bills = s.yearly_bills(n) * per_year
         has_battery = name != "pv_only" and s.capacity_kwh > 0
-        cycles = equivalent_full_cycles(s.discharge_kwh * per_year, s.capacity_kwh) if has_battery else 0.0
-        pv_savings = ref_bill - pv_bill
-        battery_savings = pv_bill - bill if has_battery else 0.0
+        discharge = s.discharge_kwh * per_year if has_battery else 0.0
+        cycles = equivalent_full_cycles(discharge, s.usable_kwh or s.capacity_kwh) if has_battery else 0.0
+        pv_savings = ref_bills - pv_bills
+        battery_savings = pv_bills - bills if has_battery else np.zeros(n)
         pv_om = p.pv_kwp * p.pv_om_per_kwp_year
         bat_om = p.battery_kwh * p.battery_om_per_kwh_year if has_battery else 0.0
-        common = dict(lifetime_years=p.lifetime_years, discount_rate=p.discount_rate,
-                      tariff_escalation=p.tariff_escalation, pv_degradation=p.pv_degradation)
-        battery_part = dict(battery_cycles_per_year=cycles, battery_discharge_kwh=s.discharge_kwh * per_year,
+        common = dict(lifetime_years=n, discount_rate=p.discount_rate, tariff_escalation=p.tariff_escalation,
+                      om_escalation=p.om_escalation, pv_degradation=p.pv_degradation)
+        battery_part = dict(battery_cycles_per_year=cycles, battery_discharge_kwh=discharge,
                             ageing=p.ageing, replacement_cost=p.battery_capex * p.battery_replacement_pct / 100.0,
                             battery_capex=p.battery_capex, battery_om_per_year=bat_om)
         system = CashFlowInputs(capex=p.pv_capex + (p.battery_capex if has_battery else 0.0),
-                                pv_savings=pv_savings, battery_savings=battery_savings,
+                                pv_savings=float(pv_savings[0]), battery_savings=float(battery_savings[0]),
+                                pv_savings_by_year=tuple(pv_savings), battery_savings_by_year=tuple(battery_savings),
                                 om_per_year=pv_om + bat_om, **common, **(battery_part if has_battery else {}))
         finance = {"system": finance_summary(system)}
         if has_battery:
-            battery = CashFlowInputs(capex=p.battery_capex, pv_savings=0.0, battery_savings=battery_savings,
-                                     om_per_year=bat_om, **common, **battery_part)
+            battery = CashFlowInputs(capex=p.battery_capex, pv_savings=0.0, battery_savings=float(battery_savings[0]),
+                                     battery_savings_by_year=tuple(battery_savings), om_per_year=bat_om,
+                                     **common, **battery_part)
             finance["battery"] = finance_summary(battery)
             finance["battery"]["break_even_capex"] = break_even_capex(battery)
             finance["battery"]["break_even_per_kwh"] = (
@@ -353,15 +466,20 @@ def evaluate(params: StudyParameters, period_h: float, reference: StrategyTotals
                 if finance["battery"]["break_even_capex"] is not None else None)
         net = (s.import_kwh - s.export_kwh) * per_year
         fade_cycle, fade_calendar = p.ageing.fade_pct_per_year(cycles) if has_battery else (0.0, 0.0)
+        soc_value = s.soc_change_value * per_year
         out[name] = {
             "annual_bill": bill,
-            "savings_vs_no_system": ref_bill - bill,
-            "savings_vs_pv_only": pv_bill - bill,
+            "soc_change_kwh": s.soc_change_kwh * per_year,
+            "soc_change_value": soc_value,
+            "savings_vs_no_system": ref_bill - bill + soc_value,
+            "savings_vs_pv_only": pv_bill - bill + soc_value,
             "import_kwh": s.import_kwh * per_year,
             "export_kwh": s.export_kwh * per_year,
             "pv_kwh": s.pv_kwh * per_year,
-            "battery_discharge_kwh": s.discharge_kwh * per_year if has_battery else 0.0,
+            "battery_discharge_kwh": discharge,
             "equivalent_full_cycles": cycles,
+            "equivalent_full_cycles_nameplate": equivalent_full_cycles(discharge, s.capacity_kwh) if has_battery
+            else 0.0,
             "fade_cycle_pct_per_year": fade_cycle,
             "fade_calendar_pct_per_year": fade_calendar,
             "battery_life_years": p.ageing.life_years(cycles) if has_battery else None,

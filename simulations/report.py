@@ -19,16 +19,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from simulations.runner import RunResult
 
 PERIOD_COLOURS = {"peak": "#f4a6a6", "off_peak": "#a6c8f4", "normal": None}
 STRATEGY_LABELS = {
-    "no_system": "no system", "pv_only": "PV only", "self_consumption": "self-consumption",
-    "tou_rule": "TOU rule", "mpc": "MPC (forecasts)", "mpc_perfect": "MPC (perfect forecasts)",
-    "perfect_foresight": "perfect foresight",
+    "no_system": "no PV, no battery", "pv_only": "PV only", "self_consumption": "self-consumption rule",
+    "tou_rule": "time-of-use rule", "mpc": "MPC on forecasts", "mpc_perfect": "MPC, perfect forecasts (bound)",
+    "perfect_foresight": "perfect foresight (upper bound)",
 }
+"""Plain names of the strategies; the two bounds are labelled as such (no plant can run them)."""
+LEAD_ORDER = ("mpc", "tou_rule", "self_consumption", "mpc_perfect", "perfect_foresight")
+"""Which battery strategy the verdict quotes: the first present, a strategy a plant can run before a bound."""
+BOUNDS = ("mpc_perfect", "perfect_foresight")
+ENERGY_LABELS = {
+    "pv_available": "PV the array offered", "pv": "PV used", "import": "grid import", "load": "factory load",
+    "export": "grid export", "curtailment": "PV curtailed", "battery_losses": "battery losses",
+    "battery_charge": "battery charged", "battery_discharge": "battery discharged",
+    "delta_soc": "battery energy at the end minus at the start",
+}
+DASH = "—"
+"""How a figure the investment never reaches (payback, IRR) is shown; the reason goes beside it."""
+
+
+def _label(name: str) -> str:
+    return STRATEGY_LABELS.get(name, name)
 
 
 def _svg(fig: plt.Figure) -> str:
@@ -37,6 +56,11 @@ def _svg(fig: plt.Figure) -> str:
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
+
+
+def _legend_outside(ax: plt.Axes, ncol: int = 1) -> None:
+    """Legend to the right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, frameon=False)
 
 
 def typical_week_start(frame: pd.DataFrame, timezone: str) -> int:
@@ -63,7 +87,8 @@ def week_figure(result: RunResult, names: list[str]) -> str:
     start = typical_week_start(first, tz)
     steps = round(7 * 24 / float(result.data.duration_h[0]))
     sl = slice(start, start + steps)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.3 * len(names)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.3 * len(names)), sharex=True, squeeze=False,
+                             layout="constrained")
     for ax, name in zip(axes[:, 0], names, strict=True):
         f = result.results[name].frame.iloc[sl]
         x = f.index.tz_convert(tz).tz_localize(None)
@@ -73,79 +98,129 @@ def week_figure(result: RunResult, names: list[str]) -> str:
                 continue
             for t in x[f["period"].to_numpy() == period]:
                 ax.axvspan(t, t + step, color=colour, alpha=0.35, lw=0)
-        ax.plot(x, f["load_kw"], color="black", lw=0.9, label="load")
-        ax.plot(x, f["pv_kw"], color="#e0a000", lw=0.9, label="PV")
-        ax.plot(x, f["grid_kw"], color="#7030a0", lw=0.9, label="grid (+import)")
-        ax.plot(x, f["battery_kw"], color="#008060", lw=0.9, label="battery (+discharge)")
-        ax.set_ylabel("kW")
-        ax.set_title(STRATEGY_LABELS.get(name, name), fontsize=9, loc="left")
+        ax.plot(x, f["load_kw"], color="black", lw=0.9, label="factory load")
+        ax.plot(x, f["pv_kw"], color="#e0a000", lw=0.9, label="PV used")
+        ax.plot(x, f["grid_kw"], color="#7030a0", lw=0.9, label="grid (+ import)")
+        ax.plot(x, f["battery_kw"], color="#008060", lw=0.9, label="battery (+ discharge)")
+        ax.set_ylabel("power [kW]")
+        ax.set_title(_label(name), fontsize=9, loc="left")
         if result.scenario.battery.capacity_kwh > 0 and name not in ("no_system", "pv_only"):
             ax2 = ax.twinx()
-            ax2.plot(x, f["soc_pct"], color="#008060", lw=0.7, ls=":")
+            ax2.plot(x, f["soc_pct"], color="#008060", lw=0.7, ls=":", label="battery SOC (right axis)")
             ax2.set_ylim(0, 100)
-            ax2.set_ylabel("SOC %")
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=4)
-    fig.suptitle("Typical week (local time); red shading = peak, blue = off-peak", fontsize=10)
+            ax2.set_ylabel("SOC [%]")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], color="#008060", lw=0.7, ls=":"), Patch(color=PERIOD_COLOURS["peak"], alpha=0.5),
+                Patch(color=PERIOD_COLOURS["off_peak"], alpha=0.5)]
+    labels += ["battery SOC [%] (right axis)", "peak hours", "off-peak hours"]
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel(f"local time ({tz})")
+    fig.suptitle("A typical week (median PV), local time; unshaded hours are normal-price hours", fontsize=10)
     return _svg(fig)
 
 
 def monthly_bills_figure(result: RunResult, names: list[str]) -> str:
-    """Grouped bars: monthly bill (incl. VAT) per strategy."""
+    """Grouped bars: monthly bill (incl. VAT) per strategy, legend outside the bars."""
     frames = {n: result.results[n].bill.to_frame()["total"] for n in names}
     table = pd.DataFrame(frames) / 1e6
     fig, ax = plt.subplots(figsize=(11, 3.5))
     width = 0.8 / len(names)
     x = np.arange(len(table))
     for i, name in enumerate(names):
-        ax.bar(x + i * width, table[name], width, label=STRATEGY_LABELS.get(name, name))
+        ax.bar(x + i * width, table[name], width, label=_label(name))
     ax.set_xticks(x + 0.4 - width / 2, table.index, rotation=0, fontsize=8)
-    ax.set_ylabel(f"million {result.currency}")
+    ax.set_xlabel("billing month (local)")
+    ax.set_ylabel(f"bill [million {result.currency}]")
     ax.set_title("Monthly bill including VAT", fontsize=10)
-    ax.legend(fontsize=7, ncol=4)
+    _legend_outside(ax)
     return _svg(fig)
 
 
 def soc_figure(result: RunResult, names: list[str]) -> str:
-    """Histogram of the end-of-step SOC per battery strategy."""
-    fig, ax = plt.subplots(figsize=(11, 3))
+    """Share of time at each SOC per battery strategy: one small panel each, so no series hides another."""
+    fig, axes = plt.subplots(1, len(names), figsize=(11, 2.8), sharey=True, squeeze=False, layout="constrained")
     bins = np.linspace(0, 100, 41)
-    for name in names:
-        ax.hist(result.results[name].frame["soc_pct"], bins=bins, histtype="step", density=True,
-                label=STRATEGY_LABELS.get(name, name))
-    ax.set_xlabel("SOC %")
-    ax.set_ylabel("share of time (density)")
-    ax.set_title("SOC distribution", fontsize=10)
-    ax.legend(fontsize=7)
+    for ax, name in zip(axes[0], names, strict=True):
+        soc = result.results[name].frame["soc_pct"].to_numpy()
+        weights = np.full(len(soc), 100.0 / max(len(soc), 1))
+        ax.hist(soc, bins=bins, weights=weights, color="#008060")
+        ax.set_title(_label(name).replace(" (", "\n("), fontsize=8)
+        ax.set_xlabel("SOC at step end [%]")
+        ax.set_xlim(0, 100)
+    axes[0, 0].set_ylabel("share of time [%]")
+    fig.suptitle("How full the battery was", fontsize=10)
     return _svg(fig)
 
 
 def cash_flow_figure(result: RunResult, names: list[str]) -> str:
-    """Cumulative nominal cash flow of each investment against no system."""
+    """Cumulative nominal cash flow of each investment against no system, whole years on the axis."""
     fig, ax = plt.subplots(figsize=(11, 3.5))
     for name in names:
         flow = pd.DataFrame(result.economics[name]["cash_flow"])
-        ax.plot(flow["year"], flow["cumulative"] / 1e9, marker=".", label=STRATEGY_LABELS.get(name, name))
+        ax.plot(flow["year"], flow["cumulative"] / 1e9, marker=".", label=_label(name))
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("year")
-    ax.set_ylabel(f"billion {result.currency}")
-    ax.set_title("Cumulative cash flow against no system (nominal, with escalation, degradation, replacement)",
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    ax.set_xlabel("year of operation")
+    ax.set_ylabel(f"cumulative cash [billion {result.currency}]")
+    ax.set_title("Cumulative cash flow against no system (nominal: escalation, degradation, replacements)",
                  fontsize=10)
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return _svg(fig)
 
 
-def _years(value: float | None) -> str:
-    return "never within the study life" if value is None else f"{value:.1f} years"
+def _years(value: float | None, note: str | None) -> str:
+    return f"{DASH} ({note})" if value is None else f"{value:.1f} years"
 
 
 def _money(value: float, currency: str) -> str:
     return f"{value / 1e6:,.0f} million {currency}"
 
 
+def lead_strategy(summary: dict[str, Any]) -> str | None:
+    """The battery strategy the verdict quotes (:data:`LEAD_ORDER`), None without a battery strategy."""
+    econ = summary["economics"]
+    return next((n for n in LEAD_ORDER if n in econ and "battery" in econ[n]["finance"]), None)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """One sentence that says what pays back, consistent with the NPV signs of summary.json.
+
+    PV: the discounted payback when its NPV is ≥ 0, else "does not pay back"; the battery: the same for the
+    strategy a plant can run (:func:`lead_strategy`), with the installed cost at which it would break even.
+    """
+    cur, econ = summary["currency"], summary["economics"]
+    a = summary["assumptions"]
+    rate, life = a["discount_rate_pct"], a["lifetime_years"]
+    parts = []
+    if "pv_only" in econ:
+        fin = econ["pv_only"]["finance"]["system"]
+        if fin["npv"] >= 0 and fin["discounted_payback_years"] is not None:
+            parts.append(f"PV pays back in {fin['discounted_payback_years']:.1f} years at {rate:g} % "
+                         f"({fin['simple_payback_years']:.1f} years undiscounted)")
+        else:
+            parts.append(f"PV does not pay back at {rate:g} % within its {life}-year life "
+                         f"(NPV {_money(fin['npv'], cur)})")
+    lead = lead_strategy(summary)
+    if lead is not None:
+        fin = econ[lead]["finance"]["battery"]
+        who = f"the battery (run by {_label(lead)})"
+        if fin["npv"] >= 0 and fin["discounted_payback_years"] is not None:
+            parts.append(f"{who} pays back in {fin['discounted_payback_years']:.1f} years at {rate:g} %")
+        else:
+            even = fin.get("break_even_per_kwh")
+            tail = (f"break-even at {even / 1e6:,.2f} million {cur}/kWh installed against "
+                    f"{a['battery_capex_per_kwh'] / 1e6:,.2f} million assumed" if even is not None
+                    else "it would not pay back even if it were free")
+            parts.append(f"{who} does not pay back at {rate:g} % within its {life}-year life — {tail}")
+    text = "; ".join(parts) + "." if parts else "No investment to assess."
+    return text[0].upper() + text[1:]
+
+
 def plain_summary(summary: dict[str, Any]) -> list[str]:
     """Sentences that say what pays back, by how much and why, from the numbers of summary.json."""
     cur = summary["currency"]
     econ = summary["economics"]
+    a = summary["assumptions"]
     lines = []
     ref = summary["strategies"]["no_system"]["annual_bill"]
     lines.append(f"Without PV or battery the factory pays about {_money(ref, cur)} a year "
@@ -154,34 +229,40 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
         pv = econ["pv_only"]
         fin = pv["finance"]["system"]
         lines.append(
-            f"PV alone saves {_money(pv['savings_vs_no_system'], cur)} a year; it costs "
-            f"{_money(fin['capex'], cur)} and pays back in {_years(fin['simple_payback_years'])} "
-            f"(discounted: {_years(fin['discounted_payback_years'])}, NPV {_money(fin['npv'], cur)}).")
-    battery = {k: v for k, v in econ.items() if "battery" in v["finance"]}
-    if battery:
-        best = max(battery, key=lambda k: battery[k]["savings_vs_pv_only"])
-        b = battery[best]
+            f"PV alone saves {_money(pv['savings_vs_no_system'], cur)} in the first year and costs "
+            f"{_money(fin['capex'], cur)}: simple payback {_years(fin['simple_payback_years'], fin['payback_note'])}, "
+            f"discounted at {a['discount_rate_pct']:g} % "
+            f"{_years(fin['discounted_payback_years'], fin['discounted_payback_note'])}; "
+            f"NPV {_money(fin['npv'], cur)}.")
+    lead = lead_strategy(summary)
+    if lead is not None:
+        b = econ[lead]
         fin = b["finance"]["battery"]
         lines.append(
-            f"The battery is worth most under {STRATEGY_LABELS.get(best, best)}: "
-            f"{_money(b['savings_vs_pv_only'], cur)} a year on top of PV, from "
-            f"{b['equivalent_full_cycles']:.0f} full cycles a year. Against its cost of {_money(fin['capex'], cur)} "
-            f"(plus O&M and {fin['replacements']} replacement(s)) it pays back in "
-            f"{_years(fin['simple_payback_years'])}; NPV {_money(fin['npv'], cur)}"
-            + (f", IRR {100 * fin['irr']:.1f} %" if fin["irr"] is not None else "")
-            + (f", storage cost (LCOS) {fin['lcos_per_kwh']:,.0f} {cur}/kWh delivered"
-               if fin["lcos_per_kwh"] is not None else "") + ".")
-        if fin.get("break_even_per_kwh") is not None:
+            f"Run by {_label(lead)}, the battery saves {_money(b['savings_vs_pv_only'], cur)} in the first year on "
+            f"top of PV, from {b['equivalent_full_cycles']:.0f} full cycles of its usable window "
+            f"({b['equivalent_full_cycles_nameplate']:.0f} of its nameplate). Against its cost of "
+            f"{_money(fin['capex'], cur)} (plus O&M and {fin['replacements']} replacement(s)): discounted payback at "
+            f"{a['discount_rate_pct']:g} % {_years(fin['discounted_payback_years'], fin['discounted_payback_note'])}; "
+            f"NPV {_money(fin['npv'], cur)}; IRR "
+            + (f"{100 * fin['irr']:.1f} %" if fin["irr"] is not None else f"{DASH} ({fin['irr_note']})") + ".")
+        if b.get("soc_change_kwh"):
             lines.append(
-                f"The battery's NPV would be zero at an installed cost of about {fin['break_even_per_kwh']:,.0f} {cur} "
-                f"per kWh (with replacements scaled alike), against "
-                f"{fin['capex'] / max(summary['sizes']['battery_kwh'], 1e-9):,.0f} {cur}/kWh assumed.")
-        value_per_cycle = b["savings_vs_pv_only"] / max(b["battery_discharge_kwh"], 1e-9)
-        lines.append(
-            f"Why: each kWh the battery delivers saves about {value_per_cycle:,.0f} {cur} (the spread between the "
-            f"hours it charges and the hours it discharges, less losses), which is "
-            + ("more" if fin["lcos_per_kwh"] is not None and value_per_cycle > fin["lcos_per_kwh"] else "less")
-            + " than what a kWh of storage costs over its life.")
+                f"The battery ended the period {abs(b['soc_change_kwh']):,.0f} kWh "
+                f"{'fuller' if b['soc_change_kwh'] > 0 else 'emptier'} than it started; valued at the cost of "
+                f"refilling it from the grid that is {_money(b['soc_change_value'], cur)}, "
+                f"{'credited to' if b['soc_change_value'] > 0 else 'charged against'} its savings.")
+        value, cost = fin.get("levelised_saving_per_kwh"), fin.get("lcos_per_kwh")
+        if value is not None and cost is not None:
+            lines.append(
+                f"Why: over its life (prices escalating, capacity fading, discounted at {a['discount_rate_pct']:g} %) "
+                f"each kWh the battery delivers saves on average {value:,.0f} {cur} — the spread between the hours it "
+                f"charges and the hours it discharges, less losses — against {cost:,.0f} {cur} that a kWh of storage "
+                f"costs (LCOS), so it {'earns' if value >= cost else 'loses'} {abs(value - cost):,.0f} {cur} per kWh.")
+        bounds = [f"{_money(econ[b]['finance']['battery']['npv'], cur)} with {_label(b).split(' (')[0]}"
+                  for b in BOUNDS if b in econ and b != lead and "battery" in econ[b]["finance"]]
+        if bounds:
+            lines.append(f"Bounds no plant reaches: the battery's NPV would be {' and '.join(bounds)}.")
     if "mpc" in econ and "perfect_foresight" in econ:
         pf = econ["perfect_foresight"]["savings_vs_pv_only"]
         mpc = econ["mpc"]["savings_vs_pv_only"]
@@ -191,7 +272,7 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
     co2 = {k: v["co2_avoided_t"] for k, v in econ.items()}
     best_co2 = max(co2, key=lambda k: co2[k])
     lines.append(f"CO2 avoided through lower net grid import: up to {co2[best_co2]:,.0f} t a year "
-                 f"({STRATEGY_LABELS.get(best_co2, best_co2)}); battery losses count against it.")
+                 f"({_label(best_co2)}); battery losses count against it.")
     return lines
 
 
@@ -205,75 +286,129 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _fmt(value: Any) -> str:
     if value is None:
-        return "–"
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return str(value)
 
 
 def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per strategy: bill, savings, cycles, paybacks, NPV, IRR, CO2."""
+    """One row per strategy: bill, savings, cycles, paybacks, NPV, IRR, CO2 ("—" = never reached)."""
+    cur = summary["currency"]
     rows = []
     for name, s in summary["strategies"].items():
         e = summary["economics"].get(name)
         fin_sys = e["finance"]["system"] if e else None
         fin_bat = e["finance"].get("battery") if e else None
         rows.append({
-            "strategy": STRATEGY_LABELS.get(name, name),
-            "annual bill": s["annual_bill"],
-            "saving vs none": e["savings_vs_no_system"] if e else None,
-            "saving vs PV only": e["savings_vs_pv_only"] if e else None,
-            "cycles/yr": e["equivalent_full_cycles"] if e else None,
-            "system payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
-            "system NPV": fin_sys["npv"] if fin_sys else None,
-            "battery payback [yr]": fin_bat["simple_payback_years"] if fin_bat else None,
-            "battery NPV": fin_bat["npv"] if fin_bat else None,
-            "battery IRR %": 100 * fin_bat["irr"] if fin_bat and fin_bat["irr"] is not None else None,
-            "LCOS/kWh": fin_bat["lcos_per_kwh"] if fin_bat else None,
-            "break-even battery cost/kWh": fin_bat.get("break_even_per_kwh") if fin_bat else None,
-            "CO2 avoided t/yr": e["co2_avoided_t"] if e else None,
+            "strategy": _label(name),
+            f"yearly bill [{cur}]": s["annual_bill"],
+            f"saving vs no PV, no battery [{cur}/yr]": e["savings_vs_no_system"] if e else None,
+            f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e else None,
+            "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
+            "full cycles/yr (nameplate)": e["equivalent_full_cycles_nameplate"] if fin_bat else None,
+            "PV + battery payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
+            f"PV + battery NPV [{cur}]": fin_sys["npv"] if fin_sys else None,
+            "battery payback, discounted [yr]": fin_bat["discounted_payback_years"] if fin_bat else None,
+            f"battery NPV [{cur}]": fin_bat["npv"] if fin_bat else None,
+            "battery IRR [%]": 100 * fin_bat["irr"] if fin_bat and fin_bat["irr"] is not None else None,
+            f"storage cost LCOS [{cur}/kWh]": fin_bat["lcos_per_kwh"] if fin_bat else None,
+            f"battery break-even cost [{cur}/kWh]": fin_bat.get("break_even_per_kwh") if fin_bat else None,
+            "CO2 avoided [t/yr]": e["co2_avoided_t"] if e else None,
         })
     return rows
 
 
+def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cost and finance input of the study, one row each, with its unit."""
+    a, cur = summary["assumptions"], summary["currency"]
+    om = f"{a['om_escalation_pct_per_year']:g}" + (" (= tariff escalation)" if a["om_escalation_from_tariff"] else "")
+    rows = [
+        ("PV size", f"{a['pv_kwp']:,.0f}", "kWp"),
+        ("battery size", f"{a['battery_kwh']:,.0f} kWh / {a['battery_kw']:,.0f} kW", ""),
+        ("battery SOC window", f"{a['soc_window_pct'][0]:g}–{a['soc_window_pct'][1]:g}", "%"),
+        ("PV installed cost", f"{a['pv_capex_per_kwp']:,.0f}", f"{cur}/kWp"),
+        ("battery installed cost (energy)", f"{a['battery_capex_per_kwh']:,.0f}", f"{cur}/kWh"),
+        ("battery installed cost (power)", f"{a['battery_capex_per_kw']:,.0f}", f"{cur}/kW"),
+        ("PV O&M", f"{a['pv_om_per_kwp_year']:,.0f}", f"{cur}/kWp/yr"),
+        ("battery O&M", f"{a['battery_om_per_kwh_year']:,.0f}", f"{cur}/kWh/yr"),
+        ("battery replacement cost", f"{a['battery_replacement_pct']:g}", "% of the battery's initial cost"),
+        ("discount rate (nominal)", f"{a['discount_rate_pct']:g}", "%/yr"),
+        ("study life", f"{a['lifetime_years']}", "years"),
+        ("electricity price escalation", f"{a['tariff_escalation_pct_per_year']:g}", "%/yr"),
+        ("O&M cost escalation", om, "%/yr"),
+        ("PV degradation", f"{a['pv_degradation_pct_per_year']:g}", "%/yr (each year re-billed)"),
+        ("battery cycle life", f"{a['battery_cycle_life']:,.0f}", "full cycles of the usable window"),
+        ("battery calendar life", f"{a['battery_calendar_life_years']:g}", "years"),
+        ("battery replaced at", f"{a['battery_end_of_life_soh_pct']:g}", "% state of health"),
+        ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
+        ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
+        ("data", f"{a['data_kind']}: {a['data_source']}", ""),
+        ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
+    ]
+    return [{"input": n, "value": v, "unit": u} for n, v, u in rows]
+
+
+def local_period(summary: dict[str, Any]) -> str:
+    """``1 Jan 2026 – 31 Dec 2026 (365 days, local time Asia/Ho_Chi_Minh)``."""
+    p = summary["period"]
+    first, last = pd.Timestamp(p["first_day"]), pd.Timestamp(p["last_day"])
+    return (f"{first.day} {first:%b %Y} – {last.day} {last:%b %Y} ({p['days']:.0f} days, "
+            f"{p['step_minutes']}-minute steps, local time {p['timezone']})")
+
+
 def render_html(result: RunResult, summary: dict[str, Any]) -> str:
-    """The whole report page."""
+    """The whole report page: verdict first, then the account, the assumptions, tables and figures."""
     names = list(result.results)
     battery_names = [n for n in names if n not in ("no_system", "pv_only")]
     invested = [n for n in names if n in result.economics]
     sc = result.scenario
-    figures = [week_figure(result, names), monthly_bills_figure(result, names)]
+    cur = summary["currency"]
+    figures = [("A typical week", week_figure(result, names)),
+               ("Monthly bills", monthly_bills_figure(result, names))]
     if battery_names and sc.battery.capacity_kwh > 0:
-        figures.append(soc_figure(result, battery_names))
+        figures.append(("Battery state of charge", soc_figure(result, battery_names)))
     if invested:
-        figures.append(cash_flow_figure(result, invested))
+        figures.append(("Cash flow over the study life", cash_flow_figure(result, invested)))
     sentences = "".join(f"<li>{html.escape(s)}</li>" for s in plain_summary(summary))
-    balance_rows = [{"strategy": STRATEGY_LABELS.get(n, n), **{k: v for k, v in summary["strategies"][n][
-        "energy_kwh"].items()}} for n in names]
-    jcm = [{"strategy": STRATEGY_LABELS.get(n, n), "JCM-style PV reduction t/yr": e["jcm_pv_reduction_t"]}
+    balance_rows = [{"strategy": _label(n), **{f"{ENERGY_LABELS.get(k, k)} [kWh]": v for k, v in
+                                               summary["strategies"][n]["energy_kwh"].items()}} for n in names]
+    jcm = [{"strategy": _label(n), "JCM-style PV reduction [t/yr]": e["jcm_pv_reduction_t"]}
            for n, e in summary["economics"].items()]
+    warning = summary["period"]["warning"]
+    notes = sorted({f"{DASH}: {fin[k]}" for e in summary["economics"].values() for fin in e["finance"].values()
+                    for k in ("payback_note", "discounted_payback_note", "irr_note") if fin.get(k)})
     style = ("body{font-family:sans-serif;max-width:1150px;margin:1em auto;color:#222}"
+             ".verdict{font-size:1.25em;font-weight:bold;border-left:6px solid #1f5f9f;padding:0.4em 0.8em;"
+             "background:#eef4fb}.warning{border-left:6px solid #c07000;background:#fff4e0;padding:0.4em 0.8em}"
              "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
-             "td:first-child{text-align:left}svg{max-width:100%;height:auto}")
+             "td:first-child{text-align:left}svg{max-width:100%;height:auto}.small{font-size:11px;color:#555}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(sc.name)} – dispatch study</title>
 <style>{style}</style></head><body>
 <h1>{html.escape(sc.name)}</h1>
+<p class="verdict" id="verdict">{html.escape(verdict(summary))}</p>
+{f'<p class="warning" id="period-warning">{html.escape(warning)}</p>' if warning else ''}
 <p>{html.escape(sc.description)}</p>
-<p>Period {html.escape(summary['period']['start'])} → {html.escape(summary['period']['end'])}
-({summary['period']['days']:.1f} days, {summary['period']['step_minutes']} min steps), tariff
-{html.escape(summary['tariff'])}, figures per year in {html.escape(summary['currency'])}.</p>
+<p id="period">Period {html.escape(local_period(summary))}; tariff {html.escape(summary['tariff'])}; yearly figures in
+{html.escape(cur)}{' (the sum of the simulated months)' if summary['period']['whole_years'] else ''}.
+The verdict quotes {html.escape(_label(lead_strategy(summary) or 'pv_only'))}, a strategy a plant can run;
+MPC with perfect forecasts and perfect foresight are bounds no plant reaches.</p>
 <h2>What pays back, and why</h2><ul>{sentences}</ul>
+<h2>Assumptions</h2>{_table(assumption_rows(summary))}
 <h2>Strategies</h2>{_table(strategy_rows(summary))}
-<h2>Dispatch</h2>{figures[0]}
-<h2>Monthly bills</h2>{figures[1]}
-{''.join(f'<h2>&nbsp;</h2>{f}' for f in figures[2:])}
-<h2>Energy over the period [kWh]</h2>{_table(balance_rows)}
+<p class="small">{html.escape('; '.join(notes))}</p>
+{''.join(f'<h2>{html.escape(title)}</h2>{svg}' for title, svg in figures)}
+<h2>Energy over the period</h2>{_table(balance_rows)}
 <h2>JCM-style figure (reported apart)</h2>
 <p>PV AC output × a conservative grid factor ({sc.co2.jcm_factor_t_per_mwh} tCO2/MWh), the VN_AM007 form;
 not added to the CO2 avoided above.</p>{_table(jcm)}
-<p style="font-size:11px">Reproduce: <code>{html.escape(summary['command'])}</code></p>
+<p class="small">Reproduce: <code>{html.escape(summary['command'])}</code></p>
 </body></html>
 """
 

@@ -33,6 +33,7 @@ from optimizer.tariff import SiteTariff, load_tariff
 from optimizer.tariff_calendar import window_starts
 from simulations import economics
 from simulations.data import read_series_csv
+from simulations.irradiance import pv_from_irradiance
 from simulations.scenario import Scenario
 from simulations.strategies import (
     Inputs,
@@ -69,13 +70,19 @@ class SeriesData:
 
 
 def load_data(scenario: Scenario) -> SeriesData:
-    """The scenario's PV and load (synthetic year or CSV), cut to ``data.start`` / ``data.days``."""
+    """The scenario's PV and load (synthetic year or CSV; PV from ``data.irradiance`` when given), cut to
+    ``data.start`` / ``data.days``."""
     d = scenario.data
     step = scenario.planner.step_minutes
     if d.synthetic is not None:
         s = d.synthetic
-        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp)
+        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
+                               daily_energy_lag1_target=s.daily_energy_lag1,
+                               daily_clearness_spread=s.daily_clearness_spread)
         pv, load = frame["pv_kw"], frame["load_kw"]
+    elif d.irradiance is not None and d.csv is not None:  # load from the CSV, PV from the irradiance (below)
+        frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step, columns=("load",))
+        pv, load = None, frame["load_kw"]
     else:
         assert d.csv is not None
         frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step,
@@ -95,8 +102,28 @@ def load_data(scenario: Scenario) -> SeriesData:
         raise ConfigError(f"scenario {scenario.name}", [FieldError("data.start", "data.start and data.days select "
                                                                                  "no step of the data")])
     starts = frame.index[keep]
+    if d.irradiance is not None:
+        pv_kw = irradiance_pv(scenario, pd.DatetimeIndex(starts)).to_numpy(dtype=float)
+    else:
+        assert pv is not None
+        pv_kw = pv.to_numpy(dtype=float)[keep]
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
-                      pv_kw=pv.to_numpy(dtype=float)[keep], load_kw=load.to_numpy(dtype=float)[keep])
+                      pv_kw=pv_kw, load_kw=load.to_numpy(dtype=float)[keep])
+
+
+def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex) -> pd.Series:
+    """PV AC power [kW] from the scenario's irradiance file on ``index``; every interval must be covered."""
+    irr = scenario.data.irradiance
+    assert irr is not None
+    path = scenario.resolve(irr.path)
+    pv = pv_from_irradiance(path, scenario.site, scenario.pv, scenario.planner.step_minutes,
+                            irr.timezone, irr.year).reindex(index)
+    missing = index[pv.isna().to_numpy()]
+    if len(missing):
+        raise ConfigError(str(path), [FieldError("data.irradiance", f"no irradiance for {len(missing)} interval(s) of "
+                                                                    f"the data, the first starting {missing[0]} "
+                                                                    "(UTC)")])
+    return pv
 
 
 def price_inputs(data: SeriesData, tariff: SiteTariff, horizon: int) -> Inputs:
@@ -200,7 +227,9 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
                          taper_high_pct=spec.soc_max_pct, taper_low_pct=spec.soc_min_pct)
     rated = max(scenario.pv.ac_limit_kw, 1e-3)
     plant = Plant(model, PVModel(rated))
-    dispatcher = Dispatcher(spec, scenario.grid, scenario.dispatch, pv_rated_kw=rated)
+    # steps are minutes apart: no one-cycle load swing to learn, no start-up to watch it through
+    dispatcher = Dispatcher(spec, scenario.grid, scenario.dispatch.model_copy(update={"load_swing_window_s": 0.0}),
+                            pv_rated_kw=rated)
     n = data.steps
     starts = data.starts[:n]
     now_list = starts.to_pydatetime().tolist()
@@ -313,15 +342,25 @@ class RunResult:
     def currency(self) -> str:
         return self.tariff.currency
 
-    def counted_bill(self, name: str) -> float:
-        """The bill the economics count: excluding VAT when it is recoverable. [currency]"""
-        bill = self.results[name].bill
+    def counted(self, bill: Bill) -> float:
+        """What the economics count of a bill: excluding VAT when it is recoverable. [currency]"""
         return bill.total - bill.vat if self.scenario.finance.vat_recoverable else bill.total
 
+    def counted_bill(self, name: str) -> float:
+        """The bill the economics count for strategy ``name`` over the period. [currency]"""
+        return self.counted(self.results[name].bill)
+
+    @property
+    def year(self) -> economics.StudyYear:
+        """How many years the simulated period counts as (:func:`simulations.economics.study_year`)."""
+        return economics.study_year(self.data.hours / 24.0)
+
     def summary(self, command: str = "") -> dict[str, Any]:
-        """JSON-ready summary: period, per-strategy energy, bills and timing, economics."""
-        sc, per_year = self.scenario, economics.HOURS_PER_YEAR / self.data.hours
+        """JSON-ready summary: period (local dates), per-strategy energy, bills and timing, economics."""
+        sc, year = self.scenario, self.year
+        per_year = 1.0 / year.years
         end = self.data.starts[-1] + pd.Timedelta(hours=float(self.data.duration_h[-1]))
+        tz = sc.site.timezone
         strategies = {}
         for name, r in self.results.items():
             strategies[name] = {
@@ -336,9 +375,13 @@ class RunResult:
             "scenario": sc.name, "description": sc.description, "command": command,
             "tariff": self.tariff.tariff.name, "currency": self.currency,
             "vat_recoverable": sc.finance.vat_recoverable,
-            "period": {"start": self.data.starts[0].isoformat(), "end": end.isoformat(),
-                       "days": self.data.hours / 24.0, "step_minutes": sc.planner.step_minutes,
-                       "annualisation_factor": per_year},
+            "period": {"start": self.data.starts[0].tz_convert(tz).isoformat(),
+                       "end": end.tz_convert(tz).isoformat(), "timezone": tz,
+                       "first_day": str(self.data.starts[0].tz_convert(tz).date()),
+                       "last_day": str((end - pd.Timedelta(minutes=1)).tz_convert(tz).date()),
+                       "days": year.days, "step_minutes": sc.planner.step_minutes,
+                       "years": year.years, "whole_years": year.whole, "warning": year.warning},
+            "assumptions": assumptions(sc),
             "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
                       "battery_kw": sc.battery.max_discharge_kw},
             "strategies": strategies,
@@ -355,6 +398,8 @@ def study_parameters(scenario: Scenario) -> economics.StudyParameters:
         pv_om_per_kwp_year=c.pv_om_per_kwp_year, battery_om_per_kwh_year=c.battery_om_per_kwh_year,
         battery_replacement_pct=c.battery_replacement_pct, discount_rate=sc.finance.discount_rate_pct / 100.0,
         lifetime_years=sc.finance.lifetime_years, tariff_escalation=sc.tariff.escalation_pct_per_year / 100.0,
+        om_escalation=(sc.finance.om_escalation_pct_per_year if sc.finance.om_escalation_pct_per_year is not None
+                       else sc.tariff.escalation_pct_per_year) / 100.0,
         pv_degradation=sc.pv.degradation_pct_per_year / 100.0, ageing=sc.battery.ageing(),
         grid_factor_t_per_mwh=sc.co2.grid_factor_t_per_mwh, jcm_factor_t_per_mwh=sc.co2.jcm_factor_t_per_mwh)
 
@@ -403,13 +448,94 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
     return result
 
 
+def degraded_bills(result: RunResult, name: str) -> tuple[float, ...] | None:
+    """The period re-billed with the PV of each operating year 1..N (counted bills, first-year prices).
+
+    In year y the array offers ``(1 − degradation)^(y−1)`` of its first-year power (after the inverter
+    limit); PV delivered is the smaller of that and what was delivered in the run (the curtailment limit of
+    zero export stays) and the grid takes the difference. For ``pv_only`` this is exact: the same bill as
+    simulating the weaker PV again. None when PV does not degrade or the strategy has no PV.
+    """
+    sc = result.scenario
+    d = sc.pv.degradation_pct_per_year / 100.0
+    if d == 0 or name == REFERENCE:
+        return None
+    r = result.results[name]
+    f = r.frame
+    pv_available, pv = f["pv_available_kw"].to_numpy(), f["pv_kw"].to_numpy()
+    grid = f["grid_kw"].to_numpy()
+    starts, dt = result.data.starts, result.data.duration_h
+    bills = [result.counted(r.bill)]
+    for y in range(1, sc.finance.lifetime_years):
+        delivered = np.minimum((1.0 - d) ** y * pv_available, pv)
+        g = grid + (pv - delivered)
+        bills.append(result.counted(result.tariff.bill(starts, dt, np.maximum(g, 0.0), np.maximum(-g, 0.0))))
+    return tuple(bills)
+
+
+def terminal_price_per_kwh(result: RunResult) -> float:
+    """Value of one kWh of SOC at the end of the period [currency/kWh]: the cheapest counted import price of
+    the period's last local day divided by the charge efficiency, i.e. what putting that kWh back into the
+    battery from the grid would cost (excluding VAT when VAT is recoverable)."""
+    starts = result.data.starts
+    loc = result.tariff.local(starts)
+    last = starts[loc.day == loc.day[-1]]
+    prices = result.tariff.prices(last)
+    counted = prices.import_price if result.scenario.finance.vat_recoverable else prices.import_price_gross
+    return float(np.min(counted)) / result.scenario.battery.charge_efficiency
+
+
+def assumptions(scenario: Scenario) -> dict[str, Any]:
+    """Every cost and finance input of the study, with its unit, for the report's assumptions table."""
+    sc, c, fin = scenario, scenario.costs, scenario.finance
+    syn = sc.data.synthetic
+    source = (f"synthetic year {syn.year} (seed {syn.seed}, {syn.annual_yield_kwh_per_kwp:g} kWh/kWp/yr)"
+              if syn is not None else f"measured: {sc.data.csv.path}" if sc.data.csv is not None else "")
+    om_esc = fin.om_escalation_pct_per_year
+    return {
+        "pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh, "battery_kw": sc.battery.max_discharge_kw,
+        "soc_window_pct": [sc.battery.soc_min_pct, sc.battery.soc_max_pct],
+        "pv_capex_per_kwp": c.pv_per_kwp, "battery_capex_per_kwh": c.battery_per_kwh,
+        "battery_capex_per_kw": c.battery_per_kw, "pv_om_per_kwp_year": c.pv_om_per_kwp_year,
+        "battery_om_per_kwh_year": c.battery_om_per_kwh_year, "battery_replacement_pct": c.battery_replacement_pct,
+        "discount_rate_pct": fin.discount_rate_pct, "lifetime_years": fin.lifetime_years,
+        "tariff_escalation_pct_per_year": sc.tariff.escalation_pct_per_year,
+        "om_escalation_pct_per_year": om_esc if om_esc is not None else sc.tariff.escalation_pct_per_year,
+        "om_escalation_from_tariff": om_esc is None,
+        "pv_degradation_pct_per_year": sc.pv.degradation_pct_per_year,
+        "battery_cycle_life": sc.battery.cycle_life, "battery_calendar_life_years": sc.battery.calendar_life_years,
+        "battery_end_of_life_soh_pct": sc.battery.end_of_life_soh_pct, "vat_recoverable": fin.vat_recoverable,
+        "grid_factor_t_per_mwh": sc.co2.grid_factor_t_per_mwh, "data_source": source,
+        "data_kind": "synthetic" if syn is not None else "measured", "seed": syn.seed if syn is not None else None,
+    }
+
+
 def evaluate(result: RunResult) -> dict[str, dict]:
-    """Economics of every strategy but the reference (:func:`simulations.economics.evaluate`)."""
+    """Economics of every strategy but the reference (:func:`simulations.economics.evaluate`).
+
+    PV degradation: PV only is re-billed for every year (:func:`degraded_bills`); a battery strategy's bill
+    in year y is its simulated bill plus what degradation adds to the PV-only bill that year, i.e. the
+    battery keeps the value it has in the simulated year. (Re-billing the battery's schedule as it was, under
+    weaker PV, would not let it respond: under a demand charge the lost PV would raise the month's peak, which
+    the dispatcher holds live.)
+    """
+    spec = result.scenario.battery
+    price = terminal_price_per_kwh(result)
+    pv_bills = degraded_bills(result, "pv_only")
+    pv_loss = None if pv_bills is None else np.asarray(pv_bills) - pv_bills[0]
+
     def totals(name: str) -> economics.StrategyTotals:
         r = result.results[name]
         e = r.energy()
-        return economics.StrategyTotals(bill=result.counted_bill(name), import_kwh=e["import"], export_kwh=e["export"],
-                                        pv_kwh=e["pv"], discharge_kwh=r.discharged_kwh, capacity_kwh=r.capacity_kwh)
+        soc_change = e["delta_soc"] if r.capacity_kwh > 0 else 0.0
+        return economics.StrategyTotals(
+            bill=result.counted_bill(name), import_kwh=e["import"], export_kwh=e["export"], pv_kwh=e["pv"],
+            discharge_kwh=r.discharged_kwh, capacity_kwh=r.capacity_kwh,
+            usable_kwh=r.capacity_kwh * (spec.soc_max_pct - spec.soc_min_pct) / 100.0,
+            bills_by_year=(pv_bills if name == "pv_only" else None if pv_loss is None or name == REFERENCE
+                           else tuple(result.counted_bill(name) + pv_loss)),
+            soc_change_kwh=soc_change,
+            soc_change_value=soc_change * price)
     names = [n for n in result.results if n != REFERENCE]
-    return economics.evaluate(study_parameters(result.scenario), result.data.hours, totals(REFERENCE),
+    return economics.evaluate(study_parameters(result.scenario), result.year, totals(REFERENCE),
                               totals("pv_only"), {n: totals(n) for n in names})

@@ -27,7 +27,7 @@ from optimizer.site import (
     TariffRef,
 )
 from simulations.economics import BatteryAgeing
-from simulations.synthetic import LoadShape
+from simulations.synthetic import DAILY_CLEARNESS_SPREAD, PRESETS, LoadShape
 
 StrategyName = Literal["pv_only", "self_consumption", "tou_rule", "mpc", "mpc_perfect", "perfect_foresight"]
 """Strategies a study can compare (the no-system reference is always computed):
@@ -70,12 +70,35 @@ class ScenarioTariff(TariffRef):
 
 class SyntheticData(StrictModel):
     """A synthetic local calendar year (:func:`simulations.synthetic.synthetic_year`): clear-sky PV with seeded
-    cloudiness scaled to the Hai Phong monthly yields, and a shift load with day types, holidays and Tết."""
+    cloudiness scaled to the Hai Phong monthly yields, and a shift load with day types, holidays and Tết.
 
+    ``preset`` fills in a named parameter set (:data:`simulations.synthetic.PRESETS`, e.g. ``hard``); keys given
+    here win over the preset's."""
+
+    preset: str | None = Field(default=None, description="A named parameter set, e.g. hard")
     year: int = Field(ge=2000, le=2100)
     seed: int = 7
     annual_yield_kwh_per_kwp: float = Field(default=1100.0, gt=0, le=3000, description="[kWh/kWp/yr]")
+    daily_energy_lag1: float | None = Field(
+        default=None, ge=-0.5, le=0.95,
+        description="Lag-one correlation of the daily PV energy, calibrated (None: today's generator, ≈0.83) [-]")
+    daily_clearness_spread: float = Field(default=DAILY_CLEARNESS_SPREAD, gt=0, le=5,
+                                          description="Standard deviation of the daily clearness in logit space [-]")
     load: LoadShape = LoadShape()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return merge(PRESETS[data["preset"]], data)
+        return data
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}: choose one of {', '.join(sorted(PRESETS))}")
+        return value
 
 
 class CsvData(StrictModel):
@@ -88,11 +111,23 @@ class CsvData(StrictModel):
                                              "pv.kwp / pv_kwp (None: used as is)")
 
 
+class IrradianceData(StrictModel):
+    """PV from measured irradiance: a CSV of GHI or plane-of-array irradiance converted through pvlib to the AC
+    power of ``pv`` (:mod:`simulations.irradiance`, format: docs/data.md). It replaces the PV of the synthetic year
+    or of the CSV (which then needs only a load column)."""
+
+    path: Path = Field(description="The irradiance CSV, relative to the scenario file")
+    timezone: str | None = Field(default=None, description="Zone of timestamps without offset (default: the site's)")
+    year: int | None = Field(default=None, ge=2000, le=2100,
+                             description="Relabel the file's timestamps to this local year (TMY files); None = as is")
+
+
 class DataSection(StrictModel):
     """Where PV and load come from, and which part of it is simulated."""
 
     synthetic: SyntheticData | None = None
     csv: CsvData | None = None
+    irradiance: IrradianceData | None = None
     start: date | None = Field(default=None, description="First local day simulated (default: the first of the data)")
     days: int | None = Field(default=None, ge=1, le=366, description="Days simulated (default: all the data)")
 
@@ -119,6 +154,8 @@ class Costs(StrictModel):
 class Finance(StrictModel):
     discount_rate_pct: float = Field(default=8.0, ge=0, le=50, description="Nominal discount rate [%/yr]")
     lifetime_years: int = Field(default=20, ge=1, le=50, description="Study life [yr]")
+    om_escalation_pct_per_year: float | None = Field(
+        default=None, ge=-20, le=50, description="[%/yr] nominal rise of O&M costs; None = the tariff escalation")
     vat_recoverable: bool = Field(default=True,
                                   description="Savings exclude VAT (a VAT-registered factory recovers input VAT)")
 

@@ -3,8 +3,10 @@
 Each cell resizes the scenario (:meth:`Scenario.resized`: the inverter keeps its DC/AC ratio, the battery
 its C-rate), runs the reference, PV only and one battery strategy, and keeps the headline economics.
 Cells are independent; they run on a ``concurrent.futures.ProcessPoolExecutor`` (default) or, given an
-address, on a ``dask.distributed`` cluster. Outputs: ``sweep.csv``, payback and NPV heatmaps (PNG and SVG)
-and ``sweep.html`` (figures inline).
+address, on a ``dask.distributed`` cluster. Outputs: ``sweep.csv``, heatmaps (PNG and SVG) of the payback and
+NPV of PV + battery against no system and of the battery against PV only, and ``sweep.html`` (figures inline,
+laid out like the study report). A period that is not a whole number of years is scaled to a year and every
+output says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from simulations.report import STRATEGY_LABELS
 from simulations.scenario import Scenario
 
 
@@ -61,15 +64,19 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
     e = result.economics[name]
     system = e["finance"]["system"]
     battery = e["finance"].get("battery") or {}
-    ref = result.summary()["strategies"]["no_system"]["annual_bill"]
+    summary = result.summary()
+    ref = summary["strategies"]["no_system"]["annual_bill"]
     return {
         "pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "battery_kw": scenario.battery.max_discharge_kw,
         "strategy": name, "annual_bill_no_system": ref, "annual_bill": e["annual_bill"],
         "savings_vs_no_system": e["savings_vs_no_system"], "savings_vs_pv_only": e["savings_vs_pv_only"],
         "capex": system["capex"], "simple_payback_years": system["simple_payback_years"],
-        "discounted_payback_years": system["discounted_payback_years"], "npv": system["npv"], "irr": system["irr"],
-        "battery_payback_years": battery.get("simple_payback_years"), "battery_npv": battery.get("npv"),
+        "discounted_payback_years": system["discounted_payback_years"], "npv": system["npv"],
+        "irr_pct": 100 * system["irr"] if system["irr"] is not None else None,
+        "battery_payback_years": battery.get("simple_payback_years"),
+        "battery_discounted_payback_years": battery.get("discounted_payback_years"), "battery_npv": battery.get("npv"),
         "equivalent_full_cycles": e["equivalent_full_cycles"], "co2_avoided_t": e["co2_avoided_t"],
+        "period_days": summary["period"]["days"], "whole_years": summary["period"]["whole_years"],
     }
 
 
@@ -115,53 +122,124 @@ def sweep(scenario: Scenario, pv_kwp: Iterable[float], battery_kwh: Iterable[flo
     return pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
 
 
-def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: float = 1.0) -> plt.Figure:
-    """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells ("never" = NaN)."""
+COLUMN_LABELS = {
+    "pv_kwp": "PV [kWp]", "battery_kwh": "battery [kWh]", "battery_kw": "battery [kW]", "strategy": "battery dispatch",
+    "annual_bill_no_system": "yearly bill, no PV or battery [{cur}]", "annual_bill": "yearly bill [{cur}]",
+    "savings_vs_no_system": "saving vs no PV, no battery [{cur}/yr]",
+    "savings_vs_pv_only": "saving vs PV only [{cur}/yr]",
+    "capex": "investment [{cur}]", "simple_payback_years": "PV + battery payback [yr]",
+    "discounted_payback_years": "PV + battery payback, discounted [yr]", "npv": "PV + battery NPV [{cur}]",
+    "irr_pct": "PV + battery IRR [%]", "battery_payback_years": "battery payback vs PV only [yr]",
+    "battery_discounted_payback_years": "battery payback vs PV only, discounted [yr]",
+    "battery_npv": "battery NPV vs PV only [{cur}]", "equivalent_full_cycles": "full cycles/yr (usable window)",
+    "co2_avoided_t": "CO2 avoided [t/yr]", "period_days": "days simulated", "whole_years": "whole years",
+}
+"""Plain column names for sweep.html (``{cur}`` = the currency)."""
+DASH = "—"
+"""A payback or IRR the cell never reaches (also an empty cell of the battery maps without a battery)."""
+
+
+def period_warning(table: pd.DataFrame) -> str | None:
+    """The warning every output carries when the swept period is not a whole number of years; None otherwise."""
+    from simulations.economics import study_year
+
+    if table.empty or bool(table["whole_years"].all()):
+        return None
+    return study_year(float(table["period_days"].iloc[0])).warning
+
+
+def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: float = 1.0,
+            missing: str = "never") -> plt.Figure:
+    """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells (``missing``
+    where the value is NaN); each label is black or white, whichever reads better on its cell's colour."""
     grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float) / scale
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * grid.shape[1], 1.0 + 0.6 * grid.shape[0]))
-    image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis_r" if "payback" in column
-                      else "viridis")
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
+    cmap = plt.get_cmap("viridis_r" if "payback" in column else "viridis")
+    image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap=cmap)
     ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
     ax.set_xlabel("PV [kWp]")
     ax.set_ylabel("battery [kWh]")
     ax.set_title(title, fontsize=10)
     for (i, j), value in np.ndenumerate(grid.to_numpy()):
-        text = "never" if np.isnan(value) else f"{value:.1f}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if np.isnan(value) else "white")
-    fig.colorbar(image, ax=ax, label=unit)
+        if np.isnan(value):
+            ax.text(j, i, missing, ha="center", va="center", fontsize=7, color="black")
+            continue
+        r, g, b, _ = cmap(image.norm(value))
+        colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=colour)
+    if not np.isnan(grid.to_numpy()).all():
+        fig.colorbar(image, ax=ax, label=unit)
     return fig
 
 
+def _maps(currency: str) -> tuple[tuple[str, str, str, str, float, str], ...]:
+    """(file stem, column, title, unit, scale, label of an empty cell) of every heatmap."""
+    return (
+        ("payback", "simple_payback_years", "PV + battery against no system: simple payback [years]", "years", 1.0,
+         "never"),
+        ("npv", "npv", f"PV + battery against no system: NPV [billion {currency}]", f"billion {currency}", 1e9,
+         DASH),
+        ("battery-payback", "battery_discounted_payback_years",
+         "Battery against PV only: discounted payback [years]", "years", 1.0, "never"),
+        ("battery-npv", "battery_npv", f"Battery against PV only: NPV [billion {currency}]", f"billion {currency}",
+         1e9, DASH),
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return DASH
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return html.escape(str(value))
+
+
 def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command: str, currency: str) -> dict[str, Path]:
-    """Write ``sweep.csv``, ``payback.png/.svg``, ``npv.png/.svg`` and ``sweep.html`` into ``out_dir``."""
+    """Write ``sweep.csv``, the heatmaps (``payback``, ``npv``, ``battery-payback``, ``battery-npv``; PNG and SVG)
+    and ``sweep.html`` into ``out_dir``. Returns the paths written (PNG for the heatmaps)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"table": out_dir / "sweep.csv", "html": out_dir / "sweep.html"}
     table.to_csv(paths["table"], index=False)
-    svgs = []
-    for column, title, unit, scale in (
-            ("simple_payback_years", "Simple payback of PV + battery against no system [years]", "years", 1.0),
-            ("npv", f"NPV of PV + battery against no system [billion {currency}]", f"billion {currency}", 1e9)):
-        fig = heatmap(table, column, title, unit, scale)
-        stem = "payback" if "payback" in column else "npv"
+    has_battery = bool((table["battery_kwh"] > 0).any())
+    figures = []
+    for stem, column, title, unit, scale, missing in _maps(currency):
+        if column.startswith("battery") and not has_battery:
+            continue
+        fig = heatmap(table, column, title, unit, scale, missing)
         fig.savefig(out_dir / f"{stem}.png", dpi=110, bbox_inches="tight")
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight")
         (out_dir / f"{stem}.svg").write_text(buf.getvalue(), encoding="utf-8")
-        svgs.append(buf.getvalue()[buf.getvalue().index("<svg"):])
+        figures.append((title, buf.getvalue()[buf.getvalue().index("<svg"):]))
         paths[stem] = out_dir / f"{stem}.png"
         plt.close(fig)
-    rows = table.to_html(index=False, float_format=lambda v: f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}",
-                         na_rep="–")
+    head = "".join(f"<th>{html.escape(COLUMN_LABELS.get(c, c).format(cur=currency))}</th>" for c in table.columns)
+    shown = table.astype(object).assign(strategy=table["strategy"].map(lambda n: STRATEGY_LABELS.get(n, n)))
+    sizes = {"pv_kwp", "battery_kwh", "battery_kw"}
+    body = "".join("<tr>" + "".join(f"<td>{f'{v:,.0f}' if c in sizes else _cell(v)}</td>"
+                                    for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
+                   for row in shown.itertuples(index=False))
+    warning = period_warning(table)
+    strategy = str(shown["strategy"].iloc[-1]) if len(table) else ""
+    style = ("body{font-family:sans-serif;max-width:1150px;margin:1em auto;color:#222}"
+             ".warning{border-left:6px solid #c07000;background:#fff4e0;padding:0.4em 0.8em}"
+             "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
+             "svg{max-width:100%;height:auto}.small{font-size:11px;color:#555}")
     paths["html"].write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(scenario.name)} – sizing sweep</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:1em auto}}table{{border-collapse:collapse;font-size:11px}}
-td,th{{border:1px solid #ccc;padding:2px 5px;text-align:right}}svg{{max-width:100%;height:auto}}</style></head><body>
+<style>{style}</style></head><body>
 <h1>{html.escape(scenario.name)}: sizing sweep</h1>
-<p>Battery dispatch: {html.escape(str(table['strategy'].iloc[-1]) if len(table) else '')}; battery power at the base
-case's C-rate; figures per year in {html.escape(currency)}. Reproduce: <code>{html.escape(command)}</code></p>
-{''.join(svgs)}
-<h2>Table</h2>{rows}
+{f'<p class="warning" id="period-warning">{html.escape(warning)}</p>' if warning else ''}
+<p>Battery dispatch in every cell: {html.escape(strategy)}; battery power at the base case's C-rate; yearly figures
+in {html.escape(currency)}; discount rate {scenario.finance.discount_rate_pct:g} %, study life
+{scenario.finance.lifetime_years} years. {DASH} or "never": the cell does not pay back within the study life.</p>
+<h2>Maps</h2>{''.join(f'<div>{svg}</div>' for _, svg in figures)}
+<h2>Table</h2><div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
+<p class="small">Reproduce: <code>{html.escape(command)}</code></p>
 </body></html>
 """, encoding="utf-8")
     return paths

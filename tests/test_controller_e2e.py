@@ -335,9 +335,10 @@ def test_sigterm_leaves_the_battery_at_zero(tmp_path):
             lines.append(line)
             if line.startswith("controller for"):
                 break
-        # let it command the battery (evening peak: it discharges), then stop it
+        # let it command the battery (evening peak: it discharges once the dispatcher's 30 s start-up watch of
+        # the load is over, 45 site s at 10x), then stop it
         import time
-        time.sleep(2.0)
+        time.sleep(4.5)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:

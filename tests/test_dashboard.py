@@ -49,20 +49,31 @@ class Site:
         self.bus, self.telemetry, self.commands = bus, telemetry, commands
         self.url = f"http://127.0.0.1:{telemetry.dashboard.port}"
 
-    def request(self, path: str, body: dict | bytes | None = None, token: str | None = None) -> tuple[int, Any]:
+    def request(self, path: str, body: dict | bytes | None = None, token: str | None = None,
+                host: str | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        if host:
+            req.add_header("Host", host)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, _body(resp.read())
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+            return err.code, _body(err.read())
+
+
+def _body(raw: bytes) -> Any:
+    """JSON when it is JSON (the API), else the text (Starlette's plain-text refusals)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
 
 
 async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, language: str = "auto",
-                     ) -> Site:
+                     **dashboard: Any) -> Site:
     if token:
         monkeypatch.setenv("EMS_DASHBOARD_TOKEN", token)
     else:
@@ -70,7 +81,7 @@ async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
     clock = ManualClock(T0)
     commands = Commands(ModeMachine(Mode.SELF_CONSUMPTION, T0), clock, (500.0, 500.0), (10.0, 95.0), lambda _: None)
     bus = Bus()
-    settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), language=language))
+    settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), language=language, **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=commands.apply, state_dir=tmp_path,
                            currency="VND")
     return Site(bus, await start_telemetry(settings, bus, ctx), commands)
@@ -250,3 +261,136 @@ async def test_port_in_use_raises_an_alarm_and_control_goes_on(tmp_path: Path) -
     assert alarms and alarms[0][:2] == ("telemetry.dashboard_unavailable", True)
     await telemetry.aclose()
     busy.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile input, Host header, shutdown (issue 11)
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    (b"[" * 1024 + b"]" * 1024, 422, "JSON nested deeper than 4 levels"),         # HTTP 500 before the fix
+    (b'{"mode": "standby", "ttl_s": 600, "id": "\\ud800"}', 422, "lone surrogate"),  # 500 and applied before
+    (b'\xef\xbb\xbf{"mode": "standby", "ttl_s": 600}', 422, "UTF-8 byte-order mark"),   # accepted before
+    ('{"mode": "standby", "ttl_s": 600}'.encode("utf-16"), 422, "UTF-16 byte-order mark"),  # accepted before
+    (b'{"mode": "standby", "ttl_s": NaN}', 422, "ttl_s: NaN is not a finite number"),
+    (b'{"mode": "standby", "ttl_s": 600, "id": "' + b"x" * 5000 + b'"}', 413, "exceeds 4096 bytes"),
+    (b'{"mode": "standby", "ttl_s": 600, "mode": "auto"}', 422, "duplicate key 'mode'"),
+    (bytes(range(256)), 422, "NUL byte at offset 0"),
+])
+async def test_bad_command_bodies_get_4xx_with_a_reason(site: Site, body: bytes, status: int, reason: str) -> None:
+    got_status, result = await call(site, "/api/cmd/set_mode", body, token=TOKEN)
+    assert got_status == status and not result["accepted"] and reason in result["reason"], (got_status, result)
+    assert site.commands.modes.request is None                          # nothing hostile is applied
+    got_status, result = await call(site, "/api/cmd/set_mode", {"mode": "tou_rule", "ttl_s": 60, "id": "x"},
+                                    token=TOKEN)
+    assert got_status == 200 and result["id"] == "x"
+
+
+@pytest.mark.parametrize("name", ["%ED%A0%80", "%FF", "x" * 3000, "set_mode%00"])
+async def test_odd_command_names_get_422(site: Site, name: str) -> None:
+    status, result = await call(site, f"/api/cmd/{name}", {"mode": "standby", "ttl_s": 60}, token=TOKEN)
+    assert status == 422 and "unknown command" in result["reason"] and len(result["command"]) <= 64
+    assert len(result["reason"]) < 200 and site.commands.modes.request is None
+
+
+async def test_schema_rejection_echoes_the_id_and_counters_reach_the_state(site: Site) -> None:
+    status, result = await call(site, "/api/cmd/set_mode", {"mode": "turbo", "id": "op-7"}, token=TOKEN)
+    assert status == 422 and result["id"] == "op-7"                     # null before the fix
+    site.bus.publish("state", sample_state(T0, 1))
+    await asyncio.sleep(0.05)
+    _, snap = await call(site, "/api/snapshot")
+    assert snap["state"]["commands"] == {"accepted": 0, "rejected": 1, "busy": 0, "errors": 0, "dropped": 0}
+
+
+@pytest.mark.parametrize(("allowed", "host", "status"), [
+    ((), "127.0.0.1:{port}", 200),
+    ((), "localhost:{port}", 200),
+    ((), "LOCALHOST", 200),
+    ((), "[::1]:{port}", 200),
+    ((), "attacker.example:{port}", 400),        # a rebound DNS name: answered before the fix
+    ((), "ems.factory.lan", 400),
+    (("ems.factory.lan", "192.168.1.20"), "ems.factory.lan:{port}", 200),
+    (("ems.factory.lan", "192.168.1.20"), "192.168.1.20", 200),
+    (("*.factory.lan",), "ems.factory.lan", 200),
+    (("*.factory.lan",), "factory.lan.attacker.example", 400),
+    (("*",), "anything.example", 200),
+])
+async def test_host_header_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allowed: tuple[str, ...],
+                                      host: str, status: int) -> None:
+    site = await start_site(tmp_path, monkeypatch, TOKEN, **({"allowed_hosts": allowed} if allowed else {}))
+    try:
+        got, _ = await call(site, "/api/config", host=host.format(port=site.telemetry.dashboard.port))
+        assert got == status
+        got, _ = await call(site, "/api/cmd/set_mode", {"mode": "standby", "ttl_s": 60}, token=TOKEN,
+                                 host=host.format(port=site.telemetry.dashboard.port))
+        assert got == (200 if status == 200 else 400)
+        assert (site.commands.modes.request is not None) == (status == 200)
+    finally:
+        await site.telemetry.aclose()
+
+
+def test_allowed_hosts_setting() -> None:
+    from controller.dashboard.app import allowed_hosts
+
+    assert allowed_hosts(DashboardSettings()) == ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts(DashboardSettings(host="0.0.0.0", allowed_hosts=("EMS.lan", "fd00::5"))) == [
+        "localhost", "127.0.0.1", "[::1]", "ems.lan", "[fd00::5]"]
+    assert allowed_hosts(DashboardSettings(host="192.168.1.20")) == ["localhost", "127.0.0.1", "[::1]", "192.168.1.20"]
+    for bad in ("ems*.lan", "", "a.*.lan"):
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            DashboardSettings(allowed_hosts=(bad,))
+
+
+async def _event_stream_that_reconnects(port: int, opened: list[int]) -> None:
+    """What a browser's EventSource does: read the stream, and open a new one as soon as it ends."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        opened.append(1)
+        writer.write(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        received = b""
+        while not received.endswith(b"0\r\n\r\n"):          # the last chunk of a finished stream
+            data = await reader.read(4096)
+            if not data:
+                break
+            received += data
+        writer.close()
+
+
+async def test_shutdown_with_a_live_event_client_logs_no_traceback(site: Site, caplog: pytest.LogCaptureFixture,
+                                                                  ) -> None:
+    """Before the fix the reconnected stream held the server until uvicorn's graceful-shutdown
+    timeout cancelled it: "Exception in ASGI application ... CancelledError" in the log."""
+    opened: list[int] = []
+    client = asyncio.create_task(_event_stream_that_reconnects(site.telemetry.dashboard.port, opened))
+    async with asyncio.timeout(10):
+        while site.telemetry.hub.clients == 0:
+            await asyncio.sleep(0.01)
+    await site.telemetry.aclose()
+    async with asyncio.timeout(10):
+        await client
+    assert opened and site.telemetry.hub.clients == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+async def test_shutdown_with_a_stalled_event_client_logs_no_traceback(site: Site,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A client that stopped reading (its socket buffers full) cannot take the end of the stream;
+    before the fix uvicorn cancelled it at its graceful-shutdown timeout, with a traceback."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", site.telemetry.dashboard.port))
+    stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    async with asyncio.timeout(10):
+        while site.telemetry.hub.clients == 0:
+            await asyncio.sleep(0.01)
+    big_state = {**sample_state(T0, 1), "padding": "x" * 100_000}
+    for _ in range(100):                      # ~10 MB the client never reads: the server's send blocks
+        site.bus.publish("state", big_state)
+        await asyncio.sleep(0.002)
+    await site.telemetry.aclose()
+    stalled.close()
+    assert site.telemetry.hub.clients == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

@@ -16,6 +16,8 @@ from controller.dispatch import (
     Follow,
     Source,
     Target,
+    battery_path_kw,
+    path_moves_kw,
     plan_target,
 )
 from optimizer.site import BatterySpec, GridSpec
@@ -31,28 +33,41 @@ def inputs(grid=0.0, pv=0.0, battery=0.0, soc=50.0, bms_ch=500.0, bms_dis=500.0,
                           bms_max_charge_kw=bms_ch, bms_max_discharge_kw=bms_dis, pv_limit_pct=limit)
 
 
+def settings_(**kw) -> DispatchSettings:
+    """Chain settings; the load-swing watch off unless asked for (most tests step at one instant)."""
+    return DispatchSettings(**{"load_swing_window_s": 0.0, **kw})
+
+
 def dispatcher(grid: GridSpec = ZERO_EXPORT, **kw) -> Dispatcher:
-    return Dispatcher(BATTERY, grid, DispatchSettings(**kw), pv_rated_kw=PV_RATED)
+    return Dispatcher(BATTERY, grid, settings_(**kw), pv_rated_kw=PV_RATED)
 
 
 def battery_target(kw: float, source: Source = Source.MANUAL, **kw_) -> Target:
     return Target(source, Follow.BATTERY, kw, **kw_)
 
 
-# --- step 1: missing data -------------------------------------------------------------------------
+# --- step 1: missing data, a safe state per missing device ------------------------------------------
 
-@pytest.mark.parametrize("name", ["grid_kw", "pv_kw", "battery_kw", "soc_pct", "bms_max_charge_kw",
-                                  "bms_max_discharge_kw"])
-def test_any_missing_input_is_the_safe_state(name):
-    values = dict(grid_kw=100.0, pv_kw=0.0, battery_kw=0.0, soc_pct=50.0, bms_max_charge_kw=500.0,
-                  bms_max_discharge_kw=500.0)
-    values[name] = None
-    d = dispatcher(safe_pv_limit_pct=30).step(DispatchInputs(**values), battery_target(300), NOW)
-    assert d.safe and d.battery_setpoint_kw == 0.0
+BATTERY_INPUTS = ["battery_kw", "soc_pct", "bms_max_charge_kw", "bms_max_discharge_kw"]
+SEEN = NOW - timedelta(seconds=1)
+
+
+def values(**missing_none) -> dict:
+    v = dict(grid_kw=100.0, pv_kw=0.0, battery_kw=0.0, soc_pct=50.0, bms_max_charge_kw=500.0,
+             bms_max_discharge_kw=500.0)
+    return {**v, **missing_none}
+
+
+@pytest.mark.parametrize("names", [["grid_kw"], ["grid_kw", "battery_kw"], ["grid_kw", "pv_kw"],
+                                   ["pv_kw", "battery_kw"], ["pv_kw", "soc_pct"]])
+def test_meter_missing_or_pv_and_battery_missing_is_the_site_wide_safe_state(names):
+    d = dispatcher(safe_pv_limit_pct=30).step(DispatchInputs(**values(**dict.fromkeys(names))),
+                                              battery_target(300), NOW)
+    assert d.safe and d.battery_setpoint_kw == 0.0 and d.reason == "data_missing"
     assert d.pv_limit_kw == pytest.approx(270.0) and d.pv_limit_pct == pytest.approx(30.0)
-    assert Alarm.DATA_MISSING.value in d.alarms
-    assert name in d.bounds[0].note
-    assert d.load_kw is None
+    assert d.alarms == (Alarm.DATA_MISSING.value,)
+    assert all(n in d.bounds[0].note for n in names)
+    assert d.load_kw is None and d.expected_grid_kw is None
 
 
 def test_safe_state_clears_when_data_returns():
@@ -60,6 +75,239 @@ def test_safe_state_clears_when_data_returns():
     assert disp.step(inputs(grid=None), battery_target(100), NOW).safe
     d = disp.step(inputs(grid=500, pv=0, battery=0), battery_target(100), NOW)
     assert not d.safe and d.battery_setpoint_kw == 100 and d.alarms == ()
+
+
+def seen_then_missing(grid_kw: float, pv_kw: float, measured_kw: float, commanded_kw: float, after_s: float,
+                      missing: str = "battery_kw", seen_pv_kw: float = 0.0, **settings
+                      ) -> tuple[Dispatcher, object]:
+    """A dispatcher (30 s reversion, 10 s margin) that last saw the battery at ``measured_kw`` and commanded
+    ``commanded_kw`` at SEEN, then this cycle's decision ``after_s`` later with ``missing`` gone (meter and PV
+    fine: ``grid_kw``, ``pv_kw``). ``seen_pv_kw`` lowers the net load when a margin would bind the command."""
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, settings_(**{"safe_pv_limit_pct": 30, **settings}),
+                      pv_rated_kw=PV_RATED, battery_reversion_s=30)
+    # load 450 kW, no PV: neither cap binds any setpoint in [−500, +400], so the chain commands the target
+    seen = disp.step(inputs(grid=450 - measured_kw - seen_pv_kw, pv=seen_pv_kw, battery=measured_kw),
+                     battery_target(commanded_kw), SEEN)
+    assert seen.battery_setpoint_kw == commanded_kw
+    now = SEEN + timedelta(seconds=after_s)
+    inp = DispatchInputs(**{**values(grid_kw=grid_kw, pv_kw=pv_kw, battery_kw=measured_kw), missing: None})
+    return disp, disp.step(inp, battery_target(300), now)
+
+
+# Known answers. Zero export (cap 0), import cap 1000 kW, PV rated 900 kW, no margins, safe PV limit 30 %,
+# reversion 30 s + 10 s margin. path = battery_path_kw; ceiling = grid + pv − rise; floor = grid + pv + drop − 1000.
+@pytest.mark.parametrize(
+    ("case", "grid_kw", "pv_kw", "measured_kw", "commanded_kw", "after_s", "pv_limit_kw", "alarms"), [
+        # failure 4: charging hard at −500 when it vanished; load 800, PV 800, grid +500. The old safe state cut PV
+        # to 270 kW → import 1030 kW. path −500 → −500 → 0: drop 0, rise 500 → ceiling 800 = PV: no limit needed
+        ("charging, before reversion", 500, 800, -500, -500, 5, None, ()),
+        # the load falls to 600: grid +300. ceiling 300 + 800 − 500 = 600 kW (export 0 when the battery reverts)
+        ("charging, load falls", 300, 800, -500, -500, 5, 600.0, ()),
+        # still ramping to −500 from −200: drop 300, rise 500; floor 300 + 800 + 300 − 1000 = 400 ≤ ceiling 600
+        ("charging, ramping", 300, 800, -200, -500, 5, 600.0, ()),
+        # 41 s after last seen (≥ 30 + 10): at 0 kW for sure; load 700, PV 800 → grid −100: ceiling 700 kW
+        ("charging, after reversion", -100, 800, -500, -500, 41, 700.0, ()),
+        # the same grid 39 s after: it may still be charging, then revert: ceiling −100 + 800 − 500 = 200 kW
+        ("charging, just before reversion", -100, 800, -500, -500, 39, 200.0, ()),
+        # discharging 300 kW at night, load 800: drop 300 → floor 500 + 300 − 1000 < 0: import held; PV 0 kW
+        ("discharging, before reversion", 500, 0, 300, 300, 5, None, ()),
+        # load 1100: floor 800 + 300 − 1000 = 100 kW of PV needed, none available → alarm
+        ("discharging, import unheld", 800, 0, 300, 300, 5, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+        # after reversion it is at 0 already (grid shows it): floor 1100 − 1000 = 100 > 0 kW PV → still unheld
+        ("discharging, after reversion", 1100, 0, 300, 300, 41, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+        # discharging 300 kW at noon, load 900, PV 800: grid −200 (export!). rise 0 → ceiling 600; floor
+        # −200 + 800 + 300 − 1000 = −100
+        ("discharging, exporting", -200, 800, 300, 300, 5, 600.0, ()),
+        # discharging at 300 kW with the import cap at risk: load 1500, PV 300, grid 900: drop 300 →
+        # floor 900 + 300 + 300 − 1000 = 500 kW > the 300 kW there is: alarm, and PV is not limited
+        ("discharging, cap at risk", 900, 300, 300, 300, 5, None, (Alarm.IMPORT_CAP_UNHELD.value,)),
+    ])
+def test_battery_missing_pv_alone_holds_the_caps(case, grid_kw, pv_kw, measured_kw, commanded_kw, after_s,
+                                                  pv_limit_kw, alarms):
+    _disp, d = seen_then_missing(grid_kw, pv_kw, measured_kw, commanded_kw, after_s)
+    assert d.safe and d.battery_setpoint_kw == 0.0 and d.reason == "battery_missing", case
+    assert d.pv_limit_kw == (None if pv_limit_kw is None else pytest.approx(pv_limit_kw)), (case, d.bounds)
+    assert d.alarms == (Alarm.DATA_MISSING.value, *alarms), case
+    assert "battery_kw" in d.bounds[0].note and d.load_kw is None
+
+
+@pytest.mark.parametrize("name", BATTERY_INPUTS)
+def test_soc_or_bms_missing_counts_as_battery_missing(name):
+    _disp, d = seen_then_missing(300, 800, -500, -500, 5, missing=name)
+    assert d.reason == "battery_missing" and d.pv_limit_kw == pytest.approx(600.0)
+    assert name in d.bounds[0].note
+
+
+def test_battery_missing_when_export_and_import_cannot_both_be_held_import_wins():
+    # charging −500 when it vanished: drop 0, rise 500. Load 600, PV 800, grid +300; an import margin of 600 kW
+    # (import held under 400 kW): ceiling 300 + 800 − 500 = 600, floor 300 + 800 + 0 − 400 = 700 > 600 → 700 kW
+    _disp, d = seen_then_missing(300, 800, -500, -500, 5, seen_pv_kw=550, import_margin_kw=600)
+    assert d.pv_limit_kw == pytest.approx(700.0)
+    assert [b.step for b in d.bounds] == ["data", "export_cap", "import_cap"]
+    assert "export cap may not hold" in d.bounds[-1].note
+    assert Alarm.IMPORT_CAP_UNHELD.value not in d.alarms  # 800 kW of PV are there to hold it
+
+
+def test_battery_missing_without_a_known_reversion_timer_keeps_its_last_command():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, settings_(), pv_rated_kw=PV_RATED)
+    assert disp.step(inputs(grid=500, pv=800, battery=-500), battery_target(-500), SEEN).battery_setpoint_kw == -500
+    d = disp.step(DispatchInputs(**values(grid_kw=-100, pv_kw=800, battery_kw=None)), None,
+                  SEEN + timedelta(hours=1))
+    assert d.pv_limit_kw == pytest.approx(200.0) and "no reversion timer known" in d.bounds[0].note
+    timed = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(battery_reversion_s=60), pv_rated_kw=PV_RATED)
+    assert timed.battery_reversion_s == 60
+
+
+def test_battery_never_seen_is_taken_as_idle():
+    d = dispatcher().step(DispatchInputs(**values(grid_kw=-100, pv_kw=800, battery_kw=None)), None, NOW)
+    assert d.pv_limit_kw == pytest.approx(700.0) and "path 0 kW" in d.bounds[0].note
+
+
+def test_battery_path_and_its_moves():
+    assert battery_path_kw(-200, -500, reverted=False) == (-200, -500, 0.0)
+    assert battery_path_kw(-200, -500, reverted=True) == (-200, 0.0)
+    assert battery_path_kw(None, -500, reverted=True) == (0.0,)
+    assert path_moves_kw((-200, -500, 0.0)) == (300, 500)
+    assert path_moves_kw((300, 300, 0.0)) == (300, 0)
+    assert path_moves_kw((0.0,)) == (0, 0)
+
+
+def test_the_reversion_period_comes_from_the_battery_profile():
+    from controller.service import reversion_s
+    from drivers.profile import load_profile
+
+    assert reversion_s(load_profile("sunspec-battery")) == 30  # remote_control.enter: setpoint_reversion_s 30
+    assert reversion_s(load_profile("sungrow-sh")) is None      # no watchdog: holds its last command
+
+
+@settings(max_examples=300, deadline=None)
+@given(load=st.floats(0, 1500), pv_avail=st.floats(0, 900), measured=st.floats(-500, 400),
+       commanded=st.floats(-500, 400), after_s=st.floats(0.5, 120), export_cap=st.floats(0, 300),
+       import_margin=st.floats(0, 100), export_margin=st.floats(0, 50))
+def test_battery_missing_pv_holds_import_whenever_pv_can(load, pv_avail, measured, commanded, after_s, export_cap,
+                                                         import_margin, export_margin):
+    """The battery vanished at ``measured`` kW, told ``commanded`` (30 s reversion + 10 s margin). It is still at
+    ``measured`` (at 0 kW once reverted) and may yet go to any waypoint of its path. Whatever it does, PV output
+    under the decision keeps import under the cap whenever full PV could against the path's largest fall, and
+    keeps export under its cap too whenever some PV output could hold both against its largest fall and rise."""
+    grid = GridSpec(import_cap_kw=1000, export_cap_kw=export_cap)
+    disp = Dispatcher(BATTERY, grid, settings_(import_margin_kw=import_margin, export_margin_kw=export_margin),
+                      pv_rated_kw=PV_RATED, battery_reversion_s=30)
+    seen = disp.step(inputs(grid=450 - measured, pv=0.0, battery=measured), battery_target(commanded), SEEN)
+    commanded = seen.battery_setpoint_kw  # a margin may clamp the target a little
+    reverted = after_s >= 40
+    now_kw = 0.0 if reverted else measured
+    futures = (0.0,) if reverted else (measured, commanded, 0.0)
+    d = disp.step(DispatchInputs(**values(grid_kw=load - pv_avail - now_kw, pv_kw=pv_avail, battery_kw=None)),
+                  None, SEEN + timedelta(seconds=after_s))
+    assert d.battery_setpoint_kw == 0 and 0 <= d.pv_limit_pct <= 100
+    pv_out = pv_avail if d.pv_limit_kw is None else min(pv_avail, d.pv_limit_kw)
+    # the dispatcher cannot tell where on its path the battery is now, so it allows for the largest fall and
+    # rise between any two waypoints; the battery's real moves from now are within those
+    drop, rise = path_moves_kw(battery_path_kw(None if reverted else measured, commanded, reverted))
+    cap, net = 1000 - import_margin, load - now_kw  # net = grid + PV as measured
+    if net - pv_avail + drop <= cap:
+        assert all(load - pv_out - b <= cap + 1e-6 for b in futures)
+    if max(0.0, net + drop - cap) <= min(pv_avail, net - rise + export_cap - export_margin):
+        assert all(-export_cap + export_margin - 1e-6 <= load - pv_out - b <= cap + 1e-6 for b in futures)
+
+
+# PV missing (meter and battery fine): the battery holds the grid inside the caps from the meter, idle otherwise.
+@pytest.mark.parametrize(("case", "grid_kw", "battery_kw", "soc", "setpoint_kw", "reason", "alarms"), [
+    ("inside the caps: idle", 400, 100, 50, 0.0, "pv_missing", ()),
+    # grid 1100 with the battery at 0: discharge 100 kW
+    ("import cap", 1100, 0, 50, 100.0, "import_cap", ()),
+    # grid 900 while discharging 300: 900 + 300 − 1000 = 200 kW still needed
+    ("import cap, discharging", 900, 300, 50, 200.0, "import_cap", ()),
+    # grid 1600 with the battery at 0: 600 kW needed, 400 kW PCS: alarm
+    ("import cap unheld", 1600, 0, 50, 400.0, "import_cap", (Alarm.IMPORT_CAP_UNHELD.value,)),
+    # grid −200 (export) while charging 100: charge 300
+    ("export cap", -200, -100, 50, -300.0, "export_cap", ()),
+    # full battery: it may not charge; the safe PV limit is all that is left
+    ("export cap, full battery", -200, 0, 96, 0.0, "pv_missing", ()),
+])
+def test_pv_missing_battery_holds_the_caps(case, grid_kw, battery_kw, soc, setpoint_kw, reason, alarms):
+    d = dispatcher(safe_pv_limit_pct=30).step(
+        DispatchInputs(**values(grid_kw=grid_kw, pv_kw=None, battery_kw=battery_kw, soc_pct=soc)),
+        battery_target(-500), NOW)
+    assert d.safe and d.battery_setpoint_kw == pytest.approx(setpoint_kw), (case, d.bounds)
+    assert d.reason == reason, case
+    assert d.pv_limit_kw == pytest.approx(270.0)
+    assert d.alarms == (Alarm.DATA_MISSING.value, *alarms), case
+    assert d.expected_grid_kw == pytest.approx(grid_kw + battery_kw - setpoint_kw)
+    assert "pv_kw" in d.bounds[0].note
+
+
+def test_export_margin_and_import_margin_apply_with_pv_missing():
+    d = dispatcher(export_margin_kw=10, import_margin_kw=50).step(
+        DispatchInputs(**values(grid_kw=-200, pv_kw=None, battery_kw=0)), None, NOW)
+    assert d.battery_setpoint_kw == pytest.approx(-210)
+    d = dispatcher(export_margin_kw=10, import_margin_kw=50).step(
+        DispatchInputs(**values(grid_kw=1000, pv_kw=None, battery_kw=0)), None, NOW)
+    assert d.battery_setpoint_kw == pytest.approx(50)
+
+
+# --- step 4's margin: the load's one-cycle swing, and start-up ---------------------------------------
+
+SELF_CONSUMPTION = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0)
+
+
+def run_cycles(disp: Dispatcher, loads: list[float], pv: float = 518.0, start=NOW, every_s: float = 1.0):
+    """One decision per load value, ``every_s`` apart, battery at 0 kW (grid = load − PV)."""
+    return [disp.step(inputs(grid=load - pv, pv=pv, battery=0.0), SELF_CONSUMPTION,
+                      start + timedelta(seconds=i * every_s)) for i, load in enumerate(loads)]
+
+
+def test_at_start_up_the_battery_does_not_discharge_for_the_load_until_its_swing_is_known():
+    # the example site at 14:00: load 800, PV 518; self-consumption would discharge 282 − 10 kW at once
+    d = run_cycles(Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED),
+                   [800.0] * 31)
+    assert [x.battery_setpoint_kw for x in d[:30]] == [0.0] * 30
+    assert "load swing not known yet" in d[0].bounds[-1].note and d[0].reason == "export_cap"
+    assert d[30].battery_setpoint_kw == pytest.approx(800 - 518 - 10)  # watched for 30 s: steady, margin 10
+
+
+def test_start_up_hold_still_discharges_for_the_import_cap():
+    d = run_cycles(Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED), [1618.0])
+    assert d[0].battery_setpoint_kw == pytest.approx(100.0) and "import_cap" in [b.step for b in d[0].bounds]
+
+
+def test_export_margin_is_the_largest_one_cycle_load_fall_in_the_window():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED)
+    # 30 s steady, then the load falls 60 kW in one cycle (at 31 s) and stays there
+    d = run_cycles(disp, [800.0] * 31 + [740.0] * 32)
+    assert d[31].battery_setpoint_kw == pytest.approx(740 - 518 - 60)  # margin 60: the fall just seen
+    assert "load swing" in d[31].bounds[-1].note
+    assert d[61].battery_setpoint_kw == pytest.approx(740 - 518 - 60)  # 30 s after it: still in the window
+    assert d[62].battery_setpoint_kw == pytest.approx(740 - 518 - 10)  # aged out: the configured margin
+    # the PV limit keeps the same margin: full battery, PV 900 above a 740 kW load → PV ≤ 740 − 60
+    full = disp.step(inputs(grid=740 - 900, pv=900, battery=0.0, soc=96), SELF_CONSUMPTION,
+                     NOW + timedelta(seconds=63))
+    assert full.pv_limit_kw == pytest.approx(740 - 10)  # the fall aged out; the rise to 900 PV is no fall
+    disp2 = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(export_margin_kw=10), pv_rated_kw=PV_RATED)
+    run_cycles(disp2, [800.0] * 31 + [740.0])
+    full = disp2.step(inputs(grid=740 - 900, pv=900, battery=0.0, soc=96), SELF_CONSUMPTION,
+                      NOW + timedelta(seconds=32))
+    assert full.pv_limit_kw == pytest.approx(740 - 60)
+
+
+def test_a_data_gap_longer_than_the_window_means_the_swing_must_be_watched_again():
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    run_cycles(disp, [800.0] * 31)
+    assert disp.step(inputs(grid=None), SELF_CONSUMPTION, NOW + timedelta(seconds=40)).safe
+    d = disp.step(inputs(grid=282.0, pv=518.0), SELF_CONSUMPTION, NOW + timedelta(seconds=70))
+    assert d.battery_setpoint_kw == 0.0 and any("load swing not known yet" in b.note for b in d.bounds)
+
+
+def test_steps_further_apart_than_the_window_learn_no_swing():
+    # the offline simulator's steps are minutes apart (it turns the watch off): a fall between them is no
+    # one-cycle swing, so the surplus after the 500 kW fall is charged with the configured margin (0) only
+    disp = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(load_swing_window_s=0), pv_rated_kw=PV_RATED)
+    d = run_cycles(disp, [800.0, 300.0], every_s=900)
+    assert d[0].battery_setpoint_kw == pytest.approx(282) and d[1].battery_setpoint_kw == pytest.approx(-218)
+    watched = Dispatcher(BATTERY, ZERO_EXPORT, DispatchSettings(), pv_rated_kw=PV_RATED)
+    d = run_cycles(watched, [800.0, 300.0], every_s=900)  # 900 s apart: beyond the window, nothing learnt
+    assert d[1].battery_setpoint_kw == pytest.approx(-218)
 
 
 # --- step 2: PCS, BMS, SOC with hysteresis -------------------------------------------------------
@@ -274,8 +522,11 @@ def test_setpoint_never_leaves_the_pcs_bms_soc_limits(seq, import_cap, export_ca
     disp = dispatcher(GridSpec(import_cap_kw=import_cap, export_cap_kw=export_cap))
     for inp, target in seq:
         d = disp.step(inp, target, NOW)
+        assert 0 <= d.pv_limit_pct <= 100
         if inp.missing():
-            assert d.safe and d.battery_setpoint_kw == 0
+            assert d.safe
+        if inp.grid_kw is None or inp.battery_missing:
+            assert d.battery_setpoint_kw == 0
             continue
         assert -min(BATTERY.max_charge_kw, inp.bms_max_charge_kw) - 1e-9 <= d.battery_setpoint_kw
         assert d.battery_setpoint_kw <= min(BATTERY.max_discharge_kw, inp.bms_max_discharge_kw) + 1e-9

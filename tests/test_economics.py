@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from simulations.economics import (
     BatteryAgeing,
     CashFlowInputs,
-    annualise,
     cash_flow,
     co2_avoided_t,
     equivalent_full_cycles,
@@ -20,6 +19,7 @@ from simulations.economics import (
     lcos,
     npv,
     payback_years,
+    study_year,
 )
 
 
@@ -28,8 +28,20 @@ def test_npv_and_irr_known_answers() -> None:
     assert npv(0.0, [-100.0, 30.0, 30.0]) == pytest.approx(-40.0)
     assert irr([-100.0, 110.0]) == pytest.approx(0.10, abs=1e-9)
     assert irr([-100.0, 50.0, 50.0]) == pytest.approx(0.0, abs=1e-9)
-    assert irr([-100.0, 10.0, 10.0]) == pytest.approx(npf.irr([-100.0, 10.0, 10.0]), abs=1e-9)
+    assert irr([-100.0, 40.0, 80.0]) == pytest.approx(npf.irr([-100.0, 40.0, 80.0]), abs=1e-9)
     assert irr([-100.0, -10.0]) is None
+
+
+def test_irr_is_none_for_an_investment_that_never_pays_back() -> None:
+    # numpy-financial gives about -0.7 for this flow; an IRR below zero is "never pays back", shown as "—"
+    assert npf.irr([-100.0, 10.0, 10.0]) < 0
+    assert irr([-100.0, 10.0, 10.0]) is None
+    inp = CashFlowInputs(lifetime_years=2, discount_rate=0.08, capex=100.0, pv_savings=10.0, battery_savings=0.0,
+                         om_per_year=0.0)
+    summary = finance_summary(inp)
+    assert summary["irr"] is None and summary["simple_payback_years"] is None
+    assert summary["irr_note"] == summary["payback_note"] == "does not pay back within the 2-year life"
+    assert summary["discounted_payback_note"] == "does not pay back at 8 % within the 2-year life"
 
 
 def test_payback_known_answers() -> None:
@@ -41,6 +53,48 @@ def test_payback_known_answers() -> None:
     expected = 4 + -(sum(d[:5])) / d[5]
     assert payback_years(flows, 0.10) == pytest.approx(expected)
     assert payback_years([0.0, 5.0]) == 0.0
+
+
+def test_payback_is_the_crossing_after_which_the_flow_stays_paid_back() -> None:
+    # cumulative -100, -40, 20, -30 (a replacement), -20: ends below zero -> never pays back
+    assert payback_years([-100.0, 60.0, 60.0, -50.0, 10.0]) is None
+    # cumulative -100, -40, 20, -30, 10: paid back for good during year 4 -> 3 + 30/40
+    assert payback_years([-100.0, 60.0, 60.0, -50.0, 40.0]) == pytest.approx(3.75)
+
+
+def test_discounted_payback_exists_exactly_when_the_npv_is_not_negative() -> None:
+    # the case: simple payback in year 19.x, NPV at 8 % negative -> no discounted payback
+    flows = [-1000.0] + [52.0] * 20
+    assert payback_years(flows) == pytest.approx(1000 / 52)
+    assert npv(0.08, flows) < 0 and payback_years(flows, 0.08) is None
+
+
+def test_om_escalates_from_year_two() -> None:
+    inp = CashFlowInputs(lifetime_years=3, discount_rate=0.0, capex=0.0, pv_savings=0.0, battery_savings=0.0,
+                         om_per_year=10.0, om_escalation=0.10)
+    assert list(cash_flow(inp)["om"].round(9)) == [0.0, -10.0, -11.0, -12.1]
+
+
+def test_savings_by_year_replace_the_degradation_factor() -> None:
+    # re-billed PV savings at first-year prices 200, 190, 181; escalation 10 % on top; no other flows
+    inp = CashFlowInputs(lifetime_years=3, discount_rate=0.0, capex=0.0, pv_savings=200.0, battery_savings=0.0,
+                         om_per_year=0.0, tariff_escalation=0.10, pv_degradation=0.5,
+                         pv_savings_by_year=(200.0, 190.0, 181.0))
+    assert list(cash_flow(inp)["pv_savings"].round(9)) == [0.0, 200.0, 209.0, 219.01]
+    with pytest.raises(ValueError, match="2 values for a 3-year life"):
+        cash_flow(CashFlowInputs(lifetime_years=3, discount_rate=0.0, capex=0.0, pv_savings=1.0,
+                                 battery_savings=0.0, om_per_year=0.0, pv_savings_by_year=(1.0, 1.0)))
+
+
+def test_study_year_counts_whole_years_exactly() -> None:
+    assert study_year(365.0).years == 1.0 and study_year(365.0).whole and study_year(365.0).warning is None
+    assert study_year(366.0).years == 1.0 and study_year(731.0).years == 2.0
+    jan = study_year(28.0)
+    assert not jan.whole and jan.years == pytest.approx(28 / 365.25)
+    assert "28.0 days, shorter than a year" in jan.warning
+    assert "not a whole number of years" in study_year(400.0).warning
+    with pytest.raises(ValueError):
+        study_year(0.0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -70,7 +124,7 @@ def test_cash_flow_by_hand() -> None:
     assert flow["cumulative"].iloc[-1] == pytest.approx(-1000 + 190 + 199 + 208.405)
     summary = finance_summary(inp)
     assert summary["npv"] == pytest.approx(npf.npv(0.08, [-1000.0, 190.0, 199.0, 208.405]))
-    assert summary["irr"] == pytest.approx(npf.irr([-1000.0, 190.0, 199.0, 208.405]), abs=1e-9)
+    assert summary["irr"] is None  # never pays back: no negative IRR (numpy-financial would give -0.22)
     assert summary["simple_payback_years"] is None
     assert summary["first_year_savings"] == pytest.approx(200.0)
 
@@ -105,26 +159,23 @@ def test_lcos_discounted_by_hand() -> None:
     assert lcos(inp, cash_flow(inp)) == pytest.approx(expected, rel=1e-9)
 
 
-def test_cycles_co2_and_annualise() -> None:
+def test_cycles_and_co2() -> None:
     assert equivalent_full_cycles(3000.0, 1000.0) == 3.0
     assert equivalent_full_cycles(10.0, 0.0) == 0.0
     assert co2_avoided_t(1_000_000.0, 400_000.0, 0.681) == pytest.approx(408.6)
     assert jcm_reduction_t(1_100_000.0, 0.5) == pytest.approx(550.0)
-    assert annualise(10.0, 8766.0 / 2) == pytest.approx(20.0)
-    with pytest.raises(ValueError):
-        annualise(1.0, 0.0)
 
 
 def test_evaluate_splits_savings_and_investments() -> None:
-    from simulations.economics import HOURS_PER_YEAR, StrategyTotals, StudyParameters, evaluate
+    from simulations.economics import StrategyTotals, StudyParameters, evaluate
 
     params = StudyParameters(
         pv_kwp=100, battery_kwh=200, battery_kw=100, pv_per_kwp=10.0, battery_per_kwh=5.0, battery_per_kw=1.0,
         pv_om_per_kwp_year=0.1, battery_om_per_kwh_year=0.05, battery_replacement_pct=50, discount_rate=0.0,
-        lifetime_years=10, tariff_escalation=0.0, pv_degradation=0.0,
+        lifetime_years=10, tariff_escalation=0.0, om_escalation=0.0, pv_degradation=0.0,
         ageing=BatteryAgeing(cycle_life=1e12, calendar_life_years=1e12, end_of_life_soh_pct=80),
         grid_factor_t_per_mwh=0.5, jcm_factor_t_per_mwh=0.4)
-    half = HOURS_PER_YEAR / 2  # half a year simulated: every figure doubles
+    half = study_year(365.25 / 2)  # half a mean year simulated: every figure doubles
     ref = StrategyTotals(bill=1000.0, import_kwh=5000.0, export_kwh=0.0, pv_kwh=0.0, discharge_kwh=0.0, capacity_kwh=0)
     pv = StrategyTotals(bill=800.0, import_kwh=4000.0, export_kwh=0.0, pv_kwh=1000.0, discharge_kwh=0.0,
                         capacity_kwh=200)
@@ -151,3 +202,56 @@ def test_evaluate_splits_savings_and_investments() -> None:
     flows = [-1100 * k] + [200 - 10] * 9 + [200 - 10 + 0.5 * 1100 * k]
     assert npf.npv(0.0, flows) == pytest.approx(0.0, abs=1e-6)
     assert out["pv_only"]["finance"]["system"]["simple_payback_years"] == pytest.approx(1000 / 390)
+
+
+def _params(**over):
+    from simulations.economics import StudyParameters
+
+    base = dict(pv_kwp=100, battery_kwh=200, battery_kw=100, pv_per_kwp=10.0, battery_per_kwh=5.0,
+                battery_per_kw=0.0, pv_om_per_kwp_year=0.0, battery_om_per_kwh_year=0.0, battery_replacement_pct=50,
+                discount_rate=0.0, lifetime_years=3, tariff_escalation=0.0, om_escalation=0.0, pv_degradation=0.0,
+                ageing=BatteryAgeing(cycle_life=1e12, calendar_life_years=1e12, end_of_life_soh_pct=80),
+                grid_factor_t_per_mwh=0.5, jcm_factor_t_per_mwh=None)
+    return StudyParameters(**{**base, **over})
+
+
+def test_evaluate_one_whole_year_is_the_sum_of_the_period() -> None:
+    from simulations.economics import StrategyTotals, evaluate
+
+    ref = StrategyTotals(bill=1234.5, import_kwh=10.0, export_kwh=0.0, pv_kwh=0.0, discharge_kwh=0.0, capacity_kwh=0)
+    pv = StrategyTotals(bill=1000.25, import_kwh=8.0, export_kwh=0.0, pv_kwh=2.0, discharge_kwh=0.0, capacity_kwh=0)
+    out = evaluate(_params(), study_year(365.0), ref, pv, {"pv_only": pv})
+    assert out["pv_only"]["annual_bill"] == 1000.25  # no 8766/8760 factor
+    assert out["pv_only"]["savings_vs_no_system"] == 234.25
+
+
+def test_evaluate_credits_the_year_end_soc_and_counts_cycles_over_the_usable_window() -> None:
+    from simulations.economics import StrategyTotals, evaluate
+
+    ref = StrategyTotals(bill=1000.0, import_kwh=10.0, export_kwh=0.0, pv_kwh=0.0, discharge_kwh=0.0, capacity_kwh=0)
+    pv = StrategyTotals(bill=800.0, import_kwh=8.0, export_kwh=0.0, pv_kwh=2.0, discharge_kwh=0.0, capacity_kwh=200)
+    # the battery ended 40 kWh lower than it started; refilling it at 1.5/kWh is worth -60 against its savings
+    bat = StrategyTotals(bill=700.0, import_kwh=7.0, export_kwh=0.0, pv_kwh=2.0, discharge_kwh=3400.0,
+                         capacity_kwh=200, usable_kwh=170.0, soc_change_kwh=-40.0, soc_change_value=-60.0)
+    out = evaluate(_params(), study_year(365.0), ref, pv, {"pv_only": pv, "mpc": bat})["mpc"]
+    assert out["annual_bill"] == 700.0
+    assert out["soc_change_value"] == -60.0 and out["soc_change_kwh"] == -40.0
+    assert out["savings_vs_pv_only"] == pytest.approx(100.0 - 60.0)
+    assert out["finance"]["battery"]["first_year_savings"] == pytest.approx(40.0)
+    assert out["equivalent_full_cycles"] == pytest.approx(3400 / 170)  # 20, over the 10-95 % window
+    assert out["equivalent_full_cycles_nameplate"] == pytest.approx(3400 / 200)  # 17
+
+
+def test_evaluate_bills_each_degraded_year() -> None:
+    from simulations.economics import StrategyTotals, evaluate
+
+    ref = StrategyTotals(bill=1000.0, import_kwh=10.0, export_kwh=0.0, pv_kwh=0.0, discharge_kwh=0.0, capacity_kwh=0)
+    # PV only re-billed with years 2 and 3 of degraded PV: savings 200, 195, 190 (not 200 × 0.5^y)
+    pv = StrategyTotals(bill=800.0, import_kwh=8.0, export_kwh=0.0, pv_kwh=2.0, discharge_kwh=0.0, capacity_kwh=0,
+                        bills_by_year=(800.0, 805.0, 810.0))
+    out = evaluate(_params(pv_degradation=0.5, om_escalation=0.1, pv_om_per_kwp_year=1.0), study_year(365.0), ref,
+                   pv, {"pv_only": pv})["pv_only"]
+    flow = out["cash_flow"]
+    assert [row["pv_savings"] for row in flow] == pytest.approx([0.0, 200.0, 195.0, 190.0])
+    assert [row["om"] for row in flow] == pytest.approx([0.0, -100.0, -110.0, -121.0])
+    assert out["finance"]["system"]["npv"] == pytest.approx(-1000 + 200 + 195 + 190 - 100 - 110 - 121)

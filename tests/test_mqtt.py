@@ -4,6 +4,7 @@ or rejected with its reason), bad input, retained commands, the ACL, broker rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -157,7 +158,8 @@ async def test_every_command_kind_accepted(setup: tuple[Controller, MqttSink, Li
 @pytest.mark.parametrize(("name", "payload", "reason"), [
     ("set_mode", {"mode": "turbo"}, "mode: 'turbo' is not one of"),
     ("set_mode", b"{not json", "malformed JSON"),
-    ("set_mode", b"\xff\xfe", "malformed JSON"),
+    ("set_mode", b"\xff\xfe", "UTF-16 byte-order mark"),
+    ("set_mode", b'{"mode": "auto", "ttl_s": 60\x80}', "not UTF-8: byte 0x80 at offset 28"),
     ("set_mode", b"[1, 2]", "is not of type 'object'"),
     ("manual_setpoint", {"battery_kw": "lots", "ttl_s": 60}, "battery_kw: 'lots' is not of type 'number'"),
     ("manual_setpoint", {"battery_kw": 900, "ttl_s": 60}, "outside the PCS range"),
@@ -358,3 +360,141 @@ def test_schemas_agree_with_the_controller_models(name: str, payload: dict[str, 
     if name == "manual_setpoint" and payload["battery_kw"] is True:
         model_ok = False          # pydantic coerces a JSON boolean to 1.0; the schema refuses it first
     assert schema_ok == model_ok, (name, payload)
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile messages, bursts, restarts (issue 11)
+
+HOSTILE = [
+    (b"[" * 1024 + b"]" * 1024, "JSON nested deeper than 4 levels"),         # ended the MQTT task before the fix
+    (b'{"mode": "standby", "ttl_s": 600, "id": "\\ud800"}', "lone surrogate"),  # applied, then ended the task
+    (b'\xef\xbb\xbf{"mode": "standby", "ttl_s": 600}', "UTF-8 byte-order mark"),  # accepted before the fix
+    ('{"mode": "standby", "ttl_s": 600}'.encode("utf-16"), "UTF-16 byte-order mark"),  # accepted before the fix
+    (b'{"mode": "standby", "ttl_s": NaN}', "ttl_s: NaN is not a finite number"),
+    (b'{"mode": "standby", "ttl_s": 1e999}', "ttl_s: 1e999 is not a finite number"),
+    (b'{"mode": "standby", "id": "' + b"x" * 5000 + b'"}', "exceeds 4096"),
+    (bytes(range(256)), "NUL byte at offset 0"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), HOSTILE)
+async def test_hostile_message_is_answered_and_the_sink_goes_on(setup: tuple[Controller, MqttSink, Listener],
+                                                                payload: bytes, reason: str) -> None:
+    controller, sink, listener = setup
+    r = await listener.command("set_mode", payload)
+    assert not r["accepted"] and reason in r["reason"], r["reason"]
+    assert controller.modes.request is None                            # nothing hostile is applied
+    r = await listener.command("set_mode", {"mode": "tou_rule", "ttl_s": 60, "id": "after"})
+    assert r["accepted"] and r["id"] == "after" and not sink._task.done()
+    assert sink.connects == 1                                          # same connection, no restart
+
+
+async def test_schema_rejection_echoes_the_id_over_mqtt(setup: tuple[Controller, MqttSink, Listener]) -> None:
+    _, _, listener = setup
+    r = await listener.command("set_mode", {"mode": "turbo", "id": "op-7"})
+    assert not r["accepted"] and r["id"] == "op-7"                     # was null before the fix
+
+
+def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    """An MQTT 3.1.1 control packet: fixed header with the variable-length remaining length."""
+    size, length = len(body), bytearray()
+    while True:
+        size, digit = size // 128, size % 128
+        length.append(digit | (0x80 if size else 0))
+        if not size:
+            return bytes([first_byte]) + bytes(length) + body
+
+
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def burst_of_publishes(topic: str, payloads: list[bytes]) -> bytes:
+    """CONNECT followed by one QoS 0 PUBLISH per payload, as one byte string: written with a single
+    ``sendall``, the burst reaches the broker at once, whatever this test's event loop is doing."""
+    connect = _mqtt_packet(0x10, _mqtt_string("MQTT") + bytes([4, 0x02]) + (60).to_bytes(2, "big")
+                           + _mqtt_string("test-burst"))
+    return connect + b"".join(_mqtt_packet(0x30, _mqtt_string(topic) + p) for p in payloads)
+
+
+async def test_burst_of_300_commands_each_gets_a_result(mosquitto: Mosquitto) -> None:  # noqa: F811
+    """300 commands arriving at once to a sink with a queue of 4: every one is answered, accepted or
+    'busy' (before the fix aiomqtt discarded 198 of them with no result and no alarm), and the queue
+    alarm is raised, then cleared once the queue has drained."""
+    controller = Controller()
+    alarms: list[tuple[str, bool, str]] = []
+    client, listener = await listener_for(mosquitto)
+    sink = MqttSink(settings_for(mosquitto, command_queue=4), SITE, controller.intake,
+                    on_alarm=lambda *a: alarms.append(a))
+    sink.start()
+    async with asyncio.timeout(WAIT_S):
+        await sink.connected.wait()
+    ids = [f"burst-{i}" for i in range(300)]
+    burst = burst_of_publishes(f"ems/{SITE}/cmd/replan", [json.dumps({"id": i}).encode() for i in ids])
+    _, writer = await asyncio.open_connection(mosquitto.host, mosquitto.port)
+    writer.write(burst)
+    await writer.drain()
+    results: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(TimeoutError):
+        while len(results) < len(ids):
+            r = json.loads((await listener.next("cmd/replan/result")).payload)
+            results[r["id"]] = r
+    writer.close()
+    assert sorted(results) == sorted(ids), f"{len(ids) - len(results)} commands got no result"
+    busy = [r for r in results.values() if not r["accepted"]]
+    assert all(r["reason"].startswith("busy: ") for r in busy), busy[:3]
+    assert len(controller.replans) == 300 - len(busy) == controller.intake.accepted
+    assert busy, "the queue of 4 never filled: the burst did not test the bound"
+    assert [(code, active) for code, active, _ in alarms][:1] == [("telemetry.command_queue_full", True)]
+    async with asyncio.timeout(WAIT_S):          # cleared once the worker's last result has gone out
+        while alarms[-1][1]:
+            await asyncio.sleep(0.01)
+    assert {code for code, _, _ in alarms} == {"telemetry.command_queue_full"}
+    assert controller.intake.counters()["busy"] == len(busy)
+    await sink.aclose()
+    listener._task.cancel()
+    await client.__aexit__(None, None, None)
+
+
+class FailsOnFirstConnect(MqttSink):
+    """A sink with a bug that strikes once, after ``online`` went out (stands for any error that is
+    not the broker's: before the fix such an error ended the task for good and left ``online``)."""
+
+    failed = False
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        await super()._on_connect(client)
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("bug in the sink")
+
+
+async def test_sink_restarts_after_any_error_and_says_offline_meanwhile(mosquitto: Mosquitto) -> None:  # noqa: F811
+    controller = Controller()
+    client, listener = await listener_for(mosquitto)
+    sink = FailsOnFirstConnect(settings_for(mosquitto), SITE, controller.intake)
+    sink.start()
+    assert [(await listener.next("status")).payload for _ in range(3)] == [b"online", b"offline", b"online"]
+    async with asyncio.timeout(WAIT_S):
+        await sink.connected.wait()
+    assert sink.restarts == 1 and sink.connects == 2
+    r = await listener.command("replan", {"id": "after-restart"})
+    assert r["accepted"] and controller.replans
+    await sink.aclose()
+    listener._task.cancel()
+    await client.__aexit__(None, None, None)
+
+
+async def test_stop_leaves_status_offline_retained(setup: tuple[Controller, MqttSink, Listener],
+                                                   mosquitto: Mosquitto) -> None:  # noqa: F811
+    """After a hostile message and a clean stop (no will), the retained status says offline."""
+    _, sink, listener = setup
+    await listener.client.publish(f"ems/{SITE}/cmd/set_mode", b"[" * 2048, qos=1)
+    await listener.next("cmd/set_mode/result")
+    await sink.aclose()
+    late, late_listener = await listener_for(mosquitto)
+    status = await late_listener.next("status")
+    assert status.retain and status.payload == b"offline"
+    late_listener._task.cancel()
+    await late.__aexit__(None, None, None)

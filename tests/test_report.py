@@ -8,7 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations.report import plain_summary, typical_week_start, write_outputs
+from simulations.report import (
+    DASH,
+    assumption_rows,
+    local_period,
+    plain_summary,
+    strategy_rows,
+    typical_week_start,
+    verdict,
+    write_outputs,
+)
 from simulations.runner import load_data, run
 from simulations.scenario import Scenario, load_scenario
 
@@ -51,8 +60,8 @@ def test_outputs_are_written_and_consistent(result, tmp_path: Path) -> None:
 
 def test_plain_summary_says_what_pays_back(result) -> None:
     text = " ".join(plain_summary(result.summary()))
-    assert "PV alone saves" in text and "pays back in" in text
-    assert "The battery is worth most under" in text and "full cycles a year" in text
+    assert "PV alone saves" in text and "simple payback" in text
+    assert "the battery saves" in text and "full cycles of its usable window" in text
 
 
 def test_typical_week_is_a_whole_local_week(result) -> None:
@@ -60,3 +69,109 @@ def test_typical_week_is_a_whole_local_week(result) -> None:
     start = typical_week_start(frame, "Asia/Ho_Chi_Minh")
     first = frame.index[start].tz_convert("Asia/Ho_Chi_Minh")
     assert first.day_of_week == 0 and first.hour == 0
+
+
+def test_verdict_comes_first_and_follows_the_npv_signs(result, tmp_path: Path) -> None:
+    summary = result.summary()
+    text = verdict(summary)
+    pv = summary["economics"]["pv_only"]["finance"]["system"]
+    battery = summary["economics"]["self_consumption"]["finance"]["battery"]
+    assert text.startswith("PV pays back in" if pv["npv"] >= 0 else "PV does not pay back at 8 %")
+    # led by a strategy a plant can run, not by the perfect-foresight bound
+    assert "the battery (run by self-consumption rule)" in text
+    if battery["npv"] < 0:
+        free = "it would not pay back even if it were free"
+        tail = "break-even at" if battery["break_even_per_kwh"] is not None else free
+        assert f"does not pay back at 8 % within its 20-year life — {tail}" in text
+    else:
+        assert "pays back in" in text.split(";")[1]
+    html = write_outputs(result, tmp_path / "v", command="c")["report"].read_text(encoding="utf-8")
+    body = html[html.index("<body>"):]
+    assert body.index('id="verdict"') < body.index("<h2>")
+
+
+def test_verdict_for_hand_made_figures() -> None:
+    def fin(npv: float, disc: float | None) -> dict:
+        return {"npv": npv, "discounted_payback_years": disc, "simple_payback_years": 6.0,
+                "break_even_per_kwh": 2_500_000.0}
+
+    summary = {"currency": "VND", "assumptions": {"discount_rate_pct": 8.0, "lifetime_years": 20,
+                                                  "battery_capex_per_kwh": 6_575_000.0},
+               "economics": {"pv_only": {"finance": {"system": fin(1e9, 9.25)}},
+                             "mpc": {"finance": {"system": fin(-1e9, None), "battery": fin(-3.22e9, None)}},
+                             "perfect_foresight": {"finance": {"system": fin(1e9, 9.0), "battery": fin(1e8, 18.0)}}}}
+    text = verdict(summary)
+    summary["economics"]["mpc"]["finance"]["battery"]["break_even_per_kwh"] = None
+    assert verdict(summary).endswith("— it would not pay back even if it were free.")
+    assert text == (
+        "PV pays back in 9.2 years at 8 % (6.0 years undiscounted); the battery (run by MPC on forecasts) does not "
+        "pay back at 8 % within its 20-year life — break-even at 2.50 million VND/kWh installed against 6.58 "
+        "million assumed.")
+
+
+def test_period_is_printed_in_local_dates(result, tmp_path: Path) -> None:
+    summary = result.summary()
+    assert summary["period"]["start"] == "2026-06-01T00:00:00+07:00"
+    assert summary["period"]["first_day"] == "2026-06-01" and summary["period"]["last_day"] == "2026-06-09"
+    assert local_period(summary).startswith("1 Jun 2026 – 9 Jun 2026 (9 days")
+    html = write_outputs(result, tmp_path / "d", command="c")["report"].read_text(encoding="utf-8")
+    assert "+00:00" not in html and "T17:00" not in html
+    assert "1 Jun 2026 – 9 Jun 2026" in html
+
+
+def test_short_period_warns_in_the_report(result, tmp_path: Path) -> None:
+    summary = result.summary()
+    assert not summary["period"]["whole_years"]
+    assert "9.0 days, shorter than a year" in summary["period"]["warning"]
+    html = write_outputs(result, tmp_path / "w", command="c")["report"].read_text(encoding="utf-8")
+    assert 'id="period-warning"' in html
+
+
+def test_never_pays_back_is_a_dash_with_its_reason_everywhere(result, tmp_path: Path) -> None:
+    # nine days of summer savings against a 20-year battery: the battery does not pay back undiscounted
+    paths = write_outputs(result, tmp_path / "n", command="c")
+    summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
+    battery = summary["economics"]["self_consumption"]["finance"]["battery"]
+    assert battery["npv"] < 0 and battery["discounted_payback_years"] is None
+    assert battery["discounted_payback_note"] == "does not pay back at 8 % within the 20-year life"
+    if battery["simple_payback_years"] is None:
+        assert battery["irr"] is None and battery["irr_note"] == "does not pay back within the 20-year life"
+    row = next(r for r in strategy_rows(summary) if r["strategy"] == "self-consumption rule")
+    assert row["battery payback, discounted [yr]"] is None
+    html = paths["report"].read_text(encoding="utf-8")
+    assert f"<td>{DASH}</td>" in html and f"{DASH}: does not pay back at 8 % within the 20-year life" in html
+    assert "None" not in html and "nan" not in html.replace("nanum", "")
+    assert f"discounted payback at 8 % {DASH} (does not pay back at 8 % within the 20-year life)" in " ".join(
+        plain_summary(summary))
+
+
+def test_assumptions_table_lists_every_cost_and_finance_input(result) -> None:
+    summary = result.summary()
+    rows = {r["input"]: (r["value"], r["unit"]) for r in assumption_rows(summary)}
+    sc = result.scenario
+    assert rows["PV installed cost"] == (f"{sc.costs.pv_per_kwp:,.0f}", "VND/kWp")
+    assert rows["battery installed cost (energy)"][0] == f"{sc.costs.battery_per_kwh:,.0f}"
+    assert rows["battery installed cost (power)"][0] == f"{sc.costs.battery_per_kw:,.0f}"
+    assert rows["PV O&M"][0] == f"{sc.costs.pv_om_per_kwp_year:,.0f}"
+    assert rows["battery O&M"][0] == f"{sc.costs.battery_om_per_kwh_year:,.0f}"
+    assert rows["battery replacement cost"][0] == f"{sc.costs.battery_replacement_pct:g}"
+    assert rows["discount rate (nominal)"][0] == "8" and rows["study life"][0] == "20"
+    assert rows["electricity price escalation"][0] == "3"
+    assert rows["O&M cost escalation"][0] == "3 (= tariff escalation)"
+    assert rows["PV degradation"][0] == "0.5"
+    assert rows["data"][0].startswith("synthetic: synthetic year 2026 (seed 7")
+    assert rows["random seed"][0] == "7"
+    costs = set(sc.costs.model_dump()) - {"currency"}
+    finance = set(sc.finance.model_dump())
+    assert len(costs) + len(finance) <= len(rows)  # every input has a row (names checked above)
+
+
+def test_report_uses_plain_names(result, tmp_path: Path) -> None:
+    html = write_outputs(result, tmp_path / "p", command="c")["report"].read_text(encoding="utf-8")
+    for code in ("pv_available", "delta_soc", "battery_losses", ">perfect_foresight<", ">pv_only<"):
+        assert code not in html
+    assert "battery energy at the end minus at the start [kWh]" in html
+    summary = result.summary()
+    row = next(r for r in strategy_rows(summary) if r["strategy"] == "perfect foresight (upper bound)")
+    usable, nameplate = row["full cycles/yr (usable window)"], row["full cycles/yr (nameplate)"]
+    assert usable == pytest.approx(nameplate / 0.85)  # the 10-95 % window is 85 % of the nameplate

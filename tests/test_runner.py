@@ -251,3 +251,46 @@ def test_mpc_history_views_forecast_as_the_whole_history(monkeypatch: pytest.Mon
                                     fallback_kw=0.0).forecast(grid, History(ns, load_hist))
         np.testing.assert_allclose(pv, whole_pv, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(load, whole_load, rtol=1e-12, atol=1e-9)
+
+
+def test_degraded_year_bill_equals_a_pv_only_run_on_the_degraded_pv(scenario: Scenario) -> None:
+    """Re-billing a degraded year is exact for PV only: the same as simulating the weaker PV again."""
+    from simulations.runner import degraded_bills
+
+    data = load_data(scenario)
+    first = run(scenario, strategies=["pv_only"], data=data)
+    bills = degraded_bills(first, "pv_only")
+    assert bills is not None and len(bills) == scenario.finance.lifetime_years
+    factor = (1 - scenario.pv.degradation_pct_per_year / 100) ** 5
+    again = run(scenario, strategies=["pv_only"], data=replace(data, pv_kw=data.pv_kw * factor))
+    assert bills[0] == first.counted_bill("pv_only")
+    assert bills[5] == pytest.approx(again.counted_bill("pv_only"), rel=1e-12)
+    assert bills[5] > bills[0]
+
+
+def test_annual_bill_is_the_sum_of_the_monthly_bills_for_a_whole_year() -> None:
+    base = load_scenario(SCENARIOS / "nam-cau-kien.yaml")
+    data = base.model_dump()
+    data["planner"].update(step_minutes=60)
+    one_year = Scenario.model_validate(data)
+    one_year._base_dir = base.base_dir
+    result = run(one_year, strategies=["pv_only"])
+    summary = result.summary()
+    for name in ("no_system", "pv_only"):
+        s = summary["strategies"][name]
+        months = s["monthly_bills"]
+        assert len(months) == 12
+        counted = sum(m["total"] - m["vat"] for m in months)
+        assert s["annual_bill"] == pytest.approx(counted, rel=1e-12)
+    assert summary["period"]["whole_years"] and summary["period"]["warning"] is None
+    assert summary["period"]["start"] == "2026-01-01T00:00:00+07:00"
+
+
+def test_degradation_lowers_pv_savings_and_leaves_the_battery_value_of_the_simulated_year(result,
+                                                                                         scenario: Scenario) -> None:
+    flow = pd.DataFrame(result.economics["mpc"]["cash_flow"]).iloc[1:]
+    escalation = (1 + scenario.tariff.escalation_pct_per_year / 100) ** (flow["year"] - 1)
+    battery = flow["battery_savings"] / (escalation * flow["battery_soh_pct"] / 100)
+    assert np.allclose(battery, battery.iloc[0], rtol=1e-12)
+    pv = (flow["pv_savings"] / escalation).to_numpy()
+    assert (np.diff(pv) <= 1e-6).all() and pv[-1] < pv[0]

@@ -75,3 +75,24 @@ def test_ems_sweep_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert list(table["battery_kwh"]) == [0, 1000] and (tmp_path / "payback.png").is_file()
     assert main(["sweep", scenario, "--pv", "10:0:5", "--battery", "0", "--out", str(tmp_path)]) == 2
     assert "STOP" in capsys.readouterr().err
+
+
+def test_heatmap_labels_contrast_with_their_cells() -> None:
+    from matplotlib.colors import to_rgb
+
+    from simulations.sweep import heatmap
+
+    table = pd.DataFrame({"pv_kwp": [0, 0, 1000, 1000], "battery_kwh": [0, 1000, 0, 1000],
+                          "npv": [0.0, 1.0, 2.0, float("nan")]})
+    ax = heatmap(table, "npv", "t", "u").axes[0]
+    colours = {t.get_text(): to_rgb(t.get_color()) for t in ax.texts}
+    assert colours["2.0"] == (0.0, 0.0, 0.0)  # top of viridis is yellow: black label, not white
+    assert colours["0.0"] == (1.0, 1.0, 1.0)  # bottom is dark purple: white label
+    assert "never" in colours
+
+
+def test_sweep_table_irr_is_a_percentage_or_missing(serial: pd.DataFrame) -> None:
+    assert "irr" not in serial.columns
+    values = serial["irr_pct"].dropna()
+    assert ((values >= 0) & (values <= 1e4)).all()
+    assert {"battery_npv", "battery_discounted_payback_years", "period_days", "whole_years"} <= set(serial.columns)

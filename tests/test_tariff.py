@@ -14,6 +14,7 @@ import yaml
 from ems.yamlfile import ConfigError
 from optimizer.site import TariffRef
 from optimizer.tariff import PRESET_DIR, DemandCharge, ExportRule, Tariff, list_presets, load_tariff
+from optimizer.tariff_schema import TariffSpec
 
 VN = "Asia/Ho_Chi_Minh"
 
@@ -120,19 +121,45 @@ def test_sunday_has_no_peak(evn22):
     assert price(evn22, "2026-03-08 22:00")[0] == "off_peak"
 
 
-def test_national_day_is_priced_like_sunday(evn22):
-    # 2 Sep 2026 is a Wednesday and a public holiday; a week later is an ordinary Wednesday.
-    assert evn22.day_type(datetime(2026, 9, 2, 5, tzinfo=UTC)) == "holiday"
-    assert price(evn22, "2026-09-02 18:00") == ("normal", 1833)
+def test_evn_prices_a_weekday_holiday_like_its_weekday(evn22):
+    # EVN's text sets the peak Monday–Saturday and exempts only Sundays (docs/sources.md §1.2).
+    # 2 Sep 2026 (National Day) is a Wednesday: it keeps the Decision 963 evening peak.
+    assert evn22.tariff.spec.holidays.pricing == "day_of_week"
+    assert evn22.day_type(datetime(2026, 9, 2, 5, tzinfo=UTC)) == "mon_sat"
+    assert price(evn22, "2026-09-02 18:00") == ("peak", 3398)
     assert price(evn22, "2026-09-09 18:00") == ("peak", 3398)
+    # 1 Jan 2026 (New Year) is a Thursday under the legacy windows: morning peak kept.
+    assert price(evn22, "2026-01-01 10:00") == ("peak", 3398)
 
 
-def test_extra_holiday_from_the_site(evn22):
+def test_extra_holiday_from_the_site_is_priced_like_its_weekday_under_evn(evn22):
     shutdown = Tariff.preset("evn-manufacturing-22kv").bind(VN, extra_holidays=[date(2026, 2, 23)])
-    assert price(evn22, "2026-02-23 10:00")[0] == "peak"  # an ordinary Monday under the legacy windows
-    assert price(shutdown, "2026-02-23 10:00")[0] == "normal"
-    assert shutdown.day_type(datetime(2026, 2, 23, 3, tzinfo=UTC)) == "holiday"
-    assert price(shutdown, "2026-02-24 10:00")[0] == "peak"
+    assert price(shutdown, "2026-02-23 10:00")[0] == "peak"  # a Monday: EVN exempts only Sundays
+    assert shutdown.day_type(datetime(2026, 2, 23, 3, tzinfo=UTC)) == "mon_sat"
+    assert date(2026, 2, 23) in set(shutdown.calendar.days([2026]).astype(object))  # still a holiday of the site
+
+
+def test_holiday_windows_pricing_prices_a_holiday_by_its_own_windows():
+    spec = yaml.safe_load((PRESET_DIR / "evn-manufacturing-22kv.yaml").read_text(encoding="utf-8"))
+    spec["holidays"]["pricing"] = "holiday_windows"
+    for schedule in spec["schedules"]:
+        schedule["holiday"] = schedule["sunday"]
+    site = Tariff(TariffSpec.model_validate(spec), "test").bind(VN, extra_holidays=[date(2026, 2, 23)])
+    assert site.day_type(datetime(2026, 9, 2, 5, tzinfo=UTC)) == "holiday"
+    assert price(site, "2026-09-02 18:00") == ("normal", 1833)
+    assert price(site, "2026-02-23 10:00")[0] == "normal"
+    assert price(site, "2026-02-24 10:00")[0] == "peak"
+
+
+def test_holiday_windows_must_match_the_holiday_pricing():
+    spec = yaml.safe_load((PRESET_DIR / "evn-manufacturing-22kv.yaml").read_text(encoding="utf-8"))
+    spec["schedules"][1]["holiday"] = spec["schedules"][1]["sunday"]
+    with pytest.raises(ConfigError, match=r"schedules\[1\]\.holiday.*not used"):
+        Tariff(TariffSpec.model_validate(spec), "test")
+    spec = yaml.safe_load((PRESET_DIR / "jp-high-voltage-illustrative.yaml").read_text(encoding="utf-8"))
+    spec["schedules"][0]["holiday"] = None
+    with pytest.raises(ConfigError, match=r"schedules\[0\]\.holiday.*required"):
+        Tariff(TariffSpec.model_validate(spec), "test")
 
 
 # --- VAT, export, demand, dates -------------------------------------------------------------------------------------

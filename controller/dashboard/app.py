@@ -8,7 +8,14 @@ its data from:
 * ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
   ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
-  cross-site without a CORS preflight the app never grants, which also rules out CSRF.
+  cross-site without a CORS preflight the app never grants, which also rules out CSRF. The body is
+  read only up to the intake's size limit (413 beyond it); every other refusal is a 422 with the
+  reason, and no input gives a 500.
+
+Every request must name an allowed host in its ``Host`` header (Starlette's
+``TrustedHostMiddleware``; 400 otherwise): localhost, the bind address, and the configured
+``allowed_hosts``. A web page on another origin that re-binds its own DNS name to this address
+(DNS rebinding) sends its own name and is refused.
 
 History: states are averaged into one sample per ``history_step_s`` of site time and kept for the
 current local day (site time zone), so the page can draw the plan against what happened.
@@ -30,13 +37,15 @@ from zoneinfo import ZoneInfo
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from controller.telemetry.config import DashboardSettings
-from controller.telemetry.remote import CommandIntake
+from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,21 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 FLOW_POINTS = ("pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct")
 """Power-flow values kept in the history, in this order after the timestamp."""
 KEEPALIVE_S = 15.0
+STREAM_GRACE_S = 1.0
+"""How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_BIND = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(settings: DashboardSettings) -> list[str]:
+    """Host names the dashboard answers to: localhost, its bind address (unless it binds every
+    interface), and ``settings.allowed_hosts`` (``*`` turns the check off). IPv6 literals in brackets."""
+    hosts = [*LOCAL_HOSTS]
+    for host in ([] if settings.host in WILDCARD_BIND else [settings.host]) + list(settings.allowed_hosts):
+        name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        if name.lower() not in hosts:
+            hosts.append(name.lower())
+    return hosts
 
 
 def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
@@ -83,6 +107,7 @@ class DashboardHub:
         self._bucket: tuple[int, list[float], list[int]] | None = None
         self._day: Any = None
         self._clients: set[asyncio.Queue[str | None]] = set()
+        self.closed = False
 
     def offer(self, kind: str, payload: Mapping[str, Any]) -> None:
         """Take one bus message."""
@@ -136,6 +161,8 @@ class DashboardHub:
 
     def subscribe(self) -> asyncio.Queue[str | None]:
         """A queue of ready-to-send SSE events for one client (``None`` = end of stream)."""
+        if self.closed:
+            raise OverflowError("the dashboard is shutting down")
         if len(self._clients) >= self.max_clients:
             raise OverflowError("too many dashboard clients")
         queue: asyncio.Queue[str | None] = asyncio.Queue(self.client_queue)
@@ -146,7 +173,9 @@ class DashboardHub:
         self._clients.discard(queue)
 
     def close(self) -> None:
-        """End every event stream (shutdown)."""
+        """End every event stream and refuse new ones (shutdown: a browser's EventSource reconnects at
+        once, and a stream opened now would hold the server until its graceful-shutdown timeout)."""
+        self.closed = True
         for queue in self._clients:
             if queue.full():
                 queue.get_nowait()
@@ -222,8 +251,14 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), token.encode()):
             return JSONResponse({"command": name, "accepted": False, "reason": "missing or wrong bearer token"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        body = await request.body()
-        result = intake.handle(name, body, by="dashboard")
+        try:
+            body = await _read_body(request, MAX_PAYLOAD_BYTES)
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer, nothing applied
+            return Response(status_code=400)
+        if body is None:
+            return JSONResponse({"command": name[:64], "accepted": False,
+                                 "reason": f"payload exceeds {MAX_PAYLOAD_BYTES} bytes"}, status_code=413)
+        result = intake.handle(name, body, by="dashboard")   # never raises; a result for every input
         return JSONResponse(result, status_code=200 if result["accepted"] else 422)
 
     routes = [
@@ -234,7 +269,21 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/api/cmd/{name}", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return Starlette(routes=routes)
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings), www_redirect=False)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it is known to exceed ``max_bytes`` (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return None
+    return bytes(body)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -284,6 +333,12 @@ class DashboardServer:
             return
         self.hub.close()
         self._server.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STREAM_GRACE_S):
+                while self.hub.clients:
+                    await asyncio.sleep(0.02)
+        if self.hub.clients:
+            self._abort_stalled_responses()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self._task)
@@ -292,3 +347,14 @@ class DashboardServer:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, RuntimeError):
             await self._task
+
+    def _abort_stalled_responses(self) -> None:
+        """Cut the connections whose response is still going out: an event stream whose client stopped
+        reading cannot even take its last chunk, and uvicorn would cancel it at its graceful-shutdown
+        timeout with a traceback. ``abort`` (not ``close``: a full send buffer never flushes) makes
+        uvicorn see a disconnect, so the stream ends as if the browser had gone."""
+        for connection in list(self._server.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            if cycle is not None and not cycle.response_complete and transport is not None:
+                transport.abort()

@@ -49,7 +49,7 @@ class TelemetryContext:
         ISO 4217 code of the tariff currency, for the dashboard (e.g. VND, JPY).
     on_alarm : AlarmCallback, optional
         ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
-        outbox overflow, quarantined points, dashboard not serving).
+        outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
     """
 
     site: str
@@ -126,14 +126,16 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.influx.start()
         telemetry.pump(bus.subscribe(KINDS), telemetry.influx.offer, "influxdb")
     if settings.mqtt.enabled:
-        telemetry.mqtt = MqttSink(settings.mqtt, ctx.site, telemetry.intake)
-        _seed(bus, telemetry.mqtt.offer)
+        telemetry.mqtt = MqttSink(settings.mqtt, ctx.site, telemetry.intake, on_alarm=ctx.on_alarm)
+        mqtt_offer = _with_command_counters(telemetry.intake, telemetry.mqtt.offer)
+        _seed(bus, mqtt_offer)
         telemetry.mqtt.start()
-        telemetry.pump(bus.subscribe(KINDS), telemetry.mqtt.offer, "mqtt")
+        telemetry.pump(bus.subscribe(KINDS), mqtt_offer, "mqtt")
     dash = settings.dashboard
     if dash.enabled:
         hub = DashboardHub(ctx.timezone)
-        _seed(bus, hub.offer)
+        hub_offer = _with_command_counters(telemetry.intake, hub.offer)
+        _seed(bus, hub_offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
                          intake=telemetry.intake, token=secret_from_env(dash.token_env))
         server = DashboardServer(app, hub, dash.host, dash.port)
@@ -145,9 +147,18 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
                 ctx.on_alarm("telemetry.dashboard_unavailable", True, f"dashboard not serving: {exc}")
         else:
             telemetry.hub, telemetry.dashboard = hub, server
-            telemetry.pump(bus.subscribe(KINDS), hub.offer, "dashboard")
+            telemetry.pump(bus.subscribe(KINDS), hub_offer, "dashboard")
             log.info("dashboard on http://%s:%d/", dash.host, server.port)
     return telemetry
+
+
+def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],
+                           ) -> Callable[[str, Mapping[str, Any]], None]:
+    """``offer`` that adds the remote-command counters (``CommandIntake.counters``) to each state as
+    ``commands``: accepted, rejected, busy, errors, dropped since start."""
+    def offer_with_counters(kind: str, payload: Mapping[str, Any]) -> None:
+        offer(kind, {**payload, "commands": intake.counters()} if kind == "state" else payload)
+    return offer_with_counters
 
 
 def _seed(bus: Bus, offer: Callable[[str, Mapping[str, Any]], None]) -> None:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_CYCLE_S = 1.0
 """The controller's default cycle. [s]"""
@@ -66,6 +66,8 @@ class MqttSettings(_Strict):
                                         description="Minimum time between two state publications [s, real time]")
     keepalive_s: int = Field(default=30, ge=5, le=600, description="[s]")
     max_backoff_s: float = Field(default=30.0, gt=0, description="Longest wait between reconnect attempts [s]")
+    command_queue: int = Field(default=32, ge=1, le=1000,
+                               description="Commands waiting to be handled; one more is answered 'busy'")
 
 
 class InfluxSettings(_Strict):
@@ -86,6 +88,9 @@ class InfluxSettings(_Strict):
 class DashboardSettings(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the dashboard on the LAN")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names and addresses the dashboard is reached by (Host header check against "
+                                "DNS rebinding), besides localhost and the bind address; '*' turns the check off")
     port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests); see the log")
     token_env: str | None = Field(default="EMS_DASHBOARD_TOKEN",
                                   description="Environment variable holding the bearer token for control actions; "
@@ -94,6 +99,14 @@ class DashboardSettings(_Strict):
         default="auto", description="auto = the browser's language")
     locale: str | None = Field(default=None, description="BCP 47 locale for numbers and times, e.g. vi-VN; "
                                                         "default follows the language")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not host or ("*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[1:])):
+                raise ValueError(f"{host!r}: a host name, an address, '*.domain' or '*'")
+        return hosts
 
 
 class TelemetrySettings(_Strict):

@@ -6,23 +6,34 @@ Topics under ``<prefix>/<site>/`` (docs/telemetry.md, payload schemas in ``schem
   most every ``min_state_interval_s``;
 * ``plan`` (retained, QoS 1): each new plan;
 * ``alarms`` (QoS 1): each alarm transition, queued while disconnected (bounded);
-* ``status`` (retained, QoS 1): ``online``; ``offline`` on shutdown or as the broker-sent will;
+* ``status`` (retained, QoS 1): ``online`` on connect; ``offline`` published before every clean
+  disconnect (stop, or an internal error that restarts the connection: the broker sends the will
+  only when a connection is lost, not on a clean DISCONNECT), or sent by the broker as the will;
 * ``cmd/<name>`` (in): commands, subscribed with retain-as-published so a retained one is recognised;
 * ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts}`` per command.
 
 aiomqtt neither reconnects nor queues: the connection loop reconnects with exponential back-off
 and resubscribes, the latest state and plan are republished on every connect, and alarms wait in
-a bounded deque. Back-off and the state rate limit run on real time (they protect the broker).
+a bounded deque. The loop survives *any* error: a failure that is not the broker's is logged once
+(with its traceback), ``offline`` is published, and the loop connects again after the back-off.
+Back-off and the state rate limit run on real time (they protect the broker).
+
+Commands: a reader takes each message off aiomqtt's inbox and puts it on a bounded queue
+(``command_queue``) served by one worker; a command that finds the queue full is answered at once
+with ``busy`` (never dropped) and the ``telemetry.command_queue_full`` alarm is raised until the
+queue has drained. Every command gets exactly one result, and no message can end the loop: each
+one is handled inside its own ``try``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -34,15 +45,47 @@ from controller.telemetry.remote import CommandIntake
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_ALARMS = 500
+MAX_UNSENT_RESULTS = 1000
+"""Results whose publication was cut by a lost connection, published again on reconnect."""
+INBOX_LIMIT = 1000
+"""Messages aiomqtt may hold before the reader takes them; beyond it aiomqtt discards (counted as
+``dropped`` and alarmed). The reader only ever waits for a result's publication, so this fills
+only under a flood far beyond any operator's rate."""
+QUEUE_ALARM = "telemetry.command_queue_full"
+OFFLINE_TIMEOUT_S = 2.0
+"""Bound on publishing ``offline`` before a clean disconnect. [s]"""
+
+AlarmFn = Callable[[str, bool, str], None]
 
 
 def _json(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    """Compact UTF-8 JSON; a lone surrogate in a string is written as its escape text instead of failing."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+    return text.encode("utf-8", errors="backslashreplace")
 
 
-VOLATILE_STATE_KEYS = frozenset({"ts", "cycle"})
-"""State keys that change every cycle without news (time, cycle timing): ignored when deciding
-whether the state changed."""
+def _payload(message: aiomqtt.Message) -> bytes | str:
+    return message.payload if isinstance(message.payload, bytes | str) else str(message.payload)
+
+
+class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
+    """aiomqtt's incoming queue, telling the sink about each message it has to discard."""
+
+    def __init__(self, maxsize: int, on_overflow: Callable[[], None]):
+        super().__init__(maxsize)
+        self._on_overflow = on_overflow
+
+    def put_nowait(self, item: Any) -> None:
+        try:
+            super().put_nowait(item)
+        except asyncio.QueueFull:
+            self._on_overflow()
+            raise
+
+
+VOLATILE_STATE_KEYS = frozenset({"ts", "cycle", "commands"})
+"""State keys that change every cycle without news (time, cycle timing, command counters): ignored
+when deciding whether the state changed."""
 
 
 def _content(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,15 +102,19 @@ class MqttSink:
         Site name (second topic level).
     intake : CommandIntake
         Validates and applies commands received on ``cmd/<name>``.
+    on_alarm : AlarmFn, optional
+        ``(code, active, message)`` on transitions of :data:`QUEUE_ALARM`.
     """
 
-    def __init__(self, settings: MqttSettings, site: str, intake: CommandIntake):
+    def __init__(self, settings: MqttSettings, site: str, intake: CommandIntake, on_alarm: AlarmFn | None = None):
         self.settings = settings
         self.site = site
         self.intake = intake
+        self.on_alarm = on_alarm
         self.base = f"{settings.topic_prefix}/{site}"
         self.connected = asyncio.Event()
         self.connects = 0
+        self.restarts = 0
         self.last_error: str | None = None
         self._state: dict[str, Any] | None = None
         self._state_published: dict[str, Any] | None = None
@@ -75,9 +122,11 @@ class MqttSink:
         self._plan: dict[str, Any] | None = None
         self._plan_dirty = False
         self._alarms: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED_ALARMS)
+        self._unsent_results: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT_RESULTS)
+        self._commands: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(settings.command_queue)
+        self._queue_alarm = False
         self._wake = asyncio.Event()
         self._next_state_at = 0.0
-        self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
     def topic(self, leaf: str) -> str:
@@ -115,33 +164,55 @@ class MqttSink:
             s.host, s.port, identifier=s.client_id or f"ems-{self.site}", username=s.username,
             password=secret_from_env(s.password_env), protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self.topic("status"), b"offline", qos=1, retain=True),
-            tls_params=tls, keepalive=s.keepalive_s, timeout=10, max_queued_incoming_messages=100)
+            tls_params=tls, keepalive=s.keepalive_s, timeout=10, max_queued_incoming_messages=INBOX_LIMIT,
+            queue_type=functools.partial(_Inbox, on_overflow=self._inbox_overflow))  # type: ignore[arg-type]
 
     async def _run(self) -> None:
+        """Connect, serve, and on *any* error (but cancellation) connect again after the back-off."""
+        loop = asyncio.get_running_loop()
         backoff = 1.0
         while True:
-            client = self._client_for_connect()
+            connected_at: float | None = None
             try:
+                client = self._client_for_connect()
                 async with client:
-                    self._client = client
-                    await self._on_connect(client)
-                    backoff = 1.0
-                    await self._serve(client)
+                    connected_at = loop.time()
+                    try:
+                        await self._on_connect(client)
+                        await self._serve(client)
+                    except aiomqtt.MqttError:
+                        raise
+                    except BaseException:  # stopping, or a bug: the clean disconnect below sends no will
+                        await self._publish_offline(client)
+                        raise
             except aiomqtt.MqttError as exc:
                 if str(exc) != self.last_error:
                     log.warning("MQTT %s:%d: %s (reconnecting with back-off)", self.settings.host,
                                 self.settings.port, exc)
                 self.last_error = str(exc)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.last_error:
+                    log.exception("MQTT sink failed (%s); restarting it after the back-off", error)
+                self.last_error = error
+                self.restarts += 1
             finally:
-                self._client = None
                 self.connected.clear()
-            await asyncio.sleep(backoff)
+            if connected_at is not None and loop.time() - connected_at >= self.settings.max_backoff_s:
+                backoff = 1.0  # a connection that lasted: start the back-off again from the beginning
+            await asyncio.sleep(min(backoff, self.settings.max_backoff_s))
             backoff = min(backoff * 2, self.settings.max_backoff_s)
+
+    async def _publish_offline(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(OFFLINE_TIMEOUT_S):
+                await client.publish(self.topic("status"), b"offline", qos=1, retain=True)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Publish and take commands until either side fails; the failure ends the connection."""
         tasks = [asyncio.create_task(self._publish_loop(client), name="mqtt-publish"),
-                 asyncio.create_task(self._command_loop(client), name="mqtt-commands")]
+                 asyncio.create_task(self._command_reader(client), name="mqtt-command-reader"),
+                 asyncio.create_task(self._command_worker(client), name="mqtt-command-worker")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -149,7 +220,7 @@ class MqttSink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
-            task.result()  # re-raise the MqttError that ended the connection
+            task.result()  # re-raise what ended the connection
         raise aiomqtt.MqttError("message stream ended")
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
@@ -166,33 +237,108 @@ class MqttSink:
         self._wake.set()
         self.connected.set()
 
-    async def _command_loop(self, client: aiomqtt.Client) -> None:
-        prefix = self.topic("cmd/")
+    # -- commands ------------------------------------------------------------------------------
+
+    async def _command_reader(self, client: aiomqtt.Client) -> None:
+        """Move each command onto the bounded queue, or answer ``busy`` when it is full."""
         async for message in client.messages:
-            topic = str(message.topic)
-            if not topic.startswith(prefix):
-                continue
-            name = topic[len(prefix):]
-            payload = message.payload if isinstance(message.payload, bytes | str) else str(message.payload)
-            result = self.intake.handle(name, payload, by="mqtt", retained=bool(message.retain))
-            await client.publish(self.topic(f"cmd/{name}/result"), _json(result), qos=1)
+            await self._per_message(self._take, client, message)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic, prefix = str(message.topic), self.topic("cmd/")
+        if not topic.startswith(prefix):
+            return
+        name = topic[len(prefix):]
+        if not self._commands.full():
+            self._commands.put_nowait(message)
+            return
+        self._set_queue_alarm(True)
+        await self._publish_result(client, name, self.intake.busy(name, _payload(message),
+                                                                  waiting=self._commands.qsize()))
+
+    async def _command_worker(self, client: aiomqtt.Client) -> None:
+        """Handle queued commands one by one; each gets its result, whatever it holds."""
+        while True:
+            message = await self._commands.get()
+            await self._per_message(self._handle, client, message)
+            if self._commands.empty():
+                self._set_queue_alarm(False)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        name = str(message.topic).removeprefix(self.topic("cmd/"))
+        result = self.intake.handle(name, _payload(message), by="mqtt", retained=bool(message.retain))
+        await self._publish_result(client, name, result)
+
+    async def _per_message(self, step: Callable[[aiomqtt.Client, aiomqtt.Message], Awaitable[None]],
+                           client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Run ``step`` for one message: a broker error ends the connection, anything else only this message."""
+        try:
+            await step(client, message)
+        except aiomqtt.MqttError:
+            raise
+        except Exception:
+            self.intake.errors += 1
+            log.exception("MQTT message on %s not handled", message.topic)
+
+    async def _publish_result(self, client: aiomqtt.Client, name: str, result: Mapping[str, Any]) -> None:
+        """Publish a command's result; kept for the next connection if this one is cut meanwhile."""
+        payload = _json(result)
+        try:
+            await client.publish(self.topic(f"cmd/{name}/result"), payload, qos=1)
+        except (aiomqtt.MqttError, asyncio.CancelledError):
+            self._unsent_results.append((name, payload))
+            raise
+        except Exception:  # e.g. a topic paho refuses: lose this result, not the loop
+            log.exception("command %s: result could not be published", name)
+
+    def _set_queue_alarm(self, active: bool) -> None:
+        if active == self._queue_alarm:
+            return
+        self._queue_alarm = active
+        limit = self.settings.command_queue
+        if active:
+            message = f"MQTT command queue full ({limit} waiting): new commands are answered 'busy'"
+            log.warning("%s", message)
+        else:
+            message = "MQTT command queue drained"
+            log.info("%s", message)
+        if self.on_alarm is not None:
+            self.on_alarm(QUEUE_ALARM, active, message)
+
+    def _inbox_overflow(self) -> None:
+        """aiomqtt discards a message: counted and alarmed (called on the loop, from paho's callback,
+        which must not raise)."""
+        self.intake.dropped += 1
+        if self.intake.dropped == 1 or self.intake.dropped % INBOX_LIMIT == 0:
+            log.error("MQTT inbox full (%d messages): %d commands discarded so far", INBOX_LIMIT,
+                      self.intake.dropped)
+        if self.on_alarm is not None and not self._queue_alarm:
+            self._queue_alarm = True
+            with contextlib.suppress(Exception):
+                self.on_alarm(QUEUE_ALARM, True, f"MQTT inbox full ({INBOX_LIMIT} messages): commands discarded")
+
+    # -- publishing ----------------------------------------------------------------------------
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            while self._unsent_results:
+                name, payload = self._unsent_results[0]
+                await client.publish(self.topic(f"cmd/{name}/result"), payload, qos=1)
+                self._unsent_results.popleft()
             while self._alarms:
-                await client.publish(self.topic("alarms"), _json(self._alarms[0]), qos=1)
+                await self._publish_item(client, "alarms", self._alarms[0], retain=False)
                 self._alarms.popleft()
             if self._plan_dirty and self._plan is not None:
                 self._plan_dirty = False
-                await client.publish(self.topic("plan"), _json(self._plan), qos=1, retain=True)
+                await self._publish_item(client, "plan", self._plan, retain=True)
             wait: float | None = None
             if self._state_dirty and self._state is not None:
                 wait = self._next_state_at - loop.time()
                 if wait <= 0:
                     state, self._state_dirty = self._state, False
-                    await client.publish(self.topic("state"), _json(state), qos=1, retain=True)
+                    await self._publish_item(client, "state", state, retain=True)
                     self._state_published = state
                     self._next_state_at = loop.time() + self.settings.min_state_interval_s
                     continue
@@ -200,15 +346,21 @@ class MqttSink:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
+    async def _publish_item(self, client: aiomqtt.Client, leaf: str, payload: Mapping[str, Any],
+                            retain: bool) -> None:
+        """Publish one bus message; one that cannot be encoded is logged and skipped, not fatal."""
+        try:
+            data = _json(payload)
+        except (TypeError, ValueError) as exc:
+            log.error("MQTT %s message not published: %s", leaf, exc)
+            return
+        await client.publish(self.topic(leaf), data, qos=1, retain=retain)
+
     async def aclose(self, timeout_s: float = 3.0) -> None:
-        """Publish ``offline`` (retained) if connected and disconnect; bounded by ``timeout_s``."""
-        client = self._client
-        if client is not None and self.connected.is_set():
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await client.publish(self.topic("status"), b"offline", qos=1, retain=True)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError, aiomqtt.MqttError):
-                async with asyncio.timeout(timeout_s):
-                    await self._task
+        """Stop: publish ``offline`` (retained) if connected and disconnect; bounded by ``timeout_s``."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, aiomqtt.MqttError):
+            async with asyncio.timeout(timeout_s):
+                await self._task

@@ -4,7 +4,12 @@ A command arrives as a name (``set_mode``, ``manual_setpoint``, ``soc_reserve``,
 JSON object. It is checked against ``schemas/cmd_<name>.json``; a command stamped with ``ts`` whose
 ``ttl_s`` has already run out (site clock) is rejected as expired, otherwise its TTL is shortened
 by its age. Then it goes to the controller's ``Commands.apply`` (below the safety steps). Every
-path ends in a result ``{command, id, accepted, reason, ts}``; nothing here raises for bad input.
+path ends in a result ``{command, id, accepted, reason, ts}`` that echoes the command's ``id``
+whenever one can be read (also for schema rejections); nothing here raises, whatever the input.
+
+Payloads are decoded strictly before the schema sees them (:mod:`controller.telemetry.strict_json`):
+at most :data:`MAX_PAYLOAD_BYTES`, UTF-8 without BOM, nesting at most :data:`MAX_JSON_DEPTH`,
+finite numbers, no lone surrogates, no duplicate keys. An empty payload means ``{}`` (``replan``).
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from controller.commands import CommandResult
+from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
 
 COMMAND_NAMES = ("set_mode", "manual_setpoint", "soc_reserve", "replan")
 MAX_PAYLOAD_BYTES = 4096
+"""Largest command payload; checked before anything is parsed. [bytes]"""
+MAX_JSON_DEPTH = 4
+"""Deepest nesting of arrays/objects in a command (commands are flat objects: depth 1)."""
+MAX_NAME_CHARS = 64
+MAX_REASON_CHARS = 1000
 
 ApplyFn = Callable[[dict[str, Any]], CommandResult]
 """``Commands.apply`` of the controller (takes the command as a dict with a ``command`` key)."""
@@ -52,6 +63,10 @@ def schema_errors(name: str, data: Any) -> list[str]:
 class CommandIntake:
     """Turns raw remote commands into ``apply`` calls and result messages.
 
+    Every call of :meth:`handle` or :meth:`busy` returns a result that can be published as it is
+    (valid UTF-8 JSON), whatever the input and whatever fails inside; each rejection is logged
+    once and counted (:meth:`counters`).
+
     Parameters
     ----------
     apply : ApplyFn
@@ -65,46 +80,66 @@ class CommandIntake:
         self.clock = clock
         self.accepted = 0
         self.rejected = 0
+        self.busy_rejected = 0
+        self.errors = 0
+        self.dropped = 0
+
+    def counters(self) -> dict[str, int]:
+        """Commands accepted and rejected since start; ``busy`` and ``errors`` (internal failures) are
+        among the rejected; ``dropped`` never reached the intake (transport queue overflow)."""
+        return {"accepted": self.accepted, "rejected": self.rejected, "busy": self.busy_rejected,
+                "errors": self.errors, "dropped": self.dropped}
 
     def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, by: str,
                retained: bool = False) -> dict[str, Any]:
-        """Process one command; returns its result message (``cmd_result.json``)."""
+        """Process one command; returns its result message (``cmd_result.json``). Never raises."""
         command_id: str | None = None
-        if isinstance(payload, Mapping) and isinstance(payload.get("id"), str):
-            command_id = payload["id"]
+        shown = _printable(name)[:MAX_NAME_CHARS]
         try:
-            data = self._decode(name, payload, retained)
-            command_id = data.get("id")
+            try:
+                data, undecodable = _decode(payload), None
+                command_id = read_id(data)
+            except _Rejected as exc:  # the reasons below come first: say what the sender can act on
+                data, undecodable = None, exc
+            if retained:
+                raise _Rejected("retained command ignored: publish commands with retain=false")
+            if name not in COMMAND_NAMES:
+                raise _Rejected(f"unknown command {shown!r}; known: {', '.join(COMMAND_NAMES)}")
+            if undecodable is not None:
+                raise undecodable
+            errors = schema_errors(name, data)
+            if errors:
+                raise _Rejected("invalid: " + "; ".join(errors))
             result = self._apply(name, data, by)
         except _Rejected as exc:
             result = CommandResult(False, str(exc))
+        except Exception as exc:  # a bug here must cost one command, never the message path
+            log.exception("command %s from %s: intake failed", shown, by)
+            self.errors += 1
+            result = CommandResult(False, f"internal error: {type(exc).__name__}")
         if result.accepted:
             self.accepted += 1
         else:
             self.rejected += 1
-            log.warning("command %s from %s rejected: %s", name, by, result.reason)
-        return {"command": name, "id": command_id, "accepted": result.accepted, "reason": result.reason,
-                "ts": self.clock.now().isoformat()}
+            log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
+        return self._result(name, command_id, result)
 
-    def _decode(self, name: str, payload: bytes | str | Mapping[str, Any], retained: bool) -> dict[str, Any]:
-        if retained:
-            raise _Rejected("retained command ignored: publish commands with retain=false")
-        if name not in COMMAND_NAMES:
-            raise _Rejected(f"unknown command {name!r}; known: {', '.join(COMMAND_NAMES)}")
-        if isinstance(payload, Mapping):
-            data: Any = dict(payload)
-        else:
-            raw = payload.encode("utf-8") if isinstance(payload, str) else payload
-            if len(raw) > MAX_PAYLOAD_BYTES:
-                raise _Rejected(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-            try:
-                data = json.loads(raw or b"{}")
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise _Rejected(f"malformed JSON: {exc}") from exc
-        errors = schema_errors(name, data)
-        if errors:
-            raise _Rejected("invalid: " + "; ".join(errors))
-        return data
+    def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int) -> dict[str, Any]:
+        """The answer to a command that found the command queue full (``waiting`` commands ahead of it).
+
+        Not logged per command: the transport raises an alarm while its queue is full."""
+        try:
+            command_id = read_id(_decode(payload))
+        except Exception:  # an unreadable id is no reason not to answer
+            command_id = None
+        self.rejected += 1
+        self.busy_rejected += 1
+        return self._result(name, command_id, CommandResult(
+            False, f"busy: {waiting} commands waiting; send it again later"))
+
+    def _result(self, name: str, command_id: str | None, result: CommandResult) -> dict[str, Any]:
+        return {"command": _printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
+                "reason": _printable(result.reason)[:MAX_REASON_CHARS], "ts": self.clock.now().isoformat()}
 
     def _apply(self, name: str, data: dict[str, Any], by: str) -> CommandResult:
         command = {k: v for k, v in data.items() if k not in ("id", "ts")}
@@ -115,6 +150,7 @@ class CommandIntake:
             return self.apply(command)
         except Exception as exc:  # the controller must answer, whatever went wrong inside
             log.exception("command %s: apply failed", name)
+            self.errors += 1
             return CommandResult(False, f"internal error: {type(exc).__name__}: {exc}")
 
     def _remaining_ttl(self, ts: str, ttl_s: float | None) -> float:
@@ -132,6 +168,37 @@ class CommandIntake:
         if remaining <= 0:
             raise _Rejected(f"expired: issued {issued.isoformat()}, {age_s:.0f} s ago, ttl_s {ttl_s:g}")
         return remaining
+
+
+def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
+    """The command's JSON value (not yet checked against its schema); raises ``_Rejected``."""
+    if isinstance(payload, Mapping):  # an in-process caller: the same rules as for bytes from outside
+        try:
+            raw = json.dumps(dict(payload), allow_nan=True).encode("ascii")
+        except (TypeError, ValueError) as exc:
+            raise _Rejected(f"not JSON: {exc}") from None
+    elif isinstance(payload, str):
+        raw = payload.encode("utf-8", errors="surrogatepass")  # a lone surrogate is then refused as not UTF-8
+    else:
+        raw = bytes(payload)
+    if not raw:
+        return {}
+    try:
+        return loads_strict(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_JSON_DEPTH)
+    except PayloadError as exc:
+        raise _Rejected(str(exc)) from None
+
+
+def read_id(data: Any) -> str | None:
+    """The command's correlation ``id`` when it is a string (``None`` otherwise)."""
+    if isinstance(data, Mapping) and isinstance(data.get("id"), str):
+        return _printable(data["id"])
+    return None
+
+
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate written as ``\\udXXX`` text, so that it can be encoded as UTF-8."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 class _Rejected(Exception):

@@ -5,7 +5,8 @@ Kinds (per device, several at once; a client sees them as it would on a real sit
 - ``offline``: the device stops answering. If every device behind a port is offline the TCP server
   stops (connections refused); otherwise the shared port answers for it with exception 0x0B
   (gateway target failed to respond), as TCP-to-RS485 gateways do.
-- ``frozen``: the register image stops updating (values stale but plausible).
+- ``frozen``: the register image stops updating and keeps serving the values it held at that moment (stale
+  but plausible; from the start: the first step's values).
 - ``exception``: every request gets a Modbus exception response with ``code`` (e.g. 4, device failure).
 - ``slow``: every answer is delayed by ``delay_s`` real seconds (client timeouts are real time).
 - ``sentinel``: the named points (all measured points if none are named) read "not implemented".

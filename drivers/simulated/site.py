@@ -11,7 +11,8 @@ A background task steps the plant every ``simulation.step_s`` site seconds (or m
 so that steps stay ≥ 20 ms apart in real time) with the site time elapsed since the previous step. Each
 step reads the setpoints clients wrote (``battery_setpoint_kw``, ``pv_limit_pct``) from the devices'
 registers, runs the PCS watchdogs, steps the plant, and writes the measurements back through each
-device's profile (unless that device is frozen; sentinel and out-of-range faults are applied here).
+device's profile (unless that device is frozen: it keeps serving what it held when frozen, or its first
+values if frozen from the start; sentinel and out-of-range faults are applied here).
 Commands the BMS would not allow are clamped by the plant, as a real PCS does.
 """
 
@@ -64,6 +65,13 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port} unit {self.unit_id}"
+
+
+def grid_voltage_v(ts: datetime, phase: int) -> float:
+    """Phase-to-neutral voltage of the simulated grid: 230 V ± 2 V, slow and different on each phase, as a live
+    meter shows it (a meter whose every value holds still is frozen: controller/validation.py). [V]"""
+    t = ts.timestamp()
+    return 230.0 + 2.0 * math.sin(2 * math.pi * t / (67.0 + 10.0 * phase) + 2.1 * phase)
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,6 +151,7 @@ class SimulatedSite:
         self._reconciles: set[asyncio.Task[None]] = set()
         self._reconcile_lock = asyncio.Lock()
         self._last_mono = 0.0
+        self._published: set[str] = set()  # devices whose registers hold measurements (a frozen one keeps them)
 
     @classmethod
     def from_file(cls, path: str | Path, clock: Clock | None = None, speed: float | None = None) -> SimulatedSite:
@@ -246,8 +255,9 @@ class SimulatedSite:
     def _values(self, image: DeviceImage, s: PlantState, limit_pct: float | None) -> dict[str, float]:
         if image.role is Role.METER:
             phase = s.grid_kw / 3.0
+            volts = [grid_voltage_v(s.timestamp, k) for k in range(3)]
             return {"grid_kw": s.grid_kw, "grid_l1_kw": phase, "grid_l2_kw": phase, "grid_l3_kw": phase,
-                    "voltage_l1_v": 230.0, "voltage_l2_v": 230.0, "voltage_l3_v": 230.0, "frequency_hz": 50.0,
+                    "voltage_l1_v": volts[0], "voltage_l2_v": volts[1], "voltage_l3_v": volts[2], "frequency_hz": 50.0,
                     "import_kwh": s.import_kwh, "export_kwh": s.export_kwh}
         if image.role is Role.PV_INVERTER:
             limited = limit_pct is not None and s.pv_kw < s.pv_available_kw - 1e-6
@@ -270,8 +280,9 @@ class SimulatedSite:
 
     def _publish(self, image: DeviceImage, state: PlantState, limit_pct: float | None) -> None:
         f = self.faults.of(image.name)
-        if f.frozen:
+        if f.frozen and image.name in self._published:  # keeps serving the image as it was when frozen
             return
+        self._published.add(image.name)
         values = self._values(image, state, limit_pct)
         for name in image.measured_points():
             value = values.get(name)

@@ -1,0 +1,171 @@
+"""Quantile forecasts (e.g. P10/P50/P90) from a point forecaster's own recent errors, by lead time.
+
+The point forecaster is re-run at past issue times (hindcasts) whose whole horizon is already measured; the
+errors (measured − forecast, optionally divided by a scale such as the clear-sky power) are pooled per lead-time
+bucket over the last ``days`` days, and quantile *q* of the forecast at lead *L* is
+
+    point(L) + Q_q(errors in the bucket of L) · scale(L)
+
+bounded to ``[0, upper]``. Nothing here runs unless quantiles are asked for; the hindcasts and the quantile table
+are kept, so a forecaster moving forward in time adds one hindcast per ``issue_every_hours``. As for
+:class:`optimizer.forecast.History`, a measurement is final: history before a forecast's start is never rewritten.
+The point forecast itself is never changed. Method and measured calibration: docs/data.md ("Quantile forecasts").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from optimizer.timegrid import TimeGrid, regular_grid
+
+NS_PER_H = 3_600_000_000_000
+
+DEFAULT_LEVELS: tuple[float, ...] = (0.1, 0.5, 0.9)
+"""P10, P50, P90. [-]"""
+
+
+class ErrorQuantiles:
+    """Empirical quantiles of a point forecaster's recent errors per lead-time bucket.
+
+    Parameters
+    ----------
+    point : callable
+        ``point(grid, history) -> ndarray``: the point forecast [kW] (e.g. ``PVForecaster.forecast``).
+    scale : callable, optional
+        ``scale(grid) -> ndarray``: the unit of the errors per grid step [kW] (e.g. clear-sky PV power, so that
+        a cloudy hour's error scales with the sun). Errors are recorded where the scale exceeds
+        ``min_scale`` only. None: errors in kW.
+    upper : float, optional
+        Upper bound of every quantile (the PV AC limit). [kW]
+    days : float
+        The errors of the last ``days`` days' worth of hindcasts (the latest being the last issue time whose
+        horizon has ended) are pooled. [d]
+    issue_every_hours : float
+        Hindcasts are issued on a UTC lattice of this period. [h]
+    bucket_edges_hours : sequence of float
+        Upper edges of the lead-time buckets; leads beyond the last edge share the last bucket. [h]
+    min_errors : int
+        A bucket with fewer errors uses all buckets' errors; with fewer in all, every quantile is the point
+        forecast (no spread known yet).
+    min_scale : float
+        See ``scale``. [kW]
+    widen : float
+        Each quantile's distance from the median error is multiplied by this (≥ 1 widens): recent errors
+        understate the spread of the coming ones when the weather regime changes. Calibrated, see docs/data.md. [-]
+    """
+
+    def __init__(self, point: Callable[[TimeGrid, object], np.ndarray],
+                 scale: Callable[[TimeGrid], np.ndarray] | None = None,
+                 upper: float | None = None, days: float = 14.0, issue_every_hours: float = 3.0,
+                 bucket_edges_hours: Sequence[float] = (1.0, 3.0, 6.0, 12.0, 24.0), min_errors: int = 30,
+                 min_scale: float = 0.0, widen: float = 1.0):
+        if days <= 0 or issue_every_hours <= 0:
+            raise ValueError("days and issue_every_hours must be positive")
+        if list(bucket_edges_hours) != sorted(bucket_edges_hours) or not bucket_edges_hours:
+            raise ValueError("bucket_edges_hours must be increasing and not empty")
+        self.point = point
+        self.scale = scale
+        self.upper = upper
+        self.window_ns = int(days * 24 * NS_PER_H)
+        self.every_ns = int(issue_every_hours * NS_PER_H)
+        self.edges_ns = np.asarray(bucket_edges_hours, dtype=float) * NS_PER_H
+        self.min_errors = min_errors
+        self.min_scale = min_scale
+        self.widen = widen
+        #: issue time [ns] → errors per step of a hindcast, for one (steps, step) shape
+        self._errors: dict[int, np.ndarray] = {}
+        self._shape: tuple[int, int] | None = None
+        self._table: tuple[tuple, np.ndarray] | None = None  # (issues, levels) → quantile per (level, bucket)
+
+    def buckets(self, lead_ns: np.ndarray) -> np.ndarray:
+        """Bucket number per lead time [ns] (0 = shortest)."""
+        return np.minimum(np.searchsorted(self.edges_ns, lead_ns, side="right"), len(self.edges_ns) - 1)
+
+    def quantiles(self, grid: TimeGrid, history: object, ns: np.ndarray, values: np.ndarray, point: np.ndarray,
+                  levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
+        """Quantile forecasts per level and grid step.
+
+        Parameters
+        ----------
+        grid : TimeGrid
+            The planning steps (a shortened first step is allowed).
+        history : object
+            The history as the point forecaster takes it (passed on to the hindcasts unchanged).
+        ns, values : numpy.ndarray
+            The same history as arrays: interval starts [UTC epoch ns, increasing] and measured values [kW].
+        point : numpy.ndarray
+            The point forecast on ``grid``. [kW]
+        levels : sequence of float
+            Increasing probabilities in (0, 1), e.g. (0.1, 0.5, 0.9).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(len(levels), len(grid))``, non-decreasing along the levels, in ``[0, upper]``. [kW]
+        """
+        levels_arr = np.asarray(levels, dtype=float)
+        if levels_arr.ndim != 1 or not len(levels_arr) or np.any(np.diff(levels_arr) <= 0) \
+                or levels_arr[0] <= 0 or levels_arr[-1] >= 1:
+            raise ValueError(f"levels must be increasing probabilities in (0, 1), got {list(levels)}")
+        starts = grid.starts_ns
+        t0 = int(starts[0])
+        step_minutes = max(1, round(float(grid.duration_h[-1]) * 60))
+        table = self._quantile_table(history, ns, values, t0, len(grid), step_minutes, levels_arr)
+        bucket = self.buckets(starts - t0)
+        unit = np.ones(len(grid)) if self.scale is None else self.scale(grid)
+        out = point[None, :] + table[:, bucket] * unit[None, :]
+        out = np.maximum(out, 0.0) if self.upper is None else np.clip(out, 0.0, self.upper)
+        return np.maximum.accumulate(out, axis=0)
+
+    def _quantile_table(self, history: object, ns: np.ndarray, values: np.ndarray, t0: int, steps: int,
+                        step_minutes: int, levels: np.ndarray) -> np.ndarray:
+        """Error quantile per (level, bucket) from the hindcasts complete before ``t0``. [scale units]"""
+        step_ns = step_minutes * 60_000_000_000
+        if self._shape != (steps, step_ns):
+            self._errors, self._shape, self._table = {}, (steps, step_ns), None
+        last = (t0 - steps * step_ns) // self.every_ns * self.every_ns  # the last issue whose horizon has ended
+        first = last - (self.window_ns // self.every_ns - 1) * self.every_ns
+        if len(ns):  # a hindcast needs a measurement before its issue time
+            first = max(first, -(-(int(ns[0]) + step_ns) // self.every_ns) * self.every_ns)
+        key = (last, first, tuple(levels))  # changes once per issue period
+        if self._table is not None and self._table[0] == key:
+            return self._table[1]
+        issues = range(last, first - 1, -self.every_ns) if last >= first and len(ns) else range(0)
+        for old in [s for s in self._errors if s < first or s > last]:
+            del self._errors[old]
+        for s in issues:
+            if s not in self._errors:
+                self._errors[s] = self._hindcast_errors(history, ns, values, s, steps, step_minutes)
+        table = np.zeros((len(levels), len(self.edges_ns)))
+        if self._errors:
+            errors = np.vstack(list(self._errors.values()))
+            lead_bucket = self.buckets(np.arange(steps, dtype=np.int64) * step_ns)
+            pooled = errors[np.isfinite(errors)]
+            for b in range(len(self.edges_ns)):
+                in_bucket = errors[:, lead_bucket == b]
+                in_bucket = in_bucket[np.isfinite(in_bucket)]
+                sample = in_bucket if len(in_bucket) >= self.min_errors else pooled
+                if len(sample) >= self.min_errors:
+                    q = np.quantile(sample, np.concatenate([levels, [0.5]]))
+                    table[:, b] = q[-1] + self.widen * (q[:-1] - q[-1])
+        self._table = (key, table)
+        return table
+
+    def _hindcast_errors(self, history: object, ns: np.ndarray, values: np.ndarray, issue_ns: int, steps: int,
+                         step_minutes: int) -> np.ndarray:
+        """(measured − forecast) / scale per step of the forecast issued at ``issue_ns``; NaN where a value is
+        missing or the scale is below ``min_scale``."""
+        grid = regular_grid(pd.Timestamp(issue_ns, unit="ns", tz="UTC"), steps, step_minutes)
+        starts = grid.starts_ns
+        at = np.minimum(np.searchsorted(ns, starts), len(ns) - 1)  # ns is not empty: see _quantile_table
+        measured = np.where(ns[at] == starts, values[at], np.nan)
+        if np.isnan(measured).all():
+            return measured
+        errors = measured - self.point(grid, history)
+        if self.scale is None:
+            return errors
+        unit = self.scale(grid)
+        return np.where(unit > self.min_scale, errors / np.maximum(unit, 1e-12), np.nan)
