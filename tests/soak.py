@@ -181,10 +181,13 @@ class Fault:
 
 
 def schedule(devices: dict[str, Role], duration_s: float, seed: int, mean_gap_s: float = MEAN_GAP_S) -> list[Fault]:
-    """Seeded random faults, every kind on every device in turn at random, never two at once on one device."""
-    rng = random.Random(seed)
+    """Seeded random faults, every kind on every device in turn at random, never two at once on one device.
+
+    Each device draws from its own generator (seeded by ``seed`` and its name), so a longer run starts with
+    the faults of a shorter one."""
     faults: list[Fault] = []
     for name, role in devices.items():
+        rng = random.Random(f"{seed}:{name}")
         t = CLEAR_S + rng.expovariate(1.0 / mean_gap_s)
         while True:
             kind = rng.choice(KINDS)
