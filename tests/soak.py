@@ -402,6 +402,7 @@ class Soak:
         self._next_event = 0
         self._plant_mono = 0.0
         self._last_load_kw: float | None = None
+        self._last_counted: tuple[ObservedController | None, int] = (None, -1)
         self._frozen: dict[str, dict[str, float]] = {}  # device → its true values when it froze
         self.active: dict[str, Fault] = {}  # device → its fault now
         self.ended: list[Fault] = []  # faults that ended less than CLEAR_S ago
@@ -579,8 +580,11 @@ class Soak:
         now = self.clock.monotonic()
         named = {device_of(code) for code in c.alarms} - {None}
         r = self.report
-        r.setpoint_out_of_limits += not self._setpoints_within_limits()
-        r.alarm_codes.update(list(c.alarms))
+        counted = (c, c.cycles) != self._last_counted  # count each controller cycle once (planning wakes too)
+        self._last_counted = (c, c.cycles)
+        if counted:
+            r.setpoint_out_of_limits += not self._setpoints_within_limits()
+            r.alarm_codes.update(list(c.alarms))
         healthy = set(self.roles) - set(self.active)
         for f in self.active.values():
             if f.device in named:
@@ -591,7 +595,7 @@ class Soak:
             healthy.discard(f.device)
             if f.device not in named:
                 f.cleared = True
-        if named & healthy:
+        if named & healthy and counted:
             r.false_alarm_cycles += 1
 
     # --- the run ------------------------------------------------------------------------------------------
