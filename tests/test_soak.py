@@ -6,9 +6,8 @@ the week takes a few minutes of real time on a 2-core machine. What was chosen t
 
 - a 20 s control cycle (the example site runs 1 s): 30,240 cycles and plant steps; the plant is stepped
   and judged once per cycle. A 10 s cycle would double the time; 30 s would equal the battery's 30 s
-  reversion timer, so one stalled cycle would let the PCS revert. Measured here: 123 cycles per real
-  second and 34 s of planning (672 plans), 4 min 7 s for the week at load average 1–2; 7 min 56 s
-  with the machine at load 4;
+  reversion timer, so one stalled cycle would let the PCS revert. Measured here: 97–152 cycles per
+  real second, 3.5–5 min for the week (up to 8 min while the machine ran at load 4);
 - faults on each device one at a time, a mean of 4 hours apart (~100 faults in the week, every kind on
   every device), 2–30 minutes long (slow ones 1–3 minutes: each slow poll costs 0.2 s of real time);
 - reaction time 3 cycles (60 s) after a fault starts, ends or flaps; alarms cleared within 120 s.
