@@ -313,7 +313,7 @@ class Validator:
 
         self._range_rules(raw, mark)
         self._level_rules(raw, now, mark)
-        self._stuck_rules(snap, raw, now, dt_h, commanded_battery_kw, mark)
+        self._stuck_rules(snap, raw, found, now, dt_h, commanded_battery_kw, mark)
         self._balance_rule(raw, found, now, mark)
         conditions = self._conditions(snap, found)
         return self._settle(snap, conditions, now)
@@ -378,21 +378,27 @@ class Validator:
             self._stuck[key] = t
         return t
 
-    def _stuck_rules(self, snap: Snapshot, raw: Mapping[str, float], now: datetime, dt_h: float,
-                     commanded: float | None, mark: Mark) -> None:
-        self._grid_stuck(raw, now, mark)
+    def _stuck_rules(self, snap: Snapshot, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime,
+                     dt_h: float, commanded: float | None, mark: Mark) -> None:
+        self._grid_stuck(raw, found, now, mark)
         self._battery_stuck(raw, now, commanded, mark)
-        self._level_stuck(raw, now, dt_h, mark)
+        self._level_stuck(raw, found, now, dt_h, mark)
         self._image_stuck(snap, raw, now, mark)
 
-    def _grid_stuck(self, raw: Mapping[str, float], now: datetime, mark: Mark) -> None:
-        """Grid power frozen while PV + battery moved (the load would have had to move by exactly as much)."""
+    def _grid_stuck(self, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime, mark: Mark) -> None:
+        """Grid power frozen while PV + battery moved (the load would have had to move by exactly as much).
+
+        Only trusted PV and battery powers count as movement; while either is untrusted or missing the
+        window starts again (a battery reading 3,000 kW did not move anything)."""
         cfg, move = self.settings, self.move_kw
-        grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
+        grid = raw.get("grid_kw")
+        pv, bat = (None if p in found else raw.get(p) for p in ("pv_kw", "battery_kw"))
         if grid is not None:
             t = self._track("grid_kw", grid, now)
             since_move = 0.0
-            if pv is not None and bat is not None:
+            if pv is None or bat is None:
+                t.ref, t.moved, t.moved_at = None, 0.0, None
+            else:
                 if t.ref is None:
                     t.ref = pv + bat
                 since_move = t.note_move(abs(pv + bat - t.ref), move, now)
@@ -422,10 +428,17 @@ class Validator:
                          f"unchanged at {bat:g} kW for {since_move:.0f} s after the command changed to "
                          f"{commanded:g} kW")
 
-    def _level_stuck(self, raw: Mapping[str, float], now: datetime, dt_h: float, mark: Mark) -> None:
-        """SOC and counters frozen while energy flowed through them (two resolution steps' worth)."""
+    def _level_stuck(self, raw: Mapping[str, float], found: Mapping[str, Finding], now: datetime, dt_h: float,
+                     mark: Mark) -> None:
+        """SOC and counters frozen while energy flowed through them (two resolution steps' worth).
+
+        Only trusted powers count as flow: a power already judged implausible this cycle (a meter reading
+        −3,000 kW) or missing says nothing about what went through, so the count starts again. Otherwise a
+        counter that legitimately stands still afterwards (export on a zero-export site, SOC of a battery
+        held at 0 kW by the safe state that the alarm itself caused) would stay "stuck" for ever.
+        """
         cfg = self.settings
-        grid, pv, bat = raw.get("grid_kw"), raw.get("pv_kw"), raw.get("battery_kw")
+        grid, pv, bat = (None if p in found else raw.get(p) for p in ("grid_kw", "pv_kw", "battery_kw"))
         flows = {"soc_pct": None if bat is None else abs(bat),
                  "import_kwh": None if grid is None else max(grid, 0.0),
                  "export_kwh": None if grid is None else max(-grid, 0.0),
@@ -435,7 +448,9 @@ class Validator:
             if v is None:
                 continue
             t = self._track(point, v, now)
-            if power is not None and t.since != now:  # what flowed until a change went into that change
+            if power is None:
+                t.moved = 0.0
+            elif t.since != now:  # what flowed until a change went into that change
                 t.moved += power * dt_h
             if point == "soc_pct":
                 needed = 2.0 * cfg.soc_step_pct / 100.0 * self.site.capacity_kwh

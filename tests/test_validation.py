@@ -157,6 +157,23 @@ def test_counter_frozen_while_importing_is_stale():
     assert first == 121
 
 
+def test_an_implausible_power_is_no_flow_for_the_level_rules_and_nothing_latches_after_it():
+    """The soak's latch: battery_kw served as 3,000 kW for 10 min (implausible) while SOC holds still. Counting
+    that as flow marked SOC stale; afterwards the safe state held the battery at 0 kW, SOC never moved, and
+    ``point_stale:bat:soc_pct`` stayed for the rest of the week. Same for export_kwh after a meter reading
+    −3,000 kW on a site that never exports."""
+    faulty = [snapshot(t, battery_kw=3000.0 - 0.001 * (t % 2)) for t in range(600)]
+    after = [snapshot(t) for t in range(600, 700)]
+    results = run(Validator(SITE), faulty + after)
+    assert all(quality(r, "battery_kw") is Quality.IMPLAUSIBLE for r in results[:600])
+    assert all(quality(r, "soc_pct") is Quality.OK for r in results)
+    assert not results[-1][1]
+    faulty = [snapshot(t, grid_kw=-3000.0 + 0.001 * (t % 2)) for t in range(600)]
+    results = run(Validator(SITE), faulty + after)
+    assert all(quality(r, "export_kwh") is Quality.OK for r in results)
+    assert not results[-1][1]
+
+
 def test_a_whole_meter_image_frozen_is_stale_even_when_nothing_else_moves():
     snaps = [snapshot(t, voltage_l1_v=231.0, import_kwh=1000.0) for t in range(12)]
     results = run(Validator(SITE), snaps)
