@@ -127,7 +127,12 @@ class DispatchSettings(BaseModel):
     safe_pv_limit_pct: float = Field(
         default=0.0, ge=0, le=100,
         description="PV limit while in the safe state [% of PV AC rating]; keep it at or below the site's "
-                    "minimum load on zero-export sites")
+                    "minimum load on zero-export sites (the chain also lowers it to the lowest load it measured "
+                    "in the last safe_pv_load_window_h)")
+    safe_pv_load_window_h: float = Field(
+        default=168.0, ge=0,
+        description="The safe-state PV limit is never above the lowest site load measured in this window plus the "
+                    "export cap (a Sunday's load can sit below the configured limit) [h]; 0 = off")
     export_margin_kw: float = Field(
         default=0.0, ge=0, description="Keep the grid this far above the export cap (import bias) [kW]")
     import_margin_kw: float = Field(
@@ -388,6 +393,7 @@ class Dispatcher:
         self._battery_seen_at: datetime | None = None  # last cycle with every battery input present
         self._battery_measured_kw: float | None = None  # last measured battery power [kW]
         self._battery_commanded_kw = 0.0                # setpoint decided when the battery was last seen [kW]
+        self._hourly_min_load: dict[int, float] = {}   # hour index (UTC) → lowest load measured in it [kW]
 
     def _pct(self, kw: float | None) -> float:
         if kw is None or self.pv_rated_kw <= 0:
@@ -395,8 +401,27 @@ class Dispatcher:
         return min(100.0, max(0.0, 100.0 * kw / self.pv_rated_kw))
 
     def _safe_pv_limit_kw(self) -> float | None:
+        """The PV limit while the meter or PV data is missing: the configured share of the PV rating, lowered
+        to the lowest load measured in the last ``safe_pv_load_window_h`` plus the export cap. [kW]"""
         s = self.settings
-        return None if s.safe_pv_limit_pct >= 100 else self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
+        limit = None if s.safe_pv_limit_pct >= 100 else self.pv_rated_kw * s.safe_pv_limit_pct / 100.0
+        if self._hourly_min_load:
+            floor_kw = max(0.0, min(self._hourly_min_load.values()) + self.grid.export_cap_kw - s.export_margin_kw)
+            limit = floor_kw if limit is None else min(limit, floor_kw)
+        return limit
+
+    def _note_load(self, load_kw: float, now: datetime) -> None:
+        """Keep the lowest measured load per hour over the last ``safe_pv_load_window_h``."""
+        window_h = self.settings.safe_pv_load_window_h
+        if window_h <= 0:
+            return
+        hour = int(now.timestamp() // 3600)
+        lowest = self._hourly_min_load.get(hour)
+        if lowest is None:
+            for old in [h for h in self._hourly_min_load if h <= hour - window_h]:
+                del self._hourly_min_load[old]
+        if lowest is None or load_kw < lowest:
+            self._hourly_min_load[hour] = load_kw
 
     def _remember_battery(self, inputs: DispatchInputs, setpoint_kw: float, now: datetime) -> None:
         """Note what the battery was doing and was told while seen (for when it goes missing)."""
@@ -625,6 +650,7 @@ class Dispatcher:
         grid_kw, pv_kw, battery_kw = float(inputs.grid_kw), float(inputs.pv_kw), float(inputs.battery_kw)
         soc = float(inputs.soc_pct)
         load_kw = grid_kw + pv_kw + battery_kw
+        self._note_load(load_kw, now)
         pv_est, limit_active = self._pv_estimate(pv_kw, inputs.pv_limit_pct)
         expired = target is not None and target.expires_at is not None and now >= target.expires_at
         if expired:

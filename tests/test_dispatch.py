@@ -70,6 +70,26 @@ def test_meter_missing_or_pv_and_battery_missing_is_the_site_wide_safe_state(nam
     assert d.load_kw is None and d.expected_grid_kw is None
 
 
+def test_the_safe_pv_limit_never_exceeds_the_lowest_load_measured_in_the_window():
+    """The soak's Sunday: the configured 30 % (270 kW) sits above a 240 kW Sunday load, so a meter outage
+    exported 30 kW. Having measured 240 kW (grid 40 + PV 200) an hour earlier, the chain caps PV at 240 kW
+    on a zero-export site, and at 240 + 50 where 50 kW may be exported; a week later that low is forgotten."""
+    for grid, expected in ((ZERO_EXPORT, 240.0), (GridSpec(import_cap_kw=1000, export_cap_kw=50), 270.0)):
+        disp = dispatcher(grid, safe_pv_limit_pct=30)
+        disp.step(inputs(grid=40, pv=200), None, NOW - timedelta(hours=1))
+        disp.step(inputs(grid=400, pv=0), None, NOW - timedelta(minutes=30))
+        d = disp.step(inputs(grid=None), None, NOW)
+        assert d.safe and d.pv_limit_kw == pytest.approx(expected)
+    disp = dispatcher(safe_pv_limit_pct=30)
+    disp.step(inputs(grid=40, pv=200), None, NOW - timedelta(hours=200))
+    disp.step(inputs(grid=400, pv=0), None, NOW - timedelta(minutes=30))
+    assert disp.step(inputs(grid=None), None, NOW).pv_limit_kw == pytest.approx(270.0)
+    assert dispatcher(safe_pv_limit_pct=100).step(inputs(grid=None), None, NOW).pv_limit_kw is None
+    off = dispatcher(safe_pv_limit_pct=30, safe_pv_load_window_h=0)
+    off.step(inputs(grid=40, pv=200), None, NOW - timedelta(hours=1))
+    assert off.step(inputs(grid=None), None, NOW).pv_limit_kw == pytest.approx(270.0)
+
+
 def test_safe_state_clears_when_data_returns():
     disp = dispatcher()
     assert disp.step(inputs(grid=None), battery_target(100), NOW).safe
