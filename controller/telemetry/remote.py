@@ -124,6 +124,18 @@ class CommandIntake:
             log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
         return self._result(name, command_id, result)
 
+    def refuse(self, name: str, payload: bytes | str | Mapping[str, Any], reason: str, *, by: str) -> dict[str, Any]:
+        """The answer to a command its transport may not deliver (e.g. park commands while the site does not
+        allow them): rejected with ``reason``, counted and logged like any rejection. Never raises."""
+        try:
+            command_id = read_id(_decode(payload))
+        except Exception:  # an unreadable id is no reason not to answer
+            command_id = None
+        shown = _printable(name)[:MAX_NAME_CHARS]
+        self.rejected += 1
+        log.warning("command %s from %s rejected: %s", shown, by, reason)
+        return self._result(name, command_id, CommandResult(False, reason))
+
     def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int) -> dict[str, Any]:
         """The answer to a command that found the command queue full (``waiting`` commands ahead of it).
 

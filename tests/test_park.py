@@ -1,0 +1,255 @@
+"""The park tier with real peers on loopback: two sites (the controller's real telemetry) each with
+its own mosquitto, bridged by the shipped deploy/mosquitto/park-bridge.conf into a park mosquitto
+(shipped park-acl), and a central VictoriaMetrics. The uplink is cut and restored, park commands are
+refused or applied by each site's setting, and a second site with an existing id is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from controller.modes import Mode
+from controller.telemetry.influx import to_ms
+from controller.telemetry.mqtt import DUPLICATE_ALARM, MqttSink
+from controller.telemetry.remote import CommandIntake
+from ems.clock import ManualClock
+from tests.park_peers import PARK, SitePublisher, park_broker, site_broker, start_site
+from tests.peers import Mosquitto, VictoriaMetrics, sample_state, victoria_metrics  # noqa: F401 (fixture)
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+WAIT_S = 30.0
+SITES = ["site-a", "site-b"]
+
+
+class ParkListener:
+    """The park operations centre's MQTT client (user park-operator): files messages by topic."""
+
+    def __init__(self, client: aiomqtt.Client):
+        self.client = client
+        self.messages: dict[str, list[bytes]] = {}
+        self._task = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for message in self.client.messages:
+            self.messages.setdefault(str(message.topic), []).append(bytes(message.payload))
+
+    def on(self, site: str, leaf: str) -> list[bytes]:
+        return self.messages.get(f"park/{PARK}/{site}/{leaf}", [])
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await self.client.__aexit__(None, None, None)
+
+
+async def park_listener(park: Mosquitto) -> ParkListener:
+    """A persistent session (the park broker keeps its messages while it is away or restarting)."""
+    client = aiomqtt.Client(park.host, park.port, username="park-operator", password="op-secret",
+                            identifier="park-ops-test", clean_session=False,
+                            protocol=aiomqtt.ProtocolVersion.V311)
+    await client.__aenter__()
+    await client.subscribe(f"park/{PARK}/#", qos=1)
+    return ParkListener(client)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s} s: {what}") from None
+
+
+@pytest.fixture
+async def park(tmp_path: Path, victoria_metrics: VictoriaMetrics,  # noqa: F811
+               ) -> AsyncIterator[tuple[Mosquitto, dict[str, Mosquitto], VictoriaMetrics]]:
+    """The park broker and one bridged site broker per site of :data:`SITES` (the central database is
+    ``victoria_metrics``)."""
+    broker = park_broker(tmp_path / "park", SITES)
+    broker.start()
+    sites = {site: site_broker(tmp_path / site, site, broker) for site in SITES}
+    for site_mqtt in sites.values():
+        site_mqtt.start()
+    yield broker, sites, victoria_metrics
+    for site_mqtt in sites.values():
+        site_mqtt.stop()
+    broker.stop()
+
+
+async def start_sites(sites: dict[str, Mosquitto], vm: VictoriaMetrics, tmp_path: Path,
+                      **kw: Any) -> dict[str, SitePublisher]:
+    publishers = {site: await start_site(site, broker, vm.url, tmp_path / f"state-{site}", T0, **kw)
+                  for site, broker in sites.items()}
+    for publisher in publishers.values():
+        async with asyncio.timeout(WAIT_S):
+            await publisher.telemetry.mqtt.connected.wait()
+    return publishers
+
+
+async def stop_sites(publishers: dict[str, SitePublisher]) -> None:
+    for publisher in publishers.values():
+        await publisher.telemetry.aclose()
+
+
+def publish(publisher: SitePublisher, i: int) -> int:
+    """One cycle of ``publisher``'s site: a state one second after the last and an alarm transition
+    (code ``test_<i>``); returns the state's timestamp [ms]."""
+    publisher.clock.advance(1.0)
+    now = publisher.clock.now()
+    publisher.bus.publish("state", sample_state(now, i, site=publisher.site))
+    publisher.bus.publish("alarm", {"ts": now.isoformat(), "code": f"test_{i}", "active": True,
+                                    "severity": "warning", "message": f"cycle {i}"})
+    return to_ms(now)
+
+
+def alarm_codes(messages: list[bytes]) -> list[str]:
+    return [json.loads(m)["code"] for m in messages]
+
+
+async def test_uplink_cut_and_restored_every_point_arrives_once(park: tuple[Mosquitto, dict[str, Mosquitto],
+                                                                             VictoriaMetrics],
+                                                                 tmp_path: Path) -> None:
+    """Two sites publish through their bridges; the park broker and the central database are stopped
+    (uplink cut) while the sites go on, then restarted: every alarm reaches the park broker once, in
+    order, under park/<park>/<site>/alarms, and every state reaches VictoriaMetrics once, tagged with
+    its site."""
+    park_mqtt, sites, vm = park
+    publishers = await start_sites(sites, vm, tmp_path)
+    ops = await park_listener(park_mqtt)
+    sent: dict[str, list[int]] = {site: [] for site in SITES}
+    n = 0
+    for _ in range(20):
+        for site, publisher in publishers.items():
+            sent[site].append(publish(publisher, n))
+        n += 1
+        await asyncio.sleep(0.05)
+    await until(lambda: all(len(ops.on(s, "alarms")) == 20 for s in SITES), "alarms before the cut")
+    await ops.close()
+
+    park_mqtt.stop()                                     # uplink cut: park broker and central database away
+    vm.stop()
+    for _ in range(30):
+        for site, publisher in publishers.items():
+            sent[site].append(publish(publisher, n))
+        n += 1
+        await asyncio.sleep(0.05)
+    await until(lambda: all(p.telemetry.influx.last_error is not None for p in publishers.values()),
+                "the InfluxDB sinks notice the outage")
+    park_mqtt.start()
+    vm.start()
+    before_cut = ops.messages
+    ops = await park_listener(park_mqtt)
+    for topic, payloads in before_cut.items():
+        ops.messages[topic] = payloads + ops.messages.get(topic, [])
+    for _ in range(10):
+        for site, publisher in publishers.items():
+            sent[site].append(publish(publisher, n))
+        n += 1
+        await asyncio.sleep(0.05)
+    await until(lambda: all(len(ops.on(s, "alarms")) >= 60 for s in SITES), "alarms after the cut")
+    await until(lambda: all(p.telemetry.influx.backlog == 0 for p in publishers.values()), "outboxes drained")
+    await asyncio.sleep(1.0)                             # any duplicate would have arrived by now
+
+    for site in SITES:
+        codes = alarm_codes(ops.on(site, "alarms"))
+        assert codes == [f"test_{i}" for i in range(60)], codes       # queued while cut, none lost or twice
+        samples = vm.wait_for("ems_state_load_kw", len(sent[site]), site=site)
+        assert [ts for ts, _ in samples] == sent[site]                # all 60, none twice, none lost
+    # every state carries its site id on MQTT too
+    state = json.loads(ops.on("site-b", "state")[-1])
+    assert state["site"] == "site-b"
+    await ops.close()
+    await stop_sites(publishers)
+
+
+async def command(ops: ParkListener, site: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Send ``set_mode`` from the park to ``site``; its result as it comes back to the park."""
+    before = len(ops.on(site, "cmd/set_mode/result"))
+    await ops.client.publish(f"park/{PARK}/{site}/cmd/set_mode", json.dumps(body), qos=1)
+    await until(lambda: len(ops.on(site, "cmd/set_mode/result")) > before, f"result from {site}")
+    return json.loads(ops.on(site, "cmd/set_mode/result")[-1])
+
+
+async def test_park_command_refused_unless_the_site_allows_it(park: tuple[Mosquitto, dict[str, Mosquitto],
+                                                                         VictoriaMetrics],
+                                                              tmp_path: Path) -> None:
+    """site-a does not allow park commands (the default): refused, its mode untouched. site-b allows
+    them: applied through the same validated, expiring path (an expired one is still refused)."""
+    park_mqtt, sites, vm = park
+    publishers = {
+        "site-a": await start_site("site-a", sites["site-a"], vm.url, tmp_path / "a", T0),
+        "site-b": await start_site("site-b", sites["site-b"], vm.url, tmp_path / "b", T0, park_commands=True)}
+    for publisher in publishers.values():
+        async with asyncio.timeout(WAIT_S):
+            await publisher.telemetry.mqtt.connected.wait()
+    ops = await park_listener(park_mqtt)
+    body = {"mode": "standby", "ttl_s": 600, "id": "park-1"}
+    refused = await command(ops, "site-a", body)
+    assert not refused["accepted"] and "park_commands: false" in refused["reason"] and refused["id"] == "park-1"
+    assert publishers["site-a"].modes.request is None and publishers["site-a"].telemetry.intake.rejected == 1
+    applied = await command(ops, "site-b", body)
+    assert applied["accepted"] and applied["id"] == "park-1", applied
+    request = publishers["site-b"].modes.request
+    assert request is not None and request.mode is Mode.STANDBY
+    assert request.until == T0 + timedelta(seconds=600)               # it expires like any remote command
+    expired = await command(ops, "site-b", {"mode": "tou_rule", "ttl_s": 60, "id": "park-2",
+                                            "ts": (T0 - timedelta(seconds=61)).isoformat()})
+    assert not expired["accepted"] and "expired" in expired["reason"]
+    invalid = await command(ops, "site-b", {"mode": "overdrive", "id": "park-3"})
+    assert not invalid["accepted"] and "invalid" in invalid["reason"]
+    assert publishers["site-b"].modes.request.mode is Mode.STANDBY
+    await ops.close()
+    await stop_sites(publishers)
+
+
+async def test_second_site_with_the_same_id_is_refused(park: tuple[Mosquitto, dict[str, Mosquitto],
+                                                                  VictoriaMetrics],
+                                                       tmp_path: Path) -> None:
+    """A second factory configured as site-a, on its own broker bridged with site-a's credentials: it
+    sees the first one's claim come in from the park, publishes nothing and raises the alarm; the
+    first one goes on untouched. Once the first stops, the second may take the id."""
+    park_mqtt, sites, vm = park
+    first = await start_site("site-a", sites["site-a"], vm.url, tmp_path / "first", T0)
+    async with asyncio.timeout(WAIT_S):
+        await first.telemetry.mqtt.connected.wait()
+    ops = await park_listener(park_mqtt)
+    await until(lambda: bool(ops.on("site-a", "instance")), "first claim at the park")
+    assert json.loads(ops.on("site-a", "instance")[-1])["instance"] == first.telemetry.mqtt.claim["instance"]
+
+    twin_broker = site_broker(tmp_path / "twin", "site-a", park_mqtt)
+    twin_broker.start()
+    alarms: list[tuple[str, bool, str]] = []
+    # wait until the first one's claim has come in through the twin's bridge
+    probe = aiomqtt.Client(twin_broker.host, twin_broker.port, identifier="probe")
+    async with probe:
+        await probe.subscribe("ems/site-a/instance", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            async for message in probe.messages:
+                if json.loads(message.payload)["instance"] == first.telemetry.mqtt.claim["instance"]:
+                    break
+    twin = MqttSink(first.telemetry.mqtt.settings.model_copy(update={"port": twin_broker.port}), "site-a",
+                    CommandIntake(lambda _c: None, ManualClock(T0)),  # type: ignore[arg-type, return-value]
+                    on_alarm=lambda *a: alarms.append(a))
+    twin.start()
+    await until(lambda: twin.duplicate is not None, "the twin sees the duplicate")
+    assert alarms and alarms[0][:2] == (DUPLICATE_ALARM, True)
+    assert "site-a" in alarms[0][2] and first.telemetry.mqtt.claim["instance"] in alarms[0][2]
+    assert not twin.connected.is_set()
+    await asyncio.sleep(1.0)
+    instances = [json.loads(m)["instance"] for m in ops.on("site-a", "instance")]
+    assert instances[-1] == first.telemetry.mqtt.claim["instance"]   # the park still names the first one
+    assert b"online" in ops.on("site-a", "status") and first.telemetry.mqtt.connected.is_set()
+
+    await first.telemetry.aclose()                         # the first one leaves: the id is free again
+    await until(lambda: twin.connected.is_set(), "the twin takes the free id", timeout_s=WAIT_S)
+    assert alarms[-1][:2] == (DUPLICATE_ALARM, False)
+    await twin.aclose()
+    await ops.close()
+    twin_broker.stop()
