@@ -12,7 +12,8 @@ park-acl and one password per site. InfluxDB points go straight to VictoriaMetri
 Measured: points lost (states missing from VictoriaMetrics plus alarms missing at the park broker;
 must be 0), end-to-end latency of alarms from the site's bus to the park subscriber (p50/p99), and
 the CPU of everything involved (this process, both brokers, VictoriaMetrics) as a percentage of one
-core over the run. The last line printed is one JSON object.
+core over the run (in total as ``park_cpu_pct``, and per process: the publishers stand for the
+sites' own edge PCs, the site broker for their brokers). The last line printed is one JSON object.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_park.py [--sites 200] [--seconds 60]
 """
@@ -79,12 +80,9 @@ class ParkSubscriber:
                     self.states += 1
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in processes:
-        t = p.cpu_times()
-        total += t.user + t.system
-    return total
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """User + system CPU time of each process so far. [s]"""
+    return {name: p.cpu_times().user + p.cpu_times().system for name, p in processes.items()}
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -106,8 +104,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         for p in publishers:
             await p.telemetry.mqtt.connected.wait()
     await asyncio.sleep(5.0)  # bridges up and subscribed
-    processes = [psutil.Process(os.getpid()), psutil.Process(park.proc.pid), psutil.Process(site_mqtt.proc.pid),
-                 psutil.Process(vm.proc.pid)]
+    processes = {"publishers": psutil.Process(os.getpid()), "park_broker": psutil.Process(park.proc.pid),
+                 "site_broker": psutil.Process(site_mqtt.proc.pid), "victoria_metrics": psutil.Process(vm.proc.pid)}
     cpu0, wall0 = cpu_seconds(processes), time.monotonic()
     sent_states = {site: 0 for site in sites}
     sent_alarms = {site: 0 for site in sites}
@@ -133,7 +131,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         if drained and alarms_in >= sum(sent_alarms.values()):
             break
         await asyncio.sleep(0.5)
-    cpu = cpu_seconds(processes) - cpu0
+    cpu1 = cpu_seconds(processes)
     wall = time.monotonic() - wall0
     for p in publishers:
         await p.telemetry.aclose()
@@ -164,7 +162,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         "park_points_lost": states_lost * 3 + alarms_lost,
         "park_latency_p50_ms": round(statistics.median(latency), 1) if latency else None,
         "park_latency_p99_ms": round(latency[int(0.99 * (len(latency) - 1))], 1) if latency else None,
-        "park_cpu_pct": round(100 * cpu / wall, 1),
+        "park_cpu_pct": round(100 * sum(cpu1[n] - cpu0[n] for n in cpu1) / wall, 1),
+        **{f"cpu_pct_{n}": round(100 * (cpu1[n] - cpu0[n]) / wall, 1) for n in cpu1},
         "park_wall_s": round(wall, 1),
         "machine_cores": os.cpu_count(),
         "machine_load_1m_at_start": round(load[0], 2),
