@@ -85,6 +85,18 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return {name: p.cpu_times().user + p.cpu_times().system for name, p in processes.items()}
 
 
+def vm_self_metrics(vm: VictoriaMetrics) -> dict[str, float]:
+    """Samples stored and bytes on disk, from VictoriaMetrics' own ``/metrics`` (fresh, not yet merged
+    parts: an upper bound of what the data costs after background merges)."""
+    samples = size = 0.0
+    for line in vm._get("/metrics").decode().splitlines():
+        if line.startswith("vm_rows{") and "indexdb" not in line:
+            samples += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vm_data_size_bytes{") and "indexdb" not in line:
+            size += float(line.rsplit(" ", 1)[1])
+    return {"samples": samples, "bytes": size}
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     sites = [f"site-{k:04d}" for k in range(args.sites)]
     park = park_broker(workdir / "park", sites)
@@ -144,6 +156,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     states_lost = sum(max(0, sent_states[s] - stored[s]) for s in sites)
     states_twice = sum(max(0, stored[s] - sent_states[s]) for s in sites)
     alarms_lost = sum(sent_alarms[s] - len(subscriber.alarms.get(s, ())) for s in sites)
+    vm_metrics = vm_self_metrics(vm)
     vm.stop()
     site_mqtt.stop()
     park.stop()
@@ -165,6 +178,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         "park_cpu_pct": round(100 * sum(cpu1[n] - cpu0[n] for n in cpu1) / wall, 1),
         **{f"cpu_pct_{n}": round(100 * (cpu1[n] - cpu0[n]) / wall, 1) for n in cpu1},
         "park_wall_s": round(wall, 1),
+        "vm_samples_stored": vm_metrics["samples"],
+        "vm_bytes_per_sample": round(vm_metrics["bytes"] / vm_metrics["samples"], 2) if vm_metrics["samples"] else None,
         "machine_cores": os.cpu_count(),
         "machine_load_1m_at_start": round(load[0], 2),
     }
