@@ -40,8 +40,11 @@ def park_broker(workdir: Path, sites: list[str]) -> Mosquitto:
     return broker
 
 
-def bridge_conf(site: str, park: Mosquitto, password: str | None = None, restart_s: int = 1) -> str:
-    """The shipped bridge for ``site`` towards ``park`` (loopback, no TLS, quick reconnect)."""
+def bridge_conf(site: str, park: Mosquitto, password: str | None = None, restart_s: int = 1,
+                edge: str | None = None) -> str:
+    """The shipped bridge for ``site`` towards ``park`` (loopback, no TLS, quick reconnect). ``edge``
+    names the simulated edge PC in the bridge's client id (mosquitto's default uses the host name,
+    which every simulated site here shares)."""
     text = (DEPLOY / "park-bridge.conf").read_text()
     text = (text.replace("@PARK_HOST@:8883", f"{park.host}:{park.port}").replace("@PARK@", PARK)
             .replace("@SITE@", site)
@@ -49,6 +52,8 @@ def bridge_conf(site: str, park: Mosquitto, password: str | None = None, restart
             .replace("restart_timeout 5 120", f"restart_timeout {restart_s} {restart_s}"))
     lines = [line for line in text.splitlines()
              if not line.startswith(TLS_OPTIONS) and not line.startswith(FORCED_BY_PEER)]
+    if edge is not None:
+        lines.insert(lines.index(f"connection park-{site}") + 1, f"remote_clientid park-{site}.{edge}")
     return "\n".join(lines) + "\n"
 
 
@@ -56,7 +61,7 @@ def site_broker(workdir: Path, site: str, park: Mosquitto, password: str | None 
     """A site's own broker (anonymous on loopback, persistent) with the park bridge."""
     workdir.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(workdir, persistence=True)
-    broker.conf.write_text(broker.conf.read_text() + bridge_conf(site, park, password))
+    broker.conf.write_text(broker.conf.read_text() + bridge_conf(site, park, password, edge=workdir.name))
     return broker
 
 

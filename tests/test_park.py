@@ -6,6 +6,7 @@ refused or applied by each site's setting, and a second site with an existing id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,12 +17,19 @@ import aiomqtt
 import pytest
 
 from controller.modes import Mode
+from controller.telemetry.config import MqttSettings
 from controller.telemetry.influx import to_ms
 from controller.telemetry.mqtt import DUPLICATE_ALARM, MqttSink
 from controller.telemetry.remote import CommandIntake
 from ems.clock import ManualClock
-from tests.park_peers import PARK, SitePublisher, park_broker, site_broker, start_site
-from tests.peers import Mosquitto, VictoriaMetrics, sample_state, victoria_metrics  # noqa: F401 (fixture)
+from tests.park_peers import DEPLOY, PARK, SitePublisher, park_broker, site_broker, start_site
+from tests.peers import (  # noqa: F401 (fixtures)
+    Mosquitto,
+    VictoriaMetrics,
+    mosquitto,
+    sample_state,
+    victoria_metrics,
+)
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 WAIT_S = 30.0
@@ -242,6 +250,9 @@ async def test_second_site_with_the_same_id_is_refused(park: tuple[Mosquitto, di
     assert alarms and alarms[0][:2] == (DUPLICATE_ALARM, True)
     assert "site-a" in alarms[0][2] and first.telemetry.mqtt.claim["instance"] in alarms[0][2]
     assert not twin.connected.is_set()
+    # the twin's claim, published while it checked, reached the first one too: it knows as well
+    await until(lambda: first.telemetry.mqtt.duplicate is not None, "the first one sees the newer claim")
+    assert first.telemetry.mqtt.duplicate["instance"] == twin.claim["instance"]
     await asyncio.sleep(1.0)
     instances = [json.loads(m)["instance"] for m in ops.on("site-a", "instance")]
     assert instances[-1] == first.telemetry.mqtt.claim["instance"]   # the park still names the first one
@@ -253,3 +264,41 @@ async def test_second_site_with_the_same_id_is_refused(park: tuple[Mosquitto, di
     await twin.aclose()
     await ops.close()
     twin_broker.stop()
+
+
+async def test_restart_after_a_crash_is_not_a_duplicate(mosquitto: Mosquitto) -> None:  # noqa: F811
+    """A controller that vanished without a clean stop leaves ``online`` and its claim retained; its
+    successor (same client id ``ems-<site>``) takes the session over, the broker sends the old will
+    (``offline``) first, and the successor claims the id without an alarm."""
+    crashed = aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="ems-site-x",
+                             protocol=aiomqtt.ProtocolVersion.V5,
+                             will=aiomqtt.Will("ems/site-x/status", b"offline", qos=1, retain=True))
+    await crashed.__aenter__()
+    await crashed.publish("ems/site-x/status", b"online", qos=1, retain=True)
+    await crashed.publish("ems/site-x/instance", json.dumps({"instance": "crashed", "site": "site-x",
+                                                             "started": "2026-01-01T00:00:00+00:00"}),
+                          qos=1, retain=True)
+    alarms: list[tuple[str, bool, str]] = []
+    settings = MqttSettings(enabled=True, host=mosquitto.host, port=mosquitto.port, max_backoff_s=0.5)
+    successor = MqttSink(settings, "site-x", CommandIntake(lambda _c: None, ManualClock(T0)),  # type: ignore[arg-type, return-value]
+                         on_alarm=lambda *a: alarms.append(a))
+    successor.start()
+    async with asyncio.timeout(WAIT_S):
+        await successor.connected.wait()
+    assert successor.duplicate is None and not alarms
+    await successor.aclose()
+    with contextlib.suppress(aiomqtt.MqttError):
+        await crashed.__aexit__(None, None, None)
+
+
+def test_shipped_bridge_lets_only_park_commands_in() -> None:
+    """Of everything the park publishes, the shipped bridge brings in only the site's own claim and
+    status, and park commands to their own topic: never to the local operator's ``cmd/<name>``."""
+    inbound = []
+    for line in (DEPLOY / "park-bridge.conf").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["topic"] and parts[2] in ("in", "both"):
+            pattern, local, remote = parts[1], parts[4], parts[5]
+            assert remote == "park/@PARK@/@SITE@/"
+            inbound.append(local + pattern)
+    assert sorted(inbound) == ["ems/@SITE@/instance", "ems/@SITE@/park/cmd/+", "ems/@SITE@/status"]
