@@ -17,7 +17,7 @@ from controller.telemetry.influx import state_lines
 from tests.peers import VictoriaMetrics, sample_state, victoria_metrics  # noqa: F401 (fixture)
 
 PARK = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "park"
-GRID_FACTOR = "0.6"
+GRID_FACTOR = "0.681"
 
 
 def dashboard() -> dict:
