@@ -203,7 +203,8 @@ def _park(args: argparse.Namespace) -> int:
     paths = write_park(table, args.out, park, _command(), currencies.pop())
     total = table[table["site"] == TOTAL].iloc[0]
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
-          f"{total['savings_vs_no_system']:,.0f}/yr, payback {_yr(total['simple_payback_years'])} yr, "
+          f"{total['savings_vs_no_system']:,.0f}/yr, investment ÷ saving "
+          f"{_yr(total['investment_over_saving_years'])} yr, "
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr")
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -14,8 +14,10 @@ A park file (YAML) lists the sites::
         battery_kwh: 2000
 
 Each site runs as one sweep cell (:func:`simulations.sweep.run_cell`), so a park study and a sizing
-sweep give a site the same figures. The park total adds investments, bills, savings and CO2; its
-payback is the total investment over the total yearly saving. All sites must use one currency.
+sweep give a site the same figures. The park total adds investments, bills, savings and CO2. Each
+row also gets ``investment_over_saving_years``, the investment over the yearly saving (for the
+total, the summed ones); the payback from each site's cash flow (O&M, ageing, replacements) stays a
+per-site figure. All sites must use one currency.
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ def run_park(park: Park, scenarios: list[Scenario], workers: int = 1, dask_addre
     run_all(run_site, args, done, workers=workers, dask_address=dask_address)
     order = {site.id: k for k, site in enumerate(park.sites)}
     table = pd.DataFrame(sorted(rows, key=lambda r: order[r["site"]]))
-    return pd.concat([table, pd.DataFrame([park_total(table)])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([park_total(table)])], ignore_index=True)
+    table["investment_over_saving_years"] = [investment_over_saving(c, s) for c, s in
+                                             zip(table["capex"], table["savings_vs_no_system"], strict=True)]
+    return table
 
 
 def run_site(site: str, scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, battery_kwh: float,
@@ -114,11 +119,13 @@ def run_site(site: str, scenario_data: dict[str, Any], base_dir: str, pv_kwp: fl
 
 
 def park_total(table: pd.DataFrame) -> dict[str, Any]:
-    """The park's sums; payback = total investment / total yearly saving (``None`` without a saving)."""
-    total: dict[str, Any] = {"site": TOTAL, **{c: float(table[c].sum()) for c in SUMMED}}
-    saving = total["savings_vs_no_system"]
-    total["simple_payback_years"] = total["capex"] / saving if saving > 0 else None
-    return total
+    """The park's sums (no cash-flow payback: that needs the sites' yearly cash flows)."""
+    return {"site": TOTAL, **{c: float(table[c].sum()) for c in SUMMED}}
+
+
+def investment_over_saving(capex: float, saving: float) -> float | None:
+    """Investment / yearly saving [yr]; ``None`` without a saving."""
+    return capex / saving if saving > 0 else None
 
 
 def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currency: str) -> dict[str, Path]:
@@ -129,7 +136,8 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
     table.to_csv(paths["table"], index=False)
     columns = [("site", "site"), ("pv_kwp", "PV [kWp]"), ("battery_kwh", "battery [kWh]"),
                ("capex", f"investment [{currency}]"), ("savings_vs_no_system", f"saving [{currency}/yr]"),
-               ("simple_payback_years", "payback [yr]"), ("co2_avoided_t", "CO2 avoided [t/yr]")]
+               ("investment_over_saving_years", "investment ÷ saving [yr]"),
+               ("simple_payback_years", "payback, cash flow [yr]"), ("co2_avoided_t", "CO2 avoided [t/yr]")]
     lines = [f"# Park study: {park.name}", "", f"Battery dispatch: {park.strategy}. Command: `{command}`.", "",
              "| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
@@ -137,8 +145,10 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
         if row["site"] == TOTAL:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Payback: investment over the yearly saving against no PV and no battery; — = no saving. "
-              "CO2: the grid emission factor of each site's scenario."]
+    lines += ["", "Saving: yearly, against no PV and no battery (the simulated period scaled to a year). "
+              "Investment ÷ saving: no O&M, ageing or replacements. Payback, cash flow: from each site's "
+              "yearly cash flow with O&M, ageing and replacements (per site only); — = not reached or not "
+              "computed. CO2: the grid emission factor of each site's scenario."]
     warning = period_warning(table[table["site"] != TOTAL])
     if warning:
         lines += ["", f"**Warning:** {warning}"]

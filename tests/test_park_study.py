@@ -52,7 +52,8 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     total = table.iloc[2]
     for column in ("capex", "savings_vs_no_system", "co2_avoided_t", "annual_bill"):
         assert total[column] == pytest.approx(table.iloc[0][column] + table.iloc[1][column])
-    assert total["simple_payback_years"] == pytest.approx(total["capex"] / total["savings_vs_no_system"])
+    assert total["investment_over_saving_years"] == pytest.approx(total["capex"] / total["savings_vs_no_system"])
+    assert pd.isna(total["simple_payback_years"])               # a cash-flow payback is per site only
     paths = write_park(table, tmp_path / "out", park, "ems park park.yaml", "VND")
     report = paths["report"].read_text(encoding="utf-8")
     assert "| **park total** | **1,500** | **1,000** |" in report and "Warning" in report   # 2 days, not a year
