@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jsonschema
 import pytest
 
 from controller.modes import Mode
 from controller.telemetry.config import MqttSettings
 from controller.telemetry.influx import to_ms
 from controller.telemetry.mqtt import DUPLICATE_ALARM, MqttSink
-from controller.telemetry.remote import CommandIntake
+from controller.telemetry.remote import CommandIntake, schema
 from ems.clock import ManualClock
 from tests.park_peers import DEPLOY, PARK, SitePublisher, park_broker, site_broker, start_site
 from tests.peers import (  # noqa: F401 (fixtures)
@@ -201,9 +202,11 @@ async def test_park_command_refused_unless_the_site_allows_it(park: tuple[Mosqui
     body = {"mode": "standby", "ttl_s": 600, "id": "park-1"}
     refused = await command(ops, "site-a", body)
     assert not refused["accepted"] and "park_commands: false" in refused["reason"] and refused["id"] == "park-1"
+    assert refused["site"] == "site-a"                                  # every answer names its site
     assert publishers["site-a"].modes.request is None and publishers["site-a"].telemetry.intake.rejected == 1
     applied = await command(ops, "site-b", body)
-    assert applied["accepted"] and applied["id"] == "park-1", applied
+    assert applied["accepted"] and applied["id"] == "park-1" and applied["site"] == "site-b", applied
+    jsonschema.validate(applied, schema("cmd_result"))
     request = publishers["site-b"].modes.request
     assert request is not None and request.mode is Mode.STANDBY
     assert request.until == T0 + timedelta(seconds=600)               # it expires like any remote command

@@ -10,7 +10,7 @@ Topics under ``<prefix>/<site>/`` (docs/telemetry.md, payload schemas in ``schem
   disconnect (stop, or an internal error that restarts the connection: the broker sends the will
   only when a connection is lost, not on a clean DISCONNECT), or sent by the broker as the will;
 * ``cmd/<name>`` (in): commands, subscribed with retain-as-published so a retained one is recognised;
-* ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts}`` per command;
+* ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts, site}`` per command;
 * ``instance`` (retained, QoS 1): ``{instance, site, started, host}``, this process's claim on the site
   id (``claim_site``): before saying ``online`` the sink reads the retained claim and status; another
   instance's claim with status ``online`` means a second site with the same id (in a park the bridge
