@@ -305,3 +305,22 @@ def test_shipped_bridge_lets_only_park_commands_in() -> None:
             assert remote == "park/@PARK@/@SITE@/"
             inbound.append(local + pattern)
     assert sorted(inbound) == ["ems/@SITE@/instance", "ems/@SITE@/park/cmd/+", "ems/@SITE@/status"]
+
+
+async def test_park_sees_each_site_uplink(park: tuple[Mosquitto, dict[str, Mosquitto], VictoriaMetrics]) -> None:
+    """The bridge's notifications: 1 while a site's uplink is up, 0 (the bridge's will at the park)
+    once it is lost, whether the site broker stops cleanly or dies."""
+    park_mqtt, sites, _ = park
+    ops = await park_listener(park_mqtt)
+    uplink = f"park/{PARK}/site-a/uplink"
+    await ops.client.subscribe(uplink, qos=1)      # the retained value again, whatever came before
+    await until(lambda: ops.on("site-a", "uplink")[-1:] == [b"1"], "site-a up")
+    sites["site-a"].stop()
+    await until(lambda: ops.on("site-a", "uplink")[-1:] == [b"0"], "site-a down after a clean stop")
+    sites["site-a"].start()
+    await until(lambda: ops.on("site-a", "uplink")[-1:] == [b"1"], "site-a up again")
+    sites["site-a"].proc.kill()
+    sites["site-a"].proc.wait()
+    await until(lambda: ops.on("site-a", "uplink")[-1:] == [b"0"], "site-a down after it died")
+    assert ops.on("site-b", "uplink")[-1:] == [b"1"]
+    await ops.close()
