@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,9 +28,12 @@ from tests.park_peers import DEPLOY, PARK, SitePublisher, park_broker, site_brok
 from tests.peers import (  # noqa: F401 (fixtures)
     Mosquitto,
     VictoriaMetrics,
+    free_port,
+    make_tls_files,
     mosquitto,
     sample_state,
     victoria_metrics,
+    wait_for_port,
 )
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -324,3 +328,72 @@ async def test_park_sees_each_site_uplink(park: tuple[Mosquitto, dict[str, Mosqu
     await until(lambda: ops.on("site-a", "uplink")[-1:] == [b"0"], "site-a down after it died")
     assert ops.on("site-b", "uplink")[-1:] == [b"1"]
     await ops.close()
+
+
+def debian_broker(workdir: Path, conf_d: dict[str, str]) -> subprocess.Popen[bytes]:
+    """mosquitto in Debian's layout: a main config that includes ``conf.d`` (``conf_d``: name → text)."""
+    (workdir / "conf.d").mkdir(parents=True)
+    (workdir / "data").mkdir()
+    for name, text in conf_d.items():
+        (workdir / "conf.d" / name).write_text(text)
+    (workdir / "mosquitto.conf").write_text(
+        f"persistence_location {workdir}/data/\nuser root\nlog_dest file {workdir}/log\ninclude_dir {workdir}/conf.d\n")
+    return subprocess.Popen(["mosquitto", "-c", str(workdir / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_shipped_park_files_over_tls(tmp_path: Path) -> None:
+    """The shipped park-broker.conf + park-acl and the whole park-bridge.conf, TLS lines included (a
+    throw-away CA): a site's state reaches the park over TLS under park/<park>/<site>/, and the park
+    broker refuses plain MQTT and unknown users."""
+    ca, crt, key = make_tls_files(tmp_path)
+    park_dir, site_dir = tmp_path / "park", tmp_path / "site"
+    park_dir.mkdir()
+    passwd = park_dir / "passwd"
+    passwd.touch()
+    for user, password in (("site-a", "pw-site-a"), ("park-operator", "op-secret")):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    park_port, site_port = free_port(), free_port()
+    park_conf = ((DEPLOY / "park-broker.conf").read_text()
+                 .replace("/etc/mosquitto/passwd", str(passwd))
+                 .replace("/etc/mosquitto/park-acl", str(DEPLOY / "park-acl"))
+                 .replace("/etc/mosquitto/certs/ca.crt", str(ca)).replace("/etc/mosquitto/certs/broker.crt", str(crt))
+                 .replace("/etc/mosquitto/certs/broker.key", str(key))
+                 .replace("listener 8883 0.0.0.0", f"listener {park_port} 127.0.0.1"))
+    bridge = ((DEPLOY / "park-bridge.conf").read_text().replace("@PARK@", PARK).replace("@SITE@", "site-a")
+              .replace("@PARK_HOST@:8883", f"127.0.0.1:{park_port}")
+              .replace("CHANGE-ME-site-password-from-the-park", "pw-site-a")
+              .replace("/etc/mosquitto/certs/park-ca.crt", str(ca)))
+    park = debian_broker(park_dir, {"park.conf": park_conf})
+    site = debian_broker(site_dir, {"listener.conf": f"listener {site_port} 127.0.0.1\nallow_anonymous true\n",
+                                    "park-bridge.conf": bridge})
+    try:
+        await asyncio.to_thread(wait_for_port, park_port, park)
+        await asyncio.to_thread(wait_for_port, site_port, site)
+        tls = aiomqtt.TLSParameters(ca_certs=str(ca))
+        async with aiomqtt.Client("127.0.0.1", park_port, username="park-operator", password="op-secret",
+                                  tls_params=tls) as ops:
+            await ops.subscribe(f"park/{PARK}/site-a/#", qos=1)
+            async with aiomqtt.Client("127.0.0.1", site_port) as controller:
+                state = json.dumps(sample_state(T0, site="site-a"))
+                async with asyncio.timeout(WAIT_S):
+                    while True:   # until the bridge is up: the state is retained, so publish it again
+                        await controller.publish("ems/site-a/state", state, qos=1, retain=True)
+                        try:
+                            async with asyncio.timeout(1.0):
+                                async for message in ops.messages:
+                                    if str(message.topic).endswith("/state"):
+                                        break
+                            break
+                        except TimeoutError:
+                            continue
+            assert json.loads(message.payload)["site"] == "site-a"
+        for kw in ({"username": "park-operator", "password": "op-secret"},          # plain MQTT on the TLS port
+                   {"username": "stranger", "password": "x", "tls_params": tls}):   # not a park user
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", park_port, timeout=3, **kw):
+                    pass
+    finally:
+        for proc in (site, park):
+            proc.terminate()
+            proc.wait(timeout=10)
