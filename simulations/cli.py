@@ -45,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _period_options(sw)
     sw.set_defaults(func=_sweep)
 
+    pk = subparsers.add_parser("park", help="run every site of an industrial park (a park file) and total them",
+                               description="Run each site's scenario (docs/fleet.md, park studies); write park.csv "
+                                           "and park.md with per-site and park totals.")
+    pk.add_argument("park", type=Path, help="park YAML file (sites, each with its scenario)")
+    pk.add_argument("--out", type=Path, required=True,
+                    help="output directory (created; must not hold a park study already unless --force)")
+    pk.add_argument("--force", action="store_true", help="overwrite a park study already in --out")
+    where = pk.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    where.add_argument("--dask", metavar="ADDRESS", help="dask.distributed scheduler address, e.g. tcp://host:8786")
+    pk.set_defaults(func=_park)
+
 
 def _period_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=date.fromisoformat, help="override data.start (local date YYYY-MM-DD)")
@@ -70,6 +82,7 @@ def _load(args: argparse.Namespace):
 
 STUDY_FILES = ("summary.json", "report.html", "timeseries.parquet", "timeseries.csv")
 SWEEP_FILES = ("sweep.csv", "sweep.html")
+PARK_FILES = ("park.csv", "park.md")
 
 
 def out_problem(out: Path, force: bool, outputs: Sequence[str]) -> str | None:
@@ -168,6 +181,31 @@ def _sweep(args: argparse.Namespace) -> int:
     warning = period_warning(table)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _park(args: argparse.Namespace) -> int:
+    from optimizer.tariff import load_tariff
+    from simulations.park import TOTAL, load_park, run_park, write_park
+
+    park, scenarios = load_park(args.park)
+    currencies = {load_tariff(s.tariff.ref(), s.base_dir).currency for s in scenarios}
+    if len(currencies) != 1:
+        return _refuse(f"{args.park}: the sites' tariffs use several currencies ({', '.join(sorted(currencies))}); "
+                       "a park total needs one")
+    problem = out_problem(args.out, args.force, PARK_FILES)
+    if problem is not None:
+        return _refuse(problem)
+    table = run_park(park, scenarios, workers=args.workers, dask_address=args.dask,
+                     progress=lambda done, total: print(f"site {done}/{total} done", file=sys.stderr))
+    paths = write_park(table, args.out, park, _command(), currencies.pop())
+    total = table[table["site"] == TOTAL].iloc[0]
+    print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
+          f"{total['savings_vs_no_system']:,.0f}/yr, investment ÷ saving "
+          f"{_yr(total['investment_over_saving_years'])} yr, "
+          f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

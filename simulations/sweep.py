@@ -105,21 +105,28 @@ def sweep(scenario: Scenario, pv_kwp: Iterable[float], battery_kwh: Iterable[flo
         if progress is not None:
             progress(len(rows), len(cells))
 
+    run_all(run_cell, args, done, workers=workers, dask_address=dask_address)
+    return pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
+
+
+def run_all(function: Callable[..., dict[str, Any]], args: list[tuple[Any, ...]],
+            done: Callable[[dict[str, Any]], None], workers: int = 1, dask_address: str | None = None) -> None:
+    """Call ``function(*a)`` for each ``a`` of ``args`` (independent cases) here, on ``workers`` local
+    processes or on the Dask cluster at ``dask_address``; ``done`` gets each result as it comes."""
     if dask_address is not None:
         from dask.distributed import Client, as_completed
 
         with Client(dask_address) as client:
-            futures = [client.submit(run_cell, *a, pure=False) for a in args]
+            futures = [client.submit(function, *a, pure=False) for a in args]
             for future in as_completed(futures):
                 done(future.result())
     elif workers <= 1:
         for a in args:
-            done(run_cell(*a))
+            done(function(*a))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for row in pool.map(run_cell, *zip(*args, strict=True)):
+            for row in pool.map(function, *zip(*args, strict=True)):
                 done(row)
-    return pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
 
 
 COLUMN_LABELS = {

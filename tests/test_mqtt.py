@@ -191,7 +191,7 @@ async def test_retained_command_is_never_acted_on(setup: tuple[Controller, MqttS
     assert controller.modes.request is None
     # a sink that connects later sees the stored retained command and still refuses it
     other = Controller()
-    late = MqttSink(settings_for(mosquitto, client_id="ems-late"), SITE, other.intake)
+    late = MqttSink(settings_for(mosquitto, client_id="ems-late", claim_site=False), SITE, other.intake)
     late.start()
     r = json.loads((await listener.next("cmd/set_mode/result")).payload)
     assert not r["accepted"] and "retained" in r["reason"] and other.modes.request is None

@@ -114,7 +114,7 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
 
-    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock))
+    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site))
     influx = settings.influxdb
     if influx.enabled:
         path = influx.outbox_path if influx.outbox_path.is_absolute() else ctx.state_dir / influx.outbox_path

@@ -68,6 +68,13 @@ class MqttSettings(_Strict):
     max_backoff_s: float = Field(default=30.0, gt=0, description="Longest wait between reconnect attempts [s]")
     command_queue: int = Field(default=32, ge=1, le=1000,
                                description="Commands waiting to be handled; one more is answered 'busy'")
+    claim_site: bool = Field(default=True,
+                             description="Claim the site id on the broker (retained <prefix>/<site>/instance) and "
+                                         "refuse to publish while another live instance holds it (docs/fleet.md)")
+    park_commands: bool = Field(default=False,
+                                description="Act on commands from the park uplink (<prefix>/<site>/park/cmd/<name>, "
+                                            "bridged from park/<park>/<site>/cmd/<name>); off = each is answered "
+                                            "refused")
 
 
 class InfluxSettings(_Strict):

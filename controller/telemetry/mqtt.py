@@ -10,7 +10,15 @@ Topics under ``<prefix>/<site>/`` (docs/telemetry.md, payload schemas in ``schem
   disconnect (stop, or an internal error that restarts the connection: the broker sends the will
   only when a connection is lost, not on a clean DISCONNECT), or sent by the broker as the will;
 * ``cmd/<name>`` (in): commands, subscribed with retain-as-published so a retained one is recognised;
-* ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts}`` per command.
+* ``cmd/<name>/result`` (QoS 1): ``{command, id, accepted, reason, ts, site}`` per command;
+* ``instance`` (retained, QoS 1): ``{instance, site, started, host}``, this process's claim on the site
+  id (``claim_site``): before saying ``online`` the sink reads the retained claim and status; another
+  instance's claim with status ``online`` means a second site with the same id (in a park the bridge
+  brings the park's claim in, docs/fleet.md): the sink then publishes nothing, raises
+  ``telemetry.duplicate_site`` and tries again after the back-off. A newer claim seen while running
+  raises the same alarm and is answered with this process's claim, so the newcomer refuses;
+* ``park/cmd/<name>`` (in) and ``park/cmd/<name>/result``: commands from the park uplink, handled
+  like the others only when ``park_commands`` is on, otherwise each is answered refused.
 
 aiomqtt neither reconnects nor queues: the connection loop reconnects with exponential back-off
 and resubscribes, the latest state and plan are republished on every connect, and alarms wait in
@@ -32,8 +40,11 @@ import contextlib
 import functools
 import json
 import logging
+import socket
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
@@ -52,6 +63,11 @@ INBOX_LIMIT = 1000
 ``dropped`` and alarmed). The reader only ever waits for a result's publication, so this fills
 only under a flood far beyond any operator's rate."""
 QUEUE_ALARM = "telemetry.command_queue_full"
+DUPLICATE_ALARM = "telemetry.duplicate_site"
+CLAIM_TIMEOUT_S = 5.0
+"""Bound on reading back this process's own site claim on connect. [s]"""
+PARK_COMMANDS_OFF = ("park commands are not allowed by this site's configuration "
+                     "(telemetry.mqtt.park_commands: false)")
 OFFLINE_TIMEOUT_S = 2.0
 """Bound on publishing ``offline`` before a clean disconnect. [s]"""
 
@@ -88,6 +104,19 @@ VOLATILE_STATE_KEYS = frozenset({"ts", "cycle", "commands"})
 when deciding whether the state changed."""
 
 
+class SiteTaken(Exception):
+    """Another live instance holds this site id on the broker (the message names it)."""
+
+
+def _claim_of(payload: bytes | str) -> dict[str, Any] | None:
+    """A site claim (``{instance, site, started, host}``) from an ``instance`` message, ``None`` if unreadable."""
+    try:
+        claim = json.loads(payload)
+    except (TypeError, ValueError):
+        return None
+    return claim if isinstance(claim, dict) and isinstance(claim.get("instance"), str) else None
+
+
 def _content(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in VOLATILE_STATE_KEYS}
 
@@ -103,7 +132,7 @@ class MqttSink:
     intake : CommandIntake
         Validates and applies commands received on ``cmd/<name>``.
     on_alarm : AlarmFn, optional
-        ``(code, active, message)`` on transitions of :data:`QUEUE_ALARM`.
+        ``(code, active, message)`` on transitions of :data:`QUEUE_ALARM` and :data:`DUPLICATE_ALARM`.
     """
 
     def __init__(self, settings: MqttSettings, site: str, intake: CommandIntake, on_alarm: AlarmFn | None = None):
@@ -125,6 +154,10 @@ class MqttSink:
         self._unsent_results: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT_RESULTS)
         self._commands: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(settings.command_queue)
         self._queue_alarm = False
+        self.claim = {"instance": uuid.uuid4().hex, "site": site, "started": datetime.now(UTC).isoformat(),
+                      "host": socket.gethostname()}
+        self.duplicate: dict[str, Any] | None = None
+        """The other instance's claim while a duplicate site id is known (``None`` otherwise)."""
         self._wake = asyncio.Event()
         self._next_state_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -180,11 +213,13 @@ class MqttSink:
                     try:
                         await self._on_connect(client)
                         await self._serve(client)
-                    except aiomqtt.MqttError:
+                    except (aiomqtt.MqttError, SiteTaken):
                         raise
                     except BaseException:  # stopping, or a bug: the clean disconnect below sends no will
                         await self._publish_offline(client)
                         raise
+            except SiteTaken as exc:
+                self.last_error = str(exc)
             except aiomqtt.MqttError as exc:
                 if str(exc) != self.last_error:
                     log.warning("MQTT %s:%d: %s (reconnecting with back-off)", self.settings.host,
@@ -224,8 +259,11 @@ class MqttSink:
         raise aiomqtt.MqttError("message stream ended")
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
+        if self.settings.claim_site:
+            await self._claim_site(client)
         await client.publish(self.topic("status"), b"online", qos=1, retain=True)
-        await client.subscribe(self.topic("cmd/+"), options=SubscribeOptions(qos=1, retainAsPublished=True))
+        for commands in ("cmd/+", "park/cmd/+"):
+            await client.subscribe(self.topic(commands), options=SubscribeOptions(qos=1, retainAsPublished=True))
         self.connects += 1
         if self.last_error is not None:
             log.info("MQTT connected again to %s:%d", self.settings.host, self.settings.port)
@@ -237,6 +275,69 @@ class MqttSink:
         self._wake.set()
         self.connected.set()
 
+    # -- site identity -------------------------------------------------------------------------
+
+    async def _claim_site(self, client: aiomqtt.Client) -> None:
+        """Claim the site id; raise :class:`SiteTaken` if another instance holds it and is online.
+
+        Reads the retained ``status`` and ``instance`` (the broker sends them before it handles this
+        process's own claim, published right after subscribing), until its own claim comes back."""
+        await client.subscribe(self.topic("status"), qos=1)
+        await client.subscribe(self.topic("instance"), qos=1)
+        await client.publish(self.topic("instance"), _json(self.claim), qos=1, retain=True)
+        other: tuple[dict[str, Any], bytes | str] | None = None
+        status: bytes | str | None = None
+        try:
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                async for message in client.messages:
+                    topic, payload = str(message.topic), _payload(message)
+                    if topic == self.topic("status"):
+                        status = payload
+                    elif topic == self.topic("instance"):
+                        claim = _claim_of(payload)
+                        if claim is not None and claim["instance"] == self.claim["instance"]:
+                            break
+                        if claim is not None:
+                            other = (claim, payload)
+        except TimeoutError:
+            log.warning("MQTT: own site claim not read back within %.0f s; going on", CLAIM_TIMEOUT_S)
+        if other is not None and status in (b"online", "online"):
+            claim, raw = other
+            await client.publish(self.topic("instance"), raw, qos=1, retain=True)  # give the site id back
+            self._set_duplicate(claim)
+            raise SiteTaken(self._duplicate_message(claim))
+        self._set_duplicate(None)
+
+    def _on_claim(self, payload: bytes | str) -> bool:
+        """A claim seen while serving; True when it is another, newer instance's (a duplicate site id)."""
+        claim = _claim_of(payload)
+        if claim is None or claim["instance"] == self.claim["instance"]:
+            return False
+        if str(claim.get("started", "")) < self.claim["started"]:
+            return False  # a predecessor's claim coming back through a bridge, not a live duplicate
+        first = self.duplicate is None
+        self._set_duplicate(claim)
+        return first
+
+    def _duplicate_message(self, claim: Mapping[str, Any]) -> str:
+        return (f"site id {self.site!r} is also used by instance {claim.get('instance')} on host "
+                f"{claim.get('host')!r} (started {claim.get('started')}); this one is {self.claim['instance']} "
+                f"on {self.claim['host']!r}: give each site its own id (site file 'site:')")
+
+    def _set_duplicate(self, claim: Mapping[str, Any] | None) -> None:
+        if (claim is None) == (self.duplicate is None):
+            self.duplicate = dict(claim) if claim is not None else None
+            return
+        self.duplicate = dict(claim) if claim is not None else None
+        if claim is not None:
+            message = self._duplicate_message(claim)
+            log.error("MQTT: %s", message)
+        else:
+            message = f"site id {self.site!r} is held by this instance alone again"
+            log.info("MQTT: %s", message)
+        if self.on_alarm is not None:
+            self.on_alarm(DUPLICATE_ALARM, claim is not None, message)
+
     # -- commands ------------------------------------------------------------------------------
 
     async def _command_reader(self, client: aiomqtt.Client) -> None:
@@ -245,15 +346,19 @@ class MqttSink:
             await self._per_message(self._take, client, message)
 
     async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        topic, prefix = str(message.topic), self.topic("cmd/")
-        if not topic.startswith(prefix):
+        topic = str(message.topic)
+        if topic == self.topic("instance"):
+            if self._on_claim(_payload(message)):  # answer with ours: the newcomer sees it and refuses
+                await client.publish(self.topic("instance"), _json(self.claim), qos=1, retain=True)
             return
-        name = topic[len(prefix):]
+        name = self._command_name(topic)
+        if name is None:
+            return
         if not self._commands.full():
             self._commands.put_nowait(message)
             return
         self._set_queue_alarm(True)
-        await self._publish_result(client, name, self.intake.busy(name, _payload(message),
+        await self._publish_result(client, name, self.intake.busy(name.removeprefix("park/"), _payload(message),
                                                                   waiting=self._commands.qsize()))
 
     async def _command_worker(self, client: aiomqtt.Client) -> None:
@@ -264,8 +369,24 @@ class MqttSink:
             if self._commands.empty():
                 self._set_queue_alarm(False)
 
+    def _command_name(self, topic: str) -> str | None:
+        """``<name>`` of a command topic (``park/<name>`` for one from the park uplink), else ``None``."""
+        for prefix in (self.topic("cmd/"), self.topic("park/cmd/")):
+            if topic.startswith(prefix):
+                name = topic[len(prefix):]
+                return f"park/{name}" if prefix.endswith("park/cmd/") else name
+        return None
+
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        name = str(message.topic).removeprefix(self.topic("cmd/"))
+        name = self._command_name(str(message.topic)) or ""
+        if name.startswith("park/"):
+            name = name.removeprefix("park/")
+            if not self.settings.park_commands:
+                result = self.intake.refuse(name, _payload(message), PARK_COMMANDS_OFF, by="park")
+            else:
+                result = self.intake.handle(name, _payload(message), by="park", retained=bool(message.retain))
+            await self._publish_result(client, f"park/{name}", result)
+            return
         result = self.intake.handle(name, _payload(message), by="mqtt", retained=bool(message.retain))
         await self._publish_result(client, name, result)
 
@@ -280,11 +401,17 @@ class MqttSink:
             self.intake.errors += 1
             log.exception("MQTT message on %s not handled", message.topic)
 
+    def _result_topic(self, name: str) -> str:
+        """Where the result of command ``name`` goes (``park/<name>``: back on the park's side)."""
+        if name.startswith("park/"):
+            return self.topic(f"park/cmd/{name.removeprefix('park/')}/result")
+        return self.topic(f"cmd/{name}/result")
+
     async def _publish_result(self, client: aiomqtt.Client, name: str, result: Mapping[str, Any]) -> None:
         """Publish a command's result; kept for the next connection if this one is cut meanwhile."""
         payload = _json(result)
         try:
-            await client.publish(self.topic(f"cmd/{name}/result"), payload, qos=1)
+            await client.publish(self._result_topic(name), payload, qos=1)
         except (aiomqtt.MqttError, asyncio.CancelledError):
             self._unsent_results.append((name, payload))
             raise
@@ -325,7 +452,7 @@ class MqttSink:
             self._wake.clear()
             while self._unsent_results:
                 name, payload = self._unsent_results[0]
-                await client.publish(self.topic(f"cmd/{name}/result"), payload, qos=1)
+                await client.publish(self._result_topic(name), payload, qos=1)
                 self._unsent_results.popleft()
             while self._alarms:
                 await self._publish_item(client, "alarms", self._alarms[0], retain=False)

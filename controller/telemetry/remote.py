@@ -4,7 +4,7 @@ A command arrives as a name (``set_mode``, ``manual_setpoint``, ``soc_reserve``,
 JSON object. It is checked against ``schemas/cmd_<name>.json``; a command stamped with ``ts`` whose
 ``ttl_s`` has already run out (site clock) is rejected as expired, otherwise its TTL is shortened
 by its age. Then it goes to the controller's ``Commands.apply`` (below the safety steps). Every
-path ends in a result ``{command, id, accepted, reason, ts}`` that echoes the command's ``id``
+path ends in a result ``{command, id, accepted, reason, ts, site}`` that echoes the command's ``id``
 whenever one can be read (also for schema rejections); nothing here raises, whatever the input.
 
 Payloads are decoded strictly before the schema sees them (:mod:`controller.telemetry.strict_json`):
@@ -73,11 +73,15 @@ class CommandIntake:
         The controller's ``Commands.apply``.
     clock : Clock
         Site clock: TTLs are site seconds, as in the controller.
+    site : str, optional
+        Site id, written into every result (``site``) so that an answer names its site wherever it
+        ends up (a park broker, a REST client).
     """
 
-    def __init__(self, apply: ApplyFn, clock: Clock):
+    def __init__(self, apply: ApplyFn, clock: Clock, site: str | None = None):
         self.apply = apply
         self.clock = clock
+        self.site = site
         self.accepted = 0
         self.rejected = 0
         self.busy_rejected = 0
@@ -124,6 +128,18 @@ class CommandIntake:
             log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
         return self._result(name, command_id, result)
 
+    def refuse(self, name: str, payload: bytes | str | Mapping[str, Any], reason: str, *, by: str) -> dict[str, Any]:
+        """The answer to a command its transport may not deliver (e.g. park commands while the site does not
+        allow them): rejected with ``reason``, counted and logged like any rejection. Never raises."""
+        try:
+            command_id = read_id(_decode(payload))
+        except Exception:  # an unreadable id is no reason not to answer
+            command_id = None
+        shown = _printable(name)[:MAX_NAME_CHARS]
+        self.rejected += 1
+        log.warning("command %s from %s rejected: %s", shown, by, reason)
+        return self._result(name, command_id, CommandResult(False, reason))
+
     def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int) -> dict[str, Any]:
         """The answer to a command that found the command queue full (``waiting`` commands ahead of it).
 
@@ -138,8 +154,11 @@ class CommandIntake:
             False, f"busy: {waiting} commands waiting; send it again later"))
 
     def _result(self, name: str, command_id: str | None, result: CommandResult) -> dict[str, Any]:
-        return {"command": _printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
-                "reason": _printable(result.reason)[:MAX_REASON_CHARS], "ts": self.clock.now().isoformat()}
+        answer = {"command": _printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
+                  "reason": _printable(result.reason)[:MAX_REASON_CHARS], "ts": self.clock.now().isoformat()}
+        if self.site is not None:
+            answer["site"] = self.site
+        return answer
 
     def _apply(self, name: str, data: dict[str, Any], by: str) -> CommandResult:
         command = {k: v for k, v in data.items() if k not in ("id", "ts")}

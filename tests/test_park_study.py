@@ -1,0 +1,74 @@
+"""Park studies: each site of a park file runs as its own scenario (here, locally and on a local Dask
+cluster), the park total is the sum of the sites, and a park file with a repeated site id is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ems.yamlfile import ConfigError
+from simulations.park import TOTAL, load_park, run_park, write_park
+from simulations.scenario import load_scenario
+from simulations.sweep import run_cell
+
+SCENARIO = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "nam-cau-kien-qd963.yaml"
+
+
+def park_file(tmp_path: Path, second_id: str = "factory-b") -> Path:
+    path = tmp_path / "park.yaml"
+    path.write_text(f"""name: test-park
+start: 2026-06-01
+days: 2
+sites:
+  - id: factory-a
+    scenario: {SCENARIO}
+    pv_kwp: 1000
+    battery_kwh: 1000
+  - id: {second_id}
+    scenario: {SCENARIO}
+    pv_kwp: 500
+    battery_kwh: 0
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    park, scenarios = load_park(park_file(tmp_path_factory.mktemp("park")))
+    return run_park(park, scenarios)
+
+
+def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame, tmp_path: Path) -> None:
+    assert list(table["site"]) == ["factory-a", "factory-b", TOTAL]
+    park, scenarios = load_park(park_file(tmp_path))
+    # a site's row is the sweep cell of its scenario at its size (one rule for both studies)
+    cell = run_cell(scenarios[0].model_dump(mode="json"), str(scenarios[0].base_dir), 1000, 1000, "perfect_foresight")
+    site_a = table.iloc[0]
+    assert site_a["savings_vs_no_system"] == pytest.approx(cell["savings_vs_no_system"])
+    assert site_a["capex"] == pytest.approx(cell["capex"]) and table.iloc[1]["battery_kwh"] == 0
+    assert scenarios[0].data.days == 2 and load_scenario(SCENARIO).data.days != 2   # the park's period override
+    total = table.iloc[2]
+    for column in ("capex", "savings_vs_no_system", "co2_avoided_t", "annual_bill"):
+        assert total[column] == pytest.approx(table.iloc[0][column] + table.iloc[1][column])
+    assert total["investment_over_saving_years"] == pytest.approx(total["capex"] / total["savings_vs_no_system"])
+    assert pd.isna(total["simple_payback_years"])               # a cash-flow payback is per site only
+    paths = write_park(table, tmp_path / "out", park, "ems park park.yaml", "VND")
+    report = paths["report"].read_text(encoding="utf-8")
+    assert "| **park total** | **1,500** | **1,000** |" in report and "Warning" in report   # 2 days, not a year
+    assert pd.read_csv(paths["table"]).shape[0] == 3
+
+
+def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: Path) -> None:
+    from dask.distributed import LocalCluster
+
+    park, scenarios = load_park(park_file(tmp_path))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = run_park(park, scenarios, dask_address=cluster.scheduler_address)
+    pd.testing.assert_frame_equal(table, on_dask)
+
+
+def test_repeated_site_id_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="site id 'factory-a' appears twice"):
+        load_park(park_file(tmp_path, second_id="factory-a"))
