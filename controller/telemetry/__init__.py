@@ -1,4 +1,4 @@
-"""Telemetry sinks (InfluxDB through a disk outbox, MQTT, the live dashboard) and their wiring.
+"""Telemetry sinks (InfluxDB through a disk outbox, MQTT, the live dashboard, the SCADA Modbus server) and their wiring.
 
 The controller's service calls :func:`start_telemetry` once with the ``telemetry:`` settings and
 its bus; each enabled sink gets its own bus subscription (bounded, drop-oldest, so a slow sink
@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     # reading a site file (controller.config imports controller.telemetry.config) stays light
     from controller.bus import Bus, Subscription
     from controller.dashboard.app import DashboardHub, DashboardServer
-    from controller.telemetry.config import TelemetrySettings
+    from controller.scada.server import ScadaServer
+    from controller.telemetry.config import ScadaSettings, TelemetrySettings
     from controller.telemetry.influx import AlarmCallback, InfluxSink
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
@@ -70,6 +71,7 @@ class Telemetry:
         self.mqtt: MqttSink | None = None
         self.dashboard: DashboardServer | None = None
         self.hub: DashboardHub | None = None
+        self.scada: ScadaServer | None = None
         self._pumps: list[asyncio.Task[None]] = []
 
     def pump(self, subscription: Subscription, offer: Callable[[str, Mapping[str, Any]], None], name: str) -> None:
@@ -81,7 +83,8 @@ class Telemetry:
         for task in self._pumps:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        closers = [sink.aclose(timeout_s) for sink in (self.dashboard, self.mqtt, self.influx) if sink is not None]
+        sinks = (self.scada, self.dashboard, self.mqtt, self.influx)
+        closers = [sink.aclose(timeout_s) for sink in sinks if sink is not None]
         for result in await asyncio.gather(*closers, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.error("telemetry shutdown: %s", result)
@@ -149,7 +152,29 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
             telemetry.hub, telemetry.dashboard = hub, server
             telemetry.pump(bus.subscribe(KINDS), hub_offer, "dashboard")
             log.info("dashboard on http://%s:%d/", dash.host, server.port)
+    if settings.scada.enabled:
+        await _start_scada(settings.scada, bus, telemetry, ctx)
     return telemetry
+
+
+async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, ctx: TelemetryContext) -> None:
+    """Start the SCADA Modbus server; one that cannot bind is logged and raised as the
+    ``telemetry.scada_unavailable`` alarm, and control goes on without it."""
+    from controller.bus import STATE
+    from controller.scada.server import ScadaServer
+
+    scada = ScadaServer(settings, telemetry.intake)
+    _seed(bus, scada.offer)
+    try:
+        await scada.start()
+    except (OSError, RuntimeError) as exc:
+        log.error("SCADA Modbus server on %s:%d not available: %s", settings.host, settings.port, exc)
+        if ctx.on_alarm is not None:
+            ctx.on_alarm("telemetry.scada_unavailable", True, f"SCADA Modbus server not serving: {exc}")
+        return
+    telemetry.scada = scada
+    telemetry.pump(bus.subscribe((STATE,), maxsize=2), scada.offer, "scada")
+    log.info("SCADA Modbus server on %s:%d", settings.host, scada.port)
 
 
 def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],
