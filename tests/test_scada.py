@@ -7,7 +7,6 @@ Commands go through the real intake (``CommandIntake``) into the controller's re
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,9 +275,10 @@ async def test_start_telemetry_serves_the_bus_state(plant: Plant, tmp_path: Path
 
 def test_docs_hold_the_generated_map() -> None:
     text = DOCS.read_text("utf-8")
-    section = re.search(r"<!-- scada-map:start -->\n(.*?)<!-- scada-map:end -->", text, re.S)
+    section = regmap.SECTION.search(text)
     assert section is not None, "docs/integration.md lacks the generated register map section"
-    assert section.group(1) == regmap.markdown(), "regenerate: python -m controller.scada.registers"
+    assert section.group(2) == regmap.markdown(), \
+        "regenerate: python -m controller.scada.registers --update docs/integration.md"
 
 
 def test_every_mode_and_reason_has_a_code() -> None:

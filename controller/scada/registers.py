@@ -8,17 +8,20 @@ float32 NaN, uint16 0xFFFF, uint32 0xFFFFFFFF.
 
 Writable registers are only in the command block; a write anywhere else is refused with Modbus
 exception 2 (illegal data address), a value outside a register's range with exception 3 (illegal
-data value). Print the table with ``python -m controller.scada.registers`` (docs/integration.md).
+data value). Print the table with ``python -m controller.scada.registers``; ``--update
+docs/integration.md`` rewrites the page's generated section (a test checks it is current).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from controller.modes import Mode, Reason
@@ -354,9 +357,29 @@ def markdown() -> str:
     return "\n".join(lines + codes) + "\n"
 
 
-def main() -> None:
-    """Print the register map (Markdown)."""
-    sys.stdout.write(markdown())
+SECTION = re.compile(r"(<!-- scada-map:start -->\n)(.*?)(<!-- scada-map:end -->)", re.S)
+"""The generated section of a Markdown page."""
+
+
+def update_docs(page: Path) -> bool:
+    """Rewrite the generated section of ``page`` with :func:`markdown`; True if it changed."""
+    text = page.read_text("utf-8")
+    if SECTION.search(text) is None:
+        raise ValueError(f"{page}: no '<!-- scada-map:start -->' ... '<!-- scada-map:end -->' section")
+    new = SECTION.sub(lambda m: m.group(1) + markdown() + m.group(3), text)
+    page.write_text(new, "utf-8")
+    return new != text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the register map (Markdown), or with ``--update PAGE`` rewrite the page's generated section."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--update"] and len(args) == 2:
+        print(f"{args[1]}: {'updated' if update_docs(Path(args[1])) else 'already up to date'}")
+    elif args:
+        sys.exit("usage: python -m controller.scada.registers [--update docs/integration.md]")
+    else:
+        sys.stdout.write(markdown())
 
 
 if __name__ == "__main__":

@@ -107,12 +107,14 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
 
     Raises ``OSError``/``sqlite3.Error`` when the outbox file cannot be opened (a deployment error
     to fix before running). A dashboard that cannot bind its port is logged and raised as the
-    ``telemetry.dashboard_unavailable`` alarm; control goes on without it.
+    ``telemetry.dashboard_unavailable`` alarm; control goes on without it. The dashboard's app also
+    serves the Prometheus metrics (``/metrics``).
     """
-    from controller.bus import KINDS
+    from controller.bus import KINDS, STATE
     from controller.dashboard.app import DashboardHub, DashboardServer, create_app
     from controller.telemetry.config import secret_from_env
     from controller.telemetry.influx import InfluxSink, InfluxWriter
+    from controller.telemetry.metrics import ControllerMetrics
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
@@ -139,8 +141,11 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         hub = DashboardHub(ctx.timezone)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
+        sink = telemetry.influx
+        metrics = ControllerMetrics((lambda: sink.backlog) if sink is not None else None)
+        metrics_offer = _with_command_counters(telemetry.intake, metrics.offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
-                         intake=telemetry.intake, token=secret_from_env(dash.token_env))
+                         intake=telemetry.intake, token=secret_from_env(dash.token_env), metrics=metrics)
         server = DashboardServer(app, hub, dash.host, dash.port)
         try:
             await server.start()
@@ -151,6 +156,7 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         else:
             telemetry.hub, telemetry.dashboard = hub, server
             telemetry.pump(bus.subscribe(KINDS), hub_offer, "dashboard")
+            telemetry.pump(bus.subscribe((STATE,)), metrics_offer, "metrics")
             log.info("dashboard on http://%s:%d/", dash.host, server.port)
     if settings.scada.enabled:
         await _start_scada(settings.scada, bus, telemetry, ctx)
