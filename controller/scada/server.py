@@ -1,7 +1,8 @@
 """The SCADA Modbus TCP server: serves :mod:`controller.scada.registers` from the latest published state.
 
-It runs on the controller's event loop and reads only what the bus hands it (``offer``): a read encodes
-the registers asked for from the last state message, so the control cycle does no Modbus work at all.
+It runs on the controller's event loop and reads only what the bus hands it (``offer``): the first read
+after a new state message encodes the map once, later reads slice it, and the control cycle does no
+Modbus work at all.
 A write of the command block becomes a remote command on the shared intake
 (:class:`controller.telemetry.remote.CommandIntake`, the same validated, expiring path as MQTT and the
 dashboard, below the safety steps), sent ``by`` ``scada:<client address>``. Refusals are Modbus
@@ -58,11 +59,14 @@ class ScadaServer:
         self.port = settings.port
         self._networks = [ipaddress.ip_network(c, strict=False) for c in settings.allowed_clients]
         self._server: ModbusTcpServer | None = None
+        self._image: list[int] | None = None
+        """The encoded registers of ``state`` (built on the first read after a change)."""
 
     def offer(self, kind: str, payload: Mapping[str, Any]) -> None:
         """Take one bus message (only states matter)."""
         if kind == "state":
             self.state = payload
+            self._image = None
 
     def allowed(self, host: str) -> bool:
         """Whether a client at ``host`` may connect (any, when no allow-list is set)."""
@@ -79,8 +83,9 @@ class ScadaServer:
         if address < 0 or address + count > regmap.SIZE or any(a not in regmap.OWNER
                                                                for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
-        state = {**self.state, "_scada": {"manual_timeout_s": self.manual_timeout_s}}
-        return regmap.image(state)[address:address + count]
+        if self._image is None:
+            self._image = regmap.image({**self.state, "_scada": {"manual_timeout_s": self.manual_timeout_s}})
+        return self._image[address:address + count]
 
     def write(self, address: int, values: Sequence[int], client: str) -> ExcCodes | None:
         """A client's write: every register must belong to a writable field, covered whole (else 2); every
@@ -109,6 +114,7 @@ class ScadaServer:
         assert write is not None
         if write.command is None:   # the manual setpoint's expiry: kept here, applies to the next setpoint
             self.manual_timeout_s = int(value)
+            self._image = None
             return True
         payload: dict[str, Any]
         if write.command == "set_mode":
