@@ -283,3 +283,32 @@ def test_docs_hold_the_generated_map() -> None:
 
 def test_every_mode_and_reason_has_a_code() -> None:
     assert set(regmap.MODE_CODES) == set(Mode) and set(regmap.REASON_CODES) == set(Reason)
+
+
+async def test_controller_end_to_end_scada_takes_and_loses_control(tmp_path: Path) -> None:
+    """The real controller on the simulated site: the SCADA's manual setpoint reaches the battery's
+    setpoint, and when the SCADA stops re-writing it the controller returns to its own mode."""
+    from tests.peers import free_port
+    from tests.test_controller_e2e import running, site_file, until
+
+    port = free_port()
+    path = site_file(tmp_path, telemetry={"dashboard": {"enabled": False},
+                                          "scada": {"enabled": True, "port": port, "write_timeout_s": 30}})
+    async with running(path, 10, tmp_path / "state") as (site, controller, states):
+        assert await until(site, lambda: len(states) >= 3, 60)
+        async with AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0) as client:
+            r = await read_map(client)
+            assert r[ADDR["mode"]] in range(len(regmap.MODE_CODES))
+            written = site.clock.monotonic()
+            assert not (await write_f32(client, "manual_setpoint_kw", -100.0)).isError()
+            n = len(states)
+            assert await until(site, lambda: len(states) > n + 2, 30)
+            manual = states[-1]
+            assert manual["mode"] == "manual" and manual["setpoints"]["battery_kw"] == -100.0, manual["setpoints"]
+            r = await read_map(client)
+            assert r[ADDR["mode"]] == regmap.MODE_CODES.index(Mode.MANUAL)
+            assert f32(r, "manual_setpoint_kw") == -100.0
+        # the SCADA goes quiet: after 30 site seconds the request lapses
+        assert await until(site, lambda: states[-1]["mode"] != "manual", 60)
+        assert site.clock.monotonic() - written >= 29.0     # held for the write timeout (site time), not less
+        assert states[-1]["reason"] != "operator" and controller.modes.request is None
