@@ -20,6 +20,7 @@ import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,7 @@ def code_of(options: Sequence[Enum], getter: Getter) -> Getter:
 
 
 def _epoch(getter: Getter) -> Getter:
-    from datetime import datetime
-
+    """A getter for an ISO 8601 time as Unix seconds."""
     def get(state: Mapping[str, Any]) -> Any:
         text = getter(state)
         return int(datetime.fromisoformat(text).timestamp()) if isinstance(text, str) else None

@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -166,7 +166,7 @@ class _GuardedServer(ModbusTcpServer):
     """pymodbus's TCP server whose connections refuse clients the guard rejects and tag each request with
     the client's address (for the command's ``by``)."""
 
-    def __init__(self, device: SimDevice, *, address: tuple[str, int], guard: Any):
+    def __init__(self, device: SimDevice, *, address: tuple[str, int], guard: Callable[[str], bool]):
         super().__init__(device, address=address)
         self.guard = guard
 
