@@ -286,22 +286,6 @@ class Decision:
     alarms: tuple[str, ...] = field(default_factory=tuple)
     reason: str = ""
 
-    def to_dict(self) -> dict:
-        """JSON-ready view (for the bus)."""
-        return {
-            "battery_setpoint_kw": self.battery_setpoint_kw,
-            "pv_limit_kw": self.pv_limit_kw,
-            "pv_limit_pct": self.pv_limit_pct,
-            "safe": self.safe,
-            "source": self.source,
-            "follow": self.follow,
-            "load_kw": self.load_kw,
-            "expected_grid_kw": self.expected_grid_kw,
-            "reason": self.reason,
-            "bounds": [{"step": b.step, "lo_kw": b.lo_kw, "hi_kw": b.hi_kw, "note": b.note} for b in self.bounds],
-            "alarms": list(self.alarms),
-        }
-
 
 def plan_target(battery_kw: float, grid_kw: float, grid: GridSpec, *, source: Source = Source.PLAN,
                 peak_kw: float | None = None, expires_at: datetime | None = None,

@@ -83,11 +83,6 @@ class ModeState:
     since: datetime
     request: Request | None = None
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode.value, "reason": self.reason.value, "since": self.since.isoformat(),
-                "request_until": self.request.until.isoformat() if self.request else None,
-                "manual_setpoint_kw": self.request.setpoint_kw if self.request else None}
-
 
 class ModeMachine:
     """Decide the effective mode each cycle.

@@ -54,10 +54,6 @@ class Function(StrEnum):
     HOLDING = "holding"
     INPUT = "input"
 
-    @property
-    def read_code(self) -> int:
-        return 3 if self is Function.HOLDING else 4
-
 
 class DataType(StrEnum):
     U16 = "u16"

@@ -476,10 +476,3 @@ def resolve(profile: Profile, discovered: Sequence[DiscoveredModel]) -> Profile:
     if not points:
         raise SunSpecError(f"profile {profile.name}: the device carries none of its SunSpec models")
     return profile.model_copy(update={"points": points})
-
-
-async def resolve_on_device(profile: Profile, client: Reader, unit_id: int) -> Profile:
-    """``profile`` ready for one device: discover and :func:`resolve` if it has SunSpec references, else as is."""
-    if not referenced_models(profile):
-        return profile
-    return resolve(profile, await discover(client, unit_id))

@@ -6,6 +6,7 @@ its data from:
 * ``GET /api/config``: site name, time zone, language and locale, currency, whether control is on;
 * ``GET /api/snapshot``: latest state and plan, today's measured history, recent alarm transitions;
 * ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
+* ``GET /metrics``: Prometheus metrics (``controller.telemetry.metrics``; docs/integration.md);
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
   ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
   cross-site without a CORS preflight the app never grants, which also rules out CSRF. The body is
@@ -45,6 +46,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from controller.telemetry.config import DashboardSettings
+from controller.telemetry.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,7 @@ def _sse(event: str, data: Any) -> str:
 
 def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, timezone: str,
                currency: str | None = None, intake: CommandIntake | None = None,
-               token: str | None = None) -> Starlette:
+               token: str | None = None, metrics: ControllerMetrics | None = None) -> Starlette:
     """The dashboard application.
 
     Parameters
@@ -201,6 +203,8 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Where control actions go; with ``token`` unset or no intake the dashboard is read-only.
     token : str, optional
         Bearer token for control actions (from the environment variable ``settings.token_env``).
+    metrics : ControllerMetrics, optional
+        Served at ``/metrics`` (404 without).
     """
     control = bool(token) and intake is not None
     config = {"site": site, "timezone": timezone, "currency": currency, "language": settings.language,
@@ -240,6 +244,12 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def get_metrics(request: Request) -> Response:
+        if metrics is None:
+            return JSONResponse({"error": "metrics are off"}, status_code=404)
+        await asyncio.to_thread(metrics.refresh_outbox_depth)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
         if not control or intake is None or token is None:
@@ -266,6 +276,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/api/config", get_config),
         Route("/api/snapshot", get_snapshot),
         Route("/api/events", events),
+        Route("/metrics", get_metrics),
         Route("/api/cmd/{name}", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

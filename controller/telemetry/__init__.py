@@ -1,4 +1,4 @@
-"""Telemetry sinks (InfluxDB through a disk outbox, MQTT, the live dashboard) and their wiring.
+"""Telemetry sinks (InfluxDB through a disk outbox, MQTT, the live dashboard, the SCADA Modbus server) and their wiring.
 
 The controller's service calls :func:`start_telemetry` once with the ``telemetry:`` settings and
 its bus; each enabled sink gets its own bus subscription (bounded, drop-oldest, so a slow sink
@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     # reading a site file (controller.config imports controller.telemetry.config) stays light
     from controller.bus import Bus, Subscription
     from controller.dashboard.app import DashboardHub, DashboardServer
-    from controller.telemetry.config import TelemetrySettings
+    from controller.scada.server import ScadaServer
+    from controller.telemetry.config import ScadaSettings, TelemetrySettings
     from controller.telemetry.influx import AlarmCallback, InfluxSink
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
@@ -70,6 +71,7 @@ class Telemetry:
         self.mqtt: MqttSink | None = None
         self.dashboard: DashboardServer | None = None
         self.hub: DashboardHub | None = None
+        self.scada: ScadaServer | None = None
         self._pumps: list[asyncio.Task[None]] = []
 
     def pump(self, subscription: Subscription, offer: Callable[[str, Mapping[str, Any]], None], name: str) -> None:
@@ -81,7 +83,8 @@ class Telemetry:
         for task in self._pumps:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        closers = [sink.aclose(timeout_s) for sink in (self.dashboard, self.mqtt, self.influx) if sink is not None]
+        sinks = (self.scada, self.dashboard, self.mqtt, self.influx)
+        closers = [sink.aclose(timeout_s) for sink in sinks if sink is not None]
         for result in await asyncio.gather(*closers, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.error("telemetry shutdown: %s", result)
@@ -104,12 +107,14 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
 
     Raises ``OSError``/``sqlite3.Error`` when the outbox file cannot be opened (a deployment error
     to fix before running). A dashboard that cannot bind its port is logged and raised as the
-    ``telemetry.dashboard_unavailable`` alarm; control goes on without it.
+    ``telemetry.dashboard_unavailable`` alarm; control goes on without it. The dashboard's app also
+    serves the Prometheus metrics (``/metrics``).
     """
-    from controller.bus import KINDS
+    from controller.bus import KINDS, STATE
     from controller.dashboard.app import DashboardHub, DashboardServer, create_app
     from controller.telemetry.config import secret_from_env
     from controller.telemetry.influx import InfluxSink, InfluxWriter
+    from controller.telemetry.metrics import ControllerMetrics
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
@@ -136,8 +141,11 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         hub = DashboardHub(ctx.timezone)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
+        sink = telemetry.influx
+        metrics = ControllerMetrics((lambda: sink.backlog) if sink is not None else None)
+        metrics_offer = _with_command_counters(telemetry.intake, metrics.offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
-                         intake=telemetry.intake, token=secret_from_env(dash.token_env))
+                         intake=telemetry.intake, token=secret_from_env(dash.token_env), metrics=metrics)
         server = DashboardServer(app, hub, dash.host, dash.port)
         try:
             await server.start()
@@ -148,8 +156,31 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         else:
             telemetry.hub, telemetry.dashboard = hub, server
             telemetry.pump(bus.subscribe(KINDS), hub_offer, "dashboard")
+            telemetry.pump(bus.subscribe((STATE,)), metrics_offer, "metrics")
             log.info("dashboard on http://%s:%d/", dash.host, server.port)
+    if settings.scada.enabled:
+        await _start_scada(settings.scada, bus, telemetry, ctx)
     return telemetry
+
+
+async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, ctx: TelemetryContext) -> None:
+    """Start the SCADA Modbus server; one that cannot bind is logged and raised as the
+    ``telemetry.scada_unavailable`` alarm, and control goes on without it."""
+    from controller.bus import STATE
+    from controller.scada.server import ScadaServer
+
+    scada = ScadaServer(settings, telemetry.intake)
+    _seed(bus, scada.offer)
+    try:
+        await scada.start()
+    except (OSError, RuntimeError) as exc:
+        log.error("SCADA Modbus server on %s:%d not available: %s", settings.host, settings.port, exc)
+        if ctx.on_alarm is not None:
+            ctx.on_alarm("telemetry.scada_unavailable", True, f"SCADA Modbus server not serving: {exc}")
+        return
+    telemetry.scada = scada
+    telemetry.pump(bus.subscribe((STATE,), maxsize=2), scada.offer, "scada")
+    log.info("SCADA Modbus server on %s:%d", settings.host, scada.port)
 
 
 def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],

@@ -1,4 +1,4 @@
-"""The ``telemetry:`` section of a site file: MQTT, InfluxDB (with its disk outbox) and the dashboard.
+"""The ``telemetry:`` section of a site file: MQTT, InfluxDB (with its disk outbox), the dashboard, the SCADA server.
 
 Secrets never live in the file: it names the environment variables that hold them
 (``password_env``, ``token_env``). Every sink is off unless enabled, except the dashboard, which
@@ -7,6 +7,7 @@ is on and bound to 127.0.0.1 (read-only unless a control token is set).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -116,9 +117,38 @@ class DashboardSettings(_Strict):
         return hosts
 
 
+class ScadaSettings(_Strict):
+    """The Modbus TCP server for the plant SCADA (docs/integration.md)."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 serves the LAN")
+    port: int = Field(default=5020, ge=0, le=65535, description="502 is the Modbus port (needs privileges); "
+                                                               "0 = any free port (tests)")
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (device) id answered; 0 = any")
+    allowed_clients: tuple[str, ...] = Field(
+        default=(), description="Client addresses or networks (CIDR) allowed to connect; empty = any")
+    write_timeout_s: int = Field(default=60, ge=1, le=3600,
+                                 description="A manual setpoint lapses this long after its last write unless "
+                                             "the SCADA wrote another expiry [s of site time]")
+    command_ttl_s: float = Field(default=3600.0, gt=0, le=7 * 86_400,
+                                 description="How long a mode request or SOC reserve written by the SCADA holds "
+                                             "[s of site time]")
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _networks(cls, clients: tuple[str, ...]) -> tuple[str, ...]:
+        for client in clients:
+            try:
+                ipaddress.ip_network(client, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{client!r}: an IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24") from exc
+        return clients
+
+
 class TelemetrySettings(_Strict):
     """The ``telemetry:`` section."""
 
     mqtt: MqttSettings = MqttSettings()
     influxdb: InfluxSettings = InfluxSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    scada: ScadaSettings = ScadaSettings()
