@@ -91,6 +91,11 @@ class ValidationSettings(BaseModel):
         default=120.0, gt=0,
         description="every point of the PV inverter or battery bit-identical this long while its power is above "
                     "twice the moving threshold → stale [s]")
+    pv_quiet_stuck_s: float = Field(
+        default=300.0, gt=0,
+        description="every point of the PV inverter bit-identical this long while it reports a non-zero power, "
+                    "however small → stale (a producing inverter's power is never exactly still for minutes; "
+                    "at night it reads exactly 0) [s]")
     level_stuck_s: float = Field(
         default=60.0, gt=0,
         description="SOC or an energy counter must also be unchanged this long before it is stuck (counters may "
@@ -478,6 +483,8 @@ class Validator:
                 stuck = live and held >= self._window(cfg.meter_stuck_s)
             else:
                 stuck = power is not None and abs(power) > 2 * move and held >= self._window(cfg.device_stuck_s)
+                if role is Role.PV_INVERTER:
+                    stuck = stuck or (power is not None and power != 0 and held >= self._window(cfg.pv_quiet_stuck_s))
             if stuck:
                 why = f"every point of {name} unchanged for {held:.0f} s" + (
                     "" if power is None else f" while it reports {power:g} kW")

@@ -183,6 +183,19 @@ def test_a_whole_meter_image_frozen_is_stale_even_when_nothing_else_moves():
     assert set(results[10][1]) == {"point_stale:meter:grid_kw"}  # one alarm for the frozen image
 
 
+def test_a_pv_inverter_frozen_at_a_small_power_is_stale_after_the_quiet_window():
+    """The soak's unalarmed fault: the inverter froze at dawn at 5 kW (under twice the 9 kW moving threshold,
+    so the 120 s whole-image rule never applies) while the true PV rose. A producing inverter's power is not
+    bit-identical for 300 s; at night it reads exactly 0 and stays fine."""
+    snaps = [snapshot(t, pv_kw=5.0, grid_kw=295.0) for t in range(302)]
+    results = run(Validator(SITE), snaps)
+    first = next(i for i, r in enumerate(results) if quality(r, "pv_kw") is Quality.STALE)
+    assert first == 300
+    assert "point_stale:inverter:pv_kw" in results[first][1]
+    night = run(Validator(SITE), [snapshot(t, pv_kw=0.0) for t in range(0, 4000, 5)])
+    assert all(not alarms for _r, alarms in night)
+
+
 def test_a_battery_idle_at_zero_with_a_still_soc_is_fine_for_hours():
     results = run(Validator(SITE), [snapshot(60.0 * t) for t in range(180)])
     assert not any(r[1] for r in results)
