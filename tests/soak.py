@@ -82,6 +82,10 @@ MEAN_GAP_S = 4 * 3600.0
 """Mean quiet time between two faults of one device (exponential), after ``CLEAR_S``. [site s]"""
 EXPORT_TOL_KW = 10.0
 """Export beyond the cap by more than this is a breach (1 % of the example's 1,000 kWp). [kW]"""
+DEAF_KINDS = frozenset({"offline", "exception", "slow", "flapping"})
+"""Faults under which a device takes no commands: export only counts as a breach when it could have been held
+with the devices that do (a PV inverter refusing writes after its own limit reverted, with the battery full,
+exports whatever the controller does). [-]"""
 IMPORT_TOL_KW = 10.0
 """Import beyond the cap by more than this is a breach (1 % of the 1,000 kW cap), when it could be held. [kW]"""
 SOC_TOL_PCT = 0.5
@@ -252,6 +256,7 @@ class SoakReport:
 
     soak_sim_days: float = 0.0
     export_breach_steps: int = 0
+    export_unholdable_steps: int = 0
     import_breach_steps: int = 0
     soc_breach_steps: int = 0
     setpoint_out_of_limits: int = 0
@@ -280,10 +285,10 @@ class SoakReport:
     unfaulted: list[str] = field(default_factory=list)
     crash_texts: list[str] = field(default_factory=list)
 
-    KEYS = ("soak_sim_days", "export_breach_steps", "import_breach_steps", "soc_breach_steps",
-            "setpoint_out_of_limits", "faults_injected", "faults_alarmed", "faults_cleared", "faults_unobservable",
-            "crashes", "cycles", "cycles_per_real_s", "real_s", "stall_site_s", "plan_real_s", "max_export_kw",
-            "max_import_kw")
+    KEYS = ("soak_sim_days", "export_breach_steps", "export_unholdable_steps", "import_breach_steps",
+            "soc_breach_steps", "setpoint_out_of_limits", "faults_injected", "faults_alarmed", "faults_cleared",
+            "faults_unobservable", "crashes", "cycles", "cycles_per_real_s", "real_s", "stall_site_s", "plan_real_s",
+            "max_export_kw", "max_import_kw")
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in self.KEYS}
@@ -299,7 +304,8 @@ class SoakReport:
                  f"{self.plan_real_s:.0f} s of it; {self.stall_site_s:.0f} site s of stalls at 1x)",
                  f"breach steps beyond the {self.reaction_s:g} s reaction time: export {self.export_breach_steps}, "
                  f"import {self.import_breach_steps}, SOC {self.soc_breach_steps}, setpoint out of limits "
-                 f"{self.setpoint_out_of_limits} (within reaction time: {self.reacting_breach_steps})",
+                 f"{self.setpoint_out_of_limits} (within reaction time: {self.reacting_breach_steps}; export the "
+                 f"devices that took commands could not have held: {self.export_unholdable_steps})",
                  f"worst true export {self.max_export_kw:.0f} kW, import {self.max_import_kw:.0f} kW, SOC "
                  f"{self.soc_range_pct[0]:.1f}–{self.soc_range_pct[1]:.1f} %",
                  f"faults injected {self.faults_injected}, alarmed {self.faults_alarmed}, cleared "
@@ -520,8 +526,15 @@ class Soak:
         r.soc_range_pct = (min(r.soc_range_pct[0], s.soc_pct), max(r.soc_range_pct[1], s.soc_pct))
         bat = cfg.battery
         can_hold = s.load_kw - s.pv_available_kw - (s.max_discharge_kw if s.soc_pct > bat.soc_min_pct else 0.0)
+        # the least grid power the controller could reach now: PV curtailed to 0 and the battery charging as far
+        # as its BMS and SOC allow, unless the device takes no commands (then it stays where it is)
+        pv_floor = s.pv_kw if self._deaf("pv-inverter") else 0.0
+        charge = -s.battery_kw if self._deaf("battery") else (s.max_charge_kw if s.soc_pct < bat.soc_max_pct else 0.0)
+        lowest_grid = s.load_kw - pv_floor + charge
+        exporting = -s.grid_kw > cfg.grid.export_cap_kw + EXPORT_TOL_KW
+        r.export_unholdable_steps += exporting and lowest_grid < -cfg.grid.export_cap_kw
         breaches = {
-            "export": -s.grid_kw > cfg.grid.export_cap_kw + EXPORT_TOL_KW,
+            "export": exporting and lowest_grid >= -cfg.grid.export_cap_kw,
             "import": s.grid_kw > cfg.grid.import_cap_kw + IMPORT_TOL_KW and can_hold <= cfg.grid.import_cap_kw,
             "soc": not bat.soc_min_pct - SOC_TOL_PCT <= s.soc_pct <= bat.soc_max_pct + SOC_TOL_PCT,
         }
@@ -545,6 +558,11 @@ class Soak:
             r.unfaulted.append(f"{self.clock.now():%Y-%m-%d %H:%M:%S} UTC ({since:.0f} s after the last event): "
                                f"grid {s.grid_kw:.0f} kW, PV {s.pv_kw:.0f}/{s.pv_available_kw:.0f} kW, load "
                                f"{s.load_kw:.0f} kW, battery {s.battery_kw:.0f} kW, SOC {s.soc_pct:.1f} %")
+
+    def _deaf(self, device: str) -> bool:
+        """Whether ``device`` takes no commands now (its fault refuses or drops writes)."""
+        fault = self.active.get(device)
+        return fault is not None and fault.kind in DEAF_KINDS
 
     def _setpoints_within_limits(self) -> bool:
         bat = self.config.battery
