@@ -518,7 +518,7 @@ class Controller:
         if self.telemetry is None:
             ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
                                    apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
-                                   on_alarm=self._telemetry_alarm)
+                                   on_alarm=self._telemetry_alarm, tariff=self.tariff)
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 

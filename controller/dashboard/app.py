@@ -5,6 +5,8 @@ its data from:
 
 * ``GET /api/config``: site name, time zone, language and locale, currency, whether control is on;
 * ``GET /api/snapshot``: latest state and plan, today's measured history, recent alarm transitions;
+* ``GET /api/periods?day=YYYY-MM-DD``: the tariff's named periods over a site-local day (default: the day
+  of the latest state), for shading the charts (:mod:`controller.dashboard.periods`);
 * ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
   ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
@@ -30,7 +32,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,8 +46,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from controller.dashboard.periods import day_periods
 from controller.telemetry.config import DashboardSettings
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
+from optimizer.tariff import SiteTariff
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +96,14 @@ class DashboardHub:
         Site IANA time zone (the history restarts at local midnight).
     history_step_s : float
         Averaging interval of the history. [s of site time]
+    tariff : SiteTariff, optional
+        The site's tariff, for the named periods shaded on the charts (none shaded without it).
     """
 
     def __init__(self, timezone: str, history_step_s: float = 60.0, max_clients: int = 32,
-                 client_queue: int = 100):
+                 client_queue: int = 100, tariff: SiteTariff | None = None):
         self.tz = ZoneInfo(timezone)
+        self.tariff = tariff
         self.history_step_s = history_step_s
         self.max_clients = max_clients
         self.client_queue = client_queue
@@ -159,6 +166,16 @@ class DashboardHub:
         return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
                 "history": {"columns": ["ts_ms", *FLOW_POINTS], "rows": history}}
 
+    def periods(self, day: date | None = None) -> dict[str, Any] | None:
+        """The tariff's named periods over the site-local ``day`` (default: the latest state's day, else
+        today by the wall clock); ``None`` without a tariff."""
+        if self.tariff is None:
+            return None
+        if day is None:
+            when = datetime.fromisoformat(self.state["ts"]) if self.state and "ts" in self.state else None
+            day = (when or datetime.now(self.tz)).astimezone(self.tz).date()
+        return day_periods(self.tariff, day)
+
     def subscribe(self) -> asyncio.Queue[str | None]:
         """A queue of ready-to-send SSE events for one client (``None`` = end of stream)."""
         if self.closed:
@@ -215,6 +232,14 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
     async def get_snapshot(request: Request) -> Response:
         return JSONResponse(hub.snapshot())
 
+    async def get_periods(request: Request) -> Response:
+        raw = request.query_params.get("day")
+        try:
+            day = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
+        return JSONResponse(hub.periods(day))
+
     async def events(request: Request) -> Response:
         try:
             queue = hub.subscribe()
@@ -265,6 +290,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/", index),
         Route("/api/config", get_config),
         Route("/api/snapshot", get_snapshot),
+        Route("/api/periods", get_periods),
         Route("/api/events", events),
         Route("/api/cmd/{name}", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
     from ems.clock import Clock
+    from optimizer.tariff import SiteTariff
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class TelemetryContext:
     on_alarm : AlarmCallback, optional
         ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
         outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
+    tariff : SiteTariff, optional
+        The site's tariff (the dashboard shades its named periods).
     """
 
     site: str
@@ -59,6 +62,7 @@ class TelemetryContext:
     state_dir: Path
     currency: str | None = None
     on_alarm: AlarmCallback | None = None
+    tariff: SiteTariff | None = None
 
 
 class Telemetry:
@@ -133,7 +137,7 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.pump(bus.subscribe(KINDS), mqtt_offer, "mqtt")
     dash = settings.dashboard
     if dash.enabled:
-        hub = DashboardHub(ctx.timezone)
+        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,

@@ -292,27 +292,61 @@ function drawChart(svg, height, series, yFixed) {
   el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
 }
 
-// Shade plan steps by import price: the top third of the day's price range "high", the bottom third "low".
+// The tariff's named periods of the drawn day (from /api/periods, computed by the server from the tariff).
+const PERIOD_COLOURS = { peak: "shade-peak", normal: "shade-normal", off_peak: "shade-off_peak", offpeak: "shade-off_peak" };
+const periodCache = {};
+
+function isoDay(ms) {
+  const f = new Intl.DateTimeFormat("en-CA", { timeZone: ui.cfg.timezone, year: "numeric", month: "2-digit", day: "2-digit" });
+  return f.format(new Date(ms));
+}
+
+function periodsFor(dayStart) {
+  const day = isoDay(dayStart + 3_600_000);
+  if (!(day in periodCache)) {
+    periodCache[day] = null;
+    fetch(`/api/periods?day=${day}`).then((r) => r.json()).then((p) => {
+      periodCache[day] = p || { names: [], intervals: [] };
+      scheduleRender();
+    }).catch(() => { delete periodCache[day]; });
+  }
+  return periodCache[day];
+}
+
+function periodClass(name, names) {
+  return PERIOD_COLOURS[name] || `shade-other${names.indexOf(name) % 3}`;
+}
+
 function shadeTariff(svg, x, t0, t1, pad, height) {
-  const p = ui.plan;
-  if (!p || !p.starts || !p.import_price) return;
-  const prices = p.import_price;
-  const lo = Math.min(...prices), hi = Math.max(...prices);
-  if (!(hi > lo)) return;
-  p.starts.forEach((s, i) => {
-    const a = Date.parse(s), b = a + p.duration_h[i] * 3_600_000;
-    if (b <= t0 || a >= t1) return;
-    const level = (prices[i] - lo) / (hi - lo);
-    const cls = level > 2 / 3 ? "shade-high" : level < 1 / 3 ? "shade-low" : null;
-    if (!cls) return;
+  const p = periodsFor(t0);
+  if (!p) return;
+  for (const [a, b, name] of p.intervals) {
+    if (b <= t0 || a >= t1) continue;
     const rect = el("rect", { x: x(Math.max(a, t0)), y: pad.t, width: Math.max(0, x(Math.min(b, t1)) - x(Math.max(a, t0))),
-      height: height - pad.t - pad.b, class: cls }, svg);
-    const period = p.period ? p.period[i] : null;
-    el("title", {}, rect).textContent = `${period ? t(`period.${period}`, period) : ""} ${money(prices[i])}/kWh`;
-  });
+      height: height - pad.t - pad.b, class: `shade ${periodClass(name, p.names)}`,
+      "data-period": name, "data-start": a, "data-end": b }, svg);
+    el("title", {}, rect).textContent = `${t(`period.${name}`, name)} ${fmtTime(a, false)}–${fmtTime(b, false)}`;
+  }
+}
+
+function renderPeriodLegend(t0) {
+  const legend = $("period-legend");
+  const p = periodsFor(t0);
+  legend.replaceChildren();
+  if (!p) return;
+  for (const name of p.names) {
+    if (!p.intervals.some(([, , n]) => n === name)) continue;
+    const span = document.createElement("span");
+    span.className = `key ${periodClass(name, p.names)}`;
+    span.dataset.period = name;
+    span.textContent = t(`period.${name}`, name);
+    legend.append(span);
+  }
 }
 
 function renderCharts() {
+  const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
+  renderPeriodLegend(localDay(now)[0]);
   const actual = (name) => ui.history.map((r) => [r.ts + HISTORY_STEP_MS / 2, historyValue(r, name)]);
   drawChart($("chart-power"), 240, [
     { points: planSteps("battery_kw"), cls: "battery-plan" },

@@ -1,0 +1,77 @@
+"""What the dashboard page says, read from its DOM in headless Chromium (issue 14): the tariff's named
+periods shaded over the whole day, plan beside what happened, device health, translated alarms,
+month-to-date peak, day navigation from the stored history. The app is fed synthetic bus messages."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optimizer.tariff import Tariff
+from tests.peers import browser, sample_plan, sample_state  # noqa: F401 (fixtures)
+from tests.test_dashboard import TOKEN, TZ, Site, start_site
+
+
+def site_ms(hh: int, mm: int, day: tuple[int, int, int] = (2026, 5, 4)) -> int:
+    """Epoch ms of a Hai Phong wall time (UTC+7, no DST)."""
+    return int((datetime(*day, hh, mm, tzinfo=UTC).timestamp() - 7 * 3600) * 1000)
+
+
+async def shaded_period_at(page: Any, ms: int) -> list[str]:
+    """The named periods of the shading rectangles that cover ``ms`` on the power chart."""
+    return await page.evaluate(
+        """(ms) => [...document.querySelectorAll('#chart-power rect.shade')]
+             .filter((r) => Number(r.dataset.start) <= ms && ms < Number(r.dataset.end))
+             .map((r) => r.dataset.period)""", ms)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    # Decision 963/QĐ-BCT windows: 06:00–17:30 is *normal* (the old shading called it "thấp điểm")
+    ("evn-manufacturing-22kv-qd963", {(3, 0): "off_peak", (6, 0): "normal", (12, 0): "normal", (17, 29): "normal",
+                                      (17, 30): "peak", (22, 29): "peak", (22, 30): "normal", (23, 59): "normal"}),
+    # the earlier windows: two peaks, off-peak from 22:00
+    ("evn-manufacturing-22kv-legacy", {(3, 59): "off_peak", (4, 0): "normal", (10, 0): "peak", (12, 0): "normal",
+                                       (18, 0): "peak", (21, 0): "normal", (22, 0): "off_peak"}),
+])
+async def test_named_periods_shaded_over_the_whole_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       browser: Any, preset: str,  # noqa: F811
+                                                       expected: dict[tuple[int, int], str]) -> None:
+    tariff = Tariff.preset(preset).bind(TZ)
+    site: Site = await start_site(tmp_path, monkeypatch, TOKEN, tariff=tariff)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)        # 16:00 site time, a Monday
+        site.bus.publish("plan", sample_plan(now, steps=8))  # a plan covering only the next two hours
+        site.bus.publish("state", sample_state(now, 1))
+        midnight = f"#chart-power rect.shade[data-start='{site_ms(0, 0)}']"    # drawn for the state's day
+        await page.wait_for_function(f'document.querySelector("{midnight}")')
+        for (hh, mm), period in expected.items():           # past and future alike, from the tariff
+            assert await shaded_period_at(page, site_ms(hh, mm)) == [period], (hh, mm)
+        legend = await page.eval_on_selector_all("#period-legend .key", "els => els.map(e => e.textContent)")
+        assert legend == ["giờ thấp điểm", "giờ bình thường", "giờ cao điểm"]   # the tariff's names, translated
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_periods_endpoint_rejects_a_bad_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_dashboard import call
+
+    site = await start_site(tmp_path, monkeypatch, TOKEN, tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ))
+    try:
+        status, body = await call(site, "/api/periods?day=2026-13-01")
+        assert status == 422 and "not a date" in body["error"]
+        status, body = await call(site, "/api/periods?day=2026-05-03")      # a Sunday: no peak under 963
+        assert status == 200 and [p for _, _, p in body["intervals"]] == ["off_peak", "normal"]
+        assert body["intervals"][0][0] == site_ms(0, 0, (2026, 5, 3))
+        assert body["intervals"][-1][1] == site_ms(0, 0, (2026, 5, 4))
+    finally:
+        await site.telemetry.aclose()
+    await asyncio.sleep(0)
