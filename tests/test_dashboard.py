@@ -164,7 +164,7 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
                                "reason": "data_missing", "alarms": ["data_missing"]})
     await page.wait_for_function("document.getElementById('mode').textContent === 'trạng thái an toàn'")
     assert await page.text_content("#reason") == "thiếu số liệu đo"
-    assert await page.text_content("#alarms li") == "data_missing"
+    assert (await page.text_content("#alarms li .alarm-text")).startswith("Thiếu số liệu đo: bộ điều khiển")
     await page.select_option("#lang", "ja")
     await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === '電力の流れ'")
     assert errors == []

@@ -75,3 +75,44 @@ async def test_periods_endpoint_rejects_a_bad_day(tmp_path: Path, monkeypatch: p
     finally:
         await site.telemetry.aclose()
     await asyncio.sleep(0)
+
+
+async def test_device_fault_in_health_panel_and_as_a_translated_alarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")   # green: no alarm
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                                            # 10:00 site time
+        site.bus.publish("state", sample_state(now, 1))
+        await page.wait_for_function("document.querySelector('#health tr[data-device=battery]')")
+        assert await page.get_attribute("#health tr[data-device=battery]", "data-status") == "ok"
+        raised = {"planner_failed": "ForecastError: no weather forecast for 2026-05-04 (HTTP 503)",
+                  "device_unreachable:battery": "battery: no answer within 2.0 s",
+                  "point_stale:grid-meter:grid_kw": "grid-meter grid_kw frozen at 312.0 kW for 60 s"}
+        fault = now.replace(minute=5)
+        for code, message in raised.items():
+            site.bus.publish("alarm", {"ts": fault.isoformat(), "site": "demo-factory", "code": code, "active": True,
+                                       "message": message})
+        state = sample_state(fault, 2)
+        state["devices"]["battery"] = {"ok": False, "error": "no answer within 2.0 s"}
+        state["alarms"] = sorted(raised)
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.querySelector('#health tr[data-device=battery]')"
+                                     ".dataset.status === 'unreachable'")
+        battery = await page.inner_text("#health tr[data-device=battery]")
+        assert "không phản hồi" in battery and "10:05" in battery                  # status and since when
+        meter = await page.inner_text("#health tr[data-device=grid-meter]")
+        assert "không cập nhật" in meter and "grid_kw" in meter
+        assert await page.get_attribute("#conn", "class") == "conn alarm"          # not green "live"
+        shown = await page.inner_text("#alarms")                                    # what the operator sees
+        assert "Không lập được kế hoạch" in shown and "battery không phản hồi" in shown
+        assert "Kiểm tra nguồn, cáp mạng" in shown                                 # an action hint
+        assert "ForecastError" not in shown and "no answer" not in shown and "planner_failed" not in shown
+        await page.click("#alarms li[data-code=planner_failed] summary")           # the raw text, on request
+        assert "ForecastError: no weather" in await page.inner_text("#alarms li[data-code=planner_failed] details")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()

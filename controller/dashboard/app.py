@@ -46,6 +46,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from controller.dashboard.health import device_health
 from controller.dashboard.periods import day_periods
 from controller.telemetry.config import DashboardSettings
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
@@ -110,6 +111,10 @@ class DashboardHub:
         self.state: dict[str, Any] | None = None
         self.plan: dict[str, Any] | None = None
         self.alarms: deque[dict[str, Any]] = deque(maxlen=50)
+        self.active_alarms: dict[str, dict[str, Any]] = {}
+        """Active alarm code → its raising message (``ts`` = since when, ``message``)."""
+        self.health: dict[str, dict[str, Any]] = {}
+        """Device → status, points, error and ``since`` (ISO time the status began)."""
         self.history: list[list[float | None]] = []
         self._bucket: tuple[int, list[float], list[int]] | None = None
         self._day: Any = None
@@ -123,10 +128,17 @@ class DashboardHub:
             self.state = data
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 self._record(data)
+            with contextlib.suppress(AttributeError, TypeError):
+                self._update_health(data)
         elif kind == "plan":
             self.plan = data
         elif kind == "alarm":
             self.alarms.append(data)
+            code = str(data.get("code"))
+            if data.get("active", True):
+                self.active_alarms.setdefault(code, {"ts": data.get("ts"), "message": data.get("message")})
+            else:
+                self.active_alarms.pop(code, None)
         else:
             return
         event = _sse(kind, data)  # serialised once for every client
@@ -150,6 +162,22 @@ class DashboardHub:
             if flows[name] is not None:
                 sums[i] += flows[name]
                 counts[i] += 1
+
+    def _update_health(self, state: dict[str, Any]) -> None:
+        """Device health of this state; a device keeps its ``since`` while its status is unchanged."""
+        codes = state.get("alarms") or []
+        for code in list(self.active_alarms):          # the state's list is the truth for what is active
+            if code not in codes:
+                del self.active_alarms[code]
+        for code in codes:
+            self.active_alarms.setdefault(str(code), {"ts": state.get("ts"), "message": None})
+        health = device_health(state, codes)
+        for name, entry in health.items():
+            before = self.health.get(name)
+            entry["since"] = before["since"] if before and before["status"] == entry["status"] else state.get("ts")
+        self.health = health
+        state["health"] = health
+        state["active_alarms"] = self.active_alarms
 
     def _close_bucket(self) -> None:
         if self._bucket is not None:

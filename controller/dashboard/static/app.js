@@ -193,14 +193,57 @@ function render() {
   renderCharts();
 }
 
-function alarmText(a) {
-  if (typeof a === "string") return a;
-  return [a.code || a.name, a.message].filter(Boolean).join(": ");
+// An alarm as a sentence in the page's language with an action hint; the code and the controller's own
+// (English) message only in a collapsible detail. Codes with a device/point ("point_stale:meter:grid_kw")
+// are translated by their prefix.
+function alarmParts(code) {
+  const [prefix, device = "", point = ""] = String(code).split(":");
+  return { prefix, device, point };
+}
+
+function fill(text, vars) {
+  return text.replace(/\{(\w+)\}/g, (m, k) => (vars[k] !== undefined && vars[k] !== "" ? vars[k] : m));
+}
+
+function alarmSentence(code) {
+  const parts = alarmParts(code);
+  const key = dict[ui.lang]?.[`alarm.${parts.prefix}`] !== undefined || dict.en?.[`alarm.${parts.prefix}`] !== undefined
+    ? parts.prefix : "unknown";
+  return { text: fill(t(`alarm.${key}`), parts), hint: fill(t(`hint.${key}`), parts) };
+}
+
+function alarmItem(code, message, since) {
+  const li = document.createElement("li");
+  li.dataset.code = code;
+  const { text, hint } = alarmSentence(code);
+  const head = document.createElement("div");
+  head.className = "alarm-text";
+  head.textContent = since ? `${text} (${t("since")} ${fmtTime(Date.parse(since), false)})` : text;
+  const advice = document.createElement("div");
+  advice.className = "alarm-hint";
+  advice.textContent = hint;
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = t("details");
+  const raw = document.createElement("code");
+  raw.textContent = message ? `${code}: ${message}` : code;
+  details.append(summary, raw);
+  li.append(head, advice, details);
+  return li;
+}
+
+function activeAlarms() {
+  const s = ui.state || {};
+  const info = s.active_alarms || {};
+  return (s.alarms || []).map((a) => (typeof a === "string" ? a : a.code || a.name)).map((code) => {
+    const logged = ui.alarmLog.filter((x) => x.code === code && x.active !== false).pop();
+    return { code, message: info[code]?.message || logged?.message || "", since: info[code]?.ts || logged?.ts };
+  });
 }
 
 function renderAlarms() {
   const list = $("alarms");
-  const active = (ui.state && ui.state.alarms) || [];
+  const active = activeAlarms();
   list.replaceChildren();
   if (!active.length) {
     const li = document.createElement("li");
@@ -208,19 +251,50 @@ function renderAlarms() {
     li.className = "none";
     list.append(li);
   }
-  for (const a of active) {
-    const li = document.createElement("li");
-    li.textContent = alarmText(a);
-    list.append(li);
-  }
+  for (const a of active) list.append(alarmItem(a.code, a.message, a.since));
   const log = $("alarm-log");
   log.replaceChildren();
   for (const a of ui.alarmLog.slice().reverse()) {
     const li = document.createElement("li");
     const when = a.ts ? fmtTime(Date.parse(a.ts)) : "";
-    li.textContent = `${when} ${alarmText(a)} (${t(a.active === false ? "cleared" : "raised")})`;
+    li.textContent = `${when} ${alarmSentence(a.code || "").text} (${t(a.active === false ? "cleared" : "raised")})`;
+    li.title = a.code || "";
     log.append(li);
   }
+  renderHealth();
+  renderBadge(active);
+}
+
+function renderHealth() {
+  const body = $("health");
+  const health = (ui.state && ui.state.health) || {};
+  body.replaceChildren();
+  for (const [device, h] of Object.entries(health)) {
+    const tr = document.createElement("tr");
+    tr.dataset.device = device;
+    tr.dataset.status = h.status;
+    tr.className = `health-${h.status}`;
+    const cells = [device, t(`health.${h.status}`, h.status), (h.points || []).join(", "),
+      h.since ? fmtTime(Date.parse(h.since), false) : "–"];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+}
+
+// Header badge: red when the page has lost the stream, the controller is in its safe state or a device is
+// unreachable/missing; amber with any other active alarm; green "live" only with none.
+function renderBadge(active) {
+  const conn = $("conn");
+  if (conn.dataset.i18n === "offline" || conn.dataset.i18n === "connecting") return;
+  const severe = active.some((a) => ["device_unreachable", "point_missing", "data_missing", "planner_failed"]
+    .includes(alarmParts(a.code).prefix)) || (ui.state && ui.state.mode === "safe");
+  const level = severe ? "alarm" : active.length ? "warn" : "";
+  conn.className = `conn ${level}`.trim();
+  conn.textContent = level ? `${t("live")} · ${active.length} ${t("active_alarms")}` : t("live");
 }
 
 // ---------------------------------------------------------------- charts (inline SVG)
