@@ -116,3 +116,36 @@ async def test_device_fault_in_health_panel_and_as_a_translated_alarm(tmp_path: 
         await context.close()
     finally:
         await site.telemetry.aclose()
+
+
+async def test_a_past_step_shows_what_was_planned_beside_what_happened(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       browser: Any) -> None:  # noqa: F811
+    """The plan changes at 10:15; the 10:00 step keeps what its own plan said (battery 100 kW)."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        start = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                               # 10:00 site time
+        for minute in range(0, 30, 5):
+            state = sample_state(start.replace(minute=minute), 1)                      # battery measured 99 kW
+            state["plan"]["battery_kw"] = 100.0 if minute < 15 else -250.0            # a new plan from 10:15
+            site.bus.publish("state", state)
+        later = start.replace(minute=30)
+        site.bus.publish("plan", {**sample_plan(later, steps=4), "battery_kw": [-300.0] * 4})
+        site.bus.publish("state", sample_state(later, 1))
+        first = f"#chart-power rect.step[data-start='{site_ms(10, 0)}']"
+        await page.wait_for_function(f'document.querySelector("{first}")')
+        assert await page.get_attribute(first, "data-battery-plan") == "100"
+        assert await page.get_attribute(first, "data-battery-actual") == "99"
+        title = await page.text_content(f"{first} title")
+        assert "Battery: planned 100.0 kW, measured 99.0 kW" in title
+        second = f"#chart-power rect.step[data-start='{site_ms(10, 15)}'] title"
+        assert "planned -250.0 kW, measured 99.0 kW" in await page.text_content(second)
+        ahead = await page.get_attribute("#chart-power path.battery-plan:not(.past)", "d")   # the current plan
+        assert ahead.startswith("M")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()

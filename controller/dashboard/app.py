@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FLOW_POINTS = ("pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct")
 """Power-flow values kept in the history, in this order after the timestamp."""
+PLAN_POINTS = ("plan_battery_kw", "plan_grid_kw", "plan_soc_pct")
+"""The plan step in force when each history sample was taken (the state's ``plan``), after the flows."""
+HISTORY_POINTS = FLOW_POINTS + PLAN_POINTS
 KEEPALIVE_S = 15.0
 STREAM_GRACE_S = 1.0
 """How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
@@ -76,7 +79,8 @@ def allowed_hosts(settings: DashboardSettings) -> list[str]:
 
 
 def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
-    """PV, load, grid, battery power [kW] and SOC [%] of a state message (``None`` when missing)."""
+    """PV, load, grid, battery power [kW] and SOC [%] of a state message (``None`` when missing), and the
+    plan step in force: planned battery and grid power [kW] and SOC [%] (``None`` without a plan)."""
     measurements: Mapping[str, Any] = state.get("measurements") or {}
     out: dict[str, float | None] = {}
     for name in FLOW_POINTS:
@@ -84,8 +88,15 @@ def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
         if value is None and isinstance(measurements.get(name), Mapping):
             reading = measurements[name]
             value = reading.get("value") if reading.get("quality", "ok") == "ok" else None
-        out[name] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        out[name] = _number(value)
+    plan: Mapping[str, Any] = state.get("plan") or {}
+    for name in PLAN_POINTS:
+        out[name] = _number(plan.get(name.removeprefix("plan_")))
     return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class DashboardHub:
@@ -156,9 +167,9 @@ class DashboardHub:
         flows = power_flows(state)
         if self._bucket is None or self._bucket[0] != key:
             self._close_bucket()
-            self._bucket = (key, [0.0] * len(FLOW_POINTS), [0] * len(FLOW_POINTS))
+            self._bucket = (key, [0.0] * len(HISTORY_POINTS), [0] * len(HISTORY_POINTS))
         _, sums, counts = self._bucket
-        for i, name in enumerate(FLOW_POINTS):
+        for i, name in enumerate(HISTORY_POINTS):
             if flows[name] is not None:
                 sums[i] += flows[name]
                 counts[i] += 1
@@ -192,7 +203,7 @@ class DashboardHub:
         """Everything a page needs when it (re)connects."""
         history = self.history + ([self._bucket_row(self._bucket)] if self._bucket else [])
         return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
-                "history": {"columns": ["ts_ms", *FLOW_POINTS], "rows": history}}
+                "history": {"columns": ["ts_ms", *HISTORY_POINTS], "rows": history}}
 
     def periods(self, day: date | None = None) -> dict[str, Any] | None:
         """The tariff's named periods over the site-local ``day`` (default: the latest state's day, else

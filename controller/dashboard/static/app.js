@@ -96,14 +96,19 @@ function pick(obj, paths) {
 }
 
 // Power flows of a state: top-level value, else the measurement when its quality is ok.
+// Planned values ("plan_battery_kw") are the plan step in force at that state (state.plan).
 function flow(state, name) {
   if (!state) return null;
+  if (name.startsWith("plan_")) {
+    const v = (state.plan || {})[name.slice(5)];
+    return typeof v === "number" ? v : null;
+  }
   if (typeof state[name] === "number") return state[name];
   const m = (state.measurements || {})[name];
   return m && (m.quality || "ok") === "ok" && typeof m.value === "number" ? m.value : null;
 }
 
-const FLOWS = ["pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct"];
+const FLOWS = ["pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct", "plan_battery_kw", "plan_grid_kw", "plan_soc_pct"];
 
 function recordHistory(state) {
   const ts = Date.parse(state.ts);
@@ -320,17 +325,21 @@ function pathOf(points, x, y) {
 }
 
 // Plan steps as a step function: [[t, v], [t_end, v], ...] for one per-step series.
+// Only the steps not yet over: what was planned for past steps comes from the history (plan_* columns).
 function planSteps(series) {
   const p = ui.plan;
   if (!p || !p.starts || !p[series]) return [];
+  const now = nowMs();
   const out = [];
   p.starts.forEach((s, i) => {
     const t0 = Date.parse(s);
     const t1 = t0 + p.duration_h[i] * 3_600_000;
-    out.push([t0, p[series][i]], [t1, p[series][i]]);
+    if (t1 > now) out.push([Math.max(t0, now), p[series][i]], [t1, p[series][i]]);
   });
   return out;
 }
+
+function nowMs() { return ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now(); }
 
 function planSoc() {
   const p = ui.plan;
@@ -418,18 +427,51 @@ function renderPeriodLegend(t0) {
   }
 }
 
+// One hover target per 15-minute step of the past: its title reads what was planned beside what happened.
+const STEP_MS = 900_000;
+function stepTargets(svg, t0, t1) {
+  const W = 900, pad = { l: 48, r: 8, t: 8, b: 20 }, height = 240;
+  const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
+  const steps = new Map();
+  for (const r of ui.history) {
+    if (r.ts < t0 || r.ts >= t1) continue;
+    const key = Math.floor(r.ts / STEP_MS) * STEP_MS;
+    if (!steps.has(key)) steps.set(key, []);
+    steps.get(key).push(r);
+  }
+  const mean = (rows, name) => {
+    const v = rows.map((r) => historyValue(r, name)).filter((n) => n !== null);
+    return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+  };
+  for (const [key, rows] of steps) {
+    const vals = {};
+    for (const n of ["battery_kw", "plan_battery_kw", "grid_kw", "plan_grid_kw"]) vals[n] = mean(rows, n);
+    const rect = el("rect", { x: x(key), y: pad.t, width: Math.max(0, x(key + STEP_MS) - x(key)),
+      height: height - pad.t - pad.b, class: "step", "data-start": key,
+      "data-battery-plan": vals.plan_battery_kw ?? "", "data-battery-actual": vals.battery_kw ?? "" }, svg);
+    el("title", {}, rect).textContent = `${fmtTime(key, false)}–${fmtTime(key + STEP_MS, false)}\n`
+      + `${t("battery")}: ${t("planned")} ${kw(vals.plan_battery_kw)}, ${t("measured")} ${kw(vals.battery_kw)}\n`
+      + `${t("grid")}: ${t("planned")} ${kw(vals.plan_grid_kw)}, ${t("measured")} ${kw(vals.grid_kw)}`;
+  }
+}
+
 function renderCharts() {
   const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
   renderPeriodLegend(localDay(now)[0]);
   const actual = (name) => ui.history.map((r) => [r.ts + HISTORY_STEP_MS / 2, historyValue(r, name)]);
   drawChart($("chart-power"), 240, [
+    { points: actual("plan_battery_kw"), cls: "battery-plan past" },
+    { points: actual("plan_grid_kw"), cls: "grid-plan past" },
     { points: planSteps("battery_kw"), cls: "battery-plan" },
     { points: planSteps("grid_kw"), cls: "grid-plan" },
     { points: actual("battery_kw"), cls: "battery-actual" },
     { points: actual("grid_kw"), cls: "grid-actual" },
   ]);
+  const [d0, d1] = localDay(nowMs());
+  stepTargets($("chart-power"), d0, d1);
   drawChart($("chart-soc"), 140, [
-    { points: planSoc(), cls: "soc-plan" },
+    { points: actual("plan_soc_pct"), cls: "soc-plan past" },
+    { points: planSoc().filter(([ts]) => ts >= nowMs()), cls: "soc-plan" },
     { points: actual("soc_pct"), cls: "soc-actual" },
   ], [0, 100]);
 }
