@@ -149,3 +149,34 @@ async def test_a_past_step_shows_what_was_planned_beside_what_happened(tmp_path:
         await context.close()
     finally:
         await site.telemetry.aclose()
+
+
+async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+        site.bus.publish("plan", {**sample_plan(now, steps=8), "import_kw": [300.0] * 7 + [1020.0]})
+        state = sample_state(now, 1)
+        state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
+                           "import_cap_kw": 1200.0}
+        state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
+                              load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
+        assert await page.text_content("#mtd-cap") == "1,200.0 kW"
+        assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # the plan's highest import ahead
+        explain = await page.text_content("#mtd-explain")
+        assert "79 % of the contracted capacity" in explain and "higher peak later this month" in explain
+        assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
+        said = await page.text_content("#saved-explain")
+        assert "charged 527 kWh" in said and "bought energy for the coming peak" in said
+        assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
+        assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
+        await context.close()
+    finally:
+        await site.telemetry.aclose()

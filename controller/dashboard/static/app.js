@@ -182,7 +182,8 @@ function render() {
   const price = pick(s, ["tariff.price_per_kwh", "tariff.import_price", "price_per_kwh"]);
   $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${price === null ? "–" : money(price)}/kWh` : "–";
   $("updated").textContent = s && s.ts ? fmtTime(Date.parse(s.ts)) : "–";
-  $("saved-today").textContent = money(pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]));
+  renderMoney(s);
+  renderDemand(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -196,6 +197,61 @@ function render() {
   }
   renderAlarms();
   renderCharts();
+}
+
+function pct(value) { return value === null || value === undefined || !Number.isFinite(value) ? "–" : `${num(value, 0)} %`; }
+
+// "Saved today" with its explanation: a negative figure is red and says why (charged for a coming peak).
+function renderMoney(s) {
+  const saved = pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]);
+  const box = $("saved-today");
+  box.textContent = money(saved);
+  box.className = `big money${saved !== null && saved < -0.5 ? " negative" : saved !== null && saved <= 0.5 ? " zero" : ""}`;
+  const v = (k) => pick(s, [`today.${k}`]);
+  const charge = v("charge_kwh"), discharge = v("discharge_kwh"), cost = v("cost"), base = v("cost_no_battery");
+  const parts = [];
+  if (charge !== null && discharge !== null) {
+    parts.push(fill(t("explain.battery"), { charge: num(charge, 0), discharge: num(discharge, 0) }));
+  }
+  if (cost !== null && base !== null) parts.push(fill(t("explain.cost"), { cost: money(cost), base: money(base) }));
+  if (saved !== null && saved < -0.5) {
+    parts.push(t(charge !== null && discharge !== null && charge > discharge ? "explain.negative_charging"
+      : "explain.negative_losses"));
+  }
+  $("saved-explain").textContent = parts.join(" ");
+  const load = v("load_kwh"), imp = v("import_kwh"), pv = v("pv_kwh"), exp = v("export_kwh");
+  $("self-sufficiency").textContent = load > 0 && imp !== null ? pct(100 * Math.max(0, load - imp) / load) : "–";
+  $("self-consumption").textContent = pv > 0 && exp !== null ? pct(100 * Math.max(0, pv - exp) / pv) : "–";
+}
+
+// Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
+function renderDemand(s) {
+  const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
+  const p = ui.plan;
+  const month = pick(s, ["demand.month"]);
+  let planned = null;
+  if (p && p.starts && p.import_kw) {
+    p.starts.forEach((st, i) => {
+      const ts = Date.parse(st);
+      if (ts + p.duration_h[i] * 3_600_000 > nowMs() && (!month || isoDay(ts).startsWith(month))) {
+        planned = Math.max(planned ?? 0, p.import_kw[i]);
+      }
+    });
+    if (planned !== null && peak !== null) planned = Math.max(planned, peak);
+  }
+  $("mtd-peak").textContent = kw(peak);
+  $("mtd-cap").textContent = kw(cap);
+  $("mtd-planned").textContent = kw(planned);
+  $("mtd-now").textContent = kw(pick(s, ["demand.interval_avg_kw"]));
+  const scale = Math.max(cap || 0, planned || 0, peak || 0) || 1;
+  $("mtd-bar").style.width = `${Math.min(100, (100 * (peak || 0)) / scale)}%`;
+  const mark = $("mtd-planned-mark");
+  mark.style.display = planned === null ? "none" : "block";
+  mark.style.left = `${Math.min(99, (100 * (planned || 0)) / scale)}%`;
+  const notes = [];
+  if (peak !== null && cap) notes.push(fill(t("explain.of_cap"), { pct: num((100 * peak) / cap, 0) }));
+  if (peak !== null && planned !== null && planned > peak + 0.5) notes.push(t("explain.plan_raises_peak"));
+  $("mtd-explain").textContent = notes.join(" ");
 }
 
 // An alarm as a sentence in the page's language with an action hint; the code and the controller's own
