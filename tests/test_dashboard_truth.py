@@ -180,3 +180,47 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         await context.close()
     finally:
         await site.telemetry.aclose()
+
+
+async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 browser: Any) -> None:  # noqa: F811
+    """Yesterday's buckets go to the SQLite store in the state directory; ◀ draws them, and they survive a
+    restart of the dashboard (a new hub reading the same file)."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    yesterday = datetime(2026, 5, 3, 3, 0, tzinfo=UTC)                        # 10:00 site time, 3 May
+    for minute in range(0, 30, 5):
+        state = sample_state(yesterday.replace(minute=minute), 1)
+        state["measurements"]["battery_kw"]["value"] = 77.0
+        state["plan"]["battery_kw"] = 80.0
+        site.bus.publish("state", state)
+    site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, tzinfo=UTC), 1))   # today
+    await asyncio.sleep(0.05)
+    await site.telemetry.aclose()
+    assert (tmp_path / "dashboard-history.sqlite").exists()
+
+    site = await start_site(tmp_path, monkeypatch, TOKEN)                       # restarted: today is empty
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, 30, tzinfo=UTC), 1))
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-04'")
+        await page.click("#nav-prev")
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-03'")
+        step = f"#chart-power rect.step[data-start='{site_ms(10, 0, (2026, 5, 3))}']"
+        await page.wait_for_function(f'document.querySelector("{step}")')
+        assert await page.get_attribute(step, "data-battery-actual") == "77"
+        assert await page.get_attribute(step, "data-battery-plan") == "80"
+        assert "Stored history" in await page.text_content("#chart-title")
+        await page.select_option("#nav-span", "week")                            # the week of 3 May: Mon 27 Apr
+        await page.wait_for_function("document.getElementById('nav-label').textContent.includes('27')")
+        assert (await page.get_attribute("#chart-power path.battery-actual", "d")).startswith("M")
+        await page.click("#nav-today")
+        await page.select_option("#nav-span", "day")
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-04'")
+        await context.close()
+        status, body = await asyncio.to_thread(site.request, "/api/history?day=2026-05-03&span=fortnight")
+        assert status == 422 and "day, week, month" in body["error"]
+    finally:
+        await site.telemetry.aclose()

@@ -7,6 +7,8 @@ its data from:
 * ``GET /api/snapshot``: latest state and plan, today's measured history, recent alarm transitions;
 * ``GET /api/periods?day=YYYY-MM-DD``: the tariff's named periods over a site-local day (default: the day
   of the latest state), for shading the charts (:mod:`controller.dashboard.periods`);
+* ``GET /api/history?day=YYYY-MM-DD&span=day|week|month``: stored history of earlier days
+  (:mod:`controller.dashboard.history`, a bounded SQLite file in the state directory);
 * ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
   ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
@@ -30,9 +32,10 @@ import contextlib
 import hmac
 import json
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,6 +50,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from controller.dashboard.health import device_health
+from controller.dashboard.history import HistoryStore
 from controller.dashboard.periods import day_periods
 from controller.telemetry.config import DashboardSettings
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
@@ -110,12 +114,15 @@ class DashboardHub:
         Averaging interval of the history. [s of site time]
     tariff : SiteTariff, optional
         The site's tariff, for the named periods shaded on the charts (none shaded without it).
+    store : HistoryStore, optional
+        Where finished buckets are kept for earlier days (``/api/history``); without it, only today.
     """
 
     def __init__(self, timezone: str, history_step_s: float = 60.0, max_clients: int = 32,
-                 client_queue: int = 100, tariff: SiteTariff | None = None):
+                 client_queue: int = 100, tariff: SiteTariff | None = None, store: HistoryStore | None = None):
         self.tz = ZoneInfo(timezone)
         self.tariff = tariff
+        self.store = store
         self.history_step_s = history_step_s
         self.max_clients = max_clients
         self.client_queue = client_queue
@@ -162,6 +169,7 @@ class DashboardHub:
         when = datetime.fromisoformat(state["ts"])
         day = when.astimezone(self.tz).date()
         if day != self._day:
+            self._close_bucket()           # the last bucket of the previous day reaches the store too
             self._day, self.history, self._bucket = day, [], None
         key = int(when.timestamp() // self.history_step_s)
         flows = power_flows(state)
@@ -192,7 +200,29 @@ class DashboardHub:
 
     def _close_bucket(self) -> None:
         if self._bucket is not None:
-            self.history.append(self._bucket_row(self._bucket))
+            row = self._bucket_row(self._bucket)
+            self.history.append(row)
+            if self.store is not None:
+                try:
+                    self.store.add(row)
+                except sqlite3.Error as exc:   # a full or broken disk costs the charts, never the controller
+                    log.warning("dashboard history not stored: %s", exc)
+
+    def stored(self, day: date, span: str) -> dict[str, Any]:
+        """History of the ``span`` (``day``, ``week`` = 7 days, ``month`` = calendar month) that contains the
+        site-local ``day``, from the store plus the bucket still open; averaged to 1 min, 15 min, 1 h."""
+        if span == "month":
+            first = day.replace(day=1)
+            last = (first + timedelta(days=32)).replace(day=1)
+        else:
+            first = day - timedelta(days=day.weekday()) if span == "week" else day
+            last = first + timedelta(days=7 if span == "week" else 1)
+        start = int(datetime.combine(first, time(0), self.tz).timestamp() * 1000)
+        end = int(datetime.combine(last, time(0), self.tz).timestamp() * 1000)
+        step = {"day": round(self.history_step_s * 1000), "week": 900_000, "month": 3_600_000}[span]
+        rows = self.store.rows(start, end, step) if self.store is not None else []
+        return {"span": span, "first": first.isoformat(), "start_ms": start, "end_ms": end, "step_ms": step,
+                "columns": ["ts_ms", *HISTORY_POINTS], "rows": rows}
 
     def _bucket_row(self, bucket: tuple[int, list[float], list[int]]) -> list[float | None]:
         key, sums, counts = bucket
@@ -279,6 +309,16 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
             return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
         return JSONResponse(hub.periods(day))
 
+    async def get_history(request: Request) -> Response:
+        raw, span = request.query_params.get("day", ""), request.query_params.get("span", "day")
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
+        if span not in ("day", "week", "month"):
+            return JSONResponse({"error": f"span: {span[:16]!r} is not one of day, week, month"}, status_code=422)
+        return JSONResponse(hub.stored(day, span))
+
     async def events(request: Request) -> Response:
         try:
             queue = hub.subscribe()
@@ -330,6 +370,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/api/config", get_config),
         Route("/api/snapshot", get_snapshot),
         Route("/api/periods", get_periods),
+        Route("/api/history", get_history),
         Route("/api/events", events),
         Route("/api/cmd/{name}", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

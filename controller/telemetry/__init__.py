@@ -111,7 +111,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     ``telemetry.dashboard_unavailable`` alarm; control goes on without it.
     """
     from controller.bus import KINDS
-    from controller.dashboard.app import DashboardHub, DashboardServer, create_app
+    from controller.dashboard.app import HISTORY_POINTS, DashboardHub, DashboardServer, create_app
+    from controller.dashboard.history import FILE_NAME, HistoryStore
     from controller.telemetry.config import secret_from_env
     from controller.telemetry.influx import InfluxSink, InfluxWriter
     from controller.telemetry.mqtt import MqttSink
@@ -137,7 +138,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.pump(bus.subscribe(KINDS), mqtt_offer, "mqtt")
     dash = settings.dashboard
     if dash.enabled:
-        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff)
+        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff,
+                           store=HistoryStore(ctx.state_dir / FILE_NAME, HISTORY_POINTS))
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,

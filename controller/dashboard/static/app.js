@@ -40,6 +40,7 @@ async function setLanguage(pref) {
 
 function num(value, digits = 1) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (Number(value.toFixed(digits)) === 0) value = 0;          // never "-0,0"
   return new Intl.NumberFormat(ui.locale, { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(value);
 }
 
@@ -406,29 +407,128 @@ function planSoc() {
   return out;
 }
 
-function drawChart(svg, height, series, yFixed) {
+// Round tick values: steps of 1, 2 or 5 × 10^k, about `n` of them over [lo, hi].
+function niceTicks(lo, hi, n = 4) {
+  const raw = (hi - lo) / n;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  return { step, ticks: out };
+}
+
+function fmtDate(ms) {
+  return new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, day: "2-digit", month: "2-digit" }).format(new Date(ms));
+}
+
+// Site-local midnights in [t0, t1] (DST-safe: each is the start of the next local day).
+function midnights(t0, t1) {
+  const out = [];
+  for (let m = t0; m <= t1 && out.length < 40; m = localDay(m + 3_600_000)[1]) out.push(m);
+  return out;
+}
+
+function drawChart(svg, height, series, yFixed, unit) {
   svg.replaceChildren();
-  const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
-  const [t0, t1] = localDay(now);
-  const W = 900, pad = { l: 48, r: 8, t: 8, b: 20 };
+  const now = nowMs();
+  const [t0, t1] = chartRange();
+  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 };
   const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
   const inDay = (pts) => pts.filter(([ts]) => ts >= t0 && ts <= t1);
   const all = series.flatMap((s) => inDay(s.points).map(([, v]) => v)).filter((v) => v !== null);
   let [lo, hi] = yFixed || [Math.min(0, ...all), Math.max(1, ...all)];
-  if (!yFixed) { const m = (hi - lo) * 0.08; lo -= m; hi += m; }
-  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
-  shadeTariff(svg, x, t0, t1, pad, height);
-  el("line", { x1: pad.l, x2: W - pad.r, y1: y(0), y2: y(0), class: "axis" }, svg);
-  for (let h = 0; h <= 24; h += 3) {
-    const tx = t0 + h * 3_600_000;
-    el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
-    if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick" }, svg).textContent = fmtTime(tx, false);
+  let ticks;
+  if (yFixed) ticks = niceTicks(lo, hi, 4).ticks;
+  else {
+    const nice = niceTicks(lo, hi, 4);
+    lo = Math.floor(lo / nice.step) * nice.step;
+    hi = Math.ceil(hi / nice.step) * nice.step;
+    ticks = niceTicks(lo, hi, Math.round((hi - lo) / nice.step)).ticks;
   }
-  for (const v of [lo, (lo + hi) / 2, hi]) {
-    el("text", { x: 2, y: y(v) + 4, class: "tick" }, svg).textContent = num(v, 0);
+  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
+  if (viewSpan() === "day") shadeTariff(svg, x, t0, t1, pad, height);
+  for (const v of ticks) {
+    el("line", { x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v), class: v === 0 ? "axis zero" : "axis" }, svg);
+    el("text", { x: 2, y: y(v) + 4, class: "tick ytick" }, svg).textContent = `${num(v, 0)} ${unit}`;
+  }
+  if (viewSpan() === "day") {
+    for (let h = 0; h <= 24; h += 3) {
+      const tx = t0 + h * 3_600_000;
+      el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
+      if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick xtick" }, svg).textContent = fmtTime(tx, false);
+    }
+  } else {
+    const days = midnights(t0, t1);
+    days.forEach((m, i) => {
+      el("line", { x1: x(m), x2: x(m), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
+      const label = viewSpan() === "week" || i % 5 === 0;
+      if (label && m < t1) el("text", { x: x(m) + 2, y: height - 5, class: "tick xtick" }, svg).textContent = fmtDate(m);
+    });
   }
   for (const s of series) el("path", { d: pathOf(inDay(s.points), x, y), class: s.cls }, svg);
-  el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
+  if (now >= t0 && now <= t1) el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
+}
+
+// ---------------------------------------------------------------- day / week / month navigation
+
+function viewSpan() { return ui.view ? ui.view.span : "day"; }
+
+function chartRange() {
+  if (ui.view && ui.view.data) return [ui.view.data.start_ms, ui.view.data.end_ms];
+  return localDay(nowMs());
+}
+
+// Rows of the drawn range: today's live buckets, or the stored history of the chosen day/week/month.
+function chartRows() {
+  if (!ui.view) return { rows: ui.history, step: HISTORY_STEP_MS };
+  if (!ui.view.data) return { rows: [], step: HISTORY_STEP_MS };
+  const d = ui.view.data;
+  const cols = d.columns;
+  return { step: d.step_ms, rows: d.rows.map((row) => ({
+    ts: row[0],
+    sums: FLOWS.map((n) => row[cols.indexOf(n)] ?? 0),
+    counts: FLOWS.map((n) => (row[cols.indexOf(n)] === null || row[cols.indexOf(n)] === undefined ? 0 : 1)),
+  })) };
+}
+
+function shiftDay(iso, span, sign) {
+  const [y, m, d] = iso.split("-").map(Number);
+  const dt = new Date(Date.UTC(y, m - 1, d));
+  if (span === "month") dt.setUTCMonth(dt.getUTCMonth() + sign, 1);
+  else dt.setUTCDate(dt.getUTCDate() + sign * (span === "week" ? 7 : 1));
+  return dt.toISOString().slice(0, 10);
+}
+
+async function showView(day, span) {
+  const today = isoDay(nowMs());
+  if (span === "day" && day === today) {
+    ui.view = null;
+  } else {
+    ui.view = { day, span, data: null };
+    const resp = await fetch(`/api/history?day=${day}&span=${span}`);
+    const data = await resp.json();
+    if (ui.view && ui.view.day === day && ui.view.span === span) ui.view.data = data;
+  }
+  render();
+}
+
+function setupNavigation() {
+  const span = () => $("nav-span").value;
+  const current = () => (ui.view ? ui.view.day : isoDay(nowMs()));
+  $("nav-prev").addEventListener("click", () => showView(shiftDay(current(), span(), -1), span()));
+  $("nav-next").addEventListener("click", () => showView(shiftDay(current(), span(), 1), span()));
+  $("nav-today").addEventListener("click", () => showView(isoDay(nowMs()), span()));
+  $("nav-span").addEventListener("change", () => showView(current(), span()));
+}
+
+function renderNavLabel() {
+  const label = $("nav-label");
+  if (!ui.cfg || !label) return;
+  const [t0, t1] = chartRange();
+  label.dataset.day = ui.view ? ui.view.day : isoDay(nowMs());
+  label.textContent = viewSpan() === "day" ? `${ui.view ? "" : `${t("today")} · `}${fmtDate(t0)}`
+    : `${fmtDate(t0)} – ${fmtDate(t1 - 1)}`;
+  $("chart-title").textContent = ui.view ? t("history_title") : t("plan_vs_actual");
 }
 
 // The tariff's named periods of the drawn day (from /api/periods, computed by the server from the tariff).
@@ -485,11 +585,11 @@ function renderPeriodLegend(t0) {
 
 // One hover target per 15-minute step of the past: its title reads what was planned beside what happened.
 const STEP_MS = 900_000;
-function stepTargets(svg, t0, t1) {
-  const W = 900, pad = { l: 48, r: 8, t: 8, b: 20 }, height = 240;
+function stepTargets(svg, t0, t1, rows) {
+  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 }, height = 240;
   const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
   const steps = new Map();
-  for (const r of ui.history) {
+  for (const r of rows) {
     if (r.ts < t0 || r.ts >= t1) continue;
     const key = Math.floor(r.ts / STEP_MS) * STEP_MS;
     if (!steps.has(key)) steps.set(key, []);
@@ -512,9 +612,11 @@ function stepTargets(svg, t0, t1) {
 }
 
 function renderCharts() {
-  const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
-  renderPeriodLegend(localDay(now)[0]);
-  const actual = (name) => ui.history.map((r) => [r.ts + HISTORY_STEP_MS / 2, historyValue(r, name)]);
+  const [d0, d1] = chartRange();
+  if (viewSpan() === "day") renderPeriodLegend(d0); else $("period-legend").replaceChildren();
+  renderNavLabel();
+  const { rows, step } = chartRows();
+  const actual = (name) => rows.map((r) => [r.ts + step / 2, historyValue(r, name)]);
   drawChart($("chart-power"), 240, [
     { points: actual("plan_battery_kw"), cls: "battery-plan past" },
     { points: actual("plan_grid_kw"), cls: "grid-plan past" },
@@ -522,14 +624,13 @@ function renderCharts() {
     { points: planSteps("grid_kw"), cls: "grid-plan" },
     { points: actual("battery_kw"), cls: "battery-actual" },
     { points: actual("grid_kw"), cls: "grid-actual" },
-  ]);
-  const [d0, d1] = localDay(nowMs());
-  stepTargets($("chart-power"), d0, d1);
+  ], null, "kW");
+  if (viewSpan() === "day") stepTargets($("chart-power"), d0, d1, rows);
   drawChart($("chart-soc"), 140, [
     { points: actual("plan_soc_pct"), cls: "soc-plan past" },
     { points: planSoc().filter(([ts]) => ts >= nowMs()), cls: "soc-plan" },
     { points: actual("soc_pct"), cls: "soc-actual" },
-  ], [0, 100]);
+  ], [0, 100], "%");
 }
 
 // ---------------------------------------------------------------- live data
@@ -601,8 +702,10 @@ async function main() {
     setLanguage(e.target.value);
   });
   setupControl();
+  setupNavigation();
   connect();
-  const tick = () => { $("clock").textContent = fmtTime(Date.now()); };
+  // the site's time: the latest state's clock (a simulation runs faster than the wall), else the wall clock
+  const tick = () => { $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`; };
   tick();
   setInterval(tick, 1000);
 }
