@@ -183,6 +183,7 @@ function render() {
   const price = pick(s, ["tariff.price_per_kwh", "tariff.import_price", "price_per_kwh"]);
   $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${price === null ? "–" : money(price)}/kWh` : "–";
   $("updated").textContent = s && s.ts ? fmtTime(Date.parse(s.ts)) : "–";
+  $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`;
   renderMoney(s);
   renderDemand(s);
   const energies = $("energies");
@@ -526,8 +527,10 @@ function renderNavLabel() {
   if (!ui.cfg || !label) return;
   const [t0, t1] = chartRange();
   label.dataset.day = ui.view ? ui.view.day : isoDay(nowMs());
-  label.textContent = viewSpan() === "day" ? `${ui.view ? "" : `${t("today")} · `}${fmtDate(t0)}`
-    : `${fmtDate(t0)} – ${fmtDate(t1 - 1)}`;
+  const long = (ms) => new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, dateStyle: "medium" })
+    .format(new Date(ms));
+  label.textContent = viewSpan() === "day" ? `${ui.view ? "" : `${t("today")} · `}${long(t0)}`
+    : `${fmtDate(t0)} – ${long(t1 - 1)}`;
   $("chart-title").textContent = ui.view ? t("history_title") : t("plan_vs_actual");
 }
 
