@@ -224,3 +224,31 @@ async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: py
         assert status == 422 and "day, week, month" in body["error"]
     finally:
         await site.telemetry.aclose()
+
+
+async def test_axes_have_units_round_ticks_and_no_minus_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+        site.bus.publish("plan", sample_plan(now, steps=8))
+        state = sample_state(now, 1)
+        state["measurements"]["battery_kw"]["value"] = -0.02                    # rounds to zero: "0,0", not "-0,0"
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('battery-kw').textContent === '0,0 kW'")
+        power = await page.eval_on_selector_all("#chart-power text.ytick", "els => els.map(e => e.textContent)")
+        soc = await page.eval_on_selector_all("#chart-soc text.ytick", "els => els.map(e => e.textContent)")
+        assert soc == ["0 %", "50 %", "100 %"]                                 # 1-2-5 steps: 100/4 → 50
+        values = [int(v.removesuffix(" kW").replace(".", "")) for v in power]   # vi: "1.000 kW"
+        assert all(v.endswith(" kW") for v in power) and len(values) >= 3
+        step = values[1] - values[0]
+        assert step in (100, 200, 500) and all(v % step == 0 for v in values)   # round: 1, 2 or 5 × 10^k
+        assert not any(v.startswith("-0") for v in power)
+        assert (await page.text_content("#clock")).endswith("10:00:00")         # site time of the state
+        await context.close()
+    finally:
+        await site.telemetry.aclose()

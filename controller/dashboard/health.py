@@ -18,6 +18,8 @@ def device_health(state: Mapping[str, Any], alarm_codes: Iterable[str]) -> dict[
 
     A device the state reports not ok is unreachable; a device named by a device-health alarm takes the
     alarm's status (``point_*:<device>:<point>`` also lists the point); devices only named in alarms appear too.
+    A measurement whose quality is not ok and that no alarm names gets a row of its own, keyed by the
+    point's name (the state's measurements do not say which device they came from).
     """
     out: dict[str, dict[str, Any]] = {}
     devices: Mapping[str, Any] = state.get("devices") or {}
@@ -36,4 +38,10 @@ def device_health(state: Mapping[str, Any], alarm_codes: Iterable[str]) -> dict[
             entry["status"] = status
         if point and point not in entry["points"]:
             entry["points"].append(point)
+    named = {p for entry in out.values() for p in entry["points"]}
+    measurements: Mapping[str, Any] = state.get("measurements") or {}
+    for point, reading in measurements.items():
+        quality = reading.get("quality", "ok") if isinstance(reading, Mapping) else "ok"
+        if quality in SEVERITY and quality != "ok" and point not in named and point not in out:
+            out[str(point)] = {"status": quality, "points": [str(point)], "error": reading.get("detail")}
     return out

@@ -1,0 +1,22 @@
+"""Device health from a state message and the device-health alarm codes (worked out by hand)."""
+
+from controller.dashboard.health import device_health
+
+
+def test_device_health_from_devices_alarms_and_measurements() -> None:
+    state = {
+        "devices": {"grid-meter": {"ok": True, "error": None},
+                    "battery": {"ok": False, "error": "no answer within 2 s"}, "pv": {"ok": True, "error": None}},
+        "measurements": {"grid_kw": {"value": None, "quality": "stale"},          # named by an alarm below
+                         "frequency_hz": {"value": None, "quality": "implausible", "detail": "70 Hz"},
+                         "pv_kw": {"value": 10.0, "quality": "ok"}},
+    }
+    alarms = ["point_stale:grid-meter:grid_kw", "point_missing:grid-meter:energy_kwh", "planner_failed",
+              "point_implausible:inverter-2:pv_kw", "device_unreachable:battery", "point_stale:battery:soc_pct"]
+    health = device_health(state, alarms)
+    assert health["grid-meter"] == {"status": "missing", "points": ["grid_kw", "energy_kwh"], "error": None}
+    assert health["battery"] == {"status": "unreachable", "points": ["soc_pct"], "error": "no answer within 2 s"}
+    assert health["pv"]["status"] == "ok"
+    assert health["inverter-2"] == {"status": "implausible", "points": ["pv_kw"], "error": None}   # only in alarms
+    assert health["frequency_hz"] == {"status": "implausible", "points": ["frequency_hz"], "error": "70 Hz"}
+    assert "grid_kw" not in health and "planner_failed" not in health
