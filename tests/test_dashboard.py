@@ -224,6 +224,10 @@ async def test_ems_run_simulate_end_to_end(tmp_path: Path, browser: Any, mosquit
                 ".length > 20",
                 timeout=180_000)
             assert "₫" in await page.text_content("#saved-today")
+            # the real controller hands the dashboard its tariff (named periods) and its devices (health panel)
+            await page.wait_for_function("document.querySelectorAll('#chart-power rect.shade').length > 0",
+                                         timeout=60_000)
+            assert await page.locator("#health tr").count() >= 2
 
             command = {"mode": "standby", "ttl_s": 3600, "id": "e2e"}      # 3600 site s = 1 min at 60×
             await client.publish("ems/demo-factory/cmd/set_mode", json.dumps(command), qos=1)
