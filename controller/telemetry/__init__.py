@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,12 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.pump(bus.subscribe(KINDS), mqtt_offer, "mqtt")
     dash = settings.dashboard
     if dash.enabled:
-        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff,
-                           store=HistoryStore(ctx.state_dir / FILE_NAME, HISTORY_POINTS))
+        try:
+            store: HistoryStore | None = HistoryStore(ctx.state_dir / FILE_NAME, HISTORY_POINTS)
+        except (OSError, sqlite3.Error) as exc:   # earlier days are lost to the charts; nothing else is
+            log.error("dashboard history unavailable (%s): only today is shown", exc)
+            store = None
+        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff, store=store)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
