@@ -175,6 +175,8 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
         said = await page.text_content("#saved-explain")
         assert "charged 527 kWh" in said and "bought energy for the coming peak" in said
+        # −50,000 so far + the plan's battery steps ahead: 0.25 h × 1,833 ₫/kWh × (0 + 10 + … + 70) kW
+        assert "Expected saving by the end of today (plan): ₫78,310." in said
         assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
         assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
         await context.close()

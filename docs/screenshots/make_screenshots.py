@@ -83,7 +83,13 @@ def plan(t0: datetime) -> dict[str, Any]:
             "duration_h": [0.25] * len(starts), "soc0_kwh": 88.0 * 20, "capacity_kwh": 2000.0,
             "battery_kw": bats, "grid_kw": [750.0 - pv_kw(s) - b for s, b in zip(starts, bats, strict=True)],
             "import_kw": [max(0.0, 750.0 - pv_kw(s) - b) for s, b in zip(starts, bats, strict=True)],
-            "soc_kwh": socs}
+            "soc_kwh": socs, "import_price": [tariff_price(s) for s in starts]}
+
+
+def tariff_price(t: datetime) -> float:
+    """Decision 963 import price with 8 % VAT of a step on a Monday. [VND/kWh]"""
+    h = (t - DAY).total_seconds() / 3600
+    return 1.08 * (1190.0 if h < 6 else 3398.0 if 17.5 <= h < 22.5 else 1833.0)
 
 
 async def dashboard_screenshot(browser: Any, out: Path) -> None:

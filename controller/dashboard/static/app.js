@@ -216,6 +216,8 @@ function renderMoney(s) {
     parts.push(fill(t("explain.battery"), { charge: num(charge, 0), discharge: num(discharge, 0) }));
   }
   if (cost !== null && base !== null) parts.push(fill(t("explain.cost"), { cost: money(cost), base: money(base) }));
+  const expected = expectedSaving(saved);
+  if (expected !== null) parts.push(fill(t("explain.expected"), { expected: money(expected) }));
   if (saved !== null && saved < -0.5) {
     parts.push(t(charge !== null && discharge !== null && charge > discharge ? "explain.negative_charging"
       : "explain.negative_losses"));
@@ -224,6 +226,20 @@ function renderMoney(s) {
   const load = v("load_kwh"), imp = v("import_kwh"), pv = v("pv_kwh"), exp = v("export_kwh");
   $("self-sufficiency").textContent = load > 0 && imp !== null ? pct(100 * Math.max(0, load - imp) / load) : "–";
   $("self-consumption").textContent = pv > 0 && exp !== null ? pct(100 * Math.max(0, pv - exp) / pv) : "–";
+}
+
+// Saving expected by the end of the site day: the saving so far plus what the plan's remaining battery
+// steps are worth at their import price (discharge avoids buying, charging buys) [currency].
+function expectedSaving(saved) {
+  const p = ui.plan;
+  if (saved === null || !p || !p.starts || !p.battery_kw || !p.import_price) return null;
+  const now = nowMs(), dayEnd = localDay(now)[1];
+  let value = saved;
+  p.starts.forEach((st, i) => {
+    const a = Math.max(Date.parse(st), now), b = Math.min(Date.parse(st) + p.duration_h[i] * 3_600_000, dayEnd);
+    if (b > a) value += (p.battery_kw[i] * (b - a) / 3_600_000) * p.import_price[i];
+  });
+  return value;
 }
 
 // Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
