@@ -20,3 +20,16 @@ def test_device_health_from_devices_alarms_and_measurements() -> None:
     assert health["inverter-2"] == {"status": "implausible", "points": ["pv_kw"], "error": None}   # only in alarms
     assert health["frequency_hz"] == {"status": "implausible", "points": ["frequency_hz"], "error": "70 Hz"}
     assert "grid_kw" not in health and "planner_failed" not in health
+
+
+def test_every_language_has_every_alarm_sentence_and_hint() -> None:
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "controller" / "dashboard" / "static" / "i18n"
+    dicts = {lang: json.loads((folder / f"{lang}.json").read_text()) for lang in ("en", "vi", "ja")}
+    assert set(dicts["vi"]) == set(dicts["en"]) == set(dicts["ja"])
+    for prefix in ("device_unreachable", "point_missing", "point_stale", "point_implausible", "data_missing",
+                   "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "unknown"):
+        for d in dicts.values():
+            assert d[f"alarm.{prefix}"] and d[f"hint.{prefix}"], prefix
