@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from optimizer.tariff import Tariff
@@ -56,6 +57,16 @@ async def test_named_periods_shaded_over_the_whole_day(tmp_path: Path, monkeypat
             assert await shaded_period_at(page, site_ms(hh, mm)) == [period], (hh, mm)
         legend = await page.eval_on_selector_all("#period-legend .key", "els => els.map(e => e.textContent)")
         assert legend == ["giờ thấp điểm", "giờ bình thường", "giờ cao điểm"]   # the tariff's names, translated
+        await page.select_option("#nav-span", "week")                 # every day of the week, by its own day type
+        await page.wait_for_function("document.getElementById('nav-label').textContent.includes('–')")
+        await page.click("#nav-prev")                                  # the week of 27 April – 3 May
+        tuesday = f"#chart-power rect.shade[data-start='{site_ms(0, 0, (2026, 4, 28))}']"
+        await page.wait_for_function(f'document.querySelector("{tuesday}")')
+        assert await shaded_period_at(page, site_ms(18, 0, (2026, 4, 28))) == ["peak"]
+        assert await shaded_period_at(page, site_ms(18, 0, (2026, 5, 3))) == ["normal"]    # Sunday: no peak
+        holiday = site_ms(18, 0, (2026, 4, 30))                       # a public holiday: the tariff's own rule
+        rule = tariff.prices(pd.DatetimeIndex([pd.Timestamp(holiday, unit="ms", tz="UTC")])).period[0]
+        assert await shaded_period_at(page, holiday) == [str(rule)]
         await context.close()
     finally:
         await site.telemetry.aclose()

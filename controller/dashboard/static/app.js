@@ -463,7 +463,7 @@ function drawChart(svg, height, series, yFixed, unit) {
     ticks = niceTicks(lo, hi, Math.round((hi - lo) / nice.step)).ticks;
   }
   const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
-  if (viewSpan() === "day") shadeTariff(svg, x, t0, t1, pad, height);
+  shadeTariff(svg, x, t0, t1, pad, height);
   for (const v of ticks) {
     el("line", { x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v), class: v === 0 ? "axis zero" : "axis" }, svg);
     el("text", { x: 2, y: y(v) + 4, class: "tick ytick" }, svg).textContent = `${num(v, 0)} ${unit}`;
@@ -576,7 +576,10 @@ function periodClass(name, names) {
 }
 
 function shadeTariff(svg, x, t0, t1, pad, height) {
-  const p = periodsFor(t0);
+  for (const day of midnights(t0, t1 - 1)) shadeDay(svg, x, periodsFor(day), t0, t1, pad, height);
+}
+
+function shadeDay(svg, x, p, t0, t1, pad, height) {
   if (!p) return;
   for (const [a, b, name] of p.intervals) {
     if (b <= t0 || a >= t1) continue;
@@ -632,7 +635,7 @@ function stepTargets(svg, t0, t1, rows) {
 
 function renderCharts() {
   const [d0, d1] = chartRange();
-  if (viewSpan() === "day") renderPeriodLegend(d0); else $("period-legend").replaceChildren();
+  renderPeriodLegend(d0);
   renderNavLabel();
   const { rows, step } = chartRows();
   const actual = (name) => rows.map((r) => [r.ts + step / 2, historyValue(r, name)]);
