@@ -442,7 +442,8 @@ class Controller:
             "tariff": self._prices(now),
             "today": self.energy.to_dict(),
             "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
-                       "interval_avg_kw": self.demand.current_average_kw()},
+                       "interval_avg_kw": self.demand.current_average_kw(),
+                       "import_cap_kw": self.config.grid.import_cap_kw},
             "alarms": sorted(self.alarms),
             "validation": self.validation.to_dict(),
             "solver": solver,
@@ -535,7 +536,7 @@ class Controller:
         if self.telemetry is None:
             ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
                                    apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
-                                   on_alarm=self._telemetry_alarm)
+                                   on_alarm=self._telemetry_alarm, tariff=self.tariff)
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 

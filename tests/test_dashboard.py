@@ -73,7 +73,7 @@ def _body(raw: bytes) -> Any:
 
 
 async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, language: str = "auto",
-                     **dashboard: Any) -> Site:
+                     tariff: Any = None, **dashboard: Any) -> Site:
     if token:
         monkeypatch.setenv("EMS_DASHBOARD_TOKEN", token)
     else:
@@ -83,7 +83,7 @@ async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
     bus = Bus()
     settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), language=language, **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=commands.apply, state_dir=tmp_path,
-                           currency="VND")
+                           currency="VND", tariff=tariff)
     return Site(bus, await start_telemetry(settings, bus, ctx), commands)
 
 
@@ -107,7 +107,7 @@ async def test_api_and_bearer_token(site: Site) -> None:
     await asyncio.sleep(0.05)
     status, snap = await call(site, "/api/snapshot")
     assert snap["state"]["ts"] == T0.isoformat() and snap["plan"]["starts"][0] == T0.isoformat()
-    assert snap["history"]["rows"][0][1:] == [401.0, 807.0, 307.0, 99.0, 50.1]
+    assert snap["history"]["rows"][0][1:] == [401.0, 807.0, 307.0, 99.0, 50.1, 100.0, 300.0, 55.0]
     body = {"mode": "standby", "ttl_s": 600}
     assert (await call(site, "/api/cmd/set_mode", body))[0] == 401
     status, result = await call(site, "/api/cmd/set_mode", body, token="wrong")
@@ -151,10 +151,10 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
     saved = await page.text_content("#saved-today")
     assert "1,250,700" in saved and "₫" in saved
     assert "08:01:01" in await page.text_content("#updated")           # site time zone, not the browser's
-    plan_path = await page.get_attribute("#chart-power path.battery-plan", "d")
+    plan_path = await page.get_attribute("#chart-power path.battery-plan:not(.past)", "d")
     actual_path = await page.get_attribute("#chart-power path.battery-actual", "d")
     assert plan_path.count("L") > 50 and actual_path.startswith("M")
-    assert await page.locator("#chart-power rect").count() == 0          # flat price: nothing shaded
+    assert await page.locator("#chart-power rect.shade").count() == 0    # no tariff: nothing shaded
 
     await page.select_option("#lang", "vi")
     await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === 'Dòng công suất'")
@@ -164,7 +164,7 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
                                "reason": "data_missing", "alarms": ["data_missing"]})
     await page.wait_for_function("document.getElementById('mode').textContent === 'trạng thái an toàn'")
     assert await page.text_content("#reason") == "thiếu số liệu đo"
-    assert await page.text_content("#alarms li") == "data_missing"
+    assert (await page.text_content("#alarms li .alarm-text")).startswith("Thiếu số liệu đo: bộ điều khiển")
     await page.select_option("#lang", "ja")
     await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === '電力の流れ'")
     assert errors == []
@@ -220,9 +220,14 @@ async def test_ems_run_simulate_end_to_end(tmp_path: Path, browser: Any, mosquit
                 assert (await page.text_content(selector)).endswith(" kW"), selector
             assert (await page.text_content("#soc-pct")).endswith(" %")
             await page.wait_for_function(
-                "(document.querySelector('#chart-power path.battery-plan')?.getAttribute('d') || '').length > 20",
+                "(document.querySelector('#chart-power path.battery-plan:not(.past)')?.getAttribute('d') || '')"
+                ".length > 20",
                 timeout=180_000)
             assert "₫" in await page.text_content("#saved-today")
+            # the real controller hands the dashboard its tariff (named periods) and its devices (health panel)
+            await page.wait_for_function("document.querySelectorAll('#chart-power rect.shade').length > 0",
+                                         timeout=60_000)
+            assert await page.locator("#health tr").count() >= 2
 
             command = {"mode": "standby", "ttl_s": 3600, "id": "e2e"}      # 3600 site s = 1 min at 60×
             await client.publish("ems/demo-factory/cmd/set_mode", json.dumps(command), qos=1)

@@ -5,6 +5,10 @@ its data from:
 
 * ``GET /api/config``: site name, time zone, language and locale, currency, whether control is on;
 * ``GET /api/snapshot``: latest state and plan, today's measured history, recent alarm transitions;
+* ``GET /api/periods?day=YYYY-MM-DD``: the tariff's named periods over a site-local day (default: the day
+  of the latest state), for shading the charts (:mod:`controller.dashboard.periods`);
+* ``GET /api/history?day=YYYY-MM-DD&span=day|week|month``: stored history of earlier days
+  (:mod:`controller.dashboard.history`, a bounded SQLite file in the state directory);
 * ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
 * ``GET /metrics``: Prometheus metrics (``controller.telemetry.metrics``; docs/integration.md);
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
@@ -29,9 +33,10 @@ import contextlib
 import hmac
 import json
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Mapping
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,15 +50,22 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from controller.dashboard.health import device_health
+from controller.dashboard.history import HistoryStore
+from controller.dashboard.periods import day_periods
 from controller.telemetry.config import DashboardSettings
 from controller.telemetry.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
+from optimizer.tariff import SiteTariff
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FLOW_POINTS = ("pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct")
 """Power-flow values kept in the history, in this order after the timestamp."""
+PLAN_POINTS = ("plan_battery_kw", "plan_grid_kw", "plan_soc_pct")
+"""The plan step in force when each history sample was taken (the state's ``plan``), after the flows."""
+HISTORY_POINTS = FLOW_POINTS + PLAN_POINTS
 KEEPALIVE_S = 15.0
 STREAM_GRACE_S = 1.0
 """How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
@@ -73,7 +85,8 @@ def allowed_hosts(settings: DashboardSettings) -> list[str]:
 
 
 def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
-    """PV, load, grid, battery power [kW] and SOC [%] of a state message (``None`` when missing)."""
+    """PV, load, grid, battery power [kW] and SOC [%] of a state message (``None`` when missing), and the
+    plan step in force: planned battery and grid power [kW] and SOC [%] (``None`` without a plan)."""
     measurements: Mapping[str, Any] = state.get("measurements") or {}
     out: dict[str, float | None] = {}
     for name in FLOW_POINTS:
@@ -81,8 +94,15 @@ def power_flows(state: Mapping[str, Any]) -> dict[str, float | None]:
         if value is None and isinstance(measurements.get(name), Mapping):
             reading = measurements[name]
             value = reading.get("value") if reading.get("quality", "ok") == "ok" else None
-        out[name] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        out[name] = _number(value)
+    plan: Mapping[str, Any] = state.get("plan") or {}
+    for name in PLAN_POINTS:
+        out[name] = _number(plan.get(name.removeprefix("plan_")))
     return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class DashboardHub:
@@ -94,17 +114,27 @@ class DashboardHub:
         Site IANA time zone (the history restarts at local midnight).
     history_step_s : float
         Averaging interval of the history. [s of site time]
+    tariff : SiteTariff, optional
+        The site's tariff, for the named periods shaded on the charts (none shaded without it).
+    store : HistoryStore, optional
+        Where finished buckets are kept for earlier days (``/api/history``); without it, only today.
     """
 
     def __init__(self, timezone: str, history_step_s: float = 60.0, max_clients: int = 32,
-                 client_queue: int = 100):
+                 client_queue: int = 100, tariff: SiteTariff | None = None, store: HistoryStore | None = None):
         self.tz = ZoneInfo(timezone)
+        self.tariff = tariff
+        self.store = store
         self.history_step_s = history_step_s
         self.max_clients = max_clients
         self.client_queue = client_queue
         self.state: dict[str, Any] | None = None
         self.plan: dict[str, Any] | None = None
         self.alarms: deque[dict[str, Any]] = deque(maxlen=50)
+        self.active_alarms: dict[str, dict[str, Any]] = {}
+        """Active alarm code → its raising message (``ts`` = since when, ``message``)."""
+        self.health: dict[str, dict[str, Any]] = {}
+        """Device → status, points, error and ``since`` (ISO time the status began)."""
         self.history: list[list[float | None]] = []
         self._bucket: tuple[int, list[float], list[int]] | None = None
         self._day: Any = None
@@ -118,10 +148,17 @@ class DashboardHub:
             self.state = data
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 self._record(data)
+            with contextlib.suppress(AttributeError, TypeError):
+                self._update_health(data)
         elif kind == "plan":
             self.plan = data
         elif kind == "alarm":
             self.alarms.append(data)
+            code = str(data.get("code"))
+            if data.get("active", True):
+                self.active_alarms.setdefault(code, {"ts": data.get("ts"), "message": data.get("message")})
+            else:
+                self.active_alarms.pop(code, None)
         else:
             return
         event = _sse(kind, data)  # serialised once for every client
@@ -134,21 +171,60 @@ class DashboardHub:
         when = datetime.fromisoformat(state["ts"])
         day = when.astimezone(self.tz).date()
         if day != self._day:
+            self._close_bucket()           # the last bucket of the previous day reaches the store too
             self._day, self.history, self._bucket = day, [], None
         key = int(when.timestamp() // self.history_step_s)
         flows = power_flows(state)
         if self._bucket is None or self._bucket[0] != key:
             self._close_bucket()
-            self._bucket = (key, [0.0] * len(FLOW_POINTS), [0] * len(FLOW_POINTS))
+            self._bucket = (key, [0.0] * len(HISTORY_POINTS), [0] * len(HISTORY_POINTS))
         _, sums, counts = self._bucket
-        for i, name in enumerate(FLOW_POINTS):
+        for i, name in enumerate(HISTORY_POINTS):
             if flows[name] is not None:
                 sums[i] += flows[name]
                 counts[i] += 1
 
+    def _update_health(self, state: dict[str, Any]) -> None:
+        """Device health of this state; a device keeps its ``since`` while its status is unchanged."""
+        codes = state.get("alarms") or []
+        for code in list(self.active_alarms):          # the state's list is the truth for what is active
+            if code not in codes:
+                del self.active_alarms[code]
+        for code in codes:
+            self.active_alarms.setdefault(str(code), {"ts": state.get("ts"), "message": None})
+        health = device_health(state, codes)
+        for name, entry in health.items():
+            before = self.health.get(name)
+            entry["since"] = before["since"] if before and before["status"] == entry["status"] else state.get("ts")
+        self.health = health
+        state["health"] = health
+        state["active_alarms"] = self.active_alarms
+
     def _close_bucket(self) -> None:
         if self._bucket is not None:
-            self.history.append(self._bucket_row(self._bucket))
+            row = self._bucket_row(self._bucket)
+            self.history.append(row)
+            if self.store is not None:
+                try:
+                    self.store.add(row)
+                except sqlite3.Error as exc:   # a full or broken disk costs the charts, never the controller
+                    log.warning("dashboard history not stored: %s", exc)
+
+    def stored(self, day: date, span: str) -> dict[str, Any]:
+        """History of the ``span`` (``day``, ``week`` = 7 days, ``month`` = calendar month) that contains the
+        site-local ``day``, from the store plus the bucket still open; averaged to 1 min, 15 min, 1 h."""
+        if span == "month":
+            first = day.replace(day=1)
+            last = (first + timedelta(days=32)).replace(day=1)
+        else:
+            first = day - timedelta(days=day.weekday()) if span == "week" else day
+            last = first + timedelta(days=7 if span == "week" else 1)
+        start = int(datetime.combine(first, time(0), self.tz).timestamp() * 1000)
+        end = int(datetime.combine(last, time(0), self.tz).timestamp() * 1000)
+        step = {"day": round(self.history_step_s * 1000), "week": 900_000, "month": 3_600_000}[span]
+        rows = self.store.rows(start, end, step) if self.store is not None else []
+        return {"span": span, "first": first.isoformat(), "start_ms": start, "end_ms": end, "step_ms": step,
+                "columns": ["ts_ms", *HISTORY_POINTS], "rows": rows}
 
     def _bucket_row(self, bucket: tuple[int, list[float], list[int]]) -> list[float | None]:
         key, sums, counts = bucket
@@ -159,7 +235,17 @@ class DashboardHub:
         """Everything a page needs when it (re)connects."""
         history = self.history + ([self._bucket_row(self._bucket)] if self._bucket else [])
         return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
-                "history": {"columns": ["ts_ms", *FLOW_POINTS], "rows": history}}
+                "history": {"columns": ["ts_ms", *HISTORY_POINTS], "rows": history}}
+
+    def periods(self, day: date | None = None) -> dict[str, Any] | None:
+        """The tariff's named periods over the site-local ``day`` (default: the latest state's day, else
+        today by the wall clock); ``None`` without a tariff."""
+        if self.tariff is None:
+            return None
+        if day is None:
+            when = datetime.fromisoformat(self.state["ts"]) if self.state and "ts" in self.state else None
+            day = (when or datetime.now(self.tz)).astimezone(self.tz).date()
+        return day_periods(self.tariff, day)
 
     def subscribe(self) -> asyncio.Queue[str | None]:
         """A queue of ready-to-send SSE events for one client (``None`` = end of stream)."""
@@ -219,6 +305,24 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
     async def get_snapshot(request: Request) -> Response:
         return JSONResponse(hub.snapshot())
 
+    async def get_periods(request: Request) -> Response:
+        raw = request.query_params.get("day")
+        try:
+            day = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
+        return JSONResponse(hub.periods(day))
+
+    async def get_history(request: Request) -> Response:
+        raw, span = request.query_params.get("day", ""), request.query_params.get("span", "day")
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
+        if span not in ("day", "week", "month"):
+            return JSONResponse({"error": f"span: {span[:16]!r} is not one of day, week, month"}, status_code=422)
+        return JSONResponse(hub.stored(day, span))
+
     async def events(request: Request) -> Response:
         try:
             queue = hub.subscribe()
@@ -275,6 +379,8 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/", index),
         Route("/api/config", get_config),
         Route("/api/snapshot", get_snapshot),
+        Route("/api/periods", get_periods),
+        Route("/api/history", get_history),
         Route("/api/events", events),
         Route("/metrics", get_metrics),
         Route("/api/cmd/{name}", command, methods=["POST"]),

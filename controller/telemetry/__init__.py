@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
     from ems.clock import Clock
+    from optimizer.tariff import SiteTariff
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class TelemetryContext:
     on_alarm : AlarmCallback, optional
         ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
         outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
+    tariff : SiteTariff, optional
+        The site's tariff (the dashboard shades its named periods).
     """
 
     site: str
@@ -60,6 +64,7 @@ class TelemetryContext:
     state_dir: Path
     currency: str | None = None
     on_alarm: AlarmCallback | None = None
+    tariff: SiteTariff | None = None
 
 
 class Telemetry:
@@ -111,7 +116,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     serves the Prometheus metrics (``/metrics``).
     """
     from controller.bus import KINDS, STATE
-    from controller.dashboard.app import DashboardHub, DashboardServer, create_app
+    from controller.dashboard.app import HISTORY_POINTS, DashboardHub, DashboardServer, create_app
+    from controller.dashboard.history import FILE_NAME, HistoryStore
     from controller.telemetry.config import secret_from_env
     from controller.telemetry.influx import InfluxSink, InfluxWriter
     from controller.telemetry.metrics import ControllerMetrics
@@ -138,7 +144,12 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.pump(bus.subscribe(KINDS), mqtt_offer, "mqtt")
     dash = settings.dashboard
     if dash.enabled:
-        hub = DashboardHub(ctx.timezone)
+        try:
+            store: HistoryStore | None = HistoryStore(ctx.state_dir / FILE_NAME, HISTORY_POINTS)
+        except (OSError, sqlite3.Error) as exc:   # earlier days are lost to the charts; nothing else is
+            log.error("dashboard history unavailable (%s): only today is shown", exc)
+            store = None
+        hub = DashboardHub(ctx.timezone, tariff=ctx.tariff, store=store)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         sink = telemetry.influx

@@ -40,6 +40,7 @@ async function setLanguage(pref) {
 
 function num(value, digits = 1) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (Number(value.toFixed(digits)) === 0) value = 0;          // never "-0,0"
   return new Intl.NumberFormat(ui.locale, { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(value);
 }
 
@@ -96,14 +97,19 @@ function pick(obj, paths) {
 }
 
 // Power flows of a state: top-level value, else the measurement when its quality is ok.
+// Planned values ("plan_battery_kw") are the plan step in force at that state (state.plan).
 function flow(state, name) {
   if (!state) return null;
+  if (name.startsWith("plan_")) {
+    const v = (state.plan || {})[name.slice(5)];
+    return typeof v === "number" ? v : null;
+  }
   if (typeof state[name] === "number") return state[name];
   const m = (state.measurements || {})[name];
   return m && (m.quality || "ok") === "ok" && typeof m.value === "number" ? m.value : null;
 }
 
-const FLOWS = ["pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct"];
+const FLOWS = ["pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct", "plan_battery_kw", "plan_grid_kw", "plan_soc_pct"];
 
 function recordHistory(state) {
   const ts = Date.parse(state.ts);
@@ -177,7 +183,9 @@ function render() {
   const price = pick(s, ["tariff.price_per_kwh", "tariff.import_price", "price_per_kwh"]);
   $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${price === null ? "–" : money(price)}/kWh` : "–";
   $("updated").textContent = s && s.ts ? fmtTime(Date.parse(s.ts)) : "–";
-  $("saved-today").textContent = money(pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]));
+  $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`;
+  renderMoney(s);
+  renderDemand(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -193,14 +201,128 @@ function render() {
   renderCharts();
 }
 
-function alarmText(a) {
-  if (typeof a === "string") return a;
-  return [a.code || a.name, a.message].filter(Boolean).join(": ");
+function pct(value) { return value === null || value === undefined || !Number.isFinite(value) ? "–" : `${num(value, 0)} %`; }
+
+// "Saved today" with its explanation: a negative figure is red and says why (charged for a coming peak).
+function renderMoney(s) {
+  const saved = pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]);
+  const box = $("saved-today");
+  box.textContent = money(saved);
+  box.className = `big money${saved !== null && saved < -0.5 ? " negative" : saved !== null && saved <= 0.5 ? " zero" : ""}`;
+  const v = (k) => pick(s, [`today.${k}`]);
+  const charge = v("charge_kwh"), discharge = v("discharge_kwh"), cost = v("cost"), base = v("cost_no_battery");
+  const parts = [];
+  if (charge !== null && discharge !== null) {
+    parts.push(fill(t("explain.battery"), { charge: num(charge, 0), discharge: num(discharge, 0) }));
+  }
+  if (cost !== null && base !== null) parts.push(fill(t("explain.cost"), { cost: money(cost), base: money(base) }));
+  const expected = expectedSaving(saved);
+  if (expected !== null) parts.push(fill(t("explain.expected"), { expected: money(expected) }));
+  if (saved !== null && saved < -0.5) {
+    parts.push(t(charge !== null && discharge !== null && charge > discharge ? "explain.negative_charging"
+      : "explain.negative_losses"));
+  }
+  $("saved-explain").textContent = parts.join(" ");
+  const load = v("load_kwh"), imp = v("import_kwh"), pv = v("pv_kwh"), exp = v("export_kwh");
+  $("self-sufficiency").textContent = load > 0 && imp !== null ? pct(100 * Math.max(0, load - imp) / load) : "–";
+  $("self-consumption").textContent = pv > 0 && exp !== null ? pct(100 * Math.max(0, pv - exp) / pv) : "–";
+}
+
+// Saving expected by the end of the site day: the saving so far plus what the plan's remaining battery
+// steps are worth at their import price (discharge avoids buying, charging buys) [currency].
+function expectedSaving(saved) {
+  const p = ui.plan;
+  if (saved === null || !p || !p.starts || !p.battery_kw || !p.import_price) return null;
+  const now = nowMs(), dayEnd = localDay(now)[1];
+  let value = saved;
+  p.starts.forEach((st, i) => {
+    const a = Math.max(Date.parse(st), now), b = Math.min(Date.parse(st) + p.duration_h[i] * 3_600_000, dayEnd);
+    if (b > a) value += (p.battery_kw[i] * (b - a) / 3_600_000) * p.import_price[i];
+  });
+  return value;
+}
+
+// Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
+function renderDemand(s) {
+  const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
+  const p = ui.plan;
+  const month = pick(s, ["demand.month"]);
+  let planned = null;
+  if (p && p.starts && p.import_kw) {
+    p.starts.forEach((st, i) => {
+      const ts = Date.parse(st);
+      if (ts + p.duration_h[i] * 3_600_000 > nowMs() && (!month || isoDay(ts).startsWith(month))) {
+        planned = Math.max(planned ?? 0, p.import_kw[i]);
+      }
+    });
+    if (planned !== null && peak !== null) planned = Math.max(planned, peak);
+  }
+  $("mtd-peak").textContent = kw(peak);
+  $("mtd-cap").textContent = kw(cap);
+  $("mtd-planned").textContent = kw(planned);
+  $("mtd-now").textContent = kw(pick(s, ["demand.interval_avg_kw"]));
+  const scale = Math.max(cap || 0, planned || 0, peak || 0) || 1;
+  $("mtd-bar").style.width = `${Math.min(100, (100 * (peak || 0)) / scale)}%`;
+  const mark = $("mtd-planned-mark");
+  mark.style.display = planned === null ? "none" : "block";
+  mark.style.left = `${Math.min(99, (100 * (planned || 0)) / scale)}%`;
+  const notes = [];
+  if (peak !== null && cap) notes.push(fill(t("explain.of_cap"), { pct: num((100 * peak) / cap, 0) }));
+  if (peak !== null && planned !== null && planned > peak + 0.5) notes.push(t("explain.plan_raises_peak"));
+  $("mtd-explain").textContent = notes.join(" ");
+}
+
+// An alarm as a sentence in the page's language with an action hint; the code and the controller's own
+// (English) message only in a collapsible detail. Codes with a device/point ("point_stale:meter:grid_kw")
+// are translated by their prefix.
+function alarmParts(code) {
+  const [prefix, device = "", point = ""] = String(code).split(":");
+  return { prefix, device, point };
+}
+
+function fill(text, vars) {
+  return text.replace(/\{(\w+)\}/g, (m, k) => (vars[k] !== undefined && vars[k] !== "" ? vars[k] : m));
+}
+
+function alarmSentence(code) {
+  const parts = alarmParts(code);
+  const key = dict[ui.lang]?.[`alarm.${parts.prefix}`] !== undefined || dict.en?.[`alarm.${parts.prefix}`] !== undefined
+    ? parts.prefix : "unknown";
+  return { text: fill(t(`alarm.${key}`), parts), hint: fill(t(`hint.${key}`), parts) };
+}
+
+function alarmItem(code, message, since) {
+  const li = document.createElement("li");
+  li.dataset.code = code;
+  const { text, hint } = alarmSentence(code);
+  const head = document.createElement("div");
+  head.className = "alarm-text";
+  head.textContent = since ? `${text} (${t("since")} ${fmtTime(Date.parse(since), false)})` : text;
+  const advice = document.createElement("div");
+  advice.className = "alarm-hint";
+  advice.textContent = hint;
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = t("details");
+  const raw = document.createElement("code");
+  raw.textContent = message ? `${code}: ${message}` : code;
+  details.append(summary, raw);
+  li.append(head, advice, details);
+  return li;
+}
+
+function activeAlarms() {
+  const s = ui.state || {};
+  const info = s.active_alarms || {};
+  return (s.alarms || []).map((a) => (typeof a === "string" ? a : a.code || a.name)).map((code) => {
+    const logged = ui.alarmLog.filter((x) => x.code === code && x.active !== false).pop();
+    return { code, message: info[code]?.message || logged?.message || "", since: info[code]?.ts || logged?.ts };
+  });
 }
 
 function renderAlarms() {
   const list = $("alarms");
-  const active = (ui.state && ui.state.alarms) || [];
+  const active = activeAlarms();
   list.replaceChildren();
   if (!active.length) {
     const li = document.createElement("li");
@@ -208,19 +330,50 @@ function renderAlarms() {
     li.className = "none";
     list.append(li);
   }
-  for (const a of active) {
-    const li = document.createElement("li");
-    li.textContent = alarmText(a);
-    list.append(li);
-  }
+  for (const a of active) list.append(alarmItem(a.code, a.message, a.since));
   const log = $("alarm-log");
   log.replaceChildren();
   for (const a of ui.alarmLog.slice().reverse()) {
     const li = document.createElement("li");
     const when = a.ts ? fmtTime(Date.parse(a.ts)) : "";
-    li.textContent = `${when} ${alarmText(a)} (${t(a.active === false ? "cleared" : "raised")})`;
+    li.textContent = `${when} ${alarmSentence(a.code || "").text} (${t(a.active === false ? "cleared" : "raised")})`;
+    li.title = a.code || "";
     log.append(li);
   }
+  renderHealth();
+  renderBadge(active);
+}
+
+function renderHealth() {
+  const body = $("health");
+  const health = (ui.state && ui.state.health) || {};
+  body.replaceChildren();
+  for (const [device, h] of Object.entries(health)) {
+    const tr = document.createElement("tr");
+    tr.dataset.device = device;
+    tr.dataset.status = h.status;
+    tr.className = `health-${h.status}`;
+    const cells = [device, t(`health.${h.status}`, h.status), (h.points || []).join(", "),
+      h.since ? fmtTime(Date.parse(h.since), false) : "–"];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+}
+
+// Header badge: red when the page has lost the stream, the controller is in its safe state or a device is
+// unreachable/missing; amber with any other active alarm; green "live" only with none.
+function renderBadge(active) {
+  const conn = $("conn");
+  if (conn.dataset.i18n === "offline" || conn.dataset.i18n === "connecting") return;
+  const severe = active.some((a) => ["device_unreachable", "point_missing", "data_missing", "planner_failed"]
+    .includes(alarmParts(a.code).prefix)) || (ui.state && ui.state.mode === "safe");
+  const level = severe ? "alarm" : active.length ? "warn" : "";
+  conn.className = `conn ${level}`.trim();
+  conn.textContent = level ? `${t("live")} · ${active.length} ${t("active_alarms")}` : t("live");
 }
 
 // ---------------------------------------------------------------- charts (inline SVG)
@@ -246,17 +399,21 @@ function pathOf(points, x, y) {
 }
 
 // Plan steps as a step function: [[t, v], [t_end, v], ...] for one per-step series.
+// Only the steps not yet over: what was planned for past steps comes from the history (plan_* columns).
 function planSteps(series) {
   const p = ui.plan;
   if (!p || !p.starts || !p[series]) return [];
+  const now = nowMs();
   const out = [];
   p.starts.forEach((s, i) => {
     const t0 = Date.parse(s);
     const t1 = t0 + p.duration_h[i] * 3_600_000;
-    out.push([t0, p[series][i]], [t1, p[series][i]]);
+    if (t1 > now) out.push([Math.max(t0, now), p[series][i]], [t1, p[series][i]]);
   });
   return out;
 }
+
+function nowMs() { return ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now(); }
 
 function planSoc() {
   const p = ui.plan;
@@ -267,63 +424,235 @@ function planSoc() {
   return out;
 }
 
-function drawChart(svg, height, series, yFixed) {
+// Round tick values: steps of 1, 2 or 5 × 10^k, about `n` of them over [lo, hi].
+function niceTicks(lo, hi, n = 4) {
+  const raw = (hi - lo) / n;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  return { step, ticks: out };
+}
+
+function fmtDate(ms) {
+  return new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, day: "2-digit", month: "2-digit" }).format(new Date(ms));
+}
+
+// Site-local midnights in [t0, t1] (DST-safe: each is the start of the next local day).
+function midnights(t0, t1) {
+  const out = [];
+  for (let m = t0; m <= t1 && out.length < 40; m = localDay(m + 3_600_000)[1]) out.push(m);
+  return out;
+}
+
+function drawChart(svg, height, series, yFixed, unit) {
   svg.replaceChildren();
-  const now = ui.state && ui.state.ts ? Date.parse(ui.state.ts) : Date.now();
-  const [t0, t1] = localDay(now);
-  const W = 900, pad = { l: 48, r: 8, t: 8, b: 20 };
+  const now = nowMs();
+  const [t0, t1] = chartRange();
+  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 };
   const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
   const inDay = (pts) => pts.filter(([ts]) => ts >= t0 && ts <= t1);
   const all = series.flatMap((s) => inDay(s.points).map(([, v]) => v)).filter((v) => v !== null);
   let [lo, hi] = yFixed || [Math.min(0, ...all), Math.max(1, ...all)];
-  if (!yFixed) { const m = (hi - lo) * 0.08; lo -= m; hi += m; }
+  let ticks;
+  if (yFixed) ticks = niceTicks(lo, hi, 4).ticks;
+  else {
+    const nice = niceTicks(lo, hi, 4);
+    lo = Math.floor(lo / nice.step) * nice.step;
+    hi = Math.ceil(hi / nice.step) * nice.step;
+    ticks = niceTicks(lo, hi, Math.round((hi - lo) / nice.step)).ticks;
+  }
   const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
   shadeTariff(svg, x, t0, t1, pad, height);
-  el("line", { x1: pad.l, x2: W - pad.r, y1: y(0), y2: y(0), class: "axis" }, svg);
-  for (let h = 0; h <= 24; h += 3) {
-    const tx = t0 + h * 3_600_000;
-    el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
-    if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick" }, svg).textContent = fmtTime(tx, false);
+  for (const v of ticks) {
+    el("line", { x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v), class: v === 0 ? "axis zero" : "axis" }, svg);
+    el("text", { x: 2, y: y(v) + 4, class: "tick ytick" }, svg).textContent = `${num(v, 0)} ${unit}`;
   }
-  for (const v of [lo, (lo + hi) / 2, hi]) {
-    el("text", { x: 2, y: y(v) + 4, class: "tick" }, svg).textContent = num(v, 0);
+  if (viewSpan() === "day") {
+    for (let h = 0; h <= 24; h += 3) {
+      const tx = t0 + h * 3_600_000;
+      el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
+      if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick xtick" }, svg).textContent = fmtTime(tx, false);
+    }
+  } else {
+    const days = midnights(t0, t1);
+    days.forEach((m, i) => {
+      el("line", { x1: x(m), x2: x(m), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
+      const label = viewSpan() === "week" || i % 5 === 0;
+      if (label && m < t1) el("text", { x: x(m) + 2, y: height - 5, class: "tick xtick" }, svg).textContent = fmtDate(m);
+    });
   }
   for (const s of series) el("path", { d: pathOf(inDay(s.points), x, y), class: s.cls }, svg);
-  el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
+  if (now >= t0 && now <= t1) el("line", { x1: x(now), x2: x(now), y1: pad.t, y2: height - pad.b, class: "now" }, svg);
 }
 
-// Shade plan steps by import price: the top third of the day's price range "high", the bottom third "low".
+// ---------------------------------------------------------------- day / week / month navigation
+
+function viewSpan() { return ui.view ? ui.view.span : "day"; }
+
+function chartRange() {
+  if (ui.view && ui.view.data) return [ui.view.data.start_ms, ui.view.data.end_ms];
+  return localDay(nowMs());
+}
+
+// Rows of the drawn range: today's live buckets, or the stored history of the chosen day/week/month.
+function chartRows() {
+  if (!ui.view) return { rows: ui.history, step: HISTORY_STEP_MS };
+  if (!ui.view.data) return { rows: [], step: HISTORY_STEP_MS };
+  const d = ui.view.data;
+  const cols = d.columns;
+  return { step: d.step_ms, rows: d.rows.map((row) => ({
+    ts: row[0],
+    sums: FLOWS.map((n) => row[cols.indexOf(n)] ?? 0),
+    counts: FLOWS.map((n) => (row[cols.indexOf(n)] === null || row[cols.indexOf(n)] === undefined ? 0 : 1)),
+  })) };
+}
+
+function shiftDay(iso, span, sign) {
+  const [y, m, d] = iso.split("-").map(Number);
+  const dt = new Date(Date.UTC(y, m - 1, d));
+  if (span === "month") dt.setUTCMonth(dt.getUTCMonth() + sign, 1);
+  else dt.setUTCDate(dt.getUTCDate() + sign * (span === "week" ? 7 : 1));
+  return dt.toISOString().slice(0, 10);
+}
+
+async function showView(day, span) {
+  const today = isoDay(nowMs());
+  if (span === "day" && day === today) {
+    ui.view = null;
+  } else {
+    ui.view = { day, span, data: null };
+    const resp = await fetch(`/api/history?day=${day}&span=${span}`);
+    const data = await resp.json();
+    if (ui.view && ui.view.day === day && ui.view.span === span) ui.view.data = data;
+  }
+  render();
+}
+
+function setupNavigation() {
+  const span = () => $("nav-span").value;
+  const current = () => (ui.view ? ui.view.day : isoDay(nowMs()));
+  $("nav-prev").addEventListener("click", () => showView(shiftDay(current(), span(), -1), span()));
+  $("nav-next").addEventListener("click", () => showView(shiftDay(current(), span(), 1), span()));
+  $("nav-today").addEventListener("click", () => showView(isoDay(nowMs()), span()));
+  $("nav-span").addEventListener("change", () => showView(current(), span()));
+}
+
+function renderNavLabel() {
+  const label = $("nav-label");
+  if (!ui.cfg || !label) return;
+  const [t0, t1] = chartRange();
+  label.dataset.day = ui.view ? ui.view.day : isoDay(nowMs());
+  const long = (ms) => new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, dateStyle: "medium" })
+    .format(new Date(ms));
+  label.textContent = viewSpan() === "day" ? `${ui.view ? "" : `${t("today")} · `}${long(t0)}`
+    : `${fmtDate(t0)} – ${long(t1 - 1)}`;
+  $("chart-title").textContent = ui.view ? t("history_title") : t("plan_vs_actual");
+}
+
+// The tariff's named periods of the drawn day (from /api/periods, computed by the server from the tariff).
+const PERIOD_COLOURS = { peak: "shade-peak", normal: "shade-normal", off_peak: "shade-off_peak", offpeak: "shade-off_peak" };
+const periodCache = {};
+
+function isoDay(ms) {
+  const f = new Intl.DateTimeFormat("en-CA", { timeZone: ui.cfg.timezone, year: "numeric", month: "2-digit", day: "2-digit" });
+  return f.format(new Date(ms));
+}
+
+function periodsFor(dayStart) {
+  const day = isoDay(dayStart + 3_600_000);
+  if (!(day in periodCache)) {
+    periodCache[day] = null;
+    fetch(`/api/periods?day=${day}`).then((r) => r.json()).then((p) => {
+      periodCache[day] = p || { names: [], intervals: [] };
+      scheduleRender();
+    }).catch(() => { delete periodCache[day]; });
+  }
+  return periodCache[day];
+}
+
+function periodClass(name, names) {
+  return PERIOD_COLOURS[name] || `shade-other${names.indexOf(name) % 3}`;
+}
+
 function shadeTariff(svg, x, t0, t1, pad, height) {
-  const p = ui.plan;
-  if (!p || !p.starts || !p.import_price) return;
-  const prices = p.import_price;
-  const lo = Math.min(...prices), hi = Math.max(...prices);
-  if (!(hi > lo)) return;
-  p.starts.forEach((s, i) => {
-    const a = Date.parse(s), b = a + p.duration_h[i] * 3_600_000;
-    if (b <= t0 || a >= t1) return;
-    const level = (prices[i] - lo) / (hi - lo);
-    const cls = level > 2 / 3 ? "shade-high" : level < 1 / 3 ? "shade-low" : null;
-    if (!cls) return;
+  for (const day of midnights(t0, t1 - 1)) shadeDay(svg, x, periodsFor(day), t0, t1, pad, height);
+}
+
+function shadeDay(svg, x, p, t0, t1, pad, height) {
+  if (!p) return;
+  for (const [a, b, name] of p.intervals) {
+    if (b <= t0 || a >= t1) continue;
     const rect = el("rect", { x: x(Math.max(a, t0)), y: pad.t, width: Math.max(0, x(Math.min(b, t1)) - x(Math.max(a, t0))),
-      height: height - pad.t - pad.b, class: cls }, svg);
-    const period = p.period ? p.period[i] : null;
-    el("title", {}, rect).textContent = `${period ? t(`period.${period}`, period) : ""} ${money(prices[i])}/kWh`;
-  });
+      height: height - pad.t - pad.b, class: `shade ${periodClass(name, p.names)}`,
+      "data-period": name, "data-start": a, "data-end": b }, svg);
+    el("title", {}, rect).textContent = `${t(`period.${name}`, name)} ${fmtTime(a, false)}–${fmtTime(b, false)}`;
+  }
+}
+
+function renderPeriodLegend(t0) {
+  const legend = $("period-legend");
+  const p = periodsFor(t0);
+  legend.replaceChildren();
+  if (!p) return;
+  for (const name of p.names) {
+    if (!p.intervals.some(([, , n]) => n === name)) continue;
+    const span = document.createElement("span");
+    span.className = `key ${periodClass(name, p.names)}`;
+    span.dataset.period = name;
+    span.textContent = t(`period.${name}`, name);
+    legend.append(span);
+  }
+}
+
+// One hover target per 15-minute step of the past: its title reads what was planned beside what happened.
+const STEP_MS = 900_000;
+function stepTargets(svg, t0, t1, rows) {
+  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 }, height = 240;
+  const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
+  const steps = new Map();
+  for (const r of rows) {
+    if (r.ts < t0 || r.ts >= t1) continue;
+    const key = Math.floor(r.ts / STEP_MS) * STEP_MS;
+    if (!steps.has(key)) steps.set(key, []);
+    steps.get(key).push(r);
+  }
+  const mean = (rows, name) => {
+    const v = rows.map((r) => historyValue(r, name)).filter((n) => n !== null);
+    return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+  };
+  for (const [key, rows] of steps) {
+    const vals = {};
+    for (const n of ["battery_kw", "plan_battery_kw", "grid_kw", "plan_grid_kw"]) vals[n] = mean(rows, n);
+    const rect = el("rect", { x: x(key), y: pad.t, width: Math.max(0, x(key + STEP_MS) - x(key)),
+      height: height - pad.t - pad.b, class: "step", "data-start": key,
+      "data-battery-plan": vals.plan_battery_kw ?? "", "data-battery-actual": vals.battery_kw ?? "" }, svg);
+    el("title", {}, rect).textContent = `${fmtTime(key, false)}–${fmtTime(key + STEP_MS, false)}\n`
+      + `${t("battery")}: ${t("planned")} ${kw(vals.plan_battery_kw)}, ${t("measured")} ${kw(vals.battery_kw)}\n`
+      + `${t("grid")}: ${t("planned")} ${kw(vals.plan_grid_kw)}, ${t("measured")} ${kw(vals.grid_kw)}`;
+  }
 }
 
 function renderCharts() {
-  const actual = (name) => ui.history.map((r) => [r.ts + HISTORY_STEP_MS / 2, historyValue(r, name)]);
+  const [d0, d1] = chartRange();
+  renderPeriodLegend(d0);
+  renderNavLabel();
+  const { rows, step } = chartRows();
+  const actual = (name) => rows.map((r) => [r.ts + step / 2, historyValue(r, name)]);
   drawChart($("chart-power"), 240, [
+    { points: actual("plan_battery_kw"), cls: "battery-plan past" },
+    { points: actual("plan_grid_kw"), cls: "grid-plan past" },
     { points: planSteps("battery_kw"), cls: "battery-plan" },
     { points: planSteps("grid_kw"), cls: "grid-plan" },
     { points: actual("battery_kw"), cls: "battery-actual" },
     { points: actual("grid_kw"), cls: "grid-actual" },
-  ]);
+  ], null, "kW");
+  if (viewSpan() === "day") stepTargets($("chart-power"), d0, d1, rows);
   drawChart($("chart-soc"), 140, [
-    { points: planSoc(), cls: "soc-plan" },
+    { points: actual("plan_soc_pct"), cls: "soc-plan past" },
+    { points: planSoc().filter(([ts]) => ts >= nowMs()), cls: "soc-plan" },
     { points: actual("soc_pct"), cls: "soc-actual" },
-  ], [0, 100]);
+  ], [0, 100], "%");
 }
 
 // ---------------------------------------------------------------- live data
@@ -395,8 +724,10 @@ async function main() {
     setLanguage(e.target.value);
   });
   setupControl();
+  setupNavigation();
   connect();
-  const tick = () => { $("clock").textContent = fmtTime(Date.now()); };
+  // the site's time: the latest state's clock (a simulation runs faster than the wall), else the wall clock
+  const tick = () => { $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`; };
   tick();
   setInterval(tick, 1000);
 }

@@ -1,0 +1,35 @@
+"""Device health from a state message and the device-health alarm codes (worked out by hand)."""
+
+from controller.dashboard.health import device_health
+
+
+def test_device_health_from_devices_alarms_and_measurements() -> None:
+    state = {
+        "devices": {"grid-meter": {"ok": True, "error": None},
+                    "battery": {"ok": False, "error": "no answer within 2 s"}, "pv": {"ok": True, "error": None}},
+        "measurements": {"grid_kw": {"value": None, "quality": "stale"},          # named by an alarm below
+                         "frequency_hz": {"value": None, "quality": "implausible", "detail": "70 Hz"},
+                         "pv_kw": {"value": 10.0, "quality": "ok"}},
+    }
+    alarms = ["point_stale:grid-meter:grid_kw", "point_missing:grid-meter:energy_kwh", "planner_failed",
+              "point_implausible:inverter-2:pv_kw", "device_unreachable:battery", "point_stale:battery:soc_pct"]
+    health = device_health(state, alarms)
+    assert health["grid-meter"] == {"status": "missing", "points": ["grid_kw", "energy_kwh"], "error": None}
+    assert health["battery"] == {"status": "unreachable", "points": ["soc_pct"], "error": "no answer within 2 s"}
+    assert health["pv"]["status"] == "ok"
+    assert health["inverter-2"] == {"status": "implausible", "points": ["pv_kw"], "error": None}   # only in alarms
+    assert health["frequency_hz"] == {"status": "implausible", "points": ["frequency_hz"], "error": "70 Hz"}
+    assert "grid_kw" not in health and "planner_failed" not in health
+
+
+def test_every_language_has_every_alarm_sentence_and_hint() -> None:
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "controller" / "dashboard" / "static" / "i18n"
+    dicts = {lang: json.loads((folder / f"{lang}.json").read_text()) for lang in ("en", "vi", "ja")}
+    assert set(dicts["vi"]) == set(dicts["en"]) == set(dicts["ja"])
+    for prefix in ("device_unreachable", "point_missing", "point_stale", "point_implausible", "data_missing",
+                   "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "unknown"):
+        for d in dicts.values():
+            assert d[f"alarm.{prefix}"] and d[f"hint.{prefix}"], prefix

@@ -1,0 +1,267 @@
+"""What the dashboard page says, read from its DOM in headless Chromium (issue 14): the tariff's named
+periods shaded over the whole day, plan beside what happened, device health, translated alarms,
+month-to-date peak, day navigation from the stored history. The app is fed synthetic bus messages."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from optimizer.tariff import Tariff
+from tests.peers import browser, sample_plan, sample_state  # noqa: F401 (fixtures)
+from tests.test_dashboard import TOKEN, TZ, Site, start_site
+
+
+def site_ms(hh: int, mm: int, day: tuple[int, int, int] = (2026, 5, 4)) -> int:
+    """Epoch ms of a Hai Phong wall time (UTC+7, no DST)."""
+    return int((datetime(*day, hh, mm, tzinfo=UTC).timestamp() - 7 * 3600) * 1000)
+
+
+async def shaded_period_at(page: Any, ms: int) -> list[str]:
+    """The named periods of the shading rectangles that cover ``ms`` on the power chart."""
+    return await page.evaluate(
+        """(ms) => [...document.querySelectorAll('#chart-power rect.shade')]
+             .filter((r) => Number(r.dataset.start) <= ms && ms < Number(r.dataset.end))
+             .map((r) => r.dataset.period)""", ms)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    # Decision 963/QĐ-BCT windows: 06:00–17:30 is *normal* (the old shading called it "thấp điểm")
+    ("evn-manufacturing-22kv-qd963", {(3, 0): "off_peak", (6, 0): "normal", (12, 0): "normal", (17, 29): "normal",
+                                      (17, 30): "peak", (22, 29): "peak", (22, 30): "normal", (23, 59): "normal"}),
+    # the earlier windows: two peaks, off-peak from 22:00
+    ("evn-manufacturing-22kv-legacy", {(3, 59): "off_peak", (4, 0): "normal", (10, 0): "peak", (12, 0): "normal",
+                                       (18, 0): "peak", (21, 0): "normal", (22, 0): "off_peak"}),
+])
+async def test_named_periods_shaded_over_the_whole_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       browser: Any, preset: str,  # noqa: F811
+                                                       expected: dict[tuple[int, int], str]) -> None:
+    tariff = Tariff.preset(preset).bind(TZ)
+    site: Site = await start_site(tmp_path, monkeypatch, TOKEN, tariff=tariff)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)        # 16:00 site time, a Monday
+        site.bus.publish("plan", sample_plan(now, steps=8))  # a plan covering only the next two hours
+        site.bus.publish("state", sample_state(now, 1))
+        midnight = f"#chart-power rect.shade[data-start='{site_ms(0, 0)}']"    # drawn for the state's day
+        await page.wait_for_function(f'document.querySelector("{midnight}")')
+        for (hh, mm), period in expected.items():           # past and future alike, from the tariff
+            assert await shaded_period_at(page, site_ms(hh, mm)) == [period], (hh, mm)
+        legend = await page.eval_on_selector_all("#period-legend .key", "els => els.map(e => e.textContent)")
+        assert legend == ["giờ thấp điểm", "giờ bình thường", "giờ cao điểm"]   # the tariff's names, translated
+        await page.select_option("#nav-span", "week")                 # every day of the week, by its own day type
+        await page.wait_for_function("document.getElementById('nav-label').textContent.includes('–')")
+        await page.click("#nav-prev")                                  # the week of 27 April – 3 May
+        tuesday = f"#chart-power rect.shade[data-start='{site_ms(0, 0, (2026, 4, 28))}']"
+        await page.wait_for_function(f'document.querySelector("{tuesday}")')
+        assert await shaded_period_at(page, site_ms(18, 0, (2026, 4, 28))) == ["peak"]
+        assert await shaded_period_at(page, site_ms(18, 0, (2026, 5, 3))) == ["normal"]    # Sunday: no peak
+        holiday = site_ms(18, 0, (2026, 4, 30))                       # a public holiday: the tariff's own rule
+        rule = tariff.prices(pd.DatetimeIndex([pd.Timestamp(holiday, unit="ms", tz="UTC")])).period[0]
+        assert await shaded_period_at(page, holiday) == [str(rule)]
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_periods_endpoint_rejects_a_bad_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_dashboard import call
+
+    site = await start_site(tmp_path, monkeypatch, TOKEN, tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ))
+    try:
+        status, body = await call(site, "/api/periods?day=2026-13-01")
+        assert status == 422 and "not a date" in body["error"]
+        status, body = await call(site, "/api/periods?day=2026-05-03")      # a Sunday: no peak under 963
+        assert status == 200 and [p for _, _, p in body["intervals"]] == ["off_peak", "normal"]
+        assert body["intervals"][0][0] == site_ms(0, 0, (2026, 5, 3))
+        assert body["intervals"][-1][1] == site_ms(0, 0, (2026, 5, 4))
+    finally:
+        await site.telemetry.aclose()
+    await asyncio.sleep(0)
+
+
+async def test_device_fault_in_health_panel_and_as_a_translated_alarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")   # green: no alarm
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                                            # 10:00 site time
+        site.bus.publish("state", sample_state(now, 1))
+        await page.wait_for_function("document.querySelector('#health tr[data-device=battery]')")
+        assert await page.get_attribute("#health tr[data-device=battery]", "data-status") == "ok"
+        raised = {"planner_failed": "ForecastError: no weather forecast for 2026-05-04 (HTTP 503)",
+                  "device_unreachable:battery": "battery: no answer within 2.0 s",
+                  "point_stale:grid-meter:grid_kw": "grid-meter grid_kw frozen at 312.0 kW for 60 s"}
+        fault = now.replace(minute=5)
+        for code, message in raised.items():
+            site.bus.publish("alarm", {"ts": fault.isoformat(), "site": "demo-factory", "code": code, "active": True,
+                                       "message": message})
+        state = sample_state(fault, 2)
+        state["devices"]["battery"] = {"ok": False, "error": "no answer within 2.0 s"}
+        state["alarms"] = sorted(raised)
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.querySelector('#health tr[data-device=battery]')"
+                                     ".dataset.status === 'unreachable'")
+        battery = await page.inner_text("#health tr[data-device=battery]")
+        assert "không phản hồi" in battery and "10:05" in battery                  # status and since when
+        meter = await page.inner_text("#health tr[data-device=grid-meter]")
+        assert "không cập nhật" in meter and "grid_kw" in meter
+        assert await page.get_attribute("#conn", "class") == "conn alarm"          # not green "live"
+        shown = await page.inner_text("#alarms")                                    # what the operator sees
+        assert "Không lập được kế hoạch" in shown and "battery không phản hồi" in shown
+        assert "Kiểm tra nguồn, cáp mạng" in shown                                 # an action hint
+        assert "ForecastError" not in shown and "no answer" not in shown and "planner_failed" not in shown
+        await page.click("#alarms li[data-code=planner_failed] summary")           # the raw text, on request
+        assert "ForecastError: no weather" in await page.inner_text("#alarms li[data-code=planner_failed] details")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_a_past_step_shows_what_was_planned_beside_what_happened(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       browser: Any) -> None:  # noqa: F811
+    """The plan changes at 10:15; the 10:00 step keeps what its own plan said (battery 100 kW)."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        start = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                               # 10:00 site time
+        for minute in range(0, 30, 5):
+            state = sample_state(start.replace(minute=minute), 1)                      # battery measured 99 kW
+            state["plan"]["battery_kw"] = 100.0 if minute < 15 else -250.0            # a new plan from 10:15
+            site.bus.publish("state", state)
+        later = start.replace(minute=30)
+        site.bus.publish("plan", {**sample_plan(later, steps=4), "battery_kw": [-300.0] * 4})
+        site.bus.publish("state", sample_state(later, 1))
+        first = f"#chart-power rect.step[data-start='{site_ms(10, 0)}']"
+        await page.wait_for_function(f'document.querySelector("{first}")')
+        assert await page.get_attribute(first, "data-battery-plan") == "100"
+        assert await page.get_attribute(first, "data-battery-actual") == "99"
+        title = await page.text_content(f"{first} title")
+        assert "Battery: planned 100.0 kW, measured 99.0 kW" in title
+        second = f"#chart-power rect.step[data-start='{site_ms(10, 15)}'] title"
+        assert "planned -250.0 kW, measured 99.0 kW" in await page.text_content(second)
+        ahead = await page.get_attribute("#chart-power path.battery-plan:not(.past)", "d")   # the current plan
+        assert ahead.startswith("M")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+        site.bus.publish("plan", {**sample_plan(now, steps=8), "import_kw": [300.0] * 7 + [1020.0]})
+        state = sample_state(now, 1)
+        state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
+                           "import_cap_kw": 1200.0}
+        state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
+                              load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
+        assert await page.text_content("#mtd-cap") == "1,200.0 kW"
+        assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # the plan's highest import ahead
+        explain = await page.text_content("#mtd-explain")
+        assert "79 % of the contracted capacity" in explain and "higher peak later this month" in explain
+        assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
+        said = await page.text_content("#saved-explain")
+        assert "charged 527 kWh" in said and "bought energy for the coming peak" in said
+        # −50,000 so far + the plan's battery steps ahead: 0.25 h × 1,833 ₫/kWh × (0 + 10 + … + 70) kW
+        assert "Expected saving by the end of today (plan): ₫78,310." in said
+        assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
+        assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 browser: Any) -> None:  # noqa: F811
+    """Yesterday's buckets go to the SQLite store in the state directory; ◀ draws them, and they survive a
+    restart of the dashboard (a new hub reading the same file)."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    yesterday = datetime(2026, 5, 3, 3, 0, tzinfo=UTC)                        # 10:00 site time, 3 May
+    for minute in range(0, 30, 5):
+        state = sample_state(yesterday.replace(minute=minute), 1)
+        state["measurements"]["battery_kw"]["value"] = 77.0
+        state["plan"]["battery_kw"] = 80.0
+        site.bus.publish("state", state)
+    site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, tzinfo=UTC), 1))   # today
+    await asyncio.sleep(0.05)
+    await site.telemetry.aclose()
+    assert (tmp_path / "dashboard-history.sqlite").exists()
+
+    site = await start_site(tmp_path, monkeypatch, TOKEN)                       # restarted: today is empty
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, 30, tzinfo=UTC), 1))
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-04'")
+        await page.click("#nav-prev")
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-03'")
+        step = f"#chart-power rect.step[data-start='{site_ms(10, 0, (2026, 5, 3))}']"
+        await page.wait_for_function(f'document.querySelector("{step}")')
+        assert await page.get_attribute(step, "data-battery-actual") == "77"
+        assert await page.get_attribute(step, "data-battery-plan") == "80"
+        assert "Stored history" in await page.text_content("#chart-title")
+        await page.select_option("#nav-span", "week")                            # the week of 3 May: Mon 27 Apr
+        await page.wait_for_function("document.getElementById('nav-label').textContent.includes('27')")
+        assert (await page.get_attribute("#chart-power path.battery-actual", "d")).startswith("M")
+        await page.click("#nav-today")
+        await page.select_option("#nav-span", "day")
+        await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-04'")
+        await context.close()
+        status, body = await asyncio.to_thread(site.request, "/api/history?day=2026-05-03&span=fortnight")
+        assert status == 422 and "day, week, month" in body["error"]
+    finally:
+        await site.telemetry.aclose()
+
+
+async def test_axes_have_units_round_ticks_and_no_minus_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             browser: Any) -> None:  # noqa: F811
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="vi-VN")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+        site.bus.publish("plan", sample_plan(now, steps=8))
+        state = sample_state(now, 1)
+        state["measurements"]["battery_kw"]["value"] = -0.02                    # rounds to zero: "0,0", not "-0,0"
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('battery-kw').textContent === '0,0 kW'")
+        power = await page.eval_on_selector_all("#chart-power text.ytick", "els => els.map(e => e.textContent)")
+        soc = await page.eval_on_selector_all("#chart-soc text.ytick", "els => els.map(e => e.textContent)")
+        assert soc == ["0 %", "50 %", "100 %"]                                 # 1-2-5 steps: 100/4 → 50
+        values = [int(v.removesuffix(" kW").replace(".", "")) for v in power]   # vi: "1.000 kW"
+        assert all(v.endswith(" kW") for v in power) and len(values) >= 3
+        step = values[1] - values[0]
+        assert step in (100, 200, 500) and all(v % step == 0 for v in values)   # round: 1, 2 or 5 × 10^k
+        assert not any(v.startswith("-0") for v in power)
+        assert (await page.text_content("#clock")).endswith("10:00:00")         # site time of the state
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
