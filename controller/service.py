@@ -48,7 +48,16 @@ from controller.planning import (
 )
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
-from controller.state_store import DemandTracker, EnergyCounters, StateStore
+from controller.state_store import (
+    DemandTracker,
+    EnergyCounters,
+    StateStore,
+    StoredDemand,
+    StoredEnergy,
+    StoredMode,
+    StoredReserve,
+    read_stored,
+)
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
@@ -176,28 +185,44 @@ class Controller:
     # ------------------------------------------------------------------------------------------ state
 
     def _restore(self, now: datetime) -> None:
+        """Resume from the state file; a value that is not what the controller stores is reset to its default
+        (and removed), the others kept, and alarm ``state_value_invalid`` names each bad one."""
         s = self.store
         if s.alarm:
             self._raise("state_store_corrupt", s.alarm, now)
-        self.demand.restore(s.get(DemandTracker.KEY))
-        self.energy = EnergyCounters.from_dict(s.get(EnergyCounters.KEY))
+        bad: list[str] = []
+
+        def read(key: str, model: type) -> Any:
+            value, why = read_stored(s, key, model)
+            if why is not None:
+                bad.append(why)
+                s.delete(key)
+            return value
+
+        self.demand.restore(read(DemandTracker.KEY, StoredDemand))
+        self.energy = EnergyCounters.from_stored(read(EnergyCounters.KEY, StoredEnergy))
         plan = s.get("plan")
         if plan:
             try:
                 restored = Plan.from_dict(plan)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.error("stored plan unreadable (%s); ignored", exc)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                bad.append(f"plan: {type(exc).__name__}: {exc}")
+                s.delete("plan")
             else:
                 if not restored.is_expired(now, self.config.planner.plan_valid_hours):
                     self.plans.plan, self.plans.last_error = restored, None
-        mode = s.get("mode")
-        if mode:
-            until = datetime.fromisoformat(mode["until"])
-            if until > now:
-                self.modes.request_mode(Request(Mode(mode["mode"]), until, mode.get("setpoint_kw"), "restored"))
-        reserve = s.get("reserve")
-        if reserve and datetime.fromisoformat(reserve["until"]) > now:
-            self.commands.reserve = Reserve(reserve["soc_pct"], datetime.fromisoformat(reserve["until"]))
+        mode = read("mode", StoredMode)
+        if mode is not None and mode.until > now:
+            try:
+                self.modes.request_mode(Request(Mode(mode.mode), mode.until, mode.setpoint_kw, "restored"))
+            except ValueError as exc:
+                bad.append(f"mode: {exc}")
+                s.delete("mode")
+        reserve = read("reserve", StoredReserve)
+        if reserve is not None and reserve.until > now:
+            self.commands.reserve = Reserve(reserve.soc_pct, reserve.until)
+        if bad:
+            self._raise("state_value_invalid", "state file values reset to their defaults: " + " | ".join(bad), now)
 
     def persist(self, now: datetime) -> None:
         """Save counters, demand peak and operator requests."""

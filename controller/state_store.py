@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated TEXT NOT NULL)"
@@ -85,6 +87,64 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class _Stored(BaseModel):
+    """A value as the controller stores it (extra keys tolerated: older or newer versions may add some)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StoredDemand(_Stored):
+    """The ``demand`` value: :meth:`DemandTracker.to_dict`."""
+
+    month: str | None = None
+    peak_kw: float = Field(0.0, ge=0, allow_inf_nan=False)
+    peak_at: AwareDatetime | None = None
+    interval_start: AwareDatetime | None = None
+    interval_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class StoredEnergy(_Stored):
+    """The ``energy`` value: :meth:`EnergyCounters.to_dict` (kWh ≥ 0, money any finite number)."""
+
+    day: str = ""
+    import_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    export_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    pv_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    load_kwh: float = Field(0.0, allow_inf_nan=False)
+    charge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    discharge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cost: float = Field(0.0, allow_inf_nan=False)
+    cost_no_battery: float = Field(0.0, allow_inf_nan=False)
+
+
+class StoredMode(_Stored):
+    """The ``mode`` value: the operator's mode request."""
+
+    mode: str = Field(pattern="^(auto|self_consumption|tou_rule|manual|standby)$")
+    until: AwareDatetime
+    setpoint_kw: float | None = Field(None, allow_inf_nan=False)
+
+
+class StoredReserve(_Stored):
+    """The ``reserve`` value: the operator's SOC reserve."""
+
+    soc_pct: float = Field(ge=0, le=100, allow_inf_nan=False)
+    until: AwareDatetime
+
+
+def read_stored(store: StateStore, key: str, model: type[_Stored]) -> tuple[_Stored | None, str | None]:
+    """The value under ``key`` checked against ``model``: ``(value, None)``, ``(None, None)`` when absent, or
+    ``(None, why)`` when it is not what the controller stores (the caller resets it and raises an alarm)."""
+    data = store.get(key)
+    if data is None:
+        return None, None
+    try:
+        return model.model_validate(data), None
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+        return None, f"{key}: {why}"
 
 
 class DemandTracker:
@@ -159,15 +219,15 @@ class DemandTracker:
         return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
                 "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh}
 
-    def restore(self, data: dict | None) -> None:
-        """Resume from :meth:`to_dict` output (the running interval too, if it is still running)."""
-        if not data:
+    def restore(self, data: StoredDemand | None) -> None:
+        """Resume from a checked :meth:`to_dict` output (the running interval too, if it is still running)."""
+        if data is None:
             return
-        self.month, self.peak_kw, self.peak_at = data.get("month"), float(data.get("peak_kw") or 0.0), \
-            data.get("peak_at")
-        if data.get("interval_start"):
-            self._start = datetime.fromisoformat(data["interval_start"])
-            self._kwh = float(data.get("interval_kwh") or 0.0)
+        self.month, self.peak_kw = data.month, data.peak_kw
+        self.peak_at = data.peak_at.isoformat() if data.peak_at else None
+        if data.interval_start is not None:
+            self._start = data.interval_start.astimezone(UTC)
+            self._kwh = data.interval_kwh
 
 
 @dataclass
@@ -219,9 +279,8 @@ class EnergyCounters:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> EnergyCounters:
-        if not data:
+    def from_stored(cls, data: StoredEnergy | None) -> EnergyCounters:
+        """Counters from a checked :meth:`to_dict` output (zero when there is none)."""
+        if data is None:
             return cls()
-        names = ("day", "import_kwh", "export_kwh", "pv_kwh", "load_kwh", "charge_kwh", "discharge_kwh", "cost",
-                 "cost_no_battery")
-        return cls(**{n: data[n] for n in names if n in data})
+        return cls(**data.model_dump(include={f.name for f in fields(cls)}))

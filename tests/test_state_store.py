@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.state_store import DemandTracker, EnergyCounters, StateStore
+from controller.state_store import (
+    DemandTracker,
+    EnergyCounters,
+    StateStore,
+    StoredDemand,
+    StoredEnergy,
+    read_stored,
+)
 from optimizer.tariff import Tariff
 
 T0 = datetime(2026, 5, 4, 0, 0, tzinfo=UTC)
@@ -63,7 +70,9 @@ def test_demand_peak_survives_a_restart_mid_interval(tmp_path):
     store.put(DemandTracker.KEY, d.to_dict(), T0)
     store.close()
     d2 = DemandTracker(month, TZ)
-    d2.restore(StateStore(tmp_path / "s.sqlite", T0).get(DemandTracker.KEY))
+    stored, why = read_stored(StateStore(tmp_path / "s.sqlite", T0), DemandTracker.KEY, StoredDemand)
+    assert why is None
+    d2.restore(stored)
     assert d2.peak_kw == pytest.approx(800)
     for s in range(45 * 60, 60 * 60, 10):
         d2.add(T0 + timedelta(seconds=s + 10), 800, 10 / 3600)
@@ -102,7 +111,7 @@ def test_energy_counters_and_money_saved():
           export_cap_kw=0)
     assert c.load_kwh == pytest.approx(600) and c.discharge_kwh == 200 and c.charge_kwh == 300
     assert c.cost == 0 and c.cost_no_battery == pytest.approx(400_000) and c.saved == pytest.approx(400_000)
-    again = EnergyCounters.from_dict(c.to_dict())
+    again = EnergyCounters.from_stored(StoredEnergy.model_validate(c.to_dict()))
     assert again.saved == pytest.approx(c.saved)
     c.add("2026-05-05", grid_kw=100, pv_kw=0, battery_kw=0, dt_h=1, import_price=1000, export_price=0,
           export_cap_kw=0)
@@ -125,3 +134,51 @@ def test_measured_history_averages_steps_and_marks_gaps():
     for s in range(0, 26 * 3600, 900):  # older than keep_days is dropped
         h.add(T0 + timedelta(hours=2, seconds=s), 1.0, 1.0, 0.25)
     assert h.series()[0].index[0] >= T0 + timedelta(hours=2)
+
+
+# --- values inside a valid state file that are not what the controller stores (issue 11, failure 6) ----------
+
+GOOD_DEMAND = {"month": "2026-05", "peak_kw": 640.0, "peak_at": "2026-05-04T03:00:00+00:00",
+               "interval_start": None, "interval_kwh": 0.0}
+UNTIL = "2026-05-04T05:00:00+00:00"
+BAD_VALUES = [
+    ("mode", {"mode": "turbo", "until": UNTIL}),                                   # unknown mode
+    ("mode", {"mode": "manual", "until": "tomorrow at noon", "setpoint_kw": 100}),  # unparseable time
+    ("mode", {"mode": "manual", "until": UNTIL}),                                  # manual without setpoint
+    ("mode", ["auto", UNTIL]),                                                     # a list instead of an object
+    ("reserve", {"soc_pct": "forty", "until": UNTIL}),                             # a reserve of "forty"
+    ("reserve", {"soc_pct": 140, "until": UNTIL}),                                 # beyond 100 %
+    ("reserve", {"soc_pct": 40, "until": "2026-05-04T05:00:00"}),                  # a time without its zone
+    ("demand", {"month": "2026-05", "peak_kw": "high"}),                           # a non-numeric peak
+    ("demand", {"month": "2026-05", "peak_kw": 1e400}),                            # infinite (JSON Infinity)
+    ("energy", {"day": "2026-05-04", "import_kwh": [1, 2]}),                       # wrong type
+    ("plan", {"version": "1", "steps": "none"}),                                   # a broken plan
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}-{i}" for i, (k, _v) in enumerate(BAD_VALUES)])
+def test_a_bad_value_is_reset_with_an_alarm_and_the_rest_kept(tmp_path, key, value):
+    """Before: 7 of these 11 exited with a traceback when the controller started."""
+    from controller.cli import EXAMPLE_SITE
+    from controller.config import load_config
+    from controller.service import STATE_FILE, Controller
+    from ems.clock import ManualClock
+
+    now = datetime(2026, 5, 4, 4, 0, tzinfo=UTC)
+    store = StateStore(tmp_path / STATE_FILE, now)
+    store.put(DemandTracker.KEY, GOOD_DEMAND, now)
+    store.put("reserve", {"soc_pct": 30.0, "until": UNTIL}, now)
+    store.put(key, value, now)
+    store.close()
+    controller = Controller.from_config(load_config(EXAMPLE_SITE), EXAMPLE_SITE, ManualClock(now),
+                                        state_directory=tmp_path)
+    try:
+        assert "state_value_invalid" in controller.alarms
+        assert controller.alarms["state_value_invalid"].split(": ", 1)[1].startswith(f"{key}:")
+        assert controller.store.get(key) is None  # reset to its default
+        if key != "demand":
+            assert controller.demand.month_peak_kw(now) == 640.0  # the rest kept
+        if key != "reserve":
+            assert controller.commands.reserve is not None and controller.commands.reserve.soc_pct == 30.0
+    finally:
+        controller.store.close()
