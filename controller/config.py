@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
@@ -30,6 +30,7 @@ from drivers.config import DeviceConfig
 from drivers.profile import PROFILE_DIR, load_profile, profile_path
 from drivers.roles import Role
 from drivers.simulated.config import SimulationConfig
+from drivers.sunspec import reference_errors as sunspec_reference_errors
 from ems.yamlfile import ConfigError, FieldError, field_path, read_yaml
 from optimizer.site import PlanningSite, StrictModel, TariffRef
 from optimizer.tariff import load_tariff
@@ -70,6 +71,10 @@ class ControlSettings(StrictModel):
     validation: ValidationSettings = ValidationSettings()
 
 
+MAX_RATING = 1e6
+"""Largest power [kW] or energy [kWh] rating a site file may give: 1 GW / 1 GWh."""
+
+
 class SiteConfig(PlanningSite):
     """A whole site file."""
 
@@ -93,6 +98,26 @@ class SiteConfig(PlanningSite):
         if problems:
             raise ValueError("; ".join(problems))
         return devices
+
+    @model_validator(mode="after")
+    def _controllable(self) -> SiteConfig:
+        """What the live controller needs that a study does not: a battery with energy and power, and ratings
+        no plant has are typing errors (a 10^308 kWh battery would keep the controller in its safe state)."""
+        problems = []
+        bat, pv = self.battery, self.pv
+        if bat.capacity_kwh <= 0:
+            problems.append("battery.capacity_kwh must be above 0 for the controller (a study can model no battery)")
+        if bat.max_charge_kw <= 0 and bat.max_discharge_kw <= 0:
+            problems.append("battery.max_charge_kw or battery.max_discharge_kw must be above 0")
+        for name, value in (("battery.capacity_kwh", bat.capacity_kwh), ("battery.max_charge_kw", bat.max_charge_kw),
+                            ("battery.max_discharge_kw", bat.max_discharge_kw), ("pv.kwp", pv.kwp),
+                            ("pv.ac_kw", pv.ac_limit_kw), ("grid.import_cap_kw", self.grid.import_cap_kw or 0.0),
+                            ("grid.export_cap_kw", self.grid.export_cap_kw)):
+            if value > MAX_RATING:
+                problems.append(f"{name} {value:g} is beyond any plant this controller is for (at most {MAX_RATING:g})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def device(self, role: Role) -> DeviceConfig:
         """The device serving ``role``."""
@@ -138,6 +163,8 @@ def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
             except ConfigError as exc:
                 errors += [FieldError(f"devices[{i}].profile", f"{exc.source}: {e}") for e in exc.errors]
                 continue
+            errors += [FieldError(f"devices[{i}].profile", f"{path}: points.{point}.sunspec: {why}")
+                       for point, why in sunspec_reference_errors(profile)]
             role = dev.get("role")
             if isinstance(role, str) and role in {r.value for r in Role} and Role(role) not in profile.roles:
                 errors.append(FieldError(f"devices[{i}].profile",

@@ -109,6 +109,12 @@ class Plausible(BaseModel):
     min: float | None = None
     max: float | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
 
 class Direction(BaseModel):
     """Signed setpoints written as magnitude + direction command (e.g. Sungrow 0xAA charge / 0xBB discharge).

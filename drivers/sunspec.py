@@ -164,6 +164,26 @@ def model_def(model_id: int) -> ModelDef:
                     group_length=group_length, group_points=group_points)
 
 
+def reference_errors(profile: Profile) -> list[tuple[str, str]]:
+    """``(point name, problem)`` for every profile point whose ``sunspec`` reference names a model pysunspec2 does
+    not define, or a point that model does not have (checked before run time: ``ems config check``)."""
+    problems = []
+    for name, p in profile.points.items():
+        ref = p.sunspec
+        if ref is None:
+            continue
+        try:
+            mdef = model_def(ref.model)
+        except SunSpecError:
+            problems.append((name, f"SunSpec model {ref.model} does not exist"))
+            continue
+        base = ref.point.split("].", 1)[1] if mdef.group_name and ref.point.startswith(f"{mdef.group_name}[") \
+            else None
+        if ref.point not in mdef.points and not (base and any(g.name == base for g in mdef.group_points)):
+            problems.append((name, f"SunSpec model {ref.model} ({mdef.name}) has no point {ref.point!r}"))
+    return problems
+
+
 def model_name(model_id: int) -> str:
     """The model's short name (e.g. ``inverter_three_phase``), or ``model_<id>`` for an unknown model."""
     try:

@@ -1,8 +1,15 @@
-"""Load YAML files and validate them with pydantic, failing with errors that name the file and field."""
+"""Load YAML files and validate them with pydantic, failing with errors that name the file and field.
+
+What a file may not be, each reported with the file and the line or field (never a traceback): not UTF-8
+(binary, UTF-16, Latin-1; a UTF-8 byte-order mark is allowed), invalid YAML, a mapping that repeats a key
+(YAML says keys are unique; PyYAML would silently keep the last), or a number that is not finite
+(``.inf``, ``.nan``, ``1e999``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,21 +55,71 @@ def field_path(loc: Sequence[int | str]) -> str:
     return out or "(top level)"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _decode(p: Path, raw: bytes) -> str:
+    """The file's text, or :class:`ConfigError` saying why it is not UTF-8 text and where."""
+    if b"\0" in raw:
+        line = raw[:raw.index(b"\0")].count(b"\n") + 1
+        raise ConfigError(str(p), [FieldError(f"line {line}", "not a text file: it contains NUL bytes "
+                                              "(binary, or UTF-16 text: save it as UTF-8)")])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(p), [FieldError(f"line {line}", f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+                                              f"{exc.start} (save the file as UTF-8)")]) from exc
+
+
+def _non_finite(data: Any, loc: tuple[int | str, ...] = ()) -> Iterator[tuple[int | str, ...]]:
+    """Field paths of every float in ``data`` that is infinite or NaN."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield loc
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from _non_finite(v, (*loc, str(k)))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _non_finite(v, (*loc, i))
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing file or a syntax error raises :class:`ConfigError` with line and column."""
+    """Parse a YAML file; a missing, non-UTF-8 or invalid file, a repeated key or a number that is not finite
+    raises :class:`ConfigError` naming the line or field."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(str(p), [FieldError("(file)", exc.strerror or str(exc))]) from exc
+    text = _decode(p, raw)
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
         raise ConfigError(str(p), [FieldError(where, str(exc.problem or exc))]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(str(p), [FieldError("(syntax)", str(exc))]) from exc
+    bad = [FieldError(field_path(loc), "not a finite number") for loc in _non_finite(data)]
+    if bad:
+        raise ConfigError(str(p), bad)
+    return data
 
 
 def validate(model: type[ModelT], data: Any, source: str) -> ModelT:

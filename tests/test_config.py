@@ -123,3 +123,88 @@ def test_a_profile_file_is_found_beside_the_site_file(tmp_path):
     assert validate_config(data, "site.yaml", tmp_path).devices[0].profile == "profiles/my-meter.yaml"
     data["devices"][0]["profile"] = "profiles/missing.yaml"
     assert "devices[0].profile" in errors_of(data, tmp_path)
+
+
+# --- files that are not what they claim (issue 11, failure 6): each one exit 2, file and line or field ------
+
+SUNSPEC_BATTERY = (Path(__file__).resolve().parents[1] / "drivers" / "profiles" / "sunspec-battery.yaml").read_text()
+
+
+def check_cli(path: Path, capsys) -> str:
+    """``ems config check PATH``: must exit 2; its stderr."""
+    assert main(["config", "check", str(path)]) == 2
+    return capsys.readouterr().err
+
+
+def site_text() -> str:
+    return EXAMPLE_SITE.read_text()
+
+
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("utf16.yaml", lambda: site_text().encode("utf-16"), "NUL bytes"),
+    ("binary.yaml", lambda: bytes(range(256)) * 4, "NUL bytes"),
+    ("latin1.yaml", lambda: site_text().replace("Nam Cau Kien", "Nam Câu Kiên").encode("latin-1")
+     if "Nam Cau Kien" in site_text() else ("# Hải Phòng\n" + site_text()).encode("cp1258", "replace"), "not UTF-8"),
+])
+def test_a_site_file_that_is_not_utf8_text_is_named_not_a_traceback(tmp_path, capsys, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content())
+    err = check_cli(path, capsys)
+    assert str(path) in err and says in err and "Traceback" not in err
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + site_text().encode())
+    (tmp_path / "profiles").mkdir()
+    assert load_config(path).site.name
+
+
+def test_a_repeated_key_is_refused_with_both_lines(tmp_path, capsys):
+    text = site_text().replace("battery:\n", "battery:\n  capacity_kwh: 5\n", 1)
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    err = check_cli(path, capsys)
+    assert "duplicate key 'capacity_kwh'" in err and "first at line" in err
+
+
+@pytest.mark.parametrize(("value", "says"), [("0", "must be above 0"), ("1e308", "beyond any plant"),
+                                             (".inf", "not a finite number"), (".nan", "not a finite number")])
+def test_a_battery_of_no_or_absurd_or_infinite_size_fails_config_check(tmp_path, capsys, value, says):
+    """``capacity_kwh: 0`` passed config check and then crashed ``ems run``; 1e308 and .inf ran for ever safe."""
+    data = copy.deepcopy(EXAMPLE)
+    text = yaml.safe_dump(data, sort_keys=False).replace(
+        f"capacity_kwh: {data['battery']['capacity_kwh']}", f"capacity_kwh: {value}", 1)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    err = check_cli(path, capsys)
+    assert "capacity_kwh" in err and says in err
+
+
+def profile_with(tmp_path: Path, old: str, new: str) -> Path:
+    assert old in SUNSPEC_BATTERY
+    (tmp_path / "bad-profile.yaml").write_text(SUNSPEC_BATTERY.replace(old, new, 1))
+    data = copy.deepcopy(EXAMPLE)
+    for dev in data["devices"]:
+        if dev["role"] == "battery":
+            dev["profile"] = str(tmp_path / "bad-profile.yaml")
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ("{model: 802, point: SoC}", "{model: 9999, point: SoC}", "9999"),
+    ("{model: 802, point: SoC}", "{model: 802, point: NoSuchPoint}", "NoSuchPoint"),
+    ("soc_pct: {sunspec: {model: 802, point: SoC}, type: u16, unit: \"%\", plausible: {min: 0, max: 100}}",
+     "soc_pct: {sunspec: {model: 802, point: SoC}, type: u16, unit: \"%\", plausible: {min: 100, max: 0}}", "min"),
+    ("type: u16, write: {min: 0, max: 1}}", "type: u16, write: {min: 1, max: 0}}", "min"),
+    ("soc_pct: {sunspec: {model: 802, point: SoC}, type: u16,", "soc_pct: {sunspec: {model: 802, point: SoC}, "
+     "type: u17,", "type"),
+])
+def test_a_profile_naming_what_does_not_exist_or_an_inverted_range_fails_config_check(tmp_path, capsys, old, new,
+                                                                                      says):
+    """An unknown SunSpec model (9999) or point, an inverted plausible or write range, a wrong type: config
+    check passed them all and the controller found out at run time (or never)."""
+    err = check_cli(profile_with(tmp_path, old, new), capsys)
+    assert "devices[" in err and "bad-profile.yaml" in err and says in err and "Traceback" not in err
