@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,6 +60,14 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(path)  # every problem reported before anything starts
     if args.simulate and config.simulation is None:
         raise SystemExit(f"ems run --simulate: {path} has no simulation: section")
+    if args.state_dir is not None or not args.simulate:
+        from controller.config import state_dir
+        from controller.state_store import state_dir_problem
+
+        problem = state_dir_problem(args.state_dir or state_dir(config, path))
+        if problem is not None:
+            print(f"ems run: {problem}", file=sys.stderr)
+            return 2
     return asyncio.run(_serve(args, config, Path(path)))
 
 

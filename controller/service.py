@@ -240,6 +240,15 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
+        self._store_health(now)
+
+    def _store_health(self, now: datetime) -> None:
+        """Alarm ``state_store_unwritable`` while the state file takes no writes (locked, read-only)."""
+        if self.store.write_error is not None:
+            self._raise("state_store_unwritable", f"state file {self.store.path} not writable: "
+                        f"{self.store.write_error}; values kept in memory and retried", now)
+        else:
+            self._clear("state_store_unwritable", now)
 
     # ------------------------------------------------------------------------------------------ alarms
 
@@ -531,6 +540,7 @@ class Controller:
         log.info("new plan (%s) in %.0f ms: objective %.0f", why, outcome.elapsed_ms, outcome.plan.objective.total)
         data = outcome.plan.to_dict()
         self.store.put("plan", data, now)
+        self._store_health(now)
         self.bus.publish(PLAN, {**data, "reason": why})
 
     async def _planning_task(self) -> None:

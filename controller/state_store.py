@@ -11,8 +11,10 @@ clean: a broken state file must never keep the controller from starting.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -25,7 +27,30 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_MS = 20
+"""Longest a state write waits for another process's lock before it is kept for the next write. [ms]"""
 _SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated TEXT NOT NULL)"
+
+
+def state_dir_problem(directory: Path) -> str | None:
+    """Why the controller could not keep its state in ``directory`` (created if missing), or ``None``.
+
+    Checked before anything starts, so a deployment error is one clear line, not a traceback later: a path
+    that is not a directory, cannot be created, is not writable, or lies on a read-only filesystem.
+    """
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        return f"state directory {d} is not a directory"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return f"state directory {d} is on a read-only filesystem"
+        return f"state directory {d} is not usable: {exc.strerror or exc}"
+    return None
 
 
 class StateStore:
@@ -43,8 +68,13 @@ class StateStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.alarm: str | None = None
+        self.write_error: str | None = None
+        """Why the latest write could not be made (locked or read-only file), ``None`` once writes work."""
+        self._pending: dict[str, tuple[str | None, str]] = {}  # key → (JSON or None to delete, updated)
         try:
             self._db = self._open()
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, unreachable: not a corrupt file, never moved aside
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{now:%Y%m%dT%H%M%SZ}")
             self.path.replace(aside)
@@ -53,8 +83,9 @@ class StateStore:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=0.0)
         try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             row = db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
@@ -68,6 +99,9 @@ class StateStore:
 
     def get(self, key: str) -> Any | None:
         """The JSON document stored under ``key``, or ``None``; an unparsable value counts as absent."""
+        if key in self._pending:
+            text = self._pending[key][0]
+            return None if text is None else json.loads(text)
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -78,12 +112,39 @@ class StateStore:
             return None
 
     def put(self, key: str, value: Any, now: datetime) -> None:
-        """Store ``value`` (JSON-serialisable) under ``key``."""
-        self._db.execute("INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)",
-                         (key, json.dumps(value), now.isoformat()))
+        """Store ``value`` (JSON-serialisable) under ``key``; see :meth:`_write` when the file is busy."""
+        self._pending[key] = (json.dumps(value), now.isoformat())
+        self._write()
 
     def delete(self, key: str) -> None:
-        self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+        self._pending[key] = (None, "")
+        self._write()
+
+    def _write(self) -> None:
+        """Write what is pending. A file locked by another process (or read-only) never holds the cycle: SQLite
+        waits at most ``BUSY_TIMEOUT_MS``, the values stay pending in memory, :attr:`write_error` says why,
+        and the next write tries them all again."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for key, (text, updated) in self._pending.items():
+                if text is None:
+                    self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)",
+                                     (key, text, updated))
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if self.write_error is None:
+                log.error("state file %s not writable now (%s); %d value(s) kept in memory and retried",
+                          self.path, exc, len(self._pending))
+            self.write_error = str(exc)
+            return
+        self._pending.clear()
+        if self.write_error is not None:
+            log.warning("state file %s writable again", self.path)
+        self.write_error = None
 
     def close(self) -> None:
         self._db.close()

@@ -208,3 +208,31 @@ def test_a_profile_naming_what_does_not_exist_or_an_inverted_range_fails_config_
     check passed them all and the controller found out at run time (or never)."""
     err = check_cli(profile_with(tmp_path, old, new), capsys)
     assert "devices[" in err and "bad-profile.yaml" in err and says in err and "Traceback" not in err
+
+
+def test_ems_run_with_an_unusable_state_directory_exits_2_with_one_line(tmp_path, capsys):
+    """Before: a traceback from deep inside the state store, after the simulated site had started."""
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for state, says in ((afile, "is not a directory"), (afile / "sub", "is not usable")):
+        assert main(["run", "--simulate", "--state-dir", str(state)]) == 2
+        captured = capsys.readouterr()
+        lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and says in lines[0] and str(state) in lines[0], captured.err
+        assert "simulated site at" not in captured.out
+
+
+def test_a_read_only_state_filesystem_is_named_as_such(tmp_path, capsys):
+    """A read-only mount (root ignores file modes, so a real read-only tmpfs is mounted)."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        assert main(["run", "--simulate", "--state-dir", str(mnt)]) == 2
+        assert "read-only filesystem" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

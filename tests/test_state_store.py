@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -181,4 +182,33 @@ def test_a_bad_value_is_reset_with_an_alarm_and_the_rest_kept(tmp_path, key, val
         if key != "reserve":
             assert controller.commands.reserve is not None and controller.commands.reserve.soc_pct == 30.0
     finally:
+        controller.store.close()
+
+
+def test_a_state_file_locked_by_another_process_never_stops_the_controller(tmp_path):
+    """Before: the controller's write waited 5 s for the lock on the event loop, then raised and the service
+    exited. Now the write waits at most BUSY_TIMEOUT_MS, keeps the values, raises ``state_store_unwritable``,
+    and lands them once the other process lets go."""
+    import sqlite3
+
+    from controller.cli import EXAMPLE_SITE
+    from controller.config import load_config
+    from controller.service import STATE_FILE, Controller
+    from ems.clock import ManualClock
+
+    now = datetime(2026, 5, 4, 4, 0, tzinfo=UTC)
+    controller = Controller.from_config(load_config(EXAMPLE_SITE), EXAMPLE_SITE, ManualClock(now),
+                                        state_directory=tmp_path)
+    other = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        controller.apply({"command": "soc_reserve", "soc_pct": 40, "ttl_s": 3600})  # persists at once
+        assert "state_store_unwritable" in controller.alarms and "locked" in controller.alarms["state_store_unwritable"]
+        assert controller.store.get("reserve")["soc_pct"] == 40  # kept in memory
+        other.execute("ROLLBACK")
+        controller.persist(now)
+        assert "state_store_unwritable" not in controller.alarms
+        assert json.loads(other.execute("SELECT value FROM kv WHERE key = 'reserve'").fetchone()[0])["soc_pct"] == 40
+    finally:
+        other.close()
         controller.store.close()
