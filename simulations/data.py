@@ -132,17 +132,16 @@ def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone:
                                utc=True, errors="coerce")
         out[has_offset] = np.where(aware.isna(), out[has_offset], aware.as_unit("ns").asi8)
     naive_rows = np.flatnonzero(~has_offset)
-    if len(naive_rows) and timezone is None:
-        if has_offset.any():
-            parsed = pd.to_datetime([stripped[i] for i in naive_rows], format="ISO8601", errors="coerce")
-            for j, i in enumerate(naive_rows):
-                if not pd.isna(parsed[j]):
-                    errors.add(f"row {lines[i]}, column {column}",
-                               f"{stripped[i]!r} has no UTC offset while other rows have one")
-        else:
-            raise DataError(source, [FieldError(
-                f"column {column}", "timestamps carry no UTC offset: give the file's time zone (timezone=...) "
-                                    "or write offsets such as 2026-01-01T00:00+07:00")])
+    if len(naive_rows) and has_offset.any():  # a mix is refused whatever the file's time zone: which is meant?
+        parsed = pd.to_datetime([stripped[i] for i in naive_rows], format="ISO8601", errors="coerce")
+        for j, i in enumerate(naive_rows):
+            if not pd.isna(parsed[j]):
+                errors.add(f"row {lines[i]}, column {column}",
+                           f"{stripped[i]!r} has no UTC offset while other rows have one")
+    elif len(naive_rows) and timezone is None:
+        raise DataError(source, [FieldError(
+            f"column {column}", "timestamps carry no UTC offset: give the file's time zone (timezone=...) "
+                                "or write offsets such as 2026-01-01T00:00+07:00")])
     elif len(naive_rows):
         naive = pd.DatetimeIndex(pd.to_datetime([stripped[i] for i in naive_rows], format="ISO8601",
                                                 errors="coerce"))

@@ -196,6 +196,20 @@ timestamp,load_kw
     assert "go backwards" in errors["row 4, column timestamp"]
 
 
+def test_mixed_offsets_are_refused_even_when_the_file_has_a_time_zone(tmp_path):
+    """Issue 11: with ``timezone=`` given, rows without an offset were localised and mixed silently with rows that
+    had one (which clock did the logger mean?); now the first such row is named."""
+    text = """
+timestamp,load_kw
+2026-01-01T00:00+07:00,1
+2026-01-01T00:15+07:00,2
+2026-01-01 00:30,3
+2026-01-01T00:45+07:00,4
+"""
+    errors = errors_of(write(tmp_path, text), timezone="Asia/Ho_Chi_Minh", columns=("load",))
+    assert "no UTC offset while other rows have one" in errors["row 4, column timestamp"]
+
+
 def test_off_step_timestamp(tmp_path):
     text = "\n".join(["timestamp,load_kw"] + [f"2026-01-01T00:{m:02d}Z,1" for m in (0, 15, 30, 40, 55)])
     errors = errors_of(write(tmp_path, text), columns=("load",))
