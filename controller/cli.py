@@ -84,7 +84,11 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         from drivers.simulated.site import SimulatedSite
 
         site = SimulatedSite.from_file(path, speed=args.speed)
-        endpoints = await site.start()
+        try:
+            endpoints = await site.start()
+        except OSError as exc:  # a busy port: one line, like `ems sim serve`
+            print(f"ems run --simulate: {exc}", file=sys.stderr)
+            return 2
         clock = site.clock
         print(f"simulated site at {clock.speed:g}x: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()),
               flush=True)

@@ -67,3 +67,24 @@ async def test_a_port_on_an_address_not_of_this_machine_is_an_os_error_naming_it
     with pytest.raises(OSError, match=rf"{devices[0].name}: cannot listen on {host}:{devices[0].endpoint.port}: "):
         await site.start()
     await site.stop()
+
+
+def test_ems_run_simulate_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_path):
+    """Issue 11: `ems run --simulate` printed a traceback (with the clear OSError at its bottom)."""
+    config = site_config()
+    data = yaml.safe_load(EXAMPLE_SITE.read_text())
+    for dev, free in zip(data["devices"], config.devices, strict=True):
+        dev["endpoint"]["port"] = free.endpoint.port
+    data["telemetry"] = {"dashboard": {"enabled": False}}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    busy = data["devices"][0]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", busy["endpoint"]["port"]))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "ems.cli", "run", "--simulate", "--config", str(path),
+                               "--state-dir", str(tmp_path / "state")], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "address already in use" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
