@@ -194,6 +194,31 @@ def _file_step_ns(ns: np.ndarray, valid: np.ndarray, errors: _Errors, source: st
     return int(values[np.argmax(counts)])
 
 
+def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: str, step_ns: int,
+                 errors: _Errors, allow_gaps: bool = False) -> None:
+    """Duplicates, timestamps going backwards, off-step rows and (unless ``allow_gaps``) gaps, each reported
+    at its row."""
+    first_row: dict[int, int] = {}
+    previous = None
+    for i in np.flatnonzero(valid):
+        t = int(ns[i])
+        field = f"row {lines[i]}, column {ts_name}"
+        if t in first_row:
+            errors.add(field, f"duplicate timestamp (same instant as row {first_row[t]})")
+            continue
+        first_row[t] = lines[i]
+        if previous is not None:
+            delta = t - int(ns[previous])
+            if delta < 0:
+                errors.add(field, f"timestamps go backwards (row {lines[previous]} is later)")
+            elif delta % step_ns:
+                errors.add(field, f"{delta / 6e10:g} min after row {lines[previous]}: not on the file's "
+                                  f"{step_ns / 6e10:g}-minute step")
+            elif delta > step_ns and not allow_gaps:
+                errors.add(field, f"gap: {delta // step_ns - 1} missing interval(s) after row {lines[previous]}")
+        previous = i
+
+
 def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes: int = 15,
                     columns: Sequence[str] = ("pv", "load"), unit: Literal["kW", "kWh"] | None = None,
                     rated_kw: Mapping[str, float] | None = None, allow_gaps: bool = False,
@@ -258,25 +283,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     if step_ns % target_ns:
         raise errors.fatal(source, f"column {ts_name}", f"the file's step of {step_ns / 6e10:g} min is not a whole "
                                                         f"multiple of {step_minutes} min")
-    first_row = {}
-    previous = None
-    for i in np.flatnonzero(valid):
-        t = int(ns[i])
-        field = f"row {lines[i]}, column {ts_name}"
-        if t in first_row:
-            errors.add(field, f"duplicate timestamp (same instant as row {first_row[t]})")
-            continue
-        first_row[t] = lines[i]
-        if previous is not None:
-            delta = t - int(ns[previous])
-            if delta < 0:
-                errors.add(field, f"timestamps go backwards (row {lines[previous]} is later)")
-            elif delta % step_ns:
-                errors.add(field, f"{delta / 6e10:g} min after row {lines[previous]}: not on the file's "
-                                  f"{step_ns / 6e10:g}-minute step")
-            elif delta > step_ns and not allow_gaps:
-                errors.add(field, f"gap: {delta // step_ns - 1} missing interval(s) after row {lines[previous]}")
-        previous = i
+    _check_order(ns, valid, lines, ts_name, step_ns, errors, allow_gaps=allow_gaps)
     step_h = step_ns / 3.6e12
     kw = {}
     for name, (i, col_unit) in found.items():

@@ -23,6 +23,7 @@ from optimizer.solar import AMBIENT_TEMPERATURE_C, WIND_SPEED_M_S, ac_power_kw, 
 from simulations.data import (
     TIMESTAMP_COLUMNS,
     DataError,
+    _check_order,
     _Errors,
     _file_step_ns,
     _parse_numbers,
@@ -120,30 +121,6 @@ def read_irradiance_csv(path: str | Path, timezone: str | None = None, max_error
                          index=pd.DatetimeIndex(pd.to_datetime(ns[order], unit="ns", utc=True), name="start"))
     frame.attrs["step_minutes"] = step_ns / 6e10
     return frame
-
-
-def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: str, step_ns: int,
-                 errors: _Errors) -> None:
-    """Duplicates, timestamps going backwards, off-step rows and gaps, each reported at its row."""
-    first_row: dict[int, int] = {}
-    previous = None
-    for i in np.flatnonzero(valid):
-        t = int(ns[i])
-        field = f"row {lines[i]}, column {ts_name}"
-        if t in first_row:
-            errors.add(field, f"duplicate timestamp (same instant as row {first_row[t]})")
-            continue
-        first_row[t] = lines[i]
-        if previous is not None:
-            delta = t - int(ns[previous])
-            if delta < 0:
-                errors.add(field, f"timestamps go backwards (row {lines[previous]} is later)")
-            elif delta % step_ns:
-                errors.add(field, f"{delta / 6e10:g} min after row {lines[previous]}: not on the file's "
-                                  f"{step_ns / 6e10:g}-minute step")
-            elif delta > step_ns:
-                errors.add(field, f"gap: {delta // step_ns - 1} missing interval(s) after row {lines[previous]}")
-        previous = i
 
 
 def irradiance_pv_kw(frame: pd.DataFrame, site: SiteInfo, pv: PVSpec) -> np.ndarray:
