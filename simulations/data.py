@@ -194,6 +194,15 @@ def _file_step_ns(ns: np.ndarray, valid: np.ndarray, errors: _Errors, source: st
     return int(values[np.argmax(counts)])
 
 
+def _check_timezone(source: str, timezone: str | None) -> None:
+    """:class:`DataError` unless ``timezone`` is None or a known IANA zone."""
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise DataError(source, [FieldError("timezone", f"unknown IANA time zone {timezone!r}")]) from exc
+
+
 def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: str, step_ns: int,
                  errors: _Errors, allow_gaps: bool = False) -> None:
     """Duplicates, timestamps going backwards, off-step rows and (unless ``allow_gaps``) gaps, each reported
@@ -257,11 +266,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     """
     p = Path(path)
     source = str(p)
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise DataError(source, [FieldError("timezone", f"unknown IANA time zone {timezone!r}")]) from exc
+    _check_timezone(source, timezone)
     if step_minutes <= 0:
         raise ValueError("step_minutes must be positive")
     header, rows, lines = _read_rows(p, source)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from simulations.data import (
     TIMESTAMP_COLUMNS,
     DataError,
     _check_order,
+    _check_timezone,
     _Errors,
     _file_step_ns,
     _parse_numbers,
@@ -69,11 +69,7 @@ def read_irradiance_csv(path: str | Path, timezone: str | None = None, max_error
     """
     p = Path(path)
     source = str(p)
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise DataError(source, [FieldError("timezone", f"unknown IANA time zone {timezone!r}")]) from exc
+    _check_timezone(source, timezone)
     header, rows, lines = _read_rows(p, source)
     names = [h.strip().lower() for h in header]
     ts_col = next((names.index(c) for c in TIMESTAMP_COLUMNS if c in names), None)
