@@ -30,6 +30,7 @@ def test_every_language_has_every_alarm_sentence_and_hint() -> None:
     dicts = {lang: json.loads((folder / f"{lang}.json").read_text()) for lang in ("en", "vi", "ja")}
     assert set(dicts["vi"]) == set(dicts["en"]) == set(dicts["ja"])
     for prefix in ("device_unreachable", "point_missing", "point_stale", "point_implausible", "data_missing",
-                   "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "unknown"):
+                   "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "state_value_invalid",
+                   "state_store_unwritable", "unknown"):
         for d in dicts.values():
             assert d[f"alarm.{prefix}"] and d[f"hint.{prefix}"], prefix
