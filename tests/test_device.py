@@ -317,7 +317,7 @@ def test_devices_file_errors_name_file_and_field(tmp_path: Path) -> None:
     assert "devices[0].unit_id" in fields and any(f.startswith("devices[1].endpoint") for f in fields)
     path.write_text("devices:\n  - {name: a, role: meter, profile: p, endpoint: {host: h}}\n"
                     "  - {name: a, role: battery, profile: p, endpoint: {host: h}}\n")
-    with pytest.raises(ConfigError, match="repeated: a"):
+    with pytest.raises(ConfigError, match="'a' is already the name of devices\\[0\\]"):
         load_devices(path)
 
 
