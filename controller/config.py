@@ -8,7 +8,8 @@ Sections (field reference with the example: docs/configuration.md):
   several), one or more batteries (each with its own ``battery:`` spec when there are several; the top-level
   ``battery:`` is then their aggregate, :func:`optimizer.site.aggregate_units`) — :func:`group_errors`;
 - ``control`` — :class:`ControlSettings` (cycle, writes, planning cadence, fallback, state directory,
-  and ``dispatch``: the limits chain's :class:`~controller.dispatch.DispatchSettings`);
+  ``dispatch``: the limits chain's :class:`~controller.dispatch.DispatchSettings`, and ``groups``: when a unit
+  follows its setpoint, :class:`~controller.groups.GroupSettings`);
 - ``telemetry`` — ``controller.telemetry.config.TelemetrySettings`` (MQTT, InfluxDB, dashboard);
 - ``simulation`` — ``drivers.simulated.config.SimulationConfig`` (only for ``ems run --simulate``).
 
@@ -29,6 +30,7 @@ from typing import Literal
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
 from controller.dispatch import DispatchSettings
+from controller.groups import GroupSettings
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
 from drivers.config import DeviceConfig, MeterLocation, device_list_errors
@@ -74,7 +76,11 @@ class ControlSettings(StrictModel):
                     "file; a relative path is relative to the site file")
     dispatch: DispatchSettings = DispatchSettings()
     validation: ValidationSettings = ValidationSettings()
+    groups: GroupSettings = GroupSettings()
 
+
+GROUP_NAMES = {Role.BATTERY: "battery-group", Role.PV_INVERTER: "pv-group"}
+"""The name of a role's aggregate when several devices serve it."""
 
 MAX_RATING = 1e6
 """Largest power [kW] or energy [kWh] rating a site file may give: 1 GW / 1 GWh."""
@@ -134,6 +140,14 @@ class SiteConfig(PlanningSite):
     def grid_meter(self) -> DeviceConfig:
         """The meter at the connection point."""
         return next(d for d in self.devices if d.meter_location is MeterLocation.GRID)
+
+    def role_name(self, role: Role) -> str:
+        """What names ``role``'s aggregate in alarms and validation: the grid meter, a role's only device, or
+        ``battery-group`` / ``pv-group`` for several."""
+        if role is Role.METER:
+            return self.grid_meter.name
+        devices = self.devices_of(role)
+        return devices[0].name if len(devices) == 1 else GROUP_NAMES[role]
 
     def inverter_rating_kw(self, device: DeviceConfig) -> float:
         """A PV inverter's AC rating: its ``rating_kw``, or ``pv.ac_kw`` for a site's only inverter. [kW]"""

@@ -215,7 +215,7 @@ class _Unit:
     write_error: str = ""
 
 
-class _Group:
+class Group:
     """What battery and PV groups share: units, alarms, writes, health."""
 
     kind = ""
@@ -274,7 +274,7 @@ class _Group:
         return {n: u.state for n, u in self.units.items()}
 
 
-class BatteryGroup(_Group):
+class BatteryGroup(Group):
     """Several batteries (or one) as one aggregate battery."""
 
     kind = "battery"
@@ -383,7 +383,7 @@ class BatteryGroup(_Group):
         return out
 
 
-class PVGroup(_Group):
+class PVGroup(Group):
     """Several PV inverters (or one) as one plant with one limit."""
 
     kind = "pv"
