@@ -160,3 +160,15 @@ def test_ems_config_check_prints_the_paths(tmp_path: Path, capsys: pytest.Captur
     assert main(["config", "check", str(tmp_path / "ok.yaml")]) == 0
     assert main(["config", "check", str(path)]) != 0
     assert "devices[3].rating_kw" in capsys.readouterr().err
+
+
+def test_the_documented_multi_asset_example_is_valid():
+    import re
+
+    text = Path("docs/configuration.md").read_text()
+    block = re.search(r"A site with two battery containers.*?```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    config = validate_config({**copy.deepcopy(EXAMPLE), **yaml.safe_load(block.group(1))}, "docs", EXAMPLE_SITE.parent)
+    bat = config.battery
+    assert (bat.capacity_kwh, bat.max_charge_kw, bat.max_discharge_kw) == (1000, 500, 550)
+    assert (round(bat.soc_min_pct, 6), round(bat.soc_max_pct, 6)) == (14, 92)  # as the comment in the example says
