@@ -18,9 +18,10 @@ units in the group (:meth:`BatteryGroup.split`, :meth:`PVGroup.split`).
   its own SOC window edge in that direction counting 0.
 
 **Health.** A unit is out of the group at once — alarm ``unit_out:<device>`` with the reason — when a point it
-needs (power, SOC, both BMS limits) is missing or stale, when its alarm word is non-zero (faulted), when its
-BMS allows 0 kW in a direction while its SOC is inside its window (derated to nothing), when a setpoint write to
-it failed, and — alarm ``unit_not_following:<device>`` — when it does not follow its setpoint (:class:`FollowCheck`).
+needs (power, SOC, both BMS limits) is missing or stale, when its alarm word is non-zero (faulted), when a
+setpoint write to it failed, and — alarm ``unit_not_following:<device>`` — when it does not follow its setpoint
+(:class:`FollowCheck`). A unit whose BMS allows 0 kW in a direction while its SOC is inside its window (derated to
+nothing) is out in that direction only (``unit_out:<device>`` too; it contributes 0 kW there and keeps the other).
 It comes back when healthy again (a unit out for not following: after ``retry_s`` and following its 0 kW).
 The group is healthy only while every unit is in.
 
@@ -188,6 +189,9 @@ class UnitState:
     in_group: bool = False
     reason: str = ""
     """Why the unit is out (empty while in)."""
+    limited: str = ""
+    """Why the unit, in the group, takes no power in one direction although its SOC allows it (its BMS allows 0 kW
+    there); empty otherwise."""
     measured_kw: float | None = None
     setpoint: float | None = None
     """Battery: kW (+ discharge); PV: % of the inverter's rating."""
@@ -199,7 +203,8 @@ class UnitState:
 
     def to_dict(self, unit: str) -> dict[str, Any]:
         """JSON-ready entry of the state message's ``devices``."""
-        return {"in_group": self.in_group, "reason": self.reason or None, "measured_kw": self.measured_kw,
+        return {"in_group": self.in_group, "reason": self.reason or self.limited or None,
+                "measured_kw": self.measured_kw,
                 "setpoint": self.setpoint, "setpoint_unit": unit, "soc_pct": self.soc_pct}
 
 
@@ -213,6 +218,9 @@ class _Unit:
     not_following: str = ""
     out_since: float | None = None
     write_error: str = ""
+    alarmed_elsewhere: bool = False
+    """The unit is out only for missing/stale readings or a failed write, which the validation stage and
+    ``write_failed:<device>`` already alarm by device name: a group of one raises no ``unit_out`` for it."""
 
 
 class Group:
@@ -254,21 +262,37 @@ class Group:
     def _asked_kw(self, u: _Unit, value: float) -> float:
         return value
 
+    def _judge(self, u: _Unit, data: list[str], faults: list[str]) -> None:
+        """In or out: out for missing/stale ``data``, ``faults``, a failed write or not following (reasons joined)."""
+        reasons = data + faults
+        if u.write_error:
+            reasons.append(f"setpoint write failed: {u.write_error}")
+        if u.not_following:
+            reasons.append(f"not following: {u.not_following}")
+        u.state.in_group, u.state.reason = not reasons, "; ".join(reasons)
+        u.alarmed_elsewhere = not faults and not u.not_following
+
     def alarms(self) -> dict[str, str]:
-        """Active ``unit_out:<device>`` and ``unit_not_following:<device>`` alarms (code → message)."""
+        """Active ``unit_out:<device>`` and ``unit_not_following:<device>`` alarms (code → message).
+
+        In a group of one, a unit out only for missing or stale readings or a failed write raises no
+        ``unit_out`` (the validation stage's device alarms and ``write_failed:<device>`` name it already)."""
         out: dict[str, str] = {}
+        single = len(self.units) == 1
         for u in self.units.values():
             if u.not_following:
                 out[NOT_FOLLOWING + u.name] = f"{u.name} does not follow its setpoint: {u.not_following}; " \
                                               "taken out of the group"
-            elif not u.state.in_group:
+            elif not u.state.in_group and not (single and u.alarmed_elsewhere):
                 out[OUT + u.name] = f"{u.name} out of the {self.kind} group: {u.state.reason}"
+            elif u.state.limited:
+                out[OUT + u.name] = f"{u.name} out of the {self.kind} group in one direction: {u.state.limited}"
         return out
 
     @property
     def healthy(self) -> bool:
-        """Every unit is in the group (and so receives and follows its setpoints)."""
-        return all(u.state.in_group for u in self.units.values())
+        """Every unit is in the group in both directions (and so receives and follows its setpoints)."""
+        return all(u.state.in_group and not u.state.limited for u in self.units.values())
 
     def states(self) -> dict[str, UnitState]:
         return {n: u.state for n, u in self.units.items()}
@@ -324,22 +348,18 @@ class BatteryGroup(Group):
         if u.follow.asked_kw is not None and bms_ch is not None and bms_dis is not None:
             expected = min(max(u.follow.asked_kw, -bms_ch), bms_dis)
         self._follow(u, expected, now_s)
-        reasons = [_why_missing(r, n) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
-                   if _value(r, n) is None]
+        data = [_why_missing(r, n) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
+                if _value(r, n) is None]
         alarm = _value(r, "battery_alarm")
-        if alarm:
-            reasons.append(f"faulted (alarm word {alarm:g})")
-        if not reasons:
+        faults = [f"faulted (alarm word {alarm:g})"] if alarm else []
+        self._judge(u, data, faults)
+        limited = []
+        if st.in_group:
             assert bms_ch is not None and bms_dis is not None and st.soc_pct is not None
             inside = spec.soc_min_pct < st.soc_pct < spec.soc_max_pct
-            for direction, bms in (("charge", bms_ch), ("discharge", bms_dis)):
-                if bms <= 0 and inside:
-                    reasons.append(f"its BMS allows 0 kW {direction} at SOC {st.soc_pct:g} %")
-        if u.write_error:
-            reasons.append(f"setpoint write failed: {u.write_error}")
-        if u.not_following:
-            reasons.append(f"not following: {u.not_following}")
-        st.in_group, st.reason = not reasons, "; ".join(reasons)
+            limited = [f"its BMS allows 0 kW {direction} at SOC {st.soc_pct:g} %"
+                       for direction, bms in (("charge", bms_ch), ("discharge", bms_dis)) if bms <= 0 and inside]
+        st.limited = "; ".join(limited)
         if st.in_group:
             assert bms_ch is not None and bms_dis is not None and st.soc_pct is not None
             room, energy = (spec.capacity_kwh * (spec.soc_max_pct - st.soc_pct),
@@ -403,12 +423,7 @@ class PVGroup(Group):
             st, r = u.state, readings.get(u.name, {})
             st.measured_kw = _value(r, "pv_kw")
             self._follow(u, u.follow.asked_kw, now_s)
-            reasons = [] if st.measured_kw is not None else [_why_missing(r, "pv_kw")]
-            if u.write_error:
-                reasons.append(f"limit write failed: {u.write_error}")
-            if u.not_following:
-                reasons.append(f"not following: {u.not_following}")
-            st.in_group, st.reason = not reasons, "; ".join(reasons)
+            self._judge(u, [] if st.measured_kw is not None else [_why_missing(r, "pv_kw")], [])
         units = list(self.units.values())
         powers = [u.state.measured_kw for u in units if u.state.measured_kw is not None]
         limits = [(u, _value(readings.get(u.name, {}), "pv_limit_pct")) for u in units if u.state.in_group]

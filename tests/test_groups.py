@@ -80,11 +80,14 @@ def test_a_unit_drops_out_at_once_and_comes_back_when_healthy():
 def test_bms_zero_inside_the_window_takes_a_unit_out_but_a_full_unit_only_stops_charging():
     group = BatteryGroup(UNITS)
     agg = group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80, dis=0)}, 0.0)
-    assert "its BMS allows 0 kW discharge at SOC 80 %" in group.alarms()["unit_out:bess-2"]
-    assert agg["max_discharge_kw"] == 300 and agg["max_charge_kw"] == 300
+    assert "in one direction: its BMS allows 0 kW discharge at SOC 80 %" in group.alarms()["unit_out:bess-2"]
+    assert agg["max_discharge_kw"] == 300 and agg["max_charge_kw"] == 300 + 200  # it still charges
+    assert not group.healthy
     assert group.split(250) == {"bess-1": 250.0, "bess-2": 0.0}
+    assert group.split(-100)["bess-2"] < 0
     agg = group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=95, ch=0)}, 1.0)  # full: normal, no alarm
-    assert group.alarms() == {} and agg["max_charge_kw"] == 300 and agg["max_discharge_kw"] == 550
+    assert group.alarms() == {} and group.healthy
+    assert agg["max_charge_kw"] == 300 and agg["max_discharge_kw"] == 550
     assert group.split(-100) == {"bess-1": -100.0, "bess-2": 0.0}
 
 
@@ -166,6 +169,14 @@ def test_pv_limit_is_shared_in_proportion_to_rating():
     for t in (3.0, 30.0):
         group.observe({"inv-1": pv(90, 40), "inv-2": pv(0), "inv-3": pv(20, 40)}, t)
     assert "produces 90.0 kW above its limit of 40.0 kW" in group.alarms()["unit_not_following:inv-1"]
+
+
+def test_a_group_of_one_leaves_missing_data_and_failed_writes_to_the_device_alarms():
+    group = BatteryGroup({"battery": UNITS["bess-1"]})
+    group.observe({"battery": bat(soc=None)}, 0.0)
+    assert not group.healthy and group.alarms() == {}      # point_missing:battery:soc_pct says it already
+    group.observe({"battery": bat(soc=50, alarm=2)}, 1.0)
+    assert "faulted (alarm word 2)" in group.alarms()["unit_out:battery"]
 
 
 def test_water_fill():
