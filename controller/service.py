@@ -36,6 +36,7 @@ import pandas as pd
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
+from controller.devices import Device
 from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
 from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
 from controller.planning import (
@@ -61,7 +62,7 @@ from controller.state_store import (
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
-from drivers.profile import Profile, load_profile
+from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
@@ -83,25 +84,18 @@ MAX_ACCOUNTED_GAP_CYCLES = 5
 
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
-                  pool: ConnectionPool) -> dict[Role, ModbusDevice]:
+                  pool: ConnectionPool) -> dict[Role, Device]:
     """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file.
 
     Each device's deadline comes from its own settings and the control cycle in physical seconds
-    (``DeviceConfig.deadline``)."""
+    (``DeviceConfig.deadline``); unchanged setpoints are re-sent every ``control.heartbeat_s``."""
     devices = {}
     cycle_s = config.control.cycle_s / clock.speed
     for cfg in config.devices:
         path = resolve_profile(cfg.profile, config_path.resolve().parent)
         devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
-                                         deadline_s=cfg.deadline(cycle_s))
+                                         deadline_s=cfg.deadline(cycle_s), resend_s=config.control.heartbeat_s)
     return devices
-
-
-def reversion_s(profile: Profile) -> float | None:
-    """The battery's own fallback timer as the profile's ``remote_control.enter`` sets it (``setpoint_reversion_s``,
-    SunSpec 704 ``WSetRvrtTms``; 0 disables it there) [s]; ``None`` if it sets none."""
-    steps = profile.remote_control.enter if profile.remote_control is not None else []
-    return next((step.value or None for step in steps if step.point == "setpoint_reversion_s"), None)
 
 
 class Controller:
@@ -110,8 +104,8 @@ class Controller:
     Parameters
     ----------
     config : SiteConfig
-    devices : Mapping[Role, ModbusDevice]
-        One device per role.
+    devices : Mapping[Role, Device]
+        One device per role (``controller.devices``: a Modbus device, or an in-memory one in tests).
     clock : Clock
         Site time (shared with the simulated site when there is one).
     tariff : SiteTariff
@@ -123,7 +117,7 @@ class Controller:
         systemd notification; default from ``$NOTIFY_SOCKET``.
     """
 
-    def __init__(self, config: SiteConfig, devices: Mapping[Role, ModbusDevice], clock: Clock, tariff: SiteTariff,
+    def __init__(self, config: SiteConfig, devices: Mapping[Role, Device], clock: Clock, tariff: SiteTariff,
                  state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None):
         self.config = config
         self.devices = dict(devices)
@@ -135,7 +129,7 @@ class Controller:
         self.notify = notify or SdNotify()
         self.store = StateStore(state_path, now)
         self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
-                                     battery_reversion_s=reversion_s(self.devices[Role.BATTERY].profile))
+                                     battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
@@ -159,7 +153,6 @@ class Controller:
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_ts: datetime | None = None
         self._last_persist = -float("inf")
-        self._written: dict[str, tuple[float, float]] = {}  # point → (value, site monotonic of the write)
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
         self._replan_until: datetime | None = None
         self._last_plan_try: float | None = None
@@ -338,25 +331,17 @@ class Controller:
         return target
 
     async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
-        """Write ``value`` unless within ``deadband`` of the last write (re-sent at the heartbeat); error or None."""
+        """Write ``value`` (the device skips it within ``deadband`` of what it holds, and re-sends it at the
+        heartbeat: ``drivers.writes``); the error, or None."""
         device = self.devices[role]
         if device.online is not True:  # never block the cycle on connect attempts to a dead device
-            self._written.pop(point, None)
             return f"{device.name} unreachable: {device.last_error or 'not polled yet'}"
-        mono = self.clock.monotonic()
-        last = self._written.get(point)
-        heartbeat = last is not None and mono - last[1] >= self.config.control.heartbeat_s
-        if last is not None and abs(value - last[0]) < deadband and not heartbeat and not (value == 0 != last[0]):
-            value = last[0]
         try:
-            result = await device.write(point, value, force=heartbeat)
+            result = await device.write(point, value, deadband=deadband)
         except KeyError as exc:  # SunSpec points have no address until the device has been discovered
             return f"{device.name}: {point}: {exc}"
         if not result.ok:
-            self._written.pop(point, None)
             return f"{device.name}: {point}={value:g}: {result.detail}"
-        if result.sent or last is None:
-            self._written[point] = (result.value, mono)
         return None
 
     async def _write(self, decision: Decision, now: datetime) -> None:
@@ -379,13 +364,12 @@ class Controller:
         A sequence cut short because the device stopped answering in time leaves it offline, so the
         sequence runs again when the device is back."""
 
-        async def enter(role: Role, device: ModbusDevice) -> None:
+        async def enter(device: Device) -> None:
             for result in await device.enter_remote_control():
                 if not result.ok:
                     log.error("device %s: remote control not entered: %s", device.name, result.detail)
-            self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
 
-        await asyncio.gather(*(enter(role, d) for role, d in self.devices.items()
+        await asyncio.gather(*(enter(d) for role, d in self.devices.items()
                                if d.online and not self._online[role]))
         for role, device in self.devices.items():
             self._online[role] = device.online
@@ -396,8 +380,8 @@ class Controller:
         snap = await read_snapshot(list(self.devices.values()), self.clock)
         t_read = time.perf_counter()
         now = snap.ts
-        written = self._written.get("battery_setpoint_kw")
-        snap, health, self.validation = self.validator.check(snap, written[0] if written else None)
+        written = self.devices[Role.BATTERY].last_written("battery_setpoint_kw")
+        snap, health, self.validation = self.validator.check(snap, written)
         self._set_alarms(health, ALARM_PREFIXES, now)
         await self._remote_control()
         self.snapshot = snap
@@ -606,7 +590,7 @@ class Controller:
                 await self.telemetry.aclose()
 
     @staticmethod
-    async def _zero_battery(battery: ModbusDevice) -> bool:
+    async def _zero_battery(battery: Device) -> bool:
         """Write 0 kW (polling the device first if it is not known to be online); True if confirmed."""
         try:
             if battery.online is not True:
@@ -638,7 +622,7 @@ class Controller:
         self.persist(now)
         self.store.close()
         for device in self.devices.values():
-            device.connection.close()
+            device.close()
         self.notify.close()
         if zeroed and released:
             log.warning("controller stopped: battery 0 kW, remote control released")
@@ -650,8 +634,3 @@ class Controller:
 
 _ALARM_TEXT = {"data_missing": "required measurement missing or stale; safe state",
                "import_cap_unheld": "import above the contracted capacity and the battery cannot hold it"}
-
-
-def _belongs(point: str, role: Role) -> bool:
-    return (point == "battery_setpoint_kw" and role is Role.BATTERY) or (
-        point == "pv_limit_pct" and role is Role.PV_INVERTER)
