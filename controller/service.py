@@ -29,10 +29,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import pandas as pd
-
+from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
@@ -49,16 +47,7 @@ from controller.planning import (
 )
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
-from controller.state_store import (
-    DemandTracker,
-    EnergyCounters,
-    StateStore,
-    StoredDemand,
-    StoredEnergy,
-    StoredMode,
-    StoredReserve,
-    read_stored,
-)
+from controller.state_store import StateStore, StoredMode, StoredReserve, read_stored
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
@@ -79,8 +68,6 @@ PLAN_TIMEOUT_MARGIN_S = 1.0
 """Real seconds beyond twice the solver's time limit a planning attempt (forecasts, build, solve) may take."""
 CYCLE_TIMES_KEPT = 3600
 """Cycle times kept for statistics (an hour at the default cycle)."""
-MAX_ACCOUNTED_GAP_CYCLES = 5
-"""A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
 
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
@@ -141,25 +128,21 @@ class Controller:
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
                                  (bat.soc_min_pct, bat.soc_max_pct), self.request_replan)
-        demand = tariff.demand_charge(now)
-        self.demand = DemandTracker(tariff.billing_month, config.site.timezone,
-                                    demand.window_minutes if demand else ctl.demand_interval_minutes)
-        self.energy = EnergyCounters()
+        self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
+                                     ctl.demand_interval_minutes, now)
+        self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
         self.alarms: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
         self.cycles = 0
         self.cycle_ms: deque[float] = deque(maxlen=CYCLE_TIMES_KEPT)
         """Read→write time of the latest cycles [ms, real time]."""
-        self._last_ts: datetime | None = None
         self._last_persist = -float("inf")
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
         self._replan_until: datetime | None = None
         self._last_plan_try: float | None = None
         self._deviation_since: float | None = None
-        self._price_cache: tuple[datetime, dict[str, Any]] | None = None
         self._stop = asyncio.Event()
-        self._zone = ZoneInfo(config.site.timezone)
         self.telemetry: Telemetry | None = None
         self._restore(now)
 
@@ -192,8 +175,7 @@ class Controller:
                 s.delete(key)
             return value
 
-        self.demand.restore(read(DemandTracker.KEY, StoredDemand))
-        self.energy = EnergyCounters.from_stored(read(EnergyCounters.KEY, StoredEnergy))
+        self.accounting.restore(read(DemandTracker.KEY, StoredDemand), read(EnergyCounters.KEY, StoredEnergy))
         plan = s.get("plan")
         if plan:
             try:
@@ -220,8 +202,8 @@ class Controller:
     def persist(self, now: datetime) -> None:
         """Save counters, demand peak and operator requests."""
         s = self.store
-        s.put(DemandTracker.KEY, self.demand.to_dict(), now)
-        s.put(EnergyCounters.KEY, self.energy.to_dict(), now)
+        for key, value in self.accounting.stored().items():
+            s.put(key, value, now)
         r = self.modes.request
         if r is None:
             s.delete("mode")
@@ -280,33 +262,11 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------ the cycle
 
-    def _prices(self, now: datetime) -> dict[str, Any]:
-        minute = now.replace(second=0, microsecond=0)
-        if self._price_cache is None or self._price_cache[0] != minute:
-            p = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(minute)]))
-            self._price_cache = (minute, {"period": str(p.period[0]), "import_price": float(p.import_price_gross[0]),
-                                          "export_price": float(p.export_price[0]),
-                                          "currency": self.tariff.currency})
-        return self._price_cache[1]
-
     def _account(self, snap: Snapshot, now: datetime) -> None:
-        dt_h = 0.0
-        if self._last_ts is not None:
-            dt_s = (now - self._last_ts).total_seconds()
-            if 0 < dt_s <= MAX_ACCOUNTED_GAP_CYCLES * self.config.control.cycle_s:
-                dt_h = dt_s / 3600.0
-        self._last_ts = now
-        grid_kw, pv_kw, battery_kw = snap.value("grid_kw"), snap.value("pv_kw"), snap.value("battery_kw")
+        """Energy, money and demand peak (``controller.accounting``); the forecasters' step history."""
+        pv_kw = snap.value("pv_kw")
+        dt_h = self.accounting.add(now, snap.value("grid_kw"), pv_kw, snap.value("battery_kw"))
         self.history.add(now, pv_kw, snap.load_kw, dt_h)
-        if dt_h == 0 or grid_kw is None:
-            return
-        self.demand.add(now, grid_kw, dt_h)
-        if pv_kw is None or battery_kw is None:
-            return
-        prices = self._prices(now)
-        day = now.astimezone(self._zone).date().isoformat()
-        self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"], prices["export_price"],
-                        self.config.grid.export_cap_kw)
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         mode = state.mode
@@ -315,7 +275,7 @@ class Controller:
         elif mode is Mode.SELF_CONSUMPTION:
             target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
         elif mode is Mode.TOU_RULE:
-            target = tou_rule_target(self._prices(now)["period"], snap.load_kw, snap.value("pv_kw"),
+            target = tou_rule_target(self.accounting.prices(now)["period"], snap.load_kw, snap.value("pv_kw"),
                                      self.config.battery, state.reason.value)
         elif mode is Mode.MANUAL:
             assert state.request is not None and state.request.setpoint_kw is not None
@@ -457,8 +417,8 @@ class Controller:
                          "manual_setpoint_kw": state.request.setpoint_kw if state.request else None,
                          "soc_reserve_pct": self.commands.reserve.soc_pct if self.commands.reserve else None},
             "plan": plan_info,
-            "tariff": self._prices(now),
-            "today": self.energy.to_dict(),
+            "tariff": self.accounting.prices(now),
+            "today": self.accounting.energy.to_dict(),
             "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
                        "interval_avg_kw": self.demand.current_average_kw(),
                        "import_cap_kw": self.config.grid.import_cap_kw},
