@@ -26,6 +26,8 @@ from drivers.roles import CANONICAL_POINTS, Role
 from drivers.writes import WriteMemory, WriteResult
 from ems.clock import Clock
 
+OFFLINE = "unreachable (fake device offline)"
+"""The detail of every reading of an offline fake (``unreachable…`` like a Modbus device's)."""
 SETPOINT = {Role.BATTERY: "battery_setpoint_kw", Role.PV_INVERTER: "pv_limit_pct"}
 """The point the controller writes on each role."""
 LIMITS = {"battery_setpoint_kw": (None, None), "pv_limit_pct": (0.0, 100.0)}
@@ -82,7 +84,7 @@ class FakeDevice:
         self.closed = False
         self._online: bool | None = None
         self._error = ""
-        self._frozen_at: datetime | None = None
+        self._frozen: tuple[datetime, dict[str, float | str | None]] | None = None
         self._memory = WriteMemory(resend_s)
         self.set(**(values or {}))
 
@@ -115,11 +117,12 @@ class FakeDevice:
         self.offline = False
 
     def freeze(self) -> None:
-        """Keep returning the current readings with the current timestamp: stale once older than ``max_age_s``."""
-        self._frozen_at = self.clock.now()
+        """Keep returning the current readings with the current timestamp (a device that stopped updating its
+        registers but answers): stale once older than ``max_age_s``."""
+        self._frozen = (self.clock.now(), dict(self.values))
 
     def unfreeze(self) -> None:
-        self._frozen_at = None
+        self._frozen = None
 
     # ------------------------------------------------------------------------------------------ Readable
 
@@ -143,21 +146,25 @@ class FakeDevice:
         self.polls += 1
         now = self.clock.now()
         if self.offline:
-            self._online, self._error = False, "no answer (fake offline)"
-            return {n: missing(CANONICAL_POINTS[n].unit, now, self._error) for n in self.values}
+            self._online, self._error = False, OFFLINE
+            return {n: missing(CANONICAL_POINTS[n].unit, now, OFFLINE) for n in self.values}
         self._online, self._error = True, ""
-        stamp = self._frozen_at or now
-        if self.follow and not self.ignore_setpoints and self._frozen_at is None:
-            self._follow()
+        if self.follow:
+            self.apply_setpoint()
+        stamp, values = self._frozen if self._frozen is not None else (now, self.values)
         out = {}
-        for name, value in self.values.items():
+        for name, value in values.items():
             unit = CANONICAL_POINTS[name].unit
             out[name] = missing(unit, stamp, "scripted missing") if value is None else Reading(value, unit, stamp)
         return out
 
-    def _follow(self) -> None:
+    def apply_setpoint(self) -> None:
+        """Move the measured power as a following device does: a battery to the setpoint it holds within the BMS
+        limits it reports (unchanged when it holds none or ignores setpoints); a PV inverter to
+        ``min(available_kw, limit % × rated_kw)`` with the limit it holds (its ``pv_limit_pct`` register keeps
+        the last one it took; 100 % at first)."""
         role = self._config.role
-        setpoint = self.last_written(SETPOINT[role]) if role in SETPOINT else None
+        setpoint = None if self.ignore_setpoints or role not in SETPOINT else self.last_written(SETPOINT[role])
         if role is Role.BATTERY and setpoint is not None:
             charge, discharge = self.values.get("max_charge_kw"), self.values.get("max_discharge_kw")
             kw = setpoint
@@ -166,13 +173,11 @@ class FakeDevice:
             if isinstance(charge, float | int):
                 kw = max(kw, -float(charge))
             self.values["battery_kw"] = kw
-        elif role is Role.PV_INVERTER:
-            available = self.available_kw
-            if available is None:
-                return
-            pct = setpoint if setpoint is not None else 100.0
-            self.values["pv_kw"] = min(available, pct / 100.0 * self.rated_kw)
+        elif role is Role.PV_INVERTER and self.available_kw is not None:
+            held = self.values.get("pv_limit_pct")
+            pct = setpoint if setpoint is not None else float(held) if isinstance(held, float | int) else 100.0
             self.values["pv_limit_pct"] = pct
+            self.values["pv_kw"] = min(self.available_kw, pct / 100.0 * self.rated_kw)
 
     # ------------------------------------------------------------------------------------------ SetpointWriter
 
@@ -187,7 +192,7 @@ class FakeDevice:
         now = self.clock.monotonic()
         if self.offline:
             self._memory.forget()
-            return WriteResult(point, float(value), target, clamped, True, None, False, "no answer (fake offline)")
+            return WriteResult(point, float(value), target, clamped, True, None, False, OFFLINE)
         if not self._memory.due(point, target, now, deadband=deadband, force=force):
             held = self._memory.last(point)
             assert held is not None
@@ -221,14 +226,14 @@ class FakeDevice:
     async def enter_remote_control(self) -> list[WriteResult]:
         self._memory.forget()
         if self.offline:
-            return [WriteResult("remote_control", 1, 1, False, True, None, False, "no answer (fake offline)")]
+            return [WriteResult("remote_control", 1, 1, False, True, None, False, OFFLINE)]
         self.remote_control = True
         self.enter_count += 1
         return [WriteResult("remote_control", 1, 1, False, True, None, True)]
 
     async def leave_remote_control(self) -> list[WriteResult]:
         if self.offline:
-            return [WriteResult("remote_control", 0, 0, False, True, None, False, "no answer (fake offline)")]
+            return [WriteResult("remote_control", 0, 0, False, True, None, False, OFFLINE)]
         self.remote_control = False
         self.leave_count += 1
         return [WriteResult("remote_control", 0, 0, False, True, None, True)]
@@ -238,7 +243,12 @@ class FakeDevice:
 
 
 class FakeSite:
-    """A meter, a PV inverter and a battery as fakes, by role (``devices`` is what ``Controller`` takes).
+    """A meter, a PV inverter and a battery as fakes (``devices``: what ``Controller`` takes), and a one-line plant.
+
+    :meth:`settle` is one plant step between two cycles: the battery and the PV inverter go to the setpoints they
+    hold (:meth:`FakeDevice.apply_setpoint`) and the meter closes the balance, ``grid = load − PV − battery``
+    (docs/conventions.md), with a voltage that moves every step as a live grid's does. Readings can also be
+    scripted directly (:meth:`read`).
 
     Parameters
     ----------
@@ -256,13 +266,15 @@ class FakeSite:
     def __init__(self, clock: Clock, pv_rated_kw: float = 900.0, resend_s: float | None = 10.0,
                  reversion_s: float | None = 30.0, max_age_s: float = 5.0):
         self.clock = clock
-        self.meter = FakeDevice(device_config(Role.METER, "grid-meter", max_age_s), clock, {"grid_kw": 0.0})
-        self.pv = FakeDevice(device_config(Role.PV_INVERTER, "pv-inverter", max_age_s), clock, {"pv_kw": 0.0},
-                             rated_kw=pv_rated_kw, resend_s=resend_s)
+        self.meter = FakeDevice(device_config(Role.METER, "grid-meter", max_age_s), clock,
+                                {"grid_kw": 0.0, "voltage_l1_v": 230.0})
+        self.pv = FakeDevice(device_config(Role.PV_INVERTER, "pv-inverter", max_age_s), clock,
+                             {"pv_kw": 0.0, "pv_limit_pct": 100.0}, rated_kw=pv_rated_kw, resend_s=resend_s)
         self.battery = FakeDevice(device_config(Role.BATTERY, "battery", max_age_s), clock,
                                   {"battery_kw": 0.0, "soc_pct": 50.0, "max_charge_kw": 500.0,
                                    "max_discharge_kw": 500.0},
                                   resend_s=resend_s, reversion_s=reversion_s)
+        self.steps = 0
 
     @property
     def devices(self) -> dict[Role, FakeDevice]:
@@ -275,3 +287,15 @@ class FakeSite:
             mine = {k: v for k, v in values.items() if CANONICAL_POINTS[k].role is device.config.role}
             if mine:
                 device.set(**mine)
+
+    def settle(self, load_kw: float, pv_available_kw: float) -> float:
+        """One plant step at site load ``load_kw`` and available PV ``pv_available_kw`` [kW]; returns the grid
+        power the meter now reads [kW, + import]."""
+        self.pv.available_kw = pv_available_kw
+        self.pv.apply_setpoint()
+        self.battery.apply_setpoint()
+        pv_kw, battery_kw = float(self.pv.values["pv_kw"] or 0.0), float(self.battery.values["battery_kw"] or 0.0)
+        grid_kw = load_kw - pv_kw - battery_kw
+        self.steps += 1
+        self.meter.set(grid_kw=grid_kw, voltage_l1_v=230.0 + 0.1 * (self.steps % 2))
+        return grid_kw
