@@ -76,6 +76,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
         "battery_payback_years": battery.get("simple_payback_years"),
         "battery_discounted_payback_years": battery.get("discounted_payback_years"), "battery_npv": battery.get("npv"),
         "equivalent_full_cycles": e["equivalent_full_cycles"], "co2_avoided_t": e["co2_avoided_t"],
+        "pv_kwh": e["pv_kwh"], "battery_capex": battery.get("capex", 0.0),
         "period_days": summary["period"]["days"], "whole_years": summary["period"]["whole_years"],
     }
 
@@ -139,7 +140,8 @@ COLUMN_LABELS = {
     "irr_pct": "PV + battery IRR [%]", "battery_payback_years": "battery payback vs PV only [yr]",
     "battery_discounted_payback_years": "battery payback vs PV only, discounted [yr]",
     "battery_npv": "battery NPV vs PV only [{cur}]", "equivalent_full_cycles": "full cycles/yr (usable window)",
-    "co2_avoided_t": "CO2 avoided [t/yr]", "period_days": "days simulated", "whole_years": "whole years",
+    "co2_avoided_t": "CO2 avoided [t/yr]", "pv_kwh": "PV used on site or exported [kWh/yr]",
+    "battery_capex": "battery investment [{cur}]", "period_days": "days simulated", "whole_years": "whole years",
 }
 """Plain column names for sweep.html (``{cur}`` = the currency)."""
 DASH = "—"
