@@ -181,9 +181,11 @@ def run_shared_battery(park: Park, scenarios: list[Scenario], table: pd.DataFram
 
     Returns ``{capacity_kwh, power_kw, per_site, shared, change}``; ``per_site`` and ``shared`` each hold
     ``annual_bill`` [currency/yr, the park's bills], ``battery_kwh``, ``battery_capex`` [currency],
+    ``annual_bill_pv_only`` (the same PV without any battery: the sites' own connections, or the park's one),
     ``battery_saving`` (against PV only, [currency/yr]), ``battery_investment_over_saving_years`` [yr] and
-    ``co2_avoided_t`` [t/yr]; ``shared`` also ``annual_bill_pv_only`` (one connection, PV only) and
-    ``battery_payback_years`` (cash flow); ``change`` = shared − per site.
+    ``co2_avoided_t`` [t/yr]; ``shared`` also ``battery_payback_years`` (cash flow); ``change`` = shared −
+    per site (its ``annual_bill_pv_only``: what one connection alone changes, the sites' surpluses serving
+    other sites).
     """
     assert park.shared_battery is not None
     args = [(park.model_dump(mode="json"), [s.model_dump(mode="json") for s in scenarios],
@@ -192,7 +194,9 @@ def run_shared_battery(park: Park, scenarios: list[Scenario], table: pd.DataFram
     run_all(shared_battery_study, args, results.append, dask_address=dask_address)
     shared = results[0]
     sites = table[table["site"] != TOTAL]
-    per_site = {"annual_bill": float(sites["annual_bill"].sum()), "battery_kwh": float(sites["battery_kwh"].sum()),
+    per_site = {"annual_bill": float(sites["annual_bill"].sum()),
+                "annual_bill_pv_only": float(sites["annual_bill_pv_only"].sum()),
+                "battery_kwh": float(sites["battery_kwh"].sum()),
                 "battery_capex": float(sites["battery_capex"].sum()),
                 "battery_saving": float(sites["savings_vs_pv_only"].sum()),
                 "co2_avoided_t": float(sites["co2_avoided_t"].sum())}
@@ -304,7 +308,9 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
 
 def _shared_lines(shared: dict[str, Any], currency: str) -> list[str]:
     """park.md's section on the shared battery."""
-    rows = [("annual_bill", f"park's electricity bill [{currency}/yr]"), ("battery_kwh", "battery energy [kWh]"),
+    rows = [("annual_bill", f"park's electricity bill [{currency}/yr]"),
+            ("annual_bill_pv_only", f"the same without any battery [{currency}/yr]"),
+            ("battery_kwh", "battery energy [kWh]"),
             ("battery_capex", f"battery investment [{currency}]"),
             ("battery_saving", f"battery saving against PV only [{currency}/yr]"),
             ("battery_investment_over_saving_years", "battery investment ÷ saving [yr]"),
@@ -317,9 +323,10 @@ def _shared_lines(shared: dict[str, Any], currency: str) -> list[str]:
              "| | sites' own batteries | one shared battery | change |", "|---|---|---|---|"]
     lines += [f"| {label} | {_cell(per_site[key])} | {_cell(one[key])} | {_cell(change[key])} |"
               for key, label in rows]
-    lines += ["", f"Behind one connection with PV only the park's bill would be {_cell(one['annual_bill_pv_only'])} "
-              f"{currency}/yr (sites' surpluses serve other sites). The shared battery's cash-flow payback: "
-              f"{_cell(one['battery_payback_years'])} yr."]
+    lines += ["", "Without any battery the change is what one connection alone does (one site's PV surplus "
+              "serves another site instead of being exported or curtailed); the rest of the bill's change is the "
+              f"battery's. The shared battery's cash-flow payback: {_cell(one['battery_payback_years'])} yr "
+              "(— = not within the study life)."]
     return lines
 
 

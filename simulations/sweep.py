@@ -69,6 +69,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
     return {
         "pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "battery_kw": scenario.battery.max_discharge_kw,
         "strategy": name, "annual_bill_no_system": ref, "annual_bill": e["annual_bill"],
+        "annual_bill_pv_only": summary["strategies"]["pv_only"]["annual_bill"],
         "savings_vs_no_system": e["savings_vs_no_system"], "savings_vs_pv_only": e["savings_vs_pv_only"],
         "capex": system["capex"], "simple_payback_years": system["simple_payback_years"],
         "discounted_payback_years": system["discounted_payback_years"], "npv": system["npv"],
@@ -133,6 +134,7 @@ def run_all(function: Callable[..., dict[str, Any]], args: list[tuple[Any, ...]]
 COLUMN_LABELS = {
     "pv_kwp": "PV [kWp]", "battery_kwh": "battery [kWh]", "battery_kw": "battery [kW]", "strategy": "battery dispatch",
     "annual_bill_no_system": "yearly bill, no PV or battery [{cur}]", "annual_bill": "yearly bill [{cur}]",
+    "annual_bill_pv_only": "yearly bill, PV only [{cur}]",
     "savings_vs_no_system": "saving vs no PV, no battery [{cur}/yr]",
     "savings_vs_pv_only": "saving vs PV only [{cur}/yr]",
     "capex": "investment [{cur}]", "simple_payback_years": "PV + battery payback [yr]",

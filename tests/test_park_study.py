@@ -107,6 +107,7 @@ sites:
     per_site, one = shared["per_site"], shared["shared"]
     assert one["battery_capex"] == pytest.approx(per_site["battery_capex"])          # same kWh and kW bought
     assert one["annual_bill"] == pytest.approx(per_site["annual_bill"], rel=1e-4)
+    assert one["annual_bill_pv_only"] == pytest.approx(per_site["annual_bill_pv_only"], rel=1e-9)  # nothing to net
     assert one["battery_saving"] == pytest.approx(per_site["battery_saving"], rel=1e-3)
     assert one["co2_avoided_t"] == pytest.approx(per_site["co2_avoided_t"], rel=1e-3)
     assert shared["change"]["annual_bill"] == pytest.approx(0.0, abs=1e-4 * per_site["annual_bill"])
