@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -158,3 +159,17 @@ def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
         load_summary_settings(path)
     shipped = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "park-summary.yaml"
     assert load_summary_settings(shipped).tsdb.url.startswith("http")
+
+
+def test_every_word_of_the_page_is_translated() -> None:
+    """vi/en/ja carry the same keys, and every ``data-i18n`` key of the page and ``t("…")`` of its script is
+    in the park's dictionary or the site dashboard's (mode names, alarm sentences)."""
+    static = Path(__file__).resolve().parents[1] / "park" / "static"
+    site = static.parents[1] / "controller" / "dashboard" / "static" / "i18n"
+    own = {lang: json.loads((static / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+           for lang in ("vi", "en", "ja")}
+    assert set(own["vi"]) == set(own["en"]) == set(own["ja"])
+    words = set(own["en"]) | set(json.loads((site / "en.json").read_text(encoding="utf-8")))
+    used = set(re.findall(r'data-i18n="([\w.]+)"', (static / "index.html").read_text(encoding="utf-8")))
+    used |= set(re.findall(r'\bt\("([\w.]+)"', (static / "app.js").read_text(encoding="utf-8")))
+    assert used and used <= words, used - words
