@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ems.yamlfile import ConfigError
-from simulations.park import TOTAL, load_park, run_park, run_shared_battery, write_park
+from simulations.park import TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
 from simulations.scenario import load_scenario
 from simulations.sweep import run_cell
 
@@ -73,9 +73,12 @@ def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: 
     from dask.distributed import LocalCluster
 
     park, scenarios = load_park(park_file(tmp_path))
+    park = park.model_copy(update={"shared_battery": SharedBattery(capacity_kwh=1000, power_kw=500)})
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = run_park(park, scenarios, dask_address=cluster.scheduler_address)
+        shared_on_dask = run_shared_battery(park, scenarios, on_dask, dask_address=cluster.scheduler_address)
     pd.testing.assert_frame_equal(table, on_dask)
+    assert shared_on_dask == run_shared_battery(park, scenarios, table)   # the shared battery runs there too
 
 
 def test_repeated_site_id_is_refused(tmp_path: Path) -> None:
