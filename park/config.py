@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -81,6 +82,8 @@ class SummarySettings(BaseModel):
     def _unique_sites(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         seen: set[str] = set()
         for site in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", site):
+                raise ValueError(f"site id {site!r}: letters, digits, '_', '.' and '-' only (as in a site file)")
             if site in seen:
                 raise ValueError(f"site id {site!r} appears twice; each site needs its own id")
             seen.add(site)

@@ -103,7 +103,7 @@ def _site(site: str, values: dict[str, float | None] | None, updated_s: float | 
         "alarms_active": round(v["alarms_active"]) if v.get("alarms_active") is not None else None,
         "alarms": alarms,
         "saved_today": v.get("saved_today"), "pv_kwh_today": pv, "export_kwh_today": export,
-        "co2_avoided_kg_today": (pv - (export or 0.0)) * grid_factor if pv is not None else None,
+        "co2_avoided_kg_today": (pv - export) * grid_factor if pv is not None and export is not None else None,
         "month_peak_kw": peak, "import_cap_kw": cap,
         "peak_of_cap_pct": 100.0 * peak / cap if peak is not None and cap else None,
     }

@@ -142,10 +142,13 @@ def test_every_site_in_the_database_when_none_is_listed() -> None:
     config = SummarySettings(park="p", tsdb=TsdbSettings(url="http://127.0.0.1:1"), grid_factor_t_per_mwh=0.5)
     state = [Sample({"__name__": "ems_state_pv_kwh_today", "site": "z"}, 10.0),
              Sample({"__name__": "ems_state_today_pv_kwh", "site": "z"}, 10.0),
+             Sample({"__name__": "ems_state_today_export_kwh", "site": "z"}, 0.0),
+             Sample({"__name__": "ems_state_today_pv_kwh", "site": "y"}, 10.0),     # export missing: CO2 missing
              Sample({"__name__": "ems_state_grid_kw", "site": "y"}, None)]
     summary = assemble(config, state, [], [], datetime(2026, 5, 4, tzinfo=UTC))
     y, z = summary["sites"]
-    assert (y["site"], y["grid_kw"], z["site"], z["co2_avoided_kg_today"]) == ("y", None, "z", 5.0)
+    assert (y["site"], y["grid_kw"], y["co2_avoided_kg_today"], z["site"], z["co2_avoided_kg_today"]) == \
+        ("y", None, None, "z", 5.0)
     assert summary["totals"]["grid_kw"] is None and summary["totals"]["co2_avoided_kg_today"] == 5.0
 
 
@@ -153,6 +156,9 @@ def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "park-summary.yaml"
     path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\nsites: [a, a]\n")
     with pytest.raises(ConfigError, match="site id 'a' appears twice"):
+        load_summary_settings(path)
+    path.write_text('park: p\ntsdb: {url: http://127.0.0.1:8428}\nsites: [\'a"b\']\n')
+    with pytest.raises(ConfigError, match="letters, digits"):
         load_summary_settings(path)
     path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ntimezone: Mars/Olympus\n")
     with pytest.raises(ConfigError, match="timezone"):
