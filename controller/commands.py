@@ -100,6 +100,11 @@ def parse_command(data: dict | BaseModel) -> SetMode | ManualSetpoint | SocReser
         raise ValueError("; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())) from exc
 
 
+def sender(interface: str, identity: str | None) -> str:
+    """``interface:identity`` (or the interface alone), as a command's ``by``. [at most 64 characters]"""
+    return (interface if not identity else f"{interface}:{identity}")[:64]
+
+
 class Commands:
     """Applies commands to the mode machine and the controller's operator state.
 
@@ -132,12 +137,17 @@ class Commands:
             self.reserve = None
         return self.reserve.soc_pct if self.reserve else None
 
-    def apply(self, command: dict | BaseModel) -> CommandResult:
-        """Validate and apply one command; never raises for bad input."""
+    def apply(self, command: dict | BaseModel, *, interface: str = "internal",
+              identity: str | None = None) -> CommandResult:
+        """Validate and apply one command; never raises for bad input.
+
+        ``interface`` and ``identity`` (who sent it) become the command's ``by`` when it names none."""
         try:
             cmd = parse_command(command)
         except ValueError as exc:
             return CommandResult(False, f"invalid: {exc}")
+        if not cmd.by:
+            cmd = cmd.model_copy(update={"by": sender(interface, identity)})
         now = self.clock.now()
         until = now + timedelta(seconds=cmd.ttl_s)
         if isinstance(cmd, SetMode):
