@@ -122,9 +122,6 @@ class AuditLog:
                  "payload": payload_value(payload), "accepted": bool(accepted), "reason": _text(reason)}
         with self._lock:
             self._pending.append(entry)
-            while len(self._pending) > self.settings.max_pending:
-                self._pending.popleft()
-                self.lost += 1
         for listener in list(self.listeners):
             try:
                 listener(dict(entry))
@@ -132,6 +129,10 @@ class AuditLog:
                 log.exception("audit listener failed")
         if self.write_error is None or self.monotonic() >= self._retry_at:
             self.flush(entry["ts"])
+        with self._lock:
+            while len(self._pending) > self.settings.max_pending:
+                self._pending.popleft()
+                self.lost += 1
 
     def flush(self, now: str | None = None) -> bool:
         """Write every pending entry (and a ``gap`` row first if entries were lost), then rotate; True when
@@ -274,11 +275,22 @@ def payload_value(payload: Any) -> Any:
     if text is None or len(text) > MAX_PAYLOAD_CHARS:
         shown = repr(payload) if text is None else text
         return _printable(shown[:MAX_PAYLOAD_CHARS]) + ("…" if len(shown) > MAX_PAYLOAD_CHARS else "")
-    return json.loads(text)
+    return _clean(json.loads(text))
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every string (and key) :func:`_printable`, so that it encodes as UTF-8 JSON."""
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _dumps(value: Any) -> str:
-    return _printable(json.dumps(value, ensure_ascii=False))
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _loads(text: str) -> Any:
