@@ -185,6 +185,11 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
             if len(controller.audit.entries()) >= 6:
                 break
             await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{telemetry.dashboard.port}/api/snapshot"
+        shown = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read()))
+        assert [(c["interface"], c["command"]) for c in shown["commands"]] == [
+            ("mqtt", "set_mode"), ("mqtt", "set_mode"), ("dashboard", "soc_reserve"), ("dashboard", "replan"),
+            ("scada", "set_mode"), ("internal", "replan")]                  # the dashboard's recent commands
     finally:
         await telemetry.aclose()
         controller.store.close()

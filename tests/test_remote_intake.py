@@ -70,7 +70,7 @@ def publishable(result: dict[str, Any]) -> dict[str, Any]:
 ])
 def test_hostile_payload_rejected_with_reason(name: str, payload: bytes, reason: str) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle(name, payload, interface="internal"))
+    result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
     assert not result["accepted"] and reason in result["reason"], result["reason"]
     assert rec.applied == [] and rec.commands.modes.request is None
     assert rec.intake.counters()["rejected"] == 1
@@ -84,7 +84,7 @@ def test_hostile_payload_rejected_with_reason(name: str, payload: bytes, reason:
 ])
 def test_lone_surrogate_command_is_never_applied(payload: bytes) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle("set_mode", payload, interface="internal"))
+    result = publishable(rec.intake.handle("set_mode", payload, interface="mqtt"))
     assert not result["accepted"] and "lone surrogate" in result["reason"], result["reason"]
     assert rec.applied == [] and rec.commands.modes.request is None
 
@@ -95,20 +95,21 @@ def test_schema_rejection_echoes_the_id() -> None:
     for name, payload in (("set_mode", {"mode": "turbo", "id": "op-7"}),
                           ("manual_setpoint", {"battery_kw": "lots", "ttl_s": 60, "id": "op-8"}),
                           ("replan", {"now": True, "id": "op-9"})):
-        result = publishable(rec.intake.handle(name, json.dumps(payload).encode(), interface="internal"))
+        result = publishable(rec.intake.handle(name, json.dumps(payload).encode(), interface="mqtt"))
         assert not result["accepted"] and result["id"] == payload["id"], result
-    result = publishable(rec.intake.handle("set_mode", b'{"mode": NaN, "id": "op-10"}', interface="internal"))
+    result = publishable(rec.intake.handle("set_mode", b'{"mode": NaN, "id": "op-10"}', interface="mqtt"))
     assert result["id"] is None and "mode: NaN is not a finite number" in result["reason"]   # unparsed: no id
     assert rec.applied == []
 
 
 def test_retained_and_unknown_commands_echo_the_id_too() -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle("set_mode", b'{"mode": "standby", "id": "r1"}', interface="internal", retained=True))
+    result = publishable(rec.intake.handle("set_mode", b'{"mode": "standby", "id": "r1"}', interface="mqtt",
+                                           retained=True))
     assert result["id"] == "r1" and result["reason"].startswith("retained command ignored")
-    result = publishable(rec.intake.handle("self_destruct", b'{"id": "u1"}', interface="internal"))
+    result = publishable(rec.intake.handle("self_destruct", b'{"id": "u1"}', interface="mqtt"))
     assert result["id"] == "u1" and result["reason"].startswith("unknown command 'self_destruct'")
-    result = publishable(rec.intake.handle("nope", b"[[[[[[", interface="internal", retained=True))
+    result = publishable(rec.intake.handle("nope", b"[[[[[[", interface="mqtt", retained=True))
     assert result["id"] is None and result["reason"].startswith("retained command ignored")
     assert rec.applied == []
 
@@ -127,7 +128,7 @@ def test_an_apply_that_raises_costs_one_command() -> None:
         raise RuntimeError("boom")
 
     intake = CommandIntake(broken, ManualClock(T0))
-    result = publishable(intake.handle("replan", b'{"id": "r1"}', interface="internal"))
+    result = publishable(intake.handle("replan", b'{"id": "r1"}', interface="mqtt"))
     assert not result["accepted"] and result["id"] == "r1" and "internal error: RuntimeError" in result["reason"]
     assert intake.counters()["errors"] == 1
 
@@ -135,9 +136,10 @@ def test_an_apply_that_raises_costs_one_command() -> None:
 def test_in_process_dict_follows_the_same_rules() -> None:
     rec = Recorder()
     assert "not a finite number" in rec.intake.handle("manual_setpoint", {"battery_kw": float("nan"), "ttl_s": 60},
-                                                      interface="internal")["reason"]
-    assert "lone surrogate" in rec.intake.handle("set_mode", {"mode": "auto", "id": "\ud800"}, interface="internal")["reason"]
-    assert rec.intake.handle("set_mode", {"mode": "standby", "ttl_s": 60}, interface="internal")["accepted"]
+                                                      interface="mqtt")["reason"]
+    assert "lone surrogate" in rec.intake.handle("set_mode", {"mode": "auto", "id": "\ud800"},
+                                                 interface="mqtt")["reason"]
+    assert rec.intake.handle("set_mode", {"mode": "standby", "ttl_s": 60}, interface="mqtt")["accepted"]
     assert len(rec.applied) == 1
 
 
@@ -157,7 +159,7 @@ escapes = st.sampled_from(["\\ud800", "\\udfff", "\\u0000", "NaN", "Infinity", "
 @given(name=st.sampled_from([*COMMAND_NAMES, "nope", ""]), payload=st.binary(max_size=600))
 def test_fuzz_any_bytes(name: str, payload: bytes) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle(name, payload, interface="internal"))
+    result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
     assert len(rec.applied) == int(result["accepted"])
     publishable(rec.intake.busy(name, payload, waiting=1, interface="mqtt"))
 
@@ -170,7 +172,7 @@ def test_fuzz_json_like_text(name: str, value: Any, cut: int, splice: str) -> No
     text = json.dumps(value, allow_nan=True)
     rec = Recorder()
     for payload in (text.encode(), (text[:cut] + splice + text[cut:]).encode("utf-8", errors="surrogatepass")):
-        result = publishable(rec.intake.handle(name, payload, interface="internal"))
+        result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
         if result["accepted"]:
             assert rec.applied and rec.applied[-1]["command"] == name
             json.dumps(rec.applied[-1], allow_nan=False).encode("utf-8")   # finite, valid Unicode

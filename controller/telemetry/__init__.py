@@ -157,6 +157,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
             log.error("dashboard history unavailable (%s): only today is shown", exc)
             store = None
         hub = DashboardHub(ctx.timezone, tariff=ctx.tariff, store=store)
+        if ctx.audit is not None:
+            _feed_audit(ctx.audit, hub)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         sink = telemetry.influx
@@ -199,6 +201,18 @@ async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, 
     telemetry.scada = scada
     telemetry.pump(bus.subscribe((STATE,), maxsize=2), scada.offer, "scada")
     log.info("SCADA Modbus server on %s:%d", settings.host, scada.port)
+
+
+def _feed_audit(audit: AuditLog, hub: DashboardHub) -> None:
+    """Show the newest audit entries on the dashboard, and each new one as it is recorded."""
+    from controller.dashboard.app import RECENT_COMMANDS
+
+    try:
+        for entry in reversed(audit.entries(limit=RECENT_COMMANDS)):
+            hub.offer("audit", entry)
+    except sqlite3.Error as exc:  # the list starts empty; the log itself is unaffected
+        log.error("dashboard: recent commands not read from the audit log: %s", exc)
+    audit.listeners.append(lambda entry: hub.offer("audit", entry))
 
 
 def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],
