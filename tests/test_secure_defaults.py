@@ -102,7 +102,8 @@ def shipped_broker(workdir: Path, passwd: Path, tls: tuple[Path, Path, Path] | N
                 .replace("#tls_version", "tls_version").replace("#require_certificate", "require_certificate"))
     (workdir / "conf.d" / "pv-battery-ems.conf").write_text(text)
     (workdir / "mosquitto.conf").write_text(
-        f"persistence false\nuser root\nlog_dest file {workdir}/mosquitto.log\ninclude_dir {workdir}/conf.d\n")
+        f"persistence_location {workdir}/\nuser root\nlog_dest file {workdir}/mosquitto.log\n"
+        f"include_dir {workdir}/conf.d\n")
     proc = subprocess.Popen(["mosquitto", "-c", str(workdir / "mosquitto.conf")], stderr=subprocess.DEVNULL)
     return proc, port
 
