@@ -136,6 +136,12 @@ async def publish(port: int, topic: str, payload: bytes, user: str) -> None:
         await client.publish(topic, payload, qos=1, properties=properties)
 
 
+async def entries_reach(log: AuditLog, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(log.entries()) < count:
+            await asyncio.sleep(0.02)
+
+
 def post(port: int, name: str, body: bytes) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/cmd/{name}", data=body, method="POST",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
@@ -174,6 +180,7 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
         await publish(mosquitto_auth.port, f"ems/{site}/cmd/set_mode", b'{"mode": "standby", "ttl_s": 60}',
                       "operator")
         await publish(mosquitto_auth.port, f"ems/{site}/cmd/set_mode", b'{"mode": "launch"}', "operator")
+        await entries_reach(controller.audit, 2)                      # the MQTT sink handles them on its task
         assert await asyncio.to_thread(post, telemetry.dashboard.port, "soc_reserve",
                                        b'{"soc_pct": 40, "ttl_s": 600}') == 200
         assert await asyncio.to_thread(post, telemetry.dashboard.port, "replan", b"{oops") == 422
@@ -181,10 +188,6 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
             mode_request = next(s.address for s in regmap.SLOTS if s.field.name == "mode_request")
             assert not (await client.write_register(mode_request, 2)).isError()
         controller.apply({"command": "replan"})
-        for _ in range(200):
-            if len(controller.audit.entries()) >= 6:
-                break
-            await asyncio.sleep(0.05)
         url = f"http://127.0.0.1:{telemetry.dashboard.port}/api/snapshot"
         shown = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read()))
         assert [(c["interface"], c["command"]) for c in shown["commands"]] == [

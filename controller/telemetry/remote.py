@@ -27,13 +27,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from controller.commands import CommandResult, sender
+from controller.commands import COMMAND_MODELS, CommandResult, sender
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("set_mode", "manual_setpoint", "soc_reserve", "replan")
+COMMAND_NAMES = tuple(COMMAND_MODELS)
 MAX_PAYLOAD_BYTES = 4096
 """Largest command payload; checked before anything is parsed. [bytes]"""
 MAX_JSON_DEPTH = 4
