@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
@@ -115,6 +116,7 @@ class Controller:
         self.bus = Bus()
         self.notify = notify or SdNotify()
         self.store = StateStore(state_path, now)
+        self.audit = AuditLog(state_path, ctl.audit)
         self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
                                      battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
         self.validator = Validator.from_config(config)
@@ -215,15 +217,28 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
+        self.audit.flush(now.isoformat())
         self._store_health(now)
 
     def _store_health(self, now: datetime) -> None:
-        """Alarm ``state_store_unwritable`` while the state file takes no writes (locked, read-only)."""
+        """Alarm ``state_store_unwritable`` while the state file takes no writes (locked, read-only), and
+        ``audit_log_unwritable``/``audit_entries_lost`` while audit entries wait in memory or were dropped."""
         if self.store.write_error is not None:
             self._raise("state_store_unwritable", f"state file {self.store.path} not writable: "
                         f"{self.store.write_error}; values kept in memory and retried", now)
         else:
             self._clear("state_store_unwritable", now)
+        audit = self.audit
+        if audit.write_error is not None:
+            self._raise("audit_log_unwritable", f"audit log in {audit.path} not writable: {audit.write_error}; "
+                        f"{audit.pending} entries kept in memory and retried", now)
+        else:
+            self._clear("audit_log_unwritable", now)
+        if audit.lost:
+            self._raise("audit_entries_lost", f"{audit.lost} audit entries dropped: more than "
+                        f"{audit.settings.max_pending} waited for the locked state file", now)
+        else:
+            self._clear("audit_entries_lost", now)
 
     # ------------------------------------------------------------------------------------------ alarms
 
@@ -250,11 +265,29 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------ commands
 
-    def apply(self, command: dict | Any) -> CommandResult:
-        """Apply an operator/remote command (see :mod:`controller.commands`)."""
-        result = self.commands.apply(command)
+    def apply(self, command: dict | Any, *, interface: str = "internal", identity: str | None = None) -> CommandResult:
+        """Apply an operator/remote command (see :mod:`controller.commands`) and record it in the audit log.
+
+        Parameters
+        ----------
+        interface : str
+            Where it came from: ``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park`` or ``internal``.
+        identity : str, optional
+            Who sent it: token name, MQTT user, client address (``None`` when the interface cannot tell).
+        """
+        now = self.clock.now()
+        try:
+            result = self.commands.apply(command, interface=interface, identity=identity)
+        except Exception as exc:  # recorded, then the caller answers it as an internal error
+            self.audit.record(ts=now, interface=interface, identity=identity, command=_command_name(command),
+                              payload=command, accepted=False, reason=f"internal error: {type(exc).__name__}")
+            raise
+        self.audit.record(ts=now, interface=interface, identity=identity, command=_command_name(command),
+                          payload=command, accepted=result.accepted, reason=result.reason)
         if result.accepted:
-            self.persist(self.clock.now())
+            self.persist(now)
+        else:
+            self._store_health(now)
         return result
 
     def request_replan(self, until: datetime) -> None:
@@ -515,7 +548,7 @@ class Controller:
         if self.telemetry is None:
             ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
                                    apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
-                                   on_alarm=self._telemetry_alarm, tariff=self.tariff)
+                                   on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit)
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 
@@ -581,6 +614,7 @@ class Controller:
                     log.error("shutdown: %s did not leave remote control: %s", device.name, result.detail)
         self.persist(now)
         self.store.close()
+        self.audit.close()
         for device in self.devices.values():
             device.close()
         self.notify.close()
@@ -594,3 +628,10 @@ class Controller:
 
 _ALARM_TEXT = {"data_missing": "required measurement missing or stale; safe state",
                "import_cap_unheld": "import above the contracted capacity and the battery cannot hold it"}
+
+
+def _command_name(command: Any) -> str:
+    """The ``command`` of a command given as a dict or a model (``?`` when it has none)."""
+    name = command.get("command") if isinstance(command, Mapping) else getattr(command, "command", None)
+    return name if isinstance(name, str) else "?"
+
