@@ -132,8 +132,10 @@ class Commands:
             self.reserve = None
         return self.reserve.soc_pct if self.reserve else None
 
-    def apply(self, command: dict | BaseModel) -> CommandResult:
-        """Validate and apply one command; never raises for bad input."""
+    def apply(self, command: dict | BaseModel, *, interface: str = "internal",
+              identity: str | None = None) -> CommandResult:
+        """Validate and apply one command; never raises for bad input. ``interface`` and ``identity`` are the
+        caller's (``Controller.apply`` signature); they are not used here."""
         try:
             cmd = parse_command(command)
         except ValueError as exc:

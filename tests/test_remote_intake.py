@@ -34,7 +34,7 @@ class Recorder:
         self.applied: list[dict[str, Any]] = []
         self.intake = CommandIntake(self.apply, self.clock)
 
-    def apply(self, command: dict[str, Any]) -> CommandResult:
+    def apply(self, command: dict[str, Any], **_: Any) -> CommandResult:
         self.applied.append(command)
         return self.commands.apply(command)
 
@@ -122,7 +122,7 @@ def test_busy_answer_echoes_the_id_and_counts() -> None:
 
 
 def test_an_apply_that_raises_costs_one_command() -> None:
-    def broken(command: dict[str, Any]) -> CommandResult:
+    def broken(command: dict[str, Any], **_: Any) -> CommandResult:
         raise RuntimeError("boom")
 
     intake = CommandIntake(broken, ManualClock(T0))

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator
 
@@ -38,8 +38,15 @@ MAX_JSON_DEPTH = 4
 MAX_NAME_CHARS = 64
 MAX_REASON_CHARS = 1000
 
-ApplyFn = Callable[[dict[str, Any]], CommandResult]
-"""``Commands.apply`` of the controller (takes the command as a dict with a ``command`` key)."""
+
+
+class ApplyFn(Protocol):
+    """``Controller.apply``: takes the command as a dict with a ``command`` key, the interface it came by
+    (``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park``, ``internal``) and the caller's identity."""
+
+    def __call__(self, command: dict[str, Any], *, interface: str = "internal",
+                 identity: str | None = None) -> CommandResult: ...
+
 
 
 @cache
@@ -95,8 +102,10 @@ class CommandIntake:
                 "errors": self.errors, "dropped": self.dropped}
 
     def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, by: str,
-               retained: bool = False) -> dict[str, Any]:
-        """Process one command; returns its result message (``cmd_result.json``). Never raises."""
+               retained: bool = False, interface: str = "internal", identity: str | None = None) -> dict[str, Any]:
+        """Process one command; returns its result message (``cmd_result.json``). Never raises.
+
+        ``interface`` and ``identity`` (token name, MQTT user, client address) are handed to ``apply``."""
         command_id: str | None = None
         shown = _printable(name)[:MAX_NAME_CHARS]
         try:
@@ -114,7 +123,7 @@ class CommandIntake:
             errors = schema_errors(name, data)
             if errors:
                 raise _Rejected("invalid: " + "; ".join(errors))
-            result = self._apply(name, data, by)
+            result = self._apply(name, data, by, interface, identity)
         except _Rejected as exc:
             result = CommandResult(False, str(exc))
         except Exception as exc:  # a bug here must cost one command, never the message path
@@ -160,13 +169,14 @@ class CommandIntake:
             answer["site"] = self.site
         return answer
 
-    def _apply(self, name: str, data: dict[str, Any], by: str) -> CommandResult:
+    def _apply(self, name: str, data: dict[str, Any], by: str, interface: str,
+               identity: str | None) -> CommandResult:
         command = {k: v for k, v in data.items() if k not in ("id", "ts")}
         if "ts" in data:
             command["ttl_s"] = self._remaining_ttl(data["ts"], data.get("ttl_s"))
         command.update(command=name, by=by[:64])
         try:
-            return self.apply(command)
+            return self.apply(command, interface=interface, identity=identity)
         except Exception as exc:  # the controller must answer, whatever went wrong inside
             log.exception("command %s: apply failed", name)
             self.errors += 1
