@@ -1,4 +1,4 @@
-"""``ems run`` (the controller, live or against the simulated site) and ``ems config check``."""
+"""``ems run`` (the controller, live or against the simulated site), ``ems config check`` and ``ems tokens``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = actions.add_parser("check", help="validate a site file; every error with its field path")
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check)
+
+    from controller.api.cli import register as register_tokens
+
+    register_tokens(subparsers)
 
 
 def _check(args: argparse.Namespace) -> int:
