@@ -25,7 +25,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from controller.api.problems import (
     MAX_BODY_BYTES,
@@ -38,8 +38,10 @@ from controller.api.problems import (
 )
 from controller.api.roles import Lockout, Role, Token, TokenStore
 from controller.api.settings import RuntimeSettings, SettingsChange
-from controller.telemetry.remote import COMMAND_NAMES, CommandIntake, schema
+from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIntake, schema
+from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
+from ems.yamlfile import field_path
 from optimizer.tariff import SiteTariff
 
 if TYPE_CHECKING:  # the hub lives in the dashboard module, which imports this one
@@ -364,8 +366,11 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.put("/settings", response_model=SettingsOut, tags=["settings"],
              responses={**auth_errors, **problem_responses(413, 422, 503)},
-             summary="Change run-time settings (admin): fallback mode, SOC reserve")
-    async def put_settings(change: SettingsChange, token: Admin) -> Any:
+             summary="Change run-time settings (admin): fallback mode, SOC reserve",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": SettingsChange.model_json_schema()}}}})
+    async def put_settings(request: Request, token: Admin) -> Any:
+        change = settings_change(await request.body())   # read after the role check, strictly, like commands
         settings = _settings(ctx)
         result = settings.change(change, interface="rest", identity=token.name)
         if not result.accepted:
@@ -374,6 +379,21 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     _add_problem_schema(app)
     return app
+
+
+def settings_change(raw: bytes) -> SettingsChange:
+    """A settings body decoded by the command path's strict JSON rules; raises a 422 problem naming each bad
+    field."""
+    try:
+        data = loads_strict(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
+        return SettingsChange.model_validate(data)
+    except PayloadError as exc:
+        raise ProblemError(422, "Invalid request", str(exc), kind="invalid-request") from None
+    except ValidationError as exc:
+        errors = [{"where": "body." + field_path(e["loc"]) if e["loc"] else "body", "message": e["msg"]}
+                  for e in exc.errors()]
+        raise ProblemError(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
+                           kind="invalid-request", errors=errors) from None
 
 
 def _settings(ctx: ApiContext) -> RuntimeSettings:
@@ -387,14 +407,25 @@ def _text(value: Any) -> str | None:
 
 
 def _add_problem_schema(app: FastAPI) -> None:
-    """Put the ``Problem`` model into the OpenAPI components (the error responses refer to it)."""
+    """The OpenAPI document with problem documents for every error: the ``Problem`` schema in the components,
+    FastAPI's own 422 (``HTTPValidationError``) replaced by it, and a ``default`` problem response on every
+    operation (404, 405, 413, 429 can come from anywhere)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = original()
             components = document.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
             components["Problem"] = Problem.model_json_schema()
+            for path in document.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.setdefault("responses", {})
+                    if "422" in responses:
+                        responses["422"] = problem_responses(422)[422]
+                    responses["default"] = {"description": "Any other error, as a problem document",
+                                            "content": problem_responses(400)[400]["content"]}
             app.openapi_schema = document
         return app.openapi_schema
 

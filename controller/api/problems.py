@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ems.yamlfile import field_path
@@ -79,10 +80,12 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         if exc.status_code == 404:
             detail = f"no resource {request.url.path[:200]!r}; see {request.scope.get('root_path', '')}/openapi.json"
-        elif exc.status_code == 405:
-            detail = f"{request.method[:16]} is not allowed on {request.url.path[:200]!r}"
-        return problem(exc.status_code, titles.get(exc.status_code, detail or "Error"), detail,
-                       headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            detail = f"{request.method[:16]} is not allowed on {request.url.path[:200]!r}; allowed: {allowed}"
+            headers = {"Allow": allowed}
+        return problem(exc.status_code, titles.get(exc.status_code, detail or "Error"), detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,6 +93,17 @@ def install(app: FastAPI) -> None:
                   for e in exc.errors()][:20]
         return problem(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
                        kind="invalid-request", errors=errors)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method of every route on the request's path (Starlette's own ``Allow`` names only the first
+    route's when one path has a route per method)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"}) if hasattr(route, "matches") else (None, None)
+        if match is not None and match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 class BodyLimit:

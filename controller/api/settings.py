@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class SettingsChange(BaseModel):
     """What to change (omitted fields stay as they are)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)   # no false → 0 (that would clear the reserve)
 
     fallback_mode: Literal["self_consumption", "tou_rule"] | None = Field(
         default=None, description="Mode without a valid plan or operator request (until restart)")
