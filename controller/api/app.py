@@ -231,7 +231,7 @@ Admin = Annotated[Token, Depends(need(Role.ADMIN))]
 
 def create_api(ctx: ApiContext) -> FastAPI:
     """The ``/api/v1`` application (mount it at :data:`API_PREFIX`)."""
-    app = FastAPI(title="pv-battery-ems", version="1", openapi_url="/openapi.json", docs_url="/docs",
+    app = FastAPI(title="pv-battery-ems", version="1", openapi_url="/openapi.json", docs_url=None,
                   redoc_url=None, summary=f"REST API of the EMS controller for site {ctx.site}",
                   description="State, plan, alarms, devices, energy, tariff, history, commands and settings "
                               "of one site. Units in field names (kW, kWh, %); grid import +, battery "
