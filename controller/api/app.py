@@ -336,7 +336,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
         async def send(request: Request, token: Operator) -> Any:
             raw = await request.body()
-            result = ctx.intake.handle(name, raw, by=f"rest:{token.name}", interface="rest", identity=token.name)
+            result = ctx.intake.handle(name, raw, interface="rest", identity=token.name)
             if result["accepted"]:
                 return JSONResponse(result)
             return problem(422, "Command rejected", result["reason"], kind="command-rejected", **result)

@@ -57,8 +57,7 @@ class RuntimeSettings:
         reasons = []
         if change.soc_reserve_pct is not None:
             result = self.apply({"command": "soc_reserve", "soc_pct": change.soc_reserve_pct,
-                                 "ttl_s": change.soc_reserve_ttl_s, "by": f"{interface}:{identity}"[:64]},
-                                interface=interface, identity=identity)
+                                 "ttl_s": change.soc_reserve_ttl_s}, interface=interface, identity=identity)
             if not result.accepted:
                 return result
             reasons.append(result.reason)

@@ -396,8 +396,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         if body is None:
             return JSONResponse({"command": name[:64], "accepted": False,
                                  "reason": f"payload exceeds {MAX_PAYLOAD_BYTES} bytes"}, status_code=413)
-        result = intake.handle(name, body, by="dashboard", interface="dashboard",   # never raises
-                               identity=token.name)
+        result = intake.handle(name, body, interface="dashboard", identity=token.name)   # never raises
         return JSONResponse(result, status_code=200 if result["accepted"] else 422)
 
     routes = [

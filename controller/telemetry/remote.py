@@ -101,11 +101,13 @@ class CommandIntake:
         return {"accepted": self.accepted, "rejected": self.rejected, "busy": self.busy_rejected,
                 "errors": self.errors, "dropped": self.dropped}
 
-    def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, by: str,
+    def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, by: str | None = None,
                retained: bool = False, interface: str = "internal", identity: str | None = None) -> dict[str, Any]:
         """Process one command; returns its result message (``cmd_result.json``). Never raises.
 
-        ``interface`` and ``identity`` (token name, MQTT user, client address) are handed to ``apply``."""
+        ``interface`` and ``identity`` (token name, MQTT user, client address) are handed to ``apply``; ``by``
+        (for the log) defaults to ``interface:identity``."""
+        by = by or (f"{interface}:{identity}" if identity else interface)
         command_id: str | None = None
         shown = _printable(name)[:MAX_NAME_CHARS]
         try:
