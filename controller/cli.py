@@ -1,4 +1,4 @@
-"""``ems run`` (the controller, live or against the simulated site) and ``ems config check``."""
+"""``ems run`` (the controller, live or against the simulated site), ``ems config check`` and ``ems tokens``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--env-file", type=Path,
                        help="the service's environment file (e.g. /etc/pv-battery-ems/env): its secrets count as set")
     check.set_defaults(func=_check)
+
+    from controller.api.cli import register as register_tokens
+
+    register_tokens(subparsers)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -546,9 +546,14 @@ class Controller:
     async def start_telemetry(self) -> Telemetry:
         """Start the enabled telemetry sinks (InfluxDB, MQTT, dashboard) on this controller's bus; idempotent."""
         if self.telemetry is None:
+            from controller.api.settings import RuntimeSettings
+
             ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
                                    apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
-                                   on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit)
+                                   on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit,
+                                   cycle_s=self.config.control.cycle_s,
+                                   config=self.config.model_dump(mode="json"),
+                                   settings=RuntimeSettings(self.commands, self.apply))
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator
 
@@ -41,8 +41,16 @@ MAX_JSON_DEPTH = 4
 MAX_NAME_CHARS = 64
 MAX_REASON_CHARS = 1000
 
-ApplyFn = Callable[..., CommandResult]
-"""``Controller.apply(command, *, interface, identity)`` (the command as a dict with a ``command`` key)."""
+
+
+class ApplyFn(Protocol):
+    """``Controller.apply``: takes the command as a dict with a ``command`` key, the interface it came by
+    (``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park``, ``internal``) and the caller's identity."""
+
+    def __call__(self, command: dict[str, Any], *, interface: str = "internal",
+                 identity: str | None = None) -> CommandResult: ...
+
+
 AuditFn = Callable[..., None]
 """``AuditLog.record(*, ts, interface, identity, command, payload, accepted, reason)``."""
 
