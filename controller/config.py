@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
+from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
 from controller.groups import GroupSettings
 from controller.telemetry.config import TelemetrySettings
@@ -77,6 +78,7 @@ class ControlSettings(StrictModel):
     dispatch: DispatchSettings = DispatchSettings()
     validation: ValidationSettings = ValidationSettings()
     groups: GroupSettings = GroupSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 GROUP_NAMES = {Role.BATTERY: "battery-group", Role.PV_INVERTER: "pv-group"}
