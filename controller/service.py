@@ -5,12 +5,13 @@ Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
    (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
    device-health alarms raised and cleared);
-2. account energy, money and the demand peak; feed the forecasters' history;
+2. account energy, money and the demand peak (:class:`~controller.accounting.Accounting`); feed the
+   forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
 4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
-5. write setpoints (only on a change beyond the deadband, or at the heartbeat) and keep the devices'
-   watchdogs alive;
+5. write setpoints (each device skips a change inside the deadband and re-sends at the heartbeat:
+   ``drivers.writes``) and keep the devices' watchdogs alive;
 6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
 
 The planning task re-plans at every planning interval, on a ``replan`` command and when the site
