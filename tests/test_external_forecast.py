@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from optimizer.external_forecast import ExternalForecasts, ForecastInputError, csv_payload, parse_forecast
-from optimizer.forecast_accuracy import accuracy
+from optimizer.forecast_accuracy import LiveAccuracy, accuracy
 from optimizer.timegrid import regular_grid
 
 NOW = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
@@ -114,3 +114,25 @@ def test_accuracy_known_answers():
     assert high["by_lead"][0]["mae_kw"] == pytest.approx(10.0) and high["by_lead"][0]["skill"] is None
     night = accuracy(mean_pattern, None, ns, measured, int(ns[-1]), days=10, mask=lambda g: np.zeros(len(g), bool))
     assert night["issues"] == 0 and all(b["n"] == 0 and b["mae_kw"] is None for b in night["by_lead"])
+
+
+def test_live_accuracy_fills_one_issue_per_update_and_matches_the_batch_figures():
+    starts = pd.date_range("2026-03-01", periods=20 * 96, freq="15min", tz="UTC")
+    ns = starts.as_unit("ns").asi8
+    day = np.arange(len(ns)) // 96
+    measured = np.tile(100 + 50 * np.sin(np.arange(96) / 96 * 2 * np.pi), 20) + np.where(day % 2 == 0, 4.0, -4.0)
+
+    def flat(grid, _):
+        return np.full(len(grid), 100.0)
+
+    live = LiveAccuracy(flat, flat, days=5)
+    now = int(ns[-1])
+    assert live.due(now)
+    updates = 0
+    while live.due(now):
+        out = live.update(now, (ns, measured), (ns, measured))
+        updates += 1
+    assert updates == 20 and out["pv"]["issues"] == 20 and not live.due(now)  # 5 days × 4 issues, one per call
+    batch = accuracy(flat, None, ns, measured, now, days=5)
+    assert out["load"]["by_lead"] == batch["by_lead"]
+    assert live.due(now + 6 * 3_600_000_000_000)  # a new issue's horizon has ended
