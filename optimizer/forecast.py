@@ -51,8 +51,9 @@ PV_DAY_WEIGHT = 0.6
 """Weight of the recent days' clearness against the month's climatological clearness in the PV forecast beyond the
 recent hours (``k = k_clim + w · (k_days − k_clim)``): day-to-day clearness is only partly persistent (lag-one
 correlation of daily PV energy 0.24–0.52 in measured years, 0.38 in the hard synthetic year, 0.83 in the default
-one). Chosen on the 6–24 h MAE of both synthetic years (docs/data.md, "PV forecast: recent days and climatology"):
-1.0 (no blending) 126.5 / 64.5 kW, 0.6 117.6 / 61.8 kW (hard / default year, 12–24 h). [-]"""
+one). Used only with a monthly climatology (``monthly_yield_kwh_per_kwp``). Chosen on the 12–24 h MAE of both
+synthetic years (docs/data.md, "PV forecast: recent days and climatology"): 126.5 / 64.5 kW with 1.0 (no
+blending), 117.6 / 61.8 kW with 0.6 (hard / default year). [-]"""
 
 
 class ForecastError(ValueError):
@@ -248,12 +249,13 @@ class PVForecaster:
 
     Clearness ``k`` = measured energy / clear-sky energy over daylight intervals (clear sky > 5 % of the AC
     limit) of a window. Two windows: the last ``recent_hours`` (the current weather) and the last ``days``
-    days (the weather regime). The days' clearness is blended with the month's climatological clearness
-    ``k_clim`` (from ``monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`):
-    ``k_base = k_clim + day_weight · (k_days − k_clim)`` (:data:`PV_DAY_WEIGHT`; 1 = no blending). At lead time
+    days (the weather regime). With a climatology (``monthly_yield_kwh_per_kwp``) the days' clearness is blended
+    with the month's climatological clearness ``k_clim``: ``k_base = k_clim + day_weight · (k_days − k_clim)``
+    (:data:`PV_DAY_WEIGHT`; 1 = no blending); without one ``k_base = k_days``. At lead time
     ``L`` after the forecast start the clearness is ``k_base + (k_recent − k_base) · exp(−L / decay_hours)``,
     bounded to [0, ``max_clearness``]. A window with less than 15 minutes' worth of clear-sky energy at the AC
-    limit counts as empty: without ``k_recent`` the forecast uses ``k_base``; without ``k_days`` ``k_clim``.
+    limit counts as empty: without ``k_recent`` the forecast uses ``k_base``; without ``k_days`` the climatological
+    clearness (of the month, from ``monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`).
 
     ``isolated=True`` computes the clear-sky tables in short-lived worker processes
     (``ClearSkyCache(isolated=True)``) so that pvlib is never imported into this process: the live controller's
@@ -359,8 +361,9 @@ class PVForecaster:
             k_days, k_recent = self._clearness_appending(ns, values, clear_all, step_minutes, t0)
         else:
             k_days, k_recent = self._clearness_direct(ns, values, clear_all, step_h, t0)
-        climate = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
-        k_days = climate if k_days is None else climate + self.day_weight * (k_days - climate)
+        if k_days is None or (self._monthly_yield is not None and self.day_weight < 1.0):
+            climate = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
+            k_days = climate if k_days is None else climate + self.day_weight * (k_days - climate)
         k = k_days if k_recent is None else k_days + (k_recent - k_days) * _decay(grid, t0, self.decay_hours)
         return np.minimum(clear * k, self.pv.ac_limit_kw)
 
