@@ -65,6 +65,7 @@ from drivers.profile import Profile, load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
+from optimizer.external_forecast import ExternalForecasts, WithExternal
 from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
 from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
@@ -141,10 +142,14 @@ class Controller:
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
-        self.forecasts = forecasts or MeasuredForecasts(
+        builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
-        self.accuracy = self._live_accuracy(config) if isinstance(self.forecasts, MeasuredForecasts) else None
+        #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
+        #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
+        self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
+        self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
+        self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),

@@ -23,6 +23,7 @@ import csv
 import io
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -268,3 +269,30 @@ class ExternalForecasts:
         out = np.array(builtin, dtype=float)
         out[covered] = values[index[covered]]
         return out, forecast.source if covered.all() else f"{forecast.source}+builtin"
+
+
+class WithExternal:
+    """A forecast source (``forecast(grid) -> (pv, load)`` [kW]) with the current external forecasts laid over it:
+    the planner's :class:`~controller.planning.ForecastSource` when external forecasts are accepted.
+
+    Parameters
+    ----------
+    builtin : object
+        The built-in source, e.g. ``controller.planning.MeasuredForecasts``.
+    external : ExternalForecasts
+        Where accepted forecasts are kept (its :meth:`~ExternalForecasts.submit` is the REST/MQTT entry point).
+    now : callable
+        ``now() -> datetime`` (UTC, aware): the clock expiry is judged on.
+    """
+
+    def __init__(self, builtin: object, external: ExternalForecasts, now: Callable[[], datetime]):
+        self.builtin, self.external, self.now = builtin, external, now
+        #: Origin of the last forecast per quantity ("builtin", "<source>", "<source>+builtin").
+        self.origin: dict[str, str] = {"pv_kw": "builtin", "load_kw": "builtin"}
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        pv, load = self.builtin.forecast(grid)
+        now = self.now()
+        pv, self.origin["pv_kw"] = self.external.blend("pv_kw", grid, pv, now)
+        load, self.origin["load_kw"] = self.external.blend("load_kw", grid, load, now)
+        return pv, load

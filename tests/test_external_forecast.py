@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimizer.external_forecast import ExternalForecasts, ForecastInputError, csv_payload, parse_forecast
+from optimizer.external_forecast import (
+    ExternalForecasts,
+    ForecastInputError,
+    WithExternal,
+    csv_payload,
+    parse_forecast,
+)
 from optimizer.forecast_accuracy import LiveAccuracy, accuracy
 from optimizer.timegrid import regular_grid
 
@@ -136,3 +142,24 @@ def test_live_accuracy_fills_one_issue_per_update_and_matches_the_batch_figures(
     batch = accuracy(flat, None, ns, measured, now, days=5)
     assert out["load"]["by_lead"] == batch["by_lead"]
     assert live.due(now + 6 * 3_600_000_000_000)  # a new issue's horizon has ended
+
+
+class ConstantSource:
+    """A built-in forecast source of constant PV and load (what the planner's source returns). [kW]"""
+
+    def forecast(self, grid):
+        return np.full(len(grid), 7.0), np.full(len(grid), 300.0)
+
+
+def test_the_planners_source_takes_external_forecasts_until_they_expire():
+    clock = {"now": NOW}
+    store = ExternalForecasts(pv_limit_kw=900)
+    source = WithExternal(ConstantSource(), store, lambda: clock["now"])
+    grid = regular_grid(pd.Timestamp(NOW), 6, 15)
+    assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"
+    assert store.submit(payload(load_kw=None), now=NOW).accepted
+    pv, load = source.forecast(grid)
+    assert pv.tolist() == [10.0, 20.0, 30.0, 40.0, 7.0, 7.0] and load.tolist() == [300.0] * 6
+    assert source.origin == {"pv_kw": "weather-service+builtin", "load_kw": "builtin"}
+    clock["now"] = NOW + timedelta(hours=6)
+    assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"
