@@ -6,12 +6,13 @@ Every cycle (``control.cycle_s`` of site time, aligned to the clock):
    and PV plant over the asset groups (:mod:`controller.assets`) — then validate it
    (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
    device-health alarms raised and cleared);
-2. account energy, money and the demand peak; feed the forecasters' history;
+2. account energy, money and the demand peak (:class:`~controller.accounting.Accounting`); feed the
+   forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
 4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
-5. split the setpoints over the units and write them (only on a change beyond the deadband, or at the
-   heartbeat), and keep the devices' watchdogs alive;
+5. split the setpoints over the units (:mod:`controller.groups`) and write them (each device skips a change
+   inside the deadband and re-sends at the heartbeat: ``drivers.writes``), and keep the devices' watchdogs alive;
 6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
 
 The planning task re-plans at every planning interval, on a ``replan`` command and when the site
@@ -30,6 +31,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
 from controller.assets import WRITE_FAILED, Assets
@@ -59,7 +62,9 @@ from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
-from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.external_forecast import ExternalForecasts, WithExternal
+from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
+from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
@@ -130,9 +135,14 @@ class Controller:
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
         self.history = History(config.planner.step_minutes, ctl.history_days)
-        self.forecasts = forecasts or MeasuredForecasts(
+        builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
+        #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
+        #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
+        self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
+        self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
+        self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
@@ -445,7 +455,30 @@ class Controller:
             "validation": self.validation.to_dict(),
             "solver": solver,
             "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
+            "forecast_accuracy": self._forecast_accuracy(now),
         }
+
+    @staticmethod
+    def _live_accuracy(config: SiteConfig) -> LiveAccuracy:
+        """Accuracy of forecasters configured as the planning ones (separate instances: their caches stay the
+        planner's), scored on the measured history (docs/data.md, "Forecast accuracy")."""
+        pv = PVForecaster(config.site, config.pv, isolated=True)
+        load = LoadForecaster(config.site.timezone, config.control.holiday_country, config.tariff.extra_holidays)
+        limit = DAYLIGHT_SHARE * config.pv.ac_limit_kw
+        return LiveAccuracy(pv.forecast, load.forecast, lambda grid: pv.clear_sky_kw(grid) > limit,
+                            steps=config.planner.horizon_steps, step_minutes=config.planner.step_minutes)
+
+    def _forecast_accuracy(self, now: datetime) -> dict | None:
+        """MAE, RMSE and skill vs persistence by lead time of the live forecasters over the last 14 days (state
+        key ``forecast_accuracy``); at most one new hindcast per quantity is scored per cycle."""
+        if self.accuracy is None:
+            return None
+        now_ns = pd.Timestamp(now).value
+        if self.accuracy.due(now_ns):
+            pv, load = self.history.series()
+            ns = pv.index.as_unit("ns").asi8
+            self.accuracy.update(now_ns, (ns, pv.to_numpy(dtype=float)), (ns, load.to_numpy(dtype=float)))
+        return self.accuracy.result
 
     # ------------------------------------------------------------------------------------------ planning
 

@@ -205,7 +205,7 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
         restarted.audit.close()
     got = [(e["interface"], e["identity"], e["command"], e["accepted"]) for e in entries]
     assert got == [("mqtt", "operator", "set_mode", True), ("mqtt", "operator", "set_mode", False),
-                   ("dashboard", "127.0.0.1", "soc_reserve", True), ("dashboard", "127.0.0.1", "replan", False),
+                   ("dashboard", "dashboard", "soc_reserve", True), ("dashboard", "dashboard", "replan", False),
                    ("scada", "127.0.0.1", "set_mode", True), ("internal", None, "replan", True)]
     assert entries[0]["payload"] == {"command": "set_mode", "mode": "standby", "ttl_s": 60}
     assert entries[1]["payload"] == {"mode": "launch"} and "launch" in entries[1]["reason"]

@@ -193,6 +193,29 @@ class Solver(_Part):
     solve_ms: OptionalNumber = Field(description="[ms]")
 
 
+class LeadAccuracy(_Part):
+    lead: str = Field(description="lead-time bucket, e.g. '6-12 h'")
+    n: int = Field(description="steps compared")
+    mae_kw: OptionalNumber = Field(description="[kW]")
+    rmse_kw: OptionalNumber = Field(description="[kW]")
+    persistence_mae_kw: OptionalNumber = Field(description="[kW] same-time-yesterday persistence")
+    persistence_rmse_kw: OptionalNumber = Field(description="[kW]")
+    skill: OptionalNumber = Field(description="1 − MAE / persistence MAE [-]")
+
+
+class QuantityAccuracy(_Part):
+    issues: int = Field(description="hindcasts scored")
+    by_lead: list[LeadAccuracy]
+
+
+class ForecastAccuracy(_Part):
+    """Live forecast accuracy over the last window_days (docs/data.md, Forecast accuracy)"""
+
+    window_days: Number = Field(description="[d]")
+    pv: QuantityAccuracy
+    load: QuantityAccuracy
+
+
 class StateMessage(_Part):
     """Payload of ems/<site>/state (retained, QoS 1) and of the dashboard's `state` events: the cycle state the
     controller publishes on its bus (controller/service.py). Units are in the field names (docs/conventions.md):
@@ -225,6 +248,8 @@ class StateMessage(_Part):
     commands: dict[str, Annotated[int, Field(ge=0)]] | Absent = Field(
         None, description="Remote commands since start (accepted, rejected, busy, errors, dropped), added by the "
                           "MQTT, dashboard and metrics sinks")
+    forecast_accuracy: ForecastAccuracy | Absent | None = Field(
+        None, description="Live forecast accuracy; null without measured forecasters")
 
 
 # ------------------------------------------------------------------------------------------ schemas
