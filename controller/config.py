@@ -40,7 +40,7 @@ from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.config import SimulationConfig
 from drivers.sunspec import reference_errors as sunspec_reference_errors
 from ems.yamlfile import ConfigError, FieldError, field_path, read_yaml
-from optimizer.site import UNIT_FIELDS, BatteryUnit, PlanningSite, StrictModel, TariffRef, aggregate_units
+from optimizer.site import PlanningSite, StrictModel, TariffRef, aggregate_units
 from optimizer.tariff import load_tariff
 
 
@@ -150,15 +150,6 @@ class SiteConfig(PlanningSite):
             return self.grid_meter.name
         devices = self.devices_of(role)
         return devices[0].name if len(devices) == 1 else GROUP_NAMES[role]
-
-    def inverter_rating_kw(self, device: DeviceConfig) -> float:
-        """A PV inverter's AC rating: its ``rating_kw``, or ``pv.ac_kw`` for a site's only inverter. [kW]"""
-        return device.rating_kw if device.rating_kw is not None else self.pv.ac_limit_kw
-
-    def battery_unit(self, device: DeviceConfig) -> BatteryUnit:
-        """A battery's own spec: its ``battery:``, or the top-level battery for a site's only battery."""
-        return device.battery if device.battery is not None else BatteryUnit.model_validate(
-            self.battery.model_dump(include=set(UNIT_FIELDS)))
 
     @property
     def replan_minutes(self) -> int:

@@ -57,15 +57,15 @@ def test_a_multi_asset_site_derives_the_aggregate_battery():
     assert bat.soc_max_kwh - bat.soc_min_kwh == pytest.approx(780.0)
     assert [d.name for d in config.devices_of(Role.PV_INVERTER)] == ["inv-1", "inv-2", "inv-3"]
     assert config.grid_meter.name == "grid-meter" and config.device(Role.METER).name == "grid-meter"
-    assert [config.inverter_rating_kw(d) for d in config.devices_of(Role.PV_INVERTER)] == [300, 300, 300]
-    assert config.battery_unit(config.devices_of(Role.BATTERY)[1]).capacity_kwh == 400
+    assert [d.rating_kw for d in config.devices_of(Role.PV_INVERTER)] == [300, 300, 300]
+    assert config.role_name(Role.BATTERY) == "battery-group" and config.role_name(Role.METER) == "grid-meter"
 
 
 def test_single_device_sites_are_unchanged():
     config = validate_config(copy.deepcopy(EXAMPLE), "test.yaml", EXAMPLE_SITE.parent)
     (inverter,), (battery,) = config.devices_of(Role.PV_INVERTER), config.devices_of(Role.BATTERY)
-    assert config.inverter_rating_kw(inverter) == config.pv.ac_limit_kw == 900
-    assert config.battery_unit(battery).capacity_kwh == 1000 and config.grid_meter.location is None
+    assert inverter.rating_kw is None and battery.battery is None and config.grid_meter.location is None
+    assert config.role_name(Role.BATTERY) == "battery"  # a role's only device names its aggregate
 
 
 def test_a_given_total_must_agree_with_the_units():
