@@ -31,6 +31,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
 from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus

@@ -237,7 +237,7 @@ class StateMessage(_Part):
     commands: dict[str, Annotated[int, Field(ge=0)]] | Absent = Field(
         None, description="Remote commands since start (accepted, rejected, busy, errors, dropped), added by the "
                           "MQTT, dashboard and metrics sinks")
-    forecast_accuracy: ForecastAccuracy | None | Absent = Field(
+    forecast_accuracy: ForecastAccuracy | Absent | None = Field(
         None, description="Live forecast accuracy; null without measured forecasters")
 
 
