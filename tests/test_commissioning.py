@@ -149,3 +149,14 @@ async def test_ctrl_c_mid_test_leaves_the_unit_at_zero(tmp_path):
     left = next(line for line in out.decode().splitlines() if line.startswith("left at 0 kW"))
     assert "pass" in left
     assert setpoint is None and enabled == 0
+
+
+async def test_battery_that_goes_the_wrong_way_fails_on_the_sign(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        site.faults.out_of_range("battery", "battery_kw", 20.0)   # reports discharging whatever it does
+        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", "--hold-s", "0.5",
+                         "--allow-s", "1")
+    out = capsys.readouterr().out
+    charge = next(line for line in out.splitlines() if line.startswith("charge"))
+    assert code == 1 and "wrong sign: measured +20.0 kW for -20.0 kW" in charge
