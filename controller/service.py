@@ -133,7 +133,7 @@ class Controller:
                                      battery_reversion_s=self.assets.battery_reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
-        self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
+        self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
         self.history = History(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
@@ -158,6 +158,7 @@ class Controller:
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_persist = -float("inf")
         self._online: dict[str, bool | None] = {name: None for name in self.devices}
+        self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._replan_until: datetime | None = None
         self._last_plan_try: float | None = None
         self._deviation_since: float | None = None
@@ -320,7 +321,7 @@ class Controller:
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         mode = state.mode
-        if mode is Mode.AUTO:
+        if mode in (Mode.AUTO, Mode.MONITOR_ONLY):  # monitor-only: what auto would do, published, not written
             target = self.plans.target(now, self.demand.month_peak_kw(now))
         elif mode is Mode.SELF_CONSUMPTION:
             target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
@@ -371,7 +372,10 @@ class Controller:
         now = snap.ts
         snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw())
         self._set_alarms(health, ALARM_PREFIXES, now)
-        await self._remote_control()
+        writing = not self.modes.monitor_only
+        if writing:
+            await self._remote_control()
+            self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
         inputs = snap.dispatch_inputs()
@@ -381,7 +385,8 @@ class Controller:
         decision = self.dispatcher.step(inputs, target, now)
         self.decision = decision
         t_decide = time.perf_counter()
-        await self._write(decision, now)
+        if writing:
+            await self._write(decision, now)
         t_write = time.perf_counter()
         self._set_alarms(self.assets.alarms(), GROUP_ALARMS, now)
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
@@ -624,9 +629,10 @@ class Controller:
         """Every battery to 0 kW, remote control released (and what entering changed restored), state saved."""
         self.notify.stopping()
         now = self.clock.now()
-        zeroed = all(await asyncio.gather(*(self._zero_battery(b) for b in self.assets.of(Role.BATTERY))))
+        zeroed = not self._took_control or all(
+            await asyncio.gather(*(self._zero_battery(b) for b in self.assets.of(Role.BATTERY))))
         released = True
-        for device in self.devices.values():
+        for device in self.devices.values() if self._took_control else ():
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
                 released = False
@@ -641,7 +647,9 @@ class Controller:
         for device in self.devices.values():
             device.close()
         self.notify.close()
-        if zeroed and released:
+        if not self._took_control:
+            log.warning("controller stopped: monitor-only, nothing was written")
+        elif zeroed and released:
             log.warning("controller stopped: battery 0 kW, remote control released")
         else:
             log.error("controller stopped: battery 0 kW %s, remote control %s (the devices' own reversion "

@@ -40,10 +40,10 @@ MISSING_U16 = 0xFFFF
 MISSING_U32 = 0xFFFFFFFF
 
 MODE_CODES: tuple[Mode, ...] = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.MANUAL, Mode.STANDBY,
-                                Mode.SAFE)
+                                Mode.SAFE, Mode.MONITOR_ONLY)
 """Mode code = index (register value) of the mode."""
 REASON_CODES: tuple[Reason, ...] = (Reason.PLAN, Reason.NO_PLAN, Reason.PLAN_EXPIRED, Reason.PLANNER_FAILED,
-                                    Reason.SOLVER_TIMEOUT, Reason.OPERATOR, Reason.DATA_MISSING)
+                                    Reason.SOLVER_TIMEOUT, Reason.OPERATOR, Reason.DATA_MISSING, Reason.INITIAL_MODE)
 """Reason code = index of the reason."""
 WRITABLE_MODES: tuple[Mode, ...] = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.STANDBY)
 """Modes a SCADA may request by writing the mode register (manual: write the setpoint instead)."""
