@@ -98,7 +98,7 @@ class Assets:
         units = snap.units
         readings: dict[str, Reading] = dict(units[self.grid_meter])
         for role, group in self.groups.items():
-            aggregate = group.observe(units, mono)
+            aggregate = group.observe(units, mono, snap.device_errors)
             readings.update(self._role_readings(role, group, aggregate, units, snap))
         return Snapshot(snap.ts, MappingProxyType(readings), snap.device_ok, snap.device_errors, units)
 
@@ -151,11 +151,10 @@ class Assets:
             result = await device.write(point, value, deadband=deadband)
         except KeyError as exc:  # SunSpec points have no address until the device has been discovered
             return name, f"{name}: {point}: {exc}"
-        mono = self.clock.monotonic()
         if not result.ok:
-            group.wrote(name, None, result.detail, mono)
+            group.wrote(name, None, result.detail)
             return name, f"{name}: {point}={value:g}: {result.detail}"
-        group.wrote(name, result.value, "", mono)
+        group.wrote(name, result.value, "")
         return name, None
 
     # ------------------------------------------------------------------------------------------ reporting

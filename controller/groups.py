@@ -81,10 +81,10 @@ def _value(readings: Mapping[str, Reading], name: str) -> float | None:
     return float(r.value)
 
 
-def _why_missing(readings: Mapping[str, Reading], name: str) -> str:
+def _why_missing(readings: Mapping[str, Reading], name: str, error: str = "") -> str:
     r = readings.get(name)
     if r is None:
-        return f"{name} not read"
+        return f"{name} not read" + (f" ({error})" if error else "")
     return f"{name} {r.quality.value}" + (f" ({r.detail})" if r.detail else "")
 
 
@@ -120,53 +120,52 @@ def water_fill(total: float, weights: Sequence[float], caps: Sequence[float]) ->
 class FollowCheck:
     """Verified control of one unit: is its measured power where it was asked to be?
 
-    After a setpoint change the unit has ``response_s + |Δ| / ramp`` to get within the tolerance
-    (``max(tolerance_kw, tolerance_pct × rating)``); a deviation beyond it after that time, held for at least
-    ``response_s`` (so one noisy reading is not a verdict), means it is not following: *wrong sign* (its power
-    has the opposite sign of the request), *stuck* (it has not moved from where it was when asked), else
-    *ignores its setpoint*. ``two_sided=False`` (PV) only counts power above what was asked (a limit, not a
-    target).
+    From the moment its measured power is further than the tolerance (``max(tolerance_kw, tolerance_pct ×
+    rating)``) from what it was asked, the unit has ``response_s + |asked − where it was then| / ramp`` to get
+    within it; still out of tolerance after that, it is not following: *wrong sign* (its power has the opposite
+    sign of the request), *stuck* (it has not moved from where it was), else *ignores its setpoint*. New requests
+    while it is out of tolerance do not restart the time (a unit asked something slightly different every cycle
+    is still found out). ``two_sided=False`` (PV) only counts power above what was asked (a limit, not a target).
     """
 
     rating_kw: float
     settings: GroupSettings
     two_sided: bool = True
     asked_kw: float | None = None
-    asked_at: float = 0.0
     from_kw: float | None = None
+    """The unit's power when it went out of tolerance. [kW]"""
     bad_since: float | None = None
+    """Since when it has been out of tolerance (``None`` while within). [s]"""
 
     @property
     def tolerance_kw(self) -> float:
         return max(self.settings.tolerance_kw, self.settings.tolerance_pct / 100.0 * self.rating_kw)
 
-    def ask(self, kw: float, measured_kw: float | None, now_s: float) -> None:
-        """The unit was sent ``kw`` at ``now_s`` (only changes matter; re-sends are ignored)."""
-        if self.asked_kw is not None and abs(kw - self.asked_kw) < 1e-9:
-            return
-        self.asked_kw, self.asked_at, self.from_kw, self.bad_since = kw, now_s, measured_kw, None
+    def ask(self, kw: float) -> None:
+        """The unit holds the request ``kw`` from now on."""
+        self.asked_kw = kw
 
-    def allowance_s(self) -> float:
-        """Time the unit has to reach the latest request. [s]"""
+    def allowance_s(self, expected_kw: float) -> float:
+        """Time the unit has to reach ``expected_kw`` from where it was when it went out of tolerance. [s]"""
         ramp = self.settings.ramp_pct_per_s / 100.0 * max(self.rating_kw, 1e-9)
         start = self.from_kw if self.from_kw is not None else 0.0
-        return self.settings.response_s + abs((self.asked_kw or 0.0) - start) / ramp
+        return self.settings.response_s + abs(expected_kw - start) / ramp
 
     def check(self, measured_kw: float | None, expected_kw: float | None, now_s: float) -> str | None:
         """Why the unit is not following (``None`` while it is, or while there is nothing to compare).
 
         ``expected_kw`` is the request as the unit may carry it out now (clamped to what its BMS allows)."""
         if self.asked_kw is None or measured_kw is None or expected_kw is None:
-            self.bad_since = None
+            self.bad_since = self.from_kw = None
             return None
         error = measured_kw - expected_kw
         bad = abs(error) > self.tolerance_kw if self.two_sided else error > self.tolerance_kw
         if not bad:
-            self.bad_since = None
+            self.bad_since = self.from_kw = None
             return None
         if self.bad_since is None:
-            self.bad_since = now_s
-        if now_s - self.asked_at < self.allowance_s() or now_s - self.bad_since < self.settings.response_s:
+            self.bad_since, self.from_kw = now_s, measured_kw
+        if now_s - self.bad_since < self.allowance_s(expected_kw):
             return None
         tol = self.tolerance_kw
         if not self.two_sided:
@@ -252,12 +251,12 @@ class Group:
                 and u.follow.bad_since is None and u.state.measured_kw is not None:
             u.not_following, u.out_since = "", None
 
-    def wrote(self, name: str, value: float | None, error: str, now_s: float) -> None:
+    def wrote(self, name: str, value: float | None, error: str) -> None:
         """A write to unit ``name``: the value the unit now holds (in kW for a battery, % for PV) or ``error``."""
         u = self.units[name]
         u.write_error = error
         if not error and value is not None:
-            u.follow.ask(self._asked_kw(u, value), u.state.measured_kw, now_s)
+            u.follow.ask(self._asked_kw(u, value))
 
     def _asked_kw(self, u: _Unit, value: float) -> float:
         return value
@@ -311,11 +310,13 @@ class BatteryGroup(Group):
         assert u.spec is not None
         return u.spec
 
-    def observe(self, readings: Mapping[str, Mapping[str, Reading]], now_s: float) -> dict[str, float | None]:
-        """Judge every unit from its readings (device name → point → reading) and return the aggregate
-        ``battery_kw``, ``soc_pct``, ``max_charge_kw``, ``max_discharge_kw`` (``None`` when no unit gives it)."""
+    def observe(self, readings: Mapping[str, Mapping[str, Reading]], now_s: float,
+                errors: Mapping[str, str] | None = None) -> dict[str, float | None]:
+        """Judge every unit from its readings (device name → point → reading; ``errors``: device name → why its
+        poll failed) and return the aggregate ``battery_kw``, ``soc_pct``, ``max_charge_kw``, ``max_discharge_kw``
+        (``None`` when no unit gives it)."""
         for u in self.units.values():
-            self._observe_unit(u, readings.get(u.name, {}), now_s)
+            self._observe_unit(u, readings.get(u.name, {}), now_s, (errors or {}).get(u.name, ""))
         units = list(self.units.values())
         powers = [u.state.measured_kw for u in units if u.state.measured_kw is not None]
         inside = [u for u in units if u.state.in_group]
@@ -340,7 +341,7 @@ class BatteryGroup(Group):
                     for u in known)
         return lo + (hi - lo) * above / usable
 
-    def _observe_unit(self, u: _Unit, r: Mapping[str, Reading], now_s: float) -> None:
+    def _observe_unit(self, u: _Unit, r: Mapping[str, Reading], now_s: float, error: str) -> None:
         spec, st = self._spec(u), u.state
         st.measured_kw, st.soc_pct = _value(r, "battery_kw"), _value(r, "soc_pct")
         bms_ch, bms_dis = _value(r, "max_charge_kw"), _value(r, "max_discharge_kw")
@@ -348,7 +349,7 @@ class BatteryGroup(Group):
         if u.follow.asked_kw is not None and bms_ch is not None and bms_dis is not None:
             expected = min(max(u.follow.asked_kw, -bms_ch), bms_dis)
         self._follow(u, expected, now_s)
-        data = [_why_missing(r, n) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
+        data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
                 if _value(r, n) is None]
         alarm = _value(r, "battery_alarm")
         faults = [f"faulted (alarm word {alarm:g})"] if alarm else []
@@ -416,14 +417,17 @@ class PVGroup(Group):
     def _asked_kw(self, u: _Unit, value: float) -> float:
         return u.rating_kw * value / 100.0
 
-    def observe(self, readings: Mapping[str, Mapping[str, Reading]], now_s: float) -> dict[str, float | None]:
-        """Judge every inverter; return the aggregate ``pv_kw`` (Σ over inverters that read) and ``pv_limit_pct``
-        (the limits the inverters in the group report, as % of the plant rating)."""
+    def observe(self, readings: Mapping[str, Mapping[str, Reading]], now_s: float,
+                errors: Mapping[str, str] | None = None) -> dict[str, float | None]:
+        """Judge every inverter (``errors`` as for :meth:`BatteryGroup.observe`); return the aggregate ``pv_kw``
+        (Σ over inverters that read) and ``pv_limit_pct`` (the limits the inverters in the group report, as % of
+        the plant rating)."""
         for u in self.units.values():
             st, r = u.state, readings.get(u.name, {})
             st.measured_kw = _value(r, "pv_kw")
             self._follow(u, u.follow.asked_kw, now_s)
-            self._judge(u, [] if st.measured_kw is not None else [_why_missing(r, "pv_kw")], [])
+            missing = [] if st.measured_kw is not None else [_why_missing(r, "pv_kw", (errors or {}).get(u.name, ""))]
+            self._judge(u, missing, [])
         units = list(self.units.values())
         powers = [u.state.measured_kw for u in units if u.state.measured_kw is not None]
         limits = [(u, _value(readings.get(u.name, {}), "pv_limit_pct")) for u in units if u.state.in_group]

@@ -179,14 +179,14 @@ CASES: dict[str, list[Row]] = {
         (10, {"back:bess-2": None}, expect(300, 100, {"bess-1": 150, "bess-2": 150})),
         (12, {}, expect(300, 100, {"bess-1": 150, "bess-2": 150})),
     ],
-    # As above, but bess-2 acknowledges its setpoints and stays at 0 kW. Asked 150 kW at t=0 it has
-    # 5 s + 150 / (10 %/s × 250 kW) = 11 s: at t=11 unit_not_following (stuck at 0), it is taken out and gets 0 kW;
-    # bess-1 alone can give 250 of the 300 the import cap needs (import_cap_unheld).
+    # As above, but bess-2 acknowledges its setpoints and stays at 0 kW. Asked 150 kW at t=0, seen at 0 kW from
+    # t=1, it has 5 s + 150 / (10 %/s × 250 kW) = 11 s: at t=12 unit_not_following (stuck at 0), it is taken out and
+    # gets 0 kW; bess-1 alone can give 250 of the 300 the import cap needs (import_cap_unheld).
     "a unit that ignores its setpoint is taken out": [
         (0, {"load": 1300.0, "set:bess-1": {"soc_pct": 60.0}, "set:bess-2": {"soc_pct": 60.0}, "ignore:bess-2": True},
          expect(300, 100, {"bess-1": 150, "bess-2": 150})),
-        (10, {}, expect(300, 100, {"bess-1": 150, "bess-2": 150})),
-        (11, {}, expect(250, 100, {"bess-1": 250, "bess-2": 0}, "unit_not_following:bess-2", "import_cap_unheld",
+        (11, {}, expect(300, 100, {"bess-1": 150, "bess-2": 150})),
+        (12, {}, expect(250, 100, {"bess-1": 250, "bess-2": 0}, "unit_not_following:bess-2", "import_cap_unheld",
                         out=("bess-2",))),
         (15, {}, expect(250, 100, {"bess-1": 250, "bess-2": 0}, "unit_not_following:bess-2", "import_cap_unheld",
                         out=("bess-2",))),
