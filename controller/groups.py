@@ -67,9 +67,10 @@ class GroupSettings(StrictModel):
     tolerance_kw: float = Field(default=2.0, ge=0, description="Deviation always tolerated [kW]")
     tolerance_pct: float = Field(default=5.0, ge=0, le=100,
                                  description="Deviation tolerated, % of the unit's rating (the larger applies)")
-    response_s: float = Field(default=5.0, ge=0, description="Time a unit may take to start following [s]")
-    ramp_pct_per_s: float = Field(default=10.0, gt=0,
-                                  description="Slowest ramp a unit may have, % of its rating per second [%/s]")
+    response_s: float = Field(default=5.0, ge=0, description="Time a unit may take to start moving towards its "
+                              "setpoint [s]")
+    ramp_pct_per_s: float = Field(default=10.0, gt=0, description="Slowest ramp a unit may have, % of its rating "
+                                  "per second: Δ kW off its setpoint it has response_s + Δ / ramp [%/s]")
     retry_s: float = Field(default=300.0, ge=0,
                            description="A unit taken out for not following is tried again after this [s]")
 
