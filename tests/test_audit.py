@@ -212,3 +212,30 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
     assert entries[3]["payload"] == "{oops" and entries[3]["reason"].startswith("malformed JSON")
     assert entries[4]["payload"]["mode"] == "tou_rule"
     assert all(e["ts"] == "2026-05-04T04:00:00.000+00:00" for e in entries)
+
+
+def test_the_intake_records_what_it_refuses_before_apply_and_apply_records_the_rest(tmp_path: Path) -> None:
+    """Exactly one entry per command: refused by the intake (schema, park off, busy) or decided by apply."""
+    from controller.commands import CommandResult
+    from controller.telemetry.remote import CommandIntake
+
+    log = AuditLog(tmp_path / STATE_FILE)
+    clock = ManualClock(T0)
+
+    def apply(command: dict[str, Any], *, interface: str, identity: str | None) -> CommandResult:
+        log.record(ts=clock.now(), interface=interface, identity=identity, command=command["command"],
+                   payload=command, accepted=True, reason="applied")   # what Controller.apply does
+        return CommandResult(True, "applied")
+
+    intake = CommandIntake(apply, clock, audit=log.record)
+    intake.handle("set_mode", b'{"mode": "turbo", "id": "a"}', interface="mqtt", identity="op")
+    intake.handle("replan", b'{"id": "b"}', interface="rest", identity="token:ops")
+    intake.refuse("replan", b'{"id": "c"}', "park commands are off", interface="park")
+    intake.busy("soc_reserve", b'{"soc_pct": 40}', waiting=32, interface="mqtt")
+    got = [(e["interface"], e["identity"], e["command"], e["accepted"], e["payload"]) for e in reversed(log.entries())]
+    assert got == [("mqtt", "op", "set_mode", False, {"mode": "turbo", "id": "a"}),
+                   ("rest", "token:ops", "replan", True, {"command": "replan"}),
+                   ("park", None, "replan", False, {"id": "c"}),
+                   ("mqtt", None, "soc_reserve", False, {"soc_pct": 40})]
+    assert log.entries(limit=1)[0]["reason"].startswith("busy: 32 commands waiting")
+    log.close()
