@@ -103,6 +103,20 @@ def test_a_locked_file_keeps_entries_in_memory_and_records_the_gap(tmp_path: Pat
         log.close()
 
 
+def test_a_shutdown_on_a_locked_file_logs_the_entries_it_cannot_write(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    log = AuditLog(tmp_path / STATE_FILE)
+    other = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        entry(log, T0, 7, identity="op")
+        log.close()
+    finally:
+        other.close()
+    lines = [r.getMessage() for r in caplog.records if "audit entry not written" in r.getMessage()]
+    assert len(lines) == 1 and '"identity": "op"' in lines[0] and '"payload": {"n": 7}' in lines[0]
+
+
 def test_controller_apply_records_and_alarms_while_locked(tmp_path: Path) -> None:
     controller = Controller.from_config(load_config(EXAMPLE_SITE), EXAMPLE_SITE, ManualClock(T0),
                                         state_directory=tmp_path)
