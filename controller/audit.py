@@ -179,7 +179,7 @@ class AuditLog:
 
     def _rotate(self, now: str) -> None:
         s = self.settings
-        cutoff = (datetime.fromisoformat(now) - timedelta(days=s.keep_days)).isoformat()
+        cutoff = _utc(datetime.fromisoformat(now) - timedelta(days=s.keep_days))
         self._db.execute("DELETE FROM audit WHERE ts < ?", (cutoff,))
         self._db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (s.keep_entries,))
 
