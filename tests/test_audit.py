@@ -16,6 +16,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pymodbus.client import AsyncModbusTcpClient
@@ -253,3 +255,17 @@ def test_the_intake_records_what_it_refuses_before_apply_and_apply_records_the_r
                    ("mqtt", None, "soc_reserve", False, {"soc_pct": 40})]
     assert log.entries(limit=1)[0]["reason"].startswith("busy: 32 commands waiting")
     log.close()
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                       max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=200) | st.text(max_size=200) | JSONISH)
+def test_any_payload_is_stored_as_strict_utf8_json(payload: Any) -> None:
+    """Whatever arrives (bytes, lone surrogates, NaN, deep objects), the stored value is strict JSON that
+    encodes as UTF-8, so the REST API and the dashboard can always serve it."""
+    value = payload_value(payload)
+    json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
