@@ -228,7 +228,7 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
-        self.audit.flush(now.isoformat())
+        self.audit.flush(now)
         self._store_health(now)
 
     def _store_health(self, now: datetime) -> None:
