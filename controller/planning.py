@@ -7,8 +7,8 @@
   prices, month-to-date peak, BMS limits now, the current step's battery power fixed), solves in a
   worker thread with a time limit, keeps the last valid plan until it expires, and says why not
   when there is none (a :class:`~controller.modes.Reason` for the mode machine).
-
-When to re-plan (interval, command, deviation) is the service's decision (``controller.service``).
+- :class:`Replanner` decides when to re-plan (start, interval, command, no valid plan, the site drifting
+  from the plan) and runs the planning task of the service (``controller.service``).
 """
 
 from __future__ import annotations
@@ -16,45 +16,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-from controller.dispatch import Follow, Source, Target, plan_target
+from controller.dispatch import Target
 from controller.modes import Reason
+from controller.targets import follow_plan
 from optimizer.forecast import LoadForecaster, PVForecaster
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
-from optimizer.policies import OFFPEAK_PERIODS, PEAK_PERIODS
-from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.site import GridSpec, PlannerSettings
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
+
+if TYPE_CHECKING:
+    from controller.config import ControlSettings
+    from controller.snapshot import Snapshot
+    from ems.clock import Clock
 
 log = logging.getLogger(__name__)
 
 ALIGNED_FRACTION = 0.02
 """A plan made within this fraction of a step after its start plans that step whole. [-]"""
-
-
-def tou_rule_target(period: str, load_kw: float | None, pv_kw: float | None, battery: BatterySpec,
-                    reason: str) -> Target | None:
-    """The TOU rule (``optimizer.policies.tou``) for the current moment, as a dispatch target.
-
-    PV surplus → grid target 0 (charge from the surplus); off-peak → charge at the PCS limit (the chain's
-    import cap narrows it); peak → grid target 0 (discharge to cover the load); otherwise hold.
-    None when load or PV is missing (the chain is in its safe state then anyway).
-    """
-    if load_kw is None or pv_kw is None:
-        return None
-    if pv_kw > load_kw or period in PEAK_PERIODS:
-        return Target(Source.TOU_RULE, Follow.GRID, 0.0, reason=reason)
-    if period in OFFPEAK_PERIODS:
-        return Target(Source.TOU_RULE, Follow.BATTERY, -battery.max_charge_kw, reason=reason)
-    return Target(Source.TOU_RULE, Follow.BATTERY, 0.0, reason=reason)
 
 
 class History:
@@ -236,25 +224,23 @@ class PlanKeeper:
                 else Reason.PLAN_EXPIRED
         return self.last_error or Reason.NO_PLAN
 
-    def planned_peak_kw(self, plan: Plan, now: datetime, month_peak_kw: float) -> float | None:
-        """The import level ``plan`` holds for the month (demand charge), None without a demand charge. [kW]"""
+    def same_month(self, plan: Plan, now: datetime) -> np.ndarray | None:
+        """Per step of ``plan``: in the billing month of ``now``; None without a demand charge."""
         if self.tariff.demand_charge(now) is None:
             return None
-        months = self.tariff.billing_months(plan.starts)
-        mine = months == self.tariff.billing_month(now)
-        return max(month_peak_kw, float(np.max(plan.import_kw[mine], initial=0.0)))
+        return self.tariff.billing_months(plan.starts) == self.tariff.billing_month(now)
 
     def target(self, now: datetime, month_peak_kw: float) -> Target | None:
-        """The plan step at ``now`` as a dispatch target (follow rule), or None without a valid plan."""
+        """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`), or None without
+        a valid plan."""
         found = self.current(now)
         if found is None:
             return None
         plan, step = found
         expires = min(plan.expires_at(self.settings.plan_valid_hours),
                       (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime(warn=False))
-        return plan_target(step.battery_kw, step.grid_kw, self.grid_spec, source=Source.PLAN,
-                           peak_kw=self.planned_peak_kw(plan, now, month_peak_kw), expires_at=expires,
-                           tol_kw=self.follow_tol_kw)
+        return follow_plan(plan, step.index, self.grid_spec, same_month=self.same_month(plan, now),
+                           month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires)
 
     def planned_net_load_kw(self, now: datetime) -> float | None:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
@@ -329,3 +315,115 @@ class PlanKeeper:
         self.last_error, self.last_detail = reason, detail
         self.last_outcome = PlanOutcome(None, reason, detail, (time.perf_counter() - t0) * 1e3)
         return self.last_outcome
+
+
+class Replanner:
+    """When to re-plan, and the planning task: one attempt at a time, off the control cycle.
+
+    A plan is due at start, at every ``replan_minutes`` boundary of site time, on a ``replan`` command (until its
+    expiry), when there is no valid plan, and when the measured net load has stayed more than
+    ``control.replan_deviation_kw`` from the plan's for ``control.replan_deviation_s``; never more often than
+    ``control.min_replan_gap_s`` (an interval boundary waits at most half an interval).
+
+    Parameters
+    ----------
+    keeper : PlanKeeper
+    clock : Clock
+        Site time.
+    control : ControlSettings
+        The ``control:`` section (re-plan gap, deviation trigger, cycle).
+    replan_minutes : int
+        The re-planning interval. [min]
+    capacity_kwh : float
+        Battery capacity (SOC % → kWh). [kWh]
+    timeout_s : float
+        Real seconds one attempt (forecasts, build, solve) may take.
+    on_outcome : callable
+        ``on_outcome(outcome, why, now)`` after every attempt that ran (alarms, persistence, publication).
+    """
+
+    def __init__(self, keeper: PlanKeeper, clock: Clock, control: ControlSettings, replan_minutes: int,
+                 capacity_kwh: float, timeout_s: float, on_outcome: Callable[[PlanOutcome, str, datetime], None]):
+        self.keeper, self.clock, self.control = keeper, clock, control
+        self.replan_minutes, self.capacity_kwh, self.timeout_s = replan_minutes, capacity_kwh, timeout_s
+        self.on_outcome = on_outcome
+        self.replan_until: datetime | None = None
+        self.last_try: float | None = None
+        """Site monotonic time of the last attempt. [s]"""
+        self.deviation_since: float | None = None
+        """Site monotonic time since which the site has drifted from the plan. [s]"""
+
+    def request(self, until: datetime) -> None:
+        """A ``replan`` command: plan at the next chance before ``until`` (UTC)."""
+        self.replan_until = until
+
+    def observe(self, snap: Snapshot, now: datetime) -> None:
+        """Track the deviation of the measured net load from the plan's (once per cycle)."""
+        planned = self.keeper.planned_net_load_kw(now)
+        load, pv = snap.load_kw, snap.value("pv_kw")
+        if planned is None or load is None or pv is None \
+                or abs(load - pv - planned) <= self.control.replan_deviation_kw:
+            self.deviation_since = None
+        elif self.deviation_since is None:
+            self.deviation_since = self.clock.monotonic()
+
+    def due(self, now: datetime) -> str | None:
+        """Why a plan is due at ``now`` (``start``, ``requested``, ``interval``, ``no_valid_plan``,
+        ``deviation``), or None."""
+        ctl = self.control
+        mono = self.clock.monotonic()
+        if self.last_try is None:
+            return "start"
+        since = mono - self.last_try
+        if self.replan_until is not None:
+            if now <= self.replan_until:
+                return "requested"
+            self.replan_until = None
+        step_s = self.replan_minutes * 60.0
+        last_wall = now - timedelta(seconds=since)
+        if floor_to_step(now, self.replan_minutes) > floor_to_step(last_wall, self.replan_minutes) \
+                and since >= min(ctl.min_replan_gap_s, step_s / 2):
+            return "interval"
+        if since < ctl.min_replan_gap_s:
+            return None
+        if self.keeper.status(now) is not None:
+            return "no_valid_plan"
+        if self.deviation_since is not None and mono - self.deviation_since >= ctl.replan_deviation_s:
+            return "deviation"
+        return None
+
+    def site_now(self, snap: Snapshot | None, month_peak_kw: float) -> SiteNow | None:
+        """What the planner needs of the site from ``snap``; None without a valid SOC."""
+        soc = snap.value("soc_pct") if snap is not None else None
+        if snap is None or soc is None:
+            return None
+        return SiteNow(soc_kwh=soc / 100.0 * self.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
+                       bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw)
+
+    async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float) -> PlanOutcome | None:
+        """One planning attempt now on the latest snapshot; None when it could not start (no SOC yet)."""
+        now = self.clock.now()
+        site = self.site_now(snap, month_peak_kw)
+        if site is None:
+            if snap is not None:
+                self.last_try = self.clock.monotonic()
+                log.warning("planning skipped (%s): no valid SOC measurement", why)
+            return None
+        self.last_try = self.clock.monotonic()
+        self.replan_until = None
+        self.deviation_since = None
+        outcome = await self.keeper.replan(now, site, self.timeout_s)
+        self.on_outcome(outcome, why, now)
+        return outcome
+
+    async def run(self, stop: asyncio.Event, attempt: Callable[[str], Awaitable[None]]) -> None:
+        """The planning task: every cycle, ``await attempt(why)`` when a plan is due, until ``stop``."""
+        while not stop.is_set():
+            why = self.due(self.clock.now())
+            if why is not None:
+                try:
+                    await attempt(why)
+                except Exception:  # planning must never take the controller down
+                    log.exception("planning task error")
+                    self.keeper.last_error, self.keeper.last_detail = Reason.PLANNER_FAILED, "internal error"
+            await self.clock.sleep(self.control.cycle_s)

@@ -310,7 +310,7 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
     if name == "self_consumption":
         return SelfConsumption()
     if name == "tou_rule":
-        return TouRule(data, spec, scenario.grid, scenario.planner, tol)
+        return TouRule(data, spec)
     if name in ("mpc", "mpc_perfect"):
         syn = scenario.data.synthetic
         monthly = None

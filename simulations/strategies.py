@@ -2,12 +2,13 @@
 
 Every strategy answers one question per step, :meth:`Strategy.target`, from what a live controller
 would know at that moment (:class:`StepContext`: measured SOC, BMS limits, month-to-date peak, and the
-measured history strictly before the step). The runner then runs the same dispatcher and the same plant
+measured history strictly before the step), through the live controller's own functions
+(:mod:`controller.targets`). The runner then runs the same dispatcher and the same plant
 for all of them, so strategies differ only in their targets:
 
 - ``no_system`` / ``pv_only``: no target (the battery is absent).
 - ``self_consumption``: the live self-consumption mode, a grid target of 0 kW.
-- ``tou_rule``: the live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measurements.
+- ``tou_rule``: the live TOU-rule mode on the step's measurements.
 - ``mpc``: the live :class:`~optimizer.planner.Planner` re-planned every step over its horizon on the
   live forecasters (:class:`~optimizer.forecast.PVForecaster`, :class:`~optimizer.forecast.LoadForecaster`),
   fed only the measured past; the first step is followed by the live follow rule.
@@ -25,11 +26,13 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from controller.dispatch import Follow, Source, Target, plan_target
-from optimizer import costs, policies
+from controller.dispatch import Target
+from controller.modes import Mode
+from controller.targets import follow_plan, mode_target
+from optimizer import costs
 from optimizer.costs import Schedule
 from optimizer.forecast import History, LoadForecaster, PVForecaster
-from optimizer.plan import Plan, SolverInfo
+from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
@@ -131,48 +134,25 @@ class SelfConsumption:
 
     def __init__(self) -> None:
         self.solve_s, self.replans = 0.0, 0
-        self._target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason="self_consumption")
+        self._target = mode_target(Mode.SELF_CONSUMPTION, "self_consumption")
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         return self._target
 
 
-def _follow(schedule: Schedule | Plan, i: int, same_month: np.ndarray, month_peak_kw: float, demand: bool,
-            grid: GridSpec, tol_kw: float) -> Target:
-    """The live follow rule on step ``i`` of a schedule or plan, with the planned monthly peak when a demand charge
-    applies.
-
-    Only step ``i``'s battery power (discharge − charge) and grid power (import − export) [kW] and, with a demand
-    charge, the highest planned import over the steps in ``same_month`` (bool per step: in the billing month of
-    step ``i``) [kW] are read: the arithmetic of :func:`optimizer.costs.make_plan`, so a Schedule and the Plan built
-    from it give the same target.
-    """
-    peak = None
-    if demand:
-        peak = max(month_peak_kw, float(np.max(schedule.import_kw[same_month]))) if same_month.any() else None
-    battery_kw = float(schedule.discharge_kw[i] - schedule.charge_kw[i])
-    grid_kw = float(schedule.import_kw[i] - schedule.export_kw[i])
-    return plan_target(battery_kw, grid_kw, grid, peak_kw=peak, tol_kw=tol_kw)
-
-
 class TouRule:
-    """The live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measured PV and load."""
+    """The live TOU-rule mode (:func:`controller.targets.tou_target`) on the step's PV and load."""
 
     name = "tou_rule"
 
-    def __init__(self, data: Inputs, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings,
-                 tol_kw: float):
-        self.data, self.battery, self.grid, self.settings, self.tol_kw = data, battery, grid, settings, tol_kw
+    def __init__(self, data: Inputs, battery: BatterySpec):
+        self.data, self.battery = data, battery
         self.solve_s, self.replans = 0.0, 0
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         d = self.data
-        inputs = PlanInputs(
-            grid=d.grid(t, 1), pv_kw=d.pv_kw[t:t + 1], load_kw=d.load_kw[t:t + 1],
-            import_price=d.import_price[t:t + 1], export_price=d.export_price[t:t + 1], soc0_kwh=ctx.soc_kwh,
-            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw, period=[str(d.period[t])])
-        plan = policies.tou(inputs, self.battery, self.grid, self.settings)
-        return plan_target(float(plan.battery_kw[0]), float(plan.grid_kw[0]), self.grid, tol_kw=self.tol_kw)
+        return mode_target(Mode.TOU_RULE, "tou_rule", period=str(d.period[t]), load_kw=float(d.load_kw[t]),
+                           pv_kw=float(d.pv_kw[t]), max_charge_kw=self.battery.max_charge_kw)
 
 
 class Mpc:
@@ -256,8 +236,8 @@ class Mpc:
         self.solve_s += info.solve_ms / 1e3
         self.replans += 1
         self._last = (t, now, schedule, inputs, info)
-        return _follow(schedule, 0, months == 0 if demand else _NO_STEPS, ctx.month_peak_kw, demand, self.grid_spec,
-                       self.tol_kw)
+        return follow_plan(schedule, 0, self.grid_spec, same_month=months == 0 if demand else None,
+                           month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
         """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
@@ -269,13 +249,9 @@ class Mpc:
             i = t - first
             if i < len(plan) and not plan.is_expired(now, self.valid_hours):
                 months = self.data.month[first:first + len(plan)] == self.data.month[t]
-                return _follow(plan, i, months, ctx.month_peak_kw, self.data.demand_rate[t] > 0, self.grid_spec,
-                               self.tol_kw)
+                return follow_plan(plan, i, self.grid_spec, same_month=months if self.data.demand_rate[t] > 0
+                                   else None, month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw)
         return SelfConsumption().target(t, now, ctx)
-
-
-_NO_STEPS = np.zeros(0, dtype=bool)
-"""The billing-month mask handed to the follow rule when no demand charge applies (it is not read then)."""
 
 
 class PerfectForesight:
@@ -298,11 +274,12 @@ class PerfectForesight:
         offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
         self.plan = Planner(battery, grid, offline, n).plan(inputs)
         self.solve_s, self.replans = self.plan.solver.solve_ms / 1e3, 1
+        edges = np.flatnonzero(np.diff(months)) + 1
+        #: The steps of each billing month, as slices (the follow rule reads the plan's peak over them).
+        self.months = [slice(int(a), int(b)) for a, b in zip(np.r_[0, edges], np.r_[edges, n], strict=True)]
         self.month = months
-        self.peaks = np.zeros(int(months[-1]) + 1)
-        np.maximum.at(self.peaks, months, self.plan.import_kw)
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
-        peak = max(ctx.month_peak_kw, float(self.peaks[self.month[t]])) if self.demand[t] else None
-        return plan_target(float(self.plan.battery_kw[t]), float(self.plan.grid_kw[t]), self.grid_spec,
-                           peak_kw=peak, tol_kw=self.tol_kw)
+        same = self.months[self.month[t]] if self.demand[t] else None
+        return follow_plan(self.plan, t, self.grid_spec, same_month=same, month_peak_kw=ctx.month_peak_kw,
+                           tol_kw=self.tol_kw)
