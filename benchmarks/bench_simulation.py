@@ -10,7 +10,9 @@ Measures, in one run:
 3. the perfect-foresight year (one LP over 35,040 steps, built and solved);
 4. a sizing sweep (4 × 4 cells of 45 days, three rounds in alternating order) with 1 and with 2 worker processes;
 5. on the Nam Cau Kien scenario, the share of the perfect-foresight battery value (PV-only bill − bill
-   with the battery) that MPC with forecasts captures, under the legacy and the Decision 963 windows.
+   with the battery) that MPC with forecasts captures, under the legacy and the Decision 963 windows;
+6. the same share under the two-part pilot tariff (capacity charge on the month's highest 30-minute import), on
+   the harder synthetic year and on today's (:func:`two_part_value`).
 
 Run:  .venv/bin/python benchmarks/bench_simulation.py [--days N] [--sweep-days N]
 The last line printed is one JSON object with every figure.
@@ -119,6 +121,32 @@ def strategy_year(name: str, days: int | None) -> dict[str, float]:
             "value_pf": value_pf, "value_mpc": value_mpc, "value_ratio": value_mpc / value_pf if value_pf else None}
 
 
+def two_part_scenario(year: str, days: int | None) -> Scenario:
+    """Nam Cau Kien under the two-part pilot tariff on the ``hard`` or the ``standard`` synthetic year."""
+    base = scenario_for("nam-cau-kien-hard" if year == "hard" else "nam-cau-kien-two-part", days)
+    data = base.model_dump()
+    data["tariff"] = {**data["tariff"], "preset": "evn-two-part-22kv", "file": None}
+    data["name"] = f"{base.name}-two-part" if year == "hard" else base.name
+    out = Scenario.model_validate(data)
+    out._base_dir = base.base_dir
+    return out
+
+
+def two_part_value(days: int | None) -> dict[str, float | None]:
+    """The MPC's share of the perfect-foresight battery value under the two-part pilot tariff, on the harder
+    year (``mpc_value_ratio_two_part``) and on today's synthetic year (``…_standard``), with the MPC's time."""
+    out: dict[str, float | None] = {}
+    for year, key in (("hard", "mpc_value_ratio_two_part"), ("standard", "mpc_value_ratio_two_part_standard")):
+        result = run(two_part_scenario(year, days), strategies=["pv_only", "mpc", "perfect_foresight"])
+        bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
+        value_pf, value_mpc = bill["pv_only"] - bill["perfect_foresight"], bill["pv_only"] - bill["mpc"]
+        out[key] = value_mpc / value_pf if value_pf else None
+        out[key.replace("ratio", "mpc_s").replace("mpc_value_", "")] = result.results["mpc"].wall_s
+        out[key.replace("ratio", "pf").replace("mpc_value_", "value_")] = value_pf
+        out[key.replace("ratio", "mpc").replace("mpc_value_", "value_")] = value_mpc
+    return out
+
+
 def sweep_speedup(days: int, rounds: int = 3) -> dict[str, float]:
     """A 4 × 4 sizing sweep (perfect foresight per cell) with 1 and with 2 worker processes, ``rounds`` times in
     alternating order (1, 2 / 2, 1 / 1, 2 …); the speed-up is the ratio of the summed times, so a slow spell of the
@@ -163,6 +191,10 @@ def main() -> int:
     qd963 = strategy_year("nam-cau-kien-qd963", args.days)
     print(f"battery value, Decision 963: MPC {qd963['value_mpc']:,.0f}, perfect foresight {qd963['value_pf']:,.0f} "
           f"→ ratio {qd963['value_ratio']:.3f} (target ≥ 0.95); MPC {qd963['mpc_s']:.1f} s")
+    two = two_part_value(args.days)
+    print(f"battery value, two-part pilot, harder year: MPC {two['value_mpc_two_part']:,.0f}, perfect foresight "
+          f"{two['value_pf_two_part']:,.0f} → ratio {two['mpc_value_ratio_two_part']:.3f} (target ≥ 0.90); "
+          f"today's year: ratio {two['mpc_value_ratio_two_part_standard']:.3f}")
     sw = sweep_speedup(args.sweep_days)
     print(f"sweep of {sw['cells']} cells × {args.sweep_days} days, {sw['rounds']} rounds: "
           f"1 worker {sw['one_worker_s']:.1f} s, 2 workers {sw['two_workers_s']:.1f} s → {sw['speedup']:.2f}× "
@@ -175,7 +207,7 @@ def main() -> int:
         "mpc_vs_baseline": legacy["mpc_s"] / base["total_s"], "mpc_planner_failures": legacy["mpc_failures"],
         "perfect_year_s": legacy["perfect_s"], "sweep_1w_s": sw["one_worker_s"], "sweep_2w_s": sw["two_workers_s"],
         "sweep_speedup_2w": sw["speedup"], "mpc_value_ratio_legacy": legacy["value_ratio"],
-        "mpc_value_ratio_963": qd963["value_ratio"], "mpc_963_s": qd963["mpc_s"],
+        "mpc_value_ratio_963": qd963["value_ratio"], "mpc_963_s": qd963["mpc_s"], **two,
     }))
     return 0
 

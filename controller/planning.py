@@ -1,6 +1,7 @@
 """The planning side of the controller: measured history, forecasts, solving off the loop, plan keeping.
 
-- :class:`History` bins the cycle's measured PV and load into planning steps (the forecasters' input).
+- :class:`MeasuredHistory` bins the cycle's measured PV and load into planning steps and hands them to the
+  forecasters as :class:`optimizer.forecast.History` (the one history type, which the offline runner fills too).
 - :class:`MeasuredForecasts` feeds that history to ``optimizer.forecast``; :class:`PerfectForecasts`
   samples known series (the simulated site's own PV and load) for tests and demos.
 - :class:`PlanKeeper` owns the current plan: builds :class:`~optimizer.planner.PlanInputs` (tariff
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,10 +27,11 @@ import pandas as pd
 
 from controller.dispatch import Target
 from controller.modes import Reason
-from controller.targets import follow_plan
-from optimizer.forecast import LoadForecaster, PVForecaster
+from controller.targets import DemandWindow, follow_plan
+from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
 from optimizer.site import GridSpec, PlannerSettings
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
@@ -45,8 +47,8 @@ ALIGNED_FRACTION = 0.02
 """A plan made within this fraction of a step after its start plans that step whole. [-]"""
 
 
-class History:
-    """Step averages of measured PV and load (NaN where a step was not covered well enough).
+class MeasuredHistory:
+    """Step averages of measured PV and load (NaN where a step was not covered well enough), fed every cycle.
 
     Parameters
     ----------
@@ -91,31 +93,39 @@ class History:
         self._sums[:] = 0.0
         self._covered_h = 0.0
 
-    def series(self) -> tuple[pd.Series, pd.Series]:
-        """(PV, load) step averages as Series indexed by UTC step starts (safe to call from a worker thread). [kW]"""
+    def histories(self) -> tuple[History, History]:
+        """(PV, load) step averages [kW] at their UTC step starts, as the forecasters read them (new arrays on
+        every call: safe from a worker thread)."""
         rows = self._rows
-        index = pd.DatetimeIndex([r[0] for r in rows]).tz_convert("UTC") if rows else pd.DatetimeIndex([], tz="UTC")
+        ns = np.array([r[0].value for r in rows], dtype=np.int64)
         values = np.array([r[1:] for r in rows], dtype=float).reshape(-1, 2)
-        return pd.Series(values[:, 0], index=index), pd.Series(values[:, 1], index=index)
+        return History(ns, values[:, 0].copy()), History(ns.copy(), values[:, 1].copy())
 
 
 class ForecastSource(Protocol):
-    """PV and load on a grid. [kW]"""
+    """PV and load on a grid, and how far above its forecast the net load may come. [kW]"""
 
     def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray: ...
+
 
 class MeasuredForecasts:
-    """``optimizer.forecast`` fed the measured :class:`History`; until a step of history is complete the
+    """``optimizer.forecast`` fed the :class:`MeasuredHistory`; until a step of history is complete the
     load forecast is the latest measured load (persistence)."""
 
-    def __init__(self, pv: PVForecaster, load: LoadForecaster, history: History):
+    def __init__(self, pv: PVForecaster, load: LoadForecaster, history: MeasuredHistory):
         self.pv, self.load, self.history = pv, load, history
 
     def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
-        pv_hist, load_hist = self.history.series()
+        pv_hist, load_hist = self.history.histories()
         self.load.fallback_kw = self.history.last_load_kw
         return self.pv.forecast(grid, pv_hist), self.load.forecast(grid, load_hist)
+
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        """:func:`optimizer.service.peak_risk_kw` from the forecasters' own recent errors on the history. [kW]"""
+        pv_hist, load_hist = self.history.histories()
+        return peak_risk_kw(self.pv, self.load, grid, pv_hist, load_hist, pv_kw, load_kw)
 
 
 class PerfectForecasts:
@@ -141,18 +151,9 @@ class PerfectForecasts:
         load = np.array([self.load_kw(t) for t in times]).reshape(-1, k).mean(axis=1)
         return np.maximum(pv, 0.0), np.maximum(load, 0.0)
 
-
-@dataclass(frozen=True)
-class SiteNow:
-    """What the planner needs to know about the site at planning time.
-
-    soc_kwh [kWh]; bms_max_charge_kw, bms_max_discharge_kw [kW] (None = PCS limits); month_peak_kw [kW].
-    """
-
-    soc_kwh: float
-    bms_max_charge_kw: float | None
-    bms_max_discharge_kw: float | None
-    month_peak_kw: float
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        """Known PV and load have no error: 0. [kW]"""
+        return np.zeros(len(grid))
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class PlanKeeper:
         self.plans_made = 0
         self.failures = 0
         self._solving: asyncio.Future | None = None
+        self._windows: tuple[Plan, np.ndarray] | None = None  # the demand window of each step of a plan
 
     # ---------------------------------------------------------------------------------- the current plan
 
@@ -230,17 +232,22 @@ class PlanKeeper:
             return None
         return self.tariff.billing_months(plan.starts) == self.tariff.billing_month(now)
 
-    def target(self, now: datetime, month_peak_kw: float) -> Target | None:
-        """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`), or None without
-        a valid plan."""
+    def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
+        """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the
+        demand window running now), or None without a valid plan."""
         found = self.current(now)
         if found is None:
             return None
         plan, step = found
         expires = min(plan.expires_at(self.settings.plan_valid_hours),
                       (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime(warn=False))
+        if self._windows is None or self._windows[0] is not plan:
+            self._windows = (plan, TariffSteps.of(self.tariff, plan.starts).window)
+        left_h = (step.start.to_pydatetime() - now).total_seconds() / 3600.0 + step.duration_h
         return follow_plan(plan, step.index, self.grid_spec, same_month=self.same_month(plan, now),
-                           month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires)
+                           month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires,
+                           demand_kw=plan.demand_kw, window=window, windows=self._windows[1],
+                           duration_h=plan.duration_h, step_left_h=max(left_h, 0.0))
 
     def planned_net_load_kw(self, now: datetime) -> float | None:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
@@ -265,27 +272,23 @@ class PlanKeeper:
         duration_h[0] = (start + step - now).total_seconds() / 3600.0
         return TimeGrid(starts, duration_h)
 
-    def inputs(self, now: datetime, site: SiteNow) -> PlanInputs:
-        """PlanInputs for a plan starting at ``now`` (runs in the worker thread)."""
+    def inputs(self, now: datetime, site: SiteState) -> PlanInputs:
+        """PlanInputs for a plan starting at ``now`` (:func:`optimizer.service.plan_inputs`; runs in the worker
+        thread). The battery power of the step followed now is fixed for the plan's first step."""
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
-        prices = self.tariff.prices(grid.starts)
-        months = self.tariff.billing_months(grid.starts)
-        month_index = np.concatenate([[0], np.cumsum(months[1:] != months[:-1])])
-        demand = self.tariff.demand_charge(now)
         found = self.current(grid.starts[0].to_pydatetime())
         fixed = None if found is None else found[1].battery_kw
-        return PlanInputs(
-            grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=prices.import_price_gross,
-            export_price=prices.export_price, soc0_kwh=site.soc_kwh, month_peak_kw=site.month_peak_kw,
-            demand_charge_per_kw=demand.rate_per_kw_month * (1.0 + self.tariff.vat_rate(now)) if demand else 0.0,
-            billing_month=month_index, max_charge_kw=site.bms_max_charge_kw,
-            max_discharge_kw=site.bms_max_discharge_kw, fixed_battery_kw=fixed, period=list(prices.period))
+        tariff = TariffSteps.of(self.tariff, grid.starts)
+        risk = None
+        if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
+            risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
+        return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk)
 
-    def _solve(self, now: datetime, site: SiteNow) -> Plan:
+    def _solve(self, now: datetime, site: SiteState) -> Plan:
         return self.planner.plan(self.inputs(now, site), created_at=now)
 
-    async def replan(self, now: datetime, site: SiteNow, timeout_s: float) -> PlanOutcome:
+    async def replan(self, now: datetime, site: SiteState, timeout_s: float) -> PlanOutcome:
         """Plan in a worker thread; keep the last valid plan on any failure.
 
         ``timeout_s`` is real time. A solve still running from an earlier time-out is not started again.
@@ -392,18 +395,22 @@ class Replanner:
             return "deviation"
         return None
 
-    def site_now(self, snap: Snapshot | None, month_peak_kw: float) -> SiteNow | None:
-        """What the planner needs of the site from ``snap``; None without a valid SOC."""
+    def site_now(self, snap: Snapshot | None, month_peak_kw: float, window_import_kwh: float) -> SiteState | None:
+        """What the planner needs of the site from ``snap`` and the demand tracker (month-to-date peak [kW],
+        import so far in the running demand window [kWh]); None without a valid SOC."""
         soc = snap.value("soc_pct") if snap is not None else None
         if snap is None or soc is None:
             return None
-        return SiteNow(soc_kwh=soc / 100.0 * self.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
-                       bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw)
+        return SiteState(soc_kwh=soc / 100.0 * self.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
+                         bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw,
+                         window_import_kwh=window_import_kwh)
 
-    async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float) -> PlanOutcome | None:
-        """One planning attempt now on the latest snapshot; None when it could not start (no SOC yet)."""
+    async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float,
+                      window_import_kwh: float = 0.0) -> PlanOutcome | None:
+        """One planning attempt now on the latest snapshot (``month_peak_kw``, ``window_import_kwh``: as
+        :meth:`site_now`); None when it could not start (no SOC yet)."""
         now = self.clock.now()
-        site = self.site_now(snap, month_peak_kw)
+        site = self.site_now(snap, month_peak_kw, window_import_kwh)
         if site is None:
             if snap is not None:
                 self.last_try = self.clock.monotonic()

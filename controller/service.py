@@ -40,8 +40,8 @@ from controller.dispatch import Decision, Dispatcher, Source, Target
 from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
     ForecastSource,
-    History,
     MeasuredForecasts,
+    MeasuredHistory,
     PlanKeeper,
     PlanOutcome,
     Replanner,
@@ -58,7 +58,7 @@ from controller.state_store import (
     StoredReserve,
     read_stored,
 )
-from controller.targets import mode_target
+from controller.targets import DemandWindow, mode_target
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
@@ -139,7 +139,7 @@ class Controller:
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
-        self.history = History(config.planner.step_minutes, ctl.history_days)
+        self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
         self.forecasts = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
@@ -316,7 +316,8 @@ class Controller:
         mode, request = state.mode, state.request
         return mode_target(
             mode, state.reason.value, reserve_soc_pct=reserve,
-            plan=self.plans.target(now, self.demand.month_peak_kw(now)) if mode is Mode.AUTO else None,
+            plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
+            if mode is Mode.AUTO else None,
             period=self._prices(now)["period"] if mode is Mode.TOU_RULE else "", load_kw=snap.load_kw,
             pv_kw=snap.value("pv_kw"), max_charge_kw=self.config.battery.max_charge_kw,
             manual_kw=request.setpoint_kw if mode is Mode.MANUAL and request is not None else None,
@@ -463,8 +464,8 @@ class Controller:
 
     async def plan_once(self, why: str) -> None:
         """One planning attempt now on the latest snapshot (the planning task calls this; tests may too)."""
-        snap = self.snapshot
-        await self.replanner.attempt(why, snap, self.demand.month_peak_kw(snap.ts) if snap is not None else 0.0)
+        snap, now = self.snapshot, self.clock.now()
+        await self.replanner.attempt(why, snap, self.demand.month_peak_kw(now), self.demand.running(now)[2])
 
     def _planned(self, outcome: PlanOutcome, why: str, now: datetime) -> None:
         """After a planning attempt: the ``planner_failed`` alarm, or the new plan stored and published."""

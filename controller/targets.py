@@ -15,7 +15,7 @@ Sign conventions: docs/conventions.md (grid + import, battery + discharge).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -36,6 +36,32 @@ class PlanArrays(Protocol):
     export_kw: np.ndarray
 
 
+@dataclass(frozen=True)
+class DemandWindow:
+    """The demand window running now (the tariff's measure, e.g. 30 minutes aligned to the local clock).
+
+    Attributes
+    ----------
+    length_h : float  The window's length. [h]
+    elapsed_h : float  How much of it has passed. [h]
+    import_kwh : float  Import measured in it so far. [kWh]
+    """
+
+    length_h: float
+    elapsed_h: float
+    import_kwh: float
+
+    def ceiling_kw(self, peak_kw: float, later_kwh: float = 0.0, left_h: float | None = None) -> float:
+        """The import over the next ``left_h`` hours (default: the rest of the window) that, with ``later_kwh``
+        imported in the window after them, makes the window's average exactly ``peak_kw`` (≥ 0): above
+        ``peak_kw`` after a quiet start or before a quiet end, below it after a heavy start. [kW]"""
+        remaining = self.length_h - self.elapsed_h
+        if self.length_h <= 0 or remaining <= 1e-9:
+            return peak_kw
+        left = remaining if left_h is None else min(left_h, remaining)
+        return max(0.0, (peak_kw * self.length_h - self.import_kwh - later_kwh) / max(left, 1e-9))
+
+
 def planned_peak_kw(import_kw: np.ndarray, same_month: np.ndarray | slice, month_peak_kw: float) -> float:
     """The import level a plan holds for a billing month: ``max(month-to-date peak, the plan's highest import over
     its steps in that month)`` (``same_month``: bool per step, or the slice of those steps). [kW]"""
@@ -43,9 +69,19 @@ def planned_peak_kw(import_kw: np.ndarray, same_month: np.ndarray | slice, month
 
 
 def follow_plan(plan: PlanArrays, i: int, grid: GridSpec, *, same_month: np.ndarray | slice | None,
-                month_peak_kw: float,
-                tol_kw: float, expires_at: datetime | None = None) -> Target:
+                month_peak_kw: float, tol_kw: float, expires_at: datetime | None = None,
+                demand_kw: np.ndarray | None = None, window: DemandWindow | None = None,
+                windows: np.ndarray | None = None, duration_h: np.ndarray | None = None,
+                step_left_h: float | None = None) -> Target:
     """Step ``i`` of ``plan`` as a dispatch target by the follow rule.
+
+    Under a demand charge the grid ceiling defends the planned month peak P: the plan's highest demand measure in
+    the month (``demand_kw``, else its import) or the peak already reached, whichever is higher. Within the demand
+    window running now (``window``, with the plan's windows ``windows`` and step durations ``duration_h``) the
+    ceiling for the rest of step ``i`` is the import that, with what was measured in the window so far and what
+    the plan imports in it after step ``i``, makes the window's average exactly P (:meth:`DemandWindow.ceiling_kw`):
+    the plan's own import while the window goes as planned, less after a load above the forecast, so the window's
+    average stays at P whatever the load does, as far as the battery can (docs/planner.md).
 
     Parameters
     ----------
@@ -64,12 +100,35 @@ def follow_plan(plan: PlanArrays, i: int, grid: GridSpec, *, same_month: np.ndar
         Tolerance of the follow rule. [kW]
     expires_at : datetime | None
         When the step (or its plan) stops being valid. UTC.
+    demand_kw : numpy.ndarray | None
+        The plan's demand measure per step (:attr:`optimizer.plan.Plan.demand_kw`); None = its import. [kW]
+    window : DemandWindow | None
+        The demand window running now; None = the plan's peak as it is.
+    windows, duration_h : numpy.ndarray | None
+        Per plan step: the demand window it starts in (integers) and its duration [h]; needed with ``window``.
+    step_left_h : float | None
+        What is left of step ``i`` now (None: all of it, the caller is at its start). [h]
     """
-    peak = None if same_month is None else planned_peak_kw(plan.import_kw, same_month, month_peak_kw)
+    peak = None
+    if same_month is not None:
+        peak = planned_peak_kw(plan.import_kw if demand_kw is None else demand_kw, same_month, month_peak_kw)
     battery_kw = float(plan.discharge_kw[i] - plan.charge_kw[i])
     grid_kw = float(plan.import_kw[i] - plan.export_kw[i])
-    return plan_target(battery_kw, grid_kw, grid, source=Source.PLAN, peak_kw=peak, expires_at=expires_at,
-                       tol_kw=tol_kw)
+    target = plan_target(battery_kw, grid_kw, grid, source=Source.PLAN, peak_kw=peak, expires_at=expires_at,
+                         tol_kw=tol_kw)
+    if peak is None or window is None or windows is None or duration_h is None or target.grid_ceiling_kw is None:
+        return target
+    # the window's own ceiling replaces "the step's planned import is allowed": that allowance assumed the window
+    # so far went as planned
+    later = 0.0
+    j = i + 1
+    while j < len(windows) and windows[j] == windows[i]:
+        later += float(plan.import_kw[j]) * float(duration_h[j])
+        j += 1
+    ceiling = window.ceiling_kw(peak, later, float(duration_h[i]) if step_left_h is None else step_left_h)
+    if grid.import_cap_kw is not None:
+        ceiling = min(ceiling, grid.import_cap_kw)
+    return replace(target, grid_ceiling_kw=ceiling)
 
 
 def tou_target(period: str, load_kw: float | None, pv_kw: float | None, max_charge_kw: float,

@@ -116,6 +116,11 @@ class PlannerSettings(StrictModel):
         default="auto", description="Value energy left at the horizon end (auto: cheapest import price × η)")
     soc_slack_penalty_per_kwh: float = Field(
         default=1e6, gt=0, description="Penalty on SOC-window slack [currency/kWh]")
+    demand_reserve_hours: float = Field(
+        default=1.0, ge=0, le=24,
+        description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "
+                    "may last; the plan keeps that much battery energy and power for it where it would set a new "
+                    "monthly peak, or plans the peak above it (docs/planner.md) [h]; 0 = off")
 
     @property
     def horizon_steps(self) -> int:

@@ -28,12 +28,13 @@ import pandas as pd
 
 from controller.dispatch import Target
 from controller.modes import Mode
-from controller.targets import follow_plan, mode_target
+from controller.targets import DemandWindow, follow_plan, mode_target
 from optimizer import costs
 from optimizer.costs import Schedule
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
 
@@ -54,11 +55,8 @@ class Inputs:
     Attributes
     ----------
     pv_kw, load_kw : numpy.ndarray  Actual available PV AC power and site load. [kW]
-    import_price : numpy.ndarray  Gross import price (incl. VAT), what the planner optimises. [currency/kWh]
-    export_price : numpy.ndarray  [currency/kWh]
-    period : numpy.ndarray  Tariff period name per step.
-    month : numpy.ndarray  Billing month per step as consecutive integers. [-]
-    demand_rate : numpy.ndarray  Gross demand charge of the step's billing month. [currency/kW/month]
+    tariff : TariffSteps  The tariff per step, as the live planner reads it (prices, periods, billing months,
+        demand rates, demand windows).
     """
 
     starts: pd.DatetimeIndex
@@ -66,11 +64,32 @@ class Inputs:
     steps: int
     pv_kw: np.ndarray
     load_kw: np.ndarray
-    import_price: np.ndarray
-    export_price: np.ndarray
-    period: np.ndarray
-    month: np.ndarray
-    demand_rate: np.ndarray
+    tariff: TariffSteps
+
+    @property
+    def import_price(self) -> np.ndarray:
+        """Gross import price (incl. VAT), what the planner optimises. [currency/kWh]"""
+        return self.tariff.import_price
+
+    @property
+    def export_price(self) -> np.ndarray:
+        """[currency/kWh]"""
+        return self.tariff.export_price
+
+    @property
+    def period(self) -> np.ndarray:
+        """Tariff period name per step."""
+        return self.tariff.period
+
+    @property
+    def month(self) -> np.ndarray:
+        """Billing month per step as consecutive integers. [-]"""
+        return self.tariff.month
+
+    @property
+    def demand_rate(self) -> np.ndarray:
+        """Gross demand charge of the step's billing month. [currency/kW/month]"""
+        return self.tariff.demand_rate
 
     def grid(self, first: int, count: int) -> TimeGrid:
         """The planning grid of ``count`` steps from step ``first`` (a window of :attr:`full_grid`)."""
@@ -91,6 +110,7 @@ class StepContext:
     soc_kwh : float  Measured stored energy. [kWh]
     max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
+    window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
     pv_history, load_history : History
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
         load, one entry per step of the period at the step's start; entries at and after step
@@ -104,6 +124,13 @@ class StepContext:
     month_peak_kw: float
     pv_history: History
     load_history: History
+    window_kwh: float = 0.0
+    window_elapsed_h: float = 0.0
+
+    def state(self) -> SiteState:
+        """What the planner is told about the site (as live: :class:`optimizer.service.SiteState`)."""
+        return SiteState(self.soc_kwh, self.max_charge_kw, self.max_discharge_kw, self.month_peak_kw,
+                         self.window_kwh)
 
 
 class Strategy(Protocol):
@@ -222,13 +249,13 @@ class Mpc:
         d, h = self.data, self.horizon
         grid = d.grid(t, h)
         pv, load = self.forecasts(t, grid, ctx)
-        demand = d.demand_rate[t] > 0
-        months = d.month[t:t + h] - d.month[t] if demand else None  # billing months matter only to a demand charge
-        inputs = PlanInputs(
-            grid=grid, pv_kw=pv, load_kw=load, import_price=d.import_price[t:t + h],
-            export_price=d.export_price[t:t + h], soc0_kwh=ctx.soc_kwh, month_peak_kw=ctx.month_peak_kw,
-            demand_charge_per_kw=float(d.demand_rate[t]), billing_month=months,
-            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw)
+        tariff = d.tariff.steps(t, h)
+        demand = tariff.demand_rate[0] > 0
+        risk = None
+        if demand and self.settings.demand_reserve_hours > 0:
+            risk = np.zeros(h) if self.perfect else peak_risk_kw(
+                self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
+        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:
@@ -236,8 +263,11 @@ class Mpc:
         self.solve_s += info.solve_ms / 1e3
         self.replans += 1
         self._last = (t, now, schedule, inputs, info)
-        return follow_plan(schedule, 0, self.grid_spec, same_month=months == 0 if demand else None,
-                           month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw)
+        return follow_plan(schedule, 0, self.grid_spec, same_month=tariff.month == 0 if demand else None,
+                           month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw,
+                           demand_kw=costs.window_average_import_kw(schedule.import_kw, inputs) if demand else None,
+                           window=_window(d, ctx) if demand else None, windows=tariff.window,
+                           duration_h=grid.duration_h)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
         """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
@@ -248,9 +278,13 @@ class Mpc:
                                    created)
             i = t - first
             if i < len(plan) and not plan.is_expired(now, self.valid_hours):
+                demand = self.data.demand_rate[t] > 0
                 months = self.data.month[first:first + len(plan)] == self.data.month[t]
-                return follow_plan(plan, i, self.grid_spec, same_month=months if self.data.demand_rate[t] > 0
-                                   else None, month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw)
+                return follow_plan(plan, i, self.grid_spec, same_month=months if demand else None,
+                                   month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw, demand_kw=plan.demand_kw,
+                                   window=_window(self.data, ctx) if demand else None,
+                                   windows=self.data.tariff.window[first:first + len(plan)],
+                                   duration_h=plan.duration_h)
         return SelfConsumption().target(t, now, ctx)
 
 
@@ -263,12 +297,10 @@ class PerfectForesight:
                  tol_kw: float, soc0_kwh: float):
         self.data, self.grid_spec, self.tol_kw = data, grid, tol_kw
         n = data.steps
-        months = data.month[:n] - data.month[0]
+        tariff = data.tariff.steps(0, n)
+        months = tariff.month
         self.demand = data.demand_rate[:n] > 0
-        inputs = PlanInputs(
-            grid=data.grid(0, n), pv_kw=data.pv_kw[:n], load_kw=data.load_kw[:n],
-            import_price=data.import_price[:n], export_price=data.export_price[:n], soc0_kwh=soc0_kwh,
-            demand_charge_per_kw=float(data.demand_rate[0]), billing_month=months)
+        inputs = plan_inputs(data.grid(0, n), tariff, data.pv_kw[:n], data.load_kw[:n], SiteState(soc0_kwh))
         if np.any(data.demand_rate[:n] != data.demand_rate[0]):
             raise ValueError("perfect foresight needs one demand-charge rate over the period")
         offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
@@ -282,4 +314,11 @@ class PerfectForesight:
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         same = self.months[self.month[t]] if self.demand[t] else None
         return follow_plan(self.plan, t, self.grid_spec, same_month=same, month_peak_kw=ctx.month_peak_kw,
-                           tol_kw=self.tol_kw)
+                           tol_kw=self.tol_kw, demand_kw=self.plan.demand_kw,
+                           window=_window(self.data, ctx) if self.demand[t] else None,
+                           windows=self.data.tariff.window, duration_h=self.data.duration_h)
+
+
+def _window(data: Inputs, ctx: StepContext) -> DemandWindow:
+    """The demand window running at the step's start, as the live demand tracker reports it."""
+    return DemandWindow(data.tariff.window_h, ctx.window_elapsed_h, ctx.window_kwh)
