@@ -274,11 +274,13 @@ class PlanKeeper:
 
     def inputs(self, now: datetime, site: SiteState) -> PlanInputs:
         """PlanInputs for a plan starting at ``now`` (:func:`optimizer.service.plan_inputs`; runs in the worker
-        thread). The battery power of the step followed now is fixed for the plan's first step."""
+        thread). A plan made within a running step keeps the battery power of the step followed now for the rest
+        of it; one made at a step's start (as every interval re-plan, and every offline re-plan) is free there."""
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         found = self.current(grid.starts[0].to_pydatetime())
-        fixed = None if found is None else found[1].battery_kw
+        mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
+        fixed = found[1].battery_kw if found is not None and mid_step else None
         tariff = TariffSteps.of(self.tariff, grid.starts)
         risk = None
         if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
