@@ -459,10 +459,11 @@ class Planner:
         measure's window [h], 0 = per step; ``reserve``: with the demand reserve of
         ``settings.demand_reserve_hours``)."""
         reserve_h = self.settings.demand_reserve_hours if demand and reserve else 0.0
+        weight = self.settings.demand_reserve_weight
         if len(duration_h) >= TEMPLATE_STEPS and np.all(duration_h == duration_h[0]):
             return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, demand, window_h=window_h,
-                                   reserve_h=reserve_h)
-        return extract_affine_lp(build_model(duration_h, self.battery, demand, window_h, reserve_h))
+                                   reserve_h=reserve_h, reserve_weight=weight)
+        return extract_affine_lp(build_model(duration_h, self.battery, demand, window_h, reserve_h, weight))
 
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""

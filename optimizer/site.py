@@ -120,7 +120,11 @@ class PlannerSettings(StrictModel):
         default=1.0, ge=0, le=24,
         description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "
                     "may last; the plan keeps that much battery energy and power for it where it would set a new "
-                    "monthly peak, or plans the peak above it (docs/planner.md) [h]; 0 = off")
+                    "monthly peak, or accepts the risk of a higher peak (docs/planner.md) [h]; 0 = off")
+    demand_reserve_weight: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
+                    "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
 
     @property
     def horizon_steps(self) -> int:
