@@ -285,7 +285,8 @@ class PlanKeeper:
         risk = None
         if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
             risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
-        return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk)
+        return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,
+                           self.settings.demand_risk_margin)
 
     def _solve(self, now: datetime, site: SiteState) -> Plan:
         return self.planner.plan(self.inputs(now, site), created_at=now)

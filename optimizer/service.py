@@ -120,14 +120,17 @@ def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, g
 
 
 def plan_inputs(grid: TimeGrid, tariff: TariffSteps, pv_kw: np.ndarray, load_kw: np.ndarray, state: SiteState,
-                peak_risk_kw: np.ndarray | None = None, **limits) -> PlanInputs:
+                peak_risk_kw: np.ndarray | None = None, risk_margin: float = 0.0, **limits) -> PlanInputs:
     """PlanInputs on ``grid`` from the tariff's values on its steps, the PV and load forecasts [kW] and the site's
     state; the demand charge in force at the first step applies to every billing month in the horizon, billed on
     the tariff's window measure (:attr:`TariffSteps.window_h`). ``peak_risk_kw``: see
-    :class:`~optimizer.planner.PlanInputs` (used only under a demand charge). ``limits`` pass through to
-    :class:`PlanInputs` (``import_cap_kw``, ``export_cap_kw``)."""
+    :class:`~optimizer.planner.PlanInputs` (used only under a demand charge); ``risk_margin`` of it is added to the
+    load forecast there (``planner.demand_risk_margin``). ``limits`` pass through to :class:`PlanInputs`
+    (``import_cap_kw``, ``export_cap_kw``)."""
     rate = float(tariff.demand_rate[0])
     demand = rate > 0
+    if demand and peak_risk_kw is not None and risk_margin > 0:
+        load_kw = load_kw + risk_margin * peak_risk_kw
     return PlanInputs(
         grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=tariff.import_price, export_price=tariff.export_price,
         soc0_kwh=state.soc_kwh, month_peak_kw=state.month_peak_kw, demand_charge_per_kw=rate,

@@ -255,7 +255,7 @@ class Mpc:
         if demand and self.settings.demand_reserve_hours > 0:
             risk = np.zeros(h) if self.perfect else peak_risk_kw(
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
-        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk)
+        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:
