@@ -114,7 +114,7 @@ async def test_api_and_bearer_token(site: Site) -> None:
     assert status == 401 and not result["accepted"] and site.commands.modes.request is None
     status, result = await call(site, "/api/cmd/set_mode", body, token=TOKEN)
     assert status == 200 and result["accepted"], result
-    assert site.commands.modes.request.mode is Mode.STANDBY and site.commands.modes.request.by == "dashboard"
+    assert site.commands.modes.request.mode is Mode.STANDBY and site.commands.modes.request.by == "dashboard:dashboard"
     status, result = await call(site, "/api/cmd/manual_setpoint", {"battery_kw": 9000, "ttl_s": 60}, token=TOKEN)
     assert status == 422 and "outside the PCS range" in result["reason"]
     status, result = await call(site, "/api/cmd/set_mode", b"{oops", token=TOKEN)
