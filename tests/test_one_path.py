@@ -5,7 +5,9 @@ with the same (perfect) forecasts, both are asked at the start of every step: th
 :class:`~controller.planning.PlanKeeper` (planning grid from the clock, the tariff read live, the follow rule
 with the demand window the demand tracker reports) and the offline :class:`~simulations.strategies.Mpc` inside
 the study runner. Their PlanInputs, schedules and dispatch targets must be the same, under an energy-only tariff
-and under the two-part tariff (demand charge on the 30-minute measure).
+and under the two-part tariff (demand charge on the 30-minute measure). The same holds for the real
+``Controller`` on fake devices and a manual clock (``tests.fakes``): its first plan and its auto-mode target from
+what its devices report equal the offline MPC's at that step.
 """
 
 from __future__ import annotations
@@ -116,3 +118,67 @@ def test_live_plan_keeper_and_offline_mpc_make_the_same_plans_and_targets(tariff
     twin = Twin(mpc, keeper, data.tariff.window_h if data.demand_rate[0] > 0 else 0.0)
     simulate(twin, sc, data, site_tariff, battery=True)
     assert twin.compared == data.steps == 96
+
+
+# ------------------------------------------------------------------ the live Controller (fake devices, manual clock)
+
+SITE_DEVICES = [{"name": "grid-meter", "role": "meter", "profile": "sunspec-meter",
+                 "endpoint": {"host": "fake.invalid"}},
+                {"name": "pv-inverter", "role": "pv_inverter", "profile": "sunspec-inverter",
+                 "endpoint": {"host": "fake.invalid"}},
+                {"name": "battery", "role": "battery", "profile": "sunspec-battery",
+                 "endpoint": {"host": "fake.invalid"}}]
+
+
+@pytest.mark.parametrize("step", [0, 40, 66])  # 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike)
+async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: int, tmp_path: Path) -> None:
+    """The real ``Controller`` (fake devices, manual clock, the day's PV and load as its forecasts) makes its first
+    plan at the start of ``step`` from what its devices report; the offline MPC asked at that step with the same
+    measurements makes the same PlanInputs and plan, and the controller's auto-mode target is the offline one."""
+    from controller.config import SiteConfig
+    from controller.modes import Mode, ModeState, Reason
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.forecast import History
+    from simulations.strategies import Mpc
+    from tests.fakes import FakeSite
+
+    sc = scenario("evn-two-part-22kv")
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-two-part-22kv"}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES, "control": {"dispatch": sc.dispatch.model_dump()}})
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    day = factory_day()
+    data = price_inputs(day, site_tariff, config.planner.horizon_steps)
+    known = KnownSeries(data.starts.as_unit("ns").asi8, data.pv_kw, data.load_kw)
+    now = data.starts[step].to_pydatetime()
+    clock = ManualClock(now)
+    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    site.battery.set(soc_pct=63.0, max_charge_kw=400.0)
+    controller = Controller(config, site.devices, clock, site_tariff, tmp_path / "state.sqlite", forecasts=known)
+    try:
+        site.settle(float(day.load_kw[step]), float(day.pv_kw[step]))
+        await controller.cycle()
+        await controller.plan_once("start")
+        plan = controller.plans.plan
+        assert plan is not None
+        snap = controller.snapshot
+        mpc = Mpc(data, config.site, config.pv, config.battery, config.grid, config.planner,
+                  config.control.dispatch.follow_tol_kw, perfect=True, holiday_country=None,
+                  monthly_yield_kwh_per_kwp=None)
+        empty = History(data.starts.as_unit("ns").asi8[:96], np.full(96, np.nan))  # perfect forecasts read none
+        ctx = StepContext(soc_kwh=snap.value("soc_pct") / 100.0 * config.battery.capacity_kwh,
+                          max_charge_kw=snap.value("max_charge_kw"), max_discharge_kw=snap.value("max_discharge_kw"),
+                          month_peak_kw=controller.demand.month_peak_kw(now), pv_history=empty, load_history=empty,
+                          window_kwh=controller.demand.running(now)[2])
+        offline = mpc.target(step, now, ctx)
+        _, _, schedule, inputs, _ = mpc._last
+        same_inputs(controller.plans.inputs(now, controller.replanner.site_now(
+            snap, ctx.month_peak_kw, ctx.window_kwh)), inputs)
+        for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "soc_kwh"):
+            np.testing.assert_allclose(getattr(plan, name), getattr(schedule, name), atol=1e-9, err_msg=name)
+        live = controller._target(ModeState(Mode.AUTO, Reason.PLAN, now), now, snap, None)
+        assert live is not None and replace(live, expires_at=None) == offline
+    finally:
+        controller.store.close()
