@@ -66,6 +66,9 @@ class KnownSeries:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         return np.zeros(len(grid))
 
+    def pv_quantiles(self, grid: TimeGrid, levels) -> None:
+        return None  # known PV: no spread, as the offline mpc_perfect (no surplus-day rule)
+
 
 def same_inputs(live: PlanInputs, offline: PlanInputs) -> None:
     """Every field of the two PlanInputs equal (fixed_battery_kw: live plans at step starts are free too)."""
