@@ -5,12 +5,13 @@ Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
    (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
    device-health alarms raised and cleared);
-2. account energy, money and the demand peak; feed the forecasters' history;
+2. account energy, money and the demand peak (:class:`~controller.accounting.Accounting`); feed the
+   forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
 4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
-5. write setpoints (only on a change beyond the deadband, or at the heartbeat) and keep the devices'
-   watchdogs alive;
+5. write setpoints (each device skips a change inside the deadband and re-sends at the heartbeat:
+   ``drivers.writes``) and keep the devices' watchdogs alive;
 6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
 
 The planning task re-plans at every planning interval, on a ``replan`` command and when the site
@@ -29,6 +30,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
 from controller.audit import AuditLog
@@ -57,7 +60,9 @@ from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
-from optimizer.forecast import LoadForecaster, PVForecaster
+from optimizer.external_forecast import ExternalForecasts, WithExternal
+from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
+from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
@@ -121,11 +126,16 @@ class Controller:
                                      battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
-        self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
+        self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
         self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
-        self.forecasts = forecasts or MeasuredForecasts(
+        builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
+        #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
+        #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
+        self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
+        self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
+        self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
         self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, bat.capacity_kwh,
@@ -143,6 +153,7 @@ class Controller:
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_persist = -float("inf")
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
+        self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._stop = asyncio.Event()
         self.telemetry: Telemetry | None = None
         self._restore(now)
@@ -216,7 +227,7 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
-        self.audit.flush(now.isoformat())
+        self.audit.flush(now)
         self._store_health(now)
 
     def _store_health(self, now: datetime) -> None:
@@ -299,7 +310,8 @@ class Controller:
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""
-        mode, request = state.mode, state.request
+        # monitor-only: what auto would do, published, not written
+        mode, request = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode, state.request
         return mode_target(
             mode, state.reason.value, reserve_soc_pct=reserve,
             plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
@@ -362,7 +374,10 @@ class Controller:
         written = self.devices[Role.BATTERY].last_written("battery_setpoint_kw")
         snap, health, self.validation = self.validator.check(snap, written)
         self._set_alarms(health, ALARM_PREFIXES, now)
-        await self._remote_control()
+        writing = not self.modes.monitor_only
+        if writing:
+            await self._remote_control()
+            self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
         inputs = snap.dispatch_inputs()
@@ -372,7 +387,8 @@ class Controller:
         decision = self.dispatcher.step(inputs, target, now)
         self.decision = decision
         t_decide = time.perf_counter()
-        await self._write(decision, now)
+        if writing:
+            await self._write(decision, now)
         t_write = time.perf_counter()
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
                           for a in decision.alarms}, tuple(_ALARM_TEXT), now)
@@ -435,7 +451,29 @@ class Controller:
             "validation": self.validation.to_dict(),
             "solver": solver,
             "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
+            "forecast_accuracy": self._forecast_accuracy(now),
         }
+
+    @staticmethod
+    def _live_accuracy(config: SiteConfig) -> LiveAccuracy:
+        """Accuracy of forecasters configured as the planning ones (separate instances: their caches stay the
+        planner's), scored on the measured history (docs/data.md, "Forecast accuracy")."""
+        pv = PVForecaster(config.site, config.pv, isolated=True)
+        load = LoadForecaster(config.site.timezone, config.control.holiday_country, config.tariff.extra_holidays)
+        limit = DAYLIGHT_SHARE * config.pv.ac_limit_kw
+        return LiveAccuracy(pv.forecast, load.forecast, lambda grid: pv.clear_sky_kw(grid) > limit,
+                            steps=config.planner.horizon_steps, step_minutes=config.planner.step_minutes)
+
+    def _forecast_accuracy(self, now: datetime) -> dict | None:
+        """MAE, RMSE and skill vs persistence by lead time of the live forecasters over the last 14 days (state
+        key ``forecast_accuracy``); at most one new hindcast per quantity is scored per cycle."""
+        if self.accuracy is None:
+            return None
+        now_ns = pd.Timestamp(now).value
+        if self.accuracy.due(now_ns):
+            pv, load = self.history.histories()
+            self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
+        return self.accuracy.result
 
     # ------------------------------------------------------------------------------------------ planning
 
@@ -531,9 +569,9 @@ class Controller:
         self.notify.stopping()
         now = self.clock.now()
         battery = self.devices.get(Role.BATTERY)
-        zeroed = battery is not None and await self._zero_battery(battery)
+        zeroed = not self._took_control or (battery is not None and await self._zero_battery(battery))
         released = True
-        for device in self.devices.values():
+        for device in self.devices.values() if self._took_control else ():
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
                 released = False
@@ -548,7 +586,9 @@ class Controller:
         for device in self.devices.values():
             device.close()
         self.notify.close()
-        if zeroed and released:
+        if not self._took_control:
+            log.warning("controller stopped: monitor-only, nothing was written")
+        elif zeroed and released:
             log.warning("controller stopped: battery 0 kW, remote control released")
         else:
             log.error("controller stopped: battery 0 kW %s, remote control %s (the devices' own reversion "

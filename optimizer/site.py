@@ -130,6 +130,11 @@ class PlannerSettings(StrictModel):
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
                     "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
+    surplus_rule: Literal["quantile", "off"] = Field(
+        default="quantile",
+        description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
+                    "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
+                    "(optimizer/surplus.py); off: the point forecast everywhere")
 
     @property
     def horizon_steps(self) -> int:

@@ -54,7 +54,8 @@ class FakeDevice:
     follow : bool
         The measured power follows the setpoint (see the module docstring).
     available_kw : float | None
-        PV power available before curtailment (``follow`` PV inverters); default: the scripted ``pv_kw``. [kW]
+        PV power available before curtailment, for a PV inverter that follows its limit; ``None``: ``pv_kw``
+        stays as scripted. [kW]
     rated_kw : float
         AC rating, what 100 % of ``pv_limit_pct`` is. [kW]
     reversion_s : float | None

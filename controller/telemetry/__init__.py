@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: imported when started, so that
     # reading a site file (controller.config imports controller.telemetry.config) stays light
-    from controller.audit import AuditLog
     from controller.api.roles import TokenStore
     from controller.api.settings import RuntimeSettings
+    from controller.audit import AuditLog
     from controller.bus import Bus, Subscription
     from controller.dashboard.app import DashboardHub, DashboardServer
     from controller.scada.server import ScadaServer

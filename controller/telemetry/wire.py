@@ -183,6 +183,29 @@ class Solver(_Part):
     solve_ms: OptionalNumber = Field(description="[ms]")
 
 
+class LeadAccuracy(_Part):
+    lead: str = Field(description="lead-time bucket, e.g. '6-12 h'")
+    n: int = Field(description="steps compared")
+    mae_kw: OptionalNumber = Field(description="[kW]")
+    rmse_kw: OptionalNumber = Field(description="[kW]")
+    persistence_mae_kw: OptionalNumber = Field(description="[kW] same-time-yesterday persistence")
+    persistence_rmse_kw: OptionalNumber = Field(description="[kW]")
+    skill: OptionalNumber = Field(description="1 − MAE / persistence MAE [-]")
+
+
+class QuantityAccuracy(_Part):
+    issues: int = Field(description="hindcasts scored")
+    by_lead: list[LeadAccuracy]
+
+
+class ForecastAccuracy(_Part):
+    """Live forecast accuracy over the last window_days (docs/data.md, Forecast accuracy)"""
+
+    window_days: Number = Field(description="[d]")
+    pv: QuantityAccuracy
+    load: QuantityAccuracy
+
+
 class StateMessage(_Part):
     """Payload of ems/<site>/state (retained, QoS 1) and of the dashboard's `state` events: the cycle state the
     controller publishes on its bus (controller/service.py). Units are in the field names (docs/conventions.md):
@@ -193,10 +216,10 @@ class StateMessage(_Part):
 
     ts: AwareDatetime = Field(description="Cycle time (UTC)")
     site: str
-    mode: Literal["auto", "self_consumption", "tou_rule", "manual", "standby", "safe"] = Field(
+    mode: Literal["auto", "self_consumption", "tou_rule", "manual", "standby", "safe", "monitor_only"] = Field(
         description="Effective operating mode")
     reason: str = Field(description="Reason code of the mode: plan, no_plan, plan_expired, planner_failed, "
-                                    "solver_timeout, operator, data_missing")
+                                    "solver_timeout, operator, data_missing, initial_mode")
     mode_since: AwareDatetime | Absent = Field(None, description="When this mode and reason began")
     measurements: dict[str, Reading] = Field(description="Canonical point name → reading (docs/architecture.md)")
     load_kw: OptionalNumber = Field(None, description="[kW] site load = grid + PV + battery")
@@ -214,6 +237,8 @@ class StateMessage(_Part):
     commands: dict[str, Annotated[int, Field(ge=0)]] | Absent = Field(
         None, description="Remote commands since start (accepted, rejected, busy, errors, dropped), added by the "
                           "MQTT, dashboard and metrics sinks")
+    forecast_accuracy: ForecastAccuracy | Absent | None = Field(
+        None, description="Live forecast accuracy; null without measured forecasters")
 
 
 # ------------------------------------------------------------------------------------------ schemas

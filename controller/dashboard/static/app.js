@@ -187,6 +187,7 @@ function render() {
   $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`;
   renderMoney(s);
   renderDemand(s);
+  renderAccuracy(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -244,6 +245,46 @@ function expectedSaving(saved) {
 }
 
 // Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
+// Forecast accuracy by lead time (state key forecast_accuracy): MAE and skill against same-time-yesterday persistence.
+function renderAccuracy(s) {
+  const table = $("accuracy-table");
+  const acc = s ? s.forecast_accuracy : null;
+  table.replaceChildren();
+  const rows = acc ? [["pv", acc.pv], ["load", acc.load]].filter(([, q]) => q && q.issues > 0) : [];
+  if (!rows.length) {
+    const td = document.createElement("td");
+    td.textContent = t("fa.none");
+    table.append(document.createElement("tr"));
+    table.lastChild.append(td);
+    return;
+  }
+  const head = document.createElement("tr");
+  for (const key of ["fa.lead", "fa.mae", "fa.skill"]) {
+    const th = document.createElement("th");
+    th.textContent = t(key);
+    head.append(th);
+  }
+  table.append(head);
+  for (const [name, q] of rows) {
+    const title = document.createElement("tr");
+    const th = document.createElement("th");
+    th.colSpan = 3;
+    th.textContent = t(`fa.${name}`);
+    title.append(th);
+    table.append(title);
+    for (const b of q.by_lead) {
+      if (!b.n) continue;
+      const tr = document.createElement("tr");
+      for (const text of [b.lead, kw(b.mae_kw), b.skill === null ? "–" : pct(100 * b.skill)]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      table.append(tr);
+    }
+  }
+}
+
 function renderDemand(s) {
   const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
