@@ -9,11 +9,14 @@ Access (:mod:`controller.api.roles`): ``/health``, ``/ready`` and the OpenAPI do
 supervisors); every other read needs a viewer token, commands an operator token, settings changes an
 admin token (``Authorization: Bearer <token>``). Every error is an RFC 9457 problem document
 (:mod:`controller.api.problems`). Nothing here runs in the control cycle: handlers read what the bus
-already delivered.
+already delivered, and the ones that compute (tariff day, history pages, month-to-date energy) do it in
+a worker thread, off the event loop the cycle runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -23,7 +26,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
@@ -241,6 +244,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     zone = ZoneInfo(ctx.timezone)
     hub = ctx.hub
+    state_json, plan_json = Encoded(), Encoded()
 
     auth_errors = problem_responses(401, 403, 429)
 
@@ -264,7 +268,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if hub.state is None:
             raise ProblemError(503, "No state yet", "the controller has not finished a cycle yet", kind="no-state",
                                headers={"Retry-After": "1"})
-        return JSONResponse(hub.state)
+        return Response(state_json.body(hub.state), media_type="application/json")
 
     @app.get("/plan", tags=["read"], response_model=None, summary="The plan in force",
              responses={200: {"description": "schemas/plan.json", "content": {"application/json": {
@@ -273,7 +277,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if hub.plan is None:
             raise ProblemError(503, "No plan yet", "no plan has been made since start", kind="no-plan",
                                headers={"Retry-After": "60"})
-        return JSONResponse(hub.plan)
+        return Response(plan_json.body(hub.plan), media_type="application/json")
 
     @app.get("/alarms", response_model=Alarms, tags=["read"], responses=auth_errors,
              summary="Active alarms and recent transitions")
@@ -297,7 +301,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         today = state.get("today") if isinstance(state.get("today"), Mapping) else None
         return Energy(day=_text(today.get("day")) if today else None, month=now.strftime("%Y-%m"),
                       currency=ctx.tariff.currency if ctx.tariff else None, today=dict(today) if today else None,
-                      month_to_date=month_to_date(hub, ctx.tariff, now),
+                      month_to_date=await asyncio.to_thread(month_to_date, hub, ctx.tariff, now),
                       demand=state.get("demand") if isinstance(state.get("demand"), Mapping) else None)
 
     @app.get("/tariff", response_model=TariffDay, tags=["read"], responses={**auth_errors, **problem_responses(503)},
@@ -310,7 +314,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not 1971 <= when.year <= 2200:
             raise ProblemError(422, "Invalid request", f"day: {when.isoformat()} is outside 1971-2200",
                                kind="invalid-request")
-        return tariff_day(ctx.tariff, when)
+        return await asyncio.to_thread(tariff_day, ctx.tariff, when)
 
     @app.get("/history", response_model=HistoryPage, tags=["read"], responses={**auth_errors, **problem_responses(422)},
              summary="Measured history (averages per history step) over a bounded time range")
@@ -329,7 +333,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not start < end <= start + timedelta(days=MAX_HISTORY_DAYS):
             raise ProblemError(422, "Invalid request", f"end must be after start and at most {MAX_HISTORY_DAYS} "
                                "days after it", kind="invalid-request")
-        return history_page(hub, start, end, limit, cursor)
+        return await asyncio.to_thread(history_page, hub, start, end, limit, cursor)
 
     def command_route(name: str) -> None:
         body = _bare(f"cmd_{name}")
@@ -394,6 +398,20 @@ def settings_change(raw: bytes) -> SettingsChange:
                   for e in exc.errors()]
         raise ProblemError(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
                            kind="invalid-request", errors=errors) from None
+
+
+class Encoded:
+    """The JSON of the latest message, encoded once per message however many clients read it."""
+
+    def __init__(self) -> None:
+        self._source: Mapping[str, Any] | None = None
+        self._body = b""
+
+    def body(self, message: Mapping[str, Any]) -> bytes:
+        if message is not self._source:      # the hub replaces its message, never changes it once served
+            self._body = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            self._source = message
+        return self._body
 
 
 def _settings(ctx: ApiContext) -> RuntimeSettings:
