@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
@@ -69,6 +70,7 @@ class ControlSettings(StrictModel):
                     "file; a relative path is relative to the site file")
     dispatch: DispatchSettings = DispatchSettings()
     validation: ValidationSettings = ValidationSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 MAX_RATING = 1e6

@@ -38,6 +38,11 @@ class Mode(StrEnum):
     SAFE = "safe"
 
 
+MODE_CODES: dict[Mode, int] = {Mode.AUTO: 0, Mode.SELF_CONSUMPTION: 1, Mode.TOU_RULE: 2, Mode.MANUAL: 3,
+                                Mode.STANDBY: 4, Mode.SAFE: 5}
+"""Each mode as a number, for time-series databases that store no strings (VictoriaMetrics, Prometheus):
+the ``mode_code`` field of ``ems_state``. Fixed: a new mode gets the next number, none is ever renumbered."""
+
 REQUESTABLE = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.MANUAL, Mode.STANDBY)
 FALLBACKS = (Mode.SELF_CONSUMPTION, Mode.TOU_RULE)
 

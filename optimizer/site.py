@@ -116,6 +116,11 @@ class PlannerSettings(StrictModel):
         default="auto", description="Value energy left at the horizon end (auto: cheapest import price × η)")
     soc_slack_penalty_per_kwh: float = Field(
         default=1e6, gt=0, description="Penalty on SOC-window slack [currency/kWh]")
+    surplus_rule: Literal["quantile", "off"] = Field(
+        default="quantile",
+        description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
+                    "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
+                    "(optimizer/surplus.py); off: the point forecast everywhere")
 
     @property
     def horizon_steps(self) -> int:

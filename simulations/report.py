@@ -353,6 +353,20 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"input": n, "value": v, "unit": u} for n, v, u in rows]
 
 
+def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MPC forecasters' accuracy by lead time (summary key ``forecast_accuracy``), one row per quantity and
+    lead bucket; empty without it."""
+    rows = []
+    for quantity, label in (("pv", "PV (daylight)"), ("load", "load")):
+        figures = (summary.get("forecast_accuracy") or {}).get(quantity)
+        for bucket in (figures or {}).get("by_lead", []):
+            rows.append({"forecast": label, "lead": bucket["lead"], "steps": bucket["n"],
+                         "MAE [kW]": bucket["mae_kw"], "RMSE [kW]": bucket["rmse_kw"],
+                         "persistence MAE [kW]": bucket["persistence_mae_kw"],
+                         "skill vs persistence": bucket["skill"]})
+    return rows
+
+
 def local_period(summary: dict[str, Any]) -> str:
     """``1 Jan 2026 – 31 Dec 2026 (365 days, local time Asia/Ho_Chi_Minh)``."""
     p = summary["period"]
@@ -379,6 +393,11 @@ def render_html(result: RunResult, summary: dict[str, Any]) -> str:
                                                summary["strategies"][n]["energy_kwh"].items()}} for n in names]
     jcm = [{"strategy": _label(n), "JCM-style PV reduction [t/yr]": e["jcm_pv_reduction_t"]}
            for n, e in summary["economics"].items()]
+    accuracy = accuracy_rows(summary)
+    accuracy_html = "" if not accuracy else (
+        "<h2>Forecast accuracy by lead time</h2><p>The MPC's own forecasters, re-run every 6 h on the data "
+        "measured before each issue time, against the data and against same-time-yesterday persistence; skill "
+        "= 1 − MAE / persistence MAE (above 0: better than persistence).</p>" + _table(accuracy))
     warning = summary["period"]["warning"]
     notes = sorted({f"{DASH}: {fin[k]}" for e in summary["economics"].values() for fin in e["finance"].values()
                     for k in ("payback_note", "discounted_payback_note", "irr_note") if fin.get(k)})
@@ -405,6 +424,7 @@ MPC with perfect forecasts and perfect foresight are bounds no plant reaches.</p
 <p class="small">{html.escape('; '.join(notes))}</p>
 {''.join(f'<h2>{html.escape(title)}</h2>{svg}' for title, svg in figures)}
 <h2>Energy over the period</h2>{_table(balance_rows)}
+{accuracy_html}
 <h2>JCM-style figure (reported apart)</h2>
 <p>PV AC output × a conservative grid factor ({sc.co2.jcm_factor_t_per_mwh} tCO2/MWh), the VN_AM007 form;
 not added to the CO2 avoided above.</p>{_table(jcm)}

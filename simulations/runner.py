@@ -32,6 +32,7 @@ from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from optimizer.tariff_calendar import window_starts
 from simulations import economics
+from simulations.accuracy import study_accuracy
 from simulations.data import read_series_csv
 from simulations.irradiance import pv_from_irradiance
 from simulations.scenario import Scenario
@@ -337,6 +338,9 @@ class RunResult:
     tariff: SiteTariff
     results: dict[str, StrategyResult]
     economics: dict[str, dict] = field(default_factory=dict)
+    #: The MPC's forecast accuracy by lead time on the study's data (:mod:`simulations.accuracy`); None
+    #: without an ``mpc`` strategy.
+    forecast_accuracy: dict | None = None
 
     @property
     def currency(self) -> str:
@@ -386,6 +390,7 @@ class RunResult:
                       "battery_kw": sc.battery.max_discharge_kw},
             "strategies": strategies,
             "economics": self.economics,
+            "forecast_accuracy": self.forecast_accuracy,
         }
 
 
@@ -445,6 +450,8 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
         bar.close()
     result = RunResult(scenario, series, inputs, tariff, results)
     result.economics = evaluate(result)
+    if "mpc" in results and scenario.battery.spec().capacity_kwh > 0:
+        result.forecast_accuracy = study_accuracy(scenario, inputs, tariff)
     return result
 
 

@@ -10,7 +10,8 @@ for all of them, so strategies differ only in their targets:
 - ``tou_rule``: the live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measurements.
 - ``mpc``: the live :class:`~optimizer.planner.Planner` re-planned every step over its horizon on the
   live forecasters (:class:`~optimizer.forecast.PVForecaster`, :class:`~optimizer.forecast.LoadForecaster`),
-  fed only the measured past; the first step is followed by the live follow rule.
+  fed only the measured past (in the cheapest price window, later daylight PV at the quantile of the
+  surplus-day rule, :mod:`optimizer.surplus`); the first step is followed by the live follow rule.
 - ``mpc_perfect``: the same planner fed the actual future as its forecast.
 - ``perfect_foresight``: one LP over the whole period with the actual data, then followed step by step.
 """
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from controller.dispatch import Follow, Source, Target, plan_target
-from optimizer import costs, policies
+from optimizer import costs, policies, surplus
 from optimizer.costs import Schedule
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import Plan, SolverInfo
@@ -220,7 +221,12 @@ class Mpc:
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
-        return self.pv_forecaster.forecast(grid, pv_history), self.load_forecaster.forecast(grid, load_history)
+        pv = self.pv_forecaster.forecast(grid, pv_history)
+        price = d.import_price[t:t + self.horizon]
+        if self.settings.surplus_rule == "quantile" and price[0] <= price.min() * (1 + surplus.PRICE_TOL):
+            quantiles = self.pv_forecaster.quantiles(grid, pv_history, levels=surplus.LEVELS)
+            pv = surplus.surplus_day_pv(pv, quantiles, surplus.LEVELS, price)
+        return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
         """PV and load history for step ``t``: views (no copy) of the context's arrays over the block of

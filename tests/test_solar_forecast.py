@@ -198,7 +198,24 @@ def test_pv_forecast_scales_clear_sky_by_measured_clearness():
     history = pd.Series(0.5 * clear, index=hist_idx)
     grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
     expected = 0.5 * clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
-    assert np.allclose(PVForecaster(SITE, PV).forecast(grid, history), expected)
+    assert np.allclose(PVForecaster(SITE, PV, day_weight=1.0).forecast(grid, history), expected)
+
+
+def test_pv_forecast_blends_the_days_clearness_with_climatology():
+    # measured clearness 0.5 all day for four days, a climatology of k_clim: the forecast's clearness is
+    # k_clim + w · (0.5 − k_clim) (the history ends at midnight: no recent daylight clearness to decay from)
+    hist_idx = quarter_hours("2026-05-01", 4)
+    clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)
+    history = pd.Series(0.5 * clear, index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    pv = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP, day_weight=0.6)
+    k_clim = pv.climatological_clearness(5)
+    k_base = k_clim + 0.6 * (0.5 - k_clim)
+    expected = k_base * clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
+    assert 0.5 < k_base < k_clim  # May's climatology is clearer than these days
+    assert np.allclose(pv.forecast(grid, history), expected)
+    with pytest.raises(ValueError, match="day_weight"):
+        PVForecaster(SITE, PV, day_weight=1.5)
 
 
 def test_pv_forecast_without_history_uses_climatology():

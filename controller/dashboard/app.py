@@ -9,7 +9,8 @@ its data from:
   of the latest state), for shading the charts (:mod:`controller.dashboard.periods`);
 * ``GET /api/history?day=YYYY-MM-DD&span=day|week|month``: stored history of earlier days
   (:mod:`controller.dashboard.history`, a bounded SQLite file in the state directory);
-* ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
+* ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them, and
+  ``audit`` for each command recorded in the audit log (the snapshot's ``commands``: the latest ones);
 * ``GET /metrics``: Prometheus metrics (``controller.telemetry.metrics``; docs/integration.md);
 * ``/api/v1/...``: the REST API with its OpenAPI document (:mod:`controller.api.app`), when given;
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
@@ -72,6 +73,8 @@ PLAN_POINTS = ("plan_battery_kw", "plan_grid_kw", "plan_soc_pct")
 """The plan step in force when each history sample was taken (the state's ``plan``), after the flows."""
 HISTORY_POINTS = FLOW_POINTS + PLAN_POINTS
 KEEPALIVE_S = 15.0
+RECENT_COMMANDS = 20
+"""Audit entries the page shows (the newest)."""
 STREAM_GRACE_S = 1.0
 """How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -136,6 +139,8 @@ class DashboardHub:
         self.state: dict[str, Any] | None = None
         self.plan: dict[str, Any] | None = None
         self.alarms: deque[dict[str, Any]] = deque(maxlen=50)
+        self.commands: deque[dict[str, Any]] = deque(maxlen=RECENT_COMMANDS)
+        """The newest audit entries, oldest first (:mod:`controller.audit`)."""
         self.active_alarms: dict[str, dict[str, Any]] = {}
         """Active alarm code → its raising message (``ts`` = since when, ``message``)."""
         self.health: dict[str, dict[str, Any]] = {}
@@ -164,6 +169,8 @@ class DashboardHub:
                 self.active_alarms.setdefault(code, {"ts": data.get("ts"), "message": data.get("message")})
             else:
                 self.active_alarms.pop(code, None)
+        elif kind == "audit":
+            self.commands.append(data)
         else:
             return
         event = _sse(kind, data)  # serialised once for every client
@@ -239,7 +246,7 @@ class DashboardHub:
     def snapshot(self) -> dict[str, Any]:
         """Everything a page needs when it (re)connects."""
         history = self.history + ([self._bucket_row(self._bucket)] if self._bucket else [])
-        return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
+        return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms), "commands": list(self.commands),
                 "history": {"columns": ["ts_ms", *HISTORY_POINTS], "rows": history}}
 
     def periods(self, day: date | None = None) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     # reading a site file (controller.config imports controller.telemetry.config) stays light
     from controller.api.roles import TokenStore
     from controller.api.settings import RuntimeSettings
+    from controller.audit import AuditLog
     from controller.bus import Bus, Subscription
     from controller.dashboard.app import DashboardHub, DashboardServer
     from controller.scada.server import ScadaServer
@@ -47,7 +48,8 @@ class TelemetryContext:
     clock : Clock
         Site clock (command TTLs, timestamps of self-monitoring points).
     apply : ApplyFn
-        ``Commands.apply``: remote commands from MQTT and the dashboard go through it.
+        ``Controller.apply``: remote commands from MQTT, the dashboard and SCADA go through it (it
+        records each in the audit log).
     state_dir : Path
         Where a relative ``influxdb.outbox_path`` lives.
     currency : str, optional
@@ -56,6 +58,10 @@ class TelemetryContext:
         ``(code, active, message)`` on transitions of telemetry alarms (InfluxDB unreachable,
         outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
     tariff : SiteTariff, optional
+        The site's tariff (the dashboard shades its named periods).
+    audit : AuditLog, optional
+        The controller's audit log: commands refused before they reach ``apply`` are recorded there, and
+        the dashboard shows the recent entries.
         The site's tariff (the dashboard shades its named periods; the REST API's ``/tariff`` and energy cost).
     cycle_s : float
         The control cycle [s of site time] (the REST API's readiness).
@@ -73,6 +79,7 @@ class TelemetryContext:
     currency: str | None = None
     on_alarm: AlarmCallback | None = None
     tariff: SiteTariff | None = None
+    audit: AuditLog | None = None
     cycle_s: float = 1.0
     config: Mapping[str, Any] | None = None
     settings: RuntimeSettings | None = None
@@ -138,7 +145,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
 
-    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site))
+    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site,
+                                        audit=ctx.audit.record if ctx.audit is not None else None))
     influx = settings.influxdb
     if influx.enabled:
         path = influx.outbox_path if influx.outbox_path.is_absolute() else ctx.state_dir / influx.outbox_path
@@ -163,6 +171,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
             log.error("dashboard history unavailable (%s): only today is shown", exc)
             store = None
         hub = DashboardHub(ctx.timezone, tariff=ctx.tariff, store=store)
+        if ctx.audit is not None:
+            _feed_audit(ctx.audit, hub)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         sink = telemetry.influx
@@ -240,6 +250,18 @@ async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, 
     telemetry.scada = scada
     telemetry.pump(bus.subscribe((STATE,), maxsize=2), scada.offer, "scada")
     log.info("SCADA Modbus server on %s:%d", settings.host, scada.port)
+
+
+def _feed_audit(audit: AuditLog, hub: DashboardHub) -> None:
+    """Show the newest audit entries on the dashboard, and each new one as it is recorded."""
+    from controller.dashboard.app import RECENT_COMMANDS
+
+    try:
+        for entry in reversed(audit.entries(limit=RECENT_COMMANDS)):
+            hub.offer("audit", entry)
+    except sqlite3.Error as exc:  # the list starts empty; the log itself is unaffected
+        log.error("dashboard: recent commands not read from the audit log: %s", exc)
+    audit.listeners.append(lambda entry: hub.offer("audit", entry))
 
 
 def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],

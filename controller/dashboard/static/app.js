@@ -5,7 +5,7 @@
 const LANGS = ["vi", "en", "ja"];
 const HISTORY_STEP_MS = 60_000;
 const dict = {};
-const ui = { cfg: null, lang: "en", locale: "en-GB", state: null, plan: null, history: [], alarmLog: [] };
+const ui = { cfg: null, lang: "en", locale: "en-GB", state: null, plan: null, history: [], alarmLog: [], commandLog: [] };
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------- language and formatting
@@ -136,6 +136,7 @@ function loadSnapshot(snap) {
   ui.state = snap.state;
   ui.plan = snap.plan;
   ui.alarmLog = (snap.alarms || []).slice(-20);
+  ui.commandLog = (snap.commands || []).slice(-20);
   const cols = snap.history.columns;
   ui.history = snap.history.rows.map((row) => ({
     ts: row[0],
@@ -186,6 +187,7 @@ function render() {
   $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`;
   renderMoney(s);
   renderDemand(s);
+  renderAccuracy(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -243,6 +245,46 @@ function expectedSaving(saved) {
 }
 
 // Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
+// Forecast accuracy by lead time (state key forecast_accuracy): MAE and skill against same-time-yesterday persistence.
+function renderAccuracy(s) {
+  const table = $("accuracy-table");
+  const acc = s ? s.forecast_accuracy : null;
+  table.replaceChildren();
+  const rows = acc ? [["pv", acc.pv], ["load", acc.load]].filter(([, q]) => q && q.issues > 0) : [];
+  if (!rows.length) {
+    const td = document.createElement("td");
+    td.textContent = t("fa.none");
+    table.append(document.createElement("tr"));
+    table.lastChild.append(td);
+    return;
+  }
+  const head = document.createElement("tr");
+  for (const key of ["fa.lead", "fa.mae", "fa.skill"]) {
+    const th = document.createElement("th");
+    th.textContent = t(key);
+    head.append(th);
+  }
+  table.append(head);
+  for (const [name, q] of rows) {
+    const title = document.createElement("tr");
+    const th = document.createElement("th");
+    th.colSpan = 3;
+    th.textContent = t(`fa.${name}`);
+    title.append(th);
+    table.append(title);
+    for (const b of q.by_lead) {
+      if (!b.n) continue;
+      const tr = document.createElement("tr");
+      for (const text of [b.lead, kw(b.mae_kw), b.skill === null ? "–" : pct(100 * b.skill)]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      table.append(tr);
+    }
+  }
+}
+
 function renderDemand(s) {
   const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
@@ -342,6 +384,28 @@ function renderAlarms() {
   }
   renderHealth();
   renderBadge(active);
+  renderCommands();
+}
+
+// The audit log's newest entries: time, interface, who, command, accepted or rejected and why.
+function renderCommands() {
+  const list = $("command-log");
+  list.replaceChildren();
+  if (!ui.commandLog.length) {
+    const li = document.createElement("li");
+    li.textContent = t("no_commands");
+    li.className = "none";
+    list.append(li);
+  }
+  for (const c of ui.commandLog.slice().reverse()) {
+    const li = document.createElement("li");
+    const when = c.ts ? fmtTime(Date.parse(c.ts)) : "";
+    const who = c.identity ? `${t(`via.${c.interface}`, c.interface)} ${c.identity}` : t(`via.${c.interface}`, c.interface);
+    li.textContent = `${when} ${c.command} · ${who} · ${t(c.accepted ? "cmd_accepted" : "cmd_rejected")}`;
+    li.title = c.reason || "";
+    li.className = c.accepted ? "accepted" : "rejected";
+    list.append(li);
+  }
 }
 
 function renderHealth() {
@@ -679,6 +743,11 @@ function connect() {
   events.addEventListener("alarm", (e) => {
     ui.alarmLog.push(JSON.parse(e.data));
     ui.alarmLog = ui.alarmLog.slice(-20);
+    scheduleRender();
+  });
+  events.addEventListener("audit", (e) => {
+    ui.commandLog.push(JSON.parse(e.data));
+    ui.commandLog = ui.commandLog.slice(-20);
     scheduleRender();
   });
 }

@@ -1,0 +1,298 @@
+"""Forecasts from outside (a weather service, the plant's own forecaster): validation, expiry and fallback.
+
+A forecast is a JSON object (REST body, MQTT payload) or a CSV file (docs/data.md, "External forecasts")::
+
+    {"source": "solcast", "issued_at": "2026-06-01T05:00:00+07:00", "valid_hours": 6,
+     "start": "2026-06-01T05:00:00+07:00", "step_minutes": 15, "unit": "kW",
+     "pv_kw": [0, 0, 12.5, ...], "load_kw": [410, 405, ...]}
+
+``pv_kw`` and/or ``load_kw`` (at least one; equal lengths), values at interval starts ``start + i · step``.
+``unit`` is ``kW`` (default) or ``W`` (divided by 1000). Refused, with a message naming the field: a missing or
+zone-less timestamp, ``issued_at`` in the future, ``start`` off the step lattice or more than a day before
+``issued_at``, a horizon of more than :data:`MAX_HORIZON_H`, a non-finite value, negative PV or load, PV above
+``pv_limit_kw``, a validity outside (0, :data:`MAX_VALID_HOURS`].
+
+A forecast expires ``valid_hours`` after ``issued_at`` (default :data:`DEFAULT_VALID_HOURS`); the newest valid
+one per quantity is used for the steps it covers and the built-in model everywhere else (:meth:`ExternalForecasts.
+blend`), so an expired or absent forecast falls back to the built-in models without any action.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optimizer.timegrid import TimeGrid
+
+#: Longest horizon accepted. [h]
+MAX_HORIZON_H = 7 * 24.0
+#: Longest validity accepted. [h]
+MAX_VALID_HOURS = 48.0
+#: Validity when the forecast gives none. [h]
+DEFAULT_VALID_HOURS = 6.0
+#: ``issued_at`` may lie this far in the future (clock skew between hosts). [s]
+CLOCK_SKEW_S = 300.0
+#: Quantities a forecast may carry.
+QUANTITIES = ("pv_kw", "load_kw")
+_UNITS = {"kW": 1.0, "W": 1e-3}
+
+
+class ForecastInputError(ValueError):
+    """An external forecast was refused; the message names the field and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ExternalForecast:
+    """One accepted external forecast. Times UTC; values [kW] at interval starts ``start + i · step``."""
+
+    source: str
+    issued_at: datetime
+    expires_at: datetime
+    start: datetime
+    step_minutes: int
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def end(self) -> datetime:
+        """End of the last interval covered (UTC)."""
+        n = max(len(v) for v in self.values.values())
+        return self.start + timedelta(minutes=self.step_minutes * n)
+
+    def expired(self, now: datetime) -> bool:
+        """True from ``expires_at`` on."""
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What :meth:`ExternalForecasts.submit` did: accepted or the reason why not."""
+
+    accepted: bool
+    error: str | None = None
+    source: str | None = None
+    quantities: tuple[str, ...] = ()
+    steps: int = 0
+    expires_at: datetime | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (timestamps ISO 8601 UTC)."""
+        return {"accepted": self.accepted, "error": self.error, "source": self.source,
+                "quantities": list(self.quantities), "steps": self.steps,
+                "expires_at": None if self.expires_at is None else self.expires_at.isoformat()}
+
+
+def _time(payload: dict, name: str) -> datetime:
+    raw = payload.get(name)
+    if not isinstance(raw, str):
+        raise ForecastInputError(f"{name}: an ISO 8601 timestamp with a UTC offset is required, got {raw!r}")
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise ForecastInputError(f"{name}: not an ISO 8601 timestamp: {raw!r}") from exc
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ForecastInputError(f"{name}: {raw!r} has no UTC offset (e.g. +07:00 or Z)")
+    return value.astimezone(UTC)
+
+
+def _number(payload: dict, name: str, default: float, low: float, high: float) -> float:
+    raw = payload.get(name, default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or not low < raw <= high:
+        raise ForecastInputError(f"{name}: a number in ({low:g}, {high:g}] is required, got {raw!r}")
+    return float(raw)
+
+
+def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = None) -> ExternalForecast:
+    """Validate an external forecast (module docstring) received at ``now`` (UTC).
+
+    Raises
+    ------
+    ForecastInputError
+        Naming the first field that is wrong.
+    """
+    if not isinstance(payload, dict):
+        raise ForecastInputError(f"the forecast must be a JSON object, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - {"source", "issued_at", "valid_hours", "start", "step_minutes", "unit",
+                                     *QUANTITIES})
+    if unknown:
+        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: source, issued_at, valid_hours, start, "
+                                 f"step_minutes, unit, {', '.join(QUANTITIES)}")
+    source = payload.get("source", "external")
+    if not isinstance(source, str) or not source.strip() or len(source) > 64:
+        raise ForecastInputError(f"source: a name of 1–64 characters is required, got {source!r}")
+    issued = _time(payload, "issued_at")
+    if (issued - now).total_seconds() > CLOCK_SKEW_S:
+        raise ForecastInputError(f"issued_at: {issued.isoformat()} is in the future (now {now.isoformat()})")
+    valid_h = _number(payload, "valid_hours", DEFAULT_VALID_HOURS, 0.0, MAX_VALID_HOURS)
+    start = _time(payload, "start")
+    step = payload.get("step_minutes", 15)
+    if isinstance(step, bool) or not isinstance(step, int) or step not in (5, 10, 15, 30, 60):
+        raise ForecastInputError(f"step_minutes: one of 5, 10, 15, 30, 60 is required, got {step!r}")
+    if int(start.timestamp()) % (step * 60) or start.microsecond:
+        raise ForecastInputError(f"start: {start.isoformat()} is not on the {step}-minute lattice")
+    if start < issued - timedelta(days=1):
+        raise ForecastInputError(f"start: {start.isoformat()} is more than a day before issued_at")
+    unit = payload.get("unit", "kW")
+    if unit not in _UNITS:
+        raise ForecastInputError(f"unit: 'kW' or 'W' is required, got {unit!r}")
+    values: dict[str, np.ndarray] = {}
+    for name in QUANTITIES:
+        if name not in payload:
+            continue
+        raw = payload[name]
+        if not isinstance(raw, list) or not raw:
+            raise ForecastInputError(f"{name}: a non-empty list of numbers is required")
+        if any(isinstance(x, bool) or not isinstance(x, int | float) for x in raw):
+            bad = next(i for i, x in enumerate(raw) if isinstance(x, bool) or not isinstance(x, int | float))
+            raise ForecastInputError(f"{name}[{bad}]: a number is required, got {raw[bad]!r}")
+        arr = np.asarray(raw, dtype=float) * _UNITS[unit]
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if len(bad):
+            raise ForecastInputError(f"{name}[{int(bad[0])}]: not a finite number")
+        bad = np.flatnonzero(arr < 0)
+        if len(bad):
+            raise ForecastInputError(f"{name}[{int(bad[0])}]: {raw[int(bad[0])]} {unit} is negative")
+        if name == "pv_kw" and pv_limit_kw is not None:
+            bad = np.flatnonzero(arr > pv_limit_kw * 1.000001)
+            if len(bad):
+                raise ForecastInputError(f"pv_kw[{int(bad[0])}]: {arr[bad[0]]:g} kW is above the PV AC limit "
+                                         f"{pv_limit_kw:g} kW (is the unit right?)")
+        if len(arr) * step / 60 > MAX_HORIZON_H:
+            raise ForecastInputError(f"{name}: {len(arr)} steps of {step} min exceed the {MAX_HORIZON_H:g} h horizon")
+        values[name] = arr
+    if not values:
+        raise ForecastInputError(f"no forecast values: give {' and/or '.join(QUANTITIES)}")
+    lengths = {len(v) for v in values.values()}
+    if len(lengths) > 1:
+        raise ForecastInputError(f"pv_kw and load_kw have different lengths {sorted(lengths)}")
+    return ExternalForecast(source=source, issued_at=issued, expires_at=issued + timedelta(hours=valid_h),
+                            start=start, step_minutes=step, values=values)
+
+
+def csv_payload(text: str, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS) -> dict:
+    """The JSON form of a forecast CSV: header ``timestamp`` plus ``pv_kw`` and/or ``load_kw``, one row per step,
+    timestamps ISO 8601 with UTC offset at interval starts, evenly spaced.
+
+    Raises
+    ------
+    ForecastInputError
+        A missing column, an unparseable row (named by line), uneven steps.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    fields = reader.fieldnames or []
+    if "timestamp" not in fields or not set(fields) & set(QUANTITIES):
+        raise ForecastInputError(f"CSV header must be timestamp plus pv_kw and/or load_kw, got {fields}")
+    times: list[datetime] = []
+    columns: dict[str, list[float]] = {name: [] for name in QUANTITIES if name in fields}
+    for line, row in enumerate(reader, start=2):
+        try:
+            times.append(_time({"timestamp": row["timestamp"]}, "timestamp"))
+            for name in columns:
+                columns[name].append(float(row[name]))
+        except (ForecastInputError, ValueError, TypeError) as exc:
+            raise ForecastInputError(f"CSV line {line}: {exc}") from exc
+    if not times:
+        raise ForecastInputError("CSV has no rows")
+    steps = {int((b - a).total_seconds()) for a, b in itertools.pairwise(times)}
+    if len(steps) > 1 or (steps and next(iter(steps)) % 60):
+        raise ForecastInputError(f"CSV timestamps must be evenly spaced, got steps of {sorted(steps)} s")
+    step_minutes = next(iter(steps)) // 60 if steps else 15
+    return {"source": source, "issued_at": issued_at, "valid_hours": valid_hours, "start": times[0].isoformat(),
+            "step_minutes": step_minutes, **columns}
+
+
+class ExternalForecasts:
+    """The external forecasts a site has received; the newest valid one per quantity is used.
+
+    Parameters
+    ----------
+    pv_limit_kw : float, optional
+        PV AC limit: PV values above it are refused. [kW]
+    """
+
+    def __init__(self, pv_limit_kw: float | None = None):
+        self.pv_limit_kw = pv_limit_kw
+        self._latest: dict[str, ExternalForecast] = {}
+
+    def submit(self, payload: object, now: datetime | None = None) -> SubmitResult:
+        """Validate and keep a forecast (REST, MQTT); never raises for bad input: the result says why."""
+        now = now or datetime.now(UTC)
+        try:
+            forecast = parse_forecast(payload, now, self.pv_limit_kw)
+        except ForecastInputError as exc:
+            return SubmitResult(accepted=False, error=str(exc))
+        for name in forecast.values:
+            self._latest[name] = forecast
+        return SubmitResult(accepted=True, source=forecast.source, quantities=tuple(forecast.values),
+                            steps=len(next(iter(forecast.values.values()))), expires_at=forecast.expires_at)
+
+    def load_csv(self, path: Path, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS,
+                 now: datetime | None = None) -> SubmitResult:
+        """Submit a forecast CSV file (see :func:`csv_payload`)."""
+        try:
+            payload = csv_payload(Path(path).read_text(encoding="utf-8"), source=source, issued_at=issued_at,
+                                  valid_hours=valid_hours)
+        except (ForecastInputError, OSError, UnicodeDecodeError) as exc:
+            return SubmitResult(accepted=False, error=f"{path}: {exc}")
+        return self.submit(payload, now)
+
+    def current(self, quantity: str, now: datetime) -> ExternalForecast | None:
+        """The newest unexpired forecast of ``quantity`` (``pv_kw`` or ``load_kw``), or None."""
+        forecast = self._latest.get(quantity)
+        return None if forecast is None or forecast.expired(now) else forecast
+
+    def blend(self, quantity: str, grid: TimeGrid, builtin: np.ndarray, now: datetime) -> tuple[np.ndarray, str]:
+        """``builtin`` with the steps the current external forecast covers replaced by its values. [kW]
+
+        Returns the values and their origin: the external source's name, ``"<source>+builtin"`` when only part
+        of the grid is covered, or ``"builtin"`` (no valid external forecast, or none of the grid covered).
+        A grid step takes the external value at its start (the step of the external forecast it falls in).
+        """
+        forecast = self.current(quantity, now)
+        if forecast is None:
+            return builtin, "builtin"
+        values = forecast.values[quantity]
+        start_ns = pd.Timestamp(forecast.start).value
+        step_ns = forecast.step_minutes * 60_000_000_000
+        index = (grid.starts_ns - start_ns) // step_ns
+        covered = (grid.starts_ns >= start_ns) & (index < len(values))
+        if not covered.any():
+            return builtin, "builtin"
+        out = np.array(builtin, dtype=float)
+        out[covered] = values[index[covered]]
+        return out, forecast.source if covered.all() else f"{forecast.source}+builtin"
+
+
+class WithExternal:
+    """A forecast source (``forecast(grid) -> (pv, load)`` [kW]) with the current external forecasts laid over it:
+    the planner's :class:`~controller.planning.ForecastSource` when external forecasts are accepted.
+
+    Parameters
+    ----------
+    builtin : object
+        The built-in source, e.g. ``controller.planning.MeasuredForecasts``.
+    external : ExternalForecasts
+        Where accepted forecasts are kept (its :meth:`~ExternalForecasts.submit` is the REST/MQTT entry point).
+    now : callable
+        ``now() -> datetime`` (UTC, aware): the clock expiry is judged on.
+    """
+
+    def __init__(self, builtin: object, external: ExternalForecasts, now: Callable[[], datetime]):
+        self.builtin, self.external, self.now = builtin, external, now
+        #: Origin of the last forecast per quantity ("builtin", "<source>", "<source>+builtin").
+        self.origin: dict[str, str] = {"pv_kw": "builtin", "load_kw": "builtin"}
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        pv, load = self.builtin.forecast(grid)
+        now = self.now()
+        pv, self.origin["pv_kw"] = self.external.blend("pv_kw", grid, pv, now)
+        load, self.origin["load_kw"] = self.external.blend("load_kw", grid, load, now)
+        return pv, load

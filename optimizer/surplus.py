@@ -1,0 +1,117 @@
+"""Night grid charging valued against tomorrow's likely PV surplus (docs/planner.md, "Surplus days").
+
+A kWh bought in the cheap window and stored pays only if the next day's PV surplus does not fill the battery
+anyway: when it does, that kWh displaces a free PV kWh, which is curtailed (zero export). With ``c_now`` the
+import price now and ``c_later`` the cheapest price of the day's daylight hours (where a shortfall would be
+bought instead), one more stored kWh is worth buying now while
+
+    P(surplus < room left) · c_later > c_now,
+
+so the room the battery should keep for the surplus is the surplus's quantile at level ``ρ = c_now / c_later``
+(a newsvendor rule). PV forecast errors move together over a day (the weather of the day), so the day's surplus
+at level ρ is the surplus of the PV quantile forecast at level ρ; the load is kept at its point forecast. The
+planner's LP is unchanged: for the steps after the cheap window it is handed the PV quantile at level ρ instead
+of the point forecast, and it then buys at night exactly what that surplus leaves room for. Outside the
+cheapest window of the horizon (when no night-charging decision is made) the point forecast is used as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Quantile levels of the PV forecast the rule interpolates between. [-]
+LEVELS: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+#: Prices within this fraction of the current one count as the same window. [-]
+PRICE_TOL = 1e-6
+
+
+def surplus_level(import_price: np.ndarray, pv_band: np.ndarray) -> tuple[int, float] | None:
+    """Where the cheap window ends and the PV level the rule plans on, or None when the rule does not apply.
+
+    Parameters
+    ----------
+    import_price : numpy.ndarray
+        Import price per horizon step. [currency/kWh]
+    pv_band : numpy.ndarray
+        Width of the PV quantile band per step (P_high − P_low); > 0 marks steps where PV is uncertain, i.e.
+        daylight with some error history. [kW]
+
+    Returns
+    -------
+    tuple of (int, float) or None
+        ``(k, ρ)``: the first step after the cheap window, and ``ρ = c_now / c_later`` in (0, 1). None when the
+        first step is not in the horizon's cheapest window, when no uncertain PV step follows that window, or
+        when the later daylight price is not higher than now.
+    """
+    price = np.asarray(import_price, dtype=float)
+    if not len(price):
+        return None
+    c_now = float(price[0])
+    if c_now <= 0 or c_now > float(price.min()) * (1 + PRICE_TOL):
+        return None
+    above = np.flatnonzero(price > c_now * (1 + PRICE_TOL))
+    if not len(above):
+        return None
+    k = int(above[0])
+    daylight = np.flatnonzero(np.asarray(pv_band, dtype=float)[k:] > 0) + k
+    if not len(daylight):
+        return None
+    c_later = float(price[daylight].min())
+    if c_later <= c_now * (1 + PRICE_TOL):
+        return None
+    return k, c_now / c_later
+
+
+def at_level(quantiles: np.ndarray, levels: Sequence[float], level: float) -> np.ndarray:
+    """The forecast at probability ``level``, linear between the given quantile levels (clamped to the outer
+    ones). [kW]
+
+    Parameters
+    ----------
+    quantiles : numpy.ndarray
+        Shape ``(len(levels), steps)``, non-decreasing along the levels. [kW]
+    levels : sequence of float
+        Increasing probabilities of the rows.
+    level : float
+        Probability wanted.
+    """
+    lv = np.asarray(levels, dtype=float)
+    q = float(np.clip(level, lv[0], lv[-1]))
+    i = int(np.clip(np.searchsorted(lv, q, side="right") - 1, 0, len(lv) - 2)) if len(lv) > 1 else 0
+    if len(lv) == 1:
+        return np.asarray(quantiles[0], dtype=float)
+    w = (q - lv[i]) / (lv[i + 1] - lv[i])
+    return (1 - w) * quantiles[i] + w * quantiles[i + 1]
+
+
+def surplus_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence[float],
+                   import_price: np.ndarray) -> np.ndarray:
+    """The PV forecast the planner plans on under the surplus-day rule (module docstring). [kW]
+
+    Parameters
+    ----------
+    point_pv : numpy.ndarray
+        The point PV forecast per step. [kW]
+    pv_quantiles : numpy.ndarray
+        PV quantile forecasts, shape ``(len(levels), steps)``. [kW]
+    levels : sequence of float
+        Their probabilities, increasing (at least two).
+    import_price : numpy.ndarray
+        Import price per step. [currency/kWh]
+
+    Returns
+    -------
+    numpy.ndarray
+        ``point_pv`` unchanged before the end of the cheap window (and everywhere when the rule does not apply);
+        the PV quantile at level ρ from there on.
+    """
+    rule = surplus_level(import_price, pv_quantiles[-1] - pv_quantiles[0])
+    if rule is None:
+        return point_pv
+    k, rho = rule
+    out = np.array(point_pv, dtype=float)
+    out[k:] = at_level(pv_quantiles[:, k:], levels, rho)
+    return out

@@ -1,0 +1,165 @@
+"""External forecasts (optimizer/external_forecast.py): validation with the field named, expiry, fallback to the
+built-in model, the CSV form; and the accuracy-by-lead figures (optimizer/forecast_accuracy.py) on known answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer.external_forecast import (
+    ExternalForecasts,
+    ForecastInputError,
+    WithExternal,
+    csv_payload,
+    parse_forecast,
+)
+from optimizer.forecast_accuracy import LiveAccuracy, accuracy
+from optimizer.timegrid import regular_grid
+
+NOW = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+
+
+def payload(**changes) -> dict:
+    base = {"source": "weather-service", "issued_at": "2026-06-01T07:00:00+07:00", "valid_hours": 6,
+            "start": "2026-06-01T07:00:00+07:00", "step_minutes": 15, "unit": "kW",
+            "pv_kw": [10.0, 20.0, 30.0, 40.0], "load_kw": [400.0, 410.0, 420.0, 430.0]}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_a_valid_forecast_is_accepted_and_used_then_expires():
+    store = ExternalForecasts(pv_limit_kw=900)
+    result = store.submit(payload(), now=NOW)
+    assert result.accepted and result.steps == 4 and result.quantities == ("pv_kw", "load_kw")
+    assert result.expires_at == NOW + timedelta(hours=6)
+    grid = regular_grid(pd.Timestamp(NOW) + pd.Timedelta(minutes=15), 6, 15)  # steps 1..3 covered, 2 beyond
+    builtin = np.full(6, 5.0)
+    pv, origin = store.blend("pv_kw", grid, builtin, NOW + timedelta(hours=1))
+    assert np.array_equal(pv, [20.0, 30.0, 40.0, 5.0, 5.0, 5.0]) and origin == "weather-service+builtin"
+    pv, origin = store.blend("pv_kw", grid, builtin, NOW + timedelta(hours=6))  # expired: the built-in model
+    assert pv is builtin and origin == "builtin"
+    assert store.current("load_kw", NOW + timedelta(hours=5, minutes=59)) is not None
+
+
+def test_watts_are_converted_and_a_newer_forecast_replaces_the_older():
+    store = ExternalForecasts()
+    store.submit(payload(unit="W", pv_kw=[1000.0, 2000.0, 3000.0, 4000.0], load_kw=None), now=NOW)
+    newer = payload(source="plant", issued_at="2026-06-01T07:30:00+07:00", load_kw=None)
+    grid = regular_grid(pd.Timestamp(NOW), 4, 15)
+    assert np.array_equal(store.blend("pv_kw", grid, np.zeros(4), NOW)[0], [1.0, 2.0, 3.0, 4.0])
+    assert store.submit(newer, now=NOW + timedelta(minutes=30)).accepted
+    pv, origin = store.blend("pv_kw", grid, np.zeros(4), NOW + timedelta(minutes=30))
+    assert np.array_equal(pv, [10.0, 20.0, 30.0, 40.0]) and origin == "plant"
+    assert store.blend("load_kw", grid, np.zeros(4), NOW)[1] == "builtin"  # no load forecast was sent
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"issued_at": "2026-06-01T07:00:00"}, "issued_at: .* no UTC offset"),
+    ({"issued_at": "2026-06-01T09:00:00+07:00"}, "issued_at: .* in the future"),
+    ({"issued_at": 1}, "issued_at: an ISO 8601"),
+    ({"start": "2026-06-01T07:05:00+07:00"}, "start: .* not on the 15-minute lattice"),
+    ({"start": "2026-05-30T07:00:00+07:00"}, "start: .* more than a day before"),
+    ({"unit": "MW"}, "unit: 'kW' or 'W'"),
+    ({"pv_kw": [1.0, float("nan"), 2.0, 3.0]}, r"pv_kw\[1\]: not a finite number"),
+    ({"pv_kw": [1.0, 2.0, -3.0, 4.0]}, r"pv_kw\[2\]: -3.0 kW is negative"),
+    ({"pv_kw": [1.0, 2.0, 3.0, 950.0]}, r"pv_kw\[3\]: 950 kW is above the PV AC limit 900 kW"),
+    ({"pv_kw": [1.0, "x", 3.0, 4.0]}, r"pv_kw\[1\]: a number is required"),
+    ({"pv_kw": [1.0] * (7 * 96 + 1), "load_kw": None}, "exceed the 168 h horizon"),
+    ({"load_kw": [1.0, 2.0]}, "different lengths"),
+    ({"pv_kw": None, "load_kw": None}, "no forecast values"),
+    ({"valid_hours": 0}, r"valid_hours: a number in \(0, 48\]"),
+    ({"valid_hours": 100}, r"valid_hours: a number in \(0, 48\]"),
+    ({"step_minutes": 7}, "step_minutes: one of"),
+    ({"pv": [1.0]}, r"unknown field\(s\) \['pv'\]"),
+])
+def test_bad_forecasts_are_refused_naming_the_field(changes, message):
+    with pytest.raises(ForecastInputError, match=message):
+        parse_forecast(payload(**changes), NOW, pv_limit_kw=900)
+    store = ExternalForecasts(pv_limit_kw=900)
+    result = store.submit(payload(**changes), now=NOW)  # the service keeps running: a result, not an exception
+    assert not result.accepted and result.error and store.current("pv_kw", NOW) is None
+
+
+def test_csv_form(tmp_path):
+    text = ("timestamp,pv_kw,load_kw\n2026-06-01T07:00:00+07:00,0,400\n2026-06-01T07:15:00+07:00,25.5,410\n"
+            "2026-06-01T07:30:00+07:00,50,420\n")
+    data = csv_payload(text, source="pvgis", issued_at="2026-06-01T06:00:00+07:00")
+    forecast = parse_forecast(data, NOW)
+    assert forecast.step_minutes == 15 and np.array_equal(forecast.values["pv_kw"], [0.0, 25.5, 50.0])
+    path = tmp_path / "forecast.csv"
+    path.write_text(text.replace("25.5", "abc"), encoding="utf-8")
+    result = ExternalForecasts().load_csv(path, source="pvgis", issued_at="2026-06-01T06:00:00+07:00", now=NOW)
+    assert not result.accepted and "CSV line 3" in result.error
+    uneven = text.replace("07:30:00", "07:45:00")
+    with pytest.raises(ForecastInputError, match="evenly spaced"):
+        csv_payload(uneven, source="x", issued_at="2026-06-01T06:00:00+07:00")
+
+
+def test_accuracy_known_answers():
+    # a daily cycle repeated exactly: persistence is perfect; a forecast 10 kW too high has MAE = RMSE = 10 kW
+    # and skill −inf-like (persistence error 0 → skill None); one with the day's pattern but a measured series
+    # that alternates ±4 kW day by day: persistence errs 8 kW, a forecast of the mean pattern 4 kW → skill 0.5
+    starts = pd.date_range("2026-03-01", periods=20 * 96, freq="15min", tz="UTC")
+    ns = starts.as_unit("ns").asi8
+    pattern = np.tile(100 + 50 * np.sin(np.arange(96) / 96 * 2 * np.pi), 20)
+    day = np.arange(len(ns)) // 96
+    measured = pattern + np.where(day % 2 == 0, 4.0, -4.0)
+
+    def mean_pattern(grid, _):
+        return 100 + 50 * np.sin(((grid.starts_ns // 900_000_000_000) % 96) / 96 * 2 * np.pi)
+
+    out = accuracy(mean_pattern, None, ns, measured, int(ns[-1]), days=10)
+    assert out["issues"] == 40
+    for bucket in out["by_lead"]:
+        assert bucket["mae_kw"] == pytest.approx(4.0) and bucket["rmse_kw"] == pytest.approx(4.0)
+        assert bucket["persistence_mae_kw"] == pytest.approx(8.0) and bucket["skill"] == pytest.approx(0.5)
+    high = accuracy(lambda g, h: mean_pattern(g, h) + 10.0, None, ns, pattern, int(ns[-1]), days=10)
+    assert high["by_lead"][0]["mae_kw"] == pytest.approx(10.0) and high["by_lead"][0]["skill"] is None
+    night = accuracy(mean_pattern, None, ns, measured, int(ns[-1]), days=10, mask=lambda g: np.zeros(len(g), bool))
+    assert night["issues"] == 0 and all(b["n"] == 0 and b["mae_kw"] is None for b in night["by_lead"])
+
+
+def test_live_accuracy_fills_one_issue_per_update_and_matches_the_batch_figures():
+    starts = pd.date_range("2026-03-01", periods=20 * 96, freq="15min", tz="UTC")
+    ns = starts.as_unit("ns").asi8
+    day = np.arange(len(ns)) // 96
+    measured = np.tile(100 + 50 * np.sin(np.arange(96) / 96 * 2 * np.pi), 20) + np.where(day % 2 == 0, 4.0, -4.0)
+
+    def flat(grid, _):
+        return np.full(len(grid), 100.0)
+
+    live = LiveAccuracy(flat, flat, days=5)
+    now = int(ns[-1])
+    assert live.due(now)
+    updates = 0
+    while live.due(now):
+        out = live.update(now, (ns, measured), (ns, measured))
+        updates += 1
+    assert updates == 20 and out["pv"]["issues"] == 20 and not live.due(now)  # 5 days × 4 issues, one per call
+    batch = accuracy(flat, None, ns, measured, now, days=5)
+    assert out["load"]["by_lead"] == batch["by_lead"]
+    assert live.due(now + 6 * 3_600_000_000_000)  # a new issue's horizon has ended
+
+
+class ConstantSource:
+    """A built-in forecast source of constant PV and load (what the planner's source returns). [kW]"""
+
+    def forecast(self, grid):
+        return np.full(len(grid), 7.0), np.full(len(grid), 300.0)
+
+
+def test_the_planners_source_takes_external_forecasts_until_they_expire():
+    clock = {"now": NOW}
+    store = ExternalForecasts(pv_limit_kw=900)
+    source = WithExternal(ConstantSource(), store, lambda: clock["now"])
+    grid = regular_grid(pd.Timestamp(NOW), 6, 15)
+    assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"
+    assert store.submit(payload(load_kw=None), now=NOW).accepted
+    pv, load = source.forecast(grid)
+    assert pv.tolist() == [10.0, 20.0, 30.0, 40.0, 7.0, 7.0] and load.tolist() == [300.0] * 6
+    assert source.origin == {"pv_kw": "weather-service+builtin", "load_kw": "builtin"}
+    clock["now"] = NOW + timedelta(hours=6)
+    assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"

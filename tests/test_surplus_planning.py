@@ -1,0 +1,69 @@
+"""Surplus-day rule (optimizer/surplus.py): a constructed surplus day where the point forecast says "charge at
+night" but the PV quantiles show a likely surplus, and the rule's known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer import surplus
+from optimizer.planner import PlanInputs, Planner
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.timegrid import regular_grid
+
+# a wear cost at which a night-to-morning cycle does not pay (1190 / 0.95² + 2 · 300 > 1833 VND/kWh) while a
+# night-to-evening-peak one does: the night charge is then only ever for the evening peak
+BATTERY = BatterySpec(capacity_kwh=1000, max_charge_kw=500, max_discharge_kw=500, wear_cost_per_kwh=300)
+GRID = GridSpec(import_cap_kw=1000, export_cap_kw=0)
+SETTINGS = PlannerSettings()
+OFF_PEAK, NORMAL, PEAK = 1190.0, 1833.0, 3398.0  # Decision 963 windows, VND/kWh
+
+# 24 h of 15-minute steps from 02:00: off-peak until 06:00 (steps 0–15), normal until 17:30, peak until 22:30
+# (steps 62–81), normal to the end
+STEPS = 96
+PRICE = np.full(STEPS, NORMAL)
+PRICE[:16] = OFF_PEAK
+PRICE[62:82] = PEAK
+LOAD = np.full(STEPS, 300.0)
+HOURS = 2 + np.arange(STEPS) / 4
+SUN = np.clip(np.sin((HOURS - 6) / 12 * np.pi), 0, None)  # 06:00–18:00
+POINT_PV = 250.0 * SUN  # below the load all day: no surplus on the point forecast
+QUANTILES = np.stack([0.5 * POINT_PV, 3.0 * POINT_PV, np.minimum(3.6 * POINT_PV, 900.0)])  # P10, P50, P90
+
+
+def plan_night_charge(pv: np.ndarray) -> float:
+    """Energy the plan charges in the off-peak window (steps 0–15), all from the grid (no sun then). [kWh]"""
+    grid = regular_grid(pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=PRICE, export_price=np.zeros(STEPS),
+                        soc0_kwh=100.0)
+    schedule, _ = Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)
+    return float(schedule.charge_kw[:16].sum() * 0.25)
+
+
+def test_point_forecast_charges_at_night_the_rule_does_not():
+    on_point = plan_night_charge(POINT_PV)
+    assert on_point > 500.0  # the point forecast sees no surplus: fill up for the evening peak at the night price
+    pv = surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, PRICE)
+    assert np.array_equal(pv[:16], POINT_PV[:16])  # the cheap window itself keeps the point forecast
+    assert plan_night_charge(pv) == pytest.approx(0.0, abs=1e-6)  # the likely surplus fills the battery instead
+
+
+def test_level_is_the_price_ratio_and_the_quantile_is_interpolated():
+    k, rho = surplus.surplus_level(PRICE, QUANTILES[2] - QUANTILES[0])
+    assert k == 16 and rho == pytest.approx(OFF_PEAK / NORMAL)
+    pv = surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, PRICE)
+    w = (rho - 0.5) / 0.4
+    assert np.allclose(pv[16:], (1 - w) * QUANTILES[1, 16:] + w * QUANTILES[2, 16:])
+    assert np.allclose(surplus.at_level(QUANTILES, surplus.LEVELS, 0.05), QUANTILES[0])  # clamped
+    assert np.allclose(surplus.at_level(QUANTILES, surplus.LEVELS, 0.3), 0.5 * (QUANTILES[0] + QUANTILES[1]))
+
+
+def test_rule_leaves_the_point_forecast_outside_the_cheapest_window():
+    later = np.roll(PRICE, -16)  # the horizon starts in the normal window: no night-charging decision now
+    assert surplus.surplus_level(later, QUANTILES[2] - QUANTILES[0]) is None
+    assert surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, later) is POINT_PV
+    flat = np.full(STEPS, NORMAL)  # one price all day
+    assert surplus.surplus_level(flat, QUANTILES[2] - QUANTILES[0]) is None
+    no_band = np.zeros(STEPS)  # no PV spread known (no error history yet)
+    assert surplus.surplus_level(PRICE, no_band) is None
