@@ -31,6 +31,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
 from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
@@ -124,7 +126,7 @@ class Controller:
                                      battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
-        self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
+        self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
         self.history = History(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
@@ -149,6 +151,7 @@ class Controller:
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_persist = -float("inf")
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
+        self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._replan_until: datetime | None = None
         self._last_plan_try: float | None = None
         self._deviation_since: float | None = None
@@ -225,7 +228,7 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
-        self.audit.flush(now.isoformat())
+        self.audit.flush(now)
         self._store_health(now)
 
     def _store_health(self, now: datetime) -> None:
@@ -311,7 +314,7 @@ class Controller:
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         mode = state.mode
-        if mode is Mode.AUTO:
+        if mode in (Mode.AUTO, Mode.MONITOR_ONLY):  # monitor-only: what auto would do, published, not written
             target = self.plans.target(now, self.demand.month_peak_kw(now))
         elif mode is Mode.SELF_CONSUMPTION:
             target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
@@ -384,7 +387,10 @@ class Controller:
         written = self.devices[Role.BATTERY].last_written("battery_setpoint_kw")
         snap, health, self.validation = self.validator.check(snap, written)
         self._set_alarms(health, ALARM_PREFIXES, now)
-        await self._remote_control()
+        writing = not self.modes.monitor_only
+        if writing:
+            await self._remote_control()
+            self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
         inputs = snap.dispatch_inputs()
@@ -394,7 +400,8 @@ class Controller:
         decision = self.dispatcher.step(inputs, target, now)
         self.decision = decision
         t_decide = time.perf_counter()
-        await self._write(decision, now)
+        if writing:
+            await self._write(decision, now)
         t_write = time.perf_counter()
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
                           for a in decision.alarms}, tuple(_ALARM_TEXT), now)
@@ -637,9 +644,9 @@ class Controller:
         self.notify.stopping()
         now = self.clock.now()
         battery = self.devices.get(Role.BATTERY)
-        zeroed = battery is not None and await self._zero_battery(battery)
+        zeroed = not self._took_control or (battery is not None and await self._zero_battery(battery))
         released = True
-        for device in self.devices.values():
+        for device in self.devices.values() if self._took_control else ():
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
                 released = False
@@ -654,7 +661,9 @@ class Controller:
         for device in self.devices.values():
             device.close()
         self.notify.close()
-        if zeroed and released:
+        if not self._took_control:
+            log.warning("controller stopped: monitor-only, nothing was written")
+        elif zeroed and released:
             log.warning("controller stopped: battery 0 kW, remote control released")
         else:
             log.error("controller stopped: battery 0 kW %s, remote control %s (the devices' own reversion "

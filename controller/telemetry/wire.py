@@ -216,10 +216,10 @@ class StateMessage(_Part):
 
     ts: AwareDatetime = Field(description="Cycle time (UTC)")
     site: str
-    mode: Literal["auto", "self_consumption", "tou_rule", "manual", "standby", "safe"] = Field(
+    mode: Literal["auto", "self_consumption", "tou_rule", "manual", "standby", "safe", "monitor_only"] = Field(
         description="Effective operating mode")
     reason: str = Field(description="Reason code of the mode: plan, no_plan, plan_expired, planner_failed, "
-                                    "solver_timeout, operator, data_missing")
+                                    "solver_timeout, operator, data_missing, initial_mode")
     mode_since: AwareDatetime | Absent = Field(None, description="When this mode and reason began")
     measurements: dict[str, Reading] = Field(description="Canonical point name → reading (docs/architecture.md)")
     load_kw: OptionalNumber = Field(None, description="[kW] site load = grid + PV + battery")
@@ -237,7 +237,7 @@ class StateMessage(_Part):
     commands: dict[str, Annotated[int, Field(ge=0)]] | Absent = Field(
         None, description="Remote commands since start (accepted, rejected, busy, errors, dropped), added by the "
                           "MQTT, dashboard and metrics sinks")
-    forecast_accuracy: ForecastAccuracy | None | Absent = Field(
+    forecast_accuracy: ForecastAccuracy | Absent | None = Field(
         None, description="Live forecast accuracy; null without measured forecasters")
 
 
