@@ -128,27 +128,27 @@ class AuditLog:
             except Exception:  # a display's bug must not cost the log
                 log.exception("audit listener failed")
         if self.write_error is None or self.monotonic() >= self._retry_at:
-            self.flush(entry["ts"])
+            self.flush()
         with self._lock:
             while len(self._pending) > self.settings.max_pending:
                 self._pending.popleft()
                 self.lost += 1
 
-    def flush(self, now: str | None = None) -> bool:
+    def flush(self, now: datetime | None = None) -> bool:
         """Write every pending entry (and a ``gap`` row first if entries were lost), then rotate; True when
-        nothing is pending any more. ``now`` (ISO UTC) dates the gap row and the rotation cut-off; default:
-        the newest pending entry's time."""
+        nothing is pending any more. ``now`` dates the gap row and the rotation cut-off; default: the newest
+        pending entry's time."""
         with self._lock:
             batch = list(self._pending)
             lost = self.lost
         if not batch and not lost:
             return True
-        now = now or (batch[-1]["ts"] if batch else None)
-        if now is None:
+        if now is None and not batch:
             return False
+        now_text = _utc(now) if now is not None else batch[-1]["ts"]
         rows = []
         if lost:
-            rows.append((now, "internal", None, "gap", json.dumps({"lost": lost}), 0,
+            rows.append((now_text, "internal", None, "gap", json.dumps({"lost": lost}), 0,
                          f"{lost} audit entries lost while the state file took no writes "
                          f"(more than {self.settings.max_pending} waiting)"))
         rows += [(e["ts"], e["interface"], e["identity"], e["command"], _dumps(e["payload"]), int(e["accepted"]),
@@ -157,7 +157,7 @@ class AuditLog:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO audit (ts, interface, identity, command, payload, accepted, reason) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._rotate(now)
+            self._rotate(now_text)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
@@ -179,7 +179,7 @@ class AuditLog:
 
     def _rotate(self, now: str) -> None:
         s = self.settings
-        cutoff = (datetime.fromisoformat(now) - timedelta(days=s.keep_days)).isoformat()
+        cutoff = _utc(datetime.fromisoformat(now) - timedelta(days=s.keep_days))
         self._db.execute("DELETE FROM audit WHERE ts < ?", (cutoff,))
         self._db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (s.keep_entries,))
 
@@ -189,8 +189,14 @@ class AuditLog:
         return len(self._pending)
 
     def close(self) -> None:
-        """Write what is pending (one attempt) and close the file."""
-        self.flush()
+        """Write what is pending (one attempt) and close the file; entries that still cannot be written go to
+        the service log instead (one error line each), so not even a shutdown on a locked file loses one."""
+        if not self.flush():
+            for entry in self._pending:
+                log.error("audit entry not written (state file %s: %s): %s", self.path, self.write_error,
+                          _dumps(entry))
+            if self.lost:
+                log.error("audit: %d more entries were dropped before shutdown", self.lost)
         self._db.close()
 
     # ------------------------------------------------------------------------------------ reading

@@ -20,6 +20,7 @@ JSON forms (``command`` picks the model)::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,6 +110,16 @@ class Reserve:
 
     soc_pct: float
     until: datetime
+
+
+def field_range(model: type[BaseModel], name: str) -> tuple[float, float]:
+    """The ``(lowest, highest)`` value command ``model`` allows for field ``name`` (its ``ge``/``le``), for
+    interfaces that check ranges themselves (the SCADA map's writable registers)."""
+    low, high = -math.inf, math.inf
+    for constraint in model.model_fields[name].metadata:
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    return low, high
 
 
 def parse_command(data: dict | BaseModel) -> SetMode | ManualSetpoint | SocReserve | Replan:

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pymodbus.client import AsyncModbusTcpClient
@@ -101,6 +103,20 @@ def test_a_locked_file_keeps_entries_in_memory_and_records_the_gap(tmp_path: Pat
     finally:
         other.close()
         log.close()
+
+
+def test_a_shutdown_on_a_locked_file_logs_the_entries_it_cannot_write(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    log = AuditLog(tmp_path / STATE_FILE)
+    other = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        entry(log, T0, 7, identity="op")
+        log.close()
+    finally:
+        other.close()
+    lines = [r.getMessage() for r in caplog.records if "audit entry not written" in r.getMessage()]
+    assert len(lines) == 1 and '"identity": "op"' in lines[0] and '"payload": {"n": 7}' in lines[0]
 
 
 def test_controller_apply_records_and_alarms_while_locked(tmp_path: Path) -> None:
@@ -212,3 +228,44 @@ async def test_commands_from_every_interface_are_recorded_and_survive_a_restart(
     assert entries[3]["payload"] == "{oops" and entries[3]["reason"].startswith("malformed JSON")
     assert entries[4]["payload"]["mode"] == "tou_rule"
     assert all(e["ts"] == "2026-05-04T04:00:00.000+00:00" for e in entries)
+
+
+def test_the_intake_records_what_it_refuses_before_apply_and_apply_records_the_rest(tmp_path: Path) -> None:
+    """Exactly one entry per command: refused by the intake (schema, park off, busy) or decided by apply."""
+    from controller.commands import CommandResult
+    from controller.telemetry.remote import CommandIntake
+
+    log = AuditLog(tmp_path / STATE_FILE)
+    clock = ManualClock(T0)
+
+    def apply(command: dict[str, Any], *, interface: str, identity: str | None) -> CommandResult:
+        log.record(ts=clock.now(), interface=interface, identity=identity, command=command["command"],
+                   payload=command, accepted=True, reason="applied")   # what Controller.apply does
+        return CommandResult(True, "applied")
+
+    intake = CommandIntake(apply, clock, audit=log.record)
+    intake.handle("set_mode", b'{"mode": "turbo", "id": "a"}', interface="mqtt", identity="op")
+    intake.handle("replan", b'{"id": "b"}', interface="rest", identity="token:ops")
+    intake.refuse("replan", b'{"id": "c"}', "park commands are off", interface="park")
+    intake.busy("soc_reserve", b'{"soc_pct": 40}', waiting=32, interface="mqtt")
+    got = [(e["interface"], e["identity"], e["command"], e["accepted"], e["payload"]) for e in reversed(log.entries())]
+    assert got == [("mqtt", "op", "set_mode", False, {"mode": "turbo", "id": "a"}),
+                   ("rest", "token:ops", "replan", True, {"command": "replan"}),
+                   ("park", None, "replan", False, {"id": "c"}),
+                   ("mqtt", None, "soc_reserve", False, {"soc_pct": 40})]
+    assert log.entries(limit=1)[0]["reason"].startswith("busy: 32 commands waiting")
+    log.close()
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                       max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=200) | st.text(max_size=200) | JSONISH)
+def test_any_payload_is_stored_as_strict_utf8_json(payload: Any) -> None:
+    """Whatever arrives (bytes, lone surrogates, NaN, deep objects), the stored value is strict JSON that
+    encodes as UTF-8, so the REST API and the dashboard can always serve it."""
+    value = payload_value(payload)
+    json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")

@@ -155,10 +155,18 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
     actual_path = await page.get_attribute("#chart-power path.battery-actual", "d")
     assert plan_path.count("L") > 50 and actual_path.startswith("M")
     assert await page.locator("#chart-power rect.shade").count() == 0    # no tariff: nothing shaded
+    assert await page.text_content("#command-log") == "No commands yet"
+    site.telemetry.hub.offer("audit", {"id": 1, "ts": T0.isoformat(), "interface": "mqtt", "identity": "operator",
+                                       "command": "set_mode", "payload": {"mode": "standby"}, "accepted": False,
+                                       "reason": "battery busy"})          # what the audit log's listener hands it
+    await page.wait_for_function("document.getElementById('command-log').textContent.includes('set_mode')")
+    assert (await page.text_content("#command-log li")).endswith("set_mode · MQTT operator · rejected")
+    assert await page.get_attribute("#command-log li", "title") == "battery busy"
 
     await page.select_option("#lang", "vi")
     await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === 'Dòng công suất'")
     assert await page.text_content("#soc-pct") == "50,7 %"                 # Vietnamese number format
+    assert (await page.text_content("#command-log li")).endswith("set_mode · MQTT operator · bị từ chối")
     assert await page.text_content("[data-i18n=saved_today]") == "tiết kiệm hôm nay"
     site.bus.publish("state", {**sample_state(T0 + timedelta(seconds=62), 9), "mode": "safe",
                                "reason": "data_missing", "alarms": ["data_missing"]})
