@@ -128,9 +128,9 @@ def test_live_plan_keeper_and_offline_mpc_make_the_same_plans_and_targets(tariff
 SITE_DEVICES = [{"name": "grid-meter", "role": "meter", "profile": "sunspec-meter",
                  "endpoint": {"host": "fake.invalid"}},
                 {"name": "pv-inverter", "role": "pv_inverter", "profile": "sunspec-inverter",
-                 "endpoint": {"host": "fake.invalid"}},
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 2},
                 {"name": "battery", "role": "battery", "profile": "sunspec-battery",
-                 "endpoint": {"host": "fake.invalid"}}]
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 3}]
 
 
 @pytest.mark.parametrize("step", [0, 40, 66])  # 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike)
