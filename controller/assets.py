@@ -129,15 +129,18 @@ class Assets:
 
     # ------------------------------------------------------------------------------------------ writing
 
+    def split(self, decision: Decision) -> dict[Role, dict[str, float]]:
+        """``decision`` as one setpoint per unit (battery kW, inverter % of its rating), by role and device name;
+        the units' states (telemetry) show them too."""
+        return {Role.BATTERY: self.batteries.split(decision.battery_setpoint_kw),
+                Role.PV_INVERTER: self.pv.split(decision.pv_limit_pct)}
+
     async def write(self, decision: Decision, battery_deadband_kw: float, pv_deadband_pct: float) -> dict[str, str]:
         """Split ``decision`` over the units and write every setpoint (and every watchdog) at once; returns the
         ``write_failed:<device>`` alarms (code → message) of this cycle."""
-        jobs = []
-        for role, values, deadband in (
-                (Role.BATTERY, self.batteries.split(decision.battery_setpoint_kw), battery_deadband_kw),
-                (Role.PV_INVERTER, self.pv.split(decision.pv_limit_pct), pv_deadband_pct)):
-            jobs += [self._write(self.groups[role], name, SETPOINT[role], value, deadband)
-                     for name, value in values.items()]
+        deadbands = {Role.BATTERY: battery_deadband_kw, Role.PV_INVERTER: pv_deadband_pct}
+        jobs = [self._write(self.groups[role], name, SETPOINT[role], value, deadbands[role])
+                for role, values in self.split(decision).items() for name, value in values.items()]
         results = await asyncio.gather(*jobs, *(d.heartbeat() for d in self.devices.values() if d.online is True))
         return {f"{WRITE_FAILED}{name}": message for name, message in results[:len(jobs)] if message}
 

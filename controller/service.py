@@ -374,6 +374,8 @@ class Controller:
         t_decide = time.perf_counter()
         if writing:
             await self._write(decision, now)
+        else:  # monitor-only: each unit's share is published, not written
+            self.assets.split(decision)
         t_write = time.perf_counter()
         self._set_alarms(self.assets.alarms(), GROUP_ALARMS, now)
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
