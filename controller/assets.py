@@ -154,10 +154,11 @@ class Assets:
             result = await device.write(point, value, deadband=deadband)
         except KeyError as exc:  # SunSpec points have no address until the device has been discovered
             return name, f"{name}: {point}: {exc}"
+        mono = self.clock.monotonic()
         if not result.ok:
-            group.wrote(name, None, result.detail)
+            group.wrote(name, None, result.detail, mono)
             return name, f"{name}: {point}={value:g}: {result.detail}"
-        group.wrote(name, result.value, "")
+        group.wrote(name, result.value, "", mono)
         return name, None
 
     # ------------------------------------------------------------------------------------------ reporting

@@ -41,8 +41,9 @@ limit in kW (an inverter out of the group does not count: its production, not re
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
@@ -121,18 +122,21 @@ def water_fill(total: float, weights: Sequence[float], caps: Sequence[float]) ->
 class FollowCheck:
     """Verified control of one unit: is its measured power where it was asked to be?
 
-    From the moment its measured power is further than the tolerance (``max(tolerance_kw, tolerance_pct ×
-    rating)``) from what it was asked, the unit has ``response_s + |asked − where it was then| / ramp`` to get
-    within it; still out of tolerance after that, it is not following: *wrong sign* (its power has the opposite
-    sign of the request), *stuck* (it has not moved from where it was), else *ignores its setpoint*. New requests
-    while it is out of tolerance do not restart the time (a unit asked something slightly different every cycle
-    is still found out). ``two_sided=False`` (PV) only counts power above what was asked (a limit, not a target).
+    A unit answers with a delay, so it follows while its measured power is within the tolerance
+    (``max(tolerance_kw, tolerance_pct × rating)``) of *any* of the requests it held in the last ``response_s``
+    (each clamped to what it may do now, e.g. its BMS allowance). From the moment it is further than that, it has
+    ``response_s + |request − where it was then| / ramp`` to get back within it; still out after that, it is not
+    following: *wrong sign* (its power has the opposite sign of the request), *stuck* (it has not moved from where
+    it was), else *ignores its setpoint*. New requests while it is out of tolerance do not restart the time (a
+    unit asked something slightly different every cycle is still found out). ``two_sided=False`` (PV) only counts
+    power above what was asked (a limit, not a target).
     """
 
     rating_kw: float
     settings: GroupSettings
     two_sided: bool = True
-    asked_kw: float | None = None
+    requests: deque[tuple[float, float]] = field(default_factory=deque)
+    """(site monotonic s, request) of the changes in the last ``response_s``, and the one in force before."""
     from_kw: float | None = None
     """The unit's power when it went out of tolerance. [kW]"""
     bad_since: float | None = None
@@ -142,9 +146,15 @@ class FollowCheck:
     def tolerance_kw(self) -> float:
         return max(self.settings.tolerance_kw, self.settings.tolerance_pct / 100.0 * self.rating_kw)
 
-    def ask(self, kw: float) -> None:
-        """The unit holds the request ``kw`` from now on."""
-        self.asked_kw = kw
+    @property
+    def asked_kw(self) -> float | None:
+        """The request the unit holds now. [kW]"""
+        return self.requests[-1][1] if self.requests else None
+
+    def ask(self, kw: float, now_s: float) -> None:
+        """The unit holds the request ``kw`` from ``now_s`` on."""
+        if self.asked_kw is None or abs(kw - self.asked_kw) > 1e-9:
+            self.requests.append((now_s, kw))
 
     def allowance_s(self, expected_kw: float) -> float:
         """Time the unit has to reach ``expected_kw`` from where it was when it went out of tolerance. [s]"""
@@ -152,15 +162,20 @@ class FollowCheck:
         start = self.from_kw if self.from_kw is not None else 0.0
         return self.settings.response_s + abs(expected_kw - start) / ramp
 
-    def check(self, measured_kw: float | None, expected_kw: float | None, now_s: float) -> str | None:
+    def check(self, measured_kw: float | None, lo_kw: float, hi_kw: float, now_s: float) -> str | None:
         """Why the unit is not following (``None`` while it is, or while there is nothing to compare).
 
-        ``expected_kw`` is the request as the unit may carry it out now (clamped to what its BMS allows)."""
-        if self.asked_kw is None or measured_kw is None or expected_kw is None:
+        ``lo_kw``, ``hi_kw``: what the unit may do now (a battery's BMS allowance; each request is clamped
+        to it)."""
+        while len(self.requests) > 1 and self.requests[1][0] <= now_s - self.settings.response_s:
+            self.requests.popleft()
+        if not self.requests or measured_kw is None:
             self.bad_since = self.from_kw = None
             return None
-        error = measured_kw - expected_kw
-        bad = abs(error) > self.tolerance_kw if self.two_sided else error > self.tolerance_kw
+        recent = [min(max(kw, lo_kw), hi_kw) for _, kw in self.requests]
+        expected_kw = recent[-1]
+        tol = self.tolerance_kw
+        bad = measured_kw > max(recent) + tol or (self.two_sided and measured_kw < min(recent) - tol)
         if not bad:
             self.bad_since = self.from_kw = None
             return None
@@ -168,7 +183,6 @@ class FollowCheck:
             self.bad_since, self.from_kw = now_s, measured_kw
         if now_s - self.bad_since < self.allowance_s(expected_kw):
             return None
-        tol = self.tolerance_kw
         if not self.two_sided:
             return f"produces {measured_kw:.1f} kW above its limit of {expected_kw:.1f} kW"
         if expected_kw * measured_kw < 0 and abs(measured_kw) > tol:
@@ -241,9 +255,10 @@ class Group:
     def names(self) -> list[str]:
         return list(self.units)
 
-    def _follow(self, u: _Unit, expected_kw: float | None, now_s: float) -> None:
-        """Update the not-following verdict of ``u``; re-admit it after ``retry_s`` once it follows."""
-        why = u.follow.check(u.state.measured_kw, expected_kw, now_s)
+    def _follow(self, u: _Unit, bounds: tuple[float, float] | None, now_s: float) -> None:
+        """Update the not-following verdict of ``u`` (``bounds``: what it may do now, ``None`` when unknown: no
+        verdict); re-admit it after ``retry_s`` once it follows."""
+        why = None if bounds is None else u.follow.check(u.state.measured_kw, *bounds, now_s)
         if why is not None:
             if not u.not_following:
                 u.out_since = now_s
@@ -252,12 +267,12 @@ class Group:
                 and u.follow.bad_since is None and u.state.measured_kw is not None:
             u.not_following, u.out_since = "", None
 
-    def wrote(self, name: str, value: float | None, error: str) -> None:
+    def wrote(self, name: str, value: float | None, error: str, now_s: float) -> None:
         """A write to unit ``name``: the value the unit now holds (in kW for a battery, % for PV) or ``error``."""
         u = self.units[name]
         u.write_error = error
         if not error and value is not None:
-            u.follow.ask(self._asked_kw(u, value))
+            u.follow.ask(self._asked_kw(u, value), now_s)
 
     def _asked_kw(self, u: _Unit, value: float) -> float:
         return value
@@ -346,10 +361,7 @@ class BatteryGroup(Group):
         spec, st = self._spec(u), u.state
         st.measured_kw, st.soc_pct = _value(r, "battery_kw"), _value(r, "soc_pct")
         bms_ch, bms_dis = _value(r, "max_charge_kw"), _value(r, "max_discharge_kw")
-        expected = None
-        if u.follow.asked_kw is not None and bms_ch is not None and bms_dis is not None:
-            expected = min(max(u.follow.asked_kw, -bms_ch), bms_dis)
-        self._follow(u, expected, now_s)
+        self._follow(u, None if bms_ch is None or bms_dis is None else (-bms_ch, bms_dis), now_s)
         data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
                 if _value(r, n) is None]
         alarm = _value(r, "battery_alarm")
@@ -426,7 +438,7 @@ class PVGroup(Group):
         for u in self.units.values():
             st, r = u.state, readings.get(u.name, {})
             st.measured_kw = _value(r, "pv_kw")
-            self._follow(u, u.follow.asked_kw, now_s)
+            self._follow(u, (-math.inf, math.inf), now_s)
             missing = [] if st.measured_kw is not None else [_why_missing(r, "pv_kw", (errors or {}).get(u.name, ""))]
             self._judge(u, missing, [])
         units = list(self.units.values())

@@ -114,21 +114,21 @@ def test_a_unit_not_following_is_named_and_taken_out(early, late, verdict):
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(kw=0, soc=80)}, 0.0)
     group.split(200)
     for name in ("bess-1", "bess-2"):
-        group.wrote(name, 100.0, "")
+        group.wrote(name, 100.0, "", 0.0)
     # out of tolerance (max(2, 5 % of 250) = 12.5 kW) from t=1, from where it was then: 5 s + |100 − p| / (10 %/s
     # of 250 kW) → not following from t=10 (p = 0), 12 (p = −50), 9.2 (p = 20); asked something slightly
     # different meanwhile, the time runs on
     for t in (1.0, 5.0, 8.0):
         group.observe({"bess-1": bat(kw=100, soc=50), "bess-2": bat(kw=early, soc=80)}, t)
-        group.wrote("bess-2", 100.0 + t, "")
-        group.wrote("bess-2", 100.0, "")
+        group.wrote("bess-2", 100.0 + t, "", t)
+        group.wrote("bess-2", 100.0, "", t)
         assert group.healthy, t
     agg = group.observe({"bess-1": bat(kw=100, soc=50), "bess-2": bat(kw=late, soc=80)}, 12.5)
     assert group.alarms() == {"unit_not_following:bess-2": f"bess-2 does not follow its setpoint: {verdict}; "
                                                            "taken out of the group"}
     assert not group.healthy and agg["max_discharge_kw"] == 300
     assert group.split(200)["bess-2"] == 0.0
-    group.wrote("bess-2", 0.0, "")
+    group.wrote("bess-2", 0.0, "", 13.0)
     group.observe({"bess-1": bat(kw=100, soc=50), "bess-2": bat(kw=0, soc=80)}, 30.0)  # follows 0 kW, too soon
     assert "unit_not_following:bess-2" in group.alarms()
     group.observe({"bess-1": bat(kw=100, soc=50), "bess-2": bat(kw=0, soc=80)}, 75.0)  # after retry_s: back
@@ -138,7 +138,7 @@ def test_a_unit_not_following_is_named_and_taken_out(early, late, verdict):
 def test_a_unit_within_tolerance_or_held_back_by_its_bms_is_following():
     group = BatteryGroup(UNITS, GroupSettings(response_s=1))
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80)}, 0.0)
-    group.wrote("bess-2", 200.0, "")
+    group.wrote("bess-2", 200.0, "", 0.0)
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(kw=189, soc=80)}, 100.0)
     assert group.healthy
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(kw=60, soc=80, dis=60)}, 200.0)  # BMS derated to 60 kW
@@ -147,10 +147,10 @@ def test_a_unit_within_tolerance_or_held_back_by_its_bms_is_following():
 
 def test_a_failed_write_takes_the_unit_out_until_a_write_reaches_it():
     group = BatteryGroup(UNITS)
-    group.wrote("bess-1", None, "read-back of battery_setpoint_kw is 0, wrote 100")
+    group.wrote("bess-1", None, "read-back of battery_setpoint_kw is 0, wrote 100", 0.0)
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80)}, 0.0)
     assert "setpoint write failed: read-back" in group.alarms()["unit_out:bess-1"] and not group.healthy
-    group.wrote("bess-1", 0.0, "")
+    group.wrote("bess-1", 0.0, "", 1.0)
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80)}, 1.0)
     assert group.healthy
 
@@ -169,7 +169,7 @@ def test_pv_limit_is_shared_in_proportion_to_rating():
     split = group.split(40.0)  # 100 kW over the 150 kW still in the group
     assert split["inv-1"] == split["inv-3"] == pytest.approx(66.6)
     assert group.split(100.0)["inv-1"] == 100.0
-    group.wrote("inv-1", 40.0, "")
+    group.wrote("inv-1", 40.0, "", 2.0)
     for t in (3.0, 30.0):
         group.observe({"inv-1": pv(90, 40), "inv-2": pv(0), "inv-3": pv(20, 40)}, t)
     assert "produces 90.0 kW above its limit of 40.0 kW" in group.alarms()["unit_not_following:inv-1"]
@@ -258,3 +258,16 @@ def test_socs_converge_under_the_split(soc_1, soc_2, target):
         now = abs(fraction("bess-1") - fraction("bess-2"))
         assert now <= spread + 1e-5  # the 0.1 kW rounding of a setpoint: 0.1 kW · 1 min of 400 kWh · 75 %
         spread = now
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-250, 250), min_size=1, max_size=60), st.integers(0, 4))
+def test_a_unit_answering_late_is_never_taken_for_one_not_following(requests, delay_s):
+    """Whatever the requests (a new one every second), a unit that carries each out ``delay_s`` < ``response_s``
+    later is following."""
+    group = BatteryGroup({"bess": UNITS["bess-1"]}, GroupSettings(response_s=5))
+    for t in range(len(requests) + delay_s + 10):
+        kw = requests[min(max(t - delay_s, 0), len(requests) - 1)] if t >= delay_s else 0.0
+        group.observe({"bess": bat(kw=kw, soc=50)}, float(t))
+        assert group.alarms() == {}, t
+        group.wrote("bess", requests[min(t, len(requests) - 1)], "", float(t))
