@@ -185,7 +185,9 @@ class Assets:
             out[name] = entry
         return out
 
-    @property
-    def healthy(self) -> bool:
-        """Every unit of both groups in its group."""
-        return self.batteries.healthy and self.pv.healthy
+    def group_entries(self) -> dict[str, dict[str, Any]]:
+        """The state message's ``groups``: per group whether it is healthy (every unit in it, in both directions,
+        following its setpoint), its units and how many are in it now."""
+        return {group.kind: {"healthy": group.healthy, "units": len(group.units),
+                             "in_group": sum(s.in_group for s in group.states().values())}
+                for group in (self.batteries, self.pv)}

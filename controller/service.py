@@ -418,6 +418,7 @@ class Controller:
             "ts": now.isoformat(), "site": self.config.site.name,
             "mode": state.mode.value, "reason": state.reason.value, "mode_since": state.since.isoformat(),
             "measurements": snap.measurements(), "load_kw": snap.load_kw,
+            "groups": self.assets.group_entries(),
             "devices": self.assets.device_entries(snap),
             "setpoints": {"battery_kw": decision.battery_setpoint_kw, "pv_limit_pct": decision.pv_limit_pct,
                           "pv_limit_kw": decision.pv_limit_kw, "safe": decision.safe, "source": decision.source,

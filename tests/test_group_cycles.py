@@ -209,6 +209,14 @@ CASES: dict[str, list[Row]] = {
 }
 
 
+async def test_a_group_is_not_healthy_while_a_setpoint_does_not_reach_its_unit(tmp_path: Path) -> None:
+    _, states = await run([(0, {"load": 1300.0, "set:bess-1": {"soc_pct": 60.0}, "set:bess-2": {"soc_pct": 60.0},
+                                "ignore:bess-2": True}, None),
+                           (12, {}, expect(250, 100, {"bess-1": 250, "bess-2": 0}, "unit_not_following:bess-2",
+                                           "import_cap_unheld", out=("bess-2",)))], tmp_path)
+    assert states[-1]["groups"]["battery"] == {"healthy": False, "units": 2, "in_group": 1}
+
+
 @pytest.mark.parametrize("rows", CASES.values(), ids=CASES.keys())
 async def test_group_cycle_table(rows: list[Row], tmp_path: Path) -> None:
     await run(rows, tmp_path)
@@ -226,5 +234,7 @@ async def test_aggregate_and_per_device_telemetry(tmp_path: Path) -> None:
     assert state["devices"]["bess-1"] == {"ok": True, "error": None, "role": "battery", "in_group": True,
                                           "reason": None, "measured_kw": -250.0, "setpoint": -250.0,
                                           "setpoint_unit": "kW", "soc_pct": 30.0}
+    assert state["groups"] == {"battery": {"healthy": True, "units": 2, "in_group": 2},
+                               "pv": {"healthy": True, "units": 2, "in_group": 2}}
     assert state["devices"]["pv-meter"]["location"] == "pv" and state["devices"]["pv-meter"]["measured_kw"] == -700
     assert site.devices["bess-2"].sent("battery_setpoint_kw") == [-60.0]  # unchanged: not re-sent before the heartbeat

@@ -97,6 +97,12 @@ class DeviceStatus(_Part):
     soc_pct: OptionalNumber | Absent = Field(None, description="[%] batteries: the unit's own SOC")
 
 
+class GroupStatus(_Part):
+    healthy: bool = Field(description="every unit in the group, in both directions, following its setpoint")
+    units: int = Field(description="units of the group")
+    in_group: int = Field(description="units in the group now")
+
+
 class Bound(_Part):
     step: str = Field(description="limits-chain step")
     lo_kw: Number = Field(description="[kW] lowest battery power allowed after the step")
@@ -233,6 +239,8 @@ class StateMessage(_Part):
     mode_since: AwareDatetime | Absent = Field(None, description="When this mode and reason began")
     measurements: dict[str, Reading] = Field(description="Canonical point name → reading (docs/architecture.md)")
     load_kw: OptionalNumber = Field(None, description="[kW] site load = grid + PV + battery")
+    groups: dict[Literal["battery", "pv"], GroupStatus] | Absent = Field(
+        None, description="The battery and PV groups (docs/devices.md, Asset groups)")
     devices: dict[str, DeviceStatus] | Absent = Field(
         None, description="Device name → whether it answered, and for units of a group their share and health")
     setpoints: Setpoints | Absent = None
