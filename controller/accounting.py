@@ -119,6 +119,14 @@ class DemandTracker:
         """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
         return self.peak_kw if self.month == self.billing_month(now) else 0.0
 
+    def running(self, now: datetime) -> tuple[float, float, float]:
+        """The interval running at ``now``: (length [h], elapsed [h], import so far [kWh]), as
+        :class:`controller.targets.DemandWindow` takes them; nothing imported yet when the last measurement
+        belongs to an earlier interval."""
+        start = self._interval_start(now)
+        kwh = self._kwh if self._start == start else 0.0
+        return self.interval.total_seconds() / 3600.0, (now - start).total_seconds() / 3600.0, kwh
+
     def current_average_kw(self) -> float:
         """Average import in the running interval so far, over the whole interval length. [kW]"""
         return self._kwh / (self.interval.total_seconds() / 3600.0)

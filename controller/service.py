@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +39,20 @@ from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
 from controller.devices import Device
-from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
-from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
+from controller.dispatch import Decision, Dispatcher, Source, Target
+from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
     ForecastSource,
-    History,
     MeasuredForecasts,
+    MeasuredHistory,
     PlanKeeper,
-    SiteNow,
-    tou_rule_target,
+    PlanOutcome,
+    Replanner,
 )
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
 from controller.state_store import StateStore, StoredMode, StoredReserve, read_stored
+from controller.targets import DemandWindow, mode_target
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
@@ -65,7 +66,6 @@ from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
-from optimizer.timegrid import floor_to_step
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Controller:
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
-        self.history = History(config.planner.step_minutes, ctl.history_days)
+        self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
@@ -138,8 +138,10 @@ class Controller:
         self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
+        self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, bat.capacity_kwh,
+                                   config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S, self._planned)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
-                                 (bat.soc_min_pct, bat.soc_max_pct), self.request_replan)
+                                 (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
         self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
                                      ctl.demand_interval_minutes, now)
         self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
@@ -152,9 +154,6 @@ class Controller:
         self._last_persist = -float("inf")
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
         self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
-        self._replan_until: datetime | None = None
-        self._last_plan_try: float | None = None
-        self._deviation_since: float | None = None
         self._stop = asyncio.Event()
         self.telemetry: Telemetry | None = None
         self._restore(now)
@@ -301,9 +300,6 @@ class Controller:
             self._store_health(now)
         return result
 
-    def request_replan(self, until: datetime) -> None:
-        self._replan_until = until
-
     # ------------------------------------------------------------------------------------------ the cycle
 
     def _account(self, snap: Snapshot, now: datetime) -> None:
@@ -313,26 +309,17 @@ class Controller:
         self.history.add(now, pv_kw, snap.load_kw, dt_h)
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
-        mode = state.mode
-        if mode in (Mode.AUTO, Mode.MONITOR_ONLY):  # monitor-only: what auto would do, published, not written
-            target = self.plans.target(now, self.demand.month_peak_kw(now))
-        elif mode is Mode.SELF_CONSUMPTION:
-            target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
-        elif mode is Mode.TOU_RULE:
-            target = tou_rule_target(self.accounting.prices(now)["period"], snap.load_kw, snap.value("pv_kw"),
-                                     self.config.battery, state.reason.value)
-        elif mode is Mode.MANUAL:
-            assert state.request is not None and state.request.setpoint_kw is not None
-            target = Target(Source.MANUAL, Follow.BATTERY, state.request.setpoint_kw,
-                            expires_at=state.request.until, reason="operator")
-        elif mode is Mode.STANDBY:
-            target = Target(Source.STANDBY, Follow.BATTERY, 0.0, reason="operator")
-        else:
-            target = None
-        if target is not None and reserve is not None:
-            target = Target(target.source, target.follow, target.value_kw, target.grid_ceiling_kw, reserve,
-                            target.expires_at, target.reason)
-        return target
+        """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""
+        request = state.request
+        mode = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode  # monitor-only: what auto would do,
+        return mode_target(                                                   # published, not written
+            mode, state.reason.value, reserve_soc_pct=reserve,
+            plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
+            if mode is Mode.AUTO else None,
+            period=self.accounting.prices(now)["period"] if mode is Mode.TOU_RULE else "", load_kw=snap.load_kw,
+            pv_kw=snap.value("pv_kw"), max_charge_kw=self.config.battery.max_charge_kw,
+            manual_kw=request.setpoint_kw if mode is Mode.MANUAL and request is not None else None,
+            manual_until=request.until if mode is Mode.MANUAL and request is not None else None)
 
     async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
         """Write ``value`` (the device skips it within ``deadband`` of what it holds, and re-sends it at the
@@ -405,7 +392,7 @@ class Controller:
         t_write = time.perf_counter()
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
                           for a in decision.alarms}, tuple(_ALARM_TEXT), now)
-        self._check_deviation(snap, now)
+        self.replanner.observe(snap, now)
         self.cycles += 1
         timing = {"read_ms": (t_read - t0) * 1e3, "decide_ms": (t_decide - t_read) * 1e3,
                   "write_ms": (t_write - t_decide) * 1e3, "cycle_ms": (t_write - t0) * 1e3}
@@ -416,16 +403,6 @@ class Controller:
         if self.clock.monotonic() - self._last_persist >= self.config.control.persist_interval_s:
             self.persist(now)
         return payload
-
-    def _check_deviation(self, snap: Snapshot, now: datetime) -> None:
-        planned = self.plans.planned_net_load_kw(now)
-        load, pv = snap.load_kw, snap.value("pv_kw")
-        mono = self.clock.monotonic()
-        if planned is None or load is None or pv is None \
-                or abs(load - pv - planned) <= self.config.control.replan_deviation_kw:
-            self._deviation_since = None
-        elif self._deviation_since is None:
-            self._deviation_since = mono
 
     def _state_payload(self, snap: Snapshot, state: ModeState, decision: Decision, target: Target | None,
                        timing: dict[str, float]) -> dict[str, Any]:
@@ -494,60 +471,19 @@ class Controller:
             return None
         now_ns = pd.Timestamp(now).value
         if self.accuracy.due(now_ns):
-            pv, load = self.history.series()
-            ns = pv.index.as_unit("ns").asi8
-            self.accuracy.update(now_ns, (ns, pv.to_numpy(dtype=float)), (ns, load.to_numpy(dtype=float)))
+            pv, load = self.history.histories()
+            self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
         return self.accuracy.result
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _site_now(self) -> SiteNow | None:
-        snap = self.snapshot
-        soc = snap.value("soc_pct") if snap is not None else None
-        if snap is None or soc is None:
-            return None
-        return SiteNow(soc_kwh=soc / 100.0 * self.config.battery.capacity_kwh,
-                       bms_max_charge_kw=snap.value("max_charge_kw"),
-                       bms_max_discharge_kw=snap.value("max_discharge_kw"),
-                       month_peak_kw=self.demand.month_peak_kw(snap.ts))
-
-    def _plan_due(self, now: datetime) -> str | None:
-        ctl = self.config.control
-        mono = self.clock.monotonic()
-        if self._last_plan_try is None:
-            return "start"
-        since = mono - self._last_plan_try
-        if self._replan_until is not None:
-            if now <= self._replan_until:
-                return "requested"
-            self._replan_until = None
-        step = timedelta(minutes=self.config.replan_minutes)
-        last_wall = now - timedelta(seconds=since)
-        if floor_to_step(now, self.config.replan_minutes) > floor_to_step(last_wall, self.config.replan_minutes) \
-                and since >= min(ctl.min_replan_gap_s, step.total_seconds() / 2):
-            return "interval"
-        if since < ctl.min_replan_gap_s:
-            return None
-        if self.plans.status(now) is not None:
-            return "no_valid_plan"
-        if self._deviation_since is not None and mono - self._deviation_since >= ctl.replan_deviation_s:
-            return "deviation"
-        return None
-
     async def plan_once(self, why: str) -> None:
-        """One planning attempt now (the planning task calls this; tests may too)."""
-        now = self.clock.now()
-        site = self._site_now()
-        if site is None:
-            if self.snapshot is not None:
-                self._last_plan_try = self.clock.monotonic()
-                log.warning("planning skipped (%s): no valid SOC measurement", why)
-            return
-        self._last_plan_try = self.clock.monotonic()
-        self._replan_until = None
-        self._deviation_since = None
-        timeout_s = self.config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S
-        outcome = await self.plans.replan(now, site, timeout_s)
+        """One planning attempt now on the latest snapshot (the planning task calls this; tests may too)."""
+        snap, now = self.snapshot, self.clock.now()
+        await self.replanner.attempt(why, snap, self.demand.month_peak_kw(now), self.demand.running(now)[2])
+
+    def _planned(self, outcome: PlanOutcome, why: str, now: datetime) -> None:
+        """After a planning attempt: the ``planner_failed`` alarm, or the new plan stored and published."""
         if outcome.plan is None:
             self._raise("planner_failed", f"{outcome.error.value if outcome.error else ''}: {outcome.detail}", now)
             return
@@ -557,17 +493,6 @@ class Controller:
         self.store.put("plan", data, now)
         self._store_health(now)
         self.bus.publish(PLAN, {**data, "reason": why})
-
-    async def _planning_task(self) -> None:
-        while not self._stop.is_set():
-            why = self._plan_due(self.clock.now())
-            if why is not None:
-                try:
-                    await self.plan_once(why)
-                except Exception:  # planning must never take the controller down
-                    log.exception("planning task error")
-                    self.plans.last_error, self.plans.last_detail = Reason.PLANNER_FAILED, "internal error"
-            await self.clock.sleep(self.config.control.cycle_s)
 
     # ------------------------------------------------------------------------------------------ life cycle
 
@@ -599,7 +524,7 @@ class Controller:
         """Run cycles until :meth:`stop` (or for ``duration_s`` site seconds), then shut down safely."""
         ctl = self.config.control
         await self.start_telemetry()
-        planning = asyncio.create_task(self._planning_task(), name="planning")
+        planning = asyncio.create_task(self.replanner.run(self._stop, self.plan_once), name="planning")
         started = self.clock.monotonic()
         try:
             first = True

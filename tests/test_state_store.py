@@ -34,21 +34,24 @@ def test_corrupt_file_is_moved_aside_and_the_store_starts_clean(tmp_path):
 
 
 def test_measured_history_averages_steps_and_marks_gaps():
-    from controller.planning import History
+    import numpy as np
+    import pandas as pd
 
-    h = History(step_minutes=15, keep_days=1)
+    from controller.planning import MeasuredHistory
+
+    h = MeasuredHistory(step_minutes=15, keep_days=1)
     for s in range(0, 2 * 3600, 10):
         t = T0 + timedelta(seconds=s)
         load = None if 1800 <= s < 2700 else 300.0 + (s // 900) * 10  # a 15-min gap in the load meter data
         h.add(t, 100.0, load, 10 / 3600)
-    pv, load = h.series()
-    assert list(pv.index[:3]) == [T0, T0 + timedelta(minutes=15), T0 + timedelta(minutes=30)]
-    assert load.iloc[0] == pytest.approx(300) and load.iloc[1] == pytest.approx(310)
-    assert load.isna().iloc[2] and pv.isna().iloc[2]  # missing is NaN, never 0
+    pv, load = h.histories()
+    assert list(pv.ns[:3]) == [pd.Timestamp(T0 + timedelta(minutes=m)).value for m in (0, 15, 30)]
+    assert load.values[0] == pytest.approx(300) and load.values[1] == pytest.approx(310)
+    assert np.isnan(load.values[2]) and np.isnan(pv.values[2])  # missing is NaN, never 0
     assert h.last_load_kw == pytest.approx(370)
     for s in range(0, 26 * 3600, 900):  # older than keep_days is dropped
         h.add(T0 + timedelta(hours=2, seconds=s), 1.0, 1.0, 0.25)
-    assert h.series()[0].index[0] >= T0 + timedelta(hours=2)
+    assert h.histories()[0].ns[0] >= pd.Timestamp(T0 + timedelta(hours=2)).value
 
 
 # --- values inside a valid state file that are not what the controller stores (issue 11, failure 6) ----------
