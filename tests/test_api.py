@@ -117,20 +117,20 @@ ENDPOINTS = [  # method, path, JSON body, least role (None: open)
 
 
 async def test_every_endpoint_checks_its_role(api: Api) -> None:
-    for method, path, body, least in ENDPOINTS:
-        for role in (None, *TOKENS):
-            async with api.client(role) as client:
+    for role in (None, *TOKENS):
+        level = Role.parse(role) if role else None
+        async with api.client(role) as client:
+            for method, path, body, least in ENDPOINTS:
                 response = await client.request(method, path, json=body)
-            level = Role.parse(role) if role else None
-            allowed = least is None or (level is not None and level >= least)
-            expected = 200 if allowed else 401 if level is None else 403
-            assert response.status_code == expected, (method, path, role, response.text)
-            if expected != 200:
-                problem = response.json()
-                assert response.headers["content-type"] == "application/problem+json"
-                assert problem["status"] == expected and problem["title"] and problem["detail"]
-            if expected == 401:
-                assert response.headers["www-authenticate"] == "Bearer"
+                allowed = least is None or (level is not None and level >= least)
+                expected = 200 if allowed else 401 if level is None else 403
+                assert response.status_code == expected, (method, path, role, response.text)
+                if expected != 200:
+                    problem = response.json()
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert problem["status"] == expected and problem["title"] and problem["detail"]
+                if expected == 401:
+                    assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_commands_go_through_the_shared_intake_and_echo_the_result(api: Api) -> None:
