@@ -67,3 +67,24 @@ def test_rule_leaves_the_point_forecast_outside_the_cheapest_window():
     assert surplus.surplus_level(flat, QUANTILES[2] - QUANTILES[0]) is None
     no_band = np.zeros(STEPS)  # no PV spread known (no error history yet)
     assert surplus.surplus_level(PRICE, no_band) is None
+
+
+class BandOnly:
+    """A PV forecaster whose quantiles are the constructed ones (counts its calls)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def quantiles(self, grid, history, levels=surplus.LEVELS):
+        self.calls += 1
+        return QUANTILES
+
+
+def test_planning_pv_asks_for_quantiles_only_when_the_rule_can_apply():
+    grid = regular_grid(pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    source = BandOnly()
+    assert surplus.planning_pv("off", source, grid, None, POINT_PV, PRICE) is POINT_PV
+    assert surplus.planning_pv("quantile", source, grid, None, POINT_PV, np.roll(PRICE, -16)) is POINT_PV
+    assert source.calls == 0
+    pv = surplus.planning_pv("quantile", source, grid, None, POINT_PV, PRICE)
+    assert source.calls == 1 and np.array_equal(pv, surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, PRICE))
