@@ -35,9 +35,11 @@ system-test-deps:
 run: $(STAMP)
 	$(BIN)/ems run --simulate --speed $(SPEED)
 
+# The suite runs on every core (at most 4 workers): most tests wait on loopback peers and the simulated clock,
+# and the two long ones (the soak week, the cost-over-a-day run) then run beside the rest instead of after it.
 test: system-test-deps $(TEST_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist load
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

@@ -13,8 +13,16 @@ Reported: read→write latency per cycle (p50, p99) [ms], CPU share of one core 
 peak RSS of this process [MB], and the same latency for the baseline. Targets: p99 ≤ 100 ms,
 ≤ 5 % of a core, ≤ 250 MB. The controller computes its clear-sky PV tables in short-lived worker
 processes (optimizer.solar); their peak RSS [MB] and CPU time [s] are reported separately (the
-largest finished child of this process; the site process is still running then). The last line
-printed is one JSON object.
+largest finished child of this process; the site process is still running then).
+
+3. multi-asset: a 20-device plant (16 inverters of 100 kW, eight behind each of two logger ports with
+   unit ids 1–8, 3 batteries of 500 kWh / 250 kW, a grid meter; :func:`multi_site_file`) served by a
+   second site process and driven for the same number of 1 s cycles by a fresh child process, so
+   its peak RSS is its own: every cycle polls the 20 devices concurrently and writes a setpoint to
+   each of the 19 controllable units (a new value every cycle, so every write is sent and read back:
+   the most a cycle can ask of the bus). Reported as ``multi_*`` beside the single-site figures.
+
+The last line printed is one JSON object.
 
     .venv/bin/python benchmarks/bench_controller.py [--cycles 60]
 """
@@ -46,6 +54,8 @@ from drivers.transport import ConnectionPool  # noqa: E402
 from ems.clock import AcceleratedClock  # noqa: E402
 from tests.modbus_peers import free_port  # noqa: E402
 
+MULTI_SITE = REPO / "deploy" / "examples" / "multi-asset-site.yaml"
+MULTI_INVERTERS, MULTI_BATTERIES = 16, 3
 SITE_PROCESS = """
 import asyncio, sys
 sys.path.insert(0, {repo!r})
@@ -67,6 +77,96 @@ def site_file(directory: Path) -> Path:
     path = directory / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def multi_site_file(directory: Path) -> Path:
+    """The multi-asset example grown to 16 inverters (two loggers), 3 batteries and a grid meter, on free ports."""
+    data = yaml.safe_load(MULTI_SITE.read_text())
+    data["telemetry"] = {"dashboard": {"enabled": False}}
+    meter = next(d for d in data["devices"] if d.get("location") == "grid")
+    inverter = next(d for d in data["devices"] if d["role"] == "pv_inverter")
+    battery = next(d for d in data["devices"] if d["role"] == "battery")
+    loggers = [free_port(), free_port()]
+    devices = [{**meter, "endpoint": {"host": "127.0.0.1", "port": free_port()}}]
+    devices += [{**inverter, "name": f"inv-{i + 1:02d}", "endpoint": {"host": "127.0.0.1", "port": loggers[i // 8]},
+                 "unit_id": i % 8 + 1} for i in range(MULTI_INVERTERS)]
+    devices += [{**battery, "name": f"bess-{i + 1}", "endpoint": {"host": "127.0.0.1", "port": free_port()}}
+                for i in range(MULTI_BATTERIES)]
+    data["devices"] = devices
+    rating = sum(d["rating_kw"] for d in devices if d["role"] == "pv_inverter")
+    data["pv"].update(kwp=1.1 * rating, ac_kw=rating)
+    for key in ("capacity_kwh", "max_charge_kw", "max_discharge_kw"):
+        data["battery"][key] = MULTI_BATTERIES * battery["battery"][key]
+    data["simulation"]["units"] = {f"bess-{i + 1}": {"initial_soc_pct": 30 + 25 * i} for i in range(MULTI_BATTERIES)}
+    path = directory / "multi-site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def start_site(path: Path) -> subprocess.Popen:
+    """The simulated site of ``path`` in a child process, serving once this returns."""
+    site = subprocess.Popen([sys.executable, "-c", SITE_PROCESS.format(repo=str(REPO), path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    assert site.stdout is not None and site.stdout.readline().strip() == "ready"
+    return site
+
+
+async def multi_polls(path: Path, cycles: int) -> tuple[list[float], float]:
+    """Every cycle: poll every device of ``path`` concurrently, then write every battery and inverter a new
+    setpoint (sent and read back). Read→write latencies [ms] and CPU share [%]."""
+    from drivers.config import DeviceConfig
+    from drivers.device import open_devices
+    from drivers.roles import Role
+    from drivers.simulated.config import load_site_file
+
+    site = load_site_file(path)
+    configs = [DeviceConfig(name=d.name, role=d.role, profile=d.profile, unit_id=d.unit_id,
+                            endpoint={"host": d.endpoint.host, "port": d.endpoint.port}) for d in site.devices]
+    clock = AcceleratedClock(1.0, site.simulation.start)
+    pool = ConnectionPool()
+    devices = open_devices(configs, clock, pool)
+    await asyncio.gather(*(d.poll() for d in devices))  # connect and discover first
+    for d in devices:
+        await d.enter_remote_control()
+    point = {Role.BATTERY: "battery_setpoint_kw", Role.PV_INVERTER: "pv_limit_pct"}
+    latencies = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for n in range(cycles):
+        t0 = time.perf_counter()
+        await asyncio.gather(*(d.poll() for d in devices))
+        value = {Role.BATTERY: -10.0 - n % 2, Role.PV_INVERTER: 90.0 + n % 2}
+        results = await asyncio.gather(*(d.write(point[d.config.role], value[d.config.role]) for d in devices
+                                         if d.config.role in point))
+        assert all(r.ok and r.sent for r in results), [r.detail for r in results if not r.ok]
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
+    cpu = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    for d in devices:
+        await d.leave_remote_control()
+    pool.close()
+    return latencies, cpu
+
+
+def multi_child(path: Path, cycles: int) -> None:
+    """The multi-asset phase in this (fresh) process; prints one JSON line."""
+    logging.basicConfig(level=logging.ERROR)
+    cycle_ms, cpu = asyncio.run(multi_polls(path, cycles))
+    print(json.dumps({"cycles": len(cycle_ms), "cycle_ms_p50": pct(cycle_ms, 50), "cycle_ms_p99": pct(cycle_ms, 99),
+                      "cpu_pct": round(cpu, 2),
+                      "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def multi_run(directory: Path, cycles: int) -> dict:
+    """Site process + child process for the multi-asset phase; the child's figures."""
+    path = multi_site_file(directory)
+    site = start_site(path)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--multi-child", str(path), "--cycles", str(cycles)],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        site.terminate()
+        site.wait(timeout=10)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -107,20 +207,23 @@ async def controller_run(path: Path, state_dir: Path, cycles: int) -> tuple[list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=60, help="cycles per phase (1 s each)")
+    parser.add_argument("--multi-child", type=Path, help=argparse.SUPPRESS)  # the multi-asset phase's own process
     args = parser.parse_args()
+    if args.multi_child is not None:
+        multi_child(args.multi_child, args.cycles)
+        return
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         path = site_file(Path(tmp))
-        site = subprocess.Popen([sys.executable, "-c", SITE_PROCESS.format(repo=str(REPO), path=str(path))],
-                                stdout=subprocess.PIPE, text=True)
+        site = start_site(path)
         try:
-            assert site.stdout is not None and site.stdout.readline().strip() == "ready"
             base_ms, base_cpu = asyncio.run(baseline(path, args.cycles))
             cycle_ms, cpu, state = asyncio.run(controller_run(path, Path(tmp) / "state", args.cycles))
             workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # before the site process is reaped
         finally:
             site.terminate()
             site.wait(timeout=10)
+        multi = multi_run(Path(tmp), args.cycles)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "cycles": len(cycle_ms), "cycle_ms_p50": pct(cycle_ms, 50), "cycle_ms_p99": pct(cycle_ms, 99),
@@ -129,6 +232,8 @@ def main() -> None:
         "baseline_cpu_pct": round(base_cpu, 2), "plans_made": state.get("solver", {}).get("plans_made"),
         "mode": state.get("mode"), "worker_rss_mb": round(workers.ru_maxrss / 1024, 1),
         "worker_cpu_s": round(workers.ru_utime + workers.ru_stime, 2),
+        "multi_devices": 1 + MULTI_INVERTERS + MULTI_BATTERIES, "multi_cycle_ms_p50": multi["cycle_ms_p50"],
+        "multi_cycle_ms_p99": multi["cycle_ms_p99"], "multi_cpu_pct": multi["cpu_pct"], "multi_rss_mb": multi["rss_mb"],
     }
     print(f"controller cycle read→write: p50 {result['cycle_ms_p50']} ms, p99 {result['cycle_ms_p99']} ms "
           f"(bare polls: p50 {result['baseline_poll_ms_p50']} ms, p99 {result['baseline_poll_ms_p99']} ms)")
@@ -136,6 +241,9 @@ def main() -> None:
           f"peak RSS {result['rss_mb']} MB, {result['plans_made']} plan(s), mode {result['mode']}")
     print(f"clear-sky worker process(es): peak RSS {result['worker_rss_mb']} MB, CPU {result['worker_cpu_s']} s "
           f"(not in the controller's figures; the worker exits after computing)")
+    print(f"multi-asset, {result['multi_devices']} devices (poll all, write 19 setpoints every cycle): read→write "
+          f"p50 {result['multi_cycle_ms_p50']} ms, p99 {result['multi_cycle_ms_p99']} ms, "
+          f"CPU {result['multi_cpu_pct']} % of one core, peak RSS {result['multi_rss_mb']} MB")
     print(json.dumps(result))
 
 

@@ -14,6 +14,8 @@ Measures, in one run:
    forecasts captures (:func:`value_ratios`), under the legacy and the Decision 963 windows, on the harder
    synthetic year (``mpc_value_ratio_legacy`` target ≥ 0.985, ``mpc_value_ratio_963`` ≥ 0.975) and on today's
    default year beside it (``…_base``).
+6. the same share under the two-part pilot tariff (capacity charge on the month's highest 30-minute import), on
+   the harder synthetic year (``mpc_value_ratio_two_part``, target ≥ 0.90) and on today's (:func:`two_part_value`).
 
 Run:  .venv/bin/python benchmarks/bench_simulation.py [--days N] [--sweep-days N]
 The last line printed is one JSON object with every figure.
@@ -122,6 +124,22 @@ def strategy_year(name: str, days: int | None) -> dict[str, float]:
             "value_pf": value_pf, "value_mpc": value_mpc, "value_ratio": value_mpc / value_pf if value_pf else None}
 
 
+def two_part_value(days: int | None) -> dict[str, float | None]:
+    """The MPC's share of the perfect-foresight battery value under the two-part pilot tariff, on the harder
+    year (``mpc_value_ratio_two_part``) and on today's synthetic year (``…_standard``), with the MPC's time."""
+    out: dict[str, float | None] = {}
+    for name, key in (("nam-cau-kien-hard-two-part", "mpc_value_ratio_two_part"),
+                      ("nam-cau-kien-two-part", "mpc_value_ratio_two_part_standard")):
+        result = run(scenario_for(name, days), strategies=["pv_only", "mpc", "perfect_foresight"])
+        bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
+        value_pf, value_mpc = bill["pv_only"] - bill["perfect_foresight"], bill["pv_only"] - bill["mpc"]
+        out[key] = value_mpc / value_pf if value_pf else None
+        out[key.replace("ratio", "mpc_s").replace("mpc_value_", "")] = result.results["mpc"].wall_s
+        out[key.replace("ratio", "pf").replace("mpc_value_", "value_")] = value_pf
+        out[key.replace("ratio", "mpc").replace("mpc_value_", "value_")] = value_mpc
+    return out
+
+
 def sweep_speedup(days: int, rounds: int = 3) -> dict[str, float]:
     """A 4 × 4 sizing sweep (perfect foresight per cell) with 1 and with 2 worker processes, ``rounds`` times in
     alternating order (1, 2 / 2, 1 / 1, 2 …); the speed-up is the ratio of the summed times, so a slow spell of the
@@ -184,6 +202,10 @@ def main() -> int:
         ratio = ratios[key]["value_ratio"]
         print(f"mpc_value_ratio_{key} (harder year) {ratio:.4f}: target ≥ {target} "
               f"{'reached' if ratio >= target else 'NOT reached'}")
+    two = two_part_value(args.days)
+    print(f"battery value, two-part pilot, harder year: MPC {two['value_mpc_two_part']:,.0f}, perfect foresight "
+          f"{two['value_pf_two_part']:,.0f} → ratio {two['mpc_value_ratio_two_part']:.3f} (target ≥ 0.90); "
+          f"today's year: ratio {two['mpc_value_ratio_two_part_standard']:.3f}")
     sw = sweep_speedup(args.sweep_days)
     print(f"sweep of {sw['cells']} cells × {args.sweep_days} days, {sw['rounds']} rounds: "
           f"1 worker {sw['one_worker_s']:.1f} s, 2 workers {sw['two_workers_s']:.1f} s → {sw['speedup']:.2f}× "
@@ -199,7 +221,7 @@ def main() -> int:
         "mpc_year_s_base": legacy["mpc_s"], "mpc_963_s": ratios["963"]["mpc_s"],
         "perfect_year_s": hard["perfect_s"], "sweep_1w_s": sw["one_worker_s"], "sweep_2w_s": sw["two_workers_s"],
         "sweep_speedup_2w": sw["speedup"],
-        **{f"mpc_value_ratio_{key}": year["value_ratio"] for key, year in ratios.items()},
+        **{f"mpc_value_ratio_{key}": year["value_ratio"] for key, year in ratios.items()}, **two,
     }))
     return 0
 

@@ -1,10 +1,11 @@
-"""``ems run`` (the controller, live or against the simulated site) and ``ems config check``."""
+"""``ems run`` (the controller, live or against the simulated site), ``ems config check`` and ``ems tokens``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -36,16 +37,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = actions.add_parser("check", help="validate a site file; every error with its field path")
     check.add_argument("file", type=Path)
+    check.add_argument("--env-file", type=Path,
+                       help="the service's environment file (e.g. /etc/pv-battery-ems/env): its secrets count as set")
     check.set_defaults(func=_check)
+
+    from controller.api.cli import register as register_tokens
+
+    register_tokens(subparsers)
 
 
 def _check(args: argparse.Namespace) -> int:
     from controller.config import load_config, state_dir
+    from controller.telemetry.secret_check import read_env_file, secret_warnings
 
     config = load_config(args.file)
     roles = ", ".join(f"{d.role.value}={d.name}" for d in config.devices)
     print(f"{args.file}: OK — site {config.site.name} ({config.site.timezone}), devices {roles}, "
           f"tariff {config.tariff.preset or config.tariff.file}, state in {state_dir(config, args.file)}")
+    environ = dict(os.environ)
+    if args.env_file is not None:
+        try:
+            environ.update(read_env_file(args.env_file))
+        except OSError as exc:
+            print(f"warning: --env-file {args.env_file}: {exc.strerror or exc}", file=sys.stderr)
+    for warning in secret_warnings(config.telemetry, environ):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,13 @@
 """Operator and remote commands: validated, expiring, and entering below the safety steps.
 
-MQTT, the dashboard and the CLI all call :meth:`Commands.apply` with a command model or a plain
-dict (JSON). Every command carries a time to live; nothing an operator asks for outlives it, and
-nothing an operator asks for can override the limits chain's safety steps (the command only
-changes the *target* the chain narrows).
+MQTT, the dashboard, the SCADA server, the REST API and the CLI all reach :meth:`Commands.apply` (through
+``Controller.apply``) with a command model or a plain dict (JSON). Every command carries a time to live;
+nothing an operator asks for outlives it, and nothing an operator asks for can override the limits
+chain's safety steps (the command only changes the *target* the chain narrows).
+
+These models are the one definition of the commands: the MQTT JSON Schemas
+(``controller/telemetry/schemas/cmd_<name>.json``) are generated from them
+(:mod:`controller.telemetry.wire`), and the SCADA map and the REST API take the same fields.
 
 JSON forms (``command`` picks the model)::
 
@@ -16,6 +20,7 @@ JSON forms (``command`` picks the model)::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,41 +38,58 @@ MAX_TTL_S = 7 * 86_400.0
 """Longest time to live a command may ask for. [s of site time]"""
 
 
+TTL_DESCRIPTION = "Time to live [s of site time]; the command lapses after it"
+
+
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ttl_s: float = Field(default=60.0, gt=0, le=MAX_TTL_S, description="Time to live [s of site time]")
-    by: str = Field(default="", max_length=64, description="Who sent it (mqtt, dashboard, cli, ...), for the log")
+    ttl_s: float = Field(default=60.0, gt=0, le=MAX_TTL_S, description=TTL_DESCRIPTION)
 
 
 class SetMode(_Command):
-    """Request an operating mode for ``ttl_s``; ``auto`` ends any request at once."""
+    """Request an operating mode for ttl_s; auto ends any operator request at once."""
+
+    model_config = ConfigDict(title="Request an operating mode")
 
     command: Literal["set_mode"] = "set_mode"
-    mode: Literal["auto", "self_consumption", "tou_rule", "standby"]
+    mode: Literal["auto", "self_consumption", "tou_rule", "standby"] = Field(
+        description="auto ends any operator request at once")
 
 
 class ManualSetpoint(_Command):
-    """Manual mode: hold the battery at ``battery_kw`` (+discharge) for ``ttl_s``, within the safety limits."""
+    """Manual mode: hold the battery at battery_kw for ttl_s (required), within the safety limits."""
+
+    model_config = ConfigDict(title="Hold the battery at a power for a while")
 
     command: Literal["manual_setpoint"] = "manual_setpoint"
-    battery_kw: float = Field(ge=-100_000, le=100_000, description="[kW] +discharge")
+    battery_kw: float = Field(ge=-100_000, le=100_000, description="[kW] + discharge, - charge; the site's PCS "
+                                                                   "limits are checked by the controller")
+    ttl_s: float = Field(gt=0, le=MAX_TTL_S, description=TTL_DESCRIPTION)
 
 
 class SocReserve(_Command):
-    """Keep at least ``soc_pct`` for ``ttl_s``: no discharge for the target below it (0 clears)."""
+    """Keep at least soc_pct for ttl_s: the battery does not discharge for the target below it."""
+
+    model_config = ConfigDict(title="Keep a SOC reserve")
 
     command: Literal["soc_reserve"] = "soc_reserve"
-    soc_pct: float = Field(ge=0, le=100, description="[%]")
+    soc_pct: float = Field(ge=0, le=100, description="[%] 0 clears the reserve; otherwise within the site's "
+                                                     "SOC window (checked by the controller)")
 
 
 class Replan(_Command):
-    """Plan again now (the request lapses if not served within ``ttl_s``)."""
+    """Plan again now; the request lapses if it is not served within ttl_s."""
+
+    model_config = ConfigDict(title="Plan again now")
 
     command: Literal["replan"] = "replan"
 
 
 Command = Annotated[SetMode | ManualSetpoint | SocReserve | Replan, Field(discriminator="command")]
+COMMAND_MODELS: dict[str, type[_Command]] = {"set_mode": SetMode, "manual_setpoint": ManualSetpoint,
+                                             "soc_reserve": SocReserve, "replan": Replan}
+"""Each command's model by its name (the ``command`` field, the MQTT topic's last level)."""
 _adapter: TypeAdapter[Any] = TypeAdapter(Command)
 
 
@@ -90,6 +112,16 @@ class Reserve:
     until: datetime
 
 
+def field_range(model: type[BaseModel], name: str) -> tuple[float, float]:
+    """The ``(lowest, highest)`` value command ``model`` allows for field ``name`` (its ``ge``/``le``), for
+    interfaces that check ranges themselves (the SCADA map's writable registers)."""
+    low, high = -math.inf, math.inf
+    for constraint in model.model_fields[name].metadata:
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    return low, high
+
+
 def parse_command(data: dict | BaseModel) -> SetMode | ManualSetpoint | SocReserve | Replan:
     """Validate a command given as a dict (JSON) or a model; raises ``ValueError`` naming every bad field."""
     if isinstance(data, SetMode | ManualSetpoint | SocReserve | Replan):
@@ -98,6 +130,11 @@ def parse_command(data: dict | BaseModel) -> SetMode | ManualSetpoint | SocReser
         return _adapter.validate_python(data)
     except ValidationError as exc:
         raise ValueError("; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())) from exc
+
+
+def sender(interface: str, identity: str | None) -> str:
+    """``interface:identity`` (or the interface alone), as a command's ``by``. [at most 64 characters]"""
+    return (interface if not identity else f"{interface}:{identity}")[:64]
 
 
 class Commands:
@@ -132,23 +169,27 @@ class Commands:
             self.reserve = None
         return self.reserve.soc_pct if self.reserve else None
 
-    def apply(self, command: dict | BaseModel) -> CommandResult:
-        """Validate and apply one command; never raises for bad input."""
+    def apply(self, command: dict | BaseModel, *, interface: str = "internal",
+              identity: str | None = None) -> CommandResult:
+        """Validate and apply one command; never raises for bad input.
+
+        ``interface`` and ``identity`` (who sent it) are logged and kept with a mode request (``by``)."""
         try:
             cmd = parse_command(command)
         except ValueError as exc:
             return CommandResult(False, f"invalid: {exc}")
+        by = sender(interface, identity)
         now = self.clock.now()
         until = now + timedelta(seconds=cmd.ttl_s)
         if isinstance(cmd, SetMode):
-            self.modes.request_mode(Request(Mode(cmd.mode), until, by=cmd.by))
+            self.modes.request_mode(Request(Mode(cmd.mode), until, by=by))
             result = CommandResult(True, f"mode {cmd.mode} until {until.isoformat()}")
         elif isinstance(cmd, ManualSetpoint):
             max_charge, max_discharge = self.battery_limits_kw
             if not -max_charge <= cmd.battery_kw <= max_discharge:
                 return CommandResult(False, f"battery_kw {cmd.battery_kw:g} outside the PCS range "
                                             f"[{-max_charge:g}, {max_discharge:g}] kW")
-            self.modes.request_mode(Request(Mode.MANUAL, until, cmd.battery_kw, by=cmd.by))
+            self.modes.request_mode(Request(Mode.MANUAL, until, cmd.battery_kw, by=by))
             result = CommandResult(True, f"manual {cmd.battery_kw:g} kW until {until.isoformat()}")
         elif isinstance(cmd, SocReserve):
             lo, hi = self.soc_window_pct
@@ -163,5 +204,5 @@ class Commands:
         else:
             self.on_replan(until)
             result = CommandResult(True, "replan requested")
-        log.warning("command %s from %s: %s", cmd.command, cmd.by or "?", result.reason)
+        log.warning("command %s from %s: %s", cmd.command, by, result.reason)
         return result

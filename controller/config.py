@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
@@ -48,6 +49,9 @@ class ControlSettings(StrictModel):
         default=0.5, ge=0, description="A PV limit change smaller than this is not written [% of PV AC rating]")
     fallback_mode: Literal["self_consumption", "tou_rule"] = Field(
         default="self_consumption", description="What auto mode does without a valid plan")
+    initial_mode: Literal["auto", "standby", "monitor_only"] = Field(
+        default="auto", description="Mode at start until an operator asks for one: monitor_only writes nothing "
+                                    "(commissioning), standby holds the battery at 0 kW")
     replan_minutes: int | None = Field(
         default=None, ge=1, le=24 * 60,
         description="Planning interval, aligned to the clock [min]; default: planner.step_minutes")
@@ -69,6 +73,7 @@ class ControlSettings(StrictModel):
                     "file; a relative path is relative to the site file")
     dispatch: DispatchSettings = DispatchSettings()
     validation: ValidationSettings = ValidationSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 MAX_RATING = 1e6

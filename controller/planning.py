@@ -1,14 +1,15 @@
 """The planning side of the controller: measured history, forecasts, solving off the loop, plan keeping.
 
-- :class:`History` bins the cycle's measured PV and load into planning steps (the forecasters' input).
+- :class:`MeasuredHistory` bins the cycle's measured PV and load into planning steps and hands them to the
+  forecasters as :class:`optimizer.forecast.History` (the one history type, which the offline runner fills too).
 - :class:`MeasuredForecasts` feeds that history to ``optimizer.forecast``; :class:`PerfectForecasts`
   samples known series (the simulated site's own PV and load) for tests and demos.
 - :class:`PlanKeeper` owns the current plan: builds :class:`~optimizer.planner.PlanInputs` (tariff
   prices, month-to-date peak, BMS limits now, the current step's battery power fixed), solves in a
   worker thread with a time limit, keeps the last valid plan until it expires, and says why not
   when there is none (a :class:`~controller.modes.Reason` for the mode machine).
-
-When to re-plan (interval, command, deviation) is the service's decision (``controller.service``).
+- :class:`Replanner` decides when to re-plan (start, interval, command, no valid plan, the site drifting
+  from the plan) and runs the planning task of the service (``controller.service``).
 """
 
 from __future__ import annotations
@@ -16,23 +17,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-from controller.dispatch import Follow, Source, Target, plan_target
+from controller.dispatch import Target
 from controller.modes import Reason
-from optimizer.forecast import LoadForecaster, PVForecaster
+from controller.targets import DemandWindow, follow_plan
+from optimizer import surplus
+from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
-from optimizer.policies import OFFPEAK_PERIODS, PEAK_PERIODS
-from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
+from optimizer.site import GridSpec, PlannerSettings
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
+
+if TYPE_CHECKING:
+    from controller.config import ControlSettings
+    from controller.snapshot import Snapshot
+    from ems.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +48,8 @@ ALIGNED_FRACTION = 0.02
 """A plan made within this fraction of a step after its start plans that step whole. [-]"""
 
 
-def tou_rule_target(period: str, load_kw: float | None, pv_kw: float | None, battery: BatterySpec,
-                    reason: str) -> Target | None:
-    """The TOU rule (``optimizer.policies.tou``) for the current moment, as a dispatch target.
-
-    PV surplus → grid target 0 (charge from the surplus); off-peak → charge at the PCS limit (the chain's
-    import cap narrows it); peak → grid target 0 (discharge to cover the load); otherwise hold.
-    None when load or PV is missing (the chain is in its safe state then anyway).
-    """
-    if load_kw is None or pv_kw is None:
-        return None
-    if pv_kw > load_kw or period in PEAK_PERIODS:
-        return Target(Source.TOU_RULE, Follow.GRID, 0.0, reason=reason)
-    if period in OFFPEAK_PERIODS:
-        return Target(Source.TOU_RULE, Follow.BATTERY, -battery.max_charge_kw, reason=reason)
-    return Target(Source.TOU_RULE, Follow.BATTERY, 0.0, reason=reason)
-
-
-class History:
-    """Step averages of measured PV and load (NaN where a step was not covered well enough).
+class MeasuredHistory:
+    """Step averages of measured PV and load (NaN where a step was not covered well enough), fed every cycle.
 
     Parameters
     ----------
@@ -103,31 +94,47 @@ class History:
         self._sums[:] = 0.0
         self._covered_h = 0.0
 
-    def series(self) -> tuple[pd.Series, pd.Series]:
-        """(PV, load) step averages as Series indexed by UTC step starts (safe to call from a worker thread). [kW]"""
+    def histories(self) -> tuple[History, History]:
+        """(PV, load) step averages [kW] at their UTC step starts, as the forecasters read them (new arrays on
+        every call: safe from a worker thread)."""
         rows = self._rows
-        index = pd.DatetimeIndex([r[0] for r in rows]).tz_convert("UTC") if rows else pd.DatetimeIndex([], tz="UTC")
+        ns = np.array([r[0].value for r in rows], dtype=np.int64)
         values = np.array([r[1:] for r in rows], dtype=float).reshape(-1, 2)
-        return pd.Series(values[:, 0], index=index), pd.Series(values[:, 1], index=index)
+        return History(ns, values[:, 0].copy()), History(ns.copy(), values[:, 1].copy())
 
 
 class ForecastSource(Protocol):
-    """PV and load on a grid. [kW]"""
+    """PV and load on a grid, and how far above its forecast the net load may come. [kW]"""
 
     def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray: ...
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
+        """PV quantile forecasts, shape ``(len(levels), len(grid))``, or None without any (surplus-day rule)."""
+        ...
+
 
 class MeasuredForecasts:
-    """``optimizer.forecast`` fed the measured :class:`History`; until a step of history is complete the
+    """``optimizer.forecast`` fed the :class:`MeasuredHistory`; until a step of history is complete the
     load forecast is the latest measured load (persistence)."""
 
-    def __init__(self, pv: PVForecaster, load: LoadForecaster, history: History):
+    def __init__(self, pv: PVForecaster, load: LoadForecaster, history: MeasuredHistory):
         self.pv, self.load, self.history = pv, load, history
 
     def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
-        pv_hist, load_hist = self.history.series()
+        pv_hist, load_hist = self.history.histories()
         self.load.fallback_kw = self.history.last_load_kw
         return self.pv.forecast(grid, pv_hist), self.load.forecast(grid, load_hist)
+
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        """:func:`optimizer.service.peak_risk_kw` from the forecasters' own recent errors on the history. [kW]"""
+        pv_hist, load_hist = self.history.histories()
+        return peak_risk_kw(self.pv, self.load, grid, pv_hist, load_hist, pv_kw, load_kw)
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray:
+        """The PV forecaster's quantiles on the measured history (:meth:`PVForecaster.quantiles`). [kW]"""
+        return self.pv.quantiles(grid, self.history.histories()[0], levels=levels)
 
 
 class PerfectForecasts:
@@ -153,18 +160,13 @@ class PerfectForecasts:
         load = np.array([self.load_kw(t) for t in times]).reshape(-1, k).mean(axis=1)
         return np.maximum(pv, 0.0), np.maximum(load, 0.0)
 
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        """Known PV and load have no error: 0. [kW]"""
+        return np.zeros(len(grid))
 
-@dataclass(frozen=True)
-class SiteNow:
-    """What the planner needs to know about the site at planning time.
-
-    soc_kwh [kWh]; bms_max_charge_kw, bms_max_discharge_kw [kW] (None = PCS limits); month_peak_kw [kW].
-    """
-
-    soc_kwh: float
-    bms_max_charge_kw: float | None
-    bms_max_discharge_kw: float | None
-    month_peak_kw: float
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> None:
+        """Known PV has no spread: the surplus-day rule does not apply."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ class PlanKeeper:
         self.plans_made = 0
         self.failures = 0
         self._solving: asyncio.Future | None = None
+        self._windows: tuple[Plan, np.ndarray] | None = None  # the demand window of each step of a plan
 
     # ---------------------------------------------------------------------------------- the current plan
 
@@ -236,25 +239,28 @@ class PlanKeeper:
                 else Reason.PLAN_EXPIRED
         return self.last_error or Reason.NO_PLAN
 
-    def planned_peak_kw(self, plan: Plan, now: datetime, month_peak_kw: float) -> float | None:
-        """The import level ``plan`` holds for the month (demand charge), None without a demand charge. [kW]"""
+    def same_month(self, plan: Plan, now: datetime) -> np.ndarray | None:
+        """Per step of ``plan``: in the billing month of ``now``; None without a demand charge."""
         if self.tariff.demand_charge(now) is None:
             return None
-        months = self.tariff.billing_months(plan.starts)
-        mine = months == self.tariff.billing_month(now)
-        return max(month_peak_kw, float(np.max(plan.import_kw[mine], initial=0.0)))
+        return self.tariff.billing_months(plan.starts) == self.tariff.billing_month(now)
 
-    def target(self, now: datetime, month_peak_kw: float) -> Target | None:
-        """The plan step at ``now`` as a dispatch target (follow rule), or None without a valid plan."""
+    def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
+        """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the
+        demand window running now), or None without a valid plan."""
         found = self.current(now)
         if found is None:
             return None
         plan, step = found
         expires = min(plan.expires_at(self.settings.plan_valid_hours),
                       (step.start + pd.Timedelta(hours=step.duration_h)).to_pydatetime(warn=False))
-        return plan_target(step.battery_kw, step.grid_kw, self.grid_spec, source=Source.PLAN,
-                           peak_kw=self.planned_peak_kw(plan, now, month_peak_kw), expires_at=expires,
-                           tol_kw=self.follow_tol_kw)
+        if self._windows is None or self._windows[0] is not plan:
+            self._windows = (plan, TariffSteps.of(self.tariff, plan.starts).window)
+        left_h = (step.start.to_pydatetime() - now).total_seconds() / 3600.0 + step.duration_h
+        return follow_plan(plan, step.index, self.grid_spec, same_month=self.same_month(plan, now),
+                           month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires,
+                           demand_kw=plan.demand_kw, window=window, windows=self._windows[1],
+                           duration_h=plan.duration_h, step_left_h=max(left_h, 0.0))
 
     def planned_net_load_kw(self, now: datetime) -> float | None:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""
@@ -279,27 +285,28 @@ class PlanKeeper:
         duration_h[0] = (start + step - now).total_seconds() / 3600.0
         return TimeGrid(starts, duration_h)
 
-    def inputs(self, now: datetime, site: SiteNow) -> PlanInputs:
-        """PlanInputs for a plan starting at ``now`` (runs in the worker thread)."""
+    def inputs(self, now: datetime, site: SiteState) -> PlanInputs:
+        """PlanInputs for a plan starting at ``now`` (:func:`optimizer.service.plan_inputs`; runs in the worker
+        thread). A plan made within a running step keeps the battery power of the step followed now for the rest
+        of it; one made at a step's start (as every interval re-plan, and every offline re-plan) is free there."""
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
-        prices = self.tariff.prices(grid.starts)
-        months = self.tariff.billing_months(grid.starts)
-        month_index = np.concatenate([[0], np.cumsum(months[1:] != months[:-1])])
-        demand = self.tariff.demand_charge(now)
+        tariff = TariffSteps.of(self.tariff, grid.starts)
+        pv_kw = surplus.planned_pv(self.settings.surplus_rule, pv_kw, tariff.import_price,
+                                   lambda levels: self.forecasts.pv_quantiles(grid, levels))
         found = self.current(grid.starts[0].to_pydatetime())
-        fixed = None if found is None else found[1].battery_kw
-        return PlanInputs(
-            grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=prices.import_price_gross,
-            export_price=prices.export_price, soc0_kwh=site.soc_kwh, month_peak_kw=site.month_peak_kw,
-            demand_charge_per_kw=demand.rate_per_kw_month * (1.0 + self.tariff.vat_rate(now)) if demand else 0.0,
-            billing_month=month_index, max_charge_kw=site.bms_max_charge_kw,
-            max_discharge_kw=site.bms_max_discharge_kw, fixed_battery_kw=fixed, period=list(prices.period))
+        mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
+        fixed = found[1].battery_kw if found is not None and mid_step else None
+        risk = None
+        if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
+            risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
+        return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,
+                           self.settings.demand_risk_margin)
 
-    def _solve(self, now: datetime, site: SiteNow) -> Plan:
+    def _solve(self, now: datetime, site: SiteState) -> Plan:
         return self.planner.plan(self.inputs(now, site), created_at=now)
 
-    async def replan(self, now: datetime, site: SiteNow, timeout_s: float) -> PlanOutcome:
+    async def replan(self, now: datetime, site: SiteState, timeout_s: float) -> PlanOutcome:
         """Plan in a worker thread; keep the last valid plan on any failure.
 
         ``timeout_s`` is real time. A solve still running from an earlier time-out is not started again.
@@ -329,3 +336,119 @@ class PlanKeeper:
         self.last_error, self.last_detail = reason, detail
         self.last_outcome = PlanOutcome(None, reason, detail, (time.perf_counter() - t0) * 1e3)
         return self.last_outcome
+
+
+class Replanner:
+    """When to re-plan, and the planning task: one attempt at a time, off the control cycle.
+
+    A plan is due at start, at every ``replan_minutes`` boundary of site time, on a ``replan`` command (until its
+    expiry), when there is no valid plan, and when the measured net load has stayed more than
+    ``control.replan_deviation_kw`` from the plan's for ``control.replan_deviation_s``; never more often than
+    ``control.min_replan_gap_s`` (an interval boundary waits at most half an interval).
+
+    Parameters
+    ----------
+    keeper : PlanKeeper
+    clock : Clock
+        Site time.
+    control : ControlSettings
+        The ``control:`` section (re-plan gap, deviation trigger, cycle).
+    replan_minutes : int
+        The re-planning interval. [min]
+    capacity_kwh : float
+        Battery capacity (SOC % → kWh). [kWh]
+    timeout_s : float
+        Real seconds one attempt (forecasts, build, solve) may take.
+    on_outcome : callable
+        ``on_outcome(outcome, why, now)`` after every attempt that ran (alarms, persistence, publication).
+    """
+
+    def __init__(self, keeper: PlanKeeper, clock: Clock, control: ControlSettings, replan_minutes: int,
+                 capacity_kwh: float, timeout_s: float, on_outcome: Callable[[PlanOutcome, str, datetime], None]):
+        self.keeper, self.clock, self.control = keeper, clock, control
+        self.replan_minutes, self.capacity_kwh, self.timeout_s = replan_minutes, capacity_kwh, timeout_s
+        self.on_outcome = on_outcome
+        self.replan_until: datetime | None = None
+        self.last_try: float | None = None
+        """Site monotonic time of the last attempt. [s]"""
+        self.deviation_since: float | None = None
+        """Site monotonic time since which the site has drifted from the plan. [s]"""
+
+    def request(self, until: datetime) -> None:
+        """A ``replan`` command: plan at the next chance before ``until`` (UTC)."""
+        self.replan_until = until
+
+    def observe(self, snap: Snapshot, now: datetime) -> None:
+        """Track the deviation of the measured net load from the plan's (once per cycle)."""
+        planned = self.keeper.planned_net_load_kw(now)
+        load, pv = snap.load_kw, snap.value("pv_kw")
+        if planned is None or load is None or pv is None \
+                or abs(load - pv - planned) <= self.control.replan_deviation_kw:
+            self.deviation_since = None
+        elif self.deviation_since is None:
+            self.deviation_since = self.clock.monotonic()
+
+    def due(self, now: datetime) -> str | None:
+        """Why a plan is due at ``now`` (``start``, ``requested``, ``interval``, ``no_valid_plan``,
+        ``deviation``), or None."""
+        ctl = self.control
+        mono = self.clock.monotonic()
+        if self.last_try is None:
+            return "start"
+        since = mono - self.last_try
+        if self.replan_until is not None:
+            if now <= self.replan_until:
+                return "requested"
+            self.replan_until = None
+        step_s = self.replan_minutes * 60.0
+        last_wall = now - timedelta(seconds=since)
+        if floor_to_step(now, self.replan_minutes) > floor_to_step(last_wall, self.replan_minutes) \
+                and since >= min(ctl.min_replan_gap_s, step_s / 2):
+            return "interval"
+        if since < ctl.min_replan_gap_s:
+            return None
+        if self.keeper.status(now) is not None:
+            return "no_valid_plan"
+        if self.deviation_since is not None and mono - self.deviation_since >= ctl.replan_deviation_s:
+            return "deviation"
+        return None
+
+    def site_now(self, snap: Snapshot | None, month_peak_kw: float, window_import_kwh: float) -> SiteState | None:
+        """What the planner needs of the site from ``snap`` and the demand tracker (month-to-date peak [kW],
+        import so far in the running demand window [kWh]); None without a valid SOC."""
+        soc = snap.value("soc_pct") if snap is not None else None
+        if snap is None or soc is None:
+            return None
+        return SiteState(soc_kwh=soc / 100.0 * self.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
+                         bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw,
+                         window_import_kwh=window_import_kwh)
+
+    async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float,
+                      window_import_kwh: float = 0.0) -> PlanOutcome | None:
+        """One planning attempt now on the latest snapshot (``month_peak_kw``, ``window_import_kwh``: as
+        :meth:`site_now`); None when it could not start (no SOC yet)."""
+        now = self.clock.now()
+        site = self.site_now(snap, month_peak_kw, window_import_kwh)
+        if site is None:
+            if snap is not None:
+                self.last_try = self.clock.monotonic()
+                log.warning("planning skipped (%s): no valid SOC measurement", why)
+            return None
+        self.last_try = self.clock.monotonic()
+        self.replan_until = None
+        self.deviation_since = None
+        outcome = await self.keeper.replan(now, site, self.timeout_s)
+        self.on_outcome(outcome, why, now)
+        return outcome
+
+    async def run(self, stop: asyncio.Event, attempt: Callable[[str], Awaitable[None]]) -> None:
+        """The planning task: every cycle, ``await attempt(why)`` when a plan is due, until ``stop``."""
+        while not stop.is_set():
+            why = self.due(self.clock.now())
+            if why is not None:
+                try:
+                    await attempt(why)
+                except Exception:  # planning must never take the controller down
+                    log.exception("planning task error")
+                    self.keeper.last_error, self.keeper.last_detail = Reason.PLANNER_FAILED, "internal error"
+            await self.clock.sleep(self.control.cycle_s)

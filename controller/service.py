@@ -5,12 +5,13 @@ Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
    (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
    device-health alarms raised and cleared);
-2. account energy, money and the demand peak; feed the forecasters' history;
+2. account energy, money and the demand peak (:class:`~controller.accounting.Accounting`); feed the
+   forecasters' history;
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
 4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
-5. write setpoints (only on a change beyond the deadband, or at the heartbeat) and keep the devices'
-   watchdogs alive;
+5. write setpoints (each device skips a change inside the deadband and re-sends at the heartbeat:
+   ``drivers.writes``) and keep the devices' watchdogs alive;
 6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
 
 The planning task re-plans at every planning interval, on a ``replan`` command and when the site
@@ -26,42 +27,36 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
-from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
-from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
+from controller.devices import Device
+from controller.dispatch import Decision, Dispatcher, Source, Target
+from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
     ForecastSource,
-    History,
     MeasuredForecasts,
+    MeasuredHistory,
     PlanKeeper,
-    SiteNow,
-    tou_rule_target,
+    PlanOutcome,
+    Replanner,
 )
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot, read_snapshot
-from controller.state_store import (
-    DemandTracker,
-    EnergyCounters,
-    StateStore,
-    StoredDemand,
-    StoredEnergy,
-    StoredMode,
-    StoredReserve,
-    read_stored,
-)
+from controller.state_store import StateStore, StoredMode, StoredReserve, read_stored
+from controller.targets import DemandWindow, mode_target
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.validation import ALARM_PREFIXES, ValidationTrace, Validator
 from drivers.device import ModbusDevice
-from drivers.profile import Profile, load_profile
+from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
@@ -71,7 +66,6 @@ from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
-from optimizer.timegrid import floor_to_step
 
 log = logging.getLogger(__name__)
 
@@ -80,30 +74,21 @@ PLAN_TIMEOUT_MARGIN_S = 1.0
 """Real seconds beyond twice the solver's time limit a planning attempt (forecasts, build, solve) may take."""
 CYCLE_TIMES_KEPT = 3600
 """Cycle times kept for statistics (an hour at the default cycle)."""
-MAX_ACCOUNTED_GAP_CYCLES = 5
-"""A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
 
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
-                  pool: ConnectionPool) -> dict[Role, ModbusDevice]:
+                  pool: ConnectionPool) -> dict[Role, Device]:
     """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file.
 
     Each device's deadline comes from its own settings and the control cycle in physical seconds
-    (``DeviceConfig.deadline``)."""
+    (``DeviceConfig.deadline``); unchanged setpoints are re-sent every ``control.heartbeat_s``."""
     devices = {}
     cycle_s = config.control.cycle_s / clock.speed
     for cfg in config.devices:
         path = resolve_profile(cfg.profile, config_path.resolve().parent)
         devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
-                                         deadline_s=cfg.deadline(cycle_s))
+                                         deadline_s=cfg.deadline(cycle_s), resend_s=config.control.heartbeat_s)
     return devices
-
-
-def reversion_s(profile: Profile) -> float | None:
-    """The battery's own fallback timer as the profile's ``remote_control.enter`` sets it (``setpoint_reversion_s``,
-    SunSpec 704 ``WSetRvrtTms``; 0 disables it there) [s]; ``None`` if it sets none."""
-    steps = profile.remote_control.enter if profile.remote_control is not None else []
-    return next((step.value or None for step in steps if step.point == "setpoint_reversion_s"), None)
 
 
 class Controller:
@@ -112,8 +97,8 @@ class Controller:
     Parameters
     ----------
     config : SiteConfig
-    devices : Mapping[Role, ModbusDevice]
-        One device per role.
+    devices : Mapping[Role, Device]
+        One device per role (``controller.devices``: a Modbus device, or an in-memory one in tests).
     clock : Clock
         Site time (shared with the simulated site when there is one).
     tariff : SiteTariff
@@ -125,7 +110,7 @@ class Controller:
         systemd notification; default from ``$NOTIFY_SOCKET``.
     """
 
-    def __init__(self, config: SiteConfig, devices: Mapping[Role, ModbusDevice], clock: Clock, tariff: SiteTariff,
+    def __init__(self, config: SiteConfig, devices: Mapping[Role, Device], clock: Clock, tariff: SiteTariff,
                  state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None):
         self.config = config
         self.devices = dict(devices)
@@ -136,12 +121,13 @@ class Controller:
         self.bus = Bus()
         self.notify = notify or SdNotify()
         self.store = StateStore(state_path, now)
+        self.audit = AuditLog(state_path, ctl.audit)
         self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
-                                     battery_reversion_s=reversion_s(self.devices[Role.BATTERY].profile))
+                                     battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
-        self.modes = ModeMachine(Mode(ctl.fallback_mode), now)
-        self.history = History(config.planner.step_minutes, ctl.history_days)
+        self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
+        self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
             LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
@@ -152,28 +138,23 @@ class Controller:
         self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
+        self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, bat.capacity_kwh,
+                                   config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S, self._planned)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
-                                 (bat.soc_min_pct, bat.soc_max_pct), self.request_replan)
-        demand = tariff.demand_charge(now)
-        self.demand = DemandTracker(tariff.billing_month, config.site.timezone,
-                                    demand.window_minutes if demand else ctl.demand_interval_minutes)
-        self.energy = EnergyCounters()
+                                 (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
+        self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
+                                     ctl.demand_interval_minutes, now)
+        self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
         self.alarms: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
         self.cycles = 0
         self.cycle_ms: deque[float] = deque(maxlen=CYCLE_TIMES_KEPT)
         """Read→write time of the latest cycles [ms, real time]."""
-        self._last_ts: datetime | None = None
         self._last_persist = -float("inf")
-        self._written: dict[str, tuple[float, float]] = {}  # point → (value, site monotonic of the write)
         self._online: dict[Role, bool | None] = {role: None for role in self.devices}
-        self._replan_until: datetime | None = None
-        self._last_plan_try: float | None = None
-        self._deviation_since: float | None = None
-        self._price_cache: tuple[datetime, dict[str, Any]] | None = None
+        self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._stop = asyncio.Event()
-        self._zone = ZoneInfo(config.site.timezone)
         self.telemetry: Telemetry | None = None
         self._restore(now)
 
@@ -206,8 +187,7 @@ class Controller:
                 s.delete(key)
             return value
 
-        self.demand.restore(read(DemandTracker.KEY, StoredDemand))
-        self.energy = EnergyCounters.from_stored(read(EnergyCounters.KEY, StoredEnergy))
+        self.accounting.restore(read(DemandTracker.KEY, StoredDemand), read(EnergyCounters.KEY, StoredEnergy))
         plan = s.get("plan")
         if plan:
             try:
@@ -234,8 +214,8 @@ class Controller:
     def persist(self, now: datetime) -> None:
         """Save counters, demand peak and operator requests."""
         s = self.store
-        s.put(DemandTracker.KEY, self.demand.to_dict(), now)
-        s.put(EnergyCounters.KEY, self.energy.to_dict(), now)
+        for key, value in self.accounting.stored().items():
+            s.put(key, value, now)
         r = self.modes.request
         if r is None:
             s.delete("mode")
@@ -247,15 +227,28 @@ class Controller:
         else:
             s.put("reserve", {"soc_pct": res.soc_pct, "until": res.until.isoformat()}, now)
         self._last_persist = self.clock.monotonic()
+        self.audit.flush(now)
         self._store_health(now)
 
     def _store_health(self, now: datetime) -> None:
-        """Alarm ``state_store_unwritable`` while the state file takes no writes (locked, read-only)."""
+        """Alarm ``state_store_unwritable`` while the state file takes no writes (locked, read-only), and
+        ``audit_log_unwritable``/``audit_entries_lost`` while audit entries wait in memory or were dropped."""
         if self.store.write_error is not None:
             self._raise("state_store_unwritable", f"state file {self.store.path} not writable: "
                         f"{self.store.write_error}; values kept in memory and retried", now)
         else:
             self._clear("state_store_unwritable", now)
+        audit = self.audit
+        if audit.write_error is not None:
+            self._raise("audit_log_unwritable", f"audit log in {audit.path} not writable: {audit.write_error}; "
+                        f"{audit.pending} entries kept in memory and retried", now)
+        else:
+            self._clear("audit_log_unwritable", now)
+        if audit.lost:
+            self._raise("audit_entries_lost", f"{audit.lost} audit entries dropped: more than "
+                        f"{audit.settings.max_pending} waited for the locked state file", now)
+        else:
+            self._clear("audit_entries_lost", now)
 
     # ------------------------------------------------------------------------------------------ alarms
 
@@ -282,88 +275,64 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------ commands
 
-    def apply(self, command: dict | Any) -> CommandResult:
-        """Apply an operator/remote command (see :mod:`controller.commands`)."""
-        result = self.commands.apply(command)
-        if result.accepted:
-            self.persist(self.clock.now())
-        return result
+    def apply(self, command: dict | Any, *, interface: str = "internal", identity: str | None = None) -> CommandResult:
+        """Apply an operator/remote command (see :mod:`controller.commands`) and record it in the audit log.
 
-    def request_replan(self, until: datetime) -> None:
-        self._replan_until = until
+        Parameters
+        ----------
+        interface : str
+            Where it came from: ``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park`` or ``internal``.
+        identity : str, optional
+            Who sent it: token name, MQTT user, client address (``None`` when the interface cannot tell).
+        """
+        now = self.clock.now()
+        try:
+            result = self.commands.apply(command, interface=interface, identity=identity)
+        except Exception as exc:  # recorded, then the caller answers it as an internal error
+            self.audit.record(ts=now, interface=interface, identity=identity, command=_command_name(command),
+                              payload=command, accepted=False, reason=f"internal error: {type(exc).__name__}")
+            raise
+        self.audit.record(ts=now, interface=interface, identity=identity, command=_command_name(command),
+                          payload=command, accepted=result.accepted, reason=result.reason)
+        if result.accepted:
+            self.persist(now)
+        else:
+            self._store_health(now)
+        return result
 
     # ------------------------------------------------------------------------------------------ the cycle
 
-    def _prices(self, now: datetime) -> dict[str, Any]:
-        minute = now.replace(second=0, microsecond=0)
-        if self._price_cache is None or self._price_cache[0] != minute:
-            p = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(minute)]))
-            self._price_cache = (minute, {"period": str(p.period[0]), "import_price": float(p.import_price_gross[0]),
-                                          "export_price": float(p.export_price[0]),
-                                          "currency": self.tariff.currency})
-        return self._price_cache[1]
-
     def _account(self, snap: Snapshot, now: datetime) -> None:
-        dt_h = 0.0
-        if self._last_ts is not None:
-            dt_s = (now - self._last_ts).total_seconds()
-            if 0 < dt_s <= MAX_ACCOUNTED_GAP_CYCLES * self.config.control.cycle_s:
-                dt_h = dt_s / 3600.0
-        self._last_ts = now
-        grid_kw, pv_kw, battery_kw = snap.value("grid_kw"), snap.value("pv_kw"), snap.value("battery_kw")
+        """Energy, money and demand peak (``controller.accounting``); the forecasters' step history."""
+        pv_kw = snap.value("pv_kw")
+        dt_h = self.accounting.add(now, snap.value("grid_kw"), pv_kw, snap.value("battery_kw"))
         self.history.add(now, pv_kw, snap.load_kw, dt_h)
-        if dt_h == 0 or grid_kw is None:
-            return
-        self.demand.add(now, grid_kw, dt_h)
-        if pv_kw is None or battery_kw is None:
-            return
-        prices = self._prices(now)
-        day = now.astimezone(self._zone).date().isoformat()
-        self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"], prices["export_price"],
-                        self.config.grid.export_cap_kw)
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
-        mode = state.mode
-        if mode is Mode.AUTO:
-            target = self.plans.target(now, self.demand.month_peak_kw(now))
-        elif mode is Mode.SELF_CONSUMPTION:
-            target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason=state.reason.value)
-        elif mode is Mode.TOU_RULE:
-            target = tou_rule_target(self._prices(now)["period"], snap.load_kw, snap.value("pv_kw"),
-                                     self.config.battery, state.reason.value)
-        elif mode is Mode.MANUAL:
-            assert state.request is not None and state.request.setpoint_kw is not None
-            target = Target(Source.MANUAL, Follow.BATTERY, state.request.setpoint_kw,
-                            expires_at=state.request.until, reason="operator")
-        elif mode is Mode.STANDBY:
-            target = Target(Source.STANDBY, Follow.BATTERY, 0.0, reason="operator")
-        else:
-            target = None
-        if target is not None and reserve is not None:
-            target = Target(target.source, target.follow, target.value_kw, target.grid_ceiling_kw, reserve,
-                            target.expires_at, target.reason)
-        return target
+        """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""
+        request = state.request
+        mode = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode  # monitor-only: what auto would do,
+        return mode_target(                                                   # published, not written
+            mode, state.reason.value, reserve_soc_pct=reserve,
+            plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
+            if mode is Mode.AUTO else None,
+            period=self.accounting.prices(now)["period"] if mode is Mode.TOU_RULE else "", load_kw=snap.load_kw,
+            pv_kw=snap.value("pv_kw"), max_charge_kw=self.config.battery.max_charge_kw,
+            manual_kw=request.setpoint_kw if mode is Mode.MANUAL and request is not None else None,
+            manual_until=request.until if mode is Mode.MANUAL and request is not None else None)
 
     async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
-        """Write ``value`` unless within ``deadband`` of the last write (re-sent at the heartbeat); error or None."""
+        """Write ``value`` (the device skips it within ``deadband`` of what it holds, and re-sends it at the
+        heartbeat: ``drivers.writes``); the error, or None."""
         device = self.devices[role]
         if device.online is not True:  # never block the cycle on connect attempts to a dead device
-            self._written.pop(point, None)
             return f"{device.name} unreachable: {device.last_error or 'not polled yet'}"
-        mono = self.clock.monotonic()
-        last = self._written.get(point)
-        heartbeat = last is not None and mono - last[1] >= self.config.control.heartbeat_s
-        if last is not None and abs(value - last[0]) < deadband and not heartbeat and not (value == 0 != last[0]):
-            value = last[0]
         try:
-            result = await device.write(point, value, force=heartbeat)
+            result = await device.write(point, value, deadband=deadband)
         except KeyError as exc:  # SunSpec points have no address until the device has been discovered
             return f"{device.name}: {point}: {exc}"
         if not result.ok:
-            self._written.pop(point, None)
             return f"{device.name}: {point}={value:g}: {result.detail}"
-        if result.sent or last is None:
-            self._written[point] = (result.value, mono)
         return None
 
     async def _write(self, decision: Decision, now: datetime) -> None:
@@ -386,13 +355,12 @@ class Controller:
         A sequence cut short because the device stopped answering in time leaves it offline, so the
         sequence runs again when the device is back."""
 
-        async def enter(role: Role, device: ModbusDevice) -> None:
+        async def enter(device: Device) -> None:
             for result in await device.enter_remote_control():
                 if not result.ok:
                     log.error("device %s: remote control not entered: %s", device.name, result.detail)
-            self._written = {p: w for p, w in self._written.items() if not _belongs(p, role)}
 
-        await asyncio.gather(*(enter(role, d) for role, d in self.devices.items()
+        await asyncio.gather(*(enter(d) for role, d in self.devices.items()
                                if d.online and not self._online[role]))
         for role, device in self.devices.items():
             self._online[role] = device.online
@@ -403,10 +371,13 @@ class Controller:
         snap = await read_snapshot(list(self.devices.values()), self.clock)
         t_read = time.perf_counter()
         now = snap.ts
-        written = self._written.get("battery_setpoint_kw")
-        snap, health, self.validation = self.validator.check(snap, written[0] if written else None)
+        written = self.devices[Role.BATTERY].last_written("battery_setpoint_kw")
+        snap, health, self.validation = self.validator.check(snap, written)
         self._set_alarms(health, ALARM_PREFIXES, now)
-        await self._remote_control()
+        writing = not self.modes.monitor_only
+        if writing:
+            await self._remote_control()
+            self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
         inputs = snap.dispatch_inputs()
@@ -416,11 +387,12 @@ class Controller:
         decision = self.dispatcher.step(inputs, target, now)
         self.decision = decision
         t_decide = time.perf_counter()
-        await self._write(decision, now)
+        if writing:
+            await self._write(decision, now)
         t_write = time.perf_counter()
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
                           for a in decision.alarms}, tuple(_ALARM_TEXT), now)
-        self._check_deviation(snap, now)
+        self.replanner.observe(snap, now)
         self.cycles += 1
         timing = {"read_ms": (t_read - t0) * 1e3, "decide_ms": (t_decide - t_read) * 1e3,
                   "write_ms": (t_write - t_decide) * 1e3, "cycle_ms": (t_write - t0) * 1e3}
@@ -431,16 +403,6 @@ class Controller:
         if self.clock.monotonic() - self._last_persist >= self.config.control.persist_interval_s:
             self.persist(now)
         return payload
-
-    def _check_deviation(self, snap: Snapshot, now: datetime) -> None:
-        planned = self.plans.planned_net_load_kw(now)
-        load, pv = snap.load_kw, snap.value("pv_kw")
-        mono = self.clock.monotonic()
-        if planned is None or load is None or pv is None \
-                or abs(load - pv - planned) <= self.config.control.replan_deviation_kw:
-            self._deviation_since = None
-        elif self._deviation_since is None:
-            self._deviation_since = mono
 
     def _state_payload(self, snap: Snapshot, state: ModeState, decision: Decision, target: Target | None,
                        timing: dict[str, float]) -> dict[str, Any]:
@@ -480,8 +442,8 @@ class Controller:
                          "manual_setpoint_kw": state.request.setpoint_kw if state.request else None,
                          "soc_reserve_pct": self.commands.reserve.soc_pct if self.commands.reserve else None},
             "plan": plan_info,
-            "tariff": self._prices(now),
-            "today": self.energy.to_dict(),
+            "tariff": self.accounting.prices(now),
+            "today": self.accounting.energy.to_dict(),
             "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
                        "interval_avg_kw": self.demand.current_average_kw(),
                        "import_cap_kw": self.config.grid.import_cap_kw},
@@ -509,60 +471,19 @@ class Controller:
             return None
         now_ns = pd.Timestamp(now).value
         if self.accuracy.due(now_ns):
-            pv, load = self.history.series()
-            ns = pv.index.as_unit("ns").asi8
-            self.accuracy.update(now_ns, (ns, pv.to_numpy(dtype=float)), (ns, load.to_numpy(dtype=float)))
+            pv, load = self.history.histories()
+            self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
         return self.accuracy.result
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _site_now(self) -> SiteNow | None:
-        snap = self.snapshot
-        soc = snap.value("soc_pct") if snap is not None else None
-        if snap is None or soc is None:
-            return None
-        return SiteNow(soc_kwh=soc / 100.0 * self.config.battery.capacity_kwh,
-                       bms_max_charge_kw=snap.value("max_charge_kw"),
-                       bms_max_discharge_kw=snap.value("max_discharge_kw"),
-                       month_peak_kw=self.demand.month_peak_kw(snap.ts))
-
-    def _plan_due(self, now: datetime) -> str | None:
-        ctl = self.config.control
-        mono = self.clock.monotonic()
-        if self._last_plan_try is None:
-            return "start"
-        since = mono - self._last_plan_try
-        if self._replan_until is not None:
-            if now <= self._replan_until:
-                return "requested"
-            self._replan_until = None
-        step = timedelta(minutes=self.config.replan_minutes)
-        last_wall = now - timedelta(seconds=since)
-        if floor_to_step(now, self.config.replan_minutes) > floor_to_step(last_wall, self.config.replan_minutes) \
-                and since >= min(ctl.min_replan_gap_s, step.total_seconds() / 2):
-            return "interval"
-        if since < ctl.min_replan_gap_s:
-            return None
-        if self.plans.status(now) is not None:
-            return "no_valid_plan"
-        if self._deviation_since is not None and mono - self._deviation_since >= ctl.replan_deviation_s:
-            return "deviation"
-        return None
-
     async def plan_once(self, why: str) -> None:
-        """One planning attempt now (the planning task calls this; tests may too)."""
-        now = self.clock.now()
-        site = self._site_now()
-        if site is None:
-            if self.snapshot is not None:
-                self._last_plan_try = self.clock.monotonic()
-                log.warning("planning skipped (%s): no valid SOC measurement", why)
-            return
-        self._last_plan_try = self.clock.monotonic()
-        self._replan_until = None
-        self._deviation_since = None
-        timeout_s = self.config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S
-        outcome = await self.plans.replan(now, site, timeout_s)
+        """One planning attempt now on the latest snapshot (the planning task calls this; tests may too)."""
+        snap, now = self.snapshot, self.clock.now()
+        await self.replanner.attempt(why, snap, self.demand.month_peak_kw(now), self.demand.running(now)[2])
+
+    def _planned(self, outcome: PlanOutcome, why: str, now: datetime) -> None:
+        """After a planning attempt: the ``planner_failed`` alarm, or the new plan stored and published."""
         if outcome.plan is None:
             self._raise("planner_failed", f"{outcome.error.value if outcome.error else ''}: {outcome.detail}", now)
             return
@@ -572,17 +493,6 @@ class Controller:
         self.store.put("plan", data, now)
         self._store_health(now)
         self.bus.publish(PLAN, {**data, "reason": why})
-
-    async def _planning_task(self) -> None:
-        while not self._stop.is_set():
-            why = self._plan_due(self.clock.now())
-            if why is not None:
-                try:
-                    await self.plan_once(why)
-                except Exception:  # planning must never take the controller down
-                    log.exception("planning task error")
-                    self.plans.last_error, self.plans.last_detail = Reason.PLANNER_FAILED, "internal error"
-            await self.clock.sleep(self.config.control.cycle_s)
 
     # ------------------------------------------------------------------------------------------ life cycle
 
@@ -599,9 +509,14 @@ class Controller:
     async def start_telemetry(self) -> Telemetry:
         """Start the enabled telemetry sinks (InfluxDB, MQTT, dashboard) on this controller's bus; idempotent."""
         if self.telemetry is None:
+            from controller.api.settings import RuntimeSettings
+
             ctx = TelemetryContext(site=self.config.site.name, timezone=self.config.site.timezone, clock=self.clock,
                                    apply=self.apply, state_dir=self.store.path.parent, currency=self.tariff.currency,
-                                   on_alarm=self._telemetry_alarm, tariff=self.tariff)
+                                   on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit,
+                                   cycle_s=self.config.control.cycle_s,
+                                   config=self.config.model_dump(mode="json"),
+                                   settings=RuntimeSettings(self.commands, self.apply))
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 
@@ -609,7 +524,7 @@ class Controller:
         """Run cycles until :meth:`stop` (or for ``duration_s`` site seconds), then shut down safely."""
         ctl = self.config.control
         await self.start_telemetry()
-        planning = asyncio.create_task(self._planning_task(), name="planning")
+        planning = asyncio.create_task(self.replanner.run(self._stop, self.plan_once), name="planning")
         started = self.clock.monotonic()
         try:
             first = True
@@ -636,7 +551,7 @@ class Controller:
                 await self.telemetry.aclose()
 
     @staticmethod
-    async def _zero_battery(battery: ModbusDevice) -> bool:
+    async def _zero_battery(battery: Device) -> bool:
         """Write 0 kW (polling the device first if it is not known to be online); True if confirmed."""
         try:
             if battery.online is not True:
@@ -654,9 +569,9 @@ class Controller:
         self.notify.stopping()
         now = self.clock.now()
         battery = self.devices.get(Role.BATTERY)
-        zeroed = battery is not None and await self._zero_battery(battery)
+        zeroed = not self._took_control or (battery is not None and await self._zero_battery(battery))
         released = True
-        for device in self.devices.values():
+        for device in self.devices.values() if self._took_control else ():
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
                 released = False
@@ -667,10 +582,13 @@ class Controller:
                     log.error("shutdown: %s did not leave remote control: %s", device.name, result.detail)
         self.persist(now)
         self.store.close()
+        self.audit.close()
         for device in self.devices.values():
-            device.connection.close()
+            device.close()
         self.notify.close()
-        if zeroed and released:
+        if not self._took_control:
+            log.warning("controller stopped: monitor-only, nothing was written")
+        elif zeroed and released:
             log.warning("controller stopped: battery 0 kW, remote control released")
         else:
             log.error("controller stopped: battery 0 kW %s, remote control %s (the devices' own reversion "
@@ -682,6 +600,8 @@ _ALARM_TEXT = {"data_missing": "required measurement missing or stale; safe stat
                "import_cap_unheld": "import above the contracted capacity and the battery cannot hold it"}
 
 
-def _belongs(point: str, role: Role) -> bool:
-    return (point == "battery_setpoint_kw" and role is Role.BATTERY) or (
-        point == "pv_limit_pct" and role is Role.PV_INVERTER)
+def _command_name(command: Any) -> str:
+    """The ``command`` of a command given as a dict or a model (``?`` when it has none)."""
+    name = command.get("command") if isinstance(command, Mapping) else getattr(command, "command", None)
+    return name if isinstance(name, str) else "?"
+

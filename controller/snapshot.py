@@ -19,33 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Protocol
 
+from controller.devices import Readable
 from controller.dispatch import DispatchInputs
 from drivers.config import DeviceConfig
 from drivers.readings import Reading, missing
 from drivers.roles import role_points
 from ems.clock import Clock
-
-
-class Pollable(Protocol):
-    """What the snapshot needs of a device (``drivers.device.ModbusDevice`` is one)."""
-
-    config: DeviceConfig
-
-    async def poll(self) -> dict[str, Reading]:
-        """The device's readings, within its own deadline."""
-        ...
-
-    @property
-    def online(self) -> bool | None:
-        """False when the last poll got no answer (in time)."""
-        ...
-
-    @property
-    def last_error(self) -> str:
-        """Why it is not online."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +85,7 @@ def _all_missing(config: DeviceConfig, ts: datetime, detail: str) -> dict[str, R
     return {p.name: missing(p.unit, ts, detail) for p in role_points(config.role) if not p.writable}
 
 
-async def read_snapshot(devices: Sequence[Pollable], clock: Clock) -> Snapshot:
+async def read_snapshot(devices: Sequence[Readable], clock: Clock) -> Snapshot:
     """Poll every device concurrently (each within its own deadline) and freeze the result."""
     ts = clock.now()
     results = await asyncio.gather(*(d.poll() for d in devices), return_exceptions=True)

@@ -1,8 +1,9 @@
 """What the controller must remember across restarts, in one SQLite file under the state directory.
 
-- the month-to-date peak import (30-minute average, the demand-charge basis) — :class:`DemandTracker`;
-- today's energy counters and money saved against no battery — :class:`EnergyCounters`;
-- the last valid plan (JSON) and the operator's mode request.
+- the month-to-date peak import and today's energy and money counters (``controller.accounting``);
+- the last valid plan (JSON) and the operator's mode request and SOC reserve.
+
+Each stored value is read back through its model (:func:`read_stored`, a :class:`StoredValue`).
 
 The store is a small key/value table of JSON documents. A file that SQLite cannot read is moved
 aside (``<name>.corrupt-<UTC time>``), :attr:`StateStore.alarm` says so, and the controller starts
@@ -16,12 +17,9 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -150,37 +148,13 @@ class StateStore:
         self._db.close()
 
 
-class _Stored(BaseModel):
+class StoredValue(BaseModel):
     """A value as the controller stores it (extra keys tolerated: older or newer versions may add some)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class StoredDemand(_Stored):
-    """The ``demand`` value: :meth:`DemandTracker.to_dict`."""
-
-    month: str | None = None
-    peak_kw: float = Field(0.0, ge=0, allow_inf_nan=False)
-    peak_at: AwareDatetime | None = None
-    interval_start: AwareDatetime | None = None
-    interval_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-
-
-class StoredEnergy(_Stored):
-    """The ``energy`` value: :meth:`EnergyCounters.to_dict` (kWh ≥ 0, money any finite number)."""
-
-    day: str = ""
-    import_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-    export_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-    pv_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-    load_kwh: float = Field(0.0, allow_inf_nan=False)
-    charge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-    discharge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
-    cost: float = Field(0.0, allow_inf_nan=False)
-    cost_no_battery: float = Field(0.0, allow_inf_nan=False)
-
-
-class StoredMode(_Stored):
+class StoredMode(StoredValue):
     """The ``mode`` value: the operator's mode request."""
 
     mode: str = Field(pattern="^(auto|self_consumption|tou_rule|manual|standby)$")
@@ -188,14 +162,14 @@ class StoredMode(_Stored):
     setpoint_kw: float | None = Field(None, allow_inf_nan=False)
 
 
-class StoredReserve(_Stored):
+class StoredReserve(StoredValue):
     """The ``reserve`` value: the operator's SOC reserve."""
 
     soc_pct: float = Field(ge=0, le=100, allow_inf_nan=False)
     until: AwareDatetime
 
 
-def read_stored(store: StateStore, key: str, model: type[_Stored]) -> tuple[_Stored | None, str | None]:
+def read_stored(store: StateStore, key: str, model: type[StoredValue]) -> tuple[StoredValue | None, str | None]:
     """The value under ``key`` checked against ``model``: ``(value, None)``, ``(None, None)`` when absent, or
     ``(None, why)`` when it is not what the controller stores (the caller resets it and raises an alarm)."""
     data = store.get(key)
@@ -206,142 +180,3 @@ def read_stored(store: StateStore, key: str, model: type[_Stored]) -> tuple[_Sto
     except ValidationError as exc:
         why = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
         return None, f"{key}: {why}"
-
-
-class DemandTracker:
-    """Month-to-date peak of the average import over fixed demand intervals.
-
-    Parameters
-    ----------
-    billing_month : Callable[[datetime], str]
-        The billing month (e.g. ``"2026-05"``) of an instant, in the tariff's local time.
-    timezone : str
-        IANA zone; intervals are aligned to the local clock (:00, :30 for 30 min).
-    interval_minutes : int
-        Demand interval. [min]
-    """
-
-    KEY = "demand"
-
-    def __init__(self, billing_month: Callable[[datetime], str], timezone: str, interval_minutes: int = 30):
-        self.billing_month = billing_month
-        self.zone = ZoneInfo(timezone)
-        self.interval = timedelta(minutes=interval_minutes)
-        self.month: str | None = None
-        self.peak_kw = 0.0
-        self.peak_at: str | None = None
-        self._start: datetime | None = None
-        self._kwh = 0.0
-
-    def _interval_start(self, t: datetime) -> datetime:
-        local = t.astimezone(self.zone)
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        return (midnight + ((local - midnight) // self.interval) * self.interval).astimezone(UTC)
-
-    def add(self, t: datetime, import_kw: float, dt_h: float) -> bool:
-        """Add ``import_kw`` over ``dt_h`` ending at ``t``; True when the month peak rose (an interval closed).
-
-        Parameters
-        ----------
-        import_kw : float
-            Grid import (export counts as 0). [kW]
-        dt_h : float
-            Duration. [h]
-        """
-        start = self._interval_start(t - timedelta(microseconds=1))
-        rose = False
-        if self._start is not None and start != self._start:
-            rose = self._close()
-        if self._start != start:
-            self._start, self._kwh = start, 0.0
-        self._kwh += max(0.0, import_kw) * dt_h
-        return rose
-
-    def _close(self) -> bool:
-        assert self._start is not None
-        month = self.billing_month(self._start)
-        if month != self.month:
-            self.month, self.peak_kw, self.peak_at = month, 0.0, None
-        avg_kw = self._kwh / (self.interval.total_seconds() / 3600.0)
-        if avg_kw > self.peak_kw:
-            self.peak_kw, self.peak_at = avg_kw, self._start.isoformat()
-            return True
-        return False
-
-    def month_peak_kw(self, now: datetime) -> float:
-        """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
-        return self.peak_kw if self.month == self.billing_month(now) else 0.0
-
-    def current_average_kw(self) -> float:
-        """Average import in the running interval so far, over the whole interval length. [kW]"""
-        return self._kwh / (self.interval.total_seconds() / 3600.0)
-
-    def to_dict(self) -> dict:
-        return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
-                "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh}
-
-    def restore(self, data: StoredDemand | None) -> None:
-        """Resume from a checked :meth:`to_dict` output (the running interval too, if it is still running)."""
-        if data is None:
-            return
-        self.month, self.peak_kw = data.month, data.peak_kw
-        self.peak_at = data.peak_at.isoformat() if data.peak_at else None
-        if data.interval_start is not None:
-            self._start = data.interval_start.astimezone(UTC)
-            self._kwh = data.interval_kwh
-
-
-@dataclass
-class EnergyCounters:
-    """Energies [kWh] and money [currency] of one local day, and the same day without the battery.
-
-    ``cost`` is what the measured import and export cost at the tariff's energy prices; ``cost_no_battery``
-    is what the same load and PV would have cost with no battery (grid = load − PV, export beyond the cap
-    curtailed). ``saved = cost_no_battery − cost`` (energy charges only; demand charges are in the bill).
-    """
-
-    day: str = ""
-    import_kwh: float = 0.0
-    export_kwh: float = 0.0
-    pv_kwh: float = 0.0
-    load_kwh: float = 0.0
-    charge_kwh: float = 0.0
-    discharge_kwh: float = 0.0
-    cost: float = 0.0
-    cost_no_battery: float = 0.0
-
-    KEY = "energy"
-
-    def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
-            import_price: float, export_price: float, export_cap_kw: float) -> None:
-        """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]."""
-        if day != self.day:
-            for f in fields(self):
-                setattr(self, f.name, f.default)
-            self.day = day
-        load_kw = grid_kw + pv_kw + battery_kw
-        self.import_kwh += max(0.0, grid_kw) * dt_h
-        self.export_kwh += max(0.0, -grid_kw) * dt_h
-        self.pv_kwh += pv_kw * dt_h
-        self.load_kwh += load_kw * dt_h
-        self.discharge_kwh += max(0.0, battery_kw) * dt_h
-        self.charge_kwh += max(0.0, -battery_kw) * dt_h
-        self.cost += (max(0.0, grid_kw) * import_price - max(0.0, -grid_kw) * export_price) * dt_h
-        grid_nb = max(load_kw - pv_kw, -export_cap_kw)
-        self.cost_no_battery += (max(0.0, grid_nb) * import_price - max(0.0, -grid_nb) * export_price) * dt_h
-
-    @property
-    def saved(self) -> float:
-        return self.cost_no_battery - self.cost
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["saved"] = self.saved
-        return d
-
-    @classmethod
-    def from_stored(cls, data: StoredEnergy | None) -> EnergyCounters:
-        """Counters from a checked :meth:`to_dict` output (zero when there is none)."""
-        if data is None:
-            return cls()
-        return cls(**data.model_dump(include={f.name for f in fields(cls)}))

@@ -1,4 +1,5 @@
-"""``ems devices read``: poll every configured device once and print what it says.
+"""``ems devices read``: poll every configured device once and print what it says; ``ems devices write`` and
+``ems devices test``: the commissioning tools (``drivers.commissioning``).
 
 ``register`` also hands the ``ems`` subparsers to ``drivers.simulated.cli`` (``ems sim serve``,
 ``ems devices scan``) when that module is present.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,24 @@ def register(sub: Any) -> None:
     read.add_argument("--device", action="append", default=[], metavar="NAME",
                       help="only this device (repeatable)")
     read.set_defaults(func=_read)
+    write = actions.add_parser("write", help="write one point of one device (within the profile's limits), "
+                                             "read it back and print what the device reports")
+    write.add_argument("--config", required=True, help="site file with a devices: list")
+    write.add_argument("device", metavar="DEVICE", help="device name in the site file")
+    write.add_argument("point", metavar="POINT", help="writable point of the device's profile")
+    write.add_argument("value", metavar="VALUE", type=float, help="value in the point's unit")
+    write.set_defaults(func=_write)
+    test = actions.add_parser("test", help="battery commissioning test: small charge, small discharge, 0 kW, each "
+                                           "held a few seconds; checks sign, response and read-back; ends at 0 kW")
+    test.add_argument("--config", required=True, help="site file with a devices: list")
+    test.add_argument("device", metavar="DEVICE", help="battery device name in the site file")
+    test.add_argument("--kw", type=float, default=5.0, help="test power [kW] (default 5)")
+    test.add_argument("--hold-s", type=float, default=5.0, help="how long each step is held [s] (default 5)")
+    test.add_argument("--allow-s", type=float, default=10.0,
+                      help="time the unit may take to reach each setpoint [s] (default 10)")
+    test.add_argument("--tolerance-kw", type=float, default=None,
+                      help="largest difference of measured from asked power [kW] (default 20 %% of --kw, ≥ 0.5)")
+    test.set_defaults(func=_test)
     try:
         simulated = importlib.import_module("drivers.simulated.cli")
     except ModuleNotFoundError as exc:
@@ -42,6 +62,92 @@ def _read(args: argparse.Namespace) -> int:
             raise ConfigError(args.config, [FieldError("devices", f"no device named {', '.join(unknown)}")])
         configs = [c for c in configs if c.name in args.device]
     return asyncio.run(_poll_and_print(configs, Path(args.config).parent))
+
+
+def _one_device(path: str, name: str):
+    """The ``DeviceConfig`` named ``name`` in the site file (ConfigError naming the devices if there is none)."""
+    from drivers.config import load_devices
+    from ems.yamlfile import ConfigError, FieldError
+
+    configs = load_devices(path)
+    config = next((c for c in configs if c.name == name), None)
+    if config is None:
+        raise ConfigError(path, [FieldError("devices", f"no device named {name}; devices: "
+                                            f"{', '.join(c.name for c in configs)}")])
+    return config
+
+
+def _write(args: argparse.Namespace) -> int:
+    from drivers import commissioning
+
+    config = _one_device(args.config, args.device)
+    limits = commissioning.pcs_limits(args.config, args.device)
+    return asyncio.run(_with_device(config, Path(args.config).parent, lambda device: _write_and_print(
+        device, args.point, args.value, limits)))
+
+
+async def _write_and_print(device, point: str, value: float, limits) -> int:
+    from drivers import commissioning
+
+    report = await commissioning.write_point(device, point, value, limits)
+    r = report.result
+    unit = f" {device.profile.points[point].unit}".rstrip()
+    back = "not verified" if r.verified is None else "verified" if r.verified else "MISMATCH"
+    print(f"{device.name}: wrote {point} = {r.value:g}{unit} ({back}){': ' + r.detail if r.detail else ''}")
+    shown = f"{report.reported:g}" if isinstance(report.reported, float) else str(report.reported)
+    print(f"{device.name}: reports {point} = {shown}{unit}{' (' + report.detail + ')' if report.detail else ''}")
+    return 0 if r.ok else 1
+
+
+def _test(args: argparse.Namespace) -> int:
+    from drivers import commissioning
+
+    config = _one_device(args.config, args.device)
+    limits = commissioning.pcs_limits(args.config, args.device)
+    tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(0.5, 0.2 * args.kw)
+    return asyncio.run(_with_device(config, Path(args.config).parent, lambda device: _test_and_print(
+        device, args.kw, args.hold_s, args.allow_s, tolerance, limits)))
+
+
+async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tolerance_kw: float, limits) -> int:
+    from drivers import commissioning
+    from ems.clock import WallClock
+
+    commissioning.check_test(device, kw, limits)
+    print(f"{device.name}: charge {kw:g} kW, discharge {kw:g} kW, 0 kW, each held {hold_s:g} s "
+          f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW); Ctrl-C stops at 0 kW", flush=True)
+    print(commissioning.row_text(commissioning.STEP_HEADER), flush=True)
+    try:
+        results = await commissioning.battery_test(
+            device, WallClock(), kw, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, pcs_kw=limits,
+            on_step=lambda r: print(commissioning.row_text(commissioning.step_row(r)), flush=True))
+    except asyncio.CancelledError:
+        print("interrupted", file=sys.stderr)
+        raise
+    passed = all(r.passed for r in results)
+    print(f"{device.name}: {'PASS' if passed else 'FAIL'}")
+    return 0 if passed else 1
+
+
+async def _with_device(config, base_dir: Path, run) -> int:
+    """Open one device, run ``run(device)``; a refusal or an unreachable device is one line on stderr."""
+    from drivers.commissioning import Refused
+    from drivers.device import open_devices
+    from drivers.transport import ConnectionPool
+    from ems.clock import WallClock
+
+    pool = ConnectionPool()
+    try:
+        (device,) = open_devices([config], WallClock(), pool, base_dir)
+        return await run(device)
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        pool.close()
 
 
 async def _poll_and_print(configs: list, base_dir: Path) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from drivers.readings import Quality, Reading, missing
 from drivers.roles import CANONICAL_POINTS
 from drivers.sunspec import SunSpecError, discover, resolve
 from drivers.transport import Connection, ConnectionPool, DeviceException, TransportError
+from drivers.writes import WriteMemory, WriteResult
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -87,31 +88,6 @@ def plan_blocks(items: Iterable[tuple[str, Function, int, int, str | None]], max
     return blocks
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """Outcome of :meth:`ModbusDevice.write`.
-
-    ``value`` is what was (or would have been) written after clamping, in the point's unit; ``sent``
-    is False when the write was skipped because the device already holds it; ``verified`` is None
-    when no read-back was made.
-    """
-
-    point: str
-    requested: float
-    value: float
-    clamped: bool
-    sent: bool
-    verified: bool | None
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class _Written:
-    value: float
-    at: float  # site monotonic seconds
-
-
 @dataclass
 class _Health:
     failures: int = 0
@@ -119,14 +95,13 @@ class _Health:
     retry_at: float = -math.inf
     last_error: str = ""
     write_failures: int = 0
-    written: dict[str, _Written] = field(default_factory=dict)
 
 
 class ModbusDevice:
     """A device described by a profile, reached over a shared :class:`Connection`."""
 
     def __init__(self, config: DeviceConfig, profile: Profile, connection: Connection, clock: Clock,
-                 deadline_s: float | None = None):
+                 deadline_s: float | None = None, resend_s: float | None = None):
         if config.role not in profile.roles:
             raise ValueError(f"{config.name}: profile {profile.name} does not serve role {config.role}")
         self.config = config
@@ -136,6 +111,7 @@ class ModbusDevice:
         self.connection = connection
         self.clock = clock
         self._health = _Health()
+        self._writes = WriteMemory(resend_s)
         self._sf: dict[tuple[Function, int], int] = {}
         self._latest: dict[str, Reading] = {}
         self._heartbeat_at = -math.inf
@@ -150,6 +126,16 @@ class ModbusDevice:
     def online(self) -> bool | None:
         """True after a poll that got answers, False after one that did not, None before the first poll."""
         return self._health.online
+
+    @property
+    def reversion_s(self) -> float | None:
+        """The device's own fallback timer as the profile's ``remote_control.enter`` sets it [s]; ``None`` if it
+        sets none (see :func:`reversion_s`)."""
+        return reversion_s(self.profile)
+
+    def close(self) -> None:
+        """Close this device's connection (shared with the other unit ids on its endpoint)."""
+        self.connection.close()
 
     @property
     def write_failures(self) -> int:
@@ -188,7 +174,9 @@ class ModbusDevice:
     # ------------------------------------------------------------------------------------------ reads
 
     def _lost(self, error: str) -> None:
+        """No answer: back off, and forget what was written (the device may have reverted meanwhile)."""
         h = self._health
+        self._writes.forget()
         h.failures += 1
         h.last_error = error
         delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (h.failures - 1))
@@ -348,12 +336,16 @@ class ModbusDevice:
             return False, f"read-back of {name} is {back.value:g}, wrote {value:g}"
         return True, ""
 
-    async def write(self, point_name: str, value: float, *, force: bool = False) -> WriteResult:
-        """Write a writable point: clamp to its limits, skip if unchanged, verify by reading back.
+    async def write(self, point_name: str, value: float, *, force: bool = False,
+                    deadband: float = 0.0) -> WriteResult:
+        """Write a writable point: clamp to its limits, skip if not due, verify by reading back.
 
-        The value is re-sent when it differs from the last successful write, when ``write.rewrite_s``
-        has passed since then, or when ``force`` is set. A point with ``write.direction`` is written
-        as its magnitude plus a direction command (see ``drivers.profile.Direction``).
+        The value is sent when it is due (``drivers.writes.WriteMemory.due``): it differs from the last
+        successful write by at least ``deadband`` [point unit] (any change when 0; a change to 0 always),
+        ``write.rewrite_s`` or the device's ``resend_s`` has passed since then, or ``force`` is set.
+        A skipped write reports the value the device holds (``sent`` False). A point with
+        ``write.direction`` is written as its magnitude plus a direction command (see
+        ``drivers.profile.Direction``).
         """
         p = self.profile.points.get(point_name)
         if p is None or p.write is None or p.address is None:
@@ -367,11 +359,10 @@ class ModbusDevice:
         clamped = target != float(value)
         detail = f"clamped {value:g} to {target:g} {p.unit}".rstrip() if clamped else ""
         now = self.clock.monotonic()
-        last = self._health.written.get(point_name)
-        due = last is None or last.value != target or force or (
-            spec.rewrite_s is not None and now - last.at >= spec.rewrite_s)
-        if not due:
-            return WriteResult(point_name, float(value), target, clamped, False, None, True,
+        if not self._writes.due(point_name, target, now, deadband=deadband, force=force, period_s=spec.rewrite_s):
+            held = self._writes.last(point_name)
+            assert held is not None
+            return WriteResult(point_name, float(value), held.value, clamped, False, None, True,
                                (detail + "; " if detail else "") + "unchanged, not re-sent")
         try:
             verified, why = await within(self._write_point(point_name, p, target), self.deadline_s)
@@ -380,18 +371,24 @@ class ModbusDevice:
             if isinstance(exc, TransportError | TimeoutError):  # no answer: unreachable until a poll answers in time
                 self._lost(error)
             self._health.write_failures += 1
-            self._health.written.pop(point_name, None)
+            self._writes.forget(point_name)
             return WriteResult(point_name, float(value), target, clamped, True, None, False,
                                "; ".join(x for x in (detail, error) if x))
         ok = verified is not False
         if ok:
-            self._health.written[point_name] = _Written(target, now)
+            self._writes.record(point_name, target, now)
         else:
             self._health.write_failures += 1
-            self._health.written.pop(point_name, None)
+            self._writes.forget(point_name)
             log.warning("device %s: write %s=%g did not apply: %s", self.name, point_name, target, why)
         return WriteResult(point_name, float(value), target, clamped, True, verified, ok,
                            "; ".join(x for x in (detail, why) if x))
+
+    def last_written(self, point_name: str) -> float | None:
+        """The value the device holds from our last successful write of ``point_name``, ``None`` if none (never
+        written, the write failed, or the device was lost or entered remote control since). [point unit]"""
+        held = self._writes.last(point_name)
+        return held.value if held is not None else None
 
     async def _write_point(self, name: str, p: Point, target: float) -> tuple[bool | None, str]:
         """Write ``target`` to point ``name`` (as direction command + magnitude if it has one); (verified, detail)."""
@@ -420,6 +417,8 @@ class ModbusDevice:
 
     async def _sequence(self, which: str) -> list[WriteResult]:
         results: list[WriteResult] = []
+        if which == "enter":  # the device starts remote control from its own values: send every setpoint again
+            self._writes.forget()
         if self.profile.remote_control is None:
             return results
         for step in getattr(self.profile.remote_control, which):
@@ -448,6 +447,13 @@ class ModbusDevice:
         self._heartbeat_count += 1
         self._heartbeat_at = now
         return True
+
+
+def reversion_s(profile: Profile) -> float | None:
+    """The battery's own fallback timer as the profile's ``remote_control.enter`` sets it (``setpoint_reversion_s``,
+    SunSpec 704 ``WSetRvrtTms``; 0 disables it there) [s]; ``None`` if it sets none."""
+    steps = profile.remote_control.enter if profile.remote_control is not None else []
+    return next((step.value or None for step in steps if step.point == "setpoint_reversion_s"), None)
 
 
 def _s16(register: int) -> int:

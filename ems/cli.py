@@ -13,7 +13,7 @@ import sys
 
 from ems.yamlfile import ConfigError
 
-SUBCOMMAND_MODULES = ("optimizer.cli", "drivers.cli", "controller.cli", "simulations.cli")
+SUBCOMMAND_MODULES = ("optimizer.cli", "drivers.cli", "controller.cli", "simulations.cli", "park.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

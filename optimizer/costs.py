@@ -109,6 +109,32 @@ def month_floors_kw(inputs: PlanInputs) -> np.ndarray:
     return peak.copy()
 
 
+def window_average_import_kw(import_kw: np.ndarray, inputs: PlanInputs) -> np.ndarray:
+    """The demand measure per step: the average import of the step's demand window up to the end of the step,
+    counting the import measured in the first window before the plan (``inputs.window_import_kwh``); at a
+    window's last step, the window's average (the billed value). Per-step import without windows. [kW]
+
+    A window is ``inputs.demand_window_h`` long (a step at least that long is its own window) and restarts with
+    a billing month, as in the LP (:mod:`optimizer.lp_model`).
+    """
+    imp = np.asarray(import_kw, dtype=float)
+    if inputs.demand_window is None or inputs.demand_window_h <= 0:
+        return imp
+    dt = np.asarray(inputs.grid.duration_h, dtype=float)
+    energy = imp * dt / np.maximum(dt, inputs.demand_window_h)
+    start = np.ones(len(imp), dtype=bool)
+    start[1:] = np.diff(inputs.demand_window) != 0
+    if inputs.billing_month is not None:
+        start[1:] |= np.diff(inputs.billing_month) != 0
+    group = np.cumsum(start) - 1
+    cumulative = np.cumsum(energy)
+    before = np.concatenate([[0.0], cumulative])[np.flatnonzero(start)][group]
+    out = cumulative - before
+    if len(out):
+        out[group == 0] += inputs.window_import_kwh / inputs.demand_window_h
+    return out
+
+
 def slack_penalty_per_kwh(inputs: PlanInputs, settings: PlannerSettings, *,
                           max_abs_price: float | None = None) -> float:
     """Penalty P on every slack: the setting, raised so that breaking a soft constraint never pays. [currency/kWh]
@@ -132,7 +158,7 @@ def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid:
     Penalties (P = :func:`slack_penalty_per_kwh`): P·dt per kWh of SOC outside the window
     per step, P·dt per kW above an import or export cap, P·dt₀ per kW of first-step battery power
     away from ``inputs.fixed_battery_kw``. The demand term is ``rate × max(0, peak import − peak so
-    far)`` per billing month, with per-step average import as the demand measure.
+    far)`` per billing month, on the tariff's measure (:func:`window_average_import_kw`).
     """
     dt = np.asarray(inputs.grid.duration_h, dtype=float)
     s = schedule
@@ -143,8 +169,9 @@ def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid:
     demand = 0.0
     if inputs.demand_charge_per_kw > 0:
         months = inputs.billing_month if inputs.billing_month is not None else np.zeros(len(dt), dtype=int)
+        measure = window_average_import_kw(s.import_kw, inputs)
         for m, floor in enumerate(month_floors_kw(inputs)):
-            imp = s.import_kw[months == m]
+            imp = measure[months == m]
             if imp.size:
                 demand += inputs.demand_charge_per_kw * max(0.0, float(imp.max()) - float(floor))
     terminal = terminal_value_per_kwh(inputs, battery, settings) * float(s.soc_kwh[-1])
@@ -191,4 +218,5 @@ def make_plan(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid
         soc0_kwh=float(inputs.soc0_kwh), soc_kwh=s.soc_kwh, pv_kw=inputs.pv_kw.copy(), curtail_kw=s.curtail_kw,
         load_kw=inputs.load_kw.copy(), import_price=inputs.import_price.copy(),
         export_price=inputs.export_price.copy(), capacity_kwh=battery.capacity_kwh, objective=objective,
-        solver=solver, slack=slack, period=tuple(inputs.period) if inputs.period is not None else None)
+        solver=solver, slack=slack, period=tuple(inputs.period) if inputs.period is not None else None,
+        demand_kw=window_average_import_kw(s.import_kw, inputs) if inputs.demand_charge_per_kw > 0 else None)

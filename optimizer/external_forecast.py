@@ -23,7 +23,7 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -296,3 +296,14 @@ class WithExternal:
         pv, self.origin["pv_kw"] = self.external.blend("pv_kw", grid, pv, now)
         load, self.origin["load_kw"] = self.external.blend("load_kw", grid, load, now)
         return pv, load
+
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        """The built-in source's net-load risk (external forecasts carry no error history). [kW]"""
+        return self.builtin.peak_risk(grid, pv_kw, load_kw)
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
+        """The built-in PV quantiles while the PV forecast is the built-in one; None while an external PV
+        forecast is laid over it (it comes without quantiles, so the surplus-day rule stands aside). [kW]"""
+        if self.origin["pv_kw"] != "builtin":
+            return None
+        return self.builtin.pv_quantiles(grid, levels)

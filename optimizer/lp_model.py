@@ -33,11 +33,13 @@ INF = 1e20
 #: entry per step, the others one entry. The powers come first, next to each other, so that the planner rounds
 #: them in one pass.
 POWER_PARAMS = ("pv", "load_kw", "ch_max", "dis_max", "imp_cap", "exp_cap")
-STEP_PARAMS = (*POWER_PARAMS, "c_imp", "c_exp", "peak_floor", "peak_cost", "peak_reset", "c_tie")
+STEP_PARAMS = (*POWER_PARAMS, "c_imp", "c_exp", "peak_floor", "peak_cost", "peak_reset", "c_tie", "win_reset",
+               "win_prior", "risk")
 SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 
-def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = True) -> pyo.ConcreteModel:
+def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = True, window_h: float = 0.0,
+                reserve_h: float = 0.0, reserve_weight: float = 0.1) -> pyo.ConcreteModel:
     """Write the dispatch LP for a fixed grid of steps.
 
     Parameters
@@ -48,13 +50,26 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         Efficiencies, SOC window and standby loss (fixed for the model's life).
     demand : bool
         Include the running-peak variables of the demand charge.
+    window_h : float
+        The tariff's demand measure: average import over windows of this length (the windows themselves are the
+        Param ``win_reset``, 1 where a window starts); a step at least this long is its own window. 0 = per step. [h]
+    reserve_h : float
+        Under a demand charge: how long a net load above the forecast by ``risk`` [kW] may last. The part of such
+        an excess the battery could not absorb from its power headroom and its energy above the SOC floor would
+        raise the month's peak; the highest such rise (``ex``, a running maximum per month) is charged at
+        ``reserve_weight`` × the demand rate. 0 = no reserve (no such columns or rows). [h]
+    reserve_weight : float
+        The chance that the excess comes, as a weight on the demand rate. [-]
 
     Returns
     -------
     pyomo.environ.ConcreteModel
         Variables ``ch, dis, imp, over, exp, dump, curt, soc_w, s_lo, s_hi`` per step (SOC =
         ``soc_w − s_lo + s_hi``, also the Expression ``soc``), ``fix_up,
-        fix_dn`` for step 0 and ``pk`` per step when ``demand``; all inputs are mutable Params
+        fix_dn`` for step 0, ``pk`` (running peak) and ``win`` (window-average import so far) per step when
+        ``demand``, and ``rsv`` (excess the battery absorbs) and ``ex`` (running peak rise from an excess it does
+        not) per step when ``demand`` and ``reserve_h``; all
+        inputs are mutable Params
         (``STEP_PARAMS`` per step, ``SCALAR_PARAMS`` scalar) initialised to 0.
     """
     dt = [float(x) for x in np.asarray(duration_h, dtype=float)]
@@ -97,10 +112,28 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
     m.fix = pyo.Constraint(expr=m.dis[0] - m.ch[0] + m.fix_up - m.fix_dn == m.fix_kw)
 
     if demand:
+        # share of a window's average one kW of import over step t adds [-]
+        share = [d / max(window_h, d) if window_h > 0 else 1.0 for d in dt]
+        later = pyo.RangeSet(1, n - 1) if n > 1 else pyo.Set(initialize=[])
         m.pk = pyo.Var(m.T, bounds=lambda m, t: (m.peak_floor[t], None))
-        m.pk_imp = pyo.Constraint(m.T, rule=lambda m, t: m.pk[t] >= m.imp[t] + m.over[t])
-        m.pk_run = pyo.Constraint(pyo.RangeSet(1, n - 1) if n > 1 else pyo.Set(initialize=[]),
-                                  rule=lambda m, t: m.pk[t] - m.pk[t - 1] >= -INF * m.peak_reset[t])
+        m.win = pyo.Var(m.T, bounds=(0, None))
+        m.win_first = pyo.Constraint(m.T, rule=lambda m, t: (
+            m.win[t] - share[t] * (m.imp[t] + m.over[t]) >= m.win_prior[t]))
+        m.win_run = pyo.Constraint(later, rule=lambda m, t: (
+            m.win[t] - m.win[t - 1] - share[t] * (m.imp[t] + m.over[t]) >= -INF * m.win_reset[t]))
+        m.pk_win = pyo.Constraint(m.T, rule=lambda m, t: m.pk[t] >= m.win[t])
+        if reserve_h > 0:
+            # share of a window's average an excess lasting reserve_h adds [-]
+            lasting = min(reserve_h, window_h) / window_h if window_h > 0 else 1.0
+            m.rsv = pyo.Var(m.T, bounds=lambda m, t: (0, m.risk[t]))
+            m.ex = pyo.Var(m.T, bounds=(0, None))
+            m.ex_win = pyo.Constraint(m.T, rule=lambda m, t: (
+                m.ex[t] + m.pk[t] - m.win[t] + lasting * m.rsv[t] >= lasting * m.risk[t]))
+            m.ex_run = pyo.Constraint(later, rule=lambda m, t: m.ex[t] - m.ex[t - 1] >= -INF * m.peak_reset[t])
+            m.rsv_power = pyo.Constraint(m.T, rule=lambda m, t: m.rsv[t] + m.dis[t] - m.ch[t] <= m.dis_max[t])
+            m.rsv_energy = pyo.Constraint(m.T, rule=lambda m, t: (
+                m.soc_w[t] - m.s_lo[t] + m.s_hi[t] - reserve_h * m.rsv[t] / eta_d >= battery.soc_min_kwh))
+        m.pk_run = pyo.Constraint(later, rule=lambda m, t: m.pk[t] - m.pk[t - 1] >= -INF * m.peak_reset[t])
 
     def step_cost(t):
         yield dt[t] * m.c_imp[t] * m.imp[t]
@@ -113,6 +146,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         yield dt[t] * m.pen * m.s_hi[t]
         if demand:
             yield m.peak_cost[t] * m.pk[t]
+        if demand and reserve_h > 0:
+            yield reserve_weight * m.peak_cost[t] * m.ex[t]
 
     terms = [term for t in m.T for term in step_cost(t)]
     terms += [dt[0] * m.fix_pen * m.fix_up, dt[0] * m.fix_pen * m.fix_dn,
@@ -362,7 +397,8 @@ TEMPLATE_MID = 2
 
 
 def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, demand: bool = True,
-                    check_steps: int = 7) -> AffineLP:
+                    check_steps: int = 7, window_h: float = 0.0, reserve_h: float = 0.0,
+                    reserve_weight: float = 0.1) -> AffineLP:
     """The affine LP of ``build_model`` for ``steps`` equal steps, without building it at that size.
 
     The model couples a step only to its neighbour, so every middle step has the same rows, columns
@@ -378,9 +414,12 @@ def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, demand: boo
         Duration of every step. [h]
     steps : int
         Number of steps (≥ ``TEMPLATE_STEPS``).
+    window_h, reserve_h, reserve_weight : float
+        As :func:`build_model`.
     """
-    template = extract_affine_lp(build_model(np.full(TEMPLATE_STEPS, step_h), battery, demand))
-    check = extract_affine_lp(build_model(np.full(check_steps, step_h), battery, demand))
+    args = (battery, demand, window_h, reserve_h, reserve_weight)
+    template = extract_affine_lp(build_model(np.full(TEMPLATE_STEPS, step_h), *args))
+    check = extract_affine_lp(build_model(np.full(check_steps, step_h), *args))
     _assert_same_lp(_tile(template, check_steps), check)
     return _tile(template, steps)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: Per-step numeric series of a Plan (each a float array, one entry per step).
 SERIES = ("duration_h", "battery_kw", "charge_kw", "discharge_kw", "grid_kw", "import_kw", "export_kw",
@@ -101,6 +101,9 @@ class Plan:
         ``optimizer`` or ``policy:<name>``.
     period : tuple of str or None
         Tariff period name per step, if known.
+    demand_kw : numpy.ndarray or None
+        Under a demand charge: the tariff's demand measure per step (window-average import up to the end of the
+        step, :func:`optimizer.costs.window_average_import_kw`); None without one. [kW]
     """
 
     created_at: datetime
@@ -125,6 +128,7 @@ class Plan:
     solver: SolverInfo
     slack: tuple[SlackUse, ...] = ()
     period: tuple[str, ...] | None = None
+    demand_kw: np.ndarray | None = None
     schema_version: str = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
@@ -135,6 +139,8 @@ class Plan:
         for name in SERIES:
             if len(getattr(self, name)) != len(self.starts):
                 raise ValueError(f"Plan.{name} has {len(getattr(self, name))} entries for {len(self.starts)} steps")
+        if self.demand_kw is not None and len(self.demand_kw) != len(self.starts):
+            raise ValueError(f"Plan.demand_kw has {len(self.demand_kw)} entries for {len(self.starts)} steps")
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -184,6 +190,8 @@ class Plan:
                          if getattr(self.solver, f.name) is not None}
         if self.period is not None:
             out["period"] = list(self.period)
+        if self.demand_kw is not None:
+            out["demand_kw"] = [float(x) for x in self.demand_kw]
         return out
 
     def to_json(self, indent: int | None = None) -> str:
@@ -208,6 +216,7 @@ class Plan:
             slack=tuple(SlackUse(s["constraint"], s["unit"], float(s["max_violation"]), tuple(s["steps"]))
                         for s in data.get("slack", [])),
             period=tuple(data["period"]) if data.get("period") is not None else None,
+            demand_kw=np.asarray(data["demand_kw"], dtype=float) if data.get("demand_kw") is not None else None,
             **{name: np.asarray(data[name], dtype=float) for name in SERIES},
         )
 

@@ -99,6 +99,17 @@ class PlanInputs:
         First-step battery power the controller has already committed to (+ discharge). [kW]
     period : sequence of str or None
         Tariff period name per step (for the TOU policy and for display).
+    demand_window_h : float
+        The demand measure's averaging window (the tariff's ``window_minutes`` / 60); 0 = per-step import. [h]
+    demand_window : numpy.ndarray of int or None
+        Demand window per step as non-decreasing integers (a new value where a window starts, aligned to local
+        time as the tariff bills); None = every step its own window.
+    window_import_kwh : float
+        Import already measured in the window the first step belongs to, before the first step. [kWh]
+    peak_risk_kw : numpy.ndarray or None
+        Under a demand charge: per step, how far above the forecast the net load (load − PV) may come (an upper
+        forecast-error quantile); the plan keeps battery power and energy to absorb it, or counts it into the
+        month's peak (docs/planner.md, "Demand charge"). None = 0. [kW]
     """
 
     grid: TimeGrid
@@ -116,6 +127,10 @@ class PlanInputs:
     export_cap_kw: float | np.ndarray | None = None
     fixed_battery_kw: float | None = None
     period: Sequence[str] | None = None
+    demand_window_h: float = 0.0
+    demand_window: np.ndarray | None = None
+    window_import_kwh: float = 0.0
+    peak_risk_kw: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # checked on every re-plan (35,040 times a simulated year): the passing path is a few whole-array reductions
@@ -153,6 +168,17 @@ class PlanInputs:
                 raise ValueError(f"PlanInputs.{name} must not be negative")
         if self.period is not None and len(self.period) != n:
             raise ValueError(f"PlanInputs.period has {len(self.period)} names for {n} steps")
+        if self.demand_window is not None:
+            win = np.asarray(self.demand_window)
+            if win.shape != (n,) or (n > 1 and np.diff(win).min() < 0):
+                raise ValueError("PlanInputs.demand_window must be one non-decreasing integer per step")
+        if self.demand_window_h < 0 or self.window_import_kwh < 0:
+            raise ValueError("PlanInputs.demand_window_h and window_import_kwh must not be negative")
+        if self.peak_risk_kw is not None:
+            risk = np.asarray(self.peak_risk_kw, dtype=float)
+            if risk.shape != (n,) or not np.isfinite(risk).all() or (n and risk.min() < 0):
+                raise ValueError(f"PlanInputs.peak_risk_kw must be {n} finite values ≥ 0")
+            self.peak_risk_kw = risk
 
 
 #: The per-step input series of PlanInputs, checked for shape and finiteness.
@@ -199,6 +225,15 @@ def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, s
         cost = rows[_ROW["peak_cost"]]
         cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
         cost[:-1][reset[1:] > 0] = inputs.demand_charge_per_kw
+        win_reset = rows[_ROW["win_reset"]]
+        if inputs.demand_window is None or inputs.demand_window_h <= 0:
+            win_reset[:] = 1.0
+        else:
+            win_reset[1:] = np.diff(inputs.demand_window) != 0
+            rows[_ROW["win_prior"], 0] = inputs.window_import_kwh / inputs.demand_window_h
+        win_reset[1:] = np.maximum(win_reset[1:], reset[1:])  # a billing month starts a window
+        if inputs.peak_risk_kw is not None:
+            rows[_ROW["risk"]] = np.round(inputs.peak_risk_kw, ROUND_DECIMALS)
     rows[_ROW["pv"]], rows[_ROW["load_kw"]] = inputs.pv_kw, inputs.load_kw
     rows[_ROW["c_imp"]], rows[_ROW["c_exp"]] = imp, exp
     costs.charge_limit_kw(inputs, battery, out=rows[_ROW["ch_max"]])
@@ -418,11 +453,17 @@ class Planner:
         #: cost, excludes constants such as the month peak already paid). [currency]
         self.last_objective: float | None = None
 
-    def affine_lp(self, duration_h: np.ndarray, demand: bool) -> AffineLP:
-        """The affine LP for this planner's battery at the given step durations."""
+    def affine_lp(self, duration_h: np.ndarray, demand: bool, window_h: float = 0.0,
+                  reserve: bool = False) -> AffineLP:
+        """The affine LP for this planner's battery at the given step durations (``window_h``: the demand
+        measure's window [h], 0 = per step; ``reserve``: with the demand reserve of
+        ``settings.demand_reserve_hours``)."""
+        reserve_h = self.settings.demand_reserve_hours if demand and reserve else 0.0
+        weight = self.settings.demand_reserve_weight
         if len(duration_h) >= TEMPLATE_STEPS and np.all(duration_h == duration_h[0]):
-            return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, demand)
-        return extract_affine_lp(build_model(duration_h, self.battery, demand))
+            return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, demand, window_h=window_h,
+                                   reserve_h=reserve_h, reserve_weight=weight)
+        return extract_affine_lp(build_model(duration_h, self.battery, demand, window_h, reserve_h, weight))
 
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""
@@ -449,11 +490,13 @@ class Planner:
         t0 = time.perf_counter()
         dur = np.asarray(inputs.grid.duration_h, dtype=float)
         demand = inputs.demand_charge_per_kw > 0
-        key = (demand, dur.tobytes())
+        window_h = inputs.demand_window_h if demand and inputs.demand_window is not None else 0.0
+        reserve = demand and inputs.peak_risk_kw is not None
+        key = (demand, window_h, reserve, dur.tobytes())
         solver = self._solvers.get(key)
         build_ms = 0.0
         if solver is None:
-            lp = self.affine_lp(dur, demand)
+            lp = self.affine_lp(dur, demand, window_h, reserve)
             solver = _Solver(lp, self.parameter_vector(lp, inputs), self.settings.time_limit_s)
             self._solvers = {key: solver}
             build_ms = (time.perf_counter() - t0) * 1e3

@@ -14,6 +14,7 @@ exactly like the LP plan, so costs compare like for like. Use them when the solv
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 
 import numpy as np
 
@@ -26,6 +27,32 @@ from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 #: Tariff period names the TOU rule treats as peak / off-peak (others: hold, charge from surplus only).
 PEAK_PERIODS = frozenset({"peak"})
 OFFPEAK_PERIODS = frozenset({"off_peak", "offpeak", "low"})
+
+
+
+class TouAction(StrEnum):
+    """What the TOU rule does in a moment."""
+
+    ABSORB_SURPLUS = "absorb_surplus"  # PV above the load: charge from the surplus
+    GRID_CHARGE = "grid_charge"        # off-peak: charge at full power (within the import cap)
+    COVER_LOAD = "cover_load"          # peak: discharge to cover the load
+    HOLD = "hold"                      # otherwise: battery idle
+
+
+def tou_action(period: str, net_kw: float) -> TouAction:
+    """The TOU rule: its action in tariff period ``period`` with net load ``net_kw`` (load − PV, kW).
+
+    The one statement of the rule: :func:`tou` applies it per plan step, ``controller.targets.tou_target`` per
+    control cycle (live and in studies).
+    """
+    if net_kw < 0:
+        return TouAction.ABSORB_SURPLUS
+    if period in OFFPEAK_PERIODS:
+        return TouAction.GRID_CHARGE
+    if period in PEAK_PERIODS:
+        return TouAction.COVER_LOAD
+    return TouAction.HOLD
+
 
 Rule = Callable[[int, float, float, float], float]  # (step, net load kW, max charge, max discharge) → battery kW
 
@@ -88,12 +115,12 @@ def tou(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, settings: Plan
     imp_cap = costs.import_cap_kw(inputs, grid)
 
     def rule(t: int, net: float, max_ch: float, max_dis: float) -> float:
-        name = inputs.period[t]
-        if net < 0:
+        action = tou_action(inputs.period[t], net)
+        if action is TouAction.ABSORB_SURPLUS:
             return -min(-net, max_ch)
-        if name in OFFPEAK_PERIODS:
+        if action is TouAction.GRID_CHARGE:
             return -max(0.0, min(max_ch, imp_cap[t] - net))
-        if name in PEAK_PERIODS:
+        if action is TouAction.COVER_LOAD:
             return min(net, max_dis)
         return 0.0
 

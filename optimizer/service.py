@@ -1,11 +1,15 @@
 """A Plan for a site at a time: tariff prices + PV/load forecasts + the planner.
 
-Used by ``ems plan`` and by the controller's planning task. The horizon starts at the step
-containing ``start`` (``planner.step_minutes``) and runs ``planner.horizon_hours``.
+:func:`plan_inputs` is the one way from (tariff, forecasts, site state) to :class:`PlanInputs`: ``ems plan``
+(:func:`plan_for_site`), the controller's planning task (``controller.planning.PlanKeeper``) and the offline
+strategies (``simulations.strategies``) all call it, on the tariff's values per step (:class:`TariffSteps`).
+For ``ems plan`` the horizon starts at the step containing ``start`` (``planner.step_minutes``) and runs
+``planner.horizon_hours``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -16,41 +20,131 @@ from optimizer.plan import Plan
 from optimizer.planner import PlanInputs, Planner
 from optimizer.site import PlanningSite
 from optimizer.tariff import SiteTariff, Tariff
+from optimizer.tariff_calendar import window_starts
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
+
+
+@dataclass(frozen=True)
+class TariffSteps:
+    """What the planner needs of the tariff, per step (all arrays one entry per step).
+
+    Attributes
+    ----------
+    import_price, export_price : numpy.ndarray
+        Gross import price (incl. VAT) and export price. [currency/kWh]
+    period : numpy.ndarray
+        Tariff period name.
+    month : numpy.ndarray of int
+        Billing month as consecutive integers (0 at the first step). [-]
+    demand_rate : numpy.ndarray
+        Demand charge of the step's billing month, in force at its first instant, with VAT (0 = none).
+        [currency/kW/month]
+    window : numpy.ndarray of int
+        The demand window each step starts in, as consecutive integers (0 at the first step). [-]
+    window_h : float
+        The demand measure's window (0 without a demand charge). [h]
+    """
+
+    import_price: np.ndarray
+    export_price: np.ndarray
+    period: np.ndarray
+    month: np.ndarray
+    demand_rate: np.ndarray
+    window: np.ndarray
+    window_h: float
+
+    @classmethod
+    def of(cls, tariff: SiteTariff, starts: pd.DatetimeIndex) -> TariffSteps:
+        """The tariff's values at the steps starting at ``starts`` (UTC)."""
+        loc = tariff.local(starts)
+        prices = tariff.prices_local(loc)
+        months, month = np.unique(loc.month, return_inverse=True)
+        rates, window_minutes = np.zeros(len(months)), 0
+        for i, m in enumerate(months):
+            first = tariff.month_start(str(np.datetime_as_string(m, unit="M")))
+            charge = tariff.demand_charge(first)
+            if charge is not None:
+                rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(first))
+                window_minutes = window_minutes or charge.window_minutes
+        window = window_starts(loc, window_minutes) if window_minutes else np.arange(len(starts))
+        return cls(import_price=prices.import_price_gross, export_price=prices.export_price,
+                   period=np.asarray(prices.period), month=month.astype(int), demand_rate=rates[month],
+                   window=pd.factorize(window)[0], window_h=window_minutes / 60.0)
+
+    def steps(self, first: int, count: int) -> TariffSteps:
+        """Steps ``first … first + count − 1`` (views), months and windows counted from the first of them."""
+        sl = slice(first, first + count)
+        return TariffSteps(self.import_price[sl], self.export_price[sl], self.period[sl],
+                           self.month[sl] - self.month[first], self.demand_rate[sl],
+                           self.window[sl] - self.window[first], self.window_h)
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """What the planner needs to know about the site at planning time.
+
+    Attributes
+    ----------
+    soc_kwh : float
+        Measured stored energy. [kWh]
+    bms_max_charge_kw, bms_max_discharge_kw : float | None
+        What the BMS allows now (None = PCS limits). [kW]
+    month_peak_kw : float
+        Highest window-average import of the billing month so far. [kW]
+    window_import_kwh : float
+        Import measured so far in the demand window running at the plan's start. [kWh]
+    fixed_battery_kw : float | None
+        First-step battery power already committed (+ discharge). [kW]
+    """
+
+    soc_kwh: float
+    bms_max_charge_kw: float | None = None
+    bms_max_discharge_kw: float | None = None
+    month_peak_kw: float = 0.0
+    window_import_kwh: float = 0.0
+    fixed_battery_kw: float | None = None
+
+
+PEAK_RISK_LEVEL = 0.9
+"""Upper quantile of the net load the demand reserve is sized for: load P90 above its forecast, PV P10 below. [-]"""
+
+
+def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, grid: TimeGrid,
+                 pv_history: object, load_history: object, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+    """How far above the forecast the net load (load − PV) may come per step [kW]: the load's P90 above its point
+    forecast and PV's P10 below it, from each forecaster's own recent errors (``quantiles()``), combined as
+    independent errors (root of the sum of squares). 0 until the forecasters have errors to learn from."""
+    load_hi = load_forecaster.quantiles(grid, load_history, levels=(PEAK_RISK_LEVEL,))[0]
+    pv_lo = pv_forecaster.quantiles(grid, pv_history, levels=(1.0 - PEAK_RISK_LEVEL,))[0]
+    return np.hypot(np.maximum(load_hi - load_kw, 0.0), np.maximum(pv_kw - pv_lo, 0.0))
+
+
+def plan_inputs(grid: TimeGrid, tariff: TariffSteps, pv_kw: np.ndarray, load_kw: np.ndarray, state: SiteState,
+                peak_risk_kw: np.ndarray | None = None, risk_margin: float = 0.0, **limits) -> PlanInputs:
+    """PlanInputs on ``grid`` from the tariff's values on its steps, the PV and load forecasts [kW] and the site's
+    state; the demand charge in force at the first step applies to every billing month in the horizon, billed on
+    the tariff's window measure (:attr:`TariffSteps.window_h`). ``peak_risk_kw``: see
+    :class:`~optimizer.planner.PlanInputs` (used only under a demand charge); ``risk_margin`` of it is added to the
+    load forecast there (``planner.demand_risk_margin``). ``limits`` pass through to :class:`PlanInputs`
+    (``import_cap_kw``, ``export_cap_kw``)."""
+    rate = float(tariff.demand_rate[0])
+    demand = rate > 0
+    if demand and peak_risk_kw is not None and risk_margin > 0:
+        load_kw = load_kw + risk_margin * peak_risk_kw
+    return PlanInputs(
+        grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=tariff.import_price, export_price=tariff.export_price,
+        soc0_kwh=state.soc_kwh, month_peak_kw=state.month_peak_kw, demand_charge_per_kw=rate,
+        billing_month=tariff.month if demand else None, max_charge_kw=state.bms_max_charge_kw,
+        max_discharge_kw=state.bms_max_discharge_kw, fixed_battery_kw=state.fixed_battery_kw, period=tariff.period,
+        demand_window_h=tariff.window_h if demand else 0.0, demand_window=tariff.window if demand else None,
+        window_import_kwh=state.window_import_kwh if demand else 0.0,
+        peak_risk_kw=peak_risk_kw if demand else None, **limits)
 
 
 def site_grid(site: PlanningSite, start: datetime) -> TimeGrid:
     """The planning grid of ``site`` starting at the step that contains ``start`` (aware)."""
     settings = site.planner
     return regular_grid(floor_to_step(start, settings.step_minutes), settings.horizon_steps, settings.step_minutes)
-
-
-def site_inputs(site: PlanningSite, tariff: Tariff | SiteTariff, grid: TimeGrid, soc0_kwh: float,
-                pv_kw: np.ndarray, load_kw: np.ndarray, month_peak_kw: float = 0.0,
-                import_price: np.ndarray | None = None, export_price: np.ndarray | None = None,
-                **limits) -> PlanInputs:
-    """PlanInputs for ``site`` on ``grid``: prices, periods, billing months and demand charge from the tariff.
-
-    ``import_price``/``export_price`` override the tariff's (gross) prices; ``limits`` pass through
-    to :class:`PlanInputs` (``max_charge_kw``, ``max_discharge_kw``, ``import_cap_kw``,
-    ``export_cap_kw``, ``fixed_battery_kw``). The demand charge in force at the first step, with VAT
-    like the gross import price, applies to every billing month in the horizon, on per-step average
-    import (conservative against the tariff's 30-minute window: a 30-min average never exceeds the
-    larger of its two quarter hours). ``month_peak_kw`` is the peak already billed for the first
-    month (for a ``rolling_12_month_max`` basis: the rolling maximum).
-    """
-    bound = tariff if isinstance(tariff, SiteTariff) else tariff.bind(site.site.timezone, site.tariff.extra_holidays)
-    prices = bound.prices(grid.starts)
-    first = grid.starts[0].to_pydatetime()
-    charge = bound.demand_charge(first)
-    months = pd.factorize(bound.billing_months(grid.starts))[0]
-    return PlanInputs(
-        grid=grid, pv_kw=np.asarray(pv_kw, dtype=float), load_kw=np.asarray(load_kw, dtype=float),
-        import_price=prices.import_price_gross if import_price is None else np.asarray(import_price, dtype=float),
-        export_price=prices.export_price if export_price is None else np.asarray(export_price, dtype=float),
-        soc0_kwh=soc0_kwh, month_peak_kw=month_peak_kw,
-        demand_charge_per_kw=0.0 if charge is None else charge.rate_per_kw_month * (1.0 + bound.vat_rate(first)),
-        billing_month=months, period=[str(p) for p in prices.period], **limits)
 
 
 def plan_for_site(site: PlanningSite, tariff: Tariff | SiteTariff, start: datetime, soc0_kwh: float,
@@ -73,7 +167,17 @@ def plan_for_site(site: PlanningSite, tariff: Tariff | SiteTariff, start: dateti
     if load_kw is None:
         forecaster = load_forecaster or LoadForecaster(site.site.timezone, extra_holidays=site.tariff.extra_holidays)
         load_kw = forecaster.forecast(grid, load_history)
-    inputs = site_inputs(site, tariff, grid, soc0_kwh, pv_kw, load_kw, month_peak_kw, import_price, export_price,
+    bound = tariff if isinstance(tariff, SiteTariff) else tariff.bind(site.site.timezone, site.tariff.extra_holidays)
+    steps = TariffSteps.of(bound, grid.starts)
+    if import_price is not None or export_price is not None:
+        steps = TariffSteps(
+            import_price=steps.import_price if import_price is None else np.asarray(import_price, dtype=float),
+            export_price=steps.export_price if export_price is None else np.asarray(export_price, dtype=float),
+            period=steps.period, month=steps.month, demand_rate=steps.demand_rate, window=steps.window,
+            window_h=steps.window_h)
+    state = SiteState(soc0_kwh, limits.pop("max_charge_kw", None), limits.pop("max_discharge_kw", None),
+                      month_peak_kw, fixed_battery_kw=limits.pop("fixed_battery_kw", None))
+    inputs = plan_inputs(grid, steps, np.asarray(pv_kw, dtype=float), np.asarray(load_kw, dtype=float), state,
                          **limits)
     planner = planner or Planner(site.battery, site.grid, site.planner, len(grid))
     return planner.plan(inputs, created_at=created_at)

@@ -121,6 +121,20 @@ class PlannerSettings(StrictModel):
         description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
                     "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
                     "(optimizer/surplus.py); off: the point forecast everywhere")
+    demand_reserve_hours: float = Field(
+        default=1.0, ge=0, le=24,
+        description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "
+                    "may last; the plan keeps that much battery energy and power for it where it would set a new "
+                    "monthly peak, or accepts the risk of a higher peak (docs/planner.md) [h]; 0 = off")
+    demand_risk_margin: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Under a demand charge, this share of the net load's upper forecast error is added to the load "
+                    "forecast the plan is made on, so that it does not count on headroom under the peak that a load "
+                    "above the forecast would take (docs/planner.md) [-]")
+    demand_reserve_weight: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
+                    "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
 
     @property
     def horizon_steps(self) -> int:

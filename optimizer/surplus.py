@@ -17,12 +17,9 @@ cheapest window of the horizon (when no night-charging decision is made) the poi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 import numpy as np
-
-from optimizer.timegrid import TimeGrid
 
 #: Quantile levels of the PV forecast the rule interpolates between. [-]
 LEVELS: tuple[float, ...] = (0.1, 0.5, 0.9)
@@ -120,19 +117,15 @@ def surplus_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Seque
     return out
 
 
-class QuantileForecaster(Protocol):
-    """A PV forecaster with quantile forecasts (:class:`optimizer.forecast.PVForecaster`)."""
-
-    def quantiles(self, grid: TimeGrid, history: object, levels: Sequence[float] = ...) -> np.ndarray: ...
-
-
-def planning_pv(rule: str, forecaster: QuantileForecaster, grid: TimeGrid, history: object, point_pv: np.ndarray,
-                import_price: np.ndarray) -> np.ndarray:
-    """The PV series to hand the planner: :func:`surplus_day_pv` under ``rule`` ``"quantile"`` when the horizon
-    starts in its cheapest window, else ``point_pv`` (``rule`` ``"off"``). The quantiles are computed only when the
-    rule can apply. One function for every caller that builds ``PlanInputs`` (offline MPC, live planning). [kW]
+def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
+               pv_quantiles: Callable[[Sequence[float]], np.ndarray | None]) -> np.ndarray:
+    """The PV forecast a plan is made on, live and offline alike: :func:`surplus_day_pv` when ``rule`` is
+    ``"quantile"`` (``planner.surplus_rule``) and the first step is in the horizon's cheapest window, else the point
+    forecast. ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None
+    when the source has none (perfect or external forecasts); it is called only when the rule may apply. [kW]
     """
     price = np.asarray(import_price, dtype=float)
     if rule != "quantile" or not len(price) or price[0] > price.min() * (1 + PRICE_TOL):
         return point_pv
-    return surplus_day_pv(point_pv, forecaster.quantiles(grid, history, levels=LEVELS), LEVELS, price)
+    quantiles = pv_quantiles(LEVELS)
+    return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)

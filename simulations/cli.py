@@ -82,7 +82,7 @@ def _load(args: argparse.Namespace):
 
 STUDY_FILES = ("summary.json", "report.html", "timeseries.parquet", "timeseries.csv")
 SWEEP_FILES = ("sweep.csv", "sweep.html")
-PARK_FILES = ("park.csv", "park.md")
+PARK_FILES = ("park.csv", "park.md", "park-shared-battery.json")
 
 
 def out_problem(out: Path, force: bool, outputs: Sequence[str]) -> str | None:
@@ -188,7 +188,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _park(args: argparse.Namespace) -> int:
     from optimizer.tariff import load_tariff
-    from simulations.park import TOTAL, load_park, run_park, write_park
+    from simulations.park import TOTAL, load_park, run_park, run_shared_battery, write_park
 
     park, scenarios = load_park(args.park)
     currencies = {load_tariff(s.tariff.ref(), s.base_dir).currency for s in scenarios}
@@ -200,12 +200,21 @@ def _park(args: argparse.Namespace) -> int:
         return _refuse(problem)
     table = run_park(park, scenarios, workers=args.workers, dask_address=args.dask,
                      progress=lambda done, total: print(f"site {done}/{total} done", file=sys.stderr))
-    paths = write_park(table, args.out, park, _command(), currencies.pop())
+    shared = None
+    if park.shared_battery is not None:
+        print("shared park battery: running the park behind one connection", file=sys.stderr)
+        shared = run_shared_battery(park, scenarios, table, dask_address=args.dask)
+    paths = write_park(table, args.out, park, _command(), currencies.pop(), shared)
     total = table[table["site"] == TOTAL].iloc[0]
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
           f"{total['savings_vs_no_system']:,.0f}/yr, investment ÷ saving "
           f"{_yr(total['investment_over_saving_years'])} yr, "
-          f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr")
+          f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
+    if shared is not None:
+        change = shared["change"]
+        print(f"shared battery {shared['capacity_kwh']:g} kWh / {shared['power_kw']:g} kW instead of the sites' own: "
+              f"bill {change['annual_bill']:+,.0f}/yr, battery investment {change['battery_capex']:+,.0f}, "
+              f"CO2 avoided {change['co2_avoided_t']:+,.1f} t/yr")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

@@ -27,10 +27,10 @@ from drivers.simulated.plant import BatteryModel, Plant, PlantState, PVModel
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
 from optimizer.forecast import History
+from optimizer.service import TariffSteps
 from optimizer.site import BatterySpec
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
-from optimizer.tariff_calendar import window_starts
 from simulations import economics
 from simulations.accuracy import study_accuracy
 from simulations.data import read_series_csv
@@ -140,19 +140,9 @@ def price_inputs(data: SeriesData, tariff: SiteTariff, horizon: int) -> Inputs:
     starts = data.starts.append(extra)
     duration = np.concatenate([data.duration_h, np.full(horizon, step_h)])
     wrap = np.arange(horizon) % n
-    prices = tariff.prices(starts)
-    loc = tariff.local(starts)
-    months, month_idx = np.unique(loc.month, return_inverse=True)
-    rates = np.zeros(len(months))
-    for i, m in enumerate(months):
-        first = tariff.month_start(str(m))
-        charge = tariff.demand_charge(first)
-        rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(first)) if charge is not None else 0.0
     return Inputs(starts=starts, duration_h=duration, steps=n,
                   pv_kw=np.concatenate([data.pv_kw, data.pv_kw[wrap]]),
-                  load_kw=np.concatenate([data.load_kw, data.load_kw[wrap]]),
-                  import_price=prices.import_price_gross, export_price=prices.export_price,
-                  period=prices.period, month=month_idx.astype(int), demand_rate=rates[month_idx])
+                  load_kw=np.concatenate([data.load_kw, data.load_kw[wrap]]), tariff=TariffSteps.of(tariff, starts))
 
 
 @dataclass
@@ -245,7 +235,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
                                            dt_h[0])
     ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=charge0, max_discharge_kw=discharge0, month_peak_kw=0.0,
                       pv_history=History(starts_ns, pv_hist), load_history=History(starts_ns, load_hist))
-    windows = window_starts(tariff.local(starts), 30)
+    windows = data.tariff.window[:n]  # the tariff's demand windows (each step its own without a demand charge)
     window_end = np.append(windows[1:] != windows[:-1], True)
     month_end = np.append(data.month[1:n] != data.month[:n - 1], True)
     out = np.zeros((len(COLUMNS), n))
@@ -274,8 +264,9 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         window_kwh += max(grid_kw, 0.0) * dt_h[t]
         window_h += dt_h[t]
         if window_end[t]:
-            ctx.month_peak_kw = max(ctx.month_peak_kw, window_kwh / window_h)
+            ctx.month_peak_kw = max(ctx.month_peak_kw, window_kwh / max(window_h, data.tariff.window_h))
             window_kwh = window_h = 0.0
+        ctx.window_kwh, ctx.window_elapsed_h = window_kwh, window_h
         if month_end[t]:
             ctx.month_peak_kw = 0.0
         if progress is not None:
@@ -311,7 +302,7 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
     if name == "self_consumption":
         return SelfConsumption()
     if name == "tou_rule":
-        return TouRule(data, spec, scenario.grid, scenario.planner, tol)
+        return TouRule(data, spec)
     if name in ("mpc", "mpc_perfect"):
         syn = scenario.data.synthetic
         monthly = None

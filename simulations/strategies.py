@@ -2,12 +2,13 @@
 
 Every strategy answers one question per step, :meth:`Strategy.target`, from what a live controller
 would know at that moment (:class:`StepContext`: measured SOC, BMS limits, month-to-date peak, and the
-measured history strictly before the step). The runner then runs the same dispatcher and the same plant
+measured history strictly before the step), through the live controller's own functions
+(:mod:`controller.targets`). The runner then runs the same dispatcher and the same plant
 for all of them, so strategies differ only in their targets:
 
 - ``no_system`` / ``pv_only``: no target (the battery is absent).
 - ``self_consumption``: the live self-consumption mode, a grid target of 0 kW.
-- ``tou_rule``: the live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measurements.
+- ``tou_rule``: the live TOU-rule mode on the step's measurements.
 - ``mpc``: the live :class:`~optimizer.planner.Planner` re-planned every step over its horizon on the
   live forecasters (:class:`~optimizer.forecast.PVForecaster`, :class:`~optimizer.forecast.LoadForecaster`),
   fed only the measured past (in the cheapest price window, later daylight PV at the quantile of the
@@ -26,12 +27,15 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from controller.dispatch import Follow, Source, Target, plan_target
-from optimizer import costs, policies, surplus
+from controller.dispatch import Target
+from controller.modes import Mode
+from controller.targets import DemandWindow, follow_plan, mode_target
+from optimizer import costs, surplus
 from optimizer.costs import Schedule
 from optimizer.forecast import History, LoadForecaster, PVForecaster
-from optimizer.plan import Plan, SolverInfo
+from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
 
@@ -52,11 +56,8 @@ class Inputs:
     Attributes
     ----------
     pv_kw, load_kw : numpy.ndarray  Actual available PV AC power and site load. [kW]
-    import_price : numpy.ndarray  Gross import price (incl. VAT), what the planner optimises. [currency/kWh]
-    export_price : numpy.ndarray  [currency/kWh]
-    period : numpy.ndarray  Tariff period name per step.
-    month : numpy.ndarray  Billing month per step as consecutive integers. [-]
-    demand_rate : numpy.ndarray  Gross demand charge of the step's billing month. [currency/kW/month]
+    tariff : TariffSteps  The tariff per step, as the live planner reads it (prices, periods, billing months,
+        demand rates, demand windows).
     """
 
     starts: pd.DatetimeIndex
@@ -64,11 +65,32 @@ class Inputs:
     steps: int
     pv_kw: np.ndarray
     load_kw: np.ndarray
-    import_price: np.ndarray
-    export_price: np.ndarray
-    period: np.ndarray
-    month: np.ndarray
-    demand_rate: np.ndarray
+    tariff: TariffSteps
+
+    @property
+    def import_price(self) -> np.ndarray:
+        """Gross import price (incl. VAT), what the planner optimises. [currency/kWh]"""
+        return self.tariff.import_price
+
+    @property
+    def export_price(self) -> np.ndarray:
+        """[currency/kWh]"""
+        return self.tariff.export_price
+
+    @property
+    def period(self) -> np.ndarray:
+        """Tariff period name per step."""
+        return self.tariff.period
+
+    @property
+    def month(self) -> np.ndarray:
+        """Billing month per step as consecutive integers. [-]"""
+        return self.tariff.month
+
+    @property
+    def demand_rate(self) -> np.ndarray:
+        """Gross demand charge of the step's billing month. [currency/kW/month]"""
+        return self.tariff.demand_rate
 
     def grid(self, first: int, count: int) -> TimeGrid:
         """The planning grid of ``count`` steps from step ``first`` (a window of :attr:`full_grid`)."""
@@ -89,6 +111,7 @@ class StepContext:
     soc_kwh : float  Measured stored energy. [kWh]
     max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
+    window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
     pv_history, load_history : History
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
         load, one entry per step of the period at the step's start; entries at and after step
@@ -102,6 +125,13 @@ class StepContext:
     month_peak_kw: float
     pv_history: History
     load_history: History
+    window_kwh: float = 0.0
+    window_elapsed_h: float = 0.0
+
+    def state(self) -> SiteState:
+        """What the planner is told about the site (as live: :class:`optimizer.service.SiteState`)."""
+        return SiteState(self.soc_kwh, self.max_charge_kw, self.max_discharge_kw, self.month_peak_kw,
+                         self.window_kwh)
 
 
 class Strategy(Protocol):
@@ -132,48 +162,25 @@ class SelfConsumption:
 
     def __init__(self) -> None:
         self.solve_s, self.replans = 0.0, 0
-        self._target = Target(Source.SELF_CONSUMPTION, Follow.GRID, 0.0, reason="self_consumption")
+        self._target = mode_target(Mode.SELF_CONSUMPTION, "self_consumption")
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         return self._target
 
 
-def _follow(schedule: Schedule | Plan, i: int, same_month: np.ndarray, month_peak_kw: float, demand: bool,
-            grid: GridSpec, tol_kw: float) -> Target:
-    """The live follow rule on step ``i`` of a schedule or plan, with the planned monthly peak when a demand charge
-    applies.
-
-    Only step ``i``'s battery power (discharge − charge) and grid power (import − export) [kW] and, with a demand
-    charge, the highest planned import over the steps in ``same_month`` (bool per step: in the billing month of
-    step ``i``) [kW] are read: the arithmetic of :func:`optimizer.costs.make_plan`, so a Schedule and the Plan built
-    from it give the same target.
-    """
-    peak = None
-    if demand:
-        peak = max(month_peak_kw, float(np.max(schedule.import_kw[same_month]))) if same_month.any() else None
-    battery_kw = float(schedule.discharge_kw[i] - schedule.charge_kw[i])
-    grid_kw = float(schedule.import_kw[i] - schedule.export_kw[i])
-    return plan_target(battery_kw, grid_kw, grid, peak_kw=peak, tol_kw=tol_kw)
-
-
 class TouRule:
-    """The live TOU-rule mode: :func:`optimizer.policies.tou` on the step's measured PV and load."""
+    """The live TOU-rule mode (:func:`controller.targets.tou_target`) on the step's PV and load."""
 
     name = "tou_rule"
 
-    def __init__(self, data: Inputs, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings,
-                 tol_kw: float):
-        self.data, self.battery, self.grid, self.settings, self.tol_kw = data, battery, grid, settings, tol_kw
+    def __init__(self, data: Inputs, battery: BatterySpec):
+        self.data, self.battery = data, battery
         self.solve_s, self.replans = 0.0, 0
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         d = self.data
-        inputs = PlanInputs(
-            grid=d.grid(t, 1), pv_kw=d.pv_kw[t:t + 1], load_kw=d.load_kw[t:t + 1],
-            import_price=d.import_price[t:t + 1], export_price=d.export_price[t:t + 1], soc0_kwh=ctx.soc_kwh,
-            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw, period=[str(d.period[t])])
-        plan = policies.tou(inputs, self.battery, self.grid, self.settings)
-        return plan_target(float(plan.battery_kw[0]), float(plan.grid_kw[0]), self.grid, tol_kw=self.tol_kw)
+        return mode_target(Mode.TOU_RULE, "tou_rule", period=str(d.period[t]), load_kw=float(d.load_kw[t]),
+                           pv_kw=float(d.pv_kw[t]), max_charge_kw=self.battery.max_charge_kw)
 
 
 class Mpc:
@@ -221,8 +228,9 @@ class Mpc:
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
-        pv = surplus.planning_pv(self.settings.surplus_rule, self.pv_forecaster, grid, pv_history,
-                                 self.pv_forecaster.forecast(grid, pv_history), d.import_price[t:t + self.horizon])
+        pv = surplus.planned_pv(self.settings.surplus_rule, self.pv_forecaster.forecast(grid, pv_history),
+                                d.import_price[t:t + self.horizon],
+                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels=levels))
         return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
@@ -245,13 +253,13 @@ class Mpc:
         d, h = self.data, self.horizon
         grid = d.grid(t, h)
         pv, load = self.forecasts(t, grid, ctx)
-        demand = d.demand_rate[t] > 0
-        months = d.month[t:t + h] - d.month[t] if demand else None  # billing months matter only to a demand charge
-        inputs = PlanInputs(
-            grid=grid, pv_kw=pv, load_kw=load, import_price=d.import_price[t:t + h],
-            export_price=d.export_price[t:t + h], soc0_kwh=ctx.soc_kwh, month_peak_kw=ctx.month_peak_kw,
-            demand_charge_per_kw=float(d.demand_rate[t]), billing_month=months,
-            max_charge_kw=ctx.max_charge_kw, max_discharge_kw=ctx.max_discharge_kw)
+        tariff = d.tariff.steps(t, h)
+        demand = tariff.demand_rate[0] > 0
+        risk = None
+        if demand and self.settings.demand_reserve_hours > 0:
+            risk = np.zeros(h) if self.perfect else peak_risk_kw(
+                self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
+        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:
@@ -259,8 +267,11 @@ class Mpc:
         self.solve_s += info.solve_ms / 1e3
         self.replans += 1
         self._last = (t, now, schedule, inputs, info)
-        return _follow(schedule, 0, months == 0 if demand else _NO_STEPS, ctx.month_peak_kw, demand, self.grid_spec,
-                       self.tol_kw)
+        return follow_plan(schedule, 0, self.grid_spec, same_month=tariff.month == 0 if demand else None,
+                           month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw,
+                           demand_kw=costs.window_average_import_kw(schedule.import_kw, inputs) if demand else None,
+                           window=_window(d, ctx) if demand else None, windows=tariff.window,
+                           duration_h=grid.duration_h)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
         """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
@@ -271,14 +282,14 @@ class Mpc:
                                    created)
             i = t - first
             if i < len(plan) and not plan.is_expired(now, self.valid_hours):
+                demand = self.data.demand_rate[t] > 0
                 months = self.data.month[first:first + len(plan)] == self.data.month[t]
-                return _follow(plan, i, months, ctx.month_peak_kw, self.data.demand_rate[t] > 0, self.grid_spec,
-                               self.tol_kw)
+                return follow_plan(plan, i, self.grid_spec, same_month=months if demand else None,
+                                   month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw, demand_kw=plan.demand_kw,
+                                   window=_window(self.data, ctx) if demand else None,
+                                   windows=self.data.tariff.window[first:first + len(plan)],
+                                   duration_h=plan.duration_h)
         return SelfConsumption().target(t, now, ctx)
-
-
-_NO_STEPS = np.zeros(0, dtype=bool)
-"""The billing-month mask handed to the follow rule when no demand charge applies (it is not read then)."""
 
 
 class PerfectForesight:
@@ -290,22 +301,28 @@ class PerfectForesight:
                  tol_kw: float, soc0_kwh: float):
         self.data, self.grid_spec, self.tol_kw = data, grid, tol_kw
         n = data.steps
-        months = data.month[:n] - data.month[0]
+        tariff = data.tariff.steps(0, n)
+        months = tariff.month
         self.demand = data.demand_rate[:n] > 0
-        inputs = PlanInputs(
-            grid=data.grid(0, n), pv_kw=data.pv_kw[:n], load_kw=data.load_kw[:n],
-            import_price=data.import_price[:n], export_price=data.export_price[:n], soc0_kwh=soc0_kwh,
-            demand_charge_per_kw=float(data.demand_rate[0]), billing_month=months)
+        inputs = plan_inputs(data.grid(0, n), tariff, data.pv_kw[:n], data.load_kw[:n], SiteState(soc0_kwh))
         if np.any(data.demand_rate[:n] != data.demand_rate[0]):
             raise ValueError("perfect foresight needs one demand-charge rate over the period")
         offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
         self.plan = Planner(battery, grid, offline, n).plan(inputs)
         self.solve_s, self.replans = self.plan.solver.solve_ms / 1e3, 1
+        edges = np.flatnonzero(np.diff(months)) + 1
+        #: The steps of each billing month, as slices (the follow rule reads the plan's peak over them).
+        self.months = [slice(int(a), int(b)) for a, b in zip(np.r_[0, edges], np.r_[edges, n], strict=True)]
         self.month = months
-        self.peaks = np.zeros(int(months[-1]) + 1)
-        np.maximum.at(self.peaks, months, self.plan.import_kw)
 
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
-        peak = max(ctx.month_peak_kw, float(self.peaks[self.month[t]])) if self.demand[t] else None
-        return plan_target(float(self.plan.battery_kw[t]), float(self.plan.grid_kw[t]), self.grid_spec,
-                           peak_kw=peak, tol_kw=self.tol_kw)
+        same = self.months[self.month[t]] if self.demand[t] else None
+        return follow_plan(self.plan, t, self.grid_spec, same_month=same, month_peak_kw=ctx.month_peak_kw,
+                           tol_kw=self.tol_kw, demand_kw=self.plan.demand_kw,
+                           window=_window(self.data, ctx) if self.demand[t] else None,
+                           windows=self.data.tariff.window, duration_h=self.data.duration_h)
+
+
+def _window(data: Inputs, ctx: StepContext) -> DemandWindow:
+    """The demand window running at the step's start, as the live demand tracker reports it."""
+    return DemandWindow(data.tariff.window_h, ctx.window_elapsed_h, ctx.window_kwh)

@@ -69,6 +69,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
     return {
         "pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "battery_kw": scenario.battery.max_discharge_kw,
         "strategy": name, "annual_bill_no_system": ref, "annual_bill": e["annual_bill"],
+        "annual_bill_pv_only": summary["strategies"]["pv_only"]["annual_bill"],
         "savings_vs_no_system": e["savings_vs_no_system"], "savings_vs_pv_only": e["savings_vs_pv_only"],
         "capex": system["capex"], "simple_payback_years": system["simple_payback_years"],
         "discounted_payback_years": system["discounted_payback_years"], "npv": system["npv"],
@@ -76,6 +77,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
         "battery_payback_years": battery.get("simple_payback_years"),
         "battery_discounted_payback_years": battery.get("discounted_payback_years"), "battery_npv": battery.get("npv"),
         "equivalent_full_cycles": e["equivalent_full_cycles"], "co2_avoided_t": e["co2_avoided_t"],
+        "pv_kwh": e["pv_kwh"], "battery_capex": battery.get("capex", 0.0),
         "period_days": summary["period"]["days"], "whole_years": summary["period"]["whole_years"],
     }
 
@@ -132,6 +134,7 @@ def run_all(function: Callable[..., dict[str, Any]], args: list[tuple[Any, ...]]
 COLUMN_LABELS = {
     "pv_kwp": "PV [kWp]", "battery_kwh": "battery [kWh]", "battery_kw": "battery [kW]", "strategy": "battery dispatch",
     "annual_bill_no_system": "yearly bill, no PV or battery [{cur}]", "annual_bill": "yearly bill [{cur}]",
+    "annual_bill_pv_only": "yearly bill, PV only [{cur}]",
     "savings_vs_no_system": "saving vs no PV, no battery [{cur}/yr]",
     "savings_vs_pv_only": "saving vs PV only [{cur}/yr]",
     "capex": "investment [{cur}]", "simple_payback_years": "PV + battery payback [yr]",
@@ -139,7 +142,8 @@ COLUMN_LABELS = {
     "irr_pct": "PV + battery IRR [%]", "battery_payback_years": "battery payback vs PV only [yr]",
     "battery_discounted_payback_years": "battery payback vs PV only, discounted [yr]",
     "battery_npv": "battery NPV vs PV only [{cur}]", "equivalent_full_cycles": "full cycles/yr (usable window)",
-    "co2_avoided_t": "CO2 avoided [t/yr]", "period_days": "days simulated", "whole_years": "whole years",
+    "co2_avoided_t": "CO2 avoided [t/yr]", "pv_kwh": "PV used on site or exported [kWh/yr]",
+    "battery_capex": "battery investment [{cur}]", "period_days": "days simulated", "whole_years": "whole years",
 }
 """Plain column names for sweep.html (``{cur}`` = the currency)."""
 DASH = "—"

@@ -77,17 +77,18 @@ class SitePublisher:
     telemetry: Telemetry
 
 
-async def start_site(site: str, broker: Mosquitto, influx_url: str, state_dir: Path, t0: datetime, *,
+async def start_site(site: str, broker: Mosquitto | None, influx_url: str, state_dir: Path, t0: datetime, *,
                      park_commands: bool = False, min_state_interval_s: float = 0.0,
                      batch_size: int = 5000) -> SitePublisher:
-    """Start the real telemetry of ``site`` (MQTT to its broker, InfluxDB to the central database)."""
+    """Start the real telemetry of ``site`` (MQTT to its broker, InfluxDB to the central database; no
+    ``broker``: InfluxDB only)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     clock = ManualClock(t0)
     modes = ModeMachine(Mode.SELF_CONSUMPTION, t0)
     commands = Commands(modes, clock, (500.0, 500.0), (10.0, 95.0), lambda _t: None)
     settings = TelemetrySettings(
         mqtt=MqttSettings(enabled=True, host=broker.host, port=broker.port, min_state_interval_s=min_state_interval_s,
-                          max_backoff_s=0.5, park_commands=park_commands),
+                          max_backoff_s=0.5, park_commands=park_commands) if broker else MqttSettings(enabled=False),
         influxdb=InfluxSettings(enabled=True, url=influx_url, token_env=None, max_backoff_s=0.5,
                                 batch_size=batch_size),
         dashboard=DashboardSettings(enabled=False))

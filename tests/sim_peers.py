@@ -6,7 +6,8 @@
         ... drivers / controller against ep, sharing site.clock ...
 
 ``site_config`` gives the configuration alone (e.g. to write a site file for a subprocess), with the
-devices moved to free ports, optionally all behind one port (several unit ids) or with other profiles.
+devices moved to free ports (devices sharing a port in the file still share one), optionally all behind
+one port (several unit ids) or with other profiles.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def site_config(path: str | Path = EXAMPLE_SITE, *, shared_port: bool = False,
     """
     config = load_site_file(path)
     port = free_port()
+    ports: dict[tuple[str, int], int] = {}  # devices that share a port in the file share one here too
     devices = []
     for i, d in enumerate(config.devices):
-        endpoint = d.endpoint.model_copy(update={"host": "127.0.0.1", "port": port if shared_port else free_port()})
+        own = ports.setdefault((d.endpoint.host, d.endpoint.port), free_port())
+        endpoint = d.endpoint.model_copy(update={"host": "127.0.0.1", "port": port if shared_port else own})
         update: dict[str, Any] = {"endpoint": endpoint, "unit_id": i + 1 if shared_port else d.unit_id}
         if profiles and d.name in profiles:
             update["profile"] = profiles[d.name]

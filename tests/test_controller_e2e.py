@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,9 +27,10 @@ import yaml
 from controller.bus import PLAN, STATE, Message, Subscription
 from controller.cli import EXAMPLE_SITE
 from controller.config import load_config
-from controller.modes import Reason
+from controller.modes import MODE_CODES, Mode, Reason
 from controller.planning import PerfectForecasts
 from controller.service import Controller
+from controller.telemetry.line_protocol import state_lines
 from drivers.roles import Role
 from drivers.simulated.site import SimulatedSite
 from optimizer.plan import Plan
@@ -207,6 +209,16 @@ async def test_import_cap_is_held_while_the_battery_can(tmp_path):
     imports = [grid(s) for s in states[3:]]
     assert max(imports) <= 1000 * 1.01, max(imports)
     assert "import_cap" in {b["step"] for s in states[3:] for b in s["setpoints"]["bounds"]}
+    # the contracted capacity, month-to-date peak and mode travel in the state (MQTT) and its InfluxDB point
+    last = states[-1]
+    assert last["demand"]["import_cap_kw"] == 1000 and last["demand"]["month_peak_kw"] is not None
+    line = state_lines("s", last)[0]
+
+    def field(name: str) -> float:
+        return float(re.search(rf"[ ,]{name}=([^,\s]+)", line).group(1))
+    assert field("demand_import_cap_kw") == 1000.0
+    assert field("demand_month_peak_kw") == last["demand"]["month_peak_kw"]
+    assert field("mode_code") == MODE_CODES[Mode(last["mode"])]
 
 
 async def test_meter_offline_gives_the_safe_state_then_recovers(tmp_path):

@@ -114,7 +114,7 @@ async def test_api_and_bearer_token(site: Site) -> None:
     assert status == 401 and not result["accepted"] and site.commands.modes.request is None
     status, result = await call(site, "/api/cmd/set_mode", body, token=TOKEN)
     assert status == 200 and result["accepted"], result
-    assert site.commands.modes.request.mode is Mode.STANDBY and site.commands.modes.request.by == "dashboard"
+    assert site.commands.modes.request.mode is Mode.STANDBY and site.commands.modes.request.by == "dashboard:dashboard"
     status, result = await call(site, "/api/cmd/manual_setpoint", {"battery_kw": 9000, "ttl_s": 60}, token=TOKEN)
     assert status == 422 and "outside the PCS range" in result["reason"]
     status, result = await call(site, "/api/cmd/set_mode", b"{oops", token=TOKEN)
@@ -155,10 +155,18 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
     actual_path = await page.get_attribute("#chart-power path.battery-actual", "d")
     assert plan_path.count("L") > 50 and actual_path.startswith("M")
     assert await page.locator("#chart-power rect.shade").count() == 0    # no tariff: nothing shaded
+    assert await page.text_content("#command-log") == "No commands yet"
+    site.telemetry.hub.offer("audit", {"id": 1, "ts": T0.isoformat(), "interface": "mqtt", "identity": "operator",
+                                       "command": "set_mode", "payload": {"mode": "standby"}, "accepted": False,
+                                       "reason": "battery busy"})          # what the audit log's listener hands it
+    await page.wait_for_function("document.getElementById('command-log').textContent.includes('set_mode')")
+    assert (await page.text_content("#command-log li")).endswith("set_mode · MQTT operator · rejected")
+    assert await page.get_attribute("#command-log li", "title") == "battery busy"
 
     await page.select_option("#lang", "vi")
     await page.wait_for_function("document.querySelector('[data-i18n=power_flows]').textContent === 'Dòng công suất'")
     assert await page.text_content("#soc-pct") == "50,7 %"                 # Vietnamese number format
+    assert (await page.text_content("#command-log li")).endswith("set_mode · MQTT operator · bị từ chối")
     assert await page.text_content("[data-i18n=saved_today]") == "tiết kiệm hôm nay"
     site.bus.publish("state", {**sample_state(T0 + timedelta(seconds=62), 9), "mode": "safe",
                                "reason": "data_missing", "alarms": ["data_missing"]})

@@ -125,7 +125,7 @@ async def test_shipped_broker_config_requires_passwords(tmp_path: Path) -> None:
     shipped = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     shipped = (shipped.replace("/etc/mosquitto/passwd", str(tmp_path / "passwd"))
                .replace("/etc/mosquitto/acl", str(DEPLOY / "mosquitto" / "acl"))
-               .replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1"))
+               .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1"))
     (tmp_path / "conf.d" / "pv-battery-ems.conf").write_text(shipped)
     (tmp_path / "mosquitto.conf").write_text(   # what Debian's /etc/mosquitto/mosquitto.conf sets
         f"persistence true\npersistence_location {tmp_path}/data/\nuser root\ninclude_dir {tmp_path}/conf.d\n")

@@ -251,6 +251,29 @@ async def test_write_clamps_verifies_and_skips_unchanged() -> None:
     assert battery.write_failures == 0
 
 
+async def test_deadband_resend_and_a_fresh_start_after_remote_control() -> None:
+    """The one write-skip rule (drivers/writes.py) over real Modbus: a change inside the deadband is not sent and
+    the device reports the value it holds; a change to 0 always is; an unchanged value is re-sent after
+    ``resend_s``; entering remote control forgets what was written."""
+    clock = ManualClock(T0)
+    async with modbus_peer([hybrid_device()]) as peer:
+        pool = ConnectionPool()
+        cfg = config(peer.port, role="battery")
+        battery = ModbusDevice(cfg, HYBRID, pool.connection(cfg), clock, resend_s=10)
+        assert (await battery.write("limit_pct", 40, deadband=2)).sent
+        held = await battery.write("limit_pct", 41, deadband=2)
+        assert not held.sent and held.value == 40 and battery.last_written("limit_pct") == 40
+        assert await peer.get_registers(1, Function.HOLDING, 503, 1) == [40]
+        assert (await battery.write("limit_pct", 0, deadband=50)).sent
+        assert not (await battery.write("limit_pct", 0)).sent
+        clock.advance(10)
+        assert (await battery.write("limit_pct", 0)).sent  # re-sent at resend_s
+        await battery.enter_remote_control()
+        assert battery.last_written("limit_pct") is None
+        assert (await battery.write("limit_pct", 0)).sent
+        pool.close()
+
+
 async def test_write_that_does_not_apply_is_reported_and_counted() -> None:
     async def ignore_writes(_fc: int, start: int, address: int, _count: int, registers: list[int],
                             set_values: list[int] | None) -> None:

@@ -193,7 +193,7 @@ def test_battery_path_and_its_moves():
 
 
 def test_the_reversion_period_comes_from_the_battery_profile():
-    from controller.service import reversion_s
+    from drivers.device import reversion_s
     from drivers.profile import load_profile
 
     assert reversion_s(load_profile("sunspec-battery")) == 30  # remote_control.enter: setpoint_reversion_s 30

@@ -63,8 +63,8 @@ def commands(clock: ManualClock, m: ModeMachine, replans: list) -> Commands:
 def test_commands_validate_and_expire():
     clock, m, replans = ManualClock(T0), machine(), []
     c = commands(clock, m, replans)
-    r = c.apply({"command": "manual_setpoint", "battery_kw": -200, "ttl_s": 600, "by": "mqtt"})
-    assert r.accepted
+    r = c.apply({"command": "manual_setpoint", "battery_kw": -200, "ttl_s": 600}, interface="mqtt", identity="op")
+    assert r.accepted and m.request is not None and m.request.by == "mqtt:op"
     assert m.evaluate(clock.now(), safe=False, plan_reason=None).mode is Mode.MANUAL
     clock.advance(600)
     assert m.evaluate(clock.now(), safe=False, plan_reason=None).mode is Mode.AUTO

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from controller.modes import MODE_CODES, Mode
 from controller.telemetry.influx import state_lines
 from tests.peers import VictoriaMetrics, sample_state, victoria_metrics  # noqa: F401 (fixture)
 
@@ -71,6 +72,12 @@ def test_every_query_answers_from_what_the_sink_writes(victoria_metrics: Victori
     co2 = next(e for title, e in targets() if "CO2" in title and "export" in e)
     pv_used_kwh = sum(s["today"]["pv_kwh"] - s["today"]["export_kwh"] for s in states.values())  # 1203 + 1211
     assert abs(value(co2) - pv_used_kwh * float(GRID_FACTOR) / 1000) < 1e-9
+    # month-to-date peak against the contracted capacity, per site; the mode as its code
+    peak = next(p for p in dashboard()["panels"] if p["title"].startswith("Month-to-date peak"))
+    cap_expr = next(t["expr"] for t in peak["targets"] if "import_cap" in t["expr"]).replace("$site", ".*")
+    assert {r["metric"]["site"]: float(r["value"][1]) for r in query(victoria_metrics, cap_expr, now)} == \
+        {"site-a": 1200.0, "site-b": 1200.0}
+    assert value('max(ems_state_mode_code{site=~".*"})') == MODE_CODES[Mode.AUTO]
     # the site variable lists both sites
     with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/label/site/values", timeout=10) as resp:
         assert set(json.loads(resp.read())["data"]) >= set(states)

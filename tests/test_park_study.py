@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from ems.yamlfile import ConfigError
-from simulations.park import TOTAL, load_park, run_park, write_park
+from simulations.park import TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
 from simulations.scenario import load_scenario
 from simulations.sweep import run_cell
 
 SCENARIO = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "nam-cau-kien-qd963.yaml"
+TWO_PART = SCENARIO.with_name("nam-cau-kien-two-part.yaml")
 
 
 def park_file(tmp_path: Path, second_id: str = "factory-b") -> Path:
@@ -54,9 +55,17 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
         assert total[column] == pytest.approx(table.iloc[0][column] + table.iloc[1][column])
     assert total["investment_over_saving_years"] == pytest.approx(total["capex"] / total["savings_vs_no_system"])
     assert pd.isna(total["simple_payback_years"])               # a cash-flow payback is per site only
+    # JCM-style: PV used on site or exported × the scenario's conservative factor (no factor in the park file)
+    for row in (table.iloc[0], table.iloc[1]):
+        assert row["co2_jcm_t"] == pytest.approx(row["pv_kwh"] / 1000 * 0.5)
+        assert row["jcm_factor_source"] == "scenario"
+    assert total["co2_jcm_t"] == pytest.approx(table.iloc[0]["co2_jcm_t"] + table.iloc[1]["co2_jcm_t"])
+    # PV only: the grid-factor CO2 is the same energy at 0.681 instead of 0.5
+    assert table.iloc[1]["co2_avoided_t"] == pytest.approx(table.iloc[1]["co2_jcm_t"] * 0.681 / 0.5)
     paths = write_park(table, tmp_path / "out", park, "ems park park.yaml", "VND")
     report = paths["report"].read_text(encoding="utf-8")
     assert "| **park total** | **1,500** | **1,000** |" in report and "Warning" in report   # 2 days, not a year
+    assert "factory-a 0.5 (scenario)" in report and "Shared park battery" not in report
     assert pd.read_csv(paths["table"]).shape[0] == 3
 
 
@@ -64,11 +73,60 @@ def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: 
     from dask.distributed import LocalCluster
 
     park, scenarios = load_park(park_file(tmp_path))
+    park = park.model_copy(update={"shared_battery": SharedBattery(capacity_kwh=1000, power_kw=500)})
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = run_park(park, scenarios, dask_address=cluster.scheduler_address)
+        shared_on_dask = run_shared_battery(park, scenarios, on_dask, dask_address=cluster.scheduler_address)
     pd.testing.assert_frame_equal(table, on_dask)
+    assert shared_on_dask == run_shared_battery(park, scenarios, table)   # the shared battery runs there too
 
 
 def test_repeated_site_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="site id 'factory-a' appears twice"):
         load_park(park_file(tmp_path, second_id="factory-a"))
+
+
+def test_shared_battery_of_two_identical_sites_changes_nothing(tmp_path: Path) -> None:
+    """Two identical sites behind one connection with one battery the size of both of theirs: every flow is
+    twice one site's, so the park's bill, battery investment and CO2 are the sites' sums (a known answer);
+    the park file's JCM factor applies to every site."""
+    site_kw = load_scenario(SCENARIO).resized(1000, 1000).battery.max_discharge_kw
+    path = tmp_path / "park.yaml"
+    path.write_text(f"""name: twins
+start: 2026-06-01
+days: 2
+jcm_factor_t_per_mwh: 0.45
+shared_battery: {{capacity_kwh: 2000, power_kw: {2 * site_kw}}}
+sites:
+  - {{id: twin-a, scenario: {SCENARIO}, pv_kwp: 1000, battery_kwh: 1000}}
+  - {{id: twin-b, scenario: {SCENARIO}, pv_kwp: 1000, battery_kwh: 1000}}
+""")
+    park, scenarios = load_park(path)
+    table = run_park(park, scenarios)
+    for row in (table.iloc[0], table.iloc[1]):
+        assert row["co2_jcm_t"] == pytest.approx(row["pv_kwh"] / 1000 * 0.45)
+        assert row["jcm_factor_source"] == "park file"
+    shared = run_shared_battery(park, scenarios, table)
+    per_site, one = shared["per_site"], shared["shared"]
+    assert one["battery_capex"] == pytest.approx(per_site["battery_capex"])          # same kWh and kW bought
+    assert one["annual_bill"] == pytest.approx(per_site["annual_bill"], rel=1e-4)
+    assert one["annual_bill_pv_only"] == pytest.approx(per_site["annual_bill_pv_only"], rel=1e-9)  # nothing to net
+    assert one["battery_saving"] == pytest.approx(per_site["battery_saving"], rel=1e-3)
+    assert one["co2_avoided_t"] == pytest.approx(per_site["co2_avoided_t"], rel=1e-3)
+    assert shared["change"]["annual_bill"] == pytest.approx(0.0, abs=1e-4 * per_site["annual_bill"])
+    paths = write_park(table, tmp_path / "out", park, "ems park park.yaml", "VND", shared)
+    report = paths["report"].read_text(encoding="utf-8")
+    assert "## Shared park battery: 2000 kWh" in report and "behind one park connection" in report
+    assert paths["shared"].exists()
+
+
+def test_shared_battery_needs_one_tariff(tmp_path: Path) -> None:
+    path = tmp_path / "park.yaml"
+    path.write_text(f"""name: mixed
+shared_battery: {{capacity_kwh: 1000, power_kw: 500}}
+sites:
+  - {{id: a, scenario: {SCENARIO}}}
+  - {{id: b, scenario: {TWO_PART}}}
+""")
+    with pytest.raises(ConfigError, match=r"shared_battery.*same tariff and time zone"):
+        load_park(path)

@@ -34,9 +34,10 @@ class Recorder:
         self.applied: list[dict[str, Any]] = []
         self.intake = CommandIntake(self.apply, self.clock)
 
-    def apply(self, command: dict[str, Any]) -> CommandResult:
+    def apply(self, command: dict[str, Any], *, interface: str = "internal",
+              identity: str | None = None) -> CommandResult:
         self.applied.append(command)
-        return self.commands.apply(command)
+        return self.commands.apply(command, interface=interface, identity=identity)
 
 
 def publishable(result: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def publishable(result: dict[str, Any]) -> dict[str, Any]:
 ])
 def test_hostile_payload_rejected_with_reason(name: str, payload: bytes, reason: str) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle(name, payload, by="test"))
+    result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
     assert not result["accepted"] and reason in result["reason"], result["reason"]
     assert rec.applied == [] and rec.commands.modes.request is None
     assert rec.intake.counters()["rejected"] == 1
@@ -83,7 +84,7 @@ def test_hostile_payload_rejected_with_reason(name: str, payload: bytes, reason:
 ])
 def test_lone_surrogate_command_is_never_applied(payload: bytes) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle("set_mode", payload, by="test"))
+    result = publishable(rec.intake.handle("set_mode", payload, interface="mqtt"))
     assert not result["accepted"] and "lone surrogate" in result["reason"], result["reason"]
     assert rec.applied == [] and rec.commands.modes.request is None
 
@@ -94,39 +95,40 @@ def test_schema_rejection_echoes_the_id() -> None:
     for name, payload in (("set_mode", {"mode": "turbo", "id": "op-7"}),
                           ("manual_setpoint", {"battery_kw": "lots", "ttl_s": 60, "id": "op-8"}),
                           ("replan", {"now": True, "id": "op-9"})):
-        result = publishable(rec.intake.handle(name, json.dumps(payload).encode(), by="test"))
+        result = publishable(rec.intake.handle(name, json.dumps(payload).encode(), interface="mqtt"))
         assert not result["accepted"] and result["id"] == payload["id"], result
-    result = publishable(rec.intake.handle("set_mode", b'{"mode": NaN, "id": "op-10"}', by="test"))
+    result = publishable(rec.intake.handle("set_mode", b'{"mode": NaN, "id": "op-10"}', interface="mqtt"))
     assert result["id"] is None and "mode: NaN is not a finite number" in result["reason"]   # unparsed: no id
     assert rec.applied == []
 
 
 def test_retained_and_unknown_commands_echo_the_id_too() -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle("set_mode", b'{"mode": "standby", "id": "r1"}', by="test", retained=True))
+    result = publishable(rec.intake.handle("set_mode", b'{"mode": "standby", "id": "r1"}', interface="mqtt",
+                                           retained=True))
     assert result["id"] == "r1" and result["reason"].startswith("retained command ignored")
-    result = publishable(rec.intake.handle("self_destruct", b'{"id": "u1"}', by="test"))
+    result = publishable(rec.intake.handle("self_destruct", b'{"id": "u1"}', interface="mqtt"))
     assert result["id"] == "u1" and result["reason"].startswith("unknown command 'self_destruct'")
-    result = publishable(rec.intake.handle("nope", b"[[[[[[", by="test", retained=True))
+    result = publishable(rec.intake.handle("nope", b"[[[[[[", interface="mqtt", retained=True))
     assert result["id"] is None and result["reason"].startswith("retained command ignored")
     assert rec.applied == []
 
 
 def test_busy_answer_echoes_the_id_and_counts() -> None:
     rec = Recorder()
-    result = publishable(rec.intake.busy("set_mode", b'{"mode": "auto", "id": "b1"}', waiting=32))
+    result = publishable(rec.intake.busy("set_mode", b'{"mode": "auto", "id": "b1"}', waiting=32, interface="mqtt"))
     assert result == {**result, "command": "set_mode", "id": "b1", "accepted": False}
     assert result["reason"].startswith("busy: 32 commands waiting")
-    assert publishable(rec.intake.busy("set_mode", NESTED_2KB, waiting=32))["id"] is None
+    assert publishable(rec.intake.busy("set_mode", NESTED_2KB, waiting=32, interface="mqtt"))["id"] is None
     assert rec.intake.counters() == {"accepted": 0, "rejected": 2, "busy": 2, "errors": 0, "dropped": 0}
 
 
 def test_an_apply_that_raises_costs_one_command() -> None:
-    def broken(command: dict[str, Any]) -> CommandResult:
+    def broken(command: dict[str, Any], **_who: Any) -> CommandResult:
         raise RuntimeError("boom")
 
     intake = CommandIntake(broken, ManualClock(T0))
-    result = publishable(intake.handle("replan", b'{"id": "r1"}', by="test"))
+    result = publishable(intake.handle("replan", b'{"id": "r1"}', interface="mqtt"))
     assert not result["accepted"] and result["id"] == "r1" and "internal error: RuntimeError" in result["reason"]
     assert intake.counters()["errors"] == 1
 
@@ -134,9 +136,10 @@ def test_an_apply_that_raises_costs_one_command() -> None:
 def test_in_process_dict_follows_the_same_rules() -> None:
     rec = Recorder()
     assert "not a finite number" in rec.intake.handle("manual_setpoint", {"battery_kw": float("nan"), "ttl_s": 60},
-                                                      by="test")["reason"]
-    assert "lone surrogate" in rec.intake.handle("set_mode", {"mode": "auto", "id": "\ud800"}, by="test")["reason"]
-    assert rec.intake.handle("set_mode", {"mode": "standby", "ttl_s": 60}, by="test")["accepted"]
+                                                      interface="mqtt")["reason"]
+    assert "lone surrogate" in rec.intake.handle("set_mode", {"mode": "auto", "id": "\ud800"},
+                                                 interface="mqtt")["reason"]
+    assert rec.intake.handle("set_mode", {"mode": "standby", "ttl_s": 60}, interface="mqtt")["accepted"]
     assert len(rec.applied) == 1
 
 
@@ -156,9 +159,9 @@ escapes = st.sampled_from(["\\ud800", "\\udfff", "\\u0000", "NaN", "Infinity", "
 @given(name=st.sampled_from([*COMMAND_NAMES, "nope", ""]), payload=st.binary(max_size=600))
 def test_fuzz_any_bytes(name: str, payload: bytes) -> None:
     rec = Recorder()
-    result = publishable(rec.intake.handle(name, payload, by="fuzz"))
+    result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
     assert len(rec.applied) == int(result["accepted"])
-    publishable(rec.intake.busy(name, payload, waiting=1))
+    publishable(rec.intake.busy(name, payload, waiting=1, interface="mqtt"))
 
 
 @FUZZ
@@ -169,7 +172,7 @@ def test_fuzz_json_like_text(name: str, value: Any, cut: int, splice: str) -> No
     text = json.dumps(value, allow_nan=True)
     rec = Recorder()
     for payload in (text.encode(), (text[:cut] + splice + text[cut:]).encode("utf-8", errors="surrogatepass")):
-        result = publishable(rec.intake.handle(name, payload, by="fuzz"))
+        result = publishable(rec.intake.handle(name, payload, interface="mqtt"))
         if result["accepted"]:
             assert rec.applied and rec.applied[-1]["command"] == name
             json.dumps(rec.applied[-1], allow_nan=False).encode("utf-8")   # finite, valid Unicode

@@ -128,7 +128,7 @@ CONTROLLER_IMPORTS = textwrap.dedent("""
     after_import = [m for m in HEAVY if m in sys.modules]
     from controller.cli import EXAMPLE_SITE
     from controller.config import load_config
-    from controller.planning import SiteNow
+    from optimizer.service import SiteState
     from controller.service import Controller
     from ems.clock import ManualClock
     config = load_config(EXAMPLE_SITE)
@@ -137,7 +137,7 @@ CONTROLLER_IMPORTS = textwrap.dedent("""
         controller = Controller.from_config(config, EXAMPLE_SITE, clock, state_directory=Path(tmp))
         after_build = [m for m in HEAVY if m in sys.modules]
         controller.history.add(clock.now(), 0.0, 400.0, 1 / 3600)  # a load reading for the load forecast
-        outcome = asyncio.run(controller.plans.replan(clock.now(), SiteNow(500.0, None, None, 0.0), 120.0))
+        outcome = asyncio.run(controller.plans.replan(clock.now(), SiteState(500.0, None, None, 0.0), 120.0))
     print(json.dumps({"after_import": after_import, "after_build": after_build,
                       "after_plan": [m for m in HEAVY if m in sys.modules], "detail": outcome.detail,
                       "pv_max_kw": None if outcome.plan is None else float(outcome.plan.pv_kw.max())}))

@@ -9,10 +9,14 @@ its data from:
   of the latest state), for shading the charts (:mod:`controller.dashboard.periods`);
 * ``GET /api/history?day=YYYY-MM-DD&span=day|week|month``: stored history of earlier days
   (:mod:`controller.dashboard.history`, a bounded SQLite file in the state directory);
-* ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them;
+* ``GET /api/events``: Server-Sent Events ``state``, ``plan``, ``alarm`` as the bus publishes them, and
+  ``audit`` for each command recorded in the audit log (the snapshot's ``commands``: the latest ones);
 * ``GET /metrics``: Prometheus metrics (``controller.telemetry.metrics``; docs/integration.md);
+* ``/api/v1/...``: the REST API with its OpenAPI document (:mod:`controller.api.app`), when given;
 * ``POST /api/cmd/{name}``: a command (same JSON as MQTT, ``schemas/cmd_<name>.json``), only with
-  ``Authorization: Bearer <token>`` and only when a token is configured. The header cannot be sent
+  ``Authorization: Bearer <token>`` of an operator or admin (:mod:`controller.api.roles`; the
+  ``EMS_DASHBOARD_TOKEN`` counts as an operator token) and only when such a token is configured. A client
+  address with repeated wrong tokens is locked out (429), as on the REST API. The header cannot be sent
   cross-site without a CORS preflight the app never grants, which also rules out CSRF. The body is
   read only up to the intake's size limit (413 beyond it); every other refusal is a 422 with the
   reason, and no input gives a 500.
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import sqlite3
@@ -49,11 +52,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
+from controller.api.app import API_PREFIX
+from controller.api.roles import Lockout, Role, TokenStore
 from controller.dashboard.health import device_health
 from controller.dashboard.history import HistoryStore
 from controller.dashboard.periods import day_periods
-from controller.telemetry.config import DashboardSettings
+from controller.telemetry.config import DashboardSettings, DashboardTls
 from controller.telemetry.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.telemetry.remote import MAX_PAYLOAD_BYTES, CommandIntake
 from optimizer.tariff import SiteTariff
@@ -67,6 +73,8 @@ PLAN_POINTS = ("plan_battery_kw", "plan_grid_kw", "plan_soc_pct")
 """The plan step in force when each history sample was taken (the state's ``plan``), after the flows."""
 HISTORY_POINTS = FLOW_POINTS + PLAN_POINTS
 KEEPALIVE_S = 15.0
+RECENT_COMMANDS = 20
+"""Audit entries the page shows (the newest)."""
 STREAM_GRACE_S = 1.0
 """How long event streams get to end by themselves at shutdown before their connections are cut. [s]"""
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -131,6 +139,8 @@ class DashboardHub:
         self.state: dict[str, Any] | None = None
         self.plan: dict[str, Any] | None = None
         self.alarms: deque[dict[str, Any]] = deque(maxlen=50)
+        self.commands: deque[dict[str, Any]] = deque(maxlen=RECENT_COMMANDS)
+        """The newest audit entries, oldest first (:mod:`controller.audit`)."""
         self.active_alarms: dict[str, dict[str, Any]] = {}
         """Active alarm code → its raising message (``ts`` = since when, ``message``)."""
         self.health: dict[str, dict[str, Any]] = {}
@@ -159,6 +169,8 @@ class DashboardHub:
                 self.active_alarms.setdefault(code, {"ts": data.get("ts"), "message": data.get("message")})
             else:
                 self.active_alarms.pop(code, None)
+        elif kind == "audit":
+            self.commands.append(data)
         else:
             return
         event = _sse(kind, data)  # serialised once for every client
@@ -234,7 +246,7 @@ class DashboardHub:
     def snapshot(self) -> dict[str, Any]:
         """Everything a page needs when it (re)connects."""
         history = self.history + ([self._bucket_row(self._bucket)] if self._bucket else [])
-        return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms),
+        return {"state": self.state, "plan": self.plan, "alarms": list(self.alarms), "commands": list(self.commands),
                 "history": {"columns": ["ts_ms", *HISTORY_POINTS], "rows": history}}
 
     def periods(self, day: date | None = None) -> dict[str, Any] | None:
@@ -280,19 +292,27 @@ def _sse(event: str, data: Any) -> str:
 
 def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, timezone: str,
                currency: str | None = None, intake: CommandIntake | None = None,
-               token: str | None = None, metrics: ControllerMetrics | None = None) -> Starlette:
+               tokens: TokenStore | None = None, lockout: Lockout | None = None,
+               metrics: ControllerMetrics | None = None, api: ASGIApp | None = None) -> Starlette:
     """The dashboard application.
 
     Parameters
     ----------
     intake : CommandIntake, optional
-        Where control actions go; with ``token`` unset or no intake the dashboard is read-only.
-    token : str, optional
-        Bearer token for control actions (from the environment variable ``settings.token_env``).
+        Where control actions go; without an operator (or admin) token or without an intake the dashboard
+        is read-only.
+    tokens : TokenStore, optional
+        Access tokens (:mod:`controller.api.roles`); the dashboard's own token is among them as ``dashboard``.
+    lockout : Lockout, optional
+        Failed-token counting per client address (shared with the REST API).
     metrics : ControllerMetrics, optional
         Served at ``/metrics`` (404 without).
+    api : ASGIApp, optional
+        The REST API, mounted at ``/api/v1``.
     """
-    control = bool(token) and intake is not None
+    tokens = tokens or TokenStore()
+    lockout = lockout or Lockout()
+    control = intake is not None and any(t.role >= Role.OPERATOR for t in tokens.tokens)
     config = {"site": site, "timezone": timezone, "currency": currency, "language": settings.language,
               "locale": settings.locale, "control": control}
 
@@ -356,15 +376,26 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
 
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
-        if not control or intake is None or token is None:
+        if not control or intake is None:
             return JSONResponse({"command": name, "accepted": False,
                                  "reason": "read-only dashboard: control actions are off (no token configured)"},
                                 status_code=403)
-        given = request.headers.get("authorization", "")
-        scheme, _, credentials = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        client = request.client.host if request.client else "?"
+        wait = lockout.retry_after(client)
+        if wait is not None:
+            return JSONResponse({"command": name, "accepted": False, "reason": f"locked out for {wait:.0f} s after "
+                                 "repeated wrong tokens"}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        token = tokens.lookup(credentials.strip()) if scheme.lower() == "bearer" and credentials.strip() else None
+        if token is None:
+            if credentials.strip():
+                lockout.failed(client)
             return JSONResponse({"command": name, "accepted": False, "reason": "missing or wrong bearer token"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        lockout.succeeded(client)
+        if token.role < Role.OPERATOR:
+            return JSONResponse({"command": name, "accepted": False, "reason": f"token {token.name!r} is "
+                                 f"{token.role.label}; control actions need operator"}, status_code=403)
         try:
             body = await _read_body(request, MAX_PAYLOAD_BYTES)
         except ClientDisconnect:  # gone before its body arrived: nothing to answer, nothing applied
@@ -372,7 +403,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         if body is None:
             return JSONResponse({"command": name[:64], "accepted": False,
                                  "reason": f"payload exceeds {MAX_PAYLOAD_BYTES} bytes"}, status_code=413)
-        result = intake.handle(name, body, by="dashboard")   # never raises; a result for every input
+        result = intake.handle(name, body, interface="dashboard", identity=token.name)   # never raises
         return JSONResponse(result, status_code=200 if result["accepted"] else 422)
 
     routes = [
@@ -386,6 +417,8 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/api/cmd/{name}", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    if api is not None:
+        routes.append(Mount(API_PREFIX, app=api))
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings), www_redirect=False)]
     return Starlette(routes=routes, middleware=middleware)
 
@@ -418,13 +451,18 @@ class DashboardServer:
     ----------
     host, port : str, int
         Bind address; port 0 picks a free port (see :attr:`port` after :meth:`start`).
+    tls : DashboardTls, optional
+        Serve HTTPS with this certificate and key (uvicorn's ``ssl_certfile``/``ssl_keyfile``).
     """
 
-    def __init__(self, app: Starlette, hub: DashboardHub, host: str, port: int):
+    def __init__(self, app: Starlette, hub: DashboardHub, host: str, port: int,
+                 tls: DashboardTls | None = None):
         self.hub = hub
+        self.scheme = "https" if tls is not None else "http"
         self._server = _EmbeddedServer(uvicorn.Config(
             app, host=host, port=port, lifespan="off", log_level="warning", access_log=False, ws="none",
-            timeout_graceful_shutdown=2, timeout_keep_alive=5))
+            timeout_graceful_shutdown=2, timeout_keep_alive=5,
+            ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
         self._task: asyncio.Task[None] | None = None
         self.port = port
 

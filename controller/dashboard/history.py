@@ -47,12 +47,13 @@ class HistoryStore:
                          f"VALUES ({marks})", list(row))
         self._db.execute("DELETE FROM dashboard_history WHERE ts_ms < ?", (int(row[0]) - self.retention_ms,))
 
-    def rows(self, start_ms: int, end_ms: int, step_ms: int) -> list[list[float | None]]:
-        """Rows in ``[start_ms, end_ms)`` averaged over ``step_ms`` (the row time is the step's start)."""
+    def rows(self, start_ms: int, end_ms: int, step_ms: int, limit: int = -1) -> list[list[float | None]]:
+        """Rows in ``[start_ms, end_ms)`` averaged over ``step_ms`` (the row time is the step's start); the
+        first ``limit`` of them (all when negative)."""
         means = ", ".join(f"AVG({c})" for c in self.columns)
         cursor = self._db.execute(
             f"SELECT (ts_ms / ?) * ? AS step, {means} FROM dashboard_history WHERE ts_ms >= ? AND ts_ms < ? "
-            "GROUP BY step ORDER BY step", (step_ms, step_ms, start_ms, end_ms))
+            "GROUP BY step ORDER BY step LIMIT ?", (step_ms, step_ms, start_ms, end_ms, limit))
         return [list(r) for r in cursor]
 
     def close(self) -> None:

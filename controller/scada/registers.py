@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from controller.commands import ManualSetpoint, SetMode, SocReserve, field_range
 from controller.modes import Mode, Reason
 
 MAP_VERSION = 1
@@ -40,13 +41,14 @@ MISSING_U16 = 0xFFFF
 MISSING_U32 = 0xFFFFFFFF
 
 MODE_CODES: tuple[Mode, ...] = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.MANUAL, Mode.STANDBY,
-                                Mode.SAFE)
+                                Mode.SAFE, Mode.MONITOR_ONLY)
 """Mode code = index (register value) of the mode."""
 REASON_CODES: tuple[Reason, ...] = (Reason.PLAN, Reason.NO_PLAN, Reason.PLAN_EXPIRED, Reason.PLANNER_FAILED,
-                                    Reason.SOLVER_TIMEOUT, Reason.OPERATOR, Reason.DATA_MISSING)
+                                    Reason.SOLVER_TIMEOUT, Reason.OPERATOR, Reason.DATA_MISSING, Reason.INITIAL_MODE)
 """Reason code = index of the reason."""
-WRITABLE_MODES: tuple[Mode, ...] = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.STANDBY)
-"""Modes a SCADA may request by writing the mode register (manual: write the setpoint instead)."""
+WRITABLE_MODES: tuple[Mode, ...] = tuple(Mode(m) for m in get_args(SetMode.model_fields["mode"].annotation))
+"""Modes a SCADA may request by writing the mode register: those ``set_mode`` takes (manual: write the
+setpoint instead)."""
 ALARM_BITS: tuple[str, ...] = ("data_missing", "import_cap_unheld", "write_failed", "planner_failed",
                                "state_store_corrupt", "device_unreachable", "point_missing", "point_stale",
                                "point_implausible", "telemetry", "other")
@@ -263,9 +265,10 @@ def _blocks() -> tuple[Block, ...]:
               path("_scada", "manual_timeout_s"), Write(1, 3600, None)),
         Field("manual_setpoint_kw", Kind.F32, "kW",
               "manual battery setpoint, + discharge; holds for manual_timeout_s, re-write to keep it",
-              path("operator", "manual_setpoint_kw"), Write(-100_000, 100_000, "manual_setpoint")),
+              path("operator", "manual_setpoint_kw"),
+              Write(*field_range(ManualSetpoint, "battery_kw"), "manual_setpoint")),
         Field("soc_reserve_pct", Kind.F32, "%", "operator SOC reserve (0 clears); read: the reserve in force",
-              path("operator", "soc_reserve_pct"), Write(0, 100, "soc_reserve")),
+              path("operator", "soc_reserve_pct"), Write(*field_range(SocReserve, "soc_pct"), "soc_reserve")),
         Field("replan", Kind.U16, "1", "write 1 to plan again now; reads 0", _zero, Write(1, 1, "replan")),
     ))
     body = (site, plan, energy, alarms, devices, command)

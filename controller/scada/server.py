@@ -5,8 +5,8 @@ after a new state message encodes the map once, later reads slice it, and the co
 Modbus work at all.
 A write of the command block becomes a remote command on the shared intake
 (:class:`controller.telemetry.remote.CommandIntake`, the same validated, expiring path as MQTT and the
-dashboard, below the safety steps), sent ``by`` ``scada:<client address>``. Refusals are Modbus
-exceptions, never a silent clamp: 2 (illegal data address) for a register that is not writable or a
+dashboard, below the safety steps), from interface ``scada`` with the client's address as its identity.
+Refusals are Modbus exceptions, never a silent clamp: 2 (illegal data address) for a register that is not writable or a
 write that covers part of a field, 3 (illegal data value) for a value outside the register's range or a
 command the controller rejects. A manual setpoint holds ``manual_timeout_s`` (the write timeout) and
 then lapses: a SCADA that stops re-writing it loses control and the controller returns to its
@@ -125,7 +125,7 @@ class ScadaServer:
             payload = {"soc_pct": value, "ttl_s": self.settings.command_ttl_s}
         else:
             payload = {}
-        result = self.intake.handle(write.command, payload, by=f"scada:{client}")
+        result = self.intake.handle(write.command, payload, interface="scada", identity=client)
         return bool(result["accepted"])
 
     async def _action(self, function_code: int, start_address: int, address: int, count: int,

@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: imported when started, so that
     # reading a site file (controller.config imports controller.telemetry.config) stays light
+    from controller.api.roles import TokenStore
+    from controller.api.settings import RuntimeSettings
+    from controller.audit import AuditLog
     from controller.bus import Bus, Subscription
     from controller.dashboard.app import DashboardHub, DashboardServer
     from controller.scada.server import ScadaServer
-    from controller.telemetry.config import ScadaSettings, TelemetrySettings
+    from controller.telemetry.config import DashboardSettings, ScadaSettings, TelemetrySettings
     from controller.telemetry.influx import AlarmCallback, InfluxSink
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
@@ -45,7 +48,8 @@ class TelemetryContext:
     clock : Clock
         Site clock (command TTLs, timestamps of self-monitoring points).
     apply : ApplyFn
-        ``Commands.apply``: remote commands from MQTT and the dashboard go through it.
+        ``Controller.apply``: remote commands from MQTT, the dashboard and SCADA go through it (it
+        records each in the audit log).
     state_dir : Path
         Where a relative ``influxdb.outbox_path`` lives.
     currency : str, optional
@@ -55,6 +59,16 @@ class TelemetryContext:
         outbox overflow, quarantined points, dashboard not serving, MQTT command queue full).
     tariff : SiteTariff, optional
         The site's tariff (the dashboard shades its named periods).
+    audit : AuditLog, optional
+        The controller's audit log: commands refused before they reach ``apply`` are recorded there, and
+        the dashboard shows the recent entries.
+        The site's tariff (the dashboard shades its named periods; the REST API's ``/tariff`` and energy cost).
+    cycle_s : float
+        The control cycle [s of site time] (the REST API's readiness).
+    config : Mapping, optional
+        The site file as read (the REST API's ``/config``, secrets redacted).
+    settings : RuntimeSettings, optional
+        Run-time settings an admin may change over the REST API.
     """
 
     site: str
@@ -65,6 +79,10 @@ class TelemetryContext:
     currency: str | None = None
     on_alarm: AlarmCallback | None = None
     tariff: SiteTariff | None = None
+    audit: AuditLog | None = None
+    cycle_s: float = 1.0
+    config: Mapping[str, Any] | None = None
+    settings: RuntimeSettings | None = None
 
 
 class Telemetry:
@@ -115,6 +133,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     ``telemetry.dashboard_unavailable`` alarm; control goes on without it. The dashboard's app also
     serves the Prometheus metrics (``/metrics``).
     """
+    from controller.api.app import ApiContext, create_api
+    from controller.api.roles import Lockout
     from controller.bus import KINDS, STATE
     from controller.dashboard.app import HISTORY_POINTS, DashboardHub, DashboardServer, create_app
     from controller.dashboard.history import FILE_NAME, HistoryStore
@@ -125,7 +145,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
 
-    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site))
+    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site,
+                                        audit=ctx.audit.record if ctx.audit is not None else None))
     influx = settings.influxdb
     if influx.enabled:
         path = influx.outbox_path if influx.outbox_path.is_absolute() else ctx.state_dir / influx.outbox_path
@@ -150,14 +171,20 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
             log.error("dashboard history unavailable (%s): only today is shown", exc)
             store = None
         hub = DashboardHub(ctx.timezone, tariff=ctx.tariff, store=store)
+        if ctx.audit is not None:
+            _feed_audit(ctx.audit, hub)
         hub_offer = _with_command_counters(telemetry.intake, hub.offer)
         _seed(bus, hub_offer)
         sink = telemetry.influx
         metrics = ControllerMetrics((lambda: sink.backlog) if sink is not None else None)
         metrics_offer = _with_command_counters(telemetry.intake, metrics.offer)
+        tokens, lockout = access_tokens(dash, ctx), Lockout()
+        api = create_api(ApiContext(hub=hub, intake=telemetry.intake, tokens=tokens, lockout=lockout, clock=ctx.clock,
+                                    site=ctx.site, timezone=ctx.timezone, cycle_s=ctx.cycle_s, tariff=ctx.tariff,
+                                    config=ctx.config, settings=ctx.settings, audit=ctx.audit))
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
-                         intake=telemetry.intake, token=secret_from_env(dash.token_env), metrics=metrics)
-        server = DashboardServer(app, hub, dash.host, dash.port)
+                         intake=telemetry.intake, tokens=tokens, lockout=lockout, metrics=metrics, api=api)
+        server = DashboardServer(app, hub, dash.host, dash.port, tls=dash.tls)
         try:
             await server.start()
         except (OSError, RuntimeError) as exc:
@@ -168,10 +195,41 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
             telemetry.hub, telemetry.dashboard = hub, server
             telemetry.pump(bus.subscribe(KINDS), hub_offer, "dashboard")
             telemetry.pump(bus.subscribe((STATE,)), metrics_offer, "metrics")
-            log.info("dashboard on http://%s:%d/", dash.host, server.port)
+            log.info("dashboard on %s://%s:%d/ (REST API at /api/v1, %d access tokens)", server.scheme, dash.host,
+                     server.port, len(tokens.tokens))
     if settings.scada.enabled:
         await _start_scada(settings.scada, bus, telemetry, ctx)
     return telemetry
+
+
+def access_tokens(settings: DashboardSettings, ctx: TelemetryContext) -> TokenStore:
+    """The REST API's and dashboard's tokens: the tokens file (``tokens_file``, relative to the state directory,
+    else ``$EMS_API_TOKENS_FILE``), ``$EMS_API_TOKENS`` and the dashboard token (operator). A source that cannot
+    be read is logged and raised as the ``telemetry.tokens_invalid`` alarm, and left out; the rest still count."""
+    import os
+
+    from controller.api.roles import TOKENS_ENV, TOKENS_FILE_ENV, TokenError, TokenStore, read_env, read_file
+    from controller.telemetry.config import secret_from_env
+
+    tokens = []
+    path = settings.tokens_file or (Path(os.environ[TOKENS_FILE_ENV]) if os.environ.get(TOKENS_FILE_ENV) else None)
+    if path is not None and not path.is_absolute():
+        path = ctx.state_dir / path
+    problems = []
+    if path is not None:
+        try:
+            tokens += read_file(path) if path.exists() else []
+        except TokenError as exc:
+            problems.append(str(exc))
+    try:
+        tokens += read_env(os.environ.get(TOKENS_ENV, ""))
+    except TokenError as exc:
+        problems.append(str(exc))
+    for problem in problems:
+        log.error("access tokens not loaded: %s", problem)
+    if problems and ctx.on_alarm is not None:
+        ctx.on_alarm("telemetry.tokens_invalid", True, "access tokens not loaded: " + " | ".join(problems))
+    return TokenStore(tokens, secret_from_env(settings.token_env))
 
 
 async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, ctx: TelemetryContext) -> None:
@@ -192,6 +250,18 @@ async def _start_scada(settings: ScadaSettings, bus: Bus, telemetry: Telemetry, 
     telemetry.scada = scada
     telemetry.pump(bus.subscribe((STATE,), maxsize=2), scada.offer, "scada")
     log.info("SCADA Modbus server on %s:%d", settings.host, scada.port)
+
+
+def _feed_audit(audit: AuditLog, hub: DashboardHub) -> None:
+    """Show the newest audit entries on the dashboard, and each new one as it is recorded."""
+    from controller.dashboard.app import RECENT_COMMANDS
+
+    try:
+        for entry in reversed(audit.entries(limit=RECENT_COMMANDS)):
+            hub.offer("audit", entry)
+    except sqlite3.Error as exc:  # the list starts empty; the log itself is unaffected
+        log.error("dashboard: recent commands not read from the audit log: %s", exc)
+    audit.listeners.append(lambda entry: hub.offer("audit", entry))
 
 
 def _with_command_counters(intake: CommandIntake, offer: Callable[[str, Mapping[str, Any]], None],

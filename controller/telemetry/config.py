@@ -93,6 +93,13 @@ class InfluxSettings(_Strict):
     max_backoff_s: float = Field(default=60.0, gt=0, description="Longest wait between retries while down [s]")
 
 
+class DashboardTls(_Strict):
+    """HTTPS for the dashboard and the REST API (uvicorn's ``ssl_certfile`` / ``ssl_keyfile``); PEM files."""
+
+    cert: Path = Field(description="Server certificate chain (PEM)")
+    key: Path = Field(description="Its private key (PEM), readable by the controller's user only")
+
+
 class DashboardSettings(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the dashboard on the LAN")
@@ -102,7 +109,13 @@ class DashboardSettings(_Strict):
     port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests); see the log")
     token_env: str | None = Field(default="EMS_DASHBOARD_TOKEN",
                                   description="Environment variable holding the bearer token for control actions; "
-                                              "unset = read-only dashboard")
+                                              "unset = read-only dashboard; it counts as an operator token "
+                                              "named 'dashboard' (docs/integration.md)")
+    tokens_file: Path | None = Field(
+        default=None, description="Hashed access tokens of the REST API and the dashboard (`ems tokens add`); a "
+                                  "relative path is resolved against the state directory; default "
+                                  "$EMS_API_TOKENS_FILE, else none")
+    tls: DashboardTls | None = Field(default=None, description="Serve HTTPS with this certificate and key")
     language: Literal["auto", "en", "vi", "ja"] = Field(
         default="auto", description="auto = the browser's language")
     locale: str | None = Field(default=None, description="BCP 47 locale for numbers and times, e.g. vi-VN; "

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from controller.modes import MODE_CODES, Mode
 from controller.telemetry.outbox import OutboxStats
 
 STRING_FIELDS = frozenset({"mode", "reason", "period", "source", "follow", "follow_reason", "request"})
@@ -87,7 +88,10 @@ def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, float | str]) 
 
 
 def state_lines(site: str, state: Mapping[str, Any]) -> list[str]:
-    """A cycle's ``state`` message as ``ems_state``, ``ems_measurement`` and ``ems_quality`` lines."""
+    """A cycle's ``state`` message as ``ems_state``, ``ems_measurement`` and ``ems_quality`` lines.
+
+    ``ems_state`` also carries ``mode_code`` (:data:`controller.modes.MODE_CODES`: the mode as a number,
+    for databases that drop string fields) and ``alarms_active`` (how many alarms are active)."""
     ts_ms = to_ms(state["ts"])
     tags = {"site": site}
     measurements: Mapping[str, Any] = state.get("measurements") or {}
@@ -102,6 +106,8 @@ def state_lines(site: str, state: Mapping[str, Any]) -> list[str]:
             qualities[name] = str(quality)
     fields: dict[str, float | str] = {k: values[k] for k in POWER_FLOW_POINTS if k in values}
     _flatten({k: v for k, v in state.items() if k not in ("ts", "site", "measurements", "alarms")}, "", fields)
+    if state.get("mode") in set(Mode):
+        fields["mode_code"] = float(MODE_CODES[Mode(state["mode"])])
     alarms = state.get("alarms")
     if isinstance(alarms, list | tuple):
         fields["alarms_active"] = float(len(alarms))

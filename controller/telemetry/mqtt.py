@@ -99,6 +99,8 @@ class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
             raise
 
 
+SENDER_PROPERTY = "user"
+"""MQTT v5 user property a command's sender names itself in (recorded as the audit identity)."""
 VOLATILE_STATE_KEYS = frozenset({"ts", "cycle", "commands"})
 """State keys that change every cycle without news (time, cycle timing, command counters): ignored
 when deciding whether the state changed."""
@@ -115,6 +117,17 @@ def _claim_of(payload: bytes | str) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return claim if isinstance(claim, dict) and isinstance(claim.get("instance"), str) else None
+
+
+def sender_of(message: aiomqtt.Message) -> str | None:
+    """The sender a command names in its MQTT v5 user property ``user`` (``None`` without one).
+
+    A broker does not pass the publisher's user name to subscribers, so this is what the client claims;
+    the broker's ACL decides who may publish commands at all (deploy/mosquitto/acl)."""
+    for key, value in getattr(message.properties, "UserProperty", None) or []:
+        if key == SENDER_PROPERTY and isinstance(value, str):
+            return value[:64]
+    return None
 
 
 def _content(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,8 +371,10 @@ class MqttSink:
             self._commands.put_nowait(message)
             return
         self._set_queue_alarm(True)
-        await self._publish_result(client, name, self.intake.busy(name.removeprefix("park/"), _payload(message),
-                                                                  waiting=self._commands.qsize()))
+        interface = "park" if name.startswith("park/") else "mqtt"
+        await self._publish_result(client, name, self.intake.busy(
+            name.removeprefix("park/"), _payload(message), waiting=self._commands.qsize(), interface=interface,
+            identity=sender_of(message)))
 
     async def _command_worker(self, client: aiomqtt.Client) -> None:
         """Handle queued commands one by one; each gets its result, whatever it holds."""
@@ -379,15 +394,19 @@ class MqttSink:
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         name = self._command_name(str(message.topic)) or ""
+        identity = sender_of(message)
         if name.startswith("park/"):
             name = name.removeprefix("park/")
             if not self.settings.park_commands:
-                result = self.intake.refuse(name, _payload(message), PARK_COMMANDS_OFF, by="park")
+                result = self.intake.refuse(name, _payload(message), PARK_COMMANDS_OFF, interface="park",
+                                            identity=identity)
             else:
-                result = self.intake.handle(name, _payload(message), by="park", retained=bool(message.retain))
+                result = self.intake.handle(name, _payload(message), interface="park", identity=identity,
+                                            retained=bool(message.retain))
             await self._publish_result(client, f"park/{name}", result)
             return
-        result = self.intake.handle(name, _payload(message), by="mqtt", retained=bool(message.retain))
+        result = self.intake.handle(name, _payload(message), interface="mqtt", identity=identity,
+                                    retained=bool(message.retain))
         await self._publish_result(client, name, result)
 
     async def _per_message(self, step: Callable[[aiomqtt.Client, aiomqtt.Message], Awaitable[None]],

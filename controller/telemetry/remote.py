@@ -3,9 +3,12 @@
 A command arrives as a name (``set_mode``, ``manual_setpoint``, ``soc_reserve``, ``replan``) and a
 JSON object. It is checked against ``schemas/cmd_<name>.json``; a command stamped with ``ts`` whose
 ``ttl_s`` has already run out (site clock) is rejected as expired, otherwise its TTL is shortened
-by its age. Then it goes to the controller's ``Commands.apply`` (below the safety steps). Every
-path ends in a result ``{command, id, accepted, reason, ts, site}`` that echoes the command's ``id``
-whenever one can be read (also for schema rejections); nothing here raises, whatever the input.
+by its age. Then it goes to the controller's ``Controller.apply`` (below the safety steps) with the
+interface it came through and the sender's identity. Every path ends in a result ``{command, id,
+accepted, reason, ts, site}`` that echoes the command's ``id`` whenever one can be read (also for schema
+rejections); nothing here raises, whatever the input. ``Controller.apply`` records each command it gets
+in the audit log (:mod:`controller.audit`); a command refused here, before it gets there, is recorded
+through ``audit``, so every command is recorded exactly once.
 
 Payloads are decoded strictly before the schema sees them (:mod:`controller.telemetry.strict_json`):
 at most :data:`MAX_PAYLOAD_BYTES`, UTF-8 without BOM, nesting at most :data:`MAX_JSON_DEPTH`,
@@ -20,17 +23,17 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator
 
-from controller.commands import CommandResult
+from controller.commands import COMMAND_MODELS, CommandResult, sender
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("set_mode", "manual_setpoint", "soc_reserve", "replan")
+COMMAND_NAMES = tuple(COMMAND_MODELS)
 MAX_PAYLOAD_BYTES = 4096
 """Largest command payload; checked before anything is parsed. [bytes]"""
 MAX_JSON_DEPTH = 4
@@ -38,8 +41,18 @@ MAX_JSON_DEPTH = 4
 MAX_NAME_CHARS = 64
 MAX_REASON_CHARS = 1000
 
-ApplyFn = Callable[[dict[str, Any]], CommandResult]
-"""``Commands.apply`` of the controller (takes the command as a dict with a ``command`` key)."""
+
+
+class ApplyFn(Protocol):
+    """``Controller.apply``: takes the command as a dict with a ``command`` key, the interface it came by
+    (``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park``, ``internal``) and the caller's identity."""
+
+    def __call__(self, command: dict[str, Any], *, interface: str = "internal",
+                 identity: str | None = None) -> CommandResult: ...
+
+
+AuditFn = Callable[..., None]
+"""``AuditLog.record(*, ts, interface, identity, command, payload, accepted, reason)``."""
 
 
 @cache
@@ -70,18 +83,21 @@ class CommandIntake:
     Parameters
     ----------
     apply : ApplyFn
-        The controller's ``Commands.apply``.
+        The controller's ``Controller.apply`` (which records what it gets in the audit log).
     clock : Clock
         Site clock: TTLs are site seconds, as in the controller.
     site : str, optional
         Site id, written into every result (``site``) so that an answer names its site wherever it
         ends up (a park broker, a REST client).
+    audit : AuditFn, optional
+        Records the commands refused before they reach ``apply`` (``AuditLog.record``).
     """
 
-    def __init__(self, apply: ApplyFn, clock: Clock, site: str | None = None):
+    def __init__(self, apply: ApplyFn, clock: Clock, site: str | None = None, audit: AuditFn | None = None):
         self.apply = apply
         self.clock = clock
         self.site = site
+        self.audit = audit
         self.accepted = 0
         self.rejected = 0
         self.busy_rejected = 0
@@ -94,11 +110,21 @@ class CommandIntake:
         return {"accepted": self.accepted, "rejected": self.rejected, "busy": self.busy_rejected,
                 "errors": self.errors, "dropped": self.dropped}
 
-    def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, by: str,
-               retained: bool = False) -> dict[str, Any]:
-        """Process one command; returns its result message (``cmd_result.json``). Never raises."""
+    def handle(self, name: str, payload: bytes | str | Mapping[str, Any], *, interface: str,
+               identity: str | None = None, retained: bool = False) -> dict[str, Any]:
+        """Process one command; returns its result message (``cmd_result.json``). Never raises.
+
+        Parameters
+        ----------
+        interface : str
+            ``mqtt``, ``rest``, ``dashboard``, ``scada``, ``park`` (the audit log's interface).
+        identity : str, optional
+            The sender: token name, MQTT user, client address (``None`` when unknown).
+        """
         command_id: str | None = None
         shown = _printable(name)[:MAX_NAME_CHARS]
+        by = sender(interface, identity)
+        reached = False
         try:
             try:
                 data, undecodable = _decode(payload), None
@@ -114,7 +140,9 @@ class CommandIntake:
             errors = schema_errors(name, data)
             if errors:
                 raise _Rejected("invalid: " + "; ".join(errors))
-            result = self._apply(name, data, by)
+            command = self._command(name, data)
+            reached = True
+            result = self._apply(command, interface, identity)
         except _Rejected as exc:
             result = CommandResult(False, str(exc))
         except Exception as exc:  # a bug here must cost one command, never the message path
@@ -126,32 +154,51 @@ class CommandIntake:
         else:
             self.rejected += 1
             log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
+        if not reached:
+            self._record(name, payload, result, interface, identity)
         return self._result(name, command_id, result)
 
-    def refuse(self, name: str, payload: bytes | str | Mapping[str, Any], reason: str, *, by: str) -> dict[str, Any]:
+    def refuse(self, name: str, payload: bytes | str | Mapping[str, Any], reason: str, *, interface: str,
+               identity: str | None = None) -> dict[str, Any]:
         """The answer to a command its transport may not deliver (e.g. park commands while the site does not
-        allow them): rejected with ``reason``, counted and logged like any rejection. Never raises."""
+        allow them): rejected with ``reason``, counted, logged and recorded like any rejection. Never raises."""
         try:
             command_id = read_id(_decode(payload))
         except Exception:  # an unreadable id is no reason not to answer
             command_id = None
         shown = _printable(name)[:MAX_NAME_CHARS]
         self.rejected += 1
-        log.warning("command %s from %s rejected: %s", shown, by, reason)
-        return self._result(name, command_id, CommandResult(False, reason))
+        log.warning("command %s from %s rejected: %s", shown, sender(interface, identity), reason)
+        result = CommandResult(False, reason)
+        self._record(name, payload, result, interface, identity)
+        return self._result(name, command_id, result)
 
-    def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int) -> dict[str, Any]:
+    def busy(self, name: str, payload: bytes | str | Mapping[str, Any], *, waiting: int, interface: str,
+             identity: str | None = None) -> dict[str, Any]:
         """The answer to a command that found the command queue full (``waiting`` commands ahead of it).
 
-        Not logged per command: the transport raises an alarm while its queue is full."""
+        Not logged per command (the transport raises an alarm while its queue is full), but recorded."""
         try:
             command_id = read_id(_decode(payload))
         except Exception:  # an unreadable id is no reason not to answer
             command_id = None
         self.rejected += 1
         self.busy_rejected += 1
-        return self._result(name, command_id, CommandResult(
-            False, f"busy: {waiting} commands waiting; send it again later"))
+        result = CommandResult(False, f"busy: {waiting} commands waiting; send it again later")
+        self._record(name, payload, result, interface, identity)
+        return self._result(name, command_id, result)
+
+    def _record(self, name: str, payload: bytes | str | Mapping[str, Any], result: CommandResult, interface: str,
+                identity: str | None) -> None:
+        """Put a command refused before ``apply`` into the audit log (a failure costs the entry, not the answer)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit(ts=self.clock.now(), interface=interface, identity=identity,
+                       command=_printable(name)[:MAX_NAME_CHARS], payload=payload, accepted=result.accepted,
+                       reason=_printable(result.reason)[:MAX_REASON_CHARS])
+        except Exception:
+            log.exception("command %s: audit entry not recorded", name)
 
     def _result(self, name: str, command_id: str | None, result: CommandResult) -> dict[str, Any]:
         answer = {"command": _printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
@@ -160,15 +207,20 @@ class CommandIntake:
             answer["site"] = self.site
         return answer
 
-    def _apply(self, name: str, data: dict[str, Any], by: str) -> CommandResult:
+    def _command(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The command ``apply`` gets: without ``id`` and ``ts``, its TTL shortened by its age; raises
+        ``_Rejected`` when it has expired."""
         command = {k: v for k, v in data.items() if k not in ("id", "ts")}
         if "ts" in data:
             command["ttl_s"] = self._remaining_ttl(data["ts"], data.get("ttl_s"))
-        command.update(command=name, by=by[:64])
+        command["command"] = name
+        return command
+
+    def _apply(self, command: dict[str, Any], interface: str, identity: str | None) -> CommandResult:
         try:
-            return self.apply(command)
-        except Exception as exc:  # the controller must answer, whatever went wrong inside
-            log.exception("command %s: apply failed", name)
+            return self.apply(command, interface=interface, identity=identity)
+        except Exception as exc:  # the controller must answer, whatever went wrong inside (it recorded it)
+            log.exception("command %s: apply failed", command["command"])
             self.errors += 1
             return CommandResult(False, f"internal error: {type(exc).__name__}: {exc}")
 

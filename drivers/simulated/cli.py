@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--fault", action="append", default=[], metavar="DEVICE:KIND[=ARG]",
                        help="inject a fault from the start, e.g. battery:offline, grid-meter:exception=4, "
                             "pv-inverter:slow=3, battery:sentinel=soc_pct, battery:out_of_range=soc_pct=250, "
-                            "grid-meter:frozen (repeatable)")
+                            "grid-meter:frozen, battery:ignore_setpoint, battery:bms_charge=40, "
+                            "battery:bms_discharge=0 (repeatable)")
     serve.set_defaults(func=_serve)
 
     scan = _devices_parser(sub).add_parser("scan", help="list the SunSpec models of a device")

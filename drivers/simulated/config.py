@@ -10,6 +10,10 @@ Example (deploy/examples/simulated-site.yaml)::
       weather: {model: clear_sky, cloudiness: 0.3, seed: 7}      # or {model: series, file: pv.csv, column: pv_kw}
       load: {day_kw: 800, night_kw: 300, day_start: "07:00", day_end: "19:00", sunday_factor: 0.3,
              noise_pct: 5, seed: 7}                              # or {model: series, file: load.csv, column: load_kw}
+      units:                               # per device (all optional): settings and faults from the start
+        bess-2: {initial_soc_pct: 80, bms_max_charge_pct: 50}
+        inv-07: {offline: true}
+        inv-08: {ignore_setpoint: true}
 
 Series files are CSV with a ``timestamp`` column (ISO 8601 with offset) at a regular step and one
 power column in kW; a relative ``file`` is taken relative to the site file.
@@ -64,6 +68,24 @@ Weather = Annotated[ClearSkyWeather | SeriesSource, Field(discriminator="model")
 Load = Annotated[ShiftLoadConfig | SeriesSource, Field(discriminator="model")]
 
 
+class UnitSimulation(StrictModel):
+    """Simulation settings and faults of one device (``simulation.units.<device name>``), all optional.
+
+    ``bms_max_charge_pct``/``bms_max_discharge_pct`` derate the BMS: it allows that share of the unit's
+    PCS limits (and says so in ``max_charge_kw``/``max_discharge_kw``); ``ignore_setpoint`` makes the unit
+    keep its own power whatever is written (it still reads back what was written); ``offline`` stops it
+    answering. The last three are faults (``drivers.simulated.faults``) that can also change at run time.
+    """
+
+    initial_soc_pct: float | None = Field(default=None, ge=0, le=100,
+                                          description="SOC at start [%]; default simulation.initial_soc_pct")
+    bms_max_charge_pct: float = Field(default=100.0, ge=0, le=100, description="BMS charge allowance [% of PCS]")
+    bms_max_discharge_pct: float = Field(default=100.0, ge=0, le=100,
+                                         description="BMS discharge allowance [% of PCS]")
+    ignore_setpoint: bool = False
+    offline: bool = False
+
+
 class SimulationConfig(StrictModel):
     """How the simulated site runs: clock, plant step, initial state, BMS behaviour, weather and load."""
 
@@ -77,6 +99,8 @@ class SimulationConfig(StrictModel):
     ramp_kw_per_s: float | None = Field(default=None, gt=0, description="PCS ramp [kW/s]; default none")
     weather: Weather = ClearSkyWeather()
     load: Load = ShiftLoadConfig(day_kw=0.0, night_kw=0.0)
+    units: dict[str, UnitSimulation] = Field(default_factory=dict,
+                                             description="per-device settings and faults, by device name")
 
     @field_validator("weather", "load", mode="before")
     @classmethod
@@ -104,8 +128,15 @@ class Endpoint(StrictModel):
     port: int = Field(ge=1, le=65535)
 
 
+MeterLocation = Literal["grid", "feeder", "pv", "load"]
+
+
 class SimulatedDevice(BaseModel):
-    """What the simulated site needs of a ``devices:`` entry (the controller validates the rest)."""
+    """What the simulated site needs of a ``devices:`` entry (the controller validates the rest).
+
+    ``location`` places a meter (``grid``: the connection point; ``pv``, ``load``, ``feeder``: sub-meters);
+    ``rating_kw`` is an inverter's AC rating; ``battery`` a battery unit's own spec.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     name: str = Field(min_length=1)
@@ -113,6 +144,9 @@ class SimulatedDevice(BaseModel):
     profile: str = Field(min_length=1, description="shipped profile name, or a path relative to the site file")
     endpoint: Endpoint
     unit_id: int = Field(default=1, ge=1, le=247)
+    location: MeterLocation = "grid"
+    rating_kw: float | None = Field(default=None, gt=0, description="inverter AC rating [kW]")
+    battery: BatterySpec | None = None
 
 
 class SimulatedSiteFile(BaseModel):
@@ -121,7 +155,7 @@ class SimulatedSiteFile(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     site: SiteInfo
     pv: PVSpec
-    battery: BatterySpec
+    battery: BatterySpec | None = Field(default=None, description="the single battery, or the sums of the units")
     devices: list[SimulatedDevice] = Field(min_length=1)
     simulation: SimulationConfig = SimulationConfig()
 
@@ -133,7 +167,53 @@ class SimulatedSiteFile(BaseModel):
         seats = [(d.endpoint.host, d.endpoint.port, d.unit_id) for d in self.devices]
         if len(set(seats)) != len(seats):
             raise ValueError("two devices share host, port and unit_id")
+        unknown = sorted(set(self.simulation.units) - set(names))
+        if unknown:
+            raise ValueError(f"simulation.units: no device named {', '.join(unknown)}")
+        grid_meters = [d.name for d in self.of_role(Role.METER) if d.location == "grid"]
+        if len(grid_meters) > 1:
+            raise ValueError(f"more than one meter at location grid: {', '.join(grid_meters)}")
+        self.inverter_ratings()
+        self.battery_specs()
         return self
+
+    def of_role(self, role: Role) -> list[SimulatedDevice]:
+        """The devices of ``role``, in file order."""
+        return [d for d in self.devices if d.role is role]
+
+    def inverter_ratings(self) -> dict[str, float]:
+        """AC rating of each inverter [kW]: its ``rating_kw``; a single inverter without one has ``pv.ac_kw``.
+
+        ValueError when several inverters lack a rating or their ratings do not add up to ``pv.ac_kw``.
+        """
+        inverters = self.of_role(Role.PV_INVERTER)
+        ac_kw = self.pv.ac_limit_kw
+        if len(inverters) == 1 and inverters[0].rating_kw is None:
+            return {inverters[0].name: ac_kw}
+        missing = [d.name for d in inverters if d.rating_kw is None]
+        if missing:
+            raise ValueError(f"devices {', '.join(missing)}: rating_kw is required with more than one inverter")
+        ratings = {d.name: float(d.rating_kw) for d in inverters if d.rating_kw is not None}
+        if ratings and abs(sum(ratings.values()) - ac_kw) > 1e-6 * ac_kw:
+            raise ValueError(f"the inverters' rating_kw add up to {sum(ratings.values()):g} kW, "
+                             f"pv.ac_kw is {ac_kw:g} kW")
+        return ratings
+
+    def battery_specs(self) -> dict[str, BatterySpec]:
+        """Each battery unit's spec: its own ``battery:``, or the top-level one for a single battery without one.
+
+        ValueError naming the unit when a spec is missing.
+        """
+        batteries = self.of_role(Role.BATTERY)
+        specs: dict[str, BatterySpec] = {}
+        for d in batteries:
+            spec = d.battery or (self.battery if len(batteries) == 1 else None)
+            if spec is None:
+                where = "battery: (its own or the top-level one)" if len(batteries) == 1 else \
+                    "its own battery: section (required with more than one battery)"
+                raise ValueError(f"device {d.name}: needs {where}")
+            specs[d.name] = spec
+        return specs
 
 
 def load_site_file(path: str | Path) -> SimulatedSiteFile:

@@ -11,9 +11,14 @@ Kinds (per device, several at once; a client sees them as it would on a real sit
 - ``slow``: every answer is delayed by ``delay_s`` real seconds (client timeouts are real time).
 - ``sentinel``: the named points (all measured points if none are named) read "not implemented".
 - ``out_of_range``: a point reads a given value (in the point's unit) instead of the truth.
+- ``ignore_setpoint``: the unit keeps the power it had when the fault began (from the start: a battery
+  0 kW, an inverter no limit) whatever is written; writes are still accepted and read back, as a unit
+  whose setpoint never reaches its PCS does.
+- ``bms_charge`` / ``bms_discharge``: a derated BMS allows only this % of the unit's PCS limits (and reports it).
 
 Text form (``ems sim serve --fault``): ``DEVICE:offline``, ``DEVICE:frozen``, ``DEVICE:exception=4``,
-``DEVICE:slow=3``, ``DEVICE:sentinel`` or ``DEVICE:sentinel=soc_pct``, ``DEVICE:out_of_range=soc_pct=250``.
+``DEVICE:slow=3``, ``DEVICE:sentinel`` or ``DEVICE:sentinel=soc_pct``, ``DEVICE:out_of_range=soc_pct=250``,
+``DEVICE:ignore_setpoint``, ``DEVICE:bms_charge=50``, ``DEVICE:bms_discharge=0``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class DeviceFaults:
     delay_s: float = 0.0
     sentinel_points: set[str] | None = None  # None: off; empty set: every measured point
     overrides: dict[str, float] = field(default_factory=dict)
+    ignore_setpoint: bool = False
+    bms_max_charge_pct: float = 100.0
+    bms_max_discharge_pct: float = 100.0
 
 
 class Faults:
@@ -90,6 +98,23 @@ class Faults:
             overrides[point] = value
         self._changed()
 
+    def ignore_setpoint(self, device: str, on: bool = True) -> None:
+        """Make the unit keep its own power whatever is written (``on=False`` ends it)."""
+        self.of(device).ignore_setpoint = on
+        self._changed()
+
+    def bms_limit(self, device: str, charge_pct: float | None = None, discharge_pct: float | None = None) -> None:
+        """Derate the unit's BMS to ``charge_pct``/``discharge_pct`` % of its PCS limits (100 ends it). [%]"""
+        f = self.of(device)
+        for pct in (charge_pct, discharge_pct):
+            if pct is not None and not 0.0 <= pct <= 100.0:
+                raise ValueError(f"a BMS limit must be within 0–100 %, got {pct}")
+        if charge_pct is not None:
+            f.bms_max_charge_pct = charge_pct
+        if discharge_pct is not None:
+            f.bms_max_discharge_pct = discharge_pct
+        self._changed()
+
     def clear(self, device: str | None = None) -> None:
         """End every fault of ``device`` (default: of every device)."""
         for name in [device] if device is not None else list(self._faults):
@@ -114,6 +139,12 @@ class Faults:
                 self.slow(device, float(arg))
             elif kind == "sentinel":
                 self.sentinel(device, [arg] if arg else None)
+            elif kind == "ignore_setpoint":
+                self.ignore_setpoint(device)
+            elif kind == "bms_charge":
+                self.bms_limit(device, charge_pct=float(arg))
+            elif kind == "bms_discharge":
+                self.bms_limit(device, discharge_pct=float(arg))
             elif kind == "out_of_range":
                 point, _, value = arg.partition("=")
                 self.out_of_range(device, point, float(value))

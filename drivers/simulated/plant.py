@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
@@ -96,6 +96,10 @@ class BatteryModel:
         self._capacity_kwh = self.nameplate_kwh * self._soh_pct / 100.0
         self._soc_kwh = self._capacity_kwh * initial_soc_pct / 100.0
         self._power_kw = 0.0
+        self.bms_charge_share = 1.0
+        """Share of ``max_charge_kw`` a derated BMS allows, in [0, 1] (a fault of the simulated site). [-]"""
+        self.bms_discharge_share = 1.0
+        """Share of ``max_discharge_kw`` a derated BMS allows, in [0, 1]. [-]"""
         self.charged_kwh = 0.0
         """AC energy taken in while charging. [kWh]"""
         self.discharged_kwh = 0.0
@@ -154,18 +158,22 @@ class BatteryModel:
         return self._power_kw
 
     def allowed_charge_kw(self) -> float:
-        """Charge power the BMS allows now (≥ 0): the PCS limit, tapered to 0 between taper_high_pct and 100 %. [kW]"""
+        """Charge power the BMS allows now (≥ 0): the PCS limit × ``bms_charge_share``, tapered to 0 between
+        taper_high_pct and 100 %. [kW]"""
         soc_pct = 100.0 * self._soc_kwh / self._capacity_kwh
+        limit = self.max_charge_kw * self.bms_charge_share
         if soc_pct <= self.taper_high_pct:
-            return self.max_charge_kw
-        return self.max_charge_kw * max(0.0, (100.0 - soc_pct) / (100.0 - self.taper_high_pct))
+            return limit
+        return limit * max(0.0, (100.0 - soc_pct) / (100.0 - self.taper_high_pct))
 
     def allowed_discharge_kw(self) -> float:
-        """Discharge power the BMS allows now (≥ 0): the PCS limit, tapered to 0 between taper_low_pct and 0 %. [kW]"""
+        """Discharge power the BMS allows now (≥ 0): the PCS limit × ``bms_discharge_share``, tapered to 0 between
+        taper_low_pct and 0 %. [kW]"""
         soc_pct = 100.0 * self._soc_kwh / self._capacity_kwh
+        limit = self.max_discharge_kw * self.bms_discharge_share
         if soc_pct >= self.taper_low_pct:
-            return self.max_discharge_kw
-        return self.max_discharge_kw * max(0.0, soc_pct / self.taper_low_pct)
+            return limit
+        return limit * max(0.0, soc_pct / self.taper_low_pct)
 
     def step(self, setpoint_kw: float, dt_s: float) -> float:
         """Run the battery for ``dt_s`` seconds towards ``setpoint_kw`` (+ discharge).
@@ -399,3 +407,124 @@ class Plant:
         return PlantState(now, grid_kw, pv_kw, pv_available_kw, load_kw, battery_kw,
                           100.0 * soc_kwh / battery._capacity_kwh, soc_kwh, battery.allowed_charge_kw(),
                           battery.allowed_discharge_kw(), self.import_kwh, self.export_kwh, self.pv.energy_kwh)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryUnitState:
+    """One battery unit over a step: power the step average (+ discharge), the rest at the end of the step.
+
+    Attributes
+    ----------
+    battery_kw, max_charge_kw, max_discharge_kw : float
+        [kW]
+    soc_pct : float
+        [%]
+    soc_kwh : float
+        [kWh]
+    """
+
+    battery_kw: float
+    soc_pct: float
+    soc_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class InverterUnitState:
+    """One PV inverter over a step.
+
+    Attributes
+    ----------
+    pv_kw, pv_available_kw : float
+        Step average; available is this inverter's share of the array. [kW]
+    limited : bool
+        Whether an active power limit held it below what was available.
+    energy_kwh : float
+        Cumulative AC energy. [kWh]
+    """
+
+    pv_kw: float
+    pv_available_kw: float
+    limited: bool
+    energy_kwh: float
+
+
+class SitePlant:
+    """Several PV inverters and battery units behind one grid meter, each with its own physics.
+
+    Every inverter sees the same weather: its available power is the array's × ``rated_kw / ac_kw``.
+    Every battery unit follows its own setpoint within its own PCS and BMS limits. The meter reads
+    ``load − Σ pv − Σ battery``. With one inverter and one battery the numbers are :class:`Plant`'s exactly.
+
+    Parameters
+    ----------
+    batteries : Mapping[str, BatteryModel]
+        Battery units by device name.
+    inverters : Mapping[str, PVModel]
+        PV inverters by device name; each one's ``rated_kw`` is its AC rating.
+    ac_kw : float
+        AC rating of the whole PV plant (the sum of the inverters'). [kW]
+    """
+
+    def __init__(self, batteries: Mapping[str, BatteryModel], inverters: Mapping[str, PVModel], ac_kw: float):
+        if ac_kw <= 0:
+            raise ValueError(f"ac_kw must be positive, got {ac_kw}")
+        self.batteries = dict(batteries)
+        self.inverters = dict(inverters)
+        self.ac_kw = float(ac_kw)
+        self.import_kwh = 0.0
+        """Cumulative energy imported from the grid. [kWh]"""
+        self.export_kwh = 0.0
+        """Cumulative energy exported to the grid. [kWh]"""
+        self.units: dict[str, BatteryUnitState | InverterUnitState] = {}
+        """Each unit's state over the last step, by device name."""
+
+    def step(self, now: datetime, dt_s: float, setpoints_kw: Mapping[str, float],
+             limits_pct: Mapping[str, float | None], pv_available_kw: float, load_kw: float) -> PlantState:
+        """Advance every unit by ``dt_s`` seconds from ``now``; returns the site totals.
+
+        Parameters
+        ----------
+        now : datetime
+            Start of the step (UTC, aware).
+        dt_s : float
+            Step length. [s]
+        setpoints_kw : Mapping[str, float]
+            Battery setpoint by unit, + discharge; a unit not named gets 0. [kW]
+        limits_pct : Mapping[str, float | None]
+            Active power limit by inverter, % of its rating; not named or ``None`` = no limit. [%]
+        pv_available_kw : float
+            PV power the whole array could deliver now. [kW]
+        load_kw : float
+            Site load (≥ 0). [kW]
+        """
+        if not load_kw >= 0.0:
+            raise ValueError(f"load must be ≥ 0, got {load_kw}")
+        pv_kw = pv_energy_kwh = 0.0
+        for name, pv in self.inverters.items():
+            available = pv_available_kw * (pv.rated_kw / self.ac_kw)
+            limit = limits_pct.get(name)
+            kw = pv.step(available, limit, dt_s)
+            self.units[name] = InverterUnitState(kw, available, limit is not None and kw < available - 1e-6,
+                                                 pv.energy_kwh)
+            pv_kw += kw
+            pv_energy_kwh += pv.energy_kwh
+        battery_kw = soc_kwh = capacity_kwh = max_charge_kw = max_discharge_kw = 0.0
+        for name, b in self.batteries.items():
+            kw = b.step(setpoints_kw.get(name, 0.0), dt_s)
+            unit = BatteryUnitState(kw, b.soc_pct, b.soc_kwh, b.allowed_charge_kw(), b.allowed_discharge_kw())
+            self.units[name] = unit
+            battery_kw += kw
+            soc_kwh += unit.soc_kwh
+            capacity_kwh += b.capacity_kwh
+            max_charge_kw += unit.max_charge_kw
+            max_discharge_kw += unit.max_discharge_kw
+        grid_kw = load_kw - pv_kw - battery_kw
+        if grid_kw > 0.0:
+            self.import_kwh += grid_kw * dt_s / 3600.0
+        else:
+            self.export_kwh -= grid_kw * dt_s / 3600.0
+        soc_pct = 100.0 * soc_kwh / capacity_kwh if capacity_kwh else 0.0
+        return PlantState(now, grid_kw, pv_kw, pv_available_kw, load_kw, battery_kw, soc_pct, soc_kwh,
+                          max_charge_kw, max_discharge_kw, self.import_kwh, self.export_kwh, pv_energy_kwh)

@@ -4,12 +4,19 @@
     endpoints = await site.start()       # {device name: Endpoint(host, port, unit_id)}
     ... any Modbus/SunSpec client, or the controller with the same site file and ``site.clock`` ...
     site.faults.offline("battery")       # fault injection (drivers.simulated.faults)
-    site.state                           # the plant's true state (PlantState) of the last step
+    site.state                           # the plant's true state (PlantState, site totals) of the last step
+    site.plant.units["bess-1"]           # one unit's true state (BatteryUnitState / InverterUnitState)
     await site.stop()
+
+Any number of inverters, battery units and meters (``drivers.simulated.plant.SitePlant``): each inverter
+produces its rating's share of the array under the same weather, each battery unit runs its own PCS and
+BMS, the grid meter reads the balance and sub-meters (``location: pv | load | feeder``) what they are
+placed on. Devices behind one host:port share one server (unit ids, as behind a logger or gateway).
+``simulation.units`` sets a unit's initial SOC and its faults from the start.
 
 A background task steps the plant every ``simulation.step_s`` site seconds (or more at high speed,
 so that steps stay ≥ 20 ms apart in real time) with the site time elapsed since the previous step. Each
-step reads the setpoints clients wrote (``battery_setpoint_kw``, ``pv_limit_pct``) from the devices'
+step reads the setpoints clients wrote (``battery_setpoint_kw``, ``pv_limit_pct``) from each unit's
 registers, runs the PCS watchdogs, steps the plant, and writes the measurements back through each
 device's profile (unless that device is frozen: it keeps serving what it held when frozen, or its first
 values if frozen from the start; sentinel and out-of-range faults are applied here).
@@ -38,10 +45,20 @@ from drivers.simulated.config import (
     SeriesSource,
     ShiftLoadConfig,
     SimulatedSiteFile,
+    UnitSimulation,
     load_site_file,
 )
 from drivers.simulated.faults import Faults
-from drivers.simulated.plant import ArraySource, BatteryModel, Plant, PlantState, PVModel, ShiftLoad, Source
+from drivers.simulated.plant import (
+    ArraySource,
+    BatteryModel,
+    InverterUnitState,
+    PlantState,
+    PVModel,
+    ShiftLoad,
+    SitePlant,
+    Source,
+)
 from drivers.simulated.server import DeviceImage, DeviceServer, full_scale
 from ems.clock import AcceleratedClock, Clock
 from optimizer.site import PVSpec, SiteInfo
@@ -124,17 +141,27 @@ class SimulatedSite:
         sim = config.simulation
         self.config = config
         self.clock: Clock = clock or AcceleratedClock(speed or sim.speed, sim.start)
-        battery = BatteryModel.from_spec(
-            config.battery, initial_soc_pct=sim.initial_soc_pct, soh_pct=sim.soh_pct,
-            taper_high_pct=sim.taper_high_pct, taper_low_pct=sim.taper_low_pct,
-            ramp_kw_per_s=sim.ramp_kw_per_s or math.inf)
-        self.plant = Plant(battery, PVModel(config.pv.ac_limit_kw))
+        specs = config.battery_specs()
+        batteries = {}
+        for name, spec in specs.items():
+            soc_pct = self._unit(name).initial_soc_pct
+            batteries[name] = BatteryModel.from_spec(
+                spec, initial_soc_pct=sim.initial_soc_pct if soc_pct is None else soc_pct, soh_pct=sim.soh_pct,
+                taper_high_pct=sim.taper_high_pct, taper_low_pct=sim.taper_low_pct,
+                ramp_kw_per_s=sim.ramp_kw_per_s or math.inf)
+        inverters = {name: PVModel(kw) for name, kw in config.inverter_ratings().items()}
+        self.plant = SitePlant(batteries, inverters, config.pv.ac_limit_kw)
         self.pv_source: Source = self._weather()
         self.load_source: Source = self._load()
         self.faults = Faults([d.name for d in config.devices], on_change=self._faults_changed)
+        for name, unit in sim.units.items():
+            f = self.faults.of(name)
+            f.offline, f.ignore_setpoint = unit.offline, unit.ignore_setpoint
+            f.bms_max_charge_pct, f.bms_max_discharge_pct = unit.bms_max_charge_pct, unit.bms_max_discharge_pct
         self.state: PlantState | None = None
         self.steps = 0
-        power_kw = max(config.pv.ac_limit_kw, config.battery.max_charge_kw, config.battery.max_discharge_kw,
+        power_kw = max(config.pv.ac_limit_kw, sum(b.max_charge_kw for b in specs.values()),
+                       sum(b.max_discharge_kw for b in specs.values()),
                        getattr(sim.load, "day_kw", 0.0), getattr(sim.load, "night_kw", 0.0), 1.0)
         magnitudes = full_scale(power_kw)
         self.images: dict[str, DeviceImage] = {}
@@ -146,12 +173,18 @@ class SimulatedSite:
             self.images[d.name] = image
             by_port.setdefault((d.endpoint.host, d.endpoint.port), []).append(image)
         self.servers = [DeviceServer(host, port, images, self.faults) for (host, port), images in by_port.items()]
+        self._locations = {d.name: d.location for d in config.of_role(Role.METER)}
+        self._sub_meter_kwh = {name: [0.0, 0.0] for name, where in self._locations.items() if where != "grid"}
+        self._held_kw: dict[str, float] = {}  # battery units ignoring their setpoint: the power they keep [kW]
         self._task: asyncio.Task[None] | None = None
         self._serving = False
         self._reconciles: set[asyncio.Task[None]] = set()
         self._reconcile_lock = asyncio.Lock()
         self._last_mono = 0.0
         self._published: set[str] = set()  # devices whose registers hold measurements (a frozen one keeps them)
+
+    def _unit(self, name: str) -> UnitSimulation:
+        return self.config.simulation.units.get(name) or UnitSimulation()
 
     @classmethod
     def from_file(cls, path: str | Path, clock: Clock | None = None, speed: float | None = None) -> SimulatedSite:
@@ -174,9 +207,6 @@ class SimulatedSite:
     def endpoints(self) -> dict[str, Endpoint]:
         """Where each device answers, by device name."""
         return {d.name: Endpoint(d.endpoint.host, d.endpoint.port, d.unit_id) for d in self.config.devices}
-
-    def _role_image(self, role: Role) -> DeviceImage | None:
-        return next((i for i in self.images.values() if i.role is role), None)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -235,58 +265,76 @@ class SimulatedSite:
 
     def step(self, dt_s: float) -> PlantState:
         """Advance the plant by ``dt_s`` site seconds ending now and publish the result to the registers."""
-        battery = self._role_image(Role.BATTERY)
-        inverter = self._role_image(Role.PV_INVERTER)
-        setpoint_kw = 0.0
-        if battery is not None:
-            battery.watchdog()
-            setpoint_kw = battery.setpoint("battery_setpoint_kw") or 0.0
-        limit_pct = inverter.setpoint("pv_limit_pct") if inverter is not None else None
+        setpoints: dict[str, float] = {}
+        for name, battery in self.plant.batteries.items():
+            image, f = self.images[name], self.faults.of(name)
+            image.watchdog()
+            battery.bms_charge_share = f.bms_max_charge_pct / 100.0
+            battery.bms_discharge_share = f.bms_max_discharge_pct / 100.0
+            if f.ignore_setpoint:
+                setpoints[name] = self._held_kw.setdefault(name, battery.power_kw)
+            else:
+                self._held_kw.pop(name, None)
+                setpoints[name] = image.setpoint("battery_setpoint_kw") or 0.0
+        limits_pct = {name: None if self.faults.of(name).ignore_setpoint
+                      else self.images[name].setpoint("pv_limit_pct") for name in self.plant.inverters}
         end = self.clock.now()
         start = end - timedelta(seconds=dt_s)
-        state = self.plant.step(start.astimezone(UTC), dt_s, setpoint_kw, limit_pct,
+        state = self.plant.step(start.astimezone(UTC), dt_s, setpoints, limits_pct,
                                 max(0.0, self.pv_source(start)), max(0.0, self.load_source(start)))
         self.state = state
         self.steps += 1
+        for name, counters in self._sub_meter_kwh.items():
+            kw = self._sub_meter_kw(name, state)
+            counters[0 if kw > 0.0 else 1] += abs(kw) * dt_s / 3600.0
         for image in self.images.values():
-            self._publish(image, state, limit_pct)
+            self._publish(image, state)
         return state
 
-    def _values(self, image: DeviceImage, s: PlantState, limit_pct: float | None) -> dict[str, float]:
+    def _sub_meter_kw(self, name: str, s: PlantState) -> float:
+        """What a sub-meter measures, + into the branch it is placed on: ``pv`` −Σ PV (the PV feeds the board),
+        ``load`` the load, ``feeder`` the battery feeder (−Σ battery: + while charging). [kW]"""
+        where = self._locations[name]
+        return -s.pv_kw if where == "pv" else s.load_kw if where == "load" else -s.battery_kw
+
+    def _values(self, image: DeviceImage, s: PlantState) -> dict[str, float]:
         if image.role is Role.METER:
-            phase = s.grid_kw / 3.0
+            if self._locations[image.name] == "grid":
+                power_kw, import_kwh, export_kwh = s.grid_kw, s.import_kwh, s.export_kwh
+            else:
+                power_kw = self._sub_meter_kw(image.name, s)
+                import_kwh, export_kwh = self._sub_meter_kwh[image.name]
+            phase = power_kw / 3.0
             volts = [grid_voltage_v(s.timestamp, k) for k in range(3)]
-            return {"grid_kw": s.grid_kw, "grid_l1_kw": phase, "grid_l2_kw": phase, "grid_l3_kw": phase,
+            return {"grid_kw": power_kw, "grid_l1_kw": phase, "grid_l2_kw": phase, "grid_l3_kw": phase,
                     "voltage_l1_v": volts[0], "voltage_l2_v": volts[1], "voltage_l3_v": volts[2], "frequency_hz": 50.0,
-                    "import_kwh": s.import_kwh, "export_kwh": s.export_kwh}
-        if image.role is Role.PV_INVERTER:
-            limited = limit_pct is not None and s.pv_kw < s.pv_available_kw - 1e-6
-            state = 2 if s.pv_kw <= 0.0 else 5 if limited else 4  # SunSpec St: sleeping, throttled, MPPT
-            return {"pv_kw": s.pv_kw, "pv_energy_kwh": s.pv_energy_kwh, "pv_state": state,
-                    "pv_rated_kw": self.plant.pv.rated_kw}
-        voltage_v = BATTERY_CELLS * (2.8 + 0.8 * s.soc_pct / 100.0)
-        load_pct = abs(s.battery_kw) / max(1.0, self.plant.battery.max_discharge_kw)
-        return {"soc_pct": s.soc_pct, "soh_pct": self.plant.battery.soh_pct, "battery_kw": s.battery_kw,
-                "battery_voltage_v": voltage_v, "battery_current_a": 1000.0 * s.battery_kw / voltage_v,
+                    "import_kwh": import_kwh, "export_kwh": export_kwh}
+        unit = self.plant.units[image.name]
+        if isinstance(unit, InverterUnitState):
+            state = 2 if unit.pv_kw <= 0.0 else 5 if unit.limited else 4  # SunSpec St: sleeping, throttled, MPPT
+            return {"pv_kw": unit.pv_kw, "pv_energy_kwh": unit.energy_kwh, "pv_state": state,
+                    "pv_rated_kw": self.plant.inverters[image.name].rated_kw}
+        battery = self.plant.batteries[image.name]
+        voltage_v = BATTERY_CELLS * (2.8 + 0.8 * unit.soc_pct / 100.0)
+        load_pct = abs(unit.battery_kw) / max(1.0, battery.max_discharge_kw)
+        return {"soc_pct": unit.soc_pct, "soh_pct": battery.soh_pct, "battery_kw": unit.battery_kw,
+                "battery_voltage_v": voltage_v, "battery_current_a": 1000.0 * unit.battery_kw / voltage_v,
                 "battery_temperature_c": 25.0 + 10.0 * load_pct,
-                "max_charge_kw": s.max_charge_kw, "max_discharge_kw": s.max_discharge_kw, "battery_alarm": 0}
+                "max_charge_kw": unit.max_charge_kw, "max_discharge_kw": unit.max_discharge_kw, "battery_alarm": 0}
 
     def truth(self, device: str) -> dict[str, float]:
         """What ``device`` would serve now without faults (point → value in the point's unit), from the last step."""
-        image = self.images[device]
-        inverter = self._role_image(Role.PV_INVERTER)
         assert self.state is not None, "not started"
-        return self._values(image, self.state, inverter.setpoint("pv_limit_pct") if inverter is not None else None)
+        return self._values(self.images[device], self.state)
 
-    def _publish(self, image: DeviceImage, state: PlantState, limit_pct: float | None) -> None:
+    def _publish(self, image: DeviceImage, state: PlantState) -> None:
         f = self.faults.of(image.name)
         if f.frozen and image.name in self._published:  # keeps serving the image as it was when frozen
             return
         self._published.add(image.name)
-        values = self._values(image, state, limit_pct)
+        values = self._values(image, state)
         for name in image.measured_points():
             value = values.get(name)
             if f.sentinel_points is not None and (not f.sentinel_points or name in f.sentinel_points):
                 value = None
             image.put(name, f.overrides.get(name, value))
-

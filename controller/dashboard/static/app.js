@@ -5,7 +5,7 @@
 const LANGS = ["vi", "en", "ja"];
 const HISTORY_STEP_MS = 60_000;
 const dict = {};
-const ui = { cfg: null, lang: "en", locale: "en-GB", state: null, plan: null, history: [], alarmLog: [] };
+const ui = { cfg: null, lang: "en", locale: "en-GB", state: null, plan: null, history: [], alarmLog: [], commandLog: [] };
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------- language and formatting
@@ -136,6 +136,7 @@ function loadSnapshot(snap) {
   ui.state = snap.state;
   ui.plan = snap.plan;
   ui.alarmLog = (snap.alarms || []).slice(-20);
+  ui.commandLog = (snap.commands || []).slice(-20);
   const cols = snap.history.columns;
   ui.history = snap.history.rows.map((row) => ({
     ts: row[0],
@@ -383,6 +384,28 @@ function renderAlarms() {
   }
   renderHealth();
   renderBadge(active);
+  renderCommands();
+}
+
+// The audit log's newest entries: time, interface, who, command, accepted or rejected and why.
+function renderCommands() {
+  const list = $("command-log");
+  list.replaceChildren();
+  if (!ui.commandLog.length) {
+    const li = document.createElement("li");
+    li.textContent = t("no_commands");
+    li.className = "none";
+    list.append(li);
+  }
+  for (const c of ui.commandLog.slice().reverse()) {
+    const li = document.createElement("li");
+    const when = c.ts ? fmtTime(Date.parse(c.ts)) : "";
+    const who = c.identity ? `${t(`via.${c.interface}`, c.interface)} ${c.identity}` : t(`via.${c.interface}`, c.interface);
+    li.textContent = `${when} ${c.command} · ${who} · ${t(c.accepted ? "cmd_accepted" : "cmd_rejected")}`;
+    li.title = c.reason || "";
+    li.className = c.accepted ? "accepted" : "rejected";
+    list.append(li);
+  }
 }
 
 function renderHealth() {
@@ -720,6 +743,11 @@ function connect() {
   events.addEventListener("alarm", (e) => {
     ui.alarmLog.push(JSON.parse(e.data));
     ui.alarmLog = ui.alarmLog.slice(-20);
+    scheduleRender();
+  });
+  events.addEventListener("audit", (e) => {
+    ui.commandLog.push(JSON.parse(e.data));
+    ui.commandLog = ui.commandLog.slice(-20);
     scheduleRender();
   });
 }

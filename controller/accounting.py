@@ -1,0 +1,277 @@
+"""Accounting, once per cycle: today's energies and money, the demand interval and the month-to-date peak.
+
+- :class:`DemandTracker` — the month-to-date peak of the average import over the tariff's demand interval
+  (30 min by default, aligned to the local clock), the demand-charge basis;
+- :class:`EnergyCounters` — one local day's energies [kWh] and money [currency], and the same day without the
+  battery (the money saved);
+- :class:`Accounting` — what the controller calls every cycle: integrates the measured powers over the time
+  since the previous cycle (a gap of more than :data:`MAX_ACCOUNTED_GAP_CYCLES` cycles is not integrated: the
+  controller was not running) and looks up the tariff's prices (cached per minute).
+
+Both are kept across restarts in the state file (``controller.state_store``) as :class:`StoredDemand` and
+:class:`StoredEnergy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from pydantic import AwareDatetime, Field
+
+from controller.state_store import StoredValue
+from optimizer.tariff import SiteTariff
+
+MAX_ACCOUNTED_GAP_CYCLES = 5
+"""A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
+
+
+class StoredDemand(StoredValue):
+    """The ``demand`` value: :meth:`DemandTracker.to_dict`."""
+
+    month: str | None = None
+    peak_kw: float = Field(0.0, ge=0, allow_inf_nan=False)
+    peak_at: AwareDatetime | None = None
+    interval_start: AwareDatetime | None = None
+    interval_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class StoredEnergy(StoredValue):
+    """The ``energy`` value: :meth:`EnergyCounters.to_dict` (kWh ≥ 0, money any finite number)."""
+
+    day: str = ""
+    import_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    export_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    pv_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    load_kwh: float = Field(0.0, allow_inf_nan=False)
+    charge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    discharge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cost: float = Field(0.0, allow_inf_nan=False)
+    cost_no_battery: float = Field(0.0, allow_inf_nan=False)
+
+
+
+class DemandTracker:
+    """Month-to-date peak of the average import over fixed demand intervals.
+
+    Parameters
+    ----------
+    billing_month : Callable[[datetime], str]
+        The billing month (e.g. ``"2026-05"``) of an instant, in the tariff's local time.
+    timezone : str
+        IANA zone; intervals are aligned to the local clock (:00, :30 for 30 min).
+    interval_minutes : int
+        Demand interval. [min]
+    """
+
+    KEY = "demand"
+
+    def __init__(self, billing_month: Callable[[datetime], str], timezone: str, interval_minutes: int = 30):
+        self.billing_month = billing_month
+        self.zone = ZoneInfo(timezone)
+        self.interval = timedelta(minutes=interval_minutes)
+        self.month: str | None = None
+        self.peak_kw = 0.0
+        self.peak_at: str | None = None
+        self._start: datetime | None = None
+        self._kwh = 0.0
+
+    def _interval_start(self, t: datetime) -> datetime:
+        local = t.astimezone(self.zone)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (midnight + ((local - midnight) // self.interval) * self.interval).astimezone(UTC)
+
+    def add(self, t: datetime, import_kw: float, dt_h: float) -> bool:
+        """Add ``import_kw`` over ``dt_h`` ending at ``t``; True when the month peak rose (an interval closed).
+
+        Parameters
+        ----------
+        import_kw : float
+            Grid import (export counts as 0). [kW]
+        dt_h : float
+            Duration. [h]
+        """
+        start = self._interval_start(t - timedelta(microseconds=1))
+        rose = False
+        if self._start is not None and start != self._start:
+            rose = self._close()
+        if self._start != start:
+            self._start, self._kwh = start, 0.0
+        self._kwh += max(0.0, import_kw) * dt_h
+        return rose
+
+    def _close(self) -> bool:
+        assert self._start is not None
+        month = self.billing_month(self._start)
+        if month != self.month:
+            self.month, self.peak_kw, self.peak_at = month, 0.0, None
+        avg_kw = self._kwh / (self.interval.total_seconds() / 3600.0)
+        if avg_kw > self.peak_kw:
+            self.peak_kw, self.peak_at = avg_kw, self._start.isoformat()
+            return True
+        return False
+
+    def month_peak_kw(self, now: datetime) -> float:
+        """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
+        return self.peak_kw if self.month == self.billing_month(now) else 0.0
+
+    def running(self, now: datetime) -> tuple[float, float, float]:
+        """The interval running at ``now``: (length [h], elapsed [h], import so far [kWh]), as
+        :class:`controller.targets.DemandWindow` takes them; nothing imported yet when the last measurement
+        belongs to an earlier interval."""
+        start = self._interval_start(now)
+        kwh = self._kwh if self._start == start else 0.0
+        return self.interval.total_seconds() / 3600.0, (now - start).total_seconds() / 3600.0, kwh
+
+    def current_average_kw(self) -> float:
+        """Average import in the running interval so far, over the whole interval length. [kW]"""
+        return self._kwh / (self.interval.total_seconds() / 3600.0)
+
+    def to_dict(self) -> dict:
+        return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
+                "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh}
+
+    def restore(self, data: StoredDemand | None) -> None:
+        """Resume from a checked :meth:`to_dict` output (the running interval too, if it is still running)."""
+        if data is None:
+            return
+        self.month, self.peak_kw = data.month, data.peak_kw
+        self.peak_at = data.peak_at.isoformat() if data.peak_at else None
+        if data.interval_start is not None:
+            self._start = data.interval_start.astimezone(UTC)
+            self._kwh = data.interval_kwh
+
+
+@dataclass
+class EnergyCounters:
+    """Energies [kWh] and money [currency] of one local day, and the same day without the battery.
+
+    ``cost`` is what the measured import and export cost at the tariff's energy prices; ``cost_no_battery``
+    is what the same load and PV would have cost with no battery (grid = load − PV, export beyond the cap
+    curtailed). ``saved = cost_no_battery − cost`` (energy charges only; demand charges are in the bill).
+    """
+
+    day: str = ""
+    import_kwh: float = 0.0
+    export_kwh: float = 0.0
+    pv_kwh: float = 0.0
+    load_kwh: float = 0.0
+    charge_kwh: float = 0.0
+    discharge_kwh: float = 0.0
+    cost: float = 0.0
+    cost_no_battery: float = 0.0
+
+    KEY = "energy"
+
+    def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
+            import_price: float, export_price: float, export_cap_kw: float) -> None:
+        """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]."""
+        if day != self.day:
+            for f in fields(self):
+                setattr(self, f.name, f.default)
+            self.day = day
+        load_kw = grid_kw + pv_kw + battery_kw
+        self.import_kwh += max(0.0, grid_kw) * dt_h
+        self.export_kwh += max(0.0, -grid_kw) * dt_h
+        self.pv_kwh += pv_kw * dt_h
+        self.load_kwh += load_kw * dt_h
+        self.discharge_kwh += max(0.0, battery_kw) * dt_h
+        self.charge_kwh += max(0.0, -battery_kw) * dt_h
+        self.cost += (max(0.0, grid_kw) * import_price - max(0.0, -grid_kw) * export_price) * dt_h
+        grid_nb = max(load_kw - pv_kw, -export_cap_kw)
+        self.cost_no_battery += (max(0.0, grid_nb) * import_price - max(0.0, -grid_nb) * export_price) * dt_h
+
+    @property
+    def saved(self) -> float:
+        return self.cost_no_battery - self.cost
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["saved"] = self.saved
+        return d
+
+    @classmethod
+    def from_stored(cls, data: StoredEnergy | None) -> EnergyCounters:
+        """Counters from a checked :meth:`to_dict` output (zero when there is none)."""
+        if data is None:
+            return cls()
+        return cls(**data.model_dump(include={f.name for f in fields(cls)}))
+
+
+class Accounting:
+    """The controller's once-per-cycle accounting.
+
+    Parameters
+    ----------
+    tariff : SiteTariff
+        Prices and the demand charge's interval.
+    timezone : str
+        IANA zone of the site: the local day of the counters, the demand intervals.
+    cycle_s : float
+        Control cycle. [s]
+    export_cap_kw : float
+        Export cap, for the no-battery comparison (export beyond it curtailed). [kW]
+    demand_interval_minutes : int
+        Demand interval when the tariff has no demand charge. [min]
+    now : datetime
+        Site time at start (UTC), to pick the demand charge in force.
+    """
+
+    def __init__(self, tariff: SiteTariff, timezone: str, cycle_s: float, export_cap_kw: float,
+                 demand_interval_minutes: int, now: datetime):
+        self.tariff = tariff
+        self.cycle_s = cycle_s
+        self.export_cap_kw = export_cap_kw
+        self._zone = ZoneInfo(timezone)
+        demand = tariff.demand_charge(now)
+        self.demand = DemandTracker(tariff.billing_month, timezone,
+                                    demand.window_minutes if demand else demand_interval_minutes)
+        self.energy = EnergyCounters()
+        self._last_ts: datetime | None = None
+        self._price_cache: tuple[datetime, dict[str, Any]] | None = None
+
+    def prices(self, now: datetime) -> dict[str, Any]:
+        """The tariff at ``now``: ``period``, ``import_price`` (with VAT), ``export_price`` [currency/kWh],
+        ``currency``; looked up once per minute."""
+        minute = now.replace(second=0, microsecond=0)
+        if self._price_cache is None or self._price_cache[0] != minute:
+            p = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(minute)]))
+            self._price_cache = (minute, {"period": str(p.period[0]), "import_price": float(p.import_price_gross[0]),
+                                          "export_price": float(p.export_price[0]),
+                                          "currency": self.tariff.currency})
+        return self._price_cache[1]
+
+    def add(self, now: datetime, grid_kw: float | None, pv_kw: float | None, battery_kw: float | None) -> float:
+        """Account one cycle's measured powers [kW] (``None``: missing) over the time since the previous cycle.
+
+        The demand interval takes the grid power whenever it is measured; the energy counters need all
+        three. Returns that time [h] (0 at the first cycle and after a gap)."""
+        dt_h = 0.0
+        if self._last_ts is not None:
+            dt_s = (now - self._last_ts).total_seconds()
+            if 0 < dt_s <= MAX_ACCOUNTED_GAP_CYCLES * self.cycle_s:
+                dt_h = dt_s / 3600.0
+        self._last_ts = now
+        if dt_h == 0 or grid_kw is None:
+            return dt_h
+        self.demand.add(now, grid_kw, dt_h)
+        if pv_kw is None or battery_kw is None:
+            return dt_h
+        prices = self.prices(now)
+        day = now.astimezone(self._zone).date().isoformat()
+        self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"], prices["export_price"],
+                        self.export_cap_kw)
+        return dt_h
+
+    def restore(self, demand: StoredDemand | None, energy: StoredEnergy | None) -> None:
+        """Resume from checked stored values (``None``: start from zero)."""
+        self.demand.restore(demand)
+        self.energy = EnergyCounters.from_stored(energy)
+
+    def stored(self) -> dict[str, dict]:
+        """What to keep in the state file: key → JSON-ready value."""
+        return {DemandTracker.KEY: self.demand.to_dict(), EnergyCounters.KEY: self.energy.to_dict()}

@@ -1,0 +1,334 @@
+"""The wire formats the controller speaks, defined once as pydantic models; the JSON Schemas are generated.
+
+* commands: the models of :mod:`controller.commands` (one per command) plus the envelope every remote
+  command may carry (:class:`Envelope`: a correlation ``id`` and the time ``ts`` it was issued); the
+  command's name is the topic's last level, not a field;
+* :class:`CommandResultMessage`: the answer to every command (``cmd/<name>/result``, the dashboard's and
+  the REST API's command responses);
+* :class:`StateMessage`: the cycle state (``ems/<site>/state``, the dashboard's ``state`` events), built by
+  ``Controller._state_payload``.
+
+``controller/telemetry/schemas/cmd_<name>.json``, ``cmd_result.json`` and ``state.json`` are generated
+from these models and committed (for consumers that read them without Python); a test checks that the
+committed files are what the models generate. After changing a model::
+
+    python -m controller.telemetry.wire --write      # rewrite the schema files
+    python -m controller.telemetry.wire --check      # exit 1 if a committed file differs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from controller.commands import COMMAND_MODELS
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_BASE = "https://pv-battery-ems.example/schemas/"
+
+Absent = SkipJsonSchema[None]
+"""A field that may be left out but is never ``null`` on the wire (``x: T | Absent = None``)."""
+
+
+class Envelope(BaseModel):
+    """What any remote command may carry besides its own fields (the intake reads it, ``apply`` never sees it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | Absent = Field(None, max_length=64, description="Correlation id, echoed in the result")
+    ts: AwareDatetime | Absent = Field(
+        None, description="When the command was issued (ISO 8601 with offset); with ttl_s, a command older than "
+                          "its TTL is rejected as expired")
+
+
+class CommandResultMessage(BaseModel):
+    """Payload of ems/<site>/cmd/<name>/result (not retained), one per command received; also the body of the
+    dashboard's and the REST API's command answers."""
+
+    model_config = ConfigDict(extra="forbid", title="Command result")
+
+    command: str = Field(description="The command's name as received")
+    id: str | None = Field(None, description="The command's correlation id, null when it had none")
+    accepted: bool
+    reason: str = Field(description="Why it was accepted or rejected")
+    ts: AwareDatetime = Field(description="Controller site time (UTC)")
+    site: str | Absent = Field(None, description="Site id of the controller that answered")
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+class _Part(BaseModel):
+    """A part of the state message: fields may be added in later versions (consumers ignore unknown ones)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+Number = float
+OptionalNumber = float | None
+
+
+class Reading(_Part):
+    value: float | str | None = Field(description="null unless quality is ok")
+    unit: str
+    quality: Literal["ok", "stale", "missing", "implausible"]
+    detail: str | Absent = Field(None, description="why the quality is not ok")
+
+
+class DeviceStatus(_Part):
+    ok: bool = Field(description="answered this cycle")
+    error: str | None = Field(description="why not, null when it answered")
+
+
+class Bound(_Part):
+    step: str = Field(description="limits-chain step")
+    lo_kw: Number = Field(description="[kW] lowest battery power allowed after the step")
+    hi_kw: Number = Field(description="[kW] highest battery power allowed after the step")
+    note: str
+
+
+class Setpoints(_Part):
+    """The limits chain's decision this cycle"""
+
+    battery_kw: Number = Field(description="[kW] battery setpoint, + discharge")
+    pv_limit_pct: Number = Field(description="[%] of PV AC rating")
+    pv_limit_kw: OptionalNumber = Field(description="[kW] null = unlimited")
+    safe: bool = Field(description="the safe state is in force (a required measurement is missing)")
+    source: str = Field(description="where the target came from (plan, rule, operator, ...)")
+    follow: str | None = Field(description="battery or grid")
+    reason: str
+    expected_grid_kw: OptionalNumber = Field(description="[kW]")
+    bounds: list[Bound] = Field(description="the allowed interval after each limits-chain step")
+
+
+class Operator(_Part):
+    request: str | None = Field(description="requested mode")
+    until: AwareDatetime | None
+    manual_setpoint_kw: OptionalNumber = Field(description="[kW]")
+    soc_reserve_pct: OptionalNumber = Field(description="[%]")
+
+
+class PlanStep(_Part):
+    """The plan step in force, or null without a plan"""
+
+    created_at: AwareDatetime
+    source: str
+    step_start: AwareDatetime
+    battery_kw: Number = Field(description="[kW]")
+    grid_kw: Number = Field(description="[kW]")
+    soc_pct: Number = Field(description="[%] at the end of the step")
+    expires_at: AwareDatetime
+    follow: str | None = Field(description="battery or grid, while auto mode follows this plan")
+    follow_reason: str | None
+
+
+class Prices(_Part):
+    period: str = Field(description="named tariff period now")
+    import_price: Number = Field(description="[currency/kWh]")
+    export_price: Number = Field(description="[currency/kWh]")
+    currency: str
+
+
+class Today(_Part):
+    """Energies [kWh] and money [currency] of the local day so far"""
+
+    day: str = Field(description="local date YYYY-MM-DD ('' before the first accounted cycle)")
+    import_kwh: Number = Field(description="[kWh]")
+    export_kwh: Number = Field(description="[kWh]")
+    pv_kwh: Number = Field(description="[kWh]")
+    load_kwh: Number = Field(description="[kWh]")
+    charge_kwh: Number = Field(description="[kWh]")
+    discharge_kwh: Number = Field(description="[kWh]")
+    cost: Number = Field(description="[currency] measured import/export at energy prices")
+    cost_no_battery: Number = Field(description="[currency] the same day without the battery")
+    saved: Number = Field(description="[currency] cost_no_battery − cost")
+
+
+class Demand(_Part):
+    month: str | None = Field(description="billing month of the peak")
+    month_peak_kw: OptionalNumber = Field(description="[kW] highest demand-interval average import this month")
+    interval_avg_kw: OptionalNumber = Field(description="[kW] the running interval's average so far")
+    import_cap_kw: OptionalNumber = Field(description="[kW] contracted import capacity (grid.import_cap_kw); "
+                                                      "null = none")
+
+
+class Finding(_Part):
+    point: str
+    device: str | None
+    quality: str
+    rule: str
+    detail: str
+
+
+class Validation(_Part):
+    """What measurement validation re-qualified this cycle"""
+
+    findings: list[Finding]
+
+
+class Solver(_Part):
+    plans_made: int
+    failures: int
+    last_error: str | None
+    detail: str | None
+    elapsed_ms: OptionalNumber = Field(description="[ms]")
+    status: str | None
+    solve_ms: OptionalNumber = Field(description="[ms]")
+
+
+class LeadAccuracy(_Part):
+    lead: str = Field(description="lead-time bucket, e.g. '6-12 h'")
+    n: int = Field(description="steps compared")
+    mae_kw: OptionalNumber = Field(description="[kW]")
+    rmse_kw: OptionalNumber = Field(description="[kW]")
+    persistence_mae_kw: OptionalNumber = Field(description="[kW] same-time-yesterday persistence")
+    persistence_rmse_kw: OptionalNumber = Field(description="[kW]")
+    skill: OptionalNumber = Field(description="1 − MAE / persistence MAE [-]")
+
+
+class QuantityAccuracy(_Part):
+    issues: int = Field(description="hindcasts scored")
+    by_lead: list[LeadAccuracy]
+
+
+class ForecastAccuracy(_Part):
+    """Live forecast accuracy over the last window_days (docs/data.md, Forecast accuracy)"""
+
+    window_days: Number = Field(description="[d]")
+    pv: QuantityAccuracy
+    load: QuantityAccuracy
+
+
+class StateMessage(_Part):
+    """Payload of ems/<site>/state (retained, QoS 1) and of the dashboard's `state` events: the cycle state the
+    controller publishes on its bus (controller/service.py). Units are in the field names (docs/conventions.md):
+    grid + import, battery + discharge. A missing value is null or absent, never 0. Fields may be added in later
+    versions; consumers must ignore unknown fields."""
+
+    model_config = ConfigDict(title="Controller state")
+
+    ts: AwareDatetime = Field(description="Cycle time (UTC)")
+    site: str
+    mode: Literal["auto", "self_consumption", "tou_rule", "manual", "standby", "safe", "monitor_only"] = Field(
+        description="Effective operating mode")
+    reason: str = Field(description="Reason code of the mode: plan, no_plan, plan_expired, planner_failed, "
+                                    "solver_timeout, operator, data_missing, initial_mode")
+    mode_since: AwareDatetime | Absent = Field(None, description="When this mode and reason began")
+    measurements: dict[str, Reading] = Field(description="Canonical point name → reading (docs/architecture.md)")
+    load_kw: OptionalNumber = Field(None, description="[kW] site load = grid + PV + battery")
+    devices: dict[str, DeviceStatus] | Absent = Field(None, description="Device name → whether it answered")
+    setpoints: Setpoints | Absent = None
+    operator: Operator | Absent = None
+    plan: PlanStep | None = None
+    tariff: Prices | Absent = None
+    today: Today | Absent = None
+    demand: Demand | Absent = None
+    alarms: list[str] | Absent = Field(None, description="Active alarm codes")
+    validation: Validation | Absent = None
+    solver: Solver | Absent = None
+    cycle: dict[str, Number] | Absent = Field(None, description="Cycle timing [ms] and counters")
+    commands: dict[str, Annotated[int, Field(ge=0)]] | Absent = Field(
+        None, description="Remote commands since start (accepted, rejected, busy, errors, dropped), added by the "
+                          "MQTT, dashboard and metrics sinks")
+    forecast_accuracy: ForecastAccuracy | Absent | None = Field(
+        None, description="Live forecast accuracy; null without measured forecasters")
+
+
+# ------------------------------------------------------------------------------------------ schemas
+
+
+def command_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of the MQTT payload of command ``name``: its model's fields without ``command`` (the
+    topic names it), plus the :class:`Envelope`."""
+    model = COMMAND_MODELS[name]
+    schema = _tidy(model.model_json_schema())
+    envelope = _tidy(Envelope.model_json_schema())
+    schema["properties"].pop("command")
+    schema["properties"].update(envelope["properties"])
+    schema["required"] = [f for f in schema.get("required", []) if f != "command"]
+    return _wrap(f"cmd_{name}", schema, f"{model.__doc__} Payload of ems/<site>/cmd/{name} (publish with "
+                                        "retain=false; a retained command is rejected).")
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Every generated schema by file stem (``cmd_<name>``, ``cmd_result``, ``state``)."""
+    out = {f"cmd_{name}": command_schema(name) for name in COMMAND_MODELS}
+    for stem, model in (("cmd_result", CommandResultMessage), ("state", StateMessage)):
+        out[stem] = _wrap(stem, _tidy(model.model_json_schema()), " ".join((model.__doc__ or "").split()))
+    return out
+
+
+def render(schema: dict[str, Any]) -> str:
+    """A schema file's text."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def _wrap(stem: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    head = {"$schema": SCHEMA_DIALECT, "$id": f"{SCHEMA_BASE}{stem}.json", "title": schema.pop("title"),
+            "description": " ".join(description.split())}
+    schema.pop("description", None)
+    return {**head, **schema}
+
+
+def _tidy(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's schema made self-contained and plain: ``$ref`` to ``$defs`` inlined, field titles and null
+    defaults dropped (the field names say it; an absent field has no default)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any, in_properties: bool = False) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+            return walk(merged)
+        out = {}
+        for key, value in node.items():
+            if in_properties:
+                out[key] = walk(value)
+            elif (key == "title" and not isinstance(value, dict)) or (key == "default" and value is None):
+                continue
+            else:
+                out[key] = walk(value, in_properties=key == "properties")
+        return out
+
+    title = schema.get("title")
+    tidy = walk(schema)
+    if title is not None:
+        tidy = {"title": title, **tidy}
+    return tidy
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--write`` the schema files from the models, or ``--check`` that the committed ones match."""
+    parser = argparse.ArgumentParser(prog="python -m controller.telemetry.wire", description=__doc__.split("\n")[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help="rewrite controller/telemetry/schemas/*.json")
+    action.add_argument("--check", action="store_true", help="exit 1 if a committed schema differs")
+    args = parser.parse_args(argv)
+    stale = []
+    for stem, schema in schemas().items():
+        path = SCHEMA_DIR / f"{stem}.json"
+        text = render(schema)
+        if path.exists() and path.read_text("utf-8") == text:
+            continue
+        stale.append(path.name)
+        if args.write:
+            path.write_text(text, "utf-8")
+    if stale:
+        print(("written: " if args.write else "differs from the models: ") + ", ".join(stale),
+              file=sys.stdout if args.write else sys.stderr)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

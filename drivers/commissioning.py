@@ -1,0 +1,257 @@
+"""Commissioning tools: write one point of one device, and a short, bounded test of a battery unit.
+
+    ems devices write --config FILE DEVICE POINT VALUE
+    ems devices test  --config FILE DEVICE [--kw 5] [--hold-s 5] [--allow-s 10]
+
+``write`` refuses (:class:`Refused`, exit 2) a point the device's profile does not mark writable and a
+value outside the profile's ``write.min``/``write.max`` (for ``battery_setpoint_kw`` also outside the
+unit's PCS limits from the site file); otherwise it writes, reads the point back and prints what the
+device reports.
+
+``test`` enters the profile's remote-control sequence, then asks the battery for a small charge
+(−kW), a small discharge (+kW) and 0 kW, each held ``hold_s`` seconds. A step passes when the write
+reads back, the measured power reaches the setpoint within ``allow_s`` seconds (within ``tolerance_kw``,
+with the right sign; read every 0.5 s) and stays there while held; after a failed step only the 0 kW
+step runs. Whatever happens (failure, error, Ctrl-C) the unit is then written 0 kW and the profile's
+remote-control leave sequence runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from drivers.device import ModbusDevice, WriteResult
+from drivers.roles import Role
+from ems.clock import Clock
+from ems.yamlfile import ConfigError, FieldError, read_yaml
+
+SETPOINT = "battery_setpoint_kw"
+POLL_S = 0.5
+"""Time between reads while a test step waits for, and holds, its setpoint. [s]"""
+
+
+class Refused(Exception):
+    """A write or test the tool will not do; the message says why (exit 2)."""
+
+
+class _PcsLimits(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    max_charge_kw: float
+    max_discharge_kw: float
+
+
+def pcs_limits(path: str | Path, device: str) -> tuple[float, float] | None:
+    """The battery unit's (max charge, max discharge) from the site file: its own ``battery:`` or the top-level
+    one (the single-battery form); ``None`` when neither gives them. [kW]"""
+    data = read_yaml(path)
+    entry = next((d for d in data.get("devices", []) if isinstance(d, dict) and d.get("name") == device), {})
+    raw = entry.get("battery") or data.get("battery")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        limits = _PcsLimits.model_validate(raw)
+    except ValidationError as exc:
+        where = f"devices.{device}.battery" if entry.get("battery") else "battery"
+        raise ConfigError(str(path), [FieldError(where, str(exc.errors()[0]["msg"]))]) from None
+    return limits.max_charge_kw, limits.max_discharge_kw
+
+
+def write_range(device: ModbusDevice, point: str, pcs_kw: tuple[float, float] | None) -> tuple[float, float]:
+    """The values ``point`` may be written: the profile's write limits, and for the battery setpoint the unit's PCS
+    limits (−charge … +discharge). Refused if the profile does not mark the point writable. [point unit]"""
+    p = device.profile.points.get(point)
+    if p is None or p.write is None:
+        writable = sorted(n for n, q in device.profile.points.items() if q.write is not None)
+        raise Refused(f"{device.name}: {point!r} is not a writable point of profile {device.profile.name}; "
+                      f"writable: {', '.join(writable) or 'none'}")
+    lo = p.write.min if p.write.min is not None else -math.inf
+    hi = p.write.max if p.write.max is not None else math.inf
+    if point == SETPOINT and pcs_kw is not None:
+        lo, hi = max(lo, -pcs_kw[0]), min(hi, pcs_kw[1])
+    return lo, hi
+
+
+def check_value(device: ModbusDevice, point: str, value: float, pcs_kw: tuple[float, float] | None) -> None:
+    """Refused unless ``value`` is finite and within :func:`write_range`."""
+    lo, hi = write_range(device, point, pcs_kw)
+    unit = f" {device.profile.points[point].unit}".rstrip()
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise Refused(f"{device.name}: {point} = {value:g}{unit} is outside its limits {lo:g} … {hi:g}{unit}")
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What :func:`write_point` did: the driver's result and what the device reports afterwards."""
+
+    result: WriteResult
+    reported: float | str | None
+    detail: str
+
+
+async def write_point(device: ModbusDevice, point: str, value: float,
+                      pcs_kw: tuple[float, float] | None) -> WriteReport:
+    """Check, write (always sent), then read the point back with a fresh poll."""
+    check_value(device, point, value, pcs_kw)
+    await device.poll()   # resolves SunSpec addresses and reads the scale factors
+    if device.online is not True:
+        raise ConnectionError(f"{device.name} unreachable: {device.last_error}")
+    result = await device.write(point, value, force=True)
+    reading = (await device.poll()).get(point)
+    if reading is None:
+        return WriteReport(result, None, "not read by a poll")
+    return WriteReport(result, reading.value, reading.detail)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of :func:`battery_test`.
+
+    Attributes
+    ----------
+    step : str
+        ``charge``, ``discharge`` or ``zero``.
+    setpoint_kw, measured_kw : float | None
+        What was asked, and the last measured battery power (+ discharge). [kW]
+    read_back : bool | None
+        Whether the setpoint register read back what was written (None: the profile does not verify).
+    response_s : float | None
+        Time until the measured power was within the tolerance; None if it never was. [s]
+    passed : bool
+    why : str
+        Why it failed (empty when passed).
+    """
+
+    step: str
+    setpoint_kw: float
+    measured_kw: float | None
+    read_back: bool | None
+    response_s: float | None
+    passed: bool
+    why: str = ""
+
+
+def sequence(kw: float) -> list[tuple[str, float]]:
+    """The sequence: small charge, small discharge, zero. [kW, + discharge]"""
+    return [("charge", -kw), ("discharge", kw), ("zero", 0.0)]
+
+
+def check_test(device: ModbusDevice, kw: float, pcs_kw: tuple[float, float] | None) -> None:
+    """Refused unless ``device`` is a battery with a writable setpoint and ``kw`` fits its PCS limits."""
+    if device.config.role is not Role.BATTERY:
+        raise Refused(f"{device.name} is a {device.config.role.value}; ems devices test drives batteries only")
+    if not kw > 0:
+        raise Refused(f"--kw must be positive, got {kw:g}")
+    check_value(device, SETPOINT, -kw, pcs_kw)
+    check_value(device, SETPOINT, kw, pcs_kw)
+
+
+async def _measured(device: ModbusDevice) -> tuple[float | None, str]:
+    r = (await device.poll()).get("battery_kw")
+    if r is None:
+        return None, "battery_kw not read"
+    return (float(r.value), "") if isinstance(r.value, int | float) else (None, r.detail or "battery_kw missing")
+
+
+async def _step(device: ModbusDevice, clock: Clock, name: str, setpoint: float, tolerance_kw: float,
+                hold_s: float, allow_s: float) -> StepResult:
+    written = await device.write(SETPOINT, setpoint, force=True)
+    if not written.ok:
+        return StepResult(name, setpoint, None, written.verified, None, False, f"write failed: {written.detail}")
+    start = clock.monotonic()
+    measured, why = await _measured(device)
+    response_s = None
+    while True:
+        elapsed = clock.monotonic() - start
+        if measured is not None and abs(measured - setpoint) <= tolerance_kw:
+            response_s = elapsed
+            break
+        if elapsed >= allow_s:
+            break
+        await device.heartbeat()
+        await clock.sleep(POLL_S)
+        measured, why = await _measured(device)
+    if response_s is None:
+        if measured is not None and setpoint and measured * setpoint < 0:
+            why = f"wrong sign: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
+        elif measured is not None:
+            why = f"no response within {allow_s:g} s: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
+        return StepResult(name, setpoint, measured, written.verified, None, False, why or "no reading")
+    held_until = clock.monotonic() + hold_s
+    while clock.monotonic() < held_until:
+        await device.heartbeat()
+        await device.write(SETPOINT, setpoint)   # re-sent when the profile's rewrite_s is due
+        await clock.sleep(min(POLL_S, max(0.0, held_until - clock.monotonic())))
+        measured, why = await _measured(device)
+        if measured is None or abs(measured - setpoint) > tolerance_kw:
+            return StepResult(name, setpoint, measured, written.verified, response_s, False,
+                              f"did not hold: {why or f'measured {measured:+.1f} kW'}")
+    if written.verified is False:
+        return StepResult(name, setpoint, measured, False, response_s, False, f"read-back: {written.detail}")
+    return StepResult(name, setpoint, measured, written.verified, response_s, True)
+
+
+async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s: float, allow_s: float,
+                       tolerance_kw: float, pcs_kw: tuple[float, float] | None,
+                       on_step: Callable[[StepResult], None] = lambda _: None) -> list[StepResult]:
+    """Run :func:`sequence` on a battery; each result goes to ``on_step`` as it comes. Whatever happens the unit
+    is then left at 0 kW and out of remote control, reported as a last step ``left at 0 kW`` (an error or a
+    cancellation goes on up after that)."""
+    check_test(device, kw, pcs_kw)
+    await device.poll()
+    if device.online is not True:
+        raise ConnectionError(f"{device.name} unreachable: {device.last_error}")
+    results: list[StepResult] = []
+    try:
+        entered = await device.enter_remote_control()
+        failed = [r for r in entered if not r.ok]
+        if failed:
+            results.append(StepResult("remote control", 0.0, None, False, None, False,
+                                      f"{failed[0].point}: {failed[0].detail}"))
+            on_step(results[-1])
+            return results
+        for name, setpoint in sequence(kw):
+            if setpoint and not all(r.passed for r in results):
+                results.append(StepResult(name, setpoint, None, None, None, False, "skipped after a failed step"))
+            else:
+                results.append(await _step(device, clock, name, setpoint, tolerance_kw, hold_s, allow_s))
+            on_step(results[-1])
+    finally:
+        results.append(await leave_at_zero(device))
+        on_step(results[-1])
+    return results
+
+
+async def leave_at_zero(device: ModbusDevice) -> StepResult:
+    """Write 0 kW (forced, verified), then run the remote-control leave sequence; as a step ``left at 0 kW``."""
+    try:
+        zero = await device.write(SETPOINT, 0.0, force=True)
+        left = await device.leave_remote_control()
+    except Exception as exc:  # reported as the step; the caller's own error goes on
+        return StepResult("left at 0 kW", 0.0, None, None, None, False, f"0 kW not confirmed: {exc}")
+    failed = [r for r in left if not r.ok]
+    why = "" if zero.ok else f"0 kW NOT written: {zero.detail}"
+    if failed:
+        why = "; ".join(x for x in (why, f"remote control not released: {failed[0].point}: {failed[0].detail}") if x)
+    measured, _ = await _measured(device)
+    return StepResult("left at 0 kW", 0.0, measured, zero.verified, None, not why, why)
+
+
+STEP_HEADER = ("step", "setpoint kW", "measured kW", "read-back", "response s", "result", "why")
+_WIDTHS = (13, 11, 11, 9, 10, 6)
+
+
+def row_text(cells: Sequence[str]) -> str:
+    """One line of the step table (fixed widths, so rows can be printed as they come)."""
+    return "  ".join([*(c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)), *cells[len(_WIDTHS):]]).rstrip()
+
+
+def step_row(r: StepResult) -> list[str]:
+    """A :class:`StepResult` as table cells."""
+    back = "-" if r.read_back is None else "ok" if r.read_back else "MISMATCH"
+    return [r.step, f"{r.setpoint_kw:+.1f}", "-" if r.measured_kw is None else f"{r.measured_kw:+.1f}", back,
+            "-" if r.response_s is None else f"{r.response_s:.1f}", "pass" if r.passed else "FAIL", r.why]

@@ -1,0 +1,120 @@
+"""The park summary: every site's latest telemetry from the central database, and the park's totals.
+
+Three instant queries (:class:`park.tsdb.PromQuery`) per summary, whatever the number of sites:
+
+1. the latest ``ems_state`` fields of every site (VictoriaMetrics and Prometheus drop a series that has
+   not been written for 5 minutes, so a site that stopped reporting is *not reporting*, not 0);
+2. when each site last reported (``timestamp()`` of its ``alarms_active``, written every cycle);
+3. the active alarms: the last transition of each ``ems_alarm`` code within ``alarm_lookback_days``.
+
+The InfluxDB sink writes the fields (docs/telemetry.md): powers in kW (grid + import, battery +
+discharge), SOC in %, ``mode_code`` (:data:`controller.modes.MODE_CODES`), today's counters (site-local
+day) and the demand figures (``demand_month_peak_kw``, ``demand_import_cap_kw``: the contracted
+capacity). CO2 avoided today = (PV kWh − export kWh) × the grid factor: PV used on site replaces grid
+energy; the park total is the sum of the sites reporting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.modes import MODE_CODES
+from park.config import SummarySettings
+from park.tsdb import PromQuery, Sample
+
+FIELDS = {"grid_kw": "grid_kw", "pv_kw": "pv_kw", "battery_kw": "battery_kw", "load_kw": "load_kw",
+          "soc_pct": "soc_pct", "mode_code": "mode_code", "setpoints_safe": "safe",
+          "alarms_active": "alarms_active", "today_saved": "saved_today", "today_pv_kwh": "pv_kwh_today",
+          "today_export_kwh": "export_kwh_today", "demand_month_peak_kw": "month_peak_kw",
+          "demand_import_cap_kw": "import_cap_kw"}
+"""``ems_state`` field → key of a site in the summary."""
+SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "co2_avoided_kg_today", "alarms_active",
+          "import_cap_kw")
+"""Site keys the park total adds up (over the sites that report them)."""
+MODE_NAMES = {code: mode.value for mode, code in MODE_CODES.items()}
+
+
+def site_matcher(sites: Iterable[str]) -> str:
+    """The label matcher for ``sites`` (all sites when empty), e.g. ``site=~"a|b\\\\.c"``."""
+    ids = [re.escape(s).replace("\\", "\\\\") for s in sites]
+    return f'site=~"{"|".join(ids)}"' if ids else 'site=~".+"'
+
+
+def queries(settings: SummarySettings) -> dict[str, str]:
+    """The three PromQL expressions of a summary."""
+    match = site_matcher(settings.sites)
+    names = "|".join(FIELDS)
+    return {"state": f'{{__name__=~"ems_state_({names})",{match}}}',
+            "updated": f"timestamp(ems_state_alarms_active{{{match}}})",
+            "alarms": f"last_over_time(ems_alarm_active{{{match}}}[{settings.alarm_lookback_days}d]) > 0"}
+
+
+def read_summary(client: PromQuery, settings: SummarySettings, now: datetime) -> dict[str, Any]:
+    """Query the database and assemble the summary (blocking; raises ``park.tsdb.TsdbError``)."""
+    exprs = queries(settings)
+    return assemble(settings, client.instant(exprs["state"]), client.instant(exprs["updated"]),
+                    client.instant(exprs["alarms"]), now)
+
+
+def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sample], alarms: list[Sample],
+             now: datetime) -> dict[str, Any]:
+    """The summary from the three query results (pure).
+
+    Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals}``; each
+    site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
+    alarms_active, alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh],
+    co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%]}``; a value the
+    site did not report is ``None``.
+    """
+    values: dict[str, dict[str, float | None]] = {}
+    for sample in state:
+        site, field = sample.labels.get("site"), sample.labels.get("__name__", "").removeprefix("ems_state_")
+        if site and field in FIELDS:
+            values.setdefault(site, {})[FIELDS[field]] = sample.value
+    last = {s.labels["site"]: s.value for s in updated if s.labels.get("site")}
+    active: dict[str, list[str]] = {}
+    for sample in alarms:
+        if sample.labels.get("site") and sample.labels.get("code"):
+            active.setdefault(sample.labels["site"], []).append(sample.labels["code"])
+    ids = list(settings.sites) or sorted(set(values) | set(last))
+    sites = [_site(site, values.get(site), last.get(site), sorted(active.get(site, [])),
+                   settings.grid_factor_t_per_mwh) for site in ids]
+    return {"park": settings.park, "timezone": settings.timezone, "currency": settings.currency,
+            "grid_factor_t_per_mwh": settings.grid_factor_t_per_mwh, "generated_at": now.isoformat(),
+            "sites": sites, "totals": _totals(sites)}
+
+
+def _site(site: str, values: dict[str, float | None] | None, updated_s: float | None, alarms: list[str],
+          grid_factor: float) -> dict[str, Any]:
+    v = dict(values or {})
+    code = v.pop("mode_code", None)
+    safe = v.get("safe")
+    pv, export = v.get("pv_kwh_today"), v.get("export_kwh_today")
+    peak, cap = v.get("month_peak_kw"), v.get("import_cap_kw")
+    return {
+        "site": site, "reporting": values is not None,
+        "updated": datetime.fromtimestamp(updated_s, UTC).isoformat() if updated_s is not None else None,
+        "mode": MODE_NAMES.get(round(code)) if code is not None else None,
+        **{key: v.get(key) for key in ("grid_kw", "pv_kw", "battery_kw", "load_kw", "soc_pct")},
+        "safe": bool(safe) if safe is not None else None,
+        "alarms_active": round(v["alarms_active"]) if v.get("alarms_active") is not None else None,
+        "alarms": alarms,
+        "saved_today": v.get("saved_today"), "pv_kwh_today": pv, "export_kwh_today": export,
+        "co2_avoided_kg_today": (pv - export) * grid_factor if pv is not None and export is not None else None,
+        "month_peak_kw": peak, "import_cap_kw": cap,
+        "peak_of_cap_pct": 100.0 * peak / cap if peak is not None and cap else None,
+    }
+
+
+def _totals(sites: list[dict[str, Any]]) -> dict[str, Any]:
+    reporting = [s for s in sites if s["reporting"]]
+    totals: dict[str, Any] = {"sites": len(sites), "reporting": len(reporting),
+                              "safe": sum(1 for s in reporting if s["safe"]),
+                              "over_cap": sum(1 for s in reporting if (s["peak_of_cap_pct"] or 0.0) > 100.0)}
+    for key in SUMMED:
+        present = [s[key] for s in reporting if s[key] is not None]
+        totals[key] = sum(present) if present else None
+    return totals

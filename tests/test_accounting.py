@@ -1,0 +1,113 @@
+"""Accounting (controller/accounting.py): the month-to-date peak is a 30-min average on the local clock, today's
+energies and money, and the once-per-cycle integration that skips gaps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.state_store import StateStore, read_stored
+from optimizer.tariff import Tariff
+
+T0 = datetime(2026, 5, 4, 0, 0, tzinfo=UTC)
+TZ = "Asia/Ho_Chi_Minh"
+
+
+def month(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m")
+
+
+def test_demand_peak_is_the_highest_interval_average():
+    d = DemandTracker(month, TZ, 30)
+    t = T0
+    # 30 min at 600 kW, then 30 min alternating 1200 / 0 kW every minute (average 600), then 30 min at 700
+    for minute in range(90):
+        kw = 600 if minute < 30 else (1200 if minute % 2 == 0 else 0) if minute < 60 else 700
+        t = T0 + timedelta(minutes=minute + 1)
+        d.add(t, kw, 1 / 60)
+    assert d.peak_kw == pytest.approx(600)  # the 700 kW interval is still open
+    d.add(t + timedelta(seconds=1), 0, 1 / 3600)
+    assert d.peak_kw == pytest.approx(700)
+    assert d.month_peak_kw(t) == pytest.approx(700)
+    assert d.month_peak_kw(datetime(2026, 6, 2, tzinfo=UTC)) == 0.0
+
+
+def test_demand_peak_survives_a_restart_mid_interval(tmp_path):
+    d = DemandTracker(month, TZ)
+    for s in range(0, 45 * 60, 10):
+        d.add(T0 + timedelta(seconds=s + 10), 800, 10 / 3600)
+    store = StateStore(tmp_path / "s.sqlite", T0)
+    store.put(DemandTracker.KEY, d.to_dict(), T0)
+    store.close()
+    d2 = DemandTracker(month, TZ)
+    stored, why = read_stored(StateStore(tmp_path / "s.sqlite", T0), DemandTracker.KEY, StoredDemand)
+    assert why is None
+    d2.restore(stored)
+    assert d2.peak_kw == pytest.approx(800)
+    for s in range(45 * 60, 60 * 60, 10):
+        d2.add(T0 + timedelta(seconds=s + 10), 800, 10 / 3600)
+    d2.add(T0 + timedelta(minutes=61), 0, 60 / 3600)
+    assert d2.peak_kw == pytest.approx(800)  # the interval across the restart averaged to 800 too
+
+
+def test_demand_intervals_follow_the_local_clock_and_billing_month():
+    site = Tariff.preset("evn-manufacturing-22kv").bind(TZ)
+    d = DemandTracker(site.billing_month, TZ)
+    # 2026-05-31 16:30 UTC = 23:30 local; 17:00 UTC = June 1st local midnight
+    start = datetime(2026, 5, 31, 16, 30, tzinfo=UTC)
+    for s in range(0, 3600, 60):
+        d.add(start + timedelta(seconds=s + 60), 500 if s < 1800 else 100, 1 / 60)
+    d.add(start + timedelta(minutes=61), 0, 1 / 60)
+    assert d.month == "2026-06" and d.peak_kw == pytest.approx(100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-500, 2000), min_size=1, max_size=200))
+def test_peak_never_exceeds_the_highest_power(powers):
+    d = DemandTracker(month, TZ, 15)
+    for i, p in enumerate(powers):
+        d.add(T0 + timedelta(minutes=i + 1), p, 1 / 60)
+    d.add(T0 + timedelta(days=1), 0, 0)
+    assert 0 <= d.peak_kw <= max(0.0, max(powers)) + 1e-9
+
+
+def test_energy_counters_and_money_saved():
+    c = EnergyCounters()
+    # 1 h: load 500, PV 300, battery discharges 200 → grid 0. Without battery: import 200 at 2000/kWh.
+    c.add("2026-05-04", grid_kw=0, pv_kw=300, battery_kw=200, dt_h=1, import_price=2000, export_price=0,
+          export_cap_kw=0)
+    # 1 h: load 100, PV 400, battery charges 300 → grid 0. Without battery: 300 kW would be curtailed.
+    c.add("2026-05-04", grid_kw=0, pv_kw=400, battery_kw=-300, dt_h=1, import_price=1000, export_price=500,
+          export_cap_kw=0)
+    assert c.load_kwh == pytest.approx(600) and c.discharge_kwh == 200 and c.charge_kwh == 300
+    assert c.cost == 0 and c.cost_no_battery == pytest.approx(400_000) and c.saved == pytest.approx(400_000)
+    again = EnergyCounters.from_stored(StoredEnergy.model_validate(c.to_dict()))
+    assert again.saved == pytest.approx(c.saved)
+    c.add("2026-05-05", grid_kw=100, pv_kw=0, battery_kw=0, dt_h=1, import_price=1000, export_price=0,
+          export_cap_kw=0)
+    assert c.day == "2026-05-05" and c.import_kwh == 100 and c.saved == 0
+
+
+def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not():
+    """1 s cycles: 3 cycles at grid 360 kW import, PV 0, battery 0 → 2 intervals of 1 s = 0.2 kWh imported;
+    then a 6 s gap (over 5 cycles: the controller was not running) adds nothing, the cycle after it 1 s again."""
+    tariff = Tariff.preset("evn-manufacturing-22kv").bind(TZ)
+    acc = Accounting(tariff, TZ, cycle_s=1.0, export_cap_kw=0.0, demand_interval_minutes=30, now=T0)
+    assert acc.add(T0, 360.0, 0.0, 0.0) == 0.0  # the first cycle has nothing before it
+    for s in (1, 2):
+        assert acc.add(T0 + timedelta(seconds=s), 360.0, 0.0, 0.0) == pytest.approx(1 / 3600)
+    assert acc.energy.import_kwh == pytest.approx(0.2)
+    assert acc.add(T0 + timedelta(seconds=8), 360.0, 0.0, 0.0) == 0.0
+    acc.add(T0 + timedelta(seconds=9), 360.0, None, 0.0)  # PV missing: the demand interval still counts
+    assert acc.energy.import_kwh == pytest.approx(0.2)
+    assert acc.demand.current_average_kw() == pytest.approx(0.3 / 0.5)  # 0.3 kWh over the 30-min interval
+    assert acc.prices(T0)["currency"] == tariff.currency
+    again = Accounting(tariff, TZ, 1.0, 0.0, 30, T0)
+    stored = acc.stored()
+    again.restore(StoredDemand.model_validate(stored[DemandTracker.KEY]),
+                  StoredEnergy.model_validate(stored[EnergyCounters.KEY]))
+    assert again.energy.import_kwh == pytest.approx(0.2) and again.demand.current_average_kw() == pytest.approx(0.6)

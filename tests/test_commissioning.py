@@ -1,0 +1,162 @@
+"""``ems devices write`` and ``ems devices test`` against the simulated site over real Modbus on loopback.
+
+The site is served in-process (speed 1, plant step 0.2 s); the command runs as ``ems.cli.main`` in a
+worker thread (its own event loop, as from a shell), or as a subprocess for Ctrl-C. What the command
+prints is checked against what the simulated unit really did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import yaml
+
+from drivers.simulated.site import SimulatedSite
+from ems.cli import main
+from tests.sim_peers import EXAMPLE_SITE, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+NOON = {"start": "2026-05-04T12:00:00+07:00", "step_s": 0.2, "initial_soc_pct": 50,
+        "weather": {"model": "clear_sky", "cloudiness": 0.0}, "load": {"day_kw": 600, "night_kw": 300, "noise_pct": 0}}
+FAST = ["--hold-s", "0.5", "--allow-s", "2"]
+
+
+def site_file(tmp_path: Path, source: Path = EXAMPLE_SITE, units: dict | None = None) -> Path:
+    """``source`` with its devices on free ports (shared ports stay shared), a calm noon and ``units``."""
+    data = yaml.safe_load(source.read_text())
+    ports: dict[int, int] = {}
+    for dev in data["devices"]:
+        dev["endpoint"]["port"] = ports.setdefault(dev["endpoint"]["port"], free_port())
+    data["simulation"] = {**data["simulation"], **NOON, "units": units or {}}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def served(path: Path) -> AsyncIterator[SimulatedSite]:
+    site = SimulatedSite.from_file(path, speed=1)
+    await site.start()
+    try:
+        yield site
+    finally:
+        await site.stop()
+
+
+async def ems(*args: str) -> int:
+    """``ems ARGS`` in a worker thread (its own event loop); the exit code."""
+    return await asyncio.to_thread(main, list(args))
+
+
+async def test_write_sends_reads_back_and_reports(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        code = await ems("devices", "write", "--config", str(path), "battery", "setpoint_reversion_s", "45")
+        held = site.images["battery"].value("setpoint_reversion_s")
+    out = capsys.readouterr().out
+    assert code == 0 and held == 45
+    assert "battery: wrote setpoint_reversion_s = 45 (verified)" in out
+    assert "battery: reports setpoint_reversion_s = 45" in out
+
+
+REFUSED = [
+    ("battery_setpoint_kw", "-600", "battery_setpoint_kw = -600 kW is outside its limits -500 … 500 kW"),
+    ("setpoint_enable", "2", "setpoint_enable = 2 is outside its limits 0 … 1"),
+    ("soc_pct", "50", "'soc_pct' is not a writable point of profile sunspec-battery; writable: battery_setpoint_kw,"),
+    ("nan_point", "1", "'nan_point' is not a writable point"),
+]
+
+
+async def test_write_refuses_what_the_profile_and_the_unit_do_not_allow(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        for point, value, says in REFUSED:
+            code = await ems("devices", "write", "--config", str(path), "battery", point, value)
+            err = capsys.readouterr().err
+            assert code == 2 and says in err and "Traceback" not in err, (point, err)
+        writes = dict(site.images["battery"].last_write)
+    assert writes == {}                                                          # nothing reached the device
+
+
+async def test_write_to_an_unknown_device_names_the_devices(tmp_path, capsys):
+    path = site_file(tmp_path)
+    assert await ems("devices", "write", "--config", str(path), "bess-9", "battery_setpoint_kw", "0") == 2
+    assert "no device named bess-9; devices: grid-meter, pv-inverter, battery" in capsys.readouterr().err
+
+
+async def test_battery_test_passes_and_leaves_the_unit_at_zero(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", *FAST)
+        image = site.images["battery"]
+        setpoint, enabled = image.setpoint("battery_setpoint_kw"), image.value("setpoint_enable")
+        battery_kw = site.state.battery_kw
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.split()}
+    assert rows["charge"].split()[1:3] == ["-20.0", "-20.0"] and "pass" in rows["charge"]
+    assert rows["discharge"].split()[1:3] == ["+20.0", "+20.0"] and "pass" in rows["discharge"]
+    assert "pass" in rows["zero"] and "pass" in rows["left"]
+    assert out.rstrip().endswith("battery: PASS")
+    assert setpoint is None and enabled == 0 and battery_kw == 0.0   # 0 kW, remote control released
+
+
+async def test_battery_that_ignores_its_setpoint_fails_the_test(tmp_path, capsys):
+    path = site_file(tmp_path, units={"battery": {"ignore_setpoint": True}})
+    async with served(path) as site:
+        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", *FAST)
+        assert site.state.battery_kw == 0.0
+    out = capsys.readouterr().out
+    assert code == 1
+    charge = next(line for line in out.splitlines() if line.startswith("charge"))
+    assert "FAIL" in charge and "no response within 2 s: measured +0.0 kW for -20.0 kW" in charge
+    assert " ok " in charge          # the register took the value: only the measured power tells
+    assert "skipped after a failed step" in next(line for line in out.splitlines() if line.startswith("discharge"))
+    assert "pass" in next(line for line in out.splitlines() if line.startswith("zero"))
+    assert out.rstrip().endswith("battery: FAIL")
+
+
+async def test_battery_test_refuses_more_than_the_pcs_and_other_roles(tmp_path, capsys):
+    path = site_file(tmp_path)
+    assert await ems("devices", "test", "--config", str(path), "battery", "--kw", "600") == 2
+    assert "battery_setpoint_kw = -600 kW is outside its limits -500 … 500 kW" in capsys.readouterr().err
+    assert await ems("devices", "test", "--config", str(path), "pv-inverter") == 2
+    assert "pv-inverter is a pv_inverter; ems devices test drives batteries only" in capsys.readouterr().err
+
+
+async def test_ctrl_c_mid_test_leaves_the_unit_at_zero(tmp_path):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ems.cli", "devices", "test", "--config", str(path), "battery", "--kw", "20",
+            "--hold-s", "30", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        image = site.images["battery"]
+        async with asyncio.timeout(20):
+            while image.setpoint("battery_setpoint_kw") != -20.0:   # charging: the first step is under way
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = await proc.communicate()
+        setpoint, enabled = image.setpoint("battery_setpoint_kw"), image.value("setpoint_enable")
+    assert proc.returncode == 130, err.decode()
+    left = next(line for line in out.decode().splitlines() if line.startswith("left at 0 kW"))
+    assert "pass" in left
+    assert setpoint is None and enabled == 0
+
+
+async def test_battery_that_goes_the_wrong_way_fails_on_the_sign(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        site.faults.out_of_range("battery", "battery_kw", 20.0)   # reports discharging whatever it does
+        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", "--hold-s", "0.5",
+                         "--allow-s", "1")
+    out = capsys.readouterr().out
+    charge = next(line for line in out.splitlines() if line.startswith("charge"))
+    assert code == 1 and "wrong sign: measured +20.0 kW for -20.0 kW" in charge

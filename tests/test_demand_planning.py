@@ -1,0 +1,127 @@
+"""Demand-charge planning: the tariff's window measure in the LP, and the reserve that holds the month's peak.
+
+Known answers: a 15-minute spike of X kW costs X/2 of demand on a 30-minute window (X per step without the
+window); a load spike above the forecast that the planned reserve absorbs leaves the month's peak where the
+plan put it, while a plan without the reserve sets a new peak.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from controller.dispatch import Dispatcher, DispatchInputs, DispatchSettings
+from controller.targets import DemandWindow, follow_plan
+from optimizer.lp_model import _assert_same_lp, build_model, extract_affine_lp, tiled_affine_lp
+from optimizer.planner import PlanInputs, Planner
+from optimizer.site import BatterySpec, GridSpec, PlannerSettings
+from optimizer.timegrid import regular_grid
+
+T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+RATE = 1000.0  # [currency/kW-month]
+GRID = GridSpec(export_cap_kw=0)
+
+
+def inputs(load: list[float], *, window: bool, soc0: float = 0.0, risk: list[float] | None = None,
+           prior_kwh: float = 0.0) -> PlanInputs:
+    n = len(load)
+    return PlanInputs(
+        grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.asarray(load, dtype=float),
+        import_price=np.full(n, 1.0), export_price=np.zeros(n), soc0_kwh=soc0, demand_charge_per_kw=RATE,
+        billing_month=np.zeros(n, dtype=int), demand_window_h=0.5 if window else 0.0,
+        demand_window=np.arange(n) // 2 if window else None, window_import_kwh=prior_kwh,
+        peak_risk_kw=None if risk is None else np.asarray(risk, dtype=float))
+
+
+EMPTY = BatterySpec(capacity_kwh=100, max_charge_kw=0.001, max_discharge_kw=0.001, soc_min_pct=0, soc_max_pct=100)
+
+
+@pytest.mark.parametrize(("window", "billed"), [(True, 40.0), (False, 80.0)])
+def test_a_15_minute_spike_costs_half_on_a_30_minute_window(window: bool, billed: float) -> None:
+    """80 kW for one quarter hour, nothing else: the 30-minute average is 40 kW (per step: 80 kW)."""
+    plan = Planner(EMPTY, GRID, PlannerSettings(), 8).plan(inputs([0, 0, 0, 80, 0, 0, 0, 0], window=window))
+    assert plan.objective.demand == pytest.approx(RATE * billed, abs=RATE * 0.002)  # the 0.001 kW battery
+
+
+def test_import_measured_before_the_plan_counts_in_its_first_window() -> None:
+    """The plan starts in a window's second quarter hour after 10 kWh were imported in its first: 20 kW of
+    average already, plus 30 kW × 0.25 h / 0.5 h = 15 kW of the plan's first step."""
+    plan = Planner(EMPTY, GRID, PlannerSettings(), 6).plan(
+        PlanInputs(grid=regular_grid(T0, 6, 15), pv_kw=np.zeros(6), load_kw=np.array([30.0, 0, 0, 0, 0, 0]),
+                   import_price=np.ones(6), export_price=np.zeros(6), soc0_kwh=0.0, demand_charge_per_kw=RATE,
+                   demand_window_h=0.5, demand_window=np.array([0, 1, 1, 2, 2, 3]), window_import_kwh=10.0))
+    assert plan.objective.demand == pytest.approx(RATE * 35.0, abs=RATE * 0.002)
+
+
+@pytest.mark.parametrize("reserve_h", [0.0, 1.0])
+def test_tiled_lp_with_windows_and_reserve_equals_direct_extraction(reserve_h: float) -> None:
+    battery = BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=4, discharge_efficiency=0.95)
+    direct = extract_affine_lp(build_model(np.full(12, 0.25), battery, True, 0.5, reserve_h))
+    _assert_same_lp(tiled_affine_lp(0.25, 12, battery, True, window_h=0.5, reserve_h=reserve_h), direct)
+
+
+BATTERY = BatterySpec(capacity_kwh=240, max_charge_kw=200, max_discharge_kw=200, charge_efficiency=1.0,
+                      discharge_efficiency=1.0, soc_min_pct=0, soc_max_pct=100)
+# 200 kW is already this month's peak; forecast: 100 kW all morning, 300 kW for the two hours the battery is
+# planned to shave to 200 kW (200 kWh), then 100 kW; energy is dear in the morning, so a plan without the
+# reserve spends the 40 kWh the shave does not need there
+FORECAST = [100.0] * 8 + [300.0] * 8 + [100.0] * 8
+PRICE = np.array([50.0] * 8 + [1.0] * 16)
+PEAK = 200.0
+
+
+def _plan(risk: list[float] | None):
+    n = len(FORECAST)
+    p = PlanInputs(grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.asarray(FORECAST),
+                   import_price=PRICE, export_price=np.zeros(n), soc0_kwh=240.0, demand_charge_per_kw=RATE,
+                   month_peak_kw=PEAK, billing_month=np.zeros(n, dtype=int), demand_window_h=0.5,
+                   demand_window=np.arange(n) // 2,
+                   peak_risk_kw=None if risk is None else np.asarray(risk, dtype=float))
+    return Planner(BATTERY, GRID, PlannerSettings(demand_reserve_hours=0.5), n).plan(p)
+
+
+def _month_peak(plan, actual_load: np.ndarray) -> float:
+    """Run the live follow rule and dispatcher over ``actual_load``; the highest 30-minute average import."""
+    # as the offline runner: steps minutes apart, no one-cycle load swing to learn
+    dispatcher = Dispatcher(BATTERY, GRID, DispatchSettings(load_swing_window_s=0.0), pv_rated_kw=0.0)
+    soc, grid_kw, battery_kw = 240.0, [], 0.0
+    same = np.ones(len(plan.import_kw), dtype=bool)
+    for t, load in enumerate(actual_load):
+        window = DemandWindow(0.5, 0.25 * (t % 2), 0.25 * grid_kw[-1] if t % 2 else 0.0)
+        target = follow_plan(plan, t, GRID, same_month=same, month_peak_kw=PEAK, tol_kw=1.0,
+                             demand_kw=plan.demand_kw, window=window, windows=np.arange(len(plan)) // 2,
+                             duration_h=plan.duration_h)
+        measured = DispatchInputs(grid_kw=load - battery_kw, pv_kw=0.0, battery_kw=battery_kw,
+                                  soc_pct=100.0 * soc / 240.0, bms_max_charge_kw=min(200.0, (240 - soc) / 0.25),
+                                  bms_max_discharge_kw=min(200.0, soc / 0.25))
+        battery_kw = dispatcher.step(measured, target, plan.starts[t].to_pydatetime()).battery_setpoint_kw
+        soc -= battery_kw * 0.25
+        grid_kw.append(load - battery_kw)
+    return float(np.max(np.asarray(grid_kw).reshape(-1, 2).mean(axis=1)))
+
+
+def test_a_spike_the_reserve_absorbs_holds_the_planned_peak() -> None:
+    """The load comes in 80 kW above the forecast for the last half hour of the shave. With the reserve (risk
+    80 kW for 0.5 h: 40 kWh) the plan keeps 40 kWh through the shave, the dispatcher's grid ceiling spends it on
+    the spike and the month's peak stays at 200 kW; the plan without the reserve spent those 40 kWh in the dear
+    morning, the battery runs empty during the spike and it sets a new peak."""
+    actual = np.asarray(FORECAST)
+    actual[14:16] += 80.0
+    held, bare = _plan([80.0] * len(FORECAST)), _plan(None)
+    for plan in (held, bare):
+        assert plan.demand_kw is not None and float(np.max(plan.demand_kw)) <= PEAK + 1e-6
+        assert plan.objective.demand == pytest.approx(0.0, abs=1e-3)
+    assert held.soc_kwh[15] == pytest.approx(40.0, abs=0.5) and bare.soc_kwh[15] == pytest.approx(0.0, abs=0.5)
+    assert _month_peak(held, actual) == pytest.approx(PEAK, abs=0.5)
+    assert _month_peak(bare, actual) > PEAK + 30.0
+
+
+def test_the_window_ceiling_keeps_the_window_average_at_the_peak() -> None:
+    """After a quarter hour at 100 kW in a 30-minute window planned at 200 kW, the rest may import 300 kW;
+    after one at 300 kW only 100 kW; past the window's end, the peak itself."""
+    assert DemandWindow(0.5, 0.25, 25.0).ceiling_kw(200.0) == pytest.approx(300.0)
+    assert DemandWindow(0.5, 0.25, 75.0).ceiling_kw(200.0) == pytest.approx(100.0)
+    assert DemandWindow(0.5, 0.25, 150.0).ceiling_kw(200.0) == 0.0
+    assert DemandWindow(0.5, 0.5, 75.0).ceiling_kw(200.0) == 200.0

@@ -1,0 +1,187 @@
+"""One path for live and offline: the live plan keeper and the offline MPC make identical plans and targets.
+
+Over the same day (a constructed factory day: 300 kW at night, 800 kW by day with a spike, a clear-sky PV bell),
+with the same (perfect) forecasts, both are asked at the start of every step: the live
+:class:`~controller.planning.PlanKeeper` (planning grid from the clock, the tariff read live, the follow rule
+with the demand window the demand tracker reports) and the offline :class:`~simulations.strategies.Mpc` inside
+the study runner. Their PlanInputs, schedules and dispatch targets must be the same, under an energy-only tariff
+and under the two-part tariff (demand charge on the 30-minute measure). The same holds for the real
+``Controller`` on fake devices and a manual clock (``tests.fakes``): its first plan and its auto-mode target from
+what its devices report equal the offline MPC's at that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import fields, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from controller.planning import PlanKeeper
+from controller.targets import DemandWindow
+from optimizer.planner import PlanInputs, Planner
+from optimizer.service import SiteState
+from optimizer.tariff import load_tariff
+from optimizer.timegrid import TimeGrid
+from simulations.runner import SeriesData, make_strategy, price_inputs, simulate
+from simulations.scenario import Scenario, load_scenario
+from simulations.strategies import StepContext
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "simulations" / "scenarios"
+
+
+def scenario(tariff: str) -> Scenario:
+    base = load_scenario(SCENARIOS / "nam-cau-kien-two-part.yaml")
+    data = base.model_dump()
+    data["tariff"] = {**data["tariff"], "preset": tariff, "file": None}
+    out = Scenario.model_validate(data)
+    out._base_dir = base.base_dir
+    return out
+
+
+def factory_day() -> SeriesData:
+    """Monday 2026-05-04 (local), 15-minute steps: load 300/800 kW with a 1,100 kW half hour, PV a 900 kW bell."""
+    starts = pd.date_range("2026-05-04", periods=96, freq="15min", tz="Asia/Ho_Chi_Minh").tz_convert("UTC")
+    hour = np.arange(96) / 4.0
+    load = np.where((hour >= 7) & (hour < 19), 800.0, 300.0)
+    load[(hour >= 17) & (hour < 17.5)] = 1100.0
+    pv = 900.0 * np.clip(np.sin((hour - 6.0) / 12.0 * np.pi), 0.0, None)
+    return SeriesData(starts=starts, duration_h=np.full(96, 0.25), pv_kw=pv, load_kw=load)
+
+
+class KnownSeries:
+    """The study's own PV and load as the live controller's forecast source (as ``mpc_perfect`` sees them)."""
+
+    def __init__(self, starts_ns: np.ndarray, pv_kw: np.ndarray, load_kw: np.ndarray):
+        self.starts_ns, self.pv_kw, self.load_kw = starts_ns, pv_kw, load_kw
+
+    def forecast(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        at = np.searchsorted(self.starts_ns, grid.starts_ns)
+        return self.pv_kw[at], self.load_kw[at]
+
+    def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+        return np.zeros(len(grid))
+
+    def pv_quantiles(self, grid: TimeGrid, levels) -> None:
+        return None  # known PV: no spread, as the offline mpc_perfect (no surplus-day rule)
+
+
+def same_inputs(live: PlanInputs, offline: PlanInputs) -> None:
+    """Every field of the two PlanInputs equal (fixed_battery_kw: live plans at step starts are free too)."""
+    for f in fields(PlanInputs):
+        a, b = getattr(live, f.name), getattr(offline, f.name)
+        if f.name == "grid":
+            np.testing.assert_array_equal(a.starts_ns, b.starts_ns)
+            np.testing.assert_array_equal(a.duration_h, b.duration_h)
+        elif a is None or b is None or np.isscalar(a):
+            assert a == b, f.name
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f.name)
+
+
+class Twin:
+    """The offline MPC strategy, with the live plan keeper asked the same question at every step."""
+
+    def __init__(self, mpc, keeper: PlanKeeper, window_h: float):
+        self.mpc, self.keeper, self.window_h = mpc, keeper, window_h
+        self.name, self.solve_s, self.replans = "mpc_perfect", 0.0, 0
+        self.compared = 0
+
+    def target(self, t: int, now: datetime, ctx: StepContext):
+        offline = self.mpc.target(t, now, ctx)
+        state = SiteState(ctx.soc_kwh, ctx.max_charge_kw, ctx.max_discharge_kw, ctx.month_peak_kw, ctx.window_kwh)
+        outcome = asyncio.run(self.keeper.replan(now, state, 60.0))
+        assert outcome.plan is not None, outcome.detail
+        _, _, schedule, inputs, _ = self.mpc._last
+        same_inputs(self.keeper.inputs(now, state), inputs)
+        for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "curtail_kw", "soc_kwh"):
+            np.testing.assert_allclose(getattr(outcome.plan, name), getattr(schedule, name), atol=1e-9, err_msg=name)
+        window = DemandWindow(self.window_h, ctx.window_elapsed_h, ctx.window_kwh) if self.window_h else None
+        live = self.keeper.target(now, ctx.month_peak_kw, window)
+        assert live is not None and offline is not None
+        assert replace(live, expires_at=None) == offline  # the live step also expires; nothing else differs
+        self.compared += 1
+        return offline
+
+
+@pytest.mark.parametrize("tariff", ["evn-manufacturing-22kv", "evn-two-part-22kv"])
+def test_live_plan_keeper_and_offline_mpc_make_the_same_plans_and_targets(tariff: str) -> None:
+    sc = scenario(tariff)
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    data = price_inputs(factory_day(), site_tariff, sc.planner.horizon_steps)
+    mpc = make_strategy("mpc_perfect", sc, data, site_tariff)
+    spec = sc.battery.spec()
+    keeper = PlanKeeper(Planner(spec, sc.grid, sc.planner, sc.planner.horizon_steps), sc.planner, sc.grid,
+                        site_tariff, KnownSeries(data.starts.as_unit("ns").asi8, data.pv_kw, data.load_kw),
+                        sc.dispatch.follow_tol_kw)
+    twin = Twin(mpc, keeper, data.tariff.window_h if data.demand_rate[0] > 0 else 0.0)
+    simulate(twin, sc, data, site_tariff, battery=True)
+    assert twin.compared == data.steps == 96
+
+
+# ------------------------------------------------------------------ the live Controller (fake devices, manual clock)
+
+SITE_DEVICES = [{"name": "grid-meter", "role": "meter", "profile": "sunspec-meter",
+                 "endpoint": {"host": "fake.invalid"}},
+                {"name": "pv-inverter", "role": "pv_inverter", "profile": "sunspec-inverter",
+                 "endpoint": {"host": "fake.invalid"}},
+                {"name": "battery", "role": "battery", "profile": "sunspec-battery",
+                 "endpoint": {"host": "fake.invalid"}}]
+
+
+@pytest.mark.parametrize("step", [0, 40, 66])  # 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike)
+async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: int, tmp_path: Path) -> None:
+    """The real ``Controller`` (fake devices, manual clock, the day's PV and load as its forecasts) makes its first
+    plan at the start of ``step`` from what its devices report; the offline MPC asked at that step with the same
+    measurements makes the same PlanInputs and plan, and the controller's auto-mode target is the offline one."""
+    from controller.config import SiteConfig
+    from controller.modes import Mode, ModeState, Reason
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.forecast import History
+    from simulations.strategies import Mpc
+    from tests.fakes import FakeSite
+
+    sc = scenario("evn-two-part-22kv")
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-two-part-22kv"}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES, "control": {"dispatch": sc.dispatch.model_dump()}})
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    day = factory_day()
+    data = price_inputs(day, site_tariff, config.planner.horizon_steps)
+    known = KnownSeries(data.starts.as_unit("ns").asi8, data.pv_kw, data.load_kw)
+    now = data.starts[step].to_pydatetime()
+    clock = ManualClock(now)
+    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    site.battery.set(soc_pct=63.0, max_charge_kw=400.0)
+    controller = Controller(config, site.devices, clock, site_tariff, tmp_path / "state.sqlite", forecasts=known)
+    try:
+        site.settle(float(day.load_kw[step]), float(day.pv_kw[step]))
+        await controller.cycle()
+        await controller.plan_once("start")
+        plan = controller.plans.plan
+        assert plan is not None
+        snap = controller.snapshot
+        mpc = Mpc(data, config.site, config.pv, config.battery, config.grid, config.planner,
+                  config.control.dispatch.follow_tol_kw, perfect=True, holiday_country=None,
+                  monthly_yield_kwh_per_kwp=None)
+        empty = History(data.starts.as_unit("ns").asi8[:96], np.full(96, np.nan))  # perfect forecasts read none
+        ctx = StepContext(soc_kwh=snap.value("soc_pct") / 100.0 * config.battery.capacity_kwh,
+                          max_charge_kw=snap.value("max_charge_kw"), max_discharge_kw=snap.value("max_discharge_kw"),
+                          month_peak_kw=controller.demand.month_peak_kw(now), pv_history=empty, load_history=empty,
+                          window_kwh=controller.demand.running(now)[2])
+        offline = mpc.target(step, now, ctx)
+        _, _, schedule, inputs, _ = mpc._last
+        same_inputs(controller.plans.inputs(now, controller.replanner.site_now(
+            snap, ctx.month_peak_kw, ctx.window_kwh)), inputs)
+        for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "soc_kwh"):
+            np.testing.assert_allclose(getattr(plan, name), getattr(schedule, name), atol=1e-9, err_msg=name)
+        live = controller._target(ModeState(Mode.AUTO, Reason.PLAN, now), now, snap, None)
+        assert live is not None and replace(live, expires_at=None) == offline
+    finally:
+        controller.store.close()

@@ -1,0 +1,181 @@
+"""The park summary (``ems park-summary``) against a real VictoriaMetrics on loopback, fed by the real
+InfluxDB sinks of two simulated sites: the JSON endpoint's figures worked out by hand, a listed site
+that does not report, a database that stops answering, and the rendered page in Japanese."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ems.yamlfile import ConfigError
+from park.app import SummaryServer, create_app
+from park.config import SummarySettings, TsdbSettings, load_summary_settings
+from park.summary import assemble, site_matcher
+from park.tsdb import PromQuery, Sample
+from tests.park_peers import start_site
+from tests.peers import VictoriaMetrics, browser, sample_state, victoria_metrics  # noqa: F401 (fixtures)
+
+GRID_FACTOR = 0.681
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
+    """site-a in auto, under its contracted capacity; site-b in safe state with an alarm, above it."""
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)   # older than VM's 30-s latency offset
+    a = sample_state(now, 3, site="site-a")
+    b = sample_state(now, 11, site="site-b", mode="safe")
+    b["setpoints"] = {**b["setpoints"], "safe": True}
+    b["alarms"] = ["data_missing"]
+    b["demand"] = {**b["demand"], "month_peak_kw": 1500.0, "import_cap_kw": 1250.0}
+    b["today"] = {**b["today"], "export_kwh": 11.0}
+    sites = [await start_site(name, None, vm.url, tmp_path / name, now) for name in ("site-a", "site-b")]
+    try:
+        sites[0].bus.publish("state", a)
+        sites[1].bus.publish("alarm", {"ts": now.isoformat(), "site": "site-b", "code": "data_missing",
+                                       "active": True, "message": "soc_pct missing"})
+        sites[1].bus.publish("alarm", {"ts": now.isoformat(), "site": "site-b", "code": "write_failed:bess-1",
+                                       "active": False, "message": ""})   # cleared: not active
+        sites[1].bus.publish("state", b)
+        for metric, labels in (("ems_state_soc_pct", {"site": "site-a"}), ("ems_state_soc_pct", {"site": "site-b"}),
+                               ("ems_alarm_active", {"site": "site-b", "code": "data_missing"})):
+            await asyncio.to_thread(vm.wait_for, metric, 1, **labels)
+    finally:
+        for site in sites:
+            await site.telemetry.aclose()
+    return now
+
+
+def settings(url: str, **extra: Any) -> SummarySettings:
+    return SummarySettings(park="test-park", tsdb=TsdbSettings(url=url), sites=("site-a", "site-b", "site-c"),
+                           grid_factor_t_per_mwh=GRID_FACTOR, currency="VND", language="ja",
+                           serve={"host": "127.0.0.1", "port": 0}, **extra)
+
+
+async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
+        victoria_metrics: VictoriaMetrics, tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    now = await feed_two_sites(victoria_metrics, tmp_path)
+    config = settings(victoria_metrics.url)
+    server = SummaryServer(create_app(config, PromQuery(config.tsdb.url)), "127.0.0.1", 0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        status, summary = await asyncio.to_thread(get, f"{url}/api/summary")
+        assert status == 200, summary
+        a, b, c = summary["sites"]
+        assert [s["site"] for s in (a, b, c)] == ["site-a", "site-b", "site-c"]
+        # site-a: sample_state(i=3): PV 403, load 821, battery 97 → grid 321 kW; SOC 50.3 % (site-b, i=11: 411, 837, 89)
+        assert (a["mode"], a["pv_kw"], a["battery_kw"], a["grid_kw"]) == ("auto", 403.0, 97.0, 321.0)
+        assert a["soc_pct"] == 50.3
+        assert a["safe"] is False and a["alarms"] == [] and a["alarms_active"] == 0
+        assert a["saved_today"] == 1_250_300.0
+        assert a["co2_avoided_kg_today"] == pytest.approx(1203 * GRID_FACTOR)           # (PV 1203 − export 0) kWh
+        assert (a["month_peak_kw"], a["import_cap_kw"]) == (950.0, 1200.0)
+        assert a["peak_of_cap_pct"] == pytest.approx(950 / 1200 * 100)
+        assert datetime.fromisoformat(a["updated"]) == now
+        # site-b: safe state, one active alarm (the cleared one is not listed), above its capacity
+        assert (b["mode"], b["safe"], b["alarms"], b["alarms_active"]) == ("safe", True, ["data_missing"], 1)
+        assert b["co2_avoided_kg_today"] == pytest.approx((1211 - 11) * GRID_FACTOR)
+        assert b["peak_of_cap_pct"] == pytest.approx(120.0)
+        # site-c is listed in the park file but has never reported: shown, and no figure is 0
+        assert c["reporting"] is False and c["grid_kw"] is None and c["mode"] is None and c["updated"] is None
+        totals = summary["totals"]
+        assert (totals["sites"], totals["reporting"], totals["safe"], totals["over_cap"]) == (3, 2, 1, 1)
+        assert totals["pv_kw"] == 403 + 411 and totals["grid_kw"] == 321 + (837 - 411 - 89)
+        assert totals["saved_today"] == 1_250_300 + 1_251_100 and totals["import_cap_kw"] == 1200 + 1250
+        assert totals["co2_avoided_kg_today"] == pytest.approx((1203 + 1200) * GRID_FACTOR)
+        assert summary["timezone"] == "Asia/Ho_Chi_Minh"
+
+        # the page, in Japanese (the park file's language), in park time with units
+        context = await browser.new_context(locale="en-GB")
+        page = await context.new_page()
+        await page.goto(url + "/")
+        await page.wait_for_selector("#sites tbody tr[data-site='site-c']")
+        assert await page.text_content("h1") == "工業団地サマリー · test-park"
+        row_b = "#sites tr[data-site='site-b']"
+        assert await page.text_content(f"{row_b} td.mode") == "安全状態"           # the site dashboard's word
+        assert await page.text_content(f"{row_b} td.alarms li") == \
+            "計測値が欠けています。制御装置は安全状態です。"
+        assert await page.text_content(f"{row_b} td.pv") == "411.0 kW"
+        assert await page.text_content(f"{row_b} td.peak div") == "1,500.0 kW / 1,250.0 kW (120 %)"
+        assert await page.get_attribute(f"{row_b} td.peak .bar", "class") == "bar over"
+        local = now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%H:%M:%S")
+        assert await page.text_content(f"{row_b} td.updated") == local
+        assert "データなし" in await page.text_content("#sites tr[data-site='site-c']")
+        assert await page.text_content("#t-reporting") == "2 / 3"
+        assert await page.text_content("#t-pv_kw") == "814.0 kW"
+        await page.select_option("#lang", "vi")
+        await page.wait_for_function("document.querySelector('h1').textContent.startsWith('Tổng quan')")
+        assert await page.text_content(f"{row_b} td.pv") == "411,0 kW"
+        await context.close()
+
+        # the database stops answering: a clear 503, and the app goes on serving
+        victoria_metrics.stop()
+        status, body = await asyncio.to_thread(get, f"{url}/api/summary")
+        assert status == 503 and "not answering" in body["error"] and victoria_metrics.url in body["error"]
+        assert (await asyncio.to_thread(get, f"{url}/api/config"))[0] == 200
+    finally:
+        await server.aclose()
+
+
+def test_site_matcher_escapes_ids() -> None:
+    assert site_matcher(["a.b", "c-d"]) == 'site=~"a\\\\.b|c\\\\-d"'
+    assert site_matcher([]) == 'site=~".+"'
+
+
+def test_every_site_in_the_database_when_none_is_listed() -> None:
+    config = SummarySettings(park="p", tsdb=TsdbSettings(url="http://127.0.0.1:1"), grid_factor_t_per_mwh=0.5)
+    state = [Sample({"__name__": "ems_state_pv_kwh_today", "site": "z"}, 10.0),
+             Sample({"__name__": "ems_state_today_pv_kwh", "site": "z"}, 10.0),
+             Sample({"__name__": "ems_state_today_export_kwh", "site": "z"}, 0.0),
+             Sample({"__name__": "ems_state_today_pv_kwh", "site": "y"}, 10.0),     # export missing: CO2 missing
+             Sample({"__name__": "ems_state_grid_kw", "site": "y"}, None)]
+    summary = assemble(config, state, [], [], datetime(2026, 5, 4, tzinfo=UTC))
+    y, z = summary["sites"]
+    assert (y["site"], y["grid_kw"], y["co2_avoided_kg_today"], z["site"], z["co2_avoided_kg_today"]) == \
+        ("y", None, None, "z", 5.0)
+    assert summary["totals"]["grid_kw"] is None and summary["totals"]["co2_avoided_kg_today"] == 5.0
+
+
+def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "park-summary.yaml"
+    path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\nsites: [a, a]\n")
+    with pytest.raises(ConfigError, match="site id 'a' appears twice"):
+        load_summary_settings(path)
+    path.write_text('park: p\ntsdb: {url: http://127.0.0.1:8428}\nsites: [\'a"b\']\n')
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_summary_settings(path)
+    path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ntimezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError, match="timezone"):
+        load_summary_settings(path)
+    shipped = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "park-summary.yaml"
+    assert load_summary_settings(shipped).tsdb.url.startswith("http")
+
+
+def test_every_word_of_the_page_is_translated() -> None:
+    """vi/en/ja carry the same keys, and every ``data-i18n`` key of the page and ``t("…")`` of its script is
+    in the park's dictionary or the site dashboard's (mode names, alarm sentences)."""
+    static = Path(__file__).resolve().parents[1] / "park" / "static"
+    site = static.parents[1] / "controller" / "dashboard" / "static" / "i18n"
+    own = {lang: json.loads((static / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+           for lang in ("vi", "en", "ja")}
+    assert set(own["vi"]) == set(own["en"]) == set(own["ja"])
+    words = set(own["en"]) | set(json.loads((site / "en.json").read_text(encoding="utf-8")))
+    used = set(re.findall(r'data-i18n="([\w.]+)"', (static / "index.html").read_text(encoding="utf-8")))
+    used |= set(re.findall(r'\bt\("([\w.]+)"', (static / "app.js").read_text(encoding="utf-8")))
+    assert used and used <= words, used - words
