@@ -77,7 +77,7 @@ async def start_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dashboard
                                                              **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=apply, state_dir=tmp_path,
                            currency="VND", tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ),
-                           config=CONFIG, settings=RuntimeSettings(commands, apply), audit=audit)
+                           config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now), audit=audit)
     telemetry = await start_telemetry(settings, bus, ctx)
     scheme = telemetry.dashboard.scheme
     return Api(telemetry, commands, bus, clock, f"{scheme}://127.0.0.1:{telemetry.dashboard.port}")
@@ -296,6 +296,12 @@ async def test_config_is_redacted_and_settings_change_for_admin(api: Api) -> Non
     assert changed.json() == {"fallback_mode": "tou_rule", "soc_reserve_pct": 30.0,
                               "soc_reserve_until": "2026-05-04T02:00:00+00:00"}
     assert api.commands.modes.fallback is Mode.TOU_RULE
+    async with api.client("viewer") as client:
+        audit = (await client.get("/audit?interface=rest&limit=2")).json()
+    # newest first: the fallback change (not a command, recorded as "settings"), then the reserve it came with
+    assert [(e["command"], e["identity"], e["accepted"]) for e in audit["entries"]] == [
+        ("settings", "admin", True), ("soc_reserve", "admin", True)]
+    assert audit["entries"][0]["payload"] == {"fallback_mode": "tou_rule"}
 
 
 async def test_wrong_tokens_lock_out_that_address_only(api: Api) -> None:
