@@ -77,7 +77,8 @@ async def start_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dashboard
                                                              **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=apply, state_dir=tmp_path,
                            currency="VND", tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ),
-                           config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now), audit=audit)
+                           config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now),
+                           audit=audit)
     telemetry = await start_telemetry(settings, bus, ctx)
     scheme = telemetry.dashboard.scheme
     return Api(telemetry, commands, bus, clock, f"{scheme}://127.0.0.1:{telemetry.dashboard.port}")
