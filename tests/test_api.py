@@ -126,6 +126,7 @@ async def test_every_endpoint_checks_its_role(api: Api) -> None:
                 allowed = least is None or (level is not None and level >= least)
                 expected = 200 if allowed else 401 if level is None else 403
                 assert response.status_code == expected, (method, path, role, response.text)
+                assert response.headers["x-ems-site"] == SITE  # every response names its site (park tier)
                 if expected != 200:
                     problem = response.json()
                     assert response.headers["content-type"] == "application/problem+json"
@@ -197,6 +198,7 @@ async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
+        assert response.headers["x-ems-site"] == SITE
     assert "/api/v1/openapi.json" in missing.json()["detail"]
     assert query.json()["errors"][0]["where"] == "query.day"
     assert body.json()["errors"][0]["where"] == "body.fallback_mode"
