@@ -77,7 +77,8 @@ async def start_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dashboard
                                                              **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=apply, state_dir=tmp_path,
                            currency="VND", tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ),
-                           config=CONFIG, settings=RuntimeSettings(commands, apply), audit=audit)
+                           config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now),
+                           audit=audit)
     telemetry = await start_telemetry(settings, bus, ctx)
     scheme = telemetry.dashboard.scheme
     return Api(telemetry, commands, bus, clock, f"{scheme}://127.0.0.1:{telemetry.dashboard.port}")
@@ -117,20 +118,21 @@ ENDPOINTS = [  # method, path, JSON body, least role (None: open)
 
 
 async def test_every_endpoint_checks_its_role(api: Api) -> None:
-    for method, path, body, least in ENDPOINTS:
-        for role in (None, *TOKENS):
-            async with api.client(role) as client:
+    for role in (None, *TOKENS):
+        level = Role.parse(role) if role else None
+        async with api.client(role) as client:
+            for method, path, body, least in ENDPOINTS:
                 response = await client.request(method, path, json=body)
-            level = Role.parse(role) if role else None
-            allowed = least is None or (level is not None and level >= least)
-            expected = 200 if allowed else 401 if level is None else 403
-            assert response.status_code == expected, (method, path, role, response.text)
-            if expected != 200:
-                problem = response.json()
-                assert response.headers["content-type"] == "application/problem+json"
-                assert problem["status"] == expected and problem["title"] and problem["detail"]
-            if expected == 401:
-                assert response.headers["www-authenticate"] == "Bearer"
+                allowed = least is None or (level is not None and level >= least)
+                expected = 200 if allowed else 401 if level is None else 403
+                assert response.status_code == expected, (method, path, role, response.text)
+                assert response.headers["x-ems-site"] == SITE  # every response names its site (park tier)
+                if expected != 200:
+                    problem = response.json()
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert problem["status"] == expected and problem["title"] and problem["detail"]
+                if expected == 401:
+                    assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_commands_go_through_the_shared_intake_and_echo_the_result(api: Api) -> None:
@@ -196,6 +198,7 @@ async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
+        assert response.headers["x-ems-site"] == SITE
     assert "/api/v1/openapi.json" in missing.json()["detail"]
     assert query.json()["errors"][0]["where"] == "query.day"
     assert body.json()["errors"][0]["where"] == "body.fallback_mode"
@@ -296,6 +299,12 @@ async def test_config_is_redacted_and_settings_change_for_admin(api: Api) -> Non
     assert changed.json() == {"fallback_mode": "tou_rule", "soc_reserve_pct": 30.0,
                               "soc_reserve_until": "2026-05-04T02:00:00+00:00"}
     assert api.commands.modes.fallback is Mode.TOU_RULE
+    async with api.client("viewer") as client:
+        audit = (await client.get("/audit?interface=rest&limit=2")).json()
+    # newest first: the fallback change (not a command, recorded as "settings"), then the reserve it came with
+    assert [(e["command"], e["identity"], e["accepted"]) for e in audit["entries"]] == [
+        ("settings", "admin", True), ("soc_reserve", "admin", True)]
+    assert audit["entries"][0]["payload"] == {"fallback_mode": "tou_rule"}
 
 
 async def test_wrong_tokens_lock_out_that_address_only(api: Api) -> None:

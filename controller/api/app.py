@@ -291,6 +291,29 @@ Admin = Annotated[Token, Depends(need(Role.ADMIN))]
 # ------------------------------------------------------------------------------------------ the app
 
 
+SITE_HEADER = b"x-ems-site"
+"""Response header naming the site on every ``/api/v1`` response, errors included (a park collects many)."""
+
+
+class SiteHeader:
+    """ASGI middleware: adds :data:`SITE_HEADER` (the site id, ``[A-Za-z0-9_.-]+``) to every HTTP response."""
+
+    def __init__(self, app: Any, site: str):
+        self.app, self.site = app, site.encode("ascii")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_site(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (SITE_HEADER, self.site)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_site)
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     """The ``/api/v1`` application (mount it at :data:`API_PREFIX`)."""
     app = FastAPI(title="pv-battery-ems", version="1", openapi_url="/openapi.json", docs_url=None,
@@ -302,6 +325,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     app.state.api = ctx
     install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(SiteHeader, site=ctx.site)
     zone = ZoneInfo(ctx.timezone)
     hub = ctx.hub
     state_json, plan_json = Encoded(), Encoded()
