@@ -23,7 +23,11 @@ def site_ms(hh: int, mm: int, day: tuple[int, int, int] = (2026, 5, 4)) -> int:
 
 
 async def shaded_period_at(page: Any, ms: int) -> list[str]:
-    """The named periods of the shading rectangles that cover ``ms`` on the power chart."""
+    """The named periods of the shading rectangles that cover ``ms`` on the power chart, once one is drawn (the
+    week view draws its days as their periods arrive)."""
+    await page.wait_for_function(
+        """(ms) => [...document.querySelectorAll('#chart-power rect.shade')]
+             .some((r) => Number(r.dataset.start) <= ms && ms < Number(r.dataset.end))""", arg=ms)
     return await page.evaluate(
         """(ms) => [...document.querySelectorAll('#chart-power rect.shade')]
              .filter((r) => Number(r.dataset.start) <= ms && ms < Number(r.dataset.end))
