@@ -17,10 +17,10 @@ largest finished child of this process; the site process is still running then).
 
 3. multi-asset: a 20-device plant (16 inverters of 100 kW, eight behind each of two logger ports with
    unit ids 1–8, 3 batteries of 500 kWh / 250 kW, a grid meter; :func:`multi_site_file`) served by a
-   second site process and driven for the same number of 1 s cycles by a fresh child process, so
-   its peak RSS is its own: every cycle polls the 20 devices concurrently and writes a setpoint to
-   each of the 19 controllable units (a new value every cycle, so every write is sent and read back:
-   the most a cycle can ask of the bus). Reported as ``multi_*`` beside the single-site figures.
+   second site process and driven for the same number of 1 s cycles by the full controller in a fresh
+   child process, so its peak RSS is its own: every cycle polls the 20 devices concurrently, aggregates
+   the groups, runs the limits chain and splits the decision into a setpoint per battery and inverter
+   (controller/groups.py), planning task included. Reported as ``multi_*`` beside the single-site figures.
 
 The last line printed is one JSON object.
 
@@ -111,48 +111,16 @@ def start_site(path: Path) -> subprocess.Popen:
     return site
 
 
-async def multi_polls(path: Path, cycles: int) -> tuple[list[float], float]:
-    """Every cycle: poll every device of ``path`` concurrently, then write every battery and inverter a new
-    setpoint (sent and read back). Read→write latencies [ms] and CPU share [%]."""
-    from drivers.config import DeviceConfig
-    from drivers.device import open_devices
-    from drivers.roles import Role
-    from drivers.simulated.config import load_site_file
-
-    site = load_site_file(path)
-    configs = [DeviceConfig(name=d.name, role=d.role, profile=d.profile, unit_id=d.unit_id,
-                            endpoint={"host": d.endpoint.host, "port": d.endpoint.port}) for d in site.devices]
-    clock = AcceleratedClock(1.0, site.simulation.start)
-    pool = ConnectionPool()
-    devices = open_devices(configs, clock, pool)
-    await asyncio.gather(*(d.poll() for d in devices))  # connect and discover first
-    for d in devices:
-        await d.enter_remote_control()
-    point = {Role.BATTERY: "battery_setpoint_kw", Role.PV_INVERTER: "pv_limit_pct"}
-    latencies = []
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for n in range(cycles):
-        t0 = time.perf_counter()
-        await asyncio.gather(*(d.poll() for d in devices))
-        value = {Role.BATTERY: -10.0 - n % 2, Role.PV_INVERTER: 90.0 + n % 2}
-        results = await asyncio.gather(*(d.write(point[d.config.role], value[d.config.role]) for d in devices
-                                         if d.config.role in point))
-        assert all(r.ok and r.sent for r in results), [r.detail for r in results if not r.ok]
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
-    cpu = 100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    for d in devices:
-        await d.leave_remote_control()
-    pool.close()
-    return latencies, cpu
-
-
 def multi_child(path: Path, cycles: int) -> None:
-    """The multi-asset phase in this (fresh) process; prints one JSON line."""
+    """The multi-asset phase in this (fresh) process: the full controller driving the groups; prints one JSON
+    line."""
     logging.basicConfig(level=logging.ERROR)
-    cycle_ms, cpu = asyncio.run(multi_polls(path, cycles))
+    with tempfile.TemporaryDirectory() as tmp:
+        cycle_ms, cpu, state = asyncio.run(controller_run(path, Path(tmp) / "state", cycles))
+    units = [d for d in state.get("devices", {}).values() if "in_group" in d]
     print(json.dumps({"cycles": len(cycle_ms), "cycle_ms_p50": pct(cycle_ms, 50), "cycle_ms_p99": pct(cycle_ms, 99),
-                      "cpu_pct": round(cpu, 2),
+                      "cpu_pct": round(cpu, 2), "units_in_group": sum(bool(d["in_group"]) for d in units),
+                      "units": len(units), "mode": state.get("mode"),
                       "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
@@ -234,6 +202,7 @@ def main() -> None:
         "worker_cpu_s": round(workers.ru_utime + workers.ru_stime, 2),
         "multi_devices": 1 + MULTI_INVERTERS + MULTI_BATTERIES, "multi_cycle_ms_p50": multi["cycle_ms_p50"],
         "multi_cycle_ms_p99": multi["cycle_ms_p99"], "multi_cpu_pct": multi["cpu_pct"], "multi_rss_mb": multi["rss_mb"],
+        "multi_units_in_group": multi["units_in_group"], "multi_units": multi["units"], "multi_mode": multi["mode"],
     }
     print(f"controller cycle read→write: p50 {result['cycle_ms_p50']} ms, p99 {result['cycle_ms_p99']} ms "
           f"(bare polls: p50 {result['baseline_poll_ms_p50']} ms, p99 {result['baseline_poll_ms_p99']} ms)")
@@ -241,9 +210,10 @@ def main() -> None:
           f"peak RSS {result['rss_mb']} MB, {result['plans_made']} plan(s), mode {result['mode']}")
     print(f"clear-sky worker process(es): peak RSS {result['worker_rss_mb']} MB, CPU {result['worker_cpu_s']} s "
           f"(not in the controller's figures; the worker exits after computing)")
-    print(f"multi-asset, {result['multi_devices']} devices (poll all, write 19 setpoints every cycle): read→write "
+    print(f"multi-asset, {result['multi_devices']} devices (full controller, groups split per unit): read→write "
           f"p50 {result['multi_cycle_ms_p50']} ms, p99 {result['multi_cycle_ms_p99']} ms, "
-          f"CPU {result['multi_cpu_pct']} % of one core, peak RSS {result['multi_rss_mb']} MB")
+          f"CPU {result['multi_cpu_pct']} % of one core, peak RSS {result['multi_rss_mb']} MB, "
+          f"{result['multi_units_in_group']} of {result['multi_units']} units in their groups")
     print(json.dumps(result))
 
 

@@ -127,8 +127,10 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         await controller.run(duration_s=args.duration)
     finally:
         if site is not None:
-            battery = next(i for i in site.images.values() if i.role is Role.BATTERY)
-            print(f"simulated battery setpoint at exit: {battery.value('battery_setpoint_kw')} kW "
-                  f"(acting: {battery.setpoint('battery_setpoint_kw')})", flush=True)
+            batteries = [i for i in site.images.values() if i.role is Role.BATTERY]
+            for battery in batteries:  # one line per battery unit, named when there are several
+                print(f"simulated battery setpoint at exit: {battery.value('battery_setpoint_kw')} kW "
+                      f"(acting: {battery.setpoint('battery_setpoint_kw')})"
+                      + (f" [{battery.name}]" if len(batteries) > 1 else ""), flush=True)
             await site.stop()
     return 0

@@ -3,9 +3,13 @@
 Sections (field reference with the example: docs/configuration.md):
 
 - ``site``, ``pv``, ``battery``, ``grid``, ``tariff``, ``planner`` — ``optimizer.site`` (planning);
-- ``devices`` — a list of ``drivers.config.DeviceConfig``, exactly one per role (meter, pv_inverter, battery);
+- ``devices`` — a list of ``drivers.config.DeviceConfig``: exactly one meter at the connection point (``location:
+  grid``, the default) and any sub-meters, one or more PV inverters (each with ``rating_kw`` when there are
+  several), one or more batteries (each with its own ``battery:`` spec when there are several; the top-level
+  ``battery:`` is then their aggregate, :func:`optimizer.site.aggregate_units`) — :func:`group_errors`;
 - ``control`` — :class:`ControlSettings` (cycle, writes, planning cadence, fallback, state directory,
-  and ``dispatch``: the limits chain's :class:`~controller.dispatch.DispatchSettings`);
+  ``dispatch``: the limits chain's :class:`~controller.dispatch.DispatchSettings`, and ``groups``: when a unit
+  follows its setpoint, :class:`~controller.groups.GroupSettings`);
 - ``telemetry`` — ``controller.telemetry.config.TelemetrySettings`` (MQTT, InfluxDB, dashboard);
 - ``simulation`` — ``drivers.simulated.config.SimulationConfig`` (only for ``ems run --simulate``).
 
@@ -17,23 +21,26 @@ never starts half-configured.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
 from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
+from controller.groups import GroupSettings
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
-from drivers.config import DeviceConfig
-from drivers.profile import PROFILE_DIR, load_profile, profile_path
-from drivers.roles import Role
+from drivers.config import DeviceConfig, MeterLocation, device_list_errors
+from drivers.profile import PROFILE_DIR, Profile, load_profile, profile_path
+from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.config import SimulationConfig
 from drivers.sunspec import reference_errors as sunspec_reference_errors
 from ems.yamlfile import ConfigError, FieldError, field_path, read_yaml
-from optimizer.site import PlanningSite, StrictModel, TariffRef
+from optimizer.site import PlanningSite, StrictModel, TariffRef, aggregate_units
 from optimizer.tariff import load_tariff
 
 
@@ -73,8 +80,12 @@ class ControlSettings(StrictModel):
                     "file; a relative path is relative to the site file")
     dispatch: DispatchSettings = DispatchSettings()
     validation: ValidationSettings = ValidationSettings()
+    groups: GroupSettings = GroupSettings()
     audit: AuditSettings = AuditSettings()
 
+
+GROUP_NAMES = {Role.BATTERY: "battery-group", Role.PV_INVERTER: "pv-group"}
+"""The name of a role's aggregate when several devices serve it."""
 
 MAX_RATING = 1e6
 """Largest power [kW] or energy [kWh] rating a site file may give: 1 GW / 1 GWh."""
@@ -88,21 +99,17 @@ class SiteConfig(PlanningSite):
     telemetry: TelemetrySettings = TelemetrySettings()
     simulation: SimulationConfig | None = None
 
-    @field_validator("devices")
-    @classmethod
-    def _devices(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
-        names = [d.name for d in devices]
-        problems = []
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            problems.append(f"device names must be unique; repeated: {', '.join(repeated)}")
-        for role in Role:
-            count = sum(d.role is role for d in devices)
-            if count != 1:
-                problems.append(f"exactly one device with role {role.value} is needed, found {count}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return devices
+    @model_validator(mode="after")
+    def _groups(self, info: ValidationInfo) -> SiteConfig:
+        """The device groups (:func:`group_errors`); with a ``collect`` list in the validation context the
+        errors are added to it with their field paths instead of raised."""
+        errors = group_errors(self)
+        collect = info.context.get("collect") if isinstance(info.context, dict) else None
+        if isinstance(collect, list):
+            collect += errors
+        elif errors:
+            raise ValueError("; ".join(str(e) for e in errors))
+        return self
 
     @model_validator(mode="after")
     def _controllable(self) -> SiteConfig:
@@ -125,12 +132,110 @@ class SiteConfig(PlanningSite):
         return self
 
     def device(self, role: Role) -> DeviceConfig:
-        """The device serving ``role``."""
+        """The first device serving ``role`` (for a meter: the grid meter)."""
+        if role is Role.METER:
+            return self.grid_meter
         return next(d for d in self.devices if d.role is role)
+
+    def devices_of(self, role: Role) -> list[DeviceConfig]:
+        """Every device serving ``role``, in file order."""
+        return [d for d in self.devices if d.role is role]
+
+    @property
+    def grid_meter(self) -> DeviceConfig:
+        """The meter at the connection point."""
+        return next(d for d in self.devices if d.meter_location is MeterLocation.GRID)
+
+    def role_name(self, role: Role) -> str:
+        """What names ``role``'s aggregate in alarms and validation: the grid meter, a role's only device, or
+        ``battery-group`` / ``pv-group`` for several."""
+        if role is Role.METER:
+            return self.grid_meter.name
+        devices = self.devices_of(role)
+        return devices[0].name if len(devices) == 1 else GROUP_NAMES[role]
 
     @property
     def replan_minutes(self) -> int:
         return self.control.replan_minutes or self.planner.step_minutes
+
+
+_DEVICE_LIST = TypeAdapter(list[DeviceConfig])
+
+RATING_TOLERANCE = 1e-6
+"""Relative difference [-] below which a given total and the sum over the units agree (decimal round-off)."""
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= RATING_TOLERANCE * max(1.0, abs(a), abs(b))
+
+
+def group_errors(config: SiteConfig) -> list[FieldError]:
+    """Problems of the device groups, each with its field path: those of :func:`device_group_errors`, inverter
+    ratings not summing to ``pv.ac_kw``, battery specs disagreeing with the top-level ``battery:``."""
+    devices = config.devices
+    errors = device_group_errors(devices)
+    inverters = [d for d in devices if d.role is Role.PV_INVERTER]
+    ratings = [d.rating_kw for d in inverters if d.rating_kw is not None]
+    if inverters and len(ratings) == len(inverters) and not _agree(sum(ratings), config.pv.ac_limit_kw):
+        errors.append(FieldError("pv.ac_kw", f"{config.pv.ac_limit_kw:g} kW, but the inverters' rating_kw sum to "
+                                 f"{sum(ratings):g} kW; they must agree"))
+    batteries = [d for d in devices if d.role is Role.BATTERY]
+    units = [d.battery for d in batteries if d.battery is not None]
+    if batteries and len(units) == len(batteries):
+        for name, derived in aggregate_units(units).items():
+            given = getattr(config.battery, name)
+            if not _agree(given, derived):
+                errors.append(FieldError(f"battery.{name}", f"{given:g}, but the battery units give {derived:g} "
+                                         "(sums; SOC window and efficiencies capacity-weighted); omit it to use the "
+                                         "units' figure"))
+    return errors
+
+
+def device_group_errors(devices: Sequence[DeviceConfig]) -> list[FieldError]:
+    """Problems of the device list alone: repeated names and bus addresses, not exactly one grid meter, no PV
+    inverter or battery, a missing ``rating_kw`` (several inverters) or ``battery:`` spec (several batteries)."""
+    errors = device_list_errors(devices)
+    grid = [i for i, d in enumerate(devices) if d.meter_location is MeterLocation.GRID]
+    if not grid:
+        errors.append(FieldError("devices", "no meter at the connection point: exactly one device with role meter "
+                                 "and location grid (the default) is needed"))
+    for i in grid[1:]:
+        errors.append(FieldError(f"devices[{i}].location", f"{devices[i].name} is a second grid meter "
+                                 f"(devices[{grid[0]}] is one); exactly one meter measures the connection point, "
+                                 "give the others location feeder, pv or load"))
+    for role in (Role.PV_INVERTER, Role.BATTERY):
+        if not any(d.role is role for d in devices):
+            errors.append(FieldError("devices", f"at least one device with role {role.value} is needed"))
+    inverters = [(i, d) for i, d in enumerate(devices) if d.role is Role.PV_INVERTER]
+    if len(inverters) > 1:
+        errors += [FieldError(f"devices[{i}].rating_kw", f"{d.name}: required when the site has more than one "
+                              "PV inverter (its AC rating, kW)") for i, d in inverters if d.rating_kw is None]
+    batteries = [(i, d) for i, d in enumerate(devices) if d.role is Role.BATTERY]
+    if len(batteries) > 1:
+        errors += [FieldError(f"devices[{i}].battery", f"{d.name}: required when the site has more than one battery "
+                              "(capacity_kwh, max_charge_kw, max_discharge_kw, ...)")
+                   for i, d in batteries if d.battery is None]
+    return errors
+
+
+REQUIRED_POINTS: dict[tuple[Role, MeterLocation | None], tuple[str, ...]] = {
+    (Role.BATTERY, None): ("battery_kw", "soc_pct", "battery_setpoint_kw"),
+    (Role.PV_INVERTER, None): ("pv_kw", "pv_limit_pct"),
+    (Role.METER, MeterLocation.GRID): ("grid_kw",),
+}
+"""Canonical points a device's profile must have for the controller to use it in its role (writable ones writable)."""
+
+
+def missing_points(profile: Profile, role: Role, location: MeterLocation | None) -> list[str]:
+    """The points of :data:`REQUIRED_POINTS` that ``profile`` lacks (or has, but not writable) for ``role``."""
+    out = []
+    for name in REQUIRED_POINTS.get((role, location), ()):
+        point = profile.points.get(name)
+        if point is None:
+            out.append(name)
+        elif CANONICAL_POINTS[name].writable and point.write is None:
+            out.append(f"{name} (present but not writable)")
+    return out
 
 
 def resolve_profile(profile: str, base_dir: Path) -> Path:
@@ -171,9 +276,19 @@ def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
             errors += [FieldError(f"devices[{i}].profile", f"{path}: points.{point}.sunspec: {why}")
                        for point, why in sunspec_reference_errors(profile)]
             role = dev.get("role")
-            if isinstance(role, str) and role in {r.value for r in Role} and Role(role) not in profile.roles:
+            if not (isinstance(role, str) and role in {r.value for r in Role}):
+                continue
+            if Role(role) not in profile.roles:
                 errors.append(FieldError(f"devices[{i}].profile",
                                          f"profile {profile.name} does not serve role {role}"))
+                continue
+            location = dev.get("location", MeterLocation.GRID.value) if role == Role.METER.value else None
+            if location is not None and location not in {m.value for m in MeterLocation}:
+                continue  # reported by the schema check
+            lacking = missing_points(profile, Role(role), MeterLocation(location) if location else None)
+            if lacking:
+                errors.append(FieldError(f"devices[{i}].profile", f"profile {profile.name} lacks what a {role}"
+                                         f"{' at ' + location if location else ''} needs: {', '.join(lacking)}"))
     return errors
 
 
@@ -186,9 +301,12 @@ def validate_config(data: object, source: str, base_dir: Path) -> SiteConfig:
     errors: list[FieldError] = []
     config: SiteConfig | None = None
     try:
-        config = SiteConfig.model_validate(data)
+        config = SiteConfig.model_validate(data, context={"collect": errors})
     except ValidationError as exc:
         errors += [FieldError(field_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        with contextlib.suppress(ValidationError):  # else the device errors are among the schema errors
+            # a valid device list is checked as a whole even when another section is not
+            errors += device_group_errors(_DEVICE_LIST.validate_python(data.get("devices")))
     errors += _reference_errors(data, base_dir)
     if errors or config is None:
         raise ConfigError(source, errors)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -28,6 +28,7 @@ import pandas as pd
 from controller.dispatch import Target
 from controller.modes import Reason
 from controller.targets import DemandWindow, follow_plan
+from optimizer import surplus
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
@@ -109,6 +110,10 @@ class ForecastSource(Protocol):
 
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray: ...
 
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
+        """PV quantile forecasts, shape ``(len(levels), len(grid))``, or None without any (surplus-day rule)."""
+        ...
+
 
 class MeasuredForecasts:
     """``optimizer.forecast`` fed the :class:`MeasuredHistory`; until a step of history is complete the
@@ -126,6 +131,10 @@ class MeasuredForecasts:
         """:func:`optimizer.service.peak_risk_kw` from the forecasters' own recent errors on the history. [kW]"""
         pv_hist, load_hist = self.history.histories()
         return peak_risk_kw(self.pv, self.load, grid, pv_hist, load_hist, pv_kw, load_kw)
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray:
+        """The PV forecaster's quantiles on the measured history (:meth:`PVForecaster.quantiles`). [kW]"""
+        return self.pv.quantiles(grid, self.history.histories()[0], levels=levels)
 
 
 class PerfectForecasts:
@@ -154,6 +163,10 @@ class PerfectForecasts:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         """Known PV and load have no error: 0. [kW]"""
         return np.zeros(len(grid))
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> None:
+        """Known PV has no spread: the surplus-day rule does not apply."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -278,10 +291,12 @@ class PlanKeeper:
         of it; one made at a step's start (as every interval re-plan, and every offline re-plan) is free there."""
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
+        tariff = TariffSteps.of(self.tariff, grid.starts)
+        pv_kw = surplus.planned_pv(self.settings.surplus_rule, pv_kw, tariff.import_price,
+                                   lambda levels: self.forecasts.pv_quantiles(grid, levels))
         found = self.current(grid.starts[0].to_pydatetime())
         mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
         fixed = found[1].battery_kw if found is not None and mid_step else None
-        tariff = TariffSteps.of(self.tariff, grid.starts)
         risk = None
         if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
             risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)

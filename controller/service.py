@@ -2,7 +2,8 @@
 
 Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 
-1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot`, then validate it
+1. read every device concurrently into one frozen :class:`~controller.snapshot.Snapshot` — one aggregate battery
+   and PV plant over the asset groups (:mod:`controller.assets`) — then validate it
    (:class:`~controller.validation.Validator`: stuck and implausible readings become stale/implausible,
    device-health alarms raised and cleared);
 2. account energy, money and the demand peak (:class:`~controller.accounting.Accounting`); feed the
@@ -10,14 +11,14 @@ Every cycle (``control.cycle_s`` of site time, aligned to the clock):
 3. decide the mode (:class:`~controller.modes.ModeMachine`) and its target (plan step by the follow
    rule, a fallback rule, or the operator's);
 4. run the limits chain (:class:`~controller.dispatch.Dispatcher`);
-5. write setpoints (each device skips a change inside the deadband and re-sends at the heartbeat:
-   ``drivers.writes``) and keep the devices' watchdogs alive;
+5. split the setpoints over the units (:mod:`controller.groups`) and write them (each device skips a change
+   inside the deadband and re-sends at the heartbeat: ``drivers.writes``), and keep the devices' watchdogs alive;
 6. publish the cycle state on the bus, raise/clear alarms on transitions, ping systemd's watchdog.
 
 The planning task re-plans at every planning interval, on a ``replan`` command and when the site
 drifts from the plan, in a worker thread with a time limit; the last valid plan is followed until it
 expires, then the mode machine falls back (self-consumption or TOU rule) with a reason code.
-On stop: battery 0 kW, remote control released, state saved.
+On stop: every battery 0 kW, remote control released, state saved.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from typing import Any
 import pandas as pd
 
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.assets import WRITE_FAILED, Assets
 from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
 from controller.devices import Device
 from controller.dispatch import Decision, Dispatcher, Source, Target
+from controller.groups import ALARM_PREFIXES as GROUP_ALARMS
 from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
     ForecastSource,
@@ -50,7 +53,7 @@ from controller.planning import (
     Replanner,
 )
 from controller.sdnotify import SdNotify
-from controller.snapshot import Snapshot, read_snapshot
+from controller.snapshot import Snapshot
 from controller.state_store import StateStore, StoredMode, StoredReserve, read_stored
 from controller.targets import DemandWindow, mode_target
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
@@ -77,16 +80,17 @@ CYCLE_TIMES_KEPT = 3600
 
 
 def build_devices(config: SiteConfig, config_path: Path, clock: Clock,
-                  pool: ConnectionPool) -> dict[Role, Device]:
-    """One :class:`ModbusDevice` per role; a relative profile path is taken relative to the site file.
+                  pool: ConnectionPool) -> dict[str, Device]:
+    """One :class:`ModbusDevice` per configured device, by name; a relative profile path is taken relative to the
+    site file.
 
     Each device's deadline comes from its own settings and the control cycle in physical seconds
     (``DeviceConfig.deadline``); unchanged setpoints are re-sent every ``control.heartbeat_s``."""
-    devices = {}
+    devices: dict[str, Device] = {}
     cycle_s = config.control.cycle_s / clock.speed
     for cfg in config.devices:
         path = resolve_profile(cfg.profile, config_path.resolve().parent)
-        devices[cfg.role] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
+        devices[cfg.name] = ModbusDevice(cfg, load_profile(path), pool.connection(cfg), clock,
                                          deadline_s=cfg.deadline(cycle_s), resend_s=config.control.heartbeat_s)
     return devices
 
@@ -97,8 +101,10 @@ class Controller:
     Parameters
     ----------
     config : SiteConfig
-    devices : Mapping[Role, Device]
-        One device per role (``controller.devices``: a Modbus device, or an in-memory one in tests).
+    devices : Mapping[Any, Device]
+        Every device of the site (``controller.devices``: a Modbus device, or an in-memory one in tests); each
+        names itself and gives its role (the keys are not used). Several inverters and batteries make the
+        groups of ``controller.assets``.
     clock : Clock
         Site time (shared with the simulated site when there is one).
     tariff : SiteTariff
@@ -110,10 +116,11 @@ class Controller:
         systemd notification; default from ``$NOTIFY_SOCKET``.
     """
 
-    def __init__(self, config: SiteConfig, devices: Mapping[Role, Device], clock: Clock, tariff: SiteTariff,
+    def __init__(self, config: SiteConfig, devices: Mapping[Any, Device], clock: Clock, tariff: SiteTariff,
                  state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None):
         self.config = config
-        self.devices = dict(devices)
+        self.assets = Assets(devices, config.battery, config.pv.ac_limit_kw, config.control.groups, clock)
+        self.devices = self.assets.devices
         self.clock = clock
         self.tariff = tariff
         ctl, bat = config.control, config.battery
@@ -123,7 +130,7 @@ class Controller:
         self.store = StateStore(state_path, now)
         self.audit = AuditLog(state_path, ctl.audit)
         self.dispatcher = Dispatcher(bat, config.grid, ctl.dispatch, pv_rated_kw=config.pv.ac_limit_kw,
-                                     battery_reversion_s=self.devices[Role.BATTERY].reversion_s)
+                                     battery_reversion_s=self.assets.battery_reversion_s)
         self.validator = Validator.from_config(config)
         self.validation = ValidationTrace(())
         self.modes = ModeMachine(Mode(ctl.fallback_mode), now, Mode(ctl.initial_mode))
@@ -152,7 +159,7 @@ class Controller:
         self.cycle_ms: deque[float] = deque(maxlen=CYCLE_TIMES_KEPT)
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_persist = -float("inf")
-        self._online: dict[Role, bool | None] = {role: None for role in self.devices}
+        self._online: dict[str, bool | None] = {name: None for name in self.devices}
         self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._stop = asyncio.Event()
         self.telemetry: Telemetry | None = None
@@ -310,9 +317,9 @@ class Controller:
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""
-        # monitor-only: what auto would do, published, not written
-        mode, request = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode, state.request
-        return mode_target(
+        request = state.request
+        mode = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode  # monitor-only: what auto would do,
+        return mode_target(                                                   # published, not written
             mode, state.reason.value, reserve_soc_pct=reserve,
             plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
             if mode is Mode.AUTO else None,
@@ -321,33 +328,12 @@ class Controller:
             manual_kw=request.setpoint_kw if mode is Mode.MANUAL and request is not None else None,
             manual_until=request.until if mode is Mode.MANUAL and request is not None else None)
 
-    async def _write_point(self, role: Role, point: str, value: float, deadband: float) -> str | None:
-        """Write ``value`` (the device skips it within ``deadband`` of what it holds, and re-sends it at the
-        heartbeat: ``drivers.writes``); the error, or None."""
-        device = self.devices[role]
-        if device.online is not True:  # never block the cycle on connect attempts to a dead device
-            return f"{device.name} unreachable: {device.last_error or 'not polled yet'}"
-        try:
-            result = await device.write(point, value, deadband=deadband)
-        except KeyError as exc:  # SunSpec points have no address until the device has been discovered
-            return f"{device.name}: {point}: {exc}"
-        if not result.ok:
-            return f"{device.name}: {point}={value:g}: {result.detail}"
-        return None
-
     async def _write(self, decision: Decision, now: datetime) -> None:
-        """Setpoints and heartbeats, all devices at once, each write within its device's deadline: a slow
-        battery never delays the PV limit."""
+        """Setpoints split over the units, and heartbeats, all devices at once, each write within its device's
+        deadline (a slow battery never delays the PV limits); ``write_failed:<device>`` for each that failed."""
         ctl = self.config.control
-        results = await asyncio.gather(
-            self._write_point(Role.BATTERY, "battery_setpoint_kw", round(decision.battery_setpoint_kw, 1),
-                              ctl.write_deadband_kw),
-            self._write_point(Role.PV_INVERTER, "pv_limit_pct", round(decision.pv_limit_pct, 1),
-                              ctl.pv_write_deadband_pct),
-            *(d.heartbeat() for d in self.devices.values() if d.online is True))
-        errors = {f"write_failed:{role.value}": msg for role, msg in zip((Role.BATTERY, Role.PV_INVERTER),
-                                                                          results[:2], strict=True) if msg}
-        self._set_alarms(errors, ("write_failed:",), now)
+        errors = await self.assets.write(decision, ctl.write_deadband_kw, ctl.pv_write_deadband_pct)
+        self._set_alarms(errors, (WRITE_FAILED,), now)
 
     async def _remote_control(self) -> None:
         """Enter remote control on devices that just came online (at start, and after an outage), all at once.
@@ -360,19 +346,18 @@ class Controller:
                 if not result.ok:
                     log.error("device %s: remote control not entered: %s", device.name, result.detail)
 
-        await asyncio.gather(*(enter(d) for role, d in self.devices.items()
-                               if d.online and not self._online[role]))
-        for role, device in self.devices.items():
-            self._online[role] = device.online
+        await asyncio.gather(*(enter(d) for name, d in self.devices.items()
+                               if d.online and not self._online[name]))
+        for name, device in self.devices.items():
+            self._online[name] = device.online
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""
         t0 = time.perf_counter()
-        snap = await read_snapshot(list(self.devices.values()), self.clock)
+        snap = await self.assets.read()
         t_read = time.perf_counter()
         now = snap.ts
-        written = self.devices[Role.BATTERY].last_written("battery_setpoint_kw")
-        snap, health, self.validation = self.validator.check(snap, written)
+        snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw())
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only
         if writing:
@@ -389,7 +374,10 @@ class Controller:
         t_decide = time.perf_counter()
         if writing:
             await self._write(decision, now)
+        else:  # monitor-only: each unit's share is published, not written
+            self.assets.split(decision)
         t_write = time.perf_counter()
+        self._set_alarms(self.assets.alarms(), GROUP_ALARMS, now)
         self._set_alarms({a: _ALARM_TEXT.get(a, a) + (f" ({decision.bounds[0].note})" if decision.safe else "")
                           for a in decision.alarms}, tuple(_ALARM_TEXT), now)
         self.replanner.observe(snap, now)
@@ -430,7 +418,8 @@ class Controller:
             "ts": now.isoformat(), "site": self.config.site.name,
             "mode": state.mode.value, "reason": state.reason.value, "mode_since": state.since.isoformat(),
             "measurements": snap.measurements(), "load_kw": snap.load_kw,
-            "devices": {name: {"ok": ok, "error": snap.device_errors.get(name)} for name, ok in snap.device_ok.items()},
+            "groups": self.assets.group_entries(),
+            "devices": self.assets.device_entries(snap),
             "setpoints": {"battery_kw": decision.battery_setpoint_kw, "pv_limit_pct": decision.pv_limit_pct,
                           "pv_limit_kw": decision.pv_limit_kw, "safe": decision.safe, "source": decision.source,
                           "follow": decision.follow, "reason": decision.reason,
@@ -516,7 +505,8 @@ class Controller:
                                    on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit,
                                    cycle_s=self.config.control.cycle_s,
                                    config=self.config.model_dump(mode="json"),
-                                   settings=RuntimeSettings(self.commands, self.apply))
+                                   settings=RuntimeSettings(self.commands, self.apply, self.audit.record,
+                                                            self.clock.now))
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 
@@ -552,24 +542,24 @@ class Controller:
 
     @staticmethod
     async def _zero_battery(battery: Device) -> bool:
-        """Write 0 kW (polling the device first if it is not known to be online); True if confirmed."""
+        """Write 0 kW to one battery (polling it first if it is not known to be online); True if confirmed."""
         try:
             if battery.online is not True:
                 await battery.poll()
             result = await battery.write("battery_setpoint_kw", 0.0, force=True)
         except KeyError as exc:
-            log.error("shutdown: battery unreachable, setpoint 0 kW not written: %s", exc)
+            log.error("shutdown: battery %s unreachable, setpoint 0 kW not written: %s", battery.name, exc)
             return False
         if not result.ok:
-            log.error("shutdown: battery setpoint 0 kW not confirmed: %s", result.detail)
+            log.error("shutdown: battery %s setpoint 0 kW not confirmed: %s", battery.name, result.detail)
         return result.ok
 
     async def shutdown(self) -> None:
-        """Battery to 0 kW, remote control released, state saved."""
+        """Every battery to 0 kW, remote control released (and what entering changed restored), state saved."""
         self.notify.stopping()
         now = self.clock.now()
-        battery = self.devices.get(Role.BATTERY)
-        zeroed = not self._took_control or (battery is not None and await self._zero_battery(battery))
+        zeroed = not self._took_control or all(
+            await asyncio.gather(*(self._zero_battery(b) for b in self.assets.of(Role.BATTERY))))
         released = True
         for device in self.devices.values() if self._took_control else ():
             if device.online is not True:

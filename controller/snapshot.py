@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
@@ -43,12 +43,16 @@ class Snapshot:
         missing).
     device_errors : Mapping[str, str]
         Device name → why the poll failed (only failed devices), e.g. "no answer within 0.4 s".
+    units : Mapping[str, Mapping[str, Reading]]
+        Device name → its own readings (several devices may serve one role; ``readings`` holds the site's
+        figures, aggregated by ``controller.assets``).
     """
 
     ts: datetime
     readings: Mapping[str, Reading]
     device_ok: Mapping[str, bool]
     device_errors: Mapping[str, str]
+    units: Mapping[str, Mapping[str, Reading]] = field(default_factory=lambda: MappingProxyType({}))
 
     def value(self, name: str) -> float | None:
         """The numeric value of point ``name``, or ``None`` if missing, stale, implausible, absent or not a number."""
@@ -85,11 +89,12 @@ def _all_missing(config: DeviceConfig, ts: datetime, detail: str) -> dict[str, R
     return {p.name: missing(p.unit, ts, detail) for p in role_points(config.role) if not p.writable}
 
 
-async def read_snapshot(devices: Sequence[Readable], clock: Clock) -> Snapshot:
-    """Poll every device concurrently (each within its own deadline) and freeze the result."""
+async def poll_devices(devices: Sequence[Readable], clock: Clock) -> Snapshot:
+    """Poll every device concurrently (each within its own deadline): a snapshot with every device's readings in
+    ``units`` and no site-level ``readings`` yet (``controller.assets`` aggregates them)."""
     ts = clock.now()
     results = await asyncio.gather(*(d.poll() for d in devices), return_exceptions=True)
-    readings: dict[str, Reading] = {}
+    units: dict[str, Mapping[str, Reading]] = {}
     ok: dict[str, bool] = {}
     errors: dict[str, str] = {}
     now = clock.now()
@@ -100,10 +105,17 @@ async def read_snapshot(devices: Sequence[Readable], clock: Clock) -> Snapshot:
                 raise result
             ok[cfg.name] = False
             errors[cfg.name] = f"{type(result).__name__}: {result}"
-            readings.update(_all_missing(cfg, ts, errors[cfg.name]))
+            units[cfg.name] = MappingProxyType(_all_missing(cfg, ts, errors[cfg.name]))
             continue
         ok[cfg.name] = device.online is not False
         if not ok[cfg.name]:
             errors[cfg.name] = device.last_error
-        readings.update({name: r.aged(now, cfg.max_age_s) for name, r in result.items()})
-    return Snapshot(ts, MappingProxyType(readings), MappingProxyType(ok), MappingProxyType(errors))
+        units[cfg.name] = MappingProxyType({name: r.aged(now, cfg.max_age_s) for name, r in result.items()})
+    return Snapshot(ts, MappingProxyType({}), MappingProxyType(ok), MappingProxyType(errors), MappingProxyType(units))
+
+
+async def read_snapshot(devices: Sequence[Readable], clock: Clock) -> Snapshot:
+    """Poll every device (one per role) concurrently and freeze the result, each device's points as the site's."""
+    snap = await poll_devices(devices, clock)
+    readings = {name: r for unit in snap.units.values() for name, r in unit.items()}
+    return replace(snap, readings=MappingProxyType(readings))

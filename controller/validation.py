@@ -158,7 +158,7 @@ class SiteRatings:
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteRatings:
         bat = config.battery
-        return cls(MappingProxyType({d.role: d.name for d in config.devices}), config.pv.ac_limit_kw,
+        return cls(MappingProxyType({role: config.role_name(role) for role in Role}), config.pv.ac_limit_kw,
                    bat.capacity_kwh, bat.max_charge_kw, bat.max_discharge_kw, config.grid.import_cap_kw,
                    config.control.cycle_s)
 
@@ -567,7 +567,7 @@ class Validator:
                 detail = f.detail if a.code in conditions else f"{f.detail} (cleared {self._ago(a, now)} ago)"
                 readings[f.point] = replace(r, value=None, quality=f.quality, detail=detail)
             held.append(f)
-        out = Snapshot(snap.ts, MappingProxyType(readings), snap.device_ok, snap.device_errors)
+        out = replace(snap, readings=MappingProxyType(readings))
         alarms = {code: a.message for code, a in self._active.items() if not code.startswith(_HOLD)}
         return out, alarms, ValidationTrace(tuple(sorted(held, key=lambda f: f.point)))
 

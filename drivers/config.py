@@ -7,6 +7,8 @@ equal share one connection (:attr:`TcpEndpoint.key`), whatever their unit ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.roles import Role
 from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
+from optimizer.site import BatteryUnit
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -22,6 +25,19 @@ DEADLINE_SHARE_OF_CYCLE = 0.4
 MIN_DEFAULT_DEADLINE_S = 0.25
 """Floor of the default deadline: a loopback or LAN Modbus exchange on a busy host fits in it (an accelerated
 simulation's cycle can be far shorter in physical time). [s]"""
+
+
+MAX_UNIT_RATING_KW = 1e6
+"""Largest AC rating [kW] one device may give: 1 GW."""
+
+
+class MeterLocation(StrEnum):
+    """Where a meter measures: the site's connection point (exactly one) or a sub-meter."""
+
+    GRID = "grid"
+    FEEDER = "feeder"
+    PV = "pv"
+    LOAD = "load"
 
 
 class TcpEndpoint(BaseModel):
@@ -77,12 +93,33 @@ class DeviceConfig(BaseModel):
                                                description="lower the profile's limit for this device")
     deadline_s: float | None = Field(None, gt=0, description="time one poll or one write of this device may "
                                      "take before the cycle goes on without it [s]; default: see deadline()")
+    location: MeterLocation | None = Field(None, description="meters only: where the meter measures; "
+                                           "default grid (the connection point)")
+    rating_kw: float | None = Field(None, gt=0, le=MAX_UNIT_RATING_KW,
+                                    description="PV inverters only: AC rating [kW]")
+    battery: BatteryUnit | None = Field(None, description="batteries only: this unit's energy, limits, "
+                                        "efficiencies and SOC window")
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> DeviceConfig:
+    def _consistent(self) -> DeviceConfig:
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError("backoff_initial_s is above backoff_max_s")
+        for field, role in (("location", Role.METER), ("rating_kw", Role.PV_INVERTER), ("battery", Role.BATTERY)):
+            if getattr(self, field) is not None and self.role is not role:
+                raise ValueError(f"{field} is only for devices with role {role.value}")
         return self
+
+    @property
+    def meter_location(self) -> MeterLocation | None:
+        """Where a meter measures (``grid`` unless configured); ``None`` for other roles."""
+        if self.role is not Role.METER:
+            return None
+        return self.location or MeterLocation.GRID
+
+    @property
+    def address(self) -> str:
+        """The device's bus address: endpoint and unit id, e.g. ``tcp://10.0.0.5:502#3``."""
+        return f"{self.endpoint.key}#{self.unit_id}"
 
 
     def deadline(self, cycle_s: float | None = None) -> float:
@@ -100,6 +137,28 @@ class DeviceConfig(BaseModel):
         return min(bound, max(DEADLINE_SHARE_OF_CYCLE * cycle_s, MIN_DEFAULT_DEADLINE_S))
 
 
+def device_list_errors(devices: Sequence[DeviceConfig]) -> list[FieldError]:
+    """Problems of a device list as a whole, each with its field path: a repeated name, two devices at one
+    endpoint and unit id (a gateway's units need distinct ids)."""
+    errors: list[FieldError] = []
+    first_name: dict[str, int] = {}
+    first_address: dict[str, int] = {}
+    for i, d in enumerate(devices):
+        if d.name in first_name:
+            errors.append(FieldError(f"devices[{i}].name", f"{d.name!r} is already the name of "
+                                     f"devices[{first_name[d.name]}]; device names must be unique"))
+        else:
+            first_name[d.name] = i
+        if d.address in first_address:
+            j = first_address[d.address]
+            errors.append(FieldError(f"devices[{i}].unit_id", f"{d.name} is at {d.endpoint.key} unit id {d.unit_id}, "
+                                     f"like devices[{j}] ({devices[j].name}); devices sharing an endpoint need "
+                                     "distinct unit ids"))
+        else:
+            first_address[d.address] = i
+    return errors
+
+
 class DevicesFile(BaseModel):
     """The part of a site file that the device layer reads: its ``devices:`` list."""
 
@@ -107,11 +166,10 @@ class DevicesFile(BaseModel):
     devices: list[DeviceConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> DevicesFile:
-        names = [d.name for d in self.devices]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"device names must be unique; repeated: {', '.join(duplicates)}")
+    def _distinct(self) -> DevicesFile:
+        errors = device_list_errors(self.devices)
+        if errors:
+            raise ValueError("; ".join(str(e) for e in errors))
         return self
 
 

@@ -34,6 +34,7 @@ from drivers.config import DeviceConfig
 from drivers.deadline import within
 from drivers.profile import (
     PROFILE_DIR,
+    DataType,
     Decoded,
     Function,
     Point,
@@ -114,6 +115,7 @@ class ModbusDevice:
         self._writes = WriteMemory(resend_s)
         self._sf: dict[tuple[Function, int], int] = {}
         self._latest: dict[str, Reading] = {}
+        self._originals: dict[str, float] = {}
         self._heartbeat_at = -math.inf
         self._heartbeat_count = 0
         self._blocks = self._plan()
@@ -406,14 +408,59 @@ class ModbusDevice:
     async def enter_remote_control(self) -> list[WriteResult]:
         """Write the profile's ``remote_control.enter`` sequence (always sent, in order; stops at a failure).
 
-        Each step is one write with its own deadline, so the sequence stops at the first step a slow device
-        does not answer in time (the device then counts as unreachable and the sequence is due again when
-        it is back)."""
+        Before the first entry the values the sequence is about to change are read and kept
+        (:attr:`originals`), for :meth:`leave_remote_control` to restore; each step's write is verified by
+        reading it back. Each step is one write with its own deadline, so the sequence stops at the first
+        step a slow device does not answer in time (the device then counts as unreachable and the sequence
+        is due again when it is back)."""
+        if self.profile.remote_control is not None:
+            for step in self.profile.remote_control.enter:
+                if step.point not in self._originals:
+                    value = await self._read_point(step.point)
+                    if value is not None:
+                        self._originals[step.point] = value
         return await self._sequence("enter")
 
     async def leave_remote_control(self) -> list[WriteResult]:
-        """Write the profile's ``remote_control.leave`` sequence, handing control back to the device."""
-        return await self._sequence("leave")
+        """Write the profile's ``remote_control.leave`` sequence, handing control back to the device, then
+        restore the values entering changed that the leave sequence does not set itself (mode registers,
+        reversion timers: what the device had before the EMS took over). A point the leave sequence writes
+        keeps the sequence's value: what the device had at start may be what a crashed EMS left there."""
+        results = await self._sequence("leave")
+        if any(not r.ok for r in results) or self.profile.remote_control is None:
+            return results
+        left = {step.point for step in self.profile.remote_control.leave}
+        for point, value in list(self._originals.items()):
+            if point in left:  # the leave sequence's own value wins (what the device had may be a crashed EMS's)
+                del self._originals[point]
+                continue
+            result = await self.write(point, value, force=True)
+            results.append(result)
+            if not result.ok:
+                break
+            del self._originals[point]
+        return results
+
+    @property
+    def originals(self) -> dict[str, float]:
+        """Values the remote-control sequence changed, as read before the EMS first entered it. [point unit]"""
+        return dict(self._originals)
+
+    async def _read_point(self, name: str) -> float | None:
+        """One point's current value, read now within the deadline; ``None`` if it does not read (logged)."""
+        p = self.profile.points.get(name)
+        if p is None or p.address is None or p.type is DataType.STRING:
+            return None
+        try:
+            sf = await within(self._scale_factor(p), self.deadline_s)
+            raw = await within(self.connection.read(p.function, p.address, p.count, self.config.unit_id),
+                               self.deadline_s)
+        except (TransportError, TimeoutError, DeviceException) as exc:
+            log.warning("device %s: %s not read before entering remote control, not restored: %s",
+                        self.name, name, exc)
+            return None
+        decoded = decode(p, raw, sf)
+        return None if decoded.value is None or isinstance(decoded.value, str) else float(decoded.value)
 
     async def _sequence(self, which: str) -> list[WriteResult]:
         results: list[WriteResult] = []

@@ -23,7 +23,7 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,6 +298,12 @@ class WithExternal:
         return pv, load
 
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
-        """How far above the forecast the net load may come [kW]: the built-in forecasters' error spread (the
-        demand reserve, docs/planner.md), also where an external forecast is laid over them."""
+        """The built-in source's net-load risk (external forecasts carry no error history). [kW]"""
         return self.builtin.peak_risk(grid, pv_kw, load_kw)
+
+    def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
+        """The built-in PV quantiles while the PV forecast is the built-in one; None while an external PV
+        forecast is laid over it (it comes without quantiles, so the surplus-day rule stands aside). [kW]"""
+        if self.origin["pv_kw"] != "builtin":
+            return None
+        return self.builtin.pv_quantiles(grid, levels)

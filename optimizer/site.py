@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -58,7 +58,13 @@ class PVSpec(StrictModel):
         return self.ac_kw if self.ac_kw is not None else self.kwp
 
 
-class BatterySpec(StrictModel):
+class BatteryUnit(StrictModel):
+    """One battery system (PCS + BMS): its energy, power limits, efficiencies and SOC window.
+
+    A site file's battery device carries one as ``battery:`` (``devices[i].battery``); a site's
+    :class:`BatterySpec` adds the site-level costs.
+    """
+
     capacity_kwh: float = Field(ge=0, description="Usable nameplate energy [kWh]")
     max_charge_kw: float = Field(ge=0, description="PCS charge limit [kW]")
     max_discharge_kw: float = Field(ge=0, description="PCS discharge limit [kW]")
@@ -66,13 +72,9 @@ class BatterySpec(StrictModel):
     discharge_efficiency: float = Field(default=0.95, gt=0, le=1, description="stored→AC [-]")
     soc_min_pct: float = Field(default=10.0, ge=0, le=100, description="[%]")
     soc_max_pct: float = Field(default=95.0, ge=0, le=100, description="[%]")
-    wear_cost_per_kwh: float = Field(
-        default=0.0, ge=0,
-        description="Cost per kWh of AC throughput, charged on charge + discharge [currency/kWh]")
-    standby_loss_kw: float = Field(default=0.0, ge=0, description="Self-consumption of the system [kW]")
 
     @model_validator(mode="after")
-    def _window(self) -> BatterySpec:
+    def _window(self) -> Self:
         if self.soc_min_pct >= self.soc_max_pct:
             raise ValueError(f"soc_min_pct ({self.soc_min_pct}) must be below soc_max_pct ({self.soc_max_pct})")
         return self
@@ -84,6 +86,68 @@ class BatterySpec(StrictModel):
     @property
     def soc_max_kwh(self) -> float:
         return self.capacity_kwh * self.soc_max_pct / 100.0
+
+
+class BatterySpec(BatteryUnit):
+    """The site's battery as the planner sees it (with several units: their aggregate, see :func:`aggregate_units`)."""
+
+    wear_cost_per_kwh: float = Field(
+        default=0.0, ge=0,
+        description="Cost per kWh of AC throughput, charged on charge + discharge [currency/kWh]")
+    standby_loss_kw: float = Field(default=0.0, ge=0, description="Self-consumption of the system [kW]")
+
+
+UNIT_FIELDS = tuple(BatteryUnit.model_fields)
+"""The battery fields a site derives from its units."""
+
+
+def aggregate_units(units: list[BatteryUnit]) -> dict[str, float]:
+    """The aggregate battery of ``units`` (at least one):
+
+    - ``capacity_kwh``, ``max_charge_kw``, ``max_discharge_kw``: sums;
+    - ``soc_min_pct``, ``soc_max_pct``, ``charge_efficiency``, ``discharge_efficiency``: capacity-weighted
+      means, ``Σ Eᵢ·xᵢ / Σ Eᵢ`` (so the usable energy ``Σ Eᵢ·(maxᵢ − minᵢ)/100`` is the sum of the units'),
+      plain means when every capacity is 0.
+    """
+    total = sum(u.capacity_kwh for u in units)
+    weights = [u.capacity_kwh / total if total > 0 else 1.0 / len(units) for u in units]
+
+    def mean(name: str) -> float:
+        return sum(w * getattr(u, name) for w, u in zip(weights, units, strict=True))
+
+    return {"capacity_kwh": total, "max_charge_kw": sum(u.max_charge_kw for u in units),
+            "max_discharge_kw": sum(u.max_discharge_kw for u in units),
+            "charge_efficiency": mean("charge_efficiency"), "discharge_efficiency": mean("discharge_efficiency"),
+            "soc_min_pct": mean("soc_min_pct"), "soc_max_pct": mean("soc_max_pct")}
+
+
+def raw_battery_units(data: Any) -> list[BatteryUnit] | None:
+    """The valid ``battery:`` specs of a raw site file's battery devices, or ``None`` when there are none or one
+    of them is missing or invalid (the schema check reports it)."""
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, list):
+        return None
+    raw = [d.get("battery") for d in devices if isinstance(d, dict) and d.get("role") == "battery"]
+    if not raw or any(not isinstance(r, dict) for r in raw):
+        return None
+    try:
+        return [BatteryUnit.model_validate(r) for r in raw]
+    except ValidationError:
+        return None
+
+
+def with_derived_battery(data: Any) -> Any:
+    """Raw site data whose top-level ``battery:`` gets each unit-derived field it omits (:func:`aggregate_units`).
+
+    Given fields are kept as they are (a site file's check compares them with the derived ones)."""
+    units = raw_battery_units(data)
+    if units is None:
+        return data
+    given = data.get("battery")
+    if given is not None and not isinstance(given, dict):
+        return data
+    derived = aggregate_units(units)
+    return {**data, "battery": {**derived, **(given or {})}}
 
 
 class GridSpec(StrictModel):
@@ -116,6 +180,11 @@ class PlannerSettings(StrictModel):
         default="auto", description="Value energy left at the horizon end (auto: cheapest import price × η)")
     soc_slack_penalty_per_kwh: float = Field(
         default=1e6, gt=0, description="Penalty on SOC-window slack [currency/kWh]")
+    surplus_rule: Literal["quantile", "off"] = Field(
+        default="quantile",
+        description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
+                    "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
+                    "(optimizer/surplus.py); off: the point forecast everywhere")
     demand_reserve_hours: float = Field(
         default=1.0, ge=0, le=24,
         description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "
@@ -130,11 +199,6 @@ class PlannerSettings(StrictModel):
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
                     "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
-    surplus_rule: Literal["quantile", "off"] = Field(
-        default="quantile",
-        description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
-                    "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
-                    "(optimizer/surplus.py); off: the point forecast everywhere")
 
     @property
     def horizon_steps(self) -> int:
@@ -150,6 +214,12 @@ class PlanningSite(StrictModel):
     grid: GridSpec = GridSpec()
     tariff: TariffRef
     planner: PlannerSettings = PlannerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_battery(cls, data: Any) -> Any:
+        """A site file whose battery devices carry their own specs may omit the top-level battery sizes."""
+        return with_derived_battery(data)
 
 
 class PlanningSiteView(PlanningSite):

@@ -17,7 +17,7 @@ cheapest window of the horizon (when no night-charging decision is made) the poi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -115,3 +115,17 @@ def surplus_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Seque
     out = np.array(point_pv, dtype=float)
     out[k:] = at_level(pv_quantiles[:, k:], levels, rho)
     return out
+
+
+def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
+               pv_quantiles: Callable[[Sequence[float]], np.ndarray | None]) -> np.ndarray:
+    """The PV forecast a plan is made on, live and offline alike: :func:`surplus_day_pv` when ``rule`` is
+    ``"quantile"`` (``planner.surplus_rule``) and the first step is in the horizon's cheapest window, else the point
+    forecast. ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None
+    when the source has none (perfect or external forecasts); it is called only when the rule may apply. [kW]
+    """
+    price = np.asarray(import_price, dtype=float)
+    if rule != "quantile" or not len(price) or price[0] > price.min() * (1 + PRICE_TOL):
+        return point_pv
+    quantiles = pv_quantiles(LEVELS)
+    return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)

@@ -20,8 +20,9 @@ import pytest
 from controller.api.app import redact
 from controller.api.roles import Lockout, Role, TokenError, TokenStore, digest, read_env, read_file, write_entry
 from controller.api.settings import RuntimeSettings
+from controller.audit import AuditLog
 from controller.bus import Bus
-from controller.commands import Commands
+from controller.commands import CommandResult, Commands
 from controller.dashboard.app import HISTORY_POINTS
 from controller.modes import Mode, ModeMachine
 from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
@@ -62,12 +63,22 @@ async def start_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dashboard
     monkeypatch.setenv("EMS_DASHBOARD_TOKEN", DASHBOARD_TOKEN)
     clock = ManualClock(T0)
     commands = Commands(ModeMachine(Mode.SELF_CONSUMPTION, T0), clock, (500.0, 500.0), (10.0, 95.0), lambda _: None)
+    audit = AuditLog(tmp_path / "state.sqlite")
+
+    def apply(command: dict[str, Any], *, interface: str = "internal", identity: str | None = None) -> CommandResult:
+        """What ``Controller.apply`` does with a command: apply it, record it in the audit log."""
+        result = commands.apply(command, interface=interface, identity=identity)
+        audit.record(ts=clock.now(), interface=interface, identity=identity, command=command["command"],
+                     payload=command, accepted=result.accepted, reason=result.reason)
+        return result
+
     bus = Bus()
     settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), tokens_file=Path("tokens"),
                                                              **dashboard))
-    ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=commands.apply, state_dir=tmp_path,
+    ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=apply, state_dir=tmp_path,
                            currency="VND", tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ),
-                           config=CONFIG, settings=RuntimeSettings(commands, commands.apply))
+                           config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now),
+                           audit=audit)
     telemetry = await start_telemetry(settings, bus, ctx)
     scheme = telemetry.dashboard.scheme
     return Api(telemetry, commands, bus, clock, f"{scheme}://127.0.0.1:{telemetry.dashboard.port}")
@@ -97,6 +108,7 @@ ENDPOINTS = [  # method, path, JSON body, least role (None: open)
     ("GET", HISTORY, None, Role.VIEWER),
     ("GET", "/config", None, Role.VIEWER),
     ("GET", "/settings", None, Role.VIEWER),
+    ("GET", "/audit", None, Role.VIEWER),
     ("POST", "/commands/set_mode", {"mode": "standby", "ttl_s": 60}, Role.OPERATOR),
     ("POST", "/commands/manual_setpoint", {"battery_kw": -50, "ttl_s": 60}, Role.OPERATOR),
     ("POST", "/commands/soc_reserve", {"soc_pct": 30, "ttl_s": 60}, Role.OPERATOR),
@@ -106,20 +118,21 @@ ENDPOINTS = [  # method, path, JSON body, least role (None: open)
 
 
 async def test_every_endpoint_checks_its_role(api: Api) -> None:
-    for method, path, body, least in ENDPOINTS:
-        for role in (None, *TOKENS):
-            async with api.client(role) as client:
+    for role in (None, *TOKENS):
+        level = Role.parse(role) if role else None
+        async with api.client(role) as client:
+            for method, path, body, least in ENDPOINTS:
                 response = await client.request(method, path, json=body)
-            level = Role.parse(role) if role else None
-            allowed = least is None or (level is not None and level >= least)
-            expected = 200 if allowed else 401 if level is None else 403
-            assert response.status_code == expected, (method, path, role, response.text)
-            if expected != 200:
-                problem = response.json()
-                assert response.headers["content-type"] == "application/problem+json"
-                assert problem["status"] == expected and problem["title"] and problem["detail"]
-            if expected == 401:
-                assert response.headers["www-authenticate"] == "Bearer"
+                allowed = least is None or (level is not None and level >= least)
+                expected = 200 if allowed else 401 if level is None else 403
+                assert response.status_code == expected, (method, path, role, response.text)
+                assert response.headers["x-ems-site"] == SITE  # every response names its site (park tier)
+                if expected != 200:
+                    problem = response.json()
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert problem["status"] == expected and problem["title"] and problem["detail"]
+                if expected == 401:
+                    assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_commands_go_through_the_shared_intake_and_echo_the_result(api: Api) -> None:
@@ -143,6 +156,34 @@ async def test_commands_go_through_the_shared_intake_and_echo_the_result(api: Ap
     assert expired.status_code == 422 and expired.json()["detail"].startswith("expired: issued")
 
 
+async def test_audit_log_shows_rest_commands_by_token_name_in_pages(api: Api) -> None:
+    async with api.client("operator") as client:
+        for k in range(5):
+            await client.post("/commands/soc_reserve", json={"soc_pct": 20 + k, "ttl_s": 60})
+        await client.post("/commands/manual_setpoint", json={"battery_kw": 9000, "ttl_s": 60})
+    async with httpx.AsyncClient(base_url=api.base, headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"}) as c:
+        await c.post("/api/cmd/replan", json={})
+    async with api.client("viewer") as client:
+        first = (await client.get("/audit?interface=rest&limit=4")).json()
+        second = (await client.get(f"/audit?interface=rest&limit=4&offset={first['next_offset']}")).json()
+        dashboard = (await client.get("/audit?interface=dashboard")).json()
+        bad = await client.get("/audit?interface=telnet")
+        largest = await client.get("/audit?limit=1000")
+        naive = await client.get("/audit?since=2026-05-04T00:00:00")
+        unix = await client.get("/audit?until=0.5")
+    rest = first["entries"] + second["entries"]
+    assert [(e["command"], e["identity"], e["accepted"]) for e in rest] == [
+        ("manual_setpoint", "operator", False)] + [("soc_reserve", "operator", True)] * 5
+    assert rest[0]["reason"] == "battery_kw 9000 outside the PCS range [-500, 500] kW"
+    assert [e["payload"]["soc_pct"] for e in rest[1:]] == [24, 23, 22, 21, 20]
+    assert second["next_offset"] is None and len(first["entries"]) == 4
+    assert [(e["command"], e["identity"]) for e in dashboard["entries"]] == [("replan", "dashboard")]
+    assert largest.status_code == 200 and largest.json()["next_offset"] is None
+    assert bad.status_code == 422 and bad.json()["errors"][0]["where"] == "query.interface"
+    assert naive.status_code == 422 and naive.json()["detail"] == "query.since: Input should have timezone info"
+    assert unix.status_code == 422 and unix.json()["detail"] == "query.until: Value error, not an ISO 8601 time"
+
+
 async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
     async with api.client("admin") as client:
         missing = await client.get("/nowhere")
@@ -157,6 +198,7 @@ async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
+        assert response.headers["x-ems-site"] == SITE
     assert "/api/v1/openapi.json" in missing.json()["detail"]
     assert query.json()["errors"][0]["where"] == "query.day"
     assert body.json()["errors"][0]["where"] == "body.fallback_mode"
@@ -193,14 +235,15 @@ async def test_history_pages_and_bounds(api: Api) -> None:
         assert pages == 4 and [r[1] for r in rows] == [float(k) for k in range(1500)]
         assert rows[0][0] == start_ms and page["columns"] == ["ts_ms", *HISTORY_POINTS]
         for query, where in (("&limit=0", "query.limit"), ("&limit=1001", "query.limit"),
-                             ("&cursor=-1", "query.cursor")):
+                             ("&cursor=-1", "query.cursor"), ("&limt=5", "query.limt")):
             response = await client.get(two_days + query)
             assert response.status_code == 422 and response.json()["errors"][0]["where"] == where
         too_long = await client.get("/history?start=2026-05-01T00:00:00Z&end=2026-06-02T00:00:00Z")
         backwards = await client.get("/history?start=2026-05-02T00:00:00Z&end=2026-05-01T00:00:00Z")
         naive = await client.get("/history?start=2026-05-01T00:00:00&end=2026-05-02T00:00:00Z")
     assert too_long.status_code == backwards.status_code == naive.status_code == 422
-    assert "at most 31 days" in too_long.json()["detail"] and "UTC offset" in naive.json()["detail"]
+    assert "at most 31 days" in too_long.json()["detail"]
+    assert naive.json()["detail"] == "query.start: Input should have timezone info"
 
 
 async def test_energy_month_to_date_and_tariff_day_known_answers(api: Api) -> None:
@@ -256,6 +299,12 @@ async def test_config_is_redacted_and_settings_change_for_admin(api: Api) -> Non
     assert changed.json() == {"fallback_mode": "tou_rule", "soc_reserve_pct": 30.0,
                               "soc_reserve_until": "2026-05-04T02:00:00+00:00"}
     assert api.commands.modes.fallback is Mode.TOU_RULE
+    async with api.client("viewer") as client:
+        audit = (await client.get("/audit?interface=rest&limit=2")).json()
+    # newest first: the fallback change (not a command, recorded as "settings"), then the reserve it came with
+    assert [(e["command"], e["identity"], e["accepted"]) for e in audit["entries"]] == [
+        ("settings", "admin", True), ("soc_reserve", "admin", True)]
+    assert audit["entries"][0]["payload"] == {"fallback_mode": "tou_rule"}
 
 
 async def test_wrong_tokens_lock_out_that_address_only(api: Api) -> None:

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from controller.api.app import ApiContext, create_api
 from controller.api.roles import Lockout, Role, Token, TokenStore, digest
 from controller.api.settings import RuntimeSettings
+from controller.audit import AuditLog
 from controller.commands import Commands
 from controller.dashboard.app import DashboardHub, DashboardServer, create_app
 from controller.dashboard.history import HistoryStore
@@ -55,14 +56,22 @@ class Served:
         self.hub.offer("plan", sample_plan(T0))
         self.hub.offer("alarm", {"ts": T0.isoformat(), "code": "planner_failed", "active": True, "message": "x"})
         tokens = TokenStore([Token(role.label, role, digest(token)) for role, token in TOKENS.items()])
-        intake = CommandIntake(self.commands.apply, self.clock, site="fuzz")
+        self.audit = AuditLog(state_dir / "state.sqlite")
+        intake = CommandIntake(self.apply, self.clock, site="fuzz", audit=self.audit.record)
         ctx = ApiContext(hub=self.hub, intake=intake, tokens=tokens, lockout=Lockout(max_failures=10**9),
                          clock=self.clock, site="fuzz", timezone=TZ, tariff=tariff,
-                         config={"mqtt": {"password": "p"}}, settings=RuntimeSettings(self.commands,
-                                                                                    self.commands.apply))
+                         config={"mqtt": {"password": "p"}}, settings=RuntimeSettings(self.commands, self.apply),
+                         audit=self.audit)
         self.api = create_api(ctx)
         self.app = create_app(self.hub, DashboardSettings(), site="fuzz", timezone=TZ, intake=intake, tokens=tokens,
                               api=self.api)
+
+    def apply(self, command: dict[str, Any], *, interface: str = "internal", identity: str | None = None) -> Any:
+        """As ``Controller.apply``: apply, then record in the audit log."""
+        result = self.commands.apply(command, interface=interface, identity=identity)
+        self.audit.record(ts=self.clock.now(), interface=interface, identity=identity, command=command["command"],
+                          payload=command, accepted=result.accepted, reason=result.reason)
+        return result
 
     def operator_state(self) -> tuple[Any, ...]:
         """What a write could change: the operator request, the reserve, the fallback mode."""

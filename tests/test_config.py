@@ -68,12 +68,13 @@ def test_referenced_tariff_and_profiles_are_checked_with_the_schema(tmp_path):
     assert "tariff.file" in errors_of(data, tmp_path)
 
 
-def test_exactly_one_device_per_role():
+def test_one_grid_meter_and_at_least_one_inverter_and_battery():
     data = copy.deepcopy(EXAMPLE)
-    data["devices"].append({**data["devices"][0], "name": "meter-2"})
+    data["devices"].append({**data["devices"][0], "name": "meter-2", "unit_id": 2})
     data["devices"] = [d for d in data["devices"] if d["role"] != "pv_inverter"]
-    message = errors_of(data)["devices"]
-    assert "role meter" in message and "found 2" in message and "role pv_inverter" in message
+    errors = errors_of(data)
+    assert "second grid meter" in errors["devices[2].location"]
+    assert "role pv_inverter" in errors["devices"]
 
 
 def test_secrets_are_named_not_stored():

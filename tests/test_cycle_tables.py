@@ -42,9 +42,9 @@ SITE = SiteConfig.model_validate({
     "devices": [{"name": "grid-meter", "role": "meter", "profile": "sunspec-meter",
                  "endpoint": {"host": "fake.invalid"}},
                 {"name": "pv-inverter", "role": "pv_inverter", "profile": "sunspec-inverter",
-                 "endpoint": {"host": "fake.invalid"}},
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 2},
                 {"name": "battery", "role": "battery", "profile": "sunspec-battery",
-                 "endpoint": {"host": "fake.invalid"}}],
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 3}],
     "control": {"cycle_s": 1.0, "heartbeat_s": 10,
                 "dispatch": {"safe_pv_limit_pct": 30, "export_margin_kw": 10, "soc_hysteresis_pct": 2}},
 })

@@ -31,6 +31,7 @@ def test_every_language_has_every_alarm_sentence_and_hint() -> None:
     assert set(dicts["vi"]) == set(dicts["en"]) == set(dicts["ja"])
     for prefix in ("device_unreachable", "point_missing", "point_stale", "point_implausible", "data_missing",
                    "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "state_value_invalid",
-                   "state_store_unwritable", "audit_log_unwritable", "audit_entries_lost", "unknown"):
+                   "state_store_unwritable", "audit_log_unwritable", "audit_entries_lost", "unit_out",
+                   "unit_not_following", "unknown"):
         for d in dicts.values():
             assert d[f"alarm.{prefix}"] and d[f"hint.{prefix}"], prefix

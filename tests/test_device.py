@@ -321,6 +321,26 @@ async def test_remote_control_sequences_and_heartbeat_counter() -> None:
         pool.close()
 
 
+async def test_registers_entering_remote_control_changed_are_restored_when_leaving() -> None:
+    clock = ManualClock(T0)
+    data = HYBRID.model_dump(mode="json", exclude_none=True)
+    data["remote_control"]["enter"] = [{"point": "ems_mode", "value": 2}, {"point": "limit_pct", "value": 50}]
+    profile = parse_profile(data, "enter-two.yaml")
+    async with modbus_peer([hybrid_device(values={"ems_mode": 1, "limit_pct": 80})]) as peer:
+        pool = ConnectionPool()
+        battery = make(pool, config(peer.port, role="battery"), clock, profile)
+        assert all(r.ok and r.verified for r in await battery.enter_remote_control())  # written and read back
+        assert await peer.get_registers(1, Function.HOLDING, 500, 4) == [2, 0xCC, 0, 50]
+        assert battery.originals == {"ems_mode": 1, "limit_pct": 80}
+        await battery.enter_remote_control()  # again, after an outage: what the device had first is kept
+        assert battery.originals == {"ems_mode": 1, "limit_pct": 80}
+        left = await battery.leave_remote_control()
+        assert [(r.point, r.value) for r in left] == [("battery_setpoint_kw", 0), ("ems_mode", 0), ("limit_pct", 80)]
+        assert all(r.ok for r in left) and battery.originals == {}  # the leave sequence's own mode 0 wins
+        assert await peer.get_registers(1, Function.HOLDING, 500, 4) == [0, 0xCC, 0, 80]
+        pool.close()
+
+
 def test_role_must_be_served_by_the_profile() -> None:
     with pytest.raises(ValueError, match="does not serve role pv_inverter"):
         make(ConnectionPool(), config(1, role="pv_inverter"), ManualClock(T0))
@@ -340,7 +360,7 @@ def test_devices_file_errors_name_file_and_field(tmp_path: Path) -> None:
     assert "devices[0].unit_id" in fields and any(f.startswith("devices[1].endpoint") for f in fields)
     path.write_text("devices:\n  - {name: a, role: meter, profile: p, endpoint: {host: h}}\n"
                     "  - {name: a, role: battery, profile: p, endpoint: {host: h}}\n")
-    with pytest.raises(ConfigError, match="repeated: a"):
+    with pytest.raises(ConfigError, match="'a' is already the name of devices\\[0\\]"):
         load_devices(path)
 
 

@@ -294,7 +294,7 @@ async def test_slow_battery_does_not_stall_the_cycle(tmp_path, caplog: pytest.Lo
         assert s["measurements"]["pv_kw"]["quality"] == "ok", s["measurements"]["pv_kw"]
     assert any(s["measurements"]["soc_pct"].get("detail", "").startswith("no answer within") for s in spell)
     assert any((s["devices"]["battery"]["error"] or "").startswith("no answer within") for s in spell)
-    assert not [s["alarms"] for s in spell if "write_failed:pv_inverter" in s["alarms"]]
+    assert not [s["alarms"] for s in spell if "write_failed:pv-inverter" in s["alarms"]]
     assert served_pv_limit == pytest.approx(decided_pv_limit, abs=2.0)  # the PV limit kept being written
     assert max(true_grid) <= 1000 * 1.01  # the import cap
     assert min(true_grid) >= -0.01 * 1000  # zero export: PV stays under control

@@ -67,6 +67,9 @@ class KnownSeries:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         return np.zeros(len(grid))
 
+    def pv_quantiles(self, grid: TimeGrid, levels) -> None:
+        return None  # known PV: no spread, as the offline mpc_perfect (no surplus-day rule)
+
 
 def same_inputs(live: PlanInputs, offline: PlanInputs) -> None:
     """Every field of the two PlanInputs equal (fixed_battery_kw: live plans at step starts are free too)."""
@@ -126,9 +129,9 @@ def test_live_plan_keeper_and_offline_mpc_make_the_same_plans_and_targets(tariff
 SITE_DEVICES = [{"name": "grid-meter", "role": "meter", "profile": "sunspec-meter",
                  "endpoint": {"host": "fake.invalid"}},
                 {"name": "pv-inverter", "role": "pv_inverter", "profile": "sunspec-inverter",
-                 "endpoint": {"host": "fake.invalid"}},
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 2},
                 {"name": "battery", "role": "battery", "profile": "sunspec-battery",
-                 "endpoint": {"host": "fake.invalid"}}]
+                 "endpoint": {"host": "fake.invalid"}, "unit_id": 3}]
 
 
 @pytest.mark.parametrize("step", [0, 40, 66])  # 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike)

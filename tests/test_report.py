@@ -175,3 +175,25 @@ def test_report_uses_plain_names(result, tmp_path: Path) -> None:
     row = next(r for r in strategy_rows(summary) if r["strategy"] == "perfect foresight (upper bound)")
     usable, nameplate = row["full cycles/yr (usable window)"], row["full cycles/yr (nameplate)"]
     assert usable == pytest.approx(nameplate / 0.85)  # the 10-95 % window is 85 % of the nameplate
+
+
+def test_a_study_with_mpc_reports_its_forecast_accuracy(tmp_path: Path) -> None:
+    base = load_scenario(SCENARIOS / "nam-cau-kien-legacy.yaml")
+    data = base.model_dump()
+    data["planner"].update(step_minutes=60)
+    data["data"].update(start="2026-06-01", days=5)
+    scenario = Scenario.model_validate(data)
+    scenario._base_dir = base.base_dir
+    mpc = run(scenario, strategies=["pv_only", "mpc"], data=load_data(scenario))
+    paths = write_outputs(mpc, tmp_path / "out", command="c")
+    accuracy = json.loads(paths["summary"].read_text(encoding="utf-8"))["forecast_accuracy"]
+    # issued on the 6-hour UTC lattice from a day after the start (persistence needs a day: 1 Jun 18:00 UTC) to the
+    # last whose 24 h horizon ends by the period's end (4 Jun 12:00 UTC): 12 issues
+    assert accuracy["load"]["issues"] == 12 and accuracy["pv"]["issues"] == 12
+    day_ahead = accuracy["pv"]["by_lead"][-1]
+    assert day_ahead["lead"] == "12-24 h" and day_ahead["n"] > 0 and day_ahead["mae_kw"] >= 0
+    assert day_ahead["skill"] == pytest.approx(1 - day_ahead["mae_kw"] / day_ahead["persistence_mae_kw"], abs=1e-3)
+    assert "Forecast accuracy by lead time" in paths["report"].read_text(encoding="utf-8")
+    without = json.loads(write_outputs(run(scenario, strategies=["pv_only"], data=load_data(scenario)),
+                                       tmp_path / "none", command="c")["summary"].read_text(encoding="utf-8"))
+    assert without["forecast_accuracy"] is None

@@ -3,6 +3,8 @@ night" but the PV quantiles show a likely surplus, and the rule's known answers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,3 +69,50 @@ def test_rule_leaves_the_point_forecast_outside_the_cheapest_window():
     assert surplus.surplus_level(flat, QUANTILES[2] - QUANTILES[0]) is None
     no_band = np.zeros(STEPS)  # no PV spread known (no error history yet)
     assert surplus.surplus_level(PRICE, no_band) is None
+
+
+def test_planned_pv_is_the_rule_only_in_the_cheapest_window_and_with_quantiles():
+    asked: list[tuple[float, ...]] = []
+
+    def quantiles(levels):
+        asked.append(tuple(levels))
+        return QUANTILES
+
+    ruled = surplus.planned_pv("quantile", POINT_PV, PRICE, quantiles)
+    assert np.array_equal(ruled, surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, PRICE))
+    assert asked == [surplus.LEVELS]
+    later = np.roll(PRICE, -20)  # the horizon starts in the normal window: no night-charging decision
+    assert surplus.planned_pv("quantile", POINT_PV, later, quantiles) is POINT_PV and len(asked) == 1
+    assert surplus.planned_pv("off", POINT_PV, PRICE, quantiles) is POINT_PV and len(asked) == 1
+    assert surplus.planned_pv("quantile", POINT_PV, PRICE, lambda levels: None) is POINT_PV
+
+
+def test_the_live_plan_keeper_plans_on_the_same_surplus_day_pv():
+    """The live PlanKeeper hands the planner what the offline MPC does: the rule's PV from its source's quantiles."""
+    from controller.planning import PlanKeeper
+    from optimizer.service import SiteState
+    from optimizer.site import TariffRef
+    from optimizer.tariff import load_tariff
+
+    start = pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh")
+    starts_ns = regular_grid(start, STEPS, 15).starts_ns
+
+    class Source:
+        def forecast(self, grid):
+            at = np.searchsorted(starts_ns, grid.starts_ns)
+            return POINT_PV[at], LOAD[at]
+
+        def peak_risk(self, grid, pv_kw, load_kw):
+            return np.zeros(len(grid))
+
+        def pv_quantiles(self, grid, levels):
+            return QUANTILES[:, np.searchsorted(starts_ns, grid.starts_ns)]
+
+    tariff = load_tariff(TariffRef(preset="evn-manufacturing-22kv"), Path(".")).bind("Asia/Ho_Chi_Minh")
+    keeper = PlanKeeper(Planner(BATTERY, GRID, SETTINGS, STEPS), SETTINGS, GRID,
+                        tariff, Source(), 10.0)
+    inputs = keeper.inputs(start.to_pydatetime(), SiteState(100.0, None, None, 0.0))
+    assert inputs.import_price[0] == inputs.import_price.min()  # 02:00 is off-peak: the night-charging decision
+    expected = surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, inputs.import_price)
+    assert not np.array_equal(expected, POINT_PV)
+    np.testing.assert_allclose(inputs.pv_kw, expected)

@@ -9,11 +9,15 @@ Access (:mod:`controller.api.roles`): ``/health``, ``/ready`` and the OpenAPI do
 supervisors); every other read needs a viewer token, commands an operator token, settings changes an
 admin token (``Authorization: Bearer <token>``). Every error is an RFC 9457 problem document
 (:mod:`controller.api.problems`). Nothing here runs in the control cycle: handlers read what the bus
-already delivered.
+already delivered, and the ones that compute (tariff day, history pages, month-to-date energy) do it in
+a worker thread, off the event loop the cycle runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -23,9 +27,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, ValidationError
 
 from controller.api.problems import (
     MAX_BODY_BYTES,
@@ -38,6 +43,8 @@ from controller.api.problems import (
 )
 from controller.api.roles import Lockout, Role, Token, TokenStore
 from controller.api.settings import RuntimeSettings, SettingsChange
+from controller.audit import INTERFACES, AuditLog
+from controller.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
 from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIntake, schema
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
@@ -80,6 +87,8 @@ class ApiContext:
         The site file as the controller read it; served with secrets redacted.
     settings : RuntimeSettings, optional
         Run-time settings (admin); without it ``/settings`` answers 503.
+    audit : AuditLog, optional
+        The controller's audit log (``/audit``; 503 without).
     """
 
     hub: DashboardHub
@@ -93,9 +102,23 @@ class ApiContext:
     tariff: SiteTariff | None = None
     config: Mapping[str, Any] | None = None
     settings: RuntimeSettings | None = None
+    audit: AuditLog | None = None
 
 
 # ------------------------------------------------------------------------------------------ models
+
+
+def _iso(pattern: str, what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not re.match(pattern, value):
+            raise ValueError(f"not {what}")
+        return value
+    return check
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}", "an ISO 8601 time"))]
+"""A time given as ISO 8601 with its UTC offset (pydantic alone would also take a number as Unix time)."""
+IsoDate = Annotated[date, BeforeValidator(_iso(r"^\d{4}-\d{2}-\d{2}$", "a date YYYY-MM-DD"))]
 
 
 class Health(BaseModel):
@@ -179,6 +202,24 @@ class CommandResultOut(BaseModel):
     site: str | None = None
 
 
+class AuditEntry(BaseModel):
+    id: int | None = Field(description="Row id; null while the entry still waits to be written")
+    ts: str = Field(description="When the command arrived (site time, UTC, ISO 8601)")
+    interface: str = Field(description="mqtt, rest, dashboard, scada, park or internal")
+    identity: str | None = Field(description="Token name, MQTT user or client address")
+    command: str
+    payload: Any = Field(description="The command as received (JSON value; text when it was not JSON)")
+    accepted: bool
+    reason: str
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry] = Field(description="Newest first")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Pass as ``offset`` for the next (older) page; null on the last")
+
+
 class SettingsOut(BaseModel):
     fallback_mode: str
     soc_reserve_pct: float | None
@@ -221,6 +262,27 @@ def need(role: Role) -> Callable[..., Awaitable[Token]]:
     return check
 
 
+async def no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the operation does not declare (a typo such as ``limt=5`` must not pass)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        errors = [{"where": f"query.{name[:64]}", "message": "unknown parameter"} for name in unknown[:20]]
+        raise ProblemError(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
+                           kind="invalid-request", errors=errors)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """Names of the query parameters an operation and its dependencies declare (FastAPI's ``Dependant``)."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
 Viewer = Annotated[Token, Depends(need(Role.VIEWER))]
 Operator = Annotated[Token, Depends(need(Role.OPERATOR))]
 Admin = Annotated[Token, Depends(need(Role.ADMIN))]
@@ -229,18 +291,44 @@ Admin = Annotated[Token, Depends(need(Role.ADMIN))]
 # ------------------------------------------------------------------------------------------ the app
 
 
+SITE_HEADER = b"x-ems-site"
+"""Response header naming the site on every ``/api/v1`` response, errors included (a park collects many)."""
+
+
+class SiteHeader:
+    """ASGI middleware: adds :data:`SITE_HEADER` (the site id, ``[A-Za-z0-9_.-]+``) to every HTTP response."""
+
+    def __init__(self, app: Any, site: str):
+        self.app, self.site = app, site.encode("ascii")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_site(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (SITE_HEADER, self.site)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_site)
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     """The ``/api/v1`` application (mount it at :data:`API_PREFIX`)."""
     app = FastAPI(title="pv-battery-ems", version="1", openapi_url="/openapi.json", docs_url=None,
-                  redoc_url=None, summary=f"REST API of the EMS controller for site {ctx.site}",
+                  redoc_url=None, dependencies=[Depends(no_unknown_query)],
+                  summary=f"REST API of the EMS controller for site {ctx.site}",
                   description="State, plan, alarms, devices, energy, tariff, history, commands and settings "
                               "of one site. Units in field names (kW, kWh, %); grid import +, battery "
                               "discharge +. Errors are RFC 9457 problem documents. docs/integration.md.")
     app.state.api = ctx
     install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(SiteHeader, site=ctx.site)
     zone = ZoneInfo(ctx.timezone)
     hub = ctx.hub
+    state_json, plan_json = Encoded(), Encoded()
 
     auth_errors = problem_responses(401, 403, 429)
 
@@ -264,7 +352,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if hub.state is None:
             raise ProblemError(503, "No state yet", "the controller has not finished a cycle yet", kind="no-state",
                                headers={"Retry-After": "1"})
-        return JSONResponse(hub.state)
+        return Response(state_json.body(hub.state), media_type="application/json")
 
     @app.get("/plan", tags=["read"], response_model=None, summary="The plan in force",
              responses={200: {"description": "schemas/plan.json", "content": {"application/json": {
@@ -273,7 +361,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if hub.plan is None:
             raise ProblemError(503, "No plan yet", "no plan has been made since start", kind="no-plan",
                                headers={"Retry-After": "60"})
-        return JSONResponse(hub.plan)
+        return Response(plan_json.body(hub.plan), media_type="application/json")
 
     @app.get("/alarms", response_model=Alarms, tags=["read"], responses=auth_errors,
              summary="Active alarms and recent transitions")
@@ -297,12 +385,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
         today = state.get("today") if isinstance(state.get("today"), Mapping) else None
         return Energy(day=_text(today.get("day")) if today else None, month=now.strftime("%Y-%m"),
                       currency=ctx.tariff.currency if ctx.tariff else None, today=dict(today) if today else None,
-                      month_to_date=month_to_date(hub, ctx.tariff, now),
+                      month_to_date=await asyncio.to_thread(month_to_date, hub, ctx.tariff, now),
                       demand=state.get("demand") if isinstance(state.get("demand"), Mapping) else None)
 
     @app.get("/tariff", response_model=TariffDay, tags=["read"], responses={**auth_errors, **problem_responses(503)},
              summary="The tariff's periods and prices over a site-local day")
-    async def get_tariff(_: Viewer, day: Annotated[date | None, Query(
+    async def get_tariff(_: Viewer, day: Annotated[IsoDate | None, Query(
             description="YYYY-MM-DD; default today (site time)")] = None) -> TariffDay:
         if ctx.tariff is None:
             raise ProblemError(503, "No tariff", "this controller was started without a tariff", kind="no-tariff")
@@ -310,26 +398,22 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not 1971 <= when.year <= 2200:
             raise ProblemError(422, "Invalid request", f"day: {when.isoformat()} is outside 1971-2200",
                                kind="invalid-request")
-        return tariff_day(ctx.tariff, when)
+        return await asyncio.to_thread(tariff_day, ctx.tariff, when)
 
     @app.get("/history", response_model=HistoryPage, tags=["read"], responses={**auth_errors, **problem_responses(422)},
              summary="Measured history (averages per history step) over a bounded time range")
     async def get_history(
             _: Viewer,
-            start: Annotated[datetime, Query(description="Range start, ISO 8601 with offset (inclusive)")],
-            end: Annotated[datetime, Query(description=f"Range end, ISO 8601 with offset (exclusive); at most "
+            start: Annotated[IsoTime, Query(description="Range start, ISO 8601 with offset (inclusive)")],
+            end: Annotated[IsoTime, Query(description=f"Range end, ISO 8601 with offset (exclusive); at most "
                                                        f"{MAX_HISTORY_DAYS} days after start")],
             limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_ROWS, description="Rows per page")] = 500,
             cursor: Annotated[int | None, Query(ge=0, le=2**53, description="next_cursor of the previous page")] = None,
     ) -> HistoryPage:
-        for name, value in (("start", start), ("end", end)):
-            if value.tzinfo is None:
-                raise ProblemError(422, "Invalid request", f"{name}: needs a UTC offset, e.g. "
-                                   "2026-05-04T00:00:00+07:00", kind="invalid-request")
         if not start < end <= start + timedelta(days=MAX_HISTORY_DAYS):
             raise ProblemError(422, "Invalid request", f"end must be after start and at most {MAX_HISTORY_DAYS} "
                                "days after it", kind="invalid-request")
-        return history_page(hub, start, end, limit, cursor)
+        return await asyncio.to_thread(history_page, hub, start, end, limit, cursor)
 
     def command_route(name: str) -> None:
         body = _bare(f"cmd_{name}")
@@ -358,6 +442,22 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise ProblemError(503, "No configuration", "this controller was started without a site file",
                                kind="no-config")
         return redact(ctx.config)
+
+    @app.get("/audit", response_model=AuditPage, tags=["read"],
+             responses={**auth_errors, **problem_responses(422, 503)},
+             summary="The audit log: every command from every interface, with who sent it and the result")
+    async def get_audit(
+            _: Viewer,
+            since: Annotated[IsoTime | None, Query(description="Entries at or after (ISO 8601 with offset)")] = None,
+            until: Annotated[IsoTime | None, Query(description="Entries before (ISO 8601 with offset)")] = None,
+            interface: Annotated[Literal[INTERFACES] | None, Query(description="Only this interface")] = None,
+            limit: Annotated[int, Query(ge=1, le=AUDIT_MAX_LIMIT, description="Entries per page")] = 100,
+            offset: Annotated[int, Query(ge=0, le=10**9, description="next_offset of the previous page")] = 0,
+    ) -> AuditPage:
+        if ctx.audit is None:
+            raise ProblemError(503, "No audit log", "this controller was started without its audit log",
+                               kind="no-audit")
+        return await asyncio.to_thread(audit_page, ctx.audit, since, until, interface, limit, offset)
 
     @app.get("/settings", response_model=SettingsOut, tags=["settings"],
              responses={**auth_errors, **problem_responses(503)}, summary="Run-time settings")
@@ -394,6 +494,29 @@ def settings_change(raw: bytes) -> SettingsChange:
                   for e in exc.errors()]
         raise ProblemError(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
                            kind="invalid-request", errors=errors) from None
+
+
+def audit_page(audit: AuditLog, since: datetime | None, until: datetime | None, interface: str | None,
+               limit: int, offset: int) -> AuditPage:
+    """One page of the audit log, newest first, and whether an older page follows."""
+    found = audit.entries(since, until, limit, offset, interface)
+    more = len(found) == limit and bool(audit.entries(since, until, 1, offset + limit, interface))
+    return AuditPage(entries=[AuditEntry(**e) for e in found], limit=limit, offset=offset,
+                     next_offset=offset + limit if more else None)
+
+
+class Encoded:
+    """The JSON of the latest message, encoded once per message however many clients read it."""
+
+    def __init__(self) -> None:
+        self._source: Mapping[str, Any] | None = None
+        self._body = b""
+
+    def body(self, message: Mapping[str, Any]) -> bytes:
+        if message is not self._source:      # the hub replaces its message, never changes it once served
+            self._body = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            self._source = message
+        return self._body
 
 
 def _settings(ctx: ApiContext) -> RuntimeSettings:

@@ -6,6 +6,8 @@ restart returns to the site file's fallback, and the reserve expires like every 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,11 +41,18 @@ class RuntimeSettings:
         The controller's commands (its mode machine and reserve).
     apply : ApplyFn
         ``Controller.apply``: the reserve goes through it, so that it is validated and recorded like a command.
+    record : Callable, optional
+        ``AuditLog.record``: a fallback-mode change (not a command) is recorded there as ``settings``.
+    now : Callable[[], datetime], optional
+        The controller's clock (site time) for that record; default the system clock (UTC).
     """
 
-    def __init__(self, commands: Commands, apply: ApplyFn):
+    def __init__(self, commands: Commands, apply: ApplyFn, record: Callable[..., None] | None = None,
+                 now: Callable[[], datetime] | None = None):
         self.commands = commands
         self.apply = apply
+        self.record = record
+        self.now = now or (lambda: datetime.now(UTC))
 
     def current(self) -> dict[str, Any]:
         """``fallback_mode`` and the reserve in force (``soc_reserve_pct``, ``soc_reserve_until``; ``None``)."""
@@ -65,4 +74,8 @@ class RuntimeSettings:
             self.commands.modes.fallback = Mode(change.fallback_mode)
             log.warning("fallback mode set to %s by %s:%s", change.fallback_mode, interface, identity)
             reasons.append(f"fallback mode {change.fallback_mode}")
+            if self.record is not None:
+                self.record(ts=self.now(), interface=interface, identity=identity, command="settings",
+                            payload={"fallback_mode": change.fallback_mode}, accepted=True,
+                            reason=f"fallback mode {change.fallback_mode} until restart")
         return CommandResult(True, "; ".join(reasons) or "nothing to change")

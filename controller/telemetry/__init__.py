@@ -181,7 +181,7 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         tokens, lockout = access_tokens(dash, ctx), Lockout()
         api = create_api(ApiContext(hub=hub, intake=telemetry.intake, tokens=tokens, lockout=lockout, clock=ctx.clock,
                                     site=ctx.site, timezone=ctx.timezone, cycle_s=ctx.cycle_s, tariff=ctx.tariff,
-                                    config=ctx.config, settings=ctx.settings))
+                                    config=ctx.config, settings=ctx.settings, audit=ctx.audit))
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
                          intake=telemetry.intake, tokens=tokens, lockout=lockout, metrics=metrics, api=api)
         server = DashboardServer(app, hub, dash.host, dash.port, tls=dash.tls)

@@ -85,6 +85,22 @@ class Reading(_Part):
 class DeviceStatus(_Part):
     ok: bool = Field(description="answered this cycle")
     error: str | None = Field(description="why not, null when it answered")
+    role: Literal["meter", "pv_inverter", "battery"] | Absent = None
+    location: Literal["grid", "feeder", "pv", "load"] | Absent = Field(None, description="meters: where it measures")
+    in_group: bool | Absent = Field(None, description="batteries and inverters: in its group (healthy, following)")
+    reason: str | Absent | None = Field(None, description="why the unit is out of its group (or out in one direction)")
+    measured_kw: OptionalNumber | Absent = Field(
+        None, description="[kW] the device's measured power (battery + discharge, PV ≥ 0, meter + import)")
+    setpoint: OptionalNumber | Absent = Field(
+        None, description="the unit's share of the decision: battery [kW, + discharge], inverter [% of its rating]")
+    setpoint_unit: Literal["kW", "%"] | Absent = None
+    soc_pct: OptionalNumber | Absent = Field(None, description="[%] batteries: the unit's own SOC")
+
+
+class GroupStatus(_Part):
+    healthy: bool = Field(description="every unit in the group, in both directions, following its setpoint")
+    units: int = Field(description="units of the group")
+    in_group: int = Field(description="units in the group now")
 
 
 class Bound(_Part):
@@ -223,7 +239,10 @@ class StateMessage(_Part):
     mode_since: AwareDatetime | Absent = Field(None, description="When this mode and reason began")
     measurements: dict[str, Reading] = Field(description="Canonical point name → reading (docs/architecture.md)")
     load_kw: OptionalNumber = Field(None, description="[kW] site load = grid + PV + battery")
-    devices: dict[str, DeviceStatus] | Absent = Field(None, description="Device name → whether it answered")
+    groups: dict[Literal["battery", "pv"], GroupStatus] | Absent = Field(
+        None, description="The battery and PV groups (docs/devices.md, Asset groups)")
+    devices: dict[str, DeviceStatus] | Absent = Field(
+        None, description="Device name → whether it answered, and for units of a group their share and health")
     setpoints: Setpoints | Absent = None
     operator: Operator | Absent = None
     plan: PlanStep | None = None
