@@ -42,8 +42,8 @@ absorbs whatever PV surplus or load the forecast missed instead of the grid. Oth
 followed as a *battery power*, so a forecast miss moves the grid, not the battery's schedule —
 except that the grid may not rise above a ceiling: under a demand charge, always the highest import
 the plan allows in the billing month (so a load above the forecast makes the battery charge less or
-discharge rather than set a new monthly peak); without one, the contracted capacity on steps that
-sit on it.
+discharge rather than set a new monthly peak; ``controller.targets.follow_plan`` turns it into the
+ceiling of the running demand window); without one, the contracted capacity on steps that sit on it.
 
 Sign conventions: docs/conventions.md (grid + import, battery + discharge, PV ≥ 0).
 """
