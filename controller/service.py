@@ -516,7 +516,8 @@ class Controller:
                                    on_alarm=self._telemetry_alarm, tariff=self.tariff, audit=self.audit,
                                    cycle_s=self.config.control.cycle_s,
                                    config=self.config.model_dump(mode="json"),
-                                   settings=RuntimeSettings(self.commands, self.apply))
+                                   settings=RuntimeSettings(self.commands, self.apply),
+                                   forecasts=self.external_forecasts)
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 
