@@ -506,7 +506,8 @@ class Controller:
                                    cycle_s=self.config.control.cycle_s,
                                    config=self.config.model_dump(mode="json"),
                                    settings=RuntimeSettings(self.commands, self.apply, self.audit.record,
-                                                            self.clock.now))
+                                                            self.clock.now),
+                                   forecasts=self.external_forecasts)
             self.telemetry = await start_telemetry(self.config.telemetry, self.bus, ctx)
         return self.telemetry
 

@@ -286,6 +286,7 @@ class PVForecaster:
         self._history_clear = _PerTimestamps()  # clear-sky power at the history's timestamps [kW]
         self._sums = _DaylightSums()
         self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
+        self._month_span: tuple[int, int, int] | None = None  # (first, end) [UTC ns] and number of a local month
 
     @property
     def look_back_ns(self) -> int:
@@ -298,6 +299,16 @@ class PVForecaster:
             cache = ClearSkyCache(self.site, self.pv, step_minutes, isolated=self.isolated)
             self._caches[step_minutes] = cache
         return cache
+
+    def _local_month(self, t_ns: int) -> int:
+        """The site-local month (1..12) of UTC instant ``t_ns``; the month's UTC span is kept, so consecutive
+        forecasts in one month convert no timestamp."""
+        span = self._month_span
+        if span is None or not span[0] <= t_ns < span[1]:
+            local = pd.Timestamp(t_ns, unit="ns", tz="UTC").tz_convert(self.site.timezone)
+            first = local.normalize().replace(day=1)
+            span = self._month_span = (first.value, (first + pd.DateOffset(months=1)).value, local.month)
+        return span[2]
 
     def climatological_clearness(self, month: int) -> float:
         """Clearness assumed without history for a month (1..12). [-]"""
@@ -362,7 +373,7 @@ class PVForecaster:
         else:
             k_days, k_recent = self._clearness_direct(ns, values, clear_all, step_h, t0)
         if k_days is None or (self._monthly_yield is not None and self.day_weight < 1.0):
-            climate = self.climatological_clearness(grid.starts[0].tz_convert(self.site.timezone).month)
+            climate = self.climatological_clearness(self._local_month(t0))
             k_days = climate if k_days is None else climate + self.day_weight * (k_days - climate)
         k = k_days if k_recent is None else k_days + (k_recent - k_days) * _decay(grid, t0, self.decay_hours)
         return np.minimum(clear * k, self.pv.ac_limit_kw)

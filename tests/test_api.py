@@ -29,6 +29,7 @@ from controller.telemetry import Telemetry, TelemetryContext, start_telemetry
 from controller.telemetry.config import DashboardSettings, DashboardTls, TelemetrySettings
 from ems.cli import main
 from ems.clock import ManualClock
+from optimizer.external_forecast import ExternalForecasts
 from optimizer.tariff import Tariff
 from tests.peers import free_port, sample_plan, sample_state
 
@@ -78,7 +79,7 @@ async def start_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dashboard
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=apply, state_dir=tmp_path,
                            currency="VND", tariff=Tariff.preset("evn-manufacturing-22kv-qd963").bind(TZ),
                            config=CONFIG, settings=RuntimeSettings(commands, apply, audit.record, clock.now),
-                           audit=audit)
+                           audit=audit, forecasts=ExternalForecasts(pv_limit_kw=900))
     telemetry = await start_telemetry(settings, bus, ctx)
     scheme = telemetry.dashboard.scheme
     return Api(telemetry, commands, bus, clock, f"{scheme}://127.0.0.1:{telemetry.dashboard.port}")
@@ -114,6 +115,8 @@ ENDPOINTS = [  # method, path, JSON body, least role (None: open)
     ("POST", "/commands/soc_reserve", {"soc_pct": 30, "ttl_s": 60}, Role.OPERATOR),
     ("POST", "/commands/replan", {}, Role.OPERATOR),
     ("PUT", "/settings", {"soc_reserve_pct": 20}, Role.ADMIN),
+    ("POST", "/forecasts", {"issued_at": "2026-05-04T08:00:00+07:00", "start": "2026-05-04T08:00:00+07:00",
+                            "pv_kw": [100.0, 120.0]}, Role.OPERATOR),
 ]
 
 
@@ -397,3 +400,19 @@ def test_redact_keeps_where_secrets_come_from() -> None:
 def test_lookup_compares_every_hash() -> None:
     store = TokenStore([], dashboard_token="d")
     assert store.lookup("d").name == "dashboard" and store.lookup("e") is None
+
+
+async def test_forecasts_from_outside_are_validated_and_kept(api: Api) -> None:
+    body = {"source": "weather-service", "issued_at": "2026-05-04T08:00:00+07:00", "valid_hours": 3,
+            "start": "2026-05-04T08:00:00+07:00", "pv_kw": [100.0, 120.0, 140.0, 160.0]}
+    async with api.client("operator") as client:
+        accepted = await client.post("/forecasts", json=body)
+        negative = await client.post("/forecasts", json={**body, "pv_kw": [100.0, -5.0]})
+        zoneless = await client.post("/forecasts", json={**body, "start": "2026-05-04T08:00:00"})
+        garbage = await client.post("/forecasts", content=b"{not json")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["accepted"] and accepted.json()["expires_at"] == "2026-05-04T04:00:00+00:00"
+    assert negative.status_code == 422 and "pv_kw[1]" in negative.json()["detail"]
+    assert negative.headers["content-type"] == "application/problem+json"
+    assert zoneless.status_code == 422 and "start" in zoneless.json()["detail"]
+    assert garbage.status_code == 422

@@ -31,6 +31,7 @@ from controller.modes import Mode, ModeMachine
 from controller.telemetry.config import DashboardSettings
 from controller.telemetry.remote import CommandIntake
 from ems.clock import ManualClock
+from optimizer.external_forecast import ExternalForecasts
 from optimizer.tariff import Tariff
 from tests.peers import free_port, sample_plan, sample_state
 
@@ -61,7 +62,7 @@ class Served:
         ctx = ApiContext(hub=self.hub, intake=intake, tokens=tokens, lockout=Lockout(max_failures=10**9),
                          clock=self.clock, site="fuzz", timezone=TZ, tariff=tariff,
                          config={"mqtt": {"password": "p"}}, settings=RuntimeSettings(self.commands, self.apply),
-                         audit=self.audit)
+                         audit=self.audit, forecasts=ExternalForecasts(pv_limit_kw=900))
         self.api = create_api(ctx)
         self.app = create_app(self.hub, DashboardSettings(), site="fuzz", timezone=TZ, intake=intake, tokens=tokens,
                               api=self.api)

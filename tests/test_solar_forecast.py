@@ -469,3 +469,11 @@ def test_time_grid_uniform_step():
     gap = starts[[0, 1, 3]]
     assert TimeGrid(gap, np.full(3, 0.25)).uniform_step_ns is None
     assert TimeGrid(starts[:1], np.array([0.25])).uniform_step_ns == 15 * 60 * 10**9
+
+
+@pytest.mark.parametrize("timezone", ["Asia/Ho_Chi_Minh", "Asia/Kathmandu", "America/St_Johns"])
+def test_local_month_of_the_climatology_follows_the_site_zone(timezone):
+    pv = PVForecaster(SiteInfo(name="x", timezone=timezone, location=Location(latitude=20, longitude=100)), PV)
+    instants = pd.date_range("2026-01-01", "2027-01-02", freq="37min", tz="UTC").as_unit("ns")
+    months = [pv._local_month(t) for t in instants.asi8]
+    assert months == instants.tz_convert(timezone).month.tolist()

@@ -49,6 +49,7 @@ from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIn
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
 from ems.yamlfile import field_path
+from optimizer.external_forecast import ExternalForecasts
 from optimizer.tariff import SiteTariff
 
 if TYPE_CHECKING:  # the hub lives in the dashboard module, which imports this one
@@ -89,6 +90,8 @@ class ApiContext:
         Run-time settings (admin); without it ``/settings`` answers 503.
     audit : AuditLog, optional
         The controller's audit log (``/audit``; 503 without).
+    forecasts : ExternalForecasts, optional
+        Where ``POST /forecasts`` submits forecasts from outside (503 without).
     """
 
     hub: DashboardHub
@@ -103,6 +106,7 @@ class ApiContext:
     config: Mapping[str, Any] | None = None
     settings: RuntimeSettings | None = None
     audit: AuditLog | None = None
+    forecasts: ExternalForecasts | None = None
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -476,6 +480,23 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not result.accepted:
             raise ProblemError(422, "Settings rejected", result.reason, kind="settings-rejected")
         return settings.current()
+
+    @app.post("/forecasts", tags=["commands"], response_model=dict[str, Any],
+              responses={**auth_errors, **problem_responses(413, 422, 503)},
+              summary="Submit a PV and/or load forecast from outside (operator); it replaces the built-in forecast "
+                      "for the steps it covers until it expires (docs/data.md, External forecasts)")
+    async def post_forecast(request: Request, token: Operator) -> Any:
+        if ctx.forecasts is None:
+            raise ProblemError(503, "No forecast intake", "this controller takes no external forecasts",
+                               kind="no-forecasts")
+        try:
+            data = loads_strict(await request.body(), max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
+        except PayloadError as exc:
+            raise ProblemError(422, "Invalid request", str(exc), kind="invalid-request") from None
+        result = ctx.forecasts.submit(data, now=ctx.clock.now())
+        if not result.accepted:
+            return problem(422, "Forecast rejected", result.error, kind="forecast-rejected", **result.as_dict())
+        return JSONResponse(result.as_dict())
 
     _add_problem_schema(app)
     return app

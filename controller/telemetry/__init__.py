@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: import
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.remote import ApplyFn, CommandIntake
     from ems.clock import Clock
+    from optimizer.external_forecast import ExternalForecasts
     from optimizer.tariff import SiteTariff
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class TelemetryContext:
         The site file as read (the REST API's ``/config``, secrets redacted).
     settings : RuntimeSettings, optional
         Run-time settings an admin may change over the REST API.
+    forecasts : ExternalForecasts, optional
+        Where forecasts from outside are submitted (the REST API's ``POST /forecasts``; docs/data.md).
     """
 
     site: str
@@ -83,6 +86,7 @@ class TelemetryContext:
     cycle_s: float = 1.0
     config: Mapping[str, Any] | None = None
     settings: RuntimeSettings | None = None
+    forecasts: ExternalForecasts | None = None
 
 
 class Telemetry:
@@ -181,7 +185,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         tokens, lockout = access_tokens(dash, ctx), Lockout()
         api = create_api(ApiContext(hub=hub, intake=telemetry.intake, tokens=tokens, lockout=lockout, clock=ctx.clock,
                                     site=ctx.site, timezone=ctx.timezone, cycle_s=ctx.cycle_s, tariff=ctx.tariff,
-                                    config=ctx.config, settings=ctx.settings, audit=ctx.audit))
+                                    config=ctx.config, settings=ctx.settings, audit=ctx.audit,
+                                    forecasts=ctx.forecasts))
         app = create_app(hub, dash, site=ctx.site, timezone=ctx.timezone, currency=ctx.currency,
                          intake=telemetry.intake, tokens=tokens, lockout=lockout, metrics=metrics, api=api)
         server = DashboardServer(app, hub, dash.host, dash.port, tls=dash.tls)
