@@ -23,6 +23,7 @@ from ems.cli import main
 from tests.sim_peers import EXAMPLE_SITE, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+MULTI_SITE = REPO / "deploy" / "examples" / "multi-asset-site.yaml"
 NOON = {"start": "2026-05-04T12:00:00+07:00", "step_s": 0.2, "initial_soc_pct": 50,
         "weather": {"model": "clear_sky", "cloudiness": 0.0}, "load": {"day_kw": 600, "night_kw": 300, "noise_pct": 0}}
 FAST = ["--hold-s", "0.5", "--allow-s", "2"]
@@ -108,19 +109,22 @@ async def test_battery_test_passes_and_leaves_the_unit_at_zero(tmp_path, capsys)
     assert setpoint is None and enabled == 0 and battery_kw == 0.0   # 0 kW, remote control released
 
 
-async def test_battery_that_ignores_its_setpoint_fails_the_test(tmp_path, capsys):
-    path = site_file(tmp_path, units={"battery": {"ignore_setpoint": True}})
+async def test_on_the_multi_asset_site_the_unit_ignoring_its_setpoint_fails_and_limits_are_the_units(
+        tmp_path, capsys):
+    path = site_file(tmp_path, MULTI_SITE, units={"bess-2": {"ignore_setpoint": True}, "inv-10": {"offline": True}})
     async with served(path) as site:
-        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", *FAST)
-        assert site.state.battery_kw == 0.0
+        refused = await ems("devices", "write", "--config", str(path), "bess-1", "battery_setpoint_kw", "-300")
+        assert "bess-1: battery_setpoint_kw = -300 kW is outside its limits -250 … 250 kW" in capsys.readouterr().err
+        code = await ems("devices", "test", "--config", str(path), "bess-2", "--kw", "20", *FAST)
+        assert site.plant.units["bess-2"].battery_kw == 0.0
     out = capsys.readouterr().out
-    assert code == 1
+    assert refused == 2 and code == 1
     charge = next(line for line in out.splitlines() if line.startswith("charge"))
     assert "FAIL" in charge and "no response within 2 s: measured +0.0 kW for -20.0 kW" in charge
     assert " ok " in charge          # the register took the value: only the measured power tells
     assert "skipped after a failed step" in next(line for line in out.splitlines() if line.startswith("discharge"))
     assert "pass" in next(line for line in out.splitlines() if line.startswith("zero"))
-    assert out.rstrip().endswith("battery: FAIL")
+    assert out.rstrip().endswith("bess-2: FAIL")
 
 
 async def test_battery_test_refuses_more_than_the_pcs_and_other_roles(tmp_path, capsys):

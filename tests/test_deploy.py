@@ -142,7 +142,7 @@ async def test_shipped_broker_config_requires_passwords(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("name", ["nam-cau-kien-site.yaml", "simulated-site.yaml"])
+@pytest.mark.parametrize("name", ["nam-cau-kien-site.yaml", "simulated-site.yaml", "multi-asset-site.yaml"])
 def test_example_site_files_validate(name: str) -> None:
     config = load_config(DEPLOY / "examples" / name)
     assert config.telemetry.dashboard.host == "127.0.0.1"

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from drivers.profile import PROFILE_DIR, profile_path
 from drivers.roles import Role
 from ems.yamlfile import load_model
-from optimizer.site import BatterySpec, PVSpec, SiteInfo, StrictModel
+from optimizer.site import BatterySpec, BatteryUnit, PVSpec, SiteInfo, StrictModel
 
 
 class ClearSkyWeather(StrictModel):
@@ -146,7 +146,7 @@ class SimulatedDevice(BaseModel):
     unit_id: int = Field(default=1, ge=1, le=247)
     location: MeterLocation = "grid"
     rating_kw: float | None = Field(default=None, gt=0, description="inverter AC rating [kW]")
-    battery: BatterySpec | None = None
+    battery: BatteryUnit | None = None
 
 
 class SimulatedSiteFile(BaseModel):
@@ -199,13 +199,13 @@ class SimulatedSiteFile(BaseModel):
                              f"pv.ac_kw is {ac_kw:g} kW")
         return ratings
 
-    def battery_specs(self) -> dict[str, BatterySpec]:
+    def battery_specs(self) -> dict[str, BatteryUnit]:
         """Each battery unit's spec: its own ``battery:``, or the top-level one for a single battery without one.
 
         ValueError naming the unit when a spec is missing.
         """
         batteries = self.of_role(Role.BATTERY)
-        specs: dict[str, BatterySpec] = {}
+        specs: dict[str, BatteryUnit] = {}
         for d in batteries:
             spec = d.battery or (self.battery if len(batteries) == 1 else None)
             if spec is None:

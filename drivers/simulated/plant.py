@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
-from optimizer.site import BatterySpec
+from optimizer.site import BatterySpec, BatteryUnit
 
 Source = Callable[[datetime], float]
 """A time-varying input of the plant (site load or available PV): UTC time → power. [kW]"""
@@ -110,21 +110,22 @@ class BatteryModel:
     @classmethod
     def from_spec(
         cls,
-        spec: BatterySpec,
+        spec: BatteryUnit,
         initial_soc_pct: float = 50.0,
         soh_pct: float = 100.0,
         taper_high_pct: float = 90.0,
         taper_low_pct: float = 10.0,
         ramp_kw_per_s: float = math.inf,
     ) -> BatteryModel:
-        """The battery a site file describes, plus the simulation-only parameters."""
+        """The battery a site file describes (a site's ``BatterySpec`` or one unit's ``BatteryUnit``, which has no
+        standby loss), plus the simulation-only parameters."""
         return cls(
             nameplate_kwh=spec.capacity_kwh,
             max_charge_kw=spec.max_charge_kw,
             max_discharge_kw=spec.max_discharge_kw,
             charge_efficiency=spec.charge_efficiency,
             discharge_efficiency=spec.discharge_efficiency,
-            standby_loss_kw=spec.standby_loss_kw,
+            standby_loss_kw=spec.standby_loss_kw if isinstance(spec, BatterySpec) else 0.0,
             soh_pct=soh_pct,
             initial_soc_pct=initial_soc_pct,
             taper_high_pct=taper_high_pct,
