@@ -23,7 +23,7 @@ from drivers.profile import load_profile
 from drivers.readings import Quality
 from drivers.simulated.config import SimulatedSiteFile
 from drivers.simulated.faults import Faults
-from drivers.simulated.plant import BatteryModel, Plant, PVModel, SitePlant
+from drivers.simulated.plant import BatteryModel, PVModel, SitePlant
 from drivers.simulated.site import SimulatedSite
 from drivers.transport import ConnectionPool
 from tests.sim_peers import simulated_site, site_config
@@ -73,16 +73,6 @@ class Devices:
 
 
 # --- the plant alone ---------------------------------------------------------------------------------------
-
-
-def test_one_inverter_and_one_battery_step_exactly_as_the_single_plant() -> None:
-    now = datetime(2026, 5, 4, 5, tzinfo=UTC)
-    single = Plant(BatteryModel(1000, 500, 500, initial_soc_pct=40), PVModel(900))
-    multi = SitePlant({"b": BatteryModel(1000, 500, 500, initial_soc_pct=40)}, {"p": PVModel(900)}, 900)
-    for setpoint, limit, available, load in [(-300.0, None, 700.0, 500.0), (450.0, 30.0, 950.0, 800.0),
-                                             (-800.0, 100.0, 10.0, 300.0), (0.0, 0.0, 500.0, 0.0)]:
-        assert multi.step(now, 7.0, {"b": setpoint}, {"p": limit}, available, load) == \
-            single.step(now, 7.0, setpoint, limit, available, load)
 
 
 def test_units_share_the_sun_by_rating_and_the_meter_reads_the_balance() -> None:

@@ -364,52 +364,6 @@ class PlantState:
     pv_energy_kwh: float
 
 
-class Plant:
-    """Battery + PV + load behind one grid meter; the meter reads the balance."""
-
-    def __init__(self, battery: BatteryModel, pv: PVModel):
-        self.battery = battery
-        self.pv = pv
-        self.import_kwh = 0.0
-        """Cumulative energy imported from the grid. [kWh]"""
-        self.export_kwh = 0.0
-        """Cumulative energy exported to the grid. [kWh]"""
-
-    def step(self, now: datetime, dt_s: float, battery_setpoint_kw: float, pv_limit_pct: float | None,
-             pv_available_kw: float, load_kw: float) -> PlantState:
-        """Advance the plant by ``dt_s`` seconds from ``now``.
-
-        Parameters
-        ----------
-        now : datetime
-            Start of the step (UTC, aware).
-        dt_s : float
-            Step length. [s]
-        battery_setpoint_kw : float
-            PCS setpoint, + discharge. [kW]
-        pv_limit_pct : float | None
-            PV active power limit, % of the PV AC rating; ``None`` = no limit. [%]
-        pv_available_kw : float
-            PV power available from the array. [kW]
-        load_kw : float
-            Site load (≥ 0). [kW]
-        """
-        if not load_kw >= 0.0:
-            raise ValueError(f"load must be ≥ 0, got {load_kw}")
-        battery = self.battery
-        pv_kw = self.pv.step(pv_available_kw, pv_limit_pct, dt_s)
-        battery_kw = battery.step(battery_setpoint_kw, dt_s)
-        grid_kw = load_kw - pv_kw - battery_kw
-        if grid_kw > 0.0:
-            self.import_kwh += grid_kw * dt_s / 3600.0
-        else:
-            self.export_kwh -= grid_kw * dt_s / 3600.0
-        soc_kwh = battery._soc_kwh
-        return PlantState(now, grid_kw, pv_kw, pv_available_kw, load_kw, battery_kw,
-                          100.0 * soc_kwh / battery._capacity_kwh, soc_kwh, battery.allowed_charge_kw(),
-                          battery.allowed_discharge_kw(), self.import_kwh, self.export_kwh, self.pv.energy_kwh)
-
-
 @dataclass(frozen=True, slots=True)
 class BatteryUnitState:
     """One battery unit over a step: power the step average (+ discharge), the rest at the end of the step.
@@ -456,7 +410,7 @@ class SitePlant:
 
     Every inverter sees the same weather: its available power is the array's × ``rated_kw / ac_kw``.
     Every battery unit follows its own setpoint within its own PCS and BMS limits. The meter reads
-    ``load − Σ pv − Σ battery``. With one inverter and one battery the numbers are :class:`Plant`'s exactly.
+    ``load − Σ pv − Σ battery``. :class:`Plant` is the one-inverter, one-battery case.
 
     Parameters
     ----------
@@ -529,3 +483,42 @@ class SitePlant:
         soc_pct = 100.0 * soc_kwh / capacity_kwh if capacity_kwh else 0.0
         return PlantState(now, grid_kw, pv_kw, pv_available_kw, load_kw, battery_kw, soc_pct, soc_kwh,
                           max_charge_kw, max_discharge_kw, self.import_kwh, self.export_kwh, pv_energy_kwh)
+
+
+class Plant(SitePlant):
+    """One battery and one PV inverter behind one grid meter (the offline runner's plant and the single-device
+    simulated site): :class:`SitePlant` with one unit of each, so both faces step the same physics.
+
+    Parameters
+    ----------
+    battery : BatteryModel
+    pv : PVModel
+        Its ``rated_kw`` is the plant's AC rating.
+    """
+
+    def __init__(self, battery: BatteryModel, pv: PVModel):
+        super().__init__({"battery": battery}, {"pv": pv}, pv.rated_kw)
+        self.battery = battery
+        self.pv = pv
+
+    def step(self, now: datetime, dt_s: float, battery_setpoint_kw: float, pv_limit_pct: float | None,
+             pv_available_kw: float, load_kw: float) -> PlantState:
+        """Advance the plant by ``dt_s`` seconds from ``now`` (:meth:`SitePlant.step` with one unit each).
+
+        Parameters
+        ----------
+        now : datetime
+            Start of the step (UTC, aware).
+        dt_s : float
+            Step length. [s]
+        battery_setpoint_kw : float
+            PCS setpoint, + discharge. [kW]
+        pv_limit_pct : float | None
+            PV active power limit, % of the PV AC rating; ``None`` = no limit. [%]
+        pv_available_kw : float
+            PV power available from the array. [kW]
+        load_kw : float
+            Site load (≥ 0). [kW]
+        """
+        return super().step(now, dt_s, {"battery": battery_setpoint_kw}, {"pv": pv_limit_pct}, pv_available_kw,
+                            load_kw)
