@@ -57,8 +57,9 @@ def day_holdable_kw(net_kw: np.ndarray, step_h: float, window_h: float, energy_k
 class PeakTarget:
     """The month's peak target [kW]: the highest :func:`day_holdable_kw` over the last ``days`` whole UTC days of
     measured net load (load − PV) before a plan's start, for a battery's energy between its SOC limits (after
-    discharge losses) and its discharge power. A day is evaluated once and kept (measurements are never
-    rewritten); days with a missing or absent step are left out; 0 when none is complete (no target).
+    discharge losses) and its discharge power. A whole day is evaluated once and kept (measurements are never
+    rewritten); days with a missing or absent step are left out (and looked at again on the next call); 0 when
+    none is complete (no target).
 
     Parameters
     ----------
@@ -71,18 +72,23 @@ class PeakTarget:
         self.energy_kwh = (battery.soc_max_kwh - battery.soc_min_kwh) * battery.discharge_efficiency
         self.power_kw = battery.max_discharge_kw
         self.days = days
-        self._by_day: dict[tuple[int, float, float], float | None] = {}
+        self._by_day: dict[tuple[int, float, float], float] = {}
 
     def __call__(self, pv: History, load: History, start_ns: int, step_h: float, window_h: float) -> float:
         """The target for a plan starting at ``start_ns`` [UTC epoch ns], from ``pv``/``load`` histories per step of
         ``step_h`` [h], on the demand measure's window ``window_h`` [h]. [kW]"""
         today = start_ns // DAY_NS * DAY_NS
+        oldest = today - self.days * DAY_NS
+        for key in [k for k in self._by_day if k[0] < oldest]:  # a long-running service keeps only what it reads
+            del self._by_day[key]
         best = 0.0
         for d in range(1, self.days + 1):
             key = (today - d * DAY_NS, step_h, window_h)
-            if key not in self._by_day:
-                self._by_day[key] = self._day(pv, load, key[0], step_h, window_h)
-            value = self._by_day[key]
+            value = self._by_day.get(key)
+            if value is None:  # a day not yet whole (its last step still being measured) is looked at again
+                value = self._day(pv, load, key[0], step_h, window_h)
+                if value is not None:
+                    self._by_day[key] = value
             if value is not None:
                 best = max(best, value)
         return best

@@ -162,6 +162,14 @@ def test_the_month_peak_target_is_the_hardest_recent_day_and_skips_incomplete_da
     pv, hist = History(ns, np.zeros_like(load)), History(ns, load)
     assert PeakTarget(battery, 2)(pv, hist, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(700.0, abs=1e-3)
     assert PeakTarget(battery, 3)(pv, hist, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(800.0, abs=1e-3)
+    # live: the day before is not whole until its last step is measured, and is looked at again on the next plan
+    target = PeakTarget(battery, 1)
+    short = History(ns[96:-1], load[96:-1])
+    assert target(History(ns[96:-1], np.zeros(2 * 96 - 1)), short, int(start.timestamp() * 1e9), 0.25, 0.5) == 0.0
+    load[2 * 96 + 5] = 500.0
+    whole = History(ns[96:], load[96:])
+    assert target(History(ns[96:], np.zeros(2 * 96)), whole, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(
+        900.0, abs=1e-3)
 
 
 def test_the_peak_target_floors_each_month_of_the_plan_only_under_a_demand_charge() -> None:
