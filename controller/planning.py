@@ -30,6 +30,7 @@ from controller.modes import Reason
 from controller.targets import DemandWindow, follow_plan
 from optimizer import surplus
 from optimizer.forecast import History, LoadForecaster, PVForecaster
+from optimizer.peak_target import PeakTarget
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
 from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
@@ -114,6 +115,10 @@ class ForecastSource(Protocol):
         """PV quantile forecasts, shape ``(len(levels), len(grid))``, or None without any (surplus-day rule)."""
         ...
 
+    def measured(self) -> tuple[History, History] | None:
+        """The measured PV and load per step (the month's peak target), or None without a measured history."""
+        ...
+
 
 class MeasuredForecasts:
     """``optimizer.forecast`` fed the :class:`MeasuredHistory`; until a step of history is complete the
@@ -135,6 +140,10 @@ class MeasuredForecasts:
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray:
         """The PV forecaster's quantiles on the measured history (:meth:`PVForecaster.quantiles`). [kW]"""
         return self.pv.quantiles(grid, self.history.histories()[0], levels=levels)
+
+    def measured(self) -> tuple[History, History]:
+        """The measured PV and load per step (:meth:`MeasuredHistory.histories`). [kW]"""
+        return self.history.histories()
 
 
 class PerfectForecasts:
@@ -166,6 +175,10 @@ class PerfectForecasts:
 
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> None:
         """Known PV has no spread: the surplus-day rule does not apply."""
+        return None
+
+    def measured(self) -> None:
+        """Known sources keep no measured history: no month peak target."""
         return None
 
 
@@ -210,6 +223,7 @@ class PlanKeeper:
         self.failures = 0
         self._solving: asyncio.Future | None = None
         self._windows: tuple[Plan, np.ndarray] | None = None  # the demand window of each step of a plan
+        self.peak_target = PeakTarget(planner.battery, settings.demand_target_days)
 
     # ---------------------------------------------------------------------------------- the current plan
 
@@ -300,8 +314,13 @@ class PlanKeeper:
         risk = None
         if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
             risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
+        target = 0.0
+        measured = self.forecasts.measured()
+        if tariff.demand_rate[0] > 0 and self.settings.demand_target_days > 0 and measured is not None:
+            target = self.peak_target(*measured, int(grid.starts[0].value), self.settings.step_minutes / 60.0,
+                                      tariff.window_h)
         return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,
-                           self.settings.demand_risk_margin)
+                           self.settings.demand_risk_margin, target)
 
     def _solve(self, now: datetime, site: SiteState) -> Plan:
         return self.planner.plan(self.inputs(now, site), created_at=now)

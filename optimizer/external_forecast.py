@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optimizer.forecast import History
 from optimizer.timegrid import TimeGrid
 
 #: Longest horizon accepted. [h]
@@ -300,6 +301,10 @@ class WithExternal:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         """The built-in source's net-load risk (external forecasts carry no error history). [kW]"""
         return self.builtin.peak_risk(grid, pv_kw, load_kw)
+
+    def measured(self) -> tuple[History, History] | None:
+        """The built-in source's measured PV and load (the month's peak target). [kW]"""
+        return self.builtin.measured()
 
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
         """The built-in PV quantiles while the PV forecast is the built-in one; None while an external PV

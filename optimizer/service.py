@@ -120,20 +120,27 @@ def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, g
 
 
 def plan_inputs(grid: TimeGrid, tariff: TariffSteps, pv_kw: np.ndarray, load_kw: np.ndarray, state: SiteState,
-                peak_risk_kw: np.ndarray | None = None, risk_margin: float = 0.0, **limits) -> PlanInputs:
+                peak_risk_kw: np.ndarray | None = None, risk_margin: float = 0.0, peak_target_kw: float = 0.0,
+                **limits) -> PlanInputs:
     """PlanInputs on ``grid`` from the tariff's values on its steps, the PV and load forecasts [kW] and the site's
     state; the demand charge in force at the first step applies to every billing month in the horizon, billed on
     the tariff's window measure (:attr:`TariffSteps.window_h`). ``peak_risk_kw``: see
     :class:`~optimizer.planner.PlanInputs` (used only under a demand charge); ``risk_margin`` of it is added to the
-    load forecast there (``planner.demand_risk_margin``). ``limits`` pass through to :class:`PlanInputs`
-    (``import_cap_kw``, ``export_cap_kw``)."""
+    load forecast there (``planner.demand_risk_margin``). ``peak_target_kw``: under a demand charge, the peak each
+    billing month in the horizon is planned to reach anyway (:class:`optimizer.peak_target.PeakTarget`; the
+    month-to-date peak where that is higher); 0 = the month-to-date peak only. ``limits`` pass through to
+    :class:`PlanInputs` (``import_cap_kw``, ``export_cap_kw``)."""
     rate = float(tariff.demand_rate[0])
     demand = rate > 0
     if demand and peak_risk_kw is not None and risk_margin > 0:
         load_kw = load_kw + risk_margin * peak_risk_kw
+    month_peak: float | np.ndarray = state.month_peak_kw
+    if demand and peak_target_kw > 0:
+        month_peak = np.full(int(tariff.month[-1]) + 1, float(peak_target_kw))
+        month_peak[0] = max(month_peak[0], state.month_peak_kw)
     return PlanInputs(
         grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=tariff.import_price, export_price=tariff.export_price,
-        soc0_kwh=state.soc_kwh, month_peak_kw=state.month_peak_kw, demand_charge_per_kw=rate,
+        soc0_kwh=state.soc_kwh, month_peak_kw=month_peak, demand_charge_per_kw=rate,
         billing_month=tariff.month if demand else None, max_charge_kw=state.bms_max_charge_kw,
         max_discharge_kw=state.bms_max_discharge_kw, fixed_battery_kw=state.fixed_battery_kw, period=tariff.period,
         demand_window_h=tariff.window_h if demand else 0.0, demand_window=tariff.window if demand else None,

@@ -195,6 +195,12 @@ class PlannerSettings(StrictModel):
         description="Under a demand charge, this share of the net load's upper forecast error is added to the load "
                     "forecast the plan is made on, so that it does not count on headroom under the peak that a load "
                     "above the forecast would take (docs/planner.md) [-]")
+    demand_target_days: int = Field(
+        default=7, ge=0, le=31,
+        description="Under a demand charge, plan each month's peak at no less than the highest level the battery "
+                    "could have held on each of this many recent days of measured net load, the peak the month is "
+                    "likely to reach anyway (optimizer/peak_target.py, docs/planner.md) [d]; 0 = the month-to-date "
+                    "peak only")
     demand_reserve_weight: float = Field(
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "

@@ -33,6 +33,7 @@ from controller.targets import DemandWindow, follow_plan, mode_target
 from optimizer import costs, surplus
 from optimizer.costs import Schedule
 from optimizer.forecast import History, LoadForecaster, PVForecaster
+from optimizer.peak_target import PeakTarget
 from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
@@ -216,6 +217,7 @@ class Mpc:
         #: Steps of history every forecast may read, counted back from the step it starts at.
         self.look_back_steps = -(-look_back_ns // step_ns)
         self._history: tuple[int, History, History] | None = None  # (block, PV view, load view)
+        self.peak_target = PeakTarget(battery, settings.demand_target_days)
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -259,7 +261,11 @@ class Mpc:
         if demand and self.settings.demand_reserve_hours > 0:
             risk = np.zeros(h) if self.perfect else peak_risk_kw(
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
-        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin)
+        target = 0.0
+        if demand and self.settings.demand_target_days > 0:
+            target = self.peak_target(*self._history_views(t, ctx), int(grid.starts[0].value),
+                                      float(grid.duration_h[0]), tariff.window_h)
+        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin, target)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:

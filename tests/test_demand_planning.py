@@ -7,6 +7,7 @@ plan put it, while a plan without the reserve sets a new peak.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,8 +15,12 @@ import pytest
 
 from controller.dispatch import Dispatcher, DispatchInputs, DispatchSettings
 from controller.targets import DemandWindow, follow_plan
+from optimizer import costs
+from optimizer.forecast import History
 from optimizer.lp_model import _assert_same_lp, build_model, extract_affine_lp, tiled_affine_lp
+from optimizer.peak_target import PeakTarget, day_holdable_kw
 from optimizer.planner import PlanInputs, Planner
+from optimizer.service import SiteState, TariffSteps, plan_inputs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -125,3 +130,57 @@ def test_the_window_ceiling_keeps_the_window_average_at_the_peak() -> None:
     assert DemandWindow(0.5, 0.25, 75.0).ceiling_kw(200.0) == pytest.approx(100.0)
     assert DemandWindow(0.5, 0.25, 150.0).ceiling_kw(200.0) == 0.0
     assert DemandWindow(0.5, 0.5, 75.0).ceiling_kw(200.0) == 200.0
+
+
+def test_the_holdable_peak_of_a_day_is_where_the_battery_energy_or_power_runs_out() -> None:
+    # 500 kW all day, 800 kW for 2 h: 200 kWh shave it to 700 kW; 50 kW of power only to 750 kW
+    net = np.full(96, 500.0)
+    net[40:48] = 800.0
+    assert day_holdable_kw(net, 0.25, 0.5, energy_kwh=200.0, power_kw=300.0) == pytest.approx(700.0, abs=1e-3)
+    assert day_holdable_kw(net, 0.25, 0.5, energy_kwh=200.0, power_kw=50.0) == pytest.approx(750.0, abs=1e-3)
+    # a 15-minute spike of +200 kW is +100 kW on the 30-minute measure: 10 kWh hold it at 580 kW
+    spike = np.full(96, 500.0)
+    spike[41] = 700.0
+    assert day_holdable_kw(spike, 0.25, 0.5, energy_kwh=10.0, power_kw=300.0) == pytest.approx(580.0, abs=1e-3)
+    # two runs apart: the battery is full again for the second
+    twice = np.full(96, 500.0)
+    twice[40:48] = twice[70:78] = 800.0
+    assert day_holdable_kw(twice, 0.25, 0.5, energy_kwh=200.0, power_kw=300.0) == pytest.approx(700.0, abs=1e-3)
+
+
+def test_the_month_peak_target_is_the_hardest_recent_day_and_skips_incomplete_days() -> None:
+    battery = BatterySpec(capacity_kwh=200, max_charge_kw=300, max_discharge_kw=300, soc_min_pct=0,
+                          soc_max_pct=100, charge_efficiency=1.0, discharge_efficiency=1.0)
+    start = datetime(2026, 5, 4, tzinfo=UTC)
+    starts = regular_grid(datetime(2026, 5, 1, tzinfo=UTC), 3 * 96, 15).starts
+    ns = np.asarray(starts.as_unit("ns").asi8, dtype=np.int64)
+    load = np.full(3 * 96, 500.0)
+    load[40:48] = 900.0  # 1 May: held at 800 kW
+    load[96 + 40:96 + 48] = 800.0  # 2 May: held at 700 kW
+    load[2 * 96 + 40:2 * 96 + 48] = 1000.0  # 3 May, but a step is missing
+    load[2 * 96 + 5] = np.nan
+    pv, hist = History(ns, np.zeros_like(load)), History(ns, load)
+    assert PeakTarget(battery, 2)(pv, hist, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(700.0, abs=1e-3)
+    assert PeakTarget(battery, 3)(pv, hist, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(800.0, abs=1e-3)
+    # live: the day before is not whole until its last step is measured, and is looked at again on the next plan
+    target = PeakTarget(battery, 1)
+    short = History(ns[96:-1], load[96:-1])
+    assert target(History(ns[96:-1], np.zeros(2 * 96 - 1)), short, int(start.timestamp() * 1e9), 0.25, 0.5) == 0.0
+    load[2 * 96 + 5] = 500.0
+    whole = History(ns[96:], load[96:])
+    assert target(History(ns[96:], np.zeros(2 * 96)), whole, int(start.timestamp() * 1e9), 0.25, 0.5) == pytest.approx(
+        900.0, abs=1e-3)
+
+
+def test_the_peak_target_floors_each_month_of_the_plan_only_under_a_demand_charge() -> None:
+    n = 8
+    grid = regular_grid(T0, n, 15)
+    steps = TariffSteps(import_price=np.ones(n), export_price=np.zeros(n), period=np.array(["normal"] * n),
+                        month=np.array([0] * 4 + [1] * 4), demand_rate=np.full(n, RATE), window=np.arange(n) // 2,
+                        window_h=0.5)
+    made = plan_inputs(grid, steps, np.zeros(n), np.full(n, 100.0), SiteState(0.0, month_peak_kw=300.0),
+                       peak_target_kw=250.0)
+    assert costs.month_floors_kw(made).tolist() == [300.0, 250.0]
+    energy_only = replace(steps, demand_rate=np.zeros(n))
+    made = plan_inputs(grid, energy_only, np.zeros(n), np.full(n, 100.0), SiteState(0.0), peak_target_kw=250.0)
+    assert costs.month_floors_kw(made).tolist() == [0.0]

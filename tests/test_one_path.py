@@ -70,6 +70,9 @@ class KnownSeries:
     def pv_quantiles(self, grid: TimeGrid, levels) -> None:
         return None  # known PV: no spread, as the offline mpc_perfect (no surplus-day rule)
 
+    def measured(self) -> None:
+        return None  # one day: no whole day measured before it, so no month peak target on either side
+
 
 def same_inputs(live: PlanInputs, offline: PlanInputs) -> None:
     """Every field of the two PlanInputs equal (fixed_battery_kw: live plans at step starts are free too)."""

@@ -108,6 +108,9 @@ def test_the_live_plan_keeper_plans_on_the_same_surplus_day_pv():
         def pv_quantiles(self, grid, levels):
             return QUANTILES[:, np.searchsorted(starts_ns, grid.starts_ns)]
 
+        def measured(self):
+            return None
+
     tariff = load_tariff(TariffRef(preset="evn-manufacturing-22kv"), Path(".")).bind("Asia/Ho_Chi_Minh")
     keeper = PlanKeeper(Planner(BATTERY, GRID, SETTINGS, STEPS), SETTINGS, GRID,
                         tariff, Source(), 10.0)

@@ -1,0 +1,105 @@
+"""The month's peak target under a demand charge: the level the battery can hold on recent hard days.
+
+The plan bills a new monthly peak only above the peak already reached this month. Early in a month that peak is
+low and the plan spends the battery on energy arbitrage counting on headroom under it, which a load above the
+forecast takes away. :func:`holdable_peak_kw` looks at the recent days' measured net load (load − PV) and finds, per
+day, the lowest demand measure (window-average import) the battery could have held with its full energy and power;
+the highest of those over the last days is the peak the month will most likely reach anyway. Planning with that as
+the month's peak floor lets the plan import freely up to it (as perfect foresight does) and keeps the battery for
+the excess above it (docs/planner.md "Demand charge").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.forecast import History
+from optimizer.site import BatterySpec
+
+DAY_NS = 86_400 * 10**9
+
+
+def day_holdable_kw(net_kw: np.ndarray, step_h: float, window_h: float, energy_kwh: float, power_kw: float) -> float:
+    """The lowest level L [kW] at which a battery with ``energy_kwh`` deliverable [kWh] and ``power_kw`` [kW] could
+    hold one day's demand measure: the averages of ``net_kw`` (per step of ``step_h`` [h]) over windows of
+    ``window_h`` [h] (a step at least that long is its own window), each above L by at most ``power_kw``, and each
+    run of windows above L needing at most ``energy_kwh`` (the battery is taken as full again between runs). A day
+    at or below 0 kW gives 0."""
+    per = max(1, round(window_h / step_h)) if window_h > step_h else 1
+    n = len(net_kw) // per * per
+    w = np.asarray(net_kw[:n], dtype=float).reshape(-1, per).mean(axis=1)
+    dt = step_h * per
+    top = float(w.max(initial=0.0))
+    if top <= 0.0:
+        return 0.0
+
+    def holds(level: float) -> bool:
+        excess = np.maximum(w - level, 0.0)
+        if excess.max(initial=0.0) > power_kw:
+            return False
+        run = 0.0
+        for e in excess:  # one day: at most 48 windows
+            run = run + e * dt if e > 0 else 0.0
+            if run > energy_kwh:
+                return False
+        return True
+
+    lo, hi = max(0.0, top - power_kw), top
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class PeakTarget:
+    """The month's peak target [kW]: the highest :func:`day_holdable_kw` over the last ``days`` whole UTC days of
+    measured net load (load − PV) before a plan's start, for a battery's energy between its SOC limits (after
+    discharge losses) and its discharge power. A whole day is evaluated once and kept (measurements are never
+    rewritten); days with a missing or absent step are left out (and looked at again on the next call); 0 when
+    none is complete (no target).
+
+    Parameters
+    ----------
+    battery : BatterySpec
+    days : int
+        Whole days looked back. [d]
+    """
+
+    def __init__(self, battery: BatterySpec, days: int):
+        self.energy_kwh = (battery.soc_max_kwh - battery.soc_min_kwh) * battery.discharge_efficiency
+        self.power_kw = battery.max_discharge_kw
+        self.days = days
+        self._by_day: dict[tuple[int, float, float], float] = {}
+
+    def __call__(self, pv: History, load: History, start_ns: int, step_h: float, window_h: float) -> float:
+        """The target for a plan starting at ``start_ns`` [UTC epoch ns], from ``pv``/``load`` histories per step of
+        ``step_h`` [h], on the demand measure's window ``window_h`` [h]. [kW]"""
+        today = start_ns // DAY_NS * DAY_NS
+        oldest = today - self.days * DAY_NS
+        for key in [k for k in self._by_day if k[0] < oldest]:  # a long-running service keeps only what it reads
+            del self._by_day[key]
+        best = 0.0
+        for d in range(1, self.days + 1):
+            key = (today - d * DAY_NS, step_h, window_h)
+            value = self._by_day.get(key)
+            if value is None:  # a day not yet whole (its last step still being measured) is looked at again
+                value = self._day(pv, load, key[0], step_h, window_h)
+                if value is not None:
+                    self._by_day[key] = value
+            if value is not None:
+                best = max(best, value)
+        return best
+
+    def _day(self, pv: History, load: History, lo_ns: int, step_h: float, window_h: float) -> float | None:
+        per_day = round(24.0 / step_h)
+        i0, i1 = np.searchsorted(load.ns, [lo_ns, lo_ns + DAY_NS])
+        j0, j1 = np.searchsorted(pv.ns, [lo_ns, lo_ns + DAY_NS])
+        if i1 - i0 != per_day or j1 - j0 != per_day or load.ns[i0] != lo_ns or pv.ns[j0] != lo_ns:
+            return None
+        net = load.values[i0:i1] - pv.values[j0:j1]
+        if not np.all(np.isfinite(net)):
+            return None
+        return day_holdable_kw(net, step_h, window_h, self.energy_kwh, self.power_kw)
