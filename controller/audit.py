@@ -34,6 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.telemetry.strict_json import printable
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 20
@@ -280,16 +282,16 @@ def payload_value(payload: Any) -> Any:
         text = None
     if text is None or len(text) > MAX_PAYLOAD_CHARS:
         shown = repr(payload) if text is None else text
-        return _printable(shown[:MAX_PAYLOAD_CHARS]) + ("…" if len(shown) > MAX_PAYLOAD_CHARS else "")
+        return printable(shown[:MAX_PAYLOAD_CHARS]) + ("…" if len(shown) > MAX_PAYLOAD_CHARS else "")
     return _clean(json.loads(text))
 
 
 def _clean(value: Any) -> Any:
     """``value`` with every string (and key) :func:`_printable`, so that it encodes as UTF-8 JSON."""
     if isinstance(value, str):
-        return _printable(value)
+        return printable(value)
     if isinstance(value, dict):
-        return {_printable(k): _clean(v) for k, v in value.items()}
+        return {printable(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value
@@ -313,9 +315,6 @@ def _utc(ts: datetime) -> str:
 
 
 def _text(value: Any) -> str:
-    return _printable(str(value))[:MAX_TEXT_CHARS]
+    return printable(str(value))[:MAX_TEXT_CHARS]
 
 
-def _printable(text: str) -> str:
-    """``text`` with lone surrogates written as ``\\udXXX`` (storable as UTF-8)."""
-    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from jsonschema import Draft202012Validator
 
 from controller.commands import COMMAND_MODELS, CommandResult, sender
-from controller.telemetry.strict_json import PayloadError, loads_strict
+from controller.telemetry.strict_json import PayloadError, loads_strict, printable
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class CommandIntake:
             The sender: token name, MQTT user, client address (``None`` when unknown).
         """
         command_id: str | None = None
-        shown = _printable(name)[:MAX_NAME_CHARS]
+        shown = printable(name)[:MAX_NAME_CHARS]
         by = sender(interface, identity)
         reached = False
         try:
@@ -153,7 +153,7 @@ class CommandIntake:
             self.accepted += 1
         else:
             self.rejected += 1
-            log.warning("command %s from %s rejected: %s", shown, by, _printable(result.reason)[:MAX_REASON_CHARS])
+            log.warning("command %s from %s rejected: %s", shown, by, printable(result.reason)[:MAX_REASON_CHARS])
         if not reached:
             self._record(name, payload, result, interface, identity)
         return self._result(name, command_id, result)
@@ -166,7 +166,7 @@ class CommandIntake:
             command_id = read_id(_decode(payload))
         except Exception:  # an unreadable id is no reason not to answer
             command_id = None
-        shown = _printable(name)[:MAX_NAME_CHARS]
+        shown = printable(name)[:MAX_NAME_CHARS]
         self.rejected += 1
         log.warning("command %s from %s rejected: %s", shown, sender(interface, identity), reason)
         result = CommandResult(False, reason)
@@ -195,14 +195,14 @@ class CommandIntake:
             return
         try:
             self.audit(ts=self.clock.now(), interface=interface, identity=identity,
-                       command=_printable(name)[:MAX_NAME_CHARS], payload=payload, accepted=result.accepted,
-                       reason=_printable(result.reason)[:MAX_REASON_CHARS])
+                       command=printable(name)[:MAX_NAME_CHARS], payload=payload, accepted=result.accepted,
+                       reason=printable(result.reason)[:MAX_REASON_CHARS])
         except Exception:
             log.exception("command %s: audit entry not recorded", name)
 
     def _result(self, name: str, command_id: str | None, result: CommandResult) -> dict[str, Any]:
-        answer = {"command": _printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
-                  "reason": _printable(result.reason)[:MAX_REASON_CHARS], "ts": self.clock.now().isoformat()}
+        answer = {"command": printable(name)[:MAX_NAME_CHARS], "id": command_id, "accepted": result.accepted,
+                  "reason": printable(result.reason)[:MAX_REASON_CHARS], "ts": self.clock.now().isoformat()}
         if self.site is not None:
             answer["site"] = self.site
         return answer
@@ -263,13 +263,10 @@ def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
 def read_id(data: Any) -> str | None:
     """The command's correlation ``id`` when it is a string (``None`` otherwise)."""
     if isinstance(data, Mapping) and isinstance(data.get("id"), str):
-        return _printable(data["id"])
+        return printable(data["id"])
     return None
 
 
-def _printable(text: str) -> str:
-    """``text`` with any lone surrogate written as ``\\udXXX`` text, so that it can be encoded as UTF-8."""
-    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 class _Rejected(Exception):

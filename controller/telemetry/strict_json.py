@@ -142,3 +142,9 @@ def loads_strict(raw: bytes, *, max_bytes: int, max_depth: int) -> Any:
         raise PayloadError(f"JSON nested deeper than {max_depth} levels") from None
     _check_values(value, [])
     return value
+
+
+def printable(text: str) -> str:
+    """``text`` with any lone surrogate written as ``\\udXXX`` text, so that it can be encoded (logged, stored)
+    as UTF-8."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
