@@ -52,7 +52,7 @@ def _label(name: str) -> str:
 
 def _svg(fig: plt.Figure) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # same study → same bytes
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]

@@ -222,7 +222,7 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
         fig = heatmap(table, column, title, unit, scale, missing)
         fig.savefig(out_dir / f"{stem}.png", dpi=110, bbox_inches="tight")
         buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # no wall-clock time
         (out_dir / f"{stem}.svg").write_text(buf.getvalue(), encoding="utf-8")
         figures.append((title, buf.getvalue()[buf.getvalue().index("<svg"):]))
         paths[stem] = out_dir / f"{stem}.png"

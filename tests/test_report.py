@@ -117,6 +117,7 @@ def test_period_is_printed_in_local_dates(result, tmp_path: Path) -> None:
     html = write_outputs(result, tmp_path / "d", command="c")["report"].read_text(encoding="utf-8")
     assert "+00:00" not in html and "T17:00" not in html
     assert "1 Jun 2026 – 9 Jun 2026" in html
+    assert "<dc:date>" not in html  # no wall-clock time in the plots either: the same study gives the same report
 
 
 def test_short_period_warns_in_the_report(result, tmp_path: Path) -> None:
