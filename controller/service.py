@@ -137,7 +137,7 @@ class Controller:
         self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
-            LoadForecaster(config.site.timezone, ctl.holiday_country, config.tariff.extra_holidays), self.history)
+            LoadForecaster.for_site(config.site, ctl.holiday_country, config.tariff.extra_holidays), self.history)
         #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
         #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
         self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
@@ -448,7 +448,7 @@ class Controller:
         """Accuracy of forecasters configured as the planning ones (separate instances: their caches stay the
         planner's), scored on the measured history (docs/data.md, "Forecast accuracy")."""
         pv = PVForecaster(config.site, config.pv, isolated=True)
-        load = LoadForecaster(config.site.timezone, config.control.holiday_country, config.tariff.extra_holidays)
+        load = LoadForecaster.for_site(config.site, config.control.holiday_country, config.tariff.extra_holidays)
         limit = DAYLIGHT_SHARE * config.pv.ac_limit_kw
         return LiveAccuracy(pv.forecast, load.forecast, lambda grid: pv.clear_sky_kw(grid) > limit,
                             steps=config.planner.horizon_steps, step_minutes=config.planner.step_minutes)

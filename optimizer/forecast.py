@@ -44,7 +44,19 @@ PV_QUANTILE_WIDEN = 1.2
 """Widening of the PV error quantiles about their median (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`),
 calibrated for P10..P90 coverage of 80 % on days 30–150 of the Nam Cau Kien synthetic year (docs/data.md). [-]"""
 
-WEEKDAY, SATURDAY, SUNDAY_HOLIDAY = 0, 1, 2
+WEEKDAY, SATURDAY, SUNDAY_HOLIDAY, SHUTDOWN = 0, 1, 2, 3
+DAY_TYPES = 4
+"""Day types of the load profile: Monday–Friday, Saturday, Sunday or public holiday, shutdown (planned, or a
+measured day that looked like one)."""
+
+LOW_DAY_RATIO = 0.6
+"""A measured day whose mean load is below this share of the median of its day type's days in the profile window
+is profiled as the next lower type: a working day as a holiday (an unannounced stop), a holiday as a shutdown. [-]"""
+MIN_DAY_COVERAGE = 0.8
+"""A day is judged by its mean load only when at least this share of its slots is measured. [-]"""
+BASE_LOAD_QUANTILE = 0.05
+"""A shutdown day with no shutdown in the profile window is forecast at this quantile of the window's load (the
+site's base load). [-]"""
 
 
 PV_DAY_WEIGHT = 0.6
@@ -428,21 +440,25 @@ class PVForecaster:
 
 
 class _Calendar:
-    """Local slot of day and day type (weekday, Saturday, Sunday/holiday) on a UTC lattice, cached in blocks."""
+    """Local slot of day, day type (weekday, Saturday, Sunday/holiday, shutdown) and local day number on a UTC
+    lattice, cached in blocks."""
 
     BLOCK_STEPS = 8192
 
-    def __init__(self, timezone: str, step_minutes: int, holiday_country: str | None, extra: Iterable[date]):
+    def __init__(self, timezone: str, step_minutes: int, holiday_country: str | None, extra: Iterable[date],
+                 shutdowns: Iterable[date] = ()):
         self.timezone = timezone
         self.step_minutes = step_minutes
         self.step_ns = step_minutes * 60 * 1_000_000_000
         self.slots = -(-1440 // step_minutes)
         self.holiday_country = holiday_country
         self.extra_days = {np.datetime64(d, "D").astype(np.int64) for d in extra}
-        self._blocks: dict[int, np.ndarray] = {}
+        self.shutdown_days = np.fromiter((np.datetime64(d, "D").astype(np.int64) for d in shutdowns), dtype=np.int64)
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def keys_direct(self, ns: np.ndarray) -> np.ndarray:
-        """Profile key ``day_type · slots + slot`` for arbitrary UTC nanosecond times."""
+    def keys_and_days(self, ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Profile key ``day_type · slots + slot`` and local day number (days since 1970-01-01) for arbitrary
+        UTC nanosecond times."""
         local = pd.DatetimeIndex(pd.to_datetime(ns, unit="ns", utc=True)).tz_convert(self.timezone)
         wall = local.tz_localize(None).as_unit("ns").asi8
         day = wall // NS_PER_DAY
@@ -455,17 +471,25 @@ class _Calendar:
                 holiday_days.add(np.datetime64(d, "D").astype(np.int64))
         is_holiday = np.isin(day, np.fromiter(holiday_days, dtype=np.int64, count=len(holiday_days)))
         day_type = np.where(is_holiday | (weekday == 6), SUNDAY_HOLIDAY, np.where(weekday == 5, SATURDAY, WEEKDAY))
-        return day_type * self.slots + slot
+        day_type = np.where(np.isin(day, self.shutdown_days), SHUTDOWN, day_type)
+        return day_type * self.slots + slot, day
 
     def keys(self, ns: np.ndarray) -> np.ndarray:
         """Profile keys for UTC nanosecond times: a lattice lookup when aligned, else computed."""
+        return self._lookup(ns, 0)
+
+    def days(self, ns: np.ndarray) -> np.ndarray:
+        """Local day numbers (days since 1970-01-01) for UTC nanosecond times."""
+        return self._lookup(ns, 1)
+
+    def _lookup(self, ns: np.ndarray, which: int) -> np.ndarray:
         index, rest = np.divmod(ns, self.step_ns)
         if len(ns) == 0 or rest.any():
-            return self.keys_direct(ns)
+            return self.keys_and_days(ns)[which]
         lo, hi = int(index.min()) // self.BLOCK_STEPS, int(index.max()) // self.BLOCK_STEPS
         if lo == hi:
-            return self._block(lo)[index - lo * self.BLOCK_STEPS]
-        joined = np.concatenate([self._block(b) for b in range(lo, hi + 1)])
+            return self._block(lo)[which][index - lo * self.BLOCK_STEPS]
+        joined = np.concatenate([self._block(b)[which] for b in range(lo, hi + 1)])
         return joined[index - lo * self.BLOCK_STEPS]
 
     def span(self, first: int, count: int) -> np.ndarray:
@@ -474,13 +498,13 @@ class _Calendar:
         offset = first - b * self.BLOCK_STEPS
         if offset + count > self.BLOCK_STEPS:
             return self.keys(np.arange(first, first + count, dtype=np.int64) * self.step_ns)
-        return self._block(b)[offset:offset + count]
+        return self._block(b)[0][offset:offset + count]
 
-    def _block(self, b: int) -> np.ndarray:
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         block = self._blocks.get(b)
         if block is None:
             first = b * self.BLOCK_STEPS * self.step_ns
-            block = self._blocks[b] = self.keys_direct(
+            block = self._blocks[b] = self.keys_and_days(
                 first + np.arange(self.BLOCK_STEPS, dtype=np.int64) * self.step_ns)
         return block
 
@@ -489,23 +513,29 @@ class LoadForecaster:
     """Same-day-type load profile from recent history, corrected by the latest error.
 
     Profile: the mean load per (day type, local slot of day) over the ``weeks`` weeks of history before the
-    local day of the forecast start (complete days; day types are weekday (Mon–Fri), Saturday, Sunday or public
-    holiday (``holiday_country`` via the holidays package, plus ``extra_holidays``, e.g. a Tết shutdown). It is
-    rebuilt when the day changes or the history in its window does, so within a day a forecast costs a few
-    lookups. Correction: the mean of (measured − profile) over the last ``correction_hours`` of history, added
-    with weight ``exp(−L / decay_hours)`` at lead time ``L`` after the last measurement; it carries what today
-    has shown so far. Degradation with little history: before any complete day the profile is built from all
-    history so far; a (day type, slot) never seen uses the all-days mean of the slot; a slot never seen uses the
+    local day of the forecast start (complete days). Day types: weekday (Mon–Fri), Saturday, Sunday or public
+    holiday (``holiday_country`` via the holidays package, plus ``extra_holidays``), and shutdown
+    (``shutdown_days``: the plant's planned shutdowns, e.g. its Tết shutdown, ``site.planned_shutdowns``). A
+    measured day whose mean load is below :data:`LOW_DAY_RATIO` of the median of its type's days in the window is
+    profiled as the next lower type (a working day as a holiday, a holiday as a shutdown), so an unannounced stop
+    neither drags the working-day profile down nor goes unlearnt. The profile is rebuilt when the day changes or
+    the history in its window does, so within a day a forecast costs a few lookups. Correction: the mean of
+    (measured − profile) over the last ``correction_hours`` of history, added with weight
+    ``exp(−L / decay_hours)`` at lead time ``L`` after the last measurement; it carries what today has shown so
+    far. Degradation with little history: before any complete day the profile is built from all history so far;
+    a shutdown day with no shutdown in the window uses the window's :data:`BASE_LOAD_QUANTILE` load (the base
+    load); another (day type, slot) never seen uses the all-days mean of the slot; a slot never seen uses the
     mean of the window; no history at all uses ``fallback_kw`` or raises :class:`ForecastError`. The result is
     never negative.
     """
 
     def __init__(self, timezone: str, holiday_country: str | None = "VN", extra_holidays: Iterable[date] = (),
                  weeks: float = 3.0, correction_hours: float = 1.0, decay_hours: float = 2.0,
-                 fallback_kw: float | None = None):
+                 fallback_kw: float | None = None, shutdown_days: Iterable[date] = ()):
         self.timezone = timezone
         self.holiday_country = holiday_country
         self.extra_holidays = tuple(extra_holidays)
+        self.shutdown_days = tuple(shutdown_days)
         self.window_ns = int(weeks * 7 * NS_PER_DAY)
         self.correction_ns = int(correction_hours * NS_PER_H)
         self.decay_hours = decay_hours
@@ -513,9 +543,19 @@ class LoadForecaster:
         self._calendars: dict[int, _Calendar] = {}
         self._reader = _HistoryReader()
         self._history_keys = _PerTimestamps()  # profile keys of the history's timestamps
+        self._history_days = _PerTimestamps()  # local day numbers of the history's timestamps
         #: The last profile and what it was built from: (step minutes, timestamps, lo, hi, values or None, profile).
         self._profile: tuple | None = None
         self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
+
+    @classmethod
+    def for_site(cls, site: SiteInfo, holiday_country: str | None, extra_holidays: Iterable[date] = (),
+                 fallback_kw: float | None = None) -> LoadForecaster:
+        """The load forecaster of a site, as live control, ``ems plan`` and the offline MPC make it: the site's
+        time zone and planned shutdowns, the public holidays of ``holiday_country`` and the tariff's
+        ``extra_holidays``. ``fallback_kw``: the forecast before any load is measured. [kW]"""
+        return cls(site.timezone, holiday_country, extra_holidays, fallback_kw=fallback_kw,
+                   shutdown_days=site.shutdown_days())
 
     @property
     def look_back_ns(self) -> int:
@@ -527,7 +567,7 @@ class LoadForecaster:
         calendar = self._calendars.get(step_minutes)
         if calendar is None:
             calendar = self._calendars[step_minutes] = _Calendar(
-                self.timezone, step_minutes, self.holiday_country, self.extra_holidays)
+                self.timezone, step_minutes, self.holiday_country, self.extra_holidays, self.shutdown_days)
         return calendar
 
     def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:
@@ -597,7 +637,7 @@ class LoadForecaster:
     def _profile_of(self, calendar: _Calendar, step_minutes: int, ns: np.ndarray, values: np.ndarray,
                     keys: np.ndarray, lo: int, hi: int, append_only: bool) -> np.ndarray:
         """Mean load per profile key (day type · slots + slot) of the measured entries ``lo:hi`` of the history,
-        with the fallbacks of the class docstring. [kW]
+        low days re-typed (:meth:`_retyped`), with the fallbacks of the class docstring. [kW]
 
         The last profile is reused while the same entries come again: the same timestamp array and window, and,
         unless the history is a :class:`History` (whose past entries are never rewritten), the same values.
@@ -607,14 +647,47 @@ class LoadForecaster:
         if (cached is not None and cached[1] is ns and cached[0] == step_minutes and cached[2:4] == (lo, hi)
                 and (append_only or np.array_equal(cached[4], window, equal_nan=True))):
             return cached[5]
+        days = self._history_days.get(ns, step_minutes, calendar.days)
         _, measured, measured_keys = _measured(ns[lo:hi], window, keys[lo:hi])
-        size = 3 * calendar.slots
+        _, _, measured_days = _measured(ns[lo:hi], window, days[lo:hi])
+        measured_keys = self._retyped(measured, measured_keys, measured_days, calendar.slots)
+        size = DAY_TYPES * calendar.slots
         sums = np.bincount(measured_keys, weights=measured, minlength=size)
         counts = np.bincount(measured_keys, minlength=size)
-        slot_sums = sums.reshape(3, -1).sum(axis=0)
-        slot_counts = counts.reshape(3, -1).sum(axis=0)
+        slot_sums = sums.reshape(DAY_TYPES, -1).sum(axis=0)
+        slot_counts = counts.reshape(DAY_TYPES, -1).sum(axis=0)
         overall = float(measured.mean())
         slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), overall)
-        profile = np.where(counts > 0, sums / np.maximum(counts, 1), np.tile(slot_mean, 3))
+        unseen = np.tile(slot_mean, DAY_TYPES)
+        shutdown = slice(SHUTDOWN * calendar.slots, (SHUTDOWN + 1) * calendar.slots)
+        if not counts[shutdown].any():
+            unseen[shutdown] = float(np.quantile(measured, BASE_LOAD_QUANTILE))
+        profile = np.where(counts > 0, sums / np.maximum(counts, 1), unseen)
         self._profile = (step_minutes, ns, lo, hi, None if append_only else window.copy(), profile)
         return profile
+
+    @staticmethod
+    def _retyped(measured: np.ndarray, keys: np.ndarray, days: np.ndarray, slots: int) -> np.ndarray:
+        """``keys`` with the day type of every low day lowered by one (class docstring): a day measured over at
+        least :data:`MIN_DAY_COVERAGE` of its slots whose mean is below :data:`LOW_DAY_RATIO` of the median day
+        mean of its type. Working days are judged against working days, holidays against holidays; a working day
+        lowered to a holiday is then judged as one. [-]"""
+        if not len(days):
+            return keys
+        _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+        count = np.bincount(inverse)
+        mean = np.bincount(inverse, weights=measured) / count
+        day_type = keys[first] // slots
+        judged = count >= MIN_DAY_COVERAGE * slots
+        new_type = day_type.copy()
+        for kind, lower in ((WEEKDAY, SUNDAY_HOLIDAY), (SATURDAY, SUNDAY_HOLIDAY), (SUNDAY_HOLIDAY, SHUTDOWN)):
+            peers = judged & (day_type == kind)
+            if peers.sum() < 2:
+                continue
+            low = peers & (mean < LOW_DAY_RATIO * float(np.median(mean[peers])))
+            new_type[low] = lower
+            if lower == SUNDAY_HOLIDAY:
+                day_type = np.where(low, SUNDAY_HOLIDAY, day_type)
+        if np.array_equal(new_type, keys[first] // slots):
+            return keys
+        return keys + ((new_type - keys[first] // slots) * slots)[inverse]

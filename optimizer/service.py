@@ -172,7 +172,7 @@ def plan_for_site(site: PlanningSite, tariff: Tariff | SiteTariff, start: dateti
     if pv_kw is None:
         pv_kw = (pv_forecaster or PVForecaster(site.site, site.pv)).forecast(grid, pv_history)
     if load_kw is None:
-        forecaster = load_forecaster or LoadForecaster(site.site.timezone, extra_holidays=site.tariff.extra_holidays)
+        forecaster = load_forecaster or LoadForecaster.for_site(site.site, "VN", site.tariff.extra_holidays)
         load_kw = forecaster.forecast(grid, load_history)
     bound = tariff if isinstance(tariff, SiteTariff) else tariff.bind(site.site.timezone, site.tariff.extra_holidays)
     steps = TariffSteps.of(bound, grid.starts)

@@ -8,7 +8,7 @@ offline scenarios (``simulations/scenario.py``) reuse them too. Units follow doc
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,11 +28,46 @@ class Location(StrictModel):
     altitude_m: float = Field(default=0.0, ge=-500, le=9000, description="[m]")
 
 
+MAX_SHUTDOWN_SPAN_DAYS = 366
+"""Longest span of ``site.planned_shutdowns`` entry. [d]"""
+
+
+class DateSpan(StrictModel):
+    """Consecutive local calendar days, both ends included."""
+
+    first: date
+    last: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateSpan:
+        if self.last < self.first:
+            raise ValueError(f"last ({self.last}) is before first ({self.first})")
+        if (self.last - self.first).days >= MAX_SHUTDOWN_SPAN_DAYS:
+            raise ValueError(f"a span may cover at most {MAX_SHUTDOWN_SPAN_DAYS} days")
+        return self
+
+    def days(self) -> list[date]:
+        """Every day of the span, in order."""
+        return [self.first + timedelta(days=i) for i in range((self.last - self.first).days + 1)]
+
+
 class SiteInfo(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                       description="Short identifier, used in MQTT topics and InfluxDB tags")
     timezone: str = Field(description="IANA time zone for tariffs and people, e.g. Asia/Ho_Chi_Minh")
     location: Location
+    planned_shutdowns: list[date | DateSpan] = Field(
+        default_factory=list,
+        description="Local days the plant does not produce, known ahead (e.g. its Tết shutdown): dates or "
+                    "{first, last} spans. The load forecast plans them on the shutdown profile (docs/data.md); "
+                    "billing is not changed (that is tariff.extra_holidays)")
+
+    def shutdown_days(self) -> list[date]:
+        """Every day of :attr:`planned_shutdowns`, sorted, without repeats."""
+        days: set[date] = set()
+        for entry in self.planned_shutdowns:
+            days.update(entry.days() if isinstance(entry, DateSpan) else [entry])
+        return sorted(days)
 
     @field_validator("timezone")
     @classmethod

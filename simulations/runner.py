@@ -28,7 +28,7 @@ from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
 from optimizer.forecast import History
 from optimizer.service import TariffSteps
-from optimizer.site import BatterySpec
+from optimizer.site import BatterySpec, SiteInfo
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
@@ -46,7 +46,7 @@ from simulations.strategies import (
     Strategy,
     TouRule,
 )
-from simulations.synthetic import synthetic_year
+from simulations.synthetic import shutdown_days, synthetic_year
 
 REFERENCE = "no_system"
 """The reference every saving is measured against: the same load, no PV, no battery."""
@@ -293,6 +293,19 @@ def nominal_load_kw(scenario: Scenario) -> float | None:
     return None if syn is None else syn.load.weekday_mean_kw
 
 
+def forecast_site(scenario: Scenario) -> SiteInfo:
+    """The site as the MPC's load forecaster knows it: the scenario's ``site.planned_shutdowns`` plus, for a
+    synthetic year, the synthetic factory's Tết shutdown, which a plant plans and announces months ahead (its
+    irregular shutdown days stay unannounced; docs/data.md, "The harder year")."""
+    syn = scenario.data.synthetic
+    if syn is None:
+        return scenario.site
+    tet = shutdown_days(syn.load, syn.year)
+    if not tet:
+        return scenario.site
+    return scenario.site.model_copy(update={"planned_shutdowns": [*scenario.site.planned_shutdowns, *sorted(tet)]})
+
+
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
     """The strategy object for a name of :data:`simulations.scenario.StrategyName` (or ``no_system``)."""
     spec = scenario.battery.spec()
@@ -310,9 +323,9 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
             shape = np.asarray(HAI_PHONG_MONTHLY_KWH_PER_KWP, dtype=float)
             monthly = list(shape / shape.sum() * syn.annual_yield_kwh_per_kwp)
         country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
-        return Mpc(data, scenario.site, scenario.pv, spec, scenario.grid, scenario.planner, tol,
+        return Mpc(data, forecast_site(scenario), scenario.pv, spec, scenario.grid, scenario.planner, tol,
                    perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly,
-                   nominal_load_kw=nominal_load_kw(scenario))
+                   nominal_load_kw=nominal_load_kw(scenario), extra_holidays=scenario.tariff.extra_holidays)
     if name == "perfect_foresight":
         soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
         return PerfectForesight(data, spec, scenario.grid, scenario.planner, tol, soc0)

@@ -19,8 +19,9 @@ for all of them, so strategies differ only in their targets:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from functools import cached_property
 from typing import Protocol
 
@@ -199,19 +200,23 @@ class Mpc:
     nominal_load_kw : float | None
         The load forecast before any load has been measured (the first step of the period), e.g. from the
         scenario's load shape; None = 0 kW. Never taken from the data, which would look ahead. [kW]
+    site, holiday_country, extra_holidays
+        Make the load forecaster as live control does (:meth:`~optimizer.forecast.LoadForecaster.for_site`): the
+        site's planned shutdowns, the public holidays and the tariff's extra holidays.
     """
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
                  settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
-                 monthly_yield_kwh_per_kwp: list[float] | None, nominal_load_kw: float | None = None):
+                 monthly_yield_kwh_per_kwp: list[float] | None, nominal_load_kw: float | None = None,
+                 extra_holidays: Sequence[date] = ()):
         self.name = "mpc_perfect" if perfect else "mpc"
         self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
         self.tol_kw, self.perfect = tol_kw, perfect
         self.horizon = settings.horizon_steps
         self.planner = Planner(battery, grid, settings, self.horizon)
         self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
-        self.load_forecaster = LoadForecaster(site.timezone, holiday_country=holiday_country,
-                                              fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
+        self.load_forecaster = LoadForecaster.for_site(
+            site, holiday_country, extra_holidays, fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
         step_ns = round(float(data.duration_h[0]) * 3.6e12)
         look_back_ns = max(self.load_forecaster.look_back_ns, self.pv_forecaster.look_back_ns)
         #: Steps of history every forecast may read, counted back from the step it starts at.
