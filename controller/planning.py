@@ -312,7 +312,7 @@ class PlanKeeper:
         mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
         fixed = found[1].battery_kw if found is not None and mid_step else None
         risk = None
-        if tariff.demand_rate[0] > 0 and self.settings.demand_reserve_hours > 0:
+        if tariff.demand_rate[0] > 0 and self.settings.uses_peak_risk:
             risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
         target = 0.0
         measured = self.forecasts.measured()

@@ -39,7 +39,8 @@ SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 
 def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = True, window_h: float = 0.0,
-                reserve_h: float = 0.0, reserve_weight: float = 0.1) -> pyo.ConcreteModel:
+                reserve_h: float = 0.0, reserve_weight: float = 0.1, stress_level: float = 0.0,
+                stress_weight: float = 0.1) -> pyo.ConcreteModel:
     """Write the dispatch LP for a fixed grid of steps.
 
     Parameters
@@ -60,6 +61,18 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         ``reserve_weight`` × the demand rate. 0 = no reserve (no such columns or rows). [h]
     reserve_weight : float
         The chance that the excess comes, as a weight on the demand rate. [-]
+    stress_level : float
+        Under a demand charge: the *stress day* the battery must be able to carry at every moment. From the end of
+        each step on, the stored energy above the floor covers the stress net load ``load − pv + stress_level ·
+        risk`` above the running peak ``pk`` over the rest of the horizon, recharged only from the headroom below
+        that peak (``st_req`` per step: the energy needed from the step's start [kWh]; ``st_ex`` / ``st_room``: the
+        stress excess covered / the headroom recharged at the step [kW]). Energy above that can be spent on price
+        arbitrage. Where the stress day cannot be carried, the stress path's peak rises above ``pk`` by ``st_pk``
+        (a running maximum per month), charged at ``stress_weight`` × the demand rate: the plan pays for the chance
+        of a stress day, not for a certain new peak, and ``st_pk`` gives no headroom to import under. 0 = no such
+        columns or rows. [-]
+    stress_weight : float
+        The chance of the stress day, as a weight on the demand rate. [-]
 
     Returns
     -------
@@ -134,6 +147,19 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
             m.rsv_energy = pyo.Constraint(m.T, rule=lambda m, t: (
                 m.soc_w[t] - m.s_lo[t] + m.s_hi[t] - reserve_h * m.rsv[t] / eta_d >= battery.soc_min_kwh))
         m.pk_run = pyo.Constraint(later, rule=lambda m, t: m.pk[t] - m.pk[t - 1] >= -INF * m.peak_reset[t])
+        if stress_level > 0:
+            m.st_req = pyo.Var(m.T, bounds=(0, None))
+            m.st_pk = pyo.Var(m.T, bounds=(0, None))
+            m.st_pk_run = pyo.Constraint(later, rule=lambda m, t: m.st_pk[t] - m.st_pk[t - 1] >= -INF * m.peak_reset[t])
+            m.st_ex = pyo.Var(m.T, bounds=lambda m, t: (0, m.dis_max[t]))
+            m.st_room = pyo.Var(m.T, bounds=lambda m, t: (0, m.ch_max[t]))
+            m.st_net = pyo.Constraint(m.T, rule=lambda m, t: (
+                m.st_ex[t] - m.st_room[t] + m.pk[t] + m.st_pk[t] >= m.load_kw[t] - m.pv[t] + stress_level * m.risk[t]))
+            m.st_need = pyo.Constraint(m.T, rule=lambda m, t: (
+                m.st_req[t] - (m.st_req[t + 1] if t + 1 < n else 0.0)
+                - dt[t] * (m.st_ex[t] / eta_d - eta_c * m.st_room[t]) >= 0))
+            m.st_soc = pyo.Constraint(later, rule=lambda m, t: (
+                m.soc_w[t - 1] - m.s_lo[t - 1] + m.s_hi[t - 1] - m.st_req[t] >= battery.soc_min_kwh))
 
     def step_cost(t):
         yield dt[t] * m.c_imp[t] * m.imp[t]
@@ -148,6 +174,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
             yield m.peak_cost[t] * m.pk[t]
         if demand and reserve_h > 0:
             yield reserve_weight * m.peak_cost[t] * m.ex[t]
+        if demand and stress_level > 0:
+            yield stress_weight * m.peak_cost[t] * m.st_pk[t]
 
     terms = [term for t in m.T for term in step_cost(t)]
     terms += [dt[0] * m.fix_pen * m.fix_up, dt[0] * m.fix_pen * m.fix_dn,
@@ -398,7 +426,7 @@ TEMPLATE_MID = 2
 
 def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, demand: bool = True,
                     check_steps: int = 7, window_h: float = 0.0, reserve_h: float = 0.0,
-                    reserve_weight: float = 0.1) -> AffineLP:
+                    reserve_weight: float = 0.1, stress_level: float = 0.0, stress_weight: float = 0.1) -> AffineLP:
     """The affine LP of ``build_model`` for ``steps`` equal steps, without building it at that size.
 
     The model couples a step only to its neighbour, so every middle step has the same rows, columns
@@ -414,10 +442,10 @@ def tiled_affine_lp(step_h: float, steps: int, battery: BatterySpec, demand: boo
         Duration of every step. [h]
     steps : int
         Number of steps (≥ ``TEMPLATE_STEPS``).
-    window_h, reserve_h, reserve_weight : float
+    window_h, reserve_h, reserve_weight, stress_level, stress_weight : float
         As :func:`build_model`.
     """
-    args = (battery, demand, window_h, reserve_h, reserve_weight)
+    args = (battery, demand, window_h, reserve_h, reserve_weight, stress_level, stress_weight)
     template = extract_affine_lp(build_model(np.full(TEMPLATE_STEPS, step_h), *args))
     check = extract_affine_lp(build_model(np.full(check_steps, step_h), *args))
     _assert_same_lp(_tile(template, check_steps), check)

@@ -457,13 +457,16 @@ class Planner:
                   reserve: bool = False) -> AffineLP:
         """The affine LP for this planner's battery at the given step durations (``window_h``: the demand
         measure's window [h], 0 = per step; ``reserve``: with the demand reserve of
-        ``settings.demand_reserve_hours``)."""
+        ``settings.demand_reserve_hours`` and the stress day of ``settings.demand_stress_level``)."""
         reserve_h = self.settings.demand_reserve_hours if demand and reserve else 0.0
-        weight = self.settings.demand_reserve_weight
+        stress = self.settings.demand_stress_level if demand and reserve else 0.0
+        weights = {"reserve_weight": self.settings.demand_reserve_weight,
+                   "stress_weight": self.settings.demand_stress_weight}
         if len(duration_h) >= TEMPLATE_STEPS and np.all(duration_h == duration_h[0]):
             return tiled_affine_lp(float(duration_h[0]), len(duration_h), self.battery, demand, window_h=window_h,
-                                   reserve_h=reserve_h, reserve_weight=weight)
-        return extract_affine_lp(build_model(duration_h, self.battery, demand, window_h, reserve_h, weight))
+                                   reserve_h=reserve_h, stress_level=stress, **weights)
+        return extract_affine_lp(build_model(duration_h, self.battery, demand, window_h, reserve_h,
+                                             stress_level=stress, **weights))
 
     def parameter_vector(self, lp: AffineLP, inputs: PlanInputs) -> np.ndarray:
         """The flat parameter vector of ``lp`` for ``inputs``."""

@@ -236,10 +236,25 @@ class PlannerSettings(StrictModel):
                     "could have held on each of this many recent days of measured net load, the peak the month is "
                     "likely to reach anyway (optimizer/peak_target.py, docs/planner.md) [d]; 0 = the month-to-date "
                     "peak only")
+    demand_stress_level: float = Field(
+        default=2.0, ge=0, le=5,
+        description="Under a demand charge, the plan keeps at every moment the battery energy to hold the month's "
+                    "peak through the rest of the horizon on a stress day: net load at the forecast plus this many "
+                    "times its upper forecast error (optimizer/lp_model.py, docs/planner.md) [-]; 0 = off")
+    demand_stress_weight: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Weight on the demand rate of the peak rise on a stress day the battery could not carry: the "
+                    "chance of such a day [-]")
     demand_reserve_weight: float = Field(
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
                     "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
+
+    @property
+    def uses_peak_risk(self) -> bool:
+        """Whether plans under a demand charge need the net load's upper forecast error (the reserve or the stress
+        day is on)."""
+        return self.demand_reserve_hours > 0 or self.demand_stress_level > 0
 
     @property
     def horizon_steps(self) -> int:

@@ -263,7 +263,7 @@ class Mpc:
         tariff = d.tariff.steps(t, h)
         demand = tariff.demand_rate[0] > 0
         risk = None
-        if demand and self.settings.demand_reserve_hours > 0:
+        if demand and self.settings.uses_peak_risk:
             risk = np.zeros(h) if self.perfect else peak_risk_kw(
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
         target = 0.0

@@ -84,7 +84,7 @@ def _plan(risk: list[float] | None):
                    month_peak_kw=PEAK, billing_month=np.zeros(n, dtype=int), demand_window_h=0.5,
                    demand_window=np.arange(n) // 2,
                    peak_risk_kw=None if risk is None else np.asarray(risk, dtype=float))
-    return Planner(BATTERY, GRID, PlannerSettings(demand_reserve_hours=0.5), n).plan(p)
+    return Planner(BATTERY, GRID, PlannerSettings(demand_reserve_hours=0.5, demand_stress_level=0), n).plan(p)
 
 
 def _month_peak(plan, actual_load: np.ndarray) -> float:
@@ -121,6 +121,54 @@ def test_a_spike_the_reserve_absorbs_holds_the_planned_peak() -> None:
     assert held.soc_kwh[15] == pytest.approx(40.0, abs=0.5) and bare.soc_kwh[15] == pytest.approx(0.0, abs=0.5)
     assert _month_peak(held, actual) == pytest.approx(PEAK, abs=0.5)
     assert _month_peak(bare, actual) > PEAK + 30.0
+
+
+# A dark-afternoon day: 200 kW is the month's peak; the dear morning (load 100 kW) tempts the plan to empty the
+# full battery (240 kWh), counting on recharging in the afternoon under the peak, where the point forecast has
+# 300 kW of load and 150 kW of PV (50 kW of headroom for 4 h: 200 kWh); the PV may come 100 kW lower (risk).
+DARK_LOAD = np.array([100.0] * 8 + [300.0] * 16)
+DARK_PV = np.array([0.0] * 8 + [150.0] * 16)
+DARK_RISK = np.array([0.0] * 8 + [100.0] * 16)
+
+
+def _dark_day_plan(stress_level: float):
+    n = len(DARK_LOAD)
+    p = PlanInputs(grid=regular_grid(T0, n, 15), pv_kw=DARK_PV, load_kw=DARK_LOAD, import_price=PRICE,
+                   export_price=np.zeros(n), soc0_kwh=240.0, demand_charge_per_kw=RATE, month_peak_kw=PEAK,
+                   billing_month=np.zeros(n, dtype=int), demand_window_h=0.5, demand_window=np.arange(n) // 2,
+                   peak_risk_kw=DARK_RISK)
+    settings = PlannerSettings(demand_reserve_hours=0, demand_stress_level=stress_level, demand_stress_weight=1.0)
+    return Planner(BATTERY, GRID, settings, n).plan(p)
+
+
+def test_the_stress_day_keeps_the_energy_a_dark_afternoon_needs() -> None:
+    """Known answer: on the stress day (κ = 1) the afternoon's net load is 300 − 150 + 100 = 250 kW, 50 kW above the
+    peak for 4 h: 200 kWh must be stored when the afternoon starts, so the dear morning may use only 40 kWh. The
+    plan without it discharges all the morning's 100 kW load takes (200 kWh), leaving 40 kWh. When the afternoon is dark (net 250 kW), the
+    first holds the month's peak at 200 kW and the second sets a new one at 250 kW."""
+    stressed, bare = _dark_day_plan(1.0), _dark_day_plan(0.0)
+    assert stressed.soc_kwh[7] == pytest.approx(200.0, abs=0.5)
+    assert bare.soc_kwh[7] == pytest.approx(40.0, abs=0.5)
+    assert float(np.max(stressed.demand_kw)) <= PEAK + 1e-6 and float(np.max(bare.demand_kw)) <= PEAK + 1e-6
+    dark = DARK_LOAD - DARK_PV + DARK_RISK  # what the meter sees: the PV came 100 kW under the forecast
+    assert _month_peak(stressed, dark) == pytest.approx(PEAK, abs=0.5)
+    assert _month_peak(bare, dark) == pytest.approx(250.0, abs=0.5)
+
+
+def test_a_stress_day_the_battery_cannot_carry_costs_its_chance_not_a_new_peak() -> None:
+    """κ = 3: 400 kW of stress net load would need 800 kWh; the plan keeps what it can (the whole battery) and
+    accepts the stress path's rise above the peak at the stress weight, without planning any import above 200 kW."""
+    plan = _dark_day_plan(3.0)
+    assert float(np.max(plan.import_kw)) <= PEAK + 1e-6
+    assert plan.soc_kwh[7] == pytest.approx(240.0, abs=0.5)
+
+
+@pytest.mark.parametrize("stress_level", [0.0, 2.0])
+def test_tiled_lp_with_the_stress_day_equals_direct_extraction(stress_level: float) -> None:
+    battery = BatterySpec(capacity_kwh=10, max_charge_kw=5, max_discharge_kw=4, discharge_efficiency=0.95)
+    direct = extract_affine_lp(build_model(np.full(12, 0.25), battery, True, 0.5, 1.0, stress_level=stress_level))
+    _assert_same_lp(tiled_affine_lp(0.25, 12, battery, True, window_h=0.5, reserve_h=1.0,
+                                    stress_level=stress_level), direct)
 
 
 def test_the_window_ceiling_keeps_the_window_average_at_the_peak() -> None:
