@@ -144,8 +144,8 @@ def _dark_day_plan(stress_level: float):
 def test_the_stress_day_keeps_the_energy_a_dark_afternoon_needs() -> None:
     """Known answer: on the stress day (κ = 1) the afternoon's net load is 300 − 150 + 100 = 250 kW, 50 kW above the
     peak for 4 h: 200 kWh must be stored when the afternoon starts, so the dear morning may use only 40 kWh. The
-    plan without it discharges all the morning's 100 kW load takes (200 kWh), leaving 40 kWh. When the afternoon is dark (net 250 kW), the
-    first holds the month's peak at 200 kW and the second sets a new one at 250 kW."""
+    plan without it discharges all the morning's 100 kW load takes (200 kWh), leaving 40 kWh. When the afternoon is
+    dark (net 250 kW), the first holds the month's peak at 200 kW and the second sets a new one at 250 kW."""
     stressed, bare = _dark_day_plan(1.0), _dark_day_plan(0.0)
     assert stressed.soc_kwh[7] == pytest.approx(200.0, abs=0.5)
     assert bare.soc_kwh[7] == pytest.approx(40.0, abs=0.5)
