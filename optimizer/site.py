@@ -56,8 +56,8 @@ class SiteInfo(StrictModel):
                       description="Short identifier, used in MQTT topics and InfluxDB tags")
     timezone: str = Field(description="IANA time zone for tariffs and people, e.g. Asia/Ho_Chi_Minh")
     location: Location
-    planned_shutdowns: list[date | DateSpan] = Field(
-        default_factory=list,
+    planned_shutdowns: tuple[date | DateSpan, ...] = Field(
+        default=(),
         description="Local days the plant does not produce, known ahead (e.g. its Tết shutdown): dates or "
                     "{first, last} spans. The load forecast plans them on the shutdown profile (docs/data.md); "
                     "billing is not changed (that is tariff.extra_holidays)")

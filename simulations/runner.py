@@ -303,7 +303,7 @@ def forecast_site(scenario: Scenario) -> SiteInfo:
     tet = shutdown_days(syn.load, syn.year)
     if not tet:
         return scenario.site
-    return scenario.site.model_copy(update={"planned_shutdowns": [*scenario.site.planned_shutdowns, *sorted(tet)]})
+    return scenario.site.model_copy(update={"planned_shutdowns": (*scenario.site.planned_shutdowns, *sorted(tet))})
 
 
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
