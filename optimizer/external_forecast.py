@@ -44,6 +44,8 @@ DEFAULT_VALID_HOURS = 6.0
 CLOCK_SKEW_S = 300.0
 #: Quantities a forecast may carry.
 QUANTITIES = ("pv_kw", "load_kw")
+#: Fields a forecast may carry.
+FIELDS = ("source", "issued_at", "valid_hours", "start", "step_minutes", "unit", *QUANTITIES)
 _UNITS = {"kW": 1.0, "W": 1e-3}
 
 
@@ -121,11 +123,9 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
     """
     if not isinstance(payload, dict):
         raise ForecastInputError(f"the forecast must be a JSON object, got {type(payload).__name__}")
-    unknown = sorted(set(payload) - {"source", "issued_at", "valid_hours", "start", "step_minutes", "unit",
-                                     *QUANTITIES})
+    unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: source, issued_at, valid_hours, start, "
-                                 f"step_minutes, unit, {', '.join(QUANTITIES)}")
+        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: {', '.join(FIELDS)}")
     source = payload.get("source", "external")
     if not isinstance(source, str) or not source.strip() or len(source) > 64:
         raise ForecastInputError(f"source: a name of 1–64 characters is required, got {source!r}")
