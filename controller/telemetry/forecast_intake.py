@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.commands import sender
-from controller.telemetry.remote import MAX_JSON_DEPTH, AuditFn
+from controller.telemetry.remote import MAX_JSON_DEPTH, MAX_REASON_CHARS, AuditFn
 from controller.telemetry.strict_json import PayloadError, loads_strict, printable
 from ems.clock import Clock
 from optimizer.external_forecast import ExternalForecasts, SubmitResult
@@ -54,8 +54,6 @@ class ForecastIntake:
     def __init__(self, store: ExternalForecasts, clock: Clock, site: str | None = None,
                  audit: AuditFn | None = None):
         self.store, self.clock, self.site, self.audit = store, clock, site, audit
-        self.accepted = 0
-        self.rejected = 0
 
     def handle(self, payload: bytes | str | Mapping[str, Any], *, interface: str, identity: str | None = None,
                retained: bool = False, max_bytes: int = MAX_FORECAST_BYTES) -> dict[str, Any]:
@@ -99,13 +97,11 @@ class ForecastIntake:
     def _answer(self, payload: bytes | str | Mapping[str, Any], result: SubmitResult, command_id: str | None,
                 interface: str, identity: str | None) -> dict[str, Any]:
         if result.accepted:
-            self.accepted += 1
             reason = (f"accepted: {result.source}, {'+'.join(result.quantities)}, {result.steps} steps, "
                       f"expires {result.expires_at.isoformat() if result.expires_at else '-'}")
         else:
-            self.rejected += 1
-            reason = printable(result.error or "rejected")
-            log.warning("forecast from %s rejected: %s", sender(interface, identity), reason[:1000])
+            reason = printable(result.error or "rejected")[:MAX_REASON_CHARS]
+            log.warning("forecast from %s rejected: %s", sender(interface, identity), reason)
         self._record(payload, result.accepted, reason, interface, identity)
         answer = {"command": COMMAND, "id": command_id, **result.as_dict(), "ts": self.clock.now().isoformat()}
         if result.error is not None:
@@ -122,7 +118,7 @@ class ForecastIntake:
         try:
             self.audit(ts=self.clock.now(), interface=interface, identity=identity, command=COMMAND,
                        payload=dict(payload) if isinstance(payload, Mapping) else payload, accepted=accepted,
-                       reason=reason[:1000])
+                       reason=reason)
         except Exception:
             log.exception("forecast: audit entry not recorded")
 
