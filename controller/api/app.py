@@ -498,7 +498,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         except PayloadError as exc:
             forecast_intake.refuse(raw, str(exc), interface="rest", identity=token.name)  # recorded, like MQTT's
             raise ProblemError(422, "Invalid request", str(exc), kind="invalid-request") from None
-        answer = forecast_intake.handle(data, interface="rest", identity=token.name, max_bytes=MAX_BODY_BYTES)
+        answer = forecast_intake.handle(data, interface="rest", identity=token.name)  # the body limit was checked
         result = {k: answer[k] for k in ("accepted", "error", "source", "quantities", "steps", "expires_at")}
         if not answer["accepted"]:
             return problem(422, "Forecast rejected", answer["error"], kind="forecast-rejected", **result)
