@@ -56,7 +56,7 @@ class ForecastIntake:
         self.store, self.clock, self.site, self.audit = store, clock, site, audit
 
     def handle(self, payload: bytes | str | Mapping[str, Any], *, interface: str, identity: str | None = None,
-               retained: bool = False, max_bytes: int = MAX_FORECAST_BYTES) -> dict[str, Any]:
+               retained: bool = False) -> dict[str, Any]:
         """Submit one forecast; returns its answer (``forecast_result.json``). Never raises.
 
         Parameters
@@ -67,12 +67,10 @@ class ForecastIntake:
             The sender: MQTT user property ``user``, token name.
         retained : bool
             A retained MQTT message: applied only when newer than the forecast in use.
-        max_bytes : int
-            Largest payload taken. [bytes]
         """
         command_id: str | None = None
         try:
-            data = _decode(payload, max_bytes)
+            data = _decode(payload)
             if isinstance(data, dict) and "id" in data:
                 command_id = data.pop("id")
                 if not isinstance(command_id, str) or len(command_id) > MAX_ID_CHARS:
@@ -123,7 +121,7 @@ class ForecastIntake:
             log.exception("forecast: audit entry not recorded")
 
 
-def _decode(payload: bytes | str | Mapping[str, Any], max_bytes: int) -> Any:
+def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
     """The forecast's JSON value (not yet validated); raises :class:`PayloadError` naming what is wrong."""
     if isinstance(payload, Mapping):  # an in-process caller: the same rules as for bytes from outside
         try:
@@ -136,4 +134,4 @@ def _decode(payload: bytes | str | Mapping[str, Any], max_bytes: int) -> Any:
         raw = bytes(payload)
     if not raw:
         raise PayloadError("empty payload: a forecast is a JSON object (docs/data.md, External forecasts)")
-    return loads_strict(raw, max_bytes=max_bytes, max_depth=MAX_JSON_DEPTH)
+    return loads_strict(raw, max_bytes=MAX_FORECAST_BYTES, max_depth=MAX_JSON_DEPTH)
