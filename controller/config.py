@@ -31,6 +31,7 @@ from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_
 
 from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
+from controller.forecast_csv import ForecastCsvSettings
 from controller.groups import GroupSettings
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
@@ -82,6 +83,9 @@ class ControlSettings(StrictModel):
     validation: ValidationSettings = ValidationSettings()
     groups: GroupSettings = GroupSettings()
     audit: AuditSettings = AuditSettings()
+    external_forecast_csv: ForecastCsvSettings | None = Field(
+        default=None, description="A forecast CSV file read before the first plan and whenever it changes "
+                                  "(docs/data.md, External forecasts)")
 
 
 GROUP_NAMES = {Role.BATTERY: "battery-group", Role.PV_INVERTER: "pv-group"}

@@ -42,6 +42,8 @@ from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
 from controller.devices import Device
 from controller.dispatch import Decision, Dispatcher, Source, Target
+from controller.forecast_csv import ALARM as CSV_ALARM
+from controller.forecast_csv import ForecastCsvFile
 from controller.groups import ALARM_PREFIXES as GROUP_ALARMS
 from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
@@ -117,7 +119,8 @@ class Controller:
     """
 
     def __init__(self, config: SiteConfig, devices: Mapping[Any, Device], clock: Clock, tariff: SiteTariff,
-                 state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None):
+                 state_path: Path, forecasts: ForecastSource | None = None, notify: SdNotify | None = None,
+                 config_dir: Path | None = None):
         self.config = config
         self.assets = Assets(devices, config.battery, config.pv.ac_limit_kw, config.control.groups, clock)
         self.devices = self.assets.devices
@@ -142,6 +145,9 @@ class Controller:
         #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
         self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
         self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
+        csv = ctl.external_forecast_csv  # relative to the site file (config_dir)
+        self.forecast_csv = None if csv is None else ForecastCsvFile(csv, config_dir or Path.cwd(),
+                                                                     self.external_forecasts)
         self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
@@ -175,7 +181,8 @@ class Controller:
                                                                         config.tariff.extra_holidays)
         devices = build_devices(config, path, clock, pool or ConnectionPool())
         directory = state_directory or state_dir(config, path)
-        return cls(config, devices, clock, tariff, directory / STATE_FILE, forecasts=forecasts)
+        return cls(config, devices, clock, tariff, directory / STATE_FILE, forecasts=forecasts,
+                   config_dir=path.resolve().parent)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -469,7 +476,19 @@ class Controller:
     async def plan_once(self, why: str) -> None:
         """One planning attempt now on the latest snapshot (the planning task calls this; tests may too)."""
         snap, now = self.snapshot, self.clock.now()
+        self._read_forecast_csv(now)
         await self.replanner.attempt(why, snap, self.demand.month_peak_kw(now), self.demand.running(now)[2])
+
+    def _read_forecast_csv(self, now: datetime) -> None:
+        """The forecast file (``control.external_forecast_csv``) again if it changed; its alarm follows it."""
+        if self.forecast_csv is None:
+            return
+        self.forecast_csv.poll(now)
+        error = self.forecast_csv.error
+        if error is None or self.alarms.get(CSV_ALARM) != error:
+            self._clear(CSV_ALARM, now)
+        if error is not None:
+            self._raise(CSV_ALARM, error, now)
 
     def _planned(self, outcome: PlanOutcome, why: str, now: datetime) -> None:
         """After a planning attempt: the ``planner_failed`` alarm, or the new plan stored and published."""

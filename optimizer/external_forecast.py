@@ -10,7 +10,7 @@ A forecast is a JSON object (REST body, MQTT payload) or a CSV file (docs/data.m
 ``unit`` is ``kW`` (default) or ``W`` (divided by 1000). Refused, with a message naming the field: a missing or
 zone-less timestamp, ``issued_at`` in the future, ``start`` off the step lattice or more than a day before
 ``issued_at``, a horizon of more than :data:`MAX_HORIZON_H`, a non-finite value, negative PV or load, PV above
-``pv_limit_kw``, a validity outside (0, :data:`MAX_VALID_HOURS`].
+``pv_limit_kw``, a validity outside (0, :data:`MAX_VALID_HOURS`], a forecast already expired when it arrives.
 
 A forecast expires ``valid_hours`` after ``issued_at`` (default :data:`DEFAULT_VALID_HOURS`); the newest valid
 one per quantity is used for the steps it covers and the built-in model everywhere else (:meth:`ExternalForecasts.
@@ -44,6 +44,8 @@ DEFAULT_VALID_HOURS = 6.0
 CLOCK_SKEW_S = 300.0
 #: Quantities a forecast may carry.
 QUANTITIES = ("pv_kw", "load_kw")
+#: Fields a forecast may carry.
+FIELDS = ("source", "issued_at", "valid_hours", "start", "step_minutes", "unit", *QUANTITIES)
 _UNITS = {"kW": 1.0, "W": 1e-3}
 
 
@@ -121,11 +123,9 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
     """
     if not isinstance(payload, dict):
         raise ForecastInputError(f"the forecast must be a JSON object, got {type(payload).__name__}")
-    unknown = sorted(set(payload) - {"source", "issued_at", "valid_hours", "start", "step_minutes", "unit",
-                                     *QUANTITIES})
+    unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: source, issued_at, valid_hours, start, "
-                                 f"step_minutes, unit, {', '.join(QUANTITIES)}")
+        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: {', '.join(FIELDS)}")
     source = payload.get("source", "external")
     if not isinstance(source, str) or not source.strip() or len(source) > 64:
         raise ForecastInputError(f"source: a name of 1–64 characters is required, got {source!r}")
@@ -174,8 +174,12 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
         raise ForecastInputError(f"pv_kw and load_kw have different lengths {sorted(lengths)}")
-    return ExternalForecast(source=source, issued_at=issued, expires_at=issued + timedelta(hours=valid_h),
-                            start=start, step_minutes=step, values=values)
+    expires = issued + timedelta(hours=valid_h)
+    if expires <= now:
+        raise ForecastInputError(f"valid_hours: the forecast issued at {issued.isoformat()} expired at "
+                                 f"{expires.isoformat()} (now {now.isoformat()})")
+    return ExternalForecast(source=source, issued_at=issued, expires_at=expires, start=start, step_minutes=step,
+                            values=values)
 
 
 def csv_payload(text: str, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS) -> dict:
@@ -223,13 +227,23 @@ class ExternalForecasts:
         self.pv_limit_kw = pv_limit_kw
         self._latest: dict[str, ExternalForecast] = {}
 
-    def submit(self, payload: object, now: datetime | None = None) -> SubmitResult:
-        """Validate and keep a forecast (REST, MQTT); never raises for bad input: the result says why."""
+    def submit(self, payload: object, now: datetime | None = None, *, only_newer: bool = False) -> SubmitResult:
+        """Validate and keep a forecast (REST, MQTT); never raises for bad input: the result says why.
+
+        ``only_newer`` refuses a forecast not issued after the one in use for one of its quantities (a retained
+        MQTT forecast, delivered again on every reconnect, must not replace a newer one)."""
         now = now or datetime.now(UTC)
         try:
             forecast = parse_forecast(payload, now, self.pv_limit_kw)
         except ForecastInputError as exc:
             return SubmitResult(accepted=False, error=str(exc))
+        if only_newer:
+            for name in forecast.values:
+                held = self.current(name, now)
+                if held is not None and held.issued_at >= forecast.issued_at:
+                    return SubmitResult(accepted=False, source=forecast.source, error=(
+                        f"issued_at: {forecast.issued_at.isoformat()} is not newer than the {name} forecast in use "
+                        f"({held.source}, issued {held.issued_at.isoformat()}): not applied again"))
         for name in forecast.values:
             self._latest[name] = forecast
         return SubmitResult(accepted=True, source=forecast.source, quantities=tuple(forecast.values),

@@ -416,3 +416,9 @@ async def test_forecasts_from_outside_are_validated_and_kept(api: Api) -> None:
     assert negative.headers["content-type"] == "application/problem+json"
     assert zoneless.status_code == 422 and "start" in zoneless.json()["detail"]
     assert garbage.status_code == 422
+    async with api.client("viewer") as client:   # every submission is in the audit log, by token name
+        entries = (await client.get("/audit?interface=rest")).json()["entries"]
+    assert [(e["command"], e["identity"], e["accepted"]) for e in entries] == [
+        ("forecast", "operator", False)] * 3 + [("forecast", "operator", True)]
+    assert "pv_kw[1]" in entries[2]["reason"] and "malformed JSON" in entries[0]["reason"]
+    assert entries[3]["payload"]["pv_kw"] == body["pv_kw"]

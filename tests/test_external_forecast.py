@@ -163,3 +163,16 @@ def test_the_planners_source_takes_external_forecasts_until_they_expire():
     assert source.origin == {"pv_kw": "weather-service+builtin", "load_kw": "builtin"}
     clock["now"] = NOW + timedelta(hours=6)
     assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"
+
+
+def test_an_expired_forecast_is_refused_and_a_retained_copy_only_replaces_an_older_one():
+    store = ExternalForecasts()
+    late = store.submit(payload(valid_hours=1), now=NOW + timedelta(hours=1))   # issued 07:00, now 08:00 (+07:00)
+    assert not late.accepted and "valid_hours: the forecast issued at" in late.error and "expired at" in late.error
+    assert store.submit(payload(), now=NOW, only_newer=True).accepted            # nothing in use: taken
+    again = store.submit(payload(), now=NOW + timedelta(minutes=5), only_newer=True)
+    assert not again.accepted and "not newer than the pv_kw forecast in use" in again.error
+    newer = payload(issued_at="2026-06-01T07:10:00+07:00", pv_kw=[1.0] * 4, load_kw=None)
+    assert store.submit(newer, now=NOW + timedelta(minutes=10), only_newer=True).accepted
+    assert store.current("pv_kw", NOW + timedelta(minutes=10)).values["pv_kw"].tolist() == [1.0] * 4
+    assert store.current("load_kw", NOW + timedelta(minutes=10)).values["load_kw"].tolist()[0] == 400.0

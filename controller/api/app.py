@@ -45,6 +45,7 @@ from controller.api.roles import Lockout, Role, Token, TokenStore
 from controller.api.settings import RuntimeSettings, SettingsChange
 from controller.audit import INTERFACES, AuditLog
 from controller.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from controller.telemetry.forecast_intake import ForecastIntake
 from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIntake, schema
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
@@ -327,6 +328,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
                               "of one site. Units in field names (kW, kWh, %); grid import +, battery "
                               "discharge +. Errors are RFC 9457 problem documents. docs/integration.md.")
     app.state.api = ctx
+    forecast_intake = None if ctx.forecasts is None else ForecastIntake(
+        ctx.forecasts, ctx.clock, site=ctx.site, audit=ctx.audit.record if ctx.audit is not None else None)
     install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(SiteHeader, site=ctx.site)
@@ -486,17 +489,20 @@ def create_api(ctx: ApiContext) -> FastAPI:
               summary="Submit a PV and/or load forecast from outside (operator); it replaces the built-in forecast "
                       "for the steps it covers until it expires (docs/data.md, External forecasts)")
     async def post_forecast(request: Request, token: Operator) -> Any:
-        if ctx.forecasts is None:
+        if forecast_intake is None:
             raise ProblemError(503, "No forecast intake", "this controller takes no external forecasts",
                                kind="no-forecasts")
+        raw = await request.body()
         try:
-            data = loads_strict(await request.body(), max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
+            data = loads_strict(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
         except PayloadError as exc:
+            forecast_intake.refuse(raw, str(exc), interface="rest", identity=token.name)  # recorded, like MQTT's
             raise ProblemError(422, "Invalid request", str(exc), kind="invalid-request") from None
-        result = ctx.forecasts.submit(data, now=ctx.clock.now())
-        if not result.accepted:
-            return problem(422, "Forecast rejected", result.error, kind="forecast-rejected", **result.as_dict())
-        return JSONResponse(result.as_dict())
+        answer = forecast_intake.handle(data, interface="rest", identity=token.name)  # the body limit was checked
+        result = {k: answer[k] for k in ("accepted", "error", "source", "quantities", "steps", "expires_at")}
+        if not answer["accepted"]:
+            return problem(422, "Forecast rejected", answer["error"], kind="forecast-rejected", **result)
+        return JSONResponse(result)
 
     _add_problem_schema(app)
     return app

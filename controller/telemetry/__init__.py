@@ -71,7 +71,8 @@ class TelemetryContext:
     settings : RuntimeSettings, optional
         Run-time settings an admin may change over the REST API.
     forecasts : ExternalForecasts, optional
-        Where forecasts from outside are submitted (the REST API's ``POST /forecasts``; docs/data.md).
+        Where forecasts from outside are submitted (MQTT ``forecast``, the REST API's ``POST /forecasts``;
+        docs/data.md); each submission is recorded in ``audit``.
     """
 
     site: str
@@ -143,14 +144,17 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     from controller.dashboard.app import HISTORY_POINTS, DashboardHub, DashboardServer, create_app
     from controller.dashboard.history import FILE_NAME, HistoryStore
     from controller.telemetry.config import secret_from_env
+    from controller.telemetry.forecast_intake import ForecastIntake
     from controller.telemetry.influx import InfluxSink, InfluxWriter
     from controller.telemetry.metrics import ControllerMetrics
     from controller.telemetry.mqtt import MqttSink
     from controller.telemetry.outbox import Outbox
     from controller.telemetry.remote import CommandIntake
 
-    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site,
-                                        audit=ctx.audit.record if ctx.audit is not None else None))
+    record = ctx.audit.record if ctx.audit is not None else None
+    telemetry = Telemetry(CommandIntake(ctx.apply, ctx.clock, site=ctx.site, audit=record))
+    forecasts = None if ctx.forecasts is None else ForecastIntake(ctx.forecasts, ctx.clock, site=ctx.site,
+                                                                  audit=record)
     influx = settings.influxdb
     if influx.enabled:
         path = influx.outbox_path if influx.outbox_path.is_absolute() else ctx.state_dir / influx.outbox_path
@@ -162,7 +166,8 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
         telemetry.influx.start()
         telemetry.pump(bus.subscribe(KINDS), telemetry.influx.offer, "influxdb")
     if settings.mqtt.enabled:
-        telemetry.mqtt = MqttSink(settings.mqtt, ctx.site, telemetry.intake, on_alarm=ctx.on_alarm)
+        telemetry.mqtt = MqttSink(settings.mqtt, ctx.site, telemetry.intake, on_alarm=ctx.on_alarm,
+                                  forecasts=forecasts)
         mqtt_offer = _with_command_counters(telemetry.intake, telemetry.mqtt.offer)
         _seed(bus, mqtt_offer)
         telemetry.mqtt.start()

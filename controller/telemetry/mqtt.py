@@ -18,7 +18,10 @@ Topics under ``<prefix>/<site>/`` (docs/telemetry.md, payload schemas in ``schem
   ``telemetry.duplicate_site`` and tries again after the back-off. A newer claim seen while running
   raises the same alarm and is answered with this process's claim, so the newcomer refuses;
 * ``park/cmd/<name>`` (in) and ``park/cmd/<name>/result``: commands from the park uplink, handled
-  like the others only when ``park_commands`` is on, otherwise each is answered refused.
+  like the others only when ``park_commands`` is on, otherwise each is answered refused;
+* ``forecast`` (in, when the controller takes external forecasts) and ``forecast/result`` (QoS 1): a PV
+  and/or load forecast from outside (:mod:`controller.telemetry.forecast_intake`, at most 64 kB; a retained
+  one is applied only when newer than the forecast in use), queued and answered like a command.
 
 aiomqtt neither reconnects nor queues: the connection loop reconnects with exponential back-off
 and resubscribes, the latest state and plan are republished on every connect, and alarms wait in
@@ -51,6 +54,7 @@ import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.telemetry.config import MqttSettings, secret_from_env
+from controller.telemetry.forecast_intake import ForecastIntake
 from controller.telemetry.remote import CommandIntake
 
 log = logging.getLogger(__name__)
@@ -146,12 +150,16 @@ class MqttSink:
         Validates and applies commands received on ``cmd/<name>``.
     on_alarm : AlarmFn, optional
         ``(code, active, message)`` on transitions of :data:`QUEUE_ALARM` and :data:`DUPLICATE_ALARM`.
+    forecasts : ForecastIntake, optional
+        Takes forecasts from outside on ``forecast`` (not subscribed without it).
     """
 
-    def __init__(self, settings: MqttSettings, site: str, intake: CommandIntake, on_alarm: AlarmFn | None = None):
+    def __init__(self, settings: MqttSettings, site: str, intake: CommandIntake, on_alarm: AlarmFn | None = None,
+                 forecasts: ForecastIntake | None = None):
         self.settings = settings
         self.site = site
         self.intake = intake
+        self.forecasts = forecasts
         self.on_alarm = on_alarm
         self.base = f"{settings.topic_prefix}/{site}"
         self.connected = asyncio.Event()
@@ -164,7 +172,7 @@ class MqttSink:
         self._plan: dict[str, Any] | None = None
         self._plan_dirty = False
         self._alarms: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED_ALARMS)
-        self._unsent_results: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT_RESULTS)
+        self._unsent_results: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT_RESULTS)  # (topic, payload)
         self._commands: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(settings.command_queue)
         self._queue_alarm = False
         self.claim = {"instance": uuid.uuid4().hex, "site": site, "started": datetime.now(UTC).isoformat(),
@@ -275,8 +283,9 @@ class MqttSink:
         if self.settings.claim_site:
             await self._claim_site(client)
         await client.publish(self.topic("status"), b"online", qos=1, retain=True)
-        for commands in ("cmd/+", "park/cmd/+"):
-            await client.subscribe(self.topic(commands), options=SubscribeOptions(qos=1, retainAsPublished=True))
+        inputs = ("cmd/+", "park/cmd/+") + (("forecast",) if self.forecasts is not None else ())
+        for leaf in inputs:
+            await client.subscribe(self.topic(leaf), options=SubscribeOptions(qos=1, retainAsPublished=True))
         self.connects += 1
         if self.last_error is not None:
             log.info("MQTT connected again to %s:%d", self.settings.host, self.settings.port)
@@ -364,15 +373,22 @@ class MqttSink:
             if self._on_claim(_payload(message)):  # answer with ours: the newcomer sees it and refuses
                 await client.publish(self.topic("instance"), _json(self.claim), qos=1, retain=True)
             return
+        forecast = self.forecasts is not None and topic == self.topic("forecast")
         name = self._command_name(topic)
-        if name is None:
+        if name is None and not forecast:
             return
         if not self._commands.full():
             self._commands.put_nowait(message)
             return
         self._set_queue_alarm(True)
+        if name is None:
+            if self.forecasts is not None:
+                await self._publish_result(client, self.topic("forecast/result"), self.forecasts.refuse(
+                    _payload(message), f"busy: {self._commands.qsize()} commands waiting; send it again later",
+                    interface="mqtt", identity=sender_of(message)))
+            return
         interface = "park" if name.startswith("park/") else "mqtt"
-        await self._publish_result(client, name, self.intake.busy(
+        await self._publish_result(client, self._result_topic(name), self.intake.busy(
             name.removeprefix("park/"), _payload(message), waiting=self._commands.qsize(), interface=interface,
             identity=sender_of(message)))
 
@@ -393,8 +409,13 @@ class MqttSink:
         return None
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        name = self._command_name(str(message.topic)) or ""
         identity = sender_of(message)
+        if self.forecasts is not None and str(message.topic) == self.topic("forecast"):
+            answer = self.forecasts.handle(_payload(message), interface="mqtt", identity=identity,
+                                           retained=bool(message.retain))
+            await self._publish_result(client, self.topic("forecast/result"), answer)
+            return
+        name = self._command_name(str(message.topic)) or ""
         if name.startswith("park/"):
             name = name.removeprefix("park/")
             if not self.settings.park_commands:
@@ -403,11 +424,11 @@ class MqttSink:
             else:
                 result = self.intake.handle(name, _payload(message), interface="park", identity=identity,
                                             retained=bool(message.retain))
-            await self._publish_result(client, f"park/{name}", result)
+            await self._publish_result(client, self._result_topic(f"park/{name}"), result)
             return
         result = self.intake.handle(name, _payload(message), interface="mqtt", identity=identity,
                                     retained=bool(message.retain))
-        await self._publish_result(client, name, result)
+        await self._publish_result(client, self._result_topic(name), result)
 
     async def _per_message(self, step: Callable[[aiomqtt.Client, aiomqtt.Message], Awaitable[None]],
                            client: aiomqtt.Client, message: aiomqtt.Message) -> None:
@@ -426,16 +447,16 @@ class MqttSink:
             return self.topic(f"park/cmd/{name.removeprefix('park/')}/result")
         return self.topic(f"cmd/{name}/result")
 
-    async def _publish_result(self, client: aiomqtt.Client, name: str, result: Mapping[str, Any]) -> None:
-        """Publish a command's result; kept for the next connection if this one is cut meanwhile."""
+    async def _publish_result(self, client: aiomqtt.Client, topic: str, result: Mapping[str, Any]) -> None:
+        """Publish a command's result on ``topic``; kept for the next connection if this one is cut meanwhile."""
         payload = _json(result)
         try:
-            await client.publish(self._result_topic(name), payload, qos=1)
+            await client.publish(topic, payload, qos=1)
         except (aiomqtt.MqttError, asyncio.CancelledError):
-            self._unsent_results.append((name, payload))
+            self._unsent_results.append((topic, payload))
             raise
         except Exception:  # e.g. a topic paho refuses: lose this result, not the loop
-            log.exception("command %s: result could not be published", name)
+            log.exception("%s: result could not be published", topic)
 
     def _set_queue_alarm(self, active: bool) -> None:
         if active == self._queue_alarm:
@@ -470,8 +491,8 @@ class MqttSink:
         while True:
             self._wake.clear()
             while self._unsent_results:
-                name, payload = self._unsent_results[0]
-                await client.publish(self._result_topic(name), payload, qos=1)
+                topic, payload = self._unsent_results[0]
+                await client.publish(topic, payload, qos=1)
                 self._unsent_results.popleft()
             while self._alarms:
                 await self._publish_item(client, "alarms", self._alarms[0], retain=False)

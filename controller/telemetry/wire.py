@@ -6,9 +6,12 @@
 * :class:`CommandResultMessage`: the answer to every command (``cmd/<name>/result``, the dashboard's and
   the REST API's command responses);
 * :class:`StateMessage`: the cycle state (``ems/<site>/state``, the dashboard's ``state`` events), built by
-  ``Controller._state_payload``.
+  ``Controller._state_payload``;
+* :class:`ForecastMessage` and :class:`ForecastResultMessage`: a forecast from outside (``ems/<site>/forecast``,
+  ``POST /api/v1/forecasts``) and its answer; the checks are :func:`optimizer.external_forecast.parse_forecast`.
 
-``controller/telemetry/schemas/cmd_<name>.json``, ``cmd_result.json`` and ``state.json`` are generated
+``controller/telemetry/schemas/cmd_<name>.json``, ``cmd_result.json``, ``state.json``, ``forecast.json`` and
+``forecast_result.json`` are generated
 from these models and committed (for consumers that read them without Python); a test checks that the
 committed files are what the models generate. After changing a model::
 
@@ -28,6 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from controller.commands import COMMAND_MODELS
+from optimizer.external_forecast import DEFAULT_VALID_HOURS, MAX_HORIZON_H, MAX_VALID_HOURS
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -260,6 +264,54 @@ class StateMessage(_Part):
         None, description="Live forecast accuracy; null without measured forecasters")
 
 
+# ------------------------------------------------------------------------------------------ forecasts
+
+MAX_STEPS = int(MAX_HORIZON_H * 60 / 5)
+"""Most values a forecast may carry (the longest horizon in 5-min steps; fewer for longer steps)."""
+
+
+Values = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=MAX_STEPS)]
+"""A forecast's values, one per interval."""
+
+
+class ForecastMessage(BaseModel):
+    """Payload of ems/<site>/forecast (MQTT, at most 64 kB) and body of POST /api/v1/forecasts: a PV and/or load
+    forecast from outside; it replaces the built-in forecast for the steps it covers until it expires
+    (docs/data.md, External forecasts). Values at interval starts start + i * step_minutes."""
+
+    model_config = ConfigDict(extra="forbid", title="External forecast",
+                              json_schema_extra={"anyOf": [{"required": ["pv_kw"]}, {"required": ["load_kw"]}]})
+
+    id: str | Absent = Field(None, max_length=64, description="Correlation id, echoed in the result")
+    source: str = Field("external", min_length=1, max_length=64, description="Who made the forecast")
+    issued_at: AwareDatetime = Field(description="When it was made (ISO 8601 with offset; not in the future)")
+    valid_hours: float = Field(DEFAULT_VALID_HOURS, gt=0, le=MAX_VALID_HOURS,
+                               description="It expires this long after issued_at [h]")
+    start: AwareDatetime = Field(description="Start of the first interval, on the step lattice, at most a day "
+                                             "before issued_at")
+    step_minutes: Literal[5, 10, 15, 30, 60] = 15
+    unit: Literal["kW", "W"] = "kW"
+    pv_kw: Values | Absent = Field(None, description="PV AC power per interval (at most the PV AC limit) [unit]")
+    load_kw: Values | Absent = Field(None, description="Site load per interval, same length as pv_kw [unit]")
+
+
+class ForecastResultMessage(BaseModel):
+    """Payload of ems/<site>/forecast/result (not retained), one per forecast received over MQTT."""
+
+    model_config = ConfigDict(extra="forbid", title="External forecast result")
+
+    command: Literal["forecast"]
+    id: str | None = Field(None, description="The forecast's correlation id, null when it had none")
+    accepted: bool
+    error: str | None = Field(description="Why it was refused, naming the field; null when accepted")
+    source: str | None = None
+    quantities: list[Literal["pv_kw", "load_kw"]] = Field(description="What it replaced")
+    steps: Annotated[int, Field(ge=0)]
+    expires_at: AwareDatetime | None = Field(description="When it stops being used (UTC); null when refused")
+    ts: AwareDatetime = Field(description="Controller site time (UTC)")
+    site: str | Absent = Field(None, description="Site id of the controller that answered")
+
+
 # ------------------------------------------------------------------------------------------ schemas
 
 
@@ -279,7 +331,8 @@ def command_schema(name: str) -> dict[str, Any]:
 def schemas() -> dict[str, dict[str, Any]]:
     """Every generated schema by file stem (``cmd_<name>``, ``cmd_result``, ``state``)."""
     out = {f"cmd_{name}": command_schema(name) for name in COMMAND_MODELS}
-    for stem, model in (("cmd_result", CommandResultMessage), ("state", StateMessage)):
+    for stem, model in (("cmd_result", CommandResultMessage), ("state", StateMessage),
+                        ("forecast", ForecastMessage), ("forecast_result", ForecastResultMessage)):
         out[stem] = _wrap(stem, _tidy(model.model_json_schema()), " ".join((model.__doc__ or "").split()))
     return out
 
