@@ -230,9 +230,9 @@ class Mpc:
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
-        pv = surplus.planned_pv(self.settings.surplus_rule, self.pv_forecaster.forecast(grid, pv_history),
-                                d.import_price[t:t + self.horizon],
-                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels=levels))
+        point = self.pv_forecaster.forecast(grid, pv_history)
+        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
+                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
         return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
