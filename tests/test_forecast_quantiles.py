@@ -119,6 +119,17 @@ def test_pv_quantiles_are_ordered_bounded_and_dark_at_night(hard_year):
     assert np.all((out[2] - out[0])[clear > 0.3 * scenario.pv.ac_limit_kw] > 0)  # a band where the sun is up
 
 
+def test_pv_quantiles_from_a_given_point_forecast_are_the_same(hard_year):
+    """A caller that has the point forecast hands it over (the offline MPC's surplus rule): the same quantiles."""
+    scenario, data = hard_year
+    history = history_of(data.starts, data.pv_kw)
+    given, computed = forecasters(scenario)[0], forecasters(scenario)[0]
+    for i in range(150 * 96, 151 * 96, 9):
+        grid = regular_grid(data.starts[i], 96, 15)
+        point = given.forecast(grid, history)
+        assert np.array_equal(given.quantiles(grid, history, point=point), computed.quantiles(grid, history))
+
+
 def test_quantiles_leave_the_point_forecasts_unchanged_and_do_not_look_ahead(base_year):
     scenario, data = base_year
     history_pv, history_load = history_of(data.starts, data.pv_kw), history_of(data.starts, data.load_kw)
