@@ -263,7 +263,7 @@ class Mpc:
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
         target = 0.0
         if demand and self.settings.demand_target_days > 0:
-            target = self.peak_target(*self._history_views(t, ctx), int(grid.starts[0].value),
+            target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
                                       float(grid.duration_h[0]), tariff.window_h)
         inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin, target)
         try:

@@ -47,6 +47,25 @@ def test_known_error_quantiles():
     assert np.allclose(out, np.array([5 - 6.0, 5.0, 5 + 6.0]).clip(0)[:, None])  # 5 ± 1.5 · 4, bounded at 0
 
 
+def test_levels_asked_in_turn_give_what_each_alone_gives():
+    # the surplus rule (P10/P50/P90) and the demand reserve (P90 alone) ask one forecaster in turn, across issue
+    # periods: each answer is what a forecaster asked only for those levels gives
+    starts = quarter_hours("2026-03-01", 20)
+    history = history_of(starts, (np.arange(len(starts)) * 7) % 13)
+
+    def made() -> ErrorQuantiles:
+        return ErrorQuantiles(lambda grid, _: np.full(len(grid), 3.0), days=14, issue_every_hours=3)
+
+    both, only_three, only_one = made(), made(), made()
+    for i in range(17 * 96, 18 * 96, 5):
+        grid = regular_grid(starts[i], 96, 15)
+        point = np.full(96, 50.0)
+        three = both.quantiles(grid, history, history.ns, history.values, point)
+        one = both.quantiles(grid, history, history.ns, history.values, point, levels=(0.9,))
+        assert np.array_equal(three, only_three.quantiles(grid, history, history.ns, history.values, point))
+        assert np.array_equal(one, only_one.quantiles(grid, history, history.ns, history.values, point, levels=(0.9,)))
+
+
 def test_scaled_errors_and_bounds():
     # errors of +10 % of the scale everywhere: every quantile is point + 0.1 · scale, capped at ``upper``
     starts = quarter_hours("2026-03-01", 20)
