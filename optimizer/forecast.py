@@ -391,7 +391,7 @@ class PVForecaster:
         return np.minimum(clear * k, self.pv.ac_limit_kw)
 
     def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
-                  levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
+                  levels: Sequence[float] = DEFAULT_LEVELS, point: np.ndarray | None = None) -> np.ndarray:
         """Quantile forecasts of PV AC power per grid step (P10/P50/P90 by default).
 
         The point forecast plus the empirical quantiles of this forecaster's own errors over the last 14 days,
@@ -399,12 +399,14 @@ class PVForecaster:
         :data:`PV_QUANTILE_WIDEN` (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`); so at night every
         quantile is 0 and around a clear noon the band is widest. The point forecast (:meth:`forecast`) is
         unchanged; nothing of this runs unless called. Shape ``(len(levels), len(grid))``, each in [0, AC limit],
-        non-decreasing along the levels. [kW]
+        non-decreasing along the levels. ``point``: :meth:`forecast` of the same grid and history when the caller
+        has it already (it is not computed again). [kW]
         """
         if self._quantiles is None:
             self._quantiles = ErrorQuantiles(self.forecast, scale=self.clear_sky_kw, upper=self.pv.ac_limit_kw,
                                              min_scale=DAYLIGHT_SHARE * self.pv.ac_limit_kw, widen=PV_QUANTILE_WIDEN)
-        point = self.forecast(grid, history)
+        if point is None:
+            point = self.forecast(grid, history)
         if self.pv.ac_limit_kw <= 0:
             return np.zeros((len(levels), len(grid)))
         ns, values = self._reader.read(history)

@@ -78,7 +78,9 @@ class ErrorQuantiles:
         #: issue time [ns] → errors per step of a hindcast, for one (steps, step) shape
         self._errors: dict[int, np.ndarray] = {}
         self._shape: tuple[int, int] | None = None
-        self._table: tuple[tuple, np.ndarray] | None = None  # (issues, levels) → quantile per (level, bucket)
+        #: levels → (last and first issue, quantile per (level, bucket)); one table per set of levels, so callers
+        #: asking for different levels in turn (the surplus rule, the demand reserve) do not evict each other's
+        self._tables: dict[tuple[float, ...], tuple[tuple[int, int], np.ndarray]] = {}
 
     def buckets(self, lead_ns: np.ndarray) -> np.ndarray:
         """Bucket number per lead time [ns] (0 = shortest)."""
@@ -125,14 +127,15 @@ class ErrorQuantiles:
         """Error quantile per (level, bucket) from the hindcasts complete before ``t0``. [scale units]"""
         step_ns = step_minutes * 60_000_000_000
         if self._shape != (steps, step_ns):
-            self._errors, self._shape, self._table = {}, (steps, step_ns), None
+            self._errors, self._shape, self._tables = {}, (steps, step_ns), {}
         last = (t0 - steps * step_ns) // self.every_ns * self.every_ns  # the last issue whose horizon has ended
         first = last - (self.window_ns // self.every_ns - 1) * self.every_ns
         if len(ns):  # a hindcast needs a measurement before its issue time
             first = max(first, -(-(int(ns[0]) + step_ns) // self.every_ns) * self.every_ns)
-        key = (last, first, tuple(levels))  # changes once per issue period
-        if self._table is not None and self._table[0] == key:
-            return self._table[1]
+        issued, level_key = (last, first), tuple(levels.tolist())  # the issues change once per issue period
+        cached = self._tables.get(level_key)
+        if cached is not None and cached[0] == issued:
+            return cached[1]
         issues = range(last, first - 1, -self.every_ns) if last >= first and len(ns) else range(0)
         for old in [s for s in self._errors if s < first or s > last]:
             del self._errors[old]
@@ -151,7 +154,7 @@ class ErrorQuantiles:
                 if len(sample) >= self.min_errors:
                     q = np.quantile(sample, np.concatenate([levels, [0.5]]))
                     table[:, b] = q[-1] + self.widen * (q[:-1] - q[-1])
-        self._table = (key, table)
+        self._tables[level_key] = (issued, table)
         return table
 
     def _hindcast_errors(self, history: object, ns: np.ndarray, values: np.ndarray, issue_ns: int, steps: int,

@@ -235,9 +235,9 @@ class Mpc:
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
-        pv = surplus.planned_pv(self.settings.surplus_rule, self.pv_forecaster.forecast(grid, pv_history),
-                                d.import_price[t:t + self.horizon],
-                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels=levels))
+        point = self.pv_forecaster.forecast(grid, pv_history)
+        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
+                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
         return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
@@ -268,7 +268,7 @@ class Mpc:
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
         target = 0.0
         if demand and self.settings.demand_target_days > 0:
-            target = self.peak_target(*self._history_views(t, ctx), int(grid.starts[0].value),
+            target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
                                       float(grid.duration_h[0]), tariff.window_h)
         inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin, target)
         try:

@@ -47,6 +47,25 @@ def test_known_error_quantiles():
     assert np.allclose(out, np.array([5 - 6.0, 5.0, 5 + 6.0]).clip(0)[:, None])  # 5 ± 1.5 · 4, bounded at 0
 
 
+def test_levels_asked_in_turn_give_what_each_alone_gives():
+    # the surplus rule (P10/P50/P90) and the demand reserve (P90 alone) ask one forecaster in turn, across issue
+    # periods: each answer is what a forecaster asked only for those levels gives
+    starts = quarter_hours("2026-03-01", 20)
+    history = history_of(starts, (np.arange(len(starts)) * 7) % 13)
+
+    def made() -> ErrorQuantiles:
+        return ErrorQuantiles(lambda grid, _: np.full(len(grid), 3.0), days=14, issue_every_hours=3)
+
+    both, only_three, only_one = made(), made(), made()
+    for i in range(17 * 96, 18 * 96, 5):
+        grid = regular_grid(starts[i], 96, 15)
+        point = np.full(96, 50.0)
+        three = both.quantiles(grid, history, history.ns, history.values, point)
+        one = both.quantiles(grid, history, history.ns, history.values, point, levels=(0.9,))
+        assert np.array_equal(three, only_three.quantiles(grid, history, history.ns, history.values, point))
+        assert np.array_equal(one, only_one.quantiles(grid, history, history.ns, history.values, point, levels=(0.9,)))
+
+
 def test_scaled_errors_and_bounds():
     # errors of +10 % of the scale everywhere: every quantile is point + 0.1 · scale, capped at ``upper``
     starts = quarter_hours("2026-03-01", 20)
@@ -117,6 +136,17 @@ def test_pv_quantiles_are_ordered_bounded_and_dark_at_night(hard_year):
     clear = pv.clear_sky_kw(grid)
     assert np.all(out[:, clear == 0] == 0)
     assert np.all((out[2] - out[0])[clear > 0.3 * scenario.pv.ac_limit_kw] > 0)  # a band where the sun is up
+
+
+def test_pv_quantiles_from_a_given_point_forecast_are_the_same(hard_year):
+    """A caller that has the point forecast hands it over (the offline MPC's surplus rule): the same quantiles."""
+    scenario, data = hard_year
+    history = history_of(data.starts, data.pv_kw)
+    given, computed = forecasters(scenario)[0], forecasters(scenario)[0]
+    for i in range(150 * 96, 151 * 96, 9):
+        grid = regular_grid(data.starts[i], 96, 15)
+        point = given.forecast(grid, history)
+        assert np.array_equal(given.quantiles(grid, history, point=point), computed.quantiles(grid, history))
 
 
 def test_quantiles_leave_the_point_forecasts_unchanged_and_do_not_look_ahead(base_year):
