@@ -16,14 +16,13 @@ nothing. An expired one is refused whether retained or not.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from controller.commands import sender
 from controller.telemetry.remote import MAX_JSON_DEPTH, MAX_REASON_CHARS, AuditFn
-from controller.telemetry.strict_json import PayloadError, loads_strict, printable
+from controller.telemetry.strict_json import PayloadError, loads_strict, payload_bytes, printable
 from ems.clock import Clock
 from optimizer.external_forecast import ExternalForecasts, SubmitResult
 
@@ -123,15 +122,7 @@ class ForecastIntake:
 
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
     """The forecast's JSON value (not yet validated); raises :class:`PayloadError` naming what is wrong."""
-    if isinstance(payload, Mapping):  # an in-process caller: the same rules as for bytes from outside
-        try:
-            raw = json.dumps(dict(payload), allow_nan=True).encode("ascii")
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"not JSON: {exc}") from None
-    elif isinstance(payload, str):
-        raw = payload.encode("utf-8", errors="surrogatepass")
-    else:
-        raw = bytes(payload)
+    raw = payload_bytes(payload)
     if not raw:
         raise PayloadError("empty payload: a forecast is a JSON object (docs/data.md, External forecasts)")
     return loads_strict(raw, max_bytes=MAX_FORECAST_BYTES, max_depth=MAX_JSON_DEPTH)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from jsonschema import Draft202012Validator
 
 from controller.commands import COMMAND_MODELS, CommandResult, sender
-from controller.telemetry.strict_json import PayloadError, loads_strict, printable
+from controller.telemetry.strict_json import PayloadError, loads_strict, payload_bytes, printable
 from ems.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -243,19 +243,9 @@ class CommandIntake:
 
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
     """The command's JSON value (not yet checked against its schema); raises ``_Rejected``."""
-    if isinstance(payload, Mapping):  # an in-process caller: the same rules as for bytes from outside
-        try:
-            raw = json.dumps(dict(payload), allow_nan=True).encode("ascii")
-        except (TypeError, ValueError) as exc:
-            raise _Rejected(f"not JSON: {exc}") from None
-    elif isinstance(payload, str):
-        raw = payload.encode("utf-8", errors="surrogatepass")  # a lone surrogate is then refused as not UTF-8
-    else:
-        raw = bytes(payload)
-    if not raw:
-        return {}
     try:
-        return loads_strict(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_JSON_DEPTH)
+        raw = payload_bytes(payload)
+        return loads_strict(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_JSON_DEPTH) if raw else {}
     except PayloadError as exc:
         raise _Rejected(str(exc)) from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 BYTE_ORDER_MARKS = ((b"\xef\xbb\xbf", "UTF-8"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
@@ -148,3 +149,17 @@ def printable(text: str) -> str:
     """``text`` with any lone surrogate written as ``\\udXXX`` text, so that it can be encoded (logged, stored)
     as UTF-8."""
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def payload_bytes(payload: bytes | str | Mapping[str, Any]) -> bytes:
+    """The bytes of a message as they came, or of an in-process caller's object encoded as JSON, so that both pass
+    the same checks (a string is UTF-8 with lone surrogates kept, to be refused as not UTF-8). Raises
+    :class:`PayloadError` for an object that is not JSON."""
+    if isinstance(payload, Mapping):
+        try:
+            return json.dumps(dict(payload), allow_nan=True).encode("ascii")
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"not JSON: {exc}") from None
+    if isinstance(payload, str):
+        return payload.encode("utf-8", errors="surrogatepass")
+    return bytes(payload)
