@@ -143,7 +143,9 @@ async def test_ctrl_c_mid_test_leaves_the_unit_at_zero(tmp_path):
             sys.executable, "-m", "ems.cli", "devices", "test", "--config", str(path), "battery", "--kw", "20",
             "--hold-s", "30", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         image = site.images["battery"]
-        async with asyncio.timeout(20):
+        # 45 s: room for a slow start on a loaded machine, and still short of the 60 s the two 30 s holds would
+        # take if the interrupt were ignored
+        async with asyncio.timeout(45):
             while image.setpoint("battery_setpoint_kw") != -20.0:   # charging: the first step is under way
                 await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGINT)
