@@ -650,9 +650,9 @@ class LoadForecaster:
                 and (append_only or np.array_equal(cached[4], window, equal_nan=True))):
             return cached[5]
         days = self._history_days.get(ns, step_minutes, calendar.days)
-        _, measured, measured_keys = _measured(ns[lo:hi], window, keys[lo:hi])
-        _, _, measured_days = _measured(ns[lo:hi], window, days[lo:hi])
-        measured_keys = self._retyped(measured, measured_keys, measured_days, calendar.slots)
+        keep = ~np.isnan(window)
+        measured = window[keep]
+        measured_keys = self._retyped(measured, keys[lo:hi][keep], days[lo:hi][keep], calendar.slots)
         size = DAY_TYPES * calendar.slots
         sums = np.bincount(measured_keys, weights=measured, minlength=size)
         counts = np.bincount(measured_keys, minlength=size)
@@ -679,17 +679,14 @@ class LoadForecaster:
         _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
         count = np.bincount(inverse)
         mean = np.bincount(inverse, weights=measured) / count
-        day_type = keys[first] // slots
+        given = keys[first] // slots
         judged = count >= MIN_DAY_COVERAGE * slots
-        new_type = day_type.copy()
+        day_type = given.copy()
         for kind, lower in ((WEEKDAY, SUNDAY_HOLIDAY), (SATURDAY, SUNDAY_HOLIDAY), (SUNDAY_HOLIDAY, SHUTDOWN)):
-            peers = judged & (day_type == kind)
+            peers = judged & (day_type == kind)  # the holiday pass also judges the working days lowered before it
             if peers.sum() < 2:
                 continue
-            low = peers & (mean < LOW_DAY_RATIO * float(np.median(mean[peers])))
-            new_type[low] = lower
-            if lower == SUNDAY_HOLIDAY:
-                day_type = np.where(low, SUNDAY_HOLIDAY, day_type)
-        if np.array_equal(new_type, keys[first] // slots):
+            day_type[peers & (mean < LOW_DAY_RATIO * float(np.median(mean[peers])))] = lower
+        if np.array_equal(day_type, given):
             return keys
-        return keys + ((new_type - keys[first] // slots) * slots)[inverse]
+        return keys + ((day_type - given) * slots)[inverse]
