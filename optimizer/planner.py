@@ -24,7 +24,7 @@ from datetime import datetime
 import highspy
 import numpy as np
 
-from optimizer import costs
+from optimizer import coarse_horizon, costs
 from optimizer.costs import Schedule
 from optimizer.lp_model import (
     INF,
@@ -410,6 +410,12 @@ class _Solver:
             self.highs.setOptionValue(name, value)
 
 
+#: LPs (with their HiGHS instance and basis) a planner keeps, one per step pattern: a coarse far horizon
+#: (:mod:`optimizer.coarse_horizon`) alternates between two patterns as the plan start moves by one step, and a
+#: billing month's start inside the horizon adds one for a while.
+MAX_SOLVERS = 4
+
+
 #: HiGHS threads of every planner instance. HiGHS starts one task scheduler per OS thread at its first solve, sized
 #: by the first instance that solves there, and counts the machine's cores (reading /sys) twice per ``run()`` when
 #: ``threads`` is 0 but once when it is set: ~0.03 ms of a ~0.4 ms hot re-solve. The planner's dual simplex is
@@ -491,20 +497,24 @@ class Planner:
         if len(inputs.grid) != self.steps:
             raise PlannerError(f"this planner plans {self.steps} steps, the inputs have {len(inputs.grid)}")
         t0 = time.perf_counter()
-        dur = np.asarray(inputs.grid.duration_h, dtype=float)
         demand = inputs.demand_charge_per_kw > 0
         window_h = inputs.demand_window_h if demand and inputs.demand_window is not None else 0.0
+        blocks = coarse_horizon.blocks(inputs.grid, self.settings, inputs.billing_month, window_h if demand else None)
+        lp_inputs = inputs if blocks is None else coarse_horizon.coarsen(inputs, blocks)
+        dur = np.asarray(lp_inputs.grid.duration_h, dtype=float)
         reserve = demand and inputs.peak_risk_kw is not None
         key = (demand, window_h, reserve, dur.tobytes())
-        solver = self._solvers.get(key)
+        solver = self._solvers.pop(key, None)
         build_ms = 0.0
         if solver is None:
             lp = self.affine_lp(dur, demand, window_h, reserve)
-            solver = _Solver(lp, self.parameter_vector(lp, inputs), self.settings.time_limit_s)
-            self._solvers = {key: solver}
+            solver = _Solver(lp, self.parameter_vector(lp, lp_inputs), self.settings.time_limit_s)
+            while len(self._solvers) >= MAX_SOLVERS:
+                self._solvers.pop(next(iter(self._solvers)))
             build_ms = (time.perf_counter() - t0) * 1e3
+        self._solvers[key] = solver  # most recently used last
         t1 = time.perf_counter()
-        solver.update(self.parameter_vector(solver.lp, inputs))
+        solver.update(self.parameter_vector(solver.lp, lp_inputs))
         t2 = time.perf_counter()
         x, self.last_objective = solver.run()
         note = None
@@ -516,7 +526,9 @@ class Planner:
         t3 = time.perf_counter()
         info = SolverInfo(status="optimal", build_ms=build_ms, update_ms=(t2 - t1) * 1e3,
                           solve_ms=(t3 - t2) * 1e3, note=note)
-        return _schedule(v), info
+        if blocks is None:
+            return _schedule(v), info
+        return coarse_horizon.expand(_schedule(v), blocks, inputs, costs.export_cap_kw(inputs, self.grid)), info
 
     def _one_direction(self, solver: _Solver, x: np.ndarray) -> tuple[np.ndarray, float]:
         """Re-solve with the smaller of charge/discharge forced to 0 where both were used.

@@ -208,6 +208,14 @@ class TariffRef(StrictModel):
 class PlannerSettings(StrictModel):
     step_minutes: int = Field(default=15, ge=1, le=60)
     horizon_hours: float = Field(default=24.0, gt=0, le=24 * 7)
+    block_minutes: int = Field(
+        default=30, ge=0, le=240,
+        description="After fine_hours, the LP plans in blocks of this many minutes aligned to the clock (a multiple "
+                    "of step_minutes); plans are still reported per step (optimizer/coarse_horizon.py) [min]; "
+                    "0, or at most one step = every step at step_minutes")
+    fine_hours: float = Field(
+        default=1.0, ge=0, le=24 * 7,
+        description="Hours from a plan's start that the LP plans at step_minutes before the blocks begin [h]")
     time_limit_s: float = Field(default=5.0, gt=0, le=600, description="Solver wall-clock limit [s]")
     plan_valid_hours: float = Field(default=2.0, gt=0,
                                     description="A plan older than this is expired and not followed [h]")
@@ -249,6 +257,13 @@ class PlannerSettings(StrictModel):
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
                     "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
+
+    @model_validator(mode="after")
+    def _whole_blocks(self) -> PlannerSettings:
+        if self.block_minutes > self.step_minutes and self.block_minutes % self.step_minutes:
+            raise ValueError(f"planner.block_minutes ({self.block_minutes}) must be a multiple of "
+                             f"planner.step_minutes ({self.step_minutes}) (or at most one step: no blocks)")
+        return self
 
     @property
     def uses_peak_risk(self) -> bool:

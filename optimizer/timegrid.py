@@ -73,6 +73,11 @@ class TimeGrid:
         return _grid_from_ns(sub_ns, self.duration_h[first:first + count],
                              self._uniform_step_ns if len(sub_ns) else None)
 
+    def merged(self, first: np.ndarray, duration_h: np.ndarray) -> TimeGrid:
+        """Consecutive steps merged into one from each index of ``first`` (ascending, from 0) up to the next, whose
+        durations ``duration_h`` [h] the caller has summed; without re-validation."""
+        return _grid_from_ns(self._starts_ns[first], duration_h, None)
+
     @property
     def starts(self) -> pd.DatetimeIndex:
         """Step starts (UTC), built from :attr:`starts_ns` on first use for a :meth:`window`."""

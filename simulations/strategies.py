@@ -318,7 +318,7 @@ class PerfectForesight:
         inputs = plan_inputs(data.grid(0, n), tariff, data.pv_kw[:n], data.load_kw[:n], SiteState(soc0_kwh))
         if np.any(data.demand_rate[:n] != data.demand_rate[0]):
             raise ValueError("perfect foresight needs one demand-charge rate over the period")
-        offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S})
+        offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S, "block_minutes": 0})
         self.plan = Planner(battery, grid, offline, n).plan(inputs)
         self.solve_s, self.replans = self.plan.solver.solve_ms / 1e3, 1
         edges = np.flatnonzero(np.diff(months)) + 1

@@ -35,7 +35,9 @@ BATTERIES = (
                 standby_loss_kw=0.05),
 )
 GRIDS = (GridSpec(import_cap_kw=12, export_cap_kw=0), GridSpec(export_cap_kw=6))
-SETTINGS = (PlannerSettings(), PlannerSettings(terminal_value="none"))
+#: The native-step LP (no coarse far horizon): these properties are of the LP itself (tests/test_coarse_horizon.py
+#: covers the blocks).
+SETTINGS = (PlannerSettings(block_minutes=0), PlannerSettings(terminal_value="none", block_minutes=0))
 PERIODS = ("off_peak", "normal", "peak")
 PROPS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
