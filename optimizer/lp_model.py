@@ -34,7 +34,7 @@ INF = 1e20
 #: them in one pass.
 POWER_PARAMS = ("pv", "load_kw", "ch_max", "dis_max", "imp_cap", "exp_cap")
 STEP_PARAMS = (*POWER_PARAMS, "c_imp", "c_exp", "peak_floor", "peak_cost", "peak_reset", "c_tie", "win_reset",
-               "win_prior", "risk")
+               "win_prior", "risk", "c_tie_dis")
 SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
 
 
@@ -167,7 +167,7 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         yield -dt[t] * m.c_exp[t] * m.exp[t]
         yield (dt[t] * m.pen - dt[t] * m.c_exp[t]) * m.dump[t]
         yield dt[t] * (m.c_wear + m.c_tie[t]) * m.ch[t]
-        yield dt[t] * (m.c_wear + m.c_tie[t]) * m.dis[t]
+        yield dt[t] * (m.c_wear + m.c_tie_dis[t]) * m.dis[t]
         yield dt[t] * m.pen * m.s_lo[t]
         yield dt[t] * m.pen * m.s_hi[t]
         if demand:

@@ -52,8 +52,11 @@ MIN_THROUGHPUT_COST = 1e-6
 #: at the last [currency/kWh per currency/kWh]. Where prices are equal over several steps (a whole peak or
 #: off-peak window) many schedules cost the same and the LP would pick any, e.g. 500 kW, idle, 500 kW; the
 #: tilt makes it charge and discharge as early as the economics allow, in contiguous blocks, and the choice
-#: survives a receding-horizon shift. It is left out of the reported cost, so it can make a plan dearer by at
-#: most TIE_BREAK_COST × max |price| per kWh of throughput (1e-4 of the price).
+#: survives a receding-horizon shift. Under a demand charge the discharge tilt falls instead (discharge as late as
+#: the economics allow): energy kept in the battery until it is needed is a reserve the dispatcher can use against
+#: a load above the forecast, where energy sold at the start of a peak-price window is gone (docs/planner.md,
+#: "Demand charge"). It is left out of the reported cost, so it can make a plan dearer by
+#: at most TIE_BREAK_COST × max |price| per kWh of throughput (1e-4 of the price).
 TIE_BREAK_COST = 1e-4
 
 
@@ -243,6 +246,9 @@ def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, s
     tie = rows[_ROW["c_tie"]]
     np.multiply(TIE_BREAK_COST * max_price, _step_numbers(n), out=tie)
     tie /= max(n - 1, 1)
+    # under a demand charge a kWh kept is a reserve against a load above the forecast: discharge as late as the
+    # economics allow (the discharge tilt falls with time), charge as early
+    rows[_ROW["c_tie_dis"]] = tie[::-1] if demand and inputs.demand_charge_per_kw > 0 else tie
     powers = rows[:len(POWER_PARAMS)]  # the first rows: rounded and capped at INF in place
     np.round(powers, ROUND_DECIMALS, out=powers)
     np.minimum(powers, INF, out=powers)

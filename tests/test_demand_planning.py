@@ -232,3 +232,20 @@ def test_the_peak_target_floors_each_month_of_the_plan_only_under_a_demand_charg
     energy_only = replace(steps, demand_rate=np.zeros(n))
     made = plan_inputs(grid, energy_only, np.zeros(n), np.full(n, 100.0), SiteState(0.0), peak_target_kw=250.0)
     assert costs.month_floors_kw(made).tolist() == [0.0]
+
+
+@pytest.mark.parametrize(("rate", "discharging_steps"), [(0.0, [0, 1]), (RATE, [4, 5])])
+def test_under_a_demand_charge_energy_stays_in_the_battery_until_the_end_of_a_flat_price_window(
+        rate: float, discharging_steps: list[int]) -> None:
+    """Six quarter hours at one price, 40 kW of load under a month peak of 100 kW, 20 kWh to sell (no terminal
+    value): any order costs the same. Energy only, the plan sells it at once (steps 0 and 1 at 40 kW); under a
+    demand charge it keeps it to the last two steps, where it still covers a load above the forecast until then."""
+    battery = BatterySpec(capacity_kwh=100, max_charge_kw=40, max_discharge_kw=40, charge_efficiency=1.0,
+                          discharge_efficiency=1.0, soc_min_pct=0, soc_max_pct=100)
+    n = 6
+    plan = Planner(battery, GRID, PlannerSettings(terminal_value="none"), n).plan(PlanInputs(
+        grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.full(n, 40.0), import_price=np.full(n, 2.0),
+        export_price=np.zeros(n), soc0_kwh=20.0, demand_charge_per_kw=rate, month_peak_kw=100.0,
+        billing_month=np.zeros(n, dtype=int)))
+    assert np.flatnonzero(plan.discharge_kw > 1e-6).tolist() == discharging_steps
+    np.testing.assert_allclose(plan.discharge_kw[discharging_steps], 40.0, atol=1e-6)
