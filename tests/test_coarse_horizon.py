@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from optimizer.coarse_horizon import blocks, coarsen
 from optimizer.planner import TIE_BREAK_COST, PlanInputs, Planner
 from optimizer.site import PlannerSettings
-from optimizer.timegrid import regular_grid
+from optimizer.timegrid import TimeGrid, regular_grid
 from tests.test_planner_properties import BATTERIES, GRIDS, PERIODS, _check_physics
 
 COARSE = PlannerSettings()  # the defaults: the first hour in 15-minute steps, then 30-minute blocks
@@ -161,3 +161,25 @@ def test_blocks_must_be_whole_steps():
         PlannerSettings(block_minutes=20)
     hourly_steps = PlannerSettings(step_minutes=60)  # the default 30-minute blocks are within one step: none
     assert blocks(regular_grid(pd.Timestamp("2026-03-02T00:00Z"), 24, 60), hourly_steps) is None
+
+
+def test_a_live_plan_made_inside_a_step_keeps_its_short_first_step_and_blocks_after_the_first_hour():
+    """A re-plan at 00:07 (a deviation trigger): the first step runs to 00:15, then quarter hours; the blocks start
+    at the first half hour at least an hour away (01:30: 01:07 is inside the fine part's last step)."""
+    start = pd.Timestamp("2026-05-31T00:15Z")
+    starts = pd.DatetimeIndex([pd.Timestamp("2026-05-31T00:07Z")]).append(
+        pd.date_range(start, periods=95, freq="15min")).tz_convert("UTC")
+    duration = np.full(96, 0.25)
+    duration[0] = 8 / 60
+    grid = TimeGrid(starts, duration)
+    b = blocks(grid, COARSE)
+    assert b.first.tolist() == [0, 1, 2, 3, 4, 5, *range(6, 96, 2)]  # 00:07 … 01:15 fine, 01:30 the first block
+    np.testing.assert_allclose(b.duration_h[:6], duration[:6])
+    battery = BATTERIES[1]
+    rng = np.random.default_rng(3)
+    inputs = PlanInputs(grid=grid, pv_kw=rng.uniform(0, 15, 96), load_kw=rng.uniform(0, 15, 96),
+                        import_price=rng.choice([0.08, 0.15, 0.3], 96), export_price=np.zeros(96), soc0_kwh=10.0,
+                        fixed_battery_kw=2.0)
+    plan = Planner(battery, GRIDS[1], COARSE, 96).plan(inputs)
+    _check_physics(plan, inputs, battery)
+    assert plan.battery_kw[0] == pytest.approx(2.0)  # the step followed now keeps its committed power
