@@ -234,7 +234,7 @@ class PlannerSettings(StrictModel):
                     "may last; the plan keeps that much battery energy and power for it where it would set a new "
                     "monthly peak, or accepts the risk of a higher peak (docs/planner.md) [h]; 0 = off")
     demand_risk_margin: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.0, ge=0, le=1,
         description="Under a demand charge, this share of the net load's upper forecast error is added to the load "
                     "forecast the plan is made on, so that it does not count on headroom under the peak that a load "
                     "above the forecast would take (docs/planner.md) [-]")
@@ -245,7 +245,7 @@ class PlannerSettings(StrictModel):
                     "likely to reach anyway (optimizer/peak_target.py, docs/planner.md) [d]; 0 = the month-to-date "
                     "peak only")
     demand_stress_level: float = Field(
-        default=2.0, ge=0, le=5,
+        default=0.5, ge=0, le=5,
         description="Under a demand charge, the plan keeps at every moment the battery energy to hold the month's "
                     "peak through the rest of the horizon on a stress day: net load at the forecast plus this many "
                     "times its upper forecast error (optimizer/lp_model.py, docs/planner.md) [-]; 0 = off")
