@@ -453,7 +453,9 @@ class Planner:
     The LP is built on the first call for a given step-duration pattern and demand-charge use
     (uniform steps: the Pyomo model is built for a few steps and tiled, see
     :func:`optimizer.lp_model.tiled_affine_lp`; otherwise built and extracted at full size), then
-    kept with its HiGHS instance; later calls only update numbers.
+    kept with its HiGHS instance (up to :data:`MAX_SOLVERS` patterns); later calls only update numbers. With
+    ``settings.block_minutes`` the LP plans the far horizon in blocks and the schedule comes back per step of the
+    inputs (:mod:`optimizer.coarse_horizon`).
     """
 
     def __init__(self, battery: BatterySpec, grid: GridSpec, settings: PlannerSettings, steps: int):
