@@ -213,6 +213,7 @@ def shared_battery_study(park_data: dict[str, Any], scenario_data: list[dict[str
                          base_dirs: list[str]) -> dict[str, Any]:
     """The park behind one connection with one battery (a picklable top-level function, for Dask)."""
     from simulations.runner import SeriesData, load_data, run
+    from simulations.warmup import Warmup
 
     park = Park.model_validate(park_data)
     assert park.shared_battery is not None
@@ -232,7 +233,9 @@ def shared_battery_study(park_data: dict[str, Any], scenario_data: list[dict[str
                                   "needs every site's data on the same steps (same step, start and days)")])
     aggregate = SeriesData(starts=first.starts, duration_h=first.duration_h,
                            pv_kw=np.sum([s.pv_kw for s in series], axis=0),
-                           load_kw=np.sum([s.load_kw for s in series], axis=0))
+                           load_kw=np.sum([s.load_kw for s in series], axis=0),
+                           warmup=Warmup(first.warmup.starts_ns, np.sum([s.warmup.pv_kw for s in series], axis=0),
+                                         np.sum([s.warmup.load_kw for s in series], axis=0)))
     data = sized[0].model_dump()
     kwp = sum(s.pv.kwp for s in sized)
     caps = [s.grid.import_cap_kw for s in sized]

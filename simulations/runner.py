@@ -47,6 +47,7 @@ from simulations.strategies import (
     TouRule,
 )
 from simulations.synthetic import shutdown_days, synthetic_year
+from simulations.warmup import Warmup, warmup_from
 
 REFERENCE = "no_system"
 """The reference every saving is measured against: the same load, no PV, no battery."""
@@ -57,12 +58,14 @@ COLUMNS = ("pv_available_kw", "pv_kw", "curtail_kw", "load_kw", "battery_kw", "g
 
 @dataclass(frozen=True)
 class SeriesData:
-    """PV and load of the simulated period (UTC step starts, durations [h], powers [kW])."""
+    """PV and load of the simulated period (UTC step starts, durations [h], powers [kW]), and the measured history
+    before it the MPC starts with (:mod:`simulations.warmup`)."""
 
     starts: pd.DatetimeIndex
     duration_h: np.ndarray
     pv_kw: np.ndarray
     load_kw: np.ndarray
+    warmup: Warmup = field(default_factory=Warmup)
 
     @property
     def hours(self) -> float:
@@ -72,7 +75,7 @@ class SeriesData:
 
 def load_data(scenario: Scenario) -> SeriesData:
     """The scenario's PV and load (synthetic year or CSV; PV from ``data.irradiance`` when given), cut to
-    ``data.start`` / ``data.days``."""
+    ``data.start`` / ``data.days``, with ``data.warmup_days`` of history before the first day."""
     d = scenario.data
     step = scenario.planner.step_minutes
     if d.synthetic is not None:
@@ -104,22 +107,25 @@ def load_data(scenario: Scenario) -> SeriesData:
                                                                                  "no step of the data")])
     starts = frame.index[keep]
     if d.irradiance is not None:
-        pv_kw = irradiance_pv(scenario, pd.DatetimeIndex(starts)).to_numpy(dtype=float)
+        pv_all = irradiance_pv(scenario, pd.DatetimeIndex(frame.index), require=keep).to_numpy(dtype=float)
     else:
         assert pv is not None
-        pv_kw = pv.to_numpy(dtype=float)[keep]
+        pv_all = pv.to_numpy(dtype=float)
+    load_all = load.to_numpy(dtype=float)
+    warmup = warmup_from(frame.index, pv_all, load_all, starts[0], d.warmup_days, step)
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
-                      pv_kw=pv_kw, load_kw=load.to_numpy(dtype=float)[keep])
+                      pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup)
 
 
-def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex) -> pd.Series:
-    """PV AC power [kW] from the scenario's irradiance file on ``index``; every interval must be covered."""
+def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex, require: np.ndarray | None = None) -> pd.Series:
+    """PV AC power [kW] from the scenario's irradiance file on ``index`` (NaN where the file has none); every
+    interval where ``require`` is True (default: all) must be covered."""
     irr = scenario.data.irradiance
     assert irr is not None
     path = scenario.resolve(irr.path)
     pv = pv_from_irradiance(path, scenario.site, scenario.pv, scenario.planner.step_minutes,
                             irr.timezone, irr.year).reindex(index)
-    missing = index[pv.isna().to_numpy()]
+    missing = index[pv.isna().to_numpy() & (True if require is None else require)]
     if len(missing):
         raise ConfigError(str(path), [FieldError("data.irradiance", f"no irradiance for {len(missing)} interval(s) of "
                                                                     f"the data, the first starting {missing[0]} "
@@ -142,7 +148,8 @@ def price_inputs(data: SeriesData, tariff: SiteTariff, horizon: int) -> Inputs:
     wrap = np.arange(horizon) % n
     return Inputs(starts=starts, duration_h=duration, steps=n,
                   pv_kw=np.concatenate([data.pv_kw, data.pv_kw[wrap]]),
-                  load_kw=np.concatenate([data.load_kw, data.load_kw[wrap]]), tariff=TariffSteps.of(tariff, starts))
+                  load_kw=np.concatenate([data.load_kw, data.load_kw[wrap]]), tariff=TariffSteps.of(tariff, starts),
+                  warmup=data.warmup)
 
 
 @dataclass
@@ -227,14 +234,18 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
     dt_h = data.duration_h[:n]
     pv_avail = data.pv_kw[:n] if pv else np.zeros(n)
     load = data.load_kw[:n]
-    starts_ns = starts.as_unit("ns").asi8
-    pv_hist = np.full(n, np.nan)
-    load_hist = np.full(n, np.nan)
+    # the histories: the warm-up (measured before the period), then one entry per step, written after the step
+    warm = data.warmup
+    w = warm.steps
+    history_ns = np.concatenate([warm.starts_ns, starts.as_unit("ns").asi8])
+    pv_hist = np.concatenate([warm.pv_kw if pv else np.zeros(w), np.full(n, np.nan)])
+    load_hist = np.concatenate([warm.load_kw, np.full(n, np.nan)])
     window = _StepWindow(spec)
     charge0, discharge0 = window.limits_at(model.soc_kwh, model.allowed_charge_kw(), model.allowed_discharge_kw(),
                                            dt_h[0])
     ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=charge0, max_discharge_kw=discharge0, month_peak_kw=0.0,
-                      pv_history=History(starts_ns, pv_hist), load_history=History(starts_ns, load_hist))
+                      pv_history=History(history_ns, pv_hist), load_history=History(history_ns, load_hist),
+                      history_offset=w)
     windows = data.tariff.window[:n]  # the tariff's demand windows (each step its own without a demand charge)
     window_end = np.append(windows[1:] != windows[:-1], True)
     month_end = np.append(data.month[1:n] != data.month[:n - 1], True)
@@ -259,8 +270,8 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         ctx.soc_kwh = state.soc_kwh
         if t + 1 < n:
             ctx.max_charge_kw, ctx.max_discharge_kw = window.limits(state, dt_h[t + 1])
-        pv_hist[t] = state.pv_kw if p_av - state.pv_kw < 1e-6 else np.nan
-        load_hist[t] = l_kw
+        pv_hist[w + t] = state.pv_kw if p_av - state.pv_kw < 1e-6 else np.nan
+        load_hist[w + t] = l_kw
         window_kwh += max(grid_kw, 0.0) * dt_h[t]
         window_h += dt_h[t]
         if window_end[t]:

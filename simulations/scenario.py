@@ -130,6 +130,10 @@ class DataSection(StrictModel):
     irradiance: IrradianceData | None = None
     start: date | None = Field(default=None, description="First local day simulated (default: the first of the data)")
     days: int | None = Field(default=None, ge=1, le=366, description="Days simulated (default: all the data)")
+    warmup_days: int = Field(default=21, ge=0, le=60,
+                             description="Days of measured history the MPC starts with: the data's days before "
+                                         "data.start, else the same weekdays 52 weeks later (simulations/warmup.py, "
+                                         "docs/simulation.md) [d]; 0 = a cold start with no history")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:

@@ -20,7 +20,7 @@ for all of them, so strategies differ only in their targets:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cached_property
 from typing import Protocol
@@ -40,6 +40,7 @@ from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
+from simulations.warmup import Warmup
 
 HISTORY_BLOCK_STEPS = 672
 """Steps per block of the history views the MPC strategy hands its forecasters (a week of 15-minute steps)."""
@@ -60,6 +61,7 @@ class Inputs:
     pv_kw, load_kw : numpy.ndarray  Actual available PV AC power and site load. [kW]
     tariff : TariffSteps  The tariff per step, as the live planner reads it (prices, periods, billing months,
         demand rates, demand windows).
+    warmup : Warmup  Measured PV and load before the period (:mod:`simulations.warmup`); only histories read it.
     """
 
     starts: pd.DatetimeIndex
@@ -68,6 +70,7 @@ class Inputs:
     pv_kw: np.ndarray
     load_kw: np.ndarray
     tariff: TariffSteps
+    warmup: Warmup = field(default_factory=Warmup)
 
     @property
     def import_price(self) -> np.ndarray:
@@ -114,11 +117,13 @@ class StepContext:
     max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
     window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
+    history_offset : int  Index of the period's first step in the histories (the warm-up's steps).
     pv_history, load_history : History
         Measured PV output (NaN while PV was limited: not a measure of what was available) and
-        load, one entry per step of the period at the step's start; entries at and after step
-        ``t`` are NaN. Forecasters get views of them (see ``Mpc._history_views``) and ignore every
-        entry at or after the first step they forecast, so nothing from step ``t`` on reaches them. [kW]
+        load at the step starts: ``history_offset`` entries of warm-up (measured before the period), then one per
+        step of the period; entries at and after step ``t`` are NaN. Forecasters get views of them (see
+        ``Mpc._history_views``) and ignore every entry at or after the first step they forecast, so nothing from
+        step ``t`` on reaches them. [kW]
     """
 
     soc_kwh: float
@@ -129,6 +134,7 @@ class StepContext:
     load_history: History
     window_kwh: float = 0.0
     window_elapsed_h: float = 0.0
+    history_offset: int = 0
 
     def state(self) -> SiteState:
         """What the planner is told about the site (as live: :class:`optimizer.service.SiteState`)."""
@@ -250,8 +256,9 @@ class Mpc:
         """
         block = t // HISTORY_BLOCK_STEPS
         if self._history is None or self._history[0] != block:
-            lo = max(0, block * HISTORY_BLOCK_STEPS - self.look_back_steps)
-            hi = (block + 1) * HISTORY_BLOCK_STEPS
+            w = ctx.history_offset  # the histories start with the warm-up
+            lo = max(0, w + block * HISTORY_BLOCK_STEPS - self.look_back_steps)
+            hi = w + (block + 1) * HISTORY_BLOCK_STEPS
             self._history = (block, *(History(h.ns[lo:hi], h.values[lo:hi])
                                       for h in (ctx.pv_history, ctx.load_history)))
         return self._history[1], self._history[2]
