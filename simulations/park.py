@@ -235,7 +235,8 @@ def shared_battery_study(park_data: dict[str, Any], scenario_data: list[dict[str
                            pv_kw=np.sum([s.pv_kw for s in series], axis=0),
                            load_kw=np.sum([s.load_kw for s in series], axis=0),
                            warmup=Warmup(first.warmup.starts_ns, np.sum([s.warmup.pv_kw for s in series], axis=0),
-                                         np.sum([s.warmup.load_kw for s in series], axis=0)))
+                                         np.sum([s.warmup.load_kw for s in series], axis=0),
+                                         first.warmup.wrapped_steps))
     data = sized[0].model_dump()
     kwp = sum(s.pv.kwp for s in sized)
     caps = [s.grid.import_cap_kw for s in sized]

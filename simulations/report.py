@@ -348,9 +348,22 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
         ("data", f"{a['data_kind']}: {a['data_source']}", ""),
+        ("MPC warm-up history", warmup_text(summary.get("warmup")), "days before the period"),
         ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
     ]
     return [{"input": n, "value": v, "unit": u} for n, v, u in rows]
+
+
+def warmup_text(warmup: dict[str, float] | None) -> str:
+    """The warm-up history the MPC started with (summary key ``warmup``), in days: where it came from."""
+    if not warmup or warmup["days"] <= 0:
+        return "none (cold start: the first forecasts use a nominal load)"
+    def days(d: float) -> str:
+        return f"{d:.1f}".removesuffix(".0")
+
+    parts = [(warmup["own_days"], "from the data"), (warmup["wrapped_days"], "from 52 weeks later (wrapped)"),
+             (warmup["missing_days"], "missing")]
+    return f"{days(warmup['days'])}: " + ", ".join(f"{days(d)} {what}" for d, what in parts if d > 0)
 
 
 def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -401,6 +401,7 @@ class RunResult:
                        "days": year.days, "step_minutes": sc.planner.step_minutes,
                        "years": year.years, "whole_years": year.whole, "warning": year.warning},
             "assumptions": assumptions(sc),
+            "warmup": self.data.warmup.coverage(float(self.data.duration_h[0])),
             "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
                       "battery_kw": sc.battery.max_discharge_kw},
             "strategies": strategies,

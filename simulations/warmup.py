@@ -35,17 +35,27 @@ def _empty() -> np.ndarray:
 class Warmup:
     """Measured PV and load before the period, one entry per step (UTC epoch ns of the step starts). [kW]
 
-    Entries are NaN where nothing is known. Empty when the scenario asks for no warm-up.
+    Entries are NaN where nothing is known. Empty when the scenario asks for no warm-up. ``wrapped_steps``: how
+    many of the steps were read 52 weeks later (the rest of the known ones are the data's own).
     """
 
     starts_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     pv_kw: np.ndarray = field(default_factory=_empty)
     load_kw: np.ndarray = field(default_factory=_empty)
+    wrapped_steps: int = 0
 
     @property
     def steps(self) -> int:
         """Number of warm-up steps. [-]"""
         return len(self.starts_ns)
+
+    def coverage(self, step_h: float) -> dict[str, float]:
+        """Days of warm-up asked for, taken from the data before the period, wrapped from 52 weeks later, and
+        missing (no load known). [d]"""
+        known = int(np.count_nonzero(np.isfinite(self.load_kw)))
+        day = 24.0 / step_h
+        return {"days": self.steps / day, "own_days": (known - self.wrapped_steps) / day,
+                "wrapped_days": self.wrapped_steps / day, "missing_days": (self.steps - known) / day}
 
 
 def warmup_from(index: pd.DatetimeIndex, pv_kw: np.ndarray, load_kw: np.ndarray, first_start: pd.Timestamp,
@@ -66,4 +76,6 @@ def warmup_from(index: pd.DatetimeIndex, pv_kw: np.ndarray, load_kw: np.ndarray,
     # a whole step taken from one source: PV and load of the same moment
     use_own = own.notna().any(axis=1).to_numpy()
     values = np.where(use_own[:, None], own.to_numpy(), wrapped.to_numpy())
-    return Warmup(starts_ns=starts.as_unit("ns").asi8, pv_kw=values[:, 0].copy(), load_kw=values[:, 1].copy())
+    wrapped_known = ~use_own & np.isfinite(values[:, 1])
+    return Warmup(starts_ns=starts.as_unit("ns").asi8, pv_kw=values[:, 0].copy(), load_kw=values[:, 1].copy(),
+                  wrapped_steps=int(np.count_nonzero(wrapped_known)))

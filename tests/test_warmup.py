@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simulations.report import warmup_text
 from simulations.runner import SeriesData, load_data, make_strategy, price_inputs, simulate
 from simulations.scenario import Scenario, load_scenario
 from simulations.warmup import WRAP, Warmup, warmup_from
@@ -58,6 +59,19 @@ def test_warmup_mixes_own_and_wrapped_days_and_leaves_the_unknown_missing() -> N
 def test_no_warmup_days_is_empty() -> None:
     index, pv, load = _series("2026-01-01", 30)
     assert warmup_from(index, pv, load, index[0], days=0, step_minutes=60).steps == 0
+    assert warmup_text(Warmup().coverage(1.0)) == warmup_text(None) == \
+        "none (cold start: the first forecasts use a nominal load)"
+
+
+def test_report_says_where_the_warmup_came_from() -> None:
+    index, pv, load = _series("2026-01-01", 20)
+    short = warmup_from(index, pv, load, index[24 * 2], days=5, step_minutes=60).coverage(1.0)
+    assert short == {"days": 5.0, "own_days": 2.0, "wrapped_days": 0.0, "missing_days": 3.0}
+    assert warmup_text(short) == "5: 2 from the data, 3 missing"
+    index, pv, load = _series("2026-01-01", 366)
+    mixed = warmup_from(index, pv, load, index[24 * 2 + 12], days=5, step_minutes=60).coverage(1.0)
+    assert mixed == {"days": 5.0, "own_days": 2.5, "wrapped_days": 2.5, "missing_days": 0.0}
+    assert warmup_text(mixed) == "5: 2.5 from the data, 2.5 from 52 weeks later (wrapped)"
 
 
 def _scenario(warmup_days: int) -> Scenario:
