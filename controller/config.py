@@ -73,7 +73,11 @@ class ControlSettings(StrictModel):
         default=30, ge=1, le=60, description="Averaging interval of the demand (peak) measurement [min]")
     holiday_country: str | None = Field(
         default="VN", description="Public-holiday calendar for the load forecast (ISO country code); null = none")
-    history_days: float = Field(default=14.0, gt=0, le=60, description="Measured history kept for forecasts [d]")
+    history_days: float = Field(
+        default=22.0, gt=0, le=60,
+        description="Measured history kept for the forecasts, in memory and in the state file across restarts [d]: "
+                    "the load profile reads the 3 weeks before today, the forecast errors 14 days, the month's peak "
+                    "target 7 days (offline studies start with as much: data.warmup_days)")
     persist_interval_s: float = Field(default=60.0, gt=0, description="Counters are saved this often [s]")
     state_dir: Path | None = Field(
         default=None,

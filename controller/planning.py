@@ -1,7 +1,8 @@
 """The planning side of the controller: measured history, forecasts, solving off the loop, plan keeping.
 
 - :class:`MeasuredHistory` bins the cycle's measured PV and load into planning steps and hands them to the
-  forecasters as :class:`optimizer.forecast.History` (the one history type, which the offline runner fills too).
+  forecasters as :class:`optimizer.forecast.History` (the one history type, which the offline runner fills too);
+  the state file keeps it across restarts (:class:`StoredHistory`).
 - :class:`MeasuredForecasts` feeds that history to ``optimizer.forecast``; :class:`PerfectForecasts`
   samples known series (the simulated site's own PV and load) for tests and demos.
 - :class:`PlanKeeper` owns the current plan: builds :class:`~optimizer.planner.PlanInputs` (tariff
@@ -20,13 +21,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from itertools import pairwise
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, model_validator
 
 from controller.dispatch import Target
 from controller.modes import Reason
+from controller.state_store import StoredValue
 from controller.targets import DemandWindow, follow_plan
 from optimizer import surplus
 from optimizer.forecast import History, LoadForecaster, PVForecaster
@@ -44,6 +48,28 @@ if TYPE_CHECKING:
     from ems.clock import Clock
 
 log = logging.getLogger(__name__)
+
+_Kw = Annotated[float, Field(allow_inf_nan=False, ge=-1e7, le=1e7)] | None
+
+
+class StoredHistory(StoredValue):
+    """The ``history`` value: :meth:`MeasuredHistory.stored`: the closed planning steps, each
+    ``[UTC epoch s of the step start, PV kW, load kW]`` (null = missing), strictly increasing, on the step."""
+
+    step_minutes: int = Field(ge=1, le=1440)
+    rows: list[tuple[int, _Kw, _Kw]]
+
+    @model_validator(mode="after")
+    def _ordered_on_the_step(self) -> StoredHistory:
+        step_s = self.step_minutes * 60
+        starts = [r[0] for r in self.rows]
+        if any(b <= a for a, b in pairwise(starts)):
+            raise ValueError("rows: step starts must be strictly increasing")
+        off = next((s for s in starts if s % 86_400 % step_s), None)
+        if off is not None:
+            raise ValueError(f"rows: step start {off} is not on the {self.step_minutes}-minute step")
+        return self
+
 
 ALIGNED_FRACTION = 0.02
 """A plan made within this fraction of a step after its start plans that step whole. [-]"""
@@ -72,6 +98,38 @@ class MeasuredHistory:
         self._rows: list[tuple[pd.Timestamp, float, float]] = []  # (step start, PV, load), one list: a copy is atomic
         self.last_load_kw: float | None = None
         """The latest measured load (the load forecast's fallback before any step is complete). [kW]"""
+        self.closed = 0
+        """Steps closed since the start: changes exactly when :meth:`stored` does (the controller saves then)."""
+
+    KEY = "history"
+    """Its key in the state file."""
+
+    def stored(self) -> dict[str, Any]:
+        """The closed steps as the state file keeps them (:class:`StoredHistory`; kW to the watt)."""
+
+        def kw(v: float) -> float | None:
+            return None if np.isnan(v) else round(v, 3)
+
+        return {"step_minutes": self.step_minutes,
+                "rows": [[int(ts.value // 10**9), kw(pv), kw(load)] for ts, pv, load in self._rows]}
+
+    def restore(self, stored: StoredHistory | None, now: datetime) -> str | None:
+        """Resume from the state file after a restart: the stored steps within ``keep_days`` before the current
+        step (``now``, UTC) are the history again; those at or after it (a clock set back) are dropped. Returns
+        why nothing was restored when the stored steps are of another length (the planning step was changed),
+        else None."""
+        if stored is None:
+            return None
+        if stored.step_minutes != self.step_minutes:
+            return (f"measured history of {stored.step_minutes}-minute steps not restored: the planning step is "
+                    f"{self.step_minutes} minutes now")
+        current = pd.Timestamp(floor_to_step(now, self.step_minutes))
+        cutoff = current - self.keep
+        nan = float("nan")
+        rows = [(pd.Timestamp(s, unit="s", tz="UTC"), nan if pv is None else pv, nan if load is None else load)
+                for s, pv, load in stored.rows]
+        self._rows = [r for r in rows if cutoff <= r[0] < current]
+        return None
 
     def add(self, t: datetime, pv_kw: float | None, load_kw: float | None, dt_h: float) -> None:
         """Add one cycle's measurement (missing values only advance time). ``t`` is the cycle time (UTC)."""
@@ -92,6 +150,7 @@ class MeasuredHistory:
             pv = load = float("nan")
         cutoff = pd.Timestamp(self._step - self.keep)
         self._rows = [r for r in self._rows if r[0] >= cutoff] + [(pd.Timestamp(self._step), float(pv), float(load))]
+        self.closed += 1
         self._sums[:] = 0.0
         self._covered_h = 0.0
 

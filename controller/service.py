@@ -53,6 +53,7 @@ from controller.planning import (
     PlanKeeper,
     PlanOutcome,
     Replanner,
+    StoredHistory,
 )
 from controller.sdnotify import SdNotify
 from controller.snapshot import Snapshot
@@ -165,6 +166,7 @@ class Controller:
         self.cycle_ms: deque[float] = deque(maxlen=CYCLE_TIMES_KEPT)
         """Read→write time of the latest cycles [ms, real time]."""
         self._last_persist = -float("inf")
+        self._history_saved = 0  # MeasuredHistory.closed when the history was last saved
         self._online: dict[str, bool | None] = {name: None for name in self.devices}
         self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._stop = asyncio.Event()
@@ -222,14 +224,23 @@ class Controller:
         reserve = read("reserve", StoredReserve)
         if reserve is not None and reserve.until > now:
             self.commands.reserve = Reserve(reserve.soc_pct, reserve.until)
+        note = self.history.restore(read(MeasuredHistory.KEY, StoredHistory), now)
+        if note is not None:
+            log.warning("%s", note)
+            s.delete(MeasuredHistory.KEY)
+        self._history_saved = self.history.closed
         if bad:
             self._raise("state_value_invalid", "state file values reset to their defaults: " + " | ".join(bad), now)
 
     def persist(self, now: datetime) -> None:
-        """Save counters, demand peak and operator requests."""
+        """Save counters, demand peak, operator requests and, when a step has closed since the last save, the
+        measured history (a restart then resumes the forecasters, their errors and the month's peak target)."""
         s = self.store
         for key, value in self.accounting.stored().items():
             s.put(key, value, now)
+        if self.history.closed != self._history_saved:
+            s.put(MeasuredHistory.KEY, self.history.stored(), now)
+            self._history_saved = self.history.closed
         r = self.modes.request
         if r is None:
             s.delete("mode")

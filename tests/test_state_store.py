@@ -54,6 +54,87 @@ def test_measured_history_averages_steps_and_marks_gaps():
     assert h.histories()[0].ns[0] >= pd.Timestamp(T0 + timedelta(hours=2)).value
 
 
+def _history_over(h, start: datetime, hours: float) -> None:
+    """Feed ``h`` 10-second cycles: PV 100 kW, load 300 kW + 10 kW per quarter hour, the load meter silent over
+    the third quarter hour (a gap)."""
+    for s in range(0, int(hours * 3600), 10):
+        load = None if 1800 <= s < 2700 else 300.0 + (s // 900) * 10
+        h.add(start + timedelta(seconds=s), 100.0, load, 10 / 3600)
+
+
+def test_measured_history_survives_a_restart_through_the_state_file(tmp_path):
+    """The closed steps go to the state file and come back as the same history, gaps still missing (NaN)."""
+    import numpy as np
+
+    from controller.planning import MeasuredHistory, StoredHistory
+
+    h = MeasuredHistory(step_minutes=15, keep_days=1)
+    _history_over(h, T0, 2)
+    assert h.closed == 7  # the eighth step is still open
+    store = StateStore(tmp_path / "state.sqlite", T0)
+    store.put(MeasuredHistory.KEY, h.stored(), T0)
+    store.close()
+    stored = StoredHistory.model_validate(StateStore(tmp_path / "state.sqlite", T0).get(MeasuredHistory.KEY))
+    again = MeasuredHistory(step_minutes=15, keep_days=1)
+    assert again.restore(stored, T0 + timedelta(hours=2, minutes=5)) is None
+    for before, after in zip(h.histories(), again.histories(), strict=True):
+        assert np.array_equal(before.ns, after.ns)
+        assert np.allclose(before.values, after.values, rtol=0, atol=5e-4, equal_nan=True)  # kept to the watt
+    assert np.isnan(again.histories()[1].values[2])
+
+
+def test_restored_history_keeps_only_what_fits_now():
+    from controller.planning import MeasuredHistory, StoredHistory
+
+    h = MeasuredHistory(step_minutes=15, keep_days=1)
+    _history_over(h, T0, 2)
+    stored = StoredHistory.model_validate(h.stored())
+    late = MeasuredHistory(step_minutes=15, keep_days=1)  # a day and an hour later: the first 4 steps are too old
+    late.restore(stored, T0 + timedelta(days=1, hours=1))
+    assert len(late.histories()[0].ns) == 3
+    early = MeasuredHistory(step_minutes=15, keep_days=1)  # the clock went back an hour: later steps dropped
+    early.restore(stored, T0 + timedelta(hours=1))
+    assert len(early.histories()[0].ns) == 4
+    other = MeasuredHistory(step_minutes=30, keep_days=1)
+    assert other.restore(stored, T0 + timedelta(hours=2)) == (
+        "measured history of 15-minute steps not restored: the planning step is 30 minutes now")
+    assert len(other.histories()[0].ns) == 0
+
+
+def test_controller_restarts_with_its_measured_history(tmp_path):
+    """Before: a restart emptied the history, so the forecasters, their errors and the month's peak target
+    started over. Now the controller saves it with its state and a new controller forecasts from it."""
+    import numpy as np
+
+    from controller.cli import EXAMPLE_SITE
+    from controller.config import load_config
+    from controller.service import Controller
+    from ems.clock import ManualClock
+
+    config = load_config(EXAMPLE_SITE)
+    step = config.planner.step_minutes
+    now = datetime(2026, 5, 4, 4, 0, tzinfo=UTC)
+    first = Controller.from_config(config, EXAMPLE_SITE, ManualClock(now), state_directory=tmp_path)
+    try:
+        for s in range(0, 4 * 3600, 60):  # four hours before now at a flat 321 kW
+            first.history.add(now - timedelta(hours=4) + timedelta(seconds=s), 0.0, 321.0, 1 / 60)
+        first.history.add(now, 0.0, 321.0, 1 / 60)  # closes the last of those steps
+        first.persist(now)
+        saved = first.history.histories()
+    finally:
+        first.store.close()
+    second = Controller.from_config(config, EXAMPLE_SITE, ManualClock(now + timedelta(minutes=step // 2)),
+                                    state_directory=tmp_path)
+    try:
+        assert "state_value_invalid" not in second.alarms
+        for before, after in zip(saved, second.history.histories(), strict=True):
+            assert len(after.ns) == 4 * 60 // step and np.array_equal(before.ns, after.ns)
+            assert np.allclose(before.values, after.values, rtol=0, atol=5e-4)
+        assert second.history.histories()[1].values[-1] == 321.0
+    finally:
+        second.store.close()
+
+
 # --- values inside a valid state file that are not what the controller stores (issue 11, failure 6) ----------
 
 GOOD_DEMAND = {"month": "2026-05", "peak_kw": 640.0, "peak_at": "2026-05-04T03:00:00+00:00",
@@ -71,6 +152,9 @@ BAD_VALUES = [
     ("demand", {"month": "2026-05", "peak_kw": 1e400}),                            # infinite (JSON Infinity)
     ("energy", {"day": "2026-05-04", "import_kwh": [1, 2]}),                       # wrong type
     ("plan", {"version": "1", "steps": "none"}),                                   # a broken plan
+    ("history", {"step_minutes": 15, "rows": [[1777852800, 1.0, "much"]]}),        # a load of "much"
+    ("history", {"step_minutes": 15, "rows": [[1777853700, 1, 2], [1777852800, 1, 2]]}),  # out of order
+    ("history", {"step_minutes": 15, "rows": [[1777852801, 1, 2]]}),               # off the 15-minute step
 ]
 
 
