@@ -13,7 +13,6 @@ Images are plain ``{address: register}`` dicts per table; ``profile_image`` fill
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -21,15 +20,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from drivers.profile import Function, Point, Profile, encode, encode_sentinel, split
+from tests.peers import free_port
 
 Image = dict[int, int]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _runs(image: Mapping[int, int]) -> list[SimData]:

@@ -12,7 +12,6 @@ one port (several unit ids) or with other profiles.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -22,15 +21,9 @@ from typing import Any
 from drivers.simulated.config import SimulatedSiteFile, load_site_file
 from drivers.simulated.site import SimulatedSite
 from ems.clock import AcceleratedClock, Clock
+from tests.peers import free_port
 
 EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "simulated-site.yaml"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def site_config(path: str | Path = EXAMPLE_SITE, *, shared_port: bool = False,
