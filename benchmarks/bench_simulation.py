@@ -15,7 +15,10 @@ Measures, in one run:
    synthetic year (``mpc_value_ratio_legacy`` target ≥ 0.985, ``mpc_value_ratio_963`` ≥ 0.975) and on today's
    default year beside it (``…_base``).
 6. the same share under the two-part pilot tariff (capacity charge on the month's highest 30-minute import), on
-   the harder synthetic year (``mpc_value_ratio_two_part``, target ≥ 0.90) and on today's (:func:`two_part_value`).
+   the harder synthetic year (``mpc_value_ratio_two_part``, target ≥ 0.90) and on today's (:func:`two_part_value`);
+7. the same three shares on the harder year when the MPC also has a day-ahead PV forecast from outside with a
+   daily error of :data:`DAY_AHEAD_ERROR_PCT` (``…_day_ahead``, :func:`day_ahead_values`; docs/simulation.md
+   "Day-ahead forecast"): what a weather service's forecast adds to the built-in forecasts.
 
 Run:  .venv/bin/python benchmarks/bench_simulation.py [--days N] [--sweep-days N]
 The last line printed is one JSON object with every figure.
@@ -140,6 +143,30 @@ def two_part_value(days: int | None) -> dict[str, float | None]:
     return out
 
 
+DAY_AHEAD_ERROR_PCT = 20.0
+"""Daily error of the day-ahead PV forecast of :func:`day_ahead_values` (``data.pv_forecast.daily_error_pct``). [%]"""
+
+
+def day_ahead_values(days: int | None, value_pf: dict[str, float]) -> dict[str, float]:
+    """``mpc_value_ratio_<key>_day_ahead``: the MPC's share of the perfect-foresight battery value (``value_pf`` by
+    key, measured in the same run: perfect foresight does not read forecasts) on the harder year with a day-ahead PV
+    forecast of :data:`DAY_AHEAD_ERROR_PCT`."""
+    out: dict[str, float] = {"day_ahead_error_pct": DAY_AHEAD_ERROR_PCT}
+    for key, name in (("legacy", "nam-cau-kien-hard-legacy"), ("963", "nam-cau-kien-hard-qd963"),
+                      ("two_part", "nam-cau-kien-hard-two-part")):
+        base = scenario_for(name, days)
+        data = base.model_dump()
+        data["data"]["pv_forecast"] = {"daily_error_pct": DAY_AHEAD_ERROR_PCT}
+        scenario = Scenario.model_validate(data)
+        scenario._base_dir = base.base_dir
+        result = run(scenario, strategies=["pv_only", "mpc"])
+        value = result.results["pv_only"].bill.total - result.results["mpc"].bill.total
+        out[f"mpc_value_ratio_{key}_day_ahead"] = value / value_pf[key] if value_pf[key] else None
+        print(f"with a day-ahead PV forecast ({DAY_AHEAD_ERROR_PCT:g} % daily error), {name}: MPC {value:,.0f} "
+              f"→ ratio {out[f'mpc_value_ratio_{key}_day_ahead']:.4f}", flush=True)
+    return out
+
+
 def sweep_speedup(days: int, rounds: int = 3) -> dict[str, float]:
     """A 4 × 4 sizing sweep (perfect foresight per cell) with 1 and with 2 worker processes, ``rounds`` times in
     alternating order (1, 2 / 2, 1 / 1, 2 …); the speed-up is the ratio of the summed times, so a slow spell of the
@@ -206,6 +233,8 @@ def main() -> int:
     print(f"battery value, two-part pilot, harder year: MPC {two['value_mpc_two_part']:,.0f}, perfect foresight "
           f"{two['value_pf_two_part']:,.0f} → ratio {two['mpc_value_ratio_two_part']:.3f} (target ≥ 0.90); "
           f"today's year: ratio {two['mpc_value_ratio_two_part_standard']:.3f}")
+    ahead = day_ahead_values(args.days, {"legacy": ratios["legacy"]["value_pf"], "963": ratios["963"]["value_pf"],
+                                         "two_part": two["value_pf_two_part"]})
     sw = sweep_speedup(args.sweep_days)
     print(f"sweep of {sw['cells']} cells × {args.sweep_days} days, {sw['rounds']} rounds: "
           f"1 worker {sw['one_worker_s']:.1f} s, 2 workers {sw['two_workers_s']:.1f} s → {sw['speedup']:.2f}× "
@@ -221,7 +250,7 @@ def main() -> int:
         "mpc_year_s_base": legacy["mpc_s"], "mpc_963_s": ratios["963"]["mpc_s"],
         "perfect_year_s": hard["perfect_s"], "sweep_1w_s": sw["one_worker_s"], "sweep_2w_s": sw["two_workers_s"],
         "sweep_speedup_2w": sw["speedup"],
-        **{f"mpc_value_ratio_{key}": year["value_ratio"] for key, year in ratios.items()}, **two,
+        **{f"mpc_value_ratio_{key}": year["value_ratio"] for key, year in ratios.items()}, **two, **ahead,
     }))
     return 0
 

@@ -336,7 +336,8 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
         country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
         return Mpc(data, forecast_site(scenario), scenario.pv, spec, scenario.grid, scenario.planner, tol,
                    perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly,
-                   nominal_load_kw=nominal_load_kw(scenario), extra_holidays=scenario.tariff.extra_holidays)
+                   nominal_load_kw=nominal_load_kw(scenario), extra_holidays=scenario.tariff.extra_holidays,
+                   day_ahead=scenario.data.pv_forecast)
     if name == "perfect_foresight":
         soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
         return PerfectForesight(data, spec, scenario.grid, scenario.planner, tol, soc0)

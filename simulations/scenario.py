@@ -101,6 +101,17 @@ class SyntheticData(StrictModel):
         return value
 
 
+class DayAheadForecast(StrictModel):
+    """A day-ahead PV forecast from outside, fed to the MPC as live through the external-forecast path
+    (:mod:`simulations.day_ahead`, docs/simulation.md "Day-ahead forecast")."""
+
+    daily_error_pct: float = Field(default=20.0, ge=0, le=100,
+                                   description="Spread of the forecast's daily PV energy error (lognormal) [%]; 0 = "
+                                               "each day's energy known exactly")
+    issue_hour: int = Field(default=6, ge=0, le=23, description="Local hour the forecast is issued every day [h]")
+    seed: int = Field(default=1, description="Seed of the forecast errors")
+
+
 class CsvData(StrictModel):
     """Measured series: one CSV with a timestamp column and ``pv_kw``/``pv_kwh`` and ``load_kw``/``load_kwh``
     columns (format: docs/data.md)."""
@@ -130,6 +141,9 @@ class DataSection(StrictModel):
     irradiance: IrradianceData | None = None
     start: date | None = Field(default=None, description="First local day simulated (default: the first of the data)")
     days: int | None = Field(default=None, ge=1, le=366, description="Days simulated (default: all the data)")
+    pv_forecast: DayAheadForecast | None = Field(
+        default=None, description="A day-ahead PV forecast from outside for the MPC (simulations/day_ahead.py); "
+                                  "None = the built-in forecasts only")
     warmup_days: int = Field(default=21, ge=0, le=60,
                              description="Days of measured history the MPC starts with: the data's days before "
                                          "data.start, else the same weekdays 52 weeks later (simulations/warmup.py, "

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from functools import cached_property
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from controller.modes import Mode
 from controller.targets import DemandWindow, follow_plan, mode_target
 from optimizer import costs, surplus
 from optimizer.costs import Schedule
+from optimizer.external_forecast import ExternalForecasts
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import SolverInfo
@@ -40,7 +41,11 @@ from optimizer.planner import PlanInputs, Planner, PlannerError
 from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
+from simulations.day_ahead import IssuedForecasts, day_ahead_payloads
 from simulations.warmup import Warmup
+
+if TYPE_CHECKING:
+    from simulations.scenario import DayAheadForecast
 
 HISTORY_BLOCK_STEPS = 672
 """Steps per block of the history views the MPC strategy hands its forecasters (a week of 15-minute steps)."""
@@ -209,12 +214,16 @@ class Mpc:
     site, holiday_country, extra_holidays
         Make the load forecaster as live control does (:meth:`~optimizer.forecast.LoadForecaster.for_site`): the
         site's planned shutdowns, the public holidays and the tariff's extra holidays.
+    day_ahead : DayAheadForecast | None
+        A day-ahead PV forecast from outside (:mod:`simulations.day_ahead`), handed to an
+        :class:`~optimizer.external_forecast.ExternalForecasts` as its issue times pass and laid over the built-in
+        PV forecast as live (the surplus-day rule stands aside while it is used).
     """
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
                  settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
                  monthly_yield_kwh_per_kwp: list[float] | None, nominal_load_kw: float | None = None,
-                 extra_holidays: Sequence[date] = ()):
+                 extra_holidays: Sequence[date] = (), day_ahead: DayAheadForecast | None = None):
         self.name = "mpc_perfect" if perfect else "mpc"
         self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
         self.tol_kw, self.perfect = tol_kw, perfect
@@ -229,6 +238,14 @@ class Mpc:
         self.look_back_steps = -(-look_back_ns // step_ns)
         self._history: tuple[int, History, History] | None = None  # (block, PV view, load view)
         self.peak_target = PeakTarget(battery, settings.demand_target_days)
+        self.external: ExternalForecasts | None = None
+        self.issued = IssuedForecasts(())
+        if day_ahead is not None and not perfect:
+            self.external = ExternalForecasts(pv_limit_kw=pv.ac_limit_kw)
+            self.issued = IssuedForecasts(day_ahead_payloads(
+                data.starts, data.pv_kw, self.pv_forecaster.clear_sky_kw(data.full_grid), site.timezone,
+                issue_hour=day_ahead.issue_hour, daily_error_pct=day_ahead.daily_error_pct, seed=day_ahead.seed,
+                ac_limit_kw=pv.ac_limit_kw, step_minutes=round(float(data.duration_h[0]) * 60)))
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -242,9 +259,25 @@ class Mpc:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
         point = self.pv_forecaster.forecast(grid, pv_history)
+        if self.external is not None:
+            point, origin = self._external_pv(grid, point)
+            if origin != "builtin":  # no quantiles with it: the surplus-day rule stands aside, as live
+                return point, self.load_forecaster.forecast(grid, load_history)
         pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
                                 lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
         return pv, self.load_forecaster.forecast(grid, load_history)
+
+    def _external_pv(self, grid: TimeGrid, builtin: np.ndarray) -> tuple[np.ndarray, str]:
+        """The PV forecast with the day-ahead forecasts issued so far laid over it, and its origin
+        (:meth:`~optimizer.external_forecast.ExternalForecasts.blend`). [kW]"""
+        assert self.external is not None
+        now_ns = int(grid.starts_ns[0])
+        now = datetime.fromtimestamp(now_ns / 1e9, UTC)
+        for payload in self.issued.due(now_ns):
+            result = self.external.submit(payload, now)
+            if not result.accepted:
+                raise ValueError(f"day-ahead forecast issued {payload['issued_at']} refused: {result.error}")
+        return self.external.blend("pv_kw", grid, builtin, now)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:
         """PV and load history for step ``t``: views (no copy) of the context's arrays over the block of

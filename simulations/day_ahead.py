@@ -1,0 +1,103 @@
+"""A day-ahead PV forecast from outside, for studies: what a weather service's forecast of a given skill is worth.
+
+Live, a forecast from outside (a weather service, the plant's own) arrives over REST, MQTT or a CSV file and is laid
+over the built-in forecast for the steps it covers until it expires (:mod:`optimizer.external_forecast`). A study
+with ``data.pv_forecast`` feeds its MPC the same way, through the same :class:`~optimizer.external_forecast.
+ExternalForecasts` (validation, expiry, :meth:`~optimizer.external_forecast.ExternalForecasts.blend`), with
+forecasts made here from the study's own PV (docs/simulation.md, "Day-ahead forecast"):
+
+- one forecast is issued every day at ``issue_hour`` local time; it covers the rest of that day and the whole next
+  local day, and is valid for :data:`VALID_HOURS` (the next day's issue replaces it);
+- per local day it forecasts clear-sky power × the day's clearness (its actual PV energy / clear-sky energy) ×
+  a lognormal error of spread ``daily_error_pct`` (``daily_error_pct / 2`` for the rest of the issue day), drawn
+  independently per issue and day from ``seed``; it keeps the day's level, not its hours (a flat clearness over
+  the day, capped at the AC limit);
+- ``daily_error_pct: 0`` is a forecast that knows each day's PV energy exactly: the most a day-level forecast is
+  worth; 20–30 % is the order of a day-ahead forecast of daily irradiation in a monsoon climate (an assumption to
+  set for the forecast being evaluated).
+
+The built-in forecast is kept where the external one does not reach, and the surplus-day rule stands aside while
+the external PV is used (it comes without quantiles), as live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+VALID_HOURS = 48.0
+"""Validity of an issued forecast: long enough to span to the end of the next day from any issue hour. [h]"""
+
+
+def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) -> dict[int, float]:
+    """Per local day number: actual PV energy / clear-sky energy (days without clear-sky energy left out). [-]"""
+    out: dict[int, float] = {}
+    for d in np.unique(day):
+        mask = day == d
+        clear = float(clear_kw[mask].sum())
+        if clear > 0:
+            out[int(d)] = float(pv_kw[mask].sum()) / clear
+    return out
+
+
+def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np.ndarray, timezone: str, *,
+                       issue_hour: int, daily_error_pct: float, seed: int, ac_limit_kw: float, step_minutes: int,
+                       source: str = "day-ahead") -> list[dict]:
+    """The forecasts issued over ``starts`` (UTC step starts of the data, ``step_minutes`` apart), as external
+    forecast payloads (docs/data.md, "External forecasts"), in order of issue (module docstring).
+
+    Parameters
+    ----------
+    pv_kw, clear_kw : numpy.ndarray
+        Actual PV and clear-sky AC power per step. [kW]
+    """
+    naive = starts.tz_convert(timezone).tz_localize(None).normalize()  # local calendar days
+    day = np.asarray((naive - naive[0]) // pd.Timedelta(days=1), dtype=int)
+    k_day = daily_clearness(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float))
+    rng = np.random.default_rng(seed)
+    sigma = daily_error_pct / 100.0
+    starts_ns = starts.as_unit("ns").asi8
+    payloads: list[dict] = []
+    for d in range(-1, int(day.max()) + 1):  # issued on day d for the rest of d and all of d + 1
+        issued_local = (naive[0] + pd.Timedelta(days=d, hours=issue_hour)).tz_localize(
+            timezone, nonexistent="shift_forward", ambiguous=False)
+        lo = int(np.searchsorted(starts_ns, issued_local.tz_convert("UTC").as_unit("ns").value))
+        hi = int(np.searchsorted(day, d + 2, side="left"))
+        if hi <= lo:
+            continue
+        values = np.zeros(hi - lo)
+        for dd, s in ((d, sigma / 2), (d + 1, sigma)):
+            mask = day[lo:hi] == dd
+            if not mask.any() or dd not in k_day:
+                continue
+            k = k_day[dd] * float(np.exp(s * rng.standard_normal() - s * s / 2))
+            values[mask] = np.minimum(clear_kw[lo:hi][mask] * k, ac_limit_kw)
+        payloads.append({"source": source, "issued_at": _iso(issued_local), "valid_hours": VALID_HOURS,
+                         "start": _iso(starts[lo]), "step_minutes": step_minutes,
+                         "pv_kw": [round(float(v), 3) for v in values]})
+    return payloads
+
+
+def _iso(t: pd.Timestamp | datetime) -> str:
+    return pd.Timestamp(t).isoformat()
+
+
+class IssuedForecasts:
+    """Payloads handed to an :class:`~optimizer.external_forecast.ExternalForecasts` as the study's clock passes
+    their issue times (the study's stand-in for a weather service posting to the REST API)."""
+
+    def __init__(self, payloads: Sequence[dict]):
+        self._payloads = sorted(payloads, key=lambda p: pd.Timestamp(p["issued_at"]))
+        self._issued_ns = [pd.Timestamp(p["issued_at"]).value for p in self._payloads]
+        self._next = 0
+
+    def due(self, now_ns: int) -> list[dict]:
+        """The payloads issued at or before ``now_ns`` (UTC epoch ns) not handed out yet."""
+        out = []
+        while self._next < len(self._payloads) and self._issued_ns[self._next] <= now_ns:
+            out.append(self._payloads[self._next])
+            self._next += 1
+        return out
