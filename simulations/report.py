@@ -349,9 +349,18 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
         ("data", f"{a['data_kind']}: {a['data_source']}", ""),
         ("MPC warm-up history", warmup_text(summary.get("warmup")), "days before the period"),
+        ("MPC day-ahead PV forecast", forecast_text(a.get("pv_forecast")), ""),
         ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
     ]
     return [{"input": n, "value": v, "unit": u} for n, v, u in rows]
+
+
+def forecast_text(forecast: dict[str, Any] | None) -> str:
+    """The day-ahead PV forecast the MPC was given (assumption ``pv_forecast``), or that it had none."""
+    if not forecast:
+        return "none (the built-in forecasts only)"
+    return (f"issued daily at {forecast['issue_hour']:02d}:00 local, {forecast['daily_error_pct']:g} % error on each "
+            f"day's PV energy (seed {forecast['seed']})")
 
 
 def warmup_text(warmup: dict[str, float] | None) -> str:

@@ -531,6 +531,7 @@ def assumptions(scenario: Scenario) -> dict[str, Any]:
         "battery_end_of_life_soh_pct": sc.battery.end_of_life_soh_pct, "vat_recoverable": fin.vat_recoverable,
         "grid_factor_t_per_mwh": sc.co2.grid_factor_t_per_mwh, "data_source": source,
         "data_kind": "synthetic" if syn is not None else "measured", "seed": syn.seed if syn is not None else None,
+        "pv_forecast": None if sc.data.pv_forecast is None else sc.data.pv_forecast.model_dump(),
     }
 
 

@@ -121,6 +121,14 @@ def test_the_study_mpc_plans_on_the_day_ahead_forecast(external: bool) -> None:
     assert (differ == 0) if external else (differ == len(seen))
 
 
+def test_the_report_names_the_forecast() -> None:
+    from simulations.report import forecast_text
+    from simulations.runner import assumptions
+
+    a = assumptions(_scenario(daily_error_pct=25, issue_hour=5))
+    assert forecast_text(a["pv_forecast"]) == "issued daily at 05:00 local, 25 % error on each day's PV energy (seed 1)"
+
+
 def test_a_bad_forecast_setting_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="daily_error_pct"):
         _scenario(daily_error_pct=-5)

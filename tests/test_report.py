@@ -164,6 +164,7 @@ def test_assumptions_table_lists_every_cost_and_finance_input(result) -> None:
     assert rows["random seed"][0] == "7"
     # the study starts on 1 June of a synthetic year: three weeks of the data's own May before it
     assert rows["MPC warm-up history"] == ("21: 21 from the data", "days before the period")
+    assert rows["MPC day-ahead PV forecast"][0] == "none (the built-in forecasts only)"
     costs = set(sc.costs.model_dump()) - {"currency"}
     finance = set(sc.finance.model_dump())
     assert len(costs) + len(finance) <= len(rows)  # every input has a row (names checked above)
