@@ -12,9 +12,8 @@ forecasts made here from the study's own PV (docs/simulation.md, "Day-ahead fore
   a lognormal error of spread ``daily_error_pct`` (``daily_error_pct / 2`` for the rest of the issue day), drawn
   independently per issue and day from ``seed``; it keeps the day's level, not its hours (a flat clearness over
   the day, capped at the AC limit);
-- ``daily_error_pct: 0`` is a forecast that knows each day's PV energy exactly: the most a day-level forecast is
-  worth; 20–30 % is the order of a day-ahead forecast of daily irradiation in a monsoon climate (an assumption to
-  set for the forecast being evaluated).
+- ``daily_error_pct: 0`` is a forecast that knows each day's PV energy exactly; the spread of a real service is an
+  assumption to set for the forecast being evaluated.
 
 The built-in forecast is kept where the external one does not reach, and the surplus-day rule stands aside while
 the external PV is used (it comes without quantiles), as live.
