@@ -125,7 +125,8 @@ def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex, require: np.ndarr
     path = scenario.resolve(irr.path)
     pv = pv_from_irradiance(path, scenario.site, scenario.pv, scenario.planner.step_minutes,
                             irr.timezone, irr.year).reindex(index)
-    missing = index[pv.isna().to_numpy() & (True if require is None else require)]
+    absent = pv.isna().to_numpy()
+    missing = index[absent if require is None else absent & require]
     if len(missing):
         raise ConfigError(str(path), [FieldError("data.irradiance", f"no irradiance for {len(missing)} interval(s) of "
                                                                     f"the data, the first starting {missing[0]} "
