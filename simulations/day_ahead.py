@@ -33,13 +33,9 @@ VALID_HOURS = 48.0
 
 def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) -> dict[int, float]:
     """Per local day number: actual PV energy / clear-sky energy (days without clear-sky energy left out). [-]"""
-    out: dict[int, float] = {}
-    for d in np.unique(day):
-        mask = day == d
-        clear = float(clear_kw[mask].sum())
-        if clear > 0:
-            out[int(d)] = float(pv_kw[mask].sum()) / clear
-    return out
+    clear = np.bincount(day, weights=clear_kw)
+    pv = np.bincount(day, weights=pv_kw, minlength=len(clear))
+    return {int(d): float(pv[d] / clear[d]) for d in np.flatnonzero(clear > 0)}
 
 
 def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np.ndarray, timezone: str, *,

@@ -259,12 +259,13 @@ class Mpc:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
         point = self.pv_forecaster.forecast(grid, pv_history)
+        origin = "builtin"
         if self.external is not None:
             point, origin = self._external_pv(grid, point)
-            if origin != "builtin":  # no quantiles with it: the surplus-day rule stands aside, as live
-                return point, self.load_forecaster.forecast(grid, load_history)
-        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
-                                lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
+        # an external forecast comes without quantiles: the surplus-day rule stands aside while it is used, as live
+        pv = point if origin != "builtin" else surplus.planned_pv(
+            self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
+            lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
         return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _external_pv(self, grid: TimeGrid, builtin: np.ndarray) -> tuple[np.ndarray, str]:
