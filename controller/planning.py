@@ -365,17 +365,19 @@ class PlanKeeper:
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         tariff = TariffSteps.of(self.tariff, grid.starts)
+        demand = tariff.demand_rate[0] > 0
         pv_kw = surplus.planned_pv(self.settings.surplus_rule, pv_kw, tariff.import_price,
-                                   lambda levels: self.forecasts.pv_quantiles(grid, levels))
+                                   lambda levels: self.forecasts.pv_quantiles(grid, levels),
+                                   None if demand else self.settings.surplus_room_level)
         found = self.current(grid.starts[0].to_pydatetime())
         mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
         fixed = found[1].battery_kw if found is not None and mid_step else None
         risk = None
-        if tariff.demand_rate[0] > 0 and self.settings.uses_peak_risk:
+        if demand and self.settings.uses_peak_risk:
             risk = self.forecasts.peak_risk(grid, pv_kw, load_kw)
         target = 0.0
         measured = self.forecasts.measured()
-        if tariff.demand_rate[0] > 0 and self.settings.demand_target_days > 0 and measured is not None:
+        if demand and self.settings.demand_target_days > 0 and measured is not None:
             target = self.peak_target(*measured, int(grid.starts[0].value), self.settings.step_minutes / 60.0,
                                       tariff.window_h)
         return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,

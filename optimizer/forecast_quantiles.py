@@ -145,14 +145,21 @@ class ErrorQuantiles:
         table = np.zeros((len(levels), len(self.edges_ns)))
         if self._errors:
             errors = np.vstack(list(self._errors.values()))
+            finite = np.isfinite(errors)
+            # leads grow along the columns, so each bucket is a run of columns
             lead_bucket = self.buckets(np.arange(steps, dtype=np.int64) * step_ns)
-            pooled = errors[np.isfinite(errors)]
+            bounds = np.searchsorted(lead_bucket, np.arange(len(self.edges_ns) + 1))
+            with_median = np.concatenate([levels, [0.5]])
+            pooled = None
             for b in range(len(self.edges_ns)):
-                in_bucket = errors[:, lead_bucket == b]
-                in_bucket = in_bucket[np.isfinite(in_bucket)]
-                sample = in_bucket if len(in_bucket) >= self.min_errors else pooled
+                lo, hi = bounds[b], bounds[b + 1]
+                sample = errors[:, lo:hi][finite[:, lo:hi]]
+                if len(sample) < self.min_errors:
+                    if pooled is None:
+                        pooled = errors[finite]
+                    sample = pooled
                 if len(sample) >= self.min_errors:
-                    q = np.quantile(sample, np.concatenate([levels, [0.5]]))
+                    q = np.quantile(sample, with_median)
                     table[:, b] = q[-1] + self.widen * (q[:-1] - q[-1])
         self._tables[level_key] = (issued, table)
         return table

@@ -228,6 +228,12 @@ class PlannerSettings(StrictModel):
         description="In the cheapest window, plan the later daylight steps on the PV quantile at level "
                     "c_now / c_later so that night grid charging leaves room for a likely PV surplus "
                     "(optimizer/surplus.py); off: the point forecast everywhere")
+    surplus_room_level: float | None = Field(
+        default=0.7, ge=0.5, le=0.9,
+        description="With surplus_rule quantile and no demand charge: in a daylight price window followed by a "
+                    "dearer one, plan the window's later steps on the PV quantile at this level, so the battery "
+                    "makes room early for a likely surplus (optimizer/surplus.py; 0.7 measured best, "
+                    "docs/planner.md); null: the point forecast there")
     demand_reserve_hours: float = Field(
         default=1.0, ge=0, le=24,
         description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "

@@ -11,8 +11,17 @@ so the room the battery should keep for the surplus is the surplus's quantile at
 (a newsvendor rule). PV forecast errors move together over a day (the weather of the day), so the day's surplus
 at level ρ is the surplus of the PV quantile forecast at level ρ; the load is kept at its point forecast. The
 planner's LP is unchanged: for the steps after the cheap window it is handed the PV quantile at level ρ instead
-of the point forecast, and it then buys at night exactly what that surplus leaves room for. Outside the
-cheapest window of the horizon (when no night-charging decision is made) the point forecast is used as it is.
+of the point forecast, and it then buys at night exactly what that surplus leaves room for.
+
+The same decision comes again in daylight, the other way round: in a price window followed by a dearer one (the
+morning and afternoon before the evening peak), a kWh discharged now saves ``c_now`` and, if the afternoon's
+surplus comes, is refilled for free; if it does not, it is bought back in the same window at the same price and
+only the round-trip loss (~10 %) is lost. So the battery should make room for the surplus at a high quantile of
+it; the planner is handed the PV quantile at ``room_level`` (``planner.surplus_room_level``) for the rest of the
+running window. The newsvendor level would be the round-trip efficiency (~0.9), but a quantile of each step is
+not the quantile of the day's surplus (the steps' errors do not move together completely), and measured on the
+harder years 0.7 keeps the most value (docs/planner.md). Under a demand charge this half stands aside: a refill
+that fails there costs a month's peak, not a round-trip loss. Elsewhere the point forecast is used as it is.
 """
 
 from __future__ import annotations
@@ -117,15 +126,55 @@ def surplus_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Seque
     return out
 
 
-def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
-               pv_quantiles: Callable[[Sequence[float]], np.ndarray | None]) -> np.ndarray:
-    """The PV forecast a plan is made on, live and offline alike: :func:`surplus_day_pv` when ``rule`` is
-    ``"quantile"`` (``planner.surplus_rule``) and the first step is in the horizon's cheapest window, else the point
-    forecast. ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None
-    when the source has none (perfect or external forecasts); it is called only when the rule may apply. [kW]
+def room_window_end(import_price: np.ndarray, point_pv: np.ndarray) -> int | None:
+    """The first step after the running price window when a dearer window follows it and the point forecast has
+    daylight PV in the window's later steps (1 … end − 1), else None.
+
+    Parameters
+    ----------
+    import_price : numpy.ndarray
+        Import price per horizon step. [currency/kWh]
+    point_pv : numpy.ndarray
+        The point PV forecast per step. [kW]
     """
     price = np.asarray(import_price, dtype=float)
-    if rule != "quantile" or not len(price) or price[0] > price.min() * (1 + PRICE_TOL):
+    if not len(price):
+        return None
+    c_now = float(price[0])
+    other = np.flatnonzero(np.abs(price - c_now) > abs(c_now) * PRICE_TOL)
+    if not len(other) or price[other[0]] <= c_now:
+        return None
+    end = int(other[0])
+    return end if end > 1 and bool((np.asarray(point_pv)[1:end] > 0).any()) else None
+
+
+def room_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence[float], end: int,
+                room_level: float) -> np.ndarray:
+    """The PV forecast the planner plans on in a daylight window before a dearer one (module docstring): the
+    point forecast at the first step and from ``end`` on, the PV quantile at ``room_level`` in between. [kW]"""
+    out = np.array(point_pv, dtype=float)
+    out[1:end] = at_level(pv_quantiles[:, 1:end], levels, room_level)
+    return out
+
+
+def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
+               pv_quantiles: Callable[[Sequence[float]], np.ndarray | None],
+               room_level: float | None = None) -> np.ndarray:
+    """The PV forecast a plan is made on, live and offline alike, when ``rule`` is ``"quantile"``
+    (``planner.surplus_rule``): :func:`surplus_day_pv` when the first step is in the horizon's cheapest window;
+    otherwise, with a ``room_level`` (``planner.surplus_room_level``, None under a demand charge), :func:`room_day_pv`
+    when :func:`room_window_end` finds a daylight window before a dearer one; else the point forecast.
+    ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None when the
+    source has none (perfect or external forecasts); it is called only when a rule may apply. [kW]
+    """
+    price = np.asarray(import_price, dtype=float)
+    if rule != "quantile" or not len(price):
+        return point_pv
+    if price[0] <= price.min() * (1 + PRICE_TOL):
+        quantiles = pv_quantiles(LEVELS)
+        return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)
+    end = None if room_level is None else room_window_end(price, point_pv)
+    if end is None:
         return point_pv
     quantiles = pv_quantiles(LEVELS)
-    return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)
+    return point_pv if quantiles is None else room_day_pv(point_pv, quantiles, LEVELS, end, room_level)

@@ -252,8 +252,9 @@ class Mpc:
         #: The last successful re-plan: (its step, its start (UTC), schedule, inputs, solver info).
         self._last: tuple[int, datetime, Schedule, PlanInputs, SolverInfo] | None = None
 
-    def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
-        """PV and load over the horizon starting at step ``t``. [kW]"""
+    def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext, demand: bool) -> tuple[np.ndarray, np.ndarray]:
+        """PV and load over the horizon starting at step ``t`` (``demand``: a demand charge applies now, as for
+        :func:`optimizer.surplus.planned_pv`). [kW]"""
         d = self.data
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
@@ -265,7 +266,8 @@ class Mpc:
         # an external forecast comes without quantiles: the surplus-day rule stands aside while it is used, as live
         pv = point if origin != "builtin" else surplus.planned_pv(
             self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
-            lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point))
+            lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point),
+            None if demand else self.settings.surplus_room_level)
         return pv, self.load_forecaster.forecast(grid, load_history)
 
     def _external_pv(self, grid: TimeGrid, builtin: np.ndarray) -> tuple[np.ndarray, str]:
@@ -300,9 +302,9 @@ class Mpc:
     def target(self, t: int, now: datetime, ctx: StepContext) -> Target | None:
         d, h = self.data, self.horizon
         grid = d.grid(t, h)
-        pv, load = self.forecasts(t, grid, ctx)
         tariff = d.tariff.steps(t, h)
         demand = tariff.demand_rate[0] > 0
+        pv, load = self.forecasts(t, grid, ctx, demand)
         risk = None
         if demand and self.settings.uses_peak_risk:
             risk = np.zeros(h) if self.perfect else peak_risk_kw(

@@ -100,8 +100,8 @@ def test_the_study_mpc_plans_on_the_day_ahead_forecast(external: bool) -> None:
     seen: list[tuple[int, np.ndarray]] = []
     forecasts = mpc.forecasts
 
-    def record(t, grid, ctx):
-        pv, load = forecasts(t, grid, ctx)
+    def record(t, grid, ctx, demand):
+        pv, load = forecasts(t, grid, ctx, demand)
         seen.append((t, pv))
         return pv, load
 

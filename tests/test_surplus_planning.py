@@ -87,35 +87,112 @@ def test_planned_pv_is_the_rule_only_in_the_cheapest_window_and_with_quantiles()
     assert surplus.planned_pv("quantile", POINT_PV, PRICE, lambda levels: None) is POINT_PV
 
 
-def test_the_live_plan_keeper_plans_on_the_same_surplus_day_pv():
-    """The live PlanKeeper hands the planner what the offline MPC does: the rule's PV from its source's quantiles."""
+# the same day from 06:00: normal until 17:30 (steps 0–45), peak until 22:30 (46–65), normal until midnight
+# (66–71), off-peak to the end; the battery is full from the night
+DAY_PRICE = np.concatenate([PRICE[16:], np.full(16, OFF_PEAK)])
+DAY_POINT_PV = np.concatenate([POINT_PV[16:], np.zeros(16)])
+DAY_QUANTILES = np.concatenate([QUANTILES[:, 16:], np.zeros((3, 16))], axis=1)
+
+
+def plan_morning_discharge(pv: np.ndarray) -> float:
+    """Energy the plan from 06:00 discharges before the evening peak (steps 0–45). [kWh]"""
+    grid = regular_grid(pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=DAY_PRICE, export_price=np.zeros(STEPS),
+                        soc0_kwh=950.0)
+    schedule, _ = Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)
+    return float(schedule.discharge_kw[:46].sum() * 0.25)
+
+
+def test_point_forecast_keeps_the_battery_full_the_room_rule_makes_room_for_the_surplus():
+    """A daylight window before the evening peak: on the point forecast (no surplus) a kWh discharged in the
+    morning would be bought back at the same price, so the plan keeps the battery full; on the PV quantile at
+    the room level the afternoon surplus refills it for free, so the plan discharges in the morning."""
+    end = surplus.room_window_end(DAY_PRICE, DAY_POINT_PV)
+    assert end == 46  # the peak window's first step
+    pv = surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, end, 0.7)
+    assert pv[0] == DAY_POINT_PV[0] and np.array_equal(pv[end:], DAY_POINT_PV[end:])  # first step, later windows
+    w = (0.7 - 0.5) / 0.4
+    np.testing.assert_allclose(pv[1:end], (1 - w) * DAY_QUANTILES[1, 1:end] + w * DAY_QUANTILES[2, 1:end])
+    assert plan_morning_discharge(DAY_POINT_PV) == pytest.approx(0.0, abs=1e-6)
+    # the whole net load before the surplus begins comes from the battery: that much room is made for it
+    first_surplus = int(np.flatnonzero(pv > LOAD)[0])
+    morning_net_load = float(((LOAD - pv)[:first_surplus]).sum() * 0.25)
+    assert morning_net_load > 200.0
+    assert plan_morning_discharge(pv) == pytest.approx(morning_net_load, rel=1e-6)
+
+
+def test_room_rule_needs_a_dearer_window_next_and_daylight_in_this_one():
+    assert surplus.room_window_end(np.roll(DAY_PRICE, -46), np.roll(DAY_POINT_PV, -46)) is None  # in the peak
+    assert surplus.room_window_end(np.full(STEPS, NORMAL), DAY_POINT_PV) is None  # one price all day
+    assert surplus.room_window_end(DAY_PRICE, np.zeros(STEPS)) is None  # no daylight before the peak
+    assert surplus.room_window_end(DAY_PRICE[:1], DAY_POINT_PV[:1]) is None
+    assert surplus.room_window_end(np.array([]), np.array([])) is None
+
+
+def test_planned_pv_makes_room_only_with_a_room_level():
+    asked: list[tuple[float, ...]] = []
+
+    def quantiles(levels):
+        asked.append(tuple(levels))
+        return DAY_QUANTILES
+
+    ruled = surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=0.7)
+    assert np.array_equal(ruled, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, 46, 0.7))
+    assert asked == [surplus.LEVELS]
+    # under a demand charge the callers pass no room level; "off" turns both halves off
+    assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=None) is DAY_POINT_PV
+    assert surplus.planned_pv("off", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=0.7) is DAY_POINT_PV
+    assert len(asked) == 1
+    assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, lambda levels: None, 0.7) is DAY_POINT_PV
+
+
+def keeper_inputs(start: pd.Timestamp, point_pv: np.ndarray, quantiles: np.ndarray, preset: str):
+    """The live PlanKeeper's PlanInputs at ``start`` from a forecast source with these PV forecasts."""
     from controller.planning import PlanKeeper
     from optimizer.service import SiteState
     from optimizer.site import TariffRef
     from optimizer.tariff import load_tariff
 
-    start = pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh")
     starts_ns = regular_grid(start, STEPS, 15).starts_ns
 
     class Source:
         def forecast(self, grid):
             at = np.searchsorted(starts_ns, grid.starts_ns)
-            return POINT_PV[at], LOAD[at]
+            return point_pv[at], LOAD[at]
 
         def peak_risk(self, grid, pv_kw, load_kw):
             return np.zeros(len(grid))
 
         def pv_quantiles(self, grid, levels):
-            return QUANTILES[:, np.searchsorted(starts_ns, grid.starts_ns)]
+            return quantiles[:, np.searchsorted(starts_ns, grid.starts_ns)]
 
         def measured(self):
             return None
 
-    tariff = load_tariff(TariffRef(preset="evn-manufacturing-22kv"), Path(".")).bind("Asia/Ho_Chi_Minh")
-    keeper = PlanKeeper(Planner(BATTERY, GRID, SETTINGS, STEPS), SETTINGS, GRID,
-                        tariff, Source(), 10.0)
-    inputs = keeper.inputs(start.to_pydatetime(), SiteState(100.0, None, None, 0.0))
+    tariff = load_tariff(TariffRef(preset=preset), Path(".")).bind("Asia/Ho_Chi_Minh")
+    keeper = PlanKeeper(Planner(BATTERY, GRID, SETTINGS, STEPS), SETTINGS, GRID, tariff, Source(), 10.0)
+    return keeper.inputs(start.to_pydatetime(), SiteState(100.0, None, None, 0.0))
+
+
+def test_the_live_plan_keeper_plans_on_the_same_surplus_day_pv():
+    """The live PlanKeeper hands the planner what the offline MPC does: the rule's PV from its source's quantiles."""
+    inputs = keeper_inputs(pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh"), POINT_PV, QUANTILES,
+                           "evn-manufacturing-22kv")
     assert inputs.import_price[0] == inputs.import_price.min()  # 02:00 is off-peak: the night-charging decision
     expected = surplus.surplus_day_pv(POINT_PV, QUANTILES, surplus.LEVELS, inputs.import_price)
     assert not np.array_equal(expected, POINT_PV)
     np.testing.assert_allclose(inputs.pv_kw, expected)
+
+
+def test_the_live_plan_keeper_makes_room_without_a_demand_charge_only():
+    """At 06:00 on a Saturday under the Decision 963 windows the keeper plans the day on the room level's PV (the
+    settings' default, as the offline MPC); under the two-part pilot's demand charge on the point forecast."""
+    start = pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh")
+    inputs = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-manufacturing-22kv")
+    end = surplus.room_window_end(inputs.import_price, DAY_POINT_PV)
+    assert end == 46 and SETTINGS.surplus_room_level == 0.7
+    np.testing.assert_allclose(inputs.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, end,
+                                                                   SETTINGS.surplus_room_level))
+    demand = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-two-part-22kv")
+    assert demand.demand_charge_per_kw > 0
+    np.testing.assert_allclose(demand.pv_kw, DAY_POINT_PV)

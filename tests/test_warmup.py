@@ -114,8 +114,8 @@ def test_first_replan_forecasts_from_the_warmup(warm: bool) -> None:
     seen: list[np.ndarray] = []
     forecasts = mpc.forecasts
 
-    def record(t, grid, ctx):  # the strategy's own forecasts, recorded at the first step
-        pv, load = forecasts(t, grid, ctx)
+    def record(t, grid, ctx, demand):  # the strategy's own forecasts, recorded at the first step
+        pv, load = forecasts(t, grid, ctx, demand)
         if t == 0:
             seen.append(load)
         return pv, load
