@@ -37,7 +37,7 @@ from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
-from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs, recharge_floor_kw
 from optimizer.site import GridSpec, PlannerSettings
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
@@ -380,6 +380,8 @@ class PlanKeeper:
         if demand and self.settings.demand_target_days > 0 and measured is not None:
             target = self.peak_target(*measured, int(grid.starts[0].value), self.settings.step_minutes / 60.0,
                                       tariff.window_h)
+        target = max(target, recharge_floor_kw(self.peak_target, self.settings, grid, tariff, pv_kw, load_kw, risk,
+                                               site))
         return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,
                            self.settings.demand_risk_margin, target)
 

@@ -7,6 +7,12 @@ day, the lowest demand measure (window-average import) the battery could have he
 the highest of those over the last days is the peak the month will most likely reach anyway. Planning with that as
 the month's peak floor lets the plan import freely up to it (as perfect foresight does) and keeps the battery for
 the excess above it (docs/planner.md "Demand charge").
+
+The same question asked of the coming hours: :meth:`PeakTarget.until_recharge_kw` finds the lowest level the energy
+in the battery *now* could hold on the stress net load (the forecast plus ``planner.demand_stress_level`` times its
+upper error) until the battery can next be recharged cheaply. Defending a lower level on a day that turns out hard
+only spends the battery before the day's peak comes, which then sets the month's; planning at that level from the
+start keeps the energy for it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,16 @@ def day_holdable_kw(net_kw: np.ndarray, step_h: float, window_h: float, energy_k
     per = max(1, round(window_h / step_h)) if window_h > step_h else 1
     n = len(net_kw) // per * per
     w = np.asarray(net_kw[:n], dtype=float).reshape(-1, per).mean(axis=1)
-    dt = step_h * per
+    return holdable_level_kw(w, np.full(len(w), step_h * per), energy_kwh, power_kw)
+
+
+def holdable_level_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_kwh: float, power_kw: float) -> float:
+    """The lowest level L [kW] that windows of average net load ``window_kw`` [kW], each ``window_h`` long [h], can be
+    held at by a battery with ``energy_kwh`` deliverable [kWh] and ``power_kw`` [kW]: each window above L by at most
+    ``power_kw``, each run of windows above L needing at most ``energy_kwh`` (full again between runs); to 30
+    bisection steps. 0 when no window is above 0 kW."""
+    w = np.asarray(window_kw, dtype=float)
+    dt = np.asarray(window_h, dtype=float)
     top = float(w.max(initial=0.0))
     if top <= 0.0:
         return 0.0
@@ -38,8 +53,8 @@ def day_holdable_kw(net_kw: np.ndarray, step_h: float, window_h: float, energy_k
         if excess.max(initial=0.0) > power_kw:
             return False
         run = 0.0
-        for e in excess:  # one day: at most 48 windows
-            run = run + e * dt if e > 0 else 0.0
+        for e, h in zip(excess.tolist(), dt.tolist(), strict=True):  # a day: at most 48 windows
+            run = run + e * h if e > 0 else 0.0
             if run > energy_kwh:
                 return False
         return True
@@ -71,6 +86,7 @@ class PeakTarget:
     def __init__(self, battery: BatterySpec, days: int):
         self.energy_kwh = (battery.soc_max_kwh - battery.soc_min_kwh) * battery.discharge_efficiency
         self.power_kw = battery.max_discharge_kw
+        self.soc_min_kwh, self.discharge_efficiency = battery.soc_min_kwh, battery.discharge_efficiency
         self.days = days
         self._by_day: dict[tuple[int, float, float], float] = {}
 
@@ -103,3 +119,35 @@ class PeakTarget:
         if not np.all(np.isfinite(net)):
             return None
         return day_holdable_kw(net, step_h, window_h, self.energy_kwh, self.power_kw)
+
+    def until_recharge_kw(self, net_kw: np.ndarray, duration_h: np.ndarray, import_price: np.ndarray,
+                          window: np.ndarray, soc_kwh: float, max_discharge_kw: float) -> float:
+        """The lowest demand level [kW] the energy in the battery now could hold over ``net_kw`` (per plan step
+        [kW], e.g. the stress net load) from the plan's start until the horizon's next step in its cheapest price
+        window, when the battery can be recharged cheaply (:func:`holdable_level_kw` on the windows' average net
+        load). 0 when the plan starts in that window (the night's charge is still to come).
+
+        Parameters
+        ----------
+        net_kw, duration_h : numpy.ndarray
+            Net load [kW] and length [h] per step.
+        import_price : numpy.ndarray
+            Import price per step. [currency/kWh]
+        window : numpy.ndarray of int
+            The demand window each step starts in, consecutive from 0 (:attr:`TariffSteps.window`).
+        soc_kwh : float
+            The battery's energy now. [kWh]
+        max_discharge_kw : float
+            What the battery may discharge now (the BMS limit). [kW]
+        """
+        price = np.asarray(import_price, dtype=float)
+        cheap = price <= price.min() * (1 + 1e-9)
+        if not len(price) or cheap[0]:
+            return 0.0
+        n = int(np.argmax(cheap))
+        ids = np.asarray(window[:n])
+        dur = np.asarray(duration_h[:n], dtype=float)
+        hours = np.bincount(ids, dur)
+        means = np.bincount(ids, np.asarray(net_kw[:n], dtype=float) * dur)[hours > 0] / hours[hours > 0]
+        energy = max(0.0, soc_kwh - self.soc_min_kwh) * self.discharge_efficiency
+        return holdable_level_kw(means, hours[hours > 0], energy, min(self.power_kw, max_discharge_kw))

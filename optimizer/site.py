@@ -255,6 +255,12 @@ class PlannerSettings(StrictModel):
         description="Under a demand charge, the plan keeps at every moment the battery energy to hold the month's "
                     "peak through the rest of the horizon on a stress day: net load at the forecast plus this many "
                     "times its upper forecast error (optimizer/lp_model.py, docs/planner.md) [-]; 0 = off")
+    demand_floor_until_recharge: bool = Field(
+        default=True,
+        description="Under a demand charge, outside the cheapest price window, plan the month's peak at no less "
+                    "than the lowest level the battery's energy now could hold on the stress net load (forecast + "
+                    "demand_stress_level × its upper error) until the next cheapest-price window "
+                    "(optimizer/peak_target.py, docs/planner.md)")
     demand_stress_weight: float = Field(
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise on a stress day the battery could not carry: the "

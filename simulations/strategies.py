@@ -38,7 +38,7 @@ from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
-from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs
+from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs, recharge_floor_kw
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
 from simulations.day_ahead import IssuedForecasts, day_ahead_payloads
@@ -309,11 +309,12 @@ class Mpc:
         if demand and self.settings.uses_peak_risk:
             risk = np.zeros(h) if self.perfect else peak_risk_kw(
                 self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
-        target = 0.0
+        target, state = 0.0, ctx.state()
         if demand and self.settings.demand_target_days > 0:
             target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
                                       float(grid.duration_h[0]), tariff.window_h)
-        inputs = plan_inputs(grid, tariff, pv, load, ctx.state(), risk, self.settings.demand_risk_margin, target)
+        target = max(target, recharge_floor_kw(self.peak_target, self.settings, grid, tariff, pv, load, risk, state))
+        inputs = plan_inputs(grid, tariff, pv, load, state, risk, self.settings.demand_risk_margin, target)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:

@@ -20,7 +20,7 @@ from optimizer.forecast import History
 from optimizer.lp_model import _assert_same_lp, build_model, extract_affine_lp, tiled_affine_lp
 from optimizer.peak_target import PeakTarget, day_holdable_kw
 from optimizer.planner import PlanInputs, Planner
-from optimizer.service import SiteState, TariffSteps, plan_inputs
+from optimizer.service import SiteState, TariffSteps, plan_inputs, recharge_floor_kw
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
 
@@ -249,3 +249,79 @@ def test_under_a_demand_charge_energy_stays_in_the_battery_until_the_end_of_a_fl
         billing_month=np.zeros(n, dtype=int)))
     assert np.flatnonzero(plan.discharge_kw > 1e-6).tolist() == discharging_steps
     np.testing.assert_allclose(plan.discharge_kw[discharging_steps], 40.0, atol=1e-6)
+
+
+# Six hours of normal price, then the cheap window where the battery is recharged: the stress net load is
+# 300 − 50 + 0.5 × 100 = 300 kW; 240 kWh hold it at 300 − 240 / 6 = 260 kW until the cheap window
+SIX_H = 24
+RECHARGE_PRICE = np.array([1.0] * SIX_H + [0.5] * 8)
+RECHARGE_LOAD = np.array([300.0] * SIX_H + [100.0] * 8)
+RECHARGE_PV = np.array([50.0] * SIX_H + [0.0] * 8)
+RECHARGE_RISK = np.array([100.0] * SIX_H + [0.0] * 8)
+
+
+def _recharge_steps(rate: float = RATE) -> TariffSteps:
+    n = len(RECHARGE_PRICE)
+    return TariffSteps(import_price=RECHARGE_PRICE, export_price=np.zeros(n), period=np.array(["normal"] * n),
+                       month=np.zeros(n, dtype=int), demand_rate=np.full(n, rate), window=np.arange(n) // 2,
+                       window_h=0.5)
+
+
+def test_the_level_the_battery_holds_until_it_is_recharged() -> None:
+    target = PeakTarget(BATTERY, 7)
+    net = np.array([300.0] * SIX_H + [2000.0] * 8)  # after the cheap window begins: not looked at
+    quarter = np.full(len(net), 0.25)
+    window = np.arange(len(net)) // 2
+
+    def level(soc: float, power: float = 200.0, net_kw: np.ndarray = net, windows: np.ndarray = window,
+              price: np.ndarray = RECHARGE_PRICE) -> float:
+        return target.until_recharge_kw(net_kw, quarter, price, windows, soc, power)
+
+    assert level(240.0) == pytest.approx(260.0, abs=1e-3)  # 6 h × 40 kW = 240 kWh
+    assert level(120.0) == pytest.approx(280.0, abs=1e-3)  # half the energy: 20 kW for 6 h
+    assert level(240.0, power=30.0) == pytest.approx(270.0, abs=1e-3)  # the power runs out first
+    # a plan starting a quarter hour into a window: that window's average is over its last quarter hour only
+    # (0.25 h × (400 − L) + 5.75 h × (300 − L) = 240 kWh)
+    late = np.concatenate([[400.0], net[1:]])
+    assert level(240.0, net_kw=late, windows=(np.arange(len(net)) + 1) // 2) == pytest.approx(
+        (0.25 * 400 + 5.75 * 300 - 240) / 6, abs=1e-3)
+    # a plan starting in the cheapest window: the night's charge is still to come, no level
+    assert level(0.0, price=np.roll(RECHARGE_PRICE, 8)) == 0.0
+
+
+def test_the_recharge_floor_is_the_stress_day_level_under_a_demand_charge_only() -> None:
+    n = len(RECHARGE_PRICE)
+    grid = regular_grid(T0, n, 15)
+    state = SiteState(240.0, month_peak_kw=PEAK)
+
+    def floor(settings: PlannerSettings, rate: float = RATE) -> float:
+        return recharge_floor_kw(PeakTarget(BATTERY, 7), settings, grid, _recharge_steps(rate), RECHARGE_PV,
+                                 RECHARGE_LOAD, RECHARGE_RISK, state)
+
+    assert floor(PlannerSettings()) == pytest.approx(260.0, abs=1e-3)  # κ = 0.5 (demand_stress_level)
+    assert floor(PlannerSettings(demand_stress_level=0.0)) == pytest.approx(210.0, abs=1e-3)  # the point forecast
+    assert floor(PlannerSettings(demand_floor_until_recharge=False)) == 0.0
+    assert floor(PlannerSettings(), rate=0.0) == 0.0  # energy only
+
+
+def test_a_plan_at_the_recharge_floor_keeps_the_energy_the_stress_day_needs() -> None:
+    """The forecast's net load (250 kW) is below the floor (260 kW): the plan imports it and keeps the full battery
+    through the first four hours for the stress path; planned on the month's peak reached (200 kW), it shaves the
+    forecast's net load to ~213 kW (the 30-minute measure) from the first window on and has < 140 kWh left after
+    three hours."""
+    n = len(RECHARGE_PRICE)
+    grid = regular_grid(T0, n, 15)
+    state = SiteState(240.0, month_peak_kw=PEAK)
+    settings = PlannerSettings()
+    plans = {}
+    for on in (True, False):
+        chosen = settings.model_copy(update={"demand_floor_until_recharge": on})
+        floor = recharge_floor_kw(PeakTarget(BATTERY, 7), chosen, grid, _recharge_steps(), RECHARGE_PV,
+                                  RECHARGE_LOAD, RECHARGE_RISK, state)
+        made = plan_inputs(grid, _recharge_steps(), RECHARGE_PV, RECHARGE_LOAD, state, RECHARGE_RISK, 0.0, floor)
+        plans[on] = Planner(BATTERY, GRID, chosen, n).plan(made)
+    assert plans[True].soc_kwh[15] == pytest.approx(240.0, abs=0.5)
+    np.testing.assert_allclose(plans[True].import_kw[:16], 250.0, atol=0.5)
+    assert plans[False].soc_kwh[11] < 140.0
+    assert float(np.max(plans[False].demand_kw[:SIX_H])) < 215.0  # the 30-minute measure
+    assert float(np.max(plans[True].demand_kw[:SIX_H])) == pytest.approx(250.0, abs=0.5)
