@@ -81,6 +81,20 @@ class ErrorQuantiles:
         #: levels → (last and first issue, quantile per (level, bucket)); one table per set of levels, so callers
         #: asking for different levels in turn (the surplus rule, the demand reserve) do not evict each other's
         self._tables: dict[tuple[float, ...], tuple[tuple[int, int], np.ndarray]] = {}
+        self._levels: dict[tuple[float, ...], np.ndarray] = {}  # checked sets of levels
+        self._uniform_buckets: dict[tuple[int, int], np.ndarray] = {}  # (step [ns], steps) → bucket per step
+
+    def _checked_levels(self, levels: Sequence[float]) -> np.ndarray:
+        """``levels`` as an array, checked once per distinct set: increasing probabilities in (0, 1)."""
+        key = tuple(levels)
+        checked = self._levels.get(key)
+        if checked is None:
+            checked = np.asarray(levels, dtype=float)
+            if checked.ndim != 1 or not len(checked) or np.any(np.diff(checked) <= 0) \
+                    or checked[0] <= 0 or checked[-1] >= 1:
+                raise ValueError(f"levels must be increasing probabilities in (0, 1), got {list(levels)}")
+            self._levels[key] = checked
+        return checked
 
     def buckets(self, lead_ns: np.ndarray) -> np.ndarray:
         """Bucket number per lead time [ns] (0 = shortest)."""
@@ -108,15 +122,18 @@ class ErrorQuantiles:
         numpy.ndarray
             Shape ``(len(levels), len(grid))``, non-decreasing along the levels, in ``[0, upper]``. [kW]
         """
-        levels_arr = np.asarray(levels, dtype=float)
-        if levels_arr.ndim != 1 or not len(levels_arr) or np.any(np.diff(levels_arr) <= 0) \
-                or levels_arr[0] <= 0 or levels_arr[-1] >= 1:
-            raise ValueError(f"levels must be increasing probabilities in (0, 1), got {list(levels)}")
+        levels_arr = self._checked_levels(levels)
         starts = grid.starts_ns
         t0 = int(starts[0])
         step_minutes = max(1, round(float(grid.duration_h[-1]) * 60))
         table = self._quantile_table(history, ns, values, t0, len(grid), step_minutes, levels_arr)
-        bucket = self.buckets(starts - t0)
+        step = grid.uniform_step_ns
+        if step is None:
+            bucket = self.buckets(starts - t0)
+        else:  # every uniform grid of one step and length has the same leads
+            bucket = self._uniform_buckets.get((step, len(grid)))
+            if bucket is None:
+                bucket = self._uniform_buckets[(step, len(grid))] = self.buckets(starts - t0)
         unit = np.ones(len(grid)) if self.scale is None else self.scale(grid)
         out = point[None, :] + table[:, bucket] * unit[None, :]
         out = np.maximum(out, 0.0) if self.upper is None else np.clip(out, 0.0, self.upper)

@@ -26,6 +26,7 @@ that fails there costs a month's peak, not a round-trip loss. Elsewhere the poin
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -87,11 +88,11 @@ def at_level(quantiles: np.ndarray, levels: Sequence[float], level: float) -> np
     level : float
         Probability wanted.
     """
-    lv = np.asarray(levels, dtype=float)
-    q = float(np.clip(level, lv[0], lv[-1]))
-    i = int(np.clip(np.searchsorted(lv, q, side="right") - 1, 0, len(lv) - 2)) if len(lv) > 1 else 0
+    lv = [float(x) for x in levels]
     if len(lv) == 1:
         return np.asarray(quantiles[0], dtype=float)
+    q = min(max(float(level), lv[0]), lv[-1])
+    i = min(max(bisect.bisect_right(lv, q) - 1, 0), len(lv) - 2)
     w = (q - lv[i]) / (lv[i + 1] - lv[i])
     return (1 - w) * quantiles[i] + w * quantiles[i + 1]
 
