@@ -69,6 +69,42 @@ def holdable_level_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_kwh: f
     return hi
 
 
+def holdable_from_now_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_now_kwh: float,
+                         energy_full_kwh: float, power_kw: float, charge_kw: float, round_trip: float) -> float:
+    """The lowest level L [kW] that windows of average net load ``window_kw`` [kW], each ``window_h`` long [h], can
+    be held at by a battery holding ``energy_now_kwh`` deliverable now [kWh] (at most ``energy_full_kwh``),
+    discharging at most ``power_kw`` [kW] and, in windows below L, recharging from the headroom under L at up to
+    ``charge_kw`` [kW], each kWh charged giving ``round_trip`` deliverable kWh; to 30 bisection steps. 0 when no
+    window is above 0 kW."""
+    w = np.asarray(window_kw, dtype=float)
+    dt = np.asarray(window_h, dtype=float).tolist()
+    top = float(w.max(initial=0.0))
+    if top <= 0.0:
+        return 0.0
+
+    def holds(level: float) -> bool:
+        if top - level > power_kw:
+            return False
+        energy = energy_now_kwh
+        for value, h in zip(w.tolist(), dt, strict=True):
+            if value > level:
+                energy -= (value - level) * h
+                if energy < 0.0:
+                    return False
+            else:
+                energy = min(energy_full_kwh, energy + min(level - value, charge_kw) * h * round_trip)
+        return True
+
+    lo, hi = max(0.0, top - power_kw), top
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 class PeakTarget:
     """The month's peak target [kW]: the highest :func:`day_holdable_kw` over the last ``days`` whole UTC days of
     measured net load (load − PV) before a plan's start, for a battery's energy between its SOC limits (after
@@ -87,6 +123,8 @@ class PeakTarget:
         self.energy_kwh = (battery.soc_max_kwh - battery.soc_min_kwh) * battery.discharge_efficiency
         self.power_kw = battery.max_discharge_kw
         self.soc_min_kwh, self.discharge_efficiency = battery.soc_min_kwh, battery.discharge_efficiency
+        self.charge_kw = battery.max_charge_kw
+        self.round_trip = battery.charge_efficiency * battery.discharge_efficiency
         self.days = days
         self._by_day: dict[tuple[int, float, float], float] = {}
 
@@ -124,8 +162,9 @@ class PeakTarget:
                           window: np.ndarray, soc_kwh: float, max_discharge_kw: float) -> float:
         """The lowest demand level [kW] the energy in the battery now could hold over ``net_kw`` (per plan step
         [kW], e.g. the stress net load) from the plan's start until the horizon's next step in its cheapest price
-        window, when the battery can be recharged cheaply (:func:`holdable_level_kw` on the windows' average net
-        load). 0 when the plan starts in that window (the night's charge is still to come).
+        window, when the battery can be recharged cheaply, recharging on the way only from the headroom under the
+        level (:func:`holdable_from_now_kw` on the windows' average net load). 0 when the plan starts in that window
+        (the night's charge is still to come).
 
         Parameters
         ----------
@@ -150,4 +189,5 @@ class PeakTarget:
         hours = np.bincount(ids, dur)
         means = np.bincount(ids, np.asarray(net_kw[:n], dtype=float) * dur)[hours > 0] / hours[hours > 0]
         energy = max(0.0, soc_kwh - self.soc_min_kwh) * self.discharge_efficiency
-        return holdable_level_kw(means, hours[hours > 0], energy, min(self.power_kw, max_discharge_kw))
+        return holdable_from_now_kw(means, hours[hours > 0], min(energy, self.energy_kwh), self.energy_kwh,
+                                    min(self.power_kw, max_discharge_kw), self.charge_kw, self.round_trip)

@@ -287,6 +287,12 @@ def test_the_level_the_battery_holds_until_it_is_recharged() -> None:
         (0.25 * 400 + 5.75 * 300 - 240) / 6, abs=1e-3)
     # a plan starting in the cheapest window: the night's charge is still to come, no level
     assert level(0.0, price=np.roll(RECHARGE_PRICE, 8)) == 0.0
+    # two runs of 300 kW with a 220 kW dip between: half the energy (120 kWh) holds the first at L ≥ 240 kW, the
+    # dip recharges 2 h × (L − 220) from the headroom under L, the second run then needs 2 h × (300 − L):
+    # (2L − 480) + 2(L − 220) ≥ 2(300 − L) → L = 1520 / 6
+    dip = np.array([300.0] * 8 + [220.0] * 8 + [300.0] * 8 + [2000.0] * 8)
+    assert level(120.0, net_kw=dip) == pytest.approx(1520.0 / 6.0, abs=1e-3)
+    assert level(120.0, net_kw=np.full(len(net), 300.0)) == pytest.approx(280.0, abs=1e-3)  # no dip: 6 h
 
 
 def test_the_recharge_floor_is_the_stress_day_level_under_a_demand_charge_only() -> None:
