@@ -17,12 +17,27 @@ start keeps the energy for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from optimizer.forecast import History
 from optimizer.site import BatterySpec
 
 DAY_NS = 86_400 * 10**9
+
+
+def _lowest_holding_level(top: float, power_kw: float, holds: Callable[[float], bool]) -> float:
+    """The lowest level [kW] in [top − ``power_kw``, ``top``] at which ``holds`` (true from some level up) is true, to
+    30 bisection steps."""
+    lo, hi = max(0.0, top - power_kw), top
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def day_holdable_kw(net_kw: np.ndarray, step_h: float, window_h: float, energy_kwh: float, power_kw: float) -> float:
@@ -59,14 +74,7 @@ def holdable_level_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_kwh: f
                 return False
         return True
 
-    lo, hi = max(0.0, top - power_kw), top
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        if holds(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _lowest_holding_level(top, power_kw, holds)
 
 
 def holdable_from_now_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_now_kwh: float,
@@ -95,14 +103,7 @@ def holdable_from_now_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_now
                 energy = min(energy_full_kwh, energy + min(level - value, charge_kw) * h * round_trip)
         return True
 
-    lo, hi = max(0.0, top - power_kw), top
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        if holds(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _lowest_holding_level(top, power_kw, holds)
 
 
 class PeakTarget:

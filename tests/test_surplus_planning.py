@@ -34,13 +34,17 @@ POINT_PV = 250.0 * SUN  # below the load all day: no surplus on the point foreca
 QUANTILES = np.stack([0.5 * POINT_PV, 3.0 * POINT_PV, np.minimum(3.6 * POINT_PV, 900.0)])  # P10, P50, P90
 
 
+def day_plan(start: str, pv: np.ndarray, price: np.ndarray, soc0_kwh: float):
+    """The plan over STEPS quarter hours from ``start`` (local, 6 June 2026) on the constructed day's load."""
+    grid = regular_grid(pd.Timestamp(f"2026-06-06 {start}", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=price, export_price=np.zeros(STEPS),
+                        soc0_kwh=soc0_kwh)
+    return Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)[0]
+
+
 def plan_night_charge(pv: np.ndarray) -> float:
     """Energy the plan charges in the off-peak window (steps 0–15), all from the grid (no sun then). [kWh]"""
-    grid = regular_grid(pd.Timestamp("2026-06-06 02:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
-    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=PRICE, export_price=np.zeros(STEPS),
-                        soc0_kwh=100.0)
-    schedule, _ = Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)
-    return float(schedule.charge_kw[:16].sum() * 0.25)
+    return float(day_plan("02:00", pv, PRICE, 100.0).charge_kw[:16].sum() * 0.25)
 
 
 def test_point_forecast_charges_at_night_the_rule_does_not():
@@ -96,11 +100,7 @@ DAY_QUANTILES = np.concatenate([QUANTILES[:, 16:], np.zeros((3, 16))], axis=1)
 
 def plan_morning_discharge(pv: np.ndarray) -> float:
     """Energy the plan from 06:00 discharges before the evening peak (steps 0–45). [kWh]"""
-    grid = regular_grid(pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
-    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=DAY_PRICE, export_price=np.zeros(STEPS),
-                        soc0_kwh=950.0)
-    schedule, _ = Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)
-    return float(schedule.discharge_kw[:46].sum() * 0.25)
+    return float(day_plan("06:00", pv, DAY_PRICE, 950.0).discharge_kw[:46].sum() * 0.25)
 
 
 def test_point_forecast_keeps_the_battery_full_the_room_rule_makes_room_for_the_surplus():
