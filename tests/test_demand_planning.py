@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.dispatch import Dispatcher, DispatchInputs, DispatchSettings
 from controller.targets import DemandWindow, follow_plan
@@ -331,3 +333,24 @@ def test_a_plan_at_the_recharge_floor_keeps_the_energy_the_stress_day_needs() ->
     assert plans[False].soc_kwh[11] < 140.0
     assert float(np.max(plans[False].demand_kw[:SIX_H])) < 215.0  # the 30-minute measure
     assert float(np.max(plans[True].demand_kw[:SIX_H])) == pytest.approx(250.0, abs=0.5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=st.lists(st.floats(0.0, 400.0), min_size=12, max_size=12), soc=st.floats(0.0, 240.0))
+def test_no_schedule_holds_the_span_below_the_recharge_floor(net: list[float], soc: float) -> None:
+    """With exact forecasts (no risk) the floor is a lower bound: the LP, minimising the month's peak at any energy
+    cost, never plans the span before the cheap window below it, so the floor cannot lead a plan away from what it
+    would do knowing the future."""
+    n = 16
+    load = np.array(net + [100.0] * 4)
+    price = np.array([1.0] * 12 + [0.5] * 4)
+    steps = TariffSteps(import_price=price, export_price=np.zeros(n), period=np.array(["normal"] * n),
+                        month=np.zeros(n, dtype=int), demand_rate=np.full(n, 1e6), window=np.arange(n) // 2,
+                        window_h=0.5)
+    grid = regular_grid(T0, n, 15)
+    state = SiteState(soc)
+    settings_ = PlannerSettings(demand_reserve_hours=0, demand_stress_level=0)
+    floor = recharge_floor_kw(PeakTarget(BATTERY, 7), settings_, grid, steps, np.zeros(n), load, None, state)
+    plan = Planner(BATTERY, GRID, settings_, n).plan(plan_inputs(grid, steps, np.zeros(n), load, state))
+    assert plan.demand_kw is not None
+    assert float(np.max(plan.demand_kw[:12])) >= floor - 1e-3
