@@ -181,14 +181,18 @@ class PeakTarget:
             What the battery may discharge now (the BMS limit). [kW]
         """
         price = np.asarray(import_price, dtype=float)
+        if not len(price):
+            return 0.0
         cheap = price <= price.min() * (1 + 1e-9)
-        if not len(price) or cheap[0]:
+        if cheap[0]:
             return 0.0
         n = int(np.argmax(cheap))
         ids = np.asarray(window[:n])
         dur = np.asarray(duration_h[:n], dtype=float)
         hours = np.bincount(ids, dur)
-        means = np.bincount(ids, np.asarray(net_kw[:n], dtype=float) * dur)[hours > 0] / hours[hours > 0]
+        kwh = np.bincount(ids, np.asarray(net_kw[:n], dtype=float) * dur)
+        seen = hours > 0
         energy = max(0.0, soc_kwh - self.soc_min_kwh) * self.discharge_efficiency
-        return holdable_from_now_kw(means, hours[hours > 0], min(energy, self.energy_kwh), self.energy_kwh,
-                                    min(self.power_kw, max_discharge_kw), self.charge_kw, self.round_trip)
+        return holdable_from_now_kw(kwh[seen] / hours[seen], hours[seen], min(energy, self.energy_kwh),
+                                    self.energy_kwh, min(self.power_kw, max_discharge_kw), self.charge_kw,
+                                    self.round_trip)
