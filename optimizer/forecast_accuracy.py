@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from optimizer.forecast import History
-from optimizer.timegrid import TimeGrid, regular_grid
+from optimizer.timegrid import TimeGrid, regular_grid_ns
 
 NS_PER_H = 3_600_000_000_000
 
@@ -107,7 +106,7 @@ class _Scorer:
     def score(self, history: object, ns: np.ndarray, values: np.ndarray, issue_ns: int) -> np.ndarray | None:
         """Rows |e|, e², |e_p|, e_p², count per bucket of the forecast issued at ``issue_ns``; None if no step
         could be compared."""
-        grid = regular_grid(pd.Timestamp(issue_ns, unit="ns", tz="UTC"), self.steps, self.step_minutes)
+        grid = regular_grid_ns(issue_ns, self.steps, self.step_minutes)
         starts = grid.starts_ns
         measured = _at(ns, values, starts)
         before = _at(ns, values, starts - 24 * NS_PER_H)

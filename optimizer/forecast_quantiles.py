@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
-from optimizer.timegrid import TimeGrid, regular_grid
+from optimizer.timegrid import TimeGrid, regular_grid_ns
 
 NS_PER_H = 3_600_000_000_000
 
@@ -185,7 +184,7 @@ class ErrorQuantiles:
                          step_minutes: int) -> np.ndarray:
         """(measured − forecast) / scale per step of the forecast issued at ``issue_ns``; NaN where a value is
         missing or the scale is below ``min_scale``."""
-        grid = regular_grid(pd.Timestamp(issue_ns, unit="ns", tz="UTC"), steps, step_minutes)
+        grid = regular_grid_ns(issue_ns, steps, step_minutes)
         starts = grid.starts_ns
         at = np.minimum(np.searchsorted(ns, starts), len(ns) - 1)  # ns is not empty: see _quantile_table
         measured = np.where(ns[at] == starts, values[at], np.nan)

@@ -122,6 +122,14 @@ def regular_grid(start: datetime | pd.Timestamp, steps: int, step_minutes: int) 
     return TimeGrid(starts=starts, duration_h=np.full(steps, step_minutes / 60.0))
 
 
+def regular_grid_ns(start_ns: int, steps: int, step_minutes: int) -> TimeGrid:
+    """:func:`regular_grid` from a UTC epoch start [ns], without building a pandas index (the hindcasts of the
+    quantile and accuracy trackers make one per issue time)."""
+    step_ns = step_minutes * 60_000_000_000
+    starts_ns = int(start_ns) + step_ns * np.arange(steps, dtype=np.int64)
+    return _grid_from_ns(starts_ns, np.full(steps, step_minutes / 60.0), step_ns if steps else None)
+
+
 def floor_to_step(moment: datetime, step_minutes: int) -> datetime:
     """The start of the step containing ``moment`` (aligned to whole steps since UTC midnight)."""
     if moment.tzinfo is None:

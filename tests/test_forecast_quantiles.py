@@ -13,7 +13,7 @@ from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.forecast_quantiles import ErrorQuantiles
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
-from optimizer.timegrid import TimeGrid, regular_grid
+from optimizer.timegrid import TimeGrid, regular_grid, regular_grid_ns
 from simulations.runner import load_data
 from simulations.scenario import load_scenario
 from simulations.synthetic import shutdown_days
@@ -45,6 +45,16 @@ def test_known_error_quantiles():
     wider = ErrorQuantiles(lambda grid, _: np.zeros(len(grid)), widen=1.5)
     out = wider.quantiles(grid, history, history.ns, history.values, np.zeros(96))
     assert np.allclose(out, np.array([5 - 6.0, 5.0, 5 + 6.0]).clip(0)[:, None])  # 5 ± 1.5 · 4, bounded at 0
+
+
+@pytest.mark.parametrize("steps", [0, 1, 96])
+def test_hindcast_grids_from_nanoseconds_are_the_regular_grids(steps):
+    # the hindcasts build their grids from an issue time in ns without pandas: same starts, durations and step
+    start = pd.Timestamp("2026-03-01 06:45", tz=TZ)
+    made, direct = regular_grid_ns(start.value, steps, 15), regular_grid(start, steps, 15)
+    assert np.array_equal(made.starts_ns, direct.starts_ns) and made.starts_ns.dtype == np.int64
+    assert np.array_equal(made.duration_h, direct.duration_h) and made.uniform_step_ns == direct.uniform_step_ns
+    assert made.starts.equals(direct.starts)
 
 
 def test_levels_asked_in_turn_give_what_each_alone_gives():
