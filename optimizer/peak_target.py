@@ -9,10 +9,10 @@ the month's peak floor lets the plan import freely up to it (as perfect foresigh
 the excess above it (docs/planner.md "Demand charge").
 
 The same question asked of the coming hours: :meth:`PeakTarget.until_recharge_kw` finds the lowest level the energy
-in the battery *now* could hold on the stress net load (the forecast plus ``planner.demand_stress_level`` times its
-upper error) until the battery can next be recharged cheaply. Defending a lower level on a day that turns out hard
-only spends the battery before the day's peak comes, which then sets the month's; planning at that level from the
-start keeps the energy for it.
+in the battery *now* could hold on the stress net load (the forecast plus ``planner.demand_floor_stress_level``
+times its upper error) until the battery can next be recharged cheaply. Defending a lower level on a day that turns
+out hard only spends the battery before the day's peak comes, which then sets the month's; planning at that level
+from the start keeps the energy for it.
 """
 
 from __future__ import annotations

@@ -123,14 +123,14 @@ def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, g
 def recharge_floor_kw(target: PeakTarget, settings: PlannerSettings, grid: TimeGrid, tariff: TariffSteps,
                       pv_kw: np.ndarray, load_kw: np.ndarray, risk_kw: np.ndarray | None, state: SiteState) -> float:
     """Under a demand charge (``planner.demand_floor_until_recharge``), the lowest level the battery's energy now
-    could hold on the stress net load — ``load − PV + demand_stress_level × risk`` — until the horizon's next
+    could hold on the stress net load — ``load − PV + demand_floor_stress_level × risk`` — until the horizon's next
     cheapest-price step (:meth:`PeakTarget.until_recharge_kw`); the live plan keeper and the offline MPC plan each
     month's peak at no less than it (docs/planner.md "Demand charge"). 0 otherwise. [kW]"""
     if tariff.demand_rate[0] <= 0 or not settings.demand_floor_until_recharge:
         return 0.0
     net = load_kw - pv_kw
     if risk_kw is not None:
-        net = net + settings.demand_stress_level * risk_kw
+        net = net + settings.demand_floor_stress_level * risk_kw
     power = target.power_kw if state.bms_max_discharge_kw is None else state.bms_max_discharge_kw
     return target.until_recharge_kw(net, grid.duration_h, tariff.import_price, tariff.window, state.soc_kwh, power)
 

@@ -306,21 +306,25 @@ def test_the_recharge_floor_is_the_stress_day_level_under_a_demand_charge_only()
         return recharge_floor_kw(PeakTarget(BATTERY, 7), settings, grid, _recharge_steps(rate), RECHARGE_PV,
                                  RECHARGE_LOAD, RECHARGE_RISK, state)
 
-    assert floor(PlannerSettings()) == pytest.approx(260.0, abs=1e-3)  # κ = 0.5 (demand_stress_level)
-    assert floor(PlannerSettings(demand_stress_level=0.0)) == pytest.approx(210.0, abs=1e-3)  # the point forecast
+    # 240 kWh hold 300 kW for six hours at 260 kW: the floor is 210 kW + κ × 100 kW of risk, κ the floor's own
+    # multiple (demand_floor_stress_level, default 0.25), not the stress path's (demand_stress_level)
+    assert floor(PlannerSettings()) == pytest.approx(235.0, abs=1e-3)
+    assert floor(PlannerSettings(demand_floor_stress_level=0.5)) == pytest.approx(260.0, abs=1e-3)
+    assert floor(PlannerSettings(demand_floor_stress_level=0.0)) == pytest.approx(210.0, abs=1e-3)  # point forecast
+    assert floor(PlannerSettings(demand_stress_level=2.0)) == pytest.approx(235.0, abs=1e-3)
     assert floor(PlannerSettings(demand_floor_until_recharge=False)) == 0.0
     assert floor(PlannerSettings(), rate=0.0) == 0.0  # energy only
 
 
 def test_a_plan_at_the_recharge_floor_keeps_the_energy_the_stress_day_needs() -> None:
-    """The forecast's net load (250 kW) is below the floor (260 kW): the plan imports it and keeps the full battery
-    through the first four hours for the stress path; planned on the month's peak reached (200 kW), it shaves the
-    forecast's net load to ~213 kW (the 30-minute measure) from the first window on and has < 140 kWh left after
-    three hours."""
+    """The forecast's net load (250 kW) is below the floor (260 kW at a floor multiple of 0.5): the plan imports it
+    and keeps the full battery through the first four hours for the stress path; planned on the month's peak reached
+    (200 kW), it shaves the forecast's net load to ~213 kW (the 30-minute measure) from the first window on and has
+    < 140 kWh left after three hours."""
     n = len(RECHARGE_PRICE)
     grid = regular_grid(T0, n, 15)
     state = SiteState(240.0, month_peak_kw=PEAK)
-    settings = PlannerSettings()
+    settings = PlannerSettings(demand_floor_stress_level=0.5)
     plans = {}
     for on in (True, False):
         chosen = settings.model_copy(update={"demand_floor_until_recharge": on})
