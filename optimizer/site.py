@@ -245,7 +245,7 @@ class PlannerSettings(StrictModel):
                     "forecast the plan is made on, so that it does not count on headroom under the peak that a load "
                     "above the forecast would take (docs/planner.md) [-]")
     demand_target_days: int = Field(
-        default=7, ge=0, le=31,
+        default=5, ge=0, le=31,
         description="Under a demand charge, plan each month's peak at no less than the highest level the battery "
                     "could have held on each of this many recent days of measured net load, the peak the month is "
                     "likely to reach anyway (optimizer/peak_target.py, docs/planner.md) [d]; 0 = the month-to-date "
