@@ -284,9 +284,10 @@ class PlannerSettings(StrictModel):
 
     @property
     def uses_peak_risk(self) -> bool:
-        """Whether plans under a demand charge need the net load's upper forecast error (the reserve or the stress
-        day is on)."""
-        return self.demand_reserve_hours > 0 or self.demand_stress_level > 0
+        """Whether plans under a demand charge need the net load's upper forecast error (the reserve, the stress
+        day or the recharge floor's stress net load is on)."""
+        return (self.demand_reserve_hours > 0 or self.demand_stress_level > 0
+                or (self.demand_floor_until_recharge and self.demand_floor_stress_level > 0))
 
     @property
     def horizon_steps(self) -> int:
