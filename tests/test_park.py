@@ -172,7 +172,9 @@ async def test_uplink_cut_and_restored_every_point_arrives_once(park: tuple[Mosq
 
     for site in SITES:
         codes = alarm_codes(ops.on(site, "alarms"))
-        assert codes == [f"test_{i}" for i in range(60)], codes       # queued while cut, none lost or twice
+        # queued while cut, none lost or twice; the outbox drains while live alarms flow, so the queued ones may
+        # arrive after newer ones (seen once in CI: test_50 before test_30)
+        assert sorted(codes, key=lambda c: int(c.split("_")[1])) == [f"test_{i}" for i in range(60)], codes
         samples = vm.wait_for("ems_state_load_kw", len(sent[site]), site=site)
         assert [ts for ts, _ in samples] == sent[site]                # all 60, none twice, none lost
     # every state carries its site id on MQTT too
