@@ -10,7 +10,10 @@ settings changed, and reports each year's share and the pooled share (Σ MPC val
 Two worker processes, one year each.
 
 Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--seeds 7 11 23 42]
-          [--set demand_floor_stress_level=0.5 ...] [--days N]
+          [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT]
+
+``--day-ahead PCT`` gives the MPC a day-ahead PV forecast from outside of PCT % daily error (as
+`bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast").
 The last line printed is one JSON object with every figure.
 """
 
@@ -33,9 +36,11 @@ SCENARIOS = ROOT / "simulations" / "scenarios"
 DEFAULT_SEEDS = (7, 11, 23, 42)
 
 
-def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None) -> Scenario:
+def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None,
+                    day_ahead_pct: float | None = None) -> Scenario:
     """A shipped scenario with a synthetic year on ``seed``, ``planner`` settings changed, optionally cut to its
-    first ``days`` days. Raises ValueError for a scenario on measured (CSV) data."""
+    first ``days`` days and with a day-ahead PV forecast of ``day_ahead_pct`` % daily error. Raises ValueError for
+    a scenario on measured (CSV) data."""
     base = load_scenario(SCENARIOS / f"{name}.yaml")
     data = base.model_dump()
     if data["data"].get("synthetic") is None:
@@ -43,16 +48,20 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     data["data"]["synthetic"]["seed"] = seed
     if days is not None:
         data["data"]["days"] = days
+    if day_ahead_pct is not None:
+        data["data"]["pv_forecast"] = {"daily_error_pct": day_ahead_pct}
     data["planner"].update(planner)
     out = Scenario.model_validate(data)
     out._base_dir = base.base_dir
     return out
 
 
-def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None) -> dict[str, float]:
+def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None,
+              day_ahead_pct: float | None = None) -> dict[str, float]:
     """Battery value of MPC and of perfect foresight (over PV only) on one seed's year. [currency]"""
     t0 = time.perf_counter()
-    result = run(seeded_scenario(name, seed, planner, days), strategies=["pv_only", "mpc", "perfect_foresight"])
+    result = run(seeded_scenario(name, seed, planner, days, day_ahead_pct),
+                 strategies=["pv_only", "mpc", "perfect_foresight"])
     bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
     return {"seed": seed, "value_mpc": bill["pv_only"] - bill["mpc"],
             "value_pf": bill["pv_only"] - bill["perfect_foresight"], "wall_s": time.perf_counter() - t0}
@@ -79,18 +88,22 @@ def main() -> int:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a planner setting for every year (repeatable)")
     parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
+    parser.add_argument("--day-ahead", type=float, default=None, metavar="PCT",
+                        help="give the MPC a day-ahead PV forecast of PCT %% daily error")
     args = parser.parse_args()
     planner = parse_settings(args.settings)
     command = " ".join(["python benchmarks/bench_seeds.py", args.scenario, "--seeds", *map(str, args.seeds)]
-                       + [f"--set {pair}" for pair in args.settings] + ([f"--days {args.days}"] if args.days else []))
+                       + [f"--set {pair}" for pair in args.settings] + ([f"--days {args.days}"] if args.days else [])
+                       + ([f"--day-ahead {args.day_ahead:g}"] if args.day_ahead is not None else []))
     print(f"reproduce: {command}", flush=True)
     try:  # a bad scenario or setting fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], planner, args.days)
+        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, args.day_ahead)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bench_seeds: {args.scenario} with {planner}: {exc}") from None
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_year, [args.scenario] * len(args.seeds), args.seeds,
-                              [planner] * len(args.seeds), [args.days] * len(args.seeds)))
+                              [planner] * len(args.seeds), [args.days] * len(args.seeds),
+                              [args.day_ahead] * len(args.seeds)))
     for year in years:
         ratio = year["value_mpc"] / year["value_pf"] if year["value_pf"] else float("nan")
         year["ratio"] = ratio
@@ -99,7 +112,8 @@ def main() -> int:
     total_pf = sum(year["value_pf"] for year in years)
     pooled = sum(year["value_mpc"] for year in years) / total_pf if total_pf else None
     print(f"pooled over {len(years)} years: {pooled:.4f}" if pooled is not None else "pooled: no battery value")
-    print(json.dumps({"command": command, "scenario": args.scenario, "planner": planner, "pooled_ratio": pooled,
+    print(json.dumps({"command": command, "scenario": args.scenario, "planner": planner,
+                      "day_ahead_error_pct": args.day_ahead, "pooled_ratio": pooled,
                       "years": years}))
     return 0
 
