@@ -10,10 +10,11 @@ settings changed, and reports each year's share and the pooled share (Σ MPC val
 Two worker processes, one year each.
 
 Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--seeds 7 11 23 42]
-          [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT]
+          [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT [--no-band]]
 
 ``--day-ahead PCT`` gives the MPC a day-ahead PV forecast from outside of PCT % daily error (as
-`bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast").
+`bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast"), with its P10/P90 band
+unless ``--no-band``.
 The last line printed is one JSON object with every figure.
 """
 
@@ -37,10 +38,10 @@ DEFAULT_SEEDS = (7, 11, 23, 42)
 
 
 def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None,
-                    day_ahead_pct: float | None = None) -> Scenario:
+                    day_ahead_pct: float | None = None, band: bool = True) -> Scenario:
     """A shipped scenario with a synthetic year on ``seed``, ``planner`` settings changed, optionally cut to its
-    first ``days`` days and with a day-ahead PV forecast of ``day_ahead_pct`` % daily error. Raises ValueError for
-    a scenario on measured (CSV) data."""
+    first ``days`` days and with a day-ahead PV forecast of ``day_ahead_pct`` % daily error (with its band or
+    not). Raises ValueError for a scenario on measured (CSV) data."""
     base = load_scenario(SCENARIOS / f"{name}.yaml")
     data = base.model_dump()
     if data["data"].get("synthetic") is None:
@@ -49,7 +50,7 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     if days is not None:
         data["data"]["days"] = days
     if day_ahead_pct is not None:
-        data["data"]["pv_forecast"] = {"daily_error_pct": day_ahead_pct}
+        data["data"]["pv_forecast"] = {"daily_error_pct": day_ahead_pct, "band": band}
     data["planner"].update(planner)
     out = Scenario.model_validate(data)
     out._base_dir = base.base_dir
@@ -57,10 +58,10 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
 
 
 def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None,
-              day_ahead_pct: float | None = None) -> dict[str, float]:
+              day_ahead_pct: float | None = None, band: bool = True) -> dict[str, float]:
     """Battery value of MPC and of perfect foresight (over PV only) on one seed's year. [currency]"""
     t0 = time.perf_counter()
-    result = run(seeded_scenario(name, seed, planner, days, day_ahead_pct),
+    result = run(seeded_scenario(name, seed, planner, days, day_ahead_pct, band),
                  strategies=["pv_only", "mpc", "perfect_foresight"])
     bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
     return {"seed": seed, "value_mpc": bill["pv_only"] - bill["mpc"],
@@ -90,20 +91,22 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
     parser.add_argument("--day-ahead", type=float, default=None, metavar="PCT",
                         help="give the MPC a day-ahead PV forecast of PCT %% daily error")
+    parser.add_argument("--no-band", action="store_true", help="the day-ahead forecast without its P10/P90 band")
     args = parser.parse_args()
     planner = parse_settings(args.settings)
     command = " ".join(["python benchmarks/bench_seeds.py", args.scenario, "--seeds", *map(str, args.seeds)]
                        + [f"--set {pair}" for pair in args.settings] + ([f"--days {args.days}"] if args.days else [])
-                       + ([f"--day-ahead {args.day_ahead:g}"] if args.day_ahead is not None else []))
+                       + ([f"--day-ahead {args.day_ahead:g}"] if args.day_ahead is not None else [])
+                       + (["--no-band"] if args.no_band else []))
     print(f"reproduce: {command}", flush=True)
     try:  # a bad scenario or setting fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, args.day_ahead)
+        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, args.day_ahead, not args.no_band)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bench_seeds: {args.scenario} with {planner}: {exc}") from None
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_year, [args.scenario] * len(args.seeds), args.seeds,
                               [planner] * len(args.seeds), [args.days] * len(args.seeds),
-                              [args.day_ahead] * len(args.seeds)))
+                              [args.day_ahead] * len(args.seeds), [not args.no_band] * len(args.seeds)))
     for year in years:
         ratio = year["value_mpc"] / year["value_pf"] if year["value_pf"] else float("nan")
         year["ratio"] = ratio
@@ -113,7 +116,8 @@ def main() -> int:
     pooled = sum(year["value_mpc"] for year in years) / total_pf if total_pf else None
     print(f"pooled over {len(years)} years: {pooled:.4f}" if pooled is not None else "pooled: no battery value")
     print(json.dumps({"command": command, "scenario": args.scenario, "planner": planner,
-                      "day_ahead_error_pct": args.day_ahead, "pooled_ratio": pooled,
+                      "day_ahead_error_pct": args.day_ahead, "day_ahead_band": not args.no_band,
+                      "pooled_ratio": pooled,
                       "years": years}))
     return 0
 

@@ -37,7 +37,14 @@ from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import Plan, PlanStep
 from optimizer.planner import PlanInputs, Planner, PlannerError, SolverTimeout
-from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs, recharge_floor_kw
+from optimizer.service import (
+    SiteState,
+    TariffSteps,
+    peak_risk_kw,
+    peak_risk_quantiles,
+    plan_inputs,
+    recharge_floor_kw,
+)
 from optimizer.site import GridSpec, PlannerSettings
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
@@ -195,6 +202,11 @@ class MeasuredForecasts:
         """:func:`optimizer.service.peak_risk_kw` from the forecasters' own recent errors on the history. [kW]"""
         pv_hist, load_hist = self.history.histories()
         return peak_risk_kw(self.pv, self.load, grid, pv_hist, load_hist, pv_kw, load_kw)
+
+    def peak_risk_quantiles(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        """PV's P10 and the load's P90 behind :meth:`peak_risk` (:func:`optimizer.service.peak_risk_quantiles`),
+        for an external forecast's band to be laid over. [kW]"""
+        return peak_risk_quantiles(self.pv, self.load, grid, *self.history.histories())
 
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray:
         """The PV forecaster's quantiles on the measured history (:meth:`PVForecaster.quantiles`). [kW]"""

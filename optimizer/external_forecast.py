@@ -7,6 +7,11 @@ A forecast is a JSON object (REST body, MQTT payload) or a CSV file (docs/data.m
      "pv_kw": [0, 0, 12.5, ...], "load_kw": [410, 405, ...]}
 
 ``pv_kw`` and/or ``load_kw`` (at least one; equal lengths), values at interval starts ``start + i · step``.
+Each may come with its uncertainty band, as weather services give it (Solcast's ``pv_estimate10``/``90``):
+``pv_kw_p10`` and ``pv_kw_p90`` (``load_kw_p10``/``load_kw_p90``), the 10 % and 90 % quantiles per step, both or
+neither, the same length as their quantity, ``p10 ≤ value ≤ p90``. With a band the planner takes its quantiles
+(the surplus-day rule, the demand reserve's risk) from the forecast itself (:meth:`ExternalForecasts.quantiles`);
+without one the surplus-day rule stands aside while the forecast is used.
 ``unit`` is ``kW`` (default) or ``W`` (divided by 1000). Refused, with a message naming the field: a missing or
 zone-less timestamp, ``issued_at`` in the future, ``start`` off the step lattice or more than a day before
 ``issued_at``, a horizon of more than :data:`MAX_HORIZON_H`, a non-finite value, negative PV or load, PV above
@@ -27,11 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from optimizer.forecast import History
+from optimizer.service import PEAK_RISK_LEVEL, net_load_risk_kw
 from optimizer.timegrid import TimeGrid
 
 #: Longest horizon accepted. [h]
@@ -44,8 +51,17 @@ DEFAULT_VALID_HOURS = 6.0
 CLOCK_SKEW_S = 300.0
 #: Quantities a forecast may carry.
 QUANTITIES = ("pv_kw", "load_kw")
+#: Probability levels of a quantity's band: fields ``<quantity>_p10`` and ``<quantity>_p90``. [-]
+BAND_LEVELS = (0.1, 0.9)
+#: Band fields per quantity, lower then upper.
+BANDS = {name: (f"{name}_p10", f"{name}_p90") for name in QUANTITIES}
+#: Fields holding values per step: each quantity followed by its band.
+VALUE_FIELDS = tuple(field for name in QUANTITIES for field in (name, *BANDS[name]))
 #: Fields a forecast may carry.
-FIELDS = ("source", "issued_at", "valid_hours", "start", "step_minutes", "unit", *QUANTITIES)
+FIELDS = ("source", "issued_at", "valid_hours", "start", "step_minutes", "unit", *VALUE_FIELDS)
+#: Tolerance of the ordering check ``p10 ≤ value ≤ p90`` (rounding in the sender's serialisation). [kW]
+BAND_TOL_KW = 1e-6
+_Z_BAND = NormalDist().inv_cdf(BAND_LEVELS[1])
 _UNITS = {"kW": 1.0, "W": 1e-3}
 
 
@@ -55,7 +71,8 @@ class ForecastInputError(ValueError):
 
 @dataclass(frozen=True)
 class ExternalForecast:
-    """One accepted external forecast. Times UTC; values [kW] at interval starts ``start + i · step``."""
+    """One accepted external forecast. Times UTC; values [kW] at interval starts ``start + i · step``, per
+    quantity and band field (``values["pv_kw_p10"]``…)."""
 
     source: str
     issued_at: datetime
@@ -73,6 +90,15 @@ class ExternalForecast:
     def expired(self, now: datetime) -> bool:
         """True from ``expires_at`` on."""
         return now >= self.expires_at
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The quantities forecast (``pv_kw``, ``load_kw``), without their bands."""
+        return tuple(name for name in QUANTITIES if name in self.values)
+
+    def has_band(self, quantity: str) -> bool:
+        """True when ``quantity`` came with its P10/P90 band."""
+        return BANDS[quantity][0] in self.values
 
 
 @dataclass(frozen=True)
@@ -145,7 +171,7 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
     if unit not in _UNITS:
         raise ForecastInputError(f"unit: 'kW' or 'W' is required, got {unit!r}")
     values: dict[str, np.ndarray] = {}
-    for name in QUANTITIES:
+    for name in VALUE_FIELDS:
         if name not in payload:
             continue
         raw = payload[name]
@@ -161,17 +187,18 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
         bad = np.flatnonzero(arr < 0)
         if len(bad):
             raise ForecastInputError(f"{name}[{int(bad[0])}]: {raw[int(bad[0])]} {unit} is negative")
-        if name == "pv_kw" and pv_limit_kw is not None:
+        if name.startswith("pv_kw") and pv_limit_kw is not None:
             bad = np.flatnonzero(arr > pv_limit_kw * 1.000001)
             if len(bad):
-                raise ForecastInputError(f"pv_kw[{int(bad[0])}]: {arr[bad[0]]:g} kW is above the PV AC limit "
+                raise ForecastInputError(f"{name}[{int(bad[0])}]: {arr[bad[0]]:g} kW is above the PV AC limit "
                                          f"{pv_limit_kw:g} kW (is the unit right?)")
         if len(arr) * step / 60 > MAX_HORIZON_H:
             raise ForecastInputError(f"{name}: {len(arr)} steps of {step} min exceed the {MAX_HORIZON_H:g} h horizon")
         values[name] = arr
-    if not values:
+    if not any(name in values for name in QUANTITIES):
         raise ForecastInputError(f"no forecast values: give {' and/or '.join(QUANTITIES)}")
-    lengths = {len(v) for v in values.values()}
+    _check_bands(values)
+    lengths = {len(values[name]) for name in QUANTITIES if name in values}
     if len(lengths) > 1:
         raise ForecastInputError(f"pv_kw and load_kw have different lengths {sorted(lengths)}")
     expires = issued + timedelta(hours=valid_h)
@@ -182,9 +209,44 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
                             values=values)
 
 
+def _check_bands(values: dict[str, np.ndarray]) -> None:
+    """A band needs its quantity, both its fields, their lengths and ``p10 ≤ value ≤ p90`` per step."""
+    for name, (low, high) in BANDS.items():
+        given = [band for band in (low, high) if band in values]
+        if not given:
+            continue
+        if name not in values:
+            raise ForecastInputError(f"{given[0]}: a band needs {name} itself")
+        if len(given) == 1:
+            missing = high if given[0] == low else low
+            raise ForecastInputError(f"{missing}: {given[0]} was given, a band needs both {low} and {high}")
+        for band in (low, high):
+            if len(values[band]) != len(values[name]):
+                raise ForecastInputError(f"{band}: {len(values[band])} values, {name} has {len(values[name])}")
+        for band, below, above in ((low, values[low], values[name]), (high, values[name], values[high])):
+            bad = np.flatnonzero(below > above + BAND_TOL_KW)
+            if len(bad):
+                i = int(bad[0])
+                raise ForecastInputError(f"{band}[{i}]: {values[band][i]:g} kW lies on the wrong side of {name} "
+                                         f"{values[name][i]:g} kW (need {low} ≤ {name} ≤ {high})")
+
+
+def band_quantiles(point: np.ndarray, p10: np.ndarray, p90: np.ndarray, levels: Sequence[float],
+                   upper: float | None = None) -> np.ndarray:
+    """Quantiles at ``levels`` from a forecast and its P10/P90 band, as a split normal: below the forecast scaled
+    by ``forecast − P10``, above it by ``P90 − forecast`` (the band's own levels and 0.5 come back exactly), in
+    [0, ``upper``]. Shape ``(len(levels), steps)``, non-decreasing along increasing levels. [kW]"""
+    out = np.empty((len(levels), len(point)))
+    for i, level in enumerate(levels):
+        z = NormalDist().inv_cdf(float(level)) / _Z_BAND
+        out[i] = point + z * ((point - p10) if z < 0 else (p90 - point))
+    return np.clip(out, 0.0, upper if upper is not None else np.inf)
+
+
 def csv_payload(text: str, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS) -> dict:
-    """The JSON form of a forecast CSV: header ``timestamp`` plus ``pv_kw`` and/or ``load_kw``, one row per step,
-    timestamps ISO 8601 with UTC offset at interval starts, evenly spaced.
+    """The JSON form of a forecast CSV: header ``timestamp`` plus ``pv_kw`` and/or ``load_kw`` (and optionally
+    their bands, e.g. ``pv_kw_p10``, ``pv_kw_p90``), one row per step, timestamps ISO 8601 with UTC offset at
+    interval starts, evenly spaced. Other columns are ignored.
 
     Raises
     ------
@@ -194,9 +256,10 @@ def csv_payload(text: str, *, source: str, issued_at: str, valid_hours: float = 
     reader = csv.DictReader(io.StringIO(text))
     fields = reader.fieldnames or []
     if "timestamp" not in fields or not set(fields) & set(QUANTITIES):
-        raise ForecastInputError(f"CSV header must be timestamp plus pv_kw and/or load_kw, got {fields}")
+        raise ForecastInputError(f"CSV header must be timestamp plus pv_kw and/or load_kw (and optionally their "
+                                 f"_p10/_p90 bands), got {fields}")
     times: list[datetime] = []
-    columns: dict[str, list[float]] = {name: [] for name in QUANTITIES if name in fields}
+    columns: dict[str, list[float]] = {name: [] for name in VALUE_FIELDS if name in fields}
     for line, row in enumerate(reader, start=2):
         try:
             times.append(_time({"timestamp": row["timestamp"]}, "timestamp"))
@@ -238,16 +301,16 @@ class ExternalForecasts:
         except ForecastInputError as exc:
             return SubmitResult(accepted=False, error=str(exc))
         if only_newer:
-            for name in forecast.values:
+            for name in forecast.quantities:
                 held = self.current(name, now)
                 if held is not None and held.issued_at >= forecast.issued_at:
                     return SubmitResult(accepted=False, source=forecast.source, error=(
                         f"issued_at: {forecast.issued_at.isoformat()} is not newer than the {name} forecast in use "
                         f"({held.source}, issued {held.issued_at.isoformat()}): not applied again"))
-        for name in forecast.values:
+        for name in forecast.quantities:
             self._latest[name] = forecast
-        return SubmitResult(accepted=True, source=forecast.source, quantities=tuple(forecast.values),
-                            steps=len(next(iter(forecast.values.values()))), expires_at=forecast.expires_at)
+        return SubmitResult(accepted=True, source=forecast.source, quantities=forecast.quantities,
+                            steps=len(forecast.values[forecast.quantities[0]]), expires_at=forecast.expires_at)
 
     def load_csv(self, path: Path, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS,
                  now: datetime | None = None) -> SubmitResult:
@@ -274,16 +337,66 @@ class ExternalForecasts:
         forecast = self.current(quantity, now)
         if forecast is None:
             return builtin, "builtin"
-        values = forecast.values[quantity]
-        start_ns = pd.Timestamp(forecast.start).value
-        step_ns = forecast.step_minutes * 60_000_000_000
-        index = (grid.starts_ns - start_ns) // step_ns
-        covered = (grid.starts_ns >= start_ns) & (index < len(values))
+        index, covered = _coverage(forecast, grid)
         if not covered.any():
             return builtin, "builtin"
         out = np.array(builtin, dtype=float)
-        out[covered] = values[index[covered]]
+        out[covered] = forecast.values[quantity][index[covered]]
         return out, forecast.source if covered.all() else f"{forecast.source}+builtin"
+
+    def quantiles(self, quantity: str, grid: TimeGrid, levels: Sequence[float],
+                  builtin: Callable[[], np.ndarray | None], now: datetime) -> np.ndarray | None:
+        """Quantile forecasts of ``quantity`` at ``levels``, shape ``(len(levels), len(grid))``, to go with
+        :meth:`blend`: on the steps the current external forecast covers, from its P10/P90 band
+        (:func:`band_quantiles`); elsewhere ``builtin()`` (the built-in model's quantiles at the same levels,
+        only asked for when needed). None when the covering forecast has no band, or ``builtin()`` is None for
+        steps it does not cover. [kW]
+        """
+        forecast = self.current(quantity, now)
+        if forecast is None:
+            return builtin()
+        index, covered = _coverage(forecast, grid)
+        if not covered.any():
+            return builtin()
+        if not forecast.has_band(quantity):
+            return None
+        rest = None if covered.all() else builtin()
+        if rest is None and not covered.all():
+            return None
+        out = np.empty((len(levels), len(grid))) if rest is None else np.array(rest, dtype=float)
+        i = index[covered]
+        low, high = BANDS[quantity]
+        out[:, covered] = band_quantiles(forecast.values[quantity][i], forecast.values[low][i],
+                                         forecast.values[high][i], levels,
+                                         self.pv_limit_kw if quantity == "pv_kw" else None)
+        return out
+
+    def banded(self, now: datetime) -> bool:
+        """True when a current forecast of PV or load carries its band."""
+        return any((f := self.current(name, now)) is not None and f.has_band(name) for name in QUANTITIES)
+
+    def peak_risk_kw(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray, now: datetime,
+                     builtin_quantiles: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """The net-load risk of :func:`optimizer.service.peak_risk_kw` with the current forecasts' bands: the PV's
+        P10 and the load's P90 from the band on the steps a banded forecast covers, from ``builtin_quantiles()``
+        (the built-in PV P10 and load P90 per step) elsewhere. None while no current forecast has a band (the
+        built-in risk stands). [kW]"""
+        if not self.banded(now):
+            return None
+        pv_lo, load_hi = builtin_quantiles()
+        pv_q = self.quantiles("pv_kw", grid, (1.0 - PEAK_RISK_LEVEL,), lambda: pv_lo[None], now)
+        load_q = self.quantiles("load_kw", grid, (PEAK_RISK_LEVEL,), lambda: load_hi[None], now)
+        return net_load_risk_kw(pv_kw, pv_lo if pv_q is None else pv_q[0], load_kw,
+                                load_hi if load_q is None else load_q[0])
+
+
+def _coverage(forecast: ExternalForecast, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid step: the index of the forecast's step holding its start, and whether the forecast covers it."""
+    start_ns = pd.Timestamp(forecast.start).value
+    step_ns = forecast.step_minutes * 60_000_000_000
+    index = (grid.starts_ns - start_ns) // step_ns
+    n = len(forecast.values[forecast.quantities[0]])
+    return index, (grid.starts_ns >= start_ns) & (index < n)
 
 
 class WithExternal:
@@ -313,16 +426,22 @@ class WithExternal:
         return pv, load
 
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
-        """The built-in source's net-load risk (external forecasts carry no error history). [kW]"""
-        return self.builtin.peak_risk(grid, pv_kw, load_kw)
+        """The net-load risk from the current external forecasts' bands where they have one
+        (:meth:`ExternalForecasts.peak_risk_kw`), otherwise the built-in source's (from its own errors). [kW]"""
+        quantiles = getattr(self.builtin, "peak_risk_quantiles", None)
+        risk = None if quantiles is None else self.external.peak_risk_kw(grid, pv_kw, load_kw, self.now(),
+                                                                          lambda: quantiles(grid))
+        return self.builtin.peak_risk(grid, pv_kw, load_kw) if risk is None else risk
 
     def measured(self) -> tuple[History, History] | None:
         """The built-in source's measured PV and load (the month's peak target). [kW]"""
         return self.builtin.measured()
 
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
-        """The built-in PV quantiles while the PV forecast is the built-in one; None while an external PV
-        forecast is laid over it (it comes without quantiles, so the surplus-day rule stands aside). [kW]"""
-        if self.origin["pv_kw"] != "builtin":
-            return None
-        return self.builtin.pv_quantiles(grid, levels)
+        """The built-in PV quantiles while the PV forecast is the built-in one; while an external PV forecast is
+        laid over it, its band's quantiles on the steps it covers (:meth:`ExternalForecasts.quantiles`), or None
+        when it has no band (the surplus-day rule then stands aside). [kW]"""
+        if self.origin["pv_kw"] == "builtin":
+            return self.builtin.pv_quantiles(grid, levels)
+        return self.external.quantiles("pv_kw", grid, levels, lambda: self.builtin.pv_quantiles(grid, levels),
+                                       self.now())

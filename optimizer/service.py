@@ -110,14 +110,28 @@ PEAK_RISK_LEVEL = 0.9
 """Upper quantile of the net load the demand reserve is sized for: load P90 above its forecast, PV P10 below. [-]"""
 
 
+def peak_risk_quantiles(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, grid: TimeGrid,
+                        pv_history: object, load_history: object) -> tuple[np.ndarray, np.ndarray]:
+    """PV's P10 and the load's P90 per step (:data:`PEAK_RISK_LEVEL`) from each forecaster's own recent errors
+    (``quantiles()``). [kW]"""
+    pv_lo = pv_forecaster.quantiles(grid, pv_history, levels=(1.0 - PEAK_RISK_LEVEL,))[0]
+    load_hi = load_forecaster.quantiles(grid, load_history, levels=(PEAK_RISK_LEVEL,))[0]
+    return pv_lo, load_hi
+
+
+def net_load_risk_kw(pv_kw: np.ndarray, pv_p10: np.ndarray, load_kw: np.ndarray, load_p90: np.ndarray) -> np.ndarray:
+    """How far above the forecast the net load (load − PV) may come per step: the load's P90 above its forecast
+    and PV's P10 below it, combined as independent errors (root of the sum of squares). [kW]"""
+    return np.hypot(np.maximum(load_p90 - load_kw, 0.0), np.maximum(pv_kw - pv_p10, 0.0))
+
+
 def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, grid: TimeGrid,
                  pv_history: object, load_history: object, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
-    """How far above the forecast the net load (load − PV) may come per step [kW]: the load's P90 above its point
-    forecast and PV's P10 below it, from each forecaster's own recent errors (``quantiles()``), combined as
-    independent errors (root of the sum of squares). 0 until the forecasters have errors to learn from."""
-    load_hi = load_forecaster.quantiles(grid, load_history, levels=(PEAK_RISK_LEVEL,))[0]
-    pv_lo = pv_forecaster.quantiles(grid, pv_history, levels=(1.0 - PEAK_RISK_LEVEL,))[0]
-    return np.hypot(np.maximum(load_hi - load_kw, 0.0), np.maximum(pv_kw - pv_lo, 0.0))
+    """How far above the forecast the net load (load − PV) may come per step [kW]: :func:`net_load_risk_kw` of
+    :func:`peak_risk_quantiles`, from the forecasters' own recent errors. 0 until the forecasters have errors to
+    learn from."""
+    pv_lo, load_hi = peak_risk_quantiles(pv_forecaster, load_forecaster, grid, pv_history, load_history)
+    return net_load_risk_kw(pv_kw, pv_lo, load_kw, load_hi)
 
 
 def recharge_floor_kw(target: PeakTarget, settings: PlannerSettings, grid: TimeGrid, tariff: TariffSteps,

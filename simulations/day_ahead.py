@@ -13,22 +13,29 @@ forecasts made here from the study's own PV (docs/simulation.md, "Day-ahead fore
   independently per issue and day from ``seed``; it keeps the day's level, not its hours (a flat clearness over
   the day, capped at the AC limit);
 - ``daily_error_pct: 0`` is a forecast that knows each day's PV energy exactly; the spread of a real service is an
-  assumption to set for the forecast being evaluated.
+  assumption to set for the forecast being evaluated;
+- with ``band`` (the default) each forecast carries its P10/P90 band (``pv_kw_p10``/``pv_kw_p90``), as weather
+  services give one: the quantiles of the day's actual level given the forecast under the same lognormal error,
+  ``forecast × exp(±1.2816 σ + σ²/2)`` (capped at the AC limit), so about 80 % of days fall inside it. Like the
+  forecast it is the day's level, flat over the day: the hours' own variability is not in it.
 
-The built-in forecast is kept where the external one does not reach, and the surplus-day rule stands aside while
-the external PV is used (it comes without quantiles), as live.
+The built-in forecast is kept where the external one does not reach. The planner takes its PV quantiles (the
+surplus-day rule, the demand reserve's risk) from the band while the external PV is used; without a band
+(``band: false``) the surplus-day rule stands aside, as live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 VALID_HOURS = 48.0
 """Validity of an issued forecast: long enough to span to the end of the next day from any issue hour. [h]"""
+_Z90 = NormalDist().inv_cdf(0.9)
 
 
 def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) -> dict[int, float]:
@@ -40,7 +47,7 @@ def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) ->
 
 def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np.ndarray, timezone: str, *,
                        issue_hour: int, daily_error_pct: float, seed: int, ac_limit_kw: float, step_minutes: int,
-                       source: str = "day-ahead") -> list[dict]:
+                       source: str = "day-ahead", band: bool = True) -> list[dict]:
     """The forecasts issued over ``starts`` (UTC step starts of the data, ``step_minutes`` apart), as external
     forecast payloads (docs/data.md, "External forecasts"), in order of issue (module docstring).
 
@@ -63,16 +70,22 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
         hi = int(np.searchsorted(day, d + 2, side="left"))
         if hi <= lo:
             continue
-        values = np.zeros(hi - lo)
+        values = np.zeros((3, hi - lo))  # forecast, P10, P90
         for dd, s in ((d, sigma / 2), (d + 1, sigma)):
             mask = day[lo:hi] == dd
             if not mask.any() or dd not in k_day:
                 continue
             k = k_day[dd] * float(np.exp(s * rng.standard_normal() - s * s / 2))
-            values[mask] = np.minimum(clear_kw[lo:hi][mask] * k, ac_limit_kw)
-        payloads.append({"source": source, "issued_at": _iso(issued_local), "valid_hours": VALID_HOURS,
-                         "start": _iso(starts[lo]), "step_minutes": step_minutes,
-                         "pv_kw": [round(float(v), 3) for v in values]})
+            for row, z in enumerate((0.0, -_Z90, _Z90)):
+                level = k if row == 0 else k * float(np.exp(z * s + s * s / 2))
+                values[row, mask] = np.minimum(clear_kw[lo:hi][mask] * level, ac_limit_kw)
+        payload = {"source": source, "issued_at": _iso(issued_local), "valid_hours": VALID_HOURS,
+                   "start": _iso(starts[lo]), "step_minutes": step_minutes,
+                   "pv_kw": [round(float(v), 3) for v in values[0]]}
+        if band:
+            payload["pv_kw_p10"] = [round(float(v), 3) for v in values[1]]
+            payload["pv_kw_p90"] = [round(float(v), 3) for v in values[2]]
+        payloads.append(payload)
     return payloads
 
 

@@ -359,8 +359,9 @@ def forecast_text(forecast: dict[str, Any] | None) -> str:
     """The day-ahead PV forecast the MPC was given (assumption ``pv_forecast``), or that it had none."""
     if not forecast:
         return "none (the built-in forecasts only)"
+    band = ", with its P10/P90 band" if forecast.get("band", False) else ", without a band"
     return (f"issued daily at {forecast['issue_hour']:02d}:00 local, {forecast['daily_error_pct']:g} % error on each "
-            f"day's PV energy (seed {forecast['seed']})")
+            f"day's PV energy{band} (seed {forecast['seed']})")
 
 
 def warmup_text(warmup: dict[str, float] | None) -> str:

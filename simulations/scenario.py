@@ -110,6 +110,9 @@ class DayAheadForecast(StrictModel):
                                                "each day's energy known exactly")
     issue_hour: int = Field(default=6, ge=0, le=23, description="Local hour the forecast is issued every day [h]")
     seed: int = Field(default=1, description="Seed of the forecast errors")
+    band: bool = Field(default=True, description="The forecast carries its P10/P90 band of the day's PV, "
+                                                 "calibrated to daily_error_pct (as weather services give one); "
+                                                 "false: the point forecast alone")
 
 
 class CsvData(StrictModel):

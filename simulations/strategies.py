@@ -38,7 +38,14 @@ from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
-from optimizer.service import SiteState, TariffSteps, peak_risk_kw, plan_inputs, recharge_floor_kw
+from optimizer.service import (
+    SiteState,
+    TariffSteps,
+    peak_risk_kw,
+    peak_risk_quantiles,
+    plan_inputs,
+    recharge_floor_kw,
+)
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid
 from simulations.day_ahead import IssuedForecasts, day_ahead_payloads
@@ -245,7 +252,7 @@ class Mpc:
             self.issued = IssuedForecasts(day_ahead_payloads(
                 data.starts, data.pv_kw, self.pv_forecaster.clear_sky_kw(data.full_grid), site.timezone,
                 issue_hour=day_ahead.issue_hour, daily_error_pct=day_ahead.daily_error_pct, seed=day_ahead.seed,
-                ac_limit_kw=pv.ac_limit_kw, step_minutes=round(float(data.duration_h[0]) * 60)))
+                ac_limit_kw=pv.ac_limit_kw, step_minutes=round(float(data.duration_h[0]) * 60), band=day_ahead.band))
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -259,23 +266,40 @@ class Mpc:
         if self.perfect:
             return d.pv_kw[t:t + self.horizon], d.load_kw[t:t + self.horizon]
         pv_history, load_history = self._history_views(t, ctx)
-        point = self.pv_forecaster.forecast(grid, pv_history)
-        origin = "builtin"
+        builtin = self.pv_forecaster.forecast(grid, pv_history)
+        point, origin = builtin, "builtin"
         if self.external is not None:
-            point, origin = self._external_pv(grid, point)
-        # an external forecast comes without quantiles: the surplus-day rule stands aside while it is used, as live
-        pv = point if origin != "builtin" else surplus.planned_pv(
-            self.settings.surplus_rule, point, d.import_price[t:t + self.horizon],
-            lambda levels: self.pv_forecaster.quantiles(grid, pv_history, levels, point),
-            None if demand else self.settings.surplus_room_level)
+            point, origin = self._external_pv(grid, builtin)
+
+        def quantiles(levels: Sequence[float]) -> np.ndarray | None:
+            """As live (``WithExternal.pv_quantiles``): the built-in quantiles, or while the external PV is used
+            its band's (None without a band: the surplus-day rule stands aside)."""
+            def own() -> np.ndarray:
+                return self.pv_forecaster.quantiles(grid, pv_history, levels, builtin)
+            if origin == "builtin":
+                return own()
+            return self.external.quantiles("pv_kw", grid, levels, own, _grid_now(grid))
+
+        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon], quantiles,
+                                None if demand else self.settings.surplus_room_level)
         return pv, self.load_forecaster.forecast(grid, load_history)
+
+    def _peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """As live (``WithExternal.peak_risk``): the net-load risk from the external forecasts' bands where they
+        have one, otherwise from the built-in forecasters' own errors. [kW]"""
+        history = self._history_views(t, ctx)
+        risk = None if self.external is None else self.external.peak_risk_kw(
+            grid, pv, load, _grid_now(grid),
+            lambda: peak_risk_quantiles(self.pv_forecaster, self.load_forecaster, grid, *history))
+        return peak_risk_kw(self.pv_forecaster, self.load_forecaster, grid, *history, pv, load) if risk is None \
+            else risk
 
     def _external_pv(self, grid: TimeGrid, builtin: np.ndarray) -> tuple[np.ndarray, str]:
         """The PV forecast with the day-ahead forecasts issued so far laid over it, and its origin
         (:meth:`~optimizer.external_forecast.ExternalForecasts.blend`). [kW]"""
         assert self.external is not None
         now_ns = int(grid.starts_ns[0])
-        now = datetime.fromtimestamp(now_ns / 1e9, UTC)
+        now = _grid_now(grid)
         for payload in self.issued.due(now_ns):
             result = self.external.submit(payload, now)
             if not result.accepted:
@@ -307,8 +331,7 @@ class Mpc:
         pv, load = self.forecasts(t, grid, ctx, demand)
         risk = None
         if demand and self.settings.uses_peak_risk:
-            risk = np.zeros(h) if self.perfect else peak_risk_kw(
-                self.pv_forecaster, self.load_forecaster, grid, *self._history_views(t, ctx), pv, load)
+            risk = np.zeros(h) if self.perfect else self._peak_risk(t, grid, ctx, pv, load)
         target, state = 0.0, ctx.state()
         if demand and self.settings.demand_target_days > 0:
             target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
@@ -381,3 +404,8 @@ class PerfectForesight:
 def _window(data: Inputs, ctx: StepContext) -> DemandWindow:
     """The demand window running at the step's start, as the live demand tracker reports it."""
     return DemandWindow(data.tariff.window_h, ctx.window_elapsed_h, ctx.window_kwh)
+
+
+def _grid_now(grid: TimeGrid) -> datetime:
+    """The start of ``grid``'s first step (UTC, aware): the study's clock when a plan on ``grid`` is made."""
+    return datetime.fromtimestamp(int(grid.starts_ns[0]) / 1e9, UTC)

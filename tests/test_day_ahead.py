@@ -57,6 +57,26 @@ def test_daily_errors_have_the_spread_asked_for_and_no_bias() -> None:
     assert np.mean(ratios) == pytest.approx(1.0, abs=0.02)  # the lognormal error is mean-preserving
 
 
+def test_the_band_holds_about_eight_days_in_ten_and_leaves_the_forecast_as_it_was() -> None:
+    """The P10/P90 band is calibrated to the error it was issued with: the next day's actual energy falls inside it
+    on ~80 % of days (binomial spread over 600 days ±1.6 %); without the band the forecast values are the same."""
+    starts, pv, clear = _days(600)
+    kwargs = dict(issue_hour=6, daily_error_pct=30, seed=5, ac_limit_kw=900, step_minutes=60)
+    banded = day_ahead_payloads(starts, pv, clear, TZ, **kwargs)
+    plain = day_ahead_payloads(starts, pv, clear, TZ, **kwargs, band=False)
+    assert all(p["pv_kw"] == q["pv_kw"] and "pv_kw_p10" not in q for p, q in zip(banded, plain, strict=True))
+    inside, below = [], []
+    for p in banded[1:-1]:
+        start = starts.get_loc(pd.Timestamp(p["start"]))
+        actual = pv[start + 18:start + 42].sum()
+        low, high = sum(p["pv_kw_p10"][18:42]), sum(p["pv_kw_p90"][18:42])
+        assert low <= sum(p["pv_kw"][18:42]) <= high
+        inside.append(low <= actual <= high)
+        below.append(actual < low)
+    assert np.mean(inside) == pytest.approx(0.80, abs=0.05)
+    assert np.mean(below) == pytest.approx(0.10, abs=0.04)
+
+
 def test_every_issue_passes_the_live_validator_and_expires_after_the_next() -> None:
     starts, pv, clear = _days(5)
     pv = pv * 20  # 600–1,800 kW: capped at the AC limit
@@ -72,7 +92,7 @@ def test_every_issue_passes_the_live_validator_and_expires_after_the_next() -> N
     assert issued.due(starts[-1].value + 10**15) == []
 
 
-def _scenario(**forecast: float) -> Scenario:
+def _scenario(**forecast: float | bool) -> Scenario:
     base = load_scenario(SCENARIOS / "nam-cau-kien-hard-qd963.yaml")
     data = base.model_dump()
     data["planner"].update(step_minutes=60, horizon_hours=24)
@@ -126,7 +146,10 @@ def test_the_report_names_the_forecast() -> None:
     from simulations.runner import assumptions
 
     a = assumptions(_scenario(daily_error_pct=25, issue_hour=5))
-    assert forecast_text(a["pv_forecast"]) == "issued daily at 05:00 local, 25 % error on each day's PV energy (seed 1)"
+    assert forecast_text(a["pv_forecast"]) == ("issued daily at 05:00 local, 25 % error on each day's PV energy, "
+                                               "with its P10/P90 band (seed 1)")
+    a = assumptions(_scenario(daily_error_pct=25, band=False))
+    assert forecast_text(a["pv_forecast"]).endswith("PV energy, without a band (seed 1)")
 
 
 def test_a_bad_forecast_setting_is_a_clear_error() -> None:

@@ -74,6 +74,17 @@ def test_watts_are_converted_and_a_newer_forecast_replaces_the_older():
     ({"valid_hours": 100}, r"valid_hours: a number in \(0, 48\]"),
     ({"step_minutes": 7}, "step_minutes: one of"),
     ({"pv": [1.0]}, r"unknown field\(s\) \['pv'\]"),
+    ({"pv_kw_p10": [1.0] * 4}, "pv_kw_p90: pv_kw_p10 was given, a band needs both"),
+    ({"load_kw_p90": [500.0] * 4}, "load_kw_p10: load_kw_p90 was given, a band needs both"),
+    ({"pv_kw": None, "pv_kw_p10": [1.0] * 4, "pv_kw_p90": [50.0] * 4}, "pv_kw_p10: a band needs pv_kw itself"),
+    ({"pv_kw_p10": [1.0] * 3, "pv_kw_p90": [50.0] * 4}, "pv_kw_p10: 3 values, pv_kw has 4"),
+    ({"pv_kw_p10": [5.0, 25.0, 5.0, 5.0], "pv_kw_p90": [50.0] * 4},
+     r"pv_kw_p10\[1\]: 25 kW lies on the wrong side of pv_kw 20 kW"),
+    ({"load_kw_p10": [300.0] * 4, "load_kw_p90": [500.0, 500.0, 415.0, 500.0]},
+     r"load_kw_p90\[2\]: 415 kW lies on the wrong side of load_kw 420 kW"),
+    ({"pv_kw_p10": [5.0] * 4, "pv_kw_p90": [50.0, 50.0, 950.0, 50.0]},
+     r"pv_kw_p90\[2\]: 950 kW is above the PV AC limit 900 kW"),
+    ({"pv_kw_p10": [5.0, -1.0, 5.0, 5.0], "pv_kw_p90": [50.0] * 4}, r"pv_kw_p10\[1\]: -1.0 kW is negative"),
 ])
 def test_bad_forecasts_are_refused_naming_the_field(changes, message):
     with pytest.raises(ForecastInputError, match=message):
@@ -81,6 +92,30 @@ def test_bad_forecasts_are_refused_naming_the_field(changes, message):
     store = ExternalForecasts(pv_limit_kw=900)
     result = store.submit(payload(**changes), now=NOW)  # the service keeps running: a result, not an exception
     assert not result.accepted and result.error and store.current("pv_kw", NOW) is None
+
+
+def test_a_band_gives_the_quantiles_where_the_forecast_covers_the_grid():
+    """P10/P90 come back exactly and the forecast is the median; other levels follow the split normal (level 0.05 is
+    1.6449 / 1.2816 = 1.2835 band-halves out: 100 − 1.2835 × 20 = 74.33 kW, 100 + 1.2835 × 30 = 138.5 kW); steps the
+    forecast does not cover keep the built-in quantiles; the band's quantity is all a submission reports."""
+    store = ExternalForecasts(pv_limit_kw=900)
+    result = store.submit(payload(pv_kw=[100.0, 0.0, 880.0, 40.0], pv_kw_p10=[80.0, 0.0, 700.0, 40.0],
+                                  pv_kw_p90=[130.0, 0.0, 900.0, 40.0], load_kw=None), now=NOW)
+    assert result.accepted and result.quantities == ("pv_kw",) and result.steps == 4
+    grid = regular_grid(pd.Timestamp(NOW), 6, 15)
+    builtin = np.array([[1.0] * 6, [2.0] * 6, [3.0] * 6])
+    q = store.quantiles("pv_kw", grid, (0.1, 0.5, 0.9), lambda: builtin, NOW)
+    assert q.tolist() == [[80.0, 0.0, 700.0, 40.0, 1.0, 1.0], [100.0, 0.0, 880.0, 40.0, 2.0, 2.0],
+                          [130.0, 0.0, 900.0, 40.0, 3.0, 3.0]]
+    tails = store.quantiles("pv_kw", regular_grid(pd.Timestamp(NOW), 4, 15), (0.05, 0.95), lambda: None, NOW)
+    assert tails[:, 0] == pytest.approx([74.33, 138.50], abs=0.01)
+    assert tails[1, 2] == 900.0  # the PV AC limit caps the upper tail
+    top = builtin[2:]
+    assert store.quantiles("load_kw", grid, (0.9,), lambda: top, NOW) is top  # no external load forecast
+    assert store.quantiles("pv_kw", grid, (0.5,), lambda: None, NOW) is None  # uncovered steps, no built-in
+    plain = ExternalForecasts()
+    assert plain.submit(payload(), now=NOW).accepted and not plain.banded(NOW) and store.banded(NOW)
+    assert plain.quantiles("pv_kw", grid, (0.1,), lambda: builtin[:1], NOW) is None  # no band: none
 
 
 def test_csv_form(tmp_path):
@@ -93,6 +128,10 @@ def test_csv_form(tmp_path):
     path.write_text(text.replace("25.5", "abc"), encoding="utf-8")
     result = ExternalForecasts().load_csv(path, source="pvgis", issued_at="2026-06-01T06:00:00+07:00", now=NOW)
     assert not result.accepted and "CSV line 3" in result.error
+    banded = parse_forecast(csv_payload(
+        "timestamp,pv_kw,pv_kw_p10,pv_kw_p90\n2026-06-01T07:00:00+07:00,20,10,30\n", source="solcast",
+        issued_at="2026-06-01T06:00:00+07:00"), NOW)
+    assert banded.has_band("pv_kw") and banded.values["pv_kw_p90"].tolist() == [30.0]
     uneven = text.replace("07:30:00", "07:45:00")
     with pytest.raises(ForecastInputError, match="evenly spaced"):
         csv_payload(uneven, source="x", issued_at="2026-06-01T06:00:00+07:00")
@@ -163,6 +202,42 @@ def test_the_planners_source_takes_external_forecasts_until_they_expire():
     assert source.origin == {"pv_kw": "weather-service+builtin", "load_kw": "builtin"}
     clock["now"] = NOW + timedelta(hours=6)
     assert source.forecast(grid)[0].tolist() == [7.0] * 6 and source.origin["pv_kw"] == "builtin"
+
+
+class RiskSource(ConstantSource):
+    """A built-in source whose PV P10 is 20 kW below its forecast and whose load P90 is 40 kW above it. [kW]"""
+
+    def peak_risk_quantiles(self, grid):
+        return np.full(len(grid), 7.0 - 20.0), np.full(len(grid), 340.0)
+
+    def peak_risk(self, grid, pv_kw, load_kw):
+        return np.full(len(grid), -1.0)  # marks "the built-in risk was used"
+
+    def pv_quantiles(self, grid, levels):
+        return np.tile(np.asarray(levels, dtype=float)[:, None], (1, len(grid)))
+
+
+def test_the_planners_source_takes_risk_and_quantiles_from_the_band():
+    """With a banded PV forecast: the risk on covered steps is √(30² + 40²) = 50 kW (PV P10 30 kW under the
+    external 40 kW, load P90 40 kW over the built-in load), on the rest the built-in quantiles' √(20² + 40²) around
+    the plan's PV; the PV quantiles come from the band where it covers. A forecast without a band: the built-in risk,
+    and no quantiles (the surplus-day rule stands aside)."""
+    clock = {"now": NOW}
+    store = ExternalForecasts(pv_limit_kw=900)
+    source = WithExternal(RiskSource(), store, lambda: clock["now"])
+    grid = regular_grid(pd.Timestamp(NOW), 6, 15)
+    assert store.submit(payload(pv_kw=[40.0] * 4, pv_kw_p10=[10.0] * 4, pv_kw_p90=[60.0] * 4, load_kw=None),
+                        now=NOW).accepted
+    pv, load = source.forecast(grid)
+    risk = source.peak_risk(grid, pv, load)
+    assert risk.tolist() == pytest.approx([50.0] * 4 + [np.hypot(20.0, 40.0)] * 2)
+    q = source.pv_quantiles(grid, (0.1, 0.9))
+    assert q.tolist() == [[10.0] * 4 + [0.1] * 2, [60.0] * 4 + [0.9] * 2]
+    assert store.submit(payload(issued_at="2026-06-01T07:05:00+07:00", pv_kw=[40.0] * 4, load_kw=None),
+                        now=NOW + timedelta(minutes=5)).accepted
+    clock["now"] = NOW + timedelta(minutes=5)
+    pv, load = source.forecast(grid)
+    assert source.peak_risk(grid, pv, load).tolist() == [-1.0] * 6 and source.pv_quantiles(grid, (0.5,)) is None
 
 
 def test_an_expired_forecast_is_refused_and_a_retained_copy_only_replaces_an_older_one():

@@ -189,3 +189,70 @@ async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: in
         assert live is not None and replace(live, expires_at=None) == offline
     finally:
         controller.store.close()
+
+
+# ------------------------------------------------------ forecasts with a banded external PV forecast (day-ahead)
+
+class StudyHistory:
+    """The offline MPC's history views at the step being compared, as the live ``MeasuredHistory`` offers them."""
+
+    def __init__(self, last_load_kw: float):
+        self.views: tuple = ()
+        self.last_load_kw = last_load_kw  # the load forecaster's own fallback: the live source sets it every call
+
+    def histories(self):
+        return self.views
+
+
+class ForecastTwin(Twin):
+    """:class:`Twin` on forecasts: the live source reads the histories the offline MPC reads at step ``t``."""
+
+    def __init__(self, mpc, keeper: PlanKeeper, window_h: float, history: StudyHistory):
+        super().__init__(mpc, keeper, window_h)
+        self.name, self.history = "mpc", history
+
+    def target(self, t: int, now: datetime, ctx: StepContext):
+        self.history.views = self.mpc._history_views(t, ctx)
+        return super().target(t, now, ctx)
+
+
+@pytest.mark.parametrize("tariff", ["evn-manufacturing-22kv", "evn-two-part-22kv"])
+def test_live_and_offline_plan_alike_on_a_banded_day_ahead_forecast(tariff: str) -> None:
+    """Two days of the harder year with the built-in forecasters (three weeks of warm-up history) and the study's
+    day-ahead PV forecast with its P10/P90 band: the live plan keeper on ``WithExternal(MeasuredForecasts)`` over the
+    same store and histories makes the offline MPC's PlanInputs (PV after the surplus-day rule on the band's
+    quantiles, the demand reserve's risk from the band, the recharge floor), plans and targets at every step."""
+    from controller.planning import MeasuredForecasts
+    from optimizer.external_forecast import WithExternal
+    from simulations.runner import load_data
+
+    base = load_scenario(SCENARIOS / "nam-cau-kien-hard-two-part.yaml")
+    data = base.model_dump()
+    data["tariff"] = {**data["tariff"], "preset": tariff, "file": None}
+    data["planner"]["horizon_hours"] = 12
+    data["data"].update(start="2026-03-02", days=2, pv_forecast={"daily_error_pct": 20})
+    sc = Scenario.model_validate(data)
+    sc._base_dir = base.base_dir
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    inputs = price_inputs(load_data(sc), site_tariff, sc.planner.horizon_steps)
+    mpc = make_strategy("mpc", sc, inputs, site_tariff)
+    history = StudyHistory(mpc.load_forecaster.fallback_kw)
+    clock_now = {"now": None}
+    source = WithExternal(MeasuredForecasts(mpc.pv_forecaster, mpc.load_forecaster, history), mpc.external,
+                          lambda: clock_now["now"])
+    spec = sc.battery.spec()
+    keeper = PlanKeeper(Planner(spec, sc.grid, sc.planner, sc.planner.horizon_steps), sc.planner, sc.grid,
+                        site_tariff, source, sc.dispatch.follow_tol_kw)
+    twin = ForecastTwin(mpc, keeper, inputs.tariff.window_h if inputs.demand_rate[0] > 0 else 0.0, history)
+    banded = []
+    target = twin.target
+
+    def compare(t, now, ctx):
+        clock_now["now"] = now
+        out = target(t, now, ctx)
+        banded.append(mpc.external.banded(now))
+        return out
+
+    twin.target = compare
+    simulate(twin, sc, inputs, site_tariff, battery=True)
+    assert twin.compared == inputs.steps == 192 and all(banded)

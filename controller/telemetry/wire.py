@@ -293,6 +293,13 @@ class ForecastMessage(BaseModel):
     unit: Literal["kW", "W"] = "kW"
     pv_kw: Values | Absent = Field(None, description="PV AC power per interval (at most the PV AC limit) [unit]")
     load_kw: Values | Absent = Field(None, description="Site load per interval, same length as pv_kw [unit]")
+    pv_kw_p10: Values | Absent = Field(None, description="10 % quantile of pv_kw per interval (with pv_kw_p90; "
+                                                         "pv_kw_p10 <= pv_kw <= pv_kw_p90) [unit]")
+    pv_kw_p90: Values | Absent = Field(None, description="90 % quantile of pv_kw per interval (with pv_kw_p10) [unit]")
+    load_kw_p10: Values | Absent = Field(None, description="10 % quantile of load_kw per interval (with load_kw_p90; "
+                                                           "load_kw_p10 <= load_kw <= load_kw_p90) [unit]")
+    load_kw_p90: Values | Absent = Field(None, description="90 % quantile of load_kw per interval (with "
+                                                           "load_kw_p10) [unit]")
 
 
 class ForecastResultMessage(BaseModel):
