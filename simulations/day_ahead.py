@@ -14,10 +14,11 @@ forecasts made here from the study's own PV (docs/simulation.md, "Day-ahead fore
   the day, capped at the AC limit);
 - ``daily_error_pct: 0`` is a forecast that knows each day's PV energy exactly; the spread of a real service is an
   assumption to set for the forecast being evaluated;
-- with ``band`` (the default) each forecast carries its P10/P90 band (``pv_kw_p10``/``pv_kw_p90``), as weather
-  services give one: the quantiles of the day's actual level given the forecast under the same lognormal error,
-  ``forecast × exp(±1.2816 σ + σ²/2)`` (capped at the AC limit), so about 80 % of days fall inside it. Like the
-  forecast it is the day's level, flat over the day: the hours' own variability is not in it.
+- with ``band`` (the default) each forecast carries its P10/P90 band per step (``pv_kw_p10``/``pv_kw_p90``), as
+  weather services give one, calibrated per step as a service calibrates its own: the forecast × the 10 % and 90 %
+  quantiles of actual / forecast, which is the day's lognormal level error times the step's own deviation from its
+  day's level (the study's daylight steps pooled: a climatological spread, the same for every day;
+  :func:`band_multipliers`), capped at the AC limit. About 8 daylight steps in 10 fall inside it.
 
 The built-in forecast is kept where the external one does not reach. The planner takes its PV quantiles (the
 surplus-day rule, the demand reserve's risk) from the band while the external PV is used; without a band
@@ -28,14 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 VALID_HOURS = 48.0
 """Validity of an issued forecast: long enough to span to the end of the next day from any issue hour. [h]"""
-_Z90 = NormalDist().inv_cdf(0.9)
 
 
 def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) -> dict[int, float]:
@@ -43,6 +42,36 @@ def daily_clearness(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray) ->
     clear = np.bincount(day, weights=clear_kw)
     pv = np.bincount(day, weights=pv_kw, minlength=len(clear))
     return {int(d): float(pv[d] / clear[d]) for d in np.flatnonzero(clear > 0)}
+
+
+#: Daylight steps whose deviation from their day's level calibrates the band: clear-sky power at least this share of
+#: the AC limit (dawn and dusk ratios are noise). [-]
+BAND_MIN_CLEAR_SHARE = 0.1
+
+
+def band_multipliers(ratios: np.ndarray, sigma: float, seed: int) -> tuple[float, float]:
+    """The band's P10 and P90 as multiples of the forecast: the 10 % and 90 % quantiles of actual / forecast when
+    the day's level is off by the lognormal error of spread ``sigma`` (mean-preserving, as the forecast's) and each
+    step deviates from its day's level as one of ``ratios`` (step clearness / day clearness). Monte Carlo on a
+    stream of its own from ``seed`` (the forecasts' draws are unchanged); never narrower than the forecast
+    itself (P10 ≤ 1 ≤ P90). [-]"""
+    ratios = np.asarray(ratios, dtype=float)
+    if len(ratios) == 0:
+        ratios = np.ones(1)
+    draws = np.random.default_rng([seed, 1]).standard_normal(max(len(ratios), 10_000))
+    level = np.exp(sigma * draws - sigma * sigma / 2)  # actual level / forecast level: the error's inverse
+    total = np.resize(ratios, len(level)) / level
+    p10, p90 = np.quantile(total, [0.1, 0.9])
+    return min(float(p10), 1.0), max(float(p90), 1.0)
+
+
+def step_ratios(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray, k_day: dict[int, float],
+                ac_limit_kw: float) -> np.ndarray:
+    """Each daylight step's clearness over its day's (``pv / clear / k_day``) for steps with clear-sky power of at
+    least :data:`BAND_MIN_CLEAR_SHARE` of the AC limit on days with PV. [-]"""
+    k = np.array([k_day.get(int(d), 0.0) for d in range(int(day.max()) + 1)])[day]
+    use = (clear_kw >= BAND_MIN_CLEAR_SHARE * ac_limit_kw) & (k > 0)
+    return pv_kw[use] / clear_kw[use] / k[use]
 
 
 def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np.ndarray, timezone: str, *,
@@ -61,6 +90,8 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
     k_day = daily_clearness(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float))
     rng = np.random.default_rng(seed)
     sigma = daily_error_pct / 100.0
+    ratios = step_ratios(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float), k_day, ac_limit_kw)
+    multipliers = {s: band_multipliers(ratios, s, seed) for s in (sigma / 2, sigma)} if band else {}
     starts_ns = starts.as_unit("ns").asi8
     payloads: list[dict] = []
     for d in range(-1, int(day.max()) + 1):  # issued on day d for the rest of d and all of d + 1
@@ -76,9 +107,10 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
             if not mask.any() or dd not in k_day:
                 continue
             k = k_day[dd] * float(np.exp(s * rng.standard_normal() - s * s / 2))
-            for row, z in enumerate((0.0, -_Z90, _Z90)):
-                level = k if row == 0 else k * float(np.exp(z * s + s * s / 2))
-                values[row, mask] = np.minimum(clear_kw[lo:hi][mask] * level, ac_limit_kw)
+            values[0, mask] = np.minimum(clear_kw[lo:hi][mask] * k, ac_limit_kw)
+            if band:
+                for row, m in ((1, multipliers[s][0]), (2, multipliers[s][1])):
+                    values[row, mask] = np.minimum(clear_kw[lo:hi][mask] * k * m, ac_limit_kw)
         payload = {"source": source, "issued_at": _iso(issued_local), "valid_hours": VALID_HOURS,
                    "start": _iso(starts[lo]), "step_minutes": step_minutes,
                    "pv_kw": [round(float(v), 3) for v in values[0]]}

@@ -58,8 +58,9 @@ def test_daily_errors_have_the_spread_asked_for_and_no_bias() -> None:
 
 
 def test_the_band_holds_about_eight_days_in_ten_and_leaves_the_forecast_as_it_was() -> None:
-    """The P10/P90 band is calibrated to the error it was issued with: the next day's actual energy falls inside it
-    on ~80 % of days (binomial spread over 600 days ±1.6 %); without the band the forecast values are the same."""
+    """The P10/P90 band is calibrated to the error it was issued with: on days of flat clearness the next day's
+    actual energy falls inside it on ~80 % of days (binomial spread over 600 days ±1.6 %); without the band the
+    forecast values are the same."""
     starts, pv, clear = _days(600)
     kwargs = dict(issue_hour=6, daily_error_pct=30, seed=5, ac_limit_kw=900, step_minutes=60)
     banded = day_ahead_payloads(starts, pv, clear, TZ, **kwargs)
@@ -75,6 +76,27 @@ def test_the_band_holds_about_eight_days_in_ten_and_leaves_the_forecast_as_it_wa
         below.append(actual < low)
     assert np.mean(inside) == pytest.approx(0.80, abs=0.05)
     assert np.mean(below) == pytest.approx(0.10, abs=0.04)
+
+
+def test_the_band_is_calibrated_per_step_when_hours_vary_within_the_day() -> None:
+    """Clearness varies within each day (alternate hours at 0.5× and 1.5× the day's level): a band of the day's level
+    alone would hold few steps; the band multiplies in the steps' own spread, so ~80 % of daylight steps of the next
+    day fall inside it and ~10 % below it."""
+    starts, pv, clear = _days(400)
+    wobble = np.where(np.arange(len(pv)) % 2 == 0, 0.5, 1.5)
+    pv = pv * wobble
+    payloads = day_ahead_payloads(starts, pv, clear, TZ, issue_hour=6, daily_error_pct=20, seed=4, ac_limit_kw=900,
+                                  step_minutes=60)
+    inside, below = [], []
+    for p in payloads[1:-1]:
+        start = starts.get_loc(pd.Timestamp(p["start"]))
+        actual, lit = pv[start + 18:start + 42], clear[start + 18:start + 42] > 0
+        low, high = np.array(p["pv_kw_p10"][18:42]), np.array(p["pv_kw_p90"][18:42])
+        assert (low <= np.array(p["pv_kw"][18:42])).all() and (np.array(p["pv_kw"][18:42]) <= high).all()
+        inside += list(((actual >= low) & (actual <= high))[lit])
+        below += list((actual < low)[lit])
+    assert np.mean(inside) == pytest.approx(0.80, abs=0.04)
+    assert np.mean(below) == pytest.approx(0.10, abs=0.03)
 
 
 def test_every_issue_passes_the_live_validator_and_expires_after_the_next() -> None:
@@ -104,12 +126,13 @@ def _scenario(**forecast: float | bool) -> Scenario:
 
 @pytest.mark.parametrize("external", [True, False])
 def test_the_study_mpc_plans_on_the_day_ahead_forecast(external: bool) -> None:
-    """With an exact day-ahead forecast the MPC's PV forecast is each day's actual energy spread over the clear sky
-    (the issue in force) at every re-plan; without one it is the built-in forecast."""
+    """With an exact day-ahead forecast (point only: with a band the surplus-day rule moves the planned PV, as
+    tests/test_one_path.py checks live and offline alike) the MPC's PV forecast is each day's actual energy spread
+    over the clear sky (the issue in force) at every re-plan; without one it is the built-in forecast."""
     from optimizer.tariff import load_tariff
     from simulations.runner import load_data, make_strategy, price_inputs, simulate
 
-    sc = _scenario(daily_error_pct=0) if external else _scenario()
+    sc = _scenario(daily_error_pct=0, band=False) if external else _scenario()
     tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
     inputs = price_inputs(load_data(sc), tariff, sc.planner.horizon_steps)
     mpc = make_strategy("mpc", sc, inputs, tariff)
