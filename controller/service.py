@@ -459,6 +459,7 @@ class Controller:
             "solver": solver,
             "cycle": {**timing, "n": self.cycles, "bus_dropped": self.bus.dropped},
             "forecast_accuracy": self._forecast_accuracy(now),
+            "forecast_sources": self.external_forecasts.status(now),
         }
 
     @staticmethod

@@ -371,6 +371,18 @@ class ExternalForecasts:
                                          self.pv_limit_kw if quantity == "pv_kw" else None)
         return out
 
+    def status(self, now: datetime) -> dict[str, dict]:
+        """Per quantity, the forecast the planner uses now: ``{"source", "band", "issued_at", "expires_at"}`` of the
+        current external forecast (times ISO 8601 UTC), or ``{"source": "builtin"}`` (none, or it expired). For the
+        state message (key ``forecast_sources``) and the dashboard."""
+        out: dict[str, dict] = {}
+        for name in QUANTITIES:
+            forecast = self.current(name, now)
+            out[name] = {"source": "builtin"} if forecast is None else {
+                "source": forecast.source, "band": forecast.has_band(name),
+                "issued_at": forecast.issued_at.isoformat(), "expires_at": forecast.expires_at.isoformat()}
+        return out
+
     def banded(self, now: datetime) -> bool:
         """True when a current forecast of PV or load carries its band."""
         return any((f := self.current(name, now)) is not None and f.has_band(name) for name in QUANTITIES)

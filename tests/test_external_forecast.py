@@ -251,3 +251,52 @@ def test_an_expired_forecast_is_refused_and_a_retained_copy_only_replaces_an_old
     assert store.submit(newer, now=NOW + timedelta(minutes=10), only_newer=True).accepted
     assert store.current("pv_kw", NOW + timedelta(minutes=10)).values["pv_kw"].tolist() == [1.0] * 4
     assert store.current("load_kw", NOW + timedelta(minutes=10)).values["load_kw"].tolist()[0] == 400.0
+
+
+async def test_the_state_says_which_forecast_the_planner_uses(tmp_path) -> None:
+    """The controller's state message names the forecast in use per quantity: the built-in model, then an accepted
+    external PV forecast (its source, band and expiry) until it expires; the message stays valid against its schema."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from controller.config import SiteConfig
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.tariff import load_tariff
+    from simulations.scenario import load_scenario
+    from tests.fakes import FakeSite
+    from tests.test_one_path import SITE_DEVICES
+
+    root = Path(__file__).resolve().parents[1]
+    sc = load_scenario(root / "simulations" / "scenarios" / "nam-cau-kien-two-part.yaml")
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-two-part-22kv"}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES})
+    clock = ManualClock(NOW)
+    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite", forecasts=ConstantSource())
+    schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
+    try:
+        site.settle(400.0, 100.0)
+        await controller.cycle()
+        state = controller.bus.latest("state").payload
+        assert state["forecast_sources"] == {"pv_kw": {"source": "builtin"}, "load_kw": {"source": "builtin"}}
+        body = payload(load_kw=None, pv_kw_p10=[5.0] * 4, pv_kw_p90=[50.0] * 4)
+        assert controller.external_forecasts.submit(body, now=NOW).accepted
+        await controller.cycle()
+        state = json.loads(json.dumps(controller.bus.latest("state").payload))
+        jsonschema.validate(state, schema)
+        assert state["forecast_sources"] == {
+            "pv_kw": {"source": "weather-service", "band": True, "issued_at": "2026-06-01T00:00:00+00:00",
+                      "expires_at": "2026-06-01T06:00:00+00:00"},
+            "load_kw": {"source": "builtin"}}
+        clock.advance(6 * 3600.0)
+        site.settle(400.0, 100.0)
+        await controller.cycle()
+        assert controller.bus.latest("state").payload["forecast_sources"]["pv_kw"] == {"source": "builtin"}
+    finally:
+        controller.store.close()

@@ -226,6 +226,15 @@ class ForecastAccuracy(_Part):
     load: QuantityAccuracy
 
 
+class ForecastSource(_Part):
+    """The PV or load forecast the planner uses now (docs/data.md, External forecasts)"""
+
+    source: str = Field(description="'builtin' (the built-in model) or the external forecast's source name")
+    band: bool | Absent = Field(None, description="The external forecast carries its P10/P90 band")
+    issued_at: AwareDatetime | Absent = None
+    expires_at: AwareDatetime | Absent = Field(None, description="After this the built-in model takes over again")
+
+
 class StateMessage(_Part):
     """Payload of ems/<site>/state (retained, QoS 1) and of the dashboard's `state` events: the cycle state the
     controller publishes on its bus (controller/service.py). Units are in the field names (docs/conventions.md):
@@ -262,6 +271,8 @@ class StateMessage(_Part):
                           "MQTT, dashboard and metrics sinks")
     forecast_accuracy: ForecastAccuracy | Absent | None = Field(
         None, description="Live forecast accuracy; null without measured forecasters")
+    forecast_sources: dict[Literal["pv_kw", "load_kw"], ForecastSource] | Absent = Field(
+        None, description="Which PV and load forecast the planner uses now: built-in or from outside")
 
 
 # ------------------------------------------------------------------------------------------ forecasts

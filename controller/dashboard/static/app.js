@@ -188,6 +188,7 @@ function render() {
   renderMoney(s);
   renderDemand(s);
   renderAccuracy(s);
+  renderForecastSources(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -282,6 +283,24 @@ function renderAccuracy(s) {
       }
       table.append(tr);
     }
+  }
+}
+
+// Which PV and load forecast the planner uses now (state key forecast_sources): built-in, or from outside until it
+// expires (with its P10/P90 band or not).
+function renderForecastSources(s) {
+  const list = $("forecast-sources");
+  const src = s ? s.forecast_sources : null;
+  list.replaceChildren();
+  if (!src) return;
+  for (const name of ["pv_kw", "load_kw"]) {
+    const f = src[name];
+    if (!f) continue;
+    const li = document.createElement("li");
+    const what = t(name === "pv_kw" ? "fs.pv" : "fs.load");
+    li.textContent = f.source === "builtin" ? `${what}: ${t("fs.builtin")}`
+      : `${what}: ${f.source}, ${t(f.band ? "fs.band" : "fs.noband")}, ${t("fs.until")} ${fmtTime(Date.parse(f.expires_at), false)}`;
+    list.append(li);
   }
 }
 
