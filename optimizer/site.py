@@ -262,10 +262,10 @@ class PlannerSettings(StrictModel):
                     "demand_floor_stress_level × its upper error) until the next cheapest-price window "
                     "(optimizer/peak_target.py, docs/planner.md)")
     demand_floor_stress_level: float = Field(
-        default=0.875, ge=0, le=5,
+        default=0.75, ge=0, le=5,
         description="The multiple of the net load's upper forecast error in the stress net load of "
                     "demand_floor_until_recharge; measured over four synthetic years, 0.75–1 keep the most value "
-                    "(0.875 the most) and above ~1.1 the floor gives up too early (docs/planner.md, item 7) [-]")
+                    "and above ~1.1 the floor gives up too early (docs/planner.md, item 7) [-]")
     demand_stress_weight: float = Field(
         default=0.1, ge=0, le=1,
         description="Weight on the demand rate of the peak rise on a stress day the battery could not carry: the "

@@ -307,12 +307,11 @@ def test_the_recharge_floor_is_the_stress_day_level_under_a_demand_charge_only()
                                  RECHARGE_LOAD, RECHARGE_RISK, state)
 
     # 240 kWh hold 300 kW for six hours at 260 kW: the floor is 210 kW + κ × 100 kW of risk, κ the floor's own
-    # multiple (demand_floor_stress_level, default 0.875), not the stress path's (demand_stress_level)
-    assert floor(PlannerSettings()) == pytest.approx(297.5, abs=1e-3)
-    assert floor(PlannerSettings(demand_floor_stress_level=0.75)) == pytest.approx(285.0, abs=1e-3)
+    # multiple (demand_floor_stress_level, default 0.75), not the stress path's (demand_stress_level)
+    assert floor(PlannerSettings()) == pytest.approx(285.0, abs=1e-3)
     assert floor(PlannerSettings(demand_floor_stress_level=0.5)) == pytest.approx(260.0, abs=1e-3)
     assert floor(PlannerSettings(demand_floor_stress_level=0.0)) == pytest.approx(210.0, abs=1e-3)  # point forecast
-    assert floor(PlannerSettings(demand_stress_level=2.0)) == pytest.approx(297.5, abs=1e-3)
+    assert floor(PlannerSettings(demand_stress_level=2.0)) == pytest.approx(285.0, abs=1e-3)
     assert floor(PlannerSettings(demand_floor_until_recharge=False)) == 0.0
     assert floor(PlannerSettings(), rate=0.0) == 0.0  # energy only
 
