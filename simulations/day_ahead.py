@@ -90,8 +90,11 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
     k_day = daily_clearness(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float))
     rng = np.random.default_rng(seed)
     sigma = daily_error_pct / 100.0
-    ratios = step_ratios(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float), k_day, ac_limit_kw)
-    multipliers = {s: band_multipliers(ratios, s, seed) for s in (sigma / 2, sigma)} if band else {}
+    multipliers: dict[float, tuple[float, float]] = {}
+    if band:
+        ratios = step_ratios(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float), k_day,
+                             ac_limit_kw)
+        multipliers = {s: band_multipliers(ratios, s, seed) for s in (sigma / 2, sigma)}
     starts_ns = starts.as_unit("ns").asi8
     payloads: list[dict] = []
     for d in range(-1, int(day.max()) + 1):  # issued on day d for the rest of d and all of d + 1
