@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
@@ -66,12 +67,14 @@ from drivers.profile import load_profile
 from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
+from optimizer.external_accuracy import ExternalAccuracy
 from optimizer.external_forecast import ExternalForecasts, WithExternal
 from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
 from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
+from optimizer.timegrid import TimeGrid
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +147,17 @@ class Controller:
             LoadForecaster.for_site(config.site, ctl.holiday_country, config.tariff.extra_holidays), self.history)
         #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
         #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
-        self.external_forecasts = ExternalForecasts(pv_limit_kw=config.pv.ac_limit_kw)
+        #: Accuracy of the built-in forecasters (hindcasts) and of the external forecasts received, scored on the
+        #: measured history; None when the planner runs on known forecasts.
+        self.accuracy, self.external_accuracy = (self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts)
+                                                 else (None, None))
+        self.external_forecasts = ExternalForecasts(
+            pv_limit_kw=config.pv.ac_limit_kw,
+            on_accept=None if self.external_accuracy is None else self.external_accuracy.record)
         self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
         csv = ctl.external_forecast_csv  # relative to the site file (config_dir)
         self.forecast_csv = None if csv is None else ForecastCsvFile(csv, config_dir or Path.cwd(),
                                                                      self.external_forecasts)
-        self.accuracy = self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts) else None
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
         self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, bat.capacity_kwh,
@@ -463,25 +471,40 @@ class Controller:
         }
 
     @staticmethod
-    def _live_accuracy(config: SiteConfig) -> LiveAccuracy:
+    def _live_accuracy(config: SiteConfig) -> tuple[LiveAccuracy, ExternalAccuracy]:
         """Accuracy of forecasters configured as the planning ones (separate instances: their caches stay the
-        planner's), scored on the measured history (docs/data.md, "Forecast accuracy")."""
+        planner's), and of the external forecasts against them, scored on the measured history (docs/data.md,
+        "Forecast accuracy", "Accuracy of external forecasts")."""
         pv = PVForecaster(config.site, config.pv, isolated=True)
         load = LoadForecaster.for_site(config.site, config.control.holiday_country, config.tariff.extra_holidays)
         limit = DAYLIGHT_SHARE * config.pv.ac_limit_kw
-        return LiveAccuracy(pv.forecast, load.forecast, lambda grid: pv.clear_sky_kw(grid) > limit,
-                            steps=config.planner.horizon_steps, step_minutes=config.planner.step_minutes)
+
+        def daylight(grid: TimeGrid) -> np.ndarray:
+            return pv.clear_sky_kw(grid) > limit
+
+        step = config.planner.step_minutes
+        return (LiveAccuracy(pv.forecast, load.forecast, daylight, steps=config.planner.horizon_steps,
+                             step_minutes=step),
+                ExternalAccuracy({"pv_kw": pv.forecast, "load_kw": load.forecast}, {"pv_kw": daylight},
+                                 step_minutes=step))
 
     def _forecast_accuracy(self, now: datetime) -> dict | None:
-        """MAE, RMSE and skill vs persistence by lead time of the live forecasters over the last 14 days (state
-        key ``forecast_accuracy``); at most one new hindcast per quantity is scored per cycle."""
-        if self.accuracy is None:
+        """MAE, RMSE and skill vs persistence by lead time of the live forecasters over the last 14 days, and under
+        ``external`` the scores of the external forecasts received (state key ``forecast_accuracy``); at most one
+        new hindcast per quantity and one external forecast are scored per cycle."""
+        if self.accuracy is None or self.external_accuracy is None:
             return None
         now_ns = pd.Timestamp(now).value
-        if self.accuracy.due(now_ns):
+        builtin_due, external_due = self.accuracy.due(now_ns), self.external_accuracy.due(now_ns)
+        if builtin_due or external_due:
             pv, load = self.history.histories()
-            self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
-        return self.accuracy.result
+            if builtin_due:
+                self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
+            if external_due:
+                self.external_accuracy.update(now_ns, {"pv_kw": (pv.ns, pv.values), "load_kw": (load.ns, load.values)})
+        if self.accuracy.result is None:
+            return None
+        return {**self.accuracy.result, "external": self.external_accuracy.result}
 
     # ------------------------------------------------------------------------------------------ planning
 

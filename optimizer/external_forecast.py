@@ -284,10 +284,14 @@ class ExternalForecasts:
     ----------
     pv_limit_kw : float, optional
         PV AC limit: PV values above it are refused. [kW]
+    on_accept : callable, optional
+        Called with every accepted forecast (e.g. :meth:`optimizer.external_accuracy.ExternalAccuracy.record`).
     """
 
-    def __init__(self, pv_limit_kw: float | None = None):
+    def __init__(self, pv_limit_kw: float | None = None,
+                 on_accept: Callable[[ExternalForecast], None] | None = None):
         self.pv_limit_kw = pv_limit_kw
+        self.on_accept = on_accept
         self._latest: dict[str, ExternalForecast] = {}
 
     def submit(self, payload: object, now: datetime | None = None, *, only_newer: bool = False) -> SubmitResult:
@@ -309,6 +313,8 @@ class ExternalForecasts:
                         f"({held.source}, issued {held.issued_at.isoformat()}): not applied again"))
         for name in forecast.quantities:
             self._latest[name] = forecast
+        if self.on_accept is not None:
+            self.on_accept(forecast)
         return SubmitResult(accepted=True, source=forecast.source, quantities=forecast.quantities,
                             steps=len(forecast.values[forecast.quantities[0]]), expires_at=forecast.expires_at)
 

@@ -30,7 +30,8 @@ NS_PER_H = 3_600_000_000_000
 LEAD_EDGES_H: tuple[float, ...] = (1.0, 6.0, 12.0, 24.0)
 
 
-def _bucket_names(edges: Sequence[float]) -> list[str]:
+def bucket_names(edges: Sequence[float]) -> list[str]:
+    """Names of the lead buckets with upper ``edges`` [h], e.g. ``"0-1 h"``, ``"1-6 h"``."""
     lows = [0.0, *edges[:-1]]
     return [f"{lo:g}-{hi:g} h" for lo, hi in zip(lows, edges, strict=True)]
 
@@ -108,8 +109,8 @@ class _Scorer:
         could be compared."""
         grid = regular_grid_ns(issue_ns, self.steps, self.step_minutes)
         starts = grid.starts_ns
-        measured = _at(ns, values, starts)
-        before = _at(ns, values, starts - 24 * NS_PER_H)
+        measured = values_at(ns, values, starts)
+        before = values_at(ns, values, starts - 24 * NS_PER_H)
         ok = np.isfinite(measured) & np.isfinite(before) & (self.bucket < len(self.edges_ns))
         if self.mask is not None:
             ok &= np.asarray(self.mask(grid), dtype=bool)
@@ -126,7 +127,7 @@ class _Scorer:
 def summarise(total: np.ndarray, lead_edges_h: Sequence[float]) -> list[dict]:
     """The per-bucket figures of the module docstring from summed :class:`_Scorer` rows."""
     by_lead = []
-    for i, name in enumerate(_bucket_names(lead_edges_h)):
+    for i, name in enumerate(bucket_names(lead_edges_h)):
         n = int(total[4, i])
         if n == 0:
             by_lead.append({"lead": name, "n": 0, "mae_kw": None, "rmse_kw": None, "persistence_mae_kw": None,
@@ -202,7 +203,7 @@ class LiveAccuracy:
         return out
 
 
-def _at(ns: np.ndarray, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def values_at(ns: np.ndarray, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Values at exactly ``starts`` (NaN where the history has no entry). [kW]"""
     if not len(ns):
         return np.full(len(starts), np.nan)

@@ -137,6 +137,11 @@ class IssuedForecasts:
         self._issued_ns = [pd.Timestamp(p["issued_at"]).value for p in self._payloads]
         self._next = 0
 
+    @property
+    def payloads(self) -> tuple[dict, ...]:
+        """Every payload, in order of issue."""
+        return tuple(self._payloads)
+
     def due(self, now_ns: int) -> list[dict]:
         """The payloads issued at or before ``now_ns`` (UTC epoch ns) not handed out yet."""
         out = []

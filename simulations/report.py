@@ -390,6 +390,26 @@ def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def external_accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The accuracy of the forecasts from outside the MPC received (summary key ``forecast_accuracy.external``), one
+    row per source and lead bucket with steps scored; empty without them."""
+    rows = []
+    external = (summary.get("forecast_accuracy") or {}).get("external") or {}
+    for quantity, label in (("pv", "PV (daylight)"), ("load", "load")):
+        for source in external.get(quantity, []):
+            for bucket in source["by_lead"]:
+                if not bucket["n"]:
+                    continue
+                rows.append({"forecast": f"{label}, {source['source']}", "lead": bucket["lead"],
+                             "steps": bucket["n"], "MAE [kW]": bucket["mae_kw"], "bias [kW]": bucket["bias_kw"],
+                             "built-in MAE [kW]": bucket["builtin_mae_kw"],
+                             "skill vs built-in": bucket["skill_vs_builtin"],
+                             "skill vs persistence": bucket["skill"],
+                             "inside P10–P90": bucket["band_coverage"], "below P10": bucket["below_p10"],
+                             "above P90": bucket["above_p90"]})
+    return rows
+
+
 def local_period(summary: dict[str, Any]) -> str:
     """``1 Jan 2026 – 31 Dec 2026 (365 days, local time Asia/Ho_Chi_Minh)``."""
     p = summary["period"]
@@ -421,6 +441,14 @@ def render_html(result: RunResult, summary: dict[str, Any]) -> str:
         "<h2>Forecast accuracy by lead time</h2><p>The MPC's own forecasters, re-run every 6 h on the data "
         "measured before each issue time, against the data and against same-time-yesterday persistence; skill "
         "= 1 − MAE / persistence MAE (above 0: better than persistence).</p>" + _table(accuracy))
+    external = external_accuracy_rows(summary)
+    if external:
+        accuracy_html += (
+            "<h3>Forecasts from outside</h3><p>Each forecast the MPC received, scored as it was sent by lead time "
+            "from its issue time, against the data, against the built-in forecast made at the same instant (skill "
+            "vs built-in = 1 − MAE / built-in MAE: above 0, the forecast from outside is the better one) and "
+            "against persistence; bias = mean forecast − data. Where it carried a P10/P90 band, the share of "
+            "steps inside it (0.8 when calibrated) and below and above it (0.1 each).</p>" + _table(external))
     warning = summary["period"]["warning"]
     notes = sorted({f"{DASH}: {fin[k]}" for e in summary["economics"].values() for fin in e["finance"].values()
                     for k in ("payback_note", "discounted_payback_note", "irr_note") if fin.get(k)})

@@ -269,3 +269,43 @@ async def test_axes_have_units_round_ticks_and_no_minus_zero(tmp_path: Path, mon
         await context.close()
     finally:
         await site.telemetry.aclose()
+
+
+async def test_forecasts_from_outside_show_how_good_they_were(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              browser: Any) -> None:  # noqa: F811
+    """The forecast card lists each external source's MAE, skill against the built-in model and band coverage by
+    lead (state key forecast_accuracy.external), hides the table while none was received, and translates it."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(site.url + "/")
+        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+        empty = {"lead": "0-1 h", "n": 0, "mae_kw": None, "rmse_kw": None, "persistence_mae_kw": None,
+                 "persistence_rmse_kw": None, "skill": None}
+        builtin = {"issues": 0, "by_lead": [empty]}
+        state = sample_state(now, 1)
+        state["forecast_accuracy"] = {"window_days": 14, "pv": builtin, "load": builtin}
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('accuracy-table').textContent.length > 0")
+        assert await page.is_hidden("#external-accuracy-table")
+        day_ahead = {"lead": "24-48 h", "n": 480, "mae_kw": 53.7, "rmse_kw": 75.9, "bias_kw": -7.1,
+                     "persistence_mae_kw": 70.4, "skill": 0.2367, "builtin_mae_kw": 70.05, "skill_vs_builtin": 0.2331,
+                     "band_n": 480, "band_coverage": 0.7997, "below_p10": 0.089, "above_p90": 0.1114}
+        state = sample_state(now, 2)
+        state["forecast_accuracy"] = {"window_days": 14, "pv": builtin, "load": builtin, "external": {
+            "window_days": 14, "pv": [{"source": "solcast", "issues": 12,
+                                       "by_lead": [{**day_ahead, "lead": "0-1 h", "n": 0}, day_ahead]}]}}
+        site.bus.publish("state", state)
+        await page.wait_for_function("!document.getElementById('external-accuracy-table').hidden")
+        rows = await page.evaluate("""[...document.querySelectorAll('#external-accuracy-table tr')]
+                                      .map((tr) => [...tr.children].map((c) => c.textContent))""")
+        assert rows == [["Lead", "MAE", "vs built-in", "in P10–P90"], ["PV: solcast (12 forecasts scored)"],
+                        ["24-48 h", "53.7 kW", "23 %", "80 %"]]
+        await page.select_option("#lang", "vi")
+        await page.wait_for_function(
+            "document.querySelector('[data-i18n=\"fx.title\"]').textContent === 'Dự báo từ bên ngoài'")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()

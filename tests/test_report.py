@@ -201,3 +201,30 @@ def test_a_study_with_mpc_reports_its_forecast_accuracy(tmp_path: Path) -> None:
     without = json.loads(write_outputs(run(scenario, strategies=["pv_only"], data=load_data(scenario)),
                                        tmp_path / "none", command="c")["summary"].read_text(encoding="utf-8"))
     assert without["forecast_accuracy"] is None
+
+
+def test_a_study_with_a_day_ahead_forecast_reports_how_good_it_was(tmp_path: Path) -> None:
+    """The day-ahead PV forecasts the MPC received are scored as live (optimizer/external_accuracy.py): one a day,
+    issued at 06:00 local; the figures hang together and the report shows them."""
+    base = load_scenario(SCENARIOS / "nam-cau-kien-legacy.yaml")
+    data = base.model_dump()
+    data["planner"].update(step_minutes=60)
+    data["data"].update(start="2026-06-01", days=6, pv_forecast={"daily_error_pct": 20, "issue_hour": 6})
+    scenario = Scenario.model_validate(data)
+    scenario._base_dir = base.base_dir
+    paths = write_outputs(run(scenario, strategies=["pv_only", "mpc"], data=load_data(scenario)), tmp_path / "out",
+                          command="c")
+    external = json.loads(paths["summary"].read_text(encoding="utf-8"))["forecast_accuracy"]["external"]
+    [day_ahead] = external["pv"]
+    # issued 06:00 local (23:00 UTC the day before) on 1..6 June and on 31 May; those from 1 June on are in the
+    # period, and each has daylight steps measured after it with a day of data before them, except 1 June's
+    # steps on 1 June (no persistence on the first day)
+    assert day_ahead["source"] == "day-ahead" and day_ahead["issues"] == 6 and "load" not in external
+    scored = [b for b in day_ahead["by_lead"] if b["n"]]
+    assert {b["lead"] for b in scored} >= {"1-6 h", "24-48 h"}
+    for b in scored:
+        assert b["band_n"] == b["n"]
+        assert b["band_coverage"] + b["below_p10"] + b["above_p90"] == pytest.approx(1.0, abs=2e-4)
+        assert b["skill_vs_builtin"] == pytest.approx(1 - b["mae_kw"] / b["builtin_mae_kw"], abs=1e-3)
+        assert b["rmse_kw"] >= b["mae_kw"] >= abs(b["bias_kw"])
+    assert "Forecasts from outside" in paths["report"].read_text(encoding="utf-8")

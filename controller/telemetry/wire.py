@@ -218,12 +218,44 @@ class QuantityAccuracy(_Part):
     by_lead: list[LeadAccuracy]
 
 
+class ExternalLeadAccuracy(_Part):
+    lead: str = Field(description="lead-time bucket from issued_at, e.g. '24-48 h'")
+    n: int = Field(description="steps compared")
+    mae_kw: OptionalNumber = Field(description="[kW]")
+    rmse_kw: OptionalNumber = Field(description="[kW]")
+    bias_kw: OptionalNumber = Field(description="[kW] mean forecast − measured (+: the forecast runs high)")
+    persistence_mae_kw: OptionalNumber = Field(description="[kW] same-time-yesterday persistence")
+    skill: OptionalNumber = Field(description="1 − MAE / persistence MAE [-]")
+    builtin_mae_kw: OptionalNumber = Field(description="[kW] the built-in model's forecast made at issued_at")
+    skill_vs_builtin: OptionalNumber = Field(description="1 − MAE / built-in MAE (+: the external one is better) [-]")
+    band_n: int = Field(description="steps compared with a P10/P90 band")
+    band_coverage: OptionalNumber = Field(description="share measured inside [P10, P90]; 0.8 when calibrated [-]")
+    below_p10: OptionalNumber = Field(description="share measured below P10; 0.1 when calibrated [-]")
+    above_p90: OptionalNumber = Field(description="share measured above P90; 0.1 when calibrated [-]")
+
+
+class SourceAccuracy(_Part):
+    source: str = Field(description="the external forecasts' source name")
+    issues: int = Field(description="forecasts scored")
+    by_lead: list[ExternalLeadAccuracy]
+
+
+class ExternalAccuracy(_Part):
+    """Accuracy of the external forecasts received over the last window_days, scored once measured (docs/data.md,
+    Accuracy of external forecasts); a quantity appears once a forecast of it was received"""
+
+    window_days: Number = Field(description="[d]")
+    pv: list[SourceAccuracy] | Absent = None
+    load: list[SourceAccuracy] | Absent = None
+
+
 class ForecastAccuracy(_Part):
     """Live forecast accuracy over the last window_days (docs/data.md, Forecast accuracy)"""
 
     window_days: Number = Field(description="[d]")
     pv: QuantityAccuracy
     load: QuantityAccuracy
+    external: ExternalAccuracy | Absent = None
 
 
 class ForecastSource(_Part):

@@ -189,6 +189,7 @@ function render() {
   renderDemand(s);
   renderAccuracy(s);
   renderForecastSources(s);
+  renderExternalAccuracy(s);
   const energies = $("energies");
   energies.replaceChildren();
   for (const key of ["pv_kwh", "load_kwh", "import_kwh", "export_kwh", "charge_kwh", "discharge_kwh"]) {
@@ -281,6 +282,47 @@ function renderAccuracy(s) {
         td.textContent = text;
         tr.append(td);
       }
+      table.append(tr);
+    }
+  }
+}
+
+// How good the forecasts from outside were (state key forecast_accuracy.external): per quantity and source, by lead
+// from their issue time, MAE, skill against the built-in model's forecast made at the same time, and the share of
+// measurements inside their P10–P90 band (80 % when calibrated). Hidden until a forecast from outside was received.
+function renderExternalAccuracy(s) {
+  const table = $("external-accuracy-table");
+  const ext = s && s.forecast_accuracy ? s.forecast_accuracy.external : null;
+  const groups = ext ? [["pv", ext.pv], ["load", ext.load]].flatMap(([name, list]) => (list || []).map((g) => [name, g])) : [];
+  for (const id of ["external-accuracy-title", "external-accuracy-table", "external-accuracy-explain"]) {
+    $(id).hidden = !groups.length;
+  }
+  table.replaceChildren();
+  if (!groups.length) return;
+  const cell = (tag, text, span) => {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    if (span) el.colSpan = span;
+    return el;
+  };
+  const head = document.createElement("tr");
+  for (const key of ["fa.lead", "fa.mae", "fx.vs_builtin", "fx.band"]) head.append(cell("th", t(key)));
+  table.append(head);
+  for (const [name, g] of groups) {
+    const title = document.createElement("tr");
+    title.append(cell("th", `${t(`fa.${name}`)}: ${g.source} (${g.issues} ${t("fx.issues")})`, 4));
+    table.append(title);
+    const rows = g.by_lead.filter((b) => b.n);
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.append(cell("td", t("fx.pending"), 4));
+      table.append(tr);
+    }
+    for (const b of rows) {
+      const tr = document.createElement("tr");
+      tr.append(cell("td", b.lead), cell("td", kw(b.mae_kw)),
+        cell("td", b.skill_vs_builtin === null ? "–" : pct(100 * b.skill_vs_builtin)),
+        cell("td", b.band_coverage === null ? "–" : pct(100 * b.band_coverage)));
       table.append(tr);
     }
   }

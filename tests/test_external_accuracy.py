@@ -1,0 +1,162 @@
+"""Accuracy of external forecasts (optimizer/external_accuracy.py): known answers worked out by hand, scoring only
+once measured, the band's calibration, the window; the live controller's state; a study's day-ahead forecast."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer.external_accuracy import ExternalAccuracy
+from optimizer.external_forecast import ExternalForecasts
+
+T0 = datetime(2026, 6, 3, 0, 0, tzinfo=UTC)  # a UTC midnight: day 0 of the forecasts below
+NS_H = 3_600_000_000_000
+STEP_NS = 900_000_000_000
+
+
+def measured_load(days: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """400 kW ± 10 kW, + on even days after 1 June, − on odd ones (T0, 3 June, is even): 15-min steps from 1 June."""
+    start = pd.Timestamp("2026-06-01", tz="UTC").value
+    ns = start + np.arange(days * 96, dtype=np.int64) * STEP_NS
+    day = (ns - start) // (24 * NS_H)
+    return ns, np.where(day % 2 == 0, 410.0, 390.0)
+
+
+def lookup(ns: np.ndarray, values: np.ndarray, offset_kw: float):
+    """A stand-in built-in model that errs by exactly ``offset_kw`` (it reads the measurement: a known answer)."""
+    def point(grid, _history):
+        return values[np.searchsorted(ns, grid.starts_ns)] + offset_kw
+    return point
+
+
+def flat_forecast(issued: datetime, value: float, steps: int = 192, **extra) -> dict:
+    return {"source": "weather", "issued_at": issued.isoformat(), "valid_hours": 48, "start": issued.isoformat(),
+            "step_minutes": 15, "load_kw": [value] * steps, **{k: [v] * steps for k, v in extra.items()}}
+
+
+def scored(accuracy: ExternalAccuracy, intake: ExternalForecasts, payload: dict, ns, values, now: datetime) -> dict:
+    assert intake.submit(payload, now=datetime.fromisoformat(payload["issued_at"])).accepted
+    return accuracy.update(pd.Timestamp(now).value, {"load_kw": (ns, values)}, limit=None)
+
+
+def test_known_answers_by_lead_bias_skill_and_band():
+    """A flat 400 kW forecast issued at T0: the load is 410 on day 0 and 390 on day 1, so |error| is 10 kW everywhere,
+    the bias −10 kW for leads under 24 h and +10 kW beyond; persistence errs 20 kW (skill 0.5); a built-in model
+    that errs 16 kW gives skill_vs_builtin 1 − 10/16. The band 395–415 holds day 0 (410) and has day 1 (390) below
+    its P10."""
+    ns, values = measured_load()
+    accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 16.0)}, days=14)
+    intake = ExternalForecasts(on_accept=accuracy.record)
+    out = scored(accuracy, intake, flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), ns, values,
+                 T0 + timedelta(hours=49))
+    [weather] = out["load"]
+    assert weather["source"] == "weather" and weather["issues"] == 1 and "pv" not in out
+    by = {b["lead"]: b for b in weather["by_lead"]}
+    assert [by[k]["n"] for k in ("0-1 h", "1-6 h", "6-12 h", "12-24 h", "24-48 h")] == [4, 20, 24, 48, 96]
+    for lead, bias, inside, below in (("0-1 h", -10.0, 1.0, 0.0), ("12-24 h", -10.0, 1.0, 0.0),
+                                      ("24-48 h", 10.0, 0.0, 1.0)):
+        b = by[lead]
+        assert b["mae_kw"] == pytest.approx(10.0) and b["rmse_kw"] == pytest.approx(10.0)
+        assert b["bias_kw"] == pytest.approx(bias)
+        assert b["persistence_mae_kw"] == pytest.approx(20.0) and b["skill"] == pytest.approx(0.5)
+        assert b["builtin_mae_kw"] == pytest.approx(16.0)
+        assert b["skill_vs_builtin"] == pytest.approx(1 - 10 / 16, abs=1e-4)
+        assert b["band_n"] == b["n"] and b["band_coverage"] == pytest.approx(inside)
+        assert b["below_p10"] == pytest.approx(below) and b["above_p90"] == 0.0
+
+
+def test_a_forecast_is_scored_only_once_its_steps_are_measured_and_leads_count_from_its_issue_time():
+    """Issued at 00:05 for four steps from 00:00: the step before the issue time is not scored, the others have
+    leads of 10, 25 and 40 min; it is due once its last step (00:45–01:00) has ended and been recorded."""
+    ns, values = measured_load()
+    accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 5.0)})
+    intake = ExternalForecasts(on_accept=accuracy.record)
+    payload = flat_forecast(T0, 420.0, steps=4) | {"issued_at": (T0 + timedelta(minutes=5)).isoformat()}
+    assert intake.submit(payload, now=T0 + timedelta(minutes=5)).accepted
+    assert accuracy.due(pd.Timestamp(T0).value)  # never run: the first update reports the empty window
+    first = accuracy.update(pd.Timestamp(T0 + timedelta(minutes=59)).value, {"load_kw": (ns, values)})
+    assert first["load"] == [{"source": "weather", "issues": 0, "by_lead": first["load"][0]["by_lead"]}]
+    assert not accuracy.due(pd.Timestamp(T0 + timedelta(minutes=74)).value)
+    assert accuracy.due(pd.Timestamp(T0 + timedelta(minutes=75)).value)
+    out = accuracy.update(pd.Timestamp(T0 + timedelta(minutes=75)).value, {"load_kw": (ns, values)})
+    lead = out["load"][0]["by_lead"][0]
+    assert out["load"][0]["issues"] == 1 and lead["n"] == 3 and lead["mae_kw"] == pytest.approx(10.0)
+    assert lead["band_n"] == 0 and lead["band_coverage"] is None  # no band was sent
+    assert all(b["n"] == 0 and b["mae_kw"] is None for b in out["load"][0]["by_lead"][1:])
+
+
+def test_sources_are_scored_apart_masked_steps_left_out_and_old_forecasts_leave_the_window():
+    ns, values = measured_load(days=8)
+    def full_hours(grid):
+        return grid.starts_ns % (4 * STEP_NS) == 0
+
+    accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 0.0)}, {"load_kw": full_hours}, days=2)
+    intake = ExternalForecasts(on_accept=accuracy.record)
+    assert intake.submit(flat_forecast(T0, 400.0, steps=8), now=T0).accepted
+    later = T0 + timedelta(days=1)
+    assert intake.submit(flat_forecast(later, 430.0, steps=8) | {"source": "plant"}, now=later).accepted
+    out = accuracy.update(pd.Timestamp(later + timedelta(hours=3)).value, {"load_kw": (ns, values)}, limit=None)
+    by_source = {s["source"]: s for s in out["load"]}
+    assert set(by_source) == {"plant", "weather"}
+    plant = by_source["plant"]["by_lead"]
+    assert plant[0]["n"] == 1 and plant[1]["n"] == 1  # the full hours only: 00:00 (lead 0) and 01:00
+    assert plant[0]["mae_kw"] == pytest.approx(40.0) and plant[0]["skill_vs_builtin"] is None  # built-in exact
+    out = accuracy.update(pd.Timestamp(T0 + timedelta(days=2, minutes=1)).value, {"load_kw": (ns, values)})
+    assert [s["source"] for s in out["load"]] == ["plant"]  # issued more than 2 days ago: out of the window
+
+
+async def test_the_controller_scores_external_forecasts_it_received(tmp_path) -> None:
+    """The real controller on fake devices: a banded load forecast accepted over its intake is scored once its two
+    days are measured, against the built-in load model; the state message carries it and stays schema-valid."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from controller.config import SiteConfig
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.tariff import load_tariff
+    from simulations.scenario import load_scenario
+    from tests.fakes import FakeSite
+    from tests.test_one_path import SITE_DEVICES
+
+    root = Path(__file__).resolve().parents[1]
+    sc = load_scenario(root / "simulations" / "scenarios" / "nam-cau-kien.yaml")
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-legacy-22kv"}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES})
+    clock = ManualClock(T0)
+    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite")
+    schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
+    ns, values = measured_load()
+    try:
+        assert controller.external_forecasts.submit(
+            flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=T0).accepted
+        end = T0 + timedelta(hours=48, minutes=15)
+        for t, load in zip(ns, values, strict=True):  # what the cycles would have recorded, a step at a time
+            at = pd.Timestamp(int(t), tz="UTC").to_pydatetime()
+            if at > end:
+                break
+            controller.history.add(at, 0.0, float(load), 0.25)
+        clock.advance((end - T0).total_seconds())
+        site.settle(400.0, 0.0)
+        await controller.cycle()
+        state = json.loads(json.dumps(controller.bus.latest("state").payload))
+        jsonschema.validate(state, schema)
+        [weather] = state["forecast_accuracy"]["external"]["load"]
+        day_ahead = weather["by_lead"][-1]
+        assert weather["source"] == "weather" and weather["issues"] == 1 and day_ahead["lead"] == "24-48 h"
+        assert day_ahead["n"] == 96 and day_ahead["mae_kw"] == pytest.approx(10.0)
+        assert day_ahead["bias_kw"] == pytest.approx(10.0) and day_ahead["below_p10"] == pytest.approx(1.0)
+        assert day_ahead["builtin_mae_kw"] > 0 and day_ahead["skill_vs_builtin"] == pytest.approx(
+            1 - 10.0 / day_ahead["builtin_mae_kw"], abs=1e-3)
+        assert "pv" not in state["forecast_accuracy"]["external"]
+    finally:
+        controller.store.close()
