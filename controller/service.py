@@ -68,6 +68,7 @@ from drivers.roles import Role
 from drivers.transport import ConnectionPool
 from ems.clock import Clock
 from optimizer.external_accuracy import ExternalAccuracy
+from optimizer.external_accuracy import warnings as external_warnings
 from optimizer.external_forecast import ExternalForecasts, WithExternal
 from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
 from optimizer.forecast_accuracy import LiveAccuracy
@@ -75,6 +76,9 @@ from optimizer.plan import Plan
 from optimizer.planner import Planner
 from optimizer.tariff import SiteTariff, load_tariff
 from optimizer.timegrid import TimeGrid
+
+#: Alarm codes of :func:`optimizer.external_accuracy.warnings`, set from the external forecasts' scores.
+EXTERNAL_ALARMS = ("external_pv_", "external_load_")
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +505,9 @@ class Controller:
             if builtin_due:
                 self.accuracy.update(now_ns, (pv.ns, pv.values), (load.ns, load.values))
             if external_due:
-                self.external_accuracy.update(now_ns, {"pv_kw": (pv.ns, pv.values), "load_kw": (load.ns, load.values)})
+                figures = self.external_accuracy.update(
+                    now_ns, {"pv_kw": (pv.ns, pv.values), "load_kw": (load.ns, load.values)})
+                self._set_alarms(external_warnings(figures), EXTERNAL_ALARMS, now)
         if self.accuracy.result is None:
             return None
         return {**self.accuracy.result, "external": self.external_accuracy.result}

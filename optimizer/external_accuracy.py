@@ -43,6 +43,12 @@ QUANTITY_KEYS = {"pv_kw": "pv", "load_kw": "load"}
 #: keeps a day of them).
 MAX_PENDING = 1440
 
+#: Steps scored (per quantity and source, over the window) before :func:`warnings` judges a forecast. [-]
+MIN_STEPS_TO_JUDGE = 200
+#: Share of measurements inside a P10–P90 band outside which :func:`warnings` calls it miscalibrated (0.8 when
+#: calibrated; steps of a day err together, so the share of two weeks scatters well beyond binomial noise). [-]
+BAND_COVERAGE_OK = (0.6, 0.95)
+
 _ROWS = ("abs", "sq", "err", "p_abs", "p_sq", "b_abs", "n", "band_n", "below", "above")
 _R = {name: i for i, name in enumerate(_ROWS)}
 
@@ -226,4 +232,52 @@ def summarise(total: np.ndarray, lead_edges_h: Sequence[float]) -> list[dict]:
             "band_coverage": _ratio(band_n - col["below"] - col["above"], band_n),
             "below_p10": _ratio(col["below"], band_n),
             "above_p90": _ratio(col["above"], band_n)})
+    return out
+
+
+def pooled(by_lead: Sequence[dict]) -> dict:
+    """One source's figures over all lead buckets: ``n``, ``mae_kw``, ``builtin_mae_kw``, ``skill_vs_builtin``,
+    ``band_n``, ``band_coverage``, ``below_p10``, ``above_p90`` (None where nothing was compared)."""
+    n = sum(b["n"] for b in by_lead)
+    band_n = sum(b["band_n"] for b in by_lead)
+    abs_sum = sum(b["mae_kw"] * b["n"] for b in by_lead if b["n"])
+    b_abs_sum = sum(b["builtin_mae_kw"] * b["n"] for b in by_lead if b["n"])
+
+    def share(key: str) -> float | None:
+        return sum(b[key] * b["band_n"] for b in by_lead if b["band_n"]) / band_n if band_n else None
+
+    return {"n": n, "mae_kw": abs_sum / n if n else None, "builtin_mae_kw": b_abs_sum / n if n else None,
+            "skill_vs_builtin": 1.0 - abs_sum / b_abs_sum if n and b_abs_sum > 0 else None, "band_n": band_n,
+            "band_coverage": share("band_coverage"), "below_p10": share("below_p10"), "above_p90": share("above_p90")}
+
+
+def warnings(figures: dict, min_steps: int = MIN_STEPS_TO_JUDGE) -> dict[str, str]:
+    """What an operator should know about the external forecasts scored (:meth:`ExternalAccuracy.figures`), as
+    alarm codes and messages: ``external_<pv|load>_forecast_worse`` while a source's forecasts were less accurate
+    than the built-in model's over the window, ``external_<pv|load>_band_miscalibrated`` while the share of
+    measurements inside its P10–P90 band lies outside :data:`BAND_COVERAGE_OK`; each judged once at least
+    ``min_steps`` steps (band steps for the band) have been scored."""
+    out: dict[str, str] = {}
+    days = f"{figures.get('window_days', 0):g}"
+    for quantity, name, unit in (("pv", "PV", "daylight steps"), ("load", "load", "steps")):
+        worse, band = [], []
+        for source in figures.get(quantity, []):
+            p = pooled(source["by_lead"])
+            if p["n"] >= min_steps and p["skill_vs_builtin"] is not None and p["skill_vs_builtin"] < 0:
+                worse.append(f"{source['source']}: mean error {p['mae_kw']:.1f} kW against the built-in model's "
+                             f"{p['builtin_mae_kw']:.1f} kW ({-100 * p['skill_vs_builtin']:.0f} % worse; "
+                             f"{p['n']} {unit} of {source['issues']} forecasts)")
+            low, high = BAND_COVERAGE_OK
+            if p["band_n"] >= min_steps and not low <= p["band_coverage"] <= high:
+                band.append(f"{source['source']}: {100 * p['band_coverage']:.0f} % of measurements inside its P10–P90 "
+                            f"band (about 80 % when calibrated; {100 * p['below_p10']:.0f} % below P10, "
+                            f"{100 * p['above_p90']:.0f} % above P90; {p['band_n']} {unit})")
+        if worse:
+            out[f"external_{quantity}_forecast_worse"] = (
+                f"{name} forecasts from outside were less accurate than the built-in model over the last {days} days: "
+                + "; ".join(worse))
+        if band:
+            out[f"external_{quantity}_band_miscalibrated"] = (
+                f"{name} forecasts from outside over the last {days} days: " + "; ".join(band)
+                + "; the planner takes its risk and surplus quantiles from that band")
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimizer.external_accuracy import ExternalAccuracy
+from optimizer.external_accuracy import ExternalAccuracy, pooled, warnings
 from optimizer.external_forecast import ExternalForecasts
 
 T0 = datetime(2026, 6, 3, 0, 0, tzinfo=UTC)  # a UTC midnight: day 0 of the forecasts below
@@ -66,6 +66,33 @@ def test_known_answers_by_lead_bias_skill_and_band():
         assert b["skill_vs_builtin"] == pytest.approx(1 - 10 / 16, abs=1e-4)
         assert b["band_n"] == b["n"] and b["band_coverage"] == pytest.approx(inside)
         assert b["below_p10"] == pytest.approx(below) and b["above_p90"] == 0.0
+
+
+def test_warnings_judge_a_worse_forecast_and_a_miscalibrated_band_once_enough_steps_are_scored():
+    """The forecast of the first test (|error| 10 kW, the band holding day 0 and not day 1: 50 % inside): against a
+    built-in model erring 16 kW it is better, against one erring 4 kW it is 150 % worse; the band is miscalibrated;
+    nothing is judged below the step count asked for."""
+    ns, values = measured_load()
+
+    def figures(builtin_kw: float) -> dict:
+        accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, builtin_kw)})
+        intake = ExternalForecasts(on_accept=accuracy.record)
+        return scored(accuracy, intake, flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), ns, values,
+                      T0 + timedelta(hours=49))
+
+    better, worse = figures(16.0), figures(4.0)
+    total = pooled(worse["load"][0]["by_lead"])
+    assert total["n"] == total["band_n"] == 192 and total["mae_kw"] == pytest.approx(10.0)
+    assert total["skill_vs_builtin"] == pytest.approx(-1.5) and total["band_coverage"] == pytest.approx(0.5)
+    assert total["below_p10"] == pytest.approx(0.5) and total["above_p90"] == 0.0
+    assert set(warnings(better, min_steps=192)) == {"external_load_band_miscalibrated"}
+    said = warnings(worse, min_steps=192)
+    assert set(said) == {"external_load_forecast_worse", "external_load_band_miscalibrated"}
+    assert "weather: mean error 10.0 kW against the built-in model's 4.0 kW (150 % worse; 192 steps of 1 forecasts)" \
+        in said["external_load_forecast_worse"]
+    assert "50 % of measurements inside its P10–P90 band" in said["external_load_band_miscalibrated"]
+    assert "50 % below P10, 0 % above P90" in said["external_load_band_miscalibrated"]
+    assert warnings(worse, min_steps=193) == {}
 
 
 def test_a_forecast_is_scored_only_once_its_steps_are_measured_and_leads_count_from_its_issue_time():
@@ -137,9 +164,11 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
     schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
     ns, values = measured_load()
     try:
-        assert controller.external_forecasts.submit(
-            flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=T0).accepted
-        end = T0 + timedelta(hours=48, minutes=15)
+        for day in (0, 1):  # issued at T0 and a day later: each holds one of its two days inside its band
+            issued = T0 + timedelta(days=day)
+            assert controller.external_forecasts.submit(
+                flat_forecast(issued, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=issued).accepted
+        end = T0 + timedelta(hours=72, minutes=15)
         for t, load in zip(ns, values, strict=True):  # what the cycles would have recorded, a step at a time
             at = pd.Timestamp(int(t), tz="UTC").to_pydatetime()
             if at > end:
@@ -147,16 +176,19 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
             controller.history.add(at, 0.0, float(load), 0.25)
         clock.advance((end - T0).total_seconds())
         site.settle(400.0, 0.0)
-        await controller.cycle()
+        for _ in range(3):  # one forecast is scored per cycle; the alarm it raises is listed in the next state
+            await controller.cycle()
         state = json.loads(json.dumps(controller.bus.latest("state").payload))
         jsonschema.validate(state, schema)
         [weather] = state["forecast_accuracy"]["external"]["load"]
         day_ahead = weather["by_lead"][-1]
-        assert weather["source"] == "weather" and weather["issues"] == 1 and day_ahead["lead"] == "24-48 h"
-        assert day_ahead["n"] == 96 and day_ahead["mae_kw"] == pytest.approx(10.0)
-        assert day_ahead["bias_kw"] == pytest.approx(10.0) and day_ahead["below_p10"] == pytest.approx(1.0)
+        assert weather["source"] == "weather" and weather["issues"] == 2 and day_ahead["lead"] == "24-48 h"
+        assert day_ahead["n"] == 192 and day_ahead["mae_kw"] == pytest.approx(10.0)
+        assert day_ahead["bias_kw"] == 0.0 and day_ahead["band_coverage"] == pytest.approx(0.5)
         assert day_ahead["builtin_mae_kw"] > 0 and day_ahead["skill_vs_builtin"] == pytest.approx(
             1 - 10.0 / day_ahead["builtin_mae_kw"], abs=1e-3)
         assert "pv" not in state["forecast_accuracy"]["external"]
+        assert "external_load_band_miscalibrated" in state["alarms"]  # 50 % inside over 384 steps
+        assert "50 % of measurements inside" in controller.alarms["external_load_band_miscalibrated"]
     finally:
         controller.store.close()
