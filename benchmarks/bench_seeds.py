@@ -10,11 +10,12 @@ settings changed, and reports each year's share and the pooled share (Σ MPC val
 Two worker processes, one year each.
 
 Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--seeds 7 11 23 42]
-          [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT [--no-band]]
+          [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT [--no-band | --band-width W]]
 
 ``--day-ahead PCT`` gives the MPC a day-ahead PV forecast from outside of PCT % daily error (as
 `bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast"), with its P10/P90 band
-unless ``--no-band``.
+unless ``--no-band``; ``--band-width W`` sends that band W times as wide as the calibrated one (0.5: an
+overconfident service; with ``--set external_band_recalibrate=false`` the planner uses it as sent).
 The last line printed is one JSON object with every figure.
 """
 
@@ -38,10 +39,10 @@ DEFAULT_SEEDS = (7, 11, 23, 42)
 
 
 def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None,
-                    day_ahead_pct: float | None = None, band: bool = True) -> Scenario:
+                    day_ahead: dict[str, object] | None = None) -> Scenario:
     """A shipped scenario with a synthetic year on ``seed``, ``planner`` settings changed, optionally cut to its
-    first ``days`` days and with a day-ahead PV forecast of ``day_ahead_pct`` % daily error (with its band or
-    not). Raises ValueError for a scenario on measured (CSV) data."""
+    first ``days`` days and with a day-ahead PV forecast (``data.pv_forecast``, e.g. ``{"daily_error_pct": 20,
+    "band": True}``). Raises ValueError for a scenario on measured (CSV) data."""
     base = load_scenario(SCENARIOS / f"{name}.yaml")
     data = base.model_dump()
     if data["data"].get("synthetic") is None:
@@ -49,8 +50,8 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     data["data"]["synthetic"]["seed"] = seed
     if days is not None:
         data["data"]["days"] = days
-    if day_ahead_pct is not None:
-        data["data"]["pv_forecast"] = {"daily_error_pct": day_ahead_pct, "band": band}
+    if day_ahead is not None:
+        data["data"]["pv_forecast"] = dict(day_ahead)
     data["planner"].update(planner)
     out = Scenario.model_validate(data)
     out._base_dir = base.base_dir
@@ -58,10 +59,10 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
 
 
 def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None,
-              day_ahead_pct: float | None = None, band: bool = True) -> dict[str, float]:
+              day_ahead: dict[str, object] | None = None) -> dict[str, float]:
     """Battery value of MPC and of perfect foresight (over PV only) on one seed's year. [currency]"""
     t0 = time.perf_counter()
-    result = run(seeded_scenario(name, seed, planner, days, day_ahead_pct, band),
+    result = run(seeded_scenario(name, seed, planner, days, day_ahead),
                  strategies=["pv_only", "mpc", "perfect_foresight"])
     bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
     return {"seed": seed, "value_mpc": bill["pv_only"] - bill["mpc"],
@@ -92,21 +93,26 @@ def main() -> int:
     parser.add_argument("--day-ahead", type=float, default=None, metavar="PCT",
                         help="give the MPC a day-ahead PV forecast of PCT %% daily error")
     parser.add_argument("--no-band", action="store_true", help="the day-ahead forecast without its P10/P90 band")
+    parser.add_argument("--band-width", type=float, default=1.0, metavar="W",
+                        help="the day-ahead band W times as wide as the calibrated one")
     args = parser.parse_args()
     planner = parse_settings(args.settings)
+    day_ahead = None if args.day_ahead is None else {"daily_error_pct": args.day_ahead, "band": not args.no_band,
+                                                     "band_width": args.band_width}
     command = " ".join(["python benchmarks/bench_seeds.py", args.scenario, "--seeds", *map(str, args.seeds)]
                        + [f"--set {pair}" for pair in args.settings] + ([f"--days {args.days}"] if args.days else [])
                        + ([f"--day-ahead {args.day_ahead:g}"] if args.day_ahead is not None else [])
-                       + (["--no-band"] if args.no_band else []))
+                       + (["--no-band"] if args.no_band else [])
+                       + ([f"--band-width {args.band_width:g}"] if args.band_width != 1.0 else []))
     print(f"reproduce: {command}", flush=True)
     try:  # a bad scenario or setting fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, args.day_ahead, not args.no_band)
+        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, day_ahead)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bench_seeds: {args.scenario} with {planner}: {exc}") from None
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_year, [args.scenario] * len(args.seeds), args.seeds,
                               [planner] * len(args.seeds), [args.days] * len(args.seeds),
-                              [args.day_ahead] * len(args.seeds), [not args.no_band] * len(args.seeds)))
+                              [day_ahead] * len(args.seeds)))
     for year in years:
         ratio = year["value_mpc"] / year["value_pf"] if year["value_pf"] else float("nan")
         year["ratio"] = ratio
@@ -117,6 +123,7 @@ def main() -> int:
     print(f"pooled over {len(years)} years: {pooled:.4f}" if pooled is not None else "pooled: no battery value")
     print(json.dumps({"command": command, "scenario": args.scenario, "planner": planner,
                       "day_ahead_error_pct": args.day_ahead, "day_ahead_band": not args.no_band,
+                      "day_ahead_band_width": args.band_width,
                       "pooled_ratio": pooled,
                       "years": years}))
     return 0

@@ -155,9 +155,10 @@ class Controller:
         #: measured history; None when the planner runs on known forecasts.
         self.accuracy, self.external_accuracy = (self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts)
                                                  else (None, None))
+        scores = self.external_accuracy
         self.external_forecasts = ExternalForecasts(
-            pv_limit_kw=config.pv.ac_limit_kw,
-            on_accept=None if self.external_accuracy is None else self.external_accuracy.record)
+            pv_limit_kw=config.pv.ac_limit_kw, on_accept=None if scores is None else scores.record,
+            band_scale=scores.band_scale if scores is not None and config.planner.external_band_recalibrate else None)
         self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
         csv = ctl.external_forecast_csv  # relative to the site file (config_dir)
         self.forecast_csv = None if csv is None else ForecastCsvFile(csv, config_dir or Path.cwd(),

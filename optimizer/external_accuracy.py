@@ -23,6 +23,7 @@ The same :class:`ExternalAccuracy` scores the live controller's forecasts (state
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from optimizer.external_forecast import BANDS, ExternalForecast
+from optimizer.external_forecast import BAND_LEVELS, BANDS, ExternalForecast
 from optimizer.forecast import History
 from optimizer.forecast_accuracy import NS_PER_H, bucket_names, values_at
 from optimizer.timegrid import TimeGrid, regular_grid_ns
@@ -49,8 +50,24 @@ MIN_STEPS_TO_JUDGE = 200
 #: calibrated; steps of a day err together, so the share of two weeks scatters well beyond binomial noise). [-]
 BAND_COVERAGE_OK = (0.6, 0.95)
 
+#: Range of :meth:`ExternalAccuracy.band_scale`: a band is at most halved or tripled. [-]
+BAND_SCALE_LIMITS = (0.5, 3.0)
+#: Band sides narrower than this are left out of the band's calibration (no spread to scale). [kW]
+MIN_BAND_KW = 0.1
+
 _ROWS = ("abs", "sq", "err", "p_abs", "p_sq", "b_abs", "n", "band_n", "below", "above")
 _R = {name: i for i, name in enumerate(_ROWS)}
+
+
+@dataclass(frozen=True)
+class _Score:
+    """One forecast's scores: the summed rows of :data:`_ROWS` per lead bucket, and where it had a band the
+    measured shortfalls below the forecast per step in units of ``forecast − P10`` and the excesses above it in
+    units of ``P90 − forecast`` (steps where that width exceeds :data:`MIN_BAND_KW`). [-]"""
+
+    rows: np.ndarray
+    z_low: np.ndarray | None
+    z_high: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -99,12 +116,14 @@ class ExternalAccuracy:
         self.step_ns = step_minutes * 60_000_000_000
         self._edges_ns = np.asarray(self.lead_edges_h, dtype=float) * NS_PER_H
         self._pending: list[_Issued] = []
-        self._scored: list[tuple[_Issued, np.ndarray | None]] = []
+        self._scored: list[tuple[_Issued, _Score | None]] = []
+        self._scales: dict[tuple[str, str], tuple[float, float]] = {}
         #: The figures of the last :meth:`update` (:meth:`figures`), None before the first.
         self.result: dict | None = None
 
     def record(self, forecast: ExternalForecast) -> None:
-        """Keep an accepted forecast for scoring (each of its quantities with a built-in model to compare)."""
+        """Keep an accepted forecast for scoring (each of its quantities with a built-in model to compare; once per
+        source and issue time)."""
         issued_ns = pd.Timestamp(forecast.issued_at).value
         first = -(-issued_ns // self.step_ns) * self.step_ns
         starts = first + np.arange(self.steps, dtype=np.int64) * self.step_ns
@@ -120,9 +139,11 @@ class ExternalAccuracy:
             out[covered] = values[index[covered]]
             return out
 
+        kept = {(item.quantity, item.source, item.issued_ns)
+                for item in itertools.chain(self._pending, (item for item, _ in self._scored))}
         for quantity in forecast.quantities:
-            if quantity not in self.builtin:
-                continue
+            if quantity not in self.builtin or (quantity, forecast.source, issued_ns) in kept:
+                continue  # a forecast sent again (same source and issue time) is scored once
             low, high = BANDS[quantity]
             banded = forecast.has_band(quantity)
             self._pending.append(_Issued(quantity, forecast.source, issued_ns, first, cut(forecast.values[quantity]),
@@ -153,12 +174,38 @@ class ExternalAccuracy:
                 self._scored.append((item, self._score(item, np.asarray(ns, dtype=np.int64),
                                                        np.asarray(values, dtype=float))))
         self._pending = [item for item in self._pending if item.issued_ns >= window_start - 3 * 24 * NS_PER_H]
-        self._scored = [(item, rows) for item, rows in self._scored if item.issued_ns >= window_start]
+        self._scored = [(item, score) for item, score in self._scored if item.issued_ns >= window_start]
+        self._scales = self._band_scales()
         self.result = self.figures()
         return self.result
 
-    def _score(self, item: _Issued, ns: np.ndarray, values: np.ndarray) -> np.ndarray | None:
-        """The summed rows of :data:`_ROWS` per lead bucket for one forecast; None when no step compares."""
+    def band_scale(self, quantity: str, source: str) -> tuple[float, float]:
+        """How much wider than sent the P10/P90 band of ``source``'s forecasts of ``quantity`` should be to hold its
+        levels on their measured record (as of the last :meth:`update`): ``(low, high)``, the factors of
+        ``forecast − P10`` and ``P90 − forecast``. The 90 % quantile of the measured shortfalls below the forecast
+        in units of ``forecast − P10`` (and of the excesses above it in units of ``P90 − forecast``) is 1 for a
+        calibrated band; it is that quantile, in [:data:`BAND_SCALE_LIMITS`], once :data:`MIN_STEPS_TO_JUDGE`
+        steps have been scored, else 1 (the band as sent). [-]"""
+        return self._scales.get((quantity, source), (1.0, 1.0))
+
+    def _band_scales(self) -> dict[tuple[str, str], tuple[float, float]]:
+        samples: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for item, score in self._scored:
+            if score is not None and score.z_low is not None and score.z_high is not None:
+                samples.setdefault((item.quantity, item.source), []).append((score.z_low, score.z_high))
+        out = {}
+        low, high = BAND_SCALE_LIMITS
+        for key, pairs in samples.items():
+            scale = []
+            for z in (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
+                scale.append(float(np.clip(np.quantile(z, BAND_LEVELS[1]), low, high))
+                             if len(z) >= MIN_STEPS_TO_JUDGE else 1.0)
+            out[key] = (scale[0], scale[1])
+        return out
+
+    def _score(self, item: _Issued, ns: np.ndarray, values: np.ndarray) -> _Score | None:
+        """The summed rows of :data:`_ROWS` per lead bucket for one forecast and its band's normalised errors;
+        None when no step compares."""
         grid = regular_grid_ns(item.start_ns, self.steps, self.step_minutes)
         starts = grid.starts_ns
         measured = values_at(ns, values, starts)
@@ -182,12 +229,14 @@ class ExternalAccuracy:
         for name, x in (("abs", np.abs(e)), ("sq", e * e), ("err", e), ("p_abs", np.abs(p)), ("p_sq", p * p),
                         ("b_abs", np.abs(b)), ("n", np.ones(len(e)))):
             rows[_R[name]] = np.bincount(k, weights=x, minlength=nb)
-        if item.p10 is not None and item.p90 is not None:
-            lo, hi = item.p10[ok], item.p90[ok]
-            rows[_R["band_n"]] = np.bincount(k, minlength=nb)
-            rows[_R["below"]] = np.bincount(k, weights=(m < lo).astype(float), minlength=nb)
-            rows[_R["above"]] = np.bincount(k, weights=(m > hi).astype(float), minlength=nb)
-        return rows
+        if item.p10 is None or item.p90 is None:
+            return _Score(rows, None, None)
+        f, lo, hi = item.value[ok], item.p10[ok], item.p90[ok]
+        rows[_R["band_n"]] = np.bincount(k, minlength=nb)
+        rows[_R["below"]] = np.bincount(k, weights=(m < lo).astype(float), minlength=nb)
+        rows[_R["above"]] = np.bincount(k, weights=(m > hi).astype(float), minlength=nb)
+        wide_low, wide_high = f - lo > MIN_BAND_KW, hi - f > MIN_BAND_KW
+        return _Score(rows, (f - m)[wide_low] / (f - lo)[wide_low], (m - f)[wide_high] / (hi - f)[wide_high])
 
     def figures(self) -> dict:
         """``{"window_days", "pv": [per source], "load": [per source]}`` (a quantity only once a forecast of it
@@ -195,16 +244,18 @@ class ExternalAccuracy:
         docstring per lead bucket (None where nothing was compared), ``issues`` the forecasts scored."""
         out: dict = {"window_days": self.days}
         groups: dict[tuple[str, str], list[np.ndarray]] = {}
-        for item, rows in self._scored:
+        for item, score in self._scored:
             kept = groups.setdefault((item.quantity, item.source), [])
-            if rows is not None:
-                kept.append(rows)
+            if score is not None:
+                kept.append(score.rows)
         for item in self._pending:
             groups.setdefault((item.quantity, item.source), [])
         for (quantity, source), kept in sorted(groups.items()):
             total = np.sum(kept, axis=0) if kept else np.zeros((len(_ROWS), len(self._edges_ns)))
+            scale = self.band_scale(quantity, source)
             out.setdefault(QUANTITY_KEYS[quantity], []).append(
-                {"source": source, "issues": len(kept), "by_lead": summarise(total, self.lead_edges_h)})
+                {"source": source, "issues": len(kept), "band_scale_p10": round(scale[0], 3),
+                 "band_scale_p90": round(scale[1], 3), "by_lead": summarise(total, self.lead_edges_h)})
         return out
 
 

@@ -286,12 +286,18 @@ class ExternalForecasts:
         PV AC limit: PV values above it are refused. [kW]
     on_accept : callable, optional
         Called with every accepted forecast (e.g. :meth:`optimizer.external_accuracy.ExternalAccuracy.record`).
+    band_scale : callable, optional
+        ``band_scale(quantity, source) -> (low, high)``: factors applied to a band's ``forecast − P10`` and
+        ``P90 − forecast`` before its quantiles are used (:meth:`optimizer.external_accuracy.ExternalAccuracy.
+        band_scale`: the band recalibrated on the source's measured record). None: the band as sent.
     """
 
     def __init__(self, pv_limit_kw: float | None = None,
-                 on_accept: Callable[[ExternalForecast], None] | None = None):
+                 on_accept: Callable[[ExternalForecast], None] | None = None,
+                 band_scale: Callable[[str, str], tuple[float, float]] | None = None):
         self.pv_limit_kw = pv_limit_kw
         self.on_accept = on_accept
+        self.band_scale = band_scale
         self._latest: dict[str, ExternalForecast] = {}
 
     def submit(self, payload: object, now: datetime | None = None, *, only_newer: bool = False) -> SubmitResult:
@@ -354,9 +360,9 @@ class ExternalForecasts:
                   builtin: Callable[[], np.ndarray | None], now: datetime) -> np.ndarray | None:
         """Quantile forecasts of ``quantity`` at ``levels``, shape ``(len(levels), len(grid))``, to go with
         :meth:`blend`: on the steps the current external forecast covers, from its P10/P90 band
-        (:func:`band_quantiles`); elsewhere ``builtin()`` (the built-in model's quantiles at the same levels,
-        only asked for when needed). None when the covering forecast has no band, or ``builtin()`` is None for
-        steps it does not cover. [kW]
+        (:func:`band_quantiles`; scaled by ``band_scale`` when given); elsewhere ``builtin()`` (the built-in
+        model's quantiles at the same levels, only asked for when needed). None when the covering forecast has no
+        band, or ``builtin()`` is None for steps it does not cover. [kW]
         """
         forecast = self.current(quantity, now)
         if forecast is None:
@@ -372,9 +378,12 @@ class ExternalForecasts:
         out = np.empty((len(levels), len(grid))) if rest is None else np.array(rest, dtype=float)
         i = index[covered]
         low, high = BANDS[quantity]
-        out[:, covered] = band_quantiles(forecast.values[quantity][i], forecast.values[low][i],
-                                         forecast.values[high][i], levels,
-                                         self.pv_limit_kw if quantity == "pv_kw" else None)
+        point, p10, p90 = forecast.values[quantity][i], forecast.values[low][i], forecast.values[high][i]
+        if self.band_scale is not None:
+            s_low, s_high = self.band_scale(quantity, forecast.source)
+            if (s_low, s_high) != (1.0, 1.0):
+                p10, p90 = point - s_low * (point - p10), point + s_high * (p90 - point)
+        out[:, covered] = band_quantiles(point, p10, p90, levels, self.pv_limit_kw if quantity == "pv_kw" else None)
         return out
 
     def status(self, now: datetime) -> dict[str, dict]:

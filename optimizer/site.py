@@ -234,6 +234,11 @@ class PlannerSettings(StrictModel):
                     "dearer one, plan the window's later steps on the PV quantile at this level, so the battery "
                     "makes room early for a likely surplus (optimizer/surplus.py; 0.7 measured best, "
                     "docs/planner.md); null: the point forecast there")
+    external_band_recalibrate: bool = Field(
+        default=True,
+        description="Scale an external forecast's P10/P90 band to its source's measured record before the planner "
+                    "uses it (optimizer/external_accuracy.py: the band's sides × the 90 % quantile of the measured "
+                    "misses in band widths, 0.5–3, once 200 steps are scored); false: the band as sent")
     demand_reserve_hours: float = Field(
         default=1.0, ge=0, le=24,
         description="Under a demand charge: how long a net load above the forecast (its upper error quantile) "

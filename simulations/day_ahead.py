@@ -76,7 +76,7 @@ def step_ratios(day: np.ndarray, pv_kw: np.ndarray, clear_kw: np.ndarray, k_day:
 
 def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np.ndarray, timezone: str, *,
                        issue_hour: int, daily_error_pct: float, seed: int, ac_limit_kw: float, step_minutes: int,
-                       source: str = "day-ahead", band: bool = True) -> list[dict]:
+                       source: str = "day-ahead", band: bool = True, band_width: float = 1.0) -> list[dict]:
     """The forecasts issued over ``starts`` (UTC step starts of the data, ``step_minutes`` apart), as external
     forecast payloads (docs/data.md, "External forecasts"), in order of issue (module docstring).
 
@@ -84,6 +84,9 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
     ----------
     pv_kw, clear_kw : numpy.ndarray
         Actual PV and clear-sky AC power per step. [kW]
+    band_width : float
+        The band's width as a multiple of the calibrated one (its distances from the forecast scaled; the
+        forecast itself is unchanged). [-]
     """
     naive = starts.tz_convert(timezone).tz_localize(None).normalize()  # local calendar days
     day = np.asarray((naive - naive[0]) // pd.Timedelta(days=1), dtype=int)
@@ -94,7 +97,8 @@ def day_ahead_payloads(starts: pd.DatetimeIndex, pv_kw: np.ndarray, clear_kw: np
     if band:
         ratios = step_ratios(day, np.asarray(pv_kw, dtype=float), np.asarray(clear_kw, dtype=float), k_day,
                              ac_limit_kw)
-        multipliers = {s: band_multipliers(ratios, s, seed) for s in (sigma / 2, sigma)}
+        multipliers = {s: (max(0.0, 1.0 - band_width * (1.0 - lo)), 1.0 + band_width * (hi - 1.0))
+                       for s in (sigma / 2, sigma) for lo, hi in [band_multipliers(ratios, s, seed)]}
     starts_ns = starts.as_unit("ns").asi8
     payloads: list[dict] = []
     for d in range(-1, int(day.max()) + 1):  # issued on day d for the rest of d and all of d + 1

@@ -110,9 +110,13 @@ class DayAheadForecast(StrictModel):
                                                "each day's energy known exactly")
     issue_hour: int = Field(default=6, ge=0, le=23, description="Local hour the forecast is issued every day [h]")
     seed: int = Field(default=1, description="Seed of the forecast errors")
-    band: bool = Field(default=True, description="The forecast carries its P10/P90 band of the day's PV, "
-                                                 "calibrated to daily_error_pct (as weather services give one); "
-                                                 "false: the point forecast alone")
+    band: bool = Field(default=True, description="The forecast carries its P10/P90 band per step, calibrated "
+                                                 "to its error (as weather services give one); false: the point "
+                                                 "forecast alone")
+    band_width: float = Field(default=1.0, gt=0, le=5,
+                              description="The band's width as a multiple of the calibrated one: below 1 an "
+                                          "overconfident service, above 1 a timid one (what a miscalibrated band "
+                                          "costs, and what recalibrating it recovers) [-]")
 
 
 class CsvData(StrictModel):

@@ -33,8 +33,9 @@ from controller.modes import Mode
 from controller.targets import DemandWindow, follow_plan, mode_target
 from optimizer import costs, surplus
 from optimizer.costs import Schedule
+from optimizer.external_accuracy import ExternalAccuracy
 from optimizer.external_forecast import ExternalForecasts
-from optimizer.forecast import History, LoadForecaster, PVForecaster
+from optimizer.forecast import DAYLIGHT_SHARE, History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
 from optimizer.plan import SolverInfo
 from optimizer.planner import PlanInputs, Planner, PlannerError
@@ -246,13 +247,22 @@ class Mpc:
         self._history: tuple[int, History, History] | None = None  # (block, PV view, load view)
         self.peak_target = PeakTarget(battery, settings.demand_target_days)
         self.external: ExternalForecasts | None = None
+        #: The received forecasts' scores, as live (a PV forecaster of its own: the planner's caches stay its own).
+        self.scores: ExternalAccuracy | None = None
         self.issued = IssuedForecasts(())
         if day_ahead is not None and not perfect:
-            self.external = ExternalForecasts(pv_limit_kw=pv.ac_limit_kw)
+            own = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
+            limit = DAYLIGHT_SHARE * pv.ac_limit_kw
+            self.scores = ExternalAccuracy({"pv_kw": own.forecast}, {"pv_kw": lambda g: own.clear_sky_kw(g) > limit},
+                                           step_minutes=round(float(data.duration_h[0]) * 60))
+            self.external = ExternalForecasts(
+                pv_limit_kw=pv.ac_limit_kw, on_accept=self.scores.record,
+                band_scale=self.scores.band_scale if settings.external_band_recalibrate else None)
             self.issued = IssuedForecasts(day_ahead_payloads(
                 data.starts, data.pv_kw, self.pv_forecaster.clear_sky_kw(data.full_grid), site.timezone,
                 issue_hour=day_ahead.issue_hour, daily_error_pct=day_ahead.daily_error_pct, seed=day_ahead.seed,
-                ac_limit_kw=pv.ac_limit_kw, step_minutes=round(float(data.duration_h[0]) * 60), band=day_ahead.band))
+                ac_limit_kw=pv.ac_limit_kw, step_minutes=round(float(data.duration_h[0]) * 60), band=day_ahead.band,
+                band_width=day_ahead.band_width))
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
@@ -269,7 +279,7 @@ class Mpc:
         builtin = self.pv_forecaster.forecast(grid, pv_history)
         point, origin = builtin, "builtin"
         if self.external is not None:
-            point, origin = self._external_pv(grid, builtin)
+            point, origin = self._external_pv(grid, builtin, ctx)
 
         def quantiles(levels: Sequence[float]) -> np.ndarray | None:
             """As live (``WithExternal.pv_quantiles``): the built-in quantiles, or while the external PV is used
@@ -294,16 +304,19 @@ class Mpc:
         return peak_risk_kw(self.pv_forecaster, self.load_forecaster, grid, *history, pv, load) if risk is None \
             else risk
 
-    def _external_pv(self, grid: TimeGrid, builtin: np.ndarray) -> tuple[np.ndarray, str]:
+    def _external_pv(self, grid: TimeGrid, builtin: np.ndarray, ctx: StepContext) -> tuple[np.ndarray, str]:
         """The PV forecast with the day-ahead forecasts issued so far laid over it, and its origin
-        (:meth:`~optimizer.external_forecast.ExternalForecasts.blend`). [kW]"""
-        assert self.external is not None
+        (:meth:`~optimizer.external_forecast.ExternalForecasts.blend`); as live, the forecasts received are scored
+        on the PV measured so far (their band recalibrated on that record). [kW]"""
+        assert self.external is not None and self.scores is not None
         now_ns = int(grid.starts_ns[0])
         now = _grid_now(grid)
         for payload in self.issued.due(now_ns):
             result = self.external.submit(payload, now)
             if not result.accepted:
                 raise ValueError(f"day-ahead forecast issued {payload['issued_at']} refused: {result.error}")
+        if self.scores.due(now_ns):
+            self.scores.update(now_ns, {"pv_kw": (ctx.pv_history.ns, ctx.pv_history.values)})
         return self.external.blend("pv_kw", grid, builtin, now)
 
     def _history_views(self, t: int, ctx: StepContext) -> tuple[History, History]:

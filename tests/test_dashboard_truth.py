@@ -295,13 +295,15 @@ async def test_forecasts_from_outside_show_how_good_they_were(tmp_path: Path, mo
                      "band_n": 480, "band_coverage": 0.7997, "below_p10": 0.089, "above_p90": 0.1114}
         state = sample_state(now, 2)
         state["forecast_accuracy"] = {"window_days": 14, "pv": builtin, "load": builtin, "external": {
-            "window_days": 14, "pv": [{"source": "solcast", "issues": 12,
+            "window_days": 14, "pv": [{"source": "solcast", "issues": 12, "band_scale_p10": 1.4, "band_scale_p90": 1.0,
                                        "by_lead": [{**day_ahead, "lead": "0-1 h", "n": 0}, day_ahead]}]}}
         site.bus.publish("state", state)
         await page.wait_for_function("!document.getElementById('external-accuracy-table').hidden")
         rows = await page.evaluate("""[...document.querySelectorAll('#external-accuracy-table tr')]
                                       .map((tr) => [...tr.children].map((c) => c.textContent))""")
-        assert rows == [["Lead", "MAE", "vs built-in", "in P10–P90"], ["PV: solcast (12 forecasts scored)"],
+        assert rows == [["Lead", "MAE", "vs built-in", "in P10–P90"],
+                        ["PV: solcast (12 forecasts scored; band recalibrated to its record: P10 side / P90 side "
+                         "×1.40 / ×1.00)"],
                         ["24-48 h", "53.7 kW", "23 %", "80 %"]]
         await page.select_option("#lang", "vi")
         await page.wait_for_function(

@@ -78,6 +78,21 @@ def test_the_band_holds_about_eight_days_in_ten_and_leaves_the_forecast_as_it_wa
     assert np.mean(below) == pytest.approx(0.10, abs=0.04)
 
 
+def test_a_band_width_other_than_one_scales_the_bands_distance_from_the_forecast() -> None:
+    """``band_width`` 0.5 (an overconfident service) halves both distances of the band from the forecast where the
+    AC limit does not cap them; the forecast itself is unchanged."""
+    starts, pv, clear = _days(20)
+    kwargs = dict(issue_hour=6, daily_error_pct=30, seed=5, ac_limit_kw=9000, step_minutes=60)
+    calibrated = day_ahead_payloads(starts, pv, clear, TZ, **kwargs)
+    narrow = day_ahead_payloads(starts, pv, clear, TZ, **kwargs, band_width=0.5)
+    for p, q in zip(calibrated, narrow, strict=True):
+        f = np.asarray(p["pv_kw"])
+        assert q["pv_kw"] == p["pv_kw"]
+        for side in ("pv_kw_p10", "pv_kw_p90"):
+            assert np.allclose(np.asarray(q[side]) - f, 0.5 * (np.asarray(p[side]) - f), atol=2e-3)
+        assert (np.asarray(p["pv_kw_p90"]) - f).max() > 1.0  # the band has width to halve
+
+
 def test_the_band_is_calibrated_per_step_when_hours_vary_within_the_day() -> None:
     """Clearness varies within each day (alternate hours at 0.5× and 1.5× the day's level): a band of the day's level
     alone would hold few steps; the band multiplies in the steps' own spread, so ~80 % of daylight steps of the next

@@ -11,6 +11,7 @@ import pytest
 
 from optimizer.external_accuracy import ExternalAccuracy, pooled, warnings
 from optimizer.external_forecast import ExternalForecasts
+from optimizer.timegrid import regular_grid_ns
 
 T0 = datetime(2026, 6, 3, 0, 0, tzinfo=UTC)  # a UTC midnight: day 0 of the forecasts below
 NS_H = 3_600_000_000_000
@@ -50,8 +51,9 @@ def test_known_answers_by_lead_bias_skill_and_band():
     ns, values = measured_load()
     accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 16.0)}, days=14)
     intake = ExternalForecasts(on_accept=accuracy.record)
-    out = scored(accuracy, intake, flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), ns, values,
-                 T0 + timedelta(hours=49))
+    sent = flat_forecast(T0, 400.0, load_kw_p10=395.0, load_kw_p90=415.0)
+    assert intake.submit(sent, now=T0 + timedelta(minutes=1)).accepted  # the same forecast twice: scored once
+    out = scored(accuracy, intake, sent, ns, values, T0 + timedelta(hours=49))
     [weather] = out["load"]
     assert weather["source"] == "weather" and weather["issues"] == 1 and "pv" not in out
     by = {b["lead"]: b for b in weather["by_lead"]}
@@ -105,7 +107,8 @@ def test_a_forecast_is_scored_only_once_its_steps_are_measured_and_leads_count_f
     assert intake.submit(payload, now=T0 + timedelta(minutes=5)).accepted
     assert accuracy.due(pd.Timestamp(T0).value)  # never run: the first update reports the empty window
     first = accuracy.update(pd.Timestamp(T0 + timedelta(minutes=59)).value, {"load_kw": (ns, values)})
-    assert first["load"] == [{"source": "weather", "issues": 0, "by_lead": first["load"][0]["by_lead"]}]
+    assert first["load"] == [{"source": "weather", "issues": 0, "band_scale_p10": 1.0, "band_scale_p90": 1.0,
+                              "by_lead": first["load"][0]["by_lead"]}]
     assert not accuracy.due(pd.Timestamp(T0 + timedelta(minutes=74)).value)
     assert accuracy.due(pd.Timestamp(T0 + timedelta(minutes=75)).value)
     out = accuracy.update(pd.Timestamp(T0 + timedelta(minutes=75)).value, {"load_kw": (ns, values)})
@@ -188,7 +191,57 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
         assert day_ahead["builtin_mae_kw"] > 0 and day_ahead["skill_vs_builtin"] == pytest.approx(
             1 - 10.0 / day_ahead["builtin_mae_kw"], abs=1e-3)
         assert "pv" not in state["forecast_accuracy"]["external"]
+        assert weather["band_scale_p10"] == 2.0 and weather["band_scale_p90"] == pytest.approx(0.667)
+        low, high = controller.external_forecasts.band_scale("load_kw", "weather")  # what the planner will use
+        assert low == pytest.approx(2.0) and high == pytest.approx(2.0 / 3.0)
         assert "external_load_band_miscalibrated" in state["alarms"]  # 50 % inside over 384 steps
         assert "50 % of measurements inside" in controller.alarms["external_load_band_miscalibrated"]
     finally:
         controller.store.close()
+
+
+def test_the_band_is_recalibrated_on_its_measured_record():
+    """Two flat 400 kW forecasts with the band 395–415 over days of 410 and 390 kW: the shortfalls below the forecast
+    are 10 kW = 2 lower widths at most, the excesses 10 kW = 2/3 of the upper width, so the band's sides are scaled
+    ×2 and ×2/3 (the 90 % quantiles) once 200 steps are scored, and a forecast's quantiles then come from 390–410."""
+    ns, values = measured_load()
+    accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 0.0)})
+    intake = ExternalForecasts(on_accept=accuracy.record, band_scale=accuracy.band_scale)
+    as_sent = ExternalForecasts()
+    banded = {"load_kw_p10": 395.0, "load_kw_p90": 415.0}
+    out = scored(accuracy, intake, flat_forecast(T0, 400.0, **banded), ns, values, T0 + timedelta(hours=49))
+    assert accuracy.band_scale("load_kw", "weather") == (1.0, 1.0)  # 192 steps: too few to judge
+    out = scored(accuracy, intake, flat_forecast(T0 + timedelta(days=1), 400.0, **banded), ns, values,
+                 T0 + timedelta(hours=73))
+    low, high = accuracy.band_scale("load_kw", "weather")
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0 / 3.0)
+    assert out["load"][0]["band_scale_p10"] == 2.0 and out["load"][0]["band_scale_p90"] == pytest.approx(0.667)
+    assert accuracy.band_scale("load_kw", "another source") == (1.0, 1.0)
+    later = T0 + timedelta(days=3)
+    grid = regular_grid_ns(pd.Timestamp(later).value, 4, 15)
+    for store in (intake, as_sent):
+        assert store.submit(flat_forecast(later, 400.0, steps=4, **banded), now=later).accepted
+    recalibrated = intake.quantiles("load_kw", grid, (0.1, 0.5, 0.9), lambda: None, later)
+    sent = as_sent.quantiles("load_kw", grid, (0.1, 0.5, 0.9), lambda: None, later)
+    assert recalibrated[:, 0].tolist() == pytest.approx([390.0, 400.0, 410.0])
+    assert sent[:, 0].tolist() == pytest.approx([395.0, 400.0, 415.0])
+
+
+@pytest.mark.parametrize(("width", "expected"), [(1.0, 1.0), (0.5, 2.0), (1.6, 0.625)])
+def test_a_calibrated_band_is_kept_and_a_wrong_one_rescaled(width, expected):
+    """Load measured as the forecast plus normal noise of σ = 20 kW over 14 days; the band sent is `width` × the
+    calibrated one (±1.2816 σ): the scale found is about 1 / width on both sides (within sampling noise)."""
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2026-06-01", tz="UTC").value
+    ns = start + np.arange(16 * 96, dtype=np.int64) * STEP_NS
+    values = 400.0 + 20.0 * rng.standard_normal(len(ns))
+    accuracy = ExternalAccuracy({"load_kw": lookup(ns, values, 5.0)})
+    intake = ExternalForecasts(on_accept=accuracy.record)
+    half = 1.2816 * 20.0 * width
+    for day in range(1, 14):
+        issued = datetime(2026, 6, 1, tzinfo=UTC) + timedelta(days=day)
+        assert intake.submit(flat_forecast(issued, 400.0, load_kw_p10=400.0 - half, load_kw_p90=400.0 + half),
+                             now=issued).accepted
+    accuracy.update(pd.Timestamp("2026-06-17", tz="UTC").value, {"load_kw": (ns, values)}, limit=None)
+    low, high = accuracy.band_scale("load_kw", "weather")
+    assert low == pytest.approx(expected, rel=0.08) and high == pytest.approx(expected, rel=0.08)

@@ -237,6 +237,9 @@ class ExternalLeadAccuracy(_Part):
 class SourceAccuracy(_Part):
     source: str = Field(description="the external forecasts' source name")
     issues: int = Field(description="forecasts scored")
+    band_scale_p10: Number = Field(description="factor on forecast − P10 that recalibrates the band on its measured "
+                                               "record (1: as sent, or too few steps scored) [-]")
+    band_scale_p90: Number = Field(description="factor on P90 − forecast, likewise [-]")
     by_lead: list[ExternalLeadAccuracy]
 
 

@@ -310,7 +310,9 @@ function renderExternalAccuracy(s) {
   table.append(head);
   for (const [name, g] of groups) {
     const title = document.createElement("tr");
-    title.append(cell("th", `${t(`fa.${name}`)}: ${g.source} (${g.issues} ${t("fx.issues")})`, 4));
+    const scaled = g.band_scale_p10 !== 1 || g.band_scale_p90 !== 1
+      ? `; ${t("fx.scaled")} ×${g.band_scale_p10.toFixed(2)} / ×${g.band_scale_p90.toFixed(2)}` : "";
+    title.append(cell("th", `${t(`fa.${name}`)}: ${g.source} (${g.issues} ${t("fx.issues")}${scaled})`, 4));
     table.append(title);
     const rows = g.by_lead.filter((b) => b.n);
     if (!rows.length) {
