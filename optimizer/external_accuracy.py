@@ -9,7 +9,8 @@ value measured 24 h before and the built-in model's forecast all exist (for PV i
 
 - ``mae_kw``, ``rmse_kw``: mean absolute and root-mean-square error [kW];
 - ``bias_kw``: mean of forecast − measured (above 0: the forecast runs high) [kW];
-- ``persistence_mae_kw`` and ``skill = 1 − MAE / persistence MAE``: against same-time-yesterday persistence;
+- ``persistence_mae_kw``, ``persistence_rmse_kw`` and ``skill = 1 − MAE / persistence MAE``: against
+  same-time-yesterday persistence;
 - ``builtin_mae_kw`` and ``skill_vs_builtin = 1 − MAE / builtin MAE``: against the built-in model's forecast made
   at the same instant on the history before it (above 0: the forecast from outside is the better one);
 - where the forecast carried its P10/P90 band: ``band_n`` (steps scored with a band), ``band_coverage`` (share
@@ -276,6 +277,7 @@ def summarise(total: np.ndarray, lead_edges_h: Sequence[float]) -> list[dict]:
             "rmse_kw": round(math.sqrt(col["sq"] / n), 3) if n else None,
             "bias_kw": _ratio(col["err"], n, 3),
             "persistence_mae_kw": p_mae,
+            "persistence_rmse_kw": round(math.sqrt(col["p_sq"] / n), 3) if n else None,
             "skill": round(1.0 - col["abs"] / col["p_abs"], 4) if n and col["p_abs"] > 0 else None,
             "builtin_mae_kw": b_mae,
             "skill_vs_builtin": round(1.0 - col["abs"] / col["b_abs"], 4) if n and col["b_abs"] > 0 else None,

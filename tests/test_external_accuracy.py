@@ -63,7 +63,8 @@ def test_known_answers_by_lead_bias_skill_and_band():
         b = by[lead]
         assert b["mae_kw"] == pytest.approx(10.0) and b["rmse_kw"] == pytest.approx(10.0)
         assert b["bias_kw"] == pytest.approx(bias)
-        assert b["persistence_mae_kw"] == pytest.approx(20.0) and b["skill"] == pytest.approx(0.5)
+        assert b["persistence_mae_kw"] == pytest.approx(20.0) and b["persistence_rmse_kw"] == pytest.approx(20.0)
+        assert b["skill"] == pytest.approx(0.5)
         assert b["builtin_mae_kw"] == pytest.approx(16.0)
         assert b["skill_vs_builtin"] == pytest.approx(1 - 10 / 16, abs=1e-4)
         assert b["band_n"] == b["n"] and b["band_coverage"] == pytest.approx(inside)

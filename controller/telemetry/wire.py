@@ -218,14 +218,10 @@ class QuantityAccuracy(_Part):
     by_lead: list[LeadAccuracy]
 
 
-class ExternalLeadAccuracy(_Part):
-    lead: str = Field(description="lead-time bucket from issued_at, e.g. '24-48 h'")
-    n: int = Field(description="steps compared")
-    mae_kw: OptionalNumber = Field(description="[kW]")
-    rmse_kw: OptionalNumber = Field(description="[kW]")
+class ExternalLeadAccuracy(LeadAccuracy):
+    """The figures of LeadAccuracy, leads counted from the forecast's issued_at (e.g. '24-48 h'), and more"""
+
     bias_kw: OptionalNumber = Field(description="[kW] mean forecast − measured (+: the forecast runs high)")
-    persistence_mae_kw: OptionalNumber = Field(description="[kW] same-time-yesterday persistence")
-    skill: OptionalNumber = Field(description="1 − MAE / persistence MAE [-]")
     builtin_mae_kw: OptionalNumber = Field(description="[kW] the built-in model's forecast made at issued_at")
     skill_vs_builtin: OptionalNumber = Field(description="1 − MAE / built-in MAE (+: the external one is better) [-]")
     band_n: int = Field(description="steps compared with a P10/P90 band")
