@@ -143,29 +143,12 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
     """The real controller on fake devices: a banded load forecast accepted over its intake is scored once its two
     days are measured, against the built-in load model; the state message carries it and stays schema-valid."""
     import json
-    from pathlib import Path
 
     import jsonschema
 
-    from controller.config import SiteConfig
-    from controller.service import Controller
-    from ems.clock import ManualClock
-    from optimizer.tariff import load_tariff
-    from simulations.scenario import load_scenario
-    from tests.fakes import FakeSite
-    from tests.test_one_path import SITE_DEVICES
+    from tests.test_external_forecast import controller_on_fake_site
 
-    root = Path(__file__).resolve().parents[1]
-    sc = load_scenario(root / "simulations" / "scenarios" / "nam-cau-kien.yaml")
-    config = SiteConfig.model_validate({
-        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
-        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-legacy-22kv"}, "planner": sc.planner.model_dump(),
-        "devices": SITE_DEVICES})
-    clock = ManualClock(T0)
-    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
-    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
-    controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite")
-    schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
+    controller, site, clock, schema = controller_on_fake_site(tmp_path, "nam-cau-kien", "evn-legacy-22kv", T0)
     ns, values = measured_load()
     try:
         for day in (0, 1):  # issued at T0 and a day later: each holds one of its two days inside its band

@@ -183,6 +183,34 @@ def test_live_accuracy_fills_one_issue_per_update_and_matches_the_batch_figures(
     assert live.due(now + 6 * 3_600_000_000_000)  # a new issue's horizon has ended
 
 
+def controller_on_fake_site(tmp_path, scenario_name: str, preset: str, now: datetime, forecasts=None):
+    """The real controller of a shipped scenario's site on fake devices with a manual clock at ``now``, and the state
+    message's JSON Schema: ``(controller, site, clock, schema)``."""
+    import json
+    from pathlib import Path
+
+    from controller.config import SiteConfig
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.tariff import load_tariff
+    from simulations.scenario import load_scenario
+    from tests.fakes import FakeSite
+    from tests.test_one_path import SITE_DEVICES
+
+    root = Path(__file__).resolve().parents[1]
+    sc = load_scenario(root / "simulations" / "scenarios" / f"{scenario_name}.yaml")
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": preset}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES})
+    clock = ManualClock(now)
+    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite", forecasts=forecasts)
+    schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
+    return controller, site, clock, schema
+
+
 class ConstantSource:
     """A built-in forecast source of constant PV and load (what the planner's source returns). [kW]"""
 
@@ -257,29 +285,11 @@ async def test_the_state_says_which_forecast_the_planner_uses(tmp_path) -> None:
     """The controller's state message names the forecast in use per quantity: the built-in model, then an accepted
     external PV forecast (its source, band and expiry) until it expires; the message stays valid against its schema."""
     import json
-    from pathlib import Path
 
     import jsonschema
 
-    from controller.config import SiteConfig
-    from controller.service import Controller
-    from ems.clock import ManualClock
-    from optimizer.tariff import load_tariff
-    from simulations.scenario import load_scenario
-    from tests.fakes import FakeSite
-    from tests.test_one_path import SITE_DEVICES
-
-    root = Path(__file__).resolve().parents[1]
-    sc = load_scenario(root / "simulations" / "scenarios" / "nam-cau-kien-two-part.yaml")
-    config = SiteConfig.model_validate({
-        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
-        "grid": sc.grid.model_dump(), "tariff": {"preset": "evn-two-part-22kv"}, "planner": sc.planner.model_dump(),
-        "devices": SITE_DEVICES})
-    clock = ManualClock(NOW)
-    site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
-    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
-    controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite", forecasts=ConstantSource())
-    schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
+    controller, site, clock, schema = controller_on_fake_site(tmp_path, "nam-cau-kien-two-part", "evn-two-part-22kv",
+                                                              NOW, forecasts=ConstantSource())
     try:
         site.settle(400.0, 100.0)
         await controller.cycle()
