@@ -45,6 +45,7 @@ from controller.devices import Device
 from controller.dispatch import Decision, Dispatcher, Source, Target
 from controller.forecast_csv import ALARM as CSV_ALARM
 from controller.forecast_csv import ForecastCsvFile
+from controller.forecast_record import ForecastRecord
 from controller.groups import ALARM_PREFIXES as GROUP_ALARMS
 from controller.modes import Mode, ModeMachine, ModeState, Request
 from controller.planning import (
@@ -69,7 +70,7 @@ from drivers.transport import ConnectionPool
 from ems.clock import Clock
 from optimizer.external_accuracy import ExternalAccuracy
 from optimizer.external_accuracy import warnings as external_warnings
-from optimizer.external_forecast import ExternalForecasts, WithExternal
+from optimizer.external_forecast import MAX_VALID_HOURS, ExternalForecast, ExternalForecasts, WithExternal
 from optimizer.forecast import DAYLIGHT_SHARE, LoadForecaster, PVForecaster
 from optimizer.forecast_accuracy import LiveAccuracy
 from optimizer.plan import Plan
@@ -156,8 +157,11 @@ class Controller:
         self.accuracy, self.external_accuracy = (self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts)
                                                  else (None, None))
         scores = self.external_accuracy
+        #: Every accepted external forecast, kept in the state file for a restart (docs/data.md).
+        self.forecast_record = ForecastRecord(self.store, MAX_VALID_HOURS / 24 if scores is None
+                                              else scores.days + scores.lead_edges_h[-1] / 24)
         self.external_forecasts = ExternalForecasts(
-            pv_limit_kw=config.pv.ac_limit_kw, on_accept=None if scores is None else scores.record,
+            pv_limit_kw=config.pv.ac_limit_kw, on_accept=self._external_accepted,
             band_scale=scores.band_scale if scores is not None and config.planner.external_band_recalibrate else None)
         self.forecasts = WithExternal(builtin, self.external_forecasts, clock.now)
         csv = ctl.external_forecast_csv  # relative to the site file (config_dir)
@@ -242,8 +246,16 @@ class Controller:
             log.warning("%s", note)
             s.delete(MeasuredHistory.KEY)
         self._history_saved = self.history.closed
+        scores = self.external_accuracy
+        bad += self.forecast_record.restore(self.external_forecasts, now, None if scores is None else scores.record)
         if bad:
             self._raise("state_value_invalid", "state file values reset to their defaults: " + " | ".join(bad), now)
+
+    def _external_accepted(self, forecast: ExternalForecast) -> None:
+        """An external forecast was accepted: kept for its scores and in the state file."""
+        if self.external_accuracy is not None:
+            self.external_accuracy.record(forecast)
+        self.forecast_record.add(forecast, self.clock.now())
 
     def persist(self, now: datetime) -> None:
         """Save counters, demand peak, operator requests and, when a step has closed since the last save, the

@@ -1,7 +1,8 @@
 """What the controller must remember across restarts, in one SQLite file under the state directory.
 
 - the month-to-date peak import and today's energy and money counters (``controller.accounting``);
-- the last valid plan (JSON) and the operator's mode request and SOC reserve.
+- the last valid plan (JSON) and the operator's mode request and SOC reserve;
+- the measured history the forecasters read, and the external forecasts accepted (``controller.forecast_record``).
 
 Each stored value is read back through its model (:func:`read_stored`, a :class:`StoredValue`).
 
@@ -108,6 +109,15 @@ class StateStore:
         except json.JSONDecodeError:
             log.error("state %s is not JSON; ignored", key)
             return None
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix`` (writes still pending included), sorted."""
+        rows = self._db.execute("SELECT key FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+        found = {row[0] for row in rows}
+        for key, (text, _) in self._pending.items():
+            if key.startswith(prefix):
+                (found.add if text is not None else found.discard)(key)
+        return sorted(found)
 
     def put(self, key: str, value: Any, now: datetime) -> None:
         """Store ``value`` (JSON-serialisable) under ``key``; see :meth:`_write` when the file is busy."""

@@ -119,6 +119,7 @@ class ExternalAccuracy:
         self._pending: list[_Issued] = []
         self._scored: list[tuple[_Issued, _Score | None]] = []
         self._scales: dict[tuple[str, str], tuple[float, float]] = {}
+        self._kept: set[tuple[str, str, int]] = set()  # (quantity, source, issued) of the forecasts kept
         #: The figures of the last :meth:`update` (:meth:`figures`), None before the first.
         self.result: dict | None = None
 
@@ -140,16 +141,18 @@ class ExternalAccuracy:
             out[covered] = values[index[covered]]
             return out
 
-        kept = {(item.quantity, item.source, item.issued_ns)
-                for item in itertools.chain(self._pending, (item for item, _ in self._scored))}
         for quantity in forecast.quantities:
-            if quantity not in self.builtin or (quantity, forecast.source, issued_ns) in kept:
+            key = (quantity, forecast.source, issued_ns)
+            if quantity not in self.builtin or key in self._kept:
                 continue  # a forecast sent again (same source and issue time) is scored once
+            self._kept.add(key)
             low, high = BANDS[quantity]
             banded = forecast.has_band(quantity)
             self._pending.append(_Issued(quantity, forecast.source, issued_ns, first, cut(forecast.values[quantity]),
                                          cut(forecast.values[low]) if banded else None,
                                          cut(forecast.values[high]) if banded else None, ready))
+        for item in self._pending[:-MAX_PENDING]:
+            self._kept.discard((item.quantity, item.source, item.issued_ns))
         del self._pending[:-MAX_PENDING]
 
     def due(self, now_ns: int) -> bool:
@@ -176,6 +179,8 @@ class ExternalAccuracy:
                                                        np.asarray(values, dtype=float))))
         self._pending = [item for item in self._pending if item.issued_ns >= window_start - 3 * 24 * NS_PER_H]
         self._scored = [(item, score) for item, score in self._scored if item.issued_ns >= window_start]
+        self._kept = {(item.quantity, item.source, item.issued_ns)
+                      for item in itertools.chain(self._pending, (item for item, _ in self._scored))}
         self._scales = self._band_scales()
         self.result = self.figures()
         return self.result

@@ -100,6 +100,14 @@ class ExternalForecast:
         """True when ``quantity`` came with its P10/P90 band."""
         return BANDS[quantity][0] in self.values
 
+    def to_payload(self) -> dict:
+        """The forecast as a payload :func:`parse_forecast` accepts (times ISO 8601 UTC, values in kW): what the
+        controller stores to resume it after a restart (:meth:`ExternalForecasts.restore`)."""
+        return {"source": self.source, "issued_at": self.issued_at.isoformat(),
+                "valid_hours": (self.expires_at - self.issued_at).total_seconds() / 3600.0,
+                "start": self.start.isoformat(), "step_minutes": self.step_minutes, "unit": "kW",
+                **{name: self.values[name].tolist() for name in VALUE_FIELDS if name in self.values}}
+
 
 @dataclass(frozen=True)
 class SubmitResult:
@@ -323,6 +331,27 @@ class ExternalForecasts:
             self.on_accept(forecast)
         return SubmitResult(accepted=True, source=forecast.source, quantities=forecast.quantities,
                             steps=len(forecast.values[forecast.quantities[0]]), expires_at=forecast.expires_at)
+
+    def restore(self, payloads: Sequence[object]) -> tuple[list[ExternalForecast], dict[int, str]]:
+        """Take back the forecasts accepted before a restart, in the order they arrived
+        (:meth:`ExternalForecast.to_payload`; stored data is input too): each is validated as :func:`parse_forecast`
+        did when it arrived (at its own ``issued_at``) and kept as :meth:`submit` kept it, so the forecast in use per
+        quantity is the one that was in use (or none, once it has expired). ``on_accept`` is not called: the caller
+        knows what it stored. Returns the forecasts taken back, and by index why each refused payload was refused."""
+        taken: list[ExternalForecast] = []
+        refused: dict[int, str] = {}
+        for i, payload in enumerate(payloads):
+            try:
+                if not isinstance(payload, dict):
+                    raise ForecastInputError(f"the forecast must be a JSON object, got {type(payload).__name__}")
+                forecast = parse_forecast(payload, _time(payload, "issued_at"), self.pv_limit_kw)
+            except ForecastInputError as exc:
+                refused[i] = str(exc)
+                continue
+            taken.append(forecast)
+            for name in forecast.quantities:
+                self._latest[name] = forecast
+        return taken, refused
 
     def load_csv(self, path: Path, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS,
                  now: datetime | None = None) -> SubmitResult:
