@@ -177,6 +177,11 @@ class ForecastSource(Protocol):
 
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray: ...
 
+    def peak_risk_quantiles(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        """PV's P10 and the load's P90 per step behind :meth:`peak_risk`, for an external forecast's band to be laid
+        over where it covers the grid (``optimizer.external_forecast.WithExternal``). [kW]"""
+        ...
+
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> np.ndarray | None:
         """PV quantile forecasts, shape ``(len(levels), len(grid))``, or None without any (surplus-day rule)."""
         ...
@@ -243,6 +248,10 @@ class PerfectForecasts:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         """Known PV and load have no error: 0. [kW]"""
         return np.zeros(len(grid))
+
+    def peak_risk_quantiles(self, grid: TimeGrid) -> tuple[np.ndarray, np.ndarray]:
+        """Known PV and load have no spread: their P10 and P90 are the values themselves. [kW]"""
+        return self.forecast(grid)
 
     def pv_quantiles(self, grid: TimeGrid, levels: Sequence[float]) -> None:
         """Known PV has no spread: the surplus-day rule does not apply."""

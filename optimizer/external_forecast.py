@@ -484,9 +484,8 @@ class WithExternal:
     def peak_risk(self, grid: TimeGrid, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
         """The net-load risk from the current external forecasts' bands where they have one
         (:meth:`ExternalForecasts.peak_risk_kw`), otherwise the built-in source's (from its own errors). [kW]"""
-        quantiles = getattr(self.builtin, "peak_risk_quantiles", None)
-        risk = None if quantiles is None else self.external.peak_risk_kw(grid, pv_kw, load_kw, self.now(),
-                                                                          lambda: quantiles(grid))
+        risk = self.external.peak_risk_kw(grid, pv_kw, load_kw, self.now(),
+                                          lambda: self.builtin.peak_risk_quantiles(grid))
         return self.builtin.peak_risk(grid, pv_kw, load_kw) if risk is None else risk
 
     def measured(self) -> tuple[History, History] | None:

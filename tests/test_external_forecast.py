@@ -268,6 +268,21 @@ def test_the_planners_source_takes_risk_and_quantiles_from_the_band():
     assert source.peak_risk(grid, pv, load).tolist() == [-1.0] * 6 and source.pv_quantiles(grid, (0.5,)) is None
 
 
+def test_known_forecasts_under_a_banded_external_one_carry_risk_only_from_the_band():
+    """Known (perfect) built-in forecasts have no spread: with a banded external PV forecast laid over them the risk
+    is the band's 30 kW (PV P10 10 kW under the external 40 kW) on the steps it covers and 0 elsewhere."""
+    from controller.planning import PerfectForecasts
+
+    store = ExternalForecasts(pv_limit_kw=900)
+    source = WithExternal(PerfectForecasts(lambda t: 25.0, lambda t: 300.0, samples_per_step=1), store, lambda: NOW)
+    grid = regular_grid(pd.Timestamp(NOW), 6, 15)
+    assert store.submit(payload(pv_kw=[40.0] * 4, pv_kw_p10=[10.0] * 4, pv_kw_p90=[60.0] * 4, load_kw=None),
+                        now=NOW).accepted
+    pv, load = source.forecast(grid)
+    assert pv.tolist() == [40.0] * 4 + [25.0] * 2
+    assert source.peak_risk(grid, pv, load).tolist() == pytest.approx([30.0] * 4 + [0.0] * 2)
+
+
 def test_an_expired_forecast_is_refused_and_a_retained_copy_only_replaces_an_older_one():
     store = ExternalForecasts()
     late = store.submit(payload(valid_hours=1), now=NOW + timedelta(hours=1))   # issued 07:00, now 08:00 (+07:00)
