@@ -15,6 +15,7 @@ import pytest
 from controller.telemetry.influx import (
     InfluxSink,
     InfluxWriter,
+    accuracy_lines,
     alarm_lines,
     encode_line,
     plan_lines,
@@ -92,6 +93,54 @@ def test_plan_and_alarm_lines() -> None:
     alarm = {"ts": T0.isoformat(), "code": "bms_fault", "severity": "critical", "active": True, "message": "BMS"}
     assert alarm_lines("s", alarm) == [
         f'ems_alarm,code=bms_fault,severity=critical,site=s active=1.0,message="BMS" {t}']
+
+
+def lead(name: str, n: int, mae: float, **extra) -> dict:
+    """A per-lead row as the accuracy figures give it (None where nothing was compared)."""
+    return {"lead": name, "n": n, "mae_kw": mae, "rmse_kw": None if n == 0 else mae + 2.0, "skill": None, **extra}
+
+
+def accuracy(external_mae: float) -> dict:
+    """The state's ``forecast_accuracy``: the built-in PV model over two leads, one load forecast from outside."""
+    return {"window_days": 14, "pv": {"issues": 56, "by_lead": [lead("0-1 h", 40, 12.5), lead("1-6 h", 0, None)]},
+            "load": {"issues": 56, "by_lead": []},
+            "external": {"window_days": 14, "load": [{
+                "source": "plant fc", "issues": 3, "band_scale_p10": 2.0, "band_scale_p90": 0.667,
+                "by_lead": [lead("24-48 h", 192, external_mae, skill_vs_builtin=0.25, band_coverage=0.5)]}]}}
+
+
+def test_accuracy_lines_one_per_quantity_source_and_lead() -> None:
+    """Known answer: tags quantity, source (``builtin`` or the sender, escaped) and lead without its space; only the
+    figures given; the built-in load model with no leads scored and the PV lead with n = 0 and no MAE write what
+    they have (the count), never a 0 for a missing figure."""
+    t = to_ms(T0)
+    assert accuracy_lines("s", accuracy(10.0), T0.isoformat()) == [
+        f"ems_forecast_accuracy,lead=0-1h,quantity=pv,site=s,source=builtin n=40.0,mae_kw=12.5,rmse_kw=14.5,"
+        f"issues=56.0,window_days=14.0 {t}",
+        f"ems_forecast_accuracy,lead=1-6h,quantity=pv,site=s,source=builtin n=0.0,issues=56.0,window_days=14.0 {t}",
+        f"ems_forecast_accuracy,lead=24-48h,quantity=load,site=s,source=plant\\ fc n=192.0,mae_kw=10.0,"
+        f"rmse_kw=12.0,skill_vs_builtin=0.25,band_coverage=0.5,issues=3.0,window_days=14.0,band_scale_p10=2.0,"
+        f"band_scale_p90=0.667 {t}"]
+
+
+async def test_the_sink_writes_forecast_accuracy_when_it_changes(victoria_metrics: VictoriaMetrics,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    """Five states, the accuracy changing at the first and the fourth: VictoriaMetrics holds the external MAE at
+    those two instants only, with the state's timestamps."""
+    clock = ManualClock(T0)
+    sink = make_sink(tmp_path / "outbox.sqlite", victoria_metrics.url, clock)
+    stamps = []
+    for i, mae in enumerate((10.0, 10.0, 10.0, 8.0, 8.0)):
+        clock.advance(1.0)
+        sink.offer("state", {**sample_state(clock.now(), i), "forecast_accuracy": accuracy(mae)})
+        stamps.append(to_ms(clock.now()))
+    await until(lambda: sink.backlog == 0)
+    await sink.aclose()
+    samples = victoria_metrics.wait_for("ems_forecast_accuracy_mae_kw", 2, source="plant fc", lead="24-48h")
+    assert samples == [(stamps[0], 10.0), (stamps[3], 8.0)]
+    assert victoria_metrics.wait_for("ems_forecast_accuracy_mae_kw", 2, source="builtin", quantity="pv") == [
+        (stamps[0], 12.5), (stamps[3], 12.5)]
+    assert len(victoria_metrics.export("ems_state_load_kw")) == 5
 
 
 def test_naive_timestamp_is_refused() -> None:

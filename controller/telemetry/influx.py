@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -24,12 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from controller.telemetry.influx_sender import DrainResult, InfluxWriter, WriteFailed, WriteRejected, drain
-from controller.telemetry.line_protocol import alarm_lines, encode_line, plan_lines, state_lines, stats_line, to_ms
+from controller.telemetry.line_protocol import (
+    accuracy_lines,
+    alarm_lines,
+    encode_line,
+    plan_lines,
+    state_lines,
+    stats_line,
+    to_ms,
+)
 from controller.telemetry.outbox import Outbox
 from ems.clock import Clock
 
 __all__ = ["AlarmCallback", "DrainResult", "InfluxSink", "InfluxWriter", "WriteFailed", "WriteRejected",
-           "alarm_lines", "drain", "encode_line", "plan_lines", "state_lines", "stats_line", "to_ms"]
+           "accuracy_lines", "alarm_lines", "drain", "encode_line", "plan_lines", "state_lines", "stats_line", "to_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +87,25 @@ class InfluxSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-sender")
         self._tasks: list[asyncio.Task[None]] = []
         self._alarms: dict[str, bool] = {}
+        self._accuracy: Any = None  # the forecast accuracy last written
 
     # -- input ---------------------------------------------------------------------------------
 
     def offer(self, kind: str, payload: Mapping[str, Any]) -> None:
         """Encode one bus message (``state``, ``plan`` or ``alarm``); a message that cannot be
-        encoded is logged and counted, never raised into the bus."""
+        encoded is logged and counted, never raised into the bus. A state whose forecast accuracy differs from the
+        one last written (the figures change when a forecast has been scored, a few times an hour) also gives its
+        ``ems_forecast_accuracy`` lines."""
         encoders = {"state": state_lines, "plan": plan_lines, "alarm": alarm_lines}
         encoder = encoders.get(kind)
         if encoder is None:
             return
         try:
             lines = encoder(self.site, payload)
+            accuracy = payload.get("forecast_accuracy") if kind == "state" else None
+            if accuracy and accuracy != self._accuracy:
+                lines = [*lines, *accuracy_lines(self.site, accuracy, payload["ts"])]
+                self._accuracy = copy.deepcopy(accuracy)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self.rejected_messages += 1
             log.warning("InfluxDB sink: cannot encode a %s message (%s: %s)", kind, type(exc).__name__, exc)

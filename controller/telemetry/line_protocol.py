@@ -1,6 +1,7 @@
 """InfluxDB line protocol: pure encoders from the bus messages (schema in docs/telemetry.md).
 
-``state_lines`` / ``plan_lines`` / ``alarm_lines`` / ``stats_line`` turn one message into lines. Every
+``state_lines`` / ``plan_lines`` / ``alarm_lines`` / ``stats_line`` turn one message into lines;
+``accuracy_lines`` the forecast accuracy a state message carries. Every
 number is written as a float so a field never changes type (InfluxDB rejects type conflicts with
 HTTP 400).
 """
@@ -157,6 +158,40 @@ def plan_lines(site: str, plan: Mapping[str, Any]) -> list[str]:
     _flatten({k: plan[k] for k in ("objective", "solver", "soc0_kwh", "capacity_kwh") if k in plan}, "", info)
     if "created_at" in plan:
         lines.append(encode_line("ems_plan_info", tags, info, to_ms(plan["created_at"])))
+    return [line for line in lines if line]
+
+
+ACCURACY_FIELDS = ("n", "mae_kw", "rmse_kw", "bias_kw", "persistence_mae_kw", "persistence_rmse_kw", "skill",
+                   "builtin_mae_kw", "skill_vs_builtin", "band_n", "band_coverage", "below_p10", "above_p90")
+"""Per-lead figures of the forecast accuracy written to ``ems_forecast_accuracy`` (those a model reports)."""
+
+
+def accuracy_lines(site: str, accuracy: Mapping[str, Any], ts: str | datetime) -> list[str]:
+    """The state's ``forecast_accuracy`` as ``ems_forecast_accuracy`` lines at ``ts``: one per quantity, source and
+    lead bucket, tags ``site``, ``quantity`` (``pv``, ``load``), ``source`` (``builtin`` for the built-in models'
+    hindcasts, the sender's name for a forecast from outside) and ``lead`` (``1-6h``), fields
+    :data:`ACCURACY_FIELDS` as far as given (None is left out) plus ``issues`` and ``window_days``, and for a
+    forecast from outside ``band_scale_p10`` / ``band_scale_p90``."""
+    ts_ms = to_ms(ts)
+    lines = []
+
+    def add(quantity: str, source: str, figures: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+        for lead in figures.get("by_lead") or []:
+            fields = {name: value for name in ACCURACY_FIELDS if (value := _number(lead.get(name))) is not None}
+            fields.update({name: value for name, raw in extra.items() if (value := _number(raw)) is not None})
+            tags = {"site": site, "quantity": quantity, "source": source, "lead": str(lead["lead"]).replace(" ", "")}
+            lines.append(encode_line("ems_forecast_accuracy", tags, fields, ts_ms))
+
+    window = accuracy.get("window_days")
+    for quantity in ("pv", "load"):
+        if isinstance(builtin := accuracy.get(quantity), Mapping):
+            add(quantity, "builtin", builtin, {"issues": builtin.get("issues"), "window_days": window})
+    external = accuracy.get("external") or {}
+    for quantity in ("pv", "load"):
+        for figures in external.get(quantity) or []:
+            add(quantity, str(figures["source"]), figures, {
+                "issues": figures.get("issues"), "window_days": external.get("window_days"),
+                "band_scale_p10": figures.get("band_scale_p10"), "band_scale_p90": figures.get("band_scale_p90")})
     return [line for line in lines if line]
 
 
