@@ -1,4 +1,5 @@
-"""``ems run`` (the controller, live or against the simulated site), ``ems config check`` and ``ems tokens``."""
+"""``ems run`` (the controller, live or against the simulated site), ``ems config check``, ``ems forecast check``
+and ``ems tokens``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="the service's environment file (e.g. /etc/pv-battery-ems/env): its secrets count as set")
     check.set_defaults(func=_check)
 
+    forecast = subparsers.add_parser("forecast", help="forecast files from outside (weather service, plant)")
+    actions = forecast.add_subparsers(dest="forecast_command", required=True, metavar="ACTION")
+    fcheck = actions.add_parser(
+        "check", help="would the controller take this forecast file (JSON or CSV)? what does it say?",
+        description="Validate a forecast file through the controller's own intake (the site's PV AC limit) and "
+                    "summarise it in the site's local time; exit status 1 when it would be refused.")
+    fcheck.add_argument("file", type=Path, help="forecast as JSON (.json) or CSV (docs/data.md, External forecasts)")
+    fcheck.add_argument("--config", type=Path, required=True, help="site file")
+    fcheck.add_argument("--source", help="name the forecast is used under (CSV default: csv)")
+    fcheck.add_argument("--issued-at", type=_aware_time,
+                        help="issue time, ISO 8601 with offset (CSV default: the file's modification time)")
+    fcheck.add_argument("--valid-hours", type=float, help="validity from the issue time [h] (CSV default: 6)")
+    fcheck.set_defaults(func=_forecast_check)
+
     from controller.api.cli import register as register_tokens
 
     register_tokens(subparsers)
@@ -63,6 +79,24 @@ def _check(args: argparse.Namespace) -> int:
     for warning in secret_warnings(config.telemetry, environ):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. +07:00 or Z)")
+    return when
+
+
+def _forecast_check(args: argparse.Namespace) -> int:
+    from controller.config import load_config
+    from controller.forecast_check import check_forecast_file
+
+    config = load_config(args.config)
+    ok, lines = check_forecast_file(args.file, config.site, config.pv, source=args.source,
+                                    issued_at=args.issued_at, valid_hours=args.valid_hours)
+    print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _run(args: argparse.Namespace) -> int:
