@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fcheck.add_argument("--issued-at", type=_aware_time,
                         help="issue time, ISO 8601 with offset (CSV default: the file's modification time)")
     fcheck.add_argument("--valid-hours", type=float, help="validity from the issue time [h] (CSV default: 6)")
+    fcheck.add_argument("--at", type=_aware_time,
+                        help="judge as the controller would at this time, ISO 8601 with offset (default: now)")
     fcheck.set_defaults(func=_forecast_check)
 
     from controller.api.cli import register as register_tokens
@@ -94,7 +96,7 @@ def _forecast_check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     ok, lines = check_forecast_file(args.file, config.site, config.pv, source=args.source,
-                                    issued_at=args.issued_at, valid_hours=args.valid_hours)
+                                    issued_at=args.issued_at, valid_hours=args.valid_hours, now=args.at)
     print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

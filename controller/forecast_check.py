@@ -127,7 +127,7 @@ def summary(forecast: ExternalForecast, zone: ZoneInfo, now: datetime) -> list[s
     left = (forecast.expires_at - now).total_seconds() / 3600
     lines = [f"accepted: source {forecast.source}, {steps} steps of {forecast.step_minutes} min from "
              f"{local(forecast.start)} to {local(forecast.end)}",
-             f"issued {local(forecast.issued_at)}, valid until {local(forecast.expires_at)} ({left:.1f} h from now)"]
+             f"issued {local(forecast.issued_at)}, valid until {local(forecast.expires_at)} ({left:.1f} h left)"]
     starts = pd.date_range(forecast.start, periods=steps, freq=f"{forecast.step_minutes}min").tz_convert(zone)
     step_h = forecast.step_minutes / 60
     for name in forecast.quantities:

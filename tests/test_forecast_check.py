@@ -50,7 +50,7 @@ def test_an_accepted_csv_is_summarised_in_local_time(tmp_path: Path, config) -> 
     assert ok
     assert lines == [
         "accepted: source weather, 3 steps of 15 min from 2026-12-06 00:00 +07 to 2026-12-06 00:45 +07",
-        "issued 2026-12-05 19:00 +07, valid until 2026-12-06 01:00 +07 (5.0 h from now)",
+        "issued 2026-12-05 19:00 +07, valid until 2026-12-06 01:00 +07 (5.0 h left)",
         "pv_kw: 80.0–100.0 kW, mean 90.0 kW, with P10/P90 band",
         "  band width P90 − P10: mean 40.0 kW, max 40.0 kW",
         "  2026-12-06: 68 kWh (part: 0.75 h)"]  # 100 kW at night is below 5 % of the 2,200 kW AC limit: no warning
@@ -86,7 +86,7 @@ def test_refusals_name_the_line_or_field_and_json_takes_the_overrides(tmp_path: 
     path.write_text(json.dumps({**payload, "load_kw": [400.0, 410.0], "pv_kw": [0.0, 0.0]}), encoding="utf-8")
     ok, lines = check_forecast_file(path, config.site, config.pv, source="plant", valid_hours=2, now=NOW)
     assert ok and lines[0].startswith("accepted: source plant, 2 steps")
-    assert lines[1] == "issued 2026-12-05 19:00 +07, valid until 2026-12-05 21:00 +07 (1.0 h from now)"
+    assert lines[1] == "issued 2026-12-05 19:00 +07, valid until 2026-12-05 21:00 +07 (1.0 h left)"
     assert "load_kw: 400.0–410.0 kW, mean 405.0 kW, no band" in lines
 
 
@@ -102,3 +102,12 @@ def test_the_command_exits_1_on_a_refusal_and_refuses_a_time_without_offset(tmp_
     with pytest.raises(SystemExit) as exited:
         main(["forecast", "check", str(path), "--config", str(SITE), "--issued-at", "2026-12-05T12:00"])
     assert exited.value.code == 2 and "has no UTC offset" in capsys.readouterr().err
+
+
+def test_the_shipped_example_passes_as_the_readme_shows(capsys) -> None:
+    """README: the example feed (a banded clear-sky day for Nam Cau Kien) judged at 05:00 on its day."""
+    assert main(["forecast", "check", str(ROOT / "deploy" / "examples" / "pv-forecast.csv"), "--config", str(SITE),
+                 "--at", "2026-06-01T05:00:00+07:00"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accepted: source csv, 96 steps of 15 min from 2026-06-01 00:00 +07 to 2026-06-02 00:00 +07")
+    assert "pv_kw: 0.0–1012.2 kW, mean 325.2 kW, with P10/P90 band" in out and "warning" not in out
