@@ -139,6 +139,26 @@ def test_sources_are_scored_apart_masked_steps_left_out_and_old_forecasts_leave_
     assert [s["source"] for s in out["load"]] == ["plant"]  # issued more than 2 days ago: out of the window
 
 
+#: When both forecasts of :func:`two_banded_load_forecasts_measured` have been measured.
+MEASURED_END = T0 + timedelta(hours=72, minutes=15)
+
+
+def two_banded_load_forecasts_measured(controller, clock) -> None:
+    """The controller accepts two flat 400 kW load forecasts with the band 395–415, issued at T0 and a day later
+    (each holds one of its two days inside its band), its history records :func:`measured_load` up to
+    :data:`MEASURED_END` (what its cycles would have recorded, a step at a time), and the clock moves there."""
+    for day in (0, 1):
+        issued = T0 + timedelta(days=day)
+        assert controller.external_forecasts.submit(
+            flat_forecast(issued, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=issued).accepted
+    for t, load in zip(*measured_load(), strict=True):
+        at = pd.Timestamp(int(t), tz="UTC").to_pydatetime()
+        if at > MEASURED_END:
+            break
+        controller.history.add(at, 0.0, float(load), 0.25)
+    clock.advance((MEASURED_END - T0).total_seconds())
+
+
 async def test_the_controller_scores_external_forecasts_it_received(tmp_path) -> None:
     """The real controller on fake devices: a banded load forecast accepted over its intake is scored once its two
     days are measured, against the built-in load model; the state message carries it and stays schema-valid."""
@@ -149,19 +169,8 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
     from tests.test_external_forecast import controller_on_fake_site
 
     controller, site, clock, schema = controller_on_fake_site(tmp_path, "nam-cau-kien", "evn-legacy-22kv", T0)
-    ns, values = measured_load()
     try:
-        for day in (0, 1):  # issued at T0 and a day later: each holds one of its two days inside its band
-            issued = T0 + timedelta(days=day)
-            assert controller.external_forecasts.submit(
-                flat_forecast(issued, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=issued).accepted
-        end = T0 + timedelta(hours=72, minutes=15)
-        for t, load in zip(ns, values, strict=True):  # what the cycles would have recorded, a step at a time
-            at = pd.Timestamp(int(t), tz="UTC").to_pydatetime()
-            if at > end:
-                break
-            controller.history.add(at, 0.0, float(load), 0.25)
-        clock.advance((end - T0).total_seconds())
+        two_banded_load_forecasts_measured(controller, clock)
         site.settle(400.0, 0.0)
         for _ in range(3):  # one forecast is scored per cycle; the alarm it raises is listed in the next state
             await controller.cycle()

@@ -14,10 +14,9 @@ import pytest
 from controller.forecast_record import KEY_PREFIX, ForecastRecord
 from controller.state_store import StateStore
 from optimizer.external_forecast import ExternalForecasts, parse_forecast
-from tests.test_external_accuracy import T0, flat_forecast, measured_load
+from tests.test_external_accuracy import MEASURED_END as END
+from tests.test_external_accuracy import T0, flat_forecast, two_banded_load_forecasts_measured
 from tests.test_external_forecast import controller_on_fake_site
-
-END = T0 + timedelta(hours=72, minutes=15)  # both day-ahead load forecasts below are measured by then
 
 
 def plant_pv(issued: datetime, steps: int = 24) -> dict:
@@ -39,18 +38,8 @@ async def test_a_restart_takes_back_the_forecast_in_use_and_scores_the_window_ag
     restart the PV forecast is in use again with its band and the same values, and once the new controller has
     scored the load forecasts again on the restored history its figures, band factors and alarm are the first's."""
     first, site, clock, _ = controller_on_fake_site(tmp_path, "nam-cau-kien", "evn-legacy-22kv", T0)
-    ns, values = measured_load()
     try:
-        for day in (0, 1):
-            issued = T0 + timedelta(days=day)
-            assert first.external_forecasts.submit(
-                flat_forecast(issued, 400.0, load_kw_p10=395.0, load_kw_p90=415.0), now=issued).accepted
-        for t, load in zip(ns, values, strict=True):  # what the cycles would have recorded, a step at a time
-            at = pd.Timestamp(int(t), tz="UTC").to_pydatetime()
-            if at > END:
-                break
-            first.history.add(at, 0.0, float(load), 0.25)
-        clock.advance((END - T0).total_seconds())
+        two_banded_load_forecasts_measured(first, clock)
         assert first.external_forecasts.submit(plant_pv(END - timedelta(minutes=30)), now=END).accepted
         before = await state_after_cycles(first, site)
         first.persist(clock.now())
