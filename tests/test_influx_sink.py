@@ -143,6 +143,19 @@ async def test_the_sink_writes_forecast_accuracy_when_it_changes(victoria_metric
     assert len(victoria_metrics.export("ems_state_load_kw")) == 5
 
 
+def test_a_malformed_forecast_accuracy_loses_no_state_line(tmp_path: Path) -> None:
+    """An accuracy figure without its source is counted and logged once; the state's own lines are kept."""
+    sink = InfluxSink("s", Outbox(tmp_path / "outbox.sqlite", 1000), InfluxWriter("http://127.0.0.1:9", "o", "b", None),
+                      ManualClock(T0))
+    bad = accuracy(10.0)
+    del bad["external"]["load"][0]["source"]
+    for i in range(2):
+        sink.offer("state", {**sample_state(T0 + timedelta(seconds=i), i), "forecast_accuracy": bad})
+    assert sink.rejected_messages == 1
+    assert sink.backlog == 2 * len(state_lines("s", sample_state(T0)))  # the states' lines, no accuracy line
+    sink.outbox.close()
+
+
 def test_naive_timestamp_is_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         to_ms("2026-05-04T10:00:00")

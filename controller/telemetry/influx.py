@@ -100,15 +100,19 @@ class InfluxSink:
         encoder = encoders.get(kind)
         if encoder is None:
             return
+        self._encode(kind, lambda: encoder(self.site, payload))
+        accuracy = payload.get("forecast_accuracy") if kind == "state" else None
+        if accuracy and accuracy != self._accuracy:
+            self._accuracy = copy.deepcopy(accuracy)  # a malformed one is reported once, not every cycle
+            self._encode("forecast accuracy", lambda: accuracy_lines(self.site, accuracy, payload["ts"]))
+
+    def _encode(self, what: str, encode: Callable[[], list[str]]) -> None:
+        """Add the lines ``encode()`` gives; one that fails is logged and counted (``rejected_messages``)."""
         try:
-            lines = encoder(self.site, payload)
-            accuracy = payload.get("forecast_accuracy") if kind == "state" else None
-            if accuracy and accuracy != self._accuracy:
-                lines = [*lines, *accuracy_lines(self.site, accuracy, payload["ts"])]
-                self._accuracy = copy.deepcopy(accuracy)
+            lines = encode()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self.rejected_messages += 1
-            log.warning("InfluxDB sink: cannot encode a %s message (%s: %s)", kind, type(exc).__name__, exc)
+            log.warning("InfluxDB sink: cannot encode a %s message (%s: %s)", what, type(exc).__name__, exc)
             return
         self._add(lines)
 
