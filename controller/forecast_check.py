@@ -18,12 +18,18 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from optimizer.external_forecast import BANDS, ExternalForecast, ExternalForecasts
+from controller.forecast_csv import MAX_FILE_BYTES
+from optimizer.external_forecast import (
+    BANDS,
+    DEFAULT_VALID_HOURS,
+    ExternalForecast,
+    ExternalForecasts,
+    ForecastInputError,
+    csv_payload,
+)
 from optimizer.forecast import DAYLIGHT_SHARE
 from optimizer.site import PVSpec, SiteInfo
 
-#: Largest file read (as ``control.external_forecast_csv``). [bytes]
-MAX_FILE_BYTES = 1_000_000
 #: A step is night when its clear-sky power is below this share of the AC limit. [-]
 NIGHT_SHARE = 0.01
 #: Largest time shift :func:`pv_warnings` looks for. [h]
@@ -42,34 +48,33 @@ def check_forecast_file(path: Path, site: SiteInfo, pv: PVSpec, *, source: str |
     modification time as the controller takes it, 6 h); for a JSON file they override its own fields when given.
     Returns ``(accepted, lines)``: the summary and its warnings (:func:`pv_warnings`), or the reason it was refused.
     """
-    pv_limit_kw = pv.ac_limit_kw
     now = now or datetime.now(UTC)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return False, [f"{path}: {size} bytes, more than {MAX_FILE_BYTES}"]
+        stat = path.stat()
+        if stat.st_size > MAX_FILE_BYTES:
+            return False, [f"{path}: {stat.st_size} bytes, more than {MAX_FILE_BYTES}"]
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return False, [f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})"]
-    issued = issued_at or min(datetime.fromtimestamp(path.stat().st_mtime, UTC), now)
-    accepted: list[ExternalForecast] = []
-    intake = ExternalForecasts(pv_limit_kw=pv_limit_kw, on_accept=accepted.append)
-    if path.suffix.lower() == ".json":
-        try:
+    try:
+        if path.suffix.lower() == ".json":
             payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return False, [f"{path}: not JSON: {exc}"]
-        if isinstance(payload, dict):
-            given = {"source": source, "valid_hours": valid_hours,
-                     "issued_at": None if issued_at is None else issued_at.isoformat()}
-            payload.update({key: value for key, value in given.items() if value is not None})
-        result = intake.submit(payload, now)
-    else:
-        result = intake.load_csv(path, source=source or "csv", issued_at=issued.isoformat(),
-                                 valid_hours=6.0 if valid_hours is None else valid_hours, now=now)
+            if isinstance(payload, dict):
+                given = {"source": source, "valid_hours": valid_hours,
+                         "issued_at": None if issued_at is None else issued_at.isoformat()}
+                payload.update({key: value for key, value in given.items() if value is not None})
+        else:
+            issued = issued_at or min(datetime.fromtimestamp(stat.st_mtime, UTC), now)  # as ForecastCsvFile does
+            payload = csv_payload(text, source=source or "csv", issued_at=issued.isoformat(),
+                                  valid_hours=DEFAULT_VALID_HOURS if valid_hours is None else valid_hours)
+    except json.JSONDecodeError as exc:
+        return False, [f"{path}: not JSON: {exc}"]
+    except ForecastInputError as exc:
+        return False, [f"{path}: {exc}"]
+    accepted: list[ExternalForecast] = []
+    result = ExternalForecasts(pv_limit_kw=pv.ac_limit_kw, on_accept=accepted.append).submit(payload, now)
     if not result.accepted:
-        error = result.error or "refused"
-        return False, [error if error.startswith(str(path)) else f"{path}: {error}"]
+        return False, [f"{path}: {result.error}"]
     forecast = accepted[0]
     return True, summary(forecast, ZoneInfo(site.timezone), now) + [f"warning: {w}" for w in pv_warnings(forecast,
                                                                                                      site, pv)]
