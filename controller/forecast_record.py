@@ -1,8 +1,10 @@
 """The external forecasts a controller accepted, kept in its state file so that a restart loses none of them.
 
 Every accepted forecast (REST, MQTT, CSV; :mod:`optimizer.external_forecast`) is stored as one value of the state
-file (:class:`controller.state_store.StateStore`), key ``external_forecast/<issued_at ns>/<source>/<quantities>``
-(a forecast sent again overwrites its own value), holding ``{"received_at", "forecast"}`` with the forecast as
+file (:class:`controller.state_store.StateStore`), key ``external_forecast/<step ns>/<source>/<quantities>`` with
+the start of the first planning step at or after its ``issued_at`` (one received later in the same step overwrites
+it, as :meth:`optimizer.external_accuracy.ExternalAccuracy.record` keeps one per step: a sender posting every
+minute keeps 96 a day), holding ``{"received_at", "forecast"}`` with the forecast as
 :meth:`~optimizer.external_forecast.ExternalForecast.to_payload`. After a restart :meth:`ForecastRecord.restore`
 hands them back in the order they arrived: the forecast that was in use is in use again until it expires, and the
 forecasts of the accuracy window are scored again on the restored measured history (docs/data.md, "Accuracy of
@@ -29,17 +31,13 @@ KEY_PREFIX = "external_forecast/"
 MAX_KEPT = 2000
 
 
-def _key(forecast: ExternalForecast) -> str:
-    return (f"{KEY_PREFIX}{pd.Timestamp(forecast.issued_at).value:020d}/{forecast.source}/"
-            f"{'+'.join(forecast.quantities)}")
-
-
-def _issued_ns(key: str) -> int:
+def _step_ns(key: str) -> int:
     return int(key[len(KEY_PREFIX):].split("/", 1)[0])
 
 
 class ForecastRecord:
-    """The accepted external forecasts of the last ``keep_days`` days in ``store``.
+    """The accepted external forecasts of the last ``keep_days`` days in ``store``, one per source, quantities and
+    planning step of issue (the last received).
 
     Parameters
     ----------
@@ -48,17 +46,24 @@ class ForecastRecord:
     keep_days : float
         How long after its issue time a forecast is kept: the accuracy window plus the 48 h it is scored over, or
         the longest validity (2 days) when nothing is scored. [d]
+    step_minutes : int
+        The planning step: one forecast per source, quantities and step of issue is kept.
     max_kept : int
         Most forecasts kept.
     """
 
-    def __init__(self, store: StateStore, keep_days: float, max_kept: int = MAX_KEPT):
+    def __init__(self, store: StateStore, keep_days: float, step_minutes: int, max_kept: int = MAX_KEPT):
         self.store, self.keep_days, self.max_kept = store, keep_days, max_kept
+        self.step_ns = step_minutes * 60_000_000_000
         self._received: dict[str, int] = {}  # key → received [UTC epoch ns]
+
+    def _key(self, forecast: ExternalForecast) -> str:
+        step = -(-pd.Timestamp(forecast.issued_at).value // self.step_ns) * self.step_ns
+        return f"{KEY_PREFIX}{step:020d}/{forecast.source}/{'+'.join(forecast.quantities)}"
 
     def add(self, forecast: ExternalForecast, now: datetime) -> None:
         """Store an accepted forecast received at ``now`` (UTC) and drop what is past keeping."""
-        key = _key(forecast)
+        key = self._key(forecast)
         self.store.put(key, {"received_at": now.isoformat(), "forecast": forecast.to_payload()}, now)
         self._received.pop(key, None)
         self._received[key] = pd.Timestamp(now).value
@@ -75,7 +80,7 @@ class ForecastRecord:
         for key in self.store.keys(KEY_PREFIX):
             value = self.store.get(key)
             try:
-                _issued_ns(key)
+                _step_ns(key)
                 if not isinstance(value, dict) or not isinstance(value.get("forecast"), dict):
                     raise ValueError("not {received_at, forecast}")
                 received = pd.Timestamp(value["received_at"])
@@ -104,7 +109,7 @@ class ForecastRecord:
 
     def _prune(self, now: datetime) -> None:
         oldest = pd.Timestamp(now).value - int(self.keep_days * 86_400e9)
-        drop = [key for key in self._received if _issued_ns(key) < oldest]
+        drop = [key for key in self._received if _step_ns(key) < oldest]
         by_arrival = sorted((ns, key) for key, ns in self._received.items() if key not in drop)
         drop += [key for _, key in by_arrival[:max(0, len(by_arrival) - self.max_kept)]]
         for key in drop:

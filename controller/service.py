@@ -159,7 +159,8 @@ class Controller:
         scores = self.external_accuracy
         #: Every accepted external forecast, kept in the state file for a restart (docs/data.md).
         self.forecast_record = ForecastRecord(self.store, MAX_VALID_HOURS / 24 if scores is None
-                                              else scores.days + scores.lead_edges_h[-1] / 24)
+                                              else scores.days + scores.lead_edges_h[-1] / 24,
+                                              config.planner.step_minutes)
         self.external_forecasts = ExternalForecasts(
             pv_limit_kw=config.pv.ac_limit_kw, on_accept=self._external_accepted,
             band_scale=scores.band_scale if scores is not None and config.planner.external_band_recalibrate else None)

@@ -24,10 +24,10 @@ The same :class:`ExternalAccuracy` scores the live controller's forecasts (state
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,14 @@ class _Score:
     z_high: np.ndarray | None
 
 
+class _Key(NamedTuple):
+    """Which forecast a score is of (kept instead of its values once it is scored)."""
+
+    quantity: str
+    source: str
+    issued_ns: int
+
+
 @dataclass(frozen=True)
 class _Issued:
     """One quantity of one accepted forecast on the planning grid from its issue time: values [kW] per step (NaN
@@ -86,6 +94,10 @@ class _Issued:
     #: When all its steps have been measured: the end of its last covered step plus one step (a step's
     #: measurement is recorded once the step has ended). [UTC epoch ns]
     ready_ns: int
+
+    @property
+    def key(self) -> _Key:
+        return _Key(self.quantity, self.source, self.issued_ns)
 
 
 class ExternalAccuracy:
@@ -117,15 +129,17 @@ class ExternalAccuracy:
         self.step_ns = step_minutes * 60_000_000_000
         self._edges_ns = np.asarray(self.lead_edges_h, dtype=float) * NS_PER_H
         self._pending: list[_Issued] = []
-        self._scored: list[tuple[_Issued, _Score | None]] = []
+        self._scored: list[tuple[_Key, _Score | None]] = []
         self._scales: dict[tuple[str, str], tuple[float, float]] = {}
-        self._kept: set[tuple[str, str, int]] = set()  # (quantity, source, issued) of the forecasts kept
+        self._kept: set[_Key] = set()  # the forecasts received (pending, scored, or replaced in their step)
         #: The figures of the last :meth:`update` (:meth:`figures`), None before the first.
         self.result: dict | None = None
 
     def record(self, forecast: ExternalForecast) -> None:
         """Keep an accepted forecast for scoring (each of its quantities with a built-in model to compare; once per
-        source and issue time)."""
+        source and issue time). Per quantity and source one forecast is scored per planning step of issue: one
+        received later whose first scored step is the same replaces it (the planner uses the latest; a sender
+        posting every minute would otherwise keep 1,440 a day, each scored on the same two days)."""
         issued_ns = pd.Timestamp(forecast.issued_at).value
         first = -(-issued_ns // self.step_ns) * self.step_ns
         starts = first + np.arange(self.steps, dtype=np.int64) * self.step_ns
@@ -142,17 +156,17 @@ class ExternalAccuracy:
             return out
 
         for quantity in forecast.quantities:
-            key = (quantity, forecast.source, issued_ns)
+            key = _Key(quantity, forecast.source, issued_ns)
             if quantity not in self.builtin or key in self._kept:
                 continue  # a forecast sent again (same source and issue time) is scored once
             self._kept.add(key)
             low, high = BANDS[quantity]
             banded = forecast.has_band(quantity)
+            self._pending = [item for item in self._pending
+                             if (item.quantity, item.source, item.start_ns) != (quantity, forecast.source, first)]
             self._pending.append(_Issued(quantity, forecast.source, issued_ns, first, cut(forecast.values[quantity]),
                                          cut(forecast.values[low]) if banded else None,
                                          cut(forecast.values[high]) if banded else None, ready))
-        for item in self._pending[:-MAX_PENDING]:
-            self._kept.discard((item.quantity, item.source, item.issued_ns))
         del self._pending[:-MAX_PENDING]
 
     def due(self, now_ns: int) -> bool:
@@ -175,12 +189,11 @@ class ExternalAccuracy:
             self._pending.remove(item)
             if item.issued_ns >= window_start and item.quantity in histories:
                 ns, values = histories[item.quantity]
-                self._scored.append((item, self._score(item, np.asarray(ns, dtype=np.int64),
-                                                       np.asarray(values, dtype=float))))
+                self._scored.append((item.key, self._score(item, np.asarray(ns, dtype=np.int64),
+                                                           np.asarray(values, dtype=float))))
         self._pending = [item for item in self._pending if item.issued_ns >= window_start - 3 * 24 * NS_PER_H]
-        self._scored = [(item, score) for item, score in self._scored if item.issued_ns >= window_start]
-        self._kept = {(item.quantity, item.source, item.issued_ns)
-                      for item in itertools.chain(self._pending, (item for item, _ in self._scored))}
+        self._scored = [(key, score) for key, score in self._scored if key.issued_ns >= window_start]
+        self._kept = {key for key in self._kept if key.issued_ns >= window_start - 3 * 24 * NS_PER_H}
         self._scales = self._band_scales()
         self.result = self.figures()
         return self.result
@@ -196,9 +209,9 @@ class ExternalAccuracy:
 
     def _band_scales(self) -> dict[tuple[str, str], tuple[float, float]]:
         samples: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
-        for item, score in self._scored:
+        for key, score in self._scored:
             if score is not None and score.z_low is not None and score.z_high is not None:
-                samples.setdefault((item.quantity, item.source), []).append((score.z_low, score.z_high))
+                samples.setdefault((key.quantity, key.source), []).append((score.z_low, score.z_high))
         out = {}
         low, high = BAND_SCALE_LIMITS
         for key, pairs in samples.items():
@@ -250,8 +263,8 @@ class ExternalAccuracy:
         docstring per lead bucket (None where nothing was compared), ``issues`` the forecasts scored."""
         out: dict = {"window_days": self.days}
         groups: dict[tuple[str, str], list[np.ndarray]] = {}
-        for item, score in self._scored:
-            kept = groups.setdefault((item.quantity, item.source), [])
+        for key, score in self._scored:
+            kept = groups.setdefault((key.quantity, key.source), [])
             if score is not None:
                 kept.append(score.rows)
         for item in self._pending:

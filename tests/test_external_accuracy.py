@@ -193,6 +193,27 @@ async def test_the_controller_scores_external_forecasts_it_received(tmp_path) ->
         controller.store.close()
 
 
+def test_a_sender_posting_every_minute_is_scored_once_per_planning_step():
+    """Sixty forecasts an hour (issued T0, T0 + 1 min, …, each 400 + i kW flat from T0): per 15-minute step of
+    issue only the last received is kept (i = 0, 15, 30, 45, 59: the first scored step of i = 1–15 is T0 + 15 min,
+    …), so the figures are those of those five forecasts scored alone."""
+    ns, values = measured_load()
+    every_minute = ExternalAccuracy({"load_kw": lookup(ns, values, 16.0)})
+    intake = ExternalForecasts(on_accept=every_minute.record)
+    last_of_step = ExternalAccuracy({"load_kw": lookup(ns, values, 16.0)})
+    alone = ExternalForecasts(on_accept=last_of_step.record)
+    for i in range(60):
+        issued = T0 + timedelta(minutes=i)
+        sent = {**flat_forecast(T0, 400.0 + i), "issued_at": issued.isoformat()}  # from T0, on the step lattice
+        assert intake.submit(sent, now=issued).accepted
+        if i in (0, 15, 30, 45, 59):
+            assert alone.submit(sent, now=issued).accepted
+    now = pd.Timestamp(T0 + timedelta(hours=50)).value
+    out = every_minute.update(now, {"load_kw": (ns, values)}, limit=None)
+    assert out["load"][0]["issues"] == 5
+    assert out == last_of_step.update(now, {"load_kw": (ns, values)}, limit=None)
+
+
 def test_the_band_is_recalibrated_on_its_measured_record():
     """Two flat 400 kW forecasts with the band 395–415 over days of 410 and 390 kW: the shortfalls below the forecast
     are 10 kW = 2 lower widths at most, the excesses 10 kW = 2/3 of the upper width, so the band's sides are scaled

@@ -94,13 +94,21 @@ async def test_a_stored_value_that_is_not_a_valid_forecast_is_dropped_and_named(
 
 def test_values_past_keeping_are_deleted_and_at_most_max_kept_stay(tmp_path) -> None:
     """``keep_days`` 1: a forecast issued 25 h before the latest is deleted when that one is added; with ``max_kept``
-    2 the oldest received goes when a third is added. A forecast sent again overwrites its own value."""
+    2 the oldest received goes when a third is added. A forecast sent again, or another issued in the same 15-minute
+    planning step, overwrites the value of its step."""
     store = StateStore(tmp_path / "state.sqlite", T0)
-    record = ForecastRecord(store, keep_days=1.0, max_kept=2)
+    record = ForecastRecord(store, keep_days=1.0, step_minutes=15, max_kept=2)
     old = parse_forecast(flat_forecast(T0, 400.0), T0)
     record.add(old, T0)
     record.add(old, T0 + timedelta(minutes=1))  # sent again
     assert len(store.keys(KEY_PREFIX)) == 1
+    minute = T0 + timedelta(minutes=1)
+    for value in (401.0, 402.0):  # issued 00:01 and 00:02: both in the step from 00:15 on
+        record.add(parse_forecast({**flat_forecast(T0, value), "issued_at": minute.isoformat()}, minute), minute)
+        minute += timedelta(minutes=1)
+    [_, later] = store.keys(KEY_PREFIX)
+    assert later.startswith(f"{KEY_PREFIX}{pd.Timestamp(T0 + timedelta(minutes=15)).value:020d}/weather")
+    assert store.get(later)["forecast"]["load_kw"][0] == 402.0
     at = T0 + timedelta(hours=25)
     newer = [parse_forecast(flat_forecast(at + timedelta(hours=h), 400.0), at + timedelta(hours=h)) for h in (0, 1, 2)]
     record.add(newer[0], at)
