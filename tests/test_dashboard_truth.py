@@ -22,6 +22,16 @@ def site_ms(hh: int, mm: int, day: tuple[int, int, int] = (2026, 5, 4)) -> int:
     return int((datetime(*day, hh, mm, tzinfo=UTC).timestamp() - 7 * 3600) * 1000)
 
 
+async def open_dashboard(chromium: Any, site: Site, locale: str) -> tuple[Any, Any]:
+    """A browser context in ``locale`` and the dashboard page in it, once its live connection is up with no alarm
+    (the connection dot green): ``(context, page)``."""
+    context = await chromium.new_context(locale=locale)
+    page = await context.new_page()
+    await page.goto(site.url + "/")
+    await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+    return context, page
+
+
 async def shaded_period_at(page: Any, ms: int) -> list[str]:
     """The named periods of the shading rectangles that cover ``ms`` on the power chart, once one is drawn (the
     week view draws its days as their periods arrive)."""
@@ -48,10 +58,7 @@ async def test_named_periods_shaded_over_the_whole_day(tmp_path: Path, monkeypat
     tariff = Tariff.preset(preset).bind(TZ)
     site: Site = await start_site(tmp_path, monkeypatch, TOKEN, tariff=tariff)
     try:
-        context = await browser.new_context(locale="vi-VN")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "vi-VN")
         now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)        # 16:00 site time, a Monday
         site.bus.publish("plan", sample_plan(now, steps=8))  # a plan covering only the next two hours
         site.bus.publish("state", sample_state(now, 1))
@@ -96,10 +103,7 @@ async def test_device_fault_in_health_panel_and_as_a_translated_alarm(tmp_path: 
                                                                        browser: Any) -> None:  # noqa: F811
     site = await start_site(tmp_path, monkeypatch, TOKEN)
     try:
-        context = await browser.new_context(locale="vi-VN")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")   # green: no alarm
+        context, page = await open_dashboard(browser, site, "vi-VN")
         now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                                            # 10:00 site time
         site.bus.publish("state", sample_state(now, 1))
         await page.wait_for_function("document.querySelector('#health tr[data-device=battery]')")
@@ -139,10 +143,7 @@ async def test_a_past_step_shows_what_was_planned_beside_what_happened(tmp_path:
     """The plan changes at 10:15; the 10:00 step keeps what its own plan said (battery 100 kW)."""
     site = await start_site(tmp_path, monkeypatch, TOKEN)
     try:
-        context = await browser.new_context(locale="en-US")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "en-US")
         start = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)                               # 10:00 site time
         for minute in range(0, 30, 5):
             state = sample_state(start.replace(minute=minute), 1)                      # battery measured 99 kW
@@ -170,10 +171,7 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
                                                                      browser: Any) -> None:  # noqa: F811
     site = await start_site(tmp_path, monkeypatch, TOKEN)
     try:
-        context = await browser.new_context(locale="en-US")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "en-US")
         now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
         site.bus.publish("plan", {**sample_plan(now, steps=8), "import_kw": [300.0] * 7 + [1020.0]})
         state = sample_state(now, 1)
@@ -217,10 +215,7 @@ async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: py
 
     site = await start_site(tmp_path, monkeypatch, TOKEN)                       # restarted: today is empty
     try:
-        context = await browser.new_context(locale="en-US")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "en-US")
         site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, 30, tzinfo=UTC), 1))
         await page.wait_for_function("document.getElementById('nav-label').dataset.day === '2026-05-04'")
         await page.click("#nav-prev")
@@ -247,10 +242,7 @@ async def test_axes_have_units_round_ticks_and_no_minus_zero(tmp_path: Path, mon
                                                              browser: Any) -> None:  # noqa: F811
     site = await start_site(tmp_path, monkeypatch, TOKEN)
     try:
-        context = await browser.new_context(locale="vi-VN")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "vi-VN")
         now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
         site.bus.publish("plan", sample_plan(now, steps=8))
         state = sample_state(now, 1)
@@ -277,10 +269,7 @@ async def test_forecasts_from_outside_show_how_good_they_were(tmp_path: Path, mo
     lead (state key forecast_accuracy.external), hides the table while none was received, and translates it."""
     site = await start_site(tmp_path, monkeypatch, TOKEN)
     try:
-        context = await browser.new_context(locale="en-US")
-        page = await context.new_page()
-        await page.goto(site.url + "/")
-        await page.wait_for_function("document.getElementById('conn').className === 'conn'")
+        context, page = await open_dashboard(browser, site, "en-US")
         now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
         empty = {"lead": "0-1 h", "n": 0, "mae_kw": None, "rmse_kw": None, "persistence_mae_kw": None,
                  "persistence_rmse_kw": None, "skill": None}
