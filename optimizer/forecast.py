@@ -63,7 +63,7 @@ PV_DAY_WEIGHT = 0.6
 """Weight of the recent days' clearness against the month's climatological clearness in the PV forecast beyond the
 recent hours (``k = k_clim + w · (k_days − k_clim)``): day-to-day clearness is only partly persistent (lag-one
 correlation of daily PV energy 0.24–0.52 in measured years, 0.38 in the hard synthetic year, 0.83 in the default
-one). Used only with a monthly climatology (``monthly_yield_kwh_per_kwp``). Chosen on the 12–24 h MAE of both
+one). Used only with a monthly climatology (``pv.monthly_yield_kwh_per_kwp``). Chosen on the 12–24 h MAE of both
 synthetic years (docs/data.md, "PV forecast: recent days and climatology"): 126.5 / 64.5 kW with 1.0 (no
 blending), 117.6 / 61.8 kW with 0.6 (hard / default year). [-]"""
 
@@ -261,13 +261,15 @@ class PVForecaster:
 
     Clearness ``k`` = measured energy / clear-sky energy over daylight intervals (clear sky > 5 % of the AC
     limit) of a window. Two windows: the last ``recent_hours`` (the current weather) and the last ``days``
-    days (the weather regime). With a climatology (``monthly_yield_kwh_per_kwp``) the days' clearness is blended
-    with the month's climatological clearness ``k_clim``: ``k_base = k_clim + day_weight · (k_days − k_clim)``
-    (:data:`PV_DAY_WEIGHT`; 1 = no blending); without one ``k_base = k_days``. At lead time
+    days (the weather regime). With a climatology (the site's ``pv.monthly_yield_kwh_per_kwp``) the days' clearness
+    is blended with the month's climatological clearness ``k_clim``:
+    ``k_base = k_clim + day_weight · (k_days − k_clim)`` (:data:`PV_DAY_WEIGHT`; 1 = no blending); without one
+    ``k_base = k_days``. At lead time
     ``L`` after the forecast start the clearness is ``k_base + (k_recent − k_base) · exp(−L / decay_hours)``,
     bounded to [0, ``max_clearness``]. A window with less than 15 minutes' worth of clear-sky energy at the AC
     limit counts as empty: without ``k_recent`` the forecast uses ``k_base``; without ``k_days`` the climatological
-    clearness (of the month, from ``monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`).
+    clearness (of the month, from ``pv.monthly_yield_kwh_per_kwp`` if given, else :data:`DEFAULT_CLEARNESS`). The live
+    controller, ``ems plan`` and the offline MPC all make it as ``PVForecaster(site, pv)``, so they forecast alike.
 
     ``isolated=True`` computes the clear-sky tables in short-lived worker processes
     (``ClearSkyCache(isolated=True)``) so that pvlib is never imported into this process: the live controller's
@@ -276,10 +278,7 @@ class PVForecaster:
 
     def __init__(self, site: SiteInfo, pv: PVSpec, recent_hours: float = 3.0, days: float = 3.0,
                  half_life_days: float = 1.0, decay_hours: float = 3.0, max_clearness: float = 1.2,
-                 monthly_yield_kwh_per_kwp: Sequence[float] | None = None, isolated: bool = False,
-                 day_weight: float = PV_DAY_WEIGHT):
-        if monthly_yield_kwh_per_kwp is not None and len(monthly_yield_kwh_per_kwp) != 12:
-            raise ValueError("monthly_yield_kwh_per_kwp needs 12 values (Jan..Dec)")
+                 isolated: bool = False, day_weight: float = PV_DAY_WEIGHT):
         self.site = site
         self.pv = pv
         self.recent_ns = int(recent_hours * NS_PER_H)
@@ -291,7 +290,8 @@ class PVForecaster:
         if not 0.0 <= day_weight <= 1.0:
             raise ValueError("day_weight must lie in [0, 1]")
         self.day_weight = day_weight
-        self._monthly_yield = None if monthly_yield_kwh_per_kwp is None else list(monthly_yield_kwh_per_kwp)
+        monthly = pv.monthly_yield_kwh_per_kwp
+        self._monthly_yield = None if monthly is None else list(monthly)
         self._monthly_clearness: np.ndarray | None = None
         self._caches: dict[int, ClearSkyCache] = {}
         self._reader = _HistoryReader()

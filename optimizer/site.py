@@ -8,6 +8,7 @@ offline scenarios (``simulations/scenario.py``) reuse them too. Units follow doc
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -86,6 +87,22 @@ class PVSpec(StrictModel):
     azimuth_deg: float = Field(default=180.0, ge=0, lt=360, description="[deg] 180 = south")
     losses_pct: float = Field(default=14.0, ge=0, lt=100, description="System losses [%]")
     degradation_pct_per_year: float = Field(default=0.5, ge=0, lt=10, description="[%/yr]")
+    monthly_yield_kwh_per_kwp: tuple[float, ...] | None = Field(
+        default=None,
+        description="The site's long-term PV yield per month Jan..Dec [kWh/kWp] (e.g. from PVGIS or the Global Solar "
+                    "Atlas): the PV forecast's climatology, live and in studies (docs/data.md); none = no blending")
+
+    @field_validator("monthly_yield_kwh_per_kwp")
+    @classmethod
+    def _twelve_months(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        if len(value) != 12:
+            raise ValueError(f"needs 12 values (Jan..Dec), got {len(value)}")
+        bad = [i + 1 for i, v in enumerate(value) if not math.isfinite(v) or v < 0]
+        if bad:
+            raise ValueError(f"month {bad[0]}: {value[bad[0] - 1]!r} is not a yield [kWh/kWp] (finite, ≥ 0)")
+        return value
 
     @property
     def ac_limit_kw(self) -> float:

@@ -28,7 +28,7 @@ from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
 from optimizer.forecast import History
 from optimizer.service import TariffSteps
-from optimizer.site import BatterySpec, SiteInfo
+from optimizer.site import BatterySpec, PVSpec, SiteInfo
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
@@ -318,6 +318,18 @@ def forecast_site(scenario: Scenario) -> SiteInfo:
     return scenario.site.model_copy(update={"planned_shutdowns": (*scenario.site.planned_shutdowns, *sorted(tet))})
 
 
+def forecast_pv(scenario: Scenario) -> PVSpec:
+    """The PV as the MPC's forecaster knows it: the scenario's ``pv`` with its own climatology
+    (``pv.monthly_yield_kwh_per_kwp``, as a live site file gives it) or, for a synthetic year without one, the
+    generator's: the Hai Phong monthly shape scaled to its ``annual_yield_kwh_per_kwp`` (docs/data.md)."""
+    syn = scenario.data.synthetic
+    if scenario.pv.monthly_yield_kwh_per_kwp is not None or syn is None:
+        return scenario.pv
+    shape = np.asarray(HAI_PHONG_MONTHLY_KWH_PER_KWP, dtype=float)
+    monthly = tuple(float(v) for v in shape / shape.sum() * syn.annual_yield_kwh_per_kwp)
+    return scenario.pv.model_copy(update={"monthly_yield_kwh_per_kwp": monthly})
+
+
 def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTariff) -> Strategy:
     """The strategy object for a name of :data:`simulations.scenario.StrategyName` (or ``no_system``)."""
     spec = scenario.battery.spec()
@@ -329,14 +341,9 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
     if name == "tou_rule":
         return TouRule(data, spec)
     if name in ("mpc", "mpc_perfect"):
-        syn = scenario.data.synthetic
-        monthly = None
-        if syn is not None:
-            shape = np.asarray(HAI_PHONG_MONTHLY_KWH_PER_KWP, dtype=float)
-            monthly = list(shape / shape.sum() * syn.annual_yield_kwh_per_kwp)
         country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
-        return Mpc(data, forecast_site(scenario), scenario.pv, spec, scenario.grid, scenario.planner, tol,
-                   perfect=name == "mpc_perfect", holiday_country=country, monthly_yield_kwh_per_kwp=monthly,
+        return Mpc(data, forecast_site(scenario), forecast_pv(scenario), spec, scenario.grid, scenario.planner, tol,
+                   perfect=name == "mpc_perfect", holiday_country=country,
                    nominal_load_kw=nominal_load_kw(scenario), extra_holidays=scenario.tariff.extra_holidays,
                    day_ahead=scenario.data.pv_forecast)
     if name == "perfect_foresight":

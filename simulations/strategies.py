@@ -222,6 +222,9 @@ class Mpc:
     site, holiday_country, extra_holidays
         Make the load forecaster as live control does (:meth:`~optimizer.forecast.LoadForecaster.for_site`): the
         site's planned shutdowns, the public holidays and the tariff's extra holidays.
+    pv
+        The PV as the forecaster knows it (``PVForecaster(site, pv)``, as live), its climatology included
+        (``pv.monthly_yield_kwh_per_kwp``; :func:`simulations.runner.forecast_pv`).
     day_ahead : DayAheadForecast | None
         A day-ahead PV forecast from outside (:mod:`simulations.day_ahead`), handed to an
         :class:`~optimizer.external_forecast.ExternalForecasts` as its issue times pass and laid over the built-in
@@ -230,14 +233,14 @@ class Mpc:
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
                  settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
-                 monthly_yield_kwh_per_kwp: list[float] | None, nominal_load_kw: float | None = None,
+                 nominal_load_kw: float | None = None,
                  extra_holidays: Sequence[date] = (), day_ahead: DayAheadForecast | None = None):
         self.name = "mpc_perfect" if perfect else "mpc"
         self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
         self.tol_kw, self.perfect = tol_kw, perfect
         self.horizon = settings.horizon_steps
         self.planner = Planner(battery, grid, settings, self.horizon)
-        self.pv_forecaster = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
+        self.pv_forecaster = PVForecaster(site, pv)
         self.load_forecaster = LoadForecaster.for_site(
             site, holiday_country, extra_holidays, fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
         step_ns = round(float(data.duration_h[0]) * 3.6e12)
@@ -251,7 +254,7 @@ class Mpc:
         self.scores: ExternalAccuracy | None = None
         self.issued = IssuedForecasts(())
         if day_ahead is not None and not perfect:
-            own = PVForecaster(site, pv, monthly_yield_kwh_per_kwp=monthly_yield_kwh_per_kwp)
+            own = PVForecaster(site, pv)
             limit = DAYLIGHT_SHARE * pv.ac_limit_kw
             self.scores = ExternalAccuracy({"pv_kw": own.forecast}, {"pv_kw": lambda g: own.clear_sky_kw(g) > limit},
                                            step_minutes=round(float(data.duration_h[0]) * 60))

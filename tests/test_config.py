@@ -237,3 +237,26 @@ def test_a_read_only_state_filesystem_is_named_as_such(tmp_path, capsys):
         assert "read-only filesystem" in capsys.readouterr().err
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize(("months", "says"), [
+    ([53, 45, 36], "needs 12 values (Jan..Dec), got 3"),
+    ([53, 45, 36, 62, -115, 131, 150, 119, 109, 111, 105, 80], "month 5: -115.0 is not a yield"),
+    ([53, 45, 36, 62, 115, 131, float("nan"), 119, 109, 111, 105, 80], "month 7: nan is not a yield")])
+def test_a_pv_climatology_of_the_wrong_length_or_a_negative_month_is_named(months, says):
+    data = copy.deepcopy(EXAMPLE)
+    data["pv"]["monthly_yield_kwh_per_kwp"] = months
+    errors = errors_of(data)
+    assert says in errors["pv.monthly_yield_kwh_per_kwp"], errors
+
+
+def test_the_real_site_example_gives_the_pv_forecast_its_climatology():
+    """deploy/examples/nam-cau-kien-site.yaml carries Hai Phong's monthly yields, so its live PV forecast blends the
+    last days with the month's climatology as a study of the site does (docs/data.md)."""
+    from optimizer.forecast import PVForecaster
+    from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
+
+    config = load_config(EXAMPLE_SITE.parent / "nam-cau-kien-site.yaml")
+    assert config.pv.monthly_yield_kwh_per_kwp == HAI_PHONG_MONTHLY_KWH_PER_KWP
+    forecaster = PVForecaster(config.site, config.pv)
+    assert forecaster.climatological_clearness(3) < 0.4 < 0.8 < forecaster.climatological_clearness(7)

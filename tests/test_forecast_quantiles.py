@@ -12,9 +12,8 @@ import pytest
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.forecast_quantiles import ErrorQuantiles
 from optimizer.site import Location, PVSpec, SiteInfo
-from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.timegrid import TimeGrid, regular_grid, regular_grid_ns
-from simulations.runner import load_data
+from simulations.runner import forecast_pv, load_data
 from simulations.scenario import load_scenario
 from simulations.synthetic import shutdown_days
 
@@ -130,7 +129,7 @@ def base_year():
 
 
 def forecasters(scenario) -> tuple[PVForecaster, LoadForecaster]:
-    pv = PVForecaster(scenario.site, scenario.pv, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    pv = PVForecaster(scenario.site, forecast_pv(scenario))
     load = LoadForecaster(scenario.site.timezone,
                           extra_holidays=sorted(shutdown_days(scenario.data.synthetic.load, 2026)))
     return pv, load

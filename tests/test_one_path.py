@@ -23,6 +23,7 @@ import pytest
 
 from controller.planning import PlanKeeper
 from controller.targets import DemandWindow
+from optimizer.forecast import PVForecaster
 from optimizer.planner import PlanInputs, Planner
 from optimizer.service import SiteState
 from optimizer.tariff import load_tariff
@@ -172,8 +173,7 @@ async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: in
         assert plan is not None
         snap = controller.snapshot
         mpc = Mpc(data, config.site, config.pv, config.battery, config.grid, config.planner,
-                  config.control.dispatch.follow_tol_kw, perfect=True, holiday_country=None,
-                  monthly_yield_kwh_per_kwp=None)
+                  config.control.dispatch.follow_tol_kw, perfect=True, holiday_country=None)
         empty = History(data.starts.as_unit("ns").asi8[:96], np.full(96, np.nan))  # perfect forecasts read none
         ctx = StepContext(soc_kwh=snap.value("soc_pct") / 100.0 * config.battery.capacity_kwh,
                           max_charge_kw=snap.value("max_charge_kw"), max_discharge_kw=snap.value("max_discharge_kw"),
@@ -256,3 +256,50 @@ def test_live_and_offline_plan_alike_on_a_banded_day_ahead_forecast(tariff: str)
     twin.target = compare
     simulate(twin, sc, inputs, site_tariff, battery=True)
     assert twin.compared == inputs.steps == 192 and all(banded)
+
+
+# ------------------------------------------- the forecasters themselves: made alike by the controller and the study
+
+async def test_the_live_controller_forecasts_as_the_offline_mpc(tmp_path: Path) -> None:
+    """A site file carrying the study's PV climatology (``pv.monthly_yield_kwh_per_kwp``) and planned shutdowns:
+    the real ``Controller``'s built-in forecasters (PV in a worker process, as deployed) forecast PV and load on the
+    harder year's measured history exactly as the offline MPC's do, at night, in the morning and the afternoon —
+    the study's climatology blend is the live one (before, the live PV forecaster had none)."""
+    from controller.config import SiteConfig
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.forecast import History
+    from simulations.runner import forecast_pv, forecast_site, load_data
+    from tests.fakes import FakeSite
+
+    base = load_scenario(SCENARIOS / "nam-cau-kien-hard.yaml")
+    data = base.model_dump()
+    data["data"].update(start="2026-03-02", days=8)
+    sc = Scenario.model_validate(data)
+    sc._base_dir = base.base_dir
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    inputs = price_inputs(load_data(sc), site_tariff, sc.planner.horizon_steps)
+    mpc = make_strategy("mpc", sc, inputs, site_tariff)
+    pv = forecast_pv(sc)
+    assert pv.monthly_yield_kwh_per_kwp is not None and sc.pv.monthly_yield_kwh_per_kwp is None
+    config = SiteConfig.model_validate({
+        "site": forecast_site(sc).model_dump(), "pv": pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": sc.tariff.preset}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES})
+    clock = ManualClock(inputs.starts[0].to_pydatetime())
+    fake = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
+    controller = Controller(config, fake.devices, clock, site_tariff, tmp_path / "state.sqlite")
+    try:
+        live = controller.forecasts.builtin
+        ns = inputs.starts[:inputs.steps].as_unit("ns").asi8
+        for t in (5 * 96 + 4, 6 * 96 + 32, 7 * 96 + 60):  # 01:00, 08:00 and 15:00 local after 5–7 days measured
+            grid = inputs.grid(t, mpc.horizon)
+            pv_hist, load_hist = History(ns[:t], inputs.pv_kw[:t]), History(ns[:t], inputs.load_kw[:t])
+            offline_pv = mpc.pv_forecaster.forecast(grid, pv_hist)
+            np.testing.assert_allclose(live.pv.forecast(grid, pv_hist), offline_pv, rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(live.load.forecast(grid, load_hist),
+                                       mpc.load_forecaster.forecast(grid, load_hist), rtol=1e-12, atol=1e-9)
+            without = PVForecaster(sc.site, sc.pv).forecast(grid, pv_hist)  # the live forecaster of before
+            assert np.abs(without - offline_pv).max() > 1.0  # kW: without the blend the test would fail
+    finally:
+        controller.store.close()

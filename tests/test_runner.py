@@ -246,9 +246,7 @@ def test_mpc_history_views_forecast_as_the_whole_history(monkeypatch: pytest.Mon
         pv_hist[:t], load_hist[:t] = inputs.pv_kw[:t], inputs.load_kw[:t]
         grid = inputs.grid(t, mpc.horizon)
         pv, load = mpc.forecasts(t, grid, ctx, False)
-        whole_pv = PVForecaster(mpc.pv_forecaster.site, mpc.pv_forecaster.pv,
-                                monthly_yield_kwh_per_kwp=mpc.pv_forecaster._monthly_yield).forecast(
-                                    grid, History(ns, pv_hist))
+        whole_pv = PVForecaster(mpc.pv_forecaster.site, mpc.pv_forecaster.pv).forecast(grid, History(ns, pv_hist))
         whole_load = LoadForecaster(sc.site.timezone, holiday_country=mpc.load_forecaster.holiday_country,
                                     fallback_kw=0.0).forecast(grid, History(ns, load_hist))
         np.testing.assert_allclose(pv, whole_pv, rtol=1e-12, atol=1e-9)

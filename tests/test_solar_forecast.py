@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 TZ = "Asia/Ho_Chi_Minh"
 SITE = SiteInfo(name="hp", timezone=TZ, location=Location(latitude=20.86, longitude=106.68, altitude_m=5))
 PV = PVSpec(kwp=1000, ac_kw=900, tilt_deg=12)
+PV_CLIMATE = PV.model_copy(update={"monthly_yield_kwh_per_kwp": HAI_PHONG_MONTHLY_KWH_PER_KWP})  # Hai Phong climatology
 STEP = pd.Timedelta(minutes=15)
 
 
@@ -103,8 +104,8 @@ def test_isolated_pv_forecaster_equals_the_in_process_one():
     grid = regular_grid(pd.Timestamp("2026-03-01", tz=TZ), 96, 15)
     hist_idx = quarter_hours("2026-02-26", 3)
     history = pd.Series(0.4 * clear_sky_pv_kw(hist_idx, 0.25, SITE, PV), index=hist_idx)
-    isolated = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP, isolated=True)
-    in_process = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    isolated = PVForecaster(SITE, PV_CLIMATE, isolated=True)
+    in_process = PVForecaster(SITE, PV_CLIMATE)
     for hist in (None, history):  # climatology (a year's table) and measured clearness
         assert np.allclose(isolated.forecast(grid, hist), in_process.forecast(grid, hist), rtol=1e-12, atol=1e-9)
 
@@ -208,7 +209,7 @@ def test_pv_forecast_blends_the_days_clearness_with_climatology():
     clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)
     history = pd.Series(0.5 * clear, index=hist_idx)
     grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
-    pv = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP, day_weight=0.6)
+    pv = PVForecaster(SITE, PV_CLIMATE, day_weight=0.6)
     k_clim = pv.climatological_clearness(5)
     k_base = k_clim + 0.6 * (0.5 - k_clim)
     expected = k_base * clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
@@ -222,7 +223,7 @@ def test_pv_forecast_without_history_uses_climatology():
     grid = regular_grid(pd.Timestamp("2026-03-01", tz=TZ), 96, 15)
     clear = clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
     assert np.allclose(PVForecaster(SITE, PV).forecast(grid, None), DEFAULT_CLEARNESS * clear)
-    fc = PVForecaster(SITE, PV, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    fc = PVForecaster(SITE, PV_CLIMATE)
     k_march = fc.climatological_clearness(3)
     assert 0.15 < k_march < 0.35  # March: 36 kWh/kWp measured against ≈160 clear sky
     assert fc.climatological_clearness(7) > 0.8
