@@ -498,19 +498,29 @@ class Dispatcher:
         elif soc >= reserve + h:
             self._reserve_blocked = False
 
+    def _pv_limit_in_force_kw(self, limit_pct: float | None) -> float | None:
+        """The PV limit in force [kW], None without one; the read-back limit wins over the one last commanded."""
+        if limit_pct is None:
+            return self._pv_limit_kw
+        return None if limit_pct >= 100 else self.pv_rated_kw * limit_pct / 100.0
+
+    def pv_held_at_limit(self, pv_kw: float, limit_pct: float | None) -> bool:
+        """Whether measured PV ``pv_kw`` [kW] sits at the limit in force (read back as ``limit_pct`` [%], else the
+        one last commanded), within ``saturation_tol_pct``: the limit, not the weather, sets it, and how much more
+        there is is unknown (the forecasters' history leaves such a step out: docs/data.md)."""
+        limit_kw = self._pv_limit_in_force_kw(limit_pct)
+        return limit_kw is not None and pv_kw >= limit_kw - self.pv_rated_kw * self.settings.saturation_tol_pct / 100.0
+
     def _pv_estimate(self, pv_kw: float, limit_pct: float | None) -> tuple[float, bool]:
         """Available PV [kW] and whether a limit is in force.
 
         The measurement, plus a probe step when PV sits at its limit (the limit hides how much more
         there is); the read-back limit wins over the one last commanded.
         """
-        s = self.settings
-        limit_kw = self._pv_limit_kw if limit_pct is None else (
-            None if limit_pct >= 100 else self.pv_rated_kw * limit_pct / 100.0)
-        if limit_kw is None:
+        if self._pv_limit_in_force_kw(limit_pct) is None:
             return pv_kw, False
-        if pv_kw >= limit_kw - self.pv_rated_kw * s.saturation_tol_pct / 100.0:
-            return pv_kw + self.pv_rated_kw * s.curtail_probe_pct / 100.0, True
+        if self.pv_held_at_limit(pv_kw, limit_pct):
+            return pv_kw + self.pv_rated_kw * self.settings.curtail_probe_pct / 100.0, True
         return pv_kw, True
 
     def _export_margin_kw(self, load_kw: float, now: datetime) -> tuple[float, bool]:

@@ -85,6 +85,10 @@ ALIGNED_FRACTION = 0.02
 class MeasuredHistory:
     """Step averages of measured PV and load (NaN where a step was not covered well enough), fed every cycle.
 
+    A step in which PV was held at its limit (curtailed: the limit, not the weather, set it) has no PV value: the
+    forecasters would read a sunny day under a zero-export limit as a dull one. The offline studies leave their
+    curtailed steps out the same way (``simulations.runner``).
+
     Parameters
     ----------
     step_minutes : int
@@ -102,6 +106,7 @@ class MeasuredHistory:
         self._step: datetime | None = None
         self._sums = np.zeros(2)
         self._covered_h = 0.0
+        self._pv_curtailed = False
         self._rows: list[tuple[pd.Timestamp, float, float]] = []  # (step start, PV, load), one list: a copy is atomic
         self.last_load_kw: float | None = None
         """The latest measured load (the load forecast's fallback before any step is complete). [kW]"""
@@ -138,8 +143,10 @@ class MeasuredHistory:
         self._rows = [r for r in rows if cutoff <= r[0] < current]
         return None
 
-    def add(self, t: datetime, pv_kw: float | None, load_kw: float | None, dt_h: float) -> None:
-        """Add one cycle's measurement (missing values only advance time). ``t`` is the cycle time (UTC)."""
+    def add(self, t: datetime, pv_kw: float | None, load_kw: float | None, dt_h: float,
+            pv_curtailed: bool = False) -> None:
+        """Add one cycle's measurement (missing values only advance time). ``t`` is the cycle time (UTC);
+        ``pv_curtailed``: PV was held at its limit this cycle, so the step's PV is unknown."""
         step = floor_to_step(t, self.step_minutes)
         if self._step is not None and step != self._step:
             self._close()
@@ -148,11 +155,14 @@ class MeasuredHistory:
             self.last_load_kw = load_kw
             self._sums += (pv_kw * dt_h, load_kw * dt_h)
             self._covered_h += dt_h
+            self._pv_curtailed |= pv_curtailed
 
     def _close(self) -> None:
         assert self._step is not None
         if self._covered_h >= self.min_coverage * self.step_minutes / 60:
             pv, load = self._sums / self._covered_h
+            if self._pv_curtailed:
+                pv = float("nan")
         else:
             pv = load = float("nan")
         cutoff = pd.Timestamp(self._step - self.keep)
@@ -160,6 +170,7 @@ class MeasuredHistory:
         self.closed += 1
         self._sums[:] = 0.0
         self._covered_h = 0.0
+        self._pv_curtailed = False
 
     def histories(self) -> tuple[History, History]:
         """(PV, load) step averages [kW] at their UTC step starts, as the forecasters read them (new arrays on

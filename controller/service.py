@@ -354,10 +354,12 @@ class Controller:
     # ------------------------------------------------------------------------------------------ the cycle
 
     def _account(self, snap: Snapshot, now: datetime) -> None:
-        """Energy, money and demand peak (``controller.accounting``); the forecasters' step history."""
+        """Energy, money and demand peak (``controller.accounting``); the forecasters' step history (PV held at its
+        limit is left out of it: :class:`~controller.planning.MeasuredHistory`)."""
         pv_kw = snap.value("pv_kw")
         dt_h = self.accounting.add(now, snap.value("grid_kw"), pv_kw, snap.value("battery_kw"))
-        self.history.add(now, pv_kw, snap.load_kw, dt_h)
+        curtailed = pv_kw is not None and self.dispatcher.pv_held_at_limit(pv_kw, snap.value("pv_limit_pct"))
+        self.history.add(now, pv_kw, snap.load_kw, dt_h, curtailed)
 
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""

@@ -271,7 +271,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         ctx.soc_kwh = state.soc_kwh
         if t + 1 < n:
             ctx.max_charge_kw, ctx.max_discharge_kw = window.limits(state, dt_h[t + 1])
-        pv_hist[w + t] = state.pv_kw if p_av - state.pv_kw < 1e-6 else np.nan
+        pv_hist[w + t] = np.nan if dispatcher.pv_held_at_limit(state.pv_kw, limit) else state.pv_kw
         load_hist[w + t] = l_kw
         window_kwh += max(grid_kw, 0.0) * dt_h[t]
         window_h += dt_h[t]
