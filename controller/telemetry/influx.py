@@ -81,6 +81,7 @@ class InfluxSink:
         self.dropped_in_memory = 0
         self.last_error: str | None = None
         self._pending: list[str] = []
+        self._spooling = 0  # points being written to the outbox by the spool task
         self._stop = threading.Event()
         self._wake = asyncio.Event()
         self._send_wake = asyncio.Event()
@@ -136,7 +137,7 @@ class InfluxSink:
     @property
     def backlog(self) -> int:
         """Points not yet acknowledged by the server (in memory + in the outbox)."""
-        return len(self._pending) + self.outbox.stats().depth
+        return len(self._pending) + self._spooling + self.outbox.stats().depth
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -153,11 +154,14 @@ class InfluxSink:
         if not self._pending:
             return 0
         lines, self._pending = self._pending, []
+        self._spooling = len(lines)  # on their way to the outbox: still backlog (neither in memory nor on disk yet)
         try:
             dropped = await asyncio.to_thread(self.outbox.append, lines)
         except Exception:
             self._add_front(lines)
             raise
+        finally:
+            self._spooling = 0
         if dropped:
             log.warning("InfluxDB outbox full (%d points): dropped the %d oldest", self.outbox.max_points, dropped)
         self._alarm("telemetry.outbox_overflow", self.outbox.stats().depth >= self.outbox.max_points,
