@@ -25,7 +25,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
@@ -47,6 +47,15 @@ from optimizer.tariff import load_tariff
 
 class ControlSettings(StrictModel):
     """The ``control:`` section: how the controller runs."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "holiday_country" in data:
+            raise ValueError("control.holiday_country is now site.holidays ('tariff' = the tariff's calendar, the "
+                             "default; a country code; or null), shared with studies and `ems plan` "
+                             "(docs/configuration.md)")
+        return data
 
     cycle_s: float = Field(default=1.0, gt=0, le=60, description="Control cycle [s of site time]")
     heartbeat_s: float = Field(
@@ -71,8 +80,6 @@ class ControlSettings(StrictModel):
     min_replan_gap_s: float = Field(default=60.0, ge=0, description="Never plan more often than this [s]")
     demand_interval_minutes: int = Field(
         default=30, ge=1, le=60, description="Averaging interval of the demand (peak) measurement [min]")
-    holiday_country: str | None = Field(
-        default="VN", description="Public-holiday calendar for the load forecast (ISO country code); null = none")
     history_days: float = Field(
         default=23.0, gt=0, le=60,
         description="Measured history kept for the forecasts, in memory and in the state file across restarts [d]: "

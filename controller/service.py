@@ -149,13 +149,13 @@ class Controller:
         self.history = MeasuredHistory(config.planner.step_minutes, ctl.history_days)
         builtin = forecasts or MeasuredForecasts(
             PVForecaster(config.site, config.pv, isolated=True),  # pvlib in a worker process: docs/performance.md
-            LoadForecaster.for_site(config.site, ctl.holiday_country, config.tariff.extra_holidays), self.history)
+            LoadForecaster.for_site(config.site, tariff.calendar), self.history)
         #: Forecasts from outside: ``external_forecasts.submit(payload)`` is the REST/MQTT entry point; an
         #: accepted forecast replaces the built-in one for the steps it covers until it expires (docs/data.md).
         #: Accuracy of the built-in forecasters (hindcasts) and of the external forecasts received, scored on the
         #: measured history; None when the planner runs on known forecasts.
-        self.accuracy, self.external_accuracy = (self._live_accuracy(config) if isinstance(builtin, MeasuredForecasts)
-                                                 else (None, None))
+        self.accuracy, self.external_accuracy = (
+            self._live_accuracy(config, tariff) if isinstance(builtin, MeasuredForecasts) else (None, None))
         scores = self.external_accuracy
         #: Every accepted external forecast, kept in the state file for a restart (docs/data.md).
         self.forecast_record = ForecastRecord(self.store, MAX_VALID_HOURS / 24 if scores is None
@@ -491,12 +491,12 @@ class Controller:
         }
 
     @staticmethod
-    def _live_accuracy(config: SiteConfig) -> tuple[LiveAccuracy, ExternalAccuracy]:
+    def _live_accuracy(config: SiteConfig, tariff: SiteTariff) -> tuple[LiveAccuracy, ExternalAccuracy]:
         """Accuracy of forecasters configured as the planning ones (separate instances: their caches stay the
         planner's), and of the external forecasts against them, scored on the measured history (docs/data.md,
         "Forecast accuracy", "Accuracy of external forecasts")."""
         pv = PVForecaster(config.site, config.pv, isolated=True)
-        load = LoadForecaster.for_site(config.site, config.control.holiday_country, config.tariff.extra_holidays)
+        load = LoadForecaster.for_site(config.site, tariff.calendar)
         limit = DAYLIGHT_SHARE * config.pv.ac_limit_kw
 
         def daylight(grid: TimeGrid) -> np.ndarray:

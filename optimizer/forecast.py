@@ -26,6 +26,7 @@ import pandas as pd
 from optimizer.forecast_quantiles import DEFAULT_LEVELS, ErrorQuantiles
 from optimizer.site import PVSpec, SiteInfo
 from optimizer.solar import ClearSkyCache, clear_sky_pv_kw, clear_sky_pv_kw_isolated
+from optimizer.tariff_calendar import HolidayCalendar, forecast_calendar
 from optimizer.timegrid import TimeGrid
 
 NS_PER_H = 3_600_000_000_000
@@ -448,12 +449,13 @@ class _Calendar:
     BLOCK_STEPS = 8192
 
     def __init__(self, timezone: str, step_minutes: int, holiday_country: str | None, extra: Iterable[date],
-                 shutdowns: Iterable[date] = ()):
+                 shutdowns: Iterable[date] = (), subdivision: str | None = None):
         self.timezone = timezone
         self.step_minutes = step_minutes
         self.step_ns = step_minutes * 60 * 1_000_000_000
         self.slots = -(-1440 // step_minutes)
         self.holiday_country = holiday_country
+        self.subdivision = subdivision
         self.extra_days = {np.datetime64(d, "D").astype(np.int64) for d in extra}
         self.shutdown_days = np.fromiter((np.datetime64(d, "D").astype(np.int64) for d in shutdowns), dtype=np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -469,7 +471,7 @@ class _Calendar:
         holiday_days = set(self.extra_days)
         if self.holiday_country is not None and len(day):
             years = range(int(local.year.min()), int(local.year.max()) + 1)
-            for d in holidays_lib.country_holidays(self.holiday_country, years=years):
+            for d in holidays_lib.country_holidays(self.holiday_country, subdiv=self.subdivision, years=years):
                 holiday_days.add(np.datetime64(d, "D").astype(np.int64))
         is_holiday = np.isin(day, np.fromiter(holiday_days, dtype=np.int64, count=len(holiday_days)))
         day_type = np.where(is_holiday | (weekday == 6), SUNDAY_HOLIDAY, np.where(weekday == 5, SATURDAY, WEEKDAY))
@@ -516,7 +518,8 @@ class LoadForecaster:
 
     Profile: the mean load per (day type, local slot of day) over the ``weeks`` weeks of history before the
     local day of the forecast start (complete days). Day types: weekday (Mon–Fri), Saturday, Sunday or public
-    holiday (``holiday_country`` via the holidays package, plus ``extra_holidays``), and shutdown
+    holiday (``holiday_country`` via the holidays package, optionally its ``holiday_subdivision``, plus
+    ``extra_holidays``), and shutdown
     (``shutdown_days``: the plant's planned shutdowns, e.g. its Tết shutdown, ``site.planned_shutdowns``). A
     measured day whose mean load is below :data:`LOW_DAY_RATIO` of the median of its type's days in the window is
     profiled as the next lower type (a working day as a holiday, a holiday as a shutdown), so an unannounced stop
@@ -533,9 +536,11 @@ class LoadForecaster:
 
     def __init__(self, timezone: str, holiday_country: str | None = "VN", extra_holidays: Iterable[date] = (),
                  weeks: float = 3.0, correction_hours: float = 1.0, decay_hours: float = 2.0,
-                 fallback_kw: float | None = None, shutdown_days: Iterable[date] = ()):
+                 fallback_kw: float | None = None, shutdown_days: Iterable[date] = (),
+                 holiday_subdivision: str | None = None):
         self.timezone = timezone
         self.holiday_country = holiday_country
+        self.holiday_subdivision = holiday_subdivision
         self.extra_holidays = tuple(extra_holidays)
         self.shutdown_days = tuple(shutdown_days)
         self.window_ns = int(weeks * 7 * NS_PER_DAY)
@@ -551,13 +556,16 @@ class LoadForecaster:
         self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
 
     @classmethod
-    def for_site(cls, site: SiteInfo, holiday_country: str | None, extra_holidays: Iterable[date] = (),
+    def for_site(cls, site: SiteInfo, tariff_holidays: HolidayCalendar,
                  fallback_kw: float | None = None) -> LoadForecaster:
         """The load forecaster of a site, as live control, ``ems plan`` and the offline MPC make it: the site's
-        time zone and planned shutdowns, the public holidays of ``holiday_country`` and the tariff's
-        ``extra_holidays``. ``fallback_kw``: the forecast before any load is measured. [kW]"""
-        return cls(site.timezone, holiday_country, extra_holidays, fallback_kw=fallback_kw,
-                   shutdown_days=site.shutdown_days())
+        time zone, planned shutdowns and public holidays (``site.holidays`` applied to the site's tariff calendar
+        ``tariff_holidays``, :attr:`optimizer.tariff.SiteTariff.calendar`, by
+        :func:`~optimizer.tariff_calendar.forecast_calendar`). ``fallback_kw``: the forecast before any load is
+        measured. [kW]"""
+        holidays = forecast_calendar(tariff_holidays, site.holidays)
+        return cls(site.timezone, holidays.country, holidays.extra_days, fallback_kw=fallback_kw,
+                   shutdown_days=site.shutdown_days(), holiday_subdivision=holidays.subdivision)
 
     @property
     def look_back_ns(self) -> int:
@@ -569,7 +577,8 @@ class LoadForecaster:
         calendar = self._calendars.get(step_minutes)
         if calendar is None:
             calendar = self._calendars[step_minutes] = _Calendar(
-                self.timezone, step_minutes, self.holiday_country, self.extra_holidays, self.shutdown_days)
+                self.timezone, step_minutes, self.holiday_country, self.extra_holidays, self.shutdown_days,
+                self.holiday_subdivision)
         return calendar
 
     def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:

@@ -201,10 +201,10 @@ def plan_for_site(site: PlanningSite, tariff: Tariff | SiteTariff, start: dateti
     grid = site_grid(site, start)
     if pv_kw is None:
         pv_kw = (pv_forecaster or PVForecaster(site.site, site.pv)).forecast(grid, pv_history)
-    if load_kw is None:
-        forecaster = load_forecaster or LoadForecaster.for_site(site.site, "VN", site.tariff.extra_holidays)
-        load_kw = forecaster.forecast(grid, load_history)
     bound = tariff if isinstance(tariff, SiteTariff) else tariff.bind(site.site.timezone, site.tariff.extra_holidays)
+    if load_kw is None:
+        forecaster = load_forecaster or LoadForecaster.for_site(site.site, bound.calendar)
+        load_kw = forecaster.forecast(grid, load_history)
     steps = TariffSteps.of(bound, grid.starts)
     if import_price is not None or export_price is not None:
         steps = TariffSteps(

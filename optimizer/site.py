@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays as holidays_lib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from optimizer.tariff_calendar import TARIFF_CALENDAR
 
 
 class StrictModel(BaseModel):
@@ -62,6 +65,12 @@ class SiteInfo(StrictModel):
         description="Local days the plant does not produce, known ahead (e.g. its Tết shutdown): dates or "
                     "{first, last} spans. The load forecast plans them on the shutdown profile (docs/data.md); "
                     "billing is not changed (that is tariff.extra_holidays)")
+    holidays: str | None = Field(
+        default=TARIFF_CALENDAR,
+        description="Public holidays the plant treats as Sundays in the load forecast: 'tariff' = the tariff's "
+                    "calendar (holidays.country and subdivision, plus tariff.extra_holidays); an ISO country code of "
+                    "the holidays package (plus tariff.extra_holidays); null = the plant works on public holidays "
+                    "(tariff.extra_holidays still count)")
 
     def shutdown_days(self) -> list[date]:
         """Every day of :attr:`planned_shutdowns`, sorted, without repeats."""
@@ -78,6 +87,14 @@ class SiteInfo(StrictModel):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
+
+    @field_validator("holidays")
+    @classmethod
+    def _known_calendar(cls, value: str | None) -> str | None:
+        if value is None or value == TARIFF_CALENDAR or value in holidays_lib.list_supported_countries():
+            return value
+        raise ValueError(f"unknown holiday calendar {value!r}: 'tariff', null or a country code of the holidays "
+                         "package (e.g. VN, JP)")
 
 
 class PVSpec(StrictModel):

@@ -88,6 +88,20 @@ class HolidayCalendar:
         return np.concatenate(parts) if parts else np.array([], dtype="datetime64[D]")
 
 
+TARIFF_CALENDAR = "tariff"
+"""The load forecast's holiday setting (``site.holidays``) that means "the tariff's calendar"."""
+
+
+def forecast_calendar(tariff_calendar: HolidayCalendar, holiday_country: str | None) -> HolidayCalendar:
+    """The public holidays the load forecast treats as Sundays (``site.holidays``): the tariff's calendar (country,
+    subdivision and the site's extra days) when ``holiday_country`` is :data:`TARIFF_CALENDAR`, else that
+    country's (None: none) with the same extra days. One rule for live control, ``ems plan`` and the offline MPC
+    (docs/data.md)."""
+    if holiday_country == TARIFF_CALENDAR:
+        return tariff_calendar
+    return HolidayCalendar(holiday_country, None, tariff_calendar.extra_days)
+
+
 def local_steps(starts: pd.DatetimeIndex, timezone: str, calendar: HolidayCalendar) -> LocalSteps:
     """Classify UTC step starts in the site's local time (vectorised)."""
     utc = utc_index(starts)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
-from drivers.simulated.plant import BatteryModel, Plant, PlantState, PVModel
+from drivers.simulated.plant import BatteryModel, Plant, PVModel
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill
 from optimizer.forecast import History
@@ -207,9 +207,12 @@ class _StepWindow:
         room_discharge = max(0.0, soc_kwh - standby - s.soc_min_kwh) * s.discharge_efficiency / dt_h
         return min(bms_charge_kw, room_charge), min(bms_discharge_kw, room_discharge)
 
-    def limits(self, state: PlantState, dt_h: float) -> tuple[float, float]:
-        """:meth:`limits_at` after a plant step."""
-        return self.limits_at(state.soc_kwh, state.max_charge_kw, state.max_discharge_kw, dt_h)
+    def update(self, ctx: StepContext, soc_kwh: float, bms_charge_kw: float, bms_discharge_kw: float,
+               dt_h: float) -> None:
+        """Set ``ctx``'s SOC, the BMS's limits as reported (the planner's, as live) and :meth:`limits_at` of them
+        (the dispatcher's for the next step of ``dt_h`` hours)."""
+        ctx.soc_kwh, ctx.max_charge_kw, ctx.max_discharge_kw = soc_kwh, bms_charge_kw, bms_discharge_kw
+        ctx.step_charge_kw, ctx.step_discharge_kw = self.limits_at(soc_kwh, bms_charge_kw, bms_discharge_kw, dt_h)
 
 
 def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteTariff, *, battery: bool,
@@ -242,11 +245,10 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
     pv_hist = np.concatenate([warm.pv_kw if pv else np.zeros(w), np.full(n, np.nan)])
     load_hist = np.concatenate([warm.load_kw, np.full(n, np.nan)])
     window = _StepWindow(spec)
-    charge0, discharge0 = window.limits_at(model.soc_kwh, model.allowed_charge_kw(), model.allowed_discharge_kw(),
-                                           dt_h[0])
-    ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=charge0, max_discharge_kw=discharge0, month_peak_kw=0.0,
+    ctx = StepContext(soc_kwh=model.soc_kwh, max_charge_kw=0.0, max_discharge_kw=0.0, month_peak_kw=0.0,
                       pv_history=History(history_ns, pv_hist), load_history=History(history_ns, load_hist),
                       history_offset=w)
+    window.update(ctx, model.soc_kwh, model.allowed_charge_kw(), model.allowed_discharge_kw(), dt_h[0])
     windows = data.tariff.window[:n]  # the tariff's demand windows (each step its own without a demand charge)
     window_end = np.append(windows[1:] != windows[:-1], True)
     month_end = np.append(data.month[1:n] != data.month[:n - 1], True)
@@ -259,8 +261,8 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         target = strategy.target(t, now, ctx)
         p_av, l_kw = float(pv_avail[t]), float(load[t])
         measured = DispatchInputs(grid_kw=l_kw - p_av - prev_battery, pv_kw=p_av, battery_kw=prev_battery,
-                                  soc_pct=100.0 * ctx.soc_kwh / capacity, bms_max_charge_kw=ctx.max_charge_kw,
-                                  bms_max_discharge_kw=ctx.max_discharge_kw, pv_limit_pct=100.0)
+                                  soc_pct=100.0 * ctx.soc_kwh / capacity, bms_max_charge_kw=ctx.step_charge_kw,
+                                  bms_max_discharge_kw=ctx.step_discharge_kw, pv_limit_pct=100.0)
         decision = dispatcher.step(measured, target, now)
         limit = None if decision.pv_limit_kw is None else decision.pv_limit_pct
         state = plant.step(now, dt_h[t] * 3600.0, decision.battery_setpoint_kw, limit, p_av, l_kw)
@@ -270,7 +272,7 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         prev_battery = state.battery_kw
         ctx.soc_kwh = state.soc_kwh
         if t + 1 < n:
-            ctx.max_charge_kw, ctx.max_discharge_kw = window.limits(state, dt_h[t + 1])
+            window.update(ctx, state.soc_kwh, state.max_charge_kw, state.max_discharge_kw, dt_h[t + 1])
         pv_hist[w + t] = np.nan if dispatcher.pv_held_at_limit(state.pv_kw, limit) else state.pv_kw
         load_hist[w + t] = l_kw
         window_kwh += max(grid_kw, 0.0) * dt_h[t]
@@ -341,10 +343,8 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
     if name == "tou_rule":
         return TouRule(data, spec)
     if name in ("mpc", "mpc_perfect"):
-        country = tariff.tariff.spec.holidays.country if tariff.tariff.spec.holidays else None
         return Mpc(data, forecast_site(scenario), forecast_pv(scenario), spec, scenario.grid, scenario.planner, tol,
-                   perfect=name == "mpc_perfect", holiday_country=country,
-                   nominal_load_kw=nominal_load_kw(scenario), extra_holidays=scenario.tariff.extra_holidays,
+                   perfect=name == "mpc_perfect", holidays=tariff.calendar, nominal_load_kw=nominal_load_kw(scenario),
                    day_ahead=scenario.data.pv_forecast)
     if name == "perfect_foresight":
         soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0

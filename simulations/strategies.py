@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,6 +48,7 @@ from optimizer.service import (
     recharge_floor_kw,
 )
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings, PVSpec, SiteInfo
+from optimizer.tariff_calendar import HolidayCalendar
 from optimizer.timegrid import TimeGrid
 from simulations.day_ahead import IssuedForecasts, day_ahead_payloads
 from simulations.warmup import Warmup
@@ -127,7 +128,11 @@ class StepContext:
     Attributes
     ----------
     soc_kwh : float  Measured stored energy. [kWh]
-    max_charge_kw, max_discharge_kw : float  What the BMS allows now. [kW]
+    max_charge_kw, max_discharge_kw : float
+        What the BMS allows now, as it reports it (what the live controller reads and plans with). [kW]
+    step_charge_kw, step_discharge_kw : float
+        The same narrowed to what keeps the SOC inside its window over the whole step (the dispatcher's limits at
+        the study's resolution; the runner's ``_StepWindow``); the BMS's own when not given. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
     window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
     history_offset : int  Index of the period's first step in the histories (the warm-up's steps).
@@ -148,6 +153,8 @@ class StepContext:
     window_kwh: float = 0.0
     window_elapsed_h: float = 0.0
     history_offset: int = 0
+    step_charge_kw: float | None = None
+    step_discharge_kw: float | None = None
 
     def state(self) -> SiteState:
         """What the planner is told about the site (as live: :class:`optimizer.service.SiteState`)."""
@@ -219,9 +226,10 @@ class Mpc:
     nominal_load_kw : float | None
         The load forecast before any load has been measured (the first step of the period), e.g. from the
         scenario's load shape; None = 0 kW. Never taken from the data, which would look ahead. [kW]
-    site, holiday_country, extra_holidays
+    site, holidays
         Make the load forecaster as live control does (:meth:`~optimizer.forecast.LoadForecaster.for_site`): the
-        site's planned shutdowns, the public holidays and the tariff's extra holidays.
+        site's planned shutdowns and public holidays (``site.holidays`` over ``holidays``, the site tariff's
+        calendar: :attr:`optimizer.tariff.SiteTariff.calendar`).
     pv
         The PV as the forecaster knows it (``PVForecaster(site, pv)``, as live), its climatology included
         (``pv.monthly_yield_kwh_per_kwp``; :func:`simulations.runner.forecast_pv`).
@@ -232,9 +240,8 @@ class Mpc:
     """
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
-                 settings: PlannerSettings, tol_kw: float, perfect: bool, holiday_country: str | None,
-                 nominal_load_kw: float | None = None,
-                 extra_holidays: Sequence[date] = (), day_ahead: DayAheadForecast | None = None):
+                 settings: PlannerSettings, tol_kw: float, perfect: bool, holidays: HolidayCalendar,
+                 nominal_load_kw: float | None = None, day_ahead: DayAheadForecast | None = None):
         self.name = "mpc_perfect" if perfect else "mpc"
         self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
         self.tol_kw, self.perfect = tol_kw, perfect
@@ -242,7 +249,7 @@ class Mpc:
         self.planner = Planner(battery, grid, settings, self.horizon)
         self.pv_forecaster = PVForecaster(site, pv)
         self.load_forecaster = LoadForecaster.for_site(
-            site, holiday_country, extra_holidays, fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
+            site, holidays, fallback_kw=nominal_load_kw if nominal_load_kw is not None else 0.0)
         step_ns = round(float(data.duration_h[0]) * 3.6e12)
         look_back_ns = max(self.load_forecaster.look_back_ns, self.pv_forecaster.look_back_ns)
         #: Steps of history every forecast may read, counted back from the step it starts at.

@@ -260,3 +260,25 @@ def test_the_real_site_example_gives_the_pv_forecast_its_climatology():
     assert config.pv.monthly_yield_kwh_per_kwp == HAI_PHONG_MONTHLY_KWH_PER_KWP
     forecaster = PVForecaster(config.site, config.pv)
     assert forecaster.climatological_clearness(3) < 0.4 < 0.8 < forecaster.climatological_clearness(7)
+
+
+@pytest.mark.parametrize(("holidays", "says"), [("XX", "unknown holiday calendar 'XX'"), ("Vietnam", "e.g. VN, JP")])
+def test_an_unknown_holiday_calendar_is_named(holidays, says):
+    data = copy.deepcopy(EXAMPLE)
+    data["site"]["holidays"] = holidays
+    errors = errors_of(data)
+    assert says in errors["site.holidays"], errors
+
+
+def test_the_old_holiday_setting_says_where_it_went():
+    data = copy.deepcopy(EXAMPLE)
+    data.setdefault("control", {})["holiday_country"] = "VN"
+    errors = errors_of(data)
+    assert "site.holidays" in errors["control"], errors
+
+
+@pytest.mark.parametrize("holidays", ["tariff", "JP", None])
+def test_a_holiday_calendar_is_accepted(holidays):
+    data = copy.deepcopy(EXAMPLE)
+    data["site"]["holidays"] = holidays
+    assert validate_config(data, "test.yaml", EXAMPLE_SITE.parent).site.holidays == holidays

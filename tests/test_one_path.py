@@ -28,7 +28,7 @@ from optimizer.planner import PlanInputs, Planner
 from optimizer.service import SiteState
 from optimizer.tariff import load_tariff
 from optimizer.timegrid import TimeGrid
-from simulations.runner import SeriesData, make_strategy, price_inputs, simulate
+from simulations.runner import SeriesData, _StepWindow, make_strategy, price_inputs, simulate
 from simulations.scenario import Scenario, load_scenario
 from simulations.strategies import StepContext
 
@@ -138,11 +138,15 @@ SITE_DEVICES = [{"name": "grid-meter", "role": "meter", "profile": "sunspec-mete
                  "endpoint": {"host": "fake.invalid"}, "unit_id": 3}]
 
 
-@pytest.mark.parametrize("step", [0, 40, 66])  # 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike)
-async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: int, tmp_path: Path) -> None:
+# 00:00, 10:00 (PV and the morning peak), 16:30 (before the spike); and 16:30 with the battery 20 kWh above its
+# floor, where the study's step limits (what the SOC allows in 15 minutes) are far below what the BMS reports
+@pytest.mark.parametrize(("step", "soc_pct"), [(0, 63.0), (40, 63.0), (66, 63.0), (66, 12.0)])
+async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: int, soc_pct: float,
+                                                                        tmp_path: Path) -> None:
     """The real ``Controller`` (fake devices, manual clock, the day's PV and load as its forecasts) makes its first
     plan at the start of ``step`` from what its devices report; the offline MPC asked at that step with the same
-    measurements makes the same PlanInputs and plan, and the controller's auto-mode target is the offline one."""
+    measurements (the study runner's step context from the same SOC and BMS limits) makes the same PlanInputs and
+    plan, and the controller's auto-mode target is the offline one."""
     from controller.config import SiteConfig
     from controller.modes import Mode, ModeState, Reason
     from controller.service import Controller
@@ -163,7 +167,7 @@ async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: in
     now = data.starts[step].to_pydatetime()
     clock = ManualClock(now)
     site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
-    site.battery.set(soc_pct=63.0, max_charge_kw=400.0)
+    site.battery.set(soc_pct=soc_pct, max_charge_kw=400.0)
     controller = Controller(config, site.devices, clock, site_tariff, tmp_path / "state.sqlite", forecasts=known)
     try:
         site.settle(float(day.load_kw[step]), float(day.pv_kw[step]))
@@ -173,12 +177,15 @@ async def test_the_live_controller_plans_and_targets_as_the_offline_mpc(step: in
         assert plan is not None
         snap = controller.snapshot
         mpc = Mpc(data, config.site, config.pv, config.battery, config.grid, config.planner,
-                  config.control.dispatch.follow_tol_kw, perfect=True, holiday_country=None)
+                  config.control.dispatch.follow_tol_kw, perfect=True, holidays=site_tariff.calendar)
         empty = History(data.starts.as_unit("ns").asi8[:96], np.full(96, np.nan))  # perfect forecasts read none
-        ctx = StepContext(soc_kwh=snap.value("soc_pct") / 100.0 * config.battery.capacity_kwh,
-                          max_charge_kw=snap.value("max_charge_kw"), max_discharge_kw=snap.value("max_discharge_kw"),
+        ctx = StepContext(soc_kwh=0.0, max_charge_kw=0.0, max_discharge_kw=0.0,
                           month_peak_kw=controller.demand.month_peak_kw(now), pv_history=empty, load_history=empty,
                           window_kwh=controller.demand.running(now)[2])
+        _StepWindow(config.battery).update(ctx, snap.value("soc_pct") / 100.0 * config.battery.capacity_kwh,
+                                           snap.value("max_charge_kw"), snap.value("max_discharge_kw"), 0.25)
+        if soc_pct < 20.0:  # the case is what it says: the step's limit is far below the BMS's
+            assert ctx.step_discharge_kw < 0.25 * ctx.max_discharge_kw
         offline = mpc.target(step, now, ctx)
         _, _, schedule, inputs, _ = mpc._last
         same_inputs(controller.plans.inputs(now, controller.replanner.site_now(
@@ -301,5 +308,51 @@ async def test_the_live_controller_forecasts_as_the_offline_mpc(tmp_path: Path) 
                                        mpc.load_forecaster.forecast(grid, load_hist), rtol=1e-12, atol=1e-9)
             without = PVForecaster(sc.site, sc.pv).forecast(grid, pv_hist)  # the live forecaster of before
             assert np.abs(without - offline_pv).max() > 1.0  # kW: without the blend the test would fail
+    finally:
+        controller.store.close()
+
+
+# Monday 2026-05-04 is Greenery Day in Japan and a working day in Viet Nam
+@pytest.mark.parametrize(("preset", "holidays", "holiday"), [
+    ("jp-high-voltage-illustrative", "tariff", True),  # the tariff's calendar (JP): before, live used VN
+    ("jp-high-voltage-illustrative", "VN", False),
+    ("evn-two-part-22kv", "JP", True),
+    ("evn-two-part-22kv", None, False),
+])
+async def test_live_and_offline_load_forecasts_keep_the_same_public_holidays(
+        preset: str, holidays: str | None, holiday: bool, tmp_path: Path) -> None:
+    """``site.holidays`` over the tariff's calendar decides which days the load forecast plans as Sundays, the same
+    for the real ``Controller`` and the offline MPC: three weeks at 800 kW with 100 kW Sundays, then a forecast of
+    Monday 4 May, a holiday only in Japan."""
+    from controller.config import SiteConfig
+    from controller.service import Controller
+    from ems.clock import ManualClock
+    from optimizer.forecast import History
+    from tests.fakes import FakeSite
+
+    sc = scenario(preset)
+    data = sc.model_dump()
+    data["site"]["holidays"] = holidays
+    sc = Scenario.model_validate(data)
+    sc._base_dir = scenario(preset).base_dir
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    day = factory_day()
+    inputs = price_inputs(day, site_tariff, sc.planner.horizon_steps)
+    mpc = make_strategy("mpc", sc, inputs, site_tariff)
+    config = SiteConfig.model_validate({
+        "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
+        "grid": sc.grid.model_dump(), "tariff": {"preset": preset}, "planner": sc.planner.model_dump(),
+        "devices": SITE_DEVICES})
+    clock = ManualClock(day.starts[0].to_pydatetime())
+    controller = Controller(config, FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw).devices, clock, site_tariff,
+                            tmp_path / "state.sqlite")
+    try:
+        past = pd.date_range(end=day.starts[0], periods=21 * 96 + 1, freq="15min", inclusive="left")
+        sunday = past.tz_convert(sc.site.timezone).day_of_week == 6
+        history = History(past.as_unit("ns").asi8, np.where(sunday, 100.0, 800.0))
+        grid = inputs.grid(40, 8)  # 10:00–12:00 local
+        offline = mpc.load_forecaster.forecast(grid, history)
+        np.testing.assert_array_equal(controller.forecasts.builtin.load.forecast(grid, history), offline)
+        assert (offline.max() < 600.0) == holiday, offline
     finally:
         controller.store.close()
