@@ -458,7 +458,11 @@ class Replanner:
     A plan is due at start, at every ``replan_minutes`` boundary of site time, on a ``replan`` command (until its
     expiry), when there is no valid plan, and when the measured net load has stayed more than
     ``control.replan_deviation_kw`` from the plan's for ``control.replan_deviation_s``; never more often than
-    ``control.min_replan_gap_s`` (an interval boundary waits at most half an interval).
+    ``control.min_replan_gap_s`` (an interval boundary waits at most half an interval). An interval re-plan also
+    waits for the first control cycle after the boundary (:meth:`observe`): that cycle closes the step just ended in
+    the forecasters' history and the demand window in the month's peak (a cycle's energy belongs to the interval it
+    ends in, so a cycle exactly on the boundary still closes the old one), as the offline runner does before it
+    plans the next step; planning earlier would plan on one step less and, after a new peak, on the old one.
 
     Parameters
     ----------
@@ -487,13 +491,17 @@ class Replanner:
         """Site monotonic time of the last attempt. [s]"""
         self.deviation_since: float | None = None
         """Site monotonic time since which the site has drifted from the plan. [s]"""
+        self.observed_at: datetime | None = None
+        """Site time of the last control cycle seen by :meth:`observe` (UTC)."""
 
     def request(self, until: datetime) -> None:
         """A ``replan`` command: plan at the next chance before ``until`` (UTC)."""
         self.replan_until = until
 
     def observe(self, snap: Snapshot, now: datetime) -> None:
-        """Track the deviation of the measured net load from the plan's (once per cycle)."""
+        """Track the deviation of the measured net load from the plan's, and the time of the cycle (once per cycle,
+        after the cycle's accounting)."""
+        self.observed_at = now
         planned = self.keeper.planned_net_load_kw(now)
         load, pv = snap.load_kw, snap.value("pv_kw")
         if planned is None or load is None or pv is None \
@@ -516,8 +524,9 @@ class Replanner:
             self.replan_until = None
         step_s = self.replan_minutes * 60.0
         last_wall = now - timedelta(seconds=since)
-        if floor_to_step(now, self.replan_minutes) > floor_to_step(last_wall, self.replan_minutes) \
-                and since >= min(ctl.min_replan_gap_s, step_s / 2):
+        boundary = floor_to_step(now, self.replan_minutes)
+        if boundary > floor_to_step(last_wall, self.replan_minutes) and since >= min(ctl.min_replan_gap_s, step_s / 2) \
+                and self.observed_at is not None and self.observed_at > boundary:  # the step closed: see above
             return "interval"
         if since < ctl.min_replan_gap_s:
             return None
