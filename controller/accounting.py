@@ -64,26 +64,37 @@ class DemandTracker:
         The billing month (e.g. ``"2026-05"``) of an instant, in the tariff's local time.
     timezone : str
         IANA zone; intervals are aligned to the local clock (:00, :30 for 30 min).
-    interval_minutes : int
-        Demand interval. [min]
+    interval_minutes : int or Callable[[str], int]
+        Demand interval [min], or the interval of each billing month (e.g. the window of the demand charge the
+        month is billed on).
     """
 
     KEY = "demand"
 
-    def __init__(self, billing_month: Callable[[datetime], str], timezone: str, interval_minutes: int = 30):
+    def __init__(self, billing_month: Callable[[datetime], str], timezone: str,
+                 interval_minutes: int | Callable[[str], int] = 30):
         self.billing_month = billing_month
         self.zone = ZoneInfo(timezone)
-        self.interval = timedelta(minutes=interval_minutes)
+        self._minutes_of = interval_minutes if callable(interval_minutes) else (lambda _month: interval_minutes)
+        self._intervals: dict[str, timedelta] = {}
         self.month: str | None = None
         self.peak_kw = 0.0
         self.peak_at: str | None = None
         self._start: datetime | None = None
         self._kwh = 0.0
 
+    def interval(self, t: datetime) -> timedelta:
+        """The demand interval at ``t`` (that of its billing month)."""
+        month = self.billing_month(t)
+        if month not in self._intervals:
+            self._intervals[month] = timedelta(minutes=self._minutes_of(month))
+        return self._intervals[month]
+
     def _interval_start(self, t: datetime) -> datetime:
         local = t.astimezone(self.zone)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        return (midnight + ((local - midnight) // self.interval) * self.interval).astimezone(UTC)
+        interval = self.interval(t)
+        return (midnight + ((local - midnight) // interval) * interval).astimezone(UTC)
 
     def add(self, t: datetime, import_kw: float, dt_h: float) -> bool:
         """Add ``import_kw`` over ``dt_h`` ending at ``t``; True when the month peak rose (an interval closed).
@@ -109,7 +120,7 @@ class DemandTracker:
         month = self.billing_month(self._start)
         if month != self.month:
             self.month, self.peak_kw, self.peak_at = month, 0.0, None
-        avg_kw = self._kwh / (self.interval.total_seconds() / 3600.0)
+        avg_kw = self._kwh / (self.interval(self._start).total_seconds() / 3600.0)
         if avg_kw > self.peak_kw:
             self.peak_kw, self.peak_at = avg_kw, self._start.isoformat()
             return True
@@ -125,11 +136,13 @@ class DemandTracker:
         belongs to an earlier interval."""
         start = self._interval_start(now)
         kwh = self._kwh if self._start == start else 0.0
-        return self.interval.total_seconds() / 3600.0, (now - start).total_seconds() / 3600.0, kwh
+        return self.interval(now).total_seconds() / 3600.0, (now - start).total_seconds() / 3600.0, kwh
 
     def current_average_kw(self) -> float:
         """Average import in the running interval so far, over the whole interval length. [kW]"""
-        return self._kwh / (self.interval.total_seconds() / 3600.0)
+        if self._start is None:
+            return 0.0
+        return self._kwh / (self.interval(self._start).total_seconds() / 3600.0)
 
     def to_dict(self) -> dict:
         return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
@@ -208,7 +221,8 @@ class Accounting:
     Parameters
     ----------
     tariff : SiteTariff
-        Prices and the demand charge's interval.
+        Prices and the demand interval: the window of the demand charge each billing month is billed on
+        (:meth:`~optimizer.tariff.SiteTariff.billed_demand_charge`).
     timezone : str
         IANA zone of the site: the local day of the counters, the demand intervals.
     cycle_s : float
@@ -216,20 +230,20 @@ class Accounting:
     export_cap_kw : float
         Export cap, for the no-battery comparison (export beyond it curtailed). [kW]
     demand_interval_minutes : int
-        Demand interval when the tariff has no demand charge. [min]
-    now : datetime
-        Site time at start (UTC), to pick the demand charge in force.
+        Demand interval of a month billed on no demand charge. [min]
     """
 
     def __init__(self, tariff: SiteTariff, timezone: str, cycle_s: float, export_cap_kw: float,
-                 demand_interval_minutes: int, now: datetime):
+                 demand_interval_minutes: int):
         self.tariff = tariff
         self.cycle_s = cycle_s
         self.export_cap_kw = export_cap_kw
         self._zone = ZoneInfo(timezone)
-        demand = tariff.demand_charge(now)
-        self.demand = DemandTracker(tariff.billing_month, timezone,
-                                    demand.window_minutes if demand else demand_interval_minutes)
+        def window_minutes(month: str) -> int:
+            charge = tariff.billed_demand_charge(month)
+            return charge.window_minutes if charge else demand_interval_minutes
+
+        self.demand = DemandTracker(tariff.billing_month, timezone, window_minutes)
         self.energy = EnergyCounters()
         self._last_ts: datetime | None = None
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None

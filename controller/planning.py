@@ -345,10 +345,13 @@ class PlanKeeper:
         return self.last_error or Reason.NO_PLAN
 
     def same_month(self, plan: Plan, now: datetime) -> np.ndarray | None:
-        """Per step of ``plan``: in the billing month of ``now``; None without a demand charge."""
-        if self.tariff.demand_charge(now) is None:
+        """Per step of ``plan``: in the billing month of ``now``; None when that month is billed on no demand
+        charge or one of rate 0 (:meth:`~optimizer.tariff.SiteTariff.billed_demand_charge`: as a study plans)."""
+        month = self.tariff.billing_month(now)
+        charge = self.tariff.billed_demand_charge(month)
+        if charge is None or charge.rate_per_kw_month <= 0:
             return None
-        return self.tariff.billing_months(plan.starts) == self.tariff.billing_month(now)
+        return self.tariff.billing_months(plan.starts) == month
 
     def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
         """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the

@@ -175,7 +175,7 @@ class Controller:
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
                                  (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
         self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
-                                     ctl.demand_interval_minutes, now)
+                                     ctl.demand_interval_minutes)
         self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
         self.alarms: dict[str, str] = {}
         self.snapshot: Snapshot | None = None

@@ -267,7 +267,7 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
     months = []
     for i, label in enumerate(labels):
         first = site.month_start(label)
-        charge = site.demand_charge(first)
+        charge = site.billed_demand_charge(label)
         series_peaks = peaks(charge.window_minutes if charge else 30)
         demand_kw = rate = None
         demand_amount = 0.0

@@ -62,10 +62,10 @@ class TariffSteps:
         months, month = np.unique(loc.month, return_inverse=True)
         rates, window_minutes = np.zeros(len(months)), 0
         for i, m in enumerate(months):
-            first = tariff.month_start(str(np.datetime_as_string(m, unit="M")))
-            charge = tariff.demand_charge(first)
+            label = str(np.datetime_as_string(m, unit="M"))
+            charge = tariff.billed_demand_charge(label)
             if charge is not None:
-                rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(first))
+                rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(tariff.month_start(label)))
                 window_minutes = window_minutes or charge.window_minutes
         window = window_starts(loc, window_minutes) if window_minutes else np.arange(len(starts))
         return cls(import_price=prices.import_price_gross, export_price=prices.export_price,

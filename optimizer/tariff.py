@@ -281,6 +281,12 @@ class SiteTariff:
         spec = self.tariff.in_force("demand_charges", self._local_day(at))
         return None if spec is None else DemandCharge(spec.rate_per_kw_month, spec.basis, spec.window_minutes)
 
+    def billed_demand_charge(self, month: str) -> DemandCharge | None:
+        """The demand charge billing month ``month`` (``"YYYY-MM"``) is billed on: the one in force on its first
+        local day (a charge that starts mid-month bills from the next month), the rule of bills, plans and the live
+        peak defence alike; None if none."""
+        return self.demand_charge(self.month_start(month))
+
     def export_rule(self, at: datetime) -> ExportRule:
         """Export price and (informational) cap on the local day of ``at``; none stated = price 0, no cap."""
         spec = self.tariff.in_force("export", self._local_day(at))

@@ -96,7 +96,7 @@ def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not(
     """1 s cycles: 3 cycles at grid 360 kW import, PV 0, battery 0 → 2 intervals of 1 s = 0.2 kWh imported;
     then a 6 s gap (over 5 cycles: the controller was not running) adds nothing, the cycle after it 1 s again."""
     tariff = Tariff.preset("evn-manufacturing-22kv").bind(TZ)
-    acc = Accounting(tariff, TZ, cycle_s=1.0, export_cap_kw=0.0, demand_interval_minutes=30, now=T0)
+    acc = Accounting(tariff, TZ, cycle_s=1.0, export_cap_kw=0.0, demand_interval_minutes=30)
     assert acc.add(T0, 360.0, 0.0, 0.0) == 0.0  # the first cycle has nothing before it
     for s in (1, 2):
         assert acc.add(T0 + timedelta(seconds=s), 360.0, 0.0, 0.0) == pytest.approx(1 / 3600)
@@ -106,7 +106,7 @@ def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not(
     assert acc.energy.import_kwh == pytest.approx(0.2)
     assert acc.demand.current_average_kw() == pytest.approx(0.3 / 0.5)  # 0.3 kWh over the 30-min interval
     assert acc.prices(T0)["currency"] == tariff.currency
-    again = Accounting(tariff, TZ, 1.0, 0.0, 30, T0)
+    again = Accounting(tariff, TZ, 1.0, 0.0, 30)
     stored = acc.stored()
     again.restore(StoredDemand.model_validate(stored[DemandTracker.KEY]),
                   StoredEnergy.model_validate(stored[EnergyCounters.KEY]))
