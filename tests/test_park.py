@@ -262,9 +262,10 @@ async def test_second_site_with_the_same_id_is_refused(park: tuple[Mosquitto, di
     # the twin's claim, published while it checked, reached the first one too: it knows as well
     await until(lambda: first.telemetry.mqtt.duplicate is not None, "the first one sees the newer claim")
     assert first.telemetry.mqtt.duplicate["instance"] == twin.claim["instance"]
-    await asyncio.sleep(1.0)
-    instances = [json.loads(m)["instance"] for m in ops.on("site-a", "instance")]
-    assert instances[-1] == first.telemetry.mqtt.claim["instance"]   # the park still names the first one
+    # the first one's answer (its claim again) follows the twin's claim to the park through two bridges: the park
+    # names the first one again (waited for: a fixed 1 s was too short on a loaded CI machine, once in four runs)
+    await until(lambda: json.loads(ops.on("site-a", "instance")[-1])["instance"]
+                == first.telemetry.mqtt.claim["instance"], "the park names the first one again")
     assert b"online" in ops.on("site-a", "status") and first.telemetry.mqtt.connected.is_set()
 
     await first.telemetry.aclose()                         # the first one leaves: the id is free again
