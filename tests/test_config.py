@@ -24,6 +24,15 @@ def errors_of(data: dict, base: Path = EXAMPLE_SITE.parent) -> dict[str, str]:
     return {e.field: e.message for e in info.value.errors}
 
 
+def error_with(section: str, key: str, value) -> str:
+    """The message of the error on ``section.key`` when the example site file sets it to ``value``."""
+    data = copy.deepcopy(EXAMPLE)
+    data.setdefault(section, {})[key] = value
+    errors = errors_of(data)
+    assert f"{section}.{key}" in errors, errors
+    return errors[f"{section}.{key}"]
+
+
 def test_the_example_site_file_is_valid():
     config = load_config(EXAMPLE_SITE)
     assert config.site.name == "demo-factory"
@@ -244,10 +253,7 @@ def test_a_read_only_state_filesystem_is_named_as_such(tmp_path, capsys):
     ([53, 45, 36, 62, -115, 131, 150, 119, 109, 111, 105, 80], "month 5: -115.0 is not a yield"),
     ([53, 45, 36, 62, 115, 131, float("nan"), 119, 109, 111, 105, 80], "month 7: nan is not a yield")])
 def test_a_pv_climatology_of_the_wrong_length_or_a_negative_month_is_named(months, says):
-    data = copy.deepcopy(EXAMPLE)
-    data["pv"]["monthly_yield_kwh_per_kwp"] = months
-    errors = errors_of(data)
-    assert says in errors["pv.monthly_yield_kwh_per_kwp"], errors
+    assert says in error_with("pv", "monthly_yield_kwh_per_kwp", months)
 
 
 def test_the_real_site_example_gives_the_pv_forecast_its_climatology():
@@ -264,10 +270,7 @@ def test_the_real_site_example_gives_the_pv_forecast_its_climatology():
 
 @pytest.mark.parametrize(("holidays", "says"), [("XX", "unknown holiday calendar 'XX'"), ("Vietnam", "e.g. VN, JP")])
 def test_an_unknown_holiday_calendar_is_named(holidays, says):
-    data = copy.deepcopy(EXAMPLE)
-    data["site"]["holidays"] = holidays
-    errors = errors_of(data)
-    assert says in errors["site.holidays"], errors
+    assert says in error_with("site", "holidays", holidays)
 
 
 def test_the_old_holiday_setting_says_where_it_went():
