@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
@@ -448,15 +447,12 @@ class _Calendar:
 
     BLOCK_STEPS = 8192
 
-    def __init__(self, timezone: str, step_minutes: int, holiday_country: str | None, extra: Iterable[date],
-                 shutdowns: Iterable[date] = (), subdivision: str | None = None):
+    def __init__(self, timezone: str, step_minutes: int, holidays: HolidayCalendar, shutdowns: Iterable[date] = ()):
         self.timezone = timezone
         self.step_minutes = step_minutes
         self.step_ns = step_minutes * 60 * 1_000_000_000
         self.slots = -(-1440 // step_minutes)
-        self.holiday_country = holiday_country
-        self.subdivision = subdivision
-        self.extra_days = {np.datetime64(d, "D").astype(np.int64) for d in extra}
+        self.holidays = holidays
         self.shutdown_days = np.fromiter((np.datetime64(d, "D").astype(np.int64) for d in shutdowns), dtype=np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -468,12 +464,8 @@ class _Calendar:
         day = wall // NS_PER_DAY
         slot = (wall - day * NS_PER_DAY) // self.step_ns
         weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
-        holiday_days = set(self.extra_days)
-        if self.holiday_country is not None and len(day):
-            years = range(int(local.year.min()), int(local.year.max()) + 1)
-            for d in holidays_lib.country_holidays(self.holiday_country, subdiv=self.subdivision, years=years):
-                holiday_days.add(np.datetime64(d, "D").astype(np.int64))
-        is_holiday = np.isin(day, np.fromiter(holiday_days, dtype=np.int64, count=len(holiday_days)))
+        years = range(int(local.year.min()), int(local.year.max()) + 1) if len(day) else ()
+        is_holiday = np.isin(day, self.holidays.days(years).astype(np.int64))
         day_type = np.where(is_holiday | (weekday == 6), SUNDAY_HOLIDAY, np.where(weekday == 5, SATURDAY, WEEKDAY))
         day_type = np.where(np.isin(day, self.shutdown_days), SHUTDOWN, day_type)
         return day_type * self.slots + slot, day
@@ -576,9 +568,9 @@ class LoadForecaster:
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)
         if calendar is None:
-            calendar = self._calendars[step_minutes] = _Calendar(
-                self.timezone, step_minutes, self.holiday_country, self.extra_holidays, self.shutdown_days,
-                self.holiday_subdivision)
+            holidays = HolidayCalendar(self.holiday_country, self.holiday_subdivision, self.extra_holidays)
+            calendar = self._calendars[step_minutes] = _Calendar(self.timezone, step_minutes, holidays,
+                                                                 self.shutdown_days)
         return calendar
 
     def forecast(self, grid: TimeGrid, history: pd.Series | History | None) -> np.ndarray:
