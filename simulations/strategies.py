@@ -130,9 +130,9 @@ class StepContext:
     soc_kwh : float  Measured stored energy. [kWh]
     max_charge_kw, max_discharge_kw : float
         What the BMS allows now, as it reports it (what the live controller reads and plans with). [kW]
-    step_charge_kw, step_discharge_kw : float
+    step_charge_kw, step_discharge_kw : float or None
         The same narrowed to what keeps the SOC inside its window over the whole step (the dispatcher's limits at
-        the study's resolution; the runner's ``_StepWindow``); the BMS's own when not given. [kW]
+        the study's resolution), set by the runner's ``_StepWindow.update``; strategies do not read them. [kW]
     month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
     window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
     history_offset : int  Index of the period's first step in the histories (the warm-up's steps).

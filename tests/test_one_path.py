@@ -25,7 +25,6 @@ from controller.planning import PlanKeeper
 from controller.targets import DemandWindow
 from optimizer.forecast import PVForecaster
 from optimizer.planner import PlanInputs, Planner
-from optimizer.service import SiteState
 from optimizer.tariff import load_tariff
 from optimizer.timegrid import TimeGrid
 from simulations.runner import SeriesData, _StepWindow, make_strategy, price_inputs, simulate
@@ -98,7 +97,7 @@ class Twin:
 
     def target(self, t: int, now: datetime, ctx: StepContext):
         offline = self.mpc.target(t, now, ctx)
-        state = SiteState(ctx.soc_kwh, ctx.max_charge_kw, ctx.max_discharge_kw, ctx.month_peak_kw, ctx.window_kwh)
+        state = ctx.state()  # what the live controller reads: the BMS's own limits
         outcome = asyncio.run(self.keeper.replan(now, state, 60.0))
         assert outcome.plan is not None, outcome.detail
         _, _, schedule, inputs, _ = self.mpc._last
