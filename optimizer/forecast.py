@@ -68,6 +68,14 @@ synthetic years (docs/data.md, "PV forecast: recent days and climatology"): 126.
 blending), 117.6 / 61.8 kW with 0.6 (hard / default year). [-]"""
 
 
+PV_TODAY_PRIOR_H = 1.0
+"""How much the recent days' clearness says about the rest of today, in hours of clear-sky energy at the AC limit
+(``PVForecaster(today_prior_hours=…)``): the rest of today is forecast from ``k_days + w · (k_today − k_days)``,
+``k_today`` today's measured daylight clearness so far, ``w = C / (C + this × AC limit)``, ``C`` today's measured
+daylight clear-sky energy; 0 = off. A dark morning is read as a dark day in proportion to how much of the day has
+been seen. Chosen on the money of the two-part years (docs/data.md, "PV forecast: what today has shown"). [h]"""
+
+
 class ForecastError(ValueError):
     """A forecast cannot be made (e.g. no load history and no fallback)."""
 
@@ -264,7 +272,10 @@ class PVForecaster:
     days (the weather regime). With a climatology (the site's ``pv.monthly_yield_kwh_per_kwp``) the days' clearness
     is blended with the month's climatological clearness ``k_clim``:
     ``k_base = k_clim + day_weight · (k_days − k_clim)`` (:data:`PV_DAY_WEIGHT`; 1 = no blending); without one
-    ``k_base = k_days``. At lead time
+    ``k_base = k_days``. For the steps of the forecast start's local day, ``k_base`` moves towards today's measured
+    daylight clearness so far ``k_today``: ``k_base + w · (k_today − k_base)``, ``w = C / (C + today_prior_hours ×
+    AC limit)`` with ``C`` today's measured daylight clear-sky energy [kWh] (:data:`PV_TODAY_PRIOR_H`; 0 = off), so a
+    dark morning is read as a dark day as far as the day seen so far supports it. At lead time
     ``L`` after the forecast start the clearness is ``k_base + (k_recent − k_base) · exp(−L / decay_hours)``,
     bounded to [0, ``max_clearness``]. A window with less than 15 minutes' worth of clear-sky energy at the AC
     limit counts as empty: without ``k_recent`` the forecast uses ``k_base``; without ``k_days`` the climatological
@@ -278,7 +289,8 @@ class PVForecaster:
 
     def __init__(self, site: SiteInfo, pv: PVSpec, recent_hours: float = 3.0, days: float = 3.0,
                  half_life_days: float = 1.0, decay_hours: float = 3.0, max_clearness: float = 1.2,
-                 isolated: bool = False, day_weight: float = PV_DAY_WEIGHT):
+                 isolated: bool = False, day_weight: float = PV_DAY_WEIGHT,
+                 today_prior_hours: float = PV_TODAY_PRIOR_H):
         self.site = site
         self.pv = pv
         self.recent_ns = int(recent_hours * NS_PER_H)
@@ -290,6 +302,9 @@ class PVForecaster:
         if not 0.0 <= day_weight <= 1.0:
             raise ValueError("day_weight must lie in [0, 1]")
         self.day_weight = day_weight
+        if today_prior_hours < 0.0:
+            raise ValueError("today_prior_hours must not be negative")
+        self.today_prior_hours = today_prior_hours
         monthly = pv.monthly_yield_kwh_per_kwp
         self._monthly_yield = None if monthly is None else list(monthly)
         self._monthly_clearness: np.ndarray | None = None
@@ -299,6 +314,7 @@ class PVForecaster:
         self._sums = _DaylightSums()
         self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
         self._month_span: tuple[int, int, int] | None = None  # (first, end) [UTC ns] and number of a local month
+        self._day_span: tuple[int, int] | None = None  # (first, end) [UTC ns] of a local day
 
     @property
     def look_back_ns(self) -> int:
@@ -321,6 +337,14 @@ class PVForecaster:
             first = local.normalize().replace(day=1)
             span = self._month_span = (first.value, (first + pd.DateOffset(months=1)).value, local.month)
         return span[2]
+
+    def _local_day(self, t_ns: int) -> tuple[int, int]:
+        """The UTC span [first, end) [ns] of the site-local day holding UTC instant ``t_ns`` (kept between calls)."""
+        span = self._day_span
+        if span is None or not span[0] <= t_ns < span[1]:
+            local = pd.Timestamp(t_ns, unit="ns", tz="UTC").tz_convert(self.site.timezone).normalize()
+            span = self._day_span = (local.value, (local + pd.DateOffset(days=1)).value)
+        return span
 
     def climatological_clearness(self, month: int) -> float:
         """Clearness assumed without history for a month (1..12). [-]"""
@@ -380,14 +404,21 @@ class PVForecaster:
         step_h = step_minutes / 60.0
         ns, values = self._reader.read(history)
         clear_all = self._history_clear.get(ns, step_minutes, lambda ns_: cache.at(ns_, step_h))
+        day_start, day_end = self._local_day(t0)
         if isinstance(history, History) and len(ns) and (ns[-1] - ns[0]) < _MAX_WEIGHT_DOUBLINGS * self.half_life_ns:
-            k_days, k_recent = self._clearness_appending(ns, values, clear_all, step_minutes, t0)
+            k_days, k_recent, today = self._clearness_appending(ns, values, clear_all, step_minutes, t0, day_start)
         else:
-            k_days, k_recent = self._clearness_direct(ns, values, clear_all, step_h, t0)
+            k_days, k_recent, today = self._clearness_direct(ns, values, clear_all, step_h, t0, day_start)
         if k_days is None or (self._monthly_yield is not None and self.day_weight < 1.0):
             climate = self.climatological_clearness(self._local_month(t0))
             k_days = climate if k_days is None else climate + self.day_weight * (k_days - climate)
-        k = k_days if k_recent is None else k_days + (k_recent - k_days) * _decay(grid, t0, self.decay_hours)
+        k_base: float | np.ndarray = k_days
+        measured_today, clear_today_kwh = today
+        if clear_today_kwh > 0.0 and self.today_prior_hours > 0.0:
+            k_today = min(max(measured_today * step_h / clear_today_kwh, 0.0), self.max_clearness)
+            w = clear_today_kwh / (clear_today_kwh + self.today_prior_hours * self.pv.ac_limit_kw)
+            k_base = np.where(starts < day_end, k_days + w * (k_today - k_days), k_days)
+        k = k_base if k_recent is None else k_base + (k_recent - k_base) * _decay(grid, t0, self.decay_hours)
         return np.minimum(clear * k, self.pv.ac_limit_kw)
 
     def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
@@ -419,26 +450,33 @@ class PVForecaster:
         return cache.at(grid.starts_ns, grid.duration_h) if first is None else cache.span(first, len(grid))
 
     def _clearness_direct(self, ns: np.ndarray, values: np.ndarray, clear_all: np.ndarray, step_h: float,
-                          t0: int) -> tuple[float | None, float | None]:
-        """(k_days, k_recent) from a pass over each window."""
-        # both windows are tails of the longer one
-        ns, values, clear_hist = _past(ns, values, clear_all, t0, t0 - max(self.days_ns, self.recent_ns))
+                          t0: int, day_start: int) -> tuple[float | None, float | None, tuple[float, float]]:
+        """(k_days, k_recent, (today's measured daylight power sum [kW], today's daylight clear-sky energy [kWh]))
+        from a pass over each window."""
+        # the windows are tails of the longest one
+        ns, values, clear_hist = _past(ns, values, clear_all, t0,
+                                       min(t0 - max(self.days_ns, self.recent_ns), day_start))
         d = int(np.searchsorted(ns, t0 - self.days_ns, side="left"))
         k_days = self._clearness(clear_hist[d:], ns[d:], values[d:], step_h, t0, self.half_life_ns)
         r = int(np.searchsorted(ns, t0 - self.recent_ns, side="left"))
-        return k_days, self._clearness(clear_hist[r:], ns[r:], values[r:], step_h, t0, None)
+        k_recent = self._clearness(clear_hist[r:], ns[r:], values[r:], step_h, t0, None)
+        s = int(np.searchsorted(ns, day_start, side="left"))
+        daylight = clear_hist[s:] > DAYLIGHT_SHARE * self.pv.ac_limit_kw
+        return k_days, k_recent, (float(values[s:][daylight].sum()), float(clear_hist[s:][daylight].sum()) * step_h)
 
     def _clearness_appending(self, ns: np.ndarray, values: np.ndarray, clear_all: np.ndarray, step_minutes: int,
-                             t0: int) -> tuple[float | None, float | None]:
-        """(k_days, k_recent) as :meth:`_clearness_direct`, from the running sums of an append-only History."""
+                             t0: int, day_start: int) -> tuple[float | None, float | None, tuple[float, float]]:
+        """As :meth:`_clearness_direct`, from the running sums of an append-only History."""
         cut = int(np.searchsorted(ns, t0, side="left"))
         d = int(np.searchsorted(ns[:cut], t0 - self.days_ns, side="left"))
         r = int(np.searchsorted(ns[d:cut], t0 - self.recent_ns, side="left")) + d  # the recent window is inside
-        (measured_w, clear_w, _, clear_days), (_, _, measured, clear_recent) = self._sums.windows(
-            ns, values, clear_all, DAYLIGHT_SHARE * self.pv.ac_limit_kw, self.half_life_ns, step_minutes, (d, r), cut)
+        s = int(np.searchsorted(ns[:cut], day_start, side="left"))
+        (measured_w, clear_w, _, clear_days), (_, _, measured, clear_recent), (_, _, today, clear_today) = \
+            self._sums.windows(ns, values, clear_all, DAYLIGHT_SHARE * self.pv.ac_limit_kw, self.half_life_ns,
+                               step_minutes, (d, r, s), cut)
         step_h = step_minutes / 60.0
         return (self._ratio(measured_w, clear_w, clear_days * step_h),
-                self._ratio(measured, clear_recent, clear_recent * step_h))
+                self._ratio(measured, clear_recent, clear_recent * step_h), (today, clear_today * step_h))
 
 
 class _Calendar:

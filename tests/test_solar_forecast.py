@@ -249,6 +249,40 @@ def test_pv_recent_clearness_dominates_short_leads():
     assert ratio[80] < 0.5  # 09:15 next day: back towards the multi-day clearness
 
 
+def test_a_dark_morning_is_read_as_a_dark_day_as_far_as_it_has_been_seen():
+    # three clear days, then today at clearness 0.2 until 10:00 local. k_days (the last 3 days' daylight clearness,
+    # each step weighted 2^(−age / 1 day)) is worked out below; with no recent-hours term after the first step
+    # (decay_hours → 0) the rest of today is forecast at k_days + w · (0.2 − k_days), w = C / (C + prior × AC
+    # limit), C today's measured daylight clear-sky energy; tomorrow stays at k_days; prior 0 = the term off.
+    days = quarter_hours("2026-05-01", 3)
+    today = pd.date_range(pd.Timestamp("2026-05-04", tz=TZ), pd.Timestamp("2026-05-04 10:00", tz=TZ),
+                          freq=STEP, inclusive="left").tz_convert("UTC")
+    hist_idx = days.append(today)
+    clear = clear_sky_pv_kw(hist_idx, 0.25, SITE, PV)
+    k = np.where(hist_idx >= today[0], 0.2, 1.0)
+    history = pd.Series(k * clear, index=hist_idx)
+    grid = regular_grid(today[-1] + STEP, 96, 15)
+    t0 = grid.starts[0]
+    lit = (clear > 0.05 * PV.ac_limit_kw) & (hist_idx >= t0 - pd.Timedelta(days=3))
+    weight = np.exp2(np.asarray((hist_idx - t0) / pd.Timedelta(days=1)))[lit]
+    k_days = float((weight * k[lit] * clear[lit]).sum() / (weight * clear[lit]).sum())
+    c_today = float(clear[lit & (hist_idx >= today[0])].sum()) * 0.25  # [kWh]
+    grid_clear = clear_sky_pv_kw(grid.starts, 0.25, SITE, PV)
+    is_today = grid.starts < pd.Timestamp("2026-05-05", tz=TZ)
+    later = np.arange(96) > 0  # the first step is the recent hours' clearness (lead 0)
+    assert 0.2 < k_days < 0.95
+    for prior in (0.5, 1.0, 4.0):
+        w = c_today / (c_today + prior * PV.ac_limit_kw)
+        fc = PVForecaster(SITE, PV, day_weight=1.0, decay_hours=1e-9, today_prior_hours=prior).forecast(grid, history)
+        expected = np.where(is_today, k_days + w * (0.2 - k_days), k_days) * grid_clear
+        assert np.allclose(fc[later], expected[later])
+    assert 0.5 < c_today / (c_today + PV.ac_limit_kw) < 0.8  # by 10:00 the day is read mostly from itself
+    off = PVForecaster(SITE, PV, day_weight=1.0, decay_hours=1e-9, today_prior_hours=0.0).forecast(grid, history)
+    assert np.allclose(off[later], k_days * grid_clear[later])
+    with pytest.raises(ValueError, match="today_prior_hours"):
+        PVForecaster(SITE, PV, today_prior_hours=-1.0)
+
+
 def test_a_shortened_first_step_keeps_the_grid_step():
     """A plan made part-way through a step (a shortened first step, then whole steps, as the controller plans)
     forecasts the whole steps exactly as the aligned grid does, for PV and load."""
