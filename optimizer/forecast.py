@@ -315,6 +315,7 @@ class PVForecaster:
         self._quantiles: ErrorQuantiles | None = None  # made on the first call of quantiles()
         self._month_span: tuple[int, int, int] | None = None  # (first, end) [UTC ns] and number of a local month
         self._day_span: tuple[int, int] | None = None  # (first, end) [UTC ns] of a local day
+        self._midnights = np.empty(0, dtype=np.int64)  # local midnights [UTC ns], see _local_day
 
     @property
     def look_back_ns(self) -> int:
@@ -339,11 +340,19 @@ class PVForecaster:
         return span[2]
 
     def _local_day(self, t_ns: int) -> tuple[int, int]:
-        """The UTC span [first, end) [ns] of the site-local day holding UTC instant ``t_ns`` (kept between calls)."""
+        """The UTC span [first, end) [ns] of the site-local day holding UTC instant ``t_ns``: the last span is kept,
+        others are looked up in the site's local midnights (three calendar years at a time)."""
         span = self._day_span
         if span is None or not span[0] <= t_ns < span[1]:
-            local = pd.Timestamp(t_ns, unit="ns", tz="UTC").tz_convert(self.site.timezone).normalize()
-            span = self._day_span = (local.value, (local + pd.DateOffset(days=1)).value)
+            m = self._midnights
+            i = int(np.searchsorted(m, t_ns, side="right")) - 1
+            if i < 0 or i + 1 >= len(m):
+                year = pd.Timestamp(t_ns, unit="ns", tz="UTC").tz_convert(self.site.timezone).year
+                naive = pd.date_range(f"{year - 1}-01-01", f"{year + 2}-01-01", freq="D")
+                local = naive.tz_localize(self.site.timezone, ambiguous=True, nonexistent="shift_forward")
+                m = self._midnights = local.tz_convert("UTC").as_unit("ns").asi8
+                i = int(np.searchsorted(m, t_ns, side="right")) - 1
+            span = self._day_span = (int(m[i]), int(m[i + 1]))
         return span
 
     def climatological_clearness(self, month: int) -> float:
@@ -417,7 +426,8 @@ class PVForecaster:
         if clear_today_kwh > 0.0 and self.today_prior_hours > 0.0:
             k_today = min(max(measured_today * step_h / clear_today_kwh, 0.0), self.max_clearness)
             w = clear_today_kwh / (clear_today_kwh + self.today_prior_hours * self.pv.ac_limit_kw)
-            k_base = np.where(starts < day_end, k_days + w * (k_today - k_days), k_days)
+            k_base = np.full(len(starts), k_days)
+            k_base[:int(np.searchsorted(starts, day_end))] = k_days + w * (k_today - k_days)
         k = k_base if k_recent is None else k_base + (k_recent - k_base) * _decay(grid, t0, self.decay_hours)
         return np.minimum(clear * k, self.pv.ac_limit_kw)
 

@@ -283,6 +283,26 @@ def test_a_dark_morning_is_read_as_a_dark_day_as_far_as_it_has_been_seen():
         PVForecaster(SITE, PV, today_prior_hours=-1.0)
 
 
+def test_todays_clearness_on_a_day_whose_midnight_does_not_exist():
+    # Santiago de Chile skips 00:00–01:00 on 6 Sep 2026: that local day starts at 01:00 and lasts 23 h; today's dark
+    # morning still lowers the rest of today, and only today
+    tz = "America/Santiago"
+    site = SiteInfo(name="scl", timezone=tz, location=Location(latitude=-33.45, longitude=-70.66, altitude_m=570))
+    hist_idx = pd.date_range(pd.Timestamp("2026-09-03", tz=tz), pd.Timestamp("2026-09-06 12:00", tz=tz), freq=STEP,
+                             inclusive="left").tz_convert("UTC")
+    clear = clear_sky_pv_kw(hist_idx, 0.25, site, PV)
+    today = hist_idx >= pd.Timestamp("2026-09-06 01:00", tz=tz)
+    history = pd.Series(np.where(today, 0.2, 1.0) * clear, index=hist_idx)
+    grid = regular_grid(hist_idx[-1] + STEP, 96, 15)
+    on = PVForecaster(site, PV, day_weight=1.0).forecast(grid, history)
+    off = PVForecaster(site, PV, day_weight=1.0, today_prior_hours=0.0).forecast(grid, history)
+    is_today = grid.starts < pd.Timestamp("2026-09-07", tz=tz)
+    lit = clear_sky_pv_kw(grid.starts, 0.25, site, PV) > 0.05 * PV.ac_limit_kw
+    later = np.arange(96) > 0  # the first step is the recent hours' clearness (lead 0)
+    assert np.all(on[is_today & lit & later] < off[is_today & lit & later] - 1.0)
+    assert np.allclose(on[~is_today], off[~is_today])
+
+
 def test_a_shortened_first_step_keeps_the_grid_step():
     """A plan made part-way through a step (a shortened first step, then whole steps, as the controller plans)
     forecasts the whole steps exactly as the aligned grid does, for PV and load."""
