@@ -335,8 +335,11 @@ class PVForecaster:
         span = self._month_span
         if span is None or not span[0] <= t_ns < span[1]:
             local = pd.Timestamp(t_ns, unit="ns", tz="UTC").tz_convert(self.site.timezone)
-            first = local.normalize().replace(day=1)
-            span = self._month_span = (first.value, (first + pd.DateOffset(months=1)).value, local.month)
+            first = pd.Timestamp(local.year, local.month, 1)
+            # a month whose first midnight does not exist (a DST change at 00:00) starts at the first local instant
+            bounds = pd.DatetimeIndex([first, first + pd.DateOffset(months=1)]).tz_localize(
+                self.site.timezone, ambiguous=True, nonexistent="shift_forward")
+            span = self._month_span = (bounds[0].value, bounds[1].value, local.month)
         return span[2]
 
     def _local_day(self, t_ns: int) -> tuple[int, int]:

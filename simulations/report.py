@@ -69,7 +69,8 @@ def typical_week_start(frame: pd.DataFrame, timezone: str) -> int:
     Falls back to the first step when the period holds no whole week.
     """
     local = frame.index.tz_convert(timezone)
-    monday = (local.normalize() - pd.to_timedelta(local.day_of_week, unit="D")).tz_localize(None)
+    # local wall-clock days (a day whose midnight does not exist, a DST change at 00:00, is still one day)
+    monday = local.tz_localize(None).normalize() - pd.to_timedelta(local.day_of_week, unit="D")
     energy = frame["pv_available_kw"].groupby(monday).sum()
     counts = frame["pv_available_kw"].groupby(monday).size()
     whole = energy[counts >= counts.max()] if len(counts) else energy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -69,6 +70,19 @@ def test_typical_week_is_a_whole_local_week(result) -> None:
     start = typical_week_start(frame, "Asia/Ho_Chi_Minh")
     first = frame.index[start].tz_convert("Asia/Ho_Chi_Minh")
     assert first.day_of_week == 0 and first.hour == 0
+
+
+def test_typical_week_in_a_time_zone_whose_midnight_is_skipped() -> None:
+    # Asunción skipped 00:00–01:00 on Sunday 1 Oct 2023 (it raised ValueError while weeks were found with a
+    # time-zone-aware normalize); weekly PV 0.5 / 1 / 2 / 3 kW from Monday 18 Sep: the week holding the 23-hour day
+    # is not a whole week of steps, so of 0.5 / 2 / 3 the median week is the one from Monday 2 Oct
+    tz = "America/Asuncion"
+    index = pd.date_range(pd.Timestamp("2023-09-18", tz=tz), pd.Timestamp("2023-10-16", tz=tz), freq="15min",
+                          inclusive="left").tz_convert("UTC")
+    wall = index.tz_convert(tz).tz_localize(None)
+    pv = np.select([wall < pd.Timestamp(d) for d in ("2023-09-25", "2023-10-02", "2023-10-09")], [0.5, 1.0, 2.0], 3.0)
+    start = typical_week_start(pd.DataFrame({"pv_available_kw": pv}, index=index), tz)
+    assert index[start].tz_convert(tz) == pd.Timestamp("2023-10-02", tz=tz)
 
 
 def test_verdict_comes_first_and_follows_the_npv_signs(result, tmp_path: Path) -> None:

@@ -303,6 +303,20 @@ def test_todays_clearness_on_a_day_whose_midnight_does_not_exist():
     assert np.allclose(on[~is_today], off[~is_today])
 
 
+def test_the_climatology_month_of_a_month_whose_first_midnight_does_not_exist():
+    # Asunción skipped 00:00–01:00 on 1 Oct 2023 (DST at midnight on the 1st): a forecast on that day takes
+    # October's climatology (it raised ValueError while the month was found by Timestamp.normalize)
+    tz = "America/Asuncion"
+    site = SiteInfo(name="asu", timezone=tz, location=Location(latitude=-25.28, longitude=-57.63, altitude_m=100))
+    pv = PV_CLIMATE
+    forecaster = PVForecaster(site, pv)
+    for start, month in (("2023-10-01 12:00", 10), ("2023-09-30 12:00", 9), ("2023-10-31 12:00", 10)):
+        grid = regular_grid(pd.Timestamp(start, tz=tz).tz_convert("UTC"), 4, 15)
+        no_history = pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float)
+        expected = forecaster.climatological_clearness(month) * clear_sky_pv_kw(grid.starts, 0.25, site, pv)
+        assert np.allclose(forecaster.forecast(grid, no_history), np.minimum(expected, pv.ac_limit_kw), rtol=1e-9)
+
+
 def test_a_shortened_first_step_keeps_the_grid_step():
     """A plan made part-way through a step (a shortened first step, then whole steps, as the controller plans)
     forecasts the whole steps exactly as the aligned grid does, for PV and load."""
