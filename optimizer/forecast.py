@@ -54,6 +54,11 @@ LOW_DAY_RATIO = 0.6
 is profiled as the next lower type: a working day as a holiday (an unannounced stop), a holiday as a shutdown. [-]"""
 MIN_DAY_COVERAGE = 0.8
 """A day is judged by its mean load only when at least this share of its slots is measured. [-]"""
+LOAD_TODAY_RETYPE_H = 1.0
+"""Measured hours of today after which the rest of today's load may be forecast as the next lower day type: when
+today's measured load so far is below :data:`LOW_DAY_RATIO` of its day type's profile at the same times of day and
+nearer the lower type's (an unannounced stop shows from its first night hours: a working day's night load is the
+factory's base load plus its night shift, a stopped day's only the base). 0 = off. [h]"""
 BASE_LOAD_QUANTILE = 0.05
 """A shutdown day with no shutdown in the profile window is forecast at this quantile of the window's load (the
 site's base load). [-]"""
@@ -670,10 +675,39 @@ class LoadForecaster:
                                    append_only=isinstance(history, History))
         recent = int(np.searchsorted(ns[:last + 1], last_ns - self.correction_ns, side="right"))
         _, recent_values, recent_keys = _measured(ns[recent:last + 1], values[recent:last + 1], keys[recent:last + 1])
+        shift = self._today_shift(profile, values[hi:cut], keys[hi:cut], calendar.slots, step_ns)
+        if shift:  # today looks like the next lower day type: its rest (and its recent readings) are profiled so
+            days = calendar.days(starts)
+            grid_keys = np.where(days == days[0], grid_keys + shift, grid_keys)
+            if recent >= hi:
+                recent_keys = recent_keys + shift
         misses = recent_values - profile[recent_keys]
         error = float(misses.sum()) / len(misses)  # their mean
         out = profile[grid_keys] + error * _decay(grid, last_ns, self.decay_hours)
         return np.maximum(out, 0.0)
+
+    def _today_shift(self, profile: np.ndarray, today_values: np.ndarray, today_keys: np.ndarray, slots: int,
+                     step_ns: int) -> int:
+        """The change of profile key that re-types the rest of today (:data:`LOAD_TODAY_RETYPE_H`): ``slots`` ×
+        (lower day type − today's) when today's measured load so far is below :data:`LOW_DAY_RATIO` of its type's
+        profile and nearer the lower type's, else 0. [-]"""
+        if LOAD_TODAY_RETYPE_H <= 0 or not len(today_keys):
+            return 0
+        kind = int(today_keys[0]) // slots
+        lower = {WEEKDAY: SUNDAY_HOLIDAY, SATURDAY: SUNDAY_HOLIDAY, SUNDAY_HOLIDAY: SHUTDOWN}.get(kind)
+        if lower is None:
+            return 0
+        keep = ~np.isnan(today_values)
+        if keep.sum() * step_ns < LOAD_TODAY_RETYPE_H * NS_PER_H:
+            return 0
+        measured = float(today_values[keep].mean())
+        keys = today_keys[keep]
+        own = float(profile[keys].mean())
+        shift = (lower - kind) * slots
+        below = float(profile[keys + shift].mean())
+        if measured < LOW_DAY_RATIO * own and abs(measured - below) < abs(measured - own):
+            return shift
+        return 0
 
     def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
                   levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:

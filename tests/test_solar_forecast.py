@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from optimizer import forecast as forecast_module
 from optimizer.forecast import DEFAULT_CLEARNESS, ForecastError, LoadForecaster, PVForecaster
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.solar import (
@@ -344,6 +345,46 @@ def test_load_forecast_reproduces_a_clean_weekly_pattern_with_holidays():
     assert np.allclose(out, load_pattern(grid.starts))
     on_holiday = grid.local_starts(TZ).day == 30
     assert out[on_holiday].max() < 0.5 * out[~on_holiday].max()
+
+
+def today_stopped(measured_steps: int) -> tuple[pd.Series, TimeGrid]:
+    """Three weeks of the clean pattern from Monday 1 June 2026, then Monday 22 June stopped (load at the Sunday
+    level) for its first ``measured_steps`` quarter hours; the grid from there over the rest of the day and the next."""
+    hist_idx = quarter_hours("2026-06-01", 21)
+    today_idx = quarter_hours("2026-06-22", 1)[:measured_steps]
+    stopped = 0.3 * load_pattern(today_idx)  # a Monday at the Sunday/holiday factor
+    history = pd.Series(np.r_[load_pattern(hist_idx), stopped], index=hist_idx.append(today_idx))
+    return history, regular_grid(today_idx[-1] + STEP, 96 * 2 - measured_steps, 15)
+
+
+def test_a_day_that_starts_stopped_is_forecast_as_a_holiday_for_the_rest_of_the_day():
+    history, grid = today_stopped(8)  # 00:00–02:00 measured at the holiday level
+    out = LoadForecaster(TZ).forecast(grid, history)
+    today = grid.local_starts(TZ).day == 22
+    sunday_level = 0.3 * load_pattern(grid.starts)
+    # the rest of Monday on the Sunday/holiday profile (its recent readings match it: no correction), Tuesday
+    # on the working-day profile
+    assert np.allclose(out[today], sunday_level[today])
+    assert np.allclose(out[~today], load_pattern(grid.starts)[~today])
+
+
+def test_a_day_is_not_retyped_on_less_than_an_hour_or_with_the_rule_off(monkeypatch):
+    history, grid = today_stopped(3)  # 45 minutes: not enough
+    day_hours = (grid.local_starts(TZ).day == 22) & np.isin(grid.local_starts(TZ).hour, range(9, 18))
+    assert LoadForecaster(TZ).forecast(grid, history)[day_hours].min() > 700.0  # the working-day profile
+    history, grid = today_stopped(8)
+    monkeypatch.setattr(forecast_module, "LOAD_TODAY_RETYPE_H", 0.0)
+    day_hours = (grid.local_starts(TZ).day == 22) & np.isin(grid.local_starts(TZ).hour, range(9, 18))
+    assert LoadForecaster(TZ).forecast(grid, history)[day_hours].min() > 700.0
+
+
+def test_a_working_day_with_a_high_night_is_not_retyped():
+    hist_idx = quarter_hours("2026-06-01", 21)
+    today_idx = quarter_hours("2026-06-22", 1)[:8]
+    history = pd.Series(np.r_[load_pattern(hist_idx), 0.9 * load_pattern(today_idx)], index=hist_idx.append(today_idx))
+    grid = regular_grid(today_idx[-1] + STEP, 96, 15)
+    day_hours = (grid.local_starts(TZ).day == 22) & np.isin(grid.local_starts(TZ).hour, range(9, 18))
+    assert LoadForecaster(TZ).forecast(grid, history)[day_hours].min() > 700.0
 
 
 def test_load_forecast_follows_local_time_across_dst():
