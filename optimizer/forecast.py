@@ -52,6 +52,8 @@ measured day that looked like one)."""
 LOW_DAY_RATIO = 0.6
 """A measured day whose mean load is below this share of the median of its day type's days in the profile window
 is profiled as the next lower type: a working day as a holiday (an unannounced stop), a holiday as a shutdown. [-]"""
+LOWER_DAY_TYPE = {WEEKDAY: SUNDAY_HOLIDAY, SATURDAY: SUNDAY_HOLIDAY, SUNDAY_HOLIDAY: SHUTDOWN}
+"""The day type a low day is profiled as (:data:`LOW_DAY_RATIO`; a shutdown has none below it)."""
 MIN_DAY_COVERAGE = 0.8
 """A day is judged by its mean load only when at least this share of its slots is measured. [-]"""
 LOAD_TODAY_RETYPE_H = 1.0
@@ -691,23 +693,27 @@ class LoadForecaster:
         """The change of profile key that re-types the rest of today (:data:`LOAD_TODAY_RETYPE_H`): ``slots`` ×
         (lower day type − today's) when today's measured load so far is below :data:`LOW_DAY_RATIO` of its type's
         profile and nearer the lower type's, else 0. [-]"""
-        if LOAD_TODAY_RETYPE_H <= 0 or not len(today_keys):
+        n = len(today_keys)
+        if LOAD_TODAY_RETYPE_H <= 0 or n * step_ns < LOAD_TODAY_RETYPE_H * NS_PER_H:
             return 0
-        kind = int(today_keys[0]) // slots
-        lower = {WEEKDAY: SUNDAY_HOLIDAY, SATURDAY: SUNDAY_HOLIDAY, SUNDAY_HOLIDAY: SHUTDOWN}.get(kind)
+        first = int(today_keys[0])
+        kind = first // slots
+        lower = LOWER_DAY_TYPE.get(kind)
         if lower is None:
             return 0
-        keep = ~np.isnan(today_values)
-        if keep.sum() * step_ns < LOAD_TODAY_RETYPE_H * NS_PER_H:
-            return 0
-        measured = float(today_values[keep].mean())
-        keys = today_keys[keep]
-        own = float(profile[keys].mean())
         shift = (lower - kind) * slots
-        below = float(profile[keys + shift].mean())
-        if measured < LOW_DAY_RATIO * own and abs(measured - below) < abs(measured - own):
-            return shift
-        return 0
+        measured = float(today_values.sum())  # the sums over the same slots compare as the means do
+        if measured == measured and int(today_keys[-1]) - first == n - 1:  # all measured, consecutive slots
+            own = float(profile[first:first + n].sum())
+            below = float(profile[first + shift:first + shift + n].sum())
+        else:
+            keep = ~np.isnan(today_values)
+            if keep.sum() * step_ns < LOAD_TODAY_RETYPE_H * NS_PER_H:
+                return 0
+            keys = today_keys[keep]
+            measured = float(today_values[keep].sum())
+            own, below = float(profile[keys].sum()), float(profile[keys + shift].sum())
+        return shift if measured < LOW_DAY_RATIO * own and abs(measured - below) < abs(measured - own) else 0
 
     def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
                   levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
@@ -770,7 +776,7 @@ class LoadForecaster:
         given = keys[first] // slots
         judged = count >= MIN_DAY_COVERAGE * slots
         day_type = given.copy()
-        for kind, lower in ((WEEKDAY, SUNDAY_HOLIDAY), (SATURDAY, SUNDAY_HOLIDAY), (SUNDAY_HOLIDAY, SHUTDOWN)):
+        for kind, lower in LOWER_DAY_TYPE.items():
             peers = judged & (day_type == kind)  # the holiday pass also judges the working days lowered before it
             if peers.sum() < 2:
                 continue

@@ -357,8 +357,11 @@ def today_stopped(measured_steps: int) -> tuple[pd.Series, TimeGrid]:
     return history, regular_grid(today_idx[-1] + STEP, 96 * 2 - measured_steps, 15)
 
 
-def test_a_day_that_starts_stopped_is_forecast_as_a_holiday_for_the_rest_of_the_day():
+@pytest.mark.parametrize("missing", [False, True])
+def test_a_day_that_starts_stopped_is_forecast_as_a_holiday_for_the_rest_of_the_day(missing):
     history, grid = today_stopped(8)  # 00:00–02:00 measured at the holiday level
+    if missing:  # a reading lost at 00:30: the seven others still make more than an hour
+        history.iloc[-6] = np.nan
     out = LoadForecaster(TZ).forecast(grid, history)
     today = grid.local_starts(TZ).day == 22
     sunday_level = 0.3 * load_pattern(grid.starts)
