@@ -55,7 +55,10 @@ MIN_THROUGHPUT_COST = 1e-6
 #: survives a receding-horizon shift. Under a demand charge the discharge tilt falls instead (discharge as late as
 #: the economics allow): energy kept in the battery until it is needed is a reserve the dispatcher can use against
 #: a load above the forecast, where energy sold at the start of a peak-price window is gone (docs/planner.md,
-#: "Demand charge"). It is left out of the reported cost, so it can make a plan dearer by
+#: "Demand charge"). Without a demand charge the charge tilt falls on the dark steps (no PV forecast) at the
+#: horizon's cheapest price (charge as late as that window allows: the night's first hours show an unannounced stop
+#: before the battery is filled for a day that does not need it; docs/planner.md, "Tie-break"). It is left out of the
+#: reported cost, so it can make a plan dearer by
 #: at most TIE_BREAK_COST × max |price| per kWh of throughput (1e-4 of the price).
 TIE_BREAK_COST = 1e-4
 
@@ -248,7 +251,15 @@ def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, s
     tie /= max(n - 1, 1)
     # under a demand charge a kWh kept is a reserve against a load above the forecast: discharge as late as the
     # economics allow (the discharge tilt falls with time), charge as early
-    rows[_ROW["c_tie_dis"]] = tie[::-1] if demand and inputs.demand_charge_per_kw > 0 else tie
+    if demand and inputs.demand_charge_per_kw > 0:
+        rows[_ROW["c_tie_dis"]] = tie[::-1]
+    else:
+        # without one, a charge at the horizon's cheapest price in the dark waits for the end of that window: the
+        # night's first hours show whether the day needs it (an unannounced stop), and the battery sits full for
+        # less time (in daylight a late charge could not make up a PV shortfall the forecast did not see)
+        rows[_ROW["c_tie_dis"]] = tie
+        dark_and_cheapest = (imp <= imp.min() * (1 + 1e-9)) & (inputs.pv_kw <= 0.0)
+        tie[dark_and_cheapest] = tie[::-1][dark_and_cheapest]
     powers = rows[:len(POWER_PARAMS)]  # the first rows: rounded and capped at INF in place
     np.round(powers, ROUND_DECIMALS, out=powers)
     np.minimum(powers, INF, out=powers)

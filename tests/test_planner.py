@@ -52,12 +52,24 @@ def test_two_price_day_exact_profit():
 def test_equal_prices_give_contiguous_blocks_not_pulses():
     """Six cheap hours then six dear ones; filling 10 kWh at η_c 0.9 takes 10/0.9 = 11.1 kWh AC and
     delivers 10 × 0.9 = 9 kWh AC. Many schedules cost the same; the tie-break makes each happen in one
-    block, as early as possible: charge 5, 5, 10/9 kW in hours 0–2, discharge 5, 4 kW in hours 6–7."""
+    block: the charge at the horizon's cheapest price as late as that window allows (10/9, 5, 5 kW in hours 3–5:
+    the window's first hours can still show that the day does not need it), the discharge as early as possible
+    (5, 4 kW in hours 6–7)."""
     b = battery(wear_cost_per_kwh=0.01)
     price = [0.1] * 6 + [0.3] * 6
     plan = Planner(b, GridSpec(), NO_TV, 12).plan(inputs(hourly(12), [10] * 12, price, soc0_kwh=0.0))
-    np.testing.assert_allclose(plan.charge_kw, [5, 5, 10 / 9] + [0] * 9, atol=1e-6)
+    np.testing.assert_allclose(plan.charge_kw, [0] * 3 + [10 / 9, 5, 5] + [0] * 6, atol=1e-6)
     np.testing.assert_allclose(plan.discharge_kw, [0] * 6 + [5, 4] + [0] * 4, atol=1e-6)
+
+
+def test_a_charge_at_a_price_above_the_cheapest_still_comes_early():
+    """Three price levels: 0.1 (hours 0–1, room for 2 × 5 kW × 0.9 = 9 kWh), 0.2 (hours 2–5), 0.5 (hours 6–11).
+    The 9 kWh bought at 0.1 leave 1 kWh to buy at 0.2 (1/0.9 kW AC); at that price — not the horizon's cheapest —
+    the tie-break still charges as early as possible (hour 2), where the cheapest window's charge is at its end."""
+    b = battery(wear_cost_per_kwh=0.01)
+    price = [0.1] * 2 + [0.2] * 4 + [0.5] * 6
+    plan = Planner(b, GridSpec(), NO_TV, 12).plan(inputs(hourly(12), [10] * 12, price, soc0_kwh=0.0))
+    np.testing.assert_allclose(plan.charge_kw, [5, 5, 1 / 0.9] + [0] * 9, atol=1e-6)
 
 
 def test_spread_too_small_for_losses_and_wear_no_cycling():
