@@ -575,7 +575,9 @@ class LoadForecaster:
     (``shutdown_days``: the plant's planned shutdowns, e.g. its Tết shutdown, ``site.planned_shutdowns``). A
     measured day whose mean load is below :data:`LOW_DAY_RATIO` of the median of its type's days in the window is
     profiled as the next lower type (a working day as a holiday, a holiday as a shutdown), so an unannounced stop
-    neither drags the working-day profile down nor goes unlearnt. The profile is rebuilt when the day changes or
+    neither drags the working-day profile down nor goes unlearnt; today itself is forecast as the lower type for the
+    rest of the day once its first :data:`LOAD_TODAY_RETYPE_H` of readings look like one (:meth:`_today_shift`).
+    The profile is rebuilt when the day changes or
     the history in its window does, so within a day a forecast costs a few lookups. Correction: the mean of
     (measured − profile) over the last ``correction_hours`` of history, added with weight
     ``exp(−L / decay_hours)`` at lead time ``L`` after the last measurement; it carries what today has shown so
