@@ -10,10 +10,11 @@ Measures, in one run:
    on today's default year (``mpc_year_s_base``), with the share of its time spent inside HiGHS;
 3. the perfect-foresight year (one LP over 35,040 steps, built and solved);
 4. a sizing sweep (4 × 4 cells of 45 days, three rounds in alternating order) with 1 and with 2 worker processes;
-5. the share of the perfect-foresight battery value (PV-only bill − bill with the battery) that MPC with
-   forecasts captures (:func:`value_ratios`), under the legacy and the Decision 963 windows, on the harder
-   synthetic year (``mpc_value_ratio_legacy`` target ≥ 0.985, ``mpc_value_ratio_963`` ≥ 0.975) and on today's
-   default year beside it (``…_base``).
+5. the share of the perfect-foresight battery value (the saving against PV only as the study counts it:
+   counted bills, and the battery's energy at the end over its start credited at the terminal price,
+   :func:`simulations.runner.battery_savings`) that MPC with forecasts captures (:func:`value_ratios`), under
+   the legacy and the Decision 963 windows, on the harder synthetic year (``mpc_value_ratio_legacy`` target
+   ≥ 0.985, ``mpc_value_ratio_963`` ≥ 0.975) and on today's default year beside it (``…_base``).
 6. the same share under the two-part pilot tariff (capacity charge on the month's highest 30-minute import), on
    the harder synthetic year (``mpc_value_ratio_two_part``, target ≥ 0.90) and on today's (:func:`two_part_value`);
 7. the same three shares on the harder year when the MPC also has a day-ahead PV forecast from outside with a
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from optimizer.planner import HOT_OPTIONS, PlanInputs, Planner, quiet_highs  # noqa: E402
-from simulations.runner import load_data, make_strategy, price_inputs, run  # noqa: E402
+from simulations.runner import battery_savings, load_data, make_strategy, price_inputs, run  # noqa: E402
 from simulations.scenario import Scenario, load_scenario  # noqa: E402
 from simulations.sweep import sweep  # noqa: E402
 
@@ -115,10 +116,9 @@ def strategy_year(name: str, days: int | None) -> dict[str, float]:
     t0 = time.perf_counter()
     result = run(scenario, strategies=["pv_only", "mpc", "perfect_foresight"])
     wall = time.perf_counter() - t0
-    bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
     mpc = result.results["mpc"]
-    value_pf = bill["pv_only"] - bill["perfect_foresight"]
-    value_mpc = bill["pv_only"] - bill["mpc"]
+    value = battery_savings(result)
+    value_pf, value_mpc = value["perfect_foresight"], value["mpc"]
     tariff = result.tariff
     t1 = time.perf_counter()
     make_strategy("perfect_foresight", scenario, result.inputs, tariff)
@@ -136,8 +136,8 @@ def two_part_value(days: int | None) -> dict[str, float | None]:
     for name, key in (("nam-cau-kien-hard-two-part", "mpc_value_ratio_two_part"),
                       ("nam-cau-kien-two-part", "mpc_value_ratio_two_part_standard")):
         result = run(scenario_for(name, days), strategies=["pv_only", "mpc", "perfect_foresight"])
-        bill = {n: result.results[n].bill.total for n in ("pv_only", "mpc", "perfect_foresight")}
-        value_pf, value_mpc = bill["pv_only"] - bill["perfect_foresight"], bill["pv_only"] - bill["mpc"]
+        value = battery_savings(result)
+        value_pf, value_mpc = value["perfect_foresight"], value["mpc"]
         out[key] = value_mpc / value_pf if value_pf else None
         out[key.replace("ratio", "mpc_s").replace("mpc_value_", "")] = result.results["mpc"].wall_s
         out[key.replace("ratio", "pf").replace("mpc_value_", "value_")] = value_pf
@@ -162,7 +162,7 @@ def day_ahead_values(days: int | None, value_pf: dict[str, float]) -> dict[str, 
         scenario = Scenario.model_validate(data)
         scenario._base_dir = base.base_dir
         result = run(scenario, strategies=["pv_only", "mpc"])
-        value = result.results["pv_only"].bill.total - result.results["mpc"].bill.total
+        value = battery_savings(result)["mpc"]
         out[f"mpc_value_ratio_{key}_day_ahead"] = value / value_pf[key] if value_pf[key] else None
         print(f"with a day-ahead PV forecast ({DAY_AHEAD_ERROR_PCT:g} % daily error), {name}: MPC {value:,.0f} "
               f"→ ratio {out[f'mpc_value_ratio_{key}_day_ahead']:.4f}", flush=True)

@@ -294,3 +294,26 @@ def test_degradation_lowers_pv_savings_and_leaves_the_battery_value_of_the_simul
     assert np.allclose(battery, battery.iloc[0], rtol=1e-12)
     pv = (flow["pv_savings"] / escalation).to_numpy()
     assert (np.diff(pv) <= 1e-6).all() and pv[-1] < pv[0]
+
+
+def test_battery_savings_credit_the_energy_left_in_the_battery_as_the_study_does(result) -> None:
+    """The benchmarks' battery value (`battery_savings`) is the study's saving against PV only: counted bills and the
+    battery's energy at the end over its start at the terminal price, per year. Worked by hand from the run."""
+    from simulations.runner import battery_savings, terminal_price_per_kwh
+
+    price = terminal_price_per_kwh(result)
+    days = result.data.hours / 24.0
+    assert price > 0 and days == pytest.approx(4.0)
+    savings = battery_savings(result)
+    assert set(savings) == set(STRATEGIES)
+    assert savings["pv_only"] == 0.0
+    pv_bill = result.counted_bill("pv_only")
+    for name in ("mpc", "perfect_foresight", "tou_rule"):
+        r = result.results[name]
+        left_kwh = float(r.frame["soc_kwh"].iloc[-1] - r.soc0_kwh)
+        by_hand = (pv_bill - result.counted_bill(name) + left_kwh * price) * 365.25 / days
+        assert savings[name] == pytest.approx(by_hand, rel=1e-9)
+        assert savings[name] == result.economics[name]["savings_vs_pv_only"]
+        # the credit counts: each strategy ends the 4 days at its SOC floor, 400 kWh below its start
+        assert left_kwh == pytest.approx(-400.0, abs=1e-3)
+        assert savings[name] < (pv_bill - result.counted_bill(name)) * 365.25 / days
