@@ -6,7 +6,8 @@ share by a percent, so a planner setting tuned on that year alone can fit its pa
 5 Dec 2026, the recharge floor's stress multiple 0.25 beat 0.5 on seed 7 (0.8434 against 0.8383) and lost three
 points on each of three other seeds. This runs one scenario on the same synthetic generator with other seeds (the
 weather, load and shutdown draws change; the site, tariff and generator settings do not), optionally with planner
-settings changed, and reports each year's share and the pooled share (Σ MPC value / Σ perfect-foresight value).
+settings changed, and reports each year's share and the pooled share (Σ MPC value / Σ perfect-foresight value),
+each value counted as the study counts it (:func:`simulations.runner.battery_savings`).
 Two worker processes, one year each.
 
 Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--seeds 7 11 23 42]
