@@ -265,9 +265,10 @@ class PlannerSettings(StrictModel):
     surplus_room_level: float | None = Field(
         default=0.7, ge=0.5, le=0.9,
         description="With surplus_rule quantile and no demand charge: in a daylight price window followed by a "
-                    "dearer one, plan the window's later steps on the PV quantile at this level, so the battery "
-                    "makes room early for a likely surplus (optimizer/surplus.py; 0.7 measured best, "
-                    "docs/planner.md); null: the point forecast there")
+                    "dearer one, plan the window's later steps, and the later steps at the same price before the "
+                    "next cheaper one, on the PV quantile at this level, so the battery makes room early for a "
+                    "likely surplus (optimizer/surplus.py; 0.7 measured best, docs/planner.md); null: the point "
+                    "forecast there")
     external_band_recalibrate: bool = Field(
         default=True,
         description="Scale an external forecast's P10/P90 band to its source's measured record before the planner "

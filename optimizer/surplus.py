@@ -15,13 +15,16 @@ of the point forecast, and it then buys at night exactly what that surplus leave
 
 The same decision comes again in daylight, the other way round: in a price window followed by a dearer one (the
 morning and afternoon before the evening peak), a kWh discharged now saves ``c_now`` and, if the afternoon's
-surplus comes, is refilled for free; if it does not, it is bought back in the same window at the same price and
-only the round-trip loss (~10 %) is lost. So the battery should make room for the surplus at a high quantile of
-it; the planner is handed the PV quantile at ``room_level`` (``planner.surplus_room_level``) for the rest of the
-running window. The newsvendor level would be the round-trip efficiency (~0.9), but a quantile of each step is
-not the quantile of the day's surplus (the steps' errors do not move together completely), and measured on the
-harder years 0.7 keeps the most value (docs/planner.md). Under a demand charge this half stands aside: a refill
-that fails there costs a month's peak, not a round-trip loss. Elsewhere the point forecast is used as it is.
+surplus comes, is refilled for free; if it does not, it is bought back at the same price and only the round-trip
+loss (~10 %) is lost. So the battery should make room for the surplus at a high quantile of it; the planner is
+handed the PV quantile at ``room_level`` (``planner.surplus_room_level``) on the steps where a refill that does
+not come is bought back at the price of now: the rest of the running window, and the later steps at the same
+price before the horizon's next cheaper one (:func:`room_steps`; under the legacy windows the afternoon after the
+morning peak, where a Saturday's surplus comes). The newsvendor level would be the round-trip efficiency (~0.9),
+but a quantile of each step is not the quantile of the day's surplus (the steps' errors do not move together
+completely), and measured on the harder years 0.7 keeps the most value (docs/planner.md). Under a demand charge
+this half stands aside: a refill that fails there costs a month's peak, not a round-trip loss. Elsewhere the
+point forecast is used as it is.
 """
 
 from __future__ import annotations
@@ -149,12 +152,33 @@ def room_window_end(import_price: np.ndarray, point_pv: np.ndarray) -> int | Non
     return end if end > 1 and bool((np.asarray(point_pv)[1:end] > 0).any()) else None
 
 
-def room_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence[float], end: int,
+def room_steps(import_price: np.ndarray, end: int) -> np.ndarray:
+    """The steps the room rule plans on a PV quantile, given the end of the running window (:func:`room_window_end`):
+    the window's later steps (1 … ``end`` − 1) and every later step at the same price as the first before the
+    horizon's next cheaper step — where a refill the surplus does not bring is bought back at the price the energy
+    was sold at (the legacy windows' afternoon after the morning peak). Step indices, increasing.
+
+    Parameters
+    ----------
+    import_price : numpy.ndarray
+        Import price per horizon step. [currency/kWh]
+    end : int
+        The first step after the running window.
+    """
+    price = np.asarray(import_price, dtype=float)
+    c_now = float(price[0])
+    cheaper = np.flatnonzero(price < c_now - abs(c_now) * PRICE_TOL)
+    stop = int(cheaper[0]) if len(cheaper) else len(price)
+    same = np.flatnonzero(np.abs(price[end:stop] - c_now) <= abs(c_now) * PRICE_TOL) + end
+    return np.concatenate([np.arange(1, end), same])
+
+
+def room_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence[float], steps: np.ndarray,
                 room_level: float) -> np.ndarray:
-    """The PV forecast the planner plans on in a daylight window before a dearer one (module docstring): the
-    point forecast at the first step and from ``end`` on, the PV quantile at ``room_level`` in between. [kW]"""
+    """The PV forecast the planner plans on in a daylight window before a dearer one (module docstring): the PV
+    quantile at ``room_level`` on ``steps`` (:func:`room_steps`), the point forecast elsewhere. [kW]"""
     out = np.array(point_pv, dtype=float)
-    out[1:end] = at_level(pv_quantiles[:, 1:end], levels, room_level)
+    out[steps] = at_level(pv_quantiles[:, steps], levels, room_level)
     return out
 
 
@@ -164,7 +188,8 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     """The PV forecast a plan is made on, live and offline alike, when ``rule`` is ``"quantile"``
     (``planner.surplus_rule``): :func:`surplus_day_pv` when the first step is in the horizon's cheapest window;
     otherwise, with a ``room_level`` (``planner.surplus_room_level``, None under a demand charge), :func:`room_day_pv`
-    when :func:`room_window_end` finds a daylight window before a dearer one; else the point forecast.
+    on :func:`room_steps` when :func:`room_window_end` finds a daylight window before a dearer one; else the point
+    forecast.
     ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None when the
     source has none (perfect or external forecasts); it is called only when a rule may apply. [kW]
     """
@@ -178,4 +203,5 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     if end is None:
         return point_pv
     quantiles = pv_quantiles(LEVELS)
-    return point_pv if quantiles is None else room_day_pv(point_pv, quantiles, LEVELS, end, room_level)
+    return point_pv if quantiles is None else room_day_pv(point_pv, quantiles, LEVELS, room_steps(price, end),
+                                                          room_level)

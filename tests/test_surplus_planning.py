@@ -109,7 +109,10 @@ def test_point_forecast_keeps_the_battery_full_the_room_rule_makes_room_for_the_
     the room level the afternoon surplus refills it for free, so the plan discharges in the morning."""
     end = surplus.room_window_end(DAY_PRICE, DAY_POINT_PV)
     assert end == 46  # the peak window's first step
-    pv = surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, end, 0.7)
+    steps = surplus.room_steps(DAY_PRICE, end)
+    # the rest of the window, and the normal-price quarter hours after the peak (22:30–24:00, dark) before off-peak
+    assert np.array_equal(steps, np.concatenate([np.arange(1, 46), np.arange(66, 80)]))
+    pv = surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, steps, 0.7)
     assert pv[0] == DAY_POINT_PV[0] and np.array_equal(pv[end:], DAY_POINT_PV[end:])  # first step, later windows
     w = (0.7 - 0.5) / 0.4
     np.testing.assert_allclose(pv[1:end], (1 - w) * DAY_QUANTILES[1, 1:end] + w * DAY_QUANTILES[2, 1:end])
@@ -137,7 +140,8 @@ def test_planned_pv_makes_room_only_with_a_room_level():
         return DAY_QUANTILES
 
     ruled = surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=0.7)
-    assert np.array_equal(ruled, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, 46, 0.7))
+    assert np.array_equal(ruled, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS,
+                                                     surplus.room_steps(DAY_PRICE, 46), 0.7))
     assert asked == [surplus.LEVELS]
     # under a demand charge the callers pass no room level; "off" turns both halves off
     assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=None) is DAY_POINT_PV
@@ -191,8 +195,60 @@ def test_the_live_plan_keeper_makes_room_without_a_demand_charge_only():
     inputs = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-manufacturing-22kv")
     end = surplus.room_window_end(inputs.import_price, DAY_POINT_PV)
     assert end == 46 and SETTINGS.surplus_room_level == 0.7
-    np.testing.assert_allclose(inputs.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, end,
+    np.testing.assert_allclose(inputs.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS,
+                                                                   surplus.room_steps(inputs.import_price, end),
                                                                    SETTINGS.surplus_room_level))
     demand = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-two-part-22kv")
     assert demand.demand_charge_per_kw > 0
     np.testing.assert_allclose(demand.pv_kw, DAY_POINT_PV)
+
+
+# The legacy windows from 04:00 on a sunny Saturday: normal until 09:30 (steps 0–21), the morning peak until 11:30
+# (22–29), normal until 17:00 (30–51), the evening peak until 20:00 (52–63), normal until 22:00 (64–71), off-peak
+# after. Load 800 kW 07:00–12:00, 560 kW (the Saturday afternoon) until 19:00, 300 kW otherwise; the point forecast
+# flat-topped at 540 kW, below the afternoon's load: no surplus on it. Its P90 is 2.5 × the point (at most 1000 kW).
+LEGACY_PRICE = np.full(STEPS, NORMAL)
+LEGACY_PRICE[22:30] = PEAK
+LEGACY_PRICE[52:64] = PEAK
+LEGACY_PRICE[72:] = OFF_PEAK
+LEGACY_HOURS = 4 + np.arange(STEPS) / 4
+LEGACY_LOAD = np.where((LEGACY_HOURS >= 7) & (LEGACY_HOURS < 12), 800.0,
+                       np.where((LEGACY_HOURS >= 12) & (LEGACY_HOURS < 19), 560.0, 300.0))
+LEGACY_POINT_PV = np.minimum(750.0 * np.clip(np.sin((LEGACY_HOURS - 6) / 12 * np.pi), 0, None), 540.0)
+LEGACY_QUANTILES = np.stack([0.6 * LEGACY_POINT_PV, LEGACY_POINT_PV, np.minimum(2.5 * LEGACY_POINT_PV, 1000.0)])
+
+
+def legacy_saturday_plan(pv: np.ndarray):
+    grid = regular_grid(pd.Timestamp("2026-06-06 04:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LEGACY_LOAD, import_price=LEGACY_PRICE,
+                        export_price=np.zeros(STEPS), soc0_kwh=950.0)
+    return Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)[0]
+
+
+def test_the_room_rule_reaches_the_afternoon_after_the_morning_peak():
+    """Under the legacy windows a Saturday's surplus comes after the morning peak, in a second normal-price window:
+    a refill it does not bring is bought back there at the price the morning's energy was sold at, so the room rule
+    plans those steps on the room level's PV too. Known answer: the plan sells in the early morning exactly what the
+    afternoon's surplus refills beyond the morning peak's own discharge, and is full again for the evening peak; on
+    the point forecast, or with the rule confined to the running window (where there is no surplus), it sells
+    nothing before the peak."""
+    end = surplus.room_window_end(LEGACY_PRICE, LEGACY_POINT_PV)
+    assert end == 22
+    steps = surplus.room_steps(LEGACY_PRICE, end)
+    assert np.array_equal(steps, np.concatenate([np.arange(1, 22), np.arange(30, 52), np.arange(64, 72)]))
+    pv = surplus.room_day_pv(LEGACY_POINT_PV, LEGACY_QUANTILES, surplus.LEVELS, steps, 0.7)
+    running_window_only = surplus.room_day_pv(LEGACY_POINT_PV, LEGACY_QUANTILES, surplus.LEVELS, np.arange(1, end),
+                                              0.7)
+    for before in (LEGACY_POINT_PV, running_window_only):
+        assert legacy_saturday_plan(before).discharge_kw[:22].sum() == pytest.approx(0.0, abs=1e-6)
+    schedule = legacy_saturday_plan(pv)
+    afternoon_surplus = float(np.maximum(pv - LEGACY_LOAD, 0.0)[30:52].sum() * 0.25)
+    morning_peak = float(((LEGACY_LOAD - LEGACY_POINT_PV)[22:30]).sum() * 0.25)  # 520 kWh, all from the battery
+    assert morning_peak == pytest.approx(520.0)
+    assert float(schedule.discharge_kw[22:30].sum() * 0.25) == pytest.approx(morning_peak, rel=1e-6)
+    assert float(schedule.charge_kw[30:52].sum() * 0.25) == pytest.approx(afternoon_surplus, rel=1e-6)  # all PV
+    round_trip = BATTERY.charge_efficiency * BATTERY.discharge_efficiency
+    sold_early = float(schedule.discharge_kw[:22].sum() * 0.25)
+    assert sold_early > 200.0
+    assert sold_early == pytest.approx(afternoon_surplus * round_trip - morning_peak, rel=1e-6)
+    assert float(schedule.soc_kwh[51]) == pytest.approx(BATTERY.soc_max_kwh, abs=1e-3)
