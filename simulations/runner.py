@@ -576,8 +576,9 @@ def evaluate(result: RunResult) -> dict[str, dict]:
 
 def battery_savings(result: RunResult) -> dict[str, float]:
     """What each strategy of ``result`` but the reference saves against PV only over the period, exactly as the
-    study's economics and report count it (:func:`evaluate`'s ``savings_vs_pv_only``): counted bills (VAT out when
-    it is recoverable), and the energy the battery holds at the end more than at the start credited at
-    :func:`terminal_price_per_kwh` — a strategy that ends the period with a fuller battery has paid for energy
-    it has not used yet. Scaled to a year like the study's figures. [currency/yr]"""
-    return {name: figures["savings_vs_pv_only"] for name, figures in evaluate(result).items()}
+    study's economics and report count it (``savings_vs_pv_only`` of :func:`evaluate`, which :func:`run` stores in
+    ``result.economics``): counted bills (VAT out when it is recoverable), and the energy the battery holds at the
+    end more than at the start credited at :func:`terminal_price_per_kwh` — a strategy that ends the period with a
+    fuller battery has paid for energy it has not used yet. Scaled to a year like the study's figures.
+    [currency/yr]"""
+    return {name: figures["savings_vs_pv_only"] for name, figures in result.economics.items()}
