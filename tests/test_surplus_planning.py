@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optimizer import surplus
 from optimizer.planner import PlanInputs, Planner
@@ -252,3 +254,27 @@ def test_the_room_rule_reaches_the_afternoon_after_the_morning_peak():
     assert sold_early > 200.0
     assert sold_early == pytest.approx(afternoon_surplus * round_trip - morning_peak, rel=1e-6)
     assert float(schedule.soc_kwh[51]) == pytest.approx(BATTERY.soc_max_kwh, abs=1e-3)
+
+
+@given(st.lists(st.sampled_from([OFF_PEAK, NORMAL, PEAK]), min_size=2, max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_room_steps_are_the_running_window_and_later_steps_at_its_price_before_a_cheaper_one(prices):
+    """For any sequence of window prices: the room rule's steps are the running window's later steps, then only
+    steps at the first step's price, none at or after the first cheaper step, each once and in order."""
+    price = np.repeat(np.asarray(prices), 2)  # windows of two steps
+    end = surplus.room_window_end(price, np.ones(len(price)))
+    if end is None:
+        other = np.flatnonzero(price != price[0])
+        assert not len(other) or price[other[0]] < price[0]
+        return
+    steps = surplus.room_steps(price, end)
+    assert np.array_equal(steps[:end - 1], np.arange(1, end))
+    assert np.all(np.diff(steps) > 0)
+    assert np.all(price[steps] == price[0])
+    cheaper = np.flatnonzero(price < price[0])
+    if len(cheaper):
+        assert steps.max() < cheaper[0]
+        expected = [j for j in range(end, cheaper[0]) if price[j] == price[0]]
+    else:
+        expected = [j for j in range(end, len(price)) if price[j] == price[0]]
+    assert np.array_equal(steps[end - 1:], expected)
