@@ -359,7 +359,7 @@ class Mpc:
         if demand and self.settings.demand_target_days > 0:
             target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
                                       float(grid.duration_h[0]), tariff.window_h)
-        target = max(target, recharge_floor_kw(self.peak_target, self.settings, grid, tariff, pv, load, risk, state))
+        target = max(target, self.recharge_floor(t, grid, tariff, pv, load, risk, state))
         inputs = plan_inputs(grid, tariff, pv, load, state, risk, self.settings.demand_risk_margin, target)
         try:
             schedule, info = self.planner.schedule(inputs)
@@ -370,9 +370,21 @@ class Mpc:
         self._last = (t, now, schedule, inputs, info)
         return follow_plan(schedule, 0, self.grid_spec, same_month=tariff.month == 0 if demand else None,
                            month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw,
-                           demand_kw=costs.window_average_import_kw(schedule.import_kw, inputs) if demand else None,
+                           demand_kw=self.planned_demand(schedule, inputs) if demand else None,
                            window=_window(d, ctx) if demand else None, windows=tariff.window,
                            duration_h=grid.duration_h)
+
+    def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
+                       risk: np.ndarray | None, state: SiteState) -> float:
+        """The re-plan's recharge floor at step ``t`` (:func:`optimizer.service.recharge_floor_kw`, as live), from
+        the forecasts ``pv``/``load`` [kW] and the net-load risk ``risk`` [kW]; a method so that a diagnostic can
+        put the actual rest of the day in its place (benchmarks/bench_two_part_oracles.py). [kW]"""
+        return recharge_floor_kw(self.peak_target, self.settings, grid, tariff, pv, load, risk, state)
+
+    def planned_demand(self, schedule: Schedule, inputs: PlanInputs) -> np.ndarray:
+        """The plan's demand measure per step, whose highest value in the month the follow rule's grid ceiling
+        defends (:func:`optimizer.costs.window_average_import_kw`, as live). [kW]"""
+        return costs.window_average_import_kw(schedule.import_kw, inputs)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
         """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""

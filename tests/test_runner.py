@@ -317,3 +317,36 @@ def test_battery_savings_credit_the_energy_left_in_the_battery_as_the_study_does
         # the credit counts: each strategy ends the 4 days at its SOC floor, 400 kWh below its start
         assert left_kwh == pytest.approx(-400.0, abs=1e-3)
         assert savings[name] < (pv_bill - result.counted_bill(name)) * 365.25 / days
+
+
+def test_the_mpc_target_takes_its_floor_and_ceiling_level_from_its_two_hooks() -> None:
+    """Under a demand charge the MPC's target goes through ``recharge_floor`` (the month's planned floor) and
+    ``planned_demand`` (the level the grid ceiling defends): the two methods the diagnostic benchmark
+    (benchmarks/bench_two_part_oracles.py) overrides with the actual future, so they must stay the ones used."""
+    from simulations.strategies import Mpc, StepContext
+
+    class Hooked(Mpc):
+        def recharge_floor(self, *args) -> float:
+            return 4321.0
+
+        def planned_demand(self, schedule, inputs) -> np.ndarray:
+            return np.full(len(inputs.grid), 777.0)
+
+    sc = _scenario(preset="evn-two-part-22kv", days=3)
+    base = run(sc, strategies=["pv_only"], data=load_data(sc))
+    k = 30
+    starts = base.inputs.starts[:base.inputs.steps]
+    ns = starts.as_unit("ns").asi8
+    pv_hist, load_hist = np.full(len(ns), np.nan), np.full(len(ns), np.nan)
+    pv_hist[:k], load_hist[:k] = base.inputs.pv_kw[:k], base.inputs.load_kw[:k]
+    ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=100.0,
+                      pv_history=History(ns, pv_hist), load_history=History(ns, load_hist))
+    shipped = make_strategy("mpc", sc, base.inputs, base.tariff)
+    hooked = Hooked.__new__(Hooked)  # the MPC exactly as make_strategy makes it, with the two methods overridden
+    hooked.__dict__.update(make_strategy("mpc", sc, base.inputs, base.tariff).__dict__)
+    now = starts[k].to_pydatetime()
+    plain, target = shipped.target(k, now, ctx), hooked.target(k, now, ctx)
+    assert float(np.max(hooked._last[3].month_peak_kw)) == 4321.0
+    assert float(np.max(shipped._last[3].month_peak_kw)) < 4321.0
+    assert target.grid_ceiling_kw == pytest.approx(777.0)  # under the site's 1,000 kW import limit
+    assert plain.grid_ceiling_kw != pytest.approx(777.0)

@@ -1,0 +1,177 @@
+"""What the MPC's gap to perfect foresight under a demand charge is made of: the study's MPC with one part of what it
+plans on replaced by the actual future (docs/performance.md, "What the two-part gap is made of").
+
+Under the two-part pilot the MPC's month peaks, not its energy, make its gap to perfect foresight, and a month's
+peak is set by the level the plan defends: the month's peak target (the hardest recent days,
+:class:`optimizer.peak_target.PeakTarget`) and the recharge floor (the level the battery's energy now can hold on
+the stress net load until the next cheap recharge, :func:`optimizer.service.recharge_floor_kw`). This measures how
+much better those two levels could be at best, each year's MPC value as a share of perfect foresight's (counted
+as the study counts it, :func:`simulations.runner.battery_savings`), for
+
+- ``shipped``: the study's MPC as it is;
+- ``oracle_floor``: the recharge floor on the *actual* net load of the rest of the day instead of the forecasts'
+  stress net load (the lowest level the energy now could really hold until the next cheap recharge);
+- ``oracle_month_target``: the month's peak target the highest level the battery could have held on any of the
+  month's own days (:func:`optimizer.peak_target.day_holdable_kw` on the actual net load of each local day);
+- ``oracle_both``: both;
+- ``oracle_both_ceiling``: both, and the dispatcher's grid ceiling at that planned level (the plan's own higher
+  peak, made on the forecasts, is not followed);
+- ``perfect_forecasts``: the same MPC fed the actual PV and load as its forecasts (``mpc_perfect``).
+
+Everything else (the LP on the forecasts, the demand reserve, the stress path, the dispatcher) is the shipped one.
+The oracles are diagnostics, not policies: no site knows the rest of its day. One worker process per year, two at
+a time; ~15 min for four years on two cores.
+
+Run:  .venv/bin/python benchmarks/bench_two_part_oracles.py [--scenario nam-cau-kien-hard-two-part]
+          [--seeds 7 11 23 42] [--days N]
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_seeds import DEFAULT_SEEDS, seeded_scenario  # noqa: E402
+
+from optimizer.costs import Schedule  # noqa: E402
+from optimizer.peak_target import PeakTarget, day_holdable_kw  # noqa: E402
+from optimizer.planner import PlanInputs  # noqa: E402
+from optimizer.service import SiteState, TariffSteps  # noqa: E402
+from optimizer.site import BatterySpec  # noqa: E402
+from optimizer.timegrid import TimeGrid  # noqa: E402
+from simulations.runner import (  # noqa: E402
+    battery_savings,
+    evaluate,
+    forecast_pv,
+    forecast_site,
+    nominal_load_kw,
+    run,
+    simulate,
+)
+from simulations.strategies import Inputs, Mpc  # noqa: E402
+
+ORACLES = ("oracle_floor", "oracle_month_target", "oracle_both", "oracle_both_ceiling")
+VARIANTS = ("shipped", *ORACLES, "perfect_forecasts")
+NS_PER_DAY = 86_400_000_000_000
+
+
+class MonthOracleTarget(PeakTarget):
+    """The month's peak target known in advance: the highest :func:`day_holdable_kw` over the local days of the
+    plan's local month, on the period's actual net load (load − PV) [kW]."""
+
+    def __init__(self, battery: BatterySpec, days: int, data: Inputs, timezone: str):
+        super().__init__(battery, days)
+        n = data.steps
+        local = data.starts[:n].tz_convert(timezone)
+        net = data.load_kw[:n] - data.pv_kw[:n]
+        step_h = float(data.duration_h[0])
+        self._timezone = timezone
+        self._net_by_day: dict[tuple[int, int], list[np.ndarray]] = {}
+        dates = np.asarray(local.normalize().tz_localize(None).asi8)
+        for day in np.unique(dates):
+            rows = dates == day
+            if round(rows.sum() * step_h) == 24:  # whole local days only
+                stamp = local[np.argmax(rows)]
+                self._net_by_day.setdefault((stamp.year, stamp.month), []).append(net[rows])
+        self._by_month: dict[tuple[int, int, float], float] = {}
+
+    def __call__(self, pv, load, start_ns: int, step_h: float, window_h: float) -> float:
+        import pandas as pd
+        local = pd.Timestamp(start_ns, tz="UTC").tz_convert(self._timezone)
+        key = (local.year, local.month, window_h)
+        if key not in self._by_month:
+            days = self._net_by_day.get(key[:2], [])
+            self._by_month[key] = max((day_holdable_kw(net, step_h, window_h, self.energy_kwh, self.power_kw)
+                                       for net in days), default=0.0)
+        return self._by_month[key]
+
+
+class OracleMpc(Mpc):
+    """The study's MPC with the recharge floor, the month's peak target and/or the grid ceiling's planned level
+    taken from the actual future (module docstring)."""
+
+    def __init__(self, variant: str, *args, timezone: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = variant
+        self.oracle_floor = variant in ("oracle_floor", "oracle_both", "oracle_both_ceiling")
+        self.ceiling_at_level = variant == "oracle_both_ceiling"
+        if variant in ("oracle_month_target", "oracle_both", "oracle_both_ceiling"):
+            self.peak_target = MonthOracleTarget(self.battery, self.settings.demand_target_days, self.data, timezone)
+
+    def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
+                       risk: np.ndarray | None, state: SiteState) -> float:
+        if not self.oracle_floor:
+            return super().recharge_floor(t, grid, tariff, pv, load, risk, state)
+        h = len(grid)
+        return super().recharge_floor(t, grid, tariff, self.data.pv_kw[t:t + h], self.data.load_kw[t:t + h], None,
+                                      state)
+
+    def planned_demand(self, schedule: Schedule, inputs: PlanInputs) -> np.ndarray:
+        demand = super().planned_demand(schedule, inputs)
+        level = float(np.max(inputs.month_peak_kw))
+        return np.minimum(demand, level) if self.ceiling_at_level and level > 0 else demand
+
+
+def seed_shares(name: str, seed: int, days: int | None) -> dict[str, float]:
+    """Each variant's battery value as a share of perfect foresight's on one seed's year, and the values. [-]"""
+    t0 = time.perf_counter()
+    scenario = seeded_scenario(name, seed, {}, days)
+    result = run(scenario, strategies=["mpc", "mpc_perfect", "perfect_foresight"])
+    spec, tol = scenario.battery.spec(), scenario.dispatch.follow_tol_kw
+    for variant in ORACLES:
+        strategy = OracleMpc(variant, result.inputs, forecast_site(scenario), forecast_pv(scenario), spec,
+                             scenario.grid, scenario.planner, tol, perfect=False, holidays=result.tariff.calendar,
+                             nominal_load_kw=nominal_load_kw(scenario), day_ahead=scenario.data.pv_forecast,
+                             timezone=scenario.site.timezone)
+        result.results[variant] = simulate(strategy, scenario, result.inputs, result.tariff, battery=True)
+    result.economics = evaluate(result)
+    value = battery_savings(result)
+    value["shipped"], value["perfect_forecasts"] = value.pop("mpc"), value.pop("mpc_perfect")
+    pf = value.pop("perfect_foresight")
+    out: dict[str, float] = {"seed": seed, "value_pf": pf, "wall_s": time.perf_counter() - t0}
+    for variant in VARIANTS:
+        out[f"value_{variant}"] = value[variant]
+        out[variant] = value[variant] / pf if pf else float("nan")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", default="nam-cau-kien-hard-two-part",
+                        help="a shipped scenario on a synthetic year with a demand charge")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
+    args = parser.parse_args()
+    command = " ".join(["python benchmarks/bench_two_part_oracles.py", "--scenario", args.scenario, "--seeds",
+                        *map(str, args.seeds)] + ([f"--days {args.days}"] if args.days else []))
+    print(f"reproduce: {command}", flush=True)
+    try:  # a bad scenario fails here, at once, not in a worker
+        seeded_scenario(args.scenario, args.seeds[0], {}, args.days)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench_two_part_oracles: {args.scenario}: {exc}") from None
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        years = list(pool.map(seed_shares, [args.scenario] * len(args.seeds), args.seeds,
+                              [args.days] * len(args.seeds)))
+    total_pf = sum(year["value_pf"] for year in years)
+    pooled = {variant: sum(year[f"value_{variant}"] for year in years) / total_pf if total_pf else None
+              for variant in VARIANTS}
+    for variant in VARIANTS:
+        per_seed = " / ".join(f"{year[variant]:.4f}" for year in years)
+        print(f"{variant:22s} pooled {pooled[variant]:.4f}  (seeds {per_seed})", flush=True)
+    print(json.dumps({"command": command, "scenario": args.scenario, "pooled": pooled, "years": years}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
