@@ -37,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,20 +51,11 @@ from optimizer.planner import PlanInputs  # noqa: E402
 from optimizer.service import SiteState, TariffSteps  # noqa: E402
 from optimizer.site import BatterySpec  # noqa: E402
 from optimizer.timegrid import TimeGrid  # noqa: E402
-from simulations.runner import (  # noqa: E402
-    battery_savings,
-    evaluate,
-    forecast_pv,
-    forecast_site,
-    nominal_load_kw,
-    run,
-    simulate,
-)
+from simulations.runner import battery_savings, evaluate, make_strategy, run, simulate  # noqa: E402
 from simulations.strategies import Inputs, Mpc  # noqa: E402
 
 ORACLES = ("oracle_floor", "oracle_month_target", "oracle_both", "oracle_both_ceiling")
 VARIANTS = ("shipped", *ORACLES, "perfect_forecasts")
-NS_PER_DAY = 86_400_000_000_000
 
 
 class MonthOracleTarget(PeakTarget):
@@ -87,7 +79,6 @@ class MonthOracleTarget(PeakTarget):
         self._by_month: dict[tuple[int, int, float], float] = {}
 
     def __call__(self, pv, load, start_ns: int, step_h: float, window_h: float) -> float:
-        import pandas as pd
         local = pd.Timestamp(start_ns, tz="UTC").tz_convert(self._timezone)
         key = (local.year, local.month, window_h)
         if key not in self._by_month:
@@ -101,13 +92,21 @@ class OracleMpc(Mpc):
     """The study's MPC with the recharge floor, the month's peak target and/or the grid ceiling's planned level
     taken from the actual future (module docstring)."""
 
-    def __init__(self, variant: str, *args, timezone: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.name = variant
-        self.oracle_floor = variant in ("oracle_floor", "oracle_both", "oracle_both_ceiling")
-        self.ceiling_at_level = variant == "oracle_both_ceiling"
+    oracle_floor: bool
+    ceiling_at_level: bool
+
+    @classmethod
+    def of(cls, mpc: Mpc, variant: str, timezone: str) -> OracleMpc:
+        """``mpc`` (the study's MPC, as :func:`simulations.runner.make_strategy` makes it) with the parts of
+        ``variant`` taken from the actual future."""
+        out = cls.__new__(cls)
+        out.__dict__.update(mpc.__dict__)
+        out.name = variant
+        out.oracle_floor = variant in ("oracle_floor", "oracle_both", "oracle_both_ceiling")
+        out.ceiling_at_level = variant == "oracle_both_ceiling"
         if variant in ("oracle_month_target", "oracle_both", "oracle_both_ceiling"):
-            self.peak_target = MonthOracleTarget(self.battery, self.settings.demand_target_days, self.data, timezone)
+            out.peak_target = MonthOracleTarget(mpc.battery, mpc.settings.demand_target_days, mpc.data, timezone)
+        return out
 
     def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
                        risk: np.ndarray | None, state: SiteState) -> float:
@@ -128,12 +127,9 @@ def seed_shares(name: str, seed: int, days: int | None) -> dict[str, float]:
     t0 = time.perf_counter()
     scenario = seeded_scenario(name, seed, {}, days)
     result = run(scenario, strategies=["mpc", "mpc_perfect", "perfect_foresight"])
-    spec, tol = scenario.battery.spec(), scenario.dispatch.follow_tol_kw
     for variant in ORACLES:
-        strategy = OracleMpc(variant, result.inputs, forecast_site(scenario), forecast_pv(scenario), spec,
-                             scenario.grid, scenario.planner, tol, perfect=False, holidays=result.tariff.calendar,
-                             nominal_load_kw=nominal_load_kw(scenario), day_ahead=scenario.data.pv_forecast,
-                             timezone=scenario.site.timezone)
+        strategy = OracleMpc.of(make_strategy("mpc", scenario, result.inputs, result.tariff), variant,
+                                scenario.site.timezone)
         result.results[variant] = simulate(strategy, scenario, result.inputs, result.tariff, battery=True)
     result.economics = evaluate(result)
     value = battery_savings(result)
