@@ -291,10 +291,11 @@ class PlannerSettings(StrictModel):
                     "likely to reach anyway (optimizer/peak_target.py, docs/planner.md) [d]; 0 = the month-to-date "
                     "peak only")
     demand_stress_level: float = Field(
-        default=0.5, ge=0, le=5,
+        default=0.0, ge=0, le=5,
         description="Under a demand charge, the plan keeps at every moment the battery energy to hold the month's "
                     "peak through the rest of the horizon on a stress day: net load at the forecast plus this many "
-                    "times its upper forecast error (optimizer/lp_model.py, docs/planner.md) [-]; 0 = off")
+                    "times its upper forecast error (optimizer/lp_model.py, docs/planner.md) [-]; 0 = off (the "
+                    "default: with the recharge floor on it never binds; set it, e.g. 0.5, when the floor is off)")
     demand_floor_until_recharge: bool = Field(
         default=True,
         description="Under a demand charge, outside the cheapest price window, plan the month's peak at no less "
