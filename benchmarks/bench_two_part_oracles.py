@@ -16,6 +16,13 @@ as the study counts it, :func:`simulations.runner.battery_savings`), for
 - ``oracle_both``: both;
 - ``oracle_both_ceiling``: both, and the dispatcher's grid ceiling at that planned level (the plan's own higher
   peak, made on the forecasts, is not followed);
+- ``true_load`` / ``true_pv``: one forecast replaced by the actual load / PV, the net-load risk the hedges are sized
+  from (:meth:`simulations.strategies.Mpc.peak_risk`) then made of the other forecaster's errors only;
+- ``best_load``: the load forecast the synthetic generator's own author would make: the same year without its load
+  noise (``data.synthetic.load.noise_pct`` 0 on the same seed: the same calendar, Saturday afternoons and
+  unannounced shutdowns, known in advance) times the last measured noise carried forward at the noise's own
+  autocorrelation (:data:`simulations.synthetic.LOAD_NOISE_AR_PER_HOUR`), and the load's part of the risk the
+  noise's own 90th percentile at that lead — the most any load forecaster could know of this year;
 - ``perfect_forecasts``: the same MPC fed the actual PV and load as its forecasts (``mpc_perfect``).
 
 Everything else (the LP on the forecasts, the demand reserve, the stress path, the dispatcher) is the shipped one.
@@ -48,14 +55,65 @@ from bench_seeds import DEFAULT_SEEDS, seeded_scenario  # noqa: E402
 from optimizer.costs import Schedule  # noqa: E402
 from optimizer.peak_target import PeakTarget, day_holdable_kw  # noqa: E402
 from optimizer.planner import PlanInputs  # noqa: E402
-from optimizer.service import SiteState, TariffSteps  # noqa: E402
+from optimizer.service import SiteState, TariffSteps, peak_risk_quantiles  # noqa: E402
 from optimizer.site import BatterySpec  # noqa: E402
 from optimizer.timegrid import TimeGrid  # noqa: E402
-from simulations.runner import battery_savings, evaluate, make_strategy, run, simulate  # noqa: E402
-from simulations.strategies import Inputs, Mpc  # noqa: E402
+from simulations.runner import battery_savings, evaluate, load_data, make_strategy, run, simulate  # noqa: E402
+from simulations.scenario import Scenario  # noqa: E402
+from simulations.strategies import Inputs, Mpc, StepContext  # noqa: E402
+from simulations.synthetic import LOAD_NOISE_AR_PER_HOUR  # noqa: E402
 
-ORACLES = ("oracle_floor", "oracle_month_target", "oracle_both", "oracle_both_ceiling")
+LEVEL_ORACLES = ("oracle_floor", "oracle_month_target", "oracle_both", "oracle_both_ceiling")
+FORECAST_ORACLES = ("true_load", "true_pv", "best_load")
+ORACLES = (*LEVEL_ORACLES, *FORECAST_ORACLES)
 VARIANTS = ("shipped", *ORACLES, "perfect_forecasts")
+P90_Z = 1.2816
+"""The standard normal's 90th percentile: the noise's P90 is this many standard deviations above its mean. [-]"""
+
+
+class BestLoad:
+    """The best load forecast of a synthetic year (``best_load`` in the module docstring).
+
+    Parameters
+    ----------
+    quiet_kw : numpy.ndarray
+        The year's load without its noise, per step of the MPC's inputs. [kW]
+    actual_kw : numpy.ndarray
+        The actual load, per the same steps. [kW]
+    noise_sd : float
+        The noise's standard deviation as a share of the load (``noise_pct`` / 100). [-]
+    step_h : float
+        The steps' length. [h]
+    """
+
+    def __init__(self, quiet_kw: np.ndarray, actual_kw: np.ndarray, noise_sd: float, step_h: float):
+        self.quiet_kw, self.actual_kw, self.noise_sd = quiet_kw, actual_kw, noise_sd
+        self.phi = LOAD_NOISE_AR_PER_HOUR ** step_h  # the noise's autocorrelation one step apart
+
+    @classmethod
+    def of(cls, scenario: Scenario, data: Inputs) -> BestLoad:
+        """For a scenario on a synthetic year: its noise-free year on the same seed, padded with the actual load
+        over the look-ahead steps beyond the year."""
+        synthetic = scenario.data.synthetic
+        if synthetic is None:
+            raise ValueError("best_load needs a synthetic year")
+        dump = scenario.model_dump()
+        dump["data"]["synthetic"]["load"]["noise_pct"] = 0.0
+        quiet_scenario = Scenario.model_validate(dump)
+        quiet_scenario._base_dir = scenario.base_dir
+        quiet = load_data(quiet_scenario).load_kw
+        quiet = np.concatenate([quiet, data.load_kw[len(quiet):]])[:len(data.load_kw)]
+        return cls(quiet, data.load_kw, synthetic.load.noise_pct / 100.0, float(data.duration_h[0]))
+
+    def forecast(self, t: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """The forecast of steps ``t`` … ``t + steps − 1`` made at the start of step ``t`` (the load measured up to
+        step ``t − 1``), and the noise's 90th percentile above it per step. [kW]"""
+        lead = np.arange(1, steps + 1)
+        quiet = self.quiet_kw[t:t + steps]
+        noise_now = self.actual_kw[t - 1] / self.quiet_kw[t - 1] - 1.0 if t > 0 and self.quiet_kw[t - 1] > 0 else 0.0
+        carried = self.phi ** lead
+        forecast = quiet * (1.0 + noise_now * carried)
+        return forecast, P90_Z * self.noise_sd * quiet * np.sqrt(1.0 - carried ** 2)
 
 
 class MonthOracleTarget(PeakTarget):
@@ -94,19 +152,54 @@ class OracleMpc(Mpc):
 
     oracle_floor: bool
     ceiling_at_level: bool
+    forecast_oracle: str | None
+    best_load: BestLoad | None
+    _builtin: tuple[np.ndarray, np.ndarray]  # the last built-in PV and load forecasts [kW]
 
     @classmethod
-    def of(cls, mpc: Mpc, variant: str, timezone: str) -> OracleMpc:
+    def of(cls, mpc: Mpc, variant: str, timezone: str, best_load: BestLoad | None = None) -> OracleMpc:
         """``mpc`` (the study's MPC, as :func:`simulations.runner.make_strategy` makes it) with the parts of
-        ``variant`` taken from the actual future."""
+        ``variant`` taken from the actual future (``best_load`` for the variant of that name)."""
         out = cls.__new__(cls)
         out.__dict__.update(mpc.__dict__)
         out.name = variant
         out.oracle_floor = variant in ("oracle_floor", "oracle_both", "oracle_both_ceiling")
         out.ceiling_at_level = variant == "oracle_both_ceiling"
+        out.forecast_oracle = variant if variant in FORECAST_ORACLES else None
+        out.best_load = best_load
+        if variant == "best_load" and best_load is None:
+            raise ValueError("best_load needs its BestLoad")
         if variant in ("oracle_month_target", "oracle_both", "oracle_both_ceiling"):
             out.peak_target = MonthOracleTarget(mpc.battery, mpc.settings.demand_target_days, mpc.data, timezone)
         return out
+
+    def forecasts(self, t: int, grid: TimeGrid, ctx: StepContext, demand: bool) -> tuple[np.ndarray, np.ndarray]:
+        pv, load = super().forecasts(t, grid, ctx, demand)
+        self._builtin = (pv, load)
+        h = len(grid)
+        if self.forecast_oracle == "true_load":
+            return pv, self.data.load_kw[t:t + h]
+        if self.forecast_oracle == "true_pv":
+            return self.data.pv_kw[t:t + h], load
+        if self.forecast_oracle == "best_load":
+            assert self.best_load is not None
+            return pv, self.best_load.forecast(t, h)[0]
+        return pv, load
+
+    def peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
+        if self.forecast_oracle is None:
+            return super().peak_risk(t, grid, ctx, pv, load)
+        pv_builtin, load_builtin = self._builtin  # the errors are the built-in forecasters', about their forecasts
+        pv_p10, load_p90 = peak_risk_quantiles(self.pv_forecaster, self.load_forecaster, grid,
+                                               *self._history_views(t, ctx))
+        pv_part = np.maximum(pv_builtin - pv_p10, 0.0)
+        if self.forecast_oracle == "true_load":
+            return pv_part
+        load_part = np.maximum(load_p90 - load_builtin, 0.0)
+        if self.forecast_oracle == "true_pv":
+            return load_part
+        assert self.best_load is not None
+        return np.hypot(self.best_load.forecast(t, len(grid))[1], pv_part)
 
     def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
                        risk: np.ndarray | None, state: SiteState) -> float:
@@ -127,9 +220,10 @@ def seed_shares(name: str, seed: int, days: int | None) -> dict[str, float]:
     t0 = time.perf_counter()
     scenario = seeded_scenario(name, seed, {}, days)
     result = run(scenario, strategies=["mpc", "mpc_perfect", "perfect_foresight"])
+    best_load = BestLoad.of(scenario, result.inputs)
     for variant in ORACLES:
         strategy = OracleMpc.of(make_strategy("mpc", scenario, result.inputs, result.tariff), variant,
-                                scenario.site.timezone)
+                                scenario.site.timezone, best_load)
         result.results[variant] = simulate(strategy, scenario, result.inputs, result.tariff, battery=True)
     result.economics = evaluate(result)
     value = battery_savings(result)

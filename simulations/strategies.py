@@ -304,9 +304,11 @@ class Mpc:
                                 None if demand else self.settings.surplus_room_level)
         return pv, self.load_forecaster.forecast(grid, load_history)
 
-    def _peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
-        """As live (``WithExternal.peak_risk``): the net-load risk from the external forecasts' bands where they
-        have one, otherwise from the built-in forecasters' own errors. [kW]"""
+    def peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """As live (``WithExternal.peak_risk``): the net-load risk at step ``t`` for the forecasts ``pv``/``load``
+        [kW], from the external forecasts' bands where they have one, otherwise from the built-in forecasters' own
+        errors; a method so that a diagnostic can size it for forecasts it replaces
+        (benchmarks/bench_two_part_oracles.py). [kW]"""
         history = self._history_views(t, ctx)
         risk = None if self.external is None else self.external.peak_risk_kw(
             grid, pv, load, _grid_now(grid),
@@ -354,7 +356,7 @@ class Mpc:
         pv, load = self.forecasts(t, grid, ctx, demand)
         risk = None
         if demand and self.settings.uses_peak_risk:
-            risk = np.zeros(h) if self.perfect else self._peak_risk(t, grid, ctx, pv, load)
+            risk = np.zeros(h) if self.perfect else self.peak_risk(t, grid, ctx, pv, load)
         target, state = 0.0, ctx.state()
         if demand and self.settings.demand_target_days > 0:
             target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),

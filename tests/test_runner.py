@@ -319,10 +319,11 @@ def test_battery_savings_credit_the_energy_left_in_the_battery_as_the_study_does
         assert savings[name] < (pv_bill - result.counted_bill(name)) * 365.25 / days
 
 
-def test_the_mpc_target_takes_its_floor_and_ceiling_level_from_its_two_hooks() -> None:
-    """Under a demand charge the MPC's target goes through ``recharge_floor`` (the month's planned floor) and
-    ``planned_demand`` (the level the grid ceiling defends): the two methods the diagnostic benchmark
-    (benchmarks/bench_two_part_oracles.py) overrides with the actual future, so they must stay the ones used."""
+def test_the_mpc_target_takes_its_floor_ceiling_level_and_risk_from_its_hooks() -> None:
+    """Under a demand charge the MPC's target goes through ``recharge_floor`` (the month's planned floor),
+    ``planned_demand`` (the level the grid ceiling defends) and ``peak_risk`` (the net-load risk the hedges are sized
+    from): the methods the diagnostic benchmark (benchmarks/bench_two_part_oracles.py) overrides with the actual
+    future, so they must stay the ones used."""
     from simulations.strategies import Mpc, StepContext
 
     class Hooked(Mpc):
@@ -331,6 +332,9 @@ def test_the_mpc_target_takes_its_floor_and_ceiling_level_from_its_two_hooks() -
 
         def planned_demand(self, schedule, inputs) -> np.ndarray:
             return np.full(len(inputs.grid), 777.0)
+
+        def peak_risk(self, t, grid, ctx, pv, load) -> np.ndarray:
+            return np.full(len(grid), 55.0)
 
     sc = _scenario(preset="evn-two-part-22kv", days=3)
     base = run(sc, strategies=["pv_only"], data=load_data(sc))
@@ -342,7 +346,7 @@ def test_the_mpc_target_takes_its_floor_and_ceiling_level_from_its_two_hooks() -
     ctx = StepContext(soc_kwh=500.0, max_charge_kw=250.0, max_discharge_kw=250.0, month_peak_kw=100.0,
                       pv_history=History(ns, pv_hist), load_history=History(ns, load_hist))
     shipped = make_strategy("mpc", sc, base.inputs, base.tariff)
-    hooked = Hooked.__new__(Hooked)  # the MPC exactly as make_strategy makes it, with the two methods overridden
+    hooked = Hooked.__new__(Hooked)  # the MPC exactly as make_strategy makes it, with the methods overridden
     hooked.__dict__.update(make_strategy("mpc", sc, base.inputs, base.tariff).__dict__)
     now = starts[k].to_pydatetime()
     plain, target = shipped.target(k, now, ctx), hooked.target(k, now, ctx)
@@ -350,3 +354,5 @@ def test_the_mpc_target_takes_its_floor_and_ceiling_level_from_its_two_hooks() -
     assert float(np.max(shipped._last[3].month_peak_kw)) < 4321.0
     assert target.grid_ceiling_kw == pytest.approx(777.0)  # under the site's 1,000 kW import limit
     assert plain.grid_ceiling_kw != pytest.approx(777.0)
+    assert np.all(hooked._last[3].peak_risk_kw == 55.0)
+    assert not np.all(shipped._last[3].peak_risk_kw == 55.0)
