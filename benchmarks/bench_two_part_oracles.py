@@ -155,6 +155,7 @@ class OracleMpc(Mpc):
     forecast_oracle: str | None
     best_load: BestLoad | None
     _builtin: tuple[np.ndarray, np.ndarray]  # the last built-in PV and load forecasts [kW]
+    _best_load_risk: np.ndarray  # with best_load: the noise's P90 above the last load forecast [kW]
 
     @classmethod
     def of(cls, mpc: Mpc, variant: str, timezone: str, best_load: BestLoad | None = None) -> OracleMpc:
@@ -183,7 +184,7 @@ class OracleMpc(Mpc):
             return self.data.pv_kw[t:t + h], load
         if self.forecast_oracle == "best_load":
             assert self.best_load is not None
-            return pv, self.best_load.forecast(t, h)[0]
+            load, self._best_load_risk = self.best_load.forecast(t, h)
         return pv, load
 
     def peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -198,8 +199,7 @@ class OracleMpc(Mpc):
         load_part = np.maximum(load_p90 - load_builtin, 0.0)
         if self.forecast_oracle == "true_pv":
             return load_part
-        assert self.best_load is not None
-        return np.hypot(self.best_load.forecast(t, len(grid))[1], pv_part)
+        return np.hypot(self._best_load_risk, pv_part)
 
     def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
                        risk: np.ndarray | None, state: SiteState) -> float:
