@@ -130,7 +130,9 @@ class TreePlanner:
         self._solvers: dict[tuple, _Solver] = {}
 
     def schedule(self, inputs: PlanInputs) -> tuple[Schedule, SolverInfo]:
-        """The tree's plan for ``inputs``: the middle leaf's schedule (its first step is every leaf's)."""
+        """The tree's plan for ``inputs``: the middle leaf's schedule (its first step is every leaf's). The
+        planner's removal of a simultaneous charge and discharge (a re-solve with the direction fixed) is not
+        repeated here; the follow rule takes the net of the two."""
         if inputs.demand_charge_per_kw <= 0 or inputs.peak_risk_kw is None or self.alpha <= 0:
             return self.planner.schedule(inputs)
         t0 = time.perf_counter()
