@@ -33,6 +33,7 @@ from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
 from controller.forecast_csv import ForecastCsvSettings
 from controller.groups import GroupSettings
+from controller.modes import FallbackMode
 from controller.telemetry.config import TelemetrySettings
 from controller.validation import ValidationSettings
 from drivers.config import DeviceConfig, MeterLocation, device_list_errors
@@ -64,7 +65,7 @@ class ControlSettings(StrictModel):
         default=1.0, ge=0, description="A battery setpoint change smaller than this is not written [kW]")
     pv_write_deadband_pct: float = Field(
         default=0.5, ge=0, description="A PV limit change smaller than this is not written [% of PV AC rating]")
-    fallback_mode: Literal["self_consumption", "tou_rule"] = Field(
+    fallback_mode: FallbackMode = Field(
         default="self_consumption", description="What auto mode does without a valid plan")
     initial_mode: Literal["auto", "standby", "monitor_only"] = Field(
         default="auto", description="Mode at start until an operator asks for one: monitor_only writes nothing "

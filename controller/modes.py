@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ the ``mode_code`` field of ``ems_state``. Fixed: a new mode gets the next number
 INITIAL_MODES = (Mode.AUTO, Mode.STANDBY, Mode.MONITOR_ONLY)
 REQUESTABLE = (Mode.AUTO, Mode.SELF_CONSUMPTION, Mode.TOU_RULE, Mode.MANUAL, Mode.STANDBY)
 FALLBACKS = (Mode.SELF_CONSUMPTION, Mode.TOU_RULE)
+FallbackMode = Literal["self_consumption", "tou_rule"]
+"""What auto mode does without a valid plan, as a configuration value (live ``control.fallback_mode``, a study's
+``control.fallback_mode``, ``PUT /settings``): the names of :data:`FALLBACKS`."""
 
 
 class Reason(StrEnum):

@@ -345,7 +345,8 @@ def make_strategy(name: str, scenario: Scenario, data: Inputs, tariff: SiteTarif
     if name in ("mpc", "mpc_perfect"):
         return Mpc(data, forecast_site(scenario), forecast_pv(scenario), spec, scenario.grid, scenario.planner, tol,
                    perfect=name == "mpc_perfect", holidays=tariff.calendar, nominal_load_kw=nominal_load_kw(scenario),
-                   day_ahead=scenario.data.pv_forecast)
+                   day_ahead=scenario.data.pv_forecast,
+                   fallback=TouRule(data, spec) if scenario.control.fallback_mode == "tou_rule" else None)
     if name == "perfect_foresight":
         soc0 = spec.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
         return PerfectForesight(data, spec, scenario.grid, scenario.planner, tol, soc0)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from controller.dispatch import DispatchSettings
+from controller.modes import FallbackMode
 from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
 from optimizer.site import (
     BatterySpec,
@@ -193,6 +194,15 @@ class Co2(StrictModel):
                                               "None = not reported")
 
 
+class StudyControl(StrictModel):
+    """The live controller's settings a study models (the live ``control`` section's keys of the same name)."""
+
+    fallback_mode: FallbackMode = Field(
+        default="self_consumption",
+        description="What the MPC does after a solver failure once its last plan has expired, as live: "
+                    "self_consumption or tou_rule")
+
+
 class Scenario(StrictModel):
     """One offline study case."""
 
@@ -205,6 +215,7 @@ class Scenario(StrictModel):
     tariff: ScenarioTariff
     planner: PlannerSettings = PlannerSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    control: StudyControl = StudyControl()
     data: DataSection
     costs: Costs
     finance: Finance = Finance()

@@ -237,12 +237,17 @@ class Mpc:
         A day-ahead PV forecast from outside (:mod:`simulations.day_ahead`), handed to an
         :class:`~optimizer.external_forecast.ExternalForecasts` as its issue times pass and laid over the built-in
         PV forecast as live (the surplus-day rule stands aside while it is used).
+    fallback : Strategy | None
+        What is followed after a solver failure once the last plan has expired, as live control's
+        ``control.fallback_mode``: :class:`SelfConsumption` (None, the default) or :class:`TouRule`.
     """
 
     def __init__(self, data: Inputs, site: SiteInfo, pv: PVSpec, battery: BatterySpec, grid: GridSpec,
                  settings: PlannerSettings, tol_kw: float, perfect: bool, holidays: HolidayCalendar,
-                 nominal_load_kw: float | None = None, day_ahead: DayAheadForecast | None = None):
+                 nominal_load_kw: float | None = None, day_ahead: DayAheadForecast | None = None,
+                 fallback: Strategy | None = None):
         self.name = "mpc_perfect" if perfect else "mpc"
+        self.fallback = SelfConsumption() if fallback is None else fallback
         self.data, self.battery, self.grid_spec, self.settings = data, battery, grid, settings
         self.tol_kw, self.perfect = tol_kw, perfect
         self.horizon = settings.horizon_steps
@@ -389,7 +394,7 @@ class Mpc:
         return costs.window_average_import_kw(schedule.import_kw, inputs)
 
     def _fallback(self, t: int, now: datetime, ctx: StepContext, exc: PlannerError) -> Target:
-        """As live: keep following the last valid plan until it expires, then the self-consumption fallback."""
+        """As live: keep following the last valid plan until it expires, then the fallback mode's target."""
         self.failures.append((now.isoformat(), f"{type(exc).__name__}: {exc}"))
         if self._last is not None:
             first, created, schedule, inputs, info = self._last
@@ -404,7 +409,7 @@ class Mpc:
                                    window=_window(self.data, ctx) if demand else None,
                                    windows=self.data.tariff.window[first:first + len(plan)],
                                    duration_h=plan.duration_h)
-        return SelfConsumption().target(t, now, ctx)
+        return self.fallback.target(t, now, ctx)
 
 
 class PerfectForesight:

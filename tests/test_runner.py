@@ -356,3 +356,23 @@ def test_the_mpc_target_takes_its_floor_ceiling_level_and_risk_from_its_hooks() 
     assert plain.grid_ceiling_kw != pytest.approx(777.0)
     assert np.all(hooked._last[3].peak_risk_kw == 55.0)
     assert not np.all(shipped._last[3].peak_risk_kw == 55.0)
+
+
+@pytest.mark.parametrize("fallback", ["self_consumption", "tou_rule"])
+def test_after_solver_failures_the_mpc_follows_the_studys_fallback_mode_as_live(fallback: str) -> None:
+    """A solver time limit HiGHS cannot meet fails every re-plan (a real failure, recorded): with no plan ever made,
+    the MPC follows ``control.fallback_mode`` from the first step, step for step what that mode's own strategy
+    does, and not what the other mode does."""
+    data = _scenario(days=2).model_dump()
+    data["planner"]["time_limit_s"] = 1e-9
+    data["control"] = {"fallback_mode": fallback}
+    scenario = Scenario.model_validate(data)
+    scenario._base_dir = SCENARIOS
+    other = "tou_rule" if fallback == "self_consumption" else "self_consumption"
+    result = run(scenario, strategies=["mpc", fallback, other], data=load_data(scenario))
+    mpc = result.results["mpc"]
+    assert len(mpc.planner_failures) == result.inputs.steps
+    assert "time limit" in mpc.planner_failures[0][1]
+    battery = mpc.frame["battery_kw"].to_numpy()
+    assert battery == pytest.approx(result.results[fallback].frame["battery_kw"].to_numpy(), abs=1e-9)
+    assert np.abs(battery - result.results[other].frame["battery_kw"].to_numpy()).max() > 10.0

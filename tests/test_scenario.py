@@ -112,3 +112,14 @@ def test_resized_keeps_ratios() -> None:
     assert r.base_dir == s.base_dir
     z = s.resized(pv_kwp=0, battery_kwh=0)
     assert z.pv.kwp == 0 and z.battery.max_discharge_kw == 0
+
+
+def test_a_fallback_mode_live_control_does_not_have_is_named(tmp_path: Path) -> None:
+    """``control.fallback_mode`` takes the live controller's two fallbacks; anything else is an error at its key."""
+    data = _base()
+    data["control"] = {"fallback_mode": "peak_shaving"}
+    with pytest.raises(ConfigError) as info:
+        load_scenario(_write(tmp_path, "f.yaml", data))
+    assert [e.field for e in info.value.errors] == ["control.fallback_mode"]
+    data["control"] = {"fallback_mode": "tou_rule"}
+    assert load_scenario(_write(tmp_path, "g.yaml", data)).control.fallback_mode == "tou_rule"

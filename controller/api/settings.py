@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.commands import MAX_TTL_S, CommandResult, Commands
-from controller.modes import Mode
+from controller.modes import FallbackMode, Mode
 from controller.telemetry.remote import ApplyFn
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class SettingsChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)   # no false → 0 (that would clear the reserve)
 
-    fallback_mode: Literal["self_consumption", "tou_rule"] | None = Field(
+    fallback_mode: FallbackMode | None = Field(
         default=None, description="Mode without a valid plan or operator request (until restart)")
     soc_reserve_pct: float | None = Field(default=None, ge=0, le=100,
                                           description="SOC reserve [%]; 0 clears it")
