@@ -23,7 +23,6 @@ One worker process per year, two at a time; ~8 min a tree variant for four years
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import DEFAULT_SEEDS, seeded_scenario  # noqa: E402
+from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
 
 from optimizer import coarse_horizon, costs  # noqa: E402
 from optimizer.costs import Schedule  # noqa: E402
@@ -191,15 +190,11 @@ def seed_shares(name: str, seed: int, days: int | None, alphas: list[float],
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", default="nam-cau-kien-hard-two-part",
-                        help="a shipped scenario on a synthetic year with a demand charge")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser = two_part_parser(__doc__.split("\n")[0])
     parser.add_argument("--alpha", type=float, nargs="+", default=[1.0],
                         help="the leaves' spread in standard deviations of the net load's error (> 0)")
     parser.add_argument("--branch-hours", type=float, nargs=2, default=[1.0, 4.0], metavar=("B1", "B2"),
                         help="hours after the plan's start at which the two branchings are revealed")
-    parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
     args = parser.parse_args()
     if min(args.alpha) <= 0 or not 0 < args.branch_hours[0] <= args.branch_hours[1]:
         raise SystemExit("bench_scenario_tree: --alpha must be > 0 and 0 < B1 ≤ B2")
@@ -207,20 +202,13 @@ def main() -> int:
                         *map(str, args.seeds), "--alpha", *(f"{a:g}" for a in args.alpha), "--branch-hours",
                         *(f"{b:g}" for b in args.branch_hours)] + ([f"--days {args.days}"] if args.days else []))
     print(f"reproduce: {command}", flush=True)
-    try:  # a bad scenario fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], {}, args.days)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"bench_scenario_tree: {args.scenario}: {exc}") from None
+    scenario_or_exit("bench_scenario_tree", args.scenario, args.seeds[0], {}, args.days)
     n = len(args.seeds)
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_shares, [args.scenario] * n, args.seeds, [args.days] * n, [args.alpha] * n,
                               [tuple(args.branch_hours)] * n))
     variants = ["shipped"] + [f"tree_{alpha:g}" for alpha in args.alpha]
-    total_pf = sum(year["value_pf"] for year in years)
-    pooled = {v: sum(year[f"value_{v}"] for year in years) / total_pf if total_pf else None for v in variants}
-    for variant in variants:
-        per_seed = " / ".join(f"{year[variant]:.4f}" for year in years)
-        print(f"{variant:12s} pooled {pooled[variant]:.4f}  (seeds {per_seed})", flush=True)
+    pooled = pooled_shares(years, variants, width=12)
     print(json.dumps({"command": command, "scenario": args.scenario, "branch_hours": args.branch_hours,
                       "pooled": pooled, "years": years}))
     return 0

@@ -59,6 +59,40 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     return out
 
 
+def two_part_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of the two-part diagnostics: ``--scenario`` (a shipped scenario on a synthetic year with a
+    demand charge; the harder two-part year by default), ``--seeds`` and ``--days``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scenario", default="nam-cau-kien-hard-two-part",
+                        help="a shipped scenario on a synthetic year with a demand charge")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
+    return parser
+
+
+def scenario_or_exit(program: str, name: str, seed: int, planner: dict[str, object], days: int | None,
+                     day_ahead: dict[str, object] | None = None) -> None:
+    """Make the first year's scenario at once (:func:`seeded_scenario`), so that a bad scenario or setting stops
+    ``program`` here with its error, not in a worker process."""
+    try:
+        seeded_scenario(name, seed, planner, days, day_ahead)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{program}: {name}{f' with {planner}' if planner else ''}: {exc}") from None
+
+
+def pooled_shares(years: list[dict[str, float]], variants: list[str] | tuple[str, ...],
+                  width: int = 22) -> dict[str, float | None]:
+    """Each variant's battery value pooled over the years as a share of perfect foresight's (Σ ``value_<variant>``
+    / Σ ``value_pf``; None without any), printed with each year's own share (``year[variant]``). [-]"""
+    total_pf = sum(year["value_pf"] for year in years)
+    pooled = {v: sum(year[f"value_{v}"] for year in years) / total_pf if total_pf else None for v in variants}
+    for variant in variants:
+        per_seed = " / ".join(f"{year[variant]:.4f}" for year in years)
+        share = "n/a" if pooled[variant] is None else f"{pooled[variant]:.4f}"
+        print(f"{variant:{width}s} pooled {share}  (seeds {per_seed})", flush=True)
+    return pooled
+
+
 def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None,
               day_ahead: dict[str, object] | None = None) -> dict[str, float]:
     """Battery value of MPC and of perfect foresight on one seed's year: the saving against PV only as the study
@@ -107,10 +141,7 @@ def main() -> int:
                        + (["--no-band"] if args.no_band else [])
                        + ([f"--band-width {args.band_width:g}"] if args.band_width != 1.0 else []))
     print(f"reproduce: {command}", flush=True)
-    try:  # a bad scenario or setting fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], planner, args.days, day_ahead)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"bench_seeds: {args.scenario} with {planner}: {exc}") from None
+    scenario_or_exit("bench_seeds", args.scenario, args.seeds[0], planner, args.days, day_ahead)
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_year, [args.scenario] * len(args.seeds), args.seeds,
                               [planner] * len(args.seeds), [args.days] * len(args.seeds),

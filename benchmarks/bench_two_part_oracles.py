@@ -36,7 +36,6 @@ The last line printed is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import DEFAULT_SEEDS, seeded_scenario  # noqa: E402
+from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
 
 from optimizer.costs import Schedule  # noqa: E402
 from optimizer.peak_target import PeakTarget, day_holdable_kw  # noqa: E402
@@ -237,28 +236,15 @@ def seed_shares(name: str, seed: int, days: int | None) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", default="nam-cau-kien-hard-two-part",
-                        help="a shipped scenario on a synthetic year with a demand charge")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
-    args = parser.parse_args()
+    args = two_part_parser(__doc__.split("\n")[0]).parse_args()
     command = " ".join(["python benchmarks/bench_two_part_oracles.py", "--scenario", args.scenario, "--seeds",
                         *map(str, args.seeds)] + ([f"--days {args.days}"] if args.days else []))
     print(f"reproduce: {command}", flush=True)
-    try:  # a bad scenario fails here, at once, not in a worker
-        seeded_scenario(args.scenario, args.seeds[0], {}, args.days)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"bench_two_part_oracles: {args.scenario}: {exc}") from None
+    scenario_or_exit("bench_two_part_oracles", args.scenario, args.seeds[0], {}, args.days)
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_shares, [args.scenario] * len(args.seeds), args.seeds,
                               [args.days] * len(args.seeds)))
-    total_pf = sum(year["value_pf"] for year in years)
-    pooled = {variant: sum(year[f"value_{variant}"] for year in years) / total_pf if total_pf else None
-              for variant in VARIANTS}
-    for variant in VARIANTS:
-        per_seed = " / ".join(f"{year[variant]:.4f}" for year in years)
-        print(f"{variant:22s} pooled {pooled[variant]:.4f}  (seeds {per_seed})", flush=True)
+    pooled = pooled_shares(years, VARIANTS)
     print(json.dumps({"command": command, "scenario": args.scenario, "pooled": pooled, "years": years}))
     return 0
 

@@ -3,8 +3,6 @@ for its carried noise and its percentile, and the noise-free year being the same
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +10,9 @@ import pytest
 
 from simulations.runner import load_data
 from simulations.scenario import load_scenario
+from tests.bench_modules import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _oracles():
-    """The benchmark module (benchmarks/ is not a package)."""
-    name = "bench_two_part_oracles"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def test_the_best_load_forecast_carries_the_last_noise_at_its_own_autocorrelation() -> None:
@@ -32,7 +20,7 @@ def test_the_best_load_forecast_carries_the_last_noise_at_its_own_autocorrelatio
     hour ahead is 0.5 of today's (the generator's hourly autocorrelation), so the forecast four steps ahead is
     105 kW, and the P90 above it is 1.2816 × 5 kW × √(1 − 0.25) = 5.549 kW; far ahead the forecast is 100 kW and
     the P90 1.2816 × 5 kW = 6.408 kW."""
-    bench = _oracles()
+    bench = benchmark("bench_two_part_oracles")
     quiet = np.full(200, 100.0)
     actual = quiet.copy()
     actual[9] = 110.0
@@ -50,7 +38,7 @@ def test_the_best_load_forecast_carries_the_last_noise_at_its_own_autocorrelatio
 def test_the_best_load_forecast_is_the_same_seeds_year_without_its_noise() -> None:
     """The noise-free year keeps the seed's calendar and unannounced shutdowns: the actual load over it is 1 + the
     noise, whose standard deviation is the scenario's 5 %, and the look-ahead beyond the year is the actual load."""
-    bench = _oracles()
+    bench = benchmark("bench_two_part_oracles")
     scenario = load_scenario(ROOT / "simulations" / "scenarios" / "nam-cau-kien-hard-two-part.yaml")
     data = load_data(scenario)
 

@@ -3,10 +3,7 @@ as the shipped LP, and that its leaves decide alike exactly where they cannot ye
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,23 +11,12 @@ import pytest
 from optimizer.planner import PlanInputs, Planner
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.timegrid import regular_grid
+from tests.bench_modules import benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 5, 4, 1, 0, tzinfo=UTC)
 BATTERY = BatterySpec(capacity_kwh=400, max_charge_kw=200, max_discharge_kw=200, soc_min_pct=0, soc_max_pct=100)
 GRID = GridSpec(export_cap_kw=0)
 STEPS = 32  # 8 h of 15-minute steps; the LP has 18: the first hour fine, then 30-minute blocks
-
-
-def _tree():
-    """The benchmark module (benchmarks/ is not a package)."""
-    name = "bench_scenario_tree"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _inputs(risk_kw: float) -> PlanInputs:
@@ -48,7 +34,7 @@ def test_the_leaves_loads_are_the_forecast_plus_the_errors_revealed_so_far() -> 
     """Risk 128.16 kW (the P90 of a 100 kW standard deviation), spread 1, branchings after 1 h and 2 h on
     15-minute steps: the top leaf is 100 · √3 / √2 = 122.47 kW above the forecast from step 4 and 244.95 kW from
     step 8; the bottom leaf the same below, at no less than 0 kW; the middle leaf is the forecast."""
-    bench = _tree()
+    bench = benchmark("bench_scenario_tree")
     load = np.full(12, 200.0)
     loads, b1, b2 = bench.leaf_loads(load, np.full(12, 128.16), np.full(12, 0.25), 1.0, 1.0, 2.0)
     assert (b1, b2) == (4, 8)
@@ -63,7 +49,7 @@ def test_the_leaves_loads_are_the_forecast_plus_the_errors_revealed_so_far() -> 
 
 def test_with_no_spread_the_tree_plans_as_the_shipped_lp() -> None:
     """Nine copies of the same leaf weighted 1/36 … 4/9: the same plan as the planner's own LP."""
-    bench = _tree()
+    bench = benchmark("bench_scenario_tree")
     planner = Planner(BATTERY, GRID, PlannerSettings(), STEPS)
     inputs = _inputs(60.0)
     shipped, _ = planner.schedule(inputs)
@@ -77,7 +63,7 @@ def test_leaves_decide_alike_until_they_can_tell_each_other_apart() -> None:
     """With a wide spread the leaves' charge and discharge are equal before the first branching (every leaf),
     equal within a first branch before the second, and differ somewhere after it (each leaf then plans on its own
     load: if every step were tied, the tree would be one plan on nine loads)."""
-    bench = _tree()
+    bench = benchmark("bench_scenario_tree")
     planner = Planner(BATTERY, GRID, PlannerSettings(), STEPS)
     tree = bench.TreePlanner(planner, 2.0, (1.0, 2.0))
     tree.schedule(_inputs(80.0))
