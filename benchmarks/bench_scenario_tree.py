@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
+from bench_seeds import P90_Z, pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
 
 from optimizer import coarse_horizon, costs  # noqa: E402
 from optimizer.costs import Schedule  # noqa: E402
@@ -48,8 +48,6 @@ BRANCH_Z = np.array([-np.sqrt(3.0), 0.0, np.sqrt(3.0)])
 """The three points of each branching, in standard deviations of the error revealed there. [-]"""
 BRANCH_P = np.array([1.0, 4.0, 1.0]) / 6.0
 """Their probabilities (the three-point rule: a standard normal's mean and variance). [-]"""
-P90_Z = 1.2816
-"""The standard normal's 90th percentile: the risk (a P90 error) is this many standard deviations. [-]"""
 LINKED = ("ch", "dis", "curt")
 """The LP's decision columns that non-anticipativity ties between leaves of one node."""
 MIDDLE = 4

@@ -37,6 +37,9 @@ from simulations.scenario import Scenario, load_scenario  # noqa: E402
 
 SCENARIOS = ROOT / "simulations" / "scenarios"
 DEFAULT_SEEDS = (7, 11, 23, 42)
+P90_Z = 1.2816
+"""The standard normal's 90th percentile: a P90 error (the net-load risk the demand-charge hedges are sized from,
+``optimizer.service.PEAK_RISK_LEVEL``) is this many standard deviations above the mean. [-]"""
 
 
 def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None,

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
+from bench_seeds import P90_Z, pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
 
 from optimizer.costs import Schedule  # noqa: E402
 from optimizer.peak_target import PeakTarget, day_holdable_kw  # noqa: E402
@@ -66,8 +66,6 @@ LEVEL_ORACLES = ("oracle_floor", "oracle_month_target", "oracle_both", "oracle_b
 FORECAST_ORACLES = ("true_load", "true_pv", "best_load")
 ORACLES = (*LEVEL_ORACLES, *FORECAST_ORACLES)
 VARIANTS = ("shipped", *ORACLES, "perfect_forecasts")
-P90_Z = 1.2816
-"""The standard normal's 90th percentile: the noise's P90 is this many standard deviations above its mean. [-]"""
 
 
 class BestLoad:
