@@ -1,0 +1,151 @@
+"""The causal-bound diagnostic (benchmarks/bench_causal_bound.py): the noise's transition and window means, the
+months on their windows, perfect foresight's LP and the DP against known answers, and the DP's policy never beating
+perfect foresight on the path it follows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optimizer.site import BatterySpec
+from tests.bench_modules import benchmark
+
+# 100 kWh, 100 kW, lossless, no wear: the arithmetic of the known answers stays by hand
+BATTERY = BatterySpec(capacity_kwh=100, max_charge_kw=100, max_discharge_kw=100, charge_efficiency=1.0,
+                      discharge_efficiency=1.0, soc_min_pct=0, soc_max_pct=100, wear_cost_per_kwh=0.0)
+
+
+def _month(net_kw: list[float], noise_end: list[float] | None = None, price: float = 1.0, rate: float = 10.0):
+    bench = benchmark("bench_causal_bound")
+    net = np.asarray(net_kw, dtype=float)
+    return bench.Month(quiet_kw=net, pv_kw=np.zeros(len(net)), load_kw=net, price=np.full(len(net), price),
+                       noise_end=np.zeros(len(net)) if noise_end is None else np.asarray(noise_end), rate=rate,
+                       window_h=0.5, steps=2)
+
+
+def test_the_noise_transition_rows_are_probabilities_centred_where_the_ar1_goes() -> None:
+    """Seven points, 15-minute coefficient 0.5 ** 0.25, two steps a window: each row sums to 1, and its mean is
+    the AR(1)'s two-step coefficient × z (up to the grid's truncation at ±3)."""
+    bench = benchmark("bench_causal_bound")
+    phi = 0.5 ** 0.25
+    z, prob, _ = bench.noise_transition(7, phi, 2)
+    assert z.tolist() == pytest.approx([-3, -2, -1, 0, 1, 2, 3])
+    assert prob.sum(axis=1) == pytest.approx(np.ones(7))
+    assert prob @ z == pytest.approx(phi ** 2 * z, abs=0.03)
+    assert prob[3] == pytest.approx(prob[3][::-1])  # from z = 0, symmetric
+
+
+def test_the_window_mean_noise_is_the_gaussian_conditional_mean() -> None:
+    """Two steps a window: E[e1 | z, e2] = φ z + φ / (1 + φ²) · (e2 − φ² z), the window's mean (E[e1|·] + e2) / 2;
+    one step a window: the window's mean is its end."""
+    bench = benchmark("bench_causal_bound")
+    phi = 0.8
+    z, _, mean = bench.noise_transition(5, phi, 2)
+    for i, start in enumerate(z):
+        for j, end in enumerate(z):
+            first = phi * start + phi / (1 + phi ** 2) * (end - phi ** 2 * start)
+            assert mean[i, j] == pytest.approx((first + end) / 2)
+    _, _, mean_one = bench.noise_transition(5, phi, 1)
+    assert mean_one == pytest.approx(np.broadcast_to(z, (5, 5)))
+
+
+def test_months_are_cut_on_their_demand_windows() -> None:
+    """Two months of two 30-minute windows on 15-minute steps: the windows' means, the noise at each window's last
+    step in standard deviations ((load − quiet) / (quiet × sd)), each month's rate; a month ending mid-window is
+    refused."""
+    bench = benchmark("bench_causal_bound")
+    quiet = np.full(8, 100.0)
+    load = np.array([100, 110, 90, 95, 100, 100, 120, 105], dtype=float)
+    month = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    window = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    months = bench.months_of(load, quiet, np.full(8, 10.0), np.arange(8.0), month, window,
+                             np.array([5.0] * 4 + [6.0] * 4), 0.5, 0.05)
+    assert len(months) == 2
+    assert months[0].load_kw.tolist() == [105.0, 92.5]
+    assert months[0].pv_kw.tolist() == [10.0, 10.0]
+    assert months[0].price.tolist() == [0.5, 2.5]
+    assert months[0].noise_end.tolist() == pytest.approx([2.0, -1.0])
+    assert months[1].noise_end.tolist() == pytest.approx([0.0, 1.0])
+    assert (months[0].rate, months[1].rate, months[1].steps) == (5.0, 6.0, 2)
+    with pytest.raises(ValueError, match="unequal"):
+        bench.months_of(load[:7], quiet[:7], np.zeros(7), np.zeros(7), month[:7], window[:7], np.zeros(7), 0.5, 0.05)
+
+
+def test_perfect_foresight_shaves_the_one_spike_as_far_as_the_power_allows() -> None:
+    """Net load 100 / 100 / 300 / 100 kW on 30-minute windows, price 1 a kWh, demand rate 10 a kW, a full 100 kWh /
+    100 kW lossless battery, stored energy credited at 1: the spike can be shaved only to 200 kW (power limit),
+    using 50 kWh. Imports 100 + 100 + 200 + 100 kW × 0.5 h = 250, demand 10 × 200 = 2,000, credit −50 (recharging
+    under the peak is worth nothing at equal prices): 2,200. Without a battery: 300 + 3,000 = 3,300."""
+    bench = benchmark("bench_causal_bound")
+    month = _month([100, 100, 300, 100])
+    cost, peak = bench.perfect_foresight(BATTERY, month, 100.0, 1.0)
+    assert cost == pytest.approx(2200.0)
+    assert peak == pytest.approx(200.0)
+    assert bench.no_battery_cost(month) == pytest.approx(3300.0)
+
+
+def test_without_noise_the_dp_finds_perfect_foresights_cost_when_its_grids_hold_it() -> None:
+    """The same month, no noise, peak grid 150 … 350 kW by 10 kW (it holds 200 kW), energy by 12.5 kWh: the DP's
+    policy followed on the month costs what perfect foresight costs, 2,200, peaking at 200 kW."""
+    bench = benchmark("bench_causal_bound")
+    month = _month([100, 100, 300, 100])
+    dp = bench.CausalDP(BATTERY, month, 0.0, np.arange(150.0, 351.0, 10.0), 12.5, 1.0)
+    dp.solve()
+    cost, peak = dp.follow(100.0)
+    assert cost == pytest.approx(2200.0)
+    assert peak == pytest.approx(200.0)
+
+
+def test_under_noise_the_dp_value_is_what_its_policy_costs_on_average() -> None:
+    """Six windows of 150–200 kW quiet load with 20 % AR(1) noise (the generator's 0.5 an hour on 15-minute steps),
+    a 50 kWh start, the peak grid from 100 kW: the DP's expected cost from the start (its value, plus the grid's
+    lowest peak charged at once) is what its policy costs on average over 400 noise paths drawn from the AR(1)
+    itself, within three standard errors and 1 % for the model's discretisation (Tauchen's seven points, the
+    window's mean noise from its two ends). A DP that ignored the noise, or mis-stated its transition, expects the
+    cost of the noise-free month instead (~10 % less here)."""
+    bench = benchmark("bench_causal_bound")
+    rng = np.random.default_rng(1)
+    phi, sd, windows = 0.5 ** 0.25, 0.2, 6
+    quiet = np.array([150.0, 150.0, 180.0, 150.0, 200.0, 150.0])
+
+    def month(load: np.ndarray, noise_end: np.ndarray):
+        return bench.Month(quiet_kw=quiet, pv_kw=np.zeros(windows), load_kw=load, price=np.full(windows, 1.0),
+                           noise_end=noise_end, rate=10.0, window_h=0.5, steps=2)
+
+    grid = np.arange(100.0, 331.0, 5.0)
+    dp = bench.CausalDP(BATTERY, month(quiet, np.zeros(windows)), sd, grid, 12.5, 1.0)
+    value = dp.solve()
+    expected = float(value[0, 3, dp.energy.tolist().index(50.0), 0]) + 10.0 * grid[0]  # z = 0, 50 kWh, 100 kW
+    costs = []
+    for _ in range(400):
+        noise = np.empty(2 * windows)
+        previous = 0.0
+        for i in range(2 * windows):
+            previous = phi * previous + np.sqrt(1 - phi * phi) * rng.standard_normal()
+            noise[i] = previous
+        dp.month = month(quiet * (1 + sd * noise.reshape(windows, 2).mean(axis=1)), noise[1::2])
+        costs.append(dp.follow(50.0)[0])
+    mean, error = float(np.mean(costs)), float(np.std(costs)) / np.sqrt(len(costs))
+    assert abs(mean - expected) < 3 * error + 0.01 * expected
+    noise_free = bench.CausalDP(BATTERY, month(quiet, np.zeros(windows)), 0.0, grid, 12.5, 1.0)
+    assert noise_free.solve()[0, 0, dp.energy.tolist().index(50.0), 0] + 10.0 * grid[0] < 0.95 * expected
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(50.0, 250.0), min_size=3, max_size=6),
+       st.lists(st.floats(-2.5, 2.5), min_size=6, max_size=6), st.floats(0.0, 100.0))
+def test_the_dp_never_beats_perfect_foresight_on_the_path_it_follows(quiet_kw, noise, start_kwh) -> None:
+    """Any month, noise path and start: the DP's policy is one feasible dispatch of the actual month, so it costs no
+    less than perfect foresight's LP on that month (the lower bound the share is measured against)."""
+    bench = benchmark("bench_causal_bound")
+    quiet = np.asarray(quiet_kw)
+    z = np.asarray(noise[:len(quiet)])
+    month = bench.Month(quiet_kw=quiet, pv_kw=np.zeros(len(quiet)), load_kw=quiet * (1 + 0.1 * z), price=np.full(
+        len(quiet), 1.0), noise_end=z, rate=10.0, window_h=0.5, steps=2)
+    pf_cost, _ = bench.perfect_foresight(BATTERY, month, start_kwh, 1.0)
+    dp = bench.CausalDP(BATTERY, month, 0.1, np.arange(0.0, 360.0, 20.0), 25.0, 1.0)
+    dp.solve()
+    cost, _ = dp.follow(start_kwh)
+    assert cost >= pf_cost - 1e-6
