@@ -13,19 +13,25 @@ and only the load's noise — the generator's own AR(1) process, 5 % of the load
   window), then the battery's power is chosen: any power within its limits, or the power that holds the import at
   P or at a few levels above it;
 - cost: the import at the window's price, the battery's wear per kWh of throughput, the demand rate on each rise of
-  the month's peak, and at the month's end the stored energy credited at the cheapest price ÷ the charge
-  efficiency; every month starts with the battery at :data:`START_SOC_PCT`.
+  the month's peak, and at the month's end the energy stored over the month credited at the month's cheapest
+  price ÷ the charge efficiency; every month starts with the battery at :data:`START_SOC_PCT`.
 
 The policy's cost is then counted on the actual year (the DP's policy, followed window by window on the actual
 load), against perfect foresight on the same model (one exact LP per month) and against no battery: the share
-``(no battery − policy) / (no battery − perfect foresight)``. Because the model knows the PV and the noise-free load,
-no site's policy could beat this share on this year, except by what the discretisation of E and P costs the DP;
-that is measured in the same run: the same DP on the noise-free year (no uncertainty at all) against its own
-perfect foresight, whose share would be 1 without discretisation (``grid_share``).
+``(no battery − policy) / (no battery − perfect foresight)``. The study's MPC (``mpc``) and the same MPC on the
+actual PV (``true_pv``, :mod:`bench_two_part_oracles`) are counted on the same terms from their simulated years
+(:func:`study_month_cost`), so the three shares compare directly; they differ from the study's own shares, which
+count neither wear nor the energy left in the battery at a month's end.
+
+Because the model knows the PV and the noise-free load in advance, no site's policy could beat the DP's share on
+this year, but for two things: what the discretisation of E and P costs the DP, measured in the same run by the same
+DP on the noise-free year (no uncertainty at all) against its own perfect foresight, whose share would be 1 without
+discretisation (``grid_share``); and the chance of one year's noise (each share is one path of the noise).
 
 Run:  .venv/bin/python benchmarks/bench_causal_bound.py [--scenario nam-cau-kien-hard-two-part]
-          [--seeds 7 11 23 42] [--months 1 … 12] [--energy-step 12.5] [--peak-step 10]
-One worker process per year, two at a time; ~25 min a year on one core (the DP: ~100 s a month).
+          [--seeds 7 11 23 42] [--months 1 … 12] [--energy-step 12.5] [--peak-step 5]
+One worker process per year, two at a time; ~35 min a year on one core (the DP: ~150 s a month; the two MPC
+years ~2 min).
 The last line printed is one JSON object with every figure.
 """
 
@@ -40,6 +46,7 @@ from pathlib import Path
 
 import highspy
 import numpy as np
+import pandas as pd
 from scipy.stats import norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +54,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
-from bench_two_part_oracles import BestLoad  # noqa: E402
+from bench_two_part_oracles import BestLoad, OracleMpc  # noqa: E402
 
 from optimizer.site import BatterySpec  # noqa: E402
 from optimizer.tariff import load_tariff  # noqa: E402
-from simulations.runner import load_data, price_inputs  # noqa: E402
+from simulations.runner import load_data, make_strategy, price_inputs, run, simulate  # noqa: E402
+from simulations.scenario import Scenario  # noqa: E402
 from simulations.synthetic import LOAD_NOISE_AR_PER_HOUR  # noqa: E402
 
 START_SOC_PCT = 50.0
@@ -60,11 +68,16 @@ NOISE_POINTS = 7
 """Points of the noise's grid (−3 … +3 standard deviations, Tauchen's method). [-]"""
 HOLD_LEVELS = 4
 """The DP's hold actions: the import held at P and at the next HOLD_LEVELS − 1 points of the peak grid above. [-]"""
-GRID_BELOW_PF_KW = 40.0
+GRID_BELOW_PF_KW = 30.0
 """The peak grid starts this far below perfect foresight's month peak (the month's peak is charged from there on:
 no policy ends a month below it on this data, checked by ``lowest_margin_kw``). [kW]"""
+GRID_ABOVE_PF_KW = 150.0
+"""The peak grid ends this far above perfect foresight's month peak, or where the noise-free net load plus
+:data:`NOISE_SPAN_SD` noise standard deviations ends, whichever is lower; a higher peak is valued as the grid's
+top (the future's demand charges only fall with a higher peak, so this never flatters the DP; its peaks stay well
+below, ``highest_margin_kw``). [kW]"""
 NOISE_SPAN_SD = 3.5
-"""The peak grid reaches the noise-free net load this many noise standard deviations up. [-]"""
+"""See :data:`GRID_ABOVE_PF_KW`. [-]"""
 
 
 @dataclass(frozen=True)
@@ -315,18 +328,42 @@ def month_costs(battery: BatterySpec, month: Month, noise_sd: float, energy_step
     credit = float(month.price.min()) / battery.charge_efficiency
     pf_cost, pf_peak = perfect_foresight(battery, month, start, credit)
     lowest = max(0.0, np.floor((pf_peak - GRID_BELOW_PF_KW) / peak_step) * peak_step)
-    top = float(np.max(month.quiet_kw * (1.0 + NOISE_SPAN_SD * noise_sd) - month.pv_kw)) + peak_step
+    top = min(float(np.max(month.quiet_kw * (1.0 + NOISE_SPAN_SD * noise_sd) - month.pv_kw)) + peak_step,
+              pf_peak + GRID_ABOVE_PF_KW)
     grid = np.arange(lowest, max(top, lowest + 2 * peak_step) + 1e-9, peak_step)
     dp = CausalDP(battery, month, noise_sd, grid, energy_step, credit)
     dp.solve()
     dp_cost, dp_peak = dp.follow(start)
-    return {"no_battery": no_battery_cost(month), "pf": pf_cost, "dp": dp_cost, "pf_peak_kw": pf_peak,
-            "dp_peak_kw": dp_peak, "grid_low_kw": float(grid[0])}
+    # stored energy credited relative to the start, as a study's policy is (study_month_cost)
+    return {"no_battery": no_battery_cost(month), "pf": pf_cost + credit * start, "dp": dp_cost + credit * start,
+            "pf_peak_kw": pf_peak,
+            "dp_peak_kw": dp_peak, "grid_low_kw": float(grid[0]), "grid_top_kw": float(grid[-1])}
 
 
-def share(costs: dict[str, float]) -> float:
-    """The DP policy's battery value as a share of perfect foresight's: (no battery − DP) / (no battery − PF). [-]"""
-    return (costs["no_battery"] - costs["dp"]) / (costs["no_battery"] - costs["pf"])
+def study_month_cost(battery: BatterySpec, month: Month, price: np.ndarray, step_h: float, import_kw: np.ndarray,
+                     battery_kw: np.ndarray, start_kwh: float, end_kwh: float) -> float:
+    """A study policy's month on the model's terms (module docstring): its imports per step at ``price``, the
+    demand rate on its highest window mean, wear on its battery power (discharge +), and the energy it stored over
+    the month (``end_kwh`` − ``start_kwh``) credited as the DP's is. [currency]"""
+    credit = float(month.price.min()) / battery.charge_efficiency
+    windows = import_kw.reshape(-1, month.steps).mean(axis=1)
+    return float((price * import_kw).sum() * step_h + month.rate * windows.max(initial=0.0)
+                 + battery.wear_cost_per_kwh * np.abs(battery_kw).sum() * step_h - credit * (end_kwh - start_kwh))
+
+
+def study_frames(scenario: Scenario) -> dict[str, pd.DataFrame]:
+    """The study's MPC (``mpc``) and the same MPC on the actual PV (``true_pv``, :mod:`bench_two_part_oracles`),
+    step by step over the scenario's year."""
+    result = run(scenario, strategies=["mpc"])
+    oracle = OracleMpc.of(make_strategy("mpc", scenario, result.inputs, result.tariff), "true_pv",
+                          scenario.site.timezone)
+    true_pv = simulate(oracle, scenario, result.inputs, result.tariff, battery=True)
+    return {"mpc": result.results["mpc"].frame, "true_pv": true_pv.frame}
+
+
+def share(costs: dict[str, float], policy: str = "dp") -> float:
+    """A policy's battery value as a share of perfect foresight's: (no battery − policy) / (no battery − PF). [-]"""
+    return (costs["no_battery"] - costs[policy]) / (costs["no_battery"] - costs["pf"])
 
 
 def seed_year(name: str, seed: int, months: list[int] | None, energy_step: float, peak_step: float) -> dict:
@@ -349,22 +386,36 @@ def seed_year(name: str, seed: int, months: list[int] | None, energy_step: float
     noisy = months_of(inputs.load_kw[:n], *args)
     quiet_months = months_of(quiet, *args)
     chosen = range(len(noisy)) if months is None else [m - 1 for m in months]
+    frames = study_frames(scenario)
+    step_h = float(inputs.duration_h[0])
+    initial_kwh = scenario.battery.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
     rows = []
     for m in chosen:
         row = {"month": m + 1, **month_costs(scenario.battery, noisy[m], noise_sd, energy_step, peak_step)}
+        steps_of_month = np.flatnonzero(steps.month[:n] == m)
+        first, last = int(steps_of_month[0]), int(steps_of_month[-1])
+        for policy, frame in frames.items():
+            soc = frame["soc_kwh"].to_numpy()  # at each step's end
+            start = soc[first - 1] if first > 0 else initial_kwh
+            row[policy] = study_month_cost(scenario.battery, noisy[m], steps.import_price[first:last + 1], step_h,
+                                           frame["import_kw"].to_numpy()[first:last + 1],
+                                           frame["battery_kw"].to_numpy()[first:last + 1], start, soc[last])
         check = month_costs(scenario.battery, quiet_months[m], 0.0, energy_step, peak_step)
         row.update({f"grid_{key}": value for key, value in check.items()})
         rows.append(row)
-        print(f"seed {seed} month {m + 1:2d}: share {share(row):.4f} (peaks: perfect foresight "
-              f"{row['pf_peak_kw']:.0f} kW, DP {row['dp_peak_kw']:.0f} kW), grid check {share(check):.4f}", flush=True)
+        print(f"seed {seed} month {m + 1:2d}: DP {share(row):.4f}, MPC {share(row, 'mpc'):.4f}, MPC on the actual PV "
+              f"{share(row, 'true_pv'):.4f} (peaks: perfect foresight {row['pf_peak_kw']:.0f} kW, DP "
+              f"{row['dp_peak_kw']:.0f} kW), grid check {share(check):.4f}", flush=True)
     def value(prefix: str, policy: str) -> float:
         return sum(r[f"{prefix}no_battery"] - r[f"{prefix}{policy}"] for r in rows)
 
-    value_pf, value_dp = value("", "pf"), value("", "dp")
+    value_pf = value("", "pf")
+    shares = {policy: value("", policy) / value_pf for policy in ("dp", "mpc", "true_pv")}
     grid_pf, grid_dp = value("grid_", "pf"), value("grid_", "dp")
-    return {"seed": seed, "value_pf": value_pf, "value_dp": value_dp, "dp": value_dp / value_pf,
+    return {"seed": seed, "value_pf": value_pf, **{f"value_{p}": value("", p) for p in shares}, **shares,
             "value_grid_pf": grid_pf, "value_grid_dp": grid_dp, "grid_share": grid_dp / grid_pf,
             "lowest_margin_kw": min(r["dp_peak_kw"] - r["grid_low_kw"] for r in rows),
+            "highest_margin_kw": min(r["grid_top_kw"] - r["dp_peak_kw"] for r in rows),
             "months": rows, "wall_s": time.perf_counter() - t0}
 
 
@@ -372,7 +423,7 @@ def main() -> int:
     parser = two_part_parser(__doc__.split("\n")[0])
     parser.add_argument("--months", type=int, nargs="+", default=None, help="billing months 1–12 (default: all)")
     parser.add_argument("--energy-step", type=float, default=12.5, help="the battery-energy grid's spacing [kWh]")
-    parser.add_argument("--peak-step", type=float, default=10.0, help="the month-peak grid's spacing [kW]")
+    parser.add_argument("--peak-step", type=float, default=5.0, help="the month-peak grid's spacing [kW]")
     args = parser.parse_args()
     if args.days is not None:
         raise SystemExit("bench_causal_bound: whole billing months only (use --months, not --days)")
@@ -385,7 +436,7 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=2) as pool:
         years = list(pool.map(seed_year, [args.scenario] * n, args.seeds, [args.months] * n,
                               [args.energy_step] * n, [args.peak_step] * n))
-    pooled = pooled_shares(years, ["dp"], width=4)
+    pooled = pooled_shares(years, ["dp", "mpc", "true_pv"], width=8)
     grid = sum(y["value_grid_dp"] for y in years) / sum(y["value_grid_pf"] for y in years)
     print(f"grid check (noise-free year): pooled {grid:.4f}", flush=True)
     print(json.dumps({"command": command, "scenario": args.scenario, "pooled": pooled, "pooled_grid_share": grid,

@@ -149,3 +149,18 @@ def test_the_dp_never_beats_perfect_foresight_on_the_path_it_follows(quiet_kw, n
     dp.solve()
     cost, _ = dp.follow(start_kwh)
     assert cost >= pf_cost - 1e-6
+
+
+def test_a_study_policy_is_counted_on_the_models_terms() -> None:
+    """Four 15-minute steps (two 30-minute windows) importing 100 / 300 / 200 / 200 kW at price 1, 2, 2, 2, the
+    battery at −40 / 0 / 20 / 20 kW, from 50 to 60 kWh: energy (100 + 600 + 400 + 400) × 0.25 = 375, demand 10 ×
+    the highest window mean 200 = 2,000, wear 2 × 80 × 0.25 = 40, the 10 kWh stored credited at the month's cheapest
+    window price over the charge efficiency, −(1.5 / 0.8) × 10 = −18.75: 2,396.25."""
+    bench = benchmark("bench_causal_bound")
+    battery = BatterySpec(capacity_kwh=100, max_charge_kw=100, max_discharge_kw=100, charge_efficiency=0.8,
+                          discharge_efficiency=1.0, soc_min_pct=0, soc_max_pct=100, wear_cost_per_kwh=2.0)
+    month = bench.Month(quiet_kw=np.zeros(2), pv_kw=np.zeros(2), load_kw=np.zeros(2), price=np.array([1.5, 2.0]),
+                        noise_end=np.zeros(2), rate=10.0, window_h=0.5, steps=2)
+    imports, powers = np.array([100.0, 300.0, 200.0, 200.0]), np.array([-40.0, 0.0, 20.0, 20.0])
+    cost = bench.study_month_cost(battery, month, np.array([1.0, 2.0, 2.0, 2.0]), 0.25, imports, powers, 50.0, 60.0)
+    assert cost == pytest.approx(375.0 + 2000.0 + 40.0 - 18.75)
