@@ -106,8 +106,10 @@ class Month:
 
 def months_of(load_kw: np.ndarray, quiet_kw: np.ndarray, pv_kw: np.ndarray, price: np.ndarray, month: np.ndarray,
               window: np.ndarray, rate: np.ndarray, window_h: float, noise_sd: float) -> list[Month]:
-    """The year's billing months on their demand windows; only whole windows of equal length are kept (a month cut
-    mid-window, or a window of another length, raises ValueError)."""
+    """The year's billing months on their demand windows (per step: loads and PV [kW], gross price, billing month
+    and demand window ids, demand rate; ``noise_sd`` the noise's standard deviation as a share of the load). Each
+    month must be whole windows of one length: a month cut mid-window, or a window of another length, raises
+    ValueError."""
     noise = np.divide(load_kw - quiet_kw, quiet_kw * noise_sd, out=np.zeros_like(load_kw), where=quiet_kw > 0)
     out = []
     for m in np.unique(month):
@@ -117,8 +119,7 @@ def months_of(load_kw: np.ndarray, quiet_kw: np.ndarray, pv_kw: np.ndarray, pric
             raise ValueError(f"billing month {m}: windows of unequal length")
         rows2 = rows.reshape(-1, int(sizes[0]))
         out.append(Month(quiet_kw=quiet_kw[rows2].mean(1), pv_kw=pv_kw[rows2].mean(1), load_kw=load_kw[rows2].mean(1),
-                         price=price[rows2].mean(1), noise_end=noise[rows2[:, -1]],
-                         rate=float(rate[rows[0]]),
+                         price=price[rows2].mean(1), noise_end=noise[rows2[:, -1]], rate=float(rate[rows[0]]),
                          window_h=window_h, steps=int(sizes[0])))
     return out
 
