@@ -57,9 +57,9 @@ from bench_seeds import pooled_shares, scenario_or_exit, seeded_scenario, two_pa
 from bench_two_part_oracles import BestLoad, OracleMpc  # noqa: E402
 
 from optimizer.site import BatterySpec  # noqa: E402
-from optimizer.tariff import load_tariff  # noqa: E402
-from simulations.runner import load_data, make_strategy, price_inputs, run, simulate  # noqa: E402
+from simulations.runner import make_strategy, run, simulate  # noqa: E402
 from simulations.scenario import Scenario  # noqa: E402
+from simulations.strategies import Inputs  # noqa: E402
 from simulations.synthetic import LOAD_NOISE_AR_PER_HOUR  # noqa: E402
 
 START_SOC_PCT = 50.0
@@ -352,14 +352,14 @@ def study_month_cost(battery: BatterySpec, month: Month, price: np.ndarray, step
                  + battery.wear_cost_per_kwh * np.abs(battery_kw).sum() * step_h - credit * (end_kwh - start_kwh))
 
 
-def study_frames(scenario: Scenario) -> dict[str, pd.DataFrame]:
-    """The study's MPC (``mpc``) and the same MPC on the actual PV (``true_pv``, :mod:`bench_two_part_oracles`),
-    step by step over the scenario's year."""
+def study_frames(scenario: Scenario) -> tuple[Inputs, dict[str, pd.DataFrame]]:
+    """The study's inputs, and its MPC (``mpc``) and the same MPC on the actual PV (``true_pv``,
+    :mod:`bench_two_part_oracles`) step by step over the scenario's year."""
     result = run(scenario, strategies=["mpc"])
     oracle = OracleMpc.of(make_strategy("mpc", scenario, result.inputs, result.tariff), "true_pv",
                           scenario.site.timezone)
     true_pv = simulate(oracle, scenario, result.inputs, result.tariff, battery=True)
-    return {"mpc": result.results["mpc"].frame, "true_pv": true_pv.frame}
+    return result.inputs, {"mpc": result.results["mpc"].frame, "true_pv": true_pv.frame}
 
 
 def share(costs: dict[str, float], policy: str = "dp") -> float:
@@ -372,10 +372,7 @@ def seed_year(name: str, seed: int, months: list[int] | None, energy_step: float
     the shares. [currency]"""
     t0 = time.perf_counter()
     scenario = seeded_scenario(name, seed, {}, None)
-    series = load_data(scenario)
-    tariff = load_tariff(scenario.tariff.ref(), scenario.base_dir).bind(scenario.site.timezone,
-                                                                        scenario.tariff.extra_holidays)
-    inputs = price_inputs(series, tariff, scenario.planner.horizon_steps)
+    inputs, frames = study_frames(scenario)  # the year loaded once, for the MPC years and the DP alike
     n = inputs.steps
     quiet = BestLoad.of(scenario, inputs).quiet_kw[:n]
     steps = inputs.tariff
@@ -387,7 +384,6 @@ def seed_year(name: str, seed: int, months: list[int] | None, energy_step: float
     noisy = months_of(inputs.load_kw[:n], *args)
     quiet_months = months_of(quiet, *args)
     chosen = range(len(noisy)) if months is None else [m - 1 for m in months]
-    frames = study_frames(scenario)
     step_h = float(inputs.duration_h[0])
     initial_kwh = scenario.battery.capacity_kwh * scenario.battery.initial_soc_pct / 100.0
     rows = []
