@@ -115,13 +115,15 @@ class BestLoad:
 
 class MonthOracleTarget(PeakTarget):
     """The month's peak target known in advance: the highest :func:`day_holdable_kw` over the local days of the
-    plan's local month, on the period's actual net load (load − PV) [kW]."""
+    plan's local month, on the period's net load (load − PV) [kW]: the actual load, or ``load_kw`` per step of
+    ``data`` (e.g. the noise-free year, :class:`BestLoad`'s ``quiet_kw``) [kW]."""
 
-    def __init__(self, battery: BatterySpec, days: int, data: Inputs, timezone: str):
+    def __init__(self, battery: BatterySpec, days: int, data: Inputs, timezone: str,
+                 load_kw: np.ndarray | None = None):
         super().__init__(battery, days)
         n = data.steps
         local = data.starts[:n].tz_convert(timezone)
-        net = data.load_kw[:n] - data.pv_kw[:n]
+        net = (data.load_kw if load_kw is None else load_kw)[:n] - data.pv_kw[:n]
         step_h = float(data.duration_h[0])
         self._timezone = timezone
         self._net_by_day: dict[tuple[int, int], list[np.ndarray]] = {}

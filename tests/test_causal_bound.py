@@ -5,11 +5,13 @@ perfect foresight on the path it follows."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optimizer.site import BatterySpec
+from simulations.runner import run, simulate
 from tests.bench_modules import benchmark
 
 # 100 kWh, 100 kW, lossless, no wear: the arithmetic of the known answers stays by hand
@@ -164,3 +166,63 @@ def test_a_study_policy_is_counted_on_the_models_terms() -> None:
     imports, powers = np.array([100.0, 300.0, 200.0, 200.0]), np.array([-40.0, 0.0, 20.0, 20.0])
     cost = bench.study_month_cost(battery, month, np.array([1.0, 2.0, 2.0, 2.0]), 0.25, imports, powers, 50.0, 60.0)
     assert cost == pytest.approx(375.0 + 2000.0 + 40.0 - 18.75)
+
+
+def test_the_month_target_can_be_judged_on_a_given_load() -> None:
+    """Two local days of flat 100 kW net load, the actual load with a one-hour 500 kW spike on the second; a 100 kWh
+    lossless battery of 1,000 kW. On the flat days the lowest level it holds is where one 24-hour run above it needs
+    all its energy: 100 − 100 / 24 = 95.83 kW. With the spike it holds no lower than 400 kW (the spike's excess
+    above 400 kW for one hour is the 100 kWh). The month's target is the hardest day's: 400 kW on the actual load,
+    95.83 kW on the noise-free one."""
+    bench = benchmark("bench_two_part_oracles")
+    battery = BatterySpec(capacity_kwh=100, max_charge_kw=1000, max_discharge_kw=1000, charge_efficiency=1.0,
+                          discharge_efficiency=1.0, soc_min_pct=0, soc_max_pct=100, wear_cost_per_kwh=0.0)
+    starts = pd.date_range("2026-03-01", periods=2 * 96, freq="15min", tz="Asia/Ho_Chi_Minh").tz_convert("UTC")
+    quiet = np.full(len(starts), 100.0)
+    actual = quiet.copy()
+    actual[96 + 40:96 + 44] = 500.0  # 10:00–11:00 on the second day
+
+    class Inputs:  # what MonthOracleTarget reads of the MPC's inputs
+        steps = len(starts)
+        load_kw, pv_kw, duration_h = actual, np.zeros(len(starts)), np.full(len(starts), 0.25)
+
+    Inputs.starts = starts
+    start_ns = int(starts[-1].value)
+    on_actual = bench.MonthOracleTarget(battery, 5, Inputs, "Asia/Ho_Chi_Minh")
+    on_quiet = bench.MonthOracleTarget(battery, 5, Inputs, "Asia/Ho_Chi_Minh", load_kw=quiet)
+    assert on_actual(None, None, start_ns, 0.25, 0.5) == pytest.approx(400.0, abs=1e-3)
+    assert on_quiet(None, None, start_ns, 0.25, 0.5) == pytest.approx(100.0 - 100.0 / 24.0, abs=1e-3)
+
+
+def test_the_informed_mpc_plans_on_the_actual_pv_and_the_noise_free_load() -> None:
+    """Two days of the harder two-part year: every re-plan of the informed MPC is made on the actual PV, the
+    best-load forecast (the noise-free load with the last noise carried forward) and that forecast's noise P90 as
+    the net-load risk, with the recharge floor at INFORMED_FLOOR_MULTIPLE; the study's own MPC plans on neither."""
+    bench = benchmark("bench_causal_bound")
+    scenario = bench.seeded_scenario("nam-cau-kien-hard-two-part", 7, {}, 2)
+    result = run(scenario, strategies=["mpc"])
+    inputs, tariff = result.inputs, result.tariff
+    best_load = bench.BestLoad.of(scenario, inputs)
+    informed, own = bench.InformedMpc.informed(scenario, inputs, tariff, best_load)
+    assert own.planner.demand_floor_stress_level == bench.INFORMED_FLOOR_MULTIPLE
+    assert scenario.planner.demand_floor_stress_level != bench.INFORMED_FLOOR_MULTIPLE
+    seen: list[int] = []  # the step of each re-plan checked
+    plan, target = informed.planner.schedule, informed.target
+
+    def target_at(t, now, ctx):
+        seen.append(t)
+        return target(t, now, ctx)
+
+    def checked(plan_inputs):
+        t, h = seen[-1], len(plan_inputs.pv_kw)
+        load, risk = best_load.forecast(t, h)
+        assert np.array_equal(plan_inputs.pv_kw, inputs.pv_kw[t:t + h])
+        assert np.allclose(plan_inputs.load_kw, load)
+        assert np.allclose(plan_inputs.peak_risk_kw, risk)
+        return plan(plan_inputs)
+
+    informed.planner.schedule, informed.target = checked, target_at
+    year = simulate(informed, own, inputs, tariff, battery=True)
+    assert len(seen) == inputs.steps and not informed.failures
+    mpc = result.results["mpc"].frame
+    assert not np.allclose(year.frame["battery_kw"].to_numpy(), mpc["battery_kw"].to_numpy())
