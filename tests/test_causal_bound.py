@@ -197,7 +197,8 @@ def test_the_month_target_can_be_judged_on_a_given_load() -> None:
 def test_the_informed_mpc_plans_on_the_actual_pv_and_the_noise_free_load() -> None:
     """Two days of the harder two-part year: every re-plan of the informed MPC is made on the actual PV, the
     best-load forecast (the noise-free load with the last noise carried forward) and that forecast's noise P90 as
-    the net-load risk, with the recharge floor at INFORMED_FLOOR_MULTIPLE; the study's own MPC plans on neither."""
+    the net-load risk, with the recharge floor at INFORMED_FLOOR_MULTIPLE; and it dispatches otherwise than the
+    study's own MPC."""
     bench = benchmark("bench_causal_bound")
     scenario = bench.seeded_scenario("nam-cau-kien-hard-two-part", 7, {}, 2)
     result = run(scenario, strategies=["mpc"])
