@@ -92,7 +92,8 @@ POLICIES = ("dp", "mpc", "true_pv", "informed")
 INFORMED_FLOOR_MULTIPLE = 0.0
 """The recharge floor's stress multiple (``planner.demand_floor_stress_level``) of :class:`InformedMpc`: its forecasts
 miss only the load's noise, and on seed 7 multiples 0 / 0.1 / 0.25 / 0.5 / 0.75 (the shipped one) keep 0.9237 /
-0.9232 / 0.9212 / 0.9040 / 0.8798 of the study's value; on seed 11 0.5 keeps the most (docs/performance.md). [-]"""
+0.9232 / 0.9212 / 0.9040 / 0.8798 of the study's value, on seed 23 0 keeps more than 0.5, on seeds 11 and 42 0.5
+more than 0 (docs/performance.md). [-]"""
 
 
 @dataclass(frozen=True)
