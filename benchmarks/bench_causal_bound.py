@@ -140,6 +140,12 @@ def months_of(load_kw: np.ndarray, quiet_kw: np.ndarray, pv_kw: np.ndarray, pric
     return out
 
 
+def stored_energy_credit(battery: BatterySpec, month: Month) -> float:
+    """What a kWh stored over the month is credited at (module docstring): the month's cheapest window price over the
+    charge efficiency. [currency/kWh]"""
+    return float(month.price.min()) / battery.charge_efficiency
+
+
 def no_battery_cost(month: Month) -> float:
     """The month's energy and demand charges without a battery (PV beyond the load curtailed). [currency]"""
     imports = np.maximum(month.load_kw - month.pv_kw, 0.0)
@@ -155,8 +161,8 @@ def perfect_foresight(battery: BatterySpec, month: Month, start_kwh: float, cred
     n = 4 * k + 2
     lower, upper = np.zeros(n), np.full(n, inf)
     upper[:k], upper[k:2 * k] = battery.max_charge_kw, battery.max_discharge_kw
-    lower[3 * k:4 * k + 1] = battery.capacity_kwh * battery.soc_min_pct / 100.0
-    upper[3 * k:4 * k + 1] = battery.capacity_kwh * battery.soc_max_pct / 100.0
+    lower[3 * k:4 * k + 1] = battery.soc_min_kwh
+    upper[3 * k:4 * k + 1] = battery.soc_max_kwh
     lower[3 * k] = upper[3 * k] = start_kwh
     cost = np.zeros(n)
     cost[:2 * k] = battery.wear_cost_per_kwh * dt
@@ -218,8 +224,7 @@ class CausalDP:
     def __init__(self, battery: BatterySpec, month: Month, noise_sd: float, peak_grid: np.ndarray,
                  energy_step: float, credit: float):
         self.battery, self.month, self.noise_sd, self.credit = battery, month, noise_sd, credit
-        self.e_min = battery.capacity_kwh * battery.soc_min_pct / 100.0
-        self.e_max = battery.capacity_kwh * battery.soc_max_pct / 100.0
+        self.e_min, self.e_max = battery.soc_min_kwh, battery.soc_max_kwh
         self.energy = np.arange(self.e_min, self.e_max + 1e-9, energy_step)
         self.energy_step = energy_step
         self.peak, self.peak_step = peak_grid, float(peak_grid[1] - peak_grid[0])
@@ -342,7 +347,7 @@ def month_costs(battery: BatterySpec, month: Month, noise_sd: float, energy_step
                 peak_step: float) -> dict[str, float]:
     """No battery, perfect foresight and the DP's policy on one month (module docstring). [currency, kW]"""
     start = battery.capacity_kwh * START_SOC_PCT / 100.0
-    credit = float(month.price.min()) / battery.charge_efficiency
+    credit = stored_energy_credit(battery, month)
     pf_cost, pf_peak = perfect_foresight(battery, month, start, credit)
     lowest = max(0.0, np.floor((pf_peak - GRID_BELOW_PF_KW) / peak_step) * peak_step)
     top = min(float(np.max(month.quiet_kw * (1.0 + NOISE_SPAN_SD * noise_sd) - month.pv_kw)) + peak_step,
@@ -362,7 +367,7 @@ def study_month_cost(battery: BatterySpec, month: Month, price: np.ndarray, step
     """A study policy's month on the model's terms (module docstring): its imports per step at ``price``, the
     demand rate on its highest window mean, wear on its battery power (discharge +), and the energy it stored over
     the month (``end_kwh`` − ``start_kwh``) credited as the DP's is. [currency]"""
-    credit = float(month.price.min()) / battery.charge_efficiency
+    credit = stored_energy_credit(battery, month)
     windows = import_kw.reshape(-1, month.steps).mean(axis=1)
     return float((price * import_kw).sum() * step_h + month.rate * windows.max(initial=0.0)
                  + battery.wear_cost_per_kwh * np.abs(battery_kw).sum() * step_h - credit * (end_kwh - start_kwh))
