@@ -92,12 +92,12 @@ def test_refusals_name_the_line_or_field_and_json_takes_the_overrides(tmp_path: 
 
 def test_the_command_exits_1_on_a_refusal_and_refuses_a_time_without_offset(tmp_path: Path, capsys) -> None:
     path = tmp_path / "fc.csv"
-    issued = datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+    when = ["--issued-at", "2026-12-05T12:00:00+00:00", "--at", NOW.isoformat()]  # the wall clock never matters
     path.write_text("timestamp,pv_kw\n2026-12-05T17:00:00Z,-1\n", encoding="utf-8")
-    assert main(["forecast", "check", str(path), "--config", str(SITE), "--issued-at", issued]) == 1
+    assert main(["forecast", "check", str(path), "--config", str(SITE), *when]) == 1
     assert "pv_kw[0]: -1.0 kW is negative" in capsys.readouterr().err
     path.write_text("timestamp,load_kw\n2026-12-05T17:00:00Z,400\n", encoding="utf-8")
-    assert main(["forecast", "check", str(path), "--config", str(SITE), "--issued-at", issued]) == 0
+    assert main(["forecast", "check", str(path), "--config", str(SITE), *when]) == 0
     assert "load_kw: 400.0–400.0 kW, mean 400.0 kW, no band" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
         main(["forecast", "check", str(path), "--config", str(SITE), "--issued-at", "2026-12-05T12:00"])
