@@ -718,17 +718,19 @@ class LoadForecaster:
         return shift if measured < LOW_DAY_RATIO * own and abs(measured - below) < abs(measured - own) else 0
 
     def quantiles(self, grid: TimeGrid, history: pd.Series | History | None,
-                  levels: Sequence[float] = DEFAULT_LEVELS) -> np.ndarray:
+                  levels: Sequence[float] = DEFAULT_LEVELS, point: np.ndarray | None = None) -> np.ndarray:
         """Quantile forecasts of site load per grid step (P10/P50/P90 by default).
 
         The point forecast plus the empirical quantiles of this forecaster's own errors [kW] over the last 14
         days, pooled by lead time (:class:`~optimizer.forecast_quantiles.ErrorQuantiles`). The point forecast
         (:meth:`forecast`) is unchanged; nothing of this runs unless called. Shape ``(len(levels), len(grid))``,
-        each ≥ 0, non-decreasing along the levels. [kW]
+        each ≥ 0, non-decreasing along the levels. ``point``: :meth:`forecast` of the same grid and history when
+        the caller has it already (it is not computed again). [kW]
         """
         if self._quantiles is None:
             self._quantiles = ErrorQuantiles(self.forecast)
-        point = self.forecast(grid, history)
+        if point is None:
+            point = self.forecast(grid, history)
         ns, values = self._reader.read(history)
         return self._quantiles.quantiles(grid, history, ns, values, point, levels)
 

@@ -85,16 +85,16 @@ def holdable_from_now_kw(window_kw: np.ndarray, window_h: np.ndarray, energy_now
     ``charge_kw`` [kW], each kWh charged giving ``round_trip`` deliverable kWh; to 30 bisection steps. 0 when no
     window is above 0 kW."""
     w = np.asarray(window_kw, dtype=float)
-    dt = np.asarray(window_h, dtype=float).tolist()
     top = float(w.max(initial=0.0))
     if top <= 0.0:
         return 0.0
+    windows = list(zip(w.tolist(), np.asarray(window_h, dtype=float).tolist(), strict=True))
 
     def holds(level: float) -> bool:
         if top - level > power_kw:
             return False
         energy = energy_now_kwh
-        for value, h in zip(w.tolist(), dt, strict=True):
+        for value, h in windows:
             if value > level:
                 energy -= (value - level) * h
                 if energy < 0.0:

@@ -111,11 +111,13 @@ PEAK_RISK_LEVEL = 0.9
 
 
 def peak_risk_quantiles(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, grid: TimeGrid,
-                        pv_history: object, load_history: object) -> tuple[np.ndarray, np.ndarray]:
+                        pv_history: object, load_history: object, pv_point: np.ndarray | None = None,
+                        load_point: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PV's P10 and the load's P90 per step (:data:`PEAK_RISK_LEVEL`) from each forecaster's own recent errors
-    (``quantiles()``). [kW]"""
-    pv_lo = pv_forecaster.quantiles(grid, pv_history, levels=(1.0 - PEAK_RISK_LEVEL,))[0]
-    load_hi = load_forecaster.quantiles(grid, load_history, levels=(PEAK_RISK_LEVEL,))[0]
+    (``quantiles()``). ``pv_point``/``load_point``: the forecasters' own point forecasts of the same grid and
+    histories when the caller has them already (not computed again). [kW]"""
+    pv_lo = pv_forecaster.quantiles(grid, pv_history, levels=(1.0 - PEAK_RISK_LEVEL,), point=pv_point)[0]
+    load_hi = load_forecaster.quantiles(grid, load_history, levels=(PEAK_RISK_LEVEL,), point=load_point)[0]
     return pv_lo, load_hi
 
 
@@ -126,11 +128,13 @@ def net_load_risk_kw(pv_kw: np.ndarray, pv_p10: np.ndarray, load_kw: np.ndarray,
 
 
 def peak_risk_kw(pv_forecaster: PVForecaster, load_forecaster: LoadForecaster, grid: TimeGrid,
-                 pv_history: object, load_history: object, pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+                 pv_history: object, load_history: object, pv_kw: np.ndarray, load_kw: np.ndarray,
+                 points: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """How far above the forecast the net load (load − PV) may come per step [kW]: :func:`net_load_risk_kw` of
     :func:`peak_risk_quantiles`, from the forecasters' own recent errors. 0 until the forecasters have errors to
-    learn from."""
-    pv_lo, load_hi = peak_risk_quantiles(pv_forecaster, load_forecaster, grid, pv_history, load_history)
+    learn from. ``points``: the forecasters' own (PV, load) point forecasts when the caller has them already."""
+    pv_lo, load_hi = peak_risk_quantiles(pv_forecaster, load_forecaster, grid, pv_history, load_history,
+                                         *(points or (None, None)))
     return net_load_risk_kw(pv_kw, pv_lo, load_kw, load_hi)
 
 

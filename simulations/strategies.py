@@ -281,6 +281,9 @@ class Mpc:
         self.valid_hours = settings.plan_valid_hours
         self.solve_s, self.replans = 0.0, 0
         self.failures: list[tuple[str, str]] = []
+        #: The built-in forecasters' own point forecasts of the last re-plan: (its step, PV, load) [kW], which the
+        #: net-load risk's quantiles are taken around (not computed twice).
+        self._points: tuple[int, np.ndarray, np.ndarray] | None = None
         #: The last successful re-plan: (its step, its start (UTC), schedule, inputs, solver info).
         self._last: tuple[int, datetime, Schedule, PlanInputs, SolverInfo] | None = None
 
@@ -307,7 +310,9 @@ class Mpc:
 
         pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon], quantiles,
                                 None if demand else self.settings.surplus_room_level)
-        return pv, self.load_forecaster.forecast(grid, load_history)
+        load = self.load_forecaster.forecast(grid, load_history)
+        self._points = (t, builtin, load)
+        return pv, load
 
     def peak_risk(self, t: int, grid: TimeGrid, ctx: StepContext, pv: np.ndarray, load: np.ndarray) -> np.ndarray:
         """As live (``WithExternal.peak_risk``): the net-load risk at step ``t`` for the forecasts ``pv``/``load``
@@ -315,11 +320,13 @@ class Mpc:
         errors; a method so that a diagnostic can size it for forecasts it replaces
         (benchmarks/bench_two_part_oracles.py). [kW]"""
         history = self._history_views(t, ctx)
+        points = self._points[1:] if self._points is not None and self._points[0] == t else None
         risk = None if self.external is None else self.external.peak_risk_kw(
             grid, pv, load, _grid_now(grid),
-            lambda: peak_risk_quantiles(self.pv_forecaster, self.load_forecaster, grid, *history))
-        return peak_risk_kw(self.pv_forecaster, self.load_forecaster, grid, *history, pv, load) if risk is None \
-            else risk
+            lambda: peak_risk_quantiles(self.pv_forecaster, self.load_forecaster, grid, *history,
+                                        *(points or (None, None))))
+        return peak_risk_kw(self.pv_forecaster, self.load_forecaster, grid, *history, pv, load, points) \
+            if risk is None else risk
 
     def _external_pv(self, grid: TimeGrid, builtin: np.ndarray, ctx: StepContext) -> tuple[np.ndarray, str]:
         """The PV forecast with the day-ahead forecasts issued so far laid over it, and its origin

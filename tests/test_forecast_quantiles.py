@@ -11,6 +11,7 @@ import pytest
 
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.forecast_quantiles import ErrorQuantiles
+from optimizer.service import peak_risk_kw
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid, regular_grid, regular_grid_ns
 from simulations.runner import forecast_pv, load_data
@@ -147,15 +148,32 @@ def test_pv_quantiles_are_ordered_bounded_and_dark_at_night(hard_year):
     assert np.all((out[2] - out[0])[clear > 0.3 * scenario.pv.ac_limit_kw] > 0)  # a band where the sun is up
 
 
-def test_pv_quantiles_from_a_given_point_forecast_are_the_same(hard_year):
-    """A caller that has the point forecast hands it over (the offline MPC's surplus rule): the same quantiles."""
+@pytest.mark.parametrize("which", [0, 1], ids=["pv", "load"])
+def test_quantiles_from_a_given_point_forecast_are_the_same(hard_year, which):
+    """A caller that has the point forecast hands it over (the offline MPC's surplus rule and net-load risk): the
+    same quantiles, and the same net-load risk (:func:`optimizer.service.peak_risk_kw` with ``points``)."""
     scenario, data = hard_year
-    history = history_of(data.starts, data.pv_kw)
-    given, computed = forecasters(scenario)[0], forecasters(scenario)[0]
+    values = (data.pv_kw, data.load_kw)[which]
+    history = history_of(data.starts, values)
+    given, computed = forecasters(scenario)[which], forecasters(scenario)[which]
     for i in range(150 * 96, 151 * 96, 9):
         grid = regular_grid(data.starts[i], 96, 15)
         point = given.forecast(grid, history)
-        assert np.array_equal(given.quantiles(grid, history, point=point), computed.quantiles(grid, history))
+        out = given.quantiles(grid, history, point=point)
+        assert np.array_equal(out, computed.quantiles(grid, history))
+        assert not np.array_equal(out, given.quantiles(grid, history, point=point + 10.0))  # the point is used
+
+
+def test_the_net_load_risk_from_given_point_forecasts_is_the_same(hard_year):
+    scenario, data = hard_year
+    histories = history_of(data.starts, data.pv_kw), history_of(data.starts, data.load_kw)
+    given, computed = forecasters(scenario), forecasters(scenario)
+    for i in range(200 * 96 + 30, 201 * 96, 11):
+        grid = regular_grid(data.starts[i], 96, 15)
+        points = given[0].forecast(grid, histories[0]), given[1].forecast(grid, histories[1])
+        risk = peak_risk_kw(*given, grid, *histories, *points, points=points)
+        assert np.array_equal(risk, peak_risk_kw(*computed, grid, *histories, *points))
+        assert risk.max() > 0
 
 
 def test_quantiles_leave_the_point_forecasts_unchanged_and_do_not_look_ahead(base_year):
