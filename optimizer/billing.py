@@ -5,7 +5,8 @@ Per billing month (local calendar month of each step start):
 - energy: kWh and amount per period, excluding VAT; each step is priced at its start, like
   ``SiteTariff.prices(starts)``, or with ``by_duration=True`` split by the time it spends in each period, like
   ``SiteTariff.prices(starts, duration_h)`` (bill the way the planner priced);
-- demand: the highest window-average import of the month (``peak_kw``); the billed demand is that peak
+- demand: the highest window-average import of the month (``peak_kw``), first reached in the window starting at
+  ``peak_at`` (local time) in tariff period ``peak_period``; the billed demand is that peak
   (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
   rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
   (earlier months, or the month-to-date peak before the series starts); each month uses the larger of its
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
+PEAK_AT_TOLERANCE_KW = 0.05
+"""A demand window whose average import comes within this of the month's peak reaches it: ``MonthBill.peak_at`` is
+the first such window. A controller that holds its grid ceiling at the month's peak imports at that level again and
+again, a few watts either side; the first time is when the month's peak was set. Half the 0.1 kW a report shows. [kW]"""
+
 
 @dataclass(frozen=True)
 class EnergyLine:
@@ -58,6 +64,11 @@ class MonthBill:
     """one line per tariff period, in tariff order"""
     peak_kw: float | None
     """[kW] highest window-average import of the month in the series; None without data"""
+    peak_at: str | None
+    """local start (ISO 8601 with its UTC offset) of the month's first demand window whose average import came
+    within :data:`PEAK_AT_TOLERANCE_KW` of ``peak_kw``: when the month's peak was set; None without data"""
+    peak_period: str | None
+    """tariff period of the first step of that window (e.g. ``off_peak``: a night's charge set the peak)"""
     demand_kw: float | None
     """[kW] billed demand; None if no demand charge applies"""
     demand_rate_per_kw_month: float | None
@@ -93,7 +104,8 @@ class MonthBill:
             "month": self.month, "hours": self.hours,
             "energy": [{"period": e.period, "kwh": e.kwh, "amount": e.amount} for e in self.energy],
             "energy_kwh": self.energy_kwh, "energy_amount": self.energy_amount,
-            "peak_kw": self.peak_kw, "demand_kw": self.demand_kw,
+            "peak_kw": self.peak_kw, "peak_at": self.peak_at, "peak_period": self.peak_period,
+            "demand_kw": self.demand_kw,
             "demand_rate_per_kw_month": self.demand_rate_per_kw_month, "demand_amount": self.demand_amount,
             "export_kwh": self.export_kwh, "export_credit": self.export_credit,
             "subtotal": self.subtotal, "vat": self.vat, "total": self.total,
@@ -174,21 +186,39 @@ def _durations(duration_h: np.ndarray | float, n: int, starts: pd.DatetimeIndex)
     return dur
 
 
-def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class _MonthPeak:
+    """A month's peak demand and the first window that reached it (:data:`PEAK_AT_TOLERANCE_KW`)."""
+
+    kw: float
+    """[kW] highest window-average import"""
+    window_start_minute: int
+    """UTC start of the first window reaching it [min since 1970-01-01]"""
+    first_step: int
+    """index of that window's first step in the series"""
+
+
+def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> dict[str, _MonthPeak]:
     if window_minutes <= 0 or 1440 % window_minutes:
         raise ValueError(f"window_minutes = {window_minutes} must divide a day")
     ok = np.isfinite(kw)
     if not ok.any():
         return {}
-    buckets, inverse = np.unique(window_starts(loc, window_minutes)[ok], return_inverse=True)
+    buckets, inverse = np.unique(window_starts(loc, window_minutes)[ok], return_inverse=True)  # in time order
     average_kw = (np.bincount(inverse, weights=kw[ok] * dur[ok], minlength=len(buckets))
                   / np.bincount(inverse, weights=dur[ok], minlength=len(buckets)))
+    first_step = np.full(len(buckets), len(kw))
+    np.minimum.at(first_step, inverse, np.flatnonzero(ok))
     bucket_month = np.empty(len(buckets), dtype="datetime64[M]")
     bucket_month[inverse] = loc.month[ok]  # a window never crosses local midnight, so never a month end
     months, month_of_bucket = np.unique(bucket_month, return_inverse=True)
     peaks = np.full(len(months), -np.inf)
     np.maximum.at(peaks, month_of_bucket, average_kw)
-    return {month_label(m): float(p) for m, p in zip(months, peaks, strict=True)}
+    out = {}
+    for j, month in enumerate(months):
+        b = int(np.flatnonzero((month_of_bucket == j) & (average_kw >= peaks[j] - PEAK_AT_TOLERANCE_KW))[0])
+        out[month_label(month)] = _MonthPeak(float(peaks[j]), int(buckets[b]), int(first_step[b]))
+    return out
 
 
 def peak_demand_kw(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float,
@@ -198,7 +228,7 @@ def peak_demand_kw(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.nd
     n = len(starts)
     dur = _durations(duration_h, n, starts)
     kw = _array(import_kw, n, "import_kw", starts, allow_nan=True)
-    return _month_peaks(site.local(starts), dur, kw, window_minutes)
+    return {label: p.kw for label, p in _month_peaks(site.local(starts), dur, kw, window_minutes).items()}
 
 
 def _previous_months(month: str, count: int) -> list[str]:
@@ -257,9 +287,9 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
     lines = {p: (per_month(energy_kwh * prices.period_share[:, j]),
                  per_month(energy_kwh * prices.import_price_by_period[:, j]))
              for j, p in enumerate(site.tariff.periods)}
-    peaks_by_window: dict[int, dict[str, float]] = {}
+    peaks_by_window: dict[int, dict[str, _MonthPeak]] = {}
 
-    def peaks(window: int) -> dict[str, float]:
+    def peaks(window: int) -> dict[str, _MonthPeak]:
         if window not in peaks_by_window:
             peaks_by_window[window] = _month_peaks(loc, dur, imp, window)
         return peaks_by_window[window]
@@ -268,7 +298,14 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
     for i, label in enumerate(labels):
         first = site.month_start(label)
         charge = site.billed_demand_charge(label)
-        series_peaks = peaks(charge.window_minutes if charge else 30)
+        window_peaks = peaks(charge.window_minutes if charge else 30)
+        series_peaks = {m: p.kw for m, p in window_peaks.items()}
+        peak = window_peaks.get(label)
+        peak_at = peak_period = None
+        if peak is not None:
+            peak_at = pd.Timestamp(peak.window_start_minute * 60, unit="s", tz="UTC").tz_convert(
+                site.timezone).isoformat()
+            peak_period = site.tariff.periods[int(np.argmax(prices.period_share[peak.first_step]))]
         demand_kw = rate = None
         demand_amount = 0.0
         if charge is not None:
@@ -282,7 +319,8 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
         months.append(MonthBill(
             month=label, hours=float(hours[i]),
             energy=tuple(EnergyLine(p, float(kwh[i]), float(amount[i])) for p, (kwh, amount) in lines.items()),
-            peak_kw=series_peaks.get(label), demand_kw=demand_kw, demand_rate_per_kw_month=rate,
+            peak_kw=series_peaks.get(label), peak_at=peak_at, peak_period=peak_period, demand_kw=demand_kw,
+            demand_rate_per_kw_month=rate,
             demand_amount=demand_amount, export_kwh=float(export_kwh[i]), export_credit=float(export_credit[i]),
             vat=float(energy_vat[i] + demand_amount * site.vat_rate(first))))
     return Bill(tariff=site.tariff.name, currency=site.currency, timezone=site.timezone, months=tuple(months))

@@ -44,6 +44,8 @@ ENERGY_LABELS = {
 }
 DASH = "—"
 """How a figure the investment never reaches (payback, IRR) is shown; the reason goes beside it."""
+PERIOD_LABELS = {"peak": "peak hours", "normal": "normal hours", "off_peak": "off-peak hours"}
+"""Plain names of the tariff periods; a tariff's other periods are shown by their own names."""
 
 
 def _label(name: str) -> str:
@@ -411,6 +413,79 @@ def external_accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _period_label(period: str | None) -> str:
+    return DASH if period is None else PERIOD_LABELS.get(period, period.replace("_", " "))
+
+
+def _kw(value: float | None) -> str:
+    """A demand to the 0.1 kW (:data:`optimizer.billing.PEAK_AT_TOLERANCE_KW` is half of it)."""
+    return DASH if value is None else f"{value:,.1f}"
+
+
+def _local_time(iso: str | None) -> str:
+    """``2026-03-02T08:00:00+07:00`` → ``Mon 02 Mar 08:00`` (the local time the ISO string carries)."""
+    return DASH if iso is None else pd.Timestamp(iso).strftime("%a %d %b %H:%M")
+
+
+def demand_strategy(summary: dict[str, Any]) -> str | None:
+    """Whose month peaks the demand table dates: the strategy the verdict quotes, else PV only, else none."""
+    lead = lead_strategy(summary)
+    return lead if lead is not None else ("pv_only" if "pv_only" in summary["strategies"] else None)
+
+
+def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Under a demand charge, one row per billing month: each strategy's billed demand [kW], and when (local time)
+    and in which tariff period :func:`demand_strategy` first reached its month's peak. Empty without one."""
+    strategies = summary["strategies"]
+    months = {name: {m["month"]: m for m in s["monthly_bills"]} for name, s in strategies.items()}
+    labels = [m["month"] for m in next(iter(strategies.values()))["monthly_bills"]]
+    if not any(m["demand_kw"] is not None for by_month in months.values() for m in by_month.values()):
+        return []
+    who = demand_strategy(summary)
+    rows = []
+    for label in labels:
+        row: dict[str, Any] = {"month": pd.Period(label, "M").strftime("%b %Y")}
+        row.update({f"{_label(name)} [kW]": _kw(months[name][label]["demand_kw"]) for name in strategies})
+        if who is not None:
+            bill = months[who][label]
+            row[f"{_label(who)}: month's peak first reached (local time)"] = _local_time(bill["peak_at"])
+            row["in"] = _period_label(bill["peak_period"])
+        rows.append(row)
+    return rows
+
+
+def demand_text(summary: dict[str, Any]) -> str:
+    """What the demand table says, in words: the demand rate, in which tariff periods :func:`demand_strategy` set
+    its month peaks, and how far it billed above the perfect-foresight bound and below PV only. [kW]"""
+    strategies, cur = summary["strategies"], summary["currency"]
+    who = demand_strategy(summary)
+    rates = sorted({m["demand_rate_per_kw_month"] for s in strategies.values() for m in s["monthly_bills"]
+                    if m["demand_rate_per_kw_month"] is not None})
+    text = (f"The billed demand is each month's highest average import over the tariff's demand window, charged at "
+            f"{' to '.join(f'{r:,.0f}' for r in rates)} {cur} per kW and month.")
+    if who is None:
+        return text
+    bills = [m for m in strategies[who]["monthly_bills"] if m["demand_kw"] is not None]
+    counts: dict[str, int] = {}
+    for m in bills:
+        counts[_period_label(m["peak_period"])] = counts.get(_period_label(m["peak_period"]), 0) + 1
+    text += (f" {_label(who)[0].upper() + _label(who)[1:]} first reached its month's peak in "
+             + ", ".join(f"{period} in {n} of {len(bills)} months" for period, n in
+                         sorted(counts.items(), key=lambda kv: -kv[1])) + ".")
+    comparisons = []
+    for other in ("perfect_foresight", "pv_only"):
+        if other == who or other not in strategies:
+            continue
+        theirs = {m["month"]: m["demand_kw"] for m in strategies[other]["monthly_bills"]}
+        gaps = [m["demand_kw"] - theirs[m["month"]] for m in bills if theirs.get(m["month"]) is not None]
+        if gaps:
+            mean = sum(gaps) / len(gaps)
+            comparisons.append(f"{abs(mean):,.1f} kW {'above' if mean >= 0 else 'below'} {_label(other)}")
+    if comparisons:
+        text += f" Its billed demand was on average {' and '.join(comparisons)}."
+    return text
+
+
 def local_period(summary: dict[str, Any]) -> str:
     """``1 Jan 2026 – 31 Dec 2026 (365 days, local time Asia/Ho_Chi_Minh)``."""
     p = summary["period"]
@@ -450,6 +525,9 @@ def render_html(result: RunResult, summary: dict[str, Any]) -> str:
             "vs built-in = 1 − MAE / built-in MAE: above 0, the forecast from outside is the better one) and "
             "against persistence; bias = mean forecast − data. Where it carried a P10/P90 band, the share of "
             "steps inside it (0.8 when calibrated) and below and above it (0.1 each).</p>" + _table(external))
+    demand = demand_rows(summary)
+    demand_html = "" if not demand else (
+        f'<h2 id="demand">Demand charge by month</h2><p>{html.escape(demand_text(summary))}</p>' + _table(demand))
     warning = summary["period"]["warning"]
     notes = sorted({f"{DASH}: {fin[k]}" for e in summary["economics"].values() for fin in e["finance"].values()
                     for k in ("payback_note", "discounted_payback_note", "irr_note") if fin.get(k)})
@@ -474,7 +552,7 @@ MPC with perfect forecasts and perfect foresight are bounds no plant reaches.</p
 <h2>Assumptions</h2>{_table(assumption_rows(summary))}
 <h2>Strategies</h2>{_table(strategy_rows(summary))}
 <p class="small">{html.escape('; '.join(notes))}</p>
-{''.join(f'<h2>{html.escape(title)}</h2>{svg}' for title, svg in figures)}
+{demand_html}{''.join(f'<h2>{html.escape(title)}</h2>{svg}' for title, svg in figures)}
 <h2>Energy over the period</h2>{_table(balance_rows)}
 {accuracy_html}
 <h2>JCM-style figure (reported apart)</h2>

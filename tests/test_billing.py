@@ -111,6 +111,35 @@ def test_peak_skips_missing_steps_and_is_per_local_month(two_part):
     assert peaks == {"2026-07": 80.0, "2026-08": 120.0}
 
 
+def test_when_the_month_peak_was_set_and_in_which_period(two_part):
+    # Tue 2026-07-14 (Decision 963 windows): 17:00 averages 150 kW (normal hours), 17:30 200 kW (peak hours).
+    m = two_part.bill(local_steps("2026-07-14 17:00", 4, 15), 0.25, np.array([100.0, 200.0, 300.0, 100.0])).months[0]
+    assert (m.peak_at, m.peak_period) == ("2026-07-14T17:30:00+07:00", "peak")
+    assert m.to_dict()["peak_at"] == m.peak_at and m.to_dict()["peak_period"] == "peak"
+
+
+@pytest.mark.parametrize(("night_kw", "set_at", "period"), [
+    (500.03, "2026-07-14T08:00:00+07:00", "normal"),  # the night rides the level within 0.05 kW: set at 08:00
+    (500.10, "2026-07-15T02:00:00+07:00", "off_peak"),  # 0.1 kW above it: the night's charge set the peak
+])
+def test_the_month_peak_is_set_where_it_was_first_reached(two_part, night_kw, set_at, period):
+    starts = local_steps("2026-07-14 00:00", 96, 30)
+    kw = np.full(96, 300.0)
+    kw[16], kw[52] = 500.0, night_kw  # 08:00 on the 14th, 02:00 on the 15th (local)
+    m = two_part.bill(starts, 0.5, kw).months[0]
+    assert m.peak_kw == night_kw and m.demand_kw == night_kw
+    assert (m.peak_at, m.peak_period) == (set_at, period)
+
+
+def test_the_month_peak_of_a_dst_fall_back_night_is_dated_with_its_own_offset():
+    site = Tariff.preset("evn-two-part-22kv").bind("Europe/Berlin")
+    starts = pd.date_range("2026-10-25T00:00Z", periods=8, freq="15min")  # 02:00–03:00 local twice
+    first = site.bill(starts, 0.25, np.array([0.0, 0, 0, 0, 100.0, 100.0, 0, 0])).months[0]
+    assert first.peak_at == "2026-10-25T02:00:00+01:00"  # the second 02:00, in CET
+    second = site.bill(starts, 0.25, np.array([100.0, 100.0, 0, 0, 0, 0, 0, 0])).months[0]
+    assert second.peak_at == "2026-10-25T02:00:00+02:00"
+
+
 def test_peak_keeps_the_two_local_01_30_half_hours_of_a_dst_fall_back_night_apart():
     site = Tariff.preset("evn-two-part-22kv").bind("Europe/Berlin")
     # 2026-10-25: 02:00–03:00 local happens twice (00:00–01:00 UTC in CEST, 01:00–02:00 UTC in CET).

@@ -12,6 +12,8 @@ import pytest
 from simulations.report import (
     DASH,
     assumption_rows,
+    demand_rows,
+    demand_text,
     local_period,
     plain_summary,
     strategy_rows,
@@ -242,3 +244,68 @@ def test_a_study_with_a_day_ahead_forecast_reports_how_good_it_was(tmp_path: Pat
         assert b["skill_vs_builtin"] == pytest.approx(1 - b["mae_kw"] / b["builtin_mae_kw"], abs=1e-3)
         assert b["rmse_kw"] >= b["mae_kw"] >= abs(b["bias_kw"])
     assert "Forecasts from outside" in paths["report"].read_text(encoding="utf-8")
+
+
+def _month(label: str, demand_kw: float | None, peak_at: str | None = None, period: str | None = None) -> dict:
+    return {"month": label, "demand_kw": demand_kw, "peak_at": peak_at, "peak_period": period,
+            "demand_rate_per_kw_month": None if demand_kw is None else 235_414.0}
+
+
+def test_demand_by_month_for_hand_made_bills() -> None:
+    strategies = {
+        "pv_only": {"monthly_bills": [_month("2026-03", 880.04, "2026-03-10T17:30:00+07:00", "peak"),
+                                      _month("2026-04", 900.0, "2026-04-02T18:00:00+07:00", "peak")]},
+        "mpc": {"monthly_bills": [_month("2026-03", 760.0, "2026-03-02T08:00:00+07:00", "normal"),
+                                  _month("2026-04", 730.0, "2026-04-01T02:30:00+07:00", "off_peak")]},
+        "perfect_foresight": {"monthly_bills": [_month("2026-03", 720.0, "2026-03-01T00:00:00+07:00", "off_peak"),
+                                                _month("2026-04", 710.0, "2026-04-01T00:00:00+07:00", "off_peak")]},
+    }
+    summary = {"currency": "VND", "strategies": strategies,
+               "economics": {"mpc": {"finance": {"battery": {}}}, "perfect_foresight": {"finance": {"battery": {}}}}}
+    rows = demand_rows(summary)
+    assert rows[0] == {"month": "Mar 2026", "PV only [kW]": "880.0", "MPC on forecasts [kW]": "760.0",
+                       "perfect foresight (upper bound) [kW]": "720.0",
+                       "MPC on forecasts: month's peak first reached (local time)": "Mon 02 Mar 08:00",
+                       "in": "normal hours"}
+    assert rows[1]["MPC on forecasts: month's peak first reached (local time)"] == "Wed 01 Apr 02:30"
+    assert rows[1]["in"] == "off-peak hours"
+    assert demand_text(summary) == (
+        "The billed demand is each month's highest average import over the tariff's demand window, charged at "
+        "235,414 VND per kW and month. MPC on forecasts first reached its month's peak in normal hours in 1 of 2 "
+        "months, off-peak hours in 1 of 2 months. Its billed demand was on average 30.0 kW above perfect foresight "
+        "(upper bound) and 145.0 kW below PV only.")
+    energy_only = {"currency": "VND", "economics": {},
+                   "strategies": {"pv_only": {"monthly_bills": [_month("2026-03", None, "2026-03-10T17:30:00+07:00",
+                                                                       "peak")]}}}
+    assert demand_rows(energy_only) == []
+
+
+def test_an_energy_only_study_has_no_demand_table(result, tmp_path: Path) -> None:
+    html = write_outputs(result, tmp_path / "e", command="c")["report"].read_text(encoding="utf-8")
+    assert 'id="demand"' not in html
+
+
+def test_a_two_part_study_dates_each_month_peak_from_its_own_series(tmp_path: Path) -> None:
+    """The report's date and period of the MPC's month peak are those of its time series, worked out apart: the
+    first local half hour whose average import reaches the month's highest within 0.05 kW."""
+    base = load_scenario(SCENARIOS / "nam-cau-kien-two-part.yaml")
+    data = base.model_dump()
+    data["data"].update(start="2026-06-27", days=6)  # the end of June and the start of July
+    scenario = Scenario.model_validate(data)
+    scenario._base_dir = base.base_dir
+    result = run(scenario, strategies=["pv_only", "mpc"], data=load_data(scenario))
+    paths = write_outputs(result, tmp_path / "d", command="c")
+    html = paths["report"].read_text(encoding="utf-8")
+    summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
+    assert 'id="demand"' in html
+    frame = result.results["mpc"].frame.tz_convert(scenario.site.timezone)
+    windows = frame["import_kw"].resample("30min").mean()
+    rows = demand_rows(summary)
+    assert [r["month"] for r in rows] == ["Jun 2026", "Jul 2026"]
+    for row, (_, month) in zip(rows, windows.groupby(windows.index.strftime("%Y-%m")), strict=True):
+        first = month[month >= month.max() - 0.05].index[0]
+        assert row["MPC on forecasts [kW]"] == f"{month.max():,.1f}"
+        assert row["MPC on forecasts: month's peak first reached (local time)"] == first.strftime("%a %d %b %H:%M")
+        period = frame["period"][first]
+        assert row["in"] == {"off_peak": "off-peak hours", "normal": "normal hours", "peak": "peak hours"}[period]
+        assert row["MPC on forecasts: month's peak first reached (local time)"] in html
