@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import AwareDatetime, Field
 
 from controller.state_store import StoredValue
+from optimizer.billing import sets_month_peak
 from optimizer.tariff import SiteTariff
 
 MAX_ACCOUNTED_GAP_CYCLES = 5
@@ -121,14 +122,22 @@ class DemandTracker:
         if month != self.month:
             self.month, self.peak_kw, self.peak_at = month, 0.0, None
         avg_kw = self._kwh / (self.interval(self._start).total_seconds() / 3600.0)
+        if sets_month_peak(avg_kw, None if self.peak_at is None else self.peak_kw):
+            self.peak_at = self._start.isoformat()
         if avg_kw > self.peak_kw:
-            self.peak_kw, self.peak_at = avg_kw, self._start.isoformat()
+            self.peak_kw = avg_kw
             return True
         return False
 
     def month_peak_kw(self, now: datetime) -> float:
         """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
         return self.peak_kw if self.month == self.billing_month(now) else 0.0
+
+    def month_peak_at(self, now: datetime) -> str | None:
+        """When the peak so far in the billing month of ``now`` was set: the UTC start (ISO 8601) of the last
+        interval that set it anew, by the bills' rule (:func:`optimizer.billing.sets_month_peak`: rides within
+        0.05 kW of it do not count); None in a new month."""
+        return self.peak_at if self.month == self.billing_month(now) else None
 
     def running(self, now: datetime) -> tuple[float, float, float]:
         """The interval running at ``now``: (length [h], elapsed [h], import so far [kWh]), as
@@ -247,6 +256,20 @@ class Accounting:
         self.energy = EnergyCounters()
         self._last_ts: datetime | None = None
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None
+        self._peak_period: tuple[str, str] | None = None  # (peak_at, its tariff period)
+
+    def month_peak(self, now: datetime) -> dict[str, Any]:
+        """The month-to-date peak for the state's ``demand``: ``month_peak_kw`` [kW], ``month_peak_at`` (when it was
+        set, :meth:`DemandTracker.month_peak_at`) and ``month_peak_period`` (the tariff period then, as the bills'
+        ``peak_period``); None for the last two in a new month."""
+        at = self.demand.month_peak_at(now)
+        period = None
+        if at is not None:
+            if self._peak_period is None or self._peak_period[0] != at:
+                prices = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(at)]))
+                self._peak_period = (at, str(prices.period[0]))
+            period = self._peak_period[1]
+        return {"month_peak_kw": self.demand.month_peak_kw(now), "month_peak_at": at, "month_peak_period": period}
 
     def prices(self, now: datetime) -> dict[str, Any]:
         """The tariff at ``now``: ``period``, ``import_price`` (with VAT), ``export_price`` [currency/kWh],

@@ -479,7 +479,7 @@ class Controller:
             "plan": plan_info,
             "tariff": self.accounting.prices(now),
             "today": self.accounting.energy.to_dict(),
-            "demand": {"month": self.demand.month, "month_peak_kw": self.demand.month_peak_kw(now),
+            "demand": {"month": self.demand.month, **self.accounting.month_peak(now),
                        "interval_avg_kw": self.demand.current_average_kw(),
                        "import_cap_kw": self.config.grid.import_cap_kw},
             "alarms": sorted(self.alarms),

@@ -5,8 +5,8 @@ Per billing month (local calendar month of each step start):
 - energy: kWh and amount per period, excluding VAT; each step is priced at its start, like
   ``SiteTariff.prices(starts)``, or with ``by_duration=True`` split by the time it spends in each period, like
   ``SiteTariff.prices(starts, duration_h)`` (bill the way the planner priced);
-- demand: the highest window-average import of the month (``peak_kw``), first reached in the window starting at
-  ``peak_at`` (local time) in tariff period ``peak_period``; the billed demand is that peak
+- demand: the highest window-average import of the month (``peak_kw``), set in the window starting at ``peak_at``
+  (local time; :func:`sets_month_peak`) in tariff period ``peak_period``; the billed demand is that peak
   (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
   rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
   (earlier months, or the month-to-date peak before the series starts); each month uses the larger of its
@@ -36,9 +36,18 @@ if TYPE_CHECKING:
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 PEAK_AT_TOLERANCE_KW = 0.05
-"""A demand window whose average import comes within this of the month's peak reaches it: ``MonthBill.peak_at`` is
-the first such window. A controller that holds its grid ceiling at the month's peak imports at that level again and
-again, a few watts either side; the first time is when the month's peak was set. Half the 0.1 kW a report shows. [kW]"""
+"""A demand window sets the month's peak anew only when its average import is more than this above the month's
+highest so far (:func:`sets_month_peak`). A controller that holds its grid ceiling at the month's peak imports at
+that level again and again, a few watts either side: those windows do not move when the peak was set. Half the
+0.1 kW a report shows. [kW]"""
+
+
+def sets_month_peak(window_kw: float, peak_so_far_kw: float | None) -> bool:
+    """Whether a demand window of average import ``window_kw`` [kW] sets the month's peak anew: it is the month's
+    first window (``peak_so_far_kw`` None) or more than :data:`PEAK_AT_TOLERANCE_KW` above the highest window of
+    the month before it [kW]. The last window that does is when the month's peak was set (``MonthBill.peak_at``;
+    the live demand tracker, ``controller.accounting.DemandTracker``, applies the same rule as windows close)."""
+    return peak_so_far_kw is None or window_kw > peak_so_far_kw + PEAK_AT_TOLERANCE_KW
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,8 @@ class MonthBill:
     peak_kw: float | None
     """[kW] highest window-average import of the month in the series; None without data"""
     peak_at: str | None
-    """local start (ISO 8601 with its UTC offset) of the month's first demand window whose average import came
-    within :data:`PEAK_AT_TOLERANCE_KW` of ``peak_kw``: when the month's peak was set; None without data"""
+    """when the month's peak was set: the local start (ISO 8601 with its UTC offset) of the month's last demand
+    window that set it anew (:func:`sets_month_peak`); None without data"""
     peak_period: str | None
     """tariff period of the first step of that window (e.g. ``off_peak``: a night's charge set the peak)"""
     demand_kw: float | None
@@ -188,12 +197,12 @@ def _durations(duration_h: np.ndarray | float, n: int, starts: pd.DatetimeIndex)
 
 @dataclass(frozen=True)
 class _MonthPeak:
-    """A month's peak demand and the first window that reached it (:data:`PEAK_AT_TOLERANCE_KW`)."""
+    """A month's peak demand and the window that set it (:func:`sets_month_peak`)."""
 
     kw: float
     """[kW] highest window-average import"""
     window_start_minute: int
-    """UTC start of the first window reaching it [min since 1970-01-01]"""
+    """UTC start of the window that set it [min since 1970-01-01]"""
     first_step: int
     """index of that window's first step in the series"""
 
@@ -216,7 +225,9 @@ def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minute
     np.maximum.at(peaks, month_of_bucket, average_kw)
     out = {}
     for j, month in enumerate(months):
-        b = int(np.flatnonzero((month_of_bucket == j) & (average_kw >= peaks[j] - PEAK_AT_TOLERANCE_KW))[0])
+        mine = np.flatnonzero(month_of_bucket == j)  # the month's windows in time order
+        before = np.concatenate([[-np.inf], np.maximum.accumulate(average_kw[mine])[:-1]])
+        b = int(mine[np.flatnonzero(average_kw[mine] > before + PEAK_AT_TOLERANCE_KW)[-1]])  # sets_month_peak
         out[month_label(month)] = _MonthPeak(float(peaks[j]), int(buckets[b]), int(first_step[b]))
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,3 +113,39 @@ def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not(
     again.restore(StoredDemand.model_validate(stored[DemandTracker.KEY]),
                   StoredEnergy.model_validate(stored[EnergyCounters.KEY]))
     assert again.energy.import_kwh == pytest.approx(0.2) and again.demand.current_average_kw() == pytest.approx(0.6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=96), st.integers(0, 47))
+def test_the_live_month_peak_is_dated_as_the_bill_dates_it(pairs, first):
+    """Live and billed month peaks agree, value and date (optimizer.billing.sets_month_peak): whole 30-minute
+    windows of 15-minute steps of 500 + k/32 kW (exact in binary, windows a few tens of watts apart, so the 0.05 kW
+    rule decides), from a random half hour of 4 May (local). (A window the series covers only in part averages over
+    the covered steps in a bill, over the whole window live: the live tracker counts time it did not see as 0.)"""
+    site = Tariff.preset("evn-two-part-22kv").bind(TZ)
+    start = datetime(2026, 5, 3, 17, 0, tzinfo=UTC) + timedelta(minutes=30 * first)  # 4 May 00:00 local + first
+    kw = [500.0 + k / 32 for pair in pairs for k in pair]
+    accounting = Accounting(site, TZ, cycle_s=900.0, export_cap_kw=0.0, demand_interval_minutes=30)
+    tracker = accounting.demand
+    for i, p in enumerate(kw):
+        tracker.add(start + timedelta(minutes=15 * (i + 1)), p, 0.25)
+    end = start + timedelta(minutes=15 * len(kw))
+    tracker.add(end + timedelta(minutes=30), 0.0, 0.0)  # close the last interval
+    month = site.bill(pd.date_range(start, periods=len(kw), freq="15min"), 0.25, np.array(kw)).month("2026-05")
+    assert tracker.peak_kw == month.peak_kw
+    assert datetime.fromisoformat(tracker.peak_at) == datetime.fromisoformat(month.peak_at)
+    shown = accounting.month_peak(end)
+    assert shown["month_peak_at"] == tracker.peak_at and shown["month_peak_period"] == month.peak_period
+
+
+def test_a_new_month_has_no_peak_date_yet():
+    site = Tariff.preset("evn-two-part-22kv").bind(TZ)
+    accounting = Accounting(site, TZ, cycle_s=900.0, export_cap_kw=0.0, demand_interval_minutes=30)
+    accounting.demand.add(datetime(2026, 5, 4, 1, 15, tzinfo=UTC), 400.0, 0.25)  # 08:00–08:15 local
+    accounting.demand.add(datetime(2026, 5, 4, 1, 30, tzinfo=UTC), 400.0, 0.25)  # 08:15–08:30
+    accounting.demand.add(datetime(2026, 5, 4, 1, 45, tzinfo=UTC), 0.0, 0.25)  # the next interval: 08:00's closes
+    assert accounting.month_peak(datetime(2026, 5, 4, 2, 0, tzinfo=UTC)) == {
+        "month_peak_kw": pytest.approx(400.0), "month_peak_at": "2026-05-04T01:00:00+00:00",
+        "month_peak_period": "normal"}
+    assert accounting.month_peak(datetime(2026, 6, 2, tzinfo=UTC)) == {
+        "month_peak_kw": 0.0, "month_peak_at": None, "month_peak_period": None}

@@ -121,13 +121,17 @@ def test_when_the_month_peak_was_set_and_in_which_period(two_part):
 @pytest.mark.parametrize(("night_kw", "set_at", "period"), [
     (500.03, "2026-07-14T08:00:00+07:00", "normal"),  # the night rides the level within 0.05 kW: set at 08:00
     (500.10, "2026-07-15T02:00:00+07:00", "off_peak"),  # 0.1 kW above it: the night's charge set the peak
+    (None, "2026-07-14T08:00:00+07:00", "normal"),  # 500, 500.04, 500.08: no window 0.05 kW above the ones before
 ])
 def test_the_month_peak_is_set_where_it_was_first_reached(two_part, night_kw, set_at, period):
     starts = local_steps("2026-07-14 00:00", 96, 30)
     kw = np.full(96, 300.0)
-    kw[16], kw[52] = 500.0, night_kw  # 08:00 on the 14th, 02:00 on the 15th (local)
+    if night_kw is None:  # creeping up in steps each within the tolerance: 08:00, 09:00, 10:00 on the 14th
+        kw[16], kw[18], kw[20] = 500.0, 500.04, 500.08
+    else:  # 08:00 on the 14th, 02:00 on the 15th (local)
+        kw[16], kw[52] = 500.0, night_kw
     m = two_part.bill(starts, 0.5, kw).months[0]
-    assert m.peak_kw == night_kw and m.demand_kw == night_kw
+    assert m.peak_kw == kw.max() and m.demand_kw == kw.max()
     assert (m.peak_at, m.peak_period) == (set_at, period)
 
 

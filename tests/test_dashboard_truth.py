@@ -176,12 +176,14 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         site.bus.publish("plan", {**sample_plan(now, steps=8), "import_kw": [300.0] * 7 + [1020.0]})
         state = sample_state(now, 1)
         state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
-                           "import_cap_kw": 1200.0}
+                           "import_cap_kw": 1200.0, "month_peak_at": "2026-05-04T01:30:00+00:00",
+                           "month_peak_period": "normal"}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
         site.bus.publish("state", state)
         await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
         assert await page.text_content("#mtd-cap") == "1,200.0 kW"
+        assert await page.text_content("#mtd-set") == "Mon 04 May, 08:30 · normal"  # 01:30 UTC in site time
         assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # the plan's highest import ahead
         explain = await page.text_content("#mtd-explain")
         assert "79 % of the contracted capacity" in explain and "higher peak later this month" in explain

@@ -174,6 +174,10 @@ class Today(_Part):
 class Demand(_Part):
     month: str | None = Field(description="billing month of the peak")
     month_peak_kw: OptionalNumber = Field(description="[kW] highest demand-interval average import this month")
+    month_peak_at: str | None = Field(None, description="UTC start (ISO 8601) of the interval that set the month's "
+                                                        "peak (optimizer.billing.sets_month_peak); null in a new month")
+    month_peak_period: str | None = Field(None, description="tariff period at month_peak_at (e.g. off_peak: a "
+                                                            "night's charge set the peak)")
     interval_avg_kw: OptionalNumber = Field(description="[kW] the running interval's average so far")
     import_cap_kw: OptionalNumber = Field(description="[kW] contracted import capacity (grid.import_cap_kw); "
                                                       "null = none")

@@ -348,6 +348,15 @@ function renderForecastSources(s) {
   }
 }
 
+// When the month's peak was set (the state's demand.month_peak_at: the interval's start, by the bills' rule) in site
+// time, and the tariff period then: "Mon, 04 May, 10:00 · peak".
+function peakSet(at, period) {
+  if (!at) return "–";
+  const when = new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
+    month: "short", hour: "2-digit", minute: "2-digit" }).format(new Date(Date.parse(at)));
+  return period ? `${when} · ${t("period." + period)}` : when;
+}
+
 function renderDemand(s) {
   const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
@@ -363,6 +372,7 @@ function renderDemand(s) {
     if (planned !== null && peak !== null) planned = Math.max(planned, peak);
   }
   $("mtd-peak").textContent = kw(peak);
+  $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
   $("mtd-planned").textContent = kw(planned);
   $("mtd-now").textContent = kw(pick(s, ["demand.interval_avg_kw"]));
