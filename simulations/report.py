@@ -435,7 +435,7 @@ def demand_strategy(summary: dict[str, Any]) -> str | None:
 
 def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Under a demand charge, one row per billing month: each strategy's billed demand [kW], and when (local time)
-    and in which tariff period :func:`demand_strategy` first reached its month's peak. Empty without one."""
+    and in which tariff period :func:`demand_strategy` set its month's peak (`peak_at`). Empty without one."""
     strategies = summary["strategies"]
     months = {name: {m["month"]: m for m in s["monthly_bills"]} for name, s in strategies.items()}
     labels = [m["month"] for m in next(iter(strategies.values()))["monthly_bills"]]
@@ -448,7 +448,7 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row.update({f"{_label(name)} [kW]": _kw(months[name][label]["demand_kw"]) for name in strategies})
         if who is not None:
             bill = months[who][label]
-            row[f"{_label(who)}: month's peak first reached (local time)"] = _local_time(bill["peak_at"])
+            row[f"{_label(who)}: month's peak set (local time)"] = _local_time(bill["peak_at"])
             row["in"] = _period_label(bill["peak_period"])
         rows.append(row)
     return rows
@@ -469,7 +469,7 @@ def demand_text(summary: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for m in bills:
         counts[_period_label(m["peak_period"])] = counts.get(_period_label(m["peak_period"]), 0) + 1
-    text += (f" {_label(who)[0].upper() + _label(who)[1:]} first reached its month's peak in "
+    text += (f" {_label(who)[0].upper() + _label(who)[1:]} set its month's peak in "
              + ", ".join(f"{period} in {n} of {len(bills)} months" for period, n in
                          sorted(counts.items(), key=lambda kv: -kv[1])) + ".")
     comparisons = []
