@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -449,7 +450,7 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if who is not None:
             bill = months[who][label]
             row[f"{_label(who)}: month's peak set (local time)"] = _local_time(bill["peak_at"])
-            row["in"] = _period_label(bill["peak_period"])
+            row["tariff period"] = _period_label(bill["peak_period"])
         rows.append(row)
     return rows
 
@@ -466,12 +467,9 @@ def demand_text(summary: dict[str, Any]) -> str:
     if who is None:
         return text
     bills = [m for m in strategies[who]["monthly_bills"] if m["demand_kw"] is not None]
-    counts: dict[str, int] = {}
-    for m in bills:
-        counts[_period_label(m["peak_period"])] = counts.get(_period_label(m["peak_period"]), 0) + 1
+    counts = Counter(_period_label(m["peak_period"]) for m in bills)
     text += (f" {_label(who)[0].upper() + _label(who)[1:]} set its month's peak in "
-             + ", ".join(f"{period} in {n} of {len(bills)} months" for period, n in
-                         sorted(counts.items(), key=lambda kv: -kv[1])) + ".")
+             + ", ".join(f"{period} in {n} of {len(bills)} months" for period, n in counts.most_common()) + ".")
     comparisons = []
     for other in ("perfect_foresight", "pv_only"):
         if other == who or other not in strategies:

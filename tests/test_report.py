@@ -266,9 +266,9 @@ def test_demand_by_month_for_hand_made_bills() -> None:
     assert rows[0] == {"month": "Mar 2026", "PV only [kW]": "880.0", "MPC on forecasts [kW]": "760.0",
                        "perfect foresight (upper bound) [kW]": "720.0",
                        "MPC on forecasts: month's peak set (local time)": "Mon 02 Mar 08:00",
-                       "in": "normal hours"}
+                       "tariff period": "normal hours"}
     assert rows[1]["MPC on forecasts: month's peak set (local time)"] == "Wed 01 Apr 02:30"
-    assert rows[1]["in"] == "off-peak hours"
+    assert rows[1]["tariff period"] == "off-peak hours"
     assert demand_text(summary) == (
         "The billed demand is each month's highest average import over the tariff's demand window, charged at "
         "235,414 VND per kW and month. MPC on forecasts set its month's peak in normal hours in 1 of 2 "
@@ -307,6 +307,6 @@ def test_a_two_part_study_dates_each_month_peak_from_its_own_series(tmp_path: Pa
         first = month[month > before + 0.05].index[-1]
         assert row["MPC on forecasts [kW]"] == f"{month.max():,.1f}"
         assert row["MPC on forecasts: month's peak set (local time)"] == first.strftime("%a %d %b %H:%M")
-        period = frame["period"][first]
-        assert row["in"] == {"off_peak": "off-peak hours", "normal": "normal hours", "peak": "peak hours"}[period]
+        plain = {"off_peak": "off-peak hours", "normal": "normal hours", "peak": "peak hours"}
+        assert row["tariff period"] == plain[frame["period"][first]]
         assert row["MPC on forecasts: month's peak set (local time)"] in html

@@ -349,7 +349,7 @@ function renderForecastSources(s) {
 }
 
 // When the month's peak was set (the state's demand.month_peak_at: the interval's start, by the bills' rule) in site
-// time, and the tariff period then: "Mon, 04 May, 10:00 · peak".
+// time, and the tariff period then: "Mon 04 May, 08:30 · normal" in English.
 function peakSet(at, period) {
   if (!at) return "–";
   const when = new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
