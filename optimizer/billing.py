@@ -6,7 +6,7 @@ Per billing month (local calendar month of each step start):
   ``SiteTariff.prices(starts)``, or with ``by_duration=True`` split by the time it spends in each period, like
   ``SiteTariff.prices(starts, duration_h)`` (bill the way the planner priced);
 - demand: the highest window-average import of the month (``peak_kw``), set in the window starting at ``peak_at``
-  (local time; :func:`sets_month_peak`) in tariff period ``peak_period``; the billed demand is that peak
+  (UTC; :func:`sets_month_peak`) in tariff period ``peak_period``; the billed demand is that peak
   (``month_max``) or the highest of this and the 11 previous months (``rolling_12_month_max``), times the
   rate in force at local midnight of the 1st. ``prior_peaks_kw`` supplies peaks the series does not hold
   (earlier months, or the month-to-date peak before the series starts); each month uses the larger of its
@@ -74,8 +74,8 @@ class MonthBill:
     peak_kw: float | None
     """[kW] highest window-average import of the month in the series; None without data"""
     peak_at: str | None
-    """when the month's peak was set: the local start (ISO 8601 with its UTC offset) of the month's last demand
-    window that set it anew (:func:`sets_month_peak`); None without data"""
+    """when the month's peak was set: the UTC start (ISO 8601) of the month's last demand window that set it anew
+    (:func:`sets_month_peak`), as the live controller's ``demand.month_peak_at``; None without data"""
     peak_period: str | None
     """tariff period of the first step of that window (e.g. ``off_peak``: a night's charge set the peak)"""
     demand_kw: float | None
@@ -314,8 +314,7 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
         peak = window_peaks.get(label)
         peak_at = peak_period = None
         if peak is not None:
-            peak_at = pd.Timestamp(peak.window_start_minute * 60, unit="s", tz="UTC").tz_convert(
-                site.timezone).isoformat()
+            peak_at = pd.Timestamp(peak.window_start_minute * 60, unit="s", tz="UTC").isoformat()
             peak_period = site.tariff.periods[int(np.argmax(prices.period_share[peak.first_step]))]
         demand_kw = rate = None
         demand_amount = 0.0

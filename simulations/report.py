@@ -423,9 +423,9 @@ def _kw(value: float | None) -> str:
     return DASH if value is None else f"{value:,.1f}"
 
 
-def _local_time(iso: str | None) -> str:
-    """``2026-03-02T08:00:00+07:00`` → ``Mon 02 Mar 08:00`` (the local time the ISO string carries)."""
-    return DASH if iso is None else pd.Timestamp(iso).strftime("%a %d %b %H:%M")
+def _local_time(iso: str | None, timezone: str) -> str:
+    """``2026-03-02T01:00:00+00:00`` in ``Asia/Ho_Chi_Minh`` → ``Mon 02 Mar 08:00`` (site time)."""
+    return DASH if iso is None else pd.Timestamp(iso).tz_convert(timezone).strftime("%a %d %b %H:%M")
 
 
 def demand_strategy(summary: dict[str, Any]) -> str | None:
@@ -449,7 +449,8 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row.update({f"{_label(name)} [kW]": _kw(months[name][label]["demand_kw"]) for name in strategies})
         if who is not None:
             bill = months[who][label]
-            row[f"{_label(who)}: month's peak set (local time)"] = _local_time(bill["peak_at"])
+            row[f"{_label(who)}: month's peak set (local time)"] = _local_time(bill["peak_at"],
+                                                                               summary["period"]["timezone"])
             row["tariff period"] = _period_label(bill["peak_period"])
         rows.append(row)
     return rows

@@ -114,14 +114,14 @@ def test_peak_skips_missing_steps_and_is_per_local_month(two_part):
 def test_when_the_month_peak_was_set_and_in_which_period(two_part):
     # Tue 2026-07-14 (Decision 963 windows): 17:00 averages 150 kW (normal hours), 17:30 200 kW (peak hours).
     m = two_part.bill(local_steps("2026-07-14 17:00", 4, 15), 0.25, np.array([100.0, 200.0, 300.0, 100.0])).months[0]
-    assert (m.peak_at, m.peak_period) == ("2026-07-14T17:30:00+07:00", "peak")
+    assert (m.peak_at, m.peak_period) == ("2026-07-14T10:30:00+00:00", "peak")  # 17:30 local
     assert m.to_dict()["peak_at"] == m.peak_at and m.to_dict()["peak_period"] == "peak"
 
 
 @pytest.mark.parametrize(("night_kw", "set_at", "period"), [
-    (500.03, "2026-07-14T08:00:00+07:00", "normal"),  # the night rides the level within 0.05 kW: set at 08:00
-    (500.10, "2026-07-15T02:00:00+07:00", "off_peak"),  # 0.1 kW above it: the night's charge set the peak
-    (None, "2026-07-14T08:00:00+07:00", "normal"),  # 500, 500.04, 500.08: no window 0.05 kW above the ones before
+    (500.03, "2026-07-14T01:00:00+00:00", "normal"),  # the night rides the level within 0.05 kW: set at 08:00 local
+    (500.10, "2026-07-14T19:00:00+00:00", "off_peak"),  # 0.1 kW above it: the night's charge (02:00 local) set it
+    (None, "2026-07-14T01:00:00+00:00", "normal"),  # 500, 500.04, 500.08: no window 0.05 kW above the ones before
 ])
 def test_the_month_peak_is_set_where_it_was_first_reached(two_part, night_kw, set_at, period):
     starts = local_steps("2026-07-14 00:00", 96, 30)
@@ -135,13 +135,13 @@ def test_the_month_peak_is_set_where_it_was_first_reached(two_part, night_kw, se
     assert (m.peak_at, m.peak_period) == (set_at, period)
 
 
-def test_the_month_peak_of_a_dst_fall_back_night_is_dated_with_its_own_offset():
+def test_the_month_peak_of_a_dst_fall_back_night_is_dated_by_its_own_instant():
     site = Tariff.preset("evn-two-part-22kv").bind("Europe/Berlin")
     starts = pd.date_range("2026-10-25T00:00Z", periods=8, freq="15min")  # 02:00–03:00 local twice
     first = site.bill(starts, 0.25, np.array([0.0, 0, 0, 0, 100.0, 100.0, 0, 0])).months[0]
-    assert first.peak_at == "2026-10-25T02:00:00+01:00"  # the second 02:00, in CET
+    assert first.peak_at == "2026-10-25T01:00:00+00:00"  # the second 02:00 local, in CET
     second = site.bill(starts, 0.25, np.array([100.0, 100.0, 0, 0, 0, 0, 0, 0])).months[0]
-    assert second.peak_at == "2026-10-25T02:00:00+02:00"
+    assert second.peak_at == "2026-10-25T00:00:00+00:00"  # the first, in CEST
 
 
 def test_peak_keeps_the_two_local_01_30_half_hours_of_a_dst_fall_back_night_apart():

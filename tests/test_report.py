@@ -253,14 +253,14 @@ def _month(label: str, demand_kw: float | None, peak_at: str | None = None, peri
 
 def test_demand_by_month_for_hand_made_bills() -> None:
     strategies = {
-        "pv_only": {"monthly_bills": [_month("2026-03", 880.04, "2026-03-10T17:30:00+07:00", "peak"),
-                                      _month("2026-04", 900.0, "2026-04-02T18:00:00+07:00", "peak")]},
-        "mpc": {"monthly_bills": [_month("2026-03", 760.0, "2026-03-02T08:00:00+07:00", "normal"),
-                                  _month("2026-04", 730.0, "2026-04-01T02:30:00+07:00", "off_peak")]},
-        "perfect_foresight": {"monthly_bills": [_month("2026-03", 720.0, "2026-03-01T00:00:00+07:00", "off_peak"),
-                                                _month("2026-04", 710.0, "2026-04-01T00:00:00+07:00", "off_peak")]},
+        "pv_only": {"monthly_bills": [_month("2026-03", 880.04, "2026-03-10T10:30:00+00:00", "peak"),
+                                      _month("2026-04", 900.0, "2026-04-02T11:00:00+00:00", "peak")]},
+        "mpc": {"monthly_bills": [_month("2026-03", 760.0, "2026-03-02T01:00:00+00:00", "normal"),
+                                  _month("2026-04", 730.0, "2026-03-31T19:30:00+00:00", "off_peak")]},
+        "perfect_foresight": {"monthly_bills": [_month("2026-03", 720.0, "2026-02-28T17:00:00+00:00", "off_peak"),
+                                                _month("2026-04", 710.0, "2026-03-31T17:00:00+00:00", "off_peak")]},
     }
-    summary = {"currency": "VND", "strategies": strategies,
+    summary = {"currency": "VND", "strategies": strategies, "period": {"timezone": "Asia/Ho_Chi_Minh"},
                "economics": {"mpc": {"finance": {"battery": {}}}, "perfect_foresight": {"finance": {"battery": {}}}}}
     rows = demand_rows(summary)
     assert rows[0] == {"month": "Mar 2026", "PV only [kW]": "880.0", "MPC on forecasts [kW]": "760.0",
@@ -275,7 +275,7 @@ def test_demand_by_month_for_hand_made_bills() -> None:
         "months, off-peak hours in 1 of 2 months. Its billed demand was on average 30.0 kW above perfect foresight "
         "(upper bound) and 145.0 kW below PV only.")
     energy_only = {"currency": "VND", "economics": {},
-                   "strategies": {"pv_only": {"monthly_bills": [_month("2026-03", None, "2026-03-10T17:30:00+07:00",
+                   "strategies": {"pv_only": {"monthly_bills": [_month("2026-03", None, "2026-03-10T10:30:00+00:00",
                                                                        "peak")]}}}
     assert demand_rows(energy_only) == []
 
