@@ -45,7 +45,7 @@ STATE_MSG: dict[str, Any] = {
              "created_at": "2026-05-04T02:55:00+00:00"},
     "today": {"import_kwh": 100.0, "export_kwh": 0.0, "pv_kwh": 2000.0, "load_kwh": 2100.0, "charge_kwh": 300.0,
               "discharge_kwh": 250.0, "cost": 250000.0, "cost_no_battery": 300000.0, "saved": 50000.0},
-    "demand": {"month_peak_kw": 420.0},
+    "demand": {"month_peak_kw": 420.0, "month_peak_at": "2026-05-04T01:30:00+00:00"},
     "alarms": ["point_stale:meter:grid_kw", "device_unreachable:meter", "telemetry.influx_unreachable", "weird"],
 }
 
@@ -125,6 +125,8 @@ async def test_whole_map_reads_back_through_the_directory(scada) -> None:
     assert r[ADDR["mode"]] == 3 and r[ADDR["reason"]] == 5   # manual, operator
     assert (r[ADDR["state_time"]] << 16 | r[ADDR["state_time"] + 1]) == int(START.timestamp())
     assert f32(r, "saved") == 50000.0 and f32(r, "month_peak_kw") == 420.0
+    peak_at = datetime(2026, 5, 4, 1, 30, tzinfo=UTC)
+    assert (r[ADDR["month_peak_at"]] << 16 | r[ADDR["month_peak_at"] + 1]) == int(peak_at.timestamp())
     # point_stale bit 7, device_unreachable bit 5, telemetry bit 9, other bit 10
     assert r[ADDR["active_count"]] == 4 and r[ADDR["bits"]] == (1 << 7) | (1 << 5) | (1 << 9) | (1 << 10)
     assert (r[ADDR["device0_health"]], r[ADDR["device1_health"]], r[ADDR["device2_health"]]) == (0, 1, 0xFFFF)

@@ -244,6 +244,8 @@ def _blocks() -> tuple[Block, ...]:
     energy = Block(3, "energy", 300, (
         *today, *money,
         _f32("month_peak_kw", "kW", "month-to-date demand peak", path("demand", "month_peak_kw")),
+        Field("month_peak_at", Kind.U32, "s", "when the month-to-date demand peak was set: start of its interval "
+              "(Unix epoch, UTC)", _epoch(path("demand", "month_peak_at"))),
     ))
     alarms = Block(4, "alarms", 400, (
         Field("active_count", Kind.U16, "count", "alarms active", lambda s: len(s["alarms"])
