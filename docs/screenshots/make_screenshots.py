@@ -66,7 +66,8 @@ def state(t: datetime, soc: float) -> dict[str, Any]:
         "today": {"day": "2026-05-04", "import_kwh": 5210.0, "export_kwh": 0.0, "pv_kwh": 5830.0,
                   "load_kwh": 10690.0, "charge_kwh": 1490.0, "discharge_kwh": 0.0, "cost": 1.021e7,
                   "cost_no_battery": 1.012e7, "saved": -90_000.0},
-        "demand": {"month": "2026-05", "month_peak_kw": 812.0, "interval_avg_kw": 640.0, "import_cap_kw": 1200.0},
+        "demand": {"month": "2026-05", "month_peak_kw": 812.0, "month_peak_at": "2026-05-02T11:00:00+00:00",
+                   "month_peak_period": "peak", "interval_avg_kw": 640.0, "import_cap_kw": 1200.0},
         "alarms": ["point_stale:grid-meter:frequency_hz"] if stale else [],
     }
 
