@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from simulations.runner import RunResult
 
 PERIOD_COLOURS = {"peak": "#f4a6a6", "off_peak": "#a6c8f4", "normal": None}
+PERIOD_LABELS = {"peak": "peak hours", "normal": "normal hours", "off_peak": "off-peak hours"}
+"""Plain names of the tariff periods (the week figure's legend, the demand table); a tariff's other periods are shown
+by their own names."""
 STRATEGY_LABELS = {
     "no_system": "no PV, no battery", "pv_only": "PV only", "self_consumption": "self-consumption rule",
     "tou_rule": "time-of-use rule", "mpc": "MPC on forecasts", "mpc_perfect": "MPC, perfect forecasts (bound)",
@@ -45,8 +48,6 @@ ENERGY_LABELS = {
 }
 DASH = "—"
 """How a figure the investment never reaches (payback, IRR) is shown; the reason goes beside it."""
-PERIOD_LABELS = {"peak": "peak hours", "normal": "normal hours", "off_peak": "off-peak hours"}
-"""Plain names of the tariff periods; a tariff's other periods are shown by their own names."""
 
 
 def _label(name: str) -> str:
@@ -116,7 +117,7 @@ def week_figure(result: RunResult, names: list[str]) -> str:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles += [Line2D([], [], color="#008060", lw=0.7, ls=":"), Patch(color=PERIOD_COLOURS["peak"], alpha=0.5),
                 Patch(color=PERIOD_COLOURS["off_peak"], alpha=0.5)]
-    labels += ["battery SOC [%] (right axis)", "peak hours", "off-peak hours"]
+    labels += ["battery SOC [%] (right axis)", PERIOD_LABELS["peak"], PERIOD_LABELS["off_peak"]]
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     axes[-1, 0].set_xlabel(f"local time ({tz})")
     fig.suptitle("A typical week (median PV), local time; unshaded hours are normal-price hours", fontsize=10)
