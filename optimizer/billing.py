@@ -207,20 +207,40 @@ class _MonthPeak:
     """index of that window's first step in the series"""
 
 
-def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> dict[str, _MonthPeak]:
+@dataclass(frozen=True)
+class _Windows:
+    """The locally aligned demand windows of a series, in time order."""
+
+    start_minute: np.ndarray
+    """UTC start of each window [min since 1970-01-01]"""
+    average_kw: np.ndarray
+    """average import over the window's measured steps [kW]"""
+    first_step: np.ndarray
+    """index of each window's first measured step in the series"""
+    month: np.ndarray
+    """local billing month of each window (datetime64[M])"""
+
+
+def _windows(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> _Windows:
     if window_minutes <= 0 or 1440 % window_minutes:
         raise ValueError(f"window_minutes = {window_minutes} must divide a day")
     ok = np.isfinite(kw)
-    if not ok.any():
-        return {}
     buckets, inverse = np.unique(window_starts(loc, window_minutes)[ok], return_inverse=True)  # in time order
     average_kw = (np.bincount(inverse, weights=kw[ok] * dur[ok], minlength=len(buckets))
                   / np.bincount(inverse, weights=dur[ok], minlength=len(buckets)))
     first_step = np.full(len(buckets), len(kw))
     np.minimum.at(first_step, inverse, np.flatnonzero(ok))
-    bucket_month = np.empty(len(buckets), dtype="datetime64[M]")
-    bucket_month[inverse] = loc.month[ok]  # a window never crosses local midnight, so never a month end
-    months, month_of_bucket = np.unique(bucket_month, return_inverse=True)
+    month = np.empty(len(buckets), dtype="datetime64[M]")
+    month[inverse] = loc.month[ok]  # a window never crosses local midnight, so never a month end
+    return _Windows(buckets, average_kw, first_step, month)
+
+
+def _month_peaks(loc: LocalSteps, dur: np.ndarray, kw: np.ndarray, window_minutes: int) -> dict[str, _MonthPeak]:
+    w = _windows(loc, dur, kw, window_minutes)
+    if not len(w.average_kw):
+        return {}
+    buckets, average_kw, first_step = w.start_minute, w.average_kw, w.first_step
+    months, month_of_bucket = np.unique(w.month, return_inverse=True)
     peaks = np.full(len(months), -np.inf)
     np.maximum.at(peaks, month_of_bucket, average_kw)
     out = {}
@@ -240,6 +260,18 @@ def peak_demand_kw(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.nd
     dur = _durations(duration_h, n, starts)
     kw = _array(import_kw, n, "import_kw", starts, allow_nan=True)
     return {label: p.kw for label, p in _month_peaks(site.local(starts), dur, kw, window_minutes).items()}
+
+
+def window_average_kw(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float,
+                      import_kw: np.ndarray, window_minutes: int = 30) -> pd.Series:
+    """The demand measure itself: the average import of each locally aligned window over its measured steps (NaN
+    steps skipped), indexed by the window's UTC start, in time order; each month's highest is its peak
+    (:func:`peak_demand_kw`). [kW]"""
+    starts = utc_index(starts)
+    n = len(starts)
+    w = _windows(site.local(starts), _durations(duration_h, n, starts),
+                 _array(import_kw, n, "import_kw", starts, allow_nan=True), window_minutes)
+    return pd.Series(w.average_kw, index=pd.to_datetime(w.start_minute * 60, unit="s", utc=True), name="import_kw")
 
 
 def _previous_months(month: str, count: int) -> list[str]:

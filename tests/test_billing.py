@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from optimizer.billing import window_average_kw
 from optimizer.tariff import Tariff
 
 VN = "Asia/Ho_Chi_Minh"
@@ -95,6 +96,14 @@ def test_peak_uses_locally_aligned_half_hours(two_part):
     assert two_part.peak_demand_kw(starts, 0.25, np.array([0.0, 300.0, 300.0, 0.0])) == {"2026-07": 150.0}
     # One 15-minute spike of 400 kW next to 0 averages to 200 kW.
     assert two_part.peak_demand_kw(starts, 0.25, np.array([400.0, 0.0, 0.0, 0.0])) == {"2026-07": 200.0}
+
+
+def test_the_demand_measure_window_by_window(two_part):
+    starts = local_steps("2026-07-14 10:00", 5, 15)  # 10:00–11:15 local: the last window half measured
+    w = window_average_kw(two_part, starts, 0.25, np.array([0.0, 300.0, 300.0, np.nan, 90.0]))
+    assert list(w.index) == list(pd.DatetimeIndex(["2026-07-14T03:00Z", "2026-07-14T03:30Z", "2026-07-14T04:00Z"]))
+    assert list(w) == [150.0, 300.0, 90.0]  # NaN skipped: 10:30 averages its one measured step
+    assert w.max() == two_part.peak_demand_kw(starts, 0.25, np.array([0.0, 300.0, 300.0, np.nan, 90.0]))["2026-07"]
 
 
 def test_peak_averages_five_minute_steps_and_keeps_hourly_steps(two_part):
