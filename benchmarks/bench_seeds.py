@@ -26,8 +26,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +39,7 @@ from simulations.scenario import Scenario, load_scenario  # noqa: E402
 
 SCENARIOS = ROOT / "simulations" / "scenarios"
 DEFAULT_SEEDS = (7, 11, 23, 42)
+T = TypeVar("T")
 P90_Z = 1.2816
 """The standard normal's 90th percentile: a P90 error (the net-load risk the demand-charge hedges are sized from,
 ``optimizer.service.PEAK_RISK_LEVEL``) is this many standard deviations above the mean. [-]"""
@@ -71,6 +74,21 @@ def two_part_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--days", type=int, default=None, help="simulate only the first N days of each year")
     return parser
+
+
+def two_part_years(program: str, args: argparse.Namespace, per_seed: Callable[[str, int, int | None], T],
+                   options: Sequence[str] = ()) -> tuple[str, list[T]]:
+    """What each two-part diagnostic's ``main`` does first: the command that reproduces the run (``options``: its
+    own arguments, after the common ones of :func:`two_part_parser`), printed; the first year's scenario checked
+    (:func:`scenario_or_exit`); then ``per_seed(scenario, seed, days)`` for every seed, two years at a time.
+    Returns the command and the years in seed order."""
+    command = " ".join([f"python benchmarks/{program}.py", "--scenario", args.scenario, "--seeds",
+                        *map(str, args.seeds), *options] + ([f"--days {args.days}"] if args.days else []))
+    print(f"reproduce: {command}", flush=True)
+    scenario_or_exit(program, args.scenario, args.seeds[0], {}, args.days)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        years = list(pool.map(per_seed, [args.scenario] * len(args.seeds), args.seeds, [args.days] * len(args.seeds)))
+    return command, years
 
 
 def scenario_or_exit(program: str, name: str, seed: int, planner: dict[str, object], days: int | None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import scenario_or_exit, seeded_scenario, two_part_parser
+from bench_seeds import seeded_scenario, two_part_parser, two_part_years
 
 from optimizer.billing import PEAK_AT_TOLERANCE_KW, window_average_kw
 from simulations.runner import RunResult, run
@@ -142,13 +141,7 @@ def seed_figures(name: str, seed: int, days: int | None) -> dict[str, Any]:
 
 def main() -> int:
     args = two_part_parser(__doc__.split("\n")[0]).parse_args()
-    command = " ".join(["python benchmarks/bench_two_part_months.py", "--scenario", args.scenario, "--seeds",
-                        *map(str, args.seeds)] + ([f"--days {args.days}"] if args.days else []))
-    print(f"reproduce: {command}", flush=True)
-    scenario_or_exit("bench_two_part_months", args.scenario, args.seeds[0], {}, args.days)
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        years = list(pool.map(seed_figures, [args.scenario] * len(args.seeds), args.seeds,
-                              [args.days] * len(args.seeds)))
+    command, years = two_part_years("bench_two_part_months", args, seed_figures)
     for y in years:
         excess = [m["excess_kw"] for m in y["months"]]
         print(f"seed {y['seed']}: gap {y['gap_excl_vat'] / 1e6:,.1f} M excl. VAT, {100 * y['demand_share']:.0f} % "

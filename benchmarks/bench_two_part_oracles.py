@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_seeds import P90_Z, pooled_shares, scenario_or_exit, seeded_scenario, two_part_parser  # noqa: E402
+from bench_seeds import P90_Z, pooled_shares, seeded_scenario, two_part_parser, two_part_years  # noqa: E402
 
 from optimizer.costs import Schedule  # noqa: E402
 from optimizer.peak_target import PeakTarget, day_holdable_kw  # noqa: E402
@@ -237,13 +236,7 @@ def seed_shares(name: str, seed: int, days: int | None) -> dict[str, float]:
 
 def main() -> int:
     args = two_part_parser(__doc__.split("\n")[0]).parse_args()
-    command = " ".join(["python benchmarks/bench_two_part_oracles.py", "--scenario", args.scenario, "--seeds",
-                        *map(str, args.seeds)] + ([f"--days {args.days}"] if args.days else []))
-    print(f"reproduce: {command}", flush=True)
-    scenario_or_exit("bench_two_part_oracles", args.scenario, args.seeds[0], {}, args.days)
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        years = list(pool.map(seed_shares, [args.scenario] * len(args.seeds), args.seeds,
-                              [args.days] * len(args.seeds)))
+    command, years = two_part_years("bench_two_part_oracles", args, seed_shares)
     pooled = pooled_shares(years, VARIANTS)
     print(json.dumps({"command": command, "scenario": args.scenario, "pooled": pooled, "years": years}))
     return 0
