@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -76,14 +76,14 @@ def two_part_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def two_part_years(program: str, args: argparse.Namespace, per_seed: Callable[[str, int, int | None], T],
-                   options: Sequence[str] = ()) -> tuple[str, list[T]]:
-    """What each two-part diagnostic's ``main`` does first: the command that reproduces the run (``options``: its
-    own arguments, after the common ones of :func:`two_part_parser`), printed; the first year's scenario checked
-    (:func:`scenario_or_exit`); then ``per_seed(scenario, seed, days)`` for every seed, two years at a time.
-    Returns the command and the years in seed order."""
+def two_part_years(program: str, args: argparse.Namespace,
+                   per_seed: Callable[[str, int, int | None], T]) -> tuple[str, list[T]]:
+    """What each two-part diagnostic's ``main`` does first: the command that reproduces the run (the arguments of
+    :func:`two_part_parser`), printed; the first year's scenario checked (:func:`scenario_or_exit`); then
+    ``per_seed(scenario, seed, days)`` for every seed, two years at a time. Returns the command and the years in
+    seed order."""
     command = " ".join([f"python benchmarks/{program}.py", "--scenario", args.scenario, "--seeds",
-                        *map(str, args.seeds), *options] + ([f"--days {args.days}"] if args.days else []))
+                        *map(str, args.seeds)] + ([f"--days {args.days}"] if args.days else []))
     print(f"reproduce: {command}", flush=True)
     scenario_or_exit(program, args.scenario, args.seeds[0], {}, args.days)
     with ProcessPoolExecutor(max_workers=2) as pool:

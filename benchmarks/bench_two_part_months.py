@@ -113,15 +113,14 @@ def year_figures(result: RunResult) -> dict[str, Any]:
         windows[name] = window_average_kw(tariff, frame.index, frame["duration_h"].to_numpy(),
                                           frame["import_kw"].to_numpy(), round(width.total_seconds() / 60)
                                           ).tz_convert(tz)
+    by_month = {name: dict(tuple(w.groupby(w.index.strftime("%Y-%m")))) for name, w in windows.items()}
     gap = demand_gap = 0.0
     months, excess, days = [], dict.fromkeys((n for n, _, _ in HOUR_CLASSES), 0.0), []
     for label, mpc_bill in bills["mpc"].items():
         pf_bill = bills["perfect_foresight"][label]
         gap += (mpc_bill.subtotal - mpc_bill.export_credit) - (pf_bill.subtotal - pf_bill.export_credit)
         demand_gap += mpc_bill.demand_amount - pf_bill.demand_amount
-        mine = windows["mpc"][windows["mpc"].index.strftime("%Y-%m") == label]
-        level = float(windows["perfect_foresight"][windows["perfect_foresight"].index.strftime("%Y-%m") == label]
-                      .max())
+        mine, level = by_month["mpc"][label], float(by_month["perfect_foresight"][label].max())
         for name, kw in excess_by_hour(mine, level).items():
             excess[name] += kw
         months.append({"month": label, "mpc_kw": mpc_bill.demand_kw, "pf_kw": pf_bill.demand_kw,
