@@ -10,8 +10,9 @@ Three instant queries (:class:`park.tsdb.PromQuery`) per summary, whatever the n
 The InfluxDB sink writes the fields (docs/telemetry.md): powers in kW (grid + import, battery +
 discharge), SOC in %, ``mode_code`` (:data:`controller.modes.MODE_CODES`), today's counters (site-local
 day) and the demand figures (``demand_month_peak_kw``, ``demand_import_cap_kw``: the contracted
-capacity). CO2 avoided today = (PV kWh − export kWh) × the grid factor: PV used on site replaces grid
-energy; the park total is the sum of the sites reporting.
+capacity; ``demand_month_peak_at_s``: when the month's peak was set, Unix time). CO2 avoided today =
+(PV kWh − export kWh) × the grid factor: PV used on site replaces grid energy; the park total is the sum of the
+sites reporting.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ FIELDS = {"grid_kw": "grid_kw", "pv_kw": "pv_kw", "battery_kw": "battery_kw", "l
           "soc_pct": "soc_pct", "mode_code": "mode_code", "setpoints_safe": "safe",
           "alarms_active": "alarms_active", "today_saved": "saved_today", "today_pv_kwh": "pv_kwh_today",
           "today_export_kwh": "export_kwh_today", "demand_month_peak_kw": "month_peak_kw",
-          "demand_import_cap_kw": "import_cap_kw"}
+          "demand_import_cap_kw": "import_cap_kw", "demand_month_peak_at_s": "month_peak_at_s"}
 """``ems_state`` field → key of a site in the summary."""
 SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "co2_avoided_kg_today", "alarms_active",
           "import_cap_kw")
@@ -66,8 +67,8 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals}``; each
     site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
     alarms_active, alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh],
-    co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%]}``; a value the
-    site did not report is ``None``.
+    co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601
+    start of the demand interval that set the month's peak)}``; a value the site did not report is ``None``.
     """
     values: dict[str, dict[str, float | None]] = {}
     for sample in state:
@@ -94,6 +95,7 @@ def _site(site: str, values: dict[str, float | None] | None, updated_s: float | 
     safe = v.get("safe")
     pv, export = v.get("pv_kwh_today"), v.get("export_kwh_today")
     peak, cap = v.get("month_peak_kw"), v.get("import_cap_kw")
+    peak_at = v.get("month_peak_at_s") if peak is not None else None
     return {
         "site": site, "reporting": values is not None,
         "updated": datetime.fromtimestamp(updated_s, UTC).isoformat() if updated_s is not None else None,
@@ -106,6 +108,7 @@ def _site(site: str, values: dict[str, float | None] | None, updated_s: float | 
         "co2_avoided_kg_today": (pv - export) * grid_factor if pv is not None and export is not None else None,
         "month_peak_kw": peak, "import_cap_kw": cap,
         "peak_of_cap_pct": 100.0 * peak / cap if peak is not None and cap else None,
+        "month_peak_at": datetime.fromtimestamp(peak_at, UTC).isoformat() if peak_at is not None else None,
     }
 
 

@@ -79,6 +79,18 @@ def test_state_lines_schema() -> None:
     assert all(line.endswith(f" {to_ms(T0)}") for line in lines)
 
 
+def test_state_lines_say_when_the_month_peak_was_set() -> None:
+    """The month peak's time as a number (Unix seconds: databases without string fields keep it) and its tariff
+    period as a string; neither while the month has no peak yet."""
+    state = sample_state(T0, 3)
+    state["demand"] = {**state["demand"], "month_peak_at": "2026-05-04T01:30:00+00:00", "month_peak_period": "normal"}
+    line = state_lines("s", state)[0]
+    assert f"demand_month_peak_at_s={datetime(2026, 5, 4, 1, 30, tzinfo=UTC).timestamp()!r}," in line
+    assert 'demand_month_peak_period="normal"' in line
+    state["demand"] = {**state["demand"], "month_peak_at": None, "month_peak_period": None}
+    assert "month_peak_at" not in state_lines("s", state)[0] and "month_peak_period" not in state_lines("s", state)[0]
+
+
 def test_plan_and_alarm_lines() -> None:
     lines = plan_lines("s", sample_plan(T0))
     t = to_ms(T0)

@@ -25,6 +25,7 @@ from tests.park_peers import start_site
 from tests.peers import VictoriaMetrics, browser, sample_state, victoria_metrics  # noqa: F401 (fixtures)
 
 GRID_FACTOR = 0.681
+PEAK_SET_AT = "2026-05-04T01:30:00+00:00"   # site-a's month peak: Mon 4 May, 08:30 park time
 
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
@@ -39,6 +40,7 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
     """site-a in auto, under its contracted capacity; site-b in safe state with an alarm, above it."""
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)   # older than VM's 30-s latency offset
     a = sample_state(now, 3, site="site-a")
+    a["demand"] = {**a["demand"], "month_peak_at": PEAK_SET_AT, "month_peak_period": "normal"}
     b = sample_state(now, 11, site="site-b", mode="safe")
     b["setpoints"] = {**b["setpoints"], "safe": True}
     b["alarms"] = ["data_missing"]
@@ -87,6 +89,7 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert a["co2_avoided_kg_today"] == pytest.approx(1203 * GRID_FACTOR)           # (PV 1203 − export 0) kWh
         assert (a["month_peak_kw"], a["import_cap_kw"]) == (950.0, 1200.0)
         assert a["peak_of_cap_pct"] == pytest.approx(950 / 1200 * 100)
+        assert a["month_peak_at"] == PEAK_SET_AT and b["month_peak_at"] is None   # site-b's state has no time
         assert datetime.fromisoformat(a["updated"]) == now
         # site-b: safe state, one active alarm (the cleared one is not listed), above its capacity
         assert (b["mode"], b["safe"], b["alarms"], b["alarms_active"]) == ("safe", True, ["data_missing"], 1)
@@ -114,6 +117,9 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert await page.text_content(f"{row_b} td.pv") == "411.0 kW"
         assert await page.text_content(f"{row_b} td.peak div") == "1,500.0 kW / 1,250.0 kW (120 %)"
         assert await page.get_attribute(f"{row_b} td.peak .bar", "class") == "bar over"
+        assert await page.locator(f"{row_b} td.peak .set").count() == 0
+        set_a = await page.text_content("#sites tr[data-site='site-a'] td.peak .set")
+        assert "08:30" in set_a and "04" in set_a and set_a.endswith("に記録"), set_a   # park time, not UTC
         local = now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%H:%M:%S")
         assert await page.text_content(f"{row_b} td.updated") == local
         assert "データなし" in await page.text_content("#sites tr[data-site='site-c']")
@@ -122,6 +128,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         await page.select_option("#lang", "vi")
         await page.wait_for_function("document.querySelector('h1').textContent.startsWith('Tổng quan')")
         assert await page.text_content(f"{row_b} td.pv") == "411,0 kW"
+        set_a = await page.text_content("#sites tr[data-site='site-a'] td.peak .set")
+        assert set_a.startswith("đạt lúc ") and "08:30" in set_a, set_a
         await context.close()
 
         # the database stops answering: a clear 503, and the app goes on serving

@@ -16,7 +16,8 @@ from typing import Any
 from controller.modes import MODE_CODES, Mode
 from controller.telemetry.outbox import OutboxStats
 
-STRING_FIELDS = frozenset({"mode", "reason", "period", "source", "follow", "follow_reason", "request"})
+STRING_FIELDS = frozenset({"mode", "reason", "period", "source", "follow", "follow_reason", "request",
+                           "month_peak_period"})
 """Flattened state keys written as string fields; every other string is left out (type stability)."""
 
 POWER_FLOW_POINTS = ("pv_kw", "grid_kw", "battery_kw", "soc_pct")
@@ -92,7 +93,9 @@ def state_lines(site: str, state: Mapping[str, Any]) -> list[str]:
     """A cycle's ``state`` message as ``ems_state``, ``ems_measurement`` and ``ems_quality`` lines.
 
     ``ems_state`` also carries ``mode_code`` (:data:`controller.modes.MODE_CODES`: the mode as a number,
-    for databases that drop string fields) and ``alarms_active`` (how many alarms are active)."""
+    for databases that drop string fields), ``alarms_active`` (how many alarms are active) and
+    ``demand_month_peak_at_s`` (when the month's peak was set, ``demand.month_peak_at`` as Unix time [s], absent
+    while the month has none)."""
     ts_ms = to_ms(state["ts"])
     tags = {"site": site}
     measurements: Mapping[str, Any] = state.get("measurements") or {}
@@ -107,6 +110,9 @@ def state_lines(site: str, state: Mapping[str, Any]) -> list[str]:
             qualities[name] = str(quality)
     fields: dict[str, float | str] = {k: values[k] for k in POWER_FLOW_POINTS if k in values}
     _flatten({k: v for k, v in state.items() if k not in ("ts", "site", "measurements", "alarms")}, "", fields)
+    peak_at = (state.get("demand") or {}).get("month_peak_at")
+    if isinstance(peak_at, str):
+        fields["demand_month_peak_at_s"] = to_ms(peak_at) / 1000
     if state.get("mode") in set(Mode):
         fields["mode_code"] = float(MODE_CODES[Mode(state["mode"])])
     alarms = state.get("alarms")

@@ -103,6 +103,14 @@ function peakCell(site) {
     bar.append(fillEl);
     box.append(bar);
   }
+  if (site.month_peak_at) {   // when the month's peak was set, in park time
+    const when = new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
+      month: "short", hour: "2-digit", minute: "2-digit", hour12: false }).format(new Date(site.month_peak_at));
+    const set = document.createElement("div");
+    set.className = "set";
+    set.textContent = fill(t("peak_set_at"), { time: when });
+    box.append(set);
+  }
   return box;
 }
 
