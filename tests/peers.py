@@ -295,6 +295,7 @@ def sample_state(ts: datetime, i: int = 0, site: str = "demo-factory", mode: str
     load_kw = 800.0 + (i * 7) % 40
     battery_kw = 100.0 - i % 20
     iso = ts.astimezone(UTC).isoformat()
+    peak_at = (ts.astimezone(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0).isoformat()
     return {
         "ts": iso, "site": site, "mode": mode, "reason": "plan", "mode_since": iso,
         "measurements": {
@@ -316,7 +317,8 @@ def sample_state(ts: datetime, i: int = 0, site: str = "demo-factory", mode: str
         "today": {"day": "2026-05-04", "import_kwh": 1500.0, "export_kwh": 0.0, "pv_kwh": 1200.0 + i,
                   "load_kwh": 3000.0 + i, "charge_kwh": 200.0, "discharge_kwh": 150.0, "cost": 2.7e6,
                   "cost_no_battery": 3.95e6, "saved": 1_250_000.0 + 100 * i},
-        "demand": {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0, "import_cap_kw": 1200.0},
+        "demand": {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0, "import_cap_kw": 1200.0,
+                   "month_peak_at": peak_at, "month_peak_period": "normal"},
         "validation": {"findings": []},
         "alarms": [],
         "solver": {"plans_made": 3, "failures": 0, "last_error": None, "detail": None, "elapsed_ms": 420.0,

@@ -78,6 +78,11 @@ def test_every_query_answers_from_what_the_sink_writes(victoria_metrics: Victori
     assert {r["metric"]["site"]: float(r["value"][1]) for r in query(victoria_metrics, cap_expr, now)} == \
         {"site-a": 1200.0, "site-b": 1200.0}
     assert value('max(ems_state_mode_code{site=~".*"})') == MODE_CODES[Mode.AUTO]
+    # when each site's month peak was set, in ms for Grafana's date unit
+    table = next(p for p in dashboard()["panels"] if p["title"] == "Sites now")
+    set_at = next(t["expr"] for t in table["targets"] if "peak_at" in t["expr"]).replace("$site", ".*")
+    assert {r["metric"]["site"]: float(r["value"][1]) for r in query(victoria_metrics, set_at, now)} == \
+        {site: datetime.fromisoformat(s["demand"]["month_peak_at"]).timestamp() * 1000 for site, s in states.items()}
     # the site variable lists both sites
     with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/label/site/values", timeout=10) as resp:
         assert set(json.loads(resp.read())["data"]) >= set(states)

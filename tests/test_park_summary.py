@@ -44,7 +44,8 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
     b = sample_state(now, 11, site="site-b", mode="safe")
     b["setpoints"] = {**b["setpoints"], "safe": True}
     b["alarms"] = ["data_missing"]
-    b["demand"] = {**b["demand"], "month_peak_kw": 1500.0, "import_cap_kw": 1250.0}
+    b["demand"] = {**b["demand"], "month_peak_kw": 1500.0, "import_cap_kw": 1250.0, "month_peak_at": None,
+                   "month_peak_period": None}
     b["today"] = {**b["today"], "export_kwh": 11.0}
     sites = [await start_site(name, None, vm.url, tmp_path / name, now) for name in ("site-a", "site-b")]
     try:
@@ -89,7 +90,7 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert a["co2_avoided_kg_today"] == pytest.approx(1203 * GRID_FACTOR)           # (PV 1203 − export 0) kWh
         assert (a["month_peak_kw"], a["import_cap_kw"]) == (950.0, 1200.0)
         assert a["peak_of_cap_pct"] == pytest.approx(950 / 1200 * 100)
-        assert a["month_peak_at"] == PEAK_SET_AT and b["month_peak_at"] is None   # site-b's state has no time
+        assert a["month_peak_at"] == PEAK_SET_AT and b["month_peak_at"] is None   # site-b's state has none
         assert datetime.fromisoformat(a["updated"]) == now
         # site-b: safe state, one active alarm (the cleared one is not listed), above its capacity
         assert (b["mode"], b["safe"], b["alarms"], b["alarms_active"]) == ("safe", True, ["data_missing"], 1)
