@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 import controller.dashboard
 from park.config import SummarySettings
-from park.summary import read_summary
+from park.summary import coincident_peak, read_summary
 from park.tsdb import PromQuery, TsdbError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 def create_app(settings: SummarySettings, client: PromQuery) -> Starlette:
     """The app for one park, reading through ``client``."""
+    coincident = coincident_peak(settings)
 
     async def index(_request: Request) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
@@ -51,7 +52,7 @@ def create_app(settings: SummarySettings, client: PromQuery) -> Starlette:
 
     async def get_summary(_request: Request) -> JSONResponse:
         try:
-            summary = await asyncio.to_thread(read_summary, client, settings, datetime.now(UTC))
+            summary = await asyncio.to_thread(read_summary, client, settings, datetime.now(UTC), coincident)
         except TsdbError as exc:
             log.warning("park summary: %s", exc)
             return JSONResponse({"error": str(exc)}, status_code=503)

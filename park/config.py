@@ -53,6 +53,8 @@ class SummarySettings(BaseModel):
         How far back the last transition of each alarm code is looked for. [d]
     refresh_s : float
         How often the page reloads the summary. [s]
+    demand_window_minutes : int
+        The demand window of the sites' coincident month peak (:mod:`park.coincident`); it divides 60. [min]
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +68,7 @@ class SummarySettings(BaseModel):
     sites: tuple[str, ...] = ()
     alarm_lookback_days: int = Field(default=31, ge=1, le=366)
     refresh_s: float = Field(default=15.0, ge=1, le=3600)
+    demand_window_minutes: int = Field(default=30, ge=1, le=60)
     serve: ServeSettings = ServeSettings()
 
     @field_validator("timezone")
@@ -75,6 +78,13 @@ class SummarySettings(BaseModel):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA time zone {value!r} (e.g. Asia/Ho_Chi_Minh)") from None
+        return value
+
+    @field_validator("demand_window_minutes")
+    @classmethod
+    def _divides_the_hour(cls, value: int) -> int:
+        if 60 % value:
+            raise ValueError(f"{value} min does not divide the hour (e.g. 15, 30, 60)")
         return value
 
     @field_validator("sites")

@@ -5,7 +5,9 @@ Three instant queries (:class:`park.tsdb.PromQuery`) per summary, whatever the n
 1. the latest ``ems_state`` fields of every site (VictoriaMetrics and Prometheus drop a series that has
    not been written for 5 minutes, so a site that stopped reporting is *not reporting*, not 0);
 2. when each site last reported (``timestamp()`` of its ``alarms_active``, written every cycle);
-3. the active alarms: the last transition of each ``ems_alarm`` code within ``alarm_lookback_days``.
+3. the active alarms: the last transition of each ``ems_alarm`` code within ``alarm_lookback_days``;
+
+and a fourth once per completed demand window: the sites' coincident month peak (:mod:`park.coincident`).
 
 The InfluxDB sink writes the fields (docs/telemetry.md): powers in kW (grid + import, battery +
 discharge), SOC in %, ``mode_code`` (:data:`controller.modes.MODE_CODES`), today's counters (site-local
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.modes import MODE_CODES
+from park.coincident import CoincidentPeak, CoincidentReading
 from park.config import SummarySettings
 from park.tsdb import PromQuery, Sample
 
@@ -33,7 +36,7 @@ FIELDS = {"grid_kw": "grid_kw", "pv_kw": "pv_kw", "battery_kw": "battery_kw", "l
           "demand_import_cap_kw": "import_cap_kw", "demand_month_peak_at_s": "month_peak_at_s"}
 """``ems_state`` field → key of a site in the summary."""
 SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "co2_avoided_kg_today", "alarms_active",
-          "import_cap_kw")
+          "import_cap_kw", "month_peak_kw")
 """Site keys the park total adds up (over the sites that report them)."""
 MODE_NAMES = {code: mode.value for mode, code in MODE_CODES.items()}
 
@@ -53,18 +56,29 @@ def queries(settings: SummarySettings) -> dict[str, str]:
             "alarms": f"last_over_time(ems_alarm_active{{{match}}}[{settings.alarm_lookback_days}d]) > 0"}
 
 
-def read_summary(client: PromQuery, settings: SummarySettings, now: datetime) -> dict[str, Any]:
-    """Query the database and assemble the summary (blocking; raises ``park.tsdb.TsdbError``)."""
+def coincident_peak(settings: SummarySettings) -> CoincidentPeak:
+    """The coincident month peak of the settings' sites (keep one per app: it caches between windows)."""
+    return CoincidentPeak(site_matcher(settings.sites), settings.timezone, settings.demand_window_minutes)
+
+
+def read_summary(client: PromQuery, settings: SummarySettings, now: datetime,
+                 coincident: CoincidentPeak | None = None) -> dict[str, Any]:
+    """Query the database and assemble the summary (blocking; raises ``park.tsdb.TsdbError``); ``coincident``:
+    the app's :func:`coincident_peak` (a new one when None, which queries it every time)."""
     exprs = queries(settings)
+    reading = (coincident or coincident_peak(settings)).read(client, now)
     return assemble(settings, client.instant(exprs["state"]), client.instant(exprs["updated"]),
-                    client.instant(exprs["alarms"]), now)
+                    client.instant(exprs["alarms"]), now, reading)
 
 
 def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sample], alarms: list[Sample],
-             now: datetime) -> dict[str, Any]:
-    """The summary from the three query results (pure).
+             now: datetime, coincident: CoincidentReading | None = None) -> dict[str, Any]:
+    """The summary from the query results (pure).
 
-    Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals}``; each
+    Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals,
+    coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, through, window_minutes}``
+    (:class:`park.coincident.CoincidentReading`) or None; ``totals`` adds up the sites reporting (its
+    ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity); each
     site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
     alarms_active, alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh],
     co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601
@@ -85,7 +99,10 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
                    settings.grid_factor_t_per_mwh) for site in ids]
     return {"park": settings.park, "timezone": settings.timezone, "currency": settings.currency,
             "grid_factor_t_per_mwh": settings.grid_factor_t_per_mwh, "generated_at": now.isoformat(),
-            "sites": sites, "totals": _totals(sites)}
+            "sites": sites, "totals": _totals(sites),
+            "coincident_peak": None if coincident is None else {
+                "month": coincident.month, "peak_kw": coincident.peak_kw, "through": coincident.through,
+                "window_minutes": coincident.window_minutes}}
 
 
 def _site(site: str, values: dict[str, float | None] | None, updated_s: float | None, alarms: list[str],

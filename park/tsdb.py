@@ -9,6 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class TsdbError(RuntimeError):
@@ -41,9 +42,10 @@ class PromQuery:
         self.token = token
         self.timeout_s = timeout_s
 
-    def instant(self, expr: str) -> list[Sample]:
-        """The instant vector of ``expr`` now; raises :class:`TsdbError`."""
-        request = urllib.request.Request(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    def instant(self, expr: str, at: datetime | None = None) -> list[Sample]:
+        """The instant vector of ``expr`` now, or at ``at`` (aware); raises :class:`TsdbError`."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at.timestamp():.3f}"}
+        request = urllib.request.Request(f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params))
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:

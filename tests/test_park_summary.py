@@ -18,6 +18,7 @@ import pytest
 
 from ems.yamlfile import ConfigError
 from park.app import SummaryServer, create_app
+from park.coincident import month_start
 from park.config import SummarySettings, TsdbSettings, load_summary_settings
 from park.summary import assemble, site_matcher
 from park.tsdb import PromQuery, Sample
@@ -26,6 +27,7 @@ from tests.peers import VictoriaMetrics, browser, sample_state, victoria_metrics
 
 GRID_FACTOR = 0.681
 PEAK_SET_AT = "2026-05-04T01:30:00+00:00"   # site-a's month peak: Mon 4 May, 08:30 park time
+HISTORY_GRID_KW = {"site-a": 321.0, "site-b": 337.0}   # the states' own grid power (sample_state, i = 3 and 11)
 
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
@@ -47,6 +49,14 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
     b["demand"] = {**b["demand"], "month_peak_kw": 1500.0, "import_cap_kw": 1250.0, "month_peak_at": None,
                    "month_peak_period": None}
     b["today"] = {**b["today"], "export_kwh": 11.0}
+    # the last two hours before: each site at its state's grid power, a sample a minute (the coincident peak)
+    history = [f"ems_state,site={site} grid_kw={grid} "
+               f"{round((now - timedelta(minutes=k, seconds=30)).timestamp() * 1000)}"
+               for site, grid in HISTORY_GRID_KW.items() for k in range(2, 122)]
+    request = urllib.request.Request(f"{vm.url}/api/v2/write?precision=ms", data="\n".join(history).encode(),
+                                     method="POST")
+    await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+    await asyncio.to_thread(vm.wait_for, "ems_state_grid_kw", len(history))
     sites = [await start_site(name, None, vm.url, tmp_path / name, now) for name in ("site-a", "site-b")]
     try:
         sites[0].bus.publish("state", a)
@@ -104,6 +114,14 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert totals["saved_today"] == 1_250_300 + 1_251_100 and totals["import_cap_kw"] == 1200 + 1250
         assert totals["co2_avoided_kg_today"] == pytest.approx((1203 + 1200) * GRID_FACTOR)
         assert summary["timezone"] == "Asia/Ho_Chi_Minh"
+        # the sites' coincident peak: every complete window of the last two hours holds 321 + 337 kW together;
+        # their own month peaks (950 and 1,500 kW) add up to 2,450 kW
+        assert totals["month_peak_kw"] == 950 + 1500
+        coincident = summary["coincident_peak"]
+        month_began = now - month_start(now, "Asia/Ho_Chi_Minh")
+        if month_began > timedelta(hours=1):   # a complete window of this month lies in the history
+            assert coincident["peak_kw"] == pytest.approx(658.0) and coincident["window_minutes"] == 30
+            assert datetime.fromisoformat(coincident["through"]) > now - timedelta(minutes=32)
 
         # the page, in Japanese (the park file's language), in park time with units
         context = await browser.new_context(locale="en-GB")
@@ -126,6 +144,10 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert "データなし" in await page.text_content("#sites tr[data-site='site-c']")
         assert await page.text_content("#t-reporting") == "2 / 3"
         assert await page.text_content("#t-pv_kw") == "814.0 kW"
+        if coincident["peak_kw"] is not None:
+            assert await page.text_content("#t-coincident_peak") == "658.0 kW"
+            hint = await page.text_content("#coincident-hint")
+            assert "30分平均" in hint and "2,450.0 kW" in hint, hint
         await page.select_option("#lang", "vi")
         await page.wait_for_function("document.querySelector('h1').textContent.startsWith('Tổng quan')")
         assert await page.text_content(f"{row_b} td.pv") == "411,0 kW"
@@ -171,6 +193,9 @@ def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
         load_summary_settings(path)
     path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ntimezone: Mars/Olympus\n")
     with pytest.raises(ConfigError, match="timezone"):
+        load_summary_settings(path)
+    path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ndemand_window_minutes: 25\n")
+    with pytest.raises(ConfigError, match="demand_window_minutes.*25 min does not divide the hour"):
         load_summary_settings(path)
     shipped = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "park-summary.yaml"
     assert load_summary_settings(shipped).tsdb.url.startswith("http")

@@ -131,6 +131,11 @@ function render() {
   $("t-alarms_active").textContent = tot.alarms_active ?? "–";
   $("t-safe").textContent = tot.safe;
   $("t-over_cap").textContent = tot.over_cap;
+  const cp = s.coincident_peak;
+  $("t-coincident_peak").textContent = cp ? kw(cp.peak_kw) : "–";
+  $("coincident-hint").textContent = cp && cp.through
+    ? fill(t("coincident_hint"), { minutes: cp.window_minutes, sum: kw(tot.month_peak_kw), time: fmtTime(cp.through, true) })
+    : t("coincident_none");
   $("co2-hint").textContent = fill(t("co2_hint"), { factor: num(s.grid_factor_t_per_mwh, 3) })
     + " " + fill(t("generated"), { time: fmtTime(s.generated_at, true) });
   const body = $("sites").querySelector("tbody");

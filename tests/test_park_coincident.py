@@ -1,0 +1,97 @@
+"""The sites' coincident month peak (park/coincident.py) against a real VictoriaMetrics holding what the sinks write:
+the highest window average of the sites' summed grid power, worked out by hand; the month's first window, the
+month before and the window under way; once per completed window."""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from park.coincident import SETTLE_S, CoincidentPeak, last_complete_window_end, month_start, peak_expr
+from park.summary import site_matcher
+from park.tsdb import PromQuery, Sample
+from tests.peers import VictoriaMetrics, victoria_metrics  # noqa: F401 (fixture)
+
+PARK_TZ = ZoneInfo("Asia/Ho_Chi_Minh")   # UTC+7
+
+
+def local(day: int, hour: int, minute: int = 0, month: int = 5) -> datetime:
+    return datetime(2026, month, day, hour, minute, tzinfo=PARK_TZ)
+
+
+class CountingQuery(PromQuery):
+    """The real client, counting the queries it sends."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.sent = 0
+
+    def instant(self, expr: str, at: datetime | None = None) -> list[Sample]:
+        self.sent += 1
+        return super().instant(expr, at)
+
+
+def minute_lines(site: str, start: datetime, minutes: int, grid_kw: float) -> list[str]:
+    """One ``ems_state`` grid sample a minute, at each minute's half (never on a window boundary)."""
+    return [f"ems_state,site={site} grid_kw={grid_kw} "
+            f"{round((start + timedelta(minutes=k, seconds=30)).timestamp() * 1000)}" for k in range(minutes)]
+
+
+def write(vm: VictoriaMetrics, lines: list[str]) -> None:
+    request = urllib.request.Request(f"{vm.url}/api/v2/write?precision=ms", data="\n".join(lines).encode(),
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+    vm.wait_for("ems_state_grid_kw", len(lines))
+
+
+def test_month_start_and_the_last_complete_window() -> None:
+    assert month_start(local(1, 0, 5), "Asia/Ho_Chi_Minh") == datetime(2026, 4, 30, 17, 0, tzinfo=UTC)
+    assert month_start(local(31, 23, 59), "Asia/Ho_Chi_Minh") == datetime(2026, 4, 30, 17, 0, tzinfo=UTC)
+    end = local(4, 10, 30).astimezone(UTC)
+    assert last_complete_window_end(end + timedelta(seconds=SETTLE_S), 30) == end   # settled: counted
+    assert last_complete_window_end(end + timedelta(seconds=SETTLE_S - 1), 30) == end - timedelta(minutes=30)
+    assert last_complete_window_end(end + timedelta(minutes=14), 15) == end
+    with pytest.raises(ValueError, match="divide 60"):
+        CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 25)
+    assert peak_expr('site=~".+"', 30, 3599) == \
+        'max_over_time(clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m])), 0)[3599s:30m])'
+
+
+def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
+        victoria_metrics: VictoriaMetrics) -> None:  # noqa: F811
+    lines = []
+    for site, (w1, w2, w3) in {"site-a": (300.0, 100.0, -200.0), "site-b": (100.0, 500.0, 350.0)}.items():
+        lines += minute_lines(site, local(1, 10, 0), 30, w1)     # 10:00–10:30 park time: 400 kW together
+        lines += minute_lines(site, local(1, 10, 30), 30, w2)    # 10:30–11:00: 600 kW (each site's own peak apart)
+        lines += minute_lines(site, local(1, 11, 0), 30, w3)     # 11:00–11:30: 150 kW (site-a exporting)
+        lines += minute_lines(site, local(30, 23, 30, month=4), 30, 900.0)   # April's last window: 1,800 kW
+        lines += minute_lines(site, local(1, 13, 0), 30, 1000.0)  # 13:00–13:30: 2,000 kW, under way at 13:10
+        lines += minute_lines(site, local(2, 12, 0, month=7), 30, -100.0)   # July: the sites only export
+    lines += minute_lines("other-park", local(1, 11, 30), 30, 5000.0)   # not one of the park's sites
+    write(victoria_metrics, lines)
+
+    client = CountingQuery(victoria_metrics.url)
+    peak = CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30)
+    reading = peak.read(client, local(1, 13, 10).astimezone(UTC))
+    # not the 1,800 kW of April's last window (it ends at the month's first instant), not the window under way,
+    # not 300 + 500 (the sites' own peaks), not the other park's site
+    assert reading.peak_kw == pytest.approx(600.0)
+    assert (reading.month, reading.through, reading.window_minutes) == ("2026-05", "2026-05-01T06:00:00+00:00", 30)
+    assert client.sent == 1
+    assert peak.read(client, local(1, 13, 29).astimezone(UTC)) == reading and client.sent == 1   # same window
+    later = peak.read(client, local(1, 13, 31).astimezone(UTC))   # 13:00–13:30 has ended and settled
+    assert later.peak_kw == pytest.approx(2000.0) and client.sent == 2
+    # every site of the database when none is listed: the other park's site adds its 5,000 kW at 11:30–12:00
+    everyone = CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 30).read(client, local(1, 12, 5))
+    assert everyone.peak_kw == pytest.approx(5000.0)
+    # the month's first window has not ended yet: nothing to read, no query
+    sent = client.sent
+    first = peak.read(client, local(1, 0, 20).astimezone(UTC))
+    assert (first.peak_kw, first.through, client.sent) == (None, None, sent)
+    # a month with no data at all; a month in which the sites only exported: the park imported nothing
+    assert peak.read(client, local(3, 12, 0, month=6)).peak_kw is None
+    assert peak.read(client, local(3, 12, 0, month=7)).peak_kw == 0.0
