@@ -81,6 +81,11 @@ class ControlSettings(StrictModel):
     min_replan_gap_s: float = Field(default=60.0, ge=0, description="Never plan more often than this [s]")
     demand_interval_minutes: int = Field(
         default=30, ge=1, le=60, description="Averaging interval of the demand (peak) measurement [min]")
+    demand_warning_kw: float | None = Field(
+        default=10.0, gt=0,
+        description="Under a demand charge, alarm demand_peak_rising when the running demand window is on course "
+                    "to exceed the month's held peak by needing at least this much load shed until it ends; clears "
+                    "below half of it; null: no alarm (the outlook is still published) [kW]")
     history_days: float = Field(
         default=23.0, gt=0, le=60,
         description="Measured history kept for the forecasts, in memory and in the state file across restarts [d]: "

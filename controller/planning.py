@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from controller.dispatch import Target
 from controller.modes import Reason
 from controller.state_store import StoredValue
-from controller.targets import DemandWindow, follow_plan
+from controller.targets import DemandWindow, follow_plan, planned_peak_kw
 from optimizer import surplus
 from optimizer.forecast import History, LoadForecaster, PVForecaster
 from optimizer.peak_target import PeakTarget
@@ -344,14 +344,18 @@ class PlanKeeper:
                 else Reason.PLAN_EXPIRED
         return self.last_error or Reason.NO_PLAN
 
-    def same_month(self, plan: Plan, now: datetime) -> np.ndarray | None:
-        """Per step of ``plan``: in the billing month of ``now``; None when that month is billed on no demand
-        charge or one of rate 0 (:meth:`~optimizer.tariff.SiteTariff.billed_demand_charge`: as a study plans)."""
+    def _demand_month(self, now: datetime) -> str | None:
+        """The billing month of ``now`` when it is billed on a demand charge of a positive rate, else None
+        (:meth:`~optimizer.tariff.SiteTariff.billed_demand_charge`: as a study plans)."""
         month = self.tariff.billing_month(now)
         charge = self.tariff.billed_demand_charge(month)
-        if charge is None or charge.rate_per_kw_month <= 0:
-            return None
-        return self.tariff.billing_months(plan.starts) == month
+        return None if charge is None or charge.rate_per_kw_month <= 0 else month
+
+    def same_month(self, plan: Plan, now: datetime) -> np.ndarray | None:
+        """Per step of ``plan``: in the billing month of ``now``; None when that month is billed on no demand
+        charge or one of rate 0."""
+        month = self._demand_month(now)
+        return None if month is None else self.tariff.billing_months(plan.starts) == month
 
     def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
         """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the
@@ -369,6 +373,21 @@ class PlanKeeper:
                            month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires,
                            demand_kw=plan.demand_kw, window=window, windows=self._windows[1],
                            duration_h=plan.duration_h, step_left_h=max(left_h, 0.0))
+
+    def held_peak_kw(self, now: datetime, month_peak_kw: float) -> float | None:
+        """The month's demand level the dispatcher holds at ``now``: the plan's planned peak for the billing month
+        (:func:`controller.targets.planned_peak_kw`, as :meth:`target` defends it) or, without a valid plan, the
+        month-to-date peak; None when the month is billed on no demand charge. [kW]"""
+        if self._demand_month(now) is None:
+            return None
+        found = self.current(now)
+        if found is None:
+            return month_peak_kw
+        plan = found[0]
+        same_month = self.same_month(plan, now)
+        assert same_month is not None
+        return planned_peak_kw(plan.import_kw if plan.demand_kw is None else plan.demand_kw, same_month,
+                               month_peak_kw)
 
     def planned_net_load_kw(self, now: datetime) -> float | None:
         """The plan's load − PV at ``now`` (for the deviation trigger). [kW]"""

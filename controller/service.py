@@ -41,6 +41,8 @@ from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
+from controller.demand_watch import ALARM as DEMAND_ALARM
+from controller.demand_watch import DemandOutlook, DemandWatch
 from controller.devices import Device
 from controller.dispatch import Decision, Dispatcher, Source, Target
 from controller.forecast_csv import ALARM as CSV_ALARM
@@ -177,6 +179,8 @@ class Controller:
         self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
                                      ctl.demand_interval_minutes)
         self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
+        self.demand_watch = DemandWatch(ctl.demand_warning_kw)
+        self.demand_outlook: DemandOutlook | None = None
         self.alarms: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
@@ -361,6 +365,17 @@ class Controller:
         curtailed = pv_kw is not None and self.dispatcher.pv_held_at_limit(pv_kw, snap.value("pv_limit_pct"))
         self.history.add(now, pv_kw, snap.load_kw, dt_h, curtailed)
 
+    def _watch_demand(self, snap: Snapshot, now: datetime) -> None:
+        """The demand window's outlook against the level held this month, and its alarm
+        (:mod:`controller.demand_watch`)."""
+        self.demand_outlook = self.demand_watch.update(
+            now, snap.value("grid_kw"), DemandWindow(*self.demand.running(now)),
+            self.plans.held_peak_kw(now, self.demand.month_peak_kw(now)))
+        if self.demand_watch.alarm and self.demand_outlook is not None:
+            self._raise(DEMAND_ALARM, self.demand_outlook.message(), now)
+        else:
+            self._clear(DEMAND_ALARM, now)
+
     def _target(self, state: ModeState, now: datetime, snap: Snapshot, reserve: float | None) -> Target | None:
         """The mode's target (:func:`controller.targets.mode_target`, the path the offline studies take too)."""
         request = state.request
@@ -411,6 +426,7 @@ class Controller:
             self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
+        self._watch_demand(snap, now)
         inputs = snap.dispatch_inputs()
         reserve = self.commands.reserve_pct(now)
         state = self.modes.evaluate(now, safe=bool(inputs.missing()), plan_reason=self.plans.status(now))
@@ -481,7 +497,7 @@ class Controller:
             "today": self.accounting.energy.to_dict(),
             "demand": {"month": self.demand.month, **self.accounting.month_peak(now),
                        "interval_avg_kw": self.demand.current_average_kw(),
-                       "import_cap_kw": self.config.grid.import_cap_kw},
+                       "import_cap_kw": self.config.grid.import_cap_kw, **self._outlook_fields()},
             "alarms": sorted(self.alarms),
             "validation": self.validation.to_dict(),
             "solver": solver,
@@ -489,6 +505,14 @@ class Controller:
             "forecast_accuracy": self._forecast_accuracy(now),
             "forecast_sources": self.external_forecasts.status(now),
         }
+
+    def _outlook_fields(self) -> dict[str, float | None]:
+        """The state's ``demand`` figures of the running window's outlook (None while unknown)."""
+        o = self.demand_outlook
+        return {"hold_kw": None if o is None else o.hold_kw,
+                "window_projected_kw": None if o is None else o.projected_kw,
+                "shed_to_hold_kw": None if o is None else o.shed_kw,
+                "window_left_min": None if o is None else o.left_min}
 
     @staticmethod
     def _live_accuracy(config: SiteConfig, tariff: SiteTariff) -> tuple[LiveAccuracy, ExternalAccuracy]:

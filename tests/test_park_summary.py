@@ -195,7 +195,7 @@ def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="timezone"):
         load_summary_settings(path)
     path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ndemand_window_minutes: 25\n")
-    with pytest.raises(ConfigError, match="demand_window_minutes.*25 min does not divide the hour"):
+    with pytest.raises(ConfigError, match=r"demand_window_minutes.*25 min does not divide the hour"):
         load_summary_settings(path)
     shipped = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "park-summary.yaml"
     assert load_summary_settings(shipped).tsdb.url.startswith("http")

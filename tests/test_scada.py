@@ -45,8 +45,10 @@ STATE_MSG: dict[str, Any] = {
              "created_at": "2026-05-04T02:55:00+00:00"},
     "today": {"import_kwh": 100.0, "export_kwh": 0.0, "pv_kwh": 2000.0, "load_kwh": 2100.0, "charge_kwh": 300.0,
               "discharge_kwh": 250.0, "cost": 250000.0, "cost_no_battery": 300000.0, "saved": 50000.0},
-    "demand": {"month_peak_kw": 420.0, "month_peak_at": "2026-05-04T01:30:00+00:00"},
-    "alarms": ["point_stale:meter:grid_kw", "device_unreachable:meter", "telemetry.influx_unreachable", "weird"],
+    "demand": {"month_peak_kw": 420.0, "month_peak_at": "2026-05-04T01:30:00+00:00", "hold_kw": 450.0,
+               "window_projected_kw": 480.0, "shed_to_hold_kw": 90.0, "window_left_min": 10.0},
+    "alarms": ["point_stale:meter:grid_kw", "device_unreachable:meter", "telemetry.influx_unreachable", "weird",
+               "demand_peak_rising"],
 }
 
 
@@ -127,8 +129,12 @@ async def test_whole_map_reads_back_through_the_directory(scada) -> None:
     assert f32(r, "saved") == 50000.0 and f32(r, "month_peak_kw") == 420.0
     peak_at = datetime(2026, 5, 4, 1, 30, tzinfo=UTC)
     assert (r[ADDR["month_peak_at"]] << 16 | r[ADDR["month_peak_at"] + 1]) == int(peak_at.timestamp())
-    # point_stale bit 7, device_unreachable bit 5, telemetry bit 9, other bit 10
-    assert r[ADDR["active_count"]] == 4 and r[ADDR["bits"]] == (1 << 7) | (1 << 5) | (1 << 9) | (1 << 10)
+    # the demand watch: what a plant's load shedding can act on
+    assert (f32(r, "hold_kw"), f32(r, "window_projected_kw"), f32(r, "shed_to_hold_kw"), f32(r, "window_left_min")) \
+        == (450.0, 480.0, 90.0, 10.0)
+    # point_stale bit 7, device_unreachable bit 5, telemetry bit 9, other bit 10, demand_peak_rising bit 11
+    assert r[ADDR["active_count"]] == 5
+    assert r[ADDR["bits"]] == (1 << 7) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11)
     assert (r[ADDR["device0_health"]], r[ADDR["device1_health"]], r[ADDR["device2_health"]]) == (0, 1, 0xFFFF)
     name = b"".join(r[ADDR["device1_name"] + k].to_bytes(2, "big") for k in range(8))
     assert name.rstrip(b"\0") == b"pcs"

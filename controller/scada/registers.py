@@ -51,7 +51,7 @@ WRITABLE_MODES: tuple[Mode, ...] = tuple(Mode(m) for m in get_args(SetMode.model
 setpoint instead)."""
 ALARM_BITS: tuple[str, ...] = ("data_missing", "import_cap_unheld", "write_failed", "planner_failed",
                                "state_store_corrupt", "device_unreachable", "point_missing", "point_stale",
-                               "point_implausible", "telemetry", "other")
+                               "point_implausible", "telemetry", "other", "demand_peak_rising")
 """Bit i of the alarm field is set while an alarm of family ``ALARM_BITS[i]`` is active (the family is the
 code up to its first ``:`` or ``.``; ``other`` for any family not listed)."""
 
@@ -246,6 +246,13 @@ def _blocks() -> tuple[Block, ...]:
         _f32("month_peak_kw", "kW", "month-to-date demand peak", path("demand", "month_peak_kw")),
         Field("month_peak_at", Kind.U32, "s", "when the month-to-date demand peak was set: start of its interval "
               "(Unix epoch, UTC)", _epoch(path("demand", "month_peak_at"))),
+        _f32("hold_kw", "kW", "demand level held this month: the plan's planned peak or the month-to-date peak, "
+             "the higher (NaN without a demand charge)", path("demand", "hold_kw")),
+        _f32("window_projected_kw", "kW", "the running demand window's average if the last minute's import lasts",
+             path("demand", "window_projected_kw")),
+        _f32("shed_to_hold_kw", "kW", "load to shed until the running demand window ends to hold hold_kw "
+             "(0: it holds; a plant's load shedding may act on it)", path("demand", "shed_to_hold_kw")),
+        _f32("window_left_min", "min", "time left in the running demand window", path("demand", "window_left_min")),
     ))
     alarms = Block(4, "alarms", 400, (
         Field("active_count", Kind.U16, "count", "alarms active", lambda s: len(s["alarms"])

@@ -181,6 +181,14 @@ class Demand(_Part):
     interval_avg_kw: OptionalNumber = Field(description="[kW] the running interval's average so far")
     import_cap_kw: OptionalNumber = Field(description="[kW] contracted import capacity (grid.import_cap_kw); "
                                                       "null = none")
+    hold_kw: OptionalNumber = Field(None, description="[kW] the month's demand level held now: the plan's planned "
+                                    "peak or the month-to-date peak, the higher (controller.demand_watch); null "
+                                    "without a demand charge or a level, or with the grid power missing")
+    window_projected_kw: OptionalNumber = Field(None, description="[kW] the running window's average if the last "
+                                                "minute's import lasts until it ends")
+    shed_to_hold_kw: OptionalNumber = Field(None, description="[kW] load to shed until the window ends to hold "
+                                            "hold_kw (0: it holds)")
+    window_left_min: OptionalNumber = Field(None, description="[min] time left in the running demand window")
 
 
 class Finding(_Part):

@@ -376,6 +376,9 @@ function renderDemand(s) {
   $("mtd-cap").textContent = kw(cap);
   $("mtd-planned").textContent = kw(planned);
   $("mtd-now").textContent = kw(pick(s, ["demand.interval_avg_kw"]));
+  const projected = pick(s, ["demand.window_projected_kw"]), left = pick(s, ["demand.window_left_min"]);
+  $("mtd-projected").textContent = projected === null ? "–"
+    : `${kw(projected)} · ${fill(t("window_left"), { min: num(left, 0) })}`;
   const scale = Math.max(cap || 0, planned || 0, peak || 0) || 1;
   $("mtd-bar").style.width = `${Math.min(100, (100 * (peak || 0)) / scale)}%`;
   const mark = $("mtd-planned-mark");
@@ -384,6 +387,10 @@ function renderDemand(s) {
   const notes = [];
   if (peak !== null && cap) notes.push(fill(t("explain.of_cap"), { pct: num((100 * peak) / cap, 0) }));
   if (peak !== null && planned !== null && planned > peak + 0.5) notes.push(t("explain.plan_raises_peak"));
+  const shed = pick(s, ["demand.shed_to_hold_kw"]);
+  if (shed !== null && shed >= 0.05) {
+    notes.push(fill(t("explain.shed"), { kw: kw(shed), min: num(left, 0), hold: kw(pick(s, ["demand.hold_kw"])) }));
+  }
   $("mtd-explain").textContent = notes.join(" ");
 }
 
