@@ -190,6 +190,13 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert "79 % of the contracted capacity" in explain and "higher peak later this month" in explain
         # the demand watch: where the running window is heading, and what to shed to hold the month's level
         assert await page.text_content("#mtd-projected") == "1,064.5 kW · 10 min left"
+        assert await page.is_visible("#mtd-projected") and await page.is_visible("#mtd-projected-label")
+        state["demand"] = {**state["demand"], "hold_kw": None, "window_projected_kw": None, "shed_to_hold_kw": None,
+                           "window_left_min": None}   # a month without a demand charge: no outlook, no row
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('mtd-projected').hidden")
+        assert not await page.is_visible("#mtd-projected-label")
+        assert "Shed" not in await page.text_content("#mtd-explain")
         assert "Shed 133.5 kW of load for the remaining 10 min to hold 1,020.0 kW this month." in explain
         assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
         said = await page.text_content("#saved-explain")

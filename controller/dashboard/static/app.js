@@ -379,6 +379,7 @@ function renderDemand(s) {
   const projected = pick(s, ["demand.window_projected_kw"]), left = pick(s, ["demand.window_left_min"]);
   $("mtd-projected").textContent = projected === null ? "–"
     : `${kw(projected)} · ${fill(t("window_left"), { min: num(left, 0) })}`;
+  $("mtd-projected").hidden = $("mtd-projected-label").hidden = projected === null;   // no demand charge: no row
   const scale = Math.max(cap || 0, planned || 0, peak || 0) || 1;
   $("mtd-bar").style.width = `${Math.min(100, (100 * (peak || 0)) / scale)}%`;
   const mark = $("mtd-planned-mark");
