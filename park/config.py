@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ems.yamlfile import load_model
 
@@ -86,6 +87,20 @@ class SummarySettings(BaseModel):
         if 60 % value:
             raise ValueError(f"{value} min does not divide the hour (e.g. 15, 30, 60)")
         return value
+
+    @model_validator(mode="after")
+    def _windows_on_the_local_clock(self) -> SummarySettings:
+        """The coincident peak's windows are aligned to UTC (:mod:`park.coincident`): they fall on the park's clock
+        (e.g. :00 and :30) only if the zone's offset is a whole number of windows, in winter and in summer."""
+        zone = ZoneInfo(self.timezone)
+        for month in (1, 7):
+            offset = datetime(2026, month, 15, tzinfo=zone).utcoffset()
+            minutes = 0 if offset is None else int(offset.total_seconds() // 60)
+            if minutes % self.demand_window_minutes:
+                raise ValueError(f"demand_window_minutes: {self.demand_window_minutes}-minute windows do not fall on "
+                                 f"the clock of {self.timezone} (UTC offset {minutes} min); choose a window that "
+                                 f"divides the offset (e.g. 15)")
+        return self
 
     @field_validator("sites")
     @classmethod

@@ -197,6 +197,12 @@ def test_settings_file_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ndemand_window_minutes: 25\n")
     with pytest.raises(ConfigError, match=r"demand_window_minutes.*25 min does not divide the hour"):
         load_summary_settings(path)
+    path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ntimezone: Asia/Kathmandu\n")   # UTC+5:45
+    with pytest.raises(ConfigError, match=r"30-minute windows do not fall on the clock of Asia/Kathmandu"):
+        load_summary_settings(path)
+    path.write_text("park: p\ntsdb: {url: http://127.0.0.1:8428}\ntimezone: Asia/Kathmandu\n"
+                    "demand_window_minutes: 15\n")
+    assert load_summary_settings(path).demand_window_minutes == 15
     shipped = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "park-summary.yaml"
     assert load_summary_settings(shipped).tsdb.url.startswith("http")
 
