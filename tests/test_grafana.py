@@ -46,7 +46,8 @@ def test_month_to_date_peak_panel_reads_the_controllers_demand_fields() -> None:
     assert panel["fieldConfig"]["defaults"]["unit"] == "kwatt"
     query = panel["targets"][0]["query"]
     written = written_fields()
-    for field in ("demand_month_peak_kw", "demand_interval_avg_kw", "demand_import_cap_kw"):
+    for field in ("demand_month_peak_kw", "demand_interval_avg_kw", "demand_import_cap_kw", "demand_hold_kw",
+                  "demand_shed_to_hold_kw"):
         assert f'r._field == "{field}"' in query and ("ems_state", field) in written
     cap = next(o for o in panel["fieldConfig"]["overrides"] if "import_cap" in o["matcher"]["options"])
     names = {p["id"]: p["value"] for p in cap["properties"]}
