@@ -314,6 +314,7 @@ class PlanKeeper:
         self.failures = 0
         self._solving: asyncio.Future | None = None
         self._windows: tuple[Plan, np.ndarray] | None = None  # the demand window of each step of a plan
+        self._months: tuple[Plan, str, np.ndarray] | None = None  # a plan's steps in one billing month (every cycle)
         self.peak_target = PeakTarget(planner.battery, settings.demand_target_days)
 
     # ---------------------------------------------------------------------------------- the current plan
@@ -355,7 +356,11 @@ class PlanKeeper:
         """Per step of ``plan``: in the billing month of ``now``; None when that month is billed on no demand
         charge or one of rate 0."""
         month = self._demand_month(now)
-        return None if month is None else self.tariff.billing_months(plan.starts) == month
+        if month is None:
+            return None
+        if self._months is None or self._months[0] is not plan or self._months[1] != month:
+            self._months = (plan, month, self.tariff.billing_months(plan.starts) == month)
+        return self._months[2]
 
     def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
         """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the
