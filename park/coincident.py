@@ -2,18 +2,23 @@
 
 A park that buys its power at one connection and supplies its factories behind it is billed on the peak of the
 *sum* of their imports, which is not the sum of each factory's own peak (they rarely peak at the same time). From
-what the sites' InfluxDB sinks write (``ems_state_grid_kw``: kW, + import, − export), over the sites reporting:
+what the sites' InfluxDB sinks write (``ems_state_grid_kw``: kW, + import, − export), over the sites reporting,
+for every complete window W of the park-local month:
 
-    max over this month's complete windows W of  max(0, Σ_sites mean_{t in W} grid_kw(site, t))
+    max(0, Σ_sites mean_{t in W} grid_kw(site, t))
 
-one PromQL expression (a subquery: each site's window average, summed, clamped at 0 since the park imports the
-sites' net, then the month's maximum), evaluated at the end of the last complete window. A window counts once it
-ended ``SETTLE_S`` ago (the database shows the last seconds of data late); the window now under way is never in it.
-The result changes only when a window completes, so :class:`CoincidentPeak` asks the database once per window.
+one PromQL range query (:func:`window_expr`: each site's window average, summed, clamped at 0 since the park imports
+the sites' net), evaluated at each window's end; the month's peak is the highest, dated by the bills' rule
+(:func:`optimizer.billing.sets_month_peak`: the last window more than 0.05 kW above every window before it). A
+window counts once it ended ``SETTLE_S`` ago (the database shows the last seconds of data late); the window now
+under way is never in it. The result changes only when a window completes, so :class:`CoincidentPeak` asks the
+database once per window; the query bypasses VictoriaMetrics' response cache, so points a site delivers late (its
+outbox after an outage) count from the next window on.
 
 Limits (docs/fleet.md): the sites that report only (a tenant without an EMS behind the same connection is not in
 it), so this is the sites' share of the connection's peak, not a meter reading; windows aligned to the clock as the
-tariff's are (30 min on the hour and half hour; the park's time zone offset a whole number of windows from UTC).
+tariff's are (30 min on the hour and half hour; the park's time zone offset a whole number of windows from UTC,
+which the summary's settings check).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from optimizer.billing import sets_month_peak
 from park.tsdb import PromQuery
 
 SETTLE_S = 60
@@ -39,6 +45,8 @@ class CoincidentReading:
     peak_kw : float or None
         Highest window average of the sites' summed grid power this month [kW]; None before the month's first
         window completes, or when no site reported in any of its windows.
+    peak_at : str or None
+        UTC ISO 8601 start of the window that set it (the bills' rule); None with no peak.
     through : str or None
         UTC ISO 8601 end of the last window counted (None with no complete window yet).
     window_minutes : int
@@ -47,6 +55,7 @@ class CoincidentReading:
 
     month: str
     peak_kw: float | None
+    peak_at: str | None
     through: str | None
     window_minutes: int
 
@@ -64,11 +73,9 @@ def last_complete_window_end(now: datetime, window_minutes: int) -> datetime:
     return datetime.fromtimestamp(settled // step * step, UTC)
 
 
-def peak_expr(match: str, window_minutes: int, span_s: int) -> str:
-    """The PromQL of the coincident peak over the ``span_s`` seconds before the evaluation time (windows ending
-    in that span)."""
-    w = f"{window_minutes}m"
-    return f"max_over_time(clamp_min(sum(avg_over_time(ems_state_grid_kw{{{match}}}[{w}])), 0)[{span_s}s:{w}])"
+def window_expr(match: str, window_minutes: int) -> str:
+    """The PromQL of the sites' summed window-average grid import, at a window's end. [kW]"""
+    return f"clamp_min(sum(avg_over_time(ems_state_grid_kw{{{match}}}[{window_minutes}m])), 0)"
 
 
 class CoincidentPeak:
@@ -99,14 +106,17 @@ class CoincidentPeak:
         if self._cached is not None and self._cached[0] == end and self._cached[1].month == month:
             return self._cached[1]
         if end <= start:
-            reading = CoincidentReading(month, None, None, self.window_minutes)
+            reading = CoincidentReading(month, None, None, None, self.window_minutes)
         else:
-            # windows ending in (start, end]: the range stops a second short of the month's start, so the window
-            # ending exactly at it (the last of the month before) is not evaluated
-            span_s = int((end - start).total_seconds()) - 1
-            samples = client.instant(peak_expr(self.match, self.window_minutes, span_s), at=end)
-            values = [s.value for s in samples if s.value is not None]
-            reading = CoincidentReading(month, max(values) if values else None, end.isoformat(),
-                                        self.window_minutes)
+            step = timedelta(minutes=self.window_minutes)
+            series = client.range(window_expr(self.match, self.window_minutes), start + step, end,
+                                  int(step.total_seconds()))
+            peak, peak_at = None, None
+            for t, kw in sorted(p for s in series for p in s.points if p[1] is not None):
+                if sets_month_peak(kw, peak):
+                    peak_at = datetime.fromtimestamp(t, UTC) - step
+                peak = kw if peak is None else max(peak, kw)
+            reading = CoincidentReading(month, peak, None if peak_at is None else peak_at.isoformat(),
+                                        end.isoformat(), self.window_minutes)
         self._cached = (end, reading)
         return reading

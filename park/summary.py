@@ -76,7 +76,7 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     """The summary from the query results (pure).
 
     Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals,
-    coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, through, window_minutes}``
+    coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, peak_at, through, window_minutes}``
     (:class:`park.coincident.CoincidentReading`) or None; ``totals`` adds up the sites reporting (its
     ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity); each
     site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
@@ -101,8 +101,8 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
             "grid_factor_t_per_mwh": settings.grid_factor_t_per_mwh, "generated_at": now.isoformat(),
             "sites": sites, "totals": _totals(sites),
             "coincident_peak": None if coincident is None else {
-                "month": coincident.month, "peak_kw": coincident.peak_kw, "through": coincident.through,
-                "window_minutes": coincident.window_minutes}}
+                "month": coincident.month, "peak_kw": coincident.peak_kw, "peak_at": coincident.peak_at,
+                "through": coincident.through, "window_minutes": coincident.window_minutes}}
 
 
 def _site(site: str, values: dict[str, float | None] | None, updated_s: float | None, alarms: list[str],

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from park.coincident import SETTLE_S, CoincidentPeak, last_complete_window_end, month_start, peak_expr
+from park.coincident import SETTLE_S, CoincidentPeak, last_complete_window_end, month_start, window_expr
 from park.summary import site_matcher
-from park.tsdb import PromQuery, Sample
+from park.tsdb import PromQuery, RangeSeries
 from tests.peers import VictoriaMetrics, victoria_metrics  # noqa: F401 (fixture)
 
 PARK_TZ = ZoneInfo("Asia/Ho_Chi_Minh")   # UTC+7
@@ -29,9 +29,9 @@ class CountingQuery(PromQuery):
         super().__init__(url)
         self.sent = 0
 
-    def instant(self, expr: str, at: datetime | None = None) -> list[Sample]:
+    def range(self, expr: str, start: datetime, end: datetime, step_s: int) -> list[RangeSeries]:
         self.sent += 1
-        return super().instant(expr, at)
+        return super().range(expr, start, end, step_s)
 
 
 def minute_lines(site: str, start: datetime, minutes: int, grid_kw: float) -> list[str]:
@@ -57,8 +57,7 @@ def test_month_start_and_the_last_complete_window() -> None:
     assert last_complete_window_end(end + timedelta(minutes=14), 15) == end
     with pytest.raises(ValueError, match="divide 60"):
         CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 25)
-    assert peak_expr('site=~".+"', 30, 3599) == \
-        'max_over_time(clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m])), 0)[3599s:30m])'
+    assert window_expr('site=~".+"', 30) == 'clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m])), 0)'
 
 
 def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
@@ -80,18 +79,21 @@ def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
     # not the 1,800 kW of April's last window (it ends at the month's first instant), not the window under way,
     # not 300 + 500 (the sites' own peaks), not the other park's site
     assert reading.peak_kw == pytest.approx(600.0)
+    assert reading.peak_at == local(1, 10, 30).astimezone(UTC).isoformat()   # the window 10:30–11:00
     assert (reading.month, reading.through, reading.window_minutes) == ("2026-05", "2026-05-01T06:00:00+00:00", 30)
     assert client.sent == 1
     assert peak.read(client, local(1, 13, 29).astimezone(UTC)) == reading and client.sent == 1   # same window
     later = peak.read(client, local(1, 13, 31).astimezone(UTC))   # 13:00–13:30 has ended and settled
     assert later.peak_kw == pytest.approx(2000.0) and client.sent == 2
+    assert later.peak_at == local(1, 13, 0).astimezone(UTC).isoformat()
     # every site of the database when none is listed: the other park's site adds its 5,000 kW at 11:30–12:00
     everyone = CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 30).read(client, local(1, 12, 5))
     assert everyone.peak_kw == pytest.approx(5000.0)
     # the month's first window has not ended yet: nothing to read, no query
     sent = client.sent
     first = peak.read(client, local(1, 0, 20).astimezone(UTC))
-    assert (first.peak_kw, first.through, client.sent) == (None, None, sent)
+    assert (first.peak_kw, first.peak_at, first.through, client.sent) == (None, None, None, sent)
     # a month with no data at all; a month in which the sites only exported: the park imported nothing
     assert peak.read(client, local(3, 12, 0, month=6)).peak_kw is None
-    assert peak.read(client, local(3, 12, 0, month=7)).peak_kw == 0.0
+    exported = peak.read(client, local(3, 12, 0, month=7))
+    assert exported.peak_kw == 0.0 and exported.peak_at == local(2, 12, 0, month=7).astimezone(UTC).isoformat()

@@ -148,6 +148,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
             assert await page.text_content("#t-coincident_peak") == "658.0 kW"
             hint = await page.text_content("#coincident-hint")
             assert "30分平均" in hint and "2,450.0 kW" in hint, hint
+            set_at = datetime.fromisoformat(coincident["peak_at"]).astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+            assert set_at.strftime("%H:%M") + "に記録" in hint, hint   # the first window of the history
         await page.select_option("#lang", "vi")
         await page.wait_for_function("document.querySelector('h1').textContent.startsWith('Tổng quan')")
         assert await page.text_content(f"{row_b} td.pv") == "411,0 kW"

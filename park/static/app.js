@@ -74,6 +74,11 @@ function fmtTime(iso, withDate = false) {
   return new Intl.DateTimeFormat(ui.locale, opts).format(new Date(iso));
 }
 
+function windowStart(iso) {   // a demand window's start, e.g. "Mon 04 May, 08:30" in park time
+  return new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
+    month: "short", hour: "2-digit", minute: "2-digit", hour12: false }).format(new Date(iso));
+}
+
 function alarmText(code) {
   const [prefix, device = "", point = ""] = String(code).split(":");
   const known = dict[ui.lang]?.[`alarm.${prefix}`] !== undefined || dict.en?.[`alarm.${prefix}`] !== undefined;
@@ -104,11 +109,9 @@ function peakCell(site) {
     box.append(bar);
   }
   if (site.month_peak_at) {   // when the month's peak was set, in park time
-    const when = new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
-      month: "short", hour: "2-digit", minute: "2-digit", hour12: false }).format(new Date(site.month_peak_at));
     const set = document.createElement("div");
     set.className = "set";
-    set.textContent = fill(t("peak_set_at"), { time: when });
+    set.textContent = fill(t("peak_set_at"), { time: windowStart(site.month_peak_at) });
     box.append(set);
   }
   return box;
@@ -134,7 +137,8 @@ function render() {
   const cp = s.coincident_peak;
   $("t-coincident_peak").textContent = cp ? kw(cp.peak_kw) : "–";
   $("coincident-hint").textContent = cp && cp.through
-    ? fill(t("coincident_hint"), { minutes: cp.window_minutes, sum: kw(tot.month_peak_kw), time: fmtTime(cp.through, true) })
+    ? fill(t("coincident_hint"), { minutes: cp.window_minutes, sum: kw(tot.month_peak_kw), time: fmtTime(cp.through, true),
+      at: cp.peak_at ? windowStart(cp.peak_at) : "–" })
     : t("coincident_none");
   $("co2-hint").textContent = fill(t("co2_hint"), { factor: num(s.grid_factor_t_per_mwh, 3) })
     + " " + fill(t("generated"), { time: fmtTime(s.generated_at, true) });
