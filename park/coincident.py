@@ -7,13 +7,16 @@ for every complete window W of the park-local month:
 
     max(0, Σ_sites mean_{t in W} grid_kw(site, t))
 
-one PromQL range query (:func:`window_expr`: each site's window average, summed, clamped at 0 since the park imports
+a PromQL range query (:func:`window_expr`: each site's window average, summed, clamped at 0 since the park imports
 the sites' net), evaluated at each window's end; the month's peak is the highest, dated by the bills' rule
 (:func:`optimizer.billing.sets_month_peak`: the last window more than 0.05 kW above every window before it). A
 window counts once it ended ``SETTLE_S`` ago (the database shows the last seconds of data late); the window now
-under way is never in it. The result changes only when a window completes, so :class:`CoincidentPeak` asks the
-database once per window; the query bypasses VictoriaMetrics' response cache, so points a site delivers late (its
-outbox after an outage) count from the next window on.
+under way is never in it.
+
+The sites write a state a second, so a month of them is millions of samples per site: :class:`CoincidentPeak`
+keeps every window's value and, once per completed window, reads only the windows of the last :data:`LOOKBACK`
+(bypassing VictoriaMetrics' response cache, so points a site delivers late — its outbox after an outage — count
+if they arrive within it), in range queries of at most :data:`CHUNK` each (the month so far at start).
 
 Limits (docs/fleet.md): the sites that report only (a tenant without an EMS behind the same connection is not in
 it), so this is the sites' share of the connection's peak, not a meter reading; windows aligned to the clock as the
@@ -23,6 +26,7 @@ which the summary's settings check).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -32,6 +36,12 @@ from park.tsdb import PromQuery
 
 SETTLE_S = 60
 """A demand window is read this long after its end, when every site's last samples of it are queryable. [s]"""
+LOOKBACK = timedelta(hours=24)
+"""Each read re-reads the windows that ended this long before its last window (late points). A whole number of
+windows."""
+CHUNK = timedelta(days=1)
+"""The longest stretch one range query asks for (a month at start is read a day at a time). A whole number of
+windows."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ def window_expr(match: str, window_minutes: int) -> str:
 
 
 class CoincidentPeak:
-    """The coincident month peak, read from the database once per completed window (cached between).
+    """The coincident month peak, from every window's value kept and the recent ones read again once per completed
+    window (thread-safe: the summary app reads it from worker threads).
 
     Parameters
     ----------
@@ -95,28 +106,50 @@ class CoincidentPeak:
         if window_minutes < 1 or 60 % window_minutes:
             raise ValueError(f"window_minutes must divide 60, got {window_minutes}")
         self.match, self.timezone, self.window_minutes = match, timezone, window_minutes
-        self._cached: tuple[datetime, CoincidentReading] | None = None
+        self._lock = threading.Lock()
+        self._month: str | None = None
+        self._windows: dict[float, float] = {}   # this month's windows: end (Unix time [s]) → summed average [kW]
+        self._through: datetime | None = None   # the end of the last window read
+        self._reading: CoincidentReading | None = None
 
     def read(self, client: PromQuery, now: datetime) -> CoincidentReading:
         """The reading at ``now``; queries only when a window completed since the last read (raises
-        ``park.tsdb.TsdbError``)."""
+        ``park.tsdb.TsdbError``; what was read before the error is kept)."""
         start = month_start(now, self.timezone)
         month = start.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m")
         end = last_complete_window_end(now, self.window_minutes)
-        if self._cached is not None and self._cached[0] == end and self._cached[1].month == month:
-            return self._cached[1]
-        if end <= start:
-            reading = CoincidentReading(month, None, None, None, self.window_minutes)
-        else:
-            step = timedelta(minutes=self.window_minutes)
-            series = client.range(window_expr(self.match, self.window_minutes), start + step, end,
-                                  int(step.total_seconds()))
-            peak, peak_at = None, None
-            for t, kw in sorted(p for s in series for p in s.points if p[1] is not None):
-                if sets_month_peak(kw, peak):
-                    peak_at = datetime.fromtimestamp(t, UTC) - step
-                peak = kw if peak is None else max(peak, kw)
-            reading = CoincidentReading(month, peak, None if peak_at is None else peak_at.isoformat(),
-                                        end.isoformat(), self.window_minutes)
-        self._cached = (end, reading)
-        return reading
+        with self._lock:
+            if month != self._month:
+                self._month, self._windows, self._through, self._reading = month, {}, None, None
+            if self._reading is not None and self._through == end:
+                return self._reading
+            if end > start:
+                self._read_windows(client, start, end)
+            self._through = end if end > start else None
+            self._reading = self._evaluate(month)
+            return self._reading
+
+    def _read_windows(self, client: PromQuery, start: datetime, end: datetime) -> None:
+        """Read the windows ending after the last one read, and those ending in the :data:`LOOKBACK` up to ``end``."""
+        step = timedelta(minutes=self.window_minutes)
+        first = start + step
+        since = first if self._through is None else max(first, min(self._through + step, end - LOOKBACK + step))
+        expr = window_expr(self.match, self.window_minutes)
+        while since <= end:
+            stop = min(since + CHUNK - step, end)
+            for series in client.range(expr, since, stop, int(step.total_seconds())):
+                for t, kw in series.points:
+                    if kw is not None:
+                        self._windows[t] = kw
+            since = stop + step
+
+    def _evaluate(self, month: str) -> CoincidentReading:
+        """The month's peak and when it was set (the bills' rule) from the windows kept."""
+        peak, peak_at = None, None
+        for t in sorted(self._windows):
+            kw = self._windows[t]
+            if sets_month_peak(kw, peak):
+                peak_at = datetime.fromtimestamp(t, UTC) - timedelta(minutes=self.window_minutes)
+            peak = kw if peak is None else max(peak, kw)
+        return CoincidentReading(month, peak, None if peak_at is None else peak_at.isoformat(),
+                                 None if self._through is None else self._through.isoformat(), self.window_minutes)

@@ -91,9 +91,34 @@ def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
     assert everyone.peak_kw == pytest.approx(5000.0)
     # the month's first window has not ended yet: nothing to read, no query
     sent = client.sent
-    first = peak.read(client, local(1, 0, 20).astimezone(UTC))
+    first = CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30).read(
+        client, local(1, 0, 20).astimezone(UTC))
     assert (first.peak_kw, first.peak_at, first.through, client.sent) == (None, None, None, sent)
     # a month with no data at all; a month in which the sites only exported: the park imported nothing
     assert peak.read(client, local(3, 12, 0, month=6)).peak_kw is None
     exported = peak.read(client, local(3, 12, 0, month=7))
     assert exported.peak_kw == 0.0 and exported.peak_at == local(2, 12, 0, month=7).astimezone(UTC).isoformat()
+
+
+def test_a_month_is_read_a_day_at_a_time_then_only_the_last_day_again(
+        victoria_metrics: VictoriaMetrics) -> None:  # noqa: F811
+    """At start the month so far in day-long queries; then each completed window re-reads the last day only, so a
+    point a site delivers late (its outbox after an outage) still counts if it is less than a day late."""
+    lines = minute_lines("site-a", local(2, 9, 0), 30, 400.0) + minute_lines("site-b", local(2, 9, 0), 30, 300.0)
+    write(victoria_metrics, lines)
+    client = CountingQuery(victoria_metrics.url)
+    peak = CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30)
+    reading = peak.read(client, local(3, 12, 5))        # windows ending 1 May 00:30 … 3 May 12:00: 2.5 days
+    assert client.sent == 3 and reading.peak_kw == pytest.approx(700.0)
+    assert reading.peak_at == local(2, 9, 0).astimezone(UTC).isoformat()
+    # site-b's outbox delivers, 20 hours late, what it imported on 2 May 16:00–16:30: 900 kW
+    write(victoria_metrics, minute_lines("site-b", local(2, 16, 0), 30, 900.0))
+    later = peak.read(client, local(3, 12, 35))         # one more window: one query over the last day
+    assert client.sent == 4 and later.peak_kw == pytest.approx(900.0)
+    assert later.peak_at == local(2, 16, 0).astimezone(UTC).isoformat()
+    # more than a day late: not read again (the windows of 1 May stay as they were first read)
+    write(victoria_metrics, minute_lines("site-a", local(1, 9, 0), 30, 5000.0))
+    assert peak.read(client, local(3, 13, 5)).peak_kw == pytest.approx(900.0) and client.sent == 5
+    # a fresh summary (a restart) reads the whole month again and finds it
+    assert CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30).read(
+        client, local(3, 13, 5)).peak_kw == pytest.approx(5000.0)
