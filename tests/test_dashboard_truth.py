@@ -177,7 +177,7 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         state = sample_state(now, 1)
         state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
                            "import_cap_kw": 1200.0, "month_peak_at": "2026-05-04T01:30:00+00:00",
-                           "month_peak_period": "normal", "hold_kw": 1020.0, "window_projected_kw": 1064.5,
+                           "month_peak_period": "normal", "hold_kw": 1005.0, "window_projected_kw": 1064.5,
                            "shed_to_hold_kw": 133.5, "window_left_min": 10.0}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
@@ -185,7 +185,8 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
         assert await page.text_content("#mtd-cap") == "1,200.0 kW"
         assert await page.text_content("#mtd-set") == "Mon 04 May, 08:30 · normal"  # 01:30 UTC in site time
-        assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # the plan's highest import ahead
+        # the level the plan holds on the tariff's 30-minute measure, not its highest 15-minute import (1,020 kW)
+        assert await page.text_content("#mtd-planned") == "1,005.0 kW"
         explain = await page.text_content("#mtd-explain")
         assert "79 % of the contracted capacity" in explain and "higher peak later this month" in explain
         # the demand watch: where the running window is heading, and what to shed to hold the month's level
@@ -196,8 +197,9 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         site.bus.publish("state", state)
         await page.wait_for_function("document.getElementById('mtd-projected').hidden")
         assert not await page.is_visible("#mtd-projected-label")
+        assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # no demand charge: the plan's import
         assert "Shed" not in await page.text_content("#mtd-explain")
-        assert "Shed 133.5 kW of load for the remaining 10 min to hold 1,020.0 kW this month." in explain
+        assert "Shed 133.5 kW of load for the remaining 10 min to hold 1,005.0 kW this month." in explain
         assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
         said = await page.text_content("#saved-explain")
         assert "charged 527 kWh" in said and "bought energy for the coming peak" in said

@@ -371,6 +371,8 @@ function renderDemand(s) {
     });
     if (planned !== null && peak !== null) planned = Math.max(planned, peak);
   }
+  const hold = pick(s, ["demand.hold_kw"]);   // under a demand charge: the level held, on the tariff's own measure
+  if (hold !== null) planned = hold;
   $("mtd-peak").textContent = kw(peak);
   $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
@@ -390,7 +392,7 @@ function renderDemand(s) {
   if (peak !== null && planned !== null && planned > peak + 0.5) notes.push(t("explain.plan_raises_peak"));
   const shed = pick(s, ["demand.shed_to_hold_kw"]);
   if (shed !== null && shed >= 0.05) {
-    notes.push(fill(t("explain.shed"), { kw: kw(shed), min: num(left, 0), hold: kw(pick(s, ["demand.hold_kw"])) }));
+    notes.push(fill(t("explain.shed"), { kw: kw(shed), min: num(left, 0), hold: kw(hold) }));
   }
   $("mtd-explain").textContent = notes.join(" ");
 }
