@@ -57,7 +57,8 @@ def test_month_start_and_the_last_complete_window() -> None:
     assert last_complete_window_end(end + timedelta(minutes=14), 15) == end
     with pytest.raises(ValueError, match="divide 60"):
         CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 25)
-    assert window_expr('site=~".+"', 30) == 'clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m])), 0)'
+    assert window_expr('site=~".+"', 30) == \
+        'clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m] offset 1ms)), 0)'
 
 
 def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
@@ -122,3 +123,18 @@ def test_a_month_is_read_a_day_at_a_time_then_only_the_last_day_again(
     # a fresh summary (a restart) reads the whole month again and finds it
     assert CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30).read(
         client, local(3, 13, 5)).peak_kw == pytest.approx(5000.0)
+
+
+def test_a_sample_on_a_window_boundary_belongs_to_the_window_it_starts(
+        victoria_metrics: VictoriaMetrics) -> None:  # noqa: F811
+    """As the bills count it: 10:00:00 is in 10:00–10:30, 10:30:00 in 10:30–11:00 (a range selector alone would
+    count each the other way round)."""
+    def whole_minutes(start: datetime, kws: list[float]) -> list[str]:
+        return [f"ems_state,site=site-a grid_kw={kw} {round((start + timedelta(minutes=k)).timestamp() * 1000)}"
+                for k, kw in enumerate(kws)]
+
+    write(victoria_metrics, whole_minutes(local(4, 10, 0), [300.0] * 30 + [3000.0] + [100.0] * 29))
+    reading = CoincidentPeak(site_matcher(["site-a"]), "Asia/Ho_Chi_Minh", 30).read(
+        PromQuery(victoria_metrics.url), local(4, 11, 5))
+    assert reading.peak_kw == pytest.approx(300.0)               # not (29 × 300 + 3000) / 30 = 390
+    assert reading.peak_at == local(4, 10, 0).astimezone(UTC).isoformat()
