@@ -93,8 +93,9 @@ def main() -> int:
             with urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=60):
                 pass
             write_s = time.perf_counter() - t0
-            # the coincident peak from the samples themselves: each complete window's summed average
-            windows = np.maximum(total.reshape(-1, WINDOW_S).mean(axis=1), 0.0)
+            # the coincident peak from the samples themselves: each window's summed average, a sample counting in
+            # the window it ends, as the sites' demand trackers count it (the last window has no sample at its end)
+            windows = np.maximum(np.nanmean(np.append(total[1:], np.nan).reshape(-1, WINDOW_S), axis=1), 0.0)
             check_kw = float(windows.max())
             now = MONTH_START + timedelta(days=args.days, minutes=2)   # the last window ended 2 min ago
             client = PromQuery(vm.url, timeout_s=300)

@@ -86,10 +86,10 @@ def last_complete_window_end(now: datetime, window_minutes: int) -> datetime:
 def window_expr(match: str, window_minutes: int) -> str:
     """The PromQL of the sites' summed window-average grid import, at a window's end. [kW]
 
-    A range selector at ``T`` takes the samples in ``(T − window, T]``; ``offset 1ms`` makes it ``[T − window, T)``
-    for the millisecond timestamps the sinks write, the window as the bills count it (a state stamped on the
-    boundary belongs to the window it starts)."""
-    return f"clamp_min(sum(avg_over_time(ems_state_grid_kw{{{match}}}[{window_minutes}m] offset 1ms)), 0)"
+    The range selector at the window's end ``T`` takes the samples in ``(T − window, T]``: a reading stands for the
+    cycle before it, as each site's own demand tracker integrates it (``controller.accounting.DemandTracker``), so a
+    state stamped on a boundary belongs to the window it ends."""
+    return f"clamp_min(sum(avg_over_time(ems_state_grid_kw{{{match}}}[{window_minutes}m])), 0)"
 
 
 class CoincidentPeak:

@@ -57,8 +57,7 @@ def test_month_start_and_the_last_complete_window() -> None:
     assert last_complete_window_end(end + timedelta(minutes=14), 15) == end
     with pytest.raises(ValueError, match="divide 60"):
         CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 25)
-    assert window_expr('site=~".+"', 30) == \
-        'clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m] offset 1ms)), 0)'
+    assert window_expr('site=~".+"', 30) == 'clamp_min(sum(avg_over_time(ems_state_grid_kw{site=~".+"}[30m])), 0)'
 
 
 def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
@@ -125,16 +124,25 @@ def test_a_month_is_read_a_day_at_a_time_then_only_the_last_day_again(
         client, local(3, 13, 5)).peak_kw == pytest.approx(5000.0)
 
 
-def test_a_sample_on_a_window_boundary_belongs_to_the_window_it_starts(
+def test_a_sample_on_a_window_boundary_belongs_to_the_window_it_ends(
         victoria_metrics: VictoriaMetrics) -> None:  # noqa: F811
-    """As the bills count it: 10:00:00 is in 10:00–10:30, 10:30:00 in 10:30–11:00 (a range selector alone would
-    count each the other way round)."""
-    def whole_minutes(start: datetime, kws: list[float]) -> list[str]:
-        return [f"ems_state,site=site-a grid_kw={kw} {round((start + timedelta(minutes=k)).timestamp() * 1000)}"
-                for k, kw in enumerate(kws)]
-
-    write(victoria_metrics, whole_minutes(local(4, 10, 0), [300.0] * 30 + [3000.0] + [100.0] * 29))
+    """As each site's own demand tracker integrates it (a reading stands for the cycle before it): the 3,000 kW
+    reading stamped 10:30:00 is in 10:00–10:30, and the park's window agrees with the site's to the digit."""
+    start = local(4, 9, 31)   # a reading a minute, 09:31 … 11:00
+    kws = [100.0] * 30 + [300.0] * 29 + [3000.0] + [100.0] * 30
+    write(victoria_metrics, [f"ems_state,site=site-a grid_kw={kw} "
+                             f"{round((start + timedelta(minutes=k)).timestamp() * 1000)}" for k, kw in enumerate(kws)])
     reading = CoincidentPeak(site_matcher(["site-a"]), "Asia/Ho_Chi_Minh", 30).read(
         PromQuery(victoria_metrics.url), local(4, 11, 5))
-    assert reading.peak_kw == pytest.approx(300.0)               # not (29 × 300 + 3000) / 30 = 390
+    assert reading.peak_kw == pytest.approx((29 * 300 + 3000) / 30)   # 390 kW, not (100 + 29 × 300) / 30
     assert reading.peak_at == local(4, 10, 0).astimezone(UTC).isoformat()
+
+    from controller.accounting import DemandTracker
+    from optimizer.tariff import Tariff
+
+    tracker = DemandTracker(Tariff.preset("evn-two-part-22kv").bind("Asia/Ho_Chi_Minh").billing_month,
+                            "Asia/Ho_Chi_Minh", 30)
+    for k, kw in enumerate([*kws, 100.0]):   # the last reading closes 10:30–11:00
+        tracker.add(start + timedelta(minutes=k), kw, 1 / 60)
+    assert tracker.peak_kw == pytest.approx(reading.peak_kw)
+    assert tracker.peak_at == reading.peak_at
