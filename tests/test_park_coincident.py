@@ -146,3 +146,22 @@ def test_a_sample_on_a_window_boundary_belongs_to_the_window_it_ends(
         tracker.add(start + timedelta(minutes=k), kw, 1 / 60)
     assert tracker.peak_kw == pytest.approx(reading.peak_kw)
     assert tracker.peak_at == reading.peak_at
+
+
+def test_the_benchmark_finds_the_peak_it_wrote(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/bench_coincident.py at its smallest: the summary's coincident peak equals the one computed from the
+    samples it wrote (its exit status says so), and the load it writes is a factory's (day above night)."""
+    import json
+    import sys
+
+    import numpy as np
+
+    from tests.bench_modules import benchmark
+
+    bench = benchmark("bench_coincident")
+    power = bench.site_power_kw(0, 86400)
+    assert power[9 * 3600:17 * 3600].mean() > 2 * power[:5 * 3600].mean() and np.all(power > 0)
+    monkeypatch.setattr(sys, "argv", ["bench_coincident.py", "--sites", "2", "--days", "1", "--repeats", "1"])
+    assert bench.main() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["peak_matches"] and result["samples"] == 2 * 86400
