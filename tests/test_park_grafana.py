@@ -78,6 +78,10 @@ def test_every_query_answers_from_what_the_sink_writes(victoria_metrics: Victori
     assert {r["metric"]["site"]: float(r["value"][1]) for r in query(victoria_metrics, cap_expr, now)} == \
         {"site-a": 1200.0, "site-b": 1200.0}
     assert value('max(ems_state_mode_code{site=~".*"})') == MODE_CODES[Mode.AUTO]
+    # the sites' coincident 30-min import: one reading each in the last 30 minutes, 321 + 337 kW (sample_state)
+    coincident = next(p for p in dashboard()["panels"] if p["title"].startswith("Coincident"))
+    grid = {site: s["measurements"]["grid_kw"]["value"] for site, s in states.items()}
+    assert value(coincident["targets"][0]["expr"].replace("$site", ".*")) == sum(grid.values()) == 321 + 337
     # when each site's month peak was set, in ms for Grafana's date unit
     table = next(p for p in dashboard()["panels"] if p["title"] == "Sites now")
     set_at = next(t["expr"] for t in table["targets"] if "peak_at" in t["expr"]).replace("$site", ".*")
