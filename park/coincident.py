@@ -37,8 +37,8 @@ from park.tsdb import PromQuery
 SETTLE_S = 60
 """A demand window is read this long after its end, when every site's last samples of it are queryable. [s]"""
 LOOKBACK = timedelta(hours=24)
-"""Each read re-reads the windows that ended this long before its last window (late points). A whole number of
-windows."""
+"""Each read reads again the windows that ended in this stretch up to its last one (points delivered late). A whole
+number of windows."""
 CHUNK = timedelta(days=1)
 """The longest stretch one range query asks for (a month at start is read a day at a time). A whole number of
 windows."""
