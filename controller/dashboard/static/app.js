@@ -361,8 +361,9 @@ function renderDemand(s) {
   const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
   const month = pick(s, ["demand.month"]);
-  let planned = null;
-  if (p && p.starts && p.import_kw) {
+  const hold = pick(s, ["demand.hold_kw"]);   // under a demand charge: the level held, on the tariff's own measure
+  let planned = hold;                         // otherwise: the plan's highest import still ahead this month
+  if (hold === null && p && p.starts && p.import_kw) {
     p.starts.forEach((st, i) => {
       const ts = Date.parse(st);
       if (ts + p.duration_h[i] * 3_600_000 > nowMs() && (!month || isoDay(ts).startsWith(month))) {
@@ -371,8 +372,6 @@ function renderDemand(s) {
     });
     if (planned !== null && peak !== null) planned = Math.max(planned, peak);
   }
-  const hold = pick(s, ["demand.hold_kw"]);   // under a demand charge: the level held, on the tariff's own measure
-  if (hold !== null) planned = hold;
   $("mtd-peak").textContent = kw(peak);
   $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
