@@ -13,6 +13,9 @@ the sites' net), evaluated at each window's end; the month's peak is the highest
 window counts once it ended ``SETTLE_S`` ago (the database shows the last seconds of data late); the window now
 under way is never in it.
 
+With the peak come the sites' shares of it: each site's average grid power in the window that set it (one more
+query, made again only when the peak moves), what a park shares the connection's demand charge by.
+
 The sites write a state a second, so a month of them is millions of samples per site: :class:`CoincidentPeak`
 keeps every window's value and, once per completed window, reads only the windows of the last :data:`LOOKBACK`
 (bypassing VictoriaMetrics' response cache, so points a site delivers late — its outbox after an outage — count
@@ -27,7 +30,7 @@ which the summary's settings check).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -57,6 +60,9 @@ class CoincidentReading:
         window completes, or when no site reported in any of its windows.
     peak_at : str or None
         UTC ISO 8601 start of the window that set it (the bills' rule); None with no peak.
+    shares_kw : dict[str, float]
+        Each site's average grid power in that window (+ import; what each brought to the park's peak, e.g. to
+        share its demand charge among the tenants). [kW]
     through : str or None
         UTC ISO 8601 end of the last window counted (None with no complete window yet).
     window_minutes : int
@@ -66,6 +72,7 @@ class CoincidentReading:
     month: str
     peak_kw: float | None
     peak_at: str | None
+    shares_kw: dict[str, float]
     through: str | None
     window_minutes: int
 
@@ -83,13 +90,18 @@ def last_complete_window_end(now: datetime, window_minutes: int) -> datetime:
     return datetime.fromtimestamp(settled // step * step, UTC)
 
 
+def site_window_expr(match: str, window_minutes: int) -> str:
+    """The PromQL of each site's window-average grid power, at a window's end (as :func:`window_expr`). [kW]"""
+    return f"avg_over_time(ems_state_grid_kw{{{match}}}[{window_minutes}m])"
+
+
 def window_expr(match: str, window_minutes: int) -> str:
     """The PromQL of the sites' summed window-average grid import, at a window's end. [kW]
 
     The range selector at the window's end ``T`` takes the samples in ``(T − window, T]``: a reading stands for the
     cycle before it, as each site's own demand tracker integrates it (``controller.accounting.DemandTracker``), so a
     state stamped on a boundary belongs to the window it ends."""
-    return f"clamp_min(sum(avg_over_time(ems_state_grid_kw{{{match}}}[{window_minutes}m])), 0)"
+    return f"clamp_min(sum({site_window_expr(match, window_minutes)}), 0)"
 
 
 class CoincidentPeak:
@@ -130,8 +142,14 @@ class CoincidentPeak:
             if end > start:
                 self._read_windows(client, start, end)
             self._through = end if end > start else None
-            self._reading = self._evaluate(month)
-            return self._reading
+            reading = self._evaluate(month)
+            if reading.peak_at is not None:   # each site's share, read again only when the peak moves
+                kept = self._reading
+                shares = kept.shares_kw if kept is not None and kept.peak_at == reading.peak_at else \
+                    self._shares(client, datetime.fromisoformat(reading.peak_at))
+                reading = replace(reading, shares_kw=shares)
+            self._reading = reading
+            return reading
 
     def _read_windows(self, client: PromQuery, start: datetime, end: datetime) -> None:
         """Read the windows ending after the last one read, and those ending in the :data:`LOOKBACK` up to ``end``."""
@@ -147,6 +165,13 @@ class CoincidentPeak:
                         self._windows[t] = kw
             since = stop + step
 
+    def _shares(self, client: PromQuery, window_start: datetime) -> dict[str, float]:
+        """Each site's average grid power in the window starting at ``window_start``. [kW]"""
+        at = window_start + timedelta(minutes=self.window_minutes)
+        return {s.labels["site"]: s.value for s in client.instant(site_window_expr(self.match, self.window_minutes),
+                                                                   at=at)
+                if s.value is not None and "site" in s.labels}
+
     def _evaluate(self, month: str) -> CoincidentReading:
         """The month's peak and when it was set (the bills' rule) from the windows kept."""
         peak, peak_at = None, None
@@ -155,5 +180,5 @@ class CoincidentPeak:
             if sets_month_peak(kw, peak):
                 peak_at = datetime.fromtimestamp(t, UTC) - timedelta(minutes=self.window_minutes)
             peak = kw if peak is None else max(peak, kw)
-        return CoincidentReading(month, peak, None if peak_at is None else peak_at.isoformat(),
+        return CoincidentReading(month, peak, None if peak_at is None else peak_at.isoformat(), {},
                                  None if self._through is None else self._through.isoformat(), self.window_minutes)

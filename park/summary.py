@@ -79,10 +79,12 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, peak_at, through, window_minutes}``
     (:class:`park.coincident.CoincidentReading`) or None; ``totals`` adds up the sites reporting (its
     ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity); each
+    site also has ``park_peak_share_kw``, its average grid power in the window that set the coincident peak; each
     site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
     alarms_active, alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh],
     co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601
-    start of the demand interval that set the month's peak)}``; a value the site did not report is ``None``.
+    start of the demand interval that set the month's peak), park_peak_share_kw (its average grid power in the
+    window that set the coincident peak) [kW]}``; a value the site did not report is ``None``.
     """
     values: dict[str, dict[str, float | None]] = {}
     for sample in state:
@@ -95,8 +97,9 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
         if sample.labels.get("site") and sample.labels.get("code"):
             active.setdefault(sample.labels["site"], []).append(sample.labels["code"])
     ids = list(settings.sites) or sorted(set(values) | set(last))
-    sites = [_site(site, values.get(site), last.get(site), sorted(active.get(site, [])),
-                   settings.grid_factor_t_per_mwh) for site in ids]
+    shares = coincident.shares_kw if coincident is not None else {}
+    sites = [{**_site(site, values.get(site), last.get(site), sorted(active.get(site, [])),
+                      settings.grid_factor_t_per_mwh), "park_peak_share_kw": shares.get(site)} for site in ids]
     return {"park": settings.park, "timezone": settings.timezone, "currency": settings.currency,
             "grid_factor_t_per_mwh": settings.grid_factor_t_per_mwh, "generated_at": now.isoformat(),
             "sites": sites, "totals": _totals(sites),

@@ -12,7 +12,7 @@ import pytest
 
 from park.coincident import SETTLE_S, CoincidentPeak, last_complete_window_end, month_start, window_expr
 from park.summary import site_matcher
-from park.tsdb import PromQuery, RangeSeries
+from park.tsdb import PromQuery, RangeSeries, Sample
 from tests.peers import VictoriaMetrics, victoria_metrics  # noqa: F401 (fixture)
 
 PARK_TZ = ZoneInfo("Asia/Ho_Chi_Minh")   # UTC+7
@@ -32,6 +32,10 @@ class CountingQuery(PromQuery):
     def range(self, expr: str, start: datetime, end: datetime, step_s: int) -> list[RangeSeries]:
         self.sent += 1
         return super().range(expr, start, end, step_s)
+
+    def instant(self, expr: str, at: datetime | None = None) -> list[Sample]:
+        self.sent += 1
+        return super().instant(expr, at)
 
 
 def minute_lines(site: str, start: datetime, minutes: int, grid_kw: float) -> list[str]:
@@ -81,11 +85,13 @@ def test_the_coincident_peak_is_the_highest_window_of_the_summed_imports(
     assert reading.peak_kw == pytest.approx(600.0)
     assert reading.peak_at == local(1, 10, 30).astimezone(UTC).isoformat()   # the window 10:30–11:00
     assert (reading.month, reading.through, reading.window_minutes) == ("2026-05", "2026-05-01T06:00:00+00:00", 30)
-    assert client.sent == 1
-    assert peak.read(client, local(1, 13, 29).astimezone(UTC)) == reading and client.sent == 1   # same window
+    assert reading.shares_kw == {"site-a": pytest.approx(100.0), "site-b": pytest.approx(500.0)}   # who brought it
+    assert client.sent == 2   # the windows, then the shares in the peak's window
+    assert peak.read(client, local(1, 13, 29).astimezone(UTC)) == reading and client.sent == 2   # same window
     later = peak.read(client, local(1, 13, 31).astimezone(UTC))   # 13:00–13:30 has ended and settled
-    assert later.peak_kw == pytest.approx(2000.0) and client.sent == 2
+    assert later.peak_kw == pytest.approx(2000.0) and client.sent == 4   # a new peak: its shares read
     assert later.peak_at == local(1, 13, 0).astimezone(UTC).isoformat()
+    assert later.shares_kw == {"site-a": pytest.approx(1000.0), "site-b": pytest.approx(1000.0)}
     # every site of the database when none is listed: the other park's site adds its 5,000 kW at 11:30–12:00
     everyone = CoincidentPeak(site_matcher([]), "Asia/Ho_Chi_Minh", 30).read(client, local(1, 12, 5))
     assert everyone.peak_kw == pytest.approx(5000.0)
@@ -109,16 +115,16 @@ def test_a_month_is_read_a_day_at_a_time_then_only_the_last_day_again(
     client = CountingQuery(victoria_metrics.url)
     peak = CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30)
     reading = peak.read(client, local(3, 12, 5))        # windows ending 1 May 00:30 … 3 May 12:00: 2.5 days
-    assert client.sent == 3 and reading.peak_kw == pytest.approx(700.0)
+    assert client.sent == 3 + 1 and reading.peak_kw == pytest.approx(700.0)   # three days' queries, the shares
     assert reading.peak_at == local(2, 9, 0).astimezone(UTC).isoformat()
     # site-b's outbox delivers, 20 hours late, what it imported on 2 May 16:00–16:30: 900 kW
     write(victoria_metrics, minute_lines("site-b", local(2, 16, 0), 30, 900.0))
     later = peak.read(client, local(3, 12, 35))         # one more window: one query over the last day
-    assert client.sent == 4 and later.peak_kw == pytest.approx(900.0)
-    assert later.peak_at == local(2, 16, 0).astimezone(UTC).isoformat()
+    assert client.sent == 5 + 1 and later.peak_kw == pytest.approx(900.0)   # and the new peak's shares
+    assert later.peak_at == local(2, 16, 0).astimezone(UTC).isoformat() and later.shares_kw == {"site-b": 900.0}
     # more than a day late: not read again (the windows of 1 May stay as they were first read)
     write(victoria_metrics, minute_lines("site-a", local(1, 9, 0), 30, 5000.0))
-    assert peak.read(client, local(3, 13, 5)).peak_kw == pytest.approx(900.0) and client.sent == 5
+    assert peak.read(client, local(3, 13, 5)).peak_kw == pytest.approx(900.0) and client.sent == 7   # same peak
     # a fresh summary (a restart) reads the whole month again and finds it
     assert CoincidentPeak(site_matcher(["site-a", "site-b"]), "Asia/Ho_Chi_Minh", 30).read(
         client, local(3, 13, 5)).peak_kw == pytest.approx(5000.0)

@@ -121,6 +121,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         month_began = now - month_start(now, "Asia/Ho_Chi_Minh")
         if month_began > timedelta(hours=1):   # a complete window of this month lies in the history
             assert coincident["peak_kw"] == pytest.approx(658.0) and coincident["window_minutes"] == 30
+            assert (a["park_peak_share_kw"], b["park_peak_share_kw"], c["park_peak_share_kw"]) == \
+                (pytest.approx(321.0), pytest.approx(337.0), None)   # what each brought to it; site-c nothing
             assert datetime.fromisoformat(coincident["through"]) > now - timedelta(minutes=32)
 
         # the page, in Japanese (the park file's language), in park time with units
@@ -134,9 +136,10 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert await page.text_content(f"{row_b} td.alarms li") == \
             "計測値が欠けています。制御装置は安全状態です。"
         assert await page.text_content(f"{row_b} td.pv") == "411.0 kW"
-        assert await page.text_content(f"{row_b} td.peak div") == "1,500.0 kW / 1,250.0 kW (120 %)"
+        assert await page.text_content(f"{row_b} td.peak div div") == "1,500.0 kW / 1,250.0 kW (120 %)"
         assert await page.get_attribute(f"{row_b} td.peak .bar", "class") == "bar over"
-        assert await page.locator(f"{row_b} td.peak .set").count() == 0
+        lines_b = await page.locator(f"{row_b} td.peak .set").all_text_contents()
+        assert not any("に記録" in line for line in lines_b), lines_b   # site-b's state says no time
         set_a = await page.text_content("#sites tr[data-site='site-a'] td.peak .set")
         assert "08:30" in set_a and "04" in set_a and set_a.endswith("に記録"), set_a   # park time, not UTC
         local = now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%H:%M:%S")
@@ -148,6 +151,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
             assert await page.text_content("#t-coincident_peak") == "658.0 kW"
             hint = await page.text_content("#coincident-hint")
             assert "30分平均" in hint and "2,450.0 kW" in hint, hint
+            share = page.locator("#sites tr[data-site='site-a'] td.peak .set").nth(1)
+            assert await share.text_content() == "団地の同時最大需要時 321.0 kW"
             set_at = datetime.fromisoformat(coincident["peak_at"]).astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
             assert set_at.strftime("%H:%M") + "に記録" in hint, hint   # the first window of the history
         await page.select_option("#lang", "vi")

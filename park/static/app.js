@@ -108,11 +108,16 @@ function peakCell(site) {
     bar.append(fillEl);
     box.append(bar);
   }
-  if (site.month_peak_at) {   // when the month's peak was set, in park time
-    const set = document.createElement("div");
-    set.className = "set";
-    set.textContent = fill(t("peak_set_at"), { time: windowStart(site.month_peak_at) });
-    box.append(set);
+  const notes = [];
+  if (site.month_peak_at) notes.push(fill(t("peak_set_at"), { time: windowStart(site.month_peak_at) }));   // park time
+  if (site.park_peak_share_kw !== null && site.park_peak_share_kw !== undefined) {
+    notes.push(fill(t("park_peak_share"), { kw: kw(site.park_peak_share_kw) }));
+  }
+  for (const text of notes) {
+    const line = document.createElement("div");
+    line.className = "set";
+    line.textContent = text;
+    box.append(line);
   }
   return box;
 }
