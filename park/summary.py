@@ -62,11 +62,11 @@ def coincident_peak(settings: SummarySettings) -> CoincidentPeak:
 
 
 def read_summary(client: PromQuery, settings: SummarySettings, now: datetime,
-                 coincident: CoincidentPeak | None = None) -> dict[str, Any]:
+                 coincident: CoincidentPeak) -> dict[str, Any]:
     """Query the database and assemble the summary (blocking; raises ``park.tsdb.TsdbError``); ``coincident``:
-    the app's :func:`coincident_peak` (a new one when None, which queries it every time)."""
+    the app's :func:`coincident_peak`, kept between summaries."""
     exprs = queries(settings)
-    reading = (coincident or coincident_peak(settings)).read(client, now)
+    reading = coincident.read(client, now)
     return assemble(settings, client.instant(exprs["state"]), client.instant(exprs["updated"]),
                     client.instant(exprs["alarms"]), now, reading)
 
