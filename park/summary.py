@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.demand_watch import ALARM as DEMAND_ALARM
 from controller.modes import MODE_CODES
 from park.coincident import CoincidentPeak, CoincidentReading
 from park.config import SummarySettings
@@ -78,13 +79,13 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     Returns ``{park, timezone, currency, grid_factor_t_per_mwh, generated_at, sites: [...], totals,
     coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, peak_at, through, window_minutes}``
     (:class:`park.coincident.CoincidentReading`) or None; ``totals`` adds up the sites reporting (its
-    ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity); each
-    site also has ``park_peak_share_kw``, its average grid power in the window that set the coincident peak; each
-    site ``{site, reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe,
-    alarms_active, alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh],
-    co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601
-    start of the demand interval that set the month's peak), park_peak_share_kw (its average grid power in the
-    window that set the coincident peak) [kW]}``; a value the site did not report is ``None``.
+    ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity;
+    ``shedding`` counts the sites asked to shed load now, alarm ``demand_peak_rising``); each site ``{site,
+    reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe, alarms_active,
+    alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh], co2_avoided_kg_today [kg],
+    month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601 start of the demand
+    interval that set the month's peak), park_peak_share_kw (its average grid power in the window that set the
+    coincident peak) [kW]}``; a value the site did not report is ``None``.
     """
     values: dict[str, dict[str, float | None]] = {}
     for sample in state:
@@ -136,7 +137,8 @@ def _totals(sites: list[dict[str, Any]]) -> dict[str, Any]:
     reporting = [s for s in sites if s["reporting"]]
     totals: dict[str, Any] = {"sites": len(sites), "reporting": len(reporting),
                               "safe": sum(1 for s in reporting if s["safe"]),
-                              "over_cap": sum(1 for s in reporting if (s["peak_of_cap_pct"] or 0.0) > 100.0)}
+                              "over_cap": sum(1 for s in reporting if (s["peak_of_cap_pct"] or 0.0) > 100.0),
+                              "shedding": sum(1 for s in reporting if DEMAND_ALARM in s["alarms"])}
     for key in SUMMED:
         present = [s[key] for s in reporting if s[key] is not None]
         totals[key] = sum(present) if present else None

@@ -45,7 +45,7 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
     a["demand"] = {**a["demand"], "month_peak_at": PEAK_SET_AT, "month_peak_period": "normal"}
     b = sample_state(now, 11, site="site-b", mode="safe")
     b["setpoints"] = {**b["setpoints"], "safe": True}
-    b["alarms"] = ["data_missing"]
+    b["alarms"] = ["data_missing", "demand_peak_rising"]
     b["demand"] = {**b["demand"], "month_peak_kw": 1500.0, "import_cap_kw": 1250.0, "month_peak_at": None,
                    "month_peak_period": None}
     b["today"] = {**b["today"], "export_kwh": 11.0}
@@ -64,9 +64,12 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
                                        "active": True, "message": "soc_pct missing"})
         sites[1].bus.publish("alarm", {"ts": now.isoformat(), "site": "site-b", "code": "write_failed:bess-1",
                                        "active": False, "message": ""})   # cleared: not active
+        sites[1].bus.publish("alarm", {"ts": now.isoformat(), "site": "site-b", "code": "demand_peak_rising",
+                                       "active": True, "message": "shed 90.0 kW of load for the remaining 20 min"})
         sites[1].bus.publish("state", b)
         for metric, labels in (("ems_state_soc_pct", {"site": "site-a"}), ("ems_state_soc_pct", {"site": "site-b"}),
-                               ("ems_alarm_active", {"site": "site-b", "code": "data_missing"})):
+                               ("ems_alarm_active", {"site": "site-b", "code": "data_missing"}),
+                               ("ems_alarm_active", {"site": "site-b", "code": "demand_peak_rising"})):
             await asyncio.to_thread(vm.wait_for, metric, 1, **labels)
     finally:
         for site in sites:
@@ -103,13 +106,15 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert a["month_peak_at"] == PEAK_SET_AT and b["month_peak_at"] is None   # site-b's state has none
         assert datetime.fromisoformat(a["updated"]) == now
         # site-b: safe state, one active alarm (the cleared one is not listed), above its capacity
-        assert (b["mode"], b["safe"], b["alarms"], b["alarms_active"]) == ("safe", True, ["data_missing"], 1)
+        assert (b["mode"], b["safe"], b["alarms"], b["alarms_active"]) == \
+            ("safe", True, ["data_missing", "demand_peak_rising"], 2)
         assert b["co2_avoided_kg_today"] == pytest.approx((1211 - 11) * GRID_FACTOR)
         assert b["peak_of_cap_pct"] == pytest.approx(120.0)
         # site-c is listed in the park file but has never reported: shown, and no figure is 0
         assert c["reporting"] is False and c["grid_kw"] is None and c["mode"] is None and c["updated"] is None
         totals = summary["totals"]
         assert (totals["sites"], totals["reporting"], totals["safe"], totals["over_cap"]) == (3, 2, 1, 1)
+        assert totals["shedding"] == 1   # site-b's demand watch asks for load to be shed
         assert totals["pv_kw"] == 403 + 411 and totals["grid_kw"] == 321 + (837 - 411 - 89)
         assert totals["saved_today"] == 1_250_300 + 1_251_100 and totals["import_cap_kw"] == 1200 + 1250
         assert totals["co2_avoided_kg_today"] == pytest.approx((1203 + 1200) * GRID_FACTOR)
@@ -146,6 +151,7 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert await page.text_content(f"{row_b} td.updated") == local
         assert "データなし" in await page.text_content("#sites tr[data-site='site-c']")
         assert await page.text_content("#t-reporting") == "2 / 3"
+        assert await page.text_content("#t-shedding") == "1"
         assert await page.text_content("#t-pv_kw") == "814.0 kW"
         if coincident["peak_kw"] is not None:
             assert await page.text_content("#t-coincident_peak") == "658.0 kW"

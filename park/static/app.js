@@ -139,6 +139,7 @@ function render() {
   $("t-alarms_active").textContent = tot.alarms_active ?? "–";
   $("t-safe").textContent = tot.safe;
   $("t-over_cap").textContent = tot.over_cap;
+  $("t-shedding").textContent = tot.shedding;
   const cp = s.coincident_peak;
   $("t-coincident_peak").textContent = cp ? kw(cp.peak_kw) : "–";
   $("coincident-hint").textContent = cp && cp.through
