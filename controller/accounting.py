@@ -39,6 +39,8 @@ class StoredDemand(StoredValue):
     peak_at: AwareDatetime | None = None
     interval_start: AwareDatetime | None = None
     interval_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    interval_measured_h: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """How much of the interval ``interval_kwh`` covers [h]; None in files written before it was kept."""
 
 
 class StoredEnergy(StoredValue):
@@ -83,6 +85,7 @@ class DemandTracker:
         self.peak_at: str | None = None
         self._start: datetime | None = None
         self._kwh = 0.0
+        self._measured_h: float | None = 0.0   # how much of the interval _kwh covers [h]; None: not known
 
     def interval(self, t: datetime) -> timedelta:
         """The demand interval at ``t`` (that of its billing month)."""
@@ -112,16 +115,28 @@ class DemandTracker:
         if self._start is not None and start != self._start:
             rose = self._close()
         if self._start != start:
-            self._start, self._kwh = start, 0.0
+            self._start, self._kwh, self._measured_h = start, 0.0, 0.0
         self._kwh += max(0.0, import_kw) * dt_h
+        if self._measured_h is not None:
+            self._measured_h += dt_h
         return rose
+
+    def _estimated_kwh(self, span_h: float) -> float:
+        """The running interval's import over its first ``span_h`` hours [kWh]: what was measured, and the time it
+        did not measure (the controller not running, no grid reading) at the interval's measured average, never as
+        0 (a bill averages a window over the readings it has, the same)."""
+        measured = self._measured_h
+        if measured is None or measured <= 0.0 or measured >= span_h:
+            return self._kwh
+        return self._kwh * span_h / measured
 
     def _close(self) -> bool:
         assert self._start is not None
         month = self.billing_month(self._start)
         if month != self.month:
             self.month, self.peak_kw, self.peak_at = month, 0.0, None
-        avg_kw = self._kwh / (self.interval(self._start).total_seconds() / 3600.0)
+        length_h = self.interval(self._start).total_seconds() / 3600.0
+        avg_kw = self._estimated_kwh(length_h) / length_h
         if sets_month_peak(avg_kw, None if self.peak_at is None else self.peak_kw):
             self.peak_at = self._start.isoformat()
         if avg_kw > self.peak_kw:
@@ -141,11 +156,13 @@ class DemandTracker:
 
     def running(self, now: datetime) -> tuple[float, float, float]:
         """The interval running at ``now``: (length [h], elapsed [h], import so far [kWh]), as
-        :class:`controller.targets.DemandWindow` takes them; nothing imported yet when the last measurement
-        belongs to an earlier interval."""
+        :class:`controller.targets.DemandWindow` takes them; the import so far covers any time the tracker did not
+        measure at the interval's measured average (:meth:`_estimated_kwh`); nothing imported yet when the last
+        measurement belongs to an earlier interval."""
         start = self._interval_start(now)
-        kwh = self._kwh if self._start == start else 0.0
-        return self.interval(now).total_seconds() / 3600.0, (now - start).total_seconds() / 3600.0, kwh
+        elapsed_h = (now - start).total_seconds() / 3600.0
+        kwh = self._estimated_kwh(elapsed_h) if self._start == start else 0.0
+        return self.interval(now).total_seconds() / 3600.0, elapsed_h, kwh
 
     def current_average_kw(self) -> float:
         """Average import in the running interval so far, over the whole interval length. [kW]"""
@@ -155,7 +172,8 @@ class DemandTracker:
 
     def to_dict(self) -> dict:
         return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
-                "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh}
+                "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh,
+                "interval_measured_h": self._measured_h}
 
     def restore(self, data: StoredDemand | None) -> None:
         """Resume from a checked :meth:`to_dict` output (the running interval too, if it is still running)."""
@@ -165,7 +183,7 @@ class DemandTracker:
         self.peak_at = data.peak_at.isoformat() if data.peak_at else None
         if data.interval_start is not None:
             self._start = data.interval_start.astimezone(UTC)
-            self._kwh = data.interval_kwh
+            self._kwh, self._measured_h = data.interval_kwh, data.interval_measured_h
 
 
 @dataclass

@@ -120,8 +120,8 @@ def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not(
 def test_the_live_month_peak_is_dated_as_the_bill_dates_it(pairs, first):
     """Live and billed month peaks agree, value and date (optimizer.billing.sets_month_peak): whole 30-minute
     windows of 15-minute steps of 500 + k/32 kW (exact in binary, windows a few tens of watts apart, so the 0.05 kW
-    rule decides), from a random half hour of 4 May (local). (A window the series covers only in part averages over
-    the covered steps in a bill, over the whole window live: the live tracker counts time it did not see as 0.)"""
+    rule decides), from a random half hour of 4 May (local). (Whole windows only: a bill has no readings before the
+    series starts, while the live tracker's first reading covers the time since the cycle before it.)"""
     site = Tariff.preset("evn-two-part-22kv").bind(TZ)
     start = datetime(2026, 5, 3, 17, 0, tzinfo=UTC) + timedelta(minutes=30 * first)  # 4 May 00:00 local + first
     kw = [500.0 + k / 32 for pair in pairs for k in pair]
@@ -149,3 +149,33 @@ def test_a_new_month_has_no_peak_date_yet():
         "month_peak_period": "normal"}
     assert accounting.month_peak(datetime(2026, 6, 2, tzinfo=UTC)) == {
         "month_peak_kw": 0.0, "month_peak_at": None, "month_peak_period": None}
+
+
+def test_time_the_tracker_did_not_measure_counts_at_the_windows_average_not_as_zero():
+    """Ten minutes at 600 kW, ten unmeasured (the controller was down), then 600 kW again: the window so far is
+    600 kW on average throughout, so the dispatcher's ceiling for the rest stays 600 kW (not 1,200) and the window
+    closes at 600 kW (not 400), as a bill averages a window over the readings it has."""
+    from controller.targets import DemandWindow
+
+    d = DemandTracker(month, TZ, 30)
+    start = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)   # 10:00 in Hai Phong
+    for minute in range(1, 11):
+        d.add(start + timedelta(minutes=minute), 600.0, 1 / 60)
+    at = start + timedelta(minutes=20)
+    length, elapsed, kwh = d.running(at)
+    assert (length, elapsed, kwh) == (0.5, pytest.approx(1 / 3), pytest.approx(200.0))   # 100 kWh measured
+    assert DemandWindow(length, elapsed, kwh).ceiling_kw(600.0) == pytest.approx(600.0)
+    assert d.current_average_kw() == pytest.approx(200.0)   # the state's figure: what was measured, over 30 min
+    stored = StoredDemand.model_validate(d.to_dict())       # a restart keeps how much was measured
+    again = DemandTracker(month, TZ, 30)
+    again.restore(stored)
+    assert again.running(at)[2] == pytest.approx(200.0)
+    for tracker in (d, again):
+        for minute in range(21, 31):
+            tracker.add(start + timedelta(minutes=minute), 600.0, 1 / 60)
+        tracker.add(start + timedelta(minutes=31), 0.0, 1 / 60)   # closes 10:00–10:30
+        assert tracker.peak_kw == pytest.approx(600.0)
+    legacy = {k: v for k, v in stored.model_dump(mode="json").items() if k != "interval_measured_h"}
+    old = DemandTracker(month, TZ, 30)
+    old.restore(StoredDemand.model_validate(legacy))   # a file from before: as it was, nothing extrapolated
+    assert old.running(at)[2] == pytest.approx(100.0)
