@@ -1,7 +1,8 @@
 """Accounting, once per cycle: today's energies and money, the demand interval and the month-to-date peak.
 
 - :class:`DemandTracker` — the month-to-date peak of the average import over the tariff's demand interval
-  (30 min by default, aligned to the local clock), the demand-charge basis;
+  (30 min by default, aligned to the local clock), the demand-charge basis, and the peaks of the months before
+  (a 12-month demand basis bills on them);
 - :class:`EnergyCounters` — one local day's energies [kWh] and money [currency], and the same day without the
   battery (the money saved);
 - :class:`Accounting` — what the controller calls every cycle: integrates the measured powers over the time
@@ -14,18 +15,27 @@ Both are kept across restarts in the state file (``controller.state_store``) as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from controller.state_store import StoredValue
-from optimizer.billing import sets_month_peak
-from optimizer.tariff import SiteTariff
+from optimizer.billing import billed_demand_kw, sets_month_peak
+from optimizer.tariff import DemandCharge, SiteTariff
+
+MonthLabel = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+"""A billing month, ``"YYYY-MM"``."""
+MonthPeakKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A month's peak demand [kW]."""
+
+PAST_MONTHS_KEPT = 12
+"""How many earlier billing months' peaks the demand tracker keeps: a 12-month demand basis reads the 11 before
+the running month."""
 
 MAX_ACCOUNTED_GAP_CYCLES = 5
 """A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
@@ -41,6 +51,8 @@ class StoredDemand(StoredValue):
     interval_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     interval_measured_h: float | None = Field(None, ge=0, allow_inf_nan=False)
     """How much of the interval ``interval_kwh`` covers [h]; None in files written before it was kept."""
+    past_peaks_kw: dict[MonthLabel, MonthPeakKw] = Field(default_factory=dict)
+    """The peaks of earlier billing months [kW]; empty in files written before they were kept."""
 
 
 class StoredEnergy(StoredValue):
@@ -86,6 +98,8 @@ class DemandTracker:
         self._start: datetime | None = None
         self._kwh = 0.0
         self._measured_h: float | None = 0.0   # how much of the interval _kwh covers [h]; None: not known
+        #: The peaks of the earlier billing months measured, at most :data:`PAST_MONTHS_KEPT` of them. [kW]
+        self.past_peaks: dict[str, float] = {}
 
     def interval(self, t: datetime) -> timedelta:
         """The demand interval at ``t`` (that of its billing month)."""
@@ -134,6 +148,10 @@ class DemandTracker:
         assert self._start is not None
         month = self.billing_month(self._start)
         if month != self.month:
+            if self.month is not None:
+                self.past_peaks[self.month] = self.peak_kw
+                for old in sorted(self.past_peaks)[:-PAST_MONTHS_KEPT]:
+                    del self.past_peaks[old]
             self.month, self.peak_kw, self.peak_at = month, 0.0, None
         length_h = self.interval(self._start).total_seconds() / 3600.0
         avg_kw = self._estimated_kwh(length_h) / length_h
@@ -147,6 +165,11 @@ class DemandTracker:
     def month_peak_kw(self, now: datetime) -> float:
         """The peak so far in the billing month of ``now`` (0 in a new month). [kW]"""
         return self.peak_kw if self.month == self.billing_month(now) else 0.0
+
+    def month_peaks(self) -> dict[str, float]:
+        """The peaks measured per billing month: the earlier months' and the month of the last closed interval's
+        so far. [kW]"""
+        return self.past_peaks if self.month is None else {**self.past_peaks, self.month: self.peak_kw}
 
     def month_peak_at(self, now: datetime) -> str | None:
         """When the peak so far in the billing month of ``now`` was set: the UTC start (ISO 8601) of the last
@@ -173,7 +196,7 @@ class DemandTracker:
     def to_dict(self) -> dict:
         return {"month": self.month, "peak_kw": self.peak_kw, "peak_at": self.peak_at,
                 "interval_start": self._start.isoformat() if self._start else None, "interval_kwh": self._kwh,
-                "interval_measured_h": self._measured_h}
+                "interval_measured_h": self._measured_h, "past_peaks_kw": dict(self.past_peaks)}
 
     def restore(self, data: StoredDemand | None) -> None:
         """Resume from a checked :meth:`to_dict` output (the running interval too, if it is still running)."""
@@ -181,6 +204,7 @@ class DemandTracker:
             return
         self.month, self.peak_kw = data.month, data.peak_kw
         self.peak_at = data.peak_at.isoformat() if data.peak_at else None
+        self.past_peaks = dict(data.past_peaks_kw)
         if data.interval_start is not None:
             self._start = data.interval_start.astimezone(UTC)
             self._kwh, self._measured_h = data.interval_kwh, data.interval_measured_h
@@ -258,11 +282,15 @@ class Accounting:
         Export cap, for the no-battery comparison (export beyond it curtailed). [kW]
     demand_interval_minutes : int
         Demand interval of a month billed on no demand charge. [min]
+    billed_peaks_kw : mapping
+        ``{"YYYY-MM": kW}``: month peaks billed before the controller measured them (``control.billed_month_peaks_kw``,
+        from the utility's bills); a month it measured counts the higher of the two. [kW]
     """
 
     def __init__(self, tariff: SiteTariff, timezone: str, cycle_s: float, export_cap_kw: float,
-                 demand_interval_minutes: int):
+                 demand_interval_minutes: int, billed_peaks_kw: Mapping[str, float] | None = None):
         self.tariff = tariff
+        self.billed_peaks_kw = dict(billed_peaks_kw or {})
         self.cycle_s = cycle_s
         self.export_cap_kw = export_cap_kw
         self._zone = ZoneInfo(timezone)
@@ -275,11 +303,13 @@ class Accounting:
         self._last_ts: datetime | None = None
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None
         self._peak_period: tuple[str, str] | None = None  # (peak_at, its tariff period)
+        self._charges: dict[str, DemandCharge | None] = {}  # billing month → the demand charge it is billed on
 
     def month_peak(self, now: datetime) -> dict[str, Any]:
         """The month-to-date peak for the state's ``demand``: ``month_peak_kw`` [kW], ``month_peak_at`` (when it was
         set, :meth:`DemandTracker.month_peak_at`) and ``month_peak_period`` (the tariff period then, as the bills'
-        ``peak_period``); None for the last two in a new month."""
+        ``peak_period``), None for the last two in a new month; and ``billed_kw``, the demand the month is billed
+        on so far under its demand charge (:meth:`billed_demand_kw`; None without one) [kW]."""
         at = self.demand.month_peak_at(now)
         period = None
         if at is not None:
@@ -287,7 +317,28 @@ class Accounting:
                 prices = self.tariff.prices(pd.DatetimeIndex([pd.Timestamp(at)]))
                 self._peak_period = (at, str(prices.period[0]))
             period = self._peak_period[1]
-        return {"month_peak_kw": self.demand.month_peak_kw(now), "month_peak_at": at, "month_peak_period": period}
+        billed = self.billed_demand_kw(now) if self._charge(self.tariff.billing_month(now)) else None
+        return {"month_peak_kw": self.demand.month_peak_kw(now), "month_peak_at": at, "month_peak_period": period,
+                "billed_kw": billed}
+
+    def _charge(self, month: str) -> DemandCharge | None:
+        """The demand charge billing month ``month`` is billed on (looked up once per month)."""
+        if month not in self._charges:
+            self._charges[month] = self.tariff.billed_demand_charge(month)
+        return self._charges[month]
+
+    def billed_demand_kw(self, now: datetime) -> float:
+        """The demand the billing month of ``now`` is billed on so far, what the planner and the dispatcher take as
+        already billed: under a demand charge :func:`optimizer.billing.billed_demand_kw` of the months' peaks
+        (the month-to-date peak, and under a 12-month basis the 11 months before it too; with the peaks billed
+        before the controller measured them); without one the month-to-date peak. [kW]"""
+        month_kw = self.demand.month_peak_kw(now)
+        month = self.tariff.billing_month(now)
+        charge = self._charge(month)
+        if charge is None:
+            return month_kw
+        billed = billed_demand_kw(charge, month, self.demand.month_peaks(), self.billed_peaks_kw)
+        return max(month_kw, billed or 0.0)
 
     def prices(self, now: datetime) -> dict[str, Any]:
         """The tariff at ``now``: ``period``, ``import_price`` (with VAT), ``export_price`` [currency/kWh],

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
+from controller.accounting import MonthLabel, MonthPeakKw
 from controller.audit import AuditSettings
 from controller.dispatch import DispatchSettings
 from controller.forecast_csv import ForecastCsvSettings
@@ -86,6 +87,12 @@ class ControlSettings(StrictModel):
         description="Under a demand charge, alarm demand_peak_rising when the running demand window is on course "
                     "to exceed the month's held peak by needing at least this much load shed until it ends; clears "
                     "below half of it; null: no alarm (the outlook is still published) [kW]")
+    billed_month_peaks_kw: dict[MonthLabel, MonthPeakKw] = Field(
+        default_factory=dict,
+        description='Month peaks billed before the controller measured them, from the utility\'s bills, e.g. '
+                    '{"2026-03": 812.0}: under a 12-month demand basis (rolling_12_month_max) the level already '
+                    'billed, which the planner and the dispatcher do not shave below, includes them; a month the '
+                    'controller measured counts the higher of the two [kW]')
     history_days: float = Field(
         default=23.0, gt=0, le=60,
         description="Measured history kept for the forecasts, in memory and in the state file across restarts [d]: "

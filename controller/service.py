@@ -177,8 +177,8 @@ class Controller:
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
                                  (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
         self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
-                                     ctl.demand_interval_minutes)
-        self.demand = self.accounting.demand  # the month-to-date peak the planner and the targets use
+                                     ctl.demand_interval_minutes, ctl.billed_month_peaks_kw)
+        self.demand = self.accounting.demand  # the demand windows and the month-to-date peak
         self.demand_watch = DemandWatch(ctl.demand_warning_kw)
         self.demand_outlook: DemandOutlook | None = None
         self.alarms: dict[str, str] = {}
@@ -370,7 +370,7 @@ class Controller:
         (:mod:`controller.demand_watch`)."""
         self.demand_outlook = self.demand_watch.update(
             now, snap.value("grid_kw"), DemandWindow(*self.demand.running(now)),
-            self.plans.held_peak_kw(now, self.demand.month_peak_kw(now)))
+            self.plans.held_peak_kw(now, self.accounting.billed_demand_kw(now)))
         if self.demand_watch.alarm and self.demand_outlook is not None:
             self._raise(DEMAND_ALARM, self.demand_outlook.message(), now)
         else:
@@ -382,7 +382,7 @@ class Controller:
         mode = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode  # monitor-only: what auto would do,
         return mode_target(                                                   # published, not written
             mode, state.reason.value, reserve_soc_pct=reserve,
-            plan=self.plans.target(now, self.demand.month_peak_kw(now), DemandWindow(*self.demand.running(now)))
+            plan=self.plans.target(now, self.accounting.billed_demand_kw(now), DemandWindow(*self.demand.running(now)))
             if mode is Mode.AUTO else None,
             period=self.accounting.prices(now)["period"] if mode is Mode.TOU_RULE else "", load_kw=snap.load_kw,
             pv_kw=snap.value("pv_kw"), max_charge_kw=self.config.battery.max_charge_kw,
@@ -558,7 +558,7 @@ class Controller:
         """One planning attempt now on the latest snapshot (the planning task calls this; tests may too)."""
         snap, now = self.snapshot, self.clock.now()
         self._read_forecast_csv(now)
-        await self.replanner.attempt(why, snap, self.demand.month_peak_kw(now), self.demand.running(now)[2])
+        await self.replanner.attempt(why, snap, self.accounting.billed_demand_kw(now), self.demand.running(now)[2])
 
     def _read_forecast_csv(self, now: datetime) -> None:
         """The forecast file (``control.external_forecast_csv``) again if it changed; its alarm follows it."""

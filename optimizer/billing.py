@@ -31,7 +31,7 @@ import pandas as pd
 from optimizer.tariff_calendar import LocalSteps, month_label, utc_index, window_starts
 
 if TYPE_CHECKING:
-    from optimizer.tariff import SiteTariff
+    from optimizer.tariff import DemandCharge, SiteTariff
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -279,9 +279,16 @@ def _previous_months(month: str, count: int) -> list[str]:
     return [month_label(m - k) for k in range(count)]
 
 
-def _known_peak(month: str, series: Mapping[str, float], prior: Mapping[str, float]) -> float | None:
-    values = [v for v in (series.get(month), prior.get(month)) if v is not None]
-    return max(values) if values else None
+def billed_demand_kw(charge: DemandCharge, month: str, *peaks: Mapping[str, float]) -> float | None:
+    """The demand billing month ``month`` (``"YYYY-MM"``) is billed on under ``charge``, from the month peaks
+    known [kW] (``{"YYYY-MM": kW}``; several mappings: each month's larger value): the month's own peak
+    (``month_max``) or the highest of it and the 11 months before it (``rolling_12_month_max``,
+    :attr:`~optimizer.tariff.DemandCharge.months_billed`). None if no peak of those months is known. The rule of
+    bills (:func:`make_bill`), of the level the planner and the live dispatcher take as already billed, and of the
+    live controller's ``demand.billed_kw``. [kW]"""
+    known = [v for m in _previous_months(month, charge.months_billed)
+             if (v := max((p[m] for p in peaks if m in p), default=None)) is not None]
+    return max(known) if known else None
 
 
 def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
@@ -351,12 +358,9 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
         demand_kw = rate = None
         demand_amount = 0.0
         if charge is not None:
-            span = 12 if charge.basis == "rolling_12_month_max" else 1
-            known = [p for p in (_known_peak(m, series_peaks, prior) for m in _previous_months(label, span))
-                     if p is not None]
             rate = charge.rate_per_kw_month
-            if known:
-                demand_kw = max(known)
+            demand_kw = billed_demand_kw(charge, label, series_peaks, prior)
+            if demand_kw is not None:
                 demand_amount = demand_kw * rate
         months.append(MonthBill(
             month=label, hours=float(hours[i]),

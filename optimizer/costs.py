@@ -109,6 +109,41 @@ def month_floors_kw(inputs: PlanInputs) -> np.ndarray:
     return peak.copy()
 
 
+def peak_charge_per_kw(inputs: PlanInputs, months: np.ndarray) -> np.ndarray:
+    """What each step's running peak is charged per kW under the demand charge (``months``: the billing month
+    of each step, 0, 1, …): the rate on the last step of each billing month in the horizon (that month's bill),
+    and at the horizon's last step also the billing months after it that a peak is still billed in
+    (:attr:`PlanInputs.peak_billed_months` − the months in the horizon, when
+    :attr:`PlanInputs.bill_after_horizon`). [currency/kW]"""
+    n = len(months)
+    cost = np.zeros(n)
+    if n == 0:
+        return cost
+    rate = inputs.demand_charge_per_kw
+    cost[:-1][months[1:] != months[:-1]] = rate
+    after = max(0, inputs.peak_billed_months - int(months[-1]) - 1) if inputs.bill_after_horizon else 0
+    cost[-1] = rate * (1 + after)
+    return cost
+
+
+def demand_cost(measure_kw: np.ndarray, inputs: PlanInputs) -> float:
+    """The demand charge a plan adds [currency]: for each step's charge (:func:`peak_charge_per_kw`), the running
+    peak of the demand measure ``measure_kw`` [kW] above the level already billed then — per billing month from
+    its floor (:func:`month_floors_kw`), or, where a peak is billed in more months than its own
+    (:attr:`PlanInputs.peak_billed_months` > 1), carried across the horizon's months from the highest floor so
+    far, as the LP's running peak is."""
+    n = len(measure_kw)
+    months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
+    floors = month_floors_kw(inputs)[months]
+    level = np.maximum(measure_kw, floors)
+    if inputs.peak_billed_months > 1:
+        peak, floors = np.maximum.accumulate(level), np.maximum.accumulate(floors)
+    else:
+        peak = np.concatenate([np.maximum.accumulate(level[months == m]) for m in range(int(months[-1]) + 1)]) \
+            if n else level
+    return float(np.sum(peak_charge_per_kw(inputs, months) * (peak - floors)))
+
+
 def window_average_import_kw(import_kw: np.ndarray, inputs: PlanInputs) -> np.ndarray:
     """The demand measure per step: the average import of the step's demand window up to the end of the step,
     counting the import measured in the first window before the plan (``inputs.window_import_kwh``); at a
@@ -141,13 +176,13 @@ def slack_penalty_per_kwh(inputs: PlanInputs, settings: PlannerSettings, *,
 
     One kWh of SOC violation for one step (cost P·dt) can at best buy one kWh at the highest |price|
     (/η < 2) or cut a month peak by 1/dt kW (rate/dt). P is raised to at least
-    10 × (max |price| / dt_min + demand rate / dt_min²), which covers both with margin. ``max_abs_price``:
-    the largest |import or export price| when the caller has it already. [currency/kWh]
+    10 × (max |price| / dt_min + demand rate × months billed / dt_min²), which covers both with margin.
+    ``max_abs_price``: the largest |import or export price| when the caller has it already. [currency/kWh]
     """
     dt_min = float(np.min(inputs.grid.duration_h))
     price = max_abs_price if max_abs_price is not None else max(
         float(np.max(np.abs(inputs.import_price))), float(np.max(np.abs(inputs.export_price))))
-    floor = 10.0 * (price / dt_min + inputs.demand_charge_per_kw / dt_min**2)
+    floor = 10.0 * (price / dt_min + inputs.demand_charge_per_kw * inputs.peak_billed_months / dt_min**2)
     return max(settings.soc_slack_penalty_per_kwh, floor)
 
 
@@ -158,7 +193,8 @@ def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid:
     Penalties (P = :func:`slack_penalty_per_kwh`): P·dt per kWh of SOC outside the window
     per step, P·dt per kW above an import or export cap, P·dt₀ per kW of first-step battery power
     away from ``inputs.fixed_battery_kw``. The demand term is ``rate × max(0, peak import − peak so
-    far)`` per billing month, on the tariff's measure (:func:`window_average_import_kw`).
+    far)`` per billing month, on the tariff's measure (:func:`window_average_import_kw`), or under a 12-month
+    basis the peak's rise charged for the months it is billed in (:func:`demand_cost`).
     """
     dt = np.asarray(inputs.grid.duration_h, dtype=float)
     s = schedule
@@ -168,12 +204,7 @@ def evaluate(schedule: Schedule, inputs: PlanInputs, battery: BatterySpec, grid:
     wear = float(battery.wear_cost_per_kwh * np.sum(dt * (s.charge_kw + s.discharge_kw)))
     demand = 0.0
     if inputs.demand_charge_per_kw > 0:
-        months = inputs.billing_month if inputs.billing_month is not None else np.zeros(len(dt), dtype=int)
-        measure = window_average_import_kw(s.import_kw, inputs)
-        for m, floor in enumerate(month_floors_kw(inputs)):
-            imp = measure[months == m]
-            if imp.size:
-                demand += inputs.demand_charge_per_kw * max(0.0, float(imp.max()) - float(floor))
+        demand = demand_cost(window_average_import_kw(s.import_kw, inputs), inputs)
     terminal = terminal_value_per_kwh(inputs, battery, settings) * float(s.soc_kwh[-1])
 
     battery_kw = s.discharge_kw - s.charge_kw

@@ -94,6 +94,15 @@ class PlanInputs:
         horizon (later months start at 0), or one value per billing month present. [kW]
     demand_charge_per_kw : float
         Demand charge per kW of monthly peak (0 = none). [currency/kW/month]
+    peak_billed_months : int
+        How many billing months a month's peak is billed in (the tariff's
+        :attr:`~optimizer.tariff.DemandCharge.months_billed`): 1 under ``month_max``; 12 under
+        ``rolling_12_month_max``, where the running peak carries on across the horizon's billing months and
+        ``month_peak_kw`` is the level already billed (the 11 months before included).
+    bill_after_horizon : bool
+        Charge the billing months after the horizon that a peak planned in it is still billed in
+        (``peak_billed_months`` − the horizon's billing months, at its last step): a site that goes on. False for a
+        plan whose horizon is the whole bill (a study's perfect-foresight year).
     billing_month : numpy.ndarray of int or None
         Billing month per step as 0, 1, 2… (non-decreasing, starting at 0); None = one month.
     max_charge_kw, max_discharge_kw : float, numpy.ndarray or None
@@ -126,6 +135,8 @@ class PlanInputs:
     soc0_kwh: float
     month_peak_kw: float | Sequence[float] = 0.0
     demand_charge_per_kw: float = 0.0
+    peak_billed_months: int = 1
+    bill_after_horizon: bool = True
     billing_month: np.ndarray | None = None
     max_charge_kw: float | np.ndarray | None = None
     max_discharge_kw: float | np.ndarray | None = None
@@ -161,6 +172,8 @@ class PlanInputs:
             raise ValueError("PlanInputs.soc0_kwh is missing: the planner needs a measured SOC")
         if self.demand_charge_per_kw < 0:
             raise ValueError("PlanInputs.demand_charge_per_kw must not be negative")
+        if self.peak_billed_months < 1:
+            raise ValueError("PlanInputs.peak_billed_months must be at least 1")
         if self.billing_month is not None:
             bm = np.asarray(self.billing_month)
             step = np.diff(bm)
@@ -226,18 +239,17 @@ def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, s
     if demand:
         months = inputs.billing_month if inputs.billing_month is not None else np.zeros(n, dtype=int)
         rows[_ROW["peak_floor"]] = np.round(costs.month_floors_kw(inputs)[months], ROUND_DECIMALS)
-        reset = rows[_ROW["peak_reset"]]
-        reset[1:] = months[1:] != months[:-1]  # a billing month starts at this step
-        cost = rows[_ROW["peak_cost"]]
-        cost[-1:] = inputs.demand_charge_per_kw  # charged on the last step of each month in the horizon
-        cost[:-1][reset[1:] > 0] = inputs.demand_charge_per_kw
+        month_start = months[1:] != months[:-1]  # a billing month starts at step t + 1
+        if inputs.peak_billed_months == 1:
+            rows[_ROW["peak_reset"], 1:] = month_start
+        rows[_ROW["peak_cost"]] = costs.peak_charge_per_kw(inputs, months)
         win_reset = rows[_ROW["win_reset"]]
         if inputs.demand_window is None or inputs.demand_window_h <= 0:
             win_reset[:] = 1.0
         else:
             win_reset[1:] = np.diff(inputs.demand_window) != 0
             rows[_ROW["win_prior"], 0] = inputs.window_import_kwh / inputs.demand_window_h
-        win_reset[1:] = np.maximum(win_reset[1:], reset[1:])  # a billing month starts a window
+        win_reset[1:] = np.maximum(win_reset[1:], month_start)  # a billing month starts a window
         if inputs.peak_risk_kw is not None:
             rows[_ROW["risk"]] = np.round(inputs.peak_risk_kw, ROUND_DECIMALS)
     rows[_ROW["pv"]], rows[_ROW["load_kw"]] = inputs.pv_kw, inputs.load_kw

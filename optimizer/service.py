@@ -44,6 +44,9 @@ class TariffSteps:
         The demand window each step starts in, as consecutive integers (0 at the first step). [-]
     window_h : float
         The demand measure's window (0 without a demand charge). [h]
+    peak_billed_months : int
+        How many billing months a month's peak is billed in under the demand charge
+        (:attr:`~optimizer.tariff.DemandCharge.months_billed`; 1 without one). [-]
     """
 
     import_price: np.ndarray
@@ -53,6 +56,7 @@ class TariffSteps:
     demand_rate: np.ndarray
     window: np.ndarray
     window_h: float
+    peak_billed_months: int = 1
 
     @classmethod
     def of(cls, tariff: SiteTariff, starts: pd.DatetimeIndex) -> TariffSteps:
@@ -60,24 +64,26 @@ class TariffSteps:
         loc = tariff.local(starts)
         prices = tariff.prices_local(loc)
         months, month = np.unique(loc.month, return_inverse=True)
-        rates, window_minutes = np.zeros(len(months)), 0
+        rates, window_minutes, billed_months = np.zeros(len(months)), 0, 0
         for i, m in enumerate(months):
             label = str(np.datetime_as_string(m, unit="M"))
             charge = tariff.billed_demand_charge(label)
             if charge is not None:
                 rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(tariff.month_start(label)))
                 window_minutes = window_minutes or charge.window_minutes
+                billed_months = billed_months or charge.months_billed
         window = window_starts(loc, window_minutes) if window_minutes else np.arange(len(starts))
         return cls(import_price=prices.import_price_gross, export_price=prices.export_price,
                    period=np.asarray(prices.period), month=month.astype(int), demand_rate=rates[month],
-                   window=pd.factorize(window)[0], window_h=window_minutes / 60.0)
+                   window=pd.factorize(window)[0], window_h=window_minutes / 60.0,
+                   peak_billed_months=billed_months or 1)
 
     def steps(self, first: int, count: int) -> TariffSteps:
         """Steps ``first … first + count − 1`` (views), months and windows counted from the first of them."""
         sl = slice(first, first + count)
         return TariffSteps(self.import_price[sl], self.export_price[sl], self.period[sl],
                            self.month[sl] - self.month[first], self.demand_rate[sl],
-                           self.window[sl] - self.window[first], self.window_h)
+                           self.window[sl] - self.window[first], self.window_h, self.peak_billed_months)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,9 @@ class SiteState:
     bms_max_charge_kw, bms_max_discharge_kw : float | None
         What the BMS allows now (None = PCS limits). [kW]
     month_peak_kw : float
-        Highest window-average import of the billing month so far. [kW]
+        The demand the billing month is billed on so far: its highest window-average import so far, and under
+        a 12-month basis the highest of that and the 11 months before it
+        (:func:`optimizer.billing.billed_demand_kw`). [kW]
     window_import_kwh : float
         Import measured so far in the demand window running at the plan's start. [kWh]
     fixed_battery_kw : float | None
@@ -155,14 +163,16 @@ def recharge_floor_kw(target: PeakTarget, settings: PlannerSettings, grid: TimeG
 
 def plan_inputs(grid: TimeGrid, tariff: TariffSteps, pv_kw: np.ndarray, load_kw: np.ndarray, state: SiteState,
                 peak_risk_kw: np.ndarray | None = None, risk_margin: float = 0.0, peak_target_kw: float = 0.0,
-                **limits) -> PlanInputs:
+                bill_after_horizon: bool = True, **limits) -> PlanInputs:
     """PlanInputs on ``grid`` from the tariff's values on its steps, the PV and load forecasts [kW] and the site's
     state; the demand charge in force at the first step applies to every billing month in the horizon, billed on
     the tariff's window measure (:attr:`TariffSteps.window_h`). ``peak_risk_kw``: see
     :class:`~optimizer.planner.PlanInputs` (used only under a demand charge); ``risk_margin`` of it is added to the
     load forecast there (``planner.demand_risk_margin``). ``peak_target_kw``: under a demand charge, the peak each
     billing month in the horizon is planned to reach anyway (:class:`optimizer.peak_target.PeakTarget`; the
-    month-to-date peak where that is higher); 0 = the month-to-date peak only. ``limits`` pass through to
+    month-to-date peak where that is higher); 0 = the month-to-date peak only. Under a 12-month demand basis the
+    peak carries across the horizon's billing months and is also charged for the months after the horizon it is
+    billed in, unless ``bill_after_horizon`` is False (:class:`PlanInputs`). ``limits`` pass through to
     :class:`PlanInputs` (``import_cap_kw``, ``export_cap_kw``)."""
     rate = float(tariff.demand_rate[0])
     demand = rate > 0
@@ -175,6 +185,7 @@ def plan_inputs(grid: TimeGrid, tariff: TariffSteps, pv_kw: np.ndarray, load_kw:
     return PlanInputs(
         grid=grid, pv_kw=pv_kw, load_kw=load_kw, import_price=tariff.import_price, export_price=tariff.export_price,
         soc0_kwh=state.soc_kwh, month_peak_kw=month_peak, demand_charge_per_kw=rate,
+        peak_billed_months=tariff.peak_billed_months if demand else 1, bill_after_horizon=bill_after_horizon,
         billing_month=tariff.month if demand else None, max_charge_kw=state.bms_max_charge_kw,
         max_discharge_kw=state.bms_max_discharge_kw, fixed_battery_kw=state.fixed_battery_kw, period=tariff.period,
         demand_window_h=tariff.window_h if demand else 0.0, demand_window=tariff.window if demand else None,
@@ -215,7 +226,7 @@ def plan_for_site(site: PlanningSite, tariff: Tariff | SiteTariff, start: dateti
             import_price=steps.import_price if import_price is None else np.asarray(import_price, dtype=float),
             export_price=steps.export_price if export_price is None else np.asarray(export_price, dtype=float),
             period=steps.period, month=steps.month, demand_rate=steps.demand_rate, window=steps.window,
-            window_h=steps.window_h)
+            window_h=steps.window_h, peak_billed_months=steps.peak_billed_months)
     state = SiteState(soc0_kwh, limits.pop("max_charge_kw", None), limits.pop("max_discharge_kw", None),
                       month_peak_kw, fixed_battery_kw=limits.pop("fixed_battery_kw", None))
     inputs = plan_inputs(grid, steps, np.asarray(pv_kw, dtype=float), np.asarray(load_kw, dtype=float), state,

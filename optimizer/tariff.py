@@ -59,6 +59,12 @@ class DemandCharge:
     window_minutes: int
     """[min] averaging window of the demand measurement"""
 
+    @property
+    def months_billed(self) -> int:
+        """How many billing months a month's peak is billed in: 1 (``month_max``: its own), 12
+        (``rolling_12_month_max``: its own and the 11 after it)."""
+        return 12 if self.basis == "rolling_12_month_max" else 1
+
 
 @dataclass(frozen=True)
 class ExportRule:

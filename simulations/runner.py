@@ -25,7 +25,7 @@ import pandas as pd
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
 from ems.yamlfile import ConfigError, FieldError
-from optimizer.billing import Bill
+from optimizer.billing import Bill, billed_demand_kw
 from optimizer.forecast import History
 from optimizer.service import TariffSteps
 from optimizer.site import BatterySpec, PVSpec, SiteInfo
@@ -215,6 +215,35 @@ class _StepWindow:
         ctx.step_charge_kw, ctx.step_discharge_kw = self.limits_at(soc_kwh, bms_charge_kw, bms_discharge_kw, dt_h)
 
 
+class _BilledDemand:
+    """The demand each billing month of a study is billed on so far, as the live controller's demand tracker keeps
+    it (:func:`optimizer.billing.billed_demand_kw` of the months' peaks): what the planner and the dispatcher take
+    as already billed (``StepContext.month_peak_kw``)."""
+
+    def __init__(self, tariff: SiteTariff):
+        self.tariff = tariff
+        self.peaks: dict[str, float] = {}  # closed months' peaks [kW]
+        self.base = 0.0  # billed by the months before the running one [kW]
+        self.month_kw = 0.0  # the running month's own peak so far [kW]
+
+    def before(self, month: str) -> float:
+        """Start billing month ``month``: the demand it is billed on by the months before it (0 under
+        ``month_max``). [kW]"""
+        charge = self.tariff.billed_demand_charge(month)
+        self.base = (billed_demand_kw(charge, month, self.peaks) or 0.0) if charge is not None else 0.0
+        self.month_kw = 0.0
+        return self.base
+
+    def add_window(self, average_kw: float) -> float:
+        """A demand window closed at ``average_kw`` [kW]: the demand billed so far. [kW]"""
+        self.month_kw = max(self.month_kw, average_kw)
+        return max(self.base, self.month_kw)
+
+    def close(self, month: str) -> None:
+        """Billing month ``month`` ended: keep its peak."""
+        self.peaks[month] = self.month_kw
+
+
 def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteTariff, *, battery: bool,
              pv: bool = True, progress: Callable[[int], None] | None = None) -> StrategyResult:
     """Step the plant with the live dispatcher under one strategy over the period (see module docstring)."""
@@ -252,6 +281,9 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
     windows = data.tariff.window[:n]  # the tariff's demand windows (each step its own without a demand charge)
     window_end = np.append(windows[1:] != windows[:-1], True)
     month_end = np.append(data.month[1:n] != data.month[:n - 1], True)
+    labels = tariff.billing_months(starts)
+    billed = _BilledDemand(tariff)
+    ctx.month_peak_kw = billed.before(labels[0]) if n else 0.0
     out = np.zeros((len(COLUMNS), n))
     soc0 = model.soc_kwh
     prev_battery = 0.0
@@ -278,11 +310,12 @@ def simulate(strategy: Strategy, scenario: Scenario, data: Inputs, tariff: SiteT
         window_kwh += max(grid_kw, 0.0) * dt_h[t]
         window_h += dt_h[t]
         if window_end[t]:
-            ctx.month_peak_kw = max(ctx.month_peak_kw, window_kwh / max(window_h, data.tariff.window_h))
+            ctx.month_peak_kw = billed.add_window(window_kwh / max(window_h, data.tariff.window_h))
             window_kwh = window_h = 0.0
         ctx.window_kwh, ctx.window_elapsed_h = window_kwh, window_h
         if month_end[t]:
-            ctx.month_peak_kw = 0.0
+            billed.close(labels[t])
+            ctx.month_peak_kw = billed.before(labels[t + 1]) if t + 1 < n else 0.0
         if progress is not None:
             progress(t)
     frame = pd.DataFrame(out.T, index=starts, columns=list(COLUMNS))

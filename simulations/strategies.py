@@ -133,7 +133,8 @@ class StepContext:
     step_charge_kw, step_discharge_kw : float or None
         The same narrowed to what keeps the SOC inside its window over the whole step (the dispatcher's limits at
         the study's resolution), set by the runner's ``_StepWindow.update``; strategies do not read them. [kW]
-    month_peak_kw : float  Highest window-average import of the billing month so far. [kW]
+    month_peak_kw : float  The demand the billing month is billed on so far: its highest window-average import,
+        and under a 12-month basis the 11 months' before it (``optimizer.billing.billed_demand_kw``). [kW]
     window_kwh, window_elapsed_h : float  Import so far [kWh] and time passed [h] in the running demand window.
     history_offset : int  Index of the period's first step in the histories (the warm-up's steps).
     pv_history, load_history : History
@@ -431,7 +432,8 @@ class PerfectForesight:
         tariff = data.tariff.steps(0, n)
         months = tariff.month
         self.demand = data.demand_rate[:n] > 0
-        inputs = plan_inputs(data.grid(0, n), tariff, data.pv_kw[:n], data.load_kw[:n], SiteState(soc0_kwh))
+        inputs = plan_inputs(data.grid(0, n), tariff, data.pv_kw[:n], data.load_kw[:n], SiteState(soc0_kwh),
+                             bill_after_horizon=False)  # the study's bill ends with the period
         if np.any(data.demand_rate[:n] != data.demand_rate[0]):
             raise ValueError("perfect foresight needs one demand-charge rate over the period")
         offline = settings.model_copy(update={"time_limit_s": OFFLINE_TIME_LIMIT_S, "block_minutes": 0})

@@ -146,9 +146,9 @@ def test_a_new_month_has_no_peak_date_yet():
     accounting.demand.add(datetime(2026, 5, 4, 1, 45, tzinfo=UTC), 0.0, 0.25)  # the next interval: 08:00's closes
     assert accounting.month_peak(datetime(2026, 5, 4, 2, 0, tzinfo=UTC)) == {
         "month_peak_kw": pytest.approx(400.0), "month_peak_at": "2026-05-04T01:00:00+00:00",
-        "month_peak_period": "normal"}
+        "month_peak_period": "normal", "billed_kw": pytest.approx(400.0)}
     assert accounting.month_peak(datetime(2026, 6, 2, tzinfo=UTC)) == {
-        "month_peak_kw": 0.0, "month_peak_at": None, "month_peak_period": None}
+        "month_peak_kw": 0.0, "month_peak_at": None, "month_peak_period": None, "billed_kw": 0.0}
 
 
 def test_time_the_tracker_did_not_measure_counts_at_the_windows_average_not_as_zero():

@@ -183,9 +183,12 @@ def test_live_accuracy_fills_one_issue_per_update_and_matches_the_batch_figures(
     assert live.due(now + 6 * 3_600_000_000_000)  # a new issue's horizon has ended
 
 
-def controller_on_fake_site(tmp_path, scenario_name: str, preset: str, now: datetime, forecasts=None):
+def controller_on_fake_site(tmp_path, scenario_name: str, preset: str, now: datetime, forecasts=None,
+                            control: dict | None = None, bind_preset: bool = False):
     """The real controller of a shipped scenario's site on fake devices with a manual clock at ``now``, and the state
-    message's JSON Schema: ``(controller, site, clock, schema)``."""
+    message's JSON Schema: ``(controller, site, clock, schema)``. The site file names tariff ``preset``; the
+    controller runs on the scenario's tariff, or on ``preset`` with ``bind_preset``. ``control``: the site file's
+    ``control`` section."""
     import json
     from pathlib import Path
 
@@ -202,10 +205,10 @@ def controller_on_fake_site(tmp_path, scenario_name: str, preset: str, now: date
     config = SiteConfig.model_validate({
         "site": sc.site.model_dump(), "pv": sc.pv.model_dump(), "battery": sc.battery.spec().model_dump(),
         "grid": sc.grid.model_dump(), "tariff": {"preset": preset}, "planner": sc.planner.model_dump(),
-        "devices": SITE_DEVICES})
+        "devices": SITE_DEVICES, **({"control": control} if control else {})})
     clock = ManualClock(now)
     site = FakeSite(clock, pv_rated_kw=config.pv.ac_limit_kw)
-    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
+    tariff = load_tariff(config.tariff if bind_preset else sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone)
     controller = Controller(config, site.devices, clock, tariff, tmp_path / "state.sqlite", forecasts=forecasts)
     schema = json.loads((root / "controller" / "telemetry" / "schemas" / "state.json").read_text(encoding="utf-8"))
     return controller, site, clock, schema

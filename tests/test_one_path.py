@@ -4,10 +4,10 @@ Over the same day (a constructed factory day: 300 kW at night, 800 kW by day wit
 with the same (perfect) forecasts, both are asked at the start of every step: the live
 :class:`~controller.planning.PlanKeeper` (planning grid from the clock, the tariff read live, the follow rule
 with the demand window the demand tracker reports) and the offline :class:`~simulations.strategies.Mpc` inside
-the study runner. Their PlanInputs, schedules and dispatch targets must be the same, under an energy-only tariff
-and under the two-part tariff (demand charge on the 30-minute measure). The same holds for the real
-``Controller`` on fake devices and a manual clock (``tests.fakes``): its first plan and its auto-mode target from
-what its devices report equal the offline MPC's at that step.
+the study runner. Their PlanInputs, schedules and dispatch targets must be the same, under an energy-only tariff,
+under the two-part tariff (demand charge on the 30-minute measure) and under a 12-month demand basis. The same
+holds for the real ``Controller`` on fake devices and a manual clock (``tests.fakes``): its first plan and its
+auto-mode target from what its devices report equal the offline MPC's at that step.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class Twin:
         return offline
 
 
-@pytest.mark.parametrize("tariff", ["evn-manufacturing-22kv", "evn-two-part-22kv"])
+@pytest.mark.parametrize("tariff", ["evn-manufacturing-22kv", "evn-two-part-22kv", "jp-high-voltage-illustrative"])
 def test_live_plan_keeper_and_offline_mpc_make_the_same_plans_and_targets(tariff: str) -> None:
     sc = scenario(tariff)
     site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)

@@ -178,6 +178,10 @@ class Demand(_Part):
                                                         "peak (optimizer.billing.sets_month_peak); null in a new month")
     month_peak_period: str | None = Field(None, description="tariff period at month_peak_at (e.g. off_peak: a "
                                                             "night's charge set the peak)")
+    billed_kw: OptionalNumber = Field(None, description="[kW] the demand the month is billed on so far "
+                                      "(optimizer.billing.billed_demand_kw): the month-to-date peak, under a "
+                                      "12-month basis the highest of it and the 11 months before; the level the "
+                                      "planner and the dispatcher take as already paid; null without a demand charge")
     interval_avg_kw: OptionalNumber = Field(description="[kW] the running interval's average so far")
     import_cap_kw: OptionalNumber = Field(description="[kW] contracted import capacity (grid.import_cap_kw); "
                                                       "null = none")
