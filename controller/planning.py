@@ -381,8 +381,9 @@ class PlanKeeper:
 
     def held_peak_kw(self, now: datetime, month_peak_kw: float) -> float | None:
         """The month's demand level the dispatcher holds at ``now``: the plan's planned peak for the billing month
-        (:func:`controller.targets.planned_peak_kw`, as :meth:`target` defends it) or, without a valid plan, the
-        month-to-date peak; None when the month is billed on no demand charge. [kW]"""
+        (:func:`controller.targets.planned_peak_kw`, as :meth:`target` defends it) or, without a valid plan,
+        ``month_peak_kw`` (the level billed so far, ``Accounting.billed_demand_kw``); None when the month is billed on
+        no demand charge. [kW]"""
         if self._demand_month(now) is None:
             return None
         found = self.current(now)
@@ -564,8 +565,9 @@ class Replanner:
         return None
 
     def site_now(self, snap: Snapshot | None, month_peak_kw: float, window_import_kwh: float) -> SiteState | None:
-        """What the planner needs of the site from ``snap`` and the demand tracker (month-to-date peak [kW],
-        import so far in the running demand window [kWh]); None without a valid SOC."""
+        """What the planner needs of the site from ``snap`` and the demand tracker (the level the month is billed on
+        so far, ``Accounting.billed_demand_kw`` [kW]; import so far in the running demand window [kWh]); None without
+        a valid SOC."""
         soc = snap.value("soc_pct") if snap is not None else None
         if snap is None or soc is None:
             return None

@@ -178,7 +178,7 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
                            "import_cap_kw": 1200.0, "month_peak_at": "2026-05-04T01:30:00+00:00",
                            "month_peak_period": "normal", "hold_kw": 1005.0, "window_projected_kw": 1064.5,
-                           "shed_to_hold_kw": 133.5, "window_left_min": 10.0}
+                           "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
         site.bus.publish("state", state)
@@ -207,6 +207,14 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert "Expected saving by the end of today (plan): ₫78,310." in said
         assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
         assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
+        assert not await page.is_visible("#mtd-billed")   # billed on the month's own peak: no row
+        # a 12-month basis: the month is billed on 1,300 kW of an earlier month, which the plan holds too
+        state["demand"] = {**state["demand"], "billed_kw": 1300.0, "hold_kw": 1300.0}
+        site.bus.publish("state", state)
+        await page.wait_for_function("!document.getElementById('mtd-billed').hidden")
+        assert await page.text_content("#mtd-billed") == "1,300.0 kW · the highest of this month and the 11 before"
+        assert await page.text_content("#mtd-planned") == "1,300.0 kW"
+        assert "higher peak later" not in await page.text_content("#mtd-explain")   # no rise: the level is billed
         await context.close()
     finally:
         await site.telemetry.aclose()

@@ -246,13 +246,16 @@ def _blocks() -> tuple[Block, ...]:
         _f32("month_peak_kw", "kW", "month-to-date demand peak", path("demand", "month_peak_kw")),
         Field("month_peak_at", Kind.U32, "s", "when the month-to-date demand peak was set: start of its interval "
               "(Unix epoch, UTC)", _epoch(path("demand", "month_peak_at"))),
-        _f32("hold_kw", "kW", "demand level held this month: the plan's planned peak or the month-to-date peak, "
-             "the higher (NaN without a demand charge)", path("demand", "hold_kw")),
+        _f32("hold_kw", "kW", "demand level held this month: the plan's planned peak or the level billed so far "
+             "(billed_kw), the higher (NaN without a demand charge)", path("demand", "hold_kw")),
         _f32("window_projected_kw", "kW", "the running demand window's average if the last minute's import lasts",
              path("demand", "window_projected_kw")),
         _f32("shed_to_hold_kw", "kW", "load to shed until the running demand window ends to hold hold_kw "
              "(0: it holds; a plant's load shedding may act on it)", path("demand", "shed_to_hold_kw")),
         _f32("window_left_min", "min", "time left in the running demand window", path("demand", "window_left_min")),
+        _f32("billed_kw", "kW", "demand the month is billed on so far: the month-to-date peak, under a 12-month "
+             "basis the highest of it and the 11 months before (NaN without a demand charge)",
+             path("demand", "billed_kw")),
     ))
     alarms = Block(4, "alarms", 400, (
         Field("active_count", Kind.U16, "count", "alarms active", lambda s: len(s["alarms"])

@@ -372,6 +372,12 @@ function renderDemand(s) {
     });
     if (planned !== null && peak !== null) planned = Math.max(planned, peak);
   }
+  // under a 12-month basis the month is billed on a higher peak of the 11 months before: shown only then
+  const billed = pick(s, ["demand.billed_kw"]);
+  const carried = billed !== null && (peak === null || billed > peak + 0.05);
+  const level = carried ? billed : peak;   // the level the month is billed on so far
+  $("mtd-billed").textContent = carried ? `${kw(billed)} · ${t("billed_twelve")}` : "–";
+  $("mtd-billed").hidden = $("mtd-billed-label").hidden = !carried;
   $("mtd-peak").textContent = kw(peak);
   $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
@@ -388,7 +394,7 @@ function renderDemand(s) {
   mark.style.left = `${Math.min(99, (100 * (planned || 0)) / scale)}%`;
   const notes = [];
   if (peak !== null && cap) notes.push(fill(t("explain.of_cap"), { pct: num((100 * peak) / cap, 0) }));
-  if (peak !== null && planned !== null && planned > peak + 0.5) notes.push(t("explain.plan_raises_peak"));
+  if (level !== null && planned !== null && planned > level + 0.5) notes.push(t("explain.plan_raises_peak"));
   const shed = pick(s, ["demand.shed_to_hold_kw"]);
   if (shed !== null && shed >= 0.05) {
     notes.push(fill(t("explain.shed"), { kw: kw(shed), min: num(left, 0), hold: kw(hold) }));
