@@ -5,12 +5,15 @@
   (a 12-month demand basis bills on them);
 - :class:`EnergyCounters` — one local day's energies [kWh] and money [currency], and the same day without the
   battery (the money saved);
+- :class:`MonthCounters` — the billing month's energy money with and without the battery; with the demand peak
+  the same load and PV would have set without the battery (a second :class:`DemandTracker`), what the battery
+  saved this month, demand charge included (:meth:`Accounting.month_value`);
 - :class:`Accounting` — what the controller calls every cycle: integrates the measured powers over the time
   since the previous cycle (a gap of more than :data:`MAX_ACCOUNTED_GAP_CYCLES` cycles is not integrated: the
   controller was not running) and looks up the tariff's prices (cached per minute).
 
-Both are kept across restarts in the state file (``controller.state_store``) as :class:`StoredDemand` and
-:class:`StoredEnergy`.
+All are kept across restarts in the state file (``controller.state_store``) as :class:`StoredDemand`,
+:class:`StoredEnergy` and :class:`StoredMonth`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,25 @@ class StoredEnergy(StoredValue):
     discharge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     cost: float = Field(0.0, allow_inf_nan=False)
     cost_no_battery: float = Field(0.0, allow_inf_nan=False)
+
+
+class StoredMonth(StoredValue):
+    """The ``month`` value: :meth:`MonthCounters.to_dict`."""
+
+    month: MonthLabel | None = None
+    cost: float = Field(0.0, allow_inf_nan=False)
+    cost_no_battery: float = Field(0.0, allow_inf_nan=False)
+
+
+def energy_money(grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float, import_price: float,
+                 export_price: float, export_cap_kw: float) -> tuple[float, float, float]:
+    """One interval of ``dt_h`` [h] at the measured powers [kW] and the prices [currency/kWh]: what the measured
+    import and export cost, what the same load and PV would have cost with no battery (grid = load − PV, export
+    beyond the cap curtailed) [currency], and that grid power [kW]."""
+    grid_nb = max(grid_kw + battery_kw, -export_cap_kw)
+    cost = (max(0.0, grid_kw) * import_price - max(0.0, -grid_kw) * export_price) * dt_h
+    cost_nb = (max(0.0, grid_nb) * import_price - max(0.0, -grid_nb) * export_price) * dt_h
+    return cost, cost_nb, grid_nb
 
 
 
@@ -232,8 +254,9 @@ class EnergyCounters:
     KEY = "energy"
 
     def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
-            import_price: float, export_price: float, export_cap_kw: float) -> None:
-        """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]."""
+            import_price: float, export_price: float, export_cap_kw: float) -> tuple[float, float, float]:
+        """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]; the
+        cycle's :func:`energy_money`."""
         if day != self.day:
             for f in fields(self):
                 setattr(self, f.name, f.default)
@@ -245,9 +268,10 @@ class EnergyCounters:
         self.load_kwh += load_kw * dt_h
         self.discharge_kwh += max(0.0, battery_kw) * dt_h
         self.charge_kwh += max(0.0, -battery_kw) * dt_h
-        self.cost += (max(0.0, grid_kw) * import_price - max(0.0, -grid_kw) * export_price) * dt_h
-        grid_nb = max(load_kw - pv_kw, -export_cap_kw)
-        self.cost_no_battery += (max(0.0, grid_nb) * import_price - max(0.0, -grid_nb) * export_price) * dt_h
+        money = energy_money(grid_kw, pv_kw, battery_kw, dt_h, import_price, export_price, export_cap_kw)
+        self.cost += money[0]
+        self.cost_no_battery += money[1]
+        return money
 
     @property
     def saved(self) -> float:
@@ -264,6 +288,37 @@ class EnergyCounters:
         if data is None:
             return cls()
         return cls(**data.model_dump(include={f.name for f in fields(cls)}))
+
+
+@dataclass
+class MonthCounters:
+    """One billing month's energy money [currency]: ``cost`` measured, ``cost_no_battery`` the same load and PV
+    with no battery (:func:`energy_money`); demand charges are :meth:`Accounting.month_value`'s."""
+
+    month: str | None = None
+    cost: float = 0.0
+    cost_no_battery: float = 0.0
+
+    KEY = "month"
+
+    def add(self, month: str, cost: float, cost_no_battery: float) -> None:
+        """Add one cycle's money [currency] to billing month ``month`` (a new month starts from zero)."""
+        if month != self.month:
+            self.month, self.cost, self.cost_no_battery = month, 0.0, 0.0
+        self.cost += cost
+        self.cost_no_battery += cost_no_battery
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_stored(cls, data: StoredMonth | None) -> MonthCounters:
+        """Counters from a checked :meth:`to_dict` output (zero when there is none)."""
+        return cls() if data is None or data.month is None else cls(data.month, data.cost, data.cost_no_battery)
+
+
+NO_BATTERY_DEMAND_KEY = "demand_no_battery"
+"""State-file key of the demand tracker of the import without the battery (a :class:`StoredDemand`)."""
 
 
 class Accounting:
@@ -299,11 +354,15 @@ class Accounting:
             return charge.window_minutes if charge else demand_interval_minutes
 
         self.demand = DemandTracker(tariff.billing_month, timezone, window_minutes)
+        #: The demand the same load and PV would have set with no battery (for :meth:`month_value`).
+        self.demand_no_battery = DemandTracker(tariff.billing_month, timezone, window_minutes)
         self.energy = EnergyCounters()
+        self.month = MonthCounters()
         self._last_ts: datetime | None = None
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None
         self._peak_period: tuple[str, str] | None = None  # (peak_at, its tariff period)
         self._charges: dict[str, DemandCharge | None] = {}  # billing month → the demand charge it is billed on
+        self._rates: dict[str, float] = {}  # billing month → its demand rate with VAT
 
     def month_peak(self, now: datetime) -> dict[str, Any]:
         """The month-to-date peak for the state's ``demand``: ``month_peak_kw`` [kW], ``month_peak_at`` (when it was
@@ -340,6 +399,34 @@ class Accounting:
         billed = billed_demand_kw(charge, month, self.demand.month_peaks(), self.billed_peaks_kw)
         return max(month_kw, billed or 0.0)
 
+    def month_value(self, now: datetime) -> dict[str, Any]:
+        """What the battery saved so far in the billing month of ``now``, for the state's ``month``: ``energy_cost``,
+        ``energy_cost_no_battery``, ``energy_saved`` [currency]; under a demand charge ``billed_kw`` and
+        ``billed_kw_no_battery`` (the demand billed so far, :meth:`billed_demand_kw`, and the same rule on the
+        import without the battery) [kW], ``demand_charge``, ``demand_charge_no_battery`` (billed × the rate with
+        VAT, :meth:`~optimizer.tariff.SiteTariff.demand_rate_gross`) and ``demand_saved`` [currency], else None
+        and 0; ``saved`` = energy + demand saved [currency]. The demand charge so far is what the month would be
+        billed if it ended now: its peak can still rise."""
+        month = self.tariff.billing_month(now)
+        same = self.month.month == month
+        cost = self.month.cost if same else 0.0
+        cost_nb = self.month.cost_no_battery if same else 0.0
+        charge = self._charge(month)
+        billed = billed_nb = None
+        demand = demand_nb = 0.0
+        if charge is not None:
+            if month not in self._rates:
+                self._rates[month] = self.tariff.demand_rate_gross(month)
+            rate = self._rates[month]
+            billed = self.billed_demand_kw(now)
+            billed_nb = max(self.demand_no_battery.month_peak_kw(now), billed_demand_kw(
+                charge, month, self.demand_no_battery.month_peaks(), self.billed_peaks_kw) or 0.0)
+            demand, demand_nb = billed * rate, billed_nb * rate
+        return {"month": month, "energy_cost": cost, "energy_cost_no_battery": cost_nb, "energy_saved": cost_nb - cost,
+                "billed_kw": billed, "billed_kw_no_battery": billed_nb, "demand_charge": demand,
+                "demand_charge_no_battery": demand_nb, "demand_saved": demand_nb - demand,
+                "saved": (cost_nb - cost) + (demand_nb - demand)}
+
     def prices(self, now: datetime) -> dict[str, Any]:
         """The tariff at ``now``: ``period``, ``import_price`` (with VAT), ``export_price`` [currency/kWh],
         ``currency``; looked up once per minute."""
@@ -354,8 +441,9 @@ class Accounting:
     def add(self, now: datetime, grid_kw: float | None, pv_kw: float | None, battery_kw: float | None) -> float:
         """Account one cycle's measured powers [kW] (``None``: missing) over the time since the previous cycle.
 
-        The demand interval takes the grid power whenever it is measured; the energy counters need all
-        three. Returns that time [h] (0 at the first cycle and after a gap)."""
+        The demand interval takes the grid power whenever it is measured; the energy counters, the month's money
+        and the demand without the battery need all three. The time is priced at its start (as a bill prices a
+        step). Returns that time [h] (0 at the first cycle and after a gap)."""
         dt_h = 0.0
         if self._last_ts is not None:
             dt_s = (now - self._last_ts).total_seconds()
@@ -367,17 +455,24 @@ class Accounting:
         self.demand.add(now, grid_kw, dt_h)
         if pv_kw is None or battery_kw is None:
             return dt_h
-        prices = self.prices(now)
-        day = now.astimezone(self._zone).date().isoformat()
-        self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"], prices["export_price"],
-                        self.export_cap_kw)
+        start = now - timedelta(hours=dt_h)
+        prices = self.prices(start)
+        day = start.astimezone(self._zone).date().isoformat()
+        cost, cost_nb, grid_nb = self.energy.add(day, grid_kw, pv_kw, battery_kw, dt_h, prices["import_price"],
+                                                 prices["export_price"], self.export_cap_kw)
+        self.month.add(self.tariff.billing_month(start), cost, cost_nb)
+        self.demand_no_battery.add(now, grid_nb, dt_h)
         return dt_h
 
-    def restore(self, demand: StoredDemand | None, energy: StoredEnergy | None) -> None:
+    def restore(self, demand: StoredDemand | None, energy: StoredEnergy | None, month: StoredMonth | None = None,
+                demand_no_battery: StoredDemand | None = None) -> None:
         """Resume from checked stored values (``None``: start from zero)."""
         self.demand.restore(demand)
         self.energy = EnergyCounters.from_stored(energy)
+        self.month = MonthCounters.from_stored(month)
+        self.demand_no_battery.restore(demand_no_battery)
 
     def stored(self) -> dict[str, dict]:
         """What to keep in the state file: key → JSON-ready value."""
-        return {DemandTracker.KEY: self.demand.to_dict(), EnergyCounters.KEY: self.energy.to_dict()}
+        return {DemandTracker.KEY: self.demand.to_dict(), EnergyCounters.KEY: self.energy.to_dict(),
+                MonthCounters.KEY: self.month.to_dict(), NO_BATTERY_DEMAND_KEY: self.demand_no_battery.to_dict()}

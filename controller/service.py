@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.accounting import (
+    NO_BATTERY_DEMAND_KEY,
+    Accounting,
+    DemandTracker,
+    EnergyCounters,
+    MonthCounters,
+    StoredDemand,
+    StoredEnergy,
+    StoredMonth,
+)
 from controller.assets import WRITE_FAILED, Assets
 from controller.audit import AuditLog
 from controller.bus import ALARM, PLAN, STATE, Bus
@@ -225,7 +234,8 @@ class Controller:
                 s.delete(key)
             return value
 
-        self.accounting.restore(read(DemandTracker.KEY, StoredDemand), read(EnergyCounters.KEY, StoredEnergy))
+        self.accounting.restore(read(DemandTracker.KEY, StoredDemand), read(EnergyCounters.KEY, StoredEnergy),
+                                read(MonthCounters.KEY, StoredMonth), read(NO_BATTERY_DEMAND_KEY, StoredDemand))
         plan = s.get("plan")
         if plan:
             try:
@@ -495,6 +505,7 @@ class Controller:
             "plan": plan_info,
             "tariff": self.accounting.prices(now),
             "today": self.accounting.energy.to_dict(),
+            "month": self.accounting.month_value(now),
             "demand": {"month": self.demand.month, **self.accounting.month_peak(now),
                        "interval_avg_kw": self.demand.current_average_kw(),
                        "import_cap_kw": self.config.grid.import_cap_kw, **self._outlook_fields()},

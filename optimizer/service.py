@@ -69,7 +69,7 @@ class TariffSteps:
             label = str(np.datetime_as_string(m, unit="M"))
             charge = tariff.billed_demand_charge(label)
             if charge is not None:
-                rates[i] = charge.rate_per_kw_month * (1.0 + tariff.vat_rate(tariff.month_start(label)))
+                rates[i] = tariff.demand_rate_gross(label)
                 window_minutes = window_minutes or charge.window_minutes
                 billed_months = billed_months or charge.months_billed
         window = window_starts(loc, window_minutes) if window_minutes else np.arange(len(starts))

@@ -282,6 +282,13 @@ class SiteTariff:
             raise ValueError(f"tariff {self.tariff.name} has no VAT rate for {day}")
         return entry.rate
 
+    def demand_rate_gross(self, month: str) -> float:
+        """What billing month ``month`` pays per kW of billed demand: the rate of its demand charge
+        (:meth:`billed_demand_charge`) with the VAT in force on its 1st, as a bill adds it; 0 without one.
+        [currency/(kW·month)]"""
+        charge = self.billed_demand_charge(month)
+        return 0.0 if charge is None else charge.rate_per_kw_month * (1.0 + self.vat_rate(self.month_start(month)))
+
     def demand_charge(self, at: datetime) -> DemandCharge | None:
         """The demand charge in force on the local day of ``at``; None if the tariff has none then."""
         spec = self.tariff.in_force("demand_charges", self._local_day(at))

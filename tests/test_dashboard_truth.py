@@ -181,6 +181,11 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
                            "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
+        # the month so far: the day's negative energy figure is the price of a capacity charge 200 kW lower
+        state["month"] = {"month": "2026-05", "energy_cost": 9.0e7, "energy_cost_no_battery": 8.9e7,
+                          "energy_saved": -1.0e6, "billed_kw": 950.0, "billed_kw_no_battery": 1150.0,
+                          "demand_charge": 2.4e8, "demand_charge_no_battery": 2.9e8, "demand_saved": 5.0e7,
+                          "saved": 4.9e7}
         site.bus.publish("state", state)
         await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
         assert await page.text_content("#mtd-cap") == "1,200.0 kW"
@@ -207,6 +212,10 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert "Expected saving by the end of today (plan): ₫78,310." in said
         assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
         assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
+        assert await page.text_content("#saved-month") == "₫49,000,000"
+        assert await page.text_content("#month-explain") == (
+            "Energy -₫1,000,000. Capacity charge ₫50,000,000: billed on 950.0 kW so far, 1,150.0 kW without the "
+            "battery (the month's peak can still rise until it ends).")
         assert not await page.is_visible("#mtd-billed")   # billed on the month's own peak: no row
         # a 12-month basis: the month is billed on 1,300 kW of an earlier month, which the plan holds too
         state["demand"] = {**state["demand"], "billed_kw": 1300.0, "hold_kw": 1300.0}

@@ -256,6 +256,10 @@ def _blocks() -> tuple[Block, ...]:
         _f32("billed_kw", "kW", "demand the month is billed on so far: the month-to-date peak, under a 12-month "
              "basis the highest of it and the 11 months before (NaN without a demand charge)",
              path("demand", "billed_kw")),
+        _f32("month_saved", "currency", "what the battery saved so far this billing month, energy and demand charge "
+             "(state month.saved)", path("month", "saved")),
+        _f32("month_demand_saved", "currency", "of it, the demand charge: the month's billed demand without the "
+             "battery less with it, times the rate with VAT (state month.demand_saved)", path("month", "demand_saved")),
     ))
     alarms = Block(4, "alarms", 400, (
         Field("active_count", Kind.U16, "count", "alarms active", lambda s: len(s["alarms"])

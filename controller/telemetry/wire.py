@@ -171,6 +171,21 @@ class Today(_Part):
     saved: Number = Field(description="[currency] cost_no_battery − cost")
 
 
+class MonthValue(_Part):
+    """What the battery saved so far in the billing month (controller.accounting.Accounting.month_value) [currency]"""
+    month: str = Field(description="billing month, YYYY-MM")
+    energy_cost: Number = Field(description="[currency] measured import and export at the energy prices")
+    energy_cost_no_battery: Number = Field(description="[currency] the same load and PV without the battery")
+    energy_saved: Number = Field(description="[currency] energy_cost_no_battery − energy_cost")
+    billed_kw: OptionalNumber = Field(description="[kW] demand billed so far (demand.billed_kw); null without a "
+                                                  "demand charge")
+    billed_kw_no_battery: OptionalNumber = Field(description="[kW] the same without the battery")
+    demand_charge: Number = Field(description="[currency] billed_kw × the demand rate with VAT (0 without one)")
+    demand_charge_no_battery: Number = Field(description="[currency] billed_kw_no_battery × the same rate")
+    demand_saved: Number = Field(description="[currency] demand_charge_no_battery − demand_charge")
+    saved: Number = Field(description="[currency] energy_saved + demand_saved")
+
+
 class Demand(_Part):
     month: str | None = Field(description="billing month of the peak")
     month_peak_kw: OptionalNumber = Field(description="[kW] highest demand-interval average import this month")
@@ -308,6 +323,7 @@ class StateMessage(_Part):
     plan: PlanStep | None = None
     tariff: Prices | Absent = None
     today: Today | Absent = None
+    month: MonthValue | Absent = None
     demand: Demand | Absent = None
     alarms: list[str] | Absent = Field(None, description="Active alarm codes")
     validation: Validation | Absent = None

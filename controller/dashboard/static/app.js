@@ -227,6 +227,18 @@ function renderMoney(s) {
       : "explain.negative_losses"));
   }
   $("saved-explain").textContent = parts.join(" ");
+  // the billing month so far, demand (capacity) charge included: under a two-part tariff most of the value
+  const m = s && s.month ? s.month : null;
+  $("saved-month").textContent = money(m ? m.saved : null);
+  const month = [];
+  if (m) {
+    month.push(fill(t("explain.month_energy"), { energy: money(m.energy_saved) }));
+    if (m.billed_kw !== null && m.billed_kw !== undefined) {
+      month.push(fill(t("explain.month_demand"), { demand: money(m.demand_saved), billed: kw(m.billed_kw),
+        nobattery: kw(m.billed_kw_no_battery) }));
+    }
+  }
+  $("month-explain").textContent = month.join(" ");
   const load = v("load_kwh"), imp = v("import_kwh"), pv = v("pv_kwh"), exp = v("export_kwh");
   $("self-sufficiency").textContent = load > 0 && imp !== null ? pct(100 * Math.max(0, load - imp) / load) : "–";
   $("self-consumption").textContent = pv > 0 && exp !== null ? pct(100 * Math.max(0, pv - exp) / pv) : "–";
