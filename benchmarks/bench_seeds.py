@@ -12,6 +12,11 @@ Two worker processes, one year each.
 
 Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--seeds 7 11 23 42]
           [--set demand_floor_stress_level=0.5 ...] [--days N] [--day-ahead PCT [--no-band | --band-width W]]
+          [--tariff PRESET] [--battery wear_cost_per_kwh=1 ...]
+
+``--tariff PRESET`` runs the years on another shipped tariff (e.g. ``jp-high-voltage-illustrative``: a 12-month
+demand basis); the scenario's costs stay in its own currency, so give the battery's wear cost in the tariff's
+with ``--battery wear_cost_per_kwh=…`` (the Nam Cau Kien scenarios' 150 VND/kWh ≈ 0.9 JPY/kWh).
 
 ``--day-ahead PCT`` gives the MPC a day-ahead PV forecast from outside of PCT % daily error (as
 `bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast"), with its P10/P90 band
@@ -46,10 +51,12 @@ P90_Z = 1.2816
 
 
 def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int | None,
-                    day_ahead: dict[str, object] | None = None) -> Scenario:
+                    day_ahead: dict[str, object] | None = None, tariff: str | None = None,
+                    battery: dict[str, object] | None = None) -> Scenario:
     """A shipped scenario with a synthetic year on ``seed``, ``planner`` settings changed, optionally cut to its
-    first ``days`` days and with a day-ahead PV forecast (``data.pv_forecast``, e.g. ``{"daily_error_pct": 20,
-    "band": True}``). Raises ValueError for a scenario on measured (CSV) data."""
+    first ``days`` days, with a day-ahead PV forecast (``data.pv_forecast``, e.g. ``{"daily_error_pct": 20,
+    "band": True}``), on another shipped ``tariff`` preset and with ``battery`` fields changed. Raises ValueError
+    for a scenario on measured (CSV) data."""
     base = load_scenario(SCENARIOS / f"{name}.yaml")
     data = base.model_dump()
     if data["data"].get("synthetic") is None:
@@ -60,6 +67,9 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     if day_ahead is not None:
         data["data"]["pv_forecast"] = dict(day_ahead)
     data["planner"].update(planner)
+    if tariff is not None:
+        data["tariff"] = {**data["tariff"], "preset": tariff, "file": None}
+    data["battery"].update(battery or {})
     out = Scenario.model_validate(data)
     out._base_dir = base.base_dir
     return out
@@ -92,11 +102,12 @@ def two_part_years(program: str, args: argparse.Namespace,
 
 
 def scenario_or_exit(program: str, name: str, seed: int, planner: dict[str, object], days: int | None,
-                     day_ahead: dict[str, object] | None = None) -> None:
+                     day_ahead: dict[str, object] | None = None, tariff: str | None = None,
+                     battery: dict[str, object] | None = None) -> None:
     """Make the first year's scenario at once (:func:`seeded_scenario`), so that a bad scenario or setting stops
     ``program`` here with its error, not in a worker process."""
     try:
-        seeded_scenario(name, seed, planner, days, day_ahead)
+        seeded_scenario(name, seed, planner, days, day_ahead, tariff, battery)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"{program}: {name}{f' with {planner}' if planner else ''}: {exc}") from None
 
@@ -115,28 +126,33 @@ def pooled_shares(years: list[dict[str, float]], variants: list[str] | tuple[str
 
 
 def seed_year(name: str, seed: int, planner: dict[str, object], days: int | None,
-              day_ahead: dict[str, object] | None = None) -> dict[str, float]:
+              day_ahead: dict[str, object] | None = None, tariff: str | None = None,
+              battery: dict[str, object] | None = None) -> dict[str, float]:
     """Battery value of MPC and of perfect foresight on one seed's year: the saving against PV only as the study
-    counts it (:func:`simulations.runner.battery_savings`). [currency/yr]"""
+    counts it (:func:`simulations.runner.battery_savings`) [currency/yr]; and each strategy's billed demand per
+    month [kW]."""
     t0 = time.perf_counter()
-    result = run(seeded_scenario(name, seed, planner, days, day_ahead),
+    result = run(seeded_scenario(name, seed, planner, days, day_ahead, tariff, battery),
                  strategies=["pv_only", "mpc", "perfect_foresight"])
     value = battery_savings(result)
+    demand = {f"billed_kw_{name}": [round(m.demand_kw, 1) if m.demand_kw is not None else None
+                                    for m in result.results[name].bill.months]
+              for name in ("pv_only", "mpc", "perfect_foresight")}
     return {"seed": seed, "value_mpc": value["mpc"], "value_pf": value["perfect_foresight"],
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, **demand}
 
 
-def parse_settings(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` planner settings, each value read as JSON (numbers, true/false, null)."""
+def parse_settings(pairs: list[str], option: str = "--set") -> dict[str, object]:
+    """``key=value`` settings given with ``option``, each value read as JSON (numbers, true/false, null)."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise SystemExit(f"{option} expects key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise SystemExit(f"--set {key}: {value!r} is not a number, true, false or null") from exc
+            raise SystemExit(f"{option} {key}: {value!r} is not a number, true, false or null") from exc
     return out
 
 
@@ -152,21 +168,28 @@ def main() -> int:
     parser.add_argument("--no-band", action="store_true", help="the day-ahead forecast without its P10/P90 band")
     parser.add_argument("--band-width", type=float, default=1.0, metavar="W",
                         help="the day-ahead band W times as wide as the calibrated one")
+    parser.add_argument("--tariff", default=None, metavar="PRESET", help="run the years on this shipped tariff")
+    parser.add_argument("--battery", dest="battery", action="append", default=[], metavar="KEY=VALUE",
+                        help="a battery field for every year (repeatable), e.g. wear_cost_per_kwh=1")
     args = parser.parse_args()
     planner = parse_settings(args.settings)
+    battery = parse_settings(args.battery, "--battery")
     day_ahead = None if args.day_ahead is None else {"daily_error_pct": args.day_ahead, "band": not args.no_band,
                                                      "band_width": args.band_width}
     command = " ".join(["python benchmarks/bench_seeds.py", args.scenario, "--seeds", *map(str, args.seeds)]
                        + [f"--set {pair}" for pair in args.settings] + ([f"--days {args.days}"] if args.days else [])
                        + ([f"--day-ahead {args.day_ahead:g}"] if args.day_ahead is not None else [])
                        + (["--no-band"] if args.no_band else [])
-                       + ([f"--band-width {args.band_width:g}"] if args.band_width != 1.0 else []))
+                       + ([f"--band-width {args.band_width:g}"] if args.band_width != 1.0 else [])
+                       + ([f"--tariff {args.tariff}"] if args.tariff else [])
+                       + [f"--battery {pair}" for pair in args.battery])
     print(f"reproduce: {command}", flush=True)
-    scenario_or_exit("bench_seeds", args.scenario, args.seeds[0], planner, args.days, day_ahead)
+    scenario_or_exit("bench_seeds", args.scenario, args.seeds[0], planner, args.days, day_ahead, args.tariff,
+                     battery)
+    n = len(args.seeds)
     with ProcessPoolExecutor(max_workers=2) as pool:
-        years = list(pool.map(seed_year, [args.scenario] * len(args.seeds), args.seeds,
-                              [planner] * len(args.seeds), [args.days] * len(args.seeds),
-                              [day_ahead] * len(args.seeds)))
+        years = list(pool.map(seed_year, [args.scenario] * n, args.seeds, [planner] * n, [args.days] * n,
+                              [day_ahead] * n, [args.tariff] * n, [battery] * n))
     for year in years:
         ratio = year["value_mpc"] / year["value_pf"] if year["value_pf"] else float("nan")
         year["ratio"] = ratio
@@ -175,7 +198,8 @@ def main() -> int:
     total_pf = sum(year["value_pf"] for year in years)
     pooled = sum(year["value_mpc"] for year in years) / total_pf if total_pf else None
     print(f"pooled over {len(years)} years: {pooled:.4f}" if pooled is not None else "pooled: no battery value")
-    print(json.dumps({"command": command, "scenario": args.scenario, "planner": planner,
+    print(json.dumps({"command": command, "scenario": args.scenario, "tariff": args.tariff, "battery": battery,
+                      "planner": planner,
                       "day_ahead_error_pct": args.day_ahead, "day_ahead_band": not args.no_band,
                       "day_ahead_band_width": args.band_width,
                       "pooled_ratio": pooled,

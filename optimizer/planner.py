@@ -90,8 +90,9 @@ class PlanInputs:
     soc0_kwh : float
         Measured SOC at the start of the first step (may lie outside the window). [kWh]
     month_peak_kw : float or sequence of float
-        Peak import already reached in the billing month(s): a scalar for the first month in the
-        horizon (later months start at 0), or one value per billing month present. [kW]
+        Demand already billed in the billing month(s) — the peak already reached, and under a 12-month basis the
+        11 months before too: a scalar for the first month in the horizon (later months start at 0), or one value
+        per billing month present. [kW]
     demand_charge_per_kw : float
         Demand charge per kW of monthly peak (0 = none). [currency/kW/month]
     peak_billed_months : int
