@@ -32,7 +32,7 @@ def test_every_query_reads_the_bucket_set_on_the_datasource() -> None:
 
 
 def test_money_panels_are_in_vnd() -> None:
-    assert _panel("Saved today")["fieldConfig"]["defaults"]["unit"] == "suffix: VND"
+    assert _panel("Saved by the battery")["fieldConfig"]["defaults"]["unit"] == "suffix: VND"
     assert _panel("Prices")["fieldConfig"]["defaults"]["unit"] == "suffix: VND/kWh"
 
 
@@ -52,3 +52,13 @@ def test_month_to_date_peak_panel_reads_the_controllers_demand_fields() -> None:
     cap = next(o for o in panel["fieldConfig"]["overrides"] if "import_cap" in o["matcher"]["options"])
     names = {p["id"]: p["value"] for p in cap["properties"]}
     assert names["displayName"] == "contracted capacity" and names["custom.lineStyle"]["fill"] == "dash"
+
+
+def test_the_saved_panel_shows_today_and_the_month_with_its_demand_charge() -> None:
+    panel = _panel("Saved by the battery")
+    query = panel["targets"][0]["query"]
+    written = written_fields()
+    for field in ("today_saved", "month_saved", "month_demand_saved"):
+        assert f'r._field == "{field}"' in query and ("ems_state", field) in written
+    names = {o["matcher"]["options"]: o["properties"][0]["value"] for o in panel["fieldConfig"]["overrides"]}
+    assert names[".*month_demand_saved.*"] == "of it, demand charge"
