@@ -391,13 +391,15 @@ class Accounting:
         already billed: under a demand charge :func:`optimizer.billing.billed_demand_kw` of the months' peaks
         (the month-to-date peak, and under a 12-month basis the 11 months before it too; with the peaks billed
         before the controller measured them); without one the month-to-date peak. [kW]"""
-        month_kw = self.demand.month_peak_kw(now)
+        return self._billed(self.demand, now)
+
+    def _billed(self, tracker: DemandTracker, now: datetime) -> float:
+        """:meth:`billed_demand_kw` of the peaks ``tracker`` measured. [kW]"""
         month = self.tariff.billing_month(now)
         charge = self._charge(month)
         if charge is None:
-            return month_kw
-        billed = billed_demand_kw(charge, month, self.demand.month_peaks(), self.billed_peaks_kw)
-        return max(month_kw, billed or 0.0)
+            return tracker.month_peak_kw(now)
+        return billed_demand_kw(charge, month, tracker.month_peaks(), self.billed_peaks_kw) or 0.0
 
     def month_value(self, now: datetime) -> dict[str, Any]:
         """What the battery saved so far in the billing month of ``now``, for the state's ``month``: ``energy_cost``,
@@ -418,9 +420,7 @@ class Accounting:
             if month not in self._rates:
                 self._rates[month] = self.tariff.demand_rate_gross(month)
             rate = self._rates[month]
-            billed = self.billed_demand_kw(now)
-            billed_nb = max(self.demand_no_battery.month_peak_kw(now), billed_demand_kw(
-                charge, month, self.demand_no_battery.month_peaks(), self.billed_peaks_kw) or 0.0)
+            billed, billed_nb = self._billed(self.demand, now), self._billed(self.demand_no_battery, now)
             demand, demand_nb = billed * rate, billed_nb * rate
         return {"month": month, "energy_cost": cost, "energy_cost_no_battery": cost_nb, "energy_saved": cost_nb - cost,
                 "billed_kw": billed, "billed_kw_no_battery": billed_nb, "demand_charge": demand,
