@@ -443,7 +443,7 @@ class PlanKeeper:
         target = max(target, recharge_floor_kw(self.peak_target, self.settings, grid, tariff, pv_kw, load_kw, risk,
                                                site))
         return plan_inputs(grid, tariff, pv_kw, load_kw, replace(site, fixed_battery_kw=fixed), risk,
-                           self.settings.demand_risk_margin, target)
+                           self.settings.risk_margin(tariff.peak_billed_months), target)
 
     def _solve(self, now: datetime, site: SiteState) -> Plan:
         return self.planner.plan(self.inputs(now, site), created_at=now)

@@ -375,7 +375,8 @@ class Mpc:
             target = self.peak_target(*self._history_views(t, ctx), int(grid.starts_ns[0]),
                                       float(grid.duration_h[0]), tariff.window_h)
         target = max(target, self.recharge_floor(t, grid, tariff, pv, load, risk, state))
-        inputs = plan_inputs(grid, tariff, pv, load, state, risk, self.settings.demand_risk_margin, target)
+        inputs = plan_inputs(grid, tariff, pv, load, state, risk, self.settings.risk_margin(tariff.peak_billed_months),
+                             target)
         try:
             schedule, info = self.planner.schedule(inputs)
         except PlannerError as exc:

@@ -23,11 +23,12 @@ from controller.accounting import Accounting, DemandTracker, StoredDemand
 from optimizer import costs
 from optimizer.billing import billed_demand_kw
 from optimizer.planner import PlanInputs, Planner
+from optimizer.service import SiteState
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 from optimizer.tariff import DemandCharge, Tariff, load_tariff
 from optimizer.timegrid import regular_grid
 from simulations.runner import SeriesData, make_strategy, price_inputs, simulate
-from tests.test_one_path import scenario
+from tests.test_one_path import KnownSeries, factory_day, scenario
 
 TZ = "Asia/Ho_Chi_Minh"
 MONTH_MAX = DemandCharge(1000.0, "month_max", 30)
@@ -207,3 +208,29 @@ async def test_the_controller_takes_the_twelve_months_level_as_held(tmp_path):
         assert demand["shed_to_hold_kw"] == 0.0 and DEMAND_ALARM not in state["alarms"]
     finally:
         controller.store.close()
+
+
+class RiskySeries(KnownSeries):
+    """The known day as the forecast source, with a net-load risk of 40 kW on every step."""
+
+    def peak_risk(self, grid, pv_kw, load_kw):
+        return np.full(len(grid), 40.0)
+
+
+@pytest.mark.parametrize(("tariff", "margin"), [("jp-high-voltage-illustrative", 0.75), ("evn-two-part-22kv", 0.0)])
+def test_a_12_month_basis_plans_on_the_loads_upper_error(tariff, margin):
+    """A peak the forecast missed costs a year of the rate under a 12-month basis: the plan is made on the load
+    forecast plus ``planner.demand_risk_margin_12_month`` (0.75) × the risk; under the EVN pilot's month maximum on the
+    forecast plus ``demand_risk_margin`` (0) × the risk, as before."""
+    from controller.planning import PlanKeeper
+
+    sc = scenario(tariff)
+    site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    day = factory_day()
+    source = RiskySeries(day.starts.as_unit("ns").asi8, day.pv_kw, day.load_kw)
+    keeper = PlanKeeper(Planner(sc.battery.spec(), sc.grid, sc.planner, sc.planner.horizon_steps), sc.planner,
+                        sc.grid, site_tariff, source, sc.dispatch.follow_tol_kw)
+    now = day.starts[8].to_pydatetime()
+    inputs = keeper.inputs(now, SiteState(soc_kwh=500.0))
+    assert sc.planner.risk_margin(12) == 0.75 and sc.planner.risk_margin(1) == 0.0
+    np.testing.assert_allclose(inputs.load_kw, day.load_kw[8:8 + len(inputs.load_kw)] + 40.0 * margin)
