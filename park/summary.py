@@ -11,7 +11,8 @@ and a fourth once per completed demand window: the sites' coincident month peak 
 
 The InfluxDB sink writes the fields (docs/telemetry.md): powers in kW (grid + import, battery +
 discharge), SOC in %, ``mode_code`` (:data:`controller.modes.MODE_CODES`), today's counters (site-local
-day) and the demand figures (``demand_month_peak_kw``, ``demand_import_cap_kw``: the contracted
+day), what the battery saved this billing month (``month_saved``, of it ``month_demand_saved``) and the demand
+figures (``demand_month_peak_kw``, ``demand_import_cap_kw``: the contracted
 capacity; ``demand_month_peak_at_s``: when the month's peak was set, Unix time). CO2 avoided today =
 (PV kWh − export kWh) × the grid factor: PV used on site replaces grid energy; the park total is the sum of the
 sites reporting.
@@ -34,10 +35,11 @@ FIELDS = {"grid_kw": "grid_kw", "pv_kw": "pv_kw", "battery_kw": "battery_kw", "l
           "soc_pct": "soc_pct", "mode_code": "mode_code", "setpoints_safe": "safe",
           "alarms_active": "alarms_active", "today_saved": "saved_today", "today_pv_kwh": "pv_kwh_today",
           "today_export_kwh": "export_kwh_today", "demand_month_peak_kw": "month_peak_kw",
-          "demand_import_cap_kw": "import_cap_kw", "demand_month_peak_at_s": "month_peak_at_s"}
+          "demand_import_cap_kw": "import_cap_kw", "demand_month_peak_at_s": "month_peak_at_s",
+          "month_saved": "saved_month", "month_demand_saved": "demand_saved_month"}
 """``ems_state`` field → key of a site in the summary."""
-SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "co2_avoided_kg_today", "alarms_active",
-          "import_cap_kw", "month_peak_kw")
+SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "saved_month", "demand_saved_month",
+          "co2_avoided_kg_today", "alarms_active", "import_cap_kw", "month_peak_kw")
 """Site keys the park total adds up (over the sites that report them)."""
 MODE_NAMES = {code: mode.value for mode, code in MODE_CODES.items()}
 
@@ -82,10 +84,11 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity;
     ``shedding`` counts the sites asked to shed load now, alarm ``demand_peak_rising``); each site ``{site,
     reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe, alarms_active,
-    alarms [codes], saved_today [currency], pv_kwh_today, export_kwh_today [kWh], co2_avoided_kg_today [kg],
-    month_peak_kw, import_cap_kw [kW], peak_of_cap_pct [%], month_peak_at (UTC ISO 8601 start of the demand
-    interval that set the month's peak), park_peak_share_kw (its average grid power in the window that set the
-    coincident peak) [kW]}``; a value the site did not report is ``None``.
+    alarms [codes], saved_today, saved_month, demand_saved_month (of it the demand charge) [currency],
+    pv_kwh_today, export_kwh_today [kWh], co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW],
+    peak_of_cap_pct [%], month_peak_at (UTC ISO 8601 start of the demand interval that set the month's peak),
+    park_peak_share_kw (its average grid power in the window that set the coincident peak) [kW]}``; a value the
+    site did not report is ``None``.
     """
     values: dict[str, dict[str, float | None]] = {}
     for sample in state:
@@ -125,7 +128,8 @@ def _site(site: str, values: dict[str, float | None] | None, updated_s: float | 
         "safe": bool(safe) if safe is not None else None,
         "alarms_active": round(v["alarms_active"]) if v.get("alarms_active") is not None else None,
         "alarms": alarms,
-        "saved_today": v.get("saved_today"), "pv_kwh_today": pv, "export_kwh_today": export,
+        "saved_today": v.get("saved_today"), "saved_month": v.get("saved_month"),
+        "demand_saved_month": v.get("demand_saved_month"), "pv_kwh_today": pv, "export_kwh_today": export,
         "co2_avoided_kg_today": (pv - export) * grid_factor if pv is not None and export is not None else None,
         "month_peak_kw": peak, "import_cap_kw": cap,
         "peak_of_cap_pct": 100.0 * peak / cap if peak is not None and cap else None,

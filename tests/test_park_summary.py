@@ -100,6 +100,7 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert a["soc_pct"] == 50.3
         assert a["safe"] is False and a["alarms"] == [] and a["alarms_active"] == 0
         assert a["saved_today"] == 1_250_300.0
+        assert (a["saved_month"], a["demand_saved_month"]) == (5.2e7, 5.0e7)   # the state's month block
         assert a["co2_avoided_kg_today"] == pytest.approx(1203 * GRID_FACTOR)           # (PV 1203 − export 0) kWh
         assert (a["month_peak_kw"], a["import_cap_kw"]) == (950.0, 1200.0)
         assert a["peak_of_cap_pct"] == pytest.approx(950 / 1200 * 100)
@@ -117,6 +118,7 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert totals["shedding"] == 1   # site-b's demand watch asks for load to be shed
         assert totals["pv_kw"] == 403 + 411 and totals["grid_kw"] == 321 + (837 - 411 - 89)
         assert totals["saved_today"] == 1_250_300 + 1_251_100 and totals["import_cap_kw"] == 1200 + 1250
+        assert (totals["saved_month"], totals["demand_saved_month"]) == (2 * 5.2e7, 2 * 5.0e7)
         assert totals["co2_avoided_kg_today"] == pytest.approx((1203 + 1200) * GRID_FACTOR)
         assert summary["timezone"] == "Asia/Ho_Chi_Minh"
         # the sites' coincident peak: every complete window of the last two hours holds 321 + 337 kW together;
@@ -153,6 +155,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert await page.text_content("#t-reporting") == "2 / 3"
         assert await page.text_content("#t-shedding") == "1"
         assert await page.text_content("#t-pv_kw") == "814.0 kW"
+        assert await page.text_content(f"{row_b} td.saved-month .set") == "うち基本料金 ₫50,000,000"
+        assert await page.text_content("#t-demand_saved_month") == "うち基本料金 ₫100,000,000"
         if coincident["peak_kw"] is not None:
             assert await page.text_content("#t-coincident_peak") == "658.0 kW"
             hint = await page.text_content("#coincident-hint")

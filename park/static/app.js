@@ -135,6 +135,8 @@ function render() {
   $("t-reporting").textContent = `${tot.reporting} / ${tot.sites}`;
   for (const key of ["grid_kw", "pv_kw", "battery_kw", "load_kw"]) $(`t-${key}`).textContent = kw(tot[key]);
   $("t-saved_today").textContent = money(tot.saved_today);
+  $("t-saved_month").textContent = money(tot.saved_month);
+  $("t-demand_saved_month").textContent = tot.demand_saved_month ? fill(t("of_it_demand"), { amount: money(tot.demand_saved_month) }) : "";
   $("t-co2_avoided_kg_today").textContent = co2(tot.co2_avoided_kg_today);
   $("t-alarms_active").textContent = tot.alarms_active ?? "–";
   $("t-safe").textContent = tot.safe;
@@ -157,7 +159,7 @@ function render() {
     if (!site.reporting) {
       row.className = "silent";
       const td = cell(row, t("not_reporting"), "mode");
-      td.colSpan = 10;
+      td.colSpan = 11;
       body.append(row);
       continue;
     }
@@ -170,6 +172,13 @@ function render() {
     cell(row, kw(site.battery_kw), "battery");
     cell(row, pct(site.soc_pct), "soc");
     cell(row, money(site.saved_today), "saved money");
+    const month = cell(row, money(site.saved_month), "saved-month money");
+    if (site.demand_saved_month) {   // under a demand charge: most of the month's value
+      const part = document.createElement("div");
+      part.className = "set";
+      part.textContent = fill(t("of_it_demand"), { amount: money(site.demand_saved_month) });
+      month.append(part);
+    }
     cell(row, co2(site.co2_avoided_kg_today), "co2");
     cell(row, peakCell(site), "peak");
     const list = document.createElement("ul");
