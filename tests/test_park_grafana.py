@@ -72,6 +72,11 @@ def test_every_query_answers_from_what_the_sink_writes(victoria_metrics: Victori
     co2 = next(e for title, e in targets() if "CO2" in title and "export" in e)
     pv_used_kwh = sum(s["today"]["pv_kwh"] - s["today"]["export_kwh"] for s in states.values())  # 1203 + 1211
     assert abs(value(co2) - pv_used_kwh * float(GRID_FACTOR) / 1000) < 1e-9
+    # what the batteries saved this month, and of it the demand charge: the sites' state month blocks summed
+    savings = next(p for p in dashboard()["panels"] if p["title"] == "Savings and CO2 (park)")
+    month = {t["legendFormat"]: t["expr"].replace("$site", ".*") for t in savings["targets"]}
+    assert value(month["saved this month"]) == sum(s["month"]["saved"] for s in states.values())
+    assert value(month["of it demand charge"]) == sum(s["month"]["demand_saved"] for s in states.values())
     # month-to-date peak against the contracted capacity, per site; the mode as its code
     peak = next(p for p in dashboard()["panels"] if p["title"].startswith("Month-to-date peak"))
     cap_expr = next(t["expr"] for t in peak["targets"] if "import_cap" in t["expr"]).replace("$site", ".*")
