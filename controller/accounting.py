@@ -361,8 +361,8 @@ class Accounting:
         self._last_ts: datetime | None = None
         self._price_cache: tuple[datetime, dict[str, Any]] | None = None
         self._peak_period: tuple[str, str] | None = None  # (peak_at, its tariff period)
-        self._charges: dict[str, DemandCharge | None] = {}  # billing month → the demand charge it is billed on
-        self._rates: dict[str, float] = {}  # billing month → its demand rate with VAT
+        # billing month → the demand charge it is billed on and its rate with VAT (0 without one)
+        self._charges: dict[str, tuple[DemandCharge | None, float]] = {}
 
     def month_peak(self, now: datetime) -> dict[str, Any]:
         """The month-to-date peak for the state's ``demand``: ``month_peak_kw`` [kW], ``month_peak_at`` (when it was
@@ -382,8 +382,13 @@ class Accounting:
 
     def _charge(self, month: str) -> DemandCharge | None:
         """The demand charge billing month ``month`` is billed on (looked up once per month)."""
+        return self._charge_and_rate(month)[0]
+
+    def _charge_and_rate(self, month: str) -> tuple[DemandCharge | None, float]:
+        """The demand charge billing month ``month`` is billed on, and its rate with VAT
+        (:meth:`~optimizer.tariff.SiteTariff.demand_rate_gross`) [currency/(kW·month)]; looked up once per month."""
         if month not in self._charges:
-            self._charges[month] = self.tariff.billed_demand_charge(month)
+            self._charges[month] = (self.tariff.billed_demand_charge(month), self.tariff.demand_rate_gross(month))
         return self._charges[month]
 
     def billed_demand_kw(self, now: datetime) -> float:
@@ -413,13 +418,10 @@ class Accounting:
         same = self.month.month == month
         cost = self.month.cost if same else 0.0
         cost_nb = self.month.cost_no_battery if same else 0.0
-        charge = self._charge(month)
+        charge, rate = self._charge_and_rate(month)
         billed = billed_nb = None
         demand = demand_nb = 0.0
         if charge is not None:
-            if month not in self._rates:
-                self._rates[month] = self.tariff.demand_rate_gross(month)
-            rate = self._rates[month]
             billed, billed_nb = self._billed(self.demand, now), self._billed(self.demand_no_battery, now)
             demand, demand_nb = billed * rate, billed_nb * rate
         return {"month": month, "energy_cost": cost, "energy_cost_no_battery": cost_nb, "energy_saved": cost_nb - cost,
