@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optimizer.forecast import History, LoadForecaster, PVForecaster
-from optimizer.forecast_quantiles import ErrorQuantiles
+from optimizer.forecast_quantiles import ErrorQuantiles, sorted_quantiles
 from optimizer.service import peak_risk_kw
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.timegrid import TimeGrid, regular_grid, regular_grid_ns
@@ -89,6 +91,41 @@ def test_scaled_errors_and_bounds():
     grid = regular_grid(starts[18 * 96], 96, 15)
     out = quantiles.quantiles(grid, history, history.ns, history.values, np.zeros(96))
     assert np.allclose(out, np.minimum(0.1 * scale[:96], 60.0)[None, :])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, -0.0, 1.5, -2.25]), min_size=1,
+                max_size=80),
+       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5))
+def test_quantiles_of_sorted_values_are_numpys_to_the_bit(values, probabilities):
+    # the table's quantiles come from pools kept sorted; they must be numpy.quantile's own values, not nearly
+    x, q = np.array(values), np.array(probabilities)
+    assert np.array_equal(sorted_quantiles(np.sort(x), q), np.quantile(x, q))
+
+
+def test_pools_moving_forward_give_the_quantiles_of_the_hindcasts_kept():
+    # hindcasts come and go as the forecaster moves forward (one issue in, one out per period; equal errors and
+    # missing values among them): each table is numpy.quantile of the errors of exactly the hindcasts kept, pooled
+    # per bucket, as if computed from scratch
+    starts = quarter_hours("2026-03-01", 24)
+    values = np.round((np.arange(len(starts)) * 7919) % 23 / 2.0, 1)  # many equal errors
+    values[::17] = np.nan
+    history = history_of(starts, values)
+    levels = np.array([0.1, 0.9, 0.5])
+    quantiles = ErrorQuantiles(lambda grid, _: np.full(len(grid), 4.0), days=3, issue_every_hours=2, min_errors=5)
+    seen = 0
+    for i in range(4 * 96, 24 * 96 - 96, 7):
+        grid = regular_grid(starts[i], 96, 15)
+        table = quantiles._quantile_table(history, history.ns, history.values, int(grid.starts_ns[0]), 96, 15,
+                                          levels[:2])
+        errors = np.vstack(list(quantiles._errors.values()))
+        bounds = quantiles._bounds
+        for b in range(len(quantiles.edges_ns)):
+            sample = errors[:, bounds[b]:bounds[b + 1]]
+            q = np.quantile(sample[np.isfinite(sample)], levels)
+            assert np.array_equal(table[:, b], q[-1] + (q[:-1] - q[-1]))
+        seen += len(quantiles._errors)
+    assert seen > 0 and len(quantiles._errors) == 3 * 12  # three days of two-hourly issues kept at the end
 
 
 def test_too_little_history_gives_the_point_forecast():
