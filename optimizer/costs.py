@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 #: Violations at or below this are numerical noise, not slack use. [kW or kWh]
 SLACK_TOL = 1e-6
 
+#: Under a demand charge on a flat energy price, how far above its cost (price + wear, over the charge efficiency)
+#: a kWh stored at the horizon end is valued, so that the plan keeps the battery full for the peak it does not
+#: foresee (:func:`terminal_value_per_kwh`). Above the planner's tie-breaks (≤ 1e-4 of the price); measured in
+#: docs/performance.md ("Kept full on a flat price"). [-]
+KEPT_FULL_PREMIUM = 0.01
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -89,11 +95,18 @@ def terminal_value_per_kwh(inputs: PlanInputs, battery: BatterySpec, settings: P
     """Value of 1 kWh stored at the horizon end. [currency/kWh]
 
     ``auto``: the cheapest gross import price in the horizon (floored at 0) × discharge efficiency —
-    what the stored kWh will at least save later by displacing an import. ``none``: 0.
+    what the stored kWh will at least save later by displacing an import. Under a demand charge with one energy
+    price over the whole horizon (a flat tariff: no cheaper window to recharge in later) the stored kWh is worth
+    its defence of a peak the forecast does not see, so it is valued at :data:`KEPT_FULL_PREMIUM` above what it
+    costs to store ((price + wear) / η_c): the plan refills the battery in the headroom under the level it holds.
+    ``none``: 0.
     """
     if settings.terminal_value == "none":
         return 0.0
-    return battery.discharge_efficiency * max(0.0, float(np.min(inputs.import_price)))
+    low = max(0.0, float(np.min(inputs.import_price)))
+    if inputs.demand_charge_per_kw > 0 and float(np.max(inputs.import_price)) <= low * (1 + 1e-9):
+        return (1.0 + KEPT_FULL_PREMIUM) * (low + battery.wear_cost_per_kwh) / battery.charge_efficiency
+    return battery.discharge_efficiency * low
 
 
 def month_floors_kw(inputs: PlanInputs) -> np.ndarray:

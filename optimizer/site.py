@@ -254,7 +254,9 @@ class PlannerSettings(StrictModel):
     plan_valid_hours: float = Field(default=2.0, gt=0,
                                     description="A plan older than this is expired and not followed [h]")
     terminal_value: Literal["auto", "none"] = Field(
-        default="auto", description="Value energy left at the horizon end (auto: cheapest import price × η)")
+        default="auto",
+        description="Value energy left at the horizon end (auto: cheapest import price × η; under a demand charge on "
+                    "a flat energy price 1 % above its cost, so the battery is kept full)")
     soc_slack_penalty_per_kwh: float = Field(
         default=1e6, gt=0, description="Penalty on SOC-window slack [currency/kWh]")
     surplus_rule: Literal["quantile", "off"] = Field(

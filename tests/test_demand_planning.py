@@ -253,6 +253,36 @@ def test_under_a_demand_charge_energy_stays_in_the_battery_until_the_end_of_a_fl
     np.testing.assert_allclose(plan.discharge_kw[discharging_steps], 40.0, atol=1e-6)
 
 
+KEEP_BATTERY = BatterySpec(capacity_kwh=100, max_charge_kw=40, max_discharge_kw=40, charge_efficiency=0.9,
+                           discharge_efficiency=0.9, soc_min_pct=0, soc_max_pct=100, wear_cost_per_kwh=0.1)
+
+
+@pytest.mark.parametrize(("rate", "prices", "level_kw", "end_kwh"), [
+    (RATE, [2.0] * 8, 100.0, 20.0 + 8 * 40 * 0.25 * 0.9),  # flat price, demand charge: refilled at full power
+    (RATE, [2.0] * 8, 60.0, 20.0 + 8 * 20 * 0.25 * 0.9),  # only in the 20 kW of headroom under the level
+    (0.0, [2.0] * 8, 100.0, 20.0),  # no demand charge: nothing to keep energy for
+    (RATE, [2.0] * 6 + [1.0] * 2, 100.0, 0.0),  # a cheaper window ahead: valued as before, sold at the higher price
+])
+def test_under_a_demand_charge_on_a_flat_price_the_battery_is_kept_full(
+        rate: float, prices: list[float], level_kw: float, end_kwh: float) -> None:
+    """Two hours of 40 kW load under a month peak of ``level_kw``, the battery at 20 of 100 kWh. On a flat energy
+    price with a demand charge a kWh stored is worth 1 % more than it costs ((2.0 + 0.1 wear) / 0.9), so the plan
+    refills the battery, never above the level; without a demand charge, or with a cheaper window ahead, the stored
+    kWh is worth η_d × the cheapest price as before, below its cost: nothing is charged, and where a higher price
+    comes first the battery is sold there."""
+    n = len(prices)
+    inputs = PlanInputs(
+        grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.full(n, 40.0), import_price=np.array(prices),
+        export_price=np.zeros(n), soc0_kwh=20.0, demand_charge_per_kw=rate, month_peak_kw=level_kw,
+        billing_month=np.zeros(n, dtype=int))
+    flat = rate > 0 and min(prices) == max(prices)
+    expected_tv = 1.01 * (2.0 + 0.1) / 0.9 if flat else 0.9 * min(prices)
+    assert costs.terminal_value_per_kwh(inputs, KEEP_BATTERY, PlannerSettings()) == pytest.approx(expected_tv)
+    plan = Planner(KEEP_BATTERY, GRID, PlannerSettings(block_minutes=0), n).plan(inputs)
+    assert plan.soc_kwh[-1] == pytest.approx(end_kwh, abs=1e-6)
+    assert plan.import_kw.max() <= level_kw + 1e-6
+
+
 # Six hours of normal price, then the cheap window where the battery is recharged: the stress net load is
 # 300 − 50 + 0.5 × 100 = 300 kW; 240 kWh hold it at 300 − 240 / 6 = 260 kW until the cheap window
 SIX_H = 24
