@@ -103,8 +103,10 @@ def terminal_value_per_kwh(inputs: PlanInputs, battery: BatterySpec, settings: P
     """
     if settings.terminal_value == "none":
         return 0.0
-    low = max(0.0, float(np.min(inputs.import_price)))
-    if inputs.demand_charge_per_kw > 0 and float(np.max(inputs.import_price)) <= low * (1 + 1e-9):
+    cheapest = float(np.min(inputs.import_price))
+    low = max(0.0, cheapest)
+    flat = float(np.max(inputs.import_price)) - cheapest <= 1e-9 * abs(cheapest)
+    if inputs.demand_charge_per_kw > 0 and flat:
         return (1.0 + KEPT_FULL_PREMIUM) * (low + battery.wear_cost_per_kwh) / battery.charge_efficiency
     return battery.discharge_efficiency * low
 

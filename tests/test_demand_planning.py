@@ -283,6 +283,20 @@ def test_under_a_demand_charge_on_a_flat_price_the_battery_is_kept_full(
     assert plan.import_kw.max() <= level_kw + 1e-6
 
 
+@pytest.mark.parametrize(("prices", "expected"), [
+    ([-1.0] * 4 + [-5.0] * 4, 0.0),  # negative, not flat: η_d × the cheapest price floored at 0
+    ([0.0] * 8, 1.01 * 0.1 / 0.9),  # flat at 0: what a stored kWh costs is its wear
+    ([-2.0] * 8, 1.01 * 0.1 / 0.9),  # flat below 0: the price floored at 0, as everywhere in the rule
+])
+def test_the_kept_full_value_knows_a_flat_price_from_prices_below_zero(prices: list[float], expected: float) -> None:
+    n = len(prices)
+    inputs = PlanInputs(
+        grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.full(n, 40.0), import_price=np.array(prices),
+        export_price=np.zeros(n), soc0_kwh=20.0, demand_charge_per_kw=RATE, month_peak_kw=100.0,
+        billing_month=np.zeros(n, dtype=int))
+    assert costs.terminal_value_per_kwh(inputs, KEEP_BATTERY, PlannerSettings()) == pytest.approx(expected)
+
+
 # Six hours of normal price, then the cheap window where the battery is recharged: the stress net load is
 # 300 − 50 + 0.5 × 100 = 300 kW; 240 kWh hold it at 300 − 240 / 6 = 260 kW until the cheap window
 SIX_H = 24
