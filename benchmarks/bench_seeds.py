@@ -16,7 +16,10 @@ Run:  .venv/bin/python benchmarks/bench_seeds.py nam-cau-kien-hard-two-part [--s
 
 ``--tariff PRESET`` runs the years on another shipped tariff (e.g. ``jp-high-voltage-illustrative``: a 12-month
 demand basis); the scenario's costs stay in its own currency, so give the battery's wear cost in the tariff's
-with ``--battery wear_cost_per_kwh=…`` (the Nam Cau Kien scenarios' 150 VND/kWh ≈ 0.9 JPY/kWh).
+with ``--battery wear_cost_per_kwh=…`` (the Nam Cau Kien scenarios' 150 VND/kWh ≈ 0.9 JPY/kWh). The factory keeps
+its own calendar: where the scenario's load forecast follows the tariff's holidays (``site.holidays: tariff``), it
+is given the synthetic load's holiday country instead (a Vietnamese factory on the Japanese price still works on
+Japan's public holidays and stops on Viet Nam's; before 7 Dec 2026 it was forecast on Japan's).
 
 ``--day-ahead PCT`` gives the MPC a day-ahead PV forecast from outside of PCT % daily error (as
 `bench_simulation.py`'s ``…_day_ahead`` figures; docs/simulation.md "Day-ahead forecast"), with its P10/P90 band
@@ -39,6 +42,7 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from optimizer.site import TARIFF_CALENDAR  # noqa: E402
 from simulations.runner import battery_savings, run  # noqa: E402
 from simulations.scenario import Scenario, load_scenario  # noqa: E402
 
@@ -69,6 +73,8 @@ def seeded_scenario(name: str, seed: int, planner: dict[str, object], days: int 
     data["planner"].update(planner)
     if tariff is not None:
         data["tariff"] = {**data["tariff"], "preset": tariff, "file": None}
+        if data["site"].get("holidays") == TARIFF_CALENDAR:
+            data["site"]["holidays"] = data["data"]["synthetic"]["load"]["holiday_country"]
     data["battery"].update(battery or {})
     out = Scenario.model_validate(data)
     out._base_dir = base.base_dir
