@@ -271,6 +271,12 @@ class PlannerSettings(StrictModel):
                     "next cheaper one, on the PV quantile at this level, so the battery makes room early for a "
                     "likely surplus (optimizer/surplus.py; 0.7 measured best, docs/planner.md); null: the point "
                     "forecast there")
+    surplus_flat_level: float | None = Field(
+        default=0.9, ge=0.5, le=0.9,
+        description="With surplus_rule quantile, on a horizon with one import price (a flat energy tariff): plan "
+                    "the steps where the PV quantile at this level covers the load forecast, so "
+                    "the battery makes room for a likely surplus instead of being kept full through it "
+                    "(optimizer/surplus.py; 0.9 measured best, docs/planner.md); null: the point forecast there")
     external_band_recalibrate: bool = Field(
         default=True,
         description="Scale an external forecast's P10/P90 band to its source's measured record before the planner "

@@ -23,8 +23,19 @@ price before the horizon's next cheaper one (:func:`room_steps`; under the legac
 morning peak, where a Saturday's surplus comes). The newsvendor level would be the round-trip efficiency (~0.9),
 but a quantile of each step is not the quantile of the day's surplus (the steps' errors do not move together
 completely), and measured on the harder years 0.7 keeps the most value (docs/planner.md). Under a demand charge
-this half stands aside: a refill that fails there costs a month's peak, not a round-trip loss. Elsewhere the
-point forecast is used as it is.
+this half stands aside: a refill that fails there costs a month's peak, not a round-trip loss.
+
+On a horizon with one import price (a flat energy tariff, e.g. the Japanese preset) neither half applies: there is
+no cheaper window and no dearer one. There a kWh discharged before a surplus saves the price and, if the surplus
+does not come, is bought back at the same price: again only the round-trip loss is at stake. Under a demand charge
+the battery is otherwise kept full on such a horizon (:func:`optimizer.costs.terminal_value_per_kwh`), so the
+surplus of a low-load day is curtailed unless the plan sees it. The planner is handed the PV quantile at
+``flat_level`` (``planner.surplus_flat_level``) on the steps where that quantile covers the load forecast, and the
+point forecast elsewhere (:func:`flat_surplus_pv`). On those steps the likely PV covers the load, so the import the
+plan expects there is far below a month's level and the PV planned on at the steps that set the level is the point
+forecast as before; a surplus that does not come leaves the battery to be refilled from the grid in the headroom
+under the level (the battery kept full again), at the price it was sold at. Elsewhere the point forecast is used as
+it is.
 """
 
 from __future__ import annotations
@@ -184,9 +195,12 @@ def room_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence
 
 def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
                pv_quantiles: Callable[[Sequence[float]], np.ndarray | None],
-               room_level: float | None = None) -> np.ndarray:
+               room_level: float | None = None, load_kw: np.ndarray | None = None,
+               flat_level: float | None = None) -> np.ndarray:
     """The PV forecast a plan is made on, live and offline alike, when ``rule`` is ``"quantile"``
-    (``planner.surplus_rule``): :func:`surplus_day_pv` when the first step is in the horizon's cheapest window;
+    (``planner.surplus_rule``): on a horizon with one import price, with a ``flat_level``
+    (``planner.surplus_flat_level``) and the load forecast ``load_kw`` [kW], :func:`flat_surplus_pv`;
+    :func:`surplus_day_pv` when the first step is in the horizon's cheapest window;
     otherwise, with a ``room_level`` (``planner.surplus_room_level``, None under a demand charge), :func:`room_day_pv`
     on :func:`room_steps` when :func:`room_window_end` finds a daylight window before a dearer one; else the point
     forecast.
@@ -196,6 +210,11 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     price = np.asarray(import_price, dtype=float)
     if rule != "quantile" or not len(price):
         return point_pv
+    if is_flat(price):
+        if flat_level is None or load_kw is None:
+            return point_pv
+        quantiles = pv_quantiles(LEVELS)
+        return point_pv if quantiles is None else flat_surplus_pv(point_pv, quantiles, LEVELS, load_kw, flat_level)
     if price[0] <= price.min() * (1 + PRICE_TOL):
         quantiles = pv_quantiles(LEVELS)
         return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)
@@ -205,3 +224,39 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     quantiles = pv_quantiles(LEVELS)
     return point_pv if quantiles is None else room_day_pv(point_pv, quantiles, LEVELS, room_steps(price, end),
                                                           room_level)
+
+
+def is_flat(import_price: np.ndarray) -> bool:
+    """Whether every step of the horizon has the first step's import price (within :data:`PRICE_TOL`)."""
+    price = np.asarray(import_price, dtype=float)
+    if not len(price):
+        return False
+    first = float(price[0])
+    tol = abs(first) * PRICE_TOL
+    return float(price.max()) - first <= tol and first - float(price.min()) <= tol
+
+
+def flat_surplus_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence[float], load_kw: np.ndarray,
+                    level: float) -> np.ndarray:
+    """The PV forecast the planner plans on over a horizon with one import price (module docstring): the PV
+    quantile at ``level`` on the steps where it covers the load forecast ``load_kw`` (never below the point
+    forecast there), the point forecast elsewhere. [kW]
+
+    Parameters
+    ----------
+    point_pv : numpy.ndarray
+        The point PV forecast per step. [kW]
+    pv_quantiles : numpy.ndarray
+        PV quantile forecasts, shape ``(len(levels), steps)``. [kW]
+    levels : sequence of float
+        Their probabilities, increasing.
+    load_kw : numpy.ndarray
+        The load forecast per step. [kW]
+    level : float
+        The quantile planned on where it covers the load (``planner.surplus_flat_level``). [-]
+    """
+    optimistic = at_level(pv_quantiles, levels, level)
+    out = np.array(point_pv, dtype=float)
+    surplus = optimistic >= np.asarray(load_kw, dtype=float)
+    out[surplus] = np.maximum(out[surplus], optimistic[surplus])
+    return out

@@ -309,9 +309,10 @@ class Mpc:
                 return own()
             return self.external.quantiles("pv_kw", grid, levels, own, _grid_now(grid))
 
-        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon], quantiles,
-                                None if demand else self.settings.surplus_room_level)
         load = self.load_forecaster.forecast(grid, load_history)
+        pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon], quantiles,
+                                None if demand else self.settings.surplus_room_level, load,
+                                self.settings.surplus_flat_level)
         self._points = (t, builtin, load)
         return pv, load
 

@@ -152,6 +152,75 @@ def test_planned_pv_makes_room_only_with_a_room_level():
     assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, lambda levels: None, 0.7) is DAY_POINT_PV
 
 
+# A Saturday from 06:00 on one flat energy price under a demand charge (the Japanese preset's kind): the battery is
+# kept full (optimizer.costs.terminal_value_per_kwh), 300 kW of load, the point forecast below it all day
+FLAT_PRICE = np.full(STEPS, NORMAL)
+FLAT_POINT_PV = np.concatenate([POINT_PV[16:], np.zeros(16)])
+FLAT_QUANTILES = np.concatenate([QUANTILES[:, 16:], np.zeros((3, 16))], axis=1)
+FLAT_LEVEL_PV = 3.3 * FLAT_POINT_PV  # the quantile at 0.7: halfway between P50 (3 ×) and P90 (3.6 ×)
+
+
+def flat_day_plan(pv: np.ndarray):
+    """The plan of the flat-price Saturday on ``pv``, the battery full (95 %), the month's peak 800 kW."""
+    grid = regular_grid(pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh"), STEPS, 15)
+    inputs = PlanInputs(grid=grid, pv_kw=pv, load_kw=LOAD, import_price=FLAT_PRICE, export_price=np.zeros(STEPS),
+                        soc0_kwh=950.0, demand_charge_per_kw=200_000.0, month_peak_kw=800.0,
+                        billing_month=np.zeros(STEPS, dtype=int))
+    return Planner(BATTERY, GRID, SETTINGS, STEPS).schedule(inputs)[0]
+
+
+def test_on_a_flat_price_the_surplus_steps_are_planned_on_the_pv_quantile():
+    """Known answer: the quantile at 0.7 (3.3 × the point) where it covers the 300 kW load — the point forecast's
+    96–250 kW steps, 07:30 to 16:45 here — and the point forecast on every other step."""
+    pv = surplus.flat_surplus_pv(FLAT_POINT_PV, FLAT_QUANTILES, surplus.LEVELS, LOAD, 0.7)
+    covered = FLAT_LEVEL_PV >= LOAD
+    assert np.flatnonzero(covered).tolist() == list(range(6, 43))
+    np.testing.assert_allclose(pv[covered], FLAT_LEVEL_PV[covered])
+    assert np.array_equal(pv[~covered], FLAT_POINT_PV[~covered])
+    # never below the point forecast, where a quantile band would sit under it
+    low = np.stack([0.5 * FLAT_POINT_PV, 0.8 * FLAT_POINT_PV, np.full(STEPS, 400.0)])
+    kept = surplus.flat_surplus_pv(FLAT_POINT_PV, low, surplus.LEVELS, LOAD, 0.7)
+    assert np.all(kept >= FLAT_POINT_PV)
+
+
+def test_on_a_flat_price_the_battery_kept_full_makes_room_for_a_likely_surplus():
+    """On the point forecast (no surplus) a kWh discharged would be bought back at the same price and the battery
+    is kept full through the day; on the flat rule's PV the surplus refills it for free, so the plan discharges
+    the whole net load before the surplus begins, and the surplus refills the battery: it ends the day as full."""
+    on_point = flat_day_plan(FLAT_POINT_PV)
+    assert float(on_point.discharge_kw.sum()) == pytest.approx(0.0, abs=1e-6)
+    pv = surplus.flat_surplus_pv(FLAT_POINT_PV, FLAT_QUANTILES, surplus.LEVELS, LOAD, 0.7)
+    ruled = flat_day_plan(pv)
+    first_surplus = int(np.flatnonzero(pv > LOAD)[0])
+    morning_net_load = float(((LOAD - pv)[:first_surplus]).sum() * 0.25)
+    assert morning_net_load > 300.0
+    assert float(ruled.discharge_kw[:first_surplus].sum() * 0.25) == pytest.approx(morning_net_load, rel=1e-6)
+    assert float(ruled.import_kw[:first_surplus].max()) == pytest.approx(0.0, abs=1e-6)
+    assert ruled.soc_kwh[-1] == pytest.approx(on_point.soc_kwh[-1], abs=1e-3)
+
+
+def test_planned_pv_on_a_flat_price_needs_a_flat_level_and_the_load():
+    asked: list[tuple[float, ...]] = []
+
+    def quantiles(levels):
+        asked.append(tuple(levels))
+        return FLAT_QUANTILES
+
+    assert surplus.is_flat(FLAT_PRICE) and not surplus.is_flat(DAY_PRICE) and not surplus.is_flat(np.array([]))
+    ruled = surplus.planned_pv("quantile", FLAT_POINT_PV, FLAT_PRICE, quantiles, None, LOAD, 0.7)
+    assert np.array_equal(ruled, surplus.flat_surplus_pv(FLAT_POINT_PV, FLAT_QUANTILES, surplus.LEVELS, LOAD, 0.7))
+    assert asked == [surplus.LEVELS]
+    assert surplus.planned_pv("quantile", FLAT_POINT_PV, FLAT_PRICE, quantiles, 0.7, LOAD, None) is FLAT_POINT_PV
+    assert surplus.planned_pv("quantile", FLAT_POINT_PV, FLAT_PRICE, quantiles, 0.7, None, 0.7) is FLAT_POINT_PV
+    assert surplus.planned_pv("off", FLAT_POINT_PV, FLAT_PRICE, quantiles, 0.7, LOAD, 0.7) is FLAT_POINT_PV
+    assert len(asked) == 1
+    assert surplus.planned_pv("quantile", FLAT_POINT_PV, FLAT_PRICE, lambda levels: None, None, LOAD,
+                              0.7) is FLAT_POINT_PV
+    # a price that is not flat keeps the other rules: the flat level changes nothing there
+    assert np.array_equal(surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, lambda levels: DAY_QUANTILES,
+                                             None, LOAD, 0.7), DAY_POINT_PV)
+
+
 def keeper_inputs(start: pd.Timestamp, point_pv: np.ndarray, quantiles: np.ndarray, preset: str):
     """The live PlanKeeper's PlanInputs at ``start`` from a forecast source with these PV forecasts."""
     from controller.planning import PlanKeeper
@@ -203,6 +272,28 @@ def test_the_live_plan_keeper_makes_room_without_a_demand_charge_only():
     demand = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-two-part-22kv")
     assert demand.demand_charge_per_kw > 0
     np.testing.assert_allclose(demand.pv_kw, DAY_POINT_PV)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-5000, 5000, allow_nan=False), st.lists(st.sampled_from([0.0, 1e-7, -1e-7, 2e-6, -2e-6, 0.5]),
+                                                          min_size=1, max_size=12))
+def test_a_flat_price_is_every_step_within_the_tolerance_of_the_first(first: float, offsets: list[float]):
+    """``is_flat`` (from the horizon's highest and lowest price) is the definition: every step within
+    ``PRICE_TOL`` of the first step's price, relative to it."""
+    price = np.array([first] + [first + abs(first) * k for k in offsets])
+    expected = bool((np.abs(price - price[0]) <= abs(price[0]) * surplus.PRICE_TOL).all())
+    assert surplus.is_flat(price) == expected
+
+def test_the_live_plan_keeper_makes_room_on_a_flat_price_under_a_demand_charge():
+    """Under the Japanese preset (one energy price, a demand charge) the live keeper plans the Saturday on the flat
+    rule's PV from its source's quantiles and load forecast, as the offline MPC does."""
+    inputs = keeper_inputs(pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh"), FLAT_POINT_PV, FLAT_QUANTILES,
+                           "jp-high-voltage-illustrative")
+    assert inputs.demand_charge_per_kw > 0 and surplus.is_flat(inputs.import_price)
+    expected = surplus.flat_surplus_pv(FLAT_POINT_PV, FLAT_QUANTILES, surplus.LEVELS, LOAD,
+                                       SETTINGS.surplus_flat_level)
+    assert not np.array_equal(expected, FLAT_POINT_PV)
+    np.testing.assert_allclose(inputs.pv_kw, expected)
 
 
 # The legacy windows from 04:00 on a sunny Saturday: normal until 09:30 (steps 0–21), the morning peak until 11:30
