@@ -293,11 +293,12 @@ class PlannerSettings(StrictModel):
                     "forecast the plan is made on, so that it does not count on headroom under the peak that a load "
                     "above the forecast would take (docs/planner.md) [-]")
     demand_risk_margin_12_month: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.125, ge=0, le=1,
         description="demand_risk_margin where the month's demand charge bills a peak for twelve months "
                     "(rolling_12_month_max): a peak the forecast missed costs a year of the rate there; measured on "
-                    "four synthetic years with the battery kept full on a flat price, 0.5 kept the most value (0.74 "
-                    "of perfect foresight's; 0.74 at 0, 0.61 at 0.75) (docs/performance.md) [-]")
+                    "eight synthetic years under the Japanese preset (the battery kept full, room made for a surplus), "
+                    "0.125 kept 0.86 of perfect foresight's value with the best worst year (0.69); 0: 0.87 (worst "
+                    "0.61), 0.25: 0.82, 0.5: 0.78 (docs/performance.md) [-]")
     demand_target_days: int = Field(
         default=5, ge=0, le=31,
         description="Under a demand charge, plan each month's peak at no less than the highest level the battery "

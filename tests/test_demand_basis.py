@@ -217,10 +217,10 @@ class RiskySeries(KnownSeries):
         return np.full(len(grid), 40.0)
 
 
-@pytest.mark.parametrize(("tariff", "margin"), [("jp-high-voltage-illustrative", 0.5), ("evn-two-part-22kv", 0.0)])
+@pytest.mark.parametrize(("tariff", "margin"), [("jp-high-voltage-illustrative", 0.125), ("evn-two-part-22kv", 0.0)])
 def test_a_12_month_basis_plans_on_the_loads_upper_error(tariff, margin):
     """A peak the forecast missed costs a year of the rate under a 12-month basis: the plan is made on the load
-    forecast plus ``planner.demand_risk_margin_12_month`` (0.5) × the risk; under the EVN pilot's month maximum on the
+    forecast plus ``planner.demand_risk_margin_12_month`` (0.125) × the risk; under the EVN pilot's month maximum on the
     forecast plus ``demand_risk_margin`` (0) × the risk, as before."""
     from controller.planning import PlanKeeper
 
@@ -232,5 +232,5 @@ def test_a_12_month_basis_plans_on_the_loads_upper_error(tariff, margin):
                         sc.grid, site_tariff, source, sc.dispatch.follow_tol_kw)
     now = day.starts[8].to_pydatetime()
     inputs = keeper.inputs(now, SiteState(soc_kwh=500.0))
-    assert sc.planner.risk_margin(12) == 0.5 and sc.planner.risk_margin(1) == 0.0
+    assert sc.planner.risk_margin(12) == 0.125 and sc.planner.risk_margin(1) == 0.0
     np.testing.assert_allclose(inputs.load_kw, day.load_kw[8:8 + len(inputs.load_kw)] + 40.0 * margin)
