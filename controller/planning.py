@@ -428,8 +428,8 @@ class PlanKeeper:
         demand = tariff.demand_rate[0] > 0
         pv_kw = surplus.planned_pv(self.settings.surplus_rule, pv_kw, tariff.import_price,
                                    lambda levels: self.forecasts.pv_quantiles(grid, levels),
-                                   None if demand else self.settings.surplus_room_level, load_kw,
-                                   self.settings.surplus_flat_level)
+                                   self.settings.surplus_room_level, load_kw, self.settings.surplus_flat_level,
+                                   demand)
         found = self.current(grid.starts[0].to_pydatetime())
         mid_step = float(grid.duration_h[0]) < self.settings.step_minutes / 60.0
         fixed = found[1].battery_kw if found is not None and mid_step else None

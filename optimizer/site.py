@@ -266,11 +266,11 @@ class PlannerSettings(StrictModel):
                     "(optimizer/surplus.py); off: the point forecast everywhere")
     surplus_room_level: float | None = Field(
         default=0.7, ge=0.5, le=0.9,
-        description="With surplus_rule quantile and no demand charge: in a daylight price window followed by a "
-                    "dearer one, plan the window's later steps, and the later steps at the same price before the "
-                    "next cheaper one, on the PV quantile at this level, so the battery makes room early for a "
-                    "likely surplus (optimizer/surplus.py; 0.7 measured best, docs/planner.md); null: the point "
-                    "forecast there")
+        description="With surplus_rule quantile: in a daylight price window followed by a dearer one, plan the "
+                    "window's later steps, and the later steps at the same price before the next cheaper one, on "
+                    "the PV quantile at this level (under a demand charge only those where it covers the load "
+                    "forecast), so the battery makes room early for a likely surplus (optimizer/surplus.py; 0.7 "
+                    "measured best, docs/planner.md); null: the point forecast there")
     surplus_flat_level: float | None = Field(
         default=0.9, ge=0.5, le=0.9,
         description="With surplus_rule quantile, on a horizon with one import price (a flat energy tariff): plan "

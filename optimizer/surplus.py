@@ -23,7 +23,10 @@ price before the horizon's next cheaper one (:func:`room_steps`; under the legac
 morning peak, where a Saturday's surplus comes). The newsvendor level would be the round-trip efficiency (~0.9),
 but a quantile of each step is not the quantile of the day's surplus (the steps' errors do not move together
 completely), and measured on the harder years 0.7 keeps the most value (docs/planner.md). Under a demand charge
-this half stands aside: a refill that fails there costs a month's peak, not a round-trip loss.
+a refill that fails can cost a month's peak, not a round-trip loss, so there this half plans the quantile only on
+the room steps where it covers the load forecast (:func:`covers_load`): where the likely PV covers the load, the
+import the plan expects is far below a month's level, and the steps that could set the level keep the point
+forecast.
 
 On a horizon with one import price (a flat energy tariff, e.g. the Japanese preset) neither half applies: there is
 no cheaper window and no dearer one. There a kWh discharged before a surplus saves the price and, if the surplus
@@ -31,11 +34,9 @@ does not come, is bought back at the same price: again only the round-trip loss 
 the battery is otherwise kept full on such a horizon (:func:`optimizer.costs.terminal_value_per_kwh`), so the
 surplus of a low-load day is curtailed unless the plan sees it. The planner is handed the PV quantile at
 ``flat_level`` (``planner.surplus_flat_level``) on the steps where that quantile covers the load forecast, and the
-point forecast elsewhere (:func:`flat_surplus_pv`). On those steps the likely PV covers the load, so the import the
-plan expects there is far below a month's level and the PV planned on at the steps that set the level is the point
-forecast as before; a surplus that does not come leaves the battery to be refilled from the grid in the headroom
-under the level (the battery kept full again), at the price it was sold at. Elsewhere the point forecast is used as
-it is.
+point forecast elsewhere (:func:`flat_surplus_pv`), for the same reason as under a demand charge above; a surplus
+that does not come leaves the battery to be refilled from the grid in the headroom under the level (the battery kept
+full again), at the price it was sold at. Elsewhere the point forecast is used as it is.
 """
 
 from __future__ import annotations
@@ -196,14 +197,14 @@ def room_day_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequence
 def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
                pv_quantiles: Callable[[Sequence[float]], np.ndarray | None],
                room_level: float | None = None, load_kw: np.ndarray | None = None,
-               flat_level: float | None = None) -> np.ndarray:
+               flat_level: float | None = None, demand: bool = False) -> np.ndarray:
     """The PV forecast a plan is made on, live and offline alike, when ``rule`` is ``"quantile"``
     (``planner.surplus_rule``): on a horizon with one import price, with a ``flat_level``
     (``planner.surplus_flat_level``) and the load forecast ``load_kw`` [kW], :func:`flat_surplus_pv`;
     :func:`surplus_day_pv` when the first step is in the horizon's cheapest window;
-    otherwise, with a ``room_level`` (``planner.surplus_room_level``, None under a demand charge), :func:`room_day_pv`
-    on :func:`room_steps` when :func:`room_window_end` finds a daylight window before a dearer one; else the point
-    forecast.
+    otherwise, with a ``room_level`` (``planner.surplus_room_level``), :func:`room_day_pv` on :func:`room_steps` when
+    :func:`room_window_end` finds a daylight window before a dearer one — under a demand charge (``demand``) only on
+    those of the steps where the quantile covers ``load_kw`` (none without it); else the point forecast.
     ``pv_quantiles(levels)`` gives the PV quantile forecasts (shape ``(len(levels), steps)``), or None when the
     source has none (perfect or external forecasts); it is called only when a rule may apply. [kW]
     """
@@ -218,12 +219,16 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     if price[0] <= price.min() * (1 + PRICE_TOL):
         quantiles = pv_quantiles(LEVELS)
         return point_pv if quantiles is None else surplus_day_pv(point_pv, quantiles, LEVELS, price)
-    end = None if room_level is None else room_window_end(price, point_pv)
+    end = None if room_level is None or (demand and load_kw is None) else room_window_end(price, point_pv)
     if end is None:
         return point_pv
     quantiles = pv_quantiles(LEVELS)
-    return point_pv if quantiles is None else room_day_pv(point_pv, quantiles, LEVELS, room_steps(price, end),
-                                                          room_level)
+    if quantiles is None:
+        return point_pv
+    steps = room_steps(price, end)
+    if demand:
+        steps = steps[covers_load(at_level(quantiles[:, steps], LEVELS, room_level), np.asarray(load_kw)[steps])]
+    return room_day_pv(point_pv, quantiles, LEVELS, steps, room_level)
 
 
 def is_flat(import_price: np.ndarray) -> bool:
@@ -257,6 +262,12 @@ def flat_surplus_pv(point_pv: np.ndarray, pv_quantiles: np.ndarray, levels: Sequ
     """
     optimistic = at_level(pv_quantiles, levels, level)
     out = np.array(point_pv, dtype=float)
-    surplus = optimistic >= np.asarray(load_kw, dtype=float)
+    surplus = covers_load(optimistic, load_kw)
     out[surplus] = np.maximum(out[surplus], optimistic[surplus])
     return out
+
+
+def covers_load(pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+    """Per step, whether the PV ``pv_kw`` (a quantile forecast) covers the load forecast ``load_kw``: the steps where
+    a rule may plan on a PV quantile under a demand charge or on one flat price. [kW] in, bool out"""
+    return np.asarray(pv_kw, dtype=float) >= np.asarray(load_kw, dtype=float)

@@ -311,8 +311,7 @@ class Mpc:
 
         load = self.load_forecaster.forecast(grid, load_history)
         pv = surplus.planned_pv(self.settings.surplus_rule, point, d.import_price[t:t + self.horizon], quantiles,
-                                None if demand else self.settings.surplus_room_level, load,
-                                self.settings.surplus_flat_level)
+                                self.settings.surplus_room_level, load, self.settings.surplus_flat_level, demand)
         self._points = (t, builtin, load)
         return pv, load
 

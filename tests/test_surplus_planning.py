@@ -145,7 +145,7 @@ def test_planned_pv_makes_room_only_with_a_room_level():
     assert np.array_equal(ruled, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS,
                                                      surplus.room_steps(DAY_PRICE, 46), 0.7))
     assert asked == [surplus.LEVELS]
-    # under a demand charge the callers pass no room level; "off" turns both halves off
+    # no room level: no room rule; "off" turns both halves off
     assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=None) is DAY_POINT_PV
     assert surplus.planned_pv("off", DAY_POINT_PV, DAY_PRICE, quantiles, room_level=0.7) is DAY_POINT_PV
     assert len(asked) == 1
@@ -259,19 +259,46 @@ def test_the_live_plan_keeper_plans_on_the_same_surplus_day_pv():
     np.testing.assert_allclose(inputs.pv_kw, expected)
 
 
-def test_the_live_plan_keeper_makes_room_without_a_demand_charge_only():
+def test_the_live_plan_keeper_makes_room_under_a_demand_charge_only_where_the_pv_covers_the_load():
     """At 06:00 on a Saturday under the Decision 963 windows the keeper plans the day on the room level's PV (the
-    settings' default, as the offline MPC); under the two-part pilot's demand charge on the point forecast."""
+    settings' default, as the offline MPC); under the two-part pilot's demand charge only on the room steps where
+    that PV covers the load forecast (07:30–16:45 here: not the early morning's steps)."""
     start = pd.Timestamp("2026-06-06 06:00", tz="Asia/Ho_Chi_Minh")
     inputs = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-manufacturing-22kv")
     end = surplus.room_window_end(inputs.import_price, DAY_POINT_PV)
     assert end == 46 and SETTINGS.surplus_room_level == 0.7
-    np.testing.assert_allclose(inputs.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS,
-                                                                   surplus.room_steps(inputs.import_price, end),
+    steps = surplus.room_steps(inputs.import_price, end)
+    np.testing.assert_allclose(inputs.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, steps,
                                                                    SETTINGS.surplus_room_level))
     demand = keeper_inputs(start, DAY_POINT_PV, DAY_QUANTILES, "evn-two-part-22kv")
     assert demand.demand_charge_per_kw > 0
-    np.testing.assert_allclose(demand.pv_kw, DAY_POINT_PV)
+    demand_steps = surplus.room_steps(demand.import_price, surplus.room_window_end(demand.import_price, DAY_POINT_PV))
+    covered = demand_steps[3.3 * DAY_POINT_PV[demand_steps] >= LOAD[demand_steps]]
+    assert covered.tolist() == list(range(6, 43))
+    np.testing.assert_allclose(demand.pv_kw, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, covered,
+                                                                   SETTINGS.surplus_room_level))
+
+
+def test_under_a_demand_charge_the_room_rule_keeps_the_point_forecast_where_the_load_is_not_covered():
+    """Known answer: a Saturday with a 900 kW hour at noon (steps 24–27) inside the room window: under a demand
+    charge the quantile is planned on the covered steps only (07:30–16:45 but noon's hour), the point forecast on the
+    rest; without a demand charge on every room step, as before; with no load forecast at all, nowhere."""
+    load = LOAD.copy()
+    load[24:28] = 900.0
+    steps = surplus.room_steps(DAY_PRICE, 46)
+
+    def quantiles(levels):
+        return DAY_QUANTILES
+
+    ruled = surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, 0.7, load, None, demand=True)
+    covered = [s for s in range(6, 43) if not 24 <= s < 28]
+    assert np.array_equal(ruled, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, np.array(covered),
+                                                     0.7))
+    assert np.array_equal(ruled[24:28], DAY_POINT_PV[24:28]) and np.array_equal(ruled[:6], DAY_POINT_PV[:6])
+    free = surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, 0.7, load, None, demand=False)
+    assert np.array_equal(free, surplus.room_day_pv(DAY_POINT_PV, DAY_QUANTILES, surplus.LEVELS, steps, 0.7))
+    assert surplus.planned_pv("quantile", DAY_POINT_PV, DAY_PRICE, quantiles, 0.7, None, None,
+                              demand=True) is DAY_POINT_PV
 
 
 @settings(max_examples=300, deadline=None)
