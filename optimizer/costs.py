@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from optimizer import surplus
 from optimizer.plan import Objective, Plan, SlackUse, SolverInfo
 from optimizer.site import BatterySpec, GridSpec, PlannerSettings
 
@@ -96,17 +97,16 @@ def terminal_value_per_kwh(inputs: PlanInputs, battery: BatterySpec, settings: P
 
     ``auto``: the cheapest gross import price in the horizon (floored at 0) × discharge efficiency —
     what the stored kWh will at least save later by displacing an import. Under a demand charge with one energy
-    price over the whole horizon (a flat tariff: no cheaper window to recharge in later) the stored kWh is worth
+    price over the whole horizon (:func:`optimizer.surplus.is_flat`, the test the surplus rule on a flat price uses;
+    a flat tariff: no cheaper window to recharge in later) the stored kWh is worth
     its defence of a peak the forecast does not see, so it is valued at :data:`KEPT_FULL_PREMIUM` above what it
     costs to store ((price + wear) / η_c): the plan refills the battery in the headroom under the level it holds.
     ``none``: 0.
     """
     if settings.terminal_value == "none":
         return 0.0
-    cheapest = float(np.min(inputs.import_price))
-    low = max(0.0, cheapest)
-    flat = float(np.max(inputs.import_price)) - cheapest <= 1e-9 * abs(cheapest)
-    if inputs.demand_charge_per_kw > 0 and flat:
+    low = max(0.0, float(np.min(inputs.import_price)))
+    if inputs.demand_charge_per_kw > 0 and surplus.is_flat(inputs.import_price):
         return (1.0 + KEPT_FULL_PREMIUM) * (low + battery.wear_cost_per_kwh) / battery.charge_efficiency
     return battery.discharge_efficiency * low
 
