@@ -2,8 +2,8 @@
 
 What a file may not be, each reported with the file and the line or field (never a traceback): not UTF-8
 (binary, UTF-16, Latin-1; a UTF-8 byte-order mark is allowed), invalid YAML, a mapping that repeats a key
-(YAML says keys are unique; PyYAML would silently keep the last), or a number that is not finite
-(``.inf``, ``.nan``, ``1e999``).
+(YAML says keys are unique; PyYAML would silently keep the last), a date that does not exist (``2026-09-31``), or a
+number that is not finite (``.inf``, ``.nan``, ``1e999``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r} (first at line {first.line + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
+
+    def construct_checked_timestamp(self, node: yaml.ScalarNode) -> Any:
+        """A date or time as PyYAML reads it, or a marked error for one that does not exist (``2026-09-31``: PyYAML
+        raises a bare ValueError, which would surface as a traceback)."""
+        try:
+            return self.construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid date or time ({exc})", node.start_mark) from exc
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_checked_timestamp)
 
 
 def _decode(p: Path, raw: bytes) -> str:

@@ -571,7 +571,7 @@ class LoadForecaster:
     Profile: the mean load per (day type, local slot of day) over the ``weeks`` weeks of history before the
     local day of the forecast start (complete days). Day types: weekday (Mon–Fri), Saturday, Sunday or public
     holiday (``holiday_country`` via the holidays package, optionally its ``holiday_subdivision``, plus
-    ``extra_holidays``), and shutdown
+    ``extra_holidays``, less the ``worked_holidays`` the plant works as any day of their week), and shutdown
     (``shutdown_days``: the plant's planned shutdowns, e.g. its Tết shutdown, ``site.planned_shutdowns``). A
     measured day whose mean load is below :data:`LOW_DAY_RATIO` of the median of its type's days in the window is
     profiled as the next lower type (a working day as a holiday, a holiday as a shutdown), so an unannounced stop
@@ -591,11 +591,12 @@ class LoadForecaster:
     def __init__(self, timezone: str, holiday_country: str | None = "VN", extra_holidays: Iterable[date] = (),
                  weeks: float = 3.0, correction_hours: float = 1.0, decay_hours: float = 2.0,
                  fallback_kw: float | None = None, shutdown_days: Iterable[date] = (),
-                 holiday_subdivision: str | None = None):
+                 holiday_subdivision: str | None = None, worked_holidays: Iterable[date] = ()):
         self.timezone = timezone
         self.holiday_country = holiday_country
         self.holiday_subdivision = holiday_subdivision
         self.extra_holidays = tuple(extra_holidays)
+        self.worked_holidays = tuple(worked_holidays)
         self.shutdown_days = tuple(shutdown_days)
         self.window_ns = int(weeks * 7 * NS_PER_DAY)
         self.correction_ns = int(correction_hours * NS_PER_H)
@@ -617,9 +618,10 @@ class LoadForecaster:
         ``tariff_holidays``, :attr:`optimizer.tariff.SiteTariff.calendar`, by
         :func:`~optimizer.tariff_calendar.forecast_calendar`). ``fallback_kw``: the forecast before any load is
         measured. [kW]"""
-        holidays = forecast_calendar(tariff_holidays, site.holidays)
+        holidays = forecast_calendar(tariff_holidays, site.holidays, site.worked_holidays)
         return cls(site.timezone, holidays.country, holidays.extra_days, fallback_kw=fallback_kw,
-                   shutdown_days=site.shutdown_days(), holiday_subdivision=holidays.subdivision)
+                   shutdown_days=site.shutdown_days(), holiday_subdivision=holidays.subdivision,
+                   worked_holidays=holidays.worked_days)
 
     @property
     def look_back_ns(self) -> int:
@@ -630,7 +632,8 @@ class LoadForecaster:
     def _calendar(self, step_minutes: int) -> _Calendar:
         calendar = self._calendars.get(step_minutes)
         if calendar is None:
-            holidays = HolidayCalendar(self.holiday_country, self.holiday_subdivision, self.extra_holidays)
+            holidays = HolidayCalendar(self.holiday_country, self.holiday_subdivision, self.extra_holidays,
+                                       self.worked_holidays)
             calendar = self._calendars[step_minutes] = _Calendar(self.timezone, step_minutes, holidays,
                                                                  self.shutdown_days)
         return calendar

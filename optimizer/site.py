@@ -71,6 +71,11 @@ class SiteInfo(StrictModel):
                     "calendar (holidays.country and subdivision, plus tariff.extra_holidays); an ISO country code of "
                     "the holidays package (plus tariff.extra_holidays); null = the plant works on public holidays "
                     "(tariff.extra_holidays still count)")
+    worked_holidays: tuple[date, ...] = Field(
+        default=(),
+        description="Local days of site.holidays (or tariff.extra_holidays) the plant works as any day of their "
+                    "week, e.g. a company calendar that works Respect for the Aged Day: the load forecast plans them "
+                    "as working days (docs/data.md); billing is not changed")
 
     def shutdown_days(self) -> list[date]:
         """Every day of :attr:`planned_shutdowns`, sorted, without repeats."""

@@ -66,20 +66,24 @@ class LocalSteps:
 
 
 class HolidayCalendar:
-    """Public holidays of one country (optionally a subdivision) plus extra days named by the site."""
+    """Public holidays of one country (optionally a subdivision) plus extra days named by the site, less the public
+    holidays it works (``worked_days``: the load forecast's calendar only, ``site.worked_holidays``)."""
 
-    def __init__(self, country: str | None, subdivision: str | None = None, extra_days: Iterable[date] = ()):
+    def __init__(self, country: str | None, subdivision: str | None = None, extra_days: Iterable[date] = (),
+                 worked_days: Iterable[date] = ()):
         self.country = country
         self.subdivision = subdivision
         self.extra_days = tuple(sorted(set(extra_days)))
+        self.worked_days = tuple(sorted(set(worked_days)))
         self._by_year: dict[int, np.ndarray] = {}
 
     def _year(self, year: int) -> np.ndarray:
         if year not in self._by_year:
-            days = [d for d in self.extra_days if d.year == year]
+            days = {d for d in self.extra_days if d.year == year}
             if self.country is not None:
-                days += list(holidays_lib.country_holidays(self.country, subdiv=self.subdivision, years=year))
-            self._by_year[year] = np.array(sorted(set(days)), dtype="datetime64[D]")
+                days |= set(holidays_lib.country_holidays(self.country, subdiv=self.subdivision, years=year))
+            days -= set(self.worked_days)
+            self._by_year[year] = np.array(sorted(days), dtype="datetime64[D]")
         return self._by_year[year]
 
     def days(self, years: Iterable[int]) -> np.ndarray:
@@ -92,14 +96,18 @@ TARIFF_CALENDAR = "tariff"
 """The load forecast's holiday setting (``site.holidays``) that means "the tariff's calendar"."""
 
 
-def forecast_calendar(tariff_calendar: HolidayCalendar, holiday_country: str | None) -> HolidayCalendar:
+def forecast_calendar(tariff_calendar: HolidayCalendar, holiday_country: str | None,
+                      worked_days: Iterable[date] = ()) -> HolidayCalendar:
     """The public holidays the load forecast treats as Sundays (``site.holidays``): the tariff's calendar (country,
     subdivision and the site's extra days) when ``holiday_country`` is :data:`TARIFF_CALENDAR`, else that
-    country's (None: none) with the same extra days. One rule for live control, ``ems plan`` and the offline MPC
-    (docs/data.md)."""
+    country's (None: none) with the same extra days; less the days the plant works (``site.worked_holidays``). One
+    rule for live control, ``ems plan`` and the offline MPC (docs/data.md)."""
+    worked = tuple(worked_days)
     if holiday_country == TARIFF_CALENDAR:
-        return tariff_calendar
-    return HolidayCalendar(holiday_country, None, tariff_calendar.extra_days)
+        if not worked:
+            return tariff_calendar
+        return HolidayCalendar(tariff_calendar.country, tariff_calendar.subdivision, tariff_calendar.extra_days, worked)
+    return HolidayCalendar(holiday_country, None, tariff_calendar.extra_days, worked)
 
 
 def local_steps(starts: pd.DatetimeIndex, timezone: str, calendar: HolidayCalendar) -> LocalSteps:

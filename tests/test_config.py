@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,24 @@ def test_a_repeated_key_is_refused_with_both_lines(tmp_path, capsys):
     path.write_text(text)
     err = check_cli(path, capsys)
     assert "duplicate key 'capacity_kwh'" in err and "first at line" in err
+
+
+def test_a_date_that_does_not_exist_is_named_with_its_line_not_a_traceback(tmp_path, capsys):
+    """PyYAML reads ``2026-09-31`` as a date and raises a bare ValueError: a traceback before this was mended."""
+    text = site_text().replace("site:\n", "site:\n  worked_holidays: [2026-09-21, 2026-09-31]\n", 1)
+    path = tmp_path / "bad-date.yaml"
+    path.write_text(text)
+    err = check_cli(path, capsys)
+    line = text.splitlines().index("  worked_holidays: [2026-09-21, 2026-09-31]") + 1
+    assert "'2026-09-31' is not a valid date or time" in err and f"line {line}," in err and "Traceback" not in err
+
+
+def test_worked_holidays_are_read_from_the_site_file(tmp_path):
+    text = site_text().replace("site:\n", "site:\n  worked_holidays: [2026-09-21, 2026-09-22]\n", 1)
+    path = tmp_path / "worked.yaml"
+    path.write_text(text)
+    (tmp_path / "profiles").mkdir()
+    assert load_config(path).site.worked_holidays == (date(2026, 9, 21), date(2026, 9, 22))
 
 
 @pytest.mark.parametrize(("value", "says"), [("0", "must be above 0"), ("1e308", "beyond any plant"),

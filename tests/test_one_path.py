@@ -312,17 +312,20 @@ async def test_the_live_controller_forecasts_as_the_offline_mpc(tmp_path: Path) 
 
 
 # Monday 2026-05-04 is Greenery Day in Japan and a working day in Viet Nam
-@pytest.mark.parametrize(("preset", "holidays", "holiday"), [
-    ("jp-high-voltage-illustrative", "tariff", True),  # the tariff's calendar (JP): before, live used VN
-    ("jp-high-voltage-illustrative", "VN", False),
-    ("evn-two-part-22kv", "JP", True),
-    ("evn-two-part-22kv", None, False),
+@pytest.mark.parametrize(("preset", "holidays", "worked", "holiday"), [
+    ("jp-high-voltage-illustrative", "tariff", [], True),  # the tariff's calendar (JP): before, live used VN
+    ("jp-high-voltage-illustrative", "tariff", ["2026-05-04"], False),  # a company calendar works Greenery Day
+    ("jp-high-voltage-illustrative", "tariff", ["2026-05-05"], True),  # … or another holiday: Greenery Day stays
+    ("jp-high-voltage-illustrative", "VN", [], False),
+    ("evn-two-part-22kv", "JP", [], True),
+    ("evn-two-part-22kv", "JP", ["2026-05-04"], False),
+    ("evn-two-part-22kv", None, [], False),
 ])
 async def test_live_and_offline_load_forecasts_keep_the_same_public_holidays(
-        preset: str, holidays: str | None, holiday: bool, tmp_path: Path) -> None:
-    """``site.holidays`` over the tariff's calendar decides which days the load forecast plans as Sundays, the same
-    for the real ``Controller`` and the offline MPC: three weeks at 800 kW with 100 kW Sundays, then a forecast of
-    Monday 4 May, a holiday only in Japan."""
+        preset: str, holidays: str | None, worked: list[str], holiday: bool, tmp_path: Path) -> None:
+    """``site.holidays`` over the tariff's calendar, less ``site.worked_holidays``, decides which days the load
+    forecast plans as Sundays, the same for the real ``Controller`` and the offline MPC: three weeks at 800 kW with
+    100 kW Sundays, then a forecast of Monday 4 May, a holiday only in Japan."""
     from controller.config import SiteConfig
     from controller.service import Controller
     from ems.clock import ManualClock
@@ -332,6 +335,7 @@ async def test_live_and_offline_load_forecasts_keep_the_same_public_holidays(
     sc = scenario(preset)
     data = sc.model_dump()
     data["site"]["holidays"] = holidays
+    data["site"]["worked_holidays"] = worked
     sc = Scenario.model_validate(data)
     sc._base_dir = scenario(preset).base_dir
     site_tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
@@ -355,3 +359,22 @@ async def test_live_and_offline_load_forecasts_keep_the_same_public_holidays(
         assert (offline.max() < 600.0) == holiday, offline
     finally:
         controller.store.close()
+
+
+def test_a_worked_holiday_leaves_the_load_forecasts_calendar_only() -> None:
+    """``site.worked_holidays`` takes days out of the calendar the load forecast plans on, never out of the tariff's
+    (which bills them); every other holiday stays; without worked days the tariff's calendar is used as it is."""
+    from datetime import date
+
+    from optimizer.tariff_calendar import HolidayCalendar, forecast_calendar
+
+    tariff = HolidayCalendar("JP", None, [date(2026, 12, 30)])
+    forecast = forecast_calendar(tariff, "tariff", [date(2026, 5, 4), date(2026, 12, 30)])
+    billed = set(tariff.days([2026]).tolist())
+    assert {date(2026, 5, 4), date(2026, 12, 30)} <= billed
+    assert set(forecast.days([2026]).tolist()) == billed - {date(2026, 5, 4), date(2026, 12, 30)}
+    assert set(tariff.days([2026]).tolist()) == billed  # the tariff's own calendar is not touched
+    assert forecast_calendar(tariff, "tariff") is tariff
+    other = forecast_calendar(tariff, "VN", [date(2026, 9, 2)])  # Viet Nam's National Day, worked
+    assert date(2026, 9, 2) not in set(other.days([2026]).tolist()) and date(2026, 12, 30) in set(
+        other.days([2026]).tolist())
