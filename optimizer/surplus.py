@@ -225,10 +225,8 @@ def planned_pv(rule: str, point_pv: np.ndarray, import_price: np.ndarray,
     quantiles = pv_quantiles(LEVELS)
     if quantiles is None:
         return point_pv
-    steps = room_steps(price, end)
-    if demand:
-        steps = steps[covers_load(at_level(quantiles[:, steps], LEVELS, room_level), np.asarray(load_kw)[steps])]
-    return room_day_pv(point_pv, quantiles, LEVELS, steps, room_level)
+    ruled = room_day_pv(point_pv, quantiles, LEVELS, room_steps(price, end), room_level)
+    return np.where(covers_load(ruled, load_kw), ruled, point_pv) if demand else ruled
 
 
 def is_flat(import_price: np.ndarray) -> bool:
