@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, config, path: Path) -> int:
+    from controller.config import at_device_pace
     from controller.planning import PerfectForecasts
     from controller.service import Controller
     from drivers.roles import Role
@@ -144,6 +145,13 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         clock = site.clock
         print(f"simulated site at {clock.speed:g}x: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()),
               flush=True)
+        paced = at_device_pace(config, site.step_period_s)
+        if paced is not config:
+            print(f"the simulated devices change every {site.step_period_s:g} s of site time at {clock.speed:g}x: "
+                  f"control cycle {paced.control.cycle_s:g} s, readings stale after "
+                  f"{min(d.max_age_s for d in paced.devices):g} s, a unit answers within "
+                  f"{paced.control.groups.response_s:g} s (docs/devices.md, Simulated site)", flush=True)
+            config = paced
         if args.perfect_forecast:
             forecasts = PerfectForecasts(site.pv_source, site.load_source)
         if state_directory is None:

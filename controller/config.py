@@ -194,6 +194,33 @@ RATING_TOLERANCE = 1e-6
 """Relative difference [-] below which a given total and the sum over the units agree (decimal round-off)."""
 
 
+DEVICE_STEPS = 3
+"""Plant steps every site-time setting that judges a device by its values covers when the devices update slower
+than the control cycle (see :func:`at_device_pace`). [-]"""
+
+
+def at_device_pace(config: SiteConfig, step_s: float) -> SiteConfig:
+    """``config`` for devices whose values change only every ``step_s`` site seconds (a simulated site at high
+    speed: :attr:`~drivers.simulated.site.SimulatedSite.step_period_s`, 12 s at 600x). [s]
+
+    A cycle shorter than that reads the same values twice, and a setting that judges a device by its values
+    would find a healthy device frozen, late or not following. So ``control.cycle_s`` becomes at least ``step_s``
+    (the validation stage's stuck windows are at least ``min_cycles`` cycles), and each device's ``max_age_s`` and
+    ``control.groups.response_s`` at least :data:`DEVICE_STEPS` steps. Every other setting, and ``config`` itself,
+    is unchanged (the same object when nothing needs to change)."""
+    floor_s = DEVICE_STEPS * step_s
+    ctl = config.control
+    cycle_s = max(ctl.cycle_s, step_s)
+    response_s = max(ctl.groups.response_s, floor_s)
+    if cycle_s == ctl.cycle_s and response_s == ctl.groups.response_s \
+            and all(d.max_age_s >= floor_s for d in config.devices):
+        return config
+    groups = ctl.groups.model_copy(update={"response_s": response_s})
+    devices = [d.model_copy(update={"max_age_s": max(d.max_age_s, floor_s)}) for d in config.devices]
+    return config.model_copy(update={"control": ctl.model_copy(update={"cycle_s": cycle_s, "groups": groups}),
+                                     "devices": devices})
+
+
 def _agree(a: float, b: float) -> bool:
     return abs(a - b) <= RATING_TOLERANCE * max(1.0, abs(a), abs(b))
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from controller.cli import EXAMPLE_SITE
-from controller.config import ControlSettings, load_config, state_dir, validate_config
+from controller.config import ControlSettings, at_device_pace, load_config, state_dir, validate_config
 from controller.dispatch import DispatchSettings
 from drivers.roles import Role
 from ems.cli import main
@@ -101,6 +101,24 @@ def test_state_dir_resolution(tmp_path, monkeypatch):
     assert state_dir(config, tmp_path / "site.yaml") == Path("/var/lib/ems")
     relative = config.model_copy(update={"control": config.control.model_copy(update={"state_dir": Path("st")})})
     assert state_dir(relative, tmp_path / "site.yaml") == tmp_path / "st"
+
+
+def test_devices_that_change_every_12_s_get_a_12_s_cycle_and_36_s_windows():
+    """A simulated site at 600x steps every 12 site s: the cycle becomes 12 s, readings stale after 36 s
+    and units answer within 36 s (three steps); everything else, and the file's own config, is unchanged."""
+    config = load_config(EXAMPLE_SITE)
+    assert config.control.cycle_s == 1.0 and config.control.groups.response_s == 5.0
+    paced = at_device_pace(config, 12.0)
+    assert paced.control.cycle_s == 12.0
+    assert paced.control.groups.response_s == 36.0
+    assert [d.max_age_s for d in paced.devices] == [36.0] * len(config.devices)
+    assert paced.control.validation == config.control.validation and paced.battery == config.battery
+    assert paced.control.groups.tolerance_kw == config.control.groups.tolerance_kw
+    assert config.control.cycle_s == 1.0 and [d.max_age_s for d in config.devices] == [5.0] * len(config.devices)
+    # slower settings are kept; at the example's own 0.5 s step (any speed up to 25x) nothing changes
+    slow = config.model_copy(update={"control": config.control.model_copy(update={"cycle_s": 20.0})})
+    assert at_device_pace(slow, 12.0).control.cycle_s == 20.0
+    assert at_device_pace(config, 0.5) is config
 
 
 def test_dispatch_settings_defaults_are_conservative():

@@ -26,7 +26,7 @@ import yaml
 
 from controller.bus import PLAN, STATE, Message, Subscription
 from controller.cli import EXAMPLE_SITE
-from controller.config import load_config
+from controller.config import at_device_pace, load_config
 from controller.modes import MODE_CODES, Mode, Reason
 from controller.planning import PerfectForecasts
 from controller.service import Controller
@@ -90,7 +90,8 @@ async def running(path: Path, speed: float, state_dir: Path, forecasts: Callable
     states (it grows as cycles run)."""
     site = SimulatedSite.from_file(path, speed=speed)
     await site.start()
-    controller = Controller.from_config(load_config(path), path, site.clock, state_directory=state_dir,
+    config = at_device_pace(load_config(path), site.step_period_s)  # as `ems run --simulate` does
+    controller = Controller.from_config(config, path, site.clock, state_directory=state_dir,
                                         forecasts=forecasts(site))
     states: list[dict] = []
     sub = controller.bus.subscribe([STATE], maxsize=100_000)
@@ -361,6 +362,23 @@ def test_sigterm_leaves_the_battery_at_zero(tmp_path):
     final = [ln for ln in lines if ln.startswith("simulated battery setpoint at exit")]
     assert final and float(final[0].split(":")[1].split()[0]) == 0.0, (final, err[-2000:])
     assert "battery 0 kW, remote control released" in err
+
+
+def test_a_fast_simulated_run_raises_no_false_alarms(tmp_path):
+    """`ems run --simulate --speed 600`: the simulated devices change only every 12 s of site time, so with the
+    default 1 s cycle and 5 s response a healthy meter looked frozen and a healthy battery not following (safe
+    mode several times a minute). Paced to the site (``at_device_pace``) two hours of a sunny morning — PV,
+    the battery charging and discharging — run with no device alarm and never in the safe state."""
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T08:00:00+07:00", "weather": {"cloudiness": 0.0}})
+    proc = ems("run", "--simulate", "--speed", "600", "--duration", "7200", "--config", str(path),
+               "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    raised = [ln for ln in err.splitlines() if "alarm raised" in ln]
+    assert not raised, raised[:5]
+    assert "→ safe" not in err, err[-2000:]
+    assert "→ auto (plan)" in err  # it did plan and dispatch
+    assert "control cycle 12 s, readings stale after 36 s, a unit answers within 36 s" in out, out
 
 
 def test_bad_config_names_every_field_and_nothing_starts(tmp_path):

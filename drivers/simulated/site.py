@@ -236,8 +236,14 @@ class SimulatedSite:
         for server in self.servers:
             await server.stop()
 
+    @property
+    def step_period_s(self) -> float:
+        """Site seconds between two plant steps: ``simulation.step_s``, or more at a speed where that would be
+        less than :data:`MIN_REAL_STEP_S` of real time (600x: 12 s). The devices' values change no more often. [s]"""
+        return max(self.config.simulation.step_s, MIN_REAL_STEP_S * self.clock.speed)
+
     async def _run(self) -> None:
-        period = max(self.config.simulation.step_s, MIN_REAL_STEP_S * self.clock.speed)
+        period = self.step_period_s
         while True:
             await self.clock.sleep(period)
             now = self.clock.monotonic()
