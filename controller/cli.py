@@ -145,7 +145,7 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         clock = site.clock
         print(f"simulated site at {clock.speed:g}x: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()),
               flush=True)
-        paced = at_device_pace(config, site.step_period_s)
+        paced = at_device_pace(config, site.step_period_s, clock.speed)
         if paced is not config:
             print(f"the simulated devices change every {site.step_period_s:g} s of site time at {clock.speed:g}x: "
                   f"control cycle {paced.control.cycle_s:g} s, readings stale after "

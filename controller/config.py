@@ -195,20 +195,26 @@ RATING_TOLERANCE = 1e-6
 
 
 DEVICE_STEPS = 3
-"""Plant steps every site-time setting that judges a device by its values covers when the devices update slower
-than the control cycle (see :func:`at_device_pace`). [-]"""
+"""Plant steps that readings' ages and a unit's answer may take when the devices update slower than the control
+cycle (see :func:`at_device_pace`). [-]"""
+LOOP_LAG_REAL_S = 0.2
+"""Real time the controller's cycle may lag, whatever the clock's speed: a plan's Python work in its thread
+competes with the loop for the interpreter, a poll of a dozen devices takes its round trips. In site time it is
+this × the speed (120 s at 600x). [s]"""
 
 
-def at_device_pace(config: SiteConfig, step_s: float) -> SiteConfig:
-    """``config`` for devices whose values change only every ``step_s`` site seconds (a simulated site at high
-    speed: :attr:`~drivers.simulated.site.SimulatedSite.step_period_s`, 12 s at 600x). [s]
+def at_device_pace(config: SiteConfig, step_s: float, speed: float) -> SiteConfig:
+    """``config`` for a controller on a clock ``speed`` × real time against devices whose values change only every
+    ``step_s`` site seconds (a simulated site: :attr:`~drivers.simulated.site.SimulatedSite.step_period_s`, 12 s
+    at 600x). [s, -]
 
-    A cycle shorter than that reads the same values twice, and a setting that judges a device by its values
-    would find a healthy device frozen, late or not following. So ``control.cycle_s`` becomes at least ``step_s``
-    (the validation stage's stuck windows are at least ``min_cycles`` cycles), and each device's ``max_age_s`` and
-    ``control.groups.response_s`` at least :data:`DEVICE_STEPS` steps. Every other setting, and ``config`` itself,
-    is unchanged (the same object when nothing needs to change)."""
-    floor_s = DEVICE_STEPS * step_s
+    A cycle shorter than a step reads the same values twice, and a setting that judges a device by its values
+    or their age would find a healthy device frozen, stale or not following. So ``control.cycle_s`` becomes at
+    least ``step_s`` (the validation stage's stuck windows are at least ``min_cycles`` cycles), and each device's
+    ``max_age_s`` and ``control.groups.response_s`` at least :data:`DEVICE_STEPS` steps and
+    :data:`LOOP_LAG_REAL_S` of real time. Every other setting, and ``config`` itself, is unchanged (the same object
+    when nothing needs to change)."""
+    floor_s = max(DEVICE_STEPS * step_s, LOOP_LAG_REAL_S * speed)
     ctl = config.control
     cycle_s = max(ctl.cycle_s, step_s)
     response_s = max(ctl.groups.response_s, floor_s)

@@ -103,22 +103,28 @@ def test_state_dir_resolution(tmp_path, monkeypatch):
     assert state_dir(relative, tmp_path / "site.yaml") == tmp_path / "st"
 
 
-def test_devices_that_change_every_12_s_get_a_12_s_cycle_and_36_s_windows():
-    """A simulated site at 600x steps every 12 site s: the cycle becomes 12 s, readings stale after 36 s
-    and units answer within 36 s (three steps); everything else, and the file's own config, is unchanged."""
+def test_a_controller_paced_to_a_fast_simulated_site():
+    """600x: the devices step every 12 site s, so the cycle becomes 12 s; readings stale after, and units
+    answer within, max(3 steps, 0.2 s of real time) = 120 s. Everything else, and the file's own config, is
+    unchanged."""
     config = load_config(EXAMPLE_SITE)
     assert config.control.cycle_s == 1.0 and config.control.groups.response_s == 5.0
-    paced = at_device_pace(config, 12.0)
+    paced = at_device_pace(config, 12.0, 600)
     assert paced.control.cycle_s == 12.0
-    assert paced.control.groups.response_s == 36.0
-    assert [d.max_age_s for d in paced.devices] == [36.0] * len(config.devices)
+    assert paced.control.groups.response_s == 120.0
+    assert [d.max_age_s for d in paced.devices] == [120.0] * len(config.devices)
     assert paced.control.validation == config.control.validation and paced.battery == config.battery
     assert paced.control.groups.tolerance_kw == config.control.groups.tolerance_kw
     assert config.control.cycle_s == 1.0 and [d.max_age_s for d in config.devices] == [5.0] * len(config.devices)
-    # slower settings are kept; at the example's own 0.5 s step (any speed up to 25x) nothing changes
+    # three steps when they are longer than the real-time lag (a coarse simulation step at a low speed)
+    assert at_device_pace(config, 10.0, 20).control.groups.response_s == 30.0
+    # 60x: a 1.2 s step, 12 s of lag
+    at_60 = at_device_pace(config, 1.2, 60)
+    assert (at_60.control.cycle_s, at_60.control.groups.response_s, at_60.devices[0].max_age_s) == (1.2, 12.0, 12.0)
+    # slower settings are kept; at 20x with the example's 0.5 s step nothing changes
     slow = config.model_copy(update={"control": config.control.model_copy(update={"cycle_s": 20.0})})
-    assert at_device_pace(slow, 12.0).control.cycle_s == 20.0
-    assert at_device_pace(config, 0.5) is config
+    assert at_device_pace(slow, 12.0, 600).control.cycle_s == 20.0
+    assert at_device_pace(config, 0.5, 20) is config
 
 
 def test_dispatch_settings_defaults_are_conservative():

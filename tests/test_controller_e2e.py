@@ -90,7 +90,7 @@ async def running(path: Path, speed: float, state_dir: Path, forecasts: Callable
     states (it grows as cycles run)."""
     site = SimulatedSite.from_file(path, speed=speed)
     await site.start()
-    config = at_device_pace(load_config(path), site.step_period_s)  # as `ems run --simulate` does
+    config = at_device_pace(load_config(path), site.step_period_s, site.clock.speed)  # as `ems run --simulate` does
     controller = Controller.from_config(config, path, site.clock, state_directory=state_dir,
                                         forecasts=forecasts(site))
     states: list[dict] = []
@@ -378,7 +378,7 @@ def test_a_fast_simulated_run_raises_no_false_alarms(tmp_path):
     assert not raised, raised[:5]
     assert "→ safe" not in err, err[-2000:]
     assert "→ auto (plan)" in err  # it did plan and dispatch
-    assert "control cycle 12 s, readings stale after 36 s, a unit answers within 36 s" in out, out
+    assert "control cycle 12 s, readings stale after 120 s, a unit answers within 120 s" in out, out
 
 
 def test_bad_config_names_every_field_and_nothing_starts(tmp_path):
