@@ -197,10 +197,10 @@ RATING_TOLERANCE = 1e-6
 DEVICE_STEPS = 3
 """Plant steps that readings' ages and a unit's answer may take when the devices update slower than the control
 cycle (see :func:`at_device_pace`). [-]"""
-LOOP_LAG_REAL_S = 0.2
+LOOP_LAG_REAL_S = 0.5
 """Real time the controller's cycle may lag, whatever the clock's speed: a plan's Python work in its thread
-competes with the loop for the interpreter, a poll of a dozen devices takes its round trips. In site time it is
-this × the speed (120 s at 600x). [s]"""
+competes with the loop for the interpreter, a poll of a dozen devices takes its round trips, a machine with more
+runnable processes than cores deschedules it. In site time it is this × the speed (300 s at 600x). [s]"""
 
 
 def at_device_pace(config: SiteConfig, step_s: float, speed: float) -> SiteConfig:

@@ -88,3 +88,35 @@ def test_ems_run_simulate_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_pat
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "address already in use" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("speed", "says"), [("600", True), ("20", False)])
+def test_sim_serve_at_high_speed_says_how_slowly_its_devices_change(tmp_path, speed, says):
+    """At 600x the plant steps every 12 site s (20 ms of real time at the least): a controller run on its own
+    against it must be paced to that (docs/devices.md), so `ems sim serve` says so; at 20x it steps every 0.5 s,
+    its `step_s`, and says nothing."""
+    config = site_config()
+    data = yaml.safe_load(EXAMPLE_SITE.read_text())
+    for dev, free in zip(data["devices"], config.devices, strict=True):
+        dev["endpoint"]["port"] = free.endpoint.port
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path), "--speed", speed],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops."):
+                break
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert lines and lines[-1].startswith("Ctrl-C stops."), lines
+    paced = [ln for ln in lines if "the devices change only every" in ln]
+    if says:
+        assert paced == ["  at 600x the devices change only every 12 s of site time: a controller against them needs "
+                         "its cycle, max_age_s and groups.response_s paced to that (docs/devices.md, Simulated site)\n"]
+    else:
+        assert not paced, paced

@@ -73,6 +73,10 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
     for name, ep in endpoints.items():
         image = site.images[name]
         print(f"  {name:<16} {image.role:<12} {image.profile.name:<20} {ep}")
+    if site.step_period_s > site.config.simulation.step_s:
+        print(f"  at {site.clock.speed:g}x the devices change only every {site.step_period_s:g} s of site time: a "
+              f"controller against them needs its cycle, max_age_s and groups.response_s paced to that "
+              f"(docs/devices.md, Simulated site)")
     print("Ctrl-C stops.", flush=True)
     try:
         await asyncio.Event().wait()
