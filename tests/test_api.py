@@ -10,14 +10,14 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from controller.api.app import redact
+from controller.api.app import readiness, redact
 from controller.api.roles import Lockout, Role, TokenError, TokenStore, digest, read_env, read_file, write_entry
 from controller.api.settings import RuntimeSettings
 from controller.audit import AuditLog
@@ -290,6 +290,18 @@ async def test_readiness_follows_the_cycle_and_the_devices(api: Api) -> None:
     assert stale.json()["checks"]["cycle"]["detail"] == "last cycle 10.0 s ago (limit 5 s)"
     assert down.status_code == 503 and down.json()["checks"]["devices"]["detail"] == "not answering: battery"
     assert down.json()["checks"]["cycle"]["ok"]
+
+
+def test_readiness_allows_an_accelerated_loop_its_lag():
+    """At 600x (a 12 s cycle, at_device_pace) a state 300 s of site time old is half a second of real time: ready,
+    as the devices' readings are still fresh then (limit 3 × 12 + 0.5 × 600 = 336 s); at 1x the limit stays
+    3 × 12 + 2 = 38 s."""
+    state = sample_state(T0, 2)
+    fast = readiness(state, T0 + timedelta(seconds=300), 12.0, speed=600)
+    slow = readiness(state, T0 + timedelta(seconds=300), 12.0)
+    assert fast["cycle"].ok and fast["cycle"].detail == "last cycle 300.0 s ago (limit 336 s)"
+    assert not slow["cycle"].ok and slow["cycle"].detail == "last cycle 300.0 s ago (limit 38 s)"
+    assert not readiness(state, T0 + timedelta(seconds=337), 12.0, speed=600)["cycle"].ok
 
 
 async def test_config_is_redacted_and_settings_change_for_admin(api: Api) -> None:

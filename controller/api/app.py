@@ -45,6 +45,7 @@ from controller.api.roles import Lockout, Role, Token, TokenStore
 from controller.api.settings import RuntimeSettings, SettingsChange
 from controller.audit import INTERFACES, AuditLog
 from controller.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from controller.config import LOOP_LAG_REAL_S
 from controller.telemetry.forecast_intake import ForecastIntake
 from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIntake, schema
 from controller.telemetry.strict_json import PayloadError, loads_strict
@@ -63,6 +64,8 @@ MAX_HISTORY_ROWS = 1000
 READY_CYCLES = 3
 """The service is ready while its latest state is at most this many cycles old (plus :data:`READY_SLACK_S`)."""
 READY_SLACK_S = 2.0
+"""[s of site time]; on a clock faster than real time at least :data:`~controller.config.LOOP_LAG_REAL_S` × its
+speed."""
 REDACTED = "***"
 SECRET_WORDS = ("password", "secret", "token", "credential", "api_key", "apikey")
 
@@ -346,7 +349,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @app.get("/ready", response_model=Ready, tags=["supervision"], responses=problem_responses(503),
              summary="Readiness: a recent control cycle and every device answering")
     async def ready() -> Any:
-        checks = readiness(hub.state, ctx.clock.now(), ctx.cycle_s)
+        checks = readiness(hub.state, ctx.clock.now(), ctx.cycle_s, ctx.clock.speed)
         if all(c.ok for c in checks.values()):
             return Ready(ready=True, checks=checks)
         return problem(503, "Not ready", "; ".join(f"{n}: {c.detail}" for n, c in checks.items() if not c.ok),
@@ -606,16 +609,18 @@ def authorize(tokens: TokenStore, lockout: Lockout, request: Request,
     return token
 
 
-def readiness(state: Mapping[str, Any] | None, now: datetime, cycle_s: float) -> dict[str, Check]:
-    """``cycle``: the latest state is at most :data:`READY_CYCLES` cycles old; ``devices``: every device
-    answered in it."""
+def readiness(state: Mapping[str, Any] | None, now: datetime, cycle_s: float, speed: float = 1.0
+              ) -> dict[str, Check]:
+    """``cycle``: the latest state is at most :data:`READY_CYCLES` cycles plus a slack old (``cycle_s`` [s of site
+    time]; the slack :data:`READY_SLACK_S`, or the loop's real-time lag × ``speed`` on an accelerated clock, as
+    ``controller.config.at_device_pace`` allows the devices); ``devices``: every device answered in it."""
     if state is None or "ts" not in state:
         return {"cycle": Check(ok=False, detail="no cycle yet"), "devices": Check(ok=False, detail="no cycle yet")}
     try:
         age = (now - datetime.fromisoformat(str(state["ts"]))).total_seconds()
     except (TypeError, ValueError):
         age = float("inf")
-    limit = READY_CYCLES * cycle_s + READY_SLACK_S
+    limit = READY_CYCLES * cycle_s + max(READY_SLACK_S, LOOP_LAG_REAL_S * speed)
     cycle = Check(ok=age <= limit, detail=f"last cycle {age:.1f} s ago (limit {limit:g} s)")
     devices: Mapping[str, Any] = state.get("devices") or {}
     down = sorted(str(n) for n, d in devices.items() if isinstance(d, Mapping) and not d.get("ok", True))
