@@ -13,6 +13,9 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from ems.cli_args import number
+from ems.clock import MAX_SPEED
+
 log = logging.getLogger(__name__)
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "simulated-site.yaml"
@@ -27,12 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--simulate", action="store_true",
                      help="start the simulated site in-process on the same accelerated clock and control it over "
                           "real Modbus")
-    run.add_argument("--speed", type=float, help="--simulate: site seconds per real second (default simulation.speed)")
+    run.add_argument("--speed", type=number(lo=0, lo_open=True, hi=MAX_SPEED),
+                     help="--simulate: site seconds per real second (default simulation.speed)")
     run.add_argument("--perfect-forecast", action="store_true",
                      help="--simulate: plan with the simulated site's own PV and load instead of forecasts")
     run.add_argument("--state-dir", type=Path,
                      help="state directory (default: control.state_dir; with --simulate a fresh temporary one)")
-    run.add_argument("--duration", type=float, help="stop after this many seconds of site time")
+    run.add_argument("--duration", type=number(lo=0, lo_open=True), help="stop after this many seconds of site time")
     run.set_defaults(func=_run)
 
     config = subparsers.add_parser("config", help="site file tools")

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ems.cli_args import number
+
 
 def register(sub: Any) -> None:
     """Add ``ems devices read`` (and the simulated-device commands, if installed) to the ``ems`` subparsers."""
@@ -36,10 +38,11 @@ def register(sub: Any) -> None:
     test.add_argument("--config", required=True, help="site file with a devices: list")
     test.add_argument("device", metavar="DEVICE", help="battery device name in the site file")
     test.add_argument("--kw", type=float, default=5.0, help="test power [kW] (default 5)")
-    test.add_argument("--hold-s", type=float, default=5.0, help="how long each step is held [s] (default 5)")
-    test.add_argument("--allow-s", type=float, default=10.0,
+    test.add_argument("--hold-s", type=number(lo=0, lo_open=True), default=5.0,
+                      help="how long each step is held [s] (default 5)")
+    test.add_argument("--allow-s", type=number(lo=0, lo_open=True), default=10.0,
                       help="time the unit may take to reach each setpoint [s] (default 10)")
-    test.add_argument("--tolerance-kw", type=float, default=None,
+    test.add_argument("--tolerance-kw", type=number(lo=0), default=None,
                       help="largest difference of measured from asked power [kW] (default 20 %% of --kw, ≥ 0.5)")
     test.set_defaults(func=_test)
     try:

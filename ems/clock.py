@@ -13,6 +13,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+MAX_SPEED = 10_000.0
+"""The fastest a simulated site's clock runs (``simulation.speed``, ``--speed``): site seconds per real second. [-]"""
+
 
 class Clock(Protocol):
     """Site time source. ``now()`` is UTC and aware; ``sleep`` takes *site* seconds."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ems.cli_args import number
 from ems.clock import WallClock
 from ems.yamlfile import load_model, read_yaml
 
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--start", help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
     p.add_argument("--soc", type=float, help="SOC at the start [%% of usable capacity] (default: "
                                              "simulation.initial_soc_pct)")
-    p.add_argument("--month-peak", type=float, default=0.0, help="peak import already reached this month [kW]")
+    p.add_argument("--month-peak", type=number(lo=0), default=0.0, help="peak import already reached this month [kW]")
     p.add_argument("--series", type=Path, help="CSV timestamp,pv_kw,load_kw[,import_price,export_price]")
     p.add_argument("--json", action="store_true", help="print the Plan JSON instead of the table")
     p.set_defaults(func=run)

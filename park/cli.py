@@ -8,6 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ems.cli_args import number
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     summary = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve every site's latest telemetry and the park's totals from the central database's "
                     "Prometheus query API (VictoriaMetrics); docs/fleet.md.")
     summary.add_argument("--config", type=Path, required=True, help="park summary file (docs/fleet.md)")
-    summary.add_argument("--port", type=int, help="listen on this port (default serve.port)")
+    summary.add_argument("--port", type=number(int, 0, 65535), help="listen on this port (default serve.port)")
     summary.set_defaults(func=_serve)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from ems.cli_args import number
 from simulations.scenario import ALL_STRATEGIES
 
 
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="output directory (created; must not hold a sweep already unless --force)")
     sw.add_argument("--force", action="store_true", help="overwrite a sweep already in --out")
     where = sw.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    where.add_argument("--workers", type=number(int, 1), default=1, help="local worker processes (default 1)")
     where.add_argument("--dask", metavar="ADDRESS", help="dask.distributed scheduler address, e.g. tcp://host:8786")
     _period_options(sw)
     sw.set_defaults(func=_sweep)
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="output directory (created; must not hold a park study already unless --force)")
     pk.add_argument("--force", action="store_true", help="overwrite a park study already in --out")
     where = pk.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    where.add_argument("--workers", type=number(int, 1), default=1, help="local worker processes (default 1)")
     where.add_argument("--dask", metavar="ADDRESS", help="dask.distributed scheduler address, e.g. tcp://host:8786")
     pk.set_defaults(func=_park)
 

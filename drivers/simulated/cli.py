@@ -11,6 +11,9 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ems.cli_args import number
+from ems.clock import MAX_SPEED
+
 if TYPE_CHECKING:
     from drivers.simulated.site import SimulatedSite
 
@@ -33,7 +36,8 @@ def register(sub: Any) -> None:
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     serve = sim_sub.add_parser("serve", help="serve a site file's devices with simulated plant physics (Ctrl-C stops)")
     serve.add_argument("--config", required=True, help="site file with devices: and simulation: sections")
-    serve.add_argument("--speed", type=float, default=None, help="site seconds per real second (default: the file's)")
+    serve.add_argument("--speed", type=number(lo=0, lo_open=True, hi=MAX_SPEED), default=None,
+                       help="site seconds per real second (default: the file's)")
     serve.add_argument("--fault", action="append", default=[], metavar="DEVICE:KIND[=ARG]",
                        help="inject a fault from the start, e.g. battery:offline, grid-meter:exception=4, "
                             "pv-inverter:slow=3, battery:sentinel=soc_pct, battery:out_of_range=soc_pct=250, "
@@ -43,8 +47,8 @@ def register(sub: Any) -> None:
 
     scan = _devices_parser(sub).add_parser("scan", help="list the SunSpec models of a device")
     scan.add_argument("target", metavar="HOST[:PORT]", help=f"Modbus TCP device (default port {DEFAULT_PORT})")
-    scan.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
-    scan.add_argument("--timeout", type=float, default=2.0, help="per request [s]")
+    scan.add_argument("--unit", type=number(int, 0, 247), default=1, help="Modbus unit id (default 1)")
+    scan.add_argument("--timeout", type=number(lo=0, lo_open=True), default=2.0, help="per request [s]")
     scan.set_defaults(func=_scan)
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from drivers.profile import PROFILE_DIR, profile_path
 from drivers.roles import Role
+from ems.clock import MAX_SPEED
 from ems.yamlfile import load_model
 from optimizer.site import BatterySpec, BatteryUnit, PVSpec, SiteInfo, StrictModel
 
@@ -90,7 +91,7 @@ class SimulationConfig(StrictModel):
     """How the simulated site runs: clock, plant step, initial state, BMS behaviour, weather and load."""
 
     start: datetime | None = Field(default=None, description="Site time at start (aware); default: now")
-    speed: float = Field(default=1.0, gt=0, le=10_000, description="Site seconds per real second [-]")
+    speed: float = Field(default=1.0, gt=0, le=MAX_SPEED, description="Site seconds per real second [-]")
     step_s: float = Field(default=0.5, gt=0, le=60, description="Plant step [site s]")
     initial_soc_pct: float = Field(default=50.0, ge=0, le=100, description="[%]")
     soh_pct: float = Field(default=100.0, gt=0, le=100, description="[%]")

@@ -140,7 +140,7 @@ class SimulatedSite:
     def __init__(self, config: SimulatedSiteFile, clock: Clock | None = None, speed: float | None = None):
         sim = config.simulation
         self.config = config
-        self.clock: Clock = clock or AcceleratedClock(speed or sim.speed, sim.start)
+        self.clock: Clock = clock or AcceleratedClock(sim.speed if speed is None else speed, sim.start)
         specs = config.battery_specs()
         batteries = {}
         for name, spec in specs.items():

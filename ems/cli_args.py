@@ -1,0 +1,33 @@
+"""Argument types for the ``ems`` command line: a number outside its range (or not finite) is refused by argparse
+with the argument's name and the range, exit status 2, before anything starts.
+
+``type=number(lo=0, lo_open=True)`` takes a finite float > 0; ``type=number(int, 1, 65535)`` an integer port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def number(kind: type[int] | type[float] = float, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` that parses a finite ``kind`` within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+    low = "" if lo is None else f"{'>' if lo_open else '≥'} {lo:g}"
+    high = "" if hi is None else f"≤ {hi:g}"
+    wanted = ("an integer" if kind is int else "a number") + (
+        f" {low} and {high}" if low and high else f" {low or high}" if low or high else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{wanted} is required, got {text!r}") from None
+        if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) \
+                or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{wanted} is required, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse

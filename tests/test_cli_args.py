@@ -1,0 +1,64 @@
+"""Numbers on the ``ems`` command line: refused with the argument's name and range, exit 2, before anything starts
+(``--speed 0`` used to run at the file's speed, ``--speed -5`` and ``nan`` to end in a traceback, ``--duration nan``
+to run for ever, ``park-summary --port 99999`` to end in an OverflowError)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ems.cli import main
+from ems.cli_args import number
+
+
+def test_known_answers():
+    positive = number(lo=0, lo_open=True)
+    assert positive("2.5") == 2.5 and positive("1e-9") == 1e-9
+    port = number(int, 0, 65535)
+    assert port("0") == 0 and port("65535") == 65535
+    for parse, text, says in [
+            (positive, "0", "a number > 0 is required, got '0'"),
+            (positive, "nan", "a number > 0 is required, got 'nan'"),
+            (positive, "inf", "a number > 0 is required, got 'inf'"),
+            (positive, "fast", "a number > 0 is required, got 'fast'"),
+            (port, "65536", "an integer ≥ 0 and ≤ 65535 is required, got '65536'"),
+            (port, "80.5", "an integer ≥ 0 and ≤ 65535 is required, got '80.5'"),
+            (number(lo=0), "-0.1", "a number ≥ 0 is required, got '-0.1'")]:
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            parse(text)
+        assert str(err.value) == says
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e6, 1e6), st.floats(0, 1e6), st.booleans())
+def test_a_number_is_taken_exactly_when_finite_and_in_its_range(x, lo, width, lo_open):
+    hi = lo + width
+    parse = number(lo=lo, hi=hi, lo_open=lo_open)
+    inside = math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi
+    if inside:
+        assert parse(repr(x)) == x
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(repr(x))
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run", "--simulate", "--speed", "0"], "ems run: error: argument --speed: a number > 0 and ≤ 10000 is required"),
+    (["run", "--simulate", "--speed", "20000"], "argument --speed: a number > 0 and ≤ 10000 is required"),
+    (["run", "--simulate", "--duration", "nan"], "argument --duration: a number > 0 is required, got 'nan'"),
+    (["sim", "serve", "--config", "x.yaml", "--speed", "-5"], "argument --speed: a number > 0 and ≤ 10000"),
+    (["plan", "--config", "x.yaml", "--month-peak", "nan"], "argument --month-peak: a number ≥ 0 is required"),
+    (["park-summary", "--config", "x.yaml", "--port", "99999"], "argument --port: an integer ≥ 0 and ≤ 65535"),
+    (["sweep", "x.yaml", "--out", "o", "--pv", "1", "--battery", "1", "--workers", "0"],
+     "argument --workers: an integer ≥ 1 is required, got '0'"),
+    (["devices", "scan", "127.0.0.1", "--unit", "248"], "argument --unit: an integer ≥ 0 and ≤ 247"),
+    (["devices", "test", "--config", "x.yaml", "battery", "--hold-s", "-1"], "argument --hold-s: a number > 0"),
+])
+def test_the_ems_command_refuses_a_number_out_of_range_before_it_starts(capsys, argv, says):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert says in capsys.readouterr().err
