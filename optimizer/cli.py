@@ -12,16 +12,21 @@ import argparse
 import sys
 from datetime import datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ems.cli_args import number
 from ems.clock import WallClock
+from ems.series_csv import read_series_csv
 from ems.yamlfile import load_model, read_yaml
 
-SERIES_COLUMNS = ("timestamp", "pv_kw", "load_kw")
+if TYPE_CHECKING:
+    from optimizer.site import PlanningSite
+
+PRICE_COLUMNS = ("import_price", "export_price")
+"""Optional ``--series`` columns: the step's prices in place of the tariff's. [currency/kWh]"""
 
 
 def register(subparsers: Any) -> None:
@@ -69,7 +74,7 @@ def _make_plan(args: argparse.Namespace):
     grid = site_grid(site, start)
     overrides: dict[str, np.ndarray] = {}
     if args.series:
-        overrides = read_series(args.series, grid.starts)
+        overrides = read_series(args.series, grid.starts, site)
     elif simulation.get("load"):
         overrides["load_kw"] = shift_load(simulation["load"], grid.starts, site.site.timezone)
     else:
@@ -87,28 +92,20 @@ def _parse_time(text: str) -> datetime:
     return moment
 
 
-def read_series(path: Path, starts: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-    """PV, load and optional prices of a CSV, one row per grid step start (other rows ignored).
-
-    Timestamps need an offset (or ``Z``); a grid step without a row, or an empty value, is an error.
-    """
-    frame = pd.read_csv(path)
-    missing = [c for c in SERIES_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(SERIES_COLUMNS)})")
-    try:
-        index = pd.DatetimeIndex(pd.to_datetime(frame["timestamp"], utc=False, format="ISO8601"))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: bad timestamp ({exc})") from exc
-    if index.tz is None:
-        raise ValueError(f"{path}: timestamps need a UTC offset")
-    frame.index = index.tz_convert("UTC")
-    columns = [c for c in ("pv_kw", "load_kw", "import_price", "export_price") if c in frame.columns]
-    aligned = frame[columns].reindex(starts)
+def read_series(path: Path, starts: pd.DatetimeIndex, site: PlanningSite) -> dict[str, np.ndarray]:
+    """PV, load [kW] and optional prices (``import_price``, ``export_price`` [currency/kWh]) of a CSV, one value per
+    grid step start, read and checked as every measured series is (``ems.series_csv.read_series_csv``, docs/data.md:
+    each bad cell named by row and column; timestamps without an offset are in the site's time zone; PV above 1.5 ×
+    the plant's AC rating is refused). Rows outside the horizon are not needed; a horizon step without a value is
+    an error."""
+    frame = read_series_csv(path, timezone=site.site.timezone, step_minutes=site.planner.step_minutes,
+                            columns=("pv", "load"), unit="kW", rated_kw={"pv": site.pv.ac_kw}, allow_gaps=True,
+                            optional_plain=PRICE_COLUMNS)
+    aligned = frame.reindex(starts)
     bad = aligned.isna().any(axis=1)
     if bad.any():
         raise ValueError(f"{path}: no value for {int(bad.sum())} planning step(s), first at {starts[bad.argmax()]}")
-    return {c: aligned[c].to_numpy(dtype=float) for c in columns}
+    return {c: aligned[c].to_numpy(dtype=float) for c in aligned.columns}
 
 
 def shift_load(shape: dict[str, Any], starts: pd.DatetimeIndex, timezone: str) -> np.ndarray:

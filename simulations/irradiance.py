@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ems.yamlfile import FieldError
-from optimizer.site import PVSpec, SiteInfo
-from optimizer.solar import AMBIENT_TEMPERATURE_C, WIND_SPEED_M_S, ac_power_kw, plane_of_array_w_m2
-from simulations.data import (
+from ems.series_csv import (
     TIMESTAMP_COLUMNS,
     DataError,
     _check_order,
@@ -30,6 +27,9 @@ from simulations.data import (
     _parse_timestamps,
     _read_rows,
 )
+from ems.yamlfile import FieldError
+from optimizer.site import PVSpec, SiteInfo
+from optimizer.solar import AMBIENT_TEMPERATURE_C, WIND_SPEED_M_S, ac_power_kw, plane_of_array_w_m2
 
 IRRADIANCE_COLUMNS = ("ghi_w_m2", "poa_w_m2")
 """Exactly one of these (case-insensitive): global horizontal or global plane-of-array irradiance. [W/m²]"""

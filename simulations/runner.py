@@ -24,6 +24,7 @@ import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
+from ems.series_csv import read_series_csv
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill, billed_demand_kw
 from optimizer.forecast import History
@@ -33,7 +34,6 @@ from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
 from simulations.accuracy import study_accuracy
-from simulations.data import read_series_csv
 from simulations.irradiance import pv_from_irradiance
 from simulations.scenario import Scenario
 from simulations.strategies import (

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ems.series_csv import DataError, read_series_csv
 from ems.yamlfile import ConfigError
 from optimizer.site import Location, PVSpec, SiteInfo
-from simulations.data import DataError, read_series_csv
 from simulations.synthetic import LoadShape, synthetic_year
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pvlib
 import pytest
 
+from ems.series_csv import DataError
 from ems.yamlfile import ConfigError
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.solar import clear_sky_pv_kw
-from simulations.data import DataError
 from simulations.irradiance import ghi_to_poa_w_m2, irradiance_pv_kw, pv_from_irradiance, read_irradiance_csv
 from simulations.runner import load_data
 from simulations.scenario import load_scenario

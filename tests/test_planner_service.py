@@ -54,6 +54,33 @@ def test_cli_json_with_a_series_overriding_prices(tmp_path, capsys):
     assert charge[:48].sum() > 0 and discharge[48:].sum() > 0 and charge[48:].sum() < 1e-6  # cheap first half
 
 
+@pytest.mark.parametrize(("row", "column", "value", "says"), [
+    (None, None, None, "(file): No such file or directory"),
+    (30, "load_kw", "abc", "row 32, column load_kw: 'abc' is not a number"),
+    (30, "pv_kw", "-50", "row 32, column pv_kw: negative value -50"),
+    (30, "load_kw", "inf", "row 32, column load_kw: 'inf' is not a number"),
+    (30, "pv_kw", "5000", "row 32, column pv_kw: 5000 kW is above the plausible bound 1350 kW (1.5 × rated 900 kW)"),
+    (30, "import_price", "cheap", "row 32, column import_price: 'cheap' is not a number"),
+    (31, "timestamp", "2026-05-04T14:30+07:00", "row 33, column timestamp: duplicate timestamp"),
+])
+def test_cli_a_bad_series_is_named_by_row_and_column(tmp_path, capsys, row, column, value, says):
+    """`ems plan --series` reads its CSV as every measured series is read (ems.series_csv, docs/data.md): a bad
+    cell is named by its row (the file's line, header = 1) and column, exit 2; before, a text cell, a missing
+    file or a duplicate ended in a bare pandas message or a traceback, and a negative or absurd PV was planned on."""
+    starts = pd.date_range("2026-05-04T07:00+07:00", periods=96, freq="15min")
+    frame = pd.DataFrame({"timestamp": [s.isoformat() for s in starts], "pv_kw": 100.0, "load_kw": 400.0,
+                          "import_price": 1500.0}).astype(object)
+    path = tmp_path / "s.csv"
+    if row is not None:
+        frame.loc[row, column] = value
+        frame.to_csv(path, index=False)
+    code = main(["plan", "--config", str(SITE_FILE), "--start", "2026-05-04T07:00+07:00", "--soc", "10",
+                 "--series", str(path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and says in err, err
+
+
 def test_cli_table_and_clear_errors(tmp_path, capsys):
     assert main(["plan", "--config", str(SITE_FILE)]) == 0
     out = capsys.readouterr().out

@@ -231,7 +231,7 @@ def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: s
 def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes: int = 15,
                     columns: Sequence[str] = ("pv", "load"), unit: Literal["kW", "kWh"] | None = None,
                     rated_kw: Mapping[str, float] | None = None, allow_gaps: bool = False,
-                    max_errors: int = 50) -> pd.DataFrame:
+                    max_errors: int = 50, optional_plain: Sequence[str] = ()) -> pd.DataFrame:
     """Read measured series from a CSV file.
 
     Parameters
@@ -252,12 +252,16 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         If true, missing intervals and empty cells become NaN instead of errors.
     max_errors : int
         Stop listing errors after this many.
+    optional_plain : sequence of str
+        Columns read when the file has them (e.g. ``import_price``), as numbers in their own unit under their own
+        name: every cell a number, no sign or plausibility check; held over the quarter hours of a longer step.
 
     Returns
     -------
     pandas.DataFrame
-        Index: UTC interval starts every ``step_minutes``; columns ``<name>_kw``. [kW]
-        An hourly kW value is held over its four quarter hours; an hourly kWh value is split evenly.
+        Index: UTC interval starts every ``step_minutes``; columns ``<name>_kw`` [kW], then the
+        ``optional_plain`` columns found. An hourly kW value is held over its four quarter hours; an hourly kWh
+        value is split evenly.
 
     Raises
     ------
@@ -283,6 +287,10 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     valid = ns != np.iinfo(np.int64).min
     raw = {name: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors)
            for name, (i, _) in found.items()}
+    lower = [h.lower() for h in header]
+    plain = {name: _parse_numbers([r[lower.index(name)] for r in rows], lines, header[lower.index(name)],
+                                  allow_gaps, errors)
+             for name in optional_plain if name in lower}
     step_ns = _file_step_ns(ns, valid, errors, source)
     target_ns = step_minutes * 60 * 1_000_000_000
     if step_ns % target_ns:
@@ -323,8 +331,8 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         np.repeat(span, repeat) + np.tile(np.arange(repeat, dtype=np.int64) * target_ns, len(span)),
         unit="ns", utc=True), name="start")
     data = {}
-    for name, values in kw.items():
+    for name, values in ({f"{name}_kw": values for name, values in kw.items()} | plain).items():
         full = np.full(len(span), np.nan)
         full[position] = values[order]
-        data[f"{name}_kw"] = np.repeat(full, repeat)
+        data[name] = np.repeat(full, repeat)
     return pd.DataFrame(data, index=out_index)
