@@ -10,10 +10,9 @@ import os
 import signal
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
-from ems.cli_args import number
+from ems.cli_args import aware_time, number
 from ems.clock import MAX_SPEED
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fcheck.add_argument("file", type=Path, help="forecast as JSON (.json) or CSV (docs/data.md, External forecasts)")
     fcheck.add_argument("--config", type=Path, required=True, help="site file")
     fcheck.add_argument("--source", help="name the forecast is used under (CSV default: csv)")
-    fcheck.add_argument("--issued-at", type=_aware_time,
+    fcheck.add_argument("--issued-at", type=aware_time,
                         help="issue time, ISO 8601 with offset (CSV default: the file's modification time)")
     fcheck.add_argument("--valid-hours", type=float, help="validity from the issue time [h] (CSV default: 6)")
-    fcheck.add_argument("--at", type=_aware_time,
+    fcheck.add_argument("--at", type=aware_time,
                         help="judge as the controller would at this time, ISO 8601 with offset (default: now)")
     fcheck.set_defaults(func=_forecast_check)
 
@@ -85,13 +84,6 @@ def _check(args: argparse.Namespace) -> int:
     for warning in secret_warnings(config.telemetry, environ):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
-
-
-def _aware_time(text: str) -> datetime:
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. +07:00 or Z)")
-    return when
 
 
 def _forecast_check(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
-"""Argument types for the ``ems`` command line: a number outside its range (or not finite) is refused by argparse
-with the argument's name and the range, exit status 2, before anything starts.
+"""Argument types for the ``ems`` command line: a number outside its range (or not finite), a time without a UTC
+offset or a date that does not exist is refused by argparse with the argument's name and what it needs, exit
+status 2, before anything starts.
 
-``type=number(lo=0, lo_open=True)`` takes a finite float > 0; ``type=number(int, 1, 65535)`` an integer port.
+``type=number(lo=0, lo_open=True)`` takes a finite float > 0; ``type=number(int, 1, 65535)`` an integer port;
+``type=aware_time`` an ISO 8601 time with its offset; ``type=local_date`` a date ``YYYY-MM-DD``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from datetime import date, datetime
+
+TIME_EXAMPLE = "2026-05-04T06:00:00+07:00"
 
 
 def number(kind: type[int] | type[float] = float, lo: float | None = None, hi: float | None = None,
@@ -31,3 +36,22 @@ def number(kind: type[int] | type[float] = float, lo: float | None = None, hi: f
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def aware_time(text: str) -> datetime:
+    """An argparse ``type``: an ISO 8601 time with its UTC offset (``+07:00`` or ``Z``)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an ISO 8601 time is required, e.g. {TIME_EXAMPLE}, got {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: write it as e.g. {TIME_EXAMPLE} (or Z)")
+    return moment
+
+
+def local_date(text: str) -> date:
+    """An argparse ``type``: a calendar date ``YYYY-MM-DD`` that exists."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a date YYYY-MM-DD that exists is required, got {text!r}") from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ems.cli_args import number
+from ems.cli_args import TIME_EXAMPLE, aware_time, number
 from ems.clock import WallClock
 from ems.series_csv import read_series_csv
 from ems.yamlfile import load_model, read_yaml
@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("plan", help="plan a horizon for a site and print it",
                               description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="site YAML file")
-    p.add_argument("--start", help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
+    p.add_argument("--start", type=aware_time,
+                   help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
     p.add_argument("--soc", type=float, help="SOC at the start [%% of usable capacity] (default: "
                                              "simulation.initial_soc_pct)")
     p.add_argument("--month-peak", type=number(lo=0), default=0.0, help="peak import already reached this month [kW]")
@@ -63,8 +64,7 @@ def _make_plan(args: argparse.Namespace):
 
     site = load_model(PlanningSiteView, args.config)
     simulation = (read_yaml(args.config) or {}).get("simulation") or {}
-    start = _parse_time(args.start) if args.start else (
-        _parse_time(str(simulation["start"])) if "start" in simulation else WallClock().now())
+    start = args.start or (_simulation_start(str(simulation["start"])) if "start" in simulation else WallClock().now())
     soc_pct = args.soc if args.soc is not None else simulation.get("initial_soc_pct")
     if soc_pct is None:
         raise ValueError("the start SOC is unknown: pass --soc PCT")
@@ -85,10 +85,11 @@ def _make_plan(args: argparse.Namespace):
     return plan, tariff.currency, site.site.timezone
 
 
-def _parse_time(text: str) -> datetime:
+def _simulation_start(text: str) -> datetime:
+    """The site file's ``simulation.start`` (aware)."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        raise ValueError(f"time {text!r} needs a UTC offset, e.g. 2026-05-04T06:00:00+07:00")
+        raise ValueError(f"simulation.start {text!r} needs a UTC offset, e.g. {TIME_EXAMPLE}")
     return moment
 
 

@@ -7,10 +7,9 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
 
-from ems.cli_args import number
+from ems.cli_args import local_date, number
 from simulations.scenario import ALL_STRATEGIES
 
 
@@ -60,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _period_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start", type=date.fromisoformat, help="override data.start (local date YYYY-MM-DD)")
+    parser.add_argument("--start", type=local_date, help="override data.start (local date YYYY-MM-DD)")
     parser.add_argument("--days", type=int, help="override data.days")
 
 

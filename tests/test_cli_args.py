@@ -1,18 +1,20 @@
-"""Numbers on the ``ems`` command line: refused with the argument's name and range, exit 2, before anything starts
-(``--speed 0`` used to run at the file's speed, ``--speed -5`` and ``nan`` to end in a traceback, ``--duration nan``
-to run for ever, ``park-summary --port 99999`` to end in an OverflowError)."""
+"""Numbers, times and dates on the ``ems`` command line: refused with the argument's name and what it needs, exit 2,
+before anything starts (``--speed 0`` used to run at the file's speed, ``--speed -5`` and ``nan`` to end in a
+traceback, ``--duration nan`` to run for ever, ``park-summary --port 99999`` to end in an OverflowError, ``plan
+--start tomorrow`` to say only "Invalid isoformat string", ``forecast check --at`` to name a private function)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ems.cli import main
-from ems.cli_args import number
+from ems.cli_args import aware_time, local_date, number
 
 
 def test_known_answers():
@@ -28,6 +30,20 @@ def test_known_answers():
             (port, "65536", "an integer ≥ 0 and ≤ 65535 is required, got '65536'"),
             (port, "80.5", "an integer ≥ 0 and ≤ 65535 is required, got '80.5'"),
             (number(lo=0), "-0.1", "a number ≥ 0 is required, got '-0.1'")]:
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            parse(text)
+        assert str(err.value) == says
+
+
+def test_times_and_dates():
+    assert aware_time("2026-05-04T06:00:00+07:00") == datetime(2026, 5, 4, 6, tzinfo=timezone(timedelta(hours=7)))
+    assert aware_time("2026-05-03T23:00Z") == datetime(2026, 5, 3, 23, tzinfo=UTC)
+    assert local_date("2026-02-28") == date(2026, 2, 28)
+    for parse, text, says in [
+            (aware_time, "tomorrow", "an ISO 8601 time is required, e.g. 2026-05-04T06:00:00+07:00, got 'tomorrow'"),
+            (aware_time, "2026-05-04T06:00", "'2026-05-04T06:00' has no UTC offset: write it as e.g. "
+                                             "2026-05-04T06:00:00+07:00 (or Z)"),
+            (local_date, "2026-02-29", "a date YYYY-MM-DD that exists is required, got '2026-02-29'")]:
         with pytest.raises(argparse.ArgumentTypeError) as err:
             parse(text)
         assert str(err.value) == says
@@ -56,6 +72,9 @@ def test_a_number_is_taken_exactly_when_finite_and_in_its_range(x, lo, width, lo
      "argument --workers: an integer ≥ 1 is required, got '0'"),
     (["devices", "scan", "127.0.0.1", "--unit", "248"], "argument --unit: an integer ≥ 0 and ≤ 247"),
     (["devices", "test", "--config", "x.yaml", "battery", "--hold-s", "-1"], "argument --hold-s: a number > 0"),
+    (["plan", "--config", "x.yaml", "--start", "tomorrow"], "ems plan: error: argument --start: an ISO 8601 time"),
+    (["simulate", "x.yaml", "--out", "o", "--start", "2026-13-01"], "argument --start: a date YYYY-MM-DD that exists"),
+    (["forecast", "check", "f.csv", "--config", "x.yaml", "--at", "noon"], "argument --at: an ISO 8601 time"),
 ])
 def test_the_ems_command_refuses_a_number_out_of_range_before_it_starts(capsys, argv, says):
     with pytest.raises(SystemExit) as stop:
