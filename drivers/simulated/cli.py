@@ -77,10 +77,10 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
     for name, ep in endpoints.items():
         image = site.images[name]
         print(f"  {name:<16} {image.role:<12} {image.profile.name:<20} {ep}")
-    if site.step_period_s > site.config.simulation.step_s:
-        print(f"  at {site.clock.speed:g}x the devices change only every {site.step_period_s:g} s of site time: a "
-              f"controller against them needs its cycle, max_age_s and groups.response_s paced to that "
-              f"(docs/devices.md, Simulated site)")
+    if site.clock.speed != 1:
+        print(f"  at {site.clock.speed:g}x a client in another process (ems devices, ems run) runs on the wall clock "
+              f"and sees the plant move {site.clock.speed:g}x too fast; to control it on its own clock use ems run "
+              f"--simulate (docs/devices.md, Simulated site)")
     print("Ctrl-C stops.", flush=True)
     try:
         await asyncio.Event().wait()
