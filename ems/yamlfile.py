@@ -141,8 +141,17 @@ def validate(model: type[ModelT], data: Any, source: str) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [FieldError(field_path(e["loc"]), e["msg"]) for e in exc.errors()]
-        raise ConfigError(source, errors) from exc
+        found = exc.errors()
+        raise ConfigError(source, [FieldError(field_path(e["loc"]), e["msg"]) for e in found
+                                   if not _echo_of_a_bad_item(e, found)]) from exc
+
+
+def _echo_of_a_bad_item(error: Any, errors: Sequence[Any]) -> bool:
+    """Whether ``error`` is a list's "too short after validation" that only counts items already reported bad (a
+    park of one site with a negative size is one error, not also "sites: should have at least 1 item")."""
+    loc = tuple(error["loc"])
+    return error["type"] == "too_short" and any(
+        len(e["loc"]) > len(loc) and tuple(e["loc"][:len(loc)]) == loc for e in errors if e is not error)
 
 
 def load_model(model: type[ModelT], path: str | Path) -> ModelT:

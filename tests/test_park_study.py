@@ -86,6 +86,21 @@ def test_repeated_site_id_is_refused(tmp_path: Path) -> None:
         load_park(park_file(tmp_path, second_id="factory-a"))
 
 
+def test_a_bad_site_is_one_error_not_also_an_empty_park(tmp_path: Path) -> None:
+    """Pydantic also reported "sites: Tuple should have at least 1 item after validation, not 0" when the only
+    site was bad; that echo is dropped (ems.yamlfile.validate), and a park that lists no site still says so."""
+    path = tmp_path / "park.yaml"
+    path.write_text(f"name: p\ndays: 2\nsites:\n  - id: a\n    scenario: {SCENARIO}\n    pv_kwp: -5\n")
+    with pytest.raises(ConfigError) as bad:
+        load_park(path)
+    assert [(e.field, e.message) for e in bad.value.errors] == [
+        ("sites[0].pv_kwp", "Input should be greater than or equal to 0")]
+    path.write_text("name: p\ndays: 2\nsites: []\n")
+    with pytest.raises(ConfigError) as empty:
+        load_park(path)
+    assert [e.field for e in empty.value.errors] == ["sites"]
+
+
 def test_shared_battery_of_two_identical_sites_changes_nothing(tmp_path: Path) -> None:
     """Two identical sites behind one connection with one battery the size of both of theirs: every flow is
     twice one site's, so the park's bill, battery investment and CO2 are the sites' sums (a known answer);
