@@ -21,6 +21,7 @@ from ems.cli_args import TIME_EXAMPLE, aware_time, number
 from ems.clock import WallClock
 from ems.series_csv import read_series_csv
 from ems.yamlfile import load_model, read_yaml
+from optimizer.shift import on_shift
 
 if TYPE_CHECKING:
     from optimizer.site import PlanningSite
@@ -76,6 +77,9 @@ def _make_plan(args: argparse.Namespace):
     if args.series:
         overrides = read_series(args.series, grid.starts, site)
     elif simulation.get("load"):
+        if simulation["load"].get("model", "shift") != "shift":
+            raise ValueError("simulation.load is a series, not a shift shape: pass the load as --series FILE.csv "
+                             "(timestamp,pv_kw,load_kw)")
         overrides["load_kw"] = shift_load(simulation["load"], grid.starts, site.site.timezone)
     else:
         raise ValueError("no load forecast without history: pass --series FILE.csv (timestamp,pv_kw,load_kw) "
@@ -114,8 +118,7 @@ def shift_load(shape: dict[str, Any], starts: pd.DatetimeIndex, timezone: str) -
     local = starts.tz_convert(timezone)
     day_start = time.fromisoformat(str(shape.get("day_start", "07:00")))
     day_end = time.fromisoformat(str(shape.get("day_end", "19:00")))
-    minutes = local.hour * 60 + local.minute
-    on = (minutes >= day_start.hour * 60 + day_start.minute) & (minutes < day_end.hour * 60 + day_end.minute)
+    on = on_shift(np.asarray(local.hour * 60 + local.minute), day_start, day_end)
     load = np.where(on, float(shape.get("day_kw", 0.0)), float(shape.get("night_kw", 0.0)))
     return load * np.where(local.day_of_week == 6, float(shape.get("sunday_factor", 1.0)), 1.0)
 

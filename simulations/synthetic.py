@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from optimizer.shift import on_shift
 from optimizer.site import PVSpec, SiteInfo, StrictModel
 from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP, clear_sky_pv_kw
 
@@ -257,13 +258,7 @@ def synthetic_load_kw(timezone: str, starts: pd.DatetimeIndex, step_minutes: int
     ``days_off`` (irregular shutdown days) are loaded as public holidays. [kW]"""
     local = starts.tz_convert(timezone)
     minutes = np.asarray(local.hour * 60 + local.minute)
-    start_min = load.day_start.hour * 60 + load.day_start.minute
-    end_min = load.day_end.hour * 60 + load.day_end.minute
-    if start_min <= end_min:
-        is_day = (minutes >= start_min) & (minutes < end_min)
-    else:  # a day shift that runs past midnight
-        is_day = (minutes >= start_min) | (minutes < end_min)
-    base = np.where(is_day, load.day_kw, load.night_kw)
+    base = np.where(on_shift(minutes, load.day_start, load.day_end), load.day_kw, load.night_kw)
     dates = np.asarray(local.tz_localize(None).normalize().date)
     years = range(int(local.year.min()), int(local.year.max()) + 1)
     public = holidays.country_holidays(load.holiday_country, years=years) if load.holiday_country else {}

@@ -93,6 +93,15 @@ def test_cli_table_and_clear_errors(tmp_path, capsys):
     assert "--series" in capsys.readouterr().err
 
 
+def test_cli_a_series_load_in_the_site_file_is_asked_for_as_series(tmp_path, capsys):
+    """A `simulation.load` series was read as a shift shape with day_kw 0: a plan on no load at all."""
+    data = yaml.safe_load(SITE_FILE.read_text())
+    data["simulation"]["load"] = {"model": "series", "file": "load.csv", "column": "load_kw"}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(data))
+    assert main(["plan", "--config", str(tmp_path / "site.yaml"), "--soc", "50"]) == 2
+    assert "simulation.load is a series, not a shift shape: pass the load as --series" in capsys.readouterr().err
+
+
 def test_two_part_tariff_demand_charge_is_gross_and_shaves(site):
     """evn-two-part-22kv: Cp 235,414 VND/kW-month + 8 % VAT; the plan pays only for a new peak."""
     from optimizer.tariff import Tariff

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
+from optimizer.shift import minute_of_day, on_shift
 from optimizer.site import BatterySpec, BatteryUnit
 
 Source = Callable[[datetime], float]
@@ -300,7 +301,8 @@ class ArraySource:
 
 class ShiftLoad:
     """A factory load with a day shift, for the simulated site: ``day_kw`` from ``day_start`` to ``day_end``
-    local time, ``night_kw`` otherwise, × ``sunday_factor`` on Sundays, with Gaussian noise of ``noise_pct`` %.
+    local time (past midnight when it ends before it starts: ``optimizer.shift``), ``night_kw`` otherwise,
+    × ``sunday_factor`` on Sundays, with Gaussian noise of ``noise_pct`` %.
 
     The noise is a seeded sequence (one draw per call), so a run is reproducible for a given call sequence.
     """
@@ -318,7 +320,7 @@ class ShiftLoad:
 
     def __call__(self, now: datetime) -> float:
         local = now.astimezone(self._zone)
-        kw = self.day_kw if self.day_start <= local.time() < self.day_end else self.night_kw
+        kw = self.day_kw if on_shift(minute_of_day(local.time()), self.day_start, self.day_end) else self.night_kw
         if local.weekday() == 6:
             kw *= self.sunday_factor
         if self.noise_pct:
