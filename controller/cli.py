@@ -81,8 +81,9 @@ def _check(args: argparse.Namespace) -> int:
             environ.update(read_env_file(args.env_file))
         except OSError as exc:
             print(f"warning: --env-file {args.env_file}: {exc.strerror or exc}", file=sys.stderr)
-    for warning in secret_warnings(config.telemetry, environ):
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in [*secret_warnings(config.telemetry, environ), config.site.solar_noon_warning()]:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -108,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(path)  # every problem reported before anything starts
     if args.simulate and config.simulation is None:
         raise SystemExit(f"ems run --simulate: {path} has no simulation: section")
+    if (warning := config.site.solar_noon_warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.state_dir is not None or not args.simulate:
         from controller.config import state_dir
         from controller.state_store import state_dir_problem

@@ -9,7 +9,7 @@ offline scenarios (``simulations/scenario.py``) reuse them too. Units follow doc
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +32,9 @@ class Location(StrictModel):
     altitude_m: float = Field(default=0.0, ge=-500, le=9000, description="[m]")
 
 
+SOLAR_NOON_LOCAL_H = (9.5, 15.5)
+"""Local hours between which the sun may be highest at a site before its time zone and longitude are questioned:
+12:30 ± 3 h, which holds every inhabited place on its legal time (western China on Beijing time: about 15:00). [h]"""
 MAX_SHUTDOWN_SPAN_DAYS = 366
 """Longest span of ``site.planned_shutdowns`` entry. [d]"""
 
@@ -76,6 +79,22 @@ class SiteInfo(StrictModel):
         description="Local days of site.holidays (or tariff.extra_holidays) the plant works as any day of their "
                     "week, e.g. a company calendar that works Respect for the Aged Day: the load forecast plans them "
                     "as working days (docs/data.md); billing is not changed")
+
+    def solar_noon_warning(self) -> str | None:
+        """A warning when the sun is highest far from midday in :attr:`timezone` at :attr:`location` (outside
+        :data:`SOLAR_NOON_LOCAL_H` in mid-January, equation of time left out): the time zone or the longitude was
+        most likely changed without the other (a copied example), and every PV forecast would be hours off.
+        ``None`` when they agree."""
+        offset = ZoneInfo(self.timezone).utcoffset(datetime(2026, 1, 15, 12))
+        assert offset is not None
+        noon_h = (12.0 - self.location.longitude / 15.0 + offset.total_seconds() / 3600.0) % 24.0
+        lo, hi = SOLAR_NOON_LOCAL_H
+        if lo <= noon_h <= hi:
+            return None
+        hours, minutes = divmod(round(noon_h * 60), 60)
+        return (f"site.location.longitude {self.location.longitude:g}° puts solar noon at {hours:02d}:{minutes:02d} "
+                f"local time in {self.timezone}: check site.location and site.timezone (PV would be forecast hours "
+                f"off)")
 
     def shutdown_days(self) -> list[date]:
         """Every day of :attr:`planned_shutdowns`, sorted, without repeats."""

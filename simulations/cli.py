@@ -120,6 +120,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulations.runner import run
 
     scenario = _load(args)
+    if (warning := scenario.site.solar_noon_warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     problem = out_problem(args.out, args.force, STUDY_FILES)
     if problem is not None:
         return _refuse(problem)
