@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     write.add_argument("--config", required=True, help="site file with a devices: list")
     write.add_argument("device", metavar="DEVICE", help="device name in the site file")
     write.add_argument("point", metavar="POINT", help="writable point of the device's profile")
-    write.add_argument("value", metavar="VALUE", type=float, help="value in the point's unit")
+    write.add_argument("value", metavar="VALUE", type=number(), help="value in the point's unit")
     write.set_defaults(func=_write)
     test = actions.add_parser("test", help="battery commissioning test: small charge, small discharge, 0 kW, each "
                                            "held a few seconds; checks sign, response and read-back; ends at 0 kW")

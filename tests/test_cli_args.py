@@ -72,6 +72,8 @@ def test_a_number_is_taken_exactly_when_finite_and_in_its_range(x, lo, width, lo
      "argument --workers: an integer ≥ 1 is required, got '0'"),
     (["devices", "scan", "127.0.0.1", "--unit", "248"], "argument --unit: an integer ≥ 0 and ≤ 247"),
     (["devices", "test", "--config", "x.yaml", "battery", "--hold-s", "-1"], "argument --hold-s: a number > 0"),
+    (["devices", "write", "--config", "x.yaml", "battery", "battery_setpoint_kw", "nan"],
+     "argument VALUE: a number is required, got 'nan'"),
     (["plan", "--config", "x.yaml", "--start", "tomorrow"], "ems plan: error: argument --start: an ISO 8601 time"),
     (["simulate", "x.yaml", "--out", "o", "--start", "2026-13-01"], "argument --start: a date YYYY-MM-DD that exists"),
     (["forecast", "check", "f.csv", "--config", "x.yaml", "--at", "noon"], "argument --at: an ISO 8601 time"),
