@@ -38,13 +38,20 @@ async def test_an_absent_unit_id_is_answered_gateway_target_failed_to_respond():
     assert not present.isError() and present.registers == [0x5375, 0x6E53]  # "SunS"
 
 
-def test_sim_serve_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_path):
-    config = site_config()
+def example_on_free_ports(tmp_path: Path, **sections: object) -> tuple[Path, dict]:
+    """The example site file with its devices on free ports and ``sections`` replaced, written to ``tmp_path``;
+    the file and its data."""
     data = yaml.safe_load(EXAMPLE_SITE.read_text())
-    for dev, free in zip(data["devices"], config.devices, strict=True):
+    for dev, free in zip(data["devices"], site_config().devices, strict=True):
         dev["endpoint"]["port"] = free.endpoint.port
+    data.update(sections)
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path, data
+
+
+def test_sim_serve_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_path):
+    path, data = example_on_free_ports(tmp_path)
     busy = data["devices"][1]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", busy["endpoint"]["port"]))
@@ -71,13 +78,7 @@ async def test_a_port_on_an_address_not_of_this_machine_is_an_os_error_naming_it
 
 def test_ems_run_simulate_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_path):
     """Issue 11: `ems run --simulate` printed a traceback (with the clear OSError at its bottom)."""
-    config = site_config()
-    data = yaml.safe_load(EXAMPLE_SITE.read_text())
-    for dev, free in zip(data["devices"], config.devices, strict=True):
-        dev["endpoint"]["port"] = free.endpoint.port
-    data["telemetry"] = {"dashboard": {"enabled": False}}
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path, data = example_on_free_ports(tmp_path, telemetry={"dashboard": {"enabled": False}})
     busy = data["devices"][0]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", busy["endpoint"]["port"]))
@@ -94,12 +95,7 @@ def test_ems_run_simulate_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_pat
 def test_sim_serve_away_from_real_time_says_a_controller_needs_its_clock(tmp_path, speed, says):
     """At 60x a controller in another process would run on the wall clock against a plant 60x too fast, so `ems
     sim serve` points to `ems run --simulate` (which shares the site's clock); at 1x it says nothing."""
-    config = site_config()
-    data = yaml.safe_load(EXAMPLE_SITE.read_text())
-    for dev, free in zip(data["devices"], config.devices, strict=True):
-        dev["endpoint"]["port"] = free.endpoint.port
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path, _ = example_on_free_ports(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path), "--speed", speed],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
