@@ -164,11 +164,14 @@ def _sweep(args: argparse.Namespace) -> int:
     from simulations.sweep import parse_range, period_warning, sweep, write_sweep
 
     scenario = _load(args)
-    try:
-        pv, battery = parse_range(args.pv), parse_range(args.battery)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    axes = {}
+    for option, text in (("--pv", args.pv), ("--battery", args.battery)):
+        try:
+            axes[option] = parse_range(text)
+        except ValueError as exc:
+            print(f"error: {option}: {exc}", file=sys.stderr)
+            return 2
+    pv, battery = axes["--pv"], axes["--battery"]
     problem = out_problem(args.out, args.force, SWEEP_FILES)
     if problem is not None:
         return _refuse(problem)

@@ -28,27 +28,50 @@ import pandas as pd
 from simulations.report import STRATEGY_LABELS
 from simulations.scenario import Scenario
 
+#: Most sizes one axis of a sweep may have (a typo such as ``0:2000:0.1`` would
+#: ask for 20,001 simulated years per battery size).
+MAX_SIZES_PER_AXIS = 200
+
 
 def parse_range(text: str) -> list[float]:
     """``"0:2000:250"`` → 0, 250, …, 2000 (stop included); ``"500"`` → [500]; ``"0,500,1500"`` → a list.
 
-    Raises ValueError naming the problem.
+    Raises ValueError naming the problem: a value that is not a finite number, a negative or repeated size, a
+    range going nowhere or one of more than :data:`MAX_SIZES_PER_AXIS` sizes.
     """
     if "," in text:
-        values = [float(v) for v in text.split(",")]
+        values = [_size(v, text) for v in text.split(",")]
     elif ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
             raise ValueError(f"range {text!r} must be START:STOP:STEP")
-        start, stop, step = (float(p) for p in parts)
+        start, stop, step = (_size(p, text) for p in parts)
         if step <= 0 or stop < start:
             raise ValueError(f"range {text!r} needs STEP > 0 and STOP ≥ START")
-        values = list(np.arange(start, stop + step / 2, step))
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1  # STOP itself when a whole number of STEPs away
+        if count > MAX_SIZES_PER_AXIS:
+            raise ValueError(f"range {text!r} gives {count:,} sizes; at most {MAX_SIZES_PER_AXIS} (a larger STEP)")
+        values = [round(start + i * step, 9) for i in range(count)]
     else:
-        values = [float(text)]
+        values = [_size(text, text)]
     if any(v < 0 for v in values):
         raise ValueError(f"range {text!r} has a negative size")
-    return [float(v) for v in values]
+    if len(set(values)) != len(values):
+        raise ValueError(f"range {text!r} repeats a size")
+    if len(values) > MAX_SIZES_PER_AXIS:
+        raise ValueError(f"range {text!r} gives {len(values):,} sizes; at most {MAX_SIZES_PER_AXIS}")
+    return values
+
+
+def _size(part: str, text: str) -> float:
+    """One number of a size range; ValueError naming it and the range if it is not a finite number."""
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"range {text!r}: {part.strip()!r} is not a number") from None
+    if not np.isfinite(value):
+        raise ValueError(f"range {text!r}: {part.strip()!r} is not a finite number")
+    return value
 
 
 def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, battery_kwh: float,

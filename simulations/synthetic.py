@@ -181,7 +181,10 @@ def synthetic_pv_kw(site: SiteInfo, pv: PVSpec, starts: pd.DatetimeIndex, step_m
     With ``daily_energy_lag1_target`` the daily clearness's AR coefficient (else :data:`DAILY_CLEARNESS_AR`) is
     found by bisection, on the same random draws, so that the lag-one correlation of the result's daily energies
     is within :data:`LAG1_TOLERANCE` of the target; a target this year cannot reach is a ``ValueError``.
+    A plant of 0 kWp (a sweep's no-PV column) gives zeros, whatever the target.
     """
+    if pv.kwp == 0:
+        return np.zeros(len(starts))
     step_h = step_minutes / 60.0
     clear = clear_sky_pv_kw(starts, step_h, site, pv)
     local = starts.tz_convert(site.timezone)

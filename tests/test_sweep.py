@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +18,15 @@ def test_parse_range() -> None:
     assert parse_range("0:2000:250") == [0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000]
     assert parse_range("500") == [500.0]
     assert parse_range("0,500,1500") == [0.0, 500.0, 1500.0]
-    for bad in ("0:10", "10:0:5", "0:10:0", "-5"):
-        with pytest.raises(ValueError):
+    assert parse_range("0:1:0.1") == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert parse_range("0:1000:600") == [0.0, 600.0]  # never past STOP (it once gave 1,200)
+    assert parse_range("0:1000:400") == [0.0, 400.0, 800.0]
+    for bad, problem in (("0:10", "START:STOP:STEP"), ("10:0:5", "STOP ≥ START"), ("0:10:0", "STEP > 0"),
+                         ("-5", "negative"), ("nan", "'nan' is not a finite number"),
+                         ("0:inf:100", "'inf' is not a finite number"), ("1,2,,3", "'' is not a number"),
+                         ("100,kw", "'kw' is not a number"), ("100,100", "repeats"),
+                         ("0:2000:0.5", "gives 4,001 sizes; at most 200")):
+        with pytest.raises(ValueError, match=re.escape(problem)):
             parse_range(bad)
 
 

@@ -110,3 +110,11 @@ def test_hourly_step_and_bad_step():
 def test_unreachable_yield_is_an_error():
     with pytest.raises(ValueError, match="more than the PV system can produce"):
         synthetic_year(SITE, PV, 2026, SHAPE, seed=1, annual_yield_kwh_per_kwp=3000)
+
+
+@pytest.mark.parametrize("lag1", [None, 0.38])
+def test_a_plant_of_zero_kwp_has_no_pv_and_the_same_load(year, lag1):
+    """A sweep's no-PV column: zeros, not a calibration error, and the load of any other size."""
+    df = synthetic_year(SITE, PVSpec(kwp=0), 2026, SHAPE, seed=42, daily_energy_lag1_target=lag1)
+    assert (df["pv_kw"] == 0).all()
+    pd.testing.assert_series_equal(df["load_kw"], year["load_kw"])
