@@ -376,7 +376,10 @@ class PVForecaster:
             compute = clear_sky_pv_kw_isolated if self.isolated else clear_sky_pv_kw
             kwh = pd.Series(compute(starts.tz_convert("UTC"), 1.0, self.site, self.pv), index=starts)
             per_kwp = kwh.groupby(starts.month).sum().to_numpy() / max(self.pv.kwp, 1e-9)
-            self._monthly_clearness = np.clip(np.asarray(self._monthly_yield) / per_kwp, 0.0, self.max_clearness)
+            # a plant of 0 kWp has no clear-sky yield to compare with (its forecast is 0 kW whatever the clearness)
+            clearness = np.divide(np.asarray(self._monthly_yield, dtype=float), per_kwp,
+                                  out=np.full(12, DEFAULT_CLEARNESS), where=per_kwp > 0)
+            self._monthly_clearness = np.clip(clearness, 0.0, self.max_clearness)
         return float(self._monthly_clearness[month - 1])
 
     def _clearness(self, clear: np.ndarray, ns: np.ndarray, values: np.ndarray, step_h: float, t0: int,

@@ -235,6 +235,11 @@ def test_pv_forecast_without_pv_is_zero():
     grid = regular_grid(pd.Timestamp("2026-06-01", tz=TZ), 96, 15)
     history = pd.Series(0.0, index=quarter_hours("2026-05-30", 2))
     assert np.array_equal(PVForecaster(SITE, PVSpec(kwp=0)).forecast(grid, history), np.zeros(96))
+    no_pv_with_climate = PVSpec(kwp=0, monthly_yield_kwh_per_kwp=HAI_PHONG_MONTHLY_KWH_PER_KWP)
+    with np.errstate(all="raise"):  # it divided the climatology by a clear-sky yield of 0 (a warning per study)
+        forecaster = PVForecaster(SITE, no_pv_with_climate)
+        assert forecaster.climatological_clearness(3) == DEFAULT_CLEARNESS
+        assert np.array_equal(forecaster.forecast(grid, None), np.zeros(96))
 
 
 def test_pv_recent_clearness_dominates_short_leads():
