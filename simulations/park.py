@@ -107,9 +107,14 @@ class Park(BaseModel):
 def load_park(path: Path) -> tuple[Park, list[Scenario]]:
     """The park file and each site's scenario (period overrides applied); errors name file and field."""
     park = load_model(Park, path)
+    files = [site.scenario if site.scenario.is_absolute() else path.parent / site.scenario for site in park.sites]
+    missing = [FieldError(f"sites[{i}].scenario", f"site {site.id!r}: no scenario file {file}")
+               for i, (site, file) in enumerate(zip(park.sites, files, strict=True)) if not file.is_file()]
+    if missing:
+        raise ConfigError(str(path), missing)
     scenarios = []
-    for site in park.sites:
-        scenario = load_scenario(site.scenario if site.scenario.is_absolute() else path.parent / site.scenario)
+    for file in files:
+        scenario = load_scenario(file)
         if park.start is not None or park.days is not None:
             data = scenario.model_dump()
             data["data"].update({k: v for k, v in (("start", park.start), ("days", park.days)) if v is not None})

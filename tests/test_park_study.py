@@ -101,6 +101,20 @@ def test_a_bad_site_is_one_error_not_also_an_empty_park(tmp_path: Path) -> None:
     assert [e.field for e in empty.value.errors] == ["sites"]
 
 
+def test_a_missing_scenario_is_named_by_its_site_in_the_park_file(tmp_path: Path) -> None:
+    """Every missing scenario, each by the park file's field and the site's id (it said "nonexist.yaml: (file):
+    No such file or directory", the first one only, without the park file or the site)."""
+    path = tmp_path / "park.yaml"
+    path.write_text(f"name: p\ndays: 2\nsites:\n  - id: a\n    scenario: gone.yaml\n"
+                    f"  - id: b\n    scenario: {SCENARIO}\n  - id: c\n    scenario: sub/also-gone.yaml\n")
+    with pytest.raises(ConfigError) as missing:
+        load_park(path)
+    assert missing.value.source == str(path)
+    assert [(e.field, e.message) for e in missing.value.errors] == [
+        ("sites[0].scenario", f"site 'a': no scenario file {tmp_path / 'gone.yaml'}"),
+        ("sites[2].scenario", f"site 'c': no scenario file {tmp_path / 'sub' / 'also-gone.yaml'}")]
+
+
 def test_shared_battery_of_two_identical_sites_changes_nothing(tmp_path: Path) -> None:
     """Two identical sites behind one connection with one battery the size of both of theirs: every flow is
     twice one site's, so the park's bill, battery investment and CO2 are the sites' sums (a known answer);
