@@ -18,7 +18,17 @@ import httpx
 import pytest
 
 from controller.api.app import readiness, redact
-from controller.api.roles import Lockout, Role, TokenError, TokenStore, digest, read_env, read_file, write_entry
+from controller.api.roles import (
+    Lockout,
+    Role,
+    TokenError,
+    TokenStore,
+    digest,
+    format_entry,
+    read_env,
+    read_file,
+    write_entry,
+)
 from controller.api.settings import RuntimeSettings
 from controller.audit import AuditLog
 from controller.bus import Bus
@@ -379,6 +389,34 @@ def test_tokens_cli_prints_once_and_stores_the_hash(tmp_path: Path, capsys: pyte
     assert main(["tokens", "remove", "scada-gw", "--file", str(path)]) == 0
     assert main(["tokens", "list", "--file", str(path)]) == 0 and capsys.readouterr().out == ""
     assert main(["tokens", "remove", "scada-gw", "--file", str(path)]) == 1
+
+
+def test_tokens_cli_keeps_the_file_s_comments_and_refuses_to_rewrite_a_bad_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Adding or removing a token rewrote the file from its entries alone: the operator's comments were lost, and
+    it was truncated before being written (a crash in between lost every token). A file with a bad line is
+    refused, left as it was; listing a file that is not there says so."""
+    path = tmp_path / "tokens"
+    kept = f"# line 2 SCADA gateway, replaced 2026-11\nscada-gw operator sha256:{'1' * 64}  # Nguyen's laptop\n"
+    path.write_text(kept)
+    path.chmod(0o644)
+    assert main(["tokens", "add", "grafana", "--role", "viewer", "--file", str(path)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert path.read_text() == kept + format_entry("grafana", Role.VIEWER, token) + "\n"
+    assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in tmp_path.iterdir()] == ["tokens"]
+    assert main(["tokens", "remove", "grafana", "--file", str(path)]) == 0
+    assert path.read_text() == kept
+    assert main(["tokens", "add", "scada-gw", "--role", "admin", "--file", str(path)]) == 0  # replaced, not added
+    assert [(t.name, t.role) for t in read_file(path)] == [("scada-gw", Role.ADMIN)]
+    assert path.read_text().startswith("# line 2 SCADA gateway, replaced 2026-11\n")
+    broken = kept + "grafana viewer plaintext\n"
+    path.write_text(broken)
+    capsys.readouterr()
+    assert main(["tokens", "add", "other", "--role", "viewer", "--file", str(path)]) == 2
+    assert "tokens:3: hash must be sha256" in capsys.readouterr().err and path.read_text() == broken
+    assert main(["tokens", "remove", "scada-gw", "--file", str(path)]) == 2 and path.read_text() == broken
+    assert main(["tokens", "list", "--file", str(tmp_path / "elsewhere")]) == 1
+    assert "no tokens file" in capsys.readouterr().err
 
 
 def test_bad_token_entries_name_where() -> None:

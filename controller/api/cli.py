@@ -82,8 +82,11 @@ def _list(args: argparse.Namespace) -> int:
     from controller.api.roles import TokenError, read_file
 
     path = tokens_path(args)
+    if not path.exists():
+        print(f"ems tokens list: no tokens file {path} (`ems tokens add` makes it)", file=sys.stderr)
+        return 1
     try:
-        tokens = read_file(path) if path.exists() else []
+        tokens = read_file(path)
     except TokenError as exc:
         print(f"ems tokens list: {exc}", file=sys.stderr)
         return 2

@@ -133,30 +133,52 @@ def read_env(value: str, variable: str = TOKENS_ENV) -> list[Token]:
     return tokens
 
 
+TOKENS_FILE_HEADER = "# name role sha256 — made by `ems tokens add`; only hashes, never tokens"
+
+
 def write_entry(path: Path, name: str, role: Role, token: str) -> None:
-    """Add (or replace) ``name`` in the tokens file, creating it readable by its owner only."""
+    """Add (or replace) ``name`` in the tokens file, creating it readable by its owner only.
+
+    The other lines, comments included, are kept as they are; a file with a bad line is refused
+    (``TokenError``) rather than rewritten.
+    """
     if not NAME_PATTERN.match(name):
         raise TokenError(f"name {name[:70]!r}: 1-64 of A-Z a-z 0-9 _ . @ -")
-    kept = [t for t in read_file(path) if t.name != name] if path.exists() else []
-    lines = ["# name role sha256 — made by `ems tokens add`; only hashes, never tokens"]
-    lines += [f"{t.name} {t.role.label} sha256:{t.digest.hex()}" for t in kept]
-    lines.append(format_entry(name, role, token))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("\n".join(lines) + "\n")
+    lines = _lines_without(path, name) if path.exists() else [TOKENS_FILE_HEADER]
+    _replace_file(path, [*lines, format_entry(name, role, token)])
 
 
 def remove_entry(path: Path, name: str) -> bool:
-    """Drop ``name`` from the tokens file; False if it was not there."""
-    tokens = read_file(path)
-    kept = [t for t in tokens if t.name != name]
-    if len(kept) == len(tokens):
+    """Drop ``name`` from the tokens file (other lines and comments kept); False if it was not there."""
+    before = path.read_text("utf-8").splitlines() if path.exists() else []
+    lines = _lines_without(path, name)
+    if len(lines) == len(before):
         return False
-    lines = ["# name role sha256 — made by `ems tokens add`; only hashes, never tokens"]
-    lines += [f"{t.name} {t.role.label} sha256:{t.digest.hex()}" for t in kept]
-    path.write_text("\n".join(lines) + "\n", "utf-8")
+    _replace_file(path, lines)
     return True
+
+
+def _lines_without(path: Path, name: str) -> list[str]:
+    """The tokens file's lines except the entries of ``name``; ``TokenError`` if any line is not an entry."""
+    read_file(path)  # every line checked before anything is rewritten
+    lines = path.read_text("utf-8").splitlines()
+    return [line for line in lines if line.split("#", 1)[0].split()[:1] != [name]]
+
+
+def _replace_file(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to ``path`` all at once (a temporary file renamed over it), readable by its owner only:
+    a crash or a full disk leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class TokenStore:
