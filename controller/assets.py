@@ -153,7 +153,7 @@ class Assets:
         try:
             result = await device.write(point, value, deadband=deadband)
         except KeyError as exc:  # SunSpec points have no address until the device has been discovered
-            return name, f"{name}: {point}: {exc}"
+            return name, exc.args[0]
         mono = self.clock.monotonic()
         if not result.ok:
             group.wrote(name, None, result.detail, mono)

@@ -79,6 +79,11 @@ class RemoteControlled(Protocol):
     """A device that must be put under (and released from) external control."""
 
     @property
+    def has_remote_control(self) -> bool:
+        """Whether the device has a remote-control sequence to enter and leave (a meter has none)."""
+        ...
+
+    @property
     def reversion_s(self) -> float | None:
         """The device's own fallback timer once remote control is entered [s]; ``None`` if it sets none."""
         ...

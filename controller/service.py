@@ -660,7 +660,7 @@ class Controller:
                 await battery.poll()
             result = await battery.write("battery_setpoint_kw", 0.0, force=True)
         except KeyError as exc:
-            log.error("shutdown: battery %s unreachable, setpoint 0 kW not written: %s", battery.name, exc)
+            log.error("shutdown: battery %s setpoint 0 kW not written: %s", battery.name, exc.args[0])
             return False
         if not result.ok:
             log.error("shutdown: battery %s setpoint 0 kW not confirmed: %s", battery.name, result.detail)
@@ -674,6 +674,8 @@ class Controller:
             await asyncio.gather(*(self._zero_battery(b) for b in self.assets.of(Role.BATTERY))))
         released = True
         for device in self.devices.values() if self._took_control else ():
+            if not device.has_remote_control:  # a meter: nothing was taken, nothing to hand back
+                continue
             if device.online is not True:
                 log.error("shutdown: %s unreachable, remote control not released", device.name)
                 released = False

@@ -130,6 +130,11 @@ class ModbusDevice:
         return self._health.online
 
     @property
+    def has_remote_control(self) -> bool:
+        """Whether the profile has a ``remote_control`` section (sequences to enter and leave)."""
+        return self.profile.remote_control is not None
+
+    @property
     def reversion_s(self) -> float | None:
         """The device's own fallback timer as the profile's ``remote_control.enter`` sets it [s]; ``None`` if it
         sets none (see :func:`reversion_s`)."""
@@ -350,7 +355,10 @@ class ModbusDevice:
         ``drivers.profile.Direction``).
         """
         p = self.profile.points.get(point_name)
-        if p is None or p.write is None or p.address is None:
+        if p is not None and p.write is not None and p.address is None:
+            raise KeyError(f"{self.name}: {point_name!r} has no address yet: the device has not answered the SunSpec "
+                           "model discovery since the controller started")
+        if p is None or p.write is None:
             raise KeyError(f"{self.name}: {point_name!r} is not a writable point of profile {self.profile.name}")
         spec = p.write
         target = float(value)

@@ -80,6 +80,8 @@ class FakeDevice:
         self.writes: list[tuple[float, str, float]] = []
         """Every write actually sent: (site monotonic s, point, value)."""
         self.remote_control = False
+        self.has_remote_control = True
+        """Whether shutdown must release it (a real meter's profile has no remote-control sequence)."""
         self.enter_count = self.leave_count = self.heartbeats = 0
         self.polls = 0
         self.closed = False

@@ -208,3 +208,30 @@ async def test_setpoints_reach_the_devices_once_and_at_the_heartbeat(tmp_path: P
         [(0.0, -310.0), (10.0, -310.0), (20.0, -310.0)]
     assert site.pv.sent("pv_limit_pct") == [100.0, 100.0, 100.0]
     assert site.battery.enter_count == site.pv.enter_count == site.meter.enter_count == 1
+
+
+@pytest.mark.parametrize(("meter_has_remote_control", "says"), [
+    (False, "controller stopped: battery 0 kW, remote control released"),
+    (True, "remote control NOT released everywhere"),
+])
+async def test_shutdown_owes_a_meter_without_remote_control_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, meter_has_remote_control: bool, says: str) -> None:
+    """The meter went silent before the stop: a meter has no remote control to hand back (its profile has no
+    sequence), so shutdown neither reports it "unreachable, remote control not released" nor calls the release
+    incomplete; a device that has one and cannot be reached still is."""
+    clock = ManualClock(T0)
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    site.meter.has_remote_control = meter_has_remote_control
+    controller = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+    for _ in range(3):
+        site.settle(400.0, 300.0)
+        await controller.cycle()
+        clock.advance(1.0)
+    site.meter.go_offline()
+    site.settle(400.0, 300.0)
+    await controller.cycle()
+    with caplog.at_level("WARNING", logger="controller.service"):
+        await controller.shutdown()
+    assert says in caplog.text
+    assert ("grid-meter unreachable, remote control not released" in caplog.text) is meter_has_remote_control
+    assert site.battery.leave_count == site.pv.leave_count == 1 and not site.battery.remote_control

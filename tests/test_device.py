@@ -15,7 +15,7 @@ from pymodbus.simulator import SimAction, SimDevice
 
 from drivers.config import DeviceConfig
 from drivers.device import ModbusDevice, plan_blocks
-from drivers.profile import Function, Profile, parse_profile
+from drivers.profile import Function, Profile, load_profile, parse_profile
 from drivers.readings import Quality
 from drivers.transport import ConnectionPool
 from ems.clock import ManualClock
@@ -297,6 +297,22 @@ async def test_write_to_unreachable_device_fails_cleanly() -> None:
     result = await battery.write("limit_pct", 40)
     assert not result.ok and result.verified is None and "cannot connect" in result.detail
     assert battery.write_failures == 1
+    pool.close()
+
+
+async def test_write_to_a_sunspec_device_never_discovered_says_so() -> None:
+    """A SunSpec point has no address until the device answers the model discovery; the write is refused with
+    that reason (it said "'battery_setpoint_kw' is not a writable point of profile sunspec-battery", which reads
+    as a profile fault; the controller's shutdown logged it for a battery that had never answered)."""
+    pool = ConnectionPool()
+    battery = make(pool, config(free_port(), role="battery"), ManualClock(T0), load_profile("sunspec-battery"))
+    await battery.poll()
+    assert battery.online is False
+    with pytest.raises(KeyError, match="'battery_setpoint_kw' has no address yet: the device has not answered the "
+                                       "SunSpec model discovery"):
+        await battery.write("battery_setpoint_kw", 0.0, force=True)
+    with pytest.raises(KeyError, match="'soc_pct' is not a writable point of profile sunspec-battery"):
+        await battery.write("soc_pct", 50.0)
     pool.close()
 
 
