@@ -33,7 +33,8 @@ PRICE_COLUMNS = ("import_price", "export_price")
 def register(subparsers: Any) -> None:
     """Add ``ems plan`` to the ``ems`` command."""
     p = subparsers.add_parser("plan", help="plan a horizon for a site and print it",
-                              description=__doc__.splitlines()[0])
+                              description="Plan a horizon for a site file and print it as a table (or the Plan "
+                                          "JSON).")
     p.add_argument("--config", required=True, type=Path, help="site YAML file")
     p.add_argument("--start", type=aware_time,
                    help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
