@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,8 @@ def load_data(scenario: Scenario) -> SeriesData:
     first_day = d.start if d.start is not None else (local[0].date() if len(local) else None)
     if d.days is not None and first_day is not None:
         keep &= np.asarray(local.date) < first_day + pd.Timedelta(days=d.days).to_pytimedelta()
+    if len(local):
+        _check_period(scenario, local[0].date(), local[-1].date())
     if not keep.any():
         raise ConfigError(f"scenario {scenario.name}", [FieldError("data.start", "data.start and data.days select "
                                                                                  "no step of the data")])
@@ -115,6 +118,21 @@ def load_data(scenario: Scenario) -> SeriesData:
     warmup = warmup_from(frame.index, pv_all, load_all, starts[0], d.warmup_days, step)
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
                       pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup)
+
+
+def _check_period(scenario: Scenario, first: date, last: date) -> None:
+    """``data.start`` and ``data.days`` within the data's local days ``first`` … ``last``; a ``ConfigError`` naming
+    the data's days otherwise (a period cut short at the data's end was simulated without a word)."""
+    d, span = scenario.data, f"the data covers {first} to {last} (local days)"
+    if d.start is not None and not first <= d.start <= last:
+        raise ConfigError(f"scenario {scenario.name}", [FieldError("data.start", f"{d.start} is outside the data: "
+                                                                                 f"{span}")])
+    begin = d.start if d.start is not None else first
+    if d.days is not None and begin + timedelta(days=d.days - 1) > last:
+        available = (last - begin).days + 1
+        raise ConfigError(f"scenario {scenario.name}", [FieldError(
+            "data.days", f"{d.days} days from {begin} run past the end of the data ({span}): at most {available} "
+                         f"from {begin}")])
 
 
 def irradiance_pv(scenario: Scenario, index: pd.DatetimeIndex, require: np.ndarray | None = None) -> pd.Series:

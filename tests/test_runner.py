@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from ems.cli import main
+from ems.yamlfile import ConfigError
 from optimizer.forecast import History
 from simulations.runner import REFERENCE, load_data, make_strategy, price_inputs, run, simulate
 from simulations.scenario import Scenario, load_scenario
@@ -175,6 +176,29 @@ def test_scenario_errors_surface_through_ems_simulate(tmp_path: Path, capsys: py
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     assert main(["simulate", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "pv.kwp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("start", "days", "field", "says"), [
+    ("2026-12-30", 5, "data.days", "5 days from 2026-12-30 run past the end of the data (the data covers 2026-01-01 "
+                                   "to 2026-12-31 (local days)): at most 2 from 2026-12-30"),
+    ("2025-06-01", 4, "data.start", "2025-06-01 is outside the data: the data covers 2026-01-01 to 2026-12-31"),
+    ("2027-01-01", 1, "data.start", "2027-01-01 is outside the data"),
+])
+def test_a_period_outside_the_data_is_refused(start: str, days: int, field: str, says: str) -> None:
+    """The synthetic year is 2026: a period running past its end was simulated cut short (5 days asked, 2 run,
+    the yearly figures scaled from 2) without a word; one before or after it said only "select no step"."""
+    scenario = _scenario()
+    data = scenario.model_dump()
+    data["data"].update(start=start, days=days)
+    moved = Scenario.model_validate(data)
+    moved._base_dir = scenario.base_dir
+    with pytest.raises(ConfigError) as refused:
+        load_data(moved)
+    assert [e.field for e in refused.value.errors] == [field] and says in refused.value.errors[0].message
+    data["data"].update(start="2026-12-30", days=2)  # to the data's last day: taken
+    whole = Scenario.model_validate(data)
+    whole._base_dir = scenario.base_dir
+    assert len(load_data(whole).starts) == 48
 
 
 @pytest.mark.parametrize("k", [0, 1, 30])
