@@ -62,7 +62,8 @@ def _read(args: argparse.Namespace) -> int:
     if args.device:
         unknown = sorted(set(args.device) - {c.name for c in configs})
         if unknown:
-            raise ConfigError(args.config, [FieldError("devices", f"no device named {', '.join(unknown)}")])
+            raise ConfigError(args.config, [FieldError("devices", f"no device named {', '.join(unknown)}; devices: "
+                                                                  f"{', '.join(c.name for c in configs)}")])
         configs = [c for c in configs if c.name in args.device]
     return asyncio.run(_poll_and_print(configs, Path(args.config).parent))
 

@@ -400,7 +400,7 @@ async def test_cli_read_prints_every_point_and_flags_unreachable(tmp_path: Path,
     assert re.search(r"gone\s+soc_pct\s+%\s+missing", out) and "unreachable: gone" in out
 
 
-def test_cli_exit_codes(tmp_path: Path) -> None:
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ems.cli import main
 
     assert main(["devices", "read", "--config", str(tmp_path / "missing.yaml")]) == 2
@@ -408,4 +408,6 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     site.write_text(f"devices:\n  - {{name: m, role: meter, profile: sunspec-meter, timeout_s: 0.3,"
                     f" endpoint: {{host: 127.0.0.1, port: {free_port()}}}}}\n")
     assert main(["devices", "read", "--config", str(site)]) == 1
+    capsys.readouterr()
     assert main(["devices", "read", "--config", str(site), "--device", "nope"]) == 2
+    assert "no device named nope; devices: m" in capsys.readouterr().err
