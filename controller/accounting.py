@@ -12,6 +12,11 @@
   since the previous cycle (a gap of more than :data:`MAX_ACCOUNTED_GAP_CYCLES` cycles is not integrated: the
   controller was not running) and looks up the tariff's prices (cached per minute).
 
+The system clock may be set back while the controller runs (an NTP step, an operator): the time since the
+previous cycle is then not integrated, and no counter goes back to an earlier day or billing month — what is
+measured after the step counts towards the day and month already under way (an earlier one's counters are not
+restarted, which would have wiped today's and the month's peak).
+
 All are kept across restarts in the state file (``controller.state_store``) as :class:`StoredDemand`,
 :class:`StoredEnergy` and :class:`StoredMonth`.
 """
@@ -169,6 +174,8 @@ class DemandTracker:
     def _close(self) -> bool:
         assert self._start is not None
         month = self.billing_month(self._start)
+        if self.month is not None and month < self.month:  # the clock was set back: counts in the month under way
+            month = self.month
         if month != self.month:
             if self.month is not None:
                 self.past_peaks[self.month] = self.peak_kw
@@ -256,8 +263,8 @@ class EnergyCounters:
     def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
             import_price: float, export_price: float, export_cap_kw: float) -> tuple[float, float, float]:
         """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]; the
-        cycle's :func:`energy_money`."""
-        if day != self.day:
+        cycle's :func:`energy_money`. A cycle of an earlier ``day`` (the clock set back) counts in the day under way."""
+        if day > self.day:
             for f in fields(self):
                 setattr(self, f.name, f.default)
             self.day = day
@@ -302,8 +309,9 @@ class MonthCounters:
     KEY = "month"
 
     def add(self, month: str, cost: float, cost_no_battery: float) -> None:
-        """Add one cycle's money [currency] to billing month ``month`` (a new month starts from zero)."""
-        if month != self.month:
+        """Add one cycle's money [currency] to billing month ``month`` (a new month starts from zero; an earlier
+        one, after the clock was set back, counts in the month under way)."""
+        if self.month is None or month > self.month:
             self.month, self.cost, self.cost_no_battery = month, 0.0, 0.0
         self.cost += cost
         self.cost_no_battery += cost_no_battery

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -168,6 +168,16 @@ class Commands:
             log.info("SOC reserve %.1f %% expired", self.reserve.soc_pct)
             self.reserve = None
         return self.reserve.soc_pct if self.reserve else None
+
+    def clock_set_back(self, by: timedelta) -> None:
+        """The system clock was set back by ``by`` (an NTP step, an operator): the mode request (a manual setpoint
+        among them) and the SOC reserve keep the time they had left, their expiry moving back with the clock, so
+        that none outlives its ``ttl_s`` (a manual setpoint of 60 s would otherwise have held an hour longer)."""
+        request = self.modes.request
+        if request is not None:
+            self.modes.request = replace(request, until=request.until - by)
+        if self.reserve is not None:
+            self.reserve = replace(self.reserve, until=self.reserve.until - by)
 
     def apply(self, command: dict | BaseModel, *, interface: str = "internal",
               identity: str | None = None) -> CommandResult:

@@ -146,9 +146,21 @@ class MeasuredHistory:
     def add(self, t: datetime, pv_kw: float | None, load_kw: float | None, dt_h: float,
             pv_curtailed: bool = False) -> None:
         """Add one cycle's measurement (missing values only advance time). ``t`` is the cycle time (UTC);
-        ``pv_curtailed``: PV was held at its limit this cycle, so the step's PV is unknown."""
+        ``pv_curtailed``: PV was held at its limit this cycle, so the step's PV is unknown.
+
+        The system clock set back to an earlier step (an NTP step, an operator) drops the steps from that one on,
+        as :meth:`restore` does, and measures that step again: the forecasters need strictly increasing steps
+        (two rows for one step made every forecast fail until the history aged out)."""
         step = floor_to_step(t, self.step_minutes)
-        if self._step is not None and step != self._step:
+        if self._step is not None and step < self._step:
+            kept = [r for r in self._rows if r[0] < pd.Timestamp(step)]
+            if len(kept) != len(self._rows):
+                self._rows = kept
+                self.closed += 1  # the stored history changed
+            self._sums[:] = 0.0
+            self._covered_h = 0.0
+            self._pv_curtailed = False
+        elif self._step is not None and step != self._step:
             self._close()
         self._step = step
         if pv_kw is not None and load_kw is not None:

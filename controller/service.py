@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,7 @@ class Controller:
         self._history_saved = 0  # MeasuredHistory.closed when the history was last saved
         self._online: dict[str, bool | None] = {name: None for name in self.devices}
         self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
+        self._last_cycle_at: tuple[datetime, float] | None = None  # previous cycle's (site time, monotonic s)
         self._stop = asyncio.Event()
         self.telemetry: Telemetry | None = None
         self._restore(now)
@@ -422,12 +423,30 @@ class Controller:
         for name, device in self.devices.items():
             self._online[name] = device.online
 
+    def _watch_clock(self, now: datetime) -> None:
+        """The system clock set back by more than a cycle (against the monotonic clock) since the previous cycle:
+        logged, and the commands keep the time they had left (:meth:`Commands.clock_set_back`). The accounting,
+        the measured history and the validator hold their own rules (``controller.accounting``,
+        :meth:`MeasuredHistory.add`, the SOC rule of ``controller.validation``)."""
+        mono, last = self.clock.monotonic(), self._last_cycle_at
+        self._last_cycle_at = (now, mono)
+        if last is None:
+            return
+        back = last[0] + timedelta(seconds=mono - last[1]) - now
+        if back.total_seconds() <= self.config.control.cycle_s:
+            return
+        self.commands.clock_set_back(back)
+        log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
+                    "cycle's energy is not counted, the measured history's steps from then on are measured again",
+                    back.total_seconds(), now.isoformat())
+
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""
         t0 = time.perf_counter()
         snap = await self.assets.read()
         t_read = time.perf_counter()
         now = snap.ts
+        self._watch_clock(now)
         snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw())
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only

@@ -346,7 +346,7 @@ class Validator:
             if level is None:
                 self._levels[point] = _Level(v, now)
                 continue
-            hours = (now - level.ts).total_seconds() / 3600.0
+            hours = max(0.0, (now - level.ts).total_seconds() / 3600.0)  # < 0 after the clock was set back
             if point == "soc_pct":
                 if s.capacity_kwh <= 0:
                     continue

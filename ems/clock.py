@@ -94,6 +94,11 @@ class ManualClock:
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
 
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock by ``seconds`` (negative: set back), as an NTP step or an operator does; the
+        monotonic clock does not move."""
+        self._now += timedelta(seconds=seconds)
+
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from controller.config import SiteConfig
@@ -235,3 +236,49 @@ async def test_shutdown_owes_a_meter_without_remote_control_nothing(
     assert says in caplog.text
     assert ("grid-meter unreachable, remote control not released" in caplog.text) is meter_has_remote_control
     assert site.battery.leave_count == site.pv.leave_count == 1 and not site.battery.remote_control
+
+
+async def test_a_clock_set_back_across_midnight_and_the_month_end_loses_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The system clock of the edge PC is set back 20 minutes (an NTP step, an operator) at 00:05 local on 1 June,
+    one minute into a 60 s manual setpoint. Before: the manual setpoint held 21 minutes instead of one; the
+    measured history got the 23:45 step twice, out of order, and every forecast failed ("History.ns must be
+    strictly increasing") until it aged out; today's energy counters restarted as 31 May's and the demand
+    tracker switched back to May (wiping June's peak so far); and the SOC rule judged an unchanged SOC a jump
+    ("from 10 to 10 % in -1199 s"): safe state. Now: the setpoint lapses 60 s after it was given, the steps from
+    23:45 on are measured again, and the day and month under way carry on."""
+    start = datetime(2026, 5, 31, 16, 50, tzinfo=UTC)  # 23:50 local, 31 May
+    clock = ManualClock(start)
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    site.battery.set(soc_pct=10.0)  # empty: the load is imported, the demand tracker sees it
+    controller = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+
+    async def run(seconds: int) -> dict:
+        state: dict = {}
+        for _ in range(seconds):
+            site.settle(400.0, 0.0)
+            state = await controller.cycle()
+            clock.advance(1.0)
+        return state
+
+    try:
+        await run(15 * 60)  # to 00:05 on 1 June
+        assert controller.accounting.energy.day == "2026-06-01"
+        june_kwh = controller.accounting.energy.import_kwh
+        assert controller.apply({"command": "manual_setpoint", "battery_kw": -50, "ttl_s": 60}).accepted
+        assert (await run(1))["mode"] == "manual"
+        with caplog.at_level("WARNING", logger="controller.service"):
+            clock.step_wall(-20 * 60)  # 23:45:01 on 31 May
+            state = await run(59)
+        assert "the system clock was set back by 1200 s" in caplog.text
+        assert state["mode"] == "manual"
+        assert (await run(1))["mode"] != "manual"  # 60 s of real time after it was given, not 21 minutes
+        await run(16 * 60)  # past midnight again, to 00:02 on 1 June
+        history = controller.history.histories()[1]  # raised before
+        assert np.all(np.diff(history.ns) > 0)
+        assert controller.accounting.energy.day == "2026-06-01"
+        assert controller.accounting.energy.import_kwh >= june_kwh
+        assert controller.accounting.demand.month == "2026-06"
+        assert controller.accounting.demand.past_peaks["2026-05"] == pytest.approx(400.0, abs=1.0)
+    finally:
+        controller.store.close()
