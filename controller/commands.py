@@ -169,15 +169,16 @@ class Commands:
             self.reserve = None
         return self.reserve.soc_pct if self.reserve else None
 
-    def clock_set_back(self, by: timedelta) -> None:
-        """The system clock was set back by ``by`` (an NTP step, an operator): the mode request (a manual setpoint
-        among them) and the SOC reserve keep the time they had left, their expiry moving back with the clock, so
-        that none outlives its ``ttl_s`` (a manual setpoint of 60 s would otherwise have held an hour longer)."""
+    def clock_stepped(self, by: timedelta) -> None:
+        """The system clock was stepped by ``by`` (an NTP step, an operator; negative: set back): the mode request
+        (a manual setpoint among them) and the SOC reserve keep the time they had left, their expiry moving with
+        the clock, so that each holds its ``ttl_s`` (set back an hour, a manual setpoint of 60 s held an hour
+        longer; set forward, a reserve lapsed at once)."""
         request = self.modes.request
         if request is not None:
-            self.modes.request = replace(request, until=request.until - by)
+            self.modes.request = replace(request, until=request.until + by)
         if self.reserve is not None:
-            self.reserve = replace(self.reserve, until=self.reserve.until - by)
+            self.reserve = replace(self.reserve, until=self.reserve.until + by)
 
     def apply(self, command: dict | BaseModel, *, interface: str = "internal",
               identity: str | None = None) -> CommandResult:

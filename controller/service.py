@@ -424,21 +424,25 @@ class Controller:
             self._online[name] = device.online
 
     def _watch_clock(self, now: datetime) -> None:
-        """The system clock set back by more than a cycle (against the monotonic clock) since the previous cycle:
-        logged, and the commands keep the time they had left (:meth:`Commands.clock_set_back`). The accounting,
-        the measured history and the validator hold their own rules (``controller.accounting``,
-        :meth:`MeasuredHistory.add`, the SOC rule of ``controller.validation``)."""
+        """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle:
+        logged, and the commands keep the time they had left (:meth:`Commands.clock_stepped`). The accounting,
+        the measured history and the validator hold their own rules for a clock set back
+        (``controller.accounting``, :meth:`MeasuredHistory.add`, the SOC rule of ``controller.validation``)."""
         mono, last = self.clock.monotonic(), self._last_cycle_at
         self._last_cycle_at = (now, mono)
         if last is None:
             return
-        back = last[0] + timedelta(seconds=mono - last[1]) - now
-        if back.total_seconds() <= self.config.control.cycle_s:
+        step = now - (last[0] + timedelta(seconds=mono - last[1]))
+        if abs(step.total_seconds()) <= self.config.control.cycle_s:
             return
-        self.commands.clock_set_back(back)
-        log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
-                    "cycle's energy is not counted, the measured history's steps from then on are measured again",
-                    back.total_seconds(), now.isoformat())
+        self.commands.clock_stepped(step)
+        if step.total_seconds() < 0:
+            log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
+                        "cycle's energy is not counted, the measured history's steps from then on are measured again",
+                        -step.total_seconds(), now.isoformat())
+        else:
+            log.warning("the system clock was set forward by %.0f s (to %s): commands keep the time they had left, "
+                        "the time skipped is not counted", step.total_seconds(), now.isoformat())
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""

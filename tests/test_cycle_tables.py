@@ -282,3 +282,37 @@ async def test_a_clock_set_back_across_midnight_and_the_month_end_loses_nothing(
         assert controller.accounting.demand.past_peaks["2026-05"] == pytest.approx(400.0, abs=1.0)
     finally:
         controller.store.close()
+
+
+async def test_a_clock_set_forward_keeps_a_command_its_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Set forward an hour 10 s into a 120 s manual setpoint and a 120 s SOC reserve: both hold their 120 s
+    (they lapsed at once), and the skipped hour is not counted as energy."""
+    clock = ManualClock(datetime(2026, 5, 4, 16, 0, tzinfo=UTC))  # 23:00 local
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    site.battery.set(soc_pct=50.0)
+    controller = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+
+    async def run(seconds: int) -> dict:
+        state: dict = {}
+        for _ in range(seconds):
+            site.settle(400.0, 0.0)
+            state = await controller.cycle()
+            clock.advance(1.0)
+        return state
+
+    try:
+        await run(60)
+        assert controller.apply({"command": "manual_setpoint", "battery_kw": -50, "ttl_s": 120}).accepted
+        assert controller.apply({"command": "soc_reserve", "soc_pct": 40, "ttl_s": 120}).accepted
+        await run(10)
+        kwh = controller.accounting.energy.import_kwh
+        with caplog.at_level("WARNING", logger="controller.service"):
+            clock.step_wall(3600)
+            state = await run(109)
+        assert "the system clock was set forward by 3600 s" in caplog.text
+        assert state["mode"] == "manual" and controller.commands.reserve_pct(clock.now()) == 40
+        assert controller.accounting.energy.import_kwh - kwh < 400 * 110 / 3600 + 1e-6  # not the skipped hour
+        await run(2)  # the cycle 120 s after they were given
+        assert controller.modes.request is None and controller.commands.reserve_pct(clock.now()) is None
+    finally:
+        controller.store.close()
