@@ -13,9 +13,10 @@
   controller was not running) and looks up the tariff's prices (cached per minute).
 
 The system clock may be set back while the controller runs (an NTP step, an operator): the time since the
-previous cycle is then not integrated, and no counter goes back to an earlier day or billing month — what is
-measured after the step counts towards the day and month already under way (an earlier one's counters are not
-restarted, which would have wiped today's and the month's peak).
+previous cycle is then not integrated, and no counter goes back to the day or billing month before — what is
+measured after the step counts towards the day and month under way (restarting the earlier one's counters
+would have wiped today's and the month's peak). A clock set back further than that (a dead RTC, a clock that
+was wrong and is now right) starts the counters again at its day and month (:func:`just_before`).
 
 All are kept across restarts in the state file (``controller.state_store``) as :class:`StoredDemand`,
 :class:`StoredEnergy` and :class:`StoredMonth`.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -44,6 +45,17 @@ MonthPeakKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PAST_MONTHS_KEPT = 12
 """How many earlier billing months' peaks the demand tracker keeps: a 12-month demand basis reads the 11 before
 the running month."""
+
+def just_before(label: str, current: str | None) -> bool:
+    """Whether ``label`` is the day (``YYYY-MM-DD``) or billing month (``YYYY-MM``) right before ``current``: a
+    clock set back across midnight or the month's end, whose cycles count in ``current``."""
+    if not current or len(label) != len(current):
+        return False
+    if len(current) == 7:
+        year, month = int(current[:4]), int(current[5:])
+        return label == (f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}")
+    return label == (date.fromisoformat(current) - timedelta(days=1)).isoformat()
+
 
 MAX_ACCOUNTED_GAP_CYCLES = 5
 """A gap between two cycles longer than this many cycles is not integrated (the controller was not running)."""
@@ -174,7 +186,7 @@ class DemandTracker:
     def _close(self) -> bool:
         assert self._start is not None
         month = self.billing_month(self._start)
-        if self.month is not None and month < self.month:  # the clock was set back: counts in the month under way
+        if just_before(month, self.month):  # the clock was set back: counts in the month under way
             month = self.month
         if month != self.month:
             if self.month is not None:
@@ -263,8 +275,8 @@ class EnergyCounters:
     def add(self, day: str, grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float,
             import_price: float, export_price: float, export_cap_kw: float) -> tuple[float, float, float]:
         """Integrate one cycle's measured powers [kW] over ``dt_h`` [h] at the given prices [currency/kWh]; the
-        cycle's :func:`energy_money`. A cycle of an earlier ``day`` (the clock set back) counts in the day under way."""
-        if day > self.day:
+        cycle's :func:`energy_money`. A cycle of the day before (the clock set back) counts in the day under way."""
+        if day != self.day and not just_before(day, self.day):
             for f in fields(self):
                 setattr(self, f.name, f.default)
             self.day = day
@@ -309,9 +321,9 @@ class MonthCounters:
     KEY = "month"
 
     def add(self, month: str, cost: float, cost_no_battery: float) -> None:
-        """Add one cycle's money [currency] to billing month ``month`` (a new month starts from zero; an earlier
-        one, after the clock was set back, counts in the month under way)."""
-        if self.month is None or month > self.month:
+        """Add one cycle's money [currency] to billing month ``month`` (a new month starts from zero; the month
+        before, after the clock was set back, counts in the month under way)."""
+        if month != self.month and not just_before(month, self.month):
             self.month, self.cost, self.cost_no_battery = month, 0.0, 0.0
         self.cost += cost
         self.cost_no_battery += cost_no_battery

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.accounting import Accounting, DemandTracker, EnergyCounters, StoredDemand, StoredEnergy
+from controller.accounting import (
+    Accounting,
+    DemandTracker,
+    EnergyCounters,
+    MonthCounters,
+    StoredDemand,
+    StoredEnergy,
+    just_before,
+)
 from controller.state_store import StateStore, read_stored
 from optimizer.tariff import Tariff
 
@@ -179,3 +187,28 @@ def test_time_the_tracker_did_not_measure_counts_at_the_windows_average_not_as_z
     old = DemandTracker(month, TZ, 30)
     old.restore(StoredDemand.model_validate(legacy))   # a file from before: as it was, nothing extrapolated
     assert old.running(at)[2] == pytest.approx(100.0)
+
+
+@given(st.dates(min_value=datetime(2000, 1, 2).date(), max_value=datetime(2099, 12, 31).date()),
+       st.integers(min_value=-40, max_value=40))
+def test_just_before_is_the_previous_day_or_month_only(day, shift: int) -> None:
+    other = day + timedelta(days=shift)
+    assert just_before(other.isoformat(), day.isoformat()) is (shift == -1)
+    month, other_month = day.strftime("%Y-%m"), other.strftime("%Y-%m")
+    months_apart = (day.year - other.year) * 12 + day.month - other.month
+    assert just_before(other_month, month) is (months_apart == 1)
+    assert not just_before(other_month, day.isoformat()) and not just_before(other.isoformat(), None)
+
+
+def test_counters_take_the_day_and_month_before_into_the_current_ones_only() -> None:
+    """A clock set back across midnight (or the month's end) counts on in the day (month) under way; one set back
+    further (a dead RTC, a wrong clock put right) starts them again at its own day (month)."""
+    energy, month = EnergyCounters(), MonthCounters()
+    energy.add("2026-06-01", 100.0, 0.0, 0.0, 1.0, 1000.0, 0.0, 0.0)
+    month.add("2026-06", 1000.0, 1000.0)
+    energy.add("2026-05-31", 100.0, 0.0, 0.0, 1.0, 1000.0, 0.0, 0.0)
+    month.add("2026-05", 1000.0, 1000.0)
+    assert (energy.day, energy.import_kwh, month.month, month.cost) == ("2026-06-01", 200.0, "2026-06", 2000.0)
+    energy.add("2026-05-20", 100.0, 0.0, 0.0, 1.0, 1000.0, 0.0, 0.0)
+    month.add("2026-04", 1000.0, 1000.0)
+    assert (energy.day, energy.import_kwh, month.month, month.cost) == ("2026-05-20", 100.0, "2026-04", 1000.0)
