@@ -423,26 +423,26 @@ class Controller:
         for name, device in self.devices.items():
             self._online[name] = device.online
 
-    def _watch_clock(self, now: datetime) -> None:
+    def _watch_clock(self) -> None:
         """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle:
         logged, and the commands keep the time they had left (:meth:`Commands.clock_stepped`). The accounting,
         the measured history and the validator hold their own rules for a clock set back
         (``controller.accounting``, :meth:`MeasuredHistory.add`, the SOC rule of ``controller.validation``)."""
-        mono, last = self.clock.monotonic(), self._last_cycle_at
-        self._last_cycle_at = (now, mono)
+        wall, mono, last = self.clock.now(), self.clock.monotonic(), self._last_cycle_at
+        self._last_cycle_at = (wall, mono)  # sampled together: the snapshot's time is taken before a read of any length
         if last is None:
             return
-        step = now - (last[0] + timedelta(seconds=mono - last[1]))
+        step = wall - (last[0] + timedelta(seconds=mono - last[1]))
         if abs(step.total_seconds()) <= self.config.control.cycle_s:
             return
         self.commands.clock_stepped(step)
         if step.total_seconds() < 0:
             log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
                         "cycle's energy is not counted, the measured history's steps from then on are measured again",
-                        -step.total_seconds(), now.isoformat())
+                        -step.total_seconds(), wall.isoformat())
         else:
             log.warning("the system clock was set forward by %.0f s (to %s): commands keep the time they had left, "
-                        "the time skipped is not counted", step.total_seconds(), now.isoformat())
+                        "the time skipped is not counted", step.total_seconds(), wall.isoformat())
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""
@@ -450,7 +450,7 @@ class Controller:
         snap = await self.assets.read()
         t_read = time.perf_counter()
         now = snap.ts
-        self._watch_clock(now)
+        self._watch_clock()
         snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw())
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only
