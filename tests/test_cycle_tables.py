@@ -316,3 +316,32 @@ async def test_a_clock_set_forward_keeps_a_command_its_time(tmp_path: Path, capl
         assert controller.modes.request is None and controller.commands.reserve_pct(clock.now()) is None
     finally:
         controller.store.close()
+
+
+async def test_reads_of_varying_length_are_not_taken_for_clock_steps(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The snapshot's time is taken before the reads: a read that takes 3 s one cycle and none the next (site
+    time; 5 ms at 600x) is no step of the wall clock against the monotonic one."""
+    clock = ManualClock(T0)
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    controller = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+    polls = 0
+    meter_poll = site.meter.poll
+
+    async def slow_every_other_poll() -> dict:
+        nonlocal polls
+        polls += 1
+        if polls % 2:
+            clock.advance(3.0)
+        return await meter_poll()
+
+    site.meter.poll = slow_every_other_poll  # type: ignore[method-assign]
+    try:
+        with caplog.at_level("WARNING", logger="controller.service"):
+            for _ in range(10):
+                site.settle(400.0, 300.0)
+                await controller.cycle()
+                clock.advance(1.0)
+        assert polls == 10 and "system clock" not in caplog.text
+    finally:
+        controller.store.close()
