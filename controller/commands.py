@@ -170,10 +170,9 @@ class Commands:
         return self.reserve.soc_pct if self.reserve else None
 
     def clock_stepped(self, by: timedelta) -> None:
-        """The system clock was stepped by ``by`` (an NTP step, an operator; negative: set back): the mode request
-        (a manual setpoint among them) and the SOC reserve keep the time they had left, their expiry moving with
-        the clock, so that each holds its ``ttl_s`` (set back an hour, a manual setpoint of 60 s held an hour
-        longer; set forward, a reserve lapsed at once)."""
+        """The system clock was set back (``by`` < 0; an NTP step, an operator): the mode request (a manual
+        setpoint among them) and the SOC reserve keep the time they had left, their expiry moving with the clock,
+        so that none outlives its ``ttl_s`` (set back an hour, a manual setpoint of 60 s held an hour longer)."""
         request = self.modes.request
         if request is not None:
             self.modes.request = replace(request, until=request.until + by)

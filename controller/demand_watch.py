@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from controller.targets import DemandWindow
 
@@ -96,6 +96,10 @@ class DemandWatch:
         self._recent: deque[tuple[datetime, float]] = deque()
         self._window_elapsed_h = 0.0
         self.alarm = False
+
+    def clock_stepped(self, by: timedelta) -> None:
+        """The system clock was set back (``by`` < 0): the recent readings keep their ages."""
+        self._recent = deque((t + by, kw) for t, kw in self._recent)
 
     def update(self, now: datetime, import_kw: float | None, window: DemandWindow,
                hold_kw: float | None) -> DemandOutlook | None:

@@ -425,6 +425,17 @@ class Dispatcher:
             safe=True, source="safe", follow=None, load_kw=None, expected_grid_kw=None,
             bounds=(BoundNote("data", 0.0, 0.0, note),), alarms=(Alarm.DATA_MISSING.value,), reason="data_missing")
 
+    def clock_stepped(self, by: timedelta) -> None:
+        """The system clock was set back (``by`` < 0): the load's watch and the battery's last sighting keep the
+        time they had (their times move with the clock)."""
+        if self._last_load is not None:
+            self._last_load = (self._last_load[0] + by, self._last_load[1])
+        if self._load_watched_since is not None:
+            self._load_watched_since += by
+        self._load_falls = deque((t + by, fall) for t, fall in self._load_falls)
+        if self._battery_seen_at is not None:
+            self._battery_seen_at += by
+
     def _reverted(self, now: datetime) -> bool:
         """Whether the missing battery's reversion timer has certainly expired (never seen: nothing commanded)."""
         if self._battery_seen_at is None:

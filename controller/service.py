@@ -424,10 +424,13 @@ class Controller:
             self._online[name] = device.online
 
     def _watch_clock(self) -> None:
-        """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle:
-        logged, and the commands keep the time they had left (:meth:`Commands.clock_stepped`). The accounting,
-        the measured history and the validator hold their own rules for a clock set back
-        (``controller.accounting``, :meth:`MeasuredHistory.add`, the SOC rule of ``controller.validation``)."""
+        """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle.
+
+        Set back: the commands keep the time they had left (:meth:`Commands.clock_stepped`), and the validator's,
+        the dispatcher's and the demand watch's windows the time they had watched; the accounting and the measured
+        history hold their own rules (``controller.accounting``, :meth:`MeasuredHistory.add`). Set forward: only
+        logged — the gap is not integrated, and commands given before it lapse by the wall clock, on the safe side
+        (the monotonic clock stops in a suspend, which a step cannot be told from)."""
         wall, mono, last = self.clock.now(), self.clock.monotonic(), self._last_cycle_at
         self._last_cycle_at = (wall, mono)  # sampled together: the snapshot's time is taken before a read of any length
         if last is None:
@@ -435,14 +438,15 @@ class Controller:
         step = wall - (last[0] + timedelta(seconds=mono - last[1]))
         if abs(step.total_seconds()) <= self.config.control.cycle_s:
             return
-        self.commands.clock_stepped(step)
-        if step.total_seconds() < 0:
-            log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
-                        "cycle's energy is not counted, the measured history's steps from then on are measured again",
-                        -step.total_seconds(), wall.isoformat())
-        else:
-            log.warning("the system clock was set forward by %.0f s (to %s): commands keep the time they had left, "
-                        "the time skipped is not counted", step.total_seconds(), wall.isoformat())
+        if step.total_seconds() > 0:
+            log.warning("the system clock was set forward by %.0f s (to %s): the time skipped is not counted, "
+                        "commands given before lapse by the wall clock", step.total_seconds(), wall.isoformat())
+            return
+        for component in (self.commands, self.validator, self.dispatcher, self.demand_watch):
+            component.clock_stepped(step)
+        log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
+                    "cycle's energy is not counted, the measured history's steps from then on are measured again",
+                    -step.total_seconds(), wall.isoformat())
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -322,6 +322,20 @@ class Validator:
         self._balance_rule(raw, found, now, mark)
         conditions = self._conditions(snap, found)
         return self._settle(snap, conditions, now)
+
+    def clock_stepped(self, by: timedelta) -> None:
+        """The system clock was set back (``by`` < 0): every watch keeps the time it had watched (its start moves
+        with the clock), so a frozen meter is still found after its window, not the step's length later."""
+        for t in (*self._stuck.values(), *self._images.values()):
+            t.since = None if t.since is None else t.since + by
+            t.moved_at = None if t.moved_at is None else t.moved_at + by
+        for level in self._levels.values():
+            level.ts += by
+            level.candidate_since = None if level.candidate_since is None else level.candidate_since + by
+        for active in self._active.values():
+            active.last_seen += by
+        self._balance_since = None if self._balance_since is None else self._balance_since + by
+        self._last_ts = None if self._last_ts is None else self._last_ts + by
 
     # ------------------------------------------------------------------------------------------ rules
 

@@ -284,9 +284,10 @@ async def test_a_clock_set_back_across_midnight_and_the_month_end_loses_nothing(
         controller.store.close()
 
 
-async def test_a_clock_set_forward_keeps_a_command_its_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Set forward an hour 10 s into a 120 s manual setpoint and a 120 s SOC reserve: both hold their 120 s
-    (they lapsed at once), and the skipped hour is not counted as energy."""
+async def test_a_clock_set_forward_lapses_commands_on_the_safe_side_and_counts_no_skipped_hour(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Set forward an hour 10 s into a 120 s manual setpoint and SOC reserve: a step cannot be told from a suspend
+    (the monotonic clock stops in one), so both lapse by the wall clock; the skipped hour is not counted."""
     clock = ManualClock(datetime(2026, 5, 4, 16, 0, tzinfo=UTC))  # 23:00 local
     site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
     site.battery.set(soc_pct=50.0)
@@ -304,18 +305,37 @@ async def test_a_clock_set_forward_keeps_a_command_its_time(tmp_path: Path, capl
         await run(60)
         assert controller.apply({"command": "manual_setpoint", "battery_kw": -50, "ttl_s": 120}).accepted
         assert controller.apply({"command": "soc_reserve", "soc_pct": 40, "ttl_s": 120}).accepted
-        await run(10)
+        assert (await run(10))["mode"] == "manual"
         kwh = controller.accounting.energy.import_kwh
         with caplog.at_level("WARNING", logger="controller.service"):
             clock.step_wall(3600)
-            state = await run(109)
+            state = await run(10)
         assert "the system clock was set forward by 3600 s" in caplog.text
-        assert state["mode"] == "manual" and controller.commands.reserve_pct(clock.now()) == 40
-        assert controller.accounting.energy.import_kwh - kwh < 400 * 110 / 3600 + 1e-6  # not the skipped hour
-        await run(2)  # the cycle 120 s after they were given
-        assert controller.modes.request is None and controller.commands.reserve_pct(clock.now()) is None
+        assert state["mode"] != "manual" and controller.commands.reserve_pct(clock.now()) is None
+        assert controller.accounting.energy.import_kwh - kwh < 400 * 11 / 3600 + 1e-6  # not the skipped hour
     finally:
         controller.store.close()
+
+
+async def test_the_battery_keeps_covering_the_load_across_a_clock_set_back(tmp_path: Path) -> None:
+    """The dispatcher watches the load's swing 30 s before it discharges to cover load; set back 10 minutes, the
+    watch kept its start in the new clock's future and the battery stopped covering the load for 10 minutes."""
+    clock = ManualClock(datetime(2026, 5, 4, 16, 0, tzinfo=UTC))  # 23:00 local, no PV
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    site.battery.set(soc_pct=50.0)
+    controller = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+    setpoints = []
+    try:
+        for t in range(90):
+            if t == 60:
+                clock.step_wall(-600)
+            site.settle(400.0, 0.0)
+            setpoints.append((await controller.cycle())["setpoints"]["battery_kw"])
+            clock.advance(1.0)
+    finally:
+        controller.store.close()
+    assert setpoints[59] == pytest.approx(390.0, abs=0.5)  # the load less the 10 kW export margin
+    assert all(kw == pytest.approx(390.0, abs=0.5) for kw in setpoints[60:]), setpoints[60:]
 
 
 async def test_reads_of_varying_length_are_not_taken_for_clock_steps(tmp_path: Path,

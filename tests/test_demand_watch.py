@@ -129,3 +129,13 @@ async def test_the_controller_warns_while_the_battery_cannot_hold_the_window(tmp
         assert ALARM not in state["alarms"] and state["demand"]["shed_to_hold_kw"] == 0.0
     finally:
         controller.store.close()
+
+
+def test_a_clock_set_back_keeps_the_last_minute_a_minute() -> None:
+    """A minute at 700 kW, the clock set back 10 minutes, a minute at 500 kW: the outlook averages the last minute
+    (500 kW), not the old minute stamped in the new clock's future, which stayed in it for 10 minutes."""
+    watch = DemandWatch(warning_kw=10.0)
+    feed(watch, T0, int(SMOOTHING_S), 700.0)
+    watch.clock_stepped(timedelta(minutes=-10))
+    found = feed(watch, T0 + timedelta(seconds=SMOOTHING_S - 600), int(SMOOTHING_S), 500.0)
+    assert found is not None and found.import_kw == pytest.approx(500.0)

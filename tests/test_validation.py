@@ -361,3 +361,14 @@ def test_a_frozen_meter_image_without_its_power_point_is_still_found():
     assert quality(results[10], "voltage_l1_v") is Quality.STALE
     assert results[10][0].readings["voltage_l1_v"].detail == "every point of meter unchanged for 10 s"
     assert set(results[10][1]) == {"point_missing:meter:grid_kw", "point_stale:meter:voltage_l1_v"}
+
+
+def test_a_clock_set_back_keeps_the_time_a_window_had_watched():
+    """A meter image frozen from t = 0; at t = 6 s the clock is set back 600 s. The watch keeps its 6 s, so the
+    meter is stale 10 s after it froze, not 600 s later (its start lay in the future of the new clock)."""
+    validator = Validator(SITE)
+    frozen = {"voltage_l1_v": 231.0, "import_kwh": 1000.0}
+    run(validator, [snapshot(t, **frozen) for t in range(6)])
+    validator.clock_stepped(timedelta(seconds=-600))
+    results = run(validator, [snapshot(t - 600, **frozen) for t in range(6, 12)])
+    assert [quality(r, "voltage_l1_v") for r in results] == [Quality.OK] * 4 + [Quality.STALE] * 2
