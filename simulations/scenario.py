@@ -254,10 +254,15 @@ class Scenario(StrictModel):
         data["pv"].update(kwp=pv_kwp, ac_kw=pv_kwp * ac_ratio if pv_kwp > 0 else None)
         data["battery"].update(capacity_kwh=battery_kwh, max_charge_kw=battery_kwh * c_charge,
                                max_discharge_kw=battery_kwh * c_discharge)
-        data["name"] = f"{self.name}-pv{pv_kwp:g}-bat{battery_kwh:g}"
+        data["name"] = f"{self.name}-pv{_size_label(pv_kwp)}-bat{_size_label(battery_kwh)}"
         out = Scenario.model_validate(data)
         out._base_dir = self._base_dir
         return out
+
+
+def _size_label(value: float) -> str:
+    """A size as it may stand in a scenario name: ``1000000``, ``2.5`` (``:g`` wrote ``1e+06``, a name refused)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def merge(base: Any, override: Any) -> Any:

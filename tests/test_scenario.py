@@ -112,6 +112,7 @@ def test_resized_keeps_ratios() -> None:
     assert r.base_dir == s.base_dir
     z = s.resized(pv_kwp=0, battery_kwh=0)
     assert z.pv.kwp == 0 and z.battery.max_discharge_kw == 0
+    assert s.resized(pv_kwp=2.5, battery_kwh=1e6).name == f"{s.name}-pv2.5-bat1000000"  # was "…-bat1e+06": refused
 
 
 def test_a_fallback_mode_live_control_does_not_have_is_named(tmp_path: Path) -> None:
