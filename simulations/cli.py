@@ -161,7 +161,7 @@ def _yr(value: float | None) -> str:
 def _sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from simulations.sweep import parse_range, period_warning, sweep, write_sweep
+    from simulations.sweep import failed_cells, parse_range, period_warning, sweep, write_sweep
 
     scenario = _load(args)
     axes = {}
@@ -188,6 +188,14 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for key, path in paths.items():
         print(f"{key}: {path}")
+    failures = failed_cells(table)
+    for row in failures.itertuples():
+        print(f"error: cell PV {row.pv_kwp:g} kWp, battery {row.battery_kwh:g} kWh failed: {row.failed}",
+              file=sys.stderr)
+    if len(failures):
+        print(f"error: {len(failures)} of {len(table)} cells failed (marked in sweep.csv and sweep.html); the others "
+              "are written", file=sys.stderr)
+        return 1
     return 0
 
 

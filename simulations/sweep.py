@@ -105,10 +105,26 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
     }
 
 
+FAILED = "failed"
+"""Column of the cells that raised: the error (absent when every cell ran)."""
+
+
+def run_cell_or_failure(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, battery_kwh: float,
+                        strategy: str) -> dict[str, Any]:
+    """:func:`run_cell`, or for a cell that raises a row of its sizes and the error (:data:`FAILED`): one cell's
+    failure costs that cell, not the hours of the cells around it."""
+    try:
+        return run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy)
+    except Exception as exc:  # reported in the table, sweep.html and on stderr
+        return {"pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "strategy": strategy,
+                FAILED: f"{type(exc).__name__}: {exc}"}
+
+
 def sweep(scenario: Scenario, pv_kwp: Iterable[float], battery_kwh: Iterable[float], strategy: str,
           workers: int = 1, dask_address: str | None = None,
           progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Run every (PV, battery) cell; one row per cell, sorted by PV then battery.
+    """Run every (PV, battery) cell; one row per cell, sorted by PV then battery; a cell that raised has only its
+    sizes and the error in column :data:`FAILED` (the column is there only then).
 
     Parameters
     ----------
@@ -130,8 +146,16 @@ def sweep(scenario: Scenario, pv_kwp: Iterable[float], battery_kwh: Iterable[flo
         if progress is not None:
             progress(len(rows), len(cells))
 
-    run_all(run_cell, args, done, workers=workers, dask_address=dask_address)
-    return pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
+    run_all(run_cell_or_failure, args, done, workers=workers, dask_address=dask_address)
+    table = pd.DataFrame(rows).sort_values(["pv_kwp", "battery_kwh"]).reset_index(drop=True)
+    if FAILED in table.columns:
+        table = table[[c for c in table.columns if c != FAILED] + [FAILED]]
+    return table
+
+
+def failed_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the cells that raised (none when the table has no :data:`FAILED` column)."""
+    return table[table[FAILED].notna()] if FAILED in table.columns else table.iloc[0:0]
 
 
 def run_all(function: Callable[..., dict[str, Any]], args: list[tuple[Any, ...]],
@@ -167,6 +191,7 @@ COLUMN_LABELS = {
     "battery_npv": "battery NPV vs PV only [{cur}]", "equivalent_full_cycles": "full cycles/yr (usable window)",
     "co2_avoided_t": "CO2 avoided [t/yr]", "pv_kwh": "PV used on site or exported [kWh/yr]",
     "battery_capex": "battery investment [{cur}]", "period_days": "days simulated", "whole_years": "whole years",
+    FAILED: "failed: the error",
 }
 """Plain column names for sweep.html (``{cur}`` = the currency)."""
 DASH = "—"
@@ -177,16 +202,20 @@ def period_warning(table: pd.DataFrame) -> str | None:
     """The warning every output carries when the swept period is not a whole number of years; None otherwise."""
     from simulations.economics import study_year
 
-    if table.empty or bool(table["whole_years"].all()):
+    ran = table.drop(failed_cells(table).index)
+    if ran.empty or bool(ran["whole_years"].all()):
         return None
-    return study_year(float(table["period_days"].iloc[0])).warning
+    return study_year(float(ran["period_days"].iloc[0])).warning
 
 
 def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: float = 1.0,
             missing: str = "never") -> plt.Figure:
     """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells (``missing``
-    where the value is NaN); each label is black or white, whichever reads better on its cell's colour."""
+    where the value is NaN, "failed" in a cell that raised); each label is black or white, whichever reads better on
+    its cell's colour."""
     grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float) / scale
+    failed = (table.assign(_failed=table.index.isin(failed_cells(table).index))
+              .pivot(index="battery_kwh", columns="pv_kwp", values="_failed").fillna(False).to_numpy(dtype=bool))
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
     cmap = plt.get_cmap("viridis_r" if "payback" in column else "viridis")
     image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap=cmap)
@@ -197,7 +226,8 @@ def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: floa
     ax.set_title(title, fontsize=10)
     for (i, j), value in np.ndenumerate(grid.to_numpy()):
         if np.isnan(value):
-            ax.text(j, i, missing, ha="center", va="center", fontsize=7, color="black")
+            ax.text(j, i, "failed" if failed[i, j] else missing, ha="center", va="center", fontsize=7,
+                    color="black")
             continue
         r, g, b, _ = cmap(image.norm(value))
         colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
@@ -253,13 +283,19 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
     head = "".join(f"<th>{html.escape(COLUMN_LABELS.get(c, c).format(cur=currency))}</th>" for c in table.columns)
     shown = table.astype(object).assign(strategy=table["strategy"].map(lambda n: STRATEGY_LABELS.get(n, n)))
     sizes = {"pv_kwp", "battery_kwh", "battery_kw"}
-    body = "".join("<tr>" + "".join(f"<td>{f'{v:,.0f}' if c in sizes else _cell(v)}</td>"
+    body = "".join("<tr>" + "".join(f"<td>{f'{v:,.0f}' if c in sizes and pd.notna(v) else _cell(v)}</td>"
                                     for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
                    for row in shown.itertuples(index=False))
     warning = period_warning(table)
+    failures = failed_cells(table)
+    failed_note = (f'<p class="failed" id="failed-cells">{len(failures)} of {len(table)} cells failed and are marked '
+                   '"failed" in the maps: ' + "; ".join(
+                       f"PV {r.pv_kwp:g} kWp, battery {r.battery_kwh:g} kWh: {html.escape(str(r.failed))}"
+                       for r in failures.itertuples()) + "</p>") if len(failures) else ""
     strategy = str(shown["strategy"].iloc[-1]) if len(table) else ""
     style = ("body{font-family:sans-serif;max-width:1150px;margin:1em auto;color:#222}"
              ".warning{border-left:6px solid #c07000;background:#fff4e0;padding:0.4em 0.8em}"
+             ".failed{border-left:6px solid #b00020;background:#fde8ea;padding:0.4em 0.8em}"
              "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
              "svg{max-width:100%;height:auto}.small{font-size:11px;color:#555}")
@@ -268,6 +304,7 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
 <style>{style}</style></head><body>
 <h1>{html.escape(scenario.name)}: sizing sweep</h1>
 {f'<p class="warning" id="period-warning">{html.escape(warning)}</p>' if warning else ''}
+{failed_note}
 <p>Battery dispatch in every cell: {html.escape(strategy)}; battery power at the base case's C-rate; yearly figures
 in {html.escape(currency)}; discount rate {scenario.finance.discount_rate_pct:g} %, study life
 {scenario.finance.lifetime_years} years. {DASH} or "never": the cell does not pay back within the study life.</p>

@@ -104,3 +104,34 @@ def test_sweep_table_irr_is_a_percentage_or_missing(serial: pd.DataFrame) -> Non
     values = serial["irr_pct"].dropna()
     assert ((values >= 0) & (values <= 1e4)).all()
     assert {"battery_npv", "battery_discounted_payback_years", "period_days", "whole_years"} <= set(serial.columns)
+
+
+def test_a_failing_cell_costs_only_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cell raises (injected here; `--pv 0` and a size written `1e+06` did for real): the other cells are
+    written, the failed one is marked in sweep.csv, sweep.html and the maps, named on stderr, exit status 1.
+    Before, the exception ended the sweep and every finished cell was lost."""
+    import simulations.sweep as module
+    from ems.cli import main
+
+    real = module.run_cell
+
+    def one_cell_fails(data, base, pv, battery, strategy):
+        if (pv, battery) == (1000, 1000):
+            raise ValueError("constructed failure")
+        return real(data, base, pv, battery, strategy)
+
+    monkeypatch.setattr(module, "run_cell", one_cell_fails)
+    scenario = str(SCENARIOS / "nam-cau-kien-qd963.yaml")
+    assert main(["sweep", scenario, "--pv", "0,1000", "--battery", "0,1000", "--start", "2026-06-01", "--days", "1",
+                 "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: cell PV 1000 kWp, battery 1000 kWh failed: ValueError: constructed failure" in err
+    assert "1 of 4 cells failed" in err
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    assert table["failed"].notna().tolist() == [False, False, False, True] and table.columns[-1] == "failed"
+    assert table.loc[:2, "annual_bill"].notna().all() and pd.isna(table.loc[3, "annual_bill"])
+    page = (tmp_path / "sweep.html").read_text(encoding="utf-8")
+    assert 'id="failed-cells"' in page and "1 of 4 cells failed" in page and ">nan<" not in page
+    labels = [t.get_text() for t in module.heatmap(table, "npv", "t", "u", missing="—").axes[0].texts]
+    assert labels.count("failed") == 1 and "—" not in labels
