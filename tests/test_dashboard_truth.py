@@ -160,8 +160,10 @@ async def test_a_past_step_shows_what_was_planned_beside_what_happened(tmp_path:
         assert "Battery: planned 100.0 kW, measured 99.0 kW" in title
         second = f"#chart-power rect.step[data-start='{site_ms(10, 15)}'] title"
         assert "planned -250.0 kW, measured 99.0 kW" in await page.text_content(second)
-        ahead = await page.get_attribute("#chart-power path.battery-plan:not(.past)", "d")   # the current plan
-        assert ahead.startswith("M")
+        ahead = "#chart-power path.battery-plan:not(.past)"                                # the current plan,
+        await page.wait_for_function(f'(document.querySelector("{ahead}")?.getAttribute("d") || "")'  # drawn once
+                                     '.startsWith("M")')                                             # it arrived
+        assert (await page.get_attribute(ahead, "d")).startswith("M")
         await context.close()
     finally:
         await site.telemetry.aclose()
