@@ -247,16 +247,23 @@ class Controller:
             else:
                 if not restored.is_expired(now, self.config.planner.plan_valid_hours):
                     self.plans.plan, self.plans.last_error = restored, None
+        def time_left(key: str, until: datetime) -> datetime:
+            """``until``, or sooner if the clock was set back since it was saved: no more time than it had left
+            then (its expiry is wall-clock time)."""
+            saved = s.updated(key)
+            return until if saved is None or saved <= now else min(until, now + (until - saved))
+
         mode = read("mode", StoredMode)
         if mode is not None and mode.until > now:
             try:
-                self.modes.request_mode(Request(Mode(mode.mode), mode.until, mode.setpoint_kw, "restored"))
+                self.modes.request_mode(Request(Mode(mode.mode), time_left("mode", mode.until), mode.setpoint_kw,
+                                                "restored"))
             except ValueError as exc:
                 bad.append(f"mode: {exc}")
                 s.delete("mode")
         reserve = read("reserve", StoredReserve)
         if reserve is not None and reserve.until > now:
-            self.commands.reserve = Reserve(reserve.soc_pct, reserve.until)
+            self.commands.reserve = Reserve(reserve.soc_pct, time_left("reserve", reserve.until))
         note = self.history.restore(read(MeasuredHistory.KEY, StoredHistory), now)
         if note is not None:
             log.warning("%s", note)

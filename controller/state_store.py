@@ -110,6 +110,18 @@ class StateStore:
             log.error("state %s is not JSON; ignored", key)
             return None
 
+    def updated(self, key: str) -> datetime | None:
+        """When ``key`` was last stored (the site time given to :meth:`put`), or ``None``."""
+        if key in self._pending:
+            text, stamp = self._pending[key]
+        else:
+            row = self._db.execute("SELECT value, updated FROM kv WHERE key = ?", (key,)).fetchone()
+            text, stamp = (None, "") if row is None else row
+        try:
+            return datetime.fromisoformat(stamp) if text is not None else None
+        except ValueError:
+            return None
+
     def keys(self, prefix: str) -> list[str]:
         """The keys starting with ``prefix`` (writes still pending included), sorted."""
         rows = self._db.execute("SELECT key FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)).fetchall()

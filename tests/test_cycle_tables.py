@@ -17,7 +17,7 @@ the comments (docs/controller.md has the chain).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +365,33 @@ async def test_reads_of_varying_length_are_not_taken_for_clock_steps(tmp_path: P
         assert polls == 10 and "system clock" not in caplog.text
     finally:
         controller.store.close()
+
+
+async def test_a_restart_with_the_clock_set_back_keeps_a_command_no_longer_than_it_had_left(tmp_path: Path) -> None:
+    """A 600 s manual setpoint and SOC reserve saved at 23:00; the controller restarts with the clock an hour
+    behind (a dead RTC corrected by NTP later, a clock set back while it was down): each holds the 600 s it had
+    left when saved, not the hour and 600 s to its wall-clock expiry."""
+    clock = ManualClock(datetime(2026, 5, 4, 16, 0, tzinfo=UTC))  # 23:00 local
+    site = FakeSite(clock, pv_rated_kw=900.0, resend_s=10.0, reversion_s=30.0, max_age_s=5.0)
+    site.battery.set(soc_pct=50.0)
+    first = Controller(SITE, site.devices, clock, TARIFF, tmp_path / "state.sqlite", forecasts=UNPLANNED)
+    assert first.apply({"command": "manual_setpoint", "battery_kw": -50, "ttl_s": 600}).accepted
+    assert first.apply({"command": "soc_reserve", "soc_pct": 40, "ttl_s": 600}).accepted
+    first.persist(clock.now())
+    first.store.close()
+    earlier = ManualClock(clock.now() - timedelta(hours=1))
+    again = Controller(SITE, FakeSite(earlier, pv_rated_kw=900.0).devices, earlier, TARIFF, tmp_path / "state.sqlite",
+                       forecasts=UNPLANNED)
+    try:
+        left = timedelta(seconds=600)
+        assert again.modes.request is not None and again.modes.request.until == earlier.now() + left
+        assert again.commands.reserve is not None and again.commands.reserve.until == earlier.now() + left
+    finally:
+        again.store.close()
+    same = ManualClock(clock.now() + timedelta(seconds=100))  # the clock right: the stored expiry, 500 s left
+    third = Controller(SITE, FakeSite(same, pv_rated_kw=900.0).devices, same, TARIFF, tmp_path / "state.sqlite",
+                       forecasts=UNPLANNED)
+    try:
+        assert third.modes.request is not None and third.modes.request.until == clock.now() + timedelta(seconds=600)
+    finally:
+        third.store.close()
