@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ems.yamlfile import ConfigError
 from simulations.report import STRATEGY_LABELS
 from simulations.scenario import Scenario
 
@@ -112,9 +113,12 @@ FAILED = "failed"
 def run_cell_or_failure(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, battery_kwh: float,
                         strategy: str) -> dict[str, Any]:
     """:func:`run_cell`, or for a cell that raises a row of its sizes and the error (:data:`FAILED`): one cell's
-    failure costs that cell, not the hours of the cells around it."""
+    failure costs that cell, not the hours of the cells around it. A ``ConfigError`` (a bad scenario or data
+    file, the same in every cell) still ends the sweep at once, with its message."""
     try:
         return run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy)
+    except ConfigError:
+        raise
     except Exception as exc:  # reported in the table, sweep.html and on stderr
         return {"pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "strategy": strategy,
                 FAILED: f"{type(exc).__name__}: {exc}"}
@@ -213,6 +217,8 @@ def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: floa
     """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells (``missing``
     where the value is NaN, "failed" in a cell that raised); each label is black or white, whichever reads better on
     its cell's colour."""
+    if column not in table.columns:  # every cell failed
+        table = table.assign(**{column: np.nan})
     grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float) / scale
     failed = (table.assign(_failed=table.index.isin(failed_cells(table).index))
               .pivot(index="battery_kwh", columns="pv_kwp", values="_failed").fillna(False).to_numpy(dtype=bool))

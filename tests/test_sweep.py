@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from simulations.scenario import Scenario, load_scenario
 from simulations.sweep import parse_range, sweep, write_sweep
@@ -135,3 +136,31 @@ def test_a_failing_cell_costs_only_itself(tmp_path: Path, capsys: pytest.Capture
     assert 'id="failed-cells"' in page and "1 of 4 cells failed" in page and ">nan<" not in page
     labels = [t.get_text() for t in module.heatmap(table, "npv", "t", "u", missing="—").axes[0].texts]
     assert labels.count("failed") == 1 and "—" not in labels
+
+    def every_cell_fails(*_args):
+        raise RuntimeError("solver gone")
+
+    monkeypatch.setattr(module, "run_cell", every_cell_fails)  # no figure at all: the maps still drew (a KeyError)
+    assert main(["sweep", scenario, "--pv", "0,1000", "--battery", "0", "--start", "2026-06-01", "--days", "1",
+                 "--out", str(tmp_path), "--force"]) == 1
+    assert "2 of 2 cells failed" in capsys.readouterr().err and (tmp_path / "payback.png").is_file()
+    assert pd.read_csv(tmp_path / "sweep.csv")["failed"].tolist() == ["RuntimeError: solver gone"] * 2
+
+
+def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every cell would fail on it alike: the file's error, once, as before cells were kept apart."""
+    from ems.cli import main
+
+    start = pd.Timestamp("2026-06-01T00:00:00+07:00")
+    rows = ["timestamp,pv_kw,load_kw"] + [
+        f"{(start + pd.Timedelta(hours=h)).isoformat()},{-5 if h == 10 else 100},500" for h in range(48)]
+    (tmp_path / "series.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    text = (SCENARIOS / "nam-cau-kien.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    data["data"] = {"csv": {"path": "series.csv"}}
+    data["planner"]["step_minutes"] = 60
+    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert main(["sweep", str(tmp_path / "csv.yaml"), "--pv", "0,1000", "--battery", "0", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("row 12, column pv_kw: negative value -5") == 1 and "cells failed" not in err
