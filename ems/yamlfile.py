@@ -43,6 +43,11 @@ class ConfigError(ValueError):
         lines = "\n".join(f"  {e}" for e in self.errors)
         super().__init__(f"{source}: {len(self.errors)} error(s)\n{lines}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its own arguments: raised in a worker process (sweeps, parks), it reaches the command
+        whole (unpickling it through ``ValueError``'s arguments failed and broke the process pool)."""
+        return type(self), (self.source, self.errors)
+
 
 def field_path(loc: Sequence[int | str]) -> str:
     """``('battery', 'capacity_kwh')`` → ``battery.capacity_kwh``; list indices as ``[2]``."""

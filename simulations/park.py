@@ -168,7 +168,10 @@ def run_site(site: str, scenario_data: dict[str, Any], base_dir: str, pv_kwp: fl
              strategy: str, jcm_factor_t_per_mwh: float | None = None) -> dict[str, Any]:
     """One site of the park (a picklable top-level function for process pools and Dask workers), with its
     JCM-style CO2 (``jcm_factor_t_per_mwh``: the park's factor, None = the scenario's)."""
-    row = {"site": site, **run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy)}
+    try:
+        row = {"site": site, **run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy)}
+    except ConfigError as exc:  # a site's bad data file: say which site it is
+        raise ConfigError(f"site {site!r}: {exc.source}", exc.errors) from None
     co2 = scenario_data["co2"]
     if jcm_factor_t_per_mwh is not None:
         factor, source = jcm_factor_t_per_mwh, "park file"

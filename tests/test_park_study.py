@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from ems.yamlfile import ConfigError
 from simulations.park import TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
@@ -159,3 +160,22 @@ sites:
 """)
     with pytest.raises(ConfigError, match=r"shared_battery.*same tariff and time zone"):
         load_park(path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_site_s_bad_data_file_is_named_by_the_site(tmp_path: Path, workers: int) -> None:
+    """A site's CSV with a negative PV value: the error names the site (it named only the file), also from a
+    worker process."""
+    start = pd.Timestamp("2026-06-01T00:00:00+07:00")
+    rows = ["timestamp,pv_kw,load_kw"] + [
+        f"{(start + pd.Timedelta(hours=h)).isoformat()},{-5 if h == 10 else 100},500" for h in range(48)]
+    (tmp_path / "series.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = yaml.safe_load((SCENARIO.parent / "nam-cau-kien.yaml").read_text(encoding="utf-8"))
+    data["data"] = {"csv": {"path": "series.csv"}}
+    data["planner"]["step_minutes"] = 60
+    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    (tmp_path / "park.yaml").write_text("name: p\nsites:\n  - id: csv-site\n    scenario: csv.yaml\n")
+    park, scenarios = load_park(tmp_path / "park.yaml")
+    with pytest.raises(ConfigError) as bad:
+        run_park(park, scenarios, workers=workers)
+    assert bad.value.source.startswith("site 'csv-site': ") and "negative value -5" in str(bad.value)

@@ -147,8 +147,11 @@ def test_a_failing_cell_costs_only_itself(tmp_path: Path, capsys: pytest.Capture
     assert pd.read_csv(tmp_path / "sweep.csv")["failed"].tolist() == ["RuntimeError: solver gone"] * 2
 
 
-def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every cell would fail on it alike: the file's error, once, as before cells were kept apart."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      workers: str) -> None:
+    """Every cell would fail on it alike: the file's error, once, as before cells were kept apart; also from a
+    worker process (the error could not be unpickled there: "BrokenProcessPool", a traceback)."""
     from ems.cli import main
 
     start = pd.Timestamp("2026-06-01T00:00:00+07:00")
@@ -161,6 +164,6 @@ def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: py
     data["planner"]["step_minutes"] = 60
     (tmp_path / "csv.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     assert main(["sweep", str(tmp_path / "csv.yaml"), "--pv", "0,1000", "--battery", "0", "--out",
-                 str(tmp_path / "out")]) == 2
+                 str(tmp_path / "out"), "--workers", workers]) == 2
     err = capsys.readouterr().err
     assert err.count("row 12, column pv_kw: negative value -5") == 1 and "cells failed" not in err
