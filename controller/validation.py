@@ -240,7 +240,6 @@ class Validator:
     settings: ValidationSettings = field(default_factory=ValidationSettings)
     _last_ts: datetime | None = None
     _stuck: dict[str, _Since] = field(default_factory=dict)
-    _images: dict[str, _Since] = field(default_factory=dict)
     _levels: dict[str, _Level] = field(default_factory=dict)
     _balance_since: datetime | None = None
     _active: dict[str, _Active] = field(default_factory=dict)
@@ -326,7 +325,7 @@ class Validator:
     def clock_stepped(self, by: timedelta) -> None:
         """The system clock was set back (``by`` < 0): every watch keeps the time it had watched (its start moves
         with the clock), so a frozen meter is still found after its window, not the step's length later."""
-        for t in (*self._stuck.values(), *self._images.values()):
+        for t in self._stuck.values():  # the device images' watches among them (``device:<name>``)
             t.since = None if t.since is None else t.since + by
             t.moved_at = None if t.moved_at is None else t.moved_at + by
         for level in self._levels.values():
