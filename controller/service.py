@@ -95,6 +95,9 @@ EXTERNAL_ALARMS = ("external_pv_", "external_load_")
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.sqlite"
+CLOCK_ALARM = "clock_stepped"
+CLOCK_ALARM_S = 600.0
+"""How long the alarm of a system clock step stays up after the last step (monotonic time). [s]"""
 PLAN_TIMEOUT_MARGIN_S = 1.0
 """Real seconds beyond twice the solver's time limit a planning attempt (forecasts, build, solve) may take."""
 CYCLE_TIMES_KEPT = 3600
@@ -201,6 +204,7 @@ class Controller:
         self._online: dict[str, bool | None] = {name: None for name in self.devices}
         self._took_control = not self.modes.monitor_only  # False until a monitor-only start is switched out of it
         self._last_cycle_at: tuple[datetime, float] | None = None  # previous cycle's (site time, monotonic s)
+        self._clock_stepped_at: float | None = None  # monotonic s of the last system clock step seen
         self._stop = asyncio.Event()
         self.telemetry: Telemetry | None = None
         self._restore(now)
@@ -431,29 +435,36 @@ class Controller:
             self._online[name] = device.online
 
     def _watch_clock(self) -> None:
-        """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle.
+        """The system clock stepped by more than a cycle (against the monotonic clock) since the previous cycle:
+        alarm :data:`CLOCK_ALARM` for :data:`CLOCK_ALARM_S`, saying how far and what was done.
 
         Set back: the commands keep the time they had left (:meth:`Commands.clock_stepped`), and the validator's,
         the dispatcher's and the demand watch's windows the time they had watched; the accounting and the measured
-        history hold their own rules (``controller.accounting``, :meth:`MeasuredHistory.add`). Set forward: only
-        logged — the gap is not integrated, and commands given before it lapse by the wall clock, on the safe side
-        (the monotonic clock stops in a suspend, which a step cannot be told from)."""
+        history hold their own rules (``controller.accounting``, :meth:`MeasuredHistory.add`). Set forward: the gap
+        is not integrated, and commands given before it lapse by the wall clock, on the safe side (the monotonic
+        clock stops in a suspend, which a step cannot be told from)."""
         wall, mono, last = self.clock.now(), self.clock.monotonic(), self._last_cycle_at
         self._last_cycle_at = (wall, mono)  # sampled together: the snapshot's time is taken before a read of any length
+        if self._clock_stepped_at is not None and mono - self._clock_stepped_at >= CLOCK_ALARM_S:
+            self._clock_stepped_at = None
+            self._clear(CLOCK_ALARM, wall)
         if last is None:
             return
         step = wall - (last[0] + timedelta(seconds=mono - last[1]))
         if abs(step.total_seconds()) <= self.config.control.cycle_s:
             return
         if step.total_seconds() > 0:
-            log.warning("the system clock was set forward by %.0f s (to %s): the time skipped is not counted, "
-                        "commands given before lapse by the wall clock", step.total_seconds(), wall.isoformat())
-            return
-        for component in (self.commands, self.validator, self.dispatcher, self.demand_watch):
-            component.clock_stepped(step)
-        log.warning("the system clock was set back by %.0f s (to %s): commands keep the time they had left, that "
-                    "cycle's energy is not counted, the measured history's steps from then on are measured again",
-                    -step.total_seconds(), wall.isoformat())
+            message = (f"the system clock was set forward by {step.total_seconds():.0f} s (to {wall.isoformat()}): "
+                       "the time skipped is not counted, commands given before lapse by the wall clock")
+        else:
+            for component in (self.commands, self.validator, self.dispatcher, self.demand_watch):
+                component.clock_stepped(step)
+            message = (f"the system clock was set back by {-step.total_seconds():.0f} s (to {wall.isoformat()}): "
+                       "commands keep the time they had left, that cycle's energy is not counted, the measured "
+                       "history's steps from then on are measured again")
+        self._clear(CLOCK_ALARM, wall)  # a second step: the alarm says the latest
+        self._raise(CLOCK_ALARM, message, wall)
+        self._clock_stepped_at = mono
 
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""

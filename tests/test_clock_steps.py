@@ -69,7 +69,7 @@ async def test_a_clock_set_back_across_midnight_and_the_month_end_loses_nothing(
             n.clock.step_wall(-20 * 60)  # 23:45:01 on 31 May
             state = await n.run(59)
         assert "the system clock was set back by 1200 s" in caplog.text
-        assert state["mode"] == "manual"
+        assert state["mode"] == "manual" and "clock_stepped" in state["alarms"]  # the operator is told
         assert (await n.run(1))["mode"] != "manual"  # 60 s of real time after it was given, not 21 minutes
         await n.run(16 * 60)  # past midnight again, to 00:02 on 1 June
         history = n.controller.history.histories()[1]  # raised before
@@ -77,6 +77,7 @@ async def test_a_clock_set_back_across_midnight_and_the_month_end_loses_nothing(
         assert accounting.energy.day == "2026-06-01" and accounting.energy.import_kwh >= june_kwh
         assert accounting.demand.month == "2026-06"
         assert accounting.demand.past_peaks["2026-05"] == pytest.approx(LOAD_KW, abs=1.0)
+        assert "clock_stepped" not in n.controller.alarms  # cleared 10 minutes after the step
     finally:
         n.controller.store.close()
 
@@ -95,7 +96,7 @@ async def test_a_clock_set_forward_lapses_commands_on_the_safe_side_and_counts_n
         with caplog.at_level("WARNING", logger="controller.service"):
             n.clock.step_wall(3600)
             state = await n.run(10)
-        assert "the system clock was set forward by 3600 s" in caplog.text
+        assert "the system clock was set forward by 3600 s" in caplog.text and "clock_stepped" in state["alarms"]
         assert state["mode"] != "manual" and n.controller.commands.reserve_pct(n.clock.now()) is None
         assert n.controller.accounting.energy.import_kwh - kwh < LOAD_KW * 11 / 3600 + 1e-6  # not the skipped hour
     finally:

@@ -34,6 +34,6 @@ def test_every_language_has_every_alarm_sentence_and_hint() -> None:
                    "state_store_unwritable", "audit_log_unwritable", "audit_entries_lost", "unit_out",
                    "unit_not_following", "forecast_csv_invalid", "external_pv_forecast_worse",
                    "external_load_forecast_worse", "external_pv_band_miscalibrated", "external_load_band_miscalibrated",
-                   "demand_peak_rising", "unknown"):
+                   "demand_peak_rising", "clock_stepped", "unknown"):
         for d in dicts.values():
             assert d[f"alarm.{prefix}"] and d[f"hint.{prefix}"], prefix
