@@ -251,6 +251,7 @@ class Controller:
             else:
                 if not restored.is_expired(now, self.config.planner.plan_valid_hours):
                     self.plans.plan, self.plans.last_error = restored, None
+
         def time_left(key: str, until: datetime) -> datetime:
             """``until``, or sooner if the clock was set back since it was saved: no more time than it had left
             then (its expiry is wall-clock time)."""
