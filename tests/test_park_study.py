@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from ems.yamlfile import ConfigError
 from simulations.park import TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
 from simulations.scenario import load_scenario
 from simulations.sweep import run_cell
+from tests.series_files import scenario_with_a_bad_row
 
 SCENARIO = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "nam-cau-kien-qd963.yaml"
 TWO_PART = SCENARIO.with_name("nam-cau-kien-two-part.yaml")
@@ -166,15 +166,8 @@ sites:
 def test_a_site_s_bad_data_file_is_named_by_the_site(tmp_path: Path, workers: int) -> None:
     """A site's CSV with a negative PV value: the error names the site (it named only the file), also from a
     worker process."""
-    start = pd.Timestamp("2026-06-01T00:00:00+07:00")
-    rows = ["timestamp,pv_kw,load_kw"] + [
-        f"{(start + pd.Timedelta(hours=h)).isoformat()},{-5 if h == 10 else 100},500" for h in range(48)]
-    (tmp_path / "series.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    data = yaml.safe_load((SCENARIO.parent / "nam-cau-kien.yaml").read_text(encoding="utf-8"))
-    data["data"] = {"csv": {"path": "series.csv"}}
-    data["planner"]["step_minutes"] = 60
-    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    (tmp_path / "park.yaml").write_text("name: p\nsites:\n  - id: csv-site\n    scenario: csv.yaml\n")
+    scenario = scenario_with_a_bad_row(tmp_path)
+    (tmp_path / "park.yaml").write_text(f"name: p\nsites:\n  - id: csv-site\n    scenario: {scenario.name}\n")
     park, scenarios = load_park(tmp_path / "park.yaml")
     with pytest.raises(ConfigError) as bad:
         run_park(park, scenarios, workers=workers)

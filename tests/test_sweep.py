@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from simulations.scenario import Scenario, load_scenario
 from simulations.sweep import parse_range, sweep, write_sweep
+from tests.series_files import scenario_with_a_bad_row
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "simulations" / "scenarios"
 
@@ -154,16 +154,8 @@ def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: py
     worker process (the error could not be unpickled there: "BrokenProcessPool", a traceback)."""
     from ems.cli import main
 
-    start = pd.Timestamp("2026-06-01T00:00:00+07:00")
-    rows = ["timestamp,pv_kw,load_kw"] + [
-        f"{(start + pd.Timedelta(hours=h)).isoformat()},{-5 if h == 10 else 100},500" for h in range(48)]
-    (tmp_path / "series.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    text = (SCENARIOS / "nam-cau-kien.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
-    data["data"] = {"csv": {"path": "series.csv"}}
-    data["planner"]["step_minutes"] = 60
-    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    assert main(["sweep", str(tmp_path / "csv.yaml"), "--pv", "0,1000", "--battery", "0", "--out",
+    scenario = scenario_with_a_bad_row(tmp_path)
+    assert main(["sweep", str(scenario), "--pv", "0,1000", "--battery", "0", "--out",
                  str(tmp_path / "out"), "--workers", workers]) == 2
     err = capsys.readouterr().err
     assert err.count("row 12, column pv_kw: negative value -5") == 1 and "cells failed" not in err
