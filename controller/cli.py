@@ -81,7 +81,9 @@ def _check(args: argparse.Namespace) -> int:
             environ.update(read_env_file(args.env_file))
         except OSError as exc:
             print(f"warning: --env-file {args.env_file}: {exc.strerror or exc}", file=sys.stderr)
-    for warning in [*secret_warnings(config.telemetry, environ), config.site.solar_noon_warning()]:
+    forecast_csv = config.control.external_forecast_csv
+    for warning in [*secret_warnings(config.telemetry, environ), config.site.solar_noon_warning(),
+                    forecast_csv and forecast_csv.missing_warning(Path(args.file).resolve().parent)]:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     return 0

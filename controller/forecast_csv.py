@@ -36,6 +36,18 @@ class ForecastCsvSettings(StrictModel):
     valid_hours: float = Field(default=DEFAULT_VALID_HOURS, gt=0, le=MAX_VALID_HOURS,
                                description="Each version expires this long after the file was written [h]")
 
+    def resolved(self, base: Path) -> Path:
+        """The file: ``path``, relative to ``base`` (the site file's directory) unless absolute."""
+        return self.path if self.path.is_absolute() else base / self.path
+
+    def missing_warning(self, base: Path) -> str | None:
+        """What ``ems config check`` says when the file is not there (yet); None when it is."""
+        path = self.resolved(base)
+        if path.is_file():
+            return None
+        return (f"control.external_forecast_csv.path: {path} is not there (yet): until a version is written there "
+                f"the controller raises the alarm forecast_csv_invalid and plans on its built-in forecasts")
+
 
 class ForecastCsvFile:
     """Submits the configured CSV to ``store`` when it changed since it was last read.
@@ -51,7 +63,7 @@ class ForecastCsvFile:
 
     def __init__(self, settings: ForecastCsvSettings, base: Path, store: ExternalForecasts):
         self.settings, self.store = settings, store
-        self.path = settings.path if settings.path.is_absolute() else base / settings.path
+        self.path = settings.resolved(base)
         self.error: str | None = None
         """Why the latest version was not taken (``None`` once one was)."""
         self._seen: tuple[int, int] | None = None

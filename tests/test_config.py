@@ -127,6 +127,23 @@ def test_a_controller_paced_to_a_fast_simulated_site():
     assert at_device_pace(config, 0.5, 10) is config
 
 
+def test_config_check_says_when_the_forecast_file_is_not_there_yet(tmp_path, capsys):
+    """The site file names a forecast CSV another system writes; until it is there the controller runs on alarm
+    forecast_csv_invalid, which commissioning should know before the start (it said only "OK")."""
+    data = copy.deepcopy(EXAMPLE)
+    data["control"]["external_forecast_csv"] = {"path": "feeds/pv.csv", "source": "plant"}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(site)]) == 0
+    err = capsys.readouterr().err
+    assert f"control.external_forecast_csv.path: {tmp_path / 'feeds' / 'pv.csv'} is not there (yet)" in err
+    assert "forecast_csv_invalid" in err
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "pv.csv").write_text("timestamp,pv_kw\n")
+    assert main(["config", "check", str(site)]) == 0
+    assert "external_forecast_csv" not in capsys.readouterr().err
+
+
 def test_dispatch_settings_defaults_are_conservative():
     s = DispatchSettings()
     assert s.safe_pv_limit_pct == 0 and s.soc_hysteresis_pct > 0
