@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from controller.config import load_config, state_dir
+    from controller.telemetry import read_tokens_file, tokens_file_path
     from controller.telemetry.secret_check import read_env_file, secret_warnings
 
     config = load_config(args.file)
@@ -82,8 +83,12 @@ def _check(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"warning: --env-file {args.env_file}: {exc.strerror or exc}", file=sys.stderr)
     forecast_csv = config.control.external_forecast_csv
+    tokens_file = tokens_file_path(config.telemetry.dashboard, state_dir(config, args.file), environ)
+    tokens_problem = None if tokens_file is None else read_tokens_file(tokens_file)[1]
     for warning in [*secret_warnings(config.telemetry, environ), config.site.solar_noon_warning(),
-                    forecast_csv and forecast_csv.missing_warning(Path(args.file).resolve().parent)]:
+                    forecast_csv and forecast_csv.missing_warning(Path(args.file).resolve().parent),
+                    tokens_problem and f"telemetry.dashboard.tokens_file: {tokens_problem}: no token from it is "
+                                       "accepted (the controller raises telemetry.tokens_invalid)"]:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from controller.api.app import readiness, redact
 from controller.api.roles import (
@@ -32,6 +33,7 @@ from controller.api.roles import (
 from controller.api.settings import RuntimeSettings
 from controller.audit import AuditLog
 from controller.bus import Bus
+from controller.cli import EXAMPLE_SITE
 from controller.commands import CommandResult, Commands
 from controller.dashboard.app import HISTORY_POINTS
 from controller.modes import Mode, ModeMachine
@@ -472,3 +474,34 @@ async def test_forecasts_from_outside_are_validated_and_kept(api: Api) -> None:
         ("forecast", "operator", False)] * 3 + [("forecast", "operator", True)]
     assert "pv_kw[1]" in entries[2]["reason"] and "malformed JSON" in entries[0]["reason"]
     assert entries[3]["payload"]["pv_kw"] == body["pv_kw"]
+
+
+def test_a_tokens_file_that_is_not_there_is_said_at_start_and_by_config_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tokens file named in the site file but not there (a typo, never made): every token was refused with 401
+    and nothing said why. Now the controller raises telemetry.tokens_invalid naming the file and how to make it,
+    and `ems config check` warns; a good file gives its tokens and no alarm."""
+    from controller.telemetry import access_tokens
+
+    monkeypatch.delenv("EMS_API_TOKENS", raising=False)
+    monkeypatch.delenv("EMS_API_TOKENS_FILE", raising=False)
+    alarms: list[tuple[str, bool, str]] = []
+    ctx = TelemetryContext(site="s", timezone="UTC", clock=ManualClock(datetime(2026, 5, 4, tzinfo=UTC)),
+                           apply=lambda *_a, **_k: None, state_dir=tmp_path,  # type: ignore[arg-type]
+                           on_alarm=lambda code, active, message: alarms.append((code, active, message)))
+    settings = DashboardSettings(tokens_file=Path("tokens"))
+    store = access_tokens(settings, ctx)
+    assert store.lookup(TOKENS["viewer"]) is None
+    assert [(code, active) for code, active, _ in alarms] == [("telemetry.tokens_invalid", True)]
+    assert f"{tmp_path / 'tokens'}: no such file (make it with `ems tokens add" in alarms[0][2]
+    site = tmp_path / "site.yaml"
+    data = yaml.safe_load(EXAMPLE_SITE.read_text())
+    data["telemetry"]["dashboard"]["tokens_file"] = str(tmp_path / "tokens")
+    site.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(site)]) == 0
+    assert "telemetry.dashboard.tokens_file: " in capsys.readouterr().err
+    write_entry(tmp_path / "tokens", "viewer", Role.VIEWER, TOKENS["viewer"])
+    alarms.clear()
+    assert access_tokens(settings, ctx).lookup(TOKENS["viewer"]).role is Role.VIEWER and alarms == []
+    assert main(["config", "check", str(site)]) == 0
+    assert "tokens_file" not in capsys.readouterr().err

@@ -37,12 +37,14 @@ def tokens_path(args: argparse.Namespace) -> Path:
         return args.file
     if args.config is not None:
         from controller.config import load_config, state_dir
+        from controller.telemetry import tokens_file_path
 
         config = load_config(args.config)
-        configured = config.telemetry.dashboard.tokens_file
-        if configured is None:
+        if config.telemetry.dashboard.tokens_file is None:
             raise SystemExit(f"ems tokens: {args.config} sets no telemetry.dashboard.tokens_file")
-        return configured if configured.is_absolute() else state_dir(config, args.config) / configured
+        path = tokens_file_path(config.telemetry.dashboard, state_dir(config, args.config), {})
+        assert path is not None
+        return path
     if os.environ.get(TOKENS_FILE_ENV):
         return Path(os.environ[TOKENS_FILE_ENV])
     raise SystemExit(f"ems tokens: say where the tokens file is (--file, --config or ${TOKENS_FILE_ENV})")

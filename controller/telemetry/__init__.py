@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the sinks pull in influxdb-client, aiomqtt, uvicorn: imported when started, so that
     # reading a site file (controller.config imports controller.telemetry.config) stays light
-    from controller.api.roles import TokenStore
+    from controller.api.roles import Token, TokenStore
     from controller.api.settings import RuntimeSettings
     from controller.audit import AuditLog
     from controller.bus import Bus, Subscription
@@ -212,25 +212,42 @@ async def start_telemetry(settings: TelemetrySettings, bus: Bus, ctx: TelemetryC
     return telemetry
 
 
+def tokens_file_path(settings: DashboardSettings, state_dir: Path, environ: Mapping[str, str]) -> Path | None:
+    """The tokens file: ``tokens_file``, else ``$EMS_API_TOKENS_FILE``; a relative path is in the state directory."""
+    from controller.api.roles import TOKENS_FILE_ENV
+
+    path = settings.tokens_file or (Path(environ[TOKENS_FILE_ENV]) if environ.get(TOKENS_FILE_ENV) else None)
+    return path if path is None or path.is_absolute() else state_dir / path
+
+
+def read_tokens_file(path: Path) -> tuple[list[Token], str | None]:
+    """The tokens of the file at ``path``, and why it gives none (not there, unreadable, a bad line) or None."""
+    from controller.api.roles import TokenError, read_file
+
+    if not path.exists():
+        return [], f"{path}: no such file (make it with `ems tokens add NAME --role ROLE --file {path}`)"
+    try:
+        return read_file(path), None
+    except TokenError as exc:
+        return [], str(exc)
+
+
 def access_tokens(settings: DashboardSettings, ctx: TelemetryContext) -> TokenStore:
     """The REST API's and dashboard's tokens: the tokens file (``tokens_file``, relative to the state directory,
     else ``$EMS_API_TOKENS_FILE``), ``$EMS_API_TOKENS`` and the dashboard token (operator). A source that cannot
     be read is logged and raised as the ``telemetry.tokens_invalid`` alarm, and left out; the rest still count."""
     import os
 
-    from controller.api.roles import TOKENS_ENV, TOKENS_FILE_ENV, TokenError, TokenStore, read_env, read_file
+    from controller.api.roles import TOKENS_ENV, TokenError, TokenStore, read_env
     from controller.telemetry.config import secret_from_env
 
     tokens = []
-    path = settings.tokens_file or (Path(os.environ[TOKENS_FILE_ENV]) if os.environ.get(TOKENS_FILE_ENV) else None)
-    if path is not None and not path.is_absolute():
-        path = ctx.state_dir / path
+    path = tokens_file_path(settings, ctx.state_dir, os.environ)
     problems = []
     if path is not None:
-        try:
-            tokens += read_file(path) if path.exists() else []
-        except TokenError as exc:
-            problems.append(str(exc))
+        from_file, problem = read_tokens_file(path)
+        tokens += from_file
+        problems += [problem] if problem else []
     try:
         tokens += read_env(os.environ.get(TOKENS_ENV, ""))
     except TokenError as exc:
