@@ -178,6 +178,22 @@ def test_secret_warnings_name_what_the_enabled_sinks_lack() -> None:
     assert secret_warnings(TelemetrySettings(), {}) == []                   # nothing enabled needs a secret
 
 
+def test_secret_warnings_name_tls_files_that_are_not_there(tmp_path: Path) -> None:
+    """A CA, certificate or key named at an absolute path that is not there: that sink cannot start TLS (config
+    check said OK). A relative path is the service's working directory's, not judged from here."""
+    ca = tmp_path / "ca.crt"
+    settings = TelemetrySettings.model_validate({
+        "mqtt": {"enabled": True, "host": "broker.plant.lan", "port": 8883, "username": "u", "password_env": "P",
+                 "tls": {"ca_file": str(ca)}},
+        "dashboard": {"enabled": True, "tls": {"cert": str(tmp_path / "site.crt"), "key": "site.key"}}})
+    assert secret_warnings(settings, {"P": "b" * 32}) == [
+        f"telemetry.mqtt.tls.ca_file: {ca} is not there: that sink cannot start TLS",
+        f"telemetry.dashboard.tls.cert: {tmp_path / 'site.crt'} is not there: that sink cannot start TLS"]
+    ca.write_text("PEM")
+    (tmp_path / "site.crt").write_text("PEM")
+    assert secret_warnings(settings, {"P": "b" * 32}) == []
+
+
 def test_config_check_warns_but_passes(secrets: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     site = DEPLOY / "examples" / "nam-cau-kien-site.yaml"

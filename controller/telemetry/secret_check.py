@@ -35,8 +35,9 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def secret_warnings(settings: TelemetrySettings, environ: Mapping[str, str]) -> list[str]:
-    """One sentence per secret an enabled sink needs that ``environ`` lacks, or per placeholder value, and
-    per password that would cross the network in clear; each names the site file field."""
+    """One sentence per secret an enabled sink needs that ``environ`` lacks, or per placeholder value, per
+    password that would cross the network in clear, and per TLS file (absolute path) that is not there; each
+    names the site file field."""
     warnings: list[str] = []
 
     def check(field: str, name: str | None, what: str) -> None:
@@ -63,6 +64,15 @@ def secret_warnings(settings: TelemetrySettings, environ: Mapping[str, str]) -> 
     if dashboard.enabled and dashboard.token_env and environ.get(dashboard.token_env, "").startswith(PLACEHOLDER):
         warnings.append(f"telemetry.dashboard.token_env: {dashboard.token_env} is still the example placeholder: "
                         "generate secrets with deploy/init-secrets.sh")
+    files = {}
+    if mqtt.enabled and mqtt.tls is not None:
+        files.update({"mqtt.tls.ca_file": mqtt.tls.ca_file, "mqtt.tls.cert": mqtt.tls.cert,
+                      "mqtt.tls.key": mqtt.tls.key})
+    if dashboard.enabled and dashboard.tls is not None:
+        files.update({"dashboard.tls.cert": dashboard.tls.cert, "dashboard.tls.key": dashboard.tls.key})
+    for field, path in files.items():  # a relative path is the service's working directory's: not judged here
+        if path is not None and path.is_absolute() and not path.is_file():
+            warnings.append(f"telemetry.{field}: {path} is not there: that sink cannot start TLS")
     return warnings
 
 
