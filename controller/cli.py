@@ -166,6 +166,8 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         clock = WallClock()
     controller = Controller.from_config(config, path, clock, state_directory=state_directory, forecasts=forecasts)
     print(f"controller for {config.site.name}: state in {controller.store.path}", flush=True)
+    if site is not None:  # the simulated plant ran off a series file's data: the run ends with it
+        site.on_data_end = lambda _why: controller.stop()
     telemetry = await controller.start_telemetry()
     if telemetry.dashboard is not None:
         dash = config.telemetry.dashboard

@@ -29,6 +29,7 @@ from drivers.simulated.config import SimulatedSiteFile
 from drivers.simulated.site import SimulatedSite
 from drivers.transport import ConnectionPool
 from ems.clock import ManualClock
+from ems.yamlfile import ConfigError
 from tests.sim_peers import simulated_site, site_config
 
 CALM = {"weather": {"model": "clear_sky", "cloudiness": 0.0},
@@ -404,6 +405,43 @@ async def test_scan_lists_models_and_identity() -> None:
         text = await scan(ep.host, ep.port, ep.unit_id)
     assert "pv-battery-ems" in text and "pv-inverter" in text
     assert "inverter_three_phase" in text and "40070" in text
+
+
+def test_a_bad_series_file_is_named_by_its_field_and_row(tmp_path: Path) -> None:
+    """Read as every measured series is (ems.series_csv): a missing file or a negative value is a ConfigError
+    naming simulation.load and the row; `ems run --simulate` printed a FileNotFoundError traceback."""
+    clock = ManualClock(datetime(2026, 5, 4, 5, 0, tzinfo=UTC))
+    missing = site_config(simulation={"load": {"model": "series", "file": str(tmp_path / "gone.csv"),
+                                               "column": "load_kw"}})
+    with pytest.raises(ConfigError) as gone:
+        SimulatedSite(missing, clock=clock)
+    assert gone.value.source == f"simulation.load: {tmp_path / 'gone.csv'}"
+    assert [e.field for e in gone.value.errors] == ["(file)"]
+    stamps = pd.date_range("2026-05-04T05:00:00Z", periods=4, freq="15min")
+    pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "load_kw": [500.0, -5.0, 520.0, 530.0]}).to_csv(tmp_path / "load.csv", index=False)
+    negative = site_config(simulation={"load": {"model": "series", "file": str(tmp_path / "load.csv"),
+                                                "column": "load_kw"}})
+    with pytest.raises(ConfigError) as bad:
+        SimulatedSite(negative, clock=clock)
+    assert [(e.field, e.message) for e in bad.value.errors] == [("row 3, column load_kw", "negative value -5")]
+
+
+async def test_the_plant_stops_once_where_a_series_ends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the series' last interval the plant stops with one error line and says so to whoever runs it
+    (`ems run --simulate` then stops the controller); it logged a traceback every step and went on."""
+    stamps = pd.date_range("2026-05-04T05:00:00Z", periods=2, freq="15min")
+    pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "load_kw": [500.0, 510.0]}).to_csv(tmp_path / "load.csv", index=False)
+    config = site_config(simulation={"load": {"model": "series", "file": str(tmp_path / "load.csv"),
+                                              "column": "load_kw"}, "step_s": 60})
+    site = SimulatedSite(config, clock=ManualClock(datetime(2026, 5, 4, 5, 0, tzinfo=UTC)))
+    ended: list[str] = []
+    site.on_data_end = ended.append
+    with caplog.at_level("ERROR", logger="drivers.simulated.site"):
+        await asyncio.wait_for(site._run(), timeout=10)
+    assert len(ended) == 1 and "is outside the data (30 steps from 2026-05-04T05:00:00+00:00)" in ended[0]
+    assert site.steps == 30 and "Traceback" not in caplog.text and caplog.text.count("a series ends") == 1
 
 
 def test_weather_and_load_from_series_files(tmp_path: Path) -> None:

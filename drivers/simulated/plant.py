@@ -276,6 +276,10 @@ class PVModel:
         return power
 
 
+class SeriesEnded(IndexError):
+    """A series source was asked for a time outside its data."""
+
+
 class ArraySource:
     """A :data:`Source` backed by an array of interval values: ``values_kw[i]`` covers [start + i·step, …).
 
@@ -294,7 +298,7 @@ class ArraySource:
     def __call__(self, now: datetime) -> float:
         i = math.floor((now - self._start).total_seconds() / self._step_s)
         if not 0 <= i < len(self._values):
-            raise IndexError(f"{now.isoformat()} is outside the data ({len(self._values)} steps from "
+            raise SeriesEnded(f"{now.isoformat()} is outside the data ({len(self._values)} steps from "
                              f"{self._start.isoformat()})")
         return self._values[i]
 

@@ -31,12 +31,12 @@ import functools
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from drivers.profile import load_profile
 from drivers.roles import Role
@@ -55,12 +55,15 @@ from drivers.simulated.plant import (
     InverterUnitState,
     PlantState,
     PVModel,
+    SeriesEnded,
     ShiftLoad,
     SitePlant,
     Source,
 )
 from drivers.simulated.server import DeviceImage, DeviceServer, full_scale
 from ems.clock import AcceleratedClock, Clock
+from ems.series_csv import read_series_csv
+from ems.yamlfile import ConfigError
 from optimizer.site import PVSpec, SiteInfo
 from optimizer.solar import ClearSkyCache
 
@@ -124,14 +127,20 @@ class CloudyClearSky:
         return clear * (1.0 - self._cloudiness * c)
 
 
-def series_source(source: SeriesSource) -> ArraySource:
-    """A CSV power series (``timestamp`` + ``source.column`` in kW, regular step) as a plant source."""
-    frame = pd.read_csv(source.file)
-    stamps = pd.to_datetime(frame["timestamp"], utc=True)
-    if len(stamps) < 2:
-        raise ValueError(f"{source.file}: a series needs at least two rows")
-    step_s = (stamps.iloc[1] - stamps.iloc[0]).total_seconds()
-    return ArraySource(frame[source.column].astype(float).tolist(), stamps.iloc[0].to_pydatetime(), step_s)
+def series_source(source: SeriesSource, field: str, timezone: str, rated_kw: float | None = None) -> ArraySource:
+    """A CSV power series (``timestamp`` + ``source.column`` [kW], or ``…_kwh``) as a plant source, read and checked as
+    every measured series is (:func:`ems.series_csv.read_series_csv`: a missing file, a bad row, a gap or an absurd
+    value is a ``ConfigError`` naming ``field`` of the site file and the row; it was a traceback), held over one-minute
+    steps. ``timezone``: of timestamps written without an offset; ``rated_kw``: the plausibility bound's rating."""
+    column = source.column
+    lower = column.lower()
+    name = column[:-3] if lower.endswith("_kw") else column[:-4] if lower.endswith("_kwh") else column
+    try:
+        frame = read_series_csv(source.file, timezone, 1, columns=(name,), unit=None if name != column else "kW",
+                                rated_kw=None if rated_kw is None else {name: rated_kw})
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc.source}", exc.errors) from None
+    return ArraySource(frame[f"{name}_kw"].tolist(), frame.index[0].to_pydatetime(), 60.0)
 
 
 class SimulatedSite:
@@ -160,6 +169,8 @@ class SimulatedSite:
             f.bms_max_charge_pct, f.bms_max_discharge_pct = unit.bms_max_charge_pct, unit.bms_max_discharge_pct
         self.state: PlantState | None = None
         self.steps = 0
+        self.on_data_end: Callable[[str], None] | None = None
+        """Called once, with the reason, when the run goes past a series file's data and the plant stops."""
         power_kw = max(config.pv.ac_limit_kw, sum(b.max_charge_kw for b in specs.values()),
                        sum(b.max_discharge_kw for b in specs.values()),
                        getattr(sim.load, "day_kw", 0.0), getattr(sim.load, "night_kw", 0.0), 1.0)
@@ -194,14 +205,14 @@ class SimulatedSite:
         w = self.config.simulation.weather
         if isinstance(w, ClearSkyWeather):
             return CloudyClearSky(self.config.site, self.config.pv, w.cloudiness, w.cloud_period_s, w.seed)
-        return series_source(w)
+        return series_source(w, "simulation.weather", self.config.site.timezone, self.config.pv.ac_limit_kw)
 
     def _load(self) -> Source:
         ld = self.config.simulation.load
         if isinstance(ld, ShiftLoadConfig):
             return ShiftLoad(self.config.site.timezone, ld.day_kw, ld.night_kw, ld.day_start, ld.day_end,
                              ld.sunday_factor, ld.noise_pct, ld.seed)
-        return series_source(ld)
+        return series_source(ld, "simulation.load", self.config.site.timezone)
 
     @property
     def endpoints(self) -> dict[str, Endpoint]:
@@ -250,6 +261,12 @@ class SimulatedSite:
             dt_s, self._last_mono = now - self._last_mono, now
             try:
                 self.step(dt_s)
+            except SeriesEnded as exc:  # the run went past a series file's data: the plant stops, said once
+                log.error("simulated site: a series ends: %s; the plant stops here (the devices keep their last "
+                          "values): give simulation.weather/load a series that covers the run, or run shorter", exc)
+                if self.on_data_end is not None:
+                    self.on_data_end(str(exc))
+                return
             except Exception:  # a broken step must not silently kill the site: log, keep serving
                 log.exception("simulated site step failed")
 
