@@ -316,7 +316,7 @@ class Validator:
                 found[point] = Finding(point, self.device_of(point), quality, rule, detail)
 
         self._range_rules(raw, mark)
-        self._level_rules(raw, now, mark)
+        self._level_rules(raw, {n: r.timestamp for n, r in snap.readings.items()}, now, mark)
         self._stuck_rules(snap, raw, found, now, dt_h, commanded_battery_kw, mark)
         self._balance_rule(raw, found, now, mark)
         conditions = self._conditions(snap, found)
@@ -348,18 +348,24 @@ class Validator:
             elif hi is not None and v > hi:
                 mark(point, Quality.IMPLAUSIBLE, "site_range", f"{v:g} kW above the site's plausible {hi:g} kW")
 
-    def _level_rules(self, raw: Mapping[str, float], now: datetime, mark: Mark) -> None:
-        """SOC moving faster than the battery's power allows; counters going backwards."""
+    def _level_rules(self, raw: Mapping[str, float], read_at: Mapping[str, datetime], now: datetime,
+                     mark: Mark) -> None:
+        """SOC moving faster than the battery's power allows; counters going backwards.
+
+        The time between two levels is that of their readings (``read_at``: when the device answered), not of the
+        snapshots: a read that answered late in a slow cycle holds a value that much newer than the cycle's start
+        (at 600x a 0.3 s stall of the loop is 3 minutes of the plant, which looked like a SOC jump)."""
         s = self.site
         for point in ("soc_pct", *_COUNTERS):
             v = raw.get(point)
             if v is None:
                 continue
+            at = read_at.get(point, now)
             level = self._levels.get(point)
             if level is None:
-                self._levels[point] = _Level(v, now)
+                self._levels[point] = _Level(v, at)
                 continue
-            hours = max(0.0, (now - level.ts).total_seconds() / 3600.0)  # < 0 after the clock was set back
+            hours = max(0.0, (at - level.ts).total_seconds() / 3600.0)  # < 0 after the clock was set back
             if point == "soc_pct":
                 if s.capacity_kwh <= 0:
                     continue
@@ -374,13 +380,13 @@ class Validator:
                 why = f"went backwards from {level.value:g} to {v:g} kWh"
                 step = self.settings.counter_step_kwh
             if not bad:
-                self._levels[point] = _Level(v, now)
+                self._levels[point] = _Level(v, at)
                 continue
             if level.candidate is None or abs(v - level.candidate) > step:
                 level.candidate, level.candidate_since = v, now
             assert level.candidate_since is not None
             if (now - level.candidate_since).total_seconds() >= self.settings.jump_settle_s:
-                self._levels[point] = _Level(v, now)  # the new level held: accepted
+                self._levels[point] = _Level(v, at)  # the new level held: accepted
                 continue
             mark(point, Quality.IMPLAUSIBLE, "soc_jump" if point == "soc_pct" else "counter_backwards", why)
 

@@ -218,6 +218,19 @@ def test_soc_jump_faster_than_the_battery_allows_is_implausible_until_it_settles
     assert "point_implausible:bat:soc_pct" in results[settled - 1][1] and not results[settled][1]
 
 
+def test_a_soc_read_late_in_its_cycle_is_judged_by_when_it_was_read():
+    """A cycle starts at t = 12 s, but the battery answers only at t = 192 s (a stalled loop at 600x: 0.3 s real):
+    its SOC is 3.5 % above the last one, read at t = 0. Over the 192 s between the readings the battery may move
+    1.1 · 500 kW · 192/3600 h / 1,000 kWh = 2.93 % plus the 1 % resolution: no jump. Judged by the cycles' start,
+    12 s apart (0.18 % + 1 %), it was one and the site went to the safe state (a CI failure at 600x)."""
+    v = Validator(SITE)
+    assert v.check(snapshot(0, soc_pct=50.0))[0].readings["soc_pct"].ok
+    late = Reading(53.5, "%", T0 + timedelta(seconds=192))
+    assert v.check(snapshot(12, bad={"soc_pct": late}))[0].readings["soc_pct"].ok
+    early = Reading(57.0, "%", T0 + timedelta(seconds=200))  # 3.5 % more in 8 s: still a jump
+    assert v.check(snapshot(24, bad={"soc_pct": early}))[0].readings["soc_pct"].quality is Quality.IMPLAUSIBLE
+
+
 def test_counter_going_backwards_is_implausible():
     v = Validator(SITE)
     v.check(snapshot(0, export_kwh=100.0))
