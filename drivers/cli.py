@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
     write.add_argument("device", metavar="DEVICE", help="device name in the site file")
     write.add_argument("point", metavar="POINT", help="writable point of the device's profile")
     write.add_argument("value", metavar="VALUE", type=number(), help="value in the point's unit")
+    hold = write.add_mutually_exclusive_group()
+    hold.add_argument("--hold-s", type=number(lo=0, lo_open=True), default=None,
+                      help="a power setpoint (battery_setpoint_kw, pv_limit_pct) is held this long, then the value "
+                           "before is written back; Ctrl-C ends it early [s] (default 60)")
+    hold.add_argument("--keep", action="store_true",
+                      help="leave a power setpoint as written: nothing expires it until it is written again")
     write.set_defaults(func=_write)
     test = actions.add_parser("test", help="battery commissioning test: small charge, small discharge, 0 kW, each "
                                            "held a few seconds; checks sign, response and read-back; ends at 0 kW")
@@ -86,12 +92,20 @@ def _write(args: argparse.Namespace) -> int:
 
     config = _one_device(args.config, args.device)
     limits = commissioning.pcs_limits(args.config, args.device)
+    power = args.point in commissioning.POWER_SETPOINTS
+    if not power and (args.hold_s is not None or args.keep):
+        print(f"refused: --hold-s and --keep are for power setpoints ({', '.join(commissioning.POWER_SETPOINTS)}); "
+              f"{args.point} is written to stay", file=sys.stderr)
+        return 2
+    hold_s = None if not power or args.keep else args.hold_s or commissioning.DEFAULT_HOLD_S
     return asyncio.run(_with_device(config, Path(args.config).parent, lambda device: _write_and_print(
-        device, args.point, args.value, limits)))
+        device, args.point, args.value, limits, hold_s)))
 
 
-async def _write_and_print(device, point: str, value: float, limits) -> int:
+async def _write_and_print(device, point: str, value: float, limits, hold_s: float | None) -> int:
+    """Write and report; a power setpoint with ``hold_s`` is then held and written back (``None``: left)."""
     from drivers import commissioning
+    from ems.clock import WallClock
 
     report = await commissioning.write_point(device, point, value, limits)
     r = report.result
@@ -99,8 +113,40 @@ async def _write_and_print(device, point: str, value: float, limits) -> int:
     back = "not verified" if r.verified is None else "verified" if r.verified else "MISMATCH"
     print(f"{device.name}: wrote {point} = {r.value:g}{unit} ({back}){': ' + r.detail if r.detail else ''}")
     shown = f"{report.reported:g}" if isinstance(report.reported, float) else str(report.reported)
-    print(f"{device.name}: reports {point} = {shown}{unit}{' (' + report.detail + ')' if report.detail else ''}")
-    return 0 if r.ok else 1
+    print(f"{device.name}: reports {point} = {shown}{unit}{' (' + report.detail + ')' if report.detail else ''}",
+          flush=True)
+    if point not in commissioning.POWER_SETPOINTS:
+        return 0 if r.ok else 1
+    if hold_s is None:
+        print(f"{device.name}: {point} = {r.value:g}{unit} is kept: nothing expires it until it is written again "
+              f"(or the device's own watchdog reverts it)")
+        return 0 if r.ok else 1
+    restore = commissioning.restore_value(point, report.before)
+    was = "its value before" if report.before is not None else "the safe value (the value before was not read)"
+    if not r.ok:
+        hold_s = 0.0   # nothing to hold; what may have reached the device is written back at once
+    else:
+        print(f"{device.name}: holding {point} = {r.value:g}{unit} for {hold_s:g} s, then writing back "
+              f"{restore:g}{unit}, {was}; Ctrl-C ends it early", flush=True)
+    power_point = commissioning.POWER_SETPOINTS[point][0]
+
+    def progress(elapsed_s: float, power_kw: float | None) -> None:
+        shown = "not read" if power_kw is None else f"{power_kw:+.1f} kW"
+        print(f"{device.name}: {elapsed_s:4.0f} s  {power_point} {shown}", flush=True)
+
+    restored: list = []
+
+    def written_back(result) -> None:
+        restored.append(result)
+        if result.ok:
+            print(f"{device.name}: wrote back {point} = {restore:g}{unit}{' (verified)' if result.verified else ''}",
+                  flush=True)
+        else:
+            print(f"{device.name}: {point} NOT written back to {restore:g}{unit}: {result.detail}", file=sys.stderr,
+                  flush=True)
+
+    await commissioning.hold_then_restore(device, WallClock(), point, r.value, restore, hold_s, progress, written_back)
+    return 0 if r.ok and restored[0].ok else 1
 
 
 def _test(args: argparse.Namespace) -> int:

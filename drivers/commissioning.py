@@ -1,12 +1,14 @@
 """Commissioning tools: write one point of one device, and a short, bounded test of a battery unit.
 
-    ems devices write --config FILE DEVICE POINT VALUE
+    ems devices write --config FILE DEVICE POINT VALUE [--hold-s 60 | --keep]
     ems devices test  --config FILE DEVICE [--kw 5] [--hold-s 5] [--allow-s 10]
 
 ``write`` refuses (:class:`Refused`, exit 2) a point the device's profile does not mark writable and a
 value outside the profile's ``write.min``/``write.max`` (for ``battery_setpoint_kw`` also outside the
 unit's PCS limits from the site file); otherwise it writes, reads the point back and prints what the
-device reports.
+device reports. A power setpoint (:data:`POWER_SETPOINTS`) expires, as every command of the EMS does: it
+is held for ``hold_s`` seconds (re-sent as the profile asks) and then the value the point held before is
+written back, also on an error or Ctrl-C (:func:`hold_then_restore`); only ``--keep`` leaves it.
 
 ``test`` enters the profile's remote-control sequence, then asks the battery for a small charge
 (−kW), a small discharge (+kW) and 0 kW, each held ``hold_s`` seconds. A step passes when the write
@@ -33,6 +35,14 @@ from ems.yamlfile import ConfigError, FieldError, read_yaml
 SETPOINT = "battery_setpoint_kw"
 POLL_S = 0.5
 """Time between reads while a test step waits for, and holds, its setpoint. [s]"""
+
+POWER_SETPOINTS = {"battery_setpoint_kw": ("battery_kw", 0.0), "pv_limit_pct": ("pv_kw", 100.0)}
+"""Points that move a unit's power: the reading that shows it, and the value written back after a hold when the
+value before could not be read (0 kW for a battery, no PV limit)."""
+DEFAULT_HOLD_S = 60.0
+"""How long ``ems devices write`` holds a power setpoint before writing back the value before. [s]"""
+REPORT_EVERY_S = 10.0
+"""Time between the lines that report the unit's power while a setpoint is held. [s]"""
 
 
 class Refused(Exception):
@@ -86,25 +96,71 @@ def check_value(device: ModbusDevice, point: str, value: float, pcs_kw: tuple[fl
 
 @dataclass(frozen=True)
 class WriteReport:
-    """What :func:`write_point` did: the driver's result and what the device reports afterwards."""
+    """What :func:`write_point` did: the driver's result and what the device reports afterwards.
+
+    Attributes
+    ----------
+    result : WriteResult
+    reported : float | str | None
+        The point as read back by a fresh poll (None: not read).
+    detail : str
+    before : float | None
+        The point's value read just before the write (None: not read, or not a number). [point unit]
+    """
 
     result: WriteResult
     reported: float | str | None
     detail: str
+    before: float | None = None
+
+
+def _number(reading) -> float | None:
+    value = None if reading is None else reading.value
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 async def write_point(device: ModbusDevice, point: str, value: float,
                       pcs_kw: tuple[float, float] | None) -> WriteReport:
     """Check, write (always sent), then read the point back with a fresh poll."""
     check_value(device, point, value, pcs_kw)
-    await device.poll()   # resolves SunSpec addresses and reads the scale factors
+    readings = await device.poll()   # resolves SunSpec addresses and reads the scale factors
     if device.online is not True:
         raise ConnectionError(f"{device.name} unreachable: {device.last_error}")
+    before = _number(readings.get(point))
     result = await device.write(point, value, force=True)
     reading = (await device.poll()).get(point)
     if reading is None:
-        return WriteReport(result, None, "not read by a poll")
-    return WriteReport(result, reading.value, reading.detail)
+        return WriteReport(result, None, "not read by a poll", before)
+    return WriteReport(result, reading.value, reading.detail, before)
+
+
+def restore_value(point: str, before: float | None) -> float:
+    """What a held power setpoint is written back to: its value before, else the safe value of
+    :data:`POWER_SETPOINTS`. [point unit]"""
+    return POWER_SETPOINTS[point][1] if before is None else before
+
+
+async def hold_then_restore(device: ModbusDevice, clock: Clock, point: str, value: float, restore: float,
+                            hold_s: float, on_power: Callable[[float, float | None], None] = lambda *_: None,
+                            on_restored: Callable[[WriteResult], None] = lambda _: None) -> None:
+    """Keep the power setpoint ``point`` at ``value`` for ``hold_s`` seconds (the heartbeat kept, the value re-sent
+    when the profile's ``rewrite_s`` is due), calling ``on_power(elapsed s, unit power kW)`` every
+    :data:`REPORT_EVERY_S`; then write ``restore`` (forced, verified) and hand that write's result to
+    ``on_restored``. The restore is written whatever ends the hold (its end, an error, a cancellation; those go
+    on up afterwards)."""
+    power_point = POWER_SETPOINTS[point][0]
+    start = clock.monotonic()
+    reported_at = start
+    try:
+        while (elapsed := clock.monotonic() - start) < hold_s:
+            await device.heartbeat()
+            await device.write(point, value)
+            await clock.sleep(min(POLL_S, hold_s - elapsed))
+            if clock.monotonic() - reported_at >= REPORT_EVERY_S:
+                reported_at = clock.monotonic()
+                on_power(reported_at - start, _number((await device.poll()).get(power_point)))
+    finally:
+        on_restored(await device.write(point, restore, force=True))
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,66 @@ async def test_battery_that_goes_the_wrong_way_fails_on_the_sign(tmp_path, capsy
     out = capsys.readouterr().out
     charge = next(line for line in out.splitlines() if line.startswith("charge"))
     assert code == 1 and "wrong sign: measured +20.0 kW for -20.0 kW" in charge
+
+
+async def test_a_power_setpoint_is_held_then_the_value_before_is_written_back(tmp_path, capsys):
+    """Every command expires: ``write`` of a battery setpoint holds it, then writes back what the point held
+    before (here a setpoint kept from an earlier write), not 0 and not the new value."""
+    path = site_file(tmp_path)
+    write = ("devices", "write", "--config", str(path), "battery")
+    async with served(path) as site:
+        image = site.images["battery"]
+        for point, value in (("setpoint_mode", "1"), ("setpoint_enable", "1")):
+            assert await ems(*write, point, value) == 0
+        assert await ems(*write, "battery_setpoint_kw", "10", "--keep") == 0
+        assert "is kept: nothing expires it until it is written again" in capsys.readouterr().out
+        held: list[float | None] = []
+
+        async def watch() -> None:
+            while True:
+                held.append(image.setpoint("battery_setpoint_kw"))
+                await asyncio.sleep(0.1)
+        watcher = asyncio.create_task(watch())
+        code = await ems(*write, "battery_setpoint_kw", "-30", "--hold-s", "1.5")
+        watcher.cancel()
+        after = image.setpoint("battery_setpoint_kw")
+        async with asyncio.timeout(5):
+            while site.state.battery_kw != 10.0:         # the unit follows it (plant steps of 0.2 s)
+                await asyncio.sleep(0.05)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert held.count(-30.0) >= 10                       # held about 1.5 s (sampled every 0.1 s)
+    assert after == 10.0                                 # the value before
+    assert "holding battery_setpoint_kw = -30 kW for 1.5 s, then writing back 10 kW, its value before" in out
+    assert out.rstrip().endswith("battery: wrote back battery_setpoint_kw = 10 kW (verified)")
+
+
+async def test_hold_and_keep_are_refused_for_points_that_do_not_move_power(tmp_path, capsys):
+    path = site_file(tmp_path)
+    code = await ems("devices", "write", "--config", str(path), "battery", "setpoint_mode", "1", "--hold-s", "5")
+    assert code == 2
+    assert "--hold-s and --keep are for power setpoints (battery_setpoint_kw, pv_limit_pct)" in capsys.readouterr().err
+
+
+async def test_ctrl_c_mid_hold_writes_the_value_before_back(tmp_path):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        image = site.images["battery"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ems.cli", "devices", "write", "--config", str(path), "pv-inverter",
+            "pv_limit_pct", "40", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            preexec_fn=_interruptible)
+        inverter = site.images["pv-inverter"]
+        async with asyncio.timeout(20):
+            while inverter.value("pv_limit_pct") != 40:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            out, err = await proc.communicate()
+        limit = inverter.value("pv_limit_pct")
+        assert image.setpoint("battery_setpoint_kw") is None          # the battery was not touched
+    assert proc.returncode == 130, err.decode()
+    assert "holding pv_limit_pct = 40 % for 60 s, then writing back 100 %, its value before" in out.decode()
+    assert "wrote back pv_limit_pct = 100 % (verified)" in out.decode()
+    assert limit == 100
