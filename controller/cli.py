@@ -71,6 +71,7 @@ def _check(args: argparse.Namespace) -> int:
     from controller.config import load_config, state_dir
     from controller.telemetry import read_tokens_file, tokens_file_path
     from controller.telemetry.secret_check import read_env_file, secret_warnings
+    from drivers.config import RtuEndpoint
 
     config = load_config(args.file)
     roles = ", ".join(f"{d.role.value}={d.name}" for d in config.devices)
@@ -85,7 +86,9 @@ def _check(args: argparse.Namespace) -> int:
     forecast_csv = config.control.external_forecast_csv
     tokens_file = tokens_file_path(config.telemetry.dashboard, state_dir(config, args.file), environ)
     tokens_problem = None if tokens_file is None else read_tokens_file(tokens_file)[1]
-    for warning in [*secret_warnings(config.telemetry, environ), config.site.solar_noon_warning(),
+    serial = [f"devices.{d.name}.endpoint.serial_port: {problem}" for d in config.devices
+              if isinstance(d.endpoint, RtuEndpoint) and (problem := d.endpoint.port_problem())]
+    for warning in [*secret_warnings(config.telemetry, environ), *serial, config.site.solar_noon_warning(),
                     forecast_csv and forecast_csv.missing_warning(Path(args.file).resolve().parent),
                     tokens_problem and f"telemetry.dashboard.tokens_file: {tokens_problem}: no token from it is "
                                        "accepted (the controller raises telemetry.tokens_invalid)"]:

@@ -7,6 +7,7 @@ equal share one connection (:attr:`TcpEndpoint.key`), whatever their unit ids.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -65,6 +66,19 @@ class RtuEndpoint(BaseModel):
     @property
     def key(self) -> str:
         return f"rtu://{self.serial_port}"
+
+    def port_problem(self) -> str:
+        """Why the serial port cannot be opened by this process, as far as the file system tells ('' if it looks
+        openable, or if ``serial_port`` is a pyserial URL such as ``socket://host:port``)."""
+        if "://" in self.serial_port:
+            return ""
+        port = Path(self.serial_port)
+        if not port.exists():
+            return (f"{port} is not there; adapter unplugged, or renamed at boot "
+                    "(/dev/serial/by-id/ names do not change)")
+        if not os.access(port, os.R_OK | os.W_OK):
+            return f"no permission to open {port} (the user running the EMS needs the dialout group)"
+        return ""
 
 
 class DeviceConfig(BaseModel):

@@ -133,7 +133,8 @@ class Connection:
             raise
         if not ok:
             self._drop()
-            raise TransportError(f"cannot connect to {self.key}")
+            why = self.endpoint.port_problem() if isinstance(self.endpoint, RtuEndpoint) else ""
+            raise TransportError(f"cannot connect to {self.key}{': ' + why if why else ''}")
 
     def _drop(self) -> None:
         """Close the link (if any); the next request connects afresh, so no late reply can reach it."""

@@ -345,3 +345,19 @@ def test_a_holiday_calendar_is_accepted(holidays):
     data = copy.deepcopy(EXAMPLE)
     data["site"]["holidays"] = holidays
     assert validate_config(data, "test.yaml", EXAMPLE_SITE.parent).site.holidays == holidays
+
+
+def test_config_check_says_when_an_rs485_port_is_not_there(tmp_path, capsys):
+    """A serial port renamed at boot (two adapters swap ttyUSB0/1) or unplugged: the check names the device and
+    the port (it said OK and the controller found the meter unreachable)."""
+    data = copy.deepcopy(EXAMPLE)
+    data["devices"][0]["endpoint"] = {"serial_port": str(tmp_path / "ttyUSB1"), "baudrate": 9600}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(site)]) == 0
+    name = data["devices"][0]["name"]
+    assert (f"warning: devices.{name}.endpoint.serial_port: {tmp_path / 'ttyUSB1'} is not there; adapter "
+            "unplugged, or renamed at boot") in capsys.readouterr().err
+    (tmp_path / "ttyUSB1").touch()
+    assert main(["config", "check", str(site)]) == 0
+    assert "serial_port" not in capsys.readouterr().err

@@ -411,3 +411,22 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     capsys.readouterr()
     assert main(["devices", "read", "--config", str(site), "--device", "nope"]) == 2
     assert "no device named nope; devices: m" in capsys.readouterr().err
+
+
+async def test_an_rs485_port_that_is_not_there_is_named_as_the_reason(tmp_path):
+    """pymodbus only logs why a serial port did not open; the device's error (``ems devices read``, the controller's
+    alarm) says it: the adapter unplugged or renamed at boot."""
+    port = tmp_path / "ttyUSB9"
+    rtu = DeviceConfig.model_validate({
+        "name": "meter-rtu", "role": "meter", "profile": "test-hybrid", "unit_id": 1, "timeout_s": 0.3, "retries": 0,
+        "endpoint": {"serial_port": str(port), "baudrate": 9600}})
+    pool = ConnectionPool()
+    device = ModbusDevice(rtu, HYBRID, pool.connection(rtu), ManualClock(T0))
+    await device.poll()
+    pool.close()
+    assert device.online is False
+    assert device.last_error == (f"cannot connect to rtu://{port}: {port} is not there; adapter unplugged, or "
+                                 "renamed at boot (/dev/serial/by-id/ names do not change)")
+    assert rtu.endpoint.port_problem() != "" and port.touch() is None and rtu.endpoint.port_problem() == ""
+    url = DeviceConfig.model_validate({**rtu.model_dump(), "endpoint": {"serial_port": "socket://127.0.0.1:1"}})
+    assert url.endpoint.port_problem() == ""    # a pyserial URL is not a file
