@@ -365,7 +365,8 @@ class BatteryGroup(Group):
         data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
                 if _value(r, n) is None]
         alarm = _value(r, "battery_alarm")
-        faults = [f"faulted (alarm word {alarm:g})"] if alarm else []
+        named = r["battery_alarm"].meaning if alarm else ""
+        faults = [f"faulted (alarm word {alarm:g}{': ' + named if named else ''})"] if alarm else []
         self._judge(u, data, faults)
         limited = []
         if st.in_group:

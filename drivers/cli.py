@@ -215,7 +215,7 @@ async def _poll_and_print(configs: list, base_dir: Path) -> int:
     for device, readings in zip(devices, results, strict=True):
         for name, r in readings.items():
             value = "" if r.value is None else (f"{r.value:.6g}" if isinstance(r.value, float) else str(r.value))
-            rows.append((device.name, name, value, r.unit, str(r.quality), r.detail))
+            rows.append((device.name, name, value, r.unit, str(r.quality), r.meaning or r.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5])

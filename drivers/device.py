@@ -516,7 +516,8 @@ def _s16(register: int) -> int:
 
 
 def _reading(p: Point, d: Decoded, stamp: datetime) -> Reading:
-    return Reading(value=d.value, unit=p.unit, timestamp=stamp, quality=d.quality, detail=d.detail)
+    meaning = p.meaning(d.value) if p.states or p.bits else ""
+    return Reading(value=d.value, unit=p.unit, timestamp=stamp, quality=d.quality, detail=d.detail, meaning=meaning)
 
 
 def open_devices(configs: Sequence[DeviceConfig], clock: Clock, pool: ConnectionPool,

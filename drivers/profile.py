@@ -177,6 +177,10 @@ class Point(BaseModel):
     sign_from: SignFrom | None = None
     write: WriteSpec | None = None
     block: str | None = Field(None, description="only points with the same block label share a read request")
+    states: dict[int, str] = Field(default_factory=dict,
+                                   description="names of the values of an enumerated point (a state register)")
+    bits: dict[int, str] = Field(default_factory=dict,
+                                 description="names of the bits of a bit-field point (an alarm word), bit 0 lowest")
     note: str = Field("", description="source citation or remark")
 
     @model_validator(mode="after")
@@ -200,7 +204,28 @@ class Point(BaseModel):
             raise ValueError("give at most one of 'add', 'subtract', 'sign_from'")
         if self.write is not None and self.depends_on is not None:
             raise ValueError("a point combined from others ('add', 'subtract', 'sign_from') cannot be written")
+        if (self.states or self.bits) and (self.type in (DataType.F32, DataType.F64, DataType.STRING)
+                                           or self.scale != 1 or self.offset or self.invert):
+            raise ValueError("'states' and 'bits' name raw integer values: an unscaled integer point only")
+        if self.states and self.bits:
+            raise ValueError("give 'states' (one value) or 'bits' (a bit field), not both")
+        width = 16 * _LAYOUT[self.type][0] if self.type in _LAYOUT else 0
+        if any(not 0 <= b < width for b in self.bits):
+            raise ValueError(f"'bits' numbers a bit of the {width}-bit value: 0 … {width - 1}")
         return self
+
+    def meaning(self, value: float | str | None) -> str:
+        """What an integer ``value`` of this point says by its ``states`` or ``bits`` names: the state's name
+        (``unknown state N`` if not named), the names of the bits set (``bit N`` if not named; ``none`` when no bit
+        is set); '' for a point with neither, or a value that is not an integer."""
+        if not (self.states or self.bits) or not isinstance(value, int | float) or value != int(value):
+            return ""
+        raw = int(value)
+        if self.states:
+            return self.states.get(raw, f"unknown state {raw} (0x{raw:04X})")
+        raw &= (1 << 16 * _LAYOUT[self.type][0]) - 1   # a signed register holds the same bits
+        set_bits = [b for b in range(raw.bit_length()) if raw >> b & 1]
+        return ", ".join(self.bits.get(b, f"bit {b}") for b in set_bits) or "none"
 
     @property
     def depends_on(self) -> str | None:

@@ -33,6 +33,9 @@ class Reading:
     quality : Quality
     detail : str
         Why the quality is not OK (empty when OK), e.g. "timeout", "sentinel 0x8000".
+    meaning : str
+        What the value says by the profile's names of its states or bits, e.g. "MPPT" or "OVER_TEMP_ALARM"
+        (empty for other points and when not OK).
     """
 
     value: float | str | None
@@ -40,6 +43,7 @@ class Reading:
     timestamp: datetime
     quality: Quality = Quality.OK
     detail: str = ""
+    meaning: str = ""
 
     def __post_init__(self) -> None:
         if self.quality is not Quality.OK and self.value is not None:
@@ -54,8 +58,7 @@ class Reading:
     def aged(self, now: datetime, max_age_s: float) -> Reading:
         """This reading, marked STALE (value dropped) if older than ``max_age_s`` at ``now``."""
         if self.quality is Quality.OK and (now - self.timestamp).total_seconds() > max_age_s:
-            return replace(self, value=None, quality=Quality.STALE,
-                           detail=f"older than {max_age_s:g} s")
+            return replace(self, value=None, quality=Quality.STALE, detail=f"older than {max_age_s:g} s", meaning="")
         return self
 
 

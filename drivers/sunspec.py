@@ -482,6 +482,9 @@ def resolve(profile: Profile, discovered: Sequence[DiscoveredModel]) -> Profile:
             continue
         model = instances[ref.instance]
         update: dict[str, Any] = {"address": model.address + spec.offset, "sunspec": None}
+        if spec.symbols and not (p.states or p.bits):   # the model's own names, unless the profile gives its own
+            named = {value: name for name, value in spec.symbols.items()}
+            update["bits" if spec.type.startswith("bitfield") else "states"] = named
         if isinstance(spec.sf, str):
             update["scale_factor_register"] = model.address + layout[spec.sf].offset
         elif isinstance(spec.sf, int):
