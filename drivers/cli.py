@@ -1,8 +1,9 @@
 """``ems devices read``: poll every configured device once and print what it says; ``ems devices write`` and
-``ems devices test``: the commissioning tools (``drivers.commissioning``).
+``ems devices test``: the commissioning tools (``drivers.commissioning``); ``ems devices scan``: a device's
+SunSpec models.
 
-``register`` also hands the ``ems`` subparsers to ``drivers.simulated.cli`` (``ems sim serve``,
-``ems devices scan``) when that module is present.
+``register`` also hands the ``ems`` subparsers to ``drivers.simulated.cli`` (``ems sim serve``) when that module
+is present.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ems.cli_args import number
+
+DEFAULT_PORT = 502
+"""The Modbus TCP port a HOST without one means."""
 
 
 def register(sub: Any) -> None:
@@ -51,6 +55,16 @@ def register(sub: Any) -> None:
     test.add_argument("--tolerance-kw", type=number(lo=0), default=None,
                       help="largest difference of measured from asked power [kW] (default 20 %% of --kw, ≥ 0.5)")
     test.set_defaults(func=_test)
+    scan = actions.add_parser("scan", help="list the SunSpec models and identity of a device (Modbus TCP, or a site "
+                                           "file's device over TCP or RS485)")
+    scan.add_argument("target", metavar="HOST[:PORT] | DEVICE",
+                      help=f"Modbus TCP device (default port {DEFAULT_PORT}); with --config a device of the site file")
+    scan.add_argument("--config", help="site file: TARGET names one of its devices, scanned over its own endpoint "
+                                       "(TCP or RS485) and unit id")
+    scan.add_argument("--unit", type=number(int, 0, 247), default=None,
+                      help="Modbus unit id (default 1, or the device's)")
+    scan.add_argument("--timeout", type=number(lo=0, lo_open=True), default=2.0, help="per request [s] (default 2)")
+    scan.set_defaults(func=_scan)
     try:
         simulated = importlib.import_module("drivers.simulated.cli")
     except ModuleNotFoundError as exc:
@@ -177,6 +191,40 @@ async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tole
     passed = all(r.passed for r in results)
     print(f"{device.name}: {'PASS' if passed else 'FAIL'}")
     return 0 if passed else 1
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from drivers.config import DeviceConfig
+
+    if args.config:
+        config = _one_device(args.config, args.target)
+    else:
+        host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", str(DEFAULT_PORT))
+        try:
+            config = DeviceConfig.model_validate({"name": "scan", "role": "meter", "profile": "sunspec-meter",
+                                                  "endpoint": {"host": host, "port": int(port)}, "retries": 1})
+        except ValueError:
+            print(f"error: {args.target!r} is not HOST or HOST:PORT (port 1 … 65535)", file=sys.stderr)
+            return 2
+    config = config.model_copy(update={"timeout_s": args.timeout,
+                                       "unit_id": args.unit if args.unit is not None else config.unit_id})
+    try:
+        print(asyncio.run(_scan_text(config)))
+    except Exception as exc:  # any failure is reported to the user, not as a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _scan_text(config) -> str:
+    from drivers import sunspec
+    from drivers.transport import ConnectionPool
+
+    pool = ConnectionPool()
+    try:
+        return await sunspec.model_table(pool.connection(config), config.unit_id, config.endpoint.key)
+    finally:
+        pool.close()
 
 
 async def _with_device(config, base_dir: Path, run) -> int:

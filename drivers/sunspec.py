@@ -426,6 +426,20 @@ async def read_model(client: Reader, unit_id: int,
     return decode_model(model.id, regs)
 
 
+async def model_table(client: Reader, unit_id: int, where: str) -> str:
+    """The SunSpec models of the device at ``where`` (id, name, address, length) and its common model's identity
+    (manufacturer, model, serial, version), as text; errors as :func:`discover` raises them."""
+    models = await discover(client, unit_id)
+    common = next((m for m in models if m.id == 1), None)
+    identity = await read_model(client, unit_id, common) if common is not None else {}
+    lines = [f"{where} unit {unit_id}: {len(models)} SunSpec model(s)"]
+    for key, label in (("Mn", "manufacturer"), ("Md", "model"), ("SN", "serial"), ("Vr", "version")):
+        lines.append(f"  {label:<12} {identity.get(key) or '-'}")
+    lines.append(f"  {'id':>5}  {'name':<28} {'address':>7} {'length':>6}")
+    lines += [f"  {m.id:>5}  {m.name:<28} {m.address:>7} {m.length:>6}" for m in models]
+    return "\n".join(lines)
+
+
 # --- profiles ---------------------------------------------------------------------------------------------------
 
 _PROFILE_TYPES = {"int16": "s16", "sunssf": "s16", "uint16": "u16", "enum16": "u16", "bitfield16": "u16",

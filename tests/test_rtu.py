@@ -13,11 +13,13 @@ import pytest
 import pytest_asyncio
 from pymodbus.server import ModbusSerialServer
 
+from drivers import sunspec
 from drivers.config import DeviceConfig
 from drivers.device import ModbusDevice
 from drivers.profile import Function, parse_profile
 from drivers.readings import Quality
 from drivers.transport import ConnectionPool
+from ems.cli import main
 from ems.clock import ManualClock
 from tests.modbus_peers import profile_image, sim_device
 
@@ -102,3 +104,25 @@ def test_function_tables_are_separate_on_the_image() -> None:
     holding, inputs = profile_image(METER, {"grid_kw": 1.0, "export_limit_kw": 2.0})
     assert set(inputs) == {0, 1, 2, 3, 4} and set(holding) == {10}
     assert METER.points["export_limit_kw"].function is Function.HOLDING
+
+
+async def test_scan_a_sunspec_meter_of_a_site_file_over_rs485(serial_pair: tuple[str, str], tmp_path, capsys) -> None:
+    """``ems devices scan --config FILE DEVICE`` goes over the device's own endpoint, here an RS485 line (scan spoke
+    Modbus TCP only), at the device's unit id."""
+    server_end, client_end = serial_pair
+    image = sunspec.build_image([1, 203], {1: {"Mn": "Acme", "Md": "M-203", "SN": "42"}})
+    server = ModbusSerialServer([sim_device(3, dict(enumerate(image.registers, start=image.base)))],
+                                port=server_end, baudrate=BAUD)
+    await server.serve_forever(background=True)
+    site = tmp_path / "site.yaml"
+    site.write_text(f"devices:\n  - {{name: meter-rs485, role: meter, profile: sunspec-meter, unit_id: 3,\n"
+                    f"     endpoint: {{serial_port: {client_end}, baudrate: {BAUD}}}}}\n")
+    try:
+        code = await asyncio.to_thread(main, ["devices", "scan", "--config", str(site), "meter-rs485"])
+    finally:
+        await server.shutdown()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.splitlines()[0] == f"rtu://{client_end} unit 3: 2 SunSpec model(s)"
+    assert "Acme" in out and "M-203" in out
+    assert [line.split()[:2] for line in out.splitlines()[-2:]] == [["1", "common"], ["203", "ac_meter_abcn"]]

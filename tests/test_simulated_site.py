@@ -24,10 +24,10 @@ from drivers.device import ModbusDevice
 from drivers.profile import load_profile, shipped_profiles
 from drivers.readings import Quality
 from drivers.roles import CANONICAL_POINTS
-from drivers.simulated.cli import scan
 from drivers.simulated.config import SimulatedSiteFile
 from drivers.simulated.site import SimulatedSite
 from drivers.transport import ConnectionPool
+from ems.cli import main
 from ems.clock import ManualClock
 from ems.yamlfile import ConfigError
 from tests.sim_peers import simulated_site, site_config
@@ -399,10 +399,12 @@ async def test_every_shipped_pv_profile_takes_a_limit(profile: str) -> None:
             devices.close()
 
 
-async def test_scan_lists_models_and_identity() -> None:
+async def test_scan_lists_models_and_identity(capsys) -> None:
     async with simulated_site(site_config(simulation=STILL)) as site:
         ep = site.endpoints["pv-inverter"]
-        text = await scan(ep.host, ep.port, ep.unit_id)
+        args = ["devices", "scan", f"{ep.host}:{ep.port}", "--unit", str(ep.unit_id)]
+        assert await asyncio.to_thread(main, args) == 0
+    text = capsys.readouterr().out
     assert "pv-battery-ems" in text and "pv-inverter" in text
     assert "inverter_three_phase" in text and "40070" in text
 

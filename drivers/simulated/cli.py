@@ -1,8 +1,4 @@
-"""``ems sim serve`` (run the simulated site) and ``ems devices scan`` (list a device's SunSpec models).
-
-``drivers.cli`` calls :func:`register` with the subparsers of ``ems``; ``sim`` is a new top-level
-command and ``scan`` joins the ``devices`` command (created here if ``drivers.cli`` has not made it).
-"""
+"""``ems sim serve``: run the simulated site (``drivers.cli`` calls :func:`register` with the subparsers of ``ems``)."""
 
 from __future__ import annotations
 
@@ -17,21 +13,9 @@ from ems.clock import MAX_SPEED
 if TYPE_CHECKING:
     from drivers.simulated.site import SimulatedSite
 
-DEFAULT_PORT = 502
-
-
-def _devices_parser(sub: Any) -> Any:
-    """The subparsers of ``ems devices`` (created if absent)."""
-    devices = sub.choices.get("devices")
-    if devices is None:
-        devices = sub.add_parser("devices", help="talk to Modbus devices")
-        devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
-    action = next(a for a in devices._actions if isinstance(a, argparse._SubParsersAction))
-    return action
-
 
 def register(sub: Any) -> None:
-    """Add ``ems sim serve`` and ``ems devices scan`` to the ``ems`` subparsers."""
+    """Add ``ems sim serve`` to the ``ems`` subparsers."""
     sim = sub.add_parser("sim", help="simulated site on local Modbus TCP servers")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     serve = sim_sub.add_parser("serve", help="serve a site file's devices with simulated plant physics (Ctrl-C stops)")
@@ -44,12 +28,6 @@ def register(sub: Any) -> None:
                             "grid-meter:frozen, battery:ignore_setpoint, battery:bms_charge=40, "
                             "battery:bms_discharge=0 (repeatable)")
     serve.set_defaults(func=_serve)
-
-    scan = _devices_parser(sub).add_parser("scan", help="list the SunSpec models of a device")
-    scan.add_argument("target", metavar="HOST[:PORT]", help=f"Modbus TCP device (default port {DEFAULT_PORT})")
-    scan.add_argument("--unit", type=number(int, 0, 247), default=1, help="Modbus unit id (default 1)")
-    scan.add_argument("--timeout", type=number(lo=0, lo_open=True), default=2.0, help="per request [s]")
-    scan.set_defaults(func=_scan)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,36 +65,3 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
     finally:
         await site.stop()
     return 0
-
-
-def _scan(args: argparse.Namespace) -> int:
-    host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", str(DEFAULT_PORT))
-    try:
-        print(asyncio.run(scan(host, int(port), args.unit, args.timeout)))
-    except Exception as exc:  # any failure is reported to the user, not as a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-async def scan(host: str, port: int, unit_id: int = 1, timeout_s: float = 2.0) -> str:
-    """The SunSpec models of a device (id, name, address, length) and its common model's identity, as text."""
-    from pymodbus.client import AsyncModbusTcpClient
-
-    from drivers import sunspec
-
-    client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=1)
-    if not await client.connect():
-        raise ConnectionError(f"cannot connect to {host}:{port}")
-    try:
-        models = await sunspec.discover(client, unit_id)
-        common = next((m for m in models if m.id == 1), None)
-        identity = await sunspec.read_model(client, unit_id, common) if common is not None else {}
-    finally:
-        client.close()
-    lines = [f"{host}:{port} unit {unit_id}: {len(models)} SunSpec model(s)"]
-    for key, label in (("Mn", "manufacturer"), ("Md", "model"), ("SN", "serial"), ("Vr", "version")):
-        lines.append(f"  {label:<12} {identity.get(key) or '-'}")
-    lines.append(f"  {'id':>5}  {'name':<28} {'address':>7} {'length':>6}")
-    lines += [f"  {m.id:>5}  {m.name:<28} {m.address:>7} {m.length:>6}" for m in models]
-    return "\n".join(lines)
