@@ -3,7 +3,8 @@
 What a file may not be, each reported with the file and the line or field (never a traceback): not UTF-8
 (binary, UTF-16, Latin-1; a UTF-8 byte-order mark is allowed), invalid YAML, a mapping that repeats a key
 (YAML says keys are unique; PyYAML would silently keep the last), a date that does not exist (``2026-09-31``), or a
-number that is not finite (``.inf``, ``.nan``, ``1e999``).
+number that is not finite (``.inf``, ``.nan``, ``1e999``). Where text belongs but YAML read ``off``/``no``/``on``/
+``yes`` as true or false, the error says so.
 """
 
 from __future__ import annotations
@@ -147,8 +148,16 @@ def validate(model: type[ModelT], data: Any, source: str) -> ModelT:
         return model.model_validate(data)
     except ValidationError as exc:
         found = exc.errors()
-        raise ConfigError(source, [FieldError(field_path(e["loc"]), e["msg"]) for e in found
+        raise ConfigError(source, [FieldError(field_path(e["loc"]), _message(e)) for e in found
                                    if not _echo_of_a_bad_item(e, found)]) from exc
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, with what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted)."""
+    if error["type"] == "string_type" and isinstance(error.get("input"), bool):
+        return (f"{error['msg']}, got {str(error['input']).lower()}: YAML reads yes/no/on/off/true/false without "
+                "quotes as true or false; put the text in quotes, e.g. 'off'")
+    return error["msg"]
 
 
 def _echo_of_a_bad_item(error: Any, errors: Sequence[Any]) -> bool:

@@ -271,11 +271,16 @@ def profile_with(tmp_path: Path, old: str, new: str) -> Path:
     ("type: u16, write: {min: 0, max: 1}}", "type: u16, write: {min: 1, max: 0}}", "min"),
     ("soc_pct: {sunspec: {model: 802, point: SoC}, type: u16,", "soc_pct: {sunspec: {model: 802, point: SoC}, "
      "type: u17,", "type"),
+    ("soh_pct: {sunspec: {model: 802, point: SoH}, type: u16,", "soh_pct: {sunspec: {model: 802, point: SoH}, "
+     "type: u16, states: {0: off, 1: on},", "got false: YAML reads yes/no/on/off/true/false without quotes"),
+    ("soh_pct: {sunspec: {model: 802, point: SoH}, type: u16,", "soh_pct: {sunspec: {model: 802, point: SoH}, "
+     "type: u16, bits: {16: x},", "'bits' numbers a bit of the 16-bit value: 0 … 15"),
 ])
 def test_a_profile_naming_what_does_not_exist_or_an_inverted_range_fails_config_check(tmp_path, capsys, old, new,
                                                                                       says):
     """An unknown SunSpec model (9999) or point, an inverted plausible or write range, a wrong type: config
-    check passed them all and the controller found out at run time (or never)."""
+    check passed them all and the controller found out at run time (or never). State names YAML read as
+    true/false (``off`` unquoted) say so; a bit beyond the register is refused."""
     err = check_cli(profile_with(tmp_path, old, new), capsys)
     assert "devices[" in err and "bad-profile.yaml" in err and says in err and "Traceback" not in err
 
