@@ -43,17 +43,19 @@ def register(sub: Any) -> None:
     hold.add_argument("--keep", action="store_true",
                       help="leave a power setpoint as written: nothing expires it until it is written again")
     write.set_defaults(func=_write)
-    test = actions.add_parser("test", help="battery commissioning test: small charge, small discharge, 0 kW, each "
-                                           "held a few seconds; checks sign, response and read-back; ends at 0 kW")
+    test = actions.add_parser("test", help="commissioning test of a battery (small charge, small discharge, 0 kW; "
+                                           "ends at 0 kW) or a PV inverter (a limit at half its output, then 100 %%; "
+                                           "ends at 100 %%): sign, response, read-back")
     test.add_argument("--config", required=True, help="site file with a devices: list")
-    test.add_argument("device", metavar="DEVICE", help="battery device name in the site file")
-    test.add_argument("--kw", type=float, default=5.0, help="test power [kW] (default 5)")
+    test.add_argument("device", metavar="DEVICE", help="battery or PV inverter device name in the site file")
+    test.add_argument("--kw", type=float, default=None, help="battery: test power [kW] (default 5)")
     test.add_argument("--hold-s", type=number(lo=0, lo_open=True), default=5.0,
                       help="how long each step is held [s] (default 5)")
     test.add_argument("--allow-s", type=number(lo=0, lo_open=True), default=10.0,
                       help="time the unit may take to reach each setpoint [s] (default 10)")
     test.add_argument("--tolerance-kw", type=number(lo=0), default=None,
-                      help="largest difference of measured from asked power [kW] (default 20 %% of --kw, ≥ 0.5)")
+                      help="largest difference of measured from asked power [kW] (default: battery 20 %% of --kw, "
+                           "≥ 0.5; PV inverter 5 %% of its rating, ≥ 2, as the controller tolerates)")
     test.set_defaults(func=_test)
     scan = actions.add_parser("scan", help="list the SunSpec models and identity of a device (Modbus TCP, or a site "
                                            "file's device over TCP or RS485)")
@@ -164,13 +166,25 @@ async def _write_and_print(device, point: str, value: float, limits, hold_s: flo
 
 
 def _test(args: argparse.Namespace) -> int:
-    from drivers import commissioning
+    from drivers import commissioning, pv_commissioning
+    from drivers.roles import Role
 
     config = _one_device(args.config, args.device)
+    base = Path(args.config).parent
+    if config.role is Role.PV_INVERTER:
+        if args.kw is not None:
+            print("refused: --kw is the battery test's power; the PV test limits the inverter to half its output",
+                  file=sys.stderr)
+            return 2
+        rating = pv_commissioning.pv_rating(args.config, args.device)
+        tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(2.0, 0.05 * (rating or 0.0))
+        return asyncio.run(_with_device(config, base, lambda device: _pv_test_and_print(
+            device, rating, args.hold_s, args.allow_s, tolerance)))
+    kw = args.kw if args.kw is not None else 5.0
     limits = commissioning.pcs_limits(args.config, args.device)
-    tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(0.5, 0.2 * args.kw)
-    return asyncio.run(_with_device(config, Path(args.config).parent, lambda device: _test_and_print(
-        device, args.kw, args.hold_s, args.allow_s, tolerance, limits)))
+    tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(0.5, 0.2 * kw)
+    return asyncio.run(_with_device(config, base, lambda device: _test_and_print(
+        device, kw, args.hold_s, args.allow_s, tolerance, limits)))
 
 
 async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tolerance_kw: float, limits) -> int:
@@ -180,11 +194,36 @@ async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tole
     commissioning.check_test(device, kw, limits)
     print(f"{device.name}: charge {kw:g} kW, discharge {kw:g} kW, 0 kW, each held {hold_s:g} s "
           f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW); Ctrl-C stops at 0 kW", flush=True)
+    return await _print_steps(device, commissioning.battery_test(
+        device, WallClock(), kw, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, pcs_kw=limits,
+        on_step=_print_step))
+
+
+async def _pv_test_and_print(device, rating_kw: float | None, hold_s: float, allow_s: float,
+                             tolerance_kw: float) -> int:
+    from drivers import pv_commissioning
+    from ems.clock import WallClock
+
+    rating = pv_commissioning.check_pv_test(device, rating_kw)
+    print(f"{device.name}: limit to half of what it produces now, held {hold_s:g} s, then 100 % (rating {rating:g} kW; "
+          f"response within {allow_s:g} s, +{tolerance_kw:g} kW); Ctrl-C ends at 100 %", flush=True)
+    return await _print_steps(device, pv_commissioning.pv_limit_test(
+        device, WallClock(), rating, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, on_step=_print_step))
+
+
+def _print_step(result) -> None:
+    from drivers import commissioning
+
+    print(commissioning.row_text(commissioning.step_row(result)), flush=True)
+
+
+async def _print_steps(device, test) -> int:
+    """Print the step table's header, run ``test`` (its steps print as they come), then PASS or FAIL."""
+    from drivers import commissioning
+
     print(commissioning.row_text(commissioning.STEP_HEADER), flush=True)
     try:
-        results = await commissioning.battery_test(
-            device, WallClock(), kw, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, pcs_kw=limits,
-            on_step=lambda r: print(commissioning.row_text(commissioning.step_row(r)), flush=True))
+        results = await test
     except asyncio.CancelledError:
         print("interrupted", file=sys.stderr)
         raise

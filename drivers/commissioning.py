@@ -199,56 +199,72 @@ def sequence(kw: float) -> list[tuple[str, float]]:
 def check_test(device: ModbusDevice, kw: float, pcs_kw: tuple[float, float] | None) -> None:
     """Refused unless ``device`` is a battery with a writable setpoint and ``kw`` fits its PCS limits."""
     if device.config.role is not Role.BATTERY:
-        raise Refused(f"{device.name} is a {device.config.role.value}; ems devices test drives batteries only")
+        raise Refused(f"{device.name} is a {device.config.role.value}; ems devices test drives batteries and PV "
+                      "inverters")
     if not kw > 0:
         raise Refused(f"--kw must be positive, got {kw:g}")
     check_value(device, SETPOINT, -kw, pcs_kw)
     check_value(device, SETPOINT, kw, pcs_kw)
 
 
-async def _measured(device: ModbusDevice) -> tuple[float | None, str]:
-    r = (await device.poll()).get("battery_kw")
+async def measured_power(device: ModbusDevice, point: str = "battery_kw") -> tuple[float | None, str]:
+    """A fresh poll's ``point`` (the unit's power) and, when it has no value, why. [kW]"""
+    r = (await device.poll()).get(point)
     if r is None:
-        return None, "battery_kw not read"
-    return (float(r.value), "") if isinstance(r.value, int | float) else (None, r.detail or "battery_kw missing")
+        return None, f"{point} not read"
+    return (float(r.value), "") if isinstance(r.value, int | float) else (None, r.detail or f"{point} missing")
 
 
-async def _step(device: ModbusDevice, clock: Clock, name: str, setpoint: float, tolerance_kw: float,
-                hold_s: float, allow_s: float) -> StepResult:
-    written = await device.write(SETPOINT, setpoint, force=True)
+async def run_step(device: ModbusDevice, clock: Clock, name: str, write: tuple[str, float], asked_kw: float,
+                   power_point: str, reached: Callable[[float], bool], unreached: Callable[[float], str], *,
+                   hold_s: float, allow_s: float) -> StepResult:
+    """Write ``write = (point, value)`` (forced), wait up to ``allow_s`` until the measured ``power_point`` is
+    ``reached``, then hold it ``hold_s`` (the heartbeat kept, the value re-sent when the profile's ``rewrite_s`` is
+    due; the power must stay ``reached``). ``unreached(measured kW)`` says why it was not reached in time."""
+    point, value = write
+    written = await device.write(point, value, force=True)
     if not written.ok:
-        return StepResult(name, setpoint, None, written.verified, None, False, f"write failed: {written.detail}")
+        return StepResult(name, asked_kw, None, written.verified, None, False, f"write failed: {written.detail}")
     start = clock.monotonic()
-    measured, why = await _measured(device)
+    measured, why = await measured_power(device, power_point)
     response_s = None
     while True:
         elapsed = clock.monotonic() - start
-        if measured is not None and abs(measured - setpoint) <= tolerance_kw:
+        if measured is not None and reached(measured):
             response_s = elapsed
             break
         if elapsed >= allow_s:
             break
         await device.heartbeat()
         await clock.sleep(POLL_S)
-        measured, why = await _measured(device)
+        measured, why = await measured_power(device, power_point)
     if response_s is None:
-        if measured is not None and setpoint and measured * setpoint < 0:
-            why = f"wrong sign: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
-        elif measured is not None:
-            why = f"no response within {allow_s:g} s: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
-        return StepResult(name, setpoint, measured, written.verified, None, False, why or "no reading")
+        return StepResult(name, asked_kw, measured, written.verified, None, False,
+                          unreached(measured) if measured is not None else why or "no reading")
     held_until = clock.monotonic() + hold_s
     while clock.monotonic() < held_until:
         await device.heartbeat()
-        await device.write(SETPOINT, setpoint)   # re-sent when the profile's rewrite_s is due
+        await device.write(point, value)   # re-sent when the profile's rewrite_s is due
         await clock.sleep(min(POLL_S, max(0.0, held_until - clock.monotonic())))
-        measured, why = await _measured(device)
-        if measured is None or abs(measured - setpoint) > tolerance_kw:
-            return StepResult(name, setpoint, measured, written.verified, response_s, False,
+        measured, why = await measured_power(device, power_point)
+        if measured is None or not reached(measured):
+            return StepResult(name, asked_kw, measured, written.verified, response_s, False,
                               f"did not hold: {why or f'measured {measured:+.1f} kW'}")
     if written.verified is False:
-        return StepResult(name, setpoint, measured, False, response_s, False, f"read-back: {written.detail}")
-    return StepResult(name, setpoint, measured, written.verified, response_s, True)
+        return StepResult(name, asked_kw, measured, False, response_s, False, f"read-back: {written.detail}")
+    return StepResult(name, asked_kw, measured, written.verified, response_s, True)
+
+
+async def _step(device: ModbusDevice, clock: Clock, name: str, setpoint: float, tolerance_kw: float,
+                hold_s: float, allow_s: float) -> StepResult:
+    def unreached(measured: float) -> str:
+        if setpoint and measured * setpoint < 0:
+            return f"wrong sign: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
+        return f"no response within {allow_s:g} s: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
+
+    return await run_step(device, clock, name, (SETPOINT, setpoint), setpoint, "battery_kw",
+                          lambda measured: abs(measured - setpoint) <= tolerance_kw, unreached,
+                          hold_s=hold_s, allow_s=allow_s)
 
 
 async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s: float, allow_s: float,
@@ -293,7 +309,7 @@ async def leave_at_zero(device: ModbusDevice) -> StepResult:
     why = "" if zero.ok else f"0 kW NOT written: {zero.detail}"
     if failed:
         why = "; ".join(x for x in (why, f"remote control not released: {failed[0].point}: {failed[0].detail}") if x)
-    measured, _ = await _measured(device)
+    measured, _ = await measured_power(device)
     return StepResult("left at 0 kW", 0.0, measured, zero.verified, None, not why, why)
 
 

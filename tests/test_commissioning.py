@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from drivers.simulated.site import SimulatedSite
@@ -131,8 +132,8 @@ async def test_battery_test_refuses_more_than_the_pcs_and_other_roles(tmp_path, 
     path = site_file(tmp_path)
     assert await ems("devices", "test", "--config", str(path), "battery", "--kw", "600") == 2
     assert "battery_setpoint_kw = -600 kW is outside its limits -500 … 500 kW" in capsys.readouterr().err
-    assert await ems("devices", "test", "--config", str(path), "pv-inverter") == 2
-    assert "pv-inverter is a pv_inverter; ems devices test drives batteries only" in capsys.readouterr().err
+    assert await ems("devices", "test", "--config", str(path), "grid-meter") == 2
+    assert "grid-meter is a meter; ems devices test drives batteries and PV inverters" in capsys.readouterr().err
 
 
 def _interruptible() -> None:
@@ -234,3 +235,50 @@ async def test_ctrl_c_mid_hold_writes_the_value_before_back(tmp_path):
     assert "holding pv_limit_pct = 40 % for 60 s, then writing back 100 %, its value before" in out.decode()
     assert "wrote back pv_limit_pct = 100 % (verified)" in out.decode()
     assert limit == 100
+
+
+async def test_pv_limit_test_passes_and_leaves_the_inverter_at_100_pct(tmp_path, capsys):
+    """At a clear noon the simulated inverter (900 kW AC, the example's pv.ac_kw) is limited to half its output, holds
+    it, rises again at 100 %, and is left at 100 % with remote control released."""
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        before = site.state.pv_kw
+        code = await ems("devices", "test", "--config", str(path), "pv-inverter", *FAST)
+        inverter = site.images["pv-inverter"]
+        limit, enabled = inverter.value("pv_limit_pct"), inverter.value("pv_limit_enable")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.split()}
+    assert before > 400                                     # the sun is up: a limit at half of it can be seen
+    limit_kw, measured = float(rows["limit"][1]), float(rows["limit"][2])
+    assert limit_kw == pytest.approx(before / 2, rel=0.05) and measured <= limit_kw + 45 and "pass" in rows["limit"]
+    assert float(rows["release"][2]) > limit_kw + 45 and "pass" in rows["release"]
+    assert "pass" in rows["left"] and out.rstrip().endswith("pv-inverter: PASS")
+    assert (limit, enabled) == (100, 0)                     # left at 100 %, remote control released
+
+
+async def test_pv_limit_test_fails_an_inverter_that_ignores_the_limit_and_refuses_at_night(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        site.faults.ignore_setpoint("pv-inverter")
+        code = await ems("devices", "test", "--config", str(path), "pv-inverter", "--hold-s", "0.5", "--allow-s", "1")
+        limit = site.images["pv-inverter"].value("pv_limit_pct")
+    out = capsys.readouterr().out
+    failed = next(line for line in out.splitlines() if line.startswith("limit"))
+    assert code == 1 and "FAIL" in failed and "no response within 1 s" in failed and "above the limit" in failed
+    assert "pass" in next(line for line in out.splitlines() if line.startswith("left at 100 %"))
+    assert limit == 100
+    night = tmp_path / "night"
+    night.mkdir()
+    path = site_file(night)
+    data = yaml.safe_load(path.read_text())
+    data["simulation"]["start"] = "2026-05-04T01:00:00+07:00"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    async with served(path) as site:
+        code = await ems("devices", "test", "--config", str(path), "pv-inverter")
+        writes = dict(site.images["pv-inverter"].last_write)
+    out = capsys.readouterr().out
+    assert code == 1 and "not run: it produces 0.0 kW, below 10 % of its 900 kW rating" in out
+    assert writes == {}                                      # nothing was written at night
+    assert await ems("devices", "test", "--config", str(path), "pv-inverter", "--kw", "5") == 2
+    assert "--kw is the battery test's power" in capsys.readouterr().err
