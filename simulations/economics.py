@@ -423,8 +423,10 @@ def evaluate(params: StudyParameters, year: StudyYear, reference: StrategyTotals
     Returns
     -------
     dict
-        Per strategy: annual bill and savings [currency/yr], SOC change and its value, cycles (over the
-        usable window and nameplate) and ageing, CO2 [t/yr], and ``finance`` (``system`` / ``battery``:
+        Per strategy: annual bill and savings [currency/yr], the SOC change over the period
+        (``soc_change_kwh`` [kWh], ``soc_change_value_period`` [currency]) and its value in the yearly figures
+        (``soc_change_value`` [currency/yr]: a period shorter than a year is scaled like the bills), cycles (over
+        the usable window and nameplate) and ageing, CO2 [t/yr], and ``finance`` (``system`` / ``battery``:
         :func:`finance_summary` figures) plus ``cash_flow`` (the ``system`` cash flow as yearly rows).
     """
     p, n = params, params.lifetime_years
@@ -469,7 +471,8 @@ def evaluate(params: StudyParameters, year: StudyYear, reference: StrategyTotals
         soc_value = s.soc_change_value * per_year
         out[name] = {
             "annual_bill": bill,
-            "soc_change_kwh": s.soc_change_kwh * per_year,
+            "soc_change_kwh": s.soc_change_kwh,
+            "soc_change_value_period": s.soc_change_value,
             "soc_change_value": soc_value,
             "savings_vs_no_system": ref_bill - bill + soc_value,
             "savings_vs_pv_only": pv_bill - bill + soc_value,

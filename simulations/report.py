@@ -178,7 +178,10 @@ def _years(value: float | None, note: str | None) -> str:
 
 
 def _money(value: float, currency: str) -> str:
-    return f"{value / 1e6:,.0f} million {currency}"
+    """An amount in millions (one decimal below ten million; below 100,000 in units, as 0 million would read)."""
+    if abs(value) < 1e5:
+        return f"{value:,.0f} {currency}"
+    return f"{value / 1e6:,.{1 if abs(value) < 1e7 else 0}f} million {currency}"
 
 
 def lead_strategy(summary: dict[str, Any]) -> str | None:
@@ -252,11 +255,14 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
             f"NPV {_money(fin['npv'], cur)}; IRR "
             + (f"{100 * fin['irr']:.1f} %" if fin["irr"] is not None else f"{DASH} ({fin['irr_note']})") + ".")
         if b.get("soc_change_kwh"):
+            period, yearly = b["soc_change_value_period"], b["soc_change_value"]
+            scaled = (f" ({_money(yearly, cur)} a year in the yearly figures, which scale the period)"
+                      if _money(yearly, cur) != _money(period, cur) else "")
             lines.append(
                 f"The battery ended the period {abs(b['soc_change_kwh']):,.0f} kWh "
                 f"{'fuller' if b['soc_change_kwh'] > 0 else 'emptier'} than it started; valued at the cost of "
-                f"refilling it from the grid that is {_money(b['soc_change_value'], cur)}, "
-                f"{'credited to' if b['soc_change_value'] > 0 else 'charged against'} its savings.")
+                f"refilling it from the grid that is {_money(period, cur)}{scaled}, "
+                f"{'credited to' if yearly > 0 else 'charged against'} its savings.")
         value, cost = fin.get("levelised_saving_per_kwh"), fin.get("lcos_per_kwh")
         if value is not None and cost is not None:
             lines.append(

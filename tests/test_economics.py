@@ -237,6 +237,12 @@ def test_evaluate_credits_the_year_end_soc_and_counts_cycles_over_the_usable_win
     assert out["annual_bill"] == 700.0
     assert out["soc_change_value"] == -60.0 and out["soc_change_kwh"] == -40.0
     assert out["savings_vs_pv_only"] == pytest.approx(100.0 - 60.0)
+    # a quarter year: the yearly figures scale the period's credit, but the battery ended the study 40 kWh lower
+    # once, not 160 kWh (the report said a 1,000 kWh battery ended a month 5,302 kWh fuller)
+    quarter = evaluate(_params(), study_year(365.25 / 4), ref, pv, {"pv_only": pv, "mpc": bat})["mpc"]
+    assert quarter["soc_change_kwh"] == -40.0 and quarter["soc_change_value_period"] == -60.0
+    assert quarter["soc_change_value"] == pytest.approx(-240.0)
+    assert quarter["savings_vs_pv_only"] == pytest.approx(4 * 100.0 - 240.0)
     assert out["finance"]["battery"]["first_year_savings"] == pytest.approx(40.0)
     assert out["equivalent_full_cycles"] == pytest.approx(3400 / 170)  # 20, over the 10-95 % window
     assert out["equivalent_full_cycles_nameplate"] == pytest.approx(3400 / 200)  # 17

@@ -310,3 +310,16 @@ def test_a_two_part_study_dates_each_month_peak_from_its_own_series(tmp_path: Pa
         plain = {"off_peak": "off-peak hours", "normal": "normal hours", "peak": "peak hours"}
         assert row["tariff period"] == plain[frame["period"][first]]
         assert row["MPC on forecasts: month's peak set (local time)"] in html
+
+
+def test_the_soc_change_of_a_short_study_is_the_period_s_not_scaled_to_a_year(result) -> None:
+    """9 days scaled to a year: the yearly figures carry the SOC credit 40 times over, but the battery (1,000 kWh)
+    ended the study once; the summary said "ended the period 5,302 kWh fuller" of a month's study before."""
+    summary = result.summary()
+    econ = summary["economics"]["perfect_foresight"]
+    change = result.results["perfect_foresight"].energy()["delta_soc"]
+    assert econ["soc_change_kwh"] == pytest.approx(change) and abs(change) <= 1000
+    scale = 365.25 / 9
+    assert econ["soc_change_value"] == pytest.approx(econ["soc_change_value_period"] * scale)
+    sentence = next(s for s in plain_summary(summary) if s.startswith("The battery ended the period"))
+    assert f"{abs(change):,.0f} kWh" in sentence and "a year in the yearly figures, which scale the period" in sentence
