@@ -42,7 +42,7 @@ from drivers.profile import PROFILE_DIR, Profile, load_profile, profile_path
 from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.config import SimulationConfig
 from drivers.sunspec import reference_errors as sunspec_reference_errors
-from ems.yamlfile import ConfigError, FieldError, field_path, read_yaml
+from ems.yamlfile import ConfigError, FieldError, error_message, field_path, other_kind, read_yaml
 from optimizer.site import PlanningSite, StrictModel, TariffRef, aggregate_units
 from optimizer.tariff import load_tariff
 
@@ -365,7 +365,10 @@ def validate_config(data: object, source: str, base_dir: Path) -> SiteConfig:
     try:
         config = SiteConfig.model_validate(data, context={"collect": errors})
     except ValidationError as exc:
-        errors += [FieldError(field_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        wrong = other_kind(data, SiteConfig)
+        if wrong is not None:
+            raise ConfigError(source, [wrong]) from None
+        errors += [FieldError(field_path(e["loc"]), error_message(e)) for e in exc.errors()]
         with contextlib.suppress(ValidationError):  # else the device errors are among the schema errors
             # a valid device list is checked as a whole even when another section is not
             errors += device_group_errors(_DEVICE_LIST.validate_python(data.get("devices")))

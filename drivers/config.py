@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.roles import Role
-from ems.yamlfile import ConfigError, FieldError, read_yaml, validate
+from ems.yamlfile import ConfigError, FieldError, other_kind, read_yaml, validate
 from optimizer.site import BatteryUnit
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -191,5 +191,5 @@ def load_devices(path: str | Path) -> list[DeviceConfig]:
     """The ``devices:`` list of a site file; :class:`ConfigError` names the file and field on errors."""
     data = read_yaml(path)
     if isinstance(data, dict) and "devices" not in data:
-        raise ConfigError(str(path), [FieldError("devices", "Field required")])
+        raise ConfigError(str(path), [other_kind(data, DevicesFile) or FieldError("devices", "Field required")])
     return list(validate(DevicesFile, data, str(path)).devices)

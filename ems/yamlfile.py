@@ -140,19 +140,53 @@ def read_yaml(path: str | Path) -> Any:
     return data
 
 
+FILE_KINDS: tuple[tuple[str, frozenset[str], str], ...] = (
+    ("park summary file", frozenset({"park", "tsdb"}), "ems park-summary --config"),
+    ("site file", frozenset({"site", "devices"}), "ems run --config, ems config check, ems devices --config"),
+    ("scenario", frozenset({"data", "costs"}), "ems simulate, ems sweep"),
+    ("park file", frozenset({"sites"}), "ems park"),
+    ("tariff file", frozenset({"periods", "energy_prices"}), "tariff: {file: …} of a site file or scenario"),
+    ("device profile", frozenset({"points", "roles"}), "profile: of a device in a site file"),
+)
+"""The project's kinds of YAML file, each by the top-level keys that tell it (checked in this order), and what
+reads it."""
+
+
+def other_kind(data: Any, model: type[BaseModel]) -> FieldError | None:
+    """When ``data`` is plainly another kind of file than ``model`` describes (:data:`FILE_KINDS`), one error that
+    says what it is and what reads it (a park summary file given to ``ems config check`` had sixteen errors of
+    required and unknown fields); ``None`` otherwise."""
+    if not isinstance(data, dict):
+        return None
+    fields = model.model_fields.keys()
+    required = {name for name, f in model.model_fields.items() if f.is_required()}
+    reads_a_part = model.model_config.get("extra") == "ignore"   # e.g. the devices: list of a site file
+    for kind, keys, reader in FILE_KINDS:
+        if keys <= data.keys():
+            if keys <= fields or (reads_a_part and required <= data.keys()):
+                return None
+            return FieldError("(top level)", f"this is a {kind} (it has {', '.join(sorted(keys))}), read by {reader}; "
+                                             "this command reads another kind of file")
+    return None
+
+
 def validate(model: type[ModelT], data: Any, source: str) -> ModelT:
-    """Validate ``data`` against ``model``; every error is reported with its field path."""
+    """Validate ``data`` against ``model``; every error is reported with its field path (or, for another kind of
+    file, one error saying so: :func:`other_kind`)."""
     if data is None:
         raise ConfigError(source, [FieldError("(top level)", "the file is empty")])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        wrong = other_kind(data, model)
+        if wrong is not None:
+            raise ConfigError(source, [wrong]) from None
         found = exc.errors()
-        raise ConfigError(source, [FieldError(field_path(e["loc"]), _message(e)) for e in found
+        raise ConfigError(source, [FieldError(field_path(e["loc"]), error_message(e)) for e in found
                                    if not _echo_of_a_bad_item(e, found)]) from exc
 
 
-def _message(error: Any) -> str:
+def error_message(error: Any) -> str:
     """pydantic's message, with what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted)."""
     if error["type"] == "string_type" and isinstance(error.get("input"), bool):
         return (f"{error['msg']}, got {str(error['input']).lower()}: YAML reads yes/no/on/off/true/false without "
