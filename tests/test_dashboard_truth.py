@@ -259,8 +259,10 @@ async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: py
         assert await page.get_attribute(step, "data-battery-actual") == "77"
         assert await page.get_attribute(step, "data-battery-plan") == "80"
         assert "Stored history" in await page.text_content("#chart-title")
+        assert await page.get_attribute("#nav-csv", "href") == "/api/history.csv?day=2026-05-03&span=day"
         await page.select_option("#nav-span", "week")                            # the week of 3 May: Mon 27 Apr
         await page.wait_for_function("document.getElementById('nav-label').textContent.includes('27')")
+        assert await page.get_attribute("#nav-csv", "href") == "/api/history.csv?day=2026-05-03&span=week"
         assert (await page.get_attribute("#chart-power path.battery-actual", "d")).startswith("M")
         await page.click("#nav-today")
         await page.select_option("#nav-span", "day")
@@ -334,3 +336,41 @@ async def test_forecasts_from_outside_show_how_good_they_were(tmp_path: Path, mo
         await context.close()
     finally:
         await site.telemetry.aclose()
+
+
+async def test_the_shown_history_downloads_as_csv_with_local_time_and_tariff_periods(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                                    ) -> None:
+    """Tuesday 28 April under the legacy windows (peak 09:30–11:30): minutes at 09:40 and 10:00–10:05 site time,
+    one without a SOC reading. The day's CSV has one row per stored minute, local and UTC starts, the named period,
+    the averages and an empty cell (not 0) for the missing SOC; the month's hour from 09:00 spans normal and peak."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN,
+                            tariff=Tariff.preset("evn-manufacturing-22kv-legacy").bind(TZ))
+    try:
+        for i, (hour, minute) in enumerate(((2, 40), (3, 0), (3, 5))):               # UTC: 09:40, 10:00, 10:05
+            state = sample_state(datetime(2026, 4, 28, hour, minute, tzinfo=UTC), i)
+            state["measurements"]["battery_kw"]["value"] = 77.0
+            if i == 2:
+                state["measurements"]["soc_pct"] = {"value": None, "unit": "%", "quality": "missing"}
+            site.bus.publish("state", state)
+        site.bus.publish("state", sample_state(datetime(2026, 5, 4, 3, 0, tzinfo=UTC), 1))   # closes the last minute
+        await asyncio.sleep(0.05)
+        status, day = await asyncio.to_thread(site.request, "/api/history.csv?day=2026-04-28&span=day")
+        _, month = await asyncio.to_thread(site.request, "/api/history.csv?day=2026-04-28&span=month")
+        status_bad, bad = await asyncio.to_thread(site.request, "/api/history.csv?day=2026-05-32")
+    finally:
+        await site.telemetry.aclose()
+    assert status == 200
+    lines = day.splitlines()
+    assert lines[0] == ("start_local,start_utc,tariff_period,pv_kw,load_kw,grid_kw,battery_kw,soc_pct,"
+                        "plan_battery_kw,plan_grid_kw,plan_soc_pct")
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[:3] for r in rows] == [["2026-04-28T09:40:00+07:00", "2026-04-28T02:40:00Z", "peak"],
+                                     ["2026-04-28T10:00:00+07:00", "2026-04-28T03:00:00Z", "peak"],
+                                     ["2026-04-28T10:05:00+07:00", "2026-04-28T03:05:00Z", "peak"]]
+    assert [r[6] for r in rows] == ["77.000"] * 3 and rows[0][3] == "400.000" and rows[0][7] == "50.000"
+    assert rows[2][7] == ""                                                       # not measured: empty, never 0
+    hours = [line.split(",") for line in month.splitlines()[1:]]
+    assert [r[:3] for r in hours] == [["2026-04-28T09:00:00+07:00", "2026-04-28T02:00:00Z", "normal+peak"],
+                                      ["2026-04-28T10:00:00+07:00", "2026-04-28T03:00:00Z", "peak"]]
+    assert status_bad == 422 and "is not a date" in bad["error"]

@@ -58,6 +58,7 @@ from controller.api.app import API_PREFIX
 from controller.api.roles import Lockout, Role, TokenStore
 from controller.dashboard.health import device_health
 from controller.dashboard.history import HistoryStore
+from controller.dashboard.history_csv import history_csv
 from controller.dashboard.periods import day_periods
 from controller.telemetry.config import DashboardSettings, DashboardTls
 from controller.telemetry.metrics import CONTENT_TYPE, ControllerMetrics
@@ -333,7 +334,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
             return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
         return JSONResponse(hub.periods(day))
 
-    async def get_history(request: Request) -> Response:
+    def history_query(request: Request) -> tuple[date, str] | JSONResponse:
         raw, span = request.query_params.get("day", ""), request.query_params.get("span", "day")
         try:
             day = date.fromisoformat(raw)
@@ -341,7 +342,21 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
             return JSONResponse({"error": f"day: {raw[:32]!r} is not a date (YYYY-MM-DD)"}, status_code=422)
         if span not in ("day", "week", "month"):
             return JSONResponse({"error": f"span: {span[:16]!r} is not one of day, week, month"}, status_code=422)
-        return JSONResponse(hub.stored(day, span))
+        return day, span
+
+    async def get_history(request: Request) -> Response:
+        query = history_query(request)
+        return query if isinstance(query, JSONResponse) else JSONResponse(hub.stored(*query))
+
+    async def get_history_csv(request: Request) -> Response:
+        query = history_query(request)
+        if isinstance(query, JSONResponse):
+            return query
+        stored = hub.stored(*query)
+        text = await asyncio.to_thread(history_csv, stored, hub.tz, hub.tariff)
+        name = f"{site}-{stored['first']}-{stored['span']}.csv"
+        return Response(text, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     async def events(request: Request) -> Response:
         try:
@@ -412,6 +427,7 @@ def create_app(hub: DashboardHub, settings: DashboardSettings, *, site: str, tim
         Route("/api/snapshot", get_snapshot),
         Route("/api/periods", get_periods),
         Route("/api/history", get_history),
+        Route("/api/history.csv", get_history_csv),
         Route("/api/events", events),
         Route("/metrics", get_metrics),
         Route("/api/cmd/{name}", command, methods=["POST"]),

@@ -34,6 +34,7 @@ async function setLanguage(pref) {
   ui.locale = ui.cfg.locale || t("_locale", "en-GB");
   document.documentElement.lang = lang;
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n, el.textContent);
+  for (const el of document.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle, el.title);
   $("lang").value = pref || "auto";
   render();
 }
@@ -707,6 +708,7 @@ function renderNavLabel() {
   if (!ui.cfg || !label) return;
   const [t0, t1] = chartRange();
   label.dataset.day = ui.view ? ui.view.day : isoDay(nowMs());
+  $("nav-csv").href = `/api/history.csv?day=${label.dataset.day}&span=${viewSpan()}`;
   const long = (ms) => new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, dateStyle: "medium" })
     .format(new Date(ms));
   label.textContent = viewSpan() === "day" ? `${ui.view ? "" : `${t("today")} · `}${long(t0)}`
