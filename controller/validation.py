@@ -584,7 +584,7 @@ class Validator:
             r = readings.get(f.point)
             if r is not None and r.ok:
                 detail = f.detail if a.code in conditions else f"{f.detail} (cleared {self._ago(a, now)} ago)"
-                readings[f.point] = replace(r, value=None, quality=f.quality, detail=detail)
+                readings[f.point] = replace(r, value=None, quality=f.quality, detail=detail, meaning="")
             held.append(f)
         out = replace(snap, readings=MappingProxyType(readings))
         alarms = {code: a.message for code, a in self._active.items() if not code.startswith(_HOLD)}

@@ -50,6 +50,8 @@ class Reading:
             raise ValueError("a reading that is not OK carries no value")
         if self.quality is Quality.OK and self.value is None:
             raise ValueError("an OK reading needs a value")
+        if self.meaning and self.value is None:
+            raise ValueError("a reading without a value has no meaning")
 
     @property
     def ok(self) -> bool:
