@@ -202,6 +202,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _park(args: argparse.Namespace) -> int:
     from optimizer.tariff import load_tariff
     from simulations.park import TOTAL, load_park, run_park, run_shared_battery, write_park
+    from simulations.report import BOUNDS
 
     park, scenarios = load_park(args.park)
     currencies = {load_tariff(s.tariff.ref(), s.base_dir).currency for s in scenarios}
@@ -219,8 +220,9 @@ def _park(args: argparse.Namespace) -> int:
         shared = run_shared_battery(park, scenarios, table, dask_address=args.dask)
     paths = write_park(table, args.out, park, _command(), currencies.pop(), shared)
     total = table[table["site"] == TOTAL].iloc[0]
+    bound = f" (an upper bound: battery dispatch by {park.strategy})" if park.strategy in BOUNDS else ""
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
-          f"{total['savings_vs_no_system']:,.0f}/yr, investment ÷ saving "
+          f"{total['savings_vs_no_system']:,.0f}/yr{bound}, investment ÷ saving "
           f"{_yr(total['investment_over_saving_years'])} yr, "
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
     if shared is not None:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ems.yamlfile import ConfigError, FieldError, load_model
 from simulations.economics import jcm_reduction_t
+from simulations.report import BOUNDS, STRATEGY_LABELS
 from simulations.scenario import ALL_STRATEGIES, Scenario, load_scenario
 from simulations.sweep import period_warning, run_all, run_cell
 
@@ -283,12 +284,18 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "park.csv", "report": out / "park.md"}
     table.to_csv(paths["table"], index=False)
+    bound = park.strategy in BOUNDS
+    saving = f"saving [{currency}/yr]" + (", upper bound" if bound else "")
     columns = [("site", "site"), ("pv_kwp", "PV [kWp]"), ("battery_kwh", "battery [kWh]"),
-               ("capex", f"investment [{currency}]"), ("savings_vs_no_system", f"saving [{currency}/yr]"),
+               ("capex", f"investment [{currency}]"), ("savings_vs_no_system", saving),
                ("investment_over_saving_years", "investment ÷ saving [yr]"),
                ("simple_payback_years", "payback, cash flow [yr]"),
                ("co2_avoided_t", "CO2 avoided, grid factor [t/yr]"), ("co2_jcm_t", "CO2, JCM-style [t/yr]")]
-    lines = [f"# Park study: {park.name}", "", f"Battery dispatch: {park.strategy}. Command: `{command}`.", "",
+    dispatch = f"Battery dispatch: {strategy_label(park.strategy)}."
+    if bound:
+        dispatch += (" The savings, and every figure from them, are an upper bound: no plant dispatches with perfect "
+                     "knowledge of its future; `strategy: mpc` in the park file gives what the sites can reach.")
+    lines = [f"# Park study: {park.name}", "", f"{dispatch} Command: `{command}`.", "",
              "| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         cells = [_cell(row.get(key)) for key, _ in columns]
@@ -316,6 +323,12 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
         lines += ["", f"**Warning:** {warning}"]
     paths["report"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     return paths
+
+
+def strategy_label(strategy: str) -> str:
+    """The plain name of a park's battery dispatch, a bound labelled as such (``perfect foresight (upper
+    bound)``)."""
+    return STRATEGY_LABELS.get(strategy, strategy)
 
 
 def _shared_lines(shared: dict[str, Any], currency: str) -> list[str]:

@@ -68,6 +68,12 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     assert "| **park total** | **1,500** | **1,000** |" in report and "Warning" in report   # 2 days, not a year
     assert "factory-a 0.5 (scenario)" in report and "Shared park battery" not in report
     assert pd.read_csv(paths["table"]).shape[0] == 3
+    # the default dispatch is perfect foresight: its savings are labelled as the upper bound they are
+    assert "Battery dispatch: perfect foresight (upper bound). The savings, and every figure from them, are an " \
+           "upper bound" in report and "| saving [VND/yr], upper bound |" in report
+    mpc = write_park(table, tmp_path / "mpc", park.model_copy(update={"strategy": "mpc"}), "ems park p.yaml", "VND")
+    text = mpc["report"].read_text(encoding="utf-8")
+    assert "Battery dispatch: MPC on forecasts. Command" in text and "upper bound" not in text
 
 
 def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: Path) -> None:
