@@ -116,7 +116,7 @@ def _command() -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.report import write_outputs
+    from simulations.report import STRATEGY_LABELS, write_outputs
     from simulations.runner import run
 
     scenario = _load(args)
@@ -140,13 +140,14 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
     if summary["period"]["warning"]:
         print(f"warning: {summary['period']['warning']}", file=sys.stderr)
-    print(f"{'strategy':20s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback sys':>12s} {'payback bat':>12s}")
+    print(f"{'strategy':31s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback sys':>12s} {'payback bat':>12s}")
     for name, s in summary["strategies"].items():
         e = result.economics.get(name)
         saving = f"{e['savings_vs_no_system']:16,.0f}" if e else f"{'':16s}"
         pb = e["finance"]["system"]["simple_payback_years"] if e else None
         pbb = e["finance"].get("battery", {}).get("simple_payback_years") if e else None
-        print(f"{name:20s} {s['annual_bill']:16,.0f} {saving} {_yr(pb):>12s} {_yr(pbb):>12s}")
+        print(f"{STRATEGY_LABELS.get(name, name):31s} {s['annual_bill']:16,.0f} {saving} {_yr(pb):>12s} "
+              f"{_yr(pbb):>12s}")
     print(f"({cur} per year; paybacks in years, — = does not pay back within the study life)")
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -70,3 +70,12 @@ def test_sweep_refuses_to_overwrite_and_warns_about_a_short_period(tmp_path: Pat
     line = _one_line_error(capsys.readouterr().err)
     assert "already holds a study (sweep.csv, sweep.html)" in line
     assert main([*args, "--force"]) == 0
+
+
+def test_the_command_s_table_labels_the_bounds(tmp_path: Path, capsys) -> None:
+    """The table ``ems simulate`` prints names the strategies as the report does: a bound says so."""
+    assert main(["simulate", SCENARIO, "--out", str(tmp_path / "s"), "--strategies", "pv_only,perfect_foresight",
+                 *QUICK, "--no-progress"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert any(r.startswith("perfect foresight (upper bound) ") for r in rows)
+    assert any(r.startswith("PV only ") for r in rows) and not any(r.startswith("perfect_foresight") for r in rows)
