@@ -159,11 +159,11 @@ def other_kind(data: Any, model: type[BaseModel]) -> FieldError | None:
     if not isinstance(data, dict):
         return None
     fields = model.model_fields.keys()
-    required = {name for name, f in model.model_fields.items() if f.is_required()}
-    reads_a_part = model.model_config.get("extra") == "ignore"   # e.g. the devices: list of a site file
+    if {name for name, f in model.model_fields.items() if f.is_required()} <= data.keys():
+        return None   # all the model needs is there: its kind of file with errors, or a larger file it reads
     for kind, keys, reader in FILE_KINDS:
         if keys <= data.keys():
-            if keys <= fields or (reads_a_part and required <= data.keys()):
+            if keys <= fields:
                 return None
             return FieldError("(top level)", f"this is a {kind} (it has {', '.join(sorted(keys))}), read by {reader}; "
                                              "this command reads another kind of file")
