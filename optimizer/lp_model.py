@@ -35,7 +35,7 @@ INF = 1e20
 POWER_PARAMS = ("pv", "load_kw", "ch_max", "dis_max", "imp_cap", "exp_cap")
 STEP_PARAMS = (*POWER_PARAMS, "c_imp", "c_exp", "peak_floor", "peak_cost", "peak_reset", "c_tie", "win_reset",
                "win_prior", "risk", "c_tie_dis")
-SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw")
+SCALAR_PARAMS = ("soc0", "tv", "c_wear", "pen", "fix_pen", "fix_kw", "c_flat")
 
 
 def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = True, window_h: float = 0.0,
@@ -135,6 +135,13 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         m.win_run = pyo.Constraint(later, rule=lambda m, t: (
             m.win[t] - m.win[t - 1] - share[t] * (m.imp[t] + m.over[t]) >= -INF * m.win_reset[t]))
         m.pk_win = pyo.Constraint(m.T, rule=lambda m, t: m.pk[t] >= m.win[t])
+        if any(x < 1.0 for x in share):
+            # a step shorter than the demand window: its import above the running peak, at a tie-break cost
+            # (c_flat). The bill sees only the window's average, so without it the plan may import 800 then 600 kW
+            # in a window billed at 700 (a saw-tooth no operator expects, and a peak for a meter whose windows
+            # start a few minutes off the controller's clock); with it the import stays flat at the peak.
+            m.above = pyo.Var(m.T, bounds=(0, None))
+            m.above_pk = pyo.Constraint(m.T, rule=lambda m, t: m.above[t] - m.imp[t] - m.over[t] + m.pk[t] >= 0)
         if reserve_h > 0:
             # share of a window's average an excess lasting reserve_h adds [-]
             lasting = min(reserve_h, window_h) / window_h if window_h > 0 else 1.0
@@ -172,6 +179,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         yield dt[t] * m.pen * m.s_hi[t]
         if demand:
             yield m.peak_cost[t] * m.pk[t]
+        if demand and hasattr(m, "above"):
+            yield dt[t] * m.c_flat * m.above[t]
         if demand and reserve_h > 0:
             yield reserve_weight * m.peak_cost[t] * m.ex[t]
         if demand and stress_level > 0:

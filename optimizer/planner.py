@@ -280,7 +280,7 @@ def parameter_values(inputs: PlanInputs, battery: BatterySpec, grid: GridSpec, s
     p[len(STEP_PARAMS) * n:] = (
         float(inputs.soc0_kwh), costs.terminal_value_per_kwh(inputs, battery, settings),
         battery.wear_cost_per_kwh + MIN_THROUGHPUT_COST * max_price, pen,
-        0.0 if fixed is None else pen, 0.0 if fixed is None else float(fixed))
+        0.0 if fixed is None else pen, 0.0 if fixed is None else float(fixed), TIE_BREAK_COST * max_price)
     return p
 
 

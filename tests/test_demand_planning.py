@@ -402,3 +402,22 @@ def test_no_schedule_holds_the_span_below_the_recharge_floor(net: list[float], s
     plan = Planner(BATTERY, GRID, settings_, n).plan(plan_inputs(grid, steps, np.zeros(n), load, state))
     assert plan.demand_kw is not None
     assert float(np.max(plan.demand_kw[:12])) >= floor - 1e-3
+
+
+def test_a_window_billed_at_the_month_peak_is_imported_flat_not_as_a_saw_tooth() -> None:
+    """The month's peak is 700 kW; a cheap first hour (load 300 kW) and a dear second one (400 kW, 400 kWh): the
+    battery charges as much as the peak allows, 400 kW on average in each 30-minute window. The bill sees only the
+    window average, so 800 then 600 kW costs the same as 700 and 700 (the LP chose the saw-tooth before, as
+    `ems plan` showed on a two-part site); the tie-break imports flat at the peak: no step above it, the same cost."""
+    n = 8
+    battery = BatterySpec(capacity_kwh=400, max_charge_kw=500, max_discharge_kw=500, soc_min_pct=0,
+                          soc_max_pct=100, charge_efficiency=1.0, discharge_efficiency=1.0)
+    plan = Planner(battery, GRID, PlannerSettings(), n).plan(PlanInputs(
+        grid=regular_grid(T0, n, 15), pv_kw=np.zeros(n), load_kw=np.array([300.0] * 4 + [400.0] * 4),
+        import_price=np.array([1.0] * 4 + [5.0] * 4), export_price=np.zeros(n), soc0_kwh=0.0,
+        demand_charge_per_kw=RATE, month_peak_kw=700.0, billing_month=np.zeros(n, dtype=int),
+        demand_window_h=0.5, demand_window=np.arange(n) // 2))
+    imported = np.asarray(plan.import_kw)
+    assert imported[:4] == pytest.approx([700.0] * 4, abs=1e-6)              # flat at the month's peak
+    assert imported.max() <= 700.0 + 1e-6
+    assert plan.objective.demand == pytest.approx(0.0, abs=1e-6)              # the 700 kW peak is not raised
