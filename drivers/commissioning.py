@@ -180,6 +180,8 @@ class StepResult:
     passed : bool
     why : str
         Why it failed (empty when passed).
+    ran : bool
+        False when the step could not be tried (nothing written: the conditions did not allow it).
     """
 
     step: str
@@ -189,6 +191,7 @@ class StepResult:
     response_s: float | None
     passed: bool
     why: str = ""
+    ran: bool = True
 
 
 def sequence(kw: float) -> list[tuple[str, float]]:

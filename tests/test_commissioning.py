@@ -279,6 +279,7 @@ async def test_pv_limit_test_fails_an_inverter_that_ignores_the_limit_and_refuse
         writes = dict(site.images["pv-inverter"].last_write)
     out = capsys.readouterr().out
     assert code == 1 and "not run: it produces 0.0 kW, below 10 % of its 900 kW rating" in out
+    assert out.rstrip().endswith("pv-inverter: NOT RUN (nothing was written)")
     assert writes == {}                                      # nothing was written at night
     assert await ems("devices", "test", "--config", str(path), "pv-inverter", "--kw", "5") == 2
     assert "--kw is the battery test's power" in capsys.readouterr().err
