@@ -211,19 +211,23 @@ def at_device_pace(config: SiteConfig, step_s: float, speed: float) -> SiteConfi
     A cycle shorter than a step reads the same values twice, and a setting that judges a device by its values
     or their age would find a healthy device frozen, stale or not following. So ``control.cycle_s`` becomes at
     least ``step_s`` (the validation stage's stuck windows are at least ``min_cycles`` cycles), and each device's
-    ``max_age_s`` and ``control.groups.response_s`` at least :data:`DEVICE_STEPS` steps and
+    ``max_age_s``, ``control.groups.response_s`` and ``control.validation.soc_lag_s`` (how much older than its reading
+    a SOC value may be: the simulated plant can step behind its servers) at least :data:`DEVICE_STEPS` steps and
     :data:`LOOP_LAG_REAL_S` of real time. Every other setting, and ``config`` itself, is unchanged (the same object
     when nothing needs to change)."""
     floor_s = max(DEVICE_STEPS * step_s, LOOP_LAG_REAL_S * speed)
     ctl = config.control
     cycle_s = max(ctl.cycle_s, step_s)
     response_s = max(ctl.groups.response_s, floor_s)
-    if cycle_s == ctl.cycle_s and response_s == ctl.groups.response_s \
+    soc_lag_s = max(ctl.validation.soc_lag_s, floor_s)
+    if cycle_s == ctl.cycle_s and response_s == ctl.groups.response_s and soc_lag_s == ctl.validation.soc_lag_s \
             and all(d.max_age_s >= floor_s for d in config.devices):
         return config
     groups = ctl.groups.model_copy(update={"response_s": response_s})
+    validation = ctl.validation.model_copy(update={"soc_lag_s": soc_lag_s})
     devices = [d.model_copy(update={"max_age_s": max(d.max_age_s, floor_s)}) for d in config.devices]
-    return config.model_copy(update={"control": ctl.model_copy(update={"cycle_s": cycle_s, "groups": groups}),
+    return config.model_copy(update={"control": ctl.model_copy(update={"cycle_s": cycle_s, "groups": groups,
+                                                                        "validation": validation}),
                                      "devices": devices})
 
 

@@ -102,6 +102,10 @@ class ValidationSettings(BaseModel):
                     "update less often than powers) [s]")
     soc_step_pct: float = Field(
         default=1.0, gt=0, le=10, description="Resolution of the SOC reading [%]")
+    soc_lag_s: float = Field(
+        default=10.0, ge=0, description="How much older than its reading a SOC value may be (a BMS updates it every "
+                                        "few seconds): the SOC jump rule allows the battery's power over this much "
+                                        "more time [s]")
     counter_step_kwh: float = Field(
         default=1.0, gt=0, description="Resolution of the energy counters (import, export, PV) [kWh]")
     range_margin_pct: float = Field(
@@ -369,8 +373,10 @@ class Validator:
             if point == "soc_pct":
                 if s.capacity_kwh <= 0:
                     continue
-                allowed = (self._margin * max(s.max_charge_kw, s.max_discharge_kw) * hours / s.capacity_kwh * 100.0
-                           + self.settings.soc_step_pct)
+                # each value may be up to soc_lag_s older than its reading: the two may lie that much further apart
+                lag_h = self.settings.soc_lag_s / 3600.0
+                allowed = (self._margin * max(s.max_charge_kw, s.max_discharge_kw) * (hours + lag_h) / s.capacity_kwh
+                           * 100.0 + self.settings.soc_step_pct)
                 bad = abs(v - level.value) > allowed
                 why = (f"jumped from {level.value:g} to {v:g} % in {hours * 3600:.0f} s; the battery's power "
                        f"allows {allowed:.2g} %")

@@ -113,7 +113,8 @@ def test_a_controller_paced_to_a_fast_simulated_site():
     assert paced.control.cycle_s == 12.0
     assert paced.control.groups.response_s == 300.0
     assert [d.max_age_s for d in paced.devices] == [300.0] * len(config.devices)
-    assert paced.control.validation == config.control.validation and paced.battery == config.battery
+    assert paced.control.validation == config.control.validation.model_copy(update={"soc_lag_s": 300.0})
+    assert paced.battery == config.battery
     assert paced.control.groups.tolerance_kw == config.control.groups.tolerance_kw
     assert config.control.cycle_s == 1.0 and [d.max_age_s for d in config.devices] == [5.0] * len(config.devices)
     # three steps when they are longer than the real-time lag (a coarse simulation step at a low speed)
