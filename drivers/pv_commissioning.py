@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drivers.commissioning import Refused, StepResult, check_value, measured_power, run_step
+from drivers.config import load_devices
 from drivers.device import ModbusDevice
 from drivers.roles import Role
 from ems.clock import Clock
@@ -33,14 +34,13 @@ FULL_PCT = 100.0
 def pv_rating(path: str | Path, device: str) -> float | None:
     """The inverter's AC rating from the site file: its own ``rating_kw``, else ``pv.ac_kw`` when it is the site's
     only PV inverter; ``None`` when neither says. [kW]"""
-    data = read_yaml(path)
-    devices = [d for d in data.get("devices", []) if isinstance(d, dict)]
-    entry = next((d for d in devices if d.get("name") == device), {})
-    if isinstance(entry.get("rating_kw"), int | float):
-        return float(entry["rating_kw"])
-    inverters = [d for d in devices if d.get("role") == Role.PV_INVERTER.value]
-    pv = data.get("pv")
-    if len(inverters) == 1 and isinstance(pv, dict) and isinstance(pv.get("ac_kw"), int | float):
+    configs = load_devices(path)
+    config = next((c for c in configs if c.name == device), None)
+    if config is not None and config.rating_kw is not None:
+        return config.rating_kw
+    pv = read_yaml(path).get("pv")
+    if sum(c.role is Role.PV_INVERTER for c in configs) == 1 and isinstance(pv, dict) \
+            and isinstance(pv.get("ac_kw"), int | float):
         return float(pv["ac_kw"])
     return None
 

@@ -124,6 +124,7 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
     m.soc_dyn = pyo.Constraint(m.T, rule=soc_rule)
     m.fix = pyo.Constraint(expr=m.dis[0] - m.ch[0] + m.fix_up - m.fix_dn == m.fix_kw)
 
+    flat = False   # the tie-break towards flat import inside a demand window (below)
     if demand:
         # share of a window's average one kW of import over step t adds [-]
         share = [d / max(window_h, d) if window_h > 0 else 1.0 for d in dt]
@@ -135,7 +136,8 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         m.win_run = pyo.Constraint(later, rule=lambda m, t: (
             m.win[t] - m.win[t - 1] - share[t] * (m.imp[t] + m.over[t]) >= -INF * m.win_reset[t]))
         m.pk_win = pyo.Constraint(m.T, rule=lambda m, t: m.pk[t] >= m.win[t])
-        if any(x < 1.0 for x in share):
+        flat = any(x < 1.0 for x in share)
+        if flat:
             # a step shorter than the demand window: its import above the running peak, at a tie-break cost
             # (c_flat). The bill sees only the window's average, so without it the plan may import 800 then 600 kW
             # in a window billed at 700 (a saw-tooth no operator expects, and a peak for a meter whose windows
@@ -179,7 +181,7 @@ def build_model(duration_h: np.ndarray, battery: BatterySpec, demand: bool = Tru
         yield dt[t] * m.pen * m.s_hi[t]
         if demand:
             yield m.peak_cost[t] * m.pk[t]
-        if demand and hasattr(m, "above"):
+        if flat:
             yield dt[t] * m.c_flat * m.above[t]
         if demand and reserve_h > 0:
             yield reserve_weight * m.peak_cost[t] * m.ex[t]
