@@ -6,16 +6,21 @@ units are *in* (healthy and following their setpoints) and returns the aggregate
 planner, dispatcher and validator work with. The dispatcher's one decision is then split across the
 units in the group (:meth:`BatteryGroup.split`, :meth:`PVGroup.split`).
 
-**Aggregation** (battery, unit *i* with usable capacity ``Eᵢ`` [kWh], window ``[minᵢ, maxᵢ]`` [%]):
+**Aggregation** (battery, unit *i* with usable capacity ``Eᵢ`` [kWh] — its nameplate ``capacity_kwh`` × its last
+valid state of health (:func:`optimizer.site.health_share`; the nameplate until it reports one) —, window
+``[minᵢ, maxᵢ]`` [%]):
 
 - ``battery_kw = Σ pᵢ`` over units whose power reads (in the group or not: their power flows all the same);
   a unit whose power does not read is left out, so its power counts as part of the site load.
 - ``soc_pct = min + (max − min) · Σ eᵢ / Σ Uᵢ`` over units whose SOC reads, with ``eᵢ = Eᵢ·(socᵢ − minᵢ)/100``
   the energy above the unit's own floor (negative below it), ``Uᵢ = Eᵢ·(maxᵢ − minᵢ)/100`` its usable energy,
-  and ``min``/``max`` the aggregate window (capacity-weighted, ``optimizer.site.aggregate_units``). With every
-  unit reading this is the capacity-weighted mean ``Σ Eᵢ·socᵢ / Σ Eᵢ``.
+  and ``min``/``max`` the aggregate window (the site's, weighted by the nameplates: ``optimizer.site.aggregate_units``).
+  With every unit reading this is the energy-weighted mean ``Σ Eᵢ·socᵢ / Σ Eᵢ`` when the units share one window
+  or one state of health.
 - ``max_charge_kw`` / ``max_discharge_kw = Σ min(BMSᵢ, ratingᵢ)`` over units in the group, a unit at or beyond
   its own SOC window edge in that direction counting 0.
+- ``soh_pct = 100 · Σ Eᵢ / Σ Cᵢ`` (``Cᵢ`` the nameplates) once a unit has reported its state of health; the
+  energy the group holds is then the site's nameplate × ``soh_pct`` / 100, as planning counts it.
 
 **Health.** A unit is out of the group at once — alarm ``unit_out:<device>`` with the reason — when a point it
 needs (power, SOC, both BMS limits) is missing or stale, when its alarm word is non-zero (faulted), when a
@@ -49,7 +54,7 @@ from typing import Any
 from pydantic import Field
 
 from drivers.readings import Reading
-from optimizer.site import BatteryUnit, StrictModel
+from optimizer.site import BatteryUnit, StrictModel, health_share, planning_soh_pct
 
 SETPOINT_STEP_KW = 0.1
 """Battery setpoints are written in steps of this size, rounded towards 0 kW. [kW]"""
@@ -210,6 +215,9 @@ class UnitState:
     setpoint: float | None = None
     """Battery: kW (+ discharge); PV: % of the inverter's rating."""
     soc_pct: float | None = None
+    soh_pct: float | None = None
+    """Battery: the last valid state of health the unit reported (:func:`optimizer.site.planning_soh_pct`); None
+    until one. [%]"""
     charge_kw: float = 0.0
     """What the unit can charge now (0 when out): ``min(BMS, rating)``, 0 at its SOC ceiling (no headroom). [kW]"""
     discharge_kw: float = 0.0
@@ -338,7 +346,19 @@ class BatteryGroup(Group):
         inside = [u for u in units if u.state.in_group]
         return {"battery_kw": sum(powers) if powers else None, "soc_pct": self._soc(units),
                 "max_charge_kw": sum(u.state.charge_kw for u in inside) if inside else None,
-                "max_discharge_kw": sum(u.state.discharge_kw for u in inside) if inside else None}
+                "max_discharge_kw": sum(u.state.discharge_kw for u in inside) if inside else None,
+                "soh_pct": self._soh(units)}
+
+    def _capacity_kwh(self, u: _Unit) -> float:
+        """The energy unit ``u`` holds at full SOC now: its nameplate × its state of health. [kWh]"""
+        return self._spec(u).capacity_kwh * health_share(u.state.soh_pct)
+
+    def _soh(self, units: list[_Unit]) -> float | None:
+        """The group's state of health (see the module docstring); None while no unit has reported one. [%]"""
+        total = sum(self._spec(u).capacity_kwh for u in units)
+        if total <= 0 or all(u.state.soh_pct is None for u in units):
+            return None
+        return 100.0 * sum(self._capacity_kwh(u) for u in units) / total
 
     def _soc(self, units: list[_Unit]) -> float | None:
         known = [u for u in units if u.state.soc_pct is not None]
@@ -350,16 +370,20 @@ class BatteryGroup(Group):
             return None
         lo = sum(s.capacity_kwh * s.soc_min_pct for s in specs) / total
         hi = sum(s.capacity_kwh * s.soc_max_pct for s in specs) / total
-        usable = sum(self._spec(u).soc_max_kwh - self._spec(u).soc_min_kwh for u in known)
+        usable = sum(self._capacity_kwh(u) * (self._spec(u).soc_max_pct - self._spec(u).soc_min_pct) / 100.0
+                     for u in known)
         if usable <= 0:
             return None
-        above = sum(self._spec(u).capacity_kwh * (u.state.soc_pct - self._spec(u).soc_min_pct) / 100.0  # type: ignore[operator]
+        above = sum(self._capacity_kwh(u) * (u.state.soc_pct - self._spec(u).soc_min_pct) / 100.0  # type: ignore[operator]
                     for u in known)
         return lo + (hi - lo) * above / usable
 
     def _observe_unit(self, u: _Unit, r: Mapping[str, Reading], now_s: float, error: str) -> None:
         spec, st = self._spec(u), u.state
         st.measured_kw, st.soc_pct = _value(r, "battery_kw"), _value(r, "soc_pct")
+        soh = _value(r, "soh_pct")
+        if planning_soh_pct(soh) is not None:
+            st.soh_pct = soh
         bms_ch, bms_dis = _value(r, "max_charge_kw"), _value(r, "max_discharge_kw")
         self._follow(u, None if bms_ch is None or bms_dis is None else (-bms_ch, bms_dis), now_s)
         data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
@@ -405,10 +429,10 @@ class BatteryGroup(Group):
                 caps.append(0.0)
                 continue
             if discharge:
-                weights.append(max(0.0, spec.capacity_kwh * (st.soc_pct - spec.soc_min_pct) / 100.0))
+                weights.append(max(0.0, self._capacity_kwh(u) * (st.soc_pct - spec.soc_min_pct) / 100.0))
                 caps.append(st.discharge_kw)
             else:
-                weights.append(max(0.0, spec.capacity_kwh * (spec.soc_max_pct - st.soc_pct) / 100.0))
+                weights.append(max(0.0, self._capacity_kwh(u) * (spec.soc_max_pct - st.soc_pct) / 100.0))
                 caps.append(st.charge_kw)
         shares = water_fill(abs(want), weights, caps)
         sign = 1.0 if discharge else -1.0

@@ -45,11 +45,12 @@ from optimizer.service import (
     plan_inputs,
     recharge_floor_kw,
 )
-from optimizer.site import GridSpec, PlannerSettings
+from optimizer.site import GridSpec, PlannerSettings, planning_soh_pct
 from optimizer.tariff import SiteTariff
 from optimizer.timegrid import TimeGrid, floor_to_step, regular_grid
 
 if TYPE_CHECKING:
+    from controller.battery_health import BatteryHealth
     from controller.config import ControlSettings
     from controller.snapshot import Snapshot
     from ems.clock import Clock
@@ -301,6 +302,7 @@ class PlanKeeper:
     Parameters
     ----------
     planner : Planner
+        The planner of the battery's nameplate energy (``battery.capacity_kwh``).
     settings : PlannerSettings
     grid_spec : GridSpec
     tariff : SiteTariff
@@ -312,6 +314,9 @@ class PlanKeeper:
     def __init__(self, planner: Planner, settings: PlannerSettings, grid_spec: GridSpec, tariff: SiteTariff,
                  forecasts: ForecastSource, follow_tol_kw: float = 1.0):
         self.planner = planner
+        """The planner of the battery as it is now (:meth:`at_health`)."""
+        self._nameplate = planner
+        self._planned_soh: float | None = None
         self.settings = settings
         self.grid_spec = grid_spec
         self.tariff = tariff
@@ -430,10 +435,25 @@ class PlanKeeper:
         duration_h[0] = (start + step - now).total_seconds() / 3600.0
         return TimeGrid(starts, duration_h)
 
+    def at_health(self, soh_pct: float | None) -> Planner:
+        """The planner of the battery at the state of health ``soh_pct`` [%] (:meth:`BatteryUnit.at_health
+        <optimizer.site.BatteryUnit.at_health>`: the nameplate's when None), made when that changes, with the month's
+        peak target of its energy; it becomes :attr:`planner`."""
+        used = planning_soh_pct(soh_pct)
+        if used != self._planned_soh:
+            base = self._nameplate
+            self.planner = base if used is None else Planner(base.battery.at_health(used), base.grid, base.settings,
+                                                             base.steps)
+            self.peak_target = PeakTarget(self.planner.battery, self.settings.demand_target_days)
+            self._planned_soh = used
+        return self.planner
+
     def inputs(self, now: datetime, site: SiteState) -> PlanInputs:
         """PlanInputs for a plan starting at ``now`` (:func:`optimizer.service.plan_inputs`; runs in the worker
-        thread). A plan made within a running step keeps the battery power of the step followed now for the rest
-        of it; one made at a step's start (as every interval re-plan, and every offline re-plan) is free there."""
+        thread), for the battery at ``site.soh_pct`` (:meth:`at_health`). A plan made within a running step keeps
+        the battery power of the step followed now for the rest of it; one made at a step's start (as every interval
+        re-plan, and every offline re-plan) is free there."""
+        self.at_health(site.soh_pct)
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         tariff = TariffSteps.of(self.tariff, grid.starts)
@@ -459,7 +479,8 @@ class PlanKeeper:
                            self.settings.risk_margin(tariff.peak_billed_months), target)
 
     def _solve(self, now: datetime, site: SiteState) -> Plan:
-        return self.planner.plan(self.inputs(now, site), created_at=now)
+        inputs = self.inputs(now, site)  # first: it picks the planner of the battery's health
+        return self.planner.plan(inputs, created_at=now)
 
     async def replan(self, now: datetime, site: SiteState, timeout_s: float) -> PlanOutcome:
         """Plan in a worker thread; keep the last valid plan on any failure.
@@ -514,8 +535,8 @@ class Replanner:
         The ``control:`` section (re-plan gap, deviation trigger, cycle).
     replan_minutes : int
         The re-planning interval. [min]
-    capacity_kwh : float
-        Battery capacity (SOC % → kWh). [kWh]
+    health : BatteryHealth
+        The battery's state of health and the energy it holds (SOC % → kWh).
     timeout_s : float
         Real seconds one attempt (forecasts, build, solve) may take.
     on_outcome : callable
@@ -523,9 +544,10 @@ class Replanner:
     """
 
     def __init__(self, keeper: PlanKeeper, clock: Clock, control: ControlSettings, replan_minutes: int,
-                 capacity_kwh: float, timeout_s: float, on_outcome: Callable[[PlanOutcome, str, datetime], None]):
+                 health: BatteryHealth, timeout_s: float,
+                 on_outcome: Callable[[PlanOutcome, str, datetime], None]):
         self.keeper, self.clock, self.control = keeper, clock, control
-        self.replan_minutes, self.capacity_kwh, self.timeout_s = replan_minutes, capacity_kwh, timeout_s
+        self.replan_minutes, self.health, self.timeout_s = replan_minutes, health, timeout_s
         self.on_outcome = on_outcome
         self.replan_until: datetime | None = None
         self.last_try: float | None = None
@@ -578,15 +600,15 @@ class Replanner:
         return None
 
     def site_now(self, snap: Snapshot | None, month_peak_kw: float, window_import_kwh: float) -> SiteState | None:
-        """What the planner needs of the site from ``snap`` and the demand tracker (the level the month is billed on
-        so far, ``Accounting.billed_demand_kw`` [kW]; import so far in the running demand window [kWh]); None without
-        a valid SOC."""
+        """What the planner needs of the site from ``snap``, the battery's health (its SOC a share of the energy it
+        holds now) and the demand tracker (the level the month is billed on so far, ``Accounting.billed_demand_kw``
+        [kW]; import so far in the running demand window [kWh]); None without a valid SOC."""
         soc = snap.value("soc_pct") if snap is not None else None
         if snap is None or soc is None:
             return None
-        return SiteState(soc_kwh=soc / 100.0 * self.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
+        return SiteState(soc_kwh=soc / 100.0 * self.health.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
                          bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw,
-                         window_import_kwh=window_import_kwh)
+                         window_import_kwh=window_import_kwh, soh_pct=self.health.soh_pct)
 
     async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float,
                       window_import_kwh: float = 0.0) -> PlanOutcome | None:

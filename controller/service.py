@@ -47,6 +47,7 @@ from controller.accounting import (
 )
 from controller.assets import WRITE_FAILED, Assets
 from controller.audit import AuditLog
+from controller.battery_health import BatteryHealth
 from controller.bus import ALARM, PLAN, STATE, Bus
 from controller.commands import CommandResult, Commands, Reserve
 from controller.config import SiteConfig, resolve_profile, state_dir
@@ -184,7 +185,9 @@ class Controller:
                                                                      self.external_forecasts)
         self.plans = PlanKeeper(Planner(bat, config.grid, config.planner, config.planner.horizon_steps),
                                 config.planner, config.grid, tariff, self.forecasts, ctl.dispatch.follow_tol_kw)
-        self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, bat.capacity_kwh,
+        #: The battery's measured state of health: the energy plans and the SOC-rate rule count on.
+        self.battery_health = BatteryHealth(bat.capacity_kwh)
+        self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, self.battery_health,
                                    config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S, self._planned)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
                                  (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
@@ -474,7 +477,9 @@ class Controller:
         t_read = time.perf_counter()
         now = snap.ts
         self._watch_clock()
-        snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw())
+        snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw(),
+                                                             self.battery_health.capacity_kwh)
+        self.battery_health.observe(snap.value("soh_pct"))
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only
         if writing:
@@ -549,6 +554,7 @@ class Controller:
                          "manual_setpoint_kw": state.request.setpoint_kw if state.request else None,
                          "soc_reserve_pct": self.commands.reserve.soc_pct if self.commands.reserve else None},
             "plan": plan_info,
+            "battery": self.battery_health.to_dict(),
             "tariff": self.accounting.prices(now),
             "today": self.accounting.energy.to_dict(),
             "month": self.accounting.month_value(now),

@@ -247,6 +247,7 @@ class Validator:
     _levels: dict[str, _Level] = field(default_factory=dict)
     _balance_since: datetime | None = None
     _active: dict[str, _Active] = field(default_factory=dict)
+    _capacity_kwh: float = 0.0  # the energy the battery holds now (this check's), which its SOC is a share of
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> Validator:
@@ -287,7 +288,7 @@ class Validator:
         """The configured device serving canonical ``point``."""
         return self.site.devices.get(CANONICAL_POINTS[point].role, "?")
 
-    def check(self, snap: Snapshot, commanded_battery_kw: float | None = None
+    def check(self, snap: Snapshot, commanded_battery_kw: float | None = None, capacity_kwh: float | None = None
               ) -> tuple[Snapshot, dict[str, str], ValidationTrace]:
         """Validate ``snap``.
 
@@ -297,6 +298,9 @@ class Validator:
             This cycle's readings as the devices gave them.
         commanded_battery_kw : float | None
             The battery setpoint last written (+ discharge), for the battery stuck rule. [kW]
+        capacity_kwh : float | None
+            The energy the battery holds now, which its SOC is a share of (nameplate × state of health,
+            :class:`controller.battery_health.BatteryHealth`); None = the site's nameplate. [kWh]
 
         Returns
         -------
@@ -305,6 +309,7 @@ class Validator:
             alarms that are active (code → message), and the trace.
         """
         now = snap.ts
+        self._capacity_kwh = self.site.capacity_kwh if capacity_kwh is None else capacity_kwh
         dt_s = 0.0 if self._last_ts is None else max(0.0, (now - self._last_ts).total_seconds())
         self._last_ts = now
         if dt_s > self._window(0.0):  # a gap: nobody saw whether values moved in it
@@ -371,12 +376,12 @@ class Validator:
                 continue
             hours = max(0.0, (at - level.ts).total_seconds() / 3600.0)  # < 0 after the clock was set back
             if point == "soc_pct":
-                if s.capacity_kwh <= 0:
+                if self._capacity_kwh <= 0:
                     continue
                 # each value may be up to soc_lag_s older than its reading: the two may lie that much further apart
                 lag_h = self.settings.soc_lag_s / 3600.0
-                allowed = (self._margin * max(s.max_charge_kw, s.max_discharge_kw) * (hours + lag_h) / s.capacity_kwh
-                           * 100.0 + self.settings.soc_step_pct)
+                allowed = (self._margin * max(s.max_charge_kw, s.max_discharge_kw) * (hours + lag_h)
+                           / self._capacity_kwh * 100.0 + self.settings.soc_step_pct)
                 bad = abs(v - level.value) > allowed
                 why = (f"jumped from {level.value:g} to {v:g} % in {hours * 3600:.0f} s; the battery's power "
                        f"allows {allowed:.2g} %")
@@ -483,7 +488,7 @@ class Validator:
             elif t.since != now:  # what flowed until a change went into that change
                 t.moved += power * dt_h
             if point == "soc_pct":
-                needed = 2.0 * cfg.soc_step_pct / 100.0 * self.site.capacity_kwh
+                needed = 2.0 * cfg.soc_step_pct / 100.0 * self._capacity_kwh
                 what = f"unchanged at {v:g} % while {t.moved:.1f} kWh went through the battery"
             else:
                 needed = 2.0 * cfg.counter_step_kwh

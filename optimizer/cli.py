@@ -22,6 +22,7 @@ from ems.clock import WallClock
 from ems.series_csv import read_series_csv
 from ems.yamlfile import load_model, read_yaml
 from optimizer.shift import on_shift
+from optimizer.site import SOH_FLOOR_PCT
 
 if TYPE_CHECKING:
     from optimizer.site import PlanningSite
@@ -40,6 +41,9 @@ def register(subparsers: Any) -> None:
                    help="horizon start, ISO 8601 with offset (default: simulation.start, else now)")
     p.add_argument("--soc", type=float, help="SOC at the start [%% of usable capacity] (default: "
                                              "simulation.initial_soc_pct)")
+    p.add_argument("--soh", type=number(lo=SOH_FLOOR_PCT, hi=100), default=None,
+                   help="the battery's state of health [%%]: plan on the energy it holds, battery.capacity_kwh x SOH "
+                        "(default: the nameplate, as live control without a SOH reading)")
     p.add_argument("--month-peak", type=number(lo=0), default=0.0, help="peak import already reached this month [kW]")
     p.add_argument("--series", type=Path, help="CSV timestamp,pv_kw,load_kw[,import_price,export_price]")
     p.add_argument("--json", action="store_true", help="print the Plan JSON instead of the table")
@@ -65,6 +69,7 @@ def _make_plan(args: argparse.Namespace):
     from optimizer.tariff import load_tariff
 
     site = load_model(PlanningSiteView, args.config)
+    site = site.model_copy(update={"battery": site.battery.at_health(args.soh)})
     simulation = (read_yaml(args.config) or {}).get("simulation") or {}
     start = args.start or (_simulation_start(str(simulation["start"])) if "start" in simulation else WallClock().now())
     soc_pct = args.soc if args.soc is not None else simulation.get("initial_soc_pct")
@@ -131,7 +136,8 @@ def render(plan, currency: str, timezone: str) -> str:
     head = (f"{'local time':<16} {'period':<8} {'imp/kWh':>8} {'exp/kWh':>8} {'PV kW':>8} {'load kW':>8} "
             f"{'batt kW':>8} {'grid kW':>8} {'SOC %':>6} {'curt kW':>8}")
     lines = [f"plan from {local[0]:%Y-%m-%d %H:%M} to {plan.end.tz_convert(timezone):%Y-%m-%d %H:%M} ({timezone}), "
-             f"source {plan.source}; battery + discharge, grid + import", head, "-" * len(head)]
+             f"source {plan.source}; battery + discharge, grid + import; SOC % of {cap:,.0f} kWh", head,
+             "-" * len(head)]
     period = plan.period or ("",) * len(plan)
     for i in range(len(plan)):
         soc = 100 * plan.soc_kwh[i] / cap if cap > 0 else float("nan")

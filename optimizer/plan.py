@@ -96,7 +96,8 @@ class Plan:
     soc0_kwh : float
         SOC at the start of the first step. [kWh]
     capacity_kwh : float
-        Usable nameplate capacity, for SOC in %. [kWh]
+        The energy the battery was planned to hold at full SOC (its nameplate × the state of health measured at
+        planning time, ``SiteState.soh_pct``), for SOC in %. [kWh]
     source : str
         ``optimizer`` or ``policy:<name>``.
     period : tuple of str or None

@@ -104,6 +104,9 @@ class SiteState:
         Import measured so far in the demand window running at the plan's start. [kWh]
     fixed_battery_kw : float | None
         First-step battery power already committed (+ discharge). [kW]
+    soh_pct : float | None
+        The battery's measured state of health (None = plan on the nameplate): the live planner plans the energy
+        it leaves (:meth:`optimizer.site.BatteryUnit.at_health`), and ``soc_kwh`` is a share of that energy. [%]
     """
 
     soc_kwh: float
@@ -112,6 +115,7 @@ class SiteState:
     month_peak_kw: float = 0.0
     window_import_kwh: float = 0.0
     fixed_battery_kw: float | None = None
+    soh_pct: float | None = None
 
 
 PEAK_RISK_LEVEL = 0.9

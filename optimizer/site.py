@@ -180,6 +180,34 @@ class BatteryUnit(StrictModel):
     def soc_max_kwh(self) -> float:
         return self.capacity_kwh * self.soc_max_pct / 100.0
 
+    def at_health(self, soh_pct: float | None) -> Self:
+        """This battery with the energy it holds at the state of health ``soh_pct`` [%]: ``capacity_kwh`` ×
+        :func:`health_share` (powers, efficiencies and the SOC window unchanged; itself at 100 % or when the value is
+        not one planning uses)."""
+        share = health_share(soh_pct)
+        return self if share == 1.0 else self.model_copy(update={"capacity_kwh": self.capacity_kwh * share})
+
+
+SOH_FLOOR_PCT = 50.0
+"""The lowest state of health planning takes from a BMS: below it a battery is far past its end of life (70–80 %),
+and a BMS that does not compute SOH commonly reports 0. [%]"""
+
+
+def planning_soh_pct(soh_pct: float | None) -> float | None:
+    """A measured state of health as planning uses it [%]: rounded to a whole percent (a BMS's 0.1 % steps would
+    re-build the planner's LP); None — plan on the nameplate — when not measured, not finite or outside
+    [:data:`SOH_FLOOR_PCT`, 100]."""
+    if soh_pct is None or not math.isfinite(soh_pct) or not SOH_FLOOR_PCT <= soh_pct <= 100.0:
+        return None
+    return float(round(soh_pct))
+
+
+def health_share(soh_pct: float | None) -> float:
+    """The share of its nameplate ``capacity_kwh`` a battery holds at the measured state of health ``soh_pct`` [%]
+    (:func:`planning_soh_pct`; 1 when that is None): the BMS's SOC is a share of this energy. [-]"""
+    used = planning_soh_pct(soh_pct)
+    return 1.0 if used is None else used / 100.0
+
 
 class BatterySpec(BatteryUnit):
     """The site's battery as the planner sees it (with several units: their aggregate, see :func:`aggregate_units`)."""

@@ -332,6 +332,37 @@ async def test_restart_mid_month_keeps_the_month_to_date_peak(tmp_path):
         assert controller.demand.month_peak_kw(datetime.fromisoformat("2026-05-10T00:00:00+07:00")) >= peak
 
 
+async def test_an_aged_battery_is_planned_on_the_energy_it_holds(tmp_path):
+    """A 1,000 kWh battery at SOH 80 % (simulated: it holds 800 kWh, its SOC a share of that) in the evening peak:
+    the plans are made on 800 kWh (the SOH served over Modbus), their first step's SOC is the measured one, and the
+    SOC a plan predicts for the end of its first step is what the battery then reads. On the nameplate the plan
+    would predict 1.25x too small a change (e.g. 12.5 % for 125 kWh where the battery moves 15.6 %)."""
+    path = site_file(tmp_path, simulation={"start": "2026-05-04T17:14:00+07:00", "initial_soc_pct": 70,
+                                           "soh_pct": 80, "weather": {"cloudiness": 0.0}})
+    async with running(path, 60, tmp_path / "state") as (site, controller, states):
+        plans: list[Plan] = []
+        sub = controller.bus.subscribe([PLAN])
+        collector = asyncio.create_task(collect(sub, lambda m: plans.append(Plan.from_dict(m.payload))))
+        step = pd.Timestamp("2026-05-04T17:15:00+07:00").tz_convert("UTC")  # the first re-plan in the peak
+        assert await until(site, lambda: any(p.starts[0] >= step for p in plans), 300), [p.starts[0] for p in plans]
+        plan = next(p for p in plans if p.starts[0] >= step)
+        start = plan.starts[0].to_pydatetime()
+        end = start + timedelta(hours=float(plan.duration_h[0]))
+        assert await until(site, lambda: site.clock.now() >= end + timedelta(seconds=5), 1200)
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        measured_soc = [(datetime.fromisoformat(s["ts"]), s["measurements"]["soc_pct"]["value"]) for s in states]
+    assert plan.capacity_kwh == pytest.approx(800.0), (states[-1]["battery"], states[-1]["measurements"].get("soh_pct"))
+    assert states[-1]["battery"] == {"soh_pct": 80.0, "capacity_kwh": 800.0, "nameplate_kwh": 1000.0}
+    assert abs(plan.battery_kw[0]) > 100.0, plan.battery_kw[:4]  # it charges for the peak from 17:30
+    at_start = min(measured_soc, key=lambda t: abs(t[0] - start))
+    at_end = min(measured_soc, key=lambda t: abs(t[0] - end))
+    assert 100.0 * plan.soc0_kwh / plan.capacity_kwh == pytest.approx(at_start[1], abs=0.3)
+    planned_change = 100.0 * (plan.soc_kwh[0] - plan.soc0_kwh) / plan.capacity_kwh  # SOC at the step's end
+    measured_change = at_end[1] - at_start[1]
+    assert measured_change == pytest.approx(planned_change, rel=0.05), (measured_change, planned_change)
+
+
 # ------------------------------------------------------------------------------------------------ the ems command
 
 def ems(*args: str, **kw) -> subprocess.Popen:

@@ -144,8 +144,11 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
     site.bus.publish("state", sample_state(T0, 1))
     await page.wait_for_function("document.getElementById('soc-pct').textContent === '50.1 %'")
     assert await page.text_content("#pv-kw") == "401.0 kW"
-    site.bus.publish("state", sample_state(T0 + timedelta(seconds=61), 7))
+    assert await page.text_content("#soc-energy") == ""  # a state without the battery's energy says nothing of it
+    site.bus.publish("state", {**sample_state(T0 + timedelta(seconds=61), 7),
+                               "battery": {"soh_pct": 85.0, "capacity_kwh": 850.0, "nameplate_kwh": 1000.0}})
     await page.wait_for_function("document.getElementById('soc-pct').textContent === '50.7 %'")
+    assert await page.text_content("#soc-energy") == "431 of 850 kWh: state of health 85 % of the 1,000 kWh nameplate"
     assert await page.text_content("#battery-kw") == "93.0 kW"
     assert await page.text_content("#mode") == "automatic (plan)"
     saved = await page.text_content("#saved-today")

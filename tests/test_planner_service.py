@@ -54,6 +54,25 @@ def test_cli_json_with_a_series_overriding_prices(tmp_path, capsys):
     assert charge[:48].sum() > 0 and discharge[48:].sum() > 0 and charge[48:].sum() < 1e-6  # cheap first half
 
 
+def test_cli_plans_an_aged_battery_on_the_energy_it_holds(tmp_path, capsys):
+    """`ems plan --soh 80` on the 1,000 kWh example: SOC 10 % is 80 kWh of 800, the plan fills to 95 % of 800 kWh
+    (760) and the table says what its SOC is a share of."""
+    starts = pd.date_range("2026-05-04T07:00+07:00", periods=96, freq="15min")
+    price = np.where(np.arange(96) < 48, 1000.0, 3000.0)
+    pd.DataFrame({"timestamp": [s.isoformat() for s in starts], "pv_kw": 0.0, "load_kw": 400.0,
+                  "import_price": price, "export_price": 0.0}).to_csv(tmp_path / "s.csv", index=False)
+    args = ["plan", "--config", str(SITE_FILE), "--start", "2026-05-04T07:00+07:00", "--soc", "10",
+            "--series", str(tmp_path / "s.csv")]
+    assert main([*args, "--soh", "80", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["capacity_kwh"] == pytest.approx(800.0) and data["soc0_kwh"] == pytest.approx(80.0)
+    assert max(data["soc_kwh"]) == pytest.approx(760.0)
+    assert main([*args, "--soh", "80"]) == 0
+    assert "SOC % of 800 kWh" in capsys.readouterr().out.splitlines()[0]
+    assert main([*args]) == 0
+    assert "SOC % of 1,000 kWh" in capsys.readouterr().out.splitlines()[0]
+
+
 @pytest.mark.parametrize(("row", "column", "value", "says"), [
     (None, None, None, "(file): No such file or directory"),
     (30, "load_kw", "abc", "row 32, column load_kw: 'abc' is not a number"),

@@ -210,6 +210,16 @@ class Demand(_Part):
     window_left_min: OptionalNumber = Field(None, description="[min] time left in the running demand window")
 
 
+class BatteryEnergy(_Part):
+    """The energy the battery holds (controller.battery_health.BatteryHealth): plans, their SOC in kWh and the SOC
+    rule count on capacity_kwh"""
+
+    soh_pct: OptionalNumber = Field(description="[%] the state of health planning uses (the last valid reading, "
+                                                "whole percent, 50–100); null: not reported, the nameplate")
+    capacity_kwh: Number = Field(description="[kWh] the energy at full SOC: nameplate × soh_pct / 100")
+    nameplate_kwh: Number = Field(description="[kWh] battery.capacity_kwh")
+
+
 class Finding(_Part):
     point: str
     device: str | None
@@ -321,6 +331,7 @@ class StateMessage(_Part):
     setpoints: Setpoints | Absent = None
     operator: Operator | Absent = None
     plan: PlanStep | None = None
+    battery: BatteryEnergy | Absent = None
     tariff: Prices | Absent = None
     today: Today | Absent = None
     month: MonthValue | Absent = None

@@ -175,6 +175,7 @@ function render() {
   $("soc-pct").textContent = soc === null ? "–" : `${num(soc)} %`;
   $("soc-bar").style.height = `${Math.max(0, Math.min(100, soc ?? 0))}%`;
   $("soc-meter").setAttribute("aria-valuenow", soc ?? "");
+  renderBatteryEnergy(s, soc);
   const mode = s ? s.mode : null;
   $("mode").textContent = mode ? t(`mode.${mode}`, mode) : "–";
   $("mode").className = `badge ${mode || ""}`;
@@ -204,6 +205,16 @@ function render() {
   }
   renderAlarms();
   renderCharts();
+}
+
+// The energy behind the SOC: what the battery holds now (nameplate × measured state of health) and what is stored.
+function renderBatteryEnergy(s, soc) {
+  const b = s && s.battery;
+  const el = $("soc-energy");
+  if (!b || !Number.isFinite(b.capacity_kwh)) { el.textContent = ""; return; }
+  const vars = { stored: soc === null ? "–" : num(soc / 100 * b.capacity_kwh, 0), capacity: num(b.capacity_kwh, 0),
+                 soh: b.soh_pct === null ? "" : num(b.soh_pct, 0), nameplate: num(b.nameplate_kwh, 0) };
+  el.textContent = fill(t(b.soh_pct === null ? "energy_nameplate" : "energy_soh"), vars);
 }
 
 function pct(value) { return value === null || value === undefined || !Number.isFinite(value) ? "–" : `${num(value, 0)} %`; }
