@@ -216,8 +216,8 @@ class UnitState:
     """Battery: kW (+ discharge); PV: % of the inverter's rating."""
     soc_pct: float | None = None
     soh_pct: float | None = None
-    """Battery: the last valid state of health the unit reported (:func:`optimizer.site.planning_soh_pct`); None
-    until one. [%]"""
+    """Battery: the last state of health the unit reported that planning uses
+    (:func:`optimizer.site.planning_soh_pct`); None until one. [%]"""
     charge_kw: float = 0.0
     """What the unit can charge now (0 when out): ``min(BMS, rating)``, 0 at its SOC ceiling (no headroom). [kW]"""
     discharge_kw: float = 0.0
@@ -227,7 +227,8 @@ class UnitState:
         """JSON-ready entry of the state message's ``devices``."""
         return {"in_group": self.in_group, "reason": self.reason or self.limited or None,
                 "measured_kw": self.measured_kw,
-                "setpoint": self.setpoint, "setpoint_unit": unit, "soc_pct": self.soc_pct}
+                "setpoint": self.setpoint, "setpoint_unit": unit, "soc_pct": self.soc_pct,
+                **({} if self.soh_pct is None else {"soh_pct": self.soh_pct})}
 
 
 @dataclass
@@ -338,23 +339,25 @@ class BatteryGroup(Group):
                 errors: Mapping[str, str] | None = None) -> dict[str, float | None]:
         """Judge every unit from its readings (device name → point → reading; ``errors``: device name → why its
         poll failed) and return the aggregate ``battery_kw``, ``soc_pct``, ``max_charge_kw``, ``max_discharge_kw``
-        (``None`` when no unit gives it)."""
+        (``None`` when no unit gives it) and, once a unit has reported its state of health, ``soh_pct`` (absent
+        before: a battery need not report it, and its absence is no missing measurement)."""
         for u in self.units.values():
             self._observe_unit(u, readings.get(u.name, {}), now_s, (errors or {}).get(u.name, ""))
         units = list(self.units.values())
         powers = [u.state.measured_kw for u in units if u.state.measured_kw is not None]
         inside = [u for u in units if u.state.in_group]
+        soh = self._soh(units)
         return {"battery_kw": sum(powers) if powers else None, "soc_pct": self._soc(units),
                 "max_charge_kw": sum(u.state.charge_kw for u in inside) if inside else None,
                 "max_discharge_kw": sum(u.state.discharge_kw for u in inside) if inside else None,
-                "soh_pct": self._soh(units)}
+                **({} if soh is None else {"soh_pct": soh})}
 
     def _capacity_kwh(self, u: _Unit) -> float:
         """The energy unit ``u`` holds at full SOC now: its nameplate × its state of health. [kWh]"""
         return self._spec(u).capacity_kwh * health_share(u.state.soh_pct)
 
     def _soh(self, units: list[_Unit]) -> float | None:
-        """The group's state of health (see the module docstring); None while no unit has reported one. [%]"""
+        """The group's state of health (module docstring); None while no unit has reported one. [%]"""
         total = sum(self._spec(u).capacity_kwh for u in units)
         if total <= 0 or all(u.state.soh_pct is None for u in units):
             return None

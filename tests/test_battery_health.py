@@ -80,13 +80,15 @@ def test_a_group_weighs_its_units_by_the_energy_they_hold():
     assert agg["soc_pct"] == pytest.approx(14.0 + 78.0 * 420.0 / 660.0)
     assert agg["soh_pct"] == pytest.approx(85.0)
     assert group.split(200.0) == pytest.approx({"bess-1": 85.7, "bess-2": 114.2}, abs=0.11)
+    assert group.units["bess-1"].state.to_dict("kW")["soh_pct"] == 75.0
+    assert "soh_pct" not in group.units["bess-2"].state.to_dict("kW")
     # the next poll misses the SOH, then the BMS says 0: bess-1 still holds 450 kWh
     for t, soh in ((1.0, None), (2.0, 0.0)):
         agg = group.observe({**readings, "bess-1": _with_soh(bat(soc=50), soh)}, t)
         assert agg["soh_pct"] == pytest.approx(85.0)
     # no unit ever reported one: no SOH, the nameplates
     fresh = BatteryGroup(UNITS).observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80, ch=150, dis=200)}, 0.0)
-    assert fresh["soh_pct"] is None and fresh["soc_pct"] == pytest.approx(62.0)
+    assert "soh_pct" not in fresh and fresh["soc_pct"] == pytest.approx(62.0)  # absent, not missing: no alarm
 
 
 def test_the_soc_rate_rule_allows_for_the_energy_the_battery_holds():

@@ -99,6 +99,8 @@ class DeviceStatus(_Part):
         None, description="the unit's share of the decision: battery [kW, + discharge], inverter [% of its rating]")
     setpoint_unit: Literal["kW", "%"] | Absent = None
     soc_pct: OptionalNumber | Absent = Field(None, description="[%] batteries: the unit's own SOC")
+    soh_pct: Number | Absent = Field(None, description="[%] batteries: the last state of health the unit reported "
+                                                       "that planning uses (50–100 %); absent before one")
 
 
 class GroupStatus(_Part):
