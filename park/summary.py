@@ -13,7 +13,9 @@ The InfluxDB sink writes the fields (docs/telemetry.md): powers in kW (grid + im
 discharge), SOC in %, ``mode_code`` (:data:`controller.modes.MODE_CODES`), today's counters (site-local
 day), what the battery saved this billing month (``month_saved``, of it ``month_demand_saved``) and the demand
 figures (``demand_month_peak_kw``, ``demand_import_cap_kw``: the contracted
-capacity; ``demand_month_peak_at_s``: when the month's peak was set, Unix time). CO2 avoided today =
+capacity; ``demand_month_peak_at_s``: when the month's peak was set, Unix time) and the battery's energy
+(``battery_capacity_kwh``: what it holds at full SOC, nameplate × its state of health ``battery_soh_pct``). CO2
+avoided today =
 (PV kWh − export kWh) × the grid factor: PV used on site replaces grid energy; the park total is the sum of the
 sites reporting.
 """
@@ -36,10 +38,14 @@ FIELDS = {"grid_kw": "grid_kw", "pv_kw": "pv_kw", "battery_kw": "battery_kw", "l
           "alarms_active": "alarms_active", "today_saved": "saved_today", "today_pv_kwh": "pv_kwh_today",
           "today_export_kwh": "export_kwh_today", "demand_month_peak_kw": "month_peak_kw",
           "demand_import_cap_kw": "import_cap_kw", "demand_month_peak_at_s": "month_peak_at_s",
-          "month_saved": "saved_month", "month_demand_saved": "demand_saved_month"}
+          "month_saved": "saved_month", "month_demand_saved": "demand_saved_month",
+          "battery_soh_pct": "soh_pct", "battery_capacity_kwh": "capacity_kwh"}
 """``ems_state`` field → key of a site in the summary."""
 SUMMED = ("grid_kw", "pv_kw", "battery_kw", "load_kw", "saved_today", "saved_month", "demand_saved_month",
           "co2_avoided_kg_today", "alarms_active", "import_cap_kw", "month_peak_kw")
+STORAGE = ("stored_kwh", "capacity_kwh")
+"""Site keys the park total adds up over the sites that report both: the energy stored and the energy the sites'
+batteries hold at full SOC."""
 """Site keys the park total adds up (over the sites that report them)."""
 MODE_NAMES = {code: mode.value for mode, code in MODE_CODES.items()}
 
@@ -82,8 +88,10 @@ def assemble(settings: SummarySettings, state: list[Sample], updated: list[Sampl
     coincident_peak}``; ``coincident_peak`` is ``{month, peak_kw, peak_at, through, window_minutes}``
     (:class:`park.coincident.CoincidentReading`) or None; ``totals`` adds up the sites reporting (its
     ``month_peak_kw`` is the sum of their own peaks, against which the coincident peak shows their diversity;
+    ``stored_kwh`` and ``capacity_kwh`` add up the sites that report both, ``storage_sites`` counts them;
     ``shedding`` counts the sites asked to shed load now, alarm ``demand_peak_rising``); each site ``{site,
-    reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], safe, alarms_active,
+    reporting, updated, mode, grid_kw, pv_kw, battery_kw, load_kw [kW], soc_pct [%], soh_pct (the battery's state of
+    health) [%], capacity_kwh (the energy it holds at full SOC), stored_kwh (SOC × that) [kWh], safe, alarms_active,
     alarms [codes], saved_today, saved_month, demand_saved_month (of it the demand charge) [currency],
     pv_kwh_today, export_kwh_today [kWh], co2_avoided_kg_today [kg], month_peak_kw, import_cap_kw [kW],
     peak_of_cap_pct [%], month_peak_at (UTC ISO 8601 start of the demand interval that set the month's peak),
@@ -119,12 +127,15 @@ def _site(site: str, values: dict[str, float | None] | None, updated_s: float | 
     safe = v.get("safe")
     pv, export = v.get("pv_kwh_today"), v.get("export_kwh_today")
     peak, cap = v.get("month_peak_kw"), v.get("import_cap_kw")
+    soc, energy = v.get("soc_pct"), v.get("capacity_kwh")
     peak_at = v.get("month_peak_at_s") if peak is not None else None
     return {
         "site": site, "reporting": values is not None,
         "updated": datetime.fromtimestamp(updated_s, UTC).isoformat() if updated_s is not None else None,
         "mode": MODE_NAMES.get(round(code)) if code is not None else None,
-        **{key: v.get(key) for key in ("grid_kw", "pv_kw", "battery_kw", "load_kw", "soc_pct")},
+        **{key: v.get(key) for key in ("grid_kw", "pv_kw", "battery_kw", "load_kw", "soc_pct", "soh_pct",
+                                       "capacity_kwh")},
+        "stored_kwh": soc * energy / 100.0 if soc is not None and energy is not None else None,
         "safe": bool(safe) if safe is not None else None,
         "alarms_active": round(v["alarms_active"]) if v.get("alarms_active") is not None else None,
         "alarms": alarms,
@@ -146,4 +157,8 @@ def _totals(sites: list[dict[str, Any]]) -> dict[str, Any]:
     for key in SUMMED:
         present = [s[key] for s in reporting if s[key] is not None]
         totals[key] = sum(present) if present else None
+    storing = [s for s in reporting if all(s[key] is not None for key in STORAGE)]
+    totals["storage_sites"] = len(storing)
+    for key in STORAGE:
+        totals[key] = sum(s[key] for s in storing) if storing else None
     return totals

@@ -43,6 +43,7 @@ async def feed_two_sites(vm: VictoriaMetrics, tmp_path: Path) -> datetime:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)   # older than VM's 30-s latency offset
     a = sample_state(now, 3, site="site-a")
     a["demand"] = {**a["demand"], "month_peak_at": PEAK_SET_AT, "month_peak_period": "normal"}
+    a["battery"] = {"soh_pct": 85.0, "capacity_kwh": 850.0, "nameplate_kwh": 1000.0}   # site-b's state has none
     b = sample_state(now, 11, site="site-b", mode="safe")
     b["setpoints"] = {**b["setpoints"], "safe": True}
     b["alarms"] = ["data_missing", "demand_peak_rising"]
@@ -98,6 +99,9 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         # site-a: sample_state(i=3): PV 403, load 821, battery 97 → grid 321 kW; SOC 50.3 % (site-b, i=11: 411, 837, 89)
         assert (a["mode"], a["pv_kw"], a["battery_kw"], a["grid_kw"]) == ("auto", 403.0, 97.0, 321.0)
         assert a["soc_pct"] == 50.3
+        # site-a's battery at SOH 85 % holds 850 kWh, 50.3 % of it stored; site-b (an older state) says nothing
+        assert (a["soh_pct"], a["capacity_kwh"], a["stored_kwh"]) == (85.0, 850.0, pytest.approx(427.55))
+        assert (b["soh_pct"], b["capacity_kwh"], b["stored_kwh"]) == (None, None, None)
         assert a["safe"] is False and a["alarms"] == [] and a["alarms_active"] == 0
         assert a["saved_today"] == 1_250_300.0
         assert (a["saved_month"], a["demand_saved_month"]) == (5.2e7, 5.0e7)   # the state's month block
@@ -120,6 +124,8 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert totals["saved_today"] == 1_250_300 + 1_251_100 and totals["import_cap_kw"] == 1200 + 1250
         assert (totals["saved_month"], totals["demand_saved_month"]) == (2 * 5.2e7, 2 * 5.0e7)
         assert totals["co2_avoided_kg_today"] == pytest.approx((1203 + 1200) * GRID_FACTOR)
+        assert (totals["storage_sites"], totals["stored_kwh"], totals["capacity_kwh"]) == \
+            (1, pytest.approx(427.55), 850)
         assert summary["timezone"] == "Asia/Ho_Chi_Minh"
         # the sites' coincident peak: every complete window of the last two hours holds 321 + 337 kW together;
         # their own month peaks (950 and 1,500 kW) add up to 2,450 kW
@@ -155,6 +161,10 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert await page.text_content("#t-reporting") == "2 / 3"
         assert await page.text_content("#t-shedding") == "1"
         assert await page.text_content("#t-pv_kw") == "814.0 kW"
+        assert await page.text_content("#t-stored_kwh") == "428 / 850 kWh"
+        assert await page.text_content("#sites tr[data-site='site-a'] td.soc .set") == \
+            "428 / 850 kWh · 劣化状態（SOH）85 %"
+        assert await page.locator(f"{row_b} td.soc .set").count() == 0
         assert await page.text_content(f"{row_b} td.saved-month .set") == "うち基本料金 ₫50,000,000"
         assert await page.text_content("#t-demand_saved_month") == "うち基本料金 ₫100,000,000"
         if coincident["peak_kw"] is not None:

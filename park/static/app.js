@@ -51,6 +51,13 @@ function num(value, digits = 1) {
 
 const kw = (v) => (v === null || v === undefined ? "–" : `${num(v)} kW`);
 const pct = (v) => (v === null || v === undefined ? "–" : `${num(v, 0)} %`);
+const kwh = (v) => (v === null || v === undefined ? "–" : `${num(v, 0)} kWh`);
+
+// The energy behind a SOC: stored of what the battery holds at full SOC, and its state of health when reported.
+function storedText(stored, capacity, soh) {
+  const text = fill(t("stored_of"), { stored: num(stored, 0), capacity: kwh(capacity) });
+  return soh === null || soh === undefined ? text : `${text} · ${fill(t("soh"), { soh: num(soh, 0) })}`;
+}
 
 function money(value) {
   if (value === null || value === undefined) return "–";
@@ -138,6 +145,7 @@ function render() {
   $("t-saved_month").textContent = money(tot.saved_month);
   $("t-demand_saved_month").textContent = tot.demand_saved_month ? fill(t("of_it_demand"), { amount: money(tot.demand_saved_month) }) : "";
   $("t-co2_avoided_kg_today").textContent = co2(tot.co2_avoided_kg_today);
+  $("t-stored_kwh").textContent = tot.storage_sites ? storedText(tot.stored_kwh, tot.capacity_kwh) : "–";
   $("t-alarms_active").textContent = tot.alarms_active ?? "–";
   $("t-safe").textContent = tot.safe;
   $("t-over_cap").textContent = tot.over_cap;
@@ -170,7 +178,13 @@ function render() {
     cell(row, kw(site.grid_kw), "grid");
     cell(row, kw(site.pv_kw), "pv");
     cell(row, kw(site.battery_kw), "battery");
-    cell(row, pct(site.soc_pct), "soc");
+    const soc = cell(row, pct(site.soc_pct), "soc");
+    if (site.stored_kwh !== null && site.stored_kwh !== undefined) {
+      const part = document.createElement("div");
+      part.className = "set";
+      part.textContent = storedText(site.stored_kwh, site.capacity_kwh, site.soh_pct);
+      soc.append(part);
+    }
     cell(row, money(site.saved_today), "saved money");
     const month = cell(row, money(site.saved_month), "saved-month money");
     if (site.demand_saved_month) {   // under a demand charge: most of the month's value
