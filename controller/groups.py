@@ -63,7 +63,8 @@ PV_STEP_PCT = 0.1
 
 OUT = "unit_out:"
 NOT_FOLLOWING = "unit_not_following:"
-ALARM_PREFIXES = (OUT, NOT_FOLLOWING)
+WARNING = "unit_warning:"
+ALARM_PREFIXES = (OUT, NOT_FOLLOWING, WARNING)
 """Alarm code prefixes the groups manage (the device name follows)."""
 
 
@@ -218,6 +219,9 @@ class UnitState:
     soh_pct: float | None = None
     """Battery: the last state of health the unit reported that planning uses
     (:func:`optimizer.site.planning_soh_pct`); None until one. [%]"""
+    warning: str = ""
+    """Battery: the warnings its BMS reports (``battery_warning``), e.g. ``warning word 4: OVER_TEMP_WARNING``;
+    empty without one. They do not take the unit out."""
     charge_kw: float = 0.0
     """What the unit can charge now (0 when out): ``min(BMS, rating)``, 0 at its SOC ceiling (no headroom). [kW]"""
     discharge_kw: float = 0.0
@@ -297,7 +301,8 @@ class Group:
         u.alarmed_elsewhere = not faults and not u.not_following
 
     def alarms(self) -> dict[str, str]:
-        """Active ``unit_out:<device>`` and ``unit_not_following:<device>`` alarms (code → message).
+        """Active ``unit_out:<device>``, ``unit_not_following:<device>`` and ``unit_warning:<device>`` (a battery's
+        BMS warns; the unit stays in) alarms (code → message).
 
         In a group of one, a unit out only for missing or stale readings or a failed write raises no
         ``unit_out`` (the validation stage's device alarms and ``write_failed:<device>`` name it already)."""
@@ -311,6 +316,8 @@ class Group:
                 out[OUT + u.name] = f"{u.name} out of the {self.kind} group: {u.state.reason}"
             elif u.state.limited:
                 out[OUT + u.name] = f"{u.name} out of the {self.kind} group in one direction: {u.state.limited}"
+            if u.state.warning:
+                out[WARNING + u.name] = f"{u.name}'s BMS warns ({u.state.warning}); it stays in the group"
         return out
 
     @property
@@ -394,6 +401,9 @@ class BatteryGroup(Group):
         alarm = _value(r, "battery_alarm")
         named = r["battery_alarm"].meaning if alarm else ""
         faults = [f"faulted (alarm word {alarm:g}{': ' + named if named else ''})"] if alarm else []
+        warning = _value(r, "battery_warning")
+        warned = r["battery_warning"].meaning if warning else ""
+        st.warning = f"warning word {warning:g}{': ' + warned if warned else ''}" if warning else ""
         self._judge(u, data, faults)
         limited = []
         if st.in_group:

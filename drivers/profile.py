@@ -533,6 +533,21 @@ def encode(point: Point, value: float | int | str, sf: int | None = None) -> lis
     return _from_bytes(struct.pack(fmt, raw), point.word_order or WordOrder.BIG)
 
 
+def merge_bits(point: Point, current: Sequence[int], new: Sequence[int]) -> list[int]:
+    """The registers of a masked integer point (a bit field sharing its register with other points) holding the
+    bits of ``new`` under the point's ``mask`` and the bits of ``current`` elsewhere; a ``current`` that reads as
+    not implemented counts as 0 (inverse of the mask in :func:`decode`)."""
+    assert point.mask is not None and point.type not in (DataType.F32, DataType.F64, DataType.STRING)
+    order = point.word_order or WordOrder.BIG
+    if list(current) == encode_sentinel(point):
+        current = [0] * point.count
+    width = 16 * point.count
+    old = int.from_bytes(_to_bytes(current, order), "big")
+    bits = int.from_bytes(_to_bytes(new, order), "big")
+    merged = (old & ~point.mask | bits & point.mask) & ((1 << width) - 1)
+    return _from_bytes(merged.to_bytes(width // 8, "big"), order)
+
+
 def encode_sentinel(point: Point) -> list[int]:
     """Registers that read as "not implemented" for ``point`` (its type's default sentinel, or its first custom one)."""
     if point.type is DataType.STRING:

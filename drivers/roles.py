@@ -60,6 +60,7 @@ CANONICAL_POINTS: dict[str, CanonicalPoint] = {p.name: p for p in (
     _p("max_charge_kw", _B, "kW", "charge power the BMS allows now, ≥ 0"),
     _p("max_discharge_kw", _B, "kW", "discharge power the BMS allows now, ≥ 0"),
     _p("battery_alarm", _B, "", "alarm/fault code or bit field, 0 = none"),
+    _p("battery_warning", _B, "", "warning bit field, 0 = none (shown; never takes the unit out)"),
     _p("battery_setpoint_kw", _B, "kW", "battery power setpoint, + discharge", writable=True),
 )}
 

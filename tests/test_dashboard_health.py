@@ -32,7 +32,7 @@ def test_every_language_has_every_alarm_sentence_and_hint() -> None:
     for prefix in ("device_unreachable", "point_missing", "point_stale", "point_implausible", "data_missing",
                    "import_cap_unheld", "write_failed", "planner_failed", "state_store_corrupt", "state_value_invalid",
                    "state_store_unwritable", "audit_log_unwritable", "audit_entries_lost", "unit_out",
-                   "unit_not_following", "forecast_csv_invalid", "external_pv_forecast_worse",
+                   "unit_not_following", "unit_warning", "forecast_csv_invalid", "external_pv_forecast_worse",
                    "external_load_forecast_worse", "external_pv_band_miscalibrated", "external_load_band_miscalibrated",
                    "demand_peak_rising", "clock_stepped", "unknown"):
         for d in dicts.values():

@@ -21,6 +21,7 @@ from drivers.profile import (
     encode,
     encode_sentinel,
     load_profile,
+    merge_bits,
     parse_profile,
     shipped_profiles,
     split,
@@ -79,6 +80,20 @@ def test_unknown_shipped_name_is_a_config_error() -> None:
 
 def pt(**kw: object) -> Point:
     return Point(address=0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("order", "current", "expected"), [
+    (WordOrder.BIG, [0x0001, 0x2002], [0x0001, 0x2014]),     # bits 1 and 4 set, bit 13 and bit 16 kept
+    (WordOrder.LITTLE, [0x2002, 0x0001], [0x2014, 0x0001]),  # the same with the low word first
+    (WordOrder.BIG, [0xFFFF, 0xFFFF], [0x0000, 0x0014]),     # "not implemented" counts as 0
+])
+def test_a_masked_bit_field_sets_only_its_own_bits(order, current, expected):
+    """Mask 0x0000_00FF over a register holding bits 1, 13 and 16: writing 0x14 (bits 2 and 4) clears bit 1 and
+    sets 2 and 4; 13 and 16 are another point's. Decoding the result gives back 0x14."""
+    point = pt(type="u32", mask=0xFF, word_order=order)
+    merged = merge_bits(point, current, encode(point, 0x14))
+    assert merged == expected
+    assert decode(point, merged).value == 0x14
 
 
 @pytest.mark.parametrize(("point", "registers", "value"), [

@@ -31,7 +31,18 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers import sunspec
 from drivers.profile import DataType as PointType
-from drivers.profile import Decoded, Function, Point, Profile, combine, decode, encode, encode_sentinel, split
+from drivers.profile import (
+    Decoded,
+    Function,
+    Point,
+    Profile,
+    combine,
+    decode,
+    encode,
+    encode_sentinel,
+    merge_bits,
+    split,
+)
 from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.faults import Faults
 from ems.clock import Clock
@@ -174,8 +185,9 @@ class DeviceImage:
         """Store ``value`` (point unit) for point ``name``; ``None`` stores its not-implemented pattern.
 
         A point combined from others (``sign_from``, ``subtract``, ``add``) is stored as its parts
-        (``drivers.profile.split``). A value the register cannot hold is stored as not implemented (and
-        logged): the device saturates.
+        (``drivers.profile.split``). A point with a ``mask`` (a bit field sharing its register with others, e.g. a
+        BMS's alarms and warnings) sets only its own bits: the register's other bits stay. A value the register
+        cannot hold is stored as not implemented (and logged): the device saturates.
         """
         parts = {name: None} if value is None else split(self.profile, name, value)
         for part, part_value in parts.items():
@@ -185,6 +197,8 @@ class DeviceImage:
             else:
                 try:
                     regs = encode(p, part_value, self._sf(p))
+                    if p.mask is not None:
+                        regs = merge_bits(p, self.tables[p.function].get(p.address, p.count), regs)
                 except ValueError as exc:
                     log.warning("%s: %s = %r does not fit its register (%s); served as not implemented",
                                 self.name, part, part_value, exc)

@@ -343,7 +343,8 @@ class SimulatedSite:
         return {"soc_pct": unit.soc_pct, "soh_pct": battery.soh_pct, "battery_kw": unit.battery_kw,
                 "battery_voltage_v": voltage_v, "battery_current_a": 1000.0 * unit.battery_kw / voltage_v,
                 "battery_temperature_c": 25.0 + 10.0 * load_pct,
-                "max_charge_kw": unit.max_charge_kw, "max_discharge_kw": unit.max_discharge_kw, "battery_alarm": 0}
+                "max_charge_kw": unit.max_charge_kw, "max_discharge_kw": unit.max_discharge_kw, "battery_alarm": 0,
+                "battery_warning": 0}
 
     def truth(self, device: str) -> dict[str, float]:
         """What ``device`` would serve now without faults (point → value in the point's unit), from the last step."""
