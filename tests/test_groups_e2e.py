@@ -26,7 +26,7 @@ from tests.modbus_peers import free_port
 pytestmark = pytest.mark.slow
 
 MULTI_SITE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "multi-asset-site.yaml"
-FAULTY = {"bess-1": {"initial_soc_pct": 50}, "bess-2": {"initial_soc_pct": 50, "ignore_setpoint": True},
+FAULTY = {"bess-1": {"initial_soc_pct": 50, "soh_pct": 80}, "bess-2": {"initial_soc_pct": 50, "ignore_setpoint": True},
           "inv-10": {"offline": True}}
 
 
@@ -100,6 +100,10 @@ async def test_noon_surplus_zero_export_with_a_unit_offline_and_one_not_followin
     assert devices["inv-10"]["in_group"] is False and devices["inv-01"]["in_group"] is True
     assert devices["bess-1"]["setpoint"] < -100  # bess-1 carries on charging from the surplus
     assert last["measurements"]["max_charge_kw"]["value"] <= 250  # the group's limit shrank to bess-1's
+    # bess-1 (500 kWh at SOH 80 %) holds 400 kWh, bess-2 500: the group's SOH is 90 %, planning counts 900 kWh
+    assert devices["bess-1"]["soh_pct"] == 80.0 and devices["bess-2"]["soh_pct"] == 100.0
+    assert last["measurements"]["soh_pct"]["value"] == pytest.approx(90.0)
+    assert last["battery"] == {"soh_pct": 90.0, "capacity_kwh": pytest.approx(900.0), "nameplate_kwh": 1000.0}
     assert max(d["setpoint"] for n, d in devices.items() if n.startswith("inv-") and n != "inv-10") < 100  # curtailed
     # until bess-2 is found out (response 5 s + ramp) the group's PV limit counts on its charge, and what it does
     # not absorb is exported; from then on, zero export within 1 % of the PV kWp

@@ -80,6 +80,9 @@ class UnitSimulation(StrictModel):
 
     initial_soc_pct: float | None = Field(default=None, ge=0, le=100,
                                           description="SOC at start [%]; default simulation.initial_soc_pct")
+    soh_pct: float | None = Field(default=None, gt=0, le=100,
+                                  description="State of health [%]: the unit holds its capacity_kwh × this / 100; "
+                                              "default simulation.soh_pct")
     bms_max_charge_pct: float = Field(default=100.0, ge=0, le=100, description="BMS charge allowance [% of PCS]")
     bms_max_discharge_pct: float = Field(default=100.0, ge=0, le=100,
                                          description="BMS discharge allowance [% of PCS]")

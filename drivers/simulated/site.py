@@ -153,9 +153,10 @@ class SimulatedSite:
         specs = config.battery_specs()
         batteries = {}
         for name, spec in specs.items():
-            soc_pct = self._unit(name).initial_soc_pct
+            unit = self._unit(name)
             batteries[name] = BatteryModel.from_spec(
-                spec, initial_soc_pct=sim.initial_soc_pct if soc_pct is None else soc_pct, soh_pct=sim.soh_pct,
+                spec, initial_soc_pct=sim.initial_soc_pct if unit.initial_soc_pct is None else unit.initial_soc_pct,
+                soh_pct=sim.soh_pct if unit.soh_pct is None else unit.soh_pct,
                 taper_high_pct=sim.taper_high_pct, taper_low_pct=sim.taper_low_pct,
                 ramp_kw_per_s=sim.ramp_kw_per_s or math.inf)
         inverters = {name: PVModel(kw) for name, kw in config.inverter_ratings().items()}
