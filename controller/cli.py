@@ -184,8 +184,9 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
         if site is not None:
             batteries = [i for i in site.images.values() if i.role is Role.BATTERY]
             for battery in batteries:  # one line per battery unit, named when there are several
-                print(f"simulated battery setpoint at exit: {battery.value('battery_setpoint_kw')} kW "
-                      f"(acting: {battery.setpoint('battery_setpoint_kw')})"
+                acting = battery.setpoint("battery_setpoint_kw")  # None: the setpoint is not enabled
+                print(f"simulated battery setpoint at exit: {battery.value('battery_setpoint_kw')} kW ("
+                      + ("remote control released" if acting is None else f"in force: {acting:g} kW") + ")"
                       + (f" [{battery.name}]" if len(batteries) > 1 else ""), flush=True)
             await site.stop()
     return 0
