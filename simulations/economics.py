@@ -182,6 +182,9 @@ class CashFlowInputs:
     replacement_cost : float  Cost of one battery replacement (nominal). [currency]
     battery_capex : float  Battery part of ``capex`` (for LCOS). [currency]
     battery_om_per_year : float  Battery part of ``om_per_year`` (for LCOS). [currency/yr]
+    end_of_life_shares : tuple of float | None  (savings, discharge): the share of its year-1 battery savings and
+        discharge the battery keeps at its end-of-life state of health, from a simulation of the year with the
+        energy it holds then (:func:`ageing_factor`); None = proportional to the state of health. [-]
     """
 
     lifetime_years: int
@@ -201,6 +204,16 @@ class CashFlowInputs:
     replacement_cost: float = 0.0
     battery_capex: float = 0.0
     battery_om_per_year: float = 0.0
+    end_of_life_shares: tuple[float, float] | None = None
+
+
+def ageing_factor(soh_pct: np.ndarray, end_of_life_soh_pct: float, end_of_life_share: float | None) -> np.ndarray:
+    """What a battery at ``soh_pct`` [%] keeps of its value when new: linear in the state of health from 1 at 100 %
+    to ``end_of_life_share`` at ``end_of_life_soh_pct`` (the share simulated at end of life; None = proportional,
+    ``soh / 100``: the share an energy-limited battery keeps). [-]"""
+    if end_of_life_share is None:
+        return soh_pct / 100.0
+    return 1.0 - (1.0 - end_of_life_share) * (100.0 - soh_pct) / (100.0 - end_of_life_soh_pct)
 
 
 def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
@@ -210,7 +223,9 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
     ``cumulative``, ``discounted``, ``cumulative_discounted``, ``pv_output_factor`` (relative to
     year 1), ``battery_soh_pct`` (mean over the year), ``battery_discharge_kwh``.
 
-    Battery state of health falls linearly (``BatteryAgeing``); when it reaches end of life during
+    Battery state of health falls linearly (``BatteryAgeing``); the battery's savings and discharge in a year are
+    year 1's × :func:`ageing_factor` of its mean state of health (``end_of_life_shares``). When it reaches end of
+    life during
     year y the battery is replaced at the end of year y (cost in year y) unless y is the last year.
     The battery in service at the end of year N is credited a residual value (column ``residual``):
     its remaining life to end of life as a share of a new battery's, × ``replacement_cost``.
@@ -235,14 +250,17 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
                 age = 0.0
         remaining = min(max((100.0 - fade * age - eol) / (100.0 - eol), 0.0), 1.0)
         residual[n] = remaining * inp.replacement_cost
-    soh_factor = soh / 100.0
     operating = years >= 1
+    shares = inp.end_of_life_shares if inp.ageing is not None else None
+    eol = inp.ageing.end_of_life_soh_pct if inp.ageing is not None else 0.0
+    value_factor, discharge_factor = (np.where(operating, ageing_factor(soh, eol, share), 0.0)
+                                      for share in (shares or (None, None)))
     pv_base = (np.concatenate([[0.0], _per_year(inp.pv_savings_by_year, n, "pv_savings_by_year")])
                if inp.pv_savings_by_year is not None else inp.pv_savings * pv_factor)
     bat_base = (np.concatenate([[0.0], _per_year(inp.battery_savings_by_year, n, "battery_savings_by_year")])
                 if inp.battery_savings_by_year is not None else np.full(n + 1, inp.battery_savings))
     pv_sav = np.where(operating, pv_base * escalation, 0.0)
-    bat_sav = np.where(operating, bat_base * escalation * soh_factor, 0.0)
+    bat_sav = np.where(operating, bat_base * escalation * value_factor, 0.0)
     om = np.where(operating, -inp.om_per_year * (1.0 + inp.om_escalation) ** np.maximum(years - 1, 0), 0.0)
     capex = np.where(years == 0, -inp.capex, 0.0)
     net = pv_sav + bat_sav + om - replacement + residual + capex
@@ -253,7 +271,7 @@ def cash_flow(inp: CashFlowInputs) -> pd.DataFrame:
         "cumulative": np.cumsum(net),
         "discounted": discounted, "cumulative_discounted": np.cumsum(discounted),
         "pv_output_factor": np.where(operating, pv_factor, 0.0), "battery_soh_pct": soh,
-        "battery_discharge_kwh": np.where(operating, inp.battery_discharge_kwh * soh_factor, 0.0),
+        "battery_discharge_kwh": np.where(operating, inp.battery_discharge_kwh * discharge_factor, 0.0),
     })
 
 
@@ -358,7 +376,9 @@ class StrategyTotals:
     (degraded; year 1 = ``bill``); None = no degradation to apply. ``soc_change_kwh``: SOC at the end of the
     period minus at its start; ``soc_change_value``: that energy valued at the terminal price (credited to
     the strategy: a battery left fuller than it started holds energy the bill paid for). ``usable_kwh``:
-    capacity inside the SOC window, over which equivalent full cycles are counted.
+    capacity inside the SOC window, over which equivalent full cycles are counted. ``end_of_life_shares``: the
+    share of its savings against PV only and of its discharge the battery keeps at its end-of-life state of health,
+    simulated (:attr:`CashFlowInputs.end_of_life_shares`); None = proportional to the state of health.
     """
 
     bill: float
@@ -371,6 +391,7 @@ class StrategyTotals:
     bills_by_year: tuple[float, ...] | None = None
     soc_change_kwh: float = 0.0
     soc_change_value: float = 0.0
+    end_of_life_shares: tuple[float, float] | None = None
 
     def yearly_bills(self, n: int) -> np.ndarray:
         """Counted bills of the period for operating years 1..n, net of the SOC change value. [currency]"""
@@ -451,7 +472,8 @@ def evaluate(params: StudyParameters, year: StudyYear, reference: StrategyTotals
                       om_escalation=p.om_escalation, pv_degradation=p.pv_degradation)
         battery_part = dict(battery_cycles_per_year=cycles, battery_discharge_kwh=discharge,
                             ageing=p.ageing, replacement_cost=p.battery_capex * p.battery_replacement_pct / 100.0,
-                            battery_capex=p.battery_capex, battery_om_per_year=bat_om)
+                            battery_capex=p.battery_capex, battery_om_per_year=bat_om,
+                            end_of_life_shares=s.end_of_life_shares)
         system = CashFlowInputs(capex=p.pv_capex + (p.battery_capex if has_battery else 0.0),
                                 pv_savings=float(pv_savings[0]), battery_savings=float(battery_savings[0]),
                                 pv_savings_by_year=tuple(pv_savings), battery_savings_by_year=tuple(battery_savings),
@@ -486,6 +508,9 @@ def evaluate(params: StudyParameters, year: StudyYear, reference: StrategyTotals
             "fade_cycle_pct_per_year": fade_cycle,
             "fade_calendar_pct_per_year": fade_calendar,
             "battery_life_years": p.ageing.life_years(cycles) if has_battery else None,
+            "end_of_life_value_share": (s.end_of_life_shares[0] if s.end_of_life_shares is not None
+                                        else p.ageing.end_of_life_soh_pct / 100.0) if has_battery else None,
+            "end_of_life_value_simulated": has_battery and s.end_of_life_shares is not None,
             "co2_avoided_t": co2_avoided_t(ref_net, net, p.grid_factor_t_per_mwh),
             "jcm_pv_reduction_t": (jcm_reduction_t(s.pv_kwh * per_year, p.jcm_factor_t_per_mwh)
                                    if p.jcm_factor_t_per_mwh is not None else None),

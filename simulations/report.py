@@ -322,6 +322,7 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e else None,
             "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
             "full cycles/yr (nameplate)": e["equivalent_full_cycles_nameplate"] if fin_bat else None,
+            "savings kept at end of life": _kept_text(e) if fin_bat else None,
             "PV + battery payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
             f"PV + battery NPV [{cur}]": fin_sys["npv"] if fin_sys else None,
             "battery payback, discounted [yr]": fin_bat["discounted_payback_years"] if fin_bat else None,
@@ -332,6 +333,21 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "CO2 avoided [t/yr]": e["co2_avoided_t"] if e else None,
         })
     return rows
+
+
+AGEING_TEXT = {
+    "simulated": "simulated: each battery strategy run again with the energy left at end of life, savings "
+                 "interpolated in the state of health",
+    "proportional": "proportional to the state of health",
+}
+"""How the study counts an ageing battery's savings (assumption ``battery_ageing_value``, ``auto`` resolved)."""
+
+
+def _kept_text(figures: dict[str, Any]) -> str:
+    """The share of its savings a strategy's battery keeps at its end-of-life state of health, and how it is known
+    (``end_of_life_value_share``, ``end_of_life_value_simulated``)."""
+    how = "simulated" if figures["end_of_life_value_simulated"] else "proportional to SOH"
+    return f"{100 * figures['end_of_life_value_share']:.0f} % ({how})"
 
 
 def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -356,6 +372,7 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("battery cycle life", f"{a['battery_cycle_life']:,.0f}", "full cycles of the usable window"),
         ("battery calendar life", f"{a['battery_calendar_life_years']:g}", "years"),
         ("battery replaced at", f"{a['battery_end_of_life_soh_pct']:g}", "% state of health"),
+        ("battery savings as it ages", AGEING_TEXT[a.get("battery_ageing_value", "proportional")], ""),
         ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
         ("data", f"{a['data_kind']}: {a['data_source']}", ""),

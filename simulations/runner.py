@@ -417,6 +417,9 @@ class RunResult:
     #: The MPC's forecast accuracy by lead time on the study's data (:mod:`simulations.accuracy`); None
     #: without an ``mpc`` strategy.
     forecast_accuracy: dict | None = None
+    #: Per battery strategy, the shares of its savings and discharge it keeps at end of life, simulated
+    #: (:func:`end_of_life_shares`); empty when ageing is proportional.
+    end_of_life_shares: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def currency(self) -> str:
@@ -461,7 +464,7 @@ class RunResult:
                        "last_day": str((end - pd.Timedelta(minutes=1)).tz_convert(tz).date()),
                        "days": year.days, "step_minutes": sc.planner.step_minutes,
                        "years": year.years, "whole_years": year.whole, "warning": year.warning},
-            "assumptions": assumptions(sc),
+            "assumptions": assumptions(sc, simulates_ageing(sc, self.inputs)),
             "warmup": self.data.warmup.coverage(float(self.data.duration_h[0])),
             "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
                       "battery_kw": sc.battery.max_discharge_kw},
@@ -526,10 +529,46 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
     if bar is not None:
         bar.close()
     result = RunResult(scenario, series, inputs, tariff, results)
+    result.end_of_life_shares = end_of_life_shares(result)
     result.economics = evaluate(result)
     if "mpc" in results and scenario.battery.spec().capacity_kwh > 0:
         result.forecast_accuracy = study_accuracy(scenario, inputs, tariff)
     return result
+
+
+def simulates_ageing(scenario: Scenario, data: Inputs) -> bool:
+    """Whether the study simulates what its battery keeps at end of life (``battery.ageing_value``; ``auto``: when a
+    demand charge applies in the period)."""
+    mode = scenario.battery.ageing_value
+    return mode == "simulated" or (mode == "auto" and bool(np.any(data.tariff.demand_rate > 0)))
+
+
+def end_of_life_shares(result: RunResult) -> dict[str, tuple[float, float]]:
+    """Per battery strategy of ``result``: the share of its savings against PV only (as the economics count them:
+    counted bills, the SOC change credited) and of its discharge that it keeps with the energy its battery holds at
+    end of life — the strategy simulated again on the same data with ``capacity_kwh`` × ``end_of_life_soh_pct`` /
+    100, the same powers and SOC window. At most 1 each. Empty when the scenario does not simulate ageing
+    (:func:`simulates_ageing`); a strategy that saves nothing or discharges nothing is left out (proportional)."""
+    sc = result.scenario
+    if not simulates_ageing(sc, result.inputs):
+        return {}
+    battery = sc.battery.model_copy(update={"capacity_kwh": sc.battery.capacity_kwh * sc.battery.end_of_life_soh_pct
+                                            / 100.0})
+    aged = sc.model_copy(update={"battery": battery})
+    price = terminal_price_per_kwh(result)
+    pv_bill = result.counted_bill("pv_only")
+    shares: dict[str, tuple[float, float]] = {}
+    for name, new in result.results.items():
+        if name in (REFERENCE, "pv_only") or new.capacity_kwh <= 0:
+            continue
+        savings = pv_bill - result.counted(new.bill) + new.energy()["delta_soc"] * price
+        if savings <= 0 or new.discharged_kwh <= 0:
+            continue
+        old = simulate(make_strategy(name, aged, result.inputs, result.tariff), aged, result.inputs, result.tariff,
+                       battery=True)
+        old_savings = pv_bill - result.counted(old.bill) + old.energy()["delta_soc"] * price
+        shares[name] = (min(max(old_savings / savings, 0.0), 1.0), min(old.discharged_kwh / new.discharged_kwh, 1.0))
+    return shares
 
 
 def degraded_bills(result: RunResult, name: str) -> tuple[float, ...] | None:
@@ -569,8 +608,9 @@ def terminal_price_per_kwh(result: RunResult) -> float:
     return float(np.min(counted)) / result.scenario.battery.charge_efficiency
 
 
-def assumptions(scenario: Scenario) -> dict[str, Any]:
-    """Every cost and finance input of the study, with its unit, for the report's assumptions table."""
+def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str, Any]:
+    """Every cost and finance input of the study, with its unit, for the report's assumptions table
+    (``ageing_simulated``: :func:`simulates_ageing` of the study)."""
     sc, c, fin = scenario, scenario.costs, scenario.finance
     syn = sc.data.synthetic
     source = (f"synthetic year {syn.year} (seed {syn.seed}, {syn.annual_yield_kwh_per_kwp:g} kWh/kWp/yr)"
@@ -589,6 +629,7 @@ def assumptions(scenario: Scenario) -> dict[str, Any]:
         "pv_degradation_pct_per_year": sc.pv.degradation_pct_per_year,
         "battery_cycle_life": sc.battery.cycle_life, "battery_calendar_life_years": sc.battery.calendar_life_years,
         "battery_end_of_life_soh_pct": sc.battery.end_of_life_soh_pct, "vat_recoverable": fin.vat_recoverable,
+        "battery_ageing_value": "simulated" if ageing_simulated else "proportional",
         "grid_factor_t_per_mwh": sc.co2.grid_factor_t_per_mwh, "data_source": source,
         "data_kind": "synthetic" if syn is not None else "measured", "seed": syn.seed if syn is not None else None,
         "pv_forecast": None if sc.data.pv_forecast is None else sc.data.pv_forecast.model_dump(),
@@ -620,7 +661,8 @@ def evaluate(result: RunResult) -> dict[str, dict]:
             bills_by_year=(pv_bills if name == "pv_only" else None if pv_loss is None or name == REFERENCE
                            else tuple(result.counted_bill(name) + pv_loss)),
             soc_change_kwh=soc_change,
-            soc_change_value=soc_change * price)
+            soc_change_value=soc_change * price,
+            end_of_life_shares=result.end_of_life_shares.get(name))
     names = [n for n in result.results if n != REFERENCE]
     return economics.evaluate(study_parameters(result.scenario), result.year, totals(REFERENCE),
                               totals("pv_only"), {n: totals(n) for n in names})

@@ -49,6 +49,12 @@ class ScenarioBattery(BatterySpec):
     calendar_life_years: float = Field(default=15.0, gt=0, description="Years to end of life without cycling [yr]")
     end_of_life_soh_pct: float = Field(default=80.0, gt=0, lt=100, description="Replace at this SOH [%]")
     initial_soc_pct: float = Field(default=50.0, ge=0, le=100, description="SOC at the start of the run [%]")
+    ageing_value: Literal["auto", "simulated", "proportional"] = Field(
+        default="auto",
+        description="How the battery's savings fall as it ages: 'simulated' = the study simulates its battery "
+                    "strategies again with the energy left at end of life and interpolates in the state of health; "
+                    "'proportional' = savings x state of health; 'auto' = simulated under a demand charge (power "
+                    "keeps part of the value there), proportional otherwise (docs/simulation.md 'Battery ageing')")
 
     def spec(self) -> BatterySpec:
         """The plain :class:`BatterySpec` the planner, dispatcher and plant take."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import numpy_financial as npf
 import pytest
 from hypothesis import given, settings
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 from simulations.economics import (
     BatteryAgeing,
     CashFlowInputs,
+    ageing_factor,
     cash_flow,
     co2_avoided_t,
     equivalent_full_cycles,
@@ -148,6 +152,23 @@ def test_battery_ageing_and_replacement() -> None:
     # LCOS by hand (r = 0): (500 + 2 × 300 - 180) / Σ 1000 × SOH_y/100
     expected = (500 + 600 - 180) / sum(1000 * s / 100 for s in soh[1:])
     assert lcos(inp, flow) == pytest.approx(expected)
+
+
+def test_a_simulated_end_of_life_share_interpolates_the_savings_in_the_state_of_health() -> None:
+    """The battery above (SOH 98, 94, 90, 86, 82 % in years 1-5) keeping 0.9 of its savings and 0.85 of its
+    discharge at SOH 80 %: year 1 keeps 1 − 0.1 × 2/20 = 0.99 of its 100 savings, year 5 1 − 0.1 × 18/20 = 0.91;
+    the discharge 1 − 0.15 × 2/20 = 0.985 of 1000 kWh. Without shares: proportional (98 and 980), as before."""
+    ageing = BatteryAgeing(cycle_life=1000, calendar_life_years=10, end_of_life_soh_pct=80)
+    base = CashFlowInputs(lifetime_years=5, discount_rate=0.0, capex=500.0, pv_savings=0.0, battery_savings=100.0,
+                          om_per_year=0.0, battery_cycles_per_year=100, battery_discharge_kwh=1000.0,
+                          ageing=ageing, replacement_cost=300.0, battery_capex=500.0)
+    simulated = cash_flow(replace(base, end_of_life_shares=(0.9, 0.85)))
+    assert simulated["battery_savings"].tolist() == pytest.approx([0.0, 99.0, 97.0, 95.0, 93.0, 91.0])
+    assert simulated["battery_discharge_kwh"][1] == pytest.approx(985.0)
+    proportional = cash_flow(base)
+    assert proportional["battery_savings"].tolist() == pytest.approx([0.0, 98.0, 94.0, 90.0, 86.0, 82.0])
+    assert proportional["battery_discharge_kwh"][1] == pytest.approx(980.0)
+    assert ageing_factor(np.array([100.0, 80.0]), 80.0, 0.9).tolist() == pytest.approx([1.0, 0.9])
 
 
 def test_lcos_discounted_by_hand() -> None:

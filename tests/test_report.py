@@ -298,6 +298,11 @@ def test_a_two_part_study_dates_each_month_peak_from_its_own_series(tmp_path: Pa
     html = paths["report"].read_text(encoding="utf-8")
     summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
     assert 'id="demand"' in html
+    # under the demand charge the study simulates what the aged battery keeps, and says so
+    kept = summary["economics"]["mpc"]["end_of_life_value_share"]
+    assert summary["economics"]["mpc"]["end_of_life_value_simulated"] and 0.0 < kept <= 1.0
+    assert f"{100 * kept:.0f} % (simulated)" in html
+    assert summary["assumptions"]["battery_ageing_value"] == "simulated"
     frame = result.results["mpc"].frame.tz_convert(scenario.site.timezone)
     windows = frame["import_kw"].resample("30min").mean()
     rows = demand_rows(summary)

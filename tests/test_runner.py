@@ -400,3 +400,31 @@ def test_after_solver_failures_the_mpc_follows_the_studys_fallback_mode_as_live(
     battery = mpc.frame["battery_kw"].to_numpy()
     assert battery == pytest.approx(result.results[fallback].frame["battery_kw"].to_numpy(), abs=1e-9)
     assert np.abs(battery - result.results[other].frame["battery_kw"].to_numpy()).max() > 10.0
+
+
+def test_under_a_demand_charge_the_study_simulates_what_an_aged_battery_keeps() -> None:
+    """`auto` under the two-part tariff: the share of its savings the battery keeps at end of life (SOH 80 %) is
+    what a study of the same site with 80 % of the energy saves over what this one saves — both counted as the
+    economics count them — and the economics interpolate with it. Under an energy-only tariff `auto` stays
+    proportional (0.8, nothing simulated); `simulated` measures it there too."""
+    sc = _scenario(preset="evn-two-part-22kv", days=7)
+    data = load_data(sc)
+    new = run(sc, strategies=["perfect_foresight"], data=data)
+    aged_battery = sc.battery.model_copy(update={"capacity_kwh": 800.0, "ageing_value": "proportional"})
+    aged = run(sc.model_copy(update={"battery": aged_battery}), strategies=["perfect_foresight"], data=data)
+    assert aged.end_of_life_shares == {}
+    share = aged.economics["perfect_foresight"]["savings_vs_pv_only"] \
+        / new.economics["perfect_foresight"]["savings_vs_pv_only"]
+    assert 0.8 < share <= 1.0
+    assert new.end_of_life_shares["perfect_foresight"][0] == pytest.approx(share, rel=1e-9)
+    assert new.end_of_life_shares["perfect_foresight"][1] == pytest.approx(
+        aged.results["perfect_foresight"].discharged_kwh / new.results["perfect_foresight"].discharged_kwh)
+    figures = new.economics["perfect_foresight"]
+    assert figures["end_of_life_value_share"] == pytest.approx(share) and figures["end_of_life_value_simulated"]
+    energy_only = _scenario(days=2)
+    plain = run(energy_only, strategies=["perfect_foresight"], data=load_data(energy_only))
+    assert plain.end_of_life_shares == {} and plain.economics["perfect_foresight"]["end_of_life_value_share"] == 0.8
+    forced = energy_only.model_copy(update={"battery": energy_only.battery.model_copy(
+        update={"ageing_value": "simulated"})})
+    assert 0.0 < run(forced, strategies=["perfect_foresight"], data=load_data(forced)).end_of_life_shares[
+        "perfect_foresight"][0] <= 1.0
