@@ -508,32 +508,42 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
     tariff = load_tariff(scenario.tariff.ref(), scenario.base_dir).bind(scenario.site.timezone,
                                                                          scenario.tariff.extra_holidays)
     inputs = price_inputs(series, tariff, scenario.planner.horizon_steps)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(order) * inputs.steps, unit="step", desc=scenario.name, mininterval=0.5)
+    bar = _progress_bar(progress, len(order) * inputs.steps, scenario.name)
     results: dict[str, StrategyResult] = {}
     for name in order:
         if bar is not None:
             bar.set_postfix_str(name)
         strategy = make_strategy(name, scenario, inputs, tariff)
-        tick = None
-        if bar is not None:
-            def tick(t: int, _bar=bar) -> None:
-                if t % 96 == 95:
-                    _bar.update(96)
         results[name] = simulate(strategy, scenario, inputs, tariff, battery=name not in (REFERENCE, "pv_only"),
-                                 pv=name != REFERENCE, progress=tick)
-        if bar is not None:
-            bar.update(inputs.steps % 96)
+                                 pv=name != REFERENCE, progress=_ticker(bar, inputs.steps))
     if bar is not None:
         bar.close()
     result = RunResult(scenario, series, inputs, tariff, results)
-    result.end_of_life_shares = end_of_life_shares(result)
+    result.end_of_life_shares = end_of_life_shares(result, progress)
     result.economics = evaluate(result)
     if "mpc" in results and scenario.battery.spec().capacity_kwh > 0:
         result.forecast_accuracy = study_accuracy(scenario, inputs, tariff)
     return result
+
+
+def _progress_bar(show: bool, total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` steps, or None when ``show`` is False."""
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="step", desc=desc, mininterval=0.5)
+
+
+def _ticker(bar: Any, steps: int) -> Callable[[int], None] | None:
+    """The ``progress`` callback of :func:`simulate` that moves ``bar`` on by a day of 15-minute steps at a time
+    and to the end of the ``steps`` of one strategy at its last step; None without a bar."""
+    if bar is None:
+        return None
+
+    def tick(t: int) -> None:
+        if t % 96 == 95 or t == steps - 1:
+            bar.update(96 if t % 96 == 95 else (t + 1) % 96)
+    return tick
 
 
 def simulates_ageing(scenario: Scenario, data: Inputs) -> bool:
@@ -543,7 +553,7 @@ def simulates_ageing(scenario: Scenario, data: Inputs) -> bool:
     return mode == "simulated" or (mode == "auto" and bool(np.any(data.tariff.demand_rate > 0)))
 
 
-def end_of_life_shares(result: RunResult) -> dict[str, tuple[float, float]]:
+def end_of_life_shares(result: RunResult, progress: bool = False) -> dict[str, tuple[float, float]]:
     """Per battery strategy of ``result``: the share of its savings against PV only (as the economics count them:
     counted bills, the SOC change credited) and of its discharge that it keeps with the energy its battery holds at
     end of life — the strategy simulated again on the same data with ``capacity_kwh`` × ``end_of_life_soh_pct`` /
@@ -557,17 +567,25 @@ def end_of_life_shares(result: RunResult) -> dict[str, tuple[float, float]]:
     aged = sc.model_copy(update={"battery": battery})
     price = terminal_price_per_kwh(result)
     pv_bill = result.counted_bill("pv_only")
+    savings = {name: pv_bill - result.counted(r.bill) + r.energy()["delta_soc"] * price
+               for name, r in result.results.items()
+               if name not in (REFERENCE, "pv_only") and r.capacity_kwh > 0 and r.discharged_kwh > 0}
+    names = [name for name, value in savings.items() if value > 0]
+    steps = result.inputs.steps
+    bar = _progress_bar(progress and bool(names), len(names) * steps,
+                        f"{sc.name} at end of life ({sc.battery.end_of_life_soh_pct:g} % SOH)")
     shares: dict[str, tuple[float, float]] = {}
-    for name, new in result.results.items():
-        if name in (REFERENCE, "pv_only") or new.capacity_kwh <= 0:
-            continue
-        savings = pv_bill - result.counted(new.bill) + new.energy()["delta_soc"] * price
-        if savings <= 0 or new.discharged_kwh <= 0:
-            continue
+    for name in names:
+        new = result.results[name]
+        if bar is not None:
+            bar.set_postfix_str(name)
         old = simulate(make_strategy(name, aged, result.inputs, result.tariff), aged, result.inputs, result.tariff,
-                       battery=True)
+                       battery=True, progress=_ticker(bar, steps))
         old_savings = pv_bill - result.counted(old.bill) + old.energy()["delta_soc"] * price
-        shares[name] = (min(max(old_savings / savings, 0.0), 1.0), min(old.discharged_kwh / new.discharged_kwh, 1.0))
+        shares[name] = (min(max(old_savings / savings[name], 0.0), 1.0),
+                        min(old.discharged_kwh / new.discharged_kwh, 1.0))
+    if bar is not None:
+        bar.close()
     return shares
 
 
