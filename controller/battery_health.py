@@ -32,8 +32,6 @@ class BatteryHealth:
         self.soh_pct: float | None = None
         """The SOH planning uses (:func:`~optimizer.site.planning_soh_pct` of the last valid reading); None until
         one is read. [%]"""
-        self.measured_pct: float | None = None
-        """The last valid reading as the battery gave it. [%]"""
         self._ignored: float | None = None  # the last reading left out (logged once)
 
     def observe(self, soh_pct: float | None) -> None:
@@ -43,12 +41,12 @@ class BatteryHealth:
         used = planning_soh_pct(soh_pct)
         if used is None:
             if soh_pct != self._ignored:
-                log.warning("battery state of health %g %% is not used for planning (below %g %%: a BMS that does "
-                            "not compute it commonly reports 0); planning stays on %.0f kWh", soh_pct, SOH_FLOOR_PCT,
-                            self.capacity_kwh)
+                log.warning("battery state of health %g %% is not used for planning (outside %g–100 %%: a BMS "
+                            "that does not compute it commonly reports 0); planning stays on %.0f kWh", soh_pct,
+                            SOH_FLOOR_PCT, self.capacity_kwh)
                 self._ignored = soh_pct
             return
-        self.measured_pct, self._ignored = float(soh_pct), None
+        self._ignored = None
         if used != self.soh_pct:
             log.info("battery state of health %g %%: planning on %.0f kWh of the %.0f kWh nameplate", used,
                      self.nameplate_kwh * health_share(used), self.nameplate_kwh)

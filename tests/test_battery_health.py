@@ -52,15 +52,15 @@ def test_the_controller_keeps_the_last_valid_soh_and_ignores_a_bms_that_reports_
     assert health.capacity_kwh == 1000.0
     with caplog.at_level(logging.INFO, logger="controller.battery_health"):
         health.observe(87.3)
-        assert health.capacity_kwh == pytest.approx(870.0) and health.measured_pct == 87.3
+        assert health.capacity_kwh == pytest.approx(870.0)
         health.observe(None)  # a poll that missed it changes nothing
         health.observe(0.0)  # a BMS's "not computed": ignored, said once
         health.observe(0.0)
     assert health.to_dict() == {"soh_pct": 87.0, "capacity_kwh": pytest.approx(870.0), "nameplate_kwh": 1000.0}
     assert [r.getMessage() for r in caplog.records] == [
         "battery state of health 87 %: planning on 870 kWh of the 1000 kWh nameplate",
-        "battery state of health 0 % is not used for planning (below 50 %: a BMS that does not compute it commonly "
-        "reports 0); planning stays on 870 kWh"]
+        "battery state of health 0 % is not used for planning (outside 50–100 %: a BMS that does not compute it "
+        "commonly reports 0); planning stays on 870 kWh"]
 
 
 def _with_soh(readings: dict[str, Reading], soh: float | None) -> dict[str, Reading]:
