@@ -48,6 +48,7 @@ STATE_MSG: dict[str, Any] = {
     "demand": {"month_peak_kw": 420.0, "month_peak_at": "2026-05-04T01:30:00+00:00", "hold_kw": 450.0,
                "window_projected_kw": 480.0, "shed_to_hold_kw": 90.0, "window_left_min": 10.0, "billed_kw": 440.0},
     "month": {"month": "2026-05", "saved": 4.9e7, "demand_saved": 5.0e7},
+    "battery": {"soh_pct": None, "capacity_kwh": 1000.0, "nameplate_kwh": 1000.0},
     "alarms": ["point_stale:meter:grid_kw", "device_unreachable:meter", "telemetry.influx_unreachable", "weird",
                "demand_peak_rising"],
 }
@@ -135,6 +136,10 @@ async def test_whole_map_reads_back_through_the_directory(scada) -> None:
         == (450.0, 480.0, 90.0, 10.0)
     assert f32(r, "billed_kw") == 440.0   # a 12-month basis: an earlier month's peak
     assert (f32(r, "month_saved"), f32(r, "month_demand_saved")) == (4.9e7, 5.0e7)
+    assert math.isnan(f32(r, "soh_pct")) and f32(r, "battery_capacity_kwh") == 1000.0   # no SOH reported: nameplate
+    server.offer(STATE, {**STATE_MSG, "battery": {"soh_pct": 85.0, "capacity_kwh": 850.0, "nameplate_kwh": 1000.0}})
+    aged = await read_map(client)
+    assert (f32(aged, "soh_pct"), f32(aged, "battery_capacity_kwh")) == (85.0, 850.0)
     # point_stale bit 7, device_unreachable bit 5, telemetry bit 9, other bit 10, demand_peak_rising bit 11
     assert r[ADDR["active_count"]] == 5
     assert r[ADDR["bits"]] == (1 << 7) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11)

@@ -224,6 +224,10 @@ def _blocks() -> tuple[Block, ...]:
         _f32("battery_setpoint_kw", "kW", "battery setpoint sent this cycle, + discharge",
              path("setpoints", "battery_kw")),
         _f32("pv_limit_pct", "%", "PV limit sent this cycle", path("setpoints", "pv_limit_pct")),
+        _f32("soh_pct", "%", "battery state of health planning uses (NaN: the battery reports none)",
+             path("battery", "soh_pct")),
+        _f32("battery_capacity_kwh", "kWh", "energy the battery holds at full SOC now: nameplate x state of health "
+             "(what plans count on)", path("battery", "capacity_kwh")),
     ))
     plan = Block(2, "plan_step", 200, (
         Field("step_start", Kind.U32, "s", "start of the current plan step (Unix epoch, UTC)",
