@@ -300,7 +300,8 @@ class Validator:
             The battery setpoint last written (+ discharge), for the battery stuck rule. [kW]
         capacity_kwh : float | None
             The energy the battery holds now, which its SOC is a share of (nameplate × state of health,
-            :class:`controller.battery_health.BatteryHealth`); None = the site's nameplate. [kWh]
+            :class:`controller.battery_health.BatteryHealth`); None = the site's nameplate. When it changes, the SOC
+            level starts afresh: a group's SOC (weighted by the energy its units hold) moves with it. [kWh]
 
         Returns
         -------
@@ -309,7 +310,10 @@ class Validator:
             alarms that are active (code → message), and the trace.
         """
         now = snap.ts
-        self._capacity_kwh = self.site.capacity_kwh if capacity_kwh is None else capacity_kwh
+        capacity_kwh = self.site.capacity_kwh if capacity_kwh is None else capacity_kwh
+        if self._capacity_kwh and capacity_kwh != self._capacity_kwh:
+            self._levels.pop("soc_pct", None)  # the SOC is a share of another energy now: no jump across the change
+        self._capacity_kwh = capacity_kwh
         dt_s = 0.0 if self._last_ts is None else max(0.0, (now - self._last_ts).total_seconds())
         self._last_ts = now
         if dt_s > self._window(0.0):  # a gap: nobody saw whether values moved in it

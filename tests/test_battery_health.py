@@ -103,6 +103,17 @@ def test_the_soc_rate_rule_allows_for_the_energy_the_battery_holds():
         assert checked.readings["soc_pct"].quality is expected
 
 
+def test_a_change_of_the_energy_the_battery_holds_is_no_soc_jump():
+    """A group's SOC moves when a unit's SOH changes (units at 90 and 10 %, one's SOH 100 → 70 %: 50 → 42.9 %
+    at once). In one second that is a jump; with the energy the battery holds changing in the same check (1,000 →
+    850 kWh) the SOC level starts afresh, and the next real jump is caught again."""
+    for capacity_then, expected in ((None, Quality.IMPLAUSIBLE), (850.0, Quality.OK)):
+        v = Validator(SITE)
+        assert v.check(snapshot(0, soc_pct=50.0))[0].readings["soc_pct"].ok
+        assert v.check(snapshot(1, soc_pct=42.9), None, capacity_then)[0].readings["soc_pct"].quality is expected
+    assert v.check(snapshot(2, soc_pct=30.0), None, 850.0)[0].readings["soc_pct"].quality is Quality.IMPLAUSIBLE
+
+
 def test_the_plan_keeper_plans_the_energy_an_aged_battery_holds():
     """The same site (two-part tariff) planned at SOH None, 80 %, 80.2 % and None again: the planner, the plan's
     capacity and SOC window follow the SOH planning uses, and the month's peak target counts the aged energy."""
