@@ -53,6 +53,7 @@ from typing import Any
 
 from pydantic import Field
 
+from controller.battery_health import SteadyReading
 from drivers.readings import Reading
 from optimizer.site import BatteryUnit, StrictModel, health_share, planning_soh_pct
 
@@ -248,6 +249,8 @@ class _Unit:
     alarmed_elsewhere: bool = False
     """The unit is out only for missing/stale readings or a failed write, which the validation stage and
     ``write_failed:<device>`` already alarm by device name: a group of one raises no ``unit_out`` for it."""
+    soh: SteadyReading = field(default_factory=SteadyReading)
+    """Battery: its state of health as taken (a step change once it holds)."""
 
 
 class Group:
@@ -393,7 +396,8 @@ class BatteryGroup(Group):
         st.measured_kw, st.soc_pct = _value(r, "battery_kw"), _value(r, "soc_pct")
         soh = _value(r, "soh_pct")
         if planning_soh_pct(soh) is not None:
-            st.soh_pct = soh
+            u.soh.offer(soh, now_s)  # type: ignore[arg-type]
+            st.soh_pct = u.soh.value
         bms_ch, bms_dis = _value(r, "max_charge_kw"), _value(r, "max_discharge_kw")
         self._follow(u, None if bms_ch is None or bms_dis is None else (-bms_ch, bms_dis), now_s)
         data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")

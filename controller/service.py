@@ -479,7 +479,7 @@ class Controller:
         self._watch_clock()
         snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw(),
                                                              self.battery_health.capacity_kwh)
-        self.battery_health.observe(snap.value("soh_pct"))
+        self.battery_health.observe(snap.value("soh_pct"), self.clock.monotonic())
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only
         if writing:

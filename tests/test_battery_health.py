@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from controller.battery_health import BatteryHealth
+from controller.battery_health import BatteryHealth, SteadyReading
 from controller.groups import BatteryGroup
 from controller.planning import PlanKeeper
 from controller.validation import ValidationSettings, Validator
@@ -48,19 +48,38 @@ def test_a_battery_at_health_holds_that_share_of_its_nameplate_and_keeps_its_pow
 def test_the_controller_keeps_the_last_valid_soh_and_ignores_a_bms_that_reports_0(caplog):
     health = BatteryHealth(1000.0)
     assert health.to_dict() == {"soh_pct": None, "capacity_kwh": 1000.0, "nameplate_kwh": 1000.0}
-    health.observe(None)  # nothing read yet: the nameplate
+    health.observe(None, 0.0)  # nothing read yet: the nameplate
     assert health.capacity_kwh == 1000.0
     with caplog.at_level(logging.INFO, logger="controller.battery_health"):
-        health.observe(87.3)
+        health.observe(87.3, 1.0)
         assert health.capacity_kwh == pytest.approx(870.0)
-        health.observe(None)  # a poll that missed it changes nothing
-        health.observe(0.0)  # a BMS's "not computed": ignored, said once
-        health.observe(0.0)
+        health.observe(None, 2.0)  # a poll that missed it changes nothing
+        health.observe(0.0, 3.0)  # a BMS's "not computed": ignored, said once
+        health.observe(0.0, 4.0)
     assert health.to_dict() == {"soh_pct": 87.0, "capacity_kwh": pytest.approx(870.0), "nameplate_kwh": 1000.0}
     assert [r.getMessage() for r in caplog.records] == [
         "battery state of health 87 %: planning on 870 kWh of the 1000 kWh nameplate",
         "battery state of health 0 % is not used for planning (outside 50–100 %: a BMS that does not compute it "
         "commonly reports 0); planning stays on 870 kWh"]
+
+
+def test_a_step_of_the_soh_is_taken_once_it_holds_never_from_one_poll():
+    """87 % taken at once; 87.5 at once (a drift); a one-poll glitch to 60 % never; a recalibration to 84 % after
+    it held SOH_SETTLE_S (600 s) of site time — the energy planned on follows only then."""
+    health = BatteryHealth(1000.0)
+    for t, soh, taken in ((0, 87.0, 87.0), (1, 87.5, 88.0), (2, 60.0, 88.0), (3, 87.5, 88.0), (10, 84.0, 88.0),
+                          (300, 84.1, 88.0), (609, 84.0, 88.0), (610, 84.0, 84.0)):
+        health.observe(soh, float(t))
+        assert health.soh_pct == taken, (t, soh)
+    assert health.capacity_kwh == pytest.approx(840.0)
+    reading = SteadyReading()
+    reading.offer(90.0, 0.0)
+    reading.offer(80.0, 0.0)
+    reading.offer(70.0, 700.0)  # a new step restarts the wait
+    reading.offer(70.0, 1299.0)
+    assert reading.value == 90.0
+    reading.offer(70.0, 1300.0)
+    assert reading.value == 70.0
 
 
 def _with_soh(readings: dict[str, Reading], soh: float | None) -> dict[str, Reading]:
@@ -82,8 +101,8 @@ def test_a_group_weighs_its_units_by_the_energy_they_hold():
     assert group.split(200.0) == pytest.approx({"bess-1": 85.7, "bess-2": 114.2}, abs=0.11)
     assert group.units["bess-1"].state.to_dict("kW")["soh_pct"] == 75.0
     assert "soh_pct" not in group.units["bess-2"].state.to_dict("kW")
-    # the next poll misses the SOH, then the BMS says 0: bess-1 still holds 450 kWh
-    for t, soh in ((1.0, None), (2.0, 0.0)):
+    # the next poll misses the SOH, then the BMS says 0, then 60 for one poll: bess-1 still holds 450 kWh
+    for t, soh in ((1.0, None), (2.0, 0.0), (3.0, 60.0)):
         agg = group.observe({**readings, "bess-1": _with_soh(bat(soc=50), soh)}, t)
         assert agg["soh_pct"] == pytest.approx(85.0)
     # no unit ever reported one: no SOH, the nameplates
