@@ -11,9 +11,13 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ems.cli_args import aware_time, number
 from ems.clock import MAX_SPEED
+
+if TYPE_CHECKING:
+    from controller.config import SiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,8 @@ def _check(args: argparse.Namespace) -> int:
     tokens_problem = None if tokens_file is None else read_tokens_file(tokens_file)[1]
     serial = [f"devices.{d.name}.endpoint.serial_port: {problem}" for d in config.devices
               if isinstance(d.endpoint, RtuEndpoint) and (problem := d.endpoint.port_problem())]
+    for note in _health_notes(config, Path(args.file).resolve().parent):
+        print(f"note: {note}")
     for warning in [*secret_warnings(config.telemetry, environ), *serial, config.site.solar_noon_warning(),
                     forecast_csv and forecast_csv.missing_warning(Path(args.file).resolve().parent),
                     tokens_problem and f"telemetry.dashboard.tokens_file: {tokens_problem}: no token from it is "
@@ -95,6 +101,20 @@ def _check(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _health_notes(config: SiteConfig, base_dir: Path) -> list[str]:
+    """One line per battery whose profile reads no state of health: the controller plans it on its nameplate for
+    life (docs/controller.md "State of health")."""
+    from controller.config import resolve_profile
+    from drivers.profile import load_profile
+    from drivers.roles import Role
+
+    return [f"devices.{d.name}: profile {d.profile} reads no soh_pct: plans count the battery's nameplate energy "
+            "for its whole life; as it ages, set battery.capacity_kwh (a unit's own: devices[].battery) to what a "
+            "capacity test measures"
+            for d in config.devices if d.role is Role.BATTERY
+            and "soh_pct" not in load_profile(resolve_profile(d.profile, base_dir)).points]
 
 
 def _forecast_check(args: argparse.Namespace) -> int:

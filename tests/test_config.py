@@ -145,6 +145,21 @@ def test_config_check_says_when_the_forecast_file_is_not_there_yet(tmp_path, cap
     assert "external_forecast_csv" not in capsys.readouterr().err
 
 
+def test_config_check_notes_a_battery_that_reports_no_state_of_health(tmp_path, capsys):
+    """The example's SunSpec battery reads SoH (no note); with the SMA Sunny Island profile, which has no SOH
+    register, the check says plans count the nameplate for life and what to do as the battery ages."""
+    assert main(["config", "check", str(EXAMPLE_SITE)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    data = copy.deepcopy(EXAMPLE)
+    battery = next(d for d in data["devices"] if d["role"] == "battery")
+    battery["profile"] = "sma-sunny-island"
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(site)]) == 0
+    assert (f"note: devices.{battery['name']}: profile sma-sunny-island reads no soh_pct: plans count the battery's "
+            "nameplate energy for its whole life") in capsys.readouterr().out
+
+
 def test_dispatch_settings_defaults_are_conservative():
     s = DispatchSettings()
     assert s.safe_pv_limit_pct == 0 and s.soc_hysteresis_pct > 0
