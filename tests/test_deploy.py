@@ -83,7 +83,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 def written_fields() -> set[tuple[str, str]]:
     """(measurement, field) pairs the InfluxDB sink writes for representative messages."""
-    lines = state_lines("s", {**sample_state(T0), "alarms": ["x"]}) + plan_lines("s", sample_plan(T0))
+    battery = {"soh_pct": 85.0, "capacity_kwh": 850.0, "nameplate_kwh": 1000.0}
+    lines = state_lines("s", {**sample_state(T0), "alarms": ["x"], "battery": battery})
+    lines += plan_lines("s", sample_plan(T0))
     lines += alarm_lines("s", {"ts": T0.isoformat(), "code": "c", "active": True, "message": "m"})
     lines.append(stats_line("s", OutboxStats(1, 2, 3, 4), 5, T0))
     pairs = set()

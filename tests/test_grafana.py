@@ -62,3 +62,15 @@ def test_the_saved_panel_shows_today_and_the_month_with_its_demand_charge() -> N
         assert f'r._field == "{field}"' in query and ("ems_state", field) in written
     names = {o["matcher"]["options"]: o["properties"][0]["value"] for o in panel["fieldConfig"]["overrides"]}
     assert names[".*month_demand_saved.*"] == "of it, demand charge"
+
+
+def test_the_state_of_health_panel_reads_what_the_controller_plans_on() -> None:
+    panel = _panel("Battery state of health")
+    query = panel["targets"][0]["query"]
+    written = written_fields()
+    for field in ("battery_soh_pct", "battery_capacity_kwh"):
+        assert f'r._field == "{field}"' in query and ("ems_state", field) in written
+    assert "fn: last" in query
+    units = {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}["unit"]
+             for o in panel["fieldConfig"]["overrides"]}
+    assert units == {".*battery_soh_pct.*": "percent", ".*battery_capacity_kwh.*": "kwatth"}
