@@ -567,8 +567,12 @@ def end_of_life_shares(result: RunResult, progress: bool = False) -> dict[str, t
     aged = sc.model_copy(update={"battery": battery})
     price = terminal_price_per_kwh(result)
     pv_bill = result.counted_bill("pv_only")
-    savings = {name: pv_bill - result.counted(r.bill) + r.energy()["delta_soc"] * price
-               for name, r in result.results.items()
+
+    def saved(r: StrategyResult) -> float:
+        """What ``r`` saves against PV only over the period, as the economics count it. [currency]"""
+        return pv_bill - result.counted(r.bill) + r.energy()["delta_soc"] * price
+
+    savings = {name: saved(r) for name, r in result.results.items()
                if name not in (REFERENCE, "pv_only") and r.capacity_kwh > 0 and r.discharged_kwh > 0}
     names = [name for name, value in savings.items() if value > 0]
     steps = result.inputs.steps
@@ -581,8 +585,7 @@ def end_of_life_shares(result: RunResult, progress: bool = False) -> dict[str, t
             bar.set_postfix_str(name)
         old = simulate(make_strategy(name, aged, result.inputs, result.tariff), aged, result.inputs, result.tariff,
                        battery=True, progress=_ticker(bar, steps))
-        old_savings = pv_bill - result.counted(old.bill) + old.energy()["delta_soc"] * price
-        shares[name] = (min(max(old_savings / savings[name], 0.0), 1.0),
+        shares[name] = (min(max(saved(old) / savings[name], 0.0), 1.0),
                         min(old.discharged_kwh / new.discharged_kwh, 1.0))
     if bar is not None:
         bar.close()
