@@ -85,6 +85,9 @@ class StoredEnergy(StoredValue):
     load_kwh: float = Field(0.0, allow_inf_nan=False)
     charge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     discharge_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    load_from_pv_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    load_from_battery_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    load_from_grid_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     cost: float = Field(0.0, allow_inf_nan=False)
     cost_no_battery: float = Field(0.0, allow_inf_nan=False)
 
@@ -95,6 +98,20 @@ class StoredMonth(StoredValue):
     month: MonthLabel | None = None
     cost: float = Field(0.0, allow_inf_nan=False)
     cost_no_battery: float = Field(0.0, allow_inf_nan=False)
+
+
+def load_supply(grid_kw: float, pv_kw: float, battery_kw: float) -> tuple[float, float, float]:
+    """Where the load's power comes from at this moment [kW]: (from the PV, from the battery, from the grid).
+
+    The load is ``grid + PV + battery`` (conventions: grid + import, battery + discharge). The PV serves the load
+    first, the battery's discharge next, the grid the rest; PV beyond the load charges the battery or is exported,
+    and a battery that charges takes its power from the PV's surplus or the grid, never from the load's supply.
+    The three sum to the load (0 for a load measured below zero). The grid's part is at most the import: energy
+    bought to charge the battery is not load."""
+    load_kw = max(0.0, grid_kw + pv_kw + battery_kw)
+    from_pv = min(max(0.0, pv_kw), load_kw)
+    from_battery = min(max(0.0, battery_kw), load_kw - from_pv)
+    return from_pv, from_battery, load_kw - from_pv - from_battery
 
 
 def energy_money(grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float, import_price: float,
@@ -258,6 +275,9 @@ class EnergyCounters:
     ``cost`` is what the measured import and export cost at the tariff's energy prices; ``cost_no_battery``
     is what the same load and PV would have cost with no battery (grid = load − PV, export beyond the cap
     curtailed). ``saved = cost_no_battery − cost`` (energy charges only; demand charges are in the bill).
+    ``load_from_pv_kwh``, ``load_from_battery_kwh`` and ``load_from_grid_kwh`` split the load's energy by where it
+    came from at the time (:func:`load_supply`); they sum to ``load_kwh`` except over cycles whose load was
+    measured below zero.
     """
 
     day: str = ""
@@ -267,6 +287,9 @@ class EnergyCounters:
     load_kwh: float = 0.0
     charge_kwh: float = 0.0
     discharge_kwh: float = 0.0
+    load_from_pv_kwh: float = 0.0
+    load_from_battery_kwh: float = 0.0
+    load_from_grid_kwh: float = 0.0
     cost: float = 0.0
     cost_no_battery: float = 0.0
 
@@ -287,6 +310,10 @@ class EnergyCounters:
         self.load_kwh += load_kw * dt_h
         self.discharge_kwh += max(0.0, battery_kw) * dt_h
         self.charge_kwh += max(0.0, -battery_kw) * dt_h
+        from_pv, from_battery, from_grid = load_supply(grid_kw, pv_kw, battery_kw)
+        self.load_from_pv_kwh += from_pv * dt_h
+        self.load_from_battery_kwh += from_battery * dt_h
+        self.load_from_grid_kwh += from_grid * dt_h
         money = energy_money(grid_kw, pv_kw, battery_kw, dt_h, import_price, export_price, export_cap_kw)
         self.cost += money[0]
         self.cost_no_battery += money[1]

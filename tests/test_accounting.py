@@ -19,6 +19,7 @@ from controller.accounting import (
     StoredDemand,
     StoredEnergy,
     just_before,
+    load_supply,
 )
 from controller.state_store import StateStore, read_stored
 from optimizer.tariff import Tariff
@@ -100,6 +101,49 @@ def test_energy_counters_and_money_saved():
     c.add("2026-05-05", grid_kw=100, pv_kw=0, battery_kw=0, dt_h=1, import_price=1000, export_price=0,
           export_cap_kw=0)
     assert c.day == "2026-05-05" and c.import_kwh == 100 and c.saved == 0
+
+
+@pytest.mark.parametrize(("grid", "pv", "battery", "expected"), [
+    (400.0, 300.0, 0.0, (300.0, 0.0, 400.0)),        # load 700: PV first, the grid the rest
+    (900.0, 300.0, -500.0, (300.0, 0.0, 400.0)),     # charging 500 from the grid: 500 of the 900 import is not load
+    (0.0, 800.0, -300.0, (500.0, 0.0, 0.0)),         # PV surplus charges the battery; load 500 all from PV
+    (-50.0, 800.0, 0.0, (750.0, 0.0, 0.0)),          # PV surplus exported
+    (100.0, 200.0, 300.0, (200.0, 300.0, 100.0)),    # load 600: PV, then the battery, then the grid
+    (-100.0, 0.0, 400.0, (0.0, 300.0, 0.0)),         # the battery covers the load and exports 100
+    (-10.0, 0.0, 0.0, (0.0, 0.0, 0.0)),              # a load measured below zero supplies nothing
+])
+def test_the_load_is_supplied_by_pv_first_then_the_battery_then_the_grid(grid, pv, battery, expected):
+    assert load_supply(grid, pv, battery) == pytest.approx(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1000, 1000), st.floats(0, 1000), st.floats(-500, 500))
+def test_the_load_supply_adds_up_to_the_load_and_takes_no_more_than_each_source_gives(grid, pv, battery):
+    from_pv, from_battery, from_grid = load_supply(grid, pv, battery)
+    assert min(from_pv, from_battery, from_grid) >= 0
+    assert from_pv + from_battery + from_grid == pytest.approx(max(0.0, grid + pv + battery), abs=1e-9)
+    assert from_pv <= pv + 1e-9 and from_battery <= max(0.0, battery) + 1e-9
+    assert from_grid <= max(0.0, grid) + 1e-9   # import that charges the battery is never counted as load
+
+
+def test_a_morning_of_grid_charging_is_not_read_as_a_load_bought_from_the_grid():
+    """The dashboard's case of 7 Dec: 1,535 kWh of load, 496 kWh of PV all used, 532 kWh charged from the grid:
+    the old figure (load − import) / load said 2 % self-sufficiency; the PV supplied 32 % of the load."""
+    c = EnergyCounters()
+    # 06:00–07:00: load 500, PV 100, battery charging 500 from the grid → import 900
+    c.add("2026-05-04", grid_kw=900, pv_kw=100, battery_kw=-500, dt_h=1, import_price=1800, export_price=0,
+          export_cap_kw=0)
+    # 07:00–08:00: load 800, PV 300, battery discharging 100 → import 400
+    c.add("2026-05-04", grid_kw=400, pv_kw=300, battery_kw=100, dt_h=1, import_price=1800, export_price=0,
+          export_cap_kw=0)
+    assert (c.load_from_pv_kwh, c.load_from_battery_kwh, c.load_from_grid_kwh) == pytest.approx((400, 100, 800))
+    assert c.load_from_pv_kwh + c.load_from_battery_kwh + c.load_from_grid_kwh == pytest.approx(c.load_kwh)
+    assert c.import_kwh == 1300      # 500 of it went into the battery
+    again = EnergyCounters.from_stored(StoredEnergy.model_validate(c.to_dict()))
+    assert again.load_from_grid_kwh == pytest.approx(800)
+    # a state file written before the split: the counters start from zero, nothing is refused
+    old = {k: v for k, v in c.to_dict().items() if not k.startswith("load_from_")}
+    assert EnergyCounters.from_stored(StoredEnergy.model_validate(old)).load_from_pv_kwh == 0
 
 
 def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not():

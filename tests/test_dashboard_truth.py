@@ -182,7 +182,8 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
                            "month_peak_period": "normal", "hold_kw": 1005.0, "window_projected_kw": 1064.5,
                            "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
-                              load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0)
+                              load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0,
+                              load_from_pv_kwh=1200.0, load_from_battery_kwh=0.0, load_from_grid_kwh=1800.0 - 527.0)
         # the month so far: the day's negative energy figure is the price of a capacity charge 200 kW lower
         state["month"] = {"month": "2026-05", "energy_cost": 9.0e7, "energy_cost_no_battery": 8.9e7,
                           "energy_saved": -1.0e6, "billed_kw": 950.0, "billed_kw_no_battery": 1150.0,
@@ -212,9 +213,12 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert "charged 527 kWh" in said and "bought energy for the coming peak" in said
         # −50,000 so far + the plan's battery steps ahead: 0.25 h × 1,833 ₫/kWh × (0 + 10 + … + 70) kW
         assert "Expected saving by the end of today (plan): ₫78,310." in said
-        assert await page.text_content("#self-sufficiency") == "40 %"      # (3000 − 1800) / 3000
+        # 1,200 / 0 / 1,273 of 2,473 kWh: 48.52 / 0 / 51.48 % → 49 / 0 / 51 by the largest remainder (not the
+        # 40 % "self-sufficiency" that counted the 527 kWh bought to charge the battery as load bought)
+        assert await page.text_content("#load-supply") == "PV\u00a049\u00a0% · battery\u00a00\u00a0% · grid\u00a051\u00a0%"
         assert await page.text_content("#self-consumption") == "100 %"     # nothing exported
         assert await page.text_content("#saved-month") == "₫49,000,000"
+        assert await page.get_attribute("#saved-month", "class") == "money"            # green
         assert await page.text_content("#month-explain") == (
             "Energy -₫1,000,000. Capacity charge ₫50,000,000: billed on 950.0 kW so far, 1,150.0 kW without the "
             "battery (the month's peak can still rise until it ends).")
@@ -226,6 +230,12 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert await page.text_content("#mtd-billed") == "1,300.0 kW · the highest of this month and the 11 before"
         assert await page.text_content("#mtd-planned") == "1,300.0 kW"
         assert "higher peak later" not in await page.text_content("#mtd-explain")   # no rise: the level is billed
+        # a month the battery has so far cost money on (a week of charging for peaks not yet shaved) is red, not
+        # green as it was: the same colour rule as today's figure
+        state["month"] = {**state["month"], "saved": -918_324.0}
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('saved-month').textContent === '-₫918,324'")
+        assert await page.get_attribute("#saved-month", "class") == "money negative"
         await context.close()
     finally:
         await site.telemetry.aclose()

@@ -168,6 +168,10 @@ class Today(_Part):
     load_kwh: Number = Field(description="[kWh]")
     charge_kwh: Number = Field(description="[kWh]")
     discharge_kwh: Number = Field(description="[kWh]")
+    load_from_pv_kwh: Number = Field(description="[kWh] load supplied by the PV at the time")
+    load_from_battery_kwh: Number = Field(description="[kWh] load supplied by the battery's discharge at the time")
+    load_from_grid_kwh: Number = Field(description="[kWh] load supplied by the grid at the time (import that "
+                                                   "charged the battery is not load)")
     cost: Number = Field(description="[currency] measured import/export at energy prices")
     cost_no_battery: Number = Field(description="[currency] the same day without the battery")
     saved: Number = Field(description="[currency] cost_no_battery − cost")

@@ -219,12 +219,17 @@ function renderBatteryEnergy(s, soc) {
 
 function pct(value) { return value === null || value === undefined || !Number.isFinite(value) ? "–" : `${num(value, 0)} %`; }
 
+// A saving's colour class: red below zero, plain at zero, green (the .money default) above [currency].
+function moneySign(value) {
+  return value !== null && value < -0.5 ? " negative" : value !== null && value <= 0.5 ? " zero" : "";
+}
+
 // "Saved today" with its explanation: a negative figure is red and says why (charged for a coming peak).
 function renderMoney(s) {
   const saved = pick(s, ["today.saved", "today.savings", "today.money_saved", "saved_today"]);
   const box = $("saved-today");
   box.textContent = money(saved);
-  box.className = `big money${saved !== null && saved < -0.5 ? " negative" : saved !== null && saved <= 0.5 ? " zero" : ""}`;
+  box.className = `big money${moneySign(saved)}`;
   const v = (k) => pick(s, [`today.${k}`]);
   const charge = v("charge_kwh"), discharge = v("discharge_kwh"), cost = v("cost"), base = v("cost_no_battery");
   const parts = [];
@@ -242,6 +247,7 @@ function renderMoney(s) {
   // the billing month so far, demand (capacity) charge included: under a two-part tariff most of the value
   const m = s && s.month ? s.month : null;
   $("saved-month").textContent = money(m ? m.saved : null);
+  $("saved-month").className = `money${moneySign(m ? m.saved : null)}`;
   const month = [];
   if (m) {
     month.push(fill(t("explain.month_energy"), { energy: money(m.energy_saved) }));
@@ -251,9 +257,23 @@ function renderMoney(s) {
     }
   }
   $("month-explain").textContent = month.join(" ");
-  const load = v("load_kwh"), imp = v("import_kwh"), pv = v("pv_kwh"), exp = v("export_kwh");
-  $("self-sufficiency").textContent = load > 0 && imp !== null ? pct(100 * Math.max(0, load - imp) / load) : "–";
+  const pv = v("pv_kwh"), exp = v("export_kwh");
+  $("load-supply").textContent = loadSupply([v("load_from_pv_kwh"), v("load_from_battery_kwh"),
+    v("load_from_grid_kwh")]);
   $("self-consumption").textContent = pv > 0 && exp !== null ? pct(100 * Math.max(0, pv - exp) / pv) : "–";
+}
+
+// Where today's load came from at the time: "PV 32 % · battery 4 % · grid 64 %" (whole percent by the largest
+// remainder, so the three add up to 100; "–" until a load has been accounted).
+function loadSupply(kwh) {
+  if (kwh.some((x) => x === null || !Number.isFinite(x))) return "–";
+  const total = kwh.reduce((a, b) => a + b, 0);
+  if (total <= 0) return "–";
+  const exact = kwh.map((x) => (100 * x) / total), whole = exact.map(Math.floor);
+  let left = 100 - whole.reduce((a, b) => a + b, 0);
+  exact.map((x, i) => [x - whole[i], i]).sort((a, b) => b[0] - a[0]).forEach(([, i]) => { if (left > 0) { whole[i] += 1; left -= 1; } });
+  return ["supply.pv", "supply.battery", "supply.grid"].map((key, i) => `${t(key)}\u00a0${num(whole[i], 0)}\u00a0%`)
+    .join(" · ");
 }
 
 // Saving expected by the end of the site day: the saving so far plus what the plan's remaining battery
