@@ -140,23 +140,34 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
     if summary["period"]["warning"]:
         print(f"warning: {summary['period']['warning']}", file=sys.stderr)
-    print(f"{'strategy':31s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback sys':>12s} {'payback bat':>12s}")
+    life = summary["assumptions"]["lifetime_years"]
+    print(f"{'strategy':31s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback PV+bat':>15s} {'payback battery':>16s}")
     for name, s in summary["strategies"].items():
         e = result.economics.get(name)
         saving = f"{e['savings_vs_no_system']:16,.0f}" if e else f"{'':16s}"
-        pb = e["finance"]["system"]["simple_payback_years"] if e else None
-        pbb = e["finance"].get("battery", {}).get("simple_payback_years") if e else None
-        print(f"{STRATEGY_LABELS.get(name, name):31s} {s['annual_bill']:16,.0f} {saving} {_yr(pb):>12s} "
-              f"{_yr(pbb):>12s}")
-    print(f"({cur} per year; paybacks in years, — = does not pay back within the study life)")
+        pb = _yr(e["finance"]["system"] if e else None, life)
+        pbb = _yr(e["finance"].get("battery") if e else None, life)
+        print(f"{STRATEGY_LABELS.get(name, name):31s} {s['annual_bill']:16,.0f} {saving} {pb:>15s} {pbb:>16s}")
+    print(f"({cur} per year; simple paybacks in years, > {life} = not within the {life}-year study life, "
+          f"— = does not apply)")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
 
 
-def _yr(value: float | None) -> str:
-    """A payback for the console: "—" when it is never reached (the reason is in summary.json and the report)."""
-    return "—" if value is None else f"{value:.1f}"
+def _ratio_years(value: float | None) -> str:
+    """Investment ÷ yearly saving for the console [yr]: "—" where there is none (no saving)."""
+    return "—" if value is None or value != value else f"{value:.1f}"
+
+
+def _yr(fin: dict | None, life: int) -> str:
+    """A simple payback for the console [yr]: "> life" when it is not reached within the study life, "—" where
+    nothing was invested (no battery; the reasons are in summary.json and the report)."""
+    if fin is None:
+        return "—"
+    if fin["simple_payback_years"] is not None:
+        return f"{fin['simple_payback_years']:.1f}"
+    return f"> {life}" if (fin.get("payback_note") or "").startswith("does not pay back") else "—"
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -224,7 +235,7 @@ def _park(args: argparse.Namespace) -> int:
     bound = f" (an upper bound: battery dispatch by {park.strategy})" if park.strategy in BOUNDS else ""
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
           f"{total['savings_vs_no_system']:,.0f}/yr{bound}, investment ÷ saving "
-          f"{_yr(total['investment_over_saving_years'])} yr, "
+          f"{_ratio_years(total['investment_over_saving_years'])} yr, "
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
     if shared is not None:
         change = shared["change"]

@@ -307,9 +307,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _payback_cell(fin: dict[str, Any] | None, years_key: str, note_key: str, life: int) -> float | str | None:
+    """A payback cell [yr]: the years, "> life" where the investment does not pay back within its life, None (a
+    dash) where nothing was invested."""
+    if fin is None or fin[years_key] is not None:
+        return None if fin is None else fin[years_key]
+    return f"> {life}" if (fin.get(note_key) or "").startswith("does not pay back") else None
+
+
 def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per strategy: bill, savings, cycles, paybacks, NPV, IRR, CO2 ("—" = never reached)."""
+    """One row per strategy: bill, savings, cycles, paybacks, NPV, IRR, CO2. A payback not reached within the
+    study life reads "> 20"; "—" is a figure that does not exist (:func:`strategy_notes` says which)."""
     cur = summary["currency"]
+    life = summary["assumptions"]["lifetime_years"]
     rows = []
     for name, s in summary["strategies"].items():
         e = summary["economics"].get(name)
@@ -323,9 +333,10 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
             "full cycles/yr (nameplate)": e["equivalent_full_cycles_nameplate"] if fin_bat else None,
             "savings kept at end of life": _kept_text(e) if fin_bat else None,
-            "PV + battery payback [yr]": fin_sys["simple_payback_years"] if fin_sys else None,
+            "PV + battery payback [yr]": _payback_cell(fin_sys, "simple_payback_years", "payback_note", life),
             f"PV + battery NPV [{cur}]": fin_sys["npv"] if fin_sys else None,
-            "battery payback, discounted [yr]": fin_bat["discounted_payback_years"] if fin_bat else None,
+            "battery payback, discounted [yr]": _payback_cell(fin_bat, "discounted_payback_years",
+                                                              "discounted_payback_note", life),
             f"battery NPV [{cur}]": fin_bat["npv"] if fin_bat else None,
             "battery IRR [%]": 100 * fin_bat["irr"] if fin_bat and fin_bat["irr"] is not None else None,
             f"storage cost LCOS [{cur}/kWh]": fin_bat["lcos_per_kwh"] if fin_bat else None,
@@ -333,6 +344,29 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "CO2 avoided [t/yr]": e["co2_avoided_t"] if e else None,
         })
     return rows
+
+
+def strategy_notes(summary: dict[str, Any]) -> list[str]:
+    """What the strategy table's "> 20" and "—" cells mean, column by column, for the cells that show them."""
+    a = summary["assumptions"]
+    life, rate = a["lifetime_years"], a["discount_rate_pct"]
+    fins = [e["finance"] for e in summary["economics"].values()]
+    bats = [f["battery"] for f in fins if "battery" in f]
+    def never(fin: dict[str, Any], key: str) -> bool:
+        return (fin.get(key) or "").startswith("does not pay back")
+
+    notes = []
+    if any(never(f["system"], "payback_note") for f in fins):
+        notes.append(f"PV + battery payback > {life}: does not pay back within the {life}-year life")
+    if any(never(b, "discounted_payback_note") for b in bats):
+        notes.append(f"battery payback, discounted > {life}: does not pay back at {rate:g} % within the "
+                     f"{life}-year life")
+    if any(never(b, "irr_note") for b in bats):
+        notes.append(f"battery IRR {DASH}: none, the battery does not pay back within the {life}-year life")
+    if any(b.get("break_even_per_kwh") is None for b in bats):
+        notes.append(f"battery break-even cost {DASH}: none, it would not pay back even if it were free")
+    notes.append(f"{DASH} elsewhere: does not apply (no battery, or nothing invested)")
+    return notes
 
 
 AGEING_TEXT = {
@@ -552,8 +586,7 @@ def render_html(result: RunResult, summary: dict[str, Any]) -> str:
     demand_html = "" if not demand else (
         f'<h2 id="demand">Demand charge by month</h2><p>{html.escape(demand_text(summary))}</p>' + _table(demand))
     warning = summary["period"]["warning"]
-    notes = sorted({f"{DASH}: {fin[k]}" for e in summary["economics"].values() for fin in e["finance"].values()
-                    for k in ("payback_note", "discounted_payback_note", "irr_note") if fin.get(k)})
+    notes = strategy_notes(summary)
     style = ("body{font-family:sans-serif;max-width:1150px;margin:1em auto;color:#222}"
              ".verdict{font-size:1.25em;font-weight:bold;border-left:6px solid #1f5f9f;padding:0.4em 0.8em;"
              "background:#eef4fb}.warning{border-left:6px solid #c07000;background:#fff4e0;padding:0.4em 0.8em}"

@@ -154,9 +154,17 @@ def test_never_pays_back_is_a_dash_with_its_reason_everywhere(result, tmp_path: 
     if battery["simple_payback_years"] is None:
         assert battery["irr"] is None and battery["irr_note"] == "does not pay back within the 20-year life"
     row = next(r for r in strategy_rows(summary) if r["strategy"] == "self-consumption rule")
-    assert row["battery payback, discounted [yr]"] is None
+    assert row["battery payback, discounted [yr]"] == "> 20"     # not a dash: the dash means "does not apply"
+    pv_row = next(r for r in strategy_rows(summary) if r["strategy"] == "PV only")
+    assert pv_row["battery payback, discounted [yr]"] is None and pv_row["battery IRR [%]"] is None
     html = paths["report"].read_text(encoding="utf-8")
-    assert f"<td>{DASH}</td>" in html and f"{DASH}: does not pay back at 8 % within the 20-year life" in html
+    assert "<td>&gt; 20</td>" in html and f"<td>{DASH}</td>" in html
+    # each mark is explained for its own column (the report said "—: does not pay back at 8 % …; —: does not pay
+    # back within …" for one dash that also stood for "no battery")
+    assert "battery payback, discounted &gt; 20: does not pay back at 8 % within the 20-year life" in html
+    assert f"{DASH} elsewhere: does not apply (no battery, or nothing invested)" in html
+    if battery["irr"] is None:
+        assert f"battery IRR {DASH}: none, the battery does not pay back within the 20-year life" in html
     assert "None" not in html and "nan" not in html.replace("nanum", "")
     assert f"discounted payback at 8 % {DASH} (does not pay back at 8 % within the 20-year life)" in " ".join(
         plain_summary(summary))

@@ -79,3 +79,10 @@ def test_the_command_s_table_labels_the_bounds(tmp_path: Path, capsys) -> None:
     rows = capsys.readouterr().out.splitlines()
     assert any(r.startswith("perfect foresight (upper bound) ") for r in rows)
     assert any(r.startswith("PV only ") for r in rows) and not any(r.startswith("perfect_foresight") for r in rows)
+    # one summer day of savings: the PV pays back, a battery run by perfect foresight does not within the life,
+    # which reads "> 20"; the PV-only row has no battery, which reads "—" (one dash had stood for both)
+    pv_only = next(r for r in rows if r.startswith("PV only "))
+    bound = next(r for r in rows if r.startswith("perfect foresight (upper bound) "))
+    assert pv_only.endswith(" —") and "> 20" not in pv_only
+    assert bound.endswith("> 20"), bound
+    assert any("> 20 = not within the 20-year study life, — = does not apply" in r for r in rows)
