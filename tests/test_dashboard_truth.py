@@ -242,6 +242,43 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         await site.telemetry.aclose()
 
 
+async def test_each_unit_shows_its_power_setpoint_and_soc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          browser: Any) -> None:  # noqa: F811
+    """A plant of many units: the devices table had a status and an always-empty "Points" column per unit; the state
+    carried each unit's measured power, setpoint and SOC, and why a unit left its group, and the screen showed none."""
+    site = await start_site(tmp_path, monkeypatch, TOKEN)
+    try:
+        context, page = await open_dashboard(browser, site, "en-US")
+        state = sample_state(datetime(2026, 5, 4, 3, 0, tzinfo=UTC), 1)
+        state["devices"] = {
+            "grid-meter": {"ok": True, "error": None, "role": "meter", "location": "grid", "measured_kw": 98.6},
+            "inv-01": {"ok": True, "error": None, "role": "pv_inverter", "in_group": True, "reason": None,
+                       "measured_kw": 24.6, "setpoint": 30.0, "setpoint_unit": "%", "soc_pct": None},
+            "bess-1": {"ok": True, "error": None, "role": "battery", "in_group": True, "reason": None,
+                       "measured_kw": -250.0, "setpoint": -250.0, "setpoint_unit": "kW", "soc_pct": 28.34},
+            "bess-2": {"ok": True, "error": None, "role": "battery", "in_group": False,
+                       "reason": "ignores its setpoint: asked 200.0 kW, measures 0.0 kW", "measured_kw": 0.0,
+                       "setpoint": 0.0, "setpoint_unit": "kW", "soc_pct": 45.0},
+            "bess-3": {"ok": False, "error": "no answer within 2.0 s", "role": "battery", "in_group": False,
+                       "reason": "unreachable", "measured_kw": None, "setpoint": 0.0, "setpoint_unit": "kW",
+                       "soc_pct": None}}
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.querySelector('#health tr[data-device=bess-3]')")
+
+        async def cells(device: str) -> list[str]:
+            return [c.strip() for c in await page.locator(f"#health tr[data-device={device}] td").all_inner_texts()]
+
+        assert (await cells("bess-1"))[2:5] == ["-250.0 kW", "-250.0 kW", "28 %"]
+        assert (await cells("inv-01"))[2:5] == ["24.6 kW", "30 %", ""]
+        assert (await cells("grid-meter"))[2:5] == ["98.6 kW", "", ""]
+        assert (await cells("bess-2"))[5] == "out of its group: ignores its setpoint: asked 200.0 kW, measures 0.0 kW"
+        assert (await cells("bess-3"))[2] == "–"            # not read: a dash, never 0 kW
+        assert "a battery + discharge" in await page.text_content("#devices-card")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
 async def test_previous_day_shows_stored_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  browser: Any) -> None:  # noqa: F811
     """Yesterday's buckets go to the SQLite store in the state directory; ◀ draws them, and they survive a

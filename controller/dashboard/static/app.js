@@ -540,6 +540,12 @@ function renderCommands() {
   }
 }
 
+// A unit's measured power for the devices table: "29.8 kW", "–" when it was not read, "" where there is none [kW].
+function unitPower(value) {
+  if (value === undefined) return "";
+  return value === null || !Number.isFinite(value) ? "–" : `${num(value, 1)} kW`;
+}
+
 function renderHealth() {
   const body = $("health");
   const health = (ui.state && ui.state.health) || {};
@@ -549,13 +555,19 @@ function renderHealth() {
     tr.dataset.device = device;
     tr.dataset.status = h.status;
     tr.className = `health-${h.status}`;
-    const cells = [device, t(`health.${h.status}`, h.status), (h.points || []).join(", "),
+    const d = (ui.state && ui.state.devices && ui.state.devices[device]) || {};
+    const issues = [...(h.points || [])];
+    if (d.in_group === false) issues.push(d.reason ? `${t("unit_out_of_group")}: ${d.reason}` : t("unit_out_of_group"));
+    const cells = [device, t(`health.${h.status}`, h.status), unitPower(d.measured_kw),
+      d.setpoint === null || d.setpoint === undefined ? "" : `${num(d.setpoint, d.setpoint_unit === "%" ? 0 : 1)} ${d.setpoint_unit}`,
+      d.soc_pct === null || d.soc_pct === undefined ? "" : pct(d.soc_pct), issues.join(", "),
       h.since ? fmtTime(Date.parse(h.since), false) : "–"];
-    for (const text of cells) {
+    cells.forEach((text, i) => {
       const td = document.createElement("td");
       td.textContent = text;
+      if (i >= 2 && i <= 4) td.className = "num";
       tr.append(td);
-    }
+    });
     body.append(tr);
   }
 }
