@@ -274,6 +274,11 @@ async def test_each_unit_shows_its_power_setpoint_and_soc(tmp_path: Path, monkey
         assert (await cells("bess-2"))[5] == "out of its group: ignores its setpoint: asked 200.0 kW, measures 0.0 kW"
         assert (await cells("bess-3"))[2] == "–"            # not read: a dash, never 0 kW
         assert "a battery + discharge" in await page.text_content("#devices-card")
+        # on a phone the table scrolls inside its card and the chart's day buttons wrap: the page itself never
+        # scrolls sideways (it was 503 px wide on a 390 px screen: the table and the CSV button stuck out)
+        await page.set_viewport_size({"width": 390, "height": 844})
+        widths = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert widths[0] <= widths[1], widths
         await context.close()
     finally:
         await site.telemetry.aclose()
