@@ -280,11 +280,26 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
         if pf > 0:
             lines.append(f"MPC on forecasts captures {100 * mpc / pf:.0f} % of the battery value that perfect "
                          "foresight of the whole year would reach.")
-    co2 = {k: v["co2_avoided_t"] for k, v in econ.items()}
-    best_co2 = max(co2, key=lambda k: co2[k])
-    lines.append(f"CO2 avoided through lower net grid import: up to {co2[best_co2]:,.0f} t a year "
-                 f"({_label(best_co2)}); battery losses count against it.")
+    lines.append(co2_sentence(summary))
     return lines
+
+
+def co2_sentence(summary: dict[str, Any]) -> str:
+    """CO2 avoided a year through lower net grid import: first with the strategy the verdict quotes (a plant can
+    run it), then PV alone, then the most any strategy avoids where that is another one (named, a bound says so)."""
+    econ = summary["economics"]
+    co2 = {k: v["co2_avoided_t"] for k, v in econ.items()}
+    if not co2:
+        return "No CO2 avoided: nothing was invested."
+    lead = lead_strategy(summary)
+    shown = [n for n in (lead, "pv_only") if n is not None and n in co2]
+    if not shown:
+        shown = [max(co2, key=lambda k: co2[k])]
+    parts = [f"{co2[n]:,.0f} t a year with {_label(n)}" for n in shown]
+    best = max(co2, key=lambda k: co2[k])
+    if best not in shown and co2[best] > max(co2[n] for n in shown) + 0.5:
+        parts.append(f"the most with {_label(best)}: {co2[best]:,.0f} t")
+    return f"CO2 avoided through lower net grid import: {'; '.join(parts)}; battery losses count against it."
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -12,6 +12,7 @@ import pytest
 from simulations.report import (
     DASH,
     assumption_rows,
+    co2_sentence,
     demand_rows,
     demand_text,
     local_period,
@@ -123,6 +124,24 @@ def test_verdict_for_hand_made_figures() -> None:
         "PV pays back in 9.2 years at 8 % (6.0 years undiscounted); the battery (run by MPC on forecasts) does not "
         "pay back at 8 % within its 20-year life — break-even at 2.50 million VND/kWh installed against 6.58 "
         "million assumed.")
+
+
+def test_the_co2_sentence_gives_the_strategy_a_plant_can_run_first() -> None:
+    """The Nam Cau Kien report said "up to 720 t a year (self-consumption rule)": the most of any strategy, while
+    its verdict quoted the MPC (695 t) and PV alone avoided 694 t."""
+    def econ(t: float, battery: bool = True) -> dict:
+        return {"co2_avoided_t": t, "finance": {"system": {}, **({"battery": {}} if battery else {})}}
+
+    summary = {"economics": {"pv_only": econ(694.2, battery=False), "self_consumption": econ(720.4),
+                             "tou_rule": econ(676.0), "mpc": econ(695.1), "perfect_foresight": econ(696.3)}}
+    assert co2_sentence(summary) == (
+        "CO2 avoided through lower net grid import: 695 t a year with MPC on forecasts; 694 t a year with PV only; "
+        "the most with self-consumption rule: 720 t; battery losses count against it.")
+    summary["economics"]["self_consumption"]["co2_avoided_t"] = 600.0     # the most is a bound: named as one
+    assert co2_sentence(summary).endswith("the most with perfect foresight (upper bound): 696 t; battery losses "
+                                          "count against it.")
+    del summary["economics"]["perfect_foresight"]                           # the lead avoids the most: said once
+    assert "the most" not in co2_sentence(summary)
 
 
 def test_period_is_printed_in_local_dates(result, tmp_path: Path) -> None:
