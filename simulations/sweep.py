@@ -199,7 +199,9 @@ COLUMN_LABELS = {
 }
 """Plain column names for sweep.html (``{cur}`` = the currency)."""
 DASH = "—"
-"""A payback or IRR the cell never reaches (also an empty cell of the battery maps without a battery)."""
+"""A figure that does not exist or apply: an IRR the cell never reaches, a battery figure of a cell without one."""
+NEVER = "never"
+"""A payback the cell does not reach within the study life."""
 
 
 def period_warning(table: pd.DataFrame) -> str | None:
@@ -213,10 +215,10 @@ def period_warning(table: pd.DataFrame) -> str | None:
 
 
 def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: float = 1.0,
-            missing: str = "never") -> plt.Figure:
+            missing: str = NEVER) -> plt.Figure:
     """A PV × battery heatmap of ``column`` / ``scale`` with the values written in the cells (``missing``
-    where the value is NaN, "failed" in a cell that raised); each label is black or white, whichever reads better on
-    its cell's colour."""
+    where the value is NaN, "—" for a battery figure of a cell without a battery, "failed" in a cell that raised);
+    each label is black or white, whichever reads better on its cell's colour."""
     if column not in table.columns:  # every cell failed
         table = table.assign(**{column: np.nan})
     grid = table.pivot(index="battery_kwh", columns="pv_kwp", values=column).astype(float) / scale
@@ -232,8 +234,9 @@ def heatmap(table: pd.DataFrame, column: str, title: str, unit: str, scale: floa
     ax.set_title(title, fontsize=10)
     for (i, j), value in np.ndenumerate(grid.to_numpy()):
         if np.isnan(value):
-            ax.text(j, i, "failed" if failed[i, j] else missing, ha="center", va="center", fontsize=7,
-                    color="black")
+            no_battery = column.startswith("battery") and grid.index[i] == 0
+            label = "failed" if failed[i, j] else DASH if no_battery else missing
+            ax.text(j, i, label, ha="center", va="center", fontsize=7, color="black")
             continue
         r, g, b, _ = cmap(image.norm(value))
         colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
@@ -247,11 +250,11 @@ def _maps(currency: str) -> tuple[tuple[str, str, str, str, float, str], ...]:
     """(file stem, column, title, unit, scale, label of an empty cell) of every heatmap."""
     return (
         ("payback", "simple_payback_years", "PV + battery against no system: simple payback [years]", "years", 1.0,
-         "never"),
+         NEVER),
         ("npv", "npv", f"PV + battery against no system: NPV [billion {currency}]", f"billion {currency}", 1e9,
          DASH),
         ("battery-payback", "battery_discounted_payback_years",
-         "Battery against PV only: discounted payback [years]", "years", 1.0, "never"),
+         "Battery against PV only: discounted payback [years]", "years", 1.0, NEVER),
         ("battery-npv", "battery_npv", f"Battery against PV only: NPV [billion {currency}]", f"billion {currency}",
          1e9, DASH),
     )
@@ -289,7 +292,14 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
     head = "".join(f"<th>{html.escape(COLUMN_LABELS.get(c, c).format(cur=currency))}</th>" for c in table.columns)
     shown = table.astype(object).assign(strategy=table["strategy"].map(lambda n: STRATEGY_LABELS.get(n, n)))
     sizes = {"pv_kwp", "battery_kwh", "battery_kw"}
-    body = "".join("<tr>" + "".join(f"<td>{f'{v:,.0f}' if c in sizes and pd.notna(v) else _cell(v)}</td>"
+
+    def text(column: str, value: Any, battery_kwh: float) -> str:
+        if column in sizes and pd.notna(value):
+            return f"{value:,.0f}"
+        never = "payback" in column and pd.isna(value) and not (column.startswith("battery") and battery_kwh == 0)
+        return NEVER if never else _cell(value)
+
+    body = "".join("<tr>" + "".join(f"<td>{text(c, v, row.battery_kwh)}</td>"
                                     for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
                    for row in shown.itertuples(index=False))
     warning = period_warning(table)
@@ -313,7 +323,9 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
 {failed_note}
 <p>Battery dispatch in every cell: {html.escape(strategy)}; battery power at the base case's C-rate; yearly figures
 in {html.escape(currency)}; discount rate {scenario.finance.discount_rate_pct:g} %, study life
-{scenario.finance.lifetime_years} years. {DASH} or "never": the cell does not pay back within the study life.</p>
+{scenario.finance.lifetime_years} years. "{NEVER}": the cell does not pay back within the study life (a discounted
+payback: at the discount rate); {DASH}: the figure does not exist (an IRR of a cell that does not pay back) or does
+not apply (a battery figure of a cell without a battery).</p>
 <h2>Maps</h2>{''.join(f'<div>{svg}</div>' for _, svg in figures)}
 <h2>Table</h2><div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <p class="small">Reproduce: <code>{html.escape(command)}</code></p>

@@ -100,6 +100,38 @@ def test_heatmap_labels_contrast_with_their_cells() -> None:
     assert "never" in colours
 
 
+def test_a_cell_without_a_battery_has_no_battery_payback_rather_than_never_one() -> None:
+    """The battery maps said "never" (does not pay back) for the battery-0 row, where there is no battery; its NPV
+    map said "—" for the same cells."""
+    from simulations.sweep import DASH, NEVER, heatmap
+
+    table = pd.DataFrame({"pv_kwp": [500, 500, 1000, 1000], "battery_kwh": [0, 1000, 0, 1000],
+                          "battery_discounted_payback_years": [float("nan"), float("nan"), float("nan"), 14.2],
+                          "simple_payback_years": [float("nan"), 12.0, 8.5, 10.1]})
+    labels = {(t.get_position(), t.get_text()) for t in
+              heatmap(table, "battery_discounted_payback_years", "t", "u").axes[0].texts}
+    assert labels == {((0, 0), DASH), ((1, 0), DASH), ((0, 1), NEVER), ((1, 1), "14.2")}
+    # a system payback with no battery is still a payback: "never" where it is not reached
+    labels = {(t.get_position(), t.get_text()) for t in heatmap(table, "simple_payback_years", "t", "u").axes[0].texts}
+    assert ((0, 0), NEVER) in labels
+
+
+def test_the_sweep_table_says_never_for_a_payback_and_dash_for_no_battery(tmp_path: Path) -> None:
+    from ems.cli import main
+
+    scenario = str(SCENARIOS / "nam-cau-kien-qd963.yaml")
+    assert main(["sweep", scenario, "--pv", "1000", "--battery", "0,1000", "--start", "2026-06-01", "--days", "1",
+                 "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "sweep.html").read_text(encoding="utf-8")
+    rows = page.split("<tr>")[2:]                           # after the header row
+    cells = [[c.split("</td>")[0] for c in r.split("<td>")[1:]] for r in rows]
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    column = list(table.columns).index("battery_discounted_payback_years")
+    assert cells[0][column] == "—"                          # no battery
+    assert cells[1][column] == "never"                      # one day's saving against a 20-year battery
+    assert '"never": the cell does not pay back within the study life' in page
+
+
 def test_sweep_table_irr_is_a_percentage_or_missing(serial: pd.DataFrame) -> None:
     assert "irr" not in serial.columns
     values = serial["irr_pct"].dropna()
