@@ -184,6 +184,11 @@ def _money(value: float, currency: str) -> str:
     return f"{value / 1e6:,.{1 if abs(value) < 1e7 else 0}f} million {currency}"
 
 
+def _replacements(count: int) -> str:
+    """ " and 2 replacements", " and 1 replacement", "" for none (the battery outlasts the study)."""
+    return "" if count == 0 else f" and {count} replacement{'' if count == 1 else 's'}"
+
+
 def lead_strategy(summary: dict[str, Any]) -> str | None:
     """The battery strategy the verdict quotes (:data:`LEAD_ORDER`), None without a battery strategy."""
     econ = summary["economics"]
@@ -250,7 +255,7 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
             f"Run by {_label(lead)}, the battery saves {_money(b['savings_vs_pv_only'], cur)} in the first year on "
             f"top of PV, from {b['equivalent_full_cycles']:.0f} full cycles of its usable window "
             f"({b['equivalent_full_cycles_nameplate']:.0f} of its nameplate). Against its cost of "
-            f"{_money(fin['capex'], cur)} (plus O&M and {fin['replacements']} replacement(s)): discounted payback at "
+            f"{_money(fin['capex'], cur)} (plus O&M{_replacements(fin['replacements'])}): discounted payback at "
             f"{a['discount_rate_pct']:g} % {_years(fin['discounted_payback_years'], fin['discounted_payback_note'])}; "
             f"NPV {_money(fin['npv'], cur)}; IRR "
             + (f"{100 * fin['irr']:.1f} %" if fin["irr"] is not None else f"{DASH} ({fin['irr_note']})") + ".")

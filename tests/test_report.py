@@ -66,6 +66,13 @@ def test_plain_summary_says_what_pays_back(result) -> None:
     text = " ".join(plain_summary(result.summary()))
     assert "PV alone saves" in text and "simple payback" in text
     assert "the battery saves" in text and "full cycles of its usable window" in text
+    assert "replacement(s)" not in text
+
+
+def test_replacements_are_counted_in_words() -> None:
+    from simulations.report import _replacements
+
+    assert [_replacements(n) for n in (0, 1, 2)] == ["", " and 1 replacement", " and 2 replacements"]
 
 
 def test_typical_week_is_a_whole_local_week(result) -> None:
