@@ -69,6 +69,8 @@ class MonthBill:
     """``"YYYY-MM"``"""
     hours: float
     """[h] covered by the series"""
+    month_hours: float
+    """[h] of the whole local billing month (743–745 across a daylight-saving change)"""
     energy: tuple[EnergyLine, ...]
     """one line per tariff period, in tariff order"""
     peak_kw: float | None
@@ -83,10 +85,24 @@ class MonthBill:
     demand_rate_per_kw_month: float | None
     """[currency/(kW·month)]"""
     demand_amount: float
+    demand_vat: float
+    """[currency] the VAT on ``demand_amount`` (part of ``vat``)"""
     export_kwh: float
     """[kWh]"""
     export_credit: float
     vat: float
+
+    @property
+    def covered_share(self) -> float:
+        """Share of the billing month the series covers [-]: 1 for a whole month."""
+        return min(1.0, self.hours / self.month_hours) if self.month_hours > 0 else 1.0
+
+    def demand_beyond_coverage(self, with_vat: bool) -> float:
+        """The part of the month's demand charge a series covering only part of the month does not earn: the
+        charge × (1 − :attr:`covered_share`), with its VAT if ``with_vat`` [currency]. A study that scales a period
+        to a year counts a 3-day month's capacity charge for 3 days, not a whole month (the bill itself charges the
+        whole month, as the utility would)."""
+        return (self.demand_amount + (self.demand_vat if with_vat else 0.0)) * (1.0 - self.covered_share)
 
     @property
     def energy_kwh(self) -> float:
@@ -110,12 +126,14 @@ class MonthBill:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
-            "month": self.month, "hours": self.hours,
+            "month": self.month, "hours": self.hours, "month_hours": self.month_hours,
+            "covered_share": self.covered_share,
             "energy": [{"period": e.period, "kwh": e.kwh, "amount": e.amount} for e in self.energy],
             "energy_kwh": self.energy_kwh, "energy_amount": self.energy_amount,
             "peak_kw": self.peak_kw, "peak_at": self.peak_at, "peak_period": self.peak_period,
             "demand_kw": self.demand_kw,
             "demand_rate_per_kw_month": self.demand_rate_per_kw_month, "demand_amount": self.demand_amount,
+            "demand_vat": self.demand_vat,
             "export_kwh": self.export_kwh, "export_credit": self.export_credit,
             "subtotal": self.subtotal, "vat": self.vat, "total": self.total,
         }
@@ -146,6 +164,10 @@ class Bill:
     @property
     def export_credit(self) -> float:
         return sum((m.export_credit for m in self.months), 0.0)
+
+    def demand_beyond_coverage(self, with_vat: bool) -> float:
+        """:meth:`MonthBill.demand_beyond_coverage` over the months [currency]: 0 when every month is whole."""
+        return sum((m.demand_beyond_coverage(with_vat) for m in self.months), 0.0)
 
     def month(self, label: str) -> MonthBill:
         """The month ``"YYYY-MM"`` (KeyError if the series does not touch it)."""
@@ -347,6 +369,8 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
     months = []
     for i, label in enumerate(labels):
         first = site.month_start(label)
+        following = str(pd.Period(label, "M") + 1)
+        month_hours = (site.month_start(following) - first).total_seconds() / 3600.0
         charge = site.billed_demand_charge(label)
         window_peaks = peaks(charge.window_minutes if charge else 30)
         series_peaks = {m: p.kw for m, p in window_peaks.items()}
@@ -362,11 +386,12 @@ def make_bill(site: SiteTariff, starts: pd.DatetimeIndex, duration_h: np.ndarray
             demand_kw = billed_demand_kw(charge, label, series_peaks, prior)
             if demand_kw is not None:
                 demand_amount = demand_kw * rate
+        demand_vat = demand_amount * site.vat_rate(first)
         months.append(MonthBill(
-            month=label, hours=float(hours[i]),
+            month=label, hours=float(hours[i]), month_hours=month_hours,
             energy=tuple(EnergyLine(p, float(kwh[i]), float(amount[i])) for p, (kwh, amount) in lines.items()),
             peak_kw=series_peaks.get(label), peak_at=peak_at, peak_period=peak_period, demand_kw=demand_kw,
             demand_rate_per_kw_month=rate,
-            demand_amount=demand_amount, export_kwh=float(export_kwh[i]), export_credit=float(export_credit[i]),
-            vat=float(energy_vat[i] + demand_amount * site.vat_rate(first))))
+            demand_amount=demand_amount, demand_vat=demand_vat, export_kwh=float(export_kwh[i]),
+            export_credit=float(export_credit[i]), vat=float(energy_vat[i] + demand_vat)))
     return Bill(tariff=site.tariff.name, currency=site.currency, timezone=site.timezone, months=tuple(months))

@@ -522,8 +522,9 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     who = demand_strategy(summary)
     rows = []
+    first = next(iter(months.values()))
     for label in labels:
-        row: dict[str, Any] = {"month": pd.Period(label, "M").strftime("%b %Y")}
+        row: dict[str, Any] = {"month": pd.Period(label, "M").strftime("%b %Y") + _coverage(first[label])}
         row.update({f"{_label(name)} [kW]": _kw(months[name][label]["demand_kw"]) for name in strategies})
         if who is not None:
             bill = months[who][label]
@@ -532,6 +533,13 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             row["tariff period"] = _period_label(bill["peak_period"])
         rows.append(row)
     return rows
+
+
+def _coverage(month: dict[str, Any]) -> str:
+    """" (3 of 30 days)" for a billing month the period covers only in part, "" for a whole one."""
+    if month.get("covered_share", 1.0) >= 0.999:
+        return ""
+    return f" ({month['hours'] / 24:.0f} of {month['month_hours'] / 24:.0f} days)"
 
 
 def demand_text(summary: dict[str, Any]) -> str:
@@ -543,6 +551,9 @@ def demand_text(summary: dict[str, Any]) -> str:
                     if m["demand_rate_per_kw_month"] is not None})
     text = (f"The billed demand is each month's highest average import over the tariff's demand window, charged at "
             f"{' to '.join(f'{r:,.0f}' for r in rates)} {cur} per kW and month.")
+    if any(m.get("covered_share", 1.0) < 0.999 for m in next(iter(strategies.values()))["monthly_bills"]):
+        text += (" A month the period covers only in part (days in brackets) is billed in full, as the utility "
+                 "would; the yearly figures count its charge for the days covered.")
     if who is None:
         return text
     bills = [m for m in strategies[who]["monthly_bills"] if m["demand_kw"] is not None]

@@ -426,8 +426,12 @@ class RunResult:
         return self.tariff.currency
 
     def counted(self, bill: Bill) -> float:
-        """What the economics count of a bill: excluding VAT when it is recoverable. [currency]"""
-        return bill.total - bill.vat if self.scenario.finance.vat_recoverable else bill.total
+        """What the economics count of a bill: excluding VAT when it is recoverable, and a demand charge only for
+        the share of its billing month the period covers (a 62-day study from 1 January counts March's 3 days of
+        capacity charge, not a whole month, before it is scaled to a year). [currency]"""
+        recoverable = self.scenario.finance.vat_recoverable
+        whole = bill.total - bill.vat if recoverable else bill.total
+        return whole - bill.demand_beyond_coverage(with_vat=not recoverable)
 
     def counted_bill(self, name: str) -> float:
         """The bill the economics count for strategy ``name`` over the period. [currency]"""

@@ -54,6 +54,27 @@ def test_two_part_bill_by_hand(two_part):
     assert m.hours == 1.0 and m.export_kwh == 0.0
 
 
+def test_a_month_the_series_covers_in_part_says_how_much_of_its_demand_charge_it_earned(two_part, japan):
+    # the hand-worked hour above: 1 of July's 744 hours; the bill charges the whole month, as the utility would
+    starts = local_steps("2026-07-14 17:00", 4, 15)
+    m = two_part.bill(starts, 0.25, np.array([100.0, 200.0, 300.0, 100.0])).month("2026-07")
+    assert m.month_hours == 744.0 and m.covered_share == pytest.approx(1 / 744)
+    assert m.demand_vat == pytest.approx(0.08 * 47_082_800.0)
+    assert m.demand_beyond_coverage(with_vat=False) == pytest.approx(47_082_800.0 * 743 / 744)
+    assert m.demand_beyond_coverage(with_vat=True) == pytest.approx(1.08 * 47_082_800.0 * 743 / 744)
+    # a whole month: nothing beyond coverage; February has 672 hours
+    feb = local_steps("2026-02-01 00:00", 28 * 96, 15)
+    bill = two_part.bill(feb, 0.25, np.full(len(feb), 500.0))
+    assert bill.month("2026-02").month_hours == 672.0 and bill.month("2026-02").covered_share == 1.0
+    assert bill.demand_beyond_coverage(with_vat=True) == 0.0
+    # across a daylight-saving change the month's hours are its own (Tokyo has none; a European month has 743)
+    assert japan.bill(local_steps("2026-03-10 00:00", 4, 15, TOKYO), 0.25, np.full(4, 10.0)).month(
+        "2026-03").month_hours == 744.0
+    berlin = Tariff.preset("evn-two-part-22kv").bind("Europe/Berlin")
+    march = berlin.bill(local_steps("2026-03-10 00:00", 4, 15, "Europe/Berlin"), 0.25, np.full(4, 10.0))
+    assert march.month("2026-03").month_hours == 743.0
+
+
 def test_month_to_date_peak_from_before_the_series_sets_the_demand(two_part):
     starts = local_steps("2026-07-14 17:00", 4, 15)
     bill = two_part.bill(starts, 0.25, np.array([100.0, 200.0, 300.0, 100.0]), prior_peaks_kw={"2026-07": 250.0})

@@ -308,6 +308,13 @@ def test_demand_by_month_for_hand_made_bills() -> None:
         "235,414 VND per kW and month. MPC on forecasts set its month's peak in normal hours in 1 of 2 "
         "months, off-peak hours in 1 of 2 months. Its billed demand was on average 30.0 kW above perfect foresight "
         "(upper bound) and 145.0 kW below PV only.")
+    # a study that ends on 3 April: April is billed in full and counted for its 3 days; the table and text say so
+    for s in strategies.values():
+        s["monthly_bills"][1].update(hours=72.0, month_hours=720.0, covered_share=0.1)
+    assert demand_rows(summary)[1]["month"] == "Apr 2026 (3 of 30 days)" and demand_rows(summary)[0]["month"] == \
+        "Mar 2026"
+    assert "A month the period covers only in part (days in brackets) is billed in full, as the utility would; " \
+           "the yearly figures count its charge for the days covered." in demand_text(summary)
     energy_only = {"currency": "VND", "economics": {},
                    "strategies": {"pv_only": {"monthly_bills": [_month("2026-03", None, "2026-03-10T10:30:00+00:00",
                                                                        "peak")]}}}
@@ -340,7 +347,7 @@ def test_a_two_part_study_dates_each_month_peak_from_its_own_series(tmp_path: Pa
     frame = result.results["mpc"].frame.tz_convert(scenario.site.timezone)
     windows = frame["import_kw"].resample("30min").mean()
     rows = demand_rows(summary)
-    assert [r["month"] for r in rows] == ["Jun 2026", "Jul 2026"]
+    assert [r["month"] for r in rows] == ["Jun 2026 (4 of 30 days)", "Jul 2026 (2 of 31 days)"]
     for row, (_, month) in zip(rows, windows.groupby(windows.index.strftime("%Y-%m")), strict=True):
         before = month.cummax().shift(1, fill_value=-np.inf)
         first = month[month > before + 0.05].index[-1]

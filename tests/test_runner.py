@@ -94,6 +94,25 @@ def test_bill_equals_hand_sum_two_part_tariff() -> None:
     assert saved > 0
 
 
+def test_a_short_study_counts_a_demand_charge_for_the_part_of_the_month_it_covers() -> None:
+    """3 days of June under the two-part pilot: the bill charges June's whole capacity charge (as EVN would), but the
+    study scales its 3 days to a year, so it counts 3/30 of it; before, a 3-day study counted ten capacity charges a
+    month once scaled (a 62-day study from 1 January, three for its 2 months and 3 days)."""
+    sc = _scenario(preset="evn-two-part-22kv", days=3)
+    result = run(sc, strategies=["pv_only", "perfect_foresight"], data=load_data(sc))
+    for name, r in result.results.items():
+        june = r.bill.month("2026-06")
+        assert june.covered_share == pytest.approx(72 / 720)
+        energy_only = r.bill.total - r.bill.vat - june.demand_amount      # VAT recoverable in this scenario
+        assert result.counted_bill(name) == pytest.approx(energy_only + june.demand_amount * 72 / 720, rel=1e-12)
+        year = result.summary()["strategies"][name]["annual_bill"]
+        assert year == pytest.approx(result.counted_bill(name) * 365.25 / 3, rel=1e-12)
+    # a whole month counts the whole charge
+    whole = _scenario(preset="evn-two-part-22kv", days=30)
+    r = run(whole, strategies=["pv_only"], data=load_data(whole))
+    assert r.counted_bill("pv_only") == pytest.approx(r.results["pv_only"].bill.total - r.results["pv_only"].bill.vat)
+
+
 def test_perfect_foresight_bounds_every_strategy(result, scenario: Scenario) -> None:
     """On its own objective (bill minus the planner's terminal value of the energy left) perfect foresight is
     optimal, and the plant follows its plan exactly, so no strategy does better."""
