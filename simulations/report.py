@@ -536,7 +536,7 @@ def demand_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _coverage(month: dict[str, Any]) -> str:
-    """" (3 of 30 days)" for a billing month the period covers only in part, "" for a whole one."""
+    """The part of its billing month a period covers, as " (3 of 30 days)"; "" for a whole month."""
     if month.get("covered_share", 1.0) >= 0.999:
         return ""
     return f" ({month['hours'] / 24:.0f} of {month['month_hours'] / 24:.0f} days)"
