@@ -126,6 +126,30 @@ def energy_money(grid_kw: float, pv_kw: float, battery_kw: float, dt_h: float, i
 
 
 
+def plan_saving(plan: Any, start: datetime, end: datetime, export_cap_kw: float) -> float:
+    """What the plan's steps between ``start`` and ``end`` save against no battery, by the same rule as the day's
+    measured saving (:func:`energy_money`) [currency]: each step's (or its part's) cost with the plan's grid power
+    against the cost of the same load and available PV with no battery (grid = load − PV, export beyond the cap
+    curtailed), at the plan's import and export prices. A charge from PV that would otherwise be curtailed costs
+    nothing; a charge bought from the grid costs what it buys.
+
+    ``plan`` is an :class:`optimizer.plan.Plan` (``starts``, ``duration_h``, ``grid_kw``, ``battery_kw``,
+    ``curtail_kw``, ``import_price``, ``export_price``)."""
+    saved = 0.0
+    for i, step_start in enumerate(plan.starts):
+        a = max(step_start.to_pydatetime(), start)
+        b = min(step_start.to_pydatetime() + timedelta(hours=float(plan.duration_h[i])), end)
+        hours = (b - a).total_seconds() / 3600.0
+        if hours <= 0:
+            continue
+        # grid + battery − curtailed = load − available PV: the grid power with no battery, before the export cap
+        cost, cost_nb, _ = energy_money(float(plan.grid_kw[i]), float(plan.pv_kw[i]),
+                                        float(plan.battery_kw[i] - plan.curtail_kw[i]), hours,
+                                        float(plan.import_price[i]), float(plan.export_price[i]), export_cap_kw)
+        saved += cost_nb - cost
+    return saved
+
+
 class DemandTracker:
     """Month-to-date peak of the average import over fixed demand intervals.
 
@@ -452,6 +476,18 @@ class Accounting:
         if charge is None:
             return tracker.month_peak_kw(now)
         return billed_demand_kw(charge, month, tracker.month_peaks(), self.billed_peaks_kw) or 0.0
+
+    def today(self, now: datetime, plan: Any | None) -> dict[str, Any]:
+        """The state's ``today``: the day's counters (:class:`EnergyCounters`) and ``expected_saved``, the saving
+        so far plus what the plan's steps until the end of the local day save (:func:`plan_saving`) [currency];
+        None without a plan."""
+        out = self.energy.to_dict()
+        local = now.astimezone(self._zone)
+        day_end = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), self._zone)
+        so_far = self.energy.saved if self.energy.day == local.date().isoformat() else 0.0
+        out["expected_saved"] = None if plan is None else so_far + plan_saving(
+            plan, now, day_end.astimezone(UTC), self.export_cap_kw)
+        return out
 
     def month_value(self, now: datetime) -> dict[str, Any]:
         """What the battery saved so far in the billing month of ``now``, for the state's ``month``: ``energy_cost``,

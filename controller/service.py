@@ -556,7 +556,7 @@ class Controller:
             "plan": plan_info,
             "battery": self.battery_health.to_dict(),
             "tariff": self.accounting.prices(now),
-            "today": self.accounting.energy.to_dict(),
+            "today": self.accounting.today(now, plan),
             "month": self.accounting.month_value(now),
             "demand": {"month": self.demand.month, **self.accounting.month_peak(now),
                        "interval_avg_kw": self.demand.current_average_kw(),

@@ -20,6 +20,7 @@ from controller.accounting import (
     StoredEnergy,
     just_before,
     load_supply,
+    plan_saving,
 )
 from controller.state_store import StateStore, read_stored
 from optimizer.tariff import Tariff
@@ -144,6 +145,51 @@ def test_a_morning_of_grid_charging_is_not_read_as_a_load_bought_from_the_grid()
     # a state file written before the split: the counters start from zero, nothing is refused
     old = {k: v for k, v in c.to_dict().items() if not k.startswith("load_from_")}
     assert EnergyCounters.from_stored(StoredEnergy.model_validate(old)).load_from_pv_kwh == 0
+
+
+def _plan(start: datetime, **series: list[float]):
+    """A plan-shaped object of hourly steps from ``start`` (the fields :func:`plan_saving` reads)."""
+    from types import SimpleNamespace
+
+    n = len(series["grid_kw"])
+    arrays = {k: np.asarray(v, dtype=float) for k, v in series.items()}
+    return SimpleNamespace(starts=pd.date_range(start, periods=n, freq="h"), duration_h=np.ones(n), **arrays)
+
+
+def test_the_plan_s_saving_is_counted_by_the_day_s_own_rule():
+    """The dashboard had valued every planned battery kWh at the import price: a charge from PV that a zero-export
+    site would otherwise curtail counted as bought (−300 kW × 1,000 ₫ below), so a sunny Sunday's "expected saving"
+    read negative. Three hours by hand, zero export, export price 0:
+    06:00 charge 500 from the grid: load 500, PV 100, grid 900; without battery 400 → −500 kWh × 1,000 ₫;
+    12:00 charge 300 from PV surplus: load 300, PV 800 (200 curtailed), grid 0; without battery 0 (500 curtailed) → 0;
+    18:00 discharge 400: load 500, grid 100; without battery 500 → +400 kWh × 3,000 ₫."""
+    plan = _plan(T0, grid_kw=[900, 0, 100], battery_kw=[-500, -300, 400], pv_kw=[100, 800, 0],
+                 curtail_kw=[0, 200, 0], import_price=[1000, 1000, 3000], export_price=[0, 0, 0])
+    hours = timedelta(hours=3)
+    assert plan_saving(plan, T0, T0 + hours, export_cap_kw=0.0) == pytest.approx(-500_000 + 0 + 1_200_000)
+    # only what lies ahead counts, and only until the end: half of the first hour, the last hour not at all
+    assert plan_saving(plan, T0 + timedelta(minutes=30), T0 + timedelta(hours=2), 0.0) == pytest.approx(-250_000)
+    # where 100 kW may be exported at 500 ₫, the noon surplus without a battery earns 100 kWh × 500 ₫ that the
+    # charging plan gives up
+    plan.export_price[:] = 500.0
+    assert plan_saving(plan, T0, T0 + hours, export_cap_kw=100.0) == pytest.approx(700_000 - 50_000)
+
+
+def test_today_s_expected_saving_runs_to_the_local_midnight():
+    """The state's ``today.expected_saved``: the saving so far + the plan until 24:00 site time (17:00 UTC in Viet
+    Nam), not its steps of tomorrow."""
+    tariff = Tariff.preset("evn-manufacturing-22kv").bind(TZ)
+    acc = Accounting(tariff, TZ, cycle_s=3600.0, export_cap_kw=0.0, demand_interval_minutes=30)
+    now = datetime(2026, 5, 4, 15, 0, tzinfo=UTC)                        # 22:00 site time
+    acc.add(now - timedelta(hours=1), 100.0, 0.0, 400.0)
+    acc.add(now, 100.0, 0.0, 400.0)                                     # 21:00–22:00: 400 kWh discharged
+    so_far = acc.energy.saved
+    assert so_far > 0
+    plan = _plan(now, grid_kw=[100] * 4, battery_kw=[400] * 4, pv_kw=[0] * 4, curtail_kw=[0] * 4,
+                 import_price=[1000] * 4, export_price=[0] * 4)            # 22:00, 23:00 today; 00:00, 01:00 tomorrow
+    today = acc.today(now, plan)
+    assert today["expected_saved"] == pytest.approx(so_far + 2 * 400 * 1000)
+    assert today["saved"] == so_far and acc.today(now, None)["expected_saved"] is None
 
 
 def test_each_cycle_is_integrated_over_the_time_since_the_last_and_gaps_are_not():

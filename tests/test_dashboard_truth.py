@@ -183,7 +183,8 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
                            "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0,
-                              load_from_pv_kwh=1200.0, load_from_battery_kwh=0.0, load_from_grid_kwh=1800.0 - 527.0)
+                              load_from_pv_kwh=1200.0, load_from_battery_kwh=0.0, load_from_grid_kwh=1800.0 - 527.0,
+                              expected_saved=78_310.0)
         # the month so far: the day's negative energy figure is the price of a capacity charge 200 kW lower
         state["month"] = {"month": "2026-05", "energy_cost": 9.0e7, "energy_cost_no_battery": 8.9e7,
                           "energy_saved": -1.0e6, "billed_kw": 950.0, "billed_kw_no_battery": 1150.0,
@@ -211,7 +212,7 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green
         said = await page.text_content("#saved-explain")
         assert "charged 527 kWh" in said and "bought energy for the coming peak" in said
-        # −50,000 so far + the plan's battery steps ahead: 0.25 h × 1,833 ₫/kWh × (0 + 10 + … + 70) kW
+        # the controller's own figure (controller.accounting.plan_saving, by the day's money rule), as it says it
         assert "Expected saving by the end of today (plan): ₫78,310." in said
         # 1,200 / 0 / 1,273 of 2,473 kWh: 48.52 / 0 / 51.48 % → 49 / 0 / 51 by the largest remainder (not the
         # 40 % "self-sufficiency" that counted the 527 kWh bought to charge the battery as load bought)

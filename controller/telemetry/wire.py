@@ -175,6 +175,9 @@ class Today(_Part):
     cost: Number = Field(description="[currency] measured import/export at energy prices")
     cost_no_battery: Number = Field(description="[currency] the same day without the battery")
     saved: Number = Field(description="[currency] cost_no_battery − cost")
+    expected_saved: OptionalNumber = Field(
+        None, description="[currency] saved plus what the plan's steps until the end of the local day save by the "
+                          "same rule (controller.accounting.plan_saving); null without a plan")
 
 
 class MonthValue(_Part):

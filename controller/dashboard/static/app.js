@@ -237,7 +237,7 @@ function renderMoney(s) {
     parts.push(fill(t("explain.battery"), { charge: num(charge, 0), discharge: num(discharge, 0) }));
   }
   if (cost !== null && base !== null) parts.push(fill(t("explain.cost"), { cost: money(cost), base: money(base) }));
-  const expected = expectedSaving(saved);
+  const expected = v("expected_saved");
   if (expected !== null) parts.push(fill(t("explain.expected"), { expected: money(expected) }));
   if (saved !== null && saved < -0.5) {
     parts.push(t(charge !== null && discharge !== null && charge > discharge ? "explain.negative_charging"
@@ -274,20 +274,6 @@ function loadSupply(kwh) {
   exact.map((x, i) => [x - whole[i], i]).sort((a, b) => b[0] - a[0]).forEach(([, i]) => { if (left > 0) { whole[i] += 1; left -= 1; } });
   return ["supply.pv", "supply.battery", "supply.grid"].map((key, i) => `${t(key)}\u00a0${num(whole[i], 0)}\u00a0%`)
     .join(" · ");
-}
-
-// Saving expected by the end of the site day: the saving so far plus what the plan's remaining battery
-// steps are worth at their import price (discharge avoids buying, charging buys) [currency].
-function expectedSaving(saved) {
-  const p = ui.plan;
-  if (saved === null || !p || !p.starts || !p.battery_kw || !p.import_price) return null;
-  const now = nowMs(), dayEnd = localDay(now)[1];
-  let value = saved;
-  p.starts.forEach((st, i) => {
-    const a = Math.max(Date.parse(st), now), b = Math.min(Date.parse(st) + p.duration_h[i] * 3_600_000, dayEnd);
-    if (b > a) value += (p.battery_kw[i] * (b - a) / 3_600_000) * p.import_price[i];
-  });
-  return value;
 }
 
 // Month-to-date 30-min peak against the contracted capacity and the highest import the current plan allows.
