@@ -169,6 +169,11 @@ async def test_cost_over_a_day_matches_the_plan(tmp_path):
         # the day's measured cost is the last "today" it published for 2026-05-04
         assert await until(site, lambda: site.clock.now() >= end + timedelta(minutes=1), 26 * 3600, 2)
         actual = [s["today"]["cost"] for s in states if s["today"]["day"] == "2026-05-04"][-1]
+        day = [s["today"] for s in states if s["today"]["day"] == "2026-05-04"]
+        saved = day[-1]["saved"]
+        # what the dashboard said at noon the day would save (so far + the plan to midnight, by the same rule)
+        noon = (first + timedelta(hours=12)).isoformat()
+        expected = next(s["today"]["expected_saved"] for s in states if s["ts"] >= noon)
         collector.cancel()
         await asyncio.gather(collector, return_exceptions=True)
         modes = {s["mode"] for s in states if s["ts"] >= first.isoformat()}
@@ -177,6 +182,8 @@ async def test_cost_over_a_day_matches_the_plan(tmp_path):
     print(f"day {first:%Y-%m-%d %H:%M}–{end:%H:%M} UTC: actual {actual:,.0f}, predicted {predicted:,.0f}, "
           f"{100 * (actual - predicted) / predicted:+.2f} %")
     assert abs(actual - predicted) <= 0.02 * abs(predicted), (actual, predicted)
+    print(f"saved {saved:,.0f}, expected at noon {expected:,.0f}")
+    assert abs(expected - saved) <= 0.02 * abs(predicted), (expected, saved)
 
 
 # ------------------------------------------------------------------------------------------------ safety
