@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 from pydantic import AwareDatetime, Field, StringConstraints
 
@@ -135,16 +136,15 @@ def plan_saving(plan: Any, start: datetime, end: datetime, export_cap_kw: float)
 
     ``plan`` is an :class:`optimizer.plan.Plan` (``starts``, ``duration_h``, ``grid_kw``, ``battery_kw``,
     ``curtail_kw``, ``import_price``, ``export_price``)."""
+    begins = plan.starts.as_unit("ns").asi8.astype(np.float64) / 3.6e12         # [h since the epoch]
+    first = np.maximum(begins, pd.Timestamp(start).value / 3.6e12)
+    last = np.minimum(begins + np.asarray(plan.duration_h, dtype=float), pd.Timestamp(end).value / 3.6e12)
+    hours = last - first
     saved = 0.0
-    for i, step_start in enumerate(plan.starts):
-        a = max(step_start.to_pydatetime(), start)
-        b = min(step_start.to_pydatetime() + timedelta(hours=float(plan.duration_h[i])), end)
-        hours = (b - a).total_seconds() / 3600.0
-        if hours <= 0:
-            continue
+    for i in np.flatnonzero(hours > 0).tolist():
         # grid + battery − curtailed = load − available PV: the grid power with no battery, before the export cap
         cost, cost_nb, _ = energy_money(float(plan.grid_kw[i]), float(plan.pv_kw[i]),
-                                        float(plan.battery_kw[i] - plan.curtail_kw[i]), hours,
+                                        float(plan.battery_kw[i] - plan.curtail_kw[i]), float(hours[i]),
                                         float(plan.import_price[i]), float(plan.export_price[i]), export_cap_kw)
         saved += cost_nb - cost
     return saved
