@@ -124,6 +124,12 @@ def week_figure(result: RunResult, names: list[str]) -> str:
     return _svg(fig)
 
 
+def month_ticks(months: list[dict[str, Any]]) -> list[str]:
+    """The monthly bar chart's labels: "2026-02", and "2026-03\n(3 of 31 days)" for a month the period covers in
+    part (its bar is a whole month's bill for those days)."""
+    return [m["month"] + _coverage(m).replace(" (", "\n(") for m in months]
+
+
 def monthly_bills_figure(result: RunResult, names: list[str]) -> str:
     """Grouped bars: monthly bill (incl. VAT) per strategy, legend outside the bars."""
     frames = {n: result.results[n].bill.to_frame()["total"] for n in names}
@@ -133,7 +139,8 @@ def monthly_bills_figure(result: RunResult, names: list[str]) -> str:
     x = np.arange(len(table))
     for i, name in enumerate(names):
         ax.bar(x + i * width, table[name], width, label=_label(name))
-    ax.set_xticks(x + 0.4 - width / 2, table.index, rotation=0, fontsize=8)
+    ax.set_xticks(x + 0.4 - width / 2, month_ticks(result.results[names[0]].bill.to_dict()["months"]), rotation=0,
+                  fontsize=8)
     ax.set_xlabel("billing month (local)")
     ax.set_ylabel(f"bill [million {result.currency}]")
     ax.set_title("Monthly bill including VAT", fontsize=10)

@@ -16,6 +16,7 @@ from simulations.report import (
     demand_rows,
     demand_text,
     local_period,
+    month_ticks,
     plain_summary,
     strategy_rows,
     typical_week_start,
@@ -315,6 +316,7 @@ def test_demand_by_month_for_hand_made_bills() -> None:
         "Mar 2026"
     assert "A month the period covers only in part (days in brackets) is billed in full, as the utility would; " \
            "the yearly figures count its charge for the days covered." in demand_text(summary)
+    assert month_ticks(strategies["mpc"]["monthly_bills"]) == ["2026-03", "2026-04\n(3 of 30 days)"]
     energy_only = {"currency": "VND", "economics": {},
                    "strategies": {"pv_only": {"monthly_bills": [_month("2026-03", None, "2026-03-10T10:30:00+00:00",
                                                                        "peak")]}}}
