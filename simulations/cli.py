@@ -167,7 +167,9 @@ def _yr(fin: dict | None, life: int) -> str:
         return "—"
     if fin["simple_payback_years"] is not None:
         return f"{fin['simple_payback_years']:.1f}"
-    return f"> {life}" if (fin.get("payback_note") or "").startswith("does not pay back") else "—"
+    from simulations.economics import not_paid_back  # here: `ems --help` stays free of numpy and pandas
+
+    return f"> {life}" if not_paid_back(fin, "payback_note") else "—"
 
 
 def _sweep(args: argparse.Namespace) -> int:

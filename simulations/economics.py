@@ -76,6 +76,13 @@ def not_paid_back_reason(lifetime_years: int, rate: float | None = None) -> str:
     return f"does not pay back{at} within the {lifetime_years}-year life"
 
 
+def not_paid_back(finance: dict, note_key: str) -> bool:
+    """Whether a :func:`finance_summary` figure is missing because the investment does not pay back within its life
+    (``note_key`` is its note: ``payback_note``, ``discounted_payback_note`` or ``irr_note``), not because nothing
+    was invested."""
+    return (finance.get(note_key) or "").startswith("does not pay back")
+
+
 def equivalent_full_cycles(discharge_kwh: float, capacity_kwh: float) -> float:
     """Equivalent full cycles: AC energy discharged / capacity (the usable SOC window, or nameplate when the
     nameplate figure is wanted). [-]"""

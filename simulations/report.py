@@ -24,6 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from simulations.economics import not_paid_back
+
 if TYPE_CHECKING:
     from simulations.runner import RunResult
 
@@ -339,7 +341,7 @@ def _payback_cell(fin: dict[str, Any] | None, years_key: str, note_key: str, lif
     dash) where nothing was invested."""
     if fin is None or fin[years_key] is not None:
         return None if fin is None else fin[years_key]
-    return f"> {life}" if (fin.get(note_key) or "").startswith("does not pay back") else None
+    return f"> {life}" if not_paid_back(fin, note_key) else None
 
 
 def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -379,16 +381,13 @@ def strategy_notes(summary: dict[str, Any]) -> list[str]:
     life, rate = a["lifetime_years"], a["discount_rate_pct"]
     fins = [e["finance"] for e in summary["economics"].values()]
     bats = [f["battery"] for f in fins if "battery" in f]
-    def never(fin: dict[str, Any], key: str) -> bool:
-        return (fin.get(key) or "").startswith("does not pay back")
-
     notes = []
-    if any(never(f["system"], "payback_note") for f in fins):
+    if any(not_paid_back(f["system"], "payback_note") for f in fins):
         notes.append(f"PV + battery payback > {life}: does not pay back within the {life}-year life")
-    if any(never(b, "discounted_payback_note") for b in bats):
+    if any(not_paid_back(b, "discounted_payback_note") for b in bats):
         notes.append(f"battery payback, discounted > {life}: does not pay back at {rate:g} % within the "
                      f"{life}-year life")
-    if any(never(b, "irr_note") for b in bats):
+    if any(not_paid_back(b, "irr_note") for b in bats):
         notes.append(f"battery IRR {DASH}: none, the battery does not pay back within the {life}-year life")
     if any(b.get("break_even_per_kwh") is None for b in bats):
         notes.append(f"battery break-even cost {DASH}: none, it would not pay back even if it were free")
