@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from controller.modes import Mode, ModeMachine, Request
 from ems.clock import Clock
-from ems.yamlfile import field_path
+from ems.yamlfile import readable_errors
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def parse_command(data: dict | BaseModel) -> SetMode | ManualSetpoint | SocReser
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        raise ValueError("; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())) from exc
+        raise ValueError("; ".join(str(e) for e in readable_errors(Command, data, exc.errors()))) from exc
 
 
 def sender(interface: str, identity: str | None) -> str:

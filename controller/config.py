@@ -42,9 +42,9 @@ from drivers.profile import PROFILE_DIR, Profile, load_profile, profile_path
 from drivers.roles import CANONICAL_POINTS, Role
 from drivers.simulated.config import SimulationConfig
 from drivers.sunspec import reference_errors as sunspec_reference_errors
-from ems.yamlfile import ConfigError, FieldError, error_message, field_path, other_kind, read_yaml
-from optimizer.site import PlanningSite, StrictModel, TariffRef, aggregate_units
-from optimizer.tariff import load_tariff
+from ems.yamlfile import ConfigError, FieldError, other_kind, read_yaml, readable_errors
+from optimizer.site import PlannerSettings, PlanningSite, StrictModel, TariffRef, aggregate_units
+from optimizer.tariff import Tariff, load_tariff
 
 
 class ControlSettings(StrictModel):
@@ -324,10 +324,13 @@ def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
             ref = None  # reported by the schema check
         if ref is not None:
             try:
-                load_tariff(ref, base_dir)
+                tariff = load_tariff(ref, base_dir)
             except ConfigError as exc:
                 where = "tariff.preset" if ref.preset is not None else "tariff.file"
-                errors += [FieldError(where, f"{exc.source}: {e}") for e in exc.errors]
+                errors += [FieldError(where, e.message if e.field == where else f"{exc.source}: {e}")
+                           for e in exc.errors]
+            else:
+                errors += step_errors(data.get("planner"), tariff)
     raw_devices = data.get("devices")
     if isinstance(raw_devices, list):
         for i, dev in enumerate(raw_devices):
@@ -358,6 +361,16 @@ def _reference_errors(data: dict, base_dir: Path) -> list[FieldError]:
     return errors
 
 
+def step_errors(raw_planner: object, tariff: Tariff) -> list[FieldError]:
+    """``planner.step_minutes`` against the tariff's windows (:meth:`Tariff.step_problems`), when the planner
+    section is otherwise valid (else the schema check reports it)."""
+    try:
+        settings = PlannerSettings.model_validate(raw_planner or {})
+    except ValidationError:
+        return []
+    return [FieldError("planner.step_minutes", why) for why in tariff.step_problems(settings.step_minutes)]
+
+
 def validate_config(data: object, source: str, base_dir: Path) -> SiteConfig:
     """Validate parsed YAML; raises :class:`ConfigError` listing every problem with its field path."""
     if data is None:
@@ -372,7 +385,7 @@ def validate_config(data: object, source: str, base_dir: Path) -> SiteConfig:
         wrong = other_kind(data, SiteConfig)
         if wrong is not None:
             raise ConfigError(source, [wrong]) from None
-        errors += [FieldError(field_path(e["loc"]), error_message(e)) for e in exc.errors()]
+        errors += readable_errors(SiteConfig, data, exc.errors())
         with contextlib.suppress(ValidationError):  # else the device errors are among the schema errors
             # a valid device list is checked as a whole even when another section is not
             errors += device_group_errors(_DEVICE_LIST.validate_python(data.get("devices")))

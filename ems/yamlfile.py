@@ -9,11 +9,13 @@ number that is not finite (``.inf``, ``.nan``, ``1e999``). Where text belongs bu
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Iterator, Sequence
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -181,17 +183,122 @@ def validate(model: type[ModelT], data: Any, source: str) -> ModelT:
         wrong = other_kind(data, model)
         if wrong is not None:
             raise ConfigError(source, [wrong]) from None
-        found = exc.errors()
-        raise ConfigError(source, [FieldError(field_path(e["loc"]), error_message(e)) for e in found
-                                   if not _echo_of_a_bad_item(e, found)]) from exc
+        raise ConfigError(source, readable_errors(model, data, exc.errors())) from exc
 
 
-def error_message(error: Any) -> str:
-    """pydantic's message, with what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted)."""
+def readable_errors(root: Any, data: Any, errors: Sequence[Any]) -> list[FieldError]:
+    """pydantic's errors of validating ``data`` against type ``root``, each at the path the user wrote.
+
+    pydantic puts the branch of a union it tried into the error's location (``devices[0].endpoint.TcpEndpoint.port``,
+    ``simulation.load.shift.day_end``, a command's ``set_mode.mode``); that branch is dropped, and where several
+    branches of one union failed, only the errors of the branch that failed least are kept (a TCP endpoint with a bad
+    port is one error, not also "serial_port required, host and port not permitted" of the RTU branch).
+    """
+    located = [(e, *_user_path(data, tuple(e["loc"]))) for e in errors if not _echo_of_a_bad_item(e, errors)]
+    failures: dict[tuple[Any, ...], dict[Any, int]] = {}
+    for _e, _path, branches in located:
+        for at, branch in branches:
+            failures.setdefault(at, {}).setdefault(branch, 0)
+            failures[at][branch] += 1
+    out: list[FieldError] = []
+    for e, path, branches in located:
+        if all(failures[at][branch] == min(failures[at].values()) for at, branch in branches):
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):   # the field that names the kind
+                path = (*path, str(e["ctx"]["discriminator"]).strip("'"))
+                message = ("Field required" if e["type"] == "union_tag_not_found"
+                           else f"{e['ctx']['tag']!r} is not one of {e['ctx']['expected_tags']}")
+            else:
+                message = error_message(e, root, path, dict(branches))
+            found = FieldError(field_path(path), message)
+            if found not in out:
+                out.append(found)
+    return out
+
+
+def _user_path(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[tuple[tuple[Any, ...], Any]]]:
+    """``loc`` as the path in ``data`` (the keys and indices it holds, and a missing field at the end), and the union
+    branches pydantic named along it, each as (path where the union is, branch)."""
+    path: list[Any] = []
+    branches: list[tuple[tuple[Any, ...], Any]] = []
+    node = data
+    for i, part in enumerate(loc):
+        held = ((isinstance(node, Mapping) and part in node)
+                or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)))
+        if held:
+            node = node[part]
+            path.append(part)
+        elif i == len(loc) - 1:
+            path.append(part)   # a field the data lacks, or holds where the model wants it under a new name
+        else:
+            branches.append((tuple(path), part))
+    return tuple(path), branches
+
+
+def error_message(error: Any, root: Any = None, path: Sequence[Any] = (),
+                  branches: Mapping[tuple[Any, ...], Any] | None = None) -> str:
+    """pydantic's message, readable: without its "Value error, " prefix; an unknown field with the nearest known
+    one of its section and, unless they are many, all its known ones (``root``, the validated type, and ``path``, the
+    user's path of the field, tell the section, ``branches`` the union branches taken, by path: :func:`_user_path`);
+    and what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted)."""
     if error["type"] == "string_type" and isinstance(error.get("input"), bool):
         return (f"{error['msg']}, got {str(error['input']).lower()}: YAML reads yes/no/on/off/true/false without "
                 "quotes as true or false; put the text in quotes, e.g. 'off'")
+    if error["type"] == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden" and path:
+        known = sorted(set().union(*(_keys(t) for t in _types_at(root, path[:-1], branches or {}) if _is_model(t))))
+        near = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+        guess = f"did you mean {near[0]}?" if near else ""
+        listed = f"known here: {', '.join(known)}" if known and (len(known) <= 12 or not near) else ""
+        return "; ".join(["unknown field", *filter(None, [guess, listed])])
     return error["msg"]
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's fields by the key a file gives them (the alias where there is one, e.g. ``from``)."""
+    return {(f.validation_alias if isinstance(f.validation_alias, str) else f.alias) or name: f
+            for name, f in model.model_fields.items()}
+
+
+def _members(t: Any) -> list[Any]:
+    """``t`` without ``Annotated``, ``Optional`` and unions: the plain types it can be."""
+    origin = get_origin(t)
+    if origin is Annotated:
+        return _members(get_args(t)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(t) for m in _members(arg)]
+    return [t]
+
+
+def _branch(members: list[Any], branch: Any) -> list[Any]:
+    """The members of a union that pydantic's ``branch`` names (a model by its class name, or by the value of its
+    discriminator field); all of them when none matches."""
+    named = [m for m in members if _is_model(m) and (m.__name__ == branch or any(
+        branch in get_args(f.annotation) for f in m.model_fields.values() if get_origin(f.annotation) is Literal))]
+    return named or members
+
+
+def _types_at(root: Any, path: Sequence[Any], branches: Mapping[tuple[Any, ...], Any]) -> list[Any]:
+    """The types the value at ``path`` can have when the whole is of type ``root`` (models, lists, mappings), the
+    unions along it narrowed to the ``branches`` pydantic took (by path)."""
+    found = _branch(_members(root), branches[()]) if () in branches else _members(root)
+    for depth, part in enumerate(path, start=1):
+        inner: list[Any] = []
+        for t in found:
+            args = get_args(t)
+            if _is_model(t) and isinstance(part, str) and part in _keys(t):
+                inner += _members(_keys(t)[part].annotation)
+            elif get_origin(t) in (list, tuple, Sequence) and isinstance(part, int) and args:
+                inner += _members(args[0])
+            elif get_origin(t) in (dict, Mapping) and len(args) == 2:
+                inner += _members(args[1])
+        at = tuple(path[:depth])
+        found = _branch(inner, branches[at]) if at in branches else inner
+    return found
 
 
 def _echo_of_a_bad_item(error: Any, errors: Sequence[Any]) -> bool:

@@ -383,6 +383,14 @@ class PlannerSettings(StrictModel):
         description="Weight on the demand rate of the peak rise such an excess would cause where the battery could "
                     "not absorb it: the chance it comes (0.1 for the P90 excess) [-]")
 
+    @field_validator("step_minutes")
+    @classmethod
+    def _on_the_clock(cls, value: int) -> int:
+        if 60 % value:
+            raise ValueError(f"{value} does not divide an hour; steps start on the clock: choose 1, 2, 3, 4, 5, 6, "
+                             "10, 12, 15, 20, 30 or 60")
+        return value
+
     @model_validator(mode="after")
     def _whole_blocks(self) -> PlannerSettings:
         if self.block_minutes > self.step_minutes and self.block_minutes % self.step_minutes:

@@ -27,7 +27,7 @@ from optimizer.tariff_calendar import (
     local_steps,
     month_label,
 )
-from optimizer.tariff_schema import DAY_TYPES, MINUTES_PER_DAY, Dated, TariffSpec, check_tariff
+from optimizer.tariff_schema import DAY_TYPES, MINUTES_PER_DAY, Dated, TariffSpec, check_tariff, format_minutes
 
 PRESET_DIR = Path(__file__).with_name("tariffs")
 _BEGINNING = np.datetime64("0001-01-01", "D")
@@ -140,6 +140,21 @@ class Tariff:
         self.edges_min = np.array(sorted({w.start for schedule in spec.schedules for d in DAY_TYPES
                                           for w in getattr(schedule, d) or ()} | {MINUTES_PER_DAY}), dtype=np.int64)
 
+    def step_problems(self, step_minutes: int) -> list[str]:
+        """Why steps of ``step_minutes`` cannot carry this tariff: a window that starts inside a step (that step
+        would be priced and named by the period at its start), or a demand-charge window that is not whole steps."""
+        problems = []
+        off_grid = [int(m) for m in self.edges_min if m % step_minutes]
+        if off_grid:
+            shown = ", ".join(format_minutes(m) for m in off_grid[:4]) + (" …" if len(off_grid) > 4 else "")
+            problems.append(f"{step_minutes}-minute steps straddle this tariff's window edges at {shown} (local); "
+                            "choose a step that divides the windows")
+        windows = sorted({d.window_minutes for d in self.spec.demand_charges if d.window_minutes % step_minutes})
+        if windows:
+            problems.append(f"{step_minutes}-minute steps do not make up this tariff's {windows[0]}-minute demand "
+                            "window; choose a step that divides it")
+        return problems
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -159,7 +174,7 @@ class Tariff:
         shipped = list_presets()
         if name not in shipped:
             raise ConfigError(f"tariff preset {name!r}",
-                              [FieldError("tariff.preset", f"unknown preset; shipped: {', '.join(shipped)}")])
+                              [FieldError("tariff.preset", f"unknown preset {name!r}; shipped: {', '.join(shipped)}")])
         return cls.from_file(PRESET_DIR / f"{name}.yaml")
 
     def bind(self, timezone: str, extra_holidays: Iterable[date] = ()) -> SiteTariff:

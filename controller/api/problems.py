@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ems.yamlfile import field_path
+from ems.yamlfile import error_message, field_path
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://pv-battery-ems.example/problems/"
@@ -89,7 +89,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"where": field_path(e.get("loc", ())), "message": str(e.get("msg", ""))[:300]}
+        errors = [{"where": field_path(e.get("loc", ())), "message": error_message(e)[:300]}
                   for e in exc.errors()][:20]
         return problem(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
                        kind="invalid-request", errors=errors)
