@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "simulated-site.yaml"
-"""The example site file ``ems run --simulate`` uses without ``--config`` (in a source checkout)."""
+"""The example site file ``ems run --simulate`` uses without ``--config`` (a source checkout and an installed package
+both have it: ``deploy/examples`` is package data, tests/test_packaging.py)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
