@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +270,20 @@ async def _scan_text(config) -> str:
         pool.close()
 
 
+@contextlib.contextmanager
+def _reported_by_the_command() -> Iterator[None]:
+    """One-shot commands print each device they could not reach themselves, and do not retry: the driver's
+    "unreachable …; retrying with back-off" warning, written for the controller, is left out unless ``-v``."""
+    device_log = logging.getLogger("drivers.device")
+    level = device_log.level
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        device_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        device_log.setLevel(level)
+
+
 async def _with_device(config, base_dir: Path, run) -> int:
     """Open one device, run ``run(device)``; a refusal or an unreachable device is one line on stderr."""
     from drivers.commissioning import Refused
@@ -277,7 +294,8 @@ async def _with_device(config, base_dir: Path, run) -> int:
     pool = ConnectionPool()
     try:
         (device,) = open_devices([config], WallClock(), pool, base_dir)
-        return await run(device)
+        with _reported_by_the_command():
+            return await run(device)
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -296,7 +314,8 @@ async def _poll_and_print(configs: list, base_dir: Path) -> int:
     pool = ConnectionPool()
     try:
         devices = open_devices(configs, WallClock(), pool, base_dir)
-        results = await asyncio.gather(*(d.poll() for d in devices))
+        with _reported_by_the_command():
+            results = await asyncio.gather(*(d.poll() for d in devices))
     finally:
         pool.close()
     rows = [("device", "point", "value", "unit", "quality", "detail")]
@@ -305,7 +324,7 @@ async def _poll_and_print(configs: list, base_dir: Path) -> int:
             value = "" if r.value is None else (f"{r.value:.6g}" if isinstance(r.value, float) else str(r.value))
             rows.append((device.name, name, value, r.unit, str(r.quality), r.meaning or r.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
+    for row in rows if len(rows) > 1 else ():   # no table of headings alone
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5])
     down = [d.name for d in devices if not d.online]
     for name in down:

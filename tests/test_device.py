@@ -400,10 +400,11 @@ async def test_cli_read_prints_every_point_and_flags_unreachable(tmp_path: Path,
     assert re.search(r"gone\s+soc_pct\s+%\s+missing", out) and "unreachable: gone" in out
 
 
-def test_an_unreachable_device_is_logged_once_by_us_not_on_every_retry_by_pymodbus(tmp_path: Path) -> None:
+def test_an_unreachable_device_is_said_once_by_us_not_on_every_retry_by_pymodbus(tmp_path: Path) -> None:
     """pymodbus warns "Failed to connect" on each attempt of each unreachable device (three lines every retry for
-    the example site while its devices were down); our driver says it once per device, with the address. pymodbus
-    speaks again from ``-vv``."""
+    the example site while its devices were down); ``ems devices read`` says it once per device, with the address,
+    in its own output, and not also as the controller's "retrying with back-off" warning (it does not retry). The
+    driver's warning comes back from ``-v``, pymodbus from ``-vv``."""
     import subprocess
     import sys
 
@@ -411,15 +412,18 @@ def test_an_unreachable_device_is_logged_once_by_us_not_on_every_retry_by_pymodb
     site.write_text(f"devices:\n  - {{name: m, role: meter, profile: sunspec-meter, timeout_s: 0.3,"
                     f" endpoint: {{host: 127.0.0.1, port: {free_port()}}}}}\n")
 
-    def stderr(*flags: str) -> str:
+    def run(*flags: str) -> subprocess.CompletedProcess:
         done = subprocess.run([sys.executable, "-m", "ems.cli", *flags, "devices", "read", "--config", str(site)],
                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
         assert done.returncode == 1, done.stderr
-        return done.stderr
+        return done
 
-    quiet = stderr()
-    assert "device m unreachable (cannot connect to tcp://127.0.0.1:" in quiet and "pymodbus" not in quiet
-    assert "pymodbus" in stderr("-vv")
+    quiet = run()
+    assert "unreachable: m (cannot connect to tcp://127.0.0.1:" in quiet.stdout
+    assert "retrying" not in quiet.stderr and "pymodbus" not in quiet.stderr, quiet.stderr
+    told = run("-v").stderr
+    assert "device m unreachable (cannot connect to tcp://127.0.0.1:" in told and "pymodbus" not in told
+    assert "pymodbus" in run("-vv").stderr
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
