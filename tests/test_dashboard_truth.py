@@ -280,6 +280,15 @@ async def test_each_unit_shows_its_power_setpoint_and_soc(tmp_path: Path, monkey
         await page.set_viewport_size({"width": 390, "height": 844})
         widths = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert widths[0] <= widths[1], widths
+        # the charts are redrawn at their width on the phone: one chart unit is one pixel both ways, so the axis
+        # labels keep their 11 px shape (a fixed 900-unit viewBox squeezed them to 40 % of their width)
+        scale = """(id) => { const m = document.getElementById(id).getScreenCTM(); return [m.a, m.d]; }"""
+        await page.wait_for_function(f"(({scale})('chart-power')[0] > 0.99)")
+        for chart in ("chart-power", "chart-soc"):
+            horizontal, vertical = await page.evaluate(f"({scale})('{chart}')")
+            assert horizontal == pytest.approx(1, abs=0.01) and vertical == pytest.approx(1, abs=0.01), chart
+        hours = await page.eval_on_selector_all("#chart-power text.xtick", "els => els.map(e => e.textContent)")
+        assert hours == ["00:00", "06:00", "12:00", "18:00"], hours   # every 6 h where 3-hourly labels would touch
         await context.close()
     finally:
         await site.telemetry.aclose()

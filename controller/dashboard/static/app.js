@@ -639,12 +639,20 @@ function midnights(t0, t1) {
   return out;
 }
 
+// A chart's drawing area in the chart's own CSS pixels: its viewBox is as wide as the chart is on screen, so the
+// labels keep their size and shape on a phone and on a wide screen (a fixed 900-unit viewBox stretched to the width
+// squeezed them to 40 % of their width on a 390 px phone).
+function chartFrame(svg, height, t0, t1) {
+  const W = Math.round(svg.getBoundingClientRect().width) || 900, pad = { l: 58, r: 8, t: 8, b: 20 };
+  svg.setAttribute("viewBox", `0 0 ${W} ${height}`);
+  return { W, pad, x: (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r) };
+}
+
 function drawChart(svg, height, series, yFixed, unit) {
   svg.replaceChildren();
   const now = nowMs();
   const [t0, t1] = chartRange();
-  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 };
-  const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
+  const { W, pad, x } = chartFrame(svg, height, t0, t1);
   const inDay = (pts) => pts.filter(([ts]) => ts >= t0 && ts <= t1);
   const all = series.flatMap((s) => inDay(s.points).map(([, v]) => v)).filter((v) => v !== null);
   let [lo, hi] = yFixed || [Math.min(0, ...all), Math.max(1, ...all)];
@@ -663,7 +671,8 @@ function drawChart(svg, height, series, yFixed, unit) {
     el("text", { x: 2, y: y(v) + 4, class: "tick ytick" }, svg).textContent = `${num(v, 0)} ${unit}`;
   }
   if (viewSpan() === "day") {
-    for (let h = 0; h <= 24; h += 3) {
+    const every = (W - pad.l - pad.r) / 8 < 44 ? 6 : 3;   // hours between labels: a label needs ~40 px
+    for (let h = 0; h <= 24; h += every) {
       const tx = t0 + h * 3_600_000;
       el("line", { x1: x(tx), x2: x(tx), y1: pad.t, y2: height - pad.b, class: "axis" }, svg);
       if (h < 24) el("text", { x: x(tx) + 2, y: height - 5, class: "tick xtick" }, svg).textContent = fmtTime(tx, false);
@@ -802,9 +811,8 @@ function renderPeriodLegend(t0) {
 
 // One hover target per 15-minute step of the past: its title reads what was planned beside what happened.
 const STEP_MS = 900_000;
-function stepTargets(svg, t0, t1, rows) {
-  const W = 900, pad = { l: 58, r: 8, t: 8, b: 20 }, height = 240;
-  const x = (ts) => pad.l + ((ts - t0) / (t1 - t0)) * (W - pad.l - pad.r);
+function stepTargets(svg, height, t0, t1, rows) {
+  const { pad, x } = chartFrame(svg, height, t0, t1);
   const steps = new Map();
   for (const r of rows) {
     if (r.ts < t0 || r.ts >= t1) continue;
@@ -842,7 +850,7 @@ function renderCharts() {
     { points: actual("battery_kw"), cls: "battery-actual" },
     { points: actual("grid_kw"), cls: "grid-actual" },
   ], null, "kW");
-  if (viewSpan() === "day") stepTargets($("chart-power"), d0, d1, rows);
+  if (viewSpan() === "day") stepTargets($("chart-power"), 240, d0, d1, rows);
   drawChart($("chart-soc"), 140, [
     { points: actual("plan_soc_pct"), cls: "soc-plan past" },
     { points: planSoc().filter(([ts]) => ts >= nowMs()), cls: "soc-plan" },
@@ -925,6 +933,7 @@ async function main() {
   });
   setupControl();
   setupNavigation();
+  window.addEventListener("resize", scheduleRender);   // the charts are drawn at their width on screen
   connect();
   // the site's time: the latest state's clock (a simulation runs faster than the wall), else the wall clock
   const tick = () => { $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`; };
