@@ -82,7 +82,7 @@ class ValidationSettings(BaseModel):
         description="grid_kw still bit-identical this long after PV + battery power moved → stale [s]")
     battery_stuck_s: float = Field(
         default=10.0, gt=0,
-        description="battery_kw still bit-identical this long after the command changed, not following it → stale [s]")
+        description="battery_kw still bit-identical this long after the command left it, not following it → stale [s]")
     meter_stuck_s: float = Field(
         default=10.0, gt=0,
         description="every point of the meter bit-identical this long → stale (a live meter's voltages never hold "
@@ -447,7 +447,8 @@ class Validator:
                      f"{t.moved:.0f} kW")
 
     def _battery_stuck(self, raw: Mapping[str, float], now: datetime, commanded: float | None, mark: Mark) -> None:
-        """Battery power frozen while the command changed and the battery does not follow it."""
+        """Battery power frozen since the command left it, not following it: the window starts when the command
+        moves away from what the battery reads (a battery reading its command has followed)."""
         cfg, move = self.settings, self.move_kw
         bat = raw.get("battery_kw")
         if bat is not None:
@@ -459,8 +460,10 @@ class Validator:
                 if raw.get("max_discharge_kw") is not None:
                     hi = min(hi, raw["max_discharge_kw"])
                 expected = min(max(commanded, lo), hi) if lo <= hi else 0.0
-                if t.ref is None:
-                    t.ref = commanded
+                if t.ref is None or abs(expected - bat) <= move:
+                    # at what it is asked: it has followed, whatever the command was before (a one-cycle command
+                    # it never read must not start the window); the window starts when the command leaves it
+                    t.ref, t.moved, t.moved_at = commanded, 0.0, None
                 since_move = t.note_move(abs(commanded - t.ref), move, now)
                 if since_move >= self._window(cfg.battery_stuck_s) and abs(expected - bat) > move:
                     mark("battery_kw", Quality.STALE, "stuck",

@@ -129,6 +129,27 @@ def test_the_stuck_window_starts_when_the_command_changes_not_when_the_value_did
     assert all(r[0].readings["battery_kw"].ok and not r[1] for r in results)
 
 
+def test_a_battery_at_its_command_has_followed_whatever_the_command_was_before():
+    """Seen live on the multi-asset demo, 7 Dec 2026: the command flipped between 205 kW (export cap) and 250 kW
+    (plan) every cycle; one 205 kW never reached the battery, which read 250 kW from then on, as commanded, for
+    38 s. When the command next went to 205 kW, the rule counted its window from the flip the battery never saw
+    and marked it "unchanged at 250 kW for 38 s after the command changed to 205 kW": stale, the site to its safe
+    state. A battery reading what it is asked has followed; the window starts when the command leaves it."""
+    battery = [205.0] + [250.0] * 40 + [205.0] * 5                      # follows each command one cycle late
+    snaps = [snapshot(t, battery_kw=battery[t], grid_kw=300.0 + t % 2, soc_pct=50.0 - 0.001 * t)
+             for t in range(len(battery))]
+    results = run(Validator(SITE), snaps, commanded=lambda i: 205.0 if i == 1 or i >= 40 else 250.0)
+    assert all(r[0].readings["battery_kw"].ok and not r[1] for r in results)
+    # a battery that then stays at 250 kW is stuck 10 s after the command left it, as before
+    frozen = [snapshot(t, battery_kw=battery[t] if t < 41 else 250.0, grid_kw=300.0 + t % 2,
+                       soc_pct=50.0 - 0.001 * t) for t in range(55)]
+    results = run(Validator(SITE), frozen, commanded=lambda i: 205.0 if i == 1 or i >= 40 else 250.0)
+    first = next(i for i, r in enumerate(results) if quality(r, "battery_kw") is Quality.STALE)
+    assert first == 50
+    assert "unchanged at 250 kW for 10 s after the command changed to 205 kW" in \
+        results[first][0].readings["battery_kw"].detail
+
+
 def test_battery_held_by_its_bms_is_not_stuck():
     """Command +200 kW, but the BMS allows no discharge: the battery at 0 kW is doing what it must."""
     snaps = [snapshot(t, battery_kw=0.0, max_discharge_kw=0.0, grid_kw=300.0 + t) for t in range(30)]
