@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -171,6 +172,36 @@ def test_array_source_and_shift_load():
     assert load(datetime(2026, 5, 4, 3, tzinfo=UTC)) == 800    # Monday 10:00 local
     assert load(datetime(2026, 5, 4, 13, tzinfo=UTC)) == 300   # Monday 20:00 local
     assert load(datetime(2026, 5, 10, 3, tzinfo=UTC)) == 400   # Sunday 10:00 local
+
+
+def _noise(load: ShiftLoad, steps: int, dt_s: float) -> list[float]:
+    """The load's relative noise over ``steps`` plant steps of ``dt_s`` in one day shift (800 kW). [-]"""
+    start = datetime(2026, 5, 4, 1, tzinfo=UTC)                 # Monday 08:00 local
+    return [load(start + timedelta(seconds=i * dt_s)) / 800.0 - 1.0 for i in range(steps)]
+
+
+def _std(x: list[float]) -> float:
+    mean = sum(x) / len(x)
+    return math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+
+
+def test_the_load_drifts_over_a_minute_not_by_five_percent_every_step():
+    """5 % noise correlated over 60 s: over 10 hours of half-second steps (600 correlation times) its standard
+    deviation is 5 % within sampling error, and one step moves it by σ·√(2·(1 − e^(−0.5/60))) = 0.64 %, not the
+    7.1 % (5 %·√2) of independent draws."""
+    drift = _noise(ShiftLoad("Asia/Ho_Chi_Minh", 800, 300, noise_pct=5, seed=3, correlation_s=60), 72_000, 0.5)
+    assert _std(drift) == pytest.approx(0.05, rel=0.1)
+    one_step = _std([b - a for a, b in itertools.pairwise(drift)])
+    assert one_step == pytest.approx(0.05 * math.sqrt(2 * (1 - math.exp(-0.5 / 60))), rel=0.05)
+    white = _noise(ShiftLoad("Asia/Ho_Chi_Minh", 800, 300, noise_pct=5, seed=3), 20_000, 0.5)
+    assert _std(white) == pytest.approx(0.05, rel=0.05)
+    assert _std([b - a for a, b in itertools.pairwise(white)]) == pytest.approx(0.05 * math.sqrt(2), rel=0.05)
+
+
+def test_the_load_at_one_instant_is_one_value():
+    load = ShiftLoad("Asia/Ho_Chi_Minh", 800, 300, noise_pct=5, seed=1, correlation_s=60)
+    now = datetime(2026, 5, 4, 3, tzinfo=UTC)
+    assert load(now) == load(now) != load(now + timedelta(seconds=1))
 
 
 @settings(max_examples=100, deadline=None)

@@ -61,7 +61,11 @@ class ShiftLoadConfig(StrictModel):
     day_start: time = time(7)
     day_end: time = time(19)
     sunday_factor: float = Field(default=1.0, ge=0)
-    noise_pct: float = Field(default=0.0, ge=0, le=100, description="[%]")
+    noise_pct: float = Field(default=0.0, ge=0, le=100, description="Standard deviation of the noise [%]")
+    noise_correlation_s: float = Field(
+        default=60.0, ge=0,
+        description="Time over which the noise forgets itself (Ornstein-Uhlenbeck; a factory's load drifts from "
+                    "minute to minute, not by 5 % every half second); 0: an independent draw each plant step [s]")
     seed: int = 0
 
 

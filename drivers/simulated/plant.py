@@ -306,13 +306,19 @@ class ArraySource:
 class ShiftLoad:
     """A factory load with a day shift, for the simulated site: ``day_kw`` from ``day_start`` to ``day_end``
     local time (past midnight when it ends before it starts: ``optimizer.shift``), ``night_kw`` otherwise,
-    × ``sunday_factor`` on Sundays, with Gaussian noise of ``noise_pct`` %.
+    × ``sunday_factor`` on Sundays, times 1 + noise of standard deviation ``noise_pct`` %.
 
-    The noise is a seeded sequence (one draw per call), so a run is reproducible for a given call sequence.
+    The noise is an Ornstein-Uhlenbeck process that forgets itself over ``correlation_s`` seconds of site time: a
+    factory's load drifts from minute to minute (a standard deviation of ``noise_pct`` % over the day) but moves
+    little from one second to the next (σ·√(2·dt/τ): 0.6 % in half a second at 5 % and 60 s), as a meter shows it.
+    Independent draws each step (``correlation_s`` 0) made a zero-export site's battery chase a new ±5 % load every
+    plant step, one step late. A seeded sequence (one draw per call with a later time; a call at the same time
+    returns the same value), so a run is reproducible for a given call sequence.
     """
 
     def __init__(self, timezone: str, day_kw: float, night_kw: float, day_start: time = time(7),
-                 day_end: time = time(19), sunday_factor: float = 1.0, noise_pct: float = 0.0, seed: int = 0):
+                 day_end: time = time(19), sunday_factor: float = 1.0, noise_pct: float = 0.0, seed: int = 0,
+                 correlation_s: float = 0.0):
         self._zone = ZoneInfo(timezone)
         self.day_kw = float(day_kw)
         self.night_kw = float(night_kw)
@@ -320,7 +326,9 @@ class ShiftLoad:
         self.day_end = day_end
         self.sunday_factor = float(sunday_factor)
         self.noise_pct = float(noise_pct)
+        self.correlation_s = float(correlation_s)
         self._rng = random.Random(seed)
+        self._noise: tuple[datetime, float] | None = None   # (time of the last draw, its standard normal value)
 
     def __call__(self, now: datetime) -> float:
         local = now.astimezone(self._zone)
@@ -328,8 +336,22 @@ class ShiftLoad:
         if local.weekday() == 6:
             kw *= self.sunday_factor
         if self.noise_pct:
-            kw *= 1.0 + self._rng.gauss(0.0, self.noise_pct / 100.0)
+            kw *= 1.0 + self._standard_noise(now) * self.noise_pct / 100.0
         return max(0.0, kw)
+
+    def _standard_noise(self, now: datetime) -> float:
+        """The noise at ``now``, standard normal over time: an exact Ornstein-Uhlenbeck step from the last draw
+        (``correlation_s`` 0, or the first call: an independent draw). [-]"""
+        last = self._noise
+        if last is not None and now == last[0]:
+            return last[1]
+        if last is None or self.correlation_s <= 0 or now < last[0]:
+            x = self._rng.gauss(0.0, 1.0)
+        else:
+            keep = math.exp(-(now - last[0]).total_seconds() / self.correlation_s)
+            x = keep * last[1] + math.sqrt(1.0 - keep * keep) * self._rng.gauss(0.0, 1.0)
+        self._noise = (now, x)
+        return x
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,7 +212,7 @@ class SimulatedSite:
         ld = self.config.simulation.load
         if isinstance(ld, ShiftLoadConfig):
             return ShiftLoad(self.config.site.timezone, ld.day_kw, ld.night_kw, ld.day_start, ld.day_end,
-                             ld.sunday_factor, ld.noise_pct, ld.seed)
+                             ld.sunday_factor, ld.noise_pct, ld.seed, ld.noise_correlation_s)
         return series_source(ld, "simulation.load", self.config.site.timezone)
 
     @property
