@@ -203,10 +203,6 @@ competes with the loop for the interpreter, a poll of a dozen devices takes its 
 runnable processes than cores deschedules it. In site time it is this × the speed (300 s at 600x). [s]"""
 
 
-PACED_VALIDATION = ("soc_lag_s", "battery_stuck_s", "grid_stuck_s", "meter_stuck_s")
-"""``control.validation`` windows of site time that :func:`at_device_pace` floors like a unit's response time."""
-
-
 def at_device_pace(config: SiteConfig, step_s: float, speed: float) -> SiteConfig:
     """``config`` for a controller on a clock ``speed`` × real time against devices whose values change only every
     ``step_s`` site seconds (a simulated site: :attr:`~drivers.simulated.site.SimulatedSite.step_period_s`, 12 s
@@ -217,22 +213,18 @@ def at_device_pace(config: SiteConfig, step_s: float, speed: float) -> SiteConfi
     least ``step_s`` (the validation stage's stuck windows are at least ``min_cycles`` cycles), and each device's
     ``max_age_s``, ``control.groups.response_s`` and ``control.validation.soc_lag_s`` (how much older than its reading
     a SOC value may be: the simulated plant can step behind its servers) at least :data:`DEVICE_STEPS` steps and
-    :data:`LOOP_LAG_REAL_S` of real time, and so are the validation windows that judge a reading frozen while the
-    command or the plant moved (:data:`PACED_VALIDATION`: like ``response_s`` they wait for a device to follow; at
-    60x a 10 s window was 0.17 s of real time, and one slow stretch of the loop on a busy machine marked a healthy
-    battery "stuck" and sent the site to its safe state). Every other setting, and ``config`` itself, is unchanged
-    (the same object when nothing needs to change)."""
+    :data:`LOOP_LAG_REAL_S` of real time. Every other setting, and ``config`` itself, is unchanged (the same object
+    when nothing needs to change)."""
     floor_s = max(DEVICE_STEPS * step_s, LOOP_LAG_REAL_S * speed)
     ctl = config.control
     cycle_s = max(ctl.cycle_s, step_s)
     response_s = max(ctl.groups.response_s, floor_s)
-    paced = {name: max(getattr(ctl.validation, name), floor_s) for name in PACED_VALIDATION}
-    if cycle_s == ctl.cycle_s and response_s == ctl.groups.response_s \
-            and all(getattr(ctl.validation, name) == value for name, value in paced.items()) \
+    soc_lag_s = max(ctl.validation.soc_lag_s, floor_s)
+    if cycle_s == ctl.cycle_s and response_s == ctl.groups.response_s and soc_lag_s == ctl.validation.soc_lag_s \
             and all(d.max_age_s >= floor_s for d in config.devices):
         return config
     groups = ctl.groups.model_copy(update={"response_s": response_s})
-    validation = ctl.validation.model_copy(update=paced)
+    validation = ctl.validation.model_copy(update={"soc_lag_s": soc_lag_s})
     devices = [d.model_copy(update={"max_age_s": max(d.max_age_s, floor_s)}) for d in config.devices]
     return config.model_copy(update={"control": ctl.model_copy(update={"cycle_s": cycle_s, "groups": groups,
                                                                         "validation": validation}),

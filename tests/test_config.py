@@ -104,17 +104,16 @@ def test_state_dir_resolution(tmp_path, monkeypatch):
 
 
 def test_a_controller_paced_to_a_fast_simulated_site():
-    """600x: the devices step every 12 site s, so the cycle becomes 12 s; readings stale after, units answer
-    within, and a reading is judged frozen against the command or the plant only after, max(3 steps, 0.5 s of real
-    time) = 300 s. Everything else, and the file's own config, is unchanged."""
+    """600x: the devices step every 12 site s, so the cycle becomes 12 s; readings stale after, and units
+    answer within, max(3 steps, 0.5 s of real time) = 300 s. Everything else, and the file's own config, is
+    unchanged."""
     config = load_config(EXAMPLE_SITE)
     assert config.control.cycle_s == 1.0 and config.control.groups.response_s == 5.0
     paced = at_device_pace(config, 12.0, 600)
     assert paced.control.cycle_s == 12.0
     assert paced.control.groups.response_s == 300.0
     assert [d.max_age_s for d in paced.devices] == [300.0] * len(config.devices)
-    assert paced.control.validation == config.control.validation.model_copy(update={
-        "soc_lag_s": 300.0, "battery_stuck_s": 300.0, "grid_stuck_s": 300.0, "meter_stuck_s": 300.0})
+    assert paced.control.validation == config.control.validation.model_copy(update={"soc_lag_s": 300.0})
     assert paced.battery == config.battery
     assert paced.control.groups.tolerance_kw == config.control.groups.tolerance_kw
     assert config.control.cycle_s == 1.0 and [d.max_age_s for d in config.devices] == [5.0] * len(config.devices)
@@ -123,9 +122,6 @@ def test_a_controller_paced_to_a_fast_simulated_site():
     # 60x: a 1.2 s step, 30 s of lag
     at_60 = at_device_pace(config, 1.2, 60)
     assert (at_60.control.cycle_s, at_60.control.groups.response_s, at_60.devices[0].max_age_s) == (1.2, 30.0, 30.0)
-    # a battery judged "not following" only after the time a unit has to follow (10 s was 0.17 s of real time)
-    assert (at_60.control.validation.battery_stuck_s, at_60.control.validation.grid_stuck_s) == (30.0, 30.0)
-    assert at_60.control.validation.device_stuck_s == config.control.validation.device_stuck_s == 120.0
     # slower settings are kept; at 10x with the example's 0.5 s step nothing changes
     slow = config.model_copy(update={"control": config.control.model_copy(update={"cycle_s": 20.0})})
     assert at_device_pace(slow, 12.0, 600).control.cycle_s == 20.0
