@@ -90,11 +90,21 @@ def _value(readings: Mapping[str, Reading], name: str) -> float | None:
     return float(r.value)
 
 
-def _why_missing(readings: Mapping[str, Reading], name: str, error: str = "") -> str:
-    r = readings.get(name)
-    if r is None:
-        return f"{name} not read" + (f" ({error})" if error else "")
-    return f"{name} {r.quality.value}" + (f" ({r.detail})" if r.detail else "")
+def _unusable(readings: Mapping[str, Reading], names: Sequence[str], error: str = "") -> list[str]:
+    """Why each of ``names`` has no usable value, the points that share a reason named together, in ``names``'
+    order: ``battery_kw, soc_pct, max_charge_kw, max_discharge_kw not read (cannot connect to tcp://…)`` for a unit
+    that does not answer (the same cause four times over made the reason unreadable on the dashboard)."""
+    by_reason: dict[str, list[str]] = {}
+    for name in names:
+        if _value(readings, name) is not None:
+            continue
+        r = readings.get(name)
+        if r is None:
+            reason = "not read" + (f" ({error})" if error else "")
+        else:
+            reason = r.quality.value + (f" ({r.detail})" if r.detail else "")
+        by_reason.setdefault(reason, []).append(name)
+    return [f"{', '.join(points)} {reason}" for reason, points in by_reason.items()]
 
 
 def _toward_zero(x: float, step: float) -> float:
@@ -400,8 +410,7 @@ class BatteryGroup(Group):
             st.soh_pct = u.soh.value
         bms_ch, bms_dis = _value(r, "max_charge_kw"), _value(r, "max_discharge_kw")
         self._follow(u, None if bms_ch is None or bms_dis is None else (-bms_ch, bms_dis), now_s)
-        data = [_why_missing(r, n, error) for n in ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw")
-                if _value(r, n) is None]
+        data = _unusable(r, ("battery_kw", "soc_pct", "max_charge_kw", "max_discharge_kw"), error)
         alarm = _value(r, "battery_alarm")
         named = r["battery_alarm"].meaning if alarm else ""
         faults = [f"faulted (alarm word {alarm:g}{': ' + named if named else ''})"] if alarm else []
@@ -481,7 +490,7 @@ class PVGroup(Group):
             st, r = u.state, readings.get(u.name, {})
             st.measured_kw = _value(r, "pv_kw")
             self._follow(u, (-math.inf, math.inf), now_s)
-            missing = [] if st.measured_kw is not None else [_why_missing(r, "pv_kw", (errors or {}).get(u.name, ""))]
+            missing = _unusable(r, ("pv_kw",), (errors or {}).get(u.name, ""))
             self._judge(u, missing, [])
         units = list(self.units.values())
         powers = [u.state.measured_kw for u in units if u.state.measured_kw is not None]

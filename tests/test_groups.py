@@ -75,6 +75,10 @@ def test_a_unit_drops_out_at_once_and_comes_back_when_healthy():
     assert "battery_kw stale (older than 5 s)" in group.alarms()["unit_out:bess-2"]
     group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80, alarm=4)}, 11.0)
     assert "faulted (alarm word 4)" in group.alarms()["unit_out:bess-2"]
+    # a unit that does not answer: the points that share the cause are named together, the cause once
+    group.observe({"bess-1": bat(soc=50), "bess-2": {}}, 12.0, {"bess-2": "cannot connect to tcp://10.0.0.32:502"})
+    assert group.alarms()["unit_out:bess-2"] == ("bess-2 out of the battery group: battery_kw, soc_pct, max_charge_kw, "
+                                                 "max_discharge_kw not read (cannot connect to tcp://10.0.0.32:502)")
 
 
 def test_bms_zero_inside_the_window_takes_a_unit_out_but_a_full_unit_only_stops_charging():
