@@ -372,6 +372,18 @@ class BatteryGroup(Group):
                 "max_discharge_kw": sum(u.state.discharge_kw for u in inside) if inside else None,
                 **({} if soh is None else {"soh_pct": soh})}
 
+    def in_use_energy(self) -> tuple[float, float] | None:
+        """While some unit is out of the group and another in it: (the energy the units in the group hold at full
+        SOC, the energy they hold now) [kWh] — the battery a plan can dispatch, setpoints going to them only (a
+        unit out, unreachable or faulted, holds energy no setpoint reaches; planning on the whole nameplate at the
+        others' SOC promised the plan energy it did not have). None otherwise: every unit in, or none (no plan is
+        followed then)."""
+        inside = [u for u in self.units.values() if u.state.in_group]
+        if not inside or len(inside) == len(self.units):
+            return None
+        return (sum(self._capacity_kwh(u) for u in inside),
+                sum(self._capacity_kwh(u) * u.state.soc_pct / 100.0 for u in inside))  # type: ignore[operator]
+
     def _capacity_kwh(self, u: _Unit) -> float:
         """The energy unit ``u`` holds at full SOC now: its nameplate × its state of health. [kWh]"""
         return self._spec(u).capacity_kwh * health_share(u.state.soh_pct)

@@ -316,7 +316,7 @@ class PlanKeeper:
         self.planner = planner
         """The planner of the battery as it is now (:meth:`at_health`)."""
         self._nameplate = planner
-        self._planned_soh: float | None = None
+        self._planned_for: tuple[float | None, float] = (None, 1.0)
         self.settings = settings
         self.grid_spec = grid_spec
         self.tariff = tariff
@@ -435,17 +435,21 @@ class PlanKeeper:
         duration_h[0] = (start + step - now).total_seconds() / 3600.0
         return TimeGrid(starts, duration_h)
 
-    def at_health(self, soh_pct: float | None) -> Planner:
+    def at_health(self, soh_pct: float | None, in_use_share: float = 1.0) -> Planner:
         """The planner of the battery at the state of health ``soh_pct`` [%] (:meth:`BatteryUnit.at_health
-        <optimizer.site.BatteryUnit.at_health>`: the nameplate's when None), made when that changes, with the month's
-        peak target of its energy; it becomes :attr:`planner`."""
-        used = planning_soh_pct(soh_pct)
-        if used != self._planned_soh:
+        <optimizer.site.BatteryUnit.at_health>`: the nameplate's when None) and of ``in_use_share`` of that energy
+        (units of an asset group out of it: :attr:`SiteState.in_use_share <optimizer.service.SiteState>`, to three
+        places), made when either changes, with the month's peak target of its energy; it becomes
+        :attr:`planner`."""
+        key = (planning_soh_pct(soh_pct), round(min(max(in_use_share, 0.0), 1.0), 3))
+        if key != self._planned_for:
             base = self._nameplate
-            self.planner = base if used is None else Planner(base.battery.at_health(used), base.grid, base.settings,
-                                                             base.steps)
+            battery = base.battery.at_health(key[0])
+            if key[1] < 1.0:
+                battery = battery.model_copy(update={"capacity_kwh": battery.capacity_kwh * key[1]})
+            self.planner = base if battery is base.battery else Planner(battery, base.grid, base.settings, base.steps)
             self.peak_target = PeakTarget(self.planner.battery, self.settings.demand_target_days)
-            self._planned_soh = used
+            self._planned_for = key
         return self.planner
 
     def inputs(self, now: datetime, site: SiteState) -> PlanInputs:
@@ -453,7 +457,7 @@ class PlanKeeper:
         thread), for the battery at ``site.soh_pct`` (:meth:`at_health`). A plan made within a running step keeps
         the battery power of the step followed now for the rest of it; one made at a step's start (as every interval
         re-plan, and every offline re-plan) is free there."""
-        self.at_health(site.soh_pct)
+        self.at_health(site.soh_pct, site.in_use_share)
         grid = self.grid_from(now)
         pv_kw, load_kw = self.forecasts.forecast(grid)
         tariff = TariffSteps.of(self.tariff, grid.starts)
@@ -541,14 +545,21 @@ class Replanner:
         Real seconds one attempt (forecasts, build, solve) may take.
     on_outcome : callable
         ``on_outcome(outcome, why, now)`` after every attempt that ran (alarms, persistence, publication).
+    in_use_energy : callable
+        ``in_use_energy()``: while some battery unit is out of its asset group, (the energy the units in it hold at
+        full SOC, what they hold now) [kWh], else None (:meth:`controller.groups.BatteryGroup.in_use_energy`): plans
+        are then made for those units only.
     """
 
     def __init__(self, keeper: PlanKeeper, clock: Clock, control: ControlSettings, replan_minutes: int,
                  health: BatteryHealth, timeout_s: float,
-                 on_outcome: Callable[[PlanOutcome, str, datetime], None]):
+                 on_outcome: Callable[[PlanOutcome, str, datetime], None],
+                 in_use_energy: Callable[[], tuple[float, float] | None] = lambda: None):
         self.keeper, self.clock, self.control = keeper, clock, control
         self.replan_minutes, self.health, self.timeout_s = replan_minutes, health, timeout_s
         self.on_outcome = on_outcome
+        self.in_use_energy = in_use_energy
+        """The battery units in use while some are out of their group (``BatteryGroup.in_use_energy``). [kWh]"""
         self.replan_until: datetime | None = None
         self.last_try: float | None = None
         """Site monotonic time of the last attempt. [s]"""
@@ -606,9 +617,13 @@ class Replanner:
         soc = snap.value("soc_pct") if snap is not None else None
         if snap is None or soc is None:
             return None
-        return SiteState(soc_kwh=soc / 100.0 * self.health.capacity_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
+        soc_kwh, share = soc / 100.0 * self.health.capacity_kwh, 1.0
+        in_use = self.in_use_energy()
+        if in_use is not None and self.health.capacity_kwh > 0:   # units out of the group: plan those in it
+            share, soc_kwh = in_use[0] / self.health.capacity_kwh, in_use[1]
+        return SiteState(soc_kwh=soc_kwh, bms_max_charge_kw=snap.value("max_charge_kw"),
                          bms_max_discharge_kw=snap.value("max_discharge_kw"), month_peak_kw=month_peak_kw,
-                         window_import_kwh=window_import_kwh, soh_pct=self.health.soh_pct)
+                         window_import_kwh=window_import_kwh, soh_pct=self.health.soh_pct, in_use_share=share)
 
     async def attempt(self, why: str, snap: Snapshot | None, month_peak_kw: float,
                       window_import_kwh: float = 0.0) -> PlanOutcome | None:

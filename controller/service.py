@@ -188,7 +188,8 @@ class Controller:
         #: The battery's measured state of health: the energy plans and the SOC-rate rule count on.
         self.battery_health = BatteryHealth(bat.capacity_kwh)
         self.replanner = Replanner(self.plans, clock, ctl, config.replan_minutes, self.battery_health,
-                                   config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S, self._planned)
+                                   config.planner.time_limit_s * 2 + PLAN_TIMEOUT_MARGIN_S, self._planned,
+                                   self.assets.batteries.in_use_energy)
         self.commands = Commands(self.modes, clock, (bat.max_charge_kw, bat.max_discharge_kw),
                                  (bat.soc_min_pct, bat.soc_max_pct), self.replanner.request)
         self.accounting = Accounting(tariff, config.site.timezone, ctl.cycle_s, config.grid.export_cap_kw,
@@ -515,6 +516,13 @@ class Controller:
             self.persist(now)
         return payload
 
+    def _battery_energy(self) -> dict[str, Any]:
+        """The state's ``battery``: the energy the battery holds (its health) and, while a unit is out of its group,
+        the energy of the units in use, which plans are made for. [kWh]"""
+        in_use = self.assets.batteries.in_use_energy()
+        return {**self.battery_health.to_dict(), "in_use_kwh": None if in_use is None else in_use[0],
+                "in_use_stored_kwh": None if in_use is None else in_use[1]}
+
     def _state_payload(self, snap: Snapshot, state: ModeState, decision: Decision, target: Target | None,
                        timing: dict[str, float]) -> dict[str, Any]:
         now = snap.ts
@@ -554,7 +562,7 @@ class Controller:
                          "manual_setpoint_kw": state.request.setpoint_kw if state.request else None,
                          "soc_reserve_pct": self.commands.reserve.soc_pct if self.commands.reserve else None},
             "plan": plan_info,
-            "battery": self.battery_health.to_dict(),
+            "battery": self._battery_energy(),
             "tariff": self.accounting.prices(now),
             "today": self.accounting.today(now, plan),
             "month": self.accounting.month_value(now),

@@ -107,6 +107,10 @@ class SiteState:
     soh_pct : float | None
         The battery's measured state of health (None = plan on the nameplate): the live planner plans the energy
         it leaves (:meth:`optimizer.site.BatteryUnit.at_health`), and ``soc_kwh`` is a share of that energy. [%]
+    in_use_share : float
+        The share of that energy in battery units that take setpoints: below 1 while a unit of an asset group is out
+        of it (its energy cannot be dispatched); the live planner plans that much of the battery, and ``soc_kwh`` is
+        what those units hold (:meth:`controller.groups.BatteryGroup.in_use_energy`). [-]
     """
 
     soc_kwh: float
@@ -116,6 +120,7 @@ class SiteState:
     window_import_kwh: float = 0.0
     fixed_battery_kw: float | None = None
     soh_pct: float | None = None
+    in_use_share: float = 1.0
 
 
 PEAK_RISK_LEVEL = 0.9

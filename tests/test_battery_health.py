@@ -160,3 +160,48 @@ def test_the_plan_keeper_plans_the_energy_an_aged_battery_holds():
     assert min(aged.soc_kwh) == pytest.approx(0.8 * spec.soc_min_kwh)
     assert min(plans[None].soc_kwh) == pytest.approx(spec.soc_min_kwh)
     assert plans[None].capacity_kwh == spec.capacity_kwh
+
+
+def test_a_unit_out_of_its_group_holds_energy_no_plan_counts_on():
+    """Two units, 600 kWh at 50 % and 400 kWh not answering: the plan dispatches the 600 kWh unit only, 300 kWh
+    in it (it was made for the whole 1,000 kWh at the first unit's SOC, 500 kWh it did not have)."""
+    group = BatteryGroup(UNITS)
+    group.observe({"bess-1": bat(soc=50), "bess-2": bat(soc=80)}, 0.0)
+    assert group.in_use_energy() is None                                   # every unit in: the whole battery
+    group.observe({"bess-1": bat(soc=50), "bess-2": bat(kw=None, soc=None, ch=None, dis=None)}, 1.0)
+    assert group.in_use_energy() == (600.0, 300.0)
+    group.observe({"bess-1": bat(soc=None), "bess-2": bat(soc=None)}, 2.0)
+    assert group.in_use_energy() is None                                   # none in: no plan is followed
+
+    sc = scenario("evn-two-part-22kv")
+    spec = sc.battery.spec()
+    nameplate = Planner(spec, sc.grid, sc.planner, sc.planner.horizon_steps)
+    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
+    starts = pd.date_range("2026-05-03", periods=3 * 96, freq="15min", tz="UTC")
+    keeper = PlanKeeper(nameplate, sc.planner, sc.grid, tariff,
+                        KnownSeries(starts.as_unit("ns").asi8, np.zeros(len(starts)), np.full(len(starts), 600.0)))
+    now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
+    half = keeper._solve(now, SiteState(soc_kwh=0.5 * 0.6 * spec.capacity_kwh, in_use_share=0.6))
+    assert keeper.planner.battery.capacity_kwh == pytest.approx(0.6 * spec.capacity_kwh)
+    assert half.capacity_kwh == pytest.approx(0.6 * spec.capacity_kwh)
+    assert min(half.soc_kwh) == pytest.approx(0.6 * spec.soc_min_kwh)   # emptied to the floor of what is in use
+    aged = keeper._solve(now, SiteState(soc_kwh=0.5 * 0.48 * spec.capacity_kwh, soh_pct=80.0, in_use_share=0.6))
+    assert aged.capacity_kwh == pytest.approx(0.8 * 0.6 * spec.capacity_kwh)   # and of its state of health
+    keeper._solve(now, SiteState(soc_kwh=0.5 * spec.capacity_kwh))
+    assert keeper.planner is nameplate                                     # back in: the nameplate's planner
+
+
+def test_the_live_planner_is_told_what_is_in_use():
+    """The re-planner's site state: the in-use units' energy and share of the battery's while a unit is out; the
+    group's SOC on the whole battery otherwise."""
+    from controller.config import ControlSettings
+    from controller.planning import Replanner
+
+    in_use: list[tuple[float, float] | None] = [(600.0, 300.0)]
+    replanner = Replanner(None, None, ControlSettings(), 15, BatteryHealth(1000.0), 1.0,  # type: ignore[arg-type]
+                          lambda *_: None, lambda: in_use[0])
+    site = replanner.site_now(snapshot(0, soc_pct=62.0), 0.0, 0.0)
+    assert site is not None and (site.soc_kwh, site.in_use_share) == (300.0, 0.6)
+    in_use[0] = None
+    site = replanner.site_now(snapshot(0, soc_pct=62.0), 0.0, 0.0)
+    assert site is not None and (site.soc_kwh, site.in_use_share) == (620.0, 1.0)

@@ -154,6 +154,13 @@ async def test_page_live_values_and_languages(site: Site, browser: Any) -> None:
     saved = await page.text_content("#saved-today")
     assert "1,250,700" in saved and "₫" in saved
     assert "08:01:01" in await page.text_content("#updated")           # site time zone, not the browser's
+    # a unit out of its group: the energy of the units in use, which plans are made for, not the SOC × the nameplate
+    site.bus.publish("state", {**sample_state(T0 + timedelta(seconds=62), 7), "battery": {
+        "soh_pct": None, "capacity_kwh": 1000.0, "nameplate_kwh": 1000.0, "in_use_kwh": 600.0,
+        "in_use_stored_kwh": 300.0}})
+    await page.wait_for_function("document.getElementById('soc-energy').textContent.startsWith('300 of 600 kWh')")
+    assert await page.text_content("#soc-energy") == ("300 of 600 kWh in the units in use (a unit is out of its "
+                                                      "group: plans count on these); nameplate 1,000 kWh")
     plan_path = await page.get_attribute("#chart-power path.battery-plan:not(.past)", "d")
     actual_path = await page.get_attribute("#chart-power path.battery-actual", "d")
     assert plan_path.count("L") > 50 and actual_path.startswith("M")

@@ -100,10 +100,13 @@ async def test_noon_surplus_zero_export_with_a_unit_offline_and_one_not_followin
     assert devices["inv-10"]["in_group"] is False and devices["inv-01"]["in_group"] is True
     assert devices["bess-1"]["setpoint"] < -100  # bess-1 carries on charging from the surplus
     assert last["measurements"]["max_charge_kw"]["value"] <= 250  # the group's limit shrank to bess-1's
-    # bess-1 (500 kWh at SOH 80 %) holds 400 kWh, bess-2 500: the group's SOH is 90 %, planning counts 900 kWh
+    # bess-1 (500 kWh at SOH 80 %) holds 400 kWh, bess-2 500: the group's SOH is 90 %, the battery 900 kWh; with
+    # bess-2 out of the group, plans count on bess-1's 400 kWh and what it holds at its own SOC
     assert devices["bess-1"]["soh_pct"] == 80.0 and devices["bess-2"]["soh_pct"] == 100.0
     assert last["measurements"]["soh_pct"]["value"] == pytest.approx(90.0)
-    assert last["battery"] == {"soh_pct": 90.0, "capacity_kwh": pytest.approx(900.0), "nameplate_kwh": 1000.0}
+    assert last["battery"] == {"soh_pct": 90.0, "capacity_kwh": pytest.approx(900.0), "nameplate_kwh": 1000.0,
+                               "in_use_kwh": pytest.approx(400.0),
+                               "in_use_stored_kwh": pytest.approx(4.0 * devices["bess-1"]["soc_pct"], abs=0.01)}
     assert max(d["setpoint"] for n, d in devices.items() if n.startswith("inv-") and n != "inv-10") < 100  # curtailed
     # until bess-2 is found out (response 5 s + ramp) the group's PV limit counts on its charge, and what it does
     # not absorb is exported; from then on, zero export within 1 % of the PV kWp

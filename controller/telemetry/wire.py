@@ -227,6 +227,11 @@ class BatteryEnergy(_Part):
                                                 "whole percent, 50–100); null: not reported, the nameplate")
     capacity_kwh: Number = Field(description="[kWh] the energy at full SOC: nameplate × soh_pct / 100")
     nameplate_kwh: Number = Field(description="[kWh] battery.capacity_kwh")
+    in_use_kwh: OptionalNumber = Field(
+        None, description="[kWh] while a battery unit is out of its asset group: the energy the units in it hold at "
+                          "full SOC, the battery plans are made for (controller.groups.BatteryGroup.in_use_energy); "
+                          "null: every unit in")
+    in_use_stored_kwh: OptionalNumber = Field(None, description="[kWh] what those units hold now; null: every unit in")
 
 
 class Finding(_Part):

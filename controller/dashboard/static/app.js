@@ -207,11 +207,17 @@ function render() {
   renderCharts();
 }
 
-// The energy behind the SOC: what the battery holds now (nameplate × measured state of health) and what is stored.
+// The energy behind the SOC: what the battery holds now (nameplate × measured state of health) and what is stored;
+// while a unit is out of its group, what the units in use hold (plans are made for them).
 function renderBatteryEnergy(s, soc) {
   const b = s && s.battery;
   const el = $("soc-energy");
   if (!b || !Number.isFinite(b.capacity_kwh)) { el.textContent = ""; return; }
+  if (Number.isFinite(b.in_use_kwh)) {   // a unit out of its group: its energy is not the battery's now
+    el.textContent = fill(t("energy_in_use"), { stored: num(b.in_use_stored_kwh, 0), capacity: num(b.in_use_kwh, 0),
+                                                nameplate: num(b.nameplate_kwh, 0) });
+    return;
+  }
   const vars = { stored: soc === null ? "–" : num(soc / 100 * b.capacity_kwh, 0), capacity: num(b.capacity_kwh, 0),
                  soh: b.soh_pct === null ? "" : num(b.soh_pct, 0), nameplate: num(b.nameplate_kwh, 0) };
   el.textContent = fill(t(b.soh_pct === null ? "energy_nameplate" : "energy_soh"), vars);
