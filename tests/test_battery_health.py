@@ -133,16 +133,22 @@ def test_a_change_of_the_energy_the_battery_holds_is_no_soc_jump():
     assert v.check(snapshot(2, soc_pct=30.0), None, 850.0)[0].readings["soc_pct"].quality is Quality.IMPLAUSIBLE
 
 
-def test_the_plan_keeper_plans_the_energy_an_aged_battery_holds():
-    """The same site (two-part tariff) planned at SOH None, 80 %, 80.2 % and None again: the planner, the plan's
-    capacity and SOC window follow the SOH planning uses, and the month's peak target counts the aged energy."""
+def two_part_keeper() -> tuple[BatterySpec, Planner, PlanKeeper]:
+    """The Nam Cau Kien battery (its spec, its nameplate planner) and a plan keeper of the two-part tariff over a
+    600 kW load without PV."""
     sc = scenario("evn-two-part-22kv")
     spec = sc.battery.spec()
     nameplate = Planner(spec, sc.grid, sc.planner, sc.planner.horizon_steps)
     tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
     starts = pd.date_range("2026-05-03", periods=3 * 96, freq="15min", tz="UTC")
-    keeper = PlanKeeper(nameplate, sc.planner, sc.grid, tariff,
-                        KnownSeries(starts.as_unit("ns").asi8, np.zeros(len(starts)), np.full(len(starts), 600.0)))
+    return spec, nameplate, PlanKeeper(nameplate, sc.planner, sc.grid, tariff, KnownSeries(
+        starts.as_unit("ns").asi8, np.zeros(len(starts)), np.full(len(starts), 600.0)))
+
+
+def test_the_plan_keeper_plans_the_energy_an_aged_battery_holds():
+    """The same site (two-part tariff) planned at SOH None, 80 %, 80.2 % and None again: the planner, the plan's
+    capacity and SOC window follow the SOH planning uses, and the month's peak target counts the aged energy."""
+    spec, nameplate, keeper = two_part_keeper()
     now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
     plans = {}
     for soh in (None, 80.0, 80.2, None):
@@ -173,13 +179,7 @@ def test_a_unit_out_of_its_group_holds_energy_no_plan_counts_on():
     group.observe({"bess-1": bat(soc=None), "bess-2": bat(soc=None)}, 2.0)
     assert group.in_use_energy() is None                                   # none in: no plan is followed
 
-    sc = scenario("evn-two-part-22kv")
-    spec = sc.battery.spec()
-    nameplate = Planner(spec, sc.grid, sc.planner, sc.planner.horizon_steps)
-    tariff = load_tariff(sc.tariff.ref(), sc.base_dir).bind(sc.site.timezone, sc.tariff.extra_holidays)
-    starts = pd.date_range("2026-05-03", periods=3 * 96, freq="15min", tz="UTC")
-    keeper = PlanKeeper(nameplate, sc.planner, sc.grid, tariff,
-                        KnownSeries(starts.as_unit("ns").asi8, np.zeros(len(starts)), np.full(len(starts), 600.0)))
+    spec, nameplate, keeper = two_part_keeper()
     now = datetime(2026, 5, 4, 3, 0, tzinfo=UTC)
     half = keeper._solve(now, SiteState(soc_kwh=0.5 * 0.6 * spec.capacity_kwh, in_use_share=0.6))
     assert keeper.planner.battery.capacity_kwh == pytest.approx(0.6 * spec.capacity_kwh)
