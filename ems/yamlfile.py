@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -246,12 +246,19 @@ def error_message(error: Any, root: Any = None, path: Sequence[Any] = (),
     if error["type"] == "value_error":
         return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden" and path:
-        known = sorted(set().union(*(_keys(t) for t in _types_at(root, path[:-1], branches or {}) if _is_model(t))))
-        near = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
-        guess = f"did you mean {near[0]}?" if near else ""
-        listed = f"known here: {', '.join(known)}" if known and (len(known) <= 12 or not near) else ""
-        return "; ".join(["unknown field", *filter(None, [guess, listed])])
+        known = set().union(*(_keys(t) for t in _types_at(root, path[:-1], branches or {}) if _is_model(t)))
+        return unknown_field(str(path[-1]), known)
     return error["msg"]
+
+
+def unknown_field(name: str, known: Iterable[str]) -> str:
+    """What to say of a key ``name`` its section does not have: the nearest of the ``known`` keys and, unless they
+    are many, all of them (``unknown field; did you mean tilt_deg?; known here: …``)."""
+    keys = sorted(known)
+    near = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    guess = f"did you mean {near[0]}?" if near else ""
+    listed = f"known here: {', '.join(keys)}" if keys and (len(keys) <= 12 or not near) else ""
+    return "; ".join(["unknown field", *filter(None, [guess, listed])])
 
 
 def _is_model(t: Any) -> bool:

@@ -169,8 +169,9 @@ async def test_every_command_kind_accepted(setup: tuple[Controller, MqttSink, Li
     ("manual_setpoint", {"battery_kw": 100, "ttl_s": 60, "ts": (T0 - timedelta(minutes=5)).isoformat()}, "expired"),
     ("manual_setpoint", {"battery_kw": 100, "ttl_s": 60, "ts": "2026-05-04T10:00:00"}, "needs a UTC offset"),
     ("soc_reserve", {"soc_pct": 5, "ttl_s": 60}, "outside the SOC window"),
-    ("soc_reserve", {"soc_pct": 40, "extra": 1}, "Additional properties are not allowed"),
-    ("replan", {"now": True}, "Additional properties are not allowed"),
+    ("soc_reserve", {"soc_pct": 40, "extra": 1}, "extra: unknown field; known here: id, soc_pct, ts, ttl_s"),
+    ("soc_reserve", {"soc": 40, "ttl_s": 60}, "soc: unknown field; did you mean soc_pct?"),
+    ("replan", {"now": True}, "now: unknown field; known here: id, ts, ttl_s"),
     ("self_destruct", {}, "unknown command"),
 ])
 async def test_bad_commands_rejected_with_reason(setup: tuple[Controller, MqttSink, Listener], name: str,

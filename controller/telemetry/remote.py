@@ -30,6 +30,7 @@ from jsonschema import Draft202012Validator
 from controller.commands import COMMAND_MODELS, CommandResult, sender
 from controller.telemetry.strict_json import PayloadError, loads_strict, payload_bytes, printable
 from ems.clock import Clock
+from ems.yamlfile import unknown_field
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,18 @@ def _validator(name: str) -> Draft202012Validator:
 
 
 def schema_errors(name: str, data: Any) -> list[str]:
-    """Every violation of ``cmd_<name>.json`` as ``field: message`` (empty when valid)."""
-    errors = sorted(_validator(name).iter_errors(data), key=lambda e: list(e.absolute_path))
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(payload)'}: {e.message}" for e in errors]
+    """Every violation of ``cmd_<name>.json`` as ``field: message`` (empty when valid); a key the command does not
+    have as ``ttl: unknown field; did you mean ttl_s?; …`` (:func:`ems.yamlfile.unknown_field`)."""
+    out = []
+    for e in sorted(_validator(name).iter_errors(data), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in e.absolute_path)
+        known = e.schema.get("properties", {}) if isinstance(e.schema, dict) else {}
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            out += [f"{where + '.' if where else ''}{key}: {unknown_field(str(key), known)}"
+                    for key in e.instance if key not in known]
+        else:
+            out.append(f"{where or '(payload)'}: {e.message}")
+    return out
 
 
 class CommandIntake:
