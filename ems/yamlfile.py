@@ -255,7 +255,9 @@ def unknown_field(name: str, known: Iterable[str]) -> str:
     """What to say of a key ``name`` its section does not have: the nearest of the ``known`` keys and, unless they
     are many, all of them (``unknown field; did you mean tilt_deg?; known here: …``)."""
     keys = sorted(known)
-    near = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    # the key with its unit or qualifier left off (pv → pv_kw, tilt → tilt_deg), else the closest spelling
+    near = sorted((k for k in keys if k.startswith(name + "_")), key=len)[:1] or \
+        difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
     guess = f"did you mean {near[0]}?" if near else ""
     listed = f"known here: {', '.join(keys)}" if keys and (len(keys) <= 12 or not near) else ""
     return "; ".join(["unknown field", *filter(None, [guess, listed])])

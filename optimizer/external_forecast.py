@@ -37,6 +37,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from ems.yamlfile import unknown_field
 from optimizer.forecast import History
 from optimizer.service import PEAK_RISK_LEVEL, net_load_risk_kw
 from optimizer.timegrid import TimeGrid
@@ -159,7 +160,7 @@ def parse_forecast(payload: object, now: datetime, pv_limit_kw: float | None = N
         raise ForecastInputError(f"the forecast must be a JSON object, got {type(payload).__name__}")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise ForecastInputError(f"unknown field(s) {unknown}; allowed: {', '.join(FIELDS)}")
+        raise ForecastInputError("; ".join(f"{key}: {unknown_field(str(key), FIELDS)}" for key in unknown))
     source = payload.get("source", "external")
     if not isinstance(source, str) or not source.strip() or len(source) > 64:
         raise ForecastInputError(f"source: a name of 1–64 characters is required, got {source!r}")

@@ -73,7 +73,7 @@ def test_watts_are_converted_and_a_newer_forecast_replaces_the_older():
     ({"valid_hours": 0}, r"valid_hours: a number in \(0, 48\]"),
     ({"valid_hours": 100}, r"valid_hours: a number in \(0, 48\]"),
     ({"step_minutes": 7}, "step_minutes: one of"),
-    ({"pv": [1.0]}, r"unknown field\(s\) \['pv'\]"),
+    ({"pv": [1.0]}, r"^pv: unknown field; did you mean pv_kw\?; known here: issued_at, load_kw, "),
     ({"pv_kw_p10": [1.0] * 4}, "pv_kw_p90: pv_kw_p10 was given, a band needs both"),
     ({"load_kw_p90": [500.0] * 4}, "load_kw_p10: load_kw_p90 was given, a band needs both"),
     ({"pv_kw": None, "pv_kw_p10": [1.0] * 4, "pv_kw_p90": [50.0] * 4}, "pv_kw_p10: a band needs pv_kw itself"),

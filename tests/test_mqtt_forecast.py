@@ -135,7 +135,7 @@ async def test_an_accepted_forecast_is_what_the_planner_uses_until_it_expires(si
     (forecast(pv_kw=[10.0, -5.0, 0.0, 0.0]), r"pv_kw\[1\]: -5.0 kW is negative"),
     (forecast(pv_kw=[10.0, 950.0, 0.0, 0.0]), r"pv_kw\[1\]: 950 kW is above the PV AC limit 900 kW"),
     (forecast(start="2026-05-04T03:00:00"), "start: .* has no UTC offset"),
-    (forecast(pv=[1.0]), r"unknown field\(s\) \['pv'\]"),
+    (forecast(pv=[1.0]), r"pv: unknown field; did you mean pv_kw\?"),
     (forecast(source="x" * 60000), "^source: a name of 1–64 characters is required"),
     (forecast(id=7), "id: a string of at most 64 characters"),
     (b"{not json", "malformed JSON"),
