@@ -317,7 +317,7 @@ async def leave_at_zero(device: ModbusDevice) -> StepResult:
 
 
 STEP_HEADER = ("step", "setpoint kW", "measured kW", "read-back", "response s", "result", "why")
-_WIDTHS = (13, 11, 11, 9, 10, 6)
+_WIDTHS = (13, 11, 11, 9, 10, 7)
 
 
 def row_text(cells: Sequence[str]) -> str:
@@ -328,5 +328,7 @@ def row_text(cells: Sequence[str]) -> str:
 def step_row(r: StepResult) -> list[str]:
     """A :class:`StepResult` as table cells."""
     back = "-" if r.read_back is None else "ok" if r.read_back else "MISMATCH"
-    return [r.step, f"{r.setpoint_kw:+.1f}", "-" if r.measured_kw is None else f"{r.measured_kw:+.1f}", back,
-            "-" if r.response_s is None else f"{r.response_s:.1f}", "pass" if r.passed else "FAIL", r.why]
+    result = "not run" if not r.ran else "pass" if r.passed else "FAIL"   # a step never tried did not fail
+    measured = "-" if r.measured_kw is None else f"{r.measured_kw:+.1f}"
+    return [r.step, f"{r.setpoint_kw:+.1f}" if r.ran else "-", measured, back,
+            "-" if r.response_s is None else f"{r.response_s:.1f}", result, r.why]

@@ -69,7 +69,7 @@ async def pv_limit_test(device: ModbusDevice, clock: Clock, rating_kw: float | N
     if before is None or before < MIN_SHARE * rating:
         now = why if before is None else f"it produces {before:.1f} kW"
         result = StepResult("limit", 0.0, before, None, None, False,
-                            f"not run: {now}, below {100 * MIN_SHARE:g} % of its {rating:g} kW rating, too little "
+                            f"{now}, below {100 * MIN_SHARE:g} % of its {rating:g} kW rating, too little "
                             "to see a limit; run the test when the sun is up", ran=False)
         on_step(result)
         return [result]
