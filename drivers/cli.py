@@ -231,7 +231,7 @@ async def _print_steps(device, test) -> int:
         print("interrupted", file=sys.stderr)
         raise
     passed = all(r.passed for r in results)
-    verdict = "PASS" if passed else "FAIL" if all(r.ran for r in results) else "NOT RUN (nothing was written)"
+    verdict = "PASS" if passed else "FAIL" if any(r.ran for r in results) else "NOT RUN (nothing was written)"
     print(f"{device.name}: {verdict}")
     return 0 if passed else 1
 

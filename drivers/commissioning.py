@@ -21,13 +21,14 @@ remote-control leave sequence runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from drivers.device import ModbusDevice, WriteResult
+from drivers.readings import Reading
 from drivers.roles import Role
 from ems.clock import Clock
 from ems.yamlfile import ConfigError, FieldError, read_yaml
@@ -210,6 +211,21 @@ def check_test(device: ModbusDevice, kw: float, pcs_kw: tuple[float, float] | No
     check_value(device, SETPOINT, kw, pcs_kw)
 
 
+def check_bms(name: str, kw: float, readings: Mapping[str, Reading]) -> None:
+    """Refused, before anything is written, when the unit's BMS allows less than ``kw`` in a direction now
+    (``max_charge_kw`` / ``max_discharge_kw`` as read; a point the profile lacks or that does not read is no
+    limit): the unit would rightly stop at its allowance and the step fail as "no response". [kW]"""
+    allowed = {direction: r.value for direction in ("charge", "discharge")
+               if (r := readings.get(f"max_{direction}_kw")) is not None and r.ok and isinstance(r.value, int | float)}
+    short = {d: float(v) for d, v in allowed.items() if v < kw}
+    if short:
+        said = " and ".join(f"{v:g} kW {d}" for d, v in short.items())
+        points = ", ".join(f"max_{d}_kw" for d in short)
+        raise Refused(f"{name}: its BMS allows {said} now ({points}), less than --kw {kw:g}: the unit would stop "
+                      f"there and the test fail; test with --kw {min(short.values()):g} or less, or when the BMS "
+                      "allows more (SOC, temperature, a derating)")
+
+
 async def measured_power(device: ModbusDevice, point: str = "battery_kw") -> tuple[float | None, str]:
     """A fresh poll's ``point`` (the unit's power) and, when it has no value, why. [kW]"""
     r = (await device.poll()).get(point)
@@ -277,9 +293,10 @@ async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s:
     is then left at 0 kW and out of remote control, reported as a last step ``left at 0 kW`` (an error or a
     cancellation goes on up after that)."""
     check_test(device, kw, pcs_kw)
-    await device.poll()
+    readings = await device.poll()
     if device.online is not True:
         raise ConnectionError(f"{device.name} unreachable: {device.last_error}")
+    check_bms(device.name, kw, readings)
     results: list[StepResult] = []
     try:
         entered = await device.enter_remote_control()
@@ -291,7 +308,8 @@ async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s:
             return results
         for name, setpoint in sequence(kw):
             if setpoint and not all(r.passed for r in results):
-                results.append(StepResult(name, setpoint, None, None, None, False, "skipped after a failed step"))
+                results.append(StepResult(name, setpoint, None, None, None, False, "skipped after a failed step",
+                                          ran=False))
             else:
                 results.append(await _step(device, clock, name, setpoint, tolerance_kw, hold_s, allow_s))
             on_step(results[-1])

@@ -124,9 +124,26 @@ async def test_on_the_multi_asset_site_the_unit_ignoring_its_setpoint_fails_and_
     charge = next(line for line in out.splitlines() if line.startswith("charge"))
     assert "FAIL" in charge and "no response within 2 s: measured +0.0 kW for -20.0 kW" in charge
     assert " ok " in charge          # the register took the value: only the measured power tells
-    assert "skipped after a failed step" in next(line for line in out.splitlines() if line.startswith("discharge"))
+    skipped = next(line for line in out.splitlines() if line.startswith("discharge"))
+    assert re.match(r"discharge\s+-\s+-\s+-\s+-\s+not run\s+skipped after a failed step$", skipped), skipped
     assert "pass" in next(line for line in out.splitlines() if line.startswith("zero"))
-    assert out.rstrip().endswith("bess-2: FAIL")
+    assert out.rstrip().endswith("bess-2: FAIL")                 # a step ran and failed: not "NOT RUN"
+
+
+async def test_battery_test_refuses_more_than_its_bms_allows_now(tmp_path, capsys):
+    """bess-2's BMS derated to 40 % of its 250 kW PCS: a 150 kW test would stop at 100 kW and fail as "no response"
+    (seen on the simulated multi-asset site); it is refused before anything is written, with what the BMS allows.
+    100 kW passes."""
+    path = site_file(tmp_path, MULTI_SITE, units={"bess-2": {"bms_max_charge_pct": 40}})
+    async with served(path) as site:
+        refused = await ems("devices", "test", "--config", str(path), "bess-2", "--kw", "150", *FAST)
+        untouched = site.images["bess-2"].setpoint("battery_setpoint_kw")
+        err = capsys.readouterr().err
+        passed = await ems("devices", "test", "--config", str(path), "bess-2", "--kw", "100", *FAST)
+    assert refused == 2 and untouched is None
+    assert ("refused: bess-2: its BMS allows 100 kW charge now (max_charge_kw), less than --kw 150: the unit would "
+            "stop there and the test fail; test with --kw 100 or less") in err
+    assert passed == 0 and capsys.readouterr().out.rstrip().endswith("bess-2: PASS")
 
 
 async def test_battery_test_refuses_more_than_the_pcs_and_other_roles(tmp_path, capsys):
