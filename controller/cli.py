@@ -72,6 +72,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_tokens(subparsers)
 
 
+ROLE_NAMES = {"meter": ("meter", "meters"), "pv_inverter": ("PV inverter", "PV inverters"),
+              "battery": ("battery", "batteries")}
+
+
+def site_summary(config: SiteConfig) -> str:
+    """What ``ems config check`` read, for the engineer to compare with the plant: the site, its sizes, its devices
+    by role (``10 PV inverters (inv-01 … inv-10)``) and its tariff."""
+    groups: dict[str, list[str]] = {}
+    for d in config.devices:
+        groups.setdefault(d.role.value, []).append(d.name)
+    roles = ", ".join(f"{len(names)} {ROLE_NAMES[role][len(names) > 1]} "
+                      f"({', '.join(names) if len(names) <= 3 else f'{names[0]} … {names[-1]}'})"
+                      for role, names in groups.items())
+    pv, bat = config.pv, config.battery
+    return (f"site {config.site.name} ({config.site.timezone}); PV {pv.kwp:,g} kWp / {pv.ac_limit_kw:,g} kW AC; "
+            f"battery {bat.capacity_kwh:,g} kWh / {bat.max_charge_kw:,g} kW charge / {bat.max_discharge_kw:,g} kW "
+            f"discharge; {len(config.devices)} devices: {roles}; tariff {config.tariff.preset or config.tariff.file}")
+
+
 def _check(args: argparse.Namespace) -> int:
     from controller.config import load_config, state_dir
     from controller.telemetry import read_tokens_file, tokens_file_path
@@ -79,9 +98,7 @@ def _check(args: argparse.Namespace) -> int:
     from drivers.config import RtuEndpoint
 
     config = load_config(args.file)
-    roles = ", ".join(f"{d.role.value}={d.name}" for d in config.devices)
-    print(f"{args.file}: OK — site {config.site.name} ({config.site.timezone}), devices {roles}, "
-          f"tariff {config.tariff.preset or config.tariff.file}, state in {state_dir(config, args.file)}")
+    print(f"{args.file}: OK — {site_summary(config)}; state in {state_dir(config, args.file)}")
     environ = dict(os.environ)
     if args.env_file is not None:
         try:

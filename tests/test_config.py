@@ -145,6 +145,17 @@ def test_config_check_says_when_the_forecast_file_is_not_there_yet(tmp_path, cap
     assert "external_forecast_csv" not in capsys.readouterr().err
 
 
+def test_config_check_says_what_it_read_for_the_engineer_to_compare_with_the_plant(capsys):
+    """Sizes and devices by role, a long list of one role as its first and last name: the multi-asset example."""
+    multi = EXAMPLE_SITE.parent / "multi-asset-site.yaml"
+    assert main(["config", "check", str(multi)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{multi}: OK — site demo-factory-multi (Asia/Ho_Chi_Minh); PV 1,100 kWp / 1,000 kW AC; "
+                          "battery 1,000 kWh / 500 kW charge / 500 kW discharge; 14 devices: 2 meters (grid-meter, "
+                          "pv-meter), 10 PV inverters (inv-01 … inv-10), 2 batteries (bess-1, bess-2); tariff "
+                          "evn-manufacturing-22kv; state in "), out
+
+
 def test_config_check_notes_a_battery_that_reports_no_state_of_health(tmp_path, capsys):
     """The example's SunSpec battery reads SoH (no note); with the SMA Sunny Island profile, which has no SOH
     register, the check says plans count the nameplate for life and what to do as the battery ages."""
