@@ -720,10 +720,12 @@ class Controller:
                 await battery.poll()
             result = await battery.write("battery_setpoint_kw", 0.0, force=True)
         except KeyError as exc:
-            log.error("shutdown: battery %s setpoint 0 kW not written: %s", battery.name, exc.args[0])
+            log.error("shutdown: 0 kW not written to %s: %s", battery.name,
+                      str(exc.args[0]).removeprefix(f"{battery.name}: "))
             return False
         if not result.ok:
-            log.error("shutdown: battery %s setpoint 0 kW not confirmed: %s", battery.name, result.detail)
+            log.error("shutdown: 0 kW not confirmed by %s: %s", battery.name,
+                      result.detail.removeprefix(f"{battery.name}: "))
         return result.ok
 
     async def shutdown(self) -> None:
