@@ -208,8 +208,9 @@ async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
         query = await client.get("/tariff?day=2026-13-01")
         body = await client.put("/settings", json={"fallback_mode": "standby"})
         refused = await client.put("/settings", json={"soc_reserve_pct": 99})
+        typo = await client.put("/settings", json={"fallback": "tou_rule"})
     for response, status in ((missing, 404), (method, 405), (large, 413), (chunked, 413), (query, 422),
-                             (body, 422), (refused, 422)):
+                             (body, 422), (refused, 422), (typo, 422)):
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
@@ -218,6 +219,8 @@ async def test_problem_documents_for_404_405_413_422(api: Api) -> None:
     assert query.json()["errors"][0]["where"] == "query.day"
     assert body.json()["errors"][0]["where"] == "body.fallback_mode"
     assert refused.json()["detail"] == "soc_pct 99 outside the SOC window [10, 95] %"
+    assert typo.json()["errors"] == [{"where": "body.fallback", "message": (
+        "unknown field; did you mean fallback_mode?; known here: fallback_mode, soc_reserve_pct, soc_reserve_ttl_s")}]
     assert api.commands.modes.fallback is Mode.SELF_CONSUMPTION and api.commands.reserve is None
 
 

@@ -50,7 +50,7 @@ from controller.telemetry.forecast_intake import ForecastIntake
 from controller.telemetry.remote import COMMAND_NAMES, MAX_JSON_DEPTH, CommandIntake, schema
 from controller.telemetry.strict_json import PayloadError, loads_strict
 from ems.clock import Clock
-from ems.yamlfile import error_message, field_path
+from ems.yamlfile import readable_errors
 from optimizer.external_forecast import ExternalForecasts
 from optimizer.tariff import SiteTariff
 
@@ -520,8 +520,8 @@ def settings_change(raw: bytes) -> SettingsChange:
     except PayloadError as exc:
         raise ProblemError(422, "Invalid request", str(exc), kind="invalid-request") from None
     except ValidationError as exc:
-        errors = [{"where": "body." + field_path(e["loc"]) if e["loc"] else "body", "message": error_message(e)}
-                  for e in exc.errors()]
+        errors = [{"where": "body" if e.field == "(top level)" else f"body.{e.field}", "message": e.message}
+                  for e in readable_errors(SettingsChange, data, exc.errors())]
         raise ProblemError(422, "Invalid request", "; ".join(f"{e['where']}: {e['message']}" for e in errors),
                            kind="invalid-request", errors=errors) from None
 
