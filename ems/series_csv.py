@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,6 +29,11 @@ RATED_BOUND_FACTOR = 1.5
 MEDIAN_BOUND_FACTOR = 10.0
 """Without a rating, a value above this × the median of the positive values is absurd. [-]"""
 _OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
+_NUMERIC_DATE = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?")
+"""A date written day and month first, as spreadsheets and meter portals export it: 05/01/2026 08:00."""
+DELIMITERS = (",", ";", "\t")
+"""Cell separators recognised, told from the header line; a ``;`` or tab file may write decimal commas."""
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
 
 
 class DataError(ConfigError):
@@ -61,11 +67,20 @@ class _Errors:
             raise DataError(source, self._listed())
 
 
-def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, data rows and their line numbers; blank lines are skipped."""
+def _delimiter(path: Path) -> str:
+    """The cell separator: of ``DELIMITERS``, the one the first non-blank line holds most of (``,`` on a tie)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        first = next((line for line in f if line.strip()), "")
+    return max(DELIMITERS, key=lambda d: (first.count(d), d == ","))
+
+
+def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], list[int], bool]:
+    """Header, data rows, their line numbers and whether numbers may have decimal commas (a file separated by
+    ``;`` or tabs, as a spreadsheet saves it where the comma is the decimal sign); blank lines are skipped."""
     try:
+        delimiter = _delimiter(path)
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter)
             header: list[str] | None = None
             rows: list[list[str]] = []
             lines: list[int] = []
@@ -85,7 +100,7 @@ def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], lis
         raise DataError(source, [FieldError("(file)", "the file is empty")])
     if not rows:
         raise DataError(source, [FieldError("(file)", "the file has a header but no data rows")])
-    return header, rows, lines
+    return header, rows, lines, delimiter != ","
 
 
 def _find_columns(header: list[str], columns: Sequence[str], unit: Literal["kW", "kWh"] | None,
@@ -120,11 +135,58 @@ def _find_columns(header: list[str], columns: Sequence[str], unit: Literal["kW",
     return ts, found
 
 
+def _runs_day_by_day(dates: list[tuple[int, int, int]]) -> bool:
+    """Whether (year, month, day) triples are valid dates, each the same as or the day after the one before (or
+    each the same or the day before: a file written newest first)."""
+    try:
+        ordinals = np.array([date(*d).toordinal() for d in dates])
+    except ValueError:
+        return False
+    steps = np.diff(ordinals)
+    return bool(np.all((steps >= 0) & (steps <= 1)) or np.all((steps <= 0) & (steps >= -1)))
+
+
+def _numeric_dates_as_iso(cells: list[str], column: str, source: str) -> list[str]:
+    """Cells written ``DD/MM/YYYY[ HH:MM[:SS]]`` (``/``, ``.`` or ``-`` between the parts) as ISO 8601.
+
+    Day or month first is told from the column itself: a first part above 12 is a day, a second part above 12 is a
+    day; where every part is 12 or less, the reading whose dates follow each other a day at most apart (a series on a
+    step shorter than a day). A column where nothing tells is refused (05/01/2026 alone could be 5 January or 4 May);
+    so is one where both do. Cells of another form are left for the ISO 8601 parser.
+    """
+    matches = [_NUMERIC_DATE.fullmatch(c) for c in cells]
+    found = [m for m in matches if m is not None]
+    if not found:
+        return cells
+    day_first = any(int(m[1]) > 12 for m in found)
+    month_first = any(int(m[3]) > 12 for m in found)
+    why = "some dates have the day first and others the month first" if day_first and month_first else ""
+    if not day_first and not month_first:  # every part ≤ 12: the reading whose dates run day by day
+        day_first = _runs_day_by_day([(int(m[4]), int(m[3]), int(m[1])) for m in found])
+        month_first = _runs_day_by_day([(int(m[4]), int(m[1]), int(m[3])) for m in found])
+        if day_first == month_first:
+            why = f"{found[0][0]!r}: no date in the file tells whether the day or the month comes first"
+    if why:
+        raise DataError(source, [FieldError(f"column {column}", f"{why}; write ISO 8601 timestamps "
+                                                                "(year-month-day, e.g. 2026-01-05 08:00)")])
+    out = []
+    for cell, m in zip(cells, matches, strict=True):
+        if m is None:
+            out.append(cell)
+            continue
+        day, month = (m[1], m[3]) if day_first else (m[3], m[1])
+        time = f"T{int(m[5]):02d}:{m[6]}:{m[7] or '00'}" if m[5] is not None else ""
+        out.append(f"{m[4]}-{int(month):02d}-{int(day):02d}{time}")
+    return out
+
+
 def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone: str | None,
                       errors: _Errors, source: str) -> np.ndarray:
-    """UTC epoch nanoseconds per row; invalid rows are reported and get the int64 minimum."""
+    """UTC epoch nanoseconds per row; invalid rows are reported and get the int64 minimum. Dates written day and
+    month first (05/01/2026 08:00) are read as :func:`_numeric_dates_as_iso` says."""
     n = len(cells)
-    stripped = [c.strip() for c in cells]
+    written = [c.strip() for c in cells]
+    stripped = _numeric_dates_as_iso(written, column, source)
     has_offset = np.fromiter((bool(_OFFSET.search(c)) and len(c) > 10 for c in stripped), dtype=bool, count=n)
     out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     if has_offset.any():
@@ -152,10 +214,10 @@ def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone:
                 continue
             if early.isna()[j]:
                 errors.add(f"row {lines[i]}, column {column}",
-                           f"{stripped[i]} does not exist in {timezone} (skipped by a daylight-saving change)")
+                           f"{written[i]} does not exist in {timezone} (skipped by a daylight-saving change)")
             elif early[j] != late[j]:
                 errors.add(f"row {lines[i]}, column {column}",
-                           f"{stripped[i]} is ambiguous in {timezone} (repeated by a daylight-saving change); "
+                           f"{written[i]} is ambiguous in {timezone} (repeated by a daylight-saving change); "
                            "write timestamps with UTC offsets")
             else:
                 out[i] = early[j].value
@@ -164,14 +226,20 @@ def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone:
         value = stripped[i]
         if value == "" or pd.isna(pd.to_datetime(value, format="ISO8601", errors="coerce", utc=bool(has_offset[i]))):
             errors.add(f"row {lines[i]}, column {column}",
-                       f"{value!r} is not an ISO 8601 timestamp" if value else "empty timestamp")
+                       f"{written[i]!r} is not an ISO 8601 timestamp" if value else "empty timestamp")
     return out
 
 
 def _parse_numbers(cells: list[str], lines: list[int], column: str, allow_missing: bool,
-                   errors: _Errors) -> np.ndarray:
-    """Floats per row; empty cells are NaN (an error unless ``allow_missing``); text is an error."""
+                   errors: _Errors, decimal_comma: bool = False) -> np.ndarray:
+    """Floats per row; empty cells are NaN (an error unless ``allow_missing``); text is an error.
+
+    With ``decimal_comma`` a cell may write ``1.234,5`` (dots grouping thousands, a comma before the decimals): in a
+    column where some cell has a decimal comma, ``1.234`` is 1234; in a column with none, the dot is the decimal sign.
+    """
     stripped = [c.strip() for c in cells]
+    if decimal_comma and any("," in c for c in stripped):
+        stripped = [c.replace(".", "").replace(",", ".") if _DECIMAL_COMMA.fullmatch(c) else c for c in stripped]
     values = pd.to_numeric(pd.Series(stripped, dtype=object).replace("", np.nan), errors="coerce")
     values = values.to_numpy(dtype=float, copy=True)
     for i in np.flatnonzero(~np.isfinite(values)):
@@ -184,9 +252,17 @@ def _parse_numbers(cells: list[str], lines: list[int], column: str, allow_missin
     return values
 
 
+def _in_time_order(ns: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Indices of the valid rows in the file's order, or in reverse where every timestamp is earlier than the one
+    above it (a file written newest first, as some meter portals export)."""
+    rows = np.flatnonzero(valid)
+    return rows[::-1] if len(rows) > 1 and np.all(np.diff(ns[rows]) < 0) else rows
+
+
 def _file_step_ns(ns: np.ndarray, valid: np.ndarray, errors: _Errors, source: str) -> int:
-    """The file's step: the most common positive difference between consecutive valid timestamps."""
-    diffs = np.diff(ns[valid])
+    """The file's step: the most common positive difference between consecutive valid timestamps (in time order
+    for a file written newest first)."""
+    diffs = np.diff(ns[_in_time_order(ns, valid)])
     diffs = diffs[diffs > 0]
     if len(diffs) == 0:
         raise errors.fatal(source, "(file)", "need at least two distinct valid timestamps to tell the step")
@@ -206,10 +282,10 @@ def _check_timezone(source: str, timezone: str | None) -> None:
 def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: str, step_ns: int,
                  errors: _Errors, allow_gaps: bool = False) -> None:
     """Duplicates, timestamps going backwards, off-step rows and (unless ``allow_gaps``) gaps, each reported
-    at its row."""
+    at its row; a file written newest first throughout is checked from its last row up."""
     first_row: dict[int, int] = {}
     previous = None
-    for i in np.flatnonzero(valid):
+    for i in _in_time_order(ns, valid):
         t = int(ns[i])
         field = f"row {lines[i]}, column {ts_name}"
         if t in first_row:
@@ -273,7 +349,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     _check_timezone(source, timezone)
     if step_minutes <= 0:
         raise ValueError("step_minutes must be positive")
-    header, rows, lines = _read_rows(p, source)
+    header, rows, lines, decimal_comma = _read_rows(p, source)
     ts_col, found = _find_columns(header, columns, unit, source)
     errors = _Errors(max_errors)
     width = len(header)
@@ -285,11 +361,11 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     ts_name = header[ts_col]
     ns = _parse_timestamps([r[ts_col] for r in rows], lines, ts_name, timezone, errors, source)
     valid = ns != np.iinfo(np.int64).min
-    raw = {name: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors)
+    raw = {name: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors, decimal_comma)
            for name, (i, _) in found.items()}
     lower = [h.lower() for h in header]
     plain = {name: _parse_numbers([r[lower.index(name)] for r in rows], lines, header[lower.index(name)],
-                                  allow_gaps, errors)
+                                  allow_gaps, errors, decimal_comma)
              for name in optional_plain if name in lower}
     step_ns = _file_step_ns(ns, valid, errors, source)
     target_ns = step_minutes * 60 * 1_000_000_000

@@ -70,7 +70,7 @@ def read_irradiance_csv(path: str | Path, timezone: str | None = None, max_error
     p = Path(path)
     source = str(p)
     _check_timezone(source, timezone)
-    header, rows, lines = _read_rows(p, source)
+    header, rows, lines, decimal_comma = _read_rows(p, source)
     names = [h.strip().lower() for h in header]
     ts_col = next((names.index(c) for c in TIMESTAMP_COLUMNS if c in names), None)
     if ts_col is None:
@@ -90,7 +90,8 @@ def read_irradiance_csv(path: str | Path, timezone: str | None = None, max_error
     ts_name = header[ts_col]
     ns = _parse_timestamps([r[ts_col] for r in rows], lines, ts_name, timezone, errors, source)
     valid = ns != np.iinfo(np.int64).min
-    values = {c: _parse_numbers([r[names.index(c)] for r in rows], lines, header[names.index(c)], False, errors)
+    values = {c: _parse_numbers([r[names.index(c)] for r in rows], lines, header[names.index(c)], False, errors,
+                                decimal_comma)
               for c in columns}
     step_ns = _file_step_ns(ns, valid, errors, source)
     _check_order(ns, valid, lines, ts_name, step_ns, errors)

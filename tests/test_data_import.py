@@ -249,3 +249,89 @@ def test_synthetic_year_round_trip(tmp_path):
     assert len(back) == 4 * len(year)
     assert np.allclose(back["load_kw"].to_numpy()[::4], year["load_kw"].to_numpy())
     assert (back["pv_kw"] * 0.25).sum() == pytest.approx((year["pv_kw"]).sum())
+
+
+# ---------------------------------------------------------------- spreadsheet exports
+
+
+def test_semicolon_file_with_decimal_commas_and_day_first_dates(tmp_path):
+    """What a spreadsheet saves where the comma is the decimal sign (vi, de, fr…): cells separated by ';', decimal
+    commas, dots grouping thousands, dates day first."""
+    text = """
+Timestamp;load_kWh;pv_kWh
+13/01/2026 08:00;1.200,5;120
+13/01/2026 09:00;640,25;200,5
+"""
+    df = read_series_csv(write(tmp_path, text), timezone="Asia/Ho_Chi_Minh")
+    assert df.index[0] == pd.Timestamp("2026-01-13T01:00Z")  # 13 January 08:00 at UTC+7
+    assert df["load_kw"].tolist() == [1200.5] * 4 + [640.25] * 4
+    assert df["pv_kw"].tolist() == [120.0] * 4 + [200.5] * 4
+
+
+def test_semicolon_file_with_decimal_points_keeps_them(tmp_path):
+    """No cell of a column has a comma: its dots are decimal points, not thousands (1.234 is 1.234)."""
+    text = "timestamp;load_kw\n2026-01-05T08:00Z;1.234\n2026-01-05T08:15Z;2.5"
+    df = read_series_csv(write(tmp_path, text), columns=("load",))
+    assert df["load_kw"].tolist() == [1.234, 2.5]
+
+
+def test_tab_separated_file(tmp_path):
+    text = "timestamp\tload_kw\n2026-01-05T08:00Z\t100,5\n2026-01-05T08:15Z\t101"
+    assert read_series_csv(write(tmp_path, text), columns=("load",))["load_kw"].tolist() == [100.5, 101.0]
+
+
+def test_comma_file_is_not_read_with_decimal_commas(tmp_path):
+    """In a comma-separated file a quoted '1,5' is text, not 1.5: said at its row."""
+    text = 'timestamp,load_kw\n2026-01-05T08:00Z,"1,5"\n2026-01-05T08:15Z,2'
+    assert errors_of(write(tmp_path, text), columns=("load",)) == {"row 2, column load_kw": "'1,5' is not a number"}
+
+
+def test_month_first_dates_are_told_by_a_day_above_12(tmp_path):
+    text = "date,load_kw\n01/13/2026 23:45,10\n01/14/2026 00:00,20"
+    df = read_series_csv(write(tmp_path, text), columns=("load",), timezone="UTC")
+    assert df.index.tolist() == [pd.Timestamp("2026-01-13T23:45Z"), pd.Timestamp("2026-01-14T00:00Z")]
+
+
+def test_day_first_dates_all_12_or_less_are_told_by_running_day_by_day(tmp_path):
+    """05/01 → 06/01 is one day on (5 → 6 January) read day first, a month on (1 May → 1 June) read month first."""
+    lines = ["timestamp,load_kw"]
+    lines += [f"{t:%d.%m.%Y %H:%M},{i}" for i, t in enumerate(pd.date_range("2026-01-05 22:00", periods=12,
+                                                                           freq="15min"))]
+    df = read_series_csv(write(tmp_path, "\n".join(lines)), columns=("load",), timezone="UTC")
+    assert df.index[0] == pd.Timestamp("2026-01-05T22:00Z")
+    assert df.index[-1] == pd.Timestamp("2026-01-06T00:45Z")
+    newest_first = "\n".join([lines[0], *reversed(lines[1:])])  # a portal's export, newest row first
+    reread = read_series_csv(write(tmp_path, newest_first, "r.csv"), columns=("load",), timezone="UTC")
+    pd.testing.assert_frame_equal(reread, df)
+
+
+def test_a_file_written_newest_first_is_read_in_time_order_and_checked(tmp_path):
+    lines = quarter_hour_csv().splitlines()
+    newest_first = write(tmp_path, "\n".join([lines[0], *reversed(lines[1:])]))
+    pd.testing.assert_frame_equal(read_series_csv(newest_first), read_series_csv(write(tmp_path, "\n".join(lines),
+                                                                                       "oldest_first.csv")))
+    gap = [lines[0], *reversed(lines[1:])]
+    del gap[3]  # 01:15 local is missing: between rows 3 (01:30) and 4 (01:00) of the file
+    assert errors_of(write(tmp_path, "\n".join(gap), "gap.csv")) == {
+        "row 3, column timestamp": "gap: 1 missing interval(s) after row 4"}
+    unordered = [lines[0], lines[2], lines[1], *lines[3:]]  # one pair swapped: neither order holds
+    assert errors_of(write(tmp_path, "\n".join(unordered), "swapped.csv")) == {
+        "row 3, column timestamp": "timestamps go backwards (row 2 is later)",
+        "row 4, column timestamp": "gap: 1 missing interval(s) after row 3"}
+
+
+def test_dates_that_do_not_tell_day_from_month_are_refused_once(tmp_path):
+    text = "timestamp,load_kw\n05/01/2026 08:00,10\n05/01/2026 08:15,20"
+    assert errors_of(write(tmp_path, text), columns=("load",), timezone="UTC") == {
+        "column timestamp": "'05/01/2026 08:00': no date in the file tells whether the day or the month comes first; "
+                            "write ISO 8601 timestamps (year-month-day, e.g. 2026-01-05 08:00)"}
+    text = "timestamp,load_kw\n13/01/2026 08:00,10\n01/13/2026 08:15,20"
+    assert errors_of(write(tmp_path, text, "mixed.csv"), columns=("load",), timezone="UTC") == {
+        "column timestamp": "some dates have the day first and others the month first; write ISO 8601 timestamps "
+                            "(year-month-day, e.g. 2026-01-05 08:00)"}
+
+
+def test_an_impossible_day_first_date_is_named_as_written(tmp_path):
+    text = "timestamp,load_kw\n30/01/2026 08:00,10\n31/02/2026 08:15,20"
+    assert errors_of(write(tmp_path, text), columns=("load",), timezone="UTC")["row 3, column timestamp"] == (
+        "'31/02/2026 08:15' is not an ISO 8601 timestamp")

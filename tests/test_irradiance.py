@@ -161,6 +161,16 @@ def test_naive_timestamps_in_a_declared_zone_and_relabelled_year(tmp_path):
     assert moved.index[0] == pd.Timestamp("2026-06-21", tz=TZ) and np.array_equal(moved.to_numpy(), as_is.to_numpy())
 
 
+def test_a_spreadsheet_export_reads_as_the_iso_file(tmp_path):
+    """';' between cells, decimal commas, dates day first: the same irradiance as the ISO 8601 file."""
+    starts = pd.date_range("2019-06-21", periods=48, freq="1h")
+    iso = write_csv(tmp_path / "iso.csv", "time,ghi_w_m2,temp_air_c",
+                    [f"{t:%Y-%m-%d %H:%M},{i * 10.5:g},27.5" for i, t in enumerate(starts)])
+    sheet = write_csv(tmp_path / "sheet.csv", "time;ghi_w_m2;temp_air_c",
+                      [f"{t:%d/%m/%Y %H:%M};{i * 10.5:g};27,5".replace(".", ",") for i, t in enumerate(starts)])
+    pd.testing.assert_frame_equal(read_irradiance_csv(sheet, timezone=TZ), read_irradiance_csv(iso, timezone=TZ))
+
+
 def test_a_study_takes_its_pv_from_irradiance(tmp_path):
     starts = quarter_hours("2026-06-01", 3)
     write_csv(tmp_path / "ghi.csv", "timestamp,ghi_w_m2",
