@@ -116,7 +116,7 @@ def _command() -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.report import STRATEGY_LABELS, write_outputs
+    from simulations.report import STRATEGY_LABELS, filled_text, write_outputs
     from simulations.runner import run
 
     scenario = _load(args)
@@ -140,6 +140,9 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
     if summary["period"]["warning"]:
         print(f"warning: {summary['period']['warning']}", file=sys.stderr)
+    if summary["data_filled"]:
+        print(f"note: {filled_text(summary['data_filled']).removeprefix('; ')} (data.csv.fill_gaps_hours)",
+              file=sys.stderr)
     life = summary["assumptions"]["lifetime_years"]
     print(f"{'strategy':31s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback PV+bat':>15s} {'payback battery':>16s}")
     for name, s in summary["strategies"].items():

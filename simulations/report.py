@@ -435,7 +435,7 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("battery savings as it ages", AGEING_TEXT[a.get("battery_ageing_value", "proportional")], ""),
         ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
-        ("data", f"{a['data_kind']}: {a['data_source']}", ""),
+        ("data", f"{a['data_kind']}: {a['data_source']}{filled_text(summary.get('data_filled'))}", ""),
         ("MPC warm-up history", warmup_text(summary.get("warmup")), "days before the period"),
         ("MPC day-ahead PV forecast", forecast_text(a.get("pv_forecast")), ""),
         ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
@@ -450,6 +450,20 @@ def forecast_text(forecast: dict[str, Any] | None) -> str:
     band = ", with its P10/P90 band" if forecast.get("band", False) else ", without a band"
     return (f"issued daily at {forecast['issue_hour']:02d}:00 local, {forecast['daily_error_pct']:g} % error on each "
             f"day's PV energy{band} (seed {forecast['seed']})")
+
+
+def filled_text(filled: dict[str, dict[str, float]] | None) -> str:
+    """The gaps of measured data filled within the period (summary key ``data_filled``), as a clause of the data
+    row; empty when none were."""
+    if not filled:
+        return ""
+    def hours(h: float) -> str:
+        return f"{round(h * 60):g} min" if h < 1 else f"{h:.2f}".rstrip("0").rstrip(".") + " h"
+
+    names = {"load": "load", "pv": "PV"}
+    parts = [f"{names[name]} {f['share_pct']:.2g} % of the steps ({f['gaps']:.0f} gap{'s' * (f['gaps'] != 1)}, "
+             f"longest {hours(f['longest_h'])})" for name, f in filled.items()]
+    return "; gaps filled: " + ", ".join(parts)
 
 
 def warmup_text(warmup: dict[str, float] | None) -> str:

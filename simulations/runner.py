@@ -25,7 +25,7 @@ import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
-from ems.series_csv import read_series_csv
+from ems.series_csv import DataError, read_series_csv
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill, billed_demand_kw
 from optimizer.forecast import History
@@ -35,6 +35,8 @@ from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
 from simulations.accuracy import study_accuracy
+from simulations.gap_fill import FIELD as FILL_FIELD
+from simulations.gap_fill import FilledGaps, fill_gaps
 from simulations.irradiance import pv_from_irradiance
 from simulations.scenario import Scenario
 from simulations.strategies import (
@@ -67,6 +69,8 @@ class SeriesData:
     pv_kw: np.ndarray
     load_kw: np.ndarray
     warmup: Warmup = field(default_factory=Warmup)
+    filled: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Gaps of measured data filled within the period, per series (:meth:`FilledGaps.summary`); empty: none."""
 
     @property
     def hours(self) -> float:
@@ -79,19 +83,19 @@ def load_data(scenario: Scenario) -> SeriesData:
     ``data.start`` / ``data.days``, with ``data.warmup_days`` of history before the first day."""
     d = scenario.data
     step = scenario.planner.step_minutes
+    gaps: FilledGaps | None = None
     if d.synthetic is not None:
         s = d.synthetic
         frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
                                daily_energy_lag1_target=s.daily_energy_lag1,
                                daily_clearness_spread=s.daily_clearness_spread)
         pv, load = frame["pv_kw"], frame["load_kw"]
-    elif d.irradiance is not None and d.csv is not None:  # load from the CSV, PV from the irradiance (below)
-        frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step, columns=("load",))
+    elif d.irradiance is not None:  # load from the CSV, PV from the irradiance (below)
+        frame, gaps = read_measured(scenario, ("load",))
         pv, load = None, frame["load_kw"]
     else:
         assert d.csv is not None
-        frame = read_series_csv(scenario.resolve(d.csv.path), scenario.site.timezone, step,
-                                rated_kw={"pv": d.csv.pv_kwp} if d.csv.pv_kwp else None)
+        frame, gaps = read_measured(scenario, ("pv", "load"))
         if d.csv.pv_kwp:
             frame["pv_kw"] = frame["pv_kw"] * scenario.pv.kwp / d.csv.pv_kwp
         frame["pv_kw"] = frame["pv_kw"].clip(upper=scenario.pv.ac_limit_kw)
@@ -117,7 +121,37 @@ def load_data(scenario: Scenario) -> SeriesData:
     load_all = load.to_numpy(dtype=float)
     warmup = warmup_from(frame.index, pv_all, load_all, starts[0], d.warmup_days, step)
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
-                      pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup)
+                      pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup,
+                      filled=gaps.summary(keep) if gaps is not None else {})
+
+
+def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.DataFrame, FilledGaps | None]:
+    """The scenario's CSV of measured ``columns`` on the study's step [kW], its gaps filled as
+    ``data.csv.fill_gaps_hours`` allows (:mod:`simulations.gap_fill`; None: the file had to have none).
+
+    Raises
+    ------
+    DataError
+        The reader's errors (with a hint at ``fill_gaps_hours`` where gaps were among them), or the gaps left.
+    """
+    csv, tz, step = scenario.data.csv, scenario.site.timezone, scenario.planner.step_minutes
+    assert csv is not None
+    path = scenario.resolve(csv.path)
+    rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
+    if not csv.fill_gaps_hours:
+        try:
+            return read_series_csv(path, tz, step, columns=columns, rated_kw=rated), None
+        except DataError as exc:
+            if not any(e.message.startswith("gap:") or e.message == "empty cell" for e in exc.errors):
+                raise
+            hint = FieldError(FILL_FIELD, "the data has gaps: set data.csv.fill_gaps_hours to fill those up to that "
+                                          "long (docs/data.md, \"Gaps in measured data\"), or fill them in the file")
+            raise DataError(exc.source, [*exc.errors, hint]) from None
+    frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True)
+    frame, gaps, errors = fill_gaps(frame, tz, csv.fill_gaps_hours)
+    if errors:
+        raise DataError(str(path), errors)
+    return frame, gaps
 
 
 def _check_period(scenario: Scenario, first: date, last: date) -> None:
@@ -470,6 +504,7 @@ class RunResult:
                        "years": year.years, "whole_years": year.whole, "warning": year.warning},
             "assumptions": assumptions(sc, simulates_ageing(sc, self.inputs)),
             "warmup": self.data.warmup.coverage(float(self.data.duration_h[0])),
+            "data_filled": self.data.filled,
             "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
                       "battery_kw": sc.battery.max_discharge_kw},
             "strategies": strategies,

@@ -134,6 +134,11 @@ class CsvData(StrictModel):
     pv_kwp: float | None = Field(default=None, gt=0,
                                  description="kWp of the plant the PV column was measured on; PV is scaled by "
                                              "pv.kwp / pv_kwp (None: used as is)")
+    fill_gaps_hours: float = Field(default=0.0, ge=0, le=168,
+                                   description="Fill each gap of the measured series (missing rows, empty cells) up "
+                                               "to this long: a straight line up to 1 h, else the same times on a "
+                                               "like day (simulations/gap_fill.py, docs/data.md) [h]; 0 = gaps are "
+                                               "errors")
 
 
 class IrradianceData(StrictModel):
