@@ -103,36 +103,73 @@ def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], lis
     return header, rows, lines, delimiter != ","
 
 
+LOAD_FROM_GRID = (("grid", 1),), (("import", 1), ("export", -1))
+"""Columns a load may be derived from when the file has none: the grid meter's net power (import +, export −), or
+its import and export apart; the load is then the grid's net power plus the PV measured in the same file."""
+
+
+def _unit_column(lower: list[str], name: str, unit: Literal["kW", "kWh"] | None) -> list[tuple[int, str]]:
+    """(index, unit) of the columns that could hold series ``name``: ``<name>_kw``, ``<name>_kwh``, and ``<name>``
+    alone when ``unit`` is given."""
+    candidates = [(lower.index(f"{name}_kw"), "kW")] if f"{name}_kw" in lower else []
+    if f"{name}_kwh" in lower:
+        candidates.append((lower.index(f"{name}_kwh"), "kWh"))
+    if unit is not None:
+        if name in lower:
+            candidates.append((lower.index(name), unit))
+        candidates = [c for c in candidates if c[1] == unit or lower[c[0]] == name]
+    return candidates
+
+
 def _find_columns(header: list[str], columns: Sequence[str], unit: Literal["kW", "kWh"] | None,
-                  source: str) -> tuple[int, dict[str, tuple[int, str]]]:
-    """Index of the timestamp column and, per series, (column index, unit)."""
+                  source: str) -> tuple[int, dict[str, list[tuple[int, str, int, str]]]]:
+    """Index of the timestamp column and, per series, its parts: (column index, unit, sign, quantity) — the series'
+    own column with sign +1, or for a load the file does not have, the grid columns it is derived from
+    (:data:`LOAD_FROM_GRID`)."""
     lower = [h.lower() for h in header]
     errors: list[FieldError] = []
     ts = next((lower.index(n) for n in TIMESTAMP_COLUMNS if n in lower), None)
     if ts is None:
         errors.append(FieldError("(header)", f"no timestamp column: name one of {', '.join(TIMESTAMP_COLUMNS)} "
                                              f"(found {', '.join(header)})"))
-    found: dict[str, tuple[int, str]] = {}
+    found: dict[str, list[tuple[int, str, int, str]]] = {}
     for name in columns:
-        candidates = [(lower.index(f"{name}_kw"), "kW")] if f"{name}_kw" in lower else []
-        if f"{name}_kwh" in lower:
-            candidates.append((lower.index(f"{name}_kwh"), "kWh"))
-        if unit is not None:
-            if name in lower:
-                candidates.append((lower.index(name), unit))
-            candidates = [c for c in candidates if c[1] == unit or lower[c[0]] == name]
+        candidates = _unit_column(lower, name, unit)
         if len(candidates) == 1:
-            found[name] = candidates[0]
-        elif not candidates:
-            wanted = f"{name}_kw or {name}_kwh" + (f" (or {name} with unit={unit})" if unit else "")
-            errors.append(FieldError("(header)", f"no column {wanted} (found {', '.join(header)})"))
-        else:
+            found[name] = [(*candidates[0], 1, name)]
+        elif candidates:
             names = ", ".join(header[i] for i, _ in candidates)
             errors.append(FieldError("(header)", f"more than one column for {name}: {names}; keep one"))
+        elif name == "load" and (parts := _load_from_grid(lower, header, unit, errors)):
+            found[name] = parts
+        elif name != "load" or not (errors and errors[-1].message.startswith("more than one column for")):
+            wanted = f"{name}_kw or {name}_kwh" + (f" (or {name} with unit={unit})" if unit else "")
+            if name == "load":
+                wanted += ("; or the grid meter's grid_kw or grid_kwh (import +, export −), or import_kw and "
+                           "export_kw (or _kwh), with the load derived from them and the PV")
+            errors.append(FieldError("(header)", f"no column {wanted} (found {', '.join(header)})"))
     if errors:
         raise DataError(source, errors)
     assert ts is not None
     return ts, found
+
+
+def _load_from_grid(lower: list[str], header: list[str], unit: Literal["kW", "kWh"] | None,
+                    errors: list[FieldError]) -> list[tuple[int, str, int, str]] | None:
+    """The grid columns of :data:`LOAD_FROM_GRID` the file has (the first form complete), else None; a form with
+    two columns for one quantity is an error."""
+    for form in LOAD_FROM_GRID:
+        parts = []
+        for name, sign in form:
+            candidates = _unit_column(lower, name, unit)
+            if len(candidates) > 1:
+                names = ", ".join(header[i] for i, _ in candidates)
+                errors.append(FieldError("(header)", f"more than one column for {name}: {names}; keep one"))
+                return None
+            parts += [(*c, sign, name) for c in candidates]
+        if len(parts) == len(form):
+            return parts
+    return None
 
 
 def _runs_day_by_day(dates: list[tuple[int, int, int]]) -> bool:
@@ -178,6 +215,28 @@ def _numeric_dates_as_iso(cells: list[str], column: str, source: str) -> list[st
         time = f"T{int(m[5]):02d}:{m[6]}:{m[7] or '00'}" if m[5] is not None else ""
         out.append(f"{m[4]}-{int(month):02d}-{int(day):02d}{time}")
     return out
+
+
+LOAD_MISMATCH_KW = 1.0
+LOAD_MISMATCH_PV_FRACTION = 0.02
+"""A load derived from the grid and the PV a little below 0 — by up to the larger of LOAD_MISMATCH_KW and this share
+of the PV — is two instruments disagreeing, read as 0 kW; further below 0 it is an error. [kW], [-]"""
+
+
+def _load_from_grid_kw(grid_kw: np.ndarray, pv_kw: np.ndarray | None, grid_columns: list[str],
+                       pv_column: str | None, lines: list[int], errors: _Errors) -> np.ndarray:
+    """The load from the grid meter's net import [kW] and the PV measured in the same file (none: a site without
+    PV, the load is the grid's import): ``grid + pv``, within the meters' mismatch of 0 taken as 0. [kW]"""
+    load = grid_kw + (pv_kw if pv_kw is not None else 0.0)
+    pv = pv_kw if pv_kw is not None else np.zeros_like(grid_kw)
+    tolerance = np.maximum(LOAD_MISMATCH_KW, LOAD_MISMATCH_PV_FRACTION * np.nan_to_num(pv))
+    grid_name = " − ".join(grid_columns) + (" =" if len(grid_columns) > 1 else "")
+    for j in np.flatnonzero(load < -tolerance):
+        pv_text = f" + {pv_column} {pv[j]:g} kW" if pv_column else ""
+        errors.add(f"row {lines[j]}, column {grid_columns[0]}",
+                   f"the load derived from the grid is {load[j]:.4g} kW, below 0 ({grid_name} {grid_kw[j]:g} kW"
+                   f"{pv_text}): the meters disagree, or the grid's sign is the other way (import is +)")
+    return np.where(load < 0, np.where(load >= -tolerance, 0.0, load), load)
 
 
 def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone: str | None,
@@ -361,8 +420,8 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     ts_name = header[ts_col]
     ns = _parse_timestamps([r[ts_col] for r in rows], lines, ts_name, timezone, errors, source)
     valid = ns != np.iinfo(np.int64).min
-    raw = {name: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors, decimal_comma)
-           for name, (i, _) in found.items()}
+    raw = {i: _parse_numbers([r[i] for r in rows], lines, header[i], allow_gaps, errors, decimal_comma)
+           for parts in found.values() for i, *_ in parts}
     lower = [h.lower() for h in header]
     plain = {name: _parse_numbers([r[lower.index(name)] for r in rows], lines, header[lower.index(name)],
                                   allow_gaps, errors, decimal_comma)
@@ -374,12 +433,22 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
                                                         f"multiple of {step_minutes} min")
     _check_order(ns, valid, lines, ts_name, step_ns, errors, allow_gaps=allow_gaps)
     step_h = step_ns / 3.6e12
-    kw = {}
-    for name, (i, col_unit) in found.items():
-        column = header[i]
-        values = raw[name] / step_h if col_unit == "kWh" else raw[name]
-        for j in np.flatnonzero(values < 0):
-            errors.add(f"row {lines[j]}, column {column}", f"negative value {raw[name][j]:g}")
+    kw: dict[str, np.ndarray] = {}
+    for name in sorted(found, key=lambda n: found[n][0][3] != n):  # a load derived from the grid after the PV
+        parts = found[name]
+        part_kw = []
+        for i, col_unit, sign, quantity in parts:
+            values = raw[i] / step_h if col_unit == "kWh" else raw[i]
+            if quantity != "grid":  # the grid's net power is signed
+                for j in np.flatnonzero(values < 0):
+                    errors.add(f"row {lines[j]}, column {header[i]}", f"negative value {raw[i][j]:g}")
+            part_kw.append(sign * values)
+        values = np.sum(part_kw, axis=0)
+        derived = parts[0][3] != name
+        if derived:
+            values = _load_from_grid_kw(values, kw.get("pv"), [header[i] for i, *_ in parts],
+                                        header[found["pv"][0][0]] if "pv" in found else None, lines, errors)
+        column = header[parts[0][0]]
         rating = None if rated_kw is None else rated_kw.get(name)
         positive = values[np.isfinite(values) & (values > 0)]
         if rating is not None:
@@ -390,11 +459,15 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         else:
             bound, why = np.inf, ""
         above = np.flatnonzero(values > bound)
-        as_kw_fits = len(above) > 0 and col_unit == "kWh" and rating is not None and np.nanmax(raw[name]) <= bound
+        col_unit = parts[0][1]
+        as_kw_fits = (len(above) > 0 and not derived and col_unit == "kWh" and rating is not None
+                      and np.nanmax(raw[parts[0][0]]) <= bound)
         for j in above:
             hint = f"; these look like kW: name the column {name}_kw" if as_kw_fits else ""
+            what = f"{name} derived from {column} is" if derived else ""
             errors.add(f"row {lines[j]}, column {column}",
-                       f"{values[j]:.4g} kW is above the plausible bound {bound:.4g} kW ({why}){hint}")
+                       f"{what + ' ' if what else ''}{values[j]:.4g} kW{'' if what else ' is'} above the plausible "
+                       f"bound {bound:.4g} kW ({why}){hint}")
         kw[name] = values
     errors.raise_if_any(source)
 

@@ -335,3 +335,74 @@ def test_an_impossible_day_first_date_is_named_as_written(tmp_path):
     text = "timestamp,load_kw\n30/01/2026 08:00,10\n31/02/2026 08:15,20"
     assert errors_of(write(tmp_path, text), columns=("load",), timezone="UTC")["row 3, column timestamp"] == (
         "'31/02/2026 08:15' is not an ISO 8601 timestamp")
+
+
+# ---------------------------------------------------------------- load from the grid meter
+
+
+def test_load_is_the_grid_meters_net_import_plus_the_pv(tmp_path):
+    """A factory with PV meters the grid (import +, export −) and the PV, not its load: load = grid + PV."""
+    text = """
+timestamp,grid_kw,pv_kw
+2026-01-05T08:00+07:00,500,100
+2026-01-05T08:15+07:00,-40,300
+2026-01-05T08:30+07:00,-0.5,0.2
+"""
+    df = read_series_csv(write(tmp_path, text))
+    assert df["load_kw"].tolist() == [600.0, 260.0, 0.0]  # the last: −0.3 kW, within the meters' mismatch: 0
+    assert df["pv_kw"].tolist() == [100.0, 300.0, 0.2]
+
+
+def test_load_from_import_and_export_energies(tmp_path):
+    text = """
+timestamp,import_kwh,export_kwh,pv_kwh
+2026-01-05 08:00,600,0,120
+2026-01-05 09:00,0,50,400
+"""
+    df = read_series_csv(write(tmp_path, text), timezone="Asia/Ho_Chi_Minh")
+    assert df["load_kw"].tolist() == [720.0] * 4 + [350.0] * 4
+
+
+def test_load_of_a_site_without_pv_is_its_grid_import(tmp_path):
+    text = "timestamp,grid_kw\n2026-01-05T08:00Z,500\n2026-01-05T08:15Z,510"
+    assert read_series_csv(write(tmp_path, text), columns=("load",))["load_kw"].tolist() == [500.0, 510.0]
+    assert errors_of(write(tmp_path, text, "no_pv.csv")) == {
+        "(header)": "no column pv_kw or pv_kwh (found timestamp, grid_kw)"}
+
+
+def test_a_load_column_wins_over_the_grid(tmp_path):
+    text = "timestamp,load_kw,grid_kw,pv_kw\n2026-01-05T08:00Z,700,500,100\n2026-01-05T08:15Z,710,510,100"
+    assert read_series_csv(write(tmp_path, text))["load_kw"].tolist() == [700.0, 710.0]
+
+
+def test_a_load_below_zero_from_the_grid_is_named_with_its_parts(tmp_path):
+    text = """
+timestamp,grid_kw,pv_kw
+2026-01-05T08:00Z,-500,300
+2026-01-05T08:15Z,-10,300
+2026-01-05T08:30Z,200,-5
+"""
+    assert errors_of(write(tmp_path, text)) == {
+        "row 2, column grid_kw": "the load derived from the grid is -200 kW, below 0 (grid_kw -500 kW + pv_kw 300 "
+                                 "kW): the meters disagree, or the grid's sign is the other way (import is +)",
+        "row 4, column pv_kw": "negative value -5",
+    }  # row 3: −10 + 300 = 290 kW; row 2's −200 kW is beyond the 2 % of 300 kW (6 kW) two meters may disagree by
+    text = "timestamp,import_kw,export_kw\n2026-01-05T08:00Z,-5,0\n2026-01-05T08:15Z,0,20"
+    assert errors_of(write(tmp_path, text, "ie.csv"), columns=("load",)) == {
+        "row 2, column import_kw": "negative value -5 | the load derived from the grid is -5 kW, below 0 (import_kw "
+                                   "− export_kw = -5 kW): the meters disagree, or the grid's sign is the other way "
+                                   "(import is +)",
+        "row 3, column import_kw": "the load derived from the grid is -20 kW, below 0 (import_kw − export_kw = -20 "
+                                   "kW): the meters disagree, or the grid's sign is the other way (import is +)",
+    }
+
+
+def test_no_load_and_no_grid_names_every_way_to_give_the_load(tmp_path):
+    text = "timestamp,pv_kw,import_kw\n2026-01-05T08:00Z,1,2\n2026-01-05T08:15Z,1,2"
+    assert errors_of(write(tmp_path, text)) == {
+        "(header)": "no column load_kw or load_kwh; or the grid meter's grid_kw or grid_kwh (import +, export −), or "
+                    "import_kw and export_kw (or _kwh), with the load derived from them and the PV (found timestamp, "
+                    "pv_kw, import_kw)"}
+    text = "timestamp,pv_kw,grid_kw,grid_kwh\n2026-01-05T08:00Z,1,2,3\n2026-01-05T08:15Z,1,2,3"
+    assert errors_of(write(tmp_path, text, "two.csv")) == {
+        "(header)": "more than one column for grid: grid_kw, grid_kwh; keep one"}
