@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -239,13 +239,29 @@ def _load_from_grid_kw(grid_kw: np.ndarray, pv_kw: np.ndarray | None, grid_colum
     return np.where(load < 0, np.where(load >= -tolerance, 0.0, load), load)
 
 
+_HOUR_24 = re.compile(r"(\d{4}-\d{2}-\d{2})([T ]+)24:00(:00)?(.*)")
+
+
+def _hour_24_as_midnight(cell: str) -> str:
+    """``2026-01-05 24:00`` (the end of 5 January, as meter exports write the end of a day's last interval) as
+    ``2026-01-06 00:00``; other cells as they are."""
+    m = _HOUR_24.fullmatch(cell)
+    if m is None:
+        return cell
+    try:
+        next_day = date.fromisoformat(m[1]) + timedelta(days=1)
+    except ValueError:
+        return cell
+    return f"{next_day.isoformat()}{m[2]}00:00{m[4]}"
+
+
 def _parse_timestamps(cells: list[str], lines: list[int], column: str, timezone: str | None,
                       errors: _Errors, source: str) -> np.ndarray:
     """UTC epoch nanoseconds per row; invalid rows are reported and get the int64 minimum. Dates written day and
-    month first (05/01/2026 08:00) are read as :func:`_numeric_dates_as_iso` says."""
+    month first (05/01/2026 08:00) are read as :func:`_numeric_dates_as_iso` says, 24:00 as the next midnight."""
     n = len(cells)
     written = [c.strip() for c in cells]
-    stripped = _numeric_dates_as_iso(written, column, source)
+    stripped = [_hour_24_as_midnight(c) for c in _numeric_dates_as_iso(written, column, source)]
     has_offset = np.fromiter((bool(_OFFSET.search(c)) and len(c) > 10 for c in stripped), dtype=bool, count=n)
     out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     if has_offset.any():
@@ -366,7 +382,8 @@ def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: s
 def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes: int = 15,
                     columns: Sequence[str] = ("pv", "load"), unit: Literal["kW", "kWh"] | None = None,
                     rated_kw: Mapping[str, float] | None = None, allow_gaps: bool = False,
-                    max_errors: int = 50, optional_plain: Sequence[str] = ()) -> pd.DataFrame:
+                    max_errors: int = 50, optional_plain: Sequence[str] = (),
+                    timestamps_at: Literal["start", "end"] = "start") -> pd.DataFrame:
     """Read measured series from a CSV file.
 
     Parameters
@@ -387,6 +404,9 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         If true, missing intervals and empty cells become NaN instead of errors.
     max_errors : int
         Stop listing errors after this many.
+    timestamps_at : "start" or "end"
+        What each timestamp labels: its interval's start (the convention) or its end, as many meter exports write
+        (00:15 for 00:00–00:15, 24:00 for the day's last quarter hour); ends are moved back one file step.
     optional_plain : sequence of str
         Columns read when the file has them (e.g. ``import_price``), as numbers in their own unit under their own
         name: every cell a number, no sign or plausibility check; held over the quarter hours of a longer step.
@@ -427,6 +447,8 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
                                   allow_gaps, errors, decimal_comma)
              for name in optional_plain if name in lower}
     step_ns = _file_step_ns(ns, valid, errors, source)
+    if timestamps_at == "end":
+        ns[valid] -= step_ns
     target_ns = step_minutes * 60 * 1_000_000_000
     if step_ns % target_ns:
         raise errors.fatal(source, f"column {ts_name}", f"the file's step of {step_ns / 6e10:g} min is not a whole "

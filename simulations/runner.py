@@ -140,14 +140,16 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
     if not csv.fill_gaps_hours:
         try:
-            return read_series_csv(path, tz, step, columns=columns, rated_kw=rated), None
+            return read_series_csv(path, tz, step, columns=columns, rated_kw=rated,
+                                   timestamps_at=csv.timestamps_at), None
         except DataError as exc:
             if not any(e.message.startswith("gap:") or e.message == "empty cell" for e in exc.errors):
                 raise
             hint = FieldError(FILL_FIELD, "the data has gaps: set data.csv.fill_gaps_hours to fill those up to that "
                                           "long (docs/data.md, \"Gaps in measured data\"), or fill them in the file")
             raise DataError(exc.source, [*exc.errors, hint]) from None
-    frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True)
+    frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True,
+                            timestamps_at=csv.timestamps_at)
     frame, gaps, errors = fill_gaps(frame, tz, csv.fill_gaps_hours)
     if errors:
         raise DataError(str(path), errors)

@@ -134,6 +134,10 @@ class CsvData(StrictModel):
     pv_kwp: float | None = Field(default=None, gt=0,
                                  description="kWp of the plant the PV column was measured on; PV is scaled by "
                                              "pv.kwp / pv_kwp (None: used as is)")
+    timestamps_at: Literal["start", "end"] = Field(
+        default="start", description="What the file's timestamps label: the start of their interval (default), or "
+                                     "its end, as many meter exports write (00:15 for 00:00–00:15, 24:00 for the "
+                                     "day's last interval)")
     fill_gaps_hours: float = Field(default=0.0, ge=0, le=168,
                                    description="Fill each gap of the measured series (missing rows, empty cells) up "
                                                "to this long: a straight line up to 1 h, else the same times on a "

@@ -406,3 +406,23 @@ def test_no_load_and_no_grid_names_every_way_to_give_the_load(tmp_path):
     text = "timestamp,pv_kw,grid_kw,grid_kwh\n2026-01-05T08:00Z,1,2,3\n2026-01-05T08:15Z,1,2,3"
     assert errors_of(write(tmp_path, text, "two.csv")) == {
         "(header)": "more than one column for grid: grid_kw, grid_kwh; keep one"}
+
+
+def test_a_meter_export_labelled_at_interval_ends_with_24_00(tmp_path):
+    """00:15 labels 00:00–00:15 and 24:00 the day's last quarter hour: read with timestamps_at='end' they are the
+    same intervals as the file labelled at their starts."""
+    starts = pd.date_range("2026-01-13 00:00", periods=2 * 96, freq="15min")
+    ends = [t + pd.Timedelta(minutes=15) for t in starts]
+    as_end = [f"{t - pd.Timedelta(days=1):%d/%m/%Y} 24:00" if t.hour == t.minute == 0 else f"{t:%d/%m/%Y %H:%M}"
+              for t in ends]
+    assert as_end[95] == "13/01/2026 24:00" and as_end[96] == "14/01/2026 00:15"
+    end_file = write(tmp_path, "\n".join(["timestamp,load_kw", *(f"{e},{i}" for i, e in enumerate(as_end))]))
+    start_file = write(tmp_path, "\n".join(["timestamp,load_kw", *(f"{t:%Y-%m-%d %H:%M},{i}"
+                                                                  for i, t in enumerate(starts))]), "starts.csv")
+    expected = read_series_csv(start_file, columns=("load",), timezone="Asia/Ho_Chi_Minh")
+    pd.testing.assert_frame_equal(read_series_csv(end_file, columns=("load",), timezone="Asia/Ho_Chi_Minh",
+                                                  timestamps_at="end"), expected)
+    assert expected.index[0] == pd.Timestamp("2026-01-12T17:00Z")
+    iso_24 = write(tmp_path, "timestamp,load_kw\n2026-01-13 23:00,1\n2026-01-13 24:00,2", "iso24.csv")
+    assert read_series_csv(iso_24, columns=("load",), timezone="UTC", step_minutes=60).index.tolist() == [
+        pd.Timestamp("2026-01-13T23:00Z"), pd.Timestamp("2026-01-14T00:00Z")]
