@@ -312,8 +312,10 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
               "it) × the grid emission factor of each site's scenario. CO2, JCM-style (methodology VN_AM007, "
               "Installation of Solar PV System): PV energy used on site or exported × a conservative grid "
               "factor, project emissions 0; the battery is not part of it.",
-              "", f"JCM factors [t CO2/MWh]: {factors}. A factor marked 'grid factor' is not the "
-              "methodology's conservative factor: set `jcm_factor_t_per_mwh` in the park file."]
+              "", f"JCM factors [t CO2/MWh]: {factors}."
+              + (" A factor marked 'grid factor' is not the methodology's conservative factor: set "
+                 "`jcm_factor_t_per_mwh` in the park file." if (sites["jcm_factor_source"] == "grid factor").any()
+                 else "")]
     if shared is not None:
         lines += _shared_lines(shared, currency)
         paths["shared"] = out / "park-shared-battery.json"

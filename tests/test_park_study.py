@@ -67,6 +67,11 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     report = paths["report"].read_text(encoding="utf-8")
     assert "| **park total** | **1,500** | **1,000** |" in report and "Warning" in report   # 2 days, not a year
     assert "factory-a 0.5 (scenario)" in report and "Shared park battery" not in report
+    assert "marked 'grid factor'" not in report  # every factor here is the scenario's conservative one
+    from_grid = table.copy()
+    from_grid.loc[0, "jcm_factor_source"] = "grid factor"
+    again = write_park(from_grid, tmp_path / "out2", park, "ems park park.yaml", "VND")["report"]
+    assert "A factor marked 'grid factor' is not the methodology's" in again.read_text(encoding="utf-8")
     assert pd.read_csv(paths["table"]).shape[0] == 3
     # the default dispatch is perfect foresight: its savings are labelled as the upper bound they are
     assert "Battery dispatch: perfect foresight (upper bound). The savings, and every figure from them, are an " \
