@@ -301,16 +301,18 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
         cells = [_cell(row.get(key)) for key, _ in columns]
         if row["site"] == TOTAL:
             cells = [f"**{c}**" for c in cells]
+        elif pd.isna(row["simple_payback_years"]) and row["capex"] > 0:  # a site's cash flow that never turns
+            cells[[key for key, _ in columns].index("simple_payback_years")] = "never"
         lines.append("| " + " | ".join(cells) + " |")
     sites = table[table["site"] != TOTAL]
     factors = "; ".join(f"{r['site']} {r['jcm_factor_t_per_mwh']:g} ({r['jcm_factor_source']})"
                         for r in sites.to_dict("records"))
     lines += ["", "Saving: yearly, against no PV and no battery (the simulated period scaled to a year). "
               "Investment ÷ saving: no O&M, ageing or replacements. Payback, cash flow: from each site's "
-              "yearly cash flow with O&M, ageing and replacements (per site only); — = not reached or not "
-              "computed. CO2 avoided, grid factor: the fall in net grid import (battery losses count against "
-              "it) × the grid emission factor of each site's scenario. CO2, JCM-style (methodology VN_AM007, "
-              "Installation of Solar PV System): PV energy used on site or exported × a conservative grid "
+              "yearly cash flow with O&M, ageing and replacements (per site only); never = not within the site's "
+              "study life; — = not computed. CO2 avoided, grid factor: the fall in net grid import (battery losses "
+              "count against it) × the grid emission factor of each site's scenario. CO2, JCM-style (methodology "
+              "VN_AM007, Installation of Solar PV System): PV energy used on site or exported × a conservative grid "
               "factor, project emissions 0; the battery is not part of it.",
               "", f"JCM factors [t CO2/MWh]: {factors}."
               + (" A factor marked 'grid factor' is not the methodology's conservative factor: set "

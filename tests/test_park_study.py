@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,13 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     from_grid.loc[0, "jcm_factor_source"] = "grid factor"
     again = write_park(from_grid, tmp_path / "out2", park, "ems park park.yaml", "VND")["report"]
     assert "A factor marked 'grid factor' is not the methodology's" in again.read_text(encoding="utf-8")
+    never = table.copy()
+    never.loc[0, "simple_payback_years"] = np.nan  # factory-a's cash flow does not turn within its life
+    lines = write_park(never, tmp_path / "out3", park, "ems park park.yaml", "VND")["report"].read_text(
+        encoding="utf-8").splitlines()
+    row = next(line for line in lines if line.startswith("| factory-a |")).split(" | ")
+    assert row[6] == "never" and "never = not within the site's study life" in "".join(lines)
+    assert next(line for line in lines if line.startswith("| **park total**")).split(" | ")[6] == "**—**"
     assert pd.read_csv(paths["table"]).shape[0] == 3
     # the default dispatch is perfect foresight: its savings are labelled as the upper bound they are
     assert "Battery dispatch: perfect foresight (upper bound). The savings, and every figure from them, are an " \
