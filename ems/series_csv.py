@@ -110,14 +110,12 @@ its import and export apart; the load is then the grid's net power plus the PV m
 
 def _unit_column(lower: list[str], name: str, unit: Literal["kW", "kWh"] | None) -> list[tuple[int, str]]:
     """(index, unit) of the columns that could hold series ``name``: ``<name>_kw``, ``<name>_kwh``, and ``<name>``
-    alone when ``unit`` is given."""
+    alone in ``unit`` when it is given."""
     candidates = [(lower.index(f"{name}_kw"), "kW")] if f"{name}_kw" in lower else []
     if f"{name}_kwh" in lower:
         candidates.append((lower.index(f"{name}_kwh"), "kWh"))
-    if unit is not None:
-        if name in lower:
-            candidates.append((lower.index(name), unit))
-        candidates = [c for c in candidates if c[1] == unit or lower[c[0]] == name]
+    if unit is not None and name in lower:
+        candidates.append((lower.index(name), unit))
     return candidates
 
 
@@ -397,7 +395,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     columns : sequence of str
         Series to read, e.g. ``("pv", "load")``; each becomes a ``<name>_kw`` output column.
     unit : "kW" or "kWh", optional
-        Unit of columns named without one (``load``); columns named with a unit must agree.
+        Unit of columns named without one (``load``); a column named with its unit (``load_kwh``) keeps it.
     rated_kw : mapping, optional
         Rating per series (e.g. ``{"pv": 900, "load": 1500}``) for the plausibility bound. [kW]
     allow_gaps : bool

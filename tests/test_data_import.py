@@ -426,3 +426,12 @@ def test_a_meter_export_labelled_at_interval_ends_with_24_00(tmp_path):
     iso_24 = write(tmp_path, "timestamp,load_kw\n2026-01-13 23:00,1\n2026-01-13 24:00,2", "iso24.csv")
     assert read_series_csv(iso_24, columns=("load",), timezone="UTC", step_minutes=60).index.tolist() == [
         pd.Timestamp("2026-01-13T23:00Z"), pd.Timestamp("2026-01-14T00:00Z")]
+
+
+def test_a_column_named_with_its_unit_keeps_it_whatever_the_unit_of_bare_names(tmp_path):
+    """``ems plan --series`` reads bare names as kW; a meter's hourly ``load_kWh`` is still energy per hour."""
+    path = write(tmp_path, "timestamp,load_kWh\n2026-01-05T08:00Z,600\n2026-01-05T09:00Z,640")
+    assert read_series_csv(path, columns=("load",), unit="kW")["load_kw"].tolist() == [600.0] * 4 + [640.0] * 4
+    both = write(tmp_path, "timestamp,load,load_kwh\n2026-01-05T08:00Z,1,2\n2026-01-05T09:00Z,1,2", "both.csv")
+    assert errors_of(both, columns=("load",), unit="kW") == {
+        "(header)": "more than one column for load: load_kwh, load; keep one"}
