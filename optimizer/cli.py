@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
                    help="the battery's state of health [%%]: plan on the energy it holds, battery.capacity_kwh x SOH "
                         "(default: the nameplate, as live control without a SOH reading)")
     p.add_argument("--month-peak", type=number(lo=0), default=0.0, help="peak import already reached this month [kW]")
-    p.add_argument("--series", type=Path, help="CSV timestamp,pv_kw,load_kw[,import_price,export_price]")
+    p.add_argument("--series", type=Path, help="CSV timestamp,pv_kw,load_kw[,import_price,export_price] (or _kwh "
+                   "columns, or the grid meter's grid_kw for the load: docs/data.md)")
     p.add_argument("--json", action="store_true", help="print the Plan JSON instead of the table")
     p.set_defaults(func=run)
 
