@@ -358,7 +358,7 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "strategy": _label(name),
             f"yearly bill [{cur}]": s["annual_bill"],
             f"saving vs no PV, no battery [{cur}/yr]": e["savings_vs_no_system"] if e else None,
-            f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e else None,
+            f"saving vs PV only [{cur}/yr]": e["savings_vs_pv_only"] if e and name != "pv_only" else None,
             "full cycles/yr (usable window)": e["equivalent_full_cycles"] if fin_bat else None,
             "full cycles/yr (nameplate)": e["equivalent_full_cycles_nameplate"] if fin_bat else None,
             "savings kept at end of life": _kept_text(e) if fin_bat else None,
@@ -435,8 +435,8 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("battery savings as it ages", AGEING_TEXT[a.get("battery_ageing_value", "proportional")], ""),
         ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
-        ("data", f"{a['data_kind']}: {a['data_source']}{filled_text(summary.get('data_filled'))}", ""),
-        ("MPC warm-up history", warmup_text(summary.get("warmup")), "days before the period"),
+        ("data", f"{a['data_source']}{filled_text(summary.get('data_filled'))}", ""),
+        ("MPC warm-up history", warmup_text(summary.get("warmup")), ""),
         ("MPC day-ahead PV forecast", forecast_text(a.get("pv_forecast")), ""),
         ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
     ]
@@ -475,7 +475,8 @@ def warmup_text(warmup: dict[str, float] | None) -> str:
 
     parts = [(warmup["own_days"], "from the data"), (warmup["wrapped_days"], "from 52 weeks later (wrapped)"),
              (warmup["missing_days"], "missing")]
-    return f"{days(warmup['days'])}: " + ", ".join(f"{days(d)} {what}" for d, what in parts if d > 0)
+    return f"{days(warmup['days'])} days before the period: " + ", ".join(f"{days(d)} {what}" for d, what in parts
+                                                                       if d > 0)
 
 
 def accuracy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -677,6 +677,9 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
     syn = sc.data.synthetic
     source = (f"synthetic year {syn.year} (seed {syn.seed}, {syn.annual_yield_kwh_per_kwp:g} kWh/kWp/yr)"
               if syn is not None else f"measured: {sc.data.csv.path}" if sc.data.csv is not None else "")
+    if sc.data.irradiance is not None:
+        source = (f"{'load of the ' if syn is not None else 'load '}{source}; PV from measured irradiance: "
+                  f"{sc.data.irradiance.path}")
     om_esc = fin.om_escalation_pct_per_year
     return {
         "pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh, "battery_kw": sc.battery.max_discharge_kw,

@@ -16,7 +16,7 @@ from ems.yamlfile import ConfigError
 from optimizer.site import Location, PVSpec, SiteInfo
 from optimizer.solar import clear_sky_pv_kw
 from simulations.irradiance import ghi_to_poa_w_m2, irradiance_pv_kw, pv_from_irradiance, read_irradiance_csv
-from simulations.runner import load_data
+from simulations.runner import assumptions, load_data
 from simulations.scenario import load_scenario
 
 TZ = "Asia/Ho_Chi_Minh"
@@ -183,6 +183,8 @@ def test_a_study_takes_its_pv_from_irradiance(tmp_path):
     expected = pv_from_irradiance(tmp_path / "ghi.csv", SITE, PV.model_copy(update={"losses_pct": 14}), 15)
     assert np.allclose(data.pv_kw, expected.to_numpy()[:192])
     assert data.load_kw.mean() > 300  # the synthetic year's load
+    assert assumptions(load_scenario(scenario))["data_source"] == (
+        "load of the synthetic year 2026 (seed 7, 1100 kWh/kWp/yr); PV from measured irradiance: ghi.csv")
     scenario.write_text(f"extends: {SCENARIOS / 'nam-cau-kien.yaml'}\nname: irr\n"
                         "data:\n  irradiance: {path: ghi.csv}\n  start: 2026-06-01\n  days: 5\n")
     with pytest.raises(ConfigError, match="no irradiance for 192 interval"):

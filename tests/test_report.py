@@ -184,6 +184,7 @@ def test_never_pays_back_is_a_dash_with_its_reason_everywhere(result, tmp_path: 
     assert row["battery payback, discounted [yr]"] == "> 20"     # not a dash: the dash means "does not apply"
     pv_row = next(r for r in strategy_rows(summary) if r["strategy"] == "PV only")
     assert pv_row["battery payback, discounted [yr]"] is None and pv_row["battery IRR [%]"] is None
+    assert pv_row["saving vs PV only [VND/yr]"] is None  # PV only against itself: does not apply (was "0.00")
     html = paths["report"].read_text(encoding="utf-8")
     assert "<td>&gt; 20</td>" in html and f"<td>{DASH}</td>" in html
     # each mark is explained for its own column (the report said "—: does not pay back at 8 % …; —: does not pay
@@ -211,10 +212,10 @@ def test_assumptions_table_lists_every_cost_and_finance_input(result) -> None:
     assert rows["electricity price escalation"][0] == "3"
     assert rows["O&M cost escalation"][0] == "3 (= tariff escalation)"
     assert rows["PV degradation"][0] == "0.5"
-    assert rows["data"][0].startswith("synthetic: synthetic year 2026 (seed 7")
+    assert rows["data"][0].startswith("synthetic year 2026 (seed 7")  # said once, not "synthetic: synthetic …"
     assert rows["random seed"][0] == "7"
     # the study starts on 1 June of a synthetic year: three weeks of the data's own May before it
-    assert rows["MPC warm-up history"] == ("21: 21 from the data", "days before the period")
+    assert rows["MPC warm-up history"] == ("21 days before the period: 21 from the data", "")
     assert rows["MPC day-ahead PV forecast"][0] == "none (the built-in forecasts only)"
     costs = set(sc.costs.model_dump()) - {"currency"}
     finance = set(sc.finance.model_dump())

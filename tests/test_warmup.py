@@ -67,11 +67,11 @@ def test_report_says_where_the_warmup_came_from() -> None:
     index, pv, load = _series("2026-01-01", 20)
     short = warmup_from(index, pv, load, index[24 * 2], days=5, step_minutes=60).coverage(1.0)
     assert short == {"days": 5.0, "own_days": 2.0, "wrapped_days": 0.0, "missing_days": 3.0}
-    assert warmup_text(short) == "5: 2 from the data, 3 missing"
+    assert warmup_text(short) == "5 days before the period: 2 from the data, 3 missing"
     index, pv, load = _series("2026-01-01", 366)
     mixed = warmup_from(index, pv, load, index[24 * 2 + 12], days=5, step_minutes=60).coverage(1.0)
     assert mixed == {"days": 5.0, "own_days": 2.5, "wrapped_days": 2.5, "missing_days": 0.0}
-    assert warmup_text(mixed) == "5: 2.5 from the data, 2.5 from 52 weeks later (wrapped)"
+    assert warmup_text(mixed) == "5 days before the period: 2.5 from the data, 2.5 from 52 weeks later (wrapped)"
 
 
 def _scenario(warmup_days: int) -> Scenario:
