@@ -140,6 +140,8 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"{scenario.name}: {summary['period']['days']:.0f} days, tariff {summary['tariff']}")
     if summary["period"]["warning"]:
         print(f"warning: {summary['period']['warning']}", file=sys.stderr)
+    for warning in summary["data_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if summary["data_filled"]:
         print(f"note: {filled_text(summary['data_filled']).removeprefix('; ')} (data.csv.fill_gaps_hours)",
               file=sys.stderr)
@@ -192,6 +194,9 @@ def _sweep(args: argparse.Namespace) -> int:
     problem = out_problem(args.out, args.force, SWEEP_FILES)
     if problem is not None:
         return _refuse(problem)
+    from simulations.runner import load_data
+
+    data_warnings = load_data(scenario).warnings if scenario.data.csv is not None else []
     bar = tqdm(total=len(pv) * len(battery), unit="cell", desc=f"sweep {scenario.name}")
     table = sweep(scenario, pv, battery, args.strategy, workers=args.workers, dask_address=args.dask,
                   progress=lambda done, total: bar.update(1))
@@ -199,10 +204,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from optimizer.tariff import load_tariff
 
     currency = load_tariff(scenario.tariff.ref(), scenario.base_dir).currency
-    paths = write_sweep(table, args.out, scenario, _command(), currency)
-    warning = period_warning(table)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    paths = write_sweep(table, args.out, scenario, _command(), currency, data_warnings)
+    for warning in [period_warning(table), *data_warnings]:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     for key, path in paths.items():
         print(f"{key}: {path}")
     failures = failed_cells(table)

@@ -651,6 +651,7 @@ def render_html(result: RunResult, summary: dict[str, Any]) -> str:
 <h1>{html.escape(sc.name)}</h1>
 <p class="verdict" id="verdict">{html.escape(verdict(summary))}</p>
 {f'<p class="warning" id="period-warning">{html.escape(warning)}</p>' if warning else ''}
+{''.join(f'<p class="warning data-warning">Data: {html.escape(w)}</p>' for w in summary.get('data_warnings', []))}
 <p>{html.escape(sc.description)}</p>
 <p id="period">Period {html.escape(local_period(summary))}; tariff {html.escape(summary['tariff'])}; yearly figures in
 {html.escape(cur)}{' (the sum of the simulated months)' if summary['period']['whole_years'] else ''}.

@@ -35,6 +35,7 @@ from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
 from simulations.accuracy import study_accuracy
+from simulations.data_checks import pv_held_back_warning
 from simulations.gap_fill import FIELD as FILL_FIELD
 from simulations.gap_fill import FilledGaps, fill_gaps
 from simulations.irradiance import pv_from_irradiance
@@ -71,6 +72,8 @@ class SeriesData:
     warmup: Warmup = field(default_factory=Warmup)
     filled: dict[str, dict[str, float]] = field(default_factory=dict)
     """Gaps of measured data filled within the period, per series (:meth:`FilledGaps.summary`); empty: none."""
+    warnings: list[str] = field(default_factory=list)
+    """What makes the data less than it seems (:mod:`simulations.data_checks`); empty: nothing found."""
 
     @property
     def hours(self) -> float:
@@ -84,6 +87,7 @@ def load_data(scenario: Scenario) -> SeriesData:
     d = scenario.data
     step = scenario.planner.step_minutes
     gaps: FilledGaps | None = None
+    measured_pv: np.ndarray | None = None  # PV as the plant delivered it, for the held-back check
     if d.synthetic is not None:
         s = d.synthetic
         frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
@@ -96,6 +100,7 @@ def load_data(scenario: Scenario) -> SeriesData:
     else:
         assert d.csv is not None
         frame, gaps = read_measured(scenario, ("pv", "load"))
+        measured_pv = frame["pv_kw"].to_numpy(dtype=float).copy()
         if d.csv.pv_kwp:
             frame["pv_kw"] = frame["pv_kw"] * scenario.pv.kwp / d.csv.pv_kwp
         frame["pv_kw"] = frame["pv_kw"].clip(upper=scenario.pv.ac_limit_kw)
@@ -122,7 +127,9 @@ def load_data(scenario: Scenario) -> SeriesData:
     warmup = warmup_from(frame.index, pv_all, load_all, starts[0], d.warmup_days, step)
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
                       pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup,
-                      filled=gaps.summary(keep) if gaps is not None else {})
+                      filled=gaps.summary(keep) if gaps is not None else {},
+                      warnings=[w for w in [None if measured_pv is None else
+                                            pv_held_back_warning(measured_pv[keep], load_all[keep])] if w])
 
 
 def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.DataFrame, FilledGaps | None]:
@@ -507,6 +514,7 @@ class RunResult:
             "assumptions": assumptions(sc, simulates_ageing(sc, self.inputs)),
             "warmup": self.data.warmup.coverage(float(self.data.duration_h[0])),
             "data_filled": self.data.filled,
+            "data_warnings": self.data.warnings,
             "sizes": {"pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh,
                       "battery_kw": sc.battery.max_discharge_kw},
             "strategies": strategies,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -270,9 +270,11 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command: str, currency: str) -> dict[str, Path]:
+def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command: str, currency: str,
+                data_warnings: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``sweep.csv``, the heatmaps (``payback``, ``npv``, ``battery-payback``, ``battery-npv``; PNG and SVG)
-    and ``sweep.html`` into ``out_dir``. Returns the paths written (PNG for the heatmaps)."""
+    and ``sweep.html`` into ``out_dir``, with ``data_warnings`` (``SeriesData.warnings`` of the scenario's data) as
+    banners. Returns the paths written (PNG for the heatmaps)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"table": out_dir / "sweep.csv", "html": out_dir / "sweep.html"}
     table.to_csv(paths["table"], index=False)
@@ -320,6 +322,7 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
 <style>{style}</style></head><body>
 <h1>{html.escape(scenario.name)}: sizing sweep</h1>
 {f'<p class="warning" id="period-warning">{html.escape(warning)}</p>' if warning else ''}
+{''.join(f'<p class="warning data-warning">Data: {html.escape(w)}</p>' for w in data_warnings)}
 {failed_note}
 <p>Battery dispatch in every cell: {html.escape(strategy)}; battery power at the base case's C-rate; yearly figures
 in {html.escape(currency)}; discount rate {scenario.finance.discount_rate_pct:g} %, study life

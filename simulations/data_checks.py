@@ -1,0 +1,48 @@
+"""Checks of measured study data that do not make it wrong, only less than it seems: said as warnings.
+
+PV measured at a plant that holds its export at zero (or at a limit) is what the plant *delivered*, not what the
+array could give: at midday on a light-load day the inverters were throttled down to the load. A study on that PV
+leaves out the surplus a battery would have stored, the very value it is asked to find. The sign is in the data: at
+those steps the PV covers the load almost exactly and the grid stays near 0 kW. Rule and thresholds: docs/data.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HELD_GRID_KW = 2.0
+HELD_GRID_LOAD_FRACTION = 0.03
+"""The grid is "near 0 kW" within the larger of HELD_GRID_KW and this share of the load (a zero-export controller
+keeps a small import margin). [kW], [-]"""
+SUNNY_FRACTION_OF_PEAK = 0.1
+"""Steps with PV above this share of the period's highest PV are the sunny ones looked at. [-]"""
+WARN_SHARE = 0.05
+"""Warn when at least this share of the sunny steps look held back. [-]"""
+
+
+def pv_held_back(pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
+    """True at the sunny steps where the PV covered the load with the grid near 0 kW: PV held back by an export
+    limit, most likely. [kW] in."""
+    pv, load = np.asarray(pv_kw, dtype=float), np.asarray(load_kw, dtype=float)
+    peak = float(np.nanmax(pv)) if len(pv) and np.isfinite(pv).any() else 0.0
+    if peak <= 0:
+        return np.zeros(len(pv), dtype=bool)
+    grid = load - pv
+    margin = np.maximum(HELD_GRID_KW, HELD_GRID_LOAD_FRACTION * load)
+    return (pv > SUNNY_FRACTION_OF_PEAK * peak) & (np.abs(grid) <= margin)
+
+
+def pv_held_back_warning(pv_kw: np.ndarray, load_kw: np.ndarray) -> str | None:
+    """The warning for measured PV that looks held back at :data:`WARN_SHARE` or more of the sunny steps, else
+    None."""
+    pv = np.asarray(pv_kw, dtype=float)
+    peak = float(np.nanmax(pv)) if len(pv) and np.isfinite(pv).any() else 0.0
+    sunny = int(np.sum(pv > SUNNY_FRACTION_OF_PEAK * peak)) if peak > 0 else 0
+    held = int(np.sum(pv_held_back(pv, load_kw)))
+    if sunny == 0 or held < WARN_SHARE * sunny:
+        return None
+    return (f"the measured PV looks held back at {held:,} of {sunny:,} sunny steps ({100 * held / sunny:.0f} %): "
+            f"the grid stayed near 0 kW (within {HELD_GRID_KW:g} kW or {100 * HELD_GRID_LOAD_FRACTION:g} % of the "
+            "load) while the PV covered the load, as under a zero-export limit. There the study's PV is what the plant "
+            "delivered, not what the array could give, so the surplus a battery would store is left out and its "
+            "value understated; take the PV from irradiance (data.irradiance) to count it.")
