@@ -223,7 +223,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _park(args: argparse.Namespace) -> int:
     from optimizer.tariff import load_tariff
-    from simulations.park import TOTAL, load_park, run_park, run_shared_battery, write_park
+    from simulations.park import TOTAL, load_park, run_park, run_shared_battery, site_data_warnings, write_park
     from simulations.report import BOUNDS
 
     park, scenarios = load_park(args.park)
@@ -234,13 +234,17 @@ def _park(args: argparse.Namespace) -> int:
     problem = out_problem(args.out, args.force, PARK_FILES)
     if problem is not None:
         return _refuse(problem)
+    data_warnings = site_data_warnings(park, scenarios)
     table = run_park(park, scenarios, workers=args.workers, dask_address=args.dask,
                      progress=lambda done, total: print(f"site {done}/{total} done", file=sys.stderr))
     shared = None
     if park.shared_battery is not None:
         print("shared park battery: running the park behind one connection", file=sys.stderr)
         shared = run_shared_battery(park, scenarios, table, dask_address=args.dask)
-    paths = write_park(table, args.out, park, _command(), currencies.pop(), shared)
+    paths = write_park(table, args.out, park, _command(), currencies.pop(), shared, data_warnings)
+    for site, warnings in data_warnings.items():
+        for warning in warnings:
+            print(f"warning: site {site}: {warning}", file=sys.stderr)
     total = table[table["site"] == TOTAL].iloc[0]
     bound = f" (an upper bound: battery dispatch by {park.strategy})" if park.strategy in BOUNDS else ""
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "

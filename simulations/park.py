@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ems.yamlfile import ConfigError, FieldError, load_model
 from simulations.economics import jcm_reduction_t
@@ -92,17 +92,23 @@ class Park(BaseModel):
     shared_battery: SharedBattery | None = None
     sites: tuple[ParkSite, ...] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_and_known(self) -> Park:
+    @field_validator("sites")
+    @classmethod
+    def _unique(cls, sites: tuple[ParkSite, ...]) -> tuple[ParkSite, ...]:
         seen: set[str] = set()
-        for site in self.sites:
+        for site in sites:
             if site.id in seen:
-                raise ValueError(f"sites: site id {site.id!r} appears twice; each site needs its own id")
+                raise ValueError(f"site id {site.id!r} appears twice; each site needs its own id")
             seen.add(site.id)
-        if self.strategy not in ALL_STRATEGIES or self.strategy == "pv_only":
-            raise ValueError(f"strategy {self.strategy!r}: one of "
+        return sites
+
+    @field_validator("strategy")
+    @classmethod
+    def _battery_dispatch(cls, strategy: str) -> str:
+        if strategy not in ALL_STRATEGIES or strategy == "pv_only":
+            raise ValueError(f"{strategy!r} is not a battery dispatch: one of "
                              f"{', '.join(s for s in ALL_STRATEGIES if s != 'pv_only')}")
-        return self
+        return strategy
 
 
 def load_park(path: Path) -> tuple[Park, list[Scenario]]:
@@ -277,10 +283,12 @@ def investment_over_saving(capex: float, saving: float) -> float | None:
 
 
 def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currency: str,
-               shared: dict[str, Any] | None = None) -> dict[str, Path]:
+               shared: dict[str, Any] | None = None,
+               data_warnings: dict[str, list[str]] | None = None) -> dict[str, Path]:
     """``park.csv`` (every column), ``park.md`` (the headline columns, per site and in total, the JCM
-    factors, the shared battery against the sites' own and the warning of a period that is not a whole
-    number of years) and, with ``shared`` (:func:`run_shared_battery`), ``park-shared-battery.json``."""
+    factors, the shared battery against the sites' own, the warning of a period that is not a whole
+    number of years and ``data_warnings`` per site: :func:`site_data_warnings`) and, with ``shared``
+    (:func:`run_shared_battery`), ``park-shared-battery.json``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "park.csv", "report": out / "park.md"}
     table.to_csv(paths["table"], index=False)
@@ -325,8 +333,20 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
     warning = period_warning(sites)
     if warning:
         lines += ["", f"**Warning:** {warning}"]
+    for site, warnings in (data_warnings or {}).items():
+        lines += ["", *(f"**Data of {site}:** {w}" for w in warnings)]
     paths["report"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     return paths
+
+
+def site_data_warnings(park: Park, scenarios: list[Scenario]) -> dict[str, list[str]]:
+    """Per site on measured data, what makes that data less than it seems (``SeriesData.warnings``); sites without
+    any are left out."""
+    from simulations.runner import load_data
+
+    found = {site.id: load_data(scenario).warnings for site, scenario in zip(park.sites, scenarios, strict=True)
+             if scenario.data.csv is not None}
+    return {site: warnings for site, warnings in found.items() if warnings}
 
 
 def strategy_label(strategy: str) -> str:

@@ -77,3 +77,16 @@ def test_a_synthetic_year_carries_no_data_warning(tmp_path):
     assert main(["simulate", str(BASE_SCENARIO), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
                  "pv_only", "--days", "2"]) == 0
     assert json.loads((tmp_path / "o" / "summary.json").read_text(encoding="utf-8"))["data_warnings"] == []
+
+
+def test_ems_park_names_the_site_whose_pv_looks_held_back(tmp_path, capsys):
+    study = zero_export_study(tmp_path)
+    (tmp_path / "park.yaml").write_text(f"name: p\nstrategy: self_consumption\ndays: 3\nsites:\n"
+                                        f"  - {{id: held, scenario: {study}}}\n"
+                                        f"  - {{id: synthetic, scenario: {BASE_SCENARIO}}}\n", encoding="utf-8")
+    assert main(["park", str(tmp_path / "park.yaml"), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: site held: the measured PV looks held back at 27 of 33 sunny steps" in err
+    assert "site synthetic:" not in err
+    assert "**Data of held:** the measured PV looks held back" in (tmp_path / "o" / "park.md").read_text(
+        encoding="utf-8")

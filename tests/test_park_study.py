@@ -102,8 +102,19 @@ def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: 
 
 
 def test_repeated_site_id_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="site id 'factory-a' appears twice"):
+    with pytest.raises(ConfigError, match="site id 'factory-a' appears twice") as twice:
         load_park(park_file(tmp_path, second_id="factory-a"))
+    assert [e.field for e in twice.value.errors] == ["sites"]
+
+
+def test_a_strategy_that_dispatches_no_battery_is_refused_at_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "park.yaml"
+    path.write_text(f"name: p\nstrategy: pv_only\nsites:\n  - {{id: a, scenario: {SCENARIO}}}\n")
+    with pytest.raises(ConfigError) as bad:
+        load_park(path)
+    assert [(e.field, e.message) for e in bad.value.errors] == [
+        ("strategy", "'pv_only' is not a battery dispatch: one of self_consumption, tou_rule, mpc, mpc_perfect, "
+                     "perfect_foresight")]
 
 
 def test_a_bad_site_is_one_error_not_also_an_empty_park(tmp_path: Path) -> None:
