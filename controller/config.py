@@ -129,35 +129,16 @@ class SiteConfig(PlanningSite):
     simulation: SimulationConfig | None = None
 
     @model_validator(mode="after")
-    def _groups(self, info: ValidationInfo) -> SiteConfig:
-        """The device groups (:func:`group_errors`); with a ``collect`` list in the validation context the
-        errors are added to it with their field paths instead of raised."""
-        errors = group_errors(self)
+    def _whole_site(self, info: ValidationInfo) -> SiteConfig:
+        """The device groups (:func:`group_errors`) and what the controller needs (:func:`controllable_errors`);
+        with a ``collect`` list in the validation context the errors are added to it with their field paths
+        instead of raised."""
+        errors = group_errors(self) + controllable_errors(self)
         collect = info.context.get("collect") if isinstance(info.context, dict) else None
         if isinstance(collect, list):
             collect += errors
         elif errors:
             raise ValueError("; ".join(str(e) for e in errors))
-        return self
-
-    @model_validator(mode="after")
-    def _controllable(self) -> SiteConfig:
-        """What the live controller needs that a study does not: a battery with energy and power, and ratings
-        no plant has are typing errors (a 10^308 kWh battery would keep the controller in its safe state)."""
-        problems = []
-        bat, pv = self.battery, self.pv
-        if bat.capacity_kwh <= 0:
-            problems.append("battery.capacity_kwh must be above 0 for the controller (a study can model no battery)")
-        if bat.max_charge_kw <= 0 and bat.max_discharge_kw <= 0:
-            problems.append("battery.max_charge_kw or battery.max_discharge_kw must be above 0")
-        for name, value in (("battery.capacity_kwh", bat.capacity_kwh), ("battery.max_charge_kw", bat.max_charge_kw),
-                            ("battery.max_discharge_kw", bat.max_discharge_kw), ("pv.kwp", pv.kwp),
-                            ("pv.ac_kw", pv.ac_limit_kw), ("grid.import_cap_kw", self.grid.import_cap_kw or 0.0),
-                            ("grid.export_cap_kw", self.grid.export_cap_kw)):
-            if value > MAX_RATING:
-                problems.append(f"{name} {value:g} is beyond any plant this controller is for (at most {MAX_RATING:g})")
-        if problems:
-            raise ValueError("; ".join(problems))
         return self
 
     def device(self, role: Role) -> DeviceConfig:
@@ -369,6 +350,26 @@ def step_errors(raw_planner: object, tariff: Tariff) -> list[FieldError]:
     except ValidationError:
         return []
     return [FieldError("planner.step_minutes", why) for why in tariff.step_problems(settings.step_minutes)]
+
+
+def controllable_errors(config: SiteConfig) -> list[FieldError]:
+    """What the live controller needs that a study does not, at the fields: a battery with energy and power; ratings
+    no plant has are typing errors (a 10^308 kWh battery would keep the controller in its safe state)."""
+    errors = []
+    bat, pv = config.battery, config.pv
+    if bat.capacity_kwh <= 0:
+        errors.append(FieldError("battery.capacity_kwh", "must be above 0 for the controller (a study can model no "
+                                                         "battery)"))
+    if bat.max_charge_kw <= 0 and bat.max_discharge_kw <= 0:
+        errors.append(FieldError("battery.max_charge_kw", "this or battery.max_discharge_kw must be above 0"))
+    for name, value in (("battery.capacity_kwh", bat.capacity_kwh), ("battery.max_charge_kw", bat.max_charge_kw),
+                        ("battery.max_discharge_kw", bat.max_discharge_kw), ("pv.kwp", pv.kwp),
+                        ("pv.ac_kw", pv.ac_limit_kw), ("grid.import_cap_kw", config.grid.import_cap_kw or 0.0),
+                        ("grid.export_cap_kw", config.grid.export_cap_kw)):
+        if value > MAX_RATING:
+            errors.append(FieldError(name, f"{value:g} is beyond any plant this controller is for (at most "
+                                           f"{MAX_RATING:g})"))
+    return errors
 
 
 def validate_config(data: object, source: str, base_dir: Path) -> SiteConfig:
