@@ -259,7 +259,9 @@ class Scenario(StrictModel):
         """The same case with another PV size and battery energy (sweeps).
 
         The PV inverter AC limit keeps its ratio to kWp; the battery power keeps its C-rate (0.5 C when
-        the base case has no battery), so one sweep axis sizes the whole battery.
+        the base case has no battery), so one sweep axis sizes the whole battery. Measured PV (``data.csv``) without
+        ``pv_kwp`` was measured on the base case's plant: it is scaled from ``pv.kwp`` of the base (it stayed as
+        measured, the same energy in every cell of a PV sweep while the investment grew).
         """
         ac_ratio = self.pv.ac_limit_kw / self.pv.kwp if self.pv.kwp > 0 else 1.0
         base_kwh = self.battery.capacity_kwh
@@ -269,6 +271,10 @@ class Scenario(StrictModel):
         data["pv"].update(kwp=pv_kwp, ac_kw=pv_kwp * ac_ratio if pv_kwp > 0 else None)
         data["battery"].update(capacity_kwh=battery_kwh, max_charge_kw=battery_kwh * c_charge,
                                max_discharge_kw=battery_kwh * c_discharge)
+        measured = data["data"]["csv"]
+        if measured is not None and measured["pv_kwp"] is None and data["data"]["irradiance"] is None \
+                and self.pv.kwp > 0:
+            measured["pv_kwp"] = self.pv.kwp
         data["name"] = f"{self.name}-pv{_size_label(pv_kwp)}-bat{_size_label(battery_kwh)}"
         out = Scenario.model_validate(data)
         out._base_dir = self._base_dir

@@ -191,3 +191,20 @@ def test_a_bad_data_file_still_ends_the_sweep_at_once(tmp_path: Path, capsys: py
                  str(tmp_path / "out"), "--workers", workers]) == 2
     err = capsys.readouterr().err
     assert err.count("row 12, column pv_kw: negative value -5") == 1 and "cells failed" not in err
+
+
+def test_measured_pv_scales_with_the_swept_size(tmp_path: Path) -> None:
+    """Measured PV without data.csv.pv_kwp was measured on the base case's plant: a cell of half the kWp has half
+    its PV (it had the same PV in every cell while the investment followed the size)."""
+    from simulations.runner import load_data
+
+    path = scenario_with_a_bad_row(tmp_path, bad_hour=-1)  # no bad row: 48 h of 100 kW PV, 500 kW load
+    base = load_scenario(path)
+    assert base.data.csv is not None and base.data.csv.pv_kwp is None
+    assert load_data(base).pv_kw.max() == pytest.approx(100.0)
+    half = base.resized(base.pv.kwp / 2, base.battery.capacity_kwh)
+    assert half.data.csv is not None and half.data.csv.pv_kwp == base.pv.kwp
+    assert load_data(half).pv_kw.tolist() == pytest.approx([50.0] * 48)
+    assert load_data(base.resized(0, 0)).pv_kw.max() == 0.0
+    table = sweep(base, [base.pv.kwp / 2, base.pv.kwp], [0.0], "self_consumption")
+    assert table["pv_kwh"].iloc[1] == pytest.approx(2 * table["pv_kwh"].iloc[0])
