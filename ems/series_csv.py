@@ -377,6 +377,19 @@ def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: s
         previous = i
 
 
+def series_columns(path: str | Path, name: str) -> list[str]:
+    """The columns of the file's header that hold series ``name`` (``pv_kw``, ``pv_kwh``; any case); empty when none
+    does or the file cannot be read (:func:`read_series_csv` then says why)."""
+    p = Path(path)
+    try:
+        delimiter = _delimiter(p)
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            header = next((row for row in csv.reader(f, delimiter=delimiter) if any(c.strip() for c in row)), [])
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+    return [h.strip() for h in header if h.strip().lower() in (f"{name}_kw", f"{name}_kwh")]
+
+
 def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes: int = 15,
                     columns: Sequence[str] = ("pv", "load"), unit: Literal["kW", "kWh"] | None = None,
                     rated_kw: Mapping[str, float] | None = None, allow_gaps: bool = False,

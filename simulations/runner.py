@@ -25,7 +25,7 @@ import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
-from ems.series_csv import DataError, read_series_csv
+from ems.series_csv import DataError, read_series_csv, series_columns
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill, billed_demand_kw
 from optimizer.forecast import History
@@ -88,17 +88,14 @@ def load_data(scenario: Scenario) -> SeriesData:
     step = scenario.planner.step_minutes
     gaps: FilledGaps | None = None
     measured_pv: np.ndarray | None = None  # PV as the plant delivered it, for the held-back check
-    if d.synthetic is not None:
-        s = d.synthetic
-        frame = synthetic_year(scenario.site, scenario.pv, s.year, s.load, s.seed, step, s.annual_yield_kwh_per_kwp,
-                               daily_energy_lag1_target=s.daily_energy_lag1,
-                               daily_clearness_spread=s.daily_clearness_spread)
+    if d.csv is None:  # a synthetic year (its PV replaced below where data.irradiance gives it)
+        assert d.synthetic is not None
+        frame = synthetic_frame(scenario, d.synthetic.year, d.synthetic.seed)
         pv, load = frame["pv_kw"], frame["load_kw"]
-    elif d.irradiance is not None:  # load from the CSV, PV from the irradiance (below)
+    elif d.irradiance is not None or d.synthetic is not None:  # load from the CSV, PV from irradiance or synthetic
         frame, gaps = read_measured(scenario, ("load",))
         pv, load = None, frame["load_kw"]
     else:
-        assert d.csv is not None
         frame, gaps = read_measured(scenario, ("pv", "load"))
         measured_pv = frame["pv_kw"].to_numpy(dtype=float).copy()
         if d.csv.pv_kwp:
@@ -120,6 +117,8 @@ def load_data(scenario: Scenario) -> SeriesData:
     starts = frame.index[keep]
     if d.irradiance is not None:
         pv_all = irradiance_pv(scenario, pd.DatetimeIndex(frame.index), require=keep).to_numpy(dtype=float)
+    elif pv is None:
+        pv_all = synthetic_pv_kw(scenario, pd.DatetimeIndex(frame.index))
     else:
         assert pv is not None
         pv_all = pv.to_numpy(dtype=float)
@@ -130,6 +129,37 @@ def load_data(scenario: Scenario) -> SeriesData:
                       filled=gaps.summary(keep) if gaps is not None else {},
                       warnings=[w for w in [None if measured_pv is None else
                                             pv_held_back_warning(measured_pv[keep], load_all[keep])] if w])
+
+
+def synthetic_frame(scenario: Scenario, year: int, seed: int) -> pd.DataFrame:
+    """The scenario's synthetic local year ``year`` on its step, drawn with ``seed`` (``pv_kw``, ``load_kw`` [kW])."""
+    s = scenario.data.synthetic
+    assert s is not None
+    return synthetic_year(scenario.site, scenario.pv, year, s.load, seed, scenario.planner.step_minutes,
+                          s.annual_yield_kwh_per_kwp, daily_energy_lag1_target=s.daily_energy_lag1,
+                          daily_clearness_spread=s.daily_clearness_spread)
+
+
+def synthetic_pv_kw(scenario: Scenario, index: pd.DatetimeIndex) -> np.ndarray:
+    """The synthetic year's PV [kW] at the UTC interval starts ``index`` (the measured load's): each local year of
+    ``index`` drawn with ``seed + (year − data.synthetic.year)``, so the PV of ``data.synthetic.year`` is the
+    synthetic year's own.
+
+    Raises
+    ------
+    ConfigError
+        Where ``index`` has intervals off the study's step grid (the CSV's timestamps not on the step).
+    """
+    s = scenario.data.synthetic
+    assert s is not None
+    years = sorted(set(index.tz_convert(scenario.site.timezone).year))
+    pv = pd.concat([synthetic_frame(scenario, y, s.seed + (y - s.year))["pv_kw"] for y in years]).reindex(index)
+    off = pv.isna().to_numpy()
+    if off.any():
+        raise ConfigError(f"scenario {scenario.name}", [FieldError("data.synthetic", (
+            f"no synthetic PV for {int(off.sum())} interval(s) of the CSV, the first starting {index[off][0]} (UTC): "
+            f"its timestamps are not on the {scenario.planner.step_minutes}-minute steps of the local day"))])
+    return pv.to_numpy(dtype=float)
 
 
 def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.DataFrame, FilledGaps | None]:
@@ -144,6 +174,11 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     csv, tz, step = scenario.data.csv, scenario.site.timezone, scenario.planner.step_minutes
     assert csv is not None
     path = scenario.resolve(csv.path)
+    if "pv" not in columns and (pv_columns := series_columns(path, "pv")):
+        giver = "data.irradiance" if scenario.data.irradiance is not None else "data.synthetic"
+        raise DataError(str(path), [FieldError(giver, (
+            f"the CSV has PV ({', '.join(pv_columns)}) and {giver} gives the PV too: keep one — drop {giver} "
+            f"({giver.split('.')[1]}: null) to use the measured PV, or the CSV's PV column"))])
     rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
     if not csv.fill_gaps_hours:
         try:
@@ -397,7 +432,7 @@ def nominal_load_kw(scenario: Scenario) -> float | None:
 
     A scenario parameter, not a statistic of the data: the MPC's first re-plan must not see the load it plans.
     """
-    syn = scenario.data.synthetic
+    syn = scenario.data.synthetic_load
     return None if syn is None else syn.load.weekday_mean_kw
 
 
@@ -405,7 +440,7 @@ def forecast_site(scenario: Scenario) -> SiteInfo:
     """The site as the MPC's load forecaster knows it: the scenario's ``site.planned_shutdowns`` plus, for a
     synthetic year, the synthetic factory's Tết shutdown, which a plant plans and announces months ahead (its
     irregular shutdown days stay unannounced; docs/data.md, "The harder year")."""
-    syn = scenario.data.synthetic
+    syn = scenario.data.synthetic_load
     if syn is None:
         return scenario.site
     tet = shutdown_days(syn.load, syn.year)
@@ -418,7 +453,7 @@ def forecast_pv(scenario: Scenario) -> PVSpec:
     """The PV as the MPC's forecaster knows it: the scenario's ``pv`` with its own climatology
     (``pv.monthly_yield_kwh_per_kwp``, as a live site file gives it) or, for a synthetic year without one, the
     generator's: the Hai Phong monthly shape scaled to its ``annual_yield_kwh_per_kwp`` (docs/data.md)."""
-    syn = scenario.data.synthetic
+    syn = scenario.data.synthetic_pv
     if scenario.pv.monthly_yield_kwh_per_kwp is not None or syn is None:
         return scenario.pv
     shape = np.asarray(HAI_PHONG_MONTHLY_KWH_PER_KWP, dtype=float)
@@ -682,12 +717,20 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
     """Every cost and finance input of the study, with its unit, for the report's assumptions table
     (``ageing_simulated``: :func:`simulates_ageing` of the study)."""
     sc, c, fin = scenario, scenario.costs, scenario.finance
-    syn = sc.data.synthetic
-    source = (f"synthetic year {syn.year} (seed {syn.seed}, {syn.annual_yield_kwh_per_kwp:g} kWh/kWp/yr)"
-              if syn is not None else f"measured: {sc.data.csv.path}" if sc.data.csv is not None else "")
-    if sc.data.irradiance is not None:
-        source = (f"{'load of the ' if syn is not None else 'load '}{source}; PV from measured irradiance: "
-                  f"{sc.data.irradiance.path}")
+    syn, d = sc.data.synthetic, sc.data
+    year = (f"synthetic year {syn.year} (seed {syn.seed}, {syn.annual_yield_kwh_per_kwp:g} kWh/kWp/yr)"
+            if syn is not None else "")
+    if d.csv is None:
+        source = year
+    elif d.irradiance is None and syn is None:
+        source = f"measured: {d.csv.path}"
+    else:
+        source = f"load measured: {d.csv.path}"
+    if d.irradiance is not None:
+        source = (f"{'load of the ' + year if d.csv is None else source}; PV from measured irradiance: "
+                  f"{d.irradiance.path}")
+    elif syn is not None and d.csv is not None:
+        source += f"; PV of the {year}"
     om_esc = fin.om_escalation_pct_per_year
     return {
         "pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh, "battery_kw": sc.battery.max_discharge_kw,
@@ -704,7 +747,8 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
         "battery_end_of_life_soh_pct": sc.battery.end_of_life_soh_pct, "vat_recoverable": fin.vat_recoverable,
         "battery_ageing_value": "simulated" if ageing_simulated else "proportional",
         "grid_factor_t_per_mwh": sc.co2.grid_factor_t_per_mwh, "data_source": source,
-        "data_kind": "synthetic" if syn is not None else "measured", "seed": syn.seed if syn is not None else None,
+        "data_kind": ("measured" if syn is None else "synthetic" if d.csv is None and d.irradiance is None
+                      else "measured and synthetic"), "seed": syn.seed if syn is not None else None,
         "pv_forecast": None if sc.data.pv_forecast is None else sc.data.pv_forecast.model_dump(),
     }
 

@@ -173,10 +173,23 @@ class DataSection(StrictModel):
                                          "docs/simulation.md) [d]; 0 = a cold start with no history")
 
     @model_validator(mode="after")
-    def _one_source(self) -> DataSection:
-        if (self.synthetic is None) == (self.csv is None):
-            raise ValueError("give exactly one of data.synthetic or data.csv")
+    def _sources(self) -> DataSection:
+        if self.synthetic is None and self.csv is None:
+            raise ValueError("give data.synthetic, data.csv, or both (the CSV's load with the synthetic year's PV)")
+        if self.synthetic is not None and self.csv is not None and self.irradiance is not None:
+            raise ValueError("data.synthetic has nothing to give beside data.csv (the load) and data.irradiance "
+                             "(the PV): drop it (synthetic: null)")
         return self
+
+    @property
+    def synthetic_load(self) -> SyntheticData | None:
+        """The synthetic year whose load is simulated (None: the load is measured, ``data.csv``)."""
+        return self.synthetic if self.csv is None else None
+
+    @property
+    def synthetic_pv(self) -> SyntheticData | None:
+        """The synthetic year whose PV is simulated (None: the PV is measured, from ``data.csv`` or irradiance)."""
+        return self.synthetic if self.irradiance is None else None
 
 
 class Costs(StrictModel):

@@ -161,6 +161,26 @@ def test_naive_timestamps_in_a_declared_zone_and_relabelled_year(tmp_path):
     assert moved.index[0] == pd.Timestamp("2026-06-21", tz=TZ) and np.array_equal(moved.to_numpy(), as_is.to_numpy())
 
 
+def test_a_measured_load_with_pv_from_irradiance(tmp_path):
+    starts = quarter_hours("2026-06-01", 2)
+    write_csv(tmp_path / "ghi.csv", "timestamp,ghi_w_m2",
+              [f"{t.isoformat()},{g:.3f}" for t, g in zip(starts, clear_sky_ghi(starts), strict=True)])
+    write_csv(tmp_path / "meter.csv", "timestamp,load_kw", [f"{t.isoformat()},{400 + i}" for i, t in enumerate(starts)])
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"extends: {SCENARIOS / 'nam-cau-kien.yaml'}\nname: irr\n"
+                        "data:\n  synthetic: null\n  csv: {path: meter.csv}\n  irradiance: {path: ghi.csv}\n"
+                        "  warmup_days: 0\n")
+    data = load_data(load_scenario(scenario))
+    assert data.load_kw.tolist() == [400.0 + i for i in range(192)]
+    expected = pv_from_irradiance(tmp_path / "ghi.csv", SITE, PV.model_copy(update={"losses_pct": 14}), 15)
+    assert np.allclose(data.pv_kw, expected.to_numpy())
+    assert assumptions(load_scenario(scenario))["data_source"] == (
+        "load measured: meter.csv; PV from measured irradiance: ghi.csv")
+    write_csv(tmp_path / "meter.csv", "timestamp,load_kw,pv_kw", [f"{t.isoformat()},400,5" for t in starts])
+    with pytest.raises(ConfigError, match=r"data\.irradiance: the CSV has PV \(pv_kw\) and data\.irradiance gives"):
+        load_data(load_scenario(scenario))
+
+
 def test_a_spreadsheet_export_reads_as_the_iso_file(tmp_path):
     """';' between cells, decimal commas, dates day first: the same irradiance as the ISO 8601 file."""
     starts = pd.date_range("2019-06-21", periods=48, freq="1h")
