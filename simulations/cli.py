@@ -196,7 +196,12 @@ def _sweep(args: argparse.Namespace) -> int:
         return _refuse(problem)
     from simulations.runner import load_data
 
-    data_warnings = load_data(scenario).warnings if scenario.data.csv is not None else []
+    measured = load_data(scenario) if scenario.data.csv is not None else None
+    data_warnings = measured.warnings if measured is not None else []
+    if measured is not None and measured.filled:
+        from simulations.report import filled_text
+
+        print(f"note: {filled_text(measured.filled).removeprefix('; ')} (data.csv.fill_gaps_hours)", file=sys.stderr)
     bar = tqdm(total=len(pv) * len(battery), unit="cell", desc=f"sweep {scenario.name}")
     table = sweep(scenario, pv, battery, args.strategy, workers=args.workers, dask_address=args.dask,
                   progress=lambda done, total: bar.update(1))

@@ -124,3 +124,6 @@ def test_ems_simulate_refuses_gaps_with_a_hint_and_fills_them_when_asked(tmp_pat
     assert pv_only["load_kw"].iloc[drop].tolist() == (frame["load_kw"].iloc[1 * 96 + 32:1 * 96 + 48]).tolist()
     report = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert "gaps filled: PV 1.1 % of the steps (1 gap, longest 4 h), load 1.1 % of the steps (1 gap" in report
+    assert main(["sweep", str(study), "--pv", "1000", "--battery", "0", "--strategy", "self_consumption", "--out",
+                 str(tmp_path / "s")]) == 0
+    assert "note: gaps filled: PV 1.1 % of the steps (1 gap, longest 4 h)" in capsys.readouterr().err
