@@ -203,6 +203,14 @@ class Tariff:
             export_price = np.zeros(len(loc.day))
         return period_idx, import_price, vat_rate, export_price
 
+    @property
+    def priced_from(self) -> date | None:
+        """The first local day the tariff prices in full (a schedule, energy prices, VAT and, where it has any,
+        export terms in force); None: every day."""
+        firsts = [self._dates[f][0] for f in ("schedules", "energy_prices", "vat", "export") if len(self._dates[f])]
+        first = max(firsts) if firsts else _BEGINNING
+        return None if first == _BEGINNING else first.astype(date)
+
     def in_force(self, field: str, day: date) -> Any | None:
         """The entry of an effective-dated list (``vat``, ``demand_charges``, ``export``, ...) in force on a
         local day; None if the list is empty or starts later."""

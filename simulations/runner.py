@@ -182,8 +182,8 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
     if not csv.fill_gaps_hours:
         try:
-            return read_series_csv(path, tz, step, columns=columns, rated_kw=rated,
-                                   timestamps_at=csv.timestamps_at), None
+            return moved_to_year(read_series_csv(path, tz, step, columns=columns, rated_kw=rated,
+                                                 timestamps_at=csv.timestamps_at), csv.move_to_year, tz), None
         except DataError as exc:
             if not any(e.message.startswith("gap:") or e.message == "empty cell" for e in exc.errors):
                 raise
@@ -195,7 +195,18 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     frame, gaps, errors = fill_gaps(frame, tz, csv.fill_gaps_hours)
     if errors:
         raise DataError(str(path), errors)
-    return frame, gaps
+    return moved_to_year(frame, csv.move_to_year, tz), gaps
+
+
+def moved_to_year(frame: pd.DataFrame, year: int | None, timezone: str) -> pd.DataFrame:
+    """``frame`` (UTC interval starts) moved by the whole number of weeks that brings its first local day nearest
+    the same date in ``year`` (29 February: the 28th), so every weekday stays a weekday; as it is for None."""
+    if year is None or len(frame) == 0:
+        return frame
+    first = frame.index[0].tz_convert(timezone).date()
+    target = first.replace(year=year, day=min(first.day, 28) if first.month == 2 else first.day)
+    weeks = round((target - first).days / 7)
+    return frame.set_axis(frame.index + pd.Timedelta(weeks=weeks))
 
 
 def _check_period(scenario: Scenario, first: date, last: date) -> None:
@@ -591,6 +602,7 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
     series = data if data is not None else load_data(scenario)
     tariff = load_tariff(scenario.tariff.ref(), scenario.base_dir).bind(scenario.site.timezone,
                                                                          scenario.tariff.extra_holidays)
+    check_priced(scenario, series, tariff)
     inputs = price_inputs(series, tariff, scenario.planner.horizon_steps)
     bar = _progress_bar(progress, len(order) * inputs.steps, scenario.name)
     results: dict[str, StrategyResult] = {}
@@ -608,6 +620,23 @@ def run(scenario: Scenario, strategies: list[str] | None = None, progress: bool 
     if "mpc" in results and scenario.battery.spec().capacity_kwh > 0:
         result.forecast_accuracy = study_accuracy(scenario, inputs, tariff)
     return result
+
+
+def check_priced(scenario: Scenario, series: SeriesData, tariff: SiteTariff) -> None:
+    """A ``ConfigError`` when the period starts before the tariff prices its days (its first prices came into force
+    later): it ended in a traceback from the price lookup."""
+    first_priced = tariff.tariff.priced_from
+    first_day = series.starts[0].tz_convert(scenario.site.timezone).date() if len(series.starts) else None
+    if first_priced is None or first_day is None or first_day >= first_priced:
+        return
+    field = "data.csv.move_to_year" if scenario.data.csv is not None else "data.start"
+    same_date = first_day.replace(year=first_priced.year, day=min(first_day.day, 28))
+    year = first_priced.year + (same_date < first_priced + timedelta(days=4))  # moved by weeks: ±3 days
+    move = (f"move the data to a year the tariff prices (data.csv.move_to_year: {year}, weekdays kept), or "
+            if scenario.data.csv is not None else "")
+    raise ConfigError(f"scenario {scenario.name}", [FieldError(field, (
+        f"the period starts {first_day}, before tariff {tariff.tariff.name} prices any day (its prices start "
+        f"{first_priced}): {move}start the study on or after {first_priced} (data.start)"))])
 
 
 def _progress_bar(show: bool, total: int, desc: str) -> Any:
@@ -722,10 +751,10 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
             if syn is not None else "")
     if d.csv is None:
         source = year
-    elif d.irradiance is None and syn is None:
-        source = f"measured: {d.csv.path}"
     else:
-        source = f"load measured: {d.csv.path}"
+        moved = f" (moved by whole weeks to {d.csv.move_to_year})" if d.csv.move_to_year is not None else ""
+        source = (f"measured: {d.csv.path}{moved}" if d.irradiance is None and syn is None else
+                  f"load measured: {d.csv.path}{moved}")
     if d.irradiance is not None:
         source = (f"{'load of the ' + year if d.csv is None else source}; PV from measured irradiance: "
                   f"{d.irradiance.path}")

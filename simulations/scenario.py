@@ -138,6 +138,11 @@ class CsvData(StrictModel):
         default="start", description="What the file's timestamps label: the start of their interval (default), or "
                                      "its end, as many meter exports write (00:15 for 00:00–00:15, 24:00 for the "
                                      "day's last interval)")
+    move_to_year: int | None = Field(
+        default=None, ge=2000, le=2100,
+        description="Move the data by whole weeks so that its first day falls within 3 days of the same date in "
+                    "this year (weekdays kept): a meter year older than the tariff's prices, priced as today "
+                    "(docs/data.md); None = as measured")
     fill_gaps_hours: float = Field(default=0.0, ge=0, le=168,
                                    description="Fill each gap of the measured series (missing rows, empty cells) up "
                                                "to this long: a straight line up to 1 h, else the same times on a "

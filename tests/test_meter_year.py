@@ -1,5 +1,6 @@
-"""A factory with no PV yet: its meter's load with the synthetic year's PV (data.csv and data.synthetic together),
-the feasibility study's everyday case. Known answers against the synthetic year itself, and the refusals."""
+"""A factory's meter year in a study: with no PV yet, its load with the synthetic year's PV (data.csv and
+data.synthetic together), known answers against the synthetic year itself and the refusals; a year older than the
+tariff's prices moved by whole weeks (data.csv.move_to_year), and refused with the remedy without it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ems.cli import main
 from ems.yamlfile import ConfigError
 from simulations.runner import assumptions, forecast_site, load_data, nominal_load_kw, synthetic_frame
 from simulations.scenario import load_scenario
@@ -74,3 +76,28 @@ def test_sources_that_give_nothing_or_too_much_are_refused(tmp_path):
         load_scenario(study(tmp_path, "2026-06-01", 48, irradiance={"path": "ghi.csv"}))
     with pytest.raises(ConfigError, match=r"give data\.synthetic, data\.csv, or both"):
         load_scenario(study(tmp_path, "2026-06-01", 48, synthetic=None, csv=None))
+
+
+def test_a_meter_year_older_than_the_tariffs_prices_is_refused_with_the_remedy(tmp_path, capsys):
+    """The 22 kV preset prices days from 10 May 2025 on; a study from 1 March 2025 ended in a traceback."""
+    path = study(tmp_path, "2025-03-01", 48)
+    assert main(["simulate", str(path), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
+                 "pv_only"]) == 2
+    assert ("data.csv.move_to_year: the period starts 2025-03-01, before tariff evn-manufacturing-22kv prices any "
+            "day (its prices start 2025-05-10): move the data to a year the tariff prices (data.csv.move_to_year: "
+            "2026, weekdays kept), or start the study on or after 2025-05-10 (data.start)") in capsys.readouterr().err
+
+
+def test_moved_to_a_year_by_whole_weeks_keeping_weekdays(tmp_path):
+    path = study(tmp_path, "2025-03-01", 48, csv={"path": "meter.csv", "move_to_year": 2026})
+    scenario = load_scenario(path)
+    data = load_data(scenario)
+    local = data.starts.tz_convert(TZ)
+    # Saturday 1 March 2025 + 52 weeks = Saturday 28 February 2026 (364 days: the nearest same weekday)
+    assert local[0] == pd.Timestamp("2026-02-28", tz=TZ) and local[0].day_name() == "Saturday"
+    assert data.load_kw.tolist() == [300.0 + i for i in range(48)]
+    assert data.pv_kw.tolist() == synthetic_frame(scenario, 2026, 7)["pv_kw"].reindex(data.starts).tolist()
+    assert assumptions(scenario)["data_source"].startswith("load measured: meter.csv (moved by whole weeks to 2026)")
+    back = study(tmp_path, "2026-06-03", 24, csv={"path": "meter.csv", "move_to_year": 2024})
+    # Wednesday 3 June 2026 − 104 weeks = Wednesday 5 June 2024 (2 days from the same date)
+    assert load_data(load_scenario(back)).starts[0].tz_convert(TZ) == pd.Timestamp("2024-06-05", tz=TZ)
