@@ -629,11 +629,13 @@ def check_priced(scenario: Scenario, series: SeriesData, tariff: SiteTariff) -> 
     first_day = series.starts[0].tz_convert(scenario.site.timezone).date() if len(series.starts) else None
     if first_priced is None or first_day is None or first_day >= first_priced:
         return
-    field = "data.csv.move_to_year" if scenario.data.csv is not None else "data.start"
     same_date = first_day.replace(year=first_priced.year, day=min(first_day.day, 28))
     year = first_priced.year + (same_date < first_priced + timedelta(days=4))  # moved by weeks: ±3 days
-    move = (f"move the data to a year the tariff prices (data.csv.move_to_year: {year}, weekdays kept), or "
-            if scenario.data.csv is not None else "")
+    if scenario.data.csv is not None:
+        field, move = "data.csv.move_to_year", (f"move the data to a year the tariff prices (data.csv.move_to_year: "
+                                                f"{year}, weekdays kept), or ")
+    else:
+        field, move = "data.synthetic.year", f"simulate a year the tariff prices (data.synthetic.year: {year}), or "
     raise ConfigError(f"scenario {scenario.name}", [FieldError(field, (
         f"the period starts {first_day}, before tariff {tariff.tariff.name} prices any day (its prices start "
         f"{first_priced}): {move}start the study on or after {first_priced} (data.start)"))])

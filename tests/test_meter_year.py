@@ -101,3 +101,13 @@ def test_moved_to_a_year_by_whole_weeks_keeping_weekdays(tmp_path):
     back = study(tmp_path, "2026-06-03", 24, csv={"path": "meter.csv", "move_to_year": 2024})
     # Wednesday 3 June 2026 − 104 weeks = Wednesday 5 June 2024 (2 days from the same date)
     assert load_data(load_scenario(back)).starts[0].tz_convert(TZ) == pd.Timestamp("2024-06-05", tz=TZ)
+
+
+def test_a_synthetic_year_before_the_tariffs_prices_names_the_year_to_simulate(tmp_path, capsys):
+    (tmp_path / "old.yaml").write_text(f"extends: {BASE_SCENARIO}\nname: old\ndata:\n  synthetic: {{year: 2024}}\n"
+                                       "  days: 2\n", encoding="utf-8")
+    assert main(["simulate", str(tmp_path / "old.yaml"), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--strategies", "pv_only"]) == 2
+    assert ("data.synthetic.year: the period starts 2024-01-01, before tariff evn-manufacturing-22kv prices any day "
+            "(its prices start 2025-05-10): simulate a year the tariff prices (data.synthetic.year: 2026), or start "
+            "the study on or after 2025-05-10 (data.start)") in capsys.readouterr().err
