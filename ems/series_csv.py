@@ -427,7 +427,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     pandas.DataFrame
         Index: UTC interval starts every ``step_minutes``; columns ``<name>_kw`` [kW], then the
         ``optional_plain`` columns found. An hourly kW value is held over its four quarter hours; an hourly kWh
-        value is split evenly.
+        value is split evenly. ``attrs["file_step_minutes"]``: the file's own step. [min]
 
     Raises
     ------
@@ -517,4 +517,6 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         full = np.full(len(span), np.nan)
         full[position] = values[order]
         data[name] = np.repeat(full, repeat)
-    return pd.DataFrame(data, index=out_index)
+    frame = pd.DataFrame(data, index=out_index)
+    frame.attrs["file_step_minutes"] = step_ns / 6e10
+    return frame

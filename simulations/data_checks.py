@@ -3,12 +3,17 @@
 PV measured at a plant that holds its export at zero (or at a limit) is what the plant *delivered*, not what the
 array could give: at midday on a light-load day the inverters were throttled down to the load. A study on that PV
 leaves out the surplus a battery would have stored, the very value it is asked to find. The sign is in the data: at
-those steps the PV covers the load almost exactly and the grid stays near 0 kW. Rule and thresholds: docs/data.md.
+those steps the PV covers the load almost exactly and the grid stays near 0 kW.
+
+Meter data coarser than the window a demand charge is billed on (hourly readings under 30-minute windows) shows
+each month's peak as a longer average, lower than the one billed. Rules and thresholds: docs/data.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from optimizer.tariff_schema import TariffSpec
 
 HELD_GRID_KW = 2.0
 HELD_GRID_LOAD_FRACTION = 0.03
@@ -46,3 +51,16 @@ def pv_held_back_warning(pv_kw: np.ndarray, load_kw: np.ndarray) -> str | None:
             "load) while the PV covered the load, as under a zero-export limit. There the study's PV is what the plant "
             "delivered, not what the array could give, so the surplus a battery would store is left out and its "
             "value understated; take the PV from irradiance (data.irradiance) to count it.")
+
+
+def coarse_demand_warning(file_step_minutes: float | None, tariff: TariffSpec) -> str | None:
+    """The warning for measured data whose step (``file_step_minutes`` [min]; None: not measured) is longer than
+    the shortest averaging window of a demand charge the tariff bills (rate above 0), else None."""
+    windows = [c.window_minutes for c in tariff.demand_charges if c.rate_per_kw_month > 0]
+    if file_step_minutes is None or not windows or file_step_minutes <= min(windows):
+        return None
+    window = min(windows)
+    return (f"the data's step is {file_step_minutes:g} min, coarser than the {window}-minute windows the tariff's "
+            f"demand charge is billed on: each month's peak is a {file_step_minutes:g}-minute average, lower than "
+            f"the {window}-minute peak billed, so the demand charge and what a battery saves on it are understated; "
+            f"study data at {window}-minute steps or finer.")

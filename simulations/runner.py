@@ -35,7 +35,7 @@ from optimizer.solar import HAI_PHONG_MONTHLY_KWH_PER_KWP
 from optimizer.tariff import SiteTariff, load_tariff
 from simulations import economics
 from simulations.accuracy import study_accuracy
-from simulations.data_checks import pv_held_back_warning
+from simulations.data_checks import coarse_demand_warning, pv_held_back_warning
 from simulations.gap_fill import FIELD as FILL_FIELD
 from simulations.gap_fill import FilledGaps, fill_gaps
 from simulations.irradiance import pv_from_irradiance
@@ -128,7 +128,10 @@ def load_data(scenario: Scenario) -> SeriesData:
                       pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup,
                       filled=gaps.summary(keep) if gaps is not None else {},
                       warnings=[w for w in [None if measured_pv is None else
-                                            pv_held_back_warning(measured_pv[keep], load_all[keep])] if w])
+                                            pv_held_back_warning(measured_pv[keep], load_all[keep]),
+                                            coarse_demand_warning(frame.attrs.get("file_step_minutes"),
+                                                                  load_tariff(scenario.tariff.ref(),
+                                                                              scenario.base_dir).spec)] if w])
 
 
 def synthetic_frame(scenario: Scenario, year: int, seed: int) -> pd.DataFrame:
@@ -182,20 +185,26 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
     if not csv.fill_gaps_hours:
         try:
-            return moved_to_year(read_series_csv(path, tz, step, columns=columns, rated_kw=rated,
-                                                 timestamps_at=csv.timestamps_at), csv.move_to_year, tz), None
+            frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, timestamps_at=csv.timestamps_at)
+            return _with_step(moved_to_year(frame, csv.move_to_year, tz), frame), None
         except DataError as exc:
             if not any(e.message.startswith("gap:") or e.message == "empty cell" for e in exc.errors):
                 raise
             hint = FieldError(FILL_FIELD, "the data has gaps: set data.csv.fill_gaps_hours to fill those up to that "
                                           "long (docs/data.md, \"Gaps in measured data\"), or fill them in the file")
             raise DataError(exc.source, [*exc.errors, hint]) from None
-    frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True,
-                            timestamps_at=csv.timestamps_at)
-    frame, gaps, errors = fill_gaps(frame, tz, csv.fill_gaps_hours)
+    read = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True,
+                           timestamps_at=csv.timestamps_at)
+    frame, gaps, errors = fill_gaps(read, tz, csv.fill_gaps_hours)
     if errors:
         raise DataError(str(path), errors)
-    return moved_to_year(frame, csv.move_to_year, tz), gaps
+    return _with_step(moved_to_year(frame, csv.move_to_year, tz), read), gaps
+
+
+def _with_step(frame: pd.DataFrame, read: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the file's own step (``attrs["file_step_minutes"]``) of the frame as read."""
+    frame.attrs["file_step_minutes"] = read.attrs["file_step_minutes"]
+    return frame
 
 
 def moved_to_year(frame: pd.DataFrame, year: int | None, timezone: str) -> pd.DataFrame:

@@ -90,3 +90,24 @@ def test_ems_park_names_the_site_whose_pv_looks_held_back(tmp_path, capsys):
     assert "site synthetic:" not in err
     assert "**Data of held:** the measured PV looks held back" in (tmp_path / "o" / "park.md").read_text(
         encoding="utf-8")
+
+
+def test_hourly_data_under_a_30_minute_demand_charge_is_said_to_understate_it(tmp_path):
+    from optimizer.tariff import Tariff
+    from simulations.data_checks import coarse_demand_warning
+    from simulations.runner import load_data
+    from simulations.scenario import load_scenario
+
+    two_part = Tariff.preset("evn-two-part-22kv").spec
+    assert coarse_demand_warning(60, two_part) == (
+        "the data's step is 60 min, coarser than the 30-minute windows the tariff's demand charge is billed on: each "
+        "month's peak is a 60-minute average, lower than the 30-minute peak billed, so the demand charge and what a "
+        "battery saves on it are understated; study data at 30-minute steps or finer.")
+    assert coarse_demand_warning(30, two_part) is None and coarse_demand_warning(None, two_part) is None
+    assert coarse_demand_warning(60, Tariff.preset("evn-manufacturing-22kv").spec) is None  # no demand charge
+    study = zero_export_study(tmp_path)  # hourly data
+    text = yaml.safe_load(study.read_text(encoding="utf-8"))
+    text["tariff"] = {"preset": "evn-two-part-22kv"}
+    study.write_text(yaml.safe_dump(text), encoding="utf-8")
+    warnings = load_data(load_scenario(study)).warnings
+    assert len(warnings) == 2 and warnings[1].startswith("the data's step is 60 min, coarser than the 30-minute")
