@@ -684,6 +684,8 @@ def write_outputs(result: RunResult, out_dir: Path, command: str, csv: bool = Fa
     for name, r in result.results.items():
         f = r.frame.copy()
         f.insert(0, "strategy", name)
+        for series_name, filled in result.data.filled_steps.items():  # which values were not measured
+            f[f"{series_name}_filled"] = filled
         frames.append(f)
     series = pd.concat(frames).rename_axis("start").reset_index()
     if csv:

@@ -74,6 +74,9 @@ class SeriesData:
     """Gaps of measured data filled within the period, per series (:meth:`FilledGaps.summary`); empty: none."""
     warnings: list[str] = field(default_factory=list)
     """What makes the data less than it seems (:mod:`simulations.data_checks`); empty: nothing found."""
+    filled_steps: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per series (``pv``, ``load``) True at the steps of the period whose value was filled; empty: nothing filled
+    or filling not asked for."""
 
     @property
     def hours(self) -> float:
@@ -127,6 +130,7 @@ def load_data(scenario: Scenario) -> SeriesData:
     return SeriesData(starts=pd.DatetimeIndex(starts).tz_convert("UTC"), duration_h=np.full(int(keep.sum()), step / 60),
                       pv_kw=pv_all[keep], load_kw=load_all[keep], warmup=warmup,
                       filled=gaps.summary(keep) if gaps is not None else {},
+                      filled_steps={k: m[keep] for k, m in gaps.mask.items()} if gaps is not None else {},
                       warnings=[w for w in [None if measured_pv is None else
                                             pv_held_back_warning(measured_pv[keep], load_all[keep]),
                                             coarse_demand_warning(frame.attrs.get("file_step_minutes"),

@@ -122,6 +122,8 @@ def test_ems_simulate_refuses_gaps_with_a_hint_and_fills_them_when_asked(tmp_pat
     series = pd.read_csv(tmp_path / "o" / "timeseries.csv")
     pv_only = series[series["strategy"] == "pv_only"].reset_index(drop=True)
     assert pv_only["load_kw"].iloc[drop].tolist() == (frame["load_kw"].iloc[1 * 96 + 32:1 * 96 + 48]).tolist()
+    assert pv_only.index[pv_only["load_filled"]].tolist() == list(range(drop.start, drop.stop))  # said per step
+    assert pv_only["pv_filled"].sum() == 16
     report = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert "gaps filled: PV 1.1 % of the steps (1 gap, longest 4 h), load 1.1 % of the steps (1 gap" in report
     assert main(["sweep", str(study), "--pv", "1000", "--battery", "0", "--strategy", "self_consumption", "--out",
