@@ -138,9 +138,11 @@ def _find_columns(header: list[str], columns: Sequence[str], unit: Literal["kW",
         elif candidates:
             names = ", ".join(header[i] for i, _ in candidates)
             errors.append(FieldError("(header)", f"more than one column for {name}: {names}; keep one"))
-        elif name == "load" and (parts := _load_from_grid(lower, header, unit, errors)):
+        elif name == "load" and (parts := _load_from_grid(lower, header, unit, grid_errors := [])):
             found[name] = parts
-        elif name != "load" or not (errors and errors[-1].message.startswith("more than one column for")):
+        elif name == "load" and grid_errors:  # two columns for a grid quantity: said, not "no column"
+            errors += grid_errors
+        else:
             wanted = f"{name}_kw or {name}_kwh" + (f" (or {name} with unit={unit})" if unit else "")
             if name == "load":
                 wanted += ("; or the grid meter's grid_kw or grid_kwh (import +, export −), or import_kw and "

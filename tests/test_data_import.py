@@ -435,3 +435,9 @@ def test_a_column_named_with_its_unit_keeps_it_whatever_the_unit_of_bare_names(t
     both = write(tmp_path, "timestamp,load,load_kwh\n2026-01-05T08:00Z,1,2\n2026-01-05T09:00Z,1,2", "both.csv")
     assert errors_of(both, columns=("load",), unit="kW") == {
         "(header)": "more than one column for load: load_kwh, load; keep one"}
+
+
+def test_two_pv_columns_and_no_load_are_both_said(tmp_path):
+    text = "timestamp,pv_kw,pv_kwh\n2026-01-05T08:00Z,1,2\n2026-01-05T08:15Z,1,2"
+    found = errors_of(write(tmp_path, text))
+    assert found["(header)"].startswith("more than one column for pv: pv_kw, pv_kwh; keep one | no column load_kw")
