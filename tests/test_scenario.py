@@ -69,10 +69,11 @@ def test_bad_strategy_and_sources_are_named(tmp_path: Path) -> None:
         load_scenario(_write(tmp_path, "s.yaml", data))
     assert [e.field for e in info.value.errors] == ["strategies[1]"]
     data = _base()
-    data["data"]["csv"] = {"path": "series.csv"}
+    del data["data"]["synthetic"]  # neither a synthetic year nor a CSV
     with pytest.raises(ConfigError) as info:
         load_scenario(_write(tmp_path, "d.yaml", data))
-    assert info.value.errors[0].field == "data" and "exactly one" in info.value.errors[0].message
+    assert info.value.errors[0].field == "data"
+    assert info.value.errors[0].message.startswith("give data.synthetic, data.csv, or both")
     data = _base()
     del data["tariff"]["preset"]
     with pytest.raises(ConfigError) as info:
