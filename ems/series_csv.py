@@ -67,25 +67,38 @@ class _Errors:
             raise DataError(source, self._listed())
 
 
-def _delimiter(path: Path) -> str:
-    """The cell separator: of ``DELIMITERS``, the one the first non-blank line holds most of (``,`` on a tie)."""
+PREAMBLE_LINES = 20
+"""Non-blank lines looked through for the header: exports often open with a title, the customer, the meter."""
+
+
+def _header_line(path: Path) -> tuple[int, str]:
+    """(lines before the header, cell separator): the header is the first of the first :data:`PREAMBLE_LINES`
+    non-blank lines that names a timestamp column (split at one of ``DELIMITERS``), else the first non-blank line,
+    split at the separator it holds most of (``,`` on a tie)."""
     with path.open(newline="", encoding="utf-8-sig") as f:
-        first = next((line for line in f if line.strip()), "")
-    return max(DELIMITERS, key=lambda d: (first.count(d), d == ","))
+        nonblank = [(i, line) for i, line in enumerate(f) if line.strip()][:PREAMBLE_LINES]
+    for i, line in nonblank:
+        for delimiter in sorted(DELIMITERS, key=line.count, reverse=True):
+            cells = {c.strip().strip('"').lower() for c in line.split(delimiter)}
+            if cells & set(TIMESTAMP_COLUMNS):
+                return i, delimiter
+    i, first = nonblank[0] if nonblank else (0, "")
+    return i, max(DELIMITERS, key=lambda d: (first.count(d), d == ","))
 
 
 def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], list[int], bool]:
     """Header, data rows, their line numbers and whether numbers may have decimal commas (a file separated by
-    ``;`` or tabs, as a spreadsheet saves it where the comma is the decimal sign); blank lines are skipped."""
+    ``;`` or tabs, as a spreadsheet saves it where the comma is the decimal sign); blank lines and the lines
+    above the header (:func:`_header_line`) are skipped."""
     try:
-        delimiter = _delimiter(path)
+        skip, delimiter = _header_line(path)
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter)
             header: list[str] | None = None
             rows: list[list[str]] = []
             lines: list[int] = []
             for row in reader:
-                if not any(cell.strip() for cell in row):
+                if reader.line_num <= skip or not any(cell.strip() for cell in row):
                     continue
                 if header is None:
                     header = [cell.strip() for cell in row]
@@ -384,9 +397,10 @@ def series_columns(path: str | Path, name: str) -> list[str]:
     does or the file cannot be read (:func:`read_series_csv` then says why)."""
     p = Path(path)
     try:
-        delimiter = _delimiter(p)
+        skip, delimiter = _header_line(p)
         with p.open(newline="", encoding="utf-8-sig") as f:
-            header = next((row for row in csv.reader(f, delimiter=delimiter) if any(c.strip() for c in row)), [])
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next((row for row in reader if reader.line_num > skip and any(c.strip() for c in row)), [])
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
     return [h.strip() for h in header if h.strip().lower() in (f"{name}_kw", f"{name}_kwh")]

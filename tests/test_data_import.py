@@ -441,3 +441,23 @@ def test_two_pv_columns_and_no_load_are_both_said(tmp_path):
     text = "timestamp,pv_kw,pv_kwh\n2026-01-05T08:00Z,1,2\n2026-01-05T08:15Z,1,2"
     found = errors_of(write(tmp_path, text))
     assert found["(header)"].startswith("more than one column for pv: pv_kw, pv_kwh; keep one | no column load_kw")
+
+
+def test_title_lines_above_the_header_are_skipped_and_rows_keep_their_line_numbers(tmp_path):
+    """A meter portal's export opens with a title and the meter; the header is the line naming the timestamp."""
+    text = """Load profile export, 15-minute demand
+Meter 12345678; customer Factory A
+
+Timestamp;load_kWh
+13/01/2026 08:00;150
+13/01/2026 08:15;abc
+"""
+    path = tmp_path / "export.csv"
+    path.write_text(text, encoding="utf-8")
+    assert errors_of(path, columns=("load",), timezone="Asia/Ho_Chi_Minh") == {
+        "row 6, column load_kWh": "'abc' is not a number"}
+    path.write_text(text.replace("abc", "160"), encoding="utf-8")
+    df = read_series_csv(path, columns=("load",), timezone="Asia/Ho_Chi_Minh")
+    assert df["load_kw"].tolist() == [600.0, 640.0]
+    no_header = write(tmp_path, "Title\n13/01/2026 08:00;150", "no_header.csv")
+    assert errors_of(no_header, columns=("load",))["(header)"].startswith("no timestamp column: name one of")
