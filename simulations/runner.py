@@ -123,7 +123,6 @@ def load_data(scenario: Scenario) -> SeriesData:
     elif pv is None:
         pv_all = synthetic_pv_kw(scenario, pd.DatetimeIndex(frame.index))
     else:
-        assert pv is not None
         pv_all = pv.to_numpy(dtype=float)
     load_all = load.to_numpy(dtype=float)
     warmup = warmup_from(frame.index, pv_all, load_all, starts[0], d.warmup_days, step)
