@@ -175,7 +175,7 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
     Raises
     ------
     DataError
-        The reader's errors (with a hint at ``fill_gaps_hours`` where gaps were among them), or the gaps left.
+        The reader's errors with what the scenario can do about them (:func:`_remedies`), or the gaps left.
     """
     csv, tz, step = scenario.data.csv, scenario.site.timezone, scenario.planner.step_minutes
     assert csv is not None
@@ -185,23 +185,38 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
         raise DataError(str(path), [FieldError(giver, (
             f"the CSV has PV ({', '.join(pv_columns)}) and {giver} gives the PV too: keep one — drop {giver} "
             f"({giver.split('.')[1]}: null) to use the measured PV, or the CSV's PV column"))])
-    rated = {"pv": csv.pv_kwp} if csv.pv_kwp and "pv" in columns else None
-    if not csv.fill_gaps_hours:
-        try:
-            frame = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, timestamps_at=csv.timestamps_at)
-            return _with_step(moved_to_year(frame, csv.move_to_year, tz), frame), None
-        except DataError as exc:
-            if not any(e.message.startswith("gap:") or e.message == "empty cell" for e in exc.errors):
-                raise
-            hint = FieldError(FILL_FIELD, "the data has gaps: set data.csv.fill_gaps_hours to fill those up to that "
-                                          "long (docs/data.md, \"Gaps in measured data\"), or fill them in the file")
-            raise DataError(exc.source, [*exc.errors, hint]) from None
-    read = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=True,
-                           timestamps_at=csv.timestamps_at)
-    frame, gaps, errors = fill_gaps(read, tz, csv.fill_gaps_hours)
-    if errors:
-        raise DataError(str(path), errors)
+    # the PV was measured on a plant of pv_kwp, else on the scenario's own (its AC limit): W for kW is refused
+    pv_rating = csv.pv_kwp or scenario.pv.ac_limit_kw
+    rated = {"pv": pv_rating} if "pv" in columns and pv_rating > 0 else None
+    try:
+        read = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=bool(csv.fill_gaps_hours),
+                               timestamps_at=csv.timestamps_at)
+    except DataError as exc:
+        raise DataError(exc.source, [*exc.errors, *_remedies(exc.errors, scenario)]) from None
+    gaps = None
+    frame = read
+    if csv.fill_gaps_hours:
+        frame, gaps, errors = fill_gaps(read, tz, csv.fill_gaps_hours)
+        if errors:
+            raise DataError(str(path), errors)
     return _with_step(moved_to_year(frame, csv.move_to_year, tz), read), gaps
+
+
+def _remedies(errors: list[FieldError], scenario: Scenario) -> list[FieldError]:
+    """What the scenario can change about the reader's ``errors``: fill gaps; say which plant the PV is from."""
+    csv = scenario.data.csv
+    assert csv is not None
+    out = []
+    if not csv.fill_gaps_hours and any(e.message.startswith("gap:") or e.message == "empty cell" for e in errors):
+        out.append(FieldError(FILL_FIELD, "the data has gaps: set data.csv.fill_gaps_hours to fill those up to that "
+                                          "long (docs/data.md, \"Gaps in measured data\"), or fill them in the file"))
+    if csv.pv_kwp is None and any("plausible bound" in e.message and e.field.lower().endswith(("pv_kw", "pv_kwh"))
+                                  for e in errors):
+        out.append(FieldError("data.csv.pv_kwp", (
+            f"the PV is checked against the scenario's plant (AC limit {scenario.pv.ac_limit_kw:g} kW): if it was "
+            "measured on another plant, give that plant's kWp here (the PV is then scaled to pv.kwp); if the column "
+            "holds W, write kW")))
+    return out
 
 
 def _with_step(frame: pd.DataFrame, read: pd.DataFrame) -> pd.DataFrame:

@@ -129,3 +129,16 @@ def test_ems_simulate_refuses_gaps_with_a_hint_and_fills_them_when_asked(tmp_pat
     assert main(["sweep", str(study), "--pv", "1000", "--battery", "0", "--strategy", "self_consumption", "--out",
                  str(tmp_path / "s")]) == 0
     assert "note: gaps filled: PV 1.1 % of the steps (1 gap, longest 4 h)" in capsys.readouterr().err
+
+
+def test_measured_pv_far_above_the_scenarios_plant_is_refused_not_clipped(tmp_path, capsys):
+    """PV written in W (or from a bigger plant without data.csv.pv_kwp) was clipped to the AC limit all day."""
+    frame = frame_of(15) + 400.0
+    frame["pv_kw"] = frame["pv_kw"] * 1000  # W in a column named kW
+    study = write_study(tmp_path, frame, slice(0, 0), None)
+    assert main(["simulate", str(study), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
+                 "pv_only"]) == 2
+    err = capsys.readouterr().err
+    assert "row 2, column pv_kw: 4e+05 kW is above the plausible bound 1350 kW (1.5 × rated 900 kW)" in err
+    assert ("data.csv.pv_kwp: the PV is checked against the scenario's plant (AC limit 900 kW): if it was measured on "
+            "another plant, give that plant's kWp here") in err
