@@ -185,9 +185,7 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
         raise DataError(str(path), [FieldError(giver, (
             f"the CSV has PV ({', '.join(pv_columns)}) and {giver} gives the PV too: keep one — drop {giver} "
             f"({giver.split('.')[1]}: null) to use the measured PV, or the CSV's PV column"))])
-    # the PV was measured on a plant of pv_kwp, else on the scenario's own (its AC limit): W for kW is refused
-    pv_rating = csv.pv_kwp or scenario.pv.ac_limit_kw
-    rated = {"pv": pv_rating} if "pv" in columns and pv_rating > 0 else None
+    rated = load_and_pv_ratings(scenario, columns)
     try:
         read = read_series_csv(path, tz, step, columns=columns, rated_kw=rated, allow_gaps=bool(csv.fill_gaps_hours),
                                timestamps_at=csv.timestamps_at)
@@ -200,6 +198,22 @@ def read_measured(scenario: Scenario, columns: tuple[str, ...]) -> tuple[pd.Data
         if errors:
             raise DataError(str(path), errors)
     return _with_step(moved_to_year(frame, csv.move_to_year, tz), read), gaps
+
+
+def load_and_pv_ratings(scenario: Scenario, columns: tuple[str, ...]) -> dict[str, float]:
+    """What measured series are checked against (× ``ems.series_csv.RATED_BOUND_FACTOR``), so that W written for kW
+    is refused: the PV against the plant it was measured on (``data.csv.pv_kwp``, else the scenario's AC limit), the
+    load against what the factory can draw (``grid.import_cap_kw`` plus the PV's AC limit) where the scenario states
+    a contracted capacity. [kW]"""
+    csv = scenario.data.csv
+    assert csv is not None
+    rated = {}
+    pv_rating = csv.pv_kwp or scenario.pv.ac_limit_kw
+    if "pv" in columns and pv_rating > 0:
+        rated["pv"] = pv_rating
+    if scenario.grid.import_cap_kw is not None:
+        rated["load"] = scenario.grid.import_cap_kw + scenario.pv.ac_limit_kw
+    return rated
 
 
 def _remedies(errors: list[FieldError], scenario: Scenario) -> list[FieldError]:
@@ -216,6 +230,13 @@ def _remedies(errors: list[FieldError], scenario: Scenario) -> list[FieldError]:
             f"the PV is checked against the scenario's plant (AC limit {scenario.pv.ac_limit_kw:g} kW): if it was "
             "measured on another plant, give that plant's kWp here (the PV is then scaled to pv.kwp); if the column "
             "holds W, write kW")))
+    if any("plausible bound" in e.message and e.field.lower().endswith(("load_kw", "load_kwh", "grid_kw", "grid_kwh",
+                                                                         "import_kw", "import_kwh"))
+           for e in errors):
+        out.append(FieldError("grid.import_cap_kw", (
+            f"the load is checked against what the factory can draw: the contracted {scenario.grid.import_cap_kw:g} "
+            f"kW plus the PV's {scenario.pv.ac_limit_kw:g} kW: if the column holds W, write kW; if the factory draws "
+            "more, its contracted capacity is higher")))
     return out
 
 

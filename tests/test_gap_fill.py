@@ -142,3 +142,15 @@ def test_measured_pv_far_above_the_scenarios_plant_is_refused_not_clipped(tmp_pa
     assert "row 2, column pv_kw: 4e+05 kW is above the plausible bound 1350 kW (1.5 × rated 900 kW)" in err
     assert ("data.csv.pv_kwp: the PV is checked against the scenario's plant (AC limit 900 kW): if it was measured on "
             "another plant, give that plant's kWp here") in err
+
+
+def test_a_load_in_w_is_refused_against_the_contracted_capacity(tmp_path, capsys):
+    frame = frame_of(15) + 400.0
+    frame["load_kw"] = frame["load_kw"] * 1000  # W in a column named kW
+    study = write_study(tmp_path, frame, slice(0, 0), None)
+    assert main(["simulate", str(study), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
+                 "pv_only"]) == 2
+    err = capsys.readouterr().err
+    # Nam Cau Kien: 1,000 kW contracted + 900 kW of PV AC = 1,900 kW, × 1.5
+    assert "row 2, column load_kw: 4e+05 kW is above the plausible bound 2850 kW (1.5 × rated 1900 kW)" in err
+    assert "grid.import_cap_kw: the load is checked against what the factory can draw" in err
