@@ -809,7 +809,7 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
         source = (f"{'load of the ' + year if d.csv is None else source}; PV from measured irradiance: "
                   f"{d.irradiance.path}")
     elif syn is not None and d.csv is not None:
-        source += f"; PV of the {year}"
+        source += f"; PV of the {year}, another year of the CSV drawn with seed + (year − {syn.year})"
     om_esc = fin.om_escalation_pct_per_year
     return {
         "pv_kwp": sc.pv.kwp, "battery_kwh": sc.battery.capacity_kwh, "battery_kw": sc.battery.max_discharge_kw,

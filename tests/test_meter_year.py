@@ -43,7 +43,8 @@ def test_the_meters_load_with_the_synthetic_years_pv(tmp_path):
     # the load is measured: no nominal synthetic load, no synthetic Tết shutdown announced to the forecaster
     assert nominal_load_kw(scenario) is None and forecast_site(scenario) == scenario.site
     a = assumptions(scenario)
-    assert a["data_source"] == "load measured: meter.csv; PV of the synthetic year 2026 (seed 7, 1100 kWh/kWp/yr)"
+    assert a["data_source"] == ("load measured: meter.csv; PV of the synthetic year 2026 (seed 7, 1100 kWh/kWp/yr), "
+                                 "another year of the CSV drawn with seed + (year − 2026)")
     assert a["data_kind"] == "measured and synthetic"
 
 
