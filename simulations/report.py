@@ -436,7 +436,7 @@ def assumption_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("VAT", "recovered (savings exclude VAT)" if a["vat_recoverable"] else "paid (savings include VAT)", ""),
         ("grid emission factor", f"{a['grid_factor_t_per_mwh']:g}", "tCO2/MWh"),
         ("data", f"{a['data_source']}{filled_text(summary.get('data_filled'))}", ""),
-        ("MPC warm-up history", warmup_text(summary.get("warmup")), ""),
+        ("MPC warm-up history", warmup_text(summary.get("warmup"), a.get("load_measured", False)), ""),
         ("MPC day-ahead PV forecast", forecast_text(a.get("pv_forecast")), ""),
         ("random seed", DASH if a["seed"] is None else str(a["seed"]), ""),
     ]
@@ -466,10 +466,12 @@ def filled_text(filled: dict[str, dict[str, float]] | None) -> str:
     return "; gaps filled: " + ", ".join(parts)
 
 
-def warmup_text(warmup: dict[str, float] | None) -> str:
-    """The warm-up history the MPC started with (summary key ``warmup``), in days: where it came from."""
+def warmup_text(warmup: dict[str, float] | None, measured_load: bool = False) -> str:
+    """The warm-up history the MPC started with (summary key ``warmup``), in days: where it came from; with none,
+    what its first load forecast is (``measured_load``: the load is measured, and a study has no nominal for it)."""
     if not warmup or warmup["days"] <= 0:
-        return "none (cold start: the first forecasts use a nominal load)"
+        nominal = "0 kW until some is measured" if measured_load else "a nominal load"
+        return f"none (cold start: the first forecasts use {nominal})"
     def days(d: float) -> str:
         return f"{d:.1f}".removesuffix(".0")
 

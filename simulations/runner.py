@@ -827,7 +827,8 @@ def assumptions(scenario: Scenario, ageing_simulated: bool = False) -> dict[str,
         "battery_ageing_value": "simulated" if ageing_simulated else "proportional",
         "grid_factor_t_per_mwh": sc.co2.grid_factor_t_per_mwh, "data_source": source,
         "data_kind": ("measured" if syn is None else "synthetic" if d.csv is None and d.irradiance is None
-                      else "measured and synthetic"), "seed": syn.seed if syn is not None else None,
+                      else "measured and synthetic"), "load_measured": d.csv is not None,
+        "seed": syn.seed if syn is not None else None,
         "pv_forecast": None if sc.data.pv_forecast is None else sc.data.pv_forecast.model_dump(),
     }
 

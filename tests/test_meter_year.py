@@ -45,7 +45,7 @@ def test_the_meters_load_with_the_synthetic_years_pv(tmp_path):
     a = assumptions(scenario)
     assert a["data_source"] == ("load measured: meter.csv; PV of the synthetic year 2026 (seed 7, 1100 kWh/kWp/yr), "
                                  "another year of the CSV drawn with seed + (year − 2026)")
-    assert a["data_kind"] == "measured and synthetic"
+    assert a["data_kind"] == "measured and synthetic" and a["load_measured"]
 
 
 def test_a_meter_year_across_new_year_takes_each_years_synthetic_pv(tmp_path):

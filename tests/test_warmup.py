@@ -59,6 +59,8 @@ def test_warmup_mixes_own_and_wrapped_days_and_leaves_the_unknown_missing() -> N
 def test_no_warmup_days_is_empty() -> None:
     index, pv, load = _series("2026-01-01", 30)
     assert warmup_from(index, pv, load, index[0], days=0, step_minutes=60).steps == 0
+    assert warmup_text(None, measured_load=True) == "none (cold start: the first forecasts use 0 kW until some is " \
+                                                   "measured)"
     assert warmup_text(Warmup().coverage(1.0)) == warmup_text(None) == \
         "none (cold start: the first forecasts use a nominal load)"
 
