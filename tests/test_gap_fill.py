@@ -131,26 +131,20 @@ def test_ems_simulate_refuses_gaps_with_a_hint_and_fills_them_when_asked(tmp_pat
     assert "note: gaps filled: PV 1.1 % of the steps (1 gap, longest 4 h)" in capsys.readouterr().err
 
 
-def test_measured_pv_far_above_the_scenarios_plant_is_refused_not_clipped(tmp_path, capsys):
-    """PV written in W (or from a bigger plant without data.csv.pv_kwp) was clipped to the AC limit all day."""
-    frame = frame_of(15) + 400.0
-    frame["pv_kw"] = frame["pv_kw"] * 1000  # W in a column named kW
-    study = write_study(tmp_path, frame, slice(0, 0), None)
-    assert main(["simulate", str(study), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
-                 "pv_only"]) == 2
-    err = capsys.readouterr().err
-    assert "row 2, column pv_kw: 4e+05 kW is above the plausible bound 1350 kW (1.5 × rated 900 kW)" in err
-    assert ("data.csv.pv_kwp: the PV is checked against the scenario's plant (AC limit 900 kW): if it was measured on "
-            "another plant, give that plant's kWp here") in err
-
-
-def test_a_load_in_w_is_refused_against_the_contracted_capacity(tmp_path, capsys):
-    frame = frame_of(15) + 400.0
-    frame["load_kw"] = frame["load_kw"] * 1000  # W in a column named kW
-    study = write_study(tmp_path, frame, slice(0, 0), None)
-    assert main(["simulate", str(study), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
-                 "pv_only"]) == 2
-    err = capsys.readouterr().err
+@pytest.mark.parametrize(("column", "says", "remedy"), [
+    # PV in W (or from a bigger plant without data.csv.pv_kwp) was clipped to the AC limit all day
+    ("pv_kw", "row 2, column pv_kw: 4e+05 kW is above the plausible bound 1350 kW (1.5 × rated 900 kW)",
+     "data.csv.pv_kwp: the PV is checked against the scenario's plant (AC limit 900 kW): if it was measured on "
+     "another plant, give that plant's kWp here"),
     # Nam Cau Kien: 1,000 kW contracted + 900 kW of PV AC = 1,900 kW, × 1.5
-    assert "row 2, column load_kw: 4e+05 kW is above the plausible bound 2850 kW (1.5 × rated 1900 kW)" in err
-    assert "grid.import_cap_kw: the load is checked against what the factory can draw" in err
+    ("load_kw", "row 2, column load_kw: 4e+05 kW is above the plausible bound 2850 kW (1.5 × rated 1900 kW)",
+     "grid.import_cap_kw: the load is checked against what the factory can draw"),
+])
+def test_a_series_in_w_is_refused_with_what_it_was_checked_against(tmp_path, capsys, column, says, remedy):
+    frame = frame_of(15) + 400.0
+    frame[column] = frame[column] * 1000  # W in a column named kW
+    study = write_study(tmp_path, frame, slice(0, 0), None)
+    assert main(["simulate", str(study), "--out", str(tmp_path / "o"), "--no-progress", "--strategies",
+                 "pv_only"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and remedy in err
