@@ -41,11 +41,9 @@ class FilledGaps:
         out = {}
         for name, mask in self.mask.items():
             kept = mask if keep is None else mask & keep
-            runs = _runs(kept)
-            if runs:
-                out[name] = {"steps": int(kept.sum()),
-                             "share_pct": 100.0 * kept.sum() / max(int(np.sum(keep)) if keep is not None else
-                                                                    len(kept), 1),
+            steps = len(mask) if keep is None else int(np.sum(keep))
+            if runs := _runs(kept):
+                out[name] = {"steps": int(kept.sum()), "share_pct": 100.0 * kept.sum() / max(steps, 1),
                              "gaps": len(runs), "longest_h": max(b - a for a, b in runs) * self.step_h}
         return out
 
