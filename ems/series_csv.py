@@ -83,7 +83,20 @@ def _header_line(path: Path) -> tuple[int, str]:
             if cells & set(TIMESTAMP_COLUMNS):
                 return i, delimiter
     i, first = nonblank[0] if nonblank else (0, "")
-    return i, max(DELIMITERS, key=lambda d: (first.count(d), d == ","))
+    return i, delimiter_of(first)
+
+
+def delimiter_of(line: str) -> str:
+    """Of ``DELIMITERS``, the one ``line`` (a header) holds most of (``,`` on a tie)."""
+    return max(DELIMITERS, key=lambda d: (line.count(d), d == ","))
+
+
+def decimal_points(cells: list[str]) -> list[str]:
+    """One column's cells of a ``;`` or tab file, numbers written with decimal points: where some cell has a
+    decimal comma, ``1.234,5`` → ``1234.5`` (dots group thousands); a column without one as it is (``1.234``)."""
+    if not any("," in c for c in cells):
+        return cells
+    return [c.replace(".", "").replace(",", ".") if _DECIMAL_COMMA.fullmatch(c) else c for c in cells]
 
 
 def _read_rows(path: Path, source: str) -> tuple[list[str], list[list[str]], list[int], bool]:
@@ -326,8 +339,8 @@ def _parse_numbers(cells: list[str], lines: list[int], column: str, allow_missin
     column where some cell has a decimal comma, ``1.234`` is 1234; in a column with none, the dot is the decimal sign.
     """
     stripped = [c.strip() for c in cells]
-    if decimal_comma and any("," in c for c in stripped):
-        stripped = [c.replace(".", "").replace(",", ".") if _DECIMAL_COMMA.fullmatch(c) else c for c in stripped]
+    if decimal_comma:
+        stripped = decimal_points(stripped)
     values = pd.to_numeric(pd.Series(stripped, dtype=object).replace("", np.nan), errors="coerce")
     values = values.to_numpy(dtype=float, copy=True)
     for i in np.flatnonzero(~np.isfinite(values)):

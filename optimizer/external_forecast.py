@@ -37,6 +37,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from ems.series_csv import decimal_points, delimiter_of
 from ems.yamlfile import unknown_field
 from optimizer.forecast import History
 from optimizer.service import PEAK_RISK_LEVEL, net_load_risk_kw
@@ -255,27 +256,38 @@ def band_quantiles(point: np.ndarray, p10: np.ndarray, p90: np.ndarray, levels: 
 def csv_payload(text: str, *, source: str, issued_at: str, valid_hours: float = DEFAULT_VALID_HOURS) -> dict:
     """The JSON form of a forecast CSV: header ``timestamp`` plus ``pv_kw`` and/or ``load_kw`` (and optionally
     their bands, e.g. ``pv_kw_p10``, ``pv_kw_p90``), one row per step, timestamps ISO 8601 with UTC offset at
-    interval starts, evenly spaced. Other columns are ignored.
+    interval starts, evenly spaced. Other columns are ignored. Cells may be separated by ``;`` or tabs (told from the
+    header), numbers then written with decimal commas, as a spreadsheet saves CSV where the comma is the decimal sign
+    (:func:`ems.series_csv.decimal_points`).
 
     Raises
     ------
     ForecastInputError
         A missing column, an unparseable row (named by line), uneven steps.
     """
-    reader = csv.DictReader(io.StringIO(text))
+    delimiter = delimiter_of(text.lstrip("\ufeff").split("\n", 1)[0])
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")), delimiter=delimiter)
     fields = reader.fieldnames or []
     if "timestamp" not in fields or not set(fields) & set(QUANTITIES):
         raise ForecastInputError(f"CSV header must be timestamp plus pv_kw and/or load_kw (and optionally their "
                                  f"_p10/_p90 bands), got {fields}")
     times: list[datetime] = []
-    columns: dict[str, list[float]] = {name: [] for name in VALUE_FIELDS if name in fields}
+    cells: dict[str, list[str]] = {name: [] for name in VALUE_FIELDS if name in fields}
     for line, row in enumerate(reader, start=2):
         try:
             times.append(_time({"timestamp": row["timestamp"]}, "timestamp"))
-            for name in columns:
-                columns[name].append(float(row[name]))
-        except (ForecastInputError, ValueError, TypeError) as exc:
+        except ForecastInputError as exc:
             raise ForecastInputError(f"CSV line {line}: {exc}") from exc
+        for name in cells:
+            cells[name].append((row[name] or "").strip())
+    columns: dict[str, list[float]] = {}
+    for name, written in cells.items():  # a ';' or tab file (a spreadsheet's) may write decimal commas
+        columns[name] = []
+        for line, cell in enumerate(written if delimiter == "," else decimal_points(written), start=2):
+            try:
+                columns[name].append(float(cell))
+            except ValueError as exc:
+                raise ForecastInputError(f"CSV line {line}: {name}: {written[line - 2]!r} is not a number") from exc
     if not times:
         raise ForecastInputError("CSV has no rows")
     steps = {int((b - a).total_seconds()) for a, b in itertools.pairwise(times)}

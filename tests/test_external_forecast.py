@@ -137,6 +137,17 @@ def test_csv_form(tmp_path):
         csv_payload(uneven, source="x", issued_at="2026-06-01T06:00:00+07:00")
 
 
+def test_csv_form_as_a_spreadsheet_saves_it():
+    """';' between cells and decimal commas, as Excel saves CSV under Vietnamese settings: the same forecast."""
+    text = ("timestamp,pv_kw,load_kw\n2026-06-01T07:00:00+07:00,0,1400\n2026-06-01T07:15:00+07:00,25.5,1410.25\n")
+    sheet = ("\ufefftimestamp;pv_kw;load_kw\n2026-06-01T07:00:00+07:00;0;1.400\n"
+             "2026-06-01T07:15:00+07:00;25,5;1.410,25\n")
+    issued = "2026-06-01T06:00:00+07:00"
+    assert csv_payload(sheet, source="x", issued_at=issued) == csv_payload(text, source="x", issued_at=issued)
+    with pytest.raises(ForecastInputError, match=r"CSV line 3: pv_kw: 'n/a' is not a number"):
+        csv_payload(sheet.replace("25,5", "n/a"), source="x", issued_at=issued)
+
+
 def test_accuracy_known_answers():
     # a daily cycle repeated exactly: persistence is perfect; a forecast 10 kW too high has MAE = RMSE = 10 kW
     # and skill −inf-like (persistence error 0 → skill None); one with the day's pattern but a measured series

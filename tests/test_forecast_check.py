@@ -76,7 +76,7 @@ def test_refusals_name_the_line_or_field_and_json_takes_the_overrides(tmp_path: 
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("timestamp,pv_kw\n2026-12-05T17:00:00Z,10\n2026-12-05T17:15:00Z,ten\n", encoding="utf-8")
     ok, lines = check_forecast_file(bad_csv, config.site, config.pv, issued_at=NOW, now=NOW)
-    assert not ok and lines == [f"{bad_csv}: CSV line 3: could not convert string to float: 'ten'"]
+    assert not ok and lines == [f"{bad_csv}: CSV line 3: pv_kw: 'ten' is not a number"]
     payload = {"source": "solcast", "issued_at": "2026-12-05T19:00:00+07:00", "start": "2026-12-05T19:00:00+07:00",
                "pv_kw": [0, 3000.0]}
     path = tmp_path / "fc.json"
