@@ -116,7 +116,7 @@ def _command() -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.report import STRATEGY_LABELS, filled_text, write_outputs
+    from simulations.report import STRATEGY_LABELS, write_outputs
     from simulations.runner import run
 
     scenario = _load(args)
@@ -142,9 +142,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"warning: {summary['period']['warning']}", file=sys.stderr)
     for warning in summary["data_warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    if summary["data_filled"]:
-        print(f"note: {filled_text(summary['data_filled']).removeprefix('; ')} (data.csv.fill_gaps_hours)",
-              file=sys.stderr)
+    _say_filled(summary["data_filled"])
     life = summary["assumptions"]["lifetime_years"]
     print(f"{'strategy':31s} {'bill/yr':>16s} {'saving/yr':>16s} {'payback PV+bat':>15s} {'payback battery':>16s}")
     for name, s in summary["strategies"].items():
@@ -177,6 +175,14 @@ def _yr(fin: dict | None, life: int) -> str:
     return f"> {life}" if not_paid_back(fin, "payback_note") else "—"
 
 
+def _say_filled(filled: dict[str, dict[str, float]]) -> None:
+    """The gaps of measured data a study filled (``SeriesData.filled``), on stderr; nothing when none were."""
+    if filled:
+        from simulations.report import filled_text
+
+        print(f"note: {filled_text(filled).removeprefix('; ')} (data.csv.fill_gaps_hours)", file=sys.stderr)
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -198,10 +204,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     measured = load_data(scenario) if scenario.data.csv is not None else None
     data_warnings = measured.warnings if measured is not None else []
-    if measured is not None and measured.filled:
-        from simulations.report import filled_text
-
-        print(f"note: {filled_text(measured.filled).removeprefix('; ')} (data.csv.fill_gaps_hours)", file=sys.stderr)
+    _say_filled(measured.filled if measured is not None else {})
     bar = tqdm(total=len(pv) * len(battery), unit="cell", desc=f"sweep {scenario.name}")
     table = sweep(scenario, pv, battery, args.strategy, workers=args.workers, dask_address=args.dask,
                   progress=lambda done, total: bar.update(1))

@@ -25,24 +25,25 @@ WARN_SHARE = 0.05
 """Warn when at least this share of the sunny steps look held back. [-]"""
 
 
+def _sunny(pv_kw: np.ndarray) -> np.ndarray:
+    """True at the steps whose PV is above :data:`SUNNY_FRACTION_OF_PEAK` of the highest (none without PV). [kW] in."""
+    peak = float(np.nanmax(pv_kw)) if len(pv_kw) and np.isfinite(pv_kw).any() else 0.0
+    return pv_kw > SUNNY_FRACTION_OF_PEAK * peak if peak > 0 else np.zeros(len(pv_kw), dtype=bool)
+
+
 def pv_held_back(pv_kw: np.ndarray, load_kw: np.ndarray) -> np.ndarray:
     """True at the sunny steps where the PV covered the load with the grid near 0 kW: PV held back by an export
     limit, most likely. [kW] in."""
     pv, load = np.asarray(pv_kw, dtype=float), np.asarray(load_kw, dtype=float)
-    peak = float(np.nanmax(pv)) if len(pv) and np.isfinite(pv).any() else 0.0
-    if peak <= 0:
-        return np.zeros(len(pv), dtype=bool)
-    grid = load - pv
     margin = np.maximum(HELD_GRID_KW, HELD_GRID_LOAD_FRACTION * load)
-    return (pv > SUNNY_FRACTION_OF_PEAK * peak) & (np.abs(grid) <= margin)
+    return _sunny(pv) & (np.abs(load - pv) <= margin)
 
 
 def pv_held_back_warning(pv_kw: np.ndarray, load_kw: np.ndarray) -> str | None:
     """The warning for measured PV that looks held back at :data:`WARN_SHARE` or more of the sunny steps, else
     None."""
     pv = np.asarray(pv_kw, dtype=float)
-    peak = float(np.nanmax(pv)) if len(pv) and np.isfinite(pv).any() else 0.0
-    sunny = int(np.sum(pv > SUNNY_FRACTION_OF_PEAK * peak)) if peak > 0 else 0
+    sunny = int(np.sum(_sunny(pv)))
     held = int(np.sum(pv_held_back(pv, load_kw)))
     if sunny == 0 or held < WARN_SHARE * sunny:
         return None
