@@ -567,7 +567,7 @@ class Controller:
             "today": self.accounting.today(now, plan),
             "month": self.accounting.month_value(now),
             "demand": {"month": self.demand.month, **self.accounting.month_peak(now),
-                       "interval_avg_kw": self.demand.current_average_kw(),
+                       "interval_avg_kw": self.demand.current_average_kw(), **self._window_fields(now),
                        "import_cap_kw": self.config.grid.import_cap_kw, **self._outlook_fields()},
             "alarms": sorted(self.alarms),
             "validation": self.validation.to_dict(),
@@ -576,6 +576,12 @@ class Controller:
             "forecast_accuracy": self._forecast_accuracy(now),
             "forecast_sources": self.external_forecasts.status(now),
         }
+
+    def _window_fields(self, now: datetime) -> dict[str, float]:
+        """The state's ``demand`` figures of the running demand window: its length (the tariff's measure) and how
+        much of it has passed, the span ``interval_avg_kw`` builds up over. [min]"""
+        length_h, elapsed_h, _ = self.demand.running(now)
+        return {"window_minutes": length_h * 60.0, "window_elapsed_min": elapsed_h * 60.0}
 
     def _outlook_fields(self) -> dict[str, float | None]:
         """The state's ``demand`` figures of the running window's outlook (None while unknown)."""

@@ -180,7 +180,8 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         state["demand"] = {"month": "2026-05", "month_peak_kw": 950.0, "interval_avg_kw": 310.0,
                            "import_cap_kw": 1200.0, "month_peak_at": "2026-05-04T01:30:00+00:00",
                            "month_peak_period": "normal", "hold_kw": 1005.0, "window_projected_kw": 1064.5,
-                           "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0}
+                           "shed_to_hold_kw": 133.5, "window_left_min": 10.0, "billed_kw": 950.0,
+                           "window_minutes": 15.0, "window_elapsed_min": 5.4}
         state["today"].update(charge_kwh=527.0, discharge_kwh=0.0, cost=4.0e6, cost_no_battery=3.95e6, saved=-50_000.0,
                               load_kwh=3000.0, import_kwh=1800.0, pv_kwh=1200.0, export_kwh=0.0,
                               load_from_pv_kwh=1200.0, load_from_battery_kwh=0.0, load_from_grid_kwh=1800.0 - 527.0,
@@ -193,6 +194,9 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         site.bus.publish("state", state)
         await page.wait_for_function("document.getElementById('mtd-peak').textContent === '950.0 kW'")
         assert await page.text_content("#mtd-cap") == "1,200.0 kW"
+        # the tariff's own demand window (15 min here), and the import so far building up to its average
+        assert await page.text_content("#mtd-title") == "This month's peak demand (15-min average)"
+        assert await page.text_content("#mtd-now") == "310.0 kW · 5 of 15 min"
         assert await page.text_content("#mtd-set") == "Mon 04 May, 08:30 · normal"  # 01:30 UTC in site time
         # the level the plan holds on the tariff's 30-minute measure, not its highest 15-minute import (1,020 kW)
         assert await page.text_content("#mtd-planned") == "1,005.0 kW"

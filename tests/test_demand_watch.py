@@ -120,6 +120,9 @@ async def test_the_controller_warns_while_the_battery_cannot_hold_the_window(tmp
         demand = state["demand"]
         assert demand["hold_kw"] == 600.0 and demand["window_projected_kw"] == pytest.approx(660.0)
         assert demand["shed_to_hold_kw"] == pytest.approx(90.0) and demand["window_left_min"] == pytest.approx(20.0)
+        # the running window as the tariff measures it: 100 kWh over 30 min so far, 10 of the 30 min gone
+        assert demand["window_minutes"] == 30.0 and demand["window_elapsed_min"] == pytest.approx(10.0)
+        assert demand["interval_avg_kw"] == pytest.approx(200.0, abs=1.0)
         assert ALARM in state["alarms"]
         assert "shed 90.0 kW of load for the remaining 20 min" in controller.alarms[ALARM]
         for _ in range(int(SMOOTHING_S) + 1):   # the load falls to 300 kW for a minute: the window holds

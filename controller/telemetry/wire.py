@@ -206,7 +206,12 @@ class Demand(_Part):
                                       "(optimizer.billing.billed_demand_kw): the month-to-date peak, under a "
                                       "12-month basis the highest of it and the 11 months before; the level the "
                                       "planner and the dispatcher take as already paid; null without a demand charge")
-    interval_avg_kw: OptionalNumber = Field(description="[kW] the running interval's average so far")
+    interval_avg_kw: OptionalNumber = Field(description="[kW] the running demand window's import so far over the "
+                                            "window's whole length: it rises to the window's average by its end")
+    window_minutes: OptionalNumber = Field(None, description="[min] length of the running demand window (the "
+                                           "tariff's demand measure, else control.demand_interval_minutes)")
+    window_elapsed_min: OptionalNumber = Field(None, description="[min] how much of the running demand window has "
+                                               "passed")
     import_cap_kw: OptionalNumber = Field(description="[kW] contracted import capacity (grid.import_cap_kw); "
                                                       "null = none")
     hold_kw: OptionalNumber = Field(None, description="[kW] the month's demand level held now: the plan's planned "

@@ -72,7 +72,8 @@ def state(t: datetime, soc: float) -> dict[str, Any]:
                   "load_from_battery_kwh": 0.0, "load_from_grid_kwh": 4070.0, "cost": 1.021e7,
                   "cost_no_battery": 1.012e7, "saved": -90_000.0},
         "demand": {"month": "2026-05", "month_peak_kw": 812.0, "month_peak_at": "2026-05-02T11:00:00+00:00",
-                   "month_peak_period": "peak", "interval_avg_kw": 640.0, "import_cap_kw": 1200.0},
+                   "month_peak_period": "peak", "interval_avg_kw": 420.0, "window_minutes": 30.0,
+                   "window_elapsed_min": 20.0, "import_cap_kw": 1200.0},
         "alarms": ["point_stale:grid-meter:frequency_hz"] if stale else [],
     }
 

@@ -418,7 +418,14 @@ function renderDemand(s) {
   $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
   $("mtd-planned").textContent = kw(planned);
-  $("mtd-now").textContent = kw(pick(s, ["demand.interval_avg_kw"]));
+  // the window's length is the tariff's measure (15, 30 or 60 min); its import so far builds up to its average
+  const windowMin = pick(s, ["demand.window_minutes"]), elapsed = pick(s, ["demand.window_elapsed_min"]);
+  $("mtd-title").textContent = windowMin === null ? t("month_peak")
+    : fill(t("month_peak_window"), { min: num(windowMin, 0) });
+  const soFar = pick(s, ["demand.interval_avg_kw"]);
+  $("mtd-now").textContent = soFar === null || windowMin === null || elapsed === null ? kw(soFar)
+    : fill(t("window_so_far"), { kw: kw(soFar), elapsed: num(Math.floor(elapsed), 0), min: num(windowMin, 0) });
+  $("mtd-now").title = t("window_so_far_tip");
   const projected = pick(s, ["demand.window_projected_kw"]), left = pick(s, ["demand.window_left_min"]);
   $("mtd-projected").textContent = projected === null ? "–"
     : `${kw(projected)} · ${fill(t("window_left"), { min: num(left, 0) })}`;
