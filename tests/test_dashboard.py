@@ -73,7 +73,7 @@ def _body(raw: bytes) -> Any:
 
 
 async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, language: str = "auto",
-                     tariff: Any = None, **dashboard: Any) -> Site:
+                     tariff: Any = None, currency: str = "VND", **dashboard: Any) -> Site:
     if token:
         monkeypatch.setenv("EMS_DASHBOARD_TOKEN", token)
     else:
@@ -83,7 +83,7 @@ async def start_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
     bus = Bus()
     settings = TelemetrySettings(dashboard=DashboardSettings(port=free_port(), language=language, **dashboard))
     ctx = TelemetryContext(site=SITE, timezone=TZ, clock=clock, apply=commands.apply, state_dir=tmp_path,
-                           currency="VND", tariff=tariff)
+                           currency=currency, tariff=tariff)
     return Site(bus, await start_telemetry(settings, bus, ctx), commands)
 
 

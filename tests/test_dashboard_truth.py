@@ -242,6 +242,31 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         site.bus.publish("state", state)
         await page.wait_for_function("document.getElementById('saved-month').textContent === '-₫918,324'")
         assert await page.get_attribute("#saved-month", "class") == "money negative"
+        # the period the peak was set in, by the tariff's names: the Japanese preset's one period is translated,
+        # a user's tariff's own name is shown as it is (it read "period.flat", a dictionary key)
+        for period, shown in (("flat", "flat rate"), ("shoulder", "shoulder")):
+            state["demand"] = {**state["demand"], "month_peak_period": period}
+            site.bus.publish("state", state)
+            await page.wait_for_function(f"document.getElementById('mtd-set').textContent.endsWith(' · {shown}')")
+        await context.close()
+    finally:
+        await site.telemetry.aclose()
+
+
+@pytest.mark.parametrize(("currency", "period", "price", "shown"), [
+    ("JPY", "flat", 18.238, "flat rate · JP¥18.24/kWh"),    # was "JP¥18/kWh": 1.3 % off (the yen has no cents)
+    ("VND", "normal", 1979.64, "normal · ₫1,980/kWh"),
+    ("VND", "shoulder", 2510.0, "shoulder · ₫2,510/kWh")])    # a user's tariff's own period name, as it is
+async def test_the_price_now_is_shown_to_three_figures_in_the_sites_currency(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Any,  # noqa: F811
+        currency: str, period: str, price: float, shown: str) -> None:
+    site = await start_site(tmp_path, monkeypatch, TOKEN, currency=currency)
+    try:
+        context, page = await open_dashboard(browser, site, "en-US")
+        state = sample_state(datetime(2026, 5, 4, 3, 0, tzinfo=UTC), 1)
+        state["tariff"] = {"period": period, "import_price": price, "export_price": 0.0, "currency": currency}
+        site.bus.publish("state", state)
+        await page.wait_for_function(f"document.getElementById('tariff').textContent === {shown!r}")
         await context.close()
     finally:
         await site.telemetry.aclose()

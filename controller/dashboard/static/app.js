@@ -58,6 +58,20 @@ function money(value) {
   }
 }
 
+// A price per kWh to at least three significant figures: ¥18.24, $0.12, but ₫1,980 (money() rounds to whole units)
+function unitPrice(value) {
+  if (value === null || value === undefined) return "–";
+  const c = ui.cfg.currency || get(ui.state, "tariff.currency");
+  const digits = Math.abs(value) < 100 ? 2 : 0;
+  if (!c) return num(value, digits);
+  try {
+    return new Intl.NumberFormat(ui.locale, { style: "currency", currency: c, minimumFractionDigits: digits,
+      maximumFractionDigits: digits }).format(value);
+  } catch (err) {
+    return `${num(value, digits)} ${c}`;
+  }
+}
+
 function fmtTime(ms, withSeconds = true) {
   const opts = { timeZone: ui.cfg.timezone, hour: "2-digit", minute: "2-digit" };
   if (withSeconds) opts.second = "2-digit";
@@ -184,7 +198,7 @@ function render() {
   $("setpoint").textContent = kw(pick(s, ["setpoints.battery_kw", "decision.battery_setpoint_kw", "battery_setpoint_kw"]));
   const period = pick(s, ["tariff.period", "tariff_period"]);
   const price = pick(s, ["tariff.price_per_kwh", "tariff.import_price", "price_per_kwh"]);
-  $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${price === null ? "–" : money(price)}/kWh` : "–";
+  $("tariff").textContent = s ? `${period ? t(`period.${period}`, period) : "–"} · ${unitPrice(price)}/kWh` : "–";
   $("updated").textContent = s && s.ts ? fmtTime(Date.parse(s.ts)) : "–";
   $("clock").textContent = `${t("site_time")} ${fmtTime(nowMs())}`;
   renderMoney(s);
@@ -390,7 +404,7 @@ function peakSet(at, period) {
   if (!at) return "–";
   const when = new Intl.DateTimeFormat(ui.locale, { timeZone: ui.cfg.timezone, weekday: "short", day: "2-digit",
     month: "short", hour: "2-digit", minute: "2-digit" }).format(new Date(Date.parse(at)));
-  return period ? `${when} · ${t("period." + period)}` : when;
+  return period ? `${when} · ${t(`period.${period}`, period)}` : when;   // a tariff's own name where none is known
 }
 
 function renderDemand(s) {
