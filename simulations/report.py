@@ -269,14 +269,14 @@ def plain_summary(summary: dict[str, Any]) -> list[str]:
             f"NPV {_money(fin['npv'], cur)}; IRR "
             + (f"{100 * fin['irr']:.1f} %" if fin["irr"] is not None else f"{DASH} ({fin['irr_note']})") + ".")
         if b.get("soc_change_kwh"):
-            period, yearly = b["soc_change_value_period"], b["soc_change_value"]
-            scaled = (f" ({_money(yearly, cur)} a year in the yearly figures, which scale the period)"
-                      if _money(yearly, cur) != _money(period, cur) else "")
+            amount, yearly = _money(abs(b["soc_change_value_period"]), cur), _money(abs(b["soc_change_value"]), cur)
+            scaled = f" ({yearly} a year in the yearly figures, which scale the period)" if yearly != amount else ""
+            kwh = f"{abs(b['soc_change_kwh']):,.0f} kWh"
             lines.append(
-                f"The battery ended the period {abs(b['soc_change_kwh']):,.0f} kWh "
-                f"{'fuller' if b['soc_change_kwh'] > 0 else 'emptier'} than it started; valued at the cost of "
-                f"refilling it from the grid that is {_money(period, cur)}{scaled}, "
-                f"{'credited to' if yearly > 0 else 'charged against'} its savings.")
+                f"The battery ended the period {kwh} fuller than it started: that energy, worth {amount}{scaled} "
+                f"at the cost of buying it from the grid, is credited to its savings." if b["soc_change_kwh"] > 0 else
+                f"The battery ended the period {kwh} emptier than it started: refilling it from the grid would "
+                f"cost {amount}{scaled}, charged against its savings.")
         value, cost = fin.get("levelised_saving_per_kwh"), fin.get("lcos_per_kwh")
         if value is not None and cost is not None:
             lines.append(

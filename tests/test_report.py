@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from simulations.report import (
     co2_sentence,
     demand_rows,
     demand_text,
+    lead_strategy,
     local_period,
     month_ticks,
     plain_summary,
@@ -68,6 +70,22 @@ def test_plain_summary_says_what_pays_back(result) -> None:
     assert "PV alone saves" in text and "simple payback" in text
     assert "the battery saves" in text and "full cycles of its usable window" in text
     assert "replacement(s)" not in text
+
+
+def test_the_energy_left_in_the_battery_is_said_as_an_amount_with_its_direction(result) -> None:
+    """A battery ending the period emptier is charged what refilling it costs, said as a positive amount (the
+    report said "valued at the cost of refilling it from the grid that is -0.5 million VND, charged against")."""
+    summary = copy.deepcopy(result.summary())   # the module's result is shared
+    battery = summary["economics"][lead_strategy(summary)]
+    battery.update(soc_change_kwh=-400.0, soc_change_value_period=-512_000.0, soc_change_value=-512_000.0)
+    text = " ".join(plain_summary(summary))
+    assert ("The battery ended the period 400 kWh emptier than it started: refilling it from the grid would cost "
+            "0.5 million VND, charged against its savings.") in text
+    battery.update(soc_change_kwh=120.0, soc_change_value_period=160_000.0, soc_change_value=600_000.0)
+    text = " ".join(plain_summary(summary))
+    assert ("The battery ended the period 120 kWh fuller than it started: that energy, worth 0.2 million VND "
+            "(0.6 million VND a year in the yearly figures, which scale the period) at the cost of buying it from "
+            "the grid, is credited to its savings.") in text
 
 
 def test_replacements_are_counted_in_words() -> None:
