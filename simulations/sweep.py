@@ -200,6 +200,9 @@ COLUMN_LABELS = {
 """Plain column names for sweep.html (``{cur}`` = the currency)."""
 DASH = "—"
 """A figure that does not exist or apply: an IRR the cell never reaches, a battery figure of a cell without one."""
+BATTERY_FIGURES = frozenset({"savings_vs_pv_only", "battery_payback_years", "battery_discounted_payback_years",
+                             "battery_npv", "equivalent_full_cycles", "battery_capex"})
+"""The table's columns that are the battery's own figures: "—" in a cell without a battery (not 0.00)."""
 NEVER = "never"
 """A payback the cell does not reach within the study life."""
 
@@ -294,9 +297,12 @@ def write_sweep(table: pd.DataFrame, out_dir: Path, scenario: Scenario, command:
     head = "".join(f"<th>{html.escape(COLUMN_LABELS.get(c, c).format(cur=currency))}</th>" for c in table.columns)
     shown = table.astype(object).assign(strategy=table["strategy"].map(lambda n: STRATEGY_LABELS.get(n, n)))
     sizes = {"pv_kwp", "battery_kwh", "battery_kw"}
+    money = {c for c, label in COLUMN_LABELS.items() if "{cur}" in label}
 
     def text(column: str, value: Any, battery_kwh: float) -> str:
-        if column in sizes and pd.notna(value):
+        if battery_kwh == 0 and column in BATTERY_FIGURES:
+            return DASH
+        if (column in sizes or column in money) and pd.notna(value):
             return f"{value:,.0f}"
         never = "payback" in column and pd.isna(value) and not (column.startswith("battery") and battery_kwh == 0)
         return NEVER if never else _cell(value)

@@ -129,6 +129,13 @@ def test_the_sweep_table_says_never_for_a_payback_and_dash_for_no_battery(tmp_pa
     column = list(table.columns).index("battery_discounted_payback_years")
     assert cells[0][column] == "—"                          # no battery
     assert cells[1][column] == "never"                      # one day's saving against a 20-year battery
+    # the battery's own figures do not apply without one (its saving against PV only read "0.00"); money is in
+    # whole units
+    at = {c: i for i, c in enumerate(table.columns)}
+    assert [cells[0][at[c]] for c in ("savings_vs_pv_only", "equivalent_full_cycles", "battery_npv")] == ["—"] * 3
+    saved = table.loc[1, "savings_vs_pv_only"]
+    assert cells[1][at["savings_vs_pv_only"]] == f"{saved:,.0f}" and saved > 0
+    assert cells[0][at["annual_bill"]] == f"{table.loc[0, 'annual_bill']:,.0f}"
     assert '"never": the cell does not pay back within the study life' in page
 
 
