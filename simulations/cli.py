@@ -163,6 +163,14 @@ def _ratio_years(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.1f}"
 
 
+def _park_payback(years: float | None, capex: float) -> str:
+    """The park's cash-flow payback for the console: "12.3 yr", "never" (not within the study life), "—" when
+    nothing is invested."""
+    if years is None or years != years:
+        return "never" if capex > 0 else "—"
+    return f"{years:.1f} yr"
+
+
 def _yr(fin: dict | None, life: int) -> str:
     """A simple payback for the console [yr]: "> life" when it is not reached within the study life, "—" where
     nothing was invested (no battery; the reasons are in summary.json and the report)."""
@@ -257,7 +265,8 @@ def _park(args: argparse.Namespace) -> int:
     bound = f" (an upper bound: battery dispatch by {park.strategy})" if park.strategy in BOUNDS else ""
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
           f"{total['savings_vs_no_system']:,.0f}/yr{bound}, investment ÷ saving "
-          f"{_ratio_years(total['investment_over_saving_years'])} yr, "
+          f"{_ratio_years(total['investment_over_saving_years'])} yr, payback (cash flow) "
+          f"{_park_payback(total['simple_payback_years'], total['capex'])}, "
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
     if shared is not None:
         change = shared["change"]

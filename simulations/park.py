@@ -20,8 +20,9 @@ A park file (YAML) lists the sites::
 Each site runs as one sweep cell (:func:`simulations.sweep.run_cell`), so a park study and a sizing
 sweep give a site the same figures. The park total adds investments, bills, savings and CO2. Each
 row also gets ``investment_over_saving_years``, the investment over the yearly saving (for the
-total, the summed ones); the payback from each site's cash flow (O&M, ageing, replacements) stays a
-per-site figure. All sites must use one currency.
+total, the summed ones); and the payback from the yearly cash flow with O&M, ageing and replacements: each
+site's own, and for the park the sites' yearly cash flows added year by year (a site past its study life adds
+nothing). All sites must use one currency.
 
 CO2 comes twice: ``co2_avoided_t``, the fall in net grid import (battery losses count against it) ×
 the scenario's grid factor; and ``co2_jcm_t``, JCM-style (methodology VN_AM007, "Installation of Solar
@@ -49,11 +50,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ems.yamlfile import ConfigError, FieldError, load_model
-from simulations.economics import jcm_reduction_t
+from simulations.economics import jcm_reduction_t, payback_years
 from simulations.report import BOUNDS, STRATEGY_LABELS
 from simulations.scenario import ALL_STRATEGIES, Scenario, load_scenario
 from simulations.sweep import period_warning, run_all, run_cell
 
+CASH_FLOW = "cash_flow_net"
+"""Column of a site's yearly net cash flow (:func:`simulations.sweep.run_cell`), read by :func:`park_total` and
+left out of the park table."""
 TOTAL = "park total"
 """The ``site`` of the park table's total row."""
 SUMMED = ("capex", "annual_bill_no_system", "annual_bill", "savings_vs_no_system", "savings_vs_pv_only",
@@ -165,7 +169,7 @@ def run_park(park: Park, scenarios: list[Scenario], workers: int = 1, dask_addre
     run_all(run_site, args, done, workers=workers, dask_address=dask_address)
     order = {site.id: k for k, site in enumerate(park.sites)}
     table = pd.DataFrame(sorted(rows, key=lambda r: order[r["site"]]))
-    table = pd.concat([table, pd.DataFrame([park_total(table)])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([park_total(table)])], ignore_index=True).drop(columns=CASH_FLOW)
     table["investment_over_saving_years"] = [investment_over_saving(c, s) for c, s in
                                              zip(table["capex"], table["savings_vs_no_system"], strict=True)]
     return table
@@ -176,7 +180,7 @@ def run_site(site: str, scenario_data: dict[str, Any], base_dir: str, pv_kwp: fl
     """One site of the park (a picklable top-level function for process pools and Dask workers), with its
     JCM-style CO2 (``jcm_factor_t_per_mwh``: the park's factor, None = the scenario's)."""
     try:
-        row = {"site": site, **run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy)}
+        row = {"site": site, **run_cell(scenario_data, base_dir, pv_kwp, battery_kwh, strategy, with_cash_flow=True)}
     except ConfigError as exc:  # a site's bad data file: say which site it is
         raise ConfigError(f"site {site!r}: {exc.source}", exc.errors) from None
     co2 = scenario_data["co2"]
@@ -273,8 +277,16 @@ def shared_battery_study(park_data: dict[str, Any], scenario_data: list[dict[str
 
 
 def park_total(table: pd.DataFrame) -> dict[str, Any]:
-    """The park's sums (no cash-flow payback: that needs the sites' yearly cash flows)."""
-    return {"site": TOTAL, **{c: float(table[c].sum()) for c in SUMMED}}
+    """The park's sums, and the simple payback [yr] of the sites' yearly net cash flows (column
+    :data:`CASH_FLOW`, from year 0) added year by year: None when the sum does not turn within the longest
+    study life, or nothing is invested."""
+    flows = [np.asarray(flow, dtype=float) for flow in table[CASH_FLOW]]
+    park_flow = np.zeros(max(len(flow) for flow in flows))
+    for flow in flows:
+        park_flow[:len(flow)] += flow
+    capex = float(table["capex"].sum())
+    return {"site": TOTAL, **{c: float(table[c].sum()) for c in SUMMED},
+            "simple_payback_years": payback_years(park_flow) if capex > 0 else None}
 
 
 def investment_over_saving(capex: float, saving: float) -> float | None:
@@ -307,21 +319,22 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
              "| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
         cells = [_cell(row.get(key)) for key, _ in columns]
+        if pd.isna(row["simple_payback_years"]) and row["capex"] > 0:  # a cash flow that never turns
+            cells[[key for key, _ in columns].index("simple_payback_years")] = "never"
         if row["site"] == TOTAL:
             cells = [f"**{c}**" for c in cells]
-        elif pd.isna(row["simple_payback_years"]) and row["capex"] > 0:  # a site's cash flow that never turns
-            cells[[key for key, _ in columns].index("simple_payback_years")] = "never"
         lines.append("| " + " | ".join(cells) + " |")
     sites = table[table["site"] != TOTAL]
     factors = "; ".join(f"{r['site']} {r['jcm_factor_t_per_mwh']:g} ({r['jcm_factor_source']})"
                         for r in sites.to_dict("records"))
     lines += ["", "Saving: yearly, against no PV and no battery (the simulated period scaled to a year). "
               "Investment ÷ saving: no O&M, ageing or replacements. Payback, cash flow: from each site's "
-              "yearly cash flow with O&M, ageing and replacements (per site only); never = not within the site's "
-              "study life; — = not computed. CO2 avoided, grid factor: the fall in net grid import (battery losses "
-              "count against it) × the grid emission factor of each site's scenario. CO2, JCM-style (methodology "
-              "VN_AM007, Installation of Solar PV System): PV energy used on site or exported × a conservative grid "
-              "factor, project emissions 0; the battery is not part of it.",
+              "yearly cash flow with O&M, ageing and replacements; for the park, from the sites' yearly cash flows "
+              "added year by year; never = not within the study life; — = nothing invested. CO2 avoided, grid "
+              "factor: the fall in net grid import (battery losses count against it) × the grid emission factor "
+              "of each site's scenario. CO2, JCM-style (methodology VN_AM007, Installation of Solar PV System): PV "
+              "energy used on site or exported × a conservative grid factor, project emissions 0; the battery is "
+              "not part of it.",
               "", f"JCM factors [t CO2/MWh]: {factors}."
               + (" A factor marked 'grid factor' is not the methodology's conservative factor: set "
                  "`jcm_factor_t_per_mwh` in the park file." if (sites["jcm_factor_source"] == "grid factor").any()

@@ -76,8 +76,10 @@ def _size(part: str, text: str) -> float:
 
 
 def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, battery_kwh: float,
-             strategy: str) -> dict[str, Any]:
-    """Run one sweep cell (a picklable top-level function for process pools and Dask workers)."""
+             strategy: str, with_cash_flow: bool = False) -> dict[str, Any]:
+    """Run one sweep cell (a picklable top-level function for process pools and Dask workers); with
+    ``with_cash_flow`` the row also holds ``cash_flow_net``, the system's yearly net cash flow from year 0 (the
+    investment) to the end of its study life [currency per year] (:func:`simulations.economics.cash_flow`)."""
     from simulations.runner import run
 
     base = Scenario.model_validate(scenario_data)
@@ -90,6 +92,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
     battery = e["finance"].get("battery") or {}
     summary = result.summary()
     ref = summary["strategies"]["no_system"]["annual_bill"]
+    flow = {"cash_flow_net": [float(year["net"]) for year in e["cash_flow"]]} if with_cash_flow else {}
     return {
         "pv_kwp": pv_kwp, "battery_kwh": battery_kwh, "battery_kw": scenario.battery.max_discharge_kw,
         "strategy": name, "annual_bill_no_system": ref, "annual_bill": e["annual_bill"],
@@ -102,7 +105,7 @@ def run_cell(scenario_data: dict[str, Any], base_dir: str, pv_kwp: float, batter
         "battery_discounted_payback_years": battery.get("discounted_payback_years"), "battery_npv": battery.get("npv"),
         "equivalent_full_cycles": e["equivalent_full_cycles"], "co2_avoided_t": e["co2_avoided_t"],
         "pv_kwh": e["pv_kwh"], "battery_capex": battery.get("capex", 0.0),
-        "period_days": summary["period"]["days"], "whole_years": summary["period"]["whole_years"],
+        "period_days": summary["period"]["days"], "whole_years": summary["period"]["whole_years"], **flow,
     }
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from ems.yamlfile import ConfigError
-from simulations.park import TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
+from simulations.economics import payback_years
+from simulations.park import SUMMED, TOTAL, SharedBattery, load_park, run_park, run_shared_battery, write_park
 from simulations.scenario import load_scenario
 from simulations.sweep import run_cell
 from tests.series_files import scenario_with_a_bad_row
@@ -56,7 +57,13 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     for column in ("capex", "savings_vs_no_system", "co2_avoided_t", "annual_bill"):
         assert total[column] == pytest.approx(table.iloc[0][column] + table.iloc[1][column])
     assert total["investment_over_saving_years"] == pytest.approx(total["capex"] / total["savings_vs_no_system"])
-    assert pd.isna(total["simple_payback_years"])               # a cash-flow payback is per site only
+    # the park's cash-flow payback: the sites' yearly cash flows (O&M, ageing, replacements) added year by year
+    flows = [run_cell(scenarios[i].model_dump(mode="json"), str(scenarios[i].base_dir), pv, battery,
+                      "perfect_foresight", with_cash_flow=True)["cash_flow_net"]
+             for i, (pv, battery) in enumerate(((1000, 1000), (500, 0)))]
+    assert len(flows[0]) == len(flows[1]) == 21                 # year 0 and a 20-year study life
+    assert total["simple_payback_years"] == pytest.approx(payback_years(np.add(*flows)))
+    assert "cash_flow_net" not in table.columns                 # park.csv stays a table of figures
     # JCM-style: PV used on site or exported × the scenario's conservative factor (no factor in the park file)
     for row in (table.iloc[0], table.iloc[1]):
         assert row["co2_jcm_t"] == pytest.approx(row["pv_kwh"] / 1000 * 0.5)
@@ -78,8 +85,13 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     lines = write_park(never, tmp_path / "out3", park, "ems park park.yaml", "VND")["report"].read_text(
         encoding="utf-8").splitlines()
     row = next(line for line in lines if line.startswith("| factory-a |")).split(" | ")
-    assert row[6] == "never" and "never = not within the site's study life" in "".join(lines)
-    assert next(line for line in lines if line.startswith("| **park total**")).split(" | ")[6] == "**—**"
+    assert row[6] == "never" and "never = not within the study life" in "".join(lines)
+    assert next(line for line in lines if line.startswith("| **park total**")).split(" | ")[6] == (
+        f"**{total['simple_payback_years']:.1f}**")
+    never.loc[2, "simple_payback_years"] = np.nan  # nor the park's
+    lines = write_park(never, tmp_path / "out4", park, "ems park park.yaml", "VND")["report"].read_text(
+        encoding="utf-8").splitlines()
+    assert next(line for line in lines if line.startswith("| **park total**")).split(" | ")[6] == "**never**"
     assert pd.read_csv(paths["table"]).shape[0] == 3
     # the default dispatch is perfect foresight: its savings are labelled as the upper bound they are
     assert "Battery dispatch: perfect foresight (upper bound). The savings, and every figure from them, are an " \
@@ -87,6 +99,20 @@ def test_each_site_is_its_own_study_and_the_total_their_sum(table: pd.DataFrame,
     mpc = write_park(table, tmp_path / "mpc", park.model_copy(update={"strategy": "mpc"}), "ems park p.yaml", "VND")
     text = mpc["report"].read_text(encoding="utf-8")
     assert "Battery dispatch: MPC on forecasts. Command" in text and "upper bound" not in text
+
+
+def test_the_park_pays_back_when_the_sites_cash_flows_added_year_by_year_do() -> None:
+    """Worked by hand: A −100 then 30 a year for 5 years, B −50 then 10 a year for a 3-year life; the park
+    −150, 40, 40, 40, 30, 30: cumulative −150, −110, −70, −30, 0 → 4.0 years (B adds nothing after its life)."""
+    from simulations.park import park_total
+
+    sites = pd.DataFrame({"capex": [100.0, 50.0], "cash_flow_net": [[-100.0] + [30.0] * 5, [-50.0] + [10.0] * 3],
+                          **{c: [0.0, 0.0] for c in SUMMED if c != "capex"}})
+    assert park_total(sites)["simple_payback_years"] == pytest.approx(4.0)
+    sites.loc[1, "cash_flow_net"] = [-50.0, -10.0, -10.0, -10.0]   # B costs more than it saves: never in 5 years
+    assert park_total(sites)["simple_payback_years"] is None
+    free = pd.DataFrame({"capex": [0.0], "cash_flow_net": [[0.0, 5.0]], **{c: [0.0] for c in SUMMED if c != "capex"}})
+    assert park_total(free)["simple_payback_years"] is None      # nothing invested: nothing to pay back
 
 
 def test_local_dask_cluster_gives_the_same_table(table: pd.DataFrame, tmp_path: Path) -> None:
@@ -202,3 +228,14 @@ def test_a_site_s_bad_data_file_is_named_by_the_site(tmp_path: Path, workers: in
     with pytest.raises(ConfigError) as bad:
         run_park(park, scenarios, workers=workers)
     assert bad.value.source.startswith("site 'csv-site': ") and "negative value -5" in str(bad.value)
+
+
+def test_the_command_says_the_parks_cash_flow_payback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ems.cli import main
+
+    assert main(["park", str(park_file(tmp_path)), "--out", str(tmp_path / "out")]) == 0
+    total = pd.read_csv(tmp_path / "out" / "park.csv").iloc[-1]
+    said = capsys.readouterr().out
+    expected = "never" if pd.isna(total["simple_payback_years"]) else f"{total['simple_payback_years']:.1f} yr"
+    assert f"investment ÷ saving {total['investment_over_saving_years']:.1f} yr, payback (cash flow) {expected}, " \
+           in said
