@@ -270,7 +270,8 @@ def _park(args: argparse.Namespace) -> int:
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
     if shared is not None:
         change = shared["change"]
-        print(f"shared battery {shared['capacity_kwh']:g} kWh / {shared['power_kw']:g} kW instead of the sites' own: "
+        print(f"shared battery {shared['capacity_kwh']:,.0f} kWh / {shared['power_kw']:,.0f} kW instead of the "
+              "sites' own: "
               f"bill {change['annual_bill']:+,.0f}/yr, battery investment {change['battery_capex']:+,.0f}, "
               f"CO2 avoided {change['co2_avoided_t']:+,.1f} t/yr")
     for key, path in paths.items():

@@ -378,18 +378,27 @@ def _shared_lines(shared: dict[str, Any], currency: str) -> list[str]:
             ("battery_investment_over_saving_years", "battery investment ÷ saving [yr]"),
             ("co2_avoided_t", "CO2 avoided, grid factor [t/yr]")]
     per_site, one, change = shared["per_site"], shared["shared"], shared["change"]
-    lines = ["", f"## Shared park battery: {shared['capacity_kwh']:g} kWh, {shared['power_kw']:g} kW", "",
+    lines = ["", f"## Shared park battery: {shared['capacity_kwh']:,.0f} kWh, {shared['power_kw']:,.0f} kW", "",
              "Assumption: the sites sit behind one park connection, metered and billed once under their common "
              "tariff; their PV and load add up step by step, their own batteries are left out and one battery "
              "is dispatched on the park's net load.", "",
              "| | sites' own batteries | one shared battery | change |", "|---|---|---|---|"]
-    lines += [f"| {label} | {_cell(per_site[key])} | {_cell(one[key])} | {_cell(change[key])} |"
+    lines += [f"| {label} | {_cell(per_site[key])} | {_cell(one[key])} | {_change(change[key])} |"
               for key, label in rows]
+    years = one["battery_payback_years"]
+    payback = "never (not within the study life)" if years is None or pd.isna(years) else f"{years:.1f} yr"
     lines += ["", "Without any battery the change is what one connection alone does (one site's PV surplus "
               "serves another site instead of being exported or curtailed); the rest of the bill's change is the "
-              f"battery's. The shared battery's cash-flow payback: {_cell(one['battery_payback_years'])} yr "
-              "(— = not within the study life)."]
+              f"battery's. The shared battery's cash-flow payback: {payback}."]
     return lines
+
+
+def _change(value: Any) -> str:
+    """A change with its sign: "+112,784,426", "−0.8" (a minus sign), "0"."""
+    text = _cell(value)
+    if text == "—" or text.strip("0.,") == "":
+        return text
+    return text.replace("-", "−") if text.startswith("-") else f"+{text}"
 
 
 def _cell(value: Any) -> str:

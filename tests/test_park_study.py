@@ -202,7 +202,13 @@ sites:
     assert shared["change"]["annual_bill"] == pytest.approx(0.0, abs=1e-4 * per_site["annual_bill"])
     paths = write_park(table, tmp_path / "out", park, "ems park park.yaml", "VND", shared)
     report = paths["report"].read_text(encoding="utf-8")
-    assert "## Shared park battery: 2000 kWh" in report and "behind one park connection" in report
+    assert "## Shared park battery: 2,000 kWh" in report and "behind one park connection" in report
+    years = one["battery_payback_years"]   # a year's payback or "never" (it read "— yr (— = not within …)")
+    said = "never (not within the study life)" if years is None else f"{years:.1f} yr"
+    assert f"The shared battery's cash-flow payback: {said}." in report
+    from simulations.park import _change
+    assert [_change(v) for v in (112_784_426.0, -449_597_748.0, -0.8, 0.0, 0.04, None)] == [
+        "+112,784,426", "−449,597,748", "−0.8", "0", "0.0", "—"]   # a change says its sign
     assert paths["shared"].exists()
 
 
