@@ -285,6 +285,11 @@ def test_shipped_profile_loads(name: str) -> None:
     assert profile.roles
     for point in profile.points.values():
         assert point.count <= profile.max_registers_per_read
+    # a point named with its unit says it (ems devices read showed setpoint_reversion_s with no unit)
+    suffixes = {"_kw": "kW", "_kwh": "kWh", "_pct": "%", "_v": "V", "_a": "A", "_hz": "Hz", "_c": "degC", "_s": "s"}
+    for point_name, point in profile.points.items():
+        unit = next((u for suffix, u in suffixes.items() if point_name.endswith(suffix)), None)
+        assert unit is None or point.unit == unit, f"{name}: {point_name} in {point.unit!r}, not {unit!r}"
 
 
 # ------------------------------------------------------------------------------------ vendor profiles on a server
