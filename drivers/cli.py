@@ -170,6 +170,7 @@ async def _write_and_print(device, point: str, value: float, limits, hold_s: flo
 
 def _test(args: argparse.Namespace) -> int:
     from drivers import commissioning, pv_commissioning
+    from drivers.config import MeterLocation, load_devices
     from drivers.roles import Role
 
     config = _one_device(args.config, args.device)
@@ -186,20 +187,40 @@ def _test(args: argparse.Namespace) -> int:
     kw = args.kw if args.kw is not None else 5.0
     limits = commissioning.pcs_limits(args.config, args.device)
     tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(0.5, 0.2 * kw)
-    return asyncio.run(_with_device(config, base, lambda device: _test_and_print(
-        device, kw, args.hold_s, args.allow_s, tolerance, limits)))
+    meters = [c for c in load_devices(args.config) if c.meter_location is MeterLocation.GRID] \
+        if config.role is Role.BATTERY else []
+    return asyncio.run(_with_devices([config, *meters], base, lambda device, *grid: _test_and_print(
+        device, kw, args.hold_s, args.allow_s, tolerance, limits, grid)))
 
 
-async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tolerance_kw: float, limits) -> int:
+async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tolerance_kw: float, limits,
+                          meters: tuple = ()) -> int:
+    """The battery test's table and verdict, then each grid meter's sign judged on its holds
+    (:mod:`drivers.meter_check`): a meter that reads the battery the wrong way fails the test (exit 1)."""
     from drivers import commissioning
+    from drivers.meter_check import judge
     from ems.clock import WallClock
 
     commissioning.check_test(device, kw, limits)
+    for meter in meters:
+        await meter.poll()
+        if meter.online is not True:
+            print(f"{meter.name}: not read ({meter.last_error}): its sign is not checked", flush=True)
+    meters = tuple(m for m in meters if m.online is True)
+    watched = f"; the grid meter {', '.join(m.name for m in meters)} is read to check its sign" if meters else ""
     print(f"{device.name}: charge {kw:g} kW, discharge {kw:g} kW, 0 kW, each held {hold_s:g} s "
-          f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW); Ctrl-C stops at 0 kW", flush=True)
-    return await _print_steps(device, commissioning.battery_test(
+          f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW){watched}; Ctrl-C stops at 0 kW", flush=True)
+    holds: dict = {}
+    code = await _print_steps(device, commissioning.battery_test(
         device, WallClock(), kw, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, pcs_kw=limits,
-        on_step=_print_step))
+        on_step=_print_step, meters=meters, holds=holds))
+    if "charge" not in holds or "discharge" not in holds:
+        return code
+    for meter in meters:
+        verdict = judge(meter.name, holds["charge"], holds["discharge"])
+        print(f"{meter.name}: {'' if verdict.passed else 'FAIL: '}{verdict.why}")
+        code = code if verdict.passed else 1
+    return code
 
 
 async def _pv_test_and_print(device, rating_kw: float | None, hold_s: float, allow_s: float,
@@ -286,6 +307,11 @@ def _reported_by_the_command() -> Iterator[None]:
 
 async def _with_device(config, base_dir: Path, run) -> int:
     """Open one device, run ``run(device)``; a refusal or an unreachable device is one line on stderr."""
+    return await _with_devices([config], base_dir, run)
+
+
+async def _with_devices(configs: list, base_dir: Path, run) -> int:
+    """Open the devices, run ``run(*devices)``; a refusal or an unreachable device is one line on stderr."""
     from drivers.commissioning import Refused
     from drivers.device import open_devices
     from drivers.transport import ConnectionPool
@@ -293,9 +319,9 @@ async def _with_device(config, base_dir: Path, run) -> int:
 
     pool = ConnectionPool()
     try:
-        (device,) = open_devices([config], WallClock(), pool, base_dir)
+        devices = open_devices(configs, WallClock(), pool, base_dir)
         with _reported_by_the_command():
-            return await run(device)
+            return await run(*devices)
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

@@ -15,19 +15,21 @@ written back, also on an error or Ctrl-C (:func:`hold_then_restore`); only ``--k
 reads back, the measured power reaches the setpoint within ``allow_s`` seconds (within ``tolerance_kw``,
 with the right sign; read every 0.5 s) and stays there while held; after a failed step only the 0 kW
 step runs. Whatever happens (failure, error, Ctrl-C) the unit is then written 0 kW and the profile's
-remote-control leave sequence runs.
+remote-control leave sequence runs. While each step is held the site's grid meters are read too, for the check
+of their sign (:mod:`drivers.meter_check`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from drivers.device import ModbusDevice, WriteResult
+from drivers.meter_check import HoldReadings
 from drivers.readings import Reading
 from drivers.roles import Role
 from ems.clock import Clock
@@ -236,10 +238,12 @@ async def measured_power(device: ModbusDevice, point: str = "battery_kw") -> tup
 
 async def run_step(device: ModbusDevice, clock: Clock, name: str, write: tuple[str, float], asked_kw: float,
                    power_point: str, reached: Callable[[float], bool], unreached: Callable[[float], str], *,
-                   hold_s: float, allow_s: float) -> StepResult:
+                   hold_s: float, allow_s: float,
+                   on_hold: Callable[[float], Awaitable[None]] | None = None) -> StepResult:
     """Write ``write = (point, value)`` (forced), wait up to ``allow_s`` until the measured ``power_point`` is
     ``reached``, then hold it ``hold_s`` (the heartbeat kept, the value re-sent when the profile's ``rewrite_s`` is
-    due; the power must stay ``reached``). ``unreached(measured kW)`` says why it was not reached in time."""
+    due; the power must stay ``reached``; each reading while held goes to ``on_hold``, in kW). ``unreached(measured
+    kW)`` says why it was not reached in time."""
     point, value = write
     written = await device.write(point, value, force=True)
     if not written.ok:
@@ -269,13 +273,15 @@ async def run_step(device: ModbusDevice, clock: Clock, name: str, write: tuple[s
         if measured is None or not reached(measured):
             return StepResult(name, asked_kw, measured, written.verified, response_s, False,
                               f"did not hold: {why or f'measured {measured:+.1f} kW'}")
+        if on_hold is not None:
+            await on_hold(measured)
     if written.verified is False:
         return StepResult(name, asked_kw, measured, False, response_s, False, f"read-back: {written.detail}")
     return StepResult(name, asked_kw, measured, written.verified, response_s, True)
 
 
 async def _step(device: ModbusDevice, clock: Clock, name: str, setpoint: float, tolerance_kw: float,
-                hold_s: float, allow_s: float) -> StepResult:
+                hold_s: float, allow_s: float, on_hold: Callable[[float], Awaitable[None]]) -> StepResult:
     def unreached(measured: float) -> str:
         if setpoint and measured * setpoint < 0:
             return f"wrong sign: measured {measured:+.1f} kW for {setpoint:+.1f} kW"
@@ -283,15 +289,18 @@ async def _step(device: ModbusDevice, clock: Clock, name: str, setpoint: float, 
 
     return await run_step(device, clock, name, (SETPOINT, setpoint), setpoint, "battery_kw",
                           lambda measured: abs(measured - setpoint) <= tolerance_kw, unreached,
-                          hold_s=hold_s, allow_s=allow_s)
+                          hold_s=hold_s, allow_s=allow_s, on_hold=on_hold)
 
 
 async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s: float, allow_s: float,
                        tolerance_kw: float, pcs_kw: tuple[float, float] | None,
-                       on_step: Callable[[StepResult], None] = lambda _: None) -> list[StepResult]:
+                       on_step: Callable[[StepResult], None] = lambda _: None,
+                       meters: Sequence[ModbusDevice] = (),
+                       holds: dict[str, HoldReadings] | None = None) -> list[StepResult]:
     """Run :func:`sequence` on a battery; each result goes to ``on_step`` as it comes. Whatever happens the unit
     is then left at 0 kW and out of remote control, reported as a last step ``left at 0 kW`` (an error or a
-    cancellation goes on up after that)."""
+    cancellation goes on up after that). ``holds``, when given, is filled per step with what its hold read: the
+    battery's power and the ``grid_kw`` of each of ``meters`` (for :func:`drivers.meter_check.judge`)."""
     check_test(device, kw, pcs_kw)
     readings = await device.poll()
     if device.online is not True:
@@ -311,12 +320,28 @@ async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s:
                 results.append(StepResult(name, setpoint, None, None, None, False, "skipped after a failed step",
                                           ran=False))
             else:
-                results.append(await _step(device, clock, name, setpoint, tolerance_kw, hold_s, allow_s))
+                record = HoldReadings()
+                if holds is not None:
+                    holds[name] = record
+                results.append(await _step(device, clock, name, setpoint, tolerance_kw, hold_s, allow_s,
+                                           _recorder(record, meters)))
             on_step(results[-1])
     finally:
         results.append(await leave_at_zero(device))
         on_step(results[-1])
     return results
+
+
+def _recorder(record: HoldReadings, meters: Sequence[ModbusDevice]) -> Callable[[float], Awaitable[None]]:
+    """What a battery step's hold does with each reading: keeps it in ``record`` with each meter's ``grid_kw``
+    read at the same time (a reading without a value is left out). [kW]"""
+    async def on_hold(battery_kw: float) -> None:
+        record.battery_kw.append(battery_kw)
+        for meter in meters:
+            grid_kw = _number((await meter.poll()).get("grid_kw"))
+            if grid_kw is not None:
+                record.grid_kw.setdefault(meter.name, []).append(grid_kw)
+    return on_hold
 
 
 async def leave_at_zero(device: ModbusDevice) -> StepResult:

@@ -65,8 +65,8 @@ async def test_write_sends_reads_back_and_reports(tmp_path, capsys):
         held = site.images["battery"].value("setpoint_reversion_s")
     out = capsys.readouterr().out
     assert code == 0 and held == 45
-    assert "battery: wrote setpoint_reversion_s = 45 (verified)" in out
-    assert "battery: reports setpoint_reversion_s = 45" in out
+    assert "battery: wrote setpoint_reversion_s = 45 s (verified)" in out
+    assert "battery: reports setpoint_reversion_s = 45 s" in out
 
 
 REFUSED = [
@@ -107,8 +107,41 @@ async def test_battery_test_passes_and_leaves_the_unit_at_zero(tmp_path, capsys)
     assert rows["charge"].split()[1:3] == ["-20.0", "-20.0"] and "pass" in rows["charge"]
     assert rows["discharge"].split()[1:3] == ["+20.0", "+20.0"] and "pass" in rows["discharge"]
     assert "pass" in rows["zero"] and "pass" in rows["left"]
-    assert out.rstrip().endswith("battery: PASS")
+    assert "battery: PASS" in out
+    # the grid meter, read in each hold, rose by the 40 kW the battery moved from discharging to charging
+    assert out.rstrip().endswith("grid-meter: sign ok: grid +40.0 kW from the discharge hold to the charge hold, "
+                                 "+40.0 kW expected")
     assert setpoint is None and enabled == 0 and battery_kw == 0.0   # 0 kW, remote control released
+
+
+async def test_a_grid_meter_read_with_the_wrong_sign_fails_the_battery_test(tmp_path, capsys):
+    """The simulated meter serves import +; the command reads it through a profile copy that inverts grid_kw (a
+    meter whose CTs face the other way reads the same): the battery passes, the meter fails, exit status 1."""
+    path = site_file(tmp_path)
+    profile = yaml.safe_load((REPO / "drivers" / "profiles" / "sunspec-meter.yaml").read_text())
+    profile["name"] = "meter-inverted"
+    profile["points"]["grid_kw"]["invert"] = True
+    (tmp_path / "meter-inverted.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    site = yaml.safe_load(path.read_text())
+    next(d for d in site["devices"] if d["name"] == "grid-meter")["profile"] = "meter-inverted.yaml"
+    reversed_meter = tmp_path / "reversed.yaml"
+    reversed_meter.write_text(yaml.safe_dump(site, sort_keys=False))
+    async with served(path):
+        code = await ems("devices", "test", "--config", str(reversed_meter), "battery", "--kw", "20", *FAST)
+    out = capsys.readouterr().out
+    assert code == 1 and "battery: PASS" in out
+    assert ("grid-meter: FAIL: sign reversed: grid -40.0 kW from the discharge hold to the charge hold, +40.0 kW "
+            "expected: it reads import as export") in out
+
+
+async def test_a_meter_that_does_not_see_the_battery_is_said_and_not_failed(tmp_path, capsys):
+    path = site_file(tmp_path)
+    async with served(path) as site:
+        site.faults.freeze("grid-meter")   # serves what it held: as a meter with the battery not behind it
+        code = await ems("devices", "test", "--config", str(path), "battery", "--kw", "20", *FAST)
+    out = capsys.readouterr().out
+    assert code == 0 and ("grid-meter: does not see the battery: grid +0.0 kW from the discharge hold to the charge "
+                          "hold, +40.0 kW expected; is the battery behind another meter?") in out
 
 
 async def test_on_the_multi_asset_site_the_unit_ignoring_its_setpoint_fails_and_limits_are_the_units(
@@ -143,7 +176,9 @@ async def test_battery_test_refuses_more_than_its_bms_allows_now(tmp_path, capsy
     assert refused == 2 and untouched is None
     assert ("refused: bess-2: its BMS allows 100 kW charge now (max_charge_kw), less than --kw 150: the unit would "
             "stop there and the test fail; test with --kw 100 or less") in err
-    assert passed == 0 and capsys.readouterr().out.rstrip().endswith("bess-2: PASS")
+    out = capsys.readouterr().out
+    assert passed == 0 and "\nbess-2: PASS\n" in out
+    assert "grid-meter: sign ok: grid +200.0 kW" in out     # one unit of the two moves, the site's meter sees it
 
 
 async def test_battery_test_refuses_more_than_the_pcs_and_other_roles(tmp_path, capsys):
