@@ -23,7 +23,7 @@ from park.config import SummarySettings, TsdbSettings, load_summary_settings
 from park.summary import assemble, site_matcher
 from park.tsdb import PromQuery, Sample
 from tests.park_peers import start_site
-from tests.peers import VictoriaMetrics, browser, sample_state, victoria_metrics  # noqa: F401 (fixtures)
+from tests.peers import VictoriaMetrics, browser, free_port, sample_state, victoria_metrics  # noqa: F401 (fixtures)
 
 GRID_FACTOR = 0.681
 PEAK_SET_AT = "2026-05-04T01:30:00+00:00"   # site-a's month peak: Mon 4 May, 08:30 park time
@@ -87,7 +87,7 @@ def settings(url: str, **extra: Any) -> SummarySettings:
 async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         victoria_metrics: VictoriaMetrics, tmp_path: Path, browser: Any) -> None:  # noqa: F811
     now = await feed_two_sites(victoria_metrics, tmp_path)
-    config = settings(victoria_metrics.url)
+    config = settings(victoria_metrics.url, refresh_s=1)
     server = SummaryServer(create_app(config, PromQuery(config.tsdb.url)), "127.0.0.1", 0)
     await server.start()
     url = f"http://127.0.0.1:{server.port}"
@@ -182,11 +182,52 @@ async def test_summary_from_the_sites_telemetry_in_victoria_metrics(
         assert set_a.startswith("đạt lúc ") and "08:30" in set_a, set_a
         await context.close()
 
+        # a saving is green, a loss red
+        context = await browser.new_context(locale="en-GB")
+        page = await context.new_page()
+        await page.goto(url + "/")
+        await page.wait_for_function("document.getElementById('t-saved_today').textContent !== '–'")
+        await page.select_option("#lang", "en")
+        await page.wait_for_function("document.querySelector('h1').textContent.startsWith('Park summary')")
+        assert await page.get_attribute("#t-saved_today", "class") == "value money"
+        assert await page.get_attribute("#sites tr[data-site='site-a'] td.saved-month", "class") == \
+            "saved-month money"
+
         # the database stops answering: a clear 503, and the app goes on serving
         victoria_metrics.stop()
         status, body = await asyncio.to_thread(get, f"{url}/api/summary")
         assert status == 503 and "not answering" in body["error"] and victoria_metrics.url in body["error"]
         assert (await asyncio.to_thread(get, f"{url}/api/config"))[0] == 200
+        # the open page says its figures are the last answer's, and when that was (park time)
+        await page.wait_for_function("!document.getElementById('error').hidden")
+        banner = await page.text_content("#error")
+        said = re.search(r"the figures below are from its last answer, at (\d\d/\d\d/\d{4}), \d\d:\d\d:\d\d\. \(",
+                         banner)
+        assert said is not None and victoria_metrics.url in banner, banner
+        assert said.group(1) in {datetime.now(UTC).astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%d/%m/%Y"),
+                                 now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%d/%m/%Y")}, banner
+        await context.close()
+    finally:
+        await server.aclose()
+
+
+async def test_a_page_that_never_had_an_answer_says_so(browser: Any) -> None:  # noqa: F811
+    """The database down from the start: the banner said the figures below were "from the last answer" above a
+    page of dashes; it says nothing has been read yet."""
+    config = settings(f"http://127.0.0.1:{free_port()}", refresh_s=1)
+    server = SummaryServer(create_app(config, PromQuery(config.tsdb.url)), "127.0.0.1", 0)
+    await server.start()
+    try:
+        context = await browser.new_context(locale="en-GB")
+        page = await context.new_page()
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.select_option("#lang", "en")
+        await page.wait_for_function("document.getElementById('error').textContent.includes('not answering')")
+        assert (await page.text_content("#error")).startswith(
+            "The central time-series database is not answering, and has not answered since this page started: "
+            "there is nothing to show yet.")
+        assert await page.get_attribute("#t-saved_today", "class") == "value"   # a dash is not a green saving
+        await context.close()
     finally:
         await server.aclose()
 

@@ -59,6 +59,12 @@ function storedText(stored, capacity, soh) {
   return soh === null || soh === undefined ? text : `${text} · ${fill(t("soh"), { soh: num(soh, 0) })}`;
 }
 
+// A saving is green, a loss red (a battery charged for a coming peak costs money first), none or unknown plain
+function moneyClass(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "";
+  return value > 0.5 ? " money" : value < -0.5 ? " money negative" : "";
+}
+
 function money(value) {
   if (value === null || value === undefined) return "–";
   try {
@@ -135,14 +141,19 @@ function render() {
   conn.className = ui.error ? "conn off" : ui.summary ? "conn" : "conn off";
   conn.textContent = t(ui.error ? "db_unreachable" : ui.summary ? "live" : "connecting");
   $("error").hidden = !ui.error;
-  $("error").textContent = ui.error ? `${t("db_unreachable_long")} (${ui.error})` : "";
+  // the figures shown are the last answer's, if there was one: said with its time, never implied
+  $("error").textContent = !ui.error ? ""
+    : ui.summary ? `${fill(t("db_unreachable_long"), { time: fmtTime(ui.summary.generated_at, true) })} (${ui.error})`
+    : `${t("db_unreachable_never")} (${ui.error})`;
   const s = ui.summary;
   if (!s) return;
   const tot = s.totals;
   $("t-reporting").textContent = `${tot.reporting} / ${tot.sites}`;
   for (const key of ["grid_kw", "pv_kw", "battery_kw", "load_kw"]) $(`t-${key}`).textContent = kw(tot[key]);
   $("t-saved_today").textContent = money(tot.saved_today);
+  $("t-saved_today").className = `value${moneyClass(tot.saved_today)}`;
   $("t-saved_month").textContent = money(tot.saved_month);
+  $("t-saved_month").className = `value${moneyClass(tot.saved_month)}`;
   $("t-demand_saved_month").textContent = tot.demand_saved_month ? fill(t("of_it_demand"), { amount: money(tot.demand_saved_month) }) : "";
   $("t-co2_avoided_kg_today").textContent = co2(tot.co2_avoided_kg_today);
   $("t-stored_kwh").textContent = tot.storage_sites ? storedText(tot.stored_kwh, tot.capacity_kwh) : "–";
@@ -185,8 +196,8 @@ function render() {
       part.textContent = storedText(site.stored_kwh, site.capacity_kwh, site.soh_pct);
       soc.append(part);
     }
-    cell(row, money(site.saved_today), "saved money");
-    const month = cell(row, money(site.saved_month), "saved-month money");
+    cell(row, money(site.saved_today), `saved${moneyClass(site.saved_today)}`);
+    const month = cell(row, money(site.saved_month), `saved-month${moneyClass(site.saved_month)}`);
     if (site.demand_saved_month) {   // under a demand charge: most of the month's value
       const part = document.createElement("div");
       part.className = "set";
