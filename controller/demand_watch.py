@@ -8,7 +8,8 @@ compressor or a furnace. Every cycle, from the window's import so far and the im
 :data:`SMOOTHING_S` seconds (a one-second spike is not a trend):
 
     projected = (import so far + recent import × time left) / window length           [kW, the window's average]
-    shed      = recent import − the import that holds the level for the rest of the window   (≥ 0)
+    shed      = recent import − the battery's headroom − the import that holds the level for the rest of the
+                window   (≥ 0)
 
 The level held is the higher of the month-to-date peak and the plan's planned peak for the month (what the
 dispatcher defends; without a plan, the month-to-date peak); there is none in a month without a demand charge, or
@@ -69,14 +70,15 @@ class DemandOutlook:
                 f"to hold it (import now {self.import_kw:.1f} kW)")
 
 
-def outlook(window: DemandWindow, import_kw: float, hold_kw: float) -> DemandOutlook:
+def outlook(window: DemandWindow, import_kw: float, hold_kw: float, headroom_kw: float = 0.0) -> DemandOutlook:
     """The outlook of ``window`` if ``import_kw`` (≥ 0 counts; export is 0 import) lasts until it ends, against the
-    level ``hold_kw`` [kW]."""
+    level ``hold_kw``; the load to shed is what the battery's ``headroom_kw`` (the discharge it has left now) cannot
+    take off. [kW]"""
     imp = max(import_kw, 0.0)
     remaining_h = max(window.length_h - window.elapsed_h, 0.0)
     projected = (window.import_kwh + imp * remaining_h) / window.length_h
     certain = window.import_kwh > hold_kw * window.length_h + 1e-9
-    shed = max(0.0, imp - window.ceiling_kw(hold_kw)) if remaining_h > 1e-9 else 0.0
+    shed = max(0.0, imp - max(headroom_kw, 0.0) - window.ceiling_kw(hold_kw)) if remaining_h > 1e-9 else 0.0
     return DemandOutlook(hold_kw=hold_kw, import_kw=imp, projected_kw=projected, shed_kw=shed,
                          left_min=remaining_h * 60.0, certain=certain)
 
@@ -102,8 +104,10 @@ class DemandWatch:
         self._recent = deque((t + by, kw) for t, kw in self._recent)
 
     def update(self, now: datetime, import_kw: float | None, window: DemandWindow,
-               hold_kw: float | None) -> DemandOutlook | None:
-        """The outlook at ``now`` (None when the import is missing or no level is held) and :attr:`alarm`."""
+               hold_kw: float | None, headroom_kw: float = 0.0) -> DemandOutlook | None:
+        """The outlook at ``now`` (None when the import is missing or no level is held) and :attr:`alarm`;
+        ``headroom_kw``: the discharge the battery has left now, which the dispatcher takes before any load need be
+        shed. [kW]"""
         if window.elapsed_h < self._window_elapsed_h:   # a new window: the alarm is judged afresh
             self.alarm = False
         self._window_elapsed_h = window.elapsed_h
@@ -118,7 +122,7 @@ class DemandWatch:
             self.alarm = False
             return None
         recent = sum(kw for _, kw in self._recent) / len(self._recent)
-        found = outlook(window, recent, hold_kw)
+        found = outlook(window, recent, hold_kw, headroom_kw)
         if self.warning_kw is None:
             self.alarm = False
         elif found.shed_kw >= self.warning_kw or (found.certain and found.left_min > 0.0):

@@ -204,6 +204,44 @@ class DispatchInputs:
 
 
 @dataclass(frozen=True)
+class LaterSteps:
+    """How a demand window's grid ceiling tightens while the net load runs above the plan's.
+
+    The ceiling of the step followed counts on the window's later steps importing as planned. When the load (less
+    the PV) is above the plan's, the part of that excess the battery cannot take off later — at its discharge limit
+    there — imports later as well, so the step followed must import that much less now for the window to hold its
+    level (the excess taken to persist to the window's end).
+
+    Attributes
+    ----------
+    planned_net_kw : float
+        The plan's load less PV at the step followed (its grid plus battery power). [kW]
+    left_h : float
+        What is left of the step followed. [h]
+    later : tuple of (float, float)
+        The window's later steps: (duration [h], the battery's discharge headroom there [kW]: its limit less the
+        plan's battery power).
+    flat_kw : float
+        The import that, held to the window's end, makes its average the level held: with the load above the plan's
+        the ceiling is no higher (the window defended evenly, as the demand watch judges it). [kW]
+    """
+
+    planned_net_kw: float
+    left_h: float
+    later: tuple[tuple[float, float], ...]
+    flat_kw: float
+
+    def ceiling_kw(self, ceiling_kw: float, net_load_kw: float) -> float:
+        """``ceiling_kw`` less the import the window's later steps will take above plan with the net load now at
+        ``net_load_kw``, spread over what is left of the step followed, and no more than :attr:`flat_kw` (≥ 0). [kW]"""
+        excess = net_load_kw - self.planned_net_kw
+        if excess <= 0.0 or self.left_h <= 1e-9:
+            return ceiling_kw
+        extra_kwh = sum(h * max(0.0, excess - room) for h, room in self.later)
+        return max(0.0, min(ceiling_kw - extra_kwh / self.left_h, self.flat_kw))
+
+
+@dataclass(frozen=True)
 class Target:
     """What the plan or the operating mode wants, before the safety steps narrow it.
 
@@ -223,6 +261,8 @@ class Target:
         After this instant the target is ignored (battery idles, safety steps still run). UTC.
     reason : str
         Why this target (reason code of the mode or the follow rule).
+    later_steps : LaterSteps | None
+        Under a demand charge: how ``grid_ceiling_kw`` tightens with the measured net load above the plan's.
     """
 
     source: Source
@@ -232,6 +272,7 @@ class Target:
     reserve_soc_pct: float | None = None
     expires_at: datetime | None = None
     reason: str = ""
+    later_steps: LaterSteps | None = None
 
 
 @dataclass(frozen=True)
@@ -672,7 +713,9 @@ class Dispatcher:
             source, follow, reason = target.source.value, target.follow.value, target.reason or target.source.value
             want = load_kw - pv_est - target.value_kw if target.follow is Follow.GRID else target.value_kw
             if target.grid_ceiling_kw is not None:
-                want = max(want, load_kw - pv_kw - target.grid_ceiling_kw)
+                ceiling = target.grid_ceiling_kw if target.later_steps is None \
+                    else target.later_steps.ceiling_kw(target.grid_ceiling_kw, load_kw - pv_kw)
+                want = max(want, load_kw - pv_kw - ceiling)
             if self._reserve_blocked and want > 0:
                 want = 0.0
                 notes.append(BoundNote("reserve", lo, hi, f"operator reserve {target.reserve_soc_pct:g} %"))

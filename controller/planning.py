@@ -379,9 +379,11 @@ class PlanKeeper:
             self._months = (plan, month, self.tariff.billing_months(plan.starts) == month)
         return self._months[2]
 
-    def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None) -> Target | None:
+    def target(self, now: datetime, month_peak_kw: float, window: DemandWindow | None = None,
+               max_discharge_kw: float | None = None) -> Target | None:
         """The plan step at ``now`` as a dispatch target (:func:`controller.targets.follow_plan`; ``window``: the
-        demand window running now), or None without a valid plan."""
+        demand window running now; ``max_discharge_kw``: what the battery may discharge now [kW]), or None without a
+        valid plan."""
         found = self.current(now)
         if found is None:
             return None
@@ -394,7 +396,8 @@ class PlanKeeper:
         return follow_plan(plan, step.index, self.grid_spec, same_month=self.same_month(plan, now),
                            month_peak_kw=month_peak_kw, tol_kw=self.follow_tol_kw, expires_at=expires,
                            demand_kw=plan.demand_kw, window=window, windows=self._windows[1],
-                           duration_h=plan.duration_h, step_left_h=max(left_h, 0.0))
+                           duration_h=plan.duration_h, step_left_h=max(left_h, 0.0),
+                           max_discharge_kw=max_discharge_kw)
 
     def held_peak_kw(self, now: datetime, month_peak_kw: float) -> float | None:
         """The month's demand level the dispatcher holds at ``now``: the plan's planned peak for the billing month

@@ -54,7 +54,7 @@ from controller.config import SiteConfig, resolve_profile, state_dir
 from controller.demand_watch import ALARM as DEMAND_ALARM
 from controller.demand_watch import DemandOutlook, DemandWatch
 from controller.devices import Device
-from controller.dispatch import Decision, Dispatcher, Source, Target
+from controller.dispatch import Decision, Dispatcher, Follow, Source, Target
 from controller.forecast_csv import ALARM as CSV_ALARM
 from controller.forecast_csv import ForecastCsvFile
 from controller.forecast_record import ForecastRecord
@@ -392,12 +392,19 @@ class Controller:
         curtailed = pv_kw is not None and self.dispatcher.pv_held_at_limit(pv_kw, snap.value("pv_limit_pct"))
         self.history.add(now, pv_kw, snap.load_kw, dt_h, curtailed)
 
-    def _watch_demand(self, snap: Snapshot, now: datetime) -> None:
+    def _watch_demand(self, snap: Snapshot, now: datetime, target: Target | None, decision: Decision) -> None:
         """The demand window's outlook against the level held this month, and its alarm
-        (:mod:`controller.demand_watch`)."""
+        (:mod:`controller.demand_watch`). The battery's headroom — what the limits chain of ``decision`` allows above
+        the discharge measured now — counts only while ``target`` (the one written; None while nothing is written)
+        has the dispatcher discharge for the grid: a plan's grid ceiling, or a grid target."""
+        defended = target is not None and (target.grid_ceiling_kw is not None or target.follow is Follow.GRID)
+        battery_kw = snap.value("battery_kw")
+        headroom = 0.0
+        if defended and not decision.safe and decision.bounds and battery_kw is not None:
+            headroom = max(0.0, decision.bounds[-1].hi_kw - battery_kw)
         self.demand_outlook = self.demand_watch.update(
             now, snap.value("grid_kw"), DemandWindow(*self.demand.running(now)),
-            self.plans.held_peak_kw(now, self.accounting.billed_demand_kw(now)))
+            self.plans.held_peak_kw(now, self.accounting.billed_demand_kw(now)), headroom)
         if self.demand_watch.alarm and self.demand_outlook is not None:
             self._raise(DEMAND_ALARM, self.demand_outlook.message(), now)
         else:
@@ -409,12 +416,19 @@ class Controller:
         mode = Mode.AUTO if state.mode is Mode.MONITOR_ONLY else state.mode  # monitor-only: what auto would do,
         return mode_target(                                                   # published, not written
             mode, state.reason.value, reserve_soc_pct=reserve,
-            plan=self.plans.target(now, self.accounting.billed_demand_kw(now), DemandWindow(*self.demand.running(now)))
+            plan=self.plans.target(now, self.accounting.billed_demand_kw(now), DemandWindow(*self.demand.running(now)),
+                                   self._discharge_allowed_kw(snap))
             if mode is Mode.AUTO else None,
             period=self.accounting.prices(now)["period"] if mode is Mode.TOU_RULE else "", load_kw=snap.load_kw,
             pv_kw=snap.value("pv_kw"), max_charge_kw=self.config.battery.max_charge_kw,
             manual_kw=request.setpoint_kw if mode is Mode.MANUAL and request is not None else None,
             manual_until=request.until if mode is Mode.MANUAL and request is not None else None)
+
+    def _discharge_allowed_kw(self, snap: Snapshot) -> float:
+        """What the battery may discharge now: the PCS limit, narrowed by the BMS's allowance when it reads. [kW]"""
+        bms = snap.value("max_discharge_kw")
+        limit = self.config.battery.max_discharge_kw
+        return limit if bms is None else min(limit, bms)
 
     async def _write(self, decision: Decision, now: datetime) -> None:
         """Setpoints split over the units, and heartbeats, all devices at once, each write within its device's
@@ -488,13 +502,13 @@ class Controller:
             self._took_control = True
         self.snapshot = snap
         self._account(snap, now)
-        self._watch_demand(snap, now)
         inputs = snap.dispatch_inputs()
         reserve = self.commands.reserve_pct(now)
         state = self.modes.evaluate(now, safe=bool(inputs.missing()), plan_reason=self.plans.status(now))
         target = self._target(state, now, snap, reserve)
         decision = self.dispatcher.step(inputs, target, now)
         self.decision = decision
+        self._watch_demand(snap, now, target if writing else None, decision)
         t_decide = time.perf_counter()
         if writing:
             await self._write(decision, now)

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controller.dispatch import Follow, Source, Target, plan_target
+from controller.dispatch import Follow, LaterSteps, Source, Target, plan_target
 from controller.modes import Mode
 from optimizer.policies import TouAction, tou_action
 from optimizer.site import GridSpec
@@ -72,7 +72,7 @@ def follow_plan(plan: PlanArrays, i: int, grid: GridSpec, *, same_month: np.ndar
                 month_peak_kw: float, tol_kw: float, expires_at: datetime | None = None,
                 demand_kw: np.ndarray | None = None, window: DemandWindow | None = None,
                 windows: np.ndarray | None = None, duration_h: np.ndarray | None = None,
-                step_left_h: float | None = None) -> Target:
+                step_left_h: float | None = None, max_discharge_kw: float | None = None) -> Target:
     """Step ``i`` of ``plan`` as a dispatch target by the follow rule.
 
     Under a demand charge the grid ceiling defends the planned month peak P: the plan's highest demand measure in
@@ -108,6 +108,9 @@ def follow_plan(plan: PlanArrays, i: int, grid: GridSpec, *, same_month: np.ndar
         Per plan step: the demand window it starts in (integers) and its duration [h]; needed with ``window``.
     step_left_h : float | None
         What is left of step ``i`` now (None: all of it, the caller is at its start). [h]
+    max_discharge_kw : float | None
+        The battery's discharge limit now: with it the target carries :class:`~controller.dispatch.LaterSteps`, so
+        that a net load above the plan's tightens the ceiling by what the window's later steps cannot take off. [kW]
     """
     peak = None
     if same_month is not None:
@@ -121,14 +124,21 @@ def follow_plan(plan: PlanArrays, i: int, grid: GridSpec, *, same_month: np.ndar
     # the window's own ceiling replaces "the step's planned import is allowed": that allowance assumed the window
     # so far went as planned
     later = 0.0
+    rooms = []
     j = i + 1
     while j < len(windows) and windows[j] == windows[i]:
         later += float(plan.import_kw[j]) * float(duration_h[j])
+        if max_discharge_kw is not None:
+            planned = float(plan.discharge_kw[j] - plan.charge_kw[j])
+            rooms.append((float(duration_h[j]), max(0.0, max_discharge_kw - planned)))
         j += 1
-    ceiling = window.ceiling_kw(peak, later, float(duration_h[i]) if step_left_h is None else step_left_h)
+    left_h = float(duration_h[i]) if step_left_h is None else step_left_h
+    ceiling = window.ceiling_kw(peak, later, left_h)
     if grid.import_cap_kw is not None:
         ceiling = min(ceiling, grid.import_cap_kw)
-    return replace(target, grid_ceiling_kw=ceiling)
+    steps = None if max_discharge_kw is None else LaterSteps(grid_kw + battery_kw, left_h, tuple(rooms),
+                                                              window.ceiling_kw(peak))
+    return replace(target, grid_ceiling_kw=ceiling, later_steps=steps)
 
 
 def tou_target(period: str, load_kw: float | None, pv_kw: float | None, max_charge_kw: float,

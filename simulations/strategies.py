@@ -388,7 +388,7 @@ class Mpc:
                            month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw,
                            demand_kw=self.planned_demand(schedule, inputs) if demand else None,
                            window=_window(d, ctx) if demand else None, windows=tariff.window,
-                           duration_h=grid.duration_h)
+                           duration_h=grid.duration_h, max_discharge_kw=ctx.max_discharge_kw)
 
     def recharge_floor(self, t: int, grid: TimeGrid, tariff: TariffSteps, pv: np.ndarray, load: np.ndarray,
                        risk: np.ndarray | None, state: SiteState) -> float:
@@ -417,7 +417,7 @@ class Mpc:
                                    month_peak_kw=ctx.month_peak_kw, tol_kw=self.tol_kw, demand_kw=plan.demand_kw,
                                    window=_window(self.data, ctx) if demand else None,
                                    windows=self.data.tariff.window[first:first + len(plan)],
-                                   duration_h=plan.duration_h)
+                                   duration_h=plan.duration_h, max_discharge_kw=ctx.max_discharge_kw)
         return self.fallback.target(t, now, ctx)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -180,6 +181,36 @@ def test_the_window_ceiling_keeps_the_window_average_at_the_peak() -> None:
     assert DemandWindow(0.5, 0.25, 75.0).ceiling_kw(200.0) == pytest.approx(100.0)
     assert DemandWindow(0.5, 0.25, 150.0).ceiling_kw(200.0) == 0.0
     assert DemandWindow(0.5, 0.5, 75.0).ceiling_kw(200.0) == 200.0
+
+
+def test_a_load_above_the_plan_is_held_evenly_over_the_rest_of_the_window() -> None:
+    """A 30-minute window of two 15-minute steps held at 200 kW; the plan: 300 kW import now with the battery idle
+    and 100 kW in the second quarter hour with it discharging 400 of its 500 kW. With the load as planned the first
+    quarter hour may import its planned 300 kW (the plan lowers the second). With the net load 50 kW above the plan,
+    the first quarter hour may import no more than the 200 kW that, held to the window's end, averages 200 kW — the
+    second's battery could take the excess off too, but defending evenly keeps its headroom. With its headroom
+    there only 20 kW, 150 kW above the plan imports 130 kW more there, so 130 kW less now: below even."""
+    plan = SimpleNamespace(charge_kw=np.zeros(2), discharge_kw=np.array([0.0, 400.0]),
+                           import_kw=np.array([300.0, 100.0]), export_kw=np.zeros(2))
+    target = follow_plan(plan, 0, GRID, same_month=slice(0, 2), month_peak_kw=200.0, tol_kw=1.0,
+                                 demand_kw=np.array([200.0, 200.0]), window=DemandWindow(0.5, 0.0, 0.0),
+                                 windows=np.array([0, 0]), duration_h=np.array([0.25, 0.25]), max_discharge_kw=500.0)
+    later = target.later_steps
+    assert target.grid_ceiling_kw == pytest.approx(300.0) and later is not None
+    assert (later.planned_net_kw, later.flat_kw, later.later) == (300.0, pytest.approx(200.0), ((0.25, 100.0),))
+    assert later.ceiling_kw(300.0, 300.0) == 300.0                       # the load as planned: the plan's ceiling
+    assert later.ceiling_kw(300.0, 350.0) == pytest.approx(200.0)        # 50 kW above: even
+    assert later.ceiling_kw(300.0, 450.0) == pytest.approx(200.0)        # (300 − 50 = 250 is looser than even)
+    tight = follow_plan(plan, 0, GRID, same_month=slice(0, 2), month_peak_kw=200.0, tol_kw=1.0,
+                        demand_kw=np.array([200.0, 200.0]), window=DemandWindow(0.5, 0.0, 0.0),
+                        windows=np.array([0, 0]), duration_h=np.array([0.25, 0.25]), max_discharge_kw=420.0)
+    # 20 kW of headroom left in the second quarter hour: 150 kW above the plan leaves 130 kW to import there,
+    # 130 kWh·4 less now: 300 − 130 = 170 kW, below the even 200
+    assert tight.later_steps.ceiling_kw(300.0, 450.0) == pytest.approx(170.0)
+    # without the battery's limit (an old caller) nothing changes
+    assert follow_plan(plan, 0, GRID, same_month=slice(0, 2), month_peak_kw=200.0, tol_kw=1.0,
+                       demand_kw=np.array([200.0, 200.0]), window=DemandWindow(0.5, 0.0, 0.0),
+                       windows=np.array([0, 0]), duration_h=np.array([0.25, 0.25])).later_steps is None
 
 
 def test_the_holdable_peak_of_a_day_is_where_the_battery_energy_or_power_runs_out() -> None:

@@ -37,6 +37,10 @@ def test_the_outlook_of_a_window_worked_out_by_hand() -> None:
     assert certain.message().startswith("this demand window will set a new month peak whatever is shed now")
     ended = outlook(DemandWindow(0.5, 0.5, 320.0), 700.0, 600.0)
     assert (ended.shed_kw, ended.left_min, ended.projected_kw) == (0.0, 0.0, pytest.approx(640.0))
+    # the battery can still give 60 kW more: the factory sheds only the 30 kW beyond it; with 120 kW, nothing (the
+    # alarm told the operator to shed 107–137 kW while the battery discharged 290 of its 500 kW)
+    assert outlook(WINDOW, 690.0, 600.0, headroom_kw=60.0).shed_kw == pytest.approx(30.0)
+    assert outlook(WINDOW, 690.0, 600.0, headroom_kw=120.0).shed_kw == 0.0
 
 
 @given(length=st.sampled_from([0.25, 0.5, 1.0]), share=st.floats(0.0, 0.99), so_far_kw=st.floats(0.0, 2000.0),
@@ -130,6 +134,47 @@ async def test_the_controller_warns_while_the_battery_cannot_hold_the_window(tmp
             site.settle(300.0, 0.0)
             state = await controller.cycle()
         assert ALARM not in state["alarms"] and state["demand"]["shed_to_hold_kw"] == 0.0
+    finally:
+        controller.store.close()
+
+
+@pytest.mark.parametrize(("control", "alarm"), [(None, False), ({"initial_mode": "monitor_only"}, True)])
+async def test_no_load_is_shed_that_the_battery_is_about_to_take(tmp_path, control, alarm) -> None:
+    """The window of the test above, the battery idle and now allowed 100 kW of discharge: in control (no plan yet,
+    self-consumption) the dispatcher takes 100 kW off, enough to hold 600 kW for the rest of the window, so nothing
+    is to be shed (the alarm told the operator to shed load while the battery stood by); monitor-only writes
+    nothing, so the 90 kW are the factory's to shed. The zero-export site first watches its load's swing for 30 s
+    (with no discharge for the load): the battery could not help then, and the watch said so."""
+    from tests.test_external_forecast import controller_on_fake_site
+
+    controller, site, clock, _ = controller_on_fake_site(tmp_path, "nam-cau-kien-two-part", "evn-two-part-22kv", T0,
+                                                         control=control)
+    try:
+        site.battery.set(max_discharge_kw=0.0, max_charge_kw=0.0)
+        controller.demand.restore(StoredDemand(month="2026-06", peak_kw=600.0, peak_at=T0 - timedelta(days=2),
+                                               interval_start=T0 - timedelta(minutes=10), interval_kwh=100.0))
+
+        def to_shed(demand: dict, battery_gives_kw: float) -> float:
+            """690 kW less what the battery gives, against the import that holds 600 kW for the rest (by hand)."""
+            so_far_kwh = demand["interval_avg_kw"] * 0.5
+            return max(0.0, 690.0 - battery_gives_kw - (600.0 * 0.5 - so_far_kwh) / (demand["window_left_min"] / 60))
+
+        for second in range(61):
+            if second:
+                clock.advance(1.0)
+            site.settle(690.0, 0.0)
+            state = await controller.cycle()
+            assert state["demand"]["shed_to_hold_kw"] == pytest.approx(to_shed(state["demand"], 0.0))
+        assert ALARM in state["alarms"]                       # nothing the battery may give: the factory sheds
+        site.battery.set(max_discharge_kw=100.0)
+        clock.advance(1.0)
+        site.settle(690.0, 0.0)
+        state = await controller.cycle()
+        shed = to_shed(state["demand"], 0.0 if alarm else 100.0)
+        assert state["demand"]["shed_to_hold_kw"] == pytest.approx(shed) and (shed > 80.0) is alarm
+        assert (ALARM in state["alarms"]) is alarm
+        if not alarm:
+            assert state["setpoints"]["battery_kw"] == pytest.approx(100.0)   # what the dispatcher takes off
     finally:
         controller.store.close()
 

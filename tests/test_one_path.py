@@ -105,7 +105,7 @@ class Twin:
         for name in ("charge_kw", "discharge_kw", "import_kw", "export_kw", "curtail_kw", "soc_kwh"):
             np.testing.assert_allclose(getattr(outcome.plan, name), getattr(schedule, name), atol=1e-9, err_msg=name)
         window = DemandWindow(self.window_h, ctx.window_elapsed_h, ctx.window_kwh) if self.window_h else None
-        live = self.keeper.target(now, ctx.month_peak_kw, window)
+        live = self.keeper.target(now, ctx.month_peak_kw, window, ctx.max_discharge_kw)
         assert live is not None and offline is not None
         assert replace(live, expires_at=None) == offline  # the live step also expires; nothing else differs
         self.compared += 1
