@@ -67,6 +67,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="judge as the controller would at this time, ISO 8601 with offset (default: now)")
     fcheck.set_defaults(func=_forecast_check)
 
+    history = subparsers.add_parser("history", help="the controller's measured history (what its forecasts learn from)")
+    actions = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    himport = actions.add_parser(
+        "import", help="seed the history from the factory's meter export (a new site's first plans know its day)",
+        description="Write the steps of the control.history_days before now from a meter export (CSV: timestamp, "
+                    "load or the grid meter, optionally PV; docs/data.md, Format) into the state file as the "
+                    "controller's measured history; steps it measured itself are kept. Stop the service first.")
+    himport.add_argument("file", type=Path, help="meter export as CSV (docs/data.md)")
+    himport.add_argument("--config", type=Path, required=True, help="site file")
+    himport.add_argument("--timestamps-at", choices=("start", "end"), default="start",
+                         help="what each timestamp labels: its interval's start (default) or end, as many meter "
+                              "portals write (00:15 for 00:00–00:15)")
+    himport.add_argument("--state-dir", type=Path, help="state directory (default: the site file's, as ems run)")
+    himport.add_argument("--at", type=aware_time, help="import as of this time, ISO 8601 with offset (default: now)")
+    himport.set_defaults(func=_history_import)
+
     from controller.api.cli import register as register_tokens
 
     register_tokens(subparsers)
@@ -144,6 +160,34 @@ def _forecast_check(args: argparse.Namespace) -> int:
                                     issued_at=args.issued_at, valid_hours=args.valid_hours, now=args.at)
     print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _history_import(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from controller.config import load_config, state_dir
+    from controller.history_import import ImportRefused, import_history
+    from controller.service import STATE_FILE
+
+    config = load_config(args.config)
+    now = args.at.astimezone(UTC) if args.at is not None else datetime.now(UTC)
+    path = (args.state_dir or state_dir(config, args.config)) / STATE_FILE
+    try:
+        done = import_history(args.file, config, path, now, args.timestamps_at)
+    except ImportRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    zone = config.site.timezone
+    if done.first is None or done.last is None:
+        print(f"nothing imported: every step of {args.file} in the period was measured by the controller itself "
+              f"({done.kept} kept)")
+        return 0
+    what = "PV and load" if done.pv else "load (no PV column: the PV forecast learns from the controller's own days)"
+    print(f"imported {done.steps:,} steps of {config.planner.step_minutes} min, {what}, "
+          f"{done.first.tz_convert(zone):%Y-%m-%d %H:%M} – {done.last.tz_convert(zone):%Y-%m-%d %H:%M} ({zone}), "
+          f"into {path}" + (f"; {done.kept:,} steps the controller measured itself kept" if done.kept else "")
+          + "; the controller reads them at its next start")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

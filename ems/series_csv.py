@@ -405,6 +405,20 @@ def _check_order(ns: np.ndarray, valid: np.ndarray, lines: list[int], ts_name: s
         previous = i
 
 
+def site_ratings(columns: Sequence[str], pv_rating_kw: float, import_cap_kw: float | None,
+                 pv_ac_kw: float) -> dict[str, float]:
+    """What a site's measured series are checked against (× :data:`RATED_BOUND_FACTOR`), so that W written for kW is
+    refused: the PV against the plant it was measured on (``pv_rating_kw``), the load against what the factory can
+    draw (the contracted capacity ``import_cap_kw`` plus the PV's AC limit ``pv_ac_kw``) where one is stated. One
+    rule for the studies' data and the controller's history import. [kW]"""
+    rated = {}
+    if "pv" in columns and pv_rating_kw > 0:
+        rated["pv"] = pv_rating_kw
+    if import_cap_kw is not None:
+        rated["load"] = import_cap_kw + pv_ac_kw
+    return rated
+
+
 def series_columns(path: str | Path, name: str) -> list[str]:
     """The columns of the file's header that hold series ``name`` (``pv_kw``, ``pv_kwh``; any case); empty when none
     does or the file cannot be read (:func:`read_series_csv` then says why)."""

@@ -25,7 +25,7 @@ import pandas as pd
 
 from controller.dispatch import Dispatcher, DispatchInputs
 from drivers.simulated.plant import BatteryModel, Plant, PVModel
-from ems.series_csv import DataError, read_series_csv, series_columns
+from ems.series_csv import DataError, read_series_csv, series_columns, site_ratings
 from ems.yamlfile import ConfigError, FieldError
 from optimizer.billing import Bill, billed_demand_kw
 from optimizer.forecast import History
@@ -207,13 +207,8 @@ def load_and_pv_ratings(scenario: Scenario, columns: tuple[str, ...]) -> dict[st
     a contracted capacity. [kW]"""
     csv = scenario.data.csv
     assert csv is not None
-    rated = {}
-    pv_rating = csv.pv_kwp or scenario.pv.ac_limit_kw
-    if "pv" in columns and pv_rating > 0:
-        rated["pv"] = pv_rating
-    if scenario.grid.import_cap_kw is not None:
-        rated["load"] = scenario.grid.import_cap_kw + scenario.pv.ac_limit_kw
-    return rated
+    return site_ratings(columns, csv.pv_kwp or scenario.pv.ac_limit_kw, scenario.grid.import_cap_kw,
+                        scenario.pv.ac_limit_kw)
 
 
 def _remedies(errors: list[FieldError], scenario: Scenario) -> list[FieldError]:
