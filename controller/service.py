@@ -400,7 +400,8 @@ class Controller:
         defended = target is not None and (target.grid_ceiling_kw is not None or target.follow is Follow.GRID)
         battery_kw = snap.value("battery_kw")
         headroom = 0.0
-        if defended and not decision.safe and decision.bounds and battery_kw is not None:
+        reserved = any(note.step == "reserve" for note in decision.bounds)   # the operator's reserve: no discharge
+        if defended and not decision.safe and not reserved and decision.bounds and battery_kw is not None:
             headroom = max(0.0, decision.bounds[-1].hi_kw - battery_kw)
         self.demand_outlook = self.demand_watch.update(
             now, snap.value("grid_kw"), DemandWindow(*self.demand.running(now)),

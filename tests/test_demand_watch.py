@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.accounting import StoredDemand
+from controller.commands import Reserve
 from controller.demand_watch import ALARM, SMOOTHING_S, DemandWatch, outlook
 from controller.targets import DemandWindow
 
@@ -138,12 +139,15 @@ async def test_the_controller_warns_while_the_battery_cannot_hold_the_window(tmp
         controller.store.close()
 
 
-@pytest.mark.parametrize(("control", "alarm"), [(None, False), ({"initial_mode": "monitor_only"}, True)])
-async def test_no_load_is_shed_that_the_battery_is_about_to_take(tmp_path, control, alarm) -> None:
+@pytest.mark.parametrize(("control", "reserve", "alarm"), [(None, None, False),
+                                                             ({"initial_mode": "monitor_only"}, None, True),
+                                                             (None, 60.0, True)])
+async def test_no_load_is_shed_that_the_battery_is_about_to_take(tmp_path, control, reserve, alarm) -> None:
     """The window of the test above, the battery idle and now allowed 100 kW of discharge: in control (no plan yet,
     self-consumption) the dispatcher takes 100 kW off, enough to hold 600 kW for the rest of the window, so nothing
     is to be shed (the alarm told the operator to shed load while the battery stood by); monitor-only writes
-    nothing, so the 90 kW are the factory's to shed. The zero-export site first watches its load's swing for 30 s
+    nothing, and an operator's SOC reserve above the SOC holds the battery back, so the 90 kW are the factory's to
+    shed. The zero-export site first watches its load's swing for 30 s
     (with no discharge for the load): the battery could not help then, and the watch said so."""
     from tests.test_external_forecast import controller_on_fake_site
 
@@ -167,6 +171,8 @@ async def test_no_load_is_shed_that_the_battery_is_about_to_take(tmp_path, contr
             assert state["demand"]["shed_to_hold_kw"] == pytest.approx(to_shed(state["demand"], 0.0))
         assert ALARM in state["alarms"]                       # nothing the battery may give: the factory sheds
         site.battery.set(max_discharge_kw=100.0)
+        if reserve is not None:   # the fake battery stands at 50 %
+            controller.commands.reserve = Reserve(reserve, clock.now() + timedelta(hours=1))
         clock.advance(1.0)
         site.settle(690.0, 0.0)
         state = await controller.cycle()
@@ -175,6 +181,8 @@ async def test_no_load_is_shed_that_the_battery_is_about_to_take(tmp_path, contr
         assert (ALARM in state["alarms"]) is alarm
         if not alarm:
             assert state["setpoints"]["battery_kw"] == pytest.approx(100.0)   # what the dispatcher takes off
+        if reserve is not None:
+            assert state["setpoints"]["battery_kw"] == 0.0
     finally:
         controller.store.close()
 
