@@ -60,7 +60,7 @@ class Imported:
     pv: bool
 
 
-def running_since_s(store: StateStore, now: datetime) -> float | None:
+def saved_ago_s(store: StateStore, now: datetime) -> float | None:
     """Seconds since the state file was last saved (any key), or None for an empty file. [s]"""
     stamps = [t for key in store.keys("") if (t := store.updated(key)) is not None]
     return None if not stamps else (now - max(stamps)).total_seconds()
@@ -82,7 +82,7 @@ def import_history(path: str | Path, config: SiteConfig, state_file: Path, now: 
     rows, has_pv = _read(path, config, now, timestamps_at)
     store = StateStore(state_file, now)
     try:
-        saved = running_since_s(store, now)
+        saved = saved_ago_s(store, now)
         if saved is not None and 0 <= saved < RUNNING_WITHIN_S:
             raise ImportRefused(f"the controller looks running: its state file {state_file} was saved {saved:.0f} s "
                                 "ago; stop it first (sudo systemctl stop pv-battery-ems), import, then start it: a "
