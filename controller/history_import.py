@@ -1,8 +1,9 @@
 """Seed the controller's measured history from the factory's meter export: ``ems history import``.
 
-A controller started on a new site knows nothing of the factory's day: its first plans forecast the load the
-night showed all day (on the simulated site 300 kW against 800 kW from 07:00), and under a demand charge the month's
-level is then set low and raised step by step as the day comes. The forecasters need the weeks of measured steps
+A controller started on a new site knows nothing of the factory's day: its first plans forecast the hours it has
+not seen at the load it last measured (at 06:00 on the simulated site the night's 300 kW for the whole day, against
+800 kW from 07:00), and under a demand charge the month's level is then set low and raised step by step as the day
+comes. The forecasters need the weeks of measured steps
 they normally collect themselves (``control.history_days``). This reads the meter export the analyst's studies read
 (:func:`ems.series_csv.read_series_csv`: ``;`` and decimal commas, day-first dates, interval ends, a load derived
 from the grid meter and the PV), keeps the planning steps of the ``history_days`` before now, and writes them into

@@ -587,7 +587,9 @@ class LoadForecaster:
     far. Degradation with little history: before any complete day the profile is built from all history so far;
     a shutdown day with no shutdown in the window uses the window's :data:`BASE_LOAD_QUANTILE` load (the base
     load); another (day type, slot) never seen uses the all-days mean of the slot; a slot never seen uses the
-    mean of the window; no history at all uses ``fallback_kw`` or raises :class:`ForecastError`. The result is
+    latest measured load (persistence: a controller started at 06:00 that has seen the factory start at 07:00
+    forecasts the day's unseen hours at the day's load, not at the mean of a night and an hour); no history at all
+    uses ``fallback_kw`` or raises :class:`ForecastError`. The result is
     never negative.
     """
 
@@ -762,8 +764,8 @@ class LoadForecaster:
         counts = np.bincount(measured_keys, minlength=size)
         slot_sums = sums.reshape(DAY_TYPES, -1).sum(axis=0)
         slot_counts = counts.reshape(DAY_TYPES, -1).sum(axis=0)
-        overall = float(measured.mean())
-        slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), overall)
+        latest = float(measured[-1])   # a slot never seen: the load as it was last measured (persistence)
+        slot_mean = np.where(slot_counts > 0, slot_sums / np.maximum(slot_counts, 1), latest)
         unseen = np.tile(slot_mean, DAY_TYPES)
         shutdown = slice(SHUTDOWN * calendar.slots, (SHUTDOWN + 1) * calendar.slots)
         if not counts[shutdown].any():

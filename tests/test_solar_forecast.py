@@ -426,11 +426,26 @@ def test_load_forecast_degrades_with_little_history():
     hist_idx = quarter_hours("2026-06-04", 2)  # Thursday and Friday only: no Saturday seen
     weekday = pd.Series(load_pattern(hist_idx), index=hist_idx)
     assert np.allclose(fc.forecast(grid, weekday), load_pattern(hist_idx[:96]))
-    few = weekday.iloc[-6:]  # 1.5 h of history: unseen slots take the mean of what exists
+    few = weekday.iloc[-6:]  # 1.5 h of history: unseen slots take the load last measured
     out = fc.forecast(grid, few)
     assert np.all(out > 0) and np.isfinite(out).all()
     seen = np.isin(grid.local_starts(TZ).time, few.index.tz_convert(TZ).time)
-    assert np.allclose(out[~seen][-10:], few.mean(), rtol=0.01)
+    assert np.allclose(out[~seen][-10:], few.iloc[-1], rtol=0.01)
+
+
+def test_a_first_morning_forecasts_the_day_at_the_load_the_factory_started_with():
+    """A controller started at 05:00 on its first day: 300 kW until 07:00, then the factory at 800 kW. At 07:30 the
+    day's hours it has not seen are forecast at 800 kW (they were the mean of the night and the half hour, 350 kW)
+    and the night's hours it has seen at 300 kW; the correction term is 0 (the last hour is its own profile)."""
+    hist_idx = pd.date_range(pd.Timestamp("2026-06-10 05:00", tz=TZ), pd.Timestamp("2026-06-10 07:30", tz=TZ),
+                             freq="15min", inclusive="left").tz_convert("UTC")
+    local_hours = hist_idx.tz_convert(TZ).hour
+    history = pd.Series(np.where(local_hours >= 7, 800.0, 300.0), index=hist_idx)
+    grid = regular_grid(pd.Timestamp("2026-06-10 07:30", tz=TZ), 96, 15)
+    out = LoadForecaster(TZ).forecast(grid, history)
+    local = grid.local_starts(TZ)
+    assert np.allclose(out[local.hour == 12], 800.0)
+    assert np.allclose(out[(local.hour == 5) | (local.hour == 6)], 300.0)   # tomorrow's 05:00–07:00, seen today
 
 
 # ---------------------------------------------------------------- no look-ahead, beating persistence
