@@ -163,14 +163,6 @@ def _ratio_years(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.1f}"
 
 
-def _park_payback(years: float | None, capex: float) -> str:
-    """The park's cash-flow payback for the console: "12.3 yr", "never" (not within the study life), "—" when
-    nothing is invested."""
-    if years is None or years != years:
-        return "never" if capex > 0 else "—"
-    return f"{years:.1f} yr"
-
-
 def _yr(fin: dict | None, life: int) -> str:
     """A simple payback for the console [yr]: "> life" when it is not reached within the study life, "—" where
     nothing was invested (no battery; the reasons are in summary.json and the report)."""
@@ -239,7 +231,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _park(args: argparse.Namespace) -> int:
     from optimizer.tariff import load_tariff
-    from simulations.park import TOTAL, load_park, run_park, run_shared_battery, site_data_warnings, write_park
+    from simulations.park import (
+        TOTAL,
+        load_park,
+        payback_text,
+        run_park,
+        run_shared_battery,
+        site_data_warnings,
+        write_park,
+    )
     from simulations.report import BOUNDS
 
     park, scenarios = load_park(args.park)
@@ -266,7 +266,7 @@ def _park(args: argparse.Namespace) -> int:
     print(f"{park.name}: {len(park.sites)} sites, investment {total['capex']:,.0f}, saving "
           f"{total['savings_vs_no_system']:,.0f}/yr{bound}, investment ÷ saving "
           f"{_ratio_years(total['investment_over_saving_years'])} yr, payback (cash flow) "
-          f"{_park_payback(total['simple_payback_years'], total['capex'])}, "
+          f"{payback_text(total['simple_payback_years'], total['capex'] > 0, ' yr')}, "
           f"CO2 avoided {total['co2_avoided_t']:,.1f} t/yr (JCM-style {total['co2_jcm_t']:,.1f} t/yr)")
     if shared is not None:
         change = shared["change"]

@@ -318,9 +318,8 @@ def write_park(table: pd.DataFrame, out: Path, park: Park, command: str, currenc
     lines = [f"# Park study: {park.name}", "", f"{dispatch} Command: `{command}`.", "",
              "| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
     for row in table.to_dict("records"):
-        cells = [_cell(row.get(key)) for key, _ in columns]
-        if pd.isna(row["simple_payback_years"]) and row["capex"] > 0:  # a cash flow that never turns
-            cells[[key for key, _ in columns].index("simple_payback_years")] = "never"
+        cells = [payback_text(row[key], row["capex"] > 0) if key == "simple_payback_years" else _cell(row.get(key))
+                 for key, _ in columns]
         if row["site"] == TOTAL:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
@@ -385,12 +384,24 @@ def _shared_lines(shared: dict[str, Any], currency: str) -> list[str]:
              "| | sites' own batteries | one shared battery | change |", "|---|---|---|---|"]
     lines += [f"| {label} | {_cell(per_site[key])} | {_cell(one[key])} | {_change(change[key])} |"
               for key, label in rows]
-    years = one["battery_payback_years"]
-    payback = "never (not within the study life)" if years is None or pd.isna(years) else f"{years:.1f} yr"
+    payback = payback_text(one["battery_payback_years"], True, " yr")
+    payback += " (not within the study life)" if payback == NEVER else ""
     lines += ["", "Without any battery the change is what one connection alone does (one site's PV surplus "
               "serves another site instead of being exported or curtailed); the rest of the bill's change is the "
               f"battery's. The shared battery's cash-flow payback: {payback}."]
     return lines
+
+
+NEVER = "never"
+"""A cash-flow payback not reached within the study life."""
+
+
+def payback_text(years: float | None, invested: bool, unit: str = "") -> str:
+    """A cash-flow payback as the park study says it: the years (with ``unit``), :data:`NEVER` when an investment
+    does not pay back within its study life, "—" when nothing is invested."""
+    if years is None or pd.isna(years):
+        return NEVER if invested else "—"
+    return f"{float(years):.1f}{unit}"
 
 
 def _change(value: Any) -> str:

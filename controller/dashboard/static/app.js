@@ -47,22 +47,10 @@ function num(value, digits = 1) {
 
 function kw(value) { return value === null || value === undefined ? "–" : `${num(value)} kW`; }
 
-function money(value) {
+// An amount in the site's currency with ``digits`` decimals (whole units by default)
+function money(value, digits = 0) {
   if (value === null || value === undefined) return "–";
   const c = ui.cfg.currency || get(ui.state, "tariff.currency");
-  if (!c) return num(value, 0);
-  try {
-    return new Intl.NumberFormat(ui.locale, { style: "currency", currency: c, maximumFractionDigits: 0 }).format(value);
-  } catch (err) {
-    return `${num(value, 0)} ${c}`;
-  }
-}
-
-// A price per kWh to at least three significant figures: ¥18.24, $0.12, but ₫1,980 (money() rounds to whole units)
-function unitPrice(value) {
-  if (value === null || value === undefined) return "–";
-  const c = ui.cfg.currency || get(ui.state, "tariff.currency");
-  const digits = Math.abs(value) < 100 ? 2 : 0;
   if (!c) return num(value, digits);
   try {
     return new Intl.NumberFormat(ui.locale, { style: "currency", currency: c, minimumFractionDigits: digits,
@@ -70,6 +58,11 @@ function unitPrice(value) {
   } catch (err) {
     return `${num(value, digits)} ${c}`;
   }
+}
+
+// A price per kWh to at least three significant figures: ¥18.24, $0.12, but ₫1,980
+function unitPrice(value) {
+  return money(value, value !== null && value !== undefined && Math.abs(value) < 100 ? 2 : 0);
 }
 
 function fmtTime(ms, withSeconds = true) {
