@@ -9,6 +9,7 @@ number that is not finite (``.inf``, ``.nan``, ``1e999``). Where text belongs bu
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import types
@@ -25,24 +26,30 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 @dataclass(frozen=True)
 class FieldError:
-    """One problem in a config file: where (dotted field path, or line:column) and what."""
+    """One problem in a config file: where (dotted field path, or line:column) and what; ``line`` is where in the file
+    the field is written (``battery.max_charge_kw (line 17): …``), or where its section starts for a field the file
+    lacks (``battery.capacity_kwh (section at line 16): Field required``), when known (:class:`ConfigError`
+    finds it)."""
 
     field: str
     message: str
+    line: str = dataclasses.field(default="", compare=False)
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        return f"{self.field}{f' ({self.line})' if self.line else ''}: {self.message}"
 
 
 class ConfigError(ValueError):
     """A configuration, profile, tariff or scenario file is invalid.
 
-    ``source`` names the file (or other origin); ``errors`` lists every problem found.
+    ``source`` names the file (or other origin); ``errors`` lists every problem found. When ``source`` is a YAML file
+    that exists, each error at a field path is given the line the field is written on (:func:`field_lines`), so the
+    engineer goes to it without counting indentation.
     """
 
     def __init__(self, source: str, errors: Sequence[FieldError]):
         self.source = source
-        self.errors = list(errors)
+        self.errors = _with_lines(source, errors)
         lines = "\n".join(f"  {e}" for e in self.errors)
         super().__init__(f"{source}: {len(self.errors)} error(s)\n{lines}")
 
@@ -50,6 +57,53 @@ class ConfigError(ValueError):
         """Pickled with its own arguments: raised in a worker process (sweeps, parks), it reaches the command
         whole (unpickling it through ``ValueError``'s arguments failed and broke the process pool)."""
         return type(self), (self.source, self.errors)
+
+
+def _with_lines(source: str, errors: Sequence[FieldError]) -> list[FieldError]:
+    """``errors`` with the line of each field in the YAML file ``source`` (when it is one that parses); errors at no
+    field path (syntax, ``(file)``, a line already) and an origin that is not a file are left as they are."""
+    errors = list(errors)
+    if all(e.line for e in errors) or not source.endswith((".yaml", ".yml")):
+        return errors
+    lines = field_lines(source)
+    if not lines:
+        return errors
+    out = []
+    for e in errors:
+        at = e.field
+        while not e.line and at and at not in lines:
+            at = at[:max(at.rfind("."), at.rfind("["), 0)]
+        if e.line or not at:
+            out.append(e)
+        else:
+            where = f"line {lines[at]}" if at == e.field else f"section at line {lines[at]}"
+            out.append(dataclasses.replace(e, line=where))
+    return out
+
+
+def field_lines(path: str | Path) -> dict[str, int]:
+    """The line (1-based) each field of a YAML file is written on, by field path (``battery.max_charge_kw``,
+    ``devices[1].endpoint``; a list item's line is where it starts); empty when the file cannot be read or parsed."""
+    try:
+        node = yaml.compose(Path(path).read_bytes().decode("utf-8-sig"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node, loc: tuple[int | str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault(field_path((*loc, key.value)), key.start_mark.line + 1)
+                    walk(value, (*loc, key.value))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines.setdefault(field_path((*loc, i)), item.start_mark.line + 1)
+                walk(item, (*loc, i))
+
+    if node is not None:
+        walk(node, ())
+    return lines
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -239,7 +293,8 @@ def error_message(error: Any, root: Any = None, path: Sequence[Any] = (),
     """pydantic's message, readable: without its "Value error, " prefix; an unknown field with the nearest known
     one of its section and, unless they are many, all its known ones (``root``, the validated type, and ``path``, the
     user's path of the field, tell the section, ``branches`` the union branches taken, by path: :func:`_user_path`);
-    and what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted)."""
+    and what YAML did when text came out as true/false (``off``, ``no``, ``on`` unquoted); and the value given, where
+    pydantic's message does not say it (``Input should be less than or equal to 1, got 95``)."""
     if error["type"] == "string_type" and isinstance(error.get("input"), bool):
         return (f"{error['msg']}, got {str(error['input']).lower()}: YAML reads yes/no/on/off/true/false without "
                 "quotes as true or false; put the text in quotes, e.g. 'off'")
@@ -248,7 +303,19 @@ def error_message(error: Any, root: Any = None, path: Sequence[Any] = (),
     if error["type"] == "extra_forbidden" and path:
         known = set().union(*(_keys(t) for t in _types_at(root, path[:-1], branches or {}) if _is_model(t)))
         return unknown_field(str(path[-1]), known)
+    given = error.get("input")
+    if isinstance(given, (str, int, float)) and error["type"] not in ("missing", "extra_forbidden", "assertion_error"):
+        return f"{error['msg']}, got {_given(given)}"
     return error["msg"]
+
+
+def _given(value: str | int | float) -> str:
+    """A value the file gave, as YAML wrote it: text in quotes (cut at 40 characters), true/false, numbers as is."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:39] + "…")
+    return repr(value)
 
 
 def unknown_field(name: str, known: Iterable[str]) -> str:

@@ -265,8 +265,8 @@ def test_worked_holidays_are_read_from_the_site_file(tmp_path):
     assert load_config(path).site.worked_holidays == (date(2026, 9, 21), date(2026, 9, 22))
 
 
-@pytest.mark.parametrize(("value", "says"), [("0", "battery.capacity_kwh: must be above 0"),
-                                             ("1e308", "battery.capacity_kwh: 1e+308 is beyond any plant"),
+@pytest.mark.parametrize(("value", "says"), [("0", "battery.capacity_kwh (line {line}): must be above 0"),
+                                             ("1e308", "battery.capacity_kwh (line {line}): 1e+308 is beyond"),
                                              (".inf", "not a finite number"), (".nan", "not a finite number")])
 def test_a_battery_of_no_or_absurd_or_infinite_size_fails_config_check(tmp_path, capsys, value, says):
     """``capacity_kwh: 0`` passed config check and then crashed ``ems run``; 1e308 and .inf ran for ever safe."""
@@ -276,7 +276,8 @@ def test_a_battery_of_no_or_absurd_or_infinite_size_fails_config_check(tmp_path,
     path = tmp_path / "site.yaml"
     path.write_text(text)
     err = check_cli(path, capsys)
-    assert "capacity_kwh" in err and says in err
+    line = next(n for n, text in enumerate(text.splitlines(), start=1) if text.strip().startswith("capacity_kwh:"))
+    assert "capacity_kwh" in err and says.format(line=line) in err
 
 
 def profile_with(tmp_path: Path, old: str, new: str) -> Path:

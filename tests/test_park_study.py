@@ -151,7 +151,7 @@ def test_a_bad_site_is_one_error_not_also_an_empty_park(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         load_park(path)
     assert [(e.field, e.message) for e in bad.value.errors] == [
-        ("sites[0].pv_kwp", "Input should be greater than or equal to 0")]
+        ("sites[0].pv_kwp", "Input should be greater than or equal to 0, got -5")]
     path.write_text("name: p\ndays: 2\nsites: []\n")
     with pytest.raises(ConfigError) as empty:
         load_park(path)
