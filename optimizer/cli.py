@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from optimizer.planner import PlannerError
 
     try:
-        plan, currency, timezone = _make_plan(args)
+        plan, currency, timezone, prices = _make_plan(args)
     except (ForecastError, PlannerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(plan.to_json(indent=2) if args.json else render(plan, currency, timezone))
+    print(plan.to_json(indent=2) if args.json else render(plan, currency, timezone, prices))
     return 0
 
 
@@ -93,7 +93,9 @@ def _make_plan(args: argparse.Namespace):
                          "or add a simulation.load shape to the site file")
     plan = plan_for_site(site, tariff, start, site.battery.capacity_kwh * soc_pct / 100.0,
                          month_peak_kw=args.month_peak, **overrides)
-    return plan, tariff.currency, site.site.timezone
+    prices = (f"import prices as {args.series.name} gives them" if "import_price" in overrides
+              else "import prices incl. VAT")
+    return plan, tariff.currency, site.site.timezone, prices
 
 
 def _simulation_start(text: str) -> datetime:
@@ -130,20 +132,24 @@ def shift_load(shape: dict[str, Any], starts: pd.DatetimeIndex, timezone: str) -
     return load * np.where(local.day_of_week == 6, float(shape.get("sunday_factor", 1.0)), 1.0)
 
 
-def render(plan, currency: str, timezone: str) -> str:
-    """A readable table of ``plan`` in local time, with totals."""
+def render(plan, currency: str, timezone: str, prices: str = "") -> str:
+    """A readable table of ``plan`` in local time, with totals: prices in ``currency`` per kWh (``prices`` says what
+    they are, e.g. incl. VAT), the tariff period of each step by its name (``off-peak``)."""
     local = plan.starts.tz_convert(timezone)
     cap = plan.capacity_kwh
-    head = (f"{'local time':<16} {'period':<8} {'imp/kWh':>8} {'exp/kWh':>8} {'PV kW':>8} {'load kW':>8} "
-            f"{'batt kW':>8} {'grid kW':>8} {'SOC %':>6} {'curt kW':>8}")
+    price = f"{currency}/kWh"
+    width = max(8, len(price) + 4)
+    head = (f"{'local time':<16} {'period':<8} {'imp ' + price:>{width}} {'exp ' + price:>{width}} {'PV kW':>8} "
+            f"{'load kW':>8} {'batt kW':>8} {'grid kW':>8} {'SOC %':>6} {'curt kW':>8}")
     lines = [f"plan from {local[0]:%Y-%m-%d %H:%M} to {plan.end.tz_convert(timezone):%Y-%m-%d %H:%M} ({timezone}), "
-             f"source {plan.source}; battery + discharge, grid + import; SOC % of {cap:,.0f} kWh", head,
+             f"source {plan.source}; battery + discharge, grid + import; SOC % of {cap:,.0f} kWh"
+             f"{f'; {prices}' if prices else ''}", head,
              "-" * len(head)]
     period = plan.period or ("",) * len(plan)
     for i in range(len(plan)):
         soc = 100 * plan.soc_kwh[i] / cap if cap > 0 else float("nan")
-        lines.append(f"{local[i]:%m-%d %H:%M}      {period[i]:<8} {plan.import_price[i]:8.1f} "
-                     f"{plan.export_price[i]:8.1f} {plan.pv_kw[i]:8.1f} {plan.load_kw[i]:8.1f} "
+        lines.append(f"{local[i]:%m-%d %H:%M}      {period[i].replace('_', '-'):<8} {plan.import_price[i]:{width}.1f} "
+                     f"{plan.export_price[i]:{width}.1f} {plan.pv_kw[i]:8.1f} {plan.load_kw[i]:8.1f} "
                      f"{plan.battery_kw[i]:8.1f} {plan.grid_kw[i]:8.1f} {soc:6.1f} {plan.curtail_kw[i]:8.1f}")
     dt = plan.duration_h
     o = plan.objective

@@ -70,7 +70,22 @@ def test_cli_plans_an_aged_battery_on_the_energy_it_holds(tmp_path, capsys):
     assert main([*args, "--soh", "80"]) == 0
     assert "SOC % of 800 kWh" in capsys.readouterr().out.splitlines()[0]
     assert main([*args]) == 0
-    assert "SOC % of 1,000 kWh" in capsys.readouterr().out.splitlines()[0]
+    title, head = capsys.readouterr().out.splitlines()[:2]
+    assert "SOC % of 1,000 kWh" in title and title.endswith("; import prices as s.csv gives them")
+    assert "imp VND/kWh" in head
+
+
+def test_cli_table_names_periods_and_says_its_prices_include_vat(capsys):
+    """The table's prices are the tariff's with VAT (1,833 VND/kWh normal × 1.08 = 1,979.6), and it said neither
+    the currency nor that; its periods read as the tariff's keys (``off_peak``)."""
+    assert main(["plan", "--config", str(SITE_FILE), "--start", "2026-05-04T16:00+07:00", "--soc", "80"]) == 0
+    title, head, _, *rows = capsys.readouterr().out.splitlines()
+    assert title.endswith("; import prices incl. VAT")
+    assert head.split()[3:7] == ["imp", "VND/kWh", "exp", "VND/kWh"]
+    by_time = {row[:11]: row.split()[2:4] for row in rows if row[:2] == "05"}
+    assert by_time["05-04 16:00"] == ["normal", "1979.6"]
+    assert by_time["05-04 20:00"] == ["peak", "3669.8"]
+    assert by_time["05-05 00:00"] == ["off-peak", "1285.2"]
 
 
 @pytest.mark.parametrize(("row", "column", "value", "says"), [
