@@ -175,6 +175,7 @@ def _test(args: argparse.Namespace) -> int:
 
     config = _one_device(args.config, args.device)
     base = Path(args.config).parent
+    grid_meters = [c for c in load_devices(args.config) if c.meter_location is MeterLocation.GRID]
     if config.role is Role.PV_INVERTER:
         if args.kw is not None:
             print("refused: --kw is the battery test's power; the PV test limits the inverter to half its output",
@@ -182,13 +183,12 @@ def _test(args: argparse.Namespace) -> int:
             return 2
         rating = pv_commissioning.pv_rating(args.config, args.device)
         tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(2.0, 0.05 * (rating or 0.0))
-        return asyncio.run(_with_device(config, base, lambda device: _pv_test_and_print(
-            device, rating, args.hold_s, args.allow_s, tolerance)))
+        return asyncio.run(_with_devices([config, *grid_meters], base, lambda device, *grid: _pv_test_and_print(
+            device, rating, args.hold_s, args.allow_s, tolerance, grid)))
     kw = args.kw if args.kw is not None else 5.0
     limits = commissioning.pcs_limits(args.config, args.device)
     tolerance = args.tolerance_kw if args.tolerance_kw is not None else max(0.5, 0.2 * kw)
-    meters = [c for c in load_devices(args.config) if c.meter_location is MeterLocation.GRID] \
-        if config.role is Role.BATTERY else []
+    meters = grid_meters if config.role is Role.BATTERY else []
     return asyncio.run(_with_devices([config, *meters], base, lambda device, *grid: _test_and_print(
         device, kw, args.hold_s, args.allow_s, tolerance, limits, grid)))
 
@@ -202,37 +202,63 @@ async def _test_and_print(device, kw: float, hold_s: float, allow_s: float, tole
     from ems.clock import WallClock
 
     commissioning.check_test(device, kw, limits)
-    for meter in meters:
-        await meter.poll()
-        if meter.online is not True:
-            print(f"{meter.name}: not read ({meter.last_error}): its sign is not checked", flush=True)
-    meters = tuple(m for m in meters if m.online is True)
-    watched = f"; the grid meter {', '.join(m.name for m in meters)} is read to check its sign" if meters else ""
+    meters = await _readable(meters)
     print(f"{device.name}: charge {kw:g} kW, discharge {kw:g} kW, 0 kW, each held {hold_s:g} s "
-          f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW){watched}; Ctrl-C stops at 0 kW", flush=True)
+          f"(response within {allow_s:g} s, ±{tolerance_kw:g} kW){_watched(meters)}; Ctrl-C stops at 0 kW",
+          flush=True)
     holds: dict = {}
     code = await _print_steps(device, commissioning.battery_test(
         device, WallClock(), kw, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, pcs_kw=limits,
         on_step=_print_step, meters=meters, holds=holds))
     if "charge" not in holds or "discharge" not in holds:
         return code
-    for meter in meters:
-        verdict = judge(meter.name, holds["charge"], holds["discharge"])
-        print(f"{meter.name}: {'' if verdict.passed else 'FAIL: '}{verdict.why}")
-        code = code if verdict.passed else 1
-    return code
+    return _judged(code, meters, lambda name: judge(name, holds["discharge"], holds["charge"]))
 
 
 async def _pv_test_and_print(device, rating_kw: float | None, hold_s: float, allow_s: float,
-                             tolerance_kw: float) -> int:
+                             tolerance_kw: float, meters: tuple = ()) -> int:
+    """The PV limit test's table and verdict, then each grid meter's sign judged on the full-output and limit
+    holds (:mod:`drivers.meter_check`): a meter that reads the inverter the wrong way fails the test (exit 1)."""
     from drivers import pv_commissioning
+    from drivers.meter_check import judge
     from ems.clock import WallClock
 
     rating = pv_commissioning.check_pv_test(device, rating_kw)
-    print(f"{device.name}: limit to half of what it produces now, held {hold_s:g} s, then 100 % (rating {rating:g} kW; "
-          f"response within {allow_s:g} s, +{tolerance_kw:g} kW); Ctrl-C ends at 100 %", flush=True)
-    return await _print_steps(device, pv_commissioning.pv_limit_test(
-        device, WallClock(), rating, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, on_step=_print_step))
+    meters = await _readable(meters)
+    print(f"{device.name}: its output watched {hold_s:g} s, then limited to half of it, held {hold_s:g} s, then "
+          f"100 % (rating {rating:g} kW; response within {allow_s:g} s, +{tolerance_kw:g} kW){_watched(meters)}; "
+          "Ctrl-C ends at 100 %", flush=True)
+    holds: dict = {}
+    code = await _print_steps(device, pv_commissioning.pv_limit_test(
+        device, WallClock(), rating, hold_s=hold_s, allow_s=allow_s, tolerance_kw=tolerance_kw, on_step=_print_step,
+        meters=meters, holds=holds))
+    if not holds.get("limit") or not holds["limit"].unit_kw:
+        return code
+    return _judged(code, meters, lambda name: judge(
+        name, holds["full"], holds["limit"], unit="inverter", high_name="full-output hold", low_name="limit hold",
+        advice="test again while the load and the sun are steady"))
+
+
+async def _readable(meters: tuple) -> tuple:
+    """The grid meters that answer now; each that does not is said (its sign is not checked)."""
+    for meter in meters:
+        await meter.poll()
+        if meter.online is not True:
+            print(f"{meter.name}: not read ({meter.last_error}): its sign is not checked", flush=True)
+    return tuple(m for m in meters if m.online is True)
+
+
+def _watched(meters: tuple) -> str:
+    return f"; the grid meter {', '.join(m.name for m in meters)} is read to check its sign" if meters else ""
+
+
+def _judged(code: int, meters: tuple, verdict_of) -> int:
+    """Print each meter's verdict (``verdict_of(name)``); the exit code ``code``, or 1 when a meter failed."""
+    for meter in meters:
+        verdict = verdict_of(meter.name)
+        print(f"{meter.name}: {'' if verdict.passed else 'FAIL: '}{verdict.why}")
+        code = code if verdict.passed else 1
+    return code
 
 
 def _print_step(result) -> None:

@@ -324,7 +324,7 @@ async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s:
                 if holds is not None:
                     holds[name] = record
                 results.append(await _step(device, clock, name, setpoint, tolerance_kw, hold_s, allow_s,
-                                           _recorder(record, meters)))
+                                           recorder(record, meters)))
             on_step(results[-1])
     finally:
         results.append(await leave_at_zero(device))
@@ -332,11 +332,11 @@ async def battery_test(device: ModbusDevice, clock: Clock, kw: float, *, hold_s:
     return results
 
 
-def _recorder(record: HoldReadings, meters: Sequence[ModbusDevice]) -> Callable[[float], Awaitable[None]]:
-    """What a battery step's hold does with each reading: keeps it in ``record`` with each meter's ``grid_kw``
-    read at the same time (a reading without a value is left out). [kW]"""
-    async def on_hold(battery_kw: float) -> None:
-        record.battery_kw.append(battery_kw)
+def recorder(record: HoldReadings, meters: Sequence[ModbusDevice]) -> Callable[[float], Awaitable[None]]:
+    """What a test step's hold does with each reading of the unit's power: keeps it in ``record`` with each meter's
+    ``grid_kw`` read at the same time (a reading without a value is left out). [kW]"""
+    async def on_hold(unit_kw: float) -> None:
+        record.unit_kw.append(unit_kw)
         for meter in meters:
             grid_kw = _number((await meter.poll()).get("grid_kw"))
             if grid_kw is not None:

@@ -1,19 +1,24 @@
-"""Does the grid meter see the battery, with our sign? Judged from the holds of ``ems devices test`` on a battery.
+"""Does the grid meter see the unit under test, with our sign? Judged from the holds of ``ems devices test``.
 
-A meter at the grid connection reads ``grid_kw = load − PV − battery`` (import +, battery discharge +): when the
-battery goes from discharging to charging, the import must rise by as much. The battery test's charge and
-discharge holds give that change twice over (2 × ``--kw``), with the factory's own load in between, so the test
-reads every grid meter of the site file while it holds each step and compares
+A meter at the grid connection reads ``grid_kw = load − PV − battery`` (import +, battery discharge +, PV output
++): when a unit gives the site less power, the import must rise by as much. The commissioning tests hold two
+levels of the unit's power and read every grid meter of the site file while they hold each:
 
-    seen     = mean grid_kw in the charge hold − mean grid_kw in the discharge hold        [kW]
-    expected = mean battery_kw in the discharge hold − mean battery_kw in the charge hold  [kW]
+- a battery: its discharge hold and its charge hold, 2 × ``--kw`` apart;
+- a PV inverter: its output before the limit (the full-output hold, nothing written) and in the limit hold, half
+  its output apart;
+
+with the factory's own load in between. The test compares
+
+    seen     = mean grid_kw in the lower hold − mean grid_kw in the higher hold        [kW]
+    expected = mean unit power in the higher hold − mean unit power in the lower hold  [kW]
 
 as the share ``seen / expected``: about 1, the meter reads import + (pass); about −1, it reads import − (its CTs
-face the other way, or the profile lacks ``invert: true``: FAIL); about 0, the battery is not behind this meter
+face the other way, or the profile lacks ``invert: true``: FAIL); about 0, the unit is not behind this meter
 (another incomer, a feeder meter; unclear, not a failure); anything else is a scale or wiring question (FAIL).
 A load that moves by more than half the expected change within a hold makes the share meaningless: unclear, with
-the advice to test with a larger ``--kw`` when the load is steady. A wrongly signed meter is the commissioning
-fault the battery's own sign cannot show: the controller would read import as export.
+the advice to test again while the load is steady (a battery: with a larger ``--kw``). A wrongly signed meter is
+the commissioning fault the unit's own sign cannot show: the controller would read import as export.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 SIGN_OK = (0.7, 1.3)
-"""The share of the battery's change a meter with our sign shows (CT and scale tolerances). [-]"""
+"""The share of the unit's change a meter with our sign shows (CT and scale tolerances). [-]"""
 NOT_BEHIND = 0.3
-"""Below this share (in size) the battery is not behind the meter. [-]"""
+"""Below this share (in size) the unit is not behind the meter. [-]"""
 
 
 @dataclass
 class HoldReadings:
-    """What the battery test read while it held one step: the battery's power and each grid meter's. [kW]"""
+    """What a commissioning test read while it held one step: the unit's power (battery discharge +, PV output +)
+    and each grid meter's ``grid_kw``. [kW]"""
 
-    battery_kw: list[float] = field(default_factory=list)
+    unit_kw: list[float] = field(default_factory=list)
     grid_kw: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -43,8 +49,8 @@ class MeterVerdict:
     ----------
     meter : str
     expected_kw, seen_kw : float | None
-        The battery's change from the discharge hold to the charge hold as the grid should see it, and the
-        meter's change. [kW]
+        The unit's change from the higher hold to the lower one as the grid should see it, and the meter's
+        change. [kW]
     passed : bool
         False for a reversed sign or a share out of tolerance.
     judged : bool
@@ -65,23 +71,27 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def judge(meter: str, charge: HoldReadings, discharge: HoldReadings) -> MeterVerdict:
-    """The verdict on ``meter`` from the readings of the charge and the discharge holds."""
+def judge(meter: str, high: HoldReadings, low: HoldReadings, *, unit: str = "battery",
+          high_name: str = "discharge hold", low_name: str = "charge hold",
+          advice: str = "test with a larger --kw while the load is steady") -> MeterVerdict:
+    """The verdict on ``meter`` from the readings of the hold where the ``unit`` gave the site more power (``high``,
+    named ``high_name``) and the one where it gave less (``low``); ``advice`` is what to do when the load moved
+    too much to tell."""
     def unclear(why: str, expected: float | None = None, seen: float | None = None) -> MeterVerdict:
         return MeterVerdict(meter, expected, seen, True, False, why)
 
-    bat_c, bat_d = _mean(charge.battery_kw), _mean(discharge.battery_kw)
-    grid_c, grid_d = charge.grid_kw.get(meter, []), discharge.grid_kw.get(meter, [])
-    if bat_c is None or bat_d is None:
-        return unclear("not judged: the battery did not hold its charge and discharge steps")
-    if not grid_c or not grid_d:
+    unit_high, unit_low = _mean(high.unit_kw), _mean(low.unit_kw)
+    grid_high, grid_low = high.grid_kw.get(meter, []), low.grid_kw.get(meter, [])
+    if unit_high is None or unit_low is None:
+        return unclear(f"not judged: the {unit} did not hold both its {high_name} and its {low_name}")
+    if not grid_high or not grid_low:
         return unclear("not judged: its grid_kw did not read in both holds")
-    expected, seen = bat_d - bat_c, sum(grid_c) / len(grid_c) - sum(grid_d) / len(grid_d)
-    spread = max(max(grid_c) - min(grid_c), max(grid_d) - min(grid_d))
-    said = f"grid {seen:+.1f} kW from the discharge hold to the charge hold, {expected:+.1f} kW expected"
+    expected, seen = unit_high - unit_low, sum(grid_low) / len(grid_low) - sum(grid_high) / len(grid_high)
+    spread = max(max(grid_low) - min(grid_low), max(grid_high) - min(grid_high))
+    said = f"grid {seen:+.1f} kW from the {high_name} to the {low_name}, {expected:+.1f} kW expected"
     if spread > abs(expected) / 2:
         return unclear(f"cannot tell: the grid moved by up to {spread:.1f} kW within a hold, against the test's "
-                       f"{expected:.1f} kW ({said}); test with a larger --kw while the load is steady", expected, seen)
+                       f"{expected:.1f} kW ({said}); {advice}", expected, seen)
     share = seen / expected
     if SIGN_OK[0] <= share <= SIGN_OK[1]:
         return MeterVerdict(meter, expected, seen, True, True, f"sign ok: {said}")
@@ -90,7 +100,7 @@ def judge(meter: str, charge: HoldReadings, discharge: HoldReadings) -> MeterVer
                             f"sign reversed: {said}: it reads import as export; turn its CTs or set invert: true on "
                             "grid_kw in a copy of its profile (docs/devices.md)")
     if abs(share) < NOT_BEHIND:
-        return unclear(f"does not see the battery: {said}; is the battery behind another meter?", expected, seen)
+        return unclear(f"does not see the {unit}: {said}; is the {unit} behind another meter?", expected, seen)
     return MeterVerdict(meter, expected, seen, False, True,
-                        f"saw {100 * share:.0f} % of the battery's change: {said}; check its CT ratio, scale and "
+                        f"saw {100 * share:.0f} % of the {unit}'s change: {said}; check its CT ratio, scale and "
                         "which phases it measures")

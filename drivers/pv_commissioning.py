@@ -10,17 +10,22 @@ power rises above the limit again within ``allow_s``. Whatever happens (failure,
 remote-control leave sequence runs last (every shipped profile's leave writes 100 %), reported as ``left at 100 %``
 with what the inverter then reads back. A rating is the site file's: the unit's ``rating_kw``, else ``pv.ac_kw``
 of a site with one inverter.
+
+Before the limit, the inverter's output is watched for ``hold_s`` seconds with nothing written (the full-output
+hold); in it and in the limit hold the site's grid meters are read too, for the check of their sign
+(:mod:`drivers.meter_check`: the import must rise by what the limit took off).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from drivers.commissioning import Refused, StepResult, check_value, measured_power, run_step
+from drivers.commissioning import POLL_S, Refused, StepResult, check_value, measured_power, recorder, run_step
 from drivers.config import load_devices
 from drivers.device import ModbusDevice
+from drivers.meter_check import HoldReadings
 from drivers.roles import Role
 from ems.clock import Clock
 from ems.yamlfile import read_yaml
@@ -58,9 +63,13 @@ def check_pv_test(device: ModbusDevice, rating_kw: float | None) -> float:
 
 async def pv_limit_test(device: ModbusDevice, clock: Clock, rating_kw: float | None, *, hold_s: float,
                         allow_s: float, tolerance_kw: float,
-                        on_step: Callable[[StepResult], None] = lambda _: None) -> list[StepResult]:
+                        on_step: Callable[[StepResult], None] = lambda _: None,
+                        meters: Sequence[ModbusDevice] = (),
+                        holds: dict[str, HoldReadings] | None = None) -> list[StepResult]:
     """Run the limit test (module docstring); each result goes to ``on_step`` as it comes. The last step is
-    ``left at 100 %`` whatever happened (an error or a cancellation goes on up after it)."""
+    ``left at 100 %`` whatever happened (an error or a cancellation goes on up after it). ``holds``, when given, is
+    filled with what the full-output hold (``full``) and the limit hold (``limit``) read: the inverter's output and
+    the ``grid_kw`` of each of ``meters`` (for :func:`drivers.meter_check.judge`)."""
     rating = check_pv_test(device, rating_kw)
     await device.poll()
     if device.online is not True:
@@ -76,6 +85,10 @@ async def pv_limit_test(device: ModbusDevice, clock: Clock, rating_kw: float | N
     limit_kw = before / 2
     limit_pct = round(100 * limit_kw / rating, 1)
     limit_kw = limit_pct / 100 * rating
+    full, limited = HoldReadings(), HoldReadings()
+    if holds is not None:
+        holds.update(full=full, limit=limited)
+    await watch_output(device, clock, hold_s, recorder(full, meters))
     results: list[StepResult] = []
     try:
         entered = await device.enter_remote_control()
@@ -90,7 +103,7 @@ async def pv_limit_test(device: ModbusDevice, clock: Clock, rating_kw: float | N
             lambda measured: measured <= limit_kw + tolerance_kw,
             lambda measured: f"no response within {allow_s:g} s: {measured:.1f} kW, above the limit of "
                              f"{limit_kw:.1f} kW ({limit_pct:g} %)",
-            hold_s=hold_s, allow_s=allow_s))
+            hold_s=hold_s, allow_s=allow_s, on_hold=recorder(limited, meters)))
         on_step(results[-1])
         if results[-1].passed:
             results.append(await run_step(
@@ -104,6 +117,17 @@ async def pv_limit_test(device: ModbusDevice, clock: Clock, rating_kw: float | N
         results.append(await leave_full(device, rating))
         on_step(results[-1])
     return results
+
+
+async def watch_output(device: ModbusDevice, clock: Clock, hold_s: float,
+                       on_reading: Callable[[float], Awaitable[None]]) -> None:
+    """Read the inverter's output for ``hold_s`` seconds, writing nothing; each reading goes to ``on_reading``. [kW]"""
+    until = clock.monotonic() + hold_s
+    while (left := until - clock.monotonic()) > 0:
+        await clock.sleep(min(POLL_S, left))
+        measured, _ = await measured_power(device, "pv_kw")
+        if measured is not None:
+            await on_reading(measured)
 
 
 async def leave_full(device: ModbusDevice, rating_kw: float) -> StepResult:

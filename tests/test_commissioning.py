@@ -118,14 +118,7 @@ async def test_a_grid_meter_read_with_the_wrong_sign_fails_the_battery_test(tmp_
     """The simulated meter serves import +; the command reads it through a profile copy that inverts grid_kw (a
     meter whose CTs face the other way reads the same): the battery passes, the meter fails, exit status 1."""
     path = site_file(tmp_path)
-    profile = yaml.safe_load((REPO / "drivers" / "profiles" / "sunspec-meter.yaml").read_text())
-    profile["name"] = "meter-inverted"
-    profile["points"]["grid_kw"]["invert"] = True
-    (tmp_path / "meter-inverted.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    site = yaml.safe_load(path.read_text())
-    next(d for d in site["devices"] if d["name"] == "grid-meter")["profile"] = "meter-inverted.yaml"
-    reversed_meter = tmp_path / "reversed.yaml"
-    reversed_meter.write_text(yaml.safe_dump(site, sort_keys=False))
+    reversed_meter = reversed_meter_site(tmp_path, path)
     async with served(path):
         code = await ems("devices", "test", "--config", str(reversed_meter), "battery", "--kw", "20", *FAST)
     out = capsys.readouterr().out
@@ -306,8 +299,39 @@ async def test_pv_limit_test_passes_and_leaves_the_inverter_at_100_pct(tmp_path,
     limit_kw, measured = float(rows["limit"][1]), float(rows["limit"][2])
     assert limit_kw == pytest.approx(before / 2, rel=0.05) and measured <= limit_kw + 45 and "pass" in rows["limit"]
     assert float(rows["release"][2]) > limit_kw + 45 and "pass" in rows["release"]
-    assert "pass" in rows["left"] and out.rstrip().endswith("pv-inverter: PASS")
+    assert "pass" in rows["left"] and "pv-inverter: PASS" in out
     assert (limit, enabled) == (100, 0)                     # left at 100 %, remote control released
+    # the grid meter, read before and in the limit hold, saw the import rise by what the limit took off
+    said = out.rstrip().splitlines()[-1]
+    found = re.fullmatch(r"grid-meter: sign ok: grid \+([\d.]+) kW from the full-output hold to the limit hold, "
+                         r"\+([\d.]+) kW expected", said)
+    assert found and float(found[2]) > 150 and float(found[1]) == pytest.approx(float(found[2]), rel=0.1), said
+
+
+def reversed_meter_site(tmp_path: Path, path: Path) -> Path:
+    """``path`` with its grid meter read through a copy of the SunSpec meter profile that inverts grid_kw (as a meter
+    whose CTs face the other way reads)."""
+    profile = yaml.safe_load((REPO / "drivers" / "profiles" / "sunspec-meter.yaml").read_text())
+    profile["name"] = "meter-inverted"
+    profile["points"]["grid_kw"]["invert"] = True
+    (tmp_path / "meter-inverted.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    site = yaml.safe_load(path.read_text())
+    next(d for d in site["devices"] if d["name"] == "grid-meter")["profile"] = "meter-inverted.yaml"
+    reversed_meter = tmp_path / "reversed.yaml"
+    reversed_meter.write_text(yaml.safe_dump(site, sort_keys=False))
+    return reversed_meter
+
+
+async def test_a_grid_meter_read_with_the_wrong_sign_fails_the_pv_limit_test(tmp_path, capsys):
+    """A site with PV and no battery is commissioned on its inverter: a reversed grid meter fails there too."""
+    path = site_file(tmp_path)
+    async with served(path):
+        code = await ems("devices", "test", "--config", str(reversed_meter_site(tmp_path, path)), "pv-inverter",
+                         *FAST)
+    out = capsys.readouterr().out
+    assert code == 1 and "pv-inverter: PASS" in out, out
+    assert re.search(r"grid-meter: FAIL: sign reversed: grid -[\d.]+ kW from the full-output hold to the limit "
+                     r"hold, \+[\d.]+ kW expected: it reads import as export", out), out
 
 
 async def test_pv_limit_test_fails_an_inverter_that_ignores_the_limit_and_refuses_at_night(tmp_path, capsys):
