@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     config = subparsers.add_parser("config", help="site file tools")
     actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = actions.add_parser("check", help="validate a site file; every error with its field path")
+    check = actions.add_parser("check", help="validate a site file; every error with its field path and line")
     check.add_argument("file", type=Path)
     check.add_argument("--env-file", type=Path,
                        help="the service's environment file (e.g. /etc/pv-battery-ems/env): its secrets count as set")
