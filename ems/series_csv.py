@@ -22,8 +22,10 @@ import pandas as pd
 
 from ems.yamlfile import ConfigError, FieldError
 
-TIMESTAMP_COLUMNS = ("timestamp", "time", "datetime", "start", "date")
-"""Accepted names of the timestamp column (case-insensitive); the first one present is used."""
+TIMESTAMP_COLUMNS = ("timestamp", "time", "datetime", "start", "date", "start_utc", "start_local")
+"""Accepted names of the timestamp column (case-insensitive); the first one present is used. ``start_utc`` and
+``start_local`` are the dashboard's CSV download's (``/api/history.csv``), so a controller's own export is read back
+by ``ems history import`` and a study as it comes."""
 RATED_BOUND_FACTOR = 1.5
 """A value above this × the declared rating is absurd. [-]"""
 MEDIAN_BOUND_FACTOR = 10.0
@@ -447,7 +449,8 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     timezone : str, optional
         IANA zone of timestamps written without a UTC offset (offsets, where present, win).
     step_minutes : int
-        Target step; the file's step must be a whole multiple of it (15-minute or hourly files). [min]
+        Target step; the file's step must be a whole multiple of it (15-minute or hourly files) or a whole part of
+        it (1- or 5-minute files, averaged over each target step). [min]
     columns : sequence of str
         Series to read, e.g. ``("pv", "load")``; each becomes a ``<name>_kw`` output column.
     unit : "kW" or "kWh", optional
@@ -470,7 +473,8 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     pandas.DataFrame
         Index: UTC interval starts every ``step_minutes``; columns ``<name>_kw`` [kW], then the
         ``optional_plain`` columns found. An hourly kW value is held over its four quarter hours; an hourly kWh
-        value is split evenly. ``attrs["file_step_minutes"]``: the file's own step. [min]
+        value is split evenly; values of a finer file are averaged over each step (a step less than half measured
+        is NaN). ``attrs["file_step_minutes"]``: the file's own step. [min]
 
     Raises
     ------
@@ -504,9 +508,9 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     if timestamps_at == "end":
         ns[valid] -= step_ns
     target_ns = step_minutes * 60 * 1_000_000_000
-    if step_ns % target_ns:
+    if step_ns % target_ns and target_ns % step_ns:
         raise errors.fatal(source, f"column {ts_name}", f"the file's step of {step_ns / 6e10:g} min is not a whole "
-                                                        f"multiple of {step_minutes} min")
+                                                        f"multiple of {step_minutes} min, nor a whole part of it")
     _check_order(ns, valid, lines, ts_name, step_ns, errors, allow_gaps=allow_gaps)
     step_h = step_ns / 3.6e12
     kw: dict[str, np.ndarray] = {}
@@ -549,6 +553,11 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
 
     order = np.argsort(ns, kind="stable")
     ns = ns[order]
+    series = {f"{name}_kw": values[order] for name, values in kw.items()} | {n: v[order] for n, v in plain.items()}
+    if step_ns < target_ns:
+        frame = _step_means(ns, series, step_ns, target_ns)
+        frame.attrs["file_step_minutes"] = step_ns / 6e10
+        return frame
     repeat = step_ns // target_ns
     span = np.arange(ns[0], ns[-1] + step_ns, step_ns, dtype=np.int64)
     position = (ns - ns[0]) // step_ns
@@ -556,10 +565,34 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         np.repeat(span, repeat) + np.tile(np.arange(repeat, dtype=np.int64) * target_ns, len(span)),
         unit="ns", utc=True), name="start")
     data = {}
-    for name, values in ({f"{name}_kw": values for name, values in kw.items()} | plain).items():
+    for name, values in series.items():
         full = np.full(len(span), np.nan)
-        full[position] = values[order]
+        full[position] = values
         data[name] = np.repeat(full, repeat)
     frame = pd.DataFrame(data, index=out_index)
     frame.attrs["file_step_minutes"] = step_ns / 6e10
     return frame
+
+
+MEASURED_SHARE = 0.5
+"""A target step read from a finer file is measured when at least this share of its sub-intervals is. [-]"""
+
+
+def _step_means(ns: np.ndarray, series: Mapping[str, np.ndarray], step_ns: int, target_ns: int) -> pd.DataFrame:
+    """Series on a finer step (``step_ns`` divides ``target_ns``; ``ns`` sorted interval starts [ns since the epoch,
+    UTC]) as the mean of each target step, the steps on the clock (multiples of ``target_ns``): a 15-minute step is
+    the mean power of its 1- or 5-minute intervals. A step whose measured sub-intervals are fewer than
+    :data:`MEASURED_SHARE` of it is not measured (NaN), never 0."""
+    bins = ns // target_ns
+    first = int(bins[0])
+    slot = bins - first
+    size = int(bins[-1]) - first + 1
+    needed = MEASURED_SHARE * (target_ns // step_ns)
+    data = {}
+    for name, values in series.items():
+        ok = np.isfinite(values)
+        sums = np.bincount(slot[ok], weights=values[ok], minlength=size)
+        counts = np.bincount(slot[ok], minlength=size)
+        data[name] = np.where(counts >= needed, sums / np.maximum(counts, 1), np.nan)
+    starts = (first + np.arange(size, dtype=np.int64)) * target_ns
+    return pd.DataFrame(data, index=pd.DatetimeIndex(pd.to_datetime(starts, unit="ns", utc=True), name="start"))

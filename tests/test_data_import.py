@@ -218,7 +218,52 @@ def test_off_step_timestamp(tmp_path):
 
 def test_file_step_not_multiple_of_target(tmp_path):
     text = "\n".join(["timestamp,load_kw"] + [f"2026-01-01T00:{m:02d}Z,1" for m in (0, 10, 20, 30)])
-    assert "not a whole multiple of 15 min" in errors_of(write(tmp_path, text), columns=("load",))["column timestamp"]
+    assert errors_of(write(tmp_path, text), columns=("load",))["column timestamp"] == (
+        "the file's step of 10 min is not a whole multiple of 15 min, nor a whole part of it")
+
+
+def test_a_five_minute_file_is_averaged_over_each_quarter_hour_known_answer(tmp_path):
+    """SCADA and meter portals export 1- or 5-minute data: each quarter hour is the mean power of its intervals
+    (kWh per 5 min × 12 = kW); a quarter hour less than half measured is missing (NaN), never 0; the quarter hours
+    are on the clock whatever minute the file starts at."""
+    rows = ["timestamp,pv_kwh,load_kw"]
+    minutes = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]            # from 00:05; 00:00 missing
+    pv_kwh = [1, 2, 3, 4, 5, "", "", "", 6, "", ""]                   # 00:45 alone in its quarter hour
+    load = [300, 330, 600, 600, 630, 100, 100, 100, 900, "", ""]
+    rows += [f"2026-01-05T08:{m:02d}+07:00,{e},{w}" for m, e, w in zip(minutes, pv_kwh, load, strict=True)]
+    df = read_series_csv(write(tmp_path, "\n".join(rows)), allow_gaps=True)
+    assert df.index.tolist() == [pd.Timestamp("2026-01-05T01:00Z") + pd.Timedelta(minutes=15 * i) for i in range(4)]
+    assert df.attrs["file_step_minutes"] == 5
+    # 08:00: 2 of 3 intervals, (12 + 24) / 2 kW and (300 + 330) / 2; 08:15: (36 + 48 + 60) / 3 and 610;
+    # 08:30: PV not measured at all, load 100; 08:45: 1 of 3 intervals measured, below half: missing
+    np.testing.assert_allclose(df["pv_kw"].to_numpy(), [18.0, 48.0, np.nan, np.nan])
+    np.testing.assert_allclose(df["load_kw"].to_numpy(), [315.0, 610.0, 100.0, np.nan])
+
+
+def test_the_dashboards_own_csv_download_is_read_back(tmp_path):
+    """The chart's CSV button (controller/dashboard/history_csv.py) names its times start_local and start_utc; the
+    readers refused it ("no timestamp column"), so a controller's own export could feed neither a study nor
+    ``ems history import`` on a replacement edge PC. Its day (1-minute rows) and its week (15-minute rows) read
+    back to the same quarter hours."""
+    from zoneinfo import ZoneInfo
+
+    from controller.dashboard.history_csv import history_csv
+
+    start_ms = int(pd.Timestamp("2026-05-04T06:00+07:00").value // 1_000_000)
+    columns = ["ts_ms", "pv_kw", "load_kw", "grid_kw", "battery_kw", "soc_pct"]
+    minute_rows = [[start_ms + 60_000 * i, 100.0 + i, 500.0 + (i % 15), 400.0, 0.0, 50.0] for i in range(60)]
+    day = {"start_ms": start_ms, "end_ms": start_ms + 3_600_000, "step_ms": 60_000, "columns": columns,
+           "rows": minute_rows}
+    quarters = [[start_ms + 900_000 * q, *np.mean([r[1:] for r in minute_rows[15 * q:15 * q + 15]], axis=0)]
+                for q in range(4)]
+    week = {"start_ms": start_ms, "end_ms": start_ms + 3_600_000, "step_ms": 900_000, "columns": columns,
+            "rows": quarters}
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    by_minute = read_series_csv(write(tmp_path, history_csv(day, tz, None), "day.csv"))
+    by_quarter = read_series_csv(write(tmp_path, history_csv(week, tz, None), "week.csv"))
+    pd.testing.assert_frame_equal(by_minute, by_quarter, check_exact=False, atol=1e-3)
+    assert by_minute["pv_kw"].tolist() == pytest.approx([107.0, 122.0, 137.0, 152.0])
+    assert by_minute["load_kw"].tolist() == pytest.approx([507.0] * 4)
 
 
 def test_rated_bound_and_wrong_unit_hint(tmp_path):
