@@ -129,3 +129,35 @@ def test_the_controllers_own_steps_are_kept_and_a_running_controller_is_refused(
                                             r"2026-04-\d\d"):
         import_history(old, config, tmp_path / "other" / "state.sqlite", NOW, "end")
     assert not (tmp_path / "other").exists()    # a file with nothing to import touches no state file
+
+
+def test_the_dashboards_minute_download_of_another_pc_seeds_a_replacement(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A replaced edge PC is seeded with the old one's dashboard CSV (a day of 1-minute rows, start_utc times, empty
+    cells where nothing was measured): each quarter hour is the mean of its minutes, an unmeasured one stays
+    missing."""
+    from controller.dashboard.history_csv import history_csv
+
+    start = pd.Timestamp(NOW).floor("D") - pd.Timedelta(days=1)
+    start_ms = int(start.value // 1_000_000)
+    rows = [[start_ms + 60_000 * i, 50.0, float(factory_kw(pd.DatetimeIndex([start + pd.Timedelta(minutes=i)])
+                                                           .tz_convert(TZ))[0])]
+            for i in range(24 * 60)]
+    for row in rows[60:75]:                                    # 01:00–01:15 UTC not measured: empty cells
+        row[1:] = [None, None]
+    day = {"start_ms": start_ms, "end_ms": start_ms + 86_400_000, "step_ms": 60_000,
+           "columns": ["ts_ms", "pv_kw", "load_kw"], "rows": rows}
+    export = tmp_path / "dashboard.csv"
+    export.write_text(history_csv(day, TZ, None))
+    site = site_file(tmp_path)
+    assert main(["history", "import", str(export), "--config", str(site), "--at", NOW.isoformat()]) == 0
+    assert capsys.readouterr().out.startswith(f"imported {24 * 4 - 1} steps of 15 min, PV and load, ")
+    store = StateStore(tmp_path / "state" / "state.sqlite", NOW)
+    stored, why = read_stored(store, MeasuredHistory.KEY, StoredHistory)
+    store.close()
+    assert why is None and stored is not None
+    by_start = {row[0]: list(row[1:]) for row in stored.rows}      # UTC epoch s of each quarter hour
+    start_s = start_ms // 1000
+    assert len(by_start) == 24 * 4 - 1 and start_s + 4 * 900 not in by_start   # not measured: missing, never 0
+    night = int((pd.Timestamp(start.tz_convert(TZ).date(), tz=TZ) + pd.Timedelta(hours=22)).value // 10**9)
+    assert by_start[start_s] == [50.0, 800.0] and by_start[night] == [50.0, 300.0]   # 07:00 and 22:00 local
