@@ -675,8 +675,9 @@ not added to the CO2 avoided above.</p>{_table(jcm)}
 
 
 def write_outputs(result: RunResult, out_dir: Path, command: str, csv: bool = False) -> dict[str, Path]:
-    """Write ``summary.json``, the per-step series (``timeseries.parquet``, or ``.csv`` with ``csv``) and
-    ``report.html`` into ``out_dir`` (created). Returns the paths written."""
+    """Write ``summary.json``, the per-step series (``timeseries.parquet``, or ``.csv`` with ``csv``; each step's
+    start in UTC and in the site's local time) and ``report.html`` into ``out_dir`` (created). Returns the paths
+    written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = result.summary(command)
     paths = {"summary": out_dir / "summary.json", "report": out_dir / "report.html",
@@ -690,6 +691,7 @@ def write_outputs(result: RunResult, out_dir: Path, command: str, csv: bool = Fa
             f[f"{series_name}_filled"] = filled
         frames.append(f)
     series = pd.concat(frames).rename_axis("start").reset_index()
+    series.insert(1, "start_local", series["start"].dt.tz_convert(result.scenario.site.timezone))
     if csv:
         series.to_csv(paths["timeseries"], index=False)
     else:

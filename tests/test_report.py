@@ -56,6 +56,10 @@ def test_outputs_are_written_and_consistent(result, tmp_path: Path) -> None:
     series = pd.read_parquet(paths["timeseries"])
     assert len(series) == 4 * 9 * 24
     assert {"strategy", "start", "battery_kw", "grid_kw", "soc_pct", "period"} <= set(series.columns)
+    # each step's start also in the site's time, for a spreadsheet: 00:00 local is 17:00 UTC the day before
+    assert list(series.columns[:3]) == ["start", "start_local", "strategy"]
+    local = series["start_local"].iloc[0]
+    assert str(local.tz) == "Asia/Ho_Chi_Minh" and local == series["start"].iloc[0] and local.hour == 0
     html = paths["report"].read_text(encoding="utf-8")
     assert html.count("<svg") >= 4
     assert "<script" not in html and 'src="http' not in html and "href=\"http" not in html
