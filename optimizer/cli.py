@@ -157,7 +157,7 @@ def render(plan, currency: str, timezone: str, prices: str = "") -> str:
               f"energy [kWh]: import {np.sum(dt * plan.import_kw):.1f}, export {np.sum(dt * plan.export_kw):.1f}, "
               f"charge {np.sum(dt * plan.charge_kw):.1f}, discharge {np.sum(dt * plan.discharge_kw):.1f}, "
               f"PV {np.sum(dt * plan.pv_kw):.1f} (curtailed {np.sum(dt * plan.curtail_kw):.1f}), "
-              f"load {np.sum(dt * plan.load_kw):.1f}; peak import {plan.import_kw.max():.1f} kW",
+              f"load {np.sum(dt * plan.load_kw):.1f}; peak import {plan.import_kw.max():.1f} kW{_demand_said(plan)}",
               f"cost [{currency}]: energy {o.energy_cost:,.0f} − export {o.export_revenue:,.0f} + wear {o.wear:,.0f} "
               f"+ demand {o.demand:,.0f} − terminal value {o.terminal_value:,.0f} + slack {o.slack_penalty:,.0f} "
               f"= {o.total:,.0f}",
@@ -168,3 +168,11 @@ def render(plan, currency: str, timezone: str, prices: str = "") -> str:
     lines += [f"SLACK {s.constraint}: up to {s.max_violation:.3f} {s.unit} at {len(s.steps)} step(s)"
               for s in plan.slack]
     return "\n".join(lines)
+
+
+def _demand_said(plan) -> str:
+    """Under a demand charge, the plan's peak as the tariff measures it (its window average, which a step's import
+    may exceed within the window); empty without one."""
+    if plan.demand_kw is None or not len(plan.demand_kw):
+        return ""
+    return f" in a step, {float(np.max(plan.demand_kw)):.1f} kW as the demand charge measures it (window average)"

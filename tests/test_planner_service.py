@@ -75,6 +75,28 @@ def test_cli_plans_an_aged_battery_on_the_energy_it_holds(tmp_path, capsys):
     assert "imp VND/kWh" in head
 
 
+def test_cli_says_the_peak_as_the_demand_charge_measures_it(tmp_path, capsys):
+    """Under the two-part tariff the far horizon's half-hour blocks hold the battery over two quarter hours, so a
+    quarter hour imports 614 kW while the half hour averages the month's 600: the table said "peak import 614.0 kW"
+    only; it now also says the peak as billed, the largest 30-minute average of the import, worked out here by hand."""
+    data = yaml.safe_load(SITE_FILE.read_text())
+    data["tariff"] = {"preset": "evn-two-part-22kv"}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data, sort_keys=False))
+    args = ["plan", "--config", str(site), "--month-peak", "600"]
+    assert main([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    starts = pd.DatetimeIndex(plan["starts"])
+    half_hours = pd.Series(plan["import_kw"], index=starts).resample("30min").mean()
+    assert main(args) == 0
+    said = capsys.readouterr().out.splitlines()[-3]
+    assert said.endswith(f"peak import {max(plan['import_kw']):.1f} kW in a step, {half_hours.max():.1f} kW as the "
+                         "demand charge measures it (window average)"), said
+    assert max(plan["import_kw"]) > half_hours.max() + 5 and half_hours.max() == pytest.approx(600.0, abs=0.5)
+    assert main(["plan", "--config", str(SITE_FILE)]) == 0    # no demand charge: the step's peak alone
+    assert "demand charge" not in capsys.readouterr().out.splitlines()[-3]
+
+
 def test_cli_table_names_periods_and_says_its_prices_include_vat(capsys):
     """The table's prices are the tariff's with VAT (1,833 VND/kWh normal × 1.08 = 1,979.6), and it said neither
     the currency nor that; its periods read as the tariff's keys (``off_peak``)."""
