@@ -211,6 +211,12 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
         await page.wait_for_function("document.getElementById('mtd-projected').hidden")
         assert not await page.is_visible("#mtd-projected-label")
         assert await page.text_content("#mtd-planned") == "1,020.0 kW"      # no demand charge: the plan's import
+        # on the card's own measure: a half hour planned at 1,020 then 980 kW is a 1,000 kW half hour (the card
+        # said 1,020 beside a month's peak counted in half hours)
+        state["demand"] = {**state["demand"], "window_minutes": 30.0}
+        site.bus.publish("plan", {**sample_plan(now, steps=8), "import_kw": [300.0] * 6 + [1020.0, 980.0]})
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('mtd-planned').textContent === '1,000.0 kW'")
         assert "Shed" not in await page.text_content("#mtd-explain")
         assert "Shed 133.5 kW of load for the remaining 10 min to hold 1,005.0 kW this month." in explain
         assert await page.get_attribute("#saved-today", "class") == "big money negative"   # not green

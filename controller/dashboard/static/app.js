@@ -400,19 +400,35 @@ function peakSet(at, period) {
   return period ? `${when} · ${t(`period.${period}`, period)}` : when;   // a tariff's own name where none is known
 }
 
+// The plan's highest import over the steps still ahead in `month`, as the month's peak is measured: the average
+// over each demand window of `windowMin` minutes on the clock (a quarter hour at 614 kW beside one at 586 kW is a
+// half hour at 600 kW); a step as long as the window or longer is its own average. [kW]; null without steps ahead.
+function plannedPeak(p, windowMin, month) {
+  const windowMs = (windowMin || 0) * 60_000;
+  const byWindow = new Map();
+  let planned = null;
+  p.starts.forEach((st, i) => {
+    const ts = Date.parse(st), stepMs = p.duration_h[i] * 3_600_000;
+    if (ts + stepMs <= nowMs() || (month && !isoDay(ts).startsWith(month))) return;
+    if (stepMs >= windowMs) {
+      planned = Math.max(planned ?? 0, p.import_kw[i]);
+    } else {
+      const start = Math.floor(ts / windowMs) * windowMs;
+      byWindow.set(start, (byWindow.get(start) ?? 0) + (p.import_kw[i] * stepMs) / windowMs);
+    }
+  });
+  for (const kwAverage of byWindow.values()) planned = Math.max(planned ?? 0, kwAverage);
+  return planned;
+}
+
 function renderDemand(s) {
   const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
   const month = pick(s, ["demand.month"]);
   const hold = pick(s, ["demand.hold_kw"]);   // under a demand charge: the level held, on the tariff's own measure
-  let planned = hold;                         // otherwise: the plan's highest import still ahead this month
+  let planned = hold;   // otherwise: the plan's highest import still ahead this month, on the card's own measure
   if (hold === null && p && p.starts && p.import_kw) {
-    p.starts.forEach((st, i) => {
-      const ts = Date.parse(st);
-      if (ts + p.duration_h[i] * 3_600_000 > nowMs() && (!month || isoDay(ts).startsWith(month))) {
-        planned = Math.max(planned ?? 0, p.import_kw[i]);
-      }
-    });
+    planned = plannedPeak(p, pick(s, ["demand.window_minutes"]), month);
     if (planned !== null && peak !== null) planned = Math.max(planned, peak);
   }
   // under a 12-month basis the month is billed on a higher peak of the 11 months before: shown only then
