@@ -26,7 +26,7 @@ from typing import Any
 
 from controller.devices import Device
 from controller.dispatch import Decision
-from controller.groups import BatteryGroup, Group, GroupSettings, PVGroup
+from controller.groups import BatteryGroup, Group, GroupSettings, PVGroup, out_of_group
 from controller.snapshot import Snapshot, poll_devices
 from drivers.config import MeterLocation
 from drivers.readings import Reading, missing
@@ -114,7 +114,7 @@ class Assets:
                 for point in LIMIT_POINTS[role]:
                     r = out.get(point)
                     if r is not None and r.ok:
-                        out[point] = missing(r.unit, ts, f"{name} out of the {group.kind} group: {state.reason}")
+                        out[point] = missing(r.unit, ts, out_of_group(name, group.kind, state.reason))
             return out
         out = {}
         why = "; ".join(f"{n}: {s.reason}" for n, s in group.states().items() if not s.in_group) or "no unit reads"

@@ -65,6 +65,17 @@ PV_STEP_PCT = 0.1
 OUT = "unit_out:"
 NOT_FOLLOWING = "unit_not_following:"
 WARNING = "unit_warning:"
+
+
+def out_of_group(name: str, kind: str, reason: str) -> str:
+    """Why the limit points of the only unit of a group read missing while it is out (``bess-1 out of the battery
+    group: soc_pct implausible …``): a consequence, whose cause has its own alarm (:meth:`Group.alarms`)."""
+    return f"{name} out of the {kind} group: {reason}"
+
+
+def is_out_of_group(detail: str, name: str) -> bool:
+    """Whether a reading's ``detail`` is :func:`out_of_group` of unit ``name``."""
+    return detail.startswith(f"{name} out of the ") and " group: " in detail
 ALARM_PREFIXES = (OUT, NOT_FOLLOWING, WARNING)
 """Alarm code prefixes the groups manage (the device name follows)."""
 

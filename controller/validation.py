@@ -31,6 +31,7 @@ Alarm codes (raised when a condition appears, cleared ``clear_after_s`` after it
 
     device_unreachable:<device>          the device's poll failed or it did not answer in time
     point_missing:<device>:<point>       not implemented (sentinel), Modbus exception, not read
+                                         (not for the limits of a unit out of its group of one)
     point_stale:<device>:<point>         older than max_age_s, or stuck (rules above)
     point_implausible:<device>:<point>   outside the profile's or the site's range, SOC jump,
                                          counter backwards, meter balance
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.groups import is_out_of_group
 from controller.snapshot import Snapshot
 from drivers.readings import Quality
 from drivers.roles import CANONICAL_POINTS, Role, role_points
@@ -562,6 +564,8 @@ class Validator:
                 out[f"device_unreachable:{device}"] = (f"{device} unreachable: {why}", None)
                 continue
             for name, r in points.items():
+                if r.quality is Quality.MISSING and is_out_of_group(r.detail, device):
+                    continue   # a unit out of its group of one: the cause is alarmed (a point here, a write, following)
                 if r.quality is Quality.MISSING:
                     out[f"point_missing:{device}:{name}"] = (f"{device} {name} missing: {r.detail}", None)
                 elif r.quality is Quality.STALE:

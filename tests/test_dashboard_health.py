@@ -1,6 +1,7 @@
 """Device health from a state message and the device-health alarm codes (worked out by hand)."""
 
 from controller.dashboard.health import device_health
+from controller.groups import out_of_group
 
 
 def test_device_health_from_devices_alarms_and_measurements() -> None:
@@ -20,6 +21,20 @@ def test_device_health_from_devices_alarms_and_measurements() -> None:
     assert health["inverter-2"] == {"status": "implausible", "points": ["pv_kw"], "error": None}   # only in alarms
     assert health["frequency_hz"] == {"status": "implausible", "points": ["frequency_hz"], "error": "70 Hz"}
     assert "grid_kw" not in health and "planner_failed" not in health
+
+
+def test_the_limits_of_a_unit_out_of_its_group_of_one_are_listed_with_the_unit() -> None:
+    """The only battery reads SOC 250 %: its limits read missing because it is out of its group, with no alarm of
+    their own (the cause has one); they are the battery's points, not rows of their own named max_charge_kw."""
+    why = out_of_group("battery", "battery", "soc_pct implausible (250 % outside [0.0, 100.0])")
+    state = {"devices": {"grid-meter": {"ok": True}, "battery": {"ok": True}},
+             "measurements": {"soc_pct": {"value": None, "quality": "implausible", "detail": "250 % outside"},
+                              "max_charge_kw": {"value": None, "quality": "missing", "detail": why},
+                              "max_discharge_kw": {"value": None, "quality": "missing", "detail": why}}}
+    health = device_health(state, ["point_implausible:battery:soc_pct", "data_missing"])
+    assert set(health) == {"grid-meter", "battery"}
+    assert health["battery"] == {"status": "implausible", "points": ["soc_pct", "max_charge_kw", "max_discharge_kw"],
+                                 "error": None}
 
 
 def test_every_language_has_every_alarm_sentence_and_hint() -> None:

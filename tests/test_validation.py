@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.groups import out_of_group
 from controller.snapshot import Snapshot
 from controller.validation import SiteRatings, ValidationSettings, Validator
 from drivers.readings import Quality, Reading, missing
@@ -298,6 +299,20 @@ def test_device_health_alarms_name_device_point_and_reason():
     assert alarms["device_unreachable:inverter"] == "inverter unreachable: TimeoutError: no answer"
     assert alarms["point_missing:bat:soc_pct"] == "bat soc_pct missing: not implemented (0xFFFF)"
     assert checked.readings["max_charge_kw"].detail == "900 kW outside [0, 600]"  # the device's verdict is kept
+
+
+def test_a_unit_out_of_its_group_of_one_is_alarmed_for_the_cause_not_for_its_limits():
+    """The only battery reads SOC 250 %: the group takes it out, and its limit points read missing as a consequence
+    (controller.assets). The dashboard showed "battery: no value for max_charge_kw. Check the device's register map"
+    twice beside the true cause; a limit point missing for its own reason is still alarmed."""
+    ts = T0
+    out = {p: missing("kW", ts, out_of_group("bat", "battery", "soc_pct implausible (250 % outside [0.0, 100.0])"))
+           for p in ("max_charge_kw", "max_discharge_kw")}
+    soc = Reading(None, "%", ts, Quality.IMPLAUSIBLE, "250 % outside [0.0, 100.0]")   # the device's verdict
+    _, alarms, _ = Validator(SITE).check(snapshot(0, bad={**out, "soc_pct": soc}))
+    assert set(alarms) == {"point_implausible:bat:soc_pct"}
+    _, alarms, _ = Validator(SITE).check(snapshot(0, bad={**out, "max_charge_kw": missing("kW", ts, "timeout")}))
+    assert set(alarms) == {"point_missing:bat:max_charge_kw"}
 
 
 def test_no_answer_within_the_deadline_is_unreachable():

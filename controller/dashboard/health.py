@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from controller.groups import is_out_of_group
+
 SEVERITY = ("ok", "stale", "implausible", "missing", "unreachable")
 """Health statuses, least to most severe: a device shows its worst."""
 ALARM_STATUS = {"device_unreachable": "unreachable", "point_missing": "missing", "point_stale": "stale",
@@ -19,7 +21,8 @@ def device_health(state: Mapping[str, Any], alarm_codes: Iterable[str]) -> dict[
     A device the state reports not ok is unreachable; a device named by a device-health alarm takes the
     alarm's status (``point_*:<device>:<point>`` also lists the point); devices only named in alarms appear too.
     A measurement whose quality is not ok and that no alarm names gets a row of its own, keyed by the
-    point's name (the state's measurements do not say which device they came from).
+    point's name (the state's measurements do not say which device they came from), unless it is missing because
+    its unit is out of its group of one (:func:`controller.groups.out_of_group`): then it is listed with that unit.
     """
     out: dict[str, dict[str, Any]] = {}
     devices: Mapping[str, Any] = state.get("devices") or {}
@@ -43,5 +46,10 @@ def device_health(state: Mapping[str, Any], alarm_codes: Iterable[str]) -> dict[
     for point, reading in measurements.items():
         quality = reading.get("quality", "ok") if isinstance(reading, Mapping) else "ok"
         if quality in SEVERITY and quality != "ok" and point not in named and point not in out:
+            detail = str(reading.get("detail") or "")
+            unit = next((d for d in out if is_out_of_group(detail, d)), None)
+            if unit is not None:        # a limit of the only unit of a group, missing while the unit is out
+                out[unit]["points"].append(str(point))
+                continue
             out[str(point)] = {"status": quality, "points": [str(point)], "error": reading.get("detail")}
     return out
