@@ -304,6 +304,15 @@ class Group:
                 and u.follow.bad_since is None and u.state.measured_kw is not None:
             u.not_following, u.out_since = "", None
 
+    def not_following(self, name: str, why: str, now_s: float) -> None:
+        """Take unit ``name`` out as not following its setpoint on a verdict from outside the group (the validation
+        stage found its power unchanged after the command moved: ``why``); it comes back as any unit out for not
+        following does, after ``retry_s`` and following its 0 kW."""
+        u = self.units[name]
+        if not u.not_following:
+            u.out_since = now_s
+        u.not_following = why
+
     def wrote(self, name: str, value: float | None, error: str, now_s: float) -> None:
         """A write to unit ``name``: the value the unit now holds (in kW for a battery, % for PV) or ``error``."""
         u = self.units[name]

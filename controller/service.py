@@ -486,6 +486,19 @@ class Controller:
         self._raise(CLOCK_ALARM, message, wall)
         self._clock_stepped_at = mono
 
+    def _note_stuck_battery(self, trace: ValidationTrace) -> None:
+        """The only battery found unchanged after its command moved (the validation stage's stuck rule) is out of
+        its group as not following, until ``control.groups.retry_s`` has passed and it follows its 0 kW again
+        (alarm ``unit_not_following``). Without it the safe state cleared once the battery was held at 0 kW, the
+        next command found it stuck again, and the controller went between the two every 20 s, trusting the battery
+        to take the PV surplus for 10 s each time."""
+        group = self.assets.batteries
+        if len(group.names) != 1:
+            return
+        for f in trace.findings:
+            if f.point == "battery_kw" and f.rule == "stuck":
+                group.not_following(group.names[0], f.detail, self.clock.monotonic())
+
     async def cycle(self) -> dict[str, Any]:
         """One control cycle; returns the published state."""
         t0 = time.perf_counter()
@@ -495,6 +508,7 @@ class Controller:
         self._watch_clock()
         snap, health, self.validation = self.validator.check(snap, self.assets.commanded_battery_kw(),
                                                              self.battery_health.capacity_kwh)
+        self._note_stuck_battery(self.validation)
         self.battery_health.observe(snap.value("soh_pct"), self.clock.monotonic())
         self._set_alarms(health, ALARM_PREFIXES, now)
         writing = not self.modes.monitor_only

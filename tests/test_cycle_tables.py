@@ -87,9 +87,10 @@ async def run(rows: list[Row], tmp_path: Path) -> list[dict]:
                     site.battery.set(max_charge_kw=value)
                 elif key == "command":
                     assert controller.apply(value).accepted
-                else:  # a fault: meter/battery → offline | back | freeze
+                else:  # a fault: meter/battery → offline | back | freeze | ignore (writes acknowledged, not obeyed)
                     device = getattr(site, key)
-                    {"offline": device.go_offline, "back": device.come_back, "freeze": device.freeze}[value]()
+                    {"offline": device.go_offline, "back": device.come_back, "freeze": device.freeze,
+                     "ignore": lambda d=device: setattr(d, "ignore_setpoints", True)}[value]()
             site.settle(world["load"], world["pv"])
             state = await controller.cycle()
             if want is not None:
@@ -173,6 +174,25 @@ CASES: dict[str, list[Row]] = {
         (39, {}, expect(-200, 100, "manual")),
         (40, {}, expect(390, 100)),
         (41, {}, expect(390, 100)),
+    ],
+    # Load 400, PV 300; the battery acknowledges its setpoints and stays at 0 kW (a PCS left in local mode). t=5: PV
+    # 900: self-consumption asks −500 kW (PCS), PV limit 400 + 500 − 10 = 890 kW = 98.89 %. The battery stays at
+    # 0 kW: the validation's stuck rule (battery_stuck_s 10 s from the command's move, a cycle later) marks
+    # battery_kw stale at t=16: safe state, battery 0, and the only battery is out of its group as not following
+    # (unit_not_following), so its limits are missing and the safe state holds. PV 0 % until the battery's own
+    # reversion timer (30 s + 10 s margin after the last −500 kW write) can no longer have it charging; then PV
+    # alone holds the export cap: 400 − 10 = 390 kW = 43.33 %. The stale reading clears at t=26, the safe state
+    # does not: the battery stays out for control.groups.retry_s (300 s). Before, the safe state cleared at t=26,
+    # the controller asked −500 kW again, trusted the battery with the PV surplus (PV limit back to 98 %) and went
+    # between the two every 20 s.
+    "a battery that ignores its setpoint stays out, no flapping": [
+        (0, {"load": 400.0, "pv": 300.0, "battery": "ignore"}, expect(0, 100)),
+        (5, {"pv": 900.0}, expect(-500, 890 / 9)),
+        (15, {}, expect(-500, 890 / 9)),
+        (16, {}, expect(0, 0, "safe", "data_missing", "point_stale:battery:battery_kw", "unit_not_following:battery")),
+        (26, {}, expect(0, 0, "safe", "data_missing", "unit_not_following:battery")),
+        (55, {}, expect(0, 390 / 9, "safe", "data_missing", "unit_not_following:battery")),
+        (120, {}, expect(0, 390 / 9, "safe", "data_missing", "unit_not_following:battery")),
     ],
     # Night, load 600, PV 0, SOC 11 %. t=30: the swing is known: discharge 500 (PCS), grid 100. t=31: SOC at the
     # 10 % minimum: no discharge (the import cap does not need any: 600 < 1000) → 0, grid 600. t=40: SOC 11 % is
