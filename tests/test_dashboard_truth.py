@@ -254,6 +254,13 @@ async def test_month_to_date_peak_and_money_cards_explain_themselves(tmp_path: P
             state["demand"] = {**state["demand"], "month_peak_period": period}
             site.bus.publish("state", state)
             await page.wait_for_function(f"document.getElementById('mtd-set').textContent.endsWith(' · {shown}')")
+        # a new month, or a controller just started: no demand window has closed (no time it was set), so there is
+        # no peak to show; it read "0.0 kW" as if the factory had drawn nothing
+        state["demand"] = {**state["demand"], "month_peak_kw": 0.0, "month_peak_at": None, "month_peak_period": None}
+        site.bus.publish("state", state)
+        await page.wait_for_function("document.getElementById('mtd-peak').textContent === '–'")
+        assert await page.text_content("#mtd-set") == "–"
+        assert "of the contracted capacity" not in await page.text_content("#mtd-explain")
         await context.close()
     finally:
         await site.telemetry.aclose()

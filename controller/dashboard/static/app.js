@@ -422,7 +422,9 @@ function plannedPeak(p, windowMin, month) {
 }
 
 function renderDemand(s) {
-  const peak = pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
+  // no demand window closed yet this month (no time it was set): no peak to show, not a peak of 0 kW
+  const peakAt = pick(s, ["demand.month_peak_at"]);
+  const peak = peakAt === null ? null : pick(s, ["demand.month_peak_kw"]), cap = pick(s, ["demand.import_cap_kw"]);
   const p = ui.plan;
   const month = pick(s, ["demand.month"]);
   const hold = pick(s, ["demand.hold_kw"]);   // under a demand charge: the level held, on the tariff's own measure
@@ -438,7 +440,7 @@ function renderDemand(s) {
   $("mtd-billed").textContent = carried ? `${kw(billed)} · ${t("billed_twelve")}` : "–";
   $("mtd-billed").hidden = $("mtd-billed-label").hidden = !carried;
   $("mtd-peak").textContent = kw(peak);
-  $("mtd-set").textContent = peakSet(pick(s, ["demand.month_peak_at"]), pick(s, ["demand.month_peak_period"]));
+  $("mtd-set").textContent = peakSet(peakAt, pick(s, ["demand.month_peak_period"]));
   $("mtd-cap").textContent = kw(cap);
   $("mtd-planned").textContent = kw(planned);
   // the window's length is the tariff's measure (15, 30 or 60 min); its import so far builds up to its average
