@@ -65,6 +65,8 @@ PV_STEP_PCT = 0.1
 OUT = "unit_out:"
 NOT_FOLLOWING = "unit_not_following:"
 WARNING = "unit_warning:"
+ALARM_PREFIXES = (OUT, NOT_FOLLOWING, WARNING)
+"""Alarm code prefixes the groups manage (the device name follows)."""
 
 
 def out_of_group(name: str, kind: str, reason: str) -> str:
@@ -76,8 +78,6 @@ def out_of_group(name: str, kind: str, reason: str) -> str:
 def is_out_of_group(detail: str, name: str) -> bool:
     """Whether a reading's ``detail`` is :func:`out_of_group` of unit ``name``."""
     return detail.startswith(f"{name} out of the ") and " group: " in detail
-ALARM_PREFIXES = (OUT, NOT_FOLLOWING, WARNING)
-"""Alarm code prefixes the groups manage (the device name follows)."""
 
 
 class GroupSettings(StrictModel):
