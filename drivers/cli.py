@@ -14,7 +14,7 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,11 +249,13 @@ async def _readable(meters: tuple) -> tuple:
 
 
 def _watched(meters: tuple) -> str:
+    """The intro line's note that the grid meters are read for their sign (empty without one)."""
     return f"; the grid meter {', '.join(m.name for m in meters)} is read to check its sign" if meters else ""
 
 
-def _judged(code: int, meters: tuple, verdict_of) -> int:
-    """Print each meter's verdict (``verdict_of(name)``); the exit code ``code``, or 1 when a meter failed."""
+def _judged(code: int, meters: tuple, verdict_of: Callable[[str], Any]) -> int:
+    """Print each meter's verdict (``verdict_of(name)``, a :class:`drivers.meter_check.MeterVerdict`); the exit code
+    ``code``, or 1 when a meter failed."""
     for meter in meters:
         verdict = verdict_of(meter.name)
         print(f"{meter.name}: {'' if verdict.passed else 'FAIL: '}{verdict.why}")
