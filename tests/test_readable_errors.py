@@ -132,6 +132,13 @@ def test_a_bad_command_is_named_at_its_own_fields(command, said):
     assert str(info.value) == said
 
 
+def said(load, path: Path) -> list[str]:
+    """Each error ``load(path)`` refuses the file with, as printed."""
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return [str(e) for e in info.value.errors]
+
+
 def line_of(path: Path, text: str, after: int = 0) -> int:
     """The 1-based number of the first line of ``path`` after line ``after`` that holds ``text``."""
     lines = path.read_text().splitlines()
@@ -180,9 +187,7 @@ def test_an_error_in_a_file_the_site_names_has_both_lines(tmp_path: Path):
     data["tariff"] = {"file": str(tariff)}
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert [str(e) for e in info.value.errors] == [
+    assert said(load_config, path) == [
         f"tariff.file (line {line_of(path, 'file: ')}): {tariff}: energy_prices[0].prices.peak "
         f"(line {line_of(tariff, 'peak: 3398x')}): Input should be a valid number, unable to parse string as a "
         "number, got '3398x'"]
@@ -192,9 +197,7 @@ def test_a_scenario_error_is_found_in_the_file_that_extends(tmp_path: Path):
     (tmp_path / "nam-cau-kien.yaml").write_text((SCENARIOS / "nam-cau-kien.yaml").read_text())
     scenario = tmp_path / "mine.yaml"
     scenario.write_text("extends: nam-cau-kien.yaml\nname: mine\n\nbattery:\n  capacity_kwh: -5\n")
-    with pytest.raises(ConfigError) as info:
-        load_scenario(scenario)
-    assert [str(e) for e in info.value.errors] == [
+    assert said(load_scenario, scenario) == [
         "battery.capacity_kwh (line 5): Input should be greater than or equal to 0, got -5"]
 
 
@@ -204,9 +207,7 @@ def test_errors_of_what_is_not_a_file_and_syntax_errors_keep_their_own_place(tmp
                                                "got 'fast'"}
     path = tmp_path / "site.yaml"
     path.write_text("site:\n\tname: x\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert [str(e) for e in info.value.errors] == [
+    assert said(load_config, path) == [
         "line 2, column 1: found character '\\t' that cannot start any token"]
 
 
