@@ -24,9 +24,9 @@ def register(sub: Any) -> None:
                        help="site seconds per real second (default: the file's)")
     serve.add_argument("--fault", action="append", default=[], metavar="DEVICE:KIND[=ARG]",
                        help="inject a fault from the start, e.g. battery:offline, grid-meter:exception=4, "
-                            "pv-inverter:slow=3, battery:sentinel=soc_pct, battery:out_of_range=soc_pct=250, "
-                            "grid-meter:frozen, battery:ignore_setpoint, battery:bms_charge=40, "
-                            "battery:bms_discharge=0 (repeatable)")
+                            "pv-inverter:slow=3 (s), battery:sentinel=soc_pct, battery:out_of_range=soc_pct=250, "
+                            "grid-meter:frozen, battery:ignore_setpoint, battery:bms_charge=40 (%% of the PCS "
+                            "limit), battery:bms_discharge=0 (repeatable; docs/devices.md)")
     serve.set_defaults(func=_serve)
 
 
