@@ -59,7 +59,7 @@ from controller.forecast_csv import ALARM as CSV_ALARM
 from controller.forecast_csv import ForecastCsvFile
 from controller.forecast_record import ForecastRecord
 from controller.groups import ALARM_PREFIXES as GROUP_ALARMS
-from controller.modes import Mode, ModeMachine, ModeState, Request
+from controller.modes import Mode, ModeMachine, ModeState, Reason, Request
 from controller.planning import (
     ForecastSource,
     MeasuredForecasts,
@@ -680,7 +680,9 @@ class Controller:
     def _planned(self, outcome: PlanOutcome, why: str, now: datetime) -> None:
         """After a planning attempt: the ``planner_failed`` alarm, or the new plan stored and published."""
         if outcome.plan is None:
-            self._raise("planner_failed", f"{outcome.error.value if outcome.error else ''}: {outcome.detail}", now)
+            timed_out = outcome.error is Reason.SOLVER_TIMEOUT      # else the code says it: not "planner_failed: …"
+            self._raise("planner_failed", f"{Reason.SOLVER_TIMEOUT.value}: {outcome.detail}" if timed_out
+                        else outcome.detail, now)
             return
         self._clear("planner_failed", now)
         log.info("new plan (%s) in %.0f ms: objective %.0f", why, outcome.elapsed_ms, outcome.plan.objective.total)

@@ -388,12 +388,20 @@ async def read_registers(client: Reader, unit_id: int, address: int, count: int)
 
 
 async def find_base(client: Reader, unit_id: int) -> int:
-    """The address of the ``SunS`` marker, probing 40000, 0 and 50000; :class:`SunSpecError` if none."""
+    """The address of the ``SunS`` marker, probing 40000, 0 and 50000; :class:`SunSpecError` if none, saying when
+    every probe was refused with a Modbus exception (a device in fault, or another unit behind a gateway: not a
+    device without SunSpec)."""
+    refused = 0
     for base in BASE_ADDRESSES:
         regs = await read_registers(client, unit_id, base, 2)
         if regs is not None and tuple(regs) == MARKER:
             return base
-    raise SunSpecError(f"no SunSpec marker at {', '.join(map(str, BASE_ADDRESSES))} (unit {unit_id})")
+        refused += regs is None
+    where = f"no SunSpec marker at {', '.join(map(str, BASE_ADDRESSES))} (unit {unit_id})"
+    if refused == len(BASE_ADDRESSES):
+        raise SunSpecError(f"{where}: the device refused every read with a Modbus exception (a device fault, or "
+                           "another unit id behind a gateway)")
+    raise SunSpecError(where)
 
 
 async def discover(client: Reader, unit_id: int) -> list[DiscoveredModel]:

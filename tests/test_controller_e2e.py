@@ -292,7 +292,7 @@ async def test_planner_failure_falls_back_and_recovers(tmp_path, fault, reason):
         made.append(SwitchableForecasts(site.pv_source, site.load_source))
         return made[0]
 
-    async with running(path, 600, tmp_path / "state", forecasts=switchable) as (site, _controller, states):
+    async with running(path, 600, tmp_path / "state", forecasts=switchable) as (site, controller, states):
         forecasts = made[0]
         assert await until(site, lambda: states and states[-1]["mode"] == "auto", 600, 5)
         forecasts.fault = fault
@@ -301,6 +301,9 @@ async def test_planner_failure_falls_back_and_recovers(tmp_path, fault, reason):
         assert await until(site, lambda: (states[-1]["mode"], states[-1]["reason"]) == ("self_consumption",
                                                                                       reason.value), 3 * 3600, 10)
         assert "planner_failed" in states[-1]["alarms"]
+        # the message says what failed, once: a time-out is said so, a failure does not repeat the alarm's code
+        message = controller.alarms["planner_failed"]
+        assert message.startswith("solver_timeout: ") if fault == "hang" else not message.startswith("planner_failed")
         forecasts.fault = None
         assert await until(site, lambda: states[-1]["mode"] == "auto", 1800, 10)
         assert states[-1]["reason"] == "plan"

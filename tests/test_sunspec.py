@@ -140,6 +140,21 @@ async def test_no_marker_is_a_sunspec_error() -> None:
             client.close()
 
 
+async def test_a_device_that_refuses_every_read_is_said_to_refuse_not_to_lack_sunspec() -> None:
+    """A meter in fault answers Modbus exception 4 to everything (``ems sim serve --fault grid-meter:exception=4``):
+    the controller's alarm read "no SunSpec marker", sending the engineer to the register map."""
+    async with modbus_peer([sim_device(1, {40000: 1, 40001: 2})]) as peer:
+        client = AsyncModbusTcpClient("127.0.0.1", port=peer.port, timeout=1, retries=0)
+        await client.connect()
+        try:
+            with pytest.raises(sunspec.SunSpecError) as refused:
+                await sunspec.discover(client, 7)          # a unit id nobody answers for: every read refused
+        finally:
+            client.close()
+    assert str(refused.value) == ("no SunSpec marker at 40000, 0, 50000 (unit 7): the device refused every read with "
+                                  "a Modbus exception (a device fault, or another unit id behind a gateway)")
+
+
 async def test_round_trip_every_model_over_tcp() -> None:
     """build_image → serve → discover → read_model → the values put in, scaled, for every listed model."""
     samples = {m: sample_values(m) for m in MODELS}
