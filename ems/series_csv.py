@@ -554,10 +554,15 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
     order = np.argsort(ns, kind="stable")
     ns = ns[order]
     series = {f"{name}_kw": values[order] for name, values in kw.items()} | {n: v[order] for n, v in plain.items()}
-    if step_ns < target_ns:
-        frame = _step_means(ns, series, step_ns, target_ns)
-        frame.attrs["file_step_minutes"] = step_ns / 6e10
-        return frame
+    to_step = _step_means if step_ns < target_ns else _held_over
+    frame = to_step(ns, series, step_ns, target_ns)
+    frame.attrs["file_step_minutes"] = step_ns / 6e10
+    return frame
+
+
+def _held_over(ns: np.ndarray, series: Mapping[str, np.ndarray], step_ns: int, target_ns: int) -> pd.DataFrame:
+    """Series on a coarser step (a whole multiple of ``target_ns``; ``ns`` sorted interval starts [ns since the
+    epoch, UTC]) on the target steps: each value held over its interval's target steps, a missing interval NaN."""
     repeat = step_ns // target_ns
     span = np.arange(ns[0], ns[-1] + step_ns, step_ns, dtype=np.int64)
     position = (ns - ns[0]) // step_ns
@@ -569,9 +574,7 @@ def read_series_csv(path: str | Path, timezone: str | None = None, step_minutes:
         full = np.full(len(span), np.nan)
         full[position] = values
         data[name] = np.repeat(full, repeat)
-    frame = pd.DataFrame(data, index=out_index)
-    frame.attrs["file_step_minutes"] = step_ns / 6e10
-    return frame
+    return pd.DataFrame(data, index=out_index)
 
 
 MEASURED_SHARE = 0.5
