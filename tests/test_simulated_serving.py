@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -91,12 +93,9 @@ def test_ems_run_simulate_on_a_busy_port_says_so_in_one_line_and_exits_2(tmp_pat
     assert len(lines) == 1 and "address already in use" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize(("speed", "says"), [("60", True), ("1", False)])
-def test_sim_serve_away_from_real_time_says_a_controller_needs_its_clock(tmp_path, speed, says):
-    """At 60x a controller in another process would run on the wall clock against a plant 60x too fast, so `ems
-    sim serve` points to `ems run --simulate` (which shares the site's clock); at 1x it says nothing."""
-    path, _ = example_on_free_ports(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path), "--speed", speed],
+def served_lines(path: Path, *args: str) -> list[str]:
+    """What `ems sim serve --config path *args` prints up to its "Ctrl-C stops." line (then it is stopped)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path), *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -109,6 +108,15 @@ def test_sim_serve_away_from_real_time_says_a_controller_needs_its_clock(tmp_pat
         proc.terminate()
         proc.communicate(timeout=30)
     assert lines and lines[-1].startswith("Ctrl-C stops."), lines
+    return lines
+
+
+@pytest.mark.parametrize(("speed", "says"), [("60", True), ("1", False)])
+def test_sim_serve_away_from_real_time_says_a_controller_needs_its_clock(tmp_path, speed, says):
+    """At 60x a controller in another process would run on the wall clock against a plant 60x too fast, so `ems
+    sim serve` points to `ems run --simulate` (which shares the site's clock); at 1x it says nothing."""
+    path, _ = example_on_free_ports(tmp_path)
+    lines = served_lines(path, "--speed", speed)
     told = [ln for ln in lines if "runs on the wall clock" in ln]
     if says:
         assert told == ["  at 60x a client in another process (ems devices, ems run) runs on the wall clock and sees "
@@ -116,3 +124,32 @@ def test_sim_serve_away_from_real_time_says_a_controller_needs_its_clock(tmp_pat
                         "(docs/devices.md, Simulated site)\n"]
     else:
         assert not told, told
+
+
+def test_sim_serve_at_1x_says_when_its_clock_is_not_the_wall_clock_and_start_now_serves_it(tmp_path):
+    """At 1x a controller in another process (`ems run` without --simulate) runs on the wall clock: against the
+    example's plant starting at 2026-05-04 06:00 it planned a December morning's tariff period and sun over a May
+    sunrise. `ems sim serve` says so, with the site time in local time; `--start now` serves the wall clock and
+    `--start TIME` any other start."""
+    path, _ = example_on_free_ports(tmp_path)
+    first = served_lines(path)
+    assert first[0].startswith("simulated site demo-factory: speed 1x, site time 2026-05-04 06:00:0"), first[0]
+    assert "Asia/Ho_Chi_Minh (23:00:0" in first[0], first[0]
+    note = [ln for ln in first if "not the wall clock" in ln]
+    assert len(note) == 1 and "--start now serves the wall clock" in note[0], first
+
+    now = served_lines(path, "--start", "now")
+    local_now = datetime.now(ZoneInfo("Asia/Ho_Chi_Minh"))
+    assert f"site time {local_now:%Y-%m-%d} " in now[0], now[0]  # the day (the minute may turn meanwhile)
+    assert not [ln for ln in now if "not the wall clock" in ln], now
+
+    noon = served_lines(path, "--start", "2026-05-04T11:00:00+07:00")
+    assert "site time 2026-05-04 11:00:0" in noon[0], noon[0]
+
+
+def test_sim_serve_start_must_be_now_or_a_time_with_its_offset(tmp_path):
+    path, _ = example_on_free_ports(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "ems.cli", "sim", "serve", "--config", str(path), "--start",
+                           "2026-05-04T11:00"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "argument --start: '2026-05-04T11:00' has no UTC offset" in proc.stderr, proc.stderr

@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
-from ems.cli_args import number
+from ems.cli_args import aware_time, number
 from ems.clock import MAX_SPEED
 
 if TYPE_CHECKING:
     from drivers.simulated.site import SimulatedSite
+
+WALL_CLOCK_TOLERANCE_S = 60.0
+"""Site time this far from the wall clock at 1x is worth a note (a client in another process runs on the wall
+clock). [s]"""
+
+
+def start_time(text: str) -> datetime | None:
+    """An argparse ``type`` for ``--start``: ``now`` (None: the wall clock) or an ISO 8601 time with its UTC offset."""
+    if text == "now":
+        return None
+    try:
+        return aware_time(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or now for the wall clock") from None
 
 
 def register(sub: Any) -> None:
@@ -22,6 +38,10 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", required=True, help="site file with devices: and simulation: sections")
     serve.add_argument("--speed", type=number(lo=0, lo_open=True, hi=MAX_SPEED), default=None,
                        help="site seconds per real second (default: the file's)")
+    serve.add_argument("--start", type=start_time, default=argparse.SUPPRESS, metavar="TIME",
+                       help="site time at start: now (the wall clock, which a controller in another process runs on) "
+                            "or an ISO 8601 time with offset, e.g. 2026-05-04T11:00:00+07:00 (default: the file's "
+                            "simulation.start)")
     serve.add_argument("--fault", action="append", default=[], metavar="DEVICE:KIND[=ARG]",
                        help="inject a fault from the start, e.g. battery:offline, grid-meter:exception=4, "
                             "pv-inverter:slow=3 (s), battery:sentinel=soc_pct, battery:out_of_range=soc_pct=250, "
@@ -31,9 +51,13 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from drivers.simulated.config import load_site_file
     from drivers.simulated.site import SimulatedSite
 
-    site = SimulatedSite.from_file(args.config, speed=args.speed)
+    config = load_site_file(args.config)
+    if "start" in args:
+        config = config.model_copy(update={"simulation": config.simulation.model_copy(update={"start": args.start})})
+    site = SimulatedSite(config, speed=args.speed)
     for text in args.fault:
         try:
             site.faults.apply(text)
@@ -50,8 +74,10 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
         await site.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    zone = site.config.site.timezone
+    now = site.clock.now()
     print(f"simulated site {site.config.site.name}: speed {site.clock.speed:g}x, "
-          f"site time {site.clock.now():%Y-%m-%d %H:%M:%S} UTC")
+          f"site time {now.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S} {zone} ({now:%H:%M:%S} UTC)")
     for name, ep in endpoints.items():
         image = site.images[name]
         print(f"  {name:<16} {image.role:<12} {image.profile.name:<20} {ep}")
@@ -59,6 +85,13 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
         print(f"  at {site.clock.speed:g}x a client in another process (ems devices, ems run) runs on the wall clock "
               f"and sees the plant move {site.clock.speed:g}x too fast; to control it on its own clock use ems run "
               f"--simulate (docs/devices.md, Simulated site)")
+    else:
+        wall = datetime.now(UTC)
+        if abs((now - wall).total_seconds()) > WALL_CLOCK_TOLERANCE_S:
+            print(f"  the site's clock is not the wall clock ({wall.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} here): "
+                  "a controller in another process (ems run) plans on the wall clock's tariff period, sun and load "
+                  "while the plant follows its own; --start now serves the wall clock, ems run --simulate shares "
+                  "the site's (docs/devices.md, Simulated site)")
     print("Ctrl-C stops.", flush=True)
     try:
         await asyncio.Event().wait()
