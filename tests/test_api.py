@@ -425,6 +425,16 @@ def test_tokens_cli_keeps_the_file_s_comments_and_refuses_to_rewrite_a_bad_file(
     assert "no tokens file" in capsys.readouterr().err
 
 
+def test_tokens_cli_on_a_site_file_without_a_tokens_file_says_how_to_name_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["tokens", "add", "grafana", "--role", "viewer", "--config", str(EXAMPLE_SITE)])
+    assert str(stop.value).endswith("sets no telemetry.dashboard.tokens_file: add one under telemetry.dashboard "
+                                    "(e.g. tokens_file: api-tokens, in the state directory) for the controller to "
+                                    "read, or give --file")
+    assert capsys.readouterr().out == ""  # no token printed that nothing stored
+
+
 def test_bad_token_entries_name_where() -> None:
     with pytest.raises(TokenError, match=r"\$EMS_API_TOKENS entry 2: role 'root': one of viewer, operator, admin"):
         read_env(f"a:viewer:sha256:{'0' * 64},b:root:sha256:{'0' * 64}")

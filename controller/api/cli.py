@@ -41,7 +41,9 @@ def tokens_path(args: argparse.Namespace) -> Path:
 
         config = load_config(args.config)
         if config.telemetry.dashboard.tokens_file is None:
-            raise SystemExit(f"ems tokens: {args.config} sets no telemetry.dashboard.tokens_file")
+            raise SystemExit(f"ems tokens: {args.config} sets no telemetry.dashboard.tokens_file: add one under "
+                             "telemetry.dashboard (e.g. tokens_file: api-tokens, in the state directory) for the "
+                             "controller to read, or give --file")
         path = tokens_file_path(config.telemetry.dashboard, state_dir(config, args.config), {})
         assert path is not None
         return path
