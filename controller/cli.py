@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ems.cli_args import aware_time, number
+from ems.cli_args import aware_time, number, start_or_now
 from ems.clock import MAX_SPEED
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "real Modbus")
     run.add_argument("--speed", type=number(lo=0, lo_open=True, hi=MAX_SPEED),
                      help="--simulate: site seconds per real second (default simulation.speed)")
+    run.add_argument("--start", type=start_or_now, metavar="TIME",
+                     help="--simulate: site time at start, now or an ISO 8601 time with offset, e.g. "
+                          "2026-05-04T16:30:00+07:00 for the evening peak (default simulation.start)")
     run.add_argument("--perfect-forecast", action="store_true",
                      help="--simulate: plan with the simulated site's own PV and load instead of forecasts")
     run.add_argument("--state-dir", type=Path,
@@ -196,8 +199,8 @@ def _run(args: argparse.Namespace) -> int:
     path = args.config or (EXAMPLE_SITE if args.simulate else None)
     if path is None:
         raise SystemExit("ems run: --config FILE is required (or --simulate)")
-    if not args.simulate and (args.speed is not None or args.perfect_forecast):
-        raise SystemExit("ems run: --speed and --perfect-forecast need --simulate")
+    if not args.simulate and (args.speed is not None or args.perfect_forecast or args.start is not None):
+        raise SystemExit("ems run: --speed, --start and --perfect-forecast need --simulate")
     config = load_config(path)  # every problem reported before anything starts
     if args.simulate and config.simulation is None:
         raise SystemExit(f"ems run --simulate: {path} has no simulation: section")
@@ -227,15 +230,15 @@ async def _serve(args: argparse.Namespace, config, path: Path) -> int:
     if args.simulate:
         from drivers.simulated.site import SimulatedSite
 
-        site = SimulatedSite.from_file(path, speed=args.speed)
+        site = SimulatedSite.from_file(path, speed=args.speed, start=args.start)
         try:
             endpoints = await site.start()
         except OSError as exc:  # a busy port: one line, like `ems sim serve`
             print(f"ems run --simulate: {exc}", file=sys.stderr)
             return 2
         clock = site.clock
-        print(f"simulated site at {clock.speed:g}x: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()),
-              flush=True)
+        print(f"simulated site at {clock.speed:g}x, {site.site_time_text()}: "
+              + ", ".join(f"{n} {e}" for n, e in endpoints.items()), flush=True)
         paced = at_device_pace(config, site.step_period_s, clock.speed)
         if paced is not config:
             print(f"the simulated devices change every {site.step_period_s:g} s of site time at {clock.speed:g}x: "

@@ -12,6 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 from datetime import date, datetime
+from typing import Literal
 
 TIME_EXAMPLE = "2026-05-04T06:00:00+07:00"
 
@@ -47,6 +48,17 @@ def aware_time(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: write it as e.g. {TIME_EXAMPLE} (or Z)")
     return moment
+
+
+def start_or_now(text: str) -> datetime | Literal["now"]:
+    """An argparse ``type`` for a simulated site's ``--start``: ``now`` (the wall clock) or an ISO 8601 time with its
+    UTC offset."""
+    if text == "now":
+        return "now"
+    try:
+        return aware_time(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or now for the wall clock") from None
 
 
 def local_date(text: str) -> date:

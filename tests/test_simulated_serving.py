@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -153,3 +154,19 @@ def test_sim_serve_start_must_be_now_or_a_time_with_its_offset(tmp_path):
                            "2026-05-04T11:00"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "argument --start: '2026-05-04T11:00' has no UTC offset" in proc.stderr, proc.stderr
+
+
+def test_ems_run_simulate_starts_the_site_when_asked_and_says_its_time(tmp_path):
+    """`ems run --simulate --start` runs the demo from another moment (the evening peak), and says the site time."""
+    path, _ = example_on_free_ports(tmp_path, telemetry={"dashboard": {"enabled": False}})
+    proc = subprocess.run([sys.executable, "-m", "ems.cli", "run", "--simulate", "--config", str(path), "--state-dir",
+                           str(tmp_path / "state"), "--speed", "10", "--duration", "5", "--start",
+                           "2026-05-04T17:30:00+07:00"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr
+    # the site's clock runs from its start while the servers open (seconds at 10x)
+    assert re.search(r"^simulated site at 10x, site time 2026-05-04 17:3\d:\d\d Asia/Ho_Chi_Minh \(10:3\d:\d\d UTC\): "
+                     r"grid-meter ", proc.stdout, re.M), proc.stdout
+    refused = subprocess.run([sys.executable, "-m", "ems.cli", "run", "--config", str(path), "--start", "now"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--start and --perfect-forecast need --simulate" in refused.stderr

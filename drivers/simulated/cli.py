@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ems.cli_args import aware_time, number
+from ems.cli_args import number, start_or_now
 from ems.clock import MAX_SPEED
 
 if TYPE_CHECKING:
@@ -20,16 +20,6 @@ WALL_CLOCK_TOLERANCE_S = 60.0
 clock). [s]"""
 
 
-def start_time(text: str) -> datetime | None:
-    """An argparse ``type`` for ``--start``: ``now`` (None: the wall clock) or an ISO 8601 time with its UTC offset."""
-    if text == "now":
-        return None
-    try:
-        return aware_time(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; or now for the wall clock") from None
-
-
 def register(sub: Any) -> None:
     """Add ``ems sim serve`` to the ``ems`` subparsers."""
     sim = sub.add_parser("sim", help="simulated site on local Modbus TCP servers")
@@ -38,7 +28,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", required=True, help="site file with devices: and simulation: sections")
     serve.add_argument("--speed", type=number(lo=0, lo_open=True, hi=MAX_SPEED), default=None,
                        help="site seconds per real second (default: the file's)")
-    serve.add_argument("--start", type=start_time, default=argparse.SUPPRESS, metavar="TIME",
+    serve.add_argument("--start", type=start_or_now, metavar="TIME",
                        help="site time at start: now (the wall clock, which a controller in another process runs on) "
                             "or an ISO 8601 time with offset, e.g. 2026-05-04T11:00:00+07:00 (default: the file's "
                             "simulation.start)")
@@ -51,13 +41,9 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from drivers.simulated.config import load_site_file
     from drivers.simulated.site import SimulatedSite
 
-    config = load_site_file(args.config)
-    if "start" in args:
-        config = config.model_copy(update={"simulation": config.simulation.model_copy(update={"start": args.start})})
-    site = SimulatedSite(config, speed=args.speed)
+    site = SimulatedSite.from_file(args.config, speed=args.speed, start=args.start)
     for text in args.fault:
         try:
             site.faults.apply(text)
@@ -74,10 +60,7 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
         await site.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    zone = site.config.site.timezone
-    now = site.clock.now()
-    print(f"simulated site {site.config.site.name}: speed {site.clock.speed:g}x, "
-          f"site time {now.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S} {zone} ({now:%H:%M:%S} UTC)")
+    print(f"simulated site {site.config.site.name}: speed {site.clock.speed:g}x, {site.site_time_text()}")
     for name, ep in endpoints.items():
         image = site.images[name]
         print(f"  {name:<16} {image.role:<12} {image.profile.name:<20} {ep}")
@@ -87,8 +70,9 @@ async def _serve_until_stopped(site: SimulatedSite) -> int:
               f"--simulate (docs/devices.md, Simulated site)")
     else:
         wall = datetime.now(UTC)
-        if abs((now - wall).total_seconds()) > WALL_CLOCK_TOLERANCE_S:
-            print(f"  the site's clock is not the wall clock ({wall.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} here): "
+        if abs((site.clock.now() - wall).total_seconds()) > WALL_CLOCK_TOLERANCE_S:
+            local_wall = wall.astimezone(ZoneInfo(site.config.site.timezone))
+            print(f"  the site's clock is not the wall clock ({local_wall:%Y-%m-%d %H:%M} here): "
                   "a controller in another process (ems run) plans on the wall clock's tariff period, sun and load "
                   "while the plant follows its own; --start now serves the wall clock, ems run --simulate shares "
                   "the site's (docs/devices.md, Simulated site)")

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -199,8 +201,14 @@ class SimulatedSite:
         return self.config.simulation.units.get(name) or UnitSimulation()
 
     @classmethod
-    def from_file(cls, path: str | Path, clock: Clock | None = None, speed: float | None = None) -> SimulatedSite:
-        return cls(load_site_file(path), clock=clock, speed=speed)
+    def from_file(cls, path: str | Path, clock: Clock | None = None, speed: float | None = None,
+                  start: datetime | Literal["now"] | None = None) -> SimulatedSite:
+        """The site of a site file; ``start`` overrides its ``simulation.start`` (``"now"``: the wall clock)."""
+        config = load_site_file(path)
+        if start is not None:
+            sim = config.simulation.model_copy(update={"start": None if start == "now" else start})
+            config = config.model_copy(update={"simulation": sim})
+        return cls(config, clock=clock, speed=speed)
 
     def _weather(self) -> Source:
         w = self.config.simulation.weather
@@ -214,6 +222,12 @@ class SimulatedSite:
             return ShiftLoad(self.config.site.timezone, ld.day_kw, ld.night_kw, ld.day_start, ld.day_end,
                              ld.sunday_factor, ld.noise_pct, ld.seed, ld.noise_correlation_s)
         return series_source(ld, "simulation.load", self.config.site.timezone)
+
+    def site_time_text(self) -> str:
+        """Site time now, as the commands print it: local time with the site's zone, and UTC."""
+        zone = self.config.site.timezone
+        now = self.clock.now()
+        return f"site time {now.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S} {zone} ({now:%H:%M:%S} UTC)"
 
     @property
     def endpoints(self) -> dict[str, Endpoint]:
