@@ -178,6 +178,21 @@ def test_secret_warnings_name_what_the_enabled_sinks_lack() -> None:
     assert secret_warnings(TelemetrySettings(), {}) == []                   # nothing enabled needs a secret
 
 
+def test_a_scada_server_open_to_every_client_of_the_network_is_warned_about() -> None:
+    """The SCADA server takes mode requests and battery setpoints from whoever connects (Modbus has no passwords):
+    on a network address without allowed_clients, config check said OK."""
+    open_to_all = TelemetrySettings.model_validate({"dashboard": {"enabled": False},
+                                                    "scada": {"enabled": True, "host": "0.0.0.0", "port": 502}})
+    assert secret_warnings(open_to_all, {}) == [
+        "telemetry.scada.allowed_clients: empty while the SCADA server listens on 0.0.0.0: any host that reaches "
+        "port 502 may request modes, battery setpoints and SOC reserves (Modbus has no passwords); list the "
+        "SCADA's addresses"]
+    listed = open_to_all.model_copy(update={"scada": open_to_all.scada.model_copy(
+        update={"allowed_clients": ("10.0.5.20",)})})
+    loopback = open_to_all.model_copy(update={"scada": open_to_all.scada.model_copy(update={"host": "127.0.0.1"})})
+    assert secret_warnings(listed, {}) == [] and secret_warnings(loopback, {}) == []
+
+
 def test_secret_warnings_name_tls_files_that_are_not_there(tmp_path: Path) -> None:
     """A CA, certificate or key named at an absolute path that is not there: that sink cannot start TLS (config
     check said OK). A relative path is the service's working directory's, not judged from here."""

@@ -36,8 +36,8 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def secret_warnings(settings: TelemetrySettings, environ: Mapping[str, str]) -> list[str]:
     """One sentence per secret an enabled sink needs that ``environ`` lacks, or per placeholder value, per
-    password that would cross the network in clear, and per TLS file (absolute path) that is not there; each
-    names the site file field."""
+    password that would cross the network in clear, per TLS file (absolute path) that is not there, and for a SCADA
+    server open to any client of the network; each names the site file field."""
     warnings: list[str] = []
 
     def check(field: str, name: str | None, what: str) -> None:
@@ -64,6 +64,11 @@ def secret_warnings(settings: TelemetrySettings, environ: Mapping[str, str]) -> 
     if dashboard.enabled and dashboard.token_env and environ.get(dashboard.token_env, "").startswith(PLACEHOLDER):
         warnings.append(f"telemetry.dashboard.token_env: {dashboard.token_env} is still the example placeholder: "
                         "generate secrets with deploy/init-secrets.sh")
+    scada = settings.scada
+    if scada.enabled and not scada.allowed_clients and not _loopback(scada.host):
+        warnings.append(f"telemetry.scada.allowed_clients: empty while the SCADA server listens on {scada.host}: any "
+                        f"host that reaches port {scada.port} may request modes, battery setpoints and SOC reserves "
+                        "(Modbus has no passwords); list the SCADA's addresses")
     files = {}
     if mqtt.enabled and mqtt.tls is not None:
         files.update({"mqtt.tls.ca_file": mqtt.tls.ca_file, "mqtt.tls.cert": mqtt.tls.cert,
