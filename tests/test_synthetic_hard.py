@@ -43,19 +43,27 @@ def lag1(series: pd.Series) -> float:
     return float(np.corrcoef(x[:-1], x[1:])[0, 1])
 
 
+def rounded_hash(values: np.ndarray) -> str:
+    """sha256 of ``values`` rounded to 0.001 kW (1 W).
+
+    Not of the raw bits: numpy's sine and cosine (pvlib's sun position) differ in their last bits between CPUs
+    with and without AVX-512, so the raw hashes recorded on one host failed on another (8 Dec 2026: the generator
+    before the harder-year options, run on the same host, still gave today's frame bit for bit). ``+ 0.0`` makes a
+    rounded −0.0 the same bytes as 0.0."""
+    return hashlib.sha256((np.round(values, 3) + 0.0).tobytes()).hexdigest()
+
+
 def test_default_year_is_bit_identical_to_before_the_harder_year():
-    # sha256 of the seed-42 frame, recorded with the generator as it was before the harder-year options
+    # the seed-42 frame as the generator made it before the harder-year options, to the watt
     frame = synthetic_year(SITE, PV, 2026, SHAPE, seed=42)
-    assert hashlib.sha256(frame.to_numpy().tobytes()).hexdigest() == (
-        "ea7436a635d68da748dbbd64ce307615a9aeb51021c4222e18e3603a18c2190e")
+    assert rounded_hash(frame.to_numpy()) == "d6d5862f8f8c6eb7015f8fe50e036c1f8cf570145cc0774b9810f6e7fc5f5413"
     assert lag1(daily_kwh(frame, "pv_kw")) == pytest.approx(0.83, abs=0.05)  # the issue's "0.83 synthetic"
 
 
 def test_base_scenario_data_unchanged():
     data = load_data(load_scenario(SCENARIOS / "nam-cau-kien.yaml"))
     frame = np.column_stack([data.pv_kw, data.load_kw])
-    assert hashlib.sha256(frame.tobytes()).hexdigest() == (
-        "a58c4903521f068c9e1d8ae1e9572334f70016adedcf541d1a45969940034138")
+    assert rounded_hash(frame) == "5ae1bca1ffdc8d0b01d9ef1529aa616dcd024515d8c2905259beff5f29a9ba6d"
 
 
 @pytest.mark.parametrize(("target", "spread"), [(0.25, 2.5), (0.38, 2.0), (0.52, 2.0), (0.7, 1.0)])
