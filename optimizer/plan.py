@@ -6,6 +6,7 @@ form is documented in docs/plan.md (JSON Schema + field table); ``SCHEMA_VERSION
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -146,9 +147,9 @@ class Plan:
     def __len__(self) -> int:
         return len(self.starts)
 
-    @property
+    @functools.cached_property
     def end(self) -> pd.Timestamp:
-        """End of the last step (UTC)."""
+        """End of the last step (UTC); computed once (the plan is frozen, and the controller asks every cycle)."""
         return self.starts[-1] + pd.Timedelta(hours=float(self.duration_h[-1]))
 
     def expires_at(self, valid_hours: float) -> datetime:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,6 @@ from optimizer.tariff_calendar import (
     LocalSteps,
     check_timezone,
     local_steps,
-    month_label,
 )
 from optimizer.tariff_schema import DAY_TYPES, MINUTES_PER_DAY, Dated, TariffSpec, check_tariff, format_minutes
 
@@ -227,6 +227,8 @@ class SiteTariff:
     def __init__(self, tariff: Tariff, timezone: str, extra_holidays: Iterable[date] = ()):
         self.tariff = tariff
         self.timezone = check_timezone(timezone)
+        self._zone = ZoneInfo(self.timezone)
+        self._month_starts: dict[str, pd.Timestamp] = {}
         source = tariff.spec.holidays
         self.calendar = HolidayCalendar(source.country if source else None,
                                         source.subdivision if source else None, extra_holidays)
@@ -246,10 +248,12 @@ class SiteTariff:
         return local_steps(starts, self.timezone, self._pricing_calendar)
 
     def _local_day(self, at: datetime) -> date:
-        stamp = pd.Timestamp(at)
-        if stamp.tzinfo is None:
+        """The site-local date of instant ``at`` (once per control cycle: the standard library's zone, not pandas')."""
+        if not isinstance(at, datetime):
+            at = pd.Timestamp(at)
+        if at.tzinfo is None:
             raise ValueError("times must be timezone-aware (UTC)")
-        return stamp.tz_convert(self.timezone).date()
+        return at.astimezone(self._zone).date()
 
     def prices(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float | None = None) -> TariffPrices:
         """Prices of the steps starting at ``starts`` (UTC).
@@ -330,16 +334,21 @@ class SiteTariff:
 
     def billing_month(self, ts: datetime) -> str:
         """Local billing month of an instant, e.g. ``"2026-05"``."""
-        return month_label(np.datetime64(self._local_day(ts), "M"))
+        day = self._local_day(ts)
+        return f"{day.year:04d}-{day.month:02d}"
 
     def billing_months(self, starts: pd.DatetimeIndex) -> np.ndarray:
         """Local billing month label of each step start (array of str)."""
         return np.datetime_as_string(self.local(starts).month, unit="M").astype(object)
 
     def month_start(self, month: str) -> pd.Timestamp:
-        """UTC instant of local midnight starting billing month ``"YYYY-MM"``."""
-        local = pd.Timestamp(f"{month}-01").tz_localize(self.timezone, ambiguous=True, nonexistent="shift_forward")
-        return local.tz_convert("UTC")
+        """UTC instant of local midnight starting billing month ``"YYYY-MM"`` (kept: the controller asks every
+        cycle)."""
+        start = self._month_starts.get(month)
+        if start is None:
+            local = pd.Timestamp(f"{month}-01").tz_localize(self.timezone, ambiguous=True, nonexistent="shift_forward")
+            start = self._month_starts[month] = local.tz_convert("UTC")
+        return start
 
     def peak_demand_kw(self, starts: pd.DatetimeIndex, duration_h: np.ndarray | float, import_kw: np.ndarray,
                        window_minutes: int = 30) -> dict[str, float]:

@@ -389,3 +389,20 @@ def test_quarter_hour_steps_price_the_same_with_or_without_durations(evn22):
 def test_durations_must_be_whole_minutes(evn22):
     with pytest.raises(ValueError, match="whole minutes"):
         evn22.prices(utc("2026-03-10 09:00"), duration_h=0.1234)
+
+
+def test_billing_month_and_its_start_from_any_aware_instant_and_across_dst():
+    """The per-cycle local-day lookups (the standard library's zone) agree with pandas' on any aware instant,
+    also across a DST change; a naive time is refused; a month's start is the same object when asked again."""
+    berlin = Tariff.preset("evn-manufacturing-22kv").bind("Europe/Berlin")
+    instants = pd.date_range("2026-03-28", "2026-04-02", freq="7min", tz="UTC").append(
+        pd.date_range("2026-10-24", "2026-11-02", freq="7min", tz="UTC"))
+    for ts in instants:
+        expected = ts.tz_convert("Europe/Berlin").strftime("%Y-%m")
+        assert berlin.billing_month(ts) == expected and berlin.billing_month(ts.to_pydatetime()) == expected
+    assert berlin.billing_month(datetime(2026, 3, 31, 22, 0, tzinfo=UTC)) == "2026-04"   # 00:00 CEST
+    assert berlin.billing_month(datetime(2026, 10, 31, 22, 59, tzinfo=UTC)) == "2026-10"  # 23:59 CET
+    with pytest.raises(ValueError, match="timezone-aware"):
+        berlin.billing_month(datetime(2026, 5, 1, 12, 0))
+    start = berlin.month_start("2026-11")
+    assert start == pd.Timestamp("2026-10-31 23:00", tz="UTC") and berlin.month_start("2026-11") is start
